@@ -1,0 +1,3 @@
+from imagetool.cli.main import main
+
+main()

@@ -1,0 +1,97 @@
+"""The small interface every place that holds image bytes offers.
+
+Upload and download are one copy loop between two backends; the local
+engine's data plane serves tickets over the same backends. Offsets and sizes
+are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of guest bytes with one allocation state.
+
+    ``zero``: the range reads as zeros. ``hole``: the range is not allocated
+    in this image (for a qcow2 layer read shallow: not allocated in this
+    layer; such ranges read as zeros unless a backing file says otherwise).
+    Data extents have ``zero=False, hole=False``.
+    """
+
+    start: int
+    length: int
+    zero: bool = False
+    hole: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def to_dict(self) -> dict:
+        """The imageio JSON shape: start, length, zero, hole."""
+        return {"start": self.start, "length": self.length,
+                "zero": self.zero, "hole": self.hole}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Random access to an image's bytes.
+
+    Backends used by the local engine's data plane are shared between
+    connection threads, so ``read_into``/``write``/``zero`` at distinct
+    offsets must be thread-safe. The client's copier gives each worker its
+    own backend with ``clone()``.
+    """
+
+    @property
+    def size(self) -> int:
+        """Bytes addressable through this backend (virtual size for guest data)."""
+        ...
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """Cover ``[0, size)`` with consecutive extents, merged where equal."""
+        ...
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; return bytes read (short only at the end)."""
+        ...
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        """Write all of ``data`` at ``offset``."""
+        ...
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros (punch holes if sparse)."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def clone(self) -> "Backend":
+        """A new backend on the same image, for another worker thread."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def merge_extents(extents) -> Iterator[Extent]:
+    """Join adjacent extents that have the same zero/hole state."""
+    current: Extent | None = None
+    for ext in extents:
+        if ext.length == 0:
+            continue
+        if (current is not None and current.end == ext.start
+                and current.zero == ext.zero and current.hole == ext.hole):
+            current = Extent(current.start, current.length + ext.length,
+                             current.zero, current.hole)
+        else:
+            if current is not None:
+                yield current
+            current = ext
+    if current is not None:
+        yield current
