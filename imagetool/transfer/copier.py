@@ -1,0 +1,310 @@
+"""The one parallel copier used by every transfer, in both directions.
+
+``copy(src, dst)`` plans requests from the source's extents (data ranges are
+copied in requests of at most ``request_size`` bytes; zero ranges become
+``dst.zero()`` or nothing when the destination is known to be empty), then
+runs them on N worker threads. Each worker owns a clone of both backends (so
+an HTTP backend gets one connection per worker) and one reused buffer, so
+memory stays at about ``workers x request_size`` whatever the image size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from imagetool.errors import ImagetoolError, TransferError
+from imagetool.formats.base import Backend, Extent
+
+MiB = 1 << 20
+DEFAULT_REQUEST_SIZE = 8 * MiB
+# Zero ranges are split too, so that progress moves and workers share them.
+MAX_ZERO_REQUEST = 1024 * MiB
+
+
+class CopyError(TransferError):
+    """A copy request failed; says where and on which side.
+
+    ``side`` is ``"reading source"`` or ``"writing destination"``. The
+    original exception is chained as ``__cause__``; the exit code follows it
+    (a connection failure stays exit code 3).
+    """
+
+    def __init__(self, side: str, offset: int, length: int, cause: BaseException):
+        self.side = side
+        self.offset = offset
+        self.length = length
+        if isinstance(cause, ImagetoolError):
+            self.exit_code = cause.exit_code
+        super().__init__(
+            f"{side} failed at offset {offset} length {length}: {cause}")
+
+
+class CopyCancelled(TransferError):
+    """The copy was stopped through its ``cancel_event``."""
+
+
+@dataclass
+class CopyStats:
+    """What a copy did. ``bytes_total`` covers the whole source size."""
+
+    bytes_total: int = 0
+    bytes_copied: int = 0      # data read and written
+    bytes_zeroed: int = 0      # zeroed on the destination (zero op or zeros sent)
+    bytes_skipped: int = 0     # zero ranges left alone (destination already zero)
+    requests: int = 0
+    workers: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Guest bytes per second over the whole copy."""
+        return self.bytes_total / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Request:
+    op: str          # "copy" | "zero" | "zerodata"
+    start: int
+    length: int
+
+
+def _supports_zero(dst: Backend) -> bool:
+    # HTTP backends advertise features; a server without "zero" gets zeros as
+    # data. Local backends without the attribute implement zero() themselves.
+    features = getattr(dst, "features", None)
+    return features is None or "zero" in features
+
+
+def plan(extents: Iterator[Extent], *, request_size: int, dst_is_zero: bool,
+         dst_zero: bool = True) -> Iterator[_Request]:
+    """Turn extents into requests of bounded size.
+
+    Data requests are cut at multiples of ``request_size`` so that requests
+    stay aligned whatever the extent boundaries. Holes count as zeros: the
+    copier moves guest data, and a hole reads as zeros.
+    """
+    for ext in extents:
+        if ext.length <= 0:
+            continue
+        if ext.zero or ext.hole:
+            if dst_is_zero:
+                yield _Request("skip", ext.start, ext.length)
+                continue
+            op, step = ("zero", MAX_ZERO_REQUEST) if dst_zero else ("zerodata", request_size)
+        else:
+            op, step = "copy", request_size
+        pos, end = ext.start, ext.end
+        while pos < end:
+            boundary = (pos // step + 1) * step
+            length = min(end, boundary) - pos
+            yield _Request(op, pos, length)
+            pos += length
+
+
+class _Run:
+    """Shared state of one copy: the first error, progress, counters."""
+
+    def __init__(self, progress, on_done, cancel_event):
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.progress = progress
+        self.on_done = on_done
+        self.cancel_event = cancel_event
+        self.stats = CopyStats()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+        self.stop.set()
+
+    def stopped(self) -> bool:
+        if self.cancel_event is not None and self.cancel_event.is_set():
+            self.fail(CopyCancelled("copy cancelled"))
+        return self.stop.is_set()
+
+    def done(self, req: _Request) -> None:
+        with self.lock:
+            st = self.stats
+            st.requests += 1
+            if req.op == "copy":
+                st.bytes_copied += req.length
+            elif req.op == "skip":
+                st.bytes_skipped += req.length
+            else:
+                st.bytes_zeroed += req.length
+            # Callbacks run under the lock: a tqdm bar or a journal need not
+            # be thread-safe. An exception here (Ctrl-C from a callback)
+            # stops the copy and is raised as is.
+            if self.on_done is not None and req.op != "skip":
+                self.on_done(req.start, req.length)
+            if self.progress is not None:
+                self.progress(req.length)
+
+
+def _read_full(src: Backend, offset: int, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = src.read_into(offset + got, view[got:])
+        if not n:
+            raise TransferError(
+                f"short read: got {got} of {len(view)} bytes at offset {offset}")
+        got += n
+
+
+def _worker(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
+            request_size: int, zeros: memoryview) -> None:
+    buf = memoryview(bytearray(request_size))
+    try:
+        while True:
+            req = work.get()
+            if req is None or run.stopped():
+                return
+            if req.op == "copy":
+                view = buf[:req.length]
+                try:
+                    _read_full(src, req.start, view)
+                except Exception as e:
+                    raise CopyError("reading source", req.start, req.length, e) from e
+                try:
+                    dst.write(req.start, view)
+                except Exception as e:
+                    raise CopyError("writing destination", req.start, req.length, e) from e
+            elif req.op == "zero":
+                try:
+                    dst.zero(req.start, req.length)
+                except Exception as e:
+                    raise CopyError("writing destination", req.start, req.length, e) from e
+            else:  # zerodata: the destination cannot zero; send zeros as data
+                try:
+                    dst.write(req.start, zeros[:req.length])
+                except Exception as e:
+                    raise CopyError("writing destination", req.start, req.length, e) from e
+            run.done(req)
+    except BaseException as e:  # noqa: B036 - Ctrl-C from a callback must stop everyone
+        run.fail(e)
+
+
+def _flush(run: _Run, dst: Backend) -> None:
+    try:
+        dst.flush()
+    except Exception as e:
+        run.fail(CopyError("writing destination", 0, 0,
+                           TransferError(f"flush failed: {e}")))
+
+
+def copy(src: Backend, dst: Backend, *, workers: int = 4,
+         request_size: int = DEFAULT_REQUEST_SIZE, dst_is_zero: bool = False,
+         progress: Callable[[int], None] | None = None,
+         on_done: Callable[[int, int], None] | None = None,
+         cancel_event: threading.Event | None = None) -> CopyStats:
+    """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
+
+    ``dst_is_zero``: the destination reads as zeros already (a new disk or
+    file), so zero ranges are skipped. ``progress(nbytes)`` is called as
+    ranges finish, zero ranges included, so the total reaches ``src.size``.
+    ``on_done(start, length)`` is called for every finished request (for a
+    resume journal). Both are called with a lock held, from worker threads.
+    The first error stops the copy and is raised: a :class:`CopyError` for
+    I/O failures, or the exception itself (e.g. KeyboardInterrupt raised by
+    a callback). The caller's ``src`` and ``dst`` are not closed.
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if request_size < 4096 or request_size % 4096:
+        raise ValueError("request_size must be a multiple of 4096")
+    size = src.size
+    dst_size = getattr(dst, "size", None)
+    if dst_size is not None and dst_size < size:
+        raise TransferError(
+            f"destination is smaller than the source ({dst_size} < {size} bytes)")
+    run = _Run(progress, on_done, cancel_event)
+    run.stats.bytes_total = size
+    run.stats.workers = workers
+    start = time.monotonic()
+    zeros = memoryview(bytes(request_size)).toreadonly()
+    # A short queue is enough to keep workers busy and keeps the plan lazy.
+    work: queue.Queue = queue.Queue(maxsize=workers * 4)
+    threads: list[threading.Thread] = []
+    clones: list[tuple[Backend, Backend]] = []
+
+    def run_worker(s: Backend, d: Backend) -> None:
+        _worker(run, s, d, work, request_size, zeros)
+        if not run.stop.is_set():
+            _flush(run, d)
+
+    try:
+        for _ in range(workers):
+            s = src.clone()
+            try:
+                d = dst.clone()
+            except BaseException:
+                s.close()
+                raise
+            clones.append((s, d))
+        for i, (s, d) in enumerate(clones):
+            t = threading.Thread(target=run_worker, args=(s, d),
+                                 name=f"copy-worker-{i}", daemon=True)
+            t.start()
+            threads.append(t)
+        requests = plan(src.extents("zero"), request_size=request_size,
+                        dst_is_zero=dst_is_zero, dst_zero=_supports_zero(dst))
+        for req in requests:
+            if req.op == "skip":
+                run.done(req)
+                continue
+            while not run.stopped():
+                try:
+                    work.put(req, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if run.stop.is_set():
+                break
+    except BaseException as e:
+        run.fail(e)
+    finally:
+        _finish(run, work, threads, clones)
+    run.stats.seconds = time.monotonic() - start
+    if run.error is not None:
+        raise run.error
+    return run.stats
+
+
+def _finish(run: _Run, work: "queue.Queue", threads, clones) -> None:
+    """Stop the workers (one sentinel each), wait, close the clones."""
+    if run.stop.is_set():
+        # Drop queued work so the sentinels fit and workers exit soon.
+        while True:
+            try:
+                work.get_nowait()
+            except queue.Empty:
+                break
+    for _ in threads:
+        while True:
+            try:
+                work.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                if not any(t.is_alive() for t in threads):
+                    break
+    for t in threads:
+        # KeyboardInterrupt while joining: remember it, keep shutting down.
+        while t.is_alive():
+            try:
+                t.join(0.5)
+            except BaseException as e:
+                run.fail(e)
+    for s, d in clones:
+        for b in (s, d):
+            try:
+                b.close()
+            except Exception as e:
+                if run.error is None:
+                    run.fail(CopyError("writing destination" if b is d else "reading source",
+                                       0, 0, e))
