@@ -1,1 +1,68 @@
+"""Local disk images: detect, inspect and open raw and qcow2 files.
 
+Public API::
+
+    detect(path) -> "raw" | "qcow2"
+    inspect(path) -> ImageInfo
+    open_image(path, mode="r", format=None, shallow=False) -> Backend
+
+All errors are ``imagetool.errors.FormatError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import os
+
+from imagetool.errors import UnsupportedFeature
+from imagetool.formats.base import Backend, Extent, merge_extents
+from imagetool.formats.detect import ImageInfo, detect, probe
+from imagetool.formats.raw import RawBackend
+
+__all__ = ["Backend", "Extent", "ImageInfo", "RawBackend", "detect",
+           "inspect", "merge_extents", "open_image", "probe"]
+
+
+def inspect(path: str | os.PathLike) -> ImageInfo:
+    """Describe an image file without refusing features it uses.
+
+    Encrypted or otherwise unusable qcow2 images are still described (so
+    ``info`` can show why they are refused); only unreadable or corrupt
+    headers raise.
+    """
+    path = os.fspath(path)
+    fmt, content = probe(path)
+    if fmt == "qcow2":
+        from imagetool.formats import qcow2
+        return qcow2.inspect(path)
+    st = os.stat(path)
+    return ImageInfo(format="raw", virtual_size=st.st_size,
+                     actual_size=_actual_size(st), content_type=content,
+                     filename=path)
+
+
+def open_image(path: str | os.PathLike, mode: str = "r",
+               format: str | None = None, shallow: bool = False) -> Backend:
+    """Open an image's guest data as a Backend.
+
+    ``format`` None detects it. raw supports modes "r", "r+" and "w"; qcow2
+    is read-only ("r"): guest data through the backing chain, or with
+    ``shallow=True`` this layer only (unallocated clusters are
+    ``Extent(zero=True, hole=True)`` and read as zeros).
+    """
+    path = os.fspath(path)
+    if format is None:
+        format = "raw" if mode == "w" and not os.path.exists(path) else detect(path)
+    if format == "raw":
+        return RawBackend(path, mode)
+    if format == "qcow2":
+        if mode != "r":
+            raise UnsupportedFeature(
+                f"qcow2 can only be opened read-only here (mode {mode!r})", path)
+        from imagetool.formats import qcow2_reader
+        return qcow2_reader.Qcow2Backend(path, shallow=shallow)
+    raise ValueError(f"unknown image format {format!r}")
+
+
+def _actual_size(st: os.stat_result) -> int:
+    blocks = getattr(st, "st_blocks", None)
+    return blocks * 512 if blocks is not None else st.st_size

@@ -1,0 +1,132 @@
+"""What a local image file is: format detection and the ImageInfo record.
+
+Detection looks only at magic numbers. Formats we recognise but do not
+handle are refused with UnsupportedFormat naming the format and the
+qemu-img command that converts them to something we do handle.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+
+from imagetool.errors import FormatError, UnsupportedFormat
+
+QCOW2_MAGIC = b"QFI\xfb"
+ISO_MAGIC = b"\x01CD001\x01\x00"
+ISO_OFFSET = 0x8000
+
+_VDI_MAGIC = 0xBEDA107F
+_VDI_TEXT = b"<<< Oracle VM VirtualBox Disk Image >>>"
+
+
+@dataclass
+class ImageInfo:
+    """What ``imagetool info`` reports about one image file.
+
+    Fields past ``filename`` are qcow2 details and stay None for raw files.
+    """
+
+    format: str
+    virtual_size: int
+    actual_size: int
+    content_type: str = "data"
+    filename: str = ""
+    # qcow2 only
+    version: int | None = None
+    compat: str | None = None
+    cluster_size: int | None = None
+    refcount_bits: int | None = None
+    compression_type: str | None = None
+    extended_l2: bool | None = None
+    backing_file: str | None = None
+    backing_file_format: str | None = None
+    encrypted: bool | None = None
+    data_file: str | None = None
+    dirty: bool | None = None
+    corrupt: bool | None = None
+    lazy_refcounts: bool | None = None
+    snapshots: int | None = None
+    bitmaps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON for ``imagetool info --json`` (qcow2 keys only for qcow2)."""
+        d = asdict(self)
+        if self.format != "qcow2":
+            keep = ("format", "virtual_size", "actual_size", "content_type",
+                    "filename")
+            d = {k: d[k] for k in keep}
+        return d
+
+
+def _read_at(fd: int, offset: int, length: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)
+
+
+def probe(path: str | os.PathLike) -> tuple[str, str]:
+    """Return ``(format, content_type)``: ("raw"|"qcow2", "data"|"iso").
+
+    Raises UnsupportedFormat for vmdk, vhd, vhdx, vdi, qed and LUKS, and
+    FormatError if the file cannot be opened.
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise FormatError(f"cannot open: {e.strerror}", path) from e
+    try:
+        size = os.fstat(fd).st_size
+        head = _read_at(fd, 0, 512)
+        tail = _read_at(fd, size - 512, 512) if size >= 512 else b""
+        iso = _read_at(fd, ISO_OFFSET, len(ISO_MAGIC))
+    finally:
+        os.close(fd)
+
+    if head[:4] == QCOW2_MAGIC:
+        if len(head) >= 8:
+            version = struct.unpack(">I", head[4:8])[0]
+            if version not in (2, 3):
+                raise UnsupportedFormat(
+                    f"qcow2 version {version} is not supported (only 2 and 3)",
+                    path)
+        return "qcow2", "data"
+    foreign = _foreign_format(head, tail)
+    if foreign == "luks":
+        raise UnsupportedFormat(
+            "LUKS encrypted image: encrypted images are not supported", path)
+    if foreign:
+        raise UnsupportedFormat(
+            f"{foreign} images are not supported; convert it first: "
+            f"qemu-img convert -O qcow2 {path} out.qcow2", path)
+    content = "iso" if iso == ISO_MAGIC else "data"
+    return "raw", content
+
+
+def detect(path: str | os.PathLike) -> str:
+    """Return "raw" or "qcow2"; refuse other known formats (UnsupportedFormat)."""
+    return probe(path)[0]
+
+
+def _foreign_format(head: bytes, tail: bytes) -> str | None:
+    """Name of a recognised but unsupported format, or None."""
+    if head.startswith(b"LUKS\xba\xbe"):
+        return "luks"
+    if head.startswith(b"KDMV") or head.startswith(b"COWD"):
+        return "vmdk"
+    if head.lstrip().startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    if head.startswith(b"vhdxfile"):
+        return "vhdx"
+    if head.startswith(b"conectix") or tail.startswith(b"conectix"):
+        return "vhd"
+    if head.startswith(_VDI_TEXT) or (
+            len(head) >= 0x44
+            and struct.unpack("<I", head[0x40:0x44])[0] == _VDI_MAGIC):
+        return "vdi"
+    if head.startswith(b"QED\x00"):
+        return "qed"
+    return None

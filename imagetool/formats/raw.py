@@ -1,0 +1,266 @@
+"""A raw image file as a Backend: guest byte N is file byte N.
+
+Thread safety: all I/O uses positional calls (``os.pread``/``os.pwrite``) on
+one descriptor, so threads never share a file position. Platforms without
+``pread`` (Windows) fall back to seek+read under a lock.
+
+Size: ``size`` is the exact file length. qemu reports a raw image's virtual
+size rounded up to 512 bytes; we keep the exact length so that a copy
+reproduces the file byte for byte.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import sys
+import threading
+from typing import Iterator
+
+from imagetool.errors import FormatError
+from imagetool.formats.base import Extent
+
+_HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
+_HAVE_PREADV = hasattr(os, "preadv")
+_SEEK_DATA = getattr(os, "SEEK_DATA", None)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
+
+# linux/falloc.h
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+_ZERO_CHUNK = 1 << 20
+_ZEROS = bytes(_ZERO_CHUNK)
+
+
+def _load_fallocate():
+    """libc's fallocate(2) via ctypes, or None where it does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                           use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+_MODES = {
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+}
+
+
+class RawBackend:
+    """Random access to a raw file.
+
+    ``mode``: ``"r"`` read only, ``"r+"`` read/write an existing file, ``"w"``
+    create or truncate. ``size``: with ``"w"`` the initial length (sparse);
+    with ``"r+"`` the file is extended (never shrunk) to at least ``size``.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r",
+                 size: int | None = None):
+        if mode not in _MODES:
+            raise ValueError(f"invalid mode {mode!r} (use 'r', 'r+' or 'w')")
+        if size is not None and size < 0:
+            raise ValueError(f"invalid size {size}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        flags = _MODES[mode] | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        self._lock = threading.Lock()
+        self._closed = False
+        # None = not tried yet; False = the filesystem cannot punch holes.
+        self._can_punch: bool | None = None if _fallocate else False
+        try:
+            if size is not None and mode != "r":
+                if size > os.fstat(self._fd).st_size or mode == "w":
+                    os.ftruncate(self._fd, size)
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    # --- Backend protocol ------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Current file length in bytes (exact, not rounded)."""
+        return os.fstat(self._fd).st_size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """Data and holes of the file, from SEEK_DATA/SEEK_HOLE.
+
+        Holes are ``Extent(zero=True, hole=True)``, data ``Extent()``. Where
+        the OS or filesystem cannot report holes, the whole file is one data
+        extent. Only the "zero" context is meaningful for a raw file.
+        """
+        if context != "zero":
+            raise ValueError(f"unsupported extents context {context!r}")
+        size = self.size
+        if size == 0:
+            return
+        if _SEEK_DATA is None or _SEEK_HOLE is None:
+            yield Extent(0, size)
+            return
+        pos = 0
+        exts: list[Extent] = []
+        while pos < size:
+            try:
+                data = os.lseek(self._fd, pos, _SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole left up to EOF
+                    data = size
+                elif pos == 0 and e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    yield Extent(0, size)
+                    return
+                else:
+                    raise
+            data = min(data, size)
+            if data > pos:
+                exts.append(Extent(pos, data - pos, zero=True, hole=True))
+            if data >= size:
+                break
+            try:
+                hole = os.lseek(self._fd, data, _SEEK_HOLE)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                hole = size  # file shrank under us: treat the rest as data
+            hole = min(max(hole, data + 1), size)
+            exts.append(Extent(data, hole - data))
+            pos = hole
+        yield from exts
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; fewer bytes only at end of file."""
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        view = memoryview(buf).cast("B")
+        done = 0
+        want = len(view)
+        while done < want:
+            n = self._pread_into(offset + done, view[done:])
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Convenience: up to ``length`` bytes at ``offset`` as bytes."""
+        buf = bytearray(length)
+        n = self.read_into(offset, memoryview(buf))
+        del buf[n:]
+        return bytes(buf)
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        """Write all of ``data`` at ``offset``, extending the file if needed."""
+        self._check_writable()
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += self._pwrite(offset + done, view[done:])
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make the range read as zeros, punching holes where possible.
+
+        A range past the end extends the file (the new part is a hole).
+        """
+        self._check_writable()
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range offset={offset} length={length}")
+        if length == 0:
+            return
+        end = offset + length
+        size = self.size
+        if end > size:
+            # Growing with ftruncate leaves [size, end) as a hole already.
+            os.ftruncate(self._fd, end)
+            end = min(end, max(size, offset))
+            if end <= offset:
+                return
+            length = end - offset
+        if self._punch(offset, length):
+            return
+        pos = offset
+        while pos < end:
+            n = min(_ZERO_CHUNK, end - pos)
+            self.write(pos, memoryview(_ZEROS)[:n])
+            pos += n
+
+    def flush(self) -> None:
+        """fsync the file."""
+        os.fsync(self._fd)
+
+    def clone(self) -> "RawBackend":
+        """Another backend with its own descriptor on the same file."""
+        return RawBackend(self.path, "r" if self.mode == "r" else "r+")
+
+    def close(self) -> None:
+        """Close the descriptor; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> "RawBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RawBackend({self.path!r}, mode={self.mode!r})"
+
+    # --- helpers ---------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.mode == "r":
+            raise PermissionError(f"{self.path}: opened read-only")
+
+    def _pread_into(self, offset: int, view: memoryview) -> int:
+        if _HAVE_PREADV:
+            return os.preadv(self._fd, [view], offset)
+        if _HAVE_PREAD:
+            chunk = os.pread(self._fd, len(view), offset)
+            view[:len(chunk)] = chunk
+            return len(chunk)
+        with self._lock:  # no positional I/O: serialise seek+read
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            chunk = os.read(self._fd, len(view))
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
+    def _pwrite(self, offset: int, view: memoryview) -> int:
+        if _HAVE_PREAD:
+            return os.pwrite(self._fd, view, offset)
+        with self._lock:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            return os.write(self._fd, view)
+
+    def _punch(self, offset: int, length: int) -> bool:
+        """Deallocate the range inside the file; False if not supported."""
+        if not self._can_punch and self._can_punch is not None:
+            return False
+        rc = _fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                        offset, length)
+        if rc == 0:
+            self._can_punch = True
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            self._can_punch = False
+            return False
+        raise OSError(err, os.strerror(err), self.path)
