@@ -1,0 +1,319 @@
+"""The connection to an engine's REST API: TLS, authentication, faults.
+
+One ``httpx.Client`` per Connection. Authentication is the engine's SSO
+password grant (a Bearer token, fetched lazily on the first request, fetched
+again once when a request answers 401), or Basic auth when the engine has no
+SSO endpoint, or a token given by the caller. Responses with a fault become
+the typed exceptions of ``imagetool.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from imagetool.engine import codec
+from imagetool.engine.entities import ApiInfo
+from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
+                              EngineError, NotFound)
+
+log = logging.getLogger(__name__)
+
+XML = "application/xml"
+JSON = "application/json"
+CA_PATH = "/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA"
+TOKEN_PATH = "/ovirt-engine/sso/oauth/token"
+LOGOUT_PATH = "/ovirt-engine/services/sso-logout"
+
+
+def normalize_url(url: str) -> tuple[str, str]:
+    """Return (api url, engine base url) for what a user may type.
+
+    Accepts ``https://engine``, ``https://engine/ovirt-engine`` and
+    ``https://engine/ovirt-engine/api`` (ovirt-img's ``engine_url`` is the
+    first form, the SDK's ``url`` the last).
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConnectionFailed(
+            f"invalid engine URL {url!r}: expected https://HOST[/ovirt-engine/api]")
+    path = parts.path.rstrip("/")
+    if "/ovirt-engine" in path:
+        prefix = path[:path.index("/ovirt-engine")]
+        api_path = path if path.endswith("/api") or "/api/" in path else path + "/api"
+    else:
+        prefix = path
+        api_path = path + "/ovirt-engine/api"
+    base = urlunsplit((parts.scheme, parts.netloc, prefix, "", ""))
+    api = urlunsplit((parts.scheme, parts.netloc, api_path.rstrip("/"), "", ""))
+    return api, base
+
+
+def _ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    if insecure:
+        return False
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+    return ctx
+
+
+class Connection:
+    """A connection to one engine; services hang off it as attributes.
+
+    ``conn.disks``, ``conn.storage_domains``, ``conn.transfers``,
+    ``conn.vms``, ``conn.snapshots``, ``conn.hosts``, ``conn.jobs`` (see
+    ``services.py``). Thread safe: requests may be made from several
+    threads (httpx.Client is thread safe; the token refresh is locked).
+    """
+
+    def __init__(self, url: str, *, username: str | None = None,
+                 password: str | None = None, token: str | None = None,
+                 cafile: str | None = None, insecure: bool = False,
+                 timeout: float = 60.0, connect_timeout: float = 10.0,
+                 headers: dict[str, str] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        """Open (lazily) a connection to the engine at ``url``.
+
+        ``url`` may be the API URL or the engine's base URL. Give either
+        ``username`` and ``password`` or a ``token``. TLS is verified with
+        ``cafile`` (or the system store) unless ``insecure`` is true.
+        ``transport`` replaces the network (tests).
+        """
+        self.url, self.base_url = normalize_url(url)
+        self.username = username
+        self._password = password
+        self._token = token
+        self._own_token = False
+        self._basic = False
+        self.cafile = cafile
+        self.insecure = insecure
+        self._lock = threading.Lock()
+        self._api_info: ApiInfo | None = None
+        self._closed = False
+        if token is None and (username is None or password is None):
+            raise AuthError("engine credentials missing: give a username and "
+                            "password (or a token)")
+        base_headers = {"Version": "4", "Accept": XML}
+        base_headers.update(headers or {})
+        kwargs: dict[str, Any] = {}
+        if transport is not None:
+            kwargs["transport"] = transport
+        self._client = httpx.Client(
+            verify=_ssl_context(cafile, insecure),
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            headers=base_headers, follow_redirects=False, **kwargs)
+        from imagetool.engine import services  # services import codec/entities only
+        self.disks = services.DisksService(self)
+        self.storage_domains = services.StorageDomainsService(self)
+        self.transfers = services.ImageTransfersService(self)
+        self.vms = services.VmsService(self)
+        self.snapshots = services.SnapshotsService(self)
+        self.hosts = services.HostsService(self)
+        self.jobs = services.JobsService(self)
+
+    # --- context manager ---------------------------------------------------
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.url}>"
+
+    def close(self) -> None:
+        """Log out (when this connection made the token) and close sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._own_token and self._token:
+                try:
+                    self._client.post(
+                        self.base_url + LOGOUT_PATH,
+                        data={"scope": "ovirt-app-api", "token": self._token},
+                        headers={"Accept": JSON})
+                except httpx.HTTPError as e:
+                    # Logging out is a courtesy; the token expires anyway.
+                    log.debug("sso logout failed: %s", type(e).__name__)
+        finally:
+            self._token = None
+            self._client.close()
+
+    # --- authentication ----------------------------------------------------
+
+    def _fetch_token(self) -> None:
+        """Password grant at the SSO endpoint; Basic auth when it is missing."""
+        url = self.base_url + TOKEN_PATH
+        data = {"grant_type": "password", "scope": "ovirt-app-api",
+                "username": self.username or "", "password": self._password or ""}
+        resp = self._send_raw("POST", url, data=data, headers={"Accept": JSON})
+        if resp.status_code == 404:
+            log.debug("no SSO endpoint at %s; using basic auth", url)
+            self._basic = True
+            return
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = {}
+        if isinstance(doc, list):
+            doc = doc[0] if doc else {}
+        if resp.status_code != 200 or "error" in doc or "access_token" not in doc:
+            # OAuth errors carry error + error_code, OpenID ones error_description.
+            why = doc.get("error_description") or doc.get("error") or f"HTTP {resp.status_code}"
+            raise AuthError(f"engine login failed for {self.username}: {why}",
+                            status=resp.status_code, reason=str(doc.get("error_code") or doc.get("error") or ""),
+                            detail=str(why))
+        self._token = doc["access_token"]
+        self._own_token = True
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._basic:
+            return {}
+        if self._token is None:
+            with self._lock:
+                if self._token is None and not self._basic:
+                    self._fetch_token()
+        if self._basic:
+            return {}
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _refresh_token(self, used: str | None) -> bool:
+        """Fetch a new token after a 401; False when that is not possible."""
+        if self._password is None or self.username is None:
+            return False
+        with self._lock:
+            if self._token == used:  # another thread may have refreshed already
+                self._token = None
+                self._fetch_token()
+        return True
+
+    # --- requests ----------------------------------------------------------
+
+    def _send_raw(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._client.request(method, url, **kwargs)
+        except httpx.ConnectError as e:
+            raise self._connect_failure(e) from None
+        except httpx.TimeoutException as e:
+            raise ConnectionFailed(
+                f"engine at {self.base_url} did not answer in time ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise ConnectionFailed(f"connection to engine at {self.base_url} failed: {e}") from None
+
+    def _connect_failure(self, e: Exception) -> ConnectionFailed:
+        text = str(e)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text.lower():
+            return ConnectionFailed(
+                f"cannot connect to engine at {self.base_url}: certificate verify failed: "
+                f"pass --cafile with the engine CA (download it from "
+                f"{self.base_url}{CA_PATH}) or --insecure")
+        if "SSL" in text or "TLS" in text:
+            return ConnectionFailed(
+                f"TLS handshake with engine at {self.base_url} failed: {text} "
+                f"(is the URL's scheme right?)")
+        return ConnectionFailed(
+            f"cannot connect to engine at {self.base_url}: {text or type(e).__name__} "
+            f"(check --engine-url and that the engine is running)")
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                params: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None,
+                accept: str = XML) -> httpx.Response:
+        """Send one API request; ``path`` is relative to the API URL.
+
+        Returns the response on 2xx; raises NotFound, Conflict, AuthError or
+        EngineError (with the fault's reason and detail) otherwise.
+        """
+        if self._closed:
+            raise EngineError("connection is closed")
+        if path.startswith("http"):
+            url = path
+        else:
+            url = self.url + ("/" + path.lstrip("/") if path.strip("/") else "")
+        hdrs = {"Accept": accept}
+        if body is not None:
+            hdrs["Content-Type"] = XML
+        hdrs.update(headers or {})
+        params = {k: (str(v).lower() if isinstance(v, bool) else v)
+                  for k, v in (params or {}).items() if v is not None}
+        for attempt in (0, 1):
+            auth_hdrs = self._auth_headers()
+            used = self._token
+            kwargs: dict[str, Any] = {"headers": {**hdrs, **auth_hdrs},
+                                      "params": params, "content": body}
+            if self._basic:
+                kwargs["auth"] = httpx.BasicAuth(self.username or "", self._password or "")
+            resp = self._send_raw(method, url, **kwargs)
+            if resp.status_code == 401 and attempt == 0 and not self._basic \
+                    and self._refresh_token(used):
+                log.debug("engine answered 401; fetched a new token")
+                continue
+            break
+        if resp.status_code >= 400:
+            raise self._fault(method, path, resp)
+        return resp
+
+    def _fault(self, method: str, path: str, resp: httpx.Response) -> EngineError:
+        status = resp.status_code
+        reason = detail = None
+        try:
+            reason, detail = codec.parse_fault(
+                codec.decode(resp.content, resp.headers.get("content-type")))
+        except EngineError:
+            pass  # an HTML error page from a proxy: keep the status only
+        what = f"{method} {path.split('?')[0]}"
+        text = detail or reason or resp.reason_phrase or "error"
+        text = text.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if status in (401, 403):
+            msg = (f"engine refused the credentials ({status}): {text}" if status == 401
+                   else f"not permitted: {what}: {text}")
+            return AuthError(msg, status=status, reason=reason, detail=detail)
+        if status == 404:
+            return NotFound(f"not found: {what}: {text}", status=status,
+                            reason=reason, detail=detail)
+        if status == 409:
+            return Conflict(f"conflict: {what}: {text}", status=status,
+                            reason=reason, detail=detail)
+        return EngineError(f"{what} failed ({status}): {text}", status=status,
+                           reason=reason, detail=detail)
+
+    # --- conveniences used by the services ---------------------------------
+
+    def get_tree(self, path: str, params: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> codec.Tree:
+        """GET and decode to the plain tree."""
+        resp = self.request("GET", path, params=params, headers=headers)
+        return codec.decode(resp.content, resp.headers.get("content-type"))
+
+    def post_tree(self, path: str, body: bytes, params: dict[str, Any] | None = None) -> codec.Tree:
+        """POST an XML body and decode the answer."""
+        resp = self.request("POST", path, body=body, params=params)
+        return codec.decode(resp.content, resp.headers.get("content-type"))
+
+    def api_info(self) -> ApiInfo:
+        """The API root's product info (fetched once, cached)."""
+        if self._api_info is None:
+            self._api_info = codec.parse_api_info(self.get_tree(""))
+        return self._api_info
+
+    @property
+    def engine_version(self) -> tuple[int, int]:
+        """(major, minor) of the engine, from the API root."""
+        return self.api_info().version
+
+    @property
+    def legacy(self) -> bool:
+        """True for 4.1 engines: ``<image id>``, no transfer format, signed_ticket."""
+        return self.engine_version < (4, 2)
+
+    def test(self) -> None:
+        """Check that the engine answers and accepts the credentials."""
+        self.api_info()

@@ -1,0 +1,176 @@
+"""Waiting for the engine: polling with backoff under a monotonic deadline.
+
+Every helper here gives up with TimeoutExpired naming what it waited for
+and what it saw last; none waits forever.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from imagetool.engine.entities import Disk, ImageTransfer, Snapshot
+from imagetool.errors import NotFound, TimeoutExpired, TransferError
+
+if TYPE_CHECKING:
+    from imagetool.engine.connection import Connection
+
+MIN_DELAY = 0.1
+MAX_DELAY = 2.0
+
+# Phases after which a transfer never moves again.
+TERMINAL_PHASES = frozenset({"finished_success", "finished_failure",
+                             "finished_cleanup", "cancelled"})
+# Phases meaning the transfer failed or is failing.
+FAILURE_PHASES = frozenset({"finished_failure", "finalizing_failure",
+                            "cancelled", "cancelled_system", "cancelled_user",
+                            "finalizing_cleanup", "finished_cleanup"})
+
+
+class Poller:
+    """Sleep schedule 0.1 s, x1.5 ... 2 s, never past the deadline."""
+
+    def __init__(self, timeout: float, min_delay: float = MIN_DELAY,
+                 max_delay: float = MAX_DELAY,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.deadline = clock() + timeout
+        self.delay = min_delay
+        self.max_delay = max_delay
+        self._clock = clock
+        self._sleep = sleep
+
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self._clock() >= self.deadline
+
+    def sleep(self) -> bool:
+        """Sleep for the next interval; False when the deadline is reached."""
+        remaining = self.deadline - self._clock()
+        if remaining <= 0:
+            return False
+        self._sleep(min(self.delay, remaining))
+        self.delay = min(self.delay * 1.5, self.max_delay)
+        return True
+
+
+def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
+                  timeout: float = 300.0) -> Disk:
+    """Poll a disk until it has ``status``; returns the disk.
+
+    A disk turning ``illegal`` (when waiting for another status) raises
+    TransferError; NotFound propagates.
+    """
+    poller = Poller(timeout)
+    last = None
+    while True:
+        disk = conn.disks.get(disk_id)
+        last = disk.status
+        if disk.status == status:
+            return disk
+        if disk.status == "illegal":
+            raise TransferError(f"disk {disk.name or disk_id} became illegal "
+                                f"while waiting for it to be {status}")
+        if not poller.sleep():
+            raise TimeoutExpired(
+                f"timed out after {timeout:g}s waiting for disk {disk.name or disk_id} "
+                f"to be {status} (last status: {last})")
+
+
+def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
+                           timeout: float = 300.0) -> Disk | None:
+    """Poll until a disk is not ``locked``; None when it was removed.
+
+    Useful after a cancel, when the engine either unlocks or deletes the disk.
+    """
+    poller = Poller(timeout)
+    while True:
+        try:
+            disk = conn.disks.get(disk_id)
+        except NotFound:
+            return None
+        if disk.status != "locked":
+            return disk
+        if not poller.sleep():
+            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for disk "
+                                 f"{disk.name or disk_id} to be unlocked")
+
+
+def _disk_outcome(conn: "Connection", disk_id: str | None, transfer_id: str,
+                  phases: frozenset[str]) -> ImageTransfer | None:
+    """After a 404 on a finalized transfer: decide success from the disk.
+
+    Engines before 4.4.7 delete the transfer record when it ends, so the
+    disk is the only witness: ``ok`` means success; ``locked`` means not
+    known yet (None: keep waiting); ``illegal`` or missing means failure.
+    """
+    if disk_id is None or "finished_success" not in phases:
+        raise TransferError(f"transfer {transfer_id} disappeared from the engine")
+    try:
+        disk = conn.disks.get(disk_id)
+    except NotFound:
+        raise TransferError(f"transfer {transfer_id} failed: its disk {disk_id} "
+                            f"was removed") from None
+    if disk.status == "ok":
+        return ImageTransfer(id=transfer_id, phase="finished_success", disk_id=disk_id)
+    if disk.status == "illegal":
+        raise TransferError(f"transfer {transfer_id} failed: disk "
+                            f"{disk.name or disk_id} is illegal")
+    return None
+
+
+def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
+                            phases: Iterable[str] | str, timeout: float = 300.0,
+                            disk_id: str | None = None) -> ImageTransfer:
+    """Poll a transfer until its phase is one of ``phases``; returns it.
+
+    Raises TransferError when it reaches a failure phase not asked for (or
+    ``paused_system`` while waiting for ``transferring``: the host could not
+    serve it), TimeoutExpired at the deadline. When the transfer vanishes
+    (404) while waiting for ``finished_success``, the disk decides (see
+    ``_disk_outcome``); ``disk_id`` is taken from the transfer if not given.
+    """
+    wanted = frozenset([phases] if isinstance(phases, str) else phases)
+    poller = Poller(timeout)
+    last = None
+    while True:
+        try:
+            transfer = conn.transfers.get(transfer_id)
+        except NotFound:
+            if last is None and disk_id is None:
+                raise
+            outcome = _disk_outcome(conn, disk_id, transfer_id, wanted)
+            if outcome is not None:
+                return outcome
+        else:
+            disk_id = disk_id or transfer.disk_id
+            last = transfer.phase
+            if transfer.phase in wanted:
+                return transfer
+            if transfer.phase in FAILURE_PHASES:
+                raise TransferError(f"transfer {transfer_id} ended in phase "
+                                    f"{transfer.phase} (waiting for "
+                                    f"{'/'.join(sorted(wanted))})")
+            if transfer.phase == "paused_system" and "transferring" in wanted:
+                raise TransferError(
+                    f"transfer {transfer_id} was paused by the system: the "
+                    f"host could not start serving it")
+        if not poller.sleep():
+            raise TimeoutExpired(
+                f"timed out after {timeout:g}s waiting for transfer {transfer_id} "
+                f"to reach {'/'.join(sorted(wanted))} (last phase: {last})")
+
+
+def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
+                      status: str = "ok", timeout: float = 300.0) -> Snapshot:
+    """Poll a VM snapshot until its snapshot_status is ``status``."""
+    poller = Poller(timeout)
+    while True:
+        snap = conn.snapshots.get(vm_id, snapshot_id)
+        if snap.snapshot_status == status:
+            return snap
+        if not poller.sleep():
+            raise TimeoutExpired(
+                f"timed out after {timeout:g}s waiting for snapshot "
+                f"{snap.description or snapshot_id} to be {status} "
+                f"(last status: {snap.snapshot_status})")
