@@ -31,8 +31,8 @@ def qemu_img(*args: str) -> str:
 
 
 def images_equal(a, b, fmt_a: str | None = None, fmt_b: str | None = None) -> bool:
-    """qemu-img compare (strict on size); True when guest data match."""
-    args = ["compare", "-s"]
+    """qemu-img compare; True when guest data and virtual sizes match."""
+    args = ["compare"]
     if fmt_a:
         args += ["-f", fmt_a]
     if fmt_b:
@@ -41,7 +41,14 @@ def images_equal(a, b, fmt_a: str | None = None, fmt_b: str | None = None) -> bo
                        capture_output=True, text=True)
     if p.returncode not in (0, 1):
         raise AssertionError(p.stderr)
-    return p.returncode == 0
+    sizes = [_virtual_size(x, f) for x, f in ((a, fmt_a), (b, fmt_b))]
+    return p.returncode == 0 and sizes[0] == sizes[1]
+
+
+def _virtual_size(path, fmt) -> int:
+    import json
+    args = ["info", "--output=json"] + (["-f", fmt] if fmt else []) + [str(path)]
+    return json.loads(qemu_img(*args))["virtual-size"]
 
 
 class FileBackend:

@@ -1,0 +1,122 @@
+"""Local files written by downloads: temporary name first, final name when complete.
+
+A download never leaves a partial file under the name the user asked for:
+bytes go to a hidden temporary file in the same directory (so the final
+rename is atomic on the same file system), which is fsynced and renamed only
+after the copy succeeded, and removed on any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from imagetool.errors import ImagetoolError
+from imagetool.formats.base import Backend
+
+
+class OutputExists(ImagetoolError):
+    """The destination file exists and overwriting was not asked for."""
+
+
+def check_destination(path: str | os.PathLike, force: bool) -> str:
+    """Refuse an existing ``path`` unless ``force``; return it as a str."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputExists(f"{path}: is a directory")
+    if os.path.exists(path) and not force:
+        raise OutputExists(f"{path}: file exists (use --force to overwrite)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ImagetoolError(f"{parent}: no such directory")
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; rename it there on success.
+
+    The caller writes and closes the temporary file inside the ``with``.
+    On success the file is fsynced, renamed over ``path`` and the directory
+    fsynced; on any exception (Ctrl-C included) it is removed.
+    """
+    path = check_destination(path, force)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory,
+                       f".{os.path.basename(path)}.part-{os.getpid()}-{threading.get_ident()}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if os.path.exists(path) and not force:
+            raise OutputExists(f"{path}: file appeared during the download")
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class SharedBackend:
+    """Let worker threads share one thread-safe local backend.
+
+    ``clone()`` returns views whose ``close()`` and ``flush()`` do nothing:
+    the owner flushes and closes the real backend once, after the copy
+    (a qcow2 writer writes its metadata then, not once per worker).
+    """
+
+    def __init__(self, backend: Backend, owner: bool = True):
+        self._b = backend
+        self._owner = owner
+
+    @property
+    def size(self) -> int:
+        return self._b.size
+
+    def extents(self, context: str = "zero"):
+        return self._b.extents(context)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        return self._b.read_into(offset, buf)
+
+    def write(self, offset: int, data) -> None:
+        self._b.write(offset, data)
+
+    def zero(self, offset: int, length: int) -> None:
+        self._b.zero(offset, length)
+
+    def flush(self) -> None:
+        if self._owner:
+            self._b.flush()
+
+    def clone(self) -> "SharedBackend":
+        return SharedBackend(self._b, owner=False)
+
+    def close(self) -> None:
+        if self._owner:
+            self._b.close()
+
+    def __getattr__(self, name):
+        # features, max_readers, ... of the wrapped backend
+        return getattr(self._b, name)

@@ -1,0 +1,212 @@
+"""Transfers straight to or from one imageio URL (no engine involved).
+
+Useful with a URL from another tool or a ticket added by hand:
+``upload_url`` writes a local image's guest data to the URL,
+``download_url`` saves the URL's data as a raw or qcow2 file,
+``url_checksum`` and ``url_info`` ask the server about it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from imagetool.errors import ImagetoolError
+from imagetool.formats import open_image
+from imagetool.formats.base import Backend
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyStats, copy
+from imagetool.transfer.output import SharedBackend, atomic_output
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TransferResult:
+    """What one upload or download moved (the CLI's ``--json`` object)."""
+
+    bytes: int
+    seconds: float
+    format: str
+    checksum: str | None = None
+    disk_id: str | None = None
+    name: str | None = None
+    path: str | None = None
+    stats: CopyStats | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("stats")
+        return d
+
+
+def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
+             proxy_url: str | None = None, signed_ticket: str | None = None,
+             read_timeout: float = 60) -> Backend:
+    """An HTTP backend on one imageio URL (OPTIONS done, features known)."""
+    from imagetool.imageio.backend import HttpBackend
+    from imagetool.imageio.client import ImageioClient
+
+    client = ImageioClient(url, cafile=cafile, insecure=insecure,
+                           proxy_url=proxy_url, signed_ticket=signed_ticket,
+                           read_timeout=read_timeout)
+    try:
+        return HttpBackend(client)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _cap(workers: int, limit) -> int:
+    """Workers capped by the server's advice (max_readers/max_writers)."""
+    if isinstance(limit, int) and limit > 0:
+        return max(1, min(workers, limit))
+    return max(1, workers)
+
+
+def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
+                   request_size: int = DEFAULT_REQUEST_SIZE,
+                   dst_is_zero: bool = False, progress: Progress | None = None,
+                   cancel_event=None) -> CopyStats:
+    """Copy a local backend into an HTTP backend with capped workers."""
+    workers = _cap(workers, getattr(dst, "max_writers", None))
+    return copy(SharedBackend(src), dst, workers=workers,
+                request_size=request_size, dst_is_zero=dst_is_zero,
+                progress=progress, cancel_event=cancel_event)
+
+
+def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "raw",
+                     force: bool = False, workers: int = 4,
+                     request_size: int = DEFAULT_REQUEST_SIZE,
+                     progress: Progress | None = None, cancel_event=None,
+                     backing_file: str | None = None,
+                     backing_format: str | None = None) -> CopyStats:
+    """Save a backend's guest data to ``path`` as raw (sparse) or qcow2.
+
+    The file appears under ``path`` only when complete; a failure leaves
+    nothing there (and removes the temporary file).
+    """
+    if format not in ("raw", "qcow2"):
+        raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
+    workers = _cap(workers, getattr(src, "max_readers", None))
+    size = src.size
+    with atomic_output(path, force) as tmp:
+        if format == "raw":
+            from imagetool.formats.raw import RawBackend
+            dst = RawBackend(tmp, "w", size=size)
+        else:
+            from imagetool.formats.qcow2_writer import Qcow2Writer
+            dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
+                                     backing_format=backing_format)
+        shared = SharedBackend(dst)
+        try:
+            stats = copy(src, shared, workers=workers, request_size=request_size,
+                         dst_is_zero=True, progress=progress,
+                         cancel_event=cancel_event, detect_zeroes=True)
+            shared.flush()
+        finally:
+            shared.close()
+    return stats
+
+
+def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
+               insecure: bool = False, workers: int = 4,
+               request_size: int = DEFAULT_REQUEST_SIZE,
+               progress: Progress | None = None, format: str | None = None,
+               dst_is_zero: bool = False) -> TransferResult:
+    """Write the guest data of a local raw/qcow2 image to an imageio URL.
+
+    ``format`` None detects the file's format. ``dst_is_zero`` skips zero
+    ranges (only when the target is known to read as zeros). Workers are
+    capped by the server's ``max_writers``.
+    """
+    start = time.monotonic()
+    src = open_image(path, "r", format=format)
+    try:
+        dst = open_url(url, cafile=cafile, insecure=insecure)
+        try:
+            stats = upload_backend(src, dst, workers=workers,
+                                   request_size=request_size,
+                                   dst_is_zero=dst_is_zero, progress=progress)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return TransferResult(bytes=stats.bytes_total,
+                          seconds=time.monotonic() - start, format="raw",
+                          path=os.fspath(path), stats=stats)
+
+
+def download_url(url: str, path: str | os.PathLike, *, format: str = "raw",
+                 cafile: str | None = None, insecure: bool = False,
+                 workers: int = 4, request_size: int = DEFAULT_REQUEST_SIZE,
+                 progress: Progress | None = None,
+                 force: bool = False) -> TransferResult:
+    """Save an imageio URL's data to ``path`` as a sparse raw or a qcow2 file.
+
+    Refuses an existing ``path`` unless ``force``; the file appears only
+    when complete. Workers are capped by the server's ``max_readers``.
+    """
+    start = time.monotonic()
+    src = open_url(url, cafile=cafile, insecure=insecure)
+    try:
+        stats = download_backend(src, path, format=format, force=force,
+                                 workers=workers, request_size=request_size,
+                                 progress=progress)
+    finally:
+        src.close()
+    return TransferResult(bytes=stats.bytes_total,
+                          seconds=time.monotonic() - start, format=format,
+                          path=os.fspath(path), stats=stats)
+
+
+def url_checksum(url: str, *, algorithm: str = "blake2b",
+                 block_size: int = 4 << 20, cafile: str | None = None,
+                 insecure: bool = False) -> dict:
+    """The server's block checksum of the URL's guest data."""
+    from imagetool.imageio.client import ImageioClient
+
+    client = ImageioClient(url, cafile=cafile, insecure=insecure)
+    try:
+        return client.checksum(algorithm=algorithm, block_size=block_size)
+    finally:
+        client.close()
+
+
+def url_info(url: str, *, cafile: str | None = None,
+             insecure: bool = False, extents: bool = True) -> dict:
+    """Size, features and allocation summary of an imageio URL."""
+    from imagetool.imageio.client import ImageioClient
+
+    client = ImageioClient(url, cafile=cafile, insecure=insecure)
+    try:
+        opts = client.options()
+        info = {"url": _redact(url), "size": client.size()}
+        info.update({k: opts.get(k) for k in ("features", "max_readers", "max_writers")}
+                    if isinstance(opts, dict) else _opts_fields(opts))
+        info["features"] = sorted(info.get("features") or ())
+        if extents and "extents" in (info.get("features") or ()):
+            data = zero = 0
+            for ext in client.extents("zero"):
+                length = ext.length if hasattr(ext, "length") else ext["length"]
+                is_zero = ext.zero if hasattr(ext, "zero") else ext["zero"]
+                if is_zero:
+                    zero += length
+                else:
+                    data += length
+            info["data_bytes"] = data
+            info["zero_bytes"] = zero
+        return info
+    finally:
+        client.close()
+
+
+def _opts_fields(opts) -> dict:
+    return {k: getattr(opts, k, None) for k in ("features", "max_readers", "max_writers")}
+
+
+def _redact(url: str) -> str:
+    """Hide the ticket id (a secret) in a URL shown to users."""
+    head, sep, tail = url.rpartition("/images/")
+    return f"{head}/images/***" if sep and tail else url
