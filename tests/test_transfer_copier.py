@@ -46,11 +46,16 @@ def test_copy_bytes_equal(tmp_path, src_path, workers):
     # Each worker flushed its own clone once.
     assert dst.stats["flush"] == workers
     assert dst.stats["clones"] == workers
-    # Requests are bounded and do not overlap.
+    # Finished requests tile the image exactly; data requests are bounded.
     done.sort()
-    assert all(length <= MiB for _, length in done)
-    for (a, la), (b, _) in zip(done, done[1:]):
-        assert a + la <= b
+    pos = 0
+    for start, length in done:
+        assert start == pos
+        pos += length
+    assert pos == SIZE
+    assert stats.requests == len(done)
+    assert max(length for start, length in done
+               if any(s <= start < s + n for s, n in DATA)) <= MiB
 
 
 def test_copy_zeroes_destination_when_not_empty(tmp_path, src_path):
