@@ -1,0 +1,643 @@
+"""Write a new qcow2 v3 image (compat 1.1, 16-bit refcounts) as a Backend.
+
+Layout: cluster 0 holds the header, its extensions and the backing file
+name. Guest data clusters are appended to the file in the order writes
+arrive (one ``pwrite`` per request where the request is new data). The L2
+tables live in memory; ``flush()`` writes the L2 tables, the L1 table, the
+refcount blocks and the refcount table after the data, then the header that
+points at them, and fsyncs. The metadata of the previous flush becomes free
+space that later data reuses, so a flushed image is always valid and
+``qemu-img check`` finds neither errors nor leaked clusters.
+
+Refcounts are kept in memory for every host cluster and updated as clusters
+are allocated and released, so a flush only converts them to big-endian.
+A released cluster is reused only after the next flush, when no metadata on
+disk refers to it any more.
+
+Partial-cluster writes: an allocated cluster is written in place (a
+compressed one is rewritten uncompressed); a new cluster is filled with
+zeros around the data. With a backing file the writer cannot see the
+backing data, so writes and zeroes must cover whole clusters (the end of the
+last cluster past the virtual size does not count); a partial write into a
+cluster not yet written in this layer raises ValueError.
+
+``zero()`` leaves whole clusters unallocated when there is no backing file
+and sets the qcow2 zero flag when there is one (so the backing data is
+hidden). ``read_into`` and ``extents`` show this layer only: clusters not
+written here read as zeros and are reported as ``Extent(zero=True,
+hole=True)``.
+
+Compression (``compress=True``): whole clusters are deflated (raw deflate,
+4 KiB window, as qemu reads it) outside the lock, so several writer threads
+compress in parallel; a cluster that does not shrink is stored plainly.
+Compressed clusters are packed back to back into host clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from array import array
+from typing import Iterator
+
+from imagetool.errors import FormatError
+from imagetool.formats.base import Extent, merge_extents
+
+_MAGIC = b"QFI\xfb"
+_HEADER_LEN = 104
+_EXT_BACKING_FORMAT = 0xE2792ACA
+_REFCOUNT_ORDER = 4  # 16-bit refcounts
+_MAX_REFCOUNT = 0xFFFF
+
+_COPIED = 1 << 63
+_COMPRESSED = 1 << 62
+_ZERO_FLAG = 1
+_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+_IOV_MAX = 1024
+
+MIN_CLUSTER_SIZE = 512
+MAX_CLUSTER_SIZE = 2 * 1024 * 1024
+
+
+class Qcow2Writer:
+    """A qcow2 image being written; see the module docstring.
+
+    Create one with :meth:`create`. ``write``, ``zero``, ``read_into`` and
+    ``flush`` may be called from several threads.
+    """
+
+    def __init__(self, fd: int, path: str, virtual_size: int, cluster_size: int,
+                 backing_file: str | None, backing_format: str | None,
+                 compress: bool, compress_level: int):
+        self.path = path
+        self._fd = fd
+        self._size = virtual_size
+        self.cluster_size = cluster_size
+        self.backing_file = backing_file
+        self.backing_format = backing_format
+        self.compress = compress
+        self._level = compress_level
+        self._cbits = cluster_size.bit_length() - 1
+        self._l2_entries = cluster_size // 8
+        self._l2_bits = self._l2_entries.bit_length() - 1
+        self._nclusters = -(-virtual_size // cluster_size)
+        self._l1_size = -(-self._nclusters // self._l2_entries)
+        # Compressed descriptor: host offset in the low x bits, extra sectors above.
+        self._csize_shift = 62 - (self._cbits - 8)
+        self._coffset_mask = (1 << self._csize_shift) - 1
+        self._csize_mask = (1 << (self._cbits - 8)) - 1
+
+        self._lock = threading.Lock()
+        self._closed = False
+        self._l2: dict[int, array] = {}
+        self._refcounts = array("H", [1])   # host cluster 0: the header
+        self._end = 1                       # host clusters in use or freed
+        self._free: list[list[int]] = []    # [start, count], reusable now
+        self._pending: list[int] = []       # released since the last flush
+        self._meta: tuple[int, int] | None = None  # (start, count) on disk
+        self._ctail: int | None = None      # byte offset for the next compressed blob
+        self._dirty = True
+
+    # --- creation --------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, virtual_size: int,
+               cluster_size: int = 65536, backing_file: str | None = None,
+               backing_format: str | None = None, compress: bool = False,
+               compress_level: int = 6) -> "Qcow2Writer":
+        """Create (or truncate) ``path`` as an empty qcow2 image and return its writer.
+
+        The new file is already a valid image (all clusters unallocated).
+        ``virtual_size`` is rounded up to a multiple of 512, as qemu only
+        sees whole sectors of a qcow2 image.
+        """
+        path = os.fspath(path)
+        if virtual_size < 0:
+            raise ValueError(f"invalid virtual size {virtual_size}")
+        virtual_size = -(-virtual_size // 512) * 512
+        if (cluster_size < MIN_CLUSTER_SIZE or cluster_size > MAX_CLUSTER_SIZE
+                or cluster_size & (cluster_size - 1)):
+            raise ValueError(
+                f"invalid cluster size {cluster_size}: a power of two "
+                f"between {MIN_CLUSTER_SIZE} and {MAX_CLUSTER_SIZE}")
+        if backing_format and not backing_file:
+            raise ValueError("backing_format given without backing_file")
+        header_need = _HEADER_LEN + 8 + len((backing_file or "").encode())
+        if backing_format:
+            header_need += 8 + _pad8(len(backing_format.encode()))
+        if header_need > cluster_size or len((backing_file or "").encode()) > 1023:
+            raise ValueError("backing file name too long for the header cluster")
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            raise FormatError(f"cannot create: {e.strerror}", path) from e
+        w = cls(fd, path, virtual_size, cluster_size, backing_file,
+                backing_format, compress, compress_level)
+        try:
+            w.flush()
+        except BaseException:
+            os.close(fd)
+            raise
+        return w
+
+    # --- Backend protocol ------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Virtual (guest) size in bytes."""
+        return self._size
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        """Write guest bytes at ``offset``; see the module docstring for partial clusters."""
+        view = memoryview(data).cast("B")
+        self._check_range(offset, len(view))
+        if not view:
+            return
+        cs = self.cluster_size
+        blobs: dict[int, bytes] = {}
+        if self.compress:
+            # Deflate full clusters before taking the lock: zlib drops the GIL.
+            first = -(-offset // cs)
+            last = (offset + len(view)) // cs
+            if offset + len(view) == self._size:
+                last = self._nclusters
+            for ci in range(first, last):
+                start = ci * cs - offset
+                chunk = view[start:start + cs]
+                if len(chunk) < cs:
+                    chunk = bytes(chunk) + bytes(cs - len(chunk))
+                blob = self._deflate(chunk)
+                if len(blob) < cs:
+                    blobs[ci] = blob
+        with self._lock:
+            self._check_open()
+            self._write_locked(offset, view, blobs)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make the range read as zeros (unallocated, or zero flag over a backing file)."""
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        cs = self.cluster_size
+        end = offset + length
+        with self._lock:
+            self._check_open()
+            ci = offset // cs
+            while ci * cs < end:
+                cstart = ci * cs
+                cend = min(cstart + cs, self._size)
+                if offset <= cstart and end >= cend:
+                    new = _ZERO_FLAG if self.backing_file else 0
+                    self._release(self._get(ci))
+                    self._set(ci, new)
+                else:
+                    a, b = max(offset, cstart), min(end, cend)
+                    entry = self._get(ci)
+                    if self._is_plain(entry):
+                        _pwrite_all(self._fd, [bytes(b - a)],
+                                    (entry & _OFFSET_MASK) + a - cstart)
+                    elif entry & _COMPRESSED:
+                        buf = bytearray(self._read_cluster(ci, entry))
+                        buf[a - cstart:b - cstart] = bytes(b - a)
+                        self._write_locked(cstart, memoryview(buf)[:cend - cstart], {})
+                    elif entry == 0 and self.backing_file:
+                        raise ValueError(
+                            f"{self.path}: partial-cluster zero at {a} over a "
+                            "backing file: zero whole clusters")
+                    # otherwise the cluster already reads as zeros
+                ci += 1
+            self._dirty = True
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Read this layer's guest bytes (unwritten clusters read as zeros)."""
+        view = memoryview(buf).cast("B")
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        length = max(0, min(len(view), self._size - offset))
+        cs = self.cluster_size
+        with self._lock:
+            self._check_open()
+            pos = offset
+            end = offset + length
+            while pos < end:
+                ci = pos // cs
+                cstart = ci * cs
+                n = min(cstart + cs, end) - pos
+                dst = view[pos - offset:pos - offset + n]
+                entry = self._get(ci)
+                if self._is_plain(entry):
+                    # Extend over host-contiguous plain clusters: one pread.
+                    host = (entry & _OFFSET_MASK) + pos - cstart
+                    nxt = ci + 1
+                    while pos + n < end and self._get(nxt) == entry + (nxt - ci) * cs:
+                        n += min(cs, end - pos - n)
+                        nxt += 1
+                    dst = view[pos - offset:pos - offset + n]
+                    _pread_all(self._fd, dst, host)
+                elif entry & _COMPRESSED:
+                    data = self._read_cluster(ci, entry)
+                    dst[:] = data[pos - cstart:pos - cstart + n]
+                else:
+                    dst[:] = bytes(n)
+                pos += n
+        return length
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """This layer's allocation: data, zero-flag clusters (zero) and unwritten (zero, hole)."""
+        if context != "zero":
+            raise ValueError(f"unsupported extents context {context!r}")
+        cs = self.cluster_size
+        span = self._l2_entries * cs
+        unwritten = dict(zero=True, hole=True)
+        with self._lock:
+            exts = []
+            for idx in range(self._l1_size):
+                table = self._l2.get(idx)
+                if table is None:
+                    start = idx * span
+                    exts.append(Extent(start, min(span, self._size - start), **unwritten))
+                    continue
+                for i, entry in enumerate(table):
+                    start = (idx * self._l2_entries + i) * cs
+                    if start >= self._size:
+                        break
+                    length = min(cs, self._size - start)
+                    if entry & _COMPRESSED or entry & _OFFSET_MASK:
+                        exts.append(Extent(start, length))
+                    elif entry & _ZERO_FLAG:
+                        exts.append(Extent(start, length, zero=True))
+                    else:
+                        exts.append(Extent(start, length, **unwritten))
+        return merge_extents(exts)
+
+    def flush(self) -> None:
+        """Write the metadata after the data, then the header, and fsync."""
+        with self._lock:
+            self._check_open()
+            if self._dirty:
+                self._write_metadata()
+                self._dirty = False
+            os.fsync(self._fd)
+
+    def clone(self) -> "Qcow2Writer":
+        """The same writer: it is already safe to share between threads."""
+        return self
+
+    def close(self) -> None:
+        """Flush and close; safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                os.close(self._fd)
+
+    def __enter__(self) -> "Qcow2Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Qcow2Writer({self.path!r}, size={self._size})"
+
+    # --- writing data ----------------------------------------------------
+
+    def _write_locked(self, offset: int, view: memoryview,
+                      blobs: dict[int, bytes]) -> None:
+        cs = self.cluster_size
+        end = offset + len(view)
+        # Runs of clusters written with one pwritev each: ("new", iov, count)
+        # for freshly allocated clusters, ("at", iov, host) for in-place.
+        new_iov: list = []
+        new_clusters: list[int] = []
+        cblobs: list[tuple[int, bytes]] = []
+        inplace: list = []  # [host_start, host_end, iov]
+        ci = offset // cs
+        while ci * cs < end:
+            cstart = ci * cs
+            cend = min(cstart + cs, self._size)
+            a, b = max(offset, cstart), min(end, cend)
+            piece = view[a - offset:b - offset]
+            entry = self._get(ci)
+            full = a == cstart and b == cend
+            if ci in blobs:
+                self._release(entry)
+                cblobs.append((ci, blobs[ci]))
+                self._set(ci, 0)
+            elif self._is_plain(entry):
+                host = (entry & _OFFSET_MASK) + a - cstart
+                if inplace and inplace[-1][1] == host and len(inplace[-1][2]) < _IOV_MAX:
+                    inplace[-1][1] += len(piece)
+                    inplace[-1][2].append(piece)
+                else:
+                    inplace.append([host, host + len(piece), [piece]])
+            else:
+                if full and cend - cstart == cs:
+                    # A slice of the caller's buffer: join it to the previous one.
+                    last = new_iov[-1] if new_iov else None
+                    if isinstance(last, tuple) and last[1] == a - offset:
+                        new_iov[-1] = (last[0], b - offset)
+                    else:
+                        new_iov.append((a - offset, b - offset))
+                    content = None
+                elif full:
+                    content = bytes(piece) + bytes(cs - len(piece))
+                else:
+                    if entry & _COMPRESSED:
+                        buf = bytearray(self._read_cluster(ci, entry))
+                    elif entry == 0 and self.backing_file:
+                        raise ValueError(
+                            f"{self.path}: partial-cluster write at {a} over a "
+                            "backing file: write whole clusters")
+                    else:
+                        buf = bytearray(cs)
+                    buf[a - cstart:b - cstart] = piece
+                    content = memoryview(buf)
+                self._release(entry)
+                self._set(ci, 0)
+                new_clusters.append(ci)
+                if content is not None:
+                    new_iov.append(content)
+            ci += 1
+        for host, _, iov in inplace:
+            _pwrite_all(self._fd, iov, host)
+        if new_clusters:
+            self._write_new(view, new_clusters, new_iov)
+        if cblobs:
+            self._write_compressed(cblobs)
+        self._dirty = True
+
+    def _write_new(self, view: memoryview, clusters: list[int], iov: list) -> None:
+        """Allocate one host run for ``clusters`` and write their contents.
+
+        ``iov`` items are buffers or ``(start, end)`` slices of ``view``.
+        """
+        host = self._alloc(len(clusters))
+        cs = self.cluster_size
+        for i, ci in enumerate(clusters):
+            self._set(ci, ((host + i) * cs) | _COPIED)
+        bufs = [view[p[0]:p[1]] if isinstance(p, tuple) else p for p in iov]
+        _pwrite_all(self._fd, bufs, host * cs)
+
+    def _write_compressed(self, cblobs: list[tuple[int, bytes]]) -> None:
+        """Pack compressed clusters back to back at the end of the file."""
+        cs = self.cluster_size
+        start = self._ctail
+        if start is None or -(-start // cs) != self._end or start % cs == 0:
+            # The open compressed cluster is no longer the last one: start fresh.
+            start = self._end * cs
+        pos = start
+        for ci, blob in cblobs:
+            first = pos // cs
+            sector_end = -(-(pos + len(blob)) // 512) * 512
+            last = (sector_end - 1) // cs
+            self._grow_to(last + 1)
+            for hc in range(first, last + 1):
+                self._ref(hc, +1)
+            nsect = (sector_end - (pos & ~511)) // 512 - 1
+            self._set(ci, _COMPRESSED | (nsect << self._csize_shift) | pos)
+            pos += len(blob)
+        _pwrite_all(self._fd, [b for _, b in cblobs], start)
+        self._ctail = pos
+
+    def _deflate(self, chunk) -> bytes:
+        c = zlib.compressobj(self._level, zlib.DEFLATED, -12)
+        return c.compress(chunk) + c.flush()
+
+    def _read_cluster(self, ci: int, entry: int) -> bytes:
+        """One cluster's guest bytes (entry is plain or compressed)."""
+        cs = self.cluster_size
+        if entry & _COMPRESSED:
+            coff = entry & self._coffset_mask
+            nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
+            raw = os.pread(self._fd, nsect * 512 - (coff & 511), coff)
+            data = zlib.decompressobj(-12).decompress(raw, cs)
+            if len(data) != cs:
+                raise FormatError(f"compressed cluster {ci} is truncated", self.path)
+            return data
+        buf = bytearray(cs)
+        _pread_all(self._fd, memoryview(buf), entry & _OFFSET_MASK)
+        return bytes(buf)
+
+    # --- L2 and refcount bookkeeping ---------------------------------------
+
+    def _get(self, ci: int) -> int:
+        table = self._l2.get(ci >> self._l2_bits)
+        return table[ci & (self._l2_entries - 1)] if table is not None else 0
+
+    def _set(self, ci: int, entry: int) -> None:
+        idx = ci >> self._l2_bits
+        table = self._l2.get(idx)
+        if table is None:
+            if entry == 0:
+                return
+            table = self._l2[idx] = array("Q", bytes(self.cluster_size))
+        table[ci & (self._l2_entries - 1)] = entry
+
+    @staticmethod
+    def _is_plain(entry: int) -> bool:
+        return not entry & _COMPRESSED and bool(entry & _OFFSET_MASK)
+
+    def _release(self, entry: int) -> None:
+        """Drop the host clusters an L2 entry referenced."""
+        cs = self.cluster_size
+        if entry & _COMPRESSED:
+            coff = entry & self._coffset_mask
+            nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
+            end = (coff & ~511) + nsect * 512
+            for hc in range(coff // cs, (end - 1) // cs + 1):
+                self._ref(hc, -1)
+        elif entry & _OFFSET_MASK:
+            self._ref((entry & _OFFSET_MASK) // cs, -1)
+
+    def _ref(self, hc: int, delta: int) -> None:
+        value = self._refcounts[hc] + delta
+        if value > _MAX_REFCOUNT:
+            raise FormatError("refcount overflow", self.path)
+        self._refcounts[hc] = value
+        if value == 0:
+            self._pending.append(hc)
+            if self._ctail is not None and self._ctail // self.cluster_size == hc:
+                self._ctail = None
+
+    def _grow_to(self, nclusters: int) -> None:
+        if nclusters > self._end:
+            missing = nclusters - len(self._refcounts)
+            if missing > 0:
+                self._refcounts.extend(array("H", bytes(2 * missing)))
+            self._end = nclusters
+
+    def _alloc(self, count: int) -> int:
+        """``count`` contiguous host clusters with refcount 1 (free space first)."""
+        for i, (start, n) in enumerate(self._free):
+            if n >= count:
+                if n == count:
+                    del self._free[i]
+                else:
+                    self._free[i] = [start + count, n - count]
+                break
+        else:
+            start = self._end
+            self._grow_to(start + count)
+        for hc in range(start, start + count):
+            self._refcounts[hc] = 1
+        return start
+
+    # --- metadata ----------------------------------------------------------
+
+    def _write_metadata(self) -> None:
+        cs = self.cluster_size
+        # The previous metadata is released now; if it sits at the end of the
+        # file, the new metadata simply takes its place.
+        if self._meta is not None:
+            mstart, mcount = self._meta
+            for hc in range(mstart, mstart + mcount):
+                self._refcounts[hc] = 0
+            if mstart + mcount == self._end:
+                self._end = mstart
+                del self._refcounts[mstart:]
+                self._free = [[s, n] for s, n in self._free if s < mstart]
+                if self._ctail is not None and self._ctail > mstart * cs:
+                    self._ctail = None
+            else:
+                self._free.append([mstart, mcount])
+            self._meta = None
+        l1_clusters = -(-self._l1_size * 8 // cs)
+        l2_count = len(self._l2)
+        base = self._end
+        per_block = cs * 8 // 16
+        blocks = table = 0
+        while True:
+            total = base + l1_clusters + l2_count + blocks + table
+            nb = -(-total // per_block)
+            nt = -(-nb * 8 // cs)
+            if (nb, nt) == (blocks, table):
+                break
+            blocks, table = nb, nt
+        count = l1_clusters + l2_count + blocks + table
+        self._grow_to(base + count)
+        for hc in range(base, base + count):
+            self._refcounts[hc] = 1
+        self._meta = (base, count)
+
+        pos = base
+        l1 = array("Q", bytes(8 * self._l1_size))
+        for idx in sorted(self._l2):
+            l1[idx] = (pos * cs) | _COPIED
+            t = array("Q", self._l2[idx])
+            t.byteswap() if _LITTLE else None
+            _pwrite_all(self._fd, [t], pos * cs)
+            pos += 1
+        l1_offset = pos * cs if l1_clusters else 0
+        if l1_clusters:
+            l1.byteswap() if _LITTLE else None
+            _pwrite_all(self._fd, [l1], pos * cs)
+            pos += l1_clusters
+        rt = array("Q", bytes(table * cs))
+        refs = array("H", self._refcounts)
+        refs.extend(array("H", bytes(2 * (blocks * per_block - len(refs)))))
+        if _LITTLE:
+            refs.byteswap()
+        rblocks_start = pos
+        for i in range(blocks):
+            rt[i] = (pos + i) * cs
+        _pwrite_all(self._fd, [refs], rblocks_start * cs)
+        pos += blocks
+        rt_offset = pos * cs
+        if _LITTLE:
+            rt.byteswap()
+        _pwrite_all(self._fd, [rt], rt_offset)
+        pos += table
+        os.ftruncate(self._fd, pos * cs)
+        # The header goes last so it never points at half-written tables.
+        os.fsync(self._fd)
+        _pwrite_all(self._fd, [self._header(l1_offset, rt_offset, table)], 0)
+        # Clusters released before this flush are no longer referenced on disk.
+        for hc in self._pending:
+            if hc < self._end and self._refcounts[hc] == 0:
+                self._free.append([hc, 1])
+        self._pending.clear()
+        self._free = _coalesce(self._free)
+
+    def _header(self, l1_offset: int, rt_offset: int, rt_clusters: int) -> bytes:
+        exts = b""
+        if self.backing_format:
+            name = self.backing_format.encode()
+            exts += struct.pack(">II", _EXT_BACKING_FORMAT, len(name))
+            exts += name + bytes(_pad8(len(name)) - len(name))
+        exts += struct.pack(">II", 0, 0)
+        backing = (self.backing_file or "").encode()
+        backing_offset = _HEADER_LEN + len(exts) if backing else 0
+        header = struct.pack(
+            ">4sIQIIQIIQQIIQQQQII",
+            _MAGIC, 3, backing_offset, len(backing), self._cbits, self._size,
+            0, self._l1_size, l1_offset, rt_offset, rt_clusters, 0, 0,
+            0, 0, 0, _REFCOUNT_ORDER, _HEADER_LEN)
+        assert len(header) == _HEADER_LEN
+        return header + exts + backing
+
+    # --- checks ------------------------------------------------------------
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise ValueError(
+                f"{self.path}: range offset={offset} length={length} outside "
+                f"the virtual size {self._size}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: writer is closed")
+
+
+_LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _coalesce(ranges: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start, n in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == start:
+            out[-1][1] += n
+        else:
+            out.append([start, n])
+    return out
+
+
+def _pwrite_all(fd: int, iov: list, offset: int) -> None:
+    """Write every buffer of ``iov`` back to back from ``offset``."""
+    views = [memoryview(b).cast("B") for b in iov]
+    for i in range(0, len(views), _IOV_MAX):
+        chunk = views[i:i + _IOV_MAX]
+        n = os.pwritev(fd, chunk, offset)
+        for v in chunk:
+            if n >= len(v):
+                n -= len(v)
+                offset += len(v)
+                continue
+            # Short write: finish this buffer and the rest one by one.
+            v = v[n:]
+            offset += n
+            n = 0
+            while v:
+                k = os.pwrite(fd, v, offset)
+                offset += k
+                v = v[k:]
+
+
+def _pread_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            view[done:] = bytes(len(view) - done)
+            return
+        done += n
