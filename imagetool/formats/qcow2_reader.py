@@ -1,0 +1,460 @@
+"""Read-only guest data of a qcow2 image (and its backing chain).
+
+The L1/L2 tables map guest clusters to host offsets. A range of guest bytes
+is first translated into runs ("segments") of one kind each: data at
+contiguous host offsets (read with one pread), zeros, compressed clusters,
+or unallocated (read through to the backing file, or zeros). Both
+``read_into`` and ``extents`` are built on that translation.
+
+Every table entry is validated before use (alignment, inside the file); a
+bad one raises CorruptImage naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import threading
+import zlib
+from array import array
+from bisect import bisect_right
+from collections import OrderedDict
+from typing import Iterator
+
+from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
+                              UnsupportedFormat)
+from imagetool.formats import qcow2
+from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.raw import RawBackend
+
+DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
+
+_L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+_L2_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+_L2_COMPRESSED = 1 << 62
+_L2_ZERO = 1
+_DESC_MASK = (1 << 62) - 1
+
+MAX_CHAIN_DEPTH = 128
+_L2_CACHE_BYTES = 8 << 20
+_COMP_CACHE_BYTES = 4 << 20
+_ZEROS = bytes(1 << 20)
+_HAVE_PREADV = hasattr(os, "preadv")
+# A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
+_PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def _fill_zero(view: memoryview) -> None:
+    pos, n = 0, len(view)
+    while pos < n:
+        step = min(n - pos, len(_ZEROS))
+        view[pos:pos + step] = _ZEROS[:step]
+        pos += step
+
+
+def _load_table(fd: int, path: str, offset: int, length: int, what: str) -> array:
+    data = qcow2.read_exact(fd, path, offset, length, what)
+    table = array("Q")
+    table.frombytes(data)
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
+
+
+class Qcow2Backend:
+    """Read-only Backend over a qcow2 file's guest data.
+
+    ``shallow=False`` (default): unallocated clusters read through the
+    backing chain and ``extents()`` describe guest data. ``shallow=True``:
+    this layer only; unallocated clusters read as zeros and are reported as
+    ``Extent(zero=True, hole=True)``.
+    """
+
+    def __init__(self, path: str | os.PathLike, shallow: bool = False,
+                 _chain: tuple[str, ...] = ()):
+        self.path = os.fspath(path)
+        self.shallow = shallow
+        self._chain = _chain
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as e:
+            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        self._closed = False
+        self.backing: Qcow2Backend | RawBackend | None = None
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        h = self.header = qcow2.parse_header(self._fd, self.path)
+        qcow2.check_readable(h)
+        self._size = h.size
+        self._file_size = h.file_size
+        self._cb = h.cluster_bits
+        self._cs = h.cluster_size
+        self._ext = h.extended_l2
+        self._l2_bits = h.l2_bits
+        self._sc_bits = self._cb - 5 if self._ext else self._cb
+        self._l1 = (_load_table(self._fd, self.path, h.l1_table_offset,
+                                h.l1_needed * 8, "L1 table")
+                    if h.l1_needed else array("Q"))
+        self._lock = threading.Lock()
+        self._l2_cache: OrderedDict[int, array] = OrderedDict()
+        self._l2_max = max(2, _L2_CACHE_BYTES // self._cs)
+        self._comp_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._comp_max = max(2, _COMP_CACHE_BYTES // self._cs)
+        self._zstd = h.compression_type == 1
+        x = 62 - (self._cb - 8)
+        self._coff_mask = (1 << x) - 1
+        self._csec_shift = x
+        self._csec_mask = (1 << (self._cb - 8)) - 1
+        self._raw_backing_index: tuple[list[Extent], list[int]] | None = None
+        if h.backing_file and not self.shallow:
+            self.backing = self._open_backing(h)
+
+    # --- backing chain ---------------------------------------------------
+
+    def _open_backing(self, h: qcow2.Header) -> "Qcow2Backend | RawBackend":
+        name = h.backing_file or ""
+        if _PROTOCOL_RE.match(name):
+            raise UnsupportedFeature(
+                f"backing file {name!r} is not a local file", self.path)
+        base = os.path.dirname(os.path.abspath(self.path))
+        bpath = name if os.path.isabs(name) else os.path.join(base, name)
+        real = os.path.realpath(bpath)
+        chain = self._chain + (os.path.realpath(self.path),)
+        if real in chain:
+            raise CorruptImage(f"backing chain loop at {name!r}", self.path)
+        if len(chain) >= MAX_CHAIN_DEPTH:
+            raise CorruptImage(
+                f"backing chain deeper than {MAX_CHAIN_DEPTH}", self.path)
+        if not os.path.exists(bpath):
+            raise FormatError(f"backing file {name!r} not found", self.path)
+        fmt = h.backing_format
+        if fmt is None:
+            from imagetool.formats.detect import detect
+            fmt = detect(bpath)
+        if fmt == "raw":
+            return RawBackend(bpath, "r")
+        if fmt == "qcow2":
+            return Qcow2Backend(bpath, _chain=chain)
+        raise UnsupportedFormat(
+            f"backing file format {fmt!r} is not supported", self.path)
+
+    # --- Backend protocol ------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self._size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """Cover ``[0, size)`` with merged data / zero / hole extents."""
+        if context != "zero":
+            raise ValueError(f"unsupported extents context {context!r}")
+        return merge_extents(self.extents_range(0, self._size))
+
+    def extents_range(self, start: int, end: int) -> Iterator[Extent]:
+        """Unmerged extents covering ``[start, end)`` (clipped to size)."""
+        end = min(end, self._size)
+        span = 1 << (self._cb + self._l2_bits)
+        pos = max(0, start)
+        while pos < end:
+            # One L1 entry at a time keeps memory bounded on huge images.
+            stop = min((pos // span + 1) * span, end)
+            for gstart, length, kind, _host in self._map(pos, stop):
+                if kind == DATA or kind == COMPRESSED:
+                    yield Extent(gstart, length)
+                elif kind == ZERO:
+                    yield Extent(gstart, length, zero=True)
+                elif self.backing is None:
+                    yield Extent(gstart, length, zero=True, hole=True)
+                else:
+                    yield from self._backing_extents(gstart, gstart + length)
+            pos = stop
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` with guest bytes at ``offset``; short only at the end."""
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        view = memoryview(buf).cast("B")
+        n = min(len(view), self._size - offset)
+        if n <= 0:
+            return 0
+        for gstart, length, kind, host in self._map(offset, offset + n):
+            part = view[gstart - offset:gstart - offset + length]
+            if kind == DATA:
+                self._read_host(host, part)
+            elif kind == ZERO:
+                _fill_zero(part)
+            elif kind == UNALLOC:
+                self._read_backing(gstart, part)
+            else:
+                cluster = self._decompress(host)
+                within = gstart & (self._cs - 1)
+                part[:] = cluster[within:within + length]
+        return n
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Convenience: up to ``length`` guest bytes at ``offset``."""
+        buf = bytearray(max(0, min(length, self._size - offset)))
+        n = self.read_into(offset, memoryview(buf))
+        return bytes(buf[:n])
+
+    def write(self, offset: int, data) -> None:
+        raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
+
+    def zero(self, offset: int, length: int) -> None:
+        raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
+
+    def flush(self) -> None:
+        """Nothing to flush on a read-only image."""
+
+    def clone(self) -> "Qcow2Backend":
+        """A new backend (own descriptors) on the same image."""
+        return Qcow2Backend(self.path, shallow=self.shallow, _chain=self._chain)
+
+    def close(self) -> None:
+        """Close this image and its backing chain; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.backing is not None:
+            self.backing.close()
+        os.close(self._fd)
+
+    def __enter__(self) -> "Qcow2Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Qcow2Backend({self.path!r}, shallow={self.shallow})"
+
+    # --- translation -----------------------------------------------------
+
+    def _map(self, start: int, end: int) -> list[list[int]]:
+        """Segments ``[gstart, length, kind, host]`` covering [start, end).
+
+        Adjacent segments are merged when they have the same kind (and, for
+        data, contiguous host offsets). Compressed segments carry the L2
+        descriptor in ``host`` and are never merged.
+        """
+        out: list[list[int]] = []
+        cb, cs = self._cb, self._cs
+        span_bits = cb + self._l2_bits
+        l2_mask = (1 << self._l2_bits) - 1
+
+        def emit(gstart: int, length: int, kind: int, host: int) -> None:
+            if out:
+                last = out[-1]
+                if last[2] == kind and kind != COMPRESSED and (
+                        kind != DATA or last[3] + last[1] == host):
+                    last[1] += length
+                    return
+            out.append([gstart, length, kind, host])
+
+        pos = start
+        while pos < end:
+            l1i = pos >> span_bits
+            span_end = min((l1i + 1) << span_bits, end)
+            l2_off = self._l1[l1i] & _L1_OFFSET_MASK
+            if not l2_off:
+                emit(pos, span_end - pos, UNALLOC, 0)
+                pos = span_end
+                continue
+            table = self._l2_table(l2_off)
+            while pos < span_end:
+                cstart = (pos >> cb) << cb
+                cend = min(cstart + cs, span_end)
+                idx = (pos >> cb) & l2_mask
+                if self._ext:
+                    self._map_extended(table[2 * idx], table[2 * idx + 1],
+                                       pos, cstart, cend, emit)
+                else:
+                    entry = table[idx]
+                    if entry & _L2_COMPRESSED:
+                        emit(pos, cend - pos, COMPRESSED, entry & _DESC_MASK)
+                    elif entry & _L2_ZERO:
+                        emit(pos, cend - pos, ZERO, 0)
+                    else:
+                        host = entry & _L2_OFFSET_MASK
+                        if host:
+                            self._check_data(host)
+                            emit(pos, cend - pos, DATA, host + pos - cstart)
+                        else:
+                            emit(pos, cend - pos, UNALLOC, 0)
+                pos = cend
+        return out
+
+    def _map_extended(self, entry: int, bitmap: int, pos: int, cstart: int,
+                      cend: int, emit) -> None:
+        """One extended-L2 cluster: 32 subclusters with alloc/zero bits."""
+        if entry & _L2_COMPRESSED:
+            emit(pos, cend - pos, COMPRESSED, entry & _DESC_MASK)
+            return
+        host = entry & _L2_OFFSET_MASK
+        alloc = bitmap & 0xFFFFFFFF
+        zeros = bitmap >> 32
+        if alloc & zeros:
+            raise CorruptImage("corrupt qcow2 image: subcluster both allocated "
+                               "and zero", self.path)
+        if alloc:
+            if not host:
+                raise CorruptImage("corrupt qcow2 image: allocated subclusters "
+                                   "in an unallocated cluster", self.path)
+            self._check_data(host)
+        sc_bits = self._sc_bits
+        while pos < cend:
+            i = (pos - cstart) >> sc_bits
+            bit = 1 << i
+            kind = DATA if alloc & bit else ZERO if zeros & bit else UNALLOC
+            # Extend over following subclusters of the same kind.
+            j = i + 1
+            while j < 32 and cstart + (j << sc_bits) < cend:
+                b = 1 << j
+                k = DATA if alloc & b else ZERO if zeros & b else UNALLOC
+                if k != kind:
+                    break
+                j += 1
+            stop = min(cstart + (j << sc_bits), cend)
+            emit(pos, stop - pos, kind, host + pos - cstart if kind == DATA else 0)
+            pos = stop
+
+    def _check_data(self, host: int) -> None:
+        if host & (self._cs - 1) or host >= self._file_size:
+            raise CorruptImage(
+                f"corrupt qcow2 image: data cluster offset 0x{host:x} invalid",
+                self.path)
+
+    def _l2_table(self, l2_off: int) -> array:
+        with self._lock:
+            table = self._l2_cache.get(l2_off)
+            if table is not None:
+                self._l2_cache.move_to_end(l2_off)
+                return table
+        if l2_off & (self._cs - 1) or l2_off + self._cs > self._file_size:
+            raise CorruptImage(
+                f"corrupt qcow2 image: L2 table offset 0x{l2_off:x} invalid",
+                self.path)
+        table = _load_table(self._fd, self.path, l2_off, self._cs, "L2 table")
+        with self._lock:
+            self._l2_cache[l2_off] = table
+            while len(self._l2_cache) > self._l2_max:
+                self._l2_cache.popitem(last=False)
+        return table
+
+    # --- reading ---------------------------------------------------------
+
+    def _read_host(self, host: int, part: memoryview) -> None:
+        done = 0
+        while done < len(part):
+            if _HAVE_PREADV:
+                got = os.preadv(self._fd, [part[done:]], host + done)
+            else:
+                chunk = os.pread(self._fd, len(part) - done, host + done)
+                part[done:done + len(chunk)] = chunk
+                got = len(chunk)
+            if got == 0:
+                # The last cluster may stop short of its end in the file.
+                _fill_zero(part[done:])
+                return
+            done += got
+
+    def _read_backing(self, gstart: int, part: memoryview) -> None:
+        if self.backing is None:
+            _fill_zero(part)
+            return
+        got = 0
+        if gstart < self.backing.size:
+            got = self.backing.read_into(gstart, part)
+        if got < len(part):
+            _fill_zero(part[got:])
+
+    def _decompress(self, desc: int) -> bytes:
+        with self._lock:
+            data = self._comp_cache.get(desc)
+            if data is not None:
+                self._comp_cache.move_to_end(desc)
+                return data
+        coff = desc & self._coff_mask
+        nsec = ((desc >> self._csec_shift) & self._csec_mask) + 1
+        csize = nsec * 512 - (coff & 511)
+        if coff == 0 or coff >= self._file_size or csize <= 0:
+            raise CorruptImage(
+                f"corrupt qcow2 image: compressed cluster at 0x{coff:x} invalid",
+                self.path)
+        comp = os.pread(self._fd, min(csize, self._file_size - coff), coff)
+        data = self._inflate(comp, coff)
+        with self._lock:
+            self._comp_cache[desc] = data
+            while len(self._comp_cache) > self._comp_max:
+                self._comp_cache.popitem(last=False)
+        return data
+
+    def _inflate(self, comp: bytes, coff: int) -> bytes:
+        cs = self._cs
+        try:
+            if self._zstd:
+                import zstandard
+                reader = zstandard.ZstdDecompressor().stream_reader(
+                    io.BytesIO(comp), read_across_frames=True)
+                parts = []
+                got = 0
+                while got < cs:
+                    chunk = reader.read(cs - got)
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+                data = b"".join(parts)
+            else:
+                # qemu writes raw deflate with a 4 KiB window (wbits -12);
+                # a 32 KiB window decodes that and any larger-window writer.
+                data = zlib.decompressobj(-15).decompress(comp, cs)
+        except Exception as e:  # zlib.error, zstandard.ZstdError
+            raise CorruptImage(
+                f"corrupt qcow2 image: compressed cluster at 0x{coff:x}: {e}",
+                self.path) from e
+        if len(data) != cs:
+            raise CorruptImage(
+                f"corrupt qcow2 image: compressed cluster at 0x{coff:x} "
+                f"decompresses to {len(data)} bytes, not {cs}", self.path)
+        return data
+
+    # --- extents through the chain ----------------------------------------
+
+    def _backing_extents(self, start: int, end: int) -> Iterator[Extent]:
+        b = self.backing
+        bsize = b.size
+        if start < bsize:
+            stop = min(end, bsize)
+            if isinstance(b, Qcow2Backend):
+                yield from b.extents_range(start, stop)
+            else:
+                yield from self._raw_extents(start, stop)
+        if end > bsize:
+            s = max(start, bsize)
+            yield Extent(s, end - s, zero=True, hole=True)
+
+    def _raw_extents(self, start: int, end: int) -> Iterator[Extent]:
+        with self._lock:
+            cached = self._raw_backing_index
+        if cached is None:
+            exts = list(self.backing.extents())
+            cached = (exts, [e.start for e in exts])
+            with self._lock:
+                self._raw_backing_index = cached
+        index, starts = cached
+        i = max(0, bisect_right(starts, start) - 1)
+        while i < len(index) and index[i].start < end:
+            e = index[i]
+            s, t = max(e.start, start), min(e.end, end)
+            if s < t:
+                yield Extent(s, t - s, e.zero, e.hole)
+            i += 1
