@@ -1,0 +1,289 @@
+"""The local engine's imageio data plane: serves tickets' backends over HTTP(S).
+
+A threaded server (one thread per connection) speaking the imageio protocol
+(see /work/shared/reference/imageio-protocol.md and ``dataplane_images``).
+The control plane adds ``Ticket``s to the registry and hands out
+``f"{server.url}/images/{ticket.uuid}"`` as the transfer URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import threading
+from http import HTTPStatus
+
+from imagetool.server import dataplane_images as images
+from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
+from imagetool.server.tickets import Ticket, TicketRegistry
+
+log = logging.getLogger(__name__)
+
+BUFFER_SIZE = 8 * 1024 * 1024
+SOCKET_BUFFER = 4 * 1024 * 1024
+# Idle timeout before a connection has touched any ticket.
+DEFAULT_IDLE_TIMEOUT = 60.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _version() -> str:
+    try:
+        from imagetool import __version__
+        return str(__version__)
+    except ImportError:
+        return "unknown"
+
+
+class DataPlaneServer:
+    """imageio data plane on ``host:port`` (port 0: ephemeral) for ``registry``.
+
+    ``ssl_context``: a server-side context (HTTPS); None serves plain HTTP.
+    """
+
+    def __init__(self, registry: TicketRegistry, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None,
+                 buffer_size: int = BUFFER_SIZE):
+        self.registry = registry
+        self.host = host
+        self.ssl_context = ssl_context
+        self.buffer_size = buffer_size
+        self._requested_port = port
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._stopping = threading.Event()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``https://127.0.0.1:54322``."""
+        scheme = "https" if self.ssl_context else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self) -> "DataPlaneServer":
+        """Bind, listen and serve in background threads."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit these; large buffers keep loopback busy.
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
+        sock.bind((self.host, self._requested_port))
+        sock.listen(64)
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        self._stopping.clear()
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"dataplane-accept-{self.port}", daemon=True)
+        self._accept_thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listening socket and every connection; join the threads."""
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                # shutdown() wakes a thread blocked in accept(); close() alone does not.
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+            self._accept_thread = None
+        with self._lock:
+            conns = list(self._connections.items())
+        for sock, _ in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, thread in conns:
+            thread.join(timeout)
+        self._listener = None
+
+    def __enter__(self) -> "DataPlaneServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def connection_count(self) -> int:
+        """Open client connections (for tests and status)."""
+        with self._lock:
+            return len(self._connections)
+
+    # --- threads -----------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                break
+            if self._stopping.is_set():
+                sock.close()
+                break
+            thread = threading.Thread(target=self._serve, args=(sock,),
+                                      name="dataplane-conn", daemon=True)
+            with self._lock:
+                self._connections[sock] = thread
+            thread.start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = raw
+            if self.ssl_context is not None:
+                raw.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    sock = self.ssl_context.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError) as e:
+                    log.debug("TLS handshake failed: %s", e)
+                    return
+            _Session(self, HttpConnection(sock, self.buffer_size)).run()
+        except Exception:
+            log.exception("data plane connection failed")
+        finally:
+            with self._lock:
+                self._connections.pop(raw, None)
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+
+class _Session:
+    """One connection's request loop and its ticket bookkeeping."""
+
+    def __init__(self, server: DataPlaneServer, conn: HttpConnection):
+        self.server = server
+        self.conn = conn
+        self.ticket: Ticket | None = None      # counted in ticket.connections
+
+    def run(self) -> None:
+        try:
+            while not self.server._stopping.is_set():
+                idle = self.ticket.inactivity_timeout if self.ticket else DEFAULT_IDLE_TIMEOUT
+                self.conn.sock.settimeout(idle)
+                try:
+                    req = self.conn.read_request()
+                except HttpError as e:
+                    self._send_error(e, close=True)
+                    return
+                if req is None:
+                    return
+                if not self._handle(req):
+                    return
+        except (socket.timeout, PeerClosed, ConnectionError, ssl.SSLError, OSError):
+            # Idle too long, client gone, or the server is stopping.
+            return
+        finally:
+            self._attach(None)
+
+    def _attach(self, ticket: Ticket | None) -> None:
+        """Count this connection on ``ticket`` (and off the previous one)."""
+        if ticket is self.ticket:
+            return
+        if self.ticket is not None:
+            with self.ticket.lock:
+                self.ticket.connections -= 1
+        if ticket is not None:
+            with ticket.lock:
+                ticket.connections += 1
+        self.ticket = ticket
+
+    def _send_error(self, e: HttpError, close: bool) -> None:
+        try:
+            self.conn.send_error(e, close)
+        except OSError:
+            pass
+
+    def _handle(self, req: Request) -> bool:
+        """Serve one request; False when the connection must close."""
+        ctx = images.Context(self.conn, req)
+        ctx.close = not req.keep_alive or req.query.get("close") == "y"
+        try:
+            self._route(ctx)
+        except HttpError as e:
+            # A body left unread would be parsed as the next request.
+            unread = not ctx.body_done and (
+                "transfer-encoding" in req.headers
+                or req.headers.get("content-length", "0").strip() not in ("", "0"))
+            close = ctx.close or e.close or unread
+            self._send_error(e, close)
+            return not close
+        except PeerClosed:
+            return False
+        except (socket.timeout, ConnectionError, ssl.SSLError):
+            return False
+        except Exception as e:
+            log.exception("%s %s failed", req.method, _redacted_path(req.path))
+            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                       f"Internal server error: {e}"), True)
+            return False
+        return not ctx.close
+
+    def _route(self, ctx: images.Context) -> None:
+        req = ctx.req
+        path = req.path
+        if path in ("/info", "/info/"):
+            if req.method != "GET":
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
+                                f"Method {req.method} not allowed", {"Allow": "GET"})
+            self.conn.send_json({"version": _version()}, close=ctx.close)
+            return
+        if not path.startswith("/images/"):
+            raise HttpError(HTTPStatus.NOT_FOUND, f"No handler for {path!r}")
+        parts = path[len("/images/"):].split("/")
+        ticket_id, rest = parts[0], "/".join(parts[1:])
+        if not ticket_id:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "Ticket id is required")
+        if ticket_id == "*" and not rest:
+            if req.method != "OPTIONS":
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
+                                f"Method {req.method} not allowed", {"Allow": "OPTIONS"})
+            images.options_all(ctx)
+            return
+        handlers = _ROUTES.get(rest)
+        if handlers is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"No handler for {_redacted_path(path)!r}")
+        entry = handlers.get(req.method)
+        if entry is None:
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
+                            f"Method {req.method} not allowed",
+                            {"Allow": ",".join(handlers)})
+        op, handler = entry
+        ticket = images.authorize(self.server.registry, ticket_id, op)
+        self._attach(ticket)
+        # Touch before and after: a long request keeps the ticket alive too.
+        ticket.touch(0)
+        moved = handler(ctx, ticket)
+        ticket.touch(moved)
+
+
+_ROUTES = {
+    "": {"OPTIONS": ("read", images.options), "GET": ("read", images.get),
+         "PUT": ("write", images.put), "PATCH": ("write", images.patch)},
+    "extents": {"GET": ("read", images.extents)},
+    "checksum": {"GET": ("read", images.checksum)},
+    "checksum/algorithms": {"GET": ("read", images.checksum_algorithms)},
+}
+
+
+def _redacted_path(path: str) -> str:
+    """A request path without its ticket id (ids are credentials)."""
+    if path.startswith("/images/"):
+        rest = path[len("/images/"):].partition("/")[2]
+        return "/images/<ticket>" + (f"/{rest}" if rest else "")
+    return path

@@ -1,0 +1,315 @@
+"""The imageio protocol's requests on ``/images/<ticket>`` over a Backend.
+
+Each handler returns the number of image bytes it moved (for
+``Ticket.touch``) and sets ``ctx.close`` when the connection must not be
+reused. Errors are raised as ``HttpError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
+from imagetool.server.tickets import Ticket, TicketRegistry
+
+ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
+READ_FEATURES = ["checksum", "extents"]
+DEFAULT_MAX_READERS = 8
+DEFAULT_MAX_WRITERS = 8
+MIN_BLOCK_SIZE = 1024 * 1024
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+_MAX_PATCH_BODY = 16 * 1024
+_FORBIDDEN = "You are not allowed to access this resource: "
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
+
+
+@dataclass
+class Context:
+    """What a handler may look at and change about its connection."""
+
+    conn: HttpConnection
+    req: Request
+    close: bool = False
+    body_done: bool = False       # the request body was consumed
+
+
+def authorize(registry: TicketRegistry, ticket_id: str, op: str) -> Ticket:
+    """The ticket if it allows ``op`` ("read"/"write") now, else 403 (and close)."""
+    ticket = registry.get(ticket_id)
+    if ticket is None:
+        raise HttpError(HTTPStatus.FORBIDDEN, f"{_FORBIDDEN}No such ticket {ticket_id}",
+                        close=True)
+    name = f"Transfer={ticket.transfer_id or ticket.uuid}"
+    if ticket.canceled:
+        raise HttpError(HTTPStatus.FORBIDDEN, f"{_FORBIDDEN}{name} was canceled", close=True)
+    if ticket.expired():
+        raise HttpError(HTTPStatus.FORBIDDEN, f"{_FORBIDDEN}{name} expired", close=True)
+    if op not in ticket.ops:
+        raise HttpError(HTTPStatus.FORBIDDEN, f"{_FORBIDDEN}{name} forbids {op}", close=True)
+    return ticket
+
+
+def _allow(ticket: Ticket) -> str:
+    return "OPTIONS,GET,PUT,PATCH" if ticket.writable else "OPTIONS,GET"
+
+
+def _readable_size(ticket: Ticket) -> int:
+    return min(ticket.size, ticket.backend().size)
+
+
+# --- OPTIONS -----------------------------------------------------------------
+
+def options(ctx: Context, ticket: Ticket) -> int:
+    backend = ticket.backend()
+    features = ALL_FEATURES if ticket.writable else READ_FEATURES
+    # A backend may limit concurrency (e.g. a writer appending in order).
+    body = {"features": features,
+            "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
+            "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)
+            if ticket.writable else 0}
+    ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
+    return 0
+
+
+def options_all(ctx: Context) -> None:
+    ctx.conn.send_json({"features": ALL_FEATURES},
+                       {"Allow": "OPTIONS,GET,PUT,PATCH"}, close=ctx.close)
+
+
+# --- GET -------------------------------------------------------------------------
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """``bytes=A-B`` / ``bytes=A-`` -> (offset, length); 416 otherwise."""
+    unsatisfiable = {"Content-Range": f"bytes */{size}"}
+    m = _RANGE_RE.match(header.strip())
+    if not m:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                        f"Cannot satisfy range {header!r}: only one bytes=first-[last] "
+                        "range is supported", unsatisfiable)
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else size - 1
+    if first > last:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                        f"Cannot satisfy range {header!r}: first > last", unsatisfiable)
+    if last >= size:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                        f"Cannot satisfy range {header!r}: image size is {size}",
+                        unsatisfiable)
+    return first, last - first + 1
+
+
+def get(ctx: Context, ticket: Ticket) -> int:
+    backend = ticket.backend()
+    size = _readable_size(ticket)
+    rng = ctx.req.headers.get("range")
+    if rng is None:
+        offset, length, status = 0, size, 200
+        headers = {}
+    else:
+        offset, length = _parse_range(rng, size)
+        status = 206
+        headers = {"Content-Range": f"bytes {offset}-{offset + length - 1}/{size}"}
+    headers["Content-Type"] = "application/octet-stream"
+    headers["Content-Length"] = str(length)
+    conn = ctx.conn
+    conn.send_head(status, headers, close=ctx.close)
+    buf = conn.buffer
+    done = 0
+    while done < length:
+        n = backend.read_into(offset + done, buf[:min(len(buf), length - done)])
+        if n <= 0:
+            # The image shrank under us: the promised length cannot be sent.
+            ctx.close = True
+            raise PeerClosed()
+        conn.sock.sendall(buf[:n])
+        done += n
+    return done
+
+
+# --- PUT -------------------------------------------------------------------------
+
+def put(ctx: Context, ticket: Ticket) -> int:
+    req = ctx.req
+    length = req.content_length()
+    header = req.headers.get("content-range")
+    if header is None:
+        offset = 0
+    else:
+        m = _CONTENT_RANGE_RE.match(header.strip())
+        if not m:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid Content-Range {header!r}",
+                            close=True)
+        offset, last = int(m.group(1)), int(m.group(2))
+        if last < offset or last - offset + 1 != length:
+            raise HttpError(HTTPStatus.BAD_REQUEST,
+                            f"Content-Range {header!r} does not match Content-Length "
+                            f"{length}", close=True)
+    if offset + length > ticket.size:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                        f"Requested range {offset}-{offset + length - 1} is past the "
+                        f"image size {ticket.size}", {"Content-Range": f"bytes */{ticket.size}"},
+                        close=True)
+    flush = _flush_param(req)
+    backend = ticket.backend()
+    if req.headers.get("expect", "").lower() == "100-continue":
+        ctx.conn.send_continue()
+    conn = ctx.conn
+    buf = conn.buffer
+    done = 0
+    while done < length:
+        # Fill the whole buffer before writing: fewer, larger backend writes.
+        want = min(len(buf), length - done)
+        got = 0
+        while got < want:
+            n = conn.recv_into(buf[got:want])
+            if n == 0:
+                ctx.close = True
+                if got:
+                    backend.write(offset + done, buf[:got])
+                raise HttpError(HTTPStatus.BAD_REQUEST,
+                                f"Short request body: got {done + got} of {length} bytes",
+                                close=True)
+            got += n
+        backend.write(offset + done, buf[:got])
+        done += got
+    ctx.body_done = True
+    if flush:
+        backend.flush()
+    ctx.conn.send_reply(200, close=ctx.close)
+    return done
+
+
+def _flush_param(req: Request) -> bool:
+    value = req.query.get("flush", "y")
+    if value not in ("y", "n"):
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Unsupported value {value!r} for 'flush', expecting 'y' or 'n'",
+                        close=True)
+    return value == "y"
+
+
+# --- PATCH -----------------------------------------------------------------------
+
+def _int_field(msg: dict, name: str) -> int:
+    if name not in msg:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Missing required value for {name!r}")
+    value = msg[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Integer required for {name!r}: {value!r}")
+    if value < 0:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid value for {name!r}: {value} < 0")
+    return value
+
+
+def _bool_field(msg: dict, name: str, default: bool) -> bool:
+    value = msg.get(name, default)
+    if not isinstance(value, bool):
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Boolean required for {name!r}: {value!r}")
+    return value
+
+
+def patch(ctx: Context, ticket: Ticket) -> int:
+    length = ctx.req.content_length()
+    if ctx.req.headers.get("expect", "").lower() == "100-continue":
+        ctx.conn.send_continue()
+    body = ctx.conn.read_small_body(length, _MAX_PATCH_BODY)
+    ctx.body_done = True
+    try:
+        msg = json.loads(body)
+    except ValueError as e:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid JSON message: {e}")
+    if not isinstance(msg, dict):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Invalid JSON message: expecting an object")
+    if "op" not in msg:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Missing required value for 'op'")
+    op = msg["op"]
+    backend = ticket.backend()
+    if op == "zero":
+        offset = _int_field(msg, "offset")
+        size = _int_field(msg, "size")
+        flush = _bool_field(msg, "flush", False)
+        if offset + size > ticket.size:
+            raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                            f"Requested range {offset}-{offset + size - 1} is past the "
+                            f"image size {ticket.size}",
+                            {"Content-Range": f"bytes */{ticket.size}"})
+        if size:
+            backend.zero(offset, size)
+        if flush:
+            backend.flush()
+        ctx.conn.send_reply(200, close=ctx.close)
+        return size
+    if op == "flush":
+        backend.flush()
+        ctx.conn.send_reply(200, close=ctx.close)
+        return 0
+    raise HttpError(HTTPStatus.BAD_REQUEST,
+                    f"Unsupported value {op!r} for 'op', expecting one of ['flush', 'zero']")
+
+
+# --- extents and checksum --------------------------------------------------------
+
+def extents(ctx: Context, ticket: Ticket) -> int:
+    context = ctx.req.query.get("context", "zero")
+    if context == "dirty" and not ticket.dirty:
+        raise HttpError(HTTPStatus.NOT_FOUND, "Ticket does not support dirty extents")
+    if context not in ("zero", "dirty"):
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Unsupported value {context!r} for 'context', "
+                        "expecting one of ['dirty', 'zero']")
+    size = _readable_size(ticket)
+    out = []
+    for ext in ticket.backend().extents(context):
+        if ext.start >= size:
+            break
+        length = min(ext.end, size) - ext.start
+        if context == "zero":
+            out.append({"start": ext.start, "length": length,
+                        "zero": ext.zero, "hole": ext.hole})
+        else:
+            # Backends report blocks unchanged since the checkpoint as holes.
+            out.append({"start": ext.start, "length": length,
+                        "dirty": not ext.hole, "zero": ext.zero})
+    ctx.conn.send_json(out, close=ctx.close)
+    return 0
+
+
+def _checksum_module():
+    try:
+        from imagetool import checksum as mod
+    except ImportError:
+        raise HttpError(HTTPStatus.NOT_FOUND, "Checksum is not available on this server")
+    return mod
+
+
+def checksum(ctx: Context, ticket: Ticket) -> int:
+    mod = _checksum_module()
+    query = ctx.req.query
+    algorithm = query.get("algorithm", "blake2b")
+    if algorithm not in mod.ALGORITHMS:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Unsupported value {algorithm!r} for 'algorithm', "
+                        f"expecting one of {sorted(mod.ALGORITHMS)}")
+    raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
+    if not raw.isdigit():
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid block size: {raw!r}")
+    block_size = int(raw)
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Block size out of allowed range: {MIN_BLOCK_SIZE}-{MAX_BLOCK_SIZE}")
+    if block_size % 4096:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Block size is not aligned to 4096")
+    result = mod.checksum(ticket.backend(), algorithm=algorithm, block_size=block_size)
+    ctx.conn.send_json(result, close=ctx.close)
+    return 0
+
+
+def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:
+    mod = _checksum_module()
+    ctx.conn.send_json({"algorithms": sorted(mod.ALGORITHMS)}, close=ctx.close)
+    return 0
