@@ -1,0 +1,251 @@
+"""Which engine a command talks to: options, environment, config file.
+
+Every engine command takes the same options through ``@engine_options``,
+which hands the command one ``engine: EngineOptions`` argument; the command
+then calls ``with open_connection(engine) as conn: ...``.
+
+Precedence, per setting: command-line flag > ``IMAGETOOL_*`` environment
+variable > the ``-c/--config SECTION`` of ``~/.config/imagetool.conf``
+(path overridden by ``$IMAGETOOL_CONFIG``; a section missing there is also
+looked up in ovirt-img's ``~/.config/ovirt-img.conf``, whose keys
+``engine_url``, ``username``, ``password``, ``cafile``, ``secure`` are
+understood). With no engine URL from anywhere, the embedded local engine is
+used: a running ``imagetool serve`` on the default data dir, else one
+started in-process for the duration of the command.
+"""
+
+from __future__ import annotations
+
+import configparser
+import functools
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import click
+
+from imagetool.engine import Connection
+
+ENV_PREFIX = "IMAGETOOL_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass
+class EngineOptions:
+    """What the user gave on the command line (None: not given)."""
+
+    engine_url: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    cafile: str | None = None
+    insecure: bool = False
+    config: str | None = None
+
+
+@dataclass
+class ResolvedEngine:
+    """Connection settings after merging flags, environment and config."""
+
+    url: str
+    username: str | None
+    password: str | None
+    cafile: str | None
+    insecure: bool
+
+    def __repr__(self) -> str:
+        # Never show the password.
+        return (f"ResolvedEngine(url={self.url!r}, username={self.username!r}, "
+                f"cafile={self.cafile!r}, insecure={self.insecure})")
+
+
+def config_paths(env: Mapping[str, str] | None = None) -> list[str]:
+    """Config files searched for a section, in order."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    own = env.get("IMAGETOOL_CONFIG") or os.path.join(base, "imagetool.conf")
+    return [own, os.path.join(base, "ovirt-img.conf")]
+
+
+def _parse_bool(value: str, what: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise click.UsageError(f"{what}: expected true or false, not {value!r}")
+
+
+def read_config_section(section: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The keys of ``[section]`` from the first config file that has it."""
+    paths = config_paths(env)
+    for path in paths:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except configparser.Error as e:
+            raise click.UsageError(f"{path}: {e}") from None
+        if parser.has_section(section):
+            values = dict(parser.items(section))
+            values["__file__"] = path
+            return values
+    raise click.UsageError(
+        f"no section [{section}] in {' or '.join(paths)}")
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return f.read().rstrip("\r\n")
+    except OSError as e:
+        raise click.UsageError(f"cannot read password file: {e}") from None
+
+
+def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> ResolvedEngine | None:
+    """Merge flags > environment > config section; None when no engine is set.
+
+    Raises click.UsageError (exit 2) for a missing section, an unreadable
+    password file or an engine URL without a username.
+    """
+    env = os.environ if env is None else env
+    conf: dict[str, str] = read_config_section(opts.config, env) if opts.config else {}
+
+    def pick(flag: Any, env_name: str, conf_key: str) -> Any:
+        if flag not in (None, ""):
+            return flag
+        if env.get(ENV_PREFIX + env_name):
+            return env[ENV_PREFIX + env_name]
+        return conf.get(conf_key) or None
+
+    url = pick(opts.engine_url, "ENGINE_URL", "engine_url")
+    if not url:
+        return None
+    username = pick(opts.username, "USERNAME", "username")
+    cafile = pick(opts.cafile, "CAFILE", "cafile")
+
+    if opts.insecure:
+        insecure = True
+    elif env.get("IMAGETOOL_INSECURE"):
+        insecure = _parse_bool(env["IMAGETOOL_INSECURE"], "IMAGETOOL_INSECURE")
+    elif "insecure" in conf:
+        insecure = _parse_bool(conf["insecure"], "insecure")
+    elif "secure" in conf:  # ovirt-img's spelling
+        insecure = not _parse_bool(conf["secure"], "secure")
+    else:
+        insecure = False
+
+    if opts.password_file:
+        password = _read_password_file(opts.password_file)
+    elif env.get("IMAGETOOL_PASSWORD"):
+        password = env["IMAGETOOL_PASSWORD"]
+    elif env.get("IMAGETOOL_PASSWORD_FILE"):
+        password = _read_password_file(env["IMAGETOOL_PASSWORD_FILE"])
+    elif conf.get("password"):
+        password = conf["password"]
+    elif conf.get("password_file"):
+        password = _read_password_file(conf["password_file"])
+    else:
+        password = None
+
+    if not username:
+        raise click.UsageError(
+            "an engine URL is set but no username: pass --username "
+            "(e.g. admin@internal), IMAGETOOL_USERNAME or a config section")
+    return ResolvedEngine(url=url, username=username, password=password,
+                          cafile=os.path.expanduser(cafile) if cafile else None,
+                          insecure=insecure)
+
+
+def _prompt_password(username: str | None) -> str:
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "no engine password: pass --password-file, IMAGETOOL_PASSWORD(_FILE) "
+            "or a config section with password")
+    return click.prompt(f"Password for {username}", hide_input=True, err=True)
+
+
+@contextmanager
+def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None,
+                    **conn_kwargs: Any) -> Iterator[Connection]:
+    """A checked Connection to the configured engine, or to the local engine.
+
+    The connection is tested (API root + login) before it is yielded, so
+    bad credentials or TLS problems fail here with exit code 3. Extra
+    keyword arguments go to ``Connection`` (e.g. ``timeout``).
+    """
+    resolved = resolve(opts, env)
+    if resolved is not None:
+        password = resolved.password
+        if password is None:
+            password = _prompt_password(resolved.username)
+        with Connection(resolved.url, username=resolved.username, password=password,
+                        cafile=resolved.cafile, insecure=resolved.insecure,
+                        **conn_kwargs) as conn:
+            conn.test()
+            yield conn
+        return
+    with _local_engine_connection(env, **conn_kwargs) as conn:
+        yield conn
+
+
+@contextmanager
+def _local_engine_connection(env: Mapping[str, str] | None,
+                             **conn_kwargs: Any) -> Iterator[Connection]:
+    """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
+    # Imported here: the server package is heavy and only needed without an engine.
+    from imagetool.server import local
+
+    data_dir = local.default_data_dir()
+    info = local.find_running_engine(data_dir)
+    if info:
+        password = info.get("password")
+        if password is None and info.get("password_file"):
+            password = _read_password_file(info["password_file"])
+        with Connection(info["url"], username=info.get("username", "admin@internal"),
+                        password=password, cafile=info.get("cafile"),
+                        **conn_kwargs) as conn:
+            conn.test()
+            yield conn
+        return
+    with local.LocalEngine(data_dir) as engine:
+        with Connection(engine.url, username=engine.username, password=engine.password,
+                        cafile=engine.cafile, **conn_kwargs) as conn:
+            conn.test()
+            yield conn
+
+
+_OPTION_NAMES = ("engine_url", "username", "password_file", "cafile", "insecure", "config")
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Click decorator: add the engine options, pass ``engine: EngineOptions``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _OPTION_NAMES}
+        kwargs["engine"] = EngineOptions(**values)
+        return func(*args, **kwargs)
+
+    decorators = [
+        click.option("--engine-url", metavar="URL",
+                     help="Engine URL (https://HOST or .../ovirt-engine/api) "
+                          "[env IMAGETOOL_ENGINE_URL]. Without it: the local engine."),
+        click.option("--username", metavar="USER",
+                     help="Engine user, e.g. admin@internal [env IMAGETOOL_USERNAME]."),
+        click.option("--password-file", metavar="FILE",
+                     help="Read the password from FILE [env IMAGETOOL_PASSWORD_FILE, "
+                          "or IMAGETOOL_PASSWORD]."),
+        click.option("--cafile", metavar="FILE",
+                     help="Engine CA certificate (PEM) [env IMAGETOOL_CAFILE]."),
+        click.option("--insecure", is_flag=True, default=False,
+                     help="Do not verify the engine's TLS certificate "
+                          "[env IMAGETOOL_INSECURE]."),
+        click.option("-c", "--config", metavar="SECTION",
+                     help="Read settings from SECTION of ~/.config/imagetool.conf "
+                          "($IMAGETOOL_CONFIG) or ovirt-img.conf."),
+    ]
+    for decorate in reversed(decorators):
+        wrapper = decorate(wrapper)
+    return wrapper

@@ -1,0 +1,218 @@
+"""``imagetool disks|sds|transfers``: look at and tidy the engine's inventory."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+from imagetool.cli.common import emit_json
+from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.main import cli
+from imagetool.engine import Disk, ImageTransfer, StorageDomain
+from imagetool.errors import ImagetoolError
+from imagetool.units import format_size
+
+DISK_LIST_KEYS = ("id", "name", "status", "format", "provisioned_size", "actual_size")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                     for r in cells)
+
+
+def _size(n: int | None) -> str:
+    return "-" if n is None else format_size(n)
+
+
+def _show(d: dict[str, Any]) -> str:
+    """``key: value`` lines for one entity."""
+    width = max(len(k) for k in d)
+    lines = []
+    for k, v in d.items():
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(v) or "-"
+        lines.append(f"{k.ljust(width)}  {'-' if v is None else v}")
+    return "\n".join(lines)
+
+
+# --- disks -----------------------------------------------------------------
+
+@cli.group()
+def disks() -> None:
+    """List, show and remove disks."""
+
+
+@disks.command("list")
+@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
+@click.option("--max", "max_", type=int, metavar="N", help="Return at most N disks.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_list(search: str | None, max_: int | None, as_json: bool,
+               engine: EngineOptions) -> None:
+    """List disks."""
+    with open_connection(engine) as conn:
+        found = conn.disks.list(search=search, max=max_)
+    if as_json:
+        emit_json([{k: getattr(d, k) for k in DISK_LIST_KEYS} for d in found])
+        return
+    click.echo(_table(
+        ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
+        [(d.id, d.name or d.alias, d.status, d.format, _size(d.provisioned_size),
+          _size(d.actual_size)) for d in found]))
+
+
+@disks.command("show")
+@click.argument("disk")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
+    """Show one disk (by id or name)."""
+    with open_connection(engine) as conn:
+        d = conn.disks.find(disk)
+    if as_json:
+        emit_json(d.to_dict())
+    else:
+        click.echo(_show(d.to_dict()))
+
+
+@disks.command("remove")
+@click.argument("disk_refs", metavar="DISK...", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
+                 engine: EngineOptions) -> None:
+    """Remove disks (by id or name). Fails for disks that are locked."""
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("refusing to remove disks without --yes when not on a terminal")
+    results: list[dict[str, Any]] = []
+    with open_connection(engine) as conn:
+        targets: list[tuple[str, Disk | None, str | None]] = []
+        for ref in disk_refs:
+            try:
+                targets.append((ref, conn.disks.find(ref), None))
+            except ImagetoolError as e:
+                targets.append((ref, None, str(e)))
+        if not yes:
+            names = ", ".join(f"{d.name} ({d.id})" for _, d, _ in targets if d)
+            if names and not click.confirm(f"Remove {names}?", err=True):
+                raise ImagetoolError("nothing removed")
+        for ref, d, error in targets:
+            if d is not None:
+                try:
+                    conn.disks.remove(d.id or ref)
+                except ImagetoolError as e:
+                    error = str(e)
+            results.append({"disk": ref, "id": d.id if d else None,
+                            "name": d.name if d else None,
+                            "removed": error is None, "error": error})
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            if r["removed"]:
+                click.echo(f"removed {r['name']} ({r['id']})")
+            else:
+                click.echo(f"imagetool: error: {r['disk']}: {r['error']}", err=True)
+    failed = sum(1 for r in results if not r["removed"])
+    if failed:
+        # Exit code 1 through the CLI's error mapping.
+        raise ImagetoolError(f"{failed} of {len(results)} disks not removed")
+
+
+# --- storage domains -------------------------------------------------------
+
+@cli.group()
+def sds() -> None:
+    """Storage domains."""
+
+
+def _sd_dict(sd: StorageDomain) -> dict[str, Any]:
+    return {"id": sd.id, "name": sd.name, "type": sd.type,
+            "status": sd.status or sd.external_status, "storage_type": sd.storage_type,
+            "available": sd.available, "used": sd.used, "committed": sd.committed}
+
+
+@sds.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def sds_list(as_json: bool, engine: EngineOptions) -> None:
+    """List storage domains."""
+    with open_connection(engine) as conn:
+        found = conn.storage_domains.list()
+    if as_json:
+        emit_json([_sd_dict(sd) for sd in found])
+        return
+    click.echo(_table(
+        ("ID", "NAME", "TYPE", "STATUS", "AVAILABLE", "USED"),
+        [(sd.id, sd.name, sd.type, sd.status or sd.external_status,
+          _size(sd.available), _size(sd.used)) for sd in found]))
+
+
+# --- transfers -------------------------------------------------------------
+
+@cli.group()
+def transfers() -> None:
+    """Image transfers the engine knows about."""
+
+
+def _transfer_dict(t: ImageTransfer) -> dict[str, Any]:
+    d = t.to_dict()
+    # The signed ticket is a credential: never print it.
+    d.pop("signed_ticket", None)
+    return d
+
+
+@transfers.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def transfers_list(as_json: bool, engine: EngineOptions) -> None:
+    """List image transfers."""
+    with open_connection(engine) as conn:
+        found = conn.transfers.list()
+    if as_json:
+        emit_json([_transfer_dict(t) for t in found])
+        return
+    click.echo(_table(
+        ("ID", "DIRECTION", "PHASE", "FORMAT", "DISK", "TRANSFERRED"),
+        [(t.id, t.direction, t.phase, t.format, t.disk_id, _size(t.transferred))
+         for t in found]))
+
+
+@transfers.command("show")
+@click.argument("transfer_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
+    """Show one image transfer."""
+    with open_connection(engine) as conn:
+        t = conn.transfers.get(transfer_id)
+    if as_json:
+        emit_json(_transfer_dict(t))
+    else:
+        click.echo(_show(_transfer_dict(t)))
+
+
+@transfers.command("cancel")
+@click.argument("transfer_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def transfers_cancel(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
+    """Cancel an image transfer (an uploaded disk is removed by the engine)."""
+    with open_connection(engine) as conn:
+        conn.transfers.cancel(transfer_id)
+        try:
+            t = conn.transfers.get(transfer_id)
+            phase = t.phase
+        except ImagetoolError:
+            phase = None  # engines may drop a cancelled transfer at once
+    if as_json:
+        emit_json({"id": transfer_id, "cancelled": True, "phase": phase})
+    else:
+        click.echo(f"cancelled transfer {transfer_id}" + (f" (phase {phase})" if phase else ""))
