@@ -76,38 +76,48 @@ def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                 progress=progress, cancel_event=cancel_event)
 
 
-def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "raw",
-                     force: bool = False, workers: int = 4,
-                     request_size: int = DEFAULT_REQUEST_SIZE,
-                     progress: Progress | None = None, cancel_event=None,
-                     backing_file: str | None = None,
-                     backing_format: str | None = None) -> CopyStats:
-    """Save a backend's guest data to ``path`` as raw (sparse) or qcow2.
+def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
+               request_size: int = DEFAULT_REQUEST_SIZE,
+               progress: Progress | None = None, cancel_event=None,
+               backing_file: str | None = None,
+               backing_format: str | None = None) -> CopyStats:
+    """Write a backend's guest data to the new file ``tmp`` (raw sparse or qcow2).
 
-    The file appears under ``path`` only when complete; a failure leaves
-    nothing there (and removes the temporary file).
+    Zero ranges are skipped and data that reads as zeros is not written,
+    so holes stay holes. The caller owns renaming (see ``atomic_output``).
     """
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
     workers = _cap(workers, getattr(src, "max_readers", None))
     size = src.size
-    with atomic_output(path, force) as tmp:
-        if format == "raw":
-            from imagetool.formats.raw import RawBackend
-            dst = RawBackend(tmp, "w", size=size)
-        else:
-            from imagetool.formats.qcow2_writer import Qcow2Writer
-            dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
-                                     backing_format=backing_format)
-        shared = SharedBackend(dst)
-        try:
-            stats = copy(src, shared, workers=workers, request_size=request_size,
-                         dst_is_zero=True, progress=progress,
-                         cancel_event=cancel_event, detect_zeroes=True)
-            shared.flush()
-        finally:
-            shared.close()
+    if format == "raw":
+        from imagetool.formats.raw import RawBackend
+        dst = RawBackend(tmp, "w", size=size)
+    else:
+        from imagetool.formats.qcow2_writer import Qcow2Writer
+        dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
+                                 backing_format=backing_format)
+    shared = SharedBackend(dst)
+    try:
+        stats = copy(src, shared, workers=workers, request_size=request_size,
+                     dst_is_zero=True, progress=progress,
+                     cancel_event=cancel_event, detect_zeroes=True)
+        shared.flush()
+    finally:
+        shared.close()
     return stats
+
+
+def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "raw",
+                     force: bool = False, **kwargs) -> CopyStats:
+    """Save a backend's guest data to ``path`` as raw (sparse) or qcow2.
+
+    The file appears under ``path`` only when complete; a failure leaves
+    nothing there (and removes the temporary file). ``kwargs`` go to
+    :func:`write_file`.
+    """
+    with atomic_output(path, force) as tmp:
+        return write_file(src, tmp, format=format, **kwargs)
 
 
 def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,

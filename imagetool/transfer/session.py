@@ -1,0 +1,293 @@
+"""One ImageTransfer on an engine, from creation to finished_success.
+
+::
+
+    with TransferSession(conn, disk_id=disk.id, direction="upload") as s:
+        backend = s.open_backend()      # HttpBackend on transfer_url/proxy_url
+        copy(src, backend, progress=s.progress(cb), cancel_event=s.cancel_event)
+    # leaving the block normally finalizes and waits for finished_success;
+    # any exception (Ctrl-C included) cancels, waits until the disk is no
+    # longer locked, and re-raises.
+
+A background thread keeps the session alive: an OPTIONS on the data plane
+when no request was made for a while (the server drops idle tickets after
+``inactivity_timeout``), ``extend`` on engines that need it (4.1), and a
+look at the transfer's phase so a transfer paused or cancelled by the system
+stops the copy instead of failing request by request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
+from imagetool.engine.wait import (FAILURE_PHASES, wait_for_disk,
+                                   wait_for_disk_unlocked,
+                                   wait_for_transfer_phase)
+
+log = logging.getLogger(__name__)
+
+# Phases in which the copy cannot go on.
+_STOP_PHASES = FAILURE_PHASES | {"paused_system", "paused_user", "finished_success"}
+
+
+class TransferSession:
+    """Context manager around one image transfer (see module docstring).
+
+    ``direction`` upload|download; ``format`` raw (guest data) or cow
+    (volume bytes; ignored by 4.1 engines); ``timeout_policy`` legacy|pause|
+    cancel or None for the engine's default; ``use_proxy`` sends data through
+    the engine's proxy_url even when the host is reachable; ``extend`` asks
+    the engine to extend the session periodically (None: only 4.1 engines).
+    """
+
+    def __init__(self, conn: Any, *, disk_id: str | None = None,
+                 snapshot_id: str | None = None, direction: str,
+                 format: str = "raw", inactivity_timeout: int = 60,
+                 timeout_policy: str | None = None, shallow: bool | None = None,
+                 use_proxy: bool = False, extend: bool | None = None,
+                 start_timeout: float = 300.0, finalize_timeout: float = 600.0,
+                 cleanup_timeout: float = 300.0):
+        if direction not in ("upload", "download"):
+            raise ValueError(f"direction must be upload or download, not {direction!r}")
+        if not (disk_id or snapshot_id):
+            raise ValueError("give disk_id or snapshot_id")
+        self.conn = conn
+        self.disk_id = disk_id
+        self.snapshot_id = snapshot_id
+        self.direction = direction
+        self.format = format
+        self.inactivity_timeout = inactivity_timeout
+        self.timeout_policy = timeout_policy
+        self.shallow = shallow
+        self.use_proxy = use_proxy
+        self.extend = extend
+        self.start_timeout = start_timeout
+        self.finalize_timeout = finalize_timeout
+        self.cleanup_timeout = cleanup_timeout
+        self.transfer: Any = None
+        self.transfer_id: str | None = None
+        self.url: str | None = None
+        self.proxy_url: str | None = None
+        self.cancel_event = threading.Event()
+        self.stop_reason: str | None = None
+        self.finished = False
+        self._last_activity = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backends: list[Any] = []
+
+    # --- lifecycle --------------------------------------------------------
+
+    def __enter__(self) -> "TransferSession":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.cancel()
+            return  # re-raised by Python
+        if not self.finished:
+            self.finalize()
+
+    def start(self) -> None:
+        """Create the transfer and wait until the data plane serves it."""
+        t = self.conn.transfers.add(
+            disk_id=self.disk_id, snapshot_id=self.snapshot_id,
+            direction=self.direction, format=self.format,
+            inactivity_timeout=self.inactivity_timeout,
+            timeout_policy=self.timeout_policy, shallow=self.shallow)
+        self.transfer_id = t.id
+        try:
+            self.transfer = wait_for_transfer_phase(
+                self.conn, t.id, "transferring", timeout=self.start_timeout,
+                disk_id=self.disk_id)
+            self.url, self.proxy_url = self._pick_urls(self.transfer)
+        except BaseException:
+            self.cancel()
+            raise
+        self._thread = threading.Thread(target=self._keepalive,
+                                        name=f"keepalive-{t.id}", daemon=True)
+        self._thread.start()
+
+    def _pick_urls(self, t: Any) -> tuple[str, str | None]:
+        if self.use_proxy:
+            if not t.proxy_url:
+                raise TransferError("the engine gave no proxy_url for this transfer")
+            return t.proxy_url, None
+        if t.transfer_url:
+            # The client falls back to the proxy when the host is unreachable.
+            return t.transfer_url, t.proxy_url
+        if t.proxy_url:
+            return t.proxy_url, None
+        raise TransferError("the engine gave no transfer_url nor proxy_url")
+
+    def open_backend(self, read_timeout: float = 60.0) -> Any:
+        """An HttpBackend on this transfer's data plane (closed with the session)."""
+        from imagetool.imageio.backend import HttpBackend
+        from imagetool.imageio.client import ImageioClient
+
+        client = ImageioClient(
+            self.url, proxy_url=self.proxy_url,
+            signed_ticket=getattr(self.transfer, "signed_ticket", None),
+            cafile=getattr(self.conn, "cafile", None),
+            insecure=getattr(self.conn, "insecure", False),
+            read_timeout=read_timeout)
+        try:
+            backend = HttpBackend(client)
+        except BaseException:
+            client.close()
+            raise
+        self._backends.append(backend)
+        self.touch()
+        return backend
+
+    def touch(self) -> None:
+        """Record data-plane activity (the keep-alive then stays quiet)."""
+        self._last_activity = time.monotonic()
+
+    def progress(self, callback: Callable[[int], None] | None = None) -> Callable[[int], None]:
+        """A progress callback for the copier that also records activity."""
+        def update(n: int) -> None:
+            self._last_activity = time.monotonic()
+            if callback is not None:
+                callback(n)
+        return update
+
+    def finalize(self) -> Any:
+        """Finalize and wait for finished_success; return the final transfer.
+
+        Raises TransferError with the engine's phase when it fails. For an
+        upload, also waits until the disk is ``ok``.
+        """
+        self._stop_keepalive()
+        self._close_backends()
+        if self.stop_reason:
+            # The system stopped the transfer while we copied.
+            raise TransferError(self.stop_reason)
+        self.conn.transfers.finalize(self.transfer_id)
+        try:
+            final = wait_for_transfer_phase(
+                self.conn, self.transfer_id, "finished_success",
+                timeout=self.finalize_timeout, disk_id=self.disk_id)
+        except TransferError as e:
+            raise TransferError(f"finalizing the {self.direction} failed: {e}") from e
+        self.finished = True
+        if self.direction == "upload" and self.disk_id:
+            wait_for_disk(self.conn, self.disk_id, "ok", timeout=self.finalize_timeout)
+        return final
+
+    def cancel(self) -> None:
+        """Cancel the transfer and wait until its disk is not locked.
+
+        Never raises for cleanup trouble (the original error matters more);
+        problems are logged.
+        """
+        self._stop_keepalive()
+        self._close_backends()
+        if self.transfer_id is None or self.finished:
+            return
+        self.finished = True
+        try:
+            self.conn.transfers.cancel(self.transfer_id)
+        except NotFound:
+            pass   # already gone
+        except EngineError as e:
+            log.warning("cancelling transfer %s failed: %s", self.transfer_id, e)
+            if self.direction == "download":
+                # Engines without cancel for downloads end them with finalize.
+                try:
+                    self.conn.transfers.finalize(self.transfer_id)
+                except ImagetoolError as e2:
+                    log.warning("finalizing transfer %s failed: %s", self.transfer_id, e2)
+        except Exception as e:
+            log.warning("cancelling transfer %s failed: %s", self.transfer_id, e)
+        try:
+            self._wait_ended()
+            if self.disk_id:
+                wait_for_disk_unlocked(self.conn, self.disk_id,
+                                       timeout=self.cleanup_timeout)
+        except Exception as e:
+            log.warning("transfer %s: waiting for cleanup failed: %s",
+                        self.transfer_id, e)
+
+    def _wait_ended(self) -> None:
+        deadline = time.monotonic() + self.cleanup_timeout
+        delay = 0.1
+        while time.monotonic() < deadline:
+            try:
+                t = self.conn.transfers.get(self.transfer_id)
+            except NotFound:
+                return
+            if t.phase in ("finished_failure", "finished_cleanup",
+                           "finished_success", "cancelled"):
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    # --- keep-alive -------------------------------------------------------
+
+    def _keepalive(self) -> None:
+        timeout = max(self.inactivity_timeout or 60, 2)
+        interval = max(0.5, min(timeout / 4, 15.0))
+        extend = self.extend if self.extend is not None else bool(
+            getattr(self.conn, "legacy", False))
+        last_extend = time.monotonic()
+        while not self._stop.wait(interval):
+            try:
+                self._check_phase()
+                now = time.monotonic()
+                if now - self._last_activity > timeout / 2:
+                    self._ping_data_plane()
+                if extend and now - last_extend > min(timeout / 2, 60):
+                    self.conn.transfers.extend(self.transfer_id)
+                    last_extend = now
+            except Exception as e:  # keep-alive trouble must not kill the copy
+                log.debug("keep-alive: %s", e)
+
+    def _check_phase(self) -> None:
+        try:
+            t = self.conn.transfers.get(self.transfer_id)
+        except NotFound:
+            self._stopped_by_system("the transfer disappeared from the engine")
+            return
+        if t.phase in _STOP_PHASES:
+            self._stopped_by_system(f"the engine moved the transfer to phase {t.phase}")
+
+    def _stopped_by_system(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel_event.set()
+
+    def _ping_data_plane(self) -> None:
+        from imagetool.imageio.client import ImageioClient
+
+        # A fresh client: the worker connections are busy or cached options
+        # would not reach the server.
+        client = ImageioClient(
+            self.url, proxy_url=self.proxy_url,
+            signed_ticket=getattr(self.transfer, "signed_ticket", None),
+            cafile=getattr(self.conn, "cafile", None),
+            insecure=getattr(self.conn, "insecure", False))
+        try:
+            client.options()
+            self.touch()
+        finally:
+            client.close()
+
+    def _stop_keepalive(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30)
+        self._thread = None
+
+    def _close_backends(self) -> None:
+        for b in self._backends:
+            try:
+                b.close()
+            except Exception:
+                pass
+        self._backends.clear()
