@@ -1,0 +1,222 @@
+"""imagetool.imageio.ImageioClient / HttpBackend against the REAL ovirt-imageio daemon."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+
+import pytest
+
+from imageio_daemon import (  # noqa: F401 (fixtures)
+    ImageioDaemon, QemuNbd, imageio_daemon, imageio_daemon_tls, scratch, tls_files)
+from imagetool.errors import ConnectionFailed, ImageioError
+from imagetool.imageio import HttpBackend, ImageioClient
+
+MiB = 1024 * 1024
+SIZE = 8 * MiB
+
+
+def _image(directory: str, name: str = "disk.raw", size: int = SIZE,
+           data: bytes | None = None) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if data:
+            f.write(data)
+    return path
+
+
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_options_writable_and_read_only(imageio_daemon, scratch):
+    path = _image(scratch)
+    rw = ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE))
+    ro = ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE, ops=["read"]))
+    with rw, ro:
+        assert rw.options().features == {"checksum", "extents", "flush", "zero"}
+        assert rw.options().max_readers >= 1 and rw.options().max_writers >= 1
+        assert ro.options().features == {"checksum", "extents"}
+        assert rw.size() == SIZE
+        assert ro.info()["version"]
+
+
+def test_write_read_random_offsets_round_trip(imageio_daemon, scratch):
+    path = _image(scratch)
+    model = bytearray(SIZE)
+    rnd = random.Random(1234)
+    with ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE)) as client:
+        for _ in range(12):
+            length = rnd.randint(1, 512 * 1024)
+            offset = rnd.randrange(0, SIZE - length)
+            data = rnd.randbytes(length)
+            client.write(offset, memoryview(data))
+            model[offset:offset + length] = data
+        client.flush()
+        # Read back in odd-sized pieces through the same keep-alive connection.
+        got = bytearray(SIZE)
+        view = memoryview(got)
+        pos = 0
+        while pos < SIZE:
+            n = min(SIZE - pos, rnd.randint(1, 3 * MiB))
+            assert client.read_into(pos, view[pos:pos + n]) == n
+            pos += n
+    assert got == model
+    assert _file_bytes(path) == bytes(model)
+
+
+def test_zero_and_flush(imageio_daemon, scratch):
+    data = os.urandom(2 * MiB)
+    path = _image(scratch, data=data)
+    with ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE)) as client:
+        client.zero(4096, 65536 * 3, flush=False)
+        client.write(MiB, b"\xaa" * 100, flush=True)
+        client.flush()
+        buf = bytearray(2 * MiB)
+        client.read_into(0, memoryview(buf))
+    expected = bytearray(data)
+    expected[4096:4096 + 65536 * 3] = bytes(65536 * 3)
+    expected[MiB:MiB + 100] = b"\xaa" * 100
+    assert buf == expected
+    assert _file_bytes(path)[:2 * MiB] == bytes(expected)
+
+
+def test_extents_match_written_data_on_nbd_ticket(imageio_daemon, scratch):
+    qcow2 = os.path.join(scratch, "disk.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow2, str(SIZE)], check=True)
+    with QemuNbd(qcow2, "qcow2") as nbd:
+        url = imageio_daemon.add_ticket(nbd_socket=nbd.socket_path, size=SIZE)
+        with ImageioClient(url) as client:
+            assert [(e.start, e.length, e.zero) for e in client.extents()] == [
+                (0, SIZE, True)]
+            client.write(MiB, os.urandom(MiB))
+            client.write(5 * MiB, os.urandom(512 * 1024))
+            client.flush()
+            exts = client.extents()
+            # The daemon reports guest data as it is: data where we wrote.
+            data = [(e.start, e.length) for e in exts if not e.zero]
+            assert data == [(MiB, MiB), (5 * MiB, 512 * 1024)]
+            assert exts[0].start == 0 and exts[-1].end == SIZE
+            assert all(a.end == b.start for a, b in zip(exts, exts[1:]))
+            client.zero(MiB, MiB)
+            client.flush()
+            data = [(e.start, e.length) for e in client.extents() if not e.zero]
+            assert data == [(5 * MiB, 512 * 1024)]
+
+
+def test_checksum_equals_local_checksums(imageio_daemon, scratch):
+    from ovirt_imageio import client as reference
+    data = os.urandom(3 * MiB + 12345)
+    path = _image(scratch, data=data)
+    with ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE, ops=["read"])) as c:
+        remote = c.checksum()
+        remote_1m = c.checksum(block_size=MiB)
+        assert "blake2b" in c.checksum_algorithms()
+    assert remote["algorithm"] == "blake2b" and remote["block_size"] == 4 * MiB
+    assert remote["checksum"] == reference.checksum(path)["checksum"]
+    assert remote_1m["checksum"] == reference.checksum(path, block_size=MiB)["checksum"]
+    assert remote_1m["checksum"] != remote["checksum"]
+    checksum_mod = pytest.importorskip("imagetool.checksum")
+    from imagetool.formats.raw import RawBackend
+    with RawBackend(path) as local:
+        assert checksum_mod.checksum(local)["checksum"] == remote["checksum"]
+
+
+def test_unknown_ticket_is_403_without_ticket_id(imageio_daemon):
+    secret = "0badc0de-feed-4bad-8bad-123456789abc"
+    client = ImageioClient(f"{imageio_daemon.url}/images/{secret}")
+    for _ in range(2):   # the server closes after 403: the client reconnects
+        with pytest.raises(ImageioError) as e:
+            client.options()
+        assert e.value.status == 403
+        assert "No such ticket" in str(e.value)
+        assert secret not in str(e.value)
+    with pytest.raises(ImageioError) as e:
+        client.read_into(0, memoryview(bytearray(10)))
+    assert e.value.status == 403 and secret not in str(e.value)
+    assert "GET range 0-9" in str(e.value)
+
+
+def test_read_past_end_is_416(imageio_daemon, scratch):
+    path = _image(scratch)
+    with ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE)) as client:
+        with pytest.raises(ImageioError) as e:
+            client.read_into(SIZE - 10, memoryview(bytearray(20)))
+        assert e.value.status == 416
+        # The connection stays usable after an error reply.
+        buf = bytearray(10)
+        assert client.read_into(SIZE - 10, memoryview(buf)) == 10
+
+
+def test_write_to_read_only_ticket_is_403(imageio_daemon, scratch):
+    path = _image(scratch)
+    url = imageio_daemon.add_ticket(path=path, size=SIZE, ops=["read"])
+    with ImageioClient(url) as client:
+        with pytest.raises(ImageioError) as e:
+            client.write(0, b"x" * 4096)
+        assert e.value.status == 403
+        assert url.rsplit("/", 1)[1] not in str(e.value)
+    assert _file_bytes(path) == bytes(SIZE)
+
+
+def test_http_backend_and_clone(imageio_daemon, scratch):
+    data = os.urandom(SIZE)
+    path = _image(scratch, data=data)
+    with HttpBackend(ImageioClient(imageio_daemon.add_ticket(path=path, size=SIZE))) as b:
+        assert b.size == SIZE
+        assert "zero" in b.features and b.max_readers >= 1
+        ext = list(b.extents())
+        assert ext[0].start == 0 and ext[-1].end == SIZE
+        with b.clone() as other:
+            assert other.client is not b.client
+            buf = bytearray(MiB)
+            # Reading across the end returns only what exists.
+            assert other.read_into(SIZE - 1000, memoryview(buf)) == 1000
+            assert bytes(buf[:1000]) == data[-1000:]
+            other.write(0, b"\x01" * 512)
+            other.zero(512, 512)
+            other.flush()
+        got = bytearray(1024)
+        b.read_into(0, memoryview(got))
+    assert got == b"\x01" * 512 + bytes(512)
+
+
+def test_connection_refused_and_proxy_fallback(imageio_daemon, scratch):
+    path = _image(scratch)
+    url = imageio_daemon.add_ticket(path=path, size=SIZE)
+    dead = f"http://127.0.0.1:{_free_port()}/images/{url.rsplit('/', 1)[1]}"
+    with pytest.raises(ConnectionFailed) as e:
+        ImageioClient(dead, connect_timeout=2).options()
+    assert url.rsplit("/", 1)[1] not in str(e.value)
+    with ImageioClient(dead, proxy_url=url, signed_ticket="signed") as client:
+        client.write(0, b"via proxy")
+        buf = bytearray(9)
+        client.read_into(0, memoryview(buf))
+        assert buf == b"via proxy"
+
+
+def test_tls_verification(imageio_daemon_tls, tls_files, scratch):
+    path = _image(scratch)
+    url = imageio_daemon_tls.add_ticket(path=path, size=SIZE)
+    assert url.startswith("https://")
+    with ImageioClient(url, cafile=tls_files.ca_file) as client:
+        client.write(0, b"secure")
+        buf = bytearray(6)
+        client.read_into(0, memoryview(buf))
+        assert buf == b"secure"
+        assert client.clone().size() == SIZE
+    # Without our CA the system store does not trust the daemon.
+    with pytest.raises(ConnectionFailed):
+        ImageioClient(url).options()
+    with ImageioClient(url, insecure=True) as client:
+        assert "zero" in client.options().features
