@@ -354,3 +354,11 @@ def imageio_daemon_tls(tls_files):
     """The reference daemon serving HTTPS with the module's throwaway CA."""
     with ImageioDaemon(tls=tls_files) as daemon:
         yield daemon
+
+
+def server_ssl_context(tls: TlsFiles):
+    """A server-side SSLContext for a test server using ``tls``'s certificate."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
