@@ -12,3 +12,23 @@ The package is layered (imports only point down):
 """
 
 __version__ = "0.1.0"
+
+# The main workflows, importable from the top level without loading the
+# whole stack at ``import imagetool`` (the CLI starts faster).
+_LAZY = {
+    "upload_disk": "imagetool.transfer.upload",
+    "download_disk": "imagetool.transfer.download",
+    "upload_url": "imagetool.transfer.urls",
+    "download_url": "imagetool.transfer.urls",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagetool' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,1 +1,9 @@
+"""Transfer workflows: the parallel copier, the ImageTransfer session,
+upload/download of disks, and transfers straight to an imageio URL.
 
+    copier.copy(src, dst, workers=4, ...)          # any Backend to any Backend
+    session.TransferSession(conn, disk_id=..., direction="upload")
+    upload.upload_disk(conn, path, storage_domain, ...) -> Disk
+    download.download_disk(conn, disk, path, format="raw") -> TransferResult
+    urls.upload_url(path, url) / urls.download_url(url, path)
+"""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
 from imagetool.formats import open_image
@@ -34,11 +34,12 @@ class TransferResult:
     name: str | None = None
     path: str | None = None
     stats: CopyStats | None = field(default=None, repr=False)
+    disk: Any = field(default=None, repr=False)     # the engine's Disk, when any
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("stats")
-        return d
+        """JSON-ready: disk_id, name, format, bytes, seconds, checksum, path."""
+        return {k: getattr(self, k) for k in
+                ("disk_id", "name", "format", "bytes", "seconds", "checksum", "path")}
 
 
 def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,

@@ -1,0 +1,121 @@
+"""Download a disk (or one disk snapshot) to a local raw or qcow2 file."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from imagetool.errors import ImagetoolError, TransferError
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
+from imagetool.transfer.session import TransferSession
+from imagetool.transfer.urls import TransferResult, write_file
+
+Progress = Callable[[int], None]
+
+
+def _resolve_disk(conn: Any, disk: Any) -> Any:
+    if isinstance(disk, str):
+        return conn.disks.find(disk)
+    return disk
+
+
+def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
+                         format: str = "raw", snapshot_id: str | None = None,
+                         shallow: bool = False, backing_file: str | None = None,
+                         force: bool = False, workers: int = 4,
+                         buffer_size: int = DEFAULT_REQUEST_SIZE,
+                         inactivity_timeout: int = 60, use_proxy: bool = False,
+                         progress: Progress | None = None) -> TransferResult:
+    """Like :func:`download_disk` but returns what was moved."""
+    if format not in ("raw", "qcow2"):
+        raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
+    if backing_file and format != "qcow2":
+        raise ImagetoolError("a backing file needs the qcow2 format")
+    start = time.monotonic()
+    check_destination(path, force)          # before the engine locks anything
+    disk = _resolve_disk(conn, disk)
+    legacy = bool(getattr(conn, "legacy", False))
+    # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
+    volume_is_qcow2 = legacy and disk.format == "cow"
+    with atomic_output(path, force) as tmp:
+        session = TransferSession(
+            conn, disk_id=disk.id, snapshot_id=snapshot_id, direction="download",
+            format="cow" if legacy else "raw", shallow=shallow or None,
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
+        # Leaving the session finalizes (or cancels) before the file is
+        # renamed, so a failed transfer never leaves a file behind.
+        with session:
+            src = session.open_backend()
+            try:
+                if volume_is_qcow2:
+                    raw_tmp = tmp + ".volume"
+                    stats = write_file(src, raw_tmp, format="raw", workers=workers,
+                                       request_size=buffer_size,
+                                       progress=session.progress(progress),
+                                       cancel_event=session.cancel_event)
+                else:
+                    stats = write_file(src, tmp, format=format, workers=workers,
+                                       request_size=buffer_size,
+                                       progress=session.progress(progress),
+                                       cancel_event=session.cancel_event,
+                                       backing_file=backing_file,
+                                       backing_format="qcow2" if backing_file else None)
+            except CopyCancelled:
+                raise TransferError(f"download of {disk.name or disk.id} stopped: "
+                                    f"{session.stop_reason or 'cancelled'}") from None
+        if volume_is_qcow2:
+            _from_volume(tmp + ".volume", tmp, format, workers)
+    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
+                          format=format, disk_id=disk.id, name=disk.name,
+                          path=os.fspath(path), stats=stats, disk=disk)
+
+
+def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
+    """Turn a downloaded qcow2 volume into the asked format, then drop it."""
+    try:
+        if format == "qcow2":
+            os.replace(volume, out)
+            return
+        from imagetool.formats import open_image
+        from imagetool.formats.raw import RawBackend
+
+        src = open_image(volume, "r", format="qcow2")
+        try:
+            dst = SharedBackend(RawBackend(out, "w", size=src.size))
+            try:
+                copy(SharedBackend(src), dst, workers=workers, dst_is_zero=True)
+                dst.flush()
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    finally:
+        if os.path.exists(volume):
+            os.unlink(volume)
+
+
+def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
+                  format: str = "raw", snapshot_id: str | None = None,
+                  shallow: bool = False, backing_file: str | None = None,
+                  force: bool = False, workers: int = 4,
+                  buffer_size: int = DEFAULT_REQUEST_SIZE,
+                  inactivity_timeout: int = 60, use_proxy: bool = False,
+                  progress: Progress | None = None) -> TransferResult:
+    """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
+
+    ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot_id``
+    downloads one disk snapshot; with ``shallow`` only that layer (its
+    unallocated areas stay unallocated; give ``backing_file`` to point the
+    qcow2 at the previous layer). Refuses an existing ``path`` unless
+    ``force``; the file appears under ``path`` only when complete. On any
+    failure the transfer is cancelled and the error raised. Returns a
+    TransferResult (bytes, seconds, disk_id, name, format).
+    """
+    return download_disk_result(
+        conn, disk, path, format=format, snapshot_id=snapshot_id,
+        shallow=shallow, backing_file=backing_file, force=force,
+        workers=workers, buffer_size=buffer_size,
+        inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+        progress=progress)
