@@ -47,8 +47,8 @@ def _usable_algorithms() -> frozenset[str]:
     names = set()
     for name in hashlib.algorithms_available:
         name = name.lower()
-        if name.startswith("shake"):
-            continue  # variable-length digests: no fixed block digest
+        if name.startswith("shake") or name == "md5-sha1":
+            continue  # variable-length digests; a TLS-only concatenation
         try:
             if hashlib.new(name).digest_size > 0:
                 names.add(name)
