@@ -1,0 +1,318 @@
+"""The local engine: REST control plane + imageio data plane over one data dir.
+
+``EngineServer`` ties together the inventory (``store``), the storage domains
+(``storage``), the transfer state machine (``transfers``), the data plane
+(H3's ``DataPlaneServer``) and an HTTP(S) server for ``/ovirt-engine/...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+from imagetool.server.rest import codec
+from imagetool.server.rest import (disks, hosts, imagetransfers, jobs, root,
+                                   storagedomains, vms)
+from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
+from imagetool.server.storage import Storage, new_id
+from imagetool.server.store import Store
+from imagetool.server.tickets import TicketRegistry
+from imagetool.server.transfers import TransferManager
+
+log = logging.getLogger(__name__)
+
+PASSWORD_FILE = "admin-password"
+MAX_BODY = 64 << 20
+
+
+def load_or_create_password(data_dir: str, password: str | None = None,
+                            password_file: str | None = None) -> tuple[str, str | None]:
+    """admin@internal's password and the file holding it (None if given directly).
+
+    Order: ``password``, ``password_file``, $IMAGETOOL_ADMIN_PASSWORD, the
+    data dir's ``admin-password`` (created mode 0600 with a random password).
+    """
+    if password:
+        return password, password_file
+    if password_file:
+        with open(password_file) as f:
+            return f.read().strip(), password_file
+    env = os.environ.get("IMAGETOOL_ADMIN_PASSWORD")
+    if env:
+        return env, None
+    path = os.path.join(data_dir, PASSWORD_FILE)
+    if not os.path.exists(path):
+        os.makedirs(data_dir, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    with open(path) as f:
+        return f.read().strip(), path
+
+
+def build_router() -> Router:
+    """All services of the local engine."""
+    router = Router()
+    for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms):
+        module.register(router)
+    return router
+
+
+class EngineServer:
+    """The whole local engine; ``start()`` serves in background threads."""
+
+    def __init__(self, data_dir: str, host: str = "127.0.0.1", port: int = 0,
+                 imageio_port: int = 0, tls: bool = True, password: str | None = None,
+                 password_file: str | None = None, token_lifetime: float = 3600.0,
+                 finished_ttl: float = 300.0) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.host = host
+        self.public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        self._port = port
+        self._imageio_port = imageio_port
+        self.tls = tls
+        self.password, self.password_file = load_or_create_password(
+            self.data_dir, password, password_file)
+        self.auth = root.Auth(self.password, token_lifetime)
+        self.store = Store(os.path.join(self.data_dir, "inventory.db"))
+        self.storage = Storage(self.data_dir, self.store)
+        self.storage.ensure_default_domains()
+        self.host_id = self._stable_id("host_id")
+        self.cluster_id = self._stable_id("cluster_id")
+        self.datacenter_id = self._stable_id("datacenter_id")
+        self.user_id = self._stable_id("user_id")
+        self.instance_id = self._stable_id("instance_id")
+        self.registry = TicketRegistry()
+        self.router = build_router()
+        self.transfers = TransferManager(self.store, self.storage, self.registry,
+                                         self.dataplane_url, finished_ttl=finished_ttl)
+        self.pki = None
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls:
+            from imagetool.server.tls import ensure_pki, server_context
+            self.pki = ensure_pki(self.data_dir, [self.public_host])
+            self.ssl_context = server_context(self.pki)
+        self.dataplane = None
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _stable_id(self, key: str) -> str:
+        value = self.store.setting(key)
+        if value is None:
+            value = new_id()
+            self.store.set_setting(key, value)
+        return value
+
+    # --- addresses ------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def port(self) -> int:
+        """The bound engine port."""
+        return self._httpd.server_address[1] if self._httpd else self._port
+
+    @property
+    def dataplane_port(self) -> int:
+        return self.dataplane.port if self.dataplane else self._imageio_port
+
+    def _netloc(self, port: int) -> str:
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The API base URL, ``https://127.0.0.1:PORT/ovirt-engine/api``."""
+        return f"{self.scheme}://{self._netloc(self.port)}/ovirt-engine/api"
+
+    def dataplane_url(self) -> str:
+        """Base URL of the data plane (transfer URLs add /images/<ticket>)."""
+        return f"{self.scheme}://{self._netloc(self.dataplane_port)}"
+
+    @property
+    def cafile(self) -> str | None:
+        return self.pki.ca_file if self.pki else None
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def start(self) -> "EngineServer":
+        """Start the data plane, the transfer monitor and the HTTP server."""
+        from imagetool.server.dataplane import DataPlaneServer
+        self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
+                                         ssl_context=self.ssl_context)
+        self.dataplane.start()
+        self.transfers.start()
+        httpd = _HttpServer((self.host, self._port), _Handler)
+        if self.ssl_context is not None:
+            httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
+        httpd.engine = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="engine-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; interrupted transfers are settled on the next start."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.transfers.stop()
+        if self.dataplane is not None:
+            self.dataplane.stop()
+            self.dataplane = None
+        for ticket in self.registry.all():
+            try:
+                ticket.close_backend()
+            except Exception:  # a half-written backend must not block shutdown
+                log.exception("closing a ticket's backend failed")
+        self.store.close()
+
+    # --- dispatch -----------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Answer one HTTP request: (status, headers, body)."""
+        parts = urlsplit(target)
+        path = parts.path
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if path.startswith("/ovirt-engine/sso/") or path.startswith("/ovirt-engine/services/"):
+            return self._sso(method, path, query, headers, body)
+        m = API_PREFIX_RE.match(path)
+        if m is None:
+            return self._fault(ApiError(404, "Not Found", f"No resource at '{path}'"), "xml")
+        fmt = "json" if "json" in headers.get("accept", "") else "xml"
+        req = Request(method=method, path=path[m.end():].rstrip("/"), prefix=m.group(0),
+                      query=query, headers=headers, body=body, fmt=fmt, engine=self)
+        try:
+            req.user = self.auth.check_header(headers.get("authorization"))
+            if req.user is None:
+                raise ApiError(401, "Unauthorized",
+                               "Authentication required: use a bearer token from "
+                               "/ovirt-engine/sso/oauth/token or Basic credentials",
+                               {"WWW-Authenticate": 'Basic realm="RESTAPI"'})
+            handler, params = self.router.route(method, req.path)
+            reply = handler(req, **params)
+        except ApiError as e:
+            return self._fault(e, fmt)
+        except Exception as e:  # a bug: answer 500 with the message, keep serving
+            log.exception("%s %s failed", method, path)
+            return self._fault(ApiError(500, "Operation Failed", f"Internal error: {e}"), fmt)
+        return self._reply(reply, fmt)
+
+    def _reply(self, reply: Reply, fmt: str) -> tuple[int, dict[str, str], bytes]:
+        headers = dict(reply.headers)
+        if reply.raw is not None:
+            headers["Content-Type"] = reply.content_type or "application/octet-stream"
+            return reply.status, headers, reply.raw
+        if reply.body is None:
+            return reply.status, headers, b""
+        headers["Content-Type"] = f"application/{fmt};charset=UTF-8"
+        return reply.status, headers, codec.render(reply.tag, reply.body, fmt)
+
+    def _fault(self, e: ApiError, fmt: str) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": f"application/{fmt};charset=UTF-8", **e.headers}
+        body = codec.render("fault", {"reason": e.reason, "detail": e.detail}, fmt)
+        return e.status, headers, body
+
+    def _sso(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
+             body: bytes) -> tuple[int, dict[str, str], bytes]:
+        form = dict(query)
+        if body:
+            form.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if path == "/ovirt-engine/services/pki-resource":
+            if form.get("resource") in ("ca-certificate", "engine-certificate") and self.pki:
+                which = self.pki.ca_file if form["resource"] == "ca-certificate" \
+                    else self.pki.cert_file
+                with open(which, "rb") as f:
+                    return 200, {"Content-Type": "application/x-x509-ca-cert"}, f.read()
+            return 404, {"Content-Type": "text/plain"}, b"Resource not found\n"
+        if path == "/ovirt-engine/sso/oauth/token":
+            status, doc = self.auth.token_request(form)
+        elif path == "/ovirt-engine/sso/oauth/token-info":
+            status, doc = self.auth.info(form.get("token", ""))
+        elif path in ("/ovirt-engine/services/sso-logout", "/ovirt-engine/sso/oauth/revoke"):
+            if form.get("token"):
+                self.auth.revoke(form["token"])
+            status, doc = 200, {}
+        else:
+            status, doc = 404, {"error_code": "not_found", "error": f"No SSO service at '{path}'"}
+        return status, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    engine: EngineServer
+
+    def handle_error(self, request, client_address) -> None:
+        # Failed TLS handshakes and dropped clients are routine.
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "imagetool-engine"
+    sys_version = ""
+    timeout = 120
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.close_connection = True
+                raise
+
+    def _serve(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._send(411, {"Content-Type": "text/plain"}, b"Chunked bodies are not supported\n")
+            return
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self._send(400, {"Content-Type": "text/plain"}, b"Invalid Content-Length\n")
+            return
+        body = self.rfile.read(length) if length else b""
+        status, out_headers, payload = self.server.engine.handle(
+            self.command, self.path, headers, body)
+        self._send(status, out_headers, payload)
+
+    def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args) -> None:
+        # Request lines may carry query strings; keep them out of user output.
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            self.close_connection = True

@@ -1,0 +1,244 @@
+"""XML and JSON in the shapes of the oVirt API model.
+
+Entities are plain dicts. Rendering rules (both formats):
+- ``id`` and ``href`` (and ``rel`` of links) are XML attributes;
+- a list value is a collection: XML ``<disks><disk/>...</disks>``, JSON
+  ``"disks": {"disk": [...]}``; the special key ``link`` is a list of
+  ``<link href rel/>`` elements without a wrapper;
+- ``None`` values are left out; booleans are ``true``/``false``; JSON
+  scalars are strings, as the engine writes them.
+Parsing gives the same dict shape back, with every scalar a string.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from imagetool.server.rest.router import ApiError
+
+_IRREGULAR = {"properties": "property", "statuses": "status", "addresses": "address"}
+_ATTRS = ("id", "href", "rel")
+
+
+def singular(plural: str) -> str:
+    """``disks`` -> ``disk``; the element name of a collection's members."""
+    if plural in _IRREGULAR:
+        return _IRREGULAR[plural]
+    return plural[:-1] if plural.endswith("s") else plural
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- XML ------------------------------------------------------------------
+
+def _xml_fill(el: ET.Element, obj: dict) -> None:
+    for key, value in obj.items():
+        if value is None:
+            continue
+        if key in _ATTRS and not isinstance(value, (dict, list)):
+            el.set(key, _scalar(value))
+        elif key == "link":
+            for link in value:
+                ET.SubElement(el, "link", {k: _scalar(v) for k, v in link.items()})
+        elif isinstance(value, list):
+            wrapper = ET.SubElement(el, key)
+            child_tag = singular(key)
+            for item in value:
+                _xml_element(wrapper, child_tag, item)
+        else:
+            _xml_element(el, key, value)
+
+
+def _xml_element(parent: ET.Element, tag: str, value: Any) -> None:
+    child = ET.SubElement(parent, tag)
+    if isinstance(value, dict):
+        _xml_fill(child, value)
+    else:
+        child.text = _scalar(value)
+
+
+def to_xml(tag: str, obj: dict | list) -> bytes:
+    """Render an entity (dict) or a collection (list) under ``tag``."""
+    root = ET.Element(tag)
+    if isinstance(obj, list):
+        child_tag = singular(tag)
+        for item in obj:
+            _xml_element(root, child_tag, item)
+    else:
+        _xml_fill(root, obj)
+    return b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n' + ET.tostring(root)
+
+
+def _xml_parse(el: ET.Element) -> Any:
+    children = list(el)
+    if not children:
+        if el.attrib:
+            return dict(el.attrib)
+        return (el.text or "").strip()
+    member = singular(el.tag)
+    if el.tag != member and all(c.tag == member for c in children) and not el.attrib:
+        return [_xml_parse(c) for c in children]
+    out: dict[str, Any] = dict(el.attrib)
+    for c in children:
+        value = _xml_parse(c)
+        if c.tag in out:
+            prev = out[c.tag]
+            out[c.tag] = (prev if isinstance(prev, list) else [prev]) + [value]
+        else:
+            out[c.tag] = value
+    return out
+
+
+# --- JSON -----------------------------------------------------------------
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return value
+    return _scalar(value)
+
+
+def _json_obj(obj: dict) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if value is None:
+            continue
+        if key == "link":
+            out[key] = [{k: _scalar(v) for k, v in link.items()} for link in value]
+        elif isinstance(value, list):
+            out[key] = {singular(key): [_json_any(v) for v in value]}
+        else:
+            out[key] = _json_any(value)
+    return out
+
+
+def _json_any(value: Any) -> Any:
+    return _json_obj(value) if isinstance(value, dict) else _scalar(value)
+
+
+def to_json(tag: str, obj: dict | list) -> bytes:
+    """Render an entity or a collection (``{"disk": [...]}``) as JSON."""
+    if isinstance(obj, list):
+        doc: Any = {singular(tag): [_json_any(v) for v in obj]}
+    else:
+        doc = _json_obj(obj)
+    return json.dumps(doc, indent=2).encode()
+
+
+def _json_parse(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        if key is not None and len(value) == 1 and singular(key) in value and key != singular(key):
+            inner = value[singular(key)]
+            items = inner if isinstance(inner, list) else [inner]
+            return [_json_parse(v) for v in items]
+        return {k: _json_parse(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_parse(v) for v in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+# --- entry points -----------------------------------------------------------
+
+def render(tag: str, obj: dict | list, fmt: str) -> bytes:
+    """Render in ``fmt`` (``xml`` or ``json``)."""
+    return to_json(tag, obj) if fmt == "json" else to_xml(tag, obj)
+
+
+def parse(body: bytes, content_type: str) -> tuple[str | None, dict]:
+    """Parse a request body; returns (root tag or None for JSON, dict).
+
+    Raises ApiError 400 with the parser's message on malformed input.
+    """
+    if not body.strip():
+        return None, {}
+    if "json" in (content_type or "").lower():
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, "Request syntactically incorrect.",
+                           f"Cannot parse JSON request body: {e}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "Request syntactically incorrect.",
+                           "The JSON request body must be an object")
+        return None, _json_parse(doc)
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as e:
+        raise ApiError(400, "Request syntactically incorrect.",
+                       f"Cannot parse XML request body: {e}") from None
+    value = _xml_parse(root)
+    if isinstance(value, list):
+        value = {singular(root.tag): value}
+    elif not isinstance(value, dict):
+        value = {}
+    return root.tag, value
+
+
+# --- reading parsed values ---------------------------------------------------
+
+def get_str(obj: Any, *path: str) -> str | None:
+    """A nested scalar as a string, or None when absent or empty."""
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    if isinstance(obj, (dict, list)):
+        return None
+    return obj if obj not in ("", None) else None
+
+
+def get_int(obj: Any, *path: str) -> int | None:
+    """A nested integer, or None; ApiError 400 when not an integer."""
+    text = get_str(obj, *path)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(400, "Request syntactically incorrect.",
+                       f"Value '{text}' of '{'.'.join(path)}' is not an integer") from None
+
+
+def get_bool(obj: Any, *path: str) -> bool | None:
+    """A nested boolean, or None; ApiError 400 when not a boolean."""
+    text = get_str(obj, *path)
+    if text is None:
+        return None
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise ApiError(400, "Request syntactically incorrect.",
+                   f"Value '{text}' of '{'.'.join(path)}' is not a boolean")
+
+
+def get_obj(obj: Any, *path: str) -> dict | None:
+    """A nested entity dict, or None."""
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj if isinstance(obj, dict) else None
+
+
+def get_list(obj: Any, *path: str) -> list:
+    """A nested collection (always a list, possibly empty)."""
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return []
+        obj = obj[key]
+    if isinstance(obj, dict):
+        return [obj]
+    return obj if isinstance(obj, list) else []

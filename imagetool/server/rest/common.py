@@ -1,0 +1,121 @@
+"""Helpers shared by the service modules: dates, search, lookups, jobs."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from imagetool.server.rest.codec import get_list, get_str
+from imagetool.server.rest.router import ApiError, Request, not_found
+from imagetool.server.storage import new_id
+
+
+def iso_date(ts: float | None) -> str | None:
+    """Engine-style date: ``2026-11-27T01:02:03.000+00:00``."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}+00:00"
+
+
+def search_filter(req: Request, docs: list[dict], fields: dict[str, str] | None = None) -> list[dict]:
+    """Apply ``search`` (``name=foo* and status=ok``) and ``max``.
+
+    ``fields`` maps search keys to document keys (default: same name).
+    Values may use ``*`` wildcards; matching is case-insensitive unless
+    ``case_sensitive=true``.
+    """
+    search = req.query.get("search")
+    if search:
+        case = req.query.get("case_sensitive", "").lower() == "true"
+        terms = []
+        for term in search.replace(" AND ", " and ").split(" and "):
+            term = term.strip()
+            if not term:
+                continue
+            if "=" not in term:
+                raise ApiError(400, "Operation Failed",
+                               f"Cannot parse search term '{term}': expected name=value")
+            key, value = (p.strip() for p in term.split("=", 1))
+            terms.append(((fields or {}).get(key.lower(), key.lower()), value.strip('"')))
+
+        def match(doc: dict) -> bool:
+            for key, pattern in terms:
+                value = str(doc.get(key, ""))
+                if not case:
+                    value, pattern = value.lower(), pattern.lower()
+                if not fnmatch.fnmatchcase(value, pattern):
+                    return False
+            return True
+        docs = [d for d in docs if match(d)]
+    max_text = req.query.get("max")
+    if max_text not in (None, "", "-1"):
+        try:
+            docs = docs[:max(0, int(max_text))]
+        except ValueError:
+            raise ApiError(400, "Operation Failed", f"Invalid value for 'max': {max_text}") from None
+    return docs
+
+
+def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
+    """The storage domain named by ``<storage_domain id|name>``; 404 when unknown."""
+    store = req.engine.store
+    if not ref:
+        raise ApiError(400, "Incomplete parameters", f"storage domain id or name required for {action}")
+    sd_id = get_str(ref, "id")
+    name = get_str(ref, "name")
+    for sd in store.list("storage_domain"):
+        if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):
+            return sd
+    raise not_found(f"storage domain '{sd_id or name}'")
+
+
+def first_sd_ref(data: dict) -> dict | None:
+    """The first ``storage_domains/storage_domain`` (or ``storage_domain``) of a body."""
+    refs = get_list(data, "storage_domains")
+    if refs:
+        return refs[0]
+    sd = data.get("storage_domain")
+    return sd if isinstance(sd, dict) else None
+
+
+def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
+    """A stored entity or a 404 fault naming it."""
+    doc = req.engine.store.get(kind, id)
+    if doc is None:
+        raise not_found(f"{label} '{id}'")
+    return doc
+
+
+def record_job(engine: Any, description: str, steps: Iterable[str],
+               status: str = "finished", start: float | None = None) -> dict:
+    """Store a finished job with one step per name (jobs service)."""
+    now = time.time()
+    job = {"id": new_id(), "description": description, "status": status,
+           "start_time": start or now, "end_time": now if status != "started" else None,
+           "auto_cleared": True, "external": False,
+           "steps": [{"id": new_id(), "description": s, "type": "executing", "number": i,
+                      "status": status, "start_time": start or now,
+                      "end_time": now if status != "started" else None}
+                     for i, s in enumerate(steps)]}
+    engine.store.put("job", job)
+    return job
+
+
+def ref(req: Request, collection: str, id: str | None) -> dict | None:
+    """``<x href id/>`` reference to another entity."""
+    if id is None:
+        return None
+    return {"href": req.href(collection, id), "id": id}
+
+
+def action_links(req: Request, base: str, names: Iterable[str]) -> dict:
+    """The ``<actions>`` element of an entity."""
+    return {"link": [{"href": f"{base}/{n}", "rel": n} for n in names]}
+
+
+def sub_links(base: str, names: Iterable[str]) -> list[dict]:
+    """``<link rel=...>`` elements to sub-collections."""
+    return [{"href": f"{base}/{n}", "rel": n} for n in names]

@@ -1,0 +1,300 @@
+"""Disks (seed 6.42-6.49): add, list, get, update, remove, copy, move, and
+their disk snapshots (the volumes of the disk's chain)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from imagetool.server.rest.codec import get_bool, get_int, get_obj, get_str
+from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
+                                          get_or_404, iso_date, record_job, ref,
+                                          search_filter, sub_links)
+from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
+                                          conflict, missing, not_found)
+from imagetool.server.storage import new_id
+
+SEARCH_FIELDS = {"alias": "name"}
+FORMATS = ("cow", "raw")
+CONTENT_TYPES = ("data", "iso", "ovf_store", "memory_dump_volume", "memory_metadata_volume",
+                 "hosted_engine", "hosted_engine_sanlock", "hosted_engine_metadata",
+                 "hosted_engine_configuration", "backup_scratch")
+
+
+def chain(store, disk: dict) -> list[dict]:
+    """The disk's volumes from base to active (top)."""
+    vols = {v["id"]: v for v in store.list("volume", lambda v: v["disk_id"] == disk["id"])}
+    out = []
+    cur = vols.get(disk["image_id"])
+    while cur is not None:
+        out.append(cur)
+        cur = vols.get(cur.get("parent_id"))
+    return list(reversed(out))
+
+
+def disk_actual_size(req: Request, disk: dict) -> int:
+    """Bytes allocated by every volume of the disk."""
+    st = req.engine.storage
+    return sum(st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
+               for v in chain(req.engine.store, disk))
+
+
+def disk_repr(req: Request, d: dict) -> dict:
+    """A disk in the API model's shape."""
+    base = req.href("disks", d["id"])
+    actual = disk_actual_size(req, d)
+    return {
+        "href": base, "id": d["id"], "name": d["name"],
+        "description": d.get("description") or None,
+        "actions": action_links(req, base, ["copy", "export", "move", "reduce", "refreshlun",
+                                            "sparsify"]),
+        "link": sub_links(base, ["disksnapshots", "permissions", "statistics"]),
+        "actual_size": actual, "alias": d["name"], "backup": d.get("backup", "none"),
+        "content_type": d.get("content_type", "data"), "format": d["format"],
+        "image_id": d["image_id"], "propagate_errors": False,
+        "provisioned_size": d["provisioned_size"],
+        "initial_size": d.get("initial_size"),
+        "qcow_version": "qcow2_v3" if d["format"] == "cow" else None,
+        "shareable": False, "sparse": d.get("sparse", True), "status": d["status"],
+        "storage_type": "image", "total_size": actual,
+        "wipe_after_delete": False,
+        "disk_profile": None,
+        "storage_domains": [ref(req, "storagedomains", d["sd_id"])],
+    }
+
+
+def snapshot_repr(req: Request, v: dict, collection_href: str) -> dict:
+    """A volume as a DiskSnapshot (id = volume id, parent = the volume below)."""
+    store = req.engine.store
+    disk = store.get("disk", v["disk_id"]) or {}
+    st = req.engine.storage
+    path = st.volume_path(v["sd_id"], v["disk_id"], v["id"])
+    return {
+        "href": f"{collection_href}/{v['id']}", "id": v["id"],
+        "name": disk.get("name"), "alias": disk.get("name"),
+        "description": disk.get("description") or None,
+        "actual_size": st.allocated_size(path), "total_size": st.allocated_size(path),
+        "content_type": disk.get("content_type", "data"), "format": v["format"],
+        "image_id": v["id"], "provisioned_size": disk.get("provisioned_size"),
+        "sparse": disk.get("sparse", True), "status": disk.get("status", "ok"),
+        "storage_type": "image", "shareable": False, "propagate_errors": False,
+        "wipe_after_delete": False,
+        "disk": ref(req, "disks", v["disk_id"]),
+        "parent": {"id": v["parent_id"]} if v.get("parent_id") else None,
+        "snapshot": {"id": v["snapshot_id"]} if v.get("snapshot_id") else None,
+        "storage_domains": [ref(req, "storagedomains", v["sd_id"])],
+    }
+
+
+def check_usable(disk: dict, action: str) -> None:
+    """409 when the disk is locked (a transfer or operation runs) or illegal."""
+    if disk["status"] == "locked":
+        raise conflict(action, f"Disk {disk['name']} is locked. Please try again later.")
+    if disk["status"] == "illegal":
+        raise conflict(action, f"Disk {disk['name']} is in illegal state.")
+
+
+def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
+                initial_size: int | None = None, sparse: bool = True,
+                content_type: str = "data", backup: str = "none",
+                description: str = "", disk_id: str | None = None) -> dict:
+    """Create a disk with one empty volume and store it (status ok)."""
+    disk_id = disk_id or new_id()
+    vol_id = new_id()
+    start = time.time()
+    engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size)
+    disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
+            "provisioned_size": provisioned_size, "initial_size": initial_size,
+            "sparse": sparse, "content_type": content_type, "backup": backup,
+            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start}
+    with engine.store.transaction():
+        engine.store.put("volume", {"id": vol_id, "disk_id": disk_id, "sd_id": sd["id"],
+                                    "format": fmt, "parent_id": None, "snapshot_id": None,
+                                    "created": start})
+        engine.store.put("disk", disk)
+    record_job(engine, f"Adding Disk {name}", ["Creating volume"], start=start)
+    return disk
+
+
+def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
+    """POST /disks: validate, create the volume, answer 201 with the disk."""
+    data = req.data()
+    name = get_str(data, "name") or get_str(data, "alias")
+    size = get_int(data, "provisioned_size")
+    fmt = get_str(data, "format")
+    if size is None or fmt is None:
+        raise missing("Disk", "add", "provisionedSize, format")
+    if fmt not in FORMATS:
+        raise bad_request(f"Invalid value '{fmt}' for disk format: expected cow or raw")
+    if size <= 0:
+        raise bad_request("Disk provisioned_size must be positive")
+    sd_ref = first_sd_ref(data)
+    sd = find_storage_domain(req, sd_ref, "add Disk") if sd_ref else default_sd
+    if sd is None:
+        raise missing("Disk", "add", "storageDomains.storageDomain.id|name")
+    if sd["type"] != "data":
+        raise conflict("add Virtual Disk",
+                       f"Storage Domain {sd['name']} is an {sd['type']} domain: disks can only be "
+                       "added to data domains.")
+    content_type = get_str(data, "content_type") or "data"
+    if content_type not in CONTENT_TYPES:
+        raise bad_request(f"Invalid value '{content_type}' for disk content_type")
+    sparse = get_bool(data, "sparse")
+    sparse = True if sparse is None else sparse
+    available, _ = req.engine.storage.space(sd["id"])
+    initial = get_int(data, "initial_size")
+    needed = initial if sparse else size
+    if needed and needed > available:
+        raise conflict("add Virtual Disk",
+                       f"Low disk space on Storage Domain {sd['name']}.")
+    disk_id = get_str(data, "id")
+    if disk_id and req.engine.store.get("disk", disk_id):
+        raise conflict("add Virtual Disk", f"A disk with id {disk_id} already exists.")
+    disk = create_disk(req.engine, name=name or f"disk-{new_id()[:8]}", fmt=fmt,
+                       provisioned_size=size, sd=sd, initial_size=initial, sparse=sparse,
+                       content_type=content_type, backup=get_str(data, "backup") or "none",
+                       description=get_str(data, "description") or "", disk_id=disk_id)
+    return Reply(status=201, tag="disk", body=disk_repr(req, disk))
+
+
+def list_disks(req: Request) -> Reply:
+    docs = search_filter(req, req.engine.store.list("disk"), SEARCH_FIELDS)
+    return Reply(tag="disks", body=[disk_repr(req, d) for d in docs])
+
+
+def get_disk(req: Request, disk_id: str) -> Reply:
+    return Reply(tag="disk", body=disk_repr(req, get_or_404(req, "disk", disk_id, "disk")))
+
+
+def update_disk(req: Request, disk_id: str) -> Reply:
+    """PUT /disks/{id}: name, alias, description, provisioned_size (grow raw only)."""
+    engine = req.engine
+    data = req.data()
+    with engine.store.transaction():
+        disk = get_or_404(req, "disk", disk_id, "disk")
+        check_usable(disk, "update Virtual Disk")
+        name = get_str(data, "name") or get_str(data, "alias")
+        if name:
+            disk["name"] = name
+        if "description" in data:
+            disk["description"] = get_str(data, "description") or ""
+        size = get_int(data, "provisioned_size")
+        if size is not None and size != disk["provisioned_size"]:
+            if size < disk["provisioned_size"]:
+                raise conflict("update Virtual Disk", "Disk size cannot be reduced.")
+            engine.storage.resize_volume(disk, size, chain(engine.store, disk))
+            disk["provisioned_size"] = size
+        engine.store.put("disk", disk)
+    return Reply(tag="disk", body=disk_repr(req, disk))
+
+
+def delete_disk_files(engine, disk: dict) -> None:
+    """Remove a disk's volumes and inventory rows."""
+    with engine.store.transaction():
+        for v in engine.store.list("volume", lambda v: v["disk_id"] == disk["id"]):
+            engine.store.delete("volume", v["id"])
+        engine.store.delete("disk", disk["id"])
+    engine.storage.remove_disk(disk["sd_id"], disk["id"])
+
+
+def remove_disk(req: Request, disk_id: str) -> Reply:
+    """DELETE /disks/{id}: refused while locked or attached to a VM."""
+    engine = req.engine
+    with engine.store.transaction():
+        disk = get_or_404(req, "disk", disk_id, "disk")
+        if disk["status"] == "locked":
+            check_usable(disk, "remove Virtual Disk")
+        vms = [vm for vm in engine.store.list("vm")
+               if any(a["disk_id"] == disk_id for a in vm.get("attachments", []))]
+        if vms:
+            raise conflict("remove Virtual Disk",
+                           f"Disk {disk['name']} is attached to VM {vms[0]['name']}.")
+        delete_disk_files(engine, disk)
+    record_job(engine, f"Removing Disk {disk['name']}", ["Removing volumes"])
+    return Reply(status=200)
+
+
+def _action_target(req: Request, action: str) -> dict:
+    data = req.data()
+    sd_ref = first_sd_ref(data)
+    if sd_ref is None:
+        raise missing("Action", action, "storageDomain.id|name")
+    sd = find_storage_domain(req, sd_ref, action)
+    if sd["type"] != "data":
+        raise conflict(f"{action} Virtual Disk",
+                       f"Storage Domain {sd['name']} is not a data domain.")
+    return sd
+
+
+def copy_disk(req: Request, disk_id: str) -> Reply:
+    """POST /disks/{id}/copy: a new disk (flattened) on the target domain."""
+    engine = req.engine
+    sd = _action_target(req, "copy")
+    disk = get_or_404(req, "disk", disk_id, "disk")
+    check_usable(disk, "copy Virtual Disk")
+    new_name = get_str(req.data(), "disk", "name") or get_str(req.data(), "disk", "alias") \
+        or f"{disk['name']}_copy"
+    vols = chain(engine.store, disk)
+    new_disk_id, new_vol = new_id(), new_id()
+    engine.storage.flatten(vols, disk["format"], disk["provisioned_size"], sd["id"],
+                           new_disk_id, new_vol)
+    now = time.time()
+    copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
+                status="ok", created=now)
+    with engine.store.transaction():
+        engine.store.put("volume", {"id": new_vol, "disk_id": new_disk_id, "sd_id": sd["id"],
+                                    "format": disk["format"], "parent_id": None,
+                                    "snapshot_id": None, "created": now})
+        engine.store.put("disk", copy)
+    job = record_job(engine, f"Copying Disk {disk['name']} to {sd['name']}", ["Copying volumes"])
+    return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, copy),
+                                     "job": ref(req, "jobs", job["id"])})
+
+
+def move_disk(req: Request, disk_id: str) -> Reply:
+    """POST /disks/{id}/move: rename the disk directory into the target domain."""
+    engine = req.engine
+    sd = _action_target(req, "move")
+    with engine.store.transaction():
+        disk = get_or_404(req, "disk", disk_id, "disk")
+        check_usable(disk, "move Virtual Disk")
+        if disk["sd_id"] != sd["id"]:
+            src = engine.storage.disk_dir(disk["sd_id"], disk_id)
+            dst = engine.storage.disk_dir(sd["id"], disk_id)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(src, dst)
+            for v in engine.store.list("volume", lambda v: v["disk_id"] == disk_id):
+                engine.store.update("volume", v["id"], sd_id=sd["id"])
+            disk["sd_id"] = sd["id"]
+            engine.store.put("disk", disk)
+    job = record_job(engine, f"Moving Disk {disk['name']} to {sd['name']}", ["Moving volumes"])
+    return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, disk),
+                                     "job": ref(req, "jobs", job["id"])})
+
+
+def list_disk_snapshots(req: Request, disk_id: str) -> Reply:
+    disk = get_or_404(req, "disk", disk_id, "disk")
+    base = req.href("disks", disk_id, "disksnapshots")
+    return Reply(tag="disk_snapshots",
+                 body=[snapshot_repr(req, v, base) for v in chain(req.engine.store, disk)])
+
+
+def get_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
+    vol = get_or_404(req, "volume", vol_id, "disk snapshot")
+    if vol["disk_id"] != disk_id:
+        raise not_found(f"disk snapshot '{vol_id}'")
+    return Reply(tag="disk_snapshot",
+                 body=snapshot_repr(req, vol, req.href("disks", disk_id, "disksnapshots")))
+
+
+def register(router: Router) -> None:
+    """Add this module's routes."""
+    router.add("GET", "/disks", list_disks)
+    router.add("POST", "/disks", add_disk)
+    router.add("GET", "/disks/{disk_id}", get_disk)
+    router.add("PUT", "/disks/{disk_id}", update_disk)
+    router.add("DELETE", "/disks/{disk_id}", remove_disk)
+    router.add("POST", "/disks/{disk_id}/copy", copy_disk)
+    router.add("POST", "/disks/{disk_id}/move", move_disk)
+    router.add("GET", "/disks/{disk_id}/disksnapshots", list_disk_snapshots)
+    router.add("GET", "/disks/{disk_id}/disksnapshots/{vol_id}", get_disk_snapshot)

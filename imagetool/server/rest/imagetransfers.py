@@ -1,0 +1,127 @@
+"""Image transfers (seed 6.100-6.103): add, list, get and the actions
+extend, pause, resume, finalize, cancel. The state machine lives in
+``server/transfers.py``; this module validates input and renders."""
+
+from __future__ import annotations
+
+from imagetool.server.rest.codec import get_bool, get_int, get_obj, get_str
+from imagetool.server.rest.common import action_links, get_or_404, ref, search_filter
+from imagetool.server.rest.disks import check_usable
+from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
+                                          conflict, missing, not_found)
+from imagetool.server.transfers import POLICIES, TransferConflict
+
+ACTIONS = ("cancel", "extend", "finalize", "pause", "resume")
+DEFAULT_INACTIVITY = 60
+
+
+def transfer_repr(req: Request, t: dict) -> dict:
+    """An ImageTransfer in the API model's shape (URLs only while usable)."""
+    base = req.href("imagetransfers", t["id"])
+    urls = t["phase"] in ("transferring", "resuming", "paused_user", "paused_system")
+    url = f"{req.engine.dataplane_url()}/images/{t['ticket_id']}" if urls else None
+    return {
+        "href": base, "id": t["id"],
+        "actions": action_links(req, base, ACTIONS),
+        "active": t.get("active", False), "direction": t["direction"], "format": t["format"],
+        "inactivity_timeout": t["inactivity_timeout"], "phase": t["phase"],
+        "proxy_url": url, "transfer_url": url, "shallow": t.get("shallow", False),
+        "timeout_policy": t["timeout_policy"], "transferred": t.get("transferred", 0),
+        "host": ref(req, "hosts", t["host_id"]),
+        "image": {"id": t["volume_id"]},
+        "disk": ref(req, "disks", t["disk_id"]),
+        "snapshot": ({"href": req.href("disks", t["disk_id"], "disksnapshots", t["volume_id"]),
+                      "id": t["volume_id"]} if t.get("snapshot") else None),
+    }
+
+
+def _target(req: Request, data: dict) -> tuple[dict, dict, bool]:
+    """(disk, volume, is_snapshot) named by <disk>, <snapshot> or <image>."""
+    store = req.engine.store
+    disk_id = get_str(data, "disk", "id")
+    snap_id = get_str(data, "snapshot", "id")
+    image_id = get_str(data, "image", "id")
+    if disk_id:
+        disk = store.get("disk", disk_id)
+        if disk is None:
+            raise not_found(f"disk '{disk_id}'")
+        return disk, store.get("volume", disk["image_id"]), False
+    for vol_id, is_snap in ((snap_id, True), (image_id, False)):
+        if vol_id:
+            vol = store.get("volume", vol_id)
+            if vol is None:
+                raise not_found(f"{'disk snapshot' if is_snap else 'image'} '{vol_id}'")
+            disk = store.get("disk", vol["disk_id"])
+            return disk, vol, is_snap or vol["id"] != disk["image_id"]
+    raise missing("ImageTransfer", "add", "disk.id|snapshot.id|image.id")
+
+
+def add_transfer(req: Request) -> Reply:
+    """POST /imagetransfers: lock the disk and start the transfer."""
+    engine = req.engine
+    data = req.data()
+    direction = get_str(data, "direction") or "upload"
+    if direction not in ("upload", "download"):
+        raise bad_request(f"Invalid value '{direction}' for direction: expected upload or download")
+    fmt = get_str(data, "format") or "cow"
+    if fmt not in ("raw", "cow"):
+        raise bad_request(f"Invalid value '{fmt}' for format: expected raw or cow")
+    policy = get_str(data, "timeout_policy") or "legacy"
+    if policy not in POLICIES:
+        raise bad_request(f"Invalid value '{policy}' for timeout_policy: expected "
+                          "legacy, pause or cancel")
+    inactivity = get_int(data, "inactivity_timeout")
+    inactivity = DEFAULT_INACTIVITY if inactivity is None else inactivity
+    if inactivity <= 0:
+        raise bad_request("inactivity_timeout must be positive")
+    shallow = bool(get_bool(data, "shallow"))
+    host_id = get_str(data, "host", "id")
+    host_name = get_str(data, "host", "name")
+    if (host_id and host_id != engine.host_id) or (host_name and host_name != "local"):
+        raise not_found(f"host '{host_id or host_name}'")
+    if get_obj(data, "backup"):
+        raise ApiError(501, "Not Implemented",
+                       "The local engine does not implement incremental backup transfers")
+    with engine.store.transaction():
+        disk, vol, is_snap = _target(req, data)
+        check_usable(disk, "transfer image")
+        if direction == "upload" and vol["id"] != disk["image_id"]:
+            raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
+        t = engine.transfers.create(disk, vol, direction=direction, fmt=fmt,
+                                    inactivity_timeout=inactivity, timeout_policy=policy,
+                                    shallow=shallow or is_snap and fmt == "raw",
+                                    host_id=engine.host_id, snapshot=is_snap)
+    return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
+
+
+def list_transfers(req: Request) -> Reply:
+    docs = search_filter(req, req.engine.store.list("transfer"))
+    return Reply(tag="image_transfers", body=[transfer_repr(req, t) for t in docs])
+
+
+def get_transfer(req: Request, tid: str) -> Reply:
+    return Reply(tag="image_transfer",
+                 body=transfer_repr(req, get_or_404(req, "transfer", tid, "image transfer")))
+
+
+def _action(name: str):
+    def handler(req: Request, tid: str) -> Reply:
+        get_or_404(req, "transfer", tid, "image transfer")
+        req.data()  # a malformed body is a 400 even when nothing in it is used
+        try:
+            t = getattr(req.engine.transfers, name)(tid)
+        except TransferConflict as e:
+            raise ApiError(409, "Operation Failed", str(e)) from None
+        return Reply(tag="action", body={"status": "complete",
+                                         "image_transfer": transfer_repr(req, t)})
+    handler.__name__ = f"{name}_transfer"
+    return handler
+
+
+def register(router: Router) -> None:
+    """Add this module's routes."""
+    router.add("GET", "/imagetransfers", list_transfers)
+    router.add("POST", "/imagetransfers", add_transfer)
+    router.add("GET", "/imagetransfers/{tid}", get_transfer)
+    for name in ACTIONS:
+        router.add("POST", f"/imagetransfers/{{tid}}/{name}", _action(name))

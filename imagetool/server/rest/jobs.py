@@ -1,0 +1,61 @@
+"""Jobs (seed 6.114-6.115) and their steps: a record of long operations."""
+
+from __future__ import annotations
+
+from imagetool.server.rest.common import get_or_404, iso_date, search_filter, sub_links
+from imagetool.server.rest.router import Reply, Request, Router, not_found
+
+
+def job_repr(req: Request, job: dict) -> dict:
+    """A job in the API model's shape."""
+    base = req.href("jobs", job["id"])
+    return {
+        "href": base, "id": job["id"], "description": job["description"],
+        "link": sub_links(base, ["steps"]),
+        "auto_cleared": job.get("auto_cleared", True), "external": job.get("external", False),
+        "status": job["status"], "start_time": iso_date(job.get("start_time")),
+        "end_time": iso_date(job.get("end_time")),
+        "last_updated": iso_date(job.get("end_time") or job.get("start_time")),
+        "owner": {"href": req.href("users", req.engine.user_id), "id": req.engine.user_id},
+    }
+
+
+def step_repr(req: Request, job: dict, step: dict) -> dict:
+    """A step of a job."""
+    return {
+        "href": req.href("jobs", job["id"], "steps", step["id"]), "id": step["id"],
+        "description": step["description"], "external": False, "number": step["number"],
+        "status": step["status"], "type": step["type"],
+        "start_time": iso_date(step.get("start_time")), "end_time": iso_date(step.get("end_time")),
+        "job": {"href": req.href("jobs", job["id"]), "id": job["id"]},
+    }
+
+
+def list_jobs(req: Request) -> Reply:
+    docs = search_filter(req, req.engine.store.list("job"))
+    return Reply(tag="jobs", body=[job_repr(req, j) for j in docs])
+
+
+def get_job(req: Request, job_id: str) -> Reply:
+    return Reply(tag="job", body=job_repr(req, get_or_404(req, "job", job_id, "job")))
+
+
+def list_steps(req: Request, job_id: str) -> Reply:
+    job = get_or_404(req, "job", job_id, "job")
+    return Reply(tag="steps", body=[step_repr(req, job, s) for s in job.get("steps", [])])
+
+
+def get_step(req: Request, job_id: str, step_id: str) -> Reply:
+    job = get_or_404(req, "job", job_id, "job")
+    for s in job.get("steps", []):
+        if s["id"] == step_id:
+            return Reply(tag="step", body=step_repr(req, job, s))
+    raise not_found(f"step '{step_id}'")
+
+
+def register(router: Router) -> None:
+    """Add this module's routes."""
+    router.add("GET", "/jobs", list_jobs)
+    router.add("GET", "/jobs/{job_id}", get_job)
+    router.add("GET", "/jobs/{job_id}/steps", list_steps)
+    router.add("GET", "/jobs/{job_id}/steps/{step_id}", get_step)

@@ -1,0 +1,135 @@
+"""The API root document and the SSO side: tokens, logout, Basic auth."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+import threading
+import time
+
+from imagetool.server.rest.common import iso_date
+from imagetool.server.rest.router import Reply, Request, Router
+
+_COLLECTIONS = ("clusters", "datacenters", "disks", "events", "hosts", "imagetransfers",
+                "jobs", "networks", "storagedomains", "templates", "users", "vms")
+PRODUCT_VERSION = (4, 5, 4, 0)
+
+
+def api_root(req: Request) -> Reply:
+    """GET /ovirt-engine/api: links and product info (4.5-like)."""
+    engine = req.engine
+    major, minor, build, revision = PRODUCT_VERSION
+    links = [{"href": req.href(c), "rel": c} for c in _COLLECTIONS]
+    links += [{"href": req.href(c) + "?search={query}", "rel": f"{c}/search"}
+              for c in ("disks", "hosts", "storagedomains", "vms", "jobs")]
+    body = {
+        "link": links,
+        "authenticated_user": {"href": req.href("users", engine.user_id), "id": engine.user_id},
+        "effective_user": {"href": req.href("users", engine.user_id), "id": engine.user_id},
+        "product_info": {
+            "instance_id": engine.instance_id, "name": "oVirt Engine (imagetool local)",
+            "vendor": "imagetool",
+            "version": {"build": build, "full_version": f"{major}.{minor}.{build}.{revision}-imagetool",
+                        "major": major, "minor": minor, "revision": revision},
+        },
+        "special_objects": {
+            "blank_template": {"href": req.href("templates", "00000000-0000-0000-0000-000000000000"),
+                               "id": "00000000-0000-0000-0000-000000000000"},
+            "root_tag": {"href": req.href("tags", "00000000-0000-0000-0000-000000000000"),
+                         "id": "00000000-0000-0000-0000-000000000000"},
+        },
+        "summary": {
+            "hosts": {"active": 1, "total": 1},
+            "storage_domains": {"active": len(engine.store.list("storage_domain")),
+                                "total": len(engine.store.list("storage_domain"))},
+            "vms": {"active": 0, "total": len(engine.store.list("vm"))},
+            "users": {"active": 1, "total": 1},
+        },
+        "time": iso_date(time.time()),
+    }
+    return Reply(tag="api", body=body)
+
+
+class Auth:
+    """admin@internal credentials and the bearer tokens issued for them."""
+
+    USERNAME = "admin@internal"
+
+    def __init__(self, password: str, token_lifetime: float = 3600.0) -> None:
+        self._password = password
+        self.token_lifetime = token_lifetime
+        self._tokens: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def check_password(self, username: str, password: str) -> bool:
+        """Constant-time check of admin's credentials (``admin`` means admin@internal)."""
+        user_ok = username in (self.USERNAME, "admin")
+        return user_ok and hmac.compare_digest(password.encode(), self._password.encode())
+
+    def issue(self) -> tuple[str, float]:
+        """A new token and its expiry (epoch seconds)."""
+        token = secrets.token_urlsafe(32)
+        exp = time.time() + self.token_lifetime
+        with self._lock:
+            self._tokens[token] = exp
+        return token, exp
+
+    def revoke(self, token: str) -> None:
+        """Forget a token (logout); unknown tokens are ignored."""
+        with self._lock:
+            self._tokens.pop(token, None)
+
+    def check_header(self, header: str | None) -> str | None:
+        """The user name for a valid Authorization header, else None."""
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            with self._lock:
+                exp = self._tokens.get(value.strip())
+                if exp is None:
+                    return None
+                if exp < time.time():
+                    del self._tokens[value.strip()]
+                    return None
+            return self.USERNAME
+        if scheme == "basic":
+            try:
+                user, _, password = base64.b64decode(value.strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return self.USERNAME if self.check_password(user, password) else None
+        return None
+
+    def token_request(self, form: dict[str, str]) -> tuple[int, dict]:
+        """The SSO token endpoint: (status, JSON reply)."""
+        if form.get("grant_type") != "password":
+            return 400, {"error_code": "unsupported_grant_type",
+                         "error": f"Unsupported grant type '{form.get('grant_type')}'"}
+        scopes = set((form.get("scope") or "").split())
+        if scopes and not scopes & {"ovirt-app-api", "ovirt-app-admin", "ovirt-app-portal",
+                                     "ovirt-ext=token:password-access"}:
+            return 400, {"error_code": "invalid_scope", "error": "The requested scope is not allowed"}
+        if not self.check_password(form.get("username", ""), form.get("password", "")):
+            return 401, {"error_code": "access_denied",
+                         "error": "Cannot authenticate user: invalid user name or password"}
+        token, exp = self.issue()
+        return 200, {"access_token": token, "token_type": "bearer",
+                     "scope": form.get("scope") or "ovirt-app-api",
+                     "exp": str(int(exp * 1000)), "expires_in": str(int(self.token_lifetime))}
+
+    def info(self, token: str) -> tuple[int, dict]:
+        """The token-info endpoint."""
+        with self._lock:
+            exp = self._tokens.get(token)
+        if exp is None or exp < time.time():
+            return 401, {"error_code": "invalid_grant", "error": "Token is not valid"}
+        return 200, {"active": True, "user_id": self.USERNAME, "scope": "ovirt-app-api",
+                     "exp": str(int(exp * 1000)), "token_type": "bearer"}
+
+
+def register(router: Router) -> None:
+    """Add this module's routes."""
+    router.add("GET", "", api_root)

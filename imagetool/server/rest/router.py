@@ -1,0 +1,148 @@
+"""Request routing for the REST API: patterns -> handlers, faults.
+
+A handler takes ``(req, **path_params)`` and returns a ``Reply``, or raises
+``ApiError`` which becomes a ``<fault>`` with the status code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+API_PREFIX_RE = re.compile(r"^/ovirt-engine/api(?:/v4)?(?=/|$)")
+
+
+class ApiError(Exception):
+    """An error answered to the client as a fault."""
+
+    def __init__(self, status: int, reason: str, detail: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.headers = headers or {}
+        super().__init__(f"{status} {reason}: {detail}")
+
+
+def not_found(what: str = "entity") -> ApiError:
+    """404 in the engine's words."""
+    return ApiError(404, "Not Found", f"Entity not found: {what}")
+
+
+def conflict(action: str, why: str) -> ApiError:
+    """409: the engine's 'Cannot <action>. <why>' shape."""
+    return ApiError(409, "Operation Failed", f"[Cannot {action}. {why}]")
+
+
+def bad_request(detail: str) -> ApiError:
+    """400 for invalid or incomplete input."""
+    return ApiError(400, "Operation Failed", detail)
+
+
+def missing(entity: str, method: str, fields: str) -> ApiError:
+    """400 for required fields, in the engine's wording."""
+    return ApiError(400, "Incomplete parameters",
+                    f"{entity} [{fields}] required for {method}")
+
+
+@dataclass
+class Request:
+    """One API request as the handlers see it."""
+
+    method: str
+    path: str                       # without the /ovirt-engine/api prefix
+    prefix: str                     # /ovirt-engine/api or /ovirt-engine/api/v4
+    query: dict[str, str]
+    headers: dict[str, str]         # lower-case names
+    body: bytes
+    fmt: str                        # reply format: xml or json
+    engine: Any = None
+    user: str | None = None
+    _parsed: tuple[str | None, dict] | None = field(default=None, repr=False)
+
+    def href(self, *parts: str) -> str:
+        """An absolute href below the API root."""
+        return "/".join([self.prefix, *parts])
+
+    def data(self) -> dict:
+        """The parsed body (XML or JSON per Content-Type)."""
+        if self._parsed is None:
+            from imagetool.server.rest.codec import parse
+            self._parsed = parse(self.body, self.headers.get("content-type", ""))
+        return self._parsed[1]
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter (or header, for all_content/async)."""
+        value = self.query.get(name)
+        if value is None:
+            value = self.headers.get(name.replace("_", "-"))
+        return str(value).lower() == "true" if value is not None else False
+
+
+@dataclass
+class Reply:
+    """What a handler answers: an entity/collection or raw bytes."""
+
+    status: int = 200
+    tag: str | None = None
+    body: Any = None
+    raw: bytes | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[..., Reply]
+
+
+class Router:
+    """Maps (method, path pattern) to handlers; ``{name}`` matches one segment."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        """Register a handler; the pattern is relative to the API root."""
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern.rstrip("/")) + "/?$"
+        self._routes.append((method, re.compile(regex), handler))
+
+    def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler and path params; ApiError 404/405 when none."""
+        allowed = False
+        for m, regex, handler in self._routes:
+            match = regex.match(path)
+            if match:
+                if m == method:
+                    return handler, match.groupdict()
+                allowed = True
+        if allowed:
+            raise ApiError(405, "Method Not Allowed",
+                           f"Method {method} is not allowed on {path or '/'}")
+        raise _unknown(path)
+
+
+# Seed services the local engine does not implement (501 names them).
+_UNIMPLEMENTED = {
+    "affinitylabels", "bookmarks", "clusterlevels", "clusters", "cpuprofiles",
+    "datacenters", "diskprofiles", "domains", "events", "externalhostproviders",
+    "groups", "icons", "instancetypes", "katelloerrata", "macpools",
+    "networkfilters", "networks", "openstackimageproviders",
+    "openstacknetworkproviders", "openstackvolumeproviders", "operatingsystems",
+    "permissions", "roles", "schedulingpolicies", "schedulingpolicyunits",
+    "storageconnections", "tags", "templates", "users", "vmpools", "vnicprofiles",
+    "images",
+}
+_VM_SUBS = {"cdroms", "nics", "graphicsconsoles", "hostdevices", "numanodes",
+            "permissions", "reporteddevices", "sessions", "statistics", "tags",
+            "watchdogs", "applications", "affinitylabels", "katelloerrata"}
+
+
+def _unknown(path: str) -> ApiError:
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[0] in _UNIMPLEMENTED:
+        return ApiError(501, "Not Implemented",
+                        f"The local engine does not implement the '{parts[0]}' service")
+    if len(parts) >= 3 and parts[0] in ("vms", "hosts", "storagedomains") and parts[2] in _VM_SUBS:
+        return ApiError(501, "Not Implemented",
+                        f"The local engine does not implement the '{parts[0]}/{{id}}/{parts[2]}' service")
+    return ApiError(404, "Not Found", f"No service at '{path or '/'}'")

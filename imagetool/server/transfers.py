@@ -1,0 +1,454 @@
+"""The ImageTransfer state machine and the lifetime of its data-plane ticket.
+
+Phases follow the engine (see engine-flows.md): ``initializing`` ->
+``transferring`` (ticket added) -> ``finalizing_success`` -> ``finished_success``
+or ``finalizing_failure`` -> ``finished_failure``; pause/resume through
+``paused_user``/``paused_system`` and ``resuming``; cancel through
+``cancelled_user``/``cancelled_system`` -> ``finalizing_cleanup`` ->
+``finished_cleanup`` -> ``finished_failure``. The disk is locked from
+creation to the end. A monitor thread applies the inactivity timeout per
+``timeout_policy``, keeps ``transferred``/``active`` current and forgets
+finished transfers after ``finished_ttl`` seconds.
+
+A paused transfer keeps its ticket (and its open backend, which for a raw
+upload into a cow disk is a qcow2 writer that must only be closed at the
+end) but marks it cancelled so the data plane refuses it; resume clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from imagetool.server.store import Store
+from imagetool.server.storage import Storage, new_id
+from imagetool.server.tickets import Ticket, TicketRegistry
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("finished_success", "finished_failure")
+ACTIVE_PHASES = ("initializing", "transferring", "resuming", "paused_user", "paused_system")
+POLICIES = ("legacy", "pause", "cancel")
+TICKET_TIMEOUT = 300.0
+# Room for qcow2 metadata when an upload moves a cow volume's own bytes and
+# the client gave no initial_size (L2 tables and refcounts are < 1% + headers).
+COW_OVERHEAD = 2 << 20
+
+
+class TransferConflict(Exception):
+    """An action not allowed in the transfer's current phase (409)."""
+
+
+class TransferManager:
+    """Creates transfers and drives their phases."""
+
+    def __init__(self, store: Store, storage: Storage, registry: TicketRegistry,
+                 dataplane_url: Callable[[], str], *, finished_ttl: float = 300.0,
+                 poll_interval: float = 0.2) -> None:
+        self.store = store
+        self.storage = storage
+        self.registry = registry
+        self.dataplane_url = dataplane_url
+        self.finished_ttl = finished_ttl
+        self.poll_interval = poll_interval
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+
+    # --- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover transfers interrupted by a crash, then start the monitor."""
+        self.recover()
+        self._stop.clear()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="transfer-monitor",
+                                         daemon=True)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        """Stop the monitor and wait for running phase changes."""
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=10)
+        for w in list(self._workers):
+            w.join(timeout=30)
+        self._persist_progress()
+
+    def _lock(self, tid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(tid, threading.Lock())
+
+    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True, name="transfer-phase")
+        self._workers = [w for w in self._workers if w.is_alive()] + [t]
+        t.start()
+
+    def _set(self, tid: str, **fields: Any) -> dict:
+        return self.store.update("transfer", tid, **fields)
+
+    # --- create -----------------------------------------------------------
+
+    def create(self, disk: dict, volume: dict, *, direction: str, fmt: str,
+               inactivity_timeout: int, timeout_policy: str, shallow: bool,
+               host_id: str, snapshot: bool) -> dict:
+        """Store a new transfer (phase initializing), lock the disk, start it.
+
+        The caller has checked the disk is usable under the store's lock.
+        """
+        tid = new_id()
+        fresh = (direction == "upload" and not snapshot and volume.get("parent_id") is None
+                 and volume["id"] == disk["image_id"])
+        doc = {"id": tid, "disk_id": disk["id"], "volume_id": volume["id"],
+               "sd_id": volume["sd_id"], "direction": direction, "format": fmt,
+               "inactivity_timeout": inactivity_timeout, "timeout_policy": timeout_policy,
+               "shallow": shallow, "host_id": host_id, "phase": "initializing",
+               "ticket_id": new_id(), "transferred": 0, "active": False,
+               "created": time.time(), "finished_at": None, "remove_on_failure": fresh,
+               "snapshot": snapshot, "error": None}
+        with self.store.transaction():
+            self.store.update("disk", disk["id"], status="locked")
+            self.store.put("transfer", doc)
+        self._spawn(self._initialize, tid)
+        return doc
+
+    def _volume_path(self, t: dict) -> str:
+        return self.storage.volume_path(t["sd_id"], t["disk_id"], t["volume_id"])
+
+    def _open_backend(self, t: dict) -> tuple[Callable[[], Any], int, tuple[str, ...]]:
+        """(opener, ticket size, ops) for a transfer's ticket."""
+        from imagetool.formats import open_image
+        from imagetool.formats.raw import RawBackend
+        path = self._volume_path(t)
+        disk = self.store.get("disk", t["disk_id"])
+        vol_fmt = self.storage.read_meta(t["sd_id"], t["disk_id"], t["volume_id"]).get(
+            "format", disk["format"])
+        if t["direction"] == "download":
+            if t["format"] == "cow" or vol_fmt == "raw":
+                backend = RawBackend(path, "r")
+            else:
+                backend = open_image(path, "r", format="qcow2", shallow=t["shallow"])
+            return (lambda: backend), backend.size, ("read",)
+        ops = ("read", "write")
+        if t["format"] == "cow" or vol_fmt == "raw":
+            if vol_fmt == "raw":
+                size = disk["provisioned_size"]
+                backend = RawBackend(path, "r+", size=size)
+            else:
+                size = disk.get("initial_size") or disk["provisioned_size"] + \
+                    disk["provisioned_size"] // 64 + COW_OVERHEAD
+                backend = RawBackend(path, "r+")
+            return (lambda: backend), size, ops
+        from imagetool.formats.qcow2_writer import Qcow2Writer
+        parent = self.store.get("volume", t["volume_id"]).get("parent_id")
+        backing_fmt = None
+        if parent:
+            pmeta = self.storage.read_meta(t["sd_id"], t["disk_id"], parent)
+            backing_fmt = "qcow2" if pmeta.get("format") == "cow" else "raw"
+        writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
+                                    backing_format=backing_fmt)
+        return (lambda: writer), writer.size, ops
+
+    def _initialize(self, tid: str) -> None:
+        with self._lock(tid):
+            self._initialize_locked(tid)
+
+    def _initialize_locked(self, tid: str) -> None:
+        t = self.store.get("transfer", tid)
+        if t is None or t["phase"] != "initializing":
+            return
+        try:
+            if (t["direction"] == "upload" and t["format"] == "cow"
+                    and t["remove_on_failure"] and not t.get("prepared")):
+                # A fresh disk's placeholder volume is replaced by the
+                # uploaded file's bytes (once: a resumed upload keeps them).
+                vol = self.store.get("volume", t["volume_id"])
+                if vol["format"] == "cow":
+                    os.truncate(self._volume_path(t), 0)
+            opener, size, ops = self._open_backend(t)
+            ticket = Ticket(uuid=t["ticket_id"], size=size, ops=ops, open_backend=opener,
+                            timeout=max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2),
+                            inactivity_timeout=float(t["inactivity_timeout"]),
+                            sparse=True, transfer_id=tid)
+            ticket.backend()
+            self.registry.add(ticket)
+        except Exception as e:  # any failure to prepare the ticket
+            log.warning("transfer %s: cannot prepare the volume: %s", tid, e)
+            self._set(tid, error=str(e))
+            if t["direction"] == "upload":
+                self._set(tid, phase="paused_system")
+            else:
+                self._set(tid, phase="cancelled_system")
+                self._finish_failure(tid)
+            return
+        self._set(tid, phase="transferring", prepared=True)
+
+    # --- actions ----------------------------------------------------------
+
+    def _require(self, t: dict, action: str, phases: tuple[str, ...]) -> None:
+        if t["phase"] not in phases:
+            raise TransferConflict(
+                f"[Cannot {action} image transfer. The image transfer is in phase "
+                f"{t['phase']}, expected {' or '.join(phases)}.]")
+
+    def extend(self, tid: str) -> dict:
+        """Refresh the ticket; no phase change."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            self._require(t, "extend", ("transferring", "paused_user", "paused_system",
+                                        "resuming", "initializing"))
+            ticket = self.registry.get(t["ticket_id"])
+            if ticket is not None:
+                ticket.extend(max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2))
+                ticket.touch()
+            return t
+
+    def pause(self, tid: str) -> dict:
+        """transferring -> paused_user (uploads only)."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t["direction"] == "download":
+                raise TransferConflict("[Cannot pause image transfer. Pausing a download is "
+                                       "not supported.]")
+            self._require(t, "pause", ("transferring",))
+            self._pause_ticket(t)
+            return self._set(tid, phase="paused_user")
+
+    def _pause_ticket(self, t: dict) -> None:
+        ticket = self.registry.get(t["ticket_id"])
+        if ticket is not None:
+            ticket.canceled = True
+
+    def resume(self, tid: str) -> dict:
+        """paused_* -> resuming -> transferring (the ticket is re-armed)."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            self._require(t, "resume", ("paused_user", "paused_system"))
+            t = self._set(tid, phase="resuming")
+            self._spawn(self._resume, tid)
+            return t
+
+    def _resume(self, tid: str) -> None:
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or t["phase"] != "resuming":
+                return
+            ticket = self.registry.get(t["ticket_id"])
+            if ticket is None:
+                # After a restart (or a failed initialization) the ticket is gone.
+                self._set(tid, phase="initializing")
+                self._initialize_locked(tid)
+                return
+            ticket.canceled = False
+            ticket.touch()
+            self._set(tid, phase="transferring")
+
+    def finalize(self, tid: str) -> dict:
+        """transferring (or paused) -> finalizing_success; verification runs next."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            self._require(t, "finalize", ("transferring", "paused_user", "paused_system"))
+            t = self._set(tid, phase="finalizing_success")
+            self._spawn(self._finalize, tid)
+            return t
+
+    def cancel(self, tid: str, by: str = "user") -> dict:
+        """Stop the transfer; an upload's fresh disk is removed."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            self._require(t, "cancel", ACTIVE_PHASES)
+            t = self._set(tid, phase=f"cancelled_{by}")
+            self._spawn(self._cleanup, tid)
+            return t
+
+    # --- terminal work ------------------------------------------------------
+
+    def _close_ticket(self, t: dict) -> int:
+        ticket = self.registry.get(t["ticket_id"])
+        transferred = t.get("transferred", 0)
+        if ticket is not None:
+            transferred = max(transferred, ticket.transferred)
+            self.registry.remove(t["ticket_id"])
+        return transferred
+
+    def _finalize(self, tid: str) -> None:
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or t["phase"] != "finalizing_success":
+                return
+            try:
+                transferred = self._close_ticket(t)
+                self._set(tid, transferred=transferred, active=False)
+                if t["direction"] == "upload":
+                    self.verify_upload(t)
+            except Exception as e:
+                log.warning("transfer %s: verification failed: %s", tid, e)
+                self._set(tid, phase="finalizing_failure", error=str(e))
+                self._fail_disk(t)
+                self._set(tid, phase="finished_failure", finished_at=time.time())
+                return
+            self.store.update("disk", t["disk_id"], status="ok")
+            self._set(tid, phase="finished_success", finished_at=time.time())
+
+    def verify_upload(self, t: dict) -> None:
+        """Check the uploaded volume; raise ValueError saying what is wrong."""
+        from imagetool.formats import inspect
+        disk = self.store.get("disk", t["disk_id"])
+        vol = self.store.get("volume", t["volume_id"])
+        vol_fmt = vol["format"]
+        info = inspect(self._volume_path(t))
+        if vol_fmt == "cow":
+            if info.format != "qcow2":
+                raise ValueError(f"the volume of cow disk {disk['name']} is not a qcow2 image "
+                                 f"(found {info.format})")
+            if getattr(info, "corrupt", False):
+                raise ValueError(f"the qcow2 image of disk {disk['name']} is corrupt")
+            expected_backing = vol.get("parent_id")
+            if (info.backing_file or None) != expected_backing:
+                if expected_backing is None:
+                    raise ValueError(f"the qcow2 image of disk {disk['name']} has a backing "
+                                     f"file ({info.backing_file}); an uploaded disk must not")
+                raise ValueError(f"the qcow2 layer of disk {disk['name']} must have backing "
+                                 f"file {expected_backing}")
+            if info.virtual_size > disk["provisioned_size"]:
+                raise ValueError(f"the qcow2 image's virtual size {info.virtual_size} is larger "
+                                 f"than the disk's provisioned size {disk['provisioned_size']}")
+            self._check_qcow2(self._volume_path(t))
+        else:
+            if info.format == "qcow2":
+                raise ValueError(f"raw disk {disk['name']} received a qcow2 image; upload it "
+                                 "with format raw or create a cow disk")
+            size = os.path.getsize(self._volume_path(t))
+            if size > disk["provisioned_size"]:
+                raise ValueError(f"the uploaded data ({size} bytes) does not fit the disk's "
+                                 f"provisioned size {disk['provisioned_size']}")
+
+    @staticmethod
+    def _check_qcow2(path: str) -> None:
+        """Open the image's metadata fully so a corrupt table fails here."""
+        from imagetool.formats import open_image
+        backend = open_image(path, "r", format="qcow2", shallow=True)
+        try:
+            for _ in backend.extents():
+                pass
+        finally:
+            backend.close()
+
+    def _fail_disk(self, t: dict) -> None:
+        """A failed upload: the disk becomes illegal, then a fresh disk is removed."""
+        if t["direction"] != "upload":
+            self.store.update("disk", t["disk_id"], status="ok")
+            return
+        self.store.update("disk", t["disk_id"], status="illegal")
+        if t.get("remove_on_failure"):
+            self._remove_disk(t["disk_id"])
+        else:
+            self.store.update("disk", t["disk_id"], status="ok")
+
+    def _remove_disk(self, disk_id: str) -> None:
+        disk = self.store.get("disk", disk_id)
+        if disk is None:
+            return
+        with self.store.transaction():
+            for v in self.store.list("volume", lambda v: v["disk_id"] == disk_id):
+                self.store.delete("volume", v["id"])
+            self.store.delete("disk", disk_id)
+        self.storage.remove_disk(disk["sd_id"], disk_id)
+
+    def _cleanup(self, tid: str) -> None:
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or not t["phase"].startswith("cancelled"):
+                return
+            self._finish_failure(tid)
+
+    def _finish_failure(self, tid: str) -> None:
+        t = self._set(tid, phase="finalizing_cleanup")
+        transferred = self._close_ticket(t)
+        self._set(tid, transferred=transferred, active=False)
+        self._fail_disk(t)
+        self._set(tid, phase="finished_cleanup")
+        self._set(tid, phase="finished_failure", finished_at=time.time())
+
+    # --- monitor ------------------------------------------------------------
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self._tick()
+            except Exception:  # the monitor must survive anything
+                log.exception("transfer monitor tick failed")
+
+    def _tick(self) -> None:
+        now = time.time()
+        for t in self.store.list("transfer"):
+            if t["phase"] in TERMINAL:
+                if t.get("finished_at") and now - t["finished_at"] > self.finished_ttl:
+                    self.store.delete("transfer", t["id"])
+                continue
+            ticket = self.registry.get(t["ticket_id"])
+            if ticket is None:
+                continue
+            active = ticket.active()
+            if ticket.transferred != t.get("transferred") or active != t.get("active"):
+                self._set(t["id"], transferred=ticket.transferred, active=active)
+            if (t["phase"] == "transferring" and not active
+                    and ticket.idle_time() > t["inactivity_timeout"]):
+                self._on_timeout(t["id"])
+
+    def _on_timeout(self, tid: str) -> None:
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or t["phase"] != "transferring":
+                return
+            policy = t["timeout_policy"]
+            log.info("transfer %s idle for %ss: policy %s", tid, t["inactivity_timeout"], policy)
+            if policy == "pause" or (policy == "legacy" and t["direction"] == "upload"):
+                self._pause_ticket(t)
+                self._set(tid, phase="paused_system")
+                return
+            self._set(tid, phase="cancelled_system")
+        self._spawn(self._cleanup, tid)
+
+    def _persist_progress(self) -> None:
+        for t in self.store.list("transfer"):
+            ticket = self.registry.get(t["ticket_id"])
+            if ticket is not None and t["phase"] not in TERMINAL:
+                self._set(t["id"], transferred=ticket.transferred, active=False)
+
+    # --- crash recovery -----------------------------------------------------
+
+    def recover(self) -> None:
+        """Settle transfers a previous run left unfinished.
+
+        Downloads fail (the disk is unlocked). Uploads whose bytes are on the
+        volume (transfer format cow, or raw into a raw disk) pause per policy
+        (legacy/pause) so the client can resume, or fail (cancel). A raw
+        upload into a cow disk lost its qcow2 writer's metadata and fails.
+        A transfer caught in finalizing_success is verified again.
+        """
+        for t in self.store.list("transfer"):
+            phase = t["phase"]
+            if phase in TERMINAL:
+                continue
+            tid = t["id"]
+            if phase == "finalizing_success":
+                self._spawn(self._finalize, tid)
+                continue
+            if phase in ("finalizing_failure", "finalizing_cleanup", "finished_cleanup") \
+                    or phase.startswith("cancelled"):
+                self._set(tid, phase="cancelled_system")
+                self._spawn(self._cleanup, tid)
+                continue
+            vol = self.store.get("volume", t["volume_id"]) or {}
+            resumable = t["direction"] == "upload" and (
+                t["format"] == "cow" or vol.get("format") == "raw")
+            if resumable and t["timeout_policy"] in ("legacy", "pause"):
+                self._set(tid, phase="paused_system", active=False)
+            else:
+                self._set(tid, phase="cancelled_system", active=False)
+                self._spawn(self._cleanup, tid)
