@@ -224,11 +224,13 @@ class Connection:
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None,
-                accept: str = XML) -> httpx.Response:
+                accept: str | None = None) -> httpx.Response:
         """Send one API request; ``path`` is relative to the API URL.
 
         Returns the response on 2xx; raises NotFound, Conflict, AuthError or
-        EngineError (with the fault's reason and detail) otherwise.
+        EngineError (with the fault's reason and detail) otherwise. The
+        answer is XML unless ``accept`` (or the connection's ``headers``)
+        asks for JSON; both decode to the same entities.
         """
         if self._closed:
             raise EngineError("connection is closed")
@@ -236,7 +238,7 @@ class Connection:
             url = path
         else:
             url = self.url + ("/" + path.lstrip("/") if path.strip("/") else "")
-        hdrs = {"Accept": accept}
+        hdrs = {"Accept": accept} if accept else {}
         if body is not None:
             hdrs["Content-Type"] = XML
         hdrs.update(headers or {})

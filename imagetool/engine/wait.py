@@ -19,8 +19,7 @@ MIN_DELAY = 0.1
 MAX_DELAY = 2.0
 
 # Phases after which a transfer never moves again.
-TERMINAL_PHASES = frozenset({"finished_success", "finished_failure",
-                             "finished_cleanup", "cancelled"})
+TERMINAL_PHASES = frozenset({"finished_success", "finished_failure", "cancelled"})
 # Phases meaning the transfer failed or is failing.
 FAILURE_PHASES = frozenset({"finished_failure", "finalizing_failure",
                             "cancelled", "cancelled_system", "cancelled_user",
@@ -124,7 +123,8 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
                             disk_id: str | None = None) -> ImageTransfer:
     """Poll a transfer until its phase is one of ``phases``; returns it.
 
-    Raises TransferError when it reaches a failure phase not asked for (or
+    Raises TransferError when it reaches a final phase not asked for, or a
+    failure phase unless ``finished_failure`` is among ``phases`` (or
     ``paused_system`` while waiting for ``transferring``: the host could not
     serve it), TimeoutExpired at the deadline. When the transfer vanishes
     (404) while waiting for ``finished_success``, the disk decides (see
@@ -147,7 +147,9 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
             last = transfer.phase
             if transfer.phase in wanted:
                 return transfer
-            if transfer.phase in FAILURE_PHASES:
+            # A failure is final unless the caller waits to see how it ends.
+            if transfer.phase in TERMINAL_PHASES or (
+                    transfer.phase in FAILURE_PHASES and "finished_failure" not in wanted):
                 raise TransferError(f"transfer {transfer_id} ended in phase "
                                     f"{transfer.phase} (waiting for "
                                     f"{'/'.join(sorted(wanted))})")
