@@ -208,7 +208,7 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
          progress: Callable[[int], None] | None = None,
          on_done: Callable[[int, int], None] | None = None,
          cancel_event: threading.Event | None = None,
-         detect_zeroes: bool = False) -> CopyStats:
+         detect_zeroes: bool = False, check_size: bool = True) -> CopyStats:
     """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
 
     ``dst_is_zero``: the destination reads as zeros already (a new disk or
@@ -217,7 +217,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     ``on_done(start, length)`` is called for every finished request (for a
     resume journal). ``detect_zeroes`` (with ``dst_is_zero``): data that
     reads as all zeros is not written, so a source that cannot report holes
-    still gives a sparse destination. Both callbacks are called with a lock held, from worker threads.
+    still gives a sparse destination. ``check_size`` refuses a destination
+    smaller than the source. Both callbacks are called with a lock held,
+    from worker threads.
     The first error stops the copy and is raised: a :class:`CopyError` for
     I/O failures, or the exception itself (e.g. KeyboardInterrupt raised by
     a callback). The caller's ``src`` and ``dst`` are not closed.
@@ -227,8 +229,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     if request_size < 4096 or request_size % 4096:
         raise ValueError("request_size must be a multiple of 4096")
     size = src.size
-    dst_size = getattr(dst, "size", None)
-    if dst_size is not None and dst_size < size:
+    dst_size = getattr(dst, "size", None) if check_size else None
+    if check_size and dst_size is not None and dst_size < size:
         raise TransferError(
             f"destination is smaller than the source ({dst_size} < {size} bytes)")
     run = _Run(progress, on_done, cancel_event)

@@ -100,9 +100,9 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
         initial = _measure(path)
         if tformat == "cow":
             convert = info.format != "qcow2"
-            if not convert and initial is not None:
+            if not convert:
                 # The volume receives the file's own bytes, all of them.
-                initial = max(initial, os.path.getsize(path))
+                initial = max(initial or 0, os.path.getsize(path))
         if not sparse and initial is not None:
             initial = None  # preallocated: the engine sizes it
     return UploadPlan(path=path, file_format=info.format,
@@ -156,8 +156,9 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             tmpdir = tempfile.mkdtemp(prefix="imagetool-upload-")
             stack.callback(shutil.rmtree, tmpdir, True)
             source_path = _convert_to_qcow2(plan.path, tmpdir, workers)
-            if plan.initial_size is not None:
-                plan.initial_size = max(plan.initial_size, os.path.getsize(source_path))
+            if sparse:
+                plan.initial_size = max(plan.initial_size or 0,
+                                        os.path.getsize(source_path))
         disk = conn.disks.add(
             name=name, provisioned_size=plan.virtual_size,
             storage_domain=storage_domain, format=plan.disk_format,
@@ -190,6 +191,8 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                 try:
                     stats = copy(SharedBackend(src), dst, workers=workers,
                                  request_size=buffer_size, dst_is_zero=dst_is_zero,
+                                 # a volume's file grows as its bytes arrive
+                                 check_size=plan.transfer_format == "raw",
                                  progress=session.progress(progress),
                                  cancel_event=session.cancel_event)
                 except CopyCancelled:
