@@ -1,0 +1,106 @@
+"""The engine client against the local engine over TLS (H4's LocalEngine)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from imagetool.engine import (Connection, wait_for_disk, wait_for_disk_unlocked,
+                              wait_for_transfer_phase)
+from imagetool.errors import (AuthError, Conflict, ConnectionFailed, NotFound,
+                              TimeoutExpired)
+
+local = pytest.importorskip("imagetool.server.local")
+
+
+@pytest.fixture
+def engine(tmp_path):
+    with local.LocalEngine(str(tmp_path / "engine")) as eng:
+        yield eng
+
+
+def connect(eng, **kw) -> Connection:
+    kw.setdefault("username", eng.username)
+    kw.setdefault("password", eng.password)
+    kw.setdefault("cafile", eng.cafile)
+    return Connection(eng.url, **kw)
+
+
+def test_tls_with_cafile_and_version(engine):
+    assert engine.url.startswith("https://")
+    with connect(engine) as conn:
+        assert conn.engine_version >= (4, 2) and not conn.legacy
+        sds = conn.storage_domains.list()
+        assert any(sd.type == "data" and sd.name for sd in sds)
+
+
+def test_wrong_ca_is_connection_failed_with_hint(engine, tmp_path):
+    with local.LocalEngine(str(tmp_path / "other")) as other:
+        other_ca = other.cafile
+    assert other_ca != engine.cafile
+    for cafile in (other_ca, None):  # another CA, and the system store
+        with connect(engine, cafile=cafile) as conn:
+            with pytest.raises(ConnectionFailed) as e:
+                conn.test()
+        msg = str(e.value)
+        assert e.value.exit_code == 3
+        assert "certificate verify failed" in msg and "--cafile" in msg and "--insecure" in msg
+        assert "/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA" in msg
+
+
+def test_insecure_skips_verification(engine):
+    with connect(engine, cafile=None, insecure=True) as conn:
+        assert conn.storage_domains.list()
+
+
+def test_wrong_password_is_auth_error(engine):
+    with connect(engine, password="not-the-password") as conn:
+        with pytest.raises(AuthError) as e:
+            conn.storage_domains.list()
+    assert e.value.exit_code == 3
+    assert "not-the-password" not in str(e.value)
+
+
+def test_token_expiry_one_retry(tmp_path):
+    with local.LocalEngine(str(tmp_path / "e"), token_lifetime=0.5) as eng:
+        with connect(eng) as conn:
+            conn.storage_domains.list()
+            first = conn._token
+            time.sleep(0.8)
+            assert conn.storage_domains.list()
+            assert conn._token != first
+
+
+def test_disk_lifecycle_faults_and_transfer(engine):
+    with connect(engine) as conn:
+        sd = conn.storage_domains.find("data")
+        disk = conn.disks.add(name="lt-disk", provisioned_size=1 << 20,
+                              storage_domain=sd.name, format="qcow2")
+        disk = wait_for_disk(conn, disk.id, timeout=20)
+        assert (disk.format, disk.provisioned_size) == ("cow", 1 << 20)
+        assert disk.storage_domain_ids == (sd.id,)
+        assert conn.disks.find("lt-disk").id == disk.id
+        with pytest.raises(NotFound) as e:
+            conn.disks.get("00000000-0000-0000-0000-000000000001")
+        assert e.value.status == 404
+        t = conn.transfers.add(disk_id=disk.id, direction="upload", format="raw")
+        t = wait_for_transfer_phase(conn, t.id, "transferring", timeout=20)
+        assert t.transfer_url and t.transfer_url.startswith("https://")
+        assert t.id in [x.id for x in conn.transfers.list()]
+        # The disk is locked while transferring: removing it conflicts.
+        with pytest.raises(Conflict) as e:
+            conn.disks.remove(disk.id)
+        assert e.value.status == 409 and e.value.detail
+        conn.transfers.extend(t.id)
+        conn.transfers.cancel(t.id)
+        # An upload that was cancelled removes the disk.
+        assert wait_for_disk_unlocked(conn, disk.id, timeout=30) is None
+
+
+def test_wait_deadline_against_engine(engine):
+    with connect(engine) as conn:
+        disk = wait_for_disk(conn, conn.disks.add(
+            name="w", provisioned_size=1 << 20, storage_domain="data").id, timeout=20)
+        with pytest.raises(TimeoutExpired, match="to be illegal"):
+            wait_for_disk(conn, disk.id, status="illegal", timeout=0.3)
