@@ -1,0 +1,249 @@
+"""``imagetool upload`` and ``imagetool download``: disks to and from an engine.
+
+Several images move ``--jobs`` at a time, each with its own progress bar
+plus a total (on a terminal only). Ctrl-C stops every running transfer:
+each one is cancelled on the engine (no disk stays locked) before exiting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait, FIRST_EXCEPTION
+from typing import Any, Callable, Sequence
+
+import click
+
+from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.main import cli
+from imagetool.errors import ImagetoolError
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
+from imagetool.units import format_size
+
+
+class Bars:
+    """One tqdm bar per image plus a total; nothing when not on a terminal.
+
+    ``stop`` is set on Ctrl-C: the next progress call of every transfer
+    then raises KeyboardInterrupt in its worker, which cancels it.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, int]], enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.bars: list[Any] = []
+        self.total = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            kw = dict(unit="B", unit_scale=True, unit_divisor=1024,
+                      dynamic_ncols=True, leave=True, file=sys.stderr)
+            pos = 0
+            if len(items) > 1:
+                self.total = tqdm(total=sum(s for _, s in items), desc="total",
+                                  position=0, **kw)
+                pos = 1
+            self.bars = [tqdm(total=size, desc=_short(name), position=pos + i, **kw)
+                         for i, (name, size) in enumerate(items)]
+
+    def callback(self, index: int) -> Callable[[int], None]:
+        """The progress callback for image ``index``."""
+        def update(n: int) -> None:
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            if self.enabled:
+                with self.lock:
+                    self.bars[index].update(n)
+                    if self.total is not None:
+                        self.total.update(n)
+        return update
+
+    def close(self) -> None:
+        for b in self.bars + ([self.total] if self.total is not None else []):
+            b.close()
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[Any]:
+    """Run ``tasks`` ``jobs`` at a time; results (or exceptions) in order.
+
+    On Ctrl-C every running task is told to stop (through ``bars.stop``),
+    waited for (so each cancels its transfer), then KeyboardInterrupt is
+    raised.
+    """
+    results: list[Any] = [None] * len(tasks)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = []
+    try:
+        futures = [pool.submit(t) for t in tasks]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+    except KeyboardInterrupt:
+        bars.stop.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    for i, f in enumerate(futures):
+        exc = f.exception()
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        results[i] = exc if exc is not None else f.result()
+    return results
+
+
+def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
+           verb: str) -> None:
+    """Print results (text or JSON); exit with the worst error's code."""
+    errors = [(label, r) for label, r in zip(labels, results) if isinstance(r, BaseException)]
+    if as_json:
+        objs = []
+        for label, r in zip(labels, results):
+            if isinstance(r, BaseException):
+                objs.append({"path": label, "error": str(r)})
+            else:
+                objs.append(r.to_dict())
+        emit_json(objs[0] if len(objs) == 1 else objs)
+    else:
+        for r in results:
+            if not isinstance(r, BaseException):
+                rate = r.bytes / r.seconds if r.seconds else 0
+                where = f"disk {r.name} ({r.disk_id})"
+                click.echo(f"{verb} {r.path} {'->' if verb == 'uploaded' else '<-'} "
+                           f"{where}: {format_size(r.bytes)} in {r.seconds:.1f} s "
+                           f"({format_size(int(rate))}/s)")
+    if errors:
+        for label, e in errors:
+            click.echo(f"imagetool: error: {label}: {e}", err=True)
+        code = max(getattr(e, "exit_code", 1) for _, e in errors)
+        sys.exit(code)
+
+
+# --- upload ------------------------------------------------------------------
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--sd", "storage_domain", required=True, metavar="NAME",
+              help="Storage domain (name or id) for the new disks.")
+@click.option("--name", metavar="NAME", help="Disk name (one file only; default: file name).")
+@click.option("--disk-format", type=click.Choice(["raw", "qcow2"]),
+              help="Format of the new disk (default: the file's).")
+@click.option("--sparse/--preallocated", default=True, show_default=True,
+              help="Thin or fully allocated disk.")
+@click.option("--disk-id", metavar="UUID", help="Id of the new disk (one file only).")
+@click.option("--transfer-format", type=click.Choice(["raw", "cow"]),
+              help="raw: guest data (default on 4.2+); cow: volume bytes (4.1 engines).")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Parallel connections per image.")
+@click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE,
+              show_default="8M", help="Bytes per request.")
+@click.option("--timeout-policy", type=click.Choice(["legacy", "pause", "cancel"]),
+              help="What the engine does when the client goes quiet.")
+@click.option("--inactivity-timeout", type=click.IntRange(1), default=60,
+              show_default=True, help="Seconds without activity before the timeout policy.")
+@click.option("--use-proxy", is_flag=True, help="Send data through the engine's proxy.")
+@click.option("--verify", is_flag=True, help="Compare block checksums after the copy.")
+@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Images uploaded at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
+           disk_format: str | None, sparse: bool, disk_id: str | None,
+           transfer_format: str | None, workers: int, buffer_size: int,
+           timeout_policy: str | None, inactivity_timeout: int, use_proxy: bool,
+           verify: bool, jobs: int, as_json: bool, engine: EngineOptions) -> None:
+    """Upload image files (raw, qcow2, ISO) as new disks."""
+    from imagetool.formats import inspect
+    from imagetool.transfer.upload import upload_disk_result
+
+    if len(files) > 1 and (name or disk_id):
+        raise click.UsageError("--name and --disk-id need exactly one file")
+    for f in files:
+        if not os.path.isfile(f):
+            raise click.UsageError(f"{f}: no such file")
+    sizes = [inspect(f).virtual_size for f in files]
+    with open_connection(engine) as conn:
+        bars = Bars(list(zip(files, sizes)))
+        try:
+            tasks = [
+                (lambda i=i, f=f: upload_disk_result(
+                    conn, f, storage_domain, name=name, disk_format=disk_format,
+                    sparse=sparse, disk_id=disk_id, transfer_format=transfer_format,
+                    workers=workers, buffer_size=buffer_size,
+                    timeout_policy=timeout_policy,
+                    inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+                    progress=bars.callback(i), verify=verify))
+                for i, f in enumerate(files)]
+            results = run_jobs(jobs, tasks, bars)
+        finally:
+            bars.close()
+    report(results, list(files), as_json, "uploaded")
+
+
+# --- download ----------------------------------------------------------------
+
+@cli.command()
+@click.argument("disks", nargs=-1, required=True)
+@click.argument("dest", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]), default="raw",
+              show_default=True, help="Format of the downloaded files.")
+@click.option("--snapshot", "snapshot_id", metavar="ID",
+              help="Download this disk snapshot (one disk only).")
+@click.option("--shallow", is_flag=True,
+              help="With --snapshot: only that layer (unallocated areas stay holes).")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Parallel connections per image.")
+@click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE,
+              show_default="8M", help="Bytes per request.")
+@click.option("--use-proxy", is_flag=True, help="Read data through the engine's proxy.")
+@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Images downloaded at a time.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
+             shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
+             jobs: int, force: bool, as_json: bool, engine: EngineOptions) -> None:
+    """Download disks (by name or id) to DEST (a directory when several)."""
+    from imagetool.transfer.download import download_disk_result
+
+    if len(disks) > 1 and not os.path.isdir(dest):
+        raise click.UsageError(f"{dest}: must be an existing directory for several disks")
+    if snapshot_id and len(disks) > 1:
+        raise click.UsageError("--snapshot needs exactly one disk")
+    if shallow and not snapshot_id:
+        raise click.UsageError("--shallow needs --snapshot")
+    with open_connection(engine) as conn:
+        found = [conn.disks.find(d) for d in disks]
+        paths = []
+        for d in found:
+            if os.path.isdir(dest):
+                paths.append(os.path.join(dest, f"{d.name or d.id}.{fmt}"))
+            else:
+                paths.append(dest)
+        # Fail before any transfer starts rather than after the first one.
+        if not force:
+            for p in paths:
+                if os.path.exists(p):
+                    raise ImagetoolError(f"{p}: file exists (use --force to overwrite)")
+        bars = Bars([(d.name or d.id, d.provisioned_size or 0) for d in found])
+        try:
+            tasks = [
+                (lambda i=i, d=d, p=p: download_disk_result(
+                    conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
+                    force=force, workers=workers, buffer_size=buffer_size,
+                    use_proxy=use_proxy, progress=bars.callback(i)))
+                for i, (d, p) in enumerate(zip(found, paths))]
+            results = run_jobs(jobs, tasks, bars)
+        finally:
+            bars.close()
+    report(results, paths, as_json, "downloaded")

@@ -1,0 +1,138 @@
+"""``imagetool url``: work straight with one imageio transfer URL.
+
+For URLs from another tool or a ticket added by hand; no engine involved.
+Ticket ids are secrets: they are never printed.
+"""
+
+from __future__ import annotations
+
+import click
+
+from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.main import cli
+from imagetool.cli.transfer_cmds import Bars, run_jobs
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
+from imagetool.units import format_size
+
+
+def _tls_options(func):
+    func = click.option("--insecure", is_flag=True,
+                        help="Do not verify the server's TLS certificate.")(func)
+    func = click.option("--cafile", type=click.Path(exists=True, dir_okay=False),
+                        help="CA certificate (PEM) of the imageio server.")(func)
+    return func
+
+
+def _run_one(size: int, label: str, fn):
+    """Run one transfer with a progress bar; Ctrl-C stops it cleanly."""
+    bars = Bars([(label, size)])
+    try:
+        result = run_jobs(1, [lambda: fn(bars.callback(0))], bars)[0]
+    finally:
+        bars.close()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _print_result(r, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json(r.to_dict())
+    else:
+        rate = r.bytes / r.seconds if r.seconds else 0
+        click.echo(f"{verb} {r.path}: {format_size(r.bytes)} in {r.seconds:.1f} s "
+                   f"({format_size(int(rate))}/s)")
+
+
+@cli.group()
+def url() -> None:
+    """Upload, download, checksum or describe one imageio URL."""
+
+
+@url.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("url_", metavar="URL")
+@click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]),
+              help="Format of FILE (default: detected).")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
+@click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
+@click.option("--dst-is-zero", is_flag=True,
+              help="The target already reads as zeros: skip zero ranges.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_tls_options
+def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size: int,
+               dst_is_zero: bool, as_json: bool, cafile: str | None,
+               insecure: bool) -> None:
+    """Write FILE's guest data to URL."""
+    from imagetool.formats import inspect
+    from imagetool.transfer.urls import upload_url
+
+    size = inspect(file).virtual_size
+    r = _run_one(size, file, lambda cb: upload_url(
+        file, url_, cafile=cafile, insecure=insecure, workers=workers,
+        request_size=buffer_size, progress=cb, format=fmt, dst_is_zero=dst_is_zero))
+    _print_result(r, as_json, "uploaded")
+
+
+@url.command("download")
+@click.argument("url_", metavar="URL")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]), default="raw",
+              show_default=True)
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
+@click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_tls_options
+def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
+                 force: bool, as_json: bool, cafile: str | None, insecure: bool) -> None:
+    """Save URL's data to FILE (raw sparse or qcow2)."""
+    from imagetool.transfer.output import check_destination
+    from imagetool.transfer.urls import download_url, url_info
+
+    check_destination(file, force)
+    size = url_info(url_, cafile=cafile, insecure=insecure, extents=False)["size"]
+    r = _run_one(size, file, lambda cb: download_url(
+        url_, file, format=fmt, cafile=cafile, insecure=insecure, workers=workers,
+        request_size=buffer_size, progress=cb, force=force))
+    _print_result(r, as_json, "downloaded")
+
+
+@url.command("checksum")
+@click.argument("url_", metavar="URL")
+@click.option("--algorithm", default="blake2b", show_default=True)
+@click.option("--block-size", type=SIZE, default=4 << 20, show_default="4M")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_tls_options
+def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
+                     cafile: str | None, insecure: bool) -> None:
+    """Print the server's block checksum of URL's guest data."""
+    from imagetool.transfer.urls import url_checksum
+
+    r = url_checksum(url_, algorithm=algorithm, block_size=block_size,
+                     cafile=cafile, insecure=insecure)
+    if as_json:
+        emit_json(r)
+    else:
+        click.echo(f"{r['checksum']}  {r['algorithm']} block_size={r['block_size']}")
+
+
+@url.command("info")
+@click.argument("url_", metavar="URL")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_tls_options
+def url_info_cmd(url_: str, as_json: bool, cafile: str | None, insecure: bool) -> None:
+    """Show size, features and allocation of URL."""
+    from imagetool.transfer.urls import url_info
+
+    info = url_info(url_, cafile=cafile, insecure=insecure)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"size         {info['size']} ({format_size(info['size'])})")
+    click.echo(f"features     {', '.join(info['features']) or '-'}")
+    click.echo(f"max_readers  {info['max_readers']}")
+    click.echo(f"max_writers  {info['max_writers']}")
+    if "data_bytes" in info:
+        click.echo(f"data         {format_size(info['data_bytes'])}")
+        click.echo(f"zero         {format_size(info['zero_bytes'])}")
