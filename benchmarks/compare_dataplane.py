@@ -1,0 +1,121 @@
+"""Throughput of our DataPlaneServer vs the reference ovirt-imageio daemon.
+
+Same run, same data, same client (``ovirt_imageio.client`` upload/download,
+4 workers, plain HTTP on loopback):
+
+  (a) reference daemon, file ticket (it allows 1 writer for plain files),
+  (a') reference daemon, NBD ticket through qemu-nbd (8 writers),
+  (b) our DataPlaneServer, RawBackend ticket.
+
+Usage: python benchmarks/compare_dataplane.py [--size 1G] [--workers 4] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from imageio_daemon import ImageioDaemon, QemuNbd, scratch_dir  # noqa: E402
+from ovirt_imageio import client as reference  # noqa: E402
+
+from imagetool.formats.raw import RawBackend  # noqa: E402
+from imagetool.server.dataplane import DataPlaneServer  # noqa: E402
+from imagetool.server.tickets import Ticket, TicketRegistry  # noqa: E402
+from imagetool.units import parse_size  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def _random_file(path: str, size: int) -> None:
+    chunk = 8 * MiB
+    with open(path, "wb") as f:
+        done = 0
+        while done < size:
+            n = min(chunk, size - done)
+            f.write(os.urandom(n))
+            done += n
+
+
+def _empty(path: str, size: int) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def _run(label: str, url: str, src: str, back: str, size: int, workers: int,
+         results: dict) -> None:
+    t = time.monotonic()
+    reference.upload(src, url, None, max_workers=workers)
+    up = size / MiB / (time.monotonic() - t)
+    if os.path.exists(back):
+        os.unlink(back)
+    t = time.monotonic()
+    reference.download(url, back, None, fmt="raw", max_workers=workers)
+    down = size / MiB / (time.monotonic() - t)
+    results.setdefault(label, []).append((up, down))
+    print(f"  {label:28s} upload {up:7.1f} MiB/s   download {down:7.1f} MiB/s", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="1G")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=1)
+    args = p.parse_args()
+    size = parse_size(args.size)
+
+    work = scratch_dir("imagetool-bench-")
+    results: dict[str, list[tuple[float, float]]] = {}
+    try:
+        src = os.path.join(work, "src.raw")
+        _random_file(src, size)
+        back = os.path.join(work, "back.raw")
+        daemon = ImageioDaemon().start()
+        registry = TicketRegistry()
+        ours = DataPlaneServer(registry).start()
+        try:
+            for r in range(args.rounds):
+                print(f"round {r + 1}: {size // MiB} MiB random data, "
+                      f"{args.workers} workers", flush=True)
+                dst = _empty(os.path.join(work, "ref-file.raw"), size)
+                _run("reference daemon, file", daemon.add_ticket(path=dst, size=size),
+                     src, back, size, args.workers, results)
+
+                dst = _empty(os.path.join(work, "ref-nbd.raw"), size)
+                with QemuNbd(dst, "raw") as nbd:
+                    _run("reference daemon, nbd", daemon.add_ticket(
+                        nbd_socket=nbd.socket_path, size=size),
+                        src, back, size, args.workers, results)
+
+                dst = _empty(os.path.join(work, "ours.raw"), size)
+                ticket = Ticket(uuid=f"bench-{r}", size=size, ops=("read", "write"),
+                                open_backend=lambda d=dst: RawBackend(d, "r+"))
+                registry.add(ticket)
+                _run("imagetool DataPlaneServer", f"{ours.url}/images/{ticket.uuid}",
+                     src, back, size, args.workers, results)
+                registry.remove(ticket.uuid)
+        finally:
+            ours.stop()
+            daemon.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def best(label: str) -> tuple[float, float]:
+        runs = results[label]
+        return max(u for u, _ in runs), max(d for _, d in runs)
+
+    ou, od = best("imagetool DataPlaneServer")
+    print("\nbest of rounds (MiB/s):")
+    for label in results:
+        u, d = best(label)
+        print(f"  {label:28s} upload {u:7.1f}  download {d:7.1f}   "
+              f"ours/this: upload {ou / u:4.2f}x  download {od / d:4.2f}x")
+
+
+if __name__ == "__main__":
+    main()
