@@ -1,0 +1,79 @@
+"""``imagetool serve``: run the local oVirt-compatible engine in the foreground."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import click
+
+from imagetool.cli.main import cli
+
+
+@cli.command("serve")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Images and inventory (default: $IMAGETOOL_HOME or ~/.local/share/imagetool).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+@click.option("--port", type=int, default=0, show_default=True,
+              help="Engine API port (0: any free port).")
+@click.option("--imageio-port", type=int, default=0, show_default=True,
+              help="Data plane (imageio) port (0: any free port).")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding admin@internal's password (else $IMAGETOOL_ADMIN_PASSWORD, "
+                   "else one generated into the data dir).")
+@click.option("--no-tls", is_flag=True, help="Serve plain HTTP (for debugging only).")
+@click.option("--token-lifetime", type=float, default=3600.0, show_default=True,
+              help="Seconds an SSO token stays valid.")
+@click.option("--finished-ttl", type=float, default=300.0, show_default=True,
+              help="Seconds finished image transfers stay listed.")
+def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
+          password_file: str | None, no_tls: bool, token_lifetime: float,
+          finished_ttl: float) -> None:
+    """Serve a local oVirt engine (REST API + imageio) over a directory.
+
+    Disks live under DATA_DIR/<storage-domain-id>/images, the inventory in
+    DATA_DIR/inventory.db. Stop with Ctrl-C or SIGTERM.
+    """
+    from imagetool.server.local import (default_data_dir, find_running_engine,
+                                        remove_lock_file, write_lock_file)
+    from imagetool.server.app import EngineServer
+
+    data_dir = os.path.abspath(data_dir or default_data_dir())
+    running = find_running_engine(data_dir)
+    if running is not None:
+        raise click.ClickException(
+            f"an engine already serves {data_dir} (pid {running['pid']}, {running['url']})")
+    server = EngineServer(data_dir, host=host, port=port, imageio_port=imageio_port,
+                          tls=not no_tls, password_file=password_file,
+                          token_lifetime=token_lifetime, finished_ttl=finished_ttl)
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    server.start()
+    try:
+        lock = write_lock_file(server)
+        click.echo(f"engine URL: {server.url}")
+        click.echo(f"imageio URL: {server.dataplane_url()}")
+        if server.cafile:
+            click.echo(f"CA file: {server.cafile}")
+        click.echo("user: admin@internal")
+        if server.password_file:
+            click.echo(f"password file: {server.password_file}")
+        else:
+            click.echo("password: from $IMAGETOOL_ADMIN_PASSWORD")
+        click.echo(f"data dir: {data_dir}")
+        click.echo(f"lock file: {lock}", err=True)
+        while not stop.wait(0.5):
+            pass
+        click.echo("imagetool serve: shutting down", err=True)
+    finally:
+        remove_lock_file(server)
+        server.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
