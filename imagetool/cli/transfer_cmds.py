@@ -227,7 +227,11 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
         paths = []
         for d in found:
             if os.path.isdir(dest):
-                paths.append(os.path.join(dest, f"{d.name or d.id}.{fmt}"))
+                base = d.name or d.id
+                stem, ext = os.path.splitext(base)
+                if ext.lower() in (".raw", ".img", ".qcow2", ".qcow", ".iso"):
+                    base = stem
+                paths.append(os.path.join(dest, f"{base}.{fmt}"))
             else:
                 paths.append(dest)
         # Fail before any transfer starts rather than after the first one.
