@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from formats_fixtures import MiB, make_raw, qemu_img, qemu_info
+from formats_fixtures import MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
 from imagetool.errors import FormatError, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image, probe
 
@@ -96,3 +98,23 @@ def test_bad_qcow2_version(tmp_path):
     p.write_bytes(b"QFI\xfb\x00\x00\x00\x09" + bytes(504))
     with pytest.raises(UnsupportedFormat, match="version 9"):
         detect(p)
+
+
+SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "samples")
+
+
+@pytest.mark.parametrize("name,fmt,content", [
+    ("data-holes.raw", "raw", "data"), ("data-holes.qcow2", "qcow2", "data"),
+    ("compressed.qcow2", "qcow2", "data"), ("tiny.iso", "raw", "iso")])
+def test_samples(tmp_path, name, fmt, content):
+    path = os.path.join(SAMPLES, name)
+    assert os.path.getsize(path) < 2 * MiB
+    info = inspect(path)
+    assert (info.format, info.content_type) == (fmt, content)
+    q = qemu_info(path)
+    assert info.format == q["format"]
+    assert info.virtual_size == q["virtual-size"]
+    expected = qemu_raw_bytes(path, tmp_path)
+    with open_image(path) as b:
+        assert b.read(0, b.size) == expected
