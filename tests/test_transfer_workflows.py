@@ -215,3 +215,22 @@ def test_top_level_api(engine, raw_file, scratch):
     out = os.path.join(scratch, "top.raw")
     imagetool.download_disk(engine.conn, disk, out)
     assert images_equal(raw_file, out, "raw", "raw")
+
+
+def test_500_from_daemon_mid_upload_cancels(engine, raw_file):
+    calls = []
+
+    def progress(n):
+        calls.append(n)
+        if len(calls) == 1:
+            # The host's NBD server dies: the daemon answers 500.
+            tid = list(engine.transfers)[-1]
+            engine.nbd[tid]._proc.kill()
+
+    with pytest.raises(ImagetoolError) as info:
+        upload_disk(engine.conn, raw_file, "data", workers=2, buffer_size=MiB,
+                    progress=progress)
+    assert "500" in str(info.value) and "writing destination" in str(info.value)
+    tid = list(engine.transfers)[-1]
+    assert ("cancel", tid) in engine.calls
+    assert _no_locked_disks(engine) and engine.disks == {}
