@@ -1,0 +1,143 @@
+"""The upload/download and url commands, run through the real CLI entry point.
+
+Engine commands use the embedded local engine (nothing configured, data in
+a temporary IMAGETOOL_HOME); url commands talk to the REAL imageio daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from imagetool.cli.main import main
+from imageio_daemon import imageio_daemon, scratch  # noqa: F401 (fixtures)
+from transfer_fixtures import MiB, images_equal, make_image, qemu_img
+
+
+@pytest.fixture
+def home(scratch, monkeypatch):
+    monkeypatch.setenv("IMAGETOOL_HOME", os.path.join(scratch, "home"))
+    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
+                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
+    return scratch
+
+
+def run(capsys, *argv):
+    """Run ``imagetool argv``; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_upload_several_then_download(home, capsys):
+    files = []
+    for i, fmt in enumerate(("raw", "qcow2")):
+        raw = os.path.join(home, f"img{i}.raw")
+        make_image(raw, (4 + i) * MiB, [(i * MiB, MiB + 4096)], seed=30 + i)
+        if fmt == "qcow2":
+            path = os.path.join(home, f"img{i}.qcow2")
+            qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
+        else:
+            path = raw
+        files.append((raw, path))
+    code, out, err = run(capsys, "upload", *[p for _, p in files], "--sd", "data",
+                         "--jobs", "2", "--workers", "2", "--json")
+    assert code == 0, err
+    objs = json.loads(out)
+    assert [o["name"] for o in objs] == ["img0.raw", "img1.qcow2"]
+    assert [o["format"] for o in objs] == ["raw", "cow"]
+    assert [o["bytes"] for o in objs] == [4 * MiB, 5 * MiB]
+    assert all(o["seconds"] > 0 and o["disk_id"] for o in objs)
+
+    dest = os.path.join(home, "dl")
+    os.mkdir(dest)
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], "img1.qcow2", dest,
+                         "--format", "qcow2", "--json", "--jobs", "2")
+    assert code == 0, err
+    got = json.loads(out)
+    assert [g["disk_id"] for g in got] == [o["disk_id"] for o in objs]
+    for (raw, _), g in zip(files, got):
+        assert os.path.dirname(g["path"]) == dest
+        qemu_img("check", g["path"])
+        assert images_equal(raw, g["path"], "raw", "qcow2")
+
+    # An existing file is refused without --force: exit code 1, file kept.
+    target = got[0]["path"]
+    mtime = os.stat(target).st_mtime_ns
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], target)
+    assert code == 1 and "exists" in err
+    assert os.stat(target).st_mtime_ns == mtime
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], target, "--force")
+    assert code == 0, err
+    assert images_equal(files[0][0], target, "raw", "raw")
+
+
+def test_usage_errors(home, capsys):
+    f = os.path.join(home, "a.raw")
+    make_image(f, MiB, [], seed=1)
+    code, _, err = run(capsys, "upload", f, "--sd", "data", "--workers", "0")
+    assert code == 2
+    code, _, err = run(capsys, "upload", os.path.join(home, "missing.raw"), "--sd", "data")
+    assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "upload", f, f, "--sd", "data", "--name", "x")
+    assert code == 2 and "--name" in err
+
+
+def test_upload_refused_file_fails_with_message(home, capsys):
+    raw = os.path.join(home, "base.raw")
+    make_image(raw, MiB, [], seed=1)
+    top = os.path.join(home, "top.qcow2")
+    qemu_img("create", "-f", "qcow2", "-b", raw, "-F", "raw", top)
+    code, out, err = run(capsys, "upload", top, "--sd", "data")
+    assert code == 1 and "backing file" in err
+
+
+def test_url_commands(imageio_daemon, home, capsys):
+    src = os.path.join(home, "src.raw")
+    make_image(src, 6 * MiB, [(MiB, 2 * MiB)], seed=40)
+    target = os.path.join(home, "target.raw")
+    make_image(target, 6 * MiB, [(0, 6 * MiB)], seed=41)   # garbage to overwrite
+    wurl = imageio_daemon.add_ticket(path=target, size=6 * MiB)
+    code, out, err = run(capsys, "url", "upload", src, wurl, "--json", "--workers", "2")
+    assert code == 0, err
+    assert json.loads(out)["bytes"] == 6 * MiB
+    assert images_equal(src, target, "raw", "raw")
+
+    rurl = imageio_daemon.add_ticket(path=target, size=6 * MiB, ops=["read"])
+    out_path = os.path.join(home, "back.qcow2")
+    code, out, err = run(capsys, "url", "download", rurl, out_path, "--format", "qcow2")
+    assert code == 0, err
+    assert images_equal(src, out_path, "raw", "qcow2")
+    code, out, err = run(capsys, "url", "download", rurl, out_path)
+    assert code == 1 and "exists" in err
+
+    code, out, err = run(capsys, "url", "checksum", rurl, "--json")
+    assert code == 0, err
+    remote = json.loads(out)
+    from imagetool.checksum import checksum
+    from imagetool.formats import open_image
+    with open_image(src) as b:
+        local = checksum(b)
+    assert remote["checksum"] == local["checksum"]
+
+    code, out, err = run(capsys, "url", "info", rurl, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["size"] == 6 * MiB and "extents" in info["features"]
+    assert rurl.rsplit("/", 1)[1] not in out       # the ticket id stays secret
+
+
+def test_url_errors(imageio_daemon, home, capsys):
+    bad = f"{imageio_daemon.url}/images/no-such-ticket"
+    code, out, err = run(capsys, "url", "info", bad)
+    assert code == 1 and "no-such-ticket" not in err
+    code, out, err = run(capsys, "url", "checksum", "http://127.0.0.1:1/images/x")
+    assert code == 3
