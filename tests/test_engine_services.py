@@ -268,3 +268,94 @@ def test_disk_remove_and_snapshots_fallback():
         conn.disks.remove(disk_id)
         with pytest.raises(NotFound):
             conn.disks.get(disk_id)
+
+
+class Canned:
+    """A transport answering fixed documents per (method, path); records bodies."""
+
+    def __init__(self, answers: dict[tuple[str, str], bytes]) -> None:
+        self.answers = answers
+        self.seen: list[tuple[str, str, dict, bytes]] = []
+
+    def transport(self):
+        import httpx
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            path = request.url.path
+            if path.endswith("/sso/oauth/token"):
+                return httpx.Response(200, json={"access_token": "t", "token_type": "bearer"})
+            self.seen.append((request.method, path, dict(request.url.params), request.read()))
+            rel = path.removeprefix("/ovirt-engine/api").strip("/")
+            body = self.answers.get((request.method, rel))
+            if body is None:
+                return httpx.Response(404, content=b"<fault><reason>Not Found</reason>"
+                                                   b"<detail>no</detail></fault>")
+            return httpx.Response(200, content=body,
+                                  headers={"content-type": "application/xml"})
+        return httpx.MockTransport(handler)
+
+
+def test_vm_and_snapshot_requests():
+    canned = Canned({
+        ("POST", "vms"): b'<vm id="v1"><name>vm1</name><status>down</status></vm>',
+        ("GET", "vms/v1"): (b'<vm id="v1"><name>vm1</name><initialization><configuration>'
+                            b'<type>ovf</type><data>&lt;ovf/&gt;</data></configuration>'
+                            b'</initialization></vm>'),
+        ("POST", "vms/v1/diskattachments"): (b'<disk_attachment id="d1"><active>true</active>'
+                                             b'<interface>virtio_scsi</interface>'
+                                             b'<disk id="d1"/><vm id="v1"/></disk_attachment>'),
+        ("DELETE", "vms/v1/diskattachments/d1"): b"",
+        ("POST", "vms/v1/snapshots"): (b'<snapshot id="s1"><description>before</description>'
+                                       b'<snapshot_status>locked</snapshot_status></snapshot>'),
+        ("GET", "vms/v1/snapshots/s1"): (b'<snapshot id="s1"><snapshot_status>ok'
+                                         b'</snapshot_status></snapshot>'),
+        ("POST", "vms/v1/snapshots/s1/restore"): b"<action><status>complete</status></action>",
+        ("GET", "vms/v1/snapshots/s1/disks"): b'<disks><disk id="d1"><name>a</name></disk></disks>',
+        ("GET", "disks/d1/disksnapshots"): (b'<disk_snapshots><disk_snapshot id="l1"><disk id="d1"/>'
+                                            b'</disk_snapshot><disk_snapshot id="l2"><disk id="d1"/>'
+                                            b'<parent id="l1"/></disk_snapshot></disk_snapshots>'),
+    })
+    from imagetool.engine import wait_for_snapshot
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        vm = conn.vms.add(name="vm1", cluster="Default", memory=1 << 30)
+        assert vm.id == "v1" and vm.status == "down"
+        assert conn.vms.get("v1", all_content=True).ovf == "<ovf/>"
+        da = conn.vms.attach_disk("v1", "d1", bootable=True)
+        assert da.disk_id == "d1" and da.active is True
+        conn.vms.detach_disk("v1", "d1")
+        snap = conn.snapshots.add("v1", description="before", disk_ids=["d1"])
+        assert snap.snapshot_status == "locked"
+        assert wait_for_snapshot(conn, "v1", "s1", timeout=5).snapshot_status == "ok"
+        conn.snapshots.restore("v1", "s1")
+        assert [d.id for d in conn.snapshots.disks("v1", "s1")] == ["d1"]
+        layers = conn.disks.snapshots("d1")
+        assert [(s.id, s.parent_id) for s in layers] == [("l1", None), ("l2", "l1")]
+    by_call = {(m, p.removeprefix("/ovirt-engine/api/")): (q, b) for m, p, q, b in canned.seen}
+    vm_body = ET.fromstring(by_call[("POST", "vms")][1])
+    assert vm_body.findtext("name") == "vm1" and vm_body.findtext("memory") == str(1 << 30)
+    assert vm_body.findtext("cluster/name") == "Default"
+    assert vm_body.findtext("template/name") == "Blank"
+    assert by_call[("GET", "vms/v1")][0] == {"all_content": "true"}
+    att = ET.fromstring(by_call[("POST", "vms/v1/diskattachments")][1])
+    assert att.find("disk").get("id") == "d1" and att.findtext("bootable") == "true"
+    assert att.findtext("interface") == "virtio_scsi"
+    assert by_call[("DELETE", "vms/v1/diskattachments/d1")][0] == {"detach_only": "true"}
+    snap_body = ET.fromstring(by_call[("POST", "vms/v1/snapshots")][1])
+    assert snap_body.findtext("description") == "before"
+    assert snap_body.findtext("persist_memorystate") == "false"
+    assert snap_body.find("disk_attachments/disk_attachment/disk").get("id") == "d1"
+    assert ET.fromstring(by_call[("POST", "vms/v1/snapshots/s1/restore")][1]).tag == "action"
+
+
+def test_disk_snapshots_fallback_to_storage_domain():
+    canned = Canned({
+        ("GET", "disks/d1"): (b'<disk id="d1"><storage_domains><storage_domain id="sd1"/>'
+                              b'</storage_domains></disk>'),
+        ("GET", "storagedomains/sd1/disksnapshots"): (
+            b'<disk_snapshots><disk_snapshot id="l1"><disk id="d1"/></disk_snapshot>'
+            b'<disk_snapshot id="x"><disk id="other"/></disk_snapshot></disk_snapshots>'),
+    })
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        assert [s.id for s in conn.disks.snapshots("d1")] == ["l1"]
