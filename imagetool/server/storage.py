@@ -181,6 +181,65 @@ class Storage:
         grow_qcow2(path, size)
 
 
+def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
+                size: int) -> None:
+    """Merge qcow2 layer ``lower`` into the layer above it (``upper``), in place.
+
+    The result replaces ``upper``: a qcow2 backed by ``parent_id`` (the layer
+    below ``lower``) holding every cluster allocated in either layer, the
+    upper one winning; with no parent it is a standalone qcow2 of the whole
+    chain's guest data. Written to a temporary file first, so a crash leaves
+    the chain as it was.
+    """
+    from imagetool.formats import open_image
+    from imagetool.formats.qcow2_writer import Qcow2Writer
+    tmp = upper + ".merging"
+    reader = open_image(upper, "r", format="qcow2")
+    try:
+        if parent_id is None:
+            ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
+        else:
+            ranges = _allocated(lower) + _allocated(upper)
+        writer = Qcow2Writer.create(tmp, size, backing_file=parent_id,
+                                    backing_format=parent_fmt if parent_id else None)
+        try:
+            buf = bytearray(COPY_CHUNK)
+            for start, end in _union(ranges):
+                pos = start
+                while pos < end:
+                    n = min(COPY_CHUNK, end - pos)
+                    view = memoryview(buf)[:n]
+                    got = reader.read_into(pos, view)
+                    writer.write(pos, view[:got])
+                    pos += n
+            writer.flush()
+        finally:
+            writer.close()
+    finally:
+        reader.close()
+    os.replace(tmp, upper)
+
+
+def _allocated(path: str) -> list[tuple[int, int]]:
+    """Ranges allocated in this qcow2 layer alone (data or explicit zeros)."""
+    from imagetool.formats import open_image
+    reader = open_image(path, "r", shallow=True)
+    try:
+        return [(e.start, e.end) for e in reader.extents() if not e.hole]
+    finally:
+        reader.close()
+
+
+def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
 def grow_qcow2(path: str, size: int) -> None:
     """Raise a qcow2 image's virtual size in place when its L1 table covers it.
 
