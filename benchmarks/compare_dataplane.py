@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 
@@ -61,13 +63,51 @@ def _run(label: str, url: str, src: str, back: str, size: int, workers: int,
     print(f"  {label:28s} upload {up:7.1f} MiB/s   download {down:7.1f} MiB/s", flush=True)
 
 
+def serve(path: str, size: int) -> None:
+    """Child mode: serve one RawBackend ticket until SIGTERM; print the URL."""
+    registry = TicketRegistry()
+    registry.add(Ticket(uuid="bench", size=size, ops=("read", "write"),
+                        open_backend=lambda: RawBackend(path, "r+")))
+    server = DataPlaneServer(registry).start()
+    print(f"{server.url}/images/bench", flush=True)
+    signal.sigwait([signal.SIGTERM])
+    server.stop()
+    registry.remove("bench")
+
+
+class OurServer:
+    """Our DataPlaneServer in its own process, like the reference daemon:
+    sharing the benchmark client's GIL would measure the client too."""
+
+    def __init__(self, path: str, size: int):
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve", path, "--size", str(size)],
+                stdout=subprocess.PIPE, text=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        self.url = self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1G")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--in-process", action="store_true",
+                   help="run our server in this process (shares the client's GIL)")
+    p.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     args = p.parse_args()
     size = parse_size(args.size)
+    if args.serve:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        serve(args.serve, size)
+        return
 
     work = scratch_dir("imagetool-bench-")
     results: dict[str, list[tuple[float, float]]] = {}
@@ -77,7 +117,7 @@ def main() -> None:
         back = os.path.join(work, "back.raw")
         daemon = ImageioDaemon().start()
         registry = TicketRegistry()
-        ours = DataPlaneServer(registry).start()
+        ours = DataPlaneServer(registry).start() if args.in_process else None
         try:
             for r in range(args.rounds):
                 print(f"round {r + 1}: {size // MiB} MiB random data, "
@@ -93,14 +133,23 @@ def main() -> None:
                         src, back, size, args.workers, results)
 
                 dst = _empty(os.path.join(work, "ours.raw"), size)
-                ticket = Ticket(uuid=f"bench-{r}", size=size, ops=("read", "write"),
-                                open_backend=lambda d=dst: RawBackend(d, "r+"))
-                registry.add(ticket)
-                _run("imagetool DataPlaneServer", f"{ours.url}/images/{ticket.uuid}",
-                     src, back, size, args.workers, results)
-                registry.remove(ticket.uuid)
+                if ours is not None:
+                    ticket = Ticket(uuid=f"bench-{r}", size=size, ops=("read", "write"),
+                                    open_backend=lambda d=dst: RawBackend(d, "r+"))
+                    registry.add(ticket)
+                    _run("imagetool DataPlaneServer", f"{ours.url}/images/{ticket.uuid}",
+                         src, back, size, args.workers, results)
+                    registry.remove(ticket.uuid)
+                else:
+                    child = OurServer(dst, size)
+                    try:
+                        _run("imagetool DataPlaneServer", child.url,
+                             src, back, size, args.workers, results)
+                    finally:
+                        child.stop()
         finally:
-            ours.stop()
+            if ours is not None:
+                ours.stop()
             daemon.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
