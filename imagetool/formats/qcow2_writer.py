@@ -137,7 +137,11 @@ class Qcow2Writer:
         w = cls(fd, path, virtual_size, cluster_size, backing_file,
                 backing_format, compress, compress_level)
         try:
-            w.flush()
+            # No fsync: a file nobody has seen yet needs no durability; the
+            # first flush() makes everything durable.
+            with w._lock:
+                w._write_metadata(sync=False)
+                w._dirty = False
         except BaseException:
             os.close(fd)
             raise
@@ -491,7 +495,7 @@ class Qcow2Writer:
 
     # --- metadata ----------------------------------------------------------
 
-    def _write_metadata(self) -> None:
+    def _write_metadata(self, sync: bool = True) -> None:
         cs = self.cluster_size
         # The previous metadata is released now; if it sits at the end of the
         # file, the new metadata simply takes its place.
@@ -556,7 +560,8 @@ class Qcow2Writer:
         pos += table
         os.ftruncate(self._fd, pos * cs)
         # The header goes last so it never points at half-written tables.
-        os.fsync(self._fd)
+        if sync:
+            os.fsync(self._fd)
         _pwrite_all(self._fd, [self._header(l1_offset, rt_offset, table)], 0)
         # Clusters released before this flush are no longer referenced on disk.
         for hc in self._pending:
