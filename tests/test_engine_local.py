@@ -104,3 +104,21 @@ def test_wait_deadline_against_engine(engine):
             name="w", provisioned_size=1 << 20, storage_domain="data").id, timeout=20)
         with pytest.raises(TimeoutExpired, match="to be illegal"):
             wait_for_disk(conn, disk.id, status="illegal", timeout=0.3)
+
+
+def test_json_and_xml_give_the_same_entities(engine):
+    kw = {"username": engine.username, "password": engine.password, "cafile": engine.cafile}
+    with Connection(engine.url, **kw) as conn:
+        disk = wait_for_disk(conn, conn.disks.add(
+            name="both", provisioned_size=2 << 20, storage_domain="data", format="qcow2").id,
+            timeout=20)
+        t = conn.transfers.add(disk_id=disk.id, direction="download", format="raw")
+        wait_for_transfer_phase(conn, t.id, "transferring", timeout=20)
+        as_xml = (conn.disks.list(), conn.transfers.list(), conn.hosts.list(), conn.api_info(),
+                  [sd.name for sd in conn.storage_domains.list()])
+    with Connection(engine.url, headers={"Accept": "application/json"}, **kw) as conn:
+        as_json = (conn.disks.list(), conn.transfers.list(), conn.hosts.list(), conn.api_info(),
+                   [sd.name for sd in conn.storage_domains.list()])
+        assert conn.request("GET", "disks").headers["content-type"].startswith("application/json")
+    assert as_json == as_xml
+    assert as_xml[0][0].provisioned_size == 2 << 20 and as_xml[1][0].phase == "transferring"
