@@ -136,8 +136,11 @@ def test_concurrent_writers(tmp_path):
     random.Random(1).shuffle(chunks)
 
     def worker(part):
+        view = w.clone()  # a worker's view: closing it leaves the writer open
         for off, n in part:
-            w.write(off, memoryview(data)[off:off + n])
+            view.write(off, memoryview(data)[off:off + n])
+        view.flush()
+        view.close()
 
     threads = [threading.Thread(target=worker, args=(chunks[i::4],)) for i in range(4)]
     for t in threads:

@@ -286,9 +286,13 @@ class Qcow2Writer:
                 self._dirty = False
             os.fsync(self._fd)
 
-    def clone(self) -> "Qcow2Writer":
-        """The same writer: it is already safe to share between threads."""
-        return self
+    def clone(self) -> "_WriterView":
+        """A view for another thread: same image, but its ``close()`` does nothing.
+
+        The writer is already thread-safe; only the owner of the writer
+        closes it (closing writes the final metadata once).
+        """
+        return _WriterView(self)
 
     def close(self) -> None:
         """Flush and close; safe to call twice."""
@@ -598,6 +602,38 @@ class Qcow2Writer:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
+
+
+class _WriterView:
+    """What :meth:`Qcow2Writer.clone` returns: delegates all but ``close``."""
+
+    def __init__(self, writer: Qcow2Writer):
+        self._w = writer
+
+    @property
+    def size(self) -> int:
+        return self._w.size
+
+    def write(self, offset: int, data) -> None:
+        self._w.write(offset, data)
+
+    def zero(self, offset: int, length: int) -> None:
+        self._w.zero(offset, length)
+
+    def read_into(self, offset: int, buf) -> int:
+        return self._w.read_into(offset, buf)
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        return self._w.extents(context)
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    def clone(self) -> "_WriterView":
+        return _WriterView(self._w)
+
+    def close(self) -> None:
+        pass
 
 
 _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
