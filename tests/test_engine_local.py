@@ -122,3 +122,16 @@ def test_json_and_xml_give_the_same_entities(engine):
         assert conn.request("GET", "disks").headers["content-type"].startswith("application/json")
     assert as_json == as_xml
     assert as_xml[0][0].provisioned_size == 2 << 20 and as_xml[1][0].phase == "transferring"
+
+
+def test_wrong_scheme_messages(tmp_path):
+    with local.LocalEngine(str(tmp_path / "plain"), tls=False) as eng:
+        with Connection(eng.url.replace("http://", "https://"), username=eng.username,
+                        password=eng.password) as conn:
+            with pytest.raises(ConnectionFailed, match="TLS handshake.*scheme"):
+                conn.test()
+    with local.LocalEngine(str(tmp_path / "tls")) as eng:
+        with Connection(eng.url.replace("https://", "http://"), username=eng.username,
+                        password=eng.password) as conn:
+            with pytest.raises(ConnectionFailed, match="need https"):
+                conn.test()

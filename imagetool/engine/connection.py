@@ -204,7 +204,9 @@ class Connection:
             raise ConnectionFailed(
                 f"engine at {self.base_url} did not answer in time ({type(e).__name__})") from None
         except httpx.TransportError as e:
-            raise ConnectionFailed(f"connection to engine at {self.base_url} failed: {e}") from None
+            hint = " (does the engine need https://?)" if self.base_url.startswith("http:") else ""
+            raise ConnectionFailed(
+                f"connection to engine at {self.base_url} failed: {e}{hint}") from None
 
     def _connect_failure(self, e: Exception) -> ConnectionFailed:
         text = str(e)
