@@ -87,6 +87,8 @@ def test_checksum_options_and_text(capsys, images):
     (["checksum"], "missing argument FILE"),
     (["convert", "-O", "vmdk"], "vmdk"),
     (["measure", "-O", "vdi"], "vdi"),
+    (["measure", "--cluster-size", "3000"], "power of two"),
+    (["convert", "-O", "qcow2", "--cluster-size", "4M"], "power of two"),
 ])
 def test_usage_errors_exit_2(capsys, images, args, needle):
     if args != ["checksum"]:

@@ -68,6 +68,14 @@ def info(file: str, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+def _cluster_size(ctx, param, value: int) -> int:
+    from imagetool.formats.qcow2_writer import MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE
+
+    if not MIN_CLUSTER_SIZE <= value <= MAX_CLUSTER_SIZE or value & (value - 1):
+        raise click.BadParameter(f"{value}: must be a power of two from 512 to 2M")
+    return value
+
+
 def _block_size(ctx, param, value: int) -> int:
     try:
         validate_block_size(value)
@@ -124,7 +132,7 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
 @click.option("-O", "--output-format", "out_format", default="qcow2", show_default=True,
               type=click.Choice(["raw", "qcow2"]), help="Format to measure for.")
 @click.option("--cluster-size", type=SIZE, default="64K", show_default=True,
-              help="qcow2 cluster size.")
+              callback=_cluster_size, help="qcow2 cluster size.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"required": N, "fully-allocated": N} as qemu-img measure.')
 def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> None:
@@ -140,10 +148,7 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
     """
     from imagetool.formats.measure import measure as do_measure
 
-    try:
-        result = do_measure(file, out_format, cluster_size)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--cluster-size") from None
+    result = do_measure(file, out_format, cluster_size)
     if as_json:
         emit_json(result)
     else:
@@ -159,7 +164,7 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
 @click.option("-c", "--compress", is_flag=True, help="Compress clusters (zlib; qcow2 only).")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--cluster-size", type=SIZE, default="64K", show_default=True,
-              help="qcow2 cluster size.")
+              callback=_cluster_size, help="qcow2 cluster size.")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Copy threads.")
 def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
@@ -176,16 +181,11 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
       imagetool convert -c disk.raw small.qcow2 -O qcow2
       imagetool convert --force snapshot.qcow2 flat.raw -O raw
     """
+    from imagetool.formats import open_image
     from imagetool.formats.convert import convert as do_convert
-    from imagetool.formats.qcow2_writer import MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE
 
     if compress and out_format != "qcow2":
         raise click.UsageError("--compress needs -O qcow2")
-    if (not MIN_CLUSTER_SIZE <= cluster_size <= MAX_CLUSTER_SIZE
-            or cluster_size & (cluster_size - 1)):
-        raise click.BadParameter("must be a power of two from 512 to 2M",
-                                 param_hint="--cluster-size")
-    from imagetool.formats import open_image
 
     # The bar needs the size up front; opening also validates SRC early.
     probe = open_image(src, "r")
