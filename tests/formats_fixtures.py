@@ -25,6 +25,18 @@ def qemu_img(*args: str) -> str:
     return run("qemu-img", *args)
 
 
+def qemu_img_create_encrypted(*args: str) -> str:
+    """qemu-img create for LUKS key material, retried: its PBKDF timing probe
+    can fail with "Unable to get accurate CPU usage" on a loaded machine."""
+    for attempt in range(5):
+        try:
+            return run("qemu-img", "create", *args)
+        except AssertionError as e:
+            if "accurate CPU usage" not in str(e) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def qemu_io(path, *commands: str, fmt: str = "qcow2") -> None:
     """Run qemu-io commands (e.g. "write -P 0xaa 0 64k") on an image."""
     args = ["qemu-io", "-f", fmt]

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from formats_fixtures import MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
+from formats_fixtures import (MiB, make_raw, qemu_img, qemu_img_create_encrypted,
+                              qemu_info, qemu_raw_bytes)
 from imagetool.errors import FormatError, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image, probe
 
@@ -78,8 +79,8 @@ def test_foreign_formats_refused(tmp_path, name, opts):
 
 def test_luks_refused(tmp_path):
     p = tmp_path / "secret.luks"
-    qemu_img("create", "-q", "-f", "luks", "--object", "secret,id=s,data=x",
-             "-o", "key-secret=s,iter-time=10", str(p), "1M")
+    qemu_img_create_encrypted("-q", "-f", "luks", "--object", "secret,id=s,data=x",
+                              "-o", "key-secret=s,iter-time=50", str(p), "1M")
     with pytest.raises(UnsupportedFormat, match="encrypted images are not supported"):
         open_image(p)
     with pytest.raises(UnsupportedFormat, match="LUKS"):

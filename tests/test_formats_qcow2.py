@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from formats_fixtures import MiB, make_raw, qemu_img, qemu_info, qemu_io
+from formats_fixtures import (MiB, make_raw, qemu_img, qemu_img_create_encrypted,
+                              qemu_info, qemu_io)
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats import inspect, open_image
 
@@ -77,9 +78,10 @@ def test_info_backing_snapshots_bitmaps(tmp_path):
 
 def test_encrypted_reported_then_refused(tmp_path):
     p = tmp_path / "enc.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=s,data=x",
-             "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10",
-             str(p), "1M")
+    qemu_img_create_encrypted(
+        "-q", "-f", "qcow2", "--object", "secret,id=s,data=x",
+        "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=50",
+        str(p), "1M")
     info = inspect(p)
     assert info.encrypted is True
     assert info.to_dict()["encrypted"] is True
