@@ -87,7 +87,7 @@ class FakeEngine:
     def disk_xml(self, d: dict) -> str:
         return (f'<disk href="/ovirt-engine/api/disks/{d["id"]}" id="{d["id"]}">'
                 f'<actions><link href="/ovirt-engine/api/disks/{d["id"]}/copy" rel="copy"/></actions>'
-                + _x("name", d["name"]) + _x("alias", d["name"])
+                + _x("name", d["name"]) + _x("alias", d.get("alias", d["name"]))
                 + _x("actual_size", d["actual_size"]) + _x("content_type", d["content_type"])
                 + _x("format", d["format"]) + _x("image_id", d["image_id"])
                 + _x("provisioned_size", d["provisioned_size"]) + _x("sparse", d["sparse"])

@@ -69,6 +69,16 @@ def test_disks_list_json_and_table(fake, capsys):
     assert b in lines[2] and "locked" in lines[2]
 
 
+def test_alias_only_disk_listed_by_alias(fake, capsys):
+    # 4.1-era engines may send only <alias>.
+    old = fake.add_disk("x")
+    fake.disks[old].update(name=None, alias="legacy-alias")
+    code, out, _ = run(capsys, "disks", "list", "--json")
+    assert code == 0 and json.loads(out)[0]["name"] == "legacy-alias"
+    code, out, err = run(capsys, "disks", "show", old, "--json")
+    assert code == 0 and json.loads(out)["alias"] == "legacy-alias"
+
+
 def test_disks_list_search_max(fake, capsys):
     for name in ("web1", "web2", "db1"):
         fake.add_disk(name)

@@ -359,3 +359,12 @@ def test_disk_snapshots_fallback_to_storage_domain():
     with Connection("https://e", username="u", password="p",
                     transport=canned.transport()) as conn:
         assert [s.id for s in conn.disks.snapshots("d1")] == ["l1"]
+
+
+def test_find_matches_alias_only_disks():
+    canned = Canned({("GET", "disks"): b'<disks><disk id="a"><alias>legacy</alias></disk>'
+                                       b'<disk id="b"><alias>legacy2</alias></disk></disks>'})
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        assert conn.disks.find("legacy").id == "a"
+    assert canned.seen[-1][2] == {"search": "name=legacy"}

@@ -59,7 +59,9 @@ def disks_list(search: str | None, max_: int | None, as_json: bool,
     with open_connection(engine) as conn:
         found = conn.disks.list(search=search, max=max_)
     if as_json:
-        emit_json([{k: getattr(d, k) for k in DISK_LIST_KEYS} for d in found])
+        # Old engines may fill only the alias; show it as the name then.
+        emit_json([{k: (d.name or d.alias) if k == "name" else getattr(d, k)
+                    for k in DISK_LIST_KEYS} for d in found])
         return
     click.echo(_table(
         ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),

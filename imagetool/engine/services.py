@@ -79,7 +79,8 @@ class _Service:
         found = self._list(cls, path, search=f"name={_search_quote(name_or_id)}")
         # The search language matches patterns and an engine may ignore it:
         # keep exact names only.
-        exact = [e for e in found if getattr(e, "name", None) == name_or_id]
+        exact = [e for e in found if name_or_id in (getattr(e, "name", None),
+                                                    getattr(e, "alias", None))]
         if not exact:
             raise NotFound(f"no {what} with id or name {name_or_id!r}", status=404)
         if len(exact) > 1:
