@@ -1,0 +1,54 @@
+"""Run ONE transfer with one client and print its time as JSON.
+
+Used by compare_transfer.py, which runs each measurement in a fresh process
+so that peak RSS is the client's own::
+
+    python benchmarks/bench_transfer.py --tool imagetool|reference \
+        --op upload|download --file PATH --url URL --workers N [--buffer-size B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def run(tool: str, op: str, path: str, url: str, workers: int, buffer_size: int) -> float:
+    """Do the transfer; return seconds."""
+    start = time.monotonic()
+    if tool == "imagetool":
+        from imagetool.transfer.urls import download_url, upload_url
+
+        if op == "upload":
+            upload_url(path, url, workers=workers, request_size=buffer_size)
+        else:
+            download_url(url, path, format="raw", workers=workers,
+                         request_size=buffer_size, force=True)
+    else:
+        from ovirt_imageio import client
+
+        if op == "upload":
+            client.upload(path, url, None, buffer_size=buffer_size, secure=False,
+                          max_workers=workers)
+        else:
+            client.download(url, path, None, fmt="raw", buffer_size=buffer_size,
+                            secure=False, max_workers=workers)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tool", choices=["imagetool", "reference"], required=True)
+    p.add_argument("--op", choices=["upload", "download"], required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--buffer-size", type=int, default=4 << 20)
+    a = p.parse_args()
+    seconds = run(a.tool, a.op, a.file, a.url, a.workers, a.buffer_size)
+    print(json.dumps({"seconds": seconds}))
+
+
+if __name__ == "__main__":
+    main()
