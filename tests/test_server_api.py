@@ -431,3 +431,17 @@ def test_disk_update_copy_move_remove(engine, tmp_path):
     assert disk_status(engine, disk_id) == 404
     status, body = api_json(engine, "GET", "jobs")
     assert any("Copying Disk" in j["description"] for j in body["job"])
+
+
+def test_transfer_records_a_job(engine):
+    disk_id = new_disk(engine, "job-disk")
+    t = add_transfer(engine, disk_id, direction="download")
+    jobs = api_json(engine, "GET", "jobs")[1]["job"]
+    job = next(j for j in jobs if j["description"] == "Downloading image of disk job-disk")
+    assert job["status"] == "started"
+    action(engine, t["id"], "finalize")
+    wait_transfer(engine, t["id"], ("finished_success",))
+    job = api_json(engine, "GET", f"jobs/{job['id']}")[1]
+    assert job["status"] == "finished" and job["end_time"]
+    steps = api_json(engine, "GET", f"jobs/{job['id']}/steps")[1]["step"]
+    assert steps[0]["status"] == "finished"

@@ -110,11 +110,32 @@ class TransferManager:
                "ticket_id": new_id(), "transferred": 0, "active": False,
                "created": time.time(), "finished_at": None, "remove_on_failure": fresh,
                "snapshot": snapshot, "error": None}
+        job_id = new_id()
+        doc["job_id"] = job_id
+        now = time.time()
+        verb = "Uploading" if direction == "upload" else "Downloading"
         with self.store.transaction():
             self.store.update("disk", disk["id"], status="locked")
             self.store.put("transfer", doc)
+            self.store.put("job", {
+                "id": job_id, "description": f"{verb} image of disk {disk['name']}",
+                "status": "started", "start_time": now, "end_time": None,
+                "auto_cleared": True, "external": False,
+                "steps": [{"id": new_id(), "description": "Transferring image",
+                           "type": "executing", "number": 0, "status": "started",
+                           "start_time": now, "end_time": None}]})
         self._spawn(self._initialize, tid)
         return doc
+
+    def _end_job(self, t: dict, status: str) -> None:
+        job = self.store.get("job", t.get("job_id") or "")
+        if job is None:
+            return
+        now = time.time()
+        job.update(status=status, end_time=now)
+        for step in job["steps"]:
+            step.update(status=status, end_time=now)
+        self.store.put("job", job)
 
     def _volume_path(self, t: dict) -> str:
         return self.storage.volume_path(t["sd_id"], t["disk_id"], t["volume_id"])
@@ -290,9 +311,11 @@ class TransferManager:
                 self._set(tid, phase="finalizing_failure", error=str(e))
                 self._fail_disk(t)
                 self._set(tid, phase="finished_failure", finished_at=time.time())
+                self._end_job(t, "failed")
                 return
             self.store.update("disk", t["disk_id"], status="ok")
             self._set(tid, phase="finished_success", finished_at=time.time())
+            self._end_job(t, "finished")
 
     def verify_upload(self, t: dict) -> None:
         """Check the uploaded volume; raise ValueError saying what is wrong."""
@@ -367,12 +390,14 @@ class TransferManager:
             self._finish_failure(tid)
 
     def _finish_failure(self, tid: str) -> None:
+        cancelled = self.store.get("transfer", tid)["phase"].startswith("cancelled")
         t = self._set(tid, phase="finalizing_cleanup")
         transferred = self._close_ticket(t)
         self._set(tid, transferred=transferred, active=False)
         self._fail_disk(t)
         self._set(tid, phase="finished_cleanup")
         self._set(tid, phase="finished_failure", finished_at=time.time())
+        self._end_job(t, "aborted" if cancelled else "failed")
 
     # --- monitor ------------------------------------------------------------
 
@@ -431,6 +456,11 @@ class TransferManager:
         upload into a cow disk lost its qcow2 writer's metadata and fails.
         A transfer caught in finalizing_success is verified again.
         """
+        busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in TERMINAL}
+        for disk in self.store.list("disk", lambda d: d["status"] == "locked"):
+            if disk["id"] not in busy:
+                # Locked by an operation that did not survive the restart.
+                self.store.update("disk", disk["id"], status="ok")
         for t in self.store.list("transfer"):
             phase = t["phase"]
             if phase in TERMINAL:
