@@ -203,3 +203,12 @@ def test_closed_connection_refuses_requests():
     conn.close()  # idempotent
     with pytest.raises(EngineError, match="closed"):
         conn.disks.list()
+
+
+def test_unusable_cafile(tmp_path):
+    with pytest.raises(ConnectionFailed, match="cannot use CA file"):
+        Connection("https://e", username="u", password="p", cafile=str(tmp_path / "missing.pem"))
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConnectionFailed, match="cannot use CA file"):
+        Connection("https://e", username="u", password="p", cafile=str(junk))

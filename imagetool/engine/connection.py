@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from imagetool.engine import codec
+from imagetool.engine import codec, services
 from imagetool.engine.entities import ApiInfo
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
                               EngineError, NotFound)
@@ -57,8 +57,10 @@ def normalize_url(url: str) -> tuple[str, str]:
 def _ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
     if insecure:
         return False
-    ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
-    return ctx
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectionFailed(f"cannot use CA file {cafile}: {e}") from None
 
 
 class Connection:
@@ -106,7 +108,6 @@ class Connection:
             verify=_ssl_context(cafile, insecure),
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers=base_headers, follow_redirects=False, **kwargs)
-        from imagetool.engine import services  # services import codec/entities only
         self.disks = services.DisksService(self)
         self.storage_domains = services.StorageDomainsService(self)
         self.transfers = services.ImageTransfersService(self)
