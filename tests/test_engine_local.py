@@ -135,3 +135,33 @@ def test_wrong_scheme_messages(tmp_path):
                         password=eng.password) as conn:
             with pytest.raises(ConnectionFailed, match="need https"):
                 conn.test()
+
+
+def test_vm_snapshot_layers(engine):
+    from imagetool.engine import wait_for_snapshot
+    with connect(engine) as conn:
+        disk = wait_for_disk(conn, conn.disks.add(
+            name="vd", provisioned_size=1 << 20, storage_domain="data", format="qcow2").id,
+            timeout=20)
+        vm = conn.vms.add(name="lvm")
+        assert conn.vms.find("lvm").id == vm.id
+        att = conn.vms.attach_disk(vm.id, disk.id)
+        assert att.disk_id == disk.id and att.vm_id == vm.id
+        snap = conn.snapshots.add(vm.id, description="s1")
+        snap = wait_for_snapshot(conn, vm.id, snap.id, timeout=20)
+        assert snap.description == "s1" and snap.snapshot_type == "regular"
+        assert {s.snapshot_type for s in conn.snapshots.list(vm.id)} == {"active", "regular"}
+        assert [d.id for d in conn.snapshots.disks(vm.id, snap.id)] == [disk.id]
+        layers = conn.disks.snapshots(disk.id)
+        # Two layers after one snapshot: the base and its child.
+        assert len(layers) == 2
+        base = [s for s in layers if s.parent_id is None]
+        top = [s for s in layers if s.parent_id is not None]
+        assert len(base) == 1 and top[0].parent_id == base[0].id
+        assert all(s.disk_id == disk.id for s in layers)
+        assert conn.vms.get(vm.id, all_content=True).ovf.lstrip().startswith("<?xml")
+        conn.vms.detach_disk(vm.id, disk.id)
+        assert conn.vms.disk_attachments(vm.id) == []
+        conn.vms.remove(vm.id)
+        with pytest.raises(NotFound):
+            conn.vms.get(vm.id)
