@@ -234,3 +234,56 @@ def test_500_from_daemon_mid_upload_cancels(engine, raw_file):
     tid = list(engine.transfers)[-1]
     assert ("cancel", tid) in engine.calls
     assert _no_locked_disks(engine) and engine.disks == {}
+
+
+def test_old_engine_forgets_transfer_after_finalize(engine, raw_file):
+    engine.drop_finished = True
+    disk = upload_disk(engine.conn, raw_file, "data")
+    assert disk.status == "ok"
+    assert images_equal(raw_file, engine.disk_path(disk.id), "raw", "raw")
+
+
+def test_legacy_engine_moves_volume_bytes(engine, raw_file, scratch):
+    engine.conn.legacy = True
+    src = _qcow2(raw_file, scratch)
+    disk = upload_disk(engine.conn, src, "data")
+    assert ("transfer_add", "cow", "upload") in engine.calls
+    qemu_img("check", engine.disk_path(disk.id))
+    with pytest.raises(ImagetoolError, match="4.1"):
+        upload_disk(engine.conn, raw_file, "data", transfer_format="raw")
+    for fmt in ("raw", "qcow2"):
+        out = os.path.join(scratch, f"legacy.{fmt}")
+        download_disk(engine.conn, disk, out, format=fmt)
+        assert images_equal(raw_file, out, "raw", fmt)
+    assert not [f for f in os.listdir(scratch) if ".part" in f or f.endswith(".volume")]
+
+
+def test_keepalive_pings_and_extends(engine, raw_file, imageio_daemon):
+    from imagetool.transfer.session import TransferSession
+    import time
+
+    disk = upload_disk(engine.conn, raw_file, "data")
+    with TransferSession(engine.conn, disk_id=disk.id, direction="download",
+                         inactivity_timeout=2, extend=True) as s:
+        s.open_backend()
+        time.sleep(2.5)
+        info = imageio_daemon.ticket_info(s.transfer_id)
+        # OPTIONS from the keep-alive thread kept the ticket busy.
+        assert info["idle_time"] < 1.5
+    assert ("extend", s.transfer_id) in engine.calls
+    assert s.finished
+
+
+def test_system_pause_stops_the_copy(engine, raw_file):
+    import time
+
+    def progress(n):
+        with engine.lock:
+            t = list(engine.transfers.values())[-1]
+            t.phase = "paused_system"
+        time.sleep(0.2)
+
+    with pytest.raises(TransferError, match="paused_system"):
+        upload_disk(engine.conn, raw_file, "data", workers=1, buffer_size=256 * 1024,
+                    inactivity_timeout=2, progress=progress)
+    assert _no_locked_disks(engine)

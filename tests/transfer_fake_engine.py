@@ -145,6 +145,9 @@ class _Transfers:
             if ok:
                 t.phase = "finished_success"
                 disk.status = "ok"
+                if eng.drop_finished:
+                    # Engines before 4.4.7 forget finished transfers.
+                    eng.transfers.pop(tid)
             else:
                 t.phase = "finished_failure"
                 if t.direction == "upload":
@@ -192,6 +195,7 @@ class FakeEngine:
         self.nbd: dict[str, QemuNbd] = {}
         self.calls: list[tuple] = []
         self.fail_finalize = False
+        self.drop_finished = False
         self.conn = FakeConnection(self)
 
     def disk_path(self, disk_id: str) -> str:
