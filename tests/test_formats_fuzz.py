@@ -185,7 +185,7 @@ def _make_bases(d) -> None:
 
 def test_fuzz_mutated_qcow2(tmp_path):
     _make_bases(tmp_path)
-    count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "2000"))
+    count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "1500"))
     env = dict(os.environ)
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)

@@ -44,14 +44,15 @@ def open_image(path: str | os.PathLike, mode: str = "r",
                format: str | None = None, shallow: bool = False) -> Backend:
     """Open an image's guest data as a Backend.
 
-    ``format`` None detects it. raw supports modes "r", "r+" and "w"; qcow2
+    ``format`` None detects it (mode "w" means raw). raw supports modes "r", "r+" and "w"; qcow2
     is read-only ("r"): guest data through the backing chain, or with
     ``shallow=True`` this layer only (unallocated clusters are
     ``Extent(zero=True, hole=True)`` and read as zeros).
     """
     path = os.fspath(path)
     if format is None:
-        format = "raw" if mode == "w" and not os.path.exists(path) else detect(path)
+        # "w" creates or truncates, so what the old file held is irrelevant.
+        format = "raw" if mode == "w" else detect(path)
     if format == "raw":
         return RawBackend(path, mode)
     if format == "qcow2":

@@ -188,8 +188,8 @@ def _check_geometry(h: Header) -> None:
     if h.l1_size < need:
         raise _corrupt(path, f"L1 table too small ({h.l1_size} entries, "
                              f"{need} needed for the virtual size)")
-    if need * 8 > MAX_L1_BYTES:
-        raise _corrupt(path, "L1 table too large")
+    if h.l1_size * 8 > MAX_L1_BYTES:
+        raise _corrupt(path, f"L1 table too large ({h.l1_size} entries)")
     if need:
         if h.l1_table_offset == 0 or h.l1_table_offset % h.cluster_size:
             raise _corrupt(path, "invalid L1 table offset")
