@@ -151,7 +151,11 @@ class DataPlaneServer:
                 except (OSError, ssl.SSLError) as e:
                     log.debug("TLS handshake failed: %s", e)
                     return
-            _Session(self, HttpConnection(sock, self.buffer_size)).run()
+            conn = HttpConnection(sock, self.buffer_size)
+            try:
+                _Session(self, conn).run()
+            finally:
+                conn.close()
         except Exception:
             log.exception("data plane connection failed")
         finally:

@@ -8,6 +8,8 @@ leave from a memoryview (``sendall``) without per-line parsing or copies.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -85,14 +87,48 @@ class HttpConnection:
         self.buffer_size = buffer_size
         self._pending = bytearray()        # bytes received after a header block
         self._buffer: memoryview | None = None
-        self.last_body_read = 0
+        self._mmap: mmap.mmap | None = None
+        # (path, access) -> O_DIRECT descriptor (None where refused).
+        self.direct_fds: dict[tuple[str, int], int | None] = {}
 
     @property
     def buffer(self) -> memoryview:
         """The connection's reused I/O buffer (allocated on first use)."""
         if self._buffer is None:
-            self._buffer = memoryview(bytearray(self.buffer_size))
+            # Anonymous mmap: page aligned, as O_DIRECT writes need.
+            self._mmap = mmap.mmap(-1, self.buffer_size)
+            self._buffer = memoryview(self._mmap)
         return self._buffer
+
+    def direct_fd(self, path: str, access: int) -> int | None:
+        """An O_DIRECT descriptor on ``path`` for ``access`` (os.O_RDONLY or
+        os.O_WRONLY), cached per connection; None where refused."""
+        key = (path, access)
+        if key not in self.direct_fds:
+            fd = None
+            if hasattr(os, "O_DIRECT"):
+                try:
+                    fd = os.open(path, access | os.O_DIRECT | os.O_CLOEXEC)
+                except OSError:
+                    fd = None      # tmpfs and some file systems refuse O_DIRECT
+            self.direct_fds[key] = fd
+        return self.direct_fds[key]
+
+    def close(self) -> None:
+        """Release the buffer and descriptors (the socket is the caller's)."""
+        for fd in self.direct_fds.values():
+            if fd is not None:
+                os.close(fd)
+        self.direct_fds.clear()
+        try:
+            if self._buffer is not None:
+                self._buffer.release()
+            if self._mmap is not None:
+                self._mmap.close()
+        except BufferError:
+            pass           # a slice still alive somewhere: the GC frees it
+        self._buffer = None
+        self._mmap = None
 
     def read_request(self) -> Request | None:
         """The next request's head, or None when the client closed cleanly."""
