@@ -12,6 +12,7 @@ import pytest
 from imageio_daemon import (  # noqa: F401 (fixtures)
     ImageioDaemon, QemuNbd, imageio_daemon, imageio_daemon_tls, scratch, tls_files)
 from imagetool.errors import ConnectionFailed, ImageioError
+from imagetool.formats.base import Extent
 from imagetool.imageio import HttpBackend, ImageioClient
 
 MiB = 1024 * 1024
@@ -220,3 +221,80 @@ def test_tls_verification(imageio_daemon_tls, tls_files, scratch):
         ImageioClient(url).options()
     with ImageioClient(url, insecure=True) as client:
         assert "zero" in client.options().features
+
+
+class _OldDaemon:
+    """A stand-in for a pre-OPTIONS imageio (405 on OPTIONS, no PATCH):
+    only GET with Range and PUT with Content-Range, on an in-memory image."""
+
+    def __init__(self, size: int, options_status: int = 405):
+        import http.server
+        import threading
+        self.image = bytearray(size)
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_OPTIONS(self):
+                owner.requests.append("OPTIONS")
+                self._reply(options_status)
+
+            def do_PATCH(self):
+                owner.requests.append("PATCH")
+                self._reply(405)
+
+            def do_GET(self):
+                owner.requests.append("GET")
+                first, last = self.headers["Range"][len("bytes="):].split("-")
+                first, last = int(first), int(last)
+                self._reply(206, bytes(owner.image[first:last + 1]),
+                            [("Content-Range", f"bytes {first}-{last}/{size}")])
+
+            def do_PUT(self):
+                owner.requests.append("PUT")
+                first = int(self.headers["Content-Range"].split()[1].split("-")[0])
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.image[first:first + len(body)] = body
+                self._reply(200)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/images/old-ticket"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("options_status", [405, 204])
+def test_server_without_features(options_status):
+    old = _OldDaemon(MiB, options_status)
+    try:
+        old.image[:] = os.urandom(MiB)
+        old.image[999] = old.image[1000 + 300 * 1024] = 0xFF
+        with HttpBackend(ImageioClient(old.url)) as b:
+            assert b.features == frozenset()
+            assert b.size == MiB                       # from Content-Range
+            assert list(b.extents()) == [(Extent(0, MiB))]
+            b.zero(1000, 300 * 1024)                   # sent as data
+            b.flush()                                  # nothing to send
+        assert "PATCH" not in old.requests
+        assert old.requests.count("PUT") >= 1
+        assert old.image[1000:1000 + 300 * 1024] == bytes(300 * 1024)
+        assert old.image[999] == old.image[1000 + 300 * 1024] == 0xFF
+    finally:
+        old.stop()
