@@ -29,63 +29,103 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class Store:
-    """JSON documents keyed by (kind, id), listed in insertion order."""
+    """JSON documents keyed by (kind, id), listed in insertion order.
+
+    Connections come from a small pool rather than one per thread: the HTTP
+    server runs a thread per client connection, and per-thread sqlite
+    connections would pile up for as long as the server runs.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
         self._lock = threading.RLock()
-        self._conns: list[sqlite3.Connection] = []
+        self._pool: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._closed = False
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with self._lock:
-            conn = self._conn()
+        with self._borrow() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
         return conn
+
+    @contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            yield tx
+            return
+        with self._pool_lock:
+            conn = self._pool.pop() if self._pool else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                if self._closed or len(self._pool) >= 8:
+                    conn.close()
+                else:
+                    self._pool.append(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Serialize a read-modify-write sequence (re-entrant)."""
         with self._lock:
-            conn = self._conn()
-            if conn.in_transaction:
+            if getattr(self._local, "tx", None) is not None:
                 yield
                 return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self._borrow() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                self._local.tx = conn
+                self._local.after = []
+                try:
+                    yield
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+                finally:
+                    self._local.tx = None
+                    after, self._local.after = self._local.after, []
+        for fn in after:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current transaction commits (now if none runs).
+
+        Work handed to other threads must start after the commit, or those
+        threads would not see what this transaction wrote.
+        """
+        if getattr(self._local, "tx", None) is None:
+            fn()
+        else:
+            self._local.after.append(fn)
 
     def get(self, kind: str, id: str) -> dict | None:
         """The document, or None."""
-        row = self._conn().execute(
-            "SELECT data FROM entities WHERE kind=? AND id=?", (kind, id)).fetchone()
+        with self._borrow() as conn:
+            row = conn.execute("SELECT data FROM entities WHERE kind=? AND id=?",
+                               (kind, id)).fetchone()
         return json.loads(row[0]) if row else None
 
     def list(self, kind: str, where: Callable[[dict], bool] | None = None) -> list[dict]:
         """All documents of a kind in insertion order, optionally filtered."""
-        rows = self._conn().execute(
-            "SELECT data FROM entities WHERE kind=? ORDER BY seq", (kind,)).fetchall()
+        with self._borrow() as conn:
+            rows = conn.execute("SELECT data FROM entities WHERE kind=? ORDER BY seq",
+                                (kind,)).fetchall()
         docs = [json.loads(r[0]) for r in rows]
         return [d for d in docs if where(d)] if where else docs
 
     def put(self, kind: str, doc: dict) -> dict:
         """Insert or replace ``doc`` (which must have an ``id``)."""
-        with self.transaction():
-            conn = self._conn()
+        with self.transaction(), self._borrow() as conn:
             row = conn.execute("SELECT seq FROM entities WHERE kind=? AND id=?",
                                (kind, doc["id"])).fetchone()
             if row:
@@ -108,26 +148,24 @@ class Store:
 
     def delete(self, kind: str, id: str) -> None:
         """Remove a document; idempotent."""
-        with self.transaction():
-            self._conn().execute("DELETE FROM entities WHERE kind=? AND id=?", (kind, id))
+        with self.transaction(), self._borrow() as conn:
+            conn.execute("DELETE FROM entities WHERE kind=? AND id=?", (kind, id))
 
     def setting(self, key: str, default: str | None = None) -> str | None:
         """A persistent engine setting."""
-        row = self._conn().execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        with self._borrow() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
         """Store a persistent engine setting."""
-        with self.transaction():
-            self._conn().execute("INSERT OR REPLACE INTO settings VALUES (?,?)", (key, value))
+        with self.transaction(), self._borrow() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings VALUES (?,?)", (key, value))
 
     def close(self) -> None:
-        """Close every thread's connection."""
-        with self._lock:
-            for conn in self._conns:
-                try:
-                    conn.close()
-                except sqlite3.ProgrammingError:
-                    pass  # owned by a thread that already went away
-            self._conns.clear()
-            self._local = threading.local()
+        """Close the pooled connections (borrowed ones close when returned)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, []
+        for conn in pool:
+            conn.close()

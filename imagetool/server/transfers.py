@@ -124,7 +124,7 @@ class TransferManager:
                 "steps": [{"id": new_id(), "description": "Transferring image",
                            "type": "executing", "number": 0, "status": "started",
                            "start_time": now, "end_time": None}]})
-        self._spawn(self._initialize, tid)
+        self.store.after_commit(lambda: self._spawn(self._initialize, tid))
         return doc
 
     def _end_job(self, t: dict, status: str) -> None:
