@@ -56,8 +56,12 @@ def build_image(path: str, size: int) -> int:
     return data
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Run ``cmd``; return (seconds, peak RSS in bytes of that process)."""
+def timed(cmd: list[str]) -> tuple[float, float, int]:
+    """Run ``cmd``: (wall seconds, CPU seconds, peak RSS bytes) of that process.
+
+    CPU and RSS come from ``os.wait4``, so they include the process's own
+    reaped children (qemu-nbd under the reference client).
+    """
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
@@ -65,18 +69,24 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
-def best(cmd: list[str], repeat: int, before=None) -> tuple[float, int]:
-    times, rss = [], 0
-    for _ in range(repeat):
-        if before:
-            before()
-        t, r = timed(cmd)
-        times.append(t)
-        rss = max(rss, r)
-    return min(times), rss
+def best_pair(a: list[str], b: list[str], repeat: int, before=None):
+    """Alternate runs of ``a`` and ``b`` (fair on a busy machine); best of each.
+
+    Returns ((wall, cpu, rss) for a, (wall, cpu, rss) for b): the minimum
+    wall and CPU times and the maximum RSS over the runs.
+    """
+    results: list[list[tuple[float, float, int]]] = [[], []]
+    for i in range(repeat):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for k in order:
+            if before:
+                before()
+            results[k].append(timed((a, b)[k]))
+    return tuple((min(r[0] for r in rs), min(r[1] for r in rs), max(r[2] for r in rs))
+                 for rs in results)
 
 
 def main() -> None:
@@ -102,14 +112,15 @@ def main() -> None:
         rows = []
 
         def compare(what, ours_cmd, ref_name, ref_cmd, cleanup=None):
-            ours_t, ours_rss = best(ours_cmd, args.repeat, cleanup)
-            ref_t, ref_rss = best(ref_cmd, args.repeat, cleanup)
+            (ours_t, ours_cpu, ours_rss), (ref_t, ref_cpu, ref_rss) = best_pair(
+                ours_cmd, ref_cmd, args.repeat, cleanup)
             rows.append({
                 "operation": what, "reference": ref_name,
                 "ours_s": round(ours_t, 2), "reference_s": round(ref_t, 2),
                 "ours_MiBps": round(size / ours_t / 2**20),
                 "reference_MiBps": round(size / ref_t / 2**20),
                 "ratio": round(ref_t / ours_t, 2),
+                "ours_cpu_s": round(ours_cpu, 2), "reference_cpu_s": round(ref_cpu, 2),
                 "ours_peak_rss_MiB": round(ours_rss / 2**20),
                 "reference_peak_rss_MiB": round(ref_rss / 2**20)})
             print(rows[-1], file=sys.stderr)
@@ -137,11 +148,13 @@ def main() -> None:
 
     print(f"\nImage: {format_size(size)} ({format_size(data)} data, rest holes); "
           f"best of {args.repeat}; ratio = reference time / our time (>1: we are faster).\n")
-    print("| operation | reference | ours s | ref s | ours MiB/s | ref MiB/s | ratio | ours peak RSS MiB | ref peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| operation | reference | ours s | ref s | ours MiB/s | ref MiB/s | ratio "
+          "| ours CPU s | ref CPU s | ours peak RSS MiB | ref peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['operation']} | {r['reference']} | {r['ours_s']} | {r['reference_s']} | "
               f"{r['ours_MiBps']} | {r['reference_MiBps']} | {r['ratio']} | "
+              f"{r['ours_cpu_s']} | {r['reference_cpu_s']} | "
               f"{r['ours_peak_rss_MiB']} | {r['reference_peak_rss_MiB']} |")
     if args.json:
         with open(args.json, "w") as f:
