@@ -233,3 +233,24 @@ def test_qcow2_writer_ticket(server, scratch):
     assert check.returncode == 0, check.stdout + check.stderr
     result = _compare(src, qcow2, "qcow2")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_refused_large_put_reports_status(server, scratch):
+    """An 8 MiB PUT the server refuses before reading it still gets its status."""
+    from imagetool.errors import ImageioError
+    path = _empty(scratch, "disk.raw")
+    ro = _add(server, path, ops=("read",))
+    rw = _add(server, path)
+    big = memoryview(os.urandom(8 * MiB))
+    with ImageioClient(ro, cafile=server.cafile) as c:
+        with pytest.raises(ImageioError) as e:
+            c.write(0, big)
+        assert e.value.status == 403 and "forbids write" in str(e.value)
+    with ImageioClient(rw, cafile=server.cafile) as c:
+        with pytest.raises(ImageioError) as e:
+            c.write(SIZE - MiB, big)
+        assert e.value.status == 416
+        # The client reconnects for the next request.
+        c.write(0, big[:MiB])
+    with open(path, "rb") as f:
+        assert f.read(MiB) == big[:MiB]

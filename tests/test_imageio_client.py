@@ -164,7 +164,7 @@ def test_write_to_read_only_ticket_is_403(imageio_daemon, scratch):
     url = imageio_daemon.add_ticket(path=path, size=SIZE, ops=["read"])
     with ImageioClient(url) as client:
         with pytest.raises(ImageioError) as e:
-            client.write(0, b"x" * 4096)
+            client.write(0, b"x" * (8 * MiB))
         assert e.value.status == 403
         assert url.rsplit("/", 1)[1] not in str(e.value)
     assert _file_bytes(path) == bytes(SIZE)

@@ -192,7 +192,15 @@ class ImageioClient:
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders()
             if body is not None and len(body):
-                conn.send(body)
+                try:
+                    conn.send(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server may have refused the body (403, 416, ...) and
+                    # stopped reading: its reply says why, if it arrived.
+                    resp = self._early_reply(conn)
+                    if resp is not None:
+                        return resp
+                    raise
             return conn.getresponse()
         except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
             self.close()
@@ -204,6 +212,16 @@ class ImageioClient:
         except (OSError, http.client.HTTPException) as e:
             self.close()
             raise ConnectionFailed(self._where(method, f"connection failed: {e}")) from None
+
+    @staticmethod
+    def _early_reply(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+        """A reply sent before the request body was fully sent, or None."""
+        try:
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            return None
+        resp.will_close = True      # the connection cannot carry more requests
+        return resp
 
     def _where(self, method: str, what: str) -> str:
         t = self._target or self._targets[0]

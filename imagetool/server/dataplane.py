@@ -26,6 +26,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle timeout before a connection has touched any ticket.
 DEFAULT_IDLE_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 10.0
+# After refusing a request body: how long and how much of it to read away.
+DISCARD_TIMEOUT = 2.0
+DISCARD_LIMIT = 256 * 1024 * 1024
 
 
 def _version() -> str:
@@ -213,6 +216,26 @@ class _Session:
         except OSError:
             pass
 
+    def _discard_body(self) -> None:
+        """Swallow what the client is still sending before we close.
+
+        Closing with unread bytes makes the kernel send a reset, which can
+        destroy our error reply in the client's buffers before it reads it.
+        """
+        sock = self.conn.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(DISCARD_TIMEOUT)
+            left = DISCARD_LIMIT
+            buf = self.conn.buffer
+            while left > 0:
+                n = self.conn.recv_into(buf[:min(len(buf), left)])
+                if n == 0:
+                    break
+                left -= n
+        except (OSError, ValueError):
+            pass
+
     def _handle(self, req: Request) -> bool:
         """Serve one request; False when the connection must close."""
         ctx = images.Context(self.conn, req)
@@ -226,6 +249,8 @@ class _Session:
                 or req.headers.get("content-length", "0").strip() not in ("", "0"))
             close = ctx.close or e.close or unread
             self._send_error(e, close)
+            if unread:
+                self._discard_body()
             return not close
         except PeerClosed:
             return False
