@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from server_fixtures import (PASSWORD, MiB, api_json, api_request, engine,  # noqa: F401
+from server_fixtures import (PASSWORD, MiB, api_json, api_request, connection, engine,  # noqa: F401
                              make_image, put_file, qemu_img, wait_for)
 from imagetool.server.local import LocalEngine
 
@@ -249,8 +249,10 @@ def test_unknown_entity_path_and_unimplemented_service(engine):
     assert status == 404 and "0000" in detail
     status, _, detail = fault(api_request(engine, "GET", "nosuchthing"))
     assert status == 404
-    status, reason, detail = fault(api_request(engine, "GET", "clusters"))
-    assert status == 501 and "clusters" in detail
+    status, reason, detail = fault(api_request(engine, "GET", "templates"))
+    assert status == 501 and "templates" in detail
+    status, reason, detail = fault(api_request(engine, "GET", "disks/x/permissions"))
+    assert status == 501 and "permissions" in detail
 
 
 def test_locked_disk_refuses_conflicting_operations(engine):
@@ -445,3 +447,12 @@ def test_transfer_records_a_job(engine):
     assert job["status"] == "finished" and job["end_time"]
     steps = api_json(engine, "GET", f"jobs/{job['id']}/steps")[1]["step"]
     assert steps[0]["status"] == "finished"
+
+
+def test_default_data_center_and_cluster(connection):
+    system = connection.system_service()
+    dcs = system.data_centers_service().list(search="storage.name=data")
+    assert [dc.name for dc in dcs] == ["Default"]
+    assert system.data_centers_service().list(search="storage.name=nope") == []
+    clusters = system.clusters_service().list(search="name=Default")
+    assert clusters[0].data_center.id == dcs[0].id

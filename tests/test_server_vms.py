@@ -83,6 +83,13 @@ def test_vm_attachments_and_ovf(connection, vm_with_disk):
     assert root.find(".//Name").text == vm.name
 
 
+def test_follow_embeds_attachments_and_disks(vm_with_disk):
+    vm, vm_service, disk, _ = vm_with_disk
+    got = vm_service.get(follow="disk_attachments.disk")
+    assert [a.disk.name for a in got.disk_attachments] == ["vmdisk"]
+    assert got.disk_attachments[0].disk.provisioned_size == 4 * MiB
+
+
 def test_snapshot_add_list_remove_merges(connection, engine, tmp_path, vm_with_disk):
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from imagetool.server.rest import codec
-from imagetool.server.rest import (disks, hosts, imagetransfers, jobs, root,
+from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, new_id
@@ -60,7 +60,8 @@ def load_or_create_password(data_dir: str, password: str | None = None,
 def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
-    for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms):
+    for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
+                   datacenters):
         module.register(router)
     return router
 

@@ -123,8 +123,7 @@ class Router:
 
 # Seed services the local engine does not implement (501 names them).
 _UNIMPLEMENTED = {
-    "affinitylabels", "bookmarks", "clusterlevels", "clusters", "cpuprofiles",
-    "datacenters", "diskprofiles", "domains", "events", "externalhostproviders",
+    "affinitylabels", "bookmarks", "clusterlevels", "cpuprofiles", "diskprofiles", "domains", "events", "externalhostproviders",
     "groups", "icons", "instancetypes", "katelloerrata", "macpools",
     "networkfilters", "networks", "openstackimageproviders",
     "openstacknetworkproviders", "openstackvolumeproviders", "operatingsystems",
@@ -132,7 +131,10 @@ _UNIMPLEMENTED = {
     "storageconnections", "tags", "templates", "users", "vmpools", "vnicprofiles",
     "images",
 }
-_VM_SUBS = {"cdroms", "nics", "graphicsconsoles", "hostdevices", "numanodes",
+_PARENTS = {"vms", "hosts", "storagedomains", "disks", "datacenters", "clusters",
+            "imagetransfers"}
+_SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hooks",
+         "fenceagents", "nics", "nics", "graphicsconsoles", "hostdevices", "numanodes",
             "permissions", "reporteddevices", "sessions", "statistics", "tags",
             "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 
@@ -142,7 +144,7 @@ def _unknown(path: str) -> ApiError:
     if parts and parts[0] in _UNIMPLEMENTED:
         return ApiError(501, "Not Implemented",
                         f"The local engine does not implement the '{parts[0]}' service")
-    if len(parts) >= 3 and parts[0] in ("vms", "hosts", "storagedomains") and parts[2] in _VM_SUBS:
+    if len(parts) >= 3 and parts[0] in _PARENTS and parts[2] in _SUBS:
         return ApiError(501, "Not Implemented",
                         f"The local engine does not implement the '{parts[0]}/{{id}}/{parts[2]}' service")
     return ApiError(404, "Not Found", f"No service at '{path or '/'}'")

@@ -205,13 +205,31 @@ def add_vm(req: Request) -> Reply:
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
 
 
+def _with_follow(req: Request, vm: dict) -> dict:
+    """vm_repr plus what ``follow=disk_attachments[.disk],snapshots`` asks to embed."""
+    body = vm_repr(req, vm, req.flag("all_content"))
+    follow = {f.strip() for f in req.query.get("follow", "").split(",") if f.strip()}
+    if follow & {"disk_attachments", "disk_attachments.disk"}:
+        atts = []
+        for a in vm.get("attachments", []):
+            att = attachment_repr(req, vm, a)
+            disk = req.engine.store.get("disk", a["disk_id"])
+            if "disk_attachments.disk" in follow and disk is not None:
+                att["disk"] = disks_mod.disk_repr(req, disk)
+            atts.append(att)
+        body["disk_attachments"] = atts
+    if "snapshots" in follow:
+        body["snapshots"] = [snapshot_repr(req, vm, s) for s in _snapshots(req, vm)]
+    return body
+
+
 def list_vms(req: Request) -> Reply:
     docs = search_filter(req, req.engine.store.list("vm"))
-    return Reply(tag="vms", body=[vm_repr(req, v, req.flag("all_content")) for v in docs])
+    return Reply(tag="vms", body=[_with_follow(req, v) for v in docs])
 
 
 def get_vm(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="vm", body=vm_repr(req, _find_vm(req, vm_id), req.flag("all_content")))
+    return Reply(tag="vm", body=_with_follow(req, _find_vm(req, vm_id)))
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
