@@ -456,3 +456,24 @@ def test_default_data_center_and_cluster(connection):
     assert system.data_centers_service().list(search="storage.name=nope") == []
     clusters = system.clusters_service().list(search="name=Default")
     assert clusters[0].data_center.id == dcs[0].id
+
+
+def test_download_ticket_is_read_only_and_sized_to_the_disk(engine):
+    disk_id = new_disk(engine, "ro", size=MiB)
+    t = add_transfer(engine, disk_id, direction="download")
+    assert dataplane_status(engine, t["transfer_url"], "PUT") == 403
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+    parts = urlsplit(t["transfer_url"])
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port,
+                                       context=ssl.create_default_context(cafile=engine.cafile))
+    conn.request("GET", parts.path, headers={"Range": f"bytes={MiB}-{MiB + 511}"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 416 and resp.getheader("Content-Range") == f"bytes */{MiB}"
+    conn.close()
+    action(engine, t["id"], "finalize")
+    wait_transfer(engine, t["id"], ("finished_success",))
+    # After finalize the ticket is gone: the URL is refused.
+    assert dataplane_status(engine, t["transfer_url"]) == 403
