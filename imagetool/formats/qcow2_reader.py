@@ -42,6 +42,7 @@ _L2_CACHE_BYTES = 8 << 20
 _COMP_CACHE_BYTES = 4 << 20
 _ZEROS = bytes(1 << 20)
 _HAVE_PREADV = hasattr(os, "preadv")
+_tls = threading.local()
 # A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
 _PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
@@ -401,9 +402,14 @@ class Qcow2Backend:
         cs = self._cs
         try:
             if self._zstd:
-                import zstandard
-                reader = zstandard.ZstdDecompressor().stream_reader(
-                    io.BytesIO(comp), read_across_frames=True)
+                # A decompression context is costly to create and not
+                # thread-safe: keep one per thread.
+                dctx = getattr(_tls, "zstd", None)
+                if dctx is None:
+                    import zstandard
+                    dctx = _tls.zstd = zstandard.ZstdDecompressor()
+                reader = dctx.stream_reader(io.BytesIO(comp),
+                                            read_across_frames=True)
                 parts = []
                 got = 0
                 while got < cs:
