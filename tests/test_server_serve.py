@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from server_fixtures import MiB, make_image, put_file, wait_for, wait_phase
+from server_fixtures import MiB, make_image, put_file, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import time
 
-from imagetool.server.rest.codec import get_bool, get_int, get_obj, get_str
+from imagetool.server.rest.codec import get_bool, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_or_404, iso_date, record_job, ref,
+                                          get_or_404, record_job, ref,
                                           search_filter, sub_links)
-from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
-                                          conflict, missing, not_found)
+from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+                                          missing, not_found)
 from imagetool.server.storage import new_id
 
 SEARCH_FIELDS = {"alias": "name"}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from imagetool.server.rest import disks as disks_mod
-from imagetool.server.rest.common import (action_links, get_or_404, iso_date,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import action_links, get_or_404, search_filter, sub_links
 from imagetool.server.rest.router import Reply, Request, Router, not_found
 
 

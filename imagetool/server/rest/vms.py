@@ -16,8 +16,8 @@ from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_bool, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, iso_date, record_job, ref,
                                           search_filter, sub_links)
-from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
-                                          conflict, missing, not_found)
+from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+                                          missing, not_found)
 from imagetool.server.storage import merge_layer, new_id
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
