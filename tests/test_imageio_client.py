@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from imageio_daemon import (  # noqa: F401 (fixtures)
-    ImageioDaemon, QemuNbd, imageio_daemon, imageio_daemon_tls, scratch, tls_files)
+    QemuNbd, imageio_daemon, imageio_daemon_tls, scratch, tls_files)
 from imagetool.errors import ConnectionFailed, ImageioError
 from imagetool.formats.base import Extent
 from imagetool.imageio import HttpBackend, ImageioClient

@@ -8,7 +8,6 @@ The control plane adds ``Ticket``s to the registry and hands out
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl

@@ -77,8 +77,7 @@ def options(ctx: Context, ticket: Ticket) -> int:
     # A backend may limit concurrency (e.g. a writer appending in order).
     body = {"features": features,
             "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
-            "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)
-            if ticket.writable else 0}
+            "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)}
     ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
     return 0
 
