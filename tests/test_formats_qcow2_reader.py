@@ -271,3 +271,13 @@ def test_pyqcow_agrees_on_v2(tmp_path):
         f.close()
     with open_image(path) as b:
         assert b.read(0, SIZE) == theirs
+
+
+def test_fifo_backing_refused_without_blocking(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "pipe")
+    top = tmp_path / "fifo.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", "pipe", "-F", "raw",
+             str(top), "1M")
+    with pytest.raises(FormatError, match="not a regular file"):
+        open_image(top)

@@ -34,8 +34,10 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
     if fmt == "qcow2":
         from imagetool.formats import qcow2
         return qcow2.inspect(path)
+    with RawBackend(path, "r") as b:  # size also right for block devices
+        size = b.size
     st = os.stat(path)
-    return ImageInfo(format="raw", virtual_size=st.st_size,
+    return ImageInfo(format="raw", virtual_size=size,
                      actual_size=_actual_size(st), content_type=content,
                      filename=path)
 

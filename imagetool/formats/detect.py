@@ -12,6 +12,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from imagetool.errors import FormatError, UnsupportedFormat
+from imagetool.formats.raw import fd_size
 
 QCOW2_MAGIC = b"QFI\xfb"
 ISO_MAGIC = b"\x01CD001\x01\x00"
@@ -79,7 +80,7 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     except OSError as e:
         raise FormatError(f"cannot open: {e.strerror}", path) from e
     try:
-        size = os.fstat(fd).st_size
+        size = fd_size(fd)
         head = _read_at(fd, 0, 512)
         tail = _read_at(fd, size - 512, 512) if size >= 512 else b""
         iso = _read_at(fd, ISO_OFFSET, len(ISO_MAGIC))

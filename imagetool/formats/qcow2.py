@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
+from imagetool.formats.raw import fd_size
 
 # Incompatible feature bits.
 INCOMPAT_DIRTY = 1 << 0
@@ -139,7 +140,7 @@ def parse_header(fd: int, path: str) -> Header:
     Encryption, the corrupt bit and external data files are reported, not
     refused: see ``check_readable``.
     """
-    file_size = os.fstat(fd).st_size
+    file_size = fd_size(fd)
     raw = _pread(fd, V3_HEADER_LEN, 0)
     if len(raw) < V2_HEADER_LEN:
         raise _corrupt(path, "file too short for a qcow2 header")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import sys
 import threading
 import zlib
@@ -133,8 +134,16 @@ class Qcow2Backend:
         if len(chain) >= MAX_CHAIN_DEPTH:
             raise CorruptImage(
                 f"backing chain deeper than {MAX_CHAIN_DEPTH}", self.path)
-        if not os.path.exists(bpath):
-            raise FormatError(f"backing file {name!r} not found", self.path)
+        try:
+            mode = os.stat(bpath).st_mode
+        except OSError as e:
+            raise FormatError(f"backing file {name!r} not found", self.path) from e
+        # Opening a FIFO or character device named by a hostile image
+        # could block forever or read endless bytes.
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UnsupportedFeature(
+                f"backing file {name!r} is not a regular file or block device",
+                self.path)
         fmt = h.backing_format
         if fmt is None:
             from imagetool.formats.detect import detect

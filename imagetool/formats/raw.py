@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 import sys
 import threading
 from typing import Iterator
@@ -52,6 +53,14 @@ def _load_fallocate():
 
 _fallocate = _load_fallocate()
 
+
+def fd_size(fd: int) -> int:
+    """Length of an open file or block device (fstat says 0 for devices)."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
 _MODES = {
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,
@@ -86,7 +95,7 @@ class RawBackend:
         self._can_punch: bool | None = None if _fallocate else False
         try:
             if size is not None and mode != "r":
-                if size > os.fstat(self._fd).st_size or mode == "w":
+                if size > fd_size(self._fd) or mode == "w":
                     os.ftruncate(self._fd, size)
         except OSError:
             os.close(self._fd)
@@ -97,7 +106,7 @@ class RawBackend:
     @property
     def size(self) -> int:
         """Current file length in bytes (exact, not rounded)."""
-        return os.fstat(self._fd).st_size
+        return fd_size(self._fd)
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:
         """Data and holes of the file, from SEEK_DATA/SEEK_HOLE.
