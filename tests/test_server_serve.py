@@ -151,3 +151,25 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_second_engine_on_same_dir_leaves_live_transfers_alone(tmp_path, monkeypatch):
+    """Two in-process engines on one data dir (two CLI commands at once):
+    the second must not treat the first one's live transfer as interrupted."""
+    import server_fixtures
+    from imagetool.server.local import LocalEngine
+    monkeypatch.setattr(server_fixtures, "PASSWORD", "secret-1")
+    api_json, wait_for = server_fixtures.api_json, server_fixtures.wait_for
+    with LocalEngine(str(tmp_path), password="secret-1") as first:
+        status, disk = api_json(first, "POST", "disks", {
+            "name": "live", "format": "raw", "provisioned_size": MiB,
+            "storage_domains": {"storage_domain": [{"name": "data"}]}})
+        assert status == 201
+        status, t = api_json(first, "POST", "imagetransfers", {
+            "disk": {"id": disk["id"]}, "direction": "upload", "format": "raw"})
+        assert status == 201
+        wait_for(lambda: api_json(first, "GET", f"imagetransfers/{t['id']}")[1]["phase"],
+                 lambda p: p == "transferring")
+        with LocalEngine(str(tmp_path), password="secret-1"):
+            pass
+        assert api_json(first, "GET", f"imagetransfers/{t['id']}")[1]["phase"] == "transferring"

@@ -57,6 +57,18 @@ def load_or_create_password(data_dir: str, password: str | None = None,
         return f.read().strip(), path
 
 
+def _try_lock(path: str):
+    """An open file holding an exclusive flock on ``path``, or None if taken."""
+    import fcntl
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
@@ -104,6 +116,7 @@ class EngineServer:
         self.dataplane = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._dir_lock = None
 
     def _stable_id(self, key: str) -> str:
         value = self.store.setting(key)
@@ -152,7 +165,11 @@ class EngineServer:
         self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
                                          ssl_context=self.ssl_context)
         self.dataplane.start()
-        self.transfers.start()
+        # Only the first engine on a data dir settles what a crash left
+        # behind; a second one (two CLI commands at once) must not cancel
+        # the first one's live transfers.
+        self._dir_lock = _try_lock(os.path.join(self.data_dir, "engine.lock"))
+        self.transfers.start(recover=self._dir_lock is not None)
         httpd = _HttpServer((self.host, self._port), _Handler)
         if self.ssl_context is not None:
             httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True,
@@ -182,6 +199,9 @@ class EngineServer:
             except Exception:  # a half-written backend must not block shutdown
                 log.exception("closing a ticket's backend failed")
         self.store.close()
+        if self._dir_lock is not None:
+            self._dir_lock.close()   # releases the flock
+            self._dir_lock = None
 
     # --- dispatch -----------------------------------------------------------
 

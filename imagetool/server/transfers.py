@@ -62,9 +62,11 @@ class TransferManager:
 
     # --- lifecycle --------------------------------------------------------
 
-    def start(self) -> None:
-        """Recover transfers interrupted by a crash, then start the monitor."""
-        self.recover()
+    def start(self, recover: bool = True) -> None:
+        """Recover transfers interrupted by a crash (unless another engine
+        process serves the same data dir), then start the monitor."""
+        if recover:
+            self.recover()
         self._stop.clear()
         self._monitor = threading.Thread(target=self._monitor_loop, name="transfer-monitor",
                                          daemon=True)
