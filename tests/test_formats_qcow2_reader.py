@@ -150,7 +150,25 @@ def img_backing_detected(t):
     return top
 
 
+def img_snapshot(t):
+    p = _convert(t, "snap")
+    qemu_img("snapshot", "-c", "before", str(p))
+    # copy-on-write of shared clusters, and new data after the snapshot
+    qemu_io(p, "write -P 0x99 0 100k", "write -z 1M 64k", "write -P 0x98 3M 64k")
+    return p
+
+
+def img_extl2_2m(t):
+    p = t / "extl2-2m.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=2M",
+             str(p), str(8 * MiB))
+    qemu_io(p, "write -P 0x1 64k 64k", "write -z 2M 128k", "write -P 0x2 4160k 1M",
+            "write -P 0x3 8000k 192k")
+    return p
+
+
 BUILDERS = {f.__name__[4:]: f for f in [
+    img_snapshot, img_extl2_2m,
     img_v2, img_v3_512, img_v3_4k, img_v3_2m, img_zlib, img_zlib_v2,
     img_zlib_2m, img_zstd, img_zstd_extl2, img_unaligned, img_zero_clusters,
     img_extl2, img_extl2_nobacking, img_chain3, img_raw_backing_short,
