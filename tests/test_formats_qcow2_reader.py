@@ -220,8 +220,9 @@ def test_shallow_equal_qemu_without_backing(image, tmp_path):
     assert_extents_match_qemu(ours, qemu_map(spec), len(expected))
 
 
-def test_threads_and_clone(tmp_path):
-    path = img_zlib(tmp_path)
+@pytest.mark.parametrize("build", [img_zlib, img_chain3, img_raw_backing_short])
+def test_threads_and_clone(tmp_path, build):
+    path = build(tmp_path)
     expected = qemu_raw_bytes(path, tmp_path)
     errors = []
     with open_image(path) as b:
@@ -236,6 +237,9 @@ def test_threads_and_clone(tmp_path):
                         errors.append((off, n))
                 if c is not b:
                     c.close()
+                    # closing a clone leaves the original (and its chain) usable
+                    if b.read(0, 4096) != expected[:4096]:
+                        errors.append("original broken by clone close")
             except Exception as e:  # report in the main thread
                 errors.append(e)
         ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]

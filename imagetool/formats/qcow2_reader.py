@@ -12,6 +12,7 @@ bad one raises CorruptImage naming the file.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -225,8 +226,25 @@ class Qcow2Backend:
         """Nothing to flush on a read-only image."""
 
     def clone(self) -> "Qcow2Backend":
-        """A new backend (own descriptors) on the same image."""
-        return Qcow2Backend(self.path, shallow=self.shallow, _chain=self._chain)
+        """A new backend with its own descriptors on the same image.
+
+        The parsed header, L1 table and caches are immutable or locked, so
+        clones share them instead of parsing the file again.
+        """
+        other = copy.copy(self)
+        try:
+            other._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as e:
+            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        other._closed = False
+        other.backing = None
+        if self.backing is not None:
+            try:
+                other.backing = self.backing.clone()
+            except BaseException:
+                os.close(other._fd)
+                raise
+        return other
 
     def close(self) -> None:
         """Close this image and its backing chain; safe to call twice."""
