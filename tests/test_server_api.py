@@ -477,3 +477,29 @@ def test_download_ticket_is_read_only_and_sized_to_the_disk(engine):
     wait_transfer(engine, t["id"], ("finished_success",))
     # After finalize the ticket is gone: the URL is refused.
     assert dataplane_status(engine, t["transfer_url"]) == 403
+
+
+def test_legacy_image_id_and_host_id(engine):
+    disk_id = new_disk(engine, "legacy")
+    disk = api_json(engine, "GET", f"disks/{disk_id}")[1]
+    host = api_json(engine, "GET", "hosts")[1]["host"][0]
+    assert host["name"] == "local" and host["status"] == "up"
+    status, _, body = api_request(
+        engine, "POST", "imagetransfers",
+        f'<image_transfer><image id="{disk["image_id"]}"/><host id="{host["id"]}"/>'
+        "<direction>download</direction></image_transfer>", {"Content-Type": "application/xml"})
+    assert status == 201, body
+    t = wait_transfer(engine, xml(body).get("id"), ("transferring",))
+    assert t["disk"]["id"] == disk_id and t["host"]["id"] == host["id"]
+    assert t["format"] == "cow" and t["transfer_url"] == t["proxy_url"]
+    action(engine, t["id"], "finalize")
+    wait_transfer(engine, t["id"], ("finished_success",))
+    status, _, detail = fault(api_request(
+        engine, "POST", "imagetransfers",
+        '<image_transfer><disk id="nope"/><direction>download</direction></image_transfer>',
+        {"Content-Type": "application/xml"}))
+    assert status == 404 and "disk 'nope'" in detail
+    status, reason, detail = fault(api_request(
+        engine, "POST", "imagetransfers", "<image_transfer><direction>upload</direction>"
+        "</image_transfer>", {"Content-Type": "application/xml"}))
+    assert status == 400 and "disk.id|snapshot.id|image.id" in detail
