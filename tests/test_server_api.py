@@ -135,6 +135,11 @@ def test_tokens_expire(tmp_path):
         assert code == 401 and b"Authentication required" in body
 
 
+def test_health_page_needs_no_auth(engine):
+    status, _, body = api_request(engine, "GET", "/ovirt-engine/services/health", auth=False)
+    assert status == 200 and b"DB Up" in body
+
+
 def test_pki_resource_serves_the_ca(engine):
     status, headers, body = api_request(
         engine, "GET",

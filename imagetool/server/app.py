@@ -255,6 +255,8 @@ class EngineServer:
         form = dict(query)
         if body:
             form.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if path == "/ovirt-engine/services/health":
+            return 200, {"Content-Type": "text/plain"}, b"DB Up!Welcome to Health Status!"
         if path == "/ovirt-engine/services/pki-resource":
             if form.get("resource") in ("ca-certificate", "engine-certificate") and self.pki:
                 which = self.pki.ca_file if form["resource"] == "ca-certificate" \
