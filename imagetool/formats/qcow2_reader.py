@@ -42,7 +42,7 @@ _DESC_MASK = (1 << 62) - 1
 MAX_CHAIN_DEPTH = 128
 _L2_CACHE_BYTES = 8 << 20
 _COMP_CACHE_BYTES = 4 << 20
-_ZEROS = bytes(1 << 20)
+_ZEROS = memoryview(bytes(1 << 20))  # sliced without copying
 _HAVE_PREADV = hasattr(os, "preadv")
 _tls = threading.local()
 # A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
@@ -217,9 +217,11 @@ class Qcow2Backend:
         return bytes(buf[:n])
 
     def write(self, offset: int, data) -> None:
+        """Refused: this backend is read-only (UnsupportedFeature)."""
         raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
 
     def zero(self, offset: int, length: int) -> None:
+        """Refused: this backend is read-only (UnsupportedFeature)."""
         raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
 
     def flush(self) -> None:
