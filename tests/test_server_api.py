@@ -508,3 +508,16 @@ def test_legacy_image_id_and_host_id(engine):
         engine, "POST", "imagetransfers", "<image_transfer><direction>upload</direction>"
         "</image_transfer>", {"Content-Type": "application/xml"}))
     assert status == 400 and "disk.id|snapshot.id|image.id" in detail
+
+
+def test_grow_beyond_qcow2_l1_table_is_409(engine):
+    disk_id = new_disk(engine, "grow", fmt="cow", size=MiB)
+    status, _, detail = fault(api_request(
+        engine, "PUT", f"disks/{disk_id}",
+        f"<disk><provisioned_size>{1 << 40}</provisioned_size></disk>",
+        {"Content-Type": "application/xml"}))
+    assert status == 409 and "cannot grow" in detail
+    status, _, detail = fault(api_request(
+        engine, "PUT", f"disks/{disk_id}", "<disk><provisioned_size>4096</provisioned_size></disk>",
+        {"Content-Type": "application/xml"}))
+    assert status == 409 and "cannot be reduced" in detail

@@ -182,7 +182,10 @@ def update_disk(req: Request, disk_id: str) -> Reply:
         if size is not None and size != disk["provisioned_size"]:
             if size < disk["provisioned_size"]:
                 raise conflict("update Virtual Disk", "Disk size cannot be reduced.")
-            engine.storage.resize_volume(disk, size, chain(engine.store, disk))
+            try:
+                engine.storage.resize_volume(disk, size, chain(engine.store, disk))
+            except ValueError as e:
+                raise conflict("extend Virtual Disk", f"{e}.") from None
             disk["provisioned_size"] = size
         engine.store.put("disk", disk)
     return Reply(tag="disk", body=disk_repr(req, disk))
