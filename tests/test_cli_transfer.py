@@ -141,3 +141,56 @@ def test_url_errors(imageio_daemon, home, capsys):
     assert code == 1 and "no-such-ticket" not in err
     code, out, err = run(capsys, "url", "checksum", "http://127.0.0.1:1/images/x")
     assert code == 3
+
+
+def test_against_imagetool_serve_over_tls(home, capsys):
+    """A separate `imagetool serve` process, reached with explicit engine options."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = os.path.join(home, "served")
+    os.mkdir(data)
+    pw = os.path.join(home, "pw")
+    with open(pw, "w") as f:
+        f.write("s3cret\n")
+    log = open(os.path.join(home, "serve.log"), "w+b")   # a pipe could fill and block
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", "serve", "--data-dir", data,
+                             "--password-file", pw],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        lock = os.path.join(data, "serve.json")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(lock):
+            assert proc.poll() is None, open(log.name).read()
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        with open(lock) as f:
+            info = json.load(f)
+        assert info["url"].startswith("https://")
+        opts = ["--engine-url", info["url"], "--username", "admin@internal",
+                "--password-file", pw, "--cafile", info["cafile"]]
+        src = os.path.join(home, "s.raw")
+        make_image(src, 3 * MiB, [(0, MiB)], seed=50)
+        code, out, err = run(capsys, "upload", src, "--sd", "data", "--name", "served",
+                             "--disk-format", "qcow2", "--json", *opts)
+        assert code == 0, err
+        assert json.loads(out)["format"] == "cow"
+        dst = os.path.join(home, "s-back.raw")
+        code, out, err = run(capsys, "download", "served", dst, *opts)
+        assert code == 0, err
+        assert images_equal(src, dst, "raw", "raw")
+        code, out, err = run(capsys, "download", "served", dst + "2",
+                             *opts[:-2], "--cafile", pw)   # not a CA: TLS fails
+        assert code == 3
+        assert not os.path.exists(dst + "2")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
