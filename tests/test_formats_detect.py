@@ -119,3 +119,9 @@ def test_samples(tmp_path, name, fmt, content):
     expected = qemu_raw_bytes(path, tmp_path)
     with open_image(path) as b:
         assert b.read(0, b.size) == expected
+
+
+def test_directory_is_a_clean_error(tmp_path):
+    for call in (detect, inspect, open_image):
+        with pytest.raises(FormatError):
+            call(tmp_path)

@@ -84,6 +84,8 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
         head = _read_at(fd, 0, 512)
         tail = _read_at(fd, size - 512, 512) if size >= 512 else b""
         iso = _read_at(fd, ISO_OFFSET, len(ISO_MAGIC))
+    except OSError as e:  # a directory, an I/O error
+        raise FormatError(f"cannot read: {e.strerror}", path) from e
     finally:
         os.close(fd)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
@@ -117,16 +118,21 @@ def _corrupt(path: str, msg: str) -> CorruptImage:
     return CorruptImage(f"corrupt qcow2 image: {msg}", path)
 
 
-def _pread(fd: int, length: int, offset: int) -> bytes:
+_SEEK_LOCK = threading.Lock()
+
+
+def pread(fd: int, length: int, offset: int) -> bytes:
+    """Positional read; seek+read under a lock where pread is missing."""
     if hasattr(os, "pread"):
         return os.pread(fd, length, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.read(fd, length)
+    with _SEEK_LOCK:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)
 
 
 def read_exact(fd: int, path: str, offset: int, length: int, what: str) -> bytes:
     """Read exactly ``length`` bytes or raise CorruptImage naming ``what``."""
-    data = _pread(fd, length, offset)
+    data = pread(fd, length, offset)
     if len(data) != length:
         raise _corrupt(path, f"{what} at offset {offset} is truncated")
     return data
@@ -141,7 +147,7 @@ def parse_header(fd: int, path: str) -> Header:
     refused: see ``check_readable``.
     """
     file_size = fd_size(fd)
-    raw = _pread(fd, V3_HEADER_LEN, 0)
+    raw = pread(fd, V3_HEADER_LEN, 0)
     if len(raw) < V2_HEADER_LEN:
         raise _corrupt(path, "file too short for a qcow2 header")
     f = _V2.unpack_from(raw)
@@ -216,7 +222,7 @@ def _read_extensions(fd: int, h: Header) -> None:
         end = min(end, h.backing_file_offset)
     if start >= end:
         return
-    region = _pread(fd, end - start, start)
+    region = pread(fd, end - start, start)
     pos = 0
     while pos + 8 <= len(region):
         etype, elen = struct.unpack_from(">II", region, pos)

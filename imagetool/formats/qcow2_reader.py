@@ -387,7 +387,7 @@ class Qcow2Backend:
             if _HAVE_PREADV:
                 got = os.preadv(self._fd, [part[done:]], host + done)
             else:
-                chunk = os.pread(self._fd, len(part) - done, host + done)
+                chunk = qcow2.pread(self._fd, len(part) - done, host + done)
                 part[done:done + len(chunk)] = chunk
                 got = len(chunk)
             if got == 0:
@@ -419,7 +419,7 @@ class Qcow2Backend:
             raise CorruptImage(
                 f"corrupt qcow2 image: compressed cluster at 0x{coff:x} invalid",
                 self.path)
-        comp = os.pread(self._fd, min(csize, self._file_size - coff), coff)
+        comp = qcow2.pread(self._fd, min(csize, self._file_size - coff), coff)
         data = self._inflate(comp, coff)
         with self._lock:
             self._comp_cache[desc] = data
