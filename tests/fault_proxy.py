@@ -35,6 +35,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -54,13 +55,17 @@ class Action:
 
 @dataclass(frozen=True)
 class CutRequestBody(Action):
-    """Forward only the first ``after`` bytes of the request body, then close both sides."""
+    """Forward the request head and the first ``after`` bytes of its body, then
+    close both sides. A body no longer than ``after`` goes through whole and the
+    connection is closed before any reply (``after=0`` on a GET: the request
+    reaches the upstream, the client gets no answer)."""
     after: int
 
 
 @dataclass(frozen=True)
 class CutResponseBody(Action):
-    """Forward the request, the response head and ``after`` body bytes, then close both sides."""
+    """Forward the request, the response head and the first ``after`` bytes of
+    the response body, then close both sides (also when the body is shorter)."""
     after: int
 
 
@@ -468,6 +473,17 @@ class FaultProxy:
         with self._lock:
             return self._stats.copy()
 
+    def wait_faults(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait until at least ``count`` faults have fired; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if len(self._stats.faults) >= count:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
     def reset_stats(self) -> None:
         """Zero every counter."""
         with self._lock:
@@ -707,6 +723,8 @@ class FaultProxy:
             except (OSError, _Closed, _ProtocolError):
                 pass
             return False
+        if cut is not None:
+            return False            # the whole body fitted under the cut point
         if isinstance(action, Delay):
             if self._stopping.wait(action.seconds):
                 return False
