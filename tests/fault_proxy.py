@@ -425,16 +425,19 @@ class FaultProxy:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close the listener and every connection; join all threads."""
+        deadline = time.monotonic() + timeout
         self._stopping.set()
         with self._lock:
             listener, self._listener = self._listener, None
-            threads = list(self._threads.values())
         _close_listener(listener)
-        self._cut_all()
+        # Once the accept thread is gone no connection can appear any more.
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
+        with self._lock:
+            threads = list(self._threads.values())
+        self._cut_all()
         for t in threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "FaultProxy":
         return self.start()
