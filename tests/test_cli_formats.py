@@ -164,3 +164,16 @@ def test_console_script_subprocess(images):
                         str(images["raw"])], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == reference_checksum(str(images["raw"]))
+
+
+def test_info_iso_content_type(capsys, tmp_path):
+    iso = tmp_path / "cd.iso"
+    with open(iso, "wb") as f:
+        f.truncate(64 * 1024)
+        f.seek(0x8000)
+        f.write(b"\x01CD001\x01\x00")
+    code, out, _ = imagetool(capsys, "info", iso)
+    assert code == 0
+    assert "file format: raw" in out and "content type: iso" in out
+    code, out, _ = imagetool(capsys, "info", "--json", iso)
+    assert json.loads(out)["content_type"] == "iso"

@@ -257,3 +257,27 @@ def test_invalid_arguments(tmp_path):
     w.close()  # twice is fine
     with pytest.raises(ValueError, match="closed"):
         w.write(0, b"x")
+
+
+def test_flushed_image_is_valid_while_still_open(tmp_path):
+    size = 4 * MiB
+    path = tmp_path / "open.qcow2"
+    ref = bytearray(size)
+    w = Qcow2Writer.create(path, size, cluster_size=64 * KiB)
+    try:
+        qemu_check(path)  # valid from the start: nothing allocated
+        w.write(0, b"\x01" * MiB)
+        ref[:MiB] = b"\x01" * MiB
+        w.flush()
+        write_raw(tmp_path / "ref1.raw", ref)
+        assert "leaks" not in qemu_check(path)
+        qemu_compare(path, tmp_path / "ref1.raw", "qcow2", "raw")
+        w.write(2 * MiB, b"\x02" * MiB)  # not flushed: unreferenced on disk
+        assert "leaks" not in qemu_check(path)
+        qemu_compare(path, tmp_path / "ref1.raw", "qcow2", "raw")
+        ref[2 * MiB:3 * MiB] = b"\x02" * MiB
+    finally:
+        w.close()
+    write_raw(tmp_path / "ref2.raw", ref)
+    qemu_compare(path, tmp_path / "ref2.raw", "qcow2", "raw")
+    assert "leaks" not in qemu_check(path)
