@@ -165,3 +165,18 @@ def test_plan_aligns_to_clusters():
     plan = list(convert_mod._plan(b, 64 * KiB, 512 * KiB))
     assert plan == [(0, 64 * KiB, True), (64 * KiB, 128 * KiB, False),
                     (192 * KiB, 512 * KiB, True), (704 * KiB, 320 * KiB, True)]
+
+
+@pytest.mark.parametrize("out_format", ["raw", "qcow2"])
+def test_allocated_zeros_become_sparse(tmp_path, out_format):
+    src = tmp_path / "prealloc.raw"
+    data = bytearray(8 * MiB)
+    data[:MiB] = b"\x09" * MiB
+    data[5 * MiB + 100:5 * MiB + 200] = b"\x0a" * 100
+    src.write_bytes(data)  # fully allocated, zeros included
+    dst = tmp_path / f"out.{out_format}"
+    convert(src, dst, out_format)
+    qemu_compare(src, dst)
+    mapping = qemu_img_json("map", dst)
+    allocated = sum(m["length"] for m in mapping if m["data"])
+    assert allocated <= MiB + 64 * KiB
