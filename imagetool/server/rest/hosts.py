@@ -13,7 +13,7 @@ def host_repr(req: Request) -> dict:
     return {
         "href": base, "id": engine.host_id, "name": "local",
         "comment": None, "description": "imagetool local host",
-        "actions": action_links(req, base, ["activate", "deactivate", "refresh"]),
+        "actions": action_links(req, base, []),
         "link": sub_links(base, ["nics", "statistics", "storage", "tags"]),
         "address": engine.public_host, "status": "up", "type": "rhel",
         "external_status": "ok", "port": engine.dataplane_port,

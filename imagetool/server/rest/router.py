@@ -139,8 +139,18 @@ _SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hook
             "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 
 
+# Seed actions on implemented entities that the local engine does not do.
+_ACTIONS = {"export", "reduce", "refreshlun", "sparsify", "activate", "deactivate",
+            "refresh", "refreshluns", "updateovfstore", "reduceluns", "start", "stop",
+            "shutdown", "commit", "preview", "undo", "import", "clone", "migrate"}
+
+
 def _unknown(path: str) -> ApiError:
     parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] in _PARENTS and parts[-1] in _ACTIONS:
+        return ApiError(501, "Not Implemented",
+                        f"The local engine does not implement the '{parts[-1]}' action "
+                        f"of {parts[0]}")
     if parts and parts[0] in _UNIMPLEMENTED:
         return ApiError(501, "Not Implemented",
                         f"The local engine does not implement the '{parts[0]}' service")

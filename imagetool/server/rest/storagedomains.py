@@ -16,7 +16,7 @@ def sd_repr(req: Request, sd: dict) -> dict:
     return {
         "href": base, "id": sd["id"], "name": sd["name"],
         "description": sd.get("description"),
-        "actions": action_links(req, base, ["refreshluns", "updateovfstore", "reduceluns"]),
+        "actions": action_links(req, base, []),
         "link": sub_links(base, ["disks", "disksnapshots", "files", "permissions",
                                   "storageconnections", "templates", "vms"]),
         "available": available, "used": used, "committed": committed,

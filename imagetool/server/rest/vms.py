@@ -33,7 +33,7 @@ def vm_repr(req: Request, vm: dict, all_content: bool = False) -> dict:
     body = {
         "href": base, "id": vm["id"], "name": vm["name"],
         "description": vm.get("description") or None,
-        "actions": action_links(req, base, ["export", "restore", "start", "stop", "shutdown"]),
+        "actions": action_links(req, base, []),
         "link": sub_links(base, ["diskattachments", "snapshots", "nics", "permissions"]),
         "creation_time": iso_date(vm.get("created")),
         "memory": vm.get("memory", 1 << 30), "status": "down", "type": "server",
@@ -67,7 +67,7 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
     base = req.href("vms", vm["id"], "snapshots", snap["id"])
     return {
         "href": base, "id": snap["id"], "description": snap["description"],
-        "actions": action_links(req, base, ["restore", "commit", "preview", "undo"]),
+        "actions": action_links(req, base, ["restore"]),
         "link": sub_links(base, ["disks", "cdroms", "nics"]),
         "date": iso_date(snap.get("date")), "persist_memorystate": False,
         "snapshot_status": snap.get("status", "ok"), "snapshot_type": snap.get("type", "regular"),
