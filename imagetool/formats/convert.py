@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterator
 
 from imagetool.errors import FormatError
@@ -138,17 +138,15 @@ def _copy(src: Backend, dst: Backend, align: int, request_size: int,
         return length
 
     copied = 0
-    done_zero = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         inflight: set[Future] = set()
         try:
             for offset, length, is_data in _plan(src, align, request_size):
                 if not is_data:
-                    done_zero += length
                     report(length)
                     continue
                 if len(inflight) >= 2 * workers:
-                    finished, inflight = wait(inflight, return_when=FIRST_EXCEPTION)
+                    finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                     for f in finished:
                         n = f.result()
                         copied += n
