@@ -193,3 +193,24 @@ def test_vm_from_ovf_requires_disks(connection, vm_with_disk):
 
 def compare(a, b):
     assert "Images are identical" in qemu_img("compare", a, b)
+
+
+def test_remove_disk_snapshot_merges_that_layer(connection, engine, tmp_path, vm_with_disk):
+    vm, vm_service, disk, src = vm_with_disk
+    snaps = vm_service.snapshots_service()
+    snaps.add(types.Snapshot(description="only"))
+    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x44 2M 64k")
+    expected = str(tmp_path / "expected.qcow2")
+    shutil.copy(src, expected)
+    qemu_io(expected, "qcow2", "write -P 0x44 2M 64k")
+    layers = connection.system_service().disks_service().disk_service(disk.id) \
+        .disk_snapshots_service()
+    base = next(s for s in layers.list() if s.parent is None)
+    top = next(s for s in layers.list() if s.parent is not None)
+    with pytest.raises(sdk.Error) as e:
+        layers.snapshot_service(top.id).remove()
+    assert e.value.code == 409 and "active layer" in str(e.value)
+    layers.snapshot_service(base.id).remove()
+    assert [s.id for s in layers.list()] == [top.id]
+    assert [s.description for s in snaps.list()] == ["Active VM"]
+    compare(download(connection, engine, str(tmp_path / "d.qcow2"), disk_id=disk.id), expected)

@@ -12,7 +12,7 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
                                           search_filter, sub_links)
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
-from imagetool.server.storage import new_id
+from imagetool.server.storage import merge_layer, new_id
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -274,6 +274,54 @@ def move_disk(req: Request, disk_id: str) -> Reply:
                                      "job": ref(req, "jobs", job["id"])})
 
 
+def merge_down(engine, disk: dict, lower_id: str) -> None:
+    """Merge volume ``lower_id`` into the volume above it and drop it.
+
+    The upper volume keeps its id (it may be the disk's active layer) and
+    inherits the lower one's parent. Call under the store's transaction.
+    """
+    store, st = engine.store, engine.storage
+    lower = store.get("volume", lower_id)
+    upper = next(v for v in store.list("volume", lambda v: v["disk_id"] == disk["id"])
+                 if v.get("parent_id") == lower_id)
+    parent_id = lower.get("parent_id")
+    parent_fmt = None
+    if parent_id:
+        parent_fmt = "qcow2" if store.get("volume", parent_id)["format"] == "cow" else "raw"
+    merge_layer(st.volume_path(disk["sd_id"], disk["id"], lower_id),
+                st.volume_path(disk["sd_id"], disk["id"], upper["id"]),
+                parent_id, parent_fmt, disk["provisioned_size"])
+    meta = st.read_meta(disk["sd_id"], disk["id"], upper["id"])
+    st.write_meta(disk["sd_id"], disk["id"], upper["id"], dict(meta, parent=parent_id))
+    store.update("volume", upper["id"], parent_id=parent_id)
+    store.delete("volume", lower_id)
+    st.remove_volume(disk["sd_id"], disk["id"], lower_id)
+
+
+def remove_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
+    """DELETE /disks/{id}/disksnapshots/{sid}: merge that layer away."""
+    engine = req.engine
+    store = engine.store
+    with store.transaction():
+        disk = get_or_404(req, "disk", disk_id, "disk")
+        vol = get_or_404(req, "volume", vol_id, "disk snapshot")
+        if vol["disk_id"] != disk_id:
+            raise not_found(f"disk snapshot '{vol_id}'")
+        check_usable(disk, "remove Disk Snapshot")
+        if vol_id == disk["image_id"]:
+            raise conflict("remove Disk Snapshot", "The active layer of a disk cannot be removed.")
+        merge_down(engine, disk, vol_id)
+        snap = store.get("snapshot", vol.get("snapshot_id") or "")
+        if snap is not None:
+            snap["volumes"].pop(disk_id, None)
+            if snap["volumes"]:
+                store.put("snapshot", snap)
+            else:
+                store.delete("snapshot", snap["id"])
+    record_job(engine, f"Removing Disk Snapshot of disk {disk['name']}", ["Merging layers"])
+    return Reply(status=200)
+
+
 def list_disk_snapshots(req: Request, disk_id: str) -> Reply:
     disk = get_or_404(req, "disk", disk_id, "disk")
     base = req.href("disks", disk_id, "disksnapshots")
@@ -300,3 +348,4 @@ def register(router: Router) -> None:
     router.add("POST", "/disks/{disk_id}/move", move_disk)
     router.add("GET", "/disks/{disk_id}/disksnapshots", list_disk_snapshots)
     router.add("GET", "/disks/{disk_id}/disksnapshots/{vol_id}", get_disk_snapshot)
+    router.add("DELETE", "/disks/{disk_id}/disksnapshots/{vol_id}", remove_disk_snapshot)

@@ -18,7 +18,7 @@ from imagetool.server.rest.common import (action_links, get_or_404, iso_date, re
                                           search_filter, sub_links)
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
-from imagetool.server.storage import merge_layer, new_id
+from imagetool.server.storage import new_id
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
 BLANK = "00000000-0000-0000-0000-000000000000"
@@ -364,7 +364,6 @@ def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     """DELETE a snapshot: merge each of its layers into the layer above."""
     engine = req.engine
     store = engine.store
-    st = engine.storage
     with store.transaction():
         vm = _find_vm(req, vm_id)
         snap = _find_snapshot(req, vm, snap_id)
@@ -375,23 +374,8 @@ def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
             if d is not None:
                 disks_mod.check_usable(d, "remove Snapshot")
         for d in disks:
-            if d is None:
-                continue
-            lower = store.get("volume", snap["volumes"][d["id"]])
-            upper = next(v for v in store.list("volume", lambda v: v["disk_id"] == d["id"])
-                         if v.get("parent_id") == lower["id"])
-            parent_id = lower.get("parent_id")
-            parent_fmt = None
-            if parent_id:
-                parent_fmt = "qcow2" if store.get("volume", parent_id)["format"] == "cow" else "raw"
-            merge_layer(st.volume_path(d["sd_id"], d["id"], lower["id"]),
-                        st.volume_path(d["sd_id"], d["id"], upper["id"]),
-                        parent_id, parent_fmt, d["provisioned_size"])
-            meta = st.read_meta(d["sd_id"], d["id"], upper["id"])
-            st.write_meta(d["sd_id"], d["id"], upper["id"], dict(meta, parent=parent_id))
-            store.update("volume", upper["id"], parent_id=parent_id)
-            store.delete("volume", lower["id"])
-            st.remove_volume(d["sd_id"], d["id"], lower["id"])
+            if d is not None:
+                disks_mod.merge_down(engine, d, snap["volumes"][d["id"]])
         store.delete("snapshot", snap_id)
     record_job(engine, f"Removing Snapshot {snap['description']} of VM {vm['name']}",
                ["Merging layers"])
