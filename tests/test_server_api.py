@@ -523,3 +523,12 @@ def test_grow_beyond_qcow2_l1_table_is_409(engine):
         engine, "PUT", f"disks/{disk_id}", "<disk><provisioned_size>4096</provisioned_size></disk>",
         {"Content-Type": "application/xml"}))
     assert status == 409 and "cannot be reduced" in detail
+
+
+def test_preallocated_raw_disk_is_allocated(engine):
+    sparse_id = new_disk(engine, "sparse", size=4 * MiB)
+    full_id = new_disk(engine, "prealloc", size=4 * MiB, extra="<sparse>false</sparse>")
+    sparse = api_json(engine, "GET", f"disks/{sparse_id}")[1]
+    full = api_json(engine, "GET", f"disks/{full_id}")[1]
+    assert full["sparse"] == "false" and int(full["actual_size"]) >= 4 * MiB
+    assert int(sparse["actual_size"]) < MiB

@@ -173,3 +173,22 @@ def test_second_engine_on_same_dir_leaves_live_transfers_alone(tmp_path, monkeyp
         with LocalEngine(str(tmp_path), password="secret-1"):
             pass
         assert api_json(first, "GET", f"imagetransfers/{t['id']}")[1]["phase"] == "transferring"
+
+
+def test_plain_http_engine_with_sdk(tmp_path):
+    """--no-tls: the SDK and the data plane speak plain HTTP."""
+    from imagetool.server.local import LocalEngine
+    with LocalEngine(str(tmp_path), tls=False, password=PASSWORD) as eng:
+        assert eng.url.startswith("http://") and eng.cafile is None
+        con = sdk.Connection(url=eng.url, username="admin@internal", password=PASSWORD)
+        system = con.system_service()
+        disk = system.disks_service().add(types.Disk(
+            name="plain", format=types.DiskFormat.RAW, provisioned_size=MiB,
+            storage_domains=[types.StorageDomain(name="data")]))
+        t = system.image_transfers_service().add(types.ImageTransfer(
+            disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.DOWNLOAD))
+        t = wait_phase(con, t.id, ["transferring"])
+        assert t.transfer_url.startswith("http://127.0.0.1:")
+        system.image_transfers_service().image_transfer_service(t.id).finalize()
+        wait_phase(con, t.id, ["finished_success"])
+        con.close()

@@ -71,16 +71,20 @@ class Storage:
         return os.path.join(self.disk_dir(sd_id, disk_id), vol_id)
 
     def create_volume(self, sd_id: str, disk_id: str, vol_id: str, fmt: str,
-                      size: int, parent_id: str | None = None) -> str:
-        """Create an empty raw (sparse) or qcow2 volume; returns its path.
+                      size: int, parent_id: str | None = None,
+                      preallocate: bool = False) -> str:
+        """Create an empty raw or qcow2 volume; returns its path.
 
-        A cow volume with ``parent_id`` is a new layer over that volume.
+        A raw volume is sparse unless ``preallocate``; a cow volume with
+        ``parent_id`` is a new layer over that volume.
         """
         os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
         path = self.volume_path(sd_id, disk_id, vol_id)
         if fmt == "raw":
             with open(path, "wb") as f:
                 f.truncate(size)
+                if preallocate and size:
+                    os.posix_fallocate(f.fileno(), 0, size)
         else:
             from imagetool.formats.qcow2_writer import Qcow2Writer
             backing_fmt = None

@@ -101,7 +101,8 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
     disk_id = disk_id or new_id()
     vol_id = new_id()
     start = time.time()
-    engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size)
+    engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size,
+                                 preallocate=not sparse)
     disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
             "provisioned_size": provisioned_size, "initial_size": initial_size,
             "sparse": sparse, "content_type": content_type, "backup": backup,
