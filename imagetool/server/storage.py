@@ -141,24 +141,6 @@ class Storage:
         except FileNotFoundError:
             return 0
 
-    def copy_disk(self, src_sd: str, src_disk: str, dst_sd: str, dst_disk: str,
-                  vol_map: dict[str, str]) -> None:
-        """Copy every volume of a disk to another (domain, disk) keeping holes.
-
-        ``vol_map`` maps source volume ids to destination ids; qcow2 layers
-        name parents by id, so a copy with new ids must keep the same ids or
-        be a single flat volume (the callers only copy with the same ids or
-        one volume).
-        """
-        os.makedirs(self.disk_dir(dst_sd, dst_disk), exist_ok=True)
-        for src_vol, dst_vol in vol_map.items():
-            src = self.volume_path(src_sd, src_disk, src_vol)
-            dst = self.volume_path(dst_sd, dst_disk, dst_vol)
-            _sparse_copy(src, dst)
-            meta = self.read_meta(src_sd, src_disk, src_vol)
-            self.write_meta(dst_sd, dst_disk, dst_vol, meta)
-
-
     def flatten(self, vols: list[dict], fmt: str, size: int, sd_id: str, disk_id: str,
                 vol_id: str) -> str:
         """Write the guest data of a chain (base..top) as one new volume."""
