@@ -77,7 +77,9 @@ class TransferManager:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=10)
-        for w in list(self._workers):
+        with self._locks_guard:
+            workers = list(self._workers)
+        for w in workers:
             w.join(timeout=30)
         self._persist_progress()
 
@@ -87,7 +89,8 @@ class TransferManager:
 
     def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
         t = threading.Thread(target=fn, args=args, daemon=True, name="transfer-phase")
-        self._workers = [w for w in self._workers if w.is_alive()] + [t]
+        with self._locks_guard:
+            self._workers = [w for w in self._workers if w.is_alive()] + [t]
         t.start()
 
     def _set(self, tid: str, **fields: Any) -> dict:
@@ -416,6 +419,8 @@ class TransferManager:
             if t["phase"] in TERMINAL:
                 if t.get("finished_at") and now - t["finished_at"] > self.finished_ttl:
                     self.store.delete("transfer", t["id"])
+                    with self._locks_guard:
+                        self._locks.pop(t["id"], None)
                 continue
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
