@@ -128,3 +128,34 @@ def test_remote_checksum_matches_reference_client(connection, engine, tmp_path):
     assert finish(connection, transfer) == "finished_success"
     local = client.checksum(src)
     assert remote["checksum"] == local["checksum"]
+
+
+def test_parallel_transfers(connection, engine, tmp_path):
+    """Several uploads at once, each with its own disk and ticket."""
+    import threading
+    srcs, disks, transfers = [], [], []
+    for i in range(3):
+        srcs.append(make_image(str(tmp_path / f"p{i}.qcow2"), "qcow2"))
+        disks.append(add_disk(connection, f"parallel-{i}", "cow", 4 * MiB))
+        transfers.append(start_transfer(connection, "upload", "raw", disks[-1].id))
+    errors = []
+
+    def run(i):
+        try:
+            client.upload(srcs[i], transfers[i].transfer_url, engine.cafile)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(3):
+        assert finish(connection, transfers[i]) == "finished_success"
+        dst = str(tmp_path / f"d{i}.qcow2")
+        t = start_transfer(connection, "download", "raw", disks[i].id)
+        client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
+        assert finish(connection, t) == "finished_success"
+        compare(srcs[i], dst)
