@@ -4,11 +4,12 @@ TLS, ovirt_imageio.client moves the bytes, qemu-img judges the result."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
 from server_fixtures import (MiB, connection, engine, get_file, make_image,  # noqa: F401
-                             put_file, qemu_img, wait_for, wait_phase)
+                             put_file, qemu_img, qemu_io, wait_for, wait_phase)
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -136,6 +137,7 @@ def test_parallel_transfers(connection, engine, tmp_path):
     srcs, disks, transfers = [], [], []
     for i in range(3):
         srcs.append(make_image(str(tmp_path / f"p{i}.qcow2"), "qcow2"))
+        qemu_io(srcs[-1], "qcow2", f"write -P {0x30 + i} 3M 64k")   # tell them apart
         disks.append(add_disk(connection, f"parallel-{i}", "cow", 4 * MiB))
         transfers.append(start_transfer(connection, "upload", "raw", disks[-1].id))
     errors = []
@@ -159,3 +161,5 @@ def test_parallel_transfers(connection, engine, tmp_path):
         client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
         assert finish(connection, t) == "finished_success"
         compare(srcs[i], dst)
+        assert "Images are identical" not in subprocess.run(
+            ["qemu-img", "compare", srcs[(i + 1) % 3], dst], capture_output=True, text=True).stdout
