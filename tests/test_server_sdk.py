@@ -36,7 +36,7 @@ def start_transfer(connection, direction, fmt, disk_id=None, snapshot_id=None):
     return wait_phase(connection, transfer.id, ["transferring"])
 
 
-def finish(connection, transfer, expect="finished_success"):
+def finish(connection, transfer):
     service = connection.system_service().image_transfers_service().image_transfer_service(
         transfer.id)
     service.finalize()
