@@ -192,3 +192,20 @@ def test_plain_http_engine_with_sdk(tmp_path):
         system.image_transfers_service().image_transfer_service(t.id).finalize()
         wait_phase(con, t.id, ["finished_success"])
         con.close()
+
+
+def test_port_in_use_fails_cleanly(tmp_path):
+    import socket
+    from imagetool.server.local import LocalEngine
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        engine = LocalEngine(str(tmp_path), password=PASSWORD, port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            engine.start()
+        assert engine.server.dataplane is None        # nothing left serving
+    finally:
+        taken.close()
+    with LocalEngine(str(tmp_path), password=PASSWORD) as again:
+        assert again.server._dir_lock is not None     # the data dir lock was released

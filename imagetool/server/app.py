@@ -161,6 +161,15 @@ class EngineServer:
 
     def start(self) -> "EngineServer":
         """Start the data plane, the transfer monitor and the HTTP server."""
+        try:
+            self._start()
+        except BaseException:
+            # e.g. the port is taken: leave nothing running behind.
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         from imagetool.server.dataplane import DataPlaneServer
         self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
                                          ssl_context=self.ssl_context)
@@ -179,7 +188,6 @@ class EngineServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="engine-http", daemon=True)
         self._thread.start()
-        return self
 
     def stop(self) -> None:
         """Stop serving; interrupted transfers are settled on the next start."""
