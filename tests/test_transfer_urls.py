@@ -143,3 +143,22 @@ def test_checksum_and_info(imageio_daemon, scratch, src_raw):
     assert "extents" in info["features"] and "zero" not in info["features"]
     assert info["data_bytes"] + info["zero_bytes"] == SIZE
     assert "/images/***" in info["url"]
+
+
+def test_workers_use_at_most_n_connections(imageio_daemon, scratch, src_raw):
+    # qemu-nbd --shared=8 serves 8 clients: a 9th connection would hang.
+    target = os.path.join(scratch, "target.raw")
+    with open(target, "wb") as f:
+        f.truncate(SIZE)
+    seen = []
+    with QemuNbd(target, "raw") as nbd:
+        tid = "t-conn-count"
+        url = imageio_daemon.add_ticket(nbd_socket=nbd.socket_path, size=SIZE,
+                                        ticket_id=tid)
+
+        def progress(n):
+            seen.append(imageio_daemon.ticket_info(tid)["connections"])
+
+        upload_url(src_raw, url, workers=8, request_size=256 * 1024, progress=progress)
+    assert 1 <= max(seen) <= 8
+    assert images_equal(src_raw, target, "raw", "raw")

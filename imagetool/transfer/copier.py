@@ -10,6 +10,7 @@ memory stays at about ``workers x request_size`` whatever the image size.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -215,7 +216,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     file), so zero ranges are skipped. ``progress(nbytes)`` is called as
     ranges finish, zero ranges included, so the total reaches ``src.size``.
     ``on_done(start, length)`` is called for every finished request (for a
-    resume journal). ``detect_zeroes`` (with ``dst_is_zero``): data that
+    resume journal). Worker 0 uses ``src``/``dst`` themselves, the others
+    ``clone()``s, so ``workers`` is also the number of connections an HTTP
+    backend opens. ``detect_zeroes`` (with ``dst_is_zero``): data that
     reads as all zeros is not written, so a source that cannot report holes
     still gives a sparse destination. ``check_size`` refuses a destination
     smaller than the source. Both callbacks are called with a lock held,
@@ -249,7 +252,14 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
             _flush(run, d)
 
     try:
-        for _ in range(workers):
+        # Start the extents before any worker runs: an HTTP source fetches
+        # them in one request, after which worker 0 may use its connection.
+        extents = iter(src.extents("zero"))
+        first = next(extents, None)
+        # Worker 0 uses the caller's backends, the others clones: a server
+        # allowing N connections (qemu-nbd --shared=N) serves N workers.
+        pairs = [(src, dst)]
+        for _ in range(workers - 1):
             s = src.clone()
             try:
                 d = dst.clone()
@@ -257,13 +267,15 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
                 s.close()
                 raise
             clones.append((s, d))
-        for i, (s, d) in enumerate(clones):
+            pairs.append((s, d))
+        for i, (s, d) in enumerate(pairs):
             t = threading.Thread(target=run_worker, args=(s, d),
                                  name=f"copy-worker-{i}", daemon=True)
             t.start()
             threads.append(t)
-        requests = plan(src.extents("zero"), request_size=request_size,
-                        dst_is_zero=dst_is_zero, dst_zero=_supports_zero(dst))
+        requests = plan(itertools.chain([first] if first else [], extents),
+                        request_size=request_size, dst_is_zero=dst_is_zero,
+                        dst_zero=_supports_zero(dst))
         for req in requests:
             if req.op == "skip":
                 run.done(req)
