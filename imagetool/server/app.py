@@ -297,6 +297,9 @@ class _HttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits
+    # for the client's delayed ACK (~40 ms per request on loopback).
+    disable_nagle_algorithm = True
     server_version = "imagetool-engine"
     sys_version = ""
     timeout = 120
