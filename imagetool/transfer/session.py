@@ -91,7 +91,11 @@ class TransferSession:
             self.cancel()
             return  # re-raised by Python
         if not self.finished:
-            self.finalize()
+            try:
+                self.finalize()
+            except BaseException:
+                self.cancel()   # never leave the disk locked
+                raise
 
     def start(self) -> None:
         """Create the transfer and wait until the data plane serves it."""
