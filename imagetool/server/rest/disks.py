@@ -21,9 +21,14 @@ CONTENT_TYPES = ("data", "iso", "ovf_store", "memory_dump_volume", "memory_metad
                  "hosted_engine_configuration", "backup_scratch")
 
 
-def chain(store, disk: dict) -> list[dict]:
-    """The disk's volumes from base to active (top)."""
-    vols = {v["id"]: v for v in store.list("volume", lambda v: v["disk_id"] == disk["id"])}
+def chain(store, disk: dict, all_volumes: list[dict] | None = None) -> list[dict]:
+    """The disk's volumes from base to active (top).
+
+    ``all_volumes``: every volume, when the caller already has them (lists).
+    """
+    if all_volumes is None:
+        all_volumes = store.list("volume", lambda v: v["disk_id"] == disk["id"])
+    vols = {v["id"]: v for v in all_volumes if v["disk_id"] == disk["id"]}
     out = []
     cur = vols.get(disk["image_id"])
     while cur is not None:
@@ -35,8 +40,12 @@ def chain(store, disk: dict) -> list[dict]:
 def disk_actual_size(req: Request, disk: dict) -> int:
     """Bytes allocated by every volume of the disk."""
     st = req.engine.storage
+    # One volume listing per request, not one per disk of a long list.
+    cache = req.__dict__.setdefault("_volumes", None)
+    if cache is None:
+        cache = req.__dict__["_volumes"] = req.engine.store.list("volume")
     return sum(st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
-               for v in chain(req.engine.store, disk))
+               for v in chain(req.engine.store, disk, cache))
 
 
 def disk_repr(req: Request, d: dict) -> dict:
