@@ -532,3 +532,24 @@ def test_preallocated_raw_disk_is_allocated(engine):
     full = api_json(engine, "GET", f"disks/{full_id}")[1]
     assert full["sparse"] == "false" and int(full["actual_size"]) >= 4 * MiB
     assert int(sparse["actual_size"]) < MiB
+
+
+def test_transfer_reports_active_while_a_client_is_connected(engine):
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+    disk_id = new_disk(engine, "active")
+    t = add_transfer(engine, disk_id, direction="download")
+    assert t["active"] == "false"
+    parts = urlsplit(t["transfer_url"])
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port,
+                                       context=ssl.create_default_context(cafile=engine.cafile))
+    conn.request("GET", parts.path, headers={"Range": "bytes=0-4095"})
+    resp = conn.getresponse()
+    assert resp.status == 206 and len(resp.read()) == 4096
+    wait_for(lambda: get_transfer(engine, t["id"]), lambda x: x["active"] == "true", 5)
+    assert int(get_transfer(engine, t["id"])["transferred"]) == 4096
+    conn.close()
+    wait_for(lambda: get_transfer(engine, t["id"]), lambda x: x["active"] == "false", 5)
+    action(engine, t["id"], "finalize")
+    wait_transfer(engine, t["id"], ("finished_success",))
