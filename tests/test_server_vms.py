@@ -18,12 +18,13 @@ types = sdk.types
 client = pytest.importorskip("ovirt_imageio.client")
 
 
-def transfer(connection, direction, disk_id=None, snapshot_id=None, fmt="raw"):
+def transfer(connection, direction, disk_id=None, snapshot_id=None, fmt="raw", shallow=None):
     service = connection.system_service().image_transfers_service()
     t = service.add(types.ImageTransfer(
         disk=types.Disk(id=disk_id) if disk_id else None,
         snapshot=types.DiskSnapshot(id=snapshot_id) if snapshot_id else None,
-        direction=types.ImageTransferDirection(direction), format=types.DiskFormat(fmt)))
+        direction=types.ImageTransferDirection(direction), format=types.DiskFormat(fmt),
+        shallow=shallow))
     return wait_phase(connection, t.id, ["transferring"])
 
 
@@ -33,8 +34,9 @@ def finalize(connection, t):
     assert t.phase == types.ImageTransferPhase.FINISHED_SUCCESS
 
 
-def download(connection, engine, dst, disk_id=None, snapshot_id=None, fmt="qcow2"):
-    t = transfer(connection, "download", disk_id, snapshot_id)
+def download(connection, engine, dst, disk_id=None, snapshot_id=None, fmt="qcow2",
+             shallow=None):
+    t = transfer(connection, "download", disk_id, snapshot_id, shallow=shallow)
     client.download(t.transfer_url, dst, engine.cafile, fmt=fmt)
     finalize(connection, t)
     return dst
@@ -214,3 +216,32 @@ def test_remove_disk_snapshot_merges_that_layer(connection, engine, tmp_path, vm
     assert [s.id for s in layers.list()] == [top.id]
     assert [s.description for s in snaps.list()] == ["Active VM"]
     compare(download(connection, engine, str(tmp_path / "d.qcow2"), disk_id=disk.id), expected)
+
+
+def test_snapshot_download_full_or_shallow(connection, engine, tmp_path, vm_with_disk):
+    """A middle layer: guest data as of that snapshot, or (shallow) that layer alone."""
+    vm, vm_service, disk, src = vm_with_disk
+    snaps = vm_service.snapshots_service()
+    snaps.add(types.Snapshot(description="s1"))
+    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x55 1536k 64k")
+    snaps.add(types.Snapshot(description="s2"))
+    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x66 0 64k")
+    layers = connection.system_service().disks_service().disk_service(disk.id) \
+        .disk_snapshots_service().list()
+    by_parent = {s.parent.id if s.parent else None: s for s in layers}
+    middle = by_parent[by_parent[None].id]
+
+    full = str(tmp_path / "full.qcow2")
+    shutil.copy(src, full)
+    qemu_io(full, "qcow2", "write -P 0x55 1536k 64k")
+    compare(download(connection, engine, str(tmp_path / "m.qcow2"), snapshot_id=middle.id), full)
+
+    alone = str(tmp_path / "alone.qcow2")
+    qemu_img("create", "-f", "qcow2", alone, str(4 * MiB))
+    qemu_io(alone, "qcow2", "write -P 0x55 1536k 64k")
+    got = download(connection, engine, str(tmp_path / "s.qcow2"), snapshot_id=middle.id,
+                   shallow=True)
+    compare(got, alone)
+    # Only that layer's cluster is allocated in the shallow download.
+    mapping = json.loads(qemu_img("map", "--output=json", got))
+    assert [(m["start"], m["length"]) for m in mapping if m["data"]] == [(1536 * 1024, 65536)]

@@ -89,7 +89,7 @@ def add_transfer(req: Request) -> Reply:
             raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
         t = engine.transfers.create(disk, vol, direction=direction, fmt=fmt,
                                     inactivity_timeout=inactivity, timeout_policy=policy,
-                                    shallow=shallow or is_snap and fmt == "raw",
+                                    shallow=shallow,
                                     host_id=engine.host_id, snapshot=is_snap)
     return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
 
