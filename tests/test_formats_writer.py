@@ -158,27 +158,34 @@ def test_concurrent_writers(tmp_path):
 def test_backing_file_chain(tmp_path, base_format):
     size = 4 * MiB
     cs = 64 * KiB
-    base = bytearray(random_image(size, seed=11, fill=0.9))
+    base = bytearray(random_image(size - 3 * cs, seed=11, fill=0.7))  # shorter than top
     base_path = tmp_path / f"base.{base_format}"
     write_raw(tmp_path / "base.raw", base)
     if base_format == "qcow2":
         run("qemu-img", "convert", "-f", "raw", "-O", "qcow2",
             tmp_path / "base.raw", base_path)
     top = tmp_path / "top.qcow2"
-    expected = bytearray(base)
+    expected = bytearray(base) + bytes(3 * cs)
     with Qcow2Writer.create(top, size, cluster_size=cs, backing_file=base_path.name,
                             backing_format=base_format) as w:
         w.write(cs, b"\xab" * 3 * cs)
         expected[cs:4 * cs] = b"\xab" * 3 * cs
         w.zero(10 * cs, 5 * cs)  # must hide the backing data
         expected[10 * cs:15 * cs] = bytes(5 * cs)
-        with pytest.raises(ValueError, match="whole clusters"):
-            w.write(20 * cs + 512, b"partial")
-        with pytest.raises(ValueError, match="whole clusters"):
-            w.zero(21 * cs, 4096)
-        exts = [(e.start, e.length, e.zero, e.hole) for e in w.extents()]
-    assert exts[:4] == [(0, cs, True, True), (cs, 3 * cs, False, False),
-                        (4 * cs, 6 * cs, True, True), (10 * cs, 5 * cs, True, False)]
+        # Partial clusters: the rest of the cluster comes from the backing file.
+        w.write(20 * cs + 512, b"partial")
+        expected[20 * cs + 512:20 * cs + 519] = b"partial"
+        w.zero(21 * cs + 100, 4096)
+        expected[21 * cs + 100:21 * cs + 4196] = bytes(4096)
+        w.write(size - cs - 10, b"beyond the backing end")
+        expected[size - cs - 10:size - cs + 12] = b"beyond the backing end"
+        # The guest view reads through the backing file.
+        assert _read_all(w) == expected
+        for e in w.extents():
+            if e.zero:
+                assert expected[e.start:e.end] == bytes(e.length), e
+        layer = [(e.start, e.length, e.zero) for e in w.extents() if not e.hole]
+        assert (10 * cs, 5 * cs, True) in layer
     qemu_check(top)
     chain = qemu_img_json("info", "--backing-chain", top)
     assert chain[0]["backing-filename"] == base_path.name
@@ -186,6 +193,48 @@ def test_backing_file_chain(tmp_path, base_format):
     assert chain[1]["filename"] == str(base_path)
     write_raw(tmp_path / "expected.raw", expected)
     qemu_compare(top, tmp_path / "expected.raw", "qcow2", "raw")
+
+
+def test_shallow_view_shows_this_layer_only(tmp_path):
+    cs = 64 * KiB
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x01" * MiB)
+    top = tmp_path / "top.qcow2"
+    with Qcow2Writer.create(top, MiB, cluster_size=cs, backing_file="base.raw",
+                            backing_format="raw", shallow=True) as w:
+        w.write(cs, b"\x02" * cs)
+        w.zero(4 * cs, cs)
+        exts = [(e.start, e.length, e.zero, e.hole) for e in w.extents()]
+        assert exts == [(0, cs, True, True), (cs, cs, False, False),
+                        (2 * cs, 2 * cs, True, True), (4 * cs, cs, True, False),
+                        (5 * cs, MiB - 5 * cs, True, True)]
+        assert _read_all(w) == bytes(cs) + b"\x02" * cs + bytes(MiB - 2 * cs)
+    out = tmp_path / "out.raw"
+    run("qemu-img", "convert", "-O", "raw", top, out)
+    assert out.read_bytes() == (b"\x01" * cs + b"\x02" * cs + b"\x01" * 2 * cs
+                                + bytes(cs) + b"\x01" * (MiB - 5 * cs))
+
+
+def test_missing_backing_file_only_matters_for_partial_clusters(tmp_path):
+    from imagetool.errors import FormatError
+
+    cs = 64 * KiB
+    top = tmp_path / "top.qcow2"
+    with Qcow2Writer.create(top, MiB, cluster_size=cs, backing_file="gone.qcow2",
+                            backing_format="qcow2") as w:
+        w.write(0, b"\x03" * cs)  # whole clusters never need the backing file
+        with pytest.raises(FormatError, match="backing file"):
+            w.write(cs + 1, b"x")
+    # qemu cannot open it without its backing file; read this layer alone.
+    from imagetool.formats import open_image
+
+    layer = open_image(top, shallow=True)
+    try:
+        buf = bytearray(2 * cs)
+        layer.read_into(0, memoryview(buf))
+    finally:
+        layer.close()
+    assert buf == b"\x03" * cs + bytes(cs)
 
 
 def test_empty_image(tmp_path):

@@ -15,17 +15,18 @@ A released cluster is reused only after the next flush, when no metadata on
 disk refers to it any more.
 
 Partial-cluster writes: an allocated cluster is written in place (a
-compressed one is rewritten uncompressed); a new cluster is filled with
-zeros around the data. With a backing file the writer cannot see the
-backing data, so writes and zeroes must cover whole clusters (the end of the
-last cluster past the virtual size does not count); a partial write into a
-cluster not yet written in this layer raises ValueError.
+compressed one is rewritten uncompressed); a new cluster is filled around
+the data with zeros, or with the backing file's bytes when there is one
+(copy on write, as qemu does). The backing file (its name is resolved
+next to the image, as qemu does) is opened with ``open_image`` only when
+needed: writers fed whole clusters never open it.
 
 ``zero()`` leaves whole clusters unallocated when there is no backing file
 and sets the qcow2 zero flag when there is one (so the backing data is
-hidden). ``read_into`` and ``extents`` show this layer only: clusters not
-written here read as zeros and are reported as ``Extent(zero=True,
-hole=True)``.
+hidden). ``read_into`` and ``extents`` show the guest view: clusters not
+written in this layer read through the backing file (or as zeros without
+one). With ``shallow=True`` they show this layer only: clusters not written
+here read as zeros and are ``Extent(zero=True, hole=True)``.
 
 Compression (``compress=True``): whole clusters are deflated (raw deflate,
 4 KiB window, as qemu reads it) outside the lock, so several writer threads
@@ -70,7 +71,7 @@ class Qcow2Writer:
 
     def __init__(self, fd: int, path: str, virtual_size: int, cluster_size: int,
                  backing_file: str | None, backing_format: str | None,
-                 compress: bool, compress_level: int):
+                 compress: bool, compress_level: int, shallow: bool = False):
         self.path = path
         self._fd = fd
         self._size = virtual_size
@@ -78,6 +79,8 @@ class Qcow2Writer:
         self.backing_file = backing_file
         self.backing_format = backing_format
         self.compress = compress
+        self.shallow = shallow
+        self._backing = None  # guest data of the backing file, opened on demand
         self._level = compress_level
         self._cbits = cluster_size.bit_length() - 1
         self._l2_entries = cluster_size // 8
@@ -106,7 +109,7 @@ class Qcow2Writer:
     def create(cls, path: str | os.PathLike, virtual_size: int,
                cluster_size: int = 65536, backing_file: str | None = None,
                backing_format: str | None = None, compress: bool = False,
-               compress_level: int = 6) -> "Qcow2Writer":
+               compress_level: int = 6, shallow: bool = False) -> "Qcow2Writer":
         """Create (or truncate) ``path`` as an empty qcow2 image and return its writer.
 
         The new file is already a valid image (all clusters unallocated).
@@ -135,7 +138,7 @@ class Qcow2Writer:
         except OSError as e:
             raise FormatError(f"cannot create: {e.strerror}", path) from e
         w = cls(fd, path, virtual_size, cluster_size, backing_file,
-                backing_format, compress, compress_level)
+                backing_format, compress, compress_level, shallow)
         try:
             # No fsync: a file nobody has seen yet needs no durability; the
             # first flush() makes everything durable.
@@ -203,14 +206,11 @@ class Qcow2Writer:
                     if self._is_plain(entry):
                         _pwrite_all(self._fd, [bytes(b - a)],
                                     (entry & _OFFSET_MASK) + a - cstart)
-                    elif entry & _COMPRESSED:
-                        buf = bytearray(self._read_cluster(ci, entry))
+                    elif entry & _COMPRESSED or (entry == 0 and self.backing_file):
+                        buf = (bytearray(self._read_cluster(ci, entry)) if entry
+                               else self._backing_cluster(ci))
                         buf[a - cstart:b - cstart] = bytes(b - a)
                         self._write_locked(cstart, memoryview(buf)[:cend - cstart], {})
-                    elif entry == 0 and self.backing_file:
-                        raise ValueError(
-                            f"{self.path}: partial-cluster zero at {a} over a "
-                            "backing file: zero whole clusters")
                     # otherwise the cluster already reads as zeros
                 ci += 1
             self._dirty = True
@@ -244,6 +244,12 @@ class Qcow2Writer:
                 elif entry & _COMPRESSED:
                     data = self._read_cluster(ci, entry)
                     dst[:] = data[pos - cstart:pos - cstart + n]
+                elif entry == 0 and self.backing_file and not self.shallow:
+                    nxt = ci + 1
+                    while pos + n < end and self._get(nxt) == 0:
+                        n += min(cs, end - pos - n)
+                        nxt += 1
+                    self._read_backing(pos, view[pos - offset:pos - offset + n])
                 else:
                     dst[:] = bytes(n)
                 pos += n
@@ -275,6 +281,8 @@ class Qcow2Writer:
                         exts.append(Extent(start, length, zero=True))
                     else:
                         exts.append(Extent(start, length, **unwritten))
+            if self.backing_file and not self.shallow:
+                exts = _overlay(exts, self._backing_extents())
         return merge_extents(exts)
 
     def flush(self) -> None:
@@ -304,6 +312,9 @@ class Qcow2Writer:
             with self._lock:
                 self._closed = True
                 os.close(self._fd)
+                if self._backing is not None:
+                    self._backing.close()
+                    self._backing = None
 
     def __enter__(self) -> "Qcow2Writer":
         return self
@@ -360,9 +371,7 @@ class Qcow2Writer:
                     if entry & _COMPRESSED:
                         buf = bytearray(self._read_cluster(ci, entry))
                     elif entry == 0 and self.backing_file:
-                        raise ValueError(
-                            f"{self.path}: partial-cluster write at {a} over a "
-                            "backing file: write whole clusters")
+                        buf = self._backing_cluster(ci)  # copy on write
                     else:
                         buf = bytearray(cs)
                     buf[a - cstart:b - cstart] = piece
@@ -432,6 +441,46 @@ class Qcow2Writer:
         buf = bytearray(cs)
         _pread_all(self._fd, memoryview(buf), entry & _OFFSET_MASK)
         return bytes(buf)
+
+    # --- the backing file --------------------------------------------------
+
+    def _backing_backend(self):
+        """The backing file's guest data (chain aware), opened once on demand."""
+        if self._backing is None:
+            from imagetool.formats import open_image
+
+            path = os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                self.backing_file)
+            try:
+                self._backing = open_image(path, "r", format=self.backing_format)
+            except FormatError as e:
+                raise FormatError(f"cannot open backing file {path}: {e}",
+                                  self.path) from e
+        return self._backing
+
+    def _read_backing(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with backing bytes; zeros past the backing's end."""
+        backing = self._backing_backend()
+        n = max(0, min(len(view), backing.size - offset))
+        got = backing.read_into(offset, view[:n]) if n else 0
+        view[got:] = bytes(len(view) - got)
+
+    def _backing_cluster(self, ci: int) -> bytearray:
+        buf = bytearray(self.cluster_size)
+        start = ci * self.cluster_size
+        self._read_backing(start, memoryview(buf)[:min(self.cluster_size, self._size - start)])
+        return buf
+
+    def _backing_extents(self) -> list[Extent]:
+        backing = self._backing_backend()
+        exts = [e for e in backing.extents() if e.start < self._size]
+        end = min(backing.size, self._size)
+        if exts and exts[-1].end > end:
+            last = exts[-1]
+            exts[-1] = Extent(last.start, end - last.start, last.zero, last.hole)
+        if end < self._size:
+            exts.append(Extent(end, self._size - end, zero=True, hole=True))
+        return exts
 
     # --- L2 and refcount bookkeeping ---------------------------------------
 
@@ -637,6 +686,26 @@ class _WriterView:
 
 
 _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
+
+
+def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
+    """Replace the unwritten (zero and hole) extents of ``layer`` by ``below``'s."""
+    out: list[Extent] = []
+    i = 0
+    for ext in layer:
+        if not (ext.zero and ext.hole):
+            out.append(ext)
+            continue
+        # Skip the backing extents before this one, then clip those inside.
+        while i < len(below) and below[i].end <= ext.start:
+            i += 1
+        j = i
+        while j < len(below) and below[j].start < ext.end:
+            b = below[j]
+            start, end = max(b.start, ext.start), min(b.end, ext.end)
+            out.append(Extent(start, end - start, b.zero, b.hole))
+            j += 1
+    return out
 
 
 def _pad8(n: int) -> int:
