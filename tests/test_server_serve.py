@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from server_fixtures import MiB, make_image, put_file, wait_phase
+from server_fixtures import MiB, get_file, make_image, put_file, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -99,10 +99,17 @@ def test_generated_password_file_is_private(tmp_path, monkeypatch):
     assert load_or_create_password(str(tmp_path)) == (password, path)
 
 
-@pytest.mark.parametrize("policy,expected", [("legacy", "paused_system"),
-                                             ("cancel", "finished_failure")])
-def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy, expected):
-    """SIGKILL during an upload; the next start settles the transfer per policy."""
+@pytest.mark.parametrize("policy,expected,disk_fmt", [
+    ("legacy", "paused_system", "raw"),
+    ("pause", "paused_system", "cow"),
+    ("cancel", "finished_failure", "raw"),
+])
+def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy, expected,
+                                                disk_fmt):
+    """SIGKILL during an upload; the next start settles the transfer per policy.
+
+    A paused upload keeps what the client flushed (into a cow disk too, where
+    the qcow2 writer is rebuilt from the volume) and can be resumed."""
     data = tmp_path / "data"
     proc, out = start_serve(data, password_file)
     try:
@@ -112,7 +119,7 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
             name="finished", format=types.DiskFormat.RAW, provisioned_size=MiB,
             storage_domains=[types.StorageDomain(name="data")]))
         disk = system.disks_service().add(types.Disk(
-            name="interrupted", format=types.DiskFormat.RAW, provisioned_size=4 * MiB,
+            name="interrupted", format=types.DiskFormat(disk_fmt), provisioned_size=4 * MiB,
             storage_domains=[types.StorageDomain(name="data")]))
         transfer = system.image_transfers_service().add(types.ImageTransfer(
             disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
@@ -143,6 +150,16 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
                 .phase == types.ImageTransferPhase.FINISHED_SUCCESS
             got = system.disks_service().disk_service(disk.id).get()
             assert got.status == types.DiskStatus.OK
+            # Everything flushed before the crash is there.
+            t = system.image_transfers_service().add(types.ImageTransfer(
+                disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.DOWNLOAD,
+                format=types.DiskFormat.RAW))
+            t = wait_phase(con, t.id, ["transferring"])
+            dst = str(tmp_path / "back.raw")
+            get_file(t.transfer_url, out["CA file"], dst)
+            system.image_transfers_service().image_transfer_service(t.id).finalize()
+            with open(src, "rb") as a, open(dst, "rb") as b:
+                assert a.read() == b.read()
         else:
             # A cancelled upload's disk is removed.
             disks = [d.id for d in system.disks_service().list()]

@@ -175,8 +175,23 @@ class TransferManager:
         if parent:
             pmeta = self.storage.read_meta(t["sd_id"], t["disk_id"], parent)
             backing_fmt = "qcow2" if pmeta.get("format") == "cow" else "raw"
+        previous = None
+        if t.get("prepared") and os.path.exists(path):
+            # Resumed after a restart: the writer died, but everything the
+            # client flushed is in the volume (a flush writes the metadata).
+            # Rebuild a live writer holding that data.
+            previous = path + ".resume"
+            os.replace(path, previous)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
+        if previous is not None:
+            try:
+                _copy_layer(previous, writer)
+            except BaseException:
+                writer.close()
+                os.replace(previous, path)
+                raise
+            os.unlink(previous)
         return (lambda: writer), writer.size, ops
 
     def _initialize(self, tid: str) -> None:
@@ -457,11 +472,10 @@ class TransferManager:
     def recover(self) -> None:
         """Settle transfers a previous run left unfinished.
 
-        Downloads fail (the disk is unlocked). Uploads whose bytes are on the
-        volume (transfer format cow, or raw into a raw disk) pause per policy
-        (legacy/pause) so the client can resume, or fail (cancel). A raw
-        upload into a cow disk lost its qcow2 writer's metadata and fails.
-        A transfer caught in finalizing_success is verified again.
+        Downloads fail (the disk is unlocked). Uploads pause per policy
+        (legacy/pause) so the client can resume and send what it had not
+        flushed, or fail (cancel). A transfer caught in finalizing_success is
+        verified again.
         """
         busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in TERMINAL}
         for disk in self.store.list("disk", lambda d: d["status"] == "locked"):
@@ -481,11 +495,33 @@ class TransferManager:
                 self._set(tid, phase="cancelled_system")
                 self._spawn(self._cleanup, tid)
                 continue
-            vol = self.store.get("volume", t["volume_id"]) or {}
-            resumable = t["direction"] == "upload" and (
-                t["format"] == "cow" or vol.get("format") == "raw")
+            resumable = t["direction"] == "upload"
             if resumable and t["timeout_policy"] in ("legacy", "pause"):
                 self._set(tid, phase="paused_system", active=False)
             else:
                 self._set(tid, phase="cancelled_system", active=False)
                 self._spawn(self._cleanup, tid)
+
+
+def _copy_layer(src: str, writer: Any) -> None:
+    """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
+    from imagetool.formats import open_image
+    reader = open_image(src, "r", format="qcow2", shallow=True)
+    try:
+        buf = bytearray(4 << 20)
+        for ext in reader.extents():
+            if ext.hole:
+                continue
+            if ext.zero:
+                writer.zero(ext.start, ext.length)
+                continue
+            pos = ext.start
+            while pos < ext.end:
+                n = min(len(buf), ext.end - pos)
+                view = memoryview(buf)[:n]
+                got = reader.read_into(pos, view)
+                writer.write(pos, view[:got])
+                pos += n
+        writer.flush()
+    finally:
+        reader.close()
