@@ -163,3 +163,36 @@ def test_parallel_transfers(connection, engine, tmp_path):
         compare(srcs[i], dst)
         assert "Images are identical" not in subprocess.run(
             ["qemu-img", "compare", srcs[(i + 1) % 3], dst], capture_output=True, text=True).stdout
+
+
+def test_new_raw_transfer_keeps_data_of_a_cow_disk(connection, engine, tmp_path):
+    """A second upload transfer to the same cow disk (a client resuming with a
+    new transfer) sends only part of the data; the rest must still be there."""
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+    src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+    disk = add_disk(connection, "two-transfers", "cow", 4 * MiB)
+    t = start_transfer(connection, "upload", "raw", disk.id)
+    client.upload(src, t.transfer_url, engine.cafile)
+    assert finish(connection, t) == "finished_success"
+    t = start_transfer(connection, "upload", "raw", disk.id)
+    url = urlsplit(t.transfer_url)
+    conn = http.client.HTTPSConnection(url.hostname, url.port,
+                                       context=ssl.create_default_context(cafile=engine.cafile))
+    data = b"\x5a" * 65536
+    conn.request("PUT", url.path, body=data, headers={"Content-Range": "bytes 196608-262143/*"})
+    assert conn.getresponse().read() == b""
+    conn.request("PATCH", url.path, body=json.dumps({"op": "flush"}))
+    conn.getresponse().read()
+    conn.close()
+    assert finish(connection, t) == "finished_success"
+    expected = str(tmp_path / "expected.qcow2")
+    subprocess.run(["cp", src, expected], check=True)
+    qemu_io(expected, "qcow2", "write -P 0x5a 192k 64k")
+    t = start_transfer(connection, "download", "raw", disk.id)
+    dst = str(tmp_path / "dst.qcow2")
+    client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
+    assert finish(connection, t) == "finished_success"
+    compare(expected, dst)

@@ -176,9 +176,10 @@ class TransferManager:
             pmeta = self.storage.read_meta(t["sd_id"], t["disk_id"], parent)
             backing_fmt = "qcow2" if pmeta.get("format") == "cow" else "raw"
         previous = None
-        if t.get("prepared") and os.path.exists(path):
-            # Resumed after a restart: the writer died, but everything the
-            # client flushed is in the volume (a flush writes the metadata).
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            # The volume may already hold data: a new transfer to the same
+            # disk, or a resume after a restart killed the writer (whatever
+            # the client flushed is there: a flush writes the metadata).
             # Rebuild a live writer holding that data.
             previous = path + ".resume"
             os.replace(path, previous)
@@ -203,13 +204,9 @@ class TransferManager:
         if t is None or t["phase"] != "initializing":
             return
         try:
-            if (t["direction"] == "upload" and t["format"] == "cow"
-                    and t["remove_on_failure"] and not t.get("prepared")):
-                # A fresh disk's placeholder volume is replaced by the
-                # uploaded file's bytes (once: a resumed upload keeps them).
-                vol = self.store.get("volume", t["volume_id"])
-                if vol["format"] == "cow":
-                    os.truncate(self._volume_path(t), 0)
+            # A cow-format upload overwrites the volume from offset 0 (an
+            # empty disk's placeholder qcow2 included); bytes past the end of
+            # the uploaded image are never referenced by it.
             opener, size, ops = self._open_backend(t)
             ticket = Ticket(uuid=t["ticket_id"], size=size, ops=ops, open_backend=opener,
                             timeout=max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2),
