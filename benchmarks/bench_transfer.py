@@ -47,7 +47,21 @@ def main() -> None:
     p.add_argument("--buffer-size", type=int, default=4 << 20)
     a = p.parse_args()
     seconds = run(a.tool, a.op, a.file, a.url, a.workers, a.buffer_size)
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": seconds, "rss_kib": peak_rss_kib()}))
+
+
+def peak_rss_kib() -> int | None:
+    """This process's peak RSS (VmHWM; exec resets it, unlike ru_maxrss
+    which a child inherits from its forking parent). Helper processes such
+    as the reference client's qemu-nbd are not included."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def measure(tool: str, op: str, path: str, url: str, workers: int,
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-2000:]}")
-    return {"seconds": json.loads(out)["seconds"], "rss_kib": usage.ru_maxrss}
+    reply = json.loads(out)
+    return {"seconds": reply["seconds"],
+            "rss_kib": reply.get("rss_kib") or usage.ru_maxrss}
 
 
 def same(a: str, b: str) -> bool:

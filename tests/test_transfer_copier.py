@@ -22,8 +22,9 @@ def src_path(tmp_path):
     return p
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
 @pytest.mark.parametrize("workers", [1, 2, 4, 8])
-def test_copy_bytes_equal(tmp_path, src_path, workers):
+def test_copy_bytes_equal(tmp_path, src_path, workers, overlap):
     dst_path = tmp_path / "dst.raw"
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w", size=SIZE)
@@ -36,7 +37,8 @@ def test_copy_bytes_equal(tmp_path, src_path, workers):
 
     seen = []
     stats = copy(src, dst, workers=workers, request_size=1 * MiB,
-                 dst_is_zero=True, progress=seen.append, on_done=on_done)
+                 dst_is_zero=True, progress=seen.append, on_done=on_done,
+                 overlap=overlap)
     src.close()
     dst.close()
     assert dst_path.read_bytes() == src_path.read_bytes()
@@ -58,12 +60,14 @@ def test_copy_bytes_equal(tmp_path, src_path, workers):
                if any(s <= start < s + n for s, n in DATA)) <= MiB
 
 
-def test_copy_zeroes_destination_when_not_empty(tmp_path, src_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+def test_copy_zeroes_destination_when_not_empty(tmp_path, src_path, overlap):
     dst_path = tmp_path / "dst.raw"
     dst_path.write_bytes(b"\xff" * SIZE)
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w")
-    stats = copy(src, dst, workers=3, request_size=2 * MiB, dst_is_zero=False)
+    stats = copy(src, dst, workers=3, request_size=2 * MiB, dst_is_zero=False,
+                 overlap=overlap)
     assert dst_path.read_bytes() == src_path.read_bytes()
     assert stats.bytes_zeroed > 0 and stats.bytes_skipped == 0
     assert dst.stats["zero"] > 0
@@ -89,16 +93,18 @@ def test_plan_aligns_and_bounds():
         ("zero", 100, 12188)]
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
 @pytest.mark.parametrize("side,where", [("reading source", "src"),
                                          ("writing destination", "dst")])
-def test_first_error_is_raised_with_context(tmp_path, src_path, side, where):
+def test_first_error_is_raised_with_context(tmp_path, src_path, side, where, overlap):
     dst_path = tmp_path / "dst.raw"
     fail = 7 * MiB + 10
     src = FileBackend(src_path, fail_at=fail if where == "src" else None)
     dst = FileBackend(dst_path, "w", size=SIZE,
                       fail_at=fail if where == "dst" else None)
     with pytest.raises(CopyError) as info:
-        copy(src, dst, workers=4, request_size=1 * MiB, dst_is_zero=True)
+        copy(src, dst, workers=4, request_size=1 * MiB, dst_is_zero=True,
+             overlap=overlap)
     err = info.value
     assert err.side == side
     assert err.offset == 7 * MiB and err.length == MiB
@@ -106,7 +112,8 @@ def test_first_error_is_raised_with_context(tmp_path, src_path, side, where):
     assert dst.stats["clones"] == 3
 
 
-def test_exception_from_progress_stops_copy(tmp_path, src_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+def test_exception_from_progress_stops_copy(tmp_path, src_path, overlap):
     dst = FileBackend(tmp_path / "dst.raw", "w", size=SIZE)
     calls = []
 
@@ -117,7 +124,7 @@ def test_exception_from_progress_stops_copy(tmp_path, src_path):
 
     with pytest.raises(KeyboardInterrupt):
         copy(FileBackend(src_path), dst, workers=2, request_size=MiB,
-             progress=progress)
+             progress=progress, overlap=overlap)
     # Stopped early: far fewer writes than requests in the plan.
     assert dst.stats["write"] < 8
 

@@ -158,42 +158,118 @@ def _read_full(src: Backend, offset: int, view: memoryview) -> None:
         got += n
 
 
+def _apply(dst: Backend, req: _Request, view: memoryview | None,
+           zeros: memoryview) -> None:
+    """Do one request's destination side."""
+    try:
+        if req.op == "copy":
+            dst.write(req.start, view)
+        elif req.op == "zero":
+            dst.zero(req.start, req.length)
+        else:  # zerodata: the destination cannot zero; send zeros as data
+            dst.write(req.start, zeros[:req.length])
+    except Exception as e:
+        raise CopyError("writing destination", req.start, req.length, e) from e
+
+
+def _read(src: Backend, req: _Request, raw: bytearray, zeros: memoryview,
+          skip_zero_data: bool) -> memoryview | None:
+    """Read a copy request into ``raw``; None when it is all zeros and may be skipped."""
+    view = memoryview(raw)[:req.length]
+    try:
+        _read_full(src, req.start, view)
+    except Exception as e:
+        raise CopyError("reading source", req.start, req.length, e) from e
+    # startswith() is a memcmp; comparing memoryviews is 100x slower.
+    if skip_zero_data and raw.startswith(zeros[:req.length]):
+        return None
+    return view
+
+
 def _worker(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
             request_size: int, zeros: memoryview, skip_zero_data: bool) -> None:
+    """Read then write, one request at a time, with one buffer."""
     raw = bytearray(request_size)
-    buf = memoryview(raw)
     try:
         while True:
             req = work.get()
             if req is None or run.stopped():
                 return
+            view = None
             if req.op == "copy":
-                view = buf[:req.length]
-                try:
-                    _read_full(src, req.start, view)
-                except Exception as e:
-                    raise CopyError("reading source", req.start, req.length, e) from e
-                # startswith() is a memcmp; comparing memoryviews is 100x slower.
-                if skip_zero_data and raw.startswith(zeros[:req.length]):
+                view = _read(src, req, raw, zeros, skip_zero_data)
+                if view is None:
                     run.done(_Request("skip", req.start, req.length))
                     continue
-                try:
-                    dst.write(req.start, view)
-                except Exception as e:
-                    raise CopyError("writing destination", req.start, req.length, e) from e
-            elif req.op == "zero":
-                try:
-                    dst.zero(req.start, req.length)
-                except Exception as e:
-                    raise CopyError("writing destination", req.start, req.length, e) from e
-            else:  # zerodata: the destination cannot zero; send zeros as data
-                try:
-                    dst.write(req.start, zeros[:req.length])
-                except Exception as e:
-                    raise CopyError("writing destination", req.start, req.length, e) from e
+            _apply(dst, req, view, zeros)
             run.done(req)
     except BaseException as e:  # noqa: B036 - Ctrl-C from a callback must stop everyone
         run.fail(e)
+
+
+def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
+                    request_size: int, zeros: memoryview, skip_zero_data: bool) -> None:
+    """Read the next request while a helper thread writes the previous one.
+
+    Two buffers per worker; the helper owns ``dst``. Worth it when both
+    sides are slow in different places (a socket and a local disk).
+    """
+    free: queue.Queue = queue.Queue()
+    for _ in range(2):
+        free.put(bytearray(request_size))
+    writes: queue.Queue = queue.Queue(maxsize=1)
+
+    def writer() -> None:
+        try:
+            while True:
+                item = writes.get()
+                if item is None:
+                    return
+                req, raw, view = item
+                try:
+                    if not run.stop.is_set():
+                        _apply(dst, req, view, zeros)
+                        run.done(req)
+                finally:
+                    if raw is not None:
+                        free.put(raw)
+        except BaseException as e:  # noqa: B036
+            run.fail(e)
+            # Keep returning buffers so the reader never blocks forever.
+            while True:
+                item = writes.get()
+                if item is None:
+                    return
+                if item[1] is not None:
+                    free.put(item[1])
+
+    helper = threading.Thread(target=writer, name=threading.current_thread().name + "-w",
+                              daemon=True)
+    helper.start()
+    try:
+        while True:
+            req = work.get()
+            if req is None or run.stopped():
+                return
+            if req.op != "copy":
+                writes.put((req, None, None))
+                continue
+            raw = free.get()
+            try:
+                view = _read(src, req, raw, zeros, skip_zero_data)
+            except BaseException:
+                free.put(raw)
+                raise
+            if view is None:
+                free.put(raw)
+                run.done(_Request("skip", req.start, req.length))
+                continue
+            writes.put((req, raw, view))
+    except BaseException as e:  # noqa: B036
+        run.fail(e)
+    finally:
+        writes.put(None)
+        helper.join()
 
 
 def _flush(run: _Run, dst: Backend) -> None:
@@ -209,7 +285,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
          progress: Callable[[int], None] | None = None,
          on_done: Callable[[int, int], None] | None = None,
          cancel_event: threading.Event | None = None,
-         detect_zeroes: bool = False, check_size: bool = True) -> CopyStats:
+         detect_zeroes: bool = False, check_size: bool = True,
+         overlap: bool = False) -> CopyStats:
     """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
 
     ``dst_is_zero``: the destination reads as zeros already (a new disk or
@@ -221,7 +298,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     backend opens. ``detect_zeroes`` (with ``dst_is_zero``): data that
     reads as all zeros is not written, so a source that cannot report holes
     still gives a sparse destination. ``check_size`` refuses a destination
-    smaller than the source. Both callbacks are called with a lock held,
+    smaller than the source. ``overlap`` gives each worker a second buffer
+    and a helper thread so that it reads the next request while the
+    previous one is written (memory: 2 x workers x request_size). Both callbacks are called with a lock held,
     from worker threads.
     The first error stops the copy and is raised: a :class:`CopyError` for
     I/O failures, or the exception itself (e.g. KeyboardInterrupt raised by
@@ -247,7 +326,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     clones: list[tuple[Backend, Backend]] = []
 
     def run_worker(s: Backend, d: Backend) -> None:
-        _worker(run, s, d, work, request_size, zeros, detect_zeroes and dst_is_zero)
+        body = _worker_overlap if overlap else _worker
+        body(run, s, d, work, request_size, zeros, detect_zeroes and dst_is_zero)
         if not run.stop.is_set():
             _flush(run, d)
 
