@@ -8,7 +8,8 @@ wall time, throughput (virtual bytes per second) and the process's peak RSS.
 Every result is checked with ``qemu-img compare``.
 
     python benchmarks/compare_transfer.py [--full-size 2G] [--sparse-size 8G]
-        [--workers 1,4] [--rss-workers 8] [--buffer-size 8M] [--json FILE]
+        [--workers 1,4] [--rss-workers 8] [--buffer-size 8M] [--repeat N]
+        [--backend nbd|file] [--json FILE]
 
 imagetool uses its default request size (8 MiB); the reference client its
 default buffer (4 MiB). Prints a Markdown table with imagetool/reference
@@ -81,6 +82,34 @@ def measure(tool: str, op: str, path: str, url: str, workers: int,
             "rss_kib": reply.get("rss_kib") or usage.ru_maxrss}
 
 
+def one_transfer(daemon, backend: str, work: str, src: str, size: int, tool: str,
+                 op: str, workers: int, buffer_size: int) -> dict:
+    """One measured transfer into a fresh target, verified with qemu-img compare."""
+    if op == "upload":
+        target = os.path.join(work, "target.raw")
+        with open(target, "wb") as f:
+            f.truncate(size)
+        served, ops, path_arg = target, ["read", "write"], src
+    else:
+        target = os.path.join(work, "down.raw")
+        if os.path.exists(target):
+            os.unlink(target)
+        served, ops, path_arg = src, ["read"], target
+    try:
+        if backend == "nbd":
+            with QemuNbd(served, "raw") as nbd:
+                url = daemon.add_ticket(nbd_socket=nbd.socket_path, size=size, ops=ops)
+                r = measure(tool, op, path_arg, url, workers, buffer_size)
+        else:
+            url = daemon.add_ticket(path=served, size=size, ops=ops)
+            r = measure(tool, op, path_arg, url, workers, buffer_size)
+        r["ok"] = same(src, target)
+    finally:
+        if os.path.exists(target):
+            os.unlink(target)
+    return r
+
+
 def same(a: str, b: str) -> bool:
     return subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", a, b]
                           ).returncode == 0
@@ -97,6 +126,8 @@ def main() -> None:
     p.add_argument("--ref-buffer-size", default="4M", help="reference client buffer")
     p.add_argument("--backend", choices=["nbd", "file"], default="nbd",
                    help="daemon tickets: nbd (qemu-nbd, 8 writers) or file (1 writer)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per measurement; the table shows the median")
     p.add_argument("--json", dest="json_out")
     a = p.parse_args()
     workers = [int(w) for w in a.workers.split(",")]
@@ -112,37 +143,28 @@ def main() -> None:
             for kind, src in images.items():
                 size = os.path.getsize(src)
                 for w in workers + ([a.rss_workers] if a.rss_workers else []):
-                    for tool in ("reference", "imagetool"):
-                        if w == a.rss_workers and w not in workers and tool == "reference":
-                            continue   # the RSS row is about imagetool only
-                        for op in ("upload", "download"):
-                            if op == "upload":
-                                target = os.path.join(work, "target.raw")
-                                with open(target, "wb") as f:
-                                    f.truncate(size)
-                                served, ops = target, ["read", "write"]
-                                path_arg = src
-                            else:
-                                target = os.path.join(work, "down.raw")
-                                if os.path.exists(target):
-                                    os.unlink(target)
-                                served, ops = src, ["read"]
-                                path_arg = target
-                            if a.backend == "nbd":
-                                with QemuNbd(served, "raw") as nbd:
-                                    url = daemon.add_ticket(nbd_socket=nbd.socket_path,
-                                                            size=size, ops=ops)
-                                    r = measure(tool, op, path_arg, url, w, bufs[tool])
-                            else:
-                                url = daemon.add_ticket(path=served, size=size, ops=ops)
-                                r = measure(tool, op, path_arg, url, w, bufs[tool])
-                            ok = same(src, target)
-                            os.unlink(target)
+                    for op in ("upload", "download"):
+                        tools = ["reference", "imagetool"]
+                        if w == a.rss_workers and w not in workers:
+                            tools = ["imagetool"]   # the RSS row is about imagetool
+                        samples: dict[str, list] = {t: [] for t in tools}
+                        # Interleave the clients so drifting load hits both alike.
+                        for _ in range(a.repeat):
+                            for tool in tools:
+                                samples[tool].append(one_transfer(
+                                    daemon, a.backend, work, src, size, tool, op, w,
+                                    bufs[tool]))
+                        for tool in tools:
+                            runs = sorted(samples[tool], key=lambda r: r["seconds"])
+                            r = runs[len(runs) // 2]        # the median run
                             row = {"backend": a.backend, "image": kind, "size": size,
-                                   "op": op, "tool": tool,
-                                   "workers": w, "seconds": round(r["seconds"], 3),
+                                   "op": op, "tool": tool, "workers": w,
+                                   "seconds": round(r["seconds"], 3),
                                    "mib_s": round(size / MiB / r["seconds"], 1),
-                                   "rss_mib": round(r["rss_kib"] / 1024, 1), "ok": ok}
+                                   "all_mib_s": [round(size / MiB / x["seconds"], 1)
+                                                 for x in samples[tool]],
+                                   "rss_mib": round(max(x["rss_kib"] for x in runs) / 1024, 1),
+                                   "ok": all(x["ok"] for x in runs)}
                             rows.append(row)
                             print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
