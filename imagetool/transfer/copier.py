@@ -3,9 +3,10 @@
 ``copy(src, dst)`` plans requests from the source's extents (data ranges are
 copied in requests of at most ``request_size`` bytes; zero ranges become
 ``dst.zero()`` or nothing when the destination is known to be empty), then
-runs them on N worker threads. Each worker owns a clone of both backends (so
-an HTTP backend gets one connection per worker) and one reused buffer, so
-memory stays at about ``workers x request_size`` whatever the image size.
+runs them on N worker threads. Worker 0 uses the caller's backends and the
+others ``clone()``s (so an HTTP backend opens exactly N connections); each
+worker reuses one buffer (two with ``overlap``), so memory stays at about
+``workers x request_size`` whatever the image size.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class CopyStats:
 
 @dataclass(frozen=True)
 class _Request:
-    op: str          # "copy" | "zero" | "zerodata"
+    op: str          # "copy" | "zero" | "zerodata" | "skip"
     start: int
     length: int
 
