@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
 from imagetool.transfer.copier import CopyCancelled, CopyError, copy, plan
 from imagetool.formats.base import Extent
-from transfer_fixtures import MiB, FileBackend, make_image
+from transfer_fixtures import MiB, FileBackend, images_equal, make_image, qemu_img
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]
@@ -146,3 +147,36 @@ def test_empty_source(tmp_path):
     (tmp_path / "e").write_bytes(b"")
     stats = copy(FileBackend(tmp_path / "e"), FileBackend(tmp_path / "d", "w", size=0))
     assert stats.bytes_total == 0 and stats.requests == 0
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_raw_backend_to_raw_backend(tmp_path, src_path, workers):
+    from imagetool.formats.raw import RawBackend
+
+    out = tmp_path / "out.raw"
+    src = RawBackend(src_path, "r")
+    dst = RawBackend(out, "w", size=SIZE)
+    copy(src, dst, workers=workers, request_size=MiB, dst_is_zero=True)
+    src.close()
+    dst.close()
+    assert out.read_bytes() == src_path.read_bytes()
+    # Holes in the source stay holes.
+    assert os.stat(out).st_blocks * 512 < SIZE
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_into_qcow2_writer(tmp_path, src_path, workers):
+    from imagetool.formats.qcow2_writer import Qcow2Writer
+    from imagetool.formats.raw import RawBackend
+    from imagetool.transfer.output import SharedBackend
+
+    out = tmp_path / "out.qcow2"
+    src = RawBackend(src_path, "r")
+    dst = SharedBackend(Qcow2Writer.create(out, SIZE))
+    copy(SharedBackend(src), dst, workers=workers, request_size=MiB,
+         dst_is_zero=True, overlap=workers == 1)
+    dst.flush()
+    dst.close()
+    src.close()
+    qemu_img("check", str(out))
+    assert images_equal(src_path, out, "raw", "qcow2")
