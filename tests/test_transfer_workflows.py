@@ -7,7 +7,6 @@ the data plane is the REAL ovirt-imageio daemon with file and NBD tickets.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
