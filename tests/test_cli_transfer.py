@@ -194,3 +194,34 @@ def test_against_imagetool_serve_over_tls(home, capsys):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_ctrl_c_stops_every_running_job():
+    """SIGINT while several transfers run: each one stops (and so cancels)."""
+    import signal
+    import threading
+    import time
+
+    from imagetool.cli.transfer_cmds import Bars, run_jobs
+
+    bars = Bars([("a", 1), ("b", 1)], enabled=False)
+    stopped = []
+
+    def task(i):
+        cb = bars.callback(i)
+        try:
+            while True:
+                cb(0)
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            stopped.append(i)
+            raise
+
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_jobs(2, [lambda: task(0), lambda: task(1)], bars)
+    finally:
+        timer.cancel()
+    assert sorted(stopped) == [0, 1]
