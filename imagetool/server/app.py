@@ -114,6 +114,9 @@ class EngineServer:
             self.pki = ensure_pki(self.data_dir, [self.public_host])
             self.ssl_context = server_context(self.pki)
         self.dataplane = None
+        # Tests set this to put a fault-injecting proxy in front of the data
+        # plane: transfers then hand out this base URL instead of ours.
+        self.advertised_dataplane_url: str | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._dir_lock = None
@@ -151,6 +154,8 @@ class EngineServer:
 
     def dataplane_url(self) -> str:
         """Base URL of the data plane (transfer URLs add /images/<ticket>)."""
+        if self.advertised_dataplane_url:
+            return self.advertised_dataplane_url
         return f"{self.scheme}://{self._netloc(self.dataplane_port)}"
 
     @property

@@ -1,0 +1,191 @@
+"""Data-plane faults during uploads and downloads, through the fault proxy.
+
+Each fault that keeps happening must end the command with a one-line
+message and a non-zero exit code, leaving the engine clean (transfer
+finished_failure, no disk locked, an upload's new disk removed) and no
+file under a download's final name. A fault that happens once is a
+transient error: once retries exist (imagetool.transfer.retry) the command
+must succeed with identical data.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
+                            faulty_engine_module, make_raw, no_partial_files, same_image,
+                            wait_settled)
+from fault_proxy import CutRequestBody, CutResponseBody, Delay, Expire403, Respond, Rule
+
+from fault_fixtures import HAVE_RETRY
+
+needs_retry = pytest.mark.skipif(not HAVE_RETRY, reason="per-request retries (helper R) "
+                                 "not wired into the CLI yet")
+
+DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
+SIZE = 8 * MiB
+
+
+@pytest.fixture
+def image(tmp_path):
+    return make_raw(str(tmp_path / "src.raw"), SIZE, seed=7)
+
+
+def upload(cli, image, name, *extra):
+    return cli("upload", image, "--sd", "data", "--name", name, "--buffer-size", "1M",
+               "--workers", "2", *extra)
+
+
+def assert_upload_failed_clean(fe, name):
+    """The transfer failed, nothing is locked, the new disk is gone."""
+    ts = wait_settled(fe)
+    assert ts and ts[-1].phase == "finished_failure" or any(
+        t.phase == "finished_failure" for t in ts)
+    assert disks_named(fe, name) == []
+
+
+def uploaded_disk(fe, cli, tmp_path, image, name):
+    """Download the disk ``name`` without faults and compare it with ``image``."""
+    fe.proxy.clear_rules()
+    out = str(tmp_path / f"{name}.check.raw")
+    code, _, err = cli("download", name, out)
+    assert code == 0, err
+    assert same_image(image, out)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_put_body_cut_every_time(faulty_engine, cli, image, seed):
+    rnd = random.Random(seed)
+    after = rnd.randrange(1, MiB)        # a random point inside each PUT body
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, skip=rnd.randrange(0, 4),
+                           every=True, action=CutRequestBody(after=after)))
+    name = f"cut-put-{seed}"
+    code, out, err = upload(cli, image, name)
+    assert code == 3, err
+    assert "writing destination failed at offset" in err
+    assert "connection closed by server" in err
+    assert fe.proxy.stats.faults
+    assert_upload_failed_clean(fe, name)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed):
+    fe = faulty_engine
+    code, _, err = upload(cli, image, f"src-{seed}")
+    assert code == 0, err
+    rnd = random.Random(seed)
+    after = rnd.randrange(1, MiB)
+    fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, skip=rnd.randrange(0, 4),
+                           every=True, action=CutResponseBody(after=after)))
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    final = str(dest / "out.raw")
+    code, out, err = cli("download", f"src-{seed}", final, "--buffer-size", "1M")
+    assert code == 1, err
+    assert "reading source failed at offset" in err
+    assert f"short reply ({after} of" in err
+    assert no_partial_files(str(dest), final) == []
+    ts = wait_settled(fe)
+    assert ts[-1].phase == "finished_failure" or any(t.phase == "finished_failure" for t in ts)
+    assert [d.status for d in disks_named(fe, f"src-{seed}")] == ["ok"]
+
+
+@pytest.mark.parametrize("status,reason", [(500, "Internal Server Error"),
+                                           (503, "Service Unavailable")])
+def test_put_error_status_every_time(faulty_engine, cli, image, status, reason):
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, skip=2, every=True,
+                           action=Respond(status, "server trouble\n")))
+    name = f"status-{status}"
+    code, out, err = upload(cli, image, name)
+    assert code == 1, err
+    assert f"failed: {status} {reason}: server trouble" in err
+    assert_upload_failed_clean(fe, name)
+
+
+def test_ticket_expired_mid_upload(faulty_engine, cli, image):
+    """403 'No such ticket' is permanent: one fault stops the upload, even with
+    retries, and the ticket id is not shown."""
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=3, action=Expire403()))
+    name = "expired"
+    code, out, err = upload(cli, image, name)
+    assert code == 1, err
+    assert "403 Forbidden" in err and "No such ticket" in err
+    hist = [target for method, target in fe.proxy.stats.history if method == "PUT"]
+    ticket = hist[0].split("/images/")[1].split("?")[0]
+    assert ticket not in err and ticket not in out
+    assert len(fe.proxy.stats.faults) == 1
+    assert_upload_failed_clean(fe, name)
+
+
+def test_reply_delayed_past_read_timeout(faulty_engine, cli, tmp_path, image, monkeypatch):
+    """A reply slower than the read timeout ends the download (no retries)
+    or is retried (with them)."""
+    from imagetool.transfer.session import TransferSession
+    fe = faulty_engine
+    code, _, err = upload(cli, image, "slow-src")
+    assert code == 0, err
+    # The CLI has no read-timeout option: shorten the session's default (60 s).
+    original = TransferSession.open_backend
+    monkeypatch.setattr(TransferSession, "open_backend",
+                        lambda self, read_timeout=60.0: original(self, read_timeout=1.0))
+    fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, nth=2, action=Delay(3.0)))
+    final = str(tmp_path / "slow.raw")
+    code, out, err = cli("download", "slow-src", final, "--buffer-size", "1M",
+                         "--workers", "1")
+    assert len(fe.proxy.stats.faults) == 1
+    if HAVE_RETRY:
+        assert code == 0, err
+        assert same_image(image, final)
+    else:
+        assert code == 3, err
+        assert "timed out" in err
+        assert no_partial_files(str(tmp_path), final) == []
+    wait_settled(fe)
+
+
+# --- transient faults: retried once R's retries land --------------------------
+
+@needs_retry
+@pytest.mark.parametrize("seed", [11, 12])
+def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed):
+    rnd = random.Random(seed)
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=rnd.randrange(1, 8),
+                           action=CutRequestBody(after=rnd.randrange(1, MiB))))
+    name = f"retried-put-{seed}"
+    code, out, err = upload(cli, image, name)
+    assert code == 0, err
+    assert len(fe.proxy.stats.faults) == 1
+    uploaded_disk(fe, cli, tmp_path, image, name)
+
+
+@needs_retry
+def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image):
+    fe = faulty_engine
+    code, _, err = upload(cli, image, "retried-get-src")
+    assert code == 0, err
+    fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, nth=3,
+                           action=CutResponseBody(after=12345)))
+    final = str(tmp_path / "retried.raw")
+    code, out, err = cli("download", "retried-get-src", final, "--buffer-size", "1M")
+    assert code == 0, err
+    assert len(fe.proxy.stats.faults) == 1
+    assert same_image(image, final)
+
+
+@needs_retry
+@pytest.mark.parametrize("status", [500, 503])
+def test_put_error_status_once_is_retried(faulty_engine, cli, tmp_path, image, status):
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=2,
+                           action=Respond(status, "try again\n")))
+    name = f"retried-{status}"
+    code, out, err = upload(cli, image, name)
+    assert code == 0, err
+    assert len(fe.proxy.stats.faults) == 1
+    uploaded_disk(fe, cli, tmp_path, image, name)
