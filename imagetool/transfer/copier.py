@@ -287,7 +287,7 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
          on_done: Callable[[int, int], None] | None = None,
          cancel_event: threading.Event | None = None,
          detect_zeroes: bool = False, check_size: bool = True,
-         overlap: bool = False) -> CopyStats:
+         overlap: bool = False, skip_ranges: list | None = None) -> CopyStats:
     """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
 
     ``dst_is_zero``: the destination reads as zeros already (a new disk or
@@ -301,7 +301,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     still gives a sparse destination. ``check_size`` refuses a destination
     smaller than the source. ``overlap`` gives each worker a second buffer
     and a helper thread so that it reads the next request while the
-    previous one is written (memory: 2 x workers x request_size). Both callbacks are called with a lock held,
+    previous one is written (memory: 2 x workers x request_size).
+    ``skip_ranges`` ([start, end) intervals) are not copied (resume).
+    Both callbacks are called with a lock held,
     from worker threads.
     The first error stops the copy and is raised: a :class:`CopyError` for
     I/O failures, or the exception itself (e.g. KeyboardInterrupt raised by
@@ -357,6 +359,10 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
         requests = plan(itertools.chain([first] if first else [], extents),
                         request_size=request_size, dst_is_zero=dst_is_zero,
                         dst_zero=_supports_zero(dst))
+        if skip_ranges:
+            # A resume: ranges a journal knows are done are not sent again.
+            from imagetool.transfer.journal import skip_done
+            requests = skip_done(requests, skip_ranges)
         for req in requests:
             if req.op == "skip":
                 run.done(req)

@@ -79,6 +79,11 @@ class TransferSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backends: list[Any] = []
+        # Resume: attach to this existing transfer instead of creating one,
+        # and on failure leave the transfer to the engine's timeout policy
+        # (pause) instead of cancelling it.
+        self.reuse_transfer_id: str | None = None
+        self.keep_on_error = False
 
     # --- lifecycle --------------------------------------------------------
 
@@ -88,6 +93,10 @@ class TransferSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
+            if self.keep_on_error and self.transfer_id is not None:
+                self._stop_keepalive()
+                self._close_backends()
+                return
             self.cancel()
             return  # re-raised by Python
         if not self.finished:
@@ -99,11 +108,14 @@ class TransferSession:
 
     def start(self) -> None:
         """Create the transfer and wait until the data plane serves it."""
-        t = self.conn.transfers.add(
-            disk_id=self.disk_id, snapshot_id=self.snapshot_id,
-            direction=self.direction, format=self.format,
-            inactivity_timeout=self.inactivity_timeout,
-            timeout_policy=self.timeout_policy, shallow=self.shallow)
+        if self.reuse_transfer_id:
+            t = self.conn.transfers.get(self.reuse_transfer_id)
+        else:
+            t = self.conn.transfers.add(
+                disk_id=self.disk_id, snapshot_id=self.snapshot_id,
+                direction=self.direction, format=self.format,
+                inactivity_timeout=self.inactivity_timeout,
+                timeout_policy=self.timeout_policy, shallow=self.shallow)
         self.transfer_id = t.id
         try:
             self.transfer = wait_for_transfer_phase(

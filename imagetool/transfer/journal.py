@@ -1,0 +1,291 @@
+"""The resume journal of one upload or download.
+
+A small JSON file that says what an interrupted transfer had safely moved:
+transfer and disk ids, engine URL, the source's identity (path, size,
+mtime, a hash of its first and last blocks), the plan (request size,
+format) and the completed ranges merged into intervals. It is rewritten
+atomically (temporary file, fsync, rename), at most every
+``SAVE_INTERVAL`` seconds while ranges arrive, and once at the end.
+
+Only durable ranges are recorded: for uploads those the server flushed,
+for downloads those fsynced to the local file (see ``JournalingBackend``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from imagetool.errors import ImagetoolError
+
+VERSION = 1
+SAVE_INTERVAL = 0.5
+# A connection flushes (and its ranges become "done") after this many bytes
+# or seconds, so a kill loses at most that much per worker.
+FLUSH_BYTES = 128 * 1024 * 1024
+FLUSH_SECONDS = 5.0
+_ID_BLOCK = 1024 * 1024
+
+
+class JournalError(ImagetoolError):
+    """A journal blocks the transfer: present without resume, or stale."""
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def source_identity(path: str) -> dict:
+    """Path, size, mtime and a hash of the first and last MiB of a file."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_ID_BLOCK))
+        if st.st_size > _ID_BLOCK:
+            f.seek(max(_ID_BLOCK, st.st_size - _ID_BLOCK))
+            h.update(f.read(_ID_BLOCK))
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "hash": h.hexdigest()}
+
+
+def source_changes(saved: dict, path: str) -> list[str]:
+    """What differs between a journal's source identity and the file now."""
+    try:
+        now = source_identity(path)
+    except FileNotFoundError:
+        return ["the file is gone"]
+    changes = []
+    if now["size"] != saved.get("size"):
+        changes.append(f"size {saved.get('size')} -> {now['size']} bytes")
+    if now["mtime_ns"] != saved.get("mtime_ns"):
+        changes.append("modification time")
+    if now["hash"] != saved.get("hash"):
+        changes.append("content of its first/last blocks")
+    return changes
+
+
+def merge(intervals: list[list[int]], start: int, end: int) -> None:
+    """Add ``[start, end)`` to sorted, disjoint ``intervals`` in place."""
+    if end <= start:
+        return
+    i = bisect.bisect_left(intervals, [start, start])
+    # The previous interval may touch or overlap the new one.
+    if i > 0 and intervals[i - 1][1] >= start:
+        i -= 1
+    j = i
+    while j < len(intervals) and intervals[j][0] <= end:
+        start = min(start, intervals[j][0])
+        end = max(end, intervals[j][1])
+        j += 1
+    intervals[i:j] = [[start, end]]
+
+
+def missing(intervals: list[list[int]], start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``[start, end)`` not covered by ``intervals`` as (start, end)."""
+    pos = start
+    i = max(0, bisect.bisect_right(intervals, [start, float("inf")]) - 1)
+    while pos < end and i < len(intervals):
+        a, b = intervals[i]
+        if b <= pos:
+            i += 1
+            continue
+        if a >= end:
+            break
+        if a > pos:
+            yield pos, a
+        pos = max(pos, b)
+        i += 1
+    if pos < end:
+        yield pos, end
+
+
+class Journal:
+    """One journal file; thread-safe. ``data`` is the JSON object."""
+
+    def __init__(self, path: str, data: dict):
+        self.path = path
+        self.data = data
+        self.data.setdefault("done", [])
+        self._lock = threading.Lock()
+        self._last_save = 0.0
+        self._dirty = False
+
+    @classmethod
+    def create(cls, path: str, **fields: Any) -> "Journal":
+        """A new journal (saved at once, so a kill right after leaves it)."""
+        j = cls(path, {"version": VERSION, "created": time.time(), **fields, "done": []})
+        j.save()
+        return j
+
+    @classmethod
+    def load(cls, path: str) -> "Journal":
+        """Read an existing journal; JournalError when unreadable."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise JournalError(f"cannot read the resume journal {path}: {e}; "
+                               f"delete it (rm {path}) to start over") from None
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise JournalError(f"{path}: not a resume journal of this version; "
+                               f"delete it (rm {path}) to start over")
+        return cls(path, data)
+
+    @property
+    def done(self) -> list[list[int]]:
+        """Sorted disjoint [start, end) intervals known durable."""
+        return self.data["done"]
+
+    def done_bytes(self) -> int:
+        """How many bytes the intervals cover."""
+        with self._lock:
+            return sum(b - a for a, b in self.done)
+
+    def update(self, **fields: Any) -> None:
+        """Set fields (transfer id, ...) and save now."""
+        with self._lock:
+            self.data.update(fields)
+            self._save_locked()
+
+    def add_done(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Record (start, length) ranges as durable; saves at most every 0.5 s."""
+        with self._lock:
+            for start, length in ranges:
+                merge(self.done, start, start + length)
+            self._dirty = True
+            if time.monotonic() - self._last_save >= SAVE_INTERVAL:
+                self._save_locked()
+
+    def save(self) -> None:
+        """Write the journal now (atomically)."""
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(directory)
+        self._last_save = time.monotonic()
+        self._dirty = False
+
+    def remove(self) -> None:
+        """Delete the journal (the transfer completed)."""
+        with self._lock:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def skip_done(requests: Iterable[Any], intervals: list[list[int]]) -> Iterator[Any]:
+    """Copier requests with the parts inside ``intervals`` turned into skips."""
+    for req in requests:
+        if req.op == "skip" or not intervals:
+            yield req
+            continue
+        end = req.start + req.length
+        pos = req.start
+        for a, b in missing(intervals, req.start, end):
+            if a > pos:
+                yield dataclasses.replace(req, op="skip", start=pos, length=a - pos)
+            yield dataclasses.replace(req, start=a, length=b - a)
+            pos = b
+        if pos < end:
+            yield dataclasses.replace(req, op="skip", start=pos, length=end - pos)
+
+
+class JournalingBackend:
+    """Wraps a destination backend; records ranges once they are durable.
+
+    Writes and zeros are "pending" until ``sync()`` succeeds, then added to
+    the journal. A sync runs every ``flush_bytes`` written or
+    ``flush_seconds`` on this object, and at ``flush()``. ``sync`` defaults
+    to this connection's own ``flush`` (an upload's PATCH flush); downloads
+    pass the local file's fsync, shared by all clones.
+    """
+
+    def __init__(self, inner: Any, journal: Journal, *,
+                 sync: Callable[[], None] | None = None,
+                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
+        self.inner = inner
+        self.journal = journal
+        self._shared_sync = sync
+        self.flush_bytes = flush_bytes
+        self.flush_seconds = flush_seconds
+        self._pending: list[tuple[int, int]] = []
+        self._pending_bytes = 0
+        self._last_sync = time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def extents(self, context: str = "zero"):
+        return self.inner.extents(context)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        return self.inner.read_into(offset, buf)
+
+    def _written(self, offset: int, length: int) -> None:
+        self._pending.append((offset, length))
+        self._pending_bytes += length
+        if (self._pending_bytes >= self.flush_bytes
+                or time.monotonic() - self._last_sync >= self.flush_seconds):
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._shared_sync is not None:
+            self._shared_sync()
+        else:
+            self.inner.flush()
+        self._last_sync = time.monotonic()
+        if self._pending:
+            self.journal.add_done(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+
+    def write(self, offset: int, data: Any) -> None:
+        self.inner.write(offset, data)
+        self._written(offset, len(memoryview(data).cast("B")))
+
+    def zero(self, offset: int, length: int) -> None:
+        self.inner.zero(offset, length)
+        self._written(offset, length)
+
+    def flush(self) -> None:
+        """Make everything durable and record it."""
+        self._sync()
+
+    def clone(self) -> "JournalingBackend":
+        return JournalingBackend(self.inner.clone(), self.journal,
+                                 sync=self._shared_sync, flush_bytes=self.flush_bytes,
+                                 flush_seconds=self.flush_seconds)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,274 @@
+"""Resume glue for the upload and download workflows.
+
+``UploadResume.open`` finds (or refuses) the journal of an upload before
+anything is created on the engine; ``attach_transfer`` decides whether an
+interrupted transfer can be reused; ``download_resumable`` is the whole
+raw download with a stable partial file and a journal beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from imagetool.errors import NotFound, TransferError
+from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
+                                        source_changes, source_identity)
+from imagetool.transfer.retry import RetryingBackend, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_JOURNAL_SUFFIX = ".imagetool-journal"
+DOWNLOAD_PART_SUFFIX = ".imagetool-part"
+# Transfers in these phases can carry on after a resume action or as they are.
+_PLAN_KEYS = ("transfer_format", "disk_format")
+_REUSABLE = ("transferring", "resuming", "paused_user", "paused_system", "initializing")
+
+
+def journals_dir() -> str:
+    """Where upload journals live: ``$IMAGETOOL_HOME/journals``."""
+    from imagetool.server.local import default_data_dir
+    return os.path.join(default_data_dir(), "journals")
+
+
+def upload_journal_path(engine_url: str, source: str, target: str) -> str:
+    """The journal of uploading ``source`` to ``target`` (storage domain/name or disk id)."""
+    key = "\0".join((engine_url, os.path.abspath(source), target))
+    return os.path.join(journals_dir(), hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
+def download_paths(dest: str) -> tuple[str, str]:
+    """(journal, partial file) of a resumable download to ``dest``."""
+    dest = os.path.abspath(dest)
+    return dest + DOWNLOAD_JOURNAL_SUFFIX, dest + DOWNLOAD_PART_SUFFIX
+
+
+def _engine_url(conn: Any) -> str:
+    return str(getattr(conn, "url", "") or getattr(conn, "base_url", ""))
+
+
+@dataclass
+class UploadResume:
+    """The journal of one upload and what it allows to skip."""
+
+    journal: Journal
+    resumed: bool            # an earlier run's journal is being continued
+    resume: bool             # the caller asked for resume (keep state on failure)
+
+    @classmethod
+    def open(cls, conn: Any, path: str, target: str, *, resume: bool,
+             plan: dict) -> "UploadResume":
+        """Load the journal for ``path`` -> ``target`` or start one.
+
+        Without ``resume`` an existing journal is an error (never reused
+        nor deleted silently); with it, a changed source is refused.
+        """
+        jpath = upload_journal_path(_engine_url(conn), path, target)
+        if os.path.exists(jpath):
+            if not resume:
+                raise JournalError(
+                    f"{path}: an interrupted upload of this file exists (journal "
+                    f"{jpath}); run the same command with --resume to continue it, "
+                    f"or delete the journal (rm {jpath}) to start over")
+            j = Journal.load(jpath)
+            changes = source_changes(j.data.get("source", {}), path)
+            if changes:
+                raise JournalError(
+                    f"{path}: the file changed since the interrupted upload "
+                    f"({', '.join(changes)}); the disk on the engine holds part of "
+                    f"the old content. Delete the journal (rm {jpath}) and the "
+                    f"partial disk {j.data.get('disk_id')}, then upload again")
+            old = j.data.get("plan") or {}
+            if any(old.get(k) != plan.get(k) for k in _PLAN_KEYS):
+                raise JournalError(
+                    f"{path}: the interrupted upload used other options "
+                    f"({j.data.get('plan')}); use the same ones, or delete the "
+                    f"journal (rm {jpath}) to start over")
+            return cls(j, resumed=True, resume=True)
+        j = Journal.create(jpath, engine_url=_engine_url(conn), target=target,
+                           source=source_identity(path), plan=plan,
+                           disk_id=None, transfer_id=None)
+        return cls(j, resumed=False, resume=resume)
+
+    @property
+    def disk_id(self) -> str | None:
+        """The disk an earlier run created (None: create one)."""
+        return self.journal.data.get("disk_id") if self.resumed else None
+
+    def existing_disk(self, conn: Any) -> Any:
+        """The earlier run's disk, or a clear error when it is gone."""
+        try:
+            return conn.disks.get(self.disk_id)
+        except NotFound:
+            raise JournalError(
+                f"the disk {self.disk_id} of the interrupted upload no longer "
+                f"exists; delete the journal (rm {self.journal.path}) and upload "
+                f"again") from None
+
+    def prepare_session(self, conn: Any, session: Any, disk_id: str) -> None:
+        """Record the disk; reuse the earlier transfer when it is still alive."""
+        self.journal.update(disk_id=disk_id)
+        session.keep_on_error = self.resume
+        if self.resumed:
+            session.reuse_transfer_id = attach_transfer(
+                conn, self.journal.data.get("transfer_id"), disk_id)
+
+    def start(self, session: Any, dst: Any, source: Any,
+              policy: RetryPolicy | None = None) -> Any:
+        """The destination the copier should use: retries, then journaling."""
+        self.journal.update(transfer_id=session.transfer_id)
+        return JournalingBackend(
+            RetryingBackend(dst, policy or RetryPolicy(), source=source,
+                            stop=session.cancel_event), self.journal)
+
+    def failed(self) -> None:
+        """Keep the journal (resume) or drop it (the transfer was cancelled)."""
+        if self.resume:
+            self.journal.save()
+        else:
+            self.journal.remove()
+
+
+def upload_timeout_policy(asked: str | None, resume: bool) -> str | None:
+    """``pause`` for resumable uploads unless asked otherwise.
+
+    With ``cancel`` (or an engine default that cancels) a quiet client
+    loses its disk; ``pause`` keeps the transfer and disk for a resume.
+    """
+    return asked or ("pause" if resume else None)
+
+
+def open_upload(conn: Any, plan: Any, storage_domain: str, name: str,
+                disk_id: str | None, *, resume: bool,
+                request_size: int) -> UploadResume | None:
+    """The journal of this upload, or None when it cannot be resumed
+    (a raw file converted to a temporary qcow2 first)."""
+    if plan.convert:
+        if resume:
+            raise JournalError(f"{plan.path}: --resume needs a raw transfer or a "
+                               f"qcow2 file (this upload converts to a temporary file)")
+        return None
+    target = disk_id or f"{storage_domain}/{name}"
+    return UploadResume.open(conn, plan.path, target, resume=resume, plan={
+        "transfer_format": plan.transfer_format, "disk_format": plan.disk_format,
+        "request_size": request_size})
+
+
+def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | None:
+    """The id of a transfer to reuse for ``disk_id`` (resumed if paused), or None.
+
+    A transfer that ended, failed or vanished cannot be reused: the caller
+    then starts a new one after the disk is unlocked.
+    """
+    from imagetool.engine.wait import wait_for_disk_unlocked
+
+    t = None
+    if transfer_id:
+        try:
+            t = conn.transfers.get(transfer_id)
+        except NotFound:
+            t = None
+    if t is not None and t.phase in _REUSABLE:
+        if t.phase.startswith("paused"):
+            conn.transfers.resume(transfer_id)
+        return transfer_id
+    if t is not None and not t.phase.startswith("finished"):
+        # Finalizing or cancelling: wait for the end, then start anew.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if conn.transfers.get(transfer_id).phase.startswith("finished"):
+                    break
+            except NotFound:
+                break
+            time.sleep(0.2)
+    wait_for_disk_unlocked(conn, disk_id, timeout=300)
+    return None
+
+
+def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
+                       workers: int, buffer_size: int, inactivity_timeout: int,
+                       use_proxy: bool, progress: Callable[[int], None] | None,
+                       snapshot_id: str | None = None,
+                       policy: RetryPolicy | None = None) -> Any:
+    """A raw download that can continue after a kill: journal + stable partial file.
+
+    ``path`` appears only when complete; until then data goes to
+    ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``.
+    Returns the CopyStats.
+    """
+    from imagetool.formats.raw import RawBackend
+    from imagetool.transfer.copier import CopyCancelled, copy
+    from imagetool.transfer.output import SharedBackend, _fsync_dir
+    from imagetool.transfer.session import TransferSession
+
+    jpath, part = download_paths(path)
+    if os.path.exists(jpath) and not resume:
+        raise JournalError(
+            f"{path}: an interrupted download to this file exists (journal {jpath}); "
+            f"run the same command with --resume to continue it, or delete "
+            f"{jpath} and {part} to start over")
+    journal = None
+    if os.path.exists(jpath) and os.path.exists(part):
+        journal = Journal.load(jpath)
+        if journal.data.get("disk_id") != disk.id or \
+                journal.data.get("snapshot_id") != snapshot_id:
+            raise JournalError(
+                f"{path}: the interrupted download was of another disk "
+                f"({journal.data.get('disk_id')}); delete {jpath} and {part} "
+                f"to start over")
+    if journal is None:
+        if os.path.exists(part):
+            os.unlink(part)
+        journal = Journal.create(jpath, engine_url=_engine_url(conn), disk_id=disk.id,
+                                 snapshot_id=snapshot_id, dest=os.path.abspath(path),
+                                 plan={"format": "raw", "request_size": buffer_size})
+    session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
+                              direction="download", format="raw",
+                              inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
+    try:
+        with session:
+            journal.update(transfer_id=session.transfer_id)
+            src = RetryingBackend(session.open_backend(), policy or RetryPolicy(),
+                                  stop=session.cancel_event)
+            size = src.size
+            local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
+            shared = SharedBackend(local)
+            dst = JournalingBackend(shared, journal, sync=local.flush)
+            try:
+                stats = copy(src, dst, workers=max(1, min(workers, src.max_readers or workers)),
+                             request_size=buffer_size, dst_is_zero=True,
+                             progress=session.progress(progress),
+                             cancel_event=session.cancel_event, detect_zeroes=True,
+                             skip_ranges=journal.done)
+                dst.flush()
+            except CopyCancelled:
+                raise TransferError(f"download of {disk.name or disk.id} stopped: "
+                                    f"{session.stop_reason or 'cancelled'}") from None
+            finally:
+                shared.close()
+    except BaseException:
+        journal.save()
+        raise
+    os.replace(part, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    journal.remove()
+    return stats
+
+
+def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
+                          backing_file: str | None) -> bool:
+    """Whether a download goes the resumable way (asked, or a journal is there).
+
+    Only raw downloads of guest data can be resumed.
+    """
+    journal, _ = download_paths(os.fspath(path))
+    if not (resume or os.path.exists(journal)):
+        return False
+    if format != "raw" or legacy or backing_file:
+        raise JournalError("--resume supports raw downloads of guest data only")
+    return True
