@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from imagetool.errors import NotFound, TransferError
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
-                                        source_changes, source_identity)
+                                        flush_bytes_for, source_changes,
+                                        source_identity)
 from imagetool.transfer.retry import RetryingBackend, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,11 @@ class UploadResume:
               policy: RetryPolicy | None = None) -> Any:
         """The destination the copier should use: retries, then journaling."""
         self.journal.update(transfer_id=session.transfer_id)
+        request_size = int(self.journal.data.get("plan", {}).get("request_size") or 0)
         return JournalingBackend(
             RetryingBackend(dst, policy or RetryPolicy(), source=source,
-                            stop=session.cancel_event), self.journal)
+                            stop=session.cancel_event), self.journal,
+            flush_bytes=flush_bytes_for(source.size, request_size or 8 << 20))
 
     def failed(self) -> None:
         """Keep the journal (resume) or drop it (the transfer was cancelled)."""
@@ -238,7 +241,8 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
             size = src.size
             local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
             shared = SharedBackend(local)
-            dst = JournalingBackend(shared, journal, sync=local.flush)
+            dst = JournalingBackend(shared, journal, sync=local.flush,
+                                    flush_bytes=flush_bytes_for(size, buffer_size))
             try:
                 stats = copy(src, dst, workers=max(1, min(workers, src.max_readers or workers)),
                              request_size=buffer_size, dst_is_zero=True,
