@@ -123,7 +123,9 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
                            f"({format_size(int(rate))}/s)")
     if errors:
         for label, e in errors:
-            click.echo(f"imagetool: error: {label}: {e}", err=True)
+            # Errors about a file (FormatError) already start with its path.
+            text = str(e) if str(e).startswith(f"{label}: ") else f"{label}: {e}"
+            click.echo(f"imagetool: error: {text}", err=True)
         code = max(getattr(e, "exit_code", 1) for _, e in errors)
         sys.exit(code)
 
