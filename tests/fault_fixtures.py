@@ -135,13 +135,7 @@ def disks_named(fe: FaultyEngine, name: str) -> list[Any]:
 def transfers_of(fe: FaultyEngine, disk_id: str | None = None) -> list[Any]:
     """The engine's transfers (of ``disk_id`` when given)."""
     with fe.connect() as conn:
-        return [t for t in conn.transfers.list()
-                if disk_id is None or _disk_of(t) == disk_id]
-
-
-def _disk_of(t: Any) -> str | None:
-    disk = getattr(t, "disk", None)
-    return getattr(disk, "id", disk) if disk is not None else getattr(t, "disk_id", None)
+        return [t for t in conn.transfers.list() if disk_id is None or t.disk_id == disk_id]
 
 
 def wait_settled(fe: FaultyEngine, timeout: float = 20.0) -> list[Any]:
