@@ -8,6 +8,7 @@ import click
 from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE,
                                 checksum, validate_block_size)
 from imagetool.cli.common import SIZE, emit_json, progress_bar
+from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.main import cli
 from imagetool.units import format_size
 
@@ -96,9 +97,15 @@ def _block_size(ctx, param, value: int) -> int:
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Hashing threads (default: 2 to 4, by CPU count).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON with keys checksum, algorithm, block_size.")
+              help="Print JSON with keys checksum, algorithm, block_size "
+                   "(and disk_id with --disk).")
+@click.option("--disk", metavar="DISK",
+              help="Instead of FILE: the server-side checksum of this engine disk "
+                   "(name or id), through a short download transfer.")
+@engine_options
 def checksum_cmd(file: str | None, algorithm: str, block_size: int,
-                 workers: int | None, as_json: bool) -> None:
+                 workers: int | None, as_json: bool, disk: str | None,
+                 engine: EngineOptions) -> None:
     """Block checksum of FILE's guest data, as imageio computes it.
 
     A raw file and a qcow2 image holding the same guest data have the same
@@ -109,7 +116,13 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
     Examples:
       imagetool checksum disk.qcow2
       imagetool checksum --json --algorithm sha256 --block-size 8M disk.raw
+      imagetool checksum --disk my-disk --engine-url https://engine ...
     """
+    if file and disk:
+        raise click.UsageError("give FILE or --disk, not both")
+    if disk:
+        _disk_checksum(disk, algorithm, block_size, as_json, engine)
+        return
     if file is None:
         raise click.UsageError("missing argument FILE")
     from imagetool.formats import open_image
@@ -125,6 +138,22 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
         emit_json(result)
     else:
         click.echo(f"{result['checksum']}  {file}")
+
+
+def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
+                   engine: EngineOptions) -> None:
+    """``checksum --disk``: ask the engine's data plane to hash the disk."""
+    from imagetool.transfer.verify import disk_checksum
+
+    with open_connection(engine) as conn:
+        found = conn.disks.find(disk)
+        result = disk_checksum(conn, found.id, algorithm=algorithm.lower(),
+                               block_size=block_size)
+    if as_json:
+        emit_json({k: result[k] for k in ("algorithm", "block_size", "checksum",
+                                          "disk_id")})
+    else:
+        click.echo(f"{result['checksum']}  disk {found.name or ''} ({found.id})")
 
 
 @cli.command()

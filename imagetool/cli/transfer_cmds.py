@@ -121,6 +121,9 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
                 click.echo(f"{verb} {r.path} {'->' if verb == 'uploaded' else '<-'} "
                            f"{where}: {format_size(r.bytes)} in {r.seconds:.1f} s "
                            f"({format_size(int(rate))}/s)")
+                if getattr(r, "verification", None) is not None and r.verification.verified:
+                    v = r.verification
+                    click.echo(f"  verified: {v.algorithm} block checksum {v.value}")
     if errors:
         for label, e in errors:
             # Errors about a file (FormatError) already start with its path.
@@ -153,7 +156,9 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
 @click.option("--inactivity-timeout", type=click.IntRange(1), default=60,
               show_default=True, help="Seconds without activity before the timeout policy.")
 @click.option("--use-proxy", is_flag=True, help="Send data through the engine's proxy.")
-@click.option("--verify", is_flag=True, help="Compare block checksums after the copy.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the server's block checksum with the source's before "
+                   "finalizing; a mismatch cancels the upload (exit 1).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images uploaded at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -207,6 +212,9 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE,
               show_default="8M", help="Bytes per request.")
 @click.option("--use-proxy", is_flag=True, help="Read data through the engine's proxy.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the file's block checksum with the server's before "
+                   "finalizing; a mismatch leaves no file (exit 1).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images downloaded at a time.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
@@ -214,7 +222,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @engine_options
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
-             jobs: int, force: bool, as_json: bool, engine: EngineOptions) -> None:
+             verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions) -> None:
     """Download disks (by name or id) to DEST (a directory when several)."""
     from imagetool.transfer.download import download_disk_result
 
@@ -247,7 +255,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
                 (lambda i=i, d=d, p=p: download_disk_result(
                     conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
                     force=force, workers=workers, buffer_size=buffer_size,
-                    use_proxy=use_proxy, progress=bars.callback(i)))
+                    use_proxy=use_proxy, verify=verify, progress=bars.callback(i)))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
         finally:

@@ -196,8 +196,11 @@ class RawBackend:
         end = offset + length
         size = self.size
         if end > size:
-            # Growing with ftruncate leaves [size, end) as a hole already.
-            os.ftruncate(self._fd, end)
+            # Grow by writing the last byte: unlike ftruncate it never shrinks
+            # a file another thread has just extended further (concurrent
+            # zeros past the end lost data that way). [size, end - 1) stays
+            # a hole.
+            self._pwrite(end - 1, memoryview(b"\0"))
             end = min(end, max(size, offset))
             if end <= offset:
                 return

@@ -27,7 +27,8 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
                          force: bool = False, workers: int = 4,
                          buffer_size: int = DEFAULT_REQUEST_SIZE,
                          inactivity_timeout: int = 60, use_proxy: bool = False,
-                         progress: Progress | None = None) -> TransferResult:
+                         progress: Progress | None = None,
+                         verify: bool = True) -> TransferResult:
     """Like :func:`download_disk` but returns what was moved."""
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
@@ -39,6 +40,8 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
     legacy = bool(getattr(conn, "legacy", False))
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
+    from imagetool.transfer import verify as verifying
+    verification = verifying.skipped("not asked (--no-verify)")
     with atomic_output(path, force) as tmp:
         session = TransferSession(
             conn, disk_id=disk.id, snapshot_id=snapshot_id, direction="download",
@@ -65,11 +68,17 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
             except CopyCancelled:
                 raise TransferError(f"download of {disk.name or disk.id} stopped: "
                                     f"{session.stop_reason or 'cancelled'}") from None
+            if verify:      # before finalize; a mismatch cancels and drops tmp
+                verification = verifying.verify_download(
+                    src, tmp + ".volume" if volume_is_qcow2 else tmp,
+                    format="raw" if volume_is_qcow2 else format,
+                    shallow=bool(backing_file), what=os.fspath(path))
         if volume_is_qcow2:
             _from_volume(tmp + ".volume", tmp, format, workers)
     return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
                           format=format, disk_id=disk.id, name=disk.name,
-                          path=os.fspath(path), stats=stats, disk=disk)
+                          path=os.fspath(path), stats=stats, disk=disk,
+                          checksum=verification.value, verification=verification)
 
 
 def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
@@ -102,7 +111,8 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
                   force: bool = False, workers: int = 4,
                   buffer_size: int = DEFAULT_REQUEST_SIZE,
                   inactivity_timeout: int = 60, use_proxy: bool = False,
-                  progress: Progress | None = None) -> TransferResult:
+                  progress: Progress | None = None,
+                  verify: bool = True) -> TransferResult:
     """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
 
     ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot_id``
@@ -111,11 +121,13 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     qcow2 at the previous layer). Refuses an existing ``path`` unless
     ``force``; the file appears under ``path`` only when complete. On any
     failure the transfer is cancelled and the error raised. Returns a
-    TransferResult (bytes, seconds, disk_id, name, format).
+    TransferResult (bytes, seconds, disk_id, name, format). ``verify``
+    (default) compares the file's block checksum with the server's before
+    finalizing; a mismatch raises ChecksumMismatch and leaves no file.
     """
     return download_disk_result(
         conn, disk, path, format=format, snapshot_id=snapshot_id,
         shallow=shallow, backing_file=backing_file, force=force,
         workers=workers, buffer_size=buffer_size,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress)
+        progress=progress, verify=verify)

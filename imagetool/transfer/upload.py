@@ -140,7 +140,7 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                        inactivity_timeout: int = 60, use_proxy: bool = False,
                        progress: Progress | None = None,
                        description: str | None = None,
-                       verify: bool = False) -> TransferResult:
+                       verify: bool = True) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
     from imagetool.formats import open_image
     from imagetool.formats.raw import RawBackend
@@ -178,7 +178,10 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             src = open_image(source_path, "r")     # guest data
             dst_is_zero = sparse
         stack.callback(src.close)
-        checksum = None
+        from imagetool.transfer import verify as verifying
+        volume_bytes = plan.transfer_format == "cow" and plan.disk_format == "cow"
+        verification = verifying.skipped("not asked (--no-verify)")
+        local_hash = None
         session = TransferSession(conn, disk_id=disk.id, direction="upload",
                                   format=plan.transfer_format,
                                   inactivity_timeout=inactivity_timeout,
@@ -188,6 +191,8 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             with session:
                 dst = session.open_backend()
                 workers = max(1, min(workers, dst.max_writers or workers))
+                if verify:
+                    local_hash = verifying.start_upload_hash(source_path, volume_bytes)
                 try:
                     stats = copy(SharedBackend(src), dst, workers=workers,
                                  request_size=buffer_size, dst_is_zero=dst_is_zero,
@@ -198,9 +203,13 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                 except CopyCancelled:
                     raise TransferError(f"upload of {plan.path} stopped: "
                                         f"{session.stop_reason or 'cancelled'}") from None
-                if verify and plan.transfer_format == "raw":
-                    checksum = _verify(src, dst, plan.path)
+                if verify:
+                    verification = verifying.verify_upload(
+                        dst, source_path, volume_bytes=volume_bytes,
+                        local=local_hash, what=plan.path)
         except BaseException:
+            if local_hash is not None:
+                local_hash.cancel()
             if session.transfer_id is None:
                 # No transfer was created: the engine will not clean up.
                 _remove_quietly(conn, disk.id)
@@ -208,24 +217,11 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
         final = conn.disks.get(disk.id)
     result = TransferResult(bytes=stats.bytes_total,
                             seconds=time.monotonic() - start,
-                            format=plan.disk_format, checksum=checksum,
+                            format=plan.disk_format, checksum=verification.value,
+                            verification=verification,
                             disk_id=disk.id, name=name, path=plan.path,
                             stats=stats, disk=final)
     return result
-
-
-def _verify(src: Any, dst: Any, what: str) -> str | None:
-    """Compare the local and the remote block checksums; return the checksum."""
-    from imagetool.checksum import checksum
-    from imagetool.errors import ChecksumMismatch
-
-    if "checksum" not in getattr(dst, "features", ()):
-        return None
-    local = checksum(src)["checksum"]
-    remote = dst.client.checksum()["checksum"]
-    if local != remote:
-        raise ChecksumMismatch(local, remote, what)
-    return local
 
 
 def _remove_quietly(conn: Any, disk_id: str) -> None:
@@ -242,7 +238,7 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                 buffer_size: int = DEFAULT_REQUEST_SIZE,
                 timeout_policy: str | None = None, inactivity_timeout: int = 60,
                 use_proxy: bool = False, progress: Progress | None = None,
-                verify: bool = False) -> Any:
+                verify: bool = True) -> Any:
     """Upload a raw/qcow2/ISO file as a new disk on ``storage_domain``; return the Disk.
 
     ``disk_format`` raw|qcow2 (default: the file's format; ISOs are raw with
@@ -251,8 +247,10 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     connections (capped by the server's max_writers), ``buffer_size`` bytes
     per request. ``progress(nbytes)`` is called as data moves. On any
     failure (Ctrl-C included) the transfer is cancelled, so no disk stays
-    locked, and the error is raised. ``verify`` compares block checksums
-    after the copy (guest-data transfers only).
+    locked, and the error is raised. ``verify`` (default) compares the
+    server's block checksum with the source's before finalizing
+    (imagetool.transfer.verify); a mismatch cancels and raises
+    ChecksumMismatch.
     """
     result = upload_disk_result(
         conn, path, storage_domain, name=name, disk_format=disk_format,

@@ -35,11 +35,15 @@ class TransferResult:
     path: str | None = None
     stats: CopyStats | None = field(default=None, repr=False)
     disk: Any = field(default=None, repr=False)     # the engine's Disk, when any
+    verification: Any = field(default=None, repr=False)  # transfer.verify.Verification
 
     def to_dict(self) -> dict:
         """JSON-ready: disk_id, name, format, bytes, seconds, checksum, path."""
-        return {k: getattr(self, k) for k in
-                ("disk_id", "name", "format", "bytes", "seconds", "checksum", "path")}
+        out = {k: getattr(self, k) for k in
+               ("disk_id", "name", "format", "bytes", "seconds", "checksum", "path")}
+        if self.verification is not None:
+            out.update(self.verification.to_dict())
+        return out
 
 
 def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,

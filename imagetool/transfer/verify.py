@@ -1,0 +1,407 @@
+"""End-to-end verification of transfers: the server's block checksum vs ours.
+
+After an upload (before finalize, while the ticket lives) the server's
+checksum of the ticket (``GET /images/<t>/checksum``) is compared with the
+local block checksum of the source; after a download, the written file's
+checksum is compared with the server's. A server without the ``checksum``
+feature has its data read back over the data plane and hashed here (zero
+extents it reports are not read).
+
+What is compared:
+
+- guest-data (``raw`` format) transfers: the source's guest data (raw or
+  qcow2, through ``open_image``) against the ticket, which is the disk's
+  guest data. Equal checksums prove equal guest bytes.
+- volume-bytes (``cow`` format) uploads of a qcow2 file: the ticket is the
+  volume as a file, which may be longer than the uploaded file (a block
+  volume is an LV sized to ``initial_size``, whose tail we never wrote and
+  which need not hold zeros). First the file's bytes, padded with zeros to
+  the volume's size, are compared with the server's checksum (true when the
+  tail reads as zeros: file storage, fresh volumes); when they differ, the
+  volume's first ``len(file)`` bytes are read back and hashed, which is
+  exact whatever the tail holds. Only a difference in the file's own bytes
+  is a mismatch.
+
+A mismatch raises :class:`~imagetool.errors.ChecksumMismatch` with both
+values; the workflows raise it inside their transfer session, so an upload
+is cancelled (no disk kept as if good) and a download's temporary file is
+removed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
+from imagetool.errors import ChecksumMismatch, ImagetoolError
+from imagetool.formats.base import Backend, Extent
+
+# The server hashes the whole image in one request: allow it time for that
+# (at least this rate) on top of the usual read timeout.
+_MIN_SERVER_RATE = 20 * 1024 * 1024
+
+
+@dataclass
+class Verification:
+    """The outcome of one verification (the ``--json`` keys it adds)."""
+
+    verified: bool
+    algorithm: str = DEFAULT_ALGORITHM
+    block_size: int = DEFAULT_BLOCK_SIZE
+    value: str | None = None
+    method: str | None = None       # server-checksum | read-back
+    scope: str = "guest-data"       # guest-data | volume-bytes
+    skipped: str | None = None      # why nothing was compared
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """``{"checksum": {...} | None, "verified": bool, ...}`` for ``--json``."""
+        out: dict[str, Any] = {
+            "checksum": None if self.value is None else {
+                "algorithm": self.algorithm, "block_size": self.block_size,
+                "value": self.value, "scope": self.scope},
+            "verified": self.verified,
+        }
+        if self.method:
+            out["verify_method"] = self.method
+            out["verify_seconds"] = round(self.seconds, 3)
+        if self.skipped:
+            out["verify_skipped"] = self.skipped
+        return out
+
+
+def skipped(reason: str) -> Verification:
+    """A Verification that compared nothing, saying why."""
+    return Verification(verified=False, skipped=reason)
+
+
+# --- backend adapters ------------------------------------------------------
+
+class _PerThread:
+    """Reads of a non-thread-safe backend, each thread on its own clone.
+
+    ``imagetool.checksum`` reads from several threads; an HttpBackend holds
+    one connection, so every reading thread gets its own ``clone()``.
+    """
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+        self._local = threading.local()
+        self._clones: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._backend.size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        return self._backend.extents(context)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        b = getattr(self._local, "backend", None)
+        if b is None:
+            b = self._local.backend = self._backend.clone()
+            with self._lock:
+                self._clones.append(b)
+        return b.read_into(offset, buf)
+
+    def close(self) -> None:
+        with self._lock:
+            clones, self._clones = self._clones, []
+        for b in clones:
+            try:
+                b.close()
+            except Exception:
+                pass
+
+
+class _Window:
+    """``backend`` seen with length ``size``: cut, or padded with a zero hole."""
+
+    def __init__(self, backend: Any, size: int):
+        self._backend = backend
+        self.size = size
+        self._inner = backend.size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        end = min(self.size, self._inner)
+        for ext in self._backend.extents(context):
+            if ext.start >= end:
+                break
+            yield Extent(ext.start, min(ext.start + ext.length, end) - ext.start,
+                         ext.zero, ext.hole)
+        if self.size > self._inner:
+            yield Extent(self._inner, self.size - self._inner, zero=True, hole=True)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        # Only called inside [0, min(size, inner)): the padding is a zero extent.
+        return self._backend.read_into(offset, buf)
+
+
+# --- the two sides ---------------------------------------------------------
+
+def _fresh_client(backend: Any, read_timeout: float) -> Any:
+    """A new client of ``backend``'s URL: own connection, nothing cached."""
+    from imagetool.imageio.client import ImageioClient
+
+    c = backend.client
+    return ImageioClient(c.url, cafile=c.cafile, insecure=c.insecure,
+                         proxy_url=c.proxy_url, signed_ticket=c.signed_ticket,
+                         connect_timeout=c.connect_timeout, read_timeout=read_timeout)
+
+
+def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
+                    block_size: int = DEFAULT_BLOCK_SIZE, size: int | None = None,
+                    workers: int | None = None) -> tuple[dict, str]:
+    """The block checksum of an imageio ticket: ``(result, method)``.
+
+    ``backend`` is an HttpBackend. With the server's ``checksum`` feature
+    (and no ``size``) one ``GET .../checksum``; otherwise, or when ``size``
+    asks for a prefix of the image, its data is read back and hashed here.
+    ``method`` is ``server-checksum`` or ``read-back``.
+    """
+    from imagetool.imageio.backend import HttpBackend
+
+    if size is None and "checksum" in getattr(backend, "features", ()):
+        client = _fresh_client(backend, backend.client.read_timeout
+                               + backend.size / _MIN_SERVER_RATE)
+        try:
+            return client.checksum(algorithm=algorithm, block_size=block_size), \
+                "server-checksum"
+        finally:
+            client.close()
+    fresh = HttpBackend(_fresh_client(backend, backend.client.read_timeout))
+    reader = _PerThread(fresh)
+    try:
+        view: Any = reader if size is None else _Window(reader, size)
+        return checksum(view, algorithm=algorithm, block_size=block_size,
+                        workers=workers), "read-back"
+    finally:
+        reader.close()
+        fresh.close()
+
+
+# Hash an upload's source while the copy runs (True) or after it (False).
+# Both read the same file, so the second read mostly hits the page cache;
+# benchmarks/compare_verify.py measures both.
+PARALLEL_UPLOAD_HASH = True
+
+
+class _Cancellable:
+    """A backend whose reads stop with ``ImagetoolError`` once ``event`` is set."""
+
+    def __init__(self, backend: Backend, event: threading.Event):
+        self._backend = backend
+        self._event = event
+        self.size = backend.size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        return self._backend.extents(context)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        if self._event.is_set():
+            raise ImagetoolError("verification cancelled")
+        return self._backend.read_into(offset, buf)
+
+
+class LocalHash:
+    """Hash a local image in a background thread (overlapping a copy).
+
+    ``opener`` returns a fresh Backend (closed here when done). ``result()``
+    waits and returns the checksum dict, or raises what hashing raised;
+    ``cancel()`` stops it early (the copy failed).
+    """
+
+    def __init__(self, opener: Callable[[], Backend], *,
+                 algorithm: str = DEFAULT_ALGORITHM,
+                 block_size: int = DEFAULT_BLOCK_SIZE, workers: int | None = None,
+                 start: bool = True):
+        self._opener = opener
+        self._kw = dict(algorithm=algorithm, block_size=block_size, workers=workers)
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start hashing (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="verify-hash",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            backend = self._opener()
+            try:
+                self._result = checksum(_Cancellable(backend, self._cancel), **self._kw)
+            finally:
+                backend.close()
+        except BaseException as e:  # handed to the caller of result()
+            self._error = e
+
+    def cancel(self) -> None:
+        """Stop hashing soon; ``result()`` then raises."""
+        self._cancel.set()
+
+    def result(self) -> dict:
+        """The checksum dict; raises the hashing error, if any."""
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def _mismatch(local: str, remote: str, what: str) -> ChecksumMismatch:
+    return ChecksumMismatch(local, remote, what)
+
+
+# --- workflows -------------------------------------------------------------
+
+def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
+    """An opener of what an upload sends: guest data, or the file's own bytes."""
+    def opener() -> Backend:
+        if volume_bytes:
+            from imagetool.formats.raw import RawBackend
+            return RawBackend(path, "r")
+        from imagetool.formats import open_image
+        return open_image(path, "r")
+    return opener
+
+
+def start_upload_hash(source_path: str, volume_bytes: bool = False) -> LocalHash | None:
+    """Start hashing an upload's source now when :data:`PARALLEL_UPLOAD_HASH`.
+
+    Returns None when hashing is left for :func:`verify_upload`.
+    """
+    if not PARALLEL_UPLOAD_HASH:
+        return None
+    return LocalHash(open_source(source_path, volume_bytes))
+
+
+def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
+                  local: LocalHash | None = None, what: str = "",
+                  algorithm: str = DEFAULT_ALGORITHM,
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> Verification:
+    """Compare an upload's ticket with its source; raise ChecksumMismatch if they differ.
+
+    Call after the copy (flushed) and before finalize. ``dst`` is the
+    session's HttpBackend; ``local`` a LocalHash started on the same source
+    (one is run here when None); ``volume_bytes`` for cow transfers of a
+    qcow2 file (see the module docstring).
+    """
+    start = time.monotonic()
+    if local is None:
+        local = LocalHash(open_source(source_path, volume_bytes),
+                          algorithm=algorithm, block_size=block_size)
+    kw = dict(algorithm=algorithm, block_size=block_size)
+    if not volume_bytes:
+        remote, method = remote_checksum(dst, **kw)
+        mine = local.result()
+        if mine["checksum"] != remote["checksum"]:
+            raise _mismatch(mine["checksum"], remote["checksum"], what)
+        return Verification(True, algorithm, block_size, mine["checksum"], method,
+                            seconds=time.monotonic() - start)
+
+    mine = local.result()       # the file's bytes
+    file_size = _file_size(source_path)
+    volume_size = _fresh_size(dst)
+    if volume_size >= file_size:
+        remote, method = remote_checksum(dst, **kw)
+        padded = _padded_checksum(source_path, volume_size, kw)
+        if padded == remote["checksum"]:
+            return Verification(True, algorithm, block_size, padded, method,
+                                scope="volume-bytes", seconds=time.monotonic() - start)
+    # The volume's tail may hold old bytes: compare the file's extent only.
+    remote, _ = remote_checksum(dst, size=file_size, **kw)
+    if mine["checksum"] != remote["checksum"]:
+        raise _mismatch(mine["checksum"], remote["checksum"], what)
+    return Verification(True, algorithm, block_size, mine["checksum"], "read-back",
+                        scope="volume-bytes", seconds=time.monotonic() - start)
+
+
+def _file_size(path: str) -> int:
+    import os
+    return os.path.getsize(path)
+
+
+def _fresh_size(dst: Any) -> int:
+    """The ticket's current size (a cow volume grows as its bytes arrive)."""
+    client = _fresh_client(dst, dst.client.read_timeout)
+    try:
+        return client.size()
+    finally:
+        client.close()
+
+
+def _padded_checksum(path: str, size: int, kw: dict) -> str:
+    from imagetool.formats.raw import RawBackend
+
+    b = RawBackend(path, "r")
+    try:
+        return checksum(_Window(b, size), **kw)["checksum"]
+    finally:
+        b.close()
+
+
+def verify_download(src: Any, local_path: str, *, format: str = "raw",
+                    shallow: bool = False, what: str = "",
+                    algorithm: str = DEFAULT_ALGORITHM,
+                    block_size: int = DEFAULT_BLOCK_SIZE) -> Verification:
+    """Compare a downloaded file with the ticket it came from.
+
+    Call after the file is written and closed, before finalize. ``format``
+    is the file's (raw, or qcow2 read as guest data; ``shallow`` reads only
+    that layer, for files given a backing file). The server hashes while we
+    hash the file. Raises ChecksumMismatch when they differ.
+    """
+    from imagetool.formats import open_image
+
+    start = time.monotonic()
+    local = LocalHash(lambda: open_image(local_path, "r", format=format, shallow=shallow),
+                      algorithm=algorithm, block_size=block_size)
+    remote, method = remote_checksum(src, algorithm=algorithm, block_size=block_size)
+    mine = local.result()
+    if mine["checksum"] != remote["checksum"]:
+        raise _mismatch(mine["checksum"], remote["checksum"], what)
+    return Verification(True, algorithm, block_size, mine["checksum"], method,
+                        seconds=time.monotonic() - start)
+
+
+def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM,
+                  block_size: int = DEFAULT_BLOCK_SIZE, use_proxy: bool = False,
+                  inactivity_timeout: int = 60) -> dict:
+    """A disk's server-side block checksum through a short download transfer.
+
+    Creates a download transfer (format raw: guest data), asks the data plane
+    for the checksum (or reads the data back when the server cannot hash),
+    then finalizes. Returns ``{"algorithm", "block_size", "checksum",
+    "disk_id", "method"}``.
+    """
+    from imagetool.checksum import hash_factory, validate_block_size
+    from imagetool.transfer.session import TransferSession
+
+    hash_factory(algorithm)          # ValueError before the engine locks anything
+    validate_block_size(block_size)
+    if getattr(conn, "legacy", False):
+        raise ImagetoolError("this engine (4.1) only moves volume bytes: "
+                             "it cannot give a disk's guest-data checksum")
+    session = TransferSession(conn, disk_id=disk_id, direction="download",
+                              format="raw", inactivity_timeout=inactivity_timeout,
+                              use_proxy=use_proxy)
+    with session:
+        backend = session.open_backend()
+        result, method = remote_checksum(backend, algorithm=algorithm,
+                                         block_size=block_size)
+    out = dict(result)
+    out["disk_id"] = disk_id
+    out["method"] = method
+    return out
