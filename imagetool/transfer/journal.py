@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from imagetool.errors import ImagetoolError
 
 VERSION = 1
-SAVE_INTERVAL = 0.5
+SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
 # A connection flushes (and its ranges become "done") after this many bytes
 # or seconds, so a kill loses at most that much per worker.
 FLUSH_BYTES = 32 * 1024 * 1024
@@ -198,12 +199,14 @@ class Journal:
         self._dirty = False
 
     def remove(self) -> None:
-        """Delete the journal (the transfer completed)."""
+        """Delete the journal (the transfer completed), and temporary
+        copies a kill in the middle of a save left behind."""
         with self._lock:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            for p in [self.path, *glob.glob(glob.escape(self.path) + ".tmp-*")]:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
 
 
 def skip_done(requests: Iterable[Any], intervals: list[list[int]]) -> Iterator[Any]:

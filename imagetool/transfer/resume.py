@@ -233,6 +233,10 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
                               direction="download", format="raw",
                               inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
+    if journal.data.get("transfer_id"):
+        # A killed client leaves its transfer running: carry on with it.
+        session.reuse_transfer_id = attach_transfer(
+            conn, journal.data["transfer_id"], disk.id)
     try:
         with session:
             journal.update(transfer_id=session.transfer_id)
