@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -20,7 +21,7 @@ from fault_proxy import Respond, Rule
 
 ovirt_client = pytest.importorskip("ovirt_imageio.client")
 
-CHECKSUM_PATH = r"^/images/[^/?]+/checksum"
+CHECKSUM_PATH = r"^/images/[^/?]+/checksum(\?|$)"
 WRONG = "0123456789abcdef" * 4
 WRONG_REPLY = json.dumps({"algorithm": "blake2b", "block_size": 4 * MiB,
                           "checksum": WRONG})
@@ -73,7 +74,9 @@ def image(tmp_path_factory):
 
 
 def _checksum_requests(fe) -> list[str]:
-    return [t for m, t in fe.proxy.stats.history if "/checksum" in t]
+    """The checksum GETs (not the algorithm lists) that reached the proxy."""
+    return [t for m, t in fe.proxy.stats.history
+            if re.search(r"/checksum(\?|$)", t)]
 
 
 def _disks(fe, name):
@@ -81,8 +84,20 @@ def _disks(fe, name):
         return [d for d in conn.disks.list() if d.name == name]
 
 
-def _reference(path: str) -> str:
-    return ovirt_client.checksum(path)["checksum"]
+def _reference(path: str, algorithm: str = "blake2b") -> str:
+    return ovirt_client.checksum(path, algorithm=algorithm)["checksum"]
+
+
+def _reference_in(path: str, text: str) -> bool:
+    """The reference checksum of ``path`` (either candidate algorithm) is in ``text``."""
+    return any(_reference(path, a) in text for a in ("sha256", "blake2b"))
+
+
+def _file_bytes_reference(path: str, algorithm: str) -> str:
+    """The reference hasher over a file's own bytes (no format probing)."""
+    from ovirt_imageio._internal import blkhash
+    size = 32 if algorithm.startswith("blake2") else None
+    return blkhash.checksum(path, algorithm=algorithm, digest_size=size)["checksum"]
 
 
 # --- verification on (the default) -----------------------------------------
@@ -90,13 +105,15 @@ def _reference(path: str) -> str:
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_upload_then_download_verified(engine, cli, image, tmp_path, fmt):
     src = image[fmt]
-    ref = _reference(src)
     name = f"verified-{fmt}"
     code, out, err = cli("upload", src, "--sd", "data", "--name", name, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert res["verified"] is True
-    assert res["checksum"] == {"algorithm": "blake2b", "block_size": 4 * MiB,
+    alg = res["checksum"]["algorithm"]
+    assert alg in ("sha256", "blake2b")   # the faster one here
+    ref = _reference(src, alg)
+    assert res["checksum"] == {"algorithm": alg, "block_size": 4 * MiB,
                                "value": ref, "scope": "guest-data"}
     assert res["verify_method"] == "server-checksum"
     # The server was asked, while the ticket was alive.
@@ -109,14 +126,15 @@ def test_upload_then_download_verified(engine, cli, image, tmp_path, fmt):
     assert code == 0, err
     got = json.loads(out)
     assert got["verified"] is True and got["checksum"]["value"] == ref
-    assert _reference(out_path) == ref
+    assert _reference(out_path, alg) == ref
     assert len(_checksum_requests(engine)) == 1
 
 
 def test_text_output_says_verified(engine, cli, image):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "text-v")
     assert code == 0, err
-    assert f"verified: blake2b block checksum {_reference(image['raw'])}" in out
+    m = re.search(r"verified: (\w+) block checksum (\w+)", out)
+    assert m and m.group(2) == _reference(image["raw"], m.group(1))
 
 
 def test_cow_transfer_of_qcow2_compares_volume_bytes(engine, cli, image):
@@ -139,9 +157,9 @@ def test_cow_transfer_falls_back_to_read_back(engine, cli, image):
     res = json.loads(out)
     assert res["verified"] is True and res["verify_method"] == "read-back"
     # The qcow2 file's own bytes, hashed as a plain file by the reference.
-    from ovirt_imageio._internal import blkhash
-    assert res["checksum"]["value"] == blkhash.checksum(image["qcow2"])["checksum"]
-    assert res["checksum"]["value"] != _reference(image["qcow2"])
+    alg = res["checksum"]["algorithm"]
+    assert res["checksum"]["value"] == _file_bytes_reference(image["qcow2"], alg)
+    assert res["checksum"]["value"] != _reference(image["qcow2"], alg)
     assert _disks(engine, "cow-rb")[0].status == "ok"
 
 
@@ -155,7 +173,8 @@ def test_server_without_checksum_feature_is_read_back(engine, cli, image):
     assert code == 0, err
     res = json.loads(out)
     assert res["verified"] is True and res["verify_method"] == "read-back"
-    assert res["checksum"]["value"] == _reference(image["raw"])
+    assert res["checksum"]["value"] == _reference(image["raw"],
+                                                  res["checksum"]["algorithm"])
     assert _checksum_requests(engine) == []
     # Read back: more bytes came down than the download of nothing would need.
     assert engine.proxy.stats.body_bytes_down >= 3 * MiB
@@ -174,7 +193,7 @@ def test_wrong_server_checksum_fails_upload(engine, cli, image):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "bad-sum")
     assert code == 1, err
     assert "checksum mismatch" in err
-    assert _reference(image["raw"]) in err and WRONG in err
+    assert _reference_in(image["raw"], err) and WRONG in err
     _assert_upload_not_kept(engine, "bad-sum")
 
 
@@ -202,7 +221,7 @@ def test_corrupted_volume_fails_upload(engine, cli, image, monkeypatch):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "corrupt-vol")
     assert hit, "the hook did not run"
     assert code == 1, err
-    assert "checksum mismatch" in err and _reference(image["raw"]) in err
+    assert "checksum mismatch" in err and _reference_in(image["raw"], err)
     _assert_upload_not_kept(engine, "corrupt-vol")
 
 
@@ -219,7 +238,7 @@ def test_wrong_server_checksum_fails_download(engine, cli, image, tmp_path):
     code, out, err = cli("download", disk_id, final)
     assert code == 1, err
     assert "checksum mismatch" in err
-    assert _reference(image["raw"]) in err and WRONG in err
+    assert _reference_in(image["raw"], err) and WRONG in err
     assert no_partial_files(str(dest), final) == [] and os.listdir(dest) == []
     wait_settled(engine)
     assert _disks(engine, "dl-bad")[0].status == "ok"   # a download never harms the disk
