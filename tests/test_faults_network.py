@@ -29,6 +29,15 @@ SIZE = 8 * MiB
 
 
 @pytest.fixture
+def fast_backoff(monkeypatch):
+    """Retries (when they exist) wait 20 ms instead of their real backoff, so
+    faults that never stop exhaust them quickly."""
+    if HAVE_RETRY:
+        from imagetool.transfer import retry
+        monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
+
+
+@pytest.fixture
 def image(tmp_path):
     return make_raw(str(tmp_path / "src.raw"), SIZE, seed=7)
 
@@ -56,7 +65,7 @@ def uploaded_disk(fe, cli, tmp_path, image, name):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_put_body_cut_every_time(faulty_engine, cli, image, seed):
+def test_put_body_cut_every_time(faulty_engine, cli, image, seed, fast_backoff):
     rnd = random.Random(seed)
     after = rnd.randrange(1, MiB)        # a random point inside each PUT body
     fe = faulty_engine
@@ -72,7 +81,7 @@ def test_put_body_cut_every_time(faulty_engine, cli, image, seed):
 
 
 @pytest.mark.parametrize("seed", [4, 5])
-def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed):
+def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed, fast_backoff):
     fe = faulty_engine
     code, _, err = upload(cli, image, f"src-{seed}")
     assert code == 0, err
@@ -84,7 +93,7 @@ def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed):
     dest.mkdir()
     final = str(dest / "out.raw")
     code, out, err = cli("download", f"src-{seed}", final, "--buffer-size", "1M")
-    assert code == 1, err
+    assert code == 3, err
     assert "reading source failed at offset" in err
     assert f"short reply ({after} of" in err
     assert no_partial_files(str(dest), final) == []
@@ -95,7 +104,7 @@ def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed):
 
 @pytest.mark.parametrize("status,reason", [(500, "Internal Server Error"),
                                            (503, "Service Unavailable")])
-def test_put_error_status_every_time(faulty_engine, cli, image, status, reason):
+def test_put_error_status_every_time(faulty_engine, cli, image, status, reason, fast_backoff):
     fe = faulty_engine
     fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, skip=2, every=True,
                            action=Respond(status, "server trouble\n")))
@@ -122,30 +131,60 @@ def test_ticket_expired_mid_upload(faulty_engine, cli, image):
     assert_upload_failed_clean(fe, name)
 
 
-def test_reply_delayed_past_read_timeout(faulty_engine, cli, tmp_path, image, monkeypatch):
-    """A reply slower than the read timeout ends the download (no retries)
-    or is retried (with them)."""
-    from imagetool.transfer.session import TransferSession
-    fe = faulty_engine
-    code, _, err = upload(cli, image, "slow-src")
-    assert code == 0, err
+def _short_read_timeout(monkeypatch) -> None:
     # The CLI has no read-timeout option: shorten the session's default (60 s).
+    from imagetool.transfer.session import TransferSession
     original = TransferSession.open_backend
     monkeypatch.setattr(TransferSession, "open_backend",
                         lambda self, read_timeout=60.0: original(self, read_timeout=1.0))
+
+
+@needs_retry
+def test_download_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
+                                                             image, monkeypatch):
+    fe = faulty_engine
+    code, _, err = upload(cli, image, "slow-src")
+    assert code == 0, err
+    _short_read_timeout(monkeypatch)
     fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, nth=2, action=Delay(3.0)))
     final = str(tmp_path / "slow.raw")
     code, out, err = cli("download", "slow-src", final, "--buffer-size", "1M",
                          "--workers", "1")
     assert len(fe.proxy.stats.faults) == 1
-    if HAVE_RETRY:
-        assert code == 0, err
-        assert same_image(image, final)
-    else:
-        assert code == 3, err
-        assert "timed out" in err
-        assert no_partial_files(str(tmp_path), final) == []
+    assert code == 0, err
+    assert same_image(image, final)
     wait_settled(fe)
+
+
+def test_download_reply_delayed_every_time(faulty_engine, cli, tmp_path, image,
+                                           monkeypatch, fast_backoff):
+    """Every data reply slower than the read timeout: the download ends after
+    its retries, leaving nothing under the final name."""
+    fe = faulty_engine
+    code, _, err = upload(cli, image, "slow-src-2")
+    assert code == 0, err
+    _short_read_timeout(monkeypatch)
+    fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, every=True, action=Delay(1.5)))
+    final = str(tmp_path / "slow.raw")
+    code, out, err = cli("download", "slow-src-2", final, "--buffer-size", "1M",
+                         "--workers", "1")
+    assert code == 3, err
+    assert "reading source failed at offset 0" in err
+    assert "The read operation timed out" in err
+    assert no_partial_files(str(tmp_path), final) == []
+    wait_settled(fe)
+
+
+@needs_retry
+def test_upload_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
+                                                           image, monkeypatch):
+    fe = faulty_engine
+    _short_read_timeout(monkeypatch)
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=2, action=Delay(3.0)))
+    code, out, err = upload(cli, image, "slow-put", "--workers", "1")
+    assert code == 0, err
+    assert len(fe.proxy.stats.faults) == 1
+    uploaded_disk(fe, cli, tmp_path, image, "slow-put")
 
 
 # --- transient faults: retried once R's retries land --------------------------
@@ -165,14 +204,16 @@ def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed)
 
 
 @needs_retry
-def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image):
+@pytest.mark.parametrize("resume", [True, False])
+def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, resume):
     fe = faulty_engine
-    code, _, err = upload(cli, image, "retried-get-src")
+    code, _, err = upload(cli, image, f"retried-get-src-{resume}")
     assert code == 0, err
     fe.proxy.add_rule(Rule(method="GET", path_re=DATA_PATH, nth=3,
                            action=CutResponseBody(after=12345)))
     final = str(tmp_path / "retried.raw")
-    code, out, err = cli("download", "retried-get-src", final, "--buffer-size", "1M")
+    code, out, err = cli("download", f"retried-get-src-{resume}", final, "--buffer-size",
+                         "1M", *(["--resume"] if resume else []))
     assert code == 0, err
     assert len(fe.proxy.stats.faults) == 1
     assert same_image(image, final)

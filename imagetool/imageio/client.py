@@ -365,8 +365,10 @@ class ImageioClient:
             raise ConnectionFailed(self._where("GET", f"{what}: {e}")) from None
         if got != length:
             self.close()
-            raise ImageioError(f"imageio GET {what}: short reply ({got} of {length} bytes)",
-                               status=206)
+            # The connection ended inside the body: a network fault (transient,
+            # retried), not an answer of the server.
+            raise ConnectionFailed(self._where("GET", f"{what}: short reply "
+                                                      f"({got} of {length} bytes)"))
         return got
 
     def write(self, offset: int, data: bytes | memoryview, flush: bool = False) -> None:
