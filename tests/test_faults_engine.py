@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
-from fault_fixtures import (PASSWORD, MiB, cli, disks_named, faulty_engine,  # noqa: F401
-                            faulty_engine_module, make_raw, same_image, start_faulty_engine,
-                            stop_faulty_engine, wait_settled)
+from fault_fixtures import (HAVE_RETRY, PASSWORD, MiB, cli, cli_process,  # noqa: F401
+                            disks_named, faulty_engine, faulty_engine_module, make_raw,
+                            same_image, start_faulty_engine, stop_faulty_engine,
+                            wait_settled)
 from fault_proxy import Delay, Rule
 
 
@@ -81,3 +83,50 @@ def test_expired_token_is_renewed(short_token_engine, cli, tmp_path, caplog):
     assert code == 0, err
     assert same_image(image, out_path)
     wait_settled(fe)
+
+
+# --- engine restart mid-upload, without --resume --------------------------------
+
+@pytest.fixture
+def own_engine(tmp_path):
+    """A FaultyEngine of this test only (it is restarted)."""
+    fe = start_faulty_engine(str(tmp_path / "engine"))
+    try:
+        yield fe
+    finally:
+        stop_faulty_engine(fe)
+
+
+@pytest.mark.skipif(not HAVE_RETRY, reason="per-request retries (helper R) not wired yet")
+def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
+    """The engine (API and data plane) goes away at 50% of an upload and comes
+    back 1 s later on the same ports. The client's retries reach the new
+    engine, which no longer has the ticket: without --resume the upload stops
+    with the 403, exit 1, and its new disk is removed (nothing locked)."""
+    from imagetool.server.local import LocalEngine
+    fe = own_engine
+    image = make_raw(str(tmp_path / "big.raw"), 32 * MiB, seed=21)
+    fe.proxy.add_rule(Rule(method="PUT", path_re=r"^/images/", every=True,
+                           action=Delay(0.035)))
+    api_port, dp_port = fe.engine.server.port, fe.engine.server.dataplane_port
+    proc = cli_process(fe.env, "upload", image, "--sd", "data", "--name", "restarted",
+                       "--buffer-size", "1M", "--workers", "1")
+    deadline = time.monotonic() + 60
+    while fe.proxy.stats.body_bytes_up < 16 * MiB:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    fe.proxy.set_down(True)
+    fe.engine.stop()
+    time.sleep(1.0)
+    fe.engine = LocalEngine(fe.engine.data_dir, password=PASSWORD, port=api_port,
+                            imageio_port=dp_port, finished_ttl=120.0).start()
+    fe.engine.server.advertised_dataplane_url = fe.proxy.url_for()
+    fe.proxy.set_down(False)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "writing destination failed at offset" in err
+    assert "403 Forbidden" in err and "No such ticket" in err
+    ts = wait_settled(fe)
+    assert [t.phase for t in ts] == ["finished_failure"]
+    assert disks_named(fe, "restarted") == []
