@@ -156,6 +156,11 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
 @click.option("--inactivity-timeout", type=click.IntRange(1), default=60,
               show_default=True, help="Seconds without activity before the timeout policy.")
 @click.option("--use-proxy", is_flag=True, help="Send data through the engine's proxy.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted upload of the same file (kill, outage, "
+                   "engine restart): only missing ranges are sent. Uses timeout "
+                   "policy 'pause' unless --timeout-policy is given, so a quiet "
+                   "client does not lose its partial disk.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare the server's block checksum with the source's before "
                    "finalizing; a mismatch cancels the upload (exit 1).")
@@ -167,8 +172,13 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
            disk_format: str | None, sparse: bool, disk_id: str | None,
            transfer_format: str | None, workers: int, buffer_size: int,
            timeout_policy: str | None, inactivity_timeout: int, use_proxy: bool,
-           verify: bool, jobs: int, as_json: bool, engine: EngineOptions) -> None:
-    """Upload image files (raw, qcow2, ISO) as new disks."""
+           verify: bool, jobs: int, as_json: bool, engine: EngineOptions,
+           resume: bool = False) -> None:
+    """Upload image files (raw, qcow2, ISO) as new disks.
+
+    Progress is kept in a journal under $IMAGETOOL_HOME/journals; after an
+    interruption, run the same command with --resume.
+    """
     from imagetool.formats import inspect
     from imagetool.transfer.upload import upload_disk_result
 
@@ -188,7 +198,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
                     workers=workers, buffer_size=buffer_size,
                     timeout_policy=timeout_policy,
                     inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                    progress=bars.callback(i), verify=verify))
+                    progress=bars.callback(i), verify=verify, resume=resume))
                 for i, f in enumerate(files)]
             results = run_jobs(jobs, tasks, bars)
         finally:
@@ -215,6 +225,9 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare the file's block checksum with the server's before "
                    "finalizing; a mismatch leaves no file (exit 1).")
+@click.option("--resume", is_flag=True,
+              help="Keep progress in DEST.imagetool-journal (data in "
+                   "DEST.imagetool-part) and continue an interrupted download.")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images downloaded at a time.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
@@ -222,7 +235,8 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @engine_options
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
-             verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions) -> None:
+             verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,
+             resume: bool = False) -> None:
     """Download disks (by name or id) to DEST (a directory when several)."""
     from imagetool.transfer.download import download_disk_result
 
@@ -255,7 +269,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
                 (lambda i=i, d=d, p=p: download_disk_result(
                     conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
                     force=force, workers=workers, buffer_size=buffer_size,
-                    use_proxy=use_proxy, verify=verify, progress=bars.callback(i)))
+                    use_proxy=use_proxy, verify=verify, progress=bars.callback(i), resume=resume))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
         finally:

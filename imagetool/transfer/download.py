@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError, TransferError
+from imagetool.transfer import resume as resume_mod
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
@@ -28,7 +29,7 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
                          buffer_size: int = DEFAULT_REQUEST_SIZE,
                          inactivity_timeout: int = 60, use_proxy: bool = False,
                          progress: Progress | None = None,
-                         verify: bool = True) -> TransferResult:
+                         verify: bool = True, resume: bool = False) -> TransferResult:
     """Like :func:`download_disk` but returns what was moved."""
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
@@ -40,6 +41,14 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
     legacy = bool(getattr(conn, "legacy", False))
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
+    if resume_mod.wants_download_resume(path, resume, format, legacy, backing_file):
+        stats = resume_mod.download_resumable(
+            conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+            progress=progress, snapshot_id=snapshot_id)
+        return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
+                              format=format, disk_id=disk.id, name=disk.name,
+                              path=os.fspath(path), stats=stats, disk=disk)
     from imagetool.transfer import verify as verifying
     verification = verifying.skipped("not asked (--no-verify)")
     with atomic_output(path, force) as tmp:
@@ -50,7 +59,8 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
         # Leaving the session finalizes (or cancels) before the file is
         # renamed, so a failed transfer never leaves a file behind.
         with session:
-            src = session.open_backend()
+            # Transient data-plane errors are retried per request (reads are idempotent).
+            src = resume_mod.retrying(session.open_backend(), session)
             try:
                 if volume_is_qcow2:
                     raw_tmp = tmp + ".volume"
@@ -112,7 +122,7 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
                   buffer_size: int = DEFAULT_REQUEST_SIZE,
                   inactivity_timeout: int = 60, use_proxy: bool = False,
                   progress: Progress | None = None,
-                  verify: bool = True) -> TransferResult:
+                  verify: bool = True, resume: bool = False) -> TransferResult:
     """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
 
     ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot_id``
@@ -130,4 +140,4 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
         shallow=shallow, backing_file=backing_file, force=force,
         workers=workers, buffer_size=buffer_size,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify)
+        progress=progress, verify=verify, resume=resume)

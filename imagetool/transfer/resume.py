@@ -280,3 +280,11 @@ def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
     if format != "raw" or legacy or backing_file:
         raise JournalError("--resume supports raw downloads of guest data only")
     return True
+
+
+def retrying(backend: Any, session: Any = None,
+             policy: RetryPolicy | None = None) -> RetryingBackend:
+    """``backend`` with per-request retries of transient errors (reads, and
+    writes without re-send support); stops waiting when the session is cancelled."""
+    return RetryingBackend(backend, policy or RetryPolicy(),
+                           stop=getattr(session, "cancel_event", None))

@@ -54,7 +54,9 @@ NO_RETRY = RetryPolicy(tries=1, total=0.0)
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying on a new connection."""
     if isinstance(exc, ImageioError):
-        return exc.status in TRANSIENT_STATUS
+        # A 2xx "error" is a reply cut short (fewer bytes than announced).
+        return exc.status in TRANSIENT_STATUS or (
+            exc.status is not None and 200 <= exc.status < 300)
     if isinstance(exc, ConnectionFailed):
         return True
     return isinstance(exc, (ConnectionError, socket.timeout, TimeoutError,

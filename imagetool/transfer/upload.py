@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
                               UnsupportedFeature)
+from imagetool.transfer import resume as resume_mod
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.session import TransferSession
@@ -140,7 +141,7 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                        inactivity_timeout: int = 60, use_proxy: bool = False,
                        progress: Progress | None = None,
                        description: str | None = None,
-                       verify: bool = True) -> TransferResult:
+                       verify: bool = True, resume: bool = False) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
     from imagetool.formats import open_image
     from imagetool.formats.raw import RawBackend
@@ -159,7 +160,10 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             if sparse:
                 plan.initial_size = max(plan.initial_size or 0,
                                         os.path.getsize(source_path))
-        disk = conn.disks.add(
+        state = resume_mod.open_upload(conn, plan, storage_domain, name, disk_id,
+                                       resume=resume, request_size=buffer_size)
+        old_disk = state.disk_id if state else None
+        disk = state.existing_disk(conn) if old_disk else conn.disks.add(
             name=name, provisioned_size=plan.virtual_size,
             storage_domain=storage_domain, format=plan.disk_format,
             sparse=sparse, initial_size=plan.initial_size,
@@ -167,9 +171,11 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             description=description)
         try:
             from imagetool.engine.wait import wait_for_disk
-            wait_for_disk(conn, disk.id, "ok")
+            if not old_disk:
+                wait_for_disk(conn, disk.id, "ok")
         except BaseException:
-            _remove_quietly(conn, disk.id)
+            if not old_disk:
+                _remove_quietly(conn, disk.id)
             raise
         if plan.transfer_format == "cow" and plan.disk_format == "cow":
             src = RawBackend(source_path, "r")     # the qcow2 file's own bytes
@@ -185,21 +191,26 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
         session = TransferSession(conn, disk_id=disk.id, direction="upload",
                                   format=plan.transfer_format,
                                   inactivity_timeout=inactivity_timeout,
-                                  timeout_policy=timeout_policy,
+                                  timeout_policy=resume_mod.upload_timeout_policy(
+                                      timeout_policy, resume),
                                   use_proxy=use_proxy)
+        if state:
+            state.prepare_session(conn, session, disk.id)
         try:
             with session:
                 dst = session.open_backend()
                 workers = max(1, min(workers, dst.max_writers or workers))
+                cdst = state.start(session, dst, SharedBackend(src)) if state else dst
                 if verify:
                     local_hash = verifying.start_upload_hash(source_path, volume_bytes)
                 try:
-                    stats = copy(SharedBackend(src), dst, workers=workers,
+                    stats = copy(SharedBackend(src), cdst, workers=workers,
                                  request_size=buffer_size, dst_is_zero=dst_is_zero,
                                  # a volume's file grows as its bytes arrive
                                  check_size=plan.transfer_format == "raw",
                                  progress=session.progress(progress),
-                                 cancel_event=session.cancel_event)
+                                 cancel_event=session.cancel_event,
+                                 skip_ranges=state.journal.done if state else None)
                 except CopyCancelled:
                     raise TransferError(f"upload of {plan.path} stopped: "
                                         f"{session.stop_reason or 'cancelled'}") from None
@@ -210,10 +221,14 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
         except BaseException:
             if local_hash is not None:
                 local_hash.cancel()
-            if session.transfer_id is None:
+            if state:
+                state.failed()
+            if session.transfer_id is None and not (state and state.resume):
                 # No transfer was created: the engine will not clean up.
                 _remove_quietly(conn, disk.id)
             raise
+        if state:
+            state.journal.remove()
         final = conn.disks.get(disk.id)
     result = TransferResult(bytes=stats.bytes_total,
                             seconds=time.monotonic() - start,
@@ -238,7 +253,7 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                 buffer_size: int = DEFAULT_REQUEST_SIZE,
                 timeout_policy: str | None = None, inactivity_timeout: int = 60,
                 use_proxy: bool = False, progress: Progress | None = None,
-                verify: bool = True) -> Any:
+                verify: bool = True, resume: bool = False) -> Any:
     """Upload a raw/qcow2/ISO file as a new disk on ``storage_domain``; return the Disk.
 
     ``disk_format`` raw|qcow2 (default: the file's format; ISOs are raw with
@@ -250,12 +265,13 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     locked, and the error is raised. ``verify`` (default) compares the
     server's block checksum with the source's before finalizing
     (imagetool.transfer.verify); a mismatch cancels and raises
-    ChecksumMismatch.
+    ChecksumMismatch. ``resume`` continues an interrupted upload of the same
+    file (see imagetool.transfer.resume) and keeps the transfer on failure.
     """
     result = upload_disk_result(
         conn, path, storage_domain, name=name, disk_format=disk_format,
         sparse=sparse, disk_id=disk_id, transfer_format=transfer_format,
         workers=workers, buffer_size=buffer_size, timeout_policy=timeout_policy,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify)
+        progress=progress, verify=verify, resume=resume)
     return result.disk
