@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fault_fixtures import (MiB, cli_process, disks_named, faulty_engine,  # noqa: F401
+from fault_fixtures import (MiB, cli, cli_process, disks_named, faulty_engine,  # noqa: F401
                             faulty_engine_module, make_raw, transfers_of, wait_settled)
 from fault_proxy import Delay, Rule
 
@@ -69,13 +69,18 @@ def test_kill_upload_cancel_policy(faulty_engine, big_image, fraction):
     assert disks_named(fe, name) == []
 
 
-def test_kill_upload_pause_policy_keeps_disk_for_resume(faulty_engine, big_image):
+@pytest.mark.parametrize("policy", ["pause", None])
+def test_kill_upload_pause_policy_keeps_disk_for_resume(faulty_engine, cli, big_image,
+                                                        policy):
+    """With 'pause' (and the engine's default, legacy, for uploads) the killed
+    upload waits paused; ``imagetool transfers cancel`` is the way out."""
     fe = faulty_engine
     slow_down(fe, "PUT")
-    name = "killed-paused"
+    name = f"killed-paused-{policy}"
     proc = cli_process(fe.env, "upload", big_image, "--sd", "data", "--name", name,
                        "--buffer-size", "1M", "--workers", "1",
-                       "--timeout-policy", "pause", "--inactivity-timeout", "1")
+                       *(["--timeout-policy", policy] if policy else []),
+                       "--inactivity-timeout", "1")
     kill_at(proc, fe, 0.5, "upload", SIZE)
     disk = disks_named(fe, name)[0]
     deadline = time.monotonic() + 20
@@ -87,8 +92,8 @@ def test_kill_upload_pause_policy_keeps_disk_for_resume(faulty_engine, big_image
         time.sleep(0.1)
     # Paused, not failed: the disk is kept (locked) until a resume or a cancel.
     assert [d.status for d in disks_named(fe, name)] == ["locked"]
-    with fe.connect() as conn:
-        conn.transfers.cancel(transfers_of(fe, disk.id)[0].id)
+    code, out, err = cli("transfers", "cancel", transfers_of(fe, disk.id)[0].id)
+    assert code == 0, err
     wait_settled(fe)
     assert disks_named(fe, name) == []
 
