@@ -29,15 +29,15 @@ VERSION = 1
 SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
 # A connection flushes (and its ranges become "done") after this many bytes
 # or seconds, so a kill loses at most that much per worker.
-FLUSH_BYTES = 32 * 1024 * 1024
+FLUSH_BYTES = 16 * 1024 * 1024
 FLUSH_SECONDS = 2.0
 _ID_BLOCK = 1024 * 1024
 
 
 def flush_bytes_for(size: int, request_size: int) -> int:
     """Bytes between flushes of one connection: at most FLUSH_BYTES, and
-    small images still flush ~32 times so a kill loses little."""
-    return min(FLUSH_BYTES, max(request_size, size // 32))
+    small images still flush ~64 times so a kill loses little."""
+    return min(FLUSH_BYTES, max(request_size, size // 64))
 
 
 class JournalError(ImagetoolError):
