@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from fault_fixtures import (MiB, cli, cli_process, disks_named, faulty_engine,  # noqa: F401
-                            faulty_engine_module, make_raw, transfers_of, wait_settled)
+from fault_fixtures import (HAVE_RESUME, MiB, cli, cli_process, disks_named,  # noqa: F401
+                            faulty_engine, faulty_engine_module, make_raw, same_image,
+                            transfers_of, wait_settled)
 from fault_proxy import Delay, Rule
 
 SIZE = 32 * MiB
@@ -130,3 +131,31 @@ def test_kill_download_leaves_no_final_file(download_source, faulty_engine, tmp_
         conn.transfers.cancel(t.id)
     wait_settled(fe)
     assert [d.status for d in disks_named(fe, name)] == ["ok"]
+
+
+@pytest.mark.skipif(not HAVE_RESUME, reason="--resume (helper R) not landed yet")
+@pytest.mark.parametrize("fraction", [0.1, 0.9])
+def test_kill_upload_then_resume_is_identical(faulty_engine, cli, big_image, tmp_path,
+                                              fraction):
+    """A plain upload killed at ``fraction``, then the same command with
+    --resume: the disk ends up checksum-identical, nothing locked."""
+    fe = faulty_engine
+    slow_down(fe, "PUT")
+    name = f"resumed-{int(fraction * 100)}"
+    args = ["upload", big_image, "--sd", "data", "--name", name, "--buffer-size", "1M",
+            "--workers", "1"]
+    proc = cli_process(fe.env, *args)
+    moved = kill_at(proc, fe, fraction, "upload", SIZE)
+    fe.proxy.clear_rules()
+    fe.proxy.reset_stats()
+    code, out, err = cli(*args, "--resume")
+    assert code == 0, err
+    # Only what was not flushed before the kill is sent again (flushes come
+    # at least every 8 MiB of a 32 MiB image).
+    assert fe.proxy.stats.body_bytes_up <= SIZE - moved + 8 * MiB
+    wait_settled(fe)
+    assert [d.status for d in disks_named(fe, name)] == ["ok"]
+    back = str(tmp_path / "back.raw")
+    code, out, err = cli("download", name, back)
+    assert code == 0, err
+    assert same_image(big_image, back)
