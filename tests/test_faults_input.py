@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
-                            faulty_engine_module, make_raw, no_partial_files, qemu_img,
-                            wait_settled)
+from fault_fixtures import (HAVE_RESUME, MiB, cli, disks_named,  # noqa: F401
+                            faulty_engine, faulty_engine_module, make_raw, qemu_img,
+                            same_image, wait_settled)
 
 
 def qemu_io(path: str, *cmds: str) -> None:
@@ -195,3 +195,22 @@ def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
     ts = wait_settled(faulty_engine)
     assert ts[-1].phase == "finished_failure" or any(t.phase == "finished_failure" for t in ts)
     assert [d.status for d in disks_named(faulty_engine, name)] == ["ok"]
+
+
+@pytest.mark.skipif(not HAVE_RESUME, reason="--resume (helper R) not landed yet")
+def test_full_disk_then_resume_after_freeing_space(faulty_engine, cli, tmp_path, small_fs):
+    image = make_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=10)
+    code, _, err = cli("upload", image, "--sd", "data", "--name", "full-resume")
+    assert code == 0, err
+    final = os.path.join(small_fs, "full-resume.raw")
+    args = ["download", "full-resume", final, "--buffer-size", "1M", "--resume"]
+    code, out, err = cli(*args)
+    assert code == 1, err
+    assert "No space left on device" in err
+    assert not os.path.exists(final)
+    wait_settled(faulty_engine)
+    subprocess.run(["mount", "-o", "remount,size=16m", small_fs], check=True)
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert same_image(image, final)
+    assert [n for n in os.listdir(small_fs) if n != "full-resume.raw"] == []
