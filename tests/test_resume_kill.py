@@ -227,8 +227,9 @@ def test_download_kill9_then_resume(served, client_home):
     code, out, err, _ = _run(served, client_home, args[:-1], tag="plain")
     assert code == 1 and "--resume" in err and "interrupted download" in err
 
-    code, out, err, stats2 = _run(served, client_home, args, tag="second")
+    code, out, err, stats2 = _run(served, client_home, [*args, "--json"], tag="second")
     assert code == 0, err
+    assert json.loads(out)["verified"] is True        # checksum vs the server's
     got2 = _count(stats2, "get")
     assert got2 <= 32 * MiB - got1 + 6 * MiB, (got1, got2)
     assert _same(src, dest)

@@ -42,13 +42,15 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
     if resume_mod.wants_download_resume(path, resume, format, legacy, backing_file):
-        stats = resume_mod.download_resumable(
+        stats, checked = resume_mod.download_resumable(
             conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-            progress=progress, snapshot_id=snapshot_id)
+            progress=progress, snapshot_id=snapshot_id, verify=verify)
         return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
                               format=format, disk_id=disk.id, name=disk.name,
-                              path=os.fspath(path), stats=stats, disk=disk)
+                              path=os.fspath(path), stats=stats, disk=disk,
+                              checksum=checked.value if checked else None,
+                              verification=checked)
     from imagetool.transfer import verify as verifying
     verification = verifying.skipped("not asked (--no-verify)")
     with atomic_output(path, force) as tmp:

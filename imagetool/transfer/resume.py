@@ -197,12 +197,14 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                        workers: int, buffer_size: int, inactivity_timeout: int,
                        use_proxy: bool, progress: Callable[[int], None] | None,
                        snapshot_id: str | None = None,
-                       policy: RetryPolicy | None = None) -> Any:
+                       policy: RetryPolicy | None = None,
+                       verify: bool = False) -> tuple[Any, Any]:
     """A raw download that can continue after a kill: journal + stable partial file.
 
     ``path`` appears only when complete; until then data goes to
     ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``.
-    Returns the CopyStats.
+    ``verify`` compares the file's checksum with the server's before
+    finalizing. Returns (CopyStats, Verification or None).
     """
     from imagetool.formats.raw import RawBackend
     from imagetool.transfer.copier import CopyCancelled, copy
@@ -259,13 +261,17 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                                     f"{session.stop_reason or 'cancelled'}") from None
             finally:
                 shared.close()
+            verification = None
+            if verify:
+                from imagetool.transfer import verify as verifying
+                verification = verifying.verify_download(src, part, what=os.fspath(path))
     except BaseException:
         journal.save()
         raise
     os.replace(part, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     journal.remove()
-    return stats
+    return stats, verification
 
 
 def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
