@@ -98,11 +98,16 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     if format == "raw":
         from imagetool.formats.raw import RawBackend
         dst = RawBackend(tmp, "w", size=size)
+        try:
+            shared = SharedBackend(dst, writeback_path=tmp)
+        except BaseException:
+            dst.close()
+            raise
     else:
         from imagetool.formats.qcow2_writer import Qcow2Writer
         dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
                                  backing_format=backing_format)
-    shared = SharedBackend(dst)
+        shared = SharedBackend(dst)
     try:
         # With few connections, writing the local file while the next
         # request is read measured ~1.4x faster; with more, workers overlap
