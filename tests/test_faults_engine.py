@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import ssl
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -130,3 +134,61 @@ def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
     ts = wait_settled(fe)
     assert [t.phase for t in ts] == ["finished_failure"]
     assert disks_named(fe, "restarted") == []
+
+
+# --- a cancel racing a running PUT (server side) --------------------------------
+
+def _open_fds_to(fragment: str) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if fragment in target:
+            out.append(target)
+    return out
+
+
+def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplog):
+    """The transfer is cancelled while a PUT body is half sent. The data
+    plane must not close the volume under the running request (its late
+    writes would go to whatever file reuses the descriptor number): the
+    request ends normally, then the volume is closed."""
+    from imagetool.engine.wait import wait_for_disk, wait_for_transfer_phase
+    fe = faulty_engine
+    length = 1_000_001                     # unaligned: the tail goes through the backend
+    with fe.connect() as conn:
+        disk = conn.disks.add(name="racing", provisioned_size=4 * MiB,
+                              storage_domain="data", format="raw")
+        wait_for_disk(conn, disk.id, "ok")
+        t = conn.transfers.add(disk_id=disk.id, direction="upload")
+        t = wait_for_transfer_phase(conn, t.id, "transferring", disk_id=disk.id)
+        path = urlsplit(t.transfer_url).path
+        ctx = ssl.create_default_context(cafile=fe.engine.cafile)
+        sock = ctx.wrap_socket(socket.create_connection(
+            ("127.0.0.1", fe.engine.server.dataplane_port)), server_hostname="127.0.0.1")
+        try:
+            sock.sendall((f"PUT {path}?flush=y HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          f"Content-Length: {length}\r\n"
+                          f"Content-Range: bytes 0-{length - 1}/*\r\n\r\n").encode())
+            sock.sendall(b"x" * (length // 2))
+            deadline = time.monotonic() + 10
+            while not _open_fds_to(disk.id):          # the handler opened the volume
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            conn.transfers.cancel(t.id)
+            wait_settled(fe)
+            assert _open_fds_to(disk.id), "volume closed under a running request"
+            sock.sendall(b"x" * (length - length // 2))
+            sock.settimeout(10)
+            reply = sock.recv(4096).decode("latin-1")
+        finally:
+            sock.close()
+    assert reply.startswith("HTTP/1.1 200"), reply
+    deadline = time.monotonic() + 10
+    while _open_fds_to(disk.id):                      # closed once the request ended
+        assert time.monotonic() < deadline, _open_fds_to(disk.id)
+        time.sleep(0.01)
+    assert "Bad file descriptor" not in caplog.text
+    assert disks_named(fe, "racing") == []

@@ -296,7 +296,11 @@ class _Session:
         self._attach(ticket)
         # Touch before and after: a long request keeps the ticket alive too.
         ticket.touch(0)
-        moved = handler(ctx, ticket)
+        ticket.begin_request()
+        try:
+            moved = handler(ctx, ticket)
+        finally:
+            ticket.end_request()
         ticket.touch(moved)
 
 

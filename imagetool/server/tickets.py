@@ -39,6 +39,8 @@ class Ticket:
     last_activity: float = field(default_factory=time.monotonic)
     expires: float = 0.0                      # monotonic deadline
     _backend: Backend | None = field(default=None, repr=False)
+    _busy: int = 0                            # requests using the backend now
+    _close_pending: bool = False
 
     def __post_init__(self) -> None:
         self.expires = time.monotonic() + self.timeout
@@ -75,8 +77,33 @@ class Ticket:
     def active(self) -> bool:
         return self.connections > 0
 
-    def close_backend(self) -> None:
+    def begin_request(self) -> None:
+        """A request starts using the backend (pair with ``end_request``)."""
         with self.lock:
+            self._busy += 1
+
+    def end_request(self) -> None:
+        """A request is done with the backend; closes it if a close waited."""
+        with self.lock:
+            self._busy -= 1
+            backend = None
+            if self._busy == 0 and self._close_pending:
+                backend, self._backend = self._backend, None
+                self._close_pending = False
+        if backend is not None:
+            backend.close()
+
+    def close_backend(self) -> None:
+        """Close the backend now, or when the last running request ends.
+
+        Closing under a running request (a cancel racing a PUT) would let
+        it write through a descriptor number the process may already have
+        reused for another file.
+        """
+        with self.lock:
+            if self._busy:
+                self._close_pending = True
+                return
             backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
