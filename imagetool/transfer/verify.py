@@ -305,8 +305,11 @@ class LocalHash:
         return self._result
 
 
-def _mismatch(local: str, remote: str, what: str) -> ChecksumMismatch:
-    return ChecksumMismatch(local, remote, what)
+def _mismatch(local: str, remote: str, what: str, algorithm: str,
+              block_size: int) -> ChecksumMismatch:
+    # Name the algorithm: the values are only comparable with the same one.
+    how = f"{algorithm}, block size {block_size}"
+    return ChecksumMismatch(local, remote, f"{what} ({how})" if what else how)
 
 
 # --- workflows -------------------------------------------------------------
@@ -357,7 +360,8 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
         remote, method = remote_checksum(dst, **kw)
         mine = local.result()
         if mine["checksum"] != remote["checksum"]:
-            raise _mismatch(mine["checksum"], remote["checksum"], what)
+            raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
+                        block_size)
         return Verification(True, algorithm, block_size, mine["checksum"], method,
                             seconds=time.monotonic() - start)
 
@@ -373,7 +377,8 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
     # The volume's tail may hold old bytes: compare the file's extent only.
     remote, _ = remote_checksum(dst, size=file_size, **kw)
     if mine["checksum"] != remote["checksum"]:
-        raise _mismatch(mine["checksum"], remote["checksum"], what)
+        raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
+                        block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], "read-back",
                         scope="volume-bytes", seconds=time.monotonic() - start)
 
@@ -422,7 +427,8 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
     remote, method = remote_checksum(src, algorithm=algorithm, block_size=block_size)
     mine = local.result()
     if mine["checksum"] != remote["checksum"]:
-        raise _mismatch(mine["checksum"], remote["checksum"], what)
+        raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
+                        block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], method,
                         seconds=time.monotonic() - start)
 
