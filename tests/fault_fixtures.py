@@ -31,16 +31,6 @@ MiB = 1 << 20
 TERMINAL = ("finished_success", "finished_failure", "cancelled")
 
 
-def _cli_has(command: str, option: str) -> bool:
-    from imagetool.cli import transfer_cmds
-    return any(p.name == option for p in getattr(transfer_cmds, command).params)
-
-
-# Helper R's retries and --resume: tests needing them are skipped until the
-# CLI has --resume (retries land with it).
-HAVE_RETRY = _cli_has("upload", "resume")
-HAVE_RESUME = HAVE_RETRY and _cli_has("download", "resume")
-
 
 @dataclass
 class FaultyEngine:

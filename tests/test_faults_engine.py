@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fault_fixtures import (HAVE_RETRY, PASSWORD, MiB, cli, cli_process,  # noqa: F401
+from fault_fixtures import (PASSWORD, MiB, cli, cli_process,  # noqa: F401
                             disks_named, faulty_engine, faulty_engine_module, make_raw,
                             same_image, start_faulty_engine, stop_faulty_engine,
                             wait_settled)
@@ -101,7 +101,6 @@ def own_engine(tmp_path):
         stop_faulty_engine(fe)
 
 
-@pytest.mark.skipif(not HAVE_RETRY, reason="per-request retries (helper R) not wired yet")
 def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
     """The engine (API and data plane) goes away at 50% of an upload and comes
     back 1 s later on the same ports. The client's retries reach the new

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fault_fixtures import (HAVE_RESUME, MiB, cli, disks_named,  # noqa: F401
+from fault_fixtures import (MiB, cli, disks_named,  # noqa: F401
                             faulty_engine, faulty_engine_module, make_raw, qemu_img,
                             same_image, wait_settled)
 
@@ -197,7 +197,6 @@ def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
     assert [d.status for d in disks_named(faulty_engine, name)] == ["ok"]
 
 
-@pytest.mark.skipif(not HAVE_RESUME, reason="--resume (helper R) not landed yet")
 def test_full_disk_then_resume_after_freeing_space(faulty_engine, cli, tmp_path, small_fs):
     image = make_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=10)
     code, _, err = cli("upload", image, "--sd", "data", "--name", "full-resume")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fault_fixtures import (HAVE_RESUME, MiB, cli, cli_process, disks_named,  # noqa: F401
+from fault_fixtures import (MiB, cli, cli_process, disks_named,  # noqa: F401
                             faulty_engine, faulty_engine_module, make_raw, same_image,
                             transfers_of, wait_settled)
 from fault_proxy import Delay, Rule
@@ -133,7 +133,6 @@ def test_kill_download_leaves_no_final_file(download_source, faulty_engine, tmp_
     assert [d.status for d in disks_named(fe, name)] == ["ok"]
 
 
-@pytest.mark.skipif(not HAVE_RESUME, reason="--resume (helper R) not landed yet")
 @pytest.mark.parametrize("fraction", [0.1, 0.9])
 def test_kill_upload_then_resume_is_identical(faulty_engine, cli, big_image, tmp_path,
                                               fraction):

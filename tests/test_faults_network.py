@@ -1,11 +1,12 @@
 """Data-plane faults during uploads and downloads, through the fault proxy.
 
 Each fault that keeps happening must end the command with a one-line
-message and a non-zero exit code, leaving the engine clean (transfer
-finished_failure, no disk locked, an upload's new disk removed) and no
-file under a download's final name. A fault that happens once is a
-transient error: once retries exist (imagetool.transfer.retry) the command
-must succeed with identical data.
+message and a non-zero exit code once the retries give up, leaving the
+engine clean (transfer finished_failure, no disk locked, an upload's new
+disk removed) and no file under a download's final name. A transient fault
+that happens once (cut body, 500/503, slow reply) is retried
+(imagetool.transfer.retry): the command succeeds with identical data. A
+403 (ticket gone) is permanent and never retried.
 """
 
 from __future__ import annotations
@@ -19,22 +20,16 @@ from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
                             wait_settled)
 from fault_proxy import CutRequestBody, CutResponseBody, Delay, Expire403, Respond, Rule
 
-from fault_fixtures import HAVE_RETRY
-
-needs_retry = pytest.mark.skipif(not HAVE_RETRY, reason="per-request retries (helper R) "
-                                 "not wired into the CLI yet")
-
 DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
 SIZE = 8 * MiB
 
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    """Retries (when they exist) wait 20 ms instead of their real backoff, so
-    faults that never stop exhaust them quickly."""
-    if HAVE_RETRY:
-        from imagetool.transfer import retry
-        monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
+    """Retries wait 20 ms instead of their real backoff, so faults that never
+    stop exhaust them quickly."""
+    from imagetool.transfer import retry
+    monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
 
 
 @pytest.fixture
@@ -139,7 +134,6 @@ def _short_read_timeout(monkeypatch) -> None:
                         lambda self, read_timeout=60.0: original(self, read_timeout=1.0))
 
 
-@needs_retry
 def test_download_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
                                                              image, monkeypatch):
     fe = faulty_engine
@@ -175,7 +169,6 @@ def test_download_reply_delayed_every_time(faulty_engine, cli, tmp_path, image,
     wait_settled(fe)
 
 
-@needs_retry
 def test_upload_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
                                                            image, monkeypatch):
     fe = faulty_engine
@@ -187,9 +180,8 @@ def test_upload_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, t
     uploaded_disk(fe, cli, tmp_path, image, "slow-put")
 
 
-# --- transient faults: retried once R's retries land --------------------------
+# --- transient faults happening once: retried -----------------------------------
 
-@needs_retry
 @pytest.mark.parametrize("seed", [11, 12])
 def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed):
     rnd = random.Random(seed)
@@ -203,7 +195,6 @@ def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed)
     uploaded_disk(fe, cli, tmp_path, image, name)
 
 
-@needs_retry
 @pytest.mark.parametrize("resume", [True, False])
 def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, resume):
     fe = faulty_engine
@@ -219,7 +210,6 @@ def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, resum
     assert same_image(image, final)
 
 
-@needs_retry
 @pytest.mark.parametrize("status", [500, 503])
 def test_put_error_status_once_is_retried(faulty_engine, cli, tmp_path, image, status):
     fe = faulty_engine
