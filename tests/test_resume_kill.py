@@ -259,3 +259,29 @@ def test_engine_killed_mid_upload_then_resume(served, client_home):
     assert code == 0, err2
     assert _count(stats2, "put") <= 32 * MiB - sent1 + 8 * MiB
     _check_disk(served, client_home, "restart.raw", src)
+
+
+def test_client_asleep_past_inactivity_timeout_then_resume(served, client_home):
+    """SIGSTOP (a laptop asleep) past the inactivity timeout: the pause policy
+    keeps the transfer and disk; the woken client stops, --resume finishes."""
+    src = os.path.join(client_home, "sleep.raw")
+    _image(src, 24 * MiB)
+    args = [*UPLOAD, src, "--resume", "--inactivity-timeout", "2"]
+    proc, stats, out, err = _start(served, client_home, args, delay=0.02, tag="first")
+    deadline = time.monotonic() + 60
+    while _count(stats, "put") < 8 * MiB:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(5)
+    proc.send_signal(signal.SIGCONT)
+    code = proc.wait(60)
+    err.seek(0)
+    first_err = err.read()
+    if code != 0:
+        # The engine paused the transfer and refused the woken client;
+        # the message says how to continue.
+        assert "run the same command with --resume" in first_err, first_err
+        code, out2, err2, _ = _run(served, client_home, args, tag="second")
+        assert code == 0, err2
+    _check_disk(served, client_home, "sleep.raw", src)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.errors import NotFound, TransferError
+from imagetool.errors import ImagetoolError, NotFound, TransferError
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
                                         source_identity)
@@ -128,12 +128,22 @@ class UploadResume:
                             stop=session.cancel_event), self.journal,
             flush_bytes=flush_bytes_for(source.size, request_size or 8 << 20))
 
-    def failed(self) -> None:
-        """Keep the journal (resume) or drop it (the transfer was cancelled)."""
-        if self.resume:
-            self.journal.save()
-        else:
+    def failed(self, exc: BaseException | None = None) -> None:
+        """Keep the journal (resume) or drop it (the transfer was cancelled).
+
+        With resume, an ImagetoolError is raised again (same exit code)
+        saying that the same command with --resume continues the upload.
+        """
+        if not self.resume:
             self.journal.remove()
+            return
+        self.journal.save()
+        if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
+            err = TransferError(f"{exc}; the partial disk {self.journal.data.get('disk_id')} "
+                                f"is kept: run the same command with --resume to "
+                                f"continue the upload")
+            err.exit_code = exc.exit_code
+            raise err from exc
 
 
 def upload_timeout_policy(asked: str | None, resume: bool) -> str | None:

@@ -218,14 +218,14 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                     verification = verifying.verify_upload(
                         dst, source_path, volume_bytes=volume_bytes,
                         local=local_hash, what=plan.path)
-        except BaseException:
+        except BaseException as e:
             if local_hash is not None:
                 local_hash.cancel()
-            if state:
-                state.failed()
             if session.transfer_id is None and not (state and state.resume):
                 # No transfer was created: the engine will not clean up.
                 _remove_quietly(conn, disk.id)
+            if state:
+                state.failed(e)     # with resume: re-raised with how to continue
             raise
         if state:
             state.journal.remove()
