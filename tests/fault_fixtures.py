@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -38,6 +38,7 @@ class FaultyEngine:
     engine: LocalEngine
     proxy: FaultProxy
     env: dict[str, str]
+    known: set[str] = field(default_factory=set)   # transfers from before this test
 
     def connect(self) -> Connection:
         """A fresh API connection (close it)."""
@@ -81,6 +82,7 @@ def faulty_engine(faulty_engine_module, monkeypatch):
     fe.proxy.clear_rules()
     fe.proxy.set_down(False)
     fe.proxy.reset_stats()
+    fe.known = {t.id for t in transfers_of(fe)}
     for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
         monkeypatch.delenv(name, raising=False)
     for k, v in fe.env.items():
@@ -142,6 +144,11 @@ def wait_settled(fe: FaultyEngine, timeout: float = 20.0) -> list[Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"engine not settled: phases {busy}, locked disks {locked}")
         time.sleep(0.1)
+
+
+def new_phases(fe: FaultyEngine, timeout: float = 20.0) -> list[str]:
+    """Once the engine settled: the sorted phases of this test's transfers."""
+    return sorted(t.phase for t in wait_settled(fe, timeout) if t.id not in fe.known)
 
 
 def no_partial_files(directory: str, final: str) -> list[str]:
