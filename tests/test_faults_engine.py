@@ -13,8 +13,8 @@ import pytest
 
 from fault_fixtures import (PASSWORD, MiB, cli, cli_process,  # noqa: F401
                             disks_named, faulty_engine, faulty_engine_module, make_raw,
-                            same_image, start_faulty_engine, stop_faulty_engine,
-                            wait_settled)
+                            new_phases, same_image, start_faulty_engine,
+                            stop_faulty_engine, wait_settled)
 from fault_proxy import Delay, Rule
 
 
@@ -191,3 +191,31 @@ def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplo
         time.sleep(0.01)
     assert "Bad file descriptor" not in caplog.text
     assert disks_named(fe, "racing") == []
+
+
+def test_data_plane_certificate_from_another_ca(faulty_engine, cli, tmp_path):
+    """The engine is trusted but the data plane's certificate was signed by
+    another CA: exit 3 with the --cafile hint, at once (not retried), and the
+    new disk is removed."""
+    from fault_proxy import FaultProxy, ProxyTls
+    from imagetool.server.tls import ensure_pki
+    fe = faulty_engine
+    other = ensure_pki(str(tmp_path / "other"), ["127.0.0.1"])
+    image = make_raw(str(tmp_path / "a.raw"), 2 * MiB)
+    with FaultProxy(("127.0.0.1", fe.engine.server.dataplane_port),
+                    ProxyTls(cert_file=other.cert_file, key_file=other.key_file,
+                             upstream_cafile=fe.engine.cafile)) as foreign:
+        fe.engine.server.advertised_dataplane_url = foreign.url_for()
+        try:
+            code, out, err = cli("upload", image, "--sd", "data", "--name", "foreign-ca")
+        finally:
+            fe.engine.server.advertised_dataplane_url = fe.proxy.url_for()
+        attempts = foreign.stats.connections
+    assert code == 3, err
+    assert "cannot connect to imageio at 127.0.0.1" in err
+    assert "certificate verify failed" in err
+    assert "pass --cafile with the CA that signed the imageio server's certificate" in err
+    # transfer_url, then proxy_url (the same here): a TLS refusal is not retried.
+    assert attempts == 2
+    assert new_phases(fe) == ["finished_failure"]
+    assert disks_named(fe, "foreign-ca") == []

@@ -136,8 +136,12 @@ class ImageioClient:
             conn.connect()
         except (OSError, ssl.SSLError) as e:
             conn.close()
+            hint = ""
+            if isinstance(e, ssl.SSLCertVerificationError):
+                hint = (" (pass --cafile with the CA that signed the imageio "
+                        "server's certificate, usually the engine CA, or --insecure)")
             raise ConnectionFailed(
-                f"cannot connect to imageio at {target.host}:{target.port}: {e}") from None
+                f"cannot connect to imageio at {target.host}:{target.port}: {e}{hint}") from None
         sock = conn.sock
         sock.settimeout(self.read_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
