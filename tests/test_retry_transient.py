@@ -120,3 +120,17 @@ def test_classification():
     assert not is_transient(ImageioError("x", status=416))
     assert is_transient(ConnectionResetError())
     assert not is_transient(ValueError())
+
+
+def test_policy_from_environment(monkeypatch):
+    monkeypatch.setenv("IMAGETOOL_RETRY_TRIES", "2")
+    monkeypatch.setenv("IMAGETOOL_RETRY_SECONDS", "7.5")
+    p = RetryPolicy.from_env()
+    assert (p.tries, p.total) == (2, 7.5)
+    monkeypatch.delenv("IMAGETOOL_RETRY_TRIES")
+    monkeypatch.delenv("IMAGETOOL_RETRY_SECONDS")
+    assert RetryPolicy.from_env() == RetryPolicy()
+    # Backoff grows and stays within its cap (jitter: half to full).
+    for attempt in range(1, 10):
+        cap = min(p.max_delay, p.base_delay * 2 ** (attempt - 1))
+        assert cap / 2 <= p.delay(attempt) <= cap

@@ -124,7 +124,7 @@ class UploadResume:
         self.journal.update(transfer_id=session.transfer_id)
         request_size = int(self.journal.data.get("plan", {}).get("request_size") or 0)
         return JournalingBackend(
-            RetryingBackend(dst, policy or RetryPolicy(), source=source,
+            RetryingBackend(dst, policy or RetryPolicy.from_env(), source=source,
                             stop=session.cancel_event), self.journal,
             flush_bytes=flush_bytes_for(source.size, request_size or 8 << 20))
 
@@ -252,7 +252,7 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
     try:
         with session:
             journal.update(transfer_id=session.transfer_id)
-            src = RetryingBackend(session.open_backend(), policy or RetryPolicy(),
+            src = RetryingBackend(session.open_backend(), policy or RetryPolicy.from_env(),
                                   stop=session.cancel_event)
             size = src.size
             local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
@@ -302,5 +302,5 @@ def retrying(backend: Any, session: Any = None,
              policy: RetryPolicy | None = None) -> RetryingBackend:
     """``backend`` with per-request retries of transient errors (reads, and
     writes without re-send support); stops waiting when the session is cancelled."""
-    return RetryingBackend(backend, policy or RetryPolicy(),
+    return RetryingBackend(backend, policy or RetryPolicy.from_env(),
                            stop=getattr(session, "cancel_event", None))

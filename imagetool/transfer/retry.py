@@ -42,6 +42,17 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 10.0
 
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        """The default policy, changed by $IMAGETOOL_RETRY_TRIES (attempts per
+        request, 1 = no retry) and $IMAGETOOL_RETRY_SECONDS (time limit)."""
+        import os
+
+        tries = os.environ.get("IMAGETOOL_RETRY_TRIES")
+        total = os.environ.get("IMAGETOOL_RETRY_SECONDS")
+        return cls(tries=max(1, int(tries)) if tries else cls.tries,
+                   total=float(total) if total else cls.total)
+
     def delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt`` (1 = first retry), with full jitter."""
         cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
