@@ -166,9 +166,16 @@ def open_upload(conn: Any, plan: Any, storage_domain: str, name: str,
                                f"qcow2 file (this upload converts to a temporary file)")
         return None
     target = disk_id or f"{storage_domain}/{name}"
-    return UploadResume.open(conn, plan.path, target, resume=resume, plan={
-        "transfer_format": plan.transfer_format, "disk_format": plan.disk_format,
-        "request_size": request_size})
+    try:
+        return UploadResume.open(conn, plan.path, target, resume=resume, plan={
+            "transfer_format": plan.transfer_format, "disk_format": plan.disk_format,
+            "request_size": request_size})
+    except OSError as e:
+        if resume:
+            raise JournalError(f"cannot keep a resume journal in {journals_dir()}: {e}") from None
+        # A journal only helps a later --resume: a plain upload goes on without.
+        log.warning("no resume journal for %s: %s", plan.path, e)
+        return None
 
 
 def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | None:
@@ -298,9 +305,10 @@ def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
     return True
 
 
-def retrying(backend: Any, session: Any = None,
+def retrying(backend: Any, session: Any = None, source: Any = None,
              policy: RetryPolicy | None = None) -> RetryingBackend:
-    """``backend`` with per-request retries of transient errors (reads, and
-    writes without re-send support); stops waiting when the session is cancelled."""
-    return RetryingBackend(backend, policy or RetryPolicy.from_env(),
+    """``backend`` with per-request retries of transient errors; ``source``
+    (thread-safe) lets writes lost since the last flush be sent again. Stops
+    waiting when the session is cancelled."""
+    return RetryingBackend(backend, policy or RetryPolicy.from_env(), source=source,
                            stop=getattr(session, "cancel_event", None))

@@ -200,7 +200,8 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             with session:
                 dst = session.open_backend()
                 workers = max(1, min(workers, dst.max_writers or workers))
-                cdst = state.start(session, dst, SharedBackend(src)) if state else dst
+                cdst = (state.start(session, dst, SharedBackend(src)) if state else
+                        resume_mod.retrying(dst, session, SharedBackend(src)))
                 if verify:
                     local_hash = verifying.start_upload_hash(source_path, volume_bytes)
                 try:
