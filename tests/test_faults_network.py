@@ -11,6 +11,7 @@ that happens once (cut body, 500/503, slow reply) is retried
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -18,7 +19,8 @@ import pytest
 from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
                             faulty_engine_module, make_raw, no_partial_files, same_image,
                             new_phases, wait_settled)
-from fault_proxy import CutRequestBody, CutResponseBody, Delay, Expire403, Respond, Rule
+from fault_proxy import (CutRequestBody, CutResponseBody, Delay, DropConnection, Expire403,
+                         Respond, Rule)
 
 DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
 SIZE = 8 * MiB
@@ -217,3 +219,24 @@ def test_put_error_status_once_is_retried(faulty_engine, cli, tmp_path, image, s
     assert code == 0, err
     assert len(fe.proxy.stats.faults) == 1
     uploaded_disk(fe, cli, tmp_path, image, name)
+
+
+def test_ticket_expires_after_inactivity(faulty_engine, cli, image, caplog):
+    """A PUT reply held 4 s while the keep-alive pings are dropped: the
+    engine's inactivity timeout (1 s, policy cancel) ends the transfer. The
+    client says so in one line, without a warning about cancelling a transfer
+    the engine already ended."""
+    fe = faulty_engine
+    fe.proxy.add_rule(Rule(method="OPTIONS", path_re=r"^/images/", skip=1, every=True,
+                           action=DropConnection()))
+    fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=2, action=Delay(4.0)))
+    name = "idle-expired"
+    code, out, err = upload(cli, image, name, "--workers", "1", "--timeout-policy", "cancel",
+                            "--inactivity-timeout", "1")
+    assert code == 1, err
+    assert err.strip() == (f"imagetool: error: {image}: upload of {image} stopped: the "
+                           "engine moved the transfer to phase finished_failure")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name.startswith("imagetool")], caplog.text
+    assert new_phases(fe) == ["finished_failure"]
+    assert disks_named(fe, name) == []

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Phases in which the copy cannot go on.
 _STOP_PHASES = FAILURE_PHASES | {"paused_system", "paused_user", "finished_success"}
+_ENDED_PHASES = frozenset({"finished_failure", "finished_cleanup", "finished_success",
+                           "cancelled"})
 
 
 class TransferSession:
@@ -212,8 +214,14 @@ class TransferSession:
         except NotFound:
             pass   # already gone
         except EngineError as e:
-            log.warning("cancelling transfer %s failed: %s", self.transfer_id, e)
-            if self.direction == "download":
+            ended = self._ended()
+            if ended:
+                # The engine ended it first (inactivity timeout, failed
+                # finalize): nothing to cancel, nothing worth a warning.
+                log.debug("transfer %s already ended: %s", self.transfer_id, e)
+            else:
+                log.warning("cancelling transfer %s failed: %s", self.transfer_id, e)
+            if self.direction == "download" and not ended:
                 # Engines without cancel for downloads end them with finalize.
                 try:
                     self.conn.transfers.finalize(self.transfer_id)
@@ -230,6 +238,16 @@ class TransferSession:
             log.warning("transfer %s: waiting for cleanup failed: %s",
                         self.transfer_id, e)
 
+    def _ended(self) -> bool:
+        """Whether the transfer is over (or gone) on the engine."""
+        try:
+            t = self.conn.transfers.get(self.transfer_id)
+        except NotFound:
+            return True
+        except ImagetoolError:
+            return False
+        return t.phase in _ENDED_PHASES
+
     def _wait_ended(self) -> None:
         deadline = time.monotonic() + self.cleanup_timeout
         delay = 0.1
@@ -238,8 +256,7 @@ class TransferSession:
                 t = self.conn.transfers.get(self.transfer_id)
             except NotFound:
                 return
-            if t.phase in ("finished_failure", "finished_cleanup",
-                           "finished_success", "cancelled"):
+            if t.phase in _ENDED_PHASES:
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
