@@ -267,8 +267,9 @@ def test_keepalive_pings_and_extends(engine, raw_file, imageio_daemon):
         s.open_backend()
         time.sleep(2.5)
         info = imageio_daemon.ticket_info(s.transfer_id)
-        # OPTIONS from the keep-alive thread kept the ticket busy.
-        assert info["idle_time"] < 1.5
+        # OPTIONS from the keep-alive thread (idle > 1 s, checked every 0.5 s)
+        # kept the ticket busy.
+        assert info["idle_time"] < 2.2     # without pings it would be >= 2.5
     assert ("extend", s.transfer_id) in engine.calls
     assert s.finished
 
