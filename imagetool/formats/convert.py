@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 from imagetool.errors import FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.fsutil import fsync_dir
 
 DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
 # Runs of zeros at least this long (and aligned to it within a request) are
@@ -96,7 +97,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             except FileNotFoundError:
                 pass
             raise
-        _fsync_dir(dst_dir)
+        fsync_dir(dst_dir)
         return {"virtual_size": src.size, "data_bytes": copied}
     finally:
         src.close()
@@ -196,16 +197,3 @@ def _is_zero(seg: memoryview, zeros: bytes) -> bool:
     # bytes == bytes is a memcmp; memoryview comparison is element-wise.
     return bytes(seg) == zeros[:len(seg)]
 
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename durable; silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

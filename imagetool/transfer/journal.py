@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from imagetool.errors import ImagetoolError
+from imagetool.fsutil import fsync_dir
 
 VERSION = 1
 SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
@@ -42,19 +43,6 @@ def flush_bytes_for(size: int, request_size: int) -> int:
 
 class JournalError(ImagetoolError):
     """A journal blocks the transfer: present without resume, or stale."""
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def source_identity(path: str) -> dict:
@@ -194,7 +182,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self._last_save = time.monotonic()
         self._dirty = False
 
