@@ -196,4 +196,3 @@ def _is_zero(seg: memoryview, zeros: bytes) -> bool:
         return False
     # bytes == bytes is a memcmp; memoryview comparison is element-wise.
     return bytes(seg) == zeros[:len(seg)]
-
