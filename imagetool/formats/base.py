@@ -95,3 +95,18 @@ def merge_extents(extents) -> Iterator[Extent]:
             current = ext
     if current is not None:
         yield current
+
+
+def copy_range(src: Backend, dst: Backend, start: int, end: int,
+               buf: bytearray) -> None:
+    """Copy ``[start, end)`` from ``src`` to ``dst`` through ``buf``, in
+    pieces of at most ``len(buf)`` bytes (single-threaded; the parallel
+    copier lives in ``imagetool.transfer.copier``)."""
+    pos = start
+    while pos < end:
+        view = memoryview(buf)[:min(len(buf), end - pos)]
+        got = src.read_into(pos, view)
+        if got <= 0:
+            raise EOFError(f"source ended at {pos}, expected data up to {end}")
+        dst.write(pos, view[:got])
+        pos += got

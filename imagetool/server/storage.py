@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 
+from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
 
 COPY_CHUNK = 4 << 20
@@ -191,13 +192,7 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
         try:
             buf = bytearray(COPY_CHUNK)
             for start, end in _union(ranges):
-                pos = start
-                while pos < end:
-                    n = min(COPY_CHUNK, end - pos)
-                    view = memoryview(buf)[:n]
-                    got = reader.read_into(pos, view)
-                    writer.write(pos, view[:got])
-                    pos += n
+                copy_range(reader, writer, start, end, buf)
             writer.flush()
         finally:
             writer.close()
@@ -264,13 +259,7 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int) -> None:
             for ext in reader.extents():
                 if ext.zero:
                     continue
-                pos = ext.start
-                while pos < ext.end:
-                    n = min(COPY_CHUNK, ext.end - pos)
-                    view = memoryview(buf)[:n]
-                    got = reader.read_into(pos, view)
-                    writer.write(pos, view[:got])
-                    pos += n
+                copy_range(reader, writer, ext.start, ext.end, buf)
             writer.flush()
         finally:
             writer.close()

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.tickets import Ticket, TicketRegistry
@@ -512,13 +513,7 @@ def _copy_layer(src: str, writer: Any) -> None:
             if ext.zero:
                 writer.zero(ext.start, ext.length)
                 continue
-            pos = ext.start
-            while pos < ext.end:
-                n = min(len(buf), ext.end - pos)
-                view = memoryview(buf)[:n]
-                got = reader.read_into(pos, view)
-                writer.write(pos, view[:got])
-                pos += n
+            copy_range(reader, writer, ext.start, ext.end, buf)
         writer.flush()
     finally:
         reader.close()
