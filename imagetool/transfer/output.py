@@ -8,6 +8,8 @@ after the copy succeeded, and removed on any failure.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import threading
 from contextlib import contextmanager
@@ -78,6 +80,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+_ALIGN = 4096      # O_DIRECT alignment that every local file system accepts
+
+
 class SharedBackend:
     """Let worker threads share one thread-safe local backend.
 
@@ -90,6 +95,11 @@ class SharedBackend:
     them (POSIX_FADV_DONTNEED): dirty pages no longer pile up until the
     kernel throttles every writer, and a download does not evict the page
     cache. Measured 1.1-1.8x faster for multi-GiB downloads here.
+    Better still, writes whose offset, length and buffer address are
+    page-aligned (the copier's buffers are) go through a second O_DIRECT
+    descriptor: no copy into the page cache, which was half of a
+    download's CPU time. Others, and file systems refusing O_DIRECT
+    (tmpfs), use the ordinary path.
     """
 
     def __init__(self, backend: Backend, owner: bool = True,
@@ -97,8 +107,17 @@ class SharedBackend:
         self._b = backend
         self._owner = owner
         self._wb_fd: int | None = None
+        # {"fd": O_DIRECT descriptor, "on": usable}, shared with the clones.
+        self._direct: dict = {}
         if writeback_path is not None and hasattr(os, "posix_fadvise"):
             self._wb_fd = os.open(writeback_path, os.O_RDONLY)
+        if writeback_path is not None and hasattr(os, "O_DIRECT"):
+            try:
+                flags = os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC
+                self._direct = {"fd": os.open(writeback_path, flags),
+                                "on": True}
+            except OSError:
+                pass    # e.g. tmpfs: buffered writes only
 
     @property
     def size(self) -> int:
@@ -111,12 +130,36 @@ class SharedBackend:
         return self._b.read_into(offset, buf)
 
     def write(self, offset: int, data) -> None:
+        if self._direct.get("on") and self._write_direct(offset, data):
+            return
         self._b.write(offset, data)
         if self._wb_fd is not None:
             try:
                 os.posix_fadvise(self._wb_fd, offset, len(data), os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass  # advice only
+
+    def _write_direct(self, offset: int, data) -> bool:
+        """Write with O_DIRECT if everything is aligned; False if not done."""
+        view = memoryview(data).cast("B")
+        if offset % _ALIGN or len(view) % _ALIGN or view.readonly:
+            return False
+        if ctypes.addressof(ctypes.c_char.from_buffer(view)) % _ALIGN:
+            return False
+        fd = self._direct["fd"]
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._direct["on"] = False    # the file system refuses it after all
+            if done:
+                self._b.write(offset + done, view[done:])
+            else:
+                return False
+        return True
 
     def zero(self, offset: int, length: int) -> None:
         self._b.zero(offset, length)
@@ -128,6 +171,7 @@ class SharedBackend:
     def clone(self) -> "SharedBackend":
         view = SharedBackend(self._b, owner=False)
         view._wb_fd = self._wb_fd
+        view._direct = self._direct
         return view
 
     def close(self) -> None:
@@ -135,6 +179,9 @@ class SharedBackend:
             if self._wb_fd is not None:
                 os.close(self._wb_fd)
                 self._wb_fd = None
+            if self._direct:
+                os.close(self._direct.pop("fd"))
+                self._direct.clear()
             self._b.close()
 
     def __getattr__(self, name):
