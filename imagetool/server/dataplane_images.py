@@ -127,7 +127,8 @@ def get(ctx: Context, ticket: Ticket) -> int:
     headers["Content-Length"] = str(length)
     conn = ctx.conn
     conn.send_head(status, headers, close=ctx.close)
-    if _SENDFILE and isinstance(backend, RawBackend) and not isinstance(conn.sock, ssl.SSLSocket):
+    if (_SENDFILE and isinstance(backend, RawBackend)
+            and not isinstance(conn.sock, ssl.SSLSocket)):
         return _sendfile(ctx, backend, offset, length)
     buf = conn.buffer
     read = _reader(conn, backend)
