@@ -246,6 +246,9 @@ def test_engine_killed_mid_upload_then_resume(served, client_home):
     while _count(stats, "put") < 12 * MiB:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
+    # Counted before the kill: what the client retries against the dead
+    # engine afterwards never reaches it and must not shrink the bound.
+    sent1 = _count(stats, "put")
     served.kill()
     # The client retries, then gives up or is killed; either way it stops.
     try:
@@ -254,7 +257,6 @@ def test_engine_killed_mid_upload_then_resume(served, client_home):
         proc.kill()
         proc.wait()
     served.start()
-    sent1 = _count(stats, "put")
     code, out, err2, stats2 = _run(served, client_home, args, tag="second")
     assert code == 0, err2
     assert _count(stats2, "put") <= 32 * MiB - sent1 + 8 * MiB
