@@ -17,6 +17,7 @@ from typing import Iterator
 
 from imagetool.errors import ImagetoolError
 from imagetool.formats.base import Backend
+from imagetool.fsutil import fsync_dir
 
 
 class OutputExists(ImagetoolError):
@@ -58,26 +59,13 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]
         if os.path.exists(path) and not force:
             raise OutputExists(f"{path}: file appeared during the download")
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _ALIGN = 4096      # O_DIRECT alignment that every local file system accepts

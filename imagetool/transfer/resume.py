@@ -225,7 +225,8 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
     """
     from imagetool.formats.raw import RawBackend
     from imagetool.transfer.copier import CopyCancelled, copy
-    from imagetool.transfer.output import SharedBackend, _fsync_dir
+    from imagetool.fsutil import fsync_dir
+    from imagetool.transfer.output import SharedBackend
     from imagetool.transfer.session import TransferSession
 
     jpath, part = download_paths(path)
@@ -286,7 +287,7 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
         journal.save()
         raise
     os.replace(part, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     journal.remove()
     return stats, verification
 
