@@ -225,6 +225,10 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare the file's block checksum with the server's before "
                    "finalizing; a mismatch leaves no file (exit 1).")
+@click.option("--inactivity-timeout", type=click.IntRange(1), default=60,
+              show_default=True,
+              help="Seconds without activity before the engine cancels the "
+                   "download (and unlocks the disk) after the client died.")
 @click.option("--resume", is_flag=True,
               help="Keep progress in DEST.imagetool-journal (data in "
                    "DEST.imagetool-part) and continue an interrupted download.")
@@ -236,7 +240,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
              verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,
-             resume: bool = False) -> None:
+             inactivity_timeout: int = 60, resume: bool = False) -> None:
     """Download disks (by name or id) to DEST (a directory when several)."""
     from imagetool.transfer.download import download_disk_result
 
@@ -269,7 +273,8 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
                 (lambda i=i, d=d, p=p: download_disk_result(
                     conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
                     force=force, workers=workers, buffer_size=buffer_size,
-                    use_proxy=use_proxy, verify=verify, progress=bars.callback(i), resume=resume))
+                    inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+                    verify=verify, progress=bars.callback(i), resume=resume))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
         finally:
