@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from fault_fixtures import (MiB, make_raw, no_partial_files, qemu_img,
-                            start_faulty_engine, stop_faulty_engine, wait_settled)
+from fault_fixtures import (MiB, cli, faulty_engine, faulty_engine_module,  # noqa: F401
+                            make_raw, no_partial_files, qemu_img, wait_settled)
 from fault_proxy import Respond, Rule
 
 ovirt_client = pytest.importorskip("ovirt_imageio.client")
@@ -27,40 +27,11 @@ WRONG_REPLY = json.dumps({"algorithm": "blake2b", "block_size": 4 * MiB,
                           "checksum": WRONG})
 
 
-@pytest.fixture(scope="module")
-def fe(tmp_path_factory):
-    fe = start_faulty_engine(str(tmp_path_factory.mktemp("verify-engine")))
-    try:
-        yield fe
-    finally:
-        stop_faulty_engine(fe)
-
-
 @pytest.fixture
-def engine(fe, monkeypatch):
-    fe.proxy.clear_rules()
-    fe.proxy.reset_stats()
-    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(name, raising=False)
-    for k, v in fe.env.items():
-        monkeypatch.setenv(k, v)
-    yield fe
-    fe.proxy.clear_rules()
-
-
-@pytest.fixture
-def cli(capsys):
-    from imagetool.cli.main import main
-
-    def run(*argv):
-        code = 0
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
+def engine(faulty_engine):
+    """The shared fault-proxied local engine (tests/fault_fixtures.py), with
+    a clean proxy and the CLI's environment pointing at it."""
+    return faulty_engine
 
 
 @pytest.fixture(scope="module")

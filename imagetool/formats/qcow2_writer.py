@@ -45,10 +45,10 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.detect import QCOW2_MAGIC
+from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 
-_MAGIC = b"QFI\xfb"
 _HEADER_LEN = 104
-_EXT_BACKING_FORMAT = 0xE2792ACA
 _REFCOUNT_ORDER = 4  # 16-bit refcounts
 _MAX_REFCOUNT = 0xFFFF
 
@@ -627,14 +627,14 @@ class Qcow2Writer:
         exts = b""
         if self.backing_format:
             name = self.backing_format.encode()
-            exts += struct.pack(">II", _EXT_BACKING_FORMAT, len(name))
+            exts += struct.pack(">II", EXT_BACKING_FORMAT, len(name))
             exts += name + bytes(_pad8(len(name)) - len(name))
         exts += struct.pack(">II", 0, 0)
         backing = (self.backing_file or "").encode()
         backing_offset = _HEADER_LEN + len(exts) if backing else 0
         header = struct.pack(
             ">4sIQIIQIIQQIIQQQQII",
-            _MAGIC, 3, backing_offset, len(backing), self._cbits, self._size,
+            QCOW2_MAGIC, 3, backing_offset, len(backing), self._cbits, self._size,
             0, self._l1_size, l1_offset, rt_offset, rt_clusters, 0, 0,
             0, 0, 0, _REFCOUNT_ORDER, _HEADER_LEN)
         assert len(header) == _HEADER_LEN
