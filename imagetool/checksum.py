@@ -11,7 +11,8 @@ Speed: zero and unallocated extents are never read (an all-zero block uses a
 digest computed once, and so does a block whose data reads as zeros; zero
 runs inside a block are fed from a preallocated zero buffer), and blocks are read and hashed by several threads (hashlib
 drops the GIL on large buffers) while the digests are combined in block
-order. Memory: one block buffer per worker.
+order. Memory: one block buffer per worker, page aligned (anonymous mmap)
+so that a backend may read into it with O_DIRECT.
 
 Size: the checksum covers the backend's ``size``. For a raw file that is its
 exact length; the reference client goes through qemu, which rounds a raw
@@ -26,6 +27,7 @@ between threads (the local engine's data plane) can be checksummed.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from collections import deque
@@ -110,11 +112,16 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
 
     zero_digest(block_size)
     local = threading.local()
+    buffers: list[tuple[mmap.mmap, memoryview]] = []
+    buffers_lock = threading.Lock()
 
     def hash_block(start: int, length: int, ranges: list[tuple[int, int]]) -> bytes:
         buf = getattr(local, "buf", None)
         if buf is None:
-            buf = local.buf = memoryview(bytearray(block_size))
+            m = mmap.mmap(-1, block_size)
+            buf = local.buf = memoryview(m)
+            with buffers_lock:
+                buffers.append((m, buf))
         all_zero = True
         for rstart, rlen in ranges:
             view = buf[rstart:rstart + rlen]
@@ -163,6 +170,14 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
                 if not isinstance(item, bytes):
                     item.cancel()
             raise
+        finally:
+            pool.shutdown(wait=True)
+            for m, view in buffers:
+                view.release()
+                try:
+                    m.close()
+                except BufferError:
+                    pass        # a view still alive somewhere; the GC unmaps it
     return {"algorithm": algorithm.lower(), "block_size": block_size,
             "checksum": outer.hexdigest()}
 

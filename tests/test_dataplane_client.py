@@ -10,6 +10,7 @@ import time
 import pytest
 
 from imageio_daemon import scratch, scratch_dir, server_ssl_context, tls_files  # noqa: F401
+from imagetool.checksum import checksum_file
 from imagetool.errors import ConnectionFailed
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio import ImageioClient
@@ -190,8 +191,17 @@ def test_buffered_path_with_unaligned_size_and_offsets(server, scratch, monkeypa
             tail = bytearray(777)
             c.read_into(size - 777, memoryview(tail))
             assert tail == data[-777:]
+            # The checksum's read-back: O_DIRECT for the aligned part when
+            # direct, the odd tail through the page cache.
+            assert c.checksum(algorithm="sha256") == checksum_file(src, algorithm="sha256")
         with open(dst, "rb") as f:
             assert f.read() == data
+        raw = RawBackend(dst, "r")
+        reads = dataplane_images._DirectReads.open(raw)
+        assert (reads is not None) == direct
+        if reads is not None:
+            reads.close()
+        raw.close()
 
 
 def test_qcow2_guest_data_ticket(server, scratch):
