@@ -3,8 +3,13 @@
 Used by compare_transfer.py, which runs each measurement in a fresh process
 so that peak RSS is the client's own::
 
-    python benchmarks/bench_transfer.py --tool imagetool|reference \
+    python benchmarks/bench_transfer.py --tool imagetool|reference|null \
         --op upload|download --file PATH --url URL --workers N [--buffer-size B]
+
+``null`` (downloads only) GETs every range on N connections, in requests of
+``--buffer-size`` like imagetool's, into one reused buffer per worker and
+throws the bytes away: no file is written. What it reaches is the most the
+server, on this machine, gives any client making the same requests.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import time
 def run(tool: str, op: str, path: str, url: str, workers: int, buffer_size: int) -> float:
     """Do the transfer; return seconds."""
     start = time.monotonic()
-    if tool == "imagetool":
+    if tool == "null":
+        if op != "download":
+            raise SystemExit("the null client measures downloads only")
+        _null(url, workers, buffer_size)
+    elif tool == "imagetool":
         from imagetool.transfer.urls import download_url, upload_url
 
         if op == "upload":
@@ -37,9 +46,33 @@ def run(tool: str, op: str, path: str, url: str, workers: int, buffer_size: int)
     return time.monotonic() - start
 
 
+def _null(url: str, workers: int, buffer_size: int) -> None:
+    """Read the whole image on ``workers`` connections; keep nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagetool.imageio.client import ImageioClient
+
+    first = ImageioClient(url, insecure=True)
+    size = first.size()
+    offsets = iter(range(0, size, buffer_size))
+
+    def worker(client: ImageioClient) -> None:
+        buf = memoryview(bytearray(buffer_size))
+        with client:
+            for offset in offsets:      # next() on a range iterator holds the GIL
+                n = min(buffer_size, size - offset)
+                if client.read_into(offset, buf[:n]) != n:
+                    raise RuntimeError(f"short read at {offset}")
+
+    clients = [first] + [first.clone() for _ in range(workers - 1)]
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(worker, c) for c in clients]:
+            f.result()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--tool", choices=["imagetool", "reference"], required=True)
+    p.add_argument("--tool", choices=["imagetool", "reference", "null"], required=True)
     p.add_argument("--op", choices=["upload", "download"], required=True)
     p.add_argument("--file", required=True)
     p.add_argument("--url", required=True)

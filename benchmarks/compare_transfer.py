@@ -9,7 +9,16 @@ Every result is checked with ``qemu-img compare``.
 
     python benchmarks/compare_transfer.py [--full-size 2G] [--sparse-size 8G]
         [--workers 1,4] [--rss-workers 8] [--buffer-size 8M] [--repeat N]
-        [--backend nbd|file] [--json FILE]
+        [--backend nbd|file] [--dir DIR] [--images full,sparse10]
+        [--ops upload,download] [--ceiling] [--json FILE]
+
+``--dir`` is where the images and the copies live (default /var/tmp, the
+machine's disk); ``--dir /dev/shm`` keeps everything in memory, so the
+figures measure the clients and the daemon rather than the disk.
+``--ceiling`` adds, for downloads, a client that makes imagetool's requests
+and discards the bytes (``bench_transfer.py --tool null``): what the daemon
+gives any client on this machine, so ceiling/reference bounds the ratio a
+download can reach here.
 
 imagetool uses its default request size (8 MiB); the reference client its
 default buffer (4 MiB). Prints a Markdown table with imagetool/reference
@@ -25,6 +34,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -102,7 +112,8 @@ def one_transfer(daemon, backend: str, work: str, src: str, size: int, tool: str
         else:
             url = daemon.add_ticket(path=served, size=size, ops=ops)
             r = measure(tool, op, path_arg, url, workers, buffer_size)
-        r["ok"] = same(src, target)
+        # The null client moves no file's bytes: there is nothing to compare.
+        r["ok"] = True if tool == "null" else same(src, target)
     finally:
         if os.path.exists(target):
             os.unlink(target)
@@ -127,25 +138,39 @@ def main() -> None:
                    help="daemon tickets: nbd (qemu-nbd, 8 writers) or file (1 writer)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per measurement; the table shows the median")
+    p.add_argument("--dir", default=None,
+                   help="directory for images and copies (default: /var/tmp)")
+    p.add_argument("--images", default="full,sparse10",
+                   help="which images: full, sparse10 or both")
+    p.add_argument("--ops", default="upload,download")
+    p.add_argument("--ceiling", action="store_true",
+                   help="downloads: also time a client that writes no file (the daemon's ceiling)")
     p.add_argument("--json", dest="json_out")
     a = p.parse_args()
     workers = [int(w) for w in a.workers.split(",")]
-    bufs = {"imagetool": parse_size(a.buffer_size), "reference": parse_size(a.ref_buffer_size)}
-    work = scratch_dir("imagetool-bench-transfer-")
+    kinds = a.images.split(",")
+    ops = a.ops.split(",")
+    bufs = {"imagetool": parse_size(a.buffer_size), "reference": parse_size(a.ref_buffer_size),
+            "null": parse_size(a.buffer_size)}
+    work = (tempfile.mkdtemp(prefix="imagetool-bench-transfer-", dir=a.dir) if a.dir
+            else scratch_dir("imagetool-bench-transfer-"))
     rows = []
     try:
-        images = {"full": os.path.join(work, "full.raw"),
-                  "sparse10": os.path.join(work, "sparse10.raw")}
-        make_full(images["full"], parse_size(a.full_size))
-        make_sparse(images["sparse10"], parse_size(a.sparse_size))
+        images = {k: os.path.join(work, f"{k}.raw") for k in kinds}
+        if "full" in images:
+            make_full(images["full"], parse_size(a.full_size))
+        if "sparse10" in images:
+            make_sparse(images["sparse10"], parse_size(a.sparse_size))
         with ImageioDaemon() as daemon:
             for kind, src in images.items():
                 size = os.path.getsize(src)
                 for w in workers + ([a.rss_workers] if a.rss_workers else []):
-                    for op in ("upload", "download"):
+                    for op in ops:
                         tools = ["reference", "imagetool"]
                         if w == a.rss_workers and w not in workers:
                             tools = ["imagetool"]   # the RSS row is about imagetool
+                        elif a.ceiling and op == "download":
+                            tools.append("null")
                         samples: dict[str, list] = {t: [] for t in tools}
                         # Interleave the clients so drifting load hits both alike.
                         for _ in range(a.repeat):
@@ -176,9 +201,11 @@ def main() -> None:
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per (image, op, workers) with both clients and the ratio."""
+    ceiling = any(r["tool"] == "null" for r in rows)
+    extra = " ceiling MiB/s | ceiling/reference |" if ceiling else ""
     out = ["| image | op | workers | reference MiB/s | imagetool MiB/s | ratio | "
-           "reference RSS MiB | imagetool RSS MiB | verified |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "reference RSS MiB | imagetool RSS MiB | verified |" + extra,
+           "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if ceiling else "")]
     keys = []
     for r in rows:
         k = (r["image"], r["op"], r["workers"])
@@ -193,8 +220,17 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {k[0]} ({size}) | {k[1]} | {k[2]} | "
                    f"{ref['mib_s'] if ref else '-'} | {it['mib_s'] if it else '-'} | "
                    f"{ratio} | {ref['rss_mib'] if ref else '-'} | "
-                   f"{it['rss_mib'] if it else '-'} | {'yes' if ok else 'NO'} |")
+                   f"{it['rss_mib'] if it else '-'} | {'yes' if ok else 'NO'} |"
+                   + (_ceiling_cells(by) if ceiling else ""))
     return "\n".join(out)
+
+
+def _ceiling_cells(by: dict) -> str:
+    cap, ref = by.get("null"), by.get("reference")
+    if not cap:
+        return " - | - |"
+    ratio = f"{cap['mib_s'] / ref['mib_s']:.2f}x" if ref else "-"
+    return f" {cap['mib_s']} | {ratio} |"
 
 
 if __name__ == "__main__":
