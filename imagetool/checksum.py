@@ -32,7 +32,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from imagetool.errors import FormatError
 from imagetool.formats.base import Backend
@@ -87,12 +87,14 @@ def validate_block_size(block_size: int) -> None:
 
 def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
              block_size: int = DEFAULT_BLOCK_SIZE, workers: int | None = None,
-             progress: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int], None] | None = None,
+             known: Mapping[int, bytes] | None = None) -> dict:
     """Block checksum of ``backend``'s guest data.
 
     Returns ``{"algorithm": ..., "block_size": ..., "checksum": hex}``.
     ``workers``: hashing threads (default: CPUs, 2 to 4). ``progress`` is
-    called with the number of guest bytes done after each block.
+    called with the number of guest bytes done after each block. ``known``:
+    digests of blocks already hashed, by block index (not read again).
     """
     new = hash_factory(algorithm)
     validate_block_size(block_size)
@@ -150,7 +152,10 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
                             thread_name_prefix="checksum") as pool:
         try:
             for start, length, ranges in _blocks(backend, size, block_size):
-                if not ranges:
+                digest = known.get(start // block_size) if known else None
+                if digest is not None:
+                    pending.append((length, digest))
+                elif not ranges:
                     pending.append((length, zero_digest(length)))
                 else:
                     pending.append((length, pool.submit(hash_block, start, length, ranges)))

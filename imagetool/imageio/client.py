@@ -35,6 +35,9 @@ class ImageioOptions:
     features: frozenset[str]
     max_readers: int
     max_writers: int
+    # imagetool's own data plane: extensions listed apart from "features"
+    # (e.g. "checksum-ahead", see server/dataplane_images.py).
+    extensions: frozenset[str] = frozenset()
 
 
 class _Retry(Exception):
@@ -299,7 +302,8 @@ class ImageioClient:
                                        status=200) from None
                 self._options = ImageioOptions(
                     frozenset(data.get("features", ())),
-                    int(data.get("max_readers", 1)), int(data.get("max_writers", 1)))
+                    int(data.get("max_readers", 1)), int(data.get("max_writers", 1)),
+                    frozenset(data.get("imagetool_features", ())))
             else:
                 raise self._fail("OPTIONS", "", resp)
         return self._options
@@ -439,6 +443,19 @@ class ImageioClient:
         return self._json("GET", "/checksum",
                           {"algorithm": algorithm, "block_size": block_size},
                           what="checksum")
+
+    def checksum_ahead(self, algorithm: str,
+                       block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        """Announce the checksum this upload will ask for (``checksum-ahead``).
+
+        Only for servers listing the extension in OPTIONS (imagetool's data
+        plane): they then hash flushed blocks while the upload runs.
+        """
+        body = json.dumps({"op": "checksum-ahead", "algorithm": algorithm,
+                           "block_size": block_size}).encode()
+        resp = self._request("PATCH", headers={"Content-Type": "application/json"},
+                             body=body, what="checksum-ahead")
+        self._expect_empty("PATCH", "checksum-ahead", resp)
 
     def checksum_algorithms(self) -> list[str]:
         """Algorithm names the server's checksum accepts."""

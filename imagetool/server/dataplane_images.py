@@ -3,6 +3,18 @@
 Each handler returns the number of image bytes it moved (for
 ``Ticket.touch``) and sets ``ctx.close`` when the connection must not be
 reused. Errors are raised as ``HttpError`` with a one-line message.
+
+One extension to imageio's protocol, invisible to clients that do not ask
+for it: checksum ahead (``server/checksum_ahead.py``). OPTIONS of a
+writable ticket on a raw file adds ``"imagetool_features":
+["checksum-ahead"]`` (imageio's ``features`` list is unchanged). A client
+that will verify its upload may then send, before its first write,
+``PATCH /images/<t>`` with ``{"op": "checksum-ahead", "algorithm": A,
+"block_size": B}`` (200, empty body; 409 while other requests are in
+flight or when the ticket cannot do it). The server then hashes blocks
+as flushes make them durable, and a later ``GET .../checksum`` with the
+same A and B reads back only the blocks not hashed yet; its value is
+that of a full read-back. Tickets never announced work as before.
 """
 
 from __future__ import annotations
@@ -13,17 +25,23 @@ import re
 import select
 import socket
 import ssl
+from contextlib import nullcontext
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
+from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
 
+from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
 READ_FEATURES = ["checksum", "extents"]
+# Our own extensions, listed apart from imageio's "features" (see above).
+EXTENSIONS_KEY = "imagetool_features"
+CHECKSUM_AHEAD = "checksum-ahead"
 DEFAULT_MAX_READERS = 8
 DEFAULT_MAX_WRITERS = 8
 MIN_BLOCK_SIZE = 1024 * 1024
@@ -81,6 +99,8 @@ def options(ctx: Context, ticket: Ticket) -> int:
     body = {"features": features,
             "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
             "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)}
+    if ticket.writable and _ahead_possible(backend):
+        body[EXTENSIONS_KEY] = [CHECKSUM_AHEAD]
     ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
     return 0
 
@@ -218,28 +238,44 @@ def put(ctx: Context, ticket: Ticket) -> int:
     conn = ctx.conn
     buf = conn.buffer
     write = _writer(conn, backend)
+    ahead = ticket.checksum_ahead
+    if ahead is not None:
+        ahead.begin_write(offset, length)
     done = 0
-    while done < length:
-        # Fill the whole buffer before writing: fewer, larger backend writes.
-        want = min(len(buf), length - done)
-        got = 0
-        while got < want:
-            n = conn.recv_into(buf[got:want])
-            if n == 0:
-                ctx.close = True
-                if got:
-                    write(offset + done, buf[:got])
-                raise HttpError(HTTPStatus.BAD_REQUEST,
-                                f"Short request body: got {done + got} of {length} bytes",
-                                close=True)
-            got += n
-        write(offset + done, buf[:got])
-        done += got
+    try:
+        while done < length:
+            # Fill the whole buffer before writing: fewer, larger backend writes.
+            want = min(len(buf), length - done)
+            got = 0
+            while got < want:
+                n = conn.recv_into(buf[got:want])
+                if n == 0:
+                    ctx.close = True
+                    if got:
+                        write(offset + done, buf[:got])
+                    raise HttpError(HTTPStatus.BAD_REQUEST,
+                                    f"Short request body: got {done + got} of {length} "
+                                    "bytes", close=True)
+                got += n
+            write(offset + done, buf[:got])
+            done += got
+    finally:
+        if ahead is not None:
+            ahead.end_write(offset, length)
     ctx.body_done = True
     if flush:
-        backend.flush()
+        _flush(ticket, backend)
     ctx.conn.send_reply(200, close=ctx.close)
     return done
+
+
+def _flush(ticket: Ticket, backend) -> None:
+    """``backend.flush()``, telling the ticket's checksum ahead (if any)."""
+    ahead = ticket.checksum_ahead
+    if ahead is None:
+        backend.flush()
+    else:
+        ahead.flush(backend.flush)
 
 
 def _reader(conn: HttpConnection, backend) -> Callable[[int, memoryview, int], int]:
@@ -363,13 +399,24 @@ def patch(ctx: Context, ticket: Ticket) -> int:
                             f"image size {ticket.size}",
                             {"Content-Range": f"bytes */{ticket.size}"})
         if size:
-            backend.zero(offset, size)
+            ahead = ticket.checksum_ahead
+            if ahead is not None:
+                ahead.begin_write(offset, size)
+            try:
+                backend.zero(offset, size)
+            finally:
+                if ahead is not None:
+                    ahead.end_write(offset, size)
         if flush:
-            backend.flush()
+            _flush(ticket, backend)
         ctx.conn.send_reply(200, close=ctx.close)
         return size
     if op == "flush":
-        backend.flush()
+        _flush(ticket, backend)
+        ctx.conn.send_reply(200, close=ctx.close)
+        return 0
+    if op == CHECKSUM_AHEAD:
+        _announce(ticket, backend, msg)
         ctx.conn.send_reply(200, close=ctx.close)
         return 0
     raise HttpError(HTTPStatus.BAD_REQUEST,
@@ -414,32 +461,87 @@ def _checksum_module():
 def checksum(ctx: Context, ticket: Ticket) -> int:
     mod = _checksum_module()
     query = ctx.req.query
-    algorithm = query.get("algorithm", "blake2b")
-    if algorithm not in mod.ALGORITHMS:
-        raise HttpError(HTTPStatus.BAD_REQUEST,
-                        f"Unsupported value {algorithm!r} for 'algorithm', "
-                        f"expecting one of {sorted(mod.ALGORITHMS)}")
+    algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
     if not raw.isdigit():
         raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid block size: {raw!r}")
-    block_size = int(raw)
-    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
-        raise HttpError(HTTPStatus.BAD_REQUEST,
-                        f"Block size out of allowed range: {MIN_BLOCK_SIZE}-{MAX_BLOCK_SIZE}")
-    if block_size % 4096:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "Block size is not aligned to 4096")
+    block_size = _check_block_size(int(raw))
     backend = ticket.backend()
     direct = _DirectReads.open(backend)
+    ahead = ticket.checksum_ahead
+    if ahead is not None and not ahead.matches(algorithm, block_size, backend.size):
+        ahead = None
     try:
-        # Four readers keep the disk busy while the others hash (I/O-bound
-        # direct reads, hashlib drops the GIL).
-        result = mod.checksum(direct or backend, algorithm=algorithm,
-                              block_size=block_size, workers=4)
+        with ahead.paused() if ahead is not None else nullcontext({}) as known:
+            # Four readers keep the disk busy while the others hash (I/O-bound
+            # direct reads, hashlib drops the GIL).
+            result = mod.checksum(direct or backend, algorithm=algorithm,
+                                  block_size=block_size, workers=4, known=known)
     finally:
         if direct is not None:
             direct.close()
     ctx.conn.send_json(result, close=ctx.close)
     return 0
+
+
+def _check_algorithm(mod, algorithm: object) -> str:
+    if not isinstance(algorithm, str) or algorithm not in mod.ALGORITHMS:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Unsupported value {algorithm!r} for 'algorithm', "
+                        f"expecting one of {sorted(mod.ALGORITHMS)}")
+    return algorithm
+
+
+def _check_block_size(block_size: int) -> int:
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Block size out of allowed range: {MIN_BLOCK_SIZE}-{MAX_BLOCK_SIZE}")
+    if block_size % 4096:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "Block size is not aligned to 4096")
+    return block_size
+
+
+# --- checksum ahead (see the module docstring) --------------------------------
+
+def _ahead_possible(backend) -> bool:
+    return (DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT"))
+
+
+def _announce(ticket: Ticket, backend, msg: dict) -> None:
+    """Start hashing the ticket's flushed blocks for the announced checksum."""
+    mod = _checksum_module()
+    algorithm = _check_algorithm(mod, msg.get("algorithm"))
+    block_size = _check_block_size(_int_field(msg, "block_size"))
+    if not _ahead_possible(backend):
+        raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
+    size = backend.size
+    old = ticket.checksum_ahead
+    if old is not None and old.matches(algorithm, block_size, size):
+        return
+    try:
+        own = RawBackend(backend.path, "r")
+    except FormatError:
+        own = None
+    reader = _DirectReads.open(own, own_backend=True) if own is not None else None
+    if reader is None:
+        raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
+    path = backend.path
+    ahead = ChecksumAhead(reader, size, algorithm, block_size,
+                          alive=lambda: not ticket.canceled,
+                          mtime=lambda: os.stat(path).st_mtime_ns)
+    with ticket.lock:
+        # A write already running would not be tracked; this request is the
+        # one counted in _busy.
+        refused = ticket._busy > 1
+        if not refused:
+            ticket.checksum_ahead = ahead
+    if refused:
+        reader.close()
+        raise HttpError(HTTPStatus.CONFLICT,
+                        "Checksum ahead must be announced while no other request runs")
+    if old is not None:
+        old.stop()
+    ahead.start()
 
 
 class _DirectReads:
@@ -452,20 +554,30 @@ class _DirectReads:
     backend.
     """
 
-    def __init__(self, backend: RawBackend, fd: int):
+    def __init__(self, backend: RawBackend, fd: int, own_backend: bool = False):
         self._backend = backend
         self._fd = fd
+        self._own_backend = own_backend
         self.size = backend.size
 
     @classmethod
-    def open(cls, backend) -> "_DirectReads | None":
-        if not (DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT")):
+    def open(cls, backend, own_backend: bool = False) -> "_DirectReads | None":
+        """Direct reads of ``backend``'s file, or None when not possible.
+
+        ``own_backend``: ``close()`` closes the backend too (and so does a
+        None return).
+        """
+        fd = None
+        if DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT"):
+            try:
+                fd = os.open(backend.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:
+                fd = None
+        if fd is None:
+            if own_backend:
+                backend.close()
             return None
-        try:
-            fd = os.open(backend.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-        except OSError:
-            return None
-        return cls(backend, fd)
+        return cls(backend, fd, own_backend)
 
     def extents(self, context: str = "zero"):
         return self._backend.extents(context)
@@ -485,6 +597,8 @@ class _DirectReads:
 
     def close(self) -> None:
         os.close(self._fd)
+        if self._own_backend:
+            self._backend.close()
 
 
 def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:

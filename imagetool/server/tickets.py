@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from imagetool.formats.base import Backend
 
@@ -41,6 +41,8 @@ class Ticket:
     _backend: Backend | None = field(default=None, repr=False)
     _busy: int = 0                            # requests using the backend now
     _close_pending: bool = False
+    # A server.checksum_ahead.ChecksumAhead once a client announced its checksum.
+    checksum_ahead: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.expires = time.monotonic() + self.timeout

@@ -202,8 +202,12 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                 workers = max(1, min(workers, dst.max_writers or workers))
                 cdst = (state.start(session, dst, SharedBackend(src)) if state else
                         resume_mod.retrying(dst, session, SharedBackend(src)))
+                algorithm = None
                 if verify:
-                    local_hash = verifying.start_upload_hash(source_path, volume_bytes)
+                    algorithm = verifying.pick_algorithm(dst)
+                    verifying.announce_upload_checksum(dst, algorithm)
+                    local_hash = verifying.start_upload_hash(source_path, volume_bytes,
+                                                             algorithm=algorithm)
                 try:
                     stats = copy(SharedBackend(src), cdst, workers=workers,
                                  request_size=buffer_size, dst_is_zero=dst_is_zero,
@@ -218,7 +222,7 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                 if verify:
                     verification = verifying.verify_upload(
                         dst, source_path, volume_bytes=volume_bytes,
-                        local=local_hash, what=plan.path)
+                        local=local_hash, what=plan.path, algorithm=algorithm)
         except BaseException as e:
             if local_hash is not None:
                 local_hash.cancel()

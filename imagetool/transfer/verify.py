@@ -29,6 +29,12 @@ the server offers it, verification uses whichever of sha256 and blake2b
 both sides hash every data byte, so this is most of verification's cost).
 The algorithm used is in the result; ``checksum --disk`` keeps blake2b.
 
+Checksum ahead: before an upload's copy, a server listing the
+``checksum-ahead`` extension (imagetool's own data plane; never an imageio
+daemon) is told the algorithm and block size verification will use, so it
+hashes blocks as they are flushed and the final checksum request reads
+back only what is left (:func:`announce_upload_checksum`).
+
 A mismatch raises :class:`~imagetool.errors.ChecksumMismatch` with both
 values; the workflows raise it inside their transfer session, so an upload
 is cancelled (no disk kept as if good) and a download's temporary file is
@@ -37,6 +43,7 @@ removed.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +53,8 @@ from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum,
                                 hash_factory)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats.base import Backend, Extent
+
+log = logging.getLogger(__name__)
 
 # The server hashes the whole image in one request: allow it time for that
 # (at least this rate) on top of the usual read timeout.
@@ -325,15 +334,42 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
     return opener
 
 
-def start_upload_hash(source_path: str, volume_bytes: bool = False) -> LocalHash | None:
+def start_upload_hash(source_path: str, volume_bytes: bool = False, *,
+                      algorithm: str | None = None) -> LocalHash | None:
     """Start hashing an upload's source now when :data:`PARALLEL_UPLOAD_HASH`.
 
-    Returns None when hashing is left for :func:`verify_upload`.
+    ``algorithm`` None: the fastest here. Returns None when hashing is left
+    for :func:`verify_upload`.
     """
     if not PARALLEL_UPLOAD_HASH:
         return None
     return LocalHash(open_source(source_path, volume_bytes),
-                     algorithm=fastest_algorithm())
+                     algorithm=algorithm or fastest_algorithm())
+
+
+CHECKSUM_AHEAD = "checksum-ahead"
+
+
+def announce_upload_checksum(dst: Any, algorithm: str,
+                             block_size: int = DEFAULT_BLOCK_SIZE) -> bool:
+    """Tell the server which checksum :func:`verify_upload` will ask for.
+
+    Call before the copy, with nothing else running on the ticket. Only a
+    server listing the ``checksum-ahead`` extension is asked (others see
+    nothing); a refusal is not an error (the final checksum then reads
+    everything back). True when the server accepted.
+    """
+    client = getattr(dst, "client", None)
+    if client is None or "checksum" not in getattr(dst, "features", ()):
+        return False
+    try:
+        if CHECKSUM_AHEAD not in getattr(client.options(), "extensions", ()):
+            return False
+        client.checksum_ahead(algorithm, block_size)
+    except ImagetoolError as e:
+        log.debug("checksum ahead not used: %s", e)
+        return False
+    return True
 
 
 def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
