@@ -298,3 +298,44 @@ def test_upload_announces_only_when_verifying(local_conn, monkeypatch):
     assert announced == [(res.verification.algorithm, BLOCK)]
     upload_disk_result(conn, src, "data", name="unverified", verify=False)
     assert len(announced) == 1
+
+
+def test_failed_read_back_leaves_the_block_to_the_final_checksum():
+    """A block whose read-back fails gets no digest, and the final request
+    (which waits for blocks being hashed) is not left waiting for it."""
+    from imagetool.server.checksum_ahead import ChecksumAhead
+
+    class FailingReader:
+        calls = 0
+
+        def read_into(self, offset, buf):
+            FailingReader.calls += 1
+            raise OSError("I/O error")
+
+        def close(self):
+            pass
+
+    block = 1024 * 1024
+    ahead = ChecksumAhead(FailingReader(), 2 * block, "sha256", block,
+                          alive=lambda: True, mtime=lambda: 0).start()
+    try:
+        ahead.begin_write(0, block)
+        ahead.end_write(0, block)
+        ahead.flush(lambda: None)
+        deadline = time.monotonic() + 5
+        while FailingReader.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert FailingReader.calls >= 1
+        got: list = []
+        waiter = threading.Thread(target=lambda: got.append(_known(ahead)), daemon=True)
+        waiter.start()
+        waiter.join(5)
+        assert got == [{}]
+    finally:
+        ahead.stop()
+        assert ahead.join(5)
+
+
+def _known(ahead) -> dict:
+    with ahead.paused() as known:
+        return dict(known)

@@ -215,7 +215,9 @@ class ChecksumAhead:
                 except Exception as e:     # the final request reads it instead
                     log.debug("checksum-ahead of block %d failed: %s", i, e)
                 with self._cond:
-                    if digest is not None and not self._current.pop(i):
+                    # Always leave _current: paused() waits for it to empty.
+                    spoiled = self._current.pop(i)
+                    if digest is not None and not spoiled:
                         self._digests[i] = digest
                     self._cond.notify_all()
         finally:
