@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -209,7 +210,37 @@ def test_changed_source_is_refused(served, client_home):
     assert code == 1
     assert "changed since the interrupted upload" in err
     assert "content of its first/last blocks" in err
-    assert "rm " in err
+
+    # Follow the message's steps in order; they must leave nothing locked.
+    cancel = re.search(r"imagetool transfers cancel (\S+?)\)", err)
+    assert cancel, err                     # the paused transfer holds the disk
+    disk_id = re.search(r"imagetool disks remove --yes (\S+?)\)", err).group(1)
+    journal = re.search(r"rm (\S+?)\)", err).group(1)
+    assert err.index("transfers cancel") < err.index("disks remove") < err.index("rm ")
+    code, out, err2, _ = _run(served, client_home, ["transfers", "cancel", cancel.group(1)],
+                              tag="cancel")
+    assert code == 0, err2
+    deadline = time.monotonic() + 30
+    while True:                            # the engine removes the cancelled upload's disk
+        code, out, err2, _ = _run(served, client_home, ["disks", "list", "--json"],
+                                  tag="list")
+        assert code == 0, err2
+        disk = [d for d in json.loads(out) if d["id"] == disk_id]
+        if not disk or disk[0]["status"] != "locked" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if disk:                               # "if the disk is still listed"
+        code, out, err2, _ = _run(served, client_home,
+                                  ["disks", "remove", "--yes", disk_id], tag="remove")
+        assert code == 0, err2
+    code, out, err2, _ = _run(served, client_home, ["disks", "list", "--json"], tag="list")
+    assert disk_id not in [d["id"] for d in json.loads(out)]
+    os.unlink(journal)
+
+    code, out, err, _ = _run(served, client_home, args[:-1], tag="fresh")
+    assert code == 0, err
+    assert not os.listdir(os.path.join(client_home, "client-home", "journals"))
+    _check_disk(served, client_home, "changed.raw", src)
 
 
 def test_download_kill9_then_resume(served, client_home):

@@ -29,8 +29,10 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
                          buffer_size: int = DEFAULT_REQUEST_SIZE,
                          inactivity_timeout: int = 60, use_proxy: bool = False,
                          progress: Progress | None = None,
-                         verify: bool = True, resume: bool = False) -> TransferResult:
-    """Like :func:`download_disk` but returns what was moved."""
+                         verify: bool = True, resume: bool = False,
+                         snapshot: Any = None) -> TransferResult:
+    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``)."""
+    snapshot_id = _snapshot_id(snapshot, snapshot_id)
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
     if backing_file and format != "qcow2":
@@ -45,7 +47,7 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
         stats, checked = resume_mod.download_resumable(
             conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-            progress=progress, snapshot_id=snapshot_id, verify=verify)
+            progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow)
         return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
                               format=format, disk_id=disk.id, name=disk.name,
                               path=os.fspath(path), stats=stats, disk=disk,
@@ -117,28 +119,45 @@ def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
             os.unlink(volume)
 
 
+def _snapshot_id(snapshot: Any, snapshot_id: str | None) -> str | None:
+    """One snapshot id from the documented ``snapshot`` and its alias
+    ``snapshot_id``; ``snapshot`` may be an id or an object with ``.id``."""
+    if snapshot is not None and not isinstance(snapshot, str):
+        snapshot = getattr(snapshot, "id", None) or snapshot
+        if not isinstance(snapshot, str):
+            raise TypeError(f"snapshot must be a snapshot id or have an .id, "
+                            f"not {type(snapshot).__name__}")
+    if snapshot is not None and snapshot_id is not None and snapshot != snapshot_id:
+        raise TypeError("give snapshot or snapshot_id (an alias), not two different ones")
+    return snapshot if snapshot is not None else snapshot_id
+
+
 def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
-                  format: str = "raw", snapshot_id: str | None = None,
+                  format: str = "raw", snapshot: Any = None,
                   shallow: bool = False, backing_file: str | None = None,
                   force: bool = False, workers: int = 4,
                   buffer_size: int = DEFAULT_REQUEST_SIZE,
                   inactivity_timeout: int = 60, use_proxy: bool = False,
                   progress: Progress | None = None,
-                  verify: bool = True, resume: bool = False) -> TransferResult:
+                  verify: bool = True, resume: bool = False,
+                  snapshot_id: str | None = None) -> TransferResult:
     """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
 
-    ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot_id``
-    downloads one disk snapshot; with ``shallow`` only that layer (its
-    unallocated areas stay unallocated; give ``backing_file`` to point the
-    qcow2 at the previous layer). Refuses an existing ``path`` unless
-    ``force``; the file appears under ``path`` only when complete. On any
-    failure the transfer is cancelled and the error raised. Returns a
-    TransferResult (bytes, seconds, disk_id, name, format). ``verify``
-    (default) compares the file's block checksum with the server's before
-    finalizing; a mismatch raises ChecksumMismatch and leaves no file.
+    ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot`` (a
+    disk snapshot id, or an object with ``.id``; ``snapshot_id`` is an
+    alias kept for older callers) downloads that disk snapshot; with
+    ``shallow`` only that layer (its unallocated areas stay unallocated;
+    give ``backing_file`` to point the qcow2 at the previous layer).
+    Refuses an existing ``path`` unless ``force``; the file appears under
+    ``path`` only when complete. On any failure the transfer is cancelled
+    and the error raised. Returns a TransferResult (bytes, seconds,
+    disk_id, name, format). ``verify`` (default) compares the file's block
+    checksum with the server's before finalizing; a mismatch raises
+    ChecksumMismatch and leaves no file. ``resume`` keeps a journal beside
+    ``path`` so an interrupted raw download can be continued.
     """
     return download_disk_result(
-        conn, disk, path, format=format, snapshot_id=snapshot_id,
+        conn, disk, path, format=format, snapshot_id=_snapshot_id(snapshot, snapshot_id),
         shallow=shallow, backing_file=backing_file, force=force,
         workers=workers, buffer_size=buffer_size,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,

@@ -81,8 +81,7 @@ class UploadResume:
                 raise JournalError(
                     f"{path}: the file changed since the interrupted upload "
                     f"({', '.join(changes)}); the disk on the engine holds part of "
-                    f"the old content. Delete the journal (rm {jpath}) and the "
-                    f"partial disk {j.data.get('disk_id')}, then upload again")
+                    f"the old content. {_start_over_steps(conn, j, target)}")
             old = j.data.get("plan") or {}
             if any(old.get(k) != plan.get(k) for k in _PLAN_KEYS):
                 raise JournalError(
@@ -144,6 +143,42 @@ class UploadResume:
                                 f"continue the upload")
             err.exit_code = exc.exit_code
             raise err from exc
+
+
+def _transfer_alive(conn: Any, transfer_id: str | None) -> bool:
+    """Whether ``transfer_id`` still holds its disk (not finished, not gone)."""
+    if not transfer_id:
+        return False
+    try:
+        phase = conn.transfers.get(transfer_id).phase or ""
+    except ImagetoolError:
+        return False        # gone, or the engine cannot tell: nothing to cancel
+    return not phase.startswith("finished")
+
+
+def _start_over_steps(conn: Any, journal: Journal, target: str) -> str:
+    """What to run, in order, to drop an interrupted upload and start anew.
+
+    A live (paused) transfer keeps its disk locked, so it is cancelled
+    first; only a disk this upload created (target ``sd/name``) is removed,
+    never one the user named by id.
+    """
+    disk_id = journal.data.get("disk_id")
+    transfer_id = journal.data.get("transfer_id")
+    created = "/" in target
+    steps = []
+    if _transfer_alive(conn, transfer_id):
+        if created:
+            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
+                         f"{transfer_id}), which also removes its partial disk {disk_id}")
+        else:
+            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
+                         f"{transfer_id})")
+    if created and disk_id:
+        steps.append(f"{'if the disk is still listed, ' if steps else ''}remove the "
+                     f"partial disk (imagetool disks remove --yes {disk_id})")
+    steps.append(f"delete the journal (rm {journal.path})")
+    return "To start over: " + "; ".join(steps) + "; then upload again"
 
 
 def upload_timeout_policy(asked: str | None, resume: bool) -> str | None:
@@ -215,11 +250,13 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                        use_proxy: bool, progress: Callable[[int], None] | None,
                        snapshot_id: str | None = None,
                        policy: RetryPolicy | None = None,
-                       verify: bool = False) -> tuple[Any, Any]:
+                       verify: bool = False, shallow: bool = False) -> tuple[Any, Any]:
     """A raw download that can continue after a kill: journal + stable partial file.
 
     ``path`` appears only when complete; until then data goes to
     ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``.
+    ``shallow`` (with ``snapshot_id``) downloads that layer only; the
+    journal records it and a resume with another setting is refused.
     ``verify`` compares the file's checksum with the server's before
     finalizing. Returns (CopyStats, Verification or None).
     """
@@ -241,17 +278,27 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
         if journal.data.get("disk_id") != disk.id or \
                 journal.data.get("snapshot_id") != snapshot_id:
             raise JournalError(
-                f"{path}: the interrupted download was of another disk "
-                f"({journal.data.get('disk_id')}); delete {jpath} and {part} "
-                f"to start over")
+                f"{path}: the interrupted download was of another disk or snapshot "
+                f"(disk {journal.data.get('disk_id')}, snapshot "
+                f"{journal.data.get('snapshot_id') or 'none'}); delete {jpath} and "
+                f"{part} to start over")
+        # Journals from before shallow was recorded were always full downloads.
+        was_shallow = bool(journal.data.get("shallow", False))
+        if was_shallow != shallow:
+            kept = ("with --shallow (that layer only)" if was_shallow
+                    else "without --shallow (the whole chain)")
+            raise JournalError(
+                f"{path}: the interrupted download was {kept}; resume it with the "
+                f"same options, or delete {jpath} and {part} to start over")
     if journal is None:
         if os.path.exists(part):
             os.unlink(part)
         journal = Journal.create(jpath, engine_url=_engine_url(conn), disk_id=disk.id,
-                                 snapshot_id=snapshot_id, dest=os.path.abspath(path),
+                                 snapshot_id=snapshot_id, shallow=shallow,
+                                 dest=os.path.abspath(path),
                                  plan={"format": "raw", "request_size": buffer_size})
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
-                              direction="download", format="raw",
+                              direction="download", format="raw", shallow=shallow or None,
                               inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
     if journal.data.get("transfer_id"):
         # A killed client leaves its transfer running: carry on with it.
