@@ -31,6 +31,7 @@ _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 # linux/falloc.h
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_ZERO_RANGE = 0x10
 
 _ZERO_CHUNK = 1 << 20
 _ZEROS = bytes(_ZERO_CHUNK)
@@ -93,6 +94,9 @@ class RawBackend:
         self._closed = False
         # None = not tried yet; False = the filesystem cannot punch holes.
         self._can_punch: bool | None = None if _fallocate else False
+        # The same for zeroing with allocation (ZERO_RANGE, then fallocate).
+        self._can_zero_range: bool | None = None if _fallocate else False
+        self._can_allocate: bool | None = None if _fallocate else False
         try:
             if size is not None and mode != "r":
                 if size > fd_size(self._fd) or mode == "w":
@@ -183,15 +187,21 @@ class RawBackend:
         while done < len(view):
             done += self._pwrite(offset + done, view[done:])
 
-    def zero(self, offset: int, length: int) -> None:
-        """Make the range read as zeros, punching holes where possible.
+    def zero(self, offset: int, length: int, allocate: bool = False) -> None:
+        """Make the range read as zeros.
 
-        A range past the end extends the file (the new part is a hole).
+        By default holes are punched where possible, and a range past the end
+        extends the file with a hole. With ``allocate`` the range keeps (or
+        gets) disk space instead, as a preallocated volume needs: the blocks
+        are zeroed in place, never deallocated.
         """
         self._check_writable()
         if offset < 0 or length < 0:
             raise ValueError(f"invalid range offset={offset} length={length}")
         if length == 0:
+            return
+        if allocate:
+            self._zero_allocated(offset, length)
             return
         end = offset + length
         size = self.size
@@ -261,6 +271,43 @@ class RawBackend:
         with self._lock:
             os.lseek(self._fd, offset, os.SEEK_SET)
             return os.write(self._fd, view)
+
+    def _zero_allocated(self, offset: int, length: int) -> None:
+        """Zero a range leaving it allocated (past the end: grows the file).
+
+        ZERO_RANGE marks the blocks unwritten in one call; filesystems without
+        it (tmpfs, NFS) get a punched hole allocated again, the way qemu does;
+        the last resort writes the zeros. None of these shrinks the file, so
+        concurrent writers past the end are safe.
+        """
+        if self._can_zero_range is not False and _fallocate is not None:
+            if self._fallocate(_FALLOC_FL_ZERO_RANGE, offset, length):
+                self._can_zero_range = True
+                return
+            self._can_zero_range = False
+        if self._can_allocate is not False and _fallocate is not None:
+            if offset < self.size and not self._punch(offset, min(length, self.size - offset)):
+                self._can_allocate = False
+            elif self._fallocate(0, offset, length):
+                self._can_allocate = True
+                return
+            else:
+                self._can_allocate = False
+        end = offset + length
+        pos = offset
+        while pos < end:
+            n = min(_ZERO_CHUNK, end - pos)
+            self.write(pos, memoryview(_ZEROS)[:n])
+            pos += n
+
+    def _fallocate(self, mode: int, offset: int, length: int) -> bool:
+        """fallocate(2); False if the file system refuses this mode."""
+        if _fallocate(self._fd, mode, offset, length) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OSError(err, os.strerror(err), self.path)
 
     def _punch(self, offset: int, length: int) -> bool:
         """Deallocate the range inside the file; False if not supported."""

@@ -403,7 +403,11 @@ def patch(ctx: Context, ticket: Ticket) -> int:
             if ahead is not None:
                 ahead.begin_write(offset, size)
             try:
-                backend.zero(offset, size)
+                if not ticket.sparse and isinstance(backend, RawBackend):
+                    # A preallocated volume must stay allocated: zero in place.
+                    backend.zero(offset, size, allocate=True)
+                else:
+                    backend.zero(offset, size)
             finally:
                 if ahead is not None:
                     ahead.end_write(offset, size)

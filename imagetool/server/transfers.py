@@ -196,6 +196,11 @@ class TransferManager:
             os.unlink(previous)
         return (lambda: writer), writer.size, ops
 
+    def _ticket_sparse(self, t: dict) -> bool:
+        """The ticket's ``sparse``: False for a preallocated disk, so zeroing keeps its space."""
+        disk = self.store.get("disk", t["disk_id"]) or {}
+        return bool(disk.get("sparse", True))
+
     def _initialize(self, tid: str) -> None:
         with self._lock(tid):
             self._initialize_locked(tid)
@@ -212,7 +217,7 @@ class TransferManager:
             ticket = Ticket(uuid=t["ticket_id"], size=size, ops=ops, open_backend=opener,
                             timeout=max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2),
                             inactivity_timeout=float(t["inactivity_timeout"]),
-                            sparse=True, transfer_id=tid)
+                            sparse=self._ticket_sparse(t), transfer_id=tid)
             ticket.backend()
             self.registry.add(ticket)
         except Exception as e:  # any failure to prepare the ticket
