@@ -2,7 +2,8 @@
 
 The ticket of a preallocated (sparse=false) disk is not sparse, and the data
 plane's zero on such a ticket zeroes in place instead of punching holes; a
-sparse disk keeps getting holes.
+sparse disk keeps getting holes. A preallocated disk's copy and resize stay
+allocated too.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import http.client
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from imagetool.cli.main import main
 from imagetool.formats.raw import RawBackend
 from imagetool.server.dataplane import DataPlaneServer
+from imagetool.server.local import LocalEngine
 from imagetool.server.tickets import Ticket, TicketRegistry
 from imageio_daemon import scratch, scratch_dir  # noqa: F401 (fixtures)
+from server_fixtures import PASSWORD, api_request
 from transfer_fixtures import MiB, images_equal
 
 SIZE = 4 * MiB
@@ -178,3 +182,46 @@ def test_raw_zero_allocate(fallback):
         assert allocated(path) >= SIZE - 4096 + 2 * MiB
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# --- other operations on a preallocated disk ------------------------------------
+
+def test_copy_and_resize_keep_preallocation(tmp_path):
+    def call(method: str, path: str, body: str) -> ET.Element:
+        status, _, reply = api_request(eng, method, path, body,
+                                       {"Content-Type": "application/xml"})
+        assert status in (200, 201), reply
+        return ET.fromstring(reply)
+
+    def volume(disk: ET.Element) -> str:
+        sd = disk.find("storage_domains/storage_domain").get("id")
+        return os.path.join(eng.data_dir, sd, "images", disk.get("id"),
+                            disk.findtext("image_id"))
+
+    eng = LocalEngine(str(tmp_path), password=PASSWORD)
+    eng.start()
+    try:
+        disk = call("POST", "disks",
+                    f"<disk><name>full</name><format>raw</format><sparse>false</sparse>"
+                    f"<provisioned_size>{SIZE}</provisioned_size><storage_domains>"
+                    "<storage_domain><name>data</name></storage_domain></storage_domains></disk>")
+        vol = volume(disk)
+        with open(vol, "r+b") as f:     # some data, so the copy has something to copy
+            f.write(b"x" * 4096)
+        assert allocated(vol) >= SIZE
+
+        copy = call("POST", f"disks/{disk.get('id')}/copy",
+                    "<action><storage_domain><name>data</name></storage_domain>"
+                    "<disk><name>full-copy</name></disk></action>").find("disk")
+        copy_vol = volume(copy)
+        assert allocated(copy_vol) >= SIZE
+        assert images_equal(vol, copy_vol, "raw", "raw")
+        assert int(copy.findtext("actual_size")) >= SIZE
+
+        grown = call("PUT", f"disks/{disk.get('id')}",
+                     f"<disk><provisioned_size>{SIZE + MiB}</provisioned_size></disk>")
+        assert int(grown.findtext("provisioned_size")) == SIZE + MiB
+        assert os.path.getsize(vol) == SIZE + MiB
+        assert allocated(vol) >= SIZE + MiB
+    finally:
+        eng.stop()

@@ -143,8 +143,12 @@ class Storage:
             return 0
 
     def flatten(self, vols: list[dict], fmt: str, size: int, sd_id: str, disk_id: str,
-                vol_id: str) -> str:
-        """Write the guest data of a chain (base..top) as one new volume."""
+                vol_id: str, preallocate: bool = False) -> str:
+        """Write the guest data of a chain (base..top) as one new volume.
+
+        ``preallocate``: a raw result is fully allocated (a preallocated disk's
+        copy must not come out sparse).
+        """
         os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
         dst = self.volume_path(sd_id, disk_id, vol_id)
         top = vols[-1]
@@ -153,6 +157,8 @@ class Storage:
             _sparse_copy(src, dst)
         else:
             copy_guest_data(src, dst, fmt, size)
+        if preallocate and fmt == "raw" and size:
+            _allocate(dst, 0, size)
         self.write_meta(sd_id, disk_id, vol_id,
                         {"format": fmt, "size": size, "parent": None, "ctime": int(time.time())})
         return dst
@@ -163,7 +169,10 @@ class Storage:
         path = self.volume_path(top["sd_id"], top["disk_id"], top["id"])
         if top["format"] == "raw":
             with open(path, "r+b") as f:
+                old = os.fstat(f.fileno()).st_size
                 f.truncate(size)
+            if not disk.get("sparse", True) and size > old:
+                _allocate(path, old, size - old)
             return
         grow_qcow2(path, size)
 
@@ -265,6 +274,12 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int) -> None:
             writer.close()
     finally:
         reader.close()
+
+
+def _allocate(path: str, offset: int, length: int) -> None:
+    """Allocate a range of a file without changing its data."""
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), offset, length)
 
 
 def _sparse_copy(src: str, dst: str) -> None:

@@ -249,7 +249,7 @@ def copy_disk(req: Request, disk_id: str) -> Reply:
     vols = chain(engine.store, disk)
     new_disk_id, new_vol = new_id(), new_id()
     engine.storage.flatten(vols, disk["format"], disk["provisioned_size"], sd["id"],
-                           new_disk_id, new_vol)
+                           new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
     now = time.time()
     copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
                 status="ok", created=now)
