@@ -230,8 +230,9 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
               help="Seconds without activity before the engine cancels the "
                    "download (and unlocks the disk) after the client died.")
 @click.option("--resume", is_flag=True,
-              help="Keep progress in DEST.imagetool-journal (data in "
-                   "DEST.imagetool-part) and continue an interrupted download.")
+              help="Continue an interrupted raw download from its journal; "
+                   "with --resume a failure keeps the partial file and journal "
+                   "for the next --resume (a checksum mismatch removes them).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images downloaded at a time.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
@@ -241,7 +242,18 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
              verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,
              inactivity_timeout: int = 60, resume: bool = False) -> None:
-    """Download disks (by name or id) to DEST (a directory when several)."""
+    """Download disks (by name or id) to DEST (a directory when several).
+
+    \b
+    A raw download writes DEST.imagetool-part and keeps its progress in
+    DEST.imagetool-journal; DEST appears only when complete. If the
+    process is killed, both stay: run the same command with --resume to
+    continue (a run without --resume reports them, exit 1, deleting
+    nothing). A failure that imagetool handles (server error, checksum
+    mismatch, Ctrl-C) removes both unless --resume was given.
+    --format qcow2 (and 4.1 engines) write a temporary file removed on
+    any failure; those downloads cannot be resumed.
+    """
     from imagetool.transfer.download import download_disk_result
 
     if len(disks) > 1 and not os.path.isdir(dest):

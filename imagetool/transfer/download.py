@@ -43,7 +43,8 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
     legacy = bool(getattr(conn, "legacy", False))
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
-    if resume_mod.wants_download_resume(path, resume, format, legacy, backing_file):
+    # Raw guest data always journals, so a killed download can be resumed.
+    if resume_mod.resumable_download(path, resume, format, legacy, backing_file):
         stats, checked = resume_mod.download_resumable(
             conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
@@ -153,8 +154,16 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     and the error raised. Returns a TransferResult (bytes, seconds,
     disk_id, name, format). ``verify`` (default) compares the file's block
     checksum with the server's before finalizing; a mismatch raises
-    ChecksumMismatch and leaves no file. ``resume`` keeps a journal beside
-    ``path`` so an interrupted raw download can be continued.
+    an error and leaves no file.
+
+    A raw download (not on a 4.1 engine) writes ``path.imagetool-part``
+    and keeps a journal ``path.imagetool-journal`` beside it, so one that
+    was killed can be continued with ``resume=True``; without ``resume`` an
+    existing journal raises JournalError (nothing is reused or deleted),
+    and a failure removes both files. With ``resume`` a failure keeps them
+    for the next ``resume`` (except a checksum mismatch). qcow2 output and
+    ``backing_file`` use a temporary file removed on failure and refuse
+    ``resume``.
     """
     return download_disk_result(
         conn, disk, path, format=format, snapshot_id=_snapshot_id(snapshot, snapshot_id),

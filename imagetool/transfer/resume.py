@@ -254,25 +254,67 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
     """A raw download that can continue after a kill: journal + stable partial file.
 
     ``path`` appears only when complete; until then data goes to
-    ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``.
+    ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``,
+    with or without ``resume``, so a killed download can always be
+    continued with ``resume``. A journal found without ``resume`` is an
+    error (reported, never reused nor deleted). After a handled failure
+    (error, Ctrl-C) both files are kept with ``resume`` and removed
+    without it; after a checksum mismatch they are always removed (the
+    data is complete but wrong: resuming cannot fix it).
     ``shallow`` (with ``snapshot_id``) downloads that layer only; the
     journal records it and a resume with another setting is refused.
     ``verify`` compares the file's checksum with the server's before
     finalizing. Returns (CopyStats, Verification or None).
     """
-    from imagetool.formats.raw import RawBackend
-    from imagetool.transfer.copier import CopyCancelled, copy
+    from imagetool.errors import ChecksumMismatch
     from imagetool.fsutil import fsync_dir
-    from imagetool.transfer.output import SharedBackend
-    from imagetool.transfer.session import TransferSession
 
     jpath, part = download_paths(path)
     if os.path.exists(jpath) and not resume:
         raise JournalError(
-            f"{path}: an interrupted download to this file exists (journal {jpath}); "
-            f"run the same command with --resume to continue it, or delete "
-            f"{jpath} and {part} to start over")
-    journal = None
+            f"{path}: an interrupted download to this file exists (journal {jpath}, "
+            f"data in {part}); run the same command with --resume to continue it, "
+            f"or delete both (rm {jpath} {part}) to start over")
+    journal = _open_download_journal(conn, disk, path, snapshot_id, shallow, buffer_size)
+    try:
+        stats, verification = _download_into(
+            conn, disk, journal, part, workers=workers, buffer_size=buffer_size,
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+            progress=progress, snapshot_id=snapshot_id, policy=policy,
+            verify=verify, shallow=shallow, what=os.fspath(path))
+    except ChecksumMismatch:
+        _drop_download(journal, part)
+        raise
+    except BaseException as e:
+        if not resume:
+            _drop_download(journal, part)
+            raise
+        journal.save()
+        if isinstance(e, ImagetoolError) and not isinstance(e, JournalError):
+            err = TransferError(f"{e}; the partial download is kept in {part}: run "
+                                f"the same command with --resume to continue it")
+            err.exit_code = e.exit_code
+            raise err from e
+        raise
+    os.replace(part, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    journal.remove()
+    return stats, verification
+
+
+def _drop_download(journal: Journal, part: str) -> None:
+    """Remove a download's partial file and journal (nothing to continue)."""
+    try:
+        os.unlink(part)
+    except FileNotFoundError:
+        pass
+    journal.remove()
+
+
+def _open_download_journal(conn: Any, disk: Any, path: str, snapshot_id: str | None,
+                           shallow: bool, buffer_size: int) -> Journal:
+    """The existing journal of ``path`` (checked against this download) or a new one."""
+    jpath, part = download_paths(path)
     if os.path.exists(jpath) and os.path.exists(part):
         journal = Journal.load(jpath)
         if journal.data.get("disk_id") != disk.id or \
@@ -290,13 +332,26 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
             raise JournalError(
                 f"{path}: the interrupted download was {kept}; resume it with the "
                 f"same options, or delete {jpath} and {part} to start over")
-    if journal is None:
-        if os.path.exists(part):
-            os.unlink(part)
-        journal = Journal.create(jpath, engine_url=_engine_url(conn), disk_id=disk.id,
-                                 snapshot_id=snapshot_id, shallow=shallow,
-                                 dest=os.path.abspath(path),
-                                 plan={"format": "raw", "request_size": buffer_size})
+        return journal
+    if os.path.exists(part):
+        os.unlink(part)     # data without a journal: nothing says what is in it
+    return Journal.create(jpath, engine_url=_engine_url(conn), disk_id=disk.id,
+                          snapshot_id=snapshot_id, shallow=shallow,
+                          dest=os.path.abspath(path),
+                          plan={"format": "raw", "request_size": buffer_size})
+
+
+def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers: int,
+                   buffer_size: int, inactivity_timeout: int, use_proxy: bool,
+                   progress: Callable[[int], None] | None, snapshot_id: str | None,
+                   policy: RetryPolicy | None, verify: bool, shallow: bool,
+                   what: str) -> tuple[Any, Any]:
+    """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
+    from imagetool.formats.raw import RawBackend
+    from imagetool.transfer.copier import CopyCancelled, copy
+    from imagetool.transfer.output import SharedBackend
+    from imagetool.transfer.session import TransferSession
+
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
                               direction="download", format="raw", shallow=shallow or None,
                               inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
@@ -304,53 +359,65 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
         # A killed client leaves its transfer running: carry on with it.
         session.reuse_transfer_id = attach_transfer(
             conn, journal.data["transfer_id"], disk.id)
-    try:
-        with session:
-            journal.update(transfer_id=session.transfer_id)
-            src = RetryingBackend(session.open_backend(), policy or RetryPolicy.from_env(),
-                                  stop=session.cancel_event)
-            size = src.size
-            local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
-            shared = SharedBackend(local)
-            dst = JournalingBackend(shared, journal, sync=local.flush,
-                                    flush_bytes=flush_bytes_for(size, buffer_size))
-            try:
-                stats = copy(src, dst, workers=max(1, min(workers, src.max_readers or workers)),
-                             request_size=buffer_size, dst_is_zero=True,
-                             progress=session.progress(progress),
-                             cancel_event=session.cancel_event, detect_zeroes=True,
-                             skip_ranges=journal.done)
-                dst.flush()
-            except CopyCancelled:
-                raise TransferError(f"download of {disk.name or disk.id} stopped: "
-                                    f"{session.stop_reason or 'cancelled'}") from None
-            finally:
-                shared.close()
-            verification = None
-            if verify:
-                from imagetool.transfer import verify as verifying
-                verification = verifying.verify_download(src, part, what=os.fspath(path))
-    except BaseException:
-        journal.save()
-        raise
-    os.replace(part, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    journal.remove()
+    with session:
+        journal.update(transfer_id=session.transfer_id)
+        src = RetryingBackend(session.open_backend(), policy or RetryPolicy.from_env(),
+                              stop=session.cancel_event)
+        size = src.size
+        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
+        try:
+            # O_DIRECT writes and write-back advice, as a plain download has.
+            shared = SharedBackend(local, writeback_path=part)
+        except BaseException:
+            local.close()
+            raise
+        dst = JournalingBackend(shared, journal, sync=local.flush,
+                                flush_bytes=flush_bytes_for(size, buffer_size))
+        workers = max(1, min(workers, src.max_readers or workers))
+        try:
+            stats = copy(src, dst, workers=workers, request_size=buffer_size,
+                         dst_is_zero=True, progress=session.progress(progress),
+                         cancel_event=session.cancel_event, detect_zeroes=True,
+                         skip_ranges=journal.done, overlap=workers <= 2)
+            dst.flush()
+        except CopyCancelled:
+            raise TransferError(f"download of {disk.name or disk.id} stopped: "
+                                f"{session.stop_reason or 'cancelled'}") from None
+        finally:
+            shared.close()
+        verification = None
+        if verify:
+            from imagetool.transfer import verify as verifying
+            verification = verifying.verify_download(src, part, what=what)
     return stats, verification
+
+
+def resumable_download(path: Any, resume: bool, format: str, legacy: bool,
+                       backing_file: str | None) -> bool:
+    """Whether a download goes the journaled, resumable way.
+
+    Raw downloads of guest data always do (so a killed one can be
+    continued with --resume); qcow2 output, 4.1 engines (volume bytes) and
+    a backing file cannot, and refuse ``resume`` or a journal left at
+    ``path``.
+    """
+    if format == "raw" and not legacy and not backing_file:
+        return True
+    journal, _ = download_paths(os.fspath(path))
+    if resume or os.path.exists(journal):
+        raise JournalError(
+            f"{os.fspath(path)}: --resume supports raw downloads of guest data only "
+            f"(not qcow2 output, a backing file or a 4.1 engine)"
+            + (f"; a journal of an interrupted raw download is there ({journal}): "
+               f"continue it with --format raw --resume, or delete it"
+               if os.path.exists(journal) else ""))
+    return False
 
 
 def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
                           backing_file: str | None) -> bool:
-    """Whether a download goes the resumable way (asked, or a journal is there).
-
-    Only raw downloads of guest data can be resumed.
-    """
-    journal, _ = download_paths(os.fspath(path))
-    if not (resume or os.path.exists(journal)):
-        return False
-    if format != "raw" or legacy or backing_file:
-        raise JournalError("--resume supports raw downloads of guest data only")
-    return True
+    """Old name of :func:`resumable_download`."""
+    return resumable_download(path, resume, format, legacy, backing_file)
 
 
 def retrying(backend: Any, session: Any = None, source: Any = None,
