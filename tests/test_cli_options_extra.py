@@ -392,3 +392,61 @@ def test_no_progress_bars_when_piped(tmp_path):
     assert "%|" not in p.stderr and "%|" not in p.stdout
     assert "\r" not in p.stderr
     assert p.stdout.count("uploaded ") == 2
+
+
+# --- 1b. the same refusal one layer down: a transfer into the existing disk ------
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
+    """No CLI path fills an existing disk, so the size check is reached through
+    a TransferSession on the existing disk: raw guest data (4 MiB into a 2 MiB
+    raw disk) is refused before any PUT; qcow2 volume bytes (a 4 MiB image
+    into a 2 MiB cow disk) are refused by the data plane past the volume's
+    end (or at finalize). Either way the transfer ends finished_failure and,
+    as an oVirt engine does after a failed upload of a disk's only volume
+    (shared/reference/engine-flows.md, phases table), the disk is removed:
+    neither left locked/illegal nor half written."""
+    from imagetool.errors import ImagetoolError
+    from imagetool.formats import open_image
+    from imagetool.formats.raw import RawBackend
+    from imagetool.transfer.copier import copy
+    from imagetool.transfer.session import TransferSession
+    small = str(tmp_path / "small.raw")
+    make_image(small, 2 * MiB, [(0, MiB)], seed=13)
+    disk_format = "raw" if fmt == "raw" else "qcow2"
+    disk = upload_json(cli, small, "--name", f"existing-{fmt}",
+                       "--disk-format", disk_format)["disk_id"]
+    before_disks = disks_json(cli)
+    before_transfers = transfer_ids(cli)
+
+    big_raw = str(tmp_path / "big.raw")
+    make_image(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=14)
+    if fmt == "raw":
+        src, tf, match, kw = open_image(big_raw, "r"), "raw", "smaller than the source", {}
+    else:
+        big = str(tmp_path / "big.qcow2")
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", big_raw, big)
+        src, tf, match, kw = RawBackend(big, "r"), "cow", "finalizing the upload failed|past the image size", \
+            {"check_size": False}
+    try:
+        with env.connect() as conn:
+            with pytest.raises(ImagetoolError, match=match):
+                with TransferSession(conn, disk_id=disk, direction="upload",
+                                     format=tf) as s:
+                    copy(src, s.open_backend(), **kw)
+    finally:
+        src.close()
+    deadline = time.monotonic() + 20
+    while True:
+        code, out, err = cli("transfers", "list", "--json")
+        new = [t for t in json.loads(out) if t["id"] not in before_transfers]
+        if all(t["phase"] in ("finished_failure", "cancelled") for t in new):
+            break
+        assert time.monotonic() < deadline, new
+        time.sleep(0.1)
+    assert [t["phase"] for t in new] == ["finished_failure"]
+    assert disks_json(cli) == [d for d in before_disks if d["id"] != disk]
+    back = str(tmp_path / "back.raw")
+    code, _, err = cli("download", disk, back)
+    assert code == 1 and disk in err, err
+    assert not os.path.exists(back)
