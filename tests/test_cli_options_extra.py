@@ -426,8 +426,8 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     else:
         big = str(tmp_path / "big.qcow2")
         qemu_img("convert", "-f", "raw", "-O", "qcow2", big_raw, big)
-        src, tf, match, kw = RawBackend(big, "r"), "cow", "finalizing the upload failed|past the image size", \
-            {"check_size": False}
+        src, tf, kw = RawBackend(big, "r"), "cow", {"check_size": False}
+        match = "past the image size|finalizing the upload failed"
     try:
         with env.connect() as conn:
             with pytest.raises(ImagetoolError, match=match):
