@@ -70,12 +70,32 @@ class UploadResume:
         """
         jpath = upload_journal_path(_engine_url(conn), path, target)
         if os.path.exists(jpath):
+            j = Journal.load(jpath)
+            gone = _disk_gone(conn, j)
+            if gone and not resume:
+                raise JournalError(
+                    f"{path}: an interrupted upload of this file exists (journal "
+                    f"{jpath}) but the engine removed its disk {gone} (its transfer "
+                    f"was cancelled, e.g. by the 'cancel' timeout policy), so "
+                    f"nothing is left to continue: run the same command with "
+                    f"--resume to upload the file again from the start to a new "
+                    f"disk, or delete the journal (rm {jpath}) and run it again")
             if not resume:
                 raise JournalError(
                     f"{path}: an interrupted upload of this file exists (journal "
                     f"{jpath}); run the same command with --resume to continue it, "
                     f"or delete the journal (rm {jpath}) to start over")
-            j = Journal.load(jpath)
+            if gone:
+                log.warning("%s: the disk %s of the interrupted upload no longer "
+                            "exists (its transfer was cancelled); starting over with "
+                            "a new disk", path, gone)
+                j.data = {"version": j.data.get("version"), "created": time.time(),
+                          "engine_url": _engine_url(conn), "target": target,
+                          "source": source_identity(path), "plan": plan,
+                          "disk_id": None, "transfer_id": None, "done": [],
+                          "restarted_after": gone}
+                j.save()
+                return cls(j, resumed=False, resume=True)
             changes = source_changes(j.data.get("source", {}), path)
             if changes:
                 raise JournalError(
@@ -106,8 +126,10 @@ class UploadResume:
         except NotFound:
             raise JournalError(
                 f"the disk {self.disk_id} of the interrupted upload no longer "
-                f"exists; delete the journal (rm {self.journal.path}) and upload "
-                f"again") from None
+                f"exists (removed while this command started): run the same "
+                f"command with --resume again to upload the file from the start "
+                f"to a new disk, or delete the journal (rm {self.journal.path}) "
+                f"and upload again") from None
 
     def prepare_session(self, conn: Any, session: Any, disk_id: str) -> None:
         """Record the disk; reuse the earlier transfer when it is still alive."""
@@ -143,6 +165,37 @@ class UploadResume:
                                 f"continue the upload")
             err.exit_code = exc.exit_code
             raise err from exc
+
+
+# Phases of a transfer on its way to finished_failure (the disk is then
+# unlocked, or removed when the transfer created it).
+_ENDING = ("cancelled", "finalizing_cleanup", "finished_cleanup", "finalizing_failure")
+
+
+def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None:
+    """The journal's disk id when the engine removed that disk, else None.
+
+    A transfer being cancelled (the ``cancel`` timeout policy after a kill)
+    is waited for first: the engine removes the disk it created at the end.
+    """
+    disk_id = journal.data.get("disk_id")
+    if not disk_id:
+        return None
+    transfer_id = journal.data.get("transfer_id")
+    deadline = time.monotonic() + timeout
+    while transfer_id and time.monotonic() < deadline:
+        try:
+            phase = conn.transfers.get(transfer_id).phase or ""
+        except NotFound:
+            break
+        if not phase.startswith(_ENDING):
+            break
+        time.sleep(0.2)
+    try:
+        conn.disks.get(disk_id)
+    except NotFound:
+        return disk_id
+    return None
 
 
 def _transfer_alive(conn: Any, transfer_id: str | None) -> bool:
