@@ -318,3 +318,79 @@ def test_client_asleep_past_inactivity_timeout_then_resume(served, client_home):
         code, out2, err2, _ = _run(served, client_home, args, tag="second")
         assert code == 0, err2
     _check_disk(served, client_home, "sleep.raw", src)
+
+
+def test_plain_download_kill9_then_resume(served, client_home):
+    """A plain download (no --resume) keeps a journal: after kill -9 a plain
+    run reports it, then --resume fetches only what was missing."""
+    src = os.path.join(client_home, "pdl.raw")
+    _image(src, 24 * MiB)
+    code, out, err, _ = _run(served, client_home, [*UPLOAD, src], tag="up")
+    assert code == 0, err
+    dest = os.path.join(client_home, "pdl-back.raw")
+    args = ["download", "pdl.raw", dest, "--workers", "2", "--buffer-size", "1M"]
+    proc, stats, _, _ = _start(served, client_home, args, delay=0.02, tag="first")
+    got1 = _kill_at(proc, stats, "get", 12 * MiB)
+    journal, part = dest + ".imagetool-journal", dest + ".imagetool-part"
+    assert not os.path.exists(dest)
+    with open(journal) as f:
+        saved = f.read()
+    assert json.loads(saved)["done"]
+
+    code, out, err, _ = _run(served, client_home, args, tag="plain")
+    assert code == 1
+    assert "interrupted download" in err and "--resume" in err and f"rm {journal} {part}" in err
+    with open(journal) as f:
+        assert f.read() == saved                      # not reused, not deleted
+    assert os.path.exists(part) and not os.path.exists(dest)
+
+    code, out, err, stats2 = _run(served, client_home, [*args, "--resume", "--json"],
+                                  tag="second")
+    assert code == 0, err
+    assert json.loads(out)["verified"] is True
+    assert _count(stats2, "get") <= 24 * MiB - got1 + 6 * MiB, (got1, _count(stats2, "get"))
+    assert _same(src, dest)
+    assert not os.path.exists(part) and not os.path.exists(journal)
+
+
+def test_upload_killed_under_cancel_policy_then_follow_the_messages(served, client_home):
+    """kill -9 under --timeout-policy cancel: the engine cancels the transfer and
+    removes the new disk. The plain run says what works; following it (--resume)
+    starts over with a new disk, says so, and ends with a verified disk."""
+    src = os.path.join(client_home, "cancelled.raw")
+    _image(src, 16 * MiB)
+    args = [*UPLOAD, src, "--timeout-policy", "cancel", "--inactivity-timeout", "1"]
+    proc, stats, _, _ = _start(served, client_home, args, delay=0.02, tag="first")
+    _kill_at(proc, stats, "put", 4 * MiB)
+    jdir = os.path.join(client_home, "client-home", "journals")
+    # A kill during a save may leave a temporary copy beside the journal.
+    [jname] = [n for n in os.listdir(jdir) if n.endswith(".json")]
+    with open(os.path.join(jdir, jname)) as f:
+        old_disk = json.load(f)["disk_id"]
+    assert old_disk
+
+    deadline = time.monotonic() + 30
+    while True:                      # the engine's inactivity timeout cancels it
+        code, out, err, _ = _run(served, client_home, ["disks", "list", "--json"],
+                                 tag="list")
+        assert code == 0, err
+        if old_disk not in [d["id"] for d in json.loads(out)]:
+            break
+        assert time.monotonic() < deadline, "the engine did not remove the disk"
+        time.sleep(0.3)
+
+    code, out, err, _ = _run(served, client_home, args, tag="plain")
+    assert code == 1
+    assert f"removed its disk {old_disk}" in err, err
+    assert "run the same command with --resume to upload the file again" in err
+    assert jname in os.listdir(jdir)                  # reported, not deleted
+
+    code, out, err, _ = _run(served, client_home, [*args, "--resume"], tag="second")
+    assert code == 0, err
+    assert "starting over with a new disk" in err and old_disk in err
+    result = json.loads(out)
+    result = result[0] if isinstance(result, list) else result
+    assert result["bytes"] == 16 * MiB and result["verified"] is True
+    assert result["disk_id"] != old_disk
+    assert not os.listdir(jdir)
+    _check_disk(served, client_home, "cancelled.raw", src)
