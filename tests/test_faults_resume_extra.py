@@ -200,11 +200,6 @@ def upload_journal_gone(fe, name: str) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design.md: on an error a resumable upload's session pauses the transfer; "
-    "TransferSession.__exit__ (imagetool/transfer/session.py, keep_on_error branch) "
-    "only stops its keep-alive, so the transfer stays 'transferring' with its disk "
-    "locked until the engine's inactivity timeout (default 60 s) pauses it"))
 def test_upload_failure_pauses_transfer_at_once(faulty_engine, cli, image, fast_backoff):
     fe = faulty_engine
     fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, skip=SKIP, every=True,

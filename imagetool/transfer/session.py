@@ -82,8 +82,9 @@ class TransferSession:
         self._thread: threading.Thread | None = None
         self._backends: list[Any] = []
         # Resume: attach to this existing transfer instead of creating one,
-        # and on failure leave the transfer to the engine's timeout policy
-        # (pause) instead of cancelling it.
+        # and on failure pause it (kept for --resume) instead of cancelling
+        # it; should the pause fail, the engine's timeout policy (pause)
+        # does the same after the inactivity timeout.
         self.reuse_transfer_id: str | None = None
         self.keep_on_error = False
 
@@ -98,6 +99,7 @@ class TransferSession:
             if self.keep_on_error and self.transfer_id is not None:
                 self._stop_keepalive()
                 self._close_backends()
+                self._pause()
                 return
             self.cancel()
             return  # re-raised by Python
@@ -197,6 +199,16 @@ class TransferSession:
         if self.direction == "upload" and self.disk_id:
             wait_for_disk(self.conn, self.disk_id, "ok", timeout=self.finalize_timeout)
         return final
+
+    def _pause(self) -> None:
+        """Pause the transfer now, so its state says it waits for --resume.
+
+        Best effort: the error that stopped the run matters more.
+        """
+        try:
+            self.conn.transfers.pause(self.transfer_id)
+        except Exception as e:
+            log.debug("pausing transfer %s failed: %s", self.transfer_id, e)
 
     def cancel(self) -> None:
         """Cancel the transfer and wait until its disk is not locked.
