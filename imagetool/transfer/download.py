@@ -49,11 +49,13 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
             conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow)
+        if checked is None:
+            from imagetool.transfer import verify as verifying
+            checked = verifying.skipped("not asked (--no-verify)")
         return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
                               format=format, disk_id=disk.id, name=disk.name,
                               path=os.fspath(path), stats=stats, disk=disk,
-                              checksum=checked.value if checked else None,
-                              verification=checked)
+                              checksum=checked.value, verification=checked)
     from imagetool.transfer import verify as verifying
     verification = verifying.skipped("not asked (--no-verify)")
     with atomic_output(path, force) as tmp:
