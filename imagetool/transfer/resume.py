@@ -3,7 +3,13 @@
 ``UploadResume.open`` finds (or refuses) the journal of an upload before
 anything is created on the engine; ``attach_transfer`` decides whether an
 interrupted transfer can be reused; ``download_resumable`` is the whole
-raw download with a stable partial file and a journal beside it.
+raw download with a stable partial file and a journal beside it (every raw
+guest-data download goes that way, ``--resume`` or not).
+
+An upload journal whose disk the engine removed (its transfer cancelled,
+e.g. by the ``cancel`` timeout policy after a kill) has nothing left to
+continue: a plain run says so and that ``--resume`` starts over; with
+``--resume`` the journal is reset and a new disk created.
 """
 
 from __future__ import annotations
