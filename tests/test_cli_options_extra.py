@@ -328,10 +328,11 @@ def _child_env(home: str) -> dict[str, str]:
     return env
 
 
-def _run_on_pty(argv: list[str], env: dict[str, str], timeout: float = 90.0) -> tuple[int, str]:
+def _run_on_pty(argv: list[str], env: dict[str, str], timeout: float = 90.0,
+                size: tuple[int, int] = (24, 120)) -> tuple[int, str]:
     master, slave = pty.openpty()
-    # A fresh pty is 0x0; tqdm (dynamic_ncols) would draw zero-width bars.
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    # A fresh pty is 0x0; give it a size unless the test wants that 0x0.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                                 env=env, close_fds=True)
@@ -379,6 +380,20 @@ def test_progress_bars_on_a_terminal(tmp_path):
     bar_lines = [ln for ln in text.replace("\r", "\n").split("\n") if "%|" in ln]
     for name in ("bar-image-0.raw", "bar-image-1.raw", "total"):
         assert any(name in ln for ln in bar_lines), (name, text)
+    for name in ("bar-image-0.raw", "bar-image-1.raw", "total"):
+        assert any("100%|" in ln and name in ln for ln in bar_lines), (name, text)
+
+
+def test_progress_bars_on_a_terminal_without_a_size(tmp_path):
+    """A terminal reporting 0x0 (fresh ptys, some consoles) still gets bars."""
+    files = _two_images(tmp_path)
+    env = _child_env(str(tmp_path / "home"))
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    code, text = _run_on_pty([sys.executable, "-m", "imagetool", "upload", *files,
+                              "--sd", "data"], env, size=(0, 0))
+    assert code == 0, text
+    bar_lines = [ln for ln in text.replace("\r", "\n").split("\n") if "%|" in ln]
     for name in ("bar-image-0.raw", "bar-image-1.raw", "total"):
         assert any("100%|" in ln and name in ln for ln in bar_lines), (name, text)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -35,6 +36,21 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def bar_size(stream: Any = None) -> dict:
+    """tqdm size options: follow the terminal, or 80x100 where it reports a
+    zero size (a fresh pty, some serial consoles say 0x0, and tqdm would
+    then draw empty lines or hide every positioned bar)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        columns = lines = 0
+    opts: dict = {"dynamic_ncols": True} if columns > 0 else {"ncols": 80}
+    if lines <= 0:
+        opts["nrows"] = 100
+    return opts
+
+
 @contextmanager
 def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator[Any]:
     """A tqdm byte bar on a terminal; a no-op callable when piped.
@@ -47,7 +63,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator
         yield lambda n: None
         return
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True,
-               unit_divisor=1024, dynamic_ncols=True, leave=True)
+               unit_divisor=1024, leave=True, **bar_size())
     try:
         yield bar.update
     finally:

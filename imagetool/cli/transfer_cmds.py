@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.common import SIZE, bar_size, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.main import cli
 from imagetool.errors import ImagetoolError
@@ -40,7 +40,7 @@ class Bars:
             from tqdm import tqdm
 
             kw = dict(unit="B", unit_scale=True, unit_divisor=1024,
-                      dynamic_ncols=True, leave=True, file=sys.stderr)
+                      leave=True, file=sys.stderr, **bar_size(sys.stderr))
             pos = 0
             if len(items) > 1:
                 self.total = tqdm(total=sum(s for _, s in items), desc="total",
