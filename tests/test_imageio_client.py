@@ -298,3 +298,33 @@ def test_server_without_features(options_status):
         assert old.image[999] == old.image[1000 + 300 * 1024] == 0xFF
     finally:
         old.stop()
+
+
+def test_tls_eof_while_sending_reads_as_connection_closed(monkeypatch):
+    """A TLS peer closing without close_notify surfaces as SSLEOFError ("EOF
+    occurred in violation of protocol"): it is a closed connection, and the
+    message says so, like a reset or a broken pipe."""
+    import http.client
+    import ssl
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)          # the kernel completes the handshake; nobody answers
+    port = listener.getsockname()[1]
+    real_send = http.client.HTTPConnection.send
+
+    def send(self, data):
+        if len(data) > 10000:   # the body, not the request line and headers
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)")
+        return real_send(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", send)
+    client = ImageioClient(f"http://127.0.0.1:{port}/images/7f3c2a90-ticket", read_timeout=0.5)
+    try:
+        with pytest.raises(ConnectionFailed) as e:
+            client.write(0, b"x" * 65536)
+        assert "connection closed by server" in str(e.value)
+        assert "violation of protocol" not in str(e.value)
+    finally:
+        client.close()
+        listener.close()

@@ -40,6 +40,12 @@ class ImageioOptions:
     extensions: frozenset[str] = frozenset()
 
 
+# The server closed the connection under us. Over TLS a close without
+# close_notify is an SSLEOFError, which would otherwise read as a protocol
+# error ("EOF occurred in violation of protocol").
+_CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
+
+
 class _Retry(Exception):
     """Internal: a reused keep-alive connection was closed before any reply."""
 
@@ -201,7 +207,7 @@ class ImageioClient:
             if body is not None and len(body):
                 try:
                     conn.send(body)
-                except (BrokenPipeError, ConnectionResetError):
+                except _CLOSED_BY_PEER:
                     # The server may have refused the body (403, 416, ...) and
                     # stopped reading: its reply says why, if it arrived.
                     resp = self._early_reply(conn)
@@ -209,7 +215,7 @@ class ImageioClient:
                         return resp
                     raise
             return conn.getresponse()
-        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        except (*_CLOSED_BY_PEER, http.client.RemoteDisconnected):
             self.close()
             if not fresh:
                 # The server closed an idle keep-alive connection: nothing of
@@ -364,7 +370,10 @@ class ImageioClient:
         got = 0
         try:
             while got < length:
-                n = resp.readinto(view[got:])
+                try:
+                    n = resp.readinto(view[got:])
+                except ssl.SSLEOFError:
+                    n = 0       # closed without close_notify: the body ends here
                 if not n:
                     break
                 got += n
