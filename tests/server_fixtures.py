@@ -35,6 +35,16 @@ def engine(tmp_path_factory):
         eng.stop()
 
 
+@pytest.fixture
+def conn(engine):
+    """imagetool's own engine Connection to ``engine`` (TLS verified)."""
+    from imagetool.engine import Connection
+
+    with Connection(engine.url, username=LocalEngine.username, password=PASSWORD,
+                    cafile=engine.cafile) as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def connection(engine):
     """A real ovirtsdk4 connection to the engine, verifying TLS with its CA."""

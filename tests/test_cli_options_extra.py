@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from fault_fixtures import cli  # noqa: F401 (fixture)
 from fault_proxy import FaultProxy, ProxyTls
 from imagetool.engine import Connection
 from imagetool.server.local import LocalEngine
@@ -114,22 +115,6 @@ def env(env_module: Env, monkeypatch, tmp_path) -> Env:
                  "IMAGETOOL_HOME": str(tmp_path / "client-home")}.items():
         monkeypatch.setenv(k, v)
     return e
-
-
-@pytest.fixture
-def cli(capsys):
-    """Run ``imagetool argv`` in-process; return (exit code, stdout, stderr)."""
-    from imagetool.cli.main import main
-
-    def run(*argv: Any) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 def transfer_ids(cli) -> set[str]:

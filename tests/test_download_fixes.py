@@ -16,9 +16,8 @@ import subprocess
 
 import pytest
 
-from server_fixtures import (MiB, PASSWORD, connection, engine, make_image,  # noqa: F401
-                             qemu_img, qemu_io, wait_for)
-from imagetool.engine import Connection
+from server_fixtures import (MiB, PASSWORD, conn, connection, engine,  # noqa: F401
+                             make_image, qemu_img, qemu_io, wait_for)
 from imagetool.server.local import LocalEngine
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.journal import JournalError
@@ -80,16 +79,6 @@ def chain(connection, engine, tmp_path_factory):
     assert os.path.basename(middle_volume) == middle.id
     yield disk.id, middle.id, middle_volume, src
     vm_service.remove()
-
-
-@pytest.fixture
-def conn(engine):
-    c = Connection(engine.url, username=LocalEngine.username, password=PASSWORD,
-                   cafile=engine.cafile)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _data_ranges(path: str, fmt: str) -> list[tuple[int, int]]:

@@ -14,25 +14,13 @@ import subprocess
 
 import pytest
 
-from server_fixtures import MiB, PASSWORD, engine  # noqa: F401
-from imagetool.engine import Connection
+from server_fixtures import MiB, conn, engine  # noqa: F401
 from imagetool.errors import ChecksumMismatch
-from imagetool.server.local import LocalEngine
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.journal import JournalError
 from imagetool.transfer.upload import upload_disk
 
 SIZE = 8 * MiB
-
-
-@pytest.fixture
-def conn(engine):  # noqa: F811
-    c = Connection(engine.url, username=LocalEngine.username, password=PASSWORD,
-                   cafile=engine.cafile)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,25 @@ def wait_phase(cli, disk_id: str, prefix: str, timeout: float = 15.0) -> dict:
         time.sleep(0.2)
 
 
+def assert_ticket_hidden(fe, method: str, err: str) -> None:
+    """The ticket of the first ``method`` request through the proxy is not in ``err``."""
+    paths = [t for m, t in fe.proxy.stats.history if m == method]
+    ticket = paths[0].split("/images/")[1].split("?")[0]
+    assert ticket not in err
+
+
+def resume_without_fault(fe, cli, args, journal: dict) -> tuple[int, str]:
+    """(bytes the journal still lacks, stdout) of the same command run again
+    with the fault removed; it must succeed."""
+    done = done_bytes(journal)
+    assert 0 < done < SIZE
+    fe.proxy.clear_rules()
+    fe.proxy.reset_stats()
+    code, out, err = cli(*args)
+    assert code == 0, err
+    return SIZE - done, out
+
+
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_upload_persistent_fault_then_resume(faulty_engine, cli, image, fault, fast_backoff):
     fe = faulty_engine
@@ -157,9 +176,7 @@ def test_upload_persistent_fault_then_resume(faulty_engine, cli, image, fault, f
                 f"length {REQUEST}: imageio PUT {detail}; the partial disk {disk.id} is kept: "
                 f"run the same command with --resume to continue the upload")
     assert matches(expected, line), line
-    puts = [t for m, t in fe.proxy.stats.history if m == "PUT"]
-    ticket = puts[0].split("/images/")[1].split("?")[0]
-    assert ticket not in err
+    assert_ticket_hidden(fe, "PUT", err)
     assert fe.proxy.stats.faults
 
     # State: the disk is kept for the resume; its transfer is not ended and
@@ -172,15 +189,8 @@ def test_upload_persistent_fault_then_resume(faulty_engine, cli, image, fault, f
     assert [d.status for d in disks_named(fe, name)] == ["locked"]   # held by the pause
     journal = upload_journal(fe, name)
     assert journal["disk_id"] == disk.id and journal["transfer_id"] == t["id"]
-    done = done_bytes(journal)
-    assert 0 < done < SIZE
-    missing = SIZE - done
-
     # The fault is gone: the same command continues the same transfer.
-    fe.proxy.clear_rules()
-    fe.proxy.reset_stats()
-    code, out, err = cli(*args)
-    assert code == 0, err
+    missing, out = resume_without_fault(fe, cli, args, journal)
     assert out.startswith(f"uploaded {image} -> disk {name} ({disk.id}): ")
     assert "verified: " in out
     sent = fe.proxy.stats.body_bytes_up
@@ -248,9 +258,7 @@ def test_download_persistent_fault_then_resume(faulty_engine, cli, tmp_path, ima
                 f"length {REQUEST}: imageio GET {detail}; the partial download is kept in "
                 f"{final}.imagetool-part: run the same command with --resume to continue it")
     assert matches(expected, line), line
-    gets = [t for m, t in fe.proxy.stats.history if m == "GET"]
-    ticket = gets[0].split("/images/")[1].split("?")[0]
-    assert ticket not in err
+    assert_ticket_hidden(fe, "GET", err)
 
     # State: nothing under the final name, the partial data and journal kept,
     # the download transfer ended and the disk unlocked.
@@ -262,14 +270,7 @@ def test_download_persistent_fault_then_resume(faulty_engine, cli, tmp_path, ima
     with open(final + ".imagetool-journal") as f:
         journal = json.load(f)
     assert journal["disk_id"] == disk.id
-    done = done_bytes(journal)
-    assert 0 < done < SIZE
-    missing = SIZE - done
-
-    fe.proxy.clear_rules()
-    fe.proxy.reset_stats()
-    code, out, err = cli(*args)
-    assert code == 0, err
+    missing, out = resume_without_fault(fe, cli, args, journal)
     assert out.startswith(f"downloaded {final} <- disk {name} ({disk.id}): ")
     assert "verified: " in out
     received = fe.proxy.stats.body_bytes_down

@@ -313,13 +313,6 @@ class RawBackend:
         """Deallocate the range inside the file; False if not supported."""
         if not self._can_punch and self._can_punch is not None:
             return False
-        rc = _fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                        offset, length)
-        if rc == 0:
-            self._can_punch = True
-            return True
-        err = ctypes.get_errno()
-        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            self._can_punch = False
-            return False
-        raise OSError(err, os.strerror(err), self.path)
+        self._can_punch = self._fallocate(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                                          offset, length)
+        return self._can_punch

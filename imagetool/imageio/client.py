@@ -46,6 +46,10 @@ class ImageioOptions:
 _CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
 
 
+# imagetool's data plane extension (listed in OPTIONS "imagetool_features").
+CHECKSUM_AHEAD = "checksum-ahead"
+
+
 class _Retry(Exception):
     """Internal: a reused keep-alive connection was closed before any reply."""
 
@@ -460,11 +464,11 @@ class ImageioClient:
         Only for servers listing the extension in OPTIONS (imagetool's data
         plane): they then hash flushed blocks while the upload runs.
         """
-        body = json.dumps({"op": "checksum-ahead", "algorithm": algorithm,
+        body = json.dumps({"op": CHECKSUM_AHEAD, "algorithm": algorithm,
                            "block_size": block_size}).encode()
         resp = self._request("PATCH", headers={"Content-Type": "application/json"},
-                             body=body, what="checksum-ahead")
-        self._expect_empty("PATCH", "checksum-ahead", resp)
+                             body=body, what=CHECKSUM_AHEAD)
+        self._expect_empty("PATCH", CHECKSUM_AHEAD, resp)
 
     def checksum_algorithms(self) -> list[str]:
         """Algorithm names the server's checksum accepts."""

@@ -99,7 +99,7 @@ def options(ctx: Context, ticket: Ticket) -> int:
     body = {"features": features,
             "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
             "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)}
-    if ticket.writable and _ahead_possible(backend):
+    if ticket.writable and _direct_capable(backend):
         body[EXTENSIONS_KEY] = [CHECKSUM_AHEAD]
     ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
     return 0
@@ -507,8 +507,9 @@ def _check_block_size(block_size: int) -> int:
 
 # --- checksum ahead (see the module docstring) --------------------------------
 
-def _ahead_possible(backend) -> bool:
-    return (DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT"))
+def _direct_capable(backend) -> bool:
+    """Whether ``backend`` is a raw file this server may read with O_DIRECT."""
+    return DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT")
 
 
 def _announce(ticket: Ticket, backend, msg: dict) -> None:
@@ -516,7 +517,7 @@ def _announce(ticket: Ticket, backend, msg: dict) -> None:
     mod = _checksum_module()
     algorithm = _check_algorithm(mod, msg.get("algorithm"))
     block_size = _check_block_size(_int_field(msg, "block_size"))
-    if not _ahead_possible(backend):
+    if not _direct_capable(backend):
         raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
     size = backend.size
     old = ticket.checksum_ahead
@@ -572,7 +573,7 @@ class _DirectReads:
         None return).
         """
         fd = None
-        if DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT"):
+        if _direct_capable(backend):
             try:
                 fd = os.open(backend.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError:

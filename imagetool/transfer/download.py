@@ -168,7 +168,7 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     ``resume``.
     """
     return download_disk_result(
-        conn, disk, path, format=format, snapshot_id=_snapshot_id(snapshot, snapshot_id),
+        conn, disk, path, format=format, snapshot=snapshot, snapshot_id=snapshot_id,
         shallow=shallow, backing_file=backing_file, force=force,
         workers=workers, buffer_size=buffer_size,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,

@@ -75,6 +75,12 @@ class UploadResume:
         nor deleted silently); with it, a changed source is refused.
         """
         jpath = upload_journal_path(_engine_url(conn), path, target)
+
+        def new_journal(**extra: Any) -> Journal:
+            return Journal.create(jpath, engine_url=_engine_url(conn), target=target,
+                                  source=source_identity(path), plan=plan,
+                                  disk_id=None, transfer_id=None, **extra)
+
         if os.path.exists(jpath):
             j = Journal.load(jpath)
             gone = _disk_gone(conn, j)
@@ -95,13 +101,7 @@ class UploadResume:
                 log.warning("%s: the disk %s of the interrupted upload no longer "
                             "exists (its transfer was cancelled); starting over with "
                             "a new disk", path, gone)
-                j.data = {"version": j.data.get("version"), "created": time.time(),
-                          "engine_url": _engine_url(conn), "target": target,
-                          "source": source_identity(path), "plan": plan,
-                          "disk_id": None, "transfer_id": None, "done": [],
-                          "restarted_after": gone}
-                j.save()
-                return cls(j, resumed=False, resume=True)
+                return cls(new_journal(restarted_after=gone), resumed=False, resume=True)
             changes = source_changes(j.data.get("source", {}), path)
             if changes:
                 raise JournalError(
@@ -115,10 +115,7 @@ class UploadResume:
                     f"({j.data.get('plan')}); use the same ones, or delete the "
                     f"journal (rm {jpath}) to start over")
             return cls(j, resumed=True, resume=True)
-        j = Journal.create(jpath, engine_url=_engine_url(conn), target=target,
-                           source=source_identity(path), plan=plan,
-                           disk_id=None, transfer_id=None)
-        return cls(j, resumed=False, resume=resume)
+        return cls(new_journal(), resumed=False, resume=resume)
 
     @property
     def disk_id(self) -> str | None:
@@ -471,12 +468,6 @@ def resumable_download(path: Any, resume: bool, format: str, legacy: bool,
                f"continue it with --format raw --resume, or delete it"
                if os.path.exists(journal) else ""))
     return False
-
-
-def wants_download_resume(path: Any, resume: bool, format: str, legacy: bool,
-                          backing_file: str | None) -> bool:
-    """Old name of :func:`resumable_download`."""
-    return resumable_download(path, resume, format, legacy, backing_file)
 
 
 def retrying(backend: Any, session: Any = None, source: Any = None,

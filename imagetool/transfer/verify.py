@@ -314,11 +314,14 @@ class LocalHash:
         return self._result
 
 
-def _mismatch(local: str, remote: str, what: str, algorithm: str,
-              block_size: int) -> ChecksumMismatch:
-    # Name the algorithm: the values are only comparable with the same one.
-    how = f"{algorithm}, block size {block_size}"
-    return ChecksumMismatch(local, remote, f"{what} ({how})" if what else how)
+def _check_equal(mine: dict, remote: dict, what: str, algorithm: str,
+                 block_size: int) -> None:
+    """Raise ChecksumMismatch with both values unless the checksums are equal."""
+    if mine["checksum"] != remote["checksum"]:
+        # Name the algorithm: the values are only comparable with the same one.
+        how = f"{algorithm}, block size {block_size}"
+        raise ChecksumMismatch(mine["checksum"], remote["checksum"],
+                               f"{what} ({how})" if what else how)
 
 
 # --- workflows -------------------------------------------------------------
@@ -347,9 +350,6 @@ def start_upload_hash(source_path: str, volume_bytes: bool = False, *,
                      algorithm=algorithm or fastest_algorithm())
 
 
-CHECKSUM_AHEAD = "checksum-ahead"
-
-
 def announce_upload_checksum(dst: Any, algorithm: str,
                              block_size: int = DEFAULT_BLOCK_SIZE) -> bool:
     """Tell the server which checksum :func:`verify_upload` will ask for.
@@ -359,6 +359,8 @@ def announce_upload_checksum(dst: Any, algorithm: str,
     nothing); a refusal is not an error (the final checksum then reads
     everything back). True when the server accepted.
     """
+    from imagetool.imageio.client import CHECKSUM_AHEAD
+
     client = getattr(dst, "client", None)
     if client is None or "checksum" not in getattr(dst, "features", ()):
         return False
@@ -395,9 +397,7 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
     if not volume_bytes:
         remote, method = remote_checksum(dst, **kw)
         mine = local.result()
-        if mine["checksum"] != remote["checksum"]:
-            raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
-                        block_size)
+        _check_equal(mine, remote, what, algorithm, block_size)
         return Verification(True, algorithm, block_size, mine["checksum"], method,
                             seconds=time.monotonic() - start)
 
@@ -412,9 +412,7 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
                                 scope="volume-bytes", seconds=time.monotonic() - start)
     # The volume's tail may hold old bytes: compare the file's extent only.
     remote, _ = remote_checksum(dst, size=file_size, **kw)
-    if mine["checksum"] != remote["checksum"]:
-        raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
-                        block_size)
+    _check_equal(mine, remote, what, algorithm, block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], "read-back",
                         scope="volume-bytes", seconds=time.monotonic() - start)
 
@@ -462,9 +460,7 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
                       algorithm=algorithm, block_size=block_size)
     remote, method = remote_checksum(src, algorithm=algorithm, block_size=block_size)
     mine = local.result()
-    if mine["checksum"] != remote["checksum"]:
-        raise _mismatch(mine["checksum"], remote["checksum"], what, algorithm,
-                        block_size)
+    _check_equal(mine, remote, what, algorithm, block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], method,
                         seconds=time.monotonic() - start)
 
