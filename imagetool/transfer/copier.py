@@ -83,18 +83,21 @@ def _supports_zero(dst: Backend) -> bool:
 
 
 def plan(extents: Iterator[Extent], *, request_size: int, dst_is_zero: bool,
-         dst_zero: bool = True) -> Iterator[_Request]:
+         dst_zero: bool = True, over_backing: bool = False) -> Iterator[_Request]:
     """Turn extents into requests of bounded size.
 
     Data requests are cut at multiples of ``request_size`` so that requests
     stay aligned whatever the extent boundaries. Holes count as zeros: the
-    copier moves guest data, and a hole reads as zeros.
+    copier moves guest data, and a hole reads as zeros. ``over_backing``
+    (a new layer over a backing file): holes are skipped, left unallocated
+    so the backing shows through as in the source chain, and zero extents
+    that are not holes are zeroed, so they hide the backing's data.
     """
     for ext in extents:
         if ext.length <= 0:
             continue
         if ext.zero or ext.hole:
-            if dst_is_zero:
+            if (over_backing and ext.hole) or (dst_is_zero and not over_backing):
                 yield _Request("skip", ext.start, ext.length)
                 continue
             op, step = ("zero", MAX_ZERO_REQUEST) if dst_zero else ("zerodata", request_size)
@@ -182,7 +185,8 @@ def _apply(dst: Backend, req: _Request, view: memoryview | None,
 
 def _read(src: Backend, req: _Request, raw: mmap.mmap, zeros: memoryview,
           skip_zero_data: bool) -> memoryview | None:
-    """Read a copy request into ``raw``; None when it is all zeros and may be skipped."""
+    """Read a copy request into ``raw``; None when it is all zeros and need
+    not be written as data (see :func:`_zero_data`)."""
     view = memoryview(raw)[:req.length]
     try:
         _read_full(src, req.start, view)
@@ -194,8 +198,16 @@ def _read(src: Backend, req: _Request, raw: mmap.mmap, zeros: memoryview,
     return view
 
 
+def _zero_data(req: _Request, zero_op: str | None) -> _Request:
+    """What becomes of a copy request whose data reads as zeros: skipped
+    (``zero_op`` None: the destination reads as zeros there already) or
+    zeroed (a layer over a backing file, whose data must stay hidden)."""
+    return _Request(zero_op or "skip", req.start, req.length)
+
+
 def _worker(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
-            request_size: int, zeros: memoryview, skip_zero_data: bool) -> None:
+            request_size: int, zeros: memoryview, skip_zero_data: bool,
+            zero_op: str | None = None) -> None:
     """Read then write, one request at a time, with one buffer."""
     raw = _buffer(request_size)
     try:
@@ -207,8 +219,10 @@ def _worker(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
             if req.op == "copy":
                 view = _read(src, req, raw, zeros, skip_zero_data)
                 if view is None:
-                    run.done(_Request("skip", req.start, req.length))
-                    continue
+                    req = _zero_data(req, zero_op)
+                    if req.op == "skip":
+                        run.done(req)
+                        continue
             _apply(dst, req, view, zeros)
             run.done(req)
     except BaseException as e:  # noqa: B036 - Ctrl-C from a callback must stop everyone
@@ -216,7 +230,8 @@ def _worker(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
 
 
 def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
-                    request_size: int, zeros: memoryview, skip_zero_data: bool) -> None:
+                    request_size: int, zeros: memoryview, skip_zero_data: bool,
+                    zero_op: str | None = None) -> None:
     """Read the next request while a helper thread writes the previous one.
 
     Two buffers per worker; the helper owns ``dst``. Worth it when both
@@ -270,7 +285,11 @@ def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
                 raise
             if view is None:
                 free.put(raw)
-                run.done(_Request("skip", req.start, req.length))
+                req = _zero_data(req, zero_op)
+                if req.op == "skip":
+                    run.done(req)
+                else:
+                    writes.put((req, None, None))
                 continue
             writes.put((req, raw, view))
     except BaseException as e:  # noqa: B036
@@ -294,7 +313,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
          on_done: Callable[[int, int], None] | None = None,
          cancel_event: threading.Event | None = None,
          detect_zeroes: bool = False, check_size: bool = True,
-         overlap: bool = False, skip_ranges: list | None = None) -> CopyStats:
+         overlap: bool = False, skip_ranges: list | None = None,
+         over_backing: bool = False) -> CopyStats:
     """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
 
     ``dst_is_zero``: the destination reads as zeros already (a new disk or
@@ -310,6 +330,11 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     and a helper thread so that it reads the next request while the
     previous one is written (memory: 2 x workers x request_size).
     ``skip_ranges`` ([start, end) intervals) are not copied (resume).
+    ``over_backing``: the destination is a new layer over a backing file
+    (a shallow download): the source's holes, unallocated in its layer, are
+    skipped, while its zero extents, and with ``detect_zeroes`` data that
+    reads as zeros, are zeroed so the backing's data stays hidden there
+    (as ovirt-imageio's client download does with a backing file).
     Both callbacks are called with a lock held,
     from worker threads.
     The first error stops the copy and is raised: a :class:`CopyError` for
@@ -334,10 +359,12 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     work: queue.Queue = queue.Queue(maxsize=workers * 4)
     threads: list[threading.Thread] = []
     clones: list[tuple[Backend, Backend]] = []
+    zero_op: str | None = None      # what becomes of data reading as zeros
 
     def run_worker(s: Backend, d: Backend) -> None:
         body = _worker_overlap if overlap else _worker
-        body(run, s, d, work, request_size, zeros, detect_zeroes and dst_is_zero)
+        body(run, s, d, work, request_size, zeros,
+             detect_zeroes and (dst_is_zero or over_backing), zero_op)
         if not run.stop.is_set():
             _flush(run, d)
 
@@ -346,6 +373,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
         # them in one request, after which worker 0 may use its connection.
         extents = iter(src.extents("zero"))
         first = next(extents, None)
+        dst_zero = _supports_zero(dst)
+        if over_backing:
+            zero_op = "zero" if dst_zero else "zerodata"
         # Worker 0 uses the caller's backends, the others clones: a server
         # allowing N connections (qemu-nbd --shared=N) serves N workers.
         pairs = [(src, dst)]
@@ -365,7 +395,7 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
             threads.append(t)
         requests = plan(itertools.chain([first] if first else [], extents),
                         request_size=request_size, dst_is_zero=dst_is_zero,
-                        dst_zero=_supports_zero(dst))
+                        dst_zero=dst_zero, over_backing=over_backing)
         if skip_ranges:
             # A resume: ranges a journal knows are done are not sent again.
             from imagetool.transfer.journal import skip_done

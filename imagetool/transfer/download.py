@@ -150,7 +150,9 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     disk snapshot id, or an object with ``.id``; ``snapshot_id`` is an
     alias kept for older callers) downloads that disk snapshot; with
     ``shallow`` only that layer (its unallocated areas stay unallocated;
-    give ``backing_file`` to point the qcow2 at the previous layer).
+    give ``backing_file`` to point the qcow2 at the previous layer; the
+    ranges the layer zeroes then become zero clusters, which hide the
+    backing file's data as the layer hid its parent's).
     Refuses an existing ``path`` unless ``force``; the file appears under
     ``path`` only when complete. On any failure the transfer is cancelled
     and the error raised. Returns a TransferResult (bytes, seconds,

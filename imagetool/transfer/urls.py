@@ -89,7 +89,11 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     """Write a backend's guest data to the new file ``tmp`` (raw sparse or qcow2).
 
     Zero ranges are skipped and data that reads as zeros is not written,
-    so holes stay holes. The caller owns renaming (see ``atomic_output``).
+    so holes stay holes. With ``backing_file`` (qcow2: ``src`` is one
+    layer, read shallow) only the layer's holes are skipped: its zero
+    ranges and zero data become zero clusters, which hide the backing
+    file's data as the layer hid its parent's. The caller owns renaming
+    (see ``atomic_output``).
     """
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
@@ -115,7 +119,8 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
         stats = copy(src, shared, workers=workers, request_size=request_size,
                      dst_is_zero=True, progress=progress,
                      cancel_event=cancel_event, detect_zeroes=True,
-                     overlap=workers <= 2)
+                     overlap=workers <= 2,
+                     over_backing=format == "qcow2" and backing_file is not None)
         shared.flush()
     finally:
         shared.close()
