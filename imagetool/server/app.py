@@ -21,7 +21,7 @@ from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
-from imagetool.server.storage import Storage, new_id
+from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
 from imagetool.server.transfers import TransferManager
@@ -49,7 +49,7 @@ def load_or_create_password(data_dir: str, password: str | None = None,
         return env, None
     path = os.path.join(data_dir, PASSWORD_FILE)
     if not os.path.exists(path):
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dirs(data_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(18) + "\n")
@@ -60,7 +60,8 @@ def load_or_create_password(data_dir: str, password: str | None = None,
 def _try_lock(path: str):
     """An open file holding an exclusive flock on ``path``, or None if taken."""
     import fcntl
-    f = open(path, "a")
+    f = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
+                  "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -86,7 +87,10 @@ class EngineServer:
                  password_file: str | None = None, token_lifetime: float = 3600.0,
                  finished_ttl: float = 300.0) -> None:
         self.data_dir = os.path.abspath(data_dir)
-        os.makedirs(self.data_dir, exist_ok=True)
+        # Owner-only: the data dir holds guests' disks, the password and the
+        # CA key (an older version left it 0755).
+        make_private_dirs(self.data_dir)
+        os.chmod(self.data_dir, 0o700)
         self.host = host
         self.public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self._port = port

@@ -5,6 +5,9 @@ raw file or a qcow2 file) and ``<volume-id>.meta`` a small JSON description.
 A qcow2 layer names its parent by bare volume id (the parent lives in the
 same directory), as vdsm does, so a disk directory can be moved as a whole.
 All image work goes through ``imagetool.formats`` (pure Python, no qemu-img).
+
+Every directory is created 0700 and every file 0600
+whatever the umask: volumes hold guests' disks.
 """
 
 from __future__ import annotations
@@ -19,11 +22,44 @@ from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
 
 COPY_CHUNK = 4 << 20
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 def new_id() -> str:
     """A fresh entity id (oVirt ids are UUIDs)."""
     return str(uuid.uuid4())
+
+
+def make_private_dirs(path: str) -> None:
+    """``os.makedirs`` with every directory it creates 0700, whatever the umask."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(p, DIR_MODE)
+
+
+def create_private(path: str) -> None:
+    """Create (or truncate) ``path`` as an empty 0600 file, whatever the umask.
+
+    Writers that then open it by name (``open(path, "wb")``, the qcow2
+    writer) keep the mode of the existing file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 class Storage:
@@ -46,7 +82,7 @@ class Storage:
                     "id": sd_id, "name": name, "type": sd_type,
                     "description": f"local {sd_type} domain",
                     "created": time.time()})
-                os.makedirs(self.images_dir(sd_id), exist_ok=True)
+                make_private_dirs(self.images_dir(sd_id))
 
     def images_dir(self, sd_id: str) -> str:
         """The ``images`` directory of a domain."""
@@ -55,7 +91,7 @@ class Storage:
     def space(self, sd_id: str) -> tuple[int, int]:
         """(available, used) bytes of the file system holding the domain."""
         path = self.images_dir(sd_id)
-        os.makedirs(path, exist_ok=True)
+        make_private_dirs(path)
         st = os.statvfs(path)
         available = st.f_bavail * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -79,8 +115,9 @@ class Storage:
         A raw volume is sparse unless ``preallocate``; a cow volume with
         ``parent_id`` is a new layer over that volume.
         """
-        os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
+        make_private_dirs(self.disk_dir(sd_id, disk_id))
         path = self.volume_path(sd_id, disk_id, vol_id)
+        create_private(path)
         if fmt == "raw":
             with open(path, "wb") as f:
                 f.truncate(size)
@@ -103,6 +140,7 @@ class Storage:
         """Write the ``.meta`` file next to a volume (atomically)."""
         path = self.volume_path(sd_id, disk_id, vol_id) + ".meta"
         tmp = path + ".tmp"
+        create_private(tmp)
         with open(tmp, "w") as f:
             json.dump(meta, f, sort_keys=True)
         os.replace(tmp, path)
@@ -149,8 +187,9 @@ class Storage:
         ``preallocate``: a raw result is fully allocated (a preallocated disk's
         copy must not come out sparse).
         """
-        os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
+        make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
+        create_private(dst)
         top = vols[-1]
         src = self.volume_path(top["sd_id"], top["disk_id"], top["id"])
         if len(vols) == 1:
@@ -190,6 +229,7 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
     tmp = upper + ".merging"
+    create_private(tmp)
     reader = open_image(upper, "r", format="qcow2")
     try:
         if parent_id is None:
