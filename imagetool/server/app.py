@@ -264,7 +264,9 @@ class EngineServer:
 
     def _fault(self, e: ApiError, fmt: str) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": f"application/{fmt};charset=UTF-8", **e.headers}
-        body = codec.render("fault", {"reason": e.reason, "detail": e.detail}, fmt)
+        # A detail may quote client input: escape what XML cannot carry.
+        detail = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in e.detail)
+        body = codec.render("fault", {"reason": e.reason, "detail": detail}, fmt)
         return e.status, headers, body
 
     def _sso(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],

@@ -6,7 +6,9 @@ A qcow2 layer names its parent by bare volume id (the parent lives in the
 same directory), as vdsm does, so a disk directory can be moved as a whole.
 All image work goes through ``imagetool.formats`` (pure Python, no qemu-img).
 
-Every directory is created 0700 and every file 0600
+Paths are built only from ids that are UUIDs, and checked to stay inside the
+data directory, so an id that slipped past the REST checks still cannot name
+a path elsewhere. Every directory is created 0700 and every file 0600
 whatever the umask: volumes hold guests' disks.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -24,6 +27,8 @@ from imagetool.server.store import Store
 COPY_CHUNK = 4 << 20
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                      re.ASCII | re.IGNORECASE)
 
 
 def new_id() -> str:
@@ -84,9 +89,24 @@ class Storage:
                     "created": time.time()})
                 make_private_dirs(self.images_dir(sd_id))
 
+    def _inside(self, *ids: str) -> str:
+        """``data_dir/ids[0]/images/ids[1]/...``; ValueError unless every id is a UUID.
+
+        Defence in depth behind the REST checks: the result is also checked
+        to be below the data directory.
+        """
+        for i in ids:
+            if not isinstance(i, str) or not _UUID_RE.fullmatch(i):
+                raise ValueError(f"invalid id {i!a}: storage paths are built from UUIDs")
+        path = os.path.join(self.data_dir, ids[0], "images", *ids[1:])
+        root = os.path.join(self.data_dir, "")
+        if not os.path.normpath(path).startswith(root) or os.path.normpath(path) != path:
+            raise ValueError(f"path {path!a} is outside the data directory")
+        return path
+
     def images_dir(self, sd_id: str) -> str:
         """The ``images`` directory of a domain."""
-        return os.path.join(self.data_dir, sd_id, "images")
+        return self._inside(sd_id)
 
     def space(self, sd_id: str) -> tuple[int, int]:
         """(available, used) bytes of the file system holding the domain."""
@@ -101,11 +121,11 @@ class Storage:
 
     def disk_dir(self, sd_id: str, disk_id: str) -> str:
         """The directory holding every volume of a disk."""
-        return os.path.join(self.images_dir(sd_id), disk_id)
+        return self._inside(sd_id, disk_id)
 
     def volume_path(self, sd_id: str, disk_id: str, vol_id: str) -> str:
         """The file of one volume."""
-        return os.path.join(self.disk_dir(sd_id, disk_id), vol_id)
+        return self._inside(sd_id, disk_id, vol_id)
 
     def create_volume(self, sd_id: str, disk_id: str, vol_id: str, fmt: str,
                       size: int, parent_id: str | None = None,
