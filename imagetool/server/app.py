@@ -504,10 +504,12 @@ class _Handler(BaseHTTPRequestHandler):
         peer = self.client_address[0] if self.client_address else ""
         early, user = engine.admit(self.command, self.path, headers, length, peer)
         if early is not None:
-            # The body stays unread: answer and drop the connection.
-            self.close_connection = True
             status, out_headers, payload = early
-            self._send(status, {**out_headers, "Connection": "close"}, payload)
+            if length:
+                # The body stays unread: answer and drop the connection.
+                self.close_connection = True
+                out_headers = {**out_headers, "Connection": "close"}
+            self._send(status, out_headers, payload)
             return
         body = self.rfile.read(length) if length else b""
         if len(body) < length:
