@@ -251,7 +251,10 @@ def test_disk_on_export_domain_is_409(engine):
 
 def test_unknown_entity_path_and_unimplemented_service(engine):
     status, _, detail = fault(api_request(engine, "GET", "disks/0000"))
-    assert status == 404 and "0000" in detail
+    assert status == 400 and detail == "Invalid disk id '0000': ids are UUIDs"
+    missing_id = "00000000-0000-0000-0000-00000000abcd"
+    status, _, detail = fault(api_request(engine, "GET", f"disks/{missing_id}"))
+    assert status == 404 and missing_id in detail
     status, _, detail = fault(api_request(engine, "GET", "nosuchthing"))
     assert status == 404
     status, reason, detail = fault(api_request(engine, "GET", "templates"))
@@ -503,9 +506,10 @@ def test_legacy_image_id_and_host_id(engine):
     wait_transfer(engine, t["id"], ("finished_success",))
     status, _, detail = fault(api_request(
         engine, "POST", "imagetransfers",
-        '<image_transfer><disk id="nope"/><direction>download</direction></image_transfer>',
+        '<image_transfer><disk id="00000000-0000-0000-0000-00000000abcd"/>'
+        '<direction>download</direction></image_transfer>',
         {"Content-Type": "application/xml"}))
-    assert status == 404 and "disk 'nope'" in detail
+    assert status == 404 and "disk '00000000-0000-0000-0000-00000000abcd'" in detail
     status, reason, detail = fault(api_request(
         engine, "POST", "imagetransfers", "<image_transfer><direction>upload</direction>"
         "</image_transfer>", {"Content-Type": "application/xml"}))

@@ -23,6 +23,14 @@ from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_size
 
 
+def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An id option: oVirt ids are UUIDs (a disk id becomes a path on the engine)."""
+    from imagetool.server.rest.validate import UUID_RE
+    if value is None or UUID_RE.fullmatch(value):
+        return value.lower() if value else value
+    raise click.BadParameter(f"{value!a} is not a UUID", ctx=ctx, param=param)
+
+
 class Bars:
     """One tqdm bar per image plus a total; nothing when not on a terminal.
 
@@ -144,7 +152,8 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
               help="Format of the new disk (default: the file's).")
 @click.option("--sparse/--preallocated", default=True, show_default=True,
               help="Thin or fully allocated disk.")
-@click.option("--disk-id", metavar="UUID", help="Id of the new disk (one file only).")
+@click.option("--disk-id", metavar="UUID", callback=_uuid,
+              help="Id of the new disk (one file only).")
 @click.option("--transfer-format", type=click.Choice(["raw", "cow"]),
               help="raw: guest data (default on 4.2+); cow: volume bytes (4.1 engines).")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
@@ -215,7 +224,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.argument("dest", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]), default="raw",
               show_default=True, help="Format of the downloaded files.")
-@click.option("--snapshot", "snapshot_id", metavar="ID",
+@click.option("--snapshot", "snapshot_id", metavar="UUID", callback=_uuid,
               help="Download this disk snapshot (one disk only).")
 @click.option("--shallow", is_flag=True,
               help="With --snapshot: only that layer (unallocated areas stay holes).")

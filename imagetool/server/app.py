@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -21,7 +24,7 @@ from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
-from imagetool.server.storage import Storage, new_id
+from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
 from imagetool.server.transfers import TransferManager
@@ -29,7 +32,21 @@ from imagetool.server.transfers import TransferManager
 log = logging.getLogger(__name__)
 
 PASSWORD_FILE = "admin-password"
-MAX_BODY = 64 << 20
+# The largest REST request body: 1 MiB. oVirt REST bodies are small
+# entities; the largest the local engine takes is a VM create carrying an
+# OVF, a few KiB per disk. A larger Content-Length is answered 413 before
+# any of the body is read.
+MAX_BODY = 1 << 20
+# The SSO and services endpoints take no authentication; their bodies are
+# a short form (user name, password, scope).
+MAX_SSO_BODY = 16 << 10
+# Connections the REST plane serves at once; one more is closed at once.
+MAX_CONNECTIONS = 64
+# Seconds a client has to send a whole request (headers and body), counted
+# from the connection's start or its previous reply: an idle or slow client
+# (one byte now and then) cannot hold a handler thread for ever.
+REQUEST_TIMEOUT = 60.0
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def load_or_create_password(data_dir: str, password: str | None = None,
@@ -49,7 +66,7 @@ def load_or_create_password(data_dir: str, password: str | None = None,
         return env, None
     path = os.path.join(data_dir, PASSWORD_FILE)
     if not os.path.exists(path):
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dirs(data_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(18) + "\n")
@@ -60,7 +77,8 @@ def load_or_create_password(data_dir: str, password: str | None = None,
 def _try_lock(path: str):
     """An open file holding an exclusive flock on ``path``, or None if taken."""
     import fcntl
-    f = open(path, "a")
+    f = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
+                  "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -84,9 +102,14 @@ class EngineServer:
     def __init__(self, data_dir: str, host: str = "127.0.0.1", port: int = 0,
                  imageio_port: int = 0, tls: bool = True, password: str | None = None,
                  password_file: str | None = None, token_lifetime: float = 3600.0,
-                 finished_ttl: float = 300.0) -> None:
+                 finished_ttl: float = 300.0, login_delay: float = 1.0,
+                 max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.data_dir = os.path.abspath(data_dir)
-        os.makedirs(self.data_dir, exist_ok=True)
+        # Owner-only: the data dir holds guests' disks, the password and the
+        # CA key (an older version left it 0755).
+        make_private_dirs(self.data_dir)
+        os.chmod(self.data_dir, 0o700)
         self.host = host
         self.public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self._port = port
@@ -94,7 +117,9 @@ class EngineServer:
         self.tls = tls
         self.password, self.password_file = load_or_create_password(
             self.data_dir, password, password_file)
-        self.auth = root.Auth(self.password, token_lifetime)
+        self.auth = root.Auth(self.password, token_lifetime, login_delay=login_delay)
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
         self.store = Store(os.path.join(self.data_dir, "inventory.db"))
         self.storage = Storage(self.data_dir, self.store)
         self.storage.ensure_default_domains()
@@ -185,6 +210,7 @@ class EngineServer:
         self._dir_lock = _try_lock(os.path.join(self.data_dir, "engine.lock"))
         self.transfers.start(recover=self._dir_lock is not None)
         httpd = _HttpServer((self.host, self._port), _Handler)
+        httpd.setup_limits(self.max_connections, self.request_timeout)
         if self.ssl_context is not None:
             httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True,
                                                         do_handshake_on_connect=False)
@@ -218,14 +244,60 @@ class EngineServer:
 
     # --- dispatch -----------------------------------------------------------
 
+    def admit(self, method: str, target: str, headers: dict[str, str], length: int,
+              peer: str = "") -> tuple[tuple[int, dict[str, str], bytes] | None, str | None]:
+        """Judge a request by its line and headers, before any body byte is read.
+
+        Returns (reply, None) to answer without reading the body (the
+        connection is then closed), or (None, user) to go on: an API request
+        must authenticate first (401, or 429 while failed logins are
+        throttled) and its body be at most MAX_BODY (413); the unauthenticated
+        SSO and services endpoints take at most MAX_SSO_BODY.
+        """
+        path = urlsplit(target).path
+        fmt = "json" if "json" in headers.get("accept", "") else "xml"
+        if path.startswith("/ovirt-engine/sso/") or path.startswith("/ovirt-engine/services/"):
+            if length > MAX_SSO_BODY:
+                return self._fault(_too_large(MAX_SSO_BODY), fmt), None
+            return None, None
+        if API_PREFIX_RE.match(path) is None:
+            return self._fault(ApiError(404, "Not Found", f"No resource at '{path}'"), fmt), None
+        try:
+            user = self._authenticate(headers, peer)
+        except ApiError as e:
+            return self._fault(e, fmt), None
+        if length > MAX_BODY:
+            return self._fault(_too_large(MAX_BODY), fmt), None
+        return None, user
+
+    def _authenticate(self, headers: dict[str, str], peer: str) -> str:
+        """The user of a request's Authorization header; ApiError 401 or 429."""
+        try:
+            user = self.auth.check_header(headers.get("authorization"), peer)
+        except root.Throttled as e:
+            raise ApiError(429, "Too Many Requests",
+                           f"Too many failed logins: try again in "
+                           f"{math.ceil(e.retry_after)} s",
+                           {"Retry-After": str(math.ceil(e.retry_after))}) from None
+        if user is None:
+            raise ApiError(401, "Unauthorized",
+                           "Authentication required: use a bearer token from "
+                           "/ovirt-engine/sso/oauth/token or Basic credentials",
+                           {"WWW-Authenticate": 'Basic realm="RESTAPI"'})
+        return user
+
     def handle(self, method: str, target: str, headers: dict[str, str],
-               body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Answer one HTTP request: (status, headers, body)."""
+               body: bytes, peer: str = "",
+               user: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Answer one HTTP request: (status, headers, body).
+
+        ``user``: who ``admit`` already authenticated (else checked here).
+        """
         parts = urlsplit(target)
         path = parts.path
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if path.startswith("/ovirt-engine/sso/") or path.startswith("/ovirt-engine/services/"):
-            return self._sso(method, path, query, headers, body)
+            return self._sso(method, path, query, headers, body, peer)
         m = API_PREFIX_RE.match(path)
         if m is None:
             return self._fault(ApiError(404, "Not Found", f"No resource at '{path}'"), "xml")
@@ -233,19 +305,16 @@ class EngineServer:
         req = Request(method=method, path=path[m.end():].rstrip("/"), prefix=m.group(0),
                       query=query, headers=headers, body=body, fmt=fmt, engine=self)
         try:
-            req.user = self.auth.check_header(headers.get("authorization"))
-            if req.user is None:
-                raise ApiError(401, "Unauthorized",
-                               "Authentication required: use a bearer token from "
-                               "/ovirt-engine/sso/oauth/token or Basic credentials",
-                               {"WWW-Authenticate": 'Basic realm="RESTAPI"'})
+            req.user = user or self._authenticate(headers, peer)
             handler, params = self.router.route(method, req.path)
             reply = handler(req, **params)
         except ApiError as e:
             return self._fault(e, fmt)
-        except Exception as e:  # a bug: answer 500 with the message, keep serving
+        except Exception:  # a bug: answer 500, keep serving (details in the log only)
             log.exception("%s %s failed", method, path)
-            return self._fault(ApiError(500, "Operation Failed", f"Internal error: {e}"), fmt)
+            return self._fault(ApiError(500, "Operation Failed",
+                                        "Internal error; the engine's log has the details"),
+                               fmt)
         return self._reply(reply, fmt)
 
     def _reply(self, reply: Reply, fmt: str) -> tuple[int, dict[str, str], bytes]:
@@ -260,11 +329,13 @@ class EngineServer:
 
     def _fault(self, e: ApiError, fmt: str) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": f"application/{fmt};charset=UTF-8", **e.headers}
-        body = codec.render("fault", {"reason": e.reason, "detail": e.detail}, fmt)
+        # A detail may quote client input: escape what XML cannot carry.
+        detail = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in e.detail)
+        body = codec.render("fault", {"reason": e.reason, "detail": detail}, fmt)
         return e.status, headers, body
 
     def _sso(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-             body: bytes) -> tuple[int, dict[str, str], bytes]:
+             body: bytes, peer: str = "") -> tuple[int, dict[str, str], bytes]:
         form = dict(query)
         if body:
             form.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
@@ -278,7 +349,10 @@ class EngineServer:
                     return 200, {"Content-Type": "application/x-x509-ca-cert"}, f.read()
             return 404, {"Content-Type": "text/plain"}, b"Resource not found\n"
         if path == "/ovirt-engine/sso/oauth/token":
-            status, doc = self.auth.token_request(form)
+            status, doc = self.auth.token_request(form, peer)
+            if status == 429:
+                return status, {"Content-Type": "application/json",
+                                "Retry-After": doc.pop("retry_after")}, json.dumps(doc).encode()
         elif path == "/ovirt-engine/sso/oauth/token-info":
             status, doc = self.auth.info(form.get("token", ""))
         elif path in ("/ovirt-engine/services/sso-logout", "/ovirt-engine/sso/oauth/revoke"):
@@ -290,10 +364,81 @@ class EngineServer:
         return status, {"Content-Type": "application/json"}, json.dumps(doc).encode()
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "Request Entity Too Large",
+                    f"The request body is larger than {limit} bytes")
+
+
 class _HttpServer(ThreadingHTTPServer):
+    """Threads per connection, at most ``max_connections`` at once, each
+    given ``request_timeout`` seconds to send each whole request."""
+
     daemon_threads = True
     allow_reuse_address = True
     engine: EngineServer
+    max_connections = MAX_CONNECTIONS
+    request_timeout = REQUEST_TIMEOUT
+
+    def setup_limits(self, max_connections: int, request_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._deadlines: dict["_Handler", float] = {}
+        self._deadline_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="engine-http-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("refusing a connection from %s: %d connections already",
+                        client_address[0], self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.disarm_all(request)
+            self._slots.release()
+
+    def arm(self, handler: "_Handler") -> None:
+        """Start the clock for the handler's next request."""
+        with self._deadline_lock:
+            self._deadlines[handler] = time.monotonic() + self.request_timeout
+
+    def disarm(self, handler: "_Handler") -> None:
+        with self._deadline_lock:
+            self._deadlines.pop(handler, None)
+
+    def disarm_all(self, request) -> None:
+        with self._deadline_lock:
+            for h in [h for h in self._deadlines if h.request is request]:
+                del self._deadlines[h]
+
+    def _watch(self) -> None:
+        interval = min(1.0, max(0.05, self.request_timeout / 4))
+        while not self._stopping.wait(interval):
+            now = time.monotonic()
+            with self._deadline_lock:
+                late = [h for h, d in self._deadlines.items() if d <= now]
+                for h in late:
+                    del self._deadlines[h]
+            for h in late:
+                h.expire()
+
+    def server_close(self) -> None:
+        stopping = getattr(self, "_stopping", None)
+        if stopping is not None:
+            stopping.set()
+        super().server_close()
 
     def handle_error(self, request, client_address) -> None:
         # Failed TLS handshakes and dropped clients are routine.
@@ -307,9 +452,13 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "imagetool-engine"
     sys_version = ""
-    timeout = 120
+    timeout = REQUEST_TIMEOUT
 
     def setup(self) -> None:
+        # The socket timeout bounds each read; the server's watchdog bounds
+        # the whole request (a client sending a byte now and then).
+        self.timeout = self.server.request_timeout
+        self.server.arm(self)
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
             try:
@@ -318,22 +467,64 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise
 
-    def _serve(self) -> None:
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._send(411, {"Content-Type": "text/plain"}, b"Chunked bodies are not supported\n")
-            return
+    def expire(self) -> None:
+        """Cut a connection that took too long to send its request."""
+        log.debug("closing a slow connection from %s", self.client_address[0])
         try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            self._send(400, {"Content-Type": "text/plain"}, b"Invalid Content-Length\n")
+            # The plain socket's shutdown: wakes the reading thread with EOF
+            # without touching the TLS state another thread is using.
+            socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _content_length(self) -> int | None:
+        """The Content-Length (0 when absent); None when malformed or repeated."""
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return 0
+        if len(set(v.strip() for v in values)) != 1:
+            return None
+        text = values[0].strip()
+        return int(text) if _CONTENT_LENGTH_RE.fullmatch(text) else None
+
+    def _serve(self) -> None:
+        engine = self.server.engine
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fmt = "json" if "json" in headers.get("accept", "") else "xml"
+        if "transfer-encoding" in headers:
+            self._refuse(411, "Length Required",
+                         "Chunked or other transfer-encoded bodies are not supported: "
+                         "send a Content-Length", fmt)
+            return
+        length = self._content_length()
+        if length is None:
+            self._refuse(400, "Request syntactically incorrect.",
+                         "Invalid Content-Length: expected one decimal number of bytes", fmt)
+            return
+        peer = self.client_address[0] if self.client_address else ""
+        early, user = engine.admit(self.command, self.path, headers, length, peer)
+        if early is not None:
+            status, out_headers, payload = early
+            if length:
+                # The body stays unread: answer and drop the connection.
+                self.close_connection = True
+                out_headers = {**out_headers, "Connection": "close"}
+            self._send(status, out_headers, payload)
             return
         body = self.rfile.read(length) if length else b""
-        status, out_headers, payload = self.server.engine.handle(
-            self.command, self.path, headers, body)
+        if len(body) < length:
+            self.close_connection = True
+            return
+        self.server.disarm(self)
+        status, out_headers, payload = engine.handle(
+            self.command, self.path, headers, body, peer=peer, user=user)
         self._send(status, out_headers, payload)
+
+    def _refuse(self, status: int, reason: str, detail: str, fmt: str) -> None:
+        self.close_connection = True
+        status, headers, payload = self.server.engine._fault(ApiError(status, reason, detail),
+                                                             fmt)
+        self._send(status, {**headers, "Connection": "close"}, payload)
 
     def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
         self.send_response(status)
@@ -351,7 +542,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def handle_one_request(self) -> None:
+        self.server.arm(self)
         try:
             super().handle_one_request()
-        except (ConnectionError, ssl.SSLError, TimeoutError):
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
             self.close_connection = True

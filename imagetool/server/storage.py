@@ -5,12 +5,18 @@ raw file or a qcow2 file) and ``<volume-id>.meta`` a small JSON description.
 A qcow2 layer names its parent by bare volume id (the parent lives in the
 same directory), as vdsm does, so a disk directory can be moved as a whole.
 All image work goes through ``imagetool.formats`` (pure Python, no qemu-img).
+
+Paths are built only from ids that are UUIDs, and checked to stay inside the
+data directory, so an id that slipped past the REST checks still cannot name
+a path elsewhere. Every directory is created 0700 and every file 0600
+whatever the umask: volumes hold guests' disks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -19,11 +25,46 @@ from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
 
 COPY_CHUNK = 4 << 20
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                      re.ASCII | re.IGNORECASE)
 
 
 def new_id() -> str:
     """A fresh entity id (oVirt ids are UUIDs)."""
     return str(uuid.uuid4())
+
+
+def make_private_dirs(path: str) -> None:
+    """``os.makedirs`` with every directory it creates 0700, whatever the umask."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(p, DIR_MODE)
+
+
+def create_private(path: str) -> None:
+    """Create (or truncate) ``path`` as an empty 0600 file, whatever the umask.
+
+    Writers that then open it by name (``open(path, "wb")``, the qcow2
+    writer) keep the mode of the existing file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 class Storage:
@@ -46,16 +87,31 @@ class Storage:
                     "id": sd_id, "name": name, "type": sd_type,
                     "description": f"local {sd_type} domain",
                     "created": time.time()})
-                os.makedirs(self.images_dir(sd_id), exist_ok=True)
+                make_private_dirs(self.images_dir(sd_id))
+
+    def _inside(self, *ids: str) -> str:
+        """``data_dir/ids[0]/images/ids[1]/...``; ValueError unless every id is a UUID.
+
+        Defence in depth behind the REST checks: the result is also checked
+        to be below the data directory.
+        """
+        for i in ids:
+            if not isinstance(i, str) or not _UUID_RE.fullmatch(i):
+                raise ValueError(f"invalid id {i!a}: storage paths are built from UUIDs")
+        path = os.path.join(self.data_dir, ids[0], "images", *ids[1:])
+        root = os.path.join(self.data_dir, "")
+        if not os.path.normpath(path).startswith(root) or os.path.normpath(path) != path:
+            raise ValueError(f"path {path!a} is outside the data directory")
+        return path
 
     def images_dir(self, sd_id: str) -> str:
         """The ``images`` directory of a domain."""
-        return os.path.join(self.data_dir, sd_id, "images")
+        return self._inside(sd_id)
 
     def space(self, sd_id: str) -> tuple[int, int]:
         """(available, used) bytes of the file system holding the domain."""
         path = self.images_dir(sd_id)
-        os.makedirs(path, exist_ok=True)
+        make_private_dirs(path)
         st = os.statvfs(path)
         available = st.f_bavail * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -65,11 +121,11 @@ class Storage:
 
     def disk_dir(self, sd_id: str, disk_id: str) -> str:
         """The directory holding every volume of a disk."""
-        return os.path.join(self.images_dir(sd_id), disk_id)
+        return self._inside(sd_id, disk_id)
 
     def volume_path(self, sd_id: str, disk_id: str, vol_id: str) -> str:
         """The file of one volume."""
-        return os.path.join(self.disk_dir(sd_id, disk_id), vol_id)
+        return self._inside(sd_id, disk_id, vol_id)
 
     def create_volume(self, sd_id: str, disk_id: str, vol_id: str, fmt: str,
                       size: int, parent_id: str | None = None,
@@ -79,8 +135,9 @@ class Storage:
         A raw volume is sparse unless ``preallocate``; a cow volume with
         ``parent_id`` is a new layer over that volume.
         """
-        os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
+        make_private_dirs(self.disk_dir(sd_id, disk_id))
         path = self.volume_path(sd_id, disk_id, vol_id)
+        create_private(path)
         if fmt == "raw":
             with open(path, "wb") as f:
                 f.truncate(size)
@@ -103,6 +160,7 @@ class Storage:
         """Write the ``.meta`` file next to a volume (atomically)."""
         path = self.volume_path(sd_id, disk_id, vol_id) + ".meta"
         tmp = path + ".tmp"
+        create_private(tmp)
         with open(tmp, "w") as f:
             json.dump(meta, f, sort_keys=True)
         os.replace(tmp, path)
@@ -149,8 +207,9 @@ class Storage:
         ``preallocate``: a raw result is fully allocated (a preallocated disk's
         copy must not come out sparse).
         """
-        os.makedirs(self.disk_dir(sd_id, disk_id), exist_ok=True)
+        make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
+        create_private(dst)
         top = vols[-1]
         src = self.volume_path(top["sd_id"], top["disk_id"], top["id"])
         if len(vols) == 1:
@@ -190,6 +249,7 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
     tmp = upper + ".merging"
+    create_private(tmp)
     reader = open_image(upper, "r", format="qcow2")
     try:
         if parent_id is None:

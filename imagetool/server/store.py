@@ -44,6 +44,18 @@ class Store:
         self._pool_lock = threading.Lock()
         self._closed = False
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Owner-only whatever the umask; SQLite gives the -wal and -shm
+        # files the database file's mode. Fixes the mode of an older file too.
+        for p in (path, path + "-wal", path + "-shm"):
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if p == path else 0)
+            try:
+                fd = os.open(p, flags, 0o600)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
         with self._borrow() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)

@@ -47,7 +47,9 @@ def _names(extra: list[str]) -> list[x509.GeneralName]:
 
 
 def _write_private(path: str, data: bytes) -> None:
+    """Write ``path`` owner-only (0600 whatever the umask, an existing file too)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -60,6 +62,7 @@ def ensure_pki(data_dir: str, extra_names: list[str] | None = None) -> Pki:
     """
     pki_dir = os.path.join(data_dir, "pki")
     os.makedirs(pki_dir, mode=0o700, exist_ok=True)
+    os.chmod(pki_dir, 0o700)
     pki = Pki(os.path.join(pki_dir, "ca.pem"), os.path.join(pki_dir, "server.pem"),
               os.path.join(pki_dir, "server.key"))
     extra = [n for n in (extra_names or []) if n]
@@ -89,8 +92,7 @@ def ensure_pki(data_dir: str, extra_names: list[str] | None = None) -> Pki:
         _write_private(pki.key_file + ".ca", ca_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))
-        with open(pki.ca_file, "wb") as f:
-            f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(pki.ca_file, ca_cert.public_bytes(serialization.Encoding.PEM))
         for stale in (pki.cert_file, pki.key_file):
             if os.path.exists(stale):
                 os.unlink(stale)
@@ -118,8 +120,7 @@ def ensure_pki(data_dir: str, extra_names: list[str] | None = None) -> Pki:
     _write_private(pki.key_file, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    with open(pki.cert_file, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(pki.cert_file, cert.public_bytes(serialization.Encoding.PEM))
     return pki
 
 

@@ -184,6 +184,8 @@ class TransferManager:
             # Rebuild a live writer holding that data.
             previous = path + ".resume"
             os.replace(path, previous)
+        from imagetool.server.storage import create_private
+        create_private(path)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
         if previous is not None:

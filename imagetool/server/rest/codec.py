@@ -13,10 +13,16 @@ Parsing gives the same dict shape back, with every scalar a string.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
 from imagetool.server.rest.router import ApiError
+
+# Deepest element nesting a request body may have. oVirt request bodies are
+# a few levels deep (an OVF travels as text, not as elements); a bound
+# keeps the recursive readers below from exhausting the stack.
+MAX_DEPTH = 32
 
 _IRREGULAR = {"properties": "property", "statuses": "status", "addresses": "address"}
 _ATTRS = ("id", "href", "rel")
@@ -165,24 +171,75 @@ def parse(body: bytes, content_type: str) -> tuple[str | None, dict]:
     if "json" in (content_type or "").lower():
         try:
             doc = json.loads(body)
+        except RecursionError:
+            raise _too_deep() from None
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, "Request syntactically incorrect.",
                            f"Cannot parse JSON request body: {e}") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "Request syntactically incorrect.",
                            "The JSON request body must be an object")
+        if _json_depth(doc) > MAX_DEPTH:
+            raise _too_deep()
         return None, _json_parse(doc)
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as e:
-        raise ApiError(400, "Request syntactically incorrect.",
-                       f"Cannot parse XML request body: {e}") from None
+    root = _xml_read(body)
     value = _xml_parse(root)
     if isinstance(value, list):
         value = {singular(root.tag): value}
     elif not isinstance(value, dict):
         value = {}
     return root.tag, value
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "Request syntactically incorrect.",
+                    f"The request body is nested more than {MAX_DEPTH} levels deep")
+
+
+def _json_depth(doc: Any) -> int:
+    """Deepest nesting of dicts and lists, without recursion."""
+    deepest = 0
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
+
+
+def _xml_read(body: bytes) -> ET.Element:
+    """Parse an XML body, refusing DTDs (entity expansion) and deep nesting."""
+    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+        raise ApiError(400, "Request syntactically incorrect.",
+                       "Cannot parse XML request body: document type declarations "
+                       "are not accepted")
+    parser = ET.XMLPullParser(events=("start", "end"))
+    depth = 0
+    root = None
+    try:
+        parser.feed(body)
+        parser.close()
+        for event, el in parser.read_events():
+            if event == "start":
+                depth += 1
+                if root is None:
+                    root = el
+                if depth > MAX_DEPTH:
+                    raise _too_deep()
+            else:
+                depth -= 1
+    except ET.ParseError as e:
+        raise ApiError(400, "Request syntactically incorrect.",
+                       f"Cannot parse XML request body: {e}") from None
+    if root is None:
+        raise ApiError(400, "Request syntactically incorrect.",
+                       "Cannot parse XML request body: no element found")
+    return root
 
 
 # --- reading parsed values ---------------------------------------------------
@@ -198,16 +255,23 @@ def get_str(obj: Any, *path: str) -> str | None:
     return obj if obj not in ("", None) else None
 
 
+def get_id(obj: Any, *path: str, what: str = "entity") -> str | None:
+    """A nested id, or None when absent; ApiError 400 when not a UUID."""
+    from imagetool.server.rest.validate import check_id
+    text = get_str(obj, *path)
+    return None if text is None else check_id(text, what)
+
+
 def get_int(obj: Any, *path: str) -> int | None:
     """A nested integer, or None; ApiError 400 when not an integer."""
     text = get_str(obj, *path)
     if text is None:
         return None
-    try:
+    # ASCII digits only: int() also takes other scripts' digits and '1_0'.
+    if re.fullmatch(r"[+-]?[0-9]{1,20}", text.strip(), re.ASCII):
         return int(text)
-    except ValueError:
-        raise ApiError(400, "Request syntactically incorrect.",
-                       f"Value '{text}' of '{'.'.join(path)}' is not an integer") from None
+    raise ApiError(400, "Request syntactically incorrect.",
+                       f"Value '{text}' of '{'.'.join(path)}' is not an integer")
 
 
 def get_bool(obj: Any, *path: str) -> bool | None:

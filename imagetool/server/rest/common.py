@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from imagetool.server.rest.codec import get_list, get_str
+from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.router import ApiError, Request, not_found
 from imagetool.server.storage import new_id
 
@@ -64,7 +64,7 @@ def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
     store = req.engine.store
     if not ref:
         raise ApiError(400, "Incomplete parameters", f"storage domain id or name required for {action}")
-    sd_id = get_str(ref, "id")
+    sd_id = get_id(ref, "id", what="storage domain")
     name = get_str(ref, "name")
     for sd in store.list("storage_domain"):
         if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):

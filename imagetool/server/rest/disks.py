@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import time
 
-from imagetool.server.rest.codec import get_bool, get_int, get_str
+from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, record_job, ref,
                                           search_filter, sub_links)
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
-from imagetool.server.storage import merge_layer, new_id
+from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
+from imagetool.server.storage import make_private_dirs, merge_layer, new_id
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -106,12 +107,24 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
                 initial_size: int | None = None, sparse: bool = True,
                 content_type: str = "data", backup: str = "none",
                 description: str = "", disk_id: str | None = None) -> dict:
-    """Create a disk with one empty volume and store it (status ok)."""
+    """Create a disk with one empty volume and store it (status ok).
+
+    A volume that cannot be created (no space, a size the file system
+    refuses) is a 409 and leaves neither a directory nor an inventory row.
+    """
     disk_id = disk_id or new_id()
     vol_id = new_id()
     start = time.time()
-    engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size,
-                                 preallocate=not sparse)
+    try:
+        engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size,
+                                     preallocate=not sparse)
+    except BaseException as e:
+        engine.storage.remove_disk(sd["id"], disk_id)
+        if isinstance(e, (OSError, ValueError, MemoryError)):
+            raise conflict("add Virtual Disk",
+                           f"Cannot create the volume: {getattr(e, 'strerror', None) or e}."
+                           ) from None
+        raise
     disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
             "provisioned_size": provisioned_size, "initial_size": initial_size,
             "sparse": sparse, "content_type": content_type, "backup": backup,
@@ -128,15 +141,20 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
 def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     """POST /disks: validate, create the volume, answer 201 with the disk."""
     data = req.data()
-    name = get_str(data, "name") or get_str(data, "alias")
+    name = check_text(get_str(data, "name") or get_str(data, "alias"), "name")
+    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
+    disk_id = get_id(data, "id", what="disk")
     size = get_int(data, "provisioned_size")
     fmt = get_str(data, "format")
     if size is None or fmt is None:
         raise missing("Disk", "add", "provisionedSize, format")
     if fmt not in FORMATS:
         raise bad_request(f"Invalid value '{fmt}' for disk format: expected cow or raw")
-    if size <= 0:
-        raise bad_request("Disk provisioned_size must be positive")
+    check_size(size)
+    backup = get_str(data, "backup") or "none"
+    if backup not in ("none", "incremental"):
+        raise bad_request(f"Invalid value '{backup}' for disk backup: expected none or "
+                          "incremental")
     sd_ref = first_sd_ref(data)
     sd = find_storage_domain(req, sd_ref, "add Disk") if sd_ref else default_sd
     if sd is None:
@@ -152,17 +170,18 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     sparse = True if sparse is None else sparse
     available, _ = req.engine.storage.space(sd["id"])
     initial = get_int(data, "initial_size")
+    if initial is not None:
+        check_size(initial, "initial_size")
     needed = initial if sparse else size
     if needed and needed > available:
         raise conflict("add Virtual Disk",
                        f"Low disk space on Storage Domain {sd['name']}.")
-    disk_id = get_str(data, "id")
     if disk_id and req.engine.store.get("disk", disk_id):
         raise conflict("add Virtual Disk", f"A disk with id {disk_id} already exists.")
     disk = create_disk(req.engine, name=name or f"disk-{new_id()[:8]}", fmt=fmt,
                        provisioned_size=size, sd=sd, initial_size=initial, sparse=sparse,
-                       content_type=content_type, backup=get_str(data, "backup") or "none",
-                       description=get_str(data, "description") or "", disk_id=disk_id)
+                       content_type=content_type, backup=backup,
+                       description=description or "", disk_id=disk_id)
     return Reply(status=201, tag="disk", body=disk_repr(req, disk))
 
 
@@ -182,13 +201,15 @@ def update_disk(req: Request, disk_id: str) -> Reply:
     with engine.store.transaction():
         disk = get_or_404(req, "disk", disk_id, "disk")
         check_usable(disk, "update Virtual Disk")
-        name = get_str(data, "name") or get_str(data, "alias")
+        name = check_text(get_str(data, "name") or get_str(data, "alias"), "name")
         if name:
             disk["name"] = name
         if "description" in data:
-            disk["description"] = get_str(data, "description") or ""
+            disk["description"] = check_text(get_str(data, "description"), "description",
+                                             MAX_DESCRIPTION) or ""
         size = get_int(data, "provisioned_size")
         if size is not None and size != disk["provisioned_size"]:
+            check_size(size)
             if size < disk["provisioned_size"]:
                 raise conflict("update Virtual Disk", "Disk size cannot be reduced.")
             try:
@@ -244,7 +265,8 @@ def copy_disk(req: Request, disk_id: str) -> Reply:
     sd = _action_target(req, "copy")
     disk = get_or_404(req, "disk", disk_id, "disk")
     check_usable(disk, "copy Virtual Disk")
-    new_name = get_str(req.data(), "disk", "name") or get_str(req.data(), "disk", "alias") \
+    new_name = check_text(get_str(req.data(), "disk", "name")
+                          or get_str(req.data(), "disk", "alias"), "disk.name") \
         or f"{disk['name']}_copy"
     vols = chain(engine.store, disk)
     new_disk_id, new_vol = new_id(), new_id()
@@ -273,7 +295,7 @@ def move_disk(req: Request, disk_id: str) -> Reply:
         if disk["sd_id"] != sd["id"]:
             src = engine.storage.disk_dir(disk["sd_id"], disk_id)
             dst = engine.storage.disk_dir(sd["id"], disk_id)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            make_private_dirs(os.path.dirname(dst))
             os.rename(src, dst)
             for v in engine.store.list("volume", lambda v: v["disk_id"] == disk_id):
                 engine.store.update("volume", v["id"], sd_id=sd["id"])

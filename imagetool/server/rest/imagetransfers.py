@@ -4,7 +4,7 @@ extend, pause, resume, finalize, cancel. The state machine lives in
 
 from __future__ import annotations
 
-from imagetool.server.rest.codec import get_bool, get_int, get_obj, get_str
+from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import action_links, get_or_404, ref, search_filter
 from imagetool.server.rest.disks import check_usable
 from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
@@ -38,9 +38,9 @@ def transfer_repr(req: Request, t: dict) -> dict:
 def _target(req: Request, data: dict) -> tuple[dict, dict, bool]:
     """(disk, volume, is_snapshot) named by <disk>, <snapshot> or <image>."""
     store = req.engine.store
-    disk_id = get_str(data, "disk", "id")
-    snap_id = get_str(data, "snapshot", "id")
-    image_id = get_str(data, "image", "id")
+    disk_id = get_id(data, "disk", "id", what="disk")
+    snap_id = get_id(data, "snapshot", "id", what="disk snapshot")
+    image_id = get_id(data, "image", "id", what="image")
     if disk_id:
         disk = store.get("disk", disk_id)
         if disk is None:
@@ -75,7 +75,7 @@ def add_transfer(req: Request) -> Reply:
     if inactivity <= 0:
         raise bad_request("inactivity_timeout must be positive")
     shallow = bool(get_bool(data, "shallow"))
-    host_id = get_str(data, "host", "id")
+    host_id = get_id(data, "host", "id", what="host")
     host_name = get_str(data, "host", "name")
     if (host_id and host_id != engine.host_id) or (host_name and host_name != "local"):
         raise not_found(f"host '{host_id or host_name}'")

@@ -83,4 +83,5 @@ def ovf_disk_ids(data: str) -> tuple[str | None, list[str]]:
             attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
             ref_ = attrs.get("fileRef") or attrs.get("diskId") or ""
             ids.append(ref_.split("/")[0])
-    return name, [i for i in ids if i]
+    from imagetool.server.rest.validate import check_id
+    return name, [check_id(i, "OVF disk") for i in ids if i]

@@ -95,6 +95,13 @@ class Reply:
 Handler = Callable[..., Reply]
 
 
+# Every path parameter is an entity id (a UUID); these name them in faults.
+_PARAM_LABELS = {"disk_id": "disk", "vm_id": "VM", "snap_id": "snapshot",
+                 "vol_id": "disk snapshot", "sd_id": "storage domain",
+                 "tid": "image transfer", "host_id": "host", "dc_id": "data center",
+                 "cluster_id": "cluster", "job_id": "job", "step_id": "step"}
+
+
 class Router:
     """Maps (method, path pattern) to handlers; ``{name}`` matches one segment."""
 
@@ -107,13 +114,15 @@ class Router:
         self._routes.append((method, re.compile(regex), handler))
 
     def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler and path params; ApiError 404/405 when none."""
+        """The handler and path params; ApiError 404/405 when none, 400 for a non-UUID id."""
         allowed = False
         for m, regex, handler in self._routes:
             match = regex.match(path)
             if match:
                 if m == method:
-                    return handler, match.groupdict()
+                    from imagetool.server.rest.validate import check_id
+                    return handler, {k: check_id(v, _PARAM_LABELS.get(k, k))
+                                     for k, v in match.groupdict().items()}
                 allowed = True
         if allowed:
             raise ApiError(405, "Method Not Allowed",

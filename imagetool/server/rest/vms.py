@@ -12,11 +12,12 @@ import time
 
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.ovf import BLANK, build_ovf, ovf_disk_ids
-from imagetool.server.rest.codec import get_bool, get_list, get_obj, get_str
+from imagetool.server.rest.codec import get_bool, get_id, get_int, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, iso_date, record_job, ref,
                                           search_filter, sub_links)
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
+from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
 from imagetool.server.storage import new_id
 
 
@@ -82,7 +83,7 @@ def _attachment_from(req: Request, data: dict, action: str) -> dict:
     disk_ref = get_obj(data, "disk")
     if disk_ref is None:
         raise missing("DiskAttachment", action, "disk.id")
-    disk_id = get_str(disk_ref, "id")
+    disk_id = get_id(disk_ref, "id", what="disk")
     if disk_id is None:
         if get_str(disk_ref, "provisioned_size") is None:
             raise missing("DiskAttachment", action, "disk.id")
@@ -100,12 +101,18 @@ def add_vm(req: Request) -> Reply:
     """POST /vms: a VM record, optionally from an OVF and with disk attachments."""
     engine = req.engine
     data = req.data()
-    name = get_str(data, "name")
+    name = check_text(get_str(data, "name"), "name")
+    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
+    os_type = check_text(get_str(data, "os", "type"), "os.type")
+    memory = get_int(data, "memory")
+    if memory is not None and memory <= 0:
+        raise bad_request("VM memory must be positive")
+    vm_id = get_id(data, "id", what="VM")
     ovf = get_str(data, "initialization", "configuration", "data")
     attachments = [_attachment_from(req, a, "add") for a in get_list(data, "disk_attachments")]
     if ovf:
         ovf_name, disk_ids = ovf_disk_ids(ovf)
-        name = name or ovf_name
+        name = name or check_text(ovf_name, "OVF Name")
         missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
         if missing_ids:
             raise bad_request(f"Cannot add VM from OVF: disks {', '.join(missing_ids)} do not "
@@ -117,10 +124,12 @@ def add_vm(req: Request) -> Reply:
         raise missing("VM", "add", "name, cluster.id|name")
     if any(v["name"] == name for v in engine.store.list("vm")):
         raise conflict("add VM", f"The VM name {name} is already in use.")
-    vm = {"id": get_str(data, "id") or new_id(), "name": name,
-          "description": get_str(data, "description") or "", "created": time.time(),
-          "memory": int(get_str(data, "memory") or (1 << 30)),
-          "os_type": get_str(data, "os", "type") or "other",
+    if vm_id and engine.store.get("vm", vm_id):
+        raise conflict("add VM", f"A VM with id {vm_id} already exists.")
+    vm = {"id": vm_id or new_id(), "name": name,
+          "description": description or "", "created": time.time(),
+          "memory": memory or (1 << 30),
+          "os_type": os_type or "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
     engine.store.put("vm", vm)
     record_job(engine, f"Creating VM {name}", ["Adding VM"])
@@ -251,12 +260,12 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
     """POST /vms/{id}/snapshots: freeze each disk's active layer, add a new one."""
     engine = req.engine
     data = req.data()
-    description = get_str(data, "description")
+    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
     if description is None:
         raise missing("Snapshot", "add", "description")
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
-        wanted = [get_str(a, "disk", "id") or get_str(a, "id")
+        wanted = [get_id(a, "disk", "id", what="disk") or get_id(a, "id", what="disk")
                   for a in get_list(data, "disk_attachments")]
         disk_ids = [a["disk_id"] for a in vm["attachments"]
                     if not wanted or a["disk_id"] in wanted]
