@@ -301,7 +301,7 @@ class TransferManager:
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
                 # After a restart (or a failed initialization) the ticket is gone.
-                self._set(tid, phase="initializing")
+                self._set(tid, phase="initializing", restored_at=None)
                 self._initialize_locked(tid)
                 return
             ticket.canceled = False
@@ -474,6 +474,10 @@ class TransferManager:
                 continue
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
+                restored = t.get("restored_at")
+                if (restored and t["phase"] == "paused_system"
+                        and now - restored > t["inactivity_timeout"]):
+                    self._on_restored_timeout(t["id"])
                 continue
             active = ticket.active()
             if ticket.transferred != t.get("transferred") or active != t.get("active"):
@@ -496,6 +500,23 @@ class TransferManager:
             self._set(tid, phase="cancelled_system")
         self._spawn(self._cleanup, tid)
 
+    def _on_restored_timeout(self, tid: str) -> None:
+        """A transfer restored after a restart saw no client for its
+        inactivity timeout (counted from the engine's start): its policy
+        applies as for a live one. Paused ones stay paused (and stop
+        counting); cancel ones are cancelled."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or t["phase"] != "paused_system" or not t.get("restored_at"):
+                return
+            log.info("restored transfer %s idle for %ss: policy %s", tid,
+                     t["inactivity_timeout"], t["timeout_policy"])
+            if t["timeout_policy"] != "cancel":
+                self._set(tid, restored_at=None)
+                return
+            self._set(tid, phase="cancelled_system", restored_at=None)
+        self._spawn(self._cleanup, tid)
+
     def _persist_progress(self) -> None:
         for t in self.store.list("transfer"):
             ticket = self.registry.get(t["ticket_id"])
@@ -507,10 +528,12 @@ class TransferManager:
     def recover(self) -> None:
         """Settle transfers a previous run left unfinished.
 
-        Downloads fail (the disk is unlocked). Uploads pause per policy
-        (legacy/pause) so the client can resume and send what it had not
-        flushed, or fail (cancel). A transfer caught in finalizing_success is
-        verified again.
+        Downloads fail (the disk is unlocked). Uploads pause so the client
+        can resume and send what it had not flushed; their inactivity clock
+        restarts now, and a client that does not come back within the
+        inactivity timeout gets the timeout policy (cancel: the transfer is
+        cancelled; legacy/pause: it stays paused). A transfer caught in
+        finalizing_success is verified again.
         """
         busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in TERMINAL}
         for disk in self.store.list("disk", lambda d: d["status"] == "locked"):
@@ -530,9 +553,8 @@ class TransferManager:
                 self._set(tid, phase="cancelled_system")
                 self._spawn(self._cleanup, tid)
                 continue
-            resumable = t["direction"] == "upload"
-            if resumable and t["timeout_policy"] in ("legacy", "pause"):
-                self._set(tid, phase="paused_system", active=False)
+            if t["direction"] == "upload":
+                self._set(tid, phase="paused_system", active=False, restored_at=time.time())
             else:
                 self._set(tid, phase="cancelled_system", active=False)
                 self._spawn(self._cleanup, tid)
