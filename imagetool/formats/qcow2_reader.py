@@ -73,10 +73,17 @@ class Qcow2Backend:
     backing chain and ``extents()`` describe guest data. ``shallow=True``:
     this layer only; unallocated clusters read as zeros and are reported as
     ``Extent(zero=True, hole=True)``.
+
+    ``backing``: an open backend that serves the unallocated clusters in
+    place of the file the header names (which is then never opened). A
+    storage engine passes the parent volume it recorded itself, so a
+    backing file name written by a client cannot point the reads at any
+    other file. The backend is owned: closed with this one.
     """
 
     def __init__(self, path: str | os.PathLike, shallow: bool = False,
-                 _chain: tuple[str, ...] = ()):
+                 _chain: tuple[str, ...] = (), *,
+                 backing: "Qcow2Backend | RawBackend | None" = None):
         self.path = os.fspath(path)
         self.shallow = shallow
         self._chain = _chain
@@ -85,7 +92,7 @@ class Qcow2Backend:
         except OSError as e:
             raise FormatError(f"cannot open: {e.strerror}", self.path) from e
         self._closed = False
-        self.backing: Qcow2Backend | RawBackend | None = None
+        self.backing: Qcow2Backend | RawBackend | None = backing
         try:
             self._setup()
         except BaseException:
@@ -116,7 +123,7 @@ class Qcow2Backend:
         self._csec_shift = x
         self._csec_mask = (1 << (self._cb - 8)) - 1
         self._raw_backing_index: tuple[list[Extent], list[int]] | None = None
-        if h.backing_file and not self.shallow:
+        if self.backing is None and h.backing_file and not self.shallow:
             self.backing = self._open_backing(h)
 
     # --- backing chain ---------------------------------------------------

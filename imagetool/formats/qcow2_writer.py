@@ -444,6 +444,15 @@ class Qcow2Writer:
 
     # --- the backing file --------------------------------------------------
 
+    def use_backing(self, backend) -> None:
+        """Read the backing data from ``backend`` (owned, closed with the writer)
+        instead of opening the file named in the header: a storage engine
+        gives the parent volume it recorded itself."""
+        with self._lock:
+            old, self._backing = self._backing, backend
+        if old is not None:
+            old.close()
+
     def _backing_backend(self):
         """The backing file's guest data (chain aware), opened once on demand."""
         if self._backing is None:

@@ -10,6 +10,12 @@ Paths are built only from ids that are UUIDs, and checked to stay inside the
 data directory, so an id that slipped past the REST checks still cannot name
 a path elsewhere. Every directory is created 0700 and every file 0600
 whatever the umask: volumes hold guests' disks.
+
+A qcow2 volume's guest data is always read through the chain the inventory
+records (``open_volume``), never through the backing file name in its
+header: a client writes that header, and a name like ``/etc/passwd`` or
+``../../ca.key`` must not make the engine serve that file. Volumes naming
+an external data file are refused by the reader.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import shutil
 import time
 import uuid
+from typing import Any
 
 from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
@@ -29,6 +36,11 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                       re.ASCII | re.IGNORECASE)
+
+MAX_CHAIN = 128
+# Beside a volume while an upload into an existing disk runs: its content
+# before the transfer, put back when the transfer fails or is cancelled.
+BACKUP_SUFFIX = ".pre-transfer"
 
 
 def new_id() -> str:
@@ -173,6 +185,74 @@ class Storage:
         except FileNotFoundError:
             return {}
 
+    def open_volume(self, vol: dict, shallow: bool = False):
+        """A read-only Backend over a volume's guest data (an inventory row).
+
+        The chain below it is the one the inventory records (``parent_id``),
+        whatever backing file the qcow2 header names; ``shallow``: this
+        layer alone (unallocated clusters read as zeros).
+        """
+        from imagetool.formats.qcow2_reader import Qcow2Backend
+        from imagetool.formats.raw import RawBackend
+        chain = [vol]
+        while not shallow and chain[-1].get("parent_id"):
+            pid = chain[-1]["parent_id"]
+            parent = self.store.get("volume", pid)
+            if parent is None:
+                raise ValueError(f"volume {chain[-1]['id']}: parent volume {pid} is missing")
+            if any(v["id"] == pid for v in chain) or len(chain) >= MAX_CHAIN:
+                raise ValueError(f"volume {vol['id']}: broken chain at {pid}")
+            chain.append(parent)
+        backend = None
+        try:
+            for v in reversed(chain):
+                path = self.volume_path(v["sd_id"], v["disk_id"], v["id"])
+                if v["format"] == "raw":
+                    if backend is not None:     # only a base volume can be raw
+                        raise ValueError(f"raw volume {v['id']} over another volume")
+                    backend = RawBackend(path, "r")
+                else:
+                    backend = Qcow2Backend(path, shallow=backend is None, backing=backend)
+        except BaseException:
+            if backend is not None:
+                backend.close()
+            raise
+        return backend
+
+    def backup_path(self, sd_id: str, disk_id: str, vol_id: str) -> str:
+        """Where a volume's pre-transfer content is kept (see ``preserve_volume``)."""
+        return self.volume_path(sd_id, disk_id, vol_id) + BACKUP_SUFFIX
+
+    def preserve_volume(self, sd_id: str, disk_id: str, vol_id: str) -> None:
+        """Keep a copy of a volume before a transfer writes it (once).
+
+        An existing copy is this transfer's (a restart re-opens the volume):
+        it holds the content from before the transfer and is kept.
+        """
+        backup = self.backup_path(sd_id, disk_id, vol_id)
+        if os.path.exists(backup):
+            return
+        tmp = backup + ".tmp"
+        _sparse_copy(self.volume_path(sd_id, disk_id, vol_id), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, backup)
+
+    def restore_volume(self, sd_id: str, disk_id: str, vol_id: str) -> bool:
+        """Put back the pre-transfer content of a volume; False when none was kept."""
+        backup = self.backup_path(sd_id, disk_id, vol_id)
+        if not os.path.exists(backup):
+            return False
+        os.replace(backup, self.volume_path(sd_id, disk_id, vol_id))
+        return True
+
+    def drop_backup(self, sd_id: str, disk_id: str, vol_id: str) -> None:
+        """Forget a volume's pre-transfer copy (the transfer succeeded)."""
+        try:
+            os.unlink(self.backup_path(sd_id, disk_id, vol_id))
+        except FileNotFoundError:
+            pass
+
     def remove_volume(self, sd_id: str, disk_id: str, vol_id: str) -> None:
         """Delete a volume and its metadata; idempotent."""
         base = self.volume_path(sd_id, disk_id, vol_id)
@@ -215,7 +295,7 @@ class Storage:
         if len(vols) == 1:
             _sparse_copy(src, dst)
         else:
-            copy_guest_data(src, dst, fmt, size)
+            copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
         if preallocate and fmt == "raw" and size:
             _allocate(dst, 0, size)
         self.write_meta(sd_id, disk_id, vol_id,
@@ -237,7 +317,7 @@ class Storage:
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
-                size: int) -> None:
+                size: int, reader: Any = None, parent: Any = None) -> None:
     """Merge qcow2 layer ``lower`` into the layer above it (``upper``), in place.
 
     The result replaces ``upper``: a qcow2 backed by ``parent_id`` (the layer
@@ -245,12 +325,20 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     upper one winning; with no parent it is a standalone qcow2 of the whole
     chain's guest data. Written to a temporary file first, so a crash leaves
     the chain as it was.
+
+    ``reader``: ``upper``'s guest data through the recorded chain and
+    ``parent``: the parent's (``Storage.open_volume``); both are owned and
+    closed here. Without them the headers' backing file names are followed,
+    which only files the engine wrote itself may be trusted with.
     """
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
     tmp = upper + ".merging"
     create_private(tmp)
     reader = open_image(upper, "r", format="qcow2")
+
+    if reader is None:
+        reader = open_image(upper, "r", format="qcow2")
     try:
         if parent_id is None:
             ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
@@ -258,6 +346,9 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
             ranges = _allocated(lower) + _allocated(upper)
         writer = Qcow2Writer.create(tmp, size, backing_file=parent_id,
                                     backing_format=parent_fmt if parent_id else None)
+        if parent is not None:
+            writer.use_backing(parent)
+            parent = None
         try:
             buf = bytearray(COPY_CHUNK)
             for start, end in _union(ranges):
@@ -267,6 +358,8 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
             writer.close()
     finally:
         reader.close()
+        if parent is not None:
+            parent.close()
     os.replace(tmp, upper)
 
 
@@ -310,10 +403,14 @@ def grow_qcow2(path: str, size: int) -> None:
         f.write(size.to_bytes(8, "big"))
 
 
-def copy_guest_data(src: str, dst: str, fmt: str, size: int) -> None:
-    """Copy guest data of ``src`` (any chain) into a new raw or qcow2 ``dst``."""
+def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None) -> None:
+    """Copy guest data of ``src`` (any chain) into a new raw or qcow2 ``dst``.
+
+    ``reader``: ``src`` already opened (owned), e.g. through the recorded chain.
+    """
     from imagetool.formats import open_image
-    reader = open_image(src, "r")
+    if reader is None:
+        reader = open_image(src, "r")
     try:
         if fmt == "raw":
             with open(dst, "wb") as f:
@@ -345,6 +442,7 @@ def _allocate(path: str, offset: int, length: int) -> None:
 def _sparse_copy(src: str, dst: str) -> None:
     """Copy a file, skipping runs of zeros so the copy stays sparse."""
     zero = bytes(COPY_CHUNK)
+    create_private(dst)
     with open(src, "rb") as fi, open(dst, "wb") as fo:
         size = os.fstat(fi.fileno()).st_size
         while True:

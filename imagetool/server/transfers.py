@@ -107,8 +107,12 @@ class TransferManager:
         The caller has checked the disk is usable under the store's lock.
         """
         tid = new_id()
-        fresh = (direction == "upload" and not snapshot and volume.get("parent_id") is None
-                 and volume["id"] == disk["image_id"])
+        # Only a disk that never held data (created empty, nothing uploaded
+        # into it yet) is removed when its upload fails or is cancelled: the
+        # disk was made for this upload. Any other disk gets its content
+        # from before the transfer back (see _open_backend, _fail_disk).
+        fresh = (direction == "upload" and not snapshot and bool(disk.get("empty"))
+                 and volume.get("parent_id") is None and volume["id"] == disk["image_id"])
         doc = {"id": tid, "disk_id": disk["id"], "volume_id": volume["id"],
                "sd_id": volume["sd_id"], "direction": direction, "format": fmt,
                "inactivity_timeout": inactivity_timeout, "timeout_policy": timeout_policy,
@@ -148,7 +152,6 @@ class TransferManager:
 
     def _open_backend(self, t: dict) -> tuple[Callable[[], Any], int, tuple[str, ...]]:
         """(opener, ticket size, ops) for a transfer's ticket."""
-        from imagetool.formats import open_image
         from imagetool.formats.raw import RawBackend
         path = self._volume_path(t)
         disk = self.store.get("disk", t["disk_id"])
@@ -158,9 +161,15 @@ class TransferManager:
             if t["format"] == "cow" or vol_fmt == "raw":
                 backend = RawBackend(path, "r")
             else:
-                backend = open_image(path, "r", format="qcow2", shallow=t["shallow"])
+                # Through the chain the inventory records: never a backing
+                # file named in the (client-written) header.
+                backend = self.storage.open_volume(self.store.get("volume", t["volume_id"]),
+                                                   shallow=t["shallow"])
             return (lambda: backend), backend.size, ("read",)
         ops = ("read", "write")
+        if not t.get("remove_on_failure"):
+            # The disk's content before this transfer, put back if it fails.
+            self.storage.preserve_volume(t["sd_id"], t["disk_id"], t["volume_id"])
         if t["format"] == "cow" or vol_fmt == "raw":
             if vol_fmt == "raw":
                 size = disk["provisioned_size"]
@@ -188,6 +197,14 @@ class TransferManager:
         create_private(path)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
+        if parent:
+            try:
+                writer.use_backing(self.storage.open_volume(self.store.get("volume", parent)))
+            except BaseException:
+                writer.close()
+                if previous is not None:
+                    os.replace(previous, path)
+                raise
         if previous is not None:
             try:
                 _copy_layer(previous, writer)
@@ -286,7 +303,7 @@ class TransferManager:
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
                 # After a restart (or a failed initialization) the ticket is gone.
-                self._set(tid, phase="initializing")
+                self._set(tid, phase="initializing", restored_at=None)
                 self._initialize_locked(tid)
                 return
             ticket.canceled = False
@@ -338,7 +355,11 @@ class TransferManager:
                 self._set(tid, phase="finished_failure", finished_at=time.time())
                 self._end_job(t, "failed")
                 return
-            self.store.update("disk", t["disk_id"], status="ok")
+            if t["direction"] == "upload":
+                self.storage.drop_backup(t["sd_id"], t["disk_id"], t["volume_id"])
+                self.store.update("disk", t["disk_id"], status="ok", empty=False)
+            else:
+                self.store.update("disk", t["disk_id"], status="ok")
             self._set(tid, phase="finished_success", finished_at=time.time())
             self._end_job(t, "finished")
 
@@ -353,6 +374,9 @@ class TransferManager:
             if info.format != "qcow2":
                 raise ValueError(f"the volume of cow disk {disk['name']} is not a qcow2 image "
                                  f"(found {info.format})")
+            if getattr(info, "data_file", None):
+                raise ValueError(f"the qcow2 image of disk {disk['name']} names an external "
+                                 f"data file ({info.data_file}); an uploaded disk must not")
             if getattr(info, "corrupt", False):
                 raise ValueError(f"the qcow2 image of disk {disk['name']} is corrupt")
             expected_backing = vol.get("parent_id")
@@ -387,15 +411,23 @@ class TransferManager:
             backend.close()
 
     def _fail_disk(self, t: dict) -> None:
-        """A failed upload: the disk becomes illegal, then a fresh disk is removed."""
+        """A failed upload: the disk becomes illegal, then a fresh disk is
+        removed and any other gets its content from before the transfer back
+        (never the client's bytes: they did not verify or were cancelled)."""
         if t["direction"] != "upload":
             self.store.update("disk", t["disk_id"], status="ok")
             return
         self.store.update("disk", t["disk_id"], status="illegal")
         if t.get("remove_on_failure"):
             self._remove_disk(t["disk_id"])
-        else:
-            self.store.update("disk", t["disk_id"], status="ok")
+            return
+        if not self.storage.restore_volume(t["sd_id"], t["disk_id"], t["volume_id"]) \
+                and t.get("prepared"):
+            # Written without a copy of the old content (a transfer started
+            # before copies were kept): the bytes cannot be trusted.
+            log.warning("transfer %s: no pre-transfer copy of volume %s to restore",
+                        t["id"], t["volume_id"])
+        self.store.update("disk", t["disk_id"], status="ok")
 
     def _remove_disk(self, disk_id: str) -> None:
         disk = self.store.get("disk", disk_id)
@@ -444,6 +476,10 @@ class TransferManager:
                 continue
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
+                restored = t.get("restored_at")
+                if (restored and t["phase"] == "paused_system"
+                        and now - restored > t["inactivity_timeout"]):
+                    self._on_restored_timeout(t["id"])
                 continue
             active = ticket.active()
             if ticket.transferred != t.get("transferred") or active != t.get("active"):
@@ -466,6 +502,23 @@ class TransferManager:
             self._set(tid, phase="cancelled_system")
         self._spawn(self._cleanup, tid)
 
+    def _on_restored_timeout(self, tid: str) -> None:
+        """A transfer restored after a restart saw no client for its
+        inactivity timeout (counted from the engine's start): its policy
+        applies as for a live one. Paused ones stay paused (and stop
+        counting); cancel ones are cancelled."""
+        with self._lock(tid):
+            t = self.store.get("transfer", tid)
+            if t is None or t["phase"] != "paused_system" or not t.get("restored_at"):
+                return
+            log.info("restored transfer %s idle for %ss: policy %s", tid,
+                     t["inactivity_timeout"], t["timeout_policy"])
+            if t["timeout_policy"] != "cancel":
+                self._set(tid, restored_at=None)
+                return
+            self._set(tid, phase="cancelled_system", restored_at=None)
+        self._spawn(self._cleanup, tid)
+
     def _persist_progress(self) -> None:
         for t in self.store.list("transfer"):
             ticket = self.registry.get(t["ticket_id"])
@@ -477,10 +530,12 @@ class TransferManager:
     def recover(self) -> None:
         """Settle transfers a previous run left unfinished.
 
-        Downloads fail (the disk is unlocked). Uploads pause per policy
-        (legacy/pause) so the client can resume and send what it had not
-        flushed, or fail (cancel). A transfer caught in finalizing_success is
-        verified again.
+        Downloads fail (the disk is unlocked). Uploads pause so the client
+        can resume and send what it had not flushed; their inactivity clock
+        restarts now, and a client that does not come back within the
+        inactivity timeout gets the timeout policy (cancel: the transfer is
+        cancelled; legacy/pause: it stays paused). A transfer caught in
+        finalizing_success is verified again.
         """
         busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in TERMINAL}
         for disk in self.store.list("disk", lambda d: d["status"] == "locked"):
@@ -500,9 +555,8 @@ class TransferManager:
                 self._set(tid, phase="cancelled_system")
                 self._spawn(self._cleanup, tid)
                 continue
-            resumable = t["direction"] == "upload"
-            if resumable and t["timeout_policy"] in ("legacy", "pause"):
-                self._set(tid, phase="paused_system", active=False)
+            if t["direction"] == "upload":
+                self._set(tid, phase="paused_system", active=False, restored_at=time.time())
             else:
                 self._set(tid, phase="cancelled_system", active=False)
                 self._spawn(self._cleanup, tid)

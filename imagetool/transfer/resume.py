@@ -98,6 +98,7 @@ class UploadResume:
                     f"{jpath}); run the same command with --resume to continue it, "
                     f"or delete the journal (rm {jpath}) to start over")
             if gone:
+                _refuse_same_named(conn, path, target)
                 log.warning("%s: the disk %s of the interrupted upload no longer "
                             "exists (its transfer was cancelled); starting over with "
                             "a new disk", path, gone)
@@ -115,6 +116,8 @@ class UploadResume:
                     f"({j.data.get('plan')}); use the same ones, or delete the "
                     f"journal (rm {jpath}) to start over")
             return cls(j, resumed=True, resume=True)
+        if resume:
+            _refuse_same_named(conn, path, target)
         return cls(new_journal(), resumed=False, resume=resume)
 
     @property
@@ -168,6 +171,50 @@ class UploadResume:
                                 f"continue the upload")
             err.exit_code = exc.exit_code
             raise err from exc
+
+
+def _refuse_same_named(conn: Any, path: str, target: str) -> None:
+    """With --resume and no journal to continue: refuse when the storage
+    domain already has a disk of that name.
+
+    Without a journal nothing proves that disk holds a part of this file
+    (the journal of a plain upload is dropped when it fails, e.g. while
+    the engine was down), so it is neither reused nor silently doubled by
+    a second disk of the same name.
+    """
+    if "/" not in target:
+        return          # a disk id: the engine refuses a second disk with it
+    sd_name, name = target.split("/", 1)
+    try:
+        sd = conn.storage_domains.find(sd_name)
+        disks = [d for d in conn.disks.list(search=f"name={name}")
+                 if name in (d.name, getattr(d, "alias", None))
+                 and (not d.storage_domain_ids or sd.id in d.storage_domain_ids)]
+    except ImagetoolError as e:
+        log.debug("cannot look for disks named %r: %s", name, e)
+        return
+    if not disks:
+        return
+    disk = disks[0]
+    held = [t for t in _transfers_of(conn, disk.id)
+            if not (t.phase or "").startswith("finished")]
+    steps = []
+    if held:
+        steps.append(f"cancel its transfer (imagetool transfers cancel {held[0].id})")
+    steps.append(f"remove it (imagetool disks remove --yes {disk.id})")
+    raise JournalError(
+        f"{path}: --resume found no interrupted upload of this file to continue, "
+        f"but storage domain {sd_name} already has a disk named {name!r} "
+        f"({disk.id}, status {disk.status}); nothing proves it holds this file: "
+        f"if it is a leftover, {' and '.join(steps)} and upload again, or "
+        f"upload with another --name")
+
+
+def _transfers_of(conn: Any, disk_id: str) -> list[Any]:
+    try:
+        return [t for t in conn.transfers.list() if t.disk_id == disk_id]
+    except ImagetoolError:
+        return []
 
 
 # Phases of a transfer on its way to finished_failure (the disk is then

@@ -128,7 +128,9 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
     disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
             "provisioned_size": provisioned_size, "initial_size": initial_size,
             "sparse": sparse, "content_type": content_type, "backup": backup,
-            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start}
+            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start,
+            # Holds no data yet: an upload into it that fails removes it.
+            "empty": True}
     with engine.store.transaction():
         engine.store.put("volume", {"id": vol_id, "disk_id": disk_id, "sd_id": sd["id"],
                                     "format": fmt, "parent_id": None, "snapshot_id": None,
@@ -320,9 +322,17 @@ def merge_down(engine, disk: dict, lower_id: str) -> None:
     parent_fmt = None
     if parent_id:
         parent_fmt = "qcow2" if store.get("volume", parent_id)["format"] == "cow" else "raw"
+    # Guest data through the recorded chain, never the headers' backing names.
+    reader = st.open_volume(upper)
+    try:
+        parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
+    except BaseException:
+        reader.close()
+        raise
     merge_layer(st.volume_path(disk["sd_id"], disk["id"], lower_id),
                 st.volume_path(disk["sd_id"], disk["id"], upper["id"]),
-                parent_id, parent_fmt, disk["provisioned_size"])
+                parent_id, parent_fmt, disk["provisioned_size"],
+                reader=reader, parent=parent)
     meta = st.read_meta(disk["sd_id"], disk["id"], upper["id"])
     st.write_meta(disk["sd_id"], disk["id"], upper["id"], dict(meta, parent=parent_id))
     store.update("volume", upper["id"], parent_id=parent_id)
