@@ -440,17 +440,35 @@ def _allocate(path: str, offset: int, length: int) -> None:
 
 
 def _sparse_copy(src: str, dst: str) -> None:
-    """Copy a file, skipping runs of zeros so the copy stays sparse."""
-    zero = bytes(COPY_CHUNK)
+    """Copy a file as it is allocated: holes stay holes, zero blocks are skipped.
+
+    Only the data regions (``SEEK_DATA``/``SEEK_HOLE``) are read, and a
+    64 KiB block of zeros inside them is left unwritten, so the copy never
+    takes more space than the original.
+    """
+    block = 64 << 10
+    zero = bytes(block)
     create_private(dst)
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        size = os.fstat(fi.fileno()).st_size
-        while True:
-            chunk = fi.read(COPY_CHUNK)
-            if not chunk:
+        fdi, fdo = fi.fileno(), fo.fileno()
+        size = os.fstat(fdi).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fdi, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data past offset
                 break
-            if chunk == zero[:len(chunk)]:
-                fo.seek(len(chunk), os.SEEK_CUR)
-            else:
-                fo.write(chunk)
+            end = os.lseek(fdi, start, os.SEEK_HOLE)
+            pos = start
+            while pos < end:
+                chunk = os.pread(fdi, min(COPY_CHUNK, end - pos), pos)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                for i in range(0, len(chunk), block):
+                    part = view[i:i + block]
+                    if part != zero[:len(part)]:
+                        os.pwrite(fdo, part, pos + i)
+                pos += len(chunk)
+            offset = end
         fo.truncate(size)
