@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError, NotFound, TransferError
+from imagetool.phases import ACTIVE, FAILING, PAUSED
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
                                         source_identity)
@@ -31,9 +32,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_JOURNAL_SUFFIX = ".imagetool-journal"
 DOWNLOAD_PART_SUFFIX = ".imagetool-part"
-# Transfers in these phases can carry on after a resume action or as they are.
 _PLAN_KEYS = ("transfer_format", "disk_format")
-_REUSABLE = ("transferring", "resuming", "paused_user", "paused_system", "initializing")
 
 
 def journals_dir() -> str:
@@ -170,11 +169,6 @@ class UploadResume:
             raise err from exc
 
 
-# Phases of a transfer on its way to finished_failure (the disk is then
-# unlocked, or removed when the transfer created it).
-_ENDING = ("cancelled", "finalizing_cleanup", "finished_cleanup", "finalizing_failure")
-
-
 def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None:
     """The journal's disk id when the engine removed that disk, else None.
 
@@ -191,7 +185,7 @@ def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None
             phase = conn.transfers.get(transfer_id).phase or ""
         except NotFound:
             break
-        if not phase.startswith(_ENDING):
+        if phase not in FAILING:
             break
         time.sleep(0.2)
     try:
@@ -283,8 +277,8 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
             t = conn.transfers.get(transfer_id)
         except NotFound:
             t = None
-    if t is not None and t.phase in _REUSABLE:
-        if t.phase.startswith("paused"):
+    if t is not None and t.phase in ACTIVE:
+        if t.phase in PAUSED:
             conn.transfers.resume(transfer_id)
         return transfer_id
     if t is not None and not t.phase.startswith("finished"):

@@ -24,16 +24,12 @@ import time
 from typing import Any, Callable
 
 from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
-from imagetool.engine.wait import (FAILURE_PHASES, wait_for_disk,
-                                   wait_for_disk_unlocked,
+from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
                                    wait_for_transfer_phase)
+from imagetool.phases import ENDED, STOPPED
 
 log = logging.getLogger(__name__)
 
-# Phases in which the copy cannot go on.
-_STOP_PHASES = FAILURE_PHASES | {"paused_system", "paused_user", "finished_success"}
-_ENDED_PHASES = frozenset({"finished_failure", "finished_cleanup", "finished_success",
-                           "cancelled"})
 
 
 class TransferSession:
@@ -258,7 +254,7 @@ class TransferSession:
             return True
         except ImagetoolError:
             return False
-        return t.phase in _ENDED_PHASES
+        return t.phase in ENDED
 
     def _wait_ended(self) -> None:
         deadline = time.monotonic() + self.cleanup_timeout
@@ -268,7 +264,7 @@ class TransferSession:
                 t = self.conn.transfers.get(self.transfer_id)
             except NotFound:
                 return
-            if t.phase in _ENDED_PHASES:
+            if t.phase in ENDED:
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
@@ -299,7 +295,7 @@ class TransferSession:
         except NotFound:
             self._stopped_by_system("the transfer disappeared from the engine")
             return
-        if t.phase in _STOP_PHASES:
+        if t.phase in STOPPED:
             self._stopped_by_system(f"the engine moved the transfer to phase {t.phase}")
 
     def _stopped_by_system(self, reason: str) -> None:
