@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError, NotFound, TransferError
+from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
@@ -37,7 +38,6 @@ _PLAN_KEYS = ("transfer_format", "disk_format")
 
 def journals_dir() -> str:
     """Where upload journals live: ``$IMAGETOOL_HOME/journals``."""
-    from imagetool.server.local import default_data_dir
     return os.path.join(default_data_dir(), "journals")
 
 
