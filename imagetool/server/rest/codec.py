@@ -16,7 +16,7 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from imagetool.server.rest.router import ApiError
+from imagetool.server.rest.errors import ApiError
 
 _IRREGULAR = {"properties": "property", "statuses": "status", "addresses": "address"}
 _ATTRS = ("id", "href", "rel")
