@@ -36,11 +36,9 @@ from typing import Callable, Iterator, Mapping
 
 from imagetool.errors import FormatError
 from imagetool.formats.base import Backend
+from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 DEFAULT_ALGORITHM = "blake2b"
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
-MIN_BLOCK_SIZE = 1024 * 1024
-MAX_BLOCK_SIZE = 16 * 1024 * 1024
 # blake2 digests are truncated to 32 bytes, as imageio does.
 _DIGEST_SIZE = {"blake2b": 32, "blake2s": 32}
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import socket
 import ssl
@@ -32,28 +31,24 @@ from typing import Callable
 
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
+from imagetool.imageio import protocol
+from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
+                                        FEATURES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+                                        format_content_range, parse_content_range)
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
 
-ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
-READ_FEATURES = ["checksum", "extents"]
-# Our own extensions, listed apart from imageio's "features" (see above).
-EXTENSIONS_KEY = "imagetool_features"
-CHECKSUM_AHEAD = "checksum-ahead"
+ALL_FEATURES = list(FEATURES)
+READ_FEATURES = list(protocol.READ_FEATURES)
 DEFAULT_MAX_READERS = 8
 DEFAULT_MAX_WRITERS = 8
-MIN_BLOCK_SIZE = 1024 * 1024
-MAX_BLOCK_SIZE = 16 * 1024 * 1024
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 _MAX_PATCH_BODY = 16 * 1024
 # Write raw files with O_DIRECT where possible (see _writer); tests may turn it off.
 DIRECT_IO = os.environ.get("IMAGETOOL_DATAPLANE_DIRECT_IO", "1") != "0"
 _DIRECT_ALIGN = 4096
 _FORBIDDEN = "You are not allowed to access this resource: "
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
 
 
 @dataclass
@@ -114,22 +109,11 @@ def options_all(ctx: Context) -> None:
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:
     """``bytes=A-B`` / ``bytes=A-`` -> (offset, length); 416 otherwise."""
-    unsatisfiable = {"Content-Range": f"bytes */{size}"}
-    m = _RANGE_RE.match(header.strip())
-    if not m:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: only one bytes=first-[last] "
-                        "range is supported", unsatisfiable)
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else size - 1
-    if first > last:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: first > last", unsatisfiable)
-    if last >= size:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: image size is {size}",
-                        unsatisfiable)
-    return first, last - first + 1
+    try:
+        return protocol.parse_range(header, size)
+    except ValueError as e:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, str(e),
+                        {"Content-Range": format_content_range(None, size=size)}) from None
 
 
 def get(ctx: Context, ticket: Ticket) -> int:
@@ -142,7 +126,7 @@ def get(ctx: Context, ticket: Ticket) -> int:
     else:
         offset, length = _parse_range(rng, size)
         status = 206
-        headers = {"Content-Range": f"bytes {offset}-{offset + length - 1}/{size}"}
+        headers = {"Content-Range": format_content_range(offset, length, size)}
     headers["Content-Type"] = "application/octet-stream"
     headers["Content-Length"] = str(length)
     conn = ctx.conn
@@ -217,11 +201,13 @@ def put(ctx: Context, ticket: Ticket) -> int:
     if header is None:
         offset = 0
     else:
-        m = _CONTENT_RANGE_RE.match(header.strip())
-        if not m:
+        try:
+            offset, last, _ = parse_content_range(header)
+        except ValueError:
+            offset = last = None
+        if offset is None or last is None:
             raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid Content-Range {header!r}",
                             close=True)
-        offset, last = int(m.group(1)), int(m.group(2))
         if last < offset or last - offset + 1 != length:
             raise HttpError(HTTPStatus.BAD_REQUEST,
                             f"Content-Range {header!r} does not match Content-Length "
@@ -229,7 +215,8 @@ def put(ctx: Context, ticket: Ticket) -> int:
     if offset + length > ticket.size:
         raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                         f"Requested range {offset}-{offset + length - 1} is past the "
-                        f"image size {ticket.size}", {"Content-Range": f"bytes */{ticket.size}"},
+                        f"image size {ticket.size}",
+                        {"Content-Range": format_content_range(None, size=ticket.size)},
                         close=True)
     flush = _flush_param(req)
     backend = ticket.backend()
@@ -397,7 +384,7 @@ def patch(ctx: Context, ticket: Ticket) -> int:
             raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                             f"Requested range {offset}-{offset + size - 1} is past the "
                             f"image size {ticket.size}",
-                            {"Content-Range": f"bytes */{ticket.size}"})
+                            {"Content-Range": format_content_range(None, size=ticket.size)})
         if size:
             ahead = ticket.checksum_ahead
             if ahead is not None:

@@ -359,7 +359,7 @@ def announce_upload_checksum(dst: Any, algorithm: str,
     nothing); a refusal is not an error (the final checksum then reads
     everything back). True when the server accepted.
     """
-    from imagetool.imageio.client import CHECKSUM_AHEAD
+    from imagetool.imageio.protocol import CHECKSUM_AHEAD
 
     client = getattr(dst, "client", None)
     if client is None or "checksum" not in getattr(dst, "features", ()):
