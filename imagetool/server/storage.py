@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 
+from imagetool.formats import qcow2
 from imagetool.formats.base import copy_range
 from imagetool.server.store import Store
 
@@ -174,7 +175,7 @@ class Storage:
             if not disk.get("sparse", True) and size > old:
                 _allocate(path, old, size - old)
             return
-        grow_qcow2(path, size)
+        qcow2.grow(path, size)
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
@@ -228,26 +229,6 @@ def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append([start, end])
     return [(a, b) for a, b in out]
-
-
-def grow_qcow2(path: str, size: int) -> None:
-    """Raise a qcow2 image's virtual size in place when its L1 table covers it.
-
-    Growing needs no new metadata as long as the existing L1 table maps the
-    new size; otherwise the engine refuses (ValueError).
-    """
-    with open(path, "r+b") as f:
-        header = f.read(40)
-        if header[:4] != b"QFI\xfb":
-            raise ValueError("volume is not a qcow2 image")
-        cluster_bits = int.from_bytes(header[20:24], "big")
-        l1_size = int.from_bytes(header[36:40], "big")
-        cluster = 1 << cluster_bits
-        capacity = l1_size * (cluster // 8) * cluster
-        if size > capacity:
-            raise ValueError(f"cannot grow qcow2 volume beyond {capacity} bytes in place")
-        f.seek(24)
-        f.write(size.to_bytes(8, "big"))
 
 
 def copy_guest_data(src: str, dst: str, fmt: str, size: int) -> None:
