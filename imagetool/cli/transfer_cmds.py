@@ -16,7 +16,7 @@ import click
 from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import Bars, run_jobs
-from imagetool.errors import ImagetoolError
+from imagetool.errors import DestinationExists
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_size
 
@@ -200,7 +200,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
         if not force:
             for p in paths:
                 if os.path.exists(p):
-                    raise ImagetoolError(f"{p}: file exists (use --force to overwrite)")
+                    raise DestinationExists(p)
         bars = Bars([(d.name or d.id, d.provisioned_size or 0) for d in found])
         try:
             tasks = [

@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterator
 
-from imagetool.errors import FormatError
+from imagetool.errors import DestinationExists, FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.fsutil import fsync_dir
@@ -34,10 +34,6 @@ DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
 # clusters, as qemu-img convert does.
 ZERO_GRANULARITY = 64 * 1024
 OUT_FORMATS = ("raw", "qcow2")
-
-
-class DestinationExists(FormatError):
-    """The destination file exists and overwriting it was not asked for."""
 
 
 def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -63,9 +59,9 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
         if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
             raise FormatError("source and destination are the same file", dst_path)
         if not force:
-            raise DestinationExists("already exists (use --force to overwrite)", dst_path)
+            raise DestinationExists(dst_path)
         if os.path.isdir(dst_path):
-            raise FormatError("is a directory", dst_path)
+            raise DestinationExists(dst_path, "is a directory")
 
     from imagetool.formats import open_image
 
