@@ -2,7 +2,7 @@
 
 The guest bytes are split into ``block_size`` blocks (the last one may be
 shorter); each block is hashed on its own, and the checksum is the hash of
-the concatenated block digests (``shared/reference/checksum.md``). The value
+the concatenated block digests (ovirt-imageio docs, "Checksum"). The value
 depends only on the guest bytes, so a raw file and a qcow2 image holding the
 same data give the same checksum, equal to ``ovirt_imageio.client.checksum``
 and to an imageio server's ``GET /images/<ticket>/checksum``.

@@ -1,4 +1,5 @@
-"""Services of the engine API used by imagetool (a subset of the seed's).
+"""Services of the engine API used by imagetool (a subset of the
+oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
 ``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,

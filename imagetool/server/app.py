@@ -2,7 +2,7 @@
 
 ``EngineServer`` ties together the inventory (``store``), the storage domains
 (``storage``), the transfer state machine (``transfers``), the data plane
-(H3's ``DataPlaneServer``) and an HTTP(S) server for ``/ovirt-engine/...``.
+(``dataplane.DataPlaneServer``) and an HTTP(S) server for ``/ovirt-engine/...``.
 """
 
 from __future__ import annotations

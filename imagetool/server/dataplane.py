@@ -1,7 +1,7 @@
 """The local engine's imageio data plane: serves tickets' backends over HTTP(S).
 
 A threaded server (one thread per connection) speaking the imageio protocol
-(see /work/shared/reference/imageio-protocol.md and ``dataplane_images``).
+(ovirt-imageio docs, "Images API"; the handlers are in ``dataplane_images``).
 The control plane adds ``Ticket``s to the registry and hands out
 ``f"{server.url}/images/{ticket.uuid}"`` as the transfer URL.
 """

@@ -1,5 +1,5 @@
-"""Image transfers (seed 6.100-6.103): add, list, get and the actions
-extend, pause, resume, finalize, cancel. The state machine lives in
+"""Image transfers (oVirt REST API guide: ImageTransfers, ImageTransfer): add,
+list, get and the actions extend, pause, resume, finalize, cancel. The state machine lives in
 ``server/transfers.py``; this module validates input and renders."""
 
 from __future__ import annotations

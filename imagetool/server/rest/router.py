@@ -94,7 +94,7 @@ class Router:
         raise _unknown(path)
 
 
-# Seed services the local engine does not implement (501 names them).
+# Services of the oVirt REST API the local engine does not implement (501 names them).
 _UNIMPLEMENTED = {
     "affinitylabels", "bookmarks", "clusterlevels", "cpuprofiles", "diskprofiles", "domains", "events", "externalhostproviders",
     "groups", "icons", "instancetypes", "katelloerrata", "macpools",
@@ -112,7 +112,7 @@ _SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hook
             "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 
 
-# Seed actions on implemented entities that the local engine does not do.
+# Actions of the oVirt REST API on implemented entities that the local engine does not do.
 _ACTIONS = {"export", "reduce", "refreshlun", "sparsify", "activate", "deactivate",
             "refresh", "refreshluns", "updateovfstore", "reduceluns", "start", "stop",
             "shutdown", "commit", "preview", "undo", "import", "clone", "migrate"}
