@@ -149,9 +149,9 @@ def get(ctx: Context, ticket: Ticket) -> int:
 
 
 # Plain-HTTP GETs of raw files: the kernel moves file pages to the socket
-# (no read into our buffer, no copy from it): measured 1.3x the O_DIRECT
-# read + sendall path on an uncached 1 GiB file. Not for TLS (the bytes must
-# pass through OpenSSL).
+# (no read into our buffer, no copy from it), faster than the O_DIRECT read
+# + sendall path (benchmarks/transfer_results.md). Not for TLS (the bytes
+# must pass through OpenSSL).
 _SENDFILE = hasattr(os, "sendfile") and hasattr(select, "poll")
 
 

@@ -82,7 +82,7 @@ class SharedBackend:
     After each write the kernel is told to write those pages back and drop
     them (POSIX_FADV_DONTNEED): dirty pages no longer pile up until the
     kernel throttles every writer, and a download does not evict the page
-    cache. Measured 1.1-1.8x faster for multi-GiB downloads here.
+    cache (faster for multi-GiB downloads: benchmarks/transfer_results.md).
     Better still, writes whose offset, length and buffer address are
     page-aligned (the copier's buffers are) go through a second O_DIRECT
     descriptor: no copy into the page cache, which was half of a

@@ -110,8 +110,8 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
         shared = SharedBackend(dst)
     try:
         # With few connections, writing the local file while the next
-        # request is read measured ~1.4x faster; with more, workers overlap
-        # each other anyway.
+        # request is read is faster (benchmarks/transfer_results.md); with
+        # more, workers overlap each other anyway.
         stats = copy(src, shared, workers=workers, request_size=request_size,
                      dst_is_zero=True, progress=progress,
                      cancel_event=cancel_event, detect_zeroes=True,

@@ -25,8 +25,9 @@ What is compared:
 Algorithm: the block checksum works with any hash both sides offer. Where
 the server offers it, verification uses whichever of sha256 and blake2b
 (imageio's default) hashes faster on this machine, measured once on 4 MiB
-(with SHA extensions sha256 runs ~6x faster than blake2b in CPython, and
-both sides hash every data byte, so this is most of verification's cost).
+(with SHA extensions sha256 is much faster than blake2b in CPython, see
+benchmarks/README.md, and both sides hash every data byte, so this is most
+of verification's cost).
 The algorithm used is in the result; ``checksum --disk`` keeps blake2b.
 
 Checksum ahead: before an upload's copy, a server listing the
@@ -204,8 +205,8 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
 # Hash an upload's source while the copy runs (True) or after it, while the
 # server hashes (False). The copy mostly waits on sockets and storage, so
 # hashing beside it is nearly free; after it, our hashing competes with the
-# server's for the CPUs (benchmarks/compare_verify.py, 1 GiB half data, 2
-# busy CPUs: +13%/+33% vs +87%/+63% in two runs of 5).
+# server's for the CPUs (benchmarks/README.md, "Cost of end-to-end
+# verification").
 PARALLEL_UPLOAD_HASH = True
 
 # Candidates for verification, fastest first once measured.
