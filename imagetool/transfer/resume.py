@@ -303,14 +303,10 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                        verify: bool = False, shallow: bool = False) -> tuple[Any, Any]:
     """A raw download that can continue after a kill: journal + stable partial file.
 
-    ``path`` appears only when complete; until then data goes to
-    ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``,
-    with or without ``resume``, so a killed download can always be
-    continued with ``resume``. A journal found without ``resume`` is an
-    error (reported, never reused nor deleted). After a handled failure
-    (error, Ctrl-C) both files are kept with ``resume`` and removed
-    without it; after a checksum mismatch they are always removed (the
-    data is complete but wrong: resuming cannot fix it).
+    What it leaves behind (the partial file and journal, on a kill, a
+    handled failure or a checksum mismatch) is the contract written in
+    ``download.download_disk``; a checksum mismatch always removes both
+    because the data is complete but wrong, and resuming cannot fix it.
     ``shallow`` (with ``snapshot_id``) downloads that layer only; the
     journal records it and a resume with another setting is refused.
     ``verify`` compares the file's checksum with the server's before
