@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Mapping
 
 from imagetool.errors import FormatError
+from imagetool.formats import open_image
 from imagetool.formats.base import Backend
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
@@ -207,8 +208,6 @@ def checksum_file(path: str | os.PathLike, format: str | None = None,
 
     Keyword arguments are those of :func:`checksum`.
     """
-    from imagetool.formats import open_image
-
     backend = open_image(path, "r", format=format)
     try:
         return checksum(backend, **kw)

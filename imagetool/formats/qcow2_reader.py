@@ -29,6 +29,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats import qcow2
 from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.detect import detect
 from imagetool.formats.raw import RawBackend
 
 DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
@@ -147,7 +148,6 @@ class Qcow2Backend:
                 self.path)
         fmt = h.backing_format
         if fmt is None:
-            from imagetool.formats.detect import detect
             fmt = detect(bpath)
         if fmt == "raw":
             return RawBackend(bpath, "r")

@@ -43,6 +43,7 @@ from array import array
 from typing import Iterator
 
 from imagetool.errors import FormatError
+from imagetool.formats import open_image
 from imagetool.formats.base import Extent, merge_extents
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
@@ -445,8 +446,6 @@ class Qcow2Writer:
     def _backing_backend(self):
         """The backing file's guest data (chain aware), opened once on demand."""
         if self._backing is None:
-            from imagetool.formats import open_image
-
             path = os.path.join(os.path.dirname(os.path.abspath(self.path)),
                                 self.backing_file)
             try:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
@@ -24,6 +26,7 @@ from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
+from imagetool.server.tls import ensure_pki, server_context
 from imagetool.server.transfers import TransferManager
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,6 @@ def load_or_create_password(data_dir: str, password: str | None = None,
 
 def _try_lock(path: str):
     """An open file holding an exclusive flock on ``path``, or None if taken."""
-    import fcntl
     f = open(path, "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,7 +112,6 @@ class EngineServer:
         self.pki = None
         self.ssl_context: ssl.SSLContext | None = None
         if tls:
-            from imagetool.server.tls import ensure_pki, server_context
             self.pki = ensure_pki(self.data_dir, [self.public_host])
             self.ssl_context = server_context(self.pki)
         self.dataplane = None
@@ -175,7 +176,6 @@ class EngineServer:
         return self
 
     def _start(self) -> None:
-        from imagetool.server.dataplane import DataPlaneServer
         self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
                                          ssl_context=self.ssl_context)
         self.dataplane.start()

@@ -15,8 +15,10 @@ import shutil
 import time
 import uuid
 
-from imagetool.formats import qcow2
+from imagetool.formats import open_image, qcow2
 from imagetool.formats.base import copy_range
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
 from imagetool.server.store import Store
 
 COPY_CHUNK = 4 << 20
@@ -88,7 +90,6 @@ class Storage:
                 if preallocate and size:
                     os.posix_fallocate(f.fileno(), 0, size)
         else:
-            from imagetool.formats.qcow2_writer import Qcow2Writer
             backing_fmt = None
             if parent_id is not None:
                 meta = self.read_meta(sd_id, disk_id, parent_id)
@@ -188,8 +189,6 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     chain's guest data. Written to a temporary file first, so a crash leaves
     the chain as it was.
     """
-    from imagetool.formats import open_image
-    from imagetool.formats.qcow2_writer import Qcow2Writer
     tmp = upper + ".merging"
     reader = open_image(upper, "r", format="qcow2")
     try:
@@ -213,7 +212,6 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
 
 def _allocated(path: str) -> list[tuple[int, int]]:
     """Ranges allocated in this qcow2 layer alone (data or explicit zeros)."""
-    from imagetool.formats import open_image
     reader = open_image(path, "r", shallow=True)
     try:
         return [(e.start, e.end) for e in reader.extents() if not e.hole]
@@ -233,16 +231,13 @@ def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def copy_guest_data(src: str, dst: str, fmt: str, size: int) -> None:
     """Copy guest data of ``src`` (any chain) into a new raw or qcow2 ``dst``."""
-    from imagetool.formats import open_image
     reader = open_image(src, "r")
     try:
         if fmt == "raw":
             with open(dst, "wb") as f:
                 f.truncate(size)
-            from imagetool.formats.raw import RawBackend
             writer = RawBackend(dst, mode="r+")
         else:
-            from imagetool.formats.qcow2_writer import Qcow2Writer
             writer = Qcow2Writer.create(dst, size)
         try:
             buf = bytearray(COPY_CHUNK)

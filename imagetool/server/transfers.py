@@ -20,7 +20,10 @@ import threading
 import time
 from typing import Any, Callable
 
+from imagetool.formats import inspect, open_image
 from imagetool.formats.base import copy_range
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
 from imagetool.server.store import Store
 from imagetool.server.storage import Storage, new_id
@@ -150,8 +153,6 @@ class TransferManager:
 
     def _open_backend(self, t: dict) -> tuple[Callable[[], Any], int, tuple[str, ...]]:
         """(opener, ticket size, ops) for a transfer's ticket."""
-        from imagetool.formats import open_image
-        from imagetool.formats.raw import RawBackend
         path = self._volume_path(t)
         disk = self.store.get("disk", t["disk_id"])
         vol_fmt = self.storage.read_meta(t["sd_id"], t["disk_id"], t["volume_id"]).get(
@@ -172,7 +173,6 @@ class TransferManager:
                     disk["provisioned_size"] // 64 + COW_OVERHEAD
                 backend = RawBackend(path, "r+")
             return (lambda: backend), size, ops
-        from imagetool.formats.qcow2_writer import Qcow2Writer
         parent = self.store.get("volume", t["volume_id"]).get("parent_id")
         backing_fmt = None
         if parent:
@@ -343,7 +343,6 @@ class TransferManager:
 
     def verify_upload(self, t: dict) -> None:
         """Check the uploaded volume; raise ValueError saying what is wrong."""
-        from imagetool.formats import inspect
         disk = self.store.get("disk", t["disk_id"])
         vol = self.store.get("volume", t["volume_id"])
         vol_fmt = vol["format"]
@@ -377,7 +376,6 @@ class TransferManager:
     @staticmethod
     def _check_qcow2(path: str) -> None:
         """Open the image's metadata fully so a corrupt table fails here."""
-        from imagetool.formats import open_image
         backend = open_image(path, "r", format="qcow2", shallow=True)
         try:
             for _ in backend.extents():
@@ -508,7 +506,6 @@ class TransferManager:
 
 def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
-    from imagetool.formats import open_image
     reader = open_image(src, "r", format="qcow2", shallow=True)
     try:
         buf = bytearray(4 << 20)
