@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
+from imagetool import checksum as block_checksum
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio import protocol
@@ -441,16 +442,8 @@ def extents(ctx: Context, ticket: Ticket) -> int:
     return 0
 
 
-def _checksum_module():
-    try:
-        from imagetool import checksum as mod
-    except ImportError:
-        raise HttpError(HTTPStatus.NOT_FOUND, "Checksum is not available on this server")
-    return mod
-
-
 def checksum(ctx: Context, ticket: Ticket) -> int:
-    mod = _checksum_module()
+    mod = block_checksum
     query = ctx.req.query
     algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
@@ -501,7 +494,7 @@ def _direct_capable(backend) -> bool:
 
 def _announce(ticket: Ticket, backend, msg: dict) -> None:
     """Start hashing the ticket's flushed blocks for the announced checksum."""
-    mod = _checksum_module()
+    mod = block_checksum
     algorithm = _check_algorithm(mod, msg.get("algorithm"))
     block_size = _check_block_size(_int_field(msg, "block_size"))
     if not _direct_capable(backend):
@@ -594,6 +587,6 @@ class _DirectReads:
 
 
 def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:
-    mod = _checksum_module()
+    mod = block_checksum
     ctx.conn.send_json({"algorithms": sorted(mod.ALGORITHMS)}, close=ctx.close)
     return 0

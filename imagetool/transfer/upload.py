@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
                               UnsupportedFeature)
+from imagetool.formats.measure import measure
 from imagetool.transfer import resume as resume_mod
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.output import SharedBackend
@@ -62,10 +63,6 @@ def _check_file(path: str) -> Any:
 
 def _measure(path: str) -> int | None:
     """Space a sparse qcow2 volume needs for this image (qemu-img measure "required")."""
-    try:
-        from imagetool.formats.measure import measure
-    except ImportError:
-        return None
     return int(measure(path, out_format="qcow2")["required"])
 
 
