@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 from imagetool.errors import ImagetoolError, TransferError
 from imagetool.formats.base import Backend, Extent
+from imagetool.transfer.journal import skip_done
 
 MiB = 1 << 20
 DEFAULT_REQUEST_SIZE = 8 * MiB
@@ -368,7 +369,6 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
                         dst_zero=_supports_zero(dst))
         if skip_ranges:
             # A resume: ranges a journal knows are done are not sent again.
-            from imagetool.transfer.journal import skip_done
             requests = skip_done(requests, skip_ranges)
         for req in requests:
             if req.op == "skip":

@@ -21,13 +21,20 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.errors import ImagetoolError, NotFound, TransferError
+from imagetool.engine.wait import wait_for_disk_unlocked
+from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
+from imagetool.formats.raw import RawBackend
+from imagetool.fsutil import fsync_dir
 from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
+from imagetool.transfer import verify as verifying
+from imagetool.transfer.copier import CopyCancelled, copy
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
                                         source_identity)
+from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.retry import RetryingBackend, RetryPolicy
+from imagetool.transfer.session import TransferSession
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +276,6 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
     A transfer that ended, failed or vanished cannot be reused: the caller
     then starts a new one after the disk is unlocked.
     """
-    from imagetool.engine.wait import wait_for_disk_unlocked
-
     t = None
     if transfer_id:
         try:
@@ -312,8 +317,6 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
     ``verify`` compares the file's checksum with the server's before
     finalizing. Returns (CopyStats, Verification or None).
     """
-    from imagetool.errors import ChecksumMismatch
-    from imagetool.fsutil import fsync_dir
 
     jpath, part = download_paths(path)
     if os.path.exists(jpath) and not resume:
@@ -393,10 +396,6 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
                    policy: RetryPolicy | None, verify: bool, shallow: bool,
                    what: str) -> tuple[Any, Any]:
     """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
-    from imagetool.formats.raw import RawBackend
-    from imagetool.transfer.copier import CopyCancelled, copy
-    from imagetool.transfer.output import SharedBackend
-    from imagetool.transfer.session import TransferSession
 
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
                               direction="download", format="raw", shallow=shallow or None,
@@ -433,7 +432,6 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
             shared.close()
         verification = None
         if verify:
-            from imagetool.transfer import verify as verifying
             verification = verifying.verify_download(src, part, what=what)
     return stats, verification
 

@@ -26,6 +26,8 @@ from typing import Any, Callable
 from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
 from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
                                    wait_for_transfer_phase)
+from imagetool.imageio.backend import HttpBackend
+from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
 
 log = logging.getLogger(__name__)
@@ -143,8 +145,6 @@ class TransferSession:
 
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
-        from imagetool.imageio.backend import HttpBackend
-        from imagetool.imageio.client import ImageioClient
 
         client = ImageioClient(
             self.url, proxy_url=self.proxy_url,
@@ -304,8 +304,6 @@ class TransferSession:
         self.cancel_event.set()
 
     def _ping_data_plane(self) -> None:
-        from imagetool.imageio.client import ImageioClient
-
         # A fresh client: the worker connections are busy or cached options
         # would not reach the server.
         client = ImageioClient(
