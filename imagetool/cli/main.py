@@ -3,7 +3,9 @@
 Each command family lives in its own module; this module registers the
 commands on the ``cli`` group and maps errors to exit codes:
 0 ok, 1 operation failed, 2 usage, 3 authentication or connection,
-130 interrupted.
+130 interrupted. A command imports the workflow it runs inside its
+function, so that every command (``--help`` included) starts without
+loading them all (benchmarks/README.md, "CLI start-up").
 """
 
 from __future__ import annotations
