@@ -9,6 +9,11 @@ The package is layered (imports only point down):
 - ``imagetool.formats``   local image files: detect, read, write, measure
 - ``imagetool.checksum``  imageio's block checksum over any backend
 - ``imagetool.server``    the local engine (``imagetool serve``)
+
+Facts both the client and the local engine use have one home below them:
+``imagetool.phases`` (ImageTransfer phases and moves), ``imagetool.paths``
+(the data directory), ``imagetool.imageio.protocol`` (the data-plane
+protocol), ``imagetool.formats.qcow2`` (the qcow2 layout).
 """
 
 __version__ = "0.1.0"

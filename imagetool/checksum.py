@@ -2,7 +2,7 @@
 
 The guest bytes are split into ``block_size`` blocks (the last one may be
 shorter); each block is hashed on its own, and the checksum is the hash of
-the concatenated block digests (``shared/reference/checksum.md``). The value
+the concatenated block digests (ovirt-imageio docs, "Checksum"). The value
 depends only on the guest bytes, so a raw file and a qcow2 image holding the
 same data give the same checksum, equal to ``ovirt_imageio.client.checksum``
 and to an imageio server's ``GET /images/<ticket>/checksum``.
@@ -35,12 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Mapping
 
 from imagetool.errors import FormatError
+from imagetool.formats import open_image
 from imagetool.formats.base import Backend
+from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 DEFAULT_ALGORITHM = "blake2b"
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
-MIN_BLOCK_SIZE = 1024 * 1024
-MAX_BLOCK_SIZE = 16 * 1024 * 1024
 # blake2 digests are truncated to 32 bytes, as imageio does.
 _DIGEST_SIZE = {"blake2b": 32, "blake2s": 32}
 
@@ -209,8 +208,6 @@ def checksum_file(path: str | os.PathLike, format: str | None = None,
 
     Keyword arguments are those of :func:`checksum`.
     """
-    from imagetool.formats import open_image
-
     backend = open_image(path, "r", format=format)
     try:
         return checksum(backend, **kw)

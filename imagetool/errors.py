@@ -35,6 +35,14 @@ class UnsupportedFeature(FormatError):
     """A valid image using a feature imagetool refuses (encryption, unknown bits)."""
 
 
+class DestinationExists(FormatError):
+    """A file to be written exists (or is a directory) and overwriting it was
+    not asked for: convert, download and url download all refuse so."""
+
+    def __init__(self, path: str, message: str = "file exists (use --force to overwrite)"):
+        super().__init__(message, path)
+
+
 # --- engine (control plane) ------------------------------------------------
 
 class EngineError(ImagetoolError):

@@ -26,7 +26,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 import click
 
+from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
+from imagetool.paths import default_data_dir, find_running_engine
 
 ENV_PREFIX = "IMAGETOOL_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -194,11 +196,8 @@ def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None
 def _local_engine_connection(env: Mapping[str, str] | None,
                              **conn_kwargs: Any) -> Iterator[Connection]:
     """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
-    # Imported here: the server package is heavy and only needed without an engine.
-    from imagetool.server import local
-
-    data_dir = local.default_data_dir()
-    info = local.find_running_engine(data_dir)
+    data_dir = default_data_dir()
+    info = find_running_engine(data_dir)
     if info:
         password = info.get("password")
         if password is None and info.get("password_file"):
@@ -209,7 +208,7 @@ def _local_engine_connection(env: Mapping[str, str] | None,
             conn.test()
             yield conn
         return
-    with local.LocalEngine(data_dir) as engine:
+    with in_process_engine(data_dir) as engine:
         with Connection(engine.url, username=engine.username, password=engine.password,
                         cafile=engine.cafile, **conn_kwargs) as conn:
             conn.test()

@@ -7,9 +7,9 @@ import click
 
 from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE,
                                 checksum, validate_block_size)
-from imagetool.cli.common import SIZE, emit_json, progress_bar
+from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.cli.main import cli
+from imagetool.cli.progress import progress_bar
 from imagetool.units import format_size
 
 _FILE = click.Path(dir_okay=False, path_type=str)
@@ -23,7 +23,7 @@ def _yes_no(v: bool | None) -> str:
     return "-" if v is None else ("true" if v else "false")
 
 
-@cli.command()
+@click.command()
 @click.argument("file", type=_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (keys as qemu-img info, snake_case).")
 def info(file: str, as_json: bool) -> None:
@@ -85,7 +85,7 @@ def _block_size(ctx, param, value: int) -> int:
     return value
 
 
-@cli.command("checksum")
+@click.command("checksum")
 @click.argument("file", type=_FILE, required=False)
 @click.option("--algorithm", "-a", default=DEFAULT_ALGORITHM, show_default=True,
               type=click.Choice(sorted(ALGORITHMS), case_sensitive=False),
@@ -156,7 +156,7 @@ def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
         click.echo(f"{result['checksum']}  disk {found.name or ''} ({found.id})")
 
 
-@cli.command()
+@click.command()
 @click.argument("file", type=_FILE)
 @click.option("-O", "--output-format", "out_format", default="qcow2", show_default=True,
               type=click.Choice(["raw", "qcow2"]), help="Format to measure for.")
@@ -185,7 +185,7 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
         click.echo(f"fully allocated size: {result['fully-allocated']}")
 
 
-@cli.command()
+@click.command()
 @click.argument("src", type=_FILE)
 @click.argument("dst", type=click.Path(path_type=str))
 @click.option("-O", "--output-format", "out_format", required=True,

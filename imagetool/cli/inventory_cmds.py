@@ -9,7 +9,6 @@ import click
 
 from imagetool.cli.common import emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.cli.main import cli
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
 from imagetool.units import format_size
@@ -43,7 +42,7 @@ def _show(d: dict[str, Any]) -> str:
 
 # --- disks -----------------------------------------------------------------
 
-@cli.group()
+@click.group()
 def disks() -> None:
     """List, show and remove disks."""
 
@@ -130,7 +129,7 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
 
 # --- storage domains -------------------------------------------------------
 
-@cli.group()
+@click.group()
 def sds() -> None:
     """Storage domains."""
 
@@ -159,7 +158,7 @@ def sds_list(as_json: bool, engine: EngineOptions) -> None:
 
 # --- transfers -------------------------------------------------------------
 
-@cli.group()
+@click.group()
 def transfers() -> None:
     """Image transfers the engine knows about."""
 

@@ -1,17 +1,36 @@
-"""``imagetool serve``: run the local oVirt-compatible engine in the foreground."""
+"""``imagetool serve``: run the local oVirt-compatible engine in the foreground.
+
+Also the one place outside ``imagetool.server`` that starts that engine:
+in the foreground here, or in-process for a command run with no engine
+configured (``in_process_engine``). The server package is imported only
+when an engine starts: it adds about half again to every command's import
+time (benchmarks/README.md).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import click
 
-from imagetool.cli.main import cli
+from imagetool.paths import default_data_dir, find_running_engine
 
 
-@cli.command("serve")
+@contextmanager
+def in_process_engine(data_dir: str) -> Iterator[Any]:
+    """A ``LocalEngine`` serving ``data_dir`` from this process until the block ends."""
+    from imagetool.server.local import LocalEngine
+
+    with LocalEngine(data_dir) as engine:
+        yield engine
+
+
+
+@click.command("serve")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Images and inventory (default: $IMAGETOOL_HOME or ~/.local/share/imagetool).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -36,9 +55,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
     Disks live under DATA_DIR/<storage-domain-id>/images, the inventory in
     DATA_DIR/inventory.db. Stop with Ctrl-C or SIGTERM.
     """
-    from imagetool.server.local import (default_data_dir, find_running_engine,
-                                        remove_lock_file, write_lock_file)
     from imagetool.server.app import EngineServer
+    from imagetool.server.local import remove_lock_file, write_lock_file
 
     data_dir = os.path.abspath(data_dir or default_data_dir())
     running = find_running_engine(data_dir)

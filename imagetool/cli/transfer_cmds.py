@@ -9,104 +9,24 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, bar_size, emit_json
+from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.cli.main import cli
-from imagetool.errors import ImagetoolError
+from imagetool.cli.progress import Bars, run_jobs
+from imagetool.errors import DestinationExists
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
+from imagetool.ids import is_uuid
 from imagetool.units import format_size
 
 
 def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An id option: oVirt ids are UUIDs (a disk id becomes a path on the engine)."""
-    from imagetool.server.rest.validate import UUID_RE
-    if value is None or UUID_RE.fullmatch(value):
+    if value is None or is_uuid(value):
         return value.lower() if value else value
     raise click.BadParameter(f"{value!a} is not a UUID", ctx=ctx, param=param)
-
-
-class Bars:
-    """One tqdm bar per image plus a total; nothing when not on a terminal.
-
-    ``stop`` is set on Ctrl-C: the next progress call of every transfer
-    then raises KeyboardInterrupt in its worker, which cancels it.
-    """
-
-    def __init__(self, items: Sequence[tuple[str, int]], enabled: bool | None = None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.bars: list[Any] = []
-        self.total = None
-        if self.enabled:
-            from tqdm import tqdm
-
-            kw = dict(unit="B", unit_scale=True, unit_divisor=1024,
-                      leave=True, file=sys.stderr, **bar_size(sys.stderr))
-            pos = 0
-            if len(items) > 1:
-                self.total = tqdm(total=sum(s for _, s in items), desc="total",
-                                  position=0, **kw)
-                pos = 1
-            self.bars = [tqdm(total=size, desc=_short(name), position=pos + i, **kw)
-                         for i, (name, size) in enumerate(items)]
-
-    def callback(self, index: int) -> Callable[[int], None]:
-        """The progress callback for image ``index``."""
-        def update(n: int) -> None:
-            if self.stop.is_set():
-                raise KeyboardInterrupt
-            if self.enabled:
-                with self.lock:
-                    self.bars[index].update(n)
-                    if self.total is not None:
-                        self.total.update(n)
-        return update
-
-    def close(self) -> None:
-        for b in self.bars + ([self.total] if self.total is not None else []):
-            b.close()
-
-
-def _short(name: str, width: int = 24) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
-
-
-def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[Any]:
-    """Run ``tasks`` ``jobs`` at a time; results (or exceptions) in order.
-
-    On Ctrl-C every running task is told to stop (through ``bars.stop``),
-    waited for (so each cancels its transfer), then KeyboardInterrupt is
-    raised.
-    """
-    results: list[Any] = [None] * len(tasks)
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = []
-    try:
-        futures = [pool.submit(t) for t in tasks]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2)
-    except KeyboardInterrupt:
-        bars.stop.set()
-        for f in futures:
-            f.cancel()
-        pool.shutdown(wait=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-    for i, f in enumerate(futures):
-        exc = f.exception()
-        if isinstance(exc, KeyboardInterrupt):
-            raise exc
-        results[i] = exc if exc is not None else f.result()
-    return results
 
 
 def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
@@ -143,7 +63,7 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
 
 # --- upload ------------------------------------------------------------------
 
-@cli.command()
+@click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--sd", "storage_domain", required=True, metavar="NAME",
               help="Storage domain (name or id) for the new disks.")
@@ -219,7 +139,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 
 # --- download ----------------------------------------------------------------
 
-@cli.command()
+@click.command()
 @click.argument("disks", nargs=-1, required=True)
 @click.argument("dest", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]), default="raw",
@@ -289,7 +209,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
         if not force:
             for p in paths:
                 if os.path.exists(p):
-                    raise ImagetoolError(f"{p}: file exists (use --force to overwrite)")
+                    raise DestinationExists(p)
         bars = Bars([(d.name or d.id, d.provisioned_size or 0) for d in found])
         try:
             tasks = [

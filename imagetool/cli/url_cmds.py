@@ -9,8 +9,7 @@ from __future__ import annotations
 import click
 
 from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.main import cli
-from imagetool.cli.transfer_cmds import Bars, run_jobs
+from imagetool.cli.progress import Bars, run_jobs
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_size
 
@@ -44,7 +43,7 @@ def _print_result(r, as_json: bool, verb: str) -> None:
                    f"({format_size(int(rate))}/s)")
 
 
-@cli.group()
+@click.group()
 def url() -> None:
     """Upload, download, checksum or describe one imageio URL."""
 

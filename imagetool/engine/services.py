@@ -1,4 +1,5 @@
-"""Services of the engine API used by imagetool (a subset of the seed's).
+"""Services of the engine API used by imagetool (a subset of the
+oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
 ``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,
@@ -9,29 +10,19 @@ entities. Faults raise the exceptions of ``imagetool.errors``.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, TypeVar
+from typing import Any, Iterable, Protocol, TypeVar
 
 from imagetool.engine import codec
 from imagetool.engine.entities import (Disk, DiskAttachment, DiskSnapshot,
                                        Entity, Host, ImageTransfer, Job,
                                        Snapshot, StorageDomain, Vm)
 from imagetool.errors import EngineError, NotFound
-
-if TYPE_CHECKING:
-    from imagetool.engine.connection import Connection
+from imagetool.ids import is_uuid
 
 E = TypeVar("E", bound=Entity)
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                      r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
 # Disk format names people use -> the engine's enum.
 _DISK_FORMATS = {"raw": "raw", "cow": "cow", "qcow2": "cow", "qcow": "cow"}
-
-
-def is_uuid(text: str) -> bool:
-    """True when ``text`` looks like an engine id."""
-    return bool(_UUID_RE.match(text or ""))
 
 
 def _search_quote(value: str) -> str:
@@ -41,10 +32,30 @@ def _search_quote(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
+class Api(Protocol):
+    """What the services need of their connection (``connection.Connection``
+    is one); typed here so this module does not import the connection."""
+
+    @property
+    def legacy(self) -> bool: ...
+    @property
+    def disks(self) -> "DisksService": ...
+    @property
+    def storage_domains(self) -> "StorageDomainsService": ...
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                params: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None,
+                accept: str | None = None) -> Any: ...
+    def get_tree(self, path: str, params: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> codec.Tree: ...
+    def post_tree(self, path: str, body: bytes,
+                  params: dict[str, Any] | None = None) -> codec.Tree: ...
+
+
 class _Service:
     """Shared plumbing: GET/list/add/remove/action on one collection."""
 
-    def __init__(self, conn: "Connection") -> None:
+    def __init__(self, conn: Api) -> None:
         self._conn = conn
 
     def _get(self, cls: type[E], path: str, **params: Any) -> E:

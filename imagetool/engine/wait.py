@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from imagetool.engine.entities import Disk, ImageTransfer, Snapshot
 from imagetool.errors import NotFound, TimeoutExpired, TransferError
+from imagetool.phases import FAILURE, TERMINAL
 
 if TYPE_CHECKING:
     from imagetool.engine.connection import Connection
@@ -18,12 +19,6 @@ if TYPE_CHECKING:
 MIN_DELAY = 0.1
 MAX_DELAY = 2.0
 
-# Phases after which a transfer never moves again.
-TERMINAL_PHASES = frozenset({"finished_success", "finished_failure", "cancelled"})
-# Phases meaning the transfer failed or is failing.
-FAILURE_PHASES = frozenset({"finished_failure", "finalizing_failure",
-                            "cancelled", "cancelled_system", "cancelled_user",
-                            "finalizing_cleanup", "finished_cleanup"})
 
 
 class Poller:
@@ -148,8 +143,8 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
             if transfer.phase in wanted:
                 return transfer
             # A failure is final unless the caller waits to see how it ends.
-            if transfer.phase in TERMINAL_PHASES or (
-                    transfer.phase in FAILURE_PHASES and "finished_failure" not in wanted):
+            if transfer.phase in TERMINAL or (
+                    transfer.phase in FAILURE and "finished_failure" not in wanted):
                 raise TransferError(f"transfer {transfer_id} ended in phase "
                                     f"{transfer.phase} (waiting for "
                                     f"{'/'.join(sorted(wanted))})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from imagetool.errors import UnsupportedFeature
+from imagetool.formats import qcow2, qcow2_reader
 from imagetool.formats.base import Backend, Extent, merge_extents
 from imagetool.formats.detect import ImageInfo, detect, probe
 from imagetool.formats.raw import RawBackend
@@ -32,7 +33,6 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
     path = os.fspath(path)
     fmt, content = probe(path)
     if fmt == "qcow2":
-        from imagetool.formats import qcow2
         return qcow2.inspect(path)
     with RawBackend(path, "r") as b:  # size also right for block devices
         size = b.size
@@ -61,7 +61,6 @@ def open_image(path: str | os.PathLike, mode: str = "r",
         if mode != "r":
             raise UnsupportedFeature(
                 f"qcow2 can only be opened read-only here (mode {mode!r})", path)
-        from imagetool.formats import qcow2_reader
         return qcow2_reader.Qcow2Backend(path, shallow=shallow)
     raise ValueError(f"unknown image format {format!r}")
 

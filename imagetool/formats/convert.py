@@ -23,9 +23,11 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterator
 
-from imagetool.errors import FormatError
+from imagetool import formats
+from imagetool.errors import DestinationExists, FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 
 DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
@@ -34,10 +36,6 @@ DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
 # clusters, as qemu-img convert does.
 ZERO_GRANULARITY = 64 * 1024
 OUT_FORMATS = ("raw", "qcow2")
-
-
-class DestinationExists(FormatError):
-    """The destination file exists and overwriting it was not asked for."""
 
 
 def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -63,13 +61,11 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
         if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
             raise FormatError("source and destination are the same file", dst_path)
         if not force:
-            raise DestinationExists("already exists (use --force to overwrite)", dst_path)
+            raise DestinationExists(dst_path)
         if os.path.isdir(dst_path):
-            raise FormatError("is a directory", dst_path)
+            raise DestinationExists(dst_path, "is a directory")
 
-    from imagetool.formats import open_image
-
-    src = open_image(src_path, "r", format=src_format)
+    src = formats.open_image(src_path, "r", format=src_format)
     try:
         dst_dir = os.path.dirname(os.path.abspath(dst_path))
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst_path)}.",
@@ -82,7 +78,6 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
                                                   compress=compress)
                 align = cluster_size
             else:
-                from imagetool.formats.raw import RawBackend
                 dst = RawBackend(tmp, "w", size=src.size)
                 align = 4096
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from imagetool.formats import open_image
 from imagetool.formats.base import Backend
 
 _L2E = 8          # bytes per L2 entry (no extended L2)
@@ -42,7 +43,6 @@ def measure(source: Backend | str | os.PathLike, out_format: str = "qcow2",
     if cluster_size < 512 or cluster_size > 2 * 1024 * 1024 or cluster_size & (cluster_size - 1):
         raise ValueError(f"invalid cluster size {cluster_size}")
     if isinstance(source, (str, os.PathLike)):
-        from imagetool.formats import open_image
         backend = open_image(source, "r")
         try:
             return measure(backend, out_format, cluster_size)

@@ -49,6 +49,25 @@ MAX_EXT_NAME = 4096
 
 _V2 = struct.Struct(">4sIQIIQIIQQIIQ")
 _V3_TAIL = struct.Struct(">QQQII")
+_EXT_HEADER = struct.Struct(">II")
+# Byte offset of the virtual size in the header (after magic, version,
+# backing_file_offset, backing_file_size, cluster_bits).
+_SIZE_OFFSET = struct.calcsize(">4sIQII")
+
+# L1 and L2 table entries ("Cluster mapping").
+OFLAG_COPIED = 1 << 63
+OFLAG_COMPRESSED = 1 << 62
+OFLAG_ZERO = 1
+L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+# A compressed cluster's descriptor: host offset in the low bits, the count
+# of extra 512-byte sectors above them (see compressed_size_shift).
+L2E_COMPRESSED_MASK = (1 << 62) - 1
+
+
+def compressed_size_shift(cluster_bits: int) -> int:
+    """Bit where a compressed descriptor's sector count starts."""
+    return 62 - (cluster_bits - 8)
 
 
 @dataclass
@@ -225,7 +244,7 @@ def _read_extensions(fd: int, h: Header) -> None:
     region = pread(fd, end - start, start)
     pos = 0
     while pos + 8 <= len(region):
-        etype, elen = struct.unpack_from(">II", region, pos)
+        etype, elen = _EXT_HEADER.unpack_from(region, pos)
         pos += 8
         if etype == EXT_END:
             return
@@ -295,6 +314,46 @@ def _read_backing_name(fd: int, h: Header) -> None:
         raise _corrupt(h.path, "backing file name is not valid UTF-8") from e
     if "\0" in h.backing_file:
         raise _corrupt(h.path, "backing file name contains NUL")
+
+
+def pack_header(*, cluster_bits: int, size: int, l1_size: int, l1_table_offset: int,
+                refcount_table_offset: int, refcount_table_clusters: int,
+                refcount_order: int, backing_file_offset: int = 0,
+                backing_file_size: int = 0) -> bytes:
+    """A version 3 header of V3_HEADER_LEN bytes: no encryption, snapshots
+    or feature bits (what parse_header reads back)."""
+    return _V2.pack(QCOW2_MAGIC, 3, backing_file_offset, backing_file_size, cluster_bits,
+                    size, 0, l1_size, l1_table_offset, refcount_table_offset,
+                    refcount_table_clusters, 0, 0) + _V3_TAIL.pack(
+        0, 0, 0, refcount_order, V3_HEADER_LEN)
+
+
+def pack_extensions(extensions: list[tuple[int, bytes]]) -> bytes:
+    """Header extensions (type, data), each padded to 8 bytes, then the end mark."""
+    out = b""
+    for etype, data in extensions:
+        out += _EXT_HEADER.pack(etype, len(data)) + data + bytes(-len(data) % 8)
+    return out + _EXT_HEADER.pack(EXT_END, 0)
+
+
+def grow(path: str | os.PathLike, size: int) -> None:
+    """Raise the virtual size of qcow2 ``path`` in place.
+
+    Growing needs no new metadata as long as the existing L1 table maps the
+    new size; otherwise ValueError (as for a file that is not qcow2).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            h = parse_header(fd, os.fspath(path))
+        except FormatError:
+            raise ValueError("volume is not a qcow2 image") from None
+        capacity = h.l1_size << (h.cluster_bits + h.l2_bits)
+        if size > capacity:
+            raise ValueError(f"cannot grow qcow2 volume beyond {capacity} bytes in place")
+        os.pwrite(fd, size.to_bytes(8, "big"), _SIZE_OFFSET)
+    finally:
+        os.close(fd)
 
 
 def check_readable(h: Header) -> None:

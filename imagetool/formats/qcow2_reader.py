@@ -29,15 +29,16 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats import qcow2
 from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.detect import detect
 from imagetool.formats.raw import RawBackend
 
 DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
 
-_L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-_L2_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-_L2_COMPRESSED = 1 << 62
-_L2_ZERO = 1
-_DESC_MASK = (1 << 62) - 1
+_L1_OFFSET_MASK = qcow2.L1E_OFFSET_MASK
+_L2_OFFSET_MASK = qcow2.L2E_OFFSET_MASK
+_L2_COMPRESSED = qcow2.OFLAG_COMPRESSED
+_L2_ZERO = qcow2.OFLAG_ZERO
+_DESC_MASK = qcow2.L2E_COMPRESSED_MASK
 
 MAX_CHAIN_DEPTH = 128
 _L2_CACHE_BYTES = 8 << 20
@@ -118,7 +119,7 @@ class Qcow2Backend:
         self._comp_cache: OrderedDict[int, bytes] = OrderedDict()
         self._comp_max = max(2, _COMP_CACHE_BYTES // self._cs)
         self._zstd = h.compression_type == 1
-        x = 62 - (self._cb - 8)
+        x = qcow2.compressed_size_shift(self._cb)
         self._coff_mask = (1 << x) - 1
         self._csec_shift = x
         self._csec_mask = (1 << (self._cb - 8)) - 1
@@ -154,7 +155,6 @@ class Qcow2Backend:
                 self.path)
         fmt = h.backing_format
         if fmt is None:
-            from imagetool.formats.detect import detect
             fmt = detect(bpath)
         if fmt == "raw":
             return RawBackend(bpath, "r")

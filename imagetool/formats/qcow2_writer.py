@@ -37,25 +37,24 @@ Compressed clusters are packed back to back into host clusters.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import zlib
 from array import array
 from typing import Iterator
 
 from imagetool.errors import FormatError
+from imagetool.formats import open_image
 from imagetool.formats.base import Extent, merge_extents
-from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
+from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
+from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
+from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
+from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
+from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
+from imagetool.formats.qcow2 import compressed_size_shift, pack_extensions, pack_header
 
-_HEADER_LEN = 104
 _REFCOUNT_ORDER = 4  # 16-bit refcounts
 _MAX_REFCOUNT = 0xFFFF
-
-_COPIED = 1 << 63
-_COMPRESSED = 1 << 62
-_ZERO_FLAG = 1
-_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 _IOV_MAX = 1024
 
 MIN_CLUSTER_SIZE = 512
@@ -88,7 +87,7 @@ class Qcow2Writer:
         self._nclusters = -(-virtual_size // cluster_size)
         self._l1_size = -(-self._nclusters // self._l2_entries)
         # Compressed descriptor: host offset in the low x bits, extra sectors above.
-        self._csize_shift = 62 - (self._cbits - 8)
+        self._csize_shift = compressed_size_shift(self._cbits)
         self._coffset_mask = (1 << self._csize_shift) - 1
         self._csize_mask = (1 << (self._cbits - 8)) - 1
 
@@ -456,8 +455,6 @@ class Qcow2Writer:
     def _backing_backend(self):
         """The backing file's guest data (chain aware), opened once on demand."""
         if self._backing is None:
-            from imagetool.formats import open_image
-
             path = os.path.join(os.path.dirname(os.path.abspath(self.path)),
                                 self.backing_file)
             try:
@@ -633,20 +630,15 @@ class Qcow2Writer:
         self._free = _coalesce(self._free)
 
     def _header(self, l1_offset: int, rt_offset: int, rt_clusters: int) -> bytes:
-        exts = b""
-        if self.backing_format:
-            name = self.backing_format.encode()
-            exts += struct.pack(">II", EXT_BACKING_FORMAT, len(name))
-            exts += name + bytes(_pad8(len(name)) - len(name))
-        exts += struct.pack(">II", 0, 0)
+        exts = pack_extensions([(EXT_BACKING_FORMAT, self.backing_format.encode())]
+                               if self.backing_format else [])
         backing = (self.backing_file or "").encode()
         backing_offset = _HEADER_LEN + len(exts) if backing else 0
-        header = struct.pack(
-            ">4sIQIIQIIQQIIQQQQII",
-            QCOW2_MAGIC, 3, backing_offset, len(backing), self._cbits, self._size,
-            0, self._l1_size, l1_offset, rt_offset, rt_clusters, 0, 0,
-            0, 0, 0, _REFCOUNT_ORDER, _HEADER_LEN)
-        assert len(header) == _HEADER_LEN
+        header = pack_header(
+            cluster_bits=self._cbits, size=self._size, l1_size=self._l1_size,
+            l1_table_offset=l1_offset, refcount_table_offset=rt_offset,
+            refcount_table_clusters=rt_clusters, refcount_order=_REFCOUNT_ORDER,
+            backing_file_offset=backing_offset, backing_file_size=len(backing))
         return header + exts + backing
 
     # --- checks ------------------------------------------------------------

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 from imagetool.errors import ConnectionFailed, ImageioError
 from imagetool.formats.base import Extent
+from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
+                                        format_content_range, format_range,
+                                        parse_content_range, parse_uint)
 
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+__all__ = ["CHECKSUM_AHEAD", "DEFAULT_BLOCK_SIZE", "ImageioClient", "ImageioOptions"]
 # Zeros sent as data (servers without the "zero" feature) go in pieces of this.
 _ZERO_CHUNK = 4 * 1024 * 1024
 # Error bodies are one line; never slurp a large body into a message.
@@ -36,7 +39,7 @@ class ImageioOptions:
     max_readers: int
     max_writers: int
     # imagetool's own data plane: extensions listed apart from "features"
-    # (e.g. "checksum-ahead", see server/dataplane_images.py).
+    # (e.g. "checksum-ahead", see imageio/protocol.py).
     extensions: frozenset[str] = frozenset()
 
 
@@ -46,8 +49,12 @@ class ImageioOptions:
 _CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
 
 
-# imagetool's data plane extension (listed in OPTIONS "imagetool_features").
-CHECKSUM_AHEAD = "checksum-ahead"
+def _content_range_size(header: str) -> int | None:
+    """The image size a Content-Range reports, None when absent or invalid."""
+    try:
+        return parse_content_range(header)[2]
+    except ValueError:
+        return None
 
 
 class _Retry(Exception):
@@ -313,7 +320,7 @@ class ImageioClient:
                 self._options = ImageioOptions(
                     frozenset(data.get("features", ())),
                     int(data.get("max_readers", 1)), int(data.get("max_writers", 1)),
-                    frozenset(data.get("imagetool_features", ())))
+                    frozenset(data.get(EXTENSIONS_KEY, ())))
             else:
                 raise self._fail("OPTIONS", "", resp)
         return self._options
@@ -325,27 +332,29 @@ class ImageioClient:
                 exts = self.extents()
                 self._size = exts[-1].end if exts else 0
             else:
-                resp = self._request("GET", headers={"Range": "bytes=0-0"},
+                resp = self._request("GET", headers={"Range": format_range(0, 1)},
                                      what="range 0-0")
                 if resp.status == 206:
-                    total = resp.getheader("Content-Range", "").rpartition("/")[2]
+                    total = _content_range_size(resp.getheader("Content-Range", ""))
                     resp.read()
-                    if not total.isdigit():
+                    if total is None:
                         raise ImageioError("imageio GET: no size in Content-Range",
                                            status=206)
-                    self._size = int(total)
+                    self._size = total
                 elif resp.status == 200:
                     length = resp.getheader("Content-Length")
                     # Whole image sent: we must not keep a half-read reply.
                     self.close()
-                    if length is None or not length.isdigit():
-                        raise ImageioError("imageio GET: unknown image size", status=200)
-                    self._size = int(length)
+                    try:
+                        self._size = parse_uint(length or "")
+                    except ValueError:
+                        raise ImageioError("imageio GET: unknown image size",
+                                           status=200) from None
                 elif resp.status == 416:
                     # An empty image cannot satisfy any range.
-                    total = resp.getheader("Content-Range", "").rpartition("/")[2]
+                    total = _content_range_size(resp.getheader("Content-Range", ""))
                     resp.read()
-                    if total != "0":
+                    if total != 0:
                         raise self._fail("GET", "range 0-0", resp)
                     self._size = 0
                 else:
@@ -358,7 +367,7 @@ class ImageioClient:
         if length == 0:
             return 0
         what = f"range {offset}-{offset + length - 1}"
-        resp = self._request("GET", headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+        resp = self._request("GET", headers={"Range": format_range(offset, length)},
                              what=what)
         if resp.status != 206:
             if resp.status == 200:
@@ -401,7 +410,7 @@ class ImageioClient:
         what = f"range {offset}-{offset + length - 1}"
         resp = self._request(
             "PUT", query={"flush": "y" if flush else "n"},
-            headers={"Content-Range": f"bytes {offset}-{offset + length - 1}/*"},
+            headers={"Content-Range": format_content_range(offset, length)},
             body=view, what=what)
         self._expect_empty("PUT", what, resp)
 

@@ -2,11 +2,12 @@
 
 ``EngineServer`` ties together the inventory (``store``), the storage domains
 (``storage``), the transfer state machine (``transfers``), the data plane
-(H3's ``DataPlaneServer``) and an HTTP(S) server for ``/ovirt-engine/...``.
+(``dataplane.DataPlaneServer``) and an HTTP(S) server for ``/ovirt-engine/...``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
@@ -27,6 +29,7 @@ from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
+from imagetool.server.tls import ensure_pki, server_context
 from imagetool.server.transfers import TransferManager
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,6 @@ def load_or_create_password(data_dir: str, password: str | None = None,
 
 def _try_lock(path: str):
     """An open file holding an exclusive flock on ``path``, or None if taken."""
-    import fcntl
     f = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
                   "a")
     try:
@@ -135,7 +137,6 @@ class EngineServer:
         self.pki = None
         self.ssl_context: ssl.SSLContext | None = None
         if tls:
-            from imagetool.server.tls import ensure_pki, server_context
             self.pki = ensure_pki(self.data_dir, [self.public_host])
             self.ssl_context = server_context(self.pki)
         self.dataplane = None
@@ -200,7 +201,6 @@ class EngineServer:
         return self
 
     def _start(self) -> None:
-        from imagetool.server.dataplane import DataPlaneServer
         self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
                                          ssl_context=self.ssl_context)
         self.dataplane.start()

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from imagetool.checksum import hash_factory
+from imagetool.imageio.protocol import CHECKSUM_AHEAD
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ChecksumAhead:
         self._paused = 0
         self._stopped = False
         self._running = threads
-        self._threads = [threading.Thread(target=self._run, name="checksum-ahead",
+        self._threads = [threading.Thread(target=self._run, name=CHECKSUM_AHEAD,
                                           daemon=True) for _ in range(threads)]
 
     def start(self) -> "ChecksumAhead":

@@ -1,7 +1,7 @@
 """The local engine's imageio data plane: serves tickets' backends over HTTP(S).
 
 A threaded server (one thread per connection) speaking the imageio protocol
-(see /work/shared/reference/imageio-protocol.md and ``dataplane_images``).
+(ovirt-imageio docs, "Images API"; the handlers are in ``dataplane_images``).
 The control plane adds ``Ticket``s to the registry and hands out
 ``f"{server.url}/images/{ticket.uuid}"`` as the transfer URL.
 """
@@ -14,6 +14,7 @@ import ssl
 import threading
 from http import HTTPStatus
 
+from imagetool import __version__
 from imagetool.server import dataplane_images as images
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
@@ -28,14 +29,6 @@ HANDSHAKE_TIMEOUT = 10.0
 # After refusing a request body: how long and how much of it to read away.
 DISCARD_TIMEOUT = 2.0
 DISCARD_LIMIT = 256 * 1024 * 1024
-
-
-def _version() -> str:
-    try:
-        from imagetool import __version__
-        return str(__version__)
-    except ImportError:
-        return "unknown"
 
 
 class DataPlaneServer:
@@ -269,7 +262,7 @@ class _Session:
             if req.method != "GET":
                 raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
                                 f"Method {req.method} not allowed", {"Allow": "GET"})
-            self.conn.send_json({"version": _version()}, close=ctx.close)
+            self.conn.send_json({"version": __version__}, close=ctx.close)
             return
         if not path.startswith("/images/"):
             raise HttpError(HTTPStatus.NOT_FOUND, f"No handler for {path!r}")

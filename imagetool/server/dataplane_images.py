@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import socket
 import ssl
@@ -30,30 +29,27 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
+from imagetool import checksum as block_checksum
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
+from imagetool.imageio import protocol
+from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
+                                        FEATURES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+                                        format_content_range, parse_content_range)
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
 
-ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
-READ_FEATURES = ["checksum", "extents"]
-# Our own extensions, listed apart from imageio's "features" (see above).
-EXTENSIONS_KEY = "imagetool_features"
-CHECKSUM_AHEAD = "checksum-ahead"
+ALL_FEATURES = list(FEATURES)
+READ_FEATURES = list(protocol.READ_FEATURES)
 DEFAULT_MAX_READERS = 8
 DEFAULT_MAX_WRITERS = 8
-MIN_BLOCK_SIZE = 1024 * 1024
-MAX_BLOCK_SIZE = 16 * 1024 * 1024
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 _MAX_PATCH_BODY = 16 * 1024
 # Write raw files with O_DIRECT where possible (see _writer); tests may turn it off.
 DIRECT_IO = os.environ.get("IMAGETOOL_DATAPLANE_DIRECT_IO", "1") != "0"
 _DIRECT_ALIGN = 4096
 _FORBIDDEN = "You are not allowed to access this resource: "
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
 
 
 @dataclass
@@ -114,22 +110,11 @@ def options_all(ctx: Context) -> None:
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:
     """``bytes=A-B`` / ``bytes=A-`` -> (offset, length); 416 otherwise."""
-    unsatisfiable = {"Content-Range": f"bytes */{size}"}
-    m = _RANGE_RE.match(header.strip())
-    if not m:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: only one bytes=first-[last] "
-                        "range is supported", unsatisfiable)
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else size - 1
-    if first > last:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: first > last", unsatisfiable)
-    if last >= size:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Cannot satisfy range {header!r}: image size is {size}",
-                        unsatisfiable)
-    return first, last - first + 1
+    try:
+        return protocol.parse_range(header, size)
+    except ValueError as e:
+        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, str(e),
+                        {"Content-Range": format_content_range(None, size=size)}) from None
 
 
 def get(ctx: Context, ticket: Ticket) -> int:
@@ -142,7 +127,7 @@ def get(ctx: Context, ticket: Ticket) -> int:
     else:
         offset, length = _parse_range(rng, size)
         status = 206
-        headers = {"Content-Range": f"bytes {offset}-{offset + length - 1}/{size}"}
+        headers = {"Content-Range": format_content_range(offset, length, size)}
     headers["Content-Type"] = "application/octet-stream"
     headers["Content-Length"] = str(length)
     conn = ctx.conn
@@ -165,9 +150,9 @@ def get(ctx: Context, ticket: Ticket) -> int:
 
 
 # Plain-HTTP GETs of raw files: the kernel moves file pages to the socket
-# (no read into our buffer, no copy from it): measured 1.3x the O_DIRECT
-# read + sendall path on an uncached 1 GiB file. Not for TLS (the bytes must
-# pass through OpenSSL).
+# (no read into our buffer, no copy from it), faster than the O_DIRECT read
+# + sendall path (benchmarks/transfer_results.md). Not for TLS (the bytes
+# must pass through OpenSSL).
 _SENDFILE = hasattr(os, "sendfile") and hasattr(select, "poll")
 
 
@@ -217,11 +202,13 @@ def put(ctx: Context, ticket: Ticket) -> int:
     if header is None:
         offset = 0
     else:
-        m = _CONTENT_RANGE_RE.match(header.strip())
-        if not m:
+        try:
+            offset, last, _ = parse_content_range(header)
+        except ValueError:
+            offset = last = None
+        if offset is None or last is None:
             raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid Content-Range {header!r}",
                             close=True)
-        offset, last = int(m.group(1)), int(m.group(2))
         if last < offset or last - offset + 1 != length:
             raise HttpError(HTTPStatus.BAD_REQUEST,
                             f"Content-Range {header!r} does not match Content-Length "
@@ -229,7 +216,8 @@ def put(ctx: Context, ticket: Ticket) -> int:
     if offset + length > ticket.size:
         raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                         f"Requested range {offset}-{offset + length - 1} is past the "
-                        f"image size {ticket.size}", {"Content-Range": f"bytes */{ticket.size}"},
+                        f"image size {ticket.size}",
+                        {"Content-Range": format_content_range(None, size=ticket.size)},
                         close=True)
     flush = _flush_param(req)
     backend = ticket.backend()
@@ -397,7 +385,7 @@ def patch(ctx: Context, ticket: Ticket) -> int:
             raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                             f"Requested range {offset}-{offset + size - 1} is past the "
                             f"image size {ticket.size}",
-                            {"Content-Range": f"bytes */{ticket.size}"})
+                            {"Content-Range": format_content_range(None, size=ticket.size)})
         if size:
             ahead = ticket.checksum_ahead
             if ahead is not None:
@@ -454,16 +442,8 @@ def extents(ctx: Context, ticket: Ticket) -> int:
     return 0
 
 
-def _checksum_module():
-    try:
-        from imagetool import checksum as mod
-    except ImportError:
-        raise HttpError(HTTPStatus.NOT_FOUND, "Checksum is not available on this server")
-    return mod
-
-
 def checksum(ctx: Context, ticket: Ticket) -> int:
-    mod = _checksum_module()
+    mod = block_checksum
     query = ctx.req.query
     algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
@@ -514,7 +494,7 @@ def _direct_capable(backend) -> bool:
 
 def _announce(ticket: Ticket, backend, msg: dict) -> None:
     """Start hashing the ticket's flushed blocks for the announced checksum."""
-    mod = _checksum_module()
+    mod = block_checksum
     algorithm = _check_algorithm(mod, msg.get("algorithm"))
     block_size = _check_block_size(_int_field(msg, "block_size"))
     if not _direct_capable(backend):
@@ -607,6 +587,6 @@ class _DirectReads:
 
 
 def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:
-    mod = _checksum_module()
+    mod = block_checksum
     ctx.conn.send_json({"algorithms": sorted(mod.ALGORITHMS)}, close=ctx.close)
     return 0

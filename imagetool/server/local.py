@@ -1,8 +1,7 @@
-"""The local engine in-process, and discovery of a running ``imagetool serve``.
+"""The local engine in-process, and the lock file of ``imagetool serve``.
 
-``imagetool serve`` writes ``<data-dir>/serve.json`` (url, cafile, pid,
-username, password_file) and removes it on exit; CLI commands that find a
-live one use that server instead of opening the same data dir twice.
+``imagetool.paths`` says where the data dir is and reads the lock file;
+this module writes and removes it.
 """
 
 from __future__ import annotations
@@ -11,40 +10,13 @@ import json
 import os
 from typing import Any
 
+from imagetool.paths import LOCK_FILE, default_data_dir, find_running_engine
 from imagetool.server.app import EngineServer
 
-LOCK_FILE = "serve.json"
+__all__ = ["LOCK_FILE", "USERNAME", "LocalEngine", "default_data_dir",
+           "find_running_engine", "remove_lock_file", "write_lock_file"]
+
 USERNAME = "admin@internal"
-
-
-def default_data_dir() -> str:
-    """$IMAGETOOL_HOME, else ~/.local/share/imagetool."""
-    return os.environ.get("IMAGETOOL_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share", "imagetool")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def find_running_engine(data_dir: str | None = None) -> dict | None:
-    """The lock file's content if a live ``imagetool serve`` owns ``data_dir``."""
-    path = os.path.join(data_dir or default_data_dir(), LOCK_FILE)
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
-    pid = info.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid):
-        return None
-    return info
 
 
 def write_lock_file(engine: EngineServer) -> str:

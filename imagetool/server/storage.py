@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import uuid
 from typing import Any
 
+from imagetool.formats import open_image, qcow2
+from imagetool.ids import is_uuid
 from imagetool.formats.base import copy_range
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
 from imagetool.server.store import Store
 
 COPY_CHUNK = 4 << 20
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                      re.ASCII | re.IGNORECASE)
 
 MAX_CHAIN = 128
 # Beside a volume while an upload into an existing disk runs: its content
@@ -108,7 +109,7 @@ class Storage:
         to be below the data directory.
         """
         for i in ids:
-            if not isinstance(i, str) or not _UUID_RE.fullmatch(i):
+            if not isinstance(i, str) or not is_uuid(i):
                 raise ValueError(f"invalid id {i!a}: storage paths are built from UUIDs")
         path = os.path.join(self.data_dir, ids[0], "images", *ids[1:])
         root = os.path.join(self.data_dir, "")
@@ -156,7 +157,6 @@ class Storage:
                 if preallocate and size:
                     os.posix_fallocate(f.fileno(), 0, size)
         else:
-            from imagetool.formats.qcow2_writer import Qcow2Writer
             backing_fmt = None
             if parent_id is not None:
                 meta = self.read_meta(sd_id, disk_id, parent_id)
@@ -313,7 +313,7 @@ class Storage:
             if not disk.get("sparse", True) and size > old:
                 _allocate(path, old, size - old)
             return
-        grow_qcow2(path, size)
+        qcow2.grow(path, size)
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
@@ -331,12 +331,8 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     closed here. Without them the headers' backing file names are followed,
     which only files the engine wrote itself may be trusted with.
     """
-    from imagetool.formats import open_image
-    from imagetool.formats.qcow2_writer import Qcow2Writer
     tmp = upper + ".merging"
     create_private(tmp)
-    reader = open_image(upper, "r", format="qcow2")
-
     if reader is None:
         reader = open_image(upper, "r", format="qcow2")
     try:
@@ -365,7 +361,6 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
 
 def _allocated(path: str) -> list[tuple[int, int]]:
     """Ranges allocated in this qcow2 layer alone (data or explicit zeros)."""
-    from imagetool.formats import open_image
     reader = open_image(path, "r", shallow=True)
     try:
         return [(e.start, e.end) for e in reader.extents() if not e.hole]
@@ -383,42 +378,19 @@ def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def grow_qcow2(path: str, size: int) -> None:
-    """Raise a qcow2 image's virtual size in place when its L1 table covers it.
-
-    Growing needs no new metadata as long as the existing L1 table maps the
-    new size; otherwise the engine refuses (ValueError).
-    """
-    with open(path, "r+b") as f:
-        header = f.read(40)
-        if header[:4] != b"QFI\xfb":
-            raise ValueError("volume is not a qcow2 image")
-        cluster_bits = int.from_bytes(header[20:24], "big")
-        l1_size = int.from_bytes(header[36:40], "big")
-        cluster = 1 << cluster_bits
-        capacity = l1_size * (cluster // 8) * cluster
-        if size > capacity:
-            raise ValueError(f"cannot grow qcow2 volume beyond {capacity} bytes in place")
-        f.seek(24)
-        f.write(size.to_bytes(8, "big"))
-
-
 def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None) -> None:
     """Copy guest data of ``src`` (any chain) into a new raw or qcow2 ``dst``.
 
     ``reader``: ``src`` already opened (owned), e.g. through the recorded chain.
     """
-    from imagetool.formats import open_image
     if reader is None:
         reader = open_image(src, "r")
     try:
         if fmt == "raw":
             with open(dst, "wb") as f:
                 f.truncate(size)
-            from imagetool.formats.raw import RawBackend
             writer = RawBackend(dst, mode="r+")
         else:
-            from imagetool.formats.qcow2_writer import Qcow2Writer
             writer = Qcow2Writer.create(dst, size)
         try:
             buf = bytearray(COPY_CHUNK)

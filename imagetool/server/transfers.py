@@ -1,14 +1,11 @@
 """The ImageTransfer state machine and the lifetime of its data-plane ticket.
 
-Phases follow the engine (see engine-flows.md): ``initializing`` ->
-``transferring`` (ticket added) -> ``finalizing_success`` -> ``finished_success``
-or ``finalizing_failure`` -> ``finished_failure``; pause/resume through
-``paused_user``/``paused_system`` and ``resuming``; cancel through
-``cancelled_user``/``cancelled_system`` -> ``finalizing_cleanup`` ->
-``finished_cleanup`` -> ``finished_failure``. The disk is locked from
-creation to the end. A monitor thread applies the inactivity timeout per
-``timeout_policy``, keeps ``transferred``/``active`` current and forgets
-finished transfers after ``finished_ttl`` seconds.
+Phases and the moves between them are those of ``imagetool.phases``; every
+phase change goes through ``_set``, which refuses a move the table does not
+allow. The disk is locked from creation to the end. A monitor thread
+applies the inactivity timeout per ``timeout_policy``, keeps
+``transferred``/``active`` current and forgets finished transfers after
+``finished_ttl`` seconds.
 
 A paused transfer keeps its ticket (and its open backend, which for a raw
 upload into a cow disk is a qcow2 writer that must only be closed at the
@@ -23,15 +20,17 @@ import threading
 import time
 from typing import Any, Callable
 
+from imagetool.formats import inspect, open_image
 from imagetool.formats.base import copy_range
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
+from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
 from imagetool.server.store import Store
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("finished_success", "finished_failure")
-ACTIVE_PHASES = ("initializing", "transferring", "resuming", "paused_user", "paused_system")
 POLICIES = ("legacy", "pause", "cancel")
 TICKET_TIMEOUT = 300.0
 # Room for qcow2 metadata when an upload moves a cow volume's own bytes and
@@ -95,6 +94,12 @@ class TransferManager:
         t.start()
 
     def _set(self, tid: str, **fields: Any) -> dict:
+        if "phase" in fields:
+            new = Phase(fields["phase"])
+            old = self.store.get("transfer", tid)["phase"]
+            if not can_transition(old, new):
+                raise RuntimeError(f"transfer {tid}: no move from phase {old} to {new}")
+            fields["phase"] = new.value
         return self.store.update("transfer", tid, **fields)
 
     # --- create -----------------------------------------------------------
@@ -152,7 +157,6 @@ class TransferManager:
 
     def _open_backend(self, t: dict) -> tuple[Callable[[], Any], int, tuple[str, ...]]:
         """(opener, ticket size, ops) for a transfer's ticket."""
-        from imagetool.formats.raw import RawBackend
         path = self._volume_path(t)
         disk = self.store.get("disk", t["disk_id"])
         vol_fmt = self.storage.read_meta(t["sd_id"], t["disk_id"], t["volume_id"]).get(
@@ -179,7 +183,6 @@ class TransferManager:
                     disk["provisioned_size"] // 64 + COW_OVERHEAD
                 backend = RawBackend(path, "r+")
             return (lambda: backend), size, ops
-        from imagetool.formats.qcow2_writer import Qcow2Writer
         parent = self.store.get("volume", t["volume_id"]).get("parent_id")
         backing_fmt = None
         if parent:
@@ -252,18 +255,17 @@ class TransferManager:
 
     # --- actions ----------------------------------------------------------
 
-    def _require(self, t: dict, action: str, phases: tuple[str, ...]) -> None:
+    def _require(self, t: dict, action: str, phases: frozenset[Phase]) -> None:
         if t["phase"] not in phases:
             raise TransferConflict(
                 f"[Cannot {action} image transfer. The image transfer is in phase "
-                f"{t['phase']}, expected {' or '.join(phases)}.]")
+                f"{t['phase']}, expected {' or '.join(ordered(phases))}.]")
 
     def extend(self, tid: str) -> dict:
         """Refresh the ticket; no phase change."""
         with self._lock(tid):
             t = self.store.get("transfer", tid)
-            self._require(t, "extend", ("transferring", "paused_user", "paused_system",
-                                        "resuming", "initializing"))
+            self._require(t, "extend", ACTIVE)
             ticket = self.registry.get(t["ticket_id"])
             if ticket is not None:
                 ticket.extend(max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2))
@@ -277,7 +279,7 @@ class TransferManager:
             if t["direction"] == "download":
                 raise TransferConflict("[Cannot pause image transfer. Pausing a download is "
                                        "not supported.]")
-            self._require(t, "pause", ("transferring",))
+            self._require(t, "pause", frozenset({Phase.TRANSFERRING}))
             self._pause_ticket(t)
             return self._set(tid, phase="paused_user")
 
@@ -290,7 +292,7 @@ class TransferManager:
         """paused_* -> resuming -> transferring (the ticket is re-armed)."""
         with self._lock(tid):
             t = self.store.get("transfer", tid)
-            self._require(t, "resume", ("paused_user", "paused_system"))
+            self._require(t, "resume", PAUSED)
             t = self._set(tid, phase="resuming")
             self._spawn(self._resume, tid)
             return t
@@ -314,7 +316,7 @@ class TransferManager:
         """transferring (or paused) -> finalizing_success; verification runs next."""
         with self._lock(tid):
             t = self.store.get("transfer", tid)
-            self._require(t, "finalize", ("transferring", "paused_user", "paused_system"))
+            self._require(t, "finalize", PAUSED | {Phase.TRANSFERRING})
             t = self._set(tid, phase="finalizing_success")
             self._spawn(self._finalize, tid)
             return t
@@ -323,7 +325,7 @@ class TransferManager:
         """Stop the transfer; an upload's fresh disk is removed."""
         with self._lock(tid):
             t = self.store.get("transfer", tid)
-            self._require(t, "cancel", ACTIVE_PHASES)
+            self._require(t, "cancel", ACTIVE)
             t = self._set(tid, phase=f"cancelled_{by}")
             self._spawn(self._cleanup, tid)
             return t
@@ -365,7 +367,6 @@ class TransferManager:
 
     def verify_upload(self, t: dict) -> None:
         """Check the uploaded volume; raise ValueError saying what is wrong."""
-        from imagetool.formats import inspect
         disk = self.store.get("disk", t["disk_id"])
         vol = self.store.get("volume", t["volume_id"])
         vol_fmt = vol["format"]
@@ -402,7 +403,6 @@ class TransferManager:
     @staticmethod
     def _check_qcow2(path: str) -> None:
         """Open the image's metadata fully so a corrupt table fails here."""
-        from imagetool.formats import open_image
         backend = open_image(path, "r", format="qcow2", shallow=True)
         try:
             for _ in backend.extents():
@@ -468,7 +468,7 @@ class TransferManager:
     def _tick(self) -> None:
         now = time.time()
         for t in self.store.list("transfer"):
-            if t["phase"] in TERMINAL:
+            if t["phase"] in FINISHED:
                 if t.get("finished_at") and now - t["finished_at"] > self.finished_ttl:
                     self.store.delete("transfer", t["id"])
                     with self._locks_guard:
@@ -522,7 +522,7 @@ class TransferManager:
     def _persist_progress(self) -> None:
         for t in self.store.list("transfer"):
             ticket = self.registry.get(t["ticket_id"])
-            if ticket is not None and t["phase"] not in TERMINAL:
+            if ticket is not None and t["phase"] not in FINISHED:
                 self._set(t["id"], transferred=ticket.transferred, active=False)
 
     # --- crash recovery -----------------------------------------------------
@@ -537,21 +537,20 @@ class TransferManager:
         cancelled; legacy/pause: it stays paused). A transfer caught in
         finalizing_success is verified again.
         """
-        busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in TERMINAL}
+        busy = {t["disk_id"] for t in self.store.list("transfer") if t["phase"] not in FINISHED}
         for disk in self.store.list("disk", lambda d: d["status"] == "locked"):
             if disk["id"] not in busy:
                 # Locked by an operation that did not survive the restart.
                 self.store.update("disk", disk["id"], status="ok")
         for t in self.store.list("transfer"):
             phase = t["phase"]
-            if phase in TERMINAL:
+            if phase in FINISHED:
                 continue
             tid = t["id"]
             if phase == "finalizing_success":
                 self._spawn(self._finalize, tid)
                 continue
-            if phase in ("finalizing_failure", "finalizing_cleanup", "finished_cleanup") \
-                    or phase.startswith("cancelled"):
+            if phase in FAILING:
                 self._set(tid, phase="cancelled_system")
                 self._spawn(self._cleanup, tid)
                 continue
@@ -564,7 +563,6 @@ class TransferManager:
 
 def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
-    from imagetool.formats import open_image
     reader = open_image(src, "r", format="qcow2", shallow=True)
     try:
         buf = bytearray(4 << 20)

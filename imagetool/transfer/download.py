@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError, TransferError
-from imagetool.transfer import resume as resume_mod
+from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
@@ -50,13 +50,11 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow)
         if checked is None:
-            from imagetool.transfer import verify as verifying
             checked = verifying.skipped("not asked (--no-verify)")
         return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
                               format=format, disk_id=disk.id, name=disk.name,
                               path=os.fspath(path), stats=stats, disk=disk,
                               checksum=checked.value, verification=checked)
-    from imagetool.transfer import verify as verifying
     verification = verifying.skipped("not asked (--no-verify)")
     with atomic_output(path, force) as tmp:
         session = TransferSession(

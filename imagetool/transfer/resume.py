@@ -21,24 +21,30 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.errors import ImagetoolError, NotFound, TransferError
+from imagetool.engine.wait import wait_for_disk_unlocked
+from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
+from imagetool.formats.raw import RawBackend
+from imagetool.fsutil import fsync_dir
+from imagetool.paths import default_data_dir
+from imagetool.phases import ACTIVE, FAILING, PAUSED
+from imagetool.transfer import verify as verifying
+from imagetool.transfer.copier import CopyCancelled, copy
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
                                         source_identity)
+from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.retry import RetryingBackend, RetryPolicy
+from imagetool.transfer.session import TransferSession
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_JOURNAL_SUFFIX = ".imagetool-journal"
 DOWNLOAD_PART_SUFFIX = ".imagetool-part"
-# Transfers in these phases can carry on after a resume action or as they are.
 _PLAN_KEYS = ("transfer_format", "disk_format")
-_REUSABLE = ("transferring", "resuming", "paused_user", "paused_system", "initializing")
 
 
 def journals_dir() -> str:
     """Where upload journals live: ``$IMAGETOOL_HOME/journals``."""
-    from imagetool.server.local import default_data_dir
     return os.path.join(default_data_dir(), "journals")
 
 
@@ -217,11 +223,6 @@ def _transfers_of(conn: Any, disk_id: str) -> list[Any]:
         return []
 
 
-# Phases of a transfer on its way to finished_failure (the disk is then
-# unlocked, or removed when the transfer created it).
-_ENDING = ("cancelled", "finalizing_cleanup", "finished_cleanup", "finalizing_failure")
-
-
 def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None:
     """The journal's disk id when the engine removed that disk, else None.
 
@@ -238,7 +239,7 @@ def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None
             phase = conn.transfers.get(transfer_id).phase or ""
         except NotFound:
             break
-        if not phase.startswith(_ENDING):
+        if phase not in FAILING:
             break
         time.sleep(0.2)
     try:
@@ -322,16 +323,14 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
     A transfer that ended, failed or vanished cannot be reused: the caller
     then starts a new one after the disk is unlocked.
     """
-    from imagetool.engine.wait import wait_for_disk_unlocked
-
     t = None
     if transfer_id:
         try:
             t = conn.transfers.get(transfer_id)
         except NotFound:
             t = None
-    if t is not None and t.phase in _REUSABLE:
-        if t.phase.startswith("paused"):
+    if t is not None and t.phase in ACTIVE:
+        if t.phase in PAUSED:
             conn.transfers.resume(transfer_id)
         return transfer_id
     if t is not None and not t.phase.startswith("finished"):
@@ -356,21 +355,15 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                        verify: bool = False, shallow: bool = False) -> tuple[Any, Any]:
     """A raw download that can continue after a kill: journal + stable partial file.
 
-    ``path`` appears only when complete; until then data goes to
-    ``<path>.imagetool-part`` and progress to ``<path>.imagetool-journal``,
-    with or without ``resume``, so a killed download can always be
-    continued with ``resume``. A journal found without ``resume`` is an
-    error (reported, never reused nor deleted). After a handled failure
-    (error, Ctrl-C) both files are kept with ``resume`` and removed
-    without it; after a checksum mismatch they are always removed (the
-    data is complete but wrong: resuming cannot fix it).
+    What it leaves behind (the partial file and journal, on a kill, a
+    handled failure or a checksum mismatch) is the contract written in
+    ``download.download_disk``; a checksum mismatch always removes both
+    because the data is complete but wrong, and resuming cannot fix it.
     ``shallow`` (with ``snapshot_id``) downloads that layer only; the
     journal records it and a resume with another setting is refused.
     ``verify`` compares the file's checksum with the server's before
     finalizing. Returns (CopyStats, Verification or None).
     """
-    from imagetool.errors import ChecksumMismatch
-    from imagetool.fsutil import fsync_dir
 
     jpath, part = download_paths(path)
     if os.path.exists(jpath) and not resume:
@@ -450,10 +443,6 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
                    policy: RetryPolicy | None, verify: bool, shallow: bool,
                    what: str) -> tuple[Any, Any]:
     """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
-    from imagetool.formats.raw import RawBackend
-    from imagetool.transfer.copier import CopyCancelled, copy
-    from imagetool.transfer.output import SharedBackend
-    from imagetool.transfer.session import TransferSession
 
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
                               direction="download", format="raw", shallow=shallow or None,
@@ -490,7 +479,6 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
             shared.close()
         verification = None
         if verify:
-            from imagetool.transfer import verify as verifying
             verification = verifying.verify_download(src, part, what=what)
     return stats, verification
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import random
 import socket
 import threading
@@ -46,8 +47,6 @@ class RetryPolicy:
     def from_env(cls) -> "RetryPolicy":
         """The default policy, changed by $IMAGETOOL_RETRY_TRIES (attempts per
         request, 1 = no retry) and $IMAGETOOL_RETRY_SECONDS (time limit)."""
-        import os
-
         tries = os.environ.get("IMAGETOOL_RETRY_TRIES")
         total = os.environ.get("IMAGETOOL_RETRY_SECONDS")
         return cls(tries=max(1, int(tries)) if tries else cls.tries,

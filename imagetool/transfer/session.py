@@ -24,16 +24,14 @@ import time
 from typing import Any, Callable
 
 from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
-from imagetool.engine.wait import (FAILURE_PHASES, wait_for_disk,
-                                   wait_for_disk_unlocked,
+from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
                                    wait_for_transfer_phase)
+from imagetool.imageio.backend import HttpBackend
+from imagetool.imageio.client import ImageioClient
+from imagetool.phases import ENDED, STOPPED
 
 log = logging.getLogger(__name__)
 
-# Phases in which the copy cannot go on.
-_STOP_PHASES = FAILURE_PHASES | {"paused_system", "paused_user", "finished_success"}
-_ENDED_PHASES = frozenset({"finished_failure", "finished_cleanup", "finished_success",
-                           "cancelled"})
 
 
 class TransferSession:
@@ -147,8 +145,6 @@ class TransferSession:
 
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
-        from imagetool.imageio.backend import HttpBackend
-        from imagetool.imageio.client import ImageioClient
 
         client = ImageioClient(
             self.url, proxy_url=self.proxy_url,
@@ -258,7 +254,7 @@ class TransferSession:
             return True
         except ImagetoolError:
             return False
-        return t.phase in _ENDED_PHASES
+        return t.phase in ENDED
 
     def _wait_ended(self) -> None:
         deadline = time.monotonic() + self.cleanup_timeout
@@ -268,7 +264,7 @@ class TransferSession:
                 t = self.conn.transfers.get(self.transfer_id)
             except NotFound:
                 return
-            if t.phase in _ENDED_PHASES:
+            if t.phase in ENDED:
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
@@ -299,7 +295,7 @@ class TransferSession:
         except NotFound:
             self._stopped_by_system("the transfer disappeared from the engine")
             return
-        if t.phase in _STOP_PHASES:
+        if t.phase in STOPPED:
             self._stopped_by_system(f"the engine moved the transfer to phase {t.phase}")
 
     def _stopped_by_system(self, reason: str) -> None:
@@ -308,8 +304,6 @@ class TransferSession:
         self.cancel_event.set()
 
     def _ping_data_plane(self) -> None:
-        from imagetool.imageio.client import ImageioClient
-
         # A fresh client: the worker connections are busy or cached options
         # would not reach the server.
         client = ImageioClient(

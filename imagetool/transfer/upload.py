@@ -12,7 +12,11 @@ from typing import Any, Callable
 
 from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
                               UnsupportedFeature)
-from imagetool.transfer import resume as resume_mod
+from imagetool.formats import inspect, open_image
+from imagetool.formats.measure import measure
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
+from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.session import TransferSession
@@ -39,8 +43,6 @@ class UploadPlan:
 
 
 def _check_file(path: str) -> Any:
-    from imagetool.formats import inspect
-
     info = inspect(path)
     if info.format not in ("raw", "qcow2"):
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
@@ -62,10 +64,6 @@ def _check_file(path: str) -> Any:
 
 def _measure(path: str) -> int | None:
     """Space a sparse qcow2 volume needs for this image (qemu-img measure "required")."""
-    try:
-        from imagetool.formats.measure import measure
-    except ImportError:
-        return None
     return int(measure(path, out_format="qcow2")["required"])
 
 
@@ -114,8 +112,6 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
 
 def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
     """A temporary qcow2 holding ``path``'s guest data (for cow transfers)."""
-    from imagetool.formats import open_image
-    from imagetool.formats.qcow2_writer import Qcow2Writer
 
     out = os.path.join(tmpdir, os.path.basename(path) + ".qcow2")
     src = open_image(path, "r")
@@ -143,8 +139,6 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                        description: str | None = None,
                        verify: bool = True, resume: bool = False) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
-    from imagetool.formats import open_image
-    from imagetool.formats.raw import RawBackend
 
     start = time.monotonic()
     legacy = bool(getattr(conn, "legacy", False))
@@ -184,7 +178,6 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             src = open_image(source_path, "r")     # guest data
             dst_is_zero = sparse
         stack.callback(src.close)
-        from imagetool.transfer import verify as verifying
         volume_bytes = plan.transfer_format == "cow" and plan.disk_format == "cow"
         verification = verifying.skipped("not asked (--no-verify)")
         local_hash = None

@@ -16,6 +16,10 @@ from typing import Any, Callable
 from imagetool.errors import ImagetoolError
 from imagetool.formats import open_image
 from imagetool.formats.base import Backend
+from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import RawBackend
+from imagetool.imageio.backend import HttpBackend
+from imagetool.imageio.client import ImageioClient
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyStats, copy
 from imagetool.transfer.output import SharedBackend, atomic_output
 
@@ -50,8 +54,6 @@ def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
              proxy_url: str | None = None, signed_ticket: str | None = None,
              read_timeout: float = 60) -> Backend:
     """An HTTP backend on one imageio URL (OPTIONS done, features known)."""
-    from imagetool.imageio.backend import HttpBackend
-    from imagetool.imageio.client import ImageioClient
 
     client = ImageioClient(url, cafile=cafile, insecure=insecure,
                            proxy_url=proxy_url, signed_ticket=signed_ticket,
@@ -100,7 +102,6 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     workers = _cap(workers, getattr(src, "max_readers", None))
     size = src.size
     if format == "raw":
-        from imagetool.formats.raw import RawBackend
         dst = RawBackend(tmp, "w", size=size)
         try:
             shared = SharedBackend(dst, writeback_path=tmp)
@@ -108,14 +109,13 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
             dst.close()
             raise
     else:
-        from imagetool.formats.qcow2_writer import Qcow2Writer
         dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
                                  backing_format=backing_format)
         shared = SharedBackend(dst)
     try:
         # With few connections, writing the local file while the next
-        # request is read measured ~1.4x faster; with more, workers overlap
-        # each other anyway.
+        # request is read is faster (benchmarks/transfer_results.md); with
+        # more, workers overlap each other anyway.
         stats = copy(src, shared, workers=workers, request_size=request_size,
                      dst_is_zero=True, progress=progress,
                      cancel_event=cancel_event, detect_zeroes=True,
@@ -194,8 +194,6 @@ def url_checksum(url: str, *, algorithm: str = "blake2b",
                  block_size: int = 4 << 20, cafile: str | None = None,
                  insecure: bool = False) -> dict:
     """The server's block checksum of the URL's guest data."""
-    from imagetool.imageio.client import ImageioClient
-
     client = ImageioClient(url, cafile=cafile, insecure=insecure)
     try:
         return client.checksum(algorithm=algorithm, block_size=block_size)
@@ -206,8 +204,6 @@ def url_checksum(url: str, *, algorithm: str = "blake2b",
 def url_info(url: str, *, cafile: str | None = None,
              insecure: bool = False, extents: bool = True) -> dict:
     """Size, features and allocation summary of an imageio URL."""
-    from imagetool.imageio.client import ImageioClient
-
     client = ImageioClient(url, cafile=cafile, insecure=insecure)
     try:
         opts = client.options()

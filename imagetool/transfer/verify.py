@@ -25,8 +25,9 @@ What is compared:
 Algorithm: the block checksum works with any hash both sides offer. Where
 the server offers it, verification uses whichever of sha256 and blake2b
 (imageio's default) hashes faster on this machine, measured once on 4 MiB
-(with SHA extensions sha256 runs ~6x faster than blake2b in CPython, and
-both sides hash every data byte, so this is most of verification's cost).
+(with SHA extensions sha256 is much faster than blake2b in CPython, see
+benchmarks/README.md, and both sides hash every data byte, so this is most
+of verification's cost).
 The algorithm used is in the result; ``checksum --disk`` keeps blake2b.
 
 Checksum ahead: before an upload's copy, a server listing the
@@ -44,15 +45,22 @@ removed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum,
-                                hash_factory)
+from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum, hash_factory,
+                                validate_block_size)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
+from imagetool.formats import open_image
 from imagetool.formats.base import Backend, Extent
+from imagetool.formats.raw import RawBackend
+from imagetool.imageio.backend import HttpBackend
+from imagetool.imageio.client import ImageioClient
+from imagetool.imageio.protocol import CHECKSUM_AHEAD
+from imagetool.transfer.session import TransferSession
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +170,6 @@ class _Window:
 
 def _fresh_client(backend: Any, read_timeout: float) -> Any:
     """A new client of ``backend``'s URL: own connection, nothing cached."""
-    from imagetool.imageio.client import ImageioClient
-
     c = backend.client
     return ImageioClient(c.url, cafile=c.cafile, insecure=c.insecure,
                          proxy_url=c.proxy_url, signed_ticket=c.signed_ticket,
@@ -180,8 +186,6 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
     asks for a prefix of the image, its data is read back and hashed here.
     ``method`` is ``server-checksum`` or ``read-back``.
     """
-    from imagetool.imageio.backend import HttpBackend
-
     if size is None and "checksum" in getattr(backend, "features", ()):
         client = _fresh_client(backend, backend.client.read_timeout
                                + backend.size / _MIN_SERVER_RATE)
@@ -204,8 +208,8 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
 # Hash an upload's source while the copy runs (True) or after it, while the
 # server hashes (False). The copy mostly waits on sockets and storage, so
 # hashing beside it is nearly free; after it, our hashing competes with the
-# server's for the CPUs (benchmarks/compare_verify.py, 1 GiB half data, 2
-# busy CPUs: +13%/+33% vs +87%/+63% in two runs of 5).
+# server's for the CPUs (benchmarks/README.md, "Cost of end-to-end
+# verification").
 PARALLEL_UPLOAD_HASH = True
 
 # Candidates for verification, fastest first once measured.
@@ -330,9 +334,7 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
     """An opener of what an upload sends: guest data, or the file's own bytes."""
     def opener() -> Backend:
         if volume_bytes:
-            from imagetool.formats.raw import RawBackend
             return RawBackend(path, "r")
-        from imagetool.formats import open_image
         return open_image(path, "r")
     return opener
 
@@ -359,8 +361,6 @@ def announce_upload_checksum(dst: Any, algorithm: str,
     nothing); a refusal is not an error (the final checksum then reads
     everything back). True when the server accepted.
     """
-    from imagetool.imageio.client import CHECKSUM_AHEAD
-
     client = getattr(dst, "client", None)
     if client is None or "checksum" not in getattr(dst, "features", ()):
         return False
@@ -418,7 +418,6 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
 
 
 def _file_size(path: str) -> int:
-    import os
     return os.path.getsize(path)
 
 
@@ -432,8 +431,6 @@ def _fresh_size(dst: Any) -> int:
 
 
 def _padded_checksum(path: str, size: int, kw: dict) -> str:
-    from imagetool.formats.raw import RawBackend
-
     b = RawBackend(path, "r")
     try:
         return checksum(_Window(b, size), **kw)["checksum"]
@@ -452,8 +449,6 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
     that layer, for files given a backing file). The server hashes while we
     hash the file. ``algorithm`` None: picked (module docstring). Raises ChecksumMismatch when they differ.
     """
-    from imagetool.formats import open_image
-
     start = time.monotonic()
     algorithm = algorithm or pick_algorithm(src)
     local = LocalHash(lambda: open_image(local_path, "r", format=format, shallow=shallow),
@@ -475,8 +470,6 @@ def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM
     then finalizes. Returns ``{"algorithm", "block_size", "checksum",
     "disk_id", "method"}``.
     """
-    from imagetool.checksum import hash_factory, validate_block_size
-    from imagetool.transfer.session import TransferSession
 
     hash_factory(algorithm)          # ValueError before the engine locks anything
     validate_block_size(block_size)

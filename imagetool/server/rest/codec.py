@@ -17,7 +17,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from imagetool.server.rest.router import ApiError
+from imagetool.server.rest.errors import ApiError
 
 # Deepest element nesting a request body may have. oVirt request bodies are
 # a few levels deep (an OVF travels as text, not as elements); a bound

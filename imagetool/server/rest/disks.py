@@ -1,5 +1,6 @@
-"""Disks (seed 6.42-6.49): add, list, get, update, remove, copy, move, and
-their disk snapshots (the volumes of the disk's chain)."""
+"""Disks (oVirt REST API guide: Disks, Disk, DiskSnapshots): add, list, get,
+update, remove, copy, move, and their disk snapshots (the volumes of the
+disk's chain)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hosts (seed 6.87, 6.97): the one local host, always up."""
+"""Hosts (oVirt REST API guide: Hosts, Host): the one local host, always up."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Image transfers (seed 6.100-6.103): add, list, get and the actions
-extend, pause, resume, finalize, cancel. The state machine lives in
+"""Image transfers (oVirt REST API guide: ImageTransfers, ImageTransfer): add,
+list, get and the actions extend, pause, resume, finalize, cancel. The state machine lives in
 ``server/transfers.py``; this module validates input and renders."""
 
 from __future__ import annotations
 
+from imagetool.phases import SERVING
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import action_links, get_or_404, ref, search_filter
 from imagetool.server.rest.disks import check_usable
@@ -18,7 +19,7 @@ DEFAULT_INACTIVITY = 60
 def transfer_repr(req: Request, t: dict) -> dict:
     """An ImageTransfer in the API model's shape (URLs only while usable)."""
     base = req.href("imagetransfers", t["id"])
-    urls = t["phase"] in ("transferring", "resuming", "paused_user", "paused_system")
+    urls = t["phase"] in SERVING
     url = f"{req.engine.dataplane_url()}/images/{t['ticket_id']}" if urls else None
     return {
         "href": base, "id": t["id"],

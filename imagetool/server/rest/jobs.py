@@ -1,4 +1,4 @@
-"""Jobs (seed 6.114-6.115) and their steps: a record of long operations."""
+"""Jobs (oVirt REST API guide: Jobs, Job) and their steps: a record of long operations."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Request routing for the REST API: patterns -> handlers, faults.
 
 A handler takes ``(req, **path_params)`` and returns a ``Reply``, or raises
-``ApiError`` which becomes a ``<fault>`` with the status code.
+``ApiError`` (``errors.py``) which becomes a ``<fault>`` with the status code.
 """
 
 from __future__ import annotations
@@ -10,40 +10,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imagetool.server.rest.codec import parse
+from imagetool.server.rest.errors import ApiError, bad_request, conflict, missing, not_found
+
+# The errors are raised by handlers that import them from here too.
+__all__ = ["API_PREFIX_RE", "ApiError", "Handler", "Reply", "Request", "Router",
+           "bad_request", "conflict", "missing", "not_found"]
+
 API_PREFIX_RE = re.compile(r"^/ovirt-engine/api(?:/v4)?(?=/|$)")
-
-
-class ApiError(Exception):
-    """An error answered to the client as a fault."""
-
-    def __init__(self, status: int, reason: str, detail: str = "",
-                 headers: dict[str, str] | None = None) -> None:
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.headers = headers or {}
-        super().__init__(f"{status} {reason}: {detail}")
-
-
-def not_found(what: str = "entity") -> ApiError:
-    """404 in the engine's words."""
-    return ApiError(404, "Not Found", f"Entity not found: {what}")
-
-
-def conflict(action: str, why: str) -> ApiError:
-    """409: the engine's 'Cannot <action>. <why>' shape."""
-    return ApiError(409, "Operation Failed", f"[Cannot {action}. {why}]")
-
-
-def bad_request(detail: str) -> ApiError:
-    """400 for invalid or incomplete input."""
-    return ApiError(400, "Operation Failed", detail)
-
-
-def missing(entity: str, method: str, fields: str) -> ApiError:
-    """400 for required fields, in the engine's wording."""
-    return ApiError(400, "Incomplete parameters",
-                    f"{entity} [{fields}] required for {method}")
 
 
 @dataclass
@@ -68,7 +42,6 @@ class Request:
     def data(self) -> dict:
         """The parsed body (XML or JSON per Content-Type)."""
         if self._parsed is None:
-            from imagetool.server.rest.codec import parse
             self._parsed = parse(self.body, self.headers.get("content-type", ""))
         return self._parsed[1]
 
@@ -130,7 +103,7 @@ class Router:
         raise _unknown(path)
 
 
-# Seed services the local engine does not implement (501 names them).
+# Services of the oVirt REST API the local engine does not implement (501 names them).
 _UNIMPLEMENTED = {
     "affinitylabels", "bookmarks", "clusterlevels", "cpuprofiles", "diskprofiles", "domains", "events", "externalhostproviders",
     "groups", "icons", "instancetypes", "katelloerrata", "macpools",
@@ -148,7 +121,7 @@ _SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hook
             "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 
 
-# Seed actions on implemented entities that the local engine does not do.
+# Actions of the oVirt REST API on implemented entities that the local engine does not do.
 _ACTIONS = {"export", "reduce", "refreshlun", "sparsify", "activate", "deactivate",
             "refresh", "refreshluns", "updateovfstore", "reduceluns", "start", "stop",
             "shutdown", "commit", "preview", "undo", "import", "clone", "migrate"}

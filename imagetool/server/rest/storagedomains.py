@@ -1,4 +1,5 @@
-"""Storage domains (seed 6.180-6.191): list/get, their disks and disk snapshots."""
+"""Storage domains (oVirt REST API guide: StorageDomains, StorageDomain and
+their sub-services): list/get, their disks and disk snapshots."""
 
 from __future__ import annotations
 

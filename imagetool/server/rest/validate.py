@@ -13,12 +13,10 @@ listing unparsable, so text is printable and bounded in length.
 
 from __future__ import annotations
 
-import re
 
+from imagetool.ids import is_uuid
 from imagetool.server.rest.router import ApiError
 
-UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                     r"[0-9a-fA-F]{12}", re.ASCII)
 
 # Lengths in characters. oVirt limits disk aliases and VM names to 255;
 # descriptions get more room.
@@ -41,7 +39,7 @@ def shown(value: str, limit: int = 64) -> str:
 
 def check_id(value: str, what: str) -> str:
     """``value`` lower-cased if it is a UUID, else ApiError 400 naming ``what``."""
-    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+    if not is_uuid(value):
         raise ApiError(400, "Invalid id",
                        f"Invalid {what} id {shown(str(value))}: ids are UUIDs")
     return value.lower()

@@ -1,4 +1,5 @@
-"""VMs (seed 6.220, 6.243), their disk attachments and snapshots (6.165-6.172).
+"""VMs (oVirt REST API guide: Vms, Vm), their disk attachments and snapshots
+(Snapshots, Snapshot and its sub-services).
 
 A VM here is an inventory record: a name, disk attachments and snapshots;
 it never runs. A snapshot turns each disk's active volume into a read-only

@@ -1,0 +1,123 @@
+"""Progress on the terminal: tqdm byte bars, and running several transfers
+at once with one bar each (stopped together on Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm import tqdm
+
+
+def bar_size(stream: Any = None) -> dict:
+    """tqdm size options: follow the terminal, or 80x100 where it reports a
+    zero size (a fresh pty, some serial consoles say 0x0, and tqdm would
+    then draw empty lines or hide every positioned bar)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        columns = lines = 0
+    opts: dict = {"dynamic_ncols": True} if columns > 0 else {"ncols": 80}
+    if lines <= 0:
+        opts["nrows"] = 100
+    return opts
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator[Any]:
+    """A tqdm byte bar on a terminal; a no-op callable when piped.
+
+    Yields ``update(nbytes)``.
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda n: None
+        return
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True,
+               unit_divisor=1024, leave=True, **bar_size())
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+class Bars:
+    """One tqdm bar per image plus a total; nothing when not on a terminal.
+
+    ``stop`` is set on Ctrl-C: the next progress call of every transfer
+    then raises KeyboardInterrupt in its worker, which cancels it.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, int]], enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.bars: list[Any] = []
+        self.total = None
+        if self.enabled:
+            kw = dict(unit="B", unit_scale=True, unit_divisor=1024,
+                      leave=True, file=sys.stderr, **bar_size(sys.stderr))
+            pos = 0
+            if len(items) > 1:
+                self.total = tqdm(total=sum(s for _, s in items), desc="total",
+                                  position=0, **kw)
+                pos = 1
+            self.bars = [tqdm(total=size, desc=_short(name), position=pos + i, **kw)
+                         for i, (name, size) in enumerate(items)]
+
+    def callback(self, index: int) -> Callable[[int], None]:
+        """The progress callback for image ``index``."""
+        def update(n: int) -> None:
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            if self.enabled:
+                with self.lock:
+                    self.bars[index].update(n)
+                    if self.total is not None:
+                        self.total.update(n)
+        return update
+
+    def close(self) -> None:
+        for b in self.bars + ([self.total] if self.total is not None else []):
+            b.close()
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[Any]:
+    """Run ``tasks`` ``jobs`` at a time; results (or exceptions) in order.
+
+    On Ctrl-C every running task is told to stop (through ``bars.stop``),
+    waited for (so each cancels its transfer), then KeyboardInterrupt is
+    raised.
+    """
+    results: list[Any] = [None] * len(tasks)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = []
+    try:
+        futures = [pool.submit(t) for t in tasks]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+    except KeyboardInterrupt:
+        bars.stop.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    for i, f in enumerate(futures):
+        exc = f.exception()
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        results[i] = exc if exc is not None else f.result()
+    return results

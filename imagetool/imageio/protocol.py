@@ -1,0 +1,80 @@
+"""Facts of the imageio data-plane protocol, shared by the client and the
+local engine's data plane (ovirt-imageio docs, "Images API").
+
+Feature names (``OPTIONS /images/<ticket>``), imagetool's own extension
+(``checksum-ahead``, listed apart under ``imagetool_features`` so imageio's
+``features`` list is unchanged), the block-size limits of ``GET
+/images/<ticket>/checksum``, and the ``Range``/``Content-Range`` headers.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Features a writable ticket offers; a read-only ticket offers READ_FEATURES.
+FEATURES = ("checksum", "extents", "flush", "zero")
+READ_FEATURES = ("checksum", "extents")
+# imagetool's own extensions, listed apart from imageio's "features".
+EXTENSIONS_KEY = "imagetool_features"
+CHECKSUM_AHEAD = "checksum-ahead"
+
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+MIN_BLOCK_SIZE = 1024 * 1024
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$", re.ASCII)
+_CONTENT_RANGE_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\*|\d+)$", re.ASCII)
+
+
+def parse_uint(text: str) -> int:
+    """A non-negative integer written in ASCII digits only.
+
+    ``int()`` also takes a sign, underscores, spaces and other scripts'
+    digits; a header or query value must not. ValueError otherwise.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        raise ValueError(f"not an unsigned integer: {text!r}")
+    return int(text)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """``Range: bytes=A-B`` / ``bytes=A-`` of an image of ``size`` bytes ->
+    (offset, length); ValueError saying why it cannot be satisfied."""
+    m = _RANGE_RE.match(header.strip())
+    if not m:
+        raise ValueError(f"Cannot satisfy range {header!r}: only one bytes=first-[last] "
+                         "range is supported")
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else size - 1
+    if first > last:
+        raise ValueError(f"Cannot satisfy range {header!r}: first > last")
+    if last >= size:
+        raise ValueError(f"Cannot satisfy range {header!r}: image size is {size}")
+    return first, last - first + 1
+
+
+def format_range(offset: int, length: int) -> str:
+    """The ``Range`` value asking for ``length`` bytes at ``offset``."""
+    return f"bytes={offset}-{offset + length - 1}"
+
+
+def format_content_range(offset: int | None, length: int = 0,
+                         size: int | None = None) -> str:
+    """``bytes A-B/SIZE`` (``*`` for an unknown size); ``offset=None`` gives
+    ``bytes */SIZE``, the answer to an unsatisfiable range."""
+    total = "*" if size is None else str(size)
+    if offset is None:
+        return f"bytes */{total}"
+    return f"bytes {offset}-{offset + length - 1}/{total}"
+
+
+def parse_content_range(header: str) -> tuple[int | None, int | None, int | None]:
+    """``bytes A-B/T``, ``bytes A-B/*`` or ``bytes */T`` -> (A, B, T), None
+    where the header has ``*``; ValueError for anything else."""
+    m = _CONTENT_RANGE_RE.match(header.strip())
+    if not m:
+        raise ValueError(f"Invalid Content-Range {header!r}")
+    first, last, total = m.groups()
+    return (None if first is None else int(first),
+            None if last is None else int(last),
+            None if total == "*" else int(total))
