@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from imagetool.server.rest.errors import ApiError
+from imagetool.server.rest.validate import check_id
 
 # Deepest element nesting a request body may have. oVirt request bodies are
 # a few levels deep (an OVF travels as text, not as elements); a bound
@@ -257,7 +258,6 @@ def get_str(obj: Any, *path: str) -> str | None:
 
 def get_id(obj: Any, *path: str, what: str = "entity") -> str | None:
     """A nested id, or None when absent; ApiError 400 when not a UUID."""
-    from imagetool.server.rest.validate import check_id
     text = get_str(obj, *path)
     return None if text is None else check_id(text, what)
 

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 from imagetool.server.rest.router import Request, bad_request
+from imagetool.server.rest.validate import check_id
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 
@@ -83,5 +84,4 @@ def ovf_disk_ids(data: str) -> tuple[str | None, list[str]]:
             attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
             ref_ = attrs.get("fileRef") or attrs.get("diskId") or ""
             ids.append(ref_.split("/")[0])
-    from imagetool.server.rest.validate import check_id
     return name, [check_id(i, "OVF disk") for i in ids if i]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from imagetool.server.rest.codec import parse
 from imagetool.server.rest.errors import ApiError, bad_request, conflict, missing, not_found
+from imagetool.server.rest.validate import check_id
 
 # The errors are raised by handlers that import them from here too.
 __all__ = ["API_PREFIX_RE", "ApiError", "Handler", "Reply", "Request", "Router",
@@ -93,7 +94,6 @@ class Router:
             match = regex.match(path)
             if match:
                 if m == method:
-                    from imagetool.server.rest.validate import check_id
                     return handler, {k: check_id(v, _PARAM_LABELS.get(k, k))
                                      for k, v in match.groupdict().items()}
                 allowed = True

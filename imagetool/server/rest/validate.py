@@ -15,7 +15,7 @@ from __future__ import annotations
 
 
 from imagetool.ids import is_uuid
-from imagetool.server.rest.router import ApiError
+from imagetool.server.rest.errors import ApiError
 
 
 # Lengths in characters. oVirt limits disk aliases and VM names to 255;
