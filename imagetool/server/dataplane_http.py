@@ -15,6 +15,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from imagetool.imageio.protocol import parse_uint
+
 MAX_HEADER_BYTES = 64 * 1024
 # Bytes requested per recv() while looking for the end of the header block.
 _HEADER_CHUNK = 16 * 1024
@@ -73,10 +75,12 @@ class Request:
                 raise HttpError(HTTPStatus.BAD_REQUEST,
                                 "Content-Length header is required", close=True)
             return None
-        if not value.strip().isdigit():
+        length = parse_uint(value)
+        if length is None:
             raise HttpError(HTTPStatus.BAD_REQUEST,
-                            f"Invalid Content-Length {value!r}", close=True)
-        return int(value)
+                            f"Invalid Content-Length {value!r}: expecting ASCII digits",
+                            close=True)
+        return length
 
 
 class HttpConnection:

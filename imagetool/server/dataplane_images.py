@@ -32,6 +32,7 @@ from typing import Callable
 
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
+from imagetool.imageio.protocol import parse_uint
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
@@ -52,8 +53,10 @@ _MAX_PATCH_BODY = 16 * 1024
 DIRECT_IO = os.environ.get("IMAGETOOL_DATAPLANE_DIRECT_IO", "1") != "0"
 _DIRECT_ALIGN = 4096
 _FORBIDDEN = "You are not allowed to access this resource: "
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
+# ASCII digits only: \d alone would also take other scripts' digits.
+_RANGE_RE = re.compile(r"^bytes=([0-9]{1,19})-([0-9]{0,19})$", re.ASCII)
+_CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]{1,19})-([0-9]{1,19})/(\*|[0-9]{1,19})$",
+                               re.ASCII)
 
 
 @dataclass
@@ -467,9 +470,11 @@ def checksum(ctx: Context, ticket: Ticket) -> int:
     query = ctx.req.query
     algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
-    if not raw.isdigit():
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid block size: {raw!r}")
-    block_size = _check_block_size(int(raw))
+    value = parse_uint(raw)
+    if value is None:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Invalid block size: {raw!r}: expecting ASCII digits")
+    block_size = _check_block_size(value)
     backend = ticket.backend()
     direct = _DirectReads.open(backend)
     ahead = ticket.checksum_ahead
