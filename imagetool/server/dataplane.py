@@ -8,6 +8,7 @@ The control plane adds ``Ticket``s to the registry and hands out
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -25,6 +26,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle timeout before a connection has touched any ticket.
 DEFAULT_IDLE_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 10.0
+# accept() failing (EMFILE, ENOBUFS, ...): wait this long, doubling up to the max.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
 # After refusing a request body: how long and how much of it to read away.
 DISCARD_TIMEOUT = 2.0
 DISCARD_LIMIT = 256 * 1024 * 1024
@@ -126,13 +130,29 @@ class DataPlaneServer:
     # --- threads -----------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        """Accept until ``stop()``; a failing accept() waits and tries again.
+
+        Running out of descriptors (EMFILE/ENFILE), kernel memory or
+        buffers, or a client resetting before we accepted it are
+        conditions that pass: giving up would leave the data plane dead
+        while the control plane still hands out its URLs. Only a listener
+        closed by ``stop()`` ends the loop.
+        """
         listener = self._listener
         assert listener is not None
+        delay = 0.0
         while not self._stopping.is_set():
             try:
                 sock, _ = listener.accept()
-            except OSError:
-                break
+            except OSError as e:
+                if self._stopping.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
+                    break       # stop() shut the listener down
+                delay = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, delay * 2))
+                log.warning("data plane accept failed (%s); retrying in %.2f s",
+                            e.strerror or e, delay)
+                self._stopping.wait(delay)
+                continue
+            delay = 0.0
             if self._stopping.is_set():
                 sock.close()
                 break
