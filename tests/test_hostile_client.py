@@ -1,0 +1,201 @@
+"""The data-plane client and ``imagetool url`` against a misbehaving imageio server.
+
+Every reply is checked before its bytes are used: a wrong range, a wrong
+length, extents that do not tile the image, malformed OPTIONS or checksum
+replies are one clear line (exit 1), never a traceback and never a file
+left under the final name. Flipped bytes are caught by verification when
+the server offers checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bad_imageio_server import BadImageioServer
+from fault_fixtures import cli  # noqa: F401
+from imagetool.errors import ConnectionFailed, ProtocolError
+from imagetool.imageio.client import ImageioClient
+
+SIZE = 64 * 1024
+DATA = bytes((i * 7 + 3) % 251 for i in range(SIZE))
+FEATURES_NO_CHECKSUM = ("extents", "flush", "zero")
+
+
+def _client(srv: BadImageioServer) -> ImageioClient:
+    return ImageioClient(srv.url, read_timeout=10)
+
+
+# --- the library client ------------------------------------------------------
+
+RANGE_CASES = {
+    "range-shifted": "imageio GET range 0-8191: server sent Content-Range "
+                     "'bytes 4096-12287/65536', expected 'bytes 0-8191/65536'",
+    "range-label": "imageio GET range 0-8191: server sent Content-Range "
+                   "'bytes 4096-12287/65536', expected 'bytes 0-8191/65536'",
+    "range-total": "imageio GET range 0-8191: server sent Content-Range "
+                   "'bytes 0-8191/131072', expected 'bytes 0-8191/65536'",
+    "range-missing": "imageio GET range 0-8191: server sent no Content-Range, "
+                     "expected 'bytes 0-8191/65536'",
+    "content-length": "imageio GET range 0-8191: server sent Content-Length '8191', "
+                      "expected 8192",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(RANGE_CASES))
+def test_read_checks_the_reply_is_the_range_asked_for(fault):
+    with BadImageioServer(DATA, fault=fault) as srv, _client(srv) as c:
+        assert c.size() == SIZE
+        buf = bytearray(8192)
+        with pytest.raises(ProtocolError) as e:
+            c.read_into(0, memoryview(buf))
+    assert str(e.value) == RANGE_CASES[fault]
+    assert buf == bytearray(8192)          # nothing taken from the bad reply
+
+
+def test_read_short_body_is_a_connection_failure():
+    with BadImageioServer(DATA, fault="short-body") as srv, _client(srv) as c:
+        c.size()
+        with pytest.raises(ConnectionFailed) as e:
+            c.read_into(0, memoryview(bytearray(8192)))
+    assert str(e.value).endswith(": range 0-8191: short reply (4096 of 8192 bytes)")
+
+
+EXTENT_CASES = {
+    "gap": "extent 1 starting at 8192 after one ending at 4096 (a gap)",
+    "overlap": "extent 1 starting at 4096 after one ending at 8192 (an overlap)",
+    "negative": "extent 1 with length -4096, expected > 0",
+    "dict": '{"start": 0, "length": 65536, "zero": false}, expected a list of extents',
+    "null": "null, expected a list of extents",
+    "no-length": "extent 0 {\"start\": 0, \"zero\": false, \"hole\": false} without 'length'",
+    "str-length": 'extent 0 length "65536", expected an integer',
+    "bool-start": "extent 0 start false, expected an integer",
+    "str-zero": 'extent 0 zero "no", expected a boolean',
+    "unsorted": "extent 0 starting at 4096, expected 0",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXTENT_CASES))
+def test_malformed_extents_are_one_line(kind):
+    with BadImageioServer(DATA, fault=f"extents-{kind}") as srv, _client(srv) as c:
+        with pytest.raises(ProtocolError) as e:
+            c.extents()
+    assert str(e.value) == f"imageio GET extents zero: server sent {EXTENT_CASES[kind]}"
+
+
+def test_extents_past_a_known_size():
+    with BadImageioServer(DATA) as srv, _client(srv) as c:
+        assert c.size() == SIZE
+        srv.fault = "extents-past-end"
+        with pytest.raises(ProtocolError) as e:
+            c.extents()
+    assert str(e.value) == ("imageio GET extents zero: server sent extent 0 ending at "
+                            "69632, past the image size 65536")
+
+
+def test_extents_short_of_a_known_size():
+    with BadImageioServer(DATA[:8192]) as small, _client(small) as c:
+        assert c.size() == 8192
+        c._size = SIZE              # as a clone of a client of a larger image
+        with pytest.raises(ProtocolError) as e:
+            c.extents()
+    assert str(e.value) == ("imageio GET extents zero: server sent extents ending at "
+                            "8192, short of the image size 65536")
+
+
+OPTIONS_CASES = {
+    "lots": 'max_readers "lots", expected a positive integer',
+    "negative": "max_writers -1, expected a positive integer",
+    "bool": "max_readers true, expected a positive integer",
+    "list": '["checksum"], expected a JSON object',
+    "features-str": 'features "checksum", expected a list of names',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIONS_CASES))
+def test_malformed_options_are_one_line(kind):
+    with BadImageioServer(DATA, fault=f"options-{kind}") as srv, _client(srv) as c:
+        with pytest.raises(ProtocolError) as e:
+            c.options()
+    assert str(e.value) == f"imageio OPTIONS: server sent {OPTIONS_CASES[kind]}"
+
+
+CHECKSUM_CASES = {
+    "missing": '{"algorithm": "blake2b", "block_size": 4194304}',
+    "number": '{"algorithm": "blake2b", "block_size": 4194304, "checksum": 42}',
+    "list": '["deadbeef"]',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHECKSUM_CASES))
+def test_malformed_checksum_is_one_line(kind):
+    with BadImageioServer(DATA, fault=f"checksum-{kind}") as srv, _client(srv) as c:
+        with pytest.raises(ProtocolError) as e:
+            c.checksum()
+    assert str(e.value) == (f"imageio GET checksum: server sent {CHECKSUM_CASES[kind]}, "
+                            'expected an object with a hex "checksum"')
+
+
+# --- imagetool url download / upload -------------------------------------------
+
+def _error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+DOWNLOAD_CASES = {
+    "range-shifted": (1, "imagetool: error: reading source failed at offset 0 length "
+                         "65536: imageio GET range 0-65535: server sent Content-Range "
+                         "'bytes 4096-69631/65536', expected 'bytes 0-65535/65536'"),
+    "range-label": (1, "imagetool: error: reading source failed at offset 0 length "
+                       "65536: imageio GET range 0-65535: server sent Content-Range "
+                       "'bytes 4096-69631/65536', expected 'bytes 0-65535/65536'"),
+    "content-length": (1, "imagetool: error: reading source failed at offset 0 length "
+                          "65536: imageio GET range 0-65535: server sent Content-Length "
+                          "'65535', expected 65536"),
+    "short-body": (3, None),
+    "extents-gap": (1, "imagetool: error: imageio GET extents zero: server sent "
+                       "extent 1 starting at 8192 after one ending at 4096 (a gap)"),
+    "extents-negative": (1, "imagetool: error: imageio GET extents zero: server sent "
+                            "extent 1 with length -4096, expected > 0"),
+    "extents-null": (1, "imagetool: error: imageio GET extents zero: server sent null, "
+                        "expected a list of extents"),
+    "extents-dict": (1, "imagetool: error: imageio GET extents zero: server sent "
+                        '{"start": 0, "length": 65536, "zero": false}, '
+                        "expected a list of extents"),
+    "extents-no-length": (1, "imagetool: error: imageio GET extents zero: server sent "
+                             'extent 0 {"start": 0, "zero": false, "hole": false} '
+                             "without 'length'"),
+    # The extents make the image longer than it is; the data reply says so.
+    "extents-past-end": (1, "imagetool: error: reading source failed at offset 0 length "
+                            "69632: imageio GET range 0-69631: server sent Content-Range "
+                            "'bytes 0-65535/65536', expected 'bytes 0-69631/69632'"),
+    "options-lots": (1, 'imagetool: error: imageio OPTIONS: server sent max_readers '
+                        '"lots", expected a positive integer'),
+    "options-negative": (1, "imagetool: error: imageio OPTIONS: server sent max_writers "
+                            "-1, expected a positive integer"),
+    "options-bool": (1, "imagetool: error: imageio OPTIONS: server sent max_readers true, "
+                        "expected a positive integer"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(DOWNLOAD_CASES))
+def test_url_download_from_a_bad_server(cli, tmp_path, fault):
+    code_expected, line = DOWNLOAD_CASES[fault]
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA, fault=fault) as srv:
+        code, stdout, err = cli("url", "download", srv.url, out, "--json")
+    got = _error_line(err)
+    assert code == code_expected, err
+    if line is None:        # a connection cut inside the body: transient, exit 3
+        assert got.startswith("imagetool: error: reading source failed at offset 0 "
+                              "length 65536: imageio GET 127.0.0.1:")
+        assert got.endswith(": range 0-65535: short reply (32768 of 65536 bytes)")
+    else:
+        assert got == line
+    assert stdout == ""
+    assert os.listdir(tmp_path) == []      # no final file, no temporary left
