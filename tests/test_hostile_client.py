@@ -16,7 +16,7 @@ import pytest
 
 from bad_imageio_server import BadImageioServer
 from fault_fixtures import cli  # noqa: F401
-from imagetool.errors import ConnectionFailed, ProtocolError
+from imagetool.errors import ChecksumMismatch, ConnectionFailed, ProtocolError
 from imagetool.imageio.client import ImageioClient
 
 SIZE = 64 * 1024
@@ -138,6 +138,15 @@ def test_malformed_checksum_is_one_line(kind):
                             'expected an object with a hex "checksum"')
 
 
+def test_library_download_with_flipped_bytes_raises_and_leaves_no_file(tmp_path):
+    from imagetool.transfer.urls import download_url
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA, fault="flip") as srv:
+        with pytest.raises(ChecksumMismatch):
+            download_url(srv.url, out)
+    assert os.listdir(tmp_path) == []
+
+
 # --- imagetool url download / upload -------------------------------------------
 
 def _error_line(err: str) -> str:
@@ -199,3 +208,111 @@ def test_url_download_from_a_bad_server(cli, tmp_path, fault):
         assert got == line
     assert stdout == ""
     assert os.listdir(tmp_path) == []      # no final file, no temporary left
+
+
+def _checksum_line(err: str, what: str) -> tuple[str, str]:
+    line = _error_line(err)
+    prefix = f"imagetool: error: {what} ("
+    assert line.startswith(prefix), line
+    _, _, values = line.partition("checksum mismatch: local ")
+    local, sep, remote = values.partition(" != remote ")
+    assert sep and len(local) == len(remote) == 64 and local != remote, line
+    return local, remote
+
+
+def test_url_download_flipped_bytes_with_checksum_fails(cli, tmp_path):
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA, fault="flip") as srv:
+        code, stdout, err = cli("url", "download", srv.url, out, "--json")
+    assert code == 1
+    _checksum_line(err, str(out))
+    assert stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_url_download_flipped_bytes_without_checksum_says_not_verified(cli, tmp_path):
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA, fault="flip", features=FEATURES_NO_CHECKSUM) as srv:
+        code, stdout, err = cli("url", "download", srv.url, out, "--json")
+    assert (code, err) == (0, "")
+    result = json.loads(stdout)
+    assert result["verified"] is False
+    assert result["verify_skipped"] == "the server does not offer checksum"
+    assert out.read_bytes() != DATA          # nothing could tell
+
+
+def test_url_download_verifies_by_default(cli, tmp_path):
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA) as srv:
+        code, stdout, err = cli("url", "download", srv.url, out, "--json")
+        assert (code, err) == (0, "")
+        assert json.loads(stdout)["verified"] is True
+        assert out.read_bytes() == DATA
+        out.unlink()
+        code, stdout, err = cli("url", "download", srv.url, out, "--json", "--no-verify")
+    assert (code, err) == (0, "")
+    assert json.loads(stdout)["verified"] is False
+    assert out.read_bytes() == DATA
+
+
+def test_url_download_no_verify_keeps_flipped_bytes(cli, tmp_path):
+    out = tmp_path / "out.raw"
+    with BadImageioServer(DATA, fault="flip") as srv:
+        code, stdout, err = cli("url", "download", srv.url, out, "--json", "--no-verify")
+    assert (code, err) == (0, "")
+    assert json.loads(stdout)["verified"] is False
+    assert out.read_bytes()[1:] == DATA[1:]
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "src" / "disk.raw"
+    path.parent.mkdir()
+    path.write_bytes(DATA)
+    return path
+
+
+def test_url_upload_verifies_by_default(cli, source):
+    with BadImageioServer(bytes(SIZE)) as srv:
+        code, stdout, err = cli("url", "upload", source, srv.url, "--json")
+        assert bytes(srv.data) == DATA
+    assert (code, err) == (0, "")
+    result = json.loads(stdout)
+    assert result["verified"] is True and result["checksum"]["value"]
+
+
+def test_url_upload_flipped_bytes_with_checksum_fails(cli, source):
+    with BadImageioServer(bytes(SIZE), fault="flip") as srv:
+        code, stdout, err = cli("url", "upload", source, srv.url, "--json")
+    assert code == 1 and stdout == ""
+    _checksum_line(err, str(source))
+
+
+def test_url_upload_flipped_bytes_without_checksum_says_not_verified(cli, source):
+    with BadImageioServer(bytes(SIZE), fault="flip", features=FEATURES_NO_CHECKSUM) as srv:
+        code, stdout, err = cli("url", "upload", source, srv.url, "--json")
+        assert bytes(srv.data) != DATA
+    assert (code, err) == (0, "")
+    result = json.loads(stdout)
+    assert result["verified"] is False
+    assert result["verify_skipped"] == "the server does not offer checksum"
+
+
+def test_url_upload_no_verify(cli, source):
+    with BadImageioServer(bytes(SIZE), fault="flip") as srv:
+        code, stdout, err = cli("url", "upload", source, srv.url, "--json", "--no-verify")
+    assert (code, err) == (0, "")
+    assert json.loads(stdout)["verified"] is False
+
+
+@pytest.mark.parametrize("fault, line", [
+    ("options-lots", 'imagetool: error: imageio OPTIONS: server sent max_readers "lots", '
+                     "expected a positive integer"),
+    ("checksum-missing", "imagetool: error: imageio GET checksum: server sent "
+                         '{"algorithm": "blake2b", "block_size": 4194304}, '
+                         'expected an object with a hex "checksum"'),
+])
+def test_url_upload_to_a_bad_server(cli, source, fault, line):
+    with BadImageioServer(bytes(SIZE), fault=fault) as srv:
+        code, stdout, err = cli("url", "upload", source, srv.url, "--json")
+    assert code == 1 and stdout == ""
+    assert _error_line(err) == line
