@@ -316,3 +316,44 @@ def test_url_upload_to_a_bad_server(cli, source, fault, line):
         code, stdout, err = cli("url", "upload", source, srv.url, "--json")
     assert code == 1 and stdout == ""
     assert _error_line(err) == line
+
+
+# --- formats: what qemu reads, and a destination that refuses the bytes ----------
+
+def _qcow2_with_header_size(path, header_size: int) -> None:
+    """A qemu-img qcow2 of 1 MiB with data, its header size edited."""
+    import struct
+    import subprocess
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 1M", str(path)],
+                   check=True, capture_output=True)
+    with open(path, "r+b") as f:
+        f.seek(24)                  # the header's size field (big endian u64)
+        f.write(struct.pack(">Q", header_size))
+
+
+def test_qcow2_size_not_a_multiple_of_512_reads_as_qemu_does(tmp_path, cli):
+    import subprocess
+    from imagetool.formats import inspect
+    src = tmp_path / "odd.qcow2"
+    _qcow2_with_header_size(src, 1000000)
+    qemu = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(src)],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert qemu["virtual-size"] == 999936
+    assert inspect(src).virtual_size == 999936
+    code, _, err = cli("convert", src, tmp_path / "out.raw", "-O", "raw")
+    assert (code, err) == (0, "")
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src),
+                    str(tmp_path / "qemu.raw")], check=True)
+    assert (tmp_path / "out.raw").read_bytes() == (tmp_path / "qemu.raw").read_bytes()
+    assert os.path.getsize(tmp_path / "out.raw") == 999936
+
+
+def test_qcow2_size_not_a_multiple_of_512_uploads_and_verifies(tmp_path, cli):
+    src = tmp_path / "odd.qcow2"
+    _qcow2_with_header_size(src, 1000000)
+    with BadImageioServer(bytes(999936)) as srv:
+        code, stdout, err = cli("url", "upload", src, srv.url, "--json")
+        assert bytes(srv.data) == b"\x5a" * 999936
+    assert (code, err) == (0, "")
+    assert json.loads(stdout)["verified"] is True
