@@ -357,3 +357,28 @@ def test_qcow2_size_not_a_multiple_of_512_uploads_and_verifies(tmp_path, cli):
         assert bytes(srv.data) == b"\x5a" * 999936
     assert (code, err) == (0, "")
     assert json.loads(stdout)["verified"] is True
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_convert_refused_by_the_file_size_limit_is_one_line(tmp_path, fmt):
+    import resource
+    import signal
+    import subprocess
+    import sys
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(4 << 20))
+    dst = tmp_path / f"dst.{fmt}"
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    p = subprocess.run([sys.executable, "-m", "imagetool", "convert", str(src), str(dst),
+                        "-O", fmt], capture_output=True, text=True, preexec_fn=limit,
+                       timeout=120)
+    assert p.returncode == 1
+    assert _error_line(p.stderr) == (
+        f"imagetool: error: {dst}: cannot write: File too large: the file system or the "
+        f"file size limit (ulimit -f) refuses a file of {4 << 20} bytes; write it to "
+        "another file system or raise the limit")
+    assert sorted(os.listdir(tmp_path)) == ["src.raw"]
