@@ -304,6 +304,19 @@ def test_url_upload_no_verify(cli, source):
     assert json.loads(stdout)["verified"] is False
 
 
+def test_url_upload_format_raw_of_a_qcow2_file_verifies_its_bytes(cli, tmp_path):
+    """--format raw sends the file's own bytes: those are what is verified."""
+    import subprocess
+    src = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "1M"], check=True)
+    data = src.read_bytes()
+    with BadImageioServer(bytes(len(data))) as srv:
+        code, stdout, err = cli("url", "upload", "--format", "raw", src, srv.url, "--json")
+        assert bytes(srv.data) == data
+    assert (code, err) == (0, "")
+    assert json.loads(stdout)["verified"] is True
+
+
 @pytest.mark.parametrize("fault, line", [
     ("options-lots", 'imagetool: error: imageio OPTIONS: server sent max_readers "lots", '
                      "expected a positive integer"),

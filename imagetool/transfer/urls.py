@@ -173,12 +173,26 @@ def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
         dst = open_url(url, cafile=cafile, insecure=insecure)
         try:
             verification = _can_verify(dst, verify)
-            stats = upload_backend(src, dst, workers=workers,
-                                   request_size=request_size,
-                                   dst_is_zero=dst_is_zero, progress=progress)
+            local = None
             if verification is None:
-                verification = verifying.verify_upload(dst, os.fspath(path),
-                                                       what=os.fspath(path))
+                # As engine uploads: hash the source while the copy runs, and
+                # let a server that can hash flushed blocks ahead know how.
+                algorithm = verifying.pick_algorithm(dst)
+                verifying.announce_upload_checksum(dst, algorithm)
+                local = verifying.LocalHash(
+                    lambda: open_image(path, "r", format=format), algorithm=algorithm)
+            try:
+                stats = upload_backend(src, dst, workers=workers,
+                                       request_size=request_size,
+                                       dst_is_zero=dst_is_zero, progress=progress)
+            except BaseException:
+                if local is not None:
+                    local.cancel()
+                raise
+            if local is not None:
+                verification = verifying.verify_upload(
+                    dst, os.fspath(path), local=local, algorithm=local.algorithm,
+                    what=os.fspath(path))
         finally:
             dst.close()
     finally:
