@@ -257,3 +257,27 @@ def test_idle_connection_before_any_request_is_closed(engine, dataplane, monkeyp
             data = b""
     assert data == b""
     assert _exchange(engine, b"GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
+def test_tls_hello_dripped_slowly_is_closed(engine, monkeypatch):
+    """The handshake has one deadline, not one per received byte (ssl's
+    do_handshake keeps one deadline for the whole handshake: a guard)."""
+    from imagetool.server import dataplane
+    monkeypatch.setattr(dataplane, "HANDSHAKE_TIMEOUT", 0.5)
+    parts = urlsplit(engine.server.dataplane_url())
+    # A TLS record header announcing a 512-byte handshake message, then its
+    # body one byte at a time, each well within a per-receive timeout.
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00")
+        s.settimeout(0.1)
+        deadline = time.monotonic() + 20
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            try:
+                s.sendall(b"\x01")
+                closed = s.recv(65536) == b""
+            except socket.timeout:
+                continue
+            except OSError:         # reset: closed too
+                closed = True
+    assert closed
