@@ -86,6 +86,15 @@ class ImageioError(ImagetoolError):
         super().__init__(message)
 
 
+class ProtocolError(ImageioError):
+    """The data plane answered something its protocol does not allow (a
+    range not asked for, extents that do not tile the image, malformed
+    OPTIONS...): a broken or hostile server, not worth retrying."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=None)
+
+
 # --- transfers -------------------------------------------------------------
 
 class TransferError(ImagetoolError):

@@ -17,6 +17,7 @@ written whole (required for compression).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -86,16 +87,36 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
             finally:
                 dst.close()
             os.replace(tmp, dst_path)
-        except BaseException:
+        except BaseException as e:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+            refused = _write_refused(e, dst_path, src.size)
+            if refused is not None:
+                raise refused from None
             raise
         fsync_dir(dst_dir)
         return {"virtual_size": src.size, "data_bytes": copied}
     finally:
         src.close()
+
+
+_WRITE_REFUSED = {
+    errno.EFBIG: "the file system or the file size limit (ulimit -f) refuses a file "
+                 "of {size} bytes; write it to another file system or raise the limit",
+    errno.ENOSPC: "no space left for {size} bytes; free some or write it elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write it elsewhere",
+}
+
+
+def _write_refused(e: BaseException, dst_path: str, size: int) -> FormatError | None:
+    """A one-line error naming ``dst_path`` and what to do, when the
+    destination's file system refused the bytes (else None)."""
+    if not isinstance(e, OSError) or e.errno not in _WRITE_REFUSED:
+        return None
+    advice = _WRITE_REFUSED[e.errno].format(size=size)
+    return FormatError(f"cannot write: {e.strerror}: {advice}", dst_path)
 
 
 def _copy(src: Backend, dst: Backend, align: int, request_size: int,

@@ -105,6 +105,13 @@ class Header:
         return 1 << self.cluster_bits
 
     @property
+    def virtual_size(self) -> int:
+        """The guest size as qemu sees it: the header's size rounded down
+        to 512 bytes (qemu counts a disk in 512-byte sectors, so qemu-img
+        info, qemu-nbd and ovirt-imageio never show the last partial one)."""
+        return self.size // 512 * 512
+
+    @property
     def extended_l2(self) -> bool:
         return bool(self.incompatible_features & INCOMPAT_EXTL2)
 
@@ -391,7 +398,7 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
     blocks = getattr(st, "st_blocks", None)
     return ImageInfo(
         format="qcow2",
-        virtual_size=h.size,
+        virtual_size=h.virtual_size,
         actual_size=blocks * 512 if blocks is not None else st.st_size,
         content_type="data",
         filename=path,

@@ -103,7 +103,7 @@ class Qcow2Backend:
     def _setup(self) -> None:
         h = self.header = qcow2.parse_header(self._fd, self.path)
         qcow2.check_readable(h)
-        self._size = h.size
+        self._size = h.virtual_size
         self._file_size = h.file_size
         self._cb = h.cluster_bits
         self._cs = h.cluster_size

@@ -17,7 +17,7 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass
 
-from imagetool.errors import ConnectionFailed, ImageioError
+from imagetool.errors import ConnectionFailed, ImageioError, ProtocolError
 from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         format_content_range, format_range,
@@ -51,8 +51,22 @@ _CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
 
 def _content_range_size(header: str) -> int | None:
     """The image size a Content-Range reports, None when absent or invalid."""
+    rng = _content_range(header)
+    return None if rng is None else rng[2]
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None, int | None] | None:
+    """A Content-Range header parsed, None when absent or invalid."""
     try:
-        return parse_content_range(header)[2]
+        return parse_content_range(header)
+    except ValueError:
+        return None
+
+
+def _uint(text: str | None) -> int | None:
+    """A header's non-negative integer, None when absent or not ASCII digits."""
+    try:
+        return parse_uint(text)
     except ValueError:
         return None
 
@@ -317,10 +331,7 @@ class ImageioClient:
                 except ValueError:
                     raise ImageioError("imageio OPTIONS: invalid JSON reply",
                                        status=200) from None
-                self._options = ImageioOptions(
-                    frozenset(data.get("features", ())),
-                    int(data.get("max_readers", 1)), int(data.get("max_writers", 1)),
-                    frozenset(data.get(EXTENSIONS_KEY, ())))
+                self._options = _parse_options(data)
             else:
                 raise self._fail("OPTIONS", "", resp)
         return self._options
@@ -335,21 +346,21 @@ class ImageioClient:
                 resp = self._request("GET", headers={"Range": format_range(0, 1)},
                                      what="range 0-0")
                 if resp.status == 206:
-                    total = _content_range_size(resp.getheader("Content-Range", ""))
+                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
-                    if total is None:
-                        raise ImageioError("imageio GET: no size in Content-Range",
-                                           status=206)
-                    self._size = total
+                    if rng is None or rng[:2] != (0, 0) or rng[2] is None:
+                        self.close()
+                        raise ProtocolError(f"imageio GET range 0-0: server sent "
+                                            f"{_header(resp, 'Content-Range')}, "
+                                            "expected 'bytes 0-0/<size>'")
+                    self._size = rng[2]
                 elif resp.status == 200:
-                    length = resp.getheader("Content-Length")
+                    length = _uint(resp.getheader("Content-Length"))
                     # Whole image sent: we must not keep a half-read reply.
                     self.close()
-                    try:
-                        self._size = parse_uint(length or "")
-                    except ValueError:
-                        raise ImageioError("imageio GET: unknown image size",
-                                           status=200) from None
+                    if length is None:
+                        raise ImageioError("imageio GET: unknown image size", status=200)
+                    self._size = length
                 elif resp.status == 416:
                     # An empty image cannot satisfy any range.
                     total = _content_range_size(resp.getheader("Content-Range", ""))
@@ -374,11 +385,7 @@ class ImageioClient:
                 self.close()     # it is sending the whole image; drop it
                 raise ImageioError(f"imageio GET {what}: server ignored Range", status=200)
             raise self._fail("GET", what, resp)
-        if resp.length != length:
-            self.close()
-            raise ImageioError(
-                f"imageio GET {what}: server sent {resp.length} bytes, expected {length}",
-                status=206)
+        self._check_range(what, resp, offset, length)
         view = memoryview(buf).cast("B")
         got = 0
         try:
@@ -400,6 +407,27 @@ class ImageioClient:
             raise ConnectionFailed(self._where("GET", f"{what}: short reply "
                                                       f"({got} of {length} bytes)"))
         return got
+
+    def _check_range(self, what: str, resp: http.client.HTTPResponse, offset: int,
+                     length: int) -> None:
+        """The 206 reply is the range asked for, else close and raise.
+
+        A server answering another range (or another image size) would
+        have its bytes written at the wrong place without a word.
+        """
+        rng = _content_range(resp.getheader("Content-Range"))
+        expected = (offset, offset + length - 1)
+        total = self._size
+        if (rng is None or rng[:2] != expected
+                or (rng[2] is not None and total is not None and rng[2] != total)):
+            self.close()
+            want = f"bytes {offset}-{offset + length - 1}/{'*' if total is None else total}"
+            raise ProtocolError(f"imageio GET {what}: server sent "
+                                f"{_header(resp, 'Content-Range')}, expected {want!r}")
+        if _uint(resp.getheader("Content-Length")) != length:
+            self.close()
+            raise ProtocolError(f"imageio GET {what}: server sent "
+                                f"{_header(resp, 'Content-Length')}, expected {length}")
 
     def write(self, offset: int, data: bytes | memoryview, flush: bool = False) -> None:
         """Write ``data`` at ``offset`` with one PUT (no copy of ``data``)."""
@@ -448,23 +476,26 @@ class ImageioClient:
         For ``context="dirty"`` extents not dirty are reported with
         ``hole=True`` (nothing to copy) and ``zero`` as the server says.
         """
-        data = self._json("GET", "/extents", {"context": context}, what=f"extents {context}")
-        out = []
-        for e in data:
-            if context == "dirty":
-                out.append(Extent(int(e["start"]), int(e["length"]),
-                                  bool(e.get("zero", False)), not e.get("dirty", True)))
-            else:
-                out.append(Extent(int(e["start"]), int(e["length"]),
-                                  bool(e.get("zero", False)), bool(e.get("hole", False))))
-        return out
+        what = f"extents {context}"
+        data = self._json("GET", "/extents", {"context": context}, what=what)
+        try:
+            return _parse_extents(data, context, self._size)
+        except ProtocolError as e:
+            self.close()
+            raise ProtocolError(f"imageio GET {what}: server sent {e}") from None
 
     def checksum(self, algorithm: str = "blake2b",
                  block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
         """The server's block checksum: ``{"algorithm", "block_size", "checksum"}``."""
-        return self._json("GET", "/checksum",
+        data = self._json("GET", "/checksum",
                           {"algorithm": algorithm, "block_size": block_size},
                           what="checksum")
+        value = data.get("checksum") if isinstance(data, dict) else None
+        if not (isinstance(value, str) and value
+                and all(c in "0123456789abcdef" for c in value)):
+            raise ProtocolError(f"imageio GET checksum: server sent {_show(data)}, "
+                                "expected an object with a hex \"checksum\"")
+        return data
 
     def checksum_ahead(self, algorithm: str,
                        block_size: int = DEFAULT_BLOCK_SIZE) -> None:
@@ -481,8 +512,12 @@ class ImageioClient:
 
     def checksum_algorithms(self) -> list[str]:
         """Algorithm names the server's checksum accepts."""
-        return list(self._json("GET", "/checksum/algorithms",
-                               what="checksum algorithms")["algorithms"])
+        data = self._json("GET", "/checksum/algorithms", what="checksum algorithms")
+        names = data.get("algorithms") if isinstance(data, dict) else None
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ProtocolError(f"imageio GET checksum algorithms: server sent "
+                                f"{_show(data)}, expected {{\"algorithms\": [names]}}")
+        return names
 
     def info(self) -> dict:
         """``GET /info/``: the server's version."""
@@ -491,3 +526,90 @@ class ImageioClient:
         if resp.status != 200:
             raise self._fail("GET", "info", resp)
         return json.loads(resp.read())
+
+
+# --- reply validation ----------------------------------------------------------
+
+def _show(value: object, limit: int = 80) -> str:
+    """A JSON value as the server sent it, cut to one short line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _header(resp: http.client.HTTPResponse, name: str) -> str:
+    """``Name 'value'`` or ``no Name``, for messages."""
+    value = resp.getheader(name)
+    return f"no {name}" if value is None else f"{name} {value!r}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_options(data: object) -> ImageioOptions:
+    """OPTIONS' JSON as ImageioOptions; ProtocolError naming what is wrong."""
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError(f"imageio OPTIONS: server sent {what}")
+
+    if not isinstance(data, dict):
+        raise bad(f"{_show(data)}, expected a JSON object")
+    lists = {}
+    for key in ("features", EXTENSIONS_KEY):
+        value = data.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise bad(f"{key} {_show(value)}, expected a list of names")
+        lists[key] = frozenset(value)
+    limits = {}
+    for key in ("max_readers", "max_writers"):
+        value = data.get(key, 1)
+        if not _is_int(value) or value < 1:
+            raise bad(f"{key} {_show(value)}, expected a positive integer")
+        limits[key] = value
+    return ImageioOptions(lists["features"], limits["max_readers"], limits["max_writers"],
+                          lists[EXTENSIONS_KEY])
+
+
+def _parse_extents(data: object, context: str, size: int | None) -> list[Extent]:
+    """Extents JSON as Extents tiling ``[0, size)`` exactly, in order.
+
+    Raises ProtocolError("<what is wrong>") for anything else: a gap or an
+    overlap would leave bytes uncopied or copied twice, and an extent past
+    the end would write beyond the image.
+    """
+    if not isinstance(data, list):
+        raise ProtocolError(f"{_show(data)}, expected a list of extents")
+    out = []
+    pos = 0
+    for i, e in enumerate(data):
+        if not isinstance(e, dict):
+            raise ProtocolError(f"extent {i} {_show(e)}, expected an object")
+        for key in ("start", "length"):
+            if key not in e:
+                raise ProtocolError(f"extent {i} {_show(e)} without {key!r}")
+            if not _is_int(e[key]):
+                raise ProtocolError(f"extent {i} {key} {_show(e[key])}, expected an integer")
+        for key in ("zero", "hole", "dirty"):
+            if key in e and not isinstance(e[key], bool):
+                raise ProtocolError(f"extent {i} {key} {_show(e[key])}, expected a boolean")
+        start, length = e["start"], e["length"]
+        if length <= 0:
+            raise ProtocolError(f"extent {i} with length {length}, expected > 0")
+        if start != pos:
+            if i == 0:
+                raise ProtocolError(f"extent 0 starting at {start}, expected 0")
+            kind = "a gap" if start > pos else "an overlap"
+            raise ProtocolError(f"extent {i} starting at {start} after one ending at "
+                                f"{pos} ({kind})")
+        pos = start + length
+        if size is not None and pos > size:
+            raise ProtocolError(f"extent {i} ending at {pos}, past the image size {size}")
+        if context == "dirty":
+            out.append(Extent(start, length, e.get("zero", False), not e.get("dirty", True)))
+        else:
+            out.append(Extent(start, length, e.get("zero", False), e.get("hole", False)))
+    if size is not None and pos != size:
+        raise ProtocolError(f"extents ending at {pos}, short of the image size {size}")
+    return out

@@ -22,17 +22,20 @@ DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 MIN_BLOCK_SIZE = 1024 * 1024
 MAX_BLOCK_SIZE = 16 * 1024 * 1024
 
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$", re.ASCII)
-_CONTENT_RANGE_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\*|\d+)$", re.ASCII)
+# ASCII digits only (RFC 9110 sections 8.6 and 14): Python's ``\\d``,
+# ``str.isdigit`` and ``int`` also take other scripts' digits ('١٢'),
+# superscripts ('²'), signs and underscores. 19 digits is far beyond any
+# disk and keeps int() away from thousand-digit strings.
+_N = r"([0-9]{1,19})"
+_RANGE_RE = re.compile(rf"^bytes={_N}-([0-9]{{0,19}})$", re.ASCII)
+_CONTENT_RANGE_RE = re.compile(rf"^bytes (?:{_N}-{_N}|\*)/(\*|[0-9]{{1,19}})$", re.ASCII)
+_UINT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
-def parse_uint(text: str) -> int:
-    """A non-negative integer written in ASCII digits only.
-
-    ``int()`` also takes a sign, underscores, spaces and other scripts'
-    digits; a header or query value must not. ValueError otherwise.
-    """
-    if not text or not text.isascii() or not text.isdigit():
+def parse_uint(text: str | None) -> int:
+    """A non-negative integer written in ASCII digits only (surrounding
+    blanks allowed, as in a header). ValueError otherwise."""
+    if text is None or not _UINT_RE.fullmatch(text.strip(" \t")):
         raise ValueError(f"not an unsigned integer: {text!r}")
     return int(text)
 
@@ -68,11 +71,11 @@ def format_content_range(offset: int | None, length: int = 0,
     return f"bytes {offset}-{offset + length - 1}/{total}"
 
 
-def parse_content_range(header: str) -> tuple[int | None, int | None, int | None]:
+def parse_content_range(header: str | None) -> tuple[int | None, int | None, int | None]:
     """``bytes A-B/T``, ``bytes A-B/*`` or ``bytes */T`` -> (A, B, T), None
-    where the header has ``*``; ValueError for anything else."""
-    m = _CONTENT_RANGE_RE.match(header.strip())
-    if not m:
+    where the header has ``*``; ValueError for anything else (B < A too)."""
+    m = _CONTENT_RANGE_RE.match((header or "").strip(" \t"))
+    if not m or (m.group(1) is not None and int(m.group(2)) < int(m.group(1))):
         raise ValueError(f"Invalid Content-Range {header!r}")
     first, last, total = m.groups()
     return (None if first is None else int(first),

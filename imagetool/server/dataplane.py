@@ -8,6 +8,7 @@ The control plane adds ``Ticket``s to the registry and hands out
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -26,6 +27,19 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle timeout before a connection has touched any ticket.
 DEFAULT_IDLE_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 10.0
+# A request head must arrive whole within this once its first byte came: a
+# client dripping header bytes cannot hold a thread (and a descriptor) for ever.
+HEAD_TIMEOUT = 30.0
+# Connections served at once. The ovirt-imageio client opens up to 8 per
+# transfer; this leaves room for many transfers and their checksum reads.
+MAX_CONNECTIONS = 128
+# Beyond MAX_CONNECTIONS this many more are told "503, too many connections"
+# (after a short handshake); beyond that, new connections are closed at once.
+MAX_OVERFLOW = 16
+OVERFLOW_TIMEOUT = 2.0
+# accept() failing (EMFILE, ENOBUFS, ...): wait this long, doubling up to the max.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
 # After refusing a request body: how long and how much of it to read away.
 DISCARD_TIMEOUT = 2.0
 DISCARD_LIMIT = 256 * 1024 * 1024
@@ -39,8 +53,15 @@ class DataPlaneServer:
 
     def __init__(self, registry: TicketRegistry, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None,
-                 buffer_size: int = BUFFER_SIZE):
+                 buffer_size: int = BUFFER_SIZE,
+                 max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 head_timeout: float = HEAD_TIMEOUT):
         self.registry = registry
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self._overflow = 0
         self.host = host
         self.ssl_context = ssl_context
         self.buffer_size = buffer_size
@@ -119,21 +140,73 @@ class DataPlaneServer:
     # --- threads -----------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        """Accept until ``stop()``; a failing accept() waits and tries again.
+
+        Running out of descriptors (EMFILE/ENFILE), kernel memory or
+        buffers, or a client resetting before we accepted it are
+        conditions that pass: giving up would leave the data plane dead
+        while the control plane still hands out its URLs. Only a listener
+        closed by ``stop()`` ends the loop.
+        """
         listener = self._listener
         assert listener is not None
+        delay = 0.0
         while not self._stopping.is_set():
             try:
                 sock, _ = listener.accept()
-            except OSError:
-                break
+            except OSError as e:
+                if self._stopping.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
+                    break       # stop() shut the listener down
+                delay = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, delay * 2))
+                log.warning("data plane accept failed (%s); retrying in %.2f s",
+                            e.strerror or e, delay)
+                self._stopping.wait(delay)
+                continue
+            delay = 0.0
             if self._stopping.is_set():
                 sock.close()
                 break
-            thread = threading.Thread(target=self._serve, args=(sock,),
-                                      name="dataplane-conn", daemon=True)
             with self._lock:
-                self._connections[sock] = thread
-            thread.start()
+                full = len(self._connections) >= self.max_connections
+                refuse = full and self._overflow < MAX_OVERFLOW
+                if refuse:
+                    self._overflow += 1
+                elif not full:
+                    thread = threading.Thread(target=self._serve, args=(sock,),
+                                              name="dataplane-conn", daemon=True)
+                    self._connections[sock] = thread
+            if refuse:
+                threading.Thread(target=self._refuse, args=(sock,),
+                                 name="dataplane-refuse", daemon=True).start()
+            elif full:
+                sock.close()
+            else:
+                thread.start()
+
+    def _refuse(self, raw: socket.socket) -> None:
+        """Answer 503 on a connection over the limit, quickly, and close it."""
+        try:
+            raw.settimeout(OVERFLOW_TIMEOUT)
+            sock = raw
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(raw, server_side=True)
+            conn = HttpConnection(sock, 0)
+            conn.send_error(HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"Too many connections (limit {self.max_connections}); retry later",
+                {"Retry-After": "1"}), close=True)
+            # Let the reply reach the client before the close (see _discard_body).
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(65536)
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._overflow -= 1
+            try:
+                raw.close()
+            except OSError:
+                pass
 
     def _serve(self, raw: socket.socket) -> None:
         try:
@@ -173,15 +246,18 @@ class _Session:
     def run(self) -> None:
         try:
             while not self.server._stopping.is_set():
-                idle = self.ticket.inactivity_timeout if self.ticket else DEFAULT_IDLE_TIMEOUT
-                self.conn.sock.settimeout(idle)
+                idle = (self.ticket.inactivity_timeout if self.ticket
+                        else self.server.idle_timeout)
                 try:
-                    req = self.conn.read_request()
+                    req = self.conn.read_request(idle, self.server.head_timeout)
                 except HttpError as e:
                     self._send_error(e, close=True)
                     return
                 if req is None:
                     return
+                # Body reads: the idle timeout per receive, not what the
+                # head's deadline left.
+                self.conn.sock.settimeout(idle)
                 if not self._handle(req):
                     return
         except (socket.timeout, PeerClosed, ConnectionError, ssl.SSLError, OSError):

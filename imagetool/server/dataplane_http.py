@@ -11,9 +11,12 @@ import json
 import mmap
 import os
 import socket
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http import HTTPStatus
+
+from imagetool.imageio.protocol import parse_uint
 
 MAX_HEADER_BYTES = 64 * 1024
 # Bytes requested per recv() while looking for the end of the header block.
@@ -73,10 +76,17 @@ class Request:
                 raise HttpError(HTTPStatus.BAD_REQUEST,
                                 "Content-Length header is required", close=True)
             return None
-        if not value.strip().isdigit():
+        try:
+            return parse_uint(value)
+        except ValueError:
             raise HttpError(HTTPStatus.BAD_REQUEST,
-                            f"Invalid Content-Length {value!r}", close=True)
-        return int(value)
+                            f"Invalid Content-Length {value!r}: expecting ASCII digits",
+                            close=True) from None
+
+
+def _head_timeout() -> HttpError:
+    return HttpError(HTTPStatus.REQUEST_TIMEOUT,
+                     "Request header not received in time", close=True)
 
 
 class HttpConnection:
@@ -130,8 +140,16 @@ class HttpConnection:
         self._buffer = None
         self._mmap = None
 
-    def read_request(self) -> Request | None:
-        """The next request's head, or None when the client closed cleanly."""
+    def read_request(self, idle_timeout: float | None = None,
+                     head_timeout: float | None = None) -> Request | None:
+        """The next request's head, or None when the client closed cleanly.
+
+        ``idle_timeout``: how long to wait for its first byte (socket.timeout
+        after that: an idle keep-alive connection). ``head_timeout``: the
+        whole head must arrive within this from its first byte, else 408,
+        however slowly the bytes keep coming. None: no limit.
+        """
+        deadline = None
         while True:
             end = self._pending.find(b"\r\n\r\n")
             if end >= 0:
@@ -139,7 +157,22 @@ class HttpConnection:
             if len(self._pending) > MAX_HEADER_BYTES:
                 raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 "Request header too large", close=True)
-            chunk = self.sock.recv(_HEADER_CHUNK)
+            if not self._pending.strip():
+                if idle_timeout is not None:
+                    self.sock.settimeout(idle_timeout)
+            elif head_timeout is not None:
+                if deadline is None:
+                    deadline = time.monotonic() + head_timeout
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _head_timeout()
+                self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(_HEADER_CHUNK)
+            except socket.timeout:
+                if deadline is not None:
+                    raise _head_timeout() from None
+                raise
             if not chunk:
                 if self._pending.strip():
                     raise PeerClosed()

@@ -35,7 +35,8 @@ from imagetool.formats.raw import RawBackend
 from imagetool.imageio import protocol
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         FEATURES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
-                                        format_content_range, parse_content_range)
+                                        format_content_range, parse_content_range,
+                                        parse_uint)
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
@@ -447,9 +448,12 @@ def checksum(ctx: Context, ticket: Ticket) -> int:
     query = ctx.req.query
     algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
-    if not raw.isdigit():
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"Invalid block size: {raw!r}")
-    block_size = _check_block_size(int(raw))
+    try:
+        value = parse_uint(raw)
+    except ValueError:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Invalid block size: {raw!r}: expecting ASCII digits") from None
+    block_size = _check_block_size(value)
     backend = ticket.backend()
     direct = _DirectReads.open(backend)
     ahead = ticket.checksum_ahead

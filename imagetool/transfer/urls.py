@@ -139,55 +139,106 @@ def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "ra
         return write_file(src, tmp, format=format, **kwargs)
 
 
+def _can_verify(backend: Backend, verify: bool):
+    """None when ``backend``'s server can be verified against, else the
+    skipped Verification saying why not.
+
+    Only the server's own checksum counts here: reading a URL's data back
+    over the same connection path would mostly check that path against
+    itself, and a server without the feature is not an error.
+    """
+    from imagetool.transfer import verify as verifying
+
+    if not verify:
+        return verifying.skipped("not asked (--no-verify)")
+    if "checksum" not in getattr(backend, "features", ()):
+        return verifying.skipped("the server does not offer checksum")
+    return None
+
+
 def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
                insecure: bool = False, workers: int = 4,
                request_size: int = DEFAULT_REQUEST_SIZE,
                progress: Progress | None = None, format: str | None = None,
-               dst_is_zero: bool = False) -> TransferResult:
+               dst_is_zero: bool = False, verify: bool = True) -> TransferResult:
     """Write the guest data of a local raw/qcow2 image to an imageio URL.
 
     ``format`` None detects the file's format. ``dst_is_zero`` skips zero
     ranges (only when the target is known to read as zeros). Workers are
-    capped by the server's ``max_writers``.
+    capped by the server's ``max_writers``. ``verify`` (when the server
+    offers ``checksum``) compares the block checksum of the file's guest
+    data with the server's after the copy, as engine uploads do, and
+    raises ChecksumMismatch with both values when they differ.
     """
+    from imagetool.transfer import verify as verifying
+
     start = time.monotonic()
     src = open_image(path, "r", format=format)
     try:
         dst = open_url(url, cafile=cafile, insecure=insecure)
         try:
-            stats = upload_backend(src, dst, workers=workers,
-                                   request_size=request_size,
-                                   dst_is_zero=dst_is_zero, progress=progress)
+            verification = _can_verify(dst, verify)
+            local = None
+            if verification is None:
+                # As engine uploads: hash the source while the copy runs, and
+                # let a server that can hash flushed blocks ahead know how.
+                algorithm = verifying.pick_algorithm(dst)
+                verifying.announce_upload_checksum(dst, algorithm)
+                local = verifying.LocalHash(
+                    lambda: open_image(path, "r", format=format), algorithm=algorithm)
+            try:
+                stats = upload_backend(src, dst, workers=workers,
+                                       request_size=request_size,
+                                       dst_is_zero=dst_is_zero, progress=progress)
+            except BaseException:
+                if local is not None:
+                    local.cancel()
+                raise
+            if local is not None:
+                verification = verifying.verify_upload(
+                    dst, os.fspath(path), local=local, algorithm=local.algorithm,
+                    what=os.fspath(path))
         finally:
             dst.close()
     finally:
         src.close()
     return TransferResult(bytes=stats.bytes_total,
                           seconds=time.monotonic() - start, format="raw",
-                          path=os.fspath(path), stats=stats)
+                          path=os.fspath(path), stats=stats,
+                          checksum=verification.value, verification=verification)
 
 
 def download_url(url: str, path: str | os.PathLike, *, format: str = "raw",
                  cafile: str | None = None, insecure: bool = False,
                  workers: int = 4, request_size: int = DEFAULT_REQUEST_SIZE,
                  progress: Progress | None = None,
-                 force: bool = False) -> TransferResult:
+                 force: bool = False, verify: bool = True) -> TransferResult:
     """Save an imageio URL's data to ``path`` as a sparse raw or a qcow2 file.
 
     Refuses an existing ``path`` unless ``force``; the file appears only
-    when complete. Workers are capped by the server's ``max_readers``.
+    when complete (and, with ``verify`` on a server offering ``checksum``,
+    only when its block checksum equals the server's: a mismatch raises
+    ChecksumMismatch and leaves no file). Workers are capped by the
+    server's ``max_readers``.
     """
+    from imagetool.transfer import verify as verifying
+
     start = time.monotonic()
     src = open_url(url, cafile=cafile, insecure=insecure)
     try:
-        stats = download_backend(src, path, format=format, force=force,
-                                 workers=workers, request_size=request_size,
-                                 progress=progress)
+        verification = _can_verify(src, verify)
+        with atomic_output(path, force) as tmp:
+            stats = write_file(src, tmp, format=format, workers=workers,
+                               request_size=request_size, progress=progress)
+            if verification is None:
+                verification = verifying.verify_download(src, tmp, format=format,
+                                                         what=os.fspath(path))
     finally:
         src.close()
     return TransferResult(bytes=stats.bytes_total,
                           seconds=time.monotonic() - start, format=format,
-                          path=os.fspath(path), stats=stats)
+                          path=os.fspath(path), stats=stats,
+                          checksum=verification.value, verification=verification)
 
 
 def url_checksum(url: str, *, algorithm: str = "blake2b",
