@@ -66,7 +66,7 @@ def _content_range(header: str | None) -> tuple[int | None, int | None, int | No
 def _uint(text: str | None) -> int | None:
     """A header's non-negative integer, None when absent or not ASCII digits."""
     try:
-        return parse_uint(text)
+        return parse_uint(text.strip(" \t") if text else text)
     except ValueError:
         return None
 

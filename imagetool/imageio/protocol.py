@@ -33,9 +33,9 @@ _UINT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
 def parse_uint(text: str | None) -> int:
-    """A non-negative integer written in ASCII digits only (surrounding
-    blanks allowed, as in a header). ValueError otherwise."""
-    if text is None or not _UINT_RE.fullmatch(text.strip(" \t")):
+    """A non-negative integer written in ASCII digits only; ValueError
+    otherwise (callers strip a header's surrounding blanks first)."""
+    if text is None or not _UINT_RE.fullmatch(text):
         raise ValueError(f"not an unsigned integer: {text!r}")
     return int(text)
 

@@ -77,7 +77,7 @@ class Request:
                                 "Content-Length header is required", close=True)
             return None
         try:
-            return parse_uint(value)
+            return parse_uint(value.strip(" \t"))
         except ValueError:
             raise HttpError(HTTPStatus.BAD_REQUEST,
                             f"Invalid Content-Length {value!r}: expecting ASCII digits",
