@@ -52,15 +52,19 @@ def slow_down(fe, method: str) -> None:
                            action=Delay(0.035)))
 
 
-@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
-def test_kill_upload_cancel_policy(faulty_engine, big_image, fraction):
+@pytest.mark.parametrize("fraction,policy", [(0.1, "cancel"), (0.5, "cancel"),
+                                             (0.9, "cancel"), (0.5, None)])
+def test_kill_upload_cancel_policy(faulty_engine, big_image, fraction, policy):
+    """With 'cancel', and for a plain upload (no journal: nothing could
+    resume it), a killed client's disk is removed, never left locked."""
     fe = faulty_engine
     slow_down(fe, "PUT")
-    name = f"killed-{int(fraction * 100)}"
+    name = f"killed-{int(fraction * 100)}-{policy}"
     before = {t.id for t in transfers_of(fe)}
     proc = cli_process(fe.env, "upload", big_image, "--sd", "data", "--name", name,
                        "--buffer-size", "1M", "--workers", "1",
-                       "--timeout-policy", "cancel", "--inactivity-timeout", "1")
+                       *(["--timeout-policy", policy] if policy else []),
+                       "--inactivity-timeout", "1")
     moved = kill_at(proc, fe, fraction, "upload", SIZE)
     assert moved < SIZE
     # After the inactivity timeout the engine cancels and removes the new disk.
@@ -69,18 +73,18 @@ def test_kill_upload_cancel_policy(faulty_engine, big_image, fraction):
     assert disks_named(fe, name) == []
 
 
-@pytest.mark.parametrize("policy", ["pause", None])
+@pytest.mark.parametrize("policy", ["pause", "legacy"])
 def test_kill_upload_pause_policy_keeps_disk_for_resume(faulty_engine, cli, big_image,
                                                         policy):
-    """With 'pause' (and the engine's default, legacy, for uploads) the killed
-    upload waits paused; ``imagetool transfers cancel`` is the way out."""
+    """With 'pause' (and the engine's legacy policy, which pauses uploads)
+    the killed upload waits paused; ``imagetool transfers cancel`` is the
+    way out."""
     fe = faulty_engine
     slow_down(fe, "PUT")
     name = f"killed-paused-{policy}"
     proc = cli_process(fe.env, "upload", big_image, "--sd", "data", "--name", name,
                        "--buffer-size", "1M", "--workers", "1",
-                       *(["--timeout-policy", policy] if policy else []),
-                       "--inactivity-timeout", "1")
+                       "--timeout-policy", policy, "--inactivity-timeout", "1")
     kill_at(proc, fe, 0.5, "upload", SIZE)
     disk = disks_named(fe, name)[0]
     deadline = time.monotonic() + 20

@@ -81,9 +81,11 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE,
               show_default="8M", help="Bytes per request.")
 @click.option("--timeout-policy", type=click.Choice(["legacy", "pause", "cancel"]),
-              help="What the engine does when the client goes quiet. 'cancel' "
-                   "removes the new disk: after that, --resume starts over with a "
-                   "new disk (and says so).")
+              help="What the engine does when the client goes quiet (killed, "
+                   "cut off, engine restarted) for --inactivity-timeout. Default: "
+                   "'cancel' (the new disk is removed, never left locked), or "
+                   "'pause' with --resume. 'pause'/'legacy' keep a locked partial "
+                   "disk until --resume or 'imagetool transfers cancel'.")
 @click.option("--inactivity-timeout", type=click.IntRange(1), default=60,
               show_default=True, help="Seconds without activity before the timeout policy.")
 @click.option("--use-proxy", is_flag=True, help="Send data through the engine's proxy.")

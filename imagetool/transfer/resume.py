@@ -285,13 +285,17 @@ def _start_over_steps(conn: Any, journal: Journal, target: str) -> str:
     return "To start over: " + "; ".join(steps) + "; then upload again"
 
 
-def upload_timeout_policy(asked: str | None, resume: bool) -> str | None:
-    """``pause`` for resumable uploads unless asked otherwise.
+def upload_timeout_policy(asked: str | None, resume: bool) -> str:
+    """The timeout policy an upload asks for, unless told otherwise.
 
-    With ``cancel`` (or an engine default that cancels) a quiet client
-    loses its disk; ``pause`` keeps the transfer and disk for a resume.
+    A resumable upload asks for ``pause``: a quiet client (killed, cut off,
+    or waiting out an engine restart) keeps its transfer and partial disk
+    for ``--resume``. A plain upload keeps no journal, so nothing could
+    resume it: it asks for ``cancel``, and when it goes quiet the engine
+    cancels the transfer and removes the disk it created instead of
+    leaving it locked (the engine's ``legacy`` default would pause it).
     """
-    return asked or ("pause" if resume else None)
+    return asked or ("pause" if resume else "cancel")
 
 
 def open_upload(conn: Any, plan: Any, storage_domain: str, name: str,
