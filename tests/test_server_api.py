@@ -551,8 +551,10 @@ def test_transfer_reports_active_while_a_client_is_connected(engine):
     conn.request("GET", parts.path, headers={"Range": "bytes=0-4095"})
     resp = conn.getresponse()
     assert resp.status == 206 and len(resp.read()) == 4096
-    wait_for(lambda: get_transfer(engine, t["id"]), lambda x: x["active"] == "true", 5)
-    assert int(get_transfer(engine, t["id"])["transferred"]) == 4096
+    # The counter is updated once the reply is sent: wait for both facts.
+    got = wait_for(lambda: get_transfer(engine, t["id"]),
+                   lambda x: x["active"] == "true" and x["transferred"] == "4096", 30)
+    assert (got["active"], int(got["transferred"])) == ("true", 4096)
     conn.close()
     wait_for(lambda: get_transfer(engine, t["id"]), lambda x: x["active"] == "false", 5)
     action(engine, t["id"], "finalize")
