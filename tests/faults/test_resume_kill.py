@@ -21,8 +21,8 @@ import pytest
 
 MiB = 1 << 20
 SIZE = 48 * MiB
-HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESS = os.path.join(HERE, "resume_harness.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(TESTS, "resume_harness.py")
 PASSWORD = "resume-secret"
 
 
@@ -104,7 +104,7 @@ def _env(home: str, stats: str, delay: float) -> dict:
     env.update(IMAGETOOL_HOME=os.path.join(home, "client-home"),
                XDG_CONFIG_HOME=os.path.join(home, "config"),
                RESUME_TEST_STATS=stats, RESUME_TEST_DELAY=str(delay),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
+               PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS)] + sys.path))
     return env
 
 

@@ -101,8 +101,8 @@ def test_bad_qcow2_version(tmp_path):
         detect(p)
 
 
-SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "samples")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLES = os.path.join(ROOT, "samples")
 
 
 @pytest.mark.parametrize("name,fmt,content", [

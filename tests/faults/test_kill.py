@@ -5,7 +5,7 @@ The state left behind is the engine's to settle: an upload with
 its new disk removed; with ``pause`` it waits, paused, for a resume (the
 disk stays locked by design: that is what lets --resume continue it). A
 killed download leaves no file under the final name. Resuming after the
-kill is helper R's (tests/test_transfer_resume*.py).
+kill is tested in tests/faults/test_resume_kill.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ through inspect/open/extents/read in a child process with an address-space
 limit. Only ImagetoolError subclasses may escape, every case must finish in
 bounded time, and traced memory per case stays small.
 
-Run directly (``python tests/test_formats_fuzz.py DIR SEED COUNT``) this file
+Run directly (``python tests/formats/test_qcow2_fuzz.py DIR SEED COUNT``) this file
 is the child; pytest runs the parent test.
 """
 
@@ -187,9 +187,9 @@ def test_fuzz_mutated_qcow2(tmp_path):
     _make_bases(tmp_path)
     count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "1500"))
     env = dict(os.environ)
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    env["PYTHONPATH"] = os.pathsep.join([root, here, env.get("PYTHONPATH", "")])
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(tests)
+    env["PYTHONPATH"] = os.pathsep.join([root, tests, env.get("PYTHONPATH", "")])
     p = subprocess.run(
         [sys.executable, os.path.abspath(__file__), str(tmp_path), "1234", str(count)],
         capture_output=True, text=True, timeout=240, env=env)

@@ -3,7 +3,7 @@
 An in-process LocalEngine (tests/server_fixtures.py); the source image is
 random bytes written by the test, the expected content is that file
 (compared with qemu-img compare). Kills of a real process are in
-tests/test_resume_kill.py.
+tests/faults/test_resume_kill.py.
 """
 
 from __future__ import annotations
