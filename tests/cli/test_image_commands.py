@@ -9,8 +9,8 @@ import sys
 import pytest
 from ovirt_imageio.client import checksum as reference_checksum
 
-from formats_writer_fixtures import (MiB, qemu_check, qemu_compare, qemu_img_json,
-                                     random_image, run, write_raw)
+from helpers import (MiB, qemu_check, qemu_compare, qemu_img_json, random_image, run,
+                     write_raw)
 from imagetool.cli.main import main
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine_fixtures import PASSWORD, SD_ID, USERNAME, FakeEngine, FakeEngineServer
+from fake_engine import PASSWORD, SD_ID, USERNAME, FakeEngine, FakeEngineServer
 from imagetool.cli.main import main
 
 

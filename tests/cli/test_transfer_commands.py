@@ -12,18 +12,7 @@ import os
 import pytest
 
 from imagetool.cli.main import main
-from imageio_daemon import imageio_daemon, scratch  # noqa: F401 (fixtures)
-from transfer_fixtures import MiB, images_equal, make_image, qemu_img
-
-
-@pytest.fixture
-def home(scratch, monkeypatch):
-    monkeypatch.setenv("IMAGETOOL_HOME", os.path.join(scratch, "home"))
-    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
-                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
-    return scratch
+from helpers import MiB, images_equal, make_raw, qemu_img
 
 
 def run(capsys, *argv):
@@ -41,7 +30,7 @@ def test_upload_several_then_download(home, capsys):
     files = []
     for i, fmt in enumerate(("raw", "qcow2")):
         raw = os.path.join(home, f"img{i}.raw")
-        make_image(raw, (4 + i) * MiB, [(i * MiB, MiB + 4096)], seed=30 + i)
+        make_raw(raw, (4 + i) * MiB, [(i * MiB, MiB + 4096)], seed=30 + i)
         if fmt == "qcow2":
             path = os.path.join(home, f"img{i}.qcow2")
             qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
@@ -82,7 +71,7 @@ def test_upload_several_then_download(home, capsys):
 
 def test_usage_errors(home, capsys):
     f = os.path.join(home, "a.raw")
-    make_image(f, MiB, [], seed=1)
+    make_raw(f, MiB, [], seed=1)
     code, _, err = run(capsys, "upload", f, "--sd", "data", "--workers", "0")
     assert code == 2
     code, _, err = run(capsys, "upload", os.path.join(home, "missing.raw"), "--sd", "data")
@@ -93,7 +82,7 @@ def test_usage_errors(home, capsys):
 
 def test_upload_refused_file_fails_with_message(home, capsys):
     raw = os.path.join(home, "base.raw")
-    make_image(raw, MiB, [], seed=1)
+    make_raw(raw, MiB, [], seed=1)
     top = os.path.join(home, "top.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", raw, "-F", "raw", top)
     code, out, err = run(capsys, "upload", top, "--sd", "data")
@@ -102,9 +91,9 @@ def test_upload_refused_file_fails_with_message(home, capsys):
 
 def test_url_commands(imageio_daemon, home, capsys):
     src = os.path.join(home, "src.raw")
-    make_image(src, 6 * MiB, [(MiB, 2 * MiB)], seed=40)
+    make_raw(src, 6 * MiB, [(MiB, 2 * MiB)], seed=40)
     target = os.path.join(home, "target.raw")
-    make_image(target, 6 * MiB, [(0, 6 * MiB)], seed=41)   # garbage to overwrite
+    make_raw(target, 6 * MiB, [(0, 6 * MiB)], seed=41)   # garbage to overwrite
     wurl = imageio_daemon.add_ticket(path=target, size=6 * MiB)
     code, out, err = run(capsys, "url", "upload", src, wurl, "--json", "--workers", "2")
     assert code == 0, err
@@ -173,7 +162,7 @@ def test_against_imagetool_serve_over_tls(home, capsys):
         opts = ["--engine-url", info["url"], "--username", "admin@internal",
                 "--password-file", pw, "--cafile", info["cafile"]]
         src = os.path.join(home, "s.raw")
-        make_image(src, 3 * MiB, [(0, MiB)], seed=50)
+        make_raw(src, 3 * MiB, [(0, MiB)], seed=50)
         code, out, err = run(capsys, "upload", src, "--sd", "data", "--name", "served",
                              "--disk-format", "qcow2", "--json", *opts)
         assert code == 0, err

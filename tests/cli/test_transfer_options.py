@@ -26,12 +26,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fault_fixtures import cli  # noqa: F401 (fixture)
+from helpers import MiB, images_equal, make_raw, qemu_img
 from fault_proxy import FaultProxy, ProxyTls
 from imagetool.engine import Connection
 from imagetool.server.local import LocalEngine
 from imagetool.server.rest import imagetransfers
-from transfer_fixtures import MiB, images_equal, make_image, qemu_img
 
 PASSWORD = "options-secret-0815"
 
@@ -142,13 +141,13 @@ def test_upload_larger_image_onto_existing_disk_id(env, cli, tmp_path, fmt):
     """--disk-id names the NEW disk: an existing disk's id is refused before
     any transfer starts; the existing disk stays ok with its bytes."""
     small = str(tmp_path / "small.raw")
-    make_image(small, 2 * MiB, [(0, MiB)], seed=11)
+    make_raw(small, 2 * MiB, [(0, MiB)], seed=11)
     disk = upload_json(cli, small, "--name", f"keep-{fmt}")["disk_id"]
     before_transfers = transfer_ids(cli)
     before_disks = disks_json(cli)
 
     big_raw = str(tmp_path / "big.raw")
-    make_image(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=12)
+    make_raw(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=12)
     big = big_raw
     if fmt == "qcow2":
         big = str(tmp_path / "big.qcow2")
@@ -175,7 +174,7 @@ def test_upload_disk_id_new_disk_gets_that_id(env, cli, tmp_path):
     """A fresh --disk-id: the bytes land in a disk with exactly that id."""
     import uuid
     src = str(tmp_path / "data.raw")
-    make_image(src, 3 * MiB, [(MiB, MiB + 4096)], seed=21)
+    make_raw(src, 3 * MiB, [(MiB, MiB + 4096)], seed=21)
     want = str(uuid.uuid4())
     before = {d["id"] for d in disks_json(cli)}
     r = upload_json(cli, src, "--disk-id", want, "--name", "by-id")
@@ -192,11 +191,11 @@ def test_upload_disk_id_of_existing_empty_disk(env, cli, tmp_path):
     a disk, it does not fill one); nothing is written there and no disk is
     added."""
     empty = str(tmp_path / "empty.raw")
-    make_image(empty, 3 * MiB, [], seed=0)
+    make_raw(empty, 3 * MiB, [], seed=0)
     disk = upload_json(cli, empty, "--name", "empty-target")["disk_id"]
     before = disks_json(cli)
     src = str(tmp_path / "data.raw")
-    make_image(src, 3 * MiB, [(0, 3 * MiB)], seed=22)
+    make_raw(src, 3 * MiB, [(0, 3 * MiB)], seed=22)
     code, out, err = cli("upload", src, "--sd", "data", "--disk-id", disk)
     assert code == 1 and "already exists" in err
     assert disks_json(cli) == before
@@ -211,7 +210,7 @@ def test_upload_disk_id_of_existing_empty_disk(env, cli, tmp_path):
 
 def test_use_proxy_sends_data_to_proxy_url_only(env, cli, tmp_path):
     src = str(tmp_path / "p.raw")
-    make_image(src, 3 * MiB, [(0, 2 * MiB)], seed=31)
+    make_raw(src, 3 * MiB, [(0, 2 * MiB)], seed=31)
     r = upload_json(cli, src, "--use-proxy", "--name", "via-proxy")
     assert env.direct.stats.requests == {}
     assert env.proxy.stats.requests["PUT"] >= 1
@@ -228,7 +227,7 @@ def test_use_proxy_sends_data_to_proxy_url_only(env, cli, tmp_path):
 def test_without_use_proxy_data_goes_to_transfer_url(env, cli, tmp_path):
     """The other side of the test above: the two URLs are really told apart."""
     src = str(tmp_path / "d.raw")
-    make_image(src, 3 * MiB, [(0, 2 * MiB)], seed=32)
+    make_raw(src, 3 * MiB, [(0, 2 * MiB)], seed=32)
     upload_json(cli, src, "--name", "direct")
     assert env.proxy.stats.requests == {}
     assert env.direct.stats.requests["PUT"] >= 1
@@ -239,7 +238,7 @@ def test_without_use_proxy_data_goes_to_transfer_url(env, cli, tmp_path):
 
 def test_signed_ticket_sent_as_authorization_header(env, cli, tmp_path):
     src = str(tmp_path / "s.raw")
-    make_image(src, 2 * MiB, [(0, MiB)], seed=51)
+    make_raw(src, 2 * MiB, [(0, MiB)], seed=51)
     env.signed_ticket = "signed-ticket-value-Zx9"
     r = upload_json(cli, src, "--use-proxy", "--name", "signed")
     assert env.proxy.seen, "no request reached the proxy"
@@ -260,7 +259,7 @@ def test_signed_ticket_sent_as_authorization_header(env, cli, tmp_path):
 
 def test_no_signed_ticket_no_authorization_header(env, cli, tmp_path):
     src = str(tmp_path / "n.raw")
-    make_image(src, MiB, [(0, MiB)], seed=52)
+    make_raw(src, MiB, [(0, MiB)], seed=52)
     upload_json(cli, src, "--use-proxy", "--name", "unsigned")
     assert env.proxy.seen
     assert all("authorization" not in h for _, _, h in env.proxy.seen)
@@ -271,7 +270,7 @@ def test_no_signed_ticket_no_authorization_header(env, cli, tmp_path):
 def test_url_commands_tls_options(env, cli, tmp_path, monkeypatch):
     from imagetool.transfer.session import TransferSession
     src = str(tmp_path / "u.raw")
-    make_image(src, 2 * MiB, [(MiB, MiB)], seed=41)
+    make_raw(src, 2 * MiB, [(MiB, MiB)], seed=41)
     disk = upload_json(cli, src, "--name", "url-tls")["disk_id"]
     monkeypatch.delenv("IMAGETOOL_CAFILE", raising=False)   # url commands: no engine CA
     conn = env.connect()
@@ -352,7 +351,7 @@ def _two_images(tmp_path) -> list[str]:
     files = []
     for i in range(2):
         p = str(tmp_path / f"bar-image-{i}.raw")
-        make_image(p, 2 * MiB, [(0, MiB)], seed=60 + i)
+        make_raw(p, 2 * MiB, [(0, MiB)], seed=60 + i)
         files.append(p)
     return files
 
@@ -412,7 +411,7 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     from imagetool.transfer.copier import copy
     from imagetool.transfer.session import TransferSession
     small = str(tmp_path / "small.raw")
-    make_image(small, 2 * MiB, [(0, MiB)], seed=13)
+    make_raw(small, 2 * MiB, [(0, MiB)], seed=13)
     disk_format = "raw" if fmt == "raw" else "qcow2"
     disk = upload_json(cli, small, "--name", f"existing-{fmt}",
                        "--disk-format", disk_format)["disk_id"]
@@ -420,7 +419,7 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     before_transfers = transfer_ids(cli)
 
     big_raw = str(tmp_path / "big.raw")
-    make_image(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=14)
+    make_raw(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=14)
     if fmt == "raw":
         src, tf, match, kw = open_image(big_raw, "r"), "raw", "smaller than the source", {}
     else:

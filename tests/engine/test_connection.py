@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from engine_fixtures import PASSWORD, USERNAME, FakeEngine, Response
+from fake_engine import PASSWORD, USERNAME, FakeEngine, Response
 from imagetool.engine import Connection, normalize_url
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
                               EngineError, NotFound)

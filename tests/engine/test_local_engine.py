@@ -15,7 +15,7 @@ local = pytest.importorskip("imagetool.server.local")
 
 
 @pytest.fixture
-def engine(tmp_path):
+def local_engine(tmp_path):
     with local.LocalEngine(str(tmp_path / "engine")) as eng:
         yield eng
 
@@ -27,20 +27,20 @@ def connect(eng, **kw) -> Connection:
     return Connection(eng.url, **kw)
 
 
-def test_tls_with_cafile_and_version(engine):
-    assert engine.url.startswith("https://")
-    with connect(engine) as conn:
+def test_tls_with_cafile_and_version(local_engine):
+    assert local_engine.url.startswith("https://")
+    with connect(local_engine) as conn:
         assert conn.engine_version >= (4, 2) and not conn.legacy
         sds = conn.storage_domains.list()
         assert any(sd.type == "data" and sd.name for sd in sds)
 
 
-def test_wrong_ca_is_connection_failed_with_hint(engine, tmp_path):
+def test_wrong_ca_is_connection_failed_with_hint(local_engine, tmp_path):
     with local.LocalEngine(str(tmp_path / "other")) as other:
         other_ca = other.cafile
-    assert other_ca != engine.cafile
+    assert other_ca != local_engine.cafile
     for cafile in (other_ca, None):  # another CA, and the system store
-        with connect(engine, cafile=cafile) as conn:
+        with connect(local_engine, cafile=cafile) as conn:
             with pytest.raises(ConnectionFailed) as e:
                 conn.test()
         msg = str(e.value)
@@ -49,13 +49,13 @@ def test_wrong_ca_is_connection_failed_with_hint(engine, tmp_path):
         assert "/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA" in msg
 
 
-def test_insecure_skips_verification(engine):
-    with connect(engine, cafile=None, insecure=True) as conn:
+def test_insecure_skips_verification(local_engine):
+    with connect(local_engine, cafile=None, insecure=True) as conn:
         assert conn.storage_domains.list()
 
 
-def test_wrong_password_is_auth_error(engine):
-    with connect(engine, password="not-the-password") as conn:
+def test_wrong_password_is_auth_error(local_engine):
+    with connect(local_engine, password="not-the-password") as conn:
         with pytest.raises(AuthError) as e:
             conn.storage_domains.list()
     assert e.value.exit_code == 3
@@ -72,8 +72,8 @@ def test_token_expiry_one_retry(tmp_path):
             assert conn._token != first
 
 
-def test_disk_lifecycle_faults_and_transfer(engine):
-    with connect(engine) as conn:
+def test_disk_lifecycle_faults_and_transfer(local_engine):
+    with connect(local_engine) as conn:
         sd = conn.storage_domains.find("data")
         disk = conn.disks.add(name="lt-disk", provisioned_size=1 << 20,
                               storage_domain=sd.name, format="qcow2")
@@ -98,17 +98,18 @@ def test_disk_lifecycle_faults_and_transfer(engine):
         assert wait_for_disk_unlocked(conn, disk.id, timeout=30) is None
 
 
-def test_wait_deadline_against_engine(engine):
-    with connect(engine) as conn:
+def test_wait_deadline_against_engine(local_engine):
+    with connect(local_engine) as conn:
         disk = wait_for_disk(conn, conn.disks.add(
             name="w", provisioned_size=1 << 20, storage_domain="data").id, timeout=20)
         with pytest.raises(TimeoutExpired, match="to be illegal"):
             wait_for_disk(conn, disk.id, status="illegal", timeout=0.3)
 
 
-def test_json_and_xml_give_the_same_entities(engine):
-    kw = {"username": engine.username, "password": engine.password, "cafile": engine.cafile}
-    with Connection(engine.url, **kw) as conn:
+def test_json_and_xml_give_the_same_entities(local_engine):
+    kw = {"username": local_engine.username, "password": local_engine.password,
+          "cafile": local_engine.cafile}
+    with Connection(local_engine.url, **kw) as conn:
         disk = wait_for_disk(conn, conn.disks.add(
             name="both", provisioned_size=2 << 20, storage_domain="data", format="qcow2").id,
             timeout=20)
@@ -116,7 +117,7 @@ def test_json_and_xml_give_the_same_entities(engine):
         wait_for_transfer_phase(conn, t.id, "transferring", timeout=20)
         as_xml = (conn.disks.list(), conn.transfers.list(), conn.hosts.list(), conn.api_info(),
                   [sd.name for sd in conn.storage_domains.list()])
-    with Connection(engine.url, headers={"Accept": "application/json"}, **kw) as conn:
+    with Connection(local_engine.url, headers={"Accept": "application/json"}, **kw) as conn:
         as_json = (conn.disks.list(), conn.transfers.list(), conn.hosts.list(), conn.api_info(),
                    [sd.name for sd in conn.storage_domains.list()])
         assert conn.request("GET", "disks").headers["content-type"].startswith("application/json")
@@ -137,9 +138,9 @@ def test_wrong_scheme_messages(tmp_path):
                 conn.test()
 
 
-def test_vm_snapshot_layers(engine):
+def test_vm_snapshot_layers(local_engine):
     from imagetool.engine import wait_for_snapshot
-    with connect(engine) as conn:
+    with connect(local_engine) as conn:
         disk = wait_for_disk(conn, conn.disks.add(
             name="vd", provisioned_size=1 << 20, storage_domain="data", format="qcow2").id,
             timeout=20)

@@ -16,7 +16,7 @@ sdk_types = pytest.importorskip("ovirtsdk4.types")
 from ovirtsdk4 import readers, writers  # noqa: E402
 from ovirtsdk4.xml import XmlReader, XmlWriter  # noqa: E402
 
-from engine_fixtures import PASSWORD, SD_ID, USERNAME, FakeEngine  # noqa: E402
+from fake_engine import PASSWORD, SD_ID, USERNAME, FakeEngine  # noqa: E402
 from imagetool.engine import Connection, codec  # noqa: E402
 from imagetool.engine.entities import (Disk, DiskAttachment, DiskSnapshot, Host,  # noqa: E402
                                        ImageTransfer, Job, Snapshot, StorageDomain, Vm)

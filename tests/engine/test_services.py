@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine_fixtures import PASSWORD, SD_ID, USERNAME, FakeEngine, Response
+from fake_engine import PASSWORD, SD_ID, USERNAME, FakeEngine, Response
 from imagetool.engine import (Connection, wait_for_disk, wait_for_disk_unlocked,
                               wait_for_transfer_phase)
 from imagetool.engine.wait import Poller

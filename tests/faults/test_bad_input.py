@@ -9,16 +9,8 @@ import subprocess
 
 import pytest
 
-from fault_fixtures import (MiB, cli, disks_named,  # noqa: F401
-                            faulty_engine, faulty_engine_module, make_raw, qemu_img,
-                            new_phases, same_image, wait_settled)
-
-
-def qemu_io(path: str, *cmds: str) -> None:
-    args = ["qemu-io", "-f", "qcow2"]
-    for c in cmds:
-        args += ["-c", c]
-    subprocess.run([*args, path], check=True, capture_output=True)
+from helpers import (MiB, disks_named, make_random_raw, new_phases, qemu_img, qemu_io, run,
+                     same_image, wait_settled)
 
 
 def _l1_and_l2(f) -> tuple[int, int]:
@@ -41,7 +33,7 @@ def test_corrupt_header_refused_before_anything(faulty_engine, cli, qcow2_image)
     with open(qcow2_image, "r+b") as f:
         f.seek(40)
         f.write(struct.pack(">Q", 1 << 40))          # L1 table far past EOF
-    assert qemu_img("check", qcow2_image, check=False).returncode != 0
+    assert run("qemu-img", "check", qcow2_image, check=False).returncode != 0
     code, out, err = cli("upload", qcow2_image, "--sd", "data", "--name", "corrupt-head")
     assert code == 1, err
     assert err.strip() == (f"imagetool: error: {qcow2_image}: corrupt qcow2 image: "
@@ -104,7 +96,7 @@ def test_guest_data_larger_than_disk(faulty_engine, tmp_path):
     from imagetool.formats import open_image
     from imagetool.transfer.copier import copy
     from imagetool.transfer.session import TransferSession
-    image = make_raw(str(tmp_path / "big.raw"), 4 * MiB)
+    image = make_random_raw(str(tmp_path / "big.raw"), 4 * MiB)
     with faulty_engine.connect() as conn:
         disk = _new_disk(conn, "too-small-raw", 2 * MiB, "raw")
         src = open_image(image, "r")
@@ -125,7 +117,7 @@ def test_data_plane_refuses_writes_past_the_disk(faulty_engine, tmp_path):
     from imagetool.formats import open_image
     from imagetool.transfer.copier import copy
     from imagetool.transfer.session import TransferSession
-    image = make_raw(str(tmp_path / "big.raw"), 4 * MiB)
+    image = make_random_raw(str(tmp_path / "big.raw"), 4 * MiB)
     with faulty_engine.connect() as conn:
         disk = _new_disk(conn, "too-small-plane", 2 * MiB, "raw")
         src = open_image(image, "r")
@@ -181,7 +173,7 @@ def small_fs(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
-    image = make_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=9)
+    image = make_random_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=9)
     name = f"full-{fmt}"
     code, _, err = cli("upload", image, "--sd", "data", "--name", name)
     assert code == 0, err
@@ -196,7 +188,7 @@ def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
 
 
 def test_full_disk_then_resume_after_freeing_space(faulty_engine, cli, tmp_path, small_fs):
-    image = make_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=10)
+    image = make_random_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=10)
     code, _, err = cli("upload", image, "--sd", "data", "--name", "full-resume")
     assert code == 0, err
     final = os.path.join(small_fs, "full-resume.raw")

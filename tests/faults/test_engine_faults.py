@@ -11,10 +11,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fault_fixtures import (PASSWORD, MiB, cli, cli_process,  # noqa: F401
-                            disks_named, faulty_engine, faulty_engine_module, make_raw,
-                            new_phases, same_image, start_faulty_engine,
-                            stop_faulty_engine, wait_settled)
+from helpers import (FAULT_PASSWORD, MiB, cli_process, disks_named, make_random_raw,
+                     new_phases, same_image, start_faulty_engine, stop_faulty_engine,
+                     wait_settled)
 from fault_proxy import Delay, Rule
 
 
@@ -25,7 +24,7 @@ def test_wrong_credentials(faulty_engine, cli, monkeypatch):
     assert code == 3, err
     assert "engine login failed for admin@internal" in err
     assert "invalid user name or password" in err
-    assert bad not in err + out and PASSWORD not in err + out
+    assert bad not in err + out and FAULT_PASSWORD not in err + out
 
 
 def test_wrong_ca(faulty_engine, cli, tmp_path, monkeypatch):
@@ -44,7 +43,7 @@ def test_wrong_ca_before_upload_leaves_nothing(faulty_engine, cli, tmp_path, mon
     from imagetool.server.tls import ensure_pki
     other = ensure_pki(str(tmp_path / "other"), ["127.0.0.1"])
     monkeypatch.setenv("IMAGETOOL_CAFILE", other.ca_file)
-    image = make_raw(str(tmp_path / "a.raw"), 2 * MiB)
+    image = make_random_raw(str(tmp_path / "a.raw"), 2 * MiB)
     code, out, err = cli("upload", image, "--sd", "data", "--name", "wrong-ca")
     assert code == 3, err
     assert "--cafile" in err
@@ -69,7 +68,7 @@ def test_expired_token_is_renewed(short_token_engine, cli, tmp_path, caplog):
     (finalize, waits) log in again transparently."""
     fe = short_token_engine
     caplog.set_level(logging.DEBUG, logger="imagetool.engine.connection")
-    image = make_raw(str(tmp_path / "slow.raw"), 4 * MiB, seed=3)
+    image = make_random_raw(str(tmp_path / "slow.raw"), 4 * MiB, seed=3)
     # Four 1 MiB PUTs held 0.6 s each on one connection: > 2 s of data plane.
     fe.proxy.add_rule(Rule(method="PUT", path_re=r"^/images/", every=True,
                            action=Delay(0.6)))
@@ -108,7 +107,7 @@ def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
     with the 403, exit 1, and its new disk is removed (nothing locked)."""
     from imagetool.server.local import LocalEngine
     fe = own_engine
-    image = make_raw(str(tmp_path / "big.raw"), 32 * MiB, seed=21)
+    image = make_random_raw(str(tmp_path / "big.raw"), 32 * MiB, seed=21)
     fe.proxy.add_rule(Rule(method="PUT", path_re=r"^/images/", every=True,
                            action=Delay(0.035)))
     api_port, dp_port = fe.engine.server.port, fe.engine.server.dataplane_port
@@ -122,7 +121,7 @@ def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
     fe.proxy.set_down(True)
     fe.engine.stop()
     time.sleep(1.0)
-    fe.engine = LocalEngine(fe.engine.data_dir, password=PASSWORD, port=api_port,
+    fe.engine = LocalEngine(fe.engine.data_dir, password=FAULT_PASSWORD, port=api_port,
                             imageio_port=dp_port, finished_ttl=120.0).start()
     fe.engine.server.advertised_dataplane_url = fe.proxy.url_for()
     fe.proxy.set_down(False)
@@ -201,7 +200,7 @@ def test_data_plane_certificate_from_another_ca(faulty_engine, cli, tmp_path):
     from imagetool.server.tls import ensure_pki
     fe = faulty_engine
     other = ensure_pki(str(tmp_path / "other"), ["127.0.0.1"])
-    image = make_raw(str(tmp_path / "a.raw"), 2 * MiB)
+    image = make_random_raw(str(tmp_path / "a.raw"), 2 * MiB)
     with FaultProxy(("127.0.0.1", fe.engine.server.dataplane_port),
                     ProxyTls(cert_file=other.cert_file, key_file=other.key_file,
                              upstream_cafile=fe.engine.cafile)) as foreign:

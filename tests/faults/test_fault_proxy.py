@@ -20,10 +20,9 @@ import pytest
 from fault_proxy import (
     CutRequestBody, CutResponseBody, Delay, DropConnection, DropResponse, Expire403,
     FaultProxy, ProxyTls, Respond, Rule, expired_ticket_message)
-from imageio_daemon import (  # noqa: F401 (fixtures)
-    imageio_daemon, scratch, server_ssl_context, tls_files)
+from helpers import MiB
+from imageio_daemon import server_ssl_context
 
-MiB = 1024 * 1024
 CONNECTION_ERRORS = (ConnectionError, http.client.RemoteDisconnected,
                      http.client.IncompleteRead, http.client.BadStatusLine)
 

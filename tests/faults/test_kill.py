@@ -16,9 +16,8 @@ import time
 
 import pytest
 
-from fault_fixtures import (MiB, cli, cli_process, disks_named,  # noqa: F401
-                            faulty_engine, faulty_engine_module, make_raw, same_image,
-                            transfers_of, wait_settled)
+from helpers import (MiB, cli_process, disks_named, make_random_raw, same_image,
+                     transfers_of, wait_settled)
 from fault_proxy import Delay, Rule
 
 SIZE = 32 * MiB
@@ -26,7 +25,7 @@ SIZE = 32 * MiB
 
 @pytest.fixture(scope="module")
 def big_image(tmp_path_factory):
-    return make_raw(str(tmp_path_factory.mktemp("kill") / "src.raw"), SIZE, seed=5)
+    return make_random_raw(str(tmp_path_factory.mktemp("kill") / "src.raw"), SIZE, seed=5)
 
 
 def kill_at(proc, fe, fraction: float, direction: str, total: int) -> int:

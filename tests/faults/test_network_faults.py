@@ -16,9 +16,8 @@ import random
 
 import pytest
 
-from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
-                            faulty_engine_module, make_raw, no_partial_files, same_image,
-                            new_phases, wait_settled)
+from helpers import (MiB, disks_named, make_random_raw, new_phases, no_partial_files,
+                     same_image, wait_settled)
 from fault_proxy import (CutRequestBody, CutResponseBody, Delay, DropConnection, Expire403,
                          Respond, Rule)
 
@@ -27,16 +26,8 @@ SIZE = 8 * MiB
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch):
-    """Retries wait 20 ms instead of their real backoff, so faults that never
-    stop exhaust them quickly."""
-    from imagetool.transfer import retry
-    monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
-
-
-@pytest.fixture
 def image(tmp_path):
-    return make_raw(str(tmp_path / "src.raw"), SIZE, seed=7)
+    return make_random_raw(str(tmp_path / "src.raw"), SIZE, seed=7)
 
 
 def upload(cli, image, name, *extra):

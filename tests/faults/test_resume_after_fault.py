@@ -23,9 +23,8 @@ import time
 
 import pytest
 
-from fault_fixtures import (MiB, cli, disks_named, faulty_engine,  # noqa: F401
-                            faulty_engine_module, make_raw, new_phases, no_partial_files,
-                            same_image, transfers_of)
+from helpers import (MiB, disks_named, make_random_raw, new_phases, no_partial_files,
+                     same_image, transfers_of)
 from fault_proxy import CutRequestBody, CutResponseBody, Expire403, Respond, Rule
 
 DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
@@ -50,17 +49,9 @@ CUT_AFTER = 300_000                      # bytes of a body that get through
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch):
-    """Retries wait 20 ms instead of their real backoff, so a fault that
-    never stops exhausts them quickly."""
-    from imagetool.transfer import retry
-    monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
-
-
-@pytest.fixture
 def image(tmp_path):
     """16 MiB of random data (no holes: every range must be sent)."""
-    return make_raw(str(tmp_path / "src.raw"), SIZE, seed=11)
+    return make_random_raw(str(tmp_path / "src.raw"), SIZE, seed=11)
 
 
 def matches(template: str, line: str) -> bool:

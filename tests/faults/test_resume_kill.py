@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-MiB = 1 << 20
+from helpers import MiB
+
 SIZE = 48 * MiB
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(TESTS, "resume_harness.py")

@@ -8,8 +8,8 @@ import pytest
 from ovirt_imageio._internal import blkhash
 from ovirt_imageio.client import checksum as reference_checksum
 
-from formats_writer_fixtures import (KiB, MiB, MemBackend, extents_of, qemu_io,
-                                     random_image, run, write_raw)
+from fake_backends import MemBackend
+from helpers import KiB, MiB, extents_of, qemu_io, random_image, run, write_raw
 from imagetool.checksum import ALGORITHMS, checksum, checksum_file
 from imagetool.formats.base import Extent
 

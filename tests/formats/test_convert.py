@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from formats_writer_fixtures import (KiB, MiB, qemu_check, qemu_compare, qemu_img_json,
-                                     qemu_io, random_image, run, write_raw)
+from helpers import (KiB, MiB, qemu_check, qemu_compare, qemu_img_json, qemu_io,
+                     random_image, run, write_raw)
 from imagetool.errors import FormatError
 from imagetool.formats import convert as convert_mod
 from imagetool.formats.convert import DestinationExists, convert
@@ -155,7 +155,7 @@ def test_invalid_arguments(tmp_path, sources):
 
 
 def test_plan_aligns_to_clusters():
-    from formats_writer_fixtures import MemBackend
+    from fake_backends import MemBackend
     from imagetool.formats.base import Extent
 
     data = bytes(1 * MiB)

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from formats_fixtures import (MiB, make_raw, qemu_img, qemu_img_create_encrypted,
-                              qemu_info, qemu_raw_bytes)
+from helpers import (MiB, make_raw, qemu_img, qemu_img_create_encrypted, qemu_info,
+                     qemu_raw_bytes)
 from imagetool.errors import FormatError, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image, probe
 

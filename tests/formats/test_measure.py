@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from formats_writer_fixtures import (KiB, MiB, MemBackend, extents_of, qemu_img_json,
-                                     qemu_io, random_image, run, write_raw)
+from fake_backends import MemBackend
+from helpers import (KiB, MiB, extents_of, qemu_img_json, qemu_io, random_image, run,
+                     write_raw)
 from imagetool.formats.measure import measure, qcow2_fully_allocated_size
 
 

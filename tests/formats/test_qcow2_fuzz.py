@@ -164,7 +164,7 @@ def child(workdir: str, seed: int, count: int) -> None:
 # --- parent (pytest) -----------------------------------------------------
 
 def _make_bases(d) -> None:
-    from formats_fixtures import make_raw, qemu_img, qemu_io
+    from helpers import make_raw, qemu_img, qemu_io
     src = d / "src.raw"
     make_raw(src, 512 << 10, [(0, 100 << 10), (300 << 10, 50 << 10)], 9)
     qemu_img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=4k",

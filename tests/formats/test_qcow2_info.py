@@ -7,8 +7,7 @@ import struct
 
 import pytest
 
-from formats_fixtures import (MiB, make_raw, qemu_img, qemu_img_create_encrypted,
-                              qemu_info, qemu_io)
+from helpers import MiB, make_raw, qemu_img, qemu_img_create_encrypted, qemu_info, qemu_io
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats import inspect, open_image
 

@@ -12,9 +12,8 @@ import threading
 
 import pytest
 
-from formats_fixtures import (KiB, MiB, assert_extents_match_qemu, make_raw,
-                              qemu_img, qemu_io, qemu_map, qemu_raw_bytes,
-                              shallow_json)
+from helpers import (KiB, MiB, assert_extents_match_qemu, make_raw, qemu_img, qemu_io,
+                     qemu_map, qemu_raw_bytes, shallow_json)
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_reader import Qcow2Backend

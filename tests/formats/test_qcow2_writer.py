@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from formats_writer_fixtures import (KiB, MiB, qemu_check, qemu_compare, qemu_img_json,
-                                     random_image, run, write_raw)
+from helpers import (KiB, MiB, qemu_check, qemu_compare, qemu_img_json, random_image, run,
+                     write_raw)
 from imagetool.formats.qcow2_writer import Qcow2Writer
 
 

@@ -9,13 +9,12 @@ import subprocess
 
 import pytest
 
-from imageio_daemon import (  # noqa: F401 (fixtures)
-    QemuNbd, imageio_daemon, imageio_daemon_tls, scratch, tls_files)
+from helpers import MiB
+from imageio_daemon import QemuNbd
 from imagetool.errors import ConnectionFailed, ImageioError
 from imagetool.formats.base import Extent
 from imagetool.imageio import HttpBackend, ImageioClient
 
-MiB = 1024 * 1024
 SIZE = 8 * MiB
 
 

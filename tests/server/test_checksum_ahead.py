@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from imageio_daemon import scratch, scratch_dir  # noqa: F401
+from helpers import MiB
+from imageio_daemon import scratch_dir
 from imagetool.checksum import checksum_file
 from imagetool.errors import ImageioError
 from imagetool.formats.raw import RawBackend
@@ -27,7 +28,6 @@ from imagetool.server.tickets import Ticket, TicketRegistry
 
 reference = pytest.importorskip("ovirt_imageio.client")
 
-MiB = 1024 * 1024
 BLOCK = 4 * MiB
 SIZE = 6 * BLOCK          # a multiple of 4 MiB: the reference client hashes the same size
 

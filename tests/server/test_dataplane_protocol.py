@@ -11,12 +11,12 @@ import time
 
 import pytest
 
+from helpers import MiB
 from imageio_daemon import scratch_dir
 from imagetool.formats.raw import RawBackend
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.tickets import Ticket, TicketRegistry
 
-MiB = 1024 * 1024
 SIZE = 2 * MiB
 FORBIDDEN = "You are not allowed to access this resource: "
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from imageio_daemon import scratch, scratch_dir, server_ssl_context, tls_files  # noqa: F401
+from helpers import MiB
+from imageio_daemon import scratch_dir, server_ssl_context
 from imagetool.checksum import checksum_file
 from imagetool.errors import ConnectionFailed
 from imagetool.formats.raw import RawBackend
@@ -19,7 +20,6 @@ from imagetool.server.tickets import Ticket, TicketRegistry
 
 reference = pytest.importorskip("ovirt_imageio.client")
 
-MiB = 1024 * 1024
 SIZE = 8 * MiB
 
 

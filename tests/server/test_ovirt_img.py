@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from server_fixtures import PASSWORD, connection, engine, make_image, qemu_img  # noqa: F401
+from helpers import ENGINE_PASSWORD, make_pattern_image, qemu_img
 
 pytestmark = pytest.mark.skipif(shutil.which("ovirt-img") is None, reason="ovirt-img missing")
 
@@ -25,7 +25,7 @@ def ovirt_img(engine, tmp_path):
         "[local]\n"
         f"engine_url = {url.scheme}://{url.netloc}\n"
         "username = admin@internal\n"
-        f"password = {PASSWORD}\n"
+        f"password = {ENGINE_PASSWORD}\n"
         f"cafile = {engine.cafile}\n")
 
     def run(*args: str) -> str:
@@ -39,7 +39,7 @@ def ovirt_img(engine, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_ovirt_img_upload_download(ovirt_img, connection, tmp_path, fmt):
-    src = make_image(str(tmp_path / f"src.{fmt}"), fmt)
+    src = make_pattern_image(str(tmp_path / f"src.{fmt}"), fmt)
     out = ovirt_img("upload-disk", "-c", "local", "-s", "data", "-f", fmt, "-o", "json",
                     "--name", f"ovirt-img-{fmt}", src)
     last = json.loads(out.splitlines()[-1])

@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from server_fixtures import (PASSWORD, MiB, api_json, api_request, connection, engine,  # noqa: F401
-                             make_image, put_file, qemu_img, wait_for)
+from helpers import (ENGINE_PASSWORD, MiB, api_json, api_request, make_pattern_image,
+                     put_file, qemu_img, wait_for)
 from imagetool.server.local import LocalEngine
 
 
@@ -98,7 +98,7 @@ def test_no_credentials_is_401_with_fault(engine):
 
 def test_sso_token_bearer_and_logout(engine):
     form = urlencode({"grant_type": "password", "scope": "ovirt-app-api",
-                      "username": "admin@internal", "password": PASSWORD})
+                      "username": "admin@internal", "password": ENGINE_PASSWORD})
     status, headers, body = api_request(
         engine, "POST", "/ovirt-engine/sso/oauth/token", form,
         {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
@@ -312,7 +312,7 @@ def test_pause_resume_upload(engine, tmp_path):
     t = add_transfer(engine, disk_id)
     assert action(engine, t["id"], "pause")[0] == 200
     assert get_transfer(engine, t["id"])["phase"] == "paused_user"
-    src = make_image(str(tmp_path / "src.raw"), "raw")
+    src = make_pattern_image(str(tmp_path / "src.raw"), "raw")
     assert dataplane_status(engine, t["transfer_url"]) == 403   # refused while paused
     assert action(engine, t["id"], "resume")[0] == 200
     t = wait_transfer(engine, t["id"], ("transferring",))
@@ -344,7 +344,7 @@ def _upload_cow_file(engine, tmp_path, path, size=4 * MiB, initial=8 * MiB):
 
 
 def test_finalize_rejects_qcow2_with_backing_file(engine, tmp_path):
-    base = make_image(str(tmp_path / "base.qcow2"), "qcow2")
+    base = make_pattern_image(str(tmp_path / "base.qcow2"), "qcow2")
     top = str(tmp_path / "top.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
     disk_id, t = _upload_cow_file(engine, tmp_path, top)
@@ -353,7 +353,7 @@ def test_finalize_rejects_qcow2_with_backing_file(engine, tmp_path):
 
 
 def test_finalize_rejects_corrupt_qcow2(engine, tmp_path):
-    path = make_image(str(tmp_path / "bad.qcow2"), "qcow2")
+    path = make_pattern_image(str(tmp_path / "bad.qcow2"), "qcow2")
     with open(path, "r+b") as f:
         f.seek(40)                       # l1_table_offset -> far past the end
         f.write((1 << 50).to_bytes(8, "big"))
@@ -364,14 +364,14 @@ def test_finalize_rejects_corrupt_qcow2(engine, tmp_path):
 
 
 def test_finalize_rejects_raw_bytes_in_cow_disk(engine, tmp_path):
-    path = make_image(str(tmp_path / "plain.raw"), "raw")
+    path = make_pattern_image(str(tmp_path / "plain.raw"), "raw")
     disk_id, t = _upload_cow_file(engine, tmp_path, path)
     assert t["phase"] == "finished_failure"
     assert disk_status(engine, disk_id) == 404
 
 
 def test_finalize_rejects_qcow2_larger_than_disk(engine, tmp_path):
-    path = make_image(str(tmp_path / "big.qcow2"), "qcow2", size=8 * MiB)
+    path = make_pattern_image(str(tmp_path / "big.qcow2"), "qcow2", size=8 * MiB)
     disk_id, t = _upload_cow_file(engine, tmp_path, path, size=4 * MiB)
     assert t["phase"] == "finished_failure"
 
@@ -400,7 +400,7 @@ def test_inactivity_timeout_policy(engine, policy, direction, expected):
 
 
 def test_finished_transfers_expire(tmp_path):
-    with LocalEngine(str(tmp_path), password=PASSWORD, finished_ttl=0.5) as eng:
+    with LocalEngine(str(tmp_path), password=ENGINE_PASSWORD, finished_ttl=0.5) as eng:
         disk_id = new_disk(eng, "ttl")
         t = add_transfer(eng, disk_id, direction="download")
         action(eng, t["id"], "finalize")

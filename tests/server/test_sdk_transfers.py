@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from server_fixtures import (MiB, connection, engine, get_file, make_image,  # noqa: F401
-                             put_file, qemu_img, qemu_io, wait_for, wait_phase)
+from helpers import (MiB, get_file, make_pattern_image, put_file, qemu_img, qemu_io,
+                     wait_for, wait_phase)
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -61,7 +61,7 @@ def test_storage_domains_listed(connection):
 @pytest.mark.parametrize("file_fmt,disk_fmt", [("raw", "raw"), ("qcow2", "cow"), ("raw", "cow")])
 def test_upload_download_raw_transfers(connection, engine, tmp_path, file_fmt, disk_fmt):
     """Guest data both ways through the real imageio client (transfer format raw)."""
-    src = make_image(str(tmp_path / f"src.{file_fmt}"), file_fmt)
+    src = make_pattern_image(str(tmp_path / f"src.{file_fmt}"), file_fmt)
     disk = add_disk(connection, f"up-{file_fmt}-{disk_fmt}", disk_fmt, 4 * MiB)
     transfer = start_transfer(connection, "upload", "raw", disk.id)
     client.upload(src, transfer.transfer_url, engine.cafile)
@@ -84,7 +84,7 @@ def test_upload_download_raw_transfers(connection, engine, tmp_path, file_fmt, d
 @pytest.mark.parametrize("file_fmt,disk_fmt", [("qcow2", "cow"), ("raw", "raw")])
 def test_upload_download_cow_transfers(connection, engine, tmp_path, file_fmt, disk_fmt):
     """The volume's own bytes both ways (transfer format cow)."""
-    src = make_image(str(tmp_path / f"src.{file_fmt}"), file_fmt)
+    src = make_pattern_image(str(tmp_path / f"src.{file_fmt}"), file_fmt)
     initial = os.path.getsize(src) if file_fmt == "qcow2" else None
     disk = add_disk(connection, f"cow-{file_fmt}", disk_fmt, 4 * MiB, initial)
     transfer = start_transfer(connection, "upload", "cow", disk.id)
@@ -113,7 +113,7 @@ def test_remote_checksum_matches_reference_client(connection, engine, tmp_path):
     import ssl
     import http.client
     from urllib.parse import urlsplit
-    src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "src.qcow2"), "qcow2")
     disk = add_disk(connection, "checksum", "cow", 4 * MiB)
     transfer = start_transfer(connection, "upload", "raw", disk.id)
     client.upload(src, transfer.transfer_url, engine.cafile)
@@ -136,8 +136,8 @@ def test_parallel_transfers(connection, engine, tmp_path):
     import threading
     srcs, disks, transfers = [], [], []
     for i in range(3):
-        srcs.append(make_image(str(tmp_path / f"p{i}.qcow2"), "qcow2"))
-        qemu_io(srcs[-1], "qcow2", f"write -P {0x30 + i} 3M 64k")   # tell them apart
+        srcs.append(make_pattern_image(str(tmp_path / f"p{i}.qcow2"), "qcow2"))
+        qemu_io(srcs[-1], f"write -P {0x30 + i} 3M 64k")   # tell them apart
         disks.append(add_disk(connection, f"parallel-{i}", "cow", 4 * MiB))
         transfers.append(start_transfer(connection, "upload", "raw", disks[-1].id))
     errors = []
@@ -172,7 +172,7 @@ def test_new_raw_transfer_keeps_data_of_a_cow_disk(connection, engine, tmp_path)
     import json
     import ssl
     from urllib.parse import urlsplit
-    src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "src.qcow2"), "qcow2")
     disk = add_disk(connection, "two-transfers", "cow", 4 * MiB)
     t = start_transfer(connection, "upload", "raw", disk.id)
     client.upload(src, t.transfer_url, engine.cafile)
@@ -190,7 +190,7 @@ def test_new_raw_transfer_keeps_data_of_a_cow_disk(connection, engine, tmp_path)
     assert finish(connection, t) == "finished_success"
     expected = str(tmp_path / "expected.qcow2")
     subprocess.run(["cp", src, expected], check=True)
-    qemu_io(expected, "qcow2", "write -P 0x5a 192k 64k")
+    qemu_io(expected, "write -P 0x5a 192k 64k")
     t = start_transfer(connection, "download", "raw", disk.id)
     dst = str(tmp_path / "dst.qcow2")
     client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from server_fixtures import MiB, get_file, make_image, put_file, wait_phase
+from helpers import MiB, get_file, make_pattern_image, put_file, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -125,7 +125,7 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
             disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
             format=types.DiskFormat.RAW, timeout_policy=types.ImageTransferTimeoutPolicy(policy)))
         transfer = wait_phase(con, transfer.id, ["transferring"])
-        src = make_image(str(tmp_path / "src.raw"), "raw")
+        src = make_pattern_image(str(tmp_path / "src.raw"), "raw")
         put_file(transfer.transfer_url, out["CA file"], src)
         assert system.disks_service().disk_service(disk.id).get().status == types.DiskStatus.LOCKED
         con.close(logout=False)
@@ -173,10 +173,10 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
 def test_second_engine_on_same_dir_leaves_live_transfers_alone(tmp_path, monkeypatch):
     """Two in-process engines on one data dir (two CLI commands at once):
     the second must not treat the first one's live transfer as interrupted."""
-    import server_fixtures
+    import helpers
     from imagetool.server.local import LocalEngine
-    monkeypatch.setattr(server_fixtures, "PASSWORD", "secret-1")
-    api_json, wait_for = server_fixtures.api_json, server_fixtures.wait_for
+    monkeypatch.setattr(helpers, "ENGINE_PASSWORD", "secret-1")
+    api_json, wait_for = helpers.api_json, helpers.wait_for
     with LocalEngine(str(tmp_path), password="secret-1") as first:
         status, disk = api_json(first, "POST", "disks", {
             "name": "live", "format": "raw", "provisioned_size": MiB,

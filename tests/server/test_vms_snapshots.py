@@ -10,8 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server_fixtures import (MiB, connection, engine, make_image, qemu_img,  # noqa: F401
-                             qemu_io, wait_for, wait_phase)
+from helpers import MiB, make_pattern_image, qemu_img, qemu_io, wait_for, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -51,7 +50,7 @@ def active_volume(engine, connection, disk_id):
 @pytest.fixture
 def vm_with_disk(connection, engine, tmp_path):
     system = connection.system_service()
-    src = make_image(str(tmp_path / "a.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
     disk = system.disks_service().add(types.Disk(
         name="vmdisk", format=types.DiskFormat.COW, provisioned_size=4 * MiB,
         storage_domains=[types.StorageDomain(name="data")]))
@@ -106,10 +105,10 @@ def test_snapshot_add_list_remove_merges(connection, engine, tmp_path, vm_with_d
     top = active_volume(engine, connection, disk.id)
     info = json.loads(qemu_img("info", "--output=json", top))
     assert info["format"] == "qcow2" and info["backing-filename"]
-    qemu_io(top, "qcow2", "write -P 0x7a 512k 256k")
+    qemu_io(top, "write -P 0x7a 512k 256k")
     expected = str(tmp_path / "expected.qcow2")
     shutil.copy(src, expected)
-    qemu_io(expected, "qcow2", "write -P 0x7a 512k 256k")
+    qemu_io(expected, "write -P 0x7a 512k 256k")
 
     disk_service = connection.system_service().disks_service().disk_service(disk.id)
     layers = disk_service.disk_snapshots_service().list()
@@ -137,18 +136,18 @@ def test_snapshot_remove_middle_and_restore(connection, engine, tmp_path, vm_wit
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
     s1 = snaps.add(types.Snapshot(description="s1"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x11 0 128k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x11 0 128k")
     s2 = snaps.add(types.Snapshot(description="s2"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x22 64k 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x22 64k 64k")
     s3 = snaps.add(types.Snapshot(description="s3"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x33 3M 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x33 3M 64k")
 
     at_s3 = str(tmp_path / "at_s3.qcow2")
     shutil.copy(src, at_s3)
-    qemu_io(at_s3, "qcow2", "write -P 0x11 0 128k", "write -P 0x22 64k 64k")
+    qemu_io(at_s3, "write -P 0x11 0 128k", "write -P 0x22 64k 64k")
     now = str(tmp_path / "now.qcow2")
     shutil.copy(at_s3, now)
-    qemu_io(now, "qcow2", "write -P 0x33 3M 64k")
+    qemu_io(now, "write -P 0x33 3M 64k")
 
     # Removing a middle snapshot merges its layer into the one above.
     snaps.snapshot_service(s2.id).remove()
@@ -201,10 +200,10 @@ def test_remove_disk_snapshot_merges_that_layer(connection, engine, tmp_path, vm
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
     snaps.add(types.Snapshot(description="only"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x44 2M 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x44 2M 64k")
     expected = str(tmp_path / "expected.qcow2")
     shutil.copy(src, expected)
-    qemu_io(expected, "qcow2", "write -P 0x44 2M 64k")
+    qemu_io(expected, "write -P 0x44 2M 64k")
     layers = connection.system_service().disks_service().disk_service(disk.id) \
         .disk_snapshots_service()
     base = next(s for s in layers.list() if s.parent is None)
@@ -223,9 +222,9 @@ def test_snapshot_download_full_or_shallow(connection, engine, tmp_path, vm_with
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
     snaps.add(types.Snapshot(description="s1"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x55 1536k 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x55 1536k 64k")
     snaps.add(types.Snapshot(description="s2"))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x66 0 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x66 0 64k")
     layers = connection.system_service().disks_service().disk_service(disk.id) \
         .disk_snapshots_service().list()
     by_parent = {s.parent.id if s.parent else None: s for s in layers}
@@ -233,12 +232,12 @@ def test_snapshot_download_full_or_shallow(connection, engine, tmp_path, vm_with
 
     full = str(tmp_path / "full.qcow2")
     shutil.copy(src, full)
-    qemu_io(full, "qcow2", "write -P 0x55 1536k 64k")
+    qemu_io(full, "write -P 0x55 1536k 64k")
     compare(download(connection, engine, str(tmp_path / "m.qcow2"), snapshot_id=middle.id), full)
 
     alone = str(tmp_path / "alone.qcow2")
     qemu_img("create", "-f", "qcow2", alone, str(4 * MiB))
-    qemu_io(alone, "qcow2", "write -P 0x55 1536k 64k")
+    qemu_io(alone, "write -P 0x55 1536k 64k")
     got = download(connection, engine, str(tmp_path / "s.qcow2"), snapshot_id=middle.id,
                    shallow=True)
     compare(got, alone)

@@ -9,7 +9,8 @@ import pytest
 
 from imagetool.transfer.copier import CopyCancelled, CopyError, copy, plan
 from imagetool.formats.base import Extent
-from transfer_fixtures import MiB, FileBackend, images_equal, make_image, qemu_img
+from fake_backends import FileBackend
+from helpers import MiB, images_equal, make_raw, qemu_img
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]
@@ -19,7 +20,7 @@ SIZE = 16 * MiB
 @pytest.fixture
 def src_path(tmp_path):
     p = tmp_path / "src.raw"
-    make_image(p, SIZE, DATA, seed=1)
+    make_raw(p, SIZE, DATA, seed=1)
     return p
 
 

@@ -16,7 +16,7 @@ import pytest
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer.copier import copy
 from imagetool.transfer.output import SharedBackend
-from transfer_fixtures import MiB, images_equal, make_image
+from helpers import MiB, images_equal, make_raw
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_download_copy_bytes_equal_and_sparse(disk_dir, workers, overlap):
     # written (the destination stays sparse there).
     size = 9 * MiB + 1234
     src = os.path.join(disk_dir, "src.raw")
-    make_image(src, size, [(0, 2 * MiB), (3 * MiB + 512, 100_000), (8 * MiB, MiB + 1234)])
+    make_raw(src, size, [(0, 2 * MiB), (3 * MiB + 512, 100_000), (8 * MiB, MiB + 1234)])
     with open(src, "r+b") as f:         # data extent that reads as zeros
         f.seek(5 * MiB)
         f.write(bytes(MiB))

@@ -1,7 +1,8 @@
 """Plain raw downloads keep a journal (issue 5): what a later run finds.
 
-An in-process LocalEngine (tests/server_fixtures.py); the source image is
-random bytes written by the test, the expected content is that file
+An in-process LocalEngine (the ``engine`` fixture of tests/conftest.py);
+the source image is random bytes written by the test, the expected content
+is that file
 (compared with qemu-img compare). Kills of a real process are in
 tests/faults/test_resume_kill.py.
 """
@@ -14,7 +15,7 @@ import subprocess
 
 import pytest
 
-from server_fixtures import MiB, conn, engine  # noqa: F401
+from helpers import MiB
 from imagetool.errors import ChecksumMismatch
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.journal import JournalError

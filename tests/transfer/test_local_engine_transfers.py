@@ -13,9 +13,9 @@ from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.upload import upload_disk, upload_disk_result
+from fault_proxy import DroppingProxy
+from helpers import MiB, images_equal, make_raw, qemu_img
 from imageio_daemon import scratch_dir
-from transfer_fixtures import (MiB, DroppingProxy, images_equal, make_image,
-                               qemu_img)
 
 SIZE = 12 * MiB
 DATA = [(0, MiB), (3 * MiB + 4096, 512 * 1024), (7 * MiB, 3 * MiB)]
@@ -41,13 +41,13 @@ def conn(workdir):
 @pytest.fixture(scope="module")
 def images(workdir):
     raw = os.path.join(workdir, "src.raw")
-    make_image(raw, SIZE, DATA, seed=21)
+    make_raw(raw, SIZE, DATA, seed=21)
     qcow2 = os.path.join(workdir, "src.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
     compressed = os.path.join(workdir, "src-c.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", "-c", raw, compressed)
     empty = os.path.join(workdir, "empty.raw")
-    make_image(empty, 64 * MiB, [], seed=0)          # all holes
+    make_raw(empty, 64 * MiB, [], seed=0)          # all holes
     return {"raw": raw, "qcow2": qcow2, "compressed": compressed, "empty": empty}
 
 
@@ -101,7 +101,7 @@ def test_sparse_image_stays_sparse(conn, workdir, images):
 
 def test_iso(conn, workdir):
     iso = os.path.join(workdir, "cd.iso")
-    make_image(iso, 4 * MiB, [(0, 64 * 1024)], seed=9)
+    make_raw(iso, 4 * MiB, [(0, 64 * 1024)], seed=9)
     with open(iso, "r+b") as f:
         f.seek(0x8000)
         f.write(b"\x01CD001\x01\x00")

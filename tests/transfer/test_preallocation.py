@@ -22,9 +22,8 @@ from imagetool.formats.raw import RawBackend
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.local import LocalEngine
 from imagetool.server.tickets import Ticket, TicketRegistry
-from imageio_daemon import scratch, scratch_dir  # noqa: F401 (fixtures)
-from server_fixtures import PASSWORD, api_request
-from transfer_fixtures import MiB, images_equal
+from helpers import ENGINE_PASSWORD, MiB, api_request, images_equal
+from imageio_daemon import scratch_dir
 
 SIZE = 4 * MiB
 
@@ -46,15 +45,6 @@ def make_source(path: str) -> None:
 
 
 # --- through the CLI ---------------------------------------------------------
-
-@pytest.fixture
-def home(scratch, monkeypatch):
-    monkeypatch.setenv("IMAGETOOL_HOME", os.path.join(scratch, "home"))
-    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
-                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
-    return scratch
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -198,7 +188,7 @@ def test_copy_and_resize_keep_preallocation(tmp_path):
         return os.path.join(eng.data_dir, sd, "images", disk.get("id"),
                             disk.findtext("image_id"))
 
-    eng = LocalEngine(str(tmp_path), password=PASSWORD)
+    eng = LocalEngine(str(tmp_path), password=ENGINE_PASSWORD)
     eng.start()
     try:
         disk = call("POST", "disks",

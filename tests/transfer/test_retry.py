@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fault_proxy import DropConnection, FaultProxy, Respond, Rule
-from imageio_daemon import imageio_daemon, scratch  # noqa: F401 (fixtures)
+from helpers import MiB
 from imagetool.errors import ImageioError
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
@@ -18,7 +18,6 @@ from imagetool.transfer.copier import copy
 from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.retry import RetryingBackend, RetryPolicy, is_transient
 
-MiB = 1 << 20
 FAST = RetryPolicy(tries=8, total=30, base_delay=0.05, max_delay=0.5)
 
 

@@ -1,9 +1,9 @@
 """download: --shallow with --resume, and download_disk's ``snapshot=`` keyword.
 
-A local engine (tests/server_fixtures.py) holds a VM disk with two
-snapshots; the middle layer has data of its own on top of the base. The
-expected contents come from qemu-img/qemu-io on the engine's own volume
-files, never from our code.
+A local engine (the ``engine`` fixture of tests/conftest.py) holds a VM
+disk with two snapshots; the middle layer has data of its own on top of the
+base. The expected contents come from qemu-img/qemu-io on the engine's own
+volume files, never from our code.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import subprocess
 
 import pytest
 
-from server_fixtures import (MiB, PASSWORD, conn, connection, engine,  # noqa: F401
-                             make_image, qemu_img, qemu_io, wait_for)
+from helpers import ENGINE_PASSWORD, MiB, make_pattern_image, qemu_img, qemu_io, wait_for
 from imagetool.server.local import LocalEngine
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.journal import JournalError
@@ -41,7 +40,7 @@ def chain(connection, engine, tmp_path_factory):
     """(disk id, middle snapshot id, middle layer's volume file, base image)."""
     tmp = tmp_path_factory.mktemp("chain")
     system = connection.system_service()
-    src = make_image(str(tmp / "base.qcow2"), "qcow2", SIZE)
+    src = make_pattern_image(str(tmp / "base.qcow2"), "qcow2", SIZE)
     disk = system.disks_service().add(types.Disk(
         name="dlfix", format=types.DiskFormat.COW, provisioned_size=SIZE,
         storage_domains=[types.StorageDomain(name="data")]))
@@ -68,11 +67,11 @@ def chain(connection, engine, tmp_path_factory):
                             disk.id, d.image_id)
 
     vm_service.snapshots_service().add(types.Snapshot(description="s1"))
-    qemu_io(active_volume(), "qcow2",
+    qemu_io(active_volume(),
             *[f"write -P {p:#x} {o} {n}" for o, n, p in MIDDLE_WRITES])
     middle_volume = active_volume()
     vm_service.snapshots_service().add(types.Snapshot(description="s2"))
-    qemu_io(active_volume(), "qcow2", "write -P 0x66 0 64k")
+    qemu_io(active_volume(), "write -P 0x66 0 64k")
     layers = disk_service.disk_snapshots_service().list()
     by_parent = {s.parent.id if s.parent else None: s for s in layers}
     middle = by_parent[by_parent[None].id]
@@ -131,7 +130,7 @@ def test_cli_shallow_resume(conn, chain, tmp_path, engine, monkeypatch, capsys):
     disk_id, middle, layer, _ = chain
     for k, v in {"IMAGETOOL_ENGINE_URL": engine.url,
                  "IMAGETOOL_USERNAME": LocalEngine.username,
-                 "IMAGETOOL_PASSWORD": PASSWORD, "IMAGETOOL_CAFILE": engine.cafile,
+                 "IMAGETOOL_PASSWORD": ENGINE_PASSWORD, "IMAGETOOL_CAFILE": engine.cafile,
                  "IMAGETOOL_HOME": str(tmp_path / "home")}.items():
         monkeypatch.setenv(k, v)
     for k in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
@@ -207,7 +206,7 @@ def test_snapshot_keyword_and_its_alias(conn, chain, tmp_path):
     # Guest data as of the middle snapshot: the base plus the middle's writes.
     expected = str(tmp_path / "expected.qcow2")
     shutil.copy(base, expected)
-    qemu_io(expected, "qcow2", *[f"write -P {p:#x} {o} {n}" for o, n, p in MIDDLE_WRITES])
+    qemu_io(expected, *[f"write -P {p:#x} {o} {n}" for o, n, p in MIDDLE_WRITES])
     a, b, c = (str(tmp_path / f"{n}.raw") for n in "abc")
     download_disk(conn, disk_id, a, snapshot=middle)
     download_disk(conn, disk_id, b, snapshot_id=middle)

@@ -10,8 +10,8 @@ import pytest
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.output import OutputExists
 from imagetool.transfer.urls import download_url, upload_url, url_checksum, url_info
-from imageio_daemon import QemuNbd, imageio_daemon, scratch  # noqa: F401 (fixtures)
-from transfer_fixtures import MiB, images_equal, make_image, qemu_img
+from helpers import MiB, images_equal, make_raw, qemu_img
+from imageio_daemon import QemuNbd
 
 SIZE = 12 * MiB
 DATA = [(0, MiB + 4096), (3 * MiB, 64 * 1024), (6 * MiB - 4096, 2 * MiB + 8192),
@@ -29,7 +29,7 @@ def _need_qcow2_writer():
 @pytest.fixture
 def src_raw(scratch):
     p = os.path.join(scratch, "src.raw")
-    make_image(p, SIZE, DATA, seed=7)
+    make_raw(p, SIZE, DATA, seed=7)
     return p
 
 
@@ -133,7 +133,7 @@ def test_checksum_and_info(imageio_daemon, scratch, src_raw):
     copy_path = os.path.join(scratch, "copy.raw")
     shutil.copyfile(src_raw, copy_path)
     other = os.path.join(scratch, "other.raw")
-    make_image(other, SIZE, DATA, seed=8)
+    make_raw(other, SIZE, DATA, seed=8)
     urls = [imageio_daemon.add_ticket(path=p, size=SIZE, ops=["read"])
             for p in (src_raw, copy_path, other)]
     sums = [url_checksum(u)["checksum"] for u in urls]

@@ -12,13 +12,13 @@ import threading
 
 import pytest
 
+from helpers import MiB
 from imagetool.checksum import checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import verify
 
 blkhash = pytest.importorskip("ovirt_imageio._internal.blkhash")
-MiB = 1 << 20
 
 
 def _file(path, size, seed=1):

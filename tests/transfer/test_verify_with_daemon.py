@@ -1,6 +1,6 @@
 """Verification against the REAL ovirt-imageio daemon (file and NBD tickets).
 
-The engine is the small stand-in of tests/transfer_fake_engine.py; the
+The engine is the small stand-in of tests/fake_transfer_engine.py; the
 server's checksum comes from the reference daemon itself, and expected
 values from the reference client.
 """
@@ -13,9 +13,7 @@ import pytest
 
 from imagetool.transfer.download import download_disk_result
 from imagetool.transfer.upload import upload_disk_result
-from imageio_daemon import imageio_daemon, scratch  # noqa: F401 (fixtures)
-from transfer_fake_engine import FakeEngine
-from transfer_fixtures import MiB, make_image, qemu_img
+from helpers import MiB, make_raw, qemu_img
 
 ovirt_client = pytest.importorskip("ovirt_imageio.client")
 blkhash = pytest.importorskip("ovirt_imageio._internal.blkhash")
@@ -25,38 +23,29 @@ DATA = [(0, MiB + 512), (3 * MiB, 64 * 1024), (5 * MiB - 4096, MiB + 4096)]
 
 
 @pytest.fixture
-def engine(imageio_daemon, scratch):
-    d = os.path.join(scratch, "sd")
-    os.mkdir(d)
-    eng = FakeEngine(d, imageio_daemon)
-    yield eng
-    eng.close()
-
-
-@pytest.fixture
 def files(scratch):
     raw = os.path.join(scratch, "v.raw")
-    make_image(raw, SIZE, DATA, seed=11)
+    make_raw(raw, SIZE, DATA, seed=11)
     qcow2 = os.path.join(scratch, "v.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
     return {"raw": raw, "qcow2": qcow2}
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_guest_data_upload_and_download_verified(engine, files, scratch, fmt):
-    res = upload_disk_result(engine.conn, files[fmt], "data", workers=2)
+def test_guest_data_upload_and_download_verified(transfer_engine, files, scratch, fmt):
+    res = upload_disk_result(transfer_engine.conn, files[fmt], "data", workers=2)
     v = res.verification
     assert v.verified and v.method == "server-checksum" and v.scope == "guest-data"
     assert v.value == ovirt_client.checksum(files[fmt], algorithm=v.algorithm)["checksum"]
 
     out = os.path.join(scratch, f"back.{fmt}")
-    got = download_disk_result(engine.conn, res.disk_id, out, format=fmt)
+    got = download_disk_result(transfer_engine.conn, res.disk_id, out, format=fmt)
     assert got.verification.verified and got.checksum == ovirt_client.checksum(
         out, algorithm=got.verification.algorithm)["checksum"]
 
 
-def test_volume_bytes_upload_verified(engine, files):
-    res = upload_disk_result(engine.conn, files["qcow2"], "data",
+def test_volume_bytes_upload_verified(transfer_engine, files):
+    res = upload_disk_result(transfer_engine.conn, files["qcow2"], "data",
                              transfer_format="cow", workers=1)
     v = res.verification
     assert v.verified and v.scope == "volume-bytes"
@@ -71,6 +60,6 @@ def test_volume_bytes_upload_verified(engine, files):
         padded = files["qcow2"] + ".padded"
         with open(files["qcow2"], "rb") as f, open(padded, "wb") as g:
             g.write(f.read())
-            g.truncate(os.path.getsize(engine.disk_path(res.disk_id)))
+            g.truncate(os.path.getsize(transfer_engine.disk_path(res.disk_id)))
         assert v.value == blkhash.checksum(padded, algorithm=v.algorithm,
                                            digest_size=size)["checksum"]
