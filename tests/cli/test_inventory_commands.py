@@ -49,6 +49,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_disks_list_json_and_table(fake, capsys):
     a = fake.add_disk("alpha", fmt="cow", size=3 << 30)
     b = fake.add_disk("beta", fmt="raw", size=1 << 20, status="locked")
@@ -69,6 +70,7 @@ def test_disks_list_json_and_table(fake, capsys):
     assert b in lines[2] and "locked" in lines[2]
 
 
+@pytest.mark.slow
 def test_alias_only_disk_listed_by_alias(fake, capsys):
     # 4.1-era engines may send only <alias>.
     old = fake.add_disk("x")
@@ -79,6 +81,7 @@ def test_alias_only_disk_listed_by_alias(fake, capsys):
     assert code == 0 and json.loads(out)["alias"] == "legacy-alias"
 
 
+@pytest.mark.slow
 def test_disks_list_search_max(fake, capsys):
     for name in ("web1", "web2", "db1"):
         fake.add_disk(name)
@@ -88,6 +91,7 @@ def test_disks_list_search_max(fake, capsys):
     assert code == 0 and len(json.loads(out)) == 1
 
 
+@pytest.mark.slow
 def test_disks_show(fake, capsys):
     a = fake.add_disk("alpha", size=5 << 20)
     code, out, _ = run(capsys, "disks", "show", "alpha", "--json")
@@ -102,6 +106,7 @@ def test_disks_show(fake, capsys):
     assert "no disk with id or name 'nosuch'" in err
 
 
+@pytest.mark.slow
 def test_disks_remove(fake, capsys):
     a = fake.add_disk("gone")
     busy = fake.add_disk("busy", status="locked")
@@ -120,6 +125,7 @@ def test_disks_remove(fake, capsys):
     assert a not in fake.disks and busy in fake.disks
 
 
+@pytest.mark.slow
 def test_sds_list(fake, capsys):
     code, out, _ = run(capsys, "sds", "list", "--json")
     assert code == 0
@@ -131,6 +137,7 @@ def test_sds_list(fake, capsys):
     assert code == 0 and "data" in out and "10.00 GiB" in out
 
 
+@pytest.mark.slow
 def test_transfers_list_show_cancel(fake, capsys):
     disk = fake.add_disk("t")
     code, out, _ = run(capsys, "transfers", "list", "--json")
@@ -156,6 +163,7 @@ def test_transfers_list_show_cancel(fake, capsys):
     assert code == 1 and "not found" in err
 
 
+@pytest.mark.slow
 def test_wrong_password_exit_3(fake, capsys, monkeypatch):
     monkeypatch.setenv("IMAGETOOL_PASSWORD", "wrong-pw-123")
     code, out, err = run(capsys, "disks", "list")
@@ -179,6 +187,7 @@ def test_connection_refused_exit_3(env, capsys):
     assert code == 3 and "cannot connect" in err
 
 
+@pytest.mark.slow
 def test_config_section_and_missing_section(env, capsys):
     engine = FakeEngine()
     engine.add_disk("from-config")
@@ -191,6 +200,7 @@ def test_config_section_and_missing_section(env, capsys):
         assert code == 2 and "no section [missing]" in err
 
 
+@pytest.mark.slow
 def test_subprocess_json_and_exit_code(fake):
     fake.add_disk("sub")
     env = dict(os.environ)
@@ -209,6 +219,7 @@ def test_subprocess_json_and_exit_code(fake):
 local = pytest.importorskip("imagetool.server.local")
 
 
+@pytest.mark.slow
 def test_remote_local_engine_tls_cafile_and_hint(env, capsys, monkeypatch):
     with local.LocalEngine(str(env / "remote")) as eng:
         pw = env / "pw"
@@ -228,6 +239,7 @@ def test_remote_local_engine_tls_cafile_and_hint(env, capsys, monkeypatch):
         assert code == 0, err
 
 
+@pytest.mark.slow
 def test_no_engine_configured_uses_in_process_local_engine(env, capsys):
     code, out, err = run(capsys, "sds", "list", "--json")
     assert code == 0, err

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from imagetool.cli.main import main
 from helpers import MiB, images_equal, make_raw, qemu_img
+from imagetool.cli.main import main
 
 
 def run(capsys, *argv):
@@ -26,6 +26,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_upload_several_then_download(home, capsys):
     files = []
     for i, fmt in enumerate(("raw", "qcow2")):
@@ -89,6 +90,7 @@ def test_upload_refused_file_fails_with_message(home, capsys):
     assert code == 1 and "backing file" in err
 
 
+@pytest.mark.slow
 def test_url_commands(imageio_daemon, home, capsys):
     src = os.path.join(home, "src.raw")
     make_raw(src, 6 * MiB, [(MiB, 2 * MiB)], seed=40)
@@ -132,6 +134,7 @@ def test_url_errors(imageio_daemon, home, capsys):
     assert code == 3
 
 
+@pytest.mark.slow
 def test_against_imagetool_serve_over_tls(home, capsys):
     """A separate `imagetool serve` process, reached with explicit engine options."""
     import signal
@@ -185,6 +188,7 @@ def test_against_imagetool_serve_over_tls(home, capsys):
         log.close()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_running_job():
     """SIGINT while several transfers run: each one stops (and so cancels)."""
     import signal

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from helpers import MiB, images_equal, make_raw, qemu_img
 from fault_proxy import FaultProxy, ProxyTls
+from helpers import MiB, images_equal, make_raw, qemu_img
 from imagetool.engine import Connection
 from imagetool.server.local import LocalEngine
 from imagetool.server.rest import imagetransfers
@@ -136,6 +136,7 @@ def upload_json(cli, path: str, *opts: Any) -> dict:
 
 # --- 1. an image larger than the existing --disk-id disk -----------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_upload_larger_image_onto_existing_disk_id(env, cli, tmp_path, fmt):
     """--disk-id names the NEW disk: an existing disk's id is refused before
@@ -170,6 +171,7 @@ def test_upload_larger_image_onto_existing_disk_id(env, cli, tmp_path, fmt):
 
 # --- 2. --disk-id into an existing empty disk ------------------------------------
 
+@pytest.mark.slow
 def test_upload_disk_id_new_disk_gets_that_id(env, cli, tmp_path):
     """A fresh --disk-id: the bytes land in a disk with exactly that id."""
     import uuid
@@ -186,6 +188,7 @@ def test_upload_disk_id_new_disk_gets_that_id(env, cli, tmp_path):
     qemu_img("compare", "-f", "raw", "-F", "qcow2", src, back)
 
 
+@pytest.mark.slow
 def test_upload_disk_id_of_existing_empty_disk(env, cli, tmp_path):
     """An existing empty disk's id: the upload is refused (the option creates
     a disk, it does not fill one); nothing is written there and no disk is
@@ -208,6 +211,7 @@ def test_upload_disk_id_of_existing_empty_disk(env, cli, tmp_path):
 
 # --- 3. --use-proxy --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_use_proxy_sends_data_to_proxy_url_only(env, cli, tmp_path):
     src = str(tmp_path / "p.raw")
     make_raw(src, 3 * MiB, [(0, 2 * MiB)], seed=31)
@@ -236,6 +240,7 @@ def test_without_use_proxy_data_goes_to_transfer_url(env, cli, tmp_path):
 
 # --- 5. signed_ticket --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_signed_ticket_sent_as_authorization_header(env, cli, tmp_path):
     src = str(tmp_path / "s.raw")
     make_raw(src, 2 * MiB, [(0, MiB)], seed=51)
@@ -257,6 +262,7 @@ def test_signed_ticket_sent_as_authorization_header(env, cli, tmp_path):
     assert images_equal(src, back, "raw", "raw")
 
 
+@pytest.mark.slow
 def test_no_signed_ticket_no_authorization_header(env, cli, tmp_path):
     src = str(tmp_path / "n.raw")
     make_raw(src, MiB, [(0, MiB)], seed=52)
@@ -267,6 +273,7 @@ def test_no_signed_ticket_no_authorization_header(env, cli, tmp_path):
 
 # --- 4. url commands against a TLS data plane -----------------------------------
 
+@pytest.mark.slow
 def test_url_commands_tls_options(env, cli, tmp_path, monkeypatch):
     from imagetool.transfer.session import TransferSession
     src = str(tmp_path / "u.raw")
@@ -356,6 +363,7 @@ def _two_images(tmp_path) -> list[str]:
     return files
 
 
+@pytest.mark.slow
 def test_progress_bars_on_a_terminal(tmp_path):
     files = _two_images(tmp_path)
     code, text = _run_on_pty([sys.executable, "-m", "imagetool", "upload", *files,
@@ -368,6 +376,7 @@ def test_progress_bars_on_a_terminal(tmp_path):
         assert any("100%|" in ln and name in ln for ln in bar_lines), (name, text)
 
 
+@pytest.mark.slow
 def test_progress_bars_on_a_terminal_without_a_size(tmp_path):
     """A terminal reporting 0x0 (fresh ptys, some consoles) still gets bars."""
     files = _two_images(tmp_path)
@@ -382,6 +391,7 @@ def test_progress_bars_on_a_terminal_without_a_size(tmp_path):
         assert any("100%|" in ln and name in ln for ln in bar_lines), (name, text)
 
 
+@pytest.mark.slow
 def test_no_progress_bars_when_piped(tmp_path):
     files = _two_images(tmp_path)
     p = subprocess.run([sys.executable, "-m", "imagetool", "upload", *files, "--sd", "data"],
@@ -395,6 +405,7 @@ def test_no_progress_bars_when_piped(tmp_path):
 
 # --- 1b. the same refusal one layer down: a transfer into the existing disk ------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     """No CLI path fills an existing disk, so the size check is reached through

@@ -35,6 +35,7 @@ def test_tls_with_cafile_and_version(local_engine):
         assert any(sd.type == "data" and sd.name for sd in sds)
 
 
+@pytest.mark.slow
 def test_wrong_ca_is_connection_failed_with_hint(local_engine, tmp_path):
     with local.LocalEngine(str(tmp_path / "other")) as other:
         other_ca = other.cafile
@@ -62,6 +63,7 @@ def test_wrong_password_is_auth_error(local_engine):
     assert "not-the-password" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_token_expiry_one_retry(tmp_path):
     with local.LocalEngine(str(tmp_path / "e"), token_lifetime=0.5) as eng:
         with connect(eng) as conn:
@@ -98,6 +100,7 @@ def test_disk_lifecycle_faults_and_transfer(local_engine):
         assert wait_for_disk_unlocked(conn, disk.id, timeout=30) is None
 
 
+@pytest.mark.slow
 def test_wait_deadline_against_engine(local_engine):
     with connect(local_engine) as conn:
         disk = wait_for_disk(conn, conn.disks.add(
@@ -125,6 +128,7 @@ def test_json_and_xml_give_the_same_entities(local_engine):
     assert as_xml[0][0].provisioned_size == 2 << 20 and as_xml[1][0].phase == "transferring"
 
 
+@pytest.mark.slow
 def test_wrong_scheme_messages(tmp_path):
     with local.LocalEngine(str(tmp_path / "plain"), tls=False) as eng:
         with Connection(eng.url.replace("http://", "https://"), username=eng.username,

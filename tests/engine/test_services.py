@@ -150,6 +150,7 @@ def test_failed_action_raises():
             conn.transfers.finalize(t.id)
 
 
+@pytest.mark.slow
 def test_wait_transfer_404_after_finalize_looks_at_disk():
     engine = FakeEngine(delete_after_finalize=True)
     disk_id = engine.add_disk("d")
@@ -179,6 +180,7 @@ def test_wait_transfer_404_disk_illegal():
             wait_for_transfer_phase(conn, t.id, "finished_success", timeout=5)
 
 
+@pytest.mark.slow
 def test_wait_transfer_failure_phases():
     engine = FakeEngine(add_phases=["initializing", "paused_system"])
     disk_id = engine.add_disk("d")
@@ -199,6 +201,7 @@ def test_wait_transfer_failure_phases():
         assert end.phase == "finished_failure"
 
 
+@pytest.mark.slow
 def test_wait_transfer_deadline():
     engine = FakeEngine(add_phases=["initializing"])
     disk_id = engine.add_disk("d")
@@ -222,6 +225,7 @@ def test_wait_transfer_unknown_id_is_not_found():
             wait_for_transfer_phase(conn, "nope", "transferring", timeout=1)
 
 
+@pytest.mark.slow
 def test_wait_disk_illegal_deadline_and_unlocked():
     engine = FakeEngine()
     bad = engine.add_disk("bad", status="locked")

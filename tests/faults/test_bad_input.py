@@ -131,6 +131,7 @@ def test_data_plane_refuses_writes_past_the_disk(faulty_engine, tmp_path):
     assert new_phases(faulty_engine) == ["finished_failure"]
 
 
+@pytest.mark.slow
 def test_qcow2_virtual_size_larger_than_disk(faulty_engine, tmp_path):
     """Volume bytes (cow transfer) of a 4 MiB qcow2 into a 2 MiB cow disk:
     the engine's finalize check refuses it and the disk is not left locked."""
@@ -171,6 +172,7 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
     image = make_random_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=9)
@@ -187,6 +189,7 @@ def test_full_disk_during_download(faulty_engine, cli, tmp_path, small_fs, fmt):
     assert [d.status for d in disks_named(faulty_engine, name)] == ["ok"]
 
 
+@pytest.mark.slow
 def test_full_disk_then_resume_after_freeing_space(faulty_engine, cli, tmp_path, small_fs):
     image = make_random_raw(str(tmp_path / "eight.raw"), 8 * MiB, seed=10)
     code, _, err = cli("upload", image, "--sd", "data", "--name", "full-resume")

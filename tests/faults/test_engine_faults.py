@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from fault_proxy import Delay, Rule
 from helpers import (FAULT_PASSWORD, MiB, cli_process, disks_named, make_random_raw,
                      new_phases, same_image, start_faulty_engine, stop_faulty_engine,
                      wait_settled)
-from fault_proxy import Delay, Rule
 
 
 def test_wrong_credentials(faulty_engine, cli, monkeypatch):
@@ -63,6 +63,7 @@ def short_token_engine(tmp_path, monkeypatch):
         stop_faulty_engine(fe)
 
 
+@pytest.mark.slow
 def test_expired_token_is_renewed(short_token_engine, cli, tmp_path, caplog):
     """The token expires during a slow upload; the following API calls
     (finalize, waits) log in again transparently."""
@@ -100,6 +101,7 @@ def own_engine(tmp_path):
         stop_faulty_engine(fe)
 
 
+@pytest.mark.slow
 def test_engine_restart_mid_upload_without_resume(own_engine, tmp_path):
     """The engine (API and data plane) goes away at 50% of an upload and comes
     back 1 s later on the same ports. The client's retries reach the new
@@ -192,6 +194,7 @@ def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplo
     assert disks_named(fe, "racing") == []
 
 
+@pytest.mark.slow
 def test_data_plane_certificate_from_another_ca(faulty_engine, cli, tmp_path):
     """The engine is trusted but the data plane's certificate was signed by
     another CA: exit 3 with the --cafile hint, at once (not retried), and the

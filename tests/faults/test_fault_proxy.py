@@ -376,6 +376,7 @@ def test_drop_response_applies_request_but_loses_reply(upstream, proxy):
     assert upstream.store.put_received == [5000]
 
 
+@pytest.mark.slow
 def test_delay_past_read_timeout(upstream, proxy):
     proxy.add_rule(Rule(method="GET", nth=1, action=Delay(seconds=2.0)))
     proxy.add_rule(Rule(method="GET", nth=2, action=Delay(seconds=0.3)))
@@ -560,6 +561,7 @@ def test_real_imageio_daemon(imageio_daemon, scratch):
         assert real_body == expired_ticket_message(path).encode()
 
 
+@pytest.mark.slow
 def test_imagetool_client_through_proxy(imageio_daemon, scratch):
     # The proxy is transparent to the project's own client: every call gives
     # the same answer through it as directly.

@@ -16,9 +16,11 @@ import time
 
 import pytest
 
+from fault_proxy import Delay, Rule
 from helpers import (MiB, cli_process, disks_named, make_random_raw, same_image,
                      transfers_of, wait_settled)
-from fault_proxy import Delay, Rule
+
+pytestmark = pytest.mark.slow
 
 SIZE = 32 * MiB
 

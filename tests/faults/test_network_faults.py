@@ -16,10 +16,10 @@ import random
 
 import pytest
 
-from helpers import (MiB, disks_named, make_random_raw, new_phases, no_partial_files,
-                     same_image, wait_settled)
 from fault_proxy import (CutRequestBody, CutResponseBody, Delay, DropConnection, Expire403,
                          Respond, Rule)
+from helpers import (MiB, disks_named, make_random_raw, new_phases, no_partial_files,
+                     same_image, wait_settled)
 
 DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
 SIZE = 8 * MiB
@@ -66,6 +66,7 @@ def test_put_body_cut_every_time(faulty_engine, cli, image, seed, fast_backoff):
     assert_upload_failed_clean(fe, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [4, 5])
 def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed, fast_backoff):
     fe = faulty_engine
@@ -87,6 +88,7 @@ def test_get_body_cut_every_time(faulty_engine, cli, tmp_path, image, seed, fast
     assert [d.status for d in disks_named(fe, f"src-{seed}")] == ["ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status,reason", [(500, "Internal Server Error"),
                                            (503, "Service Unavailable")])
 def test_put_error_status_every_time(faulty_engine, cli, image, status, reason, fast_backoff):
@@ -100,6 +102,7 @@ def test_put_error_status_every_time(faulty_engine, cli, image, status, reason, 
     assert_upload_failed_clean(fe, name)
 
 
+@pytest.mark.slow
 def test_ticket_expired_mid_upload(faulty_engine, cli, image):
     """403 'No such ticket' is permanent: one fault stops the upload, even with
     retries, and the ticket id is not shown."""
@@ -124,6 +127,7 @@ def _short_read_timeout(monkeypatch) -> None:
                         lambda self, read_timeout=60.0: original(self, read_timeout=1.0))
 
 
+@pytest.mark.slow
 def test_download_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
                                                              image, monkeypatch):
     fe = faulty_engine
@@ -140,6 +144,7 @@ def test_download_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli,
     wait_settled(fe)
 
 
+@pytest.mark.slow
 def test_download_reply_delayed_every_time(faulty_engine, cli, tmp_path, image,
                                            monkeypatch, fast_backoff):
     """Every data reply slower than the read timeout: the download ends after
@@ -159,6 +164,7 @@ def test_download_reply_delayed_every_time(faulty_engine, cli, tmp_path, image,
     assert new_phases(fe) == ["finished_failure", "finished_success"]
 
 
+@pytest.mark.slow
 def test_upload_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, tmp_path,
                                                            image, monkeypatch):
     fe = faulty_engine
@@ -172,6 +178,7 @@ def test_upload_reply_delayed_past_read_timeout_is_retried(faulty_engine, cli, t
 
 # --- transient faults happening once: retried -----------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12])
 def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed):
     rnd = random.Random(seed)
@@ -185,6 +192,7 @@ def test_put_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, seed)
     uploaded_disk(fe, cli, tmp_path, image, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", [True, False])
 def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, resume):
     fe = faulty_engine
@@ -200,6 +208,7 @@ def test_get_body_cut_once_is_retried(faulty_engine, cli, tmp_path, image, resum
     assert same_image(image, final)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [500, 503])
 def test_put_error_status_once_is_retried(faulty_engine, cli, tmp_path, image, status):
     fe = faulty_engine
@@ -212,6 +221,7 @@ def test_put_error_status_once_is_retried(faulty_engine, cli, tmp_path, image, s
     uploaded_disk(fe, cli, tmp_path, image, name)
 
 
+@pytest.mark.slow
 def test_ticket_expires_after_inactivity(faulty_engine, cli, image, caplog):
     """A PUT reply held 4 s while the keep-alive pings are dropped: the
     engine's inactivity timeout (1 s, policy cancel) ends the transfer. The

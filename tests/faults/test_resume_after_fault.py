@@ -23,9 +23,11 @@ import time
 
 import pytest
 
+from fault_proxy import CutRequestBody, CutResponseBody, Expire403, Respond, Rule
 from helpers import (MiB, disks_named, make_random_raw, new_phases, no_partial_files,
                      same_image, transfers_of)
-from fault_proxy import CutRequestBody, CutResponseBody, Expire403, Respond, Rule
+
+pytestmark = pytest.mark.slow
 
 DATA_PATH = r"^/images/[^/?]+(\?|$)"     # data requests, not /extents or /checksum
 SIZE = 16 * MiB

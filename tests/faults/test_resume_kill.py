@@ -21,6 +21,8 @@ import pytest
 
 from helpers import MiB
 
+pytestmark = pytest.mark.slow
+
 SIZE = 48 * MiB
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(TESTS, "resume_harness.py")

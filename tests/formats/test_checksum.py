@@ -132,6 +132,7 @@ def sample_images(tmp_path):
     return data, images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["raw", "qcow2", "compressed", "chain"])
 def test_equals_reference_client(sample_images, kind):
     data, images = sample_images
@@ -141,6 +142,7 @@ def test_equals_reference_client(sample_images, kind):
     assert ours["checksum"] == _definition(bytes(data), "blake2b", 4 * MiB)
 
 
+@pytest.mark.slow
 def test_equals_reference_client_other_algorithm(sample_images):
     _, images = sample_images
     path = str(images["qcow2"])

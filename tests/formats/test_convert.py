@@ -53,6 +53,7 @@ def test_convert_identical(tmp_path, sources, src_kind, out_format, compress):
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
 def test_raw_output_is_sparse(tmp_path):
     src = tmp_path / "sparse.raw"
     with open(src, "wb") as f:

@@ -77,6 +77,7 @@ def test_foreign_formats_refused(tmp_path, name, opts):
         assert str(p) in msg
 
 
+@pytest.mark.slow
 def test_luks_refused(tmp_path):
     p = tmp_path / "secret.luks"
     qemu_img_create_encrypted("-q", "-f", "luks", "--object", "secret,id=s,data=x",

@@ -18,6 +18,8 @@ import struct
 import subprocess
 import sys
 
+import pytest
+
 CASE_SECONDS = 5
 PEAK_LIMIT = 24 << 20
 READ_LIMIT = 1 << 20
@@ -183,6 +185,7 @@ def _make_bases(d) -> None:
     qemu_io(d / "base-512.qcow2", "write -P 4 0 10k", "write -z 20k 2k")
 
 
+@pytest.mark.slow
 def test_fuzz_mutated_qcow2(tmp_path):
     _make_bases(tmp_path)
     count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "1500"))

@@ -75,6 +75,7 @@ def test_info_backing_snapshots_bitmaps(tmp_path):
     assert info.bitmaps == ["bm-a", "bm-b"]
 
 
+@pytest.mark.slow
 def test_encrypted_reported_then_refused(tmp_path):
     p = tmp_path / "enc.qcow2"
     qemu_img_create_encrypted(

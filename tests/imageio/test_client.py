@@ -279,6 +279,7 @@ class _OldDaemon:
         self.httpd.server_close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options_status", [405, 204])
 def test_server_without_features(options_status):
     old = _OldDaemon(MiB, options_status)
@@ -299,6 +300,7 @@ def test_server_without_features(options_status):
         old.stop()
 
 
+@pytest.mark.slow
 def test_tls_eof_while_sending_reads_as_connection_closed(monkeypatch):
     """A TLS peer closing without close_notify surfaces as SSLEOFError ("EOF
     occurred in violation of protocol"): it is a closed connection, and the

@@ -92,6 +92,7 @@ def test_options_list_the_extension_apart_from_imageio_features(server, scratch)
         assert c.options().extensions == frozenset()
 
 
+@pytest.mark.slow
 def test_announced_upload_checksum_equals_full_read_back(server, scratch):
     path = os.path.join(scratch, "disk.raw")
     ticket = _ticket(server, path)
@@ -141,6 +142,7 @@ def _change_behind(path: str, keep_mtime: bool) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
+@pytest.mark.slow
 def test_final_checksum_uses_the_digests_it_has(server, scratch):
     # A change behind the data plane's back that keeps the file's mtime is
     # not seen: proof that the final request did not read the hashed blocks.
@@ -159,6 +161,7 @@ def test_final_checksum_uses_the_digests_it_has(server, scratch):
         assert c.checksum("sha256", MiB)["checksum"] == _full(path, block_size=MiB)
 
 
+@pytest.mark.slow
 def test_file_changed_behind_the_data_plane_is_read_back(server, scratch):
     path = os.path.join(scratch, "disk.raw")
     ticket = _ticket(server, path)
@@ -173,6 +176,7 @@ def test_file_changed_behind_the_data_plane_is_read_back(server, scratch):
     assert result == _full(path) != before
 
 
+@pytest.mark.slow
 def test_writes_during_hashing_never_leave_a_stale_digest(server, scratch):
     path = os.path.join(scratch, "disk.raw")
     ticket = _ticket(server, path)
@@ -205,6 +209,7 @@ def test_writes_during_hashing_never_leave_a_stale_digest(server, scratch):
     assert result == _full(path)
 
 
+@pytest.mark.slow
 def test_never_announced_ticket_works_as_before(server, scratch):
     src = os.path.join(scratch, "src.raw")
     with open(src, "wb") as f:
@@ -249,6 +254,7 @@ def test_announcement_refusals(server, scratch, monkeypatch):
     assert other.checksum_ahead is None
 
 
+@pytest.mark.slow
 def test_hashing_thread_ends_with_its_ticket(server, scratch):
     ticket = _ticket(server, os.path.join(scratch, "disk.raw"))
     with _client(server, ticket) as c:
@@ -274,6 +280,7 @@ def local_conn():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_upload_announces_only_when_verifying(local_conn, monkeypatch):
     from imagetool.transfer.upload import upload_disk_result
 

@@ -115,6 +115,7 @@ def test_options_by_ticket(env):
     assert status == 200 and json.loads(body)["version"]
 
 
+@pytest.mark.slow
 def test_options_touches_ticket(env):
     t = env.add(timeout=1.5)
     for _ in range(4):     # 2 s in all: only the touches keep it alive
@@ -136,6 +137,7 @@ def test_unknown_ticket_403_and_close(env):
     assert out.count(b"HTTP/1.1 403") == 1
 
 
+@pytest.mark.slow
 def test_expired_and_canceled_tickets(env):
     t = env.add(transfer_id="xfer-1")
     assert env.request("GET", f"/images/{t.uuid}", headers={"Range": "bytes=0-0"})[0] == 206

@@ -111,6 +111,7 @@ def test_reference_imageio_client_class(server, scratch):
         assert f.read(MiB) == expected
 
 
+@pytest.mark.slow
 def test_checksum_matches_reference_client(server, scratch):
     pytest.importorskip("imagetool.checksum")
     src = _sparse_source(scratch)
@@ -122,6 +123,7 @@ def test_checksum_matches_reference_client(server, scratch):
             reference.checksum(src, block_size=MiB)["checksum"]
 
 
+@pytest.mark.slow
 def test_our_client_round_trip_and_idle_reconnect(server, scratch):
     path = _empty(scratch, "disk.raw")
     url = _add(server, path, inactivity_timeout=0.3)
@@ -141,6 +143,7 @@ def test_our_client_round_trip_and_idle_reconnect(server, scratch):
         assert f.read(len(data)) == bytes(4096) + data[4096:]
 
 
+@pytest.mark.slow
 def test_expired_ticket_refused_by_reference_client(server, scratch):
     path = _empty(scratch, "disk.raw")
     url = _add(server, path, timeout=0.3)
@@ -150,6 +153,7 @@ def test_expired_ticket_refused_by_reference_client(server, scratch):
     assert "403" in str(e.value) or "expired" in str(e.value)
 
 
+@pytest.mark.slow
 def test_stop_closes_connections(tls_files):
     """stop() shuts every idle keep-alive connection down, TLS ones too (a
     TLS socket owns the descriptor its plain socket had): when it returns,
@@ -175,6 +179,7 @@ def test_stop_closes_connections(tls_files):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_buffered_path_with_unaligned_size_and_offsets(server, scratch, monkeypatch):
     from imagetool.server import dataplane_images
     size = SIZE - 1000           # not a multiple of 4096: odd tail
@@ -213,6 +218,7 @@ def test_buffered_path_with_unaligned_size_and_offsets(server, scratch, monkeypa
         raw.close()
 
 
+@pytest.mark.slow
 def test_qcow2_guest_data_ticket(server, scratch):
     """A read ticket serving a qcow2's guest data (raw-format download of a cow disk)."""
     from imagetool.formats import open_image

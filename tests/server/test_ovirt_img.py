@@ -12,7 +12,8 @@ import pytest
 
 from helpers import ENGINE_PASSWORD, make_pattern_image, qemu_img
 
-pytestmark = pytest.mark.skipif(shutil.which("ovirt-img") is None, reason="ovirt-img missing")
+pytestmark = [pytest.mark.skipif(shutil.which("ovirt-img") is None, reason="ovirt-img missing"),
+              pytest.mark.slow]
 
 
 @pytest.fixture

@@ -123,6 +123,7 @@ def test_sso_wrong_password(engine):
     assert doc["error_code"] == "access_denied" and "Cannot authenticate" in doc["error"]
 
 
+@pytest.mark.slow
 def test_tokens_expire(tmp_path):
     with LocalEngine(str(tmp_path), tls=False, password="p", token_lifetime=0.5) as eng:
         token, _ = eng.server.auth.issue()
@@ -376,6 +377,7 @@ def test_finalize_rejects_qcow2_larger_than_disk(engine, tmp_path):
     assert t["phase"] == "finished_failure"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,direction,expected", [
     ("cancel", "upload", "finished_failure"),
     ("legacy", "upload", "paused_system"),
@@ -399,6 +401,7 @@ def test_inactivity_timeout_policy(engine, policy, direction, expected):
         assert disk_status(engine, disk_id) == "ok"
 
 
+@pytest.mark.slow
 def test_finished_transfers_expire(tmp_path):
     with LocalEngine(str(tmp_path), password=ENGINE_PASSWORD, finished_ttl=0.5) as eng:
         disk_id = new_disk(eng, "ttl")
@@ -534,6 +537,7 @@ def test_preallocated_raw_disk_is_allocated(engine):
     assert int(sparse["actual_size"]) < MiB
 
 
+@pytest.mark.slow
 def test_transfer_reports_active_while_a_client_is_connected(engine):
     import http.client
     import ssl

@@ -58,6 +58,7 @@ def test_storage_domains_listed(connection):
     assert abs(by_name["data"].available - st.f_bavail * st.f_frsize) < 256 * MiB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_fmt,disk_fmt", [("raw", "raw"), ("qcow2", "cow"), ("raw", "cow")])
 def test_upload_download_raw_transfers(connection, engine, tmp_path, file_fmt, disk_fmt):
     """Guest data both ways through the real imageio client (transfer format raw)."""
@@ -81,6 +82,7 @@ def test_upload_download_raw_transfers(connection, engine, tmp_path, file_fmt, d
         qemu_img("check", "-f", "qcow2", vol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_fmt,disk_fmt", [("qcow2", "cow"), ("raw", "raw")])
 def test_upload_download_cow_transfers(connection, engine, tmp_path, file_fmt, disk_fmt):
     """The volume's own bytes both ways (transfer format cow)."""
@@ -106,6 +108,7 @@ def test_upload_download_cow_transfers(connection, engine, tmp_path, file_fmt, d
     compare(src, dst2)
 
 
+@pytest.mark.slow
 def test_remote_checksum_matches_reference_client(connection, engine, tmp_path):
     """The data plane's checksum of an uploaded disk equals the reference
     client's checksum of the local file."""
@@ -131,6 +134,7 @@ def test_remote_checksum_matches_reference_client(connection, engine, tmp_path):
     assert remote["checksum"] == local["checksum"]
 
 
+@pytest.mark.slow
 def test_parallel_transfers(connection, engine, tmp_path):
     """Several uploads at once, each with its own disk and ticket."""
     import threading
@@ -165,6 +169,7 @@ def test_parallel_transfers(connection, engine, tmp_path):
             ["qemu-img", "compare", srcs[(i + 1) % 3], dst], capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_new_raw_transfer_keeps_data_of_a_cow_disk(connection, engine, tmp_path):
     """A second upload transfer to the same cow disk (a client resuming with a
     new transfer) sends only part of the data; the rest must still be there."""

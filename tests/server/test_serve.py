@@ -47,6 +47,7 @@ def password_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_serve_lock_file_and_clean_shutdown(tmp_path, password_file):
     data = tmp_path / "data"
     proc, out = start_serve(data, password_file)
@@ -99,6 +100,7 @@ def test_generated_password_file_is_private(tmp_path, monkeypatch):
     assert load_or_create_password(str(tmp_path)) == (password, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,expected,disk_fmt", [
     ("legacy", "paused_system", "raw"),
     ("pause", "paused_system", "cow"),
@@ -170,6 +172,7 @@ def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy,
         assert proc.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_second_engine_on_same_dir_leaves_live_transfers_alone(tmp_path, monkeypatch):
     """Two in-process engines on one data dir (two CLI commands at once):
     the second must not treat the first one's live transfer as interrupted."""

@@ -91,6 +91,7 @@ def test_follow_embeds_attachments_and_disks(vm_with_disk):
     assert got.disk_attachments[0].disk.provisioned_size == 4 * MiB
 
 
+@pytest.mark.slow
 def test_snapshot_add_list_remove_merges(connection, engine, tmp_path, vm_with_disk):
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
@@ -132,6 +133,7 @@ def test_snapshot_add_list_remove_merges(connection, engine, tmp_path, vm_with_d
             expected)
 
 
+@pytest.mark.slow
 def test_snapshot_remove_middle_and_restore(connection, engine, tmp_path, vm_with_disk):
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
@@ -196,6 +198,7 @@ def compare(a, b):
     assert "Images are identical" in qemu_img("compare", a, b)
 
 
+@pytest.mark.slow
 def test_remove_disk_snapshot_merges_that_layer(connection, engine, tmp_path, vm_with_disk):
     vm, vm_service, disk, src = vm_with_disk
     snaps = vm_service.snapshots_service()
@@ -217,6 +220,7 @@ def test_remove_disk_snapshot_merges_that_layer(connection, engine, tmp_path, vm
     compare(download(connection, engine, str(tmp_path / "d.qcow2"), disk_id=disk.id), expected)
 
 
+@pytest.mark.slow
 def test_snapshot_download_full_or_shallow(connection, engine, tmp_path, vm_with_disk):
     """A middle layer: guest data as of that snapshot, or (shallow) that layer alone."""
     vm, vm_service, disk, src = vm_with_disk

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from imagetool.transfer.copier import CopyCancelled, CopyError, copy, plan
-from imagetool.formats.base import Extent
 from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
+from imagetool.formats.base import Extent
+from imagetool.transfer.copier import CopyCancelled, CopyError, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]

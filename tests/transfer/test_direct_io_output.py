@@ -13,10 +13,10 @@ import tempfile
 
 import pytest
 
+from helpers import MiB, images_equal, make_raw
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer.copier import copy
 from imagetool.transfer.output import SharedBackend
-from helpers import MiB, images_equal, make_raw
 
 
 @pytest.fixture

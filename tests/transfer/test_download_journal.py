@@ -62,6 +62,7 @@ def _interrupted(conn, disk, dest: str, after: int = 3 * MiB) -> None:
                       progress=stop)
 
 
+@pytest.mark.slow
 def test_plain_download_journals_while_it_runs(conn, disk, source, tmp_path):
     dest = str(tmp_path / "plain.raw")
     jpath, part = _files(dest)
@@ -78,6 +79,7 @@ def test_plain_download_journals_while_it_runs(conn, disk, source, tmp_path):
     assert not os.path.exists(jpath) and not os.path.exists(part)
 
 
+@pytest.mark.slow
 def test_plain_failure_removes_part_and_journal(conn, disk, tmp_path):
     dest = str(tmp_path / "fail.raw")
 
@@ -90,6 +92,7 @@ def test_plain_failure_removes_part_and_journal(conn, disk, tmp_path):
     assert conn.disks.get(disk.id).status == "ok"
 
 
+@pytest.mark.slow
 def test_plain_run_reports_journal_then_resume_finishes(conn, disk, source, tmp_path):
     dest = str(tmp_path / "later.raw")
     jpath, part = _files(dest)
@@ -115,6 +118,7 @@ def test_plain_run_reports_journal_then_resume_finishes(conn, disk, source, tmp_
     assert sorted(os.listdir(tmp_path)) == ["later.raw"]
 
 
+@pytest.mark.slow
 def test_resume_with_corrupt_part_removes_both(conn, disk, source, tmp_path):
     """A mismatch cannot be fixed by resuming: both files go, no final file."""
     dest = str(tmp_path / "corrupt.raw")
@@ -133,6 +137,7 @@ def test_resume_with_corrupt_part_removes_both(conn, disk, source, tmp_path):
     assert _same(source, dest)
 
 
+@pytest.mark.slow
 def test_resume_failure_keeps_files_and_says_so(conn, disk, source, tmp_path):
     from imagetool.errors import TransferError
 
@@ -157,6 +162,7 @@ def test_resume_failure_keeps_files_and_says_so(conn, disk, source, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["kept.raw"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [{"format": "qcow2"}, {"format": "qcow2", "resume": True}])
 def test_non_resumable_downloads_refuse_a_journal_or_resume(conn, disk, tmp_path, kwargs):
     dest = str(tmp_path / "q.raw")
@@ -169,6 +175,7 @@ def test_non_resumable_downloads_refuse_a_journal_or_resume(conn, disk, tmp_path
         assert os.path.exists(dest + ".imagetool-journal")
 
 
+@pytest.mark.slow
 def test_qcow2_download_unchanged(conn, disk, source, tmp_path):
     dest = str(tmp_path / "q.qcow2")
     download_disk(conn, disk, dest, format="qcow2")

@@ -8,14 +8,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from fault_proxy import DroppingProxy
+from helpers import MiB, images_equal, make_raw, qemu_img
+from imageio_daemon import scratch_dir
 from imagetool.engine import Connection
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.upload import upload_disk, upload_disk_result
-from fault_proxy import DroppingProxy
-from helpers import MiB, images_equal, make_raw, qemu_img
-from imageio_daemon import scratch_dir
 
 SIZE = 12 * MiB
 DATA = [(0, MiB), (3 * MiB + 4096, 512 * 1024), (7 * MiB, 3 * MiB)]
@@ -68,6 +68,7 @@ def _roundtrip(conn, workdir, src_key, images, fmt_out="raw", **kw):
     return disk, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("src_key,disk_format,expect", [
     ("raw", None, "raw"), ("qcow2", None, "cow"), ("compressed", None, "cow"),
     ("qcow2", "raw", "raw"), ("raw", "qcow2", "cow")])
@@ -78,12 +79,14 @@ def test_upload_download_formats(conn, workdir, images, src_key, disk_format, ex
         assert 0 < disk.initial_size < SIZE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 8])
 def test_workers(conn, workdir, images, workers):
     _roundtrip(conn, workdir, "raw", images, fmt_out="qcow2", workers=workers,
                buffer_size=MiB)
 
 
+@pytest.mark.slow
 def test_cow_transfer_of_qcow2_bytes(conn, workdir, images):
     disk, _ = _roundtrip(conn, workdir, "qcow2", images, transfer_format="cow")
     assert disk.format == "cow"
@@ -99,6 +102,7 @@ def test_sparse_image_stays_sparse(conn, workdir, images):
     assert os.stat(out).st_blocks == 0
 
 
+@pytest.mark.slow
 def test_iso(conn, workdir):
     iso = os.path.join(workdir, "cd.iso")
     make_raw(iso, 4 * MiB, [(0, 64 * 1024)], seed=9)
@@ -132,6 +136,7 @@ def test_interrupt_cancels_and_unlocks(conn, images):
                 if t.phase in ("transferring", "initializing")]
 
 
+@pytest.mark.slow
 def test_dropped_connection_cancels(conn, images, monkeypatch):
     proxies = []
     pick = TransferSession._pick_urls
@@ -156,6 +161,7 @@ def test_dropped_connection_cancels(conn, images, monkeypatch):
     assert {d.id for d in conn.disks.list()} == before
 
 
+@pytest.mark.slow
 def test_failed_download_leaves_no_file(conn, workdir, images):
     disk = upload_disk(conn, images["raw"], "data")
     d = os.path.join(workdir, "dl-fail")

@@ -17,13 +17,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from helpers import ENGINE_PASSWORD, MiB, api_request, images_equal
+from imageio_daemon import scratch_dir
 from imagetool.cli.main import main
 from imagetool.formats.raw import RawBackend
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.local import LocalEngine
 from imagetool.server.tickets import Ticket, TicketRegistry
-from helpers import ENGINE_PASSWORD, MiB, api_request, images_equal
-from imageio_daemon import scratch_dir
 
 SIZE = 4 * MiB
 
@@ -74,6 +74,7 @@ def upload(home: str, capsys, src: str, mode: str) -> tuple[str, int]:
     return vols[0], int(disk["actual_size"])
 
 
+@pytest.mark.slow
 def test_preallocated_upload_stays_allocated(home, capsys):
     src = os.path.join(home, "src.raw")
     make_source(src)
@@ -85,6 +86,7 @@ def test_preallocated_upload_stays_allocated(home, capsys):
     assert images_equal(src, vol, "raw", "raw")
 
 
+@pytest.mark.slow
 def test_sparse_upload_keeps_holes(home, capsys):
     src = os.path.join(home, "src.raw")
     make_source(src)
@@ -176,6 +178,7 @@ def test_raw_zero_allocate(fallback):
 
 # --- other operations on a preallocated disk ------------------------------------
 
+@pytest.mark.slow
 def test_copy_and_resize_keep_preallocation(tmp_path):
     def call(method: str, path: str, body: str) -> ET.Element:
         status, _, reply = api_request(eng, method, path, body,

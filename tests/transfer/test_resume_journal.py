@@ -9,10 +9,10 @@ import random
 import pytest
 
 from helpers import MiB
+from imagetool.formats.raw import RawBackend
 from imagetool.transfer.copier import _Request, copy
 from imagetool.transfer.journal import (Journal, JournalingBackend, merge, missing,
                                         skip_done, source_changes, source_identity)
-from imagetool.formats.raw import RawBackend
 from imagetool.transfer.output import SharedBackend
 
 

@@ -52,6 +52,7 @@ def _same(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
+@pytest.mark.slow
 def test_500_and_dropped_connections_are_retried(imageio_daemon, scratch):
     src, dst, ticket = _setup(imageio_daemon, scratch)
     with FaultProxy(upstream=("127.0.0.1", imageio_daemon.port)) as proxy:
@@ -65,6 +66,7 @@ def test_500_and_dropped_connections_are_retried(imageio_daemon, scratch):
     assert _same(src, dst)
 
 
+@pytest.mark.slow
 def test_outage_then_recovery_without_resume(imageio_daemon, scratch):
     src, dst, ticket = _setup(imageio_daemon, scratch, 16 * MiB)
     with FaultProxy(upstream=("127.0.0.1", imageio_daemon.port)) as proxy:
@@ -121,6 +123,7 @@ def test_classification():
     assert not is_transient(ValueError())
 
 
+@pytest.mark.slow
 def test_policy_from_environment(monkeypatch):
     monkeypatch.setenv("IMAGETOOL_RETRY_TRIES", "2")
     monkeypatch.setenv("IMAGETOOL_RETRY_SECONDS", "7.5")

@@ -105,6 +105,7 @@ def _leftovers(path: str) -> list[str]:
             if os.path.exists(p)]
 
 
+@pytest.mark.slow
 def test_shallow_download_same_with_and_without_resume(conn, chain, tmp_path):
     disk_id, middle, layer, _ = chain
     plain, resumed = str(tmp_path / "plain.raw"), str(tmp_path / "resumed.raw")
@@ -124,6 +125,7 @@ def test_shallow_download_same_with_and_without_resume(conn, chain, tmp_path):
     assert not _same(full, resumed)
 
 
+@pytest.mark.slow
 def test_cli_shallow_resume(conn, chain, tmp_path, engine, monkeypatch, capsys):
     from imagetool.cli.main import main
 
@@ -151,6 +153,7 @@ def test_cli_shallow_resume(conn, chain, tmp_path, engine, monkeypatch, capsys):
     assert _data_ranges(paths[True], "raw") == _data_ranges(layer, "qcow2")
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_journals_shallow_setting(conn, chain, tmp_path):
     disk_id, middle, layer, _ = chain
     dest = str(tmp_path / "interrupted.raw")
@@ -201,6 +204,7 @@ def test_journal_of_a_full_download_refuses_shallow(conn, chain, tmp_path):
         download_disk(conn, disk_id, dest, snapshot=middle, shallow=True, resume=True)
 
 
+@pytest.mark.slow
 def test_snapshot_keyword_and_its_alias(conn, chain, tmp_path):
     disk_id, middle, _, base = chain
     # Guest data as of the middle snapshot: the base plus the middle's writes.

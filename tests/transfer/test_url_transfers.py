@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
+from helpers import MiB, images_equal, make_raw, qemu_img
+from imageio_daemon import QemuNbd
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.output import OutputExists
 from imagetool.transfer.urls import download_url, upload_url, url_checksum, url_info
-from helpers import MiB, images_equal, make_raw, qemu_img
-from imageio_daemon import QemuNbd
 
 SIZE = 12 * MiB
 DATA = [(0, MiB + 4096), (3 * MiB, 64 * 1024), (6 * MiB - 4096, 2 * MiB + 8192),
@@ -145,6 +145,7 @@ def test_checksum_and_info(imageio_daemon, scratch, src_raw):
     assert "/images/***" in info["url"]
 
 
+@pytest.mark.slow
 def test_workers_use_at_most_n_connections(imageio_daemon, scratch, src_raw):
     # qemu-nbd --shared=8 serves 8 clients: a 9th connection would hang.
     target = os.path.join(scratch, "target.raw")

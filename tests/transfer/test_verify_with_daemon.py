@@ -11,9 +11,11 @@ import os
 
 import pytest
 
+from helpers import MiB, make_raw, qemu_img
 from imagetool.transfer.download import download_disk_result
 from imagetool.transfer.upload import upload_disk_result
-from helpers import MiB, make_raw, qemu_img
+
+pytestmark = pytest.mark.slow
 
 ovirt_client = pytest.importorskip("ovirt_imageio.client")
 blkhash = pytest.importorskip("ovirt_imageio._internal.blkhash")

@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from helpers import MiB, make_random_raw, no_partial_files, qemu_img, wait_settled
 from fault_proxy import Respond, Rule
+from helpers import MiB, make_random_raw, no_partial_files, qemu_img, wait_settled
 
 ovirt_client = pytest.importorskip("ovirt_imageio.client")
 
@@ -65,6 +65,7 @@ def _file_bytes_reference(path: str, algorithm: str) -> str:
 
 # --- verification on (the default) -----------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_upload_then_download_verified(faulty_engine, cli, image, tmp_path, fmt):
     src = image[fmt]
@@ -93,6 +94,7 @@ def test_upload_then_download_verified(faulty_engine, cli, image, tmp_path, fmt)
     assert len(_checksum_requests(faulty_engine)) == 1
 
 
+@pytest.mark.slow
 def test_text_output_says_verified(faulty_engine, cli, image):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "text-v")
     assert code == 0, err
@@ -109,6 +111,7 @@ def test_cow_transfer_of_qcow2_compares_volume_bytes(faulty_engine, cli, image):
     assert res["verify_method"] == "server-checksum"
 
 
+@pytest.mark.slow
 def test_cow_transfer_falls_back_to_read_back(faulty_engine, cli, image):
     # The server's whole-volume checksum disagrees (as a block volume's old
     # tail would make it): the file's extent is read back and compared.
@@ -126,6 +129,7 @@ def test_cow_transfer_falls_back_to_read_back(faulty_engine, cli, image):
     assert _disks(faulty_engine, "cow-rb")[0].status == "ok"
 
 
+@pytest.mark.slow
 def test_server_without_checksum_feature_is_read_back(faulty_engine, cli, image):
     options = json.dumps({"features": ["extents", "zero", "flush"],
                           "max_readers": 8, "max_writers": 8})
@@ -150,6 +154,7 @@ def _assert_upload_not_kept(faulty_engine, name):
     assert [d.status for d in _disks(faulty_engine, name) if d.status in ("ok", "locked")] == []
 
 
+@pytest.mark.slow
 def test_wrong_server_checksum_fails_upload(faulty_engine, cli, image):
     faulty_engine.proxy.add_rule(Rule(method="GET", path_re=CHECKSUM_PATH,
                                action=Respond(200, WRONG_REPLY)))
@@ -160,6 +165,7 @@ def test_wrong_server_checksum_fails_upload(faulty_engine, cli, image):
     _assert_upload_not_kept(faulty_engine, "bad-sum")
 
 
+@pytest.mark.slow
 def test_corrupted_volume_fails_upload(faulty_engine, cli, image, monkeypatch):
     """The volume changes between the copy and the check: the real server
     checksum differs from the source's."""
@@ -188,6 +194,7 @@ def test_corrupted_volume_fails_upload(faulty_engine, cli, image, monkeypatch):
     _assert_upload_not_kept(faulty_engine, "corrupt-vol")
 
 
+@pytest.mark.slow
 def test_wrong_server_checksum_fails_download(faulty_engine, cli, image, tmp_path):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "dl-bad",
                          "--json")
@@ -209,6 +216,7 @@ def test_wrong_server_checksum_fails_download(faulty_engine, cli, image, tmp_pat
 
 # --- --no-verify ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_verify_asks_nothing(faulty_engine, cli, image, tmp_path):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "nv",
                          "--no-verify", "--json")
@@ -225,6 +233,7 @@ def test_no_verify_asks_nothing(faulty_engine, cli, image, tmp_path):
 
 # --- checksum --disk --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checksum_disk_matches_file_and_reference(faulty_engine, cli, image):
     code, out, err = cli("upload", image["qcow2"], "--sd", "data", "--name", "sum-me",
                          "--no-verify", "--json")

@@ -11,11 +11,11 @@ import os
 import pytest
 
 import imagetool
+from helpers import MiB, images_equal, make_raw, qemu_img
 from imagetool.errors import ImagetoolError, TransferError, UnsupportedFeature
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.output import OutputExists
 from imagetool.transfer.upload import upload_disk, upload_disk_result
-from helpers import MiB, images_equal, make_raw, qemu_img
 
 SIZE = 10 * MiB
 DATA = [(0, MiB + 512), (4 * MiB, 128 * 1024), (6 * MiB - 4096, 2 * MiB), (9 * MiB, MiB)]
@@ -50,6 +50,7 @@ def test_upload_raw_file_to_raw_disk(transfer_engine, raw_file, workers):
     assert images_equal(raw_file, transfer_engine.disk_path(disk.id), "raw", "raw")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", [(), ("-c",)], ids=["plain", "compressed"])
 def test_upload_qcow2_file_to_cow_disk_raw_transfer(transfer_engine, raw_file, scratch, opts):
     src = _qcow2(raw_file, scratch, *opts)
@@ -60,6 +61,7 @@ def test_upload_qcow2_file_to_cow_disk_raw_transfer(transfer_engine, raw_file, s
     assert images_equal(raw_file, transfer_engine.disk_path(disk.id), "raw", "qcow2")
 
 
+@pytest.mark.slow
 def test_upload_qcow2_file_to_raw_disk(transfer_engine, raw_file, scratch):
     src = _qcow2(raw_file, scratch, "-c")
     disk = upload_disk(transfer_engine.conn, src, "data", disk_format="raw", workers=2)
@@ -67,6 +69,7 @@ def test_upload_qcow2_file_to_raw_disk(transfer_engine, raw_file, scratch):
     assert images_equal(raw_file, transfer_engine.disk_path(disk.id), "raw", "raw")
 
 
+@pytest.mark.slow
 def test_upload_raw_file_to_cow_disk_cow_transfer_converts(transfer_engine, raw_file):
     res = upload_disk_result(transfer_engine.conn, raw_file, "data", disk_format="qcow2",
                              transfer_format="cow", workers=1)
@@ -75,6 +78,7 @@ def test_upload_raw_file_to_cow_disk_cow_transfer_converts(transfer_engine, raw_
     assert images_equal(raw_file, transfer_engine.disk_path(res.disk_id), "raw", "qcow2")
 
 
+@pytest.mark.slow
 def test_upload_qcow2_bytes_with_cow_transfer(transfer_engine, raw_file, scratch):
     src = _qcow2(raw_file, scratch)
     disk = upload_disk(transfer_engine.conn, src, "data", transfer_format="cow", workers=1)
@@ -104,6 +108,7 @@ def test_upload_refuses_backing_file(transfer_engine, raw_file, scratch):
     assert transfer_engine.disks == {}
 
 
+@pytest.mark.slow
 def test_verify_checksum(transfer_engine, raw_file):
     res = upload_disk_result(transfer_engine.conn, raw_file, "data", verify=True)
     assert res.checksum and len(res.checksum) == 64
@@ -144,6 +149,7 @@ def test_server_error_mid_upload_cancels(transfer_engine, raw_file, imageio_daem
     assert _no_locked_disks(transfer_engine) and transfer_engine.disks == {}
 
 
+@pytest.mark.slow
 def test_failed_finalize_raises(transfer_engine, raw_file):
     transfer_engine.fail_finalize = True
     with pytest.raises(TransferError, match="finished_failure"):
@@ -151,6 +157,7 @@ def test_failed_finalize_raises(transfer_engine, raw_file):
     assert _no_locked_disks(transfer_engine)
 
 
+@pytest.mark.slow
 def test_several_uploads_at_once(transfer_engine, raw_file, scratch):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -166,6 +173,7 @@ def test_several_uploads_at_once(transfer_engine, raw_file, scratch):
         assert images_equal(p, transfer_engine.disk_path(d.id), "raw", "raw")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_download_disk(transfer_engine, raw_file, scratch, fmt):
     src = _qcow2(raw_file, scratch)
@@ -182,6 +190,7 @@ def test_download_disk(transfer_engine, raw_file, scratch, fmt):
         download_disk(transfer_engine.conn, disk, out)
 
 
+@pytest.mark.slow
 def test_failed_download_leaves_no_file_and_cancels(transfer_engine, raw_file, scratch):
     disk = upload_disk(transfer_engine.conn, raw_file, "data")
     out = os.path.join(scratch, "out.raw")
@@ -198,6 +207,7 @@ def test_failed_download_leaves_no_file_and_cancels(transfer_engine, raw_file, s
     assert transfer_engine.disks[disk.id].status == "ok"
 
 
+@pytest.mark.slow
 def test_top_level_api(transfer_engine, raw_file, scratch):
     disk = imagetool.upload_disk(transfer_engine.conn, raw_file, "data")
     out = os.path.join(scratch, "top.raw")
@@ -205,6 +215,7 @@ def test_top_level_api(transfer_engine, raw_file, scratch):
     assert images_equal(raw_file, out, "raw", "raw")
 
 
+@pytest.mark.slow
 def test_500_from_daemon_mid_upload_cancels(transfer_engine, raw_file):
     calls = []
 
@@ -231,6 +242,7 @@ def test_old_engine_forgets_transfer_after_finalize(transfer_engine, raw_file):
     assert images_equal(raw_file, transfer_engine.disk_path(disk.id), "raw", "raw")
 
 
+@pytest.mark.slow
 def test_legacy_engine_moves_volume_bytes(transfer_engine, raw_file, scratch):
     transfer_engine.conn.legacy = True
     src = _qcow2(raw_file, scratch)
@@ -246,6 +258,7 @@ def test_legacy_engine_moves_volume_bytes(transfer_engine, raw_file, scratch):
     assert not [f for f in os.listdir(scratch) if ".part" in f or f.endswith(".volume")]
 
 
+@pytest.mark.slow
 def test_keepalive_pings_and_extends(transfer_engine, raw_file, imageio_daemon):
     from imagetool.transfer.session import TransferSession
     import time
@@ -263,6 +276,7 @@ def test_keepalive_pings_and_extends(transfer_engine, raw_file, imageio_daemon):
     assert s.finished
 
 
+@pytest.mark.slow
 def test_system_pause_stops_the_copy(transfer_engine, raw_file):
     import time
 
