@@ -136,8 +136,7 @@ def test_interrupt_cancels_and_unlocks(conn, images):
                 if t.phase in ("transferring", "initializing")]
 
 
-@pytest.mark.slow
-def test_dropped_connection_cancels(conn, images, monkeypatch):
+def test_dropped_connection_cancels(conn, images, monkeypatch, fast_backoff):
     proxies = []
     pick = TransferSession._pick_urls
 

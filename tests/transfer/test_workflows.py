@@ -215,8 +215,7 @@ def test_top_level_api(transfer_engine, raw_file, scratch):
     assert images_equal(raw_file, out, "raw", "raw")
 
 
-@pytest.mark.slow
-def test_500_from_daemon_mid_upload_cancels(transfer_engine, raw_file):
+def test_500_from_daemon_mid_upload_cancels(transfer_engine, raw_file, fast_backoff):
     calls = []
 
     def progress(n):
