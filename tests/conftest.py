@@ -5,8 +5,9 @@ doubles in their own modules (``fake_engine``, ``fake_transfer_engine``,
 ``fake_backends``, ``fault_proxy``, ``imageio_daemon``). A test module
 uses a fixture by naming it as an argument, without importing it.
 
-Tests that take more than a few seconds are marked ``slow``:
-``pytest -m "not slow"`` is the quick loop.
+Tests that are slow to run (kills, timeouts, most end-to-end transfers)
+are marked ``slow``: ``pytest -m "not slow"`` is the quick loop, and every
+folder keeps fast tests in it.
 """
 
 from __future__ import annotations
