@@ -25,6 +25,9 @@ target including its query string), and the first rule that fires decides
 the action. Firing is deterministic: ``nth`` (1-based, one number or several),
 ``every`` (optionally after ``skip`` matches), or ``probability`` drawn from a
 ``random.Random(seed)`` of the rule's own; ``times`` caps the firings.
+
+``DroppingProxy`` (at the end) works below HTTP: it relays TCP (TLS passes
+through) and cuts every connection once a byte budget has passed.
 """
 
 from __future__ import annotations
@@ -808,3 +811,81 @@ class FaultProxy:
         except (OSError, _Closed, _ProtocolError):
             pass
         return False
+
+
+# --- a TCP-level proxy: no HTTP, just a byte budget ---------------------------
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 that cuts every connection after N bytes.
+
+    Bytes from the client are counted over all connections; once more than
+    ``drop_after`` have passed, every connection is closed abruptly (a
+    dropped network connection as the client sees it). TLS passes through.
+    """
+
+    def __init__(self, target_port: int, drop_after: int):
+        import socket
+        self.target_port = target_port
+        self.drop_after = drop_after
+        self.passed = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.conns += [c, s]
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+
+    def _pump(self, a, b, count):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if count:
+                    with self.lock:
+                        self.passed += len(data)
+                        drop = self.passed > self.drop_after
+                    if drop:
+                        self._drop_all()
+                        return
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (a, b):
+                try:
+                    x.close()
+                except OSError:
+                    pass
+
+    def _drop_all(self):
+        import socket
+        with self.lock:
+            conns = list(self.conns)
+        for x in conns:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+                x.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        self._drop_all()

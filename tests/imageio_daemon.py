@@ -2,13 +2,14 @@
 
 Reusable by any test module::
 
-    from tests.imageio_daemon import ImageioDaemon, QemuNbd, make_tls_files
+    from imageio_daemon import ImageioDaemon, QemuNbd, make_tls_files
 
     with ImageioDaemon() as daemon:
         url = daemon.add_ticket(path=image, size=size, ops=["read", "write"])
 
-or with the pytest fixtures ``imageio_daemon`` (module scope, plain HTTP),
-``imageio_daemon_tls`` and ``tls_files`` imported into a test module.
+or through the pytest fixtures of tests/conftest.py: ``imageio_daemon``
+(module scope, plain HTTP), ``imageio_daemon_tls``, ``tls_files`` and
+``scratch``.
 
 The daemon's file backend opens images with O_DIRECT, so images and the run
 directory live under /var/tmp (a real file system), never on tmpfs.
@@ -22,7 +23,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -204,15 +204,16 @@ class ImageioDaemon:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM the daemon (our own pid only) and remove the work dir."""
+        """SIGKILL the daemon (our own pid only) and remove the work dir.
+
+        The daemon is a peer of the tests, not code under test: its graceful
+        shutdown (SIGTERM) takes seconds of polling, and there is nothing of
+        it to keep, so it is killed at once.
+        """
         if self._proc is not None:
             if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGTERM)
-                try:
-                    self._proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+                self._proc.kill()
+            self._proc.wait()
             self._proc = None
         if self._log is not None:
             self._log.close()
@@ -323,37 +324,6 @@ class QemuNbd:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-# --- pytest fixtures (import them into a test module to use them) ----------
-
-@pytest.fixture
-def scratch():
-    """A per-test directory under /var/tmp, removed afterwards."""
-    d = scratch_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tls_files():
-    d = scratch_dir("imagetool-tls-")
-    yield make_tls_files(d)
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def imageio_daemon():
-    """The reference daemon serving plain HTTP, shared by a module's tests."""
-    with ImageioDaemon() as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def imageio_daemon_tls(tls_files):
-    """The reference daemon serving HTTPS with the module's throwaway CA."""
-    with ImageioDaemon(tls=tls_files) as daemon:
-        yield daemon
 
 
 def server_ssl_context(tls: TlsFiles):

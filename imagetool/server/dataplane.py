@@ -102,7 +102,11 @@ class DataPlaneServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Close the listening socket and every connection; join the threads."""
+        """Close the listening socket and every connection; join the threads.
+
+        Shutting the sockets down wakes every thread at once (accept() and
+        recv() return); ``timeout`` only bounds a thread stuck elsewhere.
+        """
         self._stopping.set()
         if self._listener is not None:
             try:
@@ -209,13 +213,26 @@ class DataPlaneServer:
                 pass
 
     def _serve(self, raw: socket.socket) -> None:
+        sock = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = raw
             if self.ssl_context is not None:
                 raw.settimeout(HANDSHAKE_TIMEOUT)
                 try:
-                    sock = self.ssl_context.wrap_socket(raw, server_side=True)
+                    sock = self.ssl_context.wrap_socket(raw, server_side=True,
+                                                        do_handshake_on_connect=False)
+                except (OSError, ssl.SSLError) as e:
+                    log.debug("TLS setup failed: %s", e)
+                    return
+                # The TLS socket took over the descriptor (``raw`` is detached
+                # and can no longer be shut down): stop() must find this one.
+                with self._lock:
+                    self._connections[sock] = self._connections.pop(
+                        raw, threading.current_thread())
+                if self._stopping.is_set():
+                    return
+                try:
+                    sock.do_handshake()
                 except (OSError, ssl.SSLError) as e:
                     log.debug("TLS handshake failed: %s", e)
                     return
@@ -229,10 +246,12 @@ class DataPlaneServer:
         finally:
             with self._lock:
                 self._connections.pop(raw, None)
-            try:
-                raw.close()
-            except OSError:
-                pass
+                self._connections.pop(sock, None)
+            for s in {raw, sock}:
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
 
 class _Session:

@@ -1,0 +1,220 @@
+"""The upload/download and url commands, run through the real CLI entry point.
+
+Engine commands use the embedded local engine (nothing configured, data in
+a temporary IMAGETOOL_HOME); url commands talk to the REAL imageio daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from helpers import MiB, images_equal, make_raw, qemu_img
+from imagetool.cli.main import main
+
+
+def run(capsys, *argv):
+    """Run ``imagetool argv``; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_upload_several_then_download(home, capsys):
+    files = []
+    for i, fmt in enumerate(("raw", "qcow2")):
+        raw = os.path.join(home, f"img{i}.raw")
+        make_raw(raw, (4 + i) * MiB, [(i * MiB, MiB + 4096)], seed=30 + i)
+        if fmt == "qcow2":
+            path = os.path.join(home, f"img{i}.qcow2")
+            qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path)
+        else:
+            path = raw
+        files.append((raw, path))
+    code, out, err = run(capsys, "upload", *[p for _, p in files], "--sd", "data",
+                         "--jobs", "2", "--workers", "2", "--json")
+    assert code == 0, err
+    objs = json.loads(out)
+    assert [o["name"] for o in objs] == ["img0.raw", "img1.qcow2"]
+    assert [o["format"] for o in objs] == ["raw", "cow"]
+    assert [o["bytes"] for o in objs] == [4 * MiB, 5 * MiB]
+    assert all(o["seconds"] > 0 and o["disk_id"] for o in objs)
+
+    dest = os.path.join(home, "dl")
+    os.mkdir(dest)
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], "img1.qcow2", dest,
+                         "--format", "qcow2", "--json", "--jobs", "2")
+    assert code == 0, err
+    got = json.loads(out)
+    assert [g["disk_id"] for g in got] == [o["disk_id"] for o in objs]
+    for (raw, _), g in zip(files, got):
+        assert os.path.dirname(g["path"]) == dest
+        qemu_img("check", g["path"])
+        assert images_equal(raw, g["path"], "raw", "qcow2")
+
+    # An existing file is refused without --force: exit code 1, file kept.
+    target = got[0]["path"]
+    mtime = os.stat(target).st_mtime_ns
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], target)
+    assert code == 1 and "exists" in err
+    assert os.stat(target).st_mtime_ns == mtime
+    code, out, err = run(capsys, "download", objs[0]["disk_id"], target, "--force")
+    assert code == 0, err
+    assert images_equal(files[0][0], target, "raw", "raw")
+
+
+def test_usage_errors(home, capsys):
+    f = os.path.join(home, "a.raw")
+    make_raw(f, MiB, [], seed=1)
+    code, _, err = run(capsys, "upload", f, "--sd", "data", "--workers", "0")
+    assert code == 2
+    code, _, err = run(capsys, "upload", os.path.join(home, "missing.raw"), "--sd", "data")
+    assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "upload", f, f, "--sd", "data", "--name", "x")
+    assert code == 2 and "--name" in err
+
+
+def test_upload_refused_file_fails_with_message(home, capsys):
+    raw = os.path.join(home, "base.raw")
+    make_raw(raw, MiB, [], seed=1)
+    top = os.path.join(home, "top.qcow2")
+    qemu_img("create", "-f", "qcow2", "-b", raw, "-F", "raw", top)
+    code, out, err = run(capsys, "upload", top, "--sd", "data")
+    assert code == 1 and "backing file" in err
+
+
+@pytest.mark.slow
+def test_url_commands(imageio_daemon, home, capsys):
+    src = os.path.join(home, "src.raw")
+    make_raw(src, 6 * MiB, [(MiB, 2 * MiB)], seed=40)
+    target = os.path.join(home, "target.raw")
+    make_raw(target, 6 * MiB, [(0, 6 * MiB)], seed=41)   # garbage to overwrite
+    wurl = imageio_daemon.add_ticket(path=target, size=6 * MiB)
+    code, out, err = run(capsys, "url", "upload", src, wurl, "--json", "--workers", "2")
+    assert code == 0, err
+    assert json.loads(out)["bytes"] == 6 * MiB
+    assert images_equal(src, target, "raw", "raw")
+
+    rurl = imageio_daemon.add_ticket(path=target, size=6 * MiB, ops=["read"])
+    out_path = os.path.join(home, "back.qcow2")
+    code, out, err = run(capsys, "url", "download", rurl, out_path, "--format", "qcow2")
+    assert code == 0, err
+    assert images_equal(src, out_path, "raw", "qcow2")
+    code, out, err = run(capsys, "url", "download", rurl, out_path)
+    assert code == 1 and "exists" in err
+
+    code, out, err = run(capsys, "url", "checksum", rurl, "--json")
+    assert code == 0, err
+    remote = json.loads(out)
+    from imagetool.checksum import checksum
+    from imagetool.formats import open_image
+    with open_image(src) as b:
+        local = checksum(b)
+    assert remote["checksum"] == local["checksum"]
+
+    code, out, err = run(capsys, "url", "info", rurl, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["size"] == 6 * MiB and "extents" in info["features"]
+    assert rurl.rsplit("/", 1)[1] not in out       # the ticket id stays secret
+
+
+def test_url_errors(imageio_daemon, home, capsys):
+    bad = f"{imageio_daemon.url}/images/no-such-ticket"
+    code, out, err = run(capsys, "url", "info", bad)
+    assert code == 1 and "no-such-ticket" not in err
+    code, out, err = run(capsys, "url", "checksum", "http://127.0.0.1:1/images/x")
+    assert code == 3
+
+
+@pytest.mark.slow
+def test_against_imagetool_serve_over_tls(home, capsys):
+    """A separate `imagetool serve` process, reached with explicit engine options."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = os.path.join(home, "served")
+    os.mkdir(data)
+    pw = os.path.join(home, "pw")
+    with open(pw, "w") as f:
+        f.write("s3cret\n")
+    log = open(os.path.join(home, "serve.log"), "w+b")   # a pipe could fill and block
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", "serve", "--data-dir", data,
+                             "--password-file", pw],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        lock = os.path.join(data, "serve.json")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(lock):
+            assert proc.poll() is None, open(log.name).read()
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        with open(lock) as f:
+            info = json.load(f)
+        assert info["url"].startswith("https://")
+        opts = ["--engine-url", info["url"], "--username", "admin@internal",
+                "--password-file", pw, "--cafile", info["cafile"]]
+        src = os.path.join(home, "s.raw")
+        make_raw(src, 3 * MiB, [(0, MiB)], seed=50)
+        code, out, err = run(capsys, "upload", src, "--sd", "data", "--name", "served",
+                             "--disk-format", "qcow2", "--json", *opts)
+        assert code == 0, err
+        assert json.loads(out)["format"] == "cow"
+        dst = os.path.join(home, "s-back.raw")
+        code, out, err = run(capsys, "download", "served", dst, *opts)
+        assert code == 0, err
+        assert images_equal(src, dst, "raw", "raw")
+        code, out, err = run(capsys, "download", "served", dst + "2",
+                             *opts[:-2], "--cafile", pw)   # not a CA: TLS fails
+        assert code == 3
+        assert not os.path.exists(dst + "2")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_running_job():
+    """SIGINT while several transfers run: each one stops (and so cancels)."""
+    import signal
+    import threading
+    import time
+
+    from imagetool.cli.transfer_cmds import Bars, run_jobs
+
+    bars = Bars([("a", 1), ("b", 1)], enabled=False)
+    stopped = []
+
+    def task(i):
+        cb = bars.callback(i)
+        try:
+            while True:
+                cb(0)
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            stopped.append(i)
+            raise
+
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_jobs(2, [lambda: task(0), lambda: task(1)], bars)
+    finally:
+        timer.cancel()
+    assert sorted(stopped) == [0, 1]

@@ -1,0 +1,177 @@
+"""Pytest fixtures shared by the tests, each defined once.
+
+Plain helper functions and constants are in ``helpers.py``; the larger test
+doubles in their own modules (``fake_engine``, ``fake_transfer_engine``,
+``fake_backends``, ``fault_proxy``, ``imageio_daemon``). A test module
+uses a fixture by naming it as an argument, without importing it.
+
+Tests that are slow to run (kills, timeouts, most end-to-end transfers)
+are marked ``slow``: ``pytest -m "not slow"`` is the quick loop, and every
+folder keeps fast tests in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from helpers import (ENGINE_PASSWORD, start_faulty_engine, stop_faulty_engine,
+                     transfers_of)
+from imageio_daemon import ImageioDaemon, make_tls_files, scratch_dir
+
+# --- scratch space and the reference imageio daemon ----------------------------
+
+
+@pytest.fixture
+def scratch():
+    """A per-test directory under /var/tmp (a disk file system: the reference
+    daemon opens images with O_DIRECT), removed afterwards."""
+    d = scratch_dir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_files():
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost."""
+    d = scratch_dir("imagetool-tls-")
+    yield make_tls_files(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def imageio_daemon():
+    """The reference daemon serving plain HTTP, shared by a module's tests."""
+    with ImageioDaemon() as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def imageio_daemon_tls(tls_files):
+    """The reference daemon serving HTTPS with the module's throwaway CA."""
+    with ImageioDaemon(tls=tls_files) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def transfer_engine(imageio_daemon, scratch):
+    """The small in-process engine of fake_transfer_engine.py, its data plane
+    the module's reference imageio daemon."""
+    from fake_transfer_engine import FakeEngine
+
+    d = os.path.join(scratch, "sd")
+    os.mkdir(d)
+    eng = FakeEngine(d, imageio_daemon)
+    yield eng
+    eng.close()
+
+
+# --- the local engine ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A TLS LocalEngine on ephemeral loopback ports for the whole module."""
+    from imagetool.server.local import LocalEngine
+
+    data_dir = tmp_path_factory.mktemp("engine")
+    eng = LocalEngine(str(data_dir), password=ENGINE_PASSWORD, finished_ttl=60.0)
+    eng.start()
+    try:
+        yield eng
+    finally:
+        eng.stop()
+
+
+@pytest.fixture
+def conn(engine):
+    """imagetool's own engine Connection to ``engine`` (TLS verified)."""
+    from imagetool.engine import Connection
+    from imagetool.server.local import LocalEngine
+
+    with Connection(engine.url, username=LocalEngine.username, password=ENGINE_PASSWORD,
+                    cafile=engine.cafile) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def connection(engine):
+    """A real ovirtsdk4 connection to the engine, verifying TLS with its CA."""
+    sdk = pytest.importorskip("ovirtsdk4")
+    con = sdk.Connection(url=engine.url, username="admin@internal",
+                         password=ENGINE_PASSWORD, ca_file=engine.cafile)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+# --- the local engine behind a fault proxy -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty_engine_module(tmp_path_factory):
+    """A local engine whose data plane is reached through a FaultProxy
+    (helpers.FaultyEngine), shared by a module's tests."""
+    fe = start_faulty_engine(str(tmp_path_factory.mktemp("fault-engine")))
+    try:
+        yield fe
+    finally:
+        stop_faulty_engine(fe)
+
+
+@pytest.fixture
+def faulty_engine(faulty_engine_module, monkeypatch):
+    """The module's engine, with a clean proxy and the CLI's env pointing at it."""
+    fe = faulty_engine_module
+    fe.proxy.clear_rules()
+    fe.proxy.set_down(False)
+    fe.proxy.reset_stats()
+    fe.known = {t.id for t in transfers_of(fe)}
+    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in fe.env.items():
+        monkeypatch.setenv(k, v)
+    yield fe
+    fe.proxy.clear_rules()
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Retries wait 20 ms instead of their real backoff, so a fault that
+    never stops exhausts them quickly."""
+    from imagetool.transfer import retry
+    monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
+
+
+# --- the CLI -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``imagetool argv`` in-process; return (exit code, stdout, stderr)."""
+    from imagetool.cli.main import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def home(scratch, monkeypatch):
+    """A client home under ``scratch``, with no engine configured by the
+    environment: the CLI uses its in-process local engine."""
+    monkeypatch.setenv("IMAGETOOL_HOME", os.path.join(scratch, "home"))
+    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
+                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
+    return scratch

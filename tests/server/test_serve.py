@@ -1,0 +1,234 @@
+"""``imagetool serve`` as a process: lock file, TLS, shutdown, restarts, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import MiB, get_file, make_pattern_image, put_file, wait_phase
+
+sdk = pytest.importorskip("ovirtsdk4")
+types = sdk.types
+
+PASSWORD = "serve-secret"
+
+
+def start_serve(data_dir, password_file):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagetool", "serve", "--data-dir", str(data_dir),
+         "--password-file", str(password_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = {}
+    deadline = time.monotonic() + 30
+    while "CA file" not in lines:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"serve exited: {proc.stderr.read()}")
+        key, _, value = line.strip().partition(": ")
+        lines[key] = value
+        assert time.monotonic() < deadline
+    return proc, lines
+
+
+def connect(url, cafile):
+    return sdk.Connection(url=url, username="admin@internal", password=PASSWORD, ca_file=cafile)
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    path = tmp_path / "password"
+    path.write_text(PASSWORD + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_serve_lock_file_and_clean_shutdown(tmp_path, password_file):
+    data = tmp_path / "data"
+    proc, out = start_serve(data, password_file)
+    try:
+        assert out["engine URL"].startswith("https://127.0.0.1:")
+        assert out["engine URL"].endswith("/ovirt-engine/api")
+        assert PASSWORD not in json.dumps(out)
+        lock = json.loads((data / "serve.json").read_text())
+        assert lock["url"] == out["engine URL"]
+        assert lock["cafile"] == out["CA file"] and os.path.exists(lock["cafile"])
+        assert lock["pid"] == proc.pid
+        assert lock["username"] == "admin@internal"
+        assert lock["password_file"] == str(password_file)
+
+        from imagetool.server.local import find_running_engine
+        assert find_running_engine(str(data))["pid"] == proc.pid
+
+        con = connect(out["engine URL"], out["CA file"])
+        disk = con.system_service().disks_service().add(types.Disk(
+            name="kept", format=types.DiskFormat.RAW, provisioned_size=MiB,
+            storage_domains=[types.StorageDomain(name="data")]))
+        con.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not (data / "serve.json").exists()
+
+    # The inventory survives a restart; the CA is reused.
+    proc, out2 = start_serve(data, password_file)
+    try:
+        assert out2["CA file"] == out["CA file"]
+        con = connect(out2["engine URL"], out2["CA file"])
+        names = [d.name for d in con.system_service().disks_service().list()]
+        assert names == ["kept"]
+        got = con.system_service().disks_service().disk_service(disk.id).get()
+        assert got.status == types.DiskStatus.OK
+        con.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_generated_password_file_is_private(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGETOOL_ADMIN_PASSWORD", raising=False)
+    from imagetool.server.app import load_or_create_password
+    password, path = load_or_create_password(str(tmp_path))
+    assert path == str(tmp_path / "admin-password")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert len(password) >= 16
+    assert load_or_create_password(str(tmp_path)) == (password, path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy,expected,disk_fmt", [
+    ("legacy", "paused_system", "raw"),
+    ("pause", "paused_system", "cow"),
+    ("cancel", "finished_failure", "raw"),
+])
+def test_crash_mid_upload_leaves_no_disk_locked(tmp_path, password_file, policy, expected,
+                                                disk_fmt):
+    """SIGKILL during an upload; the next start settles the transfer per policy.
+
+    A paused upload keeps what the client flushed (into a cow disk too, where
+    the qcow2 writer is rebuilt from the volume) and can be resumed."""
+    data = tmp_path / "data"
+    proc, out = start_serve(data, password_file)
+    try:
+        con = connect(out["engine URL"], out["CA file"])
+        system = con.system_service()
+        done = system.disks_service().add(types.Disk(
+            name="finished", format=types.DiskFormat.RAW, provisioned_size=MiB,
+            storage_domains=[types.StorageDomain(name="data")]))
+        disk = system.disks_service().add(types.Disk(
+            name="interrupted", format=types.DiskFormat(disk_fmt), provisioned_size=4 * MiB,
+            storage_domains=[types.StorageDomain(name="data")]))
+        transfer = system.image_transfers_service().add(types.ImageTransfer(
+            disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD,
+            format=types.DiskFormat.RAW, timeout_policy=types.ImageTransferTimeoutPolicy(policy),
+            # A restored transfer gets its inactivity timeout from the restart
+            # before the policy applies: keep the cancel case short.
+            inactivity_timeout=3 if policy == "cancel" else None))
+        transfer = wait_phase(con, transfer.id, ["transferring"])
+        src = make_pattern_image(str(tmp_path / "src.raw"), "raw")
+        put_file(transfer.transfer_url, out["CA file"], src)
+        assert system.disks_service().disk_service(disk.id).get().status == types.DiskStatus.LOCKED
+        con.close(logout=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (data / "serve.json").exists()  # a crash leaves the lock file behind
+
+    proc, out = start_serve(data, password_file)
+    try:
+        con = connect(out["engine URL"], out["CA file"])
+        system = con.system_service()
+        assert system.disks_service().disk_service(done.id).get().status == types.DiskStatus.OK
+        t = wait_phase(con, transfer.id, [expected])
+        tsvc = system.image_transfers_service().image_transfer_service(t.id)
+        if expected == "paused_system":
+            # The user can resume and finish the upload: the data is still there.
+            tsvc.resume()
+            t = wait_phase(con, transfer.id, ["transferring"])
+            tsvc.finalize()
+            assert wait_phase(con, transfer.id, ["finished_success", "finished_failure"]) \
+                .phase == types.ImageTransferPhase.FINISHED_SUCCESS
+            got = system.disks_service().disk_service(disk.id).get()
+            assert got.status == types.DiskStatus.OK
+            # Everything flushed before the crash is there.
+            t = system.image_transfers_service().add(types.ImageTransfer(
+                disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.DOWNLOAD,
+                format=types.DiskFormat.RAW))
+            t = wait_phase(con, t.id, ["transferring"])
+            dst = str(tmp_path / "back.raw")
+            get_file(t.transfer_url, out["CA file"], dst)
+            system.image_transfers_service().image_transfer_service(t.id).finalize()
+            with open(src, "rb") as a, open(dst, "rb") as b:
+                assert a.read() == b.read()
+        else:
+            # A cancelled upload's disk is removed.
+            disks = [d.id for d in system.disks_service().list()]
+            assert disk.id not in disks and done.id in disks
+        con.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_second_engine_on_same_dir_leaves_live_transfers_alone(tmp_path, monkeypatch):
+    """Two in-process engines on one data dir (two CLI commands at once):
+    the second must not treat the first one's live transfer as interrupted."""
+    import helpers
+    from imagetool.server.local import LocalEngine
+    monkeypatch.setattr(helpers, "ENGINE_PASSWORD", "secret-1")
+    api_json, wait_for = helpers.api_json, helpers.wait_for
+    with LocalEngine(str(tmp_path), password="secret-1") as first:
+        status, disk = api_json(first, "POST", "disks", {
+            "name": "live", "format": "raw", "provisioned_size": MiB,
+            "storage_domains": {"storage_domain": [{"name": "data"}]}})
+        assert status == 201
+        status, t = api_json(first, "POST", "imagetransfers", {
+            "disk": {"id": disk["id"]}, "direction": "upload", "format": "raw"})
+        assert status == 201
+        wait_for(lambda: api_json(first, "GET", f"imagetransfers/{t['id']}")[1]["phase"],
+                 lambda p: p == "transferring")
+        with LocalEngine(str(tmp_path), password="secret-1"):
+            pass
+        assert api_json(first, "GET", f"imagetransfers/{t['id']}")[1]["phase"] == "transferring"
+
+
+def test_plain_http_engine_with_sdk(tmp_path):
+    """--no-tls: the SDK and the data plane speak plain HTTP."""
+    from imagetool.server.local import LocalEngine
+    with LocalEngine(str(tmp_path), tls=False, password=PASSWORD) as eng:
+        assert eng.url.startswith("http://") and eng.cafile is None
+        con = sdk.Connection(url=eng.url, username="admin@internal", password=PASSWORD)
+        system = con.system_service()
+        disk = system.disks_service().add(types.Disk(
+            name="plain", format=types.DiskFormat.RAW, provisioned_size=MiB,
+            storage_domains=[types.StorageDomain(name="data")]))
+        t = system.image_transfers_service().add(types.ImageTransfer(
+            disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.DOWNLOAD))
+        t = wait_phase(con, t.id, ["transferring"])
+        assert t.transfer_url.startswith("http://127.0.0.1:")
+        system.image_transfers_service().image_transfer_service(t.id).finalize()
+        wait_phase(con, t.id, ["finished_success"])
+        con.close()
+
+
+def test_port_in_use_fails_cleanly(tmp_path):
+    import socket
+    from imagetool.server.local import LocalEngine
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        engine = LocalEngine(str(tmp_path), password=PASSWORD, port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            engine.start()
+        assert engine.server.dataplane is None        # nothing left serving
+    finally:
+        taken.close()
+    with LocalEngine(str(tmp_path), password=PASSWORD) as again:
+        assert again.server._dir_lock is not None     # the data dir lock was released
