@@ -15,7 +15,6 @@ import os
 import pytest
 
 from bad_imageio_server import BadImageioServer
-from fault_fixtures import cli  # noqa: F401
 from imagetool.errors import ChecksumMismatch, ConnectionFailed, ProtocolError
 from imagetool.imageio.client import ImageioClient
 

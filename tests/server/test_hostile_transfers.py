@@ -14,10 +14,9 @@ import os
 
 import pytest
 
-from fault_fixtures import (cli, disks_named, faulty_engine, faulty_engine_module,  # noqa: F401
-                            make_raw, transfers_of)
-from server_fixtures import PASSWORD, MiB, put_file, wait_for
-from test_hostile_storage import (disk_status, download_raw, end, new_disk, start,
+from helpers import ENGINE_PASSWORD as PASSWORD
+from helpers import MiB, api_json, api_request, disks_named, make_random_raw, put_file, wait_for
+from test_hostile_storage import (disk_status, download_raw, end, new_disk,
                                   upload_raw)
 from imagetool.server.local import LocalEngine
 
@@ -38,14 +37,12 @@ def restart(box) -> LocalEngine:
 
 
 def transfer(engine, tid) -> dict:
-    from server_fixtures import api_json
     status, body = api_json(engine, "GET", f"imagetransfers/{tid}")
     assert status == 200, body
     return body
 
 
 def upload_policy(engine, disk_id, policy, timeout) -> dict:
-    from server_fixtures import api_request
     import xml.etree.ElementTree as ET
     body = (f'<image_transfer><disk id="{disk_id}"/><direction>upload</direction>'
             f"<format>raw</format><timeout_policy>{policy}</timeout_policy>"
@@ -58,7 +55,6 @@ def upload_policy(engine, disk_id, policy, timeout) -> dict:
 
 
 def action(engine, tid, name) -> int:
-    from server_fixtures import api_request
     return api_request(engine, "POST", f"imagetransfers/{tid}/{name}", "<action/>",
                        {"Content-Type": "application/xml"})[0]
 
@@ -130,7 +126,7 @@ def test_resume_without_journal_refuses_a_same_named_disk(faulty_engine, cli, tm
     """A plain upload whose journal is gone left a disk named like the file:
     --resume says which disk and what to do, and creates no second one."""
     fe = faulty_engine
-    image = make_raw(str(tmp_path / "dup.raw"), 2 * MiB, seed=5)
+    image = make_random_raw(str(tmp_path / "dup.raw"), 2 * MiB, seed=5)
     with fe.connect() as conn:
         disk = conn.disks.add(name="dup-name", provisioned_size=2 * MiB,
                               storage_domain="data", format="raw")

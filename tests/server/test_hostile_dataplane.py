@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from server_fixtures import MiB, api_json, api_request, engine, wait_for  # noqa: F401
+from helpers import MiB, api_json, api_request, wait_for
 
 
 def _new_transfer(engine, name: str, direction: str) -> str:

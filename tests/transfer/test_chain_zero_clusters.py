@@ -6,7 +6,7 @@ ranges must become zero clusters too: skipped, the base's data shows
 through when the chain is read (ovirt-imageio's client download writes
 zero extents when there is a backing file: ``zero = backing_file is not
 None``). Without a backing file zeros are still skipped (holes read as
-zeros). The local engine (tests/server_fixtures.py) holds the chain; the
+zeros). The local engine (the `engine` fixture in tests/conftest.py) holds the chain; the
 expected results come from qemu-img, never from our own readers.
 """
 
@@ -18,8 +18,7 @@ import subprocess
 
 import pytest
 
-from server_fixtures import (MiB, conn, connection, engine, qemu_img,  # noqa: F401
-                             wait_for)
+from helpers import MiB, qemu_img, wait_for
 from imagetool.imageio.client import ImageioClient
 from imagetool.transfer.download import download_disk
 

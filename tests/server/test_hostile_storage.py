@@ -17,8 +17,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server_fixtures import (MiB, api_json, api_request, connection, engine,  # noqa: F401
-                             put_file, qemu_img, wait_for, wait_phase)
+from helpers import MiB, api_json, api_request, put_file, qemu_img, wait_for
 
 SECRET = b"TOP-SECRET-KEY-MATERIAL\n" * 4096       # 96 KiB, recognisable
 
