@@ -538,13 +538,15 @@ class _SparseExtent:
 
     def _inflate(self, comp: bytes, gi: int, off: int) -> bytes:
         """zlib (what QEMU writes) or raw deflate, at most one grain."""
-        error: Exception | None = None
+        # The message, not the exception: a kept exception would tie this
+        # frame (and ``comp``) into a reference cycle.
+        error = ""
         for wbits in (15, -15):
             d = zlib.decompressobj(wbits)
             try:
                 data = d.decompress(comp, self.grain)
             except zlib.error as e:
-                error = error or e
+                error = error or str(e)
                 continue
             if d.unconsumed_tail:
                 raise self.win.corrupt(
