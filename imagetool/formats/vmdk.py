@@ -74,6 +74,7 @@ MAX_EXTENTS = 8192
 _GT_CACHE_BYTES = 8 << 20
 _GRAIN_CACHE_BYTES = 4 << 20
 _ZEROS = memoryview(bytes(1 << 20))
+_HAVE_PREADV = hasattr(os, "preadv")
 _SEEK_DATA = getattr(os, "SEEK_DATA", None)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 
@@ -168,8 +169,14 @@ class _Window:
         done = 0
         while done < avail:
             try:
-                got = os.preadv(self.fd, [view[done:avail]],
-                                self.base + offset + done)
+                if _HAVE_PREADV:
+                    got = os.preadv(self.fd, [view[done:avail]],
+                                    self.base + offset + done)
+                else:
+                    chunk = os.pread(self.fd, avail - done,
+                                     self.base + offset + done)
+                    view[done:done + len(chunk)] = chunk
+                    got = len(chunk)
             except OSError as e:
                 raise FormatError(f"cannot read: {e.strerror}", self.label) from e
             if got == 0:
