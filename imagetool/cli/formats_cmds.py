@@ -47,6 +47,8 @@ def info(file: str, as_json: bool) -> None:
         f"virtual size: {_human_size(meta.virtual_size)}",
         f"disk size: {format_size(meta.actual_size)}",
     ]
+    if meta.format == "vmdk":
+        lines.append(f"subformat: {meta.subformat}")
     if meta.format == "qcow2":
         lines += [
             f"cluster size: {meta.cluster_size}",
@@ -198,7 +200,7 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
               help="Copy threads.")
 def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
             cluster_size: int, workers: int) -> None:
-    """Convert SRC (raw or qcow2, backing chain included) to DST.
+    """Convert SRC (raw, qcow2 with its backing chain, or vmdk) to DST.
 
     Only data is copied: holes and zero ranges stay sparse. DST is written
     under a temporary name next to it and renamed when complete, so it is
@@ -209,6 +211,7 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
       imagetool convert disk.raw disk.qcow2 -O qcow2
       imagetool convert -c disk.raw small.qcow2 -O qcow2
       imagetool convert --force snapshot.qcow2 flat.raw -O raw
+      imagetool convert disk.vmdk disk.qcow2 -O qcow2
     """
     from imagetool.formats import open_image
     from imagetool.formats.convert import convert as do_convert

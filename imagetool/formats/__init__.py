@@ -1,10 +1,14 @@
-"""Local disk images: detect, inspect and open raw and qcow2 files.
+"""Local disk images: detect, inspect and open raw, qcow2 and vmdk files.
 
 Public API::
 
-    detect(path) -> "raw" | "qcow2"
-    inspect(path) -> ImageInfo
-    open_image(path, mode="r", format=None, shallow=False) -> Backend
+    detect(path) -> "raw" | "qcow2" | "vmdk"
+    inspect(path, *, offset=0, length=None) -> ImageInfo
+    open_image(path, mode="r", format=None, shallow=False, *, offset=0,
+               length=None) -> Backend
+
+``offset``/``length`` read an image stored inside another file (a VMDK in
+an OVA's tar); only single-file VMDKs can be read that way.
 
 All errors are ``imagetool.errors.FormatError`` subclasses.
 """
@@ -23,7 +27,8 @@ __all__ = ["Backend", "Extent", "ImageInfo", "RawBackend", "detect",
            "inspect", "merge_extents", "open_image", "probe"]
 
 
-def inspect(path: str | os.PathLike) -> ImageInfo:
+def inspect(path: str | os.PathLike, *, offset: int = 0,
+            length: int | None = None) -> ImageInfo:
     """Describe an image file without refusing features it uses.
 
     Encrypted or otherwise unusable qcow2 images are still described (so
@@ -31,9 +36,15 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
     headers raise.
     """
     path = os.fspath(path)
+    if offset or length is not None:
+        from imagetool.formats import vmdk
+        return vmdk.inspect_vmdk(path, offset, length)
     fmt, content = probe(path)
     if fmt == "qcow2":
         return qcow2.inspect(path)
+    if fmt == "vmdk":
+        from imagetool.formats import vmdk
+        return vmdk.inspect_vmdk(path)
     with RawBackend(path, "r") as b:  # size also right for block devices
         size = b.size
     st = os.stat(path)
@@ -43,15 +54,25 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
 
 
 def open_image(path: str | os.PathLike, mode: str = "r",
-               format: str | None = None, shallow: bool = False) -> Backend:
+               format: str | None = None, shallow: bool = False, *,
+               offset: int = 0, length: int | None = None) -> Backend:
     """Open an image's guest data as a Backend.
 
     ``format`` None detects it (mode "w" means raw). raw supports modes "r", "r+" and "w"; qcow2
     is read-only ("r"): guest data through the backing chain, or with
     ``shallow=True`` this layer only (unallocated clusters are
-    ``Extent(zero=True, hole=True)`` and read as zeros).
+    ``Extent(zero=True, hole=True)`` and read as zeros). vmdk is read-only
+    and has no backing chain here. ``offset``/``length``: a single-file
+    VMDK stored at that byte range of ``path``.
     """
     path = os.fspath(path)
+    if offset or length is not None:
+        if format not in (None, "vmdk") or mode != "r":
+            raise UnsupportedFeature(
+                "only a vmdk can be read from a byte range of a file, "
+                "read-only", path)
+        from imagetool.formats import vmdk
+        return vmdk.open_vmdk(path, offset, length)
     if format is None:
         # "w" creates or truncates, so what the old file held is irrelevant.
         format = "raw" if mode == "w" else detect(path)
@@ -62,6 +83,12 @@ def open_image(path: str | os.PathLike, mode: str = "r",
             raise UnsupportedFeature(
                 f"qcow2 can only be opened read-only here (mode {mode!r})", path)
         return qcow2_reader.Qcow2Backend(path, shallow=shallow)
+    if format == "vmdk":
+        if mode != "r":
+            raise UnsupportedFeature(
+                f"vmdk can only be opened read-only here (mode {mode!r})", path)
+        from imagetool.formats import vmdk
+        return vmdk.open_vmdk(path)
     raise ValueError(f"unknown image format {format!r}")
 
 

@@ -1,7 +1,7 @@
 """What a local image file is: format detection and the ImageInfo record.
 
-Detection looks only at magic numbers. Formats we recognise but do not
-handle are refused with UnsupportedFormat naming the format and the
+Detection looks only at magic numbers (and, for a VMDK descriptor file,
+its text). Formats we recognise but do not handle are refused with UnsupportedFormat naming the format and the
 qemu-img command that converts them to something we do handle.
 """
 
@@ -26,7 +26,8 @@ _VDI_TEXT = b"<<< Oracle VM VirtualBox Disk Image >>>"
 class ImageInfo:
     """What ``imagetool info`` reports about one image file.
 
-    Fields past ``filename`` are qcow2 details and stay None for raw files.
+    ``subformat`` is a VMDK's createType (None for other formats); the
+    fields after it are qcow2 details and stay None for raw files.
     """
 
     format: str
@@ -34,6 +35,7 @@ class ImageInfo:
     actual_size: int
     content_type: str = "data"
     filename: str = ""
+    subformat: str | None = None
     # qcow2 only
     version: int | None = None
     compat: str | None = None
@@ -52,12 +54,15 @@ class ImageInfo:
     bitmaps: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """JSON for ``imagetool info --json`` (qcow2 keys only for qcow2)."""
+        """JSON for ``imagetool info --json`` (qcow2 keys only for qcow2,
+        ``subformat`` only for vmdk)."""
         d = asdict(self)
+        if self.format != "vmdk":
+            del d["subformat"]
         if self.format != "qcow2":
             keep = ("format", "virtual_size", "actual_size", "content_type",
-                    "filename")
-            d = {k: d[k] for k in keep}
+                    "filename", "subformat")
+            d = {k: d[k] for k in keep if k in d}
         return d
 
 
@@ -69,9 +74,10 @@ def _read_at(fd: int, offset: int, length: int) -> bytes:
 
 
 def probe(path: str | os.PathLike) -> tuple[str, str]:
-    """Return ``(format, content_type)``: ("raw"|"qcow2", "data"|"iso").
+    """Return ``(format, content_type)``: ("raw"|"qcow2"|"vmdk", "data"|"iso").
 
-    Raises UnsupportedFormat for vmdk, vhd, vhdx, vdi, qed and LUKS, and
+    Raises UnsupportedFormat for vhd, vhdx, vdi, qed, VMware 3 (COWD) and
+    LUKS, and
     FormatError if the file cannot be opened.
     """
     path = os.fspath(path)
@@ -97,6 +103,8 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
                     f"qcow2 version {version} is not supported (only 2 and 3)",
                     path)
         return "qcow2", "data"
+    if head[:4] == b"KDMV" or _vmdk_descriptor(head):
+        return "vmdk", "data"
     foreign = _foreign_format(head, tail)
     if foreign == "luks":
         raise UnsupportedFormat(
@@ -109,8 +117,13 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     return "raw", content
 
 
+def _vmdk_descriptor(head: bytes) -> bool:
+    from imagetool.formats.vmdk import _is_descriptor_text
+    return _is_descriptor_text(head)
+
+
 def detect(path: str | os.PathLike) -> str:
-    """Return "raw" or "qcow2"; refuse other known formats (UnsupportedFormat)."""
+    """Return "raw", "qcow2" or "vmdk"; refuse other known formats (UnsupportedFormat)."""
     return probe(path)[0]
 
 
@@ -118,10 +131,8 @@ def _foreign_format(head: bytes, tail: bytes) -> str | None:
     """Name of a recognised but unsupported format, or None."""
     if head.startswith(b"LUKS\xba\xbe"):
         return "luks"
-    if head.startswith(b"KDMV") or head.startswith(b"COWD"):
-        return "vmdk"
-    if head.lstrip().startswith(b"# Disk DescriptorFile"):
-        return "vmdk"
+    if head.startswith(b"COWD"):
+        return "VMware 3 (COWD) vmdk"
     if head.startswith(b"vhdxfile"):
         return "vhdx"
     if head.startswith(b"conectix") or tail.startswith(b"conectix"):

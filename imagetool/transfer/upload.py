@@ -32,7 +32,7 @@ class UploadPlan:
     """What will be created and moved for one file (decided before any engine call)."""
 
     path: str
-    file_format: str          # raw | qcow2
+    file_format: str          # raw | qcow2 | vmdk
     virtual_size: int
     content_type: str         # data | iso
     disk_format: str          # raw | cow (engine names)
@@ -44,7 +44,7 @@ class UploadPlan:
 
 def _check_file(path: str) -> Any:
     info = inspect(path)
-    if info.format not in ("raw", "qcow2"):
+    if info.format not in ("raw", "qcow2", "vmdk"):
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
     if info.encrypted:
         raise UnsupportedFeature("encrypted qcow2 images cannot be uploaded; "
@@ -75,7 +75,9 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
     ISOs go as raw disks with content_type iso. The transfer moves guest
     data (``raw``) unless the engine is 4.1 (``legacy``) or ``cow`` is
     asked; a cow transfer to a cow disk sends a qcow2 file's own bytes
-    (a raw file is converted to a temporary qcow2 first).
+    (a raw or vmdk file is converted to a temporary qcow2 first). A vmdk,
+    sparse like qcow2, becomes a cow disk unless raw is asked; its guest
+    data is read from the vmdk itself.
     """
     path = os.fspath(path)
     info = _check_file(path)
@@ -84,7 +86,8 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
         if disk_format not in (None, "raw"):
             raise ImagetoolError(f"{path}: an ISO image is uploaded as a raw disk")
         disk_format = "raw"
-    fmt = _DISK_FORMATS.get((disk_format or info.format).lower())
+    default = "qcow2" if info.format == "vmdk" else info.format
+    fmt = _DISK_FORMATS.get((disk_format or default).lower())
     if fmt is None:
         raise ImagetoolError(f"unknown disk format {disk_format!r} (raw or qcow2)")
     tformat = transfer_format or ("cow" if legacy else "raw")

@@ -145,11 +145,11 @@ def test_missing_file_one_line_exit_1(capsys, tmp_path, command):
 
 
 def test_unsupported_format_exit_1(capsys, tmp_path):
-    vmdk = tmp_path / "disk.vmdk"
-    run("qemu-img", "create", "-f", "vmdk", vmdk, "1M")
-    code, _, err = imagetool(capsys, "checksum", vmdk)
+    vhd = tmp_path / "disk.vhd"
+    run("qemu-img", "create", "-f", "vpc", vhd, "1M")
+    code, _, err = imagetool(capsys, "checksum", vhd)
     assert code == 1
-    assert str(vmdk) in err and "vmdk" in err.lower()
+    assert str(vhd) in err and "vhd" in err.lower()
 
 
 @pytest.mark.parametrize("command", ["info", "checksum", "measure", "convert"])

@@ -53,8 +53,6 @@ def test_iso(tmp_path):
 
 
 FOREIGN = [
-    ("vmdk", ["-f", "vmdk"]),
-    ("vmdk", ["-f", "vmdk", "-o", "subformat=monolithicFlat"]),
     ("vhd", ["-f", "vpc"]),
     ("vhd", ["-f", "vpc", "-o", "subformat=fixed"]),
     ("vhdx", ["-f", "vhdx"]),
