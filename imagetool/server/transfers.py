@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from imagetool.formats import inspect, open_image
 from imagetool.formats.base import copy_range
+from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
@@ -370,8 +371,8 @@ class TransferManager:
         disk = self.store.get("disk", t["disk_id"])
         vol = self.store.get("volume", t["volume_id"])
         vol_fmt = vol["format"]
-        info = inspect(self._volume_path(t))
         if vol_fmt == "cow":
+            info = inspect(self._volume_path(t))
             if info.format != "qcow2":
                 raise ValueError(f"the volume of cow disk {disk['name']} is not a qcow2 image "
                                  f"(found {info.format})")
@@ -392,7 +393,12 @@ class TransferManager:
                                  f"than the disk's provisioned size {disk['provisioned_size']}")
             self._check_qcow2(self._volume_path(t))
         else:
-            if info.format == "qcow2":
+            # A raw volume's bytes are the guest's, whatever they look like:
+            # only a qcow2 header is refused (a likely mistake), and nothing
+            # in them is parsed further, let alone followed to other files.
+            with open(self._volume_path(t), "rb") as f:
+                magic = f.read(4)
+            if magic == QCOW2_MAGIC:
                 raise ValueError(f"raw disk {disk['name']} received a qcow2 image; upload it "
                                  "with format raw or create a cow disk")
             size = os.path.getsize(self._volume_path(t))

@@ -258,3 +258,19 @@ def test_second_upload_success_replaces_and_drops_the_copy(engine, tmp_path):
     assert download_raw(engine, disk_id) == second
     disk_dir = os.path.join(sd_dir(engine), "images", disk_id)
     assert not [f for f in os.listdir(disk_dir) if f.endswith(".pre-transfer")]
+
+
+@pytest.mark.parametrize("head", [
+    b'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n'
+    b'RW 8 FLAT "../../admin-password" 0\n',
+    b"KDMV" + bytes(508),
+], ids=["vmdk-descriptor", "vmdk-sparse-header"])
+def test_raw_disk_keeps_bytes_that_look_like_an_image(engine, tmp_path, head):
+    """A raw disk's bytes are the guest's: data that starts like a VMDK (a
+    descriptor naming a file outside, or a sparse header) is stored and
+    given back as it is, never parsed or followed at finalize."""
+    data = head + os.urandom(MiB - len(head))
+    disk_id = new_disk(engine, "looks-like-vmdk", fmt="raw", size=MiB, initial=MiB)
+    assert upload_raw(engine, disk_id, data, tmp_path) == "finished_success"
+    assert disk_status(engine, disk_id) == "ok"
+    assert sha(download_raw(engine, disk_id)) == sha(data)

@@ -7,7 +7,7 @@ window inside a bigger file, in a child process with an address-space
 limit. Only ImagetoolError subclasses may escape, every case must finish in
 bounded time, and traced memory per case stays small.
 
-Run directly (``python tests/test_formats_vmdk_fuzz.py DIR SEED COUNT``)
+Run directly (``python tests/formats/test_vmdk_fuzz.py DIR SEED COUNT``)
 this file is the child; pytest runs the parent test.
 """
 
@@ -19,6 +19,8 @@ import random
 import struct
 import subprocess
 import sys
+
+import pytest
 
 CASE_SECONDS = 5
 PEAK_LIMIT = 24 << 20
@@ -241,7 +243,7 @@ def child(workdir: str, seed: int, count: int) -> None:
 # --- parent (pytest) -----------------------------------------------------
 
 def _make_bases(d) -> None:
-    from formats_fixtures import make_raw, qemu_img, qemu_io
+    from helpers import make_raw, qemu_img, qemu_io
     src = d / "src.raw"
     make_raw(src, (5 << 20) + 4608,
              [(0, 100 << 10), (1 << 20, 3000), ((2 << 20) - 4096, 70 << 10),
@@ -268,14 +270,15 @@ def _make_bases(d) -> None:
              str(small), str(d / "desc.vmdk"))
 
 
+@pytest.mark.slow
 def test_fuzz_mutated_vmdk(tmp_path):
     _make_bases(tmp_path)
     assert (tmp_path / "desc-s001.vmdk").exists()
     count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "1500"))
     env = dict(os.environ)
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    env["PYTHONPATH"] = os.pathsep.join([root, here, env.get("PYTHONPATH", "")])
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(tests)
+    env["PYTHONPATH"] = os.pathsep.join([root, tests, env.get("PYTHONPATH", "")])
     p = subprocess.run(
         [sys.executable, os.path.abspath(__file__), str(tmp_path), "4321", str(count)],
         capture_output=True, text=True, timeout=300, env=env)

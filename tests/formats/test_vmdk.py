@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from formats_fixtures import KiB, MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
+from helpers import KiB, MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
 from imagetool.checksum import checksum, checksum_file
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image
@@ -172,7 +172,7 @@ def test_zeroed_grains(tmp_path):
     """GTE 1 with the zeroed-grain flag: zeros that are not a hole (as qemu-img map)."""
     p = tmp_path / "zg.vmdk"
     qemu_img("create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on", str(p), "1M")
-    from formats_fixtures import qemu_io
+    from helpers import qemu_io
     qemu_io(p, "write -P 5 0 128k", "write -z 64k 64k", fmt="vmdk")
     with open_image(p) as b:
         assert list(b.extents()) == [
