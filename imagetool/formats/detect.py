@@ -8,6 +8,7 @@ qemu-img command that converts them to something we do handle.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -103,7 +104,7 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
                     f"qcow2 version {version} is not supported (only 2 and 3)",
                     path)
         return "qcow2", "data"
-    if head[:4] == b"KDMV" or _vmdk_descriptor(head):
+    if head[:4] == b"KDMV" or is_vmdk_descriptor(head):
         return "vmdk", "data"
     foreign = _foreign_format(head, tail)
     if foreign == "luks":
@@ -117,9 +118,14 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     return "raw", content
 
 
-def _vmdk_descriptor(head: bytes) -> bool:
-    from imagetool.formats.vmdk import _is_descriptor_text
-    return _is_descriptor_text(head)
+def is_vmdk_descriptor(head: bytes) -> bool:
+    """A text descriptor: its usual comment, or text with a createType line."""
+    if head.lstrip().startswith(b"# Disk DescriptorFile"):
+        return True
+    text = head.split(b"\0", 1)[0]
+    if not text or any(b < 9 or 13 < b < 32 for b in text):
+        return False
+    return re.search(rb'(?m)^\s*createType\s*=', text) is not None
 
 
 def detect(path: str | os.PathLike) -> str:

@@ -48,6 +48,7 @@ from typing import Iterator
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
 
 SECTOR = 512
 MAGIC = b"KDMV"
@@ -835,16 +836,6 @@ class VmdkBackend:
         return f"VmdkBackend({self.label!r}, {self.subformat})"
 
 
-def _is_descriptor_text(head: bytes) -> bool:
-    """A text descriptor: its usual comment, or text with a createType line."""
-    if head.lstrip().startswith(b"# Disk DescriptorFile"):
-        return True
-    text = head.split(b"\0", 1)[0]
-    if not text or any(b < 9 or 13 < b < 32 for b in text):
-        return False
-    return re.search(rb'(?m)^\s*createType\s*=', text) is not None
-
-
 def open_vmdk(path: str | os.PathLike, offset: int = 0,
               length: int | None = None, name: str | None = None) -> VmdkBackend:
     """Open a VMDK image, or a VMDK stored at ``[offset, offset+length)``.
@@ -890,7 +881,7 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
         raise UnsupportedFormat(
             "VMware 3 (COWD) vmdk images are not supported; convert it first: "
             f"qemu-img convert -O qcow2 {path} out.qcow2", label)
-    if _is_descriptor_text(head):
+    if is_vmdk_descriptor(head):
         if windowed:
             raise UnsupportedFeature(
                 "a vmdk descriptor with separate extent files can only be "
@@ -908,8 +899,6 @@ def inspect_vmdk(path: str | os.PathLike, offset: int = 0,
     ``actual_size``: disk space of the descriptor and extent files, or the
     window's length for an image inside another file.
     """
-    from imagetool.formats.detect import ImageInfo
-
     with open_vmdk(path, offset, length, name) as b:
         if b.window is not None:
             actual = b.window[1]
