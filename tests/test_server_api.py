@@ -261,8 +261,8 @@ def test_unknown_entity_path_and_unimplemented_service(engine):
     assert status == 501 and "templates" in detail
     status, reason, detail = fault(api_request(engine, "GET", "disks/x/permissions"))
     assert status == 501 and "permissions" in detail
-    status, reason, detail = fault(api_request(engine, "POST", "disks/x/sparsify", "<action/>"))
-    assert status == 501 and "sparsify" in detail
+    status, reason, detail = fault(api_request(engine, "POST", "disks/x/reduce", "<action/>"))
+    assert status == 501 and "reduce" in detail
 
 
 def test_locked_disk_refuses_conflicting_operations(engine):
