@@ -520,7 +520,7 @@ def test_grow_beyond_qcow2_l1_table_is_409(engine):
     disk_id = new_disk(engine, "grow", fmt="cow", size=MiB)
     status, _, detail = fault(api_request(
         engine, "PUT", f"disks/{disk_id}",
-        f"<disk><provisioned_size>{1 << 40}</provisioned_size></disk>",
+        f"<disk><provisioned_size>{5 << 40}</provisioned_size></disk>",
         {"Content-Type": "application/xml"}))
     assert status == 409 and "cannot grow" in detail
     status, _, detail = fault(api_request(
