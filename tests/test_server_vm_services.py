@@ -478,5 +478,5 @@ def test_serve_refuses_zero_hosts(tmp_path):
     res = subprocess.run([sys.executable, "-m", "imagetool", "serve", "--data-dir",
                           str(tmp_path / "d"), "--hosts", "0"], capture_output=True, text=True,
                          timeout=60)
-    assert res.returncode == 2 and "--hosts" in res.stderr
+    assert res.returncode == 2 and "'--hosts': 0 is not in the range" in res.stderr
     assert not (tmp_path / "d").exists()
