@@ -431,3 +431,30 @@ def test_unusable_ovf_on_export_domain(connection, engine, export_sd):
     status, text = fault(api_request(
         engine, "GET", f"storagedomains/{sd.id}/vms/6f1b3c52-0000-4000-8000-000000000001"))
     assert status == 404
+
+
+def test_export_never_writes_over_files_it_does_not_own(connection, engine, export_sd,
+                                                        vm_disk):
+    """A directory for the VM that the domain cannot read, or a disk directory
+    left by something else, makes the export a 409 with those files untouched."""
+    sd, top_dir = export_sd
+    vm_service, vm, disk, *_ = vm_disk
+    vm_dir = top_dir / "master" / "vms" / vm.id
+    vm_dir.mkdir()
+    (vm_dir / f"{vm.id}.ovf").write_text("not an OVF")
+    for exclusive in (False, True):
+        with pytest.raises(sdk.Error) as e:
+            vm_service.export(storage_domain=types.StorageDomain(id=sd.id),
+                              exclusive=exclusive)
+        assert e.value.code == 409 and "cannot read" in str(e.value)
+        assert (vm_dir / f"{vm.id}.ovf").read_text() == "not an OVF"
+    (vm_dir / f"{vm.id}.ovf").unlink()
+    vm_dir.rmdir()
+    other = top_dir / "images" / disk.id
+    other.mkdir()
+    (other / "keep").write_text("mine")
+    with pytest.raises(sdk.Error) as e:
+        vm_service.export(storage_domain=types.StorageDomain(id=sd.id))
+    assert e.value.code == 409 and "already holds files" in str(e.value)
+    assert tree(top_dir / "images") == [disk.id, f"{disk.id}/keep"]
+    assert os.listdir(top_dir / "master" / "vms") == []

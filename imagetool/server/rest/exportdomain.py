@@ -243,6 +243,18 @@ def export_vm(req: Request, vm_id: str) -> Reply:
         if any(p["name"] == vm["name"] and p["id"] != vm_id for p in present):
             raise conflict("export VM", f"Another VM named {vm['name']} exists on export "
                                         f"domain {sd['name']}.")
+        # Never write over files this export does not replace: an unreadable
+        # VM directory, or disk directories of something else.
+        if old is None and os.path.lexists(
+                os.path.dirname(domain_files.ovf_path(st, sd["id"], vm_id))):
+            raise conflict("export VM", f"Export domain {sd['name']} already has a directory "
+                                        f"for VM {vm_id} that it cannot read: remove it "
+                                        "first.")
+        replaced = set(old["disks"]) if old is not None else set()
+        for d in disks:
+            if d["id"] not in replaced and os.path.lexists(st.disk_dir(sd["id"], d["id"])):
+                raise conflict("export VM", f"Export domain {sd['name']} already holds files "
+                                            f"of disk {d['id']}.")
         for d in disks:
             store.update("disk", d["id"], status="locked")
     staged: list[tuple[str, str]] = []
