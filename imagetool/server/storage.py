@@ -20,6 +20,7 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -445,7 +446,6 @@ def _punch_zeros(fd: int, start: int, end: int, zero: bytes) -> None:
 
 
 def _punch(fd: int, offset: int, length: int) -> None:
-    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     fallocate = libc.fallocate
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]

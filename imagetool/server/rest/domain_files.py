@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 
 from imagetool.ids import is_uuid
@@ -74,7 +75,6 @@ def create_domain(storage, sd: dict) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(domain_metadata(sd, None))
     except BaseException:
-        import shutil
         shutil.rmtree(root, ignore_errors=True)
         raise
 
