@@ -9,6 +9,7 @@ to (``imagetool.phases``, ``imagetool.imageio.protocol``,
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 
@@ -265,7 +266,14 @@ def test_written_header_reads_back_and_grows(tmp_path):
     qcow2.grow(path, 5 << 20)
     assert qcow2.read_header(path).size == 5 << 20
     _qemu_img("check", "-U", path)
-    capacity = h.l1_size << (h.cluster_bits + h.l2_bits)
+    # Past what the L1 table maps: its cluster's free entries are used.
+    per_entry = 1 << (h.cluster_bits + h.l2_bits)
+    qcow2.grow(path, (h.l1_size + 1) * per_entry)
+    assert qcow2.read_header(path).l1_size == h.l1_size + 1
+    _qemu_img("check", "-U", path)
+    info = json.loads(_qemu_img("info", "-U", "--output=json", path))
+    assert info["virtual-size"] == (h.l1_size + 1) * per_entry
+    capacity = ((1 << h.cluster_bits) // 8) * per_entry
     with pytest.raises(ValueError, match=f"beyond {capacity} bytes"):
         qcow2.grow(path, capacity + 1)
     raw = tmp_path / "plain.raw"

@@ -47,9 +47,12 @@ def in_process_engine(data_dir: str) -> Iterator[Any]:
               help="Seconds an SSO token stays valid.")
 @click.option("--finished-ttl", type=float, default=300.0, show_default=True,
               help="Seconds finished image transfers stay listed.")
+@click.option("--hosts", "n_hosts", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Hosts the engine lists, all serving the same data (to spread "
+                   "transfers over hosts).")
 def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
           password_file: str | None, no_tls: bool, token_lifetime: float,
-          finished_ttl: float) -> None:
+          finished_ttl: float, n_hosts: int) -> None:
     """Serve a local oVirt engine (REST API + imageio) over a directory.
 
     Disks live under DATA_DIR/<storage-domain-id>/images, the inventory in
@@ -65,7 +68,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
             f"an engine already serves {data_dir} (pid {running['pid']}, {running['url']})")
     server = EngineServer(data_dir, host=host, port=port, imageio_port=imageio_port,
                           tls=not no_tls, password_file=password_file,
-                          token_lifetime=token_lifetime, finished_ttl=finished_ttl)
+                          token_lifetime=token_lifetime, finished_ttl=finished_ttl,
+                          hosts=n_hosts)
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:

@@ -53,6 +53,7 @@ _EXT_HEADER = struct.Struct(">II")
 # Byte offset of the virtual size in the header (after magic, version,
 # backing_file_offset, backing_file_size, cluster_bits).
 _SIZE_OFFSET = struct.calcsize(">4sIQII")
+_L1_SIZE_OFFSET = struct.calcsize(">4sIQIIQI")
 
 # L1 and L2 table entries ("Cluster mapping").
 OFLAG_COPIED = 1 << 63
@@ -346,8 +347,11 @@ def pack_extensions(extensions: list[tuple[int, bytes]]) -> bytes:
 def grow(path: str | os.PathLike, size: int) -> None:
     """Raise the virtual size of qcow2 ``path`` in place.
 
-    Growing needs no new metadata as long as the existing L1 table maps the
-    new size; otherwise ValueError (as for a file that is not qcow2).
+    Growing needs no new metadata as long as the L1 table's clusters can map
+    the new size: the table takes whole clusters (qemu and this package's
+    writer both allocate it so), and the zero entries after its last one
+    are free to use by raising ``l1_size``. Beyond that, ValueError (as for
+    a file that is not qcow2).
     """
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -355,9 +359,19 @@ def grow(path: str | os.PathLike, size: int) -> None:
             h = parse_header(fd, os.fspath(path))
         except FormatError:
             raise ValueError("volume is not a qcow2 image") from None
-        capacity = h.l1_size << (h.cluster_bits + h.l2_bits)
-        if size > capacity:
-            raise ValueError(f"cannot grow qcow2 volume beyond {capacity} bytes in place")
+        per_entry = 1 << (h.cluster_bits + h.l2_bits)
+        cs = 1 << h.cluster_bits
+        room = -(-h.l1_size * 8 // cs) * cs // 8 if h.l1_table_offset else h.l1_size
+        needed = -(-size // per_entry)
+        if needed > room:
+            raise ValueError(f"cannot grow qcow2 volume beyond {room * per_entry} bytes "
+                             "in place")
+        if needed > h.l1_size:
+            tail = pread(fd, (needed - h.l1_size) * 8, h.l1_table_offset + h.l1_size * 8)
+            if len(tail) != (needed - h.l1_size) * 8 or tail.count(0) != len(tail):
+                raise ValueError("cannot grow qcow2 volume in place: the L1 table's "
+                                 "cluster holds other data")
+            os.pwrite(fd, needed.to_bytes(4, "big"), _L1_SIZE_OFFSET)
         os.pwrite(fd, size.to_bytes(8, "big"), _SIZE_OFFSET)
     finally:
         os.close(fd)

@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.rest import codec
-from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
-                                   storagedomains, vms)
+from imagetool.server.rest import (datacenters, disks, exportdomain, hosts, imagetransfers,
+                                   jobs, root, storagedomains, vms)
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
@@ -45,6 +45,8 @@ MAX_BODY = 1 << 20
 MAX_SSO_BODY = 16 << 10
 # Connections the REST plane serves at once; one more is closed at once.
 MAX_CONNECTIONS = 64
+# Hosts one engine may pretend to have (``serve --hosts``).
+MAX_HOSTS = 64
 # Seconds a client has to send a whole request (headers and body), counted
 # from the connection's start or its previous reply: an idle or slow client
 # (one byte now and then) cannot hold a handler thread for ever.
@@ -93,7 +95,7 @@ def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
     for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
-                   datacenters):
+                   datacenters, exportdomain):
         module.register(router)
     return router
 
@@ -106,7 +108,9 @@ class EngineServer:
                  password_file: str | None = None, token_lifetime: float = 3600.0,
                  finished_ttl: float = 300.0, login_delay: float = 1.0,
                  max_connections: int = MAX_CONNECTIONS,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1) -> None:
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         self.data_dir = os.path.abspath(data_dir)
         # Owner-only: the data dir holds guests' disks, the password and the
         # CA key (an older version left it 0755).
@@ -126,6 +130,11 @@ class EngineServer:
         self.storage = Storage(self.data_dir, self.store)
         self.storage.ensure_default_domains()
         self.host_id = self._stable_id("host_id")
+        # Every host serves the same data (one data plane behind them all);
+        # the ids stay stable across restarts, so do the names.
+        self.hosts = [{"id": self.host_id, "name": "local"}]
+        for i in range(2, hosts + 1):
+            self.hosts.append({"id": self._stable_id(f"host_id_{i}"), "name": f"local-{i}"})
         self.cluster_id = self._stable_id("cluster_id")
         self.datacenter_id = self._stable_id("datacenter_id")
         self.user_id = self._stable_id("user_id")

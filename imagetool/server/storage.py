@@ -20,6 +20,7 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -86,6 +87,9 @@ class Storage:
     def __init__(self, data_dir: str, store: Store) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.store = store
+        # Domain id -> the directory holding ``<sd-id>/`` (data dir, or the
+        # local path a domain added through the API was given).
+        self._bases: dict[str, str] = {}
 
     # --- domains --------------------------------------------------------
 
@@ -102,19 +106,43 @@ class Storage:
                     "created": time.time()})
                 make_private_dirs(self.images_dir(sd_id))
 
+    def _base(self, sd_id: str) -> str:
+        """The directory holding ``<sd_id>/``: the data dir, or the domain's own path.
+
+        A domain added through the API (``POST /storagedomains``) lives under
+        the local directory it was given, as a file domain lives under its
+        mount point in oVirt.
+        """
+        base = self._bases.get(sd_id)
+        if base is None:
+            sd = self.store.get("storage_domain", sd_id)
+            if sd is None or not sd.get("path"):
+                return self.data_dir
+            base = self._bases[sd_id] = os.path.abspath(sd["path"])
+        return base
+
+    def forget_domain(self, sd_id: str) -> None:
+        """Drop the cached base directory of a removed domain."""
+        self._bases.pop(sd_id, None)
+
+    def domain_dir(self, sd_id: str) -> str:
+        """``<base>/<sd_id>``: the domain's top directory (dom_md, images, master)."""
+        return os.path.dirname(self._inside(sd_id))
+
     def _inside(self, *ids: str) -> str:
-        """``data_dir/ids[0]/images/ids[1]/...``; ValueError unless every id is a UUID.
+        """``<base>/ids[0]/images/ids[1]/...``; ValueError unless every id is a UUID.
 
         Defence in depth behind the REST checks: the result is also checked
-        to be below the data directory.
+        to be below the domain's base directory.
         """
         for i in ids:
             if not isinstance(i, str) or not is_uuid(i):
                 raise ValueError(f"invalid id {i!a}: storage paths are built from UUIDs")
-        path = os.path.join(self.data_dir, ids[0], "images", *ids[1:])
-        root = os.path.join(self.data_dir, "")
+        base = self._base(ids[0])
+        path = os.path.join(base, ids[0], "images", *ids[1:])
+        root = os.path.join(base, "")
         if not os.path.normpath(path).startswith(root) or os.path.normpath(path) != path:
-            raise ValueError(f"path {path!a} is outside the data directory")
+            raise ValueError(f"path {path!a} is outside the storage domain")
         return path
 
     def images_dir(self, sd_id: str) -> str:
@@ -192,8 +220,6 @@ class Storage:
         whatever backing file the qcow2 header names; ``shallow``: this
         layer alone (unallocated clusters read as zeros).
         """
-        from imagetool.formats.qcow2_reader import Qcow2Backend
-        from imagetool.formats.raw import RawBackend
         chain = [vol]
         while not shallow and chain[-1].get("parent_id"):
             pid = chain[-1]["parent_id"]
@@ -203,9 +229,21 @@ class Storage:
             if any(v["id"] == pid for v in chain) or len(chain) >= MAX_CHAIN:
                 raise ValueError(f"volume {vol['id']}: broken chain at {pid}")
             chain.append(parent)
+        return self.open_chain(list(reversed(chain)))
+
+    def open_chain(self, vols: list[dict]):
+        """A read-only Backend over the chain ``vols`` (base..top), as given.
+
+        Each dict names ``sd_id``, ``disk_id``, ``id`` and ``format``; the
+        layers are stacked in this order whatever backing file names the
+        qcow2 headers carry (e.g. a chain read from an export domain's
+        metadata). A one-volume list whose volume is qcow2 reads that layer
+        alone.
+        """
+        from imagetool.formats.qcow2_reader import Qcow2Backend
         backend = None
         try:
-            for v in reversed(chain):
+            for v in vols:
                 path = self.volume_path(v["sd_id"], v["disk_id"], v["id"])
                 if v["format"] == "raw":
                     if backend is not None:     # only a base volume can be raw
@@ -314,6 +352,107 @@ class Storage:
                 _allocate(path, old, size - old)
             return
         qcow2.grow(path, size)
+
+
+def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
+                   parent_id: str | None = None, parent_fmt: str | None = None,
+                   parent: Any = None) -> int:
+    """Free the blocks of one volume whose guest data is all zeros; bytes freed.
+
+    ``reader``: this layer alone (``Storage.open_volume(vol, shallow=True)``),
+    owned and closed here. A raw volume gets holes punched in place (a hole
+    reads as zeros). A qcow2 layer is rewritten through a temporary file:
+    its zero clusters become unallocated when it has no parent, or carry the
+    qcow2 zero flag over one (``parent``: the parent chain's reader, owned),
+    so what the guest reads never changes. The oVirt REST API guide's
+    ``sparsify`` action frees the unused space of a disk this way.
+    """
+    before = os.stat(path).st_blocks * 512
+    if fmt == "raw":
+        try:
+            zero = bytes(COPY_CHUNK)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for ext in reader.extents():
+                    if ext.hole:
+                        continue
+                    _punch_zeros(fd, ext.start, ext.end, zero)
+            finally:
+                os.close(fd)
+        finally:
+            reader.close()
+        return max(0, before - os.stat(path).st_blocks * 512)
+    tmp = path + ".sparsifying"
+    create_private(tmp)
+    try:
+        writer = Qcow2Writer.create(tmp, size, backing_file=parent_id,
+                                    backing_format=parent_fmt if parent_id else None)
+        if parent is not None:
+            writer.use_backing(parent)
+            parent = None
+        try:
+            step = writer.cluster_size
+            buf = bytearray(step)
+            zero = bytes(step)
+            for ext in reader.extents():
+                if ext.hole:
+                    continue
+                pos = ext.start
+                while pos < ext.end:
+                    n = min(step - pos % step, ext.end - pos)
+                    view = memoryview(buf)[:n]
+                    got = reader.read_into(pos, view) if not ext.zero else 0
+                    if ext.zero or view[:got] == zero[:got] and got == n:
+                        writer.zero(pos, n)
+                    else:
+                        writer.write(pos, view[:got])
+                    pos += n
+            writer.flush()
+        finally:
+            writer.close()
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        reader.close()
+        if parent is not None:
+            parent.close()
+    os.replace(tmp, path)
+    return max(0, before - os.stat(path).st_blocks * 512)
+
+
+def _punch_zeros(fd: int, start: int, end: int, zero: bytes) -> None:
+    """Punch a hole over every 4 KiB block of ``[start, end)`` that reads as zeros."""
+    block = 4096
+    pos = start
+    while pos < end:
+        n = min(len(zero), end - pos)
+        data = os.pread(fd, n, pos)
+        if not data:
+            break
+        run = None
+        for i in range(0, len(data), block):
+            if data[i:i + block] == zero[:len(data[i:i + block])]:
+                run = i if run is None else run
+            elif run is not None:
+                _punch(fd, pos + run, i - run)
+                run = None
+        if run is not None:
+            _punch(fd, pos + run, len(data) - run)
+        pos += len(data)
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fallocate = libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+    if fallocate(fd, 0x02 | 0x01, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,

@@ -262,8 +262,8 @@ def test_unknown_entity_path_and_unimplemented_service(engine):
     assert status == 501 and "templates" in detail
     status, reason, detail = fault(api_request(engine, "GET", "disks/x/permissions"))
     assert status == 501 and "permissions" in detail
-    status, reason, detail = fault(api_request(engine, "POST", "disks/x/sparsify", "<action/>"))
-    assert status == 501 and "sparsify" in detail
+    status, reason, detail = fault(api_request(engine, "POST", "disks/x/reduce", "<action/>"))
+    assert status == 501 and "reduce" in detail
 
 
 def test_locked_disk_refuses_conflicting_operations(engine):
@@ -523,7 +523,7 @@ def test_grow_beyond_qcow2_l1_table_is_409(engine):
     disk_id = new_disk(engine, "grow", fmt="cow", size=MiB)
     status, _, detail = fault(api_request(
         engine, "PUT", f"disks/{disk_id}",
-        f"<disk><provisioned_size>{1 << 40}</provisioned_size></disk>",
+        f"<disk><provisioned_size>{5 << 40}</provisioned_size></disk>",
         {"Content-Type": "application/xml"}))
     assert status == 409 and "cannot grow" in detail
     status, _, detail = fault(api_request(

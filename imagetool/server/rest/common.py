@@ -36,8 +36,13 @@ def search_filter(req: Request, docs: list[dict], fields: dict[str, str] | None 
             if not term:
                 continue
             if "=" not in term:
-                raise ApiError(400, "Operation Failed",
-                               f"Cannot parse search term '{term}': expected name=value")
+                if any(c in term for c in "<>!()"):
+                    raise ApiError(400, "Operation Failed",
+                                   f"Cannot parse search term '{term}': expected name=value")
+                # A bare word matches the name, as the engine's search does
+                # (``clusters_service.list(search='mycluster')``).
+                terms.append(((fields or {}).get("name", "name"), term.strip('"')))
+                continue
             key, value = (p.strip() for p in term.split("=", 1))
             terms.append(((fields or {}).get(key.lower(), key.lower()), value.strip('"')))
 

@@ -14,7 +14,7 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
-from imagetool.server.storage import make_private_dirs, merge_layer, new_id
+from imagetool.server.storage import make_private_dirs, merge_layer, new_id, sparsify_layer
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -104,6 +104,15 @@ def check_usable(disk: dict, action: str) -> None:
         raise conflict(action, f"Disk {disk['name']} is in illegal state.")
 
 
+def check_active(sd: dict, action: str) -> None:
+    """409 unless the domain is attached to the data center and active."""
+    if not sd.get("attached", True) or sd.get("status", "active") != "active":
+        state = "not attached to a data center" if not sd.get("attached", True) \
+            else "in maintenance"
+        raise conflict(action, f"Storage Domain {sd['name']} is {state}: attach and "
+                               "activate it first.")
+
+
 def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
                 initial_size: int | None = None, sparse: bool = True,
                 content_type: str = "data", backup: str = "none",
@@ -166,6 +175,7 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
         raise conflict("add Virtual Disk",
                        f"Storage Domain {sd['name']} is an {sd['type']} domain: disks can only be "
                        "added to data domains.")
+    check_active(sd, "add Virtual Disk")
     content_type = get_str(data, "content_type") or "data"
     if content_type not in CONTENT_TYPES:
         raise bad_request(f"Invalid value '{content_type}' for disk content_type")
@@ -309,6 +319,46 @@ def move_disk(req: Request, disk_id: str) -> Reply:
                                      "job": ref(req, "jobs", job["id"])})
 
 
+def sparsify_disk(req: Request, disk_id: str) -> Reply:
+    """POST /disks/{id}/sparsify: free the blocks of the active layer that hold zeros.
+
+    What the guest reads does not change; only allocation does (raw: holes
+    punched, qcow2: zero clusters dropped or flagged). The disk is locked
+    while it runs, as the engine locks it.
+    """
+    engine = req.engine
+    store, st = engine.store, engine.storage
+    req.data()
+    with store.transaction():
+        disk = get_or_404(req, "disk", disk_id, "disk")
+        check_usable(disk, "sparsify Virtual Disk")
+        if not disk.get("sparse", True):
+            raise conflict("sparsify Virtual Disk",
+                           f"Disk {disk['name']} is preallocated: only sparse disks can be "
+                           "sparsified.")
+        store.update("disk", disk_id, status="locked")
+    freed = 0
+    try:
+        top = store.get("volume", disk["image_id"])
+        parent = store.get("volume", top["parent_id"]) if top.get("parent_id") else None
+        path = st.volume_path(top["sd_id"], top["disk_id"], top["id"])
+        reader = st.open_volume(top, shallow=True)
+        parent_reader = st.open_volume(parent) if parent is not None else None
+        freed = sparsify_layer(path, top["format"], disk["provisioned_size"], reader,
+                               parent_id=parent["id"] if parent else None,
+                               parent_fmt=("qcow2" if parent and parent["format"] == "cow"
+                                           else "raw"),
+                               parent=parent_reader)
+    except (OSError, ValueError) as e:
+        raise conflict("sparsify Virtual Disk",
+                       f"Cannot sparsify: {getattr(e, 'strerror', None) or e}.") from None
+    finally:
+        store.update("disk", disk_id, status="ok")
+    record_job(engine, f"Sparsifying Disk {disk['name']}",
+               [f"Sparsifying volume ({freed} bytes freed)"])
+    return Reply(tag="action", body={"status": "complete"})
+
+
 def merge_down(engine, disk: dict, lower_id: str) -> None:
     """Merge volume ``lower_id`` into the volume above it and drop it.
 
@@ -389,6 +439,7 @@ def register(router: Router) -> None:
     router.add("DELETE", "/disks/{disk_id}", remove_disk)
     router.add("POST", "/disks/{disk_id}/copy", copy_disk)
     router.add("POST", "/disks/{disk_id}/move", move_disk)
+    router.add("POST", "/disks/{disk_id}/sparsify", sparsify_disk)
     router.add("GET", "/disks/{disk_id}/disksnapshots", list_disk_snapshots)
     router.add("GET", "/disks/{disk_id}/disksnapshots/{vol_id}", get_disk_snapshot)
     router.add("DELETE", "/disks/{disk_id}/disksnapshots/{vol_id}", remove_disk_snapshot)

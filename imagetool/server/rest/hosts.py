@@ -1,4 +1,10 @@
-"""Hosts (oVirt REST API guide: Hosts, Host): the one local host, always up."""
+"""Hosts (oVirt REST API guide: Hosts, Host): the local hosts, always up.
+
+``serve --hosts N`` lists N hosts in the one cluster and data center; they
+all serve the same storage through one data plane, so a client can spread
+its transfers over hosts (an image transfer reports the host it was given)
+as it would over the hosts of a real data center.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +12,49 @@ from imagetool.server.rest.common import action_links, search_filter, sub_links
 from imagetool.server.rest.router import Reply, Request, Router, not_found
 
 
-def host_repr(req: Request) -> dict:
-    """The local host in the API model's shape."""
+def host_repr(req: Request, host: dict) -> dict:
+    """A host in the API model's shape."""
     engine = req.engine
-    base = req.href("hosts", engine.host_id)
+    base = req.href("hosts", host["id"])
+    first = host["id"] == engine.host_id
     return {
-        "href": base, "id": engine.host_id, "name": "local",
+        "href": base, "id": host["id"], "name": host["name"],
         "comment": None, "description": "imagetool local host",
         "actions": action_links(req, base, []),
         "link": sub_links(base, ["nics", "statistics", "storage", "tags"]),
         "address": engine.public_host, "status": "up", "type": "rhel",
         "external_status": "ok", "port": engine.dataplane_port,
-        "protocol": "stomp", "spm": {"priority": 5, "status": "spm"},
+        "protocol": "stomp",
+        "spm": {"priority": 5, "status": "spm" if first else "none"},
         "summary": {"active": 0, "migrating": 0, "total": 0},
         "update_available": False,
+        "cpu": {"type": {"architecture": "x86_64"}},
         "version": {"full_version": "imagetool", "major": 4, "minor": 5},
         "cluster": {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id},
     }
 
 
-def _host_doc(req: Request) -> dict:
-    return {"id": req.engine.host_id, "name": "local", "status": "up",
+def _host_doc(req: Request, host: dict) -> dict:
+    return {"id": host["id"], "name": host["name"], "status": "up",
             "address": req.engine.public_host}
 
 
+def find_host(req: Request, host_id: str | None, name: str | None) -> dict:
+    """The host with this id (or else this name); 404 when there is none."""
+    for h in req.engine.hosts:
+        if h["id"] == host_id or (host_id is None and h["name"] == name):
+            return h
+    raise not_found(f"host '{host_id or name}'")
+
+
 def list_hosts(req: Request) -> Reply:
-    docs = search_filter(req, [_host_doc(req)])
-    return Reply(tag="hosts", body=[host_repr(req) for _ in docs])
+    by_id = {h["id"]: h for h in req.engine.hosts}
+    docs = search_filter(req, [_host_doc(req, h) for h in req.engine.hosts])
+    return Reply(tag="hosts", body=[host_repr(req, by_id[d["id"]]) for d in docs])
 
 
 def get_host(req: Request, host_id: str) -> Reply:
-    if host_id != req.engine.host_id:
-        raise not_found(f"host '{host_id}'")
-    return Reply(tag="host", body=host_repr(req))
+    return Reply(tag="host", body=host_repr(req, find_host(req, host_id, None)))
 
 
 def register(router: Router) -> None:

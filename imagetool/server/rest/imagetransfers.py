@@ -4,10 +4,11 @@ list, get and the actions extend, pause, resume, finalize, cancel. The state mac
 
 from __future__ import annotations
 
-from imagetool.phases import SERVING
+from imagetool.phases import ENDED, SERVING
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import action_links, get_or_404, ref, search_filter
 from imagetool.server.rest.disks import check_usable
+from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
                                           conflict, missing, not_found)
 from imagetool.server.transfers import POLICIES, TransferConflict
@@ -28,12 +29,21 @@ def transfer_repr(req: Request, t: dict) -> dict:
         "inactivity_timeout": t["inactivity_timeout"], "phase": t["phase"],
         "proxy_url": url, "transfer_url": url, "shallow": t.get("shallow", False),
         "timeout_policy": t["timeout_policy"], "transferred": t.get("transferred", 0),
-        "host": ref(req, "hosts", t["host_id"]),
+        "host": _host_ref(req, t["host_id"]),
         "image": {"id": t["volume_id"]},
         "disk": ref(req, "disks", t["disk_id"]),
         "snapshot": ({"href": req.href("disks", t["disk_id"], "disksnapshots", t["volume_id"]),
                       "id": t["volume_id"]} if t.get("snapshot") else None),
     }
+
+
+def _host_ref(req: Request, host_id: str) -> dict:
+    """``<host href id><name/></host>``: clients print the transfer's host name."""
+    body = ref(req, "hosts", host_id)
+    for h in req.engine.hosts:
+        if h["id"] == host_id:
+            body["name"] = h["name"]
+    return body
 
 
 def _target(req: Request, data: dict) -> tuple[dict, dict, bool]:
@@ -78,8 +88,7 @@ def add_transfer(req: Request) -> Reply:
     shallow = bool(get_bool(data, "shallow"))
     host_id = get_id(data, "host", "id", what="host")
     host_name = get_str(data, "host", "name")
-    if (host_id and host_id != engine.host_id) or (host_name and host_name != "local"):
-        raise not_found(f"host '{host_id or host_name}'")
+    host = find_host(req, host_id, host_name) if (host_id or host_name) else None
     if get_obj(data, "backup"):
         raise ApiError(501, "Not Implemented",
                        "The local engine does not implement incremental backup transfers")
@@ -88,11 +97,26 @@ def add_transfer(req: Request) -> Reply:
         check_usable(disk, "transfer image")
         if direction == "upload" and vol["id"] != disk["image_id"]:
             raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
+        if host is None:
+            host = _least_busy_host(engine)
         t = engine.transfers.create(disk, vol, direction=direction, fmt=fmt,
                                     inactivity_timeout=inactivity, timeout_policy=policy,
                                     shallow=shallow,
-                                    host_id=engine.host_id, snapshot=is_snap)
+                                    host_id=host["id"], snapshot=is_snap)
     return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
+
+
+def _least_busy_host(engine) -> dict:
+    """The host with the fewest unfinished transfers (the first on a tie).
+
+    A real engine picks any host that is up in the disk's data center; the
+    least busy one spreads transfers over hosts when the client names none.
+    """
+    busy = {h["id"]: 0 for h in engine.hosts}
+    for t in engine.store.list("transfer", lambda t: t["phase"] not in ENDED):
+        if t.get("host_id") in busy:
+            busy[t["host_id"]] += 1
+    return min(engine.hosts, key=lambda h: busy[h["id"]])
 
 
 def list_transfers(req: Request) -> Reply:

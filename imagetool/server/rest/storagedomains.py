@@ -1,11 +1,44 @@
 """Storage domains (oVirt REST API guide: StorageDomains, StorageDomain and
-their sub-services): list/get, their disks and disk snapshots."""
+their sub-services): add, list/get, remove, their disks and disk snapshots;
+attaching to and detaching from the data center is in ``datacenters.py``.
+
+A domain added through the API lives in a local directory (storage type
+``localfs``, or ``nfs`` whose ``path`` is the local directory the export is
+mounted on), under ``<path>/<sd-id>/`` as vdsm lays out a file domain. It is
+``unattached`` until attached to the data center.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+
 from imagetool.server.rest import disks as disks_mod
-from imagetool.server.rest.common import action_links, get_or_404, search_filter, sub_links
-from imagetool.server.rest.router import Reply, Request, Router, not_found
+from imagetool.server.rest import domain_files
+from imagetool.server.rest.codec import get_id, get_str
+from imagetool.server.rest.common import (action_links, get_or_404, record_job, search_filter,
+                                          sub_links)
+from imagetool.server.rest.hosts import find_host
+from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+                                          missing, not_found)
+from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text, shown
+from imagetool.server.storage import new_id
+
+SD_TYPES = ("data", "export", "iso")
+STORAGE_TYPES = ("localfs", "nfs")
+MAX_PATH = 4096
+
+
+def sd_status(sd: dict) -> str:
+    """``unattached``, ``active`` or ``maintenance`` (the engine's own domains start attached)."""
+    if not sd.get("attached", True):
+        return "unattached"
+    return sd.get("status", "active")
+
+
+def is_attached(sd: dict) -> bool:
+    return sd.get("attached", True)
 
 
 def sd_repr(req: Request, sd: dict) -> dict:
@@ -22,15 +55,112 @@ def sd_repr(req: Request, sd: dict) -> dict:
                                   "storageconnections", "templates", "vms"]),
         "available": available, "used": used, "committed": committed,
         "backup": False, "block_size": 512, "discard_after_delete": False,
-        "external_status": "ok", "master": sd["type"] == "data",
-        "status": "active", "supports_discard": False,
-        "storage": {"type": "localfs", "path": req.engine.storage.images_dir(sd["id"])},
+        "external_status": "ok", "master": sd["type"] == "data" and is_attached(sd),
+        "status": sd_status(sd), "supports_discard": False,
+        "storage": {"type": sd.get("storage_type", "localfs"),
+                    "address": sd.get("address"),
+                    "path": sd.get("path") or req.engine.storage.images_dir(sd["id"])},
         "storage_format": "v5", "type": sd["type"],
         "warning_low_space_indicator": 10, "critical_space_action_blocker": 5,
         "wipe_after_delete": False,
-        "data_centers": [{"href": req.href("datacenters", req.engine.datacenter_id),
-                          "id": req.engine.datacenter_id}],
+        "data_centers": ([{"href": req.href("datacenters", req.engine.datacenter_id),
+                           "id": req.engine.datacenter_id}] if is_attached(sd) else None),
     }
+
+
+def _check_path(req: Request, path: str | None) -> str:
+    """The real path of a new domain's directory, or a 400 saying what is wrong.
+
+    It must be an absolute path to an existing directory the engine can
+    write, outside the engine's data directory and outside every other
+    domain (removing that domain would take the new one with it).
+    """
+    if not path:
+        raise missing("StorageDomain", "add", "storage.path")
+    check_text(path, "storage.path", MAX_PATH)
+    if not os.path.isabs(path):
+        raise bad_request(f"Storage path {shown(path)} is not absolute: give the absolute "
+                          "path of a local directory")
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise bad_request(f"Storage path {shown(path)} is not an existing directory")
+    engine = req.engine
+    inside = [os.path.realpath(engine.data_dir)]
+    inside += [os.path.realpath(engine.storage.domain_dir(sd["id"]))
+               for sd in engine.store.list("storage_domain")]
+    for d in inside:
+        if real == d or real.startswith(os.path.join(d, "")):
+            raise bad_request(f"Storage path {shown(path)} is inside the engine's data "
+                              "directory or another storage domain")
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise bad_request(f"Storage path {shown(path)} is not writable by the engine")
+    return real
+
+
+def add_sd(req: Request) -> Reply:
+    """POST /storagedomains: a new domain in a local directory, unattached."""
+    engine = req.engine
+    data = req.data()
+    name = check_text(get_str(data, "name"), "name")
+    sd_type = get_str(data, "type")
+    storage_type = get_str(data, "storage", "type")
+    if not name or not sd_type or not storage_type:
+        raise missing("StorageDomain", "add", "name, type, storage.type, storage.path")
+    if sd_type not in SD_TYPES:
+        raise bad_request(f"Invalid value {shown(sd_type)} for storage domain type: expected "
+                          "data, export or iso")
+    if storage_type not in STORAGE_TYPES:
+        raise bad_request(f"Invalid value {shown(storage_type)} for storage type: the local "
+                          "engine serves localfs or nfs (a locally mounted directory)")
+    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
+    address = check_text(get_str(data, "storage", "address"), "storage.address")
+    host_id = get_id(data, "host", "id", what="host")
+    host_name = get_str(data, "host", "name")
+    if host_id or host_name:
+        find_host(req, host_id, host_name)
+    path = _check_path(req, get_str(data, "storage", "path"))
+    sd = {"id": new_id(), "name": name, "type": sd_type, "description": description or "",
+          "created": time.time(), "path": path, "storage_type": storage_type,
+          "address": address, "attached": False, "status": "unattached"}
+    with engine.store.transaction():
+        if any(d["name"] == name for d in engine.store.list("storage_domain")):
+            raise conflict("add Storage Domain", f"The storage domain name {name} is "
+                                                 "already in use.")
+        engine.store.put("storage_domain", sd)
+        try:
+            domain_files.create_domain(engine.storage, sd)
+        except OSError as e:
+            engine.storage.forget_domain(sd["id"])
+            raise conflict("add Storage Domain",
+                           f"Cannot create the domain directory: {e.strerror}.") from None
+    record_job(engine, f"Adding Storage Domain {name}", ["Creating domain"])
+    return Reply(status=201, tag="storage_domain", body=sd_repr(req, sd))
+
+
+def remove_sd(req: Request, sd_id: str) -> Reply:
+    """DELETE /storagedomains/{id}: only a detached domain holding no disks.
+
+    ``format=true`` (or ``destroy=true``) deletes the domain's directory too;
+    otherwise its files stay where they are, as the engine leaves them.
+    """
+    engine = req.engine
+    with engine.store.transaction():
+        sd = get_or_404(req, "storage_domain", sd_id, "storage domain")
+        if is_attached(sd):
+            raise conflict("remove Storage Domain",
+                           f"Storage Domain {sd['name']} is attached to a data center: "
+                           "detach it first.")
+        if engine.store.list("disk", lambda d: d["sd_id"] == sd_id):
+            raise conflict("remove Storage Domain",
+                           f"Storage Domain {sd['name']} holds disks: remove or move them "
+                           "first.")
+        root = engine.storage.domain_dir(sd_id)
+        engine.store.delete("storage_domain", sd_id)
+    engine.storage.forget_domain(sd_id)
+    if req.flag("format") or req.flag("destroy"):
+        shutil.rmtree(root, ignore_errors=True)
+    record_job(engine, f"Removing Storage Domain {sd['name']}", ["Removing domain"])
+    return Reply(status=200)
 
 
 def list_sds(req: Request) -> Reply:
@@ -79,10 +209,21 @@ def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
                  body=disks_mod.snapshot_repr(req, vol, req.href("storagedomains", sd_id, "disksnapshots")))
 
 
+def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
+    """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
+    vol = get_or_404(req, "volume", vol_id, "disk snapshot")
+    if vol["sd_id"] != sd_id:
+        raise not_found(f"disk snapshot '{vol_id}'")
+    return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)
+
+
 def register(router: Router) -> None:
     """Add this module's routes."""
     router.add("GET", "/storagedomains", list_sds)
+    router.add("POST", "/storagedomains", add_sd)
     router.add("GET", "/storagedomains/{sd_id}", get_sd)
+    router.add("DELETE", "/storagedomains/{sd_id}", remove_sd)
+    router.add("DELETE", "/storagedomains/{sd_id}/disksnapshots/{vol_id}", remove_sd_snapshot)
     router.add("GET", "/storagedomains/{sd_id}/disks", list_sd_disks)
     router.add("POST", "/storagedomains/{sd_id}/disks", add_sd_disk)
     router.add("GET", "/storagedomains/{sd_id}/disks/{disk_id}", get_sd_disk)

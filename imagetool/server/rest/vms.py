@@ -21,6 +21,8 @@ from imagetool.server.rest.router import (Reply, Request, Router, bad_request, c
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
 from imagetool.server.storage import new_id
 
+INTERFACES = ("ide", "sata", "spapr_vscsi", "virtio", "virtio_scsi")
+
 
 # --- representations ----------------------------------------------------------
 
@@ -31,7 +33,8 @@ def vm_repr(req: Request, vm: dict, all_content: bool = False) -> dict:
     body = {
         "href": base, "id": vm["id"], "name": vm["name"],
         "description": vm.get("description") or None,
-        "actions": action_links(req, base, []),
+        "actions": action_links(req, base, ["export", "previewsnapshot", "commitsnapshot",
+                                            "undosnapshot"]),
         "link": sub_links(base, ["diskattachments", "snapshots", "nics", "permissions"]),
         "creation_time": iso_date(vm.get("created")),
         "memory": vm.get("memory", 1 << 30), "status": "down", "type": "server",
@@ -109,7 +112,11 @@ def add_vm(req: Request) -> Reply:
     if memory is not None and memory <= 0:
         raise bad_request("VM memory must be positive")
     vm_id = get_id(data, "id", what="VM")
+    check_cluster(req, get_obj(data, "cluster"))
     ovf = get_str(data, "initialization", "configuration", "data")
+    snap_refs = get_list(data, "snapshots")
+    if snap_refs:
+        return _clone_from_snapshot(req, name, description, snap_refs, vm_id)
     attachments = [_attachment_from(req, a, "add") for a in get_list(data, "disk_attachments")]
     if ovf:
         ovf_name, disk_ids = ovf_disk_ids(ovf)
@@ -134,6 +141,104 @@ def add_vm(req: Request) -> Reply:
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
     engine.store.put("vm", vm)
     record_job(engine, f"Creating VM {name}", ["Adding VM"])
+    return Reply(status=201, tag="vm", body=vm_repr(req, vm))
+
+
+def check_cluster(req: Request, cluster: dict | None) -> None:
+    """404 unless ``<cluster id|name>`` (when given) is the engine's one cluster."""
+    if not cluster:
+        return
+    cid = get_id(cluster, "id", what="cluster")
+    name = get_str(cluster, "name")
+    if (cid and cid != req.engine.cluster_id) or (not cid and name and name != "Default"):
+        raise not_found(f"cluster '{cid or name}'")
+
+
+def chain_to(store, disk: dict, vol_id: str) -> list[dict]:
+    """The disk's volumes from the base up to ``vol_id`` (a snapshot's layer)."""
+    vols = disks_mod.chain(store, disk)
+    saved = (req_preview_saved(store, disk))
+    if not any(v["id"] == vol_id for v in vols) and saved:
+        vols = disks_mod.chain(store, dict(disk, image_id=saved))
+    for i, v in enumerate(vols):
+        if v["id"] == vol_id:
+            return vols[:i + 1]
+    raise ValueError(f"volume {vol_id} is not in the chain of disk {disk['id']}")
+
+
+def req_preview_saved(store, disk: dict) -> str | None:
+    """The active layer a preview set aside for this disk, if any."""
+    for vm in store.list("vm", lambda v: bool(v.get("preview"))):
+        saved = vm["preview"]["saved"].get(disk["id"])
+        if saved:
+            return saved
+    return None
+
+
+def _clone_from_snapshot(req: Request, name: str | None, description: str | None,
+                         snap_refs: list, vm_id: str | None) -> Reply:
+    """POST /vms with ``<snapshots><snapshot id/>``: a new VM whose disks are
+    copies (flattened) of the snapshot's disks, as the engine clones a VM
+    from a snapshot (oVirt REST API guide, Vms add: "clone a virtual machine
+    from a snapshot")."""
+    engine = req.engine
+    store, st = engine.store, engine.storage
+    snap_id = get_id(snap_refs[0], "id", what="snapshot")
+    if snap_id is None:
+        raise missing("VM", "add", "snapshots.snapshot.id")
+    if not name:
+        raise missing("VM", "add", "name, cluster.id|name")
+    snap = store.get("snapshot", snap_id)
+    if snap is None:
+        raise not_found(f"snapshot '{snap_id}'")
+    source = _find_vm(req, snap["vm_id"])
+    if any(v["name"] == name for v in store.list("vm")):
+        raise conflict("add VM", f"The VM name {name} is already in use.")
+    if vm_id and store.get("vm", vm_id):
+        raise conflict("add VM", f"A VM with id {vm_id} already exists.")
+    with store.transaction():
+        disks = {d: get_or_404(req, "disk", d, "disk") for d in snap["volumes"]}
+        for d in disks.values():
+            disks_mod.check_usable(d, "clone VM from Snapshot")
+        plan = [(d, chain_to(store, d, snap["volumes"][d["id"]])) for d in disks.values()]
+    made: list[tuple[dict, dict, dict]] = []
+    pending = None
+    try:
+        for d, vols in plan:
+            sd = store.get("storage_domain", d["sd_id"])
+            new_disk, new_vol = new_id(), new_id()
+            pending = (sd["id"], new_disk)
+            fmt = vols[0]["format"]
+            st.flatten(vols, fmt, d["provisioned_size"], sd["id"], new_disk, new_vol,
+                       preallocate=not d.get("sparse", True))
+            now = time.time()
+            made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
+                              format=fmt, status="ok", created=now, empty=False),
+                         {"id": new_vol, "disk_id": new_disk, "sd_id": sd["id"], "format": fmt,
+                          "parent_id": None, "snapshot_id": None, "created": now},
+                         next(a for a in source["attachments"] if a["disk_id"] == d["id"])
+                         if any(a["disk_id"] == d["id"] for a in source["attachments"])
+                         else {"interface": "virtio_scsi", "bootable": False, "active": True}))
+            pending = None
+    except BaseException:
+        for disk, _, _ in made:
+            st.remove_disk(disk["sd_id"], disk["id"])
+        if pending is not None:
+            st.remove_disk(*pending)
+        raise
+    vm = {"id": vm_id or new_id(), "name": name,
+          "description": description or source.get("description", ""),
+          "created": time.time(), "memory": source.get("memory", 1 << 30),
+          "os_type": source.get("os_type", "other"),
+          "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
+          "active_snapshot_id": new_id(), "ovf": None}
+    with store.transaction():
+        for disk, vol, _ in made:
+            store.put("volume", vol)
+            store.put("disk", disk)
+        store.put("vm", vm)
+    record_job(engine, f"Creating VM {name} from Snapshot {snap['description']}",
+               [f"Copying disk {disk['name']}" for disk, _, _ in made])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
 
 
@@ -216,6 +321,35 @@ def add_attachment(req: Request, vm_id: str) -> Reply:
     return Reply(status=201, tag="disk_attachment", body=attachment_repr(req, vm, att))
 
 
+def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
+    """PUT /vms/{id}/diskattachments/{disk}: active, bootable, interface, and the
+    disk itself (``disk.provisioned_size`` extends it, ``disk.name`` renames it)."""
+    engine = req.engine
+    data = req.data()
+    interface = get_str(data, "interface")
+    if interface is not None and interface not in INTERFACES:
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(INTERFACES)}")
+    with engine.store.transaction():
+        vm = _find_vm(req, vm_id)
+        att = next((a for a in vm["attachments"] if a["disk_id"] == disk_id), None)
+        if att is None:
+            raise not_found(f"disk attachment '{disk_id}'")
+        disk_data = get_obj(data, "disk")
+        if disk_data:
+            sub = Request("PUT", req.path, req.prefix, req.query, req.headers, b"", req.fmt,
+                          engine, req.user, (None, disk_data))
+            disks_mod.update_disk(sub, disk_id)
+        for key in ("active", "bootable"):
+            value = get_bool(data, key)
+            if value is not None:
+                att[key] = value
+        if interface is not None:
+            att["interface"] = interface
+        engine.store.put("vm", vm)
+    return Reply(tag="disk_attachment", body=attachment_repr(req, vm, att))
+
+
 def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     engine = req.engine
     with engine.store.transaction():
@@ -237,7 +371,21 @@ def _active_snapshot(vm: dict) -> dict:
 
 def _snapshots(req: Request, vm: dict) -> list[dict]:
     snaps = req.engine.store.list("snapshot", lambda s: s["vm_id"] == vm["id"])
-    return [_active_snapshot(vm), *snaps]
+    preview = vm.get("preview")
+    if not preview:
+        return [_active_snapshot(vm), *snaps]
+    for s in snaps:
+        if s["id"] == preview["snapshot_id"]:
+            s["status"] = "in_preview"
+    before = {"id": preview["id"], "description": "Active VM before the preview",
+              "type": "preview", "status": "ok", "date": preview["date"], "volumes": {}}
+    return [_active_snapshot(vm), *snaps, before]
+
+
+def _not_in_preview(vm: dict, action: str) -> None:
+    if vm.get("preview"):
+        raise conflict(action, f"VM {vm['name']} is previewing a snapshot: commit or undo "
+                               "the preview first.")
 
 
 def _find_snapshot(req: Request, vm: dict, snap_id: str) -> dict:
@@ -266,6 +414,7 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
         raise missing("Snapshot", "add", "description")
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
+        _not_in_preview(vm, "create Snapshot")
         wanted = [get_id(a, "disk", "id", what="disk") or get_id(a, "id", what="disk")
                   for a in get_list(data, "disk_attachments")]
         disk_ids = [a["disk_id"] for a in vm["attachments"]
@@ -299,8 +448,9 @@ def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     with store.transaction():
         vm = _find_vm(req, vm_id)
         snap = _find_snapshot(req, vm, snap_id)
-        if snap["type"] == "active":
+        if snap["type"] in ("active", "preview"):
             raise conflict("remove Snapshot", "The active VM snapshot cannot be removed.")
+        _not_in_preview(vm, "remove Snapshot")
         disks = [store.get("disk", d) for d in snap["volumes"]]
         for d in disks:
             if d is not None:
@@ -322,8 +472,9 @@ def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     with store.transaction():
         vm = _find_vm(req, vm_id)
         snap = _find_snapshot(req, vm, snap_id)
-        if snap["type"] == "active":
+        if snap["type"] in ("active", "preview"):
             raise conflict("restore Snapshot", "The active VM snapshot cannot be restored.")
+        _not_in_preview(vm, "restore Snapshot")
         dropped_snaps: set[str] = set()
         for disk_id, base_vol in snap["volumes"].items():
             d = store.get("disk", disk_id)
@@ -351,25 +502,161 @@ def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     return Reply(tag="action", body={"status": "complete"})
 
 
+def _layer(store, vol_id: str, disk: dict) -> dict:
+    """A new empty volume row over ``vol_id`` (its file is created by the caller)."""
+    return {"id": new_id(), "disk_id": disk["id"], "sd_id": disk["sd_id"], "format": "cow",
+            "parent_id": vol_id, "snapshot_id": None, "created": time.time()}
+
+
+def _snapshot_action(req: Request, action: str) -> str:
+    """The ``<snapshot id>`` of a previewsnapshot action body (400 when missing)."""
+    snap_id = get_id(req.data(), "snapshot", "id", what="snapshot")
+    if snap_id is None:
+        raise missing("Action", action, "snapshot.id")
+    return snap_id
+
+
+def preview_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/previewsnapshot: run the VM on a new layer over the snapshot.
+
+    The active layers are set aside (the ``Active VM before the preview``
+    snapshot) until ``commitsnapshot`` drops them or ``undosnapshot`` puts
+    them back (oVirt REST API guide, Vm: previewsnapshot).
+    """
+    engine = req.engine
+    store, st = engine.store, engine.storage
+    snap_id = _snapshot_action(req, "previewsnapshot")
+    with store.transaction():
+        vm = _find_vm(req, vm_id)
+        snap = _find_snapshot(req, vm, snap_id)
+        if snap["type"] in ("active", "preview"):
+            raise conflict("preview Snapshot", "The active VM snapshot cannot be previewed.")
+        _not_in_preview(vm, "preview Snapshot")
+        disks = [store.get("disk", d) for d in snap["volumes"]]
+        disks = [d for d in disks if d is not None]
+        for d in disks:
+            disks_mod.check_usable(d, "preview Snapshot")
+        preview = {"snapshot_id": snap_id, "id": new_id(), "date": time.time(), "saved": {}}
+        created = []
+        try:
+            for d in disks:
+                layer = _layer(store, snap["volumes"][d["id"]], d)
+                st.create_volume(d["sd_id"], d["id"], layer["id"], "cow", d["provisioned_size"],
+                                 parent_id=layer["parent_id"])
+                created.append((d, layer["id"]))
+                store.put("volume", layer)
+                preview["saved"][d["id"]] = d["image_id"]
+                store.update("disk", d["id"], image_id=layer["id"])
+        except BaseException:
+            for d, vol_id in created:
+                st.remove_volume(d["sd_id"], d["id"], vol_id)
+            raise
+        vm["preview"] = preview
+        store.put("vm", vm)
+    record_job(engine, f"Previewing Snapshot {snap['description']} of VM {vm['name']}",
+               ["Creating preview layers"])
+    return Reply(tag="action", body={"status": "complete"})
+
+
+def _end_preview(req: Request, vm_id: str, action: str, commit: bool) -> Reply:
+    engine = req.engine
+    store, st = engine.store, engine.storage
+    req.data()
+    with store.transaction():
+        vm = _find_vm(req, vm_id)
+        preview = vm.get("preview")
+        if not preview:
+            raise conflict(f"{action} Snapshot", f"VM {vm['name']} is not previewing a "
+                                                 "snapshot.")
+        snap = store.get("snapshot", preview["snapshot_id"]) or {"volumes": {},
+                                                                 "description": "?"}
+        disks = {d: store.get("disk", d) for d in preview["saved"]}
+        for d in disks.values():
+            if d is not None:
+                disks_mod.check_usable(d, f"{action} Snapshot")
+        dropped_snaps: set[str] = set()
+        files = []
+        for disk_id, saved in preview["saved"].items():
+            d = disks[disk_id]
+            if d is None:
+                continue
+            if commit:
+                # Drop the layers above the snapshot's in the set-aside chain.
+                base = snap["volumes"].get(disk_id)
+                cur = store.get("volume", saved)
+                while cur is not None and cur["id"] != base:
+                    if cur.get("snapshot_id"):
+                        dropped_snaps.add(cur["snapshot_id"])
+                    store.delete("volume", cur["id"])
+                    files.append((d, cur["id"]))
+                    cur = store.get("volume", cur.get("parent_id") or "")
+            else:
+                store.delete("volume", d["image_id"])
+                files.append((d, d["image_id"]))
+                store.update("disk", disk_id, image_id=saved)
+        for sid in dropped_snaps - {preview["snapshot_id"]}:
+            store.delete("snapshot", sid)
+        vm["preview"] = None
+        store.put("vm", vm)
+    for d, vol_id in files:
+        st.remove_volume(d["sd_id"], d["id"], vol_id)
+    verb = "Committing" if commit else "Undoing"
+    record_job(engine, f"{verb} Snapshot {snap['description']} of VM {vm['name']}",
+               ["Dropping layers"])
+    return Reply(tag="action", body={"status": "complete"})
+
+
+def commit_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/commitsnapshot: keep the previewed state for good."""
+    return _end_preview(req, vm_id, "commit", commit=True)
+
+
+def undo_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/undosnapshot: drop the preview, back to the set-aside layers."""
+    return _end_preview(req, vm_id, "undo", commit=False)
+
+
+def _snapshot_disk_items(req: Request, vm: dict, snap: dict) -> list[tuple[str, str | None]]:
+    if snap["type"] in ("active", "preview"):
+        return [(a["disk_id"], None) for a in vm["attachments"]]
+    return list(snap["volumes"].items())
+
+
+def _snapshot_disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
+                        vol_id: str | None) -> dict | None:
+    d = req.engine.store.get("disk", disk_id)
+    if d is None:
+        return None
+    body = disks_mod.disk_repr(req, d)
+    if vol_id:
+        body["image_id"] = vol_id
+        body["href"] = req.href("vms", vm["id"], "snapshots", snap["id"], "disks", disk_id)
+        body["snapshot"] = ref(req, f"vms/{vm['id']}/snapshots", snap["id"])
+    return body
+
+
+def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
+    """GET /vms/{id}/snapshots/{sid}/disks/{disk}: one disk as the snapshot has it."""
+    vm = _find_vm(req, vm_id)
+    snap = _find_snapshot(req, vm, snap_id)
+    for d, vol_id in _snapshot_disk_items(req, vm, snap):
+        if d == disk_id:
+            body = _snapshot_disk_repr(req, vm, snap, d, vol_id)
+            if body is not None:
+                return Reply(tag="disk", body=body)
+    raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+
+
 def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
     """The disks of a snapshot, each as it was (image_id = the snapshot's layer)."""
     vm = _find_vm(req, vm_id)
     snap = _find_snapshot(req, vm, snap_id)
     out = []
-    if snap["type"] == "active":
-        items = [(a["disk_id"], None) for a in vm["attachments"]]
-    else:
-        items = list(snap["volumes"].items())
+    items = _snapshot_disk_items(req, vm, snap)
     for disk_id, vol_id in items:
-        d = req.engine.store.get("disk", disk_id)
-        if d is None:
-            continue
-        body = disks_mod.disk_repr(req, d)
-        if vol_id:
-            body["image_id"] = vol_id
-            body["href"] = req.href("vms", vm_id, "snapshots", snap_id, "disks", disk_id)
-            body["snapshot"] = ref(req, f"vms/{vm_id}/snapshots", snap_id)
-        out.append(body)
+        body = _snapshot_disk_repr(req, vm, snap, disk_id, vol_id)
+        if body is not None:
+            out.append(body)
     return Reply(tag="disks", body=out)
 
 
@@ -389,3 +676,8 @@ def register(router: Router) -> None:
     router.add("DELETE", "/vms/{vm_id}/snapshots/{snap_id}", remove_snapshot)
     router.add("POST", "/vms/{vm_id}/snapshots/{snap_id}/restore", restore_snapshot)
     router.add("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks", list_snapshot_disks)
+    router.add("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks/{disk_id}", get_snapshot_disk)
+    router.add("PUT", "/vms/{vm_id}/diskattachments/{disk_id}", update_attachment)
+    router.add("POST", "/vms/{vm_id}/previewsnapshot", preview_snapshot)
+    router.add("POST", "/vms/{vm_id}/commitsnapshot", commit_snapshot)
+    router.add("POST", "/vms/{vm_id}/undosnapshot", undo_snapshot)
