@@ -25,6 +25,22 @@ _LAZY = {
     "download_disk": "imagetool.transfer.download",
     "upload_url": "imagetool.transfer.urls",
     "download_url": "imagetool.transfer.urls",
+    "list_vms": "imagetool.vms",
+    "get_vm": "imagetool.vms",
+    "vm_ovf": "imagetool.vms",
+    "export_vm": "imagetool.vms",
+    "import_vm": "imagetool.vms",
+    "create_snapshot": "imagetool.snapshots",
+    "remove_snapshot": "imagetool.snapshots",
+    "restore_snapshot": "imagetool.snapshots",
+    "preview_snapshot": "imagetool.snapshots",
+    "commit_snapshot": "imagetool.snapshots",
+    "undo_snapshot": "imagetool.snapshots",
+    "disk_layers": "imagetool.snapshots",
+    "download_chain": "imagetool.snapshots",
+    "copy_disk": "imagetool.disks",
+    "move_disk": "imagetool.disks",
+    "sparsify_disk": "imagetool.disks",
 }
 
 __all__ = ["__version__", *_LAZY]

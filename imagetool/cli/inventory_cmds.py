@@ -127,6 +127,95 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
         raise ImagetoolError(f"{failed} of {len(results)} disks not removed")
 
 
+@disks.command("layers")
+@click.argument("disk")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
+    """The disk's layers (disk snapshots), base first."""
+    from imagetool.snapshots import disk_layers
+
+    with open_connection(engine) as conn:
+        d = conn.disks.find(disk)
+        layers = disk_layers(conn, d)
+        dates: dict[str, Any] = {}
+        try:
+            from imagetool.snapshots import _vm_of_disk
+            vm = _vm_of_disk(conn, d.id or "")
+            if vm is not None:
+                dates = {s.id: s.date for s in conn.snapshots.list(vm.id)}
+        except ImagetoolError:
+            pass        # the date is a nicety: the layers are what was asked
+    rows = [{"id": s.id, "parent": s.parent_id, "format": s.format,
+             "actual_size": s.actual_size, "date": dates.get(s.snapshot_id),
+             "snapshot_id": s.snapshot_id} for s in layers]
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(_table(("ID", "PARENT", "FORMAT", "ACTUAL", "DATE"),
+                      [(r["id"], r["parent"], r["format"], _size(r["actual_size"]), r["date"])
+                       for r in rows]))
+
+
+def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = None) -> None:
+    if as_json:
+        emit_json({**d.to_dict(), **(extra or {})})
+    else:
+        click.echo(f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
+
+
+@disks.command("copy")
+@click.argument("disk")
+@click.option("--sd", "storage_domain", required=True, metavar="NAME",
+              help="Target storage domain (name or id).")
+@click.option("--name", metavar="NAME", help="Name of the copy.")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the copy.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_copy(disk: str, storage_domain: str, name: str | None, timeout: int,
+               as_json: bool, engine: EngineOptions) -> None:
+    """Copy a disk to a storage domain; waits until the copy is ok."""
+    from imagetool.disks import copy_disk
+
+    with open_connection(engine) as conn:
+        new = copy_disk(conn, disk, storage_domain, name=name, timeout=timeout)
+    _disk_op("copied to", as_json, new)
+
+
+@disks.command("move")
+@click.argument("disk")
+@click.option("--sd", "storage_domain", required=True, metavar="NAME",
+              help="Target storage domain (name or id).")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the move.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
+               engine: EngineOptions) -> None:
+    """Move a disk to another storage domain; waits until it is ok there."""
+    from imagetool.disks import move_disk
+
+    with open_connection(engine) as conn:
+        d = move_disk(conn, disk, storage_domain, timeout=timeout)
+    _disk_op("moved", as_json, d)
+
+
+@disks.command("sparsify")
+@click.argument("disk")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_sparsify(disk: str, timeout: int, as_json: bool, engine: EngineOptions) -> None:
+    """Free the space the guest does not use (disks without snapshots)."""
+    from imagetool.disks import sparsify_disk
+
+    with open_connection(engine) as conn:
+        d = sparsify_disk(conn, disk, timeout=timeout)
+    _disk_op("sparsified", as_json, d)
+
+
 # --- storage domains -------------------------------------------------------
 
 @click.group()

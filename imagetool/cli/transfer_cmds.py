@@ -29,6 +29,15 @@ def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     raise click.BadParameter(f"{value!a} is not a UUID", ctx=ctx, param=param)
 
 
+def _snapshot_ref(ctx: click.Context, param: click.Parameter,
+                  value: str | None) -> str | None:
+    """A disk snapshot id; with --chain a VM snapshot's description too
+    (checked once all options are known)."""
+    if value is None or is_uuid(value):
+        return value.lower() if value else value
+    return value
+
+
 def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
            verb: str) -> None:
     """Print results (text or JSON); exit with the worst error's code."""
@@ -59,6 +68,12 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
             click.echo(f"imagetool: error: {text}", err=True)
         code = max(getattr(e, "exit_code", 1) for _, e in errors)
         sys.exit(code)
+
+
+HOST_OPTION = click.option(
+    "--host", metavar="NAME",
+    help="Host (name or id) to serve the transfers. Default: this machine when it is "
+         "an oVirt host, else the Up hosts of the storage domain's data center in turn.")
 
 
 # --- upload ------------------------------------------------------------------
@@ -99,6 +114,10 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
                    "finalizing; a mismatch cancels the upload (exit 1).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images uploaded at a time.")
+@HOST_OPTION
+@click.option("--allow-outside-backing", is_flag=True,
+              help="Upload a qcow2 chain whose backing files lie outside the "
+                   "image's directory (absolute or '..' names).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
 def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
@@ -106,7 +125,8 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
            transfer_format: str | None, workers: int, buffer_size: int,
            timeout_policy: str | None, inactivity_timeout: int, use_proxy: bool,
            verify: bool, jobs: int, as_json: bool, engine: EngineOptions,
-           resume: bool = False) -> None:
+           resume: bool = False, host: str | None = None,
+           allow_outside_backing: bool = False) -> None:
     """Upload image files (raw, qcow2, ISO) as new disks.
 
     Progress is kept in a journal under $IMAGETOOL_HOME/journals; after an
@@ -131,7 +151,8 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
                     workers=workers, buffer_size=buffer_size,
                     timeout_policy=timeout_policy,
                     inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                    progress=bars.callback(i), verify=verify, resume=resume))
+                    progress=bars.callback(i), verify=verify, resume=resume,
+                    host=host, host_index=i, allow_outside_backing=allow_outside_backing))
                 for i, f in enumerate(files)]
             results = run_jobs(jobs, tasks, bars)
         finally:
@@ -146,8 +167,9 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.argument("dest", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["raw", "qcow2"]), default="raw",
               show_default=True, help="Format of the downloaded files.")
-@click.option("--snapshot", "snapshot_id", metavar="UUID", callback=_uuid,
-              help="Download this disk snapshot (one disk only).")
+@click.option("--snapshot", "snapshot_id", metavar="UUID", callback=_snapshot_ref,
+              help="Download this disk snapshot (one disk only); with --chain also "
+                   "a VM snapshot (id or description).")
 @click.option("--shallow", is_flag=True,
               help="With --snapshot: only that layer (unallocated areas stay holes).")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
@@ -169,12 +191,18 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
 @click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Images downloaded at a time.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--chain", is_flag=True,
+              help="Download the disk's layers as qcow2 files into the empty or new "
+                   "directory DEST, each backed by the previous one (with --snapshot S: "
+                   "up to S, a VM snapshot id or description or a layer id).")
+@HOST_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
              verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,
-             inactivity_timeout: int = 60, resume: bool = False) -> None:
+             inactivity_timeout: int = 60, resume: bool = False, chain: bool = False,
+             host: str | None = None) -> None:
     """Download disks (by name or id) to DEST (a directory when several).
 
     \b
@@ -189,6 +217,14 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
     """
     from imagetool.transfer.download import download_disk_result
 
+    if chain:
+        from imagetool.cli.chain_cmd import download_chain_command
+        download_chain_command(disks, dest, snapshot_id, shallow, fmt, resume, force,
+                               workers, verify, inactivity_timeout, host, as_json, engine)
+        return
+    if snapshot_id is not None and not is_uuid(snapshot_id):
+        raise click.BadParameter(f"{snapshot_id!a} is not a UUID",
+                                 param_hint="'--snapshot'")
     if len(disks) > 1 and not os.path.isdir(dest):
         raise click.UsageError(f"{dest}: must be an existing directory for several disks")
     if snapshot_id and len(disks) > 1:
@@ -219,7 +255,8 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
                     conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
                     force=force, workers=workers, buffer_size=buffer_size,
                     inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                    verify=verify, progress=bars.callback(i), resume=resume))
+                    verify=verify, progress=bars.callback(i), resume=resume,
+                    host=host, host_index=i))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
         finally:

@@ -114,6 +114,7 @@ class Connection:
         self.vms = services.VmsService(self)
         self.snapshots = services.SnapshotsService(self)
         self.hosts = services.HostsService(self)
+        self.clusters = services.ClustersService(self)
         self.jobs = services.JobsService(self)
 
     # --- context manager ---------------------------------------------------

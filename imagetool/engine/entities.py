@@ -122,6 +122,17 @@ class StorageDomain(Entity):
     used: int | None = _i("used")
     committed: int | None = _i("committed")
     master: bool | None = _b("master")
+    data_center_ids: tuple[str, ...] = _refs("data_centers", "data_center")
+
+
+@dataclass
+class Cluster(Entity):
+    """A cluster (``/clusters/ID``): how hosts belong to a data center."""
+
+    TAG = "cluster"
+
+    name: str | None = _s("name")
+    data_center_id: str | None = _ref("data_center")
 
 
 @dataclass
@@ -232,4 +243,4 @@ class ApiInfo:
 
 ENTITY_TYPES: tuple[type[Entity], ...] = (
     Disk, ImageTransfer, StorageDomain, Host, Vm, Snapshot, DiskSnapshot,
-    Job, DiskAttachment)
+    Job, DiskAttachment, Cluster)

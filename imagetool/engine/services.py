@@ -3,7 +3,8 @@ oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
 ``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,
-``conn.snapshots``, ``conn.hosts``, ``conn.jobs``) and returns typed
+``conn.snapshots``, ``conn.hosts``, ``conn.clusters``, ``conn.jobs``) and
+returns typed
 entities. Faults raise the exceptions of ``imagetool.errors``.
 """
 
@@ -13,9 +14,10 @@ import re
 from typing import Any, Iterable, Protocol, TypeVar
 
 from imagetool.engine import codec
-from imagetool.engine.entities import (Disk, DiskAttachment, DiskSnapshot,
-                                       Entity, Host, ImageTransfer, Job,
-                                       Snapshot, StorageDomain, Vm)
+from imagetool.engine.entities import (Cluster, Disk, DiskAttachment,
+                                       DiskSnapshot, Entity, Host,
+                                       ImageTransfer, Job, Snapshot,
+                                       StorageDomain, Vm)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid
 
@@ -150,10 +152,46 @@ class DisksService(_Service):
         """Delete a disk (Conflict while it is locked)."""
         self._remove(f"disks/{disk_id}")
 
+    def _disk_action(self, disk_id: str, name: str,
+                     body: dict[str, Any] | None = None) -> Disk | None:
+        tree = self._action(f"disks/{disk_id}", name, body)
+        found = tree.get("disk") if isinstance(tree, dict) else None
+        if isinstance(found, dict) and found.get("id"):
+            return codec.entity_from_tree(Disk, found)
+        return None
+
+    def copy(self, disk_id: str, storage_domain: str, *,
+             name: str | None = None) -> Disk | None:
+        """Copy a disk to a storage domain (name or id): a new disk.
+
+        Returns the new disk when the engine names it in its reply (the
+        oVirt REST API guide's ``copy`` action), else None.
+        """
+        sd = self._conn.storage_domains.find(storage_domain)
+        body: dict[str, Any] = {"storage_domain": {"id": sd.id}}
+        if name:
+            body["disk"] = {"name": name, "alias": name}
+        return self._disk_action(disk_id, "copy", body)
+
+    def move(self, disk_id: str, storage_domain: str) -> None:
+        """Move a disk to another storage domain (name or id)."""
+        sd = self._conn.storage_domains.find(storage_domain)
+        self._disk_action(disk_id, "move", {"storage_domain": {"id": sd.id}})
+
+    def sparsify(self, disk_id: str) -> None:
+        """Free the space the guest file systems do not use (disks without
+        snapshots only, as the oVirt REST API guide says)."""
+        self._disk_action(disk_id, "sparsify")
+
     def snapshots(self, disk_id: str) -> list[DiskSnapshot]:
-        """The disk's layers (disk snapshots), from the disk or its domains."""
+        """The disk's layers (disk snapshots), from the disk or its domains.
+
+        ``include_active`` asks engines that leave it out by default for
+        the active layer too (oVirt REST API guide, DiskSnapshots list).
+        """
         try:
-            return self._list(DiskSnapshot, f"disks/{disk_id}/disksnapshots")
+            return self._list(DiskSnapshot, f"disks/{disk_id}/disksnapshots",
+                              include_active="true")
         except NotFound:
             pass
         # Older engines only list layers per storage domain.
@@ -187,6 +225,35 @@ class StorageDomainsService(_Service):
     def disk_snapshots(self, sd_id: str) -> list[DiskSnapshot]:
         """Every disk layer on one storage domain."""
         return self._list(DiskSnapshot, f"storagedomains/{sd_id}/disksnapshots")
+
+    def vms(self, sd_id: str) -> list[Vm]:
+        """The VMs stored on an export domain."""
+        return self._list(Vm, f"storagedomains/{sd_id}/vms")
+
+    def import_vm(self, sd_id: str, vm_id: str, *, storage_domain: str,
+                  cluster: str | None = None, clone: bool = False,
+                  name: str | None = None, collapse_snapshots: bool = False) -> None:
+        """Import a VM from an export domain onto a data domain.
+
+        ``collapse_snapshots`` goes in the query string, where the engine
+        reads it (the body value is not honoured by every engine).
+        """
+        body: dict[str, Any] = {
+            "storage_domain": {"id": storage_domain} if is_uuid(storage_domain)
+            else {"name": storage_domain},
+            "clone": clone if clone else None,
+        }
+        if cluster:
+            body["cluster"] = {"id": cluster} if is_uuid(cluster) else {"name": cluster}
+        if name:
+            body["vm"] = {"name": name}
+        params = {"collapse_snapshots": "true"} if collapse_snapshots else None
+        tree = self._conn.post_tree(f"storagedomains/{sd_id}/vms/{vm_id}/import",
+                                    codec.to_xml("action", body), params=params)
+        if isinstance(tree, dict) and codec.to_str(tree.get("status")) == "failed":
+            reason, detail = codec.parse_fault(tree)
+            raise EngineError(f"import failed: {detail or reason or 'no detail'}",
+                              reason=reason, detail=detail)
 
 
 class ImageTransfersService(_Service):
@@ -311,6 +378,28 @@ class VmsService(_Service):
         """Detach a disk from a VM (the disk stays)."""
         self._remove(f"vms/{vm_id}/diskattachments/{disk_id}", detach_only=True)
 
+    def export(self, vm_id: str, storage_domain: str, *, exclusive: bool = False,
+               discard_snapshots: bool = False) -> None:
+        """Export a VM to an export storage domain (name or id)."""
+        sd = ({"id": storage_domain} if is_uuid(storage_domain)
+              else {"name": storage_domain})
+        self._action(f"vms/{vm_id}", "export", {
+            "storage_domain": sd, "exclusive": exclusive,
+            "discard_snapshots": discard_snapshots})
+
+    def preview_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        """Show a snapshot's state as the VM's, until commit or undo."""
+        self._action(f"vms/{vm_id}", "previewsnapshot",
+                     {"snapshot": {"id": snapshot_id}, "restore_memory": False})
+
+    def commit_snapshot(self, vm_id: str) -> None:
+        """Keep the previewed snapshot's state for good."""
+        self._action(f"vms/{vm_id}", "commitsnapshot")
+
+    def undo_snapshot(self, vm_id: str) -> None:
+        """Go back to the state before the preview."""
+        self._action(f"vms/{vm_id}", "undosnapshot")
+
 
 class SnapshotsService(_Service):
     """``/vms/ID/snapshots``."""
@@ -357,6 +446,14 @@ class HostsService(_Service):
     def get(self, host_id: str) -> Host:
         """One host."""
         return self._get(Host, f"hosts/{host_id}")
+
+
+class ClustersService(_Service):
+    """``/clusters``."""
+
+    def list(self) -> list[Cluster]:
+        """All clusters."""
+        return self._list(Cluster, "clusters")
 
 
 class JobsService(_Service):

@@ -171,3 +171,18 @@ def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
                 f"timed out after {timeout:g}s waiting for snapshot "
                 f"{snap.description or snapshot_id} to be {status} "
                 f"(last status: {snap.snapshot_status})")
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 300.0) -> object:
+    """Poll ``check()`` until it returns something true; return that.
+
+    ``what`` completes "timed out after Ns waiting for ...". ``check`` may
+    raise to stop waiting (a failure it recognises).
+    """
+    poller = Poller(timeout)
+    while True:
+        value = check()
+        if value:
+            return value
+        if not poller.sleep():
+            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {what}")

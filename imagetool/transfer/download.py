@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any, Callable
 
+from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError, TransferError
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
@@ -30,8 +31,12 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
                          inactivity_timeout: int = 60, use_proxy: bool = False,
                          progress: Progress | None = None,
                          verify: bool = True, resume: bool = False,
-                         snapshot: Any = None) -> TransferResult:
-    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``)."""
+                         snapshot: Any = None, host: str | None = None,
+                         host_index: int = 0) -> TransferResult:
+    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``).
+
+    ``host_index``: this download's number in a bulk run, so that the
+    automatic host choice spreads them over the Up hosts."""
     snapshot_id = _snapshot_id(snapshot, snapshot_id)
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
@@ -43,12 +48,14 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
     legacy = bool(getattr(conn, "legacy", False))
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
+    host_id = transfer_host(conn, disk.storage_domain_ids, host, host_index)
     # Raw guest data always journals, so a killed download can be resumed.
     if resume_mod.resumable_download(path, resume, format, legacy, backing_file):
         stats, checked = resume_mod.download_resumable(
             conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-            progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow)
+            progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow,
+            host_id=host_id)
         if checked is None:
             checked = verifying.skipped("not asked (--no-verify)")
         return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
@@ -60,7 +67,7 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
         session = TransferSession(
             conn, disk_id=disk.id, snapshot_id=snapshot_id, direction="download",
             format="cow" if legacy else "raw", shallow=shallow or None,
-            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy, host_id=host_id)
         # Leaving the session finalizes (or cancels) before the file is
         # renamed, so a failed transfer never leaves a file behind.
         with session:
@@ -141,7 +148,7 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
                   inactivity_timeout: int = 60, use_proxy: bool = False,
                   progress: Progress | None = None,
                   verify: bool = True, resume: bool = False,
-                  snapshot_id: str | None = None) -> TransferResult:
+                  snapshot_id: str | None = None, host: str | None = None) -> TransferResult:
     """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
 
     ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot`` (a
@@ -166,10 +173,14 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     for the next ``resume`` (except a checksum mismatch). qcow2 output and
     ``backing_file`` use a temporary file removed on failure and refuse
     ``resume``.
+
+    ``host`` (name or id) serves the transfer; by default this machine
+    when it is an Up oVirt host of the disk's data center, else an Up
+    host there (imagetool.engine.hosts).
     """
     return download_disk_result(
         conn, disk, path, format=format, snapshot=snapshot, snapshot_id=snapshot_id,
         shallow=shallow, backing_file=backing_file, force=force,
         workers=workers, buffer_size=buffer_size,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify, resume=resume)
+        progress=progress, verify=verify, resume=resume, host=host)

@@ -356,7 +356,8 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
                        use_proxy: bool, progress: Callable[[int], None] | None,
                        snapshot_id: str | None = None,
                        policy: RetryPolicy | None = None,
-                       verify: bool = False, shallow: bool = False) -> tuple[Any, Any]:
+                       verify: bool = False, shallow: bool = False,
+                       host_id: str | None = None) -> tuple[Any, Any]:
     """A raw download that can continue after a kill: journal + stable partial file.
 
     What it leaves behind (the partial file and journal, on a kill, a
@@ -381,7 +382,7 @@ def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
             conn, disk, journal, part, workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             progress=progress, snapshot_id=snapshot_id, policy=policy,
-            verify=verify, shallow=shallow, what=os.fspath(path))
+            verify=verify, shallow=shallow, what=os.fspath(path), host_id=host_id)
     except ChecksumMismatch:
         _drop_download(journal, part)
         raise
@@ -445,12 +446,13 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
                    buffer_size: int, inactivity_timeout: int, use_proxy: bool,
                    progress: Callable[[int], None] | None, snapshot_id: str | None,
                    policy: RetryPolicy | None, verify: bool, shallow: bool,
-                   what: str) -> tuple[Any, Any]:
+                   what: str, host_id: str | None = None) -> tuple[Any, Any]:
     """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
 
     session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
                               direction="download", format="raw", shallow=shallow or None,
-                              inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)
+                              inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+                              host_id=host_id)
     if journal.data.get("transfer_id"):
         # A killed client leaves its transfer running: carry on with it.
         session.reuse_transfer_id = attach_transfer(

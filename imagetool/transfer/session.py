@@ -50,7 +50,7 @@ class TransferSession:
                  timeout_policy: str | None = None, shallow: bool | None = None,
                  use_proxy: bool = False, extend: bool | None = None,
                  start_timeout: float = 300.0, finalize_timeout: float = 600.0,
-                 cleanup_timeout: float = 300.0):
+                 cleanup_timeout: float = 300.0, host_id: str | None = None):
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
         if not (disk_id or snapshot_id):
@@ -68,6 +68,7 @@ class TransferSession:
         self.start_timeout = start_timeout
         self.finalize_timeout = finalize_timeout
         self.cleanup_timeout = cleanup_timeout
+        self.host_id = host_id      # the host to serve it (None: the engine picks)
         self.transfer: Any = None
         self.transfer_id: str | None = None
         self.url: str | None = None
@@ -117,7 +118,8 @@ class TransferSession:
                 disk_id=self.disk_id, snapshot_id=self.snapshot_id,
                 direction=self.direction, format=self.format,
                 inactivity_timeout=self.inactivity_timeout,
-                timeout_policy=self.timeout_policy, shallow=self.shallow)
+                timeout_policy=self.timeout_policy, shallow=self.shallow,
+                host_id=self.host_id)
         self.transfer_id = t.id
         try:
             self.transfer = wait_for_transfer_phase(

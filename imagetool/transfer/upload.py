@@ -10,9 +10,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from imagetool.engine.hosts import transfer_host
 from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
                               UnsupportedFeature)
 from imagetool.formats import inspect, open_image
+from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
@@ -42,7 +44,7 @@ class UploadPlan:
     convert: bool = False
 
 
-def _check_file(path: str) -> Any:
+def _check_file(path: str, allow_outside_backing: bool = False) -> Any:
     info = inspect(path)
     if info.format not in ("raw", "qcow2", "vmdk"):
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
@@ -50,9 +52,8 @@ def _check_file(path: str) -> Any:
         raise UnsupportedFeature("encrypted qcow2 images cannot be uploaded; "
                                  "decrypt it first (qemu-img convert)", path)
     if info.backing_file:
-        raise UnsupportedFeature(
-            f"the image has a backing file ({info.backing_file}); upload a "
-            f"standalone image (qemu-img convert -O qcow2) instead", path)
+        # The guest view of the whole chain is uploaded: every layer must open.
+        backing_chain(path, allow_outside=allow_outside_backing)
     if info.corrupt:
         raise CorruptImage("the image is marked corrupt; repair it with "
                            "qemu-img check -r all first", path)
@@ -69,7 +70,7 @@ def _measure(path: str) -> int | None:
 
 def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
                 sparse: bool = True, transfer_format: str | None = None,
-                legacy: bool = False) -> UploadPlan:
+                legacy: bool = False, allow_outside_backing: bool = False) -> UploadPlan:
     """Decide the disk and transfer formats for one file.
 
     ISOs go as raw disks with content_type iso. The transfer moves guest
@@ -80,7 +81,7 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
     data is read from the vmdk itself.
     """
     path = os.fspath(path)
-    info = _check_file(path)
+    info = _check_file(path, allow_outside_backing)
     content_type = "iso" if info.content_type == "iso" else "data"
     if content_type == "iso":
         if disk_format not in (None, "raw"):
@@ -101,7 +102,8 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
     if fmt == "cow":
         initial = _measure(path)
         if tformat == "cow":
-            convert = info.format != "qcow2"
+            # A chain is flattened first: the volume gets one image's bytes.
+            convert = info.format != "qcow2" or bool(info.backing_file)
             if not convert:
                 # The volume receives the file's own bytes, all of them.
                 initial = max(initial or 0, os.path.getsize(path))
@@ -140,13 +142,16 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                        inactivity_timeout: int = 60, use_proxy: bool = False,
                        progress: Progress | None = None,
                        description: str | None = None,
-                       verify: bool = True, resume: bool = False) -> TransferResult:
+                       verify: bool = True, resume: bool = False,
+                       host: str | None = None, host_index: int = 0,
+                       allow_outside_backing: bool = False) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
 
     start = time.monotonic()
     legacy = bool(getattr(conn, "legacy", False))
     plan = plan_upload(path, disk_format=disk_format, sparse=sparse,
-                       transfer_format=transfer_format, legacy=legacy)
+                       transfer_format=transfer_format, legacy=legacy,
+                       allow_outside_backing=allow_outside_backing)
     name = name or os.path.basename(plan.path)
     with ExitStack() as stack:
         source_path = plan.path
@@ -157,6 +162,9 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
             if sparse:
                 plan.initial_size = max(plan.initial_size or 0,
                                         os.path.getsize(source_path))
+        # Before the disk exists: an unusable --host creates nothing.
+        host_id = transfer_host(conn, host=host, index=host_index,
+                                storage_domain=storage_domain)
         state = resume_mod.open_upload(conn, plan, storage_domain, name, disk_id,
                                        resume=resume, request_size=buffer_size)
         old_disk = state.disk_id if state else None
@@ -189,7 +197,7 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, 
                                   inactivity_timeout=inactivity_timeout,
                                   timeout_policy=resume_mod.upload_timeout_policy(
                                       timeout_policy, resume),
-                                  use_proxy=use_proxy)
+                                  use_proxy=use_proxy, host_id=host_id)
         if state:
             state.prepare_session(conn, session, disk.id)
         try:
@@ -254,7 +262,8 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                 buffer_size: int = DEFAULT_REQUEST_SIZE,
                 timeout_policy: str | None = None, inactivity_timeout: int = 60,
                 use_proxy: bool = False, progress: Progress | None = None,
-                verify: bool = True, resume: bool = False) -> Any:
+                verify: bool = True, resume: bool = False,
+                host: str | None = None) -> Any:
     """Upload a raw/qcow2/ISO file as a new disk on ``storage_domain``; return the Disk.
 
     ``disk_format`` raw|qcow2 (default: the file's format; ISOs are raw with
@@ -268,11 +277,13 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     (imagetool.transfer.verify); a mismatch cancels and raises
     ChecksumMismatch. ``resume`` continues an interrupted upload of the same
     file (see imagetool.transfer.resume) and keeps the transfer on failure.
+    ``host`` (name or id) serves the transfer (default: see
+    imagetool.engine.hosts).
     """
     result = upload_disk_result(
         conn, path, storage_domain, name=name, disk_format=disk_format,
         sparse=sparse, disk_id=disk_id, transfer_format=transfer_format,
         workers=workers, buffer_size=buffer_size, timeout_policy=timeout_policy,
         inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify, resume=resume)
+        progress=progress, verify=verify, resume=resume, host=host)
     return result.disk

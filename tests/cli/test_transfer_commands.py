@@ -84,7 +84,8 @@ def test_usage_errors(home, capsys):
 def test_upload_refused_file_fails_with_message(home, capsys):
     raw = os.path.join(home, "base.raw")
     make_raw(raw, MiB, [], seed=1)
-    top = os.path.join(home, "top.qcow2")
+    os.mkdir(os.path.join(home, "sub"))
+    top = os.path.join(home, "sub", "top.qcow2")   # its backing file is outside
     qemu_img("create", "-f", "qcow2", "-b", raw, "-F", "raw", top)
     code, out, err = run(capsys, "upload", top, "--sd", "data")
     assert code == 1 and "backing file" in err

@@ -68,15 +68,18 @@ def test_corrupt_cluster(faulty_engine, cli, qcow2_image, disk_format):
 
 
 def test_backing_file_refused(faulty_engine, cli, tmp_path):
+    # A chain is uploaded whole, except through a backing file outside the
+    # top image's directory (not allowed by default).
     base = str(tmp_path / "base.qcow2")
-    top = str(tmp_path / "top.qcow2")
+    (tmp_path / "sub").mkdir()
+    top = str(tmp_path / "sub" / "top.qcow2")
     qemu_img("create", "-f", "qcow2", base, "4M")
     qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
     code, out, err = cli("upload", top, "--sd", "data", "--name", "with-backing")
     assert code == 1, err
     assert err.strip() == (
-        f"imagetool: error: {top}: the image has a backing file ({base}); upload a "
-        "standalone image (qemu-img convert -O qcow2) instead")
+        f"imagetool: error: {top}: backing file {base!r} is outside {tmp_path / 'sub'} "
+        "(an absolute or '..' path); allow it explicitly if it is trusted")
     assert disks_named(faulty_engine, "with-backing") == []
     assert faulty_engine.proxy.stats.requests == {}
 

@@ -100,8 +100,11 @@ def test_upload_iso_goes_as_raw_iso(transfer_engine, scratch):
 
 
 def test_upload_refuses_backing_file(transfer_engine, raw_file, scratch):
+    # A chain is uploaded whole, but a backing file outside the top
+    # image's directory is refused unless allowed.
     base = _qcow2(raw_file, scratch)
-    top = os.path.join(scratch, "top.qcow2")
+    os.mkdir(os.path.join(scratch, "sub"))
+    top = os.path.join(scratch, "sub", "top.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
     with pytest.raises(UnsupportedFeature, match="backing file"):
         upload_disk(transfer_engine.conn, top, "data")

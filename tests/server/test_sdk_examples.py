@@ -23,8 +23,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server_fixtures import MiB, PASSWORD, connection, engine, make_image, qemu_img  # noqa: F401
-from server_fixtures import qemu_io, wait_phase
+from helpers import MiB, make_pattern_image, qemu_img
+from helpers import ENGINE_PASSWORD as PASSWORD
+from helpers import qemu_io, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -136,7 +137,7 @@ def same(a, b):
 def vm(connection, engine, tmp_path):
     """A VM with one uploaded disk: (vm, vm_service, disk, source image)."""
     system = connection.system_service()
-    src = make_image(str(tmp_path / "a.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
     disk = system.disks_service().add(types.Disk(
         name=f"exd-{tmp_path.name}"[:50], format=types.DiskFormat.COW,
         provisioned_size=4 * MiB, storage_domains=[types.StorageDomain(name="data")]))
@@ -200,7 +201,7 @@ def test_list_vm_disks(runner, vm):
 def test_list_and_download_disk_snapshots(runner, connection, engine, tmp_path, vm):
     vm_, vm_service, disk, src = vm
     vm_service.snapshots_service().add(types.Snapshot(description="s", persist_memorystate=False))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x7a 0 128k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x7a 0 128k", fmt="qcow2")
     out = runner.run("list_disk_snapshots", args=[disk.id])
     chain = json.loads(out)
     assert len(chain) == 2 and chain[0]["parent"] is None
@@ -220,7 +221,7 @@ def test_clone_vm_from_snapshot(runner, connection, engine, tmp_path, vm):
     vm_, vm_service, disk, src = vm
     vm_service.snapshots_service().add(types.Snapshot(description=f"mysnap-{vm_.id[:8]}",
                                                       persist_memorystate=False))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x7a 0 128k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x7a 0 128k", fmt="qcow2")
     clone_name = f"clone-{vm_.name}"[:60]
     runner.run("clone_vm_from_snapshot", vm_name(vm_) + [
         ("'mysnap'", repr(f"mysnap-{vm_.id[:8]}")), ("'myclonedvm'", repr(clone_name)),

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from imagetool.server.local import LocalEngine
-from server_fixtures import (MiB, PASSWORD, api_request, connection, engine,  # noqa: F401
-                             make_image, qemu_img, qemu_io, wait_for, wait_phase)
+from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io, wait_phase
+from helpers import ENGINE_PASSWORD as PASSWORD
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -85,7 +85,7 @@ def fault(reply):
 def vm_disk(connection, engine, tmp_path):
     """A VM with one uploaded qcow2 disk; yields (vm_service, disk, source image)."""
     system = connection.system_service()
-    src = make_image(str(tmp_path / "a.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
     disk = system.disks_service().add(types.Disk(
         name=f"d-{tmp_path.name}"[:60], format=types.DiskFormat.COW, provisioned_size=4 * MiB,
         storage_domains=[types.StorageDomain(name="data")]))
@@ -110,7 +110,7 @@ def vm_disk(connection, engine, tmp_path):
 def _snapshot_then_write(connection, engine, tmp_path, vm_service, disk, src):
     snaps = vm_service.snapshots_service()
     snap = snaps.add(types.Snapshot(description="s1", persist_memorystate=False))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x7a 512k 256k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x7a 512k 256k", fmt="qcow2")
     after = str(tmp_path / "after.qcow2")
     download(connection, engine, after, disk_id=disk.id)
     res = subprocess.run(["qemu-img", "compare", after, src], capture_output=True)
@@ -177,7 +177,7 @@ def test_snapshot_disk_get_and_sd_disk_snapshot_remove(connection, engine, tmp_p
     vm_service, disk, src = vm_disk
     snaps = vm_service.snapshots_service()
     snap = snaps.add(types.Snapshot(description="sd1", persist_memorystate=False))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x33 0 64k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x33 0 64k", fmt="qcow2")
     expected = download(connection, engine, str(tmp_path / "exp.qcow2"), disk_id=disk.id)
 
     got = snaps.snapshot_service(snap.id).disks_service().disk_service(disk.id).get()
@@ -284,7 +284,7 @@ def test_sparsify_qcow2_layer_keeps_guest_data(connection, engine, tmp_path, vm_
     top = active_volume(engine, connection, disk.id)
     # 0x61 data lives at 0..64k in the parent: zero it in the top layer, and
     # write 1 MiB of zeros where the parent has nothing.
-    qemu_io(top, "qcow2", "write -P 0 0 64k", "write -P 0 3M 960k", "write -P 0x44 2560k 64k")
+    qemu_io(top, "write -P 0 0 64k", "write -P 0 3M 960k", "write -P 0x44 2560k 64k", fmt="qcow2")
     expected = download(connection, engine, str(tmp_path / "exp.qcow2"), disk_id=disk.id)
     before = os.stat(top).st_blocks * 512
     connection.system_service().disks_service().disk_service(disk.id).sparsify()
@@ -368,7 +368,7 @@ def test_clone_vm_from_snapshot_copies_the_snapshot_state(connection, engine, tm
     vm_service, disk, src = vm_disk
     snaps = vm_service.snapshots_service()
     snap = snaps.add(types.Snapshot(description="for-clone", persist_memorystate=False))
-    qemu_io(active_volume(engine, connection, disk.id), "qcow2", "write -P 0x7a 0 256k")
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x7a 0 256k", fmt="qcow2")
     vms = connection.system_service().vms_service()
     clone = vms.add(types.Vm(name=f"clone-{tmp_path.name}"[:60],
                              snapshots=[types.Snapshot(id=snap.id)],
@@ -443,7 +443,7 @@ def test_several_hosts_each_an_up_entity(three_hosts):
 def test_transfer_reports_the_chosen_host_and_spreads(three_hosts, tmp_path):
     eng, con = three_hosts
     hosts = con.system_service().hosts_service().list()
-    src = make_image(str(tmp_path / "s.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "s.qcow2"), "qcow2")
     disks = con.system_service().disks_service()
     ids = []
     for i in range(3):

@@ -20,8 +20,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server_fixtures import (MiB, api_request, connection, engine,  # noqa: F401
-                             make_image, qemu_img, qemu_io, wait_phase)
+from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io, wait_phase
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -113,7 +112,7 @@ def export_sd(connection, tmp_path):
 def vm_disk(connection, engine, tmp_path):
     """A VM with one uploaded qcow2 disk and a snapshot with a write after it."""
     system = connection.system_service()
-    src = make_image(str(tmp_path / "a.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
     disk = system.disks_service().add(types.Disk(
         name=f"xd-{tmp_path.name}"[:60], format=types.DiskFormat.COW, provisioned_size=4 * MiB,
         storage_domains=[types.StorageDomain(name="data")]))
@@ -130,7 +129,7 @@ def vm_disk(connection, engine, tmp_path):
                                                               persist_memorystate=False))
     d = system.disks_service().disk_service(disk.id).get()
     top = os.path.join(engine.data_dir, d.storage_domains[0].id, "images", disk.id, d.image_id)
-    qemu_io(top, "qcow2", "write -P 0x7a 512k 256k")
+    qemu_io(top, "write -P 0x7a 512k 256k", fmt="qcow2")
     now = download(connection, engine, str(tmp_path / "now.qcow2"), disk.id)
     yield vm_service, vm, disk, src, now, snap
     try:
@@ -190,7 +189,7 @@ def test_data_domain_in_a_directory_holds_disks(connection, engine, tmp_path):
     root.mkdir()
     sd = add_domain(connection, f"d2-{tmp_path.name}"[:50], "data", root)
     disks = connection.system_service().disks_service()
-    src = make_image(str(tmp_path / "s.qcow2"), "qcow2")
+    src = make_pattern_image(str(tmp_path / "s.qcow2"), "qcow2")
     disk = disks.add(types.Disk(name="in-d2", format=types.DiskFormat.COW,
                                 provisioned_size=4 * MiB,
                                 storage_domains=[types.StorageDomain(id=sd.id)]))

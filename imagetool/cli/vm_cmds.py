@@ -1,0 +1,261 @@
+"""``imagetool vms`` and ``imagetool snapshots``: VMs, their OVF and snapshots.
+
+Thin over ``imagetool.vms`` and ``imagetool.snapshots``; every command
+takes the engine options and ``--json``. Commands that change something
+wait for the engine to finish (with a deadline) and, when they fail,
+leave nothing they created behind.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from imagetool.cli.common import emit_json
+from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.inventory_cmds import _show, _table
+from imagetool.errors import DestinationExists
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+TIMEOUT = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
+                       help="Seconds to wait for the engine to finish.")
+
+
+def _vm_dict(vm: Any) -> dict[str, Any]:
+    return {"id": vm.id, "name": vm.name, "description": vm.description,
+            "status": vm.status, "memory": vm.memory, "cluster_id": vm.cluster_id,
+            "template_id": vm.template_id}
+
+
+def _snap_dict(s: Any, disks: list[Any] | None = None) -> dict[str, Any]:
+    d = {"id": s.id, "description": s.description, "status": s.snapshot_status,
+         "type": s.snapshot_type, "date": s.date,
+         "persist_memorystate": s.persist_memorystate}
+    if disks is not None:
+        d["disks"] = [{"id": x.id, "name": x.name or x.alias, "image_id": x.image_id}
+                      for x in disks]
+    return d
+
+
+# --- vms -------------------------------------------------------------------------
+
+@click.group()
+def vms() -> None:
+    """VMs: list, show, OVF, export to and import from an export domain."""
+
+
+@vms.command("list")
+@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
+@JSON
+@engine_options
+def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
+    """List VMs."""
+    from imagetool.vms import list_vms
+
+    with open_connection(engine) as conn:
+        found = list_vms(conn, search=search)
+    if as_json:
+        emit_json([_vm_dict(v) for v in found])
+        return
+    click.echo(_table(("ID", "NAME", "STATUS", "DESCRIPTION"),
+                      [(v.id, v.name, v.status, v.description) for v in found]))
+
+
+@vms.command("show")
+@click.argument("vm")
+@JSON
+@engine_options
+def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
+    """Show one VM (by name or id) with its disks and snapshots."""
+    from imagetool.vms import get_vm
+
+    with open_connection(engine) as conn:
+        v = get_vm(conn, vm)
+        d = _vm_dict(v)
+        d["disks"] = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
+        d["snapshots"] = [s.id for s in conn.snapshots.list(v.id)]
+    if as_json:
+        emit_json(d)
+    else:
+        click.echo(_show(d))
+
+
+@vms.command("ovf")
+@click.argument("vm")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the OVF to FILE (default: standard output).")
+@click.option("--force", is_flag=True, help="Overwrite FILE.")
+@JSON
+@engine_options
+def vms_ovf(vm: str, output: str | None, force: bool, as_json: bool,
+            engine: EngineOptions) -> None:
+    """Print (or save) the VM's OVF, as the engine gives it."""
+    from imagetool.transfer.output import atomic_output
+    from imagetool.vms import get_vm, vm_ovf
+
+    if output and os.path.lexists(output) and not force:
+        raise DestinationExists(output)
+    with open_connection(engine) as conn:
+        v = get_vm(conn, vm)
+        ovf = vm_ovf(conn, v)
+    if output:
+        with atomic_output(output, force) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(ovf)
+    if as_json:
+        emit_json({"id": v.id, "name": v.name, "path": output,
+                   **({} if output else {"ovf": ovf})})
+    elif not output:
+        click.echo(ovf, nl=not ovf.endswith("\n"))
+    else:
+        click.echo(f"saved the OVF of VM {v.name} ({v.id}) to {output}")
+
+
+@vms.command("export")
+@click.argument("vm")
+@click.option("--export-domain", required=True, metavar="SD",
+              help="The export storage domain (name or id), attached to the VM's data center.")
+@click.option("--discard-snapshots", is_flag=True,
+              help="Collapse each disk's snapshots into one volume.")
+@click.option("--exclusive", is_flag=True,
+              help="Overwrite a copy of this VM already on the export domain.")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the export.")
+@JSON
+@engine_options
+def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: bool,
+               timeout: int, as_json: bool, engine: EngineOptions) -> None:
+    """Export a VM (OVF and disks) to an export storage domain."""
+    from imagetool.vms import export_vm, get_vm
+
+    with open_connection(engine) as conn:
+        v = get_vm(conn, vm)
+        export_vm(conn, v, export_domain, discard_snapshots=discard_snapshots,
+                  exclusive=exclusive, timeout=timeout)
+    if as_json:
+        emit_json({"id": v.id, "name": v.name, "export_domain": export_domain,
+                   "discard_snapshots": discard_snapshots})
+    else:
+        click.echo(f"exported VM {v.name} ({v.id}) to {export_domain}")
+
+
+@vms.command("import")
+@click.argument("name")
+@click.option("--export-domain", required=True, metavar="SD",
+              help="The export storage domain holding the VM.")
+@click.option("--sd", "storage_domain", required=True, metavar="DATA",
+              help="The data storage domain for its disks.")
+@click.option("--cluster", metavar="C", help="Cluster (name or id).")
+@click.option("--clone", is_flag=True, help="New ids (and collapsed snapshots).")
+@click.option("--name", "new_name", metavar="N", help="Name of the imported VM.")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the import.")
+@JSON
+@engine_options
+def vms_import(name: str, export_domain: str, storage_domain: str, cluster: str | None,
+               clone: bool, new_name: str | None, timeout: int, as_json: bool,
+               engine: EngineOptions) -> None:
+    """Import a VM (by name or id) from an export storage domain."""
+    from imagetool.vms import import_vm
+
+    with open_connection(engine) as conn:
+        v = import_vm(conn, name, export_domain, storage_domain, cluster=cluster,
+                      clone=clone, new_name=new_name, timeout=timeout)
+    if as_json:
+        emit_json(_vm_dict(v))
+    else:
+        click.echo(f"imported VM {v.name} ({v.id})")
+
+
+# --- snapshots -----------------------------------------------------------------
+
+@click.group()
+def snapshots() -> None:
+    """VM snapshots: list, create, remove, restore, preview/commit/undo."""
+
+
+@snapshots.command("list")
+@click.argument("vm")
+@JSON
+@engine_options
+def snapshots_list(vm: str, as_json: bool, engine: EngineOptions) -> None:
+    """List a VM's snapshots (the active one included)."""
+    from imagetool.snapshots import list_snapshots
+
+    with open_connection(engine) as conn:
+        found = list_snapshots(conn, vm)
+    if as_json:
+        emit_json([_snap_dict(s) for s in found])
+        return
+    click.echo(_table(("ID", "DESCRIPTION", "TYPE", "STATUS", "DATE"),
+                      [(s.id, s.description, s.snapshot_type, s.snapshot_status, s.date)
+                       for s in found]))
+
+
+@snapshots.command("create")
+@click.argument("vm")
+@click.option("--description", metavar="D", help="Description (default: imagetool and the time).")
+@click.option("--disk", "disks", multiple=True, metavar="DISK",
+              help="Only this disk (name or id); repeat for several. Default: all.")
+@click.option("--memory", is_flag=True, help="Save the memory of a running VM too.")
+@TIMEOUT
+@JSON
+@engine_options
+def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
+                     memory: bool, timeout: int, as_json: bool,
+                     engine: EngineOptions) -> None:
+    """Take a snapshot; waits until it is ok (removed again if that fails)."""
+    from imagetool.snapshots import create_snapshot, snapshot_disks
+
+    with open_connection(engine) as conn:
+        s = create_snapshot(conn, vm, description, disks=list(disks) or None,
+                            persist_memory=memory, timeout=timeout)
+        in_snap = snapshot_disks(conn, vm, s)
+    if as_json:
+        emit_json(_snap_dict(s, in_snap))
+    else:
+        click.echo(f"created snapshot {s.description!r} ({s.id}) of "
+                   f"{len(in_snap)} disk(s)")
+
+
+def _simple(verb: str, func_name: str, needs_snapshot: bool):
+    """A snapshots subcommand VM SNAPSHOT (or VM [SNAPSHOT])."""
+
+    @click.argument("vm")
+    @click.argument("snapshot", required=needs_snapshot)
+    @TIMEOUT
+    @JSON
+    @engine_options
+    def command(vm: str, snapshot: str | None, timeout: int, as_json: bool,
+                engine: EngineOptions) -> None:
+        from imagetool import snapshots as lib
+        from imagetool.vms import get_vm
+
+        with open_connection(engine) as conn:
+            v = get_vm(conn, vm)
+            label = None
+            if snapshot is not None:
+                s = lib.find_snapshot(conn, v, snapshot)
+                label, snapshot = s.description, s.id
+            getattr(lib, func_name)(conn, v, snapshot, timeout=timeout)
+        if as_json:
+            emit_json({"vm": v.id, "snapshot": snapshot, "action": verb, "done": True})
+        else:
+            what = f" {label!r} ({snapshot})" if snapshot else ""
+            click.echo(f"{verb} snapshot{what} of VM {v.name}")
+
+    return command
+
+
+snapshots.command("remove", help="Remove (merge) a snapshot; waits until it is gone.")(
+    _simple("removed", "remove_snapshot", True))
+snapshots.command("restore", help="Restore the VM to a snapshot for good.")(
+    _simple("restored", "restore_snapshot", True))
+snapshots.command("preview", help="Preview a snapshot (until commit or undo).")(
+    _simple("previewing", "preview_snapshot", True))
+snapshots.command("commit", help="Keep the previewed snapshot's state.")(
+    _simple("committed", "commit_snapshot", False))
+snapshots.command("undo", help="Drop the preview, back to the state before it.")(
+    _simple("undid", "undo_snapshot", False))

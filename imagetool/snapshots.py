@@ -1,0 +1,475 @@
+"""VM snapshots and the layers of a disk, for backup and migration scripts.
+
+The snapshot-based backup of the oVirt engine SDK's examples
+(``vm_backup.py``, ``download_disk_snapshot.py``): take a snapshot, save
+the VM's OVF, download each disk's layers, remove the snapshot. Every
+call that changes something waits for the engine to finish it (the
+snapshot's status, the disks leaving ``locked``) under a deadline, and a
+call that created something and then failed removes it again.
+
+    from imagetool import snapshots, vms
+    snap = snapshots.create_snapshot(conn, "web", description="nightly")
+    ovf = vms.vm_ovf(conn, "web")
+    for disk in snapshots.snapshot_disks(conn, "web", snap):
+        snapshots.download_chain(conn, disk.id, f"backup/{disk.id}", snapshot=snap)
+    snapshots.remove_snapshot(conn, "web", snap)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from imagetool.engine.entities import Disk, DiskSnapshot, Snapshot, Vm
+from imagetool.engine.wait import wait_until
+from imagetool.errors import (Conflict, EngineError, ImagetoolError, NotFound,
+                              TransferError)
+from imagetool.ids import is_uuid
+
+DEFAULT_TIMEOUT = 600.0
+ACTIVE = "active"
+
+
+# --- lookups -------------------------------------------------------------------
+
+def _vm(conn: Any, vm: Any) -> Vm:
+    """A Vm from a Vm, an id or a name."""
+    if isinstance(vm, Vm):
+        return vm
+    if not isinstance(vm, str):
+        raise TypeError(f"vm must be a Vm, an id or a name, not {type(vm).__name__}")
+    return conn.vms.find(vm)
+
+
+def _vm_label(vm: Vm) -> str:
+    return vm.name or vm.id or "?"
+
+
+def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
+    """The VM's snapshots, the ``active`` one included."""
+    return conn.snapshots.list(_vm(conn, vm).id)
+
+
+def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
+    """A snapshot of the VM by id, or by its exact description.
+
+    NotFound names the VM and what was asked; a description that several
+    snapshots share is an error asking for the id.
+    """
+    vm = _vm(conn, vm)
+    if isinstance(snapshot, Snapshot):
+        snapshot = snapshot.id
+    if not isinstance(snapshot, str) or not snapshot:
+        raise TypeError("snapshot must be a Snapshot, an id or a description")
+    snaps = conn.snapshots.list(vm.id)
+    if is_uuid(snapshot):
+        for s in snaps:
+            if s.id == snapshot.lower():
+                return s
+    exact = [s for s in snaps if s.description == snapshot]
+    if not exact:
+        raise NotFound(f"VM {_vm_label(vm)} has no snapshot with id or description "
+                       f"{snapshot!r}", status=404)
+    if len(exact) > 1:
+        raise EngineError(f"{len(exact)} snapshots of VM {_vm_label(vm)} are described "
+                          f"{snapshot!r} ({', '.join(s.id or '?' for s in exact)}): use the id")
+    return exact[0]
+
+
+def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
+    """The disks as the snapshot holds them (``image_id``: its layer)."""
+    vm = _vm(conn, vm)
+    snap = find_snapshot(conn, vm, snapshot)
+    return conn.snapshots.disks(vm.id, snap.id)
+
+
+def _vm_disk_ids(conn: Any, vm: Vm) -> list[str]:
+    return [a.disk_id for a in conn.vms.disk_attachments(vm.id) if a.disk_id]
+
+
+def _check_disks_usable(conn: Any, vm: Vm, disk_ids: Iterable[str], action: str) -> None:
+    """Refuse early, with the disk named, when a disk is locked or illegal."""
+    for disk_id in disk_ids:
+        d = conn.disks.get(disk_id)
+        if d.status in ("locked", "illegal"):
+            raise Conflict(f"cannot {action} of VM {_vm_label(vm)}: its disk "
+                           f"{d.name or d.alias or d.id} is {d.status}", status=409)
+
+
+def _wait_disks(conn: Any, disk_ids: Iterable[str], what: str, timeout: float) -> None:
+    """Until every disk is ``ok`` (``illegal`` fails; a removed disk counts as done)."""
+    pending = list(disk_ids)
+
+    def check() -> bool:
+        for disk_id in list(pending):
+            try:
+                d = conn.disks.get(disk_id)
+            except NotFound:
+                pending.remove(disk_id)
+                continue
+            if d.status == "illegal":
+                raise TransferError(f"{what}: disk {d.name or disk_id} became illegal")
+            if d.status == "ok":
+                pending.remove(disk_id)
+        return not pending
+
+    wait_until(check, f"{what} (disks still locked)", timeout)
+
+
+# --- snapshots -----------------------------------------------------------------
+
+def create_snapshot(conn: Any, vm: Any, description: str | None = None, *,
+                    disks: Iterable[Any] | None = None, persist_memory: bool = False,
+                    wait: bool = True, timeout: float = DEFAULT_TIMEOUT) -> Snapshot:
+    """Take a snapshot of the VM (of ``disks`` only, names or ids, when given).
+
+    ``persist_memory`` is off by default: the engine's own default saves
+    the memory, which pauses a running VM longer (oVirt REST API guide).
+    With ``wait`` returns once the snapshot is ``ok`` and its disks are
+    unlocked; if that fails the snapshot is removed again, so a failed
+    call leaves none behind.
+    """
+    vm = _vm(conn, vm)
+    attached = _vm_disk_ids(conn, vm)
+    disk_ids: list[str] | None = None
+    if disks is not None:
+        disk_ids = []
+        for ref in disks:
+            d = ref if isinstance(ref, Disk) else conn.disks.find(ref)
+            if d.id not in attached:
+                raise ImagetoolError(f"disk {d.name or d.id} is not attached to VM "
+                                     f"{_vm_label(vm)}")
+            disk_ids.append(d.id)
+    if description is None:
+        description = "imagetool " + _dt.datetime.now(_dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    targets = disk_ids if disk_ids is not None else attached
+    _check_disks_usable(conn, vm, targets, "take a snapshot")
+    snap = conn.snapshots.add(vm.id, description=description, disk_ids=disk_ids,
+                              persist_memorystate=persist_memory)
+    if not wait:
+        return snap
+    try:
+        return _wait_snapshot_ok(conn, vm, snap.id, targets, timeout,
+                                 f"snapshot {description!r} of VM {_vm_label(vm)}")
+    except BaseException:
+        _discard(conn, vm, snap.id, targets, timeout)
+        raise
+
+
+def _wait_snapshot_ok(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str],
+                      timeout: float, what: str) -> Snapshot:
+    def check() -> Snapshot | None:
+        s = conn.snapshots.get(vm.id, snap_id)
+        return s if s.snapshot_status == "ok" else None
+
+    snap = wait_until(check, f"{what} to be ok", timeout)
+    _wait_disks(conn, disk_ids, what, timeout)
+    return snap  # type: ignore[return-value]
+
+
+def _discard(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: float) -> None:
+    """Best effort: remove a snapshot this call created (the error that got
+    us here is the one to report)."""
+    try:
+        _wait_disks(conn, disk_ids, "snapshot cleanup", timeout)
+        conn.snapshots.remove(vm.id, snap_id)
+        _wait_gone(conn, vm, snap_id, disk_ids, timeout)
+    except Exception:
+        pass
+
+
+def _wait_gone(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: float) -> None:
+    def check() -> bool:
+        try:
+            conn.snapshots.get(vm.id, snap_id)
+        except NotFound:
+            return True
+        return False
+
+    wait_until(check, f"snapshot {snap_id} of VM {_vm_label(vm)} to be removed", timeout)
+    _wait_disks(conn, disk_ids, f"removing snapshot {snap_id}", timeout)
+
+
+def _not_active(vm: Vm, snap: Snapshot, verb: str) -> None:
+    if snap.snapshot_type == ACTIVE:
+        raise ImagetoolError(f"cannot {verb} the active snapshot of VM {_vm_label(vm)} "
+                             f"(it is the VM's current state)")
+
+
+def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
+                    timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Remove a snapshot (the engine merges its layers); waits until it is gone."""
+    vm = _vm(conn, vm)
+    snap = find_snapshot(conn, vm, snapshot)
+    _not_active(vm, snap, "remove")
+    disk_ids = _vm_disk_ids(conn, vm)
+    _check_disks_usable(conn, vm, disk_ids, f"remove snapshot {snap.description!r}")
+    conn.snapshots.remove(vm.id, snap.id)
+    if wait:
+        _wait_gone(conn, vm, snap.id, disk_ids, timeout)
+
+
+def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
+                     timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Bring the VM back to a snapshot for good (the layers above it go)."""
+    vm = _vm(conn, vm)
+    snap = find_snapshot(conn, vm, snapshot)
+    _not_active(vm, snap, "restore")
+    disk_ids = _vm_disk_ids(conn, vm)
+    _check_disks_usable(conn, vm, disk_ids, f"restore snapshot {snap.description!r}")
+    conn.snapshots.restore(vm.id, snap.id)
+    if wait:
+        _wait_snapshot_ok(conn, vm, snap.id, disk_ids, timeout,
+                          f"restoring snapshot {snap.description!r} of VM {_vm_label(vm)}")
+
+
+def _in_preview(conn: Any, vm: Vm) -> Snapshot | None:
+    for s in conn.snapshots.list(vm.id):
+        if s.snapshot_status == "in_preview":
+            return s
+    return None
+
+
+def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
+                     timeout: float = DEFAULT_TIMEOUT) -> Snapshot:
+    """Show the VM as it was in a snapshot, until commit or undo."""
+    vm = _vm(conn, vm)
+    snap = find_snapshot(conn, vm, snapshot)
+    _not_active(vm, snap, "preview")
+    already = _in_preview(conn, vm)
+    if already is not None:
+        raise Conflict(f"VM {_vm_label(vm)} already previews snapshot "
+                       f"{already.description!r}: commit or undo it first", status=409)
+    disk_ids = _vm_disk_ids(conn, vm)
+    _check_disks_usable(conn, vm, disk_ids, f"preview snapshot {snap.description!r}")
+    conn.vms.preview_snapshot(vm.id, snap.id)
+    if not wait:
+        return snap
+
+    def check() -> Snapshot | None:
+        s = conn.snapshots.get(vm.id, snap.id)
+        return s if s.snapshot_status == "in_preview" else None
+
+    out = wait_until(check, f"snapshot {snap.description!r} to be in preview", timeout)
+    _wait_disks(conn, disk_ids, f"previewing snapshot {snap.description!r}", timeout)
+    return out  # type: ignore[return-value]
+
+
+def _end_preview(conn: Any, vm: Any, snapshot: Any, commit: bool, wait: bool,
+                 timeout: float) -> None:
+    vm = _vm(conn, vm)
+    current = _in_preview(conn, vm)
+    verb = "commit" if commit else "undo"
+    if current is None:
+        raise Conflict(f"VM {_vm_label(vm)} previews no snapshot: nothing to {verb}",
+                       status=409)
+    if snapshot is not None:
+        asked = find_snapshot(conn, vm, snapshot)
+        if asked.id != current.id:
+            raise Conflict(f"VM {_vm_label(vm)} previews snapshot "
+                           f"{current.description!r}, not {asked.description!r}",
+                           status=409)
+    disk_ids = _vm_disk_ids(conn, vm)
+    (conn.vms.commit_snapshot if commit else conn.vms.undo_snapshot)(vm.id)
+    if wait:
+        wait_until(lambda: _in_preview(conn, vm) is None,
+                   f"the preview of VM {_vm_label(vm)} to end", timeout)
+        _wait_disks(conn, disk_ids, f"{verb} of the preview", timeout)
+
+
+def commit_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True,
+                    timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Keep the previewed snapshot's state (``snapshot``, when given, must be
+    the one in preview)."""
+    _end_preview(conn, vm, snapshot, True, wait, timeout)
+
+
+def undo_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True,
+                  timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Go back to the state before the preview."""
+    _end_preview(conn, vm, snapshot, False, wait, timeout)
+
+
+# --- layers of a disk ----------------------------------------------------------
+
+def _disk(conn: Any, disk: Any) -> Disk:
+    if isinstance(disk, Disk):
+        return disk
+    if not isinstance(disk, str):
+        raise TypeError(f"disk must be a Disk, an id or a name, not {type(disk).__name__}")
+    return conn.disks.find(disk)
+
+
+def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
+    """The disk's layers (disk snapshots) from the base to the active one.
+
+    The order comes from each layer's ``parent`` (engines 4.4.3+ report
+    it, as the oVirt engine SDK's ``list_disk_snapshots.py`` uses).
+    """
+    d = _disk(conn, disk)
+    layers = conn.disks.snapshots(d.id)
+    if not layers:
+        raise EngineError(f"the engine lists no layers for disk {d.name or d.id}")
+    by_parent: dict[str | None, DiskSnapshot] = {}
+    ids = {s.id for s in layers}
+    for s in layers:
+        parent = s.parent_id if s.parent_id in ids else None
+        if parent in by_parent:
+            raise EngineError(f"disk {d.name or d.id}: layers {by_parent[parent].id} and "
+                              f"{s.id} have the same parent: not one chain")
+        by_parent[parent] = s
+    out: list[DiskSnapshot] = []
+    cur = by_parent.get(None)
+    while cur is not None and len(out) <= len(layers):
+        out.append(cur)
+        cur = by_parent.get(cur.id)
+    if len(out) != len(layers):
+        raise EngineError(f"disk {d.name or d.id}: the engine's layers do not form one "
+                          f"chain (does it report their parents?)")
+    return out
+
+
+def _vm_of_disk(conn: Any, disk_id: str) -> Vm | None:
+    for vm in conn.vms.list():
+        if disk_id in _vm_disk_ids(conn, vm):
+            return vm
+    return None
+
+
+def _layers_up_to(conn: Any, disk: Disk, layers: list[DiskSnapshot],
+                  snapshot: Any) -> list[DiskSnapshot]:
+    """The layers from the base up to the one ``snapshot`` names: a layer
+    (disk snapshot) id, a VM snapshot (id, description or Snapshot)."""
+    if snapshot is None:
+        return layers
+    if isinstance(snapshot, (Snapshot, DiskSnapshot)):
+        snapshot = snapshot.id
+    key = snapshot.lower() if is_uuid(snapshot) else snapshot
+    for i, s in enumerate(layers):
+        if key in (s.id, s.snapshot_id):
+            return layers[:i + 1]
+    vm = _vm_of_disk(conn, disk.id)
+    if vm is not None:
+        snap = find_snapshot(conn, vm, snapshot)   # NotFound names the VM
+        for i, s in enumerate(layers):
+            if s.snapshot_id == snap.id:
+                return layers[:i + 1]
+        if snap.snapshot_type == ACTIVE:
+            return layers
+        raise NotFound(f"snapshot {snap.description!r} of VM {_vm_label(vm)} holds no "
+                       f"layer of disk {disk.name or disk.id}", status=404)
+    raise NotFound(f"disk {disk.name or disk.id} has no layer or snapshot {snapshot!r}",
+                   status=404)
+
+
+@dataclass
+class ChainLayer:
+    """One downloaded layer: its id, file and the file it is backed by."""
+
+    id: str
+    path: str
+    backing: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "backing": self.backing}
+
+
+@dataclass
+class ChainResult:
+    """What ``download_chain`` wrote: the layers base first, and the top file."""
+
+    disk_id: str
+    layers: list[ChainLayer] = field(default_factory=list)
+
+    @property
+    def top(self) -> str | None:
+        return self.layers[-1].path if self.layers else None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(layer.path) for layer in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"disk_id": self.disk_id, "layers": [x.to_dict() for x in self.layers],
+                "top": self.top}
+
+
+def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
+                          snapshot: Any = None, workers: int = 4, verify: bool = True,
+                          host: str | None = None, inactivity_timeout: int = 60,
+                          progress: Callable[[int, int], None] | None = None,
+                          start: Callable[[list[DiskSnapshot]], None] | None = None
+                          ) -> ChainResult:
+    """Like :func:`download_chain`, returning the layers' ids and backing names.
+
+    ``progress(index, bytes)`` reports each layer's progress; ``start``
+    is called with the layers before the first download.
+    """
+    from imagetool.transfer.download import download_disk
+
+    d = _disk(conn, disk)
+    directory = os.fspath(directory)
+    layers = _layers_up_to(conn, d, disk_layers(conn, d), snapshot)
+    created_dir = False
+    if os.path.lexists(directory):
+        if not os.path.isdir(directory):
+            raise ImagetoolError(f"{directory}: not a directory")
+        if os.listdir(directory):
+            raise ImagetoolError(f"{directory}: already holds files; a chain is "
+                                 f"downloaded into an empty or new directory")
+    else:
+        os.makedirs(directory)
+        created_dir = True
+    if start is not None:
+        start(layers)
+    result = ChainResult(disk_id=d.id or "")
+    extra: dict[str, Any] = {"host": host} if host else {}
+    try:
+        backing: str | None = None
+        for i, layer in enumerate(layers):
+            name = f"{layer.id}.qcow2"
+            path = os.path.join(directory, name)
+            cb = (lambda n, i=i: progress(i, n)) if progress else None
+            download_disk(conn, d, path, format="qcow2", snapshot=layer.id,
+                          shallow=True, backing_file=backing, workers=workers,
+                          verify=verify, inactivity_timeout=inactivity_timeout,
+                          progress=cb, **extra)
+            result.layers.append(ChainLayer(id=layer.id or "", path=path, backing=backing))
+            backing = name
+    except BaseException:
+        # Nothing half-done: the files of this call go, and the directory
+        # when this call made it.
+        for x in result.layers:
+            try:
+                os.unlink(x.path)
+            except OSError:
+                pass
+        if created_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return result
+
+
+def download_chain(conn: Any, disk: Any, directory: str | os.PathLike, *,
+                   snapshot: Any = None, workers: int = 4, verify: bool = True,
+                   host: str | None = None, inactivity_timeout: int = 60) -> list[Path]:
+    """Download a disk's layers as qcow2 files, base first, each backing the next.
+
+    One file per layer, ``directory/<layer id>.qcow2``, each one's backing
+    file being the previous one's name (relative, so the directory can be
+    moved): ``qemu-img info --backing-chain`` and every qemu tool read
+    the chain. ``snapshot`` (a VM snapshot id or description, or a layer
+    id) stops at that point; default: the active layer. Each layer is a
+    shallow download (ovirt-imageio docs: a layer's unallocated areas stay
+    unallocated; the areas it zeroes become zero clusters). The directory
+    must be empty or new; on failure the files written are removed (and
+    the directory when it was made here).
+    """
+    return download_chain_result(conn, disk, directory, snapshot=snapshot,
+                                 workers=workers, verify=verify, host=host,
+                                 inactivity_timeout=inactivity_timeout).paths
