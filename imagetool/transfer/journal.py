@@ -14,15 +14,15 @@ for downloads those fsynced to the local file (see ``JournalingBackend``).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import glob
 import hashlib
 import json
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
+from imagetool.copier import missing, skip_done  # noqa: F401 (kept importable here)
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir
 
@@ -89,25 +89,6 @@ def merge(intervals: list[list[int]], start: int, end: int) -> None:
         end = max(end, intervals[j][1])
         j += 1
     intervals[i:j] = [[start, end]]
-
-
-def missing(intervals: list[list[int]], start: int, end: int) -> Iterator[tuple[int, int]]:
-    """The parts of ``[start, end)`` not covered by ``intervals`` as (start, end)."""
-    pos = start
-    i = max(0, bisect.bisect_right(intervals, [start, float("inf")]) - 1)
-    while pos < end and i < len(intervals):
-        a, b = intervals[i]
-        if b <= pos:
-            i += 1
-            continue
-        if a >= end:
-            break
-        if a > pos:
-            yield pos, a
-        pos = max(pos, b)
-        i += 1
-    if pos < end:
-        yield pos, end
 
 
 class Journal:
@@ -195,23 +176,6 @@ class Journal:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
-
-
-def skip_done(requests: Iterable[Any], intervals: list[list[int]]) -> Iterator[Any]:
-    """Copier requests with the parts inside ``intervals`` turned into skips."""
-    for req in requests:
-        if req.op == "skip" or not intervals:
-            yield req
-            continue
-        end = req.start + req.length
-        pos = req.start
-        for a, b in missing(intervals, req.start, end):
-            if a > pos:
-                yield dataclasses.replace(req, op="skip", start=pos, length=a - pos)
-            yield dataclasses.replace(req, start=a, length=b - a)
-            pos = b
-        if pos < end:
-            yield dataclasses.replace(req, op="skip", start=pos, length=end - pos)
 
 
 class JournalingBackend:
