@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from imagetool.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
 from imagetool.formats.base import Backend, Extent, merge_extents
 
@@ -501,6 +502,20 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     if run.error is not None:
         raise run.error
     return run.stats
+
+
+def copy_local(src: Backend, dst: Backend, **kwargs: Any) -> CopyStats:
+    """``copy`` between local, thread-safe backends (files, qcow2 readers
+    and writers): every worker uses them as they are, ``dst`` is flushed
+    once at the end, and errors of either side are raised as they are (a
+    local copy has no remote side to name). The caller closes both."""
+    try:
+        stats = copy(SharedBackend(src, owner=False), SharedBackend(dst, owner=False),
+                     **kwargs)
+    except CopyError as e:
+        raise (e.__cause__ or e) from None
+    dst.flush()
+    return stats
 
 
 def _finish(run: _Run, work: "queue.Queue", threads, clones) -> None:
