@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.formats import inspect, open_image
-from imagetool.formats.base import copy_range
+from imagetool.copier import copy_local
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
@@ -570,14 +570,7 @@ def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
     reader = open_image(src, "r", format="qcow2", shallow=True)
     try:
-        buf = bytearray(4 << 20)
-        for ext in reader.extents():
-            if ext.hole:
-                continue
-            if ext.zero:
-                writer.zero(ext.start, ext.length)
-                continue
-            copy_range(reader, writer, ext.start, ext.end, buf)
-        writer.flush()
+        # Holes stay unallocated, zero clusters stay zero clusters.
+        copy_local(reader, writer, dst_is_zero=True, over_backing=True, check_size=False)
     finally:
         reader.close()
