@@ -57,48 +57,67 @@ FLUSH_SECONDS = 2.0
 
 # --- sharing ---------------------------------------------------------------
 
-class SharedBackend:
+class Wrapper:
+    """Passes everything to ``inner``; each wrapper overrides what it adds.
+
+    Other attributes (``features``, ``max_readers``, ``direct``, ...) are
+    the wrapped backend's.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":         # not set yet: no endless recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        return self.inner.extents(context)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        return self.inner.read_into(offset, buf)
+
+    def write(self, offset: int, data: Any) -> None:
+        self.inner.write(offset, data)
+
+    def zero(self, offset: int, length: int) -> None:
+        self.inner.zero(offset, length)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SharedBackend(Wrapper):
     """Let worker threads share one thread-safe local backend.
 
     ``clone()`` returns views whose ``close()`` and ``flush()`` do nothing:
     the owner flushes and closes the real backend once, after the copy
     (a qcow2 writer writes its metadata then, not once per worker).
+    ``owner=False``: this one never flushes or closes it either.
     """
 
     def __init__(self, backend: Backend, owner: bool = True):
-        self._b = backend
+        super().__init__(backend)
         self._owner = owner
-
-    @property
-    def size(self) -> int:
-        return self._b.size
-
-    def extents(self, context: str = "zero"):
-        return self._b.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self._b.read_into(offset, buf)
-
-    def write(self, offset: int, data) -> None:
-        self._b.write(offset, data)
-
-    def zero(self, offset: int, length: int) -> None:
-        self._b.zero(offset, length)
 
     def flush(self) -> None:
         if self._owner:
-            self._b.flush()
+            self.inner.flush()
 
     def clone(self) -> "SharedBackend":
-        return SharedBackend(self._b, owner=False)
+        return SharedBackend(self.inner, owner=False)
 
     def close(self) -> None:
         if self._owner:
-            self._b.close()
-
-    def __getattr__(self, name):
-        # features, max_readers, direct, ... of the wrapped backend
-        return getattr(self._b, name)
+            self.inner.close()
 
 
 # --- retries of transient data-plane errors -------------------------------
@@ -182,7 +201,7 @@ def call_with_retry(fn: Callable[[], Any], policy: RetryPolicy, *,
                 time.sleep(delay)
 
 
-class RetryingBackend:
+class RetryingBackend(Wrapper):
     """A Backend over an HttpBackend that retries transient failures.
 
     ``source`` (a thread-safe backend, e.g. a SharedBackend of the upload's
@@ -194,16 +213,12 @@ class RetryingBackend:
 
     def __init__(self, inner: Any, policy: RetryPolicy = RetryPolicy(), *,
                  source: Any = None, stop: threading.Event | None = None):
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy
         self.source = source
         self.stop = stop
         self._unflushed: list[tuple[str, int, int]] = []   # (op, start, length)
         self.retries = 0
-
-    # Attributes the copier and callers read (features, max_writers, client...).
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     @property
     def size(self) -> int:
@@ -270,13 +285,10 @@ class RetryingBackend:
                                 stop=self.stop)
         return RetryingBackend(inner, self.policy, source=self.source, stop=self.stop)
 
-    def close(self) -> None:
-        self.inner.close()
-
 
 # --- the resume journal ----------------------------------------------------
 
-class JournalingBackend:
+class JournalingBackend(Wrapper):
     """Wraps a destination backend; records ranges once they are durable.
 
     Writes and zeros are "pending" until ``sync()`` succeeds, then added to
@@ -289,7 +301,7 @@ class JournalingBackend:
     def __init__(self, inner: Any, journal: Any, *,
                  sync: Callable[[], None] | None = None,
                  flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
-        self.inner = inner
+        super().__init__(inner)
         self.journal = journal
         self._shared_sync = sync
         self.flush_bytes = flush_bytes
@@ -297,19 +309,6 @@ class JournalingBackend:
         self._pending: list[tuple[int, int]] = []
         self._pending_bytes = 0
         self._last_sync = time.monotonic()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def extents(self, context: str = "zero"):
-        return self.inner.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self.inner.read_into(offset, buf)
 
     def _written(self, offset: int, length: int) -> None:
         self._pending.append((offset, length))
@@ -346,13 +345,10 @@ class JournalingBackend:
                                  sync=self._shared_sync, flush_bytes=self.flush_bytes,
                                  flush_seconds=self.flush_seconds)
 
-    def close(self) -> None:
-        self.inner.close()
-
 
 # --- verification's adapters ------------------------------------------------
 
-class PerThread:
+class PerThread(Wrapper):
     """Reads of a non-thread-safe backend, each thread on its own clone.
 
     ``imagetool.checksum`` reads from several threads; an HttpBackend holds
@@ -360,27 +356,21 @@ class PerThread:
     """
 
     def __init__(self, backend: Any):
-        self._backend = backend
+        super().__init__(backend)
         self._local = threading.local()
         self._clones: list[Any] = []
         self._lock = threading.Lock()
 
-    @property
-    def size(self) -> int:
-        return self._backend.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._backend.extents(context)
-
     def read_into(self, offset: int, buf: memoryview) -> int:
         b = getattr(self._local, "backend", None)
         if b is None:
-            b = self._local.backend = self._backend.clone()
+            b = self._local.backend = self.inner.clone()
             with self._lock:
                 self._clones.append(b)
         return b.read_into(offset, buf)
 
     def close(self) -> None:
+        """Close the clones (the wrapped backend is the caller's)."""
         with self._lock:
             clones, self._clones = self._clones, []
         for b in clones:
@@ -413,18 +403,14 @@ class Window:
         return self._backend.read_into(offset, buf)
 
 
-class Cancellable:
+class Cancellable(Wrapper):
     """A backend whose reads stop with ``ImagetoolError`` once ``event`` is set."""
 
     def __init__(self, backend: Backend, event: threading.Event):
-        self._backend = backend
+        super().__init__(backend)
         self._event = event
-        self.size = backend.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._backend.extents(context)
 
     def read_into(self, offset: int, buf: memoryview) -> int:
         if self._event.is_set():
             raise ImagetoolError("verification cancelled")
-        return self._backend.read_into(offset, buf)
+        return self.inner.read_into(offset, buf)
