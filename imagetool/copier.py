@@ -1,9 +1,9 @@
 """The one parallel copier: every copy of image bytes goes through ``copy``.
 
 Uploads and downloads, ``convert``, the conversions of upload and download,
-and the local engine's copy, move, flatten, merge and pre-transfer copies
-all call it (as ovirt-imageio's client runs upload, download and backup
-over one copy loop).
+and the local engine's disk copy (flatten), snapshot merge, rebuilt upload
+writers and pre-transfer copies all call it (as ovirt-imageio's client
+runs upload, download and backup over one copy loop).
 
 ``copy(src, dst)`` plans requests from the source's extents (data ranges are
 copied in requests of at most ``request_size`` bytes; zero ranges become
