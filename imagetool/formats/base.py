@@ -1,7 +1,7 @@
 """The small interface every place that holds image bytes offers.
 
-Upload and download are one copy loop between two backends; the local
-engine's data plane serves tickets over the same backends. Offsets and sizes
+Every copy is one copy loop between two backends (``imagetool.copier``);
+the local engine's data plane serves tickets over the same backends. Offsets and sizes
 are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 """
 
@@ -42,8 +42,8 @@ class Backend(Protocol):
 
     Backends used by the local engine's data plane are shared between
     connection threads, so ``read_into``/``write``/``zero`` at distinct
-    offsets must be thread-safe. The client's copier gives each worker its
-    own backend with ``clone()``.
+    offsets must be thread-safe. The copier gives each worker its own
+    backend with ``clone()`` (or shares thread-safe local ones).
     """
 
     @property
@@ -96,17 +96,3 @@ def merge_extents(extents) -> Iterator[Extent]:
     if current is not None:
         yield current
 
-
-def copy_range(src: Backend, dst: Backend, start: int, end: int,
-               buf: bytearray) -> None:
-    """Copy ``[start, end)`` from ``src`` to ``dst`` through ``buf``, in
-    pieces of at most ``len(buf)`` bytes (single-threaded; the parallel
-    copier lives in ``imagetool.transfer.copier``)."""
-    pos = start
-    while pos < end:
-        view = memoryview(buf)[:min(len(buf), end - pos)]
-        got = src.read_into(pos, view)
-        if got <= 0:
-            raise EOFError(f"source ended at {pos}, expected data up to {end}")
-        dst.write(pos, view[:got])
-        pos += got

@@ -1,5 +1,10 @@
 """Convert an image's guest data to a new raw or qcow2 file.
 
+``convert_backend`` is the one conversion: ``convert`` (the command), an
+upload's raw-to-qcow2 step, a download's qcow2-volume-to-raw step and the
+local engine's flatten all write their new file through it, and it copies
+with the one copier (``imagetool.copier``).
+
 The destination is written under a temporary name in its own directory,
 fsynced, then renamed over ``dst`` (so ``dst`` never holds half an image);
 any failure removes the temporary file. An existing ``dst`` is refused
@@ -9,10 +14,10 @@ Speed and memory: only data extents are read (zero and unallocated ranges
 stay holes in a raw destination and unallocated clusters in a qcow2 one;
 so do aligned 64 KiB runs of zeros found in the data),
 in requests of up to ``request_size`` bytes copied by ``workers`` threads,
-each with one reused buffer; at most two requests per worker are queued, so
-memory stays near ``workers * request_size`` whatever the image size. For a
-qcow2 destination requests are aligned to its clusters, so every cluster is
-written whole (required for compression).
+each with one reused buffer, so memory stays near ``workers *
+request_size`` whatever the image size. For a qcow2 destination requests
+are aligned to its clusters, so every cluster is written whole (required
+for compression).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import errno
 import os
 import tempfile
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable, Iterator
+from typing import Callable
 
 from imagetool import formats
+from imagetool.copier import CopyStats, copy_local
 from imagetool.errors import DestinationExists, FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -74,18 +79,9 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
         os.close(fd)
         try:
             os.chmod(tmp, 0o644)
-            if out_format == "qcow2":
-                dst: Backend = Qcow2Writer.create(tmp, src.size, cluster_size,
-                                                  compress=compress)
-                align = cluster_size
-            else:
-                dst = RawBackend(tmp, "w", size=src.size)
-                align = 4096
-            try:
-                copied = _copy(src, dst, align, request_size, workers, progress)
-                dst.flush()
-            finally:
-                dst.close()
+            stats = convert_backend(src, tmp, out_format, compress=compress,
+                                    cluster_size=cluster_size, workers=workers,
+                                    request_size=request_size, progress=progress)
             os.replace(tmp, dst_path)
         except BaseException as e:
             try:
@@ -97,7 +93,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
                 raise refused from None
             raise
         fsync_dir(dst_dir)
-        return {"virtual_size": src.size, "data_bytes": copied}
+        return {"virtual_size": src.size, "data_bytes": stats.bytes_copied}
     finally:
         src.close()
 
@@ -119,96 +115,34 @@ def _write_refused(e: BaseException, dst_path: str, size: int) -> FormatError | 
     return FormatError(f"cannot write: {e.strerror}: {advice}", dst_path)
 
 
-def _copy(src: Backend, dst: Backend, align: int, request_size: int,
-          workers: int, progress: Callable[[int], None] | None) -> int:
-    """Copy the data extents of ``src`` to ``dst`` with ``workers`` threads."""
-    request_size = max(align, request_size // align * align)
-    gran = max(align, ZERO_GRANULARITY)
-    zeros = bytes(gran)
-    local = threading.local()
-    report_lock = threading.Lock()
+def convert_backend(src: Backend, dst_path: str, out_format: str, *,
+                    size: int | None = None, compress: bool = False,
+                    cluster_size: int = 65536, workers: int = 2,
+                    request_size: int = DEFAULT_REQUEST_SIZE,
+                    progress: Callable[[int], None] | None = None,
+                    cancel_event: threading.Event | None = None) -> CopyStats:
+    """Write the guest data of ``src`` (thread-safe reads) to a new file.
 
-    def report(n: int) -> None:
-        if progress and n:
-            with report_lock:
-                progress(n)
-
-    def copy_one(offset: int, length: int) -> int:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = memoryview(bytearray(request_size))
-        view = buf[:length]
-        n = src.read_into(offset, view)
-        if n != length:
-            raise FormatError(f"short read at offset {offset}: {n} of {length} bytes")
-        run_start = None  # start of the pending run of non-zero segments
-        for seg_start in range(0, length, gran):
-            seg = view[seg_start:seg_start + gran]
-            if _is_zero(seg, zeros):
-                if run_start is not None:
-                    dst.write(offset + run_start, view[run_start:seg_start])
-                    run_start = None
-            elif run_start is None:
-                run_start = seg_start
-        if run_start is not None:
-            dst.write(offset + run_start, view[run_start:])
-        return length
-
-    copied = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
-        inflight: set[Future] = set()
-        try:
-            for offset, length, is_data in _plan(src, align, request_size):
-                if not is_data:
-                    report(length)
-                    continue
-                if len(inflight) >= 2 * workers:
-                    finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        n = f.result()
-                        copied += n
-                        report(n)
-                inflight.add(pool.submit(copy_one, offset, length))
-            for f in inflight:
-                n = f.result()
-                copied += n
-                report(n)
-        except BaseException:
-            for f in inflight:
-                f.cancel()
-            raise
-    return copied
-
-
-def _plan(src: Backend, align: int, request_size: int) -> Iterator[tuple[int, int, bool]]:
-    """``(offset, length, is_data)`` covering the image; data aligned to ``align``.
-
-    A data extent is widened to whole ``align`` blocks (reading a little
-    zero data around it), so the zero ranges between shrink accordingly.
+    ``out_format`` "raw" (sparse) or "qcow2" (v3; ``compress`` deflates
+    clusters of ``cluster_size``); ``size`` (default ``src.size``) is the
+    new file's virtual size. An existing ``dst_path`` is truncated, its
+    mode kept (create it first for other permissions); the caller owns
+    its name (see ``convert``) and ``src``. The file is flushed. Errors of
+    either side are raised as they are: a local conversion has no remote
+    side to name.
     """
-    size = src.size
-    pos = 0  # everything before pos is planned
-    for ext in src.extents():
-        if ext.zero or ext.length == 0:
-            continue
-        start = max(pos, ext.start // align * align)
-        end = min(size, -(-(ext.start + ext.length) // align) * align)
-        if end <= start:
-            continue
-        if start > pos:
-            yield pos, start - pos, False
-        while start < end:
-            n = min(request_size, end - start)
-            yield start, n, True
-            start += n
-        pos = end
-    if pos < size:
-        yield pos, size - pos, False
-
-
-def _is_zero(seg: memoryview, zeros: bytes) -> bool:
-    """True if ``seg`` is all zeros; cheap for data (first/last byte test)."""
-    if seg[0] or seg[-1]:
-        return False
-    # bytes == bytes is a memcmp; memoryview comparison is element-wise.
-    return bytes(seg) == zeros[:len(seg)]
+    size = src.size if size is None else size
+    if out_format == "qcow2":
+        dst: Backend = Qcow2Writer.create(dst_path, size, cluster_size, compress=compress)
+        align = cluster_size
+    else:
+        dst = RawBackend(dst_path, "w", size=size)
+        align = 4096
+    try:
+        return copy_local(src, dst, workers=workers,
+                          request_size=max(align, request_size // align * align),
+                          dst_is_zero=True, detect_zeroes=True, align=align,
+                          zero_granularity=max(align, ZERO_GRANULARITY),
+                          progress=progress, cancel_event=cancel_event)
+    finally:
+        dst.close()

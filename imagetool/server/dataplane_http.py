@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import socket
 import time
 import urllib.parse
@@ -98,8 +97,6 @@ class HttpConnection:
         self._pending = bytearray()        # bytes received after a header block
         self._buffer: memoryview | None = None
         self._mmap: mmap.mmap | None = None
-        # (path, access) -> O_DIRECT descriptor (None where refused).
-        self.direct_fds: dict[tuple[str, int], int | None] = {}
 
     @property
     def buffer(self) -> memoryview:
@@ -110,26 +107,8 @@ class HttpConnection:
             self._buffer = memoryview(self._mmap)
         return self._buffer
 
-    def direct_fd(self, path: str, access: int) -> int | None:
-        """An O_DIRECT descriptor on ``path`` for ``access`` (os.O_RDONLY or
-        os.O_WRONLY), cached per connection; None where refused."""
-        key = (path, access)
-        if key not in self.direct_fds:
-            fd = None
-            if hasattr(os, "O_DIRECT"):
-                try:
-                    fd = os.open(path, access | os.O_DIRECT | os.O_CLOEXEC)
-                except OSError:
-                    fd = None      # tmpfs and some file systems refuse O_DIRECT
-            self.direct_fds[key] = fd
-        return self.direct_fds[key]
-
     def close(self) -> None:
-        """Release the buffer and descriptors (the socket is the caller's)."""
-        for fd in self.direct_fds.values():
-            if fd is not None:
-                os.close(fd)
-        self.direct_fds.clear()
+        """Release the buffer (the socket is the caller's)."""
         try:
             if self._buffer is not None:
                 self._buffer.release()

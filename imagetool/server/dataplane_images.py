@@ -27,7 +27,6 @@ import ssl
 from contextlib import nullcontext
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable
 
 from imagetool import checksum as block_checksum
 from imagetool.errors import FormatError
@@ -47,9 +46,6 @@ READ_FEATURES = list(protocol.READ_FEATURES)
 DEFAULT_MAX_READERS = 8
 DEFAULT_MAX_WRITERS = 8
 _MAX_PATCH_BODY = 16 * 1024
-# Write raw files with O_DIRECT where possible (see _writer); tests may turn it off.
-DIRECT_IO = os.environ.get("IMAGETOOL_DATAPLANE_DIRECT_IO", "1") != "0"
-_DIRECT_ALIGN = 4096
 _FORBIDDEN = "You are not allowed to access this resource: "
 
 
@@ -96,7 +92,7 @@ def options(ctx: Context, ticket: Ticket) -> int:
     body = {"features": features,
             "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
             "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)}
-    if ticket.writable and _direct_capable(backend):
+    if ticket.writable and _direct(backend):
         body[EXTENSIONS_KEY] = [CHECKSUM_AHEAD]
     ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
     return 0
@@ -137,10 +133,9 @@ def get(ctx: Context, ticket: Ticket) -> int:
             and not isinstance(conn.sock, ssl.SSLSocket)):
         return _sendfile(ctx, backend, offset, length)
     buf = conn.buffer
-    read = _reader(conn, backend)
     done = 0
     while done < length:
-        n = read(offset + done, buf, min(len(buf), length - done))
+        n = backend.read_into(offset + done, buf[:min(len(buf), length - done)])
         if n <= 0:
             # The image shrank under us: the promised length cannot be sent.
             ctx.close = True
@@ -226,7 +221,7 @@ def put(ctx: Context, ticket: Ticket) -> int:
         ctx.conn.send_continue()
     conn = ctx.conn
     buf = conn.buffer
-    write = _writer(conn, backend)
+    write = backend.write
     ahead = ticket.checksum_ahead
     if ahead is not None:
         ahead.begin_write(offset, length)
@@ -265,72 +260,6 @@ def _flush(ticket: Ticket, backend) -> None:
         backend.flush()
     else:
         ahead.flush(backend.flush)
-
-
-def _reader(conn: HttpConnection, backend) -> Callable[[int, memoryview, int], int]:
-    """``read(offset, buf, n)`` filling ``buf[:n]``: O_DIRECT for raw files.
-
-    Direct reads keep throughput steady whether or not the file is cached and
-    do not evict the rest of the page cache; unaligned requests and file
-    systems without O_DIRECT go through ``backend.read_into``.
-    """
-    def buffered(offset: int, buf: memoryview, n: int) -> int:
-        return backend.read_into(offset, buf[:n])
-
-    if not (DIRECT_IO and isinstance(backend, RawBackend)):
-        return buffered
-    fd = conn.direct_fd(backend.path, os.O_RDONLY)
-    if fd is None:
-        return buffered
-
-    def read(offset: int, buf: memoryview, n: int) -> int:
-        if offset % _DIRECT_ALIGN:
-            return buffered(offset, buf, n)
-        # Round the length up: the buffer is aligned and a multiple of the
-        # alignment, and bytes past n are simply not sent.
-        want = -(-n // _DIRECT_ALIGN) * _DIRECT_ALIGN
-        if want > len(buf):
-            return buffered(offset, buf, n)
-        try:
-            got = os.preadv(fd, [buf[:want]], offset)
-        except OSError:
-            return buffered(offset, buf, n)
-        if got < n:
-            # Short only at end of file; let the backend have the last word.
-            got += buffered(offset + got, buf[got:], n - got) if got % _DIRECT_ALIGN == 0 \
-                else 0
-        return min(got, n)
-
-    return read
-
-
-def _writer(conn: HttpConnection, backend) -> Callable[[int, memoryview], None]:
-    """``backend.write``, or for a raw file an O_DIRECT write of aligned pieces.
-
-    Direct I/O skips the page cache: no copy into it and no gigabyte of dirty
-    pages for the final fsync to write at once. Only backends that are the
-    file's bytes as-is (``RawBackend``) qualify; anything unaligned still
-    goes through the backend, and the kernel keeps both views coherent.
-    """
-    if not (DIRECT_IO and isinstance(backend, RawBackend)):
-        return backend.write
-    fd = conn.direct_fd(backend.path, os.O_WRONLY)
-    if fd is None:
-        return backend.write
-
-    def write(offset: int, data: memoryview) -> None:
-        n = len(data)
-        aligned = n - n % _DIRECT_ALIGN if offset % _DIRECT_ALIGN == 0 else 0
-        done = 0
-        try:
-            while done < aligned:
-                done += os.pwrite(fd, data[done:aligned], offset + done)
-        except OSError:
-            pass           # e.g. EINVAL on a file system with larger sectors
-        if done < n:
-            backend.write(offset + done, data[done:])
-
-    return write
 
 
 def _flush_param(req: Request) -> bool:
@@ -392,11 +321,7 @@ def patch(ctx: Context, ticket: Ticket) -> int:
             if ahead is not None:
                 ahead.begin_write(offset, size)
             try:
-                if not ticket.sparse and isinstance(backend, RawBackend):
-                    # A preallocated volume must stay allocated: zero in place.
-                    backend.zero(offset, size, allocate=True)
-                else:
-                    backend.zero(offset, size)
+                backend.zero(offset, size)      # holes, or in place: the backend's sparse
             finally:
                 if ahead is not None:
                     ahead.end_write(offset, size)
@@ -455,19 +380,14 @@ def checksum(ctx: Context, ticket: Ticket) -> int:
                         f"Invalid block size: {raw!r}: expecting ASCII digits") from None
     block_size = _check_block_size(value)
     backend = ticket.backend()
-    direct = _DirectReads.open(backend)
     ahead = ticket.checksum_ahead
     if ahead is not None and not ahead.matches(algorithm, block_size, backend.size):
         ahead = None
-    try:
-        with ahead.paused() if ahead is not None else nullcontext({}) as known:
-            # Four readers keep the disk busy while the others hash (I/O-bound
-            # direct reads, hashlib drops the GIL).
-            result = mod.checksum(direct or backend, algorithm=algorithm,
-                                  block_size=block_size, workers=4, known=known)
-    finally:
-        if direct is not None:
-            direct.close()
+    with ahead.paused() if ahead is not None else nullcontext({}) as known:
+        # Four readers keep the disk busy while the others hash (I/O-bound
+        # direct reads, hashlib drops the GIL).
+        result = mod.checksum(backend, algorithm=algorithm,
+                              block_size=block_size, workers=4, known=known)
     ctx.conn.send_json(result, close=ctx.close)
     return 0
 
@@ -491,9 +411,10 @@ def _check_block_size(block_size: int) -> int:
 
 # --- checksum ahead (see the module docstring) --------------------------------
 
-def _direct_capable(backend) -> bool:
-    """Whether ``backend`` is a raw file this server may read with O_DIRECT."""
-    return DIRECT_IO and isinstance(backend, RawBackend) and hasattr(os, "O_DIRECT")
+def _direct(backend) -> bool:
+    """Whether ``backend`` is a raw file read and written with O_DIRECT: the
+    hashing thread then reads back blocks that are on disk, not cached."""
+    return isinstance(backend, RawBackend) and backend.direct
 
 
 def _announce(ticket: Ticket, backend, msg: dict) -> None:
@@ -501,17 +422,19 @@ def _announce(ticket: Ticket, backend, msg: dict) -> None:
     mod = block_checksum
     algorithm = _check_algorithm(mod, msg.get("algorithm"))
     block_size = _check_block_size(_int_field(msg, "block_size"))
-    if not _direct_capable(backend):
+    if not _direct(backend):
         raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
     size = backend.size
     old = ticket.checksum_ahead
     if old is not None and old.matches(algorithm, block_size, size):
         return
     try:
-        own = RawBackend(backend.path, "r")
+        reader = RawBackend(backend.path, "r", direct=True)
     except FormatError:
-        own = None
-    reader = _DirectReads.open(own, own_backend=True) if own is not None else None
+        reader = None
+    if reader is not None and not reader.direct:
+        reader.close()
+        reader = None
     if reader is None:
         raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
     path = backend.path
@@ -531,63 +454,6 @@ def _announce(ticket: Ticket, backend, msg: dict) -> None:
     if old is not None:
         old.stop()
     ahead.start()
-
-
-class _DirectReads:
-    """A raw ticket file read with O_DIRECT, for the checksum's read-back.
-
-    The checksum reads every data byte once: through the page cache that
-    costs a copy and evicts other pages, and after O_DIRECT uploads nothing
-    is cached anyway. The checksum's buffers are page aligned; any read
-    that is not aligned (or a file system refusing it) goes through the
-    backend.
-    """
-
-    def __init__(self, backend: RawBackend, fd: int, own_backend: bool = False):
-        self._backend = backend
-        self._fd = fd
-        self._own_backend = own_backend
-        self.size = backend.size
-
-    @classmethod
-    def open(cls, backend, own_backend: bool = False) -> "_DirectReads | None":
-        """Direct reads of ``backend``'s file, or None when not possible.
-
-        ``own_backend``: ``close()`` closes the backend too (and so does a
-        None return).
-        """
-        fd = None
-        if _direct_capable(backend):
-            try:
-                fd = os.open(backend.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError:
-                fd = None
-        if fd is None:
-            if own_backend:
-                backend.close()
-            return None
-        return cls(backend, fd, own_backend)
-
-    def extents(self, context: str = "zero"):
-        return self._backend.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        n = len(buf)
-        aligned = n - n % _DIRECT_ALIGN
-        got = 0
-        if offset % _DIRECT_ALIGN == 0 and aligned:
-            try:
-                got = os.preadv(self._fd, [buf[:aligned]], offset)
-            except OSError:
-                got = 0         # unaligned buffer: the buffered path below
-        if got < n:
-            got += self._backend.read_into(offset + got, buf[got:])
-        return got
-
-    def close(self) -> None:
-        os.close(self._fd)
-        if self._own_backend:
-            self._backend.close()
 
 
 def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:

@@ -28,14 +28,15 @@ import time
 import uuid
 from typing import Any
 
+from imagetool.copier import copy_local
 from imagetool.formats import open_image, qcow2
-from imagetool.ids import is_uuid
-from imagetool.formats.base import copy_range
+from imagetool.formats.base import Extent
+from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.ids import is_uuid
 from imagetool.formats.raw import RawBackend
 from imagetool.server.store import Store
 
-COPY_CHUNK = 4 << 20
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -370,7 +371,7 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
     before = os.stat(path).st_blocks * 512
     if fmt == "raw":
         try:
-            zero = bytes(COPY_CHUNK)
+            zero = bytes(4 << 20)
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 for ext in reader.extents():
@@ -391,22 +392,14 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
             writer.use_backing(parent)
             parent = None
         try:
+            # The layer's own extents only (holes stay unallocated); zero
+            # extents and zero runs of a cluster inside data become zero
+            # clusters over a parent, nothing without one.
             step = writer.cluster_size
-            buf = bytearray(step)
-            zero = bytes(step)
-            for ext in reader.extents():
-                if ext.hole:
-                    continue
-                pos = ext.start
-                while pos < ext.end:
-                    n = min(step - pos % step, ext.end - pos)
-                    view = memoryview(buf)[:n]
-                    got = reader.read_into(pos, view) if not ext.zero else 0
-                    if ext.zero or view[:got] == zero[:got] and got == n:
-                        writer.zero(pos, n)
-                    else:
-                        writer.write(pos, view[:got])
-                    pos += n
+            copy_local(reader, writer, dst_is_zero=True, detect_zeroes=True,
+                       over_backing=parent_id is not None,
+                       extents=[e for e in reader.extents() if not e.hole],
+                       zero_granularity=step, request_size=max(step, 4 << 20) // step * step)
             writer.flush()
         finally:
             writer.close()
@@ -485,10 +478,9 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
             writer.use_backing(parent)
             parent = None
         try:
-            buf = bytearray(COPY_CHUNK)
-            for start, end in _union(ranges):
-                copy_range(reader, writer, start, end, buf)
-            writer.flush()
+            # Only those ranges: the rest stays unallocated (the parent's).
+            copy_local(reader, writer, dst_is_zero=True, check_size=False,
+                       extents=[Extent(a, b - a) for a, b in _union(ranges)])
         finally:
             writer.close()
     finally:
@@ -525,21 +517,7 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None)
     if reader is None:
         reader = open_image(src, "r")
     try:
-        if fmt == "raw":
-            with open(dst, "wb") as f:
-                f.truncate(size)
-            writer = RawBackend(dst, mode="r+")
-        else:
-            writer = Qcow2Writer.create(dst, size)
-        try:
-            buf = bytearray(COPY_CHUNK)
-            for ext in reader.extents():
-                if ext.zero:
-                    continue
-                copy_range(reader, writer, ext.start, ext.end, buf)
-            writer.flush()
-        finally:
-            writer.close()
+        convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
     finally:
         reader.close()
 
@@ -553,33 +531,11 @@ def _allocate(path: str, offset: int, length: int) -> None:
 def _sparse_copy(src: str, dst: str) -> None:
     """Copy a file as it is allocated: holes stay holes, zero blocks are skipped.
 
-    Only the data regions (``SEEK_DATA``/``SEEK_HOLE``) are read, and a
-    64 KiB block of zeros inside them is left unwritten, so the copy never
-    takes more space than the original.
+    The file's bytes as a raw image through the one conversion: only its
+    data regions (``SEEK_DATA``/``SEEK_HOLE``) are read, and 64 KiB blocks
+    of zeros inside them are left unwritten, so the copy never takes more
+    space than the original.
     """
-    block = 64 << 10
-    zero = bytes(block)
     create_private(dst)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        fdi, fdo = fi.fileno(), fo.fileno()
-        size = os.fstat(fdi).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fdi, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data past offset
-                break
-            end = os.lseek(fdi, start, os.SEEK_HOLE)
-            pos = start
-            while pos < end:
-                chunk = os.pread(fdi, min(COPY_CHUNK, end - pos), pos)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                for i in range(0, len(chunk), block):
-                    part = view[i:i + block]
-                    if part != zero[:len(part)]:
-                        os.pwrite(fdo, part, pos + i)
-                pos += len(chunk)
-            offset = end
-        fo.truncate(size)
+    with RawBackend(src, "r") as reader:
+        convert_backend(reader, dst, "raw")

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.formats import inspect, open_image
-from imagetool.formats.base import copy_range
+from imagetool.copier import copy_local
 from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
@@ -37,6 +37,9 @@ TICKET_TIMEOUT = 300.0
 # Room for qcow2 metadata when an upload moves a cow volume's own bytes and
 # the client gave no initial_size (L2 tables and refcounts are < 1% + headers).
 COW_OVERHEAD = 2 << 20
+# Raw volumes are read and written with O_DIRECT where the file system
+# allows (see formats/raw.py); $IMAGETOOL_DATAPLANE_DIRECT_IO=0 turns it off.
+DIRECT_IO = os.environ.get("IMAGETOOL_DATAPLANE_DIRECT_IO", "1") != "0"
 
 
 class TransferConflict(Exception):
@@ -164,7 +167,7 @@ class TransferManager:
             "format", disk["format"])
         if t["direction"] == "download":
             if t["format"] == "cow" or vol_fmt == "raw":
-                backend = RawBackend(path, "r")
+                backend = RawBackend(path, "r", direct=DIRECT_IO)
             else:
                 # Through the chain the inventory records: never a backing
                 # file named in the (client-written) header.
@@ -176,13 +179,15 @@ class TransferManager:
             # The disk's content before this transfer, put back if it fails.
             self.storage.preserve_volume(t["sd_id"], t["disk_id"], t["volume_id"])
         if t["format"] == "cow" or vol_fmt == "raw":
+            # A preallocated disk's zeroed ranges stay allocated (sparse=False).
+            kw = dict(direct=DIRECT_IO, sparse=self._ticket_sparse(t))
             if vol_fmt == "raw":
                 size = disk["provisioned_size"]
-                backend = RawBackend(path, "r+", size=size)
+                backend = RawBackend(path, "r+", size=size, **kw)
             else:
                 size = disk.get("initial_size") or disk["provisioned_size"] + \
                     disk["provisioned_size"] // 64 + COW_OVERHEAD
-                backend = RawBackend(path, "r+")
+                backend = RawBackend(path, "r+", **kw)
             return (lambda: backend), size, ops
         parent = self.store.get("volume", t["volume_id"]).get("parent_id")
         backing_fmt = None
@@ -571,14 +576,7 @@ def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
     reader = open_image(src, "r", format="qcow2", shallow=True)
     try:
-        buf = bytearray(4 << 20)
-        for ext in reader.extents():
-            if ext.hole:
-                continue
-            if ext.zero:
-                writer.zero(ext.start, ext.length)
-                continue
-            copy_range(reader, writer, ext.start, ext.end, buf)
-        writer.flush()
+        # Holes stay unallocated, zero clusters stay zero clusters.
+        copy_local(reader, writer, dst_is_zero=True, over_backing=True, check_size=False)
     finally:
         reader.close()

@@ -9,8 +9,8 @@ from typing import Any, Callable
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError, TransferError
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
-from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled
+from imagetool.transfer.output import atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult, write_file
 
@@ -110,16 +110,11 @@ def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
             os.replace(volume, out)
             return
         from imagetool.formats import open_image
-        from imagetool.formats.raw import RawBackend
+        from imagetool.formats.convert import convert_backend
 
         src = open_image(volume, "r", format="qcow2")
         try:
-            dst = SharedBackend(RawBackend(out, "w", size=src.size))
-            try:
-                copy(SharedBackend(src), dst, workers=workers, dst_is_zero=True)
-                dst.flush()
-            finally:
-                dst.close()
+            convert_backend(src, out, "raw", workers=workers)
         finally:
             src.close()
     finally:

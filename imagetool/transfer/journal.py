@@ -14,24 +14,22 @@ for downloads those fsynced to the local file (see ``JournalingBackend``).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import glob
 import hashlib
 import json
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
+# Kept importable here: the journaling wrapper and the interval helpers.
+from imagetool.backends import FLUSH_BYTES, FLUSH_SECONDS, JournalingBackend  # noqa: F401
+from imagetool.copier import missing, skip_done  # noqa: F401
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir
 
 VERSION = 1
 SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
-# A connection flushes (and its ranges become "done") after this many bytes
-# or seconds, so a kill loses at most that much per worker.
-FLUSH_BYTES = 16 * 1024 * 1024
-FLUSH_SECONDS = 2.0
 _ID_BLOCK = 1024 * 1024
 
 
@@ -89,25 +87,6 @@ def merge(intervals: list[list[int]], start: int, end: int) -> None:
         end = max(end, intervals[j][1])
         j += 1
     intervals[i:j] = [[start, end]]
-
-
-def missing(intervals: list[list[int]], start: int, end: int) -> Iterator[tuple[int, int]]:
-    """The parts of ``[start, end)`` not covered by ``intervals`` as (start, end)."""
-    pos = start
-    i = max(0, bisect.bisect_right(intervals, [start, float("inf")]) - 1)
-    while pos < end and i < len(intervals):
-        a, b = intervals[i]
-        if b <= pos:
-            i += 1
-            continue
-        if a >= end:
-            break
-        if a > pos:
-            yield pos, a
-        pos = max(pos, b)
-        i += 1
-    if pos < end:
-        yield pos, end
 
 
 class Journal:
@@ -195,94 +174,3 @@ class Journal:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
-
-
-def skip_done(requests: Iterable[Any], intervals: list[list[int]]) -> Iterator[Any]:
-    """Copier requests with the parts inside ``intervals`` turned into skips."""
-    for req in requests:
-        if req.op == "skip" or not intervals:
-            yield req
-            continue
-        end = req.start + req.length
-        pos = req.start
-        for a, b in missing(intervals, req.start, end):
-            if a > pos:
-                yield dataclasses.replace(req, op="skip", start=pos, length=a - pos)
-            yield dataclasses.replace(req, start=a, length=b - a)
-            pos = b
-        if pos < end:
-            yield dataclasses.replace(req, op="skip", start=pos, length=end - pos)
-
-
-class JournalingBackend:
-    """Wraps a destination backend; records ranges once they are durable.
-
-    Writes and zeros are "pending" until ``sync()`` succeeds, then added to
-    the journal. A sync runs every ``flush_bytes`` written or
-    ``flush_seconds`` on this object, and at ``flush()``. ``sync`` defaults
-    to this connection's own ``flush`` (an upload's PATCH flush); downloads
-    pass the local file's fsync, shared by all clones.
-    """
-
-    def __init__(self, inner: Any, journal: Journal, *,
-                 sync: Callable[[], None] | None = None,
-                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
-        self.inner = inner
-        self.journal = journal
-        self._shared_sync = sync
-        self.flush_bytes = flush_bytes
-        self.flush_seconds = flush_seconds
-        self._pending: list[tuple[int, int]] = []
-        self._pending_bytes = 0
-        self._last_sync = time.monotonic()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def extents(self, context: str = "zero"):
-        return self.inner.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self.inner.read_into(offset, buf)
-
-    def _written(self, offset: int, length: int) -> None:
-        self._pending.append((offset, length))
-        self._pending_bytes += length
-        if (self._pending_bytes >= self.flush_bytes
-                or time.monotonic() - self._last_sync >= self.flush_seconds):
-            self._sync()
-
-    def _sync(self) -> None:
-        if self._shared_sync is not None:
-            self._shared_sync()
-        else:
-            self.inner.flush()
-        self._last_sync = time.monotonic()
-        if self._pending:
-            self.journal.add_done(self._pending)
-        self._pending = []
-        self._pending_bytes = 0
-
-    def write(self, offset: int, data: Any) -> None:
-        self.inner.write(offset, data)
-        self._written(offset, len(memoryview(data).cast("B")))
-
-    def zero(self, offset: int, length: int) -> None:
-        self.inner.zero(offset, length)
-        self._written(offset, length)
-
-    def flush(self) -> None:
-        """Make everything durable and record it."""
-        self._sync()
-
-    def clone(self) -> "JournalingBackend":
-        return JournalingBackend(self.inner.clone(), self.journal,
-                                 sync=self._shared_sync, flush_bytes=self.flush_bytes,
-                                 flush_seconds=self.flush_seconds)
-
-    def close(self) -> None:
-        self.inner.close()

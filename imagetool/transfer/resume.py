@@ -462,13 +462,10 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers
         src = RetryingBackend(session.open_backend(), policy or RetryPolicy.from_env(),
                               stop=session.cancel_event)
         size = src.size
-        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size)
-        try:
-            # O_DIRECT writes and write-back advice, as a plain download has.
-            shared = SharedBackend(local, writeback_path=part)
-        except BaseException:
-            local.close()
-            raise
+        # O_DIRECT writes and write-back advice, as a plain download has.
+        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size,
+                           direct=True)
+        shared = SharedBackend(local)
         dst = JournalingBackend(shared, journal, sync=local.flush,
                                 flush_bytes=flush_bytes_for(size, buffer_size))
         workers = max(1, min(workers, src.max_readers or workers))

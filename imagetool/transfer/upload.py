@@ -16,7 +16,7 @@ from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
 from imagetool.formats import inspect, open_image
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
-from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
@@ -121,13 +121,7 @@ def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
     out = os.path.join(tmpdir, os.path.basename(path) + ".qcow2")
     src = open_image(path, "r")
     try:
-        dst = SharedBackend(Qcow2Writer.create(out, src.size))
-        try:
-            copy(SharedBackend(src), dst, workers=workers, dst_is_zero=True,
-                 detect_zeroes=True)
-            dst.flush()
-        finally:
-            dst.close()
+        convert_backend(src, out, "qcow2", workers=workers)
     finally:
         src.close()
     return out

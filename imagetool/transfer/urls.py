@@ -102,12 +102,7 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     workers = _cap(workers, getattr(src, "max_readers", None))
     size = src.size
     if format == "raw":
-        dst = RawBackend(tmp, "w", size=size)
-        try:
-            shared = SharedBackend(dst, writeback_path=tmp)
-        except BaseException:
-            dst.close()
-            raise
+        shared = SharedBackend(RawBackend(tmp, "w", size=size, direct=True))
     else:
         dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
                                  backing_format=backing_format)

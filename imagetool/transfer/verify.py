@@ -49,13 +49,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from imagetool.backends import Cancellable as _Cancellable, PerThread as _PerThread, \
+    Window as _Window
 from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum, hash_factory,
                                 validate_block_size)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
-from imagetool.formats.base import Backend, Extent
+from imagetool.formats.base import Backend
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
@@ -101,69 +103,6 @@ class Verification:
 def skipped(reason: str) -> Verification:
     """A Verification that compared nothing, saying why."""
     return Verification(verified=False, skipped=reason)
-
-
-# --- backend adapters ------------------------------------------------------
-
-class _PerThread:
-    """Reads of a non-thread-safe backend, each thread on its own clone.
-
-    ``imagetool.checksum`` reads from several threads; an HttpBackend holds
-    one connection, so every reading thread gets its own ``clone()``.
-    """
-
-    def __init__(self, backend: Any):
-        self._backend = backend
-        self._local = threading.local()
-        self._clones: list[Any] = []
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._backend.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._backend.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        b = getattr(self._local, "backend", None)
-        if b is None:
-            b = self._local.backend = self._backend.clone()
-            with self._lock:
-                self._clones.append(b)
-        return b.read_into(offset, buf)
-
-    def close(self) -> None:
-        with self._lock:
-            clones, self._clones = self._clones, []
-        for b in clones:
-            try:
-                b.close()
-            except Exception:
-                pass
-
-
-class _Window:
-    """``backend`` seen with length ``size``: cut, or padded with a zero hole."""
-
-    def __init__(self, backend: Any, size: int):
-        self._backend = backend
-        self.size = size
-        self._inner = backend.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        end = min(self.size, self._inner)
-        for ext in self._backend.extents(context):
-            if ext.start >= end:
-                break
-            yield Extent(ext.start, min(ext.start + ext.length, end) - ext.start,
-                         ext.zero, ext.hole)
-        if self.size > self._inner:
-            yield Extent(self._inner, self.size - self._inner, zero=True, hole=True)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        # Only called inside [0, min(size, inner)): the padding is a zero extent.
-        return self._backend.read_into(offset, buf)
 
 
 # --- the two sides ---------------------------------------------------------
@@ -245,23 +184,6 @@ def pick_algorithm(backend: Any) -> str:
     finally:
         client.close()
     return want if want in offered else DEFAULT_ALGORITHM
-
-
-class _Cancellable:
-    """A backend whose reads stop with ``ImagetoolError`` once ``event`` is set."""
-
-    def __init__(self, backend: Backend, event: threading.Event):
-        self._backend = backend
-        self._event = event
-        self.size = backend.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._backend.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        if self._event.is_set():
-            raise ImagetoolError("verification cancelled")
-        return self._backend.read_into(offset, buf)
 
 
 class LocalHash:

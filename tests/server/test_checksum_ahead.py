@@ -41,11 +41,13 @@ def server():
         srv.registry.remove(t.uuid)
 
 
-def _ticket(server, path: str, size: int = SIZE, ops=("read", "write")) -> Ticket:
+def _ticket(server, path: str, size: int = SIZE, ops=("read", "write"),
+            direct: bool = True) -> Ticket:
     with open(path, "ab") as f:
         f.truncate(size)
     ticket = Ticket(uuid=f"ticket-{os.urandom(6).hex()}", size=size, ops=tuple(ops),
-                    open_backend=lambda: RawBackend(path, "r+" if "write" in ops else "r"))
+                    open_backend=lambda: RawBackend(path, "r+" if "write" in ops else "r",
+                                                    direct=direct))
     server.registry.add(ticket)
     return ticket
 
@@ -245,8 +247,7 @@ def test_announcement_refusals(server, scratch, monkeypatch):
     assert status == 403 and b"forbids write" in body
     assert rw.checksum_ahead is None and ro.checksum_ahead is None
     # Without direct I/O the extension is neither offered nor accepted.
-    monkeypatch.setattr(dataplane_images, "DIRECT_IO", False)
-    other = _ticket(server, os.path.join(scratch, "other.raw"))
+    other = _ticket(server, os.path.join(scratch, "other.raw"), direct=False)
     with _client(server, other) as c:
         assert c.options().extensions == frozenset()
         with pytest.raises(ImageioError, match="not available"):

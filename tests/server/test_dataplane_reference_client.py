@@ -34,9 +34,10 @@ def server(request, tls_files):
         srv.registry.remove(t.uuid)
 
 
-def _add(server, path, size=SIZE, ops=("read", "write"), **kw) -> str:
+def _add(server, path, size=SIZE, ops=("read", "write"), direct=True, **kw) -> str:
     ticket = Ticket(uuid=f"ticket-{os.urandom(6).hex()}", size=size, ops=tuple(ops),
-                    open_backend=lambda: RawBackend(path, "r+" if "write" in ops else "r"),
+                    open_backend=lambda: RawBackend(path, "r+" if "write" in ops else "r",
+                                                    direct=direct),
                     **kw)
     server.registry.add(ticket)
     return f"{server.url}/images/{ticket.uuid}"
@@ -180,17 +181,15 @@ def test_stop_closes_connections(tls_files):
 
 
 @pytest.mark.slow
-def test_buffered_path_with_unaligned_size_and_offsets(server, scratch, monkeypatch):
-    from imagetool.server import dataplane_images
+def test_buffered_path_with_unaligned_size_and_offsets(server, scratch):
     size = SIZE - 1000           # not a multiple of 4096: odd tail
     data = os.urandom(size)
     src = os.path.join(scratch, "src.raw")
     with open(src, "wb") as f:
         f.write(data)
     for direct in (False, True):
-        monkeypatch.setattr(dataplane_images, "DIRECT_IO", direct)
         dst = _empty(scratch, f"dst-{direct}.raw", size)
-        url = _add(server, dst, size=size)
+        url = _add(server, dst, size=size, direct=direct)
         with ImageioClient(url, cafile=server.cafile) as c:
             # Pieces with unaligned offsets and lengths, then the odd tail.
             pos = 0
@@ -210,11 +209,8 @@ def test_buffered_path_with_unaligned_size_and_offsets(server, scratch, monkeypa
             assert c.checksum(algorithm="sha256") == checksum_file(src, algorithm="sha256")
         with open(dst, "rb") as f:
             assert f.read() == data
-        raw = RawBackend(dst, "r")
-        reads = dataplane_images._DirectReads.open(raw)
-        assert (reads is not None) == direct
-        if reads is not None:
-            reads.close()
+        raw = RawBackend(dst, "r", direct=direct)
+        assert raw.direct == direct
         raw.close()
 
 

@@ -1,4 +1,4 @@
-"""Downloads to raw write aligned requests with O_DIRECT (SharedBackend).
+"""Downloads to raw write aligned requests with O_DIRECT (RawBackend direct=True).
 
 The files live under /var/tmp (a disk file system: tmpfs may refuse
 O_DIRECT, and then the ordinary path is what runs).
@@ -29,8 +29,8 @@ def disk_dir():
 def _download_like(src_path: str, out: str, workers: int, overlap: bool,
                    request_size: int = MiB) -> None:
     src = RawBackend(src_path, "r")
-    dst = RawBackend(out, "w", size=src.size)
-    shared = SharedBackend(dst, writeback_path=out)
+    dst = RawBackend(out, "w", size=src.size, direct=True)
+    shared = SharedBackend(dst)
     try:
         copy(SharedBackend(src), shared, workers=workers, request_size=request_size,
              dst_is_zero=True, detect_zeroes=True, overlap=overlap)
@@ -61,20 +61,20 @@ def test_download_copy_bytes_equal_and_sparse(disk_dir, workers, overlap):
 
 def test_aligned_write_goes_direct_others_do_not(disk_dir):
     path = os.path.join(disk_dir, "out.raw")
-    dst = RawBackend(path, "w", size=4 * MiB)
-    shared = SharedBackend(dst, writeback_path=path)
+    dst = RawBackend(path, "w", size=4 * MiB, direct=True)
+    shared = SharedBackend(dst)
     try:
-        if not shared._direct:
+        if not shared.direct:
             pytest.skip("this file system refuses O_DIRECT")
         aligned = mmap.mmap(-1, MiB)
         aligned.write(b"\xa5" * MiB)
         clone = shared.clone()
-        assert clone._write_direct(MiB, memoryview(aligned)) is True
+        assert clone._write_direct(MiB, memoryview(aligned)) == MiB
         # Misaligned offset, length or address: not written here.
-        assert clone._write_direct(MiB + 512, memoryview(aligned)) is False
-        assert clone._write_direct(0, memoryview(aligned)[:1000]) is False
-        assert clone._write_direct(0, memoryview(aligned)[16:16 + 4096]) is False
-        assert clone._write_direct(0, bytes(4096)) is False     # read-only buffer
+        assert clone._write_direct(MiB + 512, memoryview(aligned)) == 0
+        assert clone._write_direct(0, memoryview(aligned)[:1000]) == 0
+        assert clone._write_direct(0, memoryview(aligned)[16:16 + 4096]) == 0
+        assert clone._write_direct(0, memoryview(bytes(4096))) == 0   # read-only buffer
         # Those go through the ordinary path instead.
         clone.write(2 * MiB + 512, memoryview(aligned)[16:16 + 4096])
         clone.close()       # a clone does not close the shared descriptors

@@ -120,7 +120,8 @@ def _full_file(directory: str) -> str:
 
 def _patch_zero(server, path: str, sparse: bool, offset: int, size: int) -> int:
     ticket = Ticket(uuid=f"t-{os.urandom(6).hex()}", size=SIZE, ops=("read", "write"),
-                    open_backend=lambda: RawBackend(path, "r+"), sparse=sparse)
+                    open_backend=lambda: RawBackend(path, "r+", sparse=sparse),
+                    sparse=sparse)
     server.registry.add(ticket)
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
