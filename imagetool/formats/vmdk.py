@@ -113,7 +113,7 @@ def _fd_size(fd: int) -> int:
     return st.st_size
 
 
-class _Window:
+class _FileRange:
     """A byte range ``[base, base+length)`` of an open file.
 
     Offsets given to ``pread`` are relative to the window; anything outside
@@ -127,7 +127,7 @@ class _Window:
         self.length = length
         self.fd = _open_fd(path, label)
 
-    def reopen(self) -> "_Window":
+    def reopen(self) -> "_FileRange":
         other = copy.copy(self)
         other.fd = _open_fd(self.path, self.label)
         return other
@@ -218,7 +218,7 @@ class _FlatExtent:
 
     kind = "FLAT"
 
-    def __init__(self, win: _Window, size: int):
+    def __init__(self, win: _FileRange, size: int):
         self.win = win
         self.size = size
 
@@ -285,7 +285,7 @@ class _Header:
     compress: int
 
 
-def _parse_header(win: _Window, raw: bytes, what: str) -> _Header:
+def _parse_header(win: _FileRange, raw: bytes, what: str) -> _Header:
     (magic, version, flags, capacity, grain, desc_off, desc_size, num_gtes,
      rgd, gd, overhead, _unclean, _nl, compress) = _HEADER.unpack_from(raw)
     if magic != MAGIC:
@@ -303,7 +303,7 @@ class _SparseExtent:
 
     kind = "SPARSE"
 
-    def __init__(self, win: _Window):
+    def __init__(self, win: _FileRange):
         self.win = win
         self._lock = threading.Lock()
         self._gt_cache: OrderedDict[int, array] = OrderedDict()
@@ -701,7 +701,7 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
     finally:
         os.close(fd)
     if line.type == "SPARSE":
-        win = _Window(target, target, 0, flen)
+        win = _FileRange(target, target, 0, flen)
         try:
             ext = _SparseExtent(win)
         except BaseException:
@@ -719,7 +719,7 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
         raise CorruptImage(
             f"corrupt vmdk image: extent file {line.name} is {flen} bytes, "
             f"the descriptor declares {base + size}", desc)
-    return _FlatExtent(_Window(target, target, base, size), size)
+    return _FlatExtent(_FileRange(target, target, base, size), size)
 
 
 # --- the backend ------------------------------------------------------------
@@ -865,7 +865,7 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
         raise FormatError(f"window ends at {offset + length}, past the end of "
                           f"the file ({fsize} bytes)", label)
     if head[:4] == MAGIC:
-        win = _Window(path, label, offset, length)
+        win = _FileRange(path, label, offset, length)
         try:
             ext = _SparseExtent(win)
             desc = ext.descriptor

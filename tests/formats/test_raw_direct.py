@@ -17,7 +17,8 @@ import pytest
 from imagetool.formats.raw import RawBackend
 
 MiB = 1 << 20
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "imagetool")
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                    "imagetool")
 
 
 @pytest.fixture
