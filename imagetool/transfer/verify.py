@@ -24,10 +24,8 @@ What is compared:
 
 Algorithm: the block checksum works with any hash both sides offer. Where
 the server offers it, verification uses whichever of sha256 and blake2b
-(imageio's default) hashes faster on this machine, measured once on 4 MiB
-(with SHA extensions sha256 is much faster than blake2b in CPython, see
-benchmarks/README.md, and both sides hash every data byte, so this is most
-of verification's cost).
+(imageio's default) hashes faster on this machine
+(:mod:`imagetool.transfer.hashspeed`).
 The algorithm used is in the result; ``checksum --disk`` keeps blake2b.
 
 Checksum ahead: before an upload's copy, a server listing the
@@ -51,8 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum, hash_factory,
-                                validate_block_size)
+from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
 from imagetool.formats.base import Backend, Extent
@@ -60,7 +57,7 @@ from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.imageio.protocol import CHECKSUM_AHEAD
-from imagetool.transfer.session import TransferSession
+from imagetool.transfer.hashspeed import fastest_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -211,26 +208,6 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
 # server's for the CPUs (benchmarks/README.md, "Cost of end-to-end
 # verification").
 PARALLEL_UPLOAD_HASH = True
-
-# Candidates for verification, fastest first once measured.
-CANDIDATE_ALGORITHMS = ("sha256", DEFAULT_ALGORITHM)
-_fastest: str | None = None
-
-
-def fastest_algorithm() -> str:
-    """The candidate hashing 4 MiB fastest here (measured once per process)."""
-    global _fastest
-    if _fastest is None:
-        data = bytes(range(256)) * (4 * 1024 * 1024 // 256)
-        timings = []
-        for name in CANDIDATE_ALGORITHMS:
-            new = hash_factory(name)
-            t = time.perf_counter()
-            new(data).digest()
-            timings.append((time.perf_counter() - t, name))
-        _fastest = min(timings)[1]
-    return _fastest
-
 
 def pick_algorithm(backend: Any) -> str:
     """The algorithm to verify ``backend``'s ticket with (see module docstring)."""
@@ -458,32 +435,3 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
     _check_equal(mine, remote, what, algorithm, block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], method,
                         seconds=time.monotonic() - start)
-
-
-def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM,
-                  block_size: int = DEFAULT_BLOCK_SIZE, use_proxy: bool = False,
-                  inactivity_timeout: int = 60) -> dict:
-    """A disk's server-side block checksum through a short download transfer.
-
-    Creates a download transfer (format raw: guest data), asks the data plane
-    for the checksum (or reads the data back when the server cannot hash),
-    then finalizes. Returns ``{"algorithm", "block_size", "checksum",
-    "disk_id", "method"}``.
-    """
-
-    hash_factory(algorithm)          # ValueError before the engine locks anything
-    validate_block_size(block_size)
-    if getattr(conn, "legacy", False):
-        raise ImagetoolError("this engine (4.1) only moves volume bytes: "
-                             "it cannot give a disk's guest-data checksum")
-    session = TransferSession(conn, disk_id=disk_id, direction="download",
-                              format="raw", inactivity_timeout=inactivity_timeout,
-                              use_proxy=use_proxy)
-    with session:
-        backend = session.open_backend()
-        result, method = remote_checksum(backend, algorithm=algorithm,
-                                         block_size=block_size)
-    out = dict(result)
-    out["disk_id"] = disk_id
-    out["method"] = method
-    return out
