@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.engine.wait import wait_for_disk_unlocked
-from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
+from imagetool.engine.wait import transfer_phase, wait_for_disk_unlocked, wait_until
+from imagetool.errors import (ChecksumMismatch, ImagetoolError, NotFound, TimeoutExpired,
+                              TransferError)
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 from imagetool.paths import default_data_dir
@@ -233,20 +233,25 @@ def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None
     if not disk_id:
         return None
     transfer_id = journal.data.get("transfer_id")
-    deadline = time.monotonic() + timeout
-    while transfer_id and time.monotonic() < deadline:
-        try:
-            phase = conn.transfers.get(transfer_id).phase or ""
-        except NotFound:
-            break
-        if phase not in FAILING:
-            break
-        time.sleep(0.2)
+    if transfer_id:
+        _wait_quietly(conn, transfer_id, lambda phase: phase not in FAILING, timeout)
     try:
         conn.disks.get(disk_id)
     except NotFound:
         return disk_id
     return None
+
+
+def _wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
+                  timeout: float) -> None:
+    """Wait until ``transfer_id``'s phase is ``done`` or the transfer is gone;
+    at the deadline go on (the caller's next step has its own checks)."""
+    try:
+        wait_until(lambda: transfer_phase(conn, transfer_id),
+                   lambda phase: phase is None or done(phase), timeout,
+                   f"transfer {transfer_id}")
+    except TimeoutExpired as e:
+        log.debug("%s", e)
 
 
 def _transfer_alive(conn: Any, transfer_id: str | None) -> bool:
@@ -339,14 +344,7 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
         return transfer_id
     if t is not None and not t.phase.startswith("finished"):
         # Finalizing or cancelling: wait for the end, then start anew.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if conn.transfers.get(transfer_id).phase.startswith("finished"):
-                    break
-            except NotFound:
-                break
-            time.sleep(0.2)
+        _wait_quietly(conn, transfer_id, lambda phase: phase.startswith("finished"), 120)
     wait_for_disk_unlocked(conn, disk_id, timeout=300)
     return None
 

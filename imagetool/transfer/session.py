@@ -23,9 +23,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
-from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
-                                   wait_for_transfer_phase)
+from imagetool.errors import (EngineError, ImagetoolError, NotFound, TimeoutExpired,
+                              TransferError)
+from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_unlocked,
+                                   wait_for_transfer_phase, wait_until)
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
@@ -257,17 +258,13 @@ class TransferSession:
         return t.phase in ENDED
 
     def _wait_ended(self) -> None:
-        deadline = time.monotonic() + self.cleanup_timeout
-        delay = 0.1
-        while time.monotonic() < deadline:
-            try:
-                t = self.conn.transfers.get(self.transfer_id)
-            except NotFound:
-                return
-            if t.phase in ENDED:
-                return
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+        """Wait until the transfer ended or is gone (at most cleanup_timeout)."""
+        try:
+            wait_until(lambda: transfer_phase(self.conn, self.transfer_id),
+                       lambda phase: phase is None or phase in ENDED,
+                       self.cleanup_timeout, f"transfer {self.transfer_id} to end")
+        except TimeoutExpired as e:
+            log.debug("%s", e)   # the disk is waited for next, as before
 
     # --- keep-alive -------------------------------------------------------
 
