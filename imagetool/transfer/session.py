@@ -43,6 +43,12 @@ class TransferSession:
     cancel or None for the engine's default; ``use_proxy`` sends data through
     the engine's proxy_url even when the host is reachable; ``extend`` asks
     the engine to extend the session periodically (None: only 4.1 engines).
+
+    Resume: ``reuse_transfer_id`` attaches to that existing transfer
+    instead of creating one; ``keep_on_error`` pauses the transfer on
+    failure (kept for ``--resume``) instead of cancelling it (should the
+    pause fail, the engine's ``pause`` timeout policy does the same after
+    the inactivity timeout).
     """
 
     def __init__(self, conn: Any, *, disk_id: str | None = None,
@@ -51,7 +57,8 @@ class TransferSession:
                  timeout_policy: str | None = None, shallow: bool | None = None,
                  use_proxy: bool = False, extend: bool | None = None,
                  start_timeout: float = 300.0, finalize_timeout: float = 600.0,
-                 cleanup_timeout: float = 300.0):
+                 cleanup_timeout: float = 300.0, reuse_transfer_id: str | None = None,
+                 keep_on_error: bool = False):
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
         if not (disk_id or snapshot_id):
@@ -80,12 +87,8 @@ class TransferSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backends: list[Any] = []
-        # Resume: attach to this existing transfer instead of creating one,
-        # and on failure pause it (kept for --resume) instead of cancelling
-        # it; should the pause fail, the engine's timeout policy (pause)
-        # does the same after the inactivity timeout.
-        self.reuse_transfer_id: str | None = None
-        self.keep_on_error = False
+        self.reuse_transfer_id = reuse_transfer_id
+        self.keep_on_error = keep_on_error
 
     # --- lifecycle --------------------------------------------------------
 
