@@ -25,6 +25,8 @@ _LAZY = {
     "download_disk": "imagetool.transfer.download",
     "upload_url": "imagetool.transfer.urls",
     "download_url": "imagetool.transfer.urls",
+    "UploadOptions": "imagetool.transfer.options",
+    "DownloadOptions": "imagetool.transfer.options",
 }
 
 __all__ = ["__version__", *_LAZY]

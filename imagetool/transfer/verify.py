@@ -317,15 +317,18 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
 
 
 def start_upload_hash(source_path: str, volume_bytes: bool = False, *,
-                      algorithm: str | None = None) -> LocalHash | None:
+                      algorithm: str | None = None,
+                      opener: Callable[[], Backend] | None = None) -> LocalHash | None:
     """Start hashing an upload's source now when :data:`PARALLEL_UPLOAD_HASH`.
 
-    ``algorithm`` None: the fastest here. Returns None when hashing is left
-    for :func:`verify_upload`.
+    ``algorithm`` None: the fastest here. ``opener`` returns a fresh
+    backend on what the upload sends (e.g. the open source's ``clone``;
+    default: open ``source_path`` again). Returns None when hashing is
+    left for :func:`verify_upload`.
     """
     if not PARALLEL_UPLOAD_HASH:
         return None
-    return LocalHash(open_source(source_path, volume_bytes),
+    return LocalHash(opener or open_source(source_path, volume_bytes),
                      algorithm=algorithm or fastest_algorithm())
 
 
@@ -354,13 +357,15 @@ def announce_upload_checksum(dst: Any, algorithm: str,
 def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
                   local: LocalHash | None = None, what: str = "",
                   algorithm: str | None = None,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> Verification:
+                  block_size: int = DEFAULT_BLOCK_SIZE,
+                  opener: Callable[[], Backend] | None = None) -> Verification:
     """Compare an upload's ticket with its source; raise ChecksumMismatch if they differ.
 
     Call after the copy (flushed) and before finalize. ``dst`` is the
     session's HttpBackend; ``local`` a LocalHash started on the same source
     (one is run here when None); ``volume_bytes`` for cow transfers of a
     qcow2 file (see the module docstring). ``algorithm`` None: picked.
+    ``opener`` as for :func:`start_upload_hash`.
     """
     start = time.monotonic()
     algorithm = algorithm or pick_algorithm(dst)
@@ -368,7 +373,7 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
         local.cancel()
         local = None
     if local is None:
-        local = LocalHash(open_source(source_path, volume_bytes),
+        local = LocalHash(opener or open_source(source_path, volume_bytes),
                           algorithm=algorithm, block_size=block_size)
     kw = dict(algorithm=algorithm, block_size=block_size)
     if not volume_bytes:
