@@ -41,6 +41,8 @@ _LAZY = {
     "copy_disk": "imagetool.disks",
     "move_disk": "imagetool.disks",
     "sparsify_disk": "imagetool.disks",
+    "UploadOptions": "imagetool.transfer.options",
+    "DownloadOptions": "imagetool.transfer.options",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagetool.engine.entities import Disk
-from imagetool.engine.wait import wait_for_disk, wait_until
+from imagetool.engine.wait import wait_for_disk, wait_truthy
 from imagetool.errors import Conflict, ImagetoolError
 
 DEFAULT_TIMEOUT = 3600.0
@@ -45,7 +45,7 @@ def copy_disk(conn: Any, disk: Any, storage_domain: str, *, name: str | None = N
             fresh = [x for x in conn.storage_domains.disks(sd.id) if x.id not in before]
             return fresh[0] if len(fresh) == 1 else None
 
-        new = wait_until(appeared, f"the copy of disk {d.name or d.id}", timeout)  # type: ignore[assignment]
+        new = wait_truthy(appeared, f"the copy of disk {d.name or d.id}", timeout)  # type: ignore[assignment]
     wait_for_disk(conn, d.id, "ok", timeout)
     return wait_for_disk(conn, new.id, "ok", timeout)  # type: ignore[union-attr]
 
@@ -64,7 +64,7 @@ def move_disk(conn: Any, disk: Any, storage_domain: str, *,
         x = conn.disks.get(d.id)
         return x if x.status == "ok" and sd.id in x.storage_domain_ids else None
 
-    return wait_until(moved, f"disk {d.name or d.id} to be moved to {sd.name}",
+    return wait_truthy(moved, f"disk {d.name or d.id} to be moved to {sd.name}",
                       timeout)  # type: ignore[return-value]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from imagetool.engine.entities import Disk, DiskSnapshot, Snapshot, Vm
-from imagetool.engine.wait import wait_until
+from imagetool.engine.wait import wait_truthy
 from imagetool.errors import (Conflict, EngineError, ImagetoolError, NotFound,
                               TransferError)
 from imagetool.ids import is_uuid
@@ -117,7 +117,7 @@ def _wait_disks(conn: Any, disk_ids: Iterable[str], what: str, timeout: float) -
                 pending.remove(disk_id)
         return not pending
 
-    wait_until(check, f"{what} (disks still locked)", timeout)
+    wait_truthy(check, f"{what} (disks still locked)", timeout)
 
 
 # --- snapshots -----------------------------------------------------------------
@@ -167,7 +167,7 @@ def _wait_snapshot_ok(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str],
         s = conn.snapshots.get(vm.id, snap_id)
         return s if s.snapshot_status == "ok" else None
 
-    snap = wait_until(check, f"{what} to be ok", timeout)
+    snap = wait_truthy(check, f"{what} to be ok", timeout)
     _wait_disks(conn, disk_ids, what, timeout)
     return snap  # type: ignore[return-value]
 
@@ -191,7 +191,7 @@ def _wait_gone(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: fl
             return True
         return False
 
-    wait_until(check, f"snapshot {snap_id} of VM {_vm_label(vm)} to be removed", timeout)
+    wait_truthy(check, f"snapshot {snap_id} of VM {_vm_label(vm)} to be removed", timeout)
     _wait_disks(conn, disk_ids, f"removing snapshot {snap_id}", timeout)
 
 
@@ -255,7 +255,7 @@ def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
         s = conn.snapshots.get(vm.id, snap.id)
         return s if s.snapshot_status == "in_preview" else None
 
-    out = wait_until(check, f"snapshot {snap.description!r} to be in preview", timeout)
+    out = wait_truthy(check, f"snapshot {snap.description!r} to be in preview", timeout)
     _wait_disks(conn, disk_ids, f"previewing snapshot {snap.description!r}", timeout)
     return out  # type: ignore[return-value]
 
@@ -277,7 +277,7 @@ def _end_preview(conn: Any, vm: Any, snapshot: Any, commit: bool, wait: bool,
     disk_ids = _vm_disk_ids(conn, vm)
     (conn.vms.commit_snapshot if commit else conn.vms.undo_snapshot)(vm.id)
     if wait:
-        wait_until(lambda: _in_preview(conn, vm) is None,
+        wait_truthy(lambda: _in_preview(conn, vm) is None,
                    f"the preview of VM {_vm_label(vm)} to end", timeout)
         _wait_disks(conn, disk_ids, f"{verb} of the preview", timeout)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagetool.engine.entities import StorageDomain, Vm
-from imagetool.engine.wait import wait_until
+from imagetool.engine.wait import wait_truthy
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 
 DEFAULT_TIMEOUT = 3600.0
@@ -61,7 +61,7 @@ def _wait_vm_down(conn: Any, vm_id: str, what: str, timeout: float) -> Vm:
         v = conn.vms.get(vm_id)
         return v if (v.status or "down").lower() not in ("image_locked", "locked") else None
 
-    return wait_until(check, what, timeout)  # type: ignore[return-value]
+    return wait_truthy(check, what, timeout)  # type: ignore[return-value]
 
 
 def export_vm(conn: Any, vm: Any, export_domain: str, *, discard_snapshots: bool = False,
@@ -81,7 +81,7 @@ def export_vm(conn: Any, vm: Any, export_domain: str, *, discard_snapshots: bool
     def on_domain() -> Vm | None:
         return next((v for v in conn.storage_domains.vms(sd.id) if v.id == found.id), None)
 
-    return wait_until(on_domain, f"VM {found.name} to appear on export domain {sd.name}",
+    return wait_truthy(on_domain, f"VM {found.name} to appear on export domain {sd.name}",
                       timeout)  # type: ignore[return-value]
 
 
@@ -118,4 +118,4 @@ def import_vm(conn: Any, name: str, export_domain: str, storage_domain: str, *,
                     "image_locked", "locked") else None
         return None
 
-    return wait_until(imported, f"VM {target_name} to be imported", timeout)  # type: ignore[return-value]
+    return wait_truthy(imported, f"VM {target_name} to be imported", timeout)  # type: ignore[return-value]

@@ -145,7 +145,7 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
 def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
                    engine: EngineOptions) -> None:
     """``checksum --disk``: ask the engine's data plane to hash the disk."""
-    from imagetool.transfer.verify import disk_checksum
+    from imagetool.transfer.disk_checksum import disk_checksum
 
     with open_connection(engine) as conn:
         found = conn.disks.find(disk)

@@ -133,7 +133,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
     interruption, run the same command with --resume.
     """
     from imagetool.formats import inspect
-    from imagetool.transfer.upload import upload_disk_result
+    from imagetool.transfer.upload import UploadOptions, upload_disk_result
 
     if len(files) > 1 and (name or disk_id):
         raise click.UsageError("--name and --disk-id need exactly one file")
@@ -141,18 +141,19 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
         if not os.path.isfile(f):
             raise click.UsageError(f"{f}: no such file")
     sizes = [inspect(f).virtual_size for f in files]
+    options = UploadOptions(
+        name=name, disk_format=disk_format, sparse=sparse, disk_id=disk_id,
+        transfer_format=transfer_format, workers=workers, buffer_size=buffer_size,
+        timeout_policy=timeout_policy, inactivity_timeout=inactivity_timeout,
+        use_proxy=use_proxy, verify=verify, resume=resume, host=host,
+        allow_outside_backing=allow_outside_backing)
     with open_connection(engine) as conn:
         bars = Bars(list(zip(files, sizes)))
         try:
             tasks = [
                 (lambda i=i, f=f: upload_disk_result(
-                    conn, f, storage_domain, name=name, disk_format=disk_format,
-                    sparse=sparse, disk_id=disk_id, transfer_format=transfer_format,
-                    workers=workers, buffer_size=buffer_size,
-                    timeout_policy=timeout_policy,
-                    inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                    progress=bars.callback(i), verify=verify, resume=resume,
-                    host=host, host_index=i, allow_outside_backing=allow_outside_backing))
+                    conn, f, storage_domain, options, progress=bars.callback(i),
+                    host_index=i))
                 for i, f in enumerate(files)]
             results = run_jobs(jobs, tasks, bars)
         finally:
@@ -215,7 +216,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
     --format qcow2 (and 4.1 engines) write a temporary file removed on
     any failure; those downloads cannot be resumed.
     """
-    from imagetool.transfer.download import download_disk_result
+    from imagetool.transfer.download import DownloadOptions, download_disk_result
 
     if chain:
         from imagetool.cli.chain_cmd import download_chain_command
@@ -248,15 +249,16 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
             for p in paths:
                 if os.path.exists(p):
                     raise DestinationExists(p)
+        options = DownloadOptions(
+            format=fmt, snapshot_id=snapshot_id, shallow=shallow, force=force,
+            workers=workers, buffer_size=buffer_size,
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+            verify=verify, resume=resume, host=host)
         bars = Bars([(d.name or d.id, d.provisioned_size or 0) for d in found])
         try:
             tasks = [
                 (lambda i=i, d=d, p=p: download_disk_result(
-                    conn, d, p, format=fmt, snapshot_id=snapshot_id, shallow=shallow,
-                    force=force, workers=workers, buffer_size=buffer_size,
-                    inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                    verify=verify, progress=bars.callback(i), resume=resume,
-                    host=host, host_index=i))
+                    conn, d, p, options, progress=bars.callback(i), host_index=i))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
         finally:

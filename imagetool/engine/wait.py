@@ -7,7 +7,7 @@ and what it saw last; none waits forever.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 from imagetool.engine.entities import Disk, ImageTransfer, Snapshot
 from imagetool.errors import NotFound, TimeoutExpired, TransferError
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 MIN_DELAY = 0.1
 MAX_DELAY = 2.0
 
+T = TypeVar("T")
 
 
 class Poller:
@@ -46,6 +47,33 @@ class Poller:
         self._sleep(min(self.delay, remaining))
         self.delay = min(self.delay * 1.5, self.max_delay)
         return True
+
+
+def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
+               timeout: float, what: str) -> T:
+    """Call ``fetch()`` until ``predicate`` holds for its value; return that value.
+
+    The generic loop behind every wait of the transfer workflows: the
+    Poller's backoff under a monotonic deadline, then TimeoutExpired
+    naming ``what`` and the last value seen. Errors of ``fetch`` propagate
+    (have it return None for "gone" when that is an answer).
+    """
+    poller = Poller(timeout)
+    while True:
+        value = fetch()
+        if predicate(value):
+            return value
+        if not poller.sleep():
+            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {what} "
+                                 f"(last: {value})")
+
+
+def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
+    """A transfer's phase now, or None when the engine no longer has it."""
+    try:
+        return conn.transfers.get(transfer_id).phase or ""
+    except NotFound:
+        return None
 
 
 def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
@@ -173,16 +201,10 @@ def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
                 f"(last status: {snap.snapshot_status})")
 
 
-def wait_until(check: Callable[[], object], what: str, timeout: float = 300.0) -> object:
+def wait_truthy(check: Callable[[], object], what: str, timeout: float = 300.0) -> object:
     """Poll ``check()`` until it returns something true; return that.
 
     ``what`` completes "timed out after Ns waiting for ...". ``check`` may
     raise to stop waiting (a failure it recognises).
     """
-    poller = Poller(timeout)
-    while True:
-        value = check()
-        if value:
-            return value
-        if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {what}")
+    return wait_until(check, bool, timeout, what)

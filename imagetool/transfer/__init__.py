@@ -3,7 +3,8 @@ upload/download of disks, and transfers straight to an imageio URL.
 
     copier.copy(src, dst, workers=4, ...)          # any Backend to any Backend
     session.TransferSession(conn, disk_id=..., direction="upload")
-    upload.upload_disk(conn, path, storage_domain, ...) -> Disk
-    download.download_disk(conn, disk, path, format="raw") -> TransferResult
+    upload.upload_disk(conn, path, storage_domain, UploadOptions(...)) -> Disk
+    download.download_disk(conn, disk, path, DownloadOptions(...)) -> TransferResult
+    (options.UploadOptions / DownloadOptions; their fields work as keywords too)
     urls.upload_url(path, url) / urls.download_url(url, path)
 """

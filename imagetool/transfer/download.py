@@ -1,18 +1,33 @@
-"""Download a disk (or one disk snapshot) to a local raw or qcow2 file."""
+"""Download a disk (or one disk snapshot) to a local raw or qcow2 file.
+
+Raw guest data goes the journaled way (:func:`_download_journaled`: a
+stable partial file and a journal beside it, so a killed download can be
+continued); qcow2 output, a backing file and 4.1 engines write a
+temporary file renamed when complete (:func:`_download_whole`). Whether
+to journal, and what a failure keeps, are decided by
+``imagetool.transfer.resume``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError, TransferError
+from imagetool.formats.raw import RawBackend
+from imagetool.fsutil import fsync_dir
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled
-from imagetool.transfer.output import atomic_output, check_destination
+from imagetool.transfer.copier import CopyCancelled, copy
+from imagetool.transfer.journal import Journal, JournalingBackend, flush_bytes_for
+from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
+from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult, write_file
+
+__all__ = ["DownloadOptions", "download_disk", "download_disk_result"]
 
 Progress = Callable[[int], None]
 
@@ -23,84 +38,147 @@ def _resolve_disk(conn: Any, disk: Any) -> Any:
     return disk
 
 
-def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike, *,
-                         format: str = "raw", snapshot_id: str | None = None,
-                         shallow: bool = False, backing_file: str | None = None,
-                         force: bool = False, workers: int = 4,
-                         buffer_size: int = DEFAULT_REQUEST_SIZE,
-                         inactivity_timeout: int = 60, use_proxy: bool = False,
-                         progress: Progress | None = None,
-                         verify: bool = True, resume: bool = False,
-                         snapshot: Any = None, host: str | None = None,
-                         host_index: int = 0) -> TransferResult:
-    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``).
-
-    ``host_index``: this download's number in a bulk run, so that the
-    automatic host choice spreads them over the Up hosts."""
-    snapshot_id = _snapshot_id(snapshot, snapshot_id)
-    if format not in ("raw", "qcow2"):
-        raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
-    if backing_file and format != "qcow2":
+@keywords_of(DownloadOptions)
+def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike,
+                         options: DownloadOptions | None = None, *,
+                         progress: Progress | None = None, snapshot: Any = None,
+                         **keywords: Any) -> TransferResult:
+    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``)."""
+    opts = resolve(DownloadOptions, options, keywords)
+    snapshot_id = _snapshot_id(snapshot, opts.snapshot_id)
+    if snapshot_id != opts.snapshot_id:
+        opts = dataclasses.replace(opts, snapshot_id=snapshot_id)
+    if opts.format not in ("raw", "qcow2"):
+        raise ImagetoolError(f"unsupported download format {opts.format!r} (raw or qcow2)")
+    if opts.backing_file and opts.format != "qcow2":
         raise ImagetoolError("a backing file needs the qcow2 format")
     start = time.monotonic()
-    check_destination(path, force)          # before the engine locks anything
+    check_destination(path, opts.force)          # before the engine locks anything
     disk = _resolve_disk(conn, disk)
     legacy = bool(getattr(conn, "legacy", False))
+    # Raw guest data always journals, so a killed download can be resumed.
+    if resume_mod.resumable_download(path, opts.resume, opts.format, legacy,
+                                     opts.backing_file):
+        stats, verification = _download_journaled(conn, disk, os.fspath(path), opts,
+                                                  progress)
+    else:
+        stats, verification = _download_whole(conn, disk, path, opts, progress, legacy)
+    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
+                          format=opts.format, disk_id=disk.id, name=disk.name,
+                          path=os.fspath(path), stats=stats, disk=disk,
+                          checksum=verification.value, verification=verification)
+
+
+def _session(conn: Any, disk: Any, opts: DownloadOptions, format: str,
+             **extra: Any) -> TransferSession:
+    """The download transfer of ``disk`` (or of the asked snapshot), through
+    the asked host or the one ``imagetool.engine.hosts`` picks (``host_index``
+    spreads a bulk run over the Up hosts)."""
+    host_id = transfer_host(conn, disk.storage_domain_ids, opts.host, opts.host_index)
+    return TransferSession(conn, disk_id=disk.id, snapshot_id=opts.snapshot_id,
+                           direction="download", format=format,
+                           shallow=opts.shallow or None,
+                           inactivity_timeout=opts.inactivity_timeout,
+                           use_proxy=opts.use_proxy, host_id=host_id, **extra)
+
+
+def _not_verified() -> Any:
+    return verifying.skipped("not asked (--no-verify)")
+
+
+def _download_journaled(conn: Any, disk: Any, path: str, opts: DownloadOptions,
+                        progress: Progress | None) -> tuple[Any, Any]:
+    """A raw download that can continue after a kill: journal + stable partial file.
+
+    What it leaves behind (the partial file and journal, on a kill, a
+    handled failure or a checksum mismatch) is the contract written in
+    :func:`download_disk` and decided by ``resume.download_failed``.
+    ``shallow`` (with a snapshot) downloads that layer only; the journal
+    records it and a resume with another setting is refused. Returns
+    (CopyStats, Verification).
+    """
+    journal = resume_mod.open_download(conn, disk, path, resume=opts.resume,
+                                       snapshot_id=opts.snapshot_id, shallow=opts.shallow,
+                                       buffer_size=opts.buffer_size)
+    _, part = resume_mod.download_paths(path)
+    try:
+        stats, verification = _download_into(conn, disk, journal, part, opts, progress,
+                                             what=path)
+    except BaseException as e:
+        resume_mod.download_failed(journal, part, e, resume=opts.resume)
+        raise
+    os.replace(part, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    journal.remove()
+    return stats, verification
+
+
+def _download_into(conn: Any, disk: Any, journal: Journal, part: str,
+                   opts: DownloadOptions, progress: Progress | None,
+                   what: str) -> tuple[Any, Any]:
+    """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
+
+    session = _session(conn, disk, opts, "raw",
+                       **resume_mod.download_session_options(conn, journal, disk.id))
+    verification = _not_verified()
+    with session:
+        journal.update(transfer_id=session.transfer_id)
+        src = resume_mod.retrying(session.open_backend(), session)
+        size = src.size
+        # O_DIRECT writes and write-back advice, as a plain download has.
+        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size,
+                           direct=True)
+        shared = SharedBackend(local)
+        dst = JournalingBackend(shared, journal, sync=local.flush,
+                                flush_bytes=flush_bytes_for(size, opts.buffer_size))
+        workers = max(1, min(opts.workers, src.max_readers or opts.workers))
+        try:
+            stats = copy(src, dst, workers=workers, request_size=opts.buffer_size,
+                         dst_is_zero=True, progress=session.progress(progress),
+                         cancel_event=session.cancel_event, detect_zeroes=True,
+                         skip_ranges=journal.done, overlap=workers <= 2)
+            dst.flush()
+        except CopyCancelled:
+            raise TransferError(f"download of {disk.name or disk.id} stopped: "
+                                f"{session.stop_reason or 'cancelled'}") from None
+        finally:
+            shared.close()
+        if opts.verify:
+            verification = verifying.verify_download(src, part, what=what)
+    return stats, verification
+
+
+def _download_whole(conn: Any, disk: Any, path: str | os.PathLike, opts: DownloadOptions,
+                    progress: Progress | None, legacy: bool) -> tuple[Any, Any]:
+    """qcow2 output, a backing file or a 4.1 engine: a temporary file that
+    appears under ``path`` only when complete (removed on any failure)."""
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
-    host_id = transfer_host(conn, disk.storage_domain_ids, host, host_index)
-    # Raw guest data always journals, so a killed download can be resumed.
-    if resume_mod.resumable_download(path, resume, format, legacy, backing_file):
-        stats, checked = resume_mod.download_resumable(
-            conn, disk, path, resume=resume, workers=workers, buffer_size=buffer_size,
-            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-            progress=progress, snapshot_id=snapshot_id, verify=verify, shallow=shallow,
-            host_id=host_id)
-        if checked is None:
-            checked = verifying.skipped("not asked (--no-verify)")
-        return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
-                              format=format, disk_id=disk.id, name=disk.name,
-                              path=os.fspath(path), stats=stats, disk=disk,
-                              checksum=checked.value, verification=checked)
-    verification = verifying.skipped("not asked (--no-verify)")
-    with atomic_output(path, force) as tmp:
-        session = TransferSession(
-            conn, disk_id=disk.id, snapshot_id=snapshot_id, direction="download",
-            format="cow" if legacy else "raw", shallow=shallow or None,
-            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy, host_id=host_id)
+    verification = _not_verified()
+    with atomic_output(path, opts.force) as tmp:
         # Leaving the session finalizes (or cancels) before the file is
         # renamed, so a failed transfer never leaves a file behind.
-        with session:
+        with _session(conn, disk, opts, "cow" if legacy else "raw") as session:
             # Transient data-plane errors are retried per request (reads are idempotent).
             src = resume_mod.retrying(session.open_backend(), session)
+            out, fmt = (tmp + ".volume", "raw") if volume_is_qcow2 else (tmp, opts.format)
+            backing = None if volume_is_qcow2 else opts.backing_file
             try:
-                if volume_is_qcow2:
-                    raw_tmp = tmp + ".volume"
-                    stats = write_file(src, raw_tmp, format="raw", workers=workers,
-                                       request_size=buffer_size,
-                                       progress=session.progress(progress),
-                                       cancel_event=session.cancel_event)
-                else:
-                    stats = write_file(src, tmp, format=format, workers=workers,
-                                       request_size=buffer_size,
-                                       progress=session.progress(progress),
-                                       cancel_event=session.cancel_event,
-                                       backing_file=backing_file,
-                                       backing_format="qcow2" if backing_file else None)
+                stats = write_file(src, out, format=fmt, workers=opts.workers,
+                                   request_size=opts.buffer_size,
+                                   progress=session.progress(progress),
+                                   cancel_event=session.cancel_event,
+                                   backing_file=backing,
+                                   backing_format="qcow2" if backing else None)
             except CopyCancelled:
                 raise TransferError(f"download of {disk.name or disk.id} stopped: "
                                     f"{session.stop_reason or 'cancelled'}") from None
-            if verify:      # before finalize; a mismatch cancels and drops tmp
+            if opts.verify:      # before finalize; a mismatch cancels and drops tmp
                 verification = verifying.verify_download(
-                    src, tmp + ".volume" if volume_is_qcow2 else tmp,
-                    format="raw" if volume_is_qcow2 else format,
-                    shallow=bool(backing_file), what=os.fspath(path))
+                    src, out, format=fmt, shallow=bool(backing), what=os.fspath(path))
         if volume_is_qcow2:
-            _from_volume(tmp + ".volume", tmp, format, workers)
-    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
-                          format=format, disk_id=disk.id, name=disk.name,
-                          path=os.fspath(path), stats=stats, disk=disk,
-                          checksum=verification.value, verification=verification)
+            _from_volume(tmp + ".volume", tmp, opts.format, opts.workers)
+    return stats, verification
 
 
 def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
@@ -135,17 +213,14 @@ def _snapshot_id(snapshot: Any, snapshot_id: str | None) -> str | None:
     return snapshot if snapshot is not None else snapshot_id
 
 
-def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
-                  format: str = "raw", snapshot: Any = None,
-                  shallow: bool = False, backing_file: str | None = None,
-                  force: bool = False, workers: int = 4,
-                  buffer_size: int = DEFAULT_REQUEST_SIZE,
-                  inactivity_timeout: int = 60, use_proxy: bool = False,
-                  progress: Progress | None = None,
-                  verify: bool = True, resume: bool = False,
-                  snapshot_id: str | None = None, host: str | None = None) -> TransferResult:
+@keywords_of(DownloadOptions)
+def download_disk(conn: Any, disk: Any, path: str | os.PathLike,
+                  options: DownloadOptions | None = None, *,
+                  progress: Progress | None = None, snapshot: Any = None,
+                  **keywords: Any) -> TransferResult:
     """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
 
+    ``options`` (a :class:`DownloadOptions`) or its fields as keywords:
     ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot`` (a
     disk snapshot id, or an object with ``.id``; ``snapshot_id`` is an
     alias kept for older callers) downloads that disk snapshot; with
@@ -173,9 +248,5 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike, *,
     when it is an Up oVirt host of the disk's data center, else an Up
     host there (imagetool.engine.hosts).
     """
-    return download_disk_result(
-        conn, disk, path, format=format, snapshot=snapshot, snapshot_id=snapshot_id,
-        shallow=shallow, backing_file=backing_file, force=force,
-        workers=workers, buffer_size=buffer_size,
-        inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify, resume=resume, host=host)
+    return download_disk_result(conn, disk, path, options, progress=progress,
+                                snapshot=snapshot, **keywords)

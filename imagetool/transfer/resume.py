@@ -1,10 +1,14 @@
-"""Resume glue for the upload and download workflows.
+"""Resume policy of the upload and download workflows: journals and decisions.
 
 ``UploadResume.open`` finds (or refuses) the journal of an upload before
 anything is created on the engine; ``attach_transfer`` decides whether an
-interrupted transfer can be reused; ``download_resumable`` is the whole
-raw download with a stable partial file and a journal beside it (every raw
-guest-data download goes that way, ``--resume`` or not).
+interrupted transfer can be reused; ``resumable_download`` decides whether
+a download keeps a journal (every raw guest-data download does,
+``--resume`` or not), ``open_download`` finds or refuses it, and
+``download_failed`` keeps or drops what a failed one leaves. The
+workflows themselves are in ``upload.py`` and ``download.py``; this module
+returns decisions (journals, TransferSession options) and never drives a
+transfer.
 
 An upload journal whose disk the engine removed (its transfer cancelled,
 e.g. by the ``cancel`` timeout policy after a kill) has nothing left to
@@ -17,24 +21,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.engine.wait import wait_for_disk_unlocked
-from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
-from imagetool.formats.raw import RawBackend
-from imagetool.fsutil import fsync_dir
+from imagetool.engine.wait import transfer_phase, wait_for_disk_unlocked, wait_until
+from imagetool.errors import (ChecksumMismatch, ImagetoolError, NotFound, TimeoutExpired,
+                              TransferError)
 from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
-from imagetool.transfer import verify as verifying
-from imagetool.transfer.copier import CopyCancelled, copy
 from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
                                         flush_bytes_for, source_changes,
                                         source_identity)
-from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.retry import RetryingBackend, RetryPolicy
-from imagetool.transfer.session import TransferSession
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +141,18 @@ class UploadResume:
                 f"to a new disk, or delete the journal (rm {self.journal.path}) "
                 f"and upload again") from None
 
-    def prepare_session(self, conn: Any, session: Any, disk_id: str) -> None:
-        """Record the disk; reuse the earlier transfer when it is still alive."""
+    def session_options(self, conn: Any, disk_id: str) -> dict:
+        """Record the disk; the TransferSession options this upload needs.
+
+        ``keep_on_error`` when resume was asked (a failure keeps the
+        transfer for the next --resume); ``reuse_transfer_id`` when the
+        earlier run's transfer is still alive.
+        """
         self.journal.update(disk_id=disk_id)
-        session.keep_on_error = self.resume
+        reuse = None
         if self.resumed:
-            session.reuse_transfer_id = attach_transfer(
-                conn, self.journal.data.get("transfer_id"), disk_id)
+            reuse = attach_transfer(conn, self.journal.data.get("transfer_id"), disk_id)
+        return {"keep_on_error": self.resume, "reuse_transfer_id": reuse}
 
     def start(self, session: Any, dst: Any, source: Any,
               policy: RetryPolicy | None = None) -> Any:
@@ -233,20 +236,25 @@ def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None
     if not disk_id:
         return None
     transfer_id = journal.data.get("transfer_id")
-    deadline = time.monotonic() + timeout
-    while transfer_id and time.monotonic() < deadline:
-        try:
-            phase = conn.transfers.get(transfer_id).phase or ""
-        except NotFound:
-            break
-        if phase not in FAILING:
-            break
-        time.sleep(0.2)
+    if transfer_id:
+        _wait_quietly(conn, transfer_id, lambda phase: phase not in FAILING, timeout)
     try:
         conn.disks.get(disk_id)
     except NotFound:
         return disk_id
     return None
+
+
+def _wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
+                  timeout: float) -> None:
+    """Wait until ``transfer_id``'s phase is ``done`` or the transfer is gone;
+    at the deadline go on (the caller's next step has its own checks)."""
+    try:
+        wait_until(lambda: transfer_phase(conn, transfer_id),
+                   lambda phase: phase is None or done(phase), timeout,
+                   f"transfer {transfer_id}")
+    except TimeoutExpired as e:
+        log.debug("%s", e)
 
 
 def _transfer_alive(conn: Any, transfer_id: str | None) -> bool:
@@ -339,83 +347,26 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
         return transfer_id
     if t is not None and not t.phase.startswith("finished"):
         # Finalizing or cancelling: wait for the end, then start anew.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if conn.transfers.get(transfer_id).phase.startswith("finished"):
-                    break
-            except NotFound:
-                break
-            time.sleep(0.2)
+        _wait_quietly(conn, transfer_id, lambda phase: phase.startswith("finished"), 120)
     wait_for_disk_unlocked(conn, disk_id, timeout=300)
     return None
 
 
-def download_resumable(conn: Any, disk: Any, path: str, *, resume: bool,
-                       workers: int, buffer_size: int, inactivity_timeout: int,
-                       use_proxy: bool, progress: Callable[[int], None] | None,
-                       snapshot_id: str | None = None,
-                       policy: RetryPolicy | None = None,
-                       verify: bool = False, shallow: bool = False,
-                       host_id: str | None = None) -> tuple[Any, Any]:
-    """A raw download that can continue after a kill: journal + stable partial file.
+def open_download(conn: Any, disk: Any, path: str, *, resume: bool,
+                  snapshot_id: str | None, shallow: bool, buffer_size: int) -> Journal:
+    """The journal of a raw download to ``path``: the interrupted one (with
+    ``resume``, checked against this download) or a new one.
 
-    What it leaves behind (the partial file and journal, on a kill, a
-    handled failure or a checksum mismatch) is the contract written in
-    ``download.download_disk``; a checksum mismatch always removes both
-    because the data is complete but wrong, and resuming cannot fix it.
-    ``shallow`` (with ``snapshot_id``) downloads that layer only; the
-    journal records it and a resume with another setting is refused.
-    ``verify`` compares the file's checksum with the server's before
-    finalizing. Returns (CopyStats, Verification or None).
+    Without ``resume`` an existing journal is an error (nothing is reused
+    or deleted); a partial file without a journal is removed (nothing
+    says what is in it).
     """
-
     jpath, part = download_paths(path)
     if os.path.exists(jpath) and not resume:
         raise JournalError(
             f"{path}: an interrupted download to this file exists (journal {jpath}, "
             f"data in {part}); run the same command with --resume to continue it, "
             f"or delete both (rm {jpath} {part}) to start over")
-    journal = _open_download_journal(conn, disk, path, snapshot_id, shallow, buffer_size)
-    try:
-        stats, verification = _download_into(
-            conn, disk, journal, part, workers=workers, buffer_size=buffer_size,
-            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-            progress=progress, snapshot_id=snapshot_id, policy=policy,
-            verify=verify, shallow=shallow, what=os.fspath(path), host_id=host_id)
-    except ChecksumMismatch:
-        _drop_download(journal, part)
-        raise
-    except BaseException as e:
-        if not resume:
-            _drop_download(journal, part)
-            raise
-        journal.save()
-        if isinstance(e, ImagetoolError) and not isinstance(e, JournalError):
-            err = TransferError(f"{e}; the partial download is kept in {part}: run "
-                                f"the same command with --resume to continue it")
-            err.exit_code = e.exit_code
-            raise err from e
-        raise
-    os.replace(part, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    journal.remove()
-    return stats, verification
-
-
-def _drop_download(journal: Journal, part: str) -> None:
-    """Remove a download's partial file and journal (nothing to continue)."""
-    try:
-        os.unlink(part)
-    except FileNotFoundError:
-        pass
-    journal.remove()
-
-
-def _open_download_journal(conn: Any, disk: Any, path: str, snapshot_id: str | None,
-                           shallow: bool, buffer_size: int) -> Journal:
-    """The existing journal of ``path`` (checked against this download) or a new one."""
-    jpath, part = download_paths(path)
     if os.path.exists(jpath) and os.path.exists(part):
         journal = Journal.load(jpath)
         if journal.data.get("disk_id") != disk.id or \
@@ -442,48 +393,43 @@ def _open_download_journal(conn: Any, disk: Any, path: str, snapshot_id: str | N
                           plan={"format": "raw", "request_size": buffer_size})
 
 
-def _download_into(conn: Any, disk: Any, journal: Journal, part: str, *, workers: int,
-                   buffer_size: int, inactivity_timeout: int, use_proxy: bool,
-                   progress: Callable[[int], None] | None, snapshot_id: str | None,
-                   policy: RetryPolicy | None, verify: bool, shallow: bool,
-                   what: str, host_id: str | None = None) -> tuple[Any, Any]:
-    """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
+def download_session_options(conn: Any, journal: Journal, disk_id: str) -> dict:
+    """TransferSession options of a journaled download: a killed client
+    leaves its transfer running, so carry on with it when it is alive."""
+    if not journal.data.get("transfer_id"):
+        return {}
+    return {"reuse_transfer_id": attach_transfer(conn, journal.data["transfer_id"],
+                                                 disk_id)}
 
-    session = TransferSession(conn, disk_id=disk.id, snapshot_id=snapshot_id,
-                              direction="download", format="raw", shallow=shallow or None,
-                              inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                              host_id=host_id)
-    if journal.data.get("transfer_id"):
-        # A killed client leaves its transfer running: carry on with it.
-        session.reuse_transfer_id = attach_transfer(
-            conn, journal.data["transfer_id"], disk.id)
-    with session:
-        journal.update(transfer_id=session.transfer_id)
-        src = RetryingBackend(session.open_backend(), policy or RetryPolicy.from_env(),
-                              stop=session.cancel_event)
-        size = src.size
-        # O_DIRECT writes and write-back advice, as a plain download has.
-        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size,
-                           direct=True)
-        shared = SharedBackend(local)
-        dst = JournalingBackend(shared, journal, sync=local.flush,
-                                flush_bytes=flush_bytes_for(size, buffer_size))
-        workers = max(1, min(workers, src.max_readers or workers))
-        try:
-            stats = copy(src, dst, workers=workers, request_size=buffer_size,
-                         dst_is_zero=True, progress=session.progress(progress),
-                         cancel_event=session.cancel_event, detect_zeroes=True,
-                         skip_ranges=journal.done, overlap=workers <= 2)
-            dst.flush()
-        except CopyCancelled:
-            raise TransferError(f"download of {disk.name or disk.id} stopped: "
-                                f"{session.stop_reason or 'cancelled'}") from None
-        finally:
-            shared.close()
-        verification = None
-        if verify:
-            verification = verifying.verify_download(src, part, what=what)
-    return stats, verification
+
+def download_failed(journal: Journal, part: str, exc: BaseException, *,
+                    resume: bool) -> None:
+    """Keep or drop a failed download's partial file and journal.
+
+    A checksum mismatch always drops both (the data is complete but wrong,
+    and resuming cannot fix it), as does a failure without ``resume``.
+    With ``resume`` both are kept, and an ImagetoolError is raised again
+    (same exit code) saying that --resume continues the download; other
+    errors are left for the caller to re-raise.
+    """
+    if isinstance(exc, ChecksumMismatch) or not resume:
+        _drop_download(journal, part)
+        return
+    journal.save()
+    if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
+        err = TransferError(f"{exc}; the partial download is kept in {part}: run "
+                            f"the same command with --resume to continue it")
+        err.exit_code = exc.exit_code
+        raise err from exc
+
+
+def _drop_download(journal: Journal, part: str) -> None:
+    """Remove a download's partial file and journal (nothing to continue)."""
+    try:
+        os.unlink(part)
+    except FileNotFoundError:
+        pass
+    journal.remove()
 
 
 def resumable_download(path: Any, resume: bool, format: str, legacy: bool,

@@ -23,9 +23,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from imagetool.errors import EngineError, ImagetoolError, NotFound, TransferError
-from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
-                                   wait_for_transfer_phase)
+from imagetool.errors import (EngineError, ImagetoolError, NotFound, TimeoutExpired,
+                              TransferError)
+from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_unlocked,
+                                   wait_for_transfer_phase, wait_until)
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
@@ -42,6 +43,12 @@ class TransferSession:
     cancel or None for the engine's default; ``use_proxy`` sends data through
     the engine's proxy_url even when the host is reachable; ``extend`` asks
     the engine to extend the session periodically (None: only 4.1 engines).
+
+    Resume: ``reuse_transfer_id`` attaches to that existing transfer
+    instead of creating one; ``keep_on_error`` pauses the transfer on
+    failure (kept for ``--resume``) instead of cancelling it (should the
+    pause fail, the engine's ``pause`` timeout policy does the same after
+    the inactivity timeout).
     """
 
     def __init__(self, conn: Any, *, disk_id: str | None = None,
@@ -50,7 +57,8 @@ class TransferSession:
                  timeout_policy: str | None = None, shallow: bool | None = None,
                  use_proxy: bool = False, extend: bool | None = None,
                  start_timeout: float = 300.0, finalize_timeout: float = 600.0,
-                 cleanup_timeout: float = 300.0, host_id: str | None = None):
+                 cleanup_timeout: float = 300.0, host_id: str | None = None,
+                 reuse_transfer_id: str | None = None, keep_on_error: bool = False):
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
         if not (disk_id or snapshot_id):
@@ -80,12 +88,8 @@ class TransferSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backends: list[Any] = []
-        # Resume: attach to this existing transfer instead of creating one,
-        # and on failure pause it (kept for --resume) instead of cancelling
-        # it; should the pause fail, the engine's timeout policy (pause)
-        # does the same after the inactivity timeout.
-        self.reuse_transfer_id: str | None = None
-        self.keep_on_error = False
+        self.reuse_transfer_id = reuse_transfer_id
+        self.keep_on_error = keep_on_error
 
     # --- lifecycle --------------------------------------------------------
 
@@ -259,17 +263,13 @@ class TransferSession:
         return t.phase in ENDED
 
     def _wait_ended(self) -> None:
-        deadline = time.monotonic() + self.cleanup_timeout
-        delay = 0.1
-        while time.monotonic() < deadline:
-            try:
-                t = self.conn.transfers.get(self.transfer_id)
-            except NotFound:
-                return
-            if t.phase in ENDED:
-                return
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+        """Wait until the transfer ended or is gone (at most cleanup_timeout)."""
+        try:
+            wait_until(lambda: transfer_phase(self.conn, self.transfer_id),
+                       lambda phase: phase is None or phase in ENDED,
+                       self.cleanup_timeout, f"transfer {self.transfer_id} to end")
+        except TimeoutExpired as e:
+            log.debug("%s", e)   # the disk is waited for next, as before
 
     # --- keep-alive -------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""Upload a local image file as a new disk: inspect, create, transfer, finalize."""
+"""Upload a local image file as a new disk: inspect, create, transfer, finalize.
+
+The file is inspected once (:func:`check_source`) and its guest data
+opened once; the plan, the copy and the checksum computed beside the copy
+all use that one inspection and that one open image (the hash reads a
+clone with its own descriptor).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,24 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
+from imagetool.engine.wait import wait_for_disk
 from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
                               UnsupportedFeature)
-from imagetool.formats import inspect, open_image
+from imagetool.formats import ImageInfo, inspect, open_image
+from imagetool.formats.base import Backend
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.transfer.copier import CopyCancelled, copy
+from imagetool.transfer.options import UploadOptions, keywords_of, resolve
 from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult
+
+__all__ = ["UploadOptions", "UploadPlan", "check_source", "plan_upload",
+           "upload_disk", "upload_disk_result"]
 
 Progress = Callable[[int], None]
 
@@ -43,8 +55,15 @@ class UploadPlan:
     # For cow transfers of a raw file: convert to a temporary qcow2 first.
     convert: bool = False
 
+    @property
+    def volume_bytes(self) -> bool:
+        """The transfer sends a qcow2 file's own bytes (cow to a cow disk)."""
+        return self.transfer_format == "cow" and self.disk_format == "cow"
 
-def _check_file(path: str, allow_outside_backing: bool = False) -> Any:
+
+def check_source(path: str | os.PathLike, allow_outside_backing: bool = False) -> ImageInfo:
+    """Inspect ``path`` and refuse what cannot be uploaded; the one inspection."""
+    path = os.fspath(path)
     info = inspect(path)
     if info.format not in ("raw", "qcow2", "vmdk"):
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
@@ -63,14 +82,10 @@ def _check_file(path: str, allow_outside_backing: bool = False) -> Any:
     return info
 
 
-def _measure(path: str) -> int | None:
-    """Space a sparse qcow2 volume needs for this image (qemu-img measure "required")."""
-    return int(measure(path, out_format="qcow2")["required"])
-
-
 def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
                 sparse: bool = True, transfer_format: str | None = None,
-                legacy: bool = False, allow_outside_backing: bool = False) -> UploadPlan:
+                legacy: bool = False, allow_outside_backing: bool = False,
+                info: ImageInfo | None = None, guest: Backend | None = None) -> UploadPlan:
     """Decide the disk and transfer formats for one file.
 
     ISOs go as raw disks with content_type iso. The transfer moves guest
@@ -78,10 +93,12 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
     asked; a cow transfer to a cow disk sends a qcow2 file's own bytes
     (a raw or vmdk file is converted to a temporary qcow2 first). A vmdk,
     sparse like qcow2, becomes a cow disk unless raw is asked; its guest
-    data is read from the vmdk itself.
+    data is read from the vmdk itself. ``info`` (from :func:`check_source`)
+    and ``guest`` (the file's guest data, open) save inspecting and opening
+    the file again.
     """
     path = os.fspath(path)
-    info = _check_file(path, allow_outside_backing)
+    info = info or check_source(path, allow_outside_backing)
     content_type = "iso" if info.content_type == "iso" else "data"
     if content_type == "iso":
         if disk_format not in (None, "raw"):
@@ -100,19 +117,25 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
     initial = None
     convert = False
     if fmt == "cow":
-        initial = _measure(path)
+        initial = _measure(path, info, guest)
         if tformat == "cow":
             # A chain is flattened first: the volume gets one image's bytes.
             convert = info.format != "qcow2" or bool(info.backing_file)
             if not convert:
                 # The volume receives the file's own bytes, all of them.
                 initial = max(initial or 0, os.path.getsize(path))
-        if not sparse and initial is not None:
-            initial = None  # preallocated: the engine sizes it
     return UploadPlan(path=path, file_format=info.format,
                       virtual_size=info.virtual_size, content_type=content_type,
                       disk_format=fmt, transfer_format=tformat,
                       initial_size=initial if sparse else None, convert=convert)
+
+
+def _measure(path: str, info: ImageInfo, guest: Backend | None) -> int:
+    """Space a sparse qcow2 volume needs for this image (qemu-img measure "required")."""
+    if guest is None:
+        with open_image(path, "r", format=info.format) as guest:
+            return int(measure(guest, out_format="qcow2")["required"])
+    return int(measure(guest, out_format="qcow2")["required"])
 
 
 def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
@@ -127,119 +150,122 @@ def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
     return out
 
 
-def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str, *,
-                       name: str | None = None, disk_format: str | None = None,
-                       sparse: bool = True, disk_id: str | None = None,
-                       transfer_format: str | None = None, workers: int = 4,
-                       buffer_size: int = DEFAULT_REQUEST_SIZE,
-                       timeout_policy: str | None = None,
-                       inactivity_timeout: int = 60, use_proxy: bool = False,
-                       progress: Progress | None = None,
-                       description: str | None = None,
-                       verify: bool = True, resume: bool = False,
-                       host: str | None = None, host_index: int = 0,
-                       allow_outside_backing: bool = False) -> TransferResult:
+@keywords_of(UploadOptions)
+def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str,
+                       options: UploadOptions | None = None, *,
+                       progress: Progress | None = None, **keywords: Any) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
 
+    opts = resolve(UploadOptions, options, keywords)
     start = time.monotonic()
-    legacy = bool(getattr(conn, "legacy", False))
-    plan = plan_upload(path, disk_format=disk_format, sparse=sparse,
-                       transfer_format=transfer_format, legacy=legacy,
-                       allow_outside_backing=allow_outside_backing)
-    name = name or os.path.basename(plan.path)
+    path = os.fspath(path)
+    info = check_source(path, opts.allow_outside_backing)
     with ExitStack() as stack:
+        guest = stack.enter_context(open_image(path, "r", format=info.format))
+        plan = plan_upload(path, disk_format=opts.disk_format,
+                           sparse=opts.sparse, transfer_format=opts.transfer_format,
+                           legacy=bool(getattr(conn, "legacy", False)),
+                           info=info, guest=guest)
         source_path = plan.path
         if plan.convert:
             tmpdir = tempfile.mkdtemp(prefix="imagetool-upload-")
             stack.callback(shutil.rmtree, tmpdir, True)
-            source_path = _convert_to_qcow2(plan.path, tmpdir, workers)
-            if sparse:
+            source_path = _convert_to_qcow2(plan.path, tmpdir, opts.workers)
+            if opts.sparse:
                 plan.initial_size = max(plan.initial_size or 0,
                                         os.path.getsize(source_path))
-        # Before the disk exists: an unusable --host creates nothing.
-        host_id = transfer_host(conn, host=host, index=host_index,
-                                storage_domain=storage_domain)
-        state = resume_mod.open_upload(conn, plan, storage_domain, name, disk_id,
-                                       resume=resume, request_size=buffer_size)
-        old_disk = state.disk_id if state else None
-        disk = state.existing_disk(conn) if old_disk else conn.disks.add(
-            name=name, provisioned_size=plan.virtual_size,
-            storage_domain=storage_domain, format=plan.disk_format,
-            sparse=sparse, initial_size=plan.initial_size,
-            content_type=plan.content_type, disk_id=disk_id,
-            description=description)
-        try:
-            from imagetool.engine.wait import wait_for_disk
-            if not old_disk:
-                wait_for_disk(conn, disk.id, "ok")
-        except BaseException:
-            if not old_disk:
-                _remove_quietly(conn, disk.id)
-            raise
-        if plan.transfer_format == "cow" and plan.disk_format == "cow":
-            src = RawBackend(source_path, "r")     # the qcow2 file's own bytes
-            dst_is_zero = False                    # a volume's bytes: zero them
-        else:
-            src = open_image(source_path, "r")     # guest data
-            dst_is_zero = sparse
-        stack.callback(src.close)
-        volume_bytes = plan.transfer_format == "cow" and plan.disk_format == "cow"
-        verification = verifying.skipped("not asked (--no-verify)")
-        local_hash = None
-        session = TransferSession(conn, disk_id=disk.id, direction="upload",
-                                  format=plan.transfer_format,
-                                  inactivity_timeout=inactivity_timeout,
-                                  timeout_policy=resume_mod.upload_timeout_policy(
-                                      timeout_policy, resume),
-                                  use_proxy=use_proxy, host_id=host_id)
+        # What the transfer sends: the guest data, or a qcow2 file's own bytes.
+        src = guest
+        if plan.volume_bytes:
+            src = stack.enter_context(RawBackend(source_path, "r"))
+        name = opts.name or os.path.basename(plan.path)
+        stats, verification, disk = _transfer(conn, plan, src, source_path,
+                                              storage_domain, name, opts, progress)
+    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
+                          format=plan.disk_format, checksum=verification.value,
+                          verification=verification, disk_id=disk.id, name=name,
+                          path=plan.path, stats=stats, disk=disk)
+
+
+def _transfer(conn: Any, plan: UploadPlan, src: Backend, source_path: str,
+              storage_domain: str, name: str, opts: UploadOptions,
+              progress: Progress | None) -> tuple[Any, Any, Any]:
+    """Create (or find again) the disk and move ``src`` into it.
+
+    Returns (CopyStats, Verification, the finalized Disk).
+    """
+    # Before the disk exists: an unusable host creates nothing.
+    host_id = transfer_host(conn, host=opts.host, index=opts.host_index,
+                            storage_domain=storage_domain)
+    state = resume_mod.open_upload(conn, plan, storage_domain, name, opts.disk_id,
+                                   resume=opts.resume, request_size=opts.buffer_size)
+    disk = _target_disk(conn, plan, state, storage_domain, name, opts)
+    session = TransferSession(
+        conn, disk_id=disk.id, direction="upload", format=plan.transfer_format,
+        inactivity_timeout=opts.inactivity_timeout, use_proxy=opts.use_proxy,
+        host_id=host_id,
+        timeout_policy=resume_mod.upload_timeout_policy(opts.timeout_policy, opts.resume),
+        **(state.session_options(conn, disk.id) if state else {}))
+    verification = verifying.skipped("not asked (--no-verify)")
+    local_hash = None
+    try:
+        with session:
+            dst = session.open_backend()
+            workers = max(1, min(opts.workers, dst.max_writers or opts.workers))
+            cdst = (state.start(session, dst, SharedBackend(src)) if state else
+                    resume_mod.retrying(dst, session, SharedBackend(src)))
+            if opts.verify:
+                algorithm = verifying.pick_algorithm(dst)
+                verifying.announce_upload_checksum(dst, algorithm)
+                local_hash = verifying.start_upload_hash(
+                    source_path, plan.volume_bytes, algorithm=algorithm, opener=src.clone)
+            try:
+                stats = copy(SharedBackend(src), cdst, workers=workers,
+                             request_size=opts.buffer_size,
+                             dst_is_zero=opts.sparse and not plan.volume_bytes,
+                             # a volume's file grows as its bytes arrive
+                             check_size=plan.transfer_format == "raw",
+                             progress=session.progress(progress),
+                             cancel_event=session.cancel_event,
+                             skip_ranges=state.journal.done if state else None)
+            except CopyCancelled:
+                raise TransferError(f"upload of {plan.path} stopped: "
+                                    f"{session.stop_reason or 'cancelled'}") from None
+            if opts.verify:
+                verification = verifying.verify_upload(
+                    dst, source_path, volume_bytes=plan.volume_bytes,
+                    local=local_hash, what=plan.path, algorithm=algorithm,
+                    opener=src.clone)
+    except BaseException as e:
+        if local_hash is not None:
+            local_hash.cancel()
+        if session.transfer_id is None and not (state and state.resume):
+            # No transfer was created: the engine will not clean up.
+            _remove_quietly(conn, disk.id)
         if state:
-            state.prepare_session(conn, session, disk.id)
-        try:
-            with session:
-                dst = session.open_backend()
-                workers = max(1, min(workers, dst.max_writers or workers))
-                cdst = (state.start(session, dst, SharedBackend(src)) if state else
-                        resume_mod.retrying(dst, session, SharedBackend(src)))
-                algorithm = None
-                if verify:
-                    algorithm = verifying.pick_algorithm(dst)
-                    verifying.announce_upload_checksum(dst, algorithm)
-                    local_hash = verifying.start_upload_hash(source_path, volume_bytes,
-                                                             algorithm=algorithm)
-                try:
-                    stats = copy(SharedBackend(src), cdst, workers=workers,
-                                 request_size=buffer_size, dst_is_zero=dst_is_zero,
-                                 # a volume's file grows as its bytes arrive
-                                 check_size=plan.transfer_format == "raw",
-                                 progress=session.progress(progress),
-                                 cancel_event=session.cancel_event,
-                                 skip_ranges=state.journal.done if state else None)
-                except CopyCancelled:
-                    raise TransferError(f"upload of {plan.path} stopped: "
-                                        f"{session.stop_reason or 'cancelled'}") from None
-                if verify:
-                    verification = verifying.verify_upload(
-                        dst, source_path, volume_bytes=volume_bytes,
-                        local=local_hash, what=plan.path, algorithm=algorithm)
-        except BaseException as e:
-            if local_hash is not None:
-                local_hash.cancel()
-            if session.transfer_id is None and not (state and state.resume):
-                # No transfer was created: the engine will not clean up.
-                _remove_quietly(conn, disk.id)
-            if state:
-                state.failed(e)     # with resume: re-raised with how to continue
-            raise
-        if state:
-            state.journal.remove()
-        final = conn.disks.get(disk.id)
-    result = TransferResult(bytes=stats.bytes_total,
-                            seconds=time.monotonic() - start,
-                            format=plan.disk_format, checksum=verification.value,
-                            verification=verification,
-                            disk_id=disk.id, name=name, path=plan.path,
-                            stats=stats, disk=final)
-    return result
+            state.failed(e)     # with resume: re-raised with how to continue
+        raise
+    if state:
+        state.journal.remove()
+    return stats, verification, conn.disks.get(disk.id)
+
+
+def _target_disk(conn: Any, plan: UploadPlan, state: Any, storage_domain: str,
+                 name: str, opts: UploadOptions) -> Any:
+    """The disk to upload into: the interrupted upload's, or a new one (ok)."""
+    if state and state.disk_id:
+        return state.existing_disk(conn)
+    disk = conn.disks.add(
+        name=name, provisioned_size=plan.virtual_size, storage_domain=storage_domain,
+        format=plan.disk_format, sparse=opts.sparse, initial_size=plan.initial_size,
+        content_type=plan.content_type, disk_id=opts.disk_id,
+        description=opts.description)
+    try:
+        wait_for_disk(conn, disk.id, "ok")
+    except BaseException:
+        _remove_quietly(conn, disk.id)
+        raise
+    return disk
 
 
 def _remove_quietly(conn: Any, disk_id: str) -> None:
@@ -249,17 +275,13 @@ def _remove_quietly(conn: Any, disk_id: str) -> None:
         pass
 
 
-def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
-                name: str | None = None, disk_format: str | None = None,
-                sparse: bool = True, disk_id: str | None = None,
-                transfer_format: str | None = None, workers: int = 4,
-                buffer_size: int = DEFAULT_REQUEST_SIZE,
-                timeout_policy: str | None = None, inactivity_timeout: int = 60,
-                use_proxy: bool = False, progress: Progress | None = None,
-                verify: bool = True, resume: bool = False,
-                host: str | None = None) -> Any:
+@keywords_of(UploadOptions)
+def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str,
+                options: UploadOptions | None = None, *,
+                progress: Progress | None = None, **keywords: Any) -> Any:
     """Upload a raw/qcow2/ISO file as a new disk on ``storage_domain``; return the Disk.
 
+    ``options`` (an :class:`UploadOptions`) or its fields as keywords:
     ``disk_format`` raw|qcow2 (default: the file's format; ISOs are raw with
     content_type iso). ``transfer_format`` raw (guest data, the default on
     4.2+ engines) or cow (volume bytes; 4.1 engines). ``workers`` parallel
@@ -274,10 +296,5 @@ def upload_disk(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     ``host`` (name or id) serves the transfer (default: see
     imagetool.engine.hosts).
     """
-    result = upload_disk_result(
-        conn, path, storage_domain, name=name, disk_format=disk_format,
-        sparse=sparse, disk_id=disk_id, transfer_format=transfer_format,
-        workers=workers, buffer_size=buffer_size, timeout_policy=timeout_policy,
-        inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-        progress=progress, verify=verify, resume=resume, host=host)
-    return result.disk
+    return upload_disk_result(conn, path, storage_domain, options,
+                              progress=progress, **keywords).disk

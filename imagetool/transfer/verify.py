@@ -24,10 +24,8 @@ What is compared:
 
 Algorithm: the block checksum works with any hash both sides offer. Where
 the server offers it, verification uses whichever of sha256 and blake2b
-(imageio's default) hashes faster on this machine, measured once on 4 MiB
-(with SHA extensions sha256 is much faster than blake2b in CPython, see
-benchmarks/README.md, and both sides hash every data byte, so this is most
-of verification's cost).
+(imageio's default) hashes faster on this machine
+(:mod:`imagetool.transfer.hashspeed`).
 The algorithm used is in the result; ``checksum --disk`` keeps blake2b.
 
 Checksum ahead: before an upload's copy, a server listing the
@@ -53,8 +51,7 @@ from typing import Any, Callable
 
 from imagetool.backends import Cancellable as _Cancellable, PerThread as _PerThread, \
     Window as _Window
-from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum, hash_factory,
-                                validate_block_size)
+from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
 from imagetool.formats.base import Backend
@@ -62,7 +59,7 @@ from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.imageio.protocol import CHECKSUM_AHEAD
-from imagetool.transfer.session import TransferSession
+from imagetool.transfer.hashspeed import fastest_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -150,26 +147,6 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
 # server's for the CPUs (benchmarks/README.md, "Cost of end-to-end
 # verification").
 PARALLEL_UPLOAD_HASH = True
-
-# Candidates for verification, fastest first once measured.
-CANDIDATE_ALGORITHMS = ("sha256", DEFAULT_ALGORITHM)
-_fastest: str | None = None
-
-
-def fastest_algorithm() -> str:
-    """The candidate hashing 4 MiB fastest here (measured once per process)."""
-    global _fastest
-    if _fastest is None:
-        data = bytes(range(256)) * (4 * 1024 * 1024 // 256)
-        timings = []
-        for name in CANDIDATE_ALGORITHMS:
-            new = hash_factory(name)
-            t = time.perf_counter()
-            new(data).digest()
-            timings.append((time.perf_counter() - t, name))
-        _fastest = min(timings)[1]
-    return _fastest
-
 
 def pick_algorithm(backend: Any) -> str:
     """The algorithm to verify ``backend``'s ticket with (see module docstring)."""
@@ -262,15 +239,18 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
 
 
 def start_upload_hash(source_path: str, volume_bytes: bool = False, *,
-                      algorithm: str | None = None) -> LocalHash | None:
+                      algorithm: str | None = None,
+                      opener: Callable[[], Backend] | None = None) -> LocalHash | None:
     """Start hashing an upload's source now when :data:`PARALLEL_UPLOAD_HASH`.
 
-    ``algorithm`` None: the fastest here. Returns None when hashing is left
-    for :func:`verify_upload`.
+    ``algorithm`` None: the fastest here. ``opener`` returns a fresh
+    backend on what the upload sends (e.g. the open source's ``clone``;
+    default: open ``source_path`` again). Returns None when hashing is
+    left for :func:`verify_upload`.
     """
     if not PARALLEL_UPLOAD_HASH:
         return None
-    return LocalHash(open_source(source_path, volume_bytes),
+    return LocalHash(opener or open_source(source_path, volume_bytes),
                      algorithm=algorithm or fastest_algorithm())
 
 
@@ -299,13 +279,15 @@ def announce_upload_checksum(dst: Any, algorithm: str,
 def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
                   local: LocalHash | None = None, what: str = "",
                   algorithm: str | None = None,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> Verification:
+                  block_size: int = DEFAULT_BLOCK_SIZE,
+                  opener: Callable[[], Backend] | None = None) -> Verification:
     """Compare an upload's ticket with its source; raise ChecksumMismatch if they differ.
 
     Call after the copy (flushed) and before finalize. ``dst`` is the
     session's HttpBackend; ``local`` a LocalHash started on the same source
     (one is run here when None); ``volume_bytes`` for cow transfers of a
     qcow2 file (see the module docstring). ``algorithm`` None: picked.
+    ``opener`` as for :func:`start_upload_hash`.
     """
     start = time.monotonic()
     algorithm = algorithm or pick_algorithm(dst)
@@ -313,7 +295,7 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
         local.cancel()
         local = None
     if local is None:
-        local = LocalHash(open_source(source_path, volume_bytes),
+        local = LocalHash(opener or open_source(source_path, volume_bytes),
                           algorithm=algorithm, block_size=block_size)
     kw = dict(algorithm=algorithm, block_size=block_size)
     if not volume_bytes:
@@ -380,32 +362,3 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
     _check_equal(mine, remote, what, algorithm, block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], method,
                         seconds=time.monotonic() - start)
-
-
-def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM,
-                  block_size: int = DEFAULT_BLOCK_SIZE, use_proxy: bool = False,
-                  inactivity_timeout: int = 60) -> dict:
-    """A disk's server-side block checksum through a short download transfer.
-
-    Creates a download transfer (format raw: guest data), asks the data plane
-    for the checksum (or reads the data back when the server cannot hash),
-    then finalizes. Returns ``{"algorithm", "block_size", "checksum",
-    "disk_id", "method"}``.
-    """
-
-    hash_factory(algorithm)          # ValueError before the engine locks anything
-    validate_block_size(block_size)
-    if getattr(conn, "legacy", False):
-        raise ImagetoolError("this engine (4.1) only moves volume bytes: "
-                             "it cannot give a disk's guest-data checksum")
-    session = TransferSession(conn, disk_id=disk_id, direction="download",
-                              format="raw", inactivity_timeout=inactivity_timeout,
-                              use_proxy=use_proxy)
-    with session:
-        backend = session.open_backend()
-        result, method = remote_checksum(backend, algorithm=algorithm,
-                                         block_size=block_size)
-    out = dict(result)
-    out["disk_id"] = disk_id
-    out["method"] = method
-    return out
