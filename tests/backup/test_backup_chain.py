@@ -20,7 +20,7 @@ from imagetool.server.local import LocalEngine
 
 pytestmark = pytest.mark.slow
 
-METHODS = ["snapshot"]
+METHODS = ["snapshot", "checkpoint"]
 
 
 @pytest.fixture
@@ -172,11 +172,12 @@ def test_full_when_the_base_snapshot_is_gone(conn, cli, env, tmp_path):
     conn.vms.remove(vm.id)
 
 
-def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path, method):
     vm, (d0,) = make_vm(conn)
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(8 * MiB, 10))])
-    backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    backup.backup_vm(conn, vm.id, repo, method=method)
     guest_io(conn, d0, writes=[(8 * MiB, rand(8 * MiB, 11))])
     snaps_before = [s.id for s in conn.snapshots.list(vm.id)]
 
@@ -184,7 +185,7 @@ def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        backup.backup_vm(conn, vm.id, repo, method="snapshot", progress=interrupt)
+        backup.backup_vm(conn, vm.id, repo, method=method, progress=interrupt)
     assert len(backup.Repository(repo).points(vm.id)) == 1
     assert os.listdir(os.path.join(repo, vm.id)) == [backup.Repository(repo).point(vm.id).name,
                                                      ".lock"] or \
@@ -192,6 +193,44 @@ def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path):
             [backup.Repository(repo).point(vm.id).name, ".lock"])
     assert [s.id for s in conn.snapshots.list(vm.id)] == snaps_before
     assert conn.disks.get(d0).status == "ok"
+    tree = conn.get_tree(f"vms/{vm.id}/backups")
+    items = tree.get("backup", []) if isinstance(tree, dict) else []
+    items = [items] if isinstance(items, dict) else items
+    assert all(b["phase"] in ("succeeded", "failed") for b in items)
+    assert len(items) == (2 if method == "checkpoint" else 0)
+    conn.vms.remove(vm.id)
+
+
+def test_full_when_the_base_checkpoint_is_gone(conn, cli, env, tmp_path):
+    vm, (d0,) = make_vm(conn)
+    repo = str(tmp_path / "repo")
+    guest_io(conn, d0, writes=[(0, rand(MiB, 15))])
+    create(cli, vm.id, repo, "checkpoint")
+    cp = backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]
+    conn.request("DELETE", f"vms/{vm.id}/checkpoints/{cp}")
+    code, out, err = cli("backup", "create", vm.id, repo)     # auto: checkpoint here
+    assert code == 0, err
+    assert f"full backup: the engine no longer has the base checkpoint {cp}" in err
+    assert "full point" in out and "by checkpoint" in out
+    conn.vms.remove(vm.id)
+
+
+def test_backup_reads_the_disk_as_it_was_at_the_start(conn, tmp_path):
+    """Writes after the backup started do not reach its transfers."""
+    from imagetool.backup import engine_ops as ops
+    from imagetool.backup.fetch import fetch_disk
+
+    vm, (d0,) = make_vm(conn)
+    guest_io(conn, d0, writes=[(0, rand(2 * MiB, 16))])
+    before = engine_checksum(conn, d0, "sha256")
+    b = ops.start_backup(conn, vm.id, [d0], None, "t")
+    ops.wait_backup(conn, vm.id, b.id, ("ready",))
+    guest_io(conn, d0, writes=[(0, rand(MiB, 17))], discards=[(MiB, MiB)])
+    got = fetch_disk(conn, disk_id=d0, out=str(tmp_path / "d.qcow2"), backup_id=b.id,
+                     algorithm="sha256")
+    assert got.checksum == before and got.checksum_source == "engine"
+    assert ops.finalize_backup(conn, vm.id, b.id) == "succeeded"
+    assert engine_checksum(conn, d0, "sha256") != before
     conn.vms.remove(vm.id)
 
 
