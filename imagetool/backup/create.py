@@ -158,7 +158,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
             engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
                                       progress=progress)
-            moved = sum(e.pop("bytes") for e in entries)
+            moved = sum(e["bytes"] for e in entries)
             manifest = {
                 "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": v.name, "point": name,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
