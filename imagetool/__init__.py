@@ -45,10 +45,14 @@ _LAZY = {
     "DownloadOptions": "imagetool.transfer.options",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "backup", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "backup":        # the package imagetool.backup
+        import importlib
+
+        return importlib.import_module("imagetool.backup")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'imagetool' has no attribute {name!r}")

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from imagetool.server.dataplane import DataPlaneServer
+from imagetool.server.dirty import DirtyTracker
+from imagetool.server.rest import backups as backups_rest
 from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, exportdomain, hosts, imagetransfers,
                                    jobs, root, storagedomains, vms)
@@ -95,7 +97,7 @@ def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
     for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
-                   datacenters, exportdomain):
+                   datacenters, exportdomain, backups_rest):
         module.register(router)
     return router
 
@@ -143,6 +145,9 @@ class EngineServer:
         self.router = build_router()
         self.transfers = TransferManager(self.store, self.storage, self.registry,
                                          self.dataplane_url, finished_ttl=finished_ttl)
+        # Writes since each checkpoint, for incremental backups.
+        self.dirty = DirtyTracker(self.data_dir)
+        self.transfers.dirty = self.dirty
         self.pki = None
         self.ssl_context: ssl.SSLContext | None = None
         if tls:

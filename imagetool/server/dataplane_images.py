@@ -223,6 +223,8 @@ def put(ctx: Context, ticket: Ticket) -> int:
     buf = conn.buffer
     write = backend.write
     ahead = ticket.checksum_ahead
+    if ticket.on_write is not None:
+        ticket.on_write(offset, length)
     if ahead is not None:
         ahead.begin_write(offset, length)
     done = 0
@@ -317,6 +319,8 @@ def patch(ctx: Context, ticket: Ticket) -> int:
                             f"image size {ticket.size}",
                             {"Content-Range": format_content_range(None, size=ticket.size)})
         if size:
+            if ticket.on_write is not None:
+                ticket.on_write(offset, size)
             ahead = ticket.checksum_ahead
             if ahead is not None:
                 ahead.begin_write(offset, size)

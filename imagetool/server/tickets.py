@@ -30,6 +30,9 @@ class Ticket:
     dirty: bool = False                       # supports extents?context=dirty
     transfer_id: str | None = None
     filename: str | None = None
+    # Called with (offset, length) before a write or zero changes the image
+    # (write tracking for incremental backups, server/dirty.py).
+    on_write: Callable[[int, int], None] | None = None
 
     # Runtime state, guarded by ``lock``.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

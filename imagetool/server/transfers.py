@@ -63,6 +63,7 @@ class TransferManager:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
+        self.dirty: Any = None        # server.dirty.DirtyTracker, set by the app
 
     # --- lifecycle --------------------------------------------------------
 
@@ -110,7 +111,7 @@ class TransferManager:
 
     def create(self, disk: dict, volume: dict, *, direction: str, fmt: str,
                inactivity_timeout: int, timeout_policy: str, shallow: bool,
-               host_id: str, snapshot: bool) -> dict:
+               host_id: str, snapshot: bool, backup: dict | None = None) -> dict:
         """Store a new transfer (phase initializing), lock the disk, start it.
 
         The caller has checked the disk is usable under the store's lock.
@@ -129,6 +130,11 @@ class TransferManager:
                "ticket_id": new_id(), "transferred": 0, "active": False,
                "created": time.time(), "finished_at": None, "remove_on_failure": fresh,
                "snapshot": snapshot, "error": None}
+        if backup is not None:
+            # A VM backup's transfer: the frozen volume, with the dirty
+            # ranges of an incremental disk (server/backups.py).
+            doc["backup_id"] = backup["id"]
+            doc["dirty_ranges"] = backup["dirty"].get(disk["id"])
         job_id = new_id()
         doc["job_id"] = job_id
         now = time.time()
@@ -166,6 +172,12 @@ class TransferManager:
         vol_fmt = self.storage.read_meta(t["sd_id"], t["disk_id"], t["volume_id"]).get(
             "format", disk["format"])
         if t["direction"] == "download":
+            if t.get("backup_id"):
+                from imagetool.server.dirty import DirtyView
+                backend = self.storage.open_volume(self.store.get("volume", t["volume_id"]))
+                if t.get("dirty_ranges") is not None:
+                    backend = DirtyView(backend, t["dirty_ranges"])
+                return (lambda: backend), backend.size, ("read",)
             if t["format"] == "cow" or vol_fmt == "raw":
                 backend = RawBackend(path, "r", direct=DIRECT_IO)
             else:
@@ -245,7 +257,10 @@ class TransferManager:
             ticket = Ticket(uuid=t["ticket_id"], size=size, ops=ops, open_backend=opener,
                             timeout=max(TICKET_TIMEOUT, t["inactivity_timeout"] * 2),
                             inactivity_timeout=float(t["inactivity_timeout"]),
-                            sparse=self._ticket_sparse(t), transfer_id=tid)
+                            sparse=self._ticket_sparse(t), transfer_id=tid,
+                            dirty=t.get("dirty_ranges") is not None)
+            if t["direction"] == "upload" and self.dirty is not None:
+                self._track_writes(t, ticket)
             ticket.backend()
             self.registry.add(ticket)
         except Exception as e:  # any failure to prepare the ticket
@@ -258,6 +273,15 @@ class TransferManager:
                 self._finish_failure(tid)
             return
         self._set(tid, phase="transferring", prepared=True)
+
+    def _track_writes(self, t: dict, ticket: Ticket) -> None:
+        """Record what an upload writes for the disk's checkpoints."""
+        tracker, disk_id = self.dirty, t["disk_id"]
+        if t["format"] == "cow":        # volume bytes: any guest byte may change
+            disk = self.store.get("disk", disk_id)
+            tracker.record(disk_id, 0, disk["provisioned_size"])
+            return
+        ticket.on_write = lambda offset, length: tracker.record(disk_id, offset, length)
 
     # --- actions ----------------------------------------------------------
 

@@ -544,7 +544,7 @@ def test_upload_to_local_engine(images, tmp_path, engine_conn, sub, kw, disk_for
     transfer) and the disk's checksum equals the source's."""
     from imagetool.transfer.download import download_disk
     from imagetool.transfer.upload import upload_disk_result
-    from imagetool.transfer.verify import disk_checksum
+    from imagetool.transfer.disk_checksum import disk_checksum
 
     result = upload_disk_result(engine_conn, images[sub], "data", workers=3, **kw)
     disk = result.disk

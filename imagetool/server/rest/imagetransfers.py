@@ -34,6 +34,7 @@ def transfer_repr(req: Request, t: dict) -> dict:
         "disk": ref(req, "disks", t["disk_id"]),
         "snapshot": ({"href": req.href("disks", t["disk_id"], "disksnapshots", t["volume_id"]),
                       "id": t["volume_id"]} if t.get("snapshot") else None),
+        "backup": {"id": t["backup_id"]} if t.get("backup_id") else None,
     }
 
 
@@ -89,11 +90,16 @@ def add_transfer(req: Request) -> Reply:
     host_id = get_id(data, "host", "id", what="host")
     host_name = get_str(data, "host", "name")
     host = find_host(req, host_id, host_name) if (host_id or host_name) else None
-    if get_obj(data, "backup"):
-        raise ApiError(501, "Not Implemented",
-                       "The local engine does not implement incremental backup transfers")
+    backup_id = get_id(data, "backup", "id", what="backup")
+    if get_obj(data, "backup") and backup_id is None:
+        raise bad_request("A backup needs its id")
+    backup = None
     with engine.store.transaction():
-        disk, vol, is_snap = _target(req, data)
+        if backup_id:
+            backup, disk, vol = _backup_target(req, data, backup_id, direction, fmt)
+            is_snap = False
+        else:
+            disk, vol, is_snap = _target(req, data)
         check_usable(disk, "transfer image")
         if direction == "upload" and vol["id"] != disk["image_id"]:
             raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
@@ -102,7 +108,8 @@ def add_transfer(req: Request) -> Reply:
         t = engine.transfers.create(disk, vol, direction=direction, fmt=fmt,
                                     inactivity_timeout=inactivity, timeout_policy=policy,
                                     shallow=shallow,
-                                    host_id=host["id"], snapshot=is_snap)
+                                    host_id=host["id"], snapshot=is_snap,
+                                    backup=backup)
     return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
 
 
@@ -117,6 +124,26 @@ def _least_busy_host(engine) -> dict:
         if t.get("host_id") in busy:
             busy[t["host_id"]] += 1
     return min(engine.hosts, key=lambda h: busy[h["id"]])
+
+
+def _backup_target(req: Request, data: dict, backup_id: str, direction: str,
+                   fmt: str) -> tuple[dict, dict, dict]:
+    """(backup, disk, frozen volume) of a VM backup's download transfer."""
+    from imagetool.server import backups as bk
+    if direction != "download":
+        raise bad_request("A backup transfer must be a download")
+    if fmt != "raw":
+        raise conflict("transfer image", "The format must be raw for a backup transfer.")
+    disk_id = get_id(data, "disk", "id", what="disk")
+    if disk_id is None:
+        raise bad_request("A backup transfer needs disk.id")
+    disk = get_or_404(req, "disk", disk_id, "disk")
+    try:
+        backup, vol = bk.backup_volume(req.engine, backup_id, disk_id)
+    except bk.BackupError as e:
+        raise ApiError(e.status, "Operation Failed" if e.status == 409 else "Bad Request",
+                       f"[{e}]") from None
+    return backup, disk, vol
 
 
 def list_transfers(req: Request) -> Reply:

@@ -1,0 +1,286 @@
+"""``backup_vm``: one new restore point of a VM.
+
+Two methods, both giving the same repository format:
+
+- ``checkpoint`` (engines 4.4+, VM backup API): start a backup (from the
+  last point's checkpoint for an incremental), wait ``ready``, download
+  each disk through a backup transfer (incremental disks: the dirty
+  extents only), finalize the backup; the new checkpoint is the next
+  incremental's start.
+- ``snapshot`` (any engine: the snapshot API of the oVirt REST API guide):
+  take a snapshot; a full point downloads each disk's snapshot volume with
+  its whole chain, an incremental only that volume's layer (``shallow``),
+  which holds exactly what was written since the previous point's snapshot;
+  that previous snapshot is then removed and the new one kept as the base.
+
+Whatever fails (Ctrl-C included) the backup is finalized or the new snapshot
+removed, and the point's staging directory deleted. A run killed outright
+leaves its staging directory with what it created on the engine; the next
+run for that VM cleans that up and starts over, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from imagetool.backup import digests as dg
+from imagetool.backup import engine_ops as ops
+from imagetool.backup.fetch import fetch_disk
+from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
+                                   read_json, sha256_file, write_json)
+from imagetool.errors import EngineError, ImagetoolError
+from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
+
+Progress = Callable[[int], None]
+METHODS = ("auto", "checkpoint", "snapshot")
+
+
+def _say(notes: list[str], text: str, log: Callable[[str], None] | None) -> None:
+    notes.append(text)
+    if log is not None:
+        log(text)
+
+
+def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
+                        log: Callable[[str], None] | None = None) -> list[str]:
+    """Clean up after runs that were killed: engine side first, then the files."""
+    notes: list[str] = []
+    for staging in repo.partials(vm_id):
+        try:
+            state = read_json(os.path.join(staging, STATE))
+        except (FileNotFoundError, ImagetoolError):
+            state = {}
+        what = []
+        if state.get("backup_id"):
+            phase = ops.finalize_backup(conn, vm_id, state["backup_id"])
+            what.append(f"its engine backup {state['backup_id']} was finalized ({phase})")
+        if state.get("snapshot_id"):
+            ops.remove_snapshot(conn, vm_id, state["snapshot_id"])
+            what.append(f"its snapshot {state['snapshot_id']} was removed")
+        repo.discard(staging)
+        point = os.path.basename(staging)[len(".partial-"):]
+        _say(notes, f"an interrupted backup of VM {vm_id} (point {point}) was found"
+                    + (f": {', '.join(what)}" if what else "")
+                    + "; starting over", log)
+    return notes
+
+
+def _pick_method(conn: Any, vm_id: str, method: str) -> str:
+    if method not in METHODS:
+        raise ImagetoolError(f"unknown backup method {method!r} ({', '.join(METHODS)})")
+    if method == "auto":
+        return "checkpoint" if ops.supports_backups(conn, vm_id) else "snapshot"
+    if method == "checkpoint" and not ops.supports_backups(conn, vm_id):
+        raise ImagetoolError("this engine has no VM backup API (oVirt 4.4+): use "
+                             "--method snapshot")
+    return method
+
+
+def _base(conn: Any, vm_id: str, last: Point | None, method: str,
+          full: bool) -> tuple[Point | None, str | None]:
+    """(the point an incremental builds on or None, why the point is full)."""
+    if last is None:
+        return None, "no chain yet"
+    if full:
+        return None, "a full backup was asked"
+    if last.manifest.get("method") != method:
+        return None, f"the last point was made with the {last.manifest.get('method')} method"
+    engine = last.manifest.get("engine", {})
+    if method == "snapshot":
+        sid = engine.get("snapshot_id")
+        if not sid or not ops.snapshot_exists(conn, vm_id, sid):
+            return None, f"the engine no longer has the base snapshot {sid}"
+    else:
+        cp = engine.get("checkpoint_id")
+        state = ops.checkpoint_state(conn, vm_id, cp) if cp else None
+        if state != "created":
+            return None, (f"the engine no longer has the base checkpoint {cp}" if state is None
+                          else f"the base checkpoint {cp} is {state}")
+    return last, None
+
+
+def _previous_digests(base: Point | None, disk_id: str) -> tuple[dict | None, list | None]:
+    if base is None:
+        return None, None
+    entry = base.disk(disk_id)
+    if entry is None:
+        return None, None
+    c = entry["checksum"]
+    try:
+        digests = dg.load(base.file(entry["digests"]),
+                          dg.block_count(entry["virtual_size"], c["block_size"]),
+                          dg.digest_size(c["algorithm"]))
+    except (OSError, ValueError):
+        return None, None
+    return entry, digests
+
+
+def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool = False,
+              method: str = "auto", workers: int = 4, inactivity_timeout: int = 60,
+              progress: Progress | None = None,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Make one restore point of ``vm`` (name or id) in ``repository``.
+
+    Full when the VM has no chain yet, when ``full`` is given, when the
+    method changed or when the engine no longer has the base checkpoint or
+    snapshot (the result's ``reason`` says which); incremental otherwise.
+    ``progress(nbytes)`` is called as guest bytes are processed; ``log``
+    with one line per notable event. Returns a dict: ``vm_id``,
+    ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
+    ``seconds``, ``disks`` (``disk_id``, ``path``, ``checksum``),
+    ``reason``, ``notes``.
+    """
+    start = time.monotonic()
+    repo = Repository(repository, create=True)
+    v = ops.find_vm(conn, vm)
+    vm_id = v.id
+    with repo.locked(vm_id):
+        notes = recover_interrupted(conn, repo, vm_id, log)
+        method = _pick_method(conn, vm_id, method)
+        disks = ops.vm_disks(conn, vm_id)
+        if not disks:
+            raise ImagetoolError(f"VM {v.name} has no disks to back up")
+        points = repo.points(vm_id)
+        last = points[-1] if points else None
+        base, reason = _base(conn, vm_id, last, method, full)
+        if reason and last is not None:
+            _say(notes, f"VM {v.name}: full backup: {reason}", log)
+        now = time.time()
+        name = repo.new_point_name(vm_id, now)
+        state = {"vm_id": vm_id, "point": name, "method": method, "started": now}
+        staging = repo.begin(vm_id, name, state)
+        try:
+            with open(os.path.join(staging, OVF_FILE), "w") as f:
+                f.write(ops.vm_ovf(conn, vm_id))
+            run = _snapshot_point if method == "snapshot" else _checkpoint_point
+            engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
+                                      workers=workers, inactivity_timeout=inactivity_timeout,
+                                      progress=progress)
+            moved = sum(e["bytes"] for e in entries)
+            manifest = {
+                "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": v.name, "point": name,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "timestamp": now, "method": method,
+                "mode": "incremental" if base is not None else "full",
+                "parent": base.name if base is not None else None,
+                "engine": engine_ids, "bytes": moved, "disks": entries,
+                "ovf": {"file": OVF_FILE,
+                        "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
+            }
+            point = repo.commit(staging, manifest)
+        except BaseException:
+            repo.discard(staging)
+            raise
+        if method == "snapshot" and last is not None:
+            old = last.manifest.get("engine", {}).get("snapshot_id")
+            if old and old != engine_ids.get("snapshot_id"):
+                try:
+                    ops.remove_snapshot(conn, vm_id, old)
+                except ImagetoolError as e:
+                    _say(notes, f"VM {v.name}: the previous base snapshot {old} could not "
+                                f"be removed: {e}", log)
+    return {
+        "vm_id": vm_id, "vm_name": v.name, "point": point.name,
+        "path": point.path, "mode": manifest["mode"], "method": method,
+        "bytes": moved, "seconds": round(time.monotonic() - start, 3),
+        "reason": reason, "notes": notes,
+        "disks": [{"disk_id": e["disk_id"], "path": point.file(e["file"]),
+                   "checksum": e["checksum"]["value"]} for e in entries],
+    }
+
+
+def _disk_entry(d: ops.VmDisk, staging: str, fetched: Any, mode: str,
+                backing: str | None) -> dict:
+    fname = f"{d.id}.qcow2"
+    dname = f"{d.id}.digests"
+    dg.save(os.path.join(staging, dname), fetched.digests)
+    return {
+        "disk_id": d.id, "name": d.name, "format": d.format, "sparse": d.sparse,
+        "interface": d.interface, "bootable": d.bootable, "backup": d.backup,
+        "virtual_size": d.provisioned_size, "mode": mode,
+        "file": fname, "backing": backing,
+        "sha256": sha256_file(os.path.join(staging, fname)),
+        "digests": dname, "digests_sha256": sha256_file(os.path.join(staging, dname)),
+        "checksum": {"algorithm": fetched.algorithm, "block_size": DEFAULT_BLOCK_SIZE,
+                     "value": fetched.checksum, "source": fetched.checksum_source},
+        "bytes": fetched.bytes_copied,
+    }
+
+
+def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
+               incremental_ok: Callable[[ops.VmDisk], bool], source: Callable, workers: int,
+               inactivity_timeout: int, progress: Progress | None) -> list[dict]:
+    entries = []
+    for d in disks:
+        prev_entry, prev_digests = _previous_digests(base, d.id) if incremental_ok(d) \
+            else (None, None)
+        if prev_entry is not None and prev_entry["virtual_size"] != d.provisioned_size:
+            prev_entry = prev_digests = None     # the disk grew: a full copy
+        backing = f"../{base.name}/{prev_entry['file']}" if prev_entry is not None else None
+        fetched = fetch_disk(
+            conn, disk_id=d.id, out=os.path.join(staging, f"{d.id}.qcow2"),
+            backing=backing, previous_digests=prev_digests, workers=workers,
+            inactivity_timeout=inactivity_timeout, progress=progress,
+            algorithm=prev_entry["checksum"]["algorithm"] if prev_entry else None,
+            **source(d, prev_entry is not None))
+        entries.append(_disk_entry(d, staging, fetched,
+                                   "incremental" if backing else "full", backing))
+    return entries
+
+
+def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
+                    staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
+    sid = ops.create_snapshot(conn, vm_id, f"imagetool backup {name}", [d.id for d in disks])
+    state["snapshot_id"] = sid
+    try:
+        write_json(os.path.join(staging, STATE), state)
+        layers = ops.snapshot_layers(conn, vm_id, sid)
+        missing = [d.id for d in disks if not layers.get(d.id)]
+        if missing:
+            raise EngineError(f"snapshot {sid} has no volume for disks {', '.join(missing)}")
+
+        def source(d: ops.VmDisk, incremental: bool) -> dict:
+            return {"snapshot_id": layers[d.id], "shallow": incremental}
+
+        entries = _fetch_all(conn, disks, base, staging, source=source,
+                             incremental_ok=lambda d: True, **kw)
+    except BaseException:
+        _undo(lambda: ops.remove_snapshot(conn, vm_id, sid))
+        raise
+    return {"snapshot_id": sid}, entries
+
+
+def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
+                      staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
+    from_cp = base.manifest["engine"].get("checkpoint_id") if base is not None else None
+    backup = ops.start_backup(conn, vm_id, [d.id for d in disks], from_cp,
+                              f"imagetool backup {name}")
+    state["backup_id"] = backup.id
+    try:
+        write_json(os.path.join(staging, STATE), state)
+        backup = ops.wait_backup(conn, vm_id, backup.id, ("ready",))
+        modes = ops.backup_disks(conn, vm_id, backup.id)
+
+        def source(d: ops.VmDisk, incremental: bool) -> dict:
+            return {"backup_id": backup.id, "dirty": incremental}
+
+        entries = _fetch_all(conn, disks, base, staging, source=source,
+                             incremental_ok=lambda d: modes.get(d.id) == "incremental", **kw)
+        phase = ops.finalize_backup(conn, vm_id, backup.id)
+        if phase not in ("succeeded", "gone"):
+            raise EngineError(f"backup {backup.id} of VM {vm_id} ended {phase}")
+    except BaseException:
+        _undo(lambda: ops.finalize_backup(conn, vm_id, backup.id))
+        raise
+    return {"backup_id": backup.id, "checkpoint_id": backup.to_checkpoint_id,
+            "from_checkpoint_id": from_cp}, entries
+
+
+def _undo(fn: Callable[[], Any]) -> None:
+    """Run a cleanup step after a failure; its own failure must not hide the first."""
+    try:
+        fn()
+    except Exception:
+        pass

@@ -1,0 +1,166 @@
+"""VM backups and checkpoints of the local engine (oVirt engine API model 4.4+:
+Backup, Checkpoint; phases ``initializing``, ``ready``, ``finalizing``,
+``succeeded``, ``failed``).
+
+Starting a backup freezes each of its disks the way the engine's
+snapshot-based ("hybrid") backup does: the active volume becomes a hidden
+read-only layer and a new empty layer takes the writes, so backup transfers
+read the disks as they were at the start whatever is written meanwhile.
+Finalizing merges that layer back. A new checkpoint starts tracking writes
+(``server/dirty.py``) at the same moment; an incremental disk's dirty
+ranges are those of ``from_checkpoint_id`` frozen then. Only disks with
+``backup=incremental`` take part in checkpoints, as on the engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+from imagetool.phases import FINISHED
+from imagetool.server.rest import disks as disks_mod
+from imagetool.server.storage import new_id
+
+RUNNING = ("initializing", "starting", "ready", "finalizing")
+
+
+class BackupError(Exception):
+    """A request the backup rules refuse: ``status`` 400, 404 or 409."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def checkpoints(engine, vm_id: str) -> list[dict]:
+    cps = engine.store.list("checkpoint", lambda c: c["vm_id"] == vm_id)
+    return sorted(cps, key=lambda c: c["created"])
+
+
+def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
+          description: str, backup_id: str | None = None) -> dict:
+    """Create a backup (phase initializing; ready once committed)."""
+    store = engine.store
+    attached = {a["disk_id"] for a in vm.get("attachments", [])}
+    if not disk_ids:
+        raise BackupError(400, "Cannot backup VM: no disks were given")
+    for d in disk_ids:
+        if d not in attached:
+            raise BackupError(400, f"Cannot backup VM: disk {d} is not attached to the VM")
+    if len(set(disk_ids)) != len(disk_ids):
+        raise BackupError(400, "Cannot backup VM: a disk is given twice")
+    if any(b["vm_id"] == vm["id"] and b["phase"] in RUNNING for b in store.list("backup")):
+        raise BackupError(409, "Cannot backup VM. A backup of the VM is already running.")
+    if backup_id and store.get("backup", backup_id):
+        raise BackupError(409, f"Cannot backup VM: a backup with id {backup_id} exists")
+    parent = None
+    if from_cp:
+        parent = store.get("checkpoint", from_cp)
+        if parent is None or parent["vm_id"] != vm["id"]:
+            raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} does not exist")
+        if parent.get("state") != "created":
+            raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} is invalid")
+    disks = [store.get("disk", d) for d in disk_ids]
+    for d in disks:
+        disks_mod.check_usable(d, "backup VM")
+    now = time.time()
+    cp_id = new_id()
+    bid = backup_id or new_id()
+    frozen, dirty, modes, members = {}, {}, {}, []
+    for d in disks:
+        incremental = d.get("backup") == "incremental"
+        ranges = None
+        if from_cp and incremental and d["id"] in parent["disks"]:
+            ranges = engine.dirty.ranges(d["id"], from_cp)
+        modes[d["id"]] = "incremental" if ranges is not None else "full"
+        dirty[d["id"]] = ranges
+        frozen[d["id"]] = _freeze(engine, d, now)
+        if incremental:
+            engine.dirty.add_checkpoint(d["id"], cp_id)
+            members.append(d["id"])
+    leaf = checkpoints(engine, vm["id"])
+    cp = {"id": cp_id, "vm_id": vm["id"], "parent_id": leaf[-1]["id"] if leaf else None,
+          "created": now, "state": "created", "disks": members, "description": description,
+          "pending": bid}
+    store.put("checkpoint", cp)
+    doc = {"id": bid, "vm_id": vm["id"], "phase": "initializing", "disks": disk_ids,
+           "from_checkpoint_id": from_cp, "to_checkpoint_id": cp_id, "modes": modes,
+           "frozen": frozen, "dirty": dirty, "description": description,
+           "created": now, "modified": now}
+    store.put("backup", doc)
+    store.after_commit(lambda: _set(engine, bid, "ready"))
+    return doc
+
+
+def _set(engine, bid: str, phase: str) -> dict | None:
+    return engine.store.update("backup", bid, phase=phase, modified=time.time())
+
+
+def _freeze(engine, disk: dict, now: float) -> str:
+    """Put a new empty layer over the disk's active volume; return the old one."""
+    store, st = engine.store, engine.storage
+    old = disk["image_id"]
+    new = new_id()
+    st.create_volume(disk["sd_id"], disk["id"], new, "cow", disk["provisioned_size"],
+                     parent_id=old)
+    store.put("volume", {"id": new, "disk_id": disk["id"], "sd_id": disk["sd_id"],
+                         "format": "cow", "parent_id": old, "snapshot_id": None,
+                         "created": now, "backup_layer": False})
+    store.update("volume", old, backup_frozen=True)
+    store.update("disk", disk["id"], image_id=new, format="cow")
+    return old
+
+
+def finalize(engine, vm_id: str, bid: str) -> dict:
+    """Merge the frozen layers back and end the backup (``succeeded``)."""
+    store = engine.store
+    b = store.get("backup", bid)
+    if b["phase"] in ("succeeded", "failed", "finalizing"):
+        return b
+    busy = [t for t in store.list("transfer", lambda t: t.get("backup_id") == bid)
+            if t["phase"] not in FINISHED]
+    if busy:
+        raise BackupError(409, "Cannot stop VM backup. The VM backup has active image "
+                               "transfers; finalize them first.")
+    premature = b["phase"] != "ready"
+    _set(engine, bid, "finalizing")
+    ok = not premature
+    for disk_id, vol_id in b["frozen"].items():
+        d = store.get("disk", disk_id)
+        if d is None or store.get("volume", vol_id) is None:
+            continue
+        try:
+            disks_mod.merge_down(engine, d, vol_id)
+        except Exception:
+            ok = False
+    cp = store.get("checkpoint", b["to_checkpoint_id"])
+    if cp is not None:
+        if ok:
+            cp.pop("pending", None)
+            store.put("checkpoint", cp)
+        else:
+            remove_checkpoint(engine, cp)
+    return _set(engine, bid, "succeeded" if ok else "failed")
+
+
+def remove_checkpoint(engine, cp: dict) -> None:
+    """Forget a checkpoint; its child is re-linked to its parent."""
+    store = engine.store
+    for child in store.list("checkpoint", lambda c: c.get("parent_id") == cp["id"]):
+        store.update("checkpoint", child["id"], parent_id=cp.get("parent_id"))
+    for d in cp.get("disks", []):
+        engine.dirty.remove_checkpoint(d, cp["id"])
+    store.delete("checkpoint", cp["id"])
+
+
+def backup_volume(engine, backup_id: str, disk_id: str) -> tuple[dict, dict]:
+    """(backup, frozen volume) for a backup transfer of ``disk_id``."""
+    b = engine.store.get("backup", backup_id)
+    if b is None:
+        raise BackupError(404, f"backup '{backup_id}' not found")
+    if b["phase"] != "ready":
+        raise BackupError(409, f"Cannot transfer image. The VM backup is in phase "
+                               f"{b['phase']}, expected ready.")
+    if disk_id not in b["frozen"]:
+        raise BackupError(400, f"Cannot transfer image: disk {disk_id} is not part of "
+                               f"backup {backup_id}")
+    return b, engine.store.get("volume", b["frozen"][disk_id])
