@@ -25,6 +25,9 @@ _LAZY = {
     "download_disk": "imagetool.transfer.download",
     "upload_url": "imagetool.transfer.urls",
     "download_url": "imagetool.transfer.urls",
+    "export_ova": "imagetool.ova",
+    "import_ova": "imagetool.ova",
+    "ova_info": "imagetool.ova",
 }
 
 __all__ = ["__version__", *_LAZY]

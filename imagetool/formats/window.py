@@ -15,9 +15,8 @@ from typing import Iterator
 
 from imagetool.errors import FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats.base import Extent
-from imagetool.formats.detect import ImageInfo
+from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
 
-_QCOW2_MAGIC = b"QFI\xfb"
 _VMDK_MAGIC = b"KDMV"
 _HAVE_PREADV = hasattr(os, "preadv")
 
@@ -43,19 +42,25 @@ def detect_window(path: str | os.PathLike, offset: int, length: int) -> str:
     """"qcow2", "vmdk" or "raw" from the first bytes of the range.
 
     A VMDK text descriptor (``# Disk DescriptorFile``) is "vmdk" too: the
-    VMDK reader then says why it cannot be read from inside a file.
+    VMDK reader then says why it cannot be read from inside a file. Formats
+    recognised but not handled (vhd, vhdx, vdi, qed, LUKS) raise
+    UnsupportedFormat.
     """
     path = os.fspath(path)
     _check_window(path, offset, length)
     fd = _open(path)
     try:
         head = os.pread(fd, min(length, 512), offset)
+        tail = os.pread(fd, 512, offset + length - 512) if length >= 512 else b""
     finally:
         os.close(fd)
-    if head.startswith(_QCOW2_MAGIC):
+    if head.startswith(QCOW2_MAGIC):
         return "qcow2"
     if head.startswith(_VMDK_MAGIC) or head.lstrip().startswith(b"# Disk DescriptorFile"):
         return "vmdk"
+    foreign = _foreign_format(head, tail)
+    if foreign:
+        raise UnsupportedFormat(f"{foreign} images are not supported", path)
     return "raw"
 
 
