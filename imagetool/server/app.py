@@ -25,6 +25,7 @@ from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, hosts, imagetransfers, jobs, root,
                                    storagedomains, vms)
+from imagetool.server.rest import templates
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
@@ -93,7 +94,7 @@ def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
     for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
-                   datacenters):
+                   datacenters, templates):
         module.register(router)
     return router
 
