@@ -16,6 +16,7 @@ import click
 
 from imagetool import __version__
 from imagetool.cli import formats_cmds, inventory_cmds, serve_cmd, transfer_cmds, url_cmds
+from imagetool.cli import ova_cmds, template_cmds
 from imagetool.errors import ImagetoolError
 
 
@@ -38,7 +39,8 @@ for _command in (
         serve_cmd.serve,
         transfer_cmds.upload, transfer_cmds.download,
         inventory_cmds.disks, inventory_cmds.sds, inventory_cmds.transfers,
-        url_cmds.url):
+        url_cmds.url,
+        ova_cmds.ova, template_cmds.templates):
     cli.add_command(_command)
 
 
