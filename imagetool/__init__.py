@@ -43,6 +43,9 @@ _LAZY = {
     "sparsify_disk": "imagetool.disks",
     "UploadOptions": "imagetool.transfer.options",
     "DownloadOptions": "imagetool.transfer.options",
+    "export_ova": "imagetool.ova",
+    "import_ova": "imagetool.ova",
+    "ova_info": "imagetool.ova",
 }
 
 __all__ = ["__version__", "backup", *_LAZY]

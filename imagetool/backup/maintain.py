@@ -228,30 +228,6 @@ def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[dict]) -> N
 
 # --- prune -------------------------------------------------------------------------
 
-class _Window:
-    """A chain read over given ranges: outside them nothing (holes)."""
-
-    def __init__(self, backend: Any, ranges: list[tuple[int, int]], zero_is_hole: bool):
-        self._b = backend
-        self._extents = _clip(list(backend.extents()), ranges, zero_is_hole)
-
-    @property
-    def size(self) -> int:
-        return self._b.size
-
-    def extents(self, context: str = "zero"):
-        return iter(self._extents)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self._b.read_into(offset, buf)
-
-    def clone(self) -> "_Window":
-        return self         # qcow2 readers serve threads with read_into
-
-    def close(self) -> None:
-        pass
-
-
 def _clip(extents: list[Extent], ranges: list[tuple[int, int]],
           zero_is_hole: bool) -> list[Extent]:
     out = []
@@ -319,8 +295,10 @@ def merge_layer_into(lower: str, upper: str, out: str, backing: str | None,
                                     backing_format="qcow2" if backing else None)
         dst = SharedBackend(writer)
         try:
-            copy(_Window(reader, ranges, zero_is_hole=backing is None), dst,
-                 workers=workers, dst_is_zero=True, over_backing=backing is not None)
+            # Only the ranges either layer allocates; outside them nothing.
+            extents = _clip(list(reader.extents()), ranges, zero_is_hole=backing is None)
+            copy(reader, dst, workers=workers, dst_is_zero=True,
+                 over_backing=backing is not None, extents=extents)
             dst.flush()
         finally:
             dst.close()

@@ -15,8 +15,8 @@ import sys
 import click
 
 from imagetool import __version__
-from imagetool.cli import (backup_cmds, formats_cmds, inventory_cmds, serve_cmd,
-                           transfer_cmds, url_cmds, vm_cmds)
+from imagetool.cli import (backup_cmds, formats_cmds, inventory_cmds, ova_cmds, serve_cmd,
+                           template_cmds, transfer_cmds, url_cmds, vm_cmds)
 from imagetool.errors import ImagetoolError
 
 
@@ -40,7 +40,8 @@ for _command in (
         transfer_cmds.upload, transfer_cmds.download,
         inventory_cmds.disks, inventory_cmds.sds, inventory_cmds.transfers,
         vm_cmds.vms, vm_cmds.snapshots,
-        url_cmds.url, backup_cmds.backup):
+        url_cmds.url, backup_cmds.backup,
+        ova_cmds.ova, template_cmds.templates):
     cli.add_command(_command)
 
 

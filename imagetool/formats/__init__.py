@@ -7,8 +7,9 @@ Public API::
     open_image(path, mode="r", format=None, shallow=False, *, offset=0,
                length=None) -> Backend
 
-``offset``/``length`` read an image stored inside another file (a VMDK in
-an OVA's tar); only single-file VMDKs can be read that way.
+``offset``/``length`` read an image stored inside another file (a disk
+member of an OVA's tar): qcow2 without a backing file, single-file VMDK,
+or raw (imagetool.formats.window).
 
 All errors are ``imagetool.errors.FormatError`` subclasses.
 """
@@ -37,8 +38,10 @@ def inspect(path: str | os.PathLike, *, offset: int = 0,
     """
     path = os.fspath(path)
     if offset or length is not None:
-        from imagetool.formats import vmdk
-        return vmdk.inspect_vmdk(path, offset, length)
+        from imagetool.formats import window
+        if length is None:
+            length = os.path.getsize(path) - offset
+        return window.inspect_window(path, offset, length)
     fmt, content = probe(path)
     if fmt == "qcow2":
         return qcow2.inspect(path)
@@ -62,17 +65,19 @@ def open_image(path: str | os.PathLike, mode: str = "r",
     is read-only ("r"): guest data through the backing chain, or with
     ``shallow=True`` this layer only (unallocated clusters are
     ``Extent(zero=True, hole=True)`` and read as zeros). vmdk is read-only
-    and has no backing chain here. ``offset``/``length``: a single-file
-    VMDK stored at that byte range of ``path``.
+    and has no backing chain here. ``offset``/``length``: the image stored
+    at that byte range of ``path`` (qcow2 without backing file, single-file
+    VMDK or raw; read-only).
     """
     path = os.fspath(path)
     if offset or length is not None:
-        if format not in (None, "vmdk") or mode != "r":
+        if mode != "r" or shallow:
             raise UnsupportedFeature(
-                "only a vmdk can be read from a byte range of a file, "
-                "read-only", path)
-        from imagetool.formats import vmdk
-        return vmdk.open_vmdk(path, offset, length)
+                "an image inside a byte range of a file is read-only", path)
+        from imagetool.formats import window
+        if length is None:
+            length = os.path.getsize(path) - offset
+        return window.open_window(path, offset, length, format)
     if format is None:
         # "w" creates or truncates, so what the old file held is irrelevant.
         format = "raw" if mode == "w" else detect(path)

@@ -100,6 +100,8 @@ class Header:
     data_file: str | None = None
     feature_names: dict[tuple[int, int], str] = field(default_factory=dict)
     bitmaps: list[str] = field(default_factory=list)
+    # Where the image starts in its file (an image stored inside an OVA's tar).
+    base: int = 0
 
     @property
     def cluster_size(self) -> int:
@@ -165,22 +167,28 @@ def read_exact(fd: int, path: str, offset: int, length: int, what: str) -> bytes
     return data
 
 
-def parse_header(fd: int, path: str) -> Header:
+def parse_header(fd: int, path: str, base: int = 0,
+                 length: int | None = None) -> Header:
     """Parse and validate the header and its extensions.
+
+    ``base``/``length``: the image is the byte range ``[base, base+length)``
+    of the file (a disk member of a tar); offsets in the image are relative
+    to ``base`` and the image ends at ``length``.
 
     Raises CorruptImage for anything inconsistent and UnsupportedFeature for
     unknown incompatible feature bits (we cannot interpret such a file).
     Encryption, the corrupt bit and external data files are reported, not
     refused: see ``check_readable``.
     """
-    file_size = fd_size(fd)
-    raw = pread(fd, V3_HEADER_LEN, 0)
+    file_size = fd_size(fd) - base if length is None else length
+    raw = pread(fd, min(V3_HEADER_LEN, max(0, file_size)), base)
     if len(raw) < V2_HEADER_LEN:
         raise _corrupt(path, "file too short for a qcow2 header")
     f = _V2.unpack_from(raw)
     if f[0] != QCOW2_MAGIC:
         raise _corrupt(path, "bad magic")
     h = Header(path, file_size, *f[1:])
+    h.base = base
     if h.version not in (2, 3):
         raise UnsupportedFeature(f"qcow2 version {h.version} is not supported", path)
     if not 9 <= h.cluster_bits <= 21:
@@ -195,7 +203,7 @@ def parse_header(fd: int, path: str) -> Header:
         if h.refcount_order > 6:
             raise _corrupt(path, f"invalid refcount_order {h.refcount_order}")
         if h.header_length > V3_HEADER_LEN:
-            h.compression_type = read_exact(fd, path, V3_HEADER_LEN, 1,
+            h.compression_type = read_exact(fd, path, base + V3_HEADER_LEN, 1,
                                             "compression type")[0]
     _check_geometry(h)
     _read_extensions(fd, h)
@@ -249,7 +257,7 @@ def _read_extensions(fd: int, h: Header) -> None:
         end = min(end, h.backing_file_offset)
     if start >= end:
         return
-    region = pread(fd, end - start, start)
+    region = pread(fd, end - start, h.base + start)
     pos = 0
     while pos + 8 <= len(region):
         etype, elen = _EXT_HEADER.unpack_from(region, pos)
@@ -295,7 +303,7 @@ def _read_bitmap_names(fd: int, h: Header, ext: bytes) -> list[str]:
         raise _corrupt(path, "invalid bitmap directory size")
     if dir_off + dir_size > h.file_size:
         raise _corrupt(path, "bitmap directory beyond end of file")
-    directory = read_exact(fd, path, dir_off, dir_size, "bitmap directory")
+    directory = read_exact(fd, path, h.base + dir_off, dir_size, "bitmap directory")
     names = []
     pos = 0
     for _ in range(nb):
@@ -314,7 +322,7 @@ def _read_bitmap_names(fd: int, h: Header, ext: bytes) -> list[str]:
 def _read_backing_name(fd: int, h: Header) -> None:
     if not h.backing_file_offset:
         return
-    data = read_exact(fd, h.path, h.backing_file_offset, h.backing_file_size,
+    data = read_exact(fd, h.path, h.base + h.backing_file_offset, h.backing_file_size,
                       "backing file name")
     try:
         h.backing_file = data.decode("utf-8")

@@ -84,9 +84,13 @@ class Qcow2Backend:
 
     def __init__(self, path: str | os.PathLike, shallow: bool = False,
                  _chain: tuple[str, ...] = (), *,
-                 backing: "Qcow2Backend | RawBackend | None" = None):
+                 backing: "Qcow2Backend | RawBackend | None" = None,
+                 offset: int = 0, length: int | None = None):
         self.path = os.fspath(path)
         self.shallow = shallow
+        # An image stored at [offset, offset+length) of the file (a tar member).
+        self._base = offset
+        self._window = length
         self._chain = _chain
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -101,8 +105,12 @@ class Qcow2Backend:
             raise
 
     def _setup(self) -> None:
-        h = self.header = qcow2.parse_header(self._fd, self.path)
+        h = self.header = qcow2.parse_header(self._fd, self.path, self._base,
+                                             self._window)
         qcow2.check_readable(h)
+        if self._window is not None and h.backing_file:
+            raise UnsupportedFeature(
+                "an image inside another file cannot have a backing file", self.path)
         self._size = h.virtual_size
         self._file_size = h.file_size
         self._cb = h.cluster_bits
@@ -110,7 +118,7 @@ class Qcow2Backend:
         self._ext = h.extended_l2
         self._l2_bits = h.l2_bits
         self._sc_bits = self._cb - 5 if self._ext else self._cb
-        self._l1 = (_load_table(self._fd, self.path, h.l1_table_offset,
+        self._l1 = (_load_table(self._fd, self.path, self._base + h.l1_table_offset,
                                 h.l1_needed * 8, "L1 table")
                     if h.l1_needed else array("Q"))
         self._lock = threading.Lock()
@@ -379,7 +387,8 @@ class Qcow2Backend:
             raise CorruptImage(
                 f"corrupt qcow2 image: L2 table offset 0x{l2_off:x} invalid",
                 self.path)
-        table = _load_table(self._fd, self.path, l2_off, self._cs, "L2 table")
+        table = _load_table(self._fd, self.path, self._base + l2_off, self._cs,
+                            "L2 table")
         with self._lock:
             self._l2_cache[l2_off] = table
             while len(self._l2_cache) > self._l2_max:
@@ -390,6 +399,13 @@ class Qcow2Backend:
 
     def _read_host(self, host: int, part: memoryview) -> None:
         done = 0
+        if self._window is not None:
+            # Never read past the image into what follows it in the file.
+            avail = max(0, min(len(part), self._file_size - host))
+            if avail < len(part):
+                _fill_zero(part[avail:])
+                part = part[:avail]
+        host += self._base
         while done < len(part):
             if _HAVE_PREADV:
                 got = os.preadv(self._fd, [part[done:]], host + done)
@@ -426,7 +442,8 @@ class Qcow2Backend:
             raise CorruptImage(
                 f"corrupt qcow2 image: compressed cluster at 0x{coff:x} invalid",
                 self.path)
-        comp = qcow2.pread(self._fd, min(csize, self._file_size - coff), coff)
+        comp = qcow2.pread(self._fd, min(csize, self._file_size - coff),
+                           self._base + coff)
         data = self._inflate(comp, coff)
         with self._lock:
             self._comp_cache[desc] = data

@@ -70,9 +70,13 @@ class Qcow2Writer:
 
     def __init__(self, fd: int, path: str, virtual_size: int, cluster_size: int,
                  backing_file: str | None, backing_format: str | None,
-                 compress: bool, compress_level: int, shallow: bool = False):
+                 compress: bool, compress_level: int, shallow: bool = False,
+                 base: int = 0):
         self.path = path
         self._fd = fd
+        # Where the image starts in the file: 0, or a disk member's data
+        # offset when the image is written straight into an OVA's tar.
+        self._base = base
         self._size = virtual_size
         self.cluster_size = cluster_size
         self.backing_file = backing_file
@@ -108,10 +112,14 @@ class Qcow2Writer:
     def create(cls, path: str | os.PathLike, virtual_size: int,
                cluster_size: int = 65536, backing_file: str | None = None,
                backing_format: str | None = None, compress: bool = False,
-               compress_level: int = 6, shallow: bool = False) -> "Qcow2Writer":
+               compress_level: int = 6, shallow: bool = False,
+               offset: int = 0) -> "Qcow2Writer":
         """Create (or truncate) ``path`` as an empty qcow2 image and return its writer.
 
         The new file is already a valid image (all clusters unallocated).
+        ``offset``: write the image from that byte of ``path`` instead,
+        keeping the bytes before it (an OVA's tar member); the file is
+        not truncated, and each flush cuts it at the image's end.
         ``virtual_size`` is rounded up to a multiple of 512, as qemu only
         sees whole sectors of a qcow2 image.
         """
@@ -131,13 +139,16 @@ class Qcow2Writer:
             header_need += 8 + _pad8(len(backing_format.encode()))
         if header_need > cluster_size or len((backing_file or "").encode()) > 1023:
             raise ValueError("backing file name too long for the header cluster")
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        if offset < 0:
+            raise ValueError(f"invalid offset {offset}")
+        flags = (os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC)
+                 | getattr(os, "O_CLOEXEC", 0))
         try:
             fd = os.open(path, flags, 0o644)
         except OSError as e:
             raise FormatError(f"cannot create: {e.strerror}", path) from e
         w = cls(fd, path, virtual_size, cluster_size, backing_file,
-                backing_format, compress, compress_level, shallow)
+                backing_format, compress, compress_level, shallow, base=offset)
         try:
             # No fsync: a file nobody has seen yet needs no durability; the
             # first flush() makes everything durable.
@@ -204,7 +215,7 @@ class Qcow2Writer:
                     entry = self._get(ci)
                     if self._is_plain(entry):
                         _pwrite_all(self._fd, [bytes(b - a)],
-                                    (entry & _OFFSET_MASK) + a - cstart)
+                                    self._base + (entry & _OFFSET_MASK) + a - cstart)
                     elif entry & _COMPRESSED or (entry == 0 and self.backing_file):
                         buf = (bytearray(self._read_cluster(ci, entry)) if entry
                                else self._backing_cluster(ci))
@@ -239,7 +250,7 @@ class Qcow2Writer:
                         n += min(cs, end - pos - n)
                         nxt += 1
                     dst = view[pos - offset:pos - offset + n]
-                    _pread_all(self._fd, dst, host)
+                    _pread_all(self._fd, dst, self._base + host)
                 elif entry & _COMPRESSED:
                     data = self._read_cluster(ci, entry)
                     dst[:] = data[pos - cstart:pos - cstart + n]
@@ -382,7 +393,7 @@ class Qcow2Writer:
                     new_iov.append(content)
             ci += 1
         for host, _, iov in inplace:
-            _pwrite_all(self._fd, iov, host)
+            _pwrite_all(self._fd, iov, self._base + host)
         if new_clusters:
             self._write_new(view, new_clusters, new_iov)
         if cblobs:
@@ -399,7 +410,7 @@ class Qcow2Writer:
         for i, ci in enumerate(clusters):
             self._set(ci, ((host + i) * cs) | _COPIED)
         bufs = [view[p[0]:p[1]] if isinstance(p, tuple) else p for p in iov]
-        _pwrite_all(self._fd, bufs, host * cs)
+        _pwrite_all(self._fd, bufs, self._base + host * cs)
 
     def _write_compressed(self, cblobs: list[tuple[int, bytes]]) -> None:
         """Pack compressed clusters back to back at the end of the file."""
@@ -419,7 +430,7 @@ class Qcow2Writer:
             nsect = (sector_end - (pos & ~511)) // 512 - 1
             self._set(ci, _COMPRESSED | (nsect << self._csize_shift) | pos)
             pos += len(blob)
-        _pwrite_all(self._fd, [b for _, b in cblobs], start)
+        _pwrite_all(self._fd, [b for _, b in cblobs], self._base + start)
         self._ctail = pos
 
     def _deflate(self, chunk) -> bytes:
@@ -432,13 +443,13 @@ class Qcow2Writer:
         if entry & _COMPRESSED:
             coff = entry & self._coffset_mask
             nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
-            raw = os.pread(self._fd, nsect * 512 - (coff & 511), coff)
+            raw = os.pread(self._fd, nsect * 512 - (coff & 511), self._base + coff)
             data = zlib.decompressobj(-12).decompress(raw, cs)
             if len(data) != cs:
                 raise FormatError(f"compressed cluster {ci} is truncated", self.path)
             return data
         buf = bytearray(cs)
-        _pread_all(self._fd, memoryview(buf), entry & _OFFSET_MASK)
+        _pread_all(self._fd, memoryview(buf), self._base + (entry & _OFFSET_MASK))
         return bytes(buf)
 
     # --- the backing file --------------------------------------------------
@@ -595,12 +606,12 @@ class Qcow2Writer:
             l1[idx] = (pos * cs) | _COPIED
             t = array("Q", self._l2[idx])
             t.byteswap() if _LITTLE else None
-            _pwrite_all(self._fd, [t], pos * cs)
+            _pwrite_all(self._fd, [t], self._base + pos * cs)
             pos += 1
         l1_offset = pos * cs if l1_clusters else 0
         if l1_clusters:
             l1.byteswap() if _LITTLE else None
-            _pwrite_all(self._fd, [l1], pos * cs)
+            _pwrite_all(self._fd, [l1], self._base + pos * cs)
             pos += l1_clusters
         rt = array("Q", bytes(table * cs))
         refs = array("H", self._refcounts)
@@ -610,18 +621,18 @@ class Qcow2Writer:
         rblocks_start = pos
         for i in range(blocks):
             rt[i] = (pos + i) * cs
-        _pwrite_all(self._fd, [refs], rblocks_start * cs)
+        _pwrite_all(self._fd, [refs], self._base + rblocks_start * cs)
         pos += blocks
         rt_offset = pos * cs
         if _LITTLE:
             rt.byteswap()
-        _pwrite_all(self._fd, [rt], rt_offset)
+        _pwrite_all(self._fd, [rt], self._base + rt_offset)
         pos += table
-        os.ftruncate(self._fd, pos * cs)
+        os.ftruncate(self._fd, self._base + pos * cs)
         # The header goes last so it never points at half-written tables.
         if sync:
             os.fsync(self._fd)
-        _pwrite_all(self._fd, [self._header(l1_offset, rt_offset, table)], 0)
+        _pwrite_all(self._fd, [self._header(l1_offset, rt_offset, table)], self._base)
         # Clusters released before this flush are no longer referenced on disk.
         for hc in self._pending:
             if hc < self._end and self._refcounts[hc] == 0:

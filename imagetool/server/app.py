@@ -26,7 +26,7 @@ from imagetool.server.dirty import DirtyTracker
 from imagetool.server.rest import backups as backups_rest
 from imagetool.server.rest import codec
 from imagetool.server.rest import (datacenters, disks, exportdomain, hosts, imagetransfers,
-                                   jobs, root, storagedomains, vms)
+                                   jobs, root, storagedomains, templates, vms)
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
@@ -97,7 +97,7 @@ def build_router() -> Router:
     """All services of the local engine."""
     router = Router()
     for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
-                   datacenters, exportdomain, backups_rest):
+                   datacenters, exportdomain, backups_rest, templates):
         module.register(router)
     return router
 

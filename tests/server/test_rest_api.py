@@ -258,8 +258,8 @@ def test_unknown_entity_path_and_unimplemented_service(engine):
     assert status == 404 and missing_id in detail
     status, _, detail = fault(api_request(engine, "GET", "nosuchthing"))
     assert status == 404
-    status, reason, detail = fault(api_request(engine, "GET", "templates"))
-    assert status == 501 and "templates" in detail
+    status, reason, detail = fault(api_request(engine, "GET", "vmpools"))
+    assert status == 501 and "vmpools" in detail
     status, reason, detail = fault(api_request(engine, "GET", "disks/x/permissions"))
     assert status == 501 and "permissions" in detail
     status, reason, detail = fault(api_request(engine, "POST", "disks/x/reduce", "<action/>"))

@@ -68,8 +68,13 @@ def build_ovf(req: Request, vm: dict) -> str:
         f"{''.join(items)}</Section></Content></ovf:Envelope>")
 
 
-def ovf_disk_ids(data: str) -> tuple[str | None, list[str]]:
-    """(VM name, disk ids) named by an OVF: the disk id is the fileRef's first part."""
+def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
+    """(VM name, disk ids) named by an OVF.
+
+    ``kind`` "ovf" (this engine's own OVF): the disk id is the fileRef's
+    first part. "ova" (the OVF of an OVA, oVirt ``OvfOvaWriter``): the
+    fileRef is the image id and the disk id is ``Disk/@ovf:diskId``.
+    """
     try:
         root = ET.fromstring(data)
     except ET.ParseError as e:
@@ -82,7 +87,10 @@ def ovf_disk_ids(data: str) -> tuple[str | None, list[str]]:
             name = (el.text or "").strip() or None
         if tag == "Disk":
             attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
-            ref_ = attrs.get("fileRef") or attrs.get("diskId") or ""
+            if kind == "ova":
+                ref_ = attrs.get("diskId") or ""
+            else:
+                ref_ = attrs.get("fileRef") or attrs.get("diskId") or ""
             ids.append(ref_.split("/")[0])
     # An export domain's OVF names each disk once per volume of its chain.
     return name, list(dict.fromkeys(check_id(i, "OVF disk") for i in ids if i))

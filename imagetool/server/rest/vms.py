@@ -114,12 +114,16 @@ def add_vm(req: Request) -> Reply:
     vm_id = get_id(data, "id", what="VM")
     check_cluster(req, get_obj(data, "cluster"))
     ovf = get_str(data, "initialization", "configuration", "data")
+    # "ova": the OVF of an OVA, whose disks are named by Disk/@ovf:diskId.
+    ovf_kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
+    if ovf and ovf_kind not in ("ovf", "ova"):
+        raise bad_request(f"Unknown configuration type {ovf_kind!r} (ovf or ova)")
     snap_refs = get_list(data, "snapshots")
     if snap_refs:
         return _clone_from_snapshot(req, name, description, snap_refs, vm_id)
     attachments = [_attachment_from(req, a, "add") for a in get_list(data, "disk_attachments")]
     if ovf:
-        ovf_name, disk_ids = ovf_disk_ids(ovf)
+        ovf_name, disk_ids = ovf_disk_ids(ovf, ovf_kind)
         name = name or check_text(ovf_name, "OVF Name")
         missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
         if missing_ids:

@@ -1,0 +1,147 @@
+"""Bad OVAs: each one a clear error, exit code 1, nothing left on the engine."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import pytest
+
+from helpers import ENGINE_PASSWORD, qemu_img
+from ova_fixtures import SD
+from test_ova_import import VMWARE_OVF, add_member, make_vmware_ova
+
+
+@pytest.fixture
+def env(engine, scratch, monkeypatch):
+    from imagetool.server.local import LocalEngine
+    pw = os.path.join(scratch, "pw")
+    with open(pw, "w") as f:
+        f.write(ENGINE_PASSWORD)
+    for k, v in (("ENGINE_URL", engine.url), ("USERNAME", LocalEngine.username),
+                 ("PASSWORD_FILE", pw), ("CAFILE", engine.cafile)):
+        monkeypatch.setenv(f"IMAGETOOL_{k}", v)
+
+
+def _inventory(conn) -> tuple[set, set]:
+    return {d.id for d in conn.disks.list()}, {v.id for v in conn.vms.list()}
+
+
+def _rewrite(src: str, dst: str, members: dict[str, bytes | None], order=None) -> str:
+    """Copy an OVA, replacing (bytes) or dropping (None) members, adding new ones."""
+    with tarfile.open(src) as t:
+        old = [(m.name, t.extractfile(m).read()) for m in t.getmembers()]
+    names = [n for n, _ in old] + [n for n in members if n not in dict(old)]
+    with tarfile.open(dst, "w", format=tarfile.GNU_FORMAT) as t:
+        for n in order or names:
+            data = members.get(n, dict(old).get(n))
+            if data is not None:
+                add_member(t, n, data)
+    return dst
+
+
+def _vmdk_bytes(ova: str) -> bytes:
+    with tarfile.open(ova) as t:
+        return t.extractfile("web-disk1.vmdk").read()
+
+
+def _case(name: str, scratch: str) -> str:
+    made = make_vmware_ova(scratch)
+    good = made["ova"]
+    out = os.path.join(scratch, f"{name}.ova")
+    data = _vmdk_bytes(good)
+    ovf = VMWARE_OVF.replace("{mib}", "6")
+    if name == "truncated":
+        with tarfile.open(good) as t:
+            m = t.getmember("web-disk1.vmdk")
+        with open(good, "rb") as f:      # cut in the middle of the disk
+            open(out, "wb").write(f.read(m.offset_data + m.size // 2))
+    elif name == "manifest-mismatch":
+        make_vmware_ova(scratch, mf_override="SHA256(web-disk1.vmdk)= " + "0" * 64 + "\n")
+        os.replace(good, out)
+    elif name == "missing-member":
+        _rewrite(good, out, {"web.mf": None, "web.ovf": ovf.replace(
+            "{size}", str(len(data))).replace("web-disk1.vmdk", "gone.vmdk").encode()})
+    elif name in ("dotdot", "absolute"):
+        evil = "../web-disk1.vmdk" if name == "dotdot" else "/tmp/web-disk1.vmdk"
+        text = ovf.replace("{size}", str(len(data))).replace('"web-disk1.vmdk"', f'"{evil}"')
+        with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as t:
+            add_member(t, "web.ovf", text.encode())
+            add_member(t, evil, data)
+    elif name in ("larger", "smaller"):
+        declared = len(data) - 512 if name == "larger" else len(data) + 512
+        _rewrite(good, out, {"web.mf": None, "web.ovf": ovf.replace(
+            "{size}", str(declared)).encode()})
+    elif name == "vhdx":
+        blob = b"vhdxfile" + bytes(1 << 20)
+        _rewrite(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
+            "{size}", str(len(blob))).encode()})
+    elif name == "backing-file":
+        base = os.path.join(scratch, "base.qcow2")
+        top = os.path.join(scratch, "top.qcow2")
+        qemu_img("create", "-f", "qcow2", base, "6M")
+        qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+        blob = open(top, "rb").read()
+        _rewrite(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
+            "{size}", str(len(blob))).encode()})
+    else:
+        raise AssertionError(name)
+    return out
+
+
+CASES = [
+    ("truncated", "truncated tar"),
+    ("manifest-mismatch", "member 'web-disk1.vmdk': its SHA256 digest"),
+    ("missing-member", "names member 'gone.vmdk' for disk vmdisk1, which is not in the OVA"),
+    ("dotdot", "climbs out of the archive with '..'"),
+    ("absolute", "is an absolute path"),
+    ("larger", "bytes but the OVF declares"),
+    ("smaller", "bytes but the OVF declares"),
+    ("vhdx", "member 'web-disk1.vmdk': vhdx images are not supported"),
+    ("backing-file", "member 'web-disk1.vmdk' is a qcow2 image with a backing file"),
+]
+
+
+@pytest.mark.parametrize("name, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_ova_is_refused(cli, conn, env, scratch, name, message):
+    path = _case(name, scratch)
+    before = _inventory(conn)
+    code, out, err = cli("ova", "import", path, "--sd", SD, "--name", f"bad-{name}")
+    assert code == 1, (out, err)
+    assert err.startswith("imagetool: error: ") and message in err, err
+    assert "Traceback" not in err
+    assert _inventory(conn) == before
+    code, out, err = cli("ova", "info", path, "--verify")
+    assert code == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_failure_after_uploads_removes_the_disks(cli, conn, env, scratch):
+    """The VM cannot be added (its name is taken): the uploaded disks go again."""
+    made = make_vmware_ova(scratch)
+    taken = conn.vms.add(name="taken")
+    before = _inventory(conn)
+    code, out, err = cli("ova", "import", made["ova"], "--sd", SD, "--name", "taken")
+    assert code == 1 and "already in use" in err, err
+    assert _inventory(conn) == before
+    assert [d.status for d in conn.disks.list()].count("locked") == 0
+    conn.vms.remove(taken.id)
+
+
+def test_export_failure_leaves_no_file_and_no_snapshot(conn, scratch, monkeypatch):
+    """A disk that cannot be exported: no OVA, no partial file, the snapshot removed."""
+    from imagetool import export_ova
+    from imagetool.errors import ImagetoolError
+    from imagetool.ova import export as export_mod
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "fail-vm")
+
+    def boom(*a, **kw):
+        raise ImagetoolError("injected failure")
+    monkeypatch.setattr(export_mod, "_export_disk", boom)
+    ova = os.path.join(scratch, "fail.ova")
+    with pytest.raises(ImagetoolError, match="injected failure"):
+        export_ova(conn, vm.id, ova)
+    assert os.listdir(scratch).count("fail.ova") == 0
+    assert not os.path.exists(ova + ".imagetool-part")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]

@@ -1,0 +1,203 @@
+"""Importing OVAs: a VMware-style DMTF OVA, templates, the local engine's REST side."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from helpers import MiB, api_request, qemu_img, qemu_io
+from ova_fixtures import SD
+
+VMWARE_OVF = """<?xml version="1.0" encoding="UTF-8"?>
+<Envelope vmw:buildId="build-1" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+ xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+ xmlns:vmw="http://www.vmware.com/schema/ovf"
+ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href="web-disk1.vmdk" ovf:id="file1" ovf:size="{size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{mib}" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1"
+     ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+     ovf:populatedSize="{size}"/>
+  </DiskSection>
+  <NetworkSection><Info>The list of logical networks</Info>
+    <Network ovf:name="VM Network"><Description>The VM Network network</Description></Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="web">
+    <Info>A virtual machine</Info>
+    <Name>web</Name>
+    <OperatingSystemSection ovf:id="101" vmw:osType="otherLinux64Guest"><Info>OS</Info></OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemIdentifier>web</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-10</vssd:VirtualSystemType></System>
+      <Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:ElementName>2 virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>2048MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>2048</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogicsas</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>7</rasd:AddressOnParent><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>VM Network</rasd:Connection><rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"""
+
+
+def add_member(t: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+
+
+def make_vmware_ova(d: str, manifest: str | None = "sha256", ovf: str | None = None,
+                    mf_override: str | None = None) -> dict:
+    """A VMware-style OVA: DMTF OVF, a streamOptimized VMDK, a manifest."""
+    qcow = os.path.join(d, "src.qcow2")
+    qemu_img("create", "-f", "qcow2", qcow, "6M")
+    qemu_io(qcow, "write -P 0x33 512k 1M", "write -P 0x44 4M 64k")
+    vmdk = os.path.join(d, "web-disk1.vmdk")
+    qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", qcow, vmdk)
+    raw = os.path.join(d, "expected.raw")
+    qemu_img("convert", "-O", "raw", vmdk, raw)
+    data = open(vmdk, "rb").read()
+    text = (ovf or VMWARE_OVF).replace("{size}", str(len(data))).replace("{mib}", "6")
+    ova = os.path.join(d, "web.ova")
+    with tarfile.open(ova, "w", format=tarfile.USTAR_FORMAT) as t:
+        add_member(t, "web.ovf", text.encode())
+        if manifest:
+            algo = {"sha256": hashlib.sha256, "sha1": hashlib.sha1}[manifest]
+            lines = [f"{manifest.upper()}({n})= {algo(b).hexdigest()}"
+                     for n, b in (("web.ovf", text.encode()), ("web-disk1.vmdk", data))]
+            add_member(t, "web.mf", (mf_override or "\n".join(lines) + "\n").encode())
+        add_member(t, "web-disk1.vmdk", data)
+    return {"ova": ova, "raw": raw}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manifest", ["sha256", "sha1", None])
+def test_vmware_ova_imports(conn, scratch, manifest):
+    from imagetool import import_ova
+    from imagetool.checksum import checksum_file
+    from imagetool.transfer.disk_checksum import disk_checksum
+    made = make_vmware_ova(scratch, manifest)
+    name = f"web-{manifest}"
+    r = import_ova(conn, made["ova"], SD, name=name)
+    assert r["name"] == name and r["vm_id"]
+    [d] = r["disks"]
+    assert d["member"] == "web-disk1.vmdk"
+    expected = checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
+    assert d["checksum"] == expected
+    assert disk_checksum(conn, d["disk_id"], algorithm=d["algorithm"])["checksum"] == expected
+    disk = conn.disks.get(d["disk_id"])
+    assert (disk.provisioned_size, disk.format, disk.status) == (6 * MiB, "cow", "ok")
+    assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [d["disk_id"]]
+    conn.vms.remove(r["vm_id"])
+
+
+def test_info_of_vmware_ova(cli, scratch):
+    made = make_vmware_ova(scratch)
+    code, out, err = cli("ova", "info", made["ova"], "--json", "--verify")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["dialect"], info["name"], info["cpus"], info["memory"]) == \
+        ("dmtf", "web", 2, 2048 * MiB)
+    [d] = info["disks"]
+    assert (d["member"], d["format"], d["virtual_size"]) == ("web-disk1.vmdk", "vmdk", 6 * MiB)
+    assert d["allocated_size"] == MiB + 64 * 1024
+    assert [m["name"] for m in info["manifest_digests"]] == ["web.ovf", "web-disk1.vmdk"]
+    assert info["nics"] == [{"name": "Network adapter 1", "network": "VM Network",
+                             "model": "E1000", "mac": None}]
+
+
+@pytest.mark.slow
+def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkeypatch):
+    from imagetool import import_ova
+    made = make_vmware_ova(scratch)
+    r = import_ova(conn, made["ova"], SD, name="web-tpl", template=True)
+    tid = r["template_id"]
+    [d] = r["disks"]
+    code, _, body = api_request(engine, "GET", f"/ovirt-engine/api/templates/{tid}/diskattachments")
+    assert code == 200 and d["disk_id"].encode() in body
+    from helpers import ENGINE_PASSWORD
+    from imagetool.server.local import LocalEngine
+    pw = os.path.join(scratch, "pw")
+    with open(pw, "w") as f:
+        f.write(ENGINE_PASSWORD)
+    for k, v in (("ENGINE_URL", engine.url), ("USERNAME", LocalEngine.username),
+                 ("PASSWORD_FILE", pw), ("CAFILE", engine.cafile)):
+        monkeypatch.setenv(f"IMAGETOOL_{k}", v)
+    code, out, err = cli("templates", "list", "--json")
+    assert code == 0, err
+    names = [t["name"] for t in json.loads(out)]
+    assert "Blank" in names and "web-tpl" in names
+    code, out, err = cli("templates", "show", "web-tpl", "--json")
+    assert code == 0 and json.loads(out)["disks"] == [d["disk_id"]]
+    code, out, err = cli("templates", "remove", "web-tpl")
+    assert code == 0, err
+    code, out, err = cli("templates", "show", "web-tpl")
+    assert code == 1 and "no template" in err
+    assert [x.id for x in conn.disks.list() if x.id == d["disk_id"]] == []
+
+
+def test_template_from_vm_copies_disks(conn, engine, scratch):
+    from imagetool import upload_disk
+    from imagetool.checksum import checksum_file
+    from imagetool.transfer.disk_checksum import disk_checksum
+    src = os.path.join(scratch, "t.qcow2")
+    qemu_img("create", "-f", "qcow2", src, "2M")
+    qemu_io(src, "write -P 0x61 0 64k")
+    disk = upload_disk(conn, src, SD, name="tplsrc")
+    vm = conn.vms.add(name="tplsrc-vm")
+    conn.vms.attach_disk(vm.id, disk.id)
+    code, _, body = api_request(engine, "POST", "/ovirt-engine/api/templates",
+                             f"<template><name>from-vm</name><vm><id>{vm.id}</id></vm></template>")
+    assert code == 201, body
+    import xml.etree.ElementTree as ET
+    tid = ET.fromstring(body).get("id")
+    code, _, body = api_request(engine, "GET", f"/ovirt-engine/api/templates/{tid}/diskattachments")
+    new_id = ET.fromstring(body).find("disk_attachment").get("id")
+    assert new_id != disk.id
+    want = checksum_file(src)["checksum"]
+    assert disk_checksum(conn, new_id)["checksum"] == want
+    code, _, _ = api_request(engine, "DELETE", f"/ovirt-engine/api/templates/{tid}")
+    assert code == 200
+    code, _, _ = api_request(engine, "DELETE",
+                          "/ovirt-engine/api/templates/00000000-0000-0000-0000-000000000000")
+    assert code == 409
+
+
+def test_vm_from_ova_configuration_names_disks_by_disk_id(conn, engine, scratch):
+    """POST /vms with an ova configuration: Disk/@ovf:diskId names the disk."""
+    from imagetool.ova.ovf import build_ovirt_ovf
+    d = conn.disks.add(name="cfg", provisioned_size=MiB, storage_domain=SD)
+    ovf = build_ovirt_ovf(vm_id="5b0e0f43-5d8c-4b39-9a41-0d6d6c8e2a01", name="cfg-vm",
+                          disks=[{"disk_id": d.id, "image_id": d.image_id,
+                                  "member_size": 0, "virtual_size": MiB}])
+    from xml.sax.saxutils import escape
+    body = (f"<vm><name>cfg-vm</name><cluster><name>Default</name></cluster>"
+            f"<initialization><configuration><type>ova</type><data>{escape(ovf)}</data>"
+            f"</configuration></initialization></vm>")
+    code, _, text = api_request(engine, "POST", "/ovirt-engine/api/vms", body)
+    assert code == 201, text
+    import xml.etree.ElementTree as ET
+    vm_id = ET.fromstring(text).get("id")
+    assert [a.disk_id for a in conn.vms.disk_attachments(vm_id)] == [d.id]
+    bad = body.replace("<type>ova</type>", "<type>vmx</type>").replace("cfg-vm", "cfg2")
+    code, _, text = api_request(engine, "POST", "/ovirt-engine/api/vms", bad)
+    assert code == 400 and b"Unknown configuration type" in text
