@@ -259,7 +259,11 @@ def _target_disk(conn: Any, plan: UploadPlan, state: Any, storage_domain: str,
         name=name, provisioned_size=plan.virtual_size, storage_domain=storage_domain,
         format=plan.disk_format, sparse=opts.sparse, initial_size=plan.initial_size,
         content_type=plan.content_type, disk_id=opts.disk_id,
-        description=opts.description)
+        description=opts.description,
+        # As the oVirt SDK upload examples do: a qcow2 disk takes part in
+        # checkpoints (VM backup API, 4.4+), so it can be backed up
+        # incrementally; raw disks cannot (the engine refuses them).
+        backup="incremental" if plan.disk_format == "cow" else None)
     try:
         wait_for_disk(conn, disk.id, "ok")
     except BaseException:

@@ -167,6 +167,11 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     if backup not in ("none", "incremental"):
         raise bad_request(f"Invalid value '{backup}' for disk backup: expected none or "
                           "incremental")
+    if backup == "incremental" and fmt == "raw":
+        # Only qcow2 volumes carry dirty bitmaps (oVirt engine: a RAW disk
+        # with incremental backup is refused).
+        raise conflict("add Virtual Disk",
+                       "Incremental backup is not supported for RAW disks.")
     sd_ref = first_sd_ref(data)
     sd = find_storage_domain(req, sd_ref, "add Disk") if sd_ref else default_sd
     if sd is None:
