@@ -120,7 +120,8 @@ def convert_backend(src: Backend, dst_path: str, out_format: str, *,
                     cluster_size: int = 65536, workers: int = 2,
                     request_size: int = DEFAULT_REQUEST_SIZE,
                     progress: Callable[[int], None] | None = None,
-                    cancel_event: threading.Event | None = None) -> CopyStats:
+                    cancel_event: threading.Event | None = None,
+                    offset: int = 0) -> CopyStats:
     """Write the guest data of ``src`` (thread-safe reads) to a new file.
 
     ``out_format`` "raw" (sparse) or "qcow2" (v3; ``compress`` deflates
@@ -129,11 +130,15 @@ def convert_backend(src: Backend, dst_path: str, out_format: str, *,
     mode kept (create it first for other permissions); the caller owns
     its name (see ``convert``) and ``src``. The file is flushed. Errors of
     either side are raised as they are: a local conversion has no remote
-    side to name.
+    side to name. ``offset`` (qcow2 only): the image starts at that byte of
+    ``dst_path``, the bytes before it kept (an OVA's tar member).
     """
     size = src.size if size is None else size
+    if offset and out_format != "qcow2":
+        raise ValueError("an offset is only supported for qcow2 output")
     if out_format == "qcow2":
-        dst: Backend = Qcow2Writer.create(dst_path, size, cluster_size, compress=compress)
+        dst: Backend = Qcow2Writer.create(dst_path, size, cluster_size, compress=compress,
+                                          offset=offset)
         align = cluster_size
     else:
         dst = RawBackend(dst_path, "w", size=size)

@@ -4,6 +4,10 @@
 writes for its own OVA exports; ``import_ova`` (imagetool.ova.importer)
 reads that and the DMTF OVAs of VMware and VirtualBox; ``ova_info``
 describes an OVA without an engine.
+
+``export_ova`` and ``import_ova`` are loaded on first use: the local
+engine imports ``imagetool.ova.layout`` to write its own OVAs, and must
+not load the client's transfer code with it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from imagetool.ova.export import export_ova
-from imagetool.ova.importer import import_ova
 from imagetool.ova.reader import OvaError, open_ova
 
 __all__ = ["OvaError", "export_ova", "import_ova", "ova_info"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "export_ova":
+        from imagetool.ova.export import export_ova
+        return export_ova
+    if name == "import_ova":
+        from imagetool.ova.importer import import_ova
+        return import_ova
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ova_info(path: str | os.PathLike, *, verify: bool = False,

@@ -110,7 +110,8 @@ class EngineServer:
                  password_file: str | None = None, token_lifetime: float = 3600.0,
                  finished_ttl: float = 300.0, login_delay: float = 1.0,
                  max_connections: int = MAX_CONNECTIONS,
-                 request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1,
+                 export_dirs: list[str] | tuple[str, ...] = ()) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         self.data_dir = os.path.abspath(data_dir)
@@ -119,6 +120,13 @@ class EngineServer:
         make_private_dirs(self.data_dir)
         os.chmod(self.data_dir, 0o700)
         self.host = host
+        # Directories a Vm export to a host path may write into (serve --export-dir).
+        self.export_dirs = [os.path.abspath(d) for d in export_dirs]
+        for d in self.export_dirs:
+            if not os.path.isdir(d):
+                raise ValueError(f"export directory {d} does not exist")
+        self.stopping = threading.Event()
+        self._background: list[threading.Thread] = []
         self.public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self._port = port
         self._imageio_port = imageio_port
@@ -215,6 +223,7 @@ class EngineServer:
         return self
 
     def _start(self) -> None:
+        self.stopping.clear()
         self.dataplane = DataPlaneServer(self.registry, host=self.host, port=self._imageio_port,
                                          ssl_context=self.ssl_context)
         self.dataplane.start()
@@ -234,8 +243,14 @@ class EngineServer:
                                         name="engine-http", daemon=True)
         self._thread.start()
 
+    def background_start(self, thread: threading.Thread) -> None:
+        """Start a job's thread; ``stop`` cancels it (``stopping``) and waits."""
+        self._background = [t for t in self._background if t.is_alive()] + [thread]
+        thread.start()
+
     def stop(self) -> None:
         """Stop serving; interrupted transfers are settled on the next start."""
+        self.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -243,6 +258,8 @@ class EngineServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.transfers.stop()
+        for t in self._background:
+            t.join(timeout=30)
         if self.dataplane is not None:
             self.dataplane.stop()
             self.dataplane = None

@@ -26,6 +26,7 @@ from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, record_job, ref, sub_links)
+from imagetool.server.rest.ovaexport import export_to_path
 from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
 from imagetool.server.rest.router import (Reply, Request, Router, conflict, missing,
                                           not_found)
@@ -210,7 +211,8 @@ def _install(req: Request, sd_id: str, stage: str, disk_id: str) -> None:
 # --- Vm export --------------------------------------------------------------------
 
 def export_vm(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/export: the VM's disks and OVF onto an export domain.
+    """POST /vms/{id}/export: the VM's disks and OVF onto an export domain
+    (with ``host``/``directory`` instead: an OVA on the host, ovaexport.py).
 
     ``discard_snapshots``: each disk's chain collapsed into one volume (the
     format of its base); otherwise the whole chain and the snapshots go.
@@ -220,6 +222,9 @@ def export_vm(req: Request, vm_id: str) -> Reply:
     store, st = engine.store, engine.storage
     data = req.data()
     sd_ref = first_sd_ref(data)
+    if sd_ref is None and ("directory" in data or "host" in data):
+        # The same action with host/directory/filename: an OVA on the host.
+        return export_to_path(req, vm_id, data)
     if sd_ref is None:
         raise missing("Action", "export", "storageDomain.id|name")
     sd = find_storage_domain(req, sd_ref, "export VM")
