@@ -30,7 +30,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
 from imagetool.formats import qcow2
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import detect
-from imagetool.formats.raw import RawBackend
+from imagetool.formats.raw import RawBackend, open_readonly
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
                                         fill_zero)
@@ -80,10 +80,7 @@ class Qcow2Backend(ReadOnlyBackend):
         self.path = self._label = os.fspath(path)
         self.shallow = shallow
         self._chain = _chain
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        self._fd = open_readonly(self.path)
         self._closed = False
         self.backing: Qcow2Backend | RawBackend | None = backing
         try:
@@ -200,10 +197,7 @@ class Qcow2Backend(ReadOnlyBackend):
         clones share them instead of parsing the file again.
         """
         other = copy.copy(self)
-        try:
-            other._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        other._fd = open_readonly(self.path)
         other._closed = False
         other.backing = None
         if self.backing is not None:

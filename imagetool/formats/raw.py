@@ -78,6 +78,15 @@ def fd_size(fd: int) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     return st.st_size
 
+
+def open_readonly(path: str, label: str | None = None) -> int:
+    """A read-only descriptor on ``path``; FormatError naming ``label`` (default:
+    the path) when it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise FormatError(f"cannot open: {e.strerror}", label or path) from e
+
 _MODES = {
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,

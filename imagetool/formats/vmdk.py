@@ -47,6 +47,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
+from imagetool.formats.raw import fd_size, open_readonly
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
                                         fill_zero)
@@ -88,21 +89,6 @@ _EXTENT_RE = re.compile(
 _KV_RE = re.compile(r'^([A-Za-z][A-Za-z0-9_.]*)\s*=\s*"?([^"]*)"?\s*$')
 
 
-def _open_fd(path: str, label: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                       | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", label) from e
-
-
-def _fd_size(fd: int) -> int:
-    st = os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
-    return st.st_size
-
-
 class _FileRange:
     """A byte range ``[base, base+length)`` of an open file.
 
@@ -115,11 +101,11 @@ class _FileRange:
         self.label = label
         self.base = base
         self.length = length
-        self.fd = _open_fd(path, label)
+        self.fd = open_readonly(path, label)
 
     def reopen(self) -> "_FileRange":
         other = copy.copy(self)
-        other.fd = _open_fd(self.path, self.label)
+        other.fd = open_readonly(self.path, self.label)
         return other
 
     def close(self) -> None:
@@ -599,9 +585,9 @@ def _extent_path(directory: str, name: str | None, label: str) -> str:
 
 def _open_descriptor_file(path: str) -> tuple[dict, list]:
     """Parse a text descriptor file and open the extents it names."""
-    fd = _open_fd(path, path)
+    fd = open_readonly(path, path)
     try:
-        size = _fd_size(fd)
+        size = fd_size(fd)
         if size > MAX_DESCRIPTOR_FILE:
             raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
                                f"too large for a descriptor file", path)
@@ -657,9 +643,9 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise UnsupportedFeature(
             f"extent file {line.name!r} is not a regular file", desc)
-    fd = _open_fd(target, label)
+    fd = open_readonly(target, label)
     try:
-        flen = _fd_size(fd)
+        flen = fd_size(fd)
     finally:
         os.close(fd)
     if line.type == "SPARSE":
@@ -771,9 +757,9 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
     windowed = offset != 0 or length is not None
     if offset < 0 or (length is not None and length < 0):
         raise ValueError(f"invalid window offset={offset} length={length}")
-    fd = _open_fd(path, path)
+    fd = open_readonly(path, path)
     try:
-        fsize = _fd_size(fd)
+        fsize = fd_size(fd)
         try:
             head = os.pread(fd, SECTOR, offset)
         except OSError as e:
