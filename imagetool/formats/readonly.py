@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 from imagetool.errors import UnsupportedFeature
-from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.base import Closing, Extent, merge_extents
 
 # Segment kinds.
 DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
@@ -75,7 +75,7 @@ class LockedLRU:
                 self._items.popitem(last=False)
 
 
-class ReadOnlyBackend:
+class ReadOnlyBackend(Closing):
     """The Backend protocol's methods that read-only images answer alike.
 
     Subclasses set ``_size``, ``_format`` (named in refusals) and
@@ -134,12 +134,3 @@ class ReadOnlyBackend:
 
     def flush(self) -> None:
         """Nothing to flush on a read-only image."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
