@@ -36,13 +36,19 @@ ACTIVE = "active"
 
 # --- lookups -------------------------------------------------------------------
 
+def _entity(value: Any, cls: type, find: Callable[[str], Any]) -> Any:
+    """``value`` when it is a ``cls`` already, else ``find`` it by id or name."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{cls.__name__.lower()} must be a {cls.__name__}, an id or a "
+                        f"name, not {type(value).__name__}")
+    return find(value)
+
+
 def _vm(conn: Any, vm: Any) -> Vm:
     """A Vm from a Vm, an id or a name."""
-    if isinstance(vm, Vm):
-        return vm
-    if not isinstance(vm, str):
-        raise TypeError(f"vm must be a Vm, an id or a name, not {type(vm).__name__}")
-    return conn.vms.find(vm)
+    return _entity(vm, Vm, lambda ref: conn.vms.find(ref))
 
 
 def _vm_label(vm: Vm) -> str:
@@ -195,20 +201,28 @@ def _wait_gone(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: fl
     _wait_disks(conn, disk_ids, f"removing snapshot {snap_id}", timeout)
 
 
-def _not_active(vm: Vm, snap: Snapshot, verb: str) -> None:
+def _past_snapshot(conn: Any, vm: Any, snapshot: Any, verb: str) -> tuple[Vm, Snapshot]:
+    """The VM and one of its snapshots, which must not be the active one."""
+    vm = _vm(conn, vm)
+    snap = find_snapshot(conn, vm, snapshot)
     if snap.snapshot_type == ACTIVE:
         raise ImagetoolError(f"cannot {verb} the active snapshot of VM {_vm_label(vm)} "
                              f"(it is the VM's current state)")
+    return vm, snap
+
+
+def _usable_disk_ids(conn: Any, vm: Vm, action: str) -> list[str]:
+    """The VM's disk ids, refused when one of them is locked or illegal."""
+    disk_ids = _vm_disk_ids(conn, vm)
+    _check_disks_usable(conn, vm, disk_ids, action)
+    return disk_ids
 
 
 def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
                     timeout: float = DEFAULT_TIMEOUT) -> None:
     """Remove a snapshot (the engine merges its layers); waits until it is gone."""
-    vm = _vm(conn, vm)
-    snap = find_snapshot(conn, vm, snapshot)
-    _not_active(vm, snap, "remove")
-    disk_ids = _vm_disk_ids(conn, vm)
-    _check_disks_usable(conn, vm, disk_ids, f"remove snapshot {snap.description!r}")
+    vm, snap = _past_snapshot(conn, vm, snapshot, "remove")
+    disk_ids = _usable_disk_ids(conn, vm, f"remove snapshot {snap.description!r}")
     conn.snapshots.remove(vm.id, snap.id)
     if wait:
         _wait_gone(conn, vm, snap.id, disk_ids, timeout)
@@ -217,11 +231,8 @@ def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
 def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
                      timeout: float = DEFAULT_TIMEOUT) -> None:
     """Bring the VM back to a snapshot for good (the layers above it go)."""
-    vm = _vm(conn, vm)
-    snap = find_snapshot(conn, vm, snapshot)
-    _not_active(vm, snap, "restore")
-    disk_ids = _vm_disk_ids(conn, vm)
-    _check_disks_usable(conn, vm, disk_ids, f"restore snapshot {snap.description!r}")
+    vm, snap = _past_snapshot(conn, vm, snapshot, "restore")
+    disk_ids = _usable_disk_ids(conn, vm, f"restore snapshot {snap.description!r}")
     conn.snapshots.restore(vm.id, snap.id)
     if wait:
         _wait_snapshot_ok(conn, vm, snap.id, disk_ids, timeout,
@@ -238,15 +249,12 @@ def _in_preview(conn: Any, vm: Vm) -> Snapshot | None:
 def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
                      timeout: float = DEFAULT_TIMEOUT) -> Snapshot:
     """Show the VM as it was in a snapshot, until commit or undo."""
-    vm = _vm(conn, vm)
-    snap = find_snapshot(conn, vm, snapshot)
-    _not_active(vm, snap, "preview")
+    vm, snap = _past_snapshot(conn, vm, snapshot, "preview")
     already = _in_preview(conn, vm)
     if already is not None:
         raise Conflict(f"VM {_vm_label(vm)} already previews snapshot "
                        f"{already.description!r}: commit or undo it first", status=409)
-    disk_ids = _vm_disk_ids(conn, vm)
-    _check_disks_usable(conn, vm, disk_ids, f"preview snapshot {snap.description!r}")
+    disk_ids = _usable_disk_ids(conn, vm, f"preview snapshot {snap.description!r}")
     conn.vms.preview_snapshot(vm.id, snap.id)
     if not wait:
         return snap
@@ -298,11 +306,7 @@ def undo_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True
 # --- layers of a disk ----------------------------------------------------------
 
 def _disk(conn: Any, disk: Any) -> Disk:
-    if isinstance(disk, Disk):
-        return disk
-    if not isinstance(disk, str):
-        raise TypeError(f"disk must be a Disk, an id or a name, not {type(disk).__name__}")
-    return conn.disks.find(disk)
+    return _entity(disk, Disk, lambda ref: conn.disks.find(ref))
 
 
 def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:

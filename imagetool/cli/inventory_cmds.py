@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import click
 
@@ -40,6 +40,23 @@ def _show(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _print_list(as_json: bool, items: Sequence[Any], json_row: Callable[[Any], Any],
+                headers: Sequence[str], table_row: Callable[[Any], Sequence[Any]]) -> None:
+    """A list command's output: JSON rows, or a table with ``headers``."""
+    if as_json:
+        emit_json([json_row(x) for x in items])
+    else:
+        click.echo(_table(headers, [table_row(x) for x in items]))
+
+
+def _print_one(as_json: bool, d: dict[str, Any]) -> None:
+    """A show command's output: JSON, or ``key: value`` lines."""
+    if as_json:
+        emit_json(d)
+    else:
+        click.echo(_show(d))
+
+
 # --- disks -----------------------------------------------------------------
 
 @click.group()
@@ -57,15 +74,13 @@ def disks_list(search: str | None, max_: int | None, as_json: bool,
     """List disks."""
     with open_connection(engine) as conn:
         found = conn.disks.list(search=search, max=max_)
-    if as_json:
-        # Old engines may fill only the alias; show it as the name then.
-        emit_json([{k: (d.name or d.alias) if k == "name" else getattr(d, k)
-                    for k in DISK_LIST_KEYS} for d in found])
-        return
-    click.echo(_table(
-        ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
-        [(d.id, d.name or d.alias, d.status, d.format, _size(d.provisioned_size),
-          _size(d.actual_size)) for d in found]))
+    # Old engines may fill only the alias; show it as the name then.
+    _print_list(as_json, found,
+                lambda d: {k: (d.name or d.alias) if k == "name" else getattr(d, k)
+                           for k in DISK_LIST_KEYS},
+                ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
+                lambda d: (d.id, d.name or d.alias, d.status, d.format,
+                           _size(d.provisioned_size), _size(d.actual_size)))
 
 
 @disks.command("show")
@@ -76,10 +91,7 @@ def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one disk (by id or name)."""
     with open_connection(engine) as conn:
         d = conn.disks.find(disk)
-    if as_json:
-        emit_json(d.to_dict())
-    else:
-        click.echo(_show(d.to_dict()))
+    _print_one(as_json, d.to_dict())
 
 
 @disks.command("remove")
@@ -149,12 +161,9 @@ def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
     rows = [{"id": s.id, "parent": s.parent_id, "format": s.format,
              "actual_size": s.actual_size, "date": dates.get(s.snapshot_id),
              "snapshot_id": s.snapshot_id} for s in layers]
-    if as_json:
-        emit_json(rows)
-        return
-    click.echo(_table(("ID", "PARENT", "FORMAT", "ACTUAL", "DATE"),
-                      [(r["id"], r["parent"], r["format"], _size(r["actual_size"]), r["date"])
-                       for r in rows]))
+    _print_list(as_json, rows, lambda r: r, ("ID", "PARENT", "FORMAT", "ACTUAL", "DATE"),
+                lambda r: (r["id"], r["parent"], r["format"], _size(r["actual_size"]),
+                           r["date"]))
 
 
 def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = None) -> None:
@@ -236,13 +245,10 @@ def sds_list(as_json: bool, engine: EngineOptions) -> None:
     """List storage domains."""
     with open_connection(engine) as conn:
         found = conn.storage_domains.list()
-    if as_json:
-        emit_json([_sd_dict(sd) for sd in found])
-        return
-    click.echo(_table(
-        ("ID", "NAME", "TYPE", "STATUS", "AVAILABLE", "USED"),
-        [(sd.id, sd.name, sd.type, sd.status or sd.external_status,
-          _size(sd.available), _size(sd.used)) for sd in found]))
+    _print_list(as_json, found, _sd_dict,
+                ("ID", "NAME", "TYPE", "STATUS", "AVAILABLE", "USED"),
+                lambda sd: (sd.id, sd.name, sd.type, sd.status or sd.external_status,
+                            _size(sd.available), _size(sd.used)))
 
 
 # --- transfers -------------------------------------------------------------
@@ -266,13 +272,10 @@ def transfers_list(as_json: bool, engine: EngineOptions) -> None:
     """List image transfers."""
     with open_connection(engine) as conn:
         found = conn.transfers.list()
-    if as_json:
-        emit_json([_transfer_dict(t) for t in found])
-        return
-    click.echo(_table(
-        ("ID", "DIRECTION", "PHASE", "FORMAT", "DISK", "TRANSFERRED"),
-        [(t.id, t.direction, t.phase, t.format, t.disk_id, _size(t.transferred))
-         for t in found]))
+    _print_list(as_json, found, _transfer_dict,
+                ("ID", "DIRECTION", "PHASE", "FORMAT", "DISK", "TRANSFERRED"),
+                lambda t: (t.id, t.direction, t.phase, t.format, t.disk_id,
+                           _size(t.transferred)))
 
 
 @transfers.command("show")
@@ -283,10 +286,7 @@ def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> No
     """Show one image transfer."""
     with open_connection(engine) as conn:
         t = conn.transfers.get(transfer_id)
-    if as_json:
-        emit_json(_transfer_dict(t))
-    else:
-        click.echo(_show(_transfer_dict(t)))
+    _print_one(as_json, _transfer_dict(t))
 
 
 @transfers.command("cancel")

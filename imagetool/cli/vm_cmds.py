@@ -15,7 +15,7 @@ import click
 
 from imagetool.cli.common import emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.cli.inventory_cmds import _show, _table
+from imagetool.cli.inventory_cmds import _print_list, _print_one
 from imagetool.errors import DestinationExists
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -56,11 +56,8 @@ def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
 
     with open_connection(engine) as conn:
         found = list_vms(conn, search=search)
-    if as_json:
-        emit_json([_vm_dict(v) for v in found])
-        return
-    click.echo(_table(("ID", "NAME", "STATUS", "DESCRIPTION"),
-                      [(v.id, v.name, v.status, v.description) for v in found]))
+    _print_list(as_json, found, _vm_dict, ("ID", "NAME", "STATUS", "DESCRIPTION"),
+                lambda v: (v.id, v.name, v.status, v.description))
 
 
 @vms.command("show")
@@ -76,10 +73,7 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
         d = _vm_dict(v)
         d["disks"] = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
         d["snapshots"] = [s.id for s in conn.snapshots.list(v.id)]
-    if as_json:
-        emit_json(d)
-    else:
-        click.echo(_show(d))
+    _print_one(as_json, d)
 
 
 @vms.command("ovf")
@@ -186,12 +180,8 @@ def snapshots_list(vm: str, as_json: bool, engine: EngineOptions) -> None:
 
     with open_connection(engine) as conn:
         found = list_snapshots(conn, vm)
-    if as_json:
-        emit_json([_snap_dict(s) for s in found])
-        return
-    click.echo(_table(("ID", "DESCRIPTION", "TYPE", "STATUS", "DATE"),
-                      [(s.id, s.description, s.snapshot_type, s.snapshot_status, s.date)
-                       for s in found]))
+    _print_list(as_json, found, _snap_dict, ("ID", "DESCRIPTION", "TYPE", "STATUS", "DATE"),
+                lambda s: (s.id, s.description, s.snapshot_type, s.snapshot_status, s.date))
 
 
 @snapshots.command("create")

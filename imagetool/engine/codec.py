@@ -97,15 +97,19 @@ def _scalar(value: Tree) -> Any:
     return value
 
 
+def _given(value: Tree) -> Any:
+    """The scalar value, or None when it is absent or empty."""
+    value = _scalar(value)
+    return None if value == "" else value
+
+
 def to_int(value: Any) -> int | None:
     """Engine integers arrive as strings in XML and usually in JSON too."""
-    value = _scalar(value)
-    if value is None or value == "":
+    value = _given(value)
+    if value is None:
         return None
-    if isinstance(value, bool):
-        return int(value)
     try:
-        return int(value)
+        return int(value)      # JSON booleans too: int(True) == 1
     except (TypeError, ValueError):
         try:
             return int(float(value))
@@ -115,10 +119,8 @@ def to_int(value: Any) -> int | None:
 
 def to_bool(value: Any) -> bool | None:
     """``true``/``false`` strings (or JSON booleans) to bool."""
-    value = _scalar(value)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
+    value = _given(value)
+    if value is None or isinstance(value, bool):
         return value
     return str(value).strip().lower() == "true"
 

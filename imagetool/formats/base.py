@@ -8,7 +8,7 @@ are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterator, Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,22 @@ class Backend(Protocol):
 
     def close(self) -> None:
         ...
+
+
+_C = TypeVar("_C", bound="Closing")
+
+
+class Closing:
+    """``with obj:`` for an object with ``close()``: closed on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def merge_extents(extents) -> Iterator[Extent]:

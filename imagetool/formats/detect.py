@@ -13,7 +13,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from imagetool.errors import FormatError, UnsupportedFormat
-from imagetool.formats.raw import fd_size
+from imagetool.formats.raw import fd_size, open_readonly
 
 QCOW2_MAGIC = b"QFI\xfb"
 ISO_MAGIC = b"\x01CD001\x01\x00"
@@ -82,10 +82,7 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     FormatError if the file cannot be opened.
     """
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", path) from e
+    fd = open_readonly(path)
     try:
         size = fd_size(fd)
         head = _read_at(fd, 0, 512)

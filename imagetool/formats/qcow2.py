@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
-from imagetool.formats.raw import fd_size
+from imagetool.formats.raw import fd_size, open_readonly
 
 # Incompatible feature bits.
 INCOMPAT_DIRTY = 1 << 0
@@ -402,10 +402,7 @@ def check_readable(h: Header) -> None:
 def read_header(path: str | os.PathLike) -> Header:
     """Open ``path`` and return its parsed Header."""
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", path) from e
+    fd = open_readonly(path)
     try:
         return parse_header(fd, path)
     finally:

@@ -13,6 +13,7 @@ bad one raises CorruptImage naming the file.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
 import re
@@ -22,17 +23,17 @@ import threading
 import zlib
 from array import array
 from bisect import bisect_right
-from collections import OrderedDict
 from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats import qcow2
-from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.base import Extent
 from imagetool.formats.detect import detect
-from imagetool.formats.raw import RawBackend
-
-DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
+from imagetool.formats.raw import RawBackend, open_readonly
+from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
+                                        LockedLRU, ReadOnlyBackend, add_segment,
+                                        fill_zero)
 
 _L1_OFFSET_MASK = qcow2.L1E_OFFSET_MASK
 _L2_OFFSET_MASK = qcow2.L2E_OFFSET_MASK
@@ -43,19 +44,10 @@ _DESC_MASK = qcow2.L2E_COMPRESSED_MASK
 MAX_CHAIN_DEPTH = 128
 _L2_CACHE_BYTES = 8 << 20
 _COMP_CACHE_BYTES = 4 << 20
-_ZEROS = memoryview(bytes(1 << 20))  # sliced without copying
 _HAVE_PREADV = hasattr(os, "preadv")
 _tls = threading.local()
 # A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
 _PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
-
-
-def _fill_zero(view: memoryview) -> None:
-    pos, n = 0, len(view)
-    while pos < n:
-        step = min(n - pos, len(_ZEROS))
-        view[pos:pos + step] = _ZEROS[:step]
-        pos += step
 
 
 def _load_table(fd: int, path: str, offset: int, length: int, what: str) -> array:
@@ -67,7 +59,7 @@ def _load_table(fd: int, path: str, offset: int, length: int, what: str) -> arra
     return table
 
 
-class Qcow2Backend:
+class Qcow2Backend(ReadOnlyBackend):
     """Read-only Backend over a qcow2 file's guest data.
 
     ``shallow=False`` (default): unallocated clusters read through the
@@ -86,16 +78,13 @@ class Qcow2Backend:
                  _chain: tuple[str, ...] = (), *,
                  backing: "Qcow2Backend | RawBackend | None" = None,
                  offset: int = 0, length: int | None = None):
-        self.path = os.fspath(path)
+        self.path = self._label = os.fspath(path)
         self.shallow = shallow
         # An image stored at [offset, offset+length) of the file (a tar member).
         self._base = offset
         self._window = length
         self._chain = _chain
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        self._fd = open_readonly(self.path)
         self._closed = False
         self.backing: Qcow2Backend | RawBackend | None = backing
         try:
@@ -122,10 +111,8 @@ class Qcow2Backend:
                                 h.l1_needed * 8, "L1 table")
                     if h.l1_needed else array("Q"))
         self._lock = threading.Lock()
-        self._l2_cache: OrderedDict[int, array] = OrderedDict()
-        self._l2_max = max(2, _L2_CACHE_BYTES // self._cs)
-        self._comp_cache: OrderedDict[int, bytes] = OrderedDict()
-        self._comp_max = max(2, _COMP_CACHE_BYTES // self._cs)
+        self._l2_cache = LockedLRU(max(2, _L2_CACHE_BYTES // self._cs))
+        self._comp_cache = LockedLRU(max(2, _COMP_CACHE_BYTES // self._cs))
         self._zstd = h.compression_type == 1
         x = qcow2.compressed_size_shift(self._cb)
         self._coff_mask = (1 << x) - 1
@@ -173,16 +160,10 @@ class Qcow2Backend:
 
     # --- Backend protocol ------------------------------------------------
 
-    @property
-    def size(self) -> int:
-        """Virtual size in bytes."""
-        return self._size
+    _format = "qcow2"
 
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        """Cover ``[0, size)`` with merged data / zero / hole extents."""
-        if context != "zero":
-            raise ValueError(f"unsupported extents context {context!r}")
-        return merge_extents(self.extents_range(0, self._size))
+    def _unmerged_extents(self) -> Iterator[Extent]:
+        return self.extents_range(0, self._size)
 
     def extents_range(self, start: int, end: int) -> Iterator[Extent]:
         """Unmerged extents covering ``[start, end)`` (clipped to size)."""
@@ -203,44 +184,19 @@ class Qcow2Backend:
                     yield from self._backing_extents(gstart, gstart + length)
             pos = stop
 
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        """Fill ``buf`` with guest bytes at ``offset``; short only at the end."""
-        if offset < 0:
-            raise ValueError(f"negative offset {offset}")
-        view = memoryview(buf).cast("B")
-        n = min(len(view), self._size - offset)
-        if n <= 0:
-            return 0
-        for gstart, length, kind, host in self._map(offset, offset + n):
+    def _read_guest(self, offset: int, view: memoryview) -> None:
+        for gstart, length, kind, host in self._map(offset, offset + len(view)):
             part = view[gstart - offset:gstart - offset + length]
             if kind == DATA:
                 self._read_host(host, part)
             elif kind == ZERO:
-                _fill_zero(part)
+                fill_zero(part)
             elif kind == UNALLOC:
                 self._read_backing(gstart, part)
             else:
                 cluster = self._decompress(host)
                 within = gstart & (self._cs - 1)
                 part[:] = cluster[within:within + length]
-        return n
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Convenience: up to ``length`` guest bytes at ``offset``."""
-        buf = bytearray(max(0, min(length, self._size - offset)))
-        n = self.read_into(offset, memoryview(buf))
-        return bytes(buf[:n])
-
-    def write(self, offset: int, data) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
-
-    def zero(self, offset: int, length: int) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature("qcow2 images are opened read-only", self.path)
-
-    def flush(self) -> None:
-        """Nothing to flush on a read-only image."""
 
     def clone(self) -> "Qcow2Backend":
         """A new backend with its own descriptors on the same image.
@@ -249,10 +205,7 @@ class Qcow2Backend:
         clones share them instead of parsing the file again.
         """
         other = copy.copy(self)
-        try:
-            other._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise FormatError(f"cannot open: {e.strerror}", self.path) from e
+        other._fd = open_readonly(self.path)
         other._closed = False
         other.backing = None
         if self.backing is not None:
@@ -272,12 +225,6 @@ class Qcow2Backend:
             self.backing.close()
         os.close(self._fd)
 
-    def __enter__(self) -> "Qcow2Backend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"Qcow2Backend({self.path!r}, shallow={self.shallow})"
 
@@ -294,15 +241,7 @@ class Qcow2Backend:
         cb, cs = self._cb, self._cs
         span_bits = cb + self._l2_bits
         l2_mask = (1 << self._l2_bits) - 1
-
-        def emit(gstart: int, length: int, kind: int, host: int) -> None:
-            if out:
-                last = out[-1]
-                if last[2] == kind and kind != COMPRESSED and (
-                        kind != DATA or last[3] + last[1] == host):
-                    last[1] += length
-                    return
-            out.append([gstart, length, kind, host])
+        emit = functools.partial(add_segment, out)
 
         pos = start
         while pos < end:
@@ -378,21 +317,16 @@ class Qcow2Backend:
                 self.path)
 
     def _l2_table(self, l2_off: int) -> array:
-        with self._lock:
-            table = self._l2_cache.get(l2_off)
-            if table is not None:
-                self._l2_cache.move_to_end(l2_off)
-                return table
+        table = self._l2_cache.get(l2_off)
+        if table is not None:
+            return table
         if l2_off & (self._cs - 1) or l2_off + self._cs > self._file_size:
             raise CorruptImage(
                 f"corrupt qcow2 image: L2 table offset 0x{l2_off:x} invalid",
                 self.path)
         table = _load_table(self._fd, self.path, self._base + l2_off, self._cs,
                             "L2 table")
-        with self._lock:
-            self._l2_cache[l2_off] = table
-            while len(self._l2_cache) > self._l2_max:
-                self._l2_cache.popitem(last=False)
+        self._l2_cache.put(l2_off, table)
         return table
 
     # --- reading ---------------------------------------------------------
@@ -403,7 +337,7 @@ class Qcow2Backend:
             # Never read past the image into what follows it in the file.
             avail = max(0, min(len(part), self._file_size - host))
             if avail < len(part):
-                _fill_zero(part[avail:])
+                fill_zero(part[avail:])
                 part = part[:avail]
         host += self._base
         while done < len(part):
@@ -415,26 +349,24 @@ class Qcow2Backend:
                 got = len(chunk)
             if got == 0:
                 # The last cluster may stop short of its end in the file.
-                _fill_zero(part[done:])
+                fill_zero(part[done:])
                 return
             done += got
 
     def _read_backing(self, gstart: int, part: memoryview) -> None:
         if self.backing is None:
-            _fill_zero(part)
+            fill_zero(part)
             return
         got = 0
         if gstart < self.backing.size:
             got = self.backing.read_into(gstart, part)
         if got < len(part):
-            _fill_zero(part[got:])
+            fill_zero(part[got:])
 
     def _decompress(self, desc: int) -> bytes:
-        with self._lock:
-            data = self._comp_cache.get(desc)
-            if data is not None:
-                self._comp_cache.move_to_end(desc)
-                return data
+        data = self._comp_cache.get(desc)
+        if data is not None:
+            return data
         coff = desc & self._coff_mask
         nsec = ((desc >> self._csec_shift) & self._csec_mask) + 1
         csize = nsec * 512 - (coff & 511)
@@ -445,10 +377,7 @@ class Qcow2Backend:
         comp = qcow2.pread(self._fd, min(csize, self._file_size - coff),
                            self._base + coff)
         data = self._inflate(comp, coff)
-        with self._lock:
-            self._comp_cache[desc] = data
-            while len(self._comp_cache) > self._comp_max:
-                self._comp_cache.popitem(last=False)
+        self._comp_cache.put(desc, data)
         return data
 
     def _inflate(self, comp: bytes, coff: int) -> bytes:

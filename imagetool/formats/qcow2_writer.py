@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.base import Closing, Extent, merge_extents
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
 from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
@@ -61,7 +61,7 @@ MIN_CLUSTER_SIZE = 512
 MAX_CLUSTER_SIZE = 2 * 1024 * 1024
 
 
-class Qcow2Writer:
+class Qcow2Writer(Closing):
     """A qcow2 image being written; see the module docstring.
 
     Create one with :meth:`create`. ``write``, ``zero``, ``read_into`` and
@@ -325,12 +325,6 @@ class Qcow2Writer:
                 if self._backing is not None:
                     self._backing.close()
                     self._backing = None
-
-    def __enter__(self) -> "Qcow2Writer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Qcow2Writer({self.path!r}, size={self._size})"

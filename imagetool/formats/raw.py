@@ -36,7 +36,7 @@ import threading
 from typing import Iterator
 
 from imagetool.errors import FormatError
-from imagetool.formats.base import Extent
+from imagetool.formats.base import Closing, Extent
 
 _HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 _HAVE_PREADV = hasattr(os, "preadv")
@@ -78,6 +78,15 @@ def fd_size(fd: int) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     return st.st_size
 
+
+def open_readonly(path: str, label: str | None = None) -> int:
+    """A read-only descriptor on ``path``; FormatError naming ``label`` (default:
+    the path) when it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise FormatError(f"cannot open: {e.strerror}", label or path) from e
+
 _MODES = {
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,
@@ -85,7 +94,7 @@ _MODES = {
 }
 
 
-class RawBackend:
+class RawBackend(Closing):
     """Random access to a raw file.
 
     ``mode``: ``"r"`` read only, ``"r+"`` read/write an existing file, ``"w"``
@@ -278,12 +287,6 @@ class RawBackend:
             os.close(self._fd)
             if self._dfd is not None:
                 os.close(self._dfd)
-
-    def __enter__(self) -> "RawBackend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RawBackend({self.path!r}, mode={self.mode!r})"

@@ -38,17 +38,19 @@ import re
 import stat
 import struct
 import sys
-import threading
 import zlib
 from array import array
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
-from imagetool.formats.base import Extent, merge_extents
+from imagetool.formats.base import Extent
 from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
+from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
+                                        LockedLRU, ReadOnlyBackend, add_segment,
+                                        fill_zero)
 
 SECTOR = 512
 MAGIC = b"KDMV"
@@ -74,7 +76,6 @@ MAX_EXTENTS = 8192
 
 _GT_CACHE_BYTES = 8 << 20
 _GRAIN_CACHE_BYTES = 4 << 20
-_ZEROS = memoryview(bytes(1 << 20))
 _HAVE_PREADV = hasattr(os, "preadv")
 _SEEK_DATA = getattr(os, "SEEK_DATA", None)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
@@ -82,35 +83,10 @@ _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 # struct SparseExtentHeader, little-endian, packed (VDF 1.1).
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 
-DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
-
 _EXTENT_RE = re.compile(
     r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)'
     r'(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
 _KV_RE = re.compile(r'^([A-Za-z][A-Za-z0-9_.]*)\s*=\s*"?([^"]*)"?\s*$')
-
-
-def _fill_zero(view: memoryview) -> None:
-    pos, n = 0, len(view)
-    while pos < n:
-        step = min(n - pos, len(_ZEROS))
-        view[pos:pos + step] = _ZEROS[:step]
-        pos += step
-
-
-def _open_fd(path: str, label: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                       | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", label) from e
-
-
-def _fd_size(fd: int) -> int:
-    st = os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
-    return st.st_size
 
 
 class _FileRange:
@@ -125,11 +101,11 @@ class _FileRange:
         self.label = label
         self.base = base
         self.length = length
-        self.fd = _open_fd(path, label)
+        self.fd = open_readonly(path, label)
 
     def reopen(self) -> "_FileRange":
         other = copy.copy(self)
-        other.fd = _open_fd(self.path, self.label)
+        other.fd = open_readonly(self.path, self.label)
         return other
 
     def close(self) -> None:
@@ -184,7 +160,7 @@ class _FileRange:
                 break
             done += got
         if done < n:
-            _fill_zero(view[done:])
+            fill_zero(view[done:])
 
 
 # --- extents of one image -------------------------------------------------
@@ -201,7 +177,7 @@ class _ZeroExtent:
         yield Extent(start, end - start, zero=True, hole=True)
 
     def read_into(self, offset: int, view: memoryview) -> None:
-        _fill_zero(view)
+        fill_zero(view)
 
     def reopen(self) -> "_ZeroExtent":
         return self
@@ -213,7 +189,24 @@ class _ZeroExtent:
         return []
 
 
-class _FlatExtent:
+class _FileExtent:
+    """An extent stored in a file range ``win`` (FLAT or SPARSE)."""
+
+    win: _FileRange
+
+    def reopen(self):
+        other = copy.copy(self)       # shares any parsed metadata and caches
+        other.win = self.win.reopen()
+        return other
+
+    def close(self) -> None:
+        self.win.close()
+
+    def files(self) -> list[str]:
+        return [self.win.path]
+
+
+class _FlatExtent(_FileExtent):
     """A FLAT extent: guest bytes stored as they are at an offset of a file."""
 
     kind = "FLAT"
@@ -258,17 +251,6 @@ class _FlatExtent:
     def read_into(self, offset: int, view: memoryview) -> None:
         self.win.read_into(offset, view)
 
-    def reopen(self) -> "_FlatExtent":
-        other = copy.copy(self)
-        other.win = self.win.reopen()
-        return other
-
-    def close(self) -> None:
-        self.win.close()
-
-    def files(self) -> list[str]:
-        return [self.win.path]
-
 
 @dataclass
 class _Header:
@@ -298,16 +280,13 @@ def _parse_header(win: _FileRange, raw: bytes, what: str) -> _Header:
                    num_gtes, rgd, gd, overhead, compress)
 
 
-class _SparseExtent:
+class _SparseExtent(_FileExtent):
     """A hosted sparse extent (KDMV): header, grain directory, grain tables."""
 
     kind = "SPARSE"
 
     def __init__(self, win: _FileRange):
         self.win = win
-        self._lock = threading.Lock()
-        self._gt_cache: OrderedDict[int, array] = OrderedDict()
-        self._grain_cache: OrderedDict[int, bytes] = OrderedDict()
         self._parse()
 
     # --- metadata ----------------------------------------------------------
@@ -356,8 +335,8 @@ class _SparseExtent:
             self.gd.frombytes(win.pread(gd_off, n_gd * 4, "grain directory"))
             if sys.byteorder != "little":
                 self.gd.byteswap()
-        self._gt_max = max(2, _GT_CACHE_BYTES // (h.num_gtes * 4))
-        self._grain_max = max(2, _GRAIN_CACHE_BYTES // self.grain)
+        self._gt_cache = LockedLRU(max(2, _GT_CACHE_BYTES // (h.num_gtes * 4)))
+        self._grain_cache = LockedLRU(max(2, _GRAIN_CACHE_BYTES // self.grain))
         self.descriptor = self._embedded_descriptor()
 
     def _footer(self, leading: _Header) -> _Header:
@@ -396,11 +375,9 @@ class _SparseExtent:
         sector = self.gd[index]
         if sector == 0:
             return None
-        with self._lock:
-            table = self._gt_cache.get(sector)
-            if table is not None:
-                self._gt_cache.move_to_end(sector)
-                return table
+        table = self._gt_cache.get(sector)
+        if table is not None:
+            return table
         n = self.header.num_gtes
         if sector * SECTOR + n * 4 > self.win.length:
             raise self.win.corrupt(
@@ -410,10 +387,7 @@ class _SparseExtent:
         table.frombytes(self.win.pread(sector * SECTOR, n * 4, "grain table"))
         if sys.byteorder != "little":
             table.byteswap()
-        with self._lock:
-            self._gt_cache[sector] = table
-            while len(self._gt_cache) > self._gt_max:
-                self._gt_cache.popitem(last=False)
+        self._gt_cache.put(sector, table)
         return table
 
     def _classify(self, grain_index: int, gte: int) -> int:
@@ -443,7 +417,7 @@ class _SparseExtent:
             stop = min((gdi + 1) * span, end)
             table = self._gt(gdi)
             if table is None:
-                self._emit(out, pos, stop - pos, UNALLOC, 0)
+                add_segment(out, pos, stop - pos, UNALLOC, 0)
                 pos = stop
                 continue
             while pos < stop:
@@ -454,19 +428,9 @@ class _SparseExtent:
                 kind = self._classify(gi, gte)
                 host = (gte * SECTOR + pos - gstart if kind == DATA
                         else gi if kind == COMPRESSED else 0)
-                self._emit(out, pos, gend - pos, kind, host)
+                add_segment(out, pos, gend - pos, kind, host)
                 pos = gend
         return out
-
-    @staticmethod
-    def _emit(out: list, vstart: int, length: int, kind: int, host: int) -> None:
-        if out:
-            last = out[-1]
-            if last[2] == kind and kind != COMPRESSED and (
-                    kind != DATA or last[3] + last[1] == host):
-                last[1] += length
-                return
-        out.append([vstart, length, kind, host])
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
         span = self.gt_span
@@ -495,21 +459,16 @@ class _SparseExtent:
                 within = vstart - host * self.grain
                 part[:] = data[within:within + length]
             else:
-                _fill_zero(part)
+                fill_zero(part)
 
     def _grain_data(self, gi: int) -> bytes:
         """Decompressed grain ``gi`` (exactly one grain, zero padded)."""
-        with self._lock:
-            data = self._grain_cache.get(gi)
-            if data is not None:
-                self._grain_cache.move_to_end(gi)
-                return data
+        data = self._grain_cache.get(gi)
+        if data is not None:
+            return data
         gte = self._gt(gi // self.header.num_gtes)[gi % self.header.num_gtes]
         data = self._inflate_grain(gi, gte * SECTOR)
-        with self._lock:
-            self._grain_cache[gi] = data
-            while len(self._grain_cache) > self._grain_max:
-                self._grain_cache.popitem(last=False)
+        self._grain_cache.put(gi, data)
         return data
 
     def _inflate_grain(self, gi: int, off: int) -> bytes:
@@ -563,17 +522,6 @@ class _SparseExtent:
             return data
         raise self.win.corrupt(
             f"grain {gi} at offset {off}: bad deflate stream ({error})")
-
-    def reopen(self) -> "_SparseExtent":
-        other = copy.copy(self)       # shares header, directory and caches
-        other.win = self.win.reopen()
-        return other
-
-    def close(self) -> None:
-        self.win.close()
-
-    def files(self) -> list[str]:
-        return [self.win.path]
 
 
 # --- descriptor -------------------------------------------------------------
@@ -637,9 +585,9 @@ def _extent_path(directory: str, name: str | None, label: str) -> str:
 
 def _open_descriptor_file(path: str) -> tuple[dict, list]:
     """Parse a text descriptor file and open the extents it names."""
-    fd = _open_fd(path, path)
+    fd = open_readonly(path, path)
     try:
-        size = _fd_size(fd)
+        size = fd_size(fd)
         if size > MAX_DESCRIPTOR_FILE:
             raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
                                f"too large for a descriptor file", path)
@@ -695,9 +643,9 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise UnsupportedFeature(
             f"extent file {line.name!r} is not a regular file", desc)
-    fd = _open_fd(target, label)
+    fd = open_readonly(target, label)
     try:
-        flen = _fd_size(fd)
+        flen = fd_size(fd)
     finally:
         os.close(fd)
     if line.type == "SPARSE":
@@ -724,13 +672,15 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
 
 # --- the backend ------------------------------------------------------------
 
-class VmdkBackend:
+class VmdkBackend(ReadOnlyBackend):
     """Read-only Backend over a VMDK image's guest data."""
+
+    _format = "vmdk"
 
     def __init__(self, path: str, label: str, subformat: str, parts: list,
                  window: tuple[int, int] | None):
         self.path = path
-        self.label = label
+        self.label = self._label = label
         self.subformat = subformat
         self.window = window
         self._parts = parts
@@ -742,31 +692,13 @@ class VmdkBackend:
         self._size = pos
         self._closed = False
 
-    @property
-    def size(self) -> int:
-        """Virtual size in bytes."""
-        return self._size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        """Cover ``[0, size)`` with merged data / zero / hole extents."""
-        if context != "zero":
-            raise ValueError(f"unsupported extents context {context!r}")
-        return merge_extents(self._extents())
-
-    def _extents(self) -> Iterator[Extent]:
+    def _unmerged_extents(self) -> Iterator[Extent]:
         for start, part in zip(self._starts, self._parts):
             for e in part.extents(0, part.size):
                 yield Extent(start + e.start, e.length, e.zero, e.hole)
 
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        """Fill ``buf`` with guest bytes at ``offset``; short only at the end."""
-        if offset < 0:
-            raise ValueError(f"negative offset {offset}")
-        view = memoryview(buf).cast("B")
-        n = min(len(view), self._size - offset)
-        if n <= 0:
-            return 0
-        pos, end = offset, offset + n
+    def _read_guest(self, offset: int, view: memoryview) -> None:
+        pos, end = offset, offset + len(view)
         for start, part in zip(self._starts, self._parts):
             pend = start + part.size
             if pend <= pos:
@@ -775,24 +707,6 @@ class VmdkBackend:
                 break
             s, t = max(pos, start), min(end, pend)
             part.read_into(s - start, view[s - offset:t - offset])
-        return n
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Convenience: up to ``length`` guest bytes at ``offset``."""
-        buf = bytearray(max(0, min(length, self._size - offset)))
-        n = self.read_into(offset, memoryview(buf))
-        return bytes(buf[:n])
-
-    def write(self, offset: int, data) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature("vmdk images are opened read-only", self.label)
-
-    def zero(self, offset: int, length: int) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature("vmdk images are opened read-only", self.label)
-
-    def flush(self) -> None:
-        """Nothing to flush on a read-only image."""
 
     def clone(self) -> "VmdkBackend":
         """A backend with its own descriptors sharing the parsed metadata."""
@@ -826,12 +740,6 @@ class VmdkBackend:
                     out.append(f)
         return out
 
-    def __enter__(self) -> "VmdkBackend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"VmdkBackend({self.label!r}, {self.subformat})"
 
@@ -849,9 +757,9 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
     windowed = offset != 0 or length is not None
     if offset < 0 or (length is not None and length < 0):
         raise ValueError(f"invalid window offset={offset} length={length}")
-    fd = _open_fd(path, path)
+    fd = open_readonly(path, path)
     try:
-        fsize = _fd_size(fd)
+        fsize = fd_size(fd)
         try:
             head = os.pread(fd, SECTOR, offset)
         except OSError as e:

@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from imagetool.errors import ConnectionFailed, ImageioError, ProtocolError
-from imagetool.formats.base import Extent
+from imagetool.formats.base import Closing, Extent
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         format_content_range, format_range,
                                         parse_content_range, parse_uint)
@@ -94,7 +94,7 @@ def _parse_url(url: str) -> _Target:
     return _Target(parts.scheme, parts.hostname, port, path, ticket)
 
 
-class ImageioClient:
+class ImageioClient(Closing):
     """Client of one ``http(s)://host:port/images/<ticket>`` transfer URL.
 
     Falls back to ``proxy_url`` when ``url`` cannot be connected. Not
@@ -140,12 +140,6 @@ class ImageioClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def __enter__(self) -> "ImageioClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl_context is None:

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from imagetool.copier import copy_local
@@ -287,19 +288,13 @@ class Storage:
 
     def drop_backup(self, sd_id: str, disk_id: str, vol_id: str) -> None:
         """Forget a volume's pre-transfer copy (the transfer succeeded)."""
-        try:
-            os.unlink(self.backup_path(sd_id, disk_id, vol_id))
-        except FileNotFoundError:
-            pass
+        Path(self.backup_path(sd_id, disk_id, vol_id)).unlink(missing_ok=True)
 
     def remove_volume(self, sd_id: str, disk_id: str, vol_id: str) -> None:
         """Delete a volume and its metadata; idempotent."""
         base = self.volume_path(sd_id, disk_id, vol_id)
         for p in (base, base + ".meta"):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            Path(p).unlink(missing_ok=True)
 
     def remove_disk(self, sd_id: str, disk_id: str) -> None:
         """Delete a disk's directory with all its volumes."""
@@ -386,11 +381,8 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
     tmp = path + ".sparsifying"
     create_private(tmp)
     try:
-        writer = Qcow2Writer.create(tmp, size, backing_file=parent_id,
-                                    backing_format=parent_fmt if parent_id else None)
-        if parent is not None:
-            writer.use_backing(parent)
-            parent = None
+        writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
+        parent = None   # the writer owns it now
         try:
             # The layer's own extents only (holes stay unallocated); zero
             # extents and zero runs of a cluster inside data become zero
@@ -404,10 +396,7 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
         finally:
             writer.close()
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         reader.close()
@@ -472,11 +461,8 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
             ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
         else:
             ranges = _allocated(lower) + _allocated(upper)
-        writer = Qcow2Writer.create(tmp, size, backing_file=parent_id,
-                                    backing_format=parent_fmt if parent_id else None)
-        if parent is not None:
-            writer.use_backing(parent)
-            parent = None
+        writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
+        parent = None   # the writer owns it now
         try:
             # Only those ranges: the rest stays unallocated (the parent's).
             copy_local(reader, writer, dst_is_zero=True, check_size=False,
@@ -488,6 +474,18 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
         if parent is not None:
             parent.close()
     os.replace(tmp, upper)
+
+
+def _layer_writer(path: str, size: int, parent_id: str | None, parent_fmt: str | None,
+                  parent: Any) -> Qcow2Writer:
+    """A new qcow2 layer backed by ``parent_id``, reading unallocated clusters
+    through ``parent`` (the parent chain's reader, owned by the writer from
+    then on) when given."""
+    writer = Qcow2Writer.create(path, size, backing_file=parent_id,
+                                backing_format=parent_fmt if parent_id else None)
+    if parent is not None:
+        writer.use_backing(parent)
+    return writer
 
 
 def _allocated(path: str) -> list[tuple[int, int]]:

@@ -245,9 +245,15 @@ class TransferManager:
         with self._lock(tid):
             self._initialize_locked(tid)
 
-    def _initialize_locked(self, tid: str) -> None:
+    def _in_phase(self, tid: str, phase: str) -> dict | None:
+        """The transfer while it is still in ``phase`` (background work checks
+        this first: a user action or a restart may have moved it on)."""
         t = self.store.get("transfer", tid)
-        if t is None or t["phase"] != "initializing":
+        return t if t is not None and t["phase"] == phase else None
+
+    def _initialize_locked(self, tid: str) -> None:
+        t = self._in_phase(tid, "initializing")
+        if t is None:
             return
         try:
             # A cow-format upload overwrites the volume from offset 0 (an
@@ -320,17 +326,23 @@ class TransferManager:
 
     def resume(self, tid: str) -> dict:
         """paused_* -> resuming -> transferring (the ticket is re-armed)."""
+        return self._move_to(tid, "resume", PAUSED, "resuming", self._resume)
+
+    def _move_to(self, tid: str, action: str, allowed: frozenset[Phase], phase: str,
+                 work: Callable[[str], None]) -> dict:
+        """Check ``action`` is allowed in the current phase, enter ``phase``
+        and run ``work`` in the background; the updated transfer."""
         with self._lock(tid):
             t = self.store.get("transfer", tid)
-            self._require(t, "resume", PAUSED)
-            t = self._set(tid, phase="resuming")
-            self._spawn(self._resume, tid)
+            self._require(t, action, allowed)
+            t = self._set(tid, phase=phase)
+            self._spawn(work, tid)
             return t
 
     def _resume(self, tid: str) -> None:
         with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            if t is None or t["phase"] != "resuming":
+            t = self._in_phase(tid, "resuming")
+            if t is None:
                 return
             ticket = self.registry.get(t["ticket_id"])
             if ticket is None:
@@ -344,21 +356,12 @@ class TransferManager:
 
     def finalize(self, tid: str) -> dict:
         """transferring (or paused) -> finalizing_success; verification runs next."""
-        with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            self._require(t, "finalize", PAUSED | {Phase.TRANSFERRING})
-            t = self._set(tid, phase="finalizing_success")
-            self._spawn(self._finalize, tid)
-            return t
+        return self._move_to(tid, "finalize", PAUSED | {Phase.TRANSFERRING},
+                             "finalizing_success", self._finalize)
 
     def cancel(self, tid: str, by: str = "user") -> dict:
         """Stop the transfer; an upload's fresh disk is removed."""
-        with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            self._require(t, "cancel", ACTIVE)
-            t = self._set(tid, phase=f"cancelled_{by}")
-            self._spawn(self._cleanup, tid)
-            return t
+        return self._move_to(tid, "cancel", ACTIVE, f"cancelled_{by}", self._cleanup)
 
     # --- terminal work ------------------------------------------------------
 
@@ -372,8 +375,8 @@ class TransferManager:
 
     def _finalize(self, tid: str) -> None:
         with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            if t is None or t["phase"] != "finalizing_success":
+            t = self._in_phase(tid, "finalizing_success")
+            if t is None:
                 return
             try:
                 transferred = self._close_ticket(t)
@@ -525,8 +528,8 @@ class TransferManager:
 
     def _on_timeout(self, tid: str) -> None:
         with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            if t is None or t["phase"] != "transferring":
+            t = self._in_phase(tid, "transferring")
+            if t is None:
                 return
             policy = t["timeout_policy"]
             log.info("transfer %s idle for %ss: policy %s", tid, t["inactivity_timeout"], policy)

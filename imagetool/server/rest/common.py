@@ -5,10 +5,10 @@ from __future__ import annotations
 import fnmatch
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import ApiError, Request, not_found
+from imagetool.server.rest.router import ApiError, Reply, Request, not_found
 from imagetool.server.storage import new_id
 
 
@@ -92,6 +92,20 @@ def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
     if doc is None:
         raise not_found(f"{label} '{id}'")
     return doc
+
+
+def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
+                fields: dict[str, str] | None = None) -> Reply:
+    """GET on a stored collection: ``search`` and ``max`` applied, each entity
+    as ``to_repr`` gives it."""
+    docs = search_filter(req, req.engine.store.list(kind), fields)
+    return Reply(tag=tag, body=[to_repr(req, d) for d in docs])
+
+
+def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
+               to_repr: Callable[[Request, dict], dict]) -> Reply:
+    """GET on one stored entity, or a 404 fault naming it."""
+    return Reply(tag=tag, body=to_repr(req, get_or_404(req, kind, id, label)))
 
 
 def record_job(engine: Any, description: str, steps: Iterable[str],

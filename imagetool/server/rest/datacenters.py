@@ -13,7 +13,7 @@ from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, get_or_404,
                                           record_job, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, Router, conflict, missing, not_found
-from imagetool.server.rest.storagedomains import is_attached, sd_repr
+from imagetool.server.rest.storagedomains import check_no_disks, is_attached, sd_repr
 
 
 def dc_repr(req: Request) -> dict:
@@ -169,10 +169,7 @@ def detach_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
             raise conflict("detach Storage Domain",
                            f"Storage Domain {sd['name']} is active: deactivate it (put it "
                            "in maintenance) first.")
-        if engine.store.list("disk", lambda d: d["sd_id"] == sd_id):
-            raise conflict("detach Storage Domain",
-                           f"Storage Domain {sd['name']} holds disks: remove or move them "
-                           "first.")
+        check_no_disks(req, sd, "detach Storage Domain")
         sd.update(attached=False, status="unattached")
         engine.store.put("storage_domain", sd)
         domain_files.update_pool(engine.storage, sd, None)

@@ -9,8 +9,8 @@ import time
 
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_or_404, record_job, ref,
-                                          search_filter, sub_links)
+                                          get_or_404, get_stored, list_stored,
+                                          record_job, ref, sub_links)
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
@@ -204,12 +204,11 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
 
 
 def list_disks(req: Request) -> Reply:
-    docs = search_filter(req, req.engine.store.list("disk"), SEARCH_FIELDS)
-    return Reply(tag="disks", body=[disk_repr(req, d) for d in docs])
+    return list_stored(req, "disk", "disks", disk_repr, SEARCH_FIELDS)
 
 
 def get_disk(req: Request, disk_id: str) -> Reply:
-    return Reply(tag="disk", body=disk_repr(req, get_or_404(req, "disk", disk_id, "disk")))
+    return get_stored(req, "disk", disk_id, "disk", "disk", disk_repr)
 
 
 def update_disk(req: Request, disk_id: str) -> Reply:

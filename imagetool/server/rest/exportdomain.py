@@ -208,6 +208,20 @@ def _install(req: Request, sd_id: str, stage: str, disk_id: str) -> None:
     os.rename(st.disk_dir(sd_id, stage), dst)
 
 
+def _undo_copies(st, sd_id: str, staged: list, installed: list[str], e: BaseException,
+                 verb: str) -> None:
+    """After a failed export or import: remove the staged disk directories and
+    those renamed into place by a transaction that then failed. OS and data
+    errors become a 409 fault; the caller re-raises anything else."""
+    for stage, _ in staged:
+        shutil.rmtree(st.disk_dir(sd_id, stage), ignore_errors=True)
+    for disk_id in installed:
+        shutil.rmtree(st.disk_dir(sd_id, disk_id), ignore_errors=True)
+    if isinstance(e, (OSError, ValueError)):
+        raise conflict(f"{verb} VM", f"Cannot {verb}: {getattr(e, 'strerror', None) or e}."
+                       ) from None
+
+
 # --- Vm export --------------------------------------------------------------------
 
 def export_vm(req: Request, vm_id: str) -> Reply:
@@ -306,13 +320,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
             make_private_dirs(os.path.dirname(path))
             domain_files.write_atomic(path, ovf)
     except BaseException as e:
-        for stage, _ in staged:
-            shutil.rmtree(st.disk_dir(sd["id"], stage), ignore_errors=True)
-        for disk_id in installed:
-            shutil.rmtree(st.disk_dir(sd["id"], disk_id), ignore_errors=True)
-        if isinstance(e, (OSError, ValueError)):
-            raise conflict("export VM", f"Cannot export: {getattr(e, 'strerror', None) or e}."
-                           ) from None
+        _undo_copies(st, sd["id"], staged, installed, e, "export")
         raise
     finally:
         for d in disks:
@@ -437,14 +445,7 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
                     store.put("snapshot", s)
             store.put("vm", vm)
     except BaseException as e:
-        for stage, _ in staged:
-            shutil.rmtree(st.disk_dir(dst_sd["id"], stage), ignore_errors=True)
-        # Directories renamed into place by a transaction that then failed.
-        for disk_id in installed:
-            shutil.rmtree(st.disk_dir(dst_sd["id"], disk_id), ignore_errors=True)
-        if isinstance(e, (OSError, ValueError)):
-            raise conflict("import VM", f"Cannot import: {getattr(e, 'strerror', None) or e}."
-                           ) from None
+        _undo_copies(st, dst_sd["id"], staged, installed, e, "import")
         raise
     record_job(engine, f"Importing VM {name} from Export Domain {src_sd['name']}",
                [f"Copying disk {d['alias']}" for d in p["disks"].values()])

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from imagetool.phases import ENDED, SERVING
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import action_links, get_or_404, ref, search_filter
+from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
+                                          ref)
 from imagetool.server.rest.disks import check_usable
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
@@ -147,13 +148,11 @@ def _backup_target(req: Request, data: dict, backup_id: str, direction: str,
 
 
 def list_transfers(req: Request) -> Reply:
-    docs = search_filter(req, req.engine.store.list("transfer"))
-    return Reply(tag="image_transfers", body=[transfer_repr(req, t) for t in docs])
+    return list_stored(req, "transfer", "image_transfers", transfer_repr)
 
 
 def get_transfer(req: Request, tid: str) -> Reply:
-    return Reply(tag="image_transfer",
-                 body=transfer_repr(req, get_or_404(req, "transfer", tid, "image transfer")))
+    return get_stored(req, "transfer", tid, "image transfer", "image_transfer", transfer_repr)
 
 
 def _action(name: str):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imagetool.server.rest.common import get_or_404, iso_date, search_filter, sub_links
+from imagetool.server.rest.common import get_or_404, get_stored, iso_date, list_stored, sub_links
 from imagetool.server.rest.router import Reply, Request, Router, not_found
 
 
@@ -32,12 +32,11 @@ def step_repr(req: Request, job: dict, step: dict) -> dict:
 
 
 def list_jobs(req: Request) -> Reply:
-    docs = search_filter(req, req.engine.store.list("job"))
-    return Reply(tag="jobs", body=[job_repr(req, j) for j in docs])
+    return list_stored(req, "job", "jobs", job_repr)
 
 
 def get_job(req: Request, job_id: str) -> Reply:
-    return Reply(tag="job", body=job_repr(req, get_or_404(req, "job", job_id, "job")))
+    return get_stored(req, "job", job_id, "job", "job", job_repr)
 
 
 def list_steps(req: Request, job_id: str) -> Reply:

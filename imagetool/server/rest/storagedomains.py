@@ -17,8 +17,8 @@ import time
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import (action_links, get_or_404, record_job, search_filter,
-                                          sub_links)
+from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
+                                          record_job, search_filter, sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
@@ -150,10 +150,7 @@ def remove_sd(req: Request, sd_id: str) -> Reply:
             raise conflict("remove Storage Domain",
                            f"Storage Domain {sd['name']} is attached to a data center: "
                            "detach it first.")
-        if engine.store.list("disk", lambda d: d["sd_id"] == sd_id):
-            raise conflict("remove Storage Domain",
-                           f"Storage Domain {sd['name']} holds disks: remove or move them "
-                           "first.")
+        check_no_disks(req, sd, "remove Storage Domain")
         root = engine.storage.domain_dir(sd_id)
         engine.store.delete("storage_domain", sd_id)
     engine.storage.forget_domain(sd_id)
@@ -163,14 +160,20 @@ def remove_sd(req: Request, sd_id: str) -> Reply:
     return Reply(status=200)
 
 
+def check_no_disks(req: Request, sd: dict, action: str) -> None:
+    """Refuse ``action`` (409) while the domain holds disks."""
+    if req.engine.store.list("disk", lambda d: d["sd_id"] == sd["id"]):
+        raise conflict(action, f"Storage Domain {sd['name']} holds disks: remove or move "
+                               "them first.")
+
+
 def list_sds(req: Request) -> Reply:
-    docs = search_filter(req, req.engine.store.list("storage_domain"))
-    return Reply(tag="storage_domains", body=[sd_repr(req, d) for d in docs])
+    return list_stored(req, "storage_domain", "storage_domains", sd_repr)
 
 
 def get_sd(req: Request, sd_id: str) -> Reply:
-    return Reply(tag="storage_domain",
-                 body=sd_repr(req, get_or_404(req, "storage_domain", sd_id, "storage domain")))
+    return get_stored(req, "storage_domain", sd_id, "storage domain", "storage_domain",
+                      sd_repr)
 
 
 def list_sd_disks(req: Request, sd_id: str) -> Reply:

@@ -399,6 +399,17 @@ def _find_snapshot(req: Request, vm: dict, snap_id: str) -> dict:
     raise not_found(f"snapshot '{snap_id}'")
 
 
+def _past_snapshot(req: Request, vm_id: str, snap_id: str, verb: str,
+                   done: str) -> tuple[dict, dict]:
+    """The VM and a snapshot ``verb`` may act on: not the active one, no preview."""
+    vm = _find_vm(req, vm_id)
+    snap = _find_snapshot(req, vm, snap_id)
+    if snap["type"] in ("active", "preview"):
+        raise conflict(f"{verb} Snapshot", f"The active VM snapshot cannot be {done}.")
+    _not_in_preview(vm, f"{verb} Snapshot")
+    return vm, snap
+
+
 def list_snapshots(req: Request, vm_id: str) -> Reply:
     vm = _find_vm(req, vm_id)
     return Reply(tag="snapshots", body=[snapshot_repr(req, vm, s) for s in _snapshots(req, vm)])
@@ -450,11 +461,7 @@ def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     engine = req.engine
     store = engine.store
     with store.transaction():
-        vm = _find_vm(req, vm_id)
-        snap = _find_snapshot(req, vm, snap_id)
-        if snap["type"] in ("active", "preview"):
-            raise conflict("remove Snapshot", "The active VM snapshot cannot be removed.")
-        _not_in_preview(vm, "remove Snapshot")
+        vm, snap = _past_snapshot(req, vm_id, snap_id, "remove", "removed")
         disks = [store.get("disk", d) for d in snap["volumes"]]
         for d in disks:
             if d is not None:
@@ -474,11 +481,7 @@ def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     store = engine.store
     st = engine.storage
     with store.transaction():
-        vm = _find_vm(req, vm_id)
-        snap = _find_snapshot(req, vm, snap_id)
-        if snap["type"] in ("active", "preview"):
-            raise conflict("restore Snapshot", "The active VM snapshot cannot be restored.")
-        _not_in_preview(vm, "restore Snapshot")
+        vm, snap = _past_snapshot(req, vm_id, snap_id, "restore", "restored")
         dropped_snaps: set[str] = set()
         for disk_id, base_vol in snap["volumes"].items():
             d = store.get("disk", disk_id)
@@ -531,11 +534,7 @@ def preview_snapshot(req: Request, vm_id: str) -> Reply:
     store, st = engine.store, engine.storage
     snap_id = _snapshot_action(req, "previewsnapshot")
     with store.transaction():
-        vm = _find_vm(req, vm_id)
-        snap = _find_snapshot(req, vm, snap_id)
-        if snap["type"] in ("active", "preview"):
-            raise conflict("preview Snapshot", "The active VM snapshot cannot be previewed.")
-        _not_in_preview(vm, "preview Snapshot")
+        vm, snap = _past_snapshot(req, vm_id, snap_id, "preview", "previewed")
         disks = [store.get("disk", d) for d in snap["volumes"]]
         disks = [d for d in disks if d is not None]
         for d in disks:
