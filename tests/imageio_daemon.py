@@ -284,7 +284,7 @@ class QemuNbd:
             os.path.dirname(os.path.abspath(image)), f"nbd-{os.getpid()}-{id(self)}.sock")
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10.0) -> "QemuNbd":
+    def start(self, timeout: float = 30.0) -> "QemuNbd":
         if shutil.which("qemu-nbd") is None:
             pytest.skip("qemu-nbd not installed")
         self._proc = subprocess.Popen(
@@ -296,11 +296,23 @@ class QemuNbd:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"qemu-nbd exited: {self._proc.stderr.read()!r}")
-            if os.path.exists(self.socket_path):
+            # The socket file exists from bind(); wait until it accepts, or
+            # a client racing qemu-nbd's listen() is refused (seen under load).
+            if os.path.exists(self.socket_path) and self._accepts():
                 return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("qemu-nbd did not start")
+
+    def _accepts(self) -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def stop(self) -> None:
         if self._proc is not None:
