@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.backup import digests as dg
+from imagetool.backup.repo import sha256_file
 from imagetool.errors import ChecksumMismatch
 from imagetool.formats import open_image
 from imagetool.formats.base import Extent
@@ -68,6 +69,7 @@ class Fetched:
     checksum_source: str     # engine | chain
     digests: list[bytes]
     algorithm: str
+    sha256: str | None = None    # of the written file's bytes
 
 
 def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
@@ -114,6 +116,17 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
         except CopyCancelled:
             raise TransferError(f"download of disk {disk_id} stopped: "
                                 f"{session.stop_reason or 'cancelled'}") from None
+        # The file is complete: its SHA-256 (the manifest's) is taken while
+        # the block digests and the engine's checksum are, not after them.
+        file_hash: dict = {}
+
+        def hash_file() -> None:
+            try:
+                file_hash["value"] = sha256_file(out)
+            except BaseException as e:  # reported below
+                file_hash["error"] = e
+        hasher = threading.Thread(target=hash_file, name="file-sha256", daemon=True)
+        hasher.start()
         remote: dict = {}
         checker = None
         if not incremental and engine_checksum:
@@ -142,6 +155,9 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
             count = dg.block_count(local.size, block_size)
         finally:
             local.close()
+        hasher.join()
+        if "error" in file_hash:
+            raise file_hash["error"]
         all_digests = dg.merged(previous_digests, fresh, count)
         value = dg.combine(all_digests, algorithm)
         source = "chain"
@@ -153,4 +169,4 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
                 raise ChecksumMismatch(value, remote["value"], f"disk {disk_id}")
             source = "engine"
     return Fetched(bytes_copied=stats.bytes_copied, checksum=value, checksum_source=source,
-                   digests=all_digests, algorithm=algorithm)
+                   digests=all_digests, algorithm=algorithm, sha256=file_hash["value"])

@@ -105,6 +105,9 @@ class Qcow2Writer(Closing):
         self._meta: tuple[int, int] | None = None  # (start, count) on disk
         self._ctail: int | None = None      # byte offset for the next compressed blob
         self._dirty = True
+        # Host clusters of an image opened with open_existing that hold its
+        # old data: never written in place (copy on write).
+        self._frozen: set[int] = set()
 
     # --- creation --------------------------------------------------------
 
@@ -160,6 +163,135 @@ class Qcow2Writer(Closing):
             raise
         return w
 
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike) -> "Qcow2Writer":
+        """Open an existing qcow2 image (made by this writer or alike) to change it.
+
+        Copy on write towards the image as it was: clusters allocated before
+        are never written in place (a write gets a new cluster, the old one
+        is freed), and the old metadata is left as it was until the first
+        flush writes the new metadata after it and then the header. Until
+        that header write the file still reads as the old image; ``abort()``
+        then also drops what was appended. Only plain images are accepted
+        (v3, 16-bit refcounts, zlib, no snapshot, no feature bit, no bitmap,
+        no external data file); anything else raises ``UnsupportedFeature``.
+        The header is rewritten as this writer writes it (the backing file
+        and its format kept).
+        """
+        from imagetool.errors import UnsupportedFeature
+        from imagetool.formats.qcow2 import parse_header
+        path = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise FormatError(f"cannot open: {e.strerror}", path) from e
+        try:
+            h = parse_header(fd, path)
+            if (h.version != 3 or h.refcount_order != _REFCOUNT_ORDER or h.nb_snapshots
+                    or h.incompatible_features or h.autoclear_features or h.crypt_method
+                    or h.data_file or h.bitmaps or h.compression_type
+                    or h.compatible_features or h.size % 512):
+                raise UnsupportedFeature("not a plain qcow2 v3 image to change in place",
+                                         path)
+            w = cls(fd, path, h.size, h.cluster_size, h.backing_file, h.backing_format,
+                    False, 6)
+            w._load(h)
+        except BaseException:
+            os.close(fd)
+            raise
+        return w
+
+    def _load(self, h) -> None:
+        """Rebuild the in-memory tables of an existing image (``open_existing``)."""
+        cs = self.cluster_size
+        file_size = os.fstat(self._fd).st_size
+        self._orig_size = file_size
+        end = -(-file_size // cs)
+        if h.l1_size < self._l1_size:
+            raise FormatError("L1 table too small for the virtual size", self.path)
+        refs = array("H", bytes(2 * end))
+        meta: list[int] = []
+
+        def take(offset: int, length: int, data: bool) -> None:
+            if offset % cs or offset + length > end * cs:
+                raise FormatError(f"table at {offset} outside the file", self.path)
+            for hc in range(offset // cs, -(-(offset + length) // cs)):
+                if data:
+                    if refs[hc] >= _MAX_REFCOUNT:
+                        raise FormatError("refcount overflow", self.path)
+                    refs[hc] += 1
+                else:
+                    meta.append(hc)
+
+        refs[0] = 1
+        l1_bytes = self._l1_size * 8
+        if h.l1_size:
+            take(h.l1_table_offset, h.l1_size * 8, False)
+        take(h.refcount_table_offset, h.refcount_table_clusters * cs, False)
+        rt = array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
+                                 h.refcount_table_offset))
+        l1 = array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset))
+        if _LITTLE:
+            rt.byteswap()
+            l1.byteswap()
+        for e in rt:
+            if e:
+                take(e & ~(cs - 1) & _OFFSET_MASK, cs, False)
+        frozen: set[int] = set()
+        for idx, e in enumerate(l1):
+            off = e & _OFFSET_MASK
+            if not off:
+                continue
+            take(off, cs, False)
+            t = array("Q", os.pread(self._fd, cs, off))
+            if len(t) != self._l2_entries:
+                raise FormatError("short L2 table", self.path)
+            if _LITTLE:
+                t.byteswap()
+            for j, entry in enumerate(t):
+                if entry & _COMPRESSED:
+                    coff = entry & self._coffset_mask
+                    nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
+                    stop = (coff & ~511) + nsect * 512
+                    for hc in range(coff // cs, (stop - 1) // cs + 1):
+                        take(hc * cs, cs, True)
+                elif entry & _OFFSET_MASK:
+                    hc = (entry & _OFFSET_MASK) // cs
+                    take(hc * cs, cs, True)
+                    frozen.add(hc)
+                    t[j] = entry | _COPIED
+            if any(t):
+                self._l2[idx] = t
+        self._refcounts = refs
+        self._end = end
+        self._frozen = frozen
+        # The old metadata stays on disk (refcount 0 in the new tables) until
+        # the header points elsewhere: freed only after that flush.
+        for hc in set(meta):
+            if refs[hc]:
+                raise FormatError(f"cluster {hc} is both metadata and data", self.path)
+            self._pending.append(hc)
+        pend = set(self._pending)
+        self._free = _coalesce([[hc, 1] for hc in range(1, end)
+                                if not refs[hc] and hc not in pend])
+
+    def abort(self) -> None:
+        """Close without writing metadata (an image from ``open_existing`` that was
+        not flushed yet reads as before: what was appended is cut off)."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+            try:
+                size = getattr(self, "_orig_size", None)
+                if size is not None and self._meta is None:
+                    os.ftruncate(self._fd, size)
+            finally:
+                os.close(self._fd)
+                if self._backing is not None:
+                    self._backing.close()
+                    self._backing = None
+
     # --- Backend protocol ------------------------------------------------
 
     @property
@@ -213,10 +345,11 @@ class Qcow2Writer(Closing):
                 else:
                     a, b = max(offset, cstart), min(end, cend)
                     entry = self._get(ci)
-                    if self._is_plain(entry):
+                    if self._is_plain(entry) and not self._is_frozen(entry):
                         _pwrite_all(self._fd, [bytes(b - a)],
                                     self._base + (entry & _OFFSET_MASK) + a - cstart)
-                    elif entry & _COMPRESSED or (entry == 0 and self.backing_file):
+                    elif (entry & _COMPRESSED or self._is_plain(entry)
+                          or (entry == 0 and self.backing_file)):
                         buf = (bytearray(self._read_cluster(ci, entry)) if entry
                                else self._backing_cluster(ci))
                         buf[a - cstart:b - cstart] = bytes(b - a)
@@ -353,7 +486,7 @@ class Qcow2Writer(Closing):
                 self._release(entry)
                 cblobs.append((ci, blobs[ci]))
                 self._set(ci, 0)
-            elif self._is_plain(entry):
+            elif self._is_plain(entry) and not self._is_frozen(entry):
                 host = (entry & _OFFSET_MASK) + a - cstart
                 if inplace and inplace[-1][1] == host and len(inplace[-1][2]) < _IOV_MAX:
                     inplace[-1][1] += len(piece)
@@ -372,7 +505,7 @@ class Qcow2Writer(Closing):
                 elif full:
                     content = bytes(piece) + bytes(cs - len(piece))
                 else:
-                    if entry & _COMPRESSED:
+                    if entry & _COMPRESSED or self._is_plain(entry):
                         buf = bytearray(self._read_cluster(ci, entry))
                     elif entry == 0 and self.backing_file:
                         buf = self._backing_cluster(ci)  # copy on write
@@ -512,6 +645,9 @@ class Qcow2Writer(Closing):
     def _is_plain(entry: int) -> bool:
         return not entry & _COMPRESSED and bool(entry & _OFFSET_MASK)
 
+    def _is_frozen(self, entry: int) -> bool:
+        return bool(self._frozen) and (entry & _OFFSET_MASK) // self.cluster_size in self._frozen
+
     def _release(self, entry: int) -> None:
         """Drop the host clusters an L2 entry referenced."""
         cs = self.cluster_size
@@ -522,7 +658,10 @@ class Qcow2Writer(Closing):
             for hc in range(coff // cs, (end - 1) // cs + 1):
                 self._ref(hc, -1)
         elif entry & _OFFSET_MASK:
-            self._ref((entry & _OFFSET_MASK) // cs, -1)
+            hc = (entry & _OFFSET_MASK) // cs
+            if self._frozen:
+                self._frozen.discard(hc)
+            self._ref(hc, -1)
 
     def _ref(self, hc: int, delta: int) -> None:
         value = self._refcounts[hc] + delta

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from imagetool.copier import copy_local
+from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import open_image, qcow2
 from imagetool.formats.base import Extent
 from imagetool.formats.convert import convert_backend
@@ -486,6 +487,49 @@ def _layer_writer(path: str, size: int, parent_id: str | None, parent_fmt: str |
     if parent is not None:
         writer.use_backing(parent)
     return writer
+
+
+def commit_layer(lower: str, upper: str, reader: Any, parent: Any = None) -> bool:
+    """Merge qcow2 layer ``upper`` down into ``lower``; the result replaces ``upper``.
+
+    The same result as ``merge_layer`` (``upper``'s path then holds every
+    cluster of both layers, the upper one winning, backed by ``lower``'s
+    parent), but only the clusters allocated in ``upper`` are copied: what
+    was written since ``lower`` was frozen, not the whole disk, as the
+    engine's live merge (block commit) of oVirt does. ``lower`` is changed
+    copy on write (``Qcow2Writer.open_existing``): until its header is
+    rewritten it still reads as before, and a failure before that leaves
+    both files as they were. Then ``lower``'s file is renamed over
+    ``upper``'s.
+
+    ``reader``: ``upper``'s guest data through the recorded chain, and
+    ``parent``: the parent's (for partial clusters); both owned and closed
+    here. Returns False, doing nothing (but closing them), when ``lower`` is
+    not a qcow2 image this writer can change in place: then ``merge_layer``
+    is the way.
+    """
+    try:
+        try:
+            writer = Qcow2Writer.open_existing(lower)
+        except (UnsupportedFeature, FormatError):
+            return False
+        try:
+            if parent is not None:
+                writer.use_backing(parent)
+                parent = None
+            ranges = _union(_allocated(upper))
+            copy_local(reader, writer, check_size=False,
+                       extents=[Extent(a, b - a) for a, b in ranges])
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    finally:
+        reader.close()
+        if parent is not None:
+            parent.close()
+    os.replace(lower, upper)
+    return True
 
 
 def _allocated(path: str) -> list[tuple[int, int]]:

@@ -14,7 +14,8 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
 from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
-from imagetool.server.storage import make_private_dirs, merge_layer, new_id, sparsify_layer
+from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
+                                      sparsify_layer)
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -384,10 +385,22 @@ def merge_down(engine, disk: dict, lower_id: str) -> None:
     except BaseException:
         reader.close()
         raise
-    merge_layer(st.volume_path(disk["sd_id"], disk["id"], lower_id),
-                st.volume_path(disk["sd_id"], disk["id"], upper["id"]),
-                parent_id, parent_fmt, disk["provisioned_size"],
-                reader=reader, parent=parent)
+    lower_path = st.volume_path(disk["sd_id"], disk["id"], lower_id)
+    upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
+    # Copy only what the upper layer holds into the lower one (usually far
+    # smaller); a lower volume that is raw, or a qcow2 that cannot be changed
+    # in place, is merged the other way, copying its data into a new file.
+    if lower.get("format") != "cow" or not commit_layer(lower_path, upper_path,
+                                                         reader, parent):
+        if lower.get("format") == "cow":     # commit_layer closed both
+            reader = st.open_volume(upper)
+            try:
+                parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
+            except BaseException:
+                reader.close()
+                raise
+        merge_layer(lower_path, upper_path, parent_id, parent_fmt,
+                    disk["provisioned_size"], reader=reader, parent=parent)
     meta = st.read_meta(disk["sd_id"], disk["id"], upper["id"])
     st.write_meta(disk["sd_id"], disk["id"], upper["id"], dict(meta, parent=parent_id))
     store.update("volume", upper["id"], parent_id=parent_id)
