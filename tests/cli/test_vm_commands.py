@@ -20,6 +20,9 @@ from imagetool.engine import Connection
 from imagetool.server.local import LocalEngine
 from helpers import MiB, qemu_img
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 SIZE = 1 * MiB
 
 

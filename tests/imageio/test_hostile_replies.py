@@ -18,6 +18,9 @@ from bad_imageio_server import BadImageioServer
 from imagetool.errors import ChecksumMismatch, ConnectionFailed, ProtocolError
 from imagetool.imageio.client import ImageioClient
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 SIZE = 64 * 1024
 DATA = bytes((i * 7 + 3) % 251 for i in range(SIZE))
 FEATURES_NO_CHECKSUM = ("extents", "flush", "zero")

@@ -22,6 +22,9 @@ import pytest
 
 from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io, wait_phase
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
 client = pytest.importorskip("ovirt_imageio.client")

@@ -20,6 +20,9 @@ from test_hostile_storage import (disk_status, download_raw, end, new_disk,
                                   upload_raw)
 from imagetool.server.local import LocalEngine
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def restartable(tmp_path):

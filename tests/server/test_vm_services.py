@@ -19,6 +19,9 @@ from imagetool.server.local import LocalEngine
 from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io, wait_phase
 from helpers import ENGINE_PASSWORD as PASSWORD
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
 client = pytest.importorskip("ovirt_imageio.client")

@@ -28,6 +28,9 @@ from imagetool.transfer.session import TransferSession
 from imagetool.transfer.upload import upload_disk
 from helpers import ENGINE_PASSWORD as PASSWORD
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 KiB = 1024
 SIZE = 1 * MiB
 ZEROED = (0, 256 * KiB)              # the middle layer zeroes this (zero clusters)

@@ -27,6 +27,9 @@ from imagetool.server.local import LocalEngine
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.upload import upload_disk
 
+# Every test here starts engines or CLI processes: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 SIZE = 1 * MiB
 
 
