@@ -44,6 +44,7 @@ class Ticket:
     _backend: Backend | None = field(default=None, repr=False)
     _busy: int = 0                            # requests using the backend now
     _close_pending: bool = False
+    _closed: threading.Event = field(default_factory=threading.Event, repr=False)
     # A server.checksum_ahead.ChecksumAhead once a client announced its checksum.
     checksum_ahead: Any = field(default=None, repr=False)
 
@@ -92,11 +93,14 @@ class Ticket:
         with self.lock:
             self._busy -= 1
             backend = None
-            if self._busy == 0 and self._close_pending:
+            closing = self._busy == 0 and self._close_pending
+            if closing:
                 backend, self._backend = self._backend, None
                 self._close_pending = False
         if backend is not None:
             backend.close()
+        if closing:
+            self._closed.set()
 
     def close_backend(self) -> None:
         """Close the backend now, or when the last running request ends.
@@ -112,6 +116,15 @@ class Ticket:
             backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
+        self._closed.set()
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until the backend is closed (a deferred close ran); False on
+        timeout. A request's reply is sent before it lets go of the backend,
+        so a finalize or cancel that follows the client's last reply must
+        wait here before it reads, copies or restores the volume (a qcow2
+        writer writes its metadata when closed)."""
+        return self._closed.wait(timeout)
 
     def info(self) -> dict:
         """The daemon's ``GET /tickets/<id>`` view of this ticket."""

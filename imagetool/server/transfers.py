@@ -32,6 +32,10 @@ from imagetool.server.tickets import Ticket, TicketRegistry
 
 log = logging.getLogger(__name__)
 
+# How long finalize or cancel waits for requests still using a ticket's
+# volume (normally the tail of the last reply, microseconds).
+CLOSE_WAIT = 10.0
+
 POLICIES = ("legacy", "pause", "cancel")
 TICKET_TIMEOUT = 300.0
 # Room for qcow2 metadata when an upload moves a cow volume's own bytes and
@@ -371,6 +375,9 @@ class TransferManager:
         if ticket is not None:
             transferred = max(transferred, ticket.transferred)
             self.registry.remove(t["ticket_id"])
+            if not ticket.wait_closed(CLOSE_WAIT):
+                log.warning("transfer %s: a request still holds the volume after %ss",
+                            t["id"], CLOSE_WAIT)
         return transferred
 
     def _finalize(self, tid: str) -> None:
