@@ -454,3 +454,34 @@ def wait_settled(fe: FaultyEngine, timeout: float = 20.0) -> list[Any]:
 def new_phases(fe: FaultyEngine, timeout: float = 20.0) -> list[str]:
     """Once the engine settled: the sorted phases of this test's transfers."""
     return sorted(t.phase for t in wait_settled(fe, timeout) if t.id not in fe.known)
+
+
+# --- ImageTransfers through the real ovirtsdk4 (server tests) ------------------
+
+def sdk_start_transfer(connection, direction, disk_id=None, snapshot_id=None, host=None):
+    """An ImageTransfer added with ovirtsdk4, once it is transferring."""
+    from ovirtsdk4 import types
+    service = connection.system_service().image_transfers_service()
+    t = service.add(types.ImageTransfer(
+        disk=types.Disk(id=disk_id) if disk_id else None,
+        snapshot=types.DiskSnapshot(id=snapshot_id) if snapshot_id else None,
+        host=host, direction=types.ImageTransferDirection(direction),
+        format=types.DiskFormat.RAW))
+    return wait_phase(connection, t.id, ["transferring"])
+
+
+def sdk_finalize(connection, t):
+    """Finalize a transfer and assert it ends in finished_success."""
+    from ovirtsdk4 import types
+    connection.system_service().image_transfers_service().image_transfer_service(t.id).finalize()
+    t = wait_phase(connection, t.id, ["finished_success", "finished_failure"])
+    assert t.phase == types.ImageTransferPhase.FINISHED_SUCCESS
+
+
+def sdk_download(connection, engine, dst, disk_id=None, snapshot_id=None):
+    """A disk (or disk snapshot) downloaded as qcow2 by the reference client."""
+    from ovirt_imageio import client
+    t = sdk_start_transfer(connection, "download", disk_id, snapshot_id)
+    client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
+    sdk_finalize(connection, t)
+    return dst

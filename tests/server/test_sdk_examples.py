@@ -23,9 +23,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from helpers import qemu_compare as same
+from helpers import sdk_download as download
+from helpers import sdk_finalize as finalize
+from helpers import sdk_start_transfer as start_transfer
 from helpers import MiB, make_pattern_image, qemu_img
 from helpers import ENGINE_PASSWORD as PASSWORD
-from helpers import qemu_io, wait_phase
+from helpers import qemu_io
 
 sdk = pytest.importorskip("ovirtsdk4")
 types = sdk.types
@@ -108,29 +112,12 @@ def runner(examples, engine, tmp_path):
     return Runner(examples, engine, tmp_path)
 
 
-def start_transfer(connection, direction, disk_id):
-    t = connection.system_service().image_transfers_service().add(types.ImageTransfer(
-        disk=types.Disk(id=disk_id), direction=types.ImageTransferDirection(direction),
-        format=types.DiskFormat.RAW))
-    return wait_phase(connection, t.id, ["transferring"])
 
 
-def finalize(connection, t):
-    connection.system_service().image_transfers_service().image_transfer_service(t.id).finalize()
-    t = wait_phase(connection, t.id, ["finished_success", "finished_failure"])
-    assert t.phase == types.ImageTransferPhase.FINISHED_SUCCESS
 
 
-def download(connection, engine, dst, disk_id):
-    t = start_transfer(connection, "download", disk_id)
-    client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
-    finalize(connection, t)
-    return dst
 
 
-def same(a, b):
-    res = subprocess.run(["qemu-img", "compare", a, b], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
 
 
 @pytest.fixture

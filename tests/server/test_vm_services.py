@@ -16,7 +16,11 @@ import sys
 import pytest
 
 from imagetool.server.local import LocalEngine
-from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io, wait_phase
+from helpers import qemu_compare as same
+from helpers import sdk_download as download
+from helpers import sdk_finalize as finalize
+from helpers import sdk_start_transfer as start_transfer
+from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io
 from helpers import ENGINE_PASSWORD as PASSWORD
 
 # Every test here starts engines or CLI processes: out of the quick loop.
@@ -29,32 +33,12 @@ client = pytest.importorskip("ovirt_imageio.client")
 
 # --- helpers ------------------------------------------------------------------
 
-def start_transfer(connection, direction, disk_id=None, snapshot_id=None, host=None):
-    service = connection.system_service().image_transfers_service()
-    t = service.add(types.ImageTransfer(
-        disk=types.Disk(id=disk_id) if disk_id else None,
-        snapshot=types.DiskSnapshot(id=snapshot_id) if snapshot_id else None,
-        host=host, direction=types.ImageTransferDirection(direction),
-        format=types.DiskFormat.RAW))
-    return wait_phase(connection, t.id, ["transferring"])
 
 
-def finalize(connection, t):
-    connection.system_service().image_transfers_service().image_transfer_service(t.id).finalize()
-    t = wait_phase(connection, t.id, ["finished_success", "finished_failure"])
-    assert t.phase == types.ImageTransferPhase.FINISHED_SUCCESS
 
 
-def download(connection, engine, dst, disk_id=None, snapshot_id=None):
-    t = start_transfer(connection, "download", disk_id, snapshot_id)
-    client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
-    finalize(connection, t)
-    return dst
 
 
-def same(a, b):
-    res = subprocess.run(["qemu-img", "compare", a, b], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def disk_dir(engine, connection, disk_id):
