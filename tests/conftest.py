@@ -175,3 +175,27 @@ def home(scratch, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
     return scratch
+
+
+# --- a module's own local engine -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def module_dir():
+    """A scratch directory that lives as long as the test module."""
+    d = scratch_dir("imagetool-module-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def own_conn(module_dir):
+    """imagetool's Connection to a LocalEngine of the module's own (in
+    ``module_dir/engine``, with the password it generated), for tests that
+    count what one engine holds."""
+    from imagetool.engine import Connection
+    from imagetool.server.local import LocalEngine
+
+    with LocalEngine(os.path.join(module_dir, "engine")) as eng:
+        with Connection(eng.url, username=eng.username, password=eng.password,
+                        cafile=eng.cafile) as c:
+            yield c

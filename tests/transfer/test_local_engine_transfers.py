@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from fault_proxy import DroppingProxy
 from helpers import MiB, images_equal, make_raw, qemu_img
-from imageio_daemon import scratch_dir
-from imagetool.engine import Connection
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
@@ -22,45 +19,28 @@ DATA = [(0, MiB), (3 * MiB + 4096, 512 * 1024), (7 * MiB, 3 * MiB)]
 
 
 @pytest.fixture(scope="module")
-def workdir():
-    d = scratch_dir("transfer-local-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def conn(workdir):
-    from imagetool.server.local import LocalEngine
-
-    with LocalEngine(os.path.join(workdir, "engine")) as eng:
-        with Connection(eng.url, username=eng.username, password=eng.password,
-                        cafile=eng.cafile) as c:
-            yield c
-
-
-@pytest.fixture(scope="module")
-def images(workdir):
-    raw = os.path.join(workdir, "src.raw")
+def images(module_dir):
+    raw = os.path.join(module_dir, "src.raw")
     make_raw(raw, SIZE, DATA, seed=21)
-    qcow2 = os.path.join(workdir, "src.qcow2")
+    qcow2 = os.path.join(module_dir, "src.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
-    compressed = os.path.join(workdir, "src-c.qcow2")
+    compressed = os.path.join(module_dir, "src-c.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", "-c", raw, compressed)
-    empty = os.path.join(workdir, "empty.raw")
+    empty = os.path.join(module_dir, "empty.raw")
     make_raw(empty, 64 * MiB, [], seed=0)          # all holes
     return {"raw": raw, "qcow2": qcow2, "compressed": compressed, "empty": empty}
 
 
-def _locked(conn):
-    return [d.name for d in conn.disks.list() if d.status == "locked"]
+def _locked(own_conn):
+    return [d.name for d in own_conn.disks.list() if d.status == "locked"]
 
 
-def _roundtrip(conn, workdir, src_key, images, fmt_out="raw", **kw):
+def _roundtrip(own_conn, module_dir, src_key, images, fmt_out="raw", **kw):
     src = images[src_key]
-    disk = upload_disk(conn, src, "data", **kw)
+    disk = upload_disk(own_conn, src, "data", **kw)
     assert disk.status == "ok"
-    out = os.path.join(workdir, f"out-{disk.id}.{fmt_out}")
-    download_disk(conn, disk, out, format=fmt_out, workers=kw.get("workers", 4))
+    out = os.path.join(module_dir, f"out-{disk.id}.{fmt_out}")
+    download_disk(own_conn, disk, out, format=fmt_out, workers=kw.get("workers", 4))
     ref = images["empty"] if src_key == "empty" else images["raw"]
     assert images_equal(ref, out, "raw", fmt_out)
     if fmt_out == "qcow2":
@@ -72,8 +52,8 @@ def _roundtrip(conn, workdir, src_key, images, fmt_out="raw", **kw):
 @pytest.mark.parametrize("src_key,disk_format,expect", [
     ("raw", None, "raw"), ("qcow2", None, "cow"), ("compressed", None, "cow"),
     ("qcow2", "raw", "raw"), ("raw", "qcow2", "cow")])
-def test_upload_download_formats(conn, workdir, images, src_key, disk_format, expect):
-    disk, _ = _roundtrip(conn, workdir, src_key, images, disk_format=disk_format)
+def test_upload_download_formats(own_conn, module_dir, images, src_key, disk_format, expect):
+    disk, _ = _roundtrip(own_conn, module_dir, src_key, images, disk_format=disk_format)
     assert disk.format == expect and disk.provisioned_size == SIZE
     if expect == "cow":
         assert 0 < disk.initial_size < SIZE
@@ -81,44 +61,44 @@ def test_upload_download_formats(conn, workdir, images, src_key, disk_format, ex
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 8])
-def test_workers(conn, workdir, images, workers):
-    _roundtrip(conn, workdir, "raw", images, fmt_out="qcow2", workers=workers,
+def test_workers(own_conn, module_dir, images, workers):
+    _roundtrip(own_conn, module_dir, "raw", images, fmt_out="qcow2", workers=workers,
                buffer_size=MiB)
 
 
 @pytest.mark.slow
-def test_cow_transfer_of_qcow2_bytes(conn, workdir, images):
-    disk, _ = _roundtrip(conn, workdir, "qcow2", images, transfer_format="cow")
+def test_cow_transfer_of_qcow2_bytes(own_conn, module_dir, images):
+    disk, _ = _roundtrip(own_conn, module_dir, "qcow2", images, transfer_format="cow")
     assert disk.format == "cow"
 
 
-def test_sparse_image_stays_sparse(conn, workdir, images):
-    res = upload_disk_result(conn, images["empty"], "data")
+def test_sparse_image_stays_sparse(own_conn, module_dir, images):
+    res = upload_disk_result(own_conn, images["empty"], "data")
     # Nothing to send: every range was a hole skipped on the new disk.
     assert res.stats.bytes_copied == 0
-    out = os.path.join(workdir, "empty-out.raw")
-    download_disk(conn, res.disk_id, out)
+    out = os.path.join(module_dir, "empty-out.raw")
+    download_disk(own_conn, res.disk_id, out)
     assert images_equal(images["empty"], out, "raw", "raw")
     assert os.stat(out).st_blocks == 0
 
 
 @pytest.mark.slow
-def test_iso(conn, workdir):
-    iso = os.path.join(workdir, "cd.iso")
+def test_iso(own_conn, module_dir):
+    iso = os.path.join(module_dir, "cd.iso")
     make_raw(iso, 4 * MiB, [(0, 64 * 1024)], seed=9)
     with open(iso, "r+b") as f:
         f.seek(0x8000)
         f.write(b"\x01CD001\x01\x00")
-    disk = upload_disk(conn, iso, "data")
+    disk = upload_disk(own_conn, iso, "data")
     assert disk.content_type == "iso" and disk.format == "raw"
-    out = os.path.join(workdir, "cd-out.iso")
-    download_disk(conn, disk, out)
+    out = os.path.join(module_dir, "cd-out.iso")
+    download_disk(own_conn, disk, out)
     with open(iso, "rb") as a, open(out, "rb") as b:
         assert a.read() == b.read()
 
 
-def test_interrupt_cancels_and_unlocks(conn, images):
-    before = {d.id for d in conn.disks.list()}
+def test_interrupt_cancels_and_unlocks(own_conn, images):
+    before = {d.id for d in own_conn.disks.list()}
     n = []
 
     def progress(k):
@@ -127,16 +107,16 @@ def test_interrupt_cancels_and_unlocks(conn, images):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        upload_disk(conn, images["raw"], "data", workers=2, buffer_size=MiB,
+        upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB,
                     progress=progress)
-    assert _locked(conn) == []
+    assert _locked(own_conn) == []
     # The engine removed the half-uploaded disk.
-    assert {d.id for d in conn.disks.list()} == before
-    assert not [t for t in conn.transfers.list()
+    assert {d.id for d in own_conn.disks.list()} == before
+    assert not [t for t in own_conn.transfers.list()
                 if t.phase in ("transferring", "initializing")]
 
 
-def test_dropped_connection_cancels(conn, images, monkeypatch, fast_backoff):
+def test_dropped_connection_cancels(own_conn, images, monkeypatch, fast_backoff):
     proxies = []
     pick = TransferSession._pick_urls
 
@@ -148,28 +128,28 @@ def test_dropped_connection_cancels(conn, images, monkeypatch, fast_backoff):
         return urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}")), None
 
     monkeypatch.setattr(TransferSession, "_pick_urls", through_proxy)
-    before = {d.id for d in conn.disks.list()}
+    before = {d.id for d in own_conn.disks.list()}
     try:
         with pytest.raises(ImagetoolError) as info:
-            upload_disk(conn, images["raw"], "data", workers=2, buffer_size=MiB)
+            upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB)
     finally:
         for p in proxies:
             p.close()
     assert "writing destination" in str(info.value) or "connect" in str(info.value).lower()
-    assert _locked(conn) == []
-    assert {d.id for d in conn.disks.list()} == before
+    assert _locked(own_conn) == []
+    assert {d.id for d in own_conn.disks.list()} == before
 
 
 @pytest.mark.slow
-def test_failed_download_leaves_no_file(conn, workdir, images):
-    disk = upload_disk(conn, images["raw"], "data")
-    d = os.path.join(workdir, "dl-fail")
+def test_failed_download_leaves_no_file(own_conn, module_dir, images):
+    disk = upload_disk(own_conn, images["raw"], "data")
+    d = os.path.join(module_dir, "dl-fail")
     os.mkdir(d)
 
     def progress(k):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        download_disk(conn, disk, os.path.join(d, "x.raw"), progress=progress)
+        download_disk(own_conn, disk, os.path.join(d, "x.raw"), progress=progress)
     assert os.listdir(d) == []
-    assert conn.disks.get(disk.id).status == "ok"
+    assert own_conn.disks.get(disk.id).status == "ok"

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 
 import pytest
 
-from imagetool.engine import Connection
 from imagetool.engine.wait import wait_until
 from imagetool.errors import TimeoutExpired
 import imagetool.formats as formats
 from imagetool.transfer.download import DownloadOptions, download_disk
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.upload import UploadOptions, upload_disk, upload_disk_result
-from imageio_daemon import scratch_dir
 from helpers import MiB, images_equal, make_raw, qemu_img
 
 SIZE = 8 * MiB
@@ -26,27 +23,10 @@ DATA = [(0, MiB), (3 * MiB + 4096, 512 * 1024), (6 * MiB, MiB)]
 
 
 @pytest.fixture(scope="module")
-def workdir():
-    d = scratch_dir("transfer-restructure-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def conn(workdir):
-    from imagetool.server.local import LocalEngine
-
-    with LocalEngine(os.path.join(workdir, "engine")) as eng:
-        with Connection(eng.url, username=eng.username, password=eng.password,
-                        cafile=eng.cafile) as c:
-            yield c
-
-
-@pytest.fixture(scope="module")
-def images(workdir):
-    raw = os.path.join(workdir, "src.raw")
+def images(module_dir):
+    raw = os.path.join(module_dir, "src.raw")
     make_raw(raw, SIZE, DATA, seed=5)
-    qcow2 = os.path.join(workdir, "src.qcow2")
+    qcow2 = os.path.join(module_dir, "src.qcow2")
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
     return {"raw": raw, "qcow2": qcow2}
 
@@ -79,62 +59,62 @@ def _count_calls(monkeypatch, path: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("kind", ["qcow2", "raw"])
-def test_upload_inspects_and_opens_the_source_once(conn, images, monkeypatch, kind):
+def test_upload_inspects_and_opens_the_source_once(own_conn, images, monkeypatch, kind):
     counts = _count_calls(monkeypatch, images[kind])
-    disk = upload_disk(conn, images[kind], "data", name=f"once-{kind}")
+    disk = upload_disk(own_conn, images[kind], "data", name=f"once-{kind}")
     # One inspection (its probe of the magic included) and one open with
     # the format already known: no detection again.
     assert counts == {"inspect": 1, "open_image": 1, "detect": 0, "probe": 1}
     assert disk.status == "ok"
     monkeypatch.undo()
     out = os.path.join(os.path.dirname(images["raw"]), f"once-{kind}.out")
-    download_disk(conn, disk, out)
+    download_disk(own_conn, disk, out)
     assert images_equal(images["raw"], out, "raw", "raw")
 
 
-def test_options_objects_and_keywords_are_one_thing(conn, images, workdir):
+def test_options_objects_and_keywords_are_one_thing(own_conn, images, module_dir):
     opts = UploadOptions(name="opts-a", workers=2, buffer_size=MiB)
-    a = upload_disk_result(conn, images["qcow2"], "data", opts)
+    a = upload_disk_result(own_conn, images["qcow2"], "data", opts)
     # Keywords given with an options object override its fields.
-    b = upload_disk_result(conn, images["qcow2"], "data", opts, name="opts-b")
+    b = upload_disk_result(own_conn, images["qcow2"], "data", opts, name="opts-b")
     assert (a.name, b.name) == ("opts-a", "opts-b")
     assert (a.disk.format, b.disk.format) == ("cow", "cow")
     assert a.checksum == b.checksum and a.verification.verified
-    out_opts = os.path.join(workdir, "opts.qcow2")
-    out_kw = os.path.join(workdir, "kw.qcow2")
-    r1 = download_disk(conn, a.disk, out_opts, DownloadOptions(format="qcow2", workers=2))
-    r2 = download_disk(conn, a.disk_id, out_kw, format="qcow2", workers=2)
+    out_opts = os.path.join(module_dir, "opts.qcow2")
+    out_kw = os.path.join(module_dir, "kw.qcow2")
+    r1 = download_disk(own_conn, a.disk, out_opts, DownloadOptions(format="qcow2", workers=2))
+    r2 = download_disk(own_conn, a.disk_id, out_kw, format="qcow2", workers=2)
     assert (r1.format, r2.format) == ("qcow2", "qcow2")
     assert images_equal(images["raw"], out_opts, "raw", "qcow2")
     assert images_equal(out_opts, out_kw, "qcow2", "qcow2")
 
 
-def test_unknown_option_keyword_is_a_type_error(conn, images):
+def test_unknown_option_keyword_is_a_type_error(own_conn, images):
     with pytest.raises(TypeError, match="unexpected keyword argument 'wrkers'"):
-        upload_disk(conn, images["raw"], "data", wrkers=2)
+        upload_disk(own_conn, images["raw"], "data", wrkers=2)
     with pytest.raises(TypeError, match="options must be a DownloadOptions"):
-        download_disk(conn, "x", "/nonexistent/x.raw", UploadOptions())
-    assert not [d for d in conn.disks.list() if d.status == "locked"]
+        download_disk(own_conn, "x", "/nonexistent/x.raw", UploadOptions())
+    assert not [d for d in own_conn.disks.list() if d.status == "locked"]
 
 
-def test_keep_on_error_in_the_constructor_pauses_instead_of_cancelling(conn, images):
-    disk = upload_disk(conn, images["raw"], "data", name="keep-on-error")
+def test_keep_on_error_in_the_constructor_pauses_instead_of_cancelling(own_conn, images):
+    disk = upload_disk(own_conn, images["raw"], "data", name="keep-on-error")
     # A disk of the engine's, as --resume finds it after an interrupted upload.
-    session = TransferSession(conn, disk_id=disk.id, direction="upload",
+    session = TransferSession(own_conn, disk_id=disk.id, direction="upload",
                               keep_on_error=True)
     with pytest.raises(RuntimeError, match="boom"):
         with session:
             raise RuntimeError("boom")
-    phase = wait_until(lambda: conn.transfers.get(session.transfer_id).phase,
+    phase = wait_until(lambda: own_conn.transfers.get(session.transfer_id).phase,
                        lambda p: p != "transferring", 30, "the pause")
     assert phase == "paused_user"
     # The kept transfer is reused by a session told so in its constructor.
-    again = TransferSession(conn, disk_id=disk.id, direction="upload",
+    again = TransferSession(own_conn, disk_id=disk.id, direction="upload",
                             reuse_transfer_id=session.transfer_id)
-    conn.transfers.resume(session.transfer_id)
+    own_conn.transfers.resume(session.transfer_id)
     with again:
         assert again.transfer_id == session.transfer_id
-    assert conn.transfers.get(session.transfer_id).phase == "finished_success"
+    assert own_conn.transfers.get(session.transfer_id).phase == "finished_success"
 
 
 def test_wait_until_returns_the_value_that_satisfied_it():
