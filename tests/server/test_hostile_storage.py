@@ -17,6 +17,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from imagetool.phases import TERMINAL
+
 from helpers import MiB, api_json, api_request, put_file, qemu_img, wait_for
 
 SECRET = b"TOP-SECRET-KEY-MATERIAL\n" * 4096       # 96 KiB, recognisable
@@ -50,7 +52,7 @@ def end(engine, t, action="finalize"):
                                   "<action/>", {"Content-Type": "application/xml"})
     assert status == 200, body
     return wait_for(lambda: api_json(engine, "GET", f"imagetransfers/{t['id']}")[1],
-                    lambda t: t["phase"].startswith("finished"))["phase"]
+                    lambda t: t["phase"] in TERMINAL)["phase"]
 
 
 def disk_status(engine, disk_id):

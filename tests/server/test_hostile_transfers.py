@@ -14,6 +14,8 @@ import os
 
 import pytest
 
+from imagetool.phases import TERMINAL
+
 from helpers import ENGINE_PASSWORD as PASSWORD
 from helpers import MiB, api_json, api_request, disks_named, make_random_raw, put_file, wait_for
 from test_hostile_storage import (disk_status, download_raw, end, new_disk,
@@ -102,7 +104,7 @@ def test_restored_cancel_transfer_times_out(restartable, tmp_path):
     engine = restart(restartable)
     for tid in ids:
         t = wait_for(lambda: transfer(engine, tid),
-                     lambda x: x["phase"].startswith("finished"), timeout=90)
+                     lambda x: x["phase"] in TERMINAL, timeout=90)
         assert t["phase"] == "finished_failure"
     assert disk_status(engine, fresh) == 404
     assert disk_status(engine, kept) == "ok"
