@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -95,29 +94,44 @@ def _short(name: str, width: int = 24) -> str:
 def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[Any]:
     """Run ``tasks`` ``jobs`` at a time; results (or exceptions) in order.
 
-    On Ctrl-C every running task is told to stop (through ``bars.stop``),
-    waited for (so each cancels its transfer), then KeyboardInterrupt is
-    raised.
+    On Ctrl-C (or any error while waiting) every running task is told to
+    stop (through ``bars.stop``) and waited for, so each cancels its
+    transfer; then the exception is raised. Threads are our own and listed
+    before they start: a Ctrl-C landing inside a thread pool's bookkeeping
+    could leave a started worker unlisted, and so not waited for.
     """
-    results: list[Any] = [None] * len(tasks)
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = []
+    outcomes: list[Any] = [None] * len(tasks)
+    lock = threading.Lock()
+    queue = iter(range(len(tasks)))
+
+    def worker() -> None:
+        while not bars.stop.is_set():
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                outcomes[i] = tasks[i]()
+            except BaseException as e:      # handed to the caller below
+                outcomes[i] = e
+
+    threads: list[threading.Thread] = []
     try:
-        futures = [pool.submit(t) for t in tasks]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2)
-    except KeyboardInterrupt:
+        for _ in range(max(1, min(jobs, len(tasks)))):
+            t = threading.Thread(target=worker, daemon=True)
+            threads.append(t)
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except BaseException:
         bars.stop.set()
-        for f in futures:
-            f.cancel()
-        pool.shutdown(wait=True)
         raise
     finally:
-        pool.shutdown(wait=True)
-    for i, f in enumerate(futures):
-        exc = f.exception()
-        if isinstance(exc, KeyboardInterrupt):
-            raise exc
-        results[i] = exc if exc is not None else f.result()
-    return results
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+    for outcome in outcomes:
+        if isinstance(outcome, KeyboardInterrupt):
+            raise outcome
+    return outcomes

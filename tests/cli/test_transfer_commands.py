@@ -200,9 +200,11 @@ def test_ctrl_c_stops_every_running_job():
 
     bars = Bars([("a", 1), ("b", 1)], enabled=False)
     stopped = []
+    running = [threading.Event(), threading.Event()]
 
     def task(i):
         cb = bars.callback(i)
+        running[i].set()
         try:
             while True:
                 cb(0)
@@ -211,11 +213,61 @@ def test_ctrl_c_stops_every_running_job():
             stopped.append(i)
             raise
 
-    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    def interrupt():
+        # Once both jobs run, as a user's Ctrl-C would come.
+        if all(e.wait(30) for e in running):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt, daemon=True)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             run_jobs(2, [lambda: task(0), lambda: task(1)], bars)
     finally:
-        timer.cancel()
+        timer.join(30)
+    assert sorted(stopped) == [0, 1]
+
+
+def test_other_signal_error_stops_every_running_job(monkeypatch):
+    """Any exception that ends the wait for jobs, not only Ctrl-C (here a
+    SIGTERM handler raising SystemExit), tells the running jobs to stop
+    rather than waiting for transfers that nothing would end."""
+    import signal
+    import threading
+    import time
+
+    from imagetool.cli.transfer_cmds import Bars, run_jobs
+
+    bars = Bars([("a", 1), ("b", 1)], enabled=False)
+    stopped = []
+    running = [threading.Event(), threading.Event()]
+
+    def task(i):
+        cb = bars.callback(i)
+        running[i].set()
+        deadline = time.monotonic() + 30     # a bound, so a regression fails
+        try:
+            while time.monotonic() < deadline:
+                cb(0)
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            stopped.append(i)
+            raise
+
+    def terminate():
+        if all(e.wait(30) for e in running):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise SystemExit(143)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    sender = threading.Thread(target=terminate, daemon=True)
+    sender.start()
+    try:
+        with pytest.raises(SystemExit):
+            run_jobs(2, [lambda: task(0), lambda: task(1)], bars)
+    finally:
+        sender.join(30)
+        signal.signal(signal.SIGTERM, old)
     assert sorted(stopped) == [0, 1]
