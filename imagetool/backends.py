@@ -20,8 +20,10 @@ top of each stack::
   (raw file, qcow2 reader or writer); only the owner flushes and closes.
 - ``RetryingBackend``: transient data-plane errors are retried on a new
   connection; unflushed writes are re-sent from the source first.
-- ``JournalingBackend``: ranges become "done" in a resume journal once a
-  flush or fsync made them durable.
+- ``FlushingBackend``: flushes every so many bytes, so the server can
+  hash flushed blocks beside the copy (checksum ahead).
+- ``JournalingBackend``: a FlushingBackend whose ranges become "done" in
+  a resume journal once a flush or fsync made them durable.
 - ``PerThread``: each reading thread gets its own ``clone()`` (an
   HttpBackend holds one connection).
 - ``Window``: a backend seen with another length (cut, or padded with a
@@ -288,21 +290,22 @@ class RetryingBackend(Wrapper):
 
 # --- the resume journal ----------------------------------------------------
 
-class JournalingBackend(Wrapper):
-    """Wraps a destination backend; records ranges once they are durable.
+class FlushingBackend(Wrapper):
+    """Wraps a destination backend; flushes it every so many bytes or seconds.
 
-    Writes and zeros are "pending" until ``sync()`` succeeds, then added to
-    the journal. A sync runs every ``flush_bytes`` written or
-    ``flush_seconds`` on this object, and at ``flush()``. ``sync`` defaults
-    to this connection's own ``flush`` (an upload's PATCH flush); downloads
-    pass the local file's fsync, shared by all clones.
+    A sync runs every ``flush_bytes`` written or zeroed or ``flush_seconds``
+    on this object, and at ``flush()``. ``sync`` defaults to this
+    connection's own ``flush`` (an upload's PATCH flush); a shared local
+    file passes its fsync, shared by all clones. A server hashing flushed
+    blocks ahead of a checksum (``imagetool.server.checksum_ahead``) can
+    only hash what a flush made durable: flushing as the copy goes lets it
+    hash beside the copy instead of after it, and a RetryingBackend below
+    keeps fewer unflushed ranges to re-send.
     """
 
-    def __init__(self, inner: Any, journal: Any, *,
-                 sync: Callable[[], None] | None = None,
+    def __init__(self, inner: Any, *, sync: Callable[[], None] | None = None,
                  flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
         super().__init__(inner)
-        self.journal = journal
         self._shared_sync = sync
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
@@ -324,9 +327,12 @@ class JournalingBackend(Wrapper):
             self.inner.flush()
         self._last_sync = time.monotonic()
         if self._pending:
-            self.journal.add_done(self._pending)
+            self._synced(self._pending)
         self._pending = []
         self._pending_bytes = 0
+
+    def _synced(self, ranges: list[tuple[int, int]]) -> None:
+        """Called with the (offset, length) ranges a sync made durable."""
 
     def write(self, offset: int, data: Any) -> None:
         self.inner.write(offset, data)
@@ -337,8 +343,31 @@ class JournalingBackend(Wrapper):
         self._written(offset, length)
 
     def flush(self) -> None:
-        """Make everything durable and record it."""
+        """Make everything durable."""
         self._sync()
+
+    def clone(self) -> "FlushingBackend":
+        return FlushingBackend(self.inner.clone(), sync=self._shared_sync,
+                               flush_bytes=self.flush_bytes,
+                               flush_seconds=self.flush_seconds)
+
+
+class JournalingBackend(FlushingBackend):
+    """A FlushingBackend that records ranges in a resume journal once durable.
+
+    Writes and zeros are "pending" until a sync succeeds, then added to
+    the journal. Downloads pass the local file's fsync as ``sync``.
+    """
+
+    def __init__(self, inner: Any, journal: Any, *,
+                 sync: Callable[[], None] | None = None,
+                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
+        super().__init__(inner, sync=sync, flush_bytes=flush_bytes,
+                         flush_seconds=flush_seconds)
+        self.journal = journal
+
+    def _synced(self, ranges: list[tuple[int, int]]) -> None:
+        self.journal.add_done(ranges)
 
     def clone(self) -> "JournalingBackend":
         return JournalingBackend(self.inner.clone(), self.journal,

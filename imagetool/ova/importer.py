@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any, Callable
 
+from imagetool.backends import FlushingBackend
 from imagetool.engine import codec
 from imagetool.engine.entities import Vm
 from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
@@ -30,6 +31,7 @@ from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
 from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.transfer.journal import flush_bytes_for
 from imagetool.transfer.output import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.verify import (LocalHash, announce_upload_checksum,
@@ -168,7 +170,11 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
             local = LocalHash(lambda: open_disk(ova, d), algorithm=algorithm)
             try:
                 shared = SharedBackend(src, owner=False)
-                stats = copy(shared, resume_mod.retrying(dst, session, shared),
+                # Flushing as an upload does lets the server hash the
+                # blocks for the checksum beside the copy (checksum ahead).
+                out = FlushingBackend(resume_mod.retrying(dst, session, shared),
+                                      flush_bytes=flush_bytes_for(src.size, buffer_size))
+                stats = copy(shared, out,
                              workers=n, request_size=buffer_size, dst_is_zero=sparse,
                              progress=session.progress(progress),
                              cancel_event=session.cancel_event)

@@ -188,8 +188,9 @@ def test_wrappers_live_in_one_module():
                 for n in ast.walk(ast.parse(open(path).read(), path)):
                     if isinstance(n, ast.ClassDef) and n.name.lstrip("_") in (
                             "SharedBackend", "RetryingBackend", "JournalingBackend",
-                            "PerThread", "Window", "Cancellable", "DirectReads"):
+                            "FlushingBackend", "PerThread", "Window", "Cancellable",
+                            "DirectReads"):
                         defined.setdefault(n.name, []).append(os.path.relpath(path, ROOT))
     assert defined == {name: ["backends.py"] for name in (
-        "SharedBackend", "RetryingBackend", "JournalingBackend", "PerThread", "Window",
-        "Cancellable")}
+        "SharedBackend", "RetryingBackend", "JournalingBackend", "FlushingBackend",
+        "PerThread", "Window", "Cancellable")}

@@ -201,3 +201,27 @@ def test_vm_from_ova_configuration_names_disks_by_disk_id(conn, engine, scratch)
     bad = body.replace("<type>ova</type>", "<type>vmx</type>").replace("cfg-vm", "cfg2")
     code, _, text = api_request(engine, "POST", "/ovirt-engine/api/vms", bad)
     assert code == 400 and b"Unknown configuration type" in text
+
+
+def test_import_flushes_as_it_copies(conn, scratch, monkeypatch):
+    # As an upload does: the server can then hash flushed blocks for the
+    # final checksum beside the copy, and a retry re-sends little.
+    from imagetool import import_ova
+    from imagetool.checksum import checksum_file
+    from imagetool.imageio.backend import HttpBackend
+    made = make_vmware_ova(scratch, None)
+    flushes = []
+    real_flush = HttpBackend.flush
+
+    def counting_flush(self):
+        flushes.append(1)
+        return real_flush(self)
+
+    monkeypatch.setattr(HttpBackend, "flush", counting_flush)
+    r = import_ova(conn, made["ova"], SD, name="web-flushed", workers=1,
+                   buffer_size=256 * 1024)
+    [d] = r["disks"]
+    # 1 MiB + 64 KiB of data in 256 KiB requests: a flush after each.
+    assert len(flushes) >= 5
+    assert d["checksum"] == checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
+    conn.vms.remove(r["vm_id"])
