@@ -98,7 +98,7 @@ def test_restored_cancel_transfer_times_out(restartable, tmp_path):
         f.write(os.urandom(4 * MiB))
     ids = []
     for disk_id in (fresh, kept):
-        t = upload_policy(engine, disk_id, "cancel", 30)
+        t = upload_policy(engine, disk_id, "cancel", 8)
         put_file(t["transfer_url"], engine.cafile, src)
         ids.append(t["id"])
     engine = restart(restartable)
