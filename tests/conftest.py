@@ -17,9 +17,23 @@ import shutil
 
 import pytest
 
-from helpers import (ENGINE_PASSWORD, start_faulty_engine, stop_faulty_engine,
-                     transfers_of)
+from helpers import (ENGINE_PASSWORD, sdk_examples_dir, start_faulty_engine,
+                     stop_faulty_engine, transfers_of)
 from imageio_daemon import ImageioDaemon, make_tls_files, scratch_dir
+
+# --- the SDK's example scripts ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sdk_examples():
+    """The ovirt-engine-sdk-python sdist's examples/ directory (see
+    helpers.sdk_examples_dir); tests copy what they run out of it."""
+    pytest.importorskip("ovirtsdk4")
+    found = sdk_examples_dir()
+    if found is None:
+        pytest.skip(sdk_examples_dir.why)
+    return found
+
 
 # --- scratch space and the reference imageio daemon ----------------------------
 

@@ -485,3 +485,56 @@ def sdk_download(connection, engine, dst, disk_id=None, snapshot_id=None):
     client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
     sdk_finalize(connection, t)
     return dst
+
+
+# --- the ovirt-engine-sdk-python examples ----------------------------------------
+
+SDK_SDIST = "ovirt-engine-sdk-python"
+
+
+def sdk_examples_dir() -> str | None:
+    """The ``examples/`` directory of the installed SDK version's sdist, or None.
+
+    The examples are never kept in this repository: pip fetches the sdist
+    into a cache ($IMAGETOOL_SDK_CACHE, else ``~/.cache/imagetool-tests``)
+    once. A file lock makes parallel test workers (pytest -n) wait for the
+    one that fetches, and the directory appears under its final name only
+    when fully extracted. None (with the reason in ``sdk_examples_dir.why``)
+    when pip cannot fetch it.
+    """
+    import fcntl
+    import glob
+    import shutil
+    import tarfile
+    import tempfile
+    from ovirtsdk4.version import VERSION
+    cache = os.environ.get("IMAGETOOL_SDK_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "imagetool-tests")
+    os.makedirs(cache, exist_ok=True)
+    final = os.path.join(cache, f"sdk-{VERSION}-examples")
+    with open(os.path.join(cache, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(final):
+            return final
+        pattern = os.path.join(cache, f"ovirt*engine*sdk*python-{VERSION}.tar.gz")
+        if not glob.glob(pattern):
+            res = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 "--disable-pip-version-check", f"{SDK_SDIST}=={VERSION}", "-d", cache],
+                capture_output=True, text=True, timeout=300)
+            if res.returncode != 0 or not glob.glob(pattern):
+                sdk_examples_dir.why = (f"pip cannot fetch the {SDK_SDIST} {VERSION} sdist: "
+                                        f"{(res.stderr or res.stdout).strip()[-300:]}")
+                return None
+        tmp = tempfile.mkdtemp(dir=cache, prefix=".extract-")
+        try:
+            with tarfile.open(glob.glob(pattern)[0]) as tar:
+                members = [m for m in tar.getmembers()
+                           if "/examples/" in m.name and m.isreg() and ".." not in m.name]
+                tar.extractall(tmp, members=members, filter="data")
+            found = glob.glob(os.path.join(tmp, "*", "examples"))
+            assert found, "the sdist has no examples/ directory"
+            os.rename(found[0], final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final

@@ -6,21 +6,19 @@ own: the files they write must be a qcow2 chain whose guest data at each
 point is the disk's as the engine checksummed it then.
 
 The example comes from the ``ovirt-engine-sdk-python`` sdist, fetched with
-pip at test time into a cache ($IMAGETOOL_SDK_CACHE, else a temporary
-directory) and never kept in this repository; without the registry the
+pip at test time into a cache ($IMAGETOOL_SDK_CACHE, else ~/.cache;
+the sdk_examples fixture) and never kept in this repository; without the registry the
 tests are skipped with the reason.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 
 import pytest
@@ -37,40 +35,14 @@ client = pytest.importorskip("ovirt_imageio.client")
 
 pytestmark = pytest.mark.slow
 
-SDIST = "ovirt-engine-sdk-python"
 ALG = "sha256"
 
 
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    """The sdist's examples/ directory (same version as the installed SDK)."""
-    from ovirtsdk4.version import VERSION
-    cache = os.environ.get("IMAGETOOL_SDK_CACHE") or str(tmp_path_factory.mktemp("sdk-cache"))
-    os.makedirs(cache, exist_ok=True)
-    pattern = os.path.join(cache, f"ovirt*engine*sdk*python-{VERSION}.tar.gz")
-    if not glob.glob(pattern):
-        res = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", f"{SDIST}=={VERSION}", "-d", cache],
-            capture_output=True, text=True, timeout=300)
-        if res.returncode != 0 or not glob.glob(pattern):
-            pytest.skip(f"pip cannot fetch the {SDIST} {VERSION} sdist (its examples are not "
-                        f"in this repository): {res.stderr.strip()[-300:]}")
-    out = tmp_path_factory.mktemp("sdk")
-    with tarfile.open(glob.glob(pattern)[0]) as tar:
-        members = [m for m in tar.getmembers()
-                   if "/examples/" in m.name and m.isreg() and ".." not in m.name]
-        tar.extractall(out, members=members, filter="data")
-    found = glob.glob(str(out / "*" / "examples"))
-    assert found, "the sdist has no examples/ directory"
-    return found[0]
-
-
 @pytest.fixture
-def backup_vm(examples, engine, tmp_path):
+def backup_vm(sdk_examples, engine, tmp_path):
     """Run ``backup_vm.py ARGS`` with the engine's settings; returns stdout."""
     run_dir = tmp_path / "examples"
-    shutil.copytree(examples, run_dir)
+    shutil.copytree(sdk_examples, run_dir)
     home = tmp_path / "home"
     (home / ".config").mkdir(parents=True)
     base = engine.url[:-len("/ovirt-engine/api")]

@@ -20,7 +20,6 @@ import pytest
 
 from helpers import ENGINE_PASSWORD, MiB, api_request, wait_for
 from ova_fixtures import SD, connect, make_sources, make_vm, second_engine
-from test_ova_sdk_example import _examples
 
 
 def _export(engine, vm_id, directory, filename=None, host="local"):
@@ -191,10 +190,9 @@ class _Served:
 
 
 @pytest.mark.slow
-def test_sdk_example_exports_ova_that_imports(tmp_path):
+def test_sdk_example_exports_ova_that_imports(tmp_path, sdk_examples):
     pytest.importorskip("ovirtsdk4")
     from imagetool.transfer.disk_checksum import disk_checksum
-    examples = _examples()
     export_dir = tmp_path / "exports"
     export_dir.mkdir()
     pw = tmp_path / "password"
@@ -207,7 +205,7 @@ def test_sdk_example_exports_ova_that_imports(tmp_path):
             vm, disks = make_vm(conn, make_sources(str(tmp_path), size=4 * MiB), "exvm")
             before = {d.id: disk_checksum(conn, d.id) for d in disks.values()}
 
-        text = open(os.path.join(examples, "export_vm_as_ova.py")).read()
+        text = open(os.path.join(sdk_examples, "export_vm_as_ova.py")).read()
         for old, new in (("url='https://engine40.example.com/ovirt-engine/api'",
                           f"url={served.url!r}"),
                          ("password='redhat123'", f"password={ENGINE_PASSWORD!r}"),

@@ -9,11 +9,9 @@ written here under a temporary HOME.
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
@@ -21,31 +19,7 @@ from helpers import ENGINE_PASSWORD
 from ova_fixtures import SD, connect, make_sources, make_vm, second_engine
 
 pytestmark = pytest.mark.slow
-CACHE = os.environ.get("IMAGETOOL_TEST_CACHE",
-                       os.path.join(os.path.expanduser("~"), ".cache", "imagetool-tests"))
 
-
-def _examples() -> str:
-    """The sdist's examples directory, downloaded once into CACHE."""
-    found = sorted(glob.glob(os.path.join(CACHE, "ovirt_engine_sdk_python-*", "examples")))
-    if found:
-        return found[-1]
-    os.makedirs(CACHE, exist_ok=True)
-    p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                        ":all:", "ovirt-engine-sdk-python", "-d", CACHE],
-                       capture_output=True, text=True, timeout=300)
-    sdists = sorted(glob.glob(os.path.join(CACHE, "ovirt_engine_sdk_python-*.tar.gz")))
-    if p.returncode != 0 or not sdists:
-        pytest.skip(f"pip could not fetch the ovirt-engine-sdk-python sdist: "
-                    f"{(p.stderr or p.stdout).strip()[-300:]}")
-    with tarfile.open(sdists[-1]) as t:
-        t.extractall(CACHE, members=[m for m in t.getmembers()
-                                     if "/examples/" in m.name and m.isfile()],
-                     filter="data")
-    found = sorted(glob.glob(os.path.join(CACHE, "ovirt_engine_sdk_python-*", "examples")))
-    if not found:
-        pytest.skip("the sdist has no examples directory")
-    return found[-1]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +31,12 @@ def target(tmp_path_factory):
         eng.stop()
 
 
-def test_sdk_example_imports_our_ova(conn, target, scratch):
+def test_sdk_example_imports_our_ova(conn, target, scratch, sdk_examples):
     pytest.importorskip("lxml")
     pytest.importorskip("ovirtsdk4")
     pytest.importorskip("ovirt_imageio.client")
     from imagetool import export_ova
     from imagetool.transfer.disk_checksum import disk_checksum
-    examples = _examples()
     sources = make_sources(scratch, size=4 << 20)
     vm, disks = make_vm(conn, sources, "sdk-vm")
     ova = os.path.join(scratch, "sdk.ova")
@@ -80,7 +53,7 @@ def test_sdk_example_imports_our_ova(conn, target, scratch):
     p = subprocess.run([sys.executable, "upload_ova_as_vm_or_template.py", "-c", "local",
                         "--sd-name", SD, "--cluster-name", "Default",
                         "--logfile", os.path.join(scratch, "example.log"), ova],
-                       cwd=examples, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=sdk_examples, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     with connect(target) as conn2:
         [new_vm] = [v for v in conn2.vms.list() if v.name == "sdk-vm"]

@@ -3,7 +3,7 @@ engine: only their connection settings and object names are substituted.
 
 The examples come from the ``ovirt-engine-sdk-python`` sdist (its
 ``examples/`` directory), fetched with pip at test time into a cache
-directory ($IMAGETOOL_SDK_CACHE, else the pytest temporary directory) and
+directory (the sdk_examples fixture: $IMAGETOOL_SDK_CACHE, else ~/.cache) and
 never kept in this repository. Each runs with ``sys.executable`` in its own
 directory (the helpers-based ones read ``~/.config/ovirt.conf``, written
 into a temporary $HOME); the test then judges the effect on the engine.
@@ -11,14 +11,12 @@ into a temporary $HOME); the test then judges the effect on the engine.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -37,33 +35,6 @@ client = pytest.importorskip("ovirt_imageio.client")
 
 pytestmark = pytest.mark.slow
 
-SDIST = "ovirt-engine-sdk-python"
-
-
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    """The sdist's examples/ directory (same version as the installed SDK)."""
-    from ovirtsdk4.version import VERSION
-    cache = os.environ.get("IMAGETOOL_SDK_CACHE") or str(tmp_path_factory.mktemp("sdk-cache"))
-    os.makedirs(cache, exist_ok=True)
-    found = glob.glob(os.path.join(cache, f"ovirt*engine*sdk*python-{VERSION}.tar.gz"))
-    if not found:
-        res = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", f"{SDIST}=={VERSION}", "-d", cache],
-            capture_output=True, text=True, timeout=300)
-        found = glob.glob(os.path.join(cache, f"ovirt*engine*sdk*python-{VERSION}.tar.gz"))
-        if res.returncode != 0 or not found:
-            pytest.skip(f"pip cannot fetch the {SDIST} {VERSION} sdist (its examples are not "
-                        f"in this repository): {res.stderr.strip()[-300:]}")
-    out = tmp_path_factory.mktemp("sdk")
-    with tarfile.open(found[0]) as tar:
-        members = [m for m in tar.getmembers()
-                   if "/examples/" in m.name and m.isreg() and ".." not in m.name]
-        tar.extractall(out, members=members, filter="data")
-    found = glob.glob(str(out / "*" / "examples"))
-    assert found, "the sdist has no examples/ directory"
-    return found[0]
 
 
 def sub(text: str, old: str, new: str) -> str:
@@ -108,8 +79,8 @@ class Runner:
 
 
 @pytest.fixture
-def runner(examples, engine, tmp_path):
-    return Runner(examples, engine, tmp_path)
+def runner(sdk_examples, engine, tmp_path):
+    return Runner(sdk_examples, engine, tmp_path)
 
 
 
