@@ -23,10 +23,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
-from imagetool.server.rest import backups as backups_rest
-from imagetool.server.rest import codec
-from imagetool.server.rest import (datacenters, disks, exportdomain, hosts, imagetransfers,
-                                   jobs, root, storagedomains, templates, vms)
+from imagetool.server.rest import codec, root
+from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
@@ -94,11 +92,10 @@ def _try_lock(path: str):
 
 
 def build_router() -> Router:
-    """All services of the local engine."""
+    """All services of the local engine: the rows of ``rest/routes.py``, in order."""
     router = Router()
-    for module in (root, storagedomains, disks, hosts, jobs, imagetransfers, vms,
-                   datacenters, exportdomain, backups_rest, templates):
-        module.register(router)
+    for method, pattern, handler in ROUTES:
+        router.add(method, pattern, handler)
     return router
 
 

@@ -13,7 +13,10 @@ import pytest
 
 from helpers import (ENGINE_PASSWORD, MiB, api_json, api_request, make_pattern_image,
                      put_file, qemu_img, wait_for)
+from imagetool.server.app import build_router
 from imagetool.server.local import LocalEngine
+from imagetool.server.rest import imagetransfers
+from imagetool.server.rest.routes import ROUTES
 
 
 def xml(body: bytes) -> ET.Element:
@@ -265,6 +268,18 @@ def test_unknown_entity_path_and_unimplemented_service(engine):
     status, reason, detail = fault(api_request(engine, "POST", "disks/x/reduce", "<action/>"))
     assert status == 501 and "reduce" in detail
 
+
+def test_route_table_rows_are_unique_and_every_transfer_action_is_routed():
+    # routes.py is the one table of the REST API: a repeated (method, path)
+    # row would be dead (the first wins), and every action the transfer
+    # entity links to must reach its own handler.
+    rows = [(method, path) for method, path, _ in ROUTES]
+    assert len(rows) == len(set(rows))
+    router = build_router()
+    tid = "00000000-0000-0000-0000-00000000abcd"
+    for name in imagetransfers.ACTIONS:
+        handler, params = router.route("POST", f"/imagetransfers/{tid}/{name}")
+        assert handler.__name__ == f"{name}_transfer" and params == {"tid": tid}
 
 def test_locked_disk_refuses_conflicting_operations(engine):
     disk_id = new_disk(engine, "locked")

@@ -8,7 +8,7 @@ from imagetool.server import backups as bk
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.common import action_links, get_or_404, iso_date, ref, sub_links
-from imagetool.server.rest.router import ApiError, Reply, Request, Router, conflict, not_found
+from imagetool.server.rest.router import ApiError, Reply, Request, conflict, not_found
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
 
 
@@ -145,16 +145,3 @@ def remove_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
             raise conflict("remove checkpoint", "A backup of the VM is running.")
         bk.remove_checkpoint(engine, cp)
     return Reply(status=200)
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/vms/{vm_id}/backups", list_backups)
-    router.add("POST", "/vms/{vm_id}/backups", add_backup)
-    router.add("GET", "/vms/{vm_id}/backups/{bid}", get_backup)
-    router.add("GET", "/vms/{vm_id}/backups/{bid}/disks", backup_disks)
-    router.add("POST", "/vms/{vm_id}/backups/{bid}/finalize", finalize_backup)
-    router.add("GET", "/vms/{vm_id}/checkpoints", list_checkpoints)
-    router.add("GET", "/vms/{vm_id}/checkpoints/{cid}", get_checkpoint)
-    router.add("GET", "/vms/{vm_id}/checkpoints/{cid}/disks", checkpoint_disks)
-    router.add("DELETE", "/vms/{vm_id}/checkpoints/{cid}", remove_checkpoint)

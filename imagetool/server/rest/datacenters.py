@@ -12,7 +12,7 @@ from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, get_or_404,
                                           record_job, search_filter, sub_links)
-from imagetool.server.rest.router import Reply, Request, Router, conflict, missing, not_found
+from imagetool.server.rest.router import Reply, Request, conflict, missing, not_found
 from imagetool.server.rest.storagedomains import check_no_disks, is_attached, sd_repr
 
 
@@ -186,19 +186,3 @@ def list_dc_clusters(req: Request, dc_id: str) -> Reply:
 def get_dc_cluster(req: Request, dc_id: str, cluster_id: str) -> Reply:
     _dc(req, dc_id)
     return get_cluster(req, cluster_id)
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/datacenters/{dc_id}/storagedomains", list_dc_sds)
-    router.add("POST", "/datacenters/{dc_id}/storagedomains", attach_sd)
-    router.add("GET", "/datacenters/{dc_id}/storagedomains/{sd_id}", get_dc_sd)
-    router.add("DELETE", "/datacenters/{dc_id}/storagedomains/{sd_id}", detach_sd)
-    router.add("POST", "/datacenters/{dc_id}/storagedomains/{sd_id}/activate", activate_sd)
-    router.add("POST", "/datacenters/{dc_id}/storagedomains/{sd_id}/deactivate", deactivate_sd)
-    router.add("GET", "/datacenters/{dc_id}/clusters", list_dc_clusters)
-    router.add("GET", "/datacenters/{dc_id}/clusters/{cluster_id}", get_dc_cluster)
-    router.add("GET", "/datacenters", list_dcs)
-    router.add("GET", "/datacenters/{dc_id}", get_dc)
-    router.add("GET", "/clusters", list_clusters)
-    router.add("GET", "/clusters/{cluster_id}", get_cluster)

@@ -11,7 +11,7 @@ from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, get_stored, list_stored,
                                           record_job, ref, sub_links)
-from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
@@ -445,18 +445,3 @@ def get_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
         raise not_found(f"disk snapshot '{vol_id}'")
     return Reply(tag="disk_snapshot",
                  body=snapshot_repr(req, vol, req.href("disks", disk_id, "disksnapshots")))
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/disks", list_disks)
-    router.add("POST", "/disks", add_disk)
-    router.add("GET", "/disks/{disk_id}", get_disk)
-    router.add("PUT", "/disks/{disk_id}", update_disk)
-    router.add("DELETE", "/disks/{disk_id}", remove_disk)
-    router.add("POST", "/disks/{disk_id}/copy", copy_disk)
-    router.add("POST", "/disks/{disk_id}/move", move_disk)
-    router.add("POST", "/disks/{disk_id}/sparsify", sparsify_disk)
-    router.add("GET", "/disks/{disk_id}/disksnapshots", list_disk_snapshots)
-    router.add("GET", "/disks/{disk_id}/disksnapshots/{vol_id}", get_disk_snapshot)
-    router.add("DELETE", "/disks/{disk_id}/disksnapshots/{vol_id}", remove_disk_snapshot)

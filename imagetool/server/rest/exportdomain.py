@@ -28,7 +28,7 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
                                           get_or_404, record_job, ref, sub_links)
 from imagetool.server.rest.ovaexport import export_to_path
 from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
-from imagetool.server.rest.router import (Reply, Request, Router, conflict, missing,
+from imagetool.server.rest.router import (Reply, Request, conflict, missing,
                                           not_found)
 from imagetool.server.rest.validate import check_text
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
@@ -450,16 +450,3 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
     record_job(engine, f"Importing VM {name} from Export Domain {src_sd['name']}",
                [f"Copying disk {d['alias']}" for d in p["disks"].values()])
     return Reply(tag="action", body={"status": "complete", "vm": vm_repr(req, vm)})
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("POST", "/vms/{vm_id}/export", export_vm)
-    router.add("GET", "/storagedomains/{sd_id}/vms", list_sd_vms)
-    router.add("GET", "/storagedomains/{sd_id}/vms/{vm_id}", get_sd_vm)
-    router.add("DELETE", "/storagedomains/{sd_id}/vms/{vm_id}", remove_sd_vm)
-    router.add("POST", "/storagedomains/{sd_id}/vms/{vm_id}/import", import_vm)
-    router.add("GET", "/storagedomains/{sd_id}/vms/{vm_id}/diskattachments",
-               list_sd_vm_attachments)
-    router.add("GET", "/storagedomains/{sd_id}/vms/{vm_id}/diskattachments/{disk_id}",
-               get_sd_vm_attachment)

@@ -9,7 +9,7 @@ as it would over the hosts of a real data center.
 from __future__ import annotations
 
 from imagetool.server.rest.common import action_links, search_filter, sub_links
-from imagetool.server.rest.router import Reply, Request, Router, not_found
+from imagetool.server.rest.router import Reply, Request, not_found
 
 
 def host_repr(req: Request, host: dict) -> dict:
@@ -55,9 +55,3 @@ def list_hosts(req: Request) -> Reply:
 
 def get_host(req: Request, host_id: str) -> Reply:
     return Reply(tag="host", body=host_repr(req, find_host(req, host_id, None)))
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/hosts", list_hosts)
-    router.add("GET", "/hosts/{host_id}", get_host)

@@ -10,7 +10,7 @@ from imagetool.server.rest.common import (action_links, get_or_404, get_stored, 
                                           ref)
 from imagetool.server.rest.disks import check_usable
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import (ApiError, Reply, Request, Router, bad_request,
+from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request,
                                           conflict, missing, not_found)
 from imagetool.server.transfers import POLICIES, TransferConflict
 
@@ -169,10 +169,9 @@ def _action(name: str):
     return handler
 
 
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/imagetransfers", list_transfers)
-    router.add("POST", "/imagetransfers", add_transfer)
-    router.add("GET", "/imagetransfers/{tid}", get_transfer)
-    for name in ACTIONS:
-        router.add("POST", f"/imagetransfers/{{tid}}/{name}", _action(name))
+# One handler per action in ACTIONS, named for the routes table (routes.py).
+cancel_transfer = _action("cancel")
+extend_transfer = _action("extend")
+finalize_transfer = _action("finalize")
+pause_transfer = _action("pause")
+resume_transfer = _action("resume")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imagetool.server.rest.common import get_or_404, get_stored, iso_date, list_stored, sub_links
-from imagetool.server.rest.router import Reply, Request, Router, not_found
+from imagetool.server.rest.router import Reply, Request, not_found
 
 
 def job_repr(req: Request, job: dict) -> dict:
@@ -50,11 +50,3 @@ def get_step(req: Request, job_id: str, step_id: str) -> Reply:
         if s["id"] == step_id:
             return Reply(tag="step", body=step_repr(req, job, s))
     raise not_found(f"step '{step_id}'")
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/jobs", list_jobs)
-    router.add("GET", "/jobs/{job_id}", get_job)
-    router.add("GET", "/jobs/{job_id}/steps", list_steps)
-    router.add("GET", "/jobs/{job_id}/steps/{step_id}", get_step)

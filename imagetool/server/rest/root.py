@@ -10,7 +10,7 @@ import threading
 import time
 
 from imagetool.server.rest.common import iso_date
-from imagetool.server.rest.router import Reply, Request, Router
+from imagetool.server.rest.router import Reply, Request
 
 _COLLECTIONS = ("clusters", "datacenters", "disks", "events", "hosts", "imagetransfers",
                 "jobs", "networks", "storagedomains", "templates", "users", "vms")
@@ -193,8 +193,3 @@ class Auth:
             return 401, {"error_code": "invalid_grant", "error": "Token is not valid"}
         return 200, {"active": True, "user_id": self.USERNAME, "scope": "ovirt-app-api",
                      "exp": str(int(exp * 1000)), "token_type": "bearer"}
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "", api_root)

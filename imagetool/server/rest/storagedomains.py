@@ -20,7 +20,7 @@ from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
                                           record_job, search_filter, sub_links)
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text, shown
 from imagetool.server.storage import new_id
@@ -218,17 +218,3 @@ def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
     if vol["sd_id"] != sd_id:
         raise not_found(f"disk snapshot '{vol_id}'")
     return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/storagedomains", list_sds)
-    router.add("POST", "/storagedomains", add_sd)
-    router.add("GET", "/storagedomains/{sd_id}", get_sd)
-    router.add("DELETE", "/storagedomains/{sd_id}", remove_sd)
-    router.add("DELETE", "/storagedomains/{sd_id}/disksnapshots/{vol_id}", remove_sd_snapshot)
-    router.add("GET", "/storagedomains/{sd_id}/disks", list_sd_disks)
-    router.add("POST", "/storagedomains/{sd_id}/disks", add_sd_disk)
-    router.add("GET", "/storagedomains/{sd_id}/disks/{disk_id}", get_sd_disk)
-    router.add("GET", "/storagedomains/{sd_id}/disksnapshots", list_sd_snapshots)
-    router.add("GET", "/storagedomains/{sd_id}/disksnapshots/{vol_id}", get_sd_snapshot)

@@ -18,7 +18,7 @@ from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, iso_date, record_job, ref,
                                           search_filter, sub_links)
 from imagetool.server.rest.ovf import BLANK, ovf_disk_ids
-from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
 from imagetool.server.storage import new_id
@@ -193,13 +193,3 @@ def get_attachment(req: Request, template_id: str, disk_id: str) -> Reply:
         if a["disk_id"] == disk_id:
             return Reply(tag="disk_attachment", body=attachment_repr(req, t, a))
     raise not_found(f"disk attachment '{disk_id}'")
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/templates", list_templates)
-    router.add("POST", "/templates", add_template)
-    router.add("GET", "/templates/{template_id}", get_template)
-    router.add("DELETE", "/templates/{template_id}", remove_template)
-    router.add("GET", "/templates/{template_id}/diskattachments", list_attachments)
-    router.add("GET", "/templates/{template_id}/diskattachments/{disk_id}", get_attachment)

@@ -16,7 +16,7 @@ from imagetool.server.rest.ovf import BLANK, build_ovf, ovf_disk_ids
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, iso_date, record_job, ref,
                                           search_filter, sub_links)
-from imagetool.server.rest.router import (Reply, Request, Router, bad_request, conflict,
+from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
 from imagetool.server.storage import new_id
@@ -661,26 +661,3 @@ def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
         if body is not None:
             out.append(body)
     return Reply(tag="disks", body=out)
-
-
-def register(router: Router) -> None:
-    """Add this module's routes."""
-    router.add("GET", "/vms", list_vms)
-    router.add("POST", "/vms", add_vm)
-    router.add("GET", "/vms/{vm_id}", get_vm)
-    router.add("DELETE", "/vms/{vm_id}", remove_vm)
-    router.add("GET", "/vms/{vm_id}/diskattachments", list_attachments)
-    router.add("POST", "/vms/{vm_id}/diskattachments", add_attachment)
-    router.add("GET", "/vms/{vm_id}/diskattachments/{disk_id}", get_attachment)
-    router.add("DELETE", "/vms/{vm_id}/diskattachments/{disk_id}", remove_attachment)
-    router.add("GET", "/vms/{vm_id}/snapshots", list_snapshots)
-    router.add("POST", "/vms/{vm_id}/snapshots", add_snapshot)
-    router.add("GET", "/vms/{vm_id}/snapshots/{snap_id}", get_snapshot)
-    router.add("DELETE", "/vms/{vm_id}/snapshots/{snap_id}", remove_snapshot)
-    router.add("POST", "/vms/{vm_id}/snapshots/{snap_id}/restore", restore_snapshot)
-    router.add("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks", list_snapshot_disks)
-    router.add("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks/{disk_id}", get_snapshot_disk)
-    router.add("PUT", "/vms/{vm_id}/diskattachments/{disk_id}", update_attachment)
-    router.add("POST", "/vms/{vm_id}/previewsnapshot", preview_snapshot)
-    router.add("POST", "/vms/{vm_id}/commitsnapshot", commit_snapshot)
-    router.add("POST", "/vms/{vm_id}/undosnapshot", undo_snapshot)
