@@ -108,6 +108,22 @@ def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
     return Reply(tag=tag, body=to_repr(req, get_or_404(req, kind, id, label)))
 
 
+def list_members(req: Request, owner: dict, field: str, tag: str,
+                 to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
+    """GET on a collection stored inside its owner entity (a VM's or a
+    template's disk attachments, a job's steps), in stored order."""
+    return Reply(tag=tag, body=[to_repr(req, owner, m) for m in owner.get(field, [])])
+
+
+def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: str, tag: str,
+               to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
+    """GET on one member of such a collection: the one whose ``key`` is
+    ``id``, or a 404 fault naming it."""
+    for m in owner.get(field, []):
+        if m[key] == id:
+            return Reply(tag=tag, body=to_repr(req, owner, m))
+    raise not_found(f"{label} '{id}'")
+
 def record_job(engine: Any, description: str, steps: Iterable[str],
                status: str = "finished", start: float | None = None) -> dict:
     """Store a finished job with one step per name (jobs service)."""

@@ -248,6 +248,13 @@ def delete_disk_files(engine, disk: dict) -> None:
     engine.storage.remove_disk(disk["sd_id"], disk["id"])
 
 
+def attached_disks(engine, owner: dict) -> list[dict]:
+    """The stored disks a VM or template has attachments to, in attachment
+    order; an attachment whose disk is gone is passed over."""
+    disks = [engine.store.get("disk", a["disk_id"]) for a in owner.get("attachments", [])]
+    return [d for d in disks if d is not None]
+
+
 def remove_disk(req: Request, disk_id: str) -> Reply:
     """DELETE /disks/{id}: refused while locked or attached to a VM."""
     engine = req.engine

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from imagetool.server.rest.common import get_or_404, get_stored, iso_date, list_stored, sub_links
-from imagetool.server.rest.router import Reply, Request, not_found
+from imagetool.server.rest.common import (get_member, get_or_404, get_stored, iso_date,
+                                          list_members, list_stored, sub_links)
+from imagetool.server.rest.router import Reply, Request
 
 
 def job_repr(req: Request, job: dict) -> dict:
@@ -40,13 +41,9 @@ def get_job(req: Request, job_id: str) -> Reply:
 
 
 def list_steps(req: Request, job_id: str) -> Reply:
-    job = get_or_404(req, "job", job_id, "job")
-    return Reply(tag="steps", body=[step_repr(req, job, s) for s in job.get("steps", [])])
+    return list_members(req, get_or_404(req, "job", job_id, "job"), "steps", "steps", step_repr)
 
 
 def get_step(req: Request, job_id: str, step_id: str) -> Reply:
-    job = get_or_404(req, "job", job_id, "job")
-    for s in job.get("steps", []):
-        if s["id"] == step_id:
-            return Reply(tag="step", body=step_repr(req, job, s))
-    raise not_found(f"step '{step_id}'")
+    return get_member(req, get_or_404(req, "job", job_id, "job"), "steps", "id", step_id,
+                      "step", "step", step_repr)

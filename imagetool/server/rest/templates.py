@@ -15,8 +15,8 @@ import time
 
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, iso_date, record_job, ref,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, get_member, iso_date, list_members,
+                                          record_job, ref, search_filter, sub_links)
 from imagetool.server.rest.ovf import BLANK, ovf_disk_ids
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
@@ -169,27 +169,21 @@ def remove_template(req: Request, template_id: str) -> Reply:
         raise conflict("remove Template", "The Blank template cannot be removed.")
     with engine.store.transaction():
         t = _find(req, template_id)
-        disks = [engine.store.get("disk", a["disk_id"]) for a in t.get("attachments", [])]
+        disks = disks_mod.attached_disks(engine, t)
         for d in disks:
-            if d is not None:
-                disks_mod.check_usable(d, "remove Template")
+            disks_mod.check_usable(d, "remove Template")
         engine.store.delete("template", template_id)
         for d in disks:
-            if d is not None:
-                disks_mod.delete_disk_files(engine, d)
+            disks_mod.delete_disk_files(engine, d)
     record_job(engine, f"Removing Template {t['name']}", ["Removing template"])
     return Reply(status=200)
 
 
 def list_attachments(req: Request, template_id: str) -> Reply:
-    t = _find(req, template_id)
-    return Reply(tag="disk_attachments",
-                 body=[attachment_repr(req, t, a) for a in t.get("attachments", [])])
+    return list_members(req, _find(req, template_id), "attachments", "disk_attachments",
+                        attachment_repr)
 
 
 def get_attachment(req: Request, template_id: str, disk_id: str) -> Reply:
-    t = _find(req, template_id)
-    for a in t.get("attachments", []):
-        if a["disk_id"] == disk_id:
-            return Reply(tag="disk_attachment", body=attachment_repr(req, t, a))
-    raise not_found(f"disk attachment '{disk_id}'")
+    return get_member(req, _find(req, template_id), "attachments", "disk_id", disk_id,
+                      "disk attachment", "disk_attachment", attachment_repr)

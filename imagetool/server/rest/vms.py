@@ -14,8 +14,9 @@ import time
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.ovf import BLANK, build_ovf, ovf_disk_ids
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_or_404, iso_date, record_job, ref,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
+                                          list_members, record_job, ref, search_filter,
+                                          sub_links)
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
@@ -278,8 +279,7 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
     engine = req.engine
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
-        disks = [engine.store.get("disk", a["disk_id"]) for a in vm.get("attachments", [])]
-        disks = [d for d in disks if d is not None]
+        disks = disks_mod.attached_disks(engine, vm)
         for d in disks:
             if d["status"] == "locked":
                 disks_mod.check_usable(d, "remove VM")
@@ -296,17 +296,13 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
 # --- disk attachments -----------------------------------------------------------
 
 def list_attachments(req: Request, vm_id: str) -> Reply:
-    vm = _find_vm(req, vm_id)
-    return Reply(tag="disk_attachments",
-                 body=[attachment_repr(req, vm, a) for a in vm.get("attachments", [])])
+    return list_members(req, _find_vm(req, vm_id), "attachments", "disk_attachments",
+                        attachment_repr)
 
 
 def get_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    vm = _find_vm(req, vm_id)
-    for a in vm.get("attachments", []):
-        if a["disk_id"] == disk_id:
-            return Reply(tag="disk_attachment", body=attachment_repr(req, vm, a))
-    raise not_found(f"disk attachment '{disk_id}'")
+    return get_member(req, _find_vm(req, vm_id), "attachments", "disk_id", disk_id,
+                      "disk attachment", "disk_attachment", attachment_repr)
 
 
 def add_attachment(req: Request, vm_id: str) -> Reply:
