@@ -23,11 +23,9 @@ from imagetool.errors import ChecksumMismatch
 from imagetool.formats import open_image
 from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
-from imagetool.transfer.copier import CopyCancelled
 from imagetool.transfer.session import TransferSession
-from imagetool.transfer.urls import write_file
+from imagetool.transfer.urls import write_session_file
 from imagetool.transfer.verify import pick_algorithm, remote_checksum, verify_download
-from imagetool.errors import TransferError
 
 
 class _View:
@@ -107,15 +105,9 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
         context = "dirty" if dirty else "zero"
         exts = list(src.extents(context))
         view = _View(src, exts)
-        try:
-            stats = write_file(view, out, format="qcow2", workers=workers,
-                               progress=session.progress(progress),
-                               cancel_event=session.cancel_event,
-                               backing_file=backing,
-                               backing_format="qcow2" if backing else None)
-        except CopyCancelled:
-            raise TransferError(f"download of disk {disk_id} stopped: "
-                                f"{session.stop_reason or 'cancelled'}") from None
+        stats = write_session_file(session, view, out, f"download of disk {disk_id}",
+                                   format="qcow2", workers=workers, progress=progress,
+                                   backing_file=backing)
         # The file is complete: its SHA-256 (the manifest's) is taken while
         # the block digests and the engine's checksum are, not after them.
         file_hash: dict = {}

@@ -183,8 +183,8 @@ def _export_disk(conn: Any, disk: Any, part: str, fd: int, data_off: int, *,
                          progress=session.progress(progress),
                          cancel_event=session.cancel_event)
         except CopyCancelled:
-            raise ImagetoolError(f"export of disk {disk.name or disk.id} stopped: "
-                                 f"{session.stop_reason or 'cancelled'}") from None
+            raise session.stopped(f"export of disk {disk.name or disk.id}",
+                                  ImagetoolError) from None
         finally:
             dst.close()
         length = cut_member(fd, data_off)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from imagetool.backends import FlushingBackend
 from imagetool.engine import codec
 from imagetool.engine.entities import Vm
-from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
+from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid
 from imagetool.ova.ovf import build_ovirt_ovf
@@ -182,8 +182,7 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
                 mine = local.result()
             except CopyCancelled:
                 local.cancel()
-                raise TransferError(f"upload of {d.member.name} stopped: "
-                                    f"{session.stop_reason or 'cancelled'}") from None
+                raise session.stopped(f"upload of {d.member.name}") from None
             except BaseException:
                 local.cancel()
                 raise

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
-from imagetool.errors import ImagetoolError, TransferError
+from imagetool.errors import ImagetoolError
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 from imagetool.transfer import resume as resume_mod, verify as verifying
@@ -25,7 +25,7 @@ from imagetool.transfer.journal import Journal, JournalingBackend, flush_bytes_f
 from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
 from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
-from imagetool.transfer.urls import TransferResult, write_file
+from imagetool.transfer.urls import TransferResult, write_session_file
 
 __all__ = ["DownloadOptions", "download_disk", "download_disk_result"]
 
@@ -139,8 +139,7 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str,
                          skip_ranges=journal.done, overlap=workers <= 2)
             dst.flush()
         except CopyCancelled:
-            raise TransferError(f"download of {disk.name or disk.id} stopped: "
-                                f"{session.stop_reason or 'cancelled'}") from None
+            raise session.stopped(f"download of {disk.name or disk.id}") from None
         finally:
             shared.close()
         if opts.verify:
@@ -163,16 +162,10 @@ def _download_whole(conn: Any, disk: Any, path: str | os.PathLike, opts: Downloa
             src = resume_mod.retrying(session.open_backend(), session)
             out, fmt = (tmp + ".volume", "raw") if volume_is_qcow2 else (tmp, opts.format)
             backing = None if volume_is_qcow2 else opts.backing_file
-            try:
-                stats = write_file(src, out, format=fmt, workers=opts.workers,
-                                   request_size=opts.buffer_size,
-                                   progress=session.progress(progress),
-                                   cancel_event=session.cancel_event,
-                                   backing_file=backing,
-                                   backing_format="qcow2" if backing else None)
-            except CopyCancelled:
-                raise TransferError(f"download of {disk.name or disk.id} stopped: "
-                                    f"{session.stop_reason or 'cancelled'}") from None
+            stats = write_session_file(session, src, out, f"download of {disk.name or disk.id}",
+                                       format=fmt, workers=opts.workers,
+                                       request_size=opts.buffer_size, progress=progress,
+                                       backing_file=backing)
             if opts.verify:      # before finalize; a mismatch cancels and drops tmp
                 verification = verifying.verify_download(
                     src, out, format=fmt, shallow=bool(backing), what=os.fspath(path))

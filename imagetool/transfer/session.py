@@ -179,6 +179,12 @@ class TransferSession:
                 callback(n)
         return update
 
+    def stopped(self, what: str, error: type[ImagetoolError] = TransferError) -> ImagetoolError:
+        """The error for a copy that this session's cancel event stopped:
+        ``<what> stopped: <reason>``, the system's reason (inactivity, the
+        engine ending the transfer) or else ``cancelled``."""
+        return error(f"{what} stopped: {self.stop_reason or 'cancelled'}")
+
     def finalize(self) -> Any:
         """Finalize and wait for finished_success; return the final transfer.
 

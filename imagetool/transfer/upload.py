@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
 from imagetool.engine.wait import wait_for_disk
-from imagetool.errors import (CorruptImage, ImagetoolError, TransferError,
-                              UnsupportedFeature)
+from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
 from imagetool.formats import ImageInfo, inspect, open_image
 from imagetool.formats.base import Backend
 from imagetool.formats.chain import backing_chain
@@ -229,8 +228,7 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, source_path: str,
                              cancel_event=session.cancel_event,
                              skip_ranges=state.journal.done if state else None)
             except CopyCancelled:
-                raise TransferError(f"upload of {plan.path} stopped: "
-                                    f"{session.stop_reason or 'cancelled'}") from None
+                raise session.stopped(f"upload of {plan.path}") from None
             if opts.verify:
                 verification = verifying.verify_upload(
                     dst, source_path, volume_bytes=plan.volume_bytes,

@@ -20,7 +20,7 @@ from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyStats, copy
+from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyStats, copy
 from imagetool.transfer.output import SharedBackend, atomic_output
 
 Progress = Callable[[int], None]
@@ -120,6 +120,26 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     finally:
         shared.close()
     return stats
+
+
+def write_session_file(session: Any, src: Backend, out: str, what: str, *, format: str,
+                       workers: int, request_size: int = DEFAULT_REQUEST_SIZE,
+                       progress: Progress | None = None,
+                       backing_file: str | None = None) -> CopyStats:
+    """:func:`write_file` for the backend of a download ``session``.
+
+    The copy reports to the session's progress (which also keeps it from
+    going idle) and stops on its cancel event; a stop is raised as the
+    session's ``<what> stopped: <reason>`` TransferError. A ``backing_file``
+    is a qcow2 file: the parent of the shallow layer ``src`` reads.
+    """
+    try:
+        return write_file(src, out, format=format, workers=workers,
+                          request_size=request_size, progress=session.progress(progress),
+                          cancel_event=session.cancel_event, backing_file=backing_file,
+                          backing_format="qcow2" if backing_file else None)
+    except CopyCancelled:
+        raise session.stopped(what) from None
 
 
 def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "raw",
