@@ -21,14 +21,14 @@ from imagetool.errors import ConnectionFailed, ImageioError, ProtocolError
 from imagetool.formats.base import Closing, Extent
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         format_content_range, format_range,
-                                        parse_content_range, parse_uint)
+                                        parse_content_range, parse_uint,
+                                        set_socket_buffers)
 
 __all__ = ["CHECKSUM_AHEAD", "DEFAULT_BLOCK_SIZE", "ImageioClient", "ImageioOptions"]
 # Zeros sent as data (servers without the "zero" feature) go in pieces of this.
 _ZERO_CHUNK = 4 * 1024 * 1024
 # Error bodies are one line; never slurp a large body into a message.
 _MAX_ERROR_BODY = 64 * 1024
-_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,7 @@ class ImageioClient(Closing):
         sock = conn.sock
         sock.settimeout(self.read_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-            except OSError:
-                pass
+        set_socket_buffers(sock)
         return conn
 
     def _connection(self) -> http.client.HTTPConnection:

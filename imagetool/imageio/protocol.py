@@ -4,12 +4,14 @@ local engine's data plane (ovirt-imageio docs, "Images API").
 Feature names (``OPTIONS /images/<ticket>``), imagetool's own extension
 (``checksum-ahead``, listed apart under ``imagetool_features`` so imageio's
 ``features`` list is unchanged), the block-size limits of ``GET
-/images/<ticket>/checksum``, and the ``Range``/``Content-Range`` headers.
+/images/<ticket>/checksum``, the ``Range``/``Content-Range`` headers, and
+the socket buffer size both ends ask for.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 
 # Features a writable ticket offers; a read-only ticket offers READ_FEATURES.
 FEATURES = ("checksum", "extents", "flush", "zero")
@@ -21,6 +23,20 @@ CHECKSUM_AHEAD = "checksum-ahead"
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 MIN_BLOCK_SIZE = 1024 * 1024
 MAX_BLOCK_SIZE = 16 * 1024 * 1024
+
+# Send and receive buffers of a data-plane socket, at both ends: requests
+# of a few MiB keep a large window busy, on loopback most of all.
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def set_socket_buffers(sock: socket.socket) -> None:
+    """Ask for SOCKET_BUFFER-sized send and receive buffers; a system that
+    refuses keeps its own (the transfer works, only slower)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
 
 # ASCII digits only (RFC 9110 sections 8.6 and 14): Python's ``\\d``,
 # ``str.isdigit`` and ``int`` also take other scripts' digits ('١٢'),

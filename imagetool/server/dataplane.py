@@ -16,6 +16,7 @@ import threading
 from http import HTTPStatus
 
 from imagetool import __version__
+from imagetool.imageio import protocol
 from imagetool.server import dataplane_images as images
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
@@ -23,7 +24,6 @@ from imagetool.server.tickets import Ticket, TicketRegistry
 log = logging.getLogger(__name__)
 
 BUFFER_SIZE = 8 * 1024 * 1024
-SOCKET_BUFFER = 4 * 1024 * 1024
 # Idle timeout before a connection has touched any ticket.
 DEFAULT_IDLE_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 10.0
@@ -85,12 +85,8 @@ class DataPlaneServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted sockets inherit these; large buffers keep loopback busy.
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            except OSError:
-                pass
+        # Accepted sockets inherit the buffer sizes.
+        protocol.set_socket_buffers(sock)
         sock.bind((self.host, self._requested_port))
         sock.listen(64)
         self._listener = sock
