@@ -26,6 +26,7 @@ from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
+from imagetool.server.jobs import end_job
 from imagetool.server.store import Store
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.tickets import Ticket, TicketRegistry
@@ -157,14 +158,7 @@ class TransferManager:
         return doc
 
     def _end_job(self, t: dict, status: str) -> None:
-        job = self.store.get("job", t.get("job_id") or "")
-        if job is None:
-            return
-        now = time.time()
-        job.update(status=status, end_time=now)
-        for step in job["steps"]:
-            step.update(status=status, end_time=now)
-        self.store.put("job", job)
+        end_job(self.store, t.get("job_id") or "", status)
 
     def _volume_path(self, t: dict) -> str:
         return self.storage.volume_path(t["sd_id"], t["disk_id"], t["volume_id"])

@@ -26,6 +26,7 @@ import time
 
 from imagetool.formats.convert import convert_backend
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
+from imagetool.server.jobs import end_job
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_obj, get_str
 from imagetool.server.rest.hosts import find_host
@@ -119,17 +120,6 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
                                              "id": job["id"]}})
 
 
-def _end_job(store, job_id: str, status: str) -> None:
-    job = store.get("job", job_id)
-    if job is None:
-        return
-    now = time.time()
-    job.update(status=status, end_time=now)
-    for step in job["steps"]:
-        step.update(status=status, end_time=now)
-    store.put("job", job)
-
-
 def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -> None:
     store = engine.store
     status = "failed"
@@ -145,7 +135,7 @@ def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -
                 for _, d in disks:
                     if store.get("disk", d["id"]) is not None:
                         store.update("disk", d["id"], status="ok")
-                _end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
+                end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
         except Exception:   # the store closed under us: the disks are settled on restart
             pass
 
