@@ -466,15 +466,27 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
         parent = None   # the writer owns it now
         try:
             # Only those ranges: the rest stays unallocated (the parent's).
-            copy_local(reader, writer, dst_is_zero=True, check_size=False,
-                       extents=[Extent(a, b - a) for a, b in _union(ranges)])
+            _copy_ranges(reader, writer, ranges, dst_is_zero=True)
         finally:
             writer.close()
     finally:
-        reader.close()
-        if parent is not None:
-            parent.close()
+        _close_layers(reader, parent)
     os.replace(tmp, upper)
+
+
+def _copy_ranges(reader: Any, writer: Any, ranges: list[tuple[int, int]],
+                 dst_is_zero: bool = False) -> None:
+    """Copy only the guest data of ``ranges`` (``(start, end)`` pairs that may
+    overlap) from a layer's reader into the layer being written."""
+    copy_local(reader, writer, dst_is_zero=dst_is_zero, check_size=False,
+               extents=[Extent(a, b - a) for a, b in _union(ranges)])
+
+
+def _close_layers(reader: Any, parent: Any) -> None:
+    """Close a merge's reader and, unless a writer took it over, its parent."""
+    reader.close()
+    if parent is not None:
+        parent.close()
 
 
 def _layer_writer(path: str, size: int, parent_id: str | None, parent_fmt: str | None,
@@ -517,17 +529,13 @@ def commit_layer(lower: str, upper: str, reader: Any, parent: Any = None) -> boo
             if parent is not None:
                 writer.use_backing(parent)
                 parent = None
-            ranges = _union(_allocated(upper))
-            copy_local(reader, writer, check_size=False,
-                       extents=[Extent(a, b - a) for a, b in ranges])
+            _copy_ranges(reader, writer, _allocated(upper))
         except BaseException:
             writer.abort()
             raise
         writer.close()
     finally:
-        reader.close()
-        if parent is not None:
-            parent.close()
+        _close_layers(reader, parent)
     os.replace(lower, upper)
     return True
 

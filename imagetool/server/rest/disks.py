@@ -385,13 +385,18 @@ def merge_down(engine, disk: dict, lower_id: str) -> None:
     parent_fmt = None
     if parent_id:
         parent_fmt = "qcow2" if store.get("volume", parent_id)["format"] == "cow" else "raw"
-    # Guest data through the recorded chain, never the headers' backing names.
-    reader = st.open_volume(upper)
-    try:
-        parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
-    except BaseException:
-        reader.close()
-        raise
+
+    def open_layers():
+        # Guest data through the recorded chain, never the headers' backing names.
+        reader = st.open_volume(upper)
+        try:
+            parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
+        except BaseException:
+            reader.close()
+            raise
+        return reader, parent
+
+    reader, parent = open_layers()
     lower_path = st.volume_path(disk["sd_id"], disk["id"], lower_id)
     upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
     # Copy only what the upper layer holds into the lower one (usually far
@@ -400,12 +405,7 @@ def merge_down(engine, disk: dict, lower_id: str) -> None:
     if lower.get("format") != "cow" or not commit_layer(lower_path, upper_path,
                                                          reader, parent):
         if lower.get("format") == "cow":     # commit_layer closed both
-            reader = st.open_volume(upper)
-            try:
-                parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
-            except BaseException:
-                reader.close()
-                raise
+            reader, parent = open_layers()
         merge_layer(lower_path, upper_path, parent_id, parent_fmt,
                     disk["provisioned_size"], reader=reader, parent=parent)
     meta = st.read_meta(disk["sd_id"], disk["id"], upper["id"])
