@@ -16,8 +16,8 @@ from imagetool import checksum as block_checksum
 from imagetool.backup.repo import (OVF_FILE, Point, Repository,
                                    allocated_bytes, sha256_file, write_json)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
-from imagetool.formats import open_image
-from imagetool.formats.base import Extent
+from imagetool.formats import allocated_ranges, open_image
+from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.transfer.copier import copy
 from imagetool.transfer.output import SharedBackend
@@ -261,24 +261,6 @@ def _clip(extents: list[Extent], ranges: list[tuple[int, int]],
     return tiled
 
 
-def _allocated(path: str) -> list[tuple[int, int]]:
-    b = open_image(path, "r", format="qcow2", shallow=True)
-    try:
-        return [(e.start, e.start + e.length) for e in b.extents() if not e.hole]
-    finally:
-        b.close()
-
-
-def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
 def merge_layer_into(lower: str, upper: str, out: str, backing: str | None,
                      workers: int = 2) -> None:
     """Write ``out``: ``upper``'s guest data over ``backing`` (``lower``'s backing).
@@ -288,7 +270,7 @@ def merge_layer_into(lower: str, upper: str, out: str, backing: str | None,
     become zero clusters over a backing file, nothing without one); the
     rest stays unallocated and reads through ``backing``.
     """
-    ranges = _union(_allocated(lower) + _allocated(upper))
+    ranges = union_ranges(allocated_ranges(lower, "qcow2") + allocated_ranges(upper, "qcow2"))
     reader = open_image(upper, "r", format="qcow2")
     try:
         writer = Qcow2Writer.create(out, reader.size, backing_file=backing,

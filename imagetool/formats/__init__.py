@@ -25,7 +25,7 @@ from imagetool.formats.detect import ImageInfo, detect, probe
 from imagetool.formats.raw import RawBackend
 
 __all__ = ["Backend", "Extent", "ImageInfo", "RawBackend", "detect",
-           "inspect", "merge_extents", "open_image", "probe"]
+           "allocated_ranges", "inspect", "merge_extents", "open_image", "probe"]
 
 
 def inspect(path: str | os.PathLike, *, offset: int = 0,
@@ -95,6 +95,17 @@ def open_image(path: str | os.PathLike, mode: str = "r",
         from imagetool.formats import vmdk
         return vmdk.open_vmdk(path)
     raise ValueError(f"unknown image format {format!r}")
+
+
+def allocated_ranges(path: str | os.PathLike,
+                     format: str | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of the guest ranges an image allocates itself: for a
+    qcow2 layer, read shallow, its own clusters and not its backing file's."""
+    b = open_image(path, "r", format=format, shallow=True)
+    try:
+        return [(e.start, e.end) for e in b.extents() if not e.hole]
+    finally:
+        b.close()
 
 
 def _actual_size(st: os.stat_result) -> int:

@@ -95,6 +95,17 @@ class Closing:
         self.close()
 
 
+def union_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(start, end)`` ranges, sorted, with overlapping or touching ones joined."""
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
 def merge_extents(extents) -> Iterator[Extent]:
     """Join adjacent extents that have the same zero/hole state."""
     current: Extent | None = None

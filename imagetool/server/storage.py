@@ -31,8 +31,8 @@ from typing import Any
 
 from imagetool.copier import copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
-from imagetool.formats import open_image, qcow2
-from imagetool.formats.base import Extent
+from imagetool.formats import allocated_ranges, open_image, qcow2
+from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.ids import is_uuid
@@ -461,7 +461,7 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
         if parent_id is None:
             ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
         else:
-            ranges = _allocated(lower) + _allocated(upper)
+            ranges = allocated_ranges(lower) + allocated_ranges(upper)
         writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
         parent = None   # the writer owns it now
         try:
@@ -479,7 +479,7 @@ def _copy_ranges(reader: Any, writer: Any, ranges: list[tuple[int, int]],
     """Copy only the guest data of ``ranges`` (``(start, end)`` pairs that may
     overlap) from a layer's reader into the layer being written."""
     copy_local(reader, writer, dst_is_zero=dst_is_zero, check_size=False,
-               extents=[Extent(a, b - a) for a, b in _union(ranges)])
+               extents=[Extent(a, b - a) for a, b in union_ranges(ranges)])
 
 
 def _close_layers(reader: Any, parent: Any) -> None:
@@ -529,7 +529,7 @@ def commit_layer(lower: str, upper: str, reader: Any, parent: Any = None) -> boo
             if parent is not None:
                 writer.use_backing(parent)
                 parent = None
-            _copy_ranges(reader, writer, _allocated(upper))
+            _copy_ranges(reader, writer, allocated_ranges(upper))
         except BaseException:
             writer.abort()
             raise
@@ -538,25 +538,6 @@ def commit_layer(lower: str, upper: str, reader: Any, parent: Any = None) -> boo
         _close_layers(reader, parent)
     os.replace(lower, upper)
     return True
-
-
-def _allocated(path: str) -> list[tuple[int, int]]:
-    """Ranges allocated in this qcow2 layer alone (data or explicit zeros)."""
-    reader = open_image(path, "r", shallow=True)
-    try:
-        return [(e.start, e.end) for e in reader.extents() if not e.hole]
-    finally:
-        reader.close()
-
-
-def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for start, end in sorted(ranges):
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return [(a, b) for a, b in out]
 
 
 def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None) -> None:
