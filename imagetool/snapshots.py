@@ -218,12 +218,21 @@ def _usable_disk_ids(conn: Any, vm: Vm, action: str) -> list[str]:
     return disk_ids
 
 
+def _act_on_past_snapshot(conn: Any, vm: Any, snapshot: Any, verb: str,
+                          action: Callable[[str, str], Any]) -> tuple[Vm, Snapshot, list[str]]:
+    """Call the engine's ``action(vm_id, snapshot_id)`` on a past snapshot of a
+    VM whose disks are all usable; the VM, the snapshot and its disk ids."""
+    vm, snap = _past_snapshot(conn, vm, snapshot, verb)
+    disk_ids = _usable_disk_ids(conn, vm, f"{verb} snapshot {snap.description!r}")
+    action(vm.id, snap.id)
+    return vm, snap, disk_ids
+
+
 def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
                     timeout: float = DEFAULT_TIMEOUT) -> None:
     """Remove a snapshot (the engine merges its layers); waits until it is gone."""
-    vm, snap = _past_snapshot(conn, vm, snapshot, "remove")
-    disk_ids = _usable_disk_ids(conn, vm, f"remove snapshot {snap.description!r}")
-    conn.snapshots.remove(vm.id, snap.id)
+    vm, snap, disk_ids = _act_on_past_snapshot(conn, vm, snapshot, "remove",
+                                               conn.snapshots.remove)
     if wait:
         _wait_gone(conn, vm, snap.id, disk_ids, timeout)
 
@@ -231,9 +240,8 @@ def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
 def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
                      timeout: float = DEFAULT_TIMEOUT) -> None:
     """Bring the VM back to a snapshot for good (the layers above it go)."""
-    vm, snap = _past_snapshot(conn, vm, snapshot, "restore")
-    disk_ids = _usable_disk_ids(conn, vm, f"restore snapshot {snap.description!r}")
-    conn.snapshots.restore(vm.id, snap.id)
+    vm, snap, disk_ids = _act_on_past_snapshot(conn, vm, snapshot, "restore",
+                                               conn.snapshots.restore)
     if wait:
         _wait_snapshot_ok(conn, vm, snap.id, disk_ids, timeout,
                           f"restoring snapshot {snap.description!r} of VM {_vm_label(vm)}")
