@@ -7,6 +7,7 @@ are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Iterator, Protocol, TypeVar, runtime_checkable
 
@@ -104,6 +105,25 @@ def union_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append([start, end])
     return [(a, b) for a, b in out]
+
+
+def add_range(ranges: list[list[int]], start: int, end: int) -> None:
+    """Merge ``[start, end)`` into sorted, disjoint ``ranges`` in place; a range
+    that touches or overlaps its neighbours joins them (an empty one is
+    ignored). The bookkeeping of a transfer journal's done ranges and of the
+    local engine's dirty ranges."""
+    if end <= start:
+        return
+    i = bisect.bisect_left(ranges, [start, start])
+    # The previous range may touch or overlap the new one.
+    if i > 0 and ranges[i - 1][1] >= start:
+        i -= 1
+    j = i
+    while j < len(ranges) and ranges[j][0] <= end:
+        start = min(start, ranges[j][0])
+        end = max(end, ranges[j][1])
+        j += 1
+    ranges[i:j] = [[start, end]]
 
 
 def merge_extents(extents) -> Iterator[Extent]:

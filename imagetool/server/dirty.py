@@ -16,29 +16,15 @@ its ``from_checkpoint_id`` frozen at that moment.
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import threading
 from typing import Iterator
 
-from imagetool.formats.base import Extent
+from imagetool.formats.base import Extent, add_range
 from imagetool.ids import is_uuid
 
 GRAIN = 64 << 10
-
-
-def add_range(ranges: list[list[int]], start: int, end: int) -> None:
-    """Merge ``[start, end)`` into sorted, disjoint ``ranges`` in place."""
-    i = bisect.bisect_left(ranges, [start, start])
-    if i > 0 and ranges[i - 1][1] >= start:
-        i -= 1
-    j = i
-    while j < len(ranges) and ranges[j][0] <= end:
-        start = min(start, ranges[j][0])
-        end = max(end, ranges[j][1])
-        j += 1
-    ranges[i:j] = [[start, end]]
 
 
 class DirtyTracker:

@@ -13,7 +13,6 @@ for downloads those fsynced to the local file (see ``JournalingBackend``).
 
 from __future__ import annotations
 
-import bisect
 import glob
 import hashlib
 import json
@@ -26,6 +25,8 @@ from typing import Any, Iterable
 from imagetool.backends import FLUSH_BYTES, FLUSH_SECONDS, JournalingBackend  # noqa: F401
 from imagetool.copier import missing, skip_done  # noqa: F401
 from imagetool.errors import ImagetoolError
+# merge: adds a done range (formats.base.add_range).
+from imagetool.formats.base import add_range as merge
 from imagetool.fsutil import fsync_dir
 
 VERSION = 1
@@ -71,22 +72,6 @@ def source_changes(saved: dict, path: str) -> list[str]:
     if now["hash"] != saved.get("hash"):
         changes.append("content of its first/last blocks")
     return changes
-
-
-def merge(intervals: list[list[int]], start: int, end: int) -> None:
-    """Add ``[start, end)`` to sorted, disjoint ``intervals`` in place."""
-    if end <= start:
-        return
-    i = bisect.bisect_left(intervals, [start, start])
-    # The previous interval may touch or overlap the new one.
-    if i > 0 and intervals[i - 1][1] >= start:
-        i -= 1
-    j = i
-    while j < len(intervals) and intervals[j][0] <= end:
-        start = min(start, intervals[j][0])
-        end = max(end, intervals[j][1])
-        j += 1
-    intervals[i:j] = [[start, end]]
 
 
 class Journal:
