@@ -288,5 +288,4 @@ def test_destination_exists_is_one_error():
     assert isinstance(e, FormatError)
     assert str(e) == "/tmp/x.raw: file exists (use --force to overwrite)"
     from imagetool.formats.convert import DestinationExists as from_convert
-    from imagetool.transfer.output import OutputExists
-    assert from_convert is DestinationExists and OutputExists is DestinationExists
+    assert from_convert is DestinationExists

@@ -19,8 +19,8 @@ from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import allocated_ranges, open_image
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.transfer.copier import copy
-from imagetool.transfer.output import SharedBackend
+from imagetool.copier import copy
+from imagetool.backends import SharedBackend
 
 Progress = Callable[[int], None]
 

@@ -10,7 +10,7 @@ import click
 
 from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.progress import Bars, run_jobs
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
+from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_size
 
 

@@ -34,8 +34,8 @@ from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
 from imagetool.transfer import resume as resume_mod
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
-from imagetool.transfer.output import SharedBackend
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.verify import LocalHash, pick_algorithm, remote_checksum
 

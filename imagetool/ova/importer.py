@@ -30,9 +30,9 @@ from imagetool.ids import is_uuid
 from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.transfer.journal import flush_bytes_for
-from imagetool.transfer.output import SharedBackend
+from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.verify import (LocalHash, announce_upload_checksum,
                                        pick_algorithm, remote_checksum)

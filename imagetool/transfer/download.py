@@ -20,10 +20,12 @@ from imagetool.errors import ImagetoolError
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.transfer.copier import CopyCancelled, copy
-from imagetool.transfer.journal import Journal, JournalingBackend, flush_bytes_for
+from imagetool.copier import CopyCancelled, copy
+from imagetool.backends import JournalingBackend
+from imagetool.transfer.journal import Journal, flush_bytes_for
 from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
-from imagetool.transfer.output import SharedBackend, atomic_output, check_destination
+from imagetool.backends import SharedBackend
+from imagetool.transfer.output import atomic_output, check_destination
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult, write_session_file
 

@@ -21,9 +21,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-# Kept importable here: the journaling wrapper and the interval helpers.
-from imagetool.backends import FLUSH_BYTES, FLUSH_SECONDS, JournalingBackend  # noqa: F401
-from imagetool.copier import missing, skip_done  # noqa: F401
+from imagetool.backends import FLUSH_BYTES
 from imagetool.errors import ImagetoolError
 # merge: adds a done range (formats.base.add_range).
 from imagetool.formats.base import add_range as merge

@@ -15,7 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE
+from imagetool.copier import DEFAULT_REQUEST_SIZE
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

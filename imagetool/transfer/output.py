@@ -13,13 +13,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from imagetool.backends import SharedBackend  # noqa: F401 (kept importable here)
 from imagetool.errors import DestinationExists, ImagetoolError
 from imagetool.fsutil import fsync_dir
 
-
-# The library's name for it here, kept for callers.
-OutputExists = DestinationExists
 
 
 def check_destination(path: str | os.PathLike, force: bool) -> str:

@@ -29,10 +29,9 @@ from imagetool.errors import (ChecksumMismatch, ImagetoolError, NotFound, Timeou
                               TransferError)
 from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
-from imagetool.transfer.journal import (Journal, JournalError, JournalingBackend,
-                                        flush_bytes_for, source_changes,
-                                        source_identity)
-from imagetool.transfer.retry import RetryingBackend, RetryPolicy
+from imagetool.backends import JournalingBackend, RetryingBackend, RetryPolicy
+from imagetool.transfer.journal import (Journal, JournalError, flush_bytes_for,
+                                        source_changes, source_identity)
 
 log = logging.getLogger(__name__)
 

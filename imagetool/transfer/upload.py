@@ -26,9 +26,9 @@ from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.transfer.copier import CopyCancelled, copy
+from imagetool.copier import CopyCancelled, copy
 from imagetool.transfer.options import UploadOptions, keywords_of, resolve
-from imagetool.transfer.output import SharedBackend
+from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult
 

@@ -20,8 +20,9 @@ from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.transfer.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyStats, copy
-from imagetool.transfer.output import SharedBackend, atomic_output
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyStats, copy
+from imagetool.backends import SharedBackend
+from imagetool.transfer.output import atomic_output
 
 Progress = Callable[[int], None]
 

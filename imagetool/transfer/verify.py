@@ -49,8 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.backends import Cancellable as _Cancellable, PerThread as _PerThread, \
-    Window as _Window
+from imagetool.backends import Cancellable, PerThread, Window
 from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
@@ -131,9 +130,9 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
         finally:
             client.close()
     fresh = HttpBackend(_fresh_client(backend, backend.client.read_timeout))
-    reader = _PerThread(fresh)
+    reader = PerThread(fresh)
     try:
-        view: Any = reader if size is None else _Window(reader, size)
+        view: Any = reader if size is None else Window(reader, size)
         return checksum(view, algorithm=algorithm, block_size=block_size,
                         workers=workers), "read-back"
     finally:
@@ -196,7 +195,7 @@ class LocalHash:
         try:
             backend = self._opener()
             try:
-                self._result = checksum(_Cancellable(backend, self._cancel), **self._kw)
+                self._result = checksum(Cancellable(backend, self._cancel), **self._kw)
             finally:
                 backend.close()
         except BaseException as e:  # handed to the caller of result()
@@ -337,7 +336,7 @@ def _fresh_size(dst: Any) -> int:
 def _padded_checksum(path: str, size: int, kw: dict) -> str:
     b = RawBackend(path, "r")
     try:
-        return checksum(_Window(b, size), **kw)["checksum"]
+        return checksum(Window(b, size), **kw)["checksum"]
     finally:
         b.close()
 

@@ -171,15 +171,6 @@ def test_only_the_raw_backend_opens_files_with_o_direct():
 
 
 def test_wrappers_live_in_one_module():
-    from imagetool import backends
-    from imagetool.transfer import journal, output, retry, verify
-    assert retry.RetryingBackend is backends.RetryingBackend
-    assert retry.RetryPolicy is backends.RetryPolicy
-    assert journal.JournalingBackend is backends.JournalingBackend
-    assert output.SharedBackend is backends.SharedBackend
-    assert verify._PerThread is backends.PerThread
-    assert verify._Window is backends.Window
-    assert verify._Cancellable is backends.Cancellable
     defined = {}
     for dirpath, _, files in os.walk(ROOT):
         for name in files:

@@ -287,7 +287,7 @@ def test_copier_over_backing_zeroes_zero_extents_and_zero_data(tmp_path, overlap
     checked by qemu-img on a layer made by qemu-io."""
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
-    from imagetool.transfer.copier import copy
+    from imagetool.copier import copy
 
     base = str(tmp_path / "base.qcow2")
     layer = str(tmp_path / "layer.qcow2")

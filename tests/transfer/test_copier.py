@@ -10,7 +10,7 @@ import pytest
 from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
 from imagetool.formats.base import Extent
-from imagetool.transfer.copier import CopyCancelled, CopyError, copy, plan
+from imagetool.copier import CopyCancelled, CopyError, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]
@@ -169,7 +169,7 @@ def test_raw_backend_to_raw_backend(tmp_path, src_path, workers):
 def test_into_qcow2_writer(tmp_path, src_path, workers):
     from imagetool.formats.qcow2_writer import Qcow2Writer
     from imagetool.formats.raw import RawBackend
-    from imagetool.transfer.output import SharedBackend
+    from imagetool.backends import SharedBackend
 
     out = tmp_path / "out.qcow2"
     src = RawBackend(src_path, "r")

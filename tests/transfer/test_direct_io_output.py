@@ -15,8 +15,8 @@ import pytest
 
 from helpers import MiB, images_equal, make_raw
 from imagetool.formats.raw import RawBackend
-from imagetool.transfer.copier import copy
-from imagetool.transfer.output import SharedBackend
+from imagetool.copier import copy
+from imagetool.backends import SharedBackend
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ import pytest
 
 from helpers import MiB
 from imagetool.formats.raw import RawBackend
-from imagetool.transfer.copier import _Request, copy
-from imagetool.transfer.journal import (Journal, JournalingBackend, merge, missing,
-                                        skip_done, source_changes, source_identity)
-from imagetool.transfer.output import SharedBackend
+from imagetool.backends import JournalingBackend, SharedBackend
+from imagetool.copier import _Request, copy, missing, skip_done
+from imagetool.transfer.journal import Journal, merge, source_changes, source_identity
 
 
 def test_merge_against_a_bitmap():

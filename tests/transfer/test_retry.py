@@ -14,9 +14,9 @@ from imagetool.errors import ImageioError
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.transfer.copier import copy
-from imagetool.transfer.output import SharedBackend
-from imagetool.transfer.retry import RetryingBackend, RetryPolicy, is_transient
+from imagetool.copier import copy
+from imagetool.backends import SharedBackend
+from imagetool.backends import RetryingBackend, RetryPolicy, is_transient
 
 FAST = RetryPolicy(tries=8, total=30, base_delay=0.05, max_delay=0.5)
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import MiB, images_equal, make_raw, qemu_img
 from imageio_daemon import QemuNbd
 from imagetool.errors import ImagetoolError
-from imagetool.transfer.output import OutputExists
+from imagetool.errors import DestinationExists
 from imagetool.transfer.urls import download_url, upload_url, url_checksum, url_info
 
 SIZE = 12 * MiB
@@ -90,7 +90,7 @@ def test_download_refuses_existing_file(imageio_daemon, scratch, src_raw):
     out = os.path.join(scratch, "exists.raw")
     with open(out, "wb") as f:
         f.write(b"keep me")
-    with pytest.raises(OutputExists):
+    with pytest.raises(DestinationExists):
         download_url(url, out)
     with open(out, "rb") as f:
         assert f.read() == b"keep me"

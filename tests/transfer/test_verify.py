@@ -16,6 +16,7 @@ from helpers import MiB
 from imagetool.checksum import checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats.raw import RawBackend
+from imagetool import backends
 from imagetool.transfer import verify
 
 blkhash = pytest.importorskip("ovirt_imageio._internal.blkhash")
@@ -39,7 +40,7 @@ def test_window_pads_with_zeros(tmp_path):
         g.truncate(9 * MiB)
     b = RawBackend(src, "r")
     try:
-        got = checksum(verify._Window(b, 9 * MiB))["checksum"]
+        got = checksum(backends.Window(b, 9 * MiB))["checksum"]
     finally:
         b.close()
     assert got == blkhash.checksum(str(padded))["checksum"]
@@ -52,7 +53,7 @@ def test_window_cuts(tmp_path):
         g.write(f.read(4 * MiB + 512))
     b = RawBackend(src, "r")
     try:
-        got = checksum(verify._Window(b, 4 * MiB + 512))["checksum"]
+        got = checksum(backends.Window(b, 4 * MiB + 512))["checksum"]
     finally:
         b.close()
     assert got == blkhash.checksum(str(cut))["checksum"]
@@ -88,7 +89,7 @@ class _CountingClones:
 def test_per_thread_gives_each_reader_its_clone(tmp_path):
     src = _file(tmp_path / "a", 24 * MiB)
     base = _CountingClones(src)
-    reader = verify._PerThread(base)
+    reader = backends.PerThread(base)
     try:
         got = checksum(reader, workers=4, block_size=MiB)["checksum"]
     finally:

@@ -14,7 +14,7 @@ import imagetool
 from helpers import MiB, images_equal, make_raw, qemu_img
 from imagetool.errors import ImagetoolError, TransferError, UnsupportedFeature
 from imagetool.transfer.download import download_disk
-from imagetool.transfer.output import OutputExists
+from imagetool.errors import DestinationExists
 from imagetool.transfer.upload import upload_disk, upload_disk_result
 
 SIZE = 10 * MiB
@@ -189,7 +189,7 @@ def test_download_disk(transfer_engine, raw_file, scratch, fmt):
         qemu_img("check", out)
     assert images_equal(raw_file, out, "raw", fmt)
     assert transfer_engine.disks[disk.id].status == "ok"
-    with pytest.raises(OutputExists):
+    with pytest.raises(DestinationExists):
         download_disk(transfer_engine.conn, disk, out)
 
 
