@@ -96,41 +96,53 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[
 
     On Ctrl-C (or any error while waiting) every running task is told to
     stop (through ``bars.stop``) and waited for, so each cancels its
-    transfer; then the exception is raised. Threads are our own and listed
-    before they start: a Ctrl-C landing inside a thread pool's bookkeeping
-    could leave a started worker unlisted, and so not waited for.
+    transfer; then the exception is raised.
+
+    The wait is on an event each worker sets when it ends, never on
+    ``Thread.join``: a Ctrl-C landing inside ``join`` makes Python 3.11
+    mark the still running thread as stopped (its ``_wait_for_tstate_lock``
+    releases the lock the thread holds), after which no join waits for it.
+    Workers are our own threads, listed before they start: a Ctrl-C inside
+    ``Thread.start`` or a pool's bookkeeping must not leave a running worker
+    unlisted.
     """
     outcomes: list[Any] = [None] * len(tasks)
     lock = threading.Lock()
     queue = iter(range(len(tasks)))
 
-    def worker() -> None:
-        while not bars.stop.is_set():
-            with lock:
-                i = next(queue, None)
-            if i is None:
-                return
-            try:
-                outcomes[i] = tasks[i]()
-            except BaseException as e:      # handed to the caller below
-                outcomes[i] = e
+    def worker(ended: threading.Event) -> None:
+        try:
+            while not bars.stop.is_set():
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                try:
+                    outcomes[i] = tasks[i]()
+                except BaseException as e:      # handed to the caller below
+                    outcomes[i] = e
+        finally:
+            ended.set()
 
-    threads: list[threading.Thread] = []
+    workers: list[tuple[threading.Thread, threading.Event]] = []
     try:
         for _ in range(max(1, min(jobs, len(tasks)))):
-            t = threading.Thread(target=worker, daemon=True)
-            threads.append(t)
+            ended = threading.Event()
+            t = threading.Thread(target=worker, args=(ended,), daemon=True)
+            workers.append((t, ended))          # listed before it can run
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+        for _, ended in workers:
+            while not ended.wait(0.2):
+                pass
     except BaseException:
         bars.stop.set()
         raise
     finally:
-        for t in threads:
+        # A thread with no ident yet has not run: it sees the stop and
+        # takes no task.
+        for t, ended in workers:
             if t.ident is not None:
-                t.join()
+                ended.wait()
     for outcome in outcomes:
         if isinstance(outcome, KeyboardInterrupt):
             raise outcome
