@@ -277,9 +277,11 @@ class ImageioDaemon:
 class QemuNbd:
     """``qemu-nbd`` serving one image on a unix socket (for nbd: tickets)."""
 
-    def __init__(self, image: str, fmt: str = "qcow2", socket_path: str | None = None):
+    def __init__(self, image: str, fmt: str = "qcow2", socket_path: str | None = None,
+                 bitmap: str | None = None):
         self.image = image
         self.fmt = fmt
+        self.bitmap = bitmap      # exported as meta context qemu:dirty-bitmap:NAME
         self.socket_path = socket_path or os.path.join(
             os.path.dirname(os.path.abspath(image)), f"nbd-{os.getpid()}-{id(self)}.sock")
         self._proc: subprocess.Popen | None = None
@@ -290,7 +292,8 @@ class QemuNbd:
         self._proc = subprocess.Popen(
             ["qemu-nbd", f"--socket={self.socket_path}", f"--format={self.fmt}",
              "--persistent", "--shared=8", "--cache=none", "--aio=native",
-             "--discard=unmap", "--detect-zeroes=unmap", self.image],
+             "--discard=unmap", "--detect-zeroes=unmap",
+             *([f"--bitmap={self.bitmap}"] if self.bitmap else []), self.image],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

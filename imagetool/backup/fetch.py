@@ -24,7 +24,7 @@ from imagetool.formats import open_image
 from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.transfer.session import TransferSession
-from imagetool.transfer.urls import write_session_file
+from imagetool.transfer.urls import write_file, write_session_file
 from imagetool.transfer.verify import pick_algorithm, remote_checksum, verify_download
 
 
@@ -58,6 +58,29 @@ class _View:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._b, name)
+
+
+def write_layer(src: Any, out: str, *, dirty: bool, backing: str | None,
+                write: Callable[[Any], Any] | None = None,
+                workers: int = 4) -> tuple[Any, list[Extent]]:
+    """Write a point's qcow2 file from a data-plane backend; (stats, extents).
+
+    ``dirty``: only what the data plane reports dirty since the checkpoint
+    (an incremental, over ``backing``); otherwise everything, holes kept.
+    ``write(view)`` writes the file (a session's write, which keeps the
+    transfer alive); by default :func:`write_file` does. This is the part
+    of a backup that meets the data plane: the engine's, or an imageio
+    daemon's over an NBD export with a dirty bitmap.
+    """
+    exts = list(src.extents("dirty" if dirty else "zero"))
+    view = _View(src, exts)
+    if write is None:
+        stats = write_file(view, out, format="qcow2", workers=workers,
+                           backing_file=backing,
+                           backing_format="qcow2" if backing else None)
+    else:
+        stats = write(view)
+    return stats, exts
 
 
 @dataclass
@@ -102,12 +125,11 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
     with session:
         src = session.open_backend()
         algorithm = algorithm or pick_algorithm(src)
-        context = "dirty" if dirty else "zero"
-        exts = list(src.extents(context))
-        view = _View(src, exts)
-        stats = write_session_file(session, view, out, f"download of disk {disk_id}",
-                                   format="qcow2", workers=workers, progress=progress,
-                                   backing_file=backing)
+        stats, exts = write_layer(
+            src, out, dirty=dirty, backing=backing,
+            write=lambda view: write_session_file(
+                session, view, out, f"download of disk {disk_id}", format="qcow2",
+                workers=workers, progress=progress, backing_file=backing))
         # The file is complete: its SHA-256 (the manifest's) is taken while
         # the block digests and the engine's checksum are, not after them.
         file_hash: dict = {}
