@@ -1,0 +1,45 @@
+"""The CLI's command table: every name resolves to the command of that
+name, and starting the CLI imports only the command that runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from imagetool.cli.main import COMMANDS, cli
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_name_gives_the_command_of_that_name(name):
+    command = cli.get_command(click.Context(cli), name)
+    assert isinstance(command, click.Command) and command.name == name
+
+
+def test_an_unknown_command_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "imagetool", "uplod"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "No such command 'uplod'" in result.stderr
+
+
+def _modules_after(argv: list[str]) -> set[str]:
+    code = ("import sys; from imagetool.cli.main import cli\n"
+            f"try:\n    cli.main({argv!r}, prog_name='imagetool')\n"
+            "except SystemExit:\n    pass\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('imagetool')),"
+            " file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return set(result.stderr.split())
+
+
+def test_a_command_loads_its_own_module_only():
+    loaded = _modules_after(["upload", "--help"])
+    assert "imagetool.cli.transfer_cmds" in loaded
+    others = {f"imagetool.cli.{m}" for m, _ in COMMANDS.values()} - {
+        "imagetool.cli.transfer_cmds", "imagetool.cli.serve_cmd"}   # config uses serve_cmd
+    assert loaded & others == set()
+    assert "imagetool.cli.backup_cmds" not in _modules_after(["--version"])
