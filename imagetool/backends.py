@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from imagetool.errors import ConnectionFailed, ImageioError, ImagetoolError
-from imagetool.formats.base import Backend, Extent
+from imagetool.formats.base import Backend, Closing, Extent
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ FLUSH_SECONDS = 2.0
 
 # --- sharing ---------------------------------------------------------------
 
-class Wrapper:
+class Wrapper(Closing):
     """Passes everything to ``inner``; each wrapper overrides what it adds.
 
-    Other attributes (``features``, ``max_readers``, ``direct``, ...) are
-    the wrapped backend's.
+    Other attributes (``size``, ``read_into``, ``features``, ``direct``,
+    ...) are the wrapped backend's.
     """
 
     def __init__(self, inner: Any):
@@ -73,25 +73,6 @@ class Wrapper:
         if name == "inner":         # not set yet: no endless recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self.inner.extents(context)
-
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self.inner.read_into(offset, buf)
-
-    def write(self, offset: int, data: Any) -> None:
-        self.inner.write(offset, data)
-
-    def zero(self, offset: int, length: int) -> None:
-        self.inner.zero(offset, length)
-
-    def flush(self) -> None:
-        self.inner.flush()
 
     def close(self) -> None:
         self.inner.close()
@@ -151,7 +132,6 @@ class RetryPolicy:
         return cap / 2 + random.uniform(0, cap / 2)
 
 
-NO_RETRY = RetryPolicy(tries=1, total=0.0)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -220,7 +200,6 @@ class RetryingBackend(Wrapper):
         self.source = source
         self.stop = stop
         self._unflushed: list[tuple[str, int, int]] = []   # (op, start, length)
-        self.retries = 0
 
     @property
     def size(self) -> int:
@@ -230,7 +209,6 @@ class RetryingBackend(Wrapper):
         return iter(self._call(lambda: list(self.inner.extents(context)), "extents"))
 
     def _reconnect(self) -> None:
-        self.retries += 1
         self.inner.close()          # the next request opens a new connection
 
     def _resend(self) -> None:

@@ -21,6 +21,7 @@ from imagetool.backup import digests as dg
 from imagetool.backup.repo import sha256_file
 from imagetool.errors import ChecksumMismatch
 from imagetool.formats import open_image
+from imagetool.backends import Wrapper
 from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.transfer.session import TransferSession
@@ -28,7 +29,7 @@ from imagetool.transfer.urls import write_file, write_session_file
 from imagetool.transfer.verify import pick_algorithm, remote_checksum, verify_download
 
 
-class _View:
+class _View(Wrapper):
     """A data-plane backend whose extents are a list given once.
 
     For a dirty context the data plane reports unchanged ranges as not
@@ -37,27 +38,14 @@ class _View:
     """
 
     def __init__(self, backend: Any, extents: list[Extent]):
-        self._b = backend
+        super().__init__(backend)
         self._extents = extents
-
-    @property
-    def size(self) -> int:
-        return self._b.size
 
     def extents(self, context: str = "zero"):
         return iter(self._extents)
 
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        return self._b.read_into(offset, buf)
-
     def clone(self) -> "_View":
-        return _View(self._b.clone(), self._extents)
-
-    def close(self) -> None:
-        self._b.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._b, name)
+        return _View(self.inner.clone(), self._extents)
 
 
 def write_layer(src: Any, out: str, *, dirty: bool, backing: str | None,
@@ -157,8 +145,7 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
             # the file's own clusters do.
             verify_download(src, out, format="qcow2", shallow=True, what=out,
                             algorithm=algorithm, block_size=block_size)
-        local = open_image(out, "r", format="qcow2")
-        try:
+        with open_image(out, "r", format="qcow2") as local:
             if incremental:
                 changed = dg.blocks_touching(
                     [(e.start, e.length) for e in exts if not e.hole], block_size)
@@ -167,8 +154,6 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
             fresh = dg.compute(local, changed, algorithm=algorithm, block_size=block_size,
                                workers=max(2, min(4, workers)))
             count = dg.block_count(local.size, block_size)
-        finally:
-            local.close()
         hasher.join()
         if "error" in file_hash:
             raise file_hash["error"]
