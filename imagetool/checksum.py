@@ -208,11 +208,8 @@ def checksum_file(path: str | os.PathLike, format: str | None = None,
 
     Keyword arguments are those of :func:`checksum`.
     """
-    backend = open_image(path, "r", format=format)
-    try:
+    with open_image(path, "r", format=format) as backend:
         return checksum(backend, **kw)
-    finally:
-        backend.close()
 
 
 def _blocks(backend: Backend, size: int,

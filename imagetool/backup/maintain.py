@@ -166,8 +166,7 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     moved = 0
     try:
         for entry in p.manifest["disks"]:
-            src = open_image(p.file(entry["file"]), "r", format="qcow2")
-            try:
+            with open_image(p.file(entry["file"]), "r", format="qcow2") as src:
                 disk = conn.disks.add(
                     name=entry.get("name") or entry["disk_id"],
                     provisioned_size=entry["virtual_size"], storage_domain=storage_domain,
@@ -193,8 +192,6 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                         raise ChecksumMismatch(c["value"], remote,
                                                f"restored disk {entry['disk_id']}")
                 moved += stats.bytes_copied
-            finally:
-                src.close()
             disks_out.append({"disk_id": disk.id, "source_disk_id": entry["disk_id"],
                               "name": entry.get("name"), "checksum": remote})
         new_ovf = ovf
@@ -271,21 +268,15 @@ def merge_layer_into(lower: str, upper: str, out: str, backing: str | None,
     rest stays unallocated and reads through ``backing``.
     """
     ranges = union_ranges(allocated_ranges(lower, "qcow2") + allocated_ranges(upper, "qcow2"))
-    reader = open_image(upper, "r", format="qcow2")
-    try:
+    with open_image(upper, "r", format="qcow2") as reader:
         writer = Qcow2Writer.create(out, reader.size, backing_file=backing,
                                     backing_format="qcow2" if backing else None)
-        dst = SharedBackend(writer)
-        try:
+        with SharedBackend(writer) as dst:
             # Only the ranges either layer allocates; outside them nothing.
             extents = _clip(list(reader.extents()), ranges, zero_is_hole=backing is None)
             copy(reader, dst, workers=workers, dst_is_zero=True,
                  over_backing=backing is not None, extents=extents)
             dst.flush()
-        finally:
-            dst.close()
-    finally:
-        reader.close()
 
 
 def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,

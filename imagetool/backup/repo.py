@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from imagetool.errors import ImagetoolError
-from imagetool.fsutil import fsync_dir
+from imagetool.fsutil import fsync_dir, opened, write_atomic
 
 MANIFEST = "manifest.json"
 OVF_FILE = "vm.ovf"
@@ -98,14 +98,8 @@ def sha256_file(path: str, bufsize: int = 4 << 20) -> str:
 
 def write_json(path: str, doc: Any) -> None:
     """Write JSON durably and atomically (temporary file, fsync, rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", mode=0o666,
+                 tmp=f"{path}.tmp-{os.getpid()}")
 
 
 def read_json(path: str) -> Any:
@@ -229,11 +223,8 @@ class Repository:
         """Make a staged point visible: manifest, fsync, rename."""
         for name in os.listdir(staging):
             if name.endswith((".qcow2", ".digests", ".ovf")):
-                fd = os.open(os.path.join(staging, name), os.O_RDONLY)
-                try:
+                with opened(os.path.join(staging, name)) as fd:
                     os.fsync(fd)
-                finally:
-                    os.close(fd)
         write_json(os.path.join(staging, MANIFEST), manifest)
         os.unlink(os.path.join(staging, STATE))
         vdir = os.path.dirname(staging)
@@ -251,8 +242,7 @@ class Repository:
         """Hold the VM's lock (one writer per VM chain); RepositoryError if busy."""
         vdir = self.vm_dir(vm_id)
         os.makedirs(vdir, exist_ok=True)
-        fd = os.open(os.path.join(vdir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
+        with opened(os.path.join(vdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644) as fd:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -261,8 +251,6 @@ class Repository:
                                           "is running") from None
                 raise
             yield
-        finally:
-            os.close(fd)
 
 
 def allocated_bytes(path: str) -> int:

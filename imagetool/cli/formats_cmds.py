@@ -129,13 +129,10 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
         raise click.UsageError("missing argument FILE")
     from imagetool.formats import open_image
 
-    backend = open_image(file, "r")
-    try:
+    with open_image(file, "r") as backend:
         with progress_bar(backend.size, "checksum") as update:
             result = checksum(backend, algorithm=algorithm, block_size=block_size,
                               workers=workers, progress=update)
-    finally:
-        backend.close()
     if as_json:
         emit_json(result)
     else:

@@ -38,12 +38,9 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator
     if not enabled:
         yield lambda n: None
         return
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True,
-               unit_divisor=1024, leave=True, **bar_size())
-    try:
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True,
+              unit_divisor=1024, leave=True, **bar_size()) as bar:
         yield bar.update
-    finally:
-        bar.close()
 
 
 class Bars:

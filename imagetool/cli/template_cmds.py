@@ -9,8 +9,6 @@ from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.errors import ImagetoolError, NotFound
 from imagetool.ids import is_uuid
 
-_KEYS = ("id", "name", "description", "memory")
-
 
 def _templates(conn) -> list[dict]:
     from imagetool.engine import codec

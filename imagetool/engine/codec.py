@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import fields
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from imagetool.engine.entities import ApiInfo, Entity
 from imagetool.errors import EngineError
@@ -261,8 +261,3 @@ def to_xml(tag: str, body: dict[str, Any] | None = None) -> bytes:
     root = ET.Element(tag)
     _fill(root, body or {})
     return ET.tostring(root, encoding="utf-8", xml_declaration=False)
-
-
-def entity_refs(tag: str, ids: Iterable[str]) -> dict[str, Any]:
-    """``{"storage_domain": [{"id": a}, ...]}``: a nested collection of refs."""
-    return {tag: [{"id": i} for i in ids]}

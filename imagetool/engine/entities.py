@@ -239,8 +239,3 @@ class ApiInfo:
     def version(self) -> tuple[int, int]:
         """(major, minor), e.g. ``(4, 5)``."""
         return (self.major, self.minor)
-
-
-ENTITY_TYPES: tuple[type[Entity], ...] = (
-    Disk, ImageTransfer, StorageDomain, Host, Vm, Snapshot, DiskSnapshot,
-    Job, DiskAttachment, Cluster)

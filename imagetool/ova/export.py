@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any, Callable
 
 from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
@@ -123,10 +123,8 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _write(conn: Any, vm: Any, disks: list, attachments: dict, fd: int, part: str, *,

@@ -31,7 +31,6 @@ VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSe
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 OVIRT_NS = "http://www.ovirt.org/ovf"
 QCOW_URI = "http://www.gnome.org/~markmc/qcow-image-format.html"
-RAW_URI = "http://www.vmware.com/specifications/vmdk.html#sparse"
 BLANK = "00000000-0000-0000-0000-000000000000"
 GiB = 1 << 30
 MAX_OVF_BYTES = 16 << 20

@@ -185,11 +185,8 @@ def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
         from imagetool.formats import open_image
         from imagetool.formats.convert import convert_backend
 
-        src = open_image(volume, "r", format="qcow2")
-        try:
+        with open_image(volume, "r", format="qcow2") as src:
             convert_backend(src, out, "raw", workers=workers)
-        finally:
-            src.close()
     finally:
         if os.path.exists(volume):
             os.unlink(volume)

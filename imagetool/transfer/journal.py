@@ -13,6 +13,7 @@ for downloads those fsynced to the local file (see ``JournalingBackend``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -25,7 +26,7 @@ from imagetool.backends import FLUSH_BYTES
 from imagetool.errors import ImagetoolError
 # merge: adds a done range (formats.base.add_range).
 from imagetool.formats.base import add_range as merge
-from imagetool.fsutil import fsync_dir
+from imagetool.fsutil import write_atomic
 
 VERSION = 1
 SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
@@ -109,11 +110,6 @@ class Journal:
         """Sorted disjoint [start, end) intervals known durable."""
         return self.data["done"]
 
-    def done_bytes(self) -> int:
-        """How many bytes the intervals cover."""
-        with self._lock:
-            return sum(b - a for a, b in self.done)
-
     def update(self, **fields: Any) -> None:
         """Set fields (transfer id, ...) and save now."""
         with self._lock:
@@ -137,14 +133,7 @@ class Journal:
     def _save_locked(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(directory)
+        write_atomic(self.path, json.dumps(self.data), tmp=f"{self.path}.tmp-{os.getpid()}")
         self._last_save = time.monotonic()
         self._dirty = False
 
@@ -153,7 +142,5 @@ class Journal:
         copies a kill in the middle of a save left behind."""
         with self._lock:
             for p in [self.path, *glob.glob(glob.escape(self.path) + ".tmp-*")]:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
-                except FileNotFoundError:
-                    pass

@@ -8,13 +8,14 @@ after the copy succeeded, and removed on any failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 from imagetool.errors import DestinationExists, ImagetoolError
-from imagetool.fsutil import fsync_dir
+from imagetool.fsutil import fsync_dir, opened
 
 
 
@@ -45,18 +46,13 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[str]
                        f".{os.path.basename(path)}.part-{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
+        with opened(tmp) as fd:
             os.fsync(fd)
-        finally:
-            os.close(fd)
         if os.path.exists(path) and not force:
             raise DestinationExists(path, "file appeared during the download")
         os.replace(tmp, path)
         fsync_dir(directory)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise

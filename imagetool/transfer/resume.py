@@ -18,6 +18,7 @@ continue: a plain run says so and that ``--resume`` starts over; with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -424,10 +425,8 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
 
 def _drop_download(journal: Journal, part: str) -> None:
     """Remove a download's partial file and journal (nothing to continue)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(part)
-    except FileNotFoundError:
-        pass
     journal.remove()
 
 

@@ -149,15 +149,17 @@ class TransferSession:
             return t.proxy_url, None
         raise TransferError("the engine gave no transfer_url nor proxy_url")
 
+    def _client(self, read_timeout: float = 60.0) -> ImageioClient:
+        return ImageioClient(self.url, proxy_url=self.proxy_url,
+                             signed_ticket=getattr(self.transfer, "signed_ticket", None),
+                             cafile=getattr(self.conn, "cafile", None),
+                             insecure=getattr(self.conn, "insecure", False),
+                             read_timeout=read_timeout)
+
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
 
-        client = ImageioClient(
-            self.url, proxy_url=self.proxy_url,
-            signed_ticket=getattr(self.transfer, "signed_ticket", None),
-            cafile=getattr(self.conn, "cafile", None),
-            insecure=getattr(self.conn, "insecure", False),
-            read_timeout=read_timeout)
+        client = self._client(read_timeout)
         try:
             backend = HttpBackend(client)
         except BaseException:
@@ -314,16 +316,9 @@ class TransferSession:
     def _ping_data_plane(self) -> None:
         # A fresh client: the worker connections are busy or cached options
         # would not reach the server.
-        client = ImageioClient(
-            self.url, proxy_url=self.proxy_url,
-            signed_ticket=getattr(self.transfer, "signed_ticket", None),
-            cafile=getattr(self.conn, "cafile", None),
-            insecure=getattr(self.conn, "insecure", False))
-        try:
+        with self._client() as client:
             client.options()
             self.touch()
-        finally:
-            client.close()
 
     def _stop_keepalive(self) -> None:
         self._stop.set()

@@ -143,18 +143,6 @@ def write_session_file(session: Any, src: Backend, out: str, what: str, *, forma
         raise session.stopped(what) from None
 
 
-def download_backend(src: Backend, path: str | os.PathLike, *, format: str = "raw",
-                     force: bool = False, **kwargs) -> CopyStats:
-    """Save a backend's guest data to ``path`` as raw (sparse) or qcow2.
-
-    The file appears under ``path`` only when complete; a failure leaves
-    nothing there (and removes the temporary file). ``kwargs`` go to
-    :func:`write_file`.
-    """
-    with atomic_output(path, force) as tmp:
-        return write_file(src, tmp, format=format, **kwargs)
-
-
 def _can_verify(backend: Backend, verify: bool):
     """None when ``backend``'s server can be verified against, else the
     skipped Verification saying why not.
@@ -189,10 +177,8 @@ def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
     from imagetool.transfer import verify as verifying
 
     start = time.monotonic()
-    src = open_image(path, "r", format=format)
-    try:
-        dst = open_url(url, cafile=cafile, insecure=insecure)
-        try:
+    with open_image(path, "r", format=format) as src:
+        with open_url(url, cafile=cafile, insecure=insecure) as dst:
             verification = _can_verify(dst, verify)
             local = None
             if verification is None:
@@ -214,10 +200,6 @@ def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
                 verification = verifying.verify_upload(
                     dst, os.fspath(path), local=local, algorithm=local.algorithm,
                     what=os.fspath(path))
-        finally:
-            dst.close()
-    finally:
-        src.close()
     return TransferResult(bytes=stats.bytes_total,
                           seconds=time.monotonic() - start, format="raw",
                           path=os.fspath(path), stats=stats,
@@ -240,8 +222,7 @@ def download_url(url: str, path: str | os.PathLike, *, format: str = "raw",
     from imagetool.transfer import verify as verifying
 
     start = time.monotonic()
-    src = open_url(url, cafile=cafile, insecure=insecure)
-    try:
+    with open_url(url, cafile=cafile, insecure=insecure) as src:
         verification = _can_verify(src, verify)
         with atomic_output(path, force) as tmp:
             stats = write_file(src, tmp, format=format, workers=workers,
@@ -249,8 +230,6 @@ def download_url(url: str, path: str | os.PathLike, *, format: str = "raw",
             if verification is None:
                 verification = verifying.verify_download(src, tmp, format=format,
                                                          what=os.fspath(path))
-    finally:
-        src.close()
     return TransferResult(bytes=stats.bytes_total,
                           seconds=time.monotonic() - start, format=format,
                           path=os.fspath(path), stats=stats,
@@ -261,41 +240,28 @@ def url_checksum(url: str, *, algorithm: str = "blake2b",
                  block_size: int = 4 << 20, cafile: str | None = None,
                  insecure: bool = False) -> dict:
     """The server's block checksum of the URL's guest data."""
-    client = ImageioClient(url, cafile=cafile, insecure=insecure)
-    try:
+    with ImageioClient(url, cafile=cafile, insecure=insecure) as client:
         return client.checksum(algorithm=algorithm, block_size=block_size)
-    finally:
-        client.close()
 
 
 def url_info(url: str, *, cafile: str | None = None,
              insecure: bool = False, extents: bool = True) -> dict:
     """Size, features and allocation summary of an imageio URL."""
-    client = ImageioClient(url, cafile=cafile, insecure=insecure)
-    try:
+    with ImageioClient(url, cafile=cafile, insecure=insecure) as client:
         opts = client.options()
-        info = {"url": _redact(url), "size": client.size()}
-        info.update({k: opts.get(k) for k in ("features", "max_readers", "max_writers")}
-                    if isinstance(opts, dict) else _opts_fields(opts))
-        info["features"] = sorted(info.get("features") or ())
-        if extents and "extents" in (info.get("features") or ()):
+        info = {"url": _redact(url), "size": client.size(),
+                "features": sorted(opts.features), "max_readers": opts.max_readers,
+                "max_writers": opts.max_writers}
+        if extents and "extents" in opts.features:
             data = zero = 0
             for ext in client.extents("zero"):
-                length = ext.length if hasattr(ext, "length") else ext["length"]
-                is_zero = ext.zero if hasattr(ext, "zero") else ext["zero"]
-                if is_zero:
-                    zero += length
+                if ext.zero:
+                    zero += ext.length
                 else:
-                    data += length
+                    data += ext.length
             info["data_bytes"] = data
             info["zero_bytes"] = zero
         return info
-    finally:
-        client.close()
-
-
-def _opts_fields(opts) -> dict:
-    return {k: getattr(opts, k, None) for k in ("features", "max_readers", "max_writers")}
 
 
 def _redact(url: str) -> str:

@@ -122,13 +122,10 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
     ``method`` is ``server-checksum`` or ``read-back``.
     """
     if size is None and "checksum" in getattr(backend, "features", ()):
-        client = _fresh_client(backend, backend.client.read_timeout
-                               + backend.size / _MIN_SERVER_RATE)
-        try:
+        timeout = backend.client.read_timeout + backend.size / _MIN_SERVER_RATE
+        with _fresh_client(backend, timeout) as client:
             return client.checksum(algorithm=algorithm, block_size=block_size), \
                 "server-checksum"
-        finally:
-            client.close()
     fresh = HttpBackend(_fresh_client(backend, backend.client.read_timeout))
     reader = PerThread(fresh)
     try:
@@ -193,11 +190,8 @@ class LocalHash:
 
     def _run(self) -> None:
         try:
-            backend = self._opener()
-            try:
+            with self._opener() as backend:
                 self._result = checksum(Cancellable(backend, self._cancel), **self._kw)
-            finally:
-                backend.close()
         except BaseException as e:  # handed to the caller of result()
             self._error = e
 
@@ -326,19 +320,13 @@ def _file_size(path: str) -> int:
 
 def _fresh_size(dst: Any) -> int:
     """The ticket's current size (a cow volume grows as its bytes arrive)."""
-    client = _fresh_client(dst, dst.client.read_timeout)
-    try:
+    with _fresh_client(dst, dst.client.read_timeout) as client:
         return client.size()
-    finally:
-        client.close()
 
 
 def _padded_checksum(path: str, size: int, kw: dict) -> str:
-    b = RawBackend(path, "r")
-    try:
+    with RawBackend(path, "r") as b:
         return checksum(Window(b, size), **kw)["checksum"]
-    finally:
-        b.close()
 
 
 def verify_download(src: Any, local_path: str, *, format: str = "raw",
