@@ -14,3 +14,9 @@ UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 def is_uuid(text: object) -> bool:
     """True when ``text`` is a string holding exactly one UUID."""
     return isinstance(text, str) and UUID_RE.fullmatch(text) is not None
+
+
+def ref(name_or_id: str) -> dict[str, str]:
+    """An entity reference for a request body: ``{"id": ...}`` for a UUID,
+    else ``{"name": ...}`` (the engine resolves names in action bodies)."""
+    return {"id": name_or_id} if is_uuid(name_or_id) else {"name": name_or_id}

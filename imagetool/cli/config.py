@@ -182,13 +182,19 @@ def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None
         password = resolved.password
         if password is None:
             password = _prompt_password(resolved.username)
-        with Connection(resolved.url, username=resolved.username, password=password,
-                        cafile=resolved.cafile, insecure=resolved.insecure,
-                        **conn_kwargs) as conn:
-            conn.test()
+        with _tested(resolved.url, username=resolved.username, password=password,
+                     cafile=resolved.cafile, insecure=resolved.insecure,
+                     **conn_kwargs) as conn:
             yield conn
         return
     with _local_engine_connection(env, **conn_kwargs) as conn:
+        yield conn
+
+
+@contextmanager
+def _tested(url: str, **kwargs: Any) -> Iterator[Connection]:
+    with Connection(url, **kwargs) as conn:
+        conn.test()
         yield conn
 
 
@@ -202,17 +208,14 @@ def _local_engine_connection(env: Mapping[str, str] | None,
         password = info.get("password")
         if password is None and info.get("password_file"):
             password = _read_password_file(info["password_file"])
-        with Connection(info["url"], username=info.get("username", "admin@internal"),
-                        password=password, cafile=info.get("cafile"),
-                        **conn_kwargs) as conn:
-            conn.test()
+        with _tested(info["url"], username=info.get("username", "admin@internal"),
+                     password=password, cafile=info.get("cafile"), **conn_kwargs) as conn:
             yield conn
         return
-    with in_process_engine(data_dir) as engine:
-        with Connection(engine.url, username=engine.username, password=engine.password,
-                        cafile=engine.cafile, **conn_kwargs) as conn:
-            conn.test()
-            yield conn
+    with in_process_engine(data_dir) as engine, \
+            _tested(engine.url, username=engine.username, password=engine.password,
+                    cafile=engine.cafile, **conn_kwargs) as conn:
+        yield conn
 
 
 _OPTION_NAMES = ("engine_url", "username", "password_file", "cafile", "insecure", "config")

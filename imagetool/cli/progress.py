@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from imagetool.formats.base import Closing
+
 
 def bar_size(stream: Any = None) -> dict:
     """tqdm size options: follow the terminal, or 80x100 where it reports a
@@ -43,7 +45,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator
         yield bar.update
 
 
-class Bars:
+class Bars(Closing):
     """One tqdm bar per image plus a total; nothing when not on a terminal.
 
     ``stop`` is set on Ctrl-C: the next progress call of every transfer

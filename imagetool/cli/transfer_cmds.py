@@ -148,16 +148,13 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
         use_proxy=use_proxy, verify=verify, resume=resume, host=host,
         allow_outside_backing=allow_outside_backing)
     with open_connection(engine) as conn:
-        bars = Bars(list(zip(files, sizes)))
-        try:
+        with Bars(list(zip(files, sizes))) as bars:
             tasks = [
                 (lambda i=i, f=f: upload_disk_result(
                     conn, f, storage_domain, options, progress=bars.callback(i),
                     host_index=i))
                 for i, f in enumerate(files)]
             results = run_jobs(jobs, tasks, bars)
-        finally:
-            bars.close()
     report(results, list(files), as_json, "uploaded")
 
 
@@ -254,13 +251,10 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
             workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             verify=verify, resume=resume, host=host)
-        bars = Bars([(d.name or d.id, d.provisioned_size or 0) for d in found])
-        try:
+        with Bars([(d.name or d.id, d.provisioned_size or 0) for d in found]) as bars:
             tasks = [
                 (lambda i=i, d=d, p=p: download_disk_result(
                     conn, d, p, options, progress=bars.callback(i), host_index=i))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars)
-        finally:
-            bars.close()
     report(results, paths, as_json, "downloaded")

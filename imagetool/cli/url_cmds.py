@@ -31,11 +31,8 @@ def _verify_option(func):
 
 def _run_one(size: int, label: str, fn):
     """Run one transfer with a progress bar; Ctrl-C stops it cleanly."""
-    bars = Bars([(label, size)])
-    try:
+    with Bars([(label, size)]) as bars:
         result = run_jobs(1, [lambda: fn(bars.callback(0))], bars)[0]
-    finally:
-        bars.close()
     if isinstance(result, BaseException):
         raise result
     return result

@@ -19,7 +19,7 @@ from imagetool.engine.entities import (Cluster, Disk, DiskAttachment,
                                        ImageTransfer, Job, Snapshot,
                                        StorageDomain, Vm)
 from imagetool.errors import EngineError, NotFound
-from imagetool.ids import is_uuid
+from imagetool.ids import is_uuid, ref
 
 E = TypeVar("E", bound=Entity)
 
@@ -73,9 +73,11 @@ class _Service:
     def _remove(self, path: str, **params: Any) -> None:
         self._conn.request("DELETE", path, params=params)
 
-    def _action(self, path: str, name: str, body: dict[str, Any] | None = None) -> codec.Tree:
+    def _action(self, path: str, name: str, body: dict[str, Any] | None = None,
+                params: dict[str, str] | None = None) -> codec.Tree:
         """POST ``path/name`` with an ``<action>``; raise if it did not complete."""
-        tree = self._conn.post_tree(f"{path}/{name}", codec.to_xml("action", body))
+        tree = self._conn.post_tree(f"{path}/{name}", codec.to_xml("action", body),
+                                    params=params)
         if isinstance(tree, dict) and codec.to_str(tree.get("status")) == "failed":
             reason, detail = codec.parse_fault(tree)
             raise EngineError(f"{name} failed: {detail or reason or 'no detail'}",
@@ -238,22 +240,14 @@ class StorageDomainsService(_Service):
         ``collapse_snapshots`` goes in the query string, where the engine
         reads it (the body value is not honoured by every engine).
         """
-        body: dict[str, Any] = {
-            "storage_domain": {"id": storage_domain} if is_uuid(storage_domain)
-            else {"name": storage_domain},
-            "clone": clone if clone else None,
-        }
+        body: dict[str, Any] = {"storage_domain": ref(storage_domain),
+                                "clone": clone if clone else None}
         if cluster:
-            body["cluster"] = {"id": cluster} if is_uuid(cluster) else {"name": cluster}
+            body["cluster"] = ref(cluster)
         if name:
             body["vm"] = {"name": name}
         params = {"collapse_snapshots": "true"} if collapse_snapshots else None
-        tree = self._conn.post_tree(f"storagedomains/{sd_id}/vms/{vm_id}/import",
-                                    codec.to_xml("action", body), params=params)
-        if isinstance(tree, dict) and codec.to_str(tree.get("status")) == "failed":
-            reason, detail = codec.parse_fault(tree)
-            raise EngineError(f"import failed: {detail or reason or 'no detail'}",
-                              reason=reason, detail=detail)
+        self._action(f"storagedomains/{sd_id}/vms/{vm_id}", "import", body, params)
 
 
 class ImageTransfersService(_Service):
@@ -352,8 +346,7 @@ class VmsService(_Service):
             "name": name,
             "description": description,
             "memory": memory,
-            "cluster": {"id": cluster} if is_uuid(cluster) else {"name": cluster},
-            "template": {"id": template} if is_uuid(template) else {"name": template},
+            "cluster": ref(cluster), "template": ref(template),
         }
         if ovf is not None:
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}

@@ -26,7 +26,7 @@ from imagetool.engine import codec
 from imagetool.engine.entities import Vm
 from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
-from imagetool.ids import is_uuid
+from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
@@ -133,7 +133,7 @@ def _new_uuid() -> str:
 
 def _add_entity(conn: Any, kind: str, name: str, cluster: str, ovf_text: str) -> str:
     body = {"name": name,
-            "cluster": {"id": cluster} if is_uuid(cluster) else {"name": cluster},
+            "cluster": ref(cluster),
             "initialization": {"configuration": {"type": "ova", "data": ovf_text}}}
     tree = conn.post_tree(f"{kind}s", codec.to_xml(kind, body))
     entity = codec.entity_from_tree(Vm, tree)
