@@ -24,13 +24,14 @@ import os
 import select
 import socket
 import ssl
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from imagetool import checksum as block_checksum
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
+from imagetool.fsutil import opened
 from imagetool.imageio import protocol
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         FEATURES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
@@ -163,9 +164,8 @@ def _sendfile(ctx: Context, backend: RawBackend, offset: int, length: int) -> in
     timeout = sock.gettimeout()
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
-    fd = os.open(backend.path, os.O_RDONLY | os.O_CLOEXEC)
     sent = 0
-    try:
+    with opened(backend.path) as fd:
         while sent < length:
             try:
                 n = os.sendfile(sock.fileno(), fd, offset + sent,
@@ -177,12 +177,8 @@ def _sendfile(ctx: Context, backend: RawBackend, offset: int, length: int) -> in
             if n == 0:
                 break       # end of file: the image shrank under us
             sent += n
-        try:
+        with suppress(OSError):  # advice only
             os.posix_fadvise(fd, offset, sent, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass    # advice only
-    finally:
-        os.close(fd)
     if sent != length:
         ctx.close = True
         raise PeerClosed()

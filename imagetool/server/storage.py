@@ -35,8 +35,10 @@ from imagetool.formats import allocated_ranges, open_image, qcow2
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import (_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, RawBackend,
+                                   _fallocate)
+from imagetool.fsutil import opened, write_atomic
 from imagetool.ids import is_uuid
-from imagetool.formats.raw import RawBackend
 from imagetool.server.store import Store
 
 DIR_MODE = 0o700
@@ -77,11 +79,8 @@ def create_private(path: str) -> None:
     Writers that then open it by name (``open(path, "wb")``, the qcow2
     writer) keep the mode of the existing file.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
+    with opened(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE) as fd:
         os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
 
 
 class Storage:
@@ -201,12 +200,8 @@ class Storage:
 
     def write_meta(self, sd_id: str, disk_id: str, vol_id: str, meta: dict) -> None:
         """Write the ``.meta`` file next to a volume (atomically)."""
-        path = self.volume_path(sd_id, disk_id, vol_id) + ".meta"
-        tmp = path + ".tmp"
-        create_private(tmp)
-        with open(tmp, "w") as f:
-            json.dump(meta, f, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(self.volume_path(sd_id, disk_id, vol_id) + ".meta",
+                     json.dumps(meta, sort_keys=True), sync=False)
 
     def read_meta(self, sd_id: str, disk_id: str, vol_id: str) -> dict:
         """The ``.meta`` of a volume ({} when missing)."""
@@ -308,13 +303,6 @@ class Storage:
         except FileNotFoundError:
             return 0
 
-    def file_size(self, path: str) -> int:
-        """Apparent size of a file (0 when missing)."""
-        try:
-            return os.path.getsize(path)
-        except FileNotFoundError:
-            return 0
-
     def flatten(self, vols: list[dict], fmt: str, size: int, sd_id: str, disk_id: str,
                 vol_id: str, preallocate: bool = False) -> str:
         """Write the guest data of a chain (base..top) as one new volume.
@@ -366,18 +354,11 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
     """
     before = os.stat(path).st_blocks * 512
     if fmt == "raw":
-        try:
-            zero = bytes(4 << 20)
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                for ext in reader.extents():
-                    if ext.hole:
-                        continue
+        zero = bytes(4 << 20)
+        with reader, opened(path, os.O_RDWR) as fd:
+            for ext in reader.extents():
+                if not ext.hole:
                     _punch_zeros(fd, ext.start, ext.end, zero)
-            finally:
-                os.close(fd)
-        finally:
-            reader.close()
         return max(0, before - os.stat(path).st_blocks * 512)
     tmp = path + ".sparsifying"
     create_private(tmp)
@@ -400,9 +381,7 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
-        reader.close()
-        if parent is not None:
-            parent.close()
+        _close_layers(reader, parent)
     os.replace(tmp, path)
     return max(0, before - os.stat(path).st_blocks * 512)
 
@@ -429,11 +408,7 @@ def _punch_zeros(fd: int, start: int, end: int, zero: bytes) -> None:
 
 
 def _punch(fd: int, offset: int, length: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fallocate = libc.fallocate
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
-    if fallocate(fd, 0x02 | 0x01, offset, length) != 0:
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -547,10 +522,8 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None)
     """
     if reader is None:
         reader = open_image(src, "r")
-    try:
+    with reader:
         convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
-    finally:
-        reader.close()
 
 
 def _allocate(path: str, offset: int, length: int) -> None:

@@ -28,7 +28,7 @@ from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
 from imagetool.server.jobs import end_job
 from imagetool.server.store import Store
-from imagetool.server.storage import Storage, new_id
+from imagetool.server.storage import Storage, create_private, new_id
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,6 @@ class TransferManager:
             # Rebuild a live writer holding that data.
             previous = path + ".resume"
             os.replace(path, previous)
-        from imagetool.server.storage import create_private
         create_private(path)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
@@ -442,12 +441,9 @@ class TransferManager:
     @staticmethod
     def _check_qcow2(path: str) -> None:
         """Open the image's metadata fully so a corrupt table fails here."""
-        backend = open_image(path, "r", format="qcow2", shallow=True)
-        try:
+        with open_image(path, "r", format="qcow2", shallow=True) as backend:
             for _ in backend.extents():
                 pass
-        finally:
-            backend.close()
 
     def _fail_disk(self, t: dict) -> None:
         """A failed upload: the disk becomes illegal, then a fresh disk is
@@ -602,9 +598,6 @@ class TransferManager:
 
 def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
-    reader = open_image(src, "r", format="qcow2", shallow=True)
-    try:
+    with open_image(src, "r", format="qcow2", shallow=True) as reader:
         # Holes stay unallocated, zero clusters stay zero clusters.
         copy_local(reader, writer, dst_is_zero=True, over_backing=True, check_size=False)
-    finally:
-        reader.close()

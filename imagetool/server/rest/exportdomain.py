@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 
+from imagetool.fsutil import write_atomic
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
@@ -293,7 +294,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
             _staged_copy(req, sd["id"], stage, vols, top["id"], out[0]["format"],
                          d["provisioned_size"], collapse=discard)
             for i, v in enumerate(out):
-                domain_files.write_atomic(
+                write_atomic(
                     st.volume_path(sd["id"], stage, v["id"]) + ".meta",
                     domain_files.volume_meta(
                         sd_id=sd["id"], disk_id=d["id"], fmt=v["format"],
@@ -318,7 +319,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
                 installed.append(disk_id)
             path = domain_files.ovf_path(st, sd["id"], vm_id)
             make_private_dirs(os.path.dirname(path))
-            domain_files.write_atomic(path, ovf)
+            write_atomic(path, ovf)
     except BaseException as e:
         _undo_copies(st, sd["id"], staged, installed, e, "export")
         raise

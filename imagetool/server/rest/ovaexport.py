@@ -20,11 +20,13 @@ so an existing file is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 
 from imagetool.formats.convert import convert_backend
+from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
 from imagetool.server.jobs import end_job
 from imagetool.server.rest import disks as disks_mod
@@ -143,8 +145,7 @@ def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -
 def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> None:
     """Write the OVA into ``real`` (already checked) as ``filename``; never overwrite."""
     st, store = engine.storage, engine.store
-    dfd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    try:
+    with opened(real, os.O_RDONLY | os.O_DIRECTORY) as dfd:
         part = f".{filename[:200]}.{new_id()[:8]}.tmp"
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=dfd)
@@ -164,12 +165,9 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
 
             def write_disk(entry: dict, data_off: int) -> dict:
                 d = by_id[entry["disk_id"]]
-                reader = st.open_chain(chains[d["id"]])
-                try:
+                with st.open_chain(chains[d["id"]]) as reader:
                     convert_backend(reader, fd_path, "qcow2", size=d["provisioned_size"],
                                     offset=data_off, cancel_event=engine.stopping)
-                finally:
-                    reader.close()
                 if engine.stopping.is_set():
                     raise RuntimeError("the engine is stopping")
                 return {"disk_id": d["id"], "length": cut_member(fd, data_off)}
@@ -182,11 +180,7 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
             os.link(part, filename, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
         finally:
             os.close(fd)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(part, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
         os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
