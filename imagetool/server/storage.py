@@ -55,6 +55,13 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def volume_row(vol_id: str, disk_id: str, sd_id: str, fmt: str, created: float,
+               parent_id: str | None = None, **extra: Any) -> dict:
+    """A volume's inventory row, owned by no snapshot yet."""
+    return {"id": vol_id, "disk_id": disk_id, "sd_id": sd_id, "format": fmt,
+            "parent_id": parent_id, "snapshot_id": None, "created": created, **extra}
+
+
 def make_private_dirs(path: str) -> None:
     """``os.makedirs`` with every directory it creates 0700, whatever the umask."""
     path = os.path.abspath(path)
@@ -198,6 +205,18 @@ class Storage:
             "format": fmt, "size": size, "parent": parent_id, "ctime": int(time.time())})
         return path
 
+    def add_layer(self, disk: dict, parent_id: str, created: float | None = None,
+                  **extra: Any) -> dict:
+        """A new empty qcow2 volume of ``disk`` over volume ``parent_id``: its
+        file and its inventory row (returned); the caller makes it the
+        disk's active volume."""
+        row = volume_row(new_id(), disk["id"], disk["sd_id"], "cow",
+                         time.time() if created is None else created, parent_id, **extra)
+        self.create_volume(disk["sd_id"], disk["id"], row["id"], "cow", disk["provisioned_size"],
+                           parent_id=parent_id)
+        self.store.put("volume", row)
+        return row
+
     def write_meta(self, sd_id: str, disk_id: str, vol_id: str, meta: dict) -> None:
         """Write the ``.meta`` file next to a volume (atomically)."""
         write_atomic(self.volume_path(sd_id, disk_id, vol_id) + ".meta",
@@ -295,6 +314,14 @@ class Storage:
     def remove_disk(self, sd_id: str, disk_id: str) -> None:
         """Delete a disk's directory with all its volumes."""
         shutil.rmtree(self.disk_dir(sd_id, disk_id), ignore_errors=True)
+
+    def delete_disk(self, disk: dict) -> None:
+        """Remove a disk's inventory rows (its volumes' and its own), then its files."""
+        with self.store.transaction():
+            for v in self.store.list("volume", lambda v: v["disk_id"] == disk["id"]):
+                self.store.delete("volume", v["id"])
+            self.store.delete("disk", disk["id"])
+        self.remove_disk(disk["sd_id"], disk["id"])
 
     def allocated_size(self, path: str) -> int:
         """Bytes actually allocated on the file system for a file."""

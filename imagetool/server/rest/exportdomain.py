@@ -200,13 +200,17 @@ def _staged_copy(req: Request, sd_id: str, stage: str, vols: list[dict], dst_id:
         st.flatten([v], v["format"], size, sd_id, stage, v["id"])
 
 
-def _install(req: Request, sd_id: str, stage: str, disk_id: str) -> None:
-    """Rename a staged disk directory into place; it must not exist yet."""
+def _install(req: Request, sd_id: str, staged: list, installed: list[str]) -> None:
+    """Rename each staged disk directory into place (none may exist yet),
+    moving it from ``staged`` to ``installed`` (see ``_undo_copies``)."""
     st = req.engine.storage
-    dst = st.disk_dir(sd_id, disk_id)
-    if os.path.exists(dst):
-        raise FileExistsError(f"disk directory {disk_id} already exists")
-    os.rename(st.disk_dir(sd_id, stage), dst)
+    for stage, disk_id in list(staged):
+        dst = st.disk_dir(sd_id, disk_id)
+        if os.path.exists(dst):
+            raise FileExistsError(f"disk directory {disk_id} already exists")
+        os.rename(st.disk_dir(sd_id, stage), dst)
+        staged.remove((stage, disk_id))
+        installed.append(disk_id)
 
 
 def _undo_copies(st, sd_id: str, staged: list, installed: list[str], e: BaseException,
@@ -313,10 +317,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
         with store.transaction():
             if old is not None:
                 _remove_exported(req, sd, old)
-            for stage, disk_id in list(staged):
-                _install(req, sd["id"], stage, disk_id)
-                staged.remove((stage, disk_id))
-                installed.append(disk_id)
+            _install(req, sd["id"], staged, installed)
             path = domain_files.ovf_path(st, sd["id"], vm_id)
             make_private_dirs(os.path.dirname(path))
             write_atomic(path, ovf)
@@ -433,10 +434,7 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
         with store.transaction():
             if store.get("vm", new_vm_id) or any(v["name"] == name for v in store.list("vm")):
                 raise conflict("import VM", f"VM {name} appeared meanwhile.")
-            for stage, disk_id in list(staged):
-                _install(req, dst_sd["id"], stage, disk_id)
-                staged.remove((stage, disk_id))
-                installed.append(disk_id)
+            _install(req, dst_sd["id"], staged, installed)
             for row in rows_vol:
                 store.put("volume", row)
             for row in rows_disk:

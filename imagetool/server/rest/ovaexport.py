@@ -23,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 
 from imagetool.formats.convert import convert_backend
 from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
-from imagetool.server.jobs import end_job
+from imagetool.server.jobs import end_job, record_job
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_obj, get_str
+from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict, missing,
                                           not_found)
@@ -105,21 +105,14 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
             raise conflict(ACTION, f"File {filename} already exists in {directory}.")
         for _, d in disks:
             store.update("disk", d["id"], status="locked")
-        now = time.time()
-        job = {"id": new_id(), "status": "started", "start_time": now, "end_time": None,
-               "description": f"Exporting VM {vm['name']} As a Virtual Appliance To "
-                              f"{os.path.join(directory, filename)}",
-               "auto_cleared": True, "external": False,
-               "steps": [{"id": new_id(), "description": "Creating the OVA",
-                          "type": "executing", "number": 0, "status": "started",
-                          "start_time": now, "end_time": None}]}
-        store.put("job", job)
+        job = record_job(store, f"Exporting VM {vm['name']} As a Virtual Appliance To "
+                                f"{os.path.join(directory, filename)}",
+                         ["Creating the OVA"], status="started")
     thread = threading.Thread(target=_run, args=(engine, vm, disks, real, filename, job["id"]),
                               name="ova-export", daemon=True)
     engine.background_start(thread)
     return Reply(tag="action", body={"status": "complete",
-                                     "job": {"href": req.href("jobs", job["id"]),
-                                             "id": job["id"]}})
+                                     "job": ref(req, "jobs", job["id"])})
 
 
 def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -> None:
