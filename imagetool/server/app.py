@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -498,12 +499,10 @@ class _Handler(BaseHTTPRequestHandler):
     def expire(self) -> None:
         """Cut a connection that took too long to send its request."""
         log.debug("closing a slow connection from %s", self.client_address[0])
-        try:
+        with suppress(OSError):
             # The plain socket's shutdown: wakes the reading thread with EOF
             # without touching the TLS state another thread is using.
             socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _content_length(self) -> int | None:
         """The Content-Length (0 when absent); None when malformed or repeated."""

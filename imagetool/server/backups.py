@@ -97,14 +97,9 @@ def _set(engine, bid: str, phase: str) -> dict | None:
 
 def _freeze(engine, disk: dict, now: float) -> str:
     """Put a new empty layer over the disk's active volume; return the old one."""
-    store, st = engine.store, engine.storage
+    store = engine.store
     old = disk["image_id"]
-    new = new_id()
-    st.create_volume(disk["sd_id"], disk["id"], new, "cow", disk["provisioned_size"],
-                     parent_id=old)
-    store.put("volume", {"id": new, "disk_id": disk["id"], "sd_id": disk["sd_id"],
-                         "format": "cow", "parent_id": old, "snapshot_id": None,
-                         "created": now, "backup_layer": False})
+    new = engine.storage.add_layer(disk, old, now, backup_layer=False)["id"]
     store.update("volume", old, backup_frozen=True)
     store.update("disk", disk["id"], image_id=new, format="cow")
     return old

@@ -33,7 +33,7 @@ import mmap
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterator
 
 from imagetool.checksum import hash_factory
@@ -119,10 +119,8 @@ class ChecksumAhead:
                 self._unflushed.add(i)
                 if i in self._current:
                     self._current[i] = True
-            try:
+            with suppress(OSError):  # _unchanged() fails the same way
                 self._last_mtime = max(self._last_mtime, self._mtime())
-            except OSError:
-                pass        # _unchanged() fails the same way
 
     def flush(self, do_flush: Callable[[], None]) -> None:
         """Run the backend's flush; then blocks written before it may be hashed."""
@@ -231,10 +229,8 @@ class ChecksumAhead:
                 self._running -= 1
                 last = self._running == 0
             if last:
-                try:
+                with suppress(OSError):
                     self._reader.close()
-                except OSError:
-                    pass
 
     def _hash(self, i: int, buf: memoryview) -> bytes | None:
         start = i * self.block_size

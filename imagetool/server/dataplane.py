@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import threading
+from contextlib import suppress
 from http import HTTPStatus
 
 from imagetool import __version__
@@ -105,11 +106,9 @@ class DataPlaneServer:
         """
         self._stopping.set()
         if self._listener is not None:
-            try:
+            with suppress(OSError):
                 # shutdown() wakes a thread blocked in accept(); close() alone does not.
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
@@ -117,10 +116,8 @@ class DataPlaneServer:
         with self._lock:
             conns = list(self._connections.items())
         for sock, _ in conns:
-            try:
+            with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for _, thread in conns:
             thread.join(timeout)
         self._listener = None
@@ -203,10 +200,8 @@ class DataPlaneServer:
         finally:
             with self._lock:
                 self._overflow -= 1
-            try:
+            with suppress(OSError):
                 raw.close()
-            except OSError:
-                pass
 
     def _serve(self, raw: socket.socket) -> None:
         sock = raw
@@ -244,10 +239,8 @@ class DataPlaneServer:
                 self._connections.pop(raw, None)
                 self._connections.pop(sock, None)
             for s in {raw, sock}:
-                try:
+                with suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 class _Session:
@@ -294,10 +287,8 @@ class _Session:
         self.ticket = ticket
 
     def _send_error(self, e: HttpError, close: bool) -> None:
-        try:
+        with suppress(OSError):
             self.conn.send_error(e, close)
-        except OSError:
-            pass
 
     def _discard_body(self) -> None:
         """Swallow what the client is still sending before we close.

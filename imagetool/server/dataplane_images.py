@@ -24,13 +24,14 @@ import os
 import select
 import socket
 import ssl
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from imagetool import checksum as block_checksum
 from imagetool.errors import FormatError
 from imagetool.formats.raw import RawBackend
+from imagetool.fsutil import opened
 from imagetool.imageio import protocol
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         FEATURES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
@@ -163,9 +164,8 @@ def _sendfile(ctx: Context, backend: RawBackend, offset: int, length: int) -> in
     timeout = sock.gettimeout()
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
-    fd = os.open(backend.path, os.O_RDONLY | os.O_CLOEXEC)
     sent = 0
-    try:
+    with opened(backend.path) as fd:
         while sent < length:
             try:
                 n = os.sendfile(sock.fileno(), fd, offset + sent,
@@ -177,12 +177,8 @@ def _sendfile(ctx: Context, backend: RawBackend, offset: int, length: int) -> in
             if n == 0:
                 break       # end of file: the image shrank under us
             sent += n
-        try:
+        with suppress(OSError):  # advice only
             os.posix_fadvise(fd, offset, sent, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass    # advice only
-    finally:
-        os.close(fd)
     if sent != length:
         ctx.close = True
         raise PeerClosed()
@@ -210,11 +206,7 @@ def put(ctx: Context, ticket: Ticket) -> int:
                             f"Content-Range {header!r} does not match Content-Length "
                             f"{length}", close=True)
     if offset + length > ticket.size:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        f"Requested range {offset}-{offset + length - 1} is past the "
-                        f"image size {ticket.size}",
-                        {"Content-Range": format_content_range(None, size=ticket.size)},
-                        close=True)
+        raise _past_end(offset, length, ticket.size, close=True)
     flush = _flush_param(req)
     backend = ticket.backend()
     if req.headers.get("expect", "").lower() == "100-continue":
@@ -222,13 +214,8 @@ def put(ctx: Context, ticket: Ticket) -> int:
     conn = ctx.conn
     buf = conn.buffer
     write = backend.write
-    ahead = ticket.checksum_ahead
-    if ticket.on_write is not None:
-        ticket.on_write(offset, length)
-    if ahead is not None:
-        ahead.begin_write(offset, length)
     done = 0
-    try:
+    with _writing(ticket, offset, length):
         while done < length:
             # Fill the whole buffer before writing: fewer, larger backend writes.
             want = min(len(buf), length - done)
@@ -245,14 +232,36 @@ def put(ctx: Context, ticket: Ticket) -> int:
                 got += n
             write(offset + done, buf[:got])
             done += got
-    finally:
-        if ahead is not None:
-            ahead.end_write(offset, length)
     ctx.body_done = True
     if flush:
         _flush(ticket, backend)
     ctx.conn.send_reply(200, close=ctx.close)
     return done
+
+
+def _past_end(offset: int, length: int, size: int, close: bool = False) -> HttpError:
+    """The 416 for a write or zero beyond the image, naming its size."""
+    return HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                     f"Requested range {offset}-{offset + length - 1} is past the "
+                     f"image size {size}",
+                     {"Content-Range": format_content_range(None, size=size)}, close=close)
+
+
+@contextmanager
+def _writing(ticket: Ticket, offset: int, length: int):
+    """Around a write or zero of ``[offset, offset + length)``: the ticket's
+    write tracking hears of it before, and its checksum ahead (if any)
+    knows the range is changing until it ends."""
+    if ticket.on_write is not None:
+        ticket.on_write(offset, length)
+    ahead = ticket.checksum_ahead
+    if ahead is not None:
+        ahead.begin_write(offset, length)
+    try:
+        yield
+    finally:
+        if ahead is not None:
+            ahead.end_write(offset, length)
 
 
 def _flush(ticket: Ticket, backend) -> None:
@@ -314,21 +323,10 @@ def patch(ctx: Context, ticket: Ticket) -> int:
         size = _int_field(msg, "size")
         flush = _bool_field(msg, "flush", False)
         if offset + size > ticket.size:
-            raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                            f"Requested range {offset}-{offset + size - 1} is past the "
-                            f"image size {ticket.size}",
-                            {"Content-Range": format_content_range(None, size=ticket.size)})
+            raise _past_end(offset, size, ticket.size)
         if size:
-            if ticket.on_write is not None:
-                ticket.on_write(offset, size)
-            ahead = ticket.checksum_ahead
-            if ahead is not None:
-                ahead.begin_write(offset, size)
-            try:
+            with _writing(ticket, offset, size):
                 backend.zero(offset, size)      # holes, or in place: the backend's sparse
-            finally:
-                if ahead is not None:
-                    ahead.end_write(offset, size)
         if flush:
             _flush(ticket, backend)
         ctx.conn.send_reply(200, close=ctx.close)
@@ -373,9 +371,8 @@ def extents(ctx: Context, ticket: Ticket) -> int:
 
 
 def checksum(ctx: Context, ticket: Ticket) -> int:
-    mod = block_checksum
     query = ctx.req.query
-    algorithm = _check_algorithm(mod, query.get("algorithm", "blake2b"))
+    algorithm = _check_algorithm(query.get("algorithm", "blake2b"))
     raw = query.get("block_size", str(DEFAULT_BLOCK_SIZE))
     try:
         value = parse_uint(raw)
@@ -390,17 +387,18 @@ def checksum(ctx: Context, ticket: Ticket) -> int:
     with ahead.paused() if ahead is not None else nullcontext({}) as known:
         # Four readers keep the disk busy while the others hash (I/O-bound
         # direct reads, hashlib drops the GIL).
-        result = mod.checksum(backend, algorithm=algorithm,
-                              block_size=block_size, workers=4, known=known)
+        result = block_checksum.checksum(backend, algorithm=algorithm,
+                                         block_size=block_size, workers=4, known=known)
     ctx.conn.send_json(result, close=ctx.close)
     return 0
 
 
-def _check_algorithm(mod, algorithm: object) -> str:
-    if not isinstance(algorithm, str) or algorithm not in mod.ALGORITHMS:
+def _check_algorithm(algorithm: object) -> str:
+    algorithms = block_checksum.ALGORITHMS
+    if not isinstance(algorithm, str) or algorithm not in algorithms:
         raise HttpError(HTTPStatus.BAD_REQUEST,
                         f"Unsupported value {algorithm!r} for 'algorithm', "
-                        f"expecting one of {sorted(mod.ALGORITHMS)}")
+                        f"expecting one of {sorted(algorithms)}")
     return algorithm
 
 
@@ -423,8 +421,7 @@ def _direct(backend) -> bool:
 
 def _announce(ticket: Ticket, backend, msg: dict) -> None:
     """Start hashing the ticket's flushed blocks for the announced checksum."""
-    mod = block_checksum
-    algorithm = _check_algorithm(mod, msg.get("algorithm"))
+    algorithm = _check_algorithm(msg.get("algorithm"))
     block_size = _check_block_size(_int_field(msg, "block_size"))
     if not _direct(backend):
         raise HttpError(HTTPStatus.CONFLICT, "Checksum ahead is not available for this ticket")
@@ -461,6 +458,5 @@ def _announce(ticket: Ticket, backend, msg: dict) -> None:
 
 
 def checksum_algorithms(ctx: Context, ticket: Ticket) -> int:
-    mod = block_checksum
-    ctx.conn.send_json({"algorithms": sorted(mod.ALGORITHMS)}, close=ctx.close)
+    ctx.conn.send_json({"algorithms": sorted(block_checksum.ALGORITHMS)}, close=ctx.close)
     return 0

@@ -16,12 +16,14 @@ its ``from_checkpoint_id`` frozen at that moment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from typing import Iterator
 
 from imagetool.formats.base import Extent, add_range
+from imagetool.fsutil import write_atomic
 from imagetool.ids import is_uuid
 
 GRAIN = 64 << 10
@@ -55,17 +57,11 @@ class DirtyTracker:
     def _save(self, disk_id: str) -> None:
         path = self._path(disk_id)
         m = self._maps.get(disk_id) or {}
-        if not m:
-            try:
+        if m:
+            write_atomic(path, json.dumps(m), sync=False)
+        else:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return
-        tmp = f"{path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(m, f)
-        os.replace(tmp, path)
 
     def add_checkpoint(self, disk_id: str, checkpoint_id: str) -> None:
         """Start tracking writes for a new checkpoint of the disk."""
@@ -76,11 +72,6 @@ class DirtyTracker:
     def remove_checkpoint(self, disk_id: str, checkpoint_id: str) -> None:
         with self._lock:
             self._map(disk_id).pop(checkpoint_id, None)
-            self._save(disk_id)
-
-    def forget_disk(self, disk_id: str) -> None:
-        with self._lock:
-            self._maps[disk_id] = {}
             self._save(disk_id)
 
     def record(self, disk_id: str, offset: int, length: int) -> None:

@@ -2,15 +2,32 @@
 
 A long action (an image transfer, an OVA export) stores its job as
 ``started`` and ends it here when it is over; short actions store theirs
-already finished (``rest.common.record_job``). The statuses are the oVirt
+already finished. The statuses are the oVirt
 REST API guide's JobStatus values.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Iterable
 
+from imagetool.server.storage import new_id
 from imagetool.server.store import Store
+
+
+def record_job(store: Store, description: str, steps: Iterable[str],
+               status: str = "finished", start: float | None = None) -> dict:
+    """Store a job with one step per name; a ``started`` one has no end time yet."""
+    now = time.time()
+    start = start or now
+    end = now if status != "started" else None
+    job = {"id": new_id(), "description": description, "status": status,
+           "start_time": start, "end_time": end, "auto_cleared": True, "external": False,
+           "steps": [{"id": new_id(), "description": s, "type": "executing", "number": i,
+                      "status": status, "start_time": start, "end_time": end}
+                     for i, s in enumerate(steps)]}
+    store.put("job", job)
+    return job
 
 
 def end_job(store: Store, job_id: str, status: str) -> None:

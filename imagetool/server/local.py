@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from imagetool.fsutil import write_atomic
 from imagetool.paths import LOCK_FILE, default_data_dir, find_running_engine
 from imagetool.server.app import EngineServer
 
@@ -25,11 +26,7 @@ def write_lock_file(engine: EngineServer) -> str:
     info = {"url": engine.url, "cafile": engine.cafile, "pid": os.getpid(),
             "username": USERNAME, "password_file": engine.password_file,
             "imageio_url": engine.dataplane_url(), "insecure": False}
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(info, indent=2), sync=False)
     return path
 
 

@@ -35,8 +35,10 @@ from imagetool.formats import allocated_ranges, open_image, qcow2
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
+from imagetool.formats.raw import (_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, RawBackend,
+                                   _fallocate)
+from imagetool.fsutil import opened, write_atomic
 from imagetool.ids import is_uuid
-from imagetool.formats.raw import RawBackend
 from imagetool.server.store import Store
 
 DIR_MODE = 0o700
@@ -51,6 +53,13 @@ BACKUP_SUFFIX = ".pre-transfer"
 def new_id() -> str:
     """A fresh entity id (oVirt ids are UUIDs)."""
     return str(uuid.uuid4())
+
+
+def volume_row(vol_id: str, disk_id: str, sd_id: str, fmt: str, created: float,
+               parent_id: str | None = None, **extra: Any) -> dict:
+    """A volume's inventory row, owned by no snapshot yet."""
+    return {"id": vol_id, "disk_id": disk_id, "sd_id": sd_id, "format": fmt,
+            "parent_id": parent_id, "snapshot_id": None, "created": created, **extra}
 
 
 def make_private_dirs(path: str) -> None:
@@ -77,11 +86,8 @@ def create_private(path: str) -> None:
     Writers that then open it by name (``open(path, "wb")``, the qcow2
     writer) keep the mode of the existing file.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
+    with opened(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE) as fd:
         os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
 
 
 class Storage:
@@ -199,14 +205,22 @@ class Storage:
             "format": fmt, "size": size, "parent": parent_id, "ctime": int(time.time())})
         return path
 
+    def add_layer(self, disk: dict, parent_id: str, created: float | None = None,
+                  **extra: Any) -> dict:
+        """A new empty qcow2 volume of ``disk`` over volume ``parent_id``: its
+        file and its inventory row (returned); the caller makes it the
+        disk's active volume."""
+        row = volume_row(new_id(), disk["id"], disk["sd_id"], "cow",
+                         time.time() if created is None else created, parent_id, **extra)
+        self.create_volume(disk["sd_id"], disk["id"], row["id"], "cow", disk["provisioned_size"],
+                           parent_id=parent_id)
+        self.store.put("volume", row)
+        return row
+
     def write_meta(self, sd_id: str, disk_id: str, vol_id: str, meta: dict) -> None:
         """Write the ``.meta`` file next to a volume (atomically)."""
-        path = self.volume_path(sd_id, disk_id, vol_id) + ".meta"
-        tmp = path + ".tmp"
-        create_private(tmp)
-        with open(tmp, "w") as f:
-            json.dump(meta, f, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(self.volume_path(sd_id, disk_id, vol_id) + ".meta",
+                     json.dumps(meta, sort_keys=True), sync=False)
 
     def read_meta(self, sd_id: str, disk_id: str, vol_id: str) -> dict:
         """The ``.meta`` of a volume ({} when missing)."""
@@ -301,17 +315,18 @@ class Storage:
         """Delete a disk's directory with all its volumes."""
         shutil.rmtree(self.disk_dir(sd_id, disk_id), ignore_errors=True)
 
+    def delete_disk(self, disk: dict) -> None:
+        """Remove a disk's inventory rows (its volumes' and its own), then its files."""
+        with self.store.transaction():
+            for v in self.store.list("volume", lambda v: v["disk_id"] == disk["id"]):
+                self.store.delete("volume", v["id"])
+            self.store.delete("disk", disk["id"])
+        self.remove_disk(disk["sd_id"], disk["id"])
+
     def allocated_size(self, path: str) -> int:
         """Bytes actually allocated on the file system for a file."""
         try:
             return os.stat(path).st_blocks * 512
-        except FileNotFoundError:
-            return 0
-
-    def file_size(self, path: str) -> int:
-        """Apparent size of a file (0 when missing)."""
-        try:
-            return os.path.getsize(path)
         except FileNotFoundError:
             return 0
 
@@ -366,18 +381,11 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
     """
     before = os.stat(path).st_blocks * 512
     if fmt == "raw":
-        try:
-            zero = bytes(4 << 20)
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                for ext in reader.extents():
-                    if ext.hole:
-                        continue
+        zero = bytes(4 << 20)
+        with reader, opened(path, os.O_RDWR) as fd:
+            for ext in reader.extents():
+                if not ext.hole:
                     _punch_zeros(fd, ext.start, ext.end, zero)
-            finally:
-                os.close(fd)
-        finally:
-            reader.close()
         return max(0, before - os.stat(path).st_blocks * 512)
     tmp = path + ".sparsifying"
     create_private(tmp)
@@ -400,9 +408,7 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
-        reader.close()
-        if parent is not None:
-            parent.close()
+        _close_layers(reader, parent)
     os.replace(tmp, path)
     return max(0, before - os.stat(path).st_blocks * 512)
 
@@ -429,11 +435,7 @@ def _punch_zeros(fd: int, start: int, end: int, zero: bytes) -> None:
 
 
 def _punch(fd: int, offset: int, length: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fallocate = libc.fallocate
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
-    if fallocate(fd, 0x02 | 0x01, offset, length) != 0:
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -547,10 +549,8 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None)
     """
     if reader is None:
         reader = open_image(src, "r")
-    try:
+    with reader:
         convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
-    finally:
-        reader.close()
 
 
 def _allocate(path: str, offset: int, length: int) -> None:

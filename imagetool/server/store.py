@@ -16,6 +16,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from imagetool.fsutil import opened
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
     kind TEXT NOT NULL,
@@ -49,13 +51,10 @@ class Store:
         for p in (path, path + "-wal", path + "-shm"):
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if p == path else 0)
             try:
-                fd = os.open(p, flags, 0o600)
+                with opened(p, flags, 0o600) as fd:
+                    os.fchmod(fd, 0o600)
             except FileNotFoundError:
                 continue
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
         with self._borrow() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)

@@ -26,9 +26,9 @@ from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import ACTIVE, FAILING, FINISHED, PAUSED, Phase, can_transition, ordered
-from imagetool.server.jobs import end_job
+from imagetool.server.jobs import end_job, record_job
 from imagetool.server.store import Store
-from imagetool.server.storage import Storage, new_id
+from imagetool.server.storage import Storage, create_private, new_id
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 log = logging.getLogger(__name__)
@@ -140,20 +140,12 @@ class TransferManager:
             # ranges of an incremental disk (server/backups.py).
             doc["backup_id"] = backup["id"]
             doc["dirty_ranges"] = backup["dirty"].get(disk["id"])
-        job_id = new_id()
-        doc["job_id"] = job_id
-        now = time.time()
         verb = "Uploading" if direction == "upload" else "Downloading"
         with self.store.transaction():
             self.store.update("disk", disk["id"], status="locked")
+            doc["job_id"] = record_job(self.store, f"{verb} image of disk {disk['name']}",
+                                       ["Transferring image"], status="started")["id"]
             self.store.put("transfer", doc)
-            self.store.put("job", {
-                "id": job_id, "description": f"{verb} image of disk {disk['name']}",
-                "status": "started", "start_time": now, "end_time": None,
-                "auto_cleared": True, "external": False,
-                "steps": [{"id": new_id(), "description": "Transferring image",
-                           "type": "executing", "number": 0, "status": "started",
-                           "start_time": now, "end_time": None}]})
         self.store.after_commit(lambda: self._spawn(self._initialize, tid))
         return doc
 
@@ -212,7 +204,6 @@ class TransferManager:
             # Rebuild a live writer holding that data.
             previous = path + ".resume"
             os.replace(path, previous)
-        from imagetool.server.storage import create_private
         create_private(path)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
@@ -442,12 +433,9 @@ class TransferManager:
     @staticmethod
     def _check_qcow2(path: str) -> None:
         """Open the image's metadata fully so a corrupt table fails here."""
-        backend = open_image(path, "r", format="qcow2", shallow=True)
-        try:
+        with open_image(path, "r", format="qcow2", shallow=True) as backend:
             for _ in backend.extents():
                 pass
-        finally:
-            backend.close()
 
     def _fail_disk(self, t: dict) -> None:
         """A failed upload: the disk becomes illegal, then a fresh disk is
@@ -470,13 +458,8 @@ class TransferManager:
 
     def _remove_disk(self, disk_id: str) -> None:
         disk = self.store.get("disk", disk_id)
-        if disk is None:
-            return
-        with self.store.transaction():
-            for v in self.store.list("volume", lambda v: v["disk_id"] == disk_id):
-                self.store.delete("volume", v["id"])
-            self.store.delete("disk", disk_id)
-        self.storage.remove_disk(disk["sd_id"], disk_id)
+        if disk is not None:
+            self.storage.delete_disk(disk)
 
     def _cleanup(self, tid: str) -> None:
         with self._lock(tid):
@@ -602,9 +585,6 @@ class TransferManager:
 
 def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
-    reader = open_image(src, "r", format="qcow2", shallow=True)
-    try:
+    with open_image(src, "r", format="qcow2", shallow=True) as reader:
         # Holes stay unallocated, zero clusters stay zero clusters.
         copy_local(reader, writer, dst_is_zero=True, over_backing=True, check_size=False)
-    finally:
-        reader.close()

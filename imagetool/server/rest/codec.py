@@ -175,11 +175,9 @@ def parse(body: bytes, content_type: str) -> tuple[str | None, dict]:
         except RecursionError:
             raise _too_deep() from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, "Request syntactically incorrect.",
-                           f"Cannot parse JSON request body: {e}") from None
+            raise _bad(f"Cannot parse JSON request body: {e}") from None
         if not isinstance(doc, dict):
-            raise ApiError(400, "Request syntactically incorrect.",
-                           "The JSON request body must be an object")
+            raise _bad("The JSON request body must be an object")
         if _json_depth(doc) > MAX_DEPTH:
             raise _too_deep()
         return None, _json_parse(doc)
@@ -192,9 +190,13 @@ def parse(body: bytes, content_type: str) -> tuple[str | None, dict]:
     return root.tag, value
 
 
+def _bad(detail: str) -> ApiError:
+    """The engine's 400 fault for a body or value it cannot read."""
+    return ApiError(400, "Request syntactically incorrect.", detail)
+
+
 def _too_deep() -> ApiError:
-    return ApiError(400, "Request syntactically incorrect.",
-                    f"The request body is nested more than {MAX_DEPTH} levels deep")
+    return _bad(f"The request body is nested more than {MAX_DEPTH} levels deep")
 
 
 def _json_depth(doc: Any) -> int:
@@ -216,9 +218,8 @@ def _json_depth(doc: Any) -> int:
 def _xml_read(body: bytes) -> ET.Element:
     """Parse an XML body, refusing DTDs (entity expansion) and deep nesting."""
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise ApiError(400, "Request syntactically incorrect.",
-                       "Cannot parse XML request body: document type declarations "
-                       "are not accepted")
+        raise _bad("Cannot parse XML request body: document type declarations "
+                   "are not accepted")
     parser = ET.XMLPullParser(events=("start", "end"))
     depth = 0
     root = None
@@ -235,22 +236,26 @@ def _xml_read(body: bytes) -> ET.Element:
             else:
                 depth -= 1
     except ET.ParseError as e:
-        raise ApiError(400, "Request syntactically incorrect.",
-                       f"Cannot parse XML request body: {e}") from None
+        raise _bad(f"Cannot parse XML request body: {e}") from None
     if root is None:
-        raise ApiError(400, "Request syntactically incorrect.",
-                       "Cannot parse XML request body: no element found")
+        raise _bad("Cannot parse XML request body: no element found")
     return root
 
 
 # --- reading parsed values ---------------------------------------------------
 
-def get_str(obj: Any, *path: str) -> str | None:
-    """A nested scalar as a string, or None when absent or empty."""
+def _walk(obj: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` inside nested dicts, or None when absent."""
     for key in path:
         if not isinstance(obj, dict) or key not in obj:
             return None
         obj = obj[key]
+    return obj
+
+
+def get_str(obj: Any, *path: str) -> str | None:
+    """A nested scalar as a string, or None when absent or empty."""
+    obj = _walk(obj, path)
     if isinstance(obj, (dict, list)):
         return None
     return obj if obj not in ("", None) else None
@@ -270,8 +275,7 @@ def get_int(obj: Any, *path: str) -> int | None:
     # ASCII digits only: int() also takes other scripts' digits and '1_0'.
     if re.fullmatch(r"[+-]?[0-9]{1,20}", text.strip(), re.ASCII):
         return int(text)
-    raise ApiError(400, "Request syntactically incorrect.",
-                       f"Value '{text}' of '{'.'.join(path)}' is not an integer")
+    raise _bad(f"Value '{text}' of '{'.'.join(path)}' is not an integer")
 
 
 def get_bool(obj: Any, *path: str) -> bool | None:
@@ -284,25 +288,18 @@ def get_bool(obj: Any, *path: str) -> bool | None:
         return True
     if low in ("false", "0", "no"):
         return False
-    raise ApiError(400, "Request syntactically incorrect.",
-                   f"Value '{text}' of '{'.'.join(path)}' is not a boolean")
+    raise _bad(f"Value '{text}' of '{'.'.join(path)}' is not a boolean")
 
 
 def get_obj(obj: Any, *path: str) -> dict | None:
     """A nested entity dict, or None."""
-    for key in path:
-        if not isinstance(obj, dict) or key not in obj:
-            return None
-        obj = obj[key]
+    obj = _walk(obj, path)
     return obj if isinstance(obj, dict) else None
 
 
 def get_list(obj: Any, *path: str) -> list:
     """A nested collection (always a list, possibly empty)."""
-    for key in path:
-        if not isinstance(obj, dict) or key not in obj:
-            return []
-        obj = obj[key]
+    obj = _walk(obj, path)
     if isinstance(obj, dict):
         return [obj]
     return obj if isinstance(obj, list) else []

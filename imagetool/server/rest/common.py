@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
+from imagetool.server import jobs
 from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.router import ApiError, Reply, Request, not_found
-from imagetool.server.storage import new_id
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -94,6 +93,15 @@ def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
     return doc
 
 
+def get_owned(req: Request, kind: str, id: str, label: str, key: str, owner: str) -> dict:
+    """``get_or_404`` for an entity under another in the path: a 404 as well
+    when its ``key`` names a different owner."""
+    doc = get_or_404(req, kind, id, label)
+    if doc[key] != owner:
+        raise not_found(f"{label} '{id}'")
+    return doc
+
+
 def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
                 fields: dict[str, str] | None = None) -> Reply:
     """GET on a stored collection: ``search`` and ``max`` applied, each entity
@@ -127,16 +135,7 @@ def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: 
 def record_job(engine: Any, description: str, steps: Iterable[str],
                status: str = "finished", start: float | None = None) -> dict:
     """Store a finished job with one step per name (jobs service)."""
-    now = time.time()
-    job = {"id": new_id(), "description": description, "status": status,
-           "start_time": start or now, "end_time": now if status != "started" else None,
-           "auto_cleared": True, "external": False,
-           "steps": [{"id": new_id(), "description": s, "type": "executing", "number": i,
-                      "status": status, "start_time": start or now,
-                      "end_time": now if status != "started" else None}
-                     for i, s in enumerate(steps)]}
-    engine.store.put("job", job)
-    return job
+    return jobs.record_job(engine.store, description, steps, status, start)
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:

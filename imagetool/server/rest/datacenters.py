@@ -11,7 +11,7 @@ from __future__ import annotations
 from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, get_or_404,
-                                          record_job, search_filter, sub_links)
+                                          record_job, ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, conflict, missing, not_found
 from imagetool.server.rest.storagedomains import check_no_disks, is_attached, sd_repr
 
@@ -34,8 +34,7 @@ def cluster_repr(req: Request) -> dict:
             "name": "Default", "description": "The local engine's cluster",
             "version": {"major": 4, "minor": 7},
             "cpu": {"architecture": "x86_64", "type": "Intel Nehalem Family"},
-            "data_center": {"href": req.href("datacenters", engine.datacenter_id),
-                            "id": engine.datacenter_id}}
+            "data_center": ref(req, "datacenters", engine.datacenter_id)}
 
 
 def _dc_doc(req: Request) -> dict:
@@ -57,8 +56,7 @@ def list_dcs(req: Request) -> Reply:
 
 
 def get_dc(req: Request, dc_id: str) -> Reply:
-    if dc_id != req.engine.datacenter_id:
-        raise not_found(f"data center '{dc_id}'")
+    _dc(req, dc_id)
     return Reply(tag="data_center", body=dc_repr(req))
 
 

@@ -9,13 +9,12 @@ import time
 
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_or_404, get_stored, list_stored,
+                                          get_or_404, get_owned, get_stored, list_stored,
                                           record_job, ref, sub_links)
-from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
-                                          missing, not_found)
+from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
-                                      sparsify_layer)
+                                      sparsify_layer, volume_row)
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -143,9 +142,7 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
             # Holds no data yet: an upload into it that fails removes it.
             "empty": True}
     with engine.store.transaction():
-        engine.store.put("volume", {"id": vol_id, "disk_id": disk_id, "sd_id": sd["id"],
-                                    "format": fmt, "parent_id": None, "snapshot_id": None,
-                                    "created": start})
+        engine.store.put("volume", volume_row(vol_id, disk_id, sd["id"], fmt, start))
         engine.store.put("disk", disk)
     record_job(engine, f"Adding Disk {name}", ["Creating volume"], start=start)
     return disk
@@ -239,15 +236,6 @@ def update_disk(req: Request, disk_id: str) -> Reply:
     return Reply(tag="disk", body=disk_repr(req, disk))
 
 
-def delete_disk_files(engine, disk: dict) -> None:
-    """Remove a disk's volumes and inventory rows."""
-    with engine.store.transaction():
-        for v in engine.store.list("volume", lambda v: v["disk_id"] == disk["id"]):
-            engine.store.delete("volume", v["id"])
-        engine.store.delete("disk", disk["id"])
-    engine.storage.remove_disk(disk["sd_id"], disk["id"])
-
-
 def attached_disks(engine, owner: dict) -> list[dict]:
     """The stored disks a VM or template has attachments to, in attachment
     order; an attachment whose disk is gone is passed over."""
@@ -267,7 +255,7 @@ def remove_disk(req: Request, disk_id: str) -> Reply:
         if vms:
             raise conflict("remove Virtual Disk",
                            f"Disk {disk['name']} is attached to VM {vms[0]['name']}.")
-        delete_disk_files(engine, disk)
+        engine.storage.delete_disk(disk)
     record_job(engine, f"Removing Disk {disk['name']}", ["Removing volumes"])
     return Reply(status=200)
 
@@ -301,9 +289,7 @@ def copy_disk(req: Request, disk_id: str) -> Reply:
     copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
                 status="ok", created=now)
     with engine.store.transaction():
-        engine.store.put("volume", {"id": new_vol, "disk_id": new_disk_id, "sd_id": sd["id"],
-                                    "format": disk["format"], "parent_id": None,
-                                    "snapshot_id": None, "created": now})
+        engine.store.put("volume", volume_row(new_vol, new_disk_id, sd["id"], disk["format"], now))
         engine.store.put("disk", copy)
     job = record_job(engine, f"Copying Disk {disk['name']} to {sd['name']}", ["Copying volumes"])
     return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, copy),
@@ -421,9 +407,7 @@ def remove_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
     store = engine.store
     with store.transaction():
         disk = get_or_404(req, "disk", disk_id, "disk")
-        vol = get_or_404(req, "volume", vol_id, "disk snapshot")
-        if vol["disk_id"] != disk_id:
-            raise not_found(f"disk snapshot '{vol_id}'")
+        vol = get_owned(req, "volume", vol_id, "disk snapshot", "disk_id", disk_id)
         check_usable(disk, "remove Disk Snapshot")
         if vol_id == disk["image_id"]:
             raise conflict("remove Disk Snapshot", "The active layer of a disk cannot be removed.")
@@ -447,8 +431,6 @@ def list_disk_snapshots(req: Request, disk_id: str) -> Reply:
 
 
 def get_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
-    vol = get_or_404(req, "volume", vol_id, "disk snapshot")
-    if vol["disk_id"] != disk_id:
-        raise not_found(f"disk snapshot '{vol_id}'")
+    vol = get_owned(req, "volume", vol_id, "disk snapshot", "disk_id", disk_id)
     return Reply(tag="disk_snapshot",
                  body=snapshot_repr(req, vol, req.href("disks", disk_id, "disksnapshots")))

@@ -19,24 +19,14 @@ import os
 import shutil
 import time
 
+from imagetool.fsutil import write_atomic
 from imagetool.ids import is_uuid
-from imagetool.server.storage import create_private, make_private_dirs
+from imagetool.server.storage import make_private_dirs
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 _CLASS = {"data": "Data", "export": "Backup", "iso": "Iso"}
 # The whole of a volume's .meta must fit one 512-byte block (vdsm METADATA_SIZE).
 META_SIZE = 512
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``path`` (0600) through a temporary file and a rename."""
-    tmp = path + ".tmp"
-    create_private(tmp)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def domain_metadata(sd: dict, pool_id: str | None) -> str:

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 
+from imagetool.fsutil import write_atomic
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
@@ -199,13 +200,17 @@ def _staged_copy(req: Request, sd_id: str, stage: str, vols: list[dict], dst_id:
         st.flatten([v], v["format"], size, sd_id, stage, v["id"])
 
 
-def _install(req: Request, sd_id: str, stage: str, disk_id: str) -> None:
-    """Rename a staged disk directory into place; it must not exist yet."""
+def _install(req: Request, sd_id: str, staged: list, installed: list[str]) -> None:
+    """Rename each staged disk directory into place (none may exist yet),
+    moving it from ``staged`` to ``installed`` (see ``_undo_copies``)."""
     st = req.engine.storage
-    dst = st.disk_dir(sd_id, disk_id)
-    if os.path.exists(dst):
-        raise FileExistsError(f"disk directory {disk_id} already exists")
-    os.rename(st.disk_dir(sd_id, stage), dst)
+    for stage, disk_id in list(staged):
+        dst = st.disk_dir(sd_id, disk_id)
+        if os.path.exists(dst):
+            raise FileExistsError(f"disk directory {disk_id} already exists")
+        os.rename(st.disk_dir(sd_id, stage), dst)
+        staged.remove((stage, disk_id))
+        installed.append(disk_id)
 
 
 def _undo_copies(st, sd_id: str, staged: list, installed: list[str], e: BaseException,
@@ -293,7 +298,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
             _staged_copy(req, sd["id"], stage, vols, top["id"], out[0]["format"],
                          d["provisioned_size"], collapse=discard)
             for i, v in enumerate(out):
-                domain_files.write_atomic(
+                write_atomic(
                     st.volume_path(sd["id"], stage, v["id"]) + ".meta",
                     domain_files.volume_meta(
                         sd_id=sd["id"], disk_id=d["id"], fmt=v["format"],
@@ -312,13 +317,10 @@ def export_vm(req: Request, vm_id: str) -> Reply:
         with store.transaction():
             if old is not None:
                 _remove_exported(req, sd, old)
-            for stage, disk_id in list(staged):
-                _install(req, sd["id"], stage, disk_id)
-                staged.remove((stage, disk_id))
-                installed.append(disk_id)
+            _install(req, sd["id"], staged, installed)
             path = domain_files.ovf_path(st, sd["id"], vm_id)
             make_private_dirs(os.path.dirname(path))
-            domain_files.write_atomic(path, ovf)
+            write_atomic(path, ovf)
     except BaseException as e:
         _undo_copies(st, sd["id"], staged, installed, e, "export")
         raise
@@ -432,10 +434,7 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
         with store.transaction():
             if store.get("vm", new_vm_id) or any(v["name"] == name for v in store.list("vm")):
                 raise conflict("import VM", f"VM {name} appeared meanwhile.")
-            for stage, disk_id in list(staged):
-                _install(req, dst_sd["id"], stage, disk_id)
-                staged.remove((stage, disk_id))
-                installed.append(disk_id)
+            _install(req, dst_sd["id"], staged, installed)
             for row in rows_vol:
                 store.put("volume", row)
             for row in rows_disk:

@@ -10,8 +10,8 @@ from imagetool.server.rest.common import (action_links, get_or_404, get_stored, 
                                           ref)
 from imagetool.server.rest.disks import check_usable
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request,
-                                          conflict, missing, not_found)
+from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request, conflict,
+                                          missing)
 from imagetool.server.transfers import POLICIES, TransferConflict
 
 ACTIONS = ("cancel", "extend", "finalize", "pause", "resume")
@@ -33,8 +33,8 @@ def transfer_repr(req: Request, t: dict) -> dict:
         "host": _host_ref(req, t["host_id"]),
         "image": {"id": t["volume_id"]},
         "disk": ref(req, "disks", t["disk_id"]),
-        "snapshot": ({"href": req.href("disks", t["disk_id"], "disksnapshots", t["volume_id"]),
-                      "id": t["volume_id"]} if t.get("snapshot") else None),
+        "snapshot": (ref(req, f"disks/{t['disk_id']}/disksnapshots", t["volume_id"])
+                     if t.get("snapshot") else None),
         "backup": {"id": t["backup_id"]} if t.get("backup_id") else None,
     }
 
@@ -55,15 +55,11 @@ def _target(req: Request, data: dict) -> tuple[dict, dict, bool]:
     snap_id = get_id(data, "snapshot", "id", what="disk snapshot")
     image_id = get_id(data, "image", "id", what="image")
     if disk_id:
-        disk = store.get("disk", disk_id)
-        if disk is None:
-            raise not_found(f"disk '{disk_id}'")
+        disk = get_or_404(req, "disk", disk_id, "disk")
         return disk, store.get("volume", disk["image_id"]), False
     for vol_id, is_snap in ((snap_id, True), (image_id, False)):
         if vol_id:
-            vol = store.get("volume", vol_id)
-            if vol is None:
-                raise not_found(f"{'disk snapshot' if is_snap else 'image'} '{vol_id}'")
+            vol = get_or_404(req, "volume", vol_id, "disk snapshot" if is_snap else "image")
             disk = store.get("disk", vol["disk_id"])
             return disk, vol, is_snap or vol["id"] != disk["image_id"]
     raise missing("ImageTransfer", "add", "disk.id|snapshot.id|image.id")

@@ -20,15 +20,17 @@ so an existing file is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
 
 from imagetool.formats.convert import convert_backend
+from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
-from imagetool.server.jobs import end_job
+from imagetool.server.jobs import end_job, record_job
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_obj, get_str
+from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict, missing,
                                           not_found)
@@ -103,21 +105,14 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
             raise conflict(ACTION, f"File {filename} already exists in {directory}.")
         for _, d in disks:
             store.update("disk", d["id"], status="locked")
-        now = time.time()
-        job = {"id": new_id(), "status": "started", "start_time": now, "end_time": None,
-               "description": f"Exporting VM {vm['name']} As a Virtual Appliance To "
-                              f"{os.path.join(directory, filename)}",
-               "auto_cleared": True, "external": False,
-               "steps": [{"id": new_id(), "description": "Creating the OVA",
-                          "type": "executing", "number": 0, "status": "started",
-                          "start_time": now, "end_time": None}]}
-        store.put("job", job)
+        job = record_job(store, f"Exporting VM {vm['name']} As a Virtual Appliance To "
+                                f"{os.path.join(directory, filename)}",
+                         ["Creating the OVA"], status="started")
     thread = threading.Thread(target=_run, args=(engine, vm, disks, real, filename, job["id"]),
                               name="ova-export", daemon=True)
     engine.background_start(thread)
     return Reply(tag="action", body={"status": "complete",
-                                     "job": {"href": req.href("jobs", job["id"]),
-                                             "id": job["id"]}})
+                                     "job": ref(req, "jobs", job["id"])})
 
 
 def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -> None:
@@ -143,8 +138,7 @@ def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -
 def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> None:
     """Write the OVA into ``real`` (already checked) as ``filename``; never overwrite."""
     st, store = engine.storage, engine.store
-    dfd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    try:
+    with opened(real, os.O_RDONLY | os.O_DIRECTORY) as dfd:
         part = f".{filename[:200]}.{new_id()[:8]}.tmp"
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=dfd)
@@ -164,12 +158,9 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
 
             def write_disk(entry: dict, data_off: int) -> dict:
                 d = by_id[entry["disk_id"]]
-                reader = st.open_chain(chains[d["id"]])
-                try:
+                with st.open_chain(chains[d["id"]]) as reader:
                     convert_backend(reader, fd_path, "qcow2", size=d["provisioned_size"],
                                     offset=data_off, cancel_event=engine.stopping)
-                finally:
-                    reader.close()
                 if engine.stopping.is_set():
                     raise RuntimeError("the engine is stopping")
                 return {"disk_id": d["id"], "length": cut_member(fd, data_off)}
@@ -182,11 +173,7 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
             os.link(part, filename, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
         finally:
             os.close(fd)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(part, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
         os.fsync(dfd)
-    finally:
-        os.close(dfd)
 

@@ -11,6 +11,9 @@ from imagetool.server.rest.router import Request, bad_request
 from imagetool.server.rest.validate import check_id
 
 BLANK = "00000000-0000-0000-0000-000000000000"
+OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
+_QCOW_URL = "http://www.gnome.org/~markmc/qcow-image-format.html"
+_RAW_URL = "http://www.vmware.com/specifications/vmdk.html#sparse"
 
 
 def build_ovf(req: Request, vm: dict) -> str:
@@ -24,8 +27,7 @@ def build_ovf(req: Request, vm: dict) -> str:
         href = f"{disk['id']}/{disk['image_id']}"
         refs.append(f'<File ovf:href="{href}" ovf:id="{disk["image_id"]}" '
                     f'ovf:size="{disk["provisioned_size"]}" ovf:description="{escape(disk["name"])}"/>')
-        fmt = ("http://www.gnome.org/~markmc/qcow-image-format.html" if disk["format"] == "cow"
-               else "http://www.vmware.com/specifications/vmdk.html#sparse")
+        fmt = _QCOW_URL if disk["format"] == "cow" else _RAW_URL
         disks_xml.append(
             f'<Disk ovf:diskId="{disk["image_id"]}" ovf:size="{-(-disk["provisioned_size"] // (1 << 30))}" '
             f'ovf:capacity="{disk["provisioned_size"]}" ovf:fileRef="{href}" '
@@ -33,39 +35,56 @@ def build_ovf(req: Request, vm: dict) -> str:
             f'ovf:disk-interface="{att.get("interface", "virtio_scsi").upper()}" '
             f'ovf:boot="{str(att.get("bootable", False)).lower()}" ovf:disk-alias="{escape(disk["name"])}" '
             f'ovf:disk_storage_type="IMAGE" ovf:cinder_volume_type=""/>')
-        items.append(
-            f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
-            f"<rasd:InstanceId>{disk['image_id']}</rasd:InstanceId>"
+        items.append(_drive_item(disk, disk["image_id"], i + 1 if att.get("bootable") else 0,
+                                 req.engine.datacenter_id))
+    return _envelope(vm, refs, disks_xml, items, vm.get("os_type", "other"))
+
+
+def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str) -> str:
+    """The VirtualHardwareSection item of a disk whose active volume is ``vol_id``."""
+    return (f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
+            f"<rasd:InstanceId>{vol_id}</rasd:InstanceId>"
             f"<rasd:ResourceType>17</rasd:ResourceType>"
-            f"<rasd:HostResource>{href}</rasd:HostResource>"
-            f"<rasd:Parent>00000000-0000-0000-0000-000000000000</rasd:Parent>"
-            f"<rasd:Template>00000000-0000-0000-0000-000000000000</rasd:Template>"
+            f"<rasd:HostResource>{disk['id']}/{vol_id}</rasd:HostResource>"
+            f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
             f"<rasd:ApplicationList/><rasd:StorageId>{disk['sd_id']}</rasd:StorageId>"
-            f"<rasd:StoragePoolId>{req.engine.datacenter_id}</rasd:StoragePoolId>"
+            f"<rasd:StoragePoolId>{pool_id}</rasd:StoragePoolId>"
             f"<rasd:CreationDate/><rasd:LastModified/><rasd:last_modified_date/>"
-            f"<BootOrder>{i + 1 if att.get('bootable') else 0}</BootOrder></Item>")
+            f"<BootOrder>{boot_order}</BootOrder></Item>")
+
+
+def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str], os_type: str,
+              cluster: str = "Default", snapshots: str = "") -> str:
+    """The OVF document around its files, disks and drive items; ``os_type``,
+    ``cluster`` and the ``snapshots`` section go in as given (each caller
+    escapes them as its OVF always has)."""
     memory_mb = vm.get("memory", 1 << 30) >> 20
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" '
+        f'<ovf:Envelope xmlns:ovf="{OVF_NS}" '
         'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" '
         'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" '
         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
         f"<References>{''.join(refs)}</References>"
-        f'<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>{"".join(disks_xml)}</Section>'
+        f'<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
+        f'{"".join(disks_xml)}</Section>'
         f'<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type">'
-        f"<Name>{escape(vm['name'])}</Name><Description>{escape(vm.get('description') or '')}</Description>"
+        f"<Name>{escape(vm['name'])}</Name>"
+        f"<Description>{escape(vm.get('description') or '')}</Description>"
         f"<TemplateId>{BLANK}</TemplateId><TemplateName>Blank</TemplateName>"
-        f"<VmType>1</VmType><ClusterName>Default</ClusterName>"
-        f'<Section ovf:id="{vm["id"]}" ovf:required="false" xsi:type="ovf:OperatingSystemSection_Type">'
-        f"<Info>Guest Operating System</Info><Description>{vm.get('os_type', 'other')}</Description></Section>"
-        f'<Section xsi:type="ovf:VirtualHardwareSection_Type"><Info>1 CPU, {memory_mb} Memory</Info>'
+        f"<VmType>1</VmType><ClusterName>{cluster}</ClusterName>"
+        f'<Section ovf:id="{vm["id"]}" ovf:required="false" '
+        f'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info>'
+        f"<Description>{os_type}</Description></Section>"
+        f'<Section xsi:type="ovf:VirtualHardwareSection_Type">'
+        f"<Info>1 CPU, {memory_mb} Memory</Info>"
         f"<Item><rasd:Caption>1 virtual cpu</rasd:Caption><rasd:ResourceType>3</rasd:ResourceType>"
-        f"<rasd:num_of_sockets>{vm.get('cpus', 1)}</rasd:num_of_sockets><rasd:cpu_per_socket>1</rasd:cpu_per_socket>"
-        f"<rasd:threads_per_cpu>1</rasd:threads_per_cpu></Item>"
-        f"<Item><rasd:Caption>{memory_mb} MB of memory</rasd:Caption><rasd:ResourceType>4</rasd:ResourceType>"
-        f"<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits><rasd:VirtualQuantity>{memory_mb}</rasd:VirtualQuantity></Item>"
-        f"{''.join(items)}</Section></Content></ovf:Envelope>")
+        f"<rasd:num_of_sockets>{vm.get('cpus', 1)}</rasd:num_of_sockets>"
+        f"<rasd:cpu_per_socket>1</rasd:cpu_per_socket><rasd:threads_per_cpu>1</rasd:threads_per_cpu></Item>"
+        f"<Item><rasd:Caption>{memory_mb} MB of memory</rasd:Caption>"
+        f"<rasd:ResourceType>4</rasd:ResourceType><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
+        f"<rasd:VirtualQuantity>{memory_mb}</rasd:VirtualQuantity></Item>"
+        f"{''.join(items)}</Section>{snapshots}</Content></ovf:Envelope>")
 
 
 def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
@@ -94,11 +113,6 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
             ids.append(ref_.split("/")[0])
     # An export domain's OVF names each disk once per volume of its chain.
     return name, list(dict.fromkeys(check_id(i, "OVF disk") for i in ids if i))
-
-
-OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
-_QCOW_URL = "http://www.gnome.org/~markmc/qcow-image-format.html"
-_RAW_URL = "http://www.vmware.com/specifications/vmdk.html#sparse"
 
 
 def _a(value) -> str:
@@ -148,17 +162,7 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
                 f'ovf:disk-description="{_a(disk.get("description") or "")}" '
                 f'ovf:wipe-after-delete="false"/>')
         top = entry["volumes"][-1]
-        href = f"{disk['id']}/{top['id']}"
-        items.append(
-            f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
-            f"<rasd:InstanceId>{top['id']}</rasd:InstanceId>"
-            f"<rasd:ResourceType>17</rasd:ResourceType>"
-            f"<rasd:HostResource>{href}</rasd:HostResource>"
-            f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
-            f"<rasd:ApplicationList/><rasd:StorageId>{disk['sd_id']}</rasd:StorageId>"
-            f"<rasd:StoragePoolId>{BLANK}</rasd:StoragePoolId>"
-            f"<rasd:CreationDate/><rasd:LastModified/><rasd:last_modified_date/>"
-            f"<BootOrder>{i + 1 if att.get('bootable') else 0}</BootOrder></Item>")
+        items.append(_drive_item(disk, top["id"], i + 1 if att.get("bootable") else 0, BLANK))
     snaps_xml = [
         f'<Snapshot ovf:id="{vm["active_snapshot_id"]}"><Type>ACTIVE</Type>'
         f"<Description>Active VM</Description><CreationDate/></Snapshot>"]
@@ -166,35 +170,9 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
         snaps_xml.append(f'<Snapshot ovf:id="{s["id"]}"><Type>REGULAR</Type>'
                          f"<Description>{escape(s['description'])}</Description>"
                          f"<CreationDate>{s.get('date') or ''}</CreationDate></Snapshot>")
-    memory_mb = vm.get("memory", 1 << 30) >> 20
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<ovf:Envelope xmlns:ovf="{OVF_NS}" '
-        'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" '
-        'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
-        f"<References>{''.join(refs)}</References>"
-        f'<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
-        f'{"".join(disk_xml)}</Section>'
-        f'<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type">'
-        f"<Name>{escape(vm['name'])}</Name>"
-        f"<Description>{escape(vm.get('description') or '')}</Description>"
-        f"<TemplateId>{BLANK}</TemplateId><TemplateName>Blank</TemplateName>"
-        f"<VmType>1</VmType><ClusterName>{escape(cluster_name)}</ClusterName>"
-        f'<Section ovf:id="{vm["id"]}" ovf:required="false" '
-        f'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info>'
-        f"<Description>{escape(vm.get('os_type', 'other'))}</Description></Section>"
-        f'<Section xsi:type="ovf:VirtualHardwareSection_Type">'
-        f"<Info>1 CPU, {memory_mb} Memory</Info>"
-        f"<Item><rasd:Caption>1 virtual cpu</rasd:Caption><rasd:ResourceType>3</rasd:ResourceType>"
-        f"<rasd:num_of_sockets>{vm.get('cpus', 1)}</rasd:num_of_sockets>"
-        f"<rasd:cpu_per_socket>1</rasd:cpu_per_socket><rasd:threads_per_cpu>1</rasd:threads_per_cpu></Item>"
-        f"<Item><rasd:Caption>{memory_mb} MB of memory</rasd:Caption>"
-        f"<rasd:ResourceType>4</rasd:ResourceType><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
-        f"<rasd:VirtualQuantity>{memory_mb}</rasd:VirtualQuantity></Item>"
-        f"{''.join(items)}</Section>"
-        f'<Section xsi:type="ovf:SnapshotsSection_Type">{"".join(snaps_xml)}</Section>'
-        f"</Content></ovf:Envelope>")
+    return _envelope(vm, refs, disk_xml, items, escape(vm.get("os_type", "other")),
+                     escape(cluster_name),
+                     f'<Section xsi:type="ovf:SnapshotsSection_Type">{"".join(snaps_xml)}</Section>')
 
 
 def _local(tag: str) -> str:

@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 
-from imagetool.server.rest.common import iso_date
+from imagetool.server.rest.common import iso_date, ref
 from imagetool.server.rest.router import Reply, Request
 
 _COLLECTIONS = ("clusters", "datacenters", "disks", "events", "hosts", "imagetransfers",
@@ -35,10 +35,8 @@ def api_root(req: Request) -> Reply:
                         "major": major, "minor": minor, "revision": revision},
         },
         "special_objects": {
-            "blank_template": {"href": req.href("templates", "00000000-0000-0000-0000-000000000000"),
-                               "id": "00000000-0000-0000-0000-000000000000"},
-            "root_tag": {"href": req.href("tags", "00000000-0000-0000-0000-000000000000"),
-                         "id": "00000000-0000-0000-0000-000000000000"},
+            "blank_template": ref(req, "templates", "00000000-0000-0000-0000-000000000000"),
+            "root_tag": ref(req, "tags", "00000000-0000-0000-0000-000000000000"),
         },
         "summary": {
             "hosts": {"active": 1, "total": 1},

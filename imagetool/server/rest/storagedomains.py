@@ -17,11 +17,11 @@ import time
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
-                                          record_job, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, get_or_404, get_owned, get_stored,
+                                          list_stored, record_job, ref, search_filter,
+                                          sub_links)
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
-                                          missing, not_found)
+from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text, shown
 from imagetool.server.storage import new_id
 
@@ -63,8 +63,8 @@ def sd_repr(req: Request, sd: dict) -> dict:
         "storage_format": "v5", "type": sd["type"],
         "warning_low_space_indicator": 10, "critical_space_action_blocker": 5,
         "wipe_after_delete": False,
-        "data_centers": ([{"href": req.href("datacenters", req.engine.datacenter_id),
-                           "id": req.engine.datacenter_id}] if is_attached(sd) else None),
+        "data_centers": ([ref(req, "datacenters", req.engine.datacenter_id)]
+                         if is_attached(sd) else None),
     }
 
 
@@ -184,9 +184,7 @@ def list_sd_disks(req: Request, sd_id: str) -> Reply:
 
 
 def get_sd_disk(req: Request, sd_id: str, disk_id: str) -> Reply:
-    disk = get_or_404(req, "disk", disk_id, "disk")
-    if disk["sd_id"] != sd_id:
-        raise not_found(f"disk '{disk_id}'")
+    disk = get_owned(req, "disk", disk_id, "disk", "sd_id", sd_id)
     return Reply(tag="disk", body=disks_mod.disk_repr(req, disk))
 
 
@@ -205,16 +203,12 @@ def list_sd_snapshots(req: Request, sd_id: str) -> Reply:
 
 
 def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
-    vol = get_or_404(req, "volume", vol_id, "disk snapshot")
-    if vol["sd_id"] != sd_id:
-        raise not_found(f"disk snapshot '{vol_id}'")
+    vol = get_owned(req, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
     return Reply(tag="disk_snapshot",
                  body=disks_mod.snapshot_repr(req, vol, req.href("storagedomains", sd_id, "disksnapshots")))
 
 
 def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
     """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
-    vol = get_or_404(req, "volume", vol_id, "disk snapshot")
-    if vol["sd_id"] != sd_id:
-        raise not_found(f"disk snapshot '{vol_id}'")
+    vol = get_owned(req, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
     return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)

@@ -21,7 +21,7 @@ from imagetool.server.rest.ovf import BLANK, ovf_disk_ids
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
-from imagetool.server.storage import new_id
+from imagetool.server.storage import new_id, volume_row
 
 _BLANK = {"id": BLANK, "name": "Blank", "description": "Blank template", "created": 0,
           "memory": 1 << 30, "cpus": 1, "attachments": []}
@@ -98,10 +98,7 @@ def _from_vm(req: Request, vm_ref: dict, template_id: str,
                                preallocate=not d.get("sparse", True))
         now = time.time()
         with engine.store.transaction():
-            engine.store.put("volume", {"id": new_vol, "disk_id": new_disk,
-                                        "sd_id": d["sd_id"], "format": d["format"],
-                                        "parent_id": None, "snapshot_id": None,
-                                        "created": now})
+            engine.store.put("volume", volume_row(new_vol, new_disk, d["sd_id"], d["format"], now))
             engine.store.put("disk", dict(d, id=new_disk, image_id=new_vol, status="ok",
                                           name=f"{d['name']}_{name}", created=now,
                                           empty=False))
@@ -174,7 +171,7 @@ def remove_template(req: Request, template_id: str) -> Reply:
             disks_mod.check_usable(d, "remove Template")
         engine.store.delete("template", template_id)
         for d in disks:
-            disks_mod.delete_disk_files(engine, d)
+            engine.storage.delete_disk(d)
     record_job(engine, f"Removing Template {t['name']}", ["Removing template"])
     return Reply(status=200)
 

@@ -20,7 +20,7 @@ from imagetool.server.rest.common import (action_links, get_member, get_or_404, 
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
-from imagetool.server.storage import new_id
+from imagetool.server.storage import new_id, volume_row
 
 INTERFACES = ("ide", "sata", "spapr_vscsi", "virtio", "virtio_scsi")
 
@@ -219,8 +219,7 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
             now = time.time()
             made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
                               format=fmt, status="ok", created=now, empty=False),
-                         {"id": new_vol, "disk_id": new_disk, "sd_id": sd["id"], "format": fmt,
-                          "parent_id": None, "snapshot_id": None, "created": now},
+                         volume_row(new_vol, new_disk, sd["id"], fmt, now),
                          next(a for a in source["attachments"] if a["disk_id"] == d["id"])
                          if any(a["disk_id"] == d["id"] for a in source["attachments"])
                          else {"interface": "virtio_scsi", "bootable": False, "active": True}))
@@ -288,7 +287,7 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
         engine.store.delete("vm", vm_id)
         if not req.flag("detach_only"):
             for d in disks:
-                disks_mod.delete_disk_files(engine, d)
+                engine.storage.delete_disk(d)
     record_job(engine, f"Removing VM {vm['name']}", ["Removing VM"])
     return Reply(status=200)
 
@@ -437,12 +436,7 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
                 "status": "ok", "date": time.time(), "volumes": {}}
         for d in disks:
             old = d["image_id"]
-            new = new_id()
-            engine.storage.create_volume(d["sd_id"], d["id"], new, "cow", d["provisioned_size"],
-                                         parent_id=old)
-            engine.store.put("volume", {"id": new, "disk_id": d["id"], "sd_id": d["sd_id"],
-                                        "format": "cow", "parent_id": old, "snapshot_id": None,
-                                        "created": snap["date"]})
+            new = engine.storage.add_layer(d, old, snap["date"])["id"]
             engine.store.update("volume", old, snapshot_id=snap["id"])
             engine.store.update("disk", d["id"], image_id=new, format="cow")
             snap["volumes"][d["id"]] = old
@@ -491,24 +485,12 @@ def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
                     dropped_snaps.add(v["snapshot_id"])
                 store.delete("volume", v["id"])
                 st.remove_volume(d["sd_id"], disk_id, v["id"])
-            new = new_id()
-            st.create_volume(d["sd_id"], disk_id, new, "cow", d["provisioned_size"],
-                             parent_id=base_vol)
-            store.put("volume", {"id": new, "disk_id": disk_id, "sd_id": d["sd_id"],
-                                 "format": "cow", "parent_id": base_vol, "snapshot_id": None,
-                                 "created": time.time()})
-            store.update("disk", disk_id, image_id=new)
+            store.update("disk", disk_id, image_id=st.add_layer(d, base_vol)["id"])
         for sid in dropped_snaps - {snap_id}:
             store.delete("snapshot", sid)
     record_job(engine, f"Restoring VM Snapshot {snap['description']} of VM {vm['name']}",
                ["Restoring layers"])
     return Reply(tag="action", body={"status": "complete"})
-
-
-def _layer(store, vol_id: str, disk: dict) -> dict:
-    """A new empty volume row over ``vol_id`` (its file is created by the caller)."""
-    return {"id": new_id(), "disk_id": disk["id"], "sd_id": disk["sd_id"], "format": "cow",
-            "parent_id": vol_id, "snapshot_id": None, "created": time.time()}
 
 
 def _snapshot_action(req: Request, action: str) -> str:
@@ -539,11 +521,8 @@ def preview_snapshot(req: Request, vm_id: str) -> Reply:
         created = []
         try:
             for d in disks:
-                layer = _layer(store, snap["volumes"][d["id"]], d)
-                st.create_volume(d["sd_id"], d["id"], layer["id"], "cow", d["provisioned_size"],
-                                 parent_id=layer["parent_id"])
+                layer = st.add_layer(d, snap["volumes"][d["id"]])
                 created.append((d, layer["id"]))
-                store.put("volume", layer)
                 preview["saved"][d["id"]] = d["image_id"]
                 store.update("disk", d["id"], image_id=layer["id"])
         except BaseException:
@@ -650,10 +629,6 @@ def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
     """The disks of a snapshot, each as it was (image_id = the snapshot's layer)."""
     vm = _find_vm(req, vm_id)
     snap = _find_snapshot(req, vm, snap_id)
-    out = []
-    items = _snapshot_disk_items(req, vm, snap)
-    for disk_id, vol_id in items:
-        body = _snapshot_disk_repr(req, vm, snap, disk_id, vol_id)
-        if body is not None:
-            out.append(body)
-    return Reply(tag="disks", body=out)
+    bodies = [_snapshot_disk_repr(req, vm, snap, disk_id, vol_id)
+              for disk_id, vol_id in _snapshot_disk_items(req, vm, snap)]
+    return Reply(tag="disks", body=[b for b in bodies if b is not None])
