@@ -438,16 +438,20 @@ class TransferManager:
                 pass
 
     def _fail_disk(self, t: dict) -> None:
-        """A failed upload: the disk becomes illegal, then a fresh disk is
-        removed and any other gets its content from before the transfer back
-        (never the client's bytes: they did not verify or were cancelled)."""
+        """A failed upload: a fresh disk is removed; any other becomes
+        illegal while it gets its content from before the transfer back
+        (never the client's bytes: they did not verify or were cancelled).
+
+        A fresh disk goes straight from locked to gone: a client waiting
+        for the disk to be unlocked or removed (``wait_for_disk_unlocked``
+        after a cancel) must not catch it in between, looking kept."""
         if t["direction"] != "upload":
             self.store.update("disk", t["disk_id"], status="ok")
             return
-        self.store.update("disk", t["disk_id"], status="illegal")
         if t.get("remove_on_failure"):
             self._remove_disk(t["disk_id"])
             return
+        self.store.update("disk", t["disk_id"], status="illegal")
         if not self.storage.restore_volume(t["sd_id"], t["disk_id"], t["volume_id"]) \
                 and t.get("prepared"):
             # Written without a copy of the old content (a transfer started

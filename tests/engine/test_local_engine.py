@@ -100,6 +100,30 @@ def test_disk_lifecycle_faults_and_transfer(local_engine):
         assert wait_for_disk_unlocked(conn, disk.id, timeout=30) is None
 
 
+def test_cancelled_fresh_upload_goes_from_locked_to_gone(local_engine, monkeypatch):
+    """A client polling the disk after a cancel sees it locked, then gone:
+    never unlocked in between, which would read as a kept disk."""
+    store = local_engine.server.store
+    statuses = []
+    update = store.update
+
+    def recording(kind, id_, **fields):
+        if kind == "disk" and "status" in fields:
+            statuses.append(fields["status"])
+        return update(kind, id_, **fields)
+
+    monkeypatch.setattr(store, "update", recording)
+    with connect(local_engine) as conn:
+        disk = wait_for_disk(conn, conn.disks.add(
+            name="fresh", provisioned_size=1 << 20, storage_domain="data").id, timeout=20)
+        t = conn.transfers.add(disk_id=disk.id, direction="upload", format="raw")
+        wait_for_transfer_phase(conn, t.id, "transferring", timeout=20)
+        del statuses[:]
+        conn.transfers.cancel(t.id)
+        assert wait_for_disk_unlocked(conn, disk.id, timeout=30) is None
+    assert set(statuses) <= {"locked"}
+
+
 @pytest.mark.slow
 def test_wait_deadline_against_engine(local_engine):
     with connect(local_engine) as conn:
