@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
-from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.raw import fd_size, open_readonly, pread
 
 # Incompatible feature bits.
 INCOMPAT_DIRTY = 1 << 0
@@ -145,18 +144,6 @@ class Header:
 
 def _corrupt(path: str, msg: str) -> CorruptImage:
     return CorruptImage(f"corrupt qcow2 image: {msg}", path)
-
-
-_SEEK_LOCK = threading.Lock()
-
-
-def pread(fd: int, length: int, offset: int) -> bytes:
-    """Positional read; seek+read under a lock where pread is missing."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, length, offset)
-    with _SEEK_LOCK:
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, length)
 
 
 def read_exact(fd: int, path: str, offset: int, length: int, what: str) -> bytes:

@@ -30,7 +30,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
 from imagetool.formats import qcow2
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import detect
-from imagetool.formats.raw import RawBackend, open_readonly
+from imagetool.formats.raw import RawBackend, open_readonly, read_full
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
                                         fill_zero)
@@ -44,7 +44,6 @@ _DESC_MASK = qcow2.L2E_COMPRESSED_MASK
 MAX_CHAIN_DEPTH = 128
 _L2_CACHE_BYTES = 8 << 20
 _COMP_CACHE_BYTES = 4 << 20
-_HAVE_PREADV = hasattr(os, "preadv")
 _tls = threading.local()
 # A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
 _PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -332,26 +331,14 @@ class Qcow2Backend(ReadOnlyBackend):
     # --- reading ---------------------------------------------------------
 
     def _read_host(self, host: int, part: memoryview) -> None:
-        done = 0
         if self._window is not None:
             # Never read past the image into what follows it in the file.
             avail = max(0, min(len(part), self._file_size - host))
             if avail < len(part):
                 fill_zero(part[avail:])
                 part = part[:avail]
-        host += self._base
-        while done < len(part):
-            if _HAVE_PREADV:
-                got = os.preadv(self._fd, [part[done:]], host + done)
-            else:
-                chunk = qcow2.pread(self._fd, len(part) - done, host + done)
-                part[done:done + len(chunk)] = chunk
-                got = len(chunk)
-            if got == 0:
-                # The last cluster may stop short of its end in the file.
-                fill_zero(part[done:])
-                return
-            done += got
+        # The last cluster may stop short of its end in the file.
+        fill_zero(part[read_full(self._fd, part, self._base + host):])
 
     def _read_backing(self, gstart: int, part: memoryview) -> None:
         if self.backing is None:

@@ -52,6 +52,8 @@ from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
 from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
 from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
 from imagetool.formats.qcow2 import compressed_size_shift, pack_extensions, pack_header
+from imagetool.formats.raw import read_full
+from imagetool.formats.readonly import fill_zero
 
 _REFCOUNT_ORDER = 4  # 16-bit refcounts
 _MAX_REFCOUNT = 0xFFFF
@@ -889,10 +891,5 @@ def _pwrite_all(fd: int, iov: list, offset: int) -> None:
 
 
 def _pread_all(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            view[done:] = bytes(len(view) - done)
-            return
-        done += n
+    """Fill ``view`` from ``offset``; zeros past the end of the file."""
+    fill_zero(view[read_full(fd, view, offset):])

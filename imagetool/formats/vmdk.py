@@ -32,7 +32,6 @@ worker its own descriptors while sharing the parsed metadata.
 from __future__ import annotations
 
 import copy
-import errno
 import os
 import re
 import stat
@@ -47,7 +46,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
-from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.raw import fd_size, open_readonly, read_full, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
                                         fill_zero)
@@ -76,9 +75,6 @@ MAX_EXTENTS = 8192
 
 _GT_CACHE_BYTES = 8 << 20
 _GRAIN_CACHE_BYTES = 4 << 20
-_HAVE_PREADV = hasattr(os, "preadv")
-_SEEK_DATA = getattr(os, "SEEK_DATA", None)
-_SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 
 # struct SparseExtentHeader, little-endian, packed (VDF 1.1).
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
@@ -125,42 +121,23 @@ class _FileRange:
     def pread(self, offset: int, size: int, what: str) -> bytes:
         """Exactly ``size`` bytes at window ``offset``, or CorruptImage."""
         self.check(offset, size, what)
-        parts = []
-        got = 0
-        while got < size:
-            try:
-                chunk = os.pread(self.fd, size - got, self.base + offset + got)
-            except OSError as e:
-                raise FormatError(f"cannot read {what}: {e.strerror}",
-                                  self.label) from e
-            if not chunk:
-                raise self.corrupt(f"{what} at offset {offset}: file truncated")
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        buf = bytearray(size)
+        try:
+            got = read_full(self.fd, memoryview(buf), self.base + offset)
+        except OSError as e:
+            raise FormatError(f"cannot read {what}: {e.strerror}", self.label) from e
+        if got < size:
+            raise self.corrupt(f"{what} at offset {offset}: file truncated")
+        return bytes(buf)
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` from window ``offset``; zeros past the window end."""
-        n = len(view)
-        avail = max(0, min(n, self.length - offset))
-        done = 0
-        while done < avail:
-            try:
-                if _HAVE_PREADV:
-                    got = os.preadv(self.fd, [view[done:avail]],
-                                    self.base + offset + done)
-                else:
-                    chunk = os.pread(self.fd, avail - done,
-                                     self.base + offset + done)
-                    view[done:done + len(chunk)] = chunk
-                    got = len(chunk)
-            except OSError as e:
-                raise FormatError(f"cannot read: {e.strerror}", self.label) from e
-            if got == 0:
-                break
-            done += got
-        if done < n:
-            fill_zero(view[done:])
+        avail = max(0, min(len(view), self.length - offset))
+        try:
+            done = read_full(self.fd, view[:avail], self.base + offset)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", self.label) from e
+        fill_zero(view[done:])
 
 
 # --- extents of one image -------------------------------------------------
@@ -216,37 +193,11 @@ class _FlatExtent(_FileExtent):
         self.size = size
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
-        """Data and holes of the file range (SEEK_DATA/SEEK_HOLE)."""
-        base = self.win.base
-        fd = self.win.fd
-        if _SEEK_DATA is None or _SEEK_HOLE is None:
-            yield Extent(start, end - start)
-            return
-        pos = start
-        while pos < end:
-            try:
-                data = os.lseek(fd, base + pos, _SEEK_DATA) - base
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    data = end
-                elif e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    yield Extent(pos, end - pos)
-                    return
-                else:
-                    raise FormatError(f"cannot read: {e.strerror}",
-                                      self.win.label) from e
-            data = min(max(data, pos), end)
-            if data > pos:
-                yield Extent(pos, data - pos, zero=True, hole=True)
-            if data >= end:
-                return
-            try:
-                hole = os.lseek(fd, base + data, _SEEK_HOLE) - base
-            except OSError:
-                hole = end
-            hole = min(max(hole, data + 1), end)
-            yield Extent(data, hole - data)
-            pos = hole
+        """Data and holes of the file range (``seek_extents``)."""
+        try:
+            yield from seek_extents(self.win.fd, start, end, self.win.base)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", self.win.label) from e
 
     def read_into(self, offset: int, view: memoryview) -> None:
         self.win.read_into(offset, view)

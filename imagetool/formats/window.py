@@ -16,9 +16,9 @@ from typing import Iterator
 from imagetool.errors import FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
+from imagetool.formats.raw import read_full
 
 _VMDK_MAGIC = b"KDMV"
-_HAVE_PREADV = hasattr(os, "preadv")
 
 
 def _open(path: str) -> int:
@@ -89,17 +89,8 @@ class RawWindow:
     def read_into(self, offset: int, buf: memoryview) -> int:
         view = memoryview(buf).cast("B")
         n = max(0, min(len(view), self.length - offset))
-        done = 0
-        while done < n:
-            if _HAVE_PREADV:
-                got = os.preadv(self._fd, [view[done:n]], self.offset + offset + done)
-            else:
-                chunk = os.pread(self._fd, n - done, self.offset + offset + done)
-                view[done:done + len(chunk)] = chunk
-                got = len(chunk)
-            if got == 0:
-                raise FormatError("file truncated while reading", self.path)
-            done += got
+        if read_full(self._fd, view[:n], self.offset + offset) < n:
+            raise FormatError("file truncated while reading", self.path)
         return n
 
     def read(self, offset: int, length: int) -> bytes:
