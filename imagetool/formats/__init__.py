@@ -101,11 +101,8 @@ def allocated_ranges(path: str | os.PathLike,
                      format: str | None = None) -> list[tuple[int, int]]:
     """``(start, end)`` of the guest ranges an image allocates itself: for a
     qcow2 layer, read shallow, its own clusters and not its backing file's."""
-    b = open_image(path, "r", format=format, shallow=True)
-    try:
+    with open_image(path, "r", format=format, shallow=True) as b:
         return [(e.start, e.end) for e in b.extents() if not e.hole]
-    finally:
-        b.close()
 
 
 def _actual_size(st: os.stat_result) -> int:

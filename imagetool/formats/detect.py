@@ -13,7 +13,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from imagetool.errors import FormatError, UnsupportedFormat
-from imagetool.formats.raw import fd_size, open_readonly, pread
+from imagetool.formats.raw import fd_size, pread, reading
 
 QCOW2_MAGIC = b"QFI\xfb"
 ISO_MAGIC = b"\x01CD001\x01\x00"
@@ -75,16 +75,14 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     FormatError if the file cannot be opened.
     """
     path = os.fspath(path)
-    fd = open_readonly(path)
-    try:
-        size = fd_size(fd)
-        head = pread(fd, 512, 0)
-        tail = pread(fd, 512, size - 512) if size >= 512 else b""
-        iso = pread(fd, len(ISO_MAGIC), ISO_OFFSET)
-    except OSError as e:  # a directory, an I/O error
-        raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
+    with reading(path) as fd:
+        try:
+            size = fd_size(fd)
+            head = pread(fd, 512, 0)
+            tail = pread(fd, 512, size - 512) if size >= 512 else b""
+            iso = pread(fd, len(ISO_MAGIC), ISO_OFFSET)
+        except OSError as e:  # a directory, an I/O error
+            raise FormatError(f"cannot read: {e.strerror}", path) from e
 
     if head[:4] == QCOW2_MAGIC:
         if len(head) >= 8:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
-from imagetool.formats.raw import fd_size, open_readonly, pread
+from imagetool.formats.raw import fd_size, pread, reading
+from imagetool.fsutil import opened
 
 # Incompatible feature bits.
 INCOMPAT_DIRTY = 1 << 0
@@ -348,8 +349,7 @@ def grow(path: str | os.PathLike, size: int) -> None:
     are free to use by raising ``l1_size``. Beyond that, ValueError (as for
     a file that is not qcow2).
     """
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
+    with opened(path, os.O_RDWR) as fd:
         try:
             h = parse_header(fd, os.fspath(path))
         except FormatError:
@@ -368,8 +368,6 @@ def grow(path: str | os.PathLike, size: int) -> None:
                                  "cluster holds other data")
             os.pwrite(fd, needed.to_bytes(4, "big"), _L1_SIZE_OFFSET)
         os.pwrite(fd, size.to_bytes(8, "big"), _SIZE_OFFSET)
-    finally:
-        os.close(fd)
 
 
 def check_readable(h: Header) -> None:
@@ -389,11 +387,8 @@ def check_readable(h: Header) -> None:
 def read_header(path: str | os.PathLike) -> Header:
     """Open ``path`` and return its parsed Header."""
     path = os.fspath(path)
-    fd = open_readonly(path)
-    try:
+    with reading(path) as fd:
         return parse_header(fd, path)
-    finally:
-        os.close(fd)
 
 
 def inspect(path: str | os.PathLike) -> ImageInfo:

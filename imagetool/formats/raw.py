@@ -26,6 +26,7 @@ reproduces the file byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -86,6 +87,16 @@ def open_readonly(path: str, label: str | None = None) -> int:
         return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError as e:
         raise FormatError(f"cannot open: {e.strerror}", label or path) from e
+
+
+@contextlib.contextmanager
+def reading(path: str, label: str | None = None) -> Iterator[int]:
+    """``open_readonly`` as a with-statement: closed on the way out."""
+    fd = open_readonly(path, label)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 _SEEK_LOCK = threading.Lock()

@@ -46,7 +46,7 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
-from imagetool.formats.raw import fd_size, open_readonly, read_full, seek_extents
+from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
                                         fill_zero)
@@ -536,17 +536,15 @@ def _extent_path(directory: str, name: str | None, label: str) -> str:
 
 def _open_descriptor_file(path: str) -> tuple[dict, list]:
     """Parse a text descriptor file and open the extents it names."""
-    fd = open_readonly(path, path)
-    try:
-        size = fd_size(fd)
-        if size > MAX_DESCRIPTOR_FILE:
-            raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
-                               f"too large for a descriptor file", path)
-        raw = os.pread(fd, size, 0)
-    except OSError as e:
-        raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
+    with reading(path) as fd:
+        try:
+            size = fd_size(fd)
+            if size > MAX_DESCRIPTOR_FILE:
+                raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
+                                   f"too large for a descriptor file", path)
+            raw = os.pread(fd, size, 0)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", path) from e
     fields, lines = _parse_descriptor(raw, path)
     if not lines:
         raise CorruptImage("corrupt vmdk descriptor: no extents", path)
@@ -594,11 +592,8 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise UnsupportedFeature(
             f"extent file {line.name!r} is not a regular file", desc)
-    fd = open_readonly(target, label)
-    try:
+    with reading(target, label) as fd:
         flen = fd_size(fd)
-    finally:
-        os.close(fd)
     if line.type == "SPARSE":
         win = _FileRange(target, target, 0, flen)
         try:
@@ -708,15 +703,12 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
     windowed = offset != 0 or length is not None
     if offset < 0 or (length is not None and length < 0):
         raise ValueError(f"invalid window offset={offset} length={length}")
-    fd = open_readonly(path, path)
-    try:
+    with reading(path) as fd:
         fsize = fd_size(fd)
         try:
             head = os.pread(fd, SECTOR, offset)
         except OSError as e:
             raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
     if length is None:
         length = max(0, fsize - offset)
     label = name or (f"{path}[{offset}:{offset + length}]" if windowed else path)

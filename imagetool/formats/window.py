@@ -16,17 +16,9 @@ from typing import Iterator
 from imagetool.errors import FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
-from imagetool.formats.raw import read_full
+from imagetool.formats.raw import open_readonly, read_full, reading
 
 _VMDK_MAGIC = b"KDMV"
-
-
-def _open(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                       | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", path) from e
 
 
 def _check_window(path: str, offset: int, length: int) -> None:
@@ -48,12 +40,9 @@ def detect_window(path: str | os.PathLike, offset: int, length: int) -> str:
     """
     path = os.fspath(path)
     _check_window(path, offset, length)
-    fd = _open(path)
-    try:
+    with reading(path) as fd:
         head = os.pread(fd, min(length, 512), offset)
         tail = os.pread(fd, 512, offset + length - 512) if length >= 512 else b""
-    finally:
-        os.close(fd)
     if head.startswith(QCOW2_MAGIC):
         return "qcow2"
     if head.startswith(_VMDK_MAGIC) or head.lstrip().startswith(b"# Disk DescriptorFile"):
@@ -73,7 +62,7 @@ class RawWindow:
         self.offset = offset
         self.length = length
         self.window = (offset, length)
-        self._fd = _open(self.path)
+        self._fd = open_readonly(self.path)
 
     @property
     def size(self) -> int:
@@ -154,11 +143,8 @@ def inspect_window(path: str | os.PathLike, offset: int, length: int) -> ImageIn
         return vmdk.inspect_vmdk(path, offset, length)
     if fmt == "qcow2":
         from imagetool.formats import qcow2
-        fd = _open(path)
-        try:
+        with reading(path) as fd:
             h = qcow2.parse_header(fd, path, offset, length)
-        finally:
-            os.close(fd)
         return ImageInfo(format="qcow2", virtual_size=h.virtual_size,
                          actual_size=length, filename=path, version=h.version,
                          compat="0.10" if h.version == 2 else "1.1",
