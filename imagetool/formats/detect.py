@@ -106,6 +106,13 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     return "raw", content
 
 
+def disk_usage(path: str) -> int:
+    """Bytes ``path`` takes on disk (its length where blocks are not counted)."""
+    st = os.stat(path)
+    blocks = getattr(st, "st_blocks", None)
+    return blocks * 512 if blocks is not None else st.st_size
+
+
 def is_vmdk_descriptor(head: bytes) -> bool:
     """A text descriptor: its usual comment, or text with a createType line."""
     if head.lstrip().startswith(b"# Disk DescriptorFile"):

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
-from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
+from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, disk_usage
 from imagetool.formats.raw import fd_size, pread, reading
 from imagetool.fsutil import opened
 
@@ -71,6 +71,15 @@ def compressed_size_shift(cluster_bits: int) -> int:
     return 62 - (cluster_bits - 8)
 
 
+def compressed_span(entry: int, cluster_bits: int) -> tuple[int, int]:
+    """Host bytes ``[start, end)`` of a compressed cluster's descriptor: its
+    offset, and the end of the last 512-byte sector it occupies."""
+    shift = compressed_size_shift(cluster_bits)
+    start = entry & ((1 << shift) - 1)
+    nsect = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1
+    return start, (start & ~511) + nsect * 512
+
+
 @dataclass
 class Header:
     """The parsed qcow2 header plus what its extensions say."""
@@ -117,10 +126,6 @@ class Header:
     @property
     def extended_l2(self) -> bool:
         return bool(self.incompatible_features & INCOMPAT_EXTL2)
-
-    @property
-    def l2_entry_size(self) -> int:
-        return 16 if self.extended_l2 else 8
 
     @property
     def l2_bits(self) -> int:
@@ -395,27 +400,21 @@ def inspect(path: str | os.PathLike) -> ImageInfo:
     """ImageInfo of a qcow2 file; encryption etc. are reported, not refused."""
     path = os.fspath(path)
     h = read_header(path)
-    st = os.stat(path)
-    blocks = getattr(st, "st_blocks", None)
+    return header_info(h, disk_usage(path), lazy_refcounts=bool(
+        h.compatible_features & COMPAT_LAZY_REFCOUNTS))
+
+
+def header_info(h: Header, actual_size: int, **more) -> ImageInfo:
+    """The ImageInfo of the image ``h`` heads; ``more``: further fields."""
     return ImageInfo(
-        format="qcow2",
-        virtual_size=h.virtual_size,
-        actual_size=blocks * 512 if blocks is not None else st.st_size,
-        content_type="data",
-        filename=path,
-        version=h.version,
+        format="qcow2", virtual_size=h.virtual_size, actual_size=actual_size,
+        filename=h.path, version=h.version,
         compat="0.10" if h.version == 2 else "1.1",
-        cluster_size=h.cluster_size,
-        refcount_bits=1 << h.refcount_order,
+        cluster_size=h.cluster_size, refcount_bits=1 << h.refcount_order,
         compression_type=COMPRESSION_NAMES[h.compression_type],
-        extended_l2=h.extended_l2,
-        backing_file=h.backing_file,
-        backing_file_format=h.backing_format,
-        encrypted=h.crypt_method != 0,
+        extended_l2=h.extended_l2, backing_file=h.backing_file,
+        backing_file_format=h.backing_format, encrypted=h.crypt_method != 0,
         data_file=h.data_file,
         dirty=bool(h.incompatible_features & INCOMPAT_DIRTY),
         corrupt=bool(h.incompatible_features & INCOMPAT_CORRUPT),
-        lazy_refcounts=bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS),
-        snapshots=h.nb_snapshots,
-        bitmaps=list(h.bitmaps),
-    )
+        snapshots=h.nb_snapshots, bitmaps=list(h.bitmaps), **more)

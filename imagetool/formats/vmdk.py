@@ -45,18 +45,16 @@ from typing import Iterator
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent
-from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
+from imagetool.formats.detect import ImageInfo, disk_usage, is_vmdk_descriptor
 from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
-                                        fill_zero)
+                                        fill_zero, segment_extents)
 
 SECTOR = 512
 MAGIC = b"KDMV"
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 
-FLAG_NL_TEST = 0x1
-FLAG_RGD = 0x2
 FLAG_ZERO_GRAIN = 0x4
 FLAG_COMPRESSED = 0x10000
 FLAG_MARKERS = 0x20000
@@ -384,19 +382,7 @@ class _SparseExtent(_FileExtent):
         return out
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
-        span = self.gt_span
-        pos = start
-        while pos < end:
-            # One grain table at a time keeps memory bounded on huge disks.
-            stop = min((pos // span + 1) * span, end)
-            for vstart, length, kind, _host in self._map(pos, stop):
-                if kind == UNALLOC:
-                    yield Extent(vstart, length, zero=True, hole=True)
-                elif kind == ZERO:
-                    yield Extent(vstart, length, zero=True)
-                else:
-                    yield Extent(vstart, length)
-            pos = stop
+        return segment_extents(self._map, start, end, self.gt_span)
 
     # --- reading ------------------------------------------------------------
 
@@ -751,14 +737,8 @@ def inspect_vmdk(path: str | os.PathLike, offset: int = 0,
     window's length for an image inside another file.
     """
     with open_vmdk(path, offset, length, name) as b:
-        if b.window is not None:
-            actual = b.window[1]
-        else:
-            actual = 0
-            for f in b.files():
-                st = os.stat(f)
-                blocks = getattr(st, "st_blocks", None)
-                actual += blocks * 512 if blocks is not None else st.st_size
+        actual = (b.window[1] if b.window is not None
+                  else sum(disk_usage(f) for f in b.files()))
         return ImageInfo(format="vmdk", virtual_size=b.size,
                          actual_size=actual, filename=os.fspath(path),
                          subformat=b.subformat)
