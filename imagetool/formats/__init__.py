@@ -21,7 +21,7 @@ import os
 from imagetool.errors import UnsupportedFeature
 from imagetool.formats import qcow2, qcow2_reader
 from imagetool.formats.base import Backend, Extent, merge_extents
-from imagetool.formats.detect import ImageInfo, detect, probe
+from imagetool.formats.detect import ImageInfo, detect, disk_usage, probe
 from imagetool.formats.raw import RawBackend
 
 __all__ = ["Backend", "Extent", "ImageInfo", "RawBackend", "detect",
@@ -50,10 +50,8 @@ def inspect(path: str | os.PathLike, *, offset: int = 0,
         return vmdk.inspect_vmdk(path)
     with RawBackend(path, "r") as b:  # size also right for block devices
         size = b.size
-    st = os.stat(path)
-    return ImageInfo(format="raw", virtual_size=size,
-                     actual_size=_actual_size(st), content_type=content,
-                     filename=path)
+    return ImageInfo(format="raw", virtual_size=size, actual_size=disk_usage(path),
+                     content_type=content, filename=path)
 
 
 def open_image(path: str | os.PathLike, mode: str = "r",
@@ -83,15 +81,12 @@ def open_image(path: str | os.PathLike, mode: str = "r",
         format = "raw" if mode == "w" else detect(path)
     if format == "raw":
         return RawBackend(path, mode)
+    if format in ("qcow2", "vmdk") and mode != "r":
+        raise UnsupportedFeature(
+            f"{format} can only be opened read-only here (mode {mode!r})", path)
     if format == "qcow2":
-        if mode != "r":
-            raise UnsupportedFeature(
-                f"qcow2 can only be opened read-only here (mode {mode!r})", path)
         return qcow2_reader.Qcow2Backend(path, shallow=shallow)
     if format == "vmdk":
-        if mode != "r":
-            raise UnsupportedFeature(
-                f"vmdk can only be opened read-only here (mode {mode!r})", path)
         from imagetool.formats import vmdk
         return vmdk.open_vmdk(path)
     raise ValueError(f"unknown image format {format!r}")
@@ -101,13 +96,5 @@ def allocated_ranges(path: str | os.PathLike,
                      format: str | None = None) -> list[tuple[int, int]]:
     """``(start, end)`` of the guest ranges an image allocates itself: for a
     qcow2 layer, read shallow, its own clusters and not its backing file's."""
-    b = open_image(path, "r", format=format, shallow=True)
-    try:
+    with open_image(path, "r", format=format, shallow=True) as b:
         return [(e.start, e.end) for e in b.extents() if not e.hole]
-    finally:
-        b.close()
-
-
-def _actual_size(st: os.stat_result) -> int:
-    blocks = getattr(st, "st_blocks", None)
-    return blocks * 512 if blocks is not None else st.st_size

@@ -26,6 +26,7 @@ import errno
 import os
 import tempfile
 import threading
+from pathlib import Path
 from typing import Callable
 
 from imagetool import formats
@@ -71,6 +72,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
         if os.path.isdir(dst_path):
             raise DestinationExists(dst_path, "is a directory")
 
+    # try/finally, not with: a Backend need not be a context manager.
     src = formats.open_image(src_path, "r", format=src_format)
     try:
         dst_dir = os.path.dirname(os.path.abspath(dst_path))
@@ -84,10 +86,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
                                     request_size=request_size, progress=progress)
             os.replace(tmp, dst_path)
         except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            Path(tmp).unlink(missing_ok=True)
             refused = _write_refused(e, dst_path, src.size)
             if refused is not None:
                 raise refused from None
@@ -143,11 +142,9 @@ def convert_backend(src: Backend, dst_path: str, out_format: str, *,
     else:
         dst = RawBackend(dst_path, "w", size=size)
         align = 4096
-    try:
+    with dst:
         return copy_local(src, dst, workers=workers,
                           request_size=max(align, request_size // align * align),
                           dst_is_zero=True, detect_zeroes=True, align=align,
                           zero_granularity=max(align, ZERO_GRANULARITY),
                           progress=progress, cancel_event=cancel_event)
-    finally:
-        dst.close()

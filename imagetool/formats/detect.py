@@ -13,7 +13,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from imagetool.errors import FormatError, UnsupportedFormat
-from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.raw import fd_size, pread, reading
 
 QCOW2_MAGIC = b"QFI\xfb"
 ISO_MAGIC = b"\x01CD001\x01\x00"
@@ -67,13 +67,6 @@ class ImageInfo:
         return d
 
 
-def _read_at(fd: int, offset: int, length: int) -> bytes:
-    if hasattr(os, "pread"):
-        return os.pread(fd, length, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.read(fd, length)
-
-
 def probe(path: str | os.PathLike) -> tuple[str, str]:
     """Return ``(format, content_type)``: ("raw"|"qcow2"|"vmdk", "data"|"iso").
 
@@ -82,16 +75,14 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     FormatError if the file cannot be opened.
     """
     path = os.fspath(path)
-    fd = open_readonly(path)
-    try:
-        size = fd_size(fd)
-        head = _read_at(fd, 0, 512)
-        tail = _read_at(fd, size - 512, 512) if size >= 512 else b""
-        iso = _read_at(fd, ISO_OFFSET, len(ISO_MAGIC))
-    except OSError as e:  # a directory, an I/O error
-        raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
+    with reading(path) as fd:
+        try:
+            size = fd_size(fd)
+            head = pread(fd, 512, 0)
+            tail = pread(fd, 512, size - 512) if size >= 512 else b""
+            iso = pread(fd, len(ISO_MAGIC), ISO_OFFSET)
+        except OSError as e:  # a directory, an I/O error
+            raise FormatError(f"cannot read: {e.strerror}", path) from e
 
     if head[:4] == QCOW2_MAGIC:
         if len(head) >= 8:
@@ -113,6 +104,13 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
             f"qemu-img convert -O qcow2 {path} out.qcow2", path)
     content = "iso" if iso == ISO_MAGIC else "data"
     return "raw", content
+
+
+def disk_usage(path: str) -> int:
+    """Bytes ``path`` takes on disk (its length where blocks are not counted)."""
+    st = os.stat(path)
+    blocks = getattr(st, "st_blocks", None)
+    return blocks * 512 if blocks is not None else st.st_size
 
 
 def is_vmdk_descriptor(head: bytes) -> bool:

@@ -43,11 +43,8 @@ def measure(source: Backend | str | os.PathLike, out_format: str = "qcow2",
     if cluster_size < 512 or cluster_size > 2 * 1024 * 1024 or cluster_size & (cluster_size - 1):
         raise ValueError(f"invalid cluster size {cluster_size}")
     if isinstance(source, (str, os.PathLike)):
-        backend = open_image(source, "r")
-        try:
+        with open_image(source, "r") as backend:
             return measure(backend, out_format, cluster_size)
-        finally:
-            backend.close()
     size = source.size
     if out_format == "raw":
         n = _round_up(size, 512)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
-from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo
-from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, disk_usage
+from imagetool.formats.raw import fd_size, pread, reading
+from imagetool.fsutil import opened
 
 # Incompatible feature bits.
 INCOMPAT_DIRTY = 1 << 0
@@ -71,6 +71,15 @@ def compressed_size_shift(cluster_bits: int) -> int:
     return 62 - (cluster_bits - 8)
 
 
+def compressed_span(entry: int, cluster_bits: int) -> tuple[int, int]:
+    """Host bytes ``[start, end)`` of a compressed cluster's descriptor: its
+    offset, and the end of the last 512-byte sector it occupies."""
+    shift = compressed_size_shift(cluster_bits)
+    start = entry & ((1 << shift) - 1)
+    nsect = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1
+    return start, (start & ~511) + nsect * 512
+
+
 @dataclass
 class Header:
     """The parsed qcow2 header plus what its extensions say."""
@@ -119,10 +128,6 @@ class Header:
         return bool(self.incompatible_features & INCOMPAT_EXTL2)
 
     @property
-    def l2_entry_size(self) -> int:
-        return 16 if self.extended_l2 else 8
-
-    @property
     def l2_bits(self) -> int:
         """log2 of the number of entries in one L2 table."""
         return self.cluster_bits - (4 if self.extended_l2 else 3)
@@ -145,18 +150,6 @@ class Header:
 
 def _corrupt(path: str, msg: str) -> CorruptImage:
     return CorruptImage(f"corrupt qcow2 image: {msg}", path)
-
-
-_SEEK_LOCK = threading.Lock()
-
-
-def pread(fd: int, length: int, offset: int) -> bytes:
-    """Positional read; seek+read under a lock where pread is missing."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, length, offset)
-    with _SEEK_LOCK:
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, length)
 
 
 def read_exact(fd: int, path: str, offset: int, length: int, what: str) -> bytes:
@@ -361,8 +354,7 @@ def grow(path: str | os.PathLike, size: int) -> None:
     are free to use by raising ``l1_size``. Beyond that, ValueError (as for
     a file that is not qcow2).
     """
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
+    with opened(path, os.O_RDWR) as fd:
         try:
             h = parse_header(fd, os.fspath(path))
         except FormatError:
@@ -381,8 +373,6 @@ def grow(path: str | os.PathLike, size: int) -> None:
                                  "cluster holds other data")
             os.pwrite(fd, needed.to_bytes(4, "big"), _L1_SIZE_OFFSET)
         os.pwrite(fd, size.to_bytes(8, "big"), _SIZE_OFFSET)
-    finally:
-        os.close(fd)
 
 
 def check_readable(h: Header) -> None:
@@ -402,38 +392,29 @@ def check_readable(h: Header) -> None:
 def read_header(path: str | os.PathLike) -> Header:
     """Open ``path`` and return its parsed Header."""
     path = os.fspath(path)
-    fd = open_readonly(path)
-    try:
+    with reading(path) as fd:
         return parse_header(fd, path)
-    finally:
-        os.close(fd)
 
 
 def inspect(path: str | os.PathLike) -> ImageInfo:
     """ImageInfo of a qcow2 file; encryption etc. are reported, not refused."""
     path = os.fspath(path)
     h = read_header(path)
-    st = os.stat(path)
-    blocks = getattr(st, "st_blocks", None)
+    return header_info(h, disk_usage(path), lazy_refcounts=bool(
+        h.compatible_features & COMPAT_LAZY_REFCOUNTS))
+
+
+def header_info(h: Header, actual_size: int, **more) -> ImageInfo:
+    """The ImageInfo of the image ``h`` heads; ``more``: further fields."""
     return ImageInfo(
-        format="qcow2",
-        virtual_size=h.virtual_size,
-        actual_size=blocks * 512 if blocks is not None else st.st_size,
-        content_type="data",
-        filename=path,
-        version=h.version,
+        format="qcow2", virtual_size=h.virtual_size, actual_size=actual_size,
+        filename=h.path, version=h.version,
         compat="0.10" if h.version == 2 else "1.1",
-        cluster_size=h.cluster_size,
-        refcount_bits=1 << h.refcount_order,
+        cluster_size=h.cluster_size, refcount_bits=1 << h.refcount_order,
         compression_type=COMPRESSION_NAMES[h.compression_type],
-        extended_l2=h.extended_l2,
-        backing_file=h.backing_file,
-        backing_file_format=h.backing_format,
-        encrypted=h.crypt_method != 0,
+        extended_l2=h.extended_l2, backing_file=h.backing_file,
+        backing_file_format=h.backing_format, encrypted=h.crypt_method != 0,
         data_file=h.data_file,
         dirty=bool(h.incompatible_features & INCOMPAT_DIRTY),
         corrupt=bool(h.incompatible_features & INCOMPAT_CORRUPT),
-        lazy_refcounts=bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS),
-        snapshots=h.nb_snapshots,
-        bitmaps=list(h.bitmaps),
-    )
+        snapshots=h.nb_snapshots, bitmaps=list(h.bitmaps), **more)

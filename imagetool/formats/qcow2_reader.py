@@ -30,10 +30,10 @@ from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
 from imagetool.formats import qcow2
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import detect
-from imagetool.formats.raw import RawBackend, open_readonly
+from imagetool.formats.raw import RawBackend, open_readonly, read_full
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
-                                        fill_zero)
+                                        fill_zero, segment_extents)
 
 _L1_OFFSET_MASK = qcow2.L1E_OFFSET_MASK
 _L2_OFFSET_MASK = qcow2.L2E_OFFSET_MASK
@@ -44,7 +44,6 @@ _DESC_MASK = qcow2.L2E_COMPRESSED_MASK
 MAX_CHAIN_DEPTH = 128
 _L2_CACHE_BYTES = 8 << 20
 _COMP_CACHE_BYTES = 4 << 20
-_HAVE_PREADV = hasattr(os, "preadv")
 _tls = threading.local()
 # A scheme prefix ("nbd:", "json:", "http:"); one letter is a Windows drive.
 _PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -114,10 +113,6 @@ class Qcow2Backend(ReadOnlyBackend):
         self._l2_cache = LockedLRU(max(2, _L2_CACHE_BYTES // self._cs))
         self._comp_cache = LockedLRU(max(2, _COMP_CACHE_BYTES // self._cs))
         self._zstd = h.compression_type == 1
-        x = qcow2.compressed_size_shift(self._cb)
-        self._coff_mask = (1 << x) - 1
-        self._csec_shift = x
-        self._csec_mask = (1 << (self._cb - 8)) - 1
         self._raw_backing_index: tuple[list[Extent], list[int]] | None = None
         if self.backing is None and h.backing_file and not self.shallow:
             self.backing = self._open_backing(h)
@@ -167,22 +162,9 @@ class Qcow2Backend(ReadOnlyBackend):
 
     def extents_range(self, start: int, end: int) -> Iterator[Extent]:
         """Unmerged extents covering ``[start, end)`` (clipped to size)."""
-        end = min(end, self._size)
-        span = 1 << (self._cb + self._l2_bits)
-        pos = max(0, start)
-        while pos < end:
-            # One L1 entry at a time keeps memory bounded on huge images.
-            stop = min((pos // span + 1) * span, end)
-            for gstart, length, kind, _host in self._map(pos, stop):
-                if kind == DATA or kind == COMPRESSED:
-                    yield Extent(gstart, length)
-                elif kind == ZERO:
-                    yield Extent(gstart, length, zero=True)
-                elif self.backing is None:
-                    yield Extent(gstart, length, zero=True, hole=True)
-                else:
-                    yield from self._backing_extents(gstart, gstart + length)
-            pos = stop
+        return segment_extents(self._map, max(0, start), min(end, self._size),
+                               1 << (self._cb + self._l2_bits),
+                               None if self.backing is None else self._backing_extents)
 
     def _read_guest(self, offset: int, view: memoryview) -> None:
         for gstart, length, kind, host in self._map(offset, offset + len(view)):
@@ -332,26 +314,14 @@ class Qcow2Backend(ReadOnlyBackend):
     # --- reading ---------------------------------------------------------
 
     def _read_host(self, host: int, part: memoryview) -> None:
-        done = 0
         if self._window is not None:
             # Never read past the image into what follows it in the file.
             avail = max(0, min(len(part), self._file_size - host))
             if avail < len(part):
                 fill_zero(part[avail:])
                 part = part[:avail]
-        host += self._base
-        while done < len(part):
-            if _HAVE_PREADV:
-                got = os.preadv(self._fd, [part[done:]], host + done)
-            else:
-                chunk = qcow2.pread(self._fd, len(part) - done, host + done)
-                part[done:done + len(chunk)] = chunk
-                got = len(chunk)
-            if got == 0:
-                # The last cluster may stop short of its end in the file.
-                fill_zero(part[done:])
-                return
-            done += got
+        # The last cluster may stop short of its end in the file.
+        fill_zero(part[read_full(self._fd, part, self._base + host):])
 
     def _read_backing(self, gstart: int, part: memoryview) -> None:
         if self.backing is None:
@@ -367,9 +337,8 @@ class Qcow2Backend(ReadOnlyBackend):
         data = self._comp_cache.get(desc)
         if data is not None:
             return data
-        coff = desc & self._coff_mask
-        nsec = ((desc >> self._csec_shift) & self._csec_mask) + 1
-        csize = nsec * 512 - (coff & 511)
+        coff, cend = qcow2.compressed_span(desc, self._cb)
+        csize = cend - coff
         if coff == 0 or coff >= self._file_size or csize <= 0:
             raise CorruptImage(
                 f"corrupt qcow2 image: compressed cluster at 0x{coff:x} invalid",

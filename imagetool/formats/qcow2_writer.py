@@ -51,7 +51,10 @@ from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
 from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
 from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
 from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
-from imagetool.formats.qcow2 import compressed_size_shift, pack_extensions, pack_header
+from imagetool.formats.qcow2 import (compressed_size_shift, compressed_span, pack_extensions,
+                                     pack_header)
+from imagetool.formats.raw import read_full
+from imagetool.formats.readonly import fill_zero
 
 _REFCOUNT_ORDER = 4  # 16-bit refcounts
 _MAX_REFCOUNT = 0xFFFF
@@ -90,10 +93,8 @@ class Qcow2Writer(Closing):
         self._l2_bits = self._l2_entries.bit_length() - 1
         self._nclusters = -(-virtual_size // cluster_size)
         self._l1_size = -(-self._nclusters // self._l2_entries)
-        # Compressed descriptor: host offset in the low x bits, extra sectors above.
+        # Where a compressed descriptor's count of extra sectors starts.
         self._csize_shift = compressed_size_shift(self._cbits)
-        self._coffset_mask = (1 << self._csize_shift) - 1
-        self._csize_mask = (1 << (self._cbits - 8)) - 1
 
         self._lock = threading.Lock()
         self._closed = False
@@ -250,9 +251,7 @@ class Qcow2Writer(Closing):
                 t.byteswap()
             for j, entry in enumerate(t):
                 if entry & _COMPRESSED:
-                    coff = entry & self._coffset_mask
-                    nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
-                    stop = (coff & ~511) + nsect * 512
+                    coff, stop = compressed_span(entry, self._cbits)
                     for hc in range(coff // cs, (stop - 1) // cs + 1):
                         take(hc * cs, cs, True)
                 elif entry & _OFFSET_MASK:
@@ -568,9 +567,8 @@ class Qcow2Writer(Closing):
         """One cluster's guest bytes (entry is plain or compressed)."""
         cs = self.cluster_size
         if entry & _COMPRESSED:
-            coff = entry & self._coffset_mask
-            nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
-            raw = os.pread(self._fd, nsect * 512 - (coff & 511), self._base + coff)
+            coff, stop = compressed_span(entry, self._cbits)
+            raw = os.pread(self._fd, stop - coff, self._base + coff)
             data = zlib.decompressobj(-12).decompress(raw, cs)
             if len(data) != cs:
                 raise FormatError(f"compressed cluster {ci} is truncated", self.path)
@@ -652,9 +650,7 @@ class Qcow2Writer(Closing):
         """Drop the host clusters an L2 entry referenced."""
         cs = self.cluster_size
         if entry & _COMPRESSED:
-            coff = entry & self._coffset_mask
-            nsect = ((entry >> self._csize_shift) & self._csize_mask) + 1
-            end = (coff & ~511) + nsect * 512
+            coff, end = compressed_span(entry, self._cbits)
             for hc in range(coff // cs, (end - 1) // cs + 1):
                 self._ref(hc, -1)
         elif entry & _OFFSET_MASK:
@@ -889,10 +885,5 @@ def _pwrite_all(fd: int, iov: list, offset: int) -> None:
 
 
 def _pread_all(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            view[done:] = bytes(len(view) - done)
-            return
-        done += n
+    """Fill ``view`` from ``offset``; zeros past the end of the file."""
+    fill_zero(view[read_full(fd, view, offset):])

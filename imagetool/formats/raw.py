@@ -26,6 +26,7 @@ reproduces the file byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -86,6 +87,82 @@ def open_readonly(path: str, label: str | None = None) -> int:
         return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError as e:
         raise FormatError(f"cannot open: {e.strerror}", label or path) from e
+
+
+@contextlib.contextmanager
+def reading(path: str, label: str | None = None) -> Iterator[int]:
+    """``open_readonly`` as a with-statement: closed on the way out."""
+    fd = open_readonly(path, label)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+_SEEK_LOCK = threading.Lock()
+
+
+def pread(fd: int, length: int, offset: int) -> bytes:
+    """Positional read; seek+read under a lock where pread is missing."""
+    if _HAVE_PREAD:
+        return os.pread(fd, length, offset)
+    with _SEEK_LOCK:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)
+
+
+def read_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from file ``offset``; bytes read, fewer only at end of file."""
+    done = 0
+    while done < len(view):
+        if _HAVE_PREADV:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:
+            chunk = pread(fd, len(view) - done, offset + done)
+            n = len(chunk)
+            view[done:done + n] = chunk
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def seek_extents(fd: int, start: int, end: int, base: int = 0) -> Iterator[Extent]:
+    """Data and holes of ``[start, end)``, file bytes from ``base + start``,
+    from SEEK_DATA/SEEK_HOLE.
+
+    Holes are ``Extent(zero=True, hole=True)``, data ``Extent()``. Where
+    the OS or filesystem cannot report holes, the range is one data extent.
+    """
+    if start < end and (_SEEK_DATA is None or _SEEK_HOLE is None):
+        yield Extent(start, end - start)
+        return
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, base + pos, _SEEK_DATA) - base
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole left up to EOF
+                data = end
+            elif pos == start and e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield Extent(start, end - start)
+                return
+            else:
+                raise
+        data = min(max(data, pos), end)
+        if data > pos:
+            yield Extent(pos, data - pos, zero=True, hole=True)
+        if data >= end:
+            break
+        try:
+            hole = os.lseek(fd, base + data, _SEEK_HOLE) - base
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            hole = end  # file shrank under us: treat the rest as data
+        hole = min(max(hole, data + 1), end)
+        yield Extent(data, hole - data)
+        pos = hole
 
 _MODES = {
     "r": os.O_RDONLY,
@@ -155,48 +232,12 @@ class RawBackend(Closing):
         return fd_size(self._fd)
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:
-        """Data and holes of the file, from SEEK_DATA/SEEK_HOLE.
-
-        Holes are ``Extent(zero=True, hole=True)``, data ``Extent()``. Where
-        the OS or filesystem cannot report holes, the whole file is one data
-        extent. Only the "zero" context is meaningful for a raw file.
-        """
+        """Data and holes of the file (``seek_extents``). Only the "zero"
+        context is meaningful for a raw file."""
         if context != "zero":
             raise ValueError(f"unsupported extents context {context!r}")
-        size = self.size
-        if size == 0:
-            return
-        if _SEEK_DATA is None or _SEEK_HOLE is None:
-            yield Extent(0, size)
-            return
-        pos = 0
-        exts: list[Extent] = []
-        while pos < size:
-            try:
-                data = os.lseek(self._fd, pos, _SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # only a hole left up to EOF
-                    data = size
-                elif pos == 0 and e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    yield Extent(0, size)
-                    return
-                else:
-                    raise
-            data = min(data, size)
-            if data > pos:
-                exts.append(Extent(pos, data - pos, zero=True, hole=True))
-            if data >= size:
-                break
-            try:
-                hole = os.lseek(self._fd, data, _SEEK_HOLE)
-            except OSError as e:
-                if e.errno != errno.ENXIO:
-                    raise
-                hole = size  # file shrank under us: treat the rest as data
-            hole = min(max(hole, data + 1), size)
-            exts.append(Extent(data, hole - data))
-            pos = hole
-        yield from exts
+        # Mapped whole before the first extent is yielded.
+        yield from list(seek_extents(self._fd, 0, self.size))
 
     def read_into(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset``; fewer bytes only at end of file."""
@@ -204,13 +245,7 @@ class RawBackend(Closing):
             raise ValueError(f"negative offset {offset}")
         view = memoryview(buf).cast("B")
         done = self._read_direct(offset, view) if self._direct_ok else 0
-        want = len(view)
-        while done < want:
-            n = self._pread_into(offset + done, view[done:])
-            if n == 0:
-                break
-            done += n
-        return done
+        return done + read_full(self._fd, view[done:], offset + done)
 
     def read(self, offset: int, length: int) -> bytes:
         """Convenience: up to ``length`` bytes at ``offset`` as bytes."""
@@ -263,13 +298,8 @@ class RawBackend(Closing):
             if end <= offset:
                 return
             length = end - offset
-        if self._punch(offset, length):
-            return
-        pos = offset
-        while pos < end:
-            n = min(_ZERO_CHUNK, end - pos)
-            self.write(pos, memoryview(_ZEROS)[:n])
-            pos += n
+        if not self._punch(offset, length):
+            self._write_zeros(offset, end)
 
     def flush(self) -> None:
         """fsync the file."""
@@ -335,19 +365,6 @@ class RawBackend(Closing):
             self._direct_refused(e)
         return done
 
-    def _pread_into(self, offset: int, view: memoryview) -> int:
-        if _HAVE_PREADV:
-            return os.preadv(self._fd, [view], offset)
-        if _HAVE_PREAD:
-            chunk = os.pread(self._fd, len(view), offset)
-            view[:len(chunk)] = chunk
-            return len(chunk)
-        with self._lock:  # no positional I/O: serialise seek+read
-            os.lseek(self._fd, offset, os.SEEK_SET)
-            chunk = os.read(self._fd, len(view))
-        view[:len(chunk)] = chunk
-        return len(chunk)
-
     def _pwrite(self, offset: int, view: memoryview) -> int:
         if _HAVE_PREAD:
             return os.pwrite(self._fd, view, offset)
@@ -376,12 +393,11 @@ class RawBackend(Closing):
                 return
             else:
                 self._can_allocate = False
-        end = offset + length
-        pos = offset
-        while pos < end:
-            n = min(_ZERO_CHUNK, end - pos)
-            self.write(pos, memoryview(_ZEROS)[:n])
-            pos += n
+        self._write_zeros(offset, offset + length)
+
+    def _write_zeros(self, offset: int, end: int) -> None:
+        for pos in range(offset, end, _ZERO_CHUNK):
+            self.write(pos, memoryview(_ZEROS)[:min(_ZERO_CHUNK, end - pos)])
 
     def _fallocate(self, mode: int, offset: int, length: int) -> bool:
         """fallocate(2); False if the file system refuses this mode."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Iterator
+from typing import Callable, Iterator
 
 from imagetool.errors import UnsupportedFeature
 from imagetool.formats.base import Closing, Extent, merge_extents
@@ -47,6 +47,29 @@ def add_segment(out: list[list[int]], gstart: int, length: int, kind: int,
     out.append([gstart, length, kind, host])
 
 
+def segment_extents(map_range: Callable[[int, int], list[list[int]]], start: int,
+                    end: int, span: int, unalloc=None) -> Iterator[Extent]:
+    """Unmerged extents of ``[start, end)`` from ``map_range(start, end)``'s segments.
+
+    Mapped one ``span`` (what one table maps) at a time, which keeps memory
+    bounded on huge images. Unallocated segments are holes, or what
+    ``unalloc(start, end)`` says (a backing file's extents).
+    """
+    pos = start
+    while pos < end:
+        stop = min((pos // span + 1) * span, end)
+        for gstart, length, kind, _host in map_range(pos, stop):
+            if kind == ZERO:
+                yield Extent(gstart, length, zero=True)
+            elif kind != UNALLOC:
+                yield Extent(gstart, length)
+            elif unalloc is None:
+                yield Extent(gstart, length, zero=True, hole=True)
+            else:
+                yield from unalloc(gstart, gstart + length)
+        pos = stop
+
+
 class LockedLRU:
     """A bounded least-recently-used cache that several threads may share.
 
@@ -78,13 +101,14 @@ class LockedLRU:
 class ReadOnlyBackend(Closing):
     """The Backend protocol's methods that read-only images answer alike.
 
-    Subclasses set ``_size``, ``_format`` (named in refusals) and
-    ``_label`` (the file errors name), and provide ``_unmerged_extents()``,
-    ``_read_guest(offset, view)`` for ``0 < len(view)`` within the size,
-    ``clone()`` and ``close()``.
+    Subclasses set ``_size``, ``_format`` (named in refusals, or
+    ``_refusal`` whole) and ``_label`` (the file errors name), and provide
+    ``_unmerged_extents()``, ``_read_guest(offset, view)`` for ``0 <
+    len(view)`` within the size, ``clone()`` and ``close()``.
     """
 
     _format = ""
+    _refusal = "{} images are opened read-only"
     _size = 0
     _label = ""
 
@@ -124,13 +148,11 @@ class ReadOnlyBackend(Closing):
 
     def write(self, offset: int, data) -> None:
         """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature(f"{self._format} images are opened read-only",
-                                 self._label)
+        raise UnsupportedFeature(self._refusal.format(self._format), self._label)
 
     def zero(self, offset: int, length: int) -> None:
         """Refused: this backend is read-only (UnsupportedFeature)."""
-        raise UnsupportedFeature(f"{self._format} images are opened read-only",
-                                 self._label)
+        raise UnsupportedFeature(self._refusal.format(self._format), self._label)
 
     def flush(self) -> None:
         """Nothing to flush on a read-only image."""

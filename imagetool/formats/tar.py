@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from imagetool.errors import FormatError
+from imagetool.formats.raw import reading
 
 BLOCK = 512
 # tar headers hold names of up to 100 bytes; the engine's reader nothing longer.
@@ -84,11 +85,7 @@ def members(path: str | os.PathLike) -> list[Member]:
     that is not a regular file (links, devices, pax or long-name records).
     """
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", path) from e
-    try:
+    with reading(path) as fd:
         size = os.fstat(fd).st_size
         out: list[Member] = []
         seen: set[str] = set()
@@ -126,5 +123,3 @@ def members(path: str | os.PathLike) -> list[Member]:
             if len(out) > MAX_MEMBERS:
                 raise TarError(f"more than {MAX_MEMBERS} members", path)
             pos = data + round_up(info.size)
-    finally:
-        os.close(fd)

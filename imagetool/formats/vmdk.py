@@ -32,7 +32,6 @@ worker its own descriptors while sharing the parsed metadata.
 from __future__ import annotations
 
 import copy
-import errno
 import os
 import re
 import stat
@@ -46,18 +45,16 @@ from typing import Iterator
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats.base import Extent
-from imagetool.formats.detect import ImageInfo, is_vmdk_descriptor
-from imagetool.formats.raw import fd_size, open_readonly
+from imagetool.formats.detect import ImageInfo, disk_usage, is_vmdk_descriptor
+from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
                                         LockedLRU, ReadOnlyBackend, add_segment,
-                                        fill_zero)
+                                        fill_zero, segment_extents)
 
 SECTOR = 512
 MAGIC = b"KDMV"
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 
-FLAG_NL_TEST = 0x1
-FLAG_RGD = 0x2
 FLAG_ZERO_GRAIN = 0x4
 FLAG_COMPRESSED = 0x10000
 FLAG_MARKERS = 0x20000
@@ -76,9 +73,6 @@ MAX_EXTENTS = 8192
 
 _GT_CACHE_BYTES = 8 << 20
 _GRAIN_CACHE_BYTES = 4 << 20
-_HAVE_PREADV = hasattr(os, "preadv")
-_SEEK_DATA = getattr(os, "SEEK_DATA", None)
-_SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 
 # struct SparseExtentHeader, little-endian, packed (VDF 1.1).
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
@@ -125,42 +119,23 @@ class _FileRange:
     def pread(self, offset: int, size: int, what: str) -> bytes:
         """Exactly ``size`` bytes at window ``offset``, or CorruptImage."""
         self.check(offset, size, what)
-        parts = []
-        got = 0
-        while got < size:
-            try:
-                chunk = os.pread(self.fd, size - got, self.base + offset + got)
-            except OSError as e:
-                raise FormatError(f"cannot read {what}: {e.strerror}",
-                                  self.label) from e
-            if not chunk:
-                raise self.corrupt(f"{what} at offset {offset}: file truncated")
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        buf = bytearray(size)
+        try:
+            got = read_full(self.fd, memoryview(buf), self.base + offset)
+        except OSError as e:
+            raise FormatError(f"cannot read {what}: {e.strerror}", self.label) from e
+        if got < size:
+            raise self.corrupt(f"{what} at offset {offset}: file truncated")
+        return bytes(buf)
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` from window ``offset``; zeros past the window end."""
-        n = len(view)
-        avail = max(0, min(n, self.length - offset))
-        done = 0
-        while done < avail:
-            try:
-                if _HAVE_PREADV:
-                    got = os.preadv(self.fd, [view[done:avail]],
-                                    self.base + offset + done)
-                else:
-                    chunk = os.pread(self.fd, avail - done,
-                                     self.base + offset + done)
-                    view[done:done + len(chunk)] = chunk
-                    got = len(chunk)
-            except OSError as e:
-                raise FormatError(f"cannot read: {e.strerror}", self.label) from e
-            if got == 0:
-                break
-            done += got
-        if done < n:
-            fill_zero(view[done:])
+        avail = max(0, min(len(view), self.length - offset))
+        try:
+            done = read_full(self.fd, view[:avail], self.base + offset)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", self.label) from e
+        fill_zero(view[done:])
 
 
 # --- extents of one image -------------------------------------------------
@@ -216,37 +191,11 @@ class _FlatExtent(_FileExtent):
         self.size = size
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
-        """Data and holes of the file range (SEEK_DATA/SEEK_HOLE)."""
-        base = self.win.base
-        fd = self.win.fd
-        if _SEEK_DATA is None or _SEEK_HOLE is None:
-            yield Extent(start, end - start)
-            return
-        pos = start
-        while pos < end:
-            try:
-                data = os.lseek(fd, base + pos, _SEEK_DATA) - base
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    data = end
-                elif e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    yield Extent(pos, end - pos)
-                    return
-                else:
-                    raise FormatError(f"cannot read: {e.strerror}",
-                                      self.win.label) from e
-            data = min(max(data, pos), end)
-            if data > pos:
-                yield Extent(pos, data - pos, zero=True, hole=True)
-            if data >= end:
-                return
-            try:
-                hole = os.lseek(fd, base + data, _SEEK_HOLE) - base
-            except OSError:
-                hole = end
-            hole = min(max(hole, data + 1), end)
-            yield Extent(data, hole - data)
-            pos = hole
+        """Data and holes of the file range (``seek_extents``)."""
+        try:
+            yield from seek_extents(self.win.fd, start, end, self.win.base)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", self.win.label) from e
 
     def read_into(self, offset: int, view: memoryview) -> None:
         self.win.read_into(offset, view)
@@ -433,19 +382,7 @@ class _SparseExtent(_FileExtent):
         return out
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
-        span = self.gt_span
-        pos = start
-        while pos < end:
-            # One grain table at a time keeps memory bounded on huge disks.
-            stop = min((pos // span + 1) * span, end)
-            for vstart, length, kind, _host in self._map(pos, stop):
-                if kind == UNALLOC:
-                    yield Extent(vstart, length, zero=True, hole=True)
-                elif kind == ZERO:
-                    yield Extent(vstart, length, zero=True)
-                else:
-                    yield Extent(vstart, length)
-            pos = stop
+        return segment_extents(self._map, start, end, self.gt_span)
 
     # --- reading ------------------------------------------------------------
 
@@ -585,17 +522,15 @@ def _extent_path(directory: str, name: str | None, label: str) -> str:
 
 def _open_descriptor_file(path: str) -> tuple[dict, list]:
     """Parse a text descriptor file and open the extents it names."""
-    fd = open_readonly(path, path)
-    try:
-        size = fd_size(fd)
-        if size > MAX_DESCRIPTOR_FILE:
-            raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
-                               f"too large for a descriptor file", path)
-        raw = os.pread(fd, size, 0)
-    except OSError as e:
-        raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
+    with reading(path) as fd:
+        try:
+            size = fd_size(fd)
+            if size > MAX_DESCRIPTOR_FILE:
+                raise CorruptImage(f"corrupt vmdk descriptor: {size} bytes is "
+                                   f"too large for a descriptor file", path)
+            raw = os.pread(fd, size, 0)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", path) from e
     fields, lines = _parse_descriptor(raw, path)
     if not lines:
         raise CorruptImage("corrupt vmdk descriptor: no extents", path)
@@ -643,11 +578,8 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise UnsupportedFeature(
             f"extent file {line.name!r} is not a regular file", desc)
-    fd = open_readonly(target, label)
-    try:
+    with reading(target, label) as fd:
         flen = fd_size(fd)
-    finally:
-        os.close(fd)
     if line.type == "SPARSE":
         win = _FileRange(target, target, 0, flen)
         try:
@@ -757,15 +689,12 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
     windowed = offset != 0 or length is not None
     if offset < 0 or (length is not None and length < 0):
         raise ValueError(f"invalid window offset={offset} length={length}")
-    fd = open_readonly(path, path)
-    try:
+    with reading(path) as fd:
         fsize = fd_size(fd)
         try:
             head = os.pread(fd, SECTOR, offset)
         except OSError as e:
             raise FormatError(f"cannot read: {e.strerror}", path) from e
-    finally:
-        os.close(fd)
     if length is None:
         length = max(0, fsize - offset)
     label = name or (f"{path}[{offset}:{offset + length}]" if windowed else path)
@@ -808,14 +737,8 @@ def inspect_vmdk(path: str | os.PathLike, offset: int = 0,
     window's length for an image inside another file.
     """
     with open_vmdk(path, offset, length, name) as b:
-        if b.window is not None:
-            actual = b.window[1]
-        else:
-            actual = 0
-            for f in b.files():
-                st = os.stat(f)
-                blocks = getattr(st, "st_blocks", None)
-                actual += blocks * 512 if blocks is not None else st.st_size
+        actual = (b.window[1] if b.window is not None
+                  else sum(disk_usage(f) for f in b.files()))
         return ImageInfo(format="vmdk", virtual_size=b.size,
                          actual_size=actual, filename=os.fspath(path),
                          subformat=b.subformat)

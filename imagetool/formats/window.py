@@ -13,20 +13,13 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from imagetool.errors import FormatError, UnsupportedFeature, UnsupportedFormat
+from imagetool.errors import FormatError, UnsupportedFormat
 from imagetool.formats.base import Extent
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
+from imagetool.formats.raw import open_readonly, read_full, reading
+from imagetool.formats.readonly import ReadOnlyBackend
 
 _VMDK_MAGIC = b"KDMV"
-_HAVE_PREADV = hasattr(os, "preadv")
-
-
-def _open(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                       | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise FormatError(f"cannot open: {e.strerror}", path) from e
 
 
 def _check_window(path: str, offset: int, length: int) -> None:
@@ -48,12 +41,9 @@ def detect_window(path: str | os.PathLike, offset: int, length: int) -> str:
     """
     path = os.fspath(path)
     _check_window(path, offset, length)
-    fd = _open(path)
-    try:
+    with reading(path) as fd:
         head = os.pread(fd, min(length, 512), offset)
         tail = os.pread(fd, 512, offset + length - 512) if length >= 512 else b""
-    finally:
-        os.close(fd)
     if head.startswith(QCOW2_MAGIC):
         return "qcow2"
     if head.startswith(_VMDK_MAGIC) or head.lstrip().startswith(b"# Disk DescriptorFile"):
@@ -64,57 +54,26 @@ def detect_window(path: str | os.PathLike, offset: int, length: int) -> str:
     return "raw"
 
 
-class RawWindow:
+class RawWindow(ReadOnlyBackend):
     """Read-only raw guest data at a byte range of a file (Backend protocol)."""
 
+    _refusal = "an image inside another file is read-only"
+
     def __init__(self, path: str | os.PathLike, offset: int, length: int):
-        self.path = os.fspath(path)
+        self.path = self._label = os.fspath(path)
         _check_window(self.path, offset, length)
         self.offset = offset
-        self.length = length
+        self.length = self._size = length
         self.window = (offset, length)
-        self._fd = _open(self.path)
+        self._fd = open_readonly(self.path)
 
-    @property
-    def size(self) -> int:
-        return self.length
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
+    def _unmerged_extents(self) -> Iterator[Extent]:
         """One data extent: a tar member's holes are not worth finding."""
-        if context != "zero":
-            raise ValueError(f"unsupported extents context {context!r}")
-        if self.length:
-            yield Extent(0, self.length)
+        return iter([Extent(0, self.length)])
 
-    def read_into(self, offset: int, buf: memoryview) -> int:
-        view = memoryview(buf).cast("B")
-        n = max(0, min(len(view), self.length - offset))
-        done = 0
-        while done < n:
-            if _HAVE_PREADV:
-                got = os.preadv(self._fd, [view[done:n]], self.offset + offset + done)
-            else:
-                chunk = os.pread(self._fd, n - done, self.offset + offset + done)
-                view[done:done + len(chunk)] = chunk
-                got = len(chunk)
-            if got == 0:
-                raise FormatError("file truncated while reading", self.path)
-            done += got
-        return n
-
-    def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(max(0, min(length, self.length - offset)))
-        n = self.read_into(offset, memoryview(buf))
-        return bytes(buf[:n])
-
-    def write(self, offset: int, data) -> None:
-        raise UnsupportedFeature("an image inside another file is read-only", self.path)
-
-    def zero(self, offset: int, length: int) -> None:
-        raise UnsupportedFeature("an image inside another file is read-only", self.path)
-
-    def flush(self) -> None:
-        """Nothing to flush: read-only."""
+    def _read_guest(self, offset: int, view: memoryview) -> None:
+        if read_full(self._fd, view, self.offset + offset) < len(view):
+            raise FormatError("file truncated while reading", self.path)
 
     def clone(self) -> "RawWindow":
         return RawWindow(self.path, self.offset, self.length)
@@ -123,12 +82,6 @@ class RawWindow:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> "RawWindow":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RawWindow({self.path!r}, offset={self.offset}, length={self.length})"
@@ -163,22 +116,7 @@ def inspect_window(path: str | os.PathLike, offset: int, length: int) -> ImageIn
         return vmdk.inspect_vmdk(path, offset, length)
     if fmt == "qcow2":
         from imagetool.formats import qcow2
-        fd = _open(path)
-        try:
-            h = qcow2.parse_header(fd, path, offset, length)
-        finally:
-            os.close(fd)
-        return ImageInfo(format="qcow2", virtual_size=h.virtual_size,
-                         actual_size=length, filename=path, version=h.version,
-                         compat="0.10" if h.version == 2 else "1.1",
-                         cluster_size=h.cluster_size,
-                         refcount_bits=1 << h.refcount_order,
-                         compression_type=qcow2.COMPRESSION_NAMES[h.compression_type],
-                         extended_l2=h.extended_l2, backing_file=h.backing_file,
-                         backing_file_format=h.backing_format,
-                         encrypted=h.crypt_method != 0, data_file=h.data_file,
-                         dirty=bool(h.incompatible_features & qcow2.INCOMPAT_DIRTY),
-                         corrupt=bool(h.incompatible_features & qcow2.INCOMPAT_CORRUPT),
-                         snapshots=h.nb_snapshots, bitmaps=list(h.bitmaps))
+        with reading(path) as fd:
+            return qcow2.header_info(qcow2.parse_header(fd, path, offset, length), length)
     return ImageInfo(format="raw", virtual_size=length, actual_size=length,
                      filename=path)
