@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -44,20 +43,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from compare_ova import PASSWORD, engine_env, run, settle  # noqa: E402
+from compare_verify import make_half_data  # noqa: E402
 from imagetool.units import format_size, parse_size  # noqa: E402
-
-MiB = 1 << 20
-RUN = 8 * MiB
-
-
-def make_image(path: str, size: int) -> None:
-    """A raw file of 8 MiB random runs and 8 MiB holes, alternating."""
-    rnd = random.Random(7)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off in range(0, size, 2 * RUN):
-            f.seek(off)
-            f.write(rnd.randbytes(min(RUN, size - off)))
 
 
 def checkout(rev: str, where: str) -> str:
@@ -107,7 +94,7 @@ def main() -> None:
                   f"runs {code}", file=sys.stderr)
 
         raw = os.path.join(work, "image.raw")
-        make_image(raw, args.size)
+        make_half_data(raw, args.size)
         image = os.path.join(work, "image.qcow2")
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image],
                        check=True)

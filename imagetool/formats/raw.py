@@ -70,6 +70,21 @@ def _load_fallocate():
 
 
 _fallocate = _load_fallocate()
+PUNCH_HOLE = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """fallocate(2) on ``fd``: False where the platform or the file system
+    does not offer ``mode`` (the caller falls back), OSError on any other
+    failure."""
+    if _fallocate is None:
+        return False
+    if _fallocate(fd, mode, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
 
 
 def fd_size(fd: int) -> int:
@@ -401,17 +416,14 @@ class RawBackend(Closing):
 
     def _fallocate(self, mode: int, offset: int, length: int) -> bool:
         """fallocate(2); False if the file system refuses this mode."""
-        if _fallocate(self._fd, mode, offset, length) == 0:
-            return True
-        err = ctypes.get_errno()
-        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            return False
-        raise OSError(err, os.strerror(err), self.path)
+        try:
+            return fallocate(self._fd, mode, offset, length)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self.path) from None
 
     def _punch(self, offset: int, length: int) -> bool:
         """Deallocate the range inside the file; False if not supported."""
         if not self._can_punch and self._can_punch is not None:
             return False
-        self._can_punch = self._fallocate(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                                          offset, length)
+        self._can_punch = self._fallocate(PUNCH_HOLE, offset, length)
         return self._can_punch

@@ -20,7 +20,7 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import json
 import os
 import shutil
@@ -35,8 +35,7 @@ from imagetool.formats import allocated_ranges, open_image, qcow2
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.formats.raw import (_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, RawBackend,
-                                   _fallocate)
+from imagetool.formats.raw import PUNCH_HOLE, RawBackend, fallocate
 from imagetool.fsutil import opened, write_atomic
 from imagetool.ids import is_uuid
 from imagetool.server.store import Store
@@ -435,9 +434,8 @@ def _punch_zeros(fd: int, start: int, end: int, zero: bytes) -> None:
 
 
 def _punch(fd: int, offset: int, length: int) -> None:
-    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    if not fallocate(fd, PUNCH_HOLE, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
