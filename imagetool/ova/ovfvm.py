@@ -39,6 +39,8 @@ OS_IDS = {
     29: "windows_2016x64",
 }
 OS_BY_NAME = {v.lower(): k for k, v in OS_IDS.items()}
+# The shape of an osinfo name; one the table lacks is kept as named.
+OS_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
 
 # The API's BiosType values in the order of the engine's enum (oVirt 4.4);
 # OVFs older than 4.4 (virt-v2v writes 0.9) count from i440fx_sea_bios = 0.
@@ -291,7 +293,7 @@ def _read_os(vs: ET.Element, out: OvfVm) -> None:
             out.os_type = OS_IDS[OS_BY_NAME[name.lower()]]
         elif os_id is not None and os_id in OS_IDS:
             out.os_type = OS_IDS[os_id]
-        elif name and re.fullmatch(r"[A-Za-z0-9_.]{1,64}", name) and os_id is not None:
+        elif name and OS_NAME.fullmatch(name) and os_id is not None:
             out.os_type = name   # an id this engine's table lacks, named as oVirt names it
         elif name or os_id is not None:
             out.notes.append(f"operating system {name or os_id!s:.64} is not one the engine "

@@ -296,8 +296,8 @@ def test_nics_service_and_vm_update(connection):
             got.os.type) == (2, 2, 2, "windows_10x64")
     with pytest.raises(sdk.Error, match="guaranteed memory is larger"):
         vm_service.update(types.Vm(memory_policy=types.MemoryPolicy(guaranteed=2048 * MiB)))
-    with pytest.raises(sdk.Error, match="Invalid value 'dos' for os.type"):
-        vm_service.update(types.Vm(os=types.OperatingSystem(type="dos")))
+    with pytest.raises(sdk.Error, match="Invalid value 'dos 6' for os.type"):
+        vm_service.update(types.Vm(os=types.OperatingSystem(type="dos 6")))
     assert vm_service.get().memory == 512 * MiB
     vm_service.remove()
 
@@ -338,3 +338,20 @@ def test_correlation_id_is_checked(engine):
                                    + "x" * 51)
     assert status == 400
     assert b"Value of 'correlation_id' is 51 characters long: at most 50" in reply
+
+
+def test_client_ova_export_writes_the_vm_settings(connection, conn, tmp_path):
+    """``imagetool ova export`` (from the engine's API) puts the VM's
+    topology, OS, BIOS and NICs into the OVA's OVF too."""
+    from imagetool import export_ova
+    from imagetool.ova.ovfvm import parse_vm_settings
+    from imagetool.ova.reader import open_ova
+    vm, _, _ = v2v_vm(connection, "f6")
+    path = str(tmp_path / "f6.ova")
+    export_ova(conn, vm.id, path)
+    s = parse_vm_settings(open_ova(path).ovf.text, "ova")
+    assert (s.memory, s.sockets, s.cores, s.os_type, s.bios_type) == (
+        2048 * MiB, 1, 2, "rhel_7x64", "q35_ovmf")
+    assert [(n.name, n.interface, n.mac, n.network) for n in s.nics] == [
+        ("eth0", "virtio", "52:54:00:f6:00:01", "ovirtmgmt"),
+        ("eth1", "e1000", "52:54:00:f6:00:02", "net-f6")]

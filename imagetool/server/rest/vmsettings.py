@@ -16,8 +16,8 @@ pairs), ``nics`` (see nics.py); each attachment may carry ``boot_order``.
 from __future__ import annotations
 
 from imagetool.errors import FormatError
-from imagetool.ova.ovfvm import (BIOS_TYPES, MAX_CPUS, MAX_MEMORY, OS_BY_NAME, OS_IDS, OvfNic,
-                                 OvfVm, parse_custom_properties, parse_vm_settings)
+from imagetool.ova.ovfvm import (BIOS_TYPES, MAX_CPUS, MAX_MEMORY, OS_BY_NAME, OS_IDS, OS_NAME,
+                                 OvfNic, OvfVm, parse_custom_properties, parse_vm_settings)
 from imagetool.server.rest import networks
 from imagetool.server.rest.codec import get_int, get_list, get_obj, get_str
 from imagetool.server.rest.router import Request, bad_request
@@ -99,10 +99,12 @@ def from_body(data: dict) -> OvfVm:
         setattr(s, key, value)
     os_type = check_text(get_str(data, "os", "type"), "os.type")
     if os_type is not None:
-        if os_type.lower() not in OS_BY_NAME:
-            raise bad_request(f"Invalid value {os_type!a} for os.type: expected one of "
-                              f"{', '.join(sorted(OS_IDS.values()))}")
-        s.os_type = OS_IDS[OS_BY_NAME[os_type.lower()]]
+        # The engine's OS names (osinfo): letters, digits, '_' and '.'; names
+        # this engine's table lacks (rhel_9x64...) are kept as given.
+        if not OS_NAME.fullmatch(os_type):
+            raise bad_request(f"Invalid value {os_type!a} for os.type: an OS name such as "
+                              "rhel_7x64 or windows_10x64")
+        s.os_type = OS_IDS.get(OS_BY_NAME.get(os_type.lower(), -1), os_type)
     bios = get_str(data, "bios", "type")
     if bios is not None:
         if bios.lower() not in BIOS_TYPES:
