@@ -291,10 +291,12 @@ def _read_os(vs: ET.Element, out: OvfVm) -> None:
         name = _text(_kids(sec).get("Description") or None, "OS Description")
         if name and name.lower() in OS_BY_NAME:
             out.os_type = OS_IDS[OS_BY_NAME[name.lower()]]
-        elif os_id is not None and os_id in OS_IDS:
+        elif os_id in OS_IDS and os_id != 0:
             out.os_type = OS_IDS[os_id]
         elif name and OS_NAME.fullmatch(name) and os_id is not None:
             out.os_type = name   # an id this engine's table lacks, named as oVirt names it
+        elif os_id == 0:
+            out.os_type = "other"
         elif name or os_id is not None:
             out.notes.append(f"operating system {name or os_id!s:.64} is not one the engine "
                              "knows: other is used")
