@@ -33,7 +33,8 @@ from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
-from imagetool.ova.ovfvm import OvfVm, parse_vm_settings
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.transfer import resume as resume_mod
 from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.backends import SharedBackend

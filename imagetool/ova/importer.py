@@ -28,7 +28,8 @@ from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
-from imagetool.ova.ovfvm import OvfVm, parse_vm_settings
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
 from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy

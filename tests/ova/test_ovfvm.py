@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from imagetool.ova.ovf import build_ovirt_ovf
-from imagetool.ova.ovfvm import (OvfDiskSettings, OvfNic, OvfSettingsError, OvfVm,
-                                 parse_vm_settings)
+from imagetool.ova.ovfvm import OvfDiskSettings, OvfNic, OvfSettingsError, OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 
 MiB = 1 << 20
 DISK = "0b1c63fe-3a24-4b36-9d6f-0e6f2ad3a5c1"

@@ -202,7 +202,7 @@ def test_v2v_ovf_makes_the_vm_it_describes(connection):
 def test_vm_ovf_carries_every_field(connection):
     """The VM's own OVF (all_content) read back by the same reader gives the
     same settings."""
-    from imagetool.ova.ovfvm import parse_vm_settings
+    from imagetool.ova.ovfvm_read import parse_vm_settings
     vm, d1, d2 = v2v_vm(connection, "b2")
     got = connection.system_service().vms_service().vm_service(vm.id).get(all_content=True)
     s = parse_vm_settings(got.initialization.configuration.data, "ovf")
@@ -344,7 +344,7 @@ def test_client_ova_export_writes_the_vm_settings(connection, conn, tmp_path):
     """``imagetool ova export`` (from the engine's API) puts the VM's
     topology, OS, BIOS and NICs into the OVA's OVF too."""
     from imagetool import export_ova
-    from imagetool.ova.ovfvm import parse_vm_settings
+    from imagetool.ova.ovfvm_read import parse_vm_settings
     from imagetool.ova.reader import open_ova
     vm, _, _ = v2v_vm(connection, "f6")
     path = str(tmp_path / "f6.ova")

@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 
 from imagetool.ova import ovfvm
 from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.router import Request, bad_request
 from imagetool.server.rest.validate import check_id
@@ -247,8 +248,8 @@ def parse_export_ovf(text: str) -> dict:
     if out["id"] is None:
         raise ValueError("the OVF names no VM id (OperatingSystemSection ovf:id)")
     try:
-        out["settings"] = ovfvm.parse_vm_settings(text, "ovf")
-    except ovfvm.FormatError as e:
+        out["settings"] = parse_vm_settings(text, "ovf")
+    except ovfvm.OvfSettingsError as e:
         raise ValueError(str(e)) from None
     out["description"] = out["settings"].description or ""
     out["memory"] = out["settings"].memory or out["memory"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from imagetool.errors import FormatError
 from imagetool.ova.ovfvm import (BIOS_TYPES, MAX_CPUS, MAX_MEMORY, OS_BY_NAME, OS_IDS, OS_NAME,
-                                 OvfNic, OvfVm, parse_custom_properties, parse_vm_settings)
+                                 OvfNic, OvfVm, parse_custom_properties)
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.server.rest import networks
 from imagetool.server.rest.codec import get_int, get_list, get_obj, get_str
 from imagetool.server.rest.router import Request, bad_request
