@@ -28,6 +28,8 @@ from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
 from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
@@ -81,6 +83,8 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     start = time.monotonic()
     ova = open_ova(path)
     verify_manifest(ova)
+    # The VM settings are checked before anything is created, as the disks are.
+    settings = parse_vm_settings(ova.ovf.text, "ova")
     as_template = ova.ovf.template if template is None else template
     kind = "template" if as_template else "vm"
     name = name or ova.ovf.name
@@ -100,7 +104,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                                use_proxy=use_proxy, progress=progress)
             moved += res.pop("bytes")
             report.append(res)
-        ovf_text = _configuration(conn, ova, report, name, as_template)
+        ovf_text = _configuration(conn, ova, report, name, as_template, settings)
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
     except BaseException:
         _cleanup(conn, kind, entity_id, created)
@@ -111,8 +115,9 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
 
 
 def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
-                   template: bool) -> str:
-    """The OVF sent to the engine: the OVA's own if oVirt's, else rewritten."""
+                   template: bool, settings: OvfVm) -> str:
+    """The OVF sent to the engine: the OVA's own if oVirt's, else rewritten
+    with the VM settings read from it (memory, CPUs, NICs...)."""
     if ova.ovf.dialect == "ovirt":
         return ova.ovf.text
     disks = []
@@ -123,7 +128,7 @@ def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
                       "alias": disk.name, "boot": i == 0, "sparse": True})
     return build_ovirt_ovf(vm_id=_new_uuid(), name=name, cpus=ova.ovf.cpus or 1,
                            memory=ova.ovf.memory or (1 << 30), disks=disks,
-                           template=template)
+                           template=template, settings=settings)
 
 
 def _new_uuid() -> str:
