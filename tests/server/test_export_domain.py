@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -204,17 +205,28 @@ def test_data_domain_in_a_directory_holds_disks(connection, engine, tmp_path):
     assert not (root / sd.id).exists()
 
 
-@pytest.mark.parametrize("path, why", [
-    ("relative/dir", "not absolute"),
-    ("/nonexistent/imagetool-test-dir", "not an existing directory"),
-    ("FILE", "not an existing directory"),
-    ("DATA", "inside the engine's data directory"),
-    ("DATASUB", "inside the engine's data directory"),
+@pytest.mark.parametrize("path, code, why", [
+    ("relative/dir", 400, "Directory 'relative/dir' is not an absolute path."),
+    ("/", 409, "Directory / is not one this engine may write to (allowed: the "
+               "--storage-dir directories and their subdirectories)."),
+    ("/srv/imagetool-test-dir", 409, "Directory /srv/imagetool-test-dir is not one this "
+                                     "engine may write to"),
+    ("MISSING", 409, "is not an existing directory on the host."),
+    ("FILE", 409, "is not an existing directory on the host."),
+    ("LINKOUT", 409, "is not one this engine may write to"),
+    ("DATA", 400, "inside the engine's data directory"),
+    ("DATASUB", 400, "inside the engine's data directory"),
 ])
-def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, why):
+def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, code, why):
+    """Only directories below a ``serve --storage-dir`` (the engine of these
+    tests allows pytest's base temporary directory), symlinks resolved, and
+    not the data directory: nothing is created anywhere else."""
     f = tmp_path / "a-file"
     f.write_text("x")
-    path = {"FILE": str(f), "DATA": engine.data_dir,
+    outside = tempfile.mkdtemp(prefix="imagetool-outside-", dir="/var/tmp")
+    (tmp_path / "link-out").symlink_to(outside)
+    path = {"FILE": str(f), "DATA": engine.data_dir, "MISSING": str(tmp_path / "nope"),
+            "LINKOUT": str(tmp_path / "link-out"),
             "DATASUB": next(os.path.join(engine.data_dir, n) for n in
                             sorted(os.listdir(engine.data_dir))
                             if os.path.isdir(os.path.join(engine.data_dir, n)))
@@ -223,10 +235,28 @@ def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, why):
     body = (f"<storage_domain><name>bad</name><type>export</type><storage><type>localfs</type>"
             f"<path>{path}</path></storage></storage_domain>")
     status, text = fault(api_request(engine, "POST", "storagedomains", body, XML))
-    assert status == 400 and why in text
+    assert status == code and why in text, text
+    assert "Traceback" not in text and not os.path.exists("/srv/imagetool-test-dir")
+    assert os.listdir(outside) == []
+    os.rmdir(outside)
     assert "bad" not in {s.name for s in
                          connection.system_service().storage_domains_service().list()}
     assert set(tree(engine.data_dir)) - set(before) <= {"inventory.db-wal", "inventory.db-shm"}
+
+
+def test_engine_without_storage_dirs_adds_no_domain(connection, engine, tmp_path,
+                                                    monkeypatch):
+    """With no ``serve --storage-dir`` every path is refused, saying why."""
+    monkeypatch.setattr(engine.server, "storage_dirs", [])
+    body = (f"<storage_domain><name>nodir</name><type>data</type><storage><type>localfs"
+            f"</type><path>{tmp_path}</path></storage></storage_domain>")
+    status, text = fault(api_request(engine, "POST", "storagedomains", body, XML))
+    assert status == 409
+    assert ("[Cannot add Storage Domain. This engine keeps storage domains only in its data "
+            "directory: it was started without --storage-dir.]") in text
+    assert os.listdir(tmp_path) == []
+    assert "nodir" not in {s.name for s in
+                           connection.system_service().storage_domains_service().list()}
 
 
 def test_bad_domain_types_and_duplicate_names(connection, engine, tmp_path):
