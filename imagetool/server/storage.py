@@ -49,6 +49,15 @@ MAX_CHAIN = 128
 BACKUP_SUFFIX = ".pre-transfer"
 
 
+def os_reason(e: BaseException) -> str:
+    """An OS or data error in one line for a fault: ``<file>: <strerror>``
+    when the error names a file, the bare reason otherwise."""
+    if isinstance(e, FormatError) or not isinstance(e, OSError):
+        return str(e)
+    why = e.strerror or str(e)
+    return f"{e.filename}: {why}" if e.filename else why
+
+
 def new_id() -> str:
     """A fresh entity id (oVirt ids are UUIDs)."""
     return str(uuid.uuid4())
@@ -247,20 +256,22 @@ class Storage:
             chain.append(parent)
         return self.open_chain(list(reversed(chain)))
 
-    def open_chain(self, vols: list[dict]):
+    def open_chain(self, vols: list[dict], paths: dict[str, str] | None = None):
         """A read-only Backend over the chain ``vols`` (base..top), as given.
 
         Each dict names ``sd_id``, ``disk_id``, ``id`` and ``format``; the
         layers are stacked in this order whatever backing file names the
         qcow2 headers carry (e.g. a chain read from an export domain's
         metadata). A one-volume list whose volume is qcow2 reads that layer
-        alone.
+        alone. ``paths``: volume id -> the file to read instead of the
+        volume's own path (a descriptor already checked, ``/proc/self/fd/N``).
         """
         from imagetool.formats.qcow2_reader import Qcow2Backend
         backend = None
         try:
             for v in vols:
-                path = self.volume_path(v["sd_id"], v["disk_id"], v["id"])
+                path = (paths or {}).get(v["id"]) or self.volume_path(v["sd_id"], v["disk_id"],
+                                                                      v["id"])
                 if v["format"] == "raw":
                     if backend is not None:     # only a base volume can be raw
                         raise ValueError(f"raw volume {v['id']} over another volume")
@@ -330,17 +341,18 @@ class Storage:
             return 0
 
     def flatten(self, vols: list[dict], fmt: str, size: int, sd_id: str, disk_id: str,
-                vol_id: str, preallocate: bool = False) -> str:
+                vol_id: str, preallocate: bool = False, source: str | None = None) -> str:
         """Write the guest data of a chain (base..top) as one new volume.
 
         ``preallocate``: a raw result is fully allocated (a preallocated disk's
-        copy must not come out sparse).
+        copy must not come out sparse). ``source``: for one volume, the file
+        to copy instead of its own path (see ``open_chain``'s ``paths``).
         """
         make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
         create_private(dst)
         top = vols[-1]
-        src = self.volume_path(top["sd_id"], top["disk_id"], top["id"])
+        src = source or self.volume_path(top["sd_id"], top["disk_id"], top["id"])
         if len(vols) == 1:
             _sparse_copy(src, dst)
         else:
