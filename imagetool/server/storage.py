@@ -26,8 +26,9 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from imagetool.copier import copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
@@ -47,6 +48,24 @@ MAX_CHAIN = 128
 # Beside a volume while an upload into an existing disk runs: its content
 # before the transfer, put back when the transfer fails or is cancelled.
 BACKUP_SUFFIX = ".pre-transfer"
+
+
+# Errors of a file system refusing bytes: the OS reports them without the
+# file's name, which the one-line error must give (see ``naming``).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Around writes of ``path``: an out-of-space (or quota, or file size)
+    error raised without a file name gets ``path`` as its name, so that the
+    fault or message naming it says which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in NO_ROOM:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from None
+        raise
 
 
 def os_reason(e: BaseException) -> str:
@@ -195,20 +214,21 @@ class Storage:
         """
         make_private_dirs(self.disk_dir(sd_id, disk_id))
         path = self.volume_path(sd_id, disk_id, vol_id)
-        create_private(path)
-        if fmt == "raw":
-            with open(path, "wb") as f:
-                f.truncate(size)
-                if preallocate and size:
-                    os.posix_fallocate(f.fileno(), 0, size)
-        else:
-            backing_fmt = None
-            if parent_id is not None:
-                meta = self.read_meta(sd_id, disk_id, parent_id)
-                backing_fmt = "qcow2" if meta.get("format") == "cow" else "raw"
-            w = Qcow2Writer.create(path, size, backing_file=parent_id,
-                                   backing_format=backing_fmt)
-            w.close()
+        with naming(path):
+            create_private(path)
+            if fmt == "raw":
+                with open(path, "wb") as f:
+                    f.truncate(size)
+                    if preallocate and size:
+                        os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                backing_fmt = None
+                if parent_id is not None:
+                    meta = self.read_meta(sd_id, disk_id, parent_id)
+                    backing_fmt = "qcow2" if meta.get("format") == "cow" else "raw"
+                w = Qcow2Writer.create(path, size, backing_file=parent_id,
+                                       backing_format=backing_fmt)
+                w.close()
         self.write_meta(sd_id, disk_id, vol_id, {
             "format": fmt, "size": size, "parent": parent_id, "ctime": int(time.time())})
         return path
@@ -299,7 +319,7 @@ class Storage:
             return
         tmp = backup + ".tmp"
         _sparse_copy(self.volume_path(sd_id, disk_id, vol_id), tmp)
-        with open(tmp, "rb") as f:
+        with naming(tmp), open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, backup)
 
@@ -358,7 +378,8 @@ class Storage:
         else:
             copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
         if preallocate and fmt == "raw" and size:
-            _allocate(dst, 0, size)
+            with naming(dst):
+                _allocate(dst, 0, size)
         self.write_meta(sd_id, disk_id, vol_id,
                         {"format": fmt, "size": size, "parent": None, "ctime": int(time.time())})
         return dst
@@ -559,7 +580,7 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None)
     """
     if reader is None:
         reader = open_image(src, "r")
-    with reader:
+    with reader, naming(dst):
         convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
 
 
@@ -577,6 +598,7 @@ def _sparse_copy(src: str, dst: str) -> None:
     of zeros inside them are left unwritten, so the copy never takes more
     space than the original.
     """
-    create_private(dst)
-    with RawBackend(src, "r") as reader:
-        convert_backend(reader, dst, "raw")
+    with naming(dst):
+        create_private(dst)
+        with RawBackend(src, "r") as reader:
+            convert_backend(reader, dst, "raw")

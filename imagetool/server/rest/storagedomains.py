@@ -27,7 +27,7 @@ from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
 from imagetool.server.rest.validate import (MAX_DESCRIPTION, allowed_directory, check_text,
                                             shown)
-from imagetool.server.storage import new_id
+from imagetool.server.storage import new_id, os_reason
 
 SD_TYPES = ("data", "export", "iso")
 STORAGE_TYPES = ("localfs", "nfs")
@@ -135,7 +135,7 @@ def add_sd(req: Request) -> Reply:
         except OSError as e:
             engine.storage.forget_domain(sd["id"])
             raise conflict("add Storage Domain",
-                           f"Cannot create the domain directory: {e.strerror}.") from None
+                           f"Cannot create the domain directory: {os_reason(e)}.") from None
     record_job(engine, f"Adding Storage Domain {name}", ["Creating domain"])
     return Reply(status=201, tag="storage_domain", body=sd_repr(req, sd))
 
