@@ -2,13 +2,19 @@
 
 The data directory holds the local engine's images and inventory and the
 upload journals. ``imagetool serve`` writes ``<data-dir>/serve.json`` (url,
-cafile, pid, username, password_file) and removes it on exit; CLI commands
-that find a live one use that server instead of opening the same data dir
-twice.
+cafile, pid, username, password_file), holds an exclusive ``flock`` on it
+while it runs and removes it on exit; CLI commands that find one locked use
+that server instead of opening the same data dir twice.
+
+The lock, not the pid, says whether that server lives: the kernel drops it
+as the process dies, whereas ``kill(pid, 0)`` still succeeds on a process
+killed with SIGKILL until its parent has reaped it, which made a restart
+right after a crash refuse with "an engine already serves".
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -21,25 +27,27 @@ def default_data_dir() -> str:
         os.path.expanduser("~"), ".local", "share", "imagetool")
 
 
-def _pid_alive(pid: int) -> bool:
+def _locked(fd: int) -> bool:
+    """Whether another open file holds an exclusive flock on ``fd``'s file."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def find_running_engine(data_dir: str | None = None) -> dict | None:
-    """The lock file's content if a live ``imagetool serve`` owns ``data_dir``."""
+    """The lock file's content if a live ``imagetool serve`` owns ``data_dir``
+    (it holds the file's flock)."""
     path = os.path.join(data_dir or default_data_dir(), LOCK_FILE)
     try:
         with open(path) as f:
+            if not _locked(f.fileno()):
+                return None
             info = json.load(f)
     except (FileNotFoundError, ValueError):
         return None
-    pid = info.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid):
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
         return None
     return info

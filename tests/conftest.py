@@ -108,7 +108,9 @@ def engine(tmp_path_factory):
     from imagetool.server.local import LocalEngine
 
     data_dir = tmp_path_factory.mktemp("engine")
-    eng = LocalEngine(str(data_dir), password=ENGINE_PASSWORD, finished_ttl=60.0)
+    # Tests add storage domains in their own tmp_path: all below the base.
+    eng = LocalEngine(str(data_dir), password=ENGINE_PASSWORD, finished_ttl=60.0,
+                      storage_dirs=[str(tmp_path_factory.getbasetemp())])
     eng.start()
     try:
         yield eng

@@ -556,3 +556,43 @@ def sdk_examples_dir() -> str | None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+# --- proving a file was never read ----------------------------------------------
+
+class OpenWatch:
+    """Counts every open and read of some files (Linux inotify ``IN_OPEN`` and
+    ``IN_ACCESS`` on their inodes, so an open through a symbolic or hard link
+    counts too): a test proves a host file it planted was never read.
+    Use as a context manager; ``touched()`` is the number of events so far."""
+
+    IN_ACCESS, IN_OPEN = 0x1, 0x20
+
+    def __init__(self, *paths: str) -> None:
+        import ctypes
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        for p in paths:
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(p),
+                                              self.IN_ACCESS | self.IN_OPEN)
+            assert wd >= 0, f"{p}: {os.strerror(ctypes.get_errno())}"
+        self.count = 0
+
+    def touched(self) -> int:
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return self.count
+            pos = 0
+            while pos < len(buf):
+                name_len = int.from_bytes(buf[pos + 12:pos + 16], sys.byteorder)
+                self.count += 1
+                pos += 16 + name_len
+
+    def __enter__(self) -> "OpenWatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)

@@ -55,9 +55,15 @@ def in_process_engine(data_dir: str) -> Iterator[Any]:
               help="A directory (and its subdirectories) where a VM export to a path on "
                    "the host (the SDK's export_to_path_on_host) may write OVA files; "
                    "repeatable. None by default: such exports are refused.")
+@click.option("--storage-dir", "storage_dirs", multiple=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="A directory (and its subdirectories) where a storage domain added "
+                   "through the API (POST /storagedomains) may live; repeatable. None by "
+                   "default: only the data directory holds storage domains.")
 def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
           password_file: str | None, no_tls: bool, token_lifetime: float,
-          finished_ttl: float, n_hosts: int, export_dirs: tuple[str, ...]) -> None:
+          finished_ttl: float, n_hosts: int, export_dirs: tuple[str, ...],
+          storage_dirs: tuple[str, ...]) -> None:
     """Serve a local oVirt engine (REST API + imageio) over a directory.
 
     Disks live under DATA_DIR/<storage-domain-id>/images, the inventory in
@@ -74,7 +80,7 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
     server = EngineServer(data_dir, host=host, port=port, imageio_port=imageio_port,
                           tls=not no_tls, password_file=password_file,
                           token_lifetime=token_lifetime, finished_ttl=finished_ttl,
-                          hosts=n_hosts, export_dirs=export_dirs)
+                          hosts=n_hosts, export_dirs=export_dirs, storage_dirs=storage_dirs)
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -97,6 +103,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
         click.echo(f"data dir: {data_dir}")
         for d in server.export_dirs:
             click.echo(f"export dir: {d}")
+        for d in server.storage_dirs:
+            click.echo(f"storage dir: {d}")
         click.echo(f"lock file: {lock}", err=True)
         while not stop.wait(0.5):
             pass

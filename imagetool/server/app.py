@@ -94,6 +94,16 @@ def _try_lock(path: str):
     return f
 
 
+def _operator_dirs(dirs: list[str] | tuple[str, ...], what: str) -> list[str]:
+    """The absolute paths of directories the operator allows writes in;
+    ValueError for one that does not exist."""
+    out = [os.path.abspath(d) for d in dirs]
+    for d in out:
+        if not os.path.isdir(d):
+            raise ValueError(f"{what} directory {d} does not exist")
+    return out
+
+
 def build_router() -> Router:
     """All services of the local engine: the rows of ``rest/routes.py``, in order."""
     router = Router()
@@ -111,7 +121,8 @@ class EngineServer:
                  finished_ttl: float = 300.0, login_delay: float = 1.0,
                  max_connections: int = MAX_CONNECTIONS,
                  request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1,
-                 export_dirs: list[str] | tuple[str, ...] = ()) -> None:
+                 export_dirs: list[str] | tuple[str, ...] = (),
+                 storage_dirs: list[str] | tuple[str, ...] = ()) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         self.data_dir = os.path.abspath(data_dir)
@@ -121,10 +132,9 @@ class EngineServer:
         os.chmod(self.data_dir, 0o700)
         self.host = host
         # Directories a Vm export to a host path may write into (serve --export-dir).
-        self.export_dirs = [os.path.abspath(d) for d in export_dirs]
-        for d in self.export_dirs:
-            if not os.path.isdir(d):
-                raise ValueError(f"export directory {d} does not exist")
+        self.export_dirs = _operator_dirs(export_dirs, "export")
+        # Directories new storage domains may live in (serve --storage-dir).
+        self.storage_dirs = _operator_dirs(storage_dirs, "storage")
         self.stopping = threading.Event()
         self._background: list[threading.Thread] = []
         self.public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host

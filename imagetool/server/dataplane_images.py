@@ -40,6 +40,7 @@ from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTE
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
+from imagetool.server.storage import NO_ROOM, naming, os_reason
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 ALL_FEATURES = list(FEATURES)
@@ -258,19 +259,36 @@ def _writing(ticket: Ticket, offset: int, length: int):
     if ahead is not None:
         ahead.begin_write(offset, length)
     try:
-        yield
+        with _room(ticket):
+            yield
     finally:
         if ahead is not None:
             ahead.end_write(offset, length)
 
 
+@contextmanager
+def _room(ticket: Ticket):
+    """Around writes and flushes of the ticket's image: a file system out of
+    space (or quota) is an error naming the volume's file, not a bare
+    "[Errno 28] No space left on device"."""
+    try:
+        with naming(getattr(ticket._backend, "path", None) or f"the image of {ticket.uuid}"):
+            yield
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise HttpError(HTTPStatus.INSUFFICIENT_STORAGE,
+                            f"Cannot write: {os_reason(e)}", close=True) from None
+        raise
+
+
 def _flush(ticket: Ticket, backend) -> None:
     """``backend.flush()``, telling the ticket's checksum ahead (if any)."""
     ahead = ticket.checksum_ahead
-    if ahead is None:
-        backend.flush()
-    else:
-        ahead.flush(backend.flush)
+    with _room(ticket):
+        if ahead is None:
+            backend.flush()
+        else:
+            ahead.flush(backend.flush)
 
 
 def _flush_param(req: Request) -> bool:

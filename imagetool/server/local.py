@@ -6,11 +6,12 @@ this module writes and removes it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from pathlib import Path
 from typing import Any
 
-from imagetool.fsutil import write_atomic
 from imagetool.paths import LOCK_FILE, default_data_dir, find_running_engine
 from imagetool.server.app import EngineServer
 
@@ -21,25 +22,43 @@ USERNAME = "admin@internal"
 
 
 def write_lock_file(engine: EngineServer) -> str:
-    """Publish a running engine in its data dir; returns the lock file path."""
+    """Publish a running engine in its data dir; returns the lock file path.
+
+    The file is flocked (exclusive) before it gets its name and stays so
+    until ``remove_lock_file`` or the process's death: readers take a held
+    lock as the sign of a live engine (``imagetool.paths``).
+    """
     path = os.path.join(engine.data_dir, LOCK_FILE)
     info = {"url": engine.url, "cafile": engine.cafile, "pid": os.getpid(),
             "username": USERNAME, "password_file": engine.password_file,
             "imageio_url": engine.dataplane_url(), "insecure": False}
-    write_atomic(path, json.dumps(info, indent=2), sync=False)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps(info, indent=2).encode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    engine.serve_lock = fd
     return path
 
 
 def remove_lock_file(engine: EngineServer) -> None:
-    """Remove the lock file if it is ours."""
+    """Remove the lock file if it is ours, and drop its lock."""
     path = os.path.join(engine.data_dir, LOCK_FILE)
     try:
         with open(path) as f:
-            if json.load(f).get("pid") != os.getpid():
-                return
-        os.unlink(path)
+            if json.load(f).get("pid") == os.getpid():
+                os.unlink(path)
     except (FileNotFoundError, ValueError):
         pass
+    fd = getattr(engine, "serve_lock", None)
+    if fd is not None:
+        engine.serve_lock = None
+        os.close(fd)
 
 
 class LocalEngine:

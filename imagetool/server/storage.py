@@ -26,8 +26,9 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from imagetool.copier import copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
@@ -47,6 +48,33 @@ MAX_CHAIN = 128
 # Beside a volume while an upload into an existing disk runs: its content
 # before the transfer, put back when the transfer fails or is cancelled.
 BACKUP_SUFFIX = ".pre-transfer"
+
+
+# Errors of a file system refusing bytes: the OS reports them without the
+# file's name, which the one-line error must give (see ``naming``).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Around writes of ``path``: an out-of-space (or quota, or file size)
+    error raised without a file name gets ``path`` as its name, so that the
+    fault or message naming it says which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in NO_ROOM:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from None
+        raise
+
+
+def os_reason(e: BaseException) -> str:
+    """An OS or data error in one line for a fault: ``<file>: <strerror>``
+    when the error names a file, the bare reason otherwise."""
+    if isinstance(e, FormatError) or not isinstance(e, OSError):
+        return str(e)
+    why = e.strerror or str(e)
+    return f"{e.filename}: {why}" if e.filename else why
 
 
 def new_id() -> str:
@@ -186,20 +214,21 @@ class Storage:
         """
         make_private_dirs(self.disk_dir(sd_id, disk_id))
         path = self.volume_path(sd_id, disk_id, vol_id)
-        create_private(path)
-        if fmt == "raw":
-            with open(path, "wb") as f:
-                f.truncate(size)
-                if preallocate and size:
-                    os.posix_fallocate(f.fileno(), 0, size)
-        else:
-            backing_fmt = None
-            if parent_id is not None:
-                meta = self.read_meta(sd_id, disk_id, parent_id)
-                backing_fmt = "qcow2" if meta.get("format") == "cow" else "raw"
-            w = Qcow2Writer.create(path, size, backing_file=parent_id,
-                                   backing_format=backing_fmt)
-            w.close()
+        with naming(path):
+            create_private(path)
+            if fmt == "raw":
+                with open(path, "wb") as f:
+                    f.truncate(size)
+                    if preallocate and size:
+                        os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                backing_fmt = None
+                if parent_id is not None:
+                    meta = self.read_meta(sd_id, disk_id, parent_id)
+                    backing_fmt = "qcow2" if meta.get("format") == "cow" else "raw"
+                w = Qcow2Writer.create(path, size, backing_file=parent_id,
+                                       backing_format=backing_fmt)
+                w.close()
         self.write_meta(sd_id, disk_id, vol_id, {
             "format": fmt, "size": size, "parent": parent_id, "ctime": int(time.time())})
         return path
@@ -247,20 +276,22 @@ class Storage:
             chain.append(parent)
         return self.open_chain(list(reversed(chain)))
 
-    def open_chain(self, vols: list[dict]):
+    def open_chain(self, vols: list[dict], paths: dict[str, str] | None = None):
         """A read-only Backend over the chain ``vols`` (base..top), as given.
 
         Each dict names ``sd_id``, ``disk_id``, ``id`` and ``format``; the
         layers are stacked in this order whatever backing file names the
         qcow2 headers carry (e.g. a chain read from an export domain's
         metadata). A one-volume list whose volume is qcow2 reads that layer
-        alone.
+        alone. ``paths``: volume id -> the file to read instead of the
+        volume's own path (a descriptor already checked, ``/proc/self/fd/N``).
         """
         from imagetool.formats.qcow2_reader import Qcow2Backend
         backend = None
         try:
             for v in vols:
-                path = self.volume_path(v["sd_id"], v["disk_id"], v["id"])
+                path = (paths or {}).get(v["id"]) or self.volume_path(v["sd_id"], v["disk_id"],
+                                                                      v["id"])
                 if v["format"] == "raw":
                     if backend is not None:     # only a base volume can be raw
                         raise ValueError(f"raw volume {v['id']} over another volume")
@@ -288,7 +319,7 @@ class Storage:
             return
         tmp = backup + ".tmp"
         _sparse_copy(self.volume_path(sd_id, disk_id, vol_id), tmp)
-        with open(tmp, "rb") as f:
+        with naming(tmp), open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, backup)
 
@@ -330,23 +361,25 @@ class Storage:
             return 0
 
     def flatten(self, vols: list[dict], fmt: str, size: int, sd_id: str, disk_id: str,
-                vol_id: str, preallocate: bool = False) -> str:
+                vol_id: str, preallocate: bool = False, source: str | None = None) -> str:
         """Write the guest data of a chain (base..top) as one new volume.
 
         ``preallocate``: a raw result is fully allocated (a preallocated disk's
-        copy must not come out sparse).
+        copy must not come out sparse). ``source``: for one volume, the file
+        to copy instead of its own path (see ``open_chain``'s ``paths``).
         """
         make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
         create_private(dst)
         top = vols[-1]
-        src = self.volume_path(top["sd_id"], top["disk_id"], top["id"])
+        src = source or self.volume_path(top["sd_id"], top["disk_id"], top["id"])
         if len(vols) == 1:
             _sparse_copy(src, dst)
         else:
             copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
         if preallocate and fmt == "raw" and size:
-            _allocate(dst, 0, size)
+            with naming(dst):
+                _allocate(dst, 0, size)
         self.write_meta(sd_id, disk_id, vol_id,
                         {"format": fmt, "size": size, "parent": None, "ctime": int(time.time())})
         return dst
@@ -547,7 +580,7 @@ def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None)
     """
     if reader is None:
         reader = open_image(src, "r")
-    with reader:
+    with reader, naming(dst):
         convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
 
 
@@ -565,6 +598,7 @@ def _sparse_copy(src: str, dst: str) -> None:
     of zeros inside them are left unwritten, so the copy never takes more
     space than the original.
     """
-    create_private(dst)
-    with RawBackend(src, "r") as reader:
-        convert_backend(reader, dst, "raw")
+    with naming(dst):
+        create_private(dst)
+        with RawBackend(src, "r") as reader:
+            convert_backend(reader, dst, "raw")

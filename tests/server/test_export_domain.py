@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -23,7 +24,7 @@ from helpers import qemu_compare as same
 from helpers import sdk_download as download
 from helpers import sdk_finalize as finalize
 from helpers import sdk_start_transfer as start_transfer
-from helpers import MiB, api_request, make_pattern_image, qemu_img, qemu_io
+from helpers import MiB, OpenWatch, api_request, make_pattern_image, qemu_img, qemu_io
 
 # Every test here starts engines or CLI processes: out of the quick loop.
 pytestmark = pytest.mark.slow
@@ -204,17 +205,28 @@ def test_data_domain_in_a_directory_holds_disks(connection, engine, tmp_path):
     assert not (root / sd.id).exists()
 
 
-@pytest.mark.parametrize("path, why", [
-    ("relative/dir", "not absolute"),
-    ("/nonexistent/imagetool-test-dir", "not an existing directory"),
-    ("FILE", "not an existing directory"),
-    ("DATA", "inside the engine's data directory"),
-    ("DATASUB", "inside the engine's data directory"),
+@pytest.mark.parametrize("path, code, why", [
+    ("relative/dir", 400, "Directory 'relative/dir' is not an absolute path."),
+    ("/", 409, "Directory / is not one this engine may write to (allowed: the "
+               "--storage-dir directories and their subdirectories)."),
+    ("/srv/imagetool-test-dir", 409, "Directory /srv/imagetool-test-dir is not one this "
+                                     "engine may write to"),
+    ("MISSING", 409, "is not an existing directory on the host."),
+    ("FILE", 409, "is not an existing directory on the host."),
+    ("LINKOUT", 409, "is not one this engine may write to"),
+    ("DATA", 400, "inside the engine's data directory"),
+    ("DATASUB", 400, "inside the engine's data directory"),
 ])
-def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, why):
+def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, code, why):
+    """Only directories below a ``serve --storage-dir`` (the engine of these
+    tests allows pytest's base temporary directory), symlinks resolved, and
+    not the data directory: nothing is created anywhere else."""
     f = tmp_path / "a-file"
     f.write_text("x")
-    path = {"FILE": str(f), "DATA": engine.data_dir,
+    outside = tempfile.mkdtemp(prefix="imagetool-outside-", dir="/var/tmp")
+    (tmp_path / "link-out").symlink_to(outside)
+    path = {"FILE": str(f), "DATA": engine.data_dir, "MISSING": str(tmp_path / "nope"),
+            "LINKOUT": str(tmp_path / "link-out"),
             "DATASUB": next(os.path.join(engine.data_dir, n) for n in
                             sorted(os.listdir(engine.data_dir))
                             if os.path.isdir(os.path.join(engine.data_dir, n)))
@@ -223,10 +235,28 @@ def test_bad_domain_paths_are_refused(connection, engine, tmp_path, path, why):
     body = (f"<storage_domain><name>bad</name><type>export</type><storage><type>localfs</type>"
             f"<path>{path}</path></storage></storage_domain>")
     status, text = fault(api_request(engine, "POST", "storagedomains", body, XML))
-    assert status == 400 and why in text
+    assert status == code and why in text, text
+    assert "Traceback" not in text and not os.path.exists("/srv/imagetool-test-dir")
+    assert os.listdir(outside) == []
+    os.rmdir(outside)
     assert "bad" not in {s.name for s in
                          connection.system_service().storage_domains_service().list()}
     assert set(tree(engine.data_dir)) - set(before) <= {"inventory.db-wal", "inventory.db-shm"}
+
+
+def test_engine_without_storage_dirs_adds_no_domain(connection, engine, tmp_path,
+                                                    monkeypatch):
+    """With no ``serve --storage-dir`` every path is refused, saying why."""
+    monkeypatch.setattr(engine.server, "storage_dirs", [])
+    body = (f"<storage_domain><name>nodir</name><type>data</type><storage><type>localfs"
+            f"</type><path>{tmp_path}</path></storage></storage_domain>")
+    status, text = fault(api_request(engine, "POST", "storagedomains", body, XML))
+    assert status == 409
+    assert ("[Cannot add Storage Domain. This engine keeps storage domains only in its data "
+            "directory: it was started without --storage-dir.]") in text
+    assert os.listdir(tmp_path) == []
+    assert "nodir" not in {s.name for s in
+                           connection.system_service().storage_domains_service().list()}
 
 
 def test_bad_domain_types_and_duplicate_names(connection, engine, tmp_path):
@@ -446,3 +476,174 @@ def test_export_never_writes_over_files_it_does_not_own(connection, engine, expo
     assert e.value.code == 409 and "already holds files" in str(e.value)
     assert tree(top_dir / "images") == [disk.id, f"{disk.id}/keep"]
     assert os.listdir(top_dir / "master" / "vms") == []
+
+
+# --- hostile export domains ------------------------------------------------------------
+# Another tool, host or user writes an export domain: links out of it, hard
+# links to host files and lying metadata must be refused with a one-line
+# reason, without reading the host file, writing outside the domain or
+# changing any disk of the engine.
+
+SECRET = b"-----BEGIN PRIVATE KEY----- stand-in for pki/server.key\n" * 2048
+
+
+def snapshot_of(path):
+    """(relative path, size, mtime) of everything below ``path``."""
+    out = []
+    for rel in tree(path):
+        st = os.lstat(os.path.join(path, rel))
+        out.append((rel, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def engine_disks(engine):
+    """Every disk row of the engine and its files in the data domain."""
+    status, _, body = api_request(engine, "GET", "disks")
+    assert status == 200
+    ids = sorted(d.get("id") for d in ET.fromstring(body).iter("disk"))
+    return ids, snapshot_of(engine.data_dir + "/" + data_domain_id(engine))
+
+
+def data_domain_id(engine):
+    status, _, body = api_request(engine, "GET", "storagedomains")
+    return next(s.get("id") for s in ET.fromstring(body).iter("storage_domain")
+                if s.findtext("name") == "data")
+
+
+IMPORT = ("<action><storage_domain><name>data</name></storage_domain>"
+          "<cluster><name>Default</name></cluster><clone>true</clone>"
+          "<collapse_snapshots>true</collapse_snapshots><vm><name>{name}</name></vm>"
+          "</action>")
+
+
+@pytest.fixture
+def exported(connection, engine, tmp_path, export_sd, vm_disk):
+    """The VM exported (one collapsed volume per disk), a secret host file
+    outside the domain, and a function that runs the import and asserts it
+    is refused without reading the secret or changing any disk."""
+    sd, top_dir = export_sd
+    vm_service, vm, disk, src, now, snap = vm_disk
+    vm_service.export(storage_domain=types.StorageDomain(id=sd.id), discard_snapshots=True)
+    image_id = connection.system_service().disks_service().disk_service(disk.id).get().image_id
+    secret = tmp_path / "host" / "server.key"
+    secret.parent.mkdir()
+    secret.write_bytes(SECRET)
+    vol = top_dir / "images" / disk.id / image_id
+
+    def refused(code, why, watch=(str(secret),)):
+        before = engine_disks(engine)
+        with OpenWatch(*watch) as w:
+            status, text = fault(api_request(
+                engine, "POST", f"storagedomains/{sd.id}/vms/{vm.id}/import",
+                IMPORT.format(name=f"imp-{tmp_path.name}"[:60]), XML))
+            assert w.touched() == 0, "the host file was read"
+        detail = ET.fromstring(text).findtext("detail")
+        assert status == code, text
+        assert why in detail and "\n" not in detail and "Traceback" not in text, detail
+        assert engine_disks(engine) == before          # no disk row, no file, none changed
+        assert secret.read_bytes() == SECRET
+        return detail
+
+    return sd, top_dir, vm, disk, vol, secret, refused
+
+
+def test_import_refuses_a_volume_linked_to_a_host_file(exported):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    vol.unlink()
+    vol.symlink_to(secret)
+    detail = refused(409, f"images/{disk.id}/{vol.name} is a symbolic link")
+    assert f"Export domain {sd.name}" in detail
+
+
+def test_import_refuses_a_volume_hard_linked_to_a_host_file(exported):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    vol.unlink()
+    os.link(secret, vol)
+    refused(409, f"images/{disk.id}/{vol.name} is a hard link (2 names for one file)")
+
+
+def test_import_refuses_a_linked_meta(exported):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    meta = vol.with_name(vol.name + ".meta")
+    elsewhere = secret.parent / "meta"
+    os.rename(meta, elsewhere)                  # a valid .meta, outside the domain
+    meta.symlink_to(elsewhere)
+    refused(409, f"images/{disk.id}/{vol.name}.meta is a symbolic link",
+            watch=(str(secret), str(elsewhere)))
+
+
+def test_import_refuses_a_linked_disk_directory(exported):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    elsewhere = secret.parent / "disk"
+    os.rename(vol.parent, elsewhere)
+    (elsewhere / vol.name).unlink()
+    os.link(secret, elsewhere / vol.name)        # even a plain file there is not read
+    vol.parent.symlink_to(elsewhere)
+    refused(409, f"images/{disk.id} is a symbolic link")
+
+
+def test_import_refuses_a_linked_images_directory(exported):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    elsewhere = secret.parent / "images"
+    os.rename(top_dir / "images", elsewhere)
+    (top_dir / "images").symlink_to(elsewhere)
+    refused(409, "images is a symbolic link")
+
+
+def test_linked_vm_directory_is_not_read(exported, engine):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    vm_dir = top_dir / "master" / "vms" / vm.id
+    elsewhere = secret.parent / "vm"
+    os.rename(vm_dir, elsewhere)
+    vm_dir.symlink_to(elsewhere)
+    ovf = str(elsewhere / f"{vm.id}.ovf")
+    refused(409, f"master/vms/{vm.id} is a symbolic link", watch=(str(secret), ovf))
+    with OpenWatch(ovf) as w:
+        status, _, body = api_request(engine, "GET", f"storagedomains/{sd.id}/vms")
+        assert status == 200 and vm.id not in body.decode()
+        assert w.touched() == 0
+
+
+@pytest.mark.parametrize("claim, why", [
+    (str(9 << 40), "claims a size of 9895604649984 bytes: a disk holds 1 byte to 8 TiB"),
+    (str(10 ** 30), f"claims a size of {10 ** 30} bytes: a disk holds 1 byte to 8 TiB"),
+    ("0", "claims a size of 0 bytes"),
+    (str(MiB), f"holds {4 * MiB} bytes, more than the {MiB} its metadata claims"),
+])
+def test_import_refuses_lying_metadata(exported, claim, why):
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    meta = vol.with_name(vol.name + ".meta")
+    text = meta.read_text()
+    meta.write_text("".join(f"CAP={claim}\n" if line.startswith("CAP=") else line + "\n"
+                            for line in text.splitlines()))
+    detail = refused(409, why)
+    assert disk.id in detail
+
+
+def test_import_refuses_a_volume_with_an_external_data_file(exported):
+    """A qcow2 whose header names the host file as its data file."""
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    vol.unlink()
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={secret},data_file_raw=on",
+             str(vol), str(4 * MiB))
+    secret.write_bytes(SECRET)                   # qemu-img truncated it: put it back
+    refused(409, f"Volume {vol.name} of disk {disk.id} on export domain {sd.name} is not "
+                 "a usable qcow2 image")
+
+
+@pytest.mark.parametrize("linked", ["images", "master"])
+def test_export_refuses_a_domain_linked_out(connection, exported, linked):
+    """``images/`` or ``master/`` linked out of the domain: an export writes nothing."""
+    sd, top_dir, vm, disk, vol, secret, refused = exported
+    elsewhere = secret.parent / linked
+    os.rename(top_dir / linked, elsewhere)
+    (top_dir / linked).symlink_to(elsewhere)
+    before = snapshot_of(secret.parent)
+    vm_service = connection.system_service().vms_service().vm_service(vm.id)
+    with pytest.raises(sdk.Error) as e:
+        vm_service.export(storage_domain=types.StorageDomain(id=sd.id), exclusive=True)
+    assert e.value.code == 409
+    assert f"Export domain {sd.name}: {linked} is a symbolic link" in str(e.value)
+    assert snapshot_of(secret.parent) == before
+    assert [d.status for d in connection.system_service().disks_service().list(
+        search=f"id={disk.id}")] == [types.DiskStatus.OK]

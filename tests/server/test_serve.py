@@ -19,10 +19,10 @@ types = sdk.types
 PASSWORD = "serve-secret"
 
 
-def start_serve(data_dir, password_file):
+def start_serve(data_dir, password_file, *extra):
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagetool", "serve", "--data-dir", str(data_dir),
-         "--password-file", str(password_file)],
+         "--password-file", str(password_file), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = {}
     deadline = time.monotonic() + 30
@@ -232,3 +232,81 @@ def test_port_in_use_fails_cleanly(tmp_path):
         taken.close()
     with LocalEngine(str(tmp_path), password=PASSWORD) as again:
         assert again.server._dir_lock is not None     # the data dir lock was released
+
+
+def _state(pid):
+    """The process state letter of ``pid`` (``Z``: dead, not yet reaped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow
+def test_restart_right_after_kill_9(tmp_path, password_file):
+    """A serve killed with SIGKILL and not yet reaped (kill(pid, 0) still
+    succeeds on it) no longer counts as serving the data dir: its lock died
+    with it, so a new serve starts at once."""
+    from imagetool.server.local import find_running_engine
+    data = tmp_path / "data"
+    proc, _ = start_serve(data, password_file)
+    proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _state(proc.pid) != "Z":              # dead, and deliberately not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # Its other threads may take a moment more to let go of its files.
+    while find_running_engine(str(data)) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, 0)                        # what the old check saw: "alive"
+    assert (data / "serve.json").exists()
+    again, _ = start_serve(data, password_file)
+    try:
+        assert find_running_engine(str(data))["pid"] == again.pid
+        # A second serve on the live engine's dir is still refused.
+        p = subprocess.run([sys.executable, "-m", "imagetool", "serve", "--data-dir", str(data),
+                            "--password-file", str(password_file)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert f"an engine already serves {data} (pid {again.pid}" in p.stderr
+        assert "Traceback" not in p.stderr
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=30) == 0
+        proc.wait()
+    assert not (data / "serve.json").exists()
+
+
+@pytest.mark.slow
+def test_storage_dir_allows_domains_there_only(tmp_path, password_file):
+    """serve --storage-dir DIR: a storage domain may be added in DIR or below
+    it; any other path is a 409 naming the option, and nothing is created."""
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    allowed.mkdir()
+    (allowed / "sub").mkdir()
+    other.mkdir()
+    proc, out = start_serve(tmp_path / "data", password_file, "--storage-dir", str(allowed))
+    try:
+        line = proc.stdout.readline()
+        while line and not line.startswith("storage dir: "):
+            line = proc.stdout.readline()
+        assert line.strip() == f"storage dir: {allowed}"
+        con = connect(out["engine URL"], out["CA file"])
+        sds = con.system_service().storage_domains_service()
+
+        def add(name, path):
+            return sds.add(types.StorageDomain(
+                name=name, type=types.StorageDomainType.DATA, host=types.Host(name="local"),
+                storage=types.HostStorage(type=types.StorageType.LOCALFS, path=str(path))))
+        sd = add("in-sub", allowed / "sub")
+        assert (allowed / "sub" / sd.id / "dom_md" / "metadata").is_file()
+        with pytest.raises(sdk.Error) as e:
+            add("elsewhere", other)
+        assert e.value.code == 409
+        assert (f"Directory {other} is not one this engine may write to (allowed: the "
+                "--storage-dir directories and their subdirectories).") in str(e.value)
+        assert os.listdir(other) == []
+        assert "elsewhere" not in {s.name for s in sds.list()}
+        con.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

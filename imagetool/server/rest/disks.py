@@ -14,7 +14,7 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
-                                      sparsify_layer, volume_row)
+                                      os_reason, sparsify_layer, volume_row)
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -132,7 +132,7 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
         engine.storage.remove_disk(sd["id"], disk_id)
         if isinstance(e, (OSError, ValueError, MemoryError)):
             raise conflict("add Virtual Disk",
-                           f"Cannot create the volume: {getattr(e, 'strerror', None) or e}."
+                           f"Cannot create the volume: {os_reason(e)}."
                            ) from None
         raise
     disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
@@ -349,7 +349,7 @@ def sparsify_disk(req: Request, disk_id: str) -> Reply:
                                parent=parent_reader)
     except (OSError, ValueError) as e:
         raise conflict("sparsify Virtual Disk",
-                       f"Cannot sparsify: {getattr(e, 'strerror', None) or e}.") from None
+                       f"Cannot sparsify: {os_reason(e)}.") from None
     finally:
         store.update("disk", disk_id, status="ok")
     record_job(engine, f"Sparsifying Disk {disk['name']}",

@@ -10,13 +10,22 @@ so that a VM exported to an export domain can be read by other tools that
 know that layout. Every file is created owner-only; a file that is already
 there is never overwritten except the domain's own metadata and a VM's OVF
 that an ``exclusive`` export replaces.
+
+An export domain's directory is written by other tools and other hosts, so
+nothing below it is trusted: it is walked one component at a time without
+following symbolic links (``open_checked``), and a volume must be a regular
+file with one link. Otherwise a volume linked to a host file (the engine's
+own TLS key, say) would be imported as a guest's disk, and an ``images``
+directory linked elsewhere would make an export write outside the domain.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import time
 
 from imagetool.fsutil import write_atomic
@@ -27,6 +36,80 @@ BLANK = "00000000-0000-0000-0000-000000000000"
 _CLASS = {"data": "Data", "export": "Backup", "iso": "Iso"}
 # The whole of a volume's .meta must fit one 512-byte block (vdsm METADATA_SIZE).
 META_SIZE = 512
+# The directories every operation on an export domain reads or writes below.
+LAYOUT = (("images",), ("master",), ("master", "vms"))
+
+
+class Untrusted(ValueError):
+    """A path below a domain that is a symbolic link, a hard link to another
+    file, or not the kind of file it should be: never read or written."""
+
+    def __init__(self, rel: str, why: str) -> None:
+        self.rel = rel
+        super().__init__(f"{rel} {why}")
+
+
+def open_checked(storage, sd_id: str, parts: list[str] | tuple[str, ...],
+                 directory: bool = False) -> int:
+    """A read-only descriptor of ``<domain>/<parts...>``, walked without
+    following any symbolic link below the domain's base directory.
+
+    Each directory on the way must be a real directory; the last part a
+    real directory when ``directory``, else a regular file with one link.
+    Untrusted otherwise; FileNotFoundError/NotADirectoryError when missing.
+    Every component is opened relative to its parent's descriptor and with
+    ``O_NOFOLLOW``, then compared with what ``lstat`` saw, so a link put in
+    place between the check and the open is refused as well.
+    """
+    base, top = os.path.split(storage.domain_dir(sd_id))
+    names = [top, *parts]
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(names):
+            rel = "/".join(names[1:i + 1]) or "the domain directory"
+            want_dir = directory or i < len(names) - 1
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            _check_kind(st, rel, want_dir)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            try:
+                nfd = os.open(name, flags | (os.O_DIRECTORY if want_dir else 0), dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Untrusted(rel, "changed into a symbolic link while being opened")
+                raise
+            os.close(fd)
+            fd = nfd
+            now = os.fstat(fd)
+            _check_kind(now, rel, want_dir)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise Untrusted(rel, "changed while being opened")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_kind(st: os.stat_result, rel: str, want_dir: bool) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise Untrusted(rel, "is a symbolic link")
+    if want_dir:
+        if not stat.S_ISDIR(st.st_mode):
+            raise Untrusted(rel, "is not a directory")
+    elif not stat.S_ISREG(st.st_mode):
+        raise Untrusted(rel, "is not a regular file")
+    elif st.st_nlink != 1:
+        raise Untrusted(rel, f"is a hard link ({st.st_nlink} names for one file)")
+
+
+def check_layout(storage, sd_id: str) -> None:
+    """Untrusted unless the domain directory and its ``images``, ``master``
+    and ``master/vms`` (those that exist) are real directories, not links."""
+    for parts in (("",), *LAYOUT):
+        try:
+            os.close(open_checked(storage, sd_id, [p for p in parts if p], directory=True))
+        except FileNotFoundError:
+            if parts == ("",):
+                raise
 
 
 def domain_metadata(sd: dict, pool_id: str | None) -> str:
@@ -91,13 +174,15 @@ def volume_meta(*, sd_id: str, disk_id: str, fmt: str, size: int, parent: str | 
     return text[:META_SIZE - 4] + "EOF\n" if len(text) > META_SIZE else text
 
 
-def read_volume_meta(path: str) -> dict[str, str]:
-    """The KEY=VALUE pairs of a vdsm ``.meta`` file, up to ``EOF`` ({} if unreadable)."""
+def read_volume_meta(storage, sd_id: str, disk_id: str, vol_id: str) -> dict[str, str]:
+    """The KEY=VALUE pairs of a volume's vdsm ``.meta``, up to ``EOF`` ({}
+    when there is none); Untrusted when it is a link (see ``open_checked``)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(META_SIZE)
-    except OSError:
+        fd = open_checked(storage, sd_id, ["images", disk_id, f"{vol_id}.meta"])
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(META_SIZE)
     out = {}
     for line in data.decode("utf-8", "replace").splitlines():
         if line == "EOF":
@@ -120,22 +205,29 @@ def ovf_path(storage, sd_id: str, vm_id: str) -> str:
 
 
 def exported_vm_ids(storage, sd_id: str) -> list[str]:
-    """The UUID-named VM directories holding an OVF on an export domain."""
+    """The UUID-named entries of an export domain's ``master/vms`` (each
+    read through ``read_ovf``, which refuses links)."""
     try:
-        names = sorted(os.listdir(vms_dir(storage, sd_id)))
-    except FileNotFoundError:
+        fd = open_checked(storage, sd_id, ["master", "vms"], directory=True)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n.lower() for n in names
-            if is_uuid(n) and os.path.isfile(ovf_path(storage, sd_id, n))]
+    try:
+        names = sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+    return [n.lower() for n in names if is_uuid(n)]
 
 
 def read_ovf(storage, sd_id: str, vm_id: str, limit: int = 16 << 20) -> str | None:
-    """The OVF text of an exported VM, or None when there is none."""
+    """The OVF text of an exported VM, or None when there is none;
+    Untrusted when a link is on the way (see ``open_checked``)."""
+    ovf_path(storage, sd_id, vm_id)    # checks the id
     try:
-        with open(ovf_path(storage, sd_id, vm_id), "rb") as f:
-            data = f.read(limit + 1)
+        fd = open_checked(storage, sd_id, ["master", "vms", vm_id, f"{vm_id}.ovf"])
     except (FileNotFoundError, NotADirectoryError):
         return None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError("OVF too large")
     return data.decode("utf-8", "replace")

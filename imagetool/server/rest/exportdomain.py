@@ -9,7 +9,11 @@ inventory rows: what is on it is what its directory says, so a VM exported
 here can be read by other tools and a domain written by them can be read
 here. Every id read back from its files is checked to be a UUID, and a
 chain is read through the parents the OVF records, never through the
-backing file names in the volumes' headers.
+backing file names in the volumes' headers. Nothing on the domain is
+trusted (``domain_files.open_checked``): a link anywhere below it is
+refused, volumes are read through descriptors opened without following
+links, and each volume's header and the sizes its metadata claim are
+checked before anything is created.
 
 Each copy goes to a staging directory first and is renamed into place only
 when complete, so a failed export or import leaves nothing half-done.
@@ -20,7 +24,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
 
+from imagetool.errors import FormatError
 from imagetool.fsutil import write_atomic
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import domain_files, vmsettings
@@ -31,13 +38,15 @@ from imagetool.server.rest.ovaexport import export_to_path
 from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
 from imagetool.server.rest.router import (Reply, Request, conflict, missing,
                                           not_found)
-from imagetool.server.rest.validate import check_text
+from imagetool.server.rest.validate import MAX_PROVISIONED_SIZE, check_text
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
-from imagetool.server.storage import copy_guest_data, create_private, make_private_dirs, new_id
+from imagetool.server.storage import (copy_guest_data, create_private, make_private_dirs, new_id,
+                                      os_reason)
 
 
-def _check_export_domain(sd: dict, action: str) -> None:
-    """409 unless ``sd`` is an export domain attached to the data center and active."""
+def _check_export_domain(req: Request, sd: dict, action: str) -> None:
+    """409 unless ``sd`` is an export domain attached to the data center and
+    active, its directories real ones (no link to elsewhere)."""
     if sd["type"] != "export":
         raise conflict(action, f"Storage Domain {sd['name']} is not an export domain.")
     if not sd.get("attached", True):
@@ -46,6 +55,20 @@ def _check_export_domain(sd: dict, action: str) -> None:
     if sd.get("status", "active") != "active":
         raise conflict(action, f"Export domain {sd['name']} is in maintenance: activate it "
                                "first.")
+    try:
+        domain_files.check_layout(req.engine.storage, sd["id"])
+    except domain_files.Untrusted as e:
+        raise _untrusted(sd, e, action) from None
+    except OSError as e:
+        raise conflict(action, f"Export domain {sd['name']} cannot be read: "
+                               f"{os_reason(e)}.") from None
+
+
+def _untrusted(sd: dict, e: domain_files.Untrusted, action: str):
+    """The 409 for a link or hard link found on an export domain."""
+    return conflict(action, f"Export domain {sd['name']}: {e}. The engine follows no links "
+                            "and reads no hard-linked volumes on an export domain: replace "
+                            "it with a plain file or directory.")
 
 
 def _read(req: Request, sd: dict, vm_id: str) -> dict:
@@ -82,13 +105,30 @@ def _vol_path(req: Request, sd_id: str, disk_id: str, vol_id: str) -> str:
     return req.engine.storage.volume_path(sd_id, disk_id, vol_id)
 
 
+def _claimed_size(req: Request, sd: dict, disk_id: str, d: dict) -> int:
+    """The disk's size as its top volume's ``.meta`` (else the OVF) says;
+    Untrusted when the ``.meta`` is a link."""
+    meta = domain_files.read_volume_meta(req.engine.storage, sd["id"], disk_id,
+                                         d["volumes"][-1]["id"])
+    cap = meta.get("CAP", "")
+    return int(cap) if cap.isascii() and cap.isdigit() else d["capacity"]
+
+
+def _allocated(path: str) -> int:
+    """Bytes allocated to the file itself (a link is not followed)."""
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
 def _disk_body(req: Request, sd: dict, disk_id: str, d: dict) -> dict:
     top = d["volumes"][-1]
-    st = req.engine.storage
-    meta = domain_files.read_volume_meta(_vol_path(req, sd["id"], disk_id, top["id"]) + ".meta")
-    size = int(meta["CAP"]) if meta.get("CAP", "").isdigit() else d["capacity"]
-    actual = sum(st.allocated_size(_vol_path(req, sd["id"], disk_id, v["id"]))
-                 for v in d["volumes"])
+    try:
+        size = _claimed_size(req, sd, disk_id, d)
+    except domain_files.Untrusted:
+        size = d["capacity"]     # listed as the OVF says; an import refuses it
+    actual = sum(_allocated(_vol_path(req, sd["id"], disk_id, v["id"])) for v in d["volumes"])
     return {"href": req.href("storagedomains", sd["id"], "disks", disk_id), "id": disk_id,
             "name": d["alias"], "alias": d["alias"], "description": d["description"] or None,
             "format": top["format"], "image_id": top["id"], "provisioned_size": size,
@@ -120,7 +160,7 @@ def _att_repr(req: Request, sd: dict, p: dict, disk_id: str, d: dict) -> dict:
 def _domain(req: Request, sd_id: str, action: str) -> dict:
     sd = get_or_404(req, "storage_domain", sd_id, "storage domain")
     if sd["type"] == "export":
-        _check_export_domain(sd, action)
+        _check_export_domain(req, sd, action)
     return sd
 
 
@@ -180,24 +220,88 @@ def remove_sd_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
 # --- copies ------------------------------------------------------------------------
 
 def _staged_copy(req: Request, sd_id: str, stage: str, vols: list[dict], dst_id: str,
-                 fmt: str, size: int, collapse: bool) -> None:
+                 fmt: str, size: int, collapse: bool,
+                 paths: dict[str, str] | None = None) -> None:
     """Copy a chain into ``images/<stage>/`` of ``sd_id``.
 
     ``collapse``: one volume ``dst_id`` with the chain's guest data;
     otherwise every volume as it is, same ids (a qcow2 layer names its
     parent by bare volume id, so the copied chain links up as the source's).
+    ``paths``: the files to read instead of the volumes' own paths
+    (``_checked_sources``).
     """
     st = req.engine.storage
+    paths = paths or {}
     make_private_dirs(st.disk_dir(sd_id, stage))
     if collapse:
         dst = st.volume_path(sd_id, stage, dst_id)
         create_private(dst)
         top = vols[-1]
         copy_guest_data(st.volume_path(top["sd_id"], top["disk_id"], top["id"]), dst, fmt,
-                        size, reader=st.open_chain(vols))
+                        size, reader=st.open_chain(vols, paths))
         return
     for v in vols:
-        st.flatten([v], v["format"], size, sd_id, stage, v["id"])
+        st.flatten([v], v["format"], size, sd_id, stage, v["id"], source=paths.get(v["id"]))
+
+
+@contextmanager
+def _checked_sources(req: Request, sd: dict, disk_id: str,
+                     vols: list[dict]) -> Iterator[dict[str, str]]:
+    """Volume id -> a path reading that volume of an export domain through a
+    descriptor ``domain_files.open_checked`` opened (``/proc/self/fd/N``:
+    opening it again opens that very file, whatever is renamed meanwhile);
+    409 for a missing or linked volume or ``.meta``. The descriptors close
+    when the block ends."""
+    st = req.engine.storage
+    with ExitStack() as stack:
+        paths = {}
+        for v in vols:
+            try:
+                fd = domain_files.open_checked(st, sd["id"], ["images", disk_id, v["id"]])
+                domain_files.read_volume_meta(st, sd["id"], disk_id, v["id"])
+            except (FileNotFoundError, NotADirectoryError):
+                raise conflict("import VM", f"Volume {v['id']} of disk {disk_id} is "
+                                            "missing on the export domain.") from None
+            except domain_files.Untrusted as e:
+                raise _untrusted(sd, e, "import VM") from None
+            stack.callback(os.close, fd)
+            paths[v["id"]] = f"/proc/self/fd/{fd}"
+        yield paths
+
+
+def _check_source(req: Request, sd: dict, disk_id: str, d: dict) -> int:
+    """The size of a disk to import, once its files on the export domain are
+    known to be usable: no links, a size the engine serves, every volume
+    readable as the format the OVF gives it (a qcow2 naming an external
+    data file is refused) and no larger than the size its metadata claims.
+    409 naming the disk and the volume otherwise."""
+    try:
+        size = _claimed_size(req, sd, disk_id, d)
+    except domain_files.Untrusted as e:
+        raise _untrusted(sd, e, "import VM") from None
+    if not 0 < size <= MAX_PROVISIONED_SIZE:
+        raise conflict("import VM", f"Disk {disk_id} on export domain {sd['name']} claims a "
+                                    f"size of {size} bytes: a disk holds 1 byte to 8 TiB "
+                                    f"({MAX_PROVISIONED_SIZE} bytes).")
+    src = [dict(v, sd_id=sd["id"], disk_id=disk_id) for v in d["volumes"]]
+    with _checked_sources(req, sd, disk_id, src) as paths:
+        for v in src:
+            try:
+                with req.engine.storage.open_chain([v], paths) as reader:
+                    held = reader.size
+            except (FormatError, ValueError, OSError) as e:
+                why = str(e)
+                if isinstance(e, FormatError) and e.path:
+                    why = why[len(e.path) + 2:]    # the /proc path names nothing
+                raise conflict("import VM", f"Volume {v['id']} of disk {disk_id} on export "
+                                            f"domain {sd['name']} is not a usable "
+                                            f"{'qcow2' if v['format'] == 'cow' else 'raw'} "
+                                            f"image: {why}.") from None
+            if held > size:
+                raise conflict("import VM", f"Volume {v['id']} of disk {disk_id} on export "
+                                            f"domain {sd['name']} holds {held} bytes, more "
+                                            f"than the {size} its metadata claims.")
+    return size
 
 
 def _install(req: Request, sd_id: str, staged: list, installed: list[str]) -> None:
@@ -206,7 +310,7 @@ def _install(req: Request, sd_id: str, staged: list, installed: list[str]) -> No
     st = req.engine.storage
     for stage, disk_id in list(staged):
         dst = st.disk_dir(sd_id, disk_id)
-        if os.path.exists(dst):
+        if os.path.lexists(dst):
             raise FileExistsError(f"disk directory {disk_id} already exists")
         os.rename(st.disk_dir(sd_id, stage), dst)
         staged.remove((stage, disk_id))
@@ -222,9 +326,11 @@ def _undo_copies(st, sd_id: str, staged: list, installed: list[str], e: BaseExce
         shutil.rmtree(st.disk_dir(sd_id, stage), ignore_errors=True)
     for disk_id in installed:
         shutil.rmtree(st.disk_dir(sd_id, disk_id), ignore_errors=True)
-    if isinstance(e, (OSError, ValueError)):
-        raise conflict(f"{verb} VM", f"Cannot {verb}: {getattr(e, 'strerror', None) or e}."
-                       ) from None
+    if isinstance(e, domain_files.Untrusted):
+        raise conflict(f"{verb} VM", f"Cannot {verb}: {e}: the engine follows no links on "
+                                     "an export domain.") from None
+    if isinstance(e, (OSError, ValueError, FormatError)):
+        raise conflict(f"{verb} VM", f"Cannot {verb}: {os_reason(e)}.") from None
 
 
 # --- Vm export --------------------------------------------------------------------
@@ -247,7 +353,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
     if sd_ref is None:
         raise missing("Action", "export", "storageDomain.id|name")
     sd = find_storage_domain(req, sd_ref, "export VM")
-    _check_export_domain(sd, "export VM")
+    _check_export_domain(req, sd, "export VM")
     exclusive = bool(get_bool(data, "exclusive"))
     discard = bool(get_bool(data, "discard_snapshots"))
     with store.transaction():
@@ -315,6 +421,8 @@ def export_vm(req: Request, vm_id: str) -> Reply:
             entries.append({"disk": d, "attachment": att, "volumes": out, "snapshots": snaps})
         ovf = build_export_ovf(vm, entries, vmsettings.settings_of(store, vm))
         with store.transaction():
+            # Again: a link put in place during the copy must not be written through.
+            domain_files.check_layout(st, sd["id"])
             if old is not None:
                 _remove_exported(req, sd, old)
             _install(req, sd["id"], staged, installed)
@@ -371,11 +479,9 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
             if not clone and store.get("disk", disk_id):
                 raise conflict("import VM", f"Disk {disk_id} already exists in the data "
                                             "center: import the VM with clone=true.")
-        for disk_id, d in p["disks"].items():
-            for v in d["volumes"]:
-                if not os.path.isfile(_vol_path(req, src_sd["id"], disk_id, v["id"])):
-                    raise conflict("import VM", f"Volume {v['id']} of disk {disk_id} is "
-                                                "missing on the export domain.")
+    # Every disk's files checked before anything is created.
+    sizes = {disk_id: _check_source(req, src_sd, disk_id, d)
+             for disk_id, d in p["disks"].items()}
     one = collapse or clone
     staged: list[tuple[str, str]] = []
     installed: list[str] = []
@@ -388,9 +494,7 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
                                  "status": "ok", "date": now, "volumes": {}}
     try:
         for disk_id, d in p["disks"].items():
-            meta = domain_files.read_volume_meta(
-                _vol_path(req, src_sd["id"], disk_id, d["volumes"][-1]["id"]) + ".meta")
-            size = int(meta["CAP"]) if meta.get("CAP", "").isdigit() else d["capacity"]
+            size = sizes[disk_id]
             new_disk = new_id() if clone else disk_id
             src = [dict(v, sd_id=src_sd["id"], disk_id=disk_id) for v in d["volumes"]]
             stage = new_id()
@@ -398,13 +502,17 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
             if one or len(src) == 1:
                 top_id = new_id() if clone else src[-1]["id"]
                 fmt = src[0]["format"]
-                _staged_copy(req, dst_sd["id"], stage, src, top_id, fmt, size, collapse=True)
+                with _checked_sources(req, src_sd, disk_id, src) as paths:
+                    _staged_copy(req, dst_sd["id"], stage, src, top_id, fmt, size,
+                                 collapse=True, paths=paths)
                 st.write_meta(dst_sd["id"], stage, top_id, {"format": fmt, "size": size,
                                                              "parent": None,
                                                              "ctime": int(now)})
                 out = [{"id": top_id, "format": fmt, "parent_id": None, "snapshot_id": None}]
             else:
-                _staged_copy(req, dst_sd["id"], stage, src, "", "", size, collapse=False)
+                with _checked_sources(req, src_sd, disk_id, src) as paths:
+                    _staged_copy(req, dst_sd["id"], stage, src, "", "", size,
+                                 collapse=False, paths=paths)
                 out = []
                 for i, v in enumerate(src):
                     st.write_meta(dst_sd["id"], stage, v["id"], {

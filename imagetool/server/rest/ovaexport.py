@@ -29,7 +29,7 @@ from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.rest import disks as disks_mod
-from imagetool.server.rest import vmsettings
+from imagetool.server.rest import validate, vmsettings
 from imagetool.server.rest.codec import get_obj, get_str
 from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
@@ -40,26 +40,11 @@ from imagetool.server.storage import new_id
 ACTION = "export VM"
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def allowed_directory(export_dirs: list[str], directory: str) -> str:
     """The real path of ``directory`` when it lies in an allowed export dir; else ApiError."""
-    if not export_dirs:
-        raise conflict(ACTION, "This engine writes no files on its host: it was started "
-                               "without --export-dir.")
-    if "\0" in directory or not os.path.isabs(directory):
-        raise bad_request(f"Directory '{directory}' is not an absolute path.")
-    real = os.path.realpath(directory)
-    roots = [os.path.realpath(d) for d in export_dirs]
-    if not any(_inside(real, r) for r in roots):
-        raise conflict(ACTION, f"Directory {directory} is not one this engine may write to "
-                               "(allowed: the --export-dir directories and their "
-                               "subdirectories).")
-    if not os.path.isdir(real):
-        raise conflict(ACTION, f"Directory {directory} does not exist on the host.")
-    return real
+    return validate.allowed_directory(export_dirs, directory, action=ACTION,
+                                      option="--export-dir",
+                                      without="This engine writes no files on its host")
 
 
 def check_filename(filename: str) -> None:

@@ -5,7 +5,10 @@ attaching to and detaching from the data center is in ``datacenters.py``.
 A domain added through the API lives in a local directory (storage type
 ``localfs``, or ``nfs`` whose ``path`` is the local directory the export is
 mounted on), under ``<path>/<sd-id>/`` as vdsm lays out a file domain. It is
-``unattached`` until attached to the data center.
+``unattached`` until attached to the data center. The engine creates
+directories and writes disks there, so only directories the operator lists
+with ``imagetool serve --storage-dir`` (or below one) are accepted: none by
+default, the data directory's own domains being the only storage then.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from imagetool.server.rest.common import (action_links, get_or_404, get_owned, g
                                           sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text, shown
-from imagetool.server.storage import new_id
+from imagetool.server.rest.validate import (MAX_DESCRIPTION, allowed_directory, check_text,
+                                            shown)
+from imagetool.server.storage import new_id, os_reason
 
 SD_TYPES = ("data", "export", "iso")
 STORAGE_TYPES = ("localfs", "nfs")
@@ -69,22 +73,21 @@ def sd_repr(req: Request, sd: dict) -> dict:
 
 
 def _check_path(req: Request, path: str | None) -> str:
-    """The real path of a new domain's directory, or a 400 saying what is wrong.
+    """The real path of a new domain's directory, or a 4xx saying what is wrong.
 
-    It must be an absolute path to an existing directory the engine can
-    write, outside the engine's data directory and outside every other
-    domain (removing that domain would take the new one with it).
+    It must be an existing directory the engine can write, one of the
+    ``serve --storage-dir`` directories or below one, outside the engine's
+    data directory and outside every other domain (removing that domain
+    would take the new one with it).
     """
     if not path:
         raise missing("StorageDomain", "add", "storage.path")
     check_text(path, "storage.path", MAX_PATH)
-    if not os.path.isabs(path):
-        raise bad_request(f"Storage path {shown(path)} is not absolute: give the absolute "
-                          "path of a local directory")
-    real = os.path.realpath(path)
-    if not os.path.isdir(real):
-        raise bad_request(f"Storage path {shown(path)} is not an existing directory")
     engine = req.engine
+    real = allowed_directory(getattr(engine, "storage_dirs", []), path,
+                             action="add Storage Domain", option="--storage-dir",
+                             without="This engine keeps storage domains only in its data "
+                                     "directory")
     inside = [os.path.realpath(engine.data_dir)]
     inside += [os.path.realpath(engine.storage.domain_dir(sd["id"]))
                for sd in engine.store.list("storage_domain")]
@@ -132,7 +135,7 @@ def add_sd(req: Request) -> Reply:
         except OSError as e:
             engine.storage.forget_domain(sd["id"])
             raise conflict("add Storage Domain",
-                           f"Cannot create the domain directory: {e.strerror}.") from None
+                           f"Cannot create the domain directory: {os_reason(e)}.") from None
     record_job(engine, f"Adding Storage Domain {name}", ["Creating domain"])
     return Reply(status=201, tag="storage_domain", body=sd_repr(req, sd))
 

@@ -13,9 +13,10 @@ listing unparsable, so text is printable and bounded in length.
 
 from __future__ import annotations
 
+import os
 
 from imagetool.ids import is_uuid
-from imagetool.server.rest.errors import ApiError
+from imagetool.server.rest.errors import ApiError, bad_request, conflict
 
 
 # Lengths in characters. oVirt limits disk aliases and VM names to 255;
@@ -70,3 +71,33 @@ def check_size(size: int, field: str = "provisioned_size") -> int:
                        f"Disk {field} {size} is larger than the maximum "
                        f"{MAX_PROVISIONED_SIZE} (8 TiB) of the local engine")
     return size
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def allowed_directory(roots: list[str], directory: str, *, action: str, option: str,
+                      without: str) -> str:
+    """The real path of ``directory``, a path on the engine's host a client
+    named, when it is one of the operator's ``roots`` or below one (symlinks
+    resolved); else ApiError (400 for a path that is not absolute, 409 for
+    one outside them or missing).
+
+    The one check for every host directory the engine writes into because a
+    client asked: the OVA export's (``serve --export-dir``) and new storage
+    domains' (``serve --storage-dir``). ``option`` names the serve option,
+    ``without`` what the engine refuses when the operator gave none.
+    """
+    if not roots:
+        raise conflict(action, f"{without}: it was started without {option}.")
+    if "\0" in directory or not os.path.isabs(directory):
+        raise bad_request(f"Directory '{directory}' is not an absolute path.")
+    real = os.path.realpath(directory)
+    if not any(_inside(real, os.path.realpath(r)) for r in roots):
+        raise conflict(action, f"Directory {directory} is not one this engine may write to "
+                               f"(allowed: the {option} directories and their "
+                               "subdirectories).")
+    if not os.path.isdir(real):
+        raise conflict(action, f"{directory} is not an existing directory on the host.")
+    return real
