@@ -109,7 +109,8 @@ def engine(tmp_path_factory):
     base = tmp_path_factory.mktemp("ovf-vm")
     (base / "ova").mkdir()
     eng = LocalEngine(str(base / "engine"), password=ENGINE_PASSWORD, finished_ttl=600.0,
-                      export_dirs=[str(base / "ova")])
+                      export_dirs=[str(base / "ova")],
+                      storage_dirs=[str(tmp_path_factory.getbasetemp())])
     eng.start()
     eng.ova_dir = str(base / "ova")
     try:
