@@ -199,7 +199,7 @@ def test_body_ids_must_be_uuids(box, guard, body, detail):
 
 def test_ovf_disk_ids_must_be_uuids(box, guard):
     ovf = ('<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/">'
-           '<Section><Disk ovf:fileRef="../../x/y"/></Section></ovf:Envelope>')
+           '<DiskSection><Disk ovf:fileRef="../../x/y"/></DiskSection></ovf:Envelope>')
     body = json.dumps({"name": "ovfvm", "initialization": {
         "configuration": {"type": "ovf", "data": ovf}}})
     status, reason, detail = fault(box.request("POST", "vms", body, "application/json"), box)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
-from imagetool.server.rest.router import Request, bad_request
-from imagetool.server.rest.validate import check_id
+from imagetool import xmlsafe
+from imagetool.server.rest.router import Request, bad_request, conflict
+from imagetool.server.rest.validate import check_id, shown
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
@@ -24,41 +25,45 @@ def build_ovf(req: Request, vm: dict) -> str:
         disk = store.get("disk", att["disk_id"])
         if disk is None:
             continue
-        href = f"{disk['id']}/{disk['image_id']}"
-        refs.append(f'<File ovf:href="{href}" ovf:id="{disk["image_id"]}" '
-                    f'ovf:size="{disk["provisioned_size"]}" ovf:description="{escape(disk["name"])}"/>')
+        href = _a(f"{disk['id']}/{disk['image_id']}")
+        refs.append(f'<File ovf:href="{href}" ovf:id="{_a(disk["image_id"])}" '
+                    f'ovf:size="{_a(disk["provisioned_size"])}" '
+                    f'ovf:description="{_a(disk["name"])}"/>')
         fmt = _QCOW_URL if disk["format"] == "cow" else _RAW_URL
         disks_xml.append(
-            f'<Disk ovf:diskId="{disk["image_id"]}" ovf:size="{-(-disk["provisioned_size"] // (1 << 30))}" '
-            f'ovf:capacity="{disk["provisioned_size"]}" ovf:fileRef="{href}" '
+            f'<Disk ovf:diskId="{_a(disk["image_id"])}" '
+            f'ovf:size="{-(-disk["provisioned_size"] // (1 << 30))}" '
+            f'ovf:capacity="{_a(disk["provisioned_size"])}" ovf:fileRef="{href}" '
             f'ovf:format="{fmt}" ovf:volume-format="{"COW" if disk["format"] == "cow" else "RAW"}" '
-            f'ovf:disk-interface="{att.get("interface", "virtio_scsi").upper()}" '
-            f'ovf:boot="{str(att.get("bootable", False)).lower()}" ovf:disk-alias="{escape(disk["name"])}" '
+            f'ovf:disk-interface="{_a(att.get("interface", "virtio_scsi").upper())}" '
+            f'ovf:boot="{str(att.get("bootable", False)).lower()}" '
+            f'ovf:disk-alias="{_a(disk["name"])}" '
             f'ovf:disk_storage_type="IMAGE" ovf:cinder_volume_type=""/>')
         items.append(_drive_item(disk, disk["image_id"], i + 1 if att.get("bootable") else 0,
                                  req.engine.datacenter_id))
-    return _envelope(vm, refs, disks_xml, items, vm.get("os_type", "other"))
+    return _envelope(vm, refs, disks_xml, items, vm.get("os_type") or "other")
 
 
 def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str) -> str:
     """The VirtualHardwareSection item of a disk whose active volume is ``vol_id``."""
     return (f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
-            f"<rasd:InstanceId>{vol_id}</rasd:InstanceId>"
+            f"<rasd:InstanceId>{escape(vol_id)}</rasd:InstanceId>"
             f"<rasd:ResourceType>17</rasd:ResourceType>"
-            f"<rasd:HostResource>{disk['id']}/{vol_id}</rasd:HostResource>"
+            f"<rasd:HostResource>{escape(disk['id'])}/{escape(vol_id)}</rasd:HostResource>"
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
-            f"<rasd:ApplicationList/><rasd:StorageId>{disk['sd_id']}</rasd:StorageId>"
-            f"<rasd:StoragePoolId>{pool_id}</rasd:StoragePoolId>"
+            f"<rasd:ApplicationList/><rasd:StorageId>{escape(disk['sd_id'])}</rasd:StorageId>"
+            f"<rasd:StoragePoolId>{escape(pool_id)}</rasd:StoragePoolId>"
             f"<rasd:CreationDate/><rasd:LastModified/><rasd:last_modified_date/>"
             f"<BootOrder>{boot_order}</BootOrder></Item>")
 
 
 def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str], os_type: str,
               cluster: str = "Default", snapshots: str = "") -> str:
-    """The OVF document around its files, disks and drive items; ``os_type``,
-    ``cluster`` and the ``snapshots`` section go in as given (each caller
-    escapes them as its OVF always has)."""
-    memory_mb = vm.get("memory", 1 << 30) >> 20
+    """The OVF document around its files, disks and drive items (XML the
+    callers built, every value in it escaped); ``os_type`` and ``cluster``
+    are plain text, escaped here like every value of ``vm``: a VM's OS type
+    comes from a client and this OVF is read back by ``POST /vms``."""
+    memory_mb = int(vm.get("memory", 1 << 30)) >> 20
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<ovf:Envelope xmlns:ovf="{OVF_NS}" '
@@ -72,14 +77,14 @@ def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str],
         f"<Name>{escape(vm['name'])}</Name>"
         f"<Description>{escape(vm.get('description') or '')}</Description>"
         f"<TemplateId>{BLANK}</TemplateId><TemplateName>Blank</TemplateName>"
-        f"<VmType>1</VmType><ClusterName>{cluster}</ClusterName>"
-        f'<Section ovf:id="{vm["id"]}" ovf:required="false" '
+        f"<VmType>1</VmType><ClusterName>{escape(cluster)}</ClusterName>"
+        f'<Section ovf:id="{_a(vm["id"])}" ovf:required="false" '
         f'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info>'
-        f"<Description>{os_type}</Description></Section>"
+        f"<Description>{escape(os_type)}</Description></Section>"
         f'<Section xsi:type="ovf:VirtualHardwareSection_Type">'
         f"<Info>1 CPU, {memory_mb} Memory</Info>"
         f"<Item><rasd:Caption>1 virtual cpu</rasd:Caption><rasd:ResourceType>3</rasd:ResourceType>"
-        f"<rasd:num_of_sockets>{vm.get('cpus', 1)}</rasd:num_of_sockets>"
+        f"<rasd:num_of_sockets>{int(vm.get('cpus', 1))}</rasd:num_of_sockets>"
         f"<rasd:cpu_per_socket>1</rasd:cpu_per_socket><rasd:threads_per_cpu>1</rasd:threads_per_cpu></Item>"
         f"<Item><rasd:Caption>{memory_mb} MB of memory</rasd:Caption>"
         f"<rasd:ResourceType>4</rasd:ResourceType><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
@@ -95,17 +100,22 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
     fileRef is the image id and the disk id is ``Disk/@ovf:diskId``.
     """
     try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise bad_request(f"Cannot parse the OVF: {e}") from None
+        root = xmlsafe.parse(data)
+    except xmlsafe.XmlRefused as e:
+        raise bad_request(f"Cannot read the OVF: {e}") from None
     name = None
     ids = []
+    listed = _disk_section_disks(root)
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
         if tag == "Name" and name is None:
             name = (el.text or "").strip() or None
         if tag == "Disk":
             attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
+            if id(el) not in listed:
+                raise bad_request("Cannot add from the OVF: a Disk element outside the "
+                                  "DiskSection (disk "
+                                  f"{shown(attrs.get('diskId') or attrs.get('fileRef') or '', 100)})")
             if kind == "ova":
                 ref_ = attrs.get("diskId") or ""
             else:
@@ -113,6 +123,36 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
             ids.append(ref_.split("/")[0])
     # An export domain's OVF names each disk once per volume of its chain.
     return name, list(dict.fromkeys(check_id(i, "OVF disk") for i in ids if i))
+
+
+def _disk_section_disks(root: ET.Element) -> set[int]:
+    """``id()`` of the Disk elements of the OVF's DiskSection (``DiskSection``
+    or ``Section xsi:type="ovf:DiskSection_Type"``), the only ones that
+    describe the VM's disks (DMTF DSP0243)."""
+    out = set()
+    for sec in root.iter():
+        tag = _local(sec.tag)
+        xsi_type = next((v for k, v in sec.attrib.items() if _local(k) == "type"), "")
+        if tag == "DiskSection" or (tag == "Section" and xsi_type.endswith("DiskSection_Type")):
+            out.update(id(c) for c in sec if _local(c.tag) == "Disk")
+    return out
+
+
+def check_unowned(store, disk_ids: list[str], action: str) -> None:
+    """409 when a disk an OVF names is attached to a VM or template already.
+
+    A VM or template made from an OVF gets the disks uploaded for it, never
+    another one's: removing it would delete that disk with it.
+    """
+    owners = {}
+    for kind in ("vm", "template"):
+        for owner in store.list(kind):
+            for a in owner.get("attachments", []):
+                owners.setdefault(a["disk_id"], f"{kind} {owner['name']}")
+    busy = [f"{d} ({owners[d]})" for d in disk_ids if d in owners]
+    if busy:
+        raise conflict(action, f"Disks {', '.join(busy)} are attached to a VM or "
+                               "template; an OVF names only disks uploaded for it.")
 
 
 def _a(value) -> str:
@@ -140,17 +180,17 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
         for vol in entry["volumes"]:
             href = f"{disk['id']}/{vol['id']}"
             gib = -(-disk["provisioned_size"] // (1 << 30))
-            refs.append(f'<File ovf:href="{href}" ovf:id="{vol["id"]}" '
-                        f'ovf:size="{disk["provisioned_size"]}" '
+            refs.append(f'<File ovf:href="{_a(href)}" ovf:id="{_a(vol["id"])}" '
+                        f'ovf:size="{_a(disk["provisioned_size"])}" '
                         f'ovf:description="{_a(disk["name"])}" ovf:disk_storage_type="IMAGE" '
                         f'ovf:cinder_volume_type=""/>')
             parent = f"{disk['id']}/{vol['parent_id']}" if vol.get("parent_id") else ""
             cow = vol["format"] == "cow"
             disk_xml.append(
-                f'<Disk ovf:diskId="{vol["id"]}" ovf:size="{gib}" ovf:actual_size="{gib}" '
-                f'ovf:capacity="{disk["provisioned_size"]}" '
-                f'ovf:vm_snapshot_id="{vol.get("snapshot_id") or vm["active_snapshot_id"]}" '
-                f'ovf:parentRef="{parent}" ovf:fileRef="{href}" '
+                f'<Disk ovf:diskId="{_a(vol["id"])}" ovf:size="{gib}" ovf:actual_size="{gib}" '
+                f'ovf:capacity="{_a(disk["provisioned_size"])}" '
+                f'ovf:vm_snapshot_id="{_a(vol.get("snapshot_id") or vm["active_snapshot_id"])}" '
+                f'ovf:parentRef="{_a(parent)}" ovf:fileRef="{_a(href)}" '
                 f'ovf:format="{_QCOW_URL if cow else _RAW_URL}" '
                 f'ovf:volume-format="{"COW" if cow else "RAW"}" '
                 f'ovf:volume-type="{"Sparse" if disk.get("sparse", True) else "Preallocated"}" '
@@ -164,14 +204,14 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
         top = entry["volumes"][-1]
         items.append(_drive_item(disk, top["id"], i + 1 if att.get("bootable") else 0, BLANK))
     snaps_xml = [
-        f'<Snapshot ovf:id="{vm["active_snapshot_id"]}"><Type>ACTIVE</Type>'
+        f'<Snapshot ovf:id="{_a(vm["active_snapshot_id"])}"><Type>ACTIVE</Type>'
         f"<Description>Active VM</Description><CreationDate/></Snapshot>"]
     for s in snapshots.values():
-        snaps_xml.append(f'<Snapshot ovf:id="{s["id"]}"><Type>REGULAR</Type>'
+        snaps_xml.append(f'<Snapshot ovf:id="{_a(s["id"])}"><Type>REGULAR</Type>'
                          f"<Description>{escape(s['description'])}</Description>"
-                         f"<CreationDate>{s.get('date') or ''}</CreationDate></Snapshot>")
-    return _envelope(vm, refs, disk_xml, items, escape(vm.get("os_type", "other")),
-                     escape(cluster_name),
+                         f"<CreationDate>{escape(str(s.get('date') or ''))}</CreationDate>"
+                         "</Snapshot>")
+    return _envelope(vm, refs, disk_xml, items, vm.get("os_type") or "other", cluster_name,
                      f'<Section xsi:type="ovf:SnapshotsSection_Type">{"".join(snaps_xml)}</Section>')
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from imagetool.server.rest import disks as disks_mod
-from imagetool.server.rest.ovf import BLANK, build_ovf, ovf_disk_ids
+from imagetool.server.rest.ovf import BLANK, build_ovf, check_unowned, ovf_disk_ids
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
                                           list_members, record_job, ref, search_filter,
@@ -144,9 +144,17 @@ def add_vm(req: Request) -> Reply:
           "memory": memory or (1 << 30),
           "os_type": os_type or "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
-    engine.store.put("vm", vm)
+    _put_new_vm(engine, vm, disk_ids if ovf else [])
     record_job(engine, f"Creating VM {name}", ["Adding VM"])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
+
+
+def _put_new_vm(engine, vm: dict, ovf_disk_ids: list[str]) -> None:
+    """Store a new VM; the disks its OVF names must be no VM's or template's
+    (checked in the same transaction, so two VMs cannot both take a disk)."""
+    with engine.store.transaction():
+        check_unowned(engine.store, ovf_disk_ids, "add VM")
+        engine.store.put("vm", vm)
 
 
 def check_cluster(req: Request, cluster: dict | None) -> None:
