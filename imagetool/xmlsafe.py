@@ -21,6 +21,10 @@ class XmlRefused(ValueError):
     """The document cannot be parsed, or declares a DTD or entities."""
 
 
+class DtdRefused(XmlRefused):
+    """The document declares a DTD or entities."""
+
+
 class _Dtd(Exception):
     pass
 
@@ -39,7 +43,7 @@ def check_no_dtd(data: bytes | str) -> None:
     try:
         p.Parse(data, True)
     except _Dtd:
-        raise XmlRefused("it declares a DTD or entities, which are refused") from None
+        raise DtdRefused("it declares a DTD or entities, which are refused") from None
     except expat.ExpatError as e:
         raise XmlRefused(f"cannot parse it: {expat.errors.messages[e.code]}, "
                          f"line {e.lineno}, column {e.offset}") from None
