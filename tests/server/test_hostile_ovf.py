@@ -8,6 +8,7 @@ written outside the data directory, and the other VM's disk unchanged.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -164,3 +165,35 @@ def test_export_ovf_escapes_every_value():
     assert list(got["disks"]) == [ids[2]]
     assert got["disks"][ids[2]]["alias"] == hostile
     assert got["disks"][ids[2]]["description"] == hostile
+
+
+def _export_ovf(**vm) -> str:
+    from imagetool.server.rest.ovf import build_export_ovf
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    base = {"id": ids[0], "name": "v", "active_snapshot_id": ids[1], "memory": 1 << 30}
+    disk = {"id": ids[2], "name": "d", "provisioned_size": 1 << 20, "sd_id": ids[3]}
+    return build_export_ovf(dict(base, **vm), [{
+        "disk": disk, "attachment": {}, "volumes": [{"id": str(uuid.uuid4()),
+                                                     "format": "raw"}]}])
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>",
+     "<rasd:AllocationUnits>byte * 2^60</rasd:AllocationUnits>", "is more than 16.00 TiB"),
+    ("<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>",
+     "<rasd:AllocationUnits>byte" + " * 2^80" * 5000 + "</rasd:AllocationUnits>",
+     "is longer than 64 characters"),
+    ('ovf:capacity="1048576"', 'ovf:capacity="9" ovf:capacityAllocationUnits="byte * 2^40"',
+     "9 x 'byte * 2^40' is more than 8.00 TiB"),
+    ('ovf:capacity="1048576"', 'ovf:capacity="1' + "0" * 30 + '"', "is not a number"),
+    ('<?xml version="1.0" encoding="UTF-8"?>',
+     '<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x "y">]>', "declares a DTD"),
+])
+def test_export_ovf_units_and_dtds_are_bounded(old, new, message):
+    """The export domain's OVF goes through the same unit parser and DTD guard."""
+    from imagetool.server.rest.ovf import parse_export_ovf
+    ovf = _export_ovf()
+    assert parse_export_ovf(ovf)["memory"] == 1 << 30
+    assert old in ovf
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_export_ovf(ovf.replace(old, new, 1))

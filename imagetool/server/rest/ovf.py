@@ -4,10 +4,12 @@ DiskSection whose ``fileRef`` is ``<disk-id>/<image-id>``)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 from imagetool import xmlsafe
+from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
 from imagetool.server.rest.router import Request, bad_request, conflict
 from imagetool.server.rest.validate import check_id, shown
 
@@ -219,6 +221,23 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def _number(value: str | None) -> bool:
+    """A non-negative integer of at most 20 digits (sizes in an OVF)."""
+    return bool(value) and re.fullmatch(r"\d{1,20}", value) is not None
+
+
+def _capacity(attrs: dict) -> int:
+    """Bytes of an export OVF's Disk: ``ovf:capacity`` (bytes unless its
+    units say otherwise), else ``ovf:size`` (GiB); at most 8 TiB."""
+    if attrs.get("capacity"):
+        value, units = attrs["capacity"], attrs.get("capacityAllocationUnits")
+    else:
+        value, units = attrs.get("size") or "1", "byte * 2^30"
+    if not _number(value):
+        raise ValueError(f"disk capacity {value[:24]!r} is not a number")
+    return scaled(int(value), units, MAX_DISK_BYTES)
+
+
 def parse_export_ovf(text: str) -> dict:
     """What an export domain's OVF says about a VM, checked.
 
@@ -231,9 +250,9 @@ def parse_export_ovf(text: str) -> dict:
     ValueError (the OVF comes from a directory other tools write too).
     """
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ValueError(f"cannot parse the OVF: {e}") from None
+        root = xmlsafe.parse(text)
+    except xmlsafe.XmlRefused as e:
+        raise ValueError(f"the OVF is refused: {e}") from None
     out: dict = {"id": None, "name": None, "description": "", "memory": 1 << 30,
                  "os_type": "other", "disks": {}, "snapshots": []}
     vols: dict[str, dict] = {}
@@ -251,8 +270,10 @@ def parse_export_ovf(text: str) -> dict:
             out["os_type"] = (desc or "other").strip() or "other"
         elif tag == "Item":
             kids = {_local(c.tag): (c.text or "").strip() for c in el}
-            if kids.get("ResourceType") == "4" and kids.get("VirtualQuantity", "").isdigit():
-                out["memory"] = int(kids["VirtualQuantity"]) << 20
+            if kids.get("ResourceType") == "4" and _number(kids.get("VirtualQuantity")):
+                out["memory"] = scaled(int(kids["VirtualQuantity"]),
+                                       kids.get("AllocationUnits") or "byte * 2^20",
+                                       MAX_MEMORY_BYTES)
         elif tag == "Disk":
             file_ref = attrs.get("fileRef", "")
             if file_ref.count("/") != 1:
@@ -270,8 +291,7 @@ def parse_export_ovf(text: str) -> dict:
                 "interface": (attrs.get("disk-interface") or "VirtIO_SCSI").lower(),
                 "bootable": attrs.get("boot") == "true",
                 "sparse": attrs.get("volume-type", "Sparse") != "Preallocated",
-                "capacity": int(attrs["capacity"]) if attrs.get("capacity", "").isdigit()
-                else int(attrs.get("size", "1") or 1) << 30,
+                "capacity": _capacity(attrs),
             }
         elif tag == "Snapshot":
             kids = {_local(c.tag): (c.text or "").strip() for c in el}
