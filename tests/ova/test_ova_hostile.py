@@ -276,15 +276,15 @@ HOSTILE = ('a"b\'c<d>&e</Name></VirtualSystem><Disk ovf:diskId="x"/>'
 
 def test_ova_ovf_writer_escapes_every_value():
     from imagetool.ova.ovf import build_ovirt_ovf, parse_ovf
-    disk_id = str(uuid.uuid4())
-    ovf = build_ovirt_ovf(vm_id=str(uuid.uuid4()), name=HOSTILE, description=HOSTILE,
-                          disks=[{"disk_id": disk_id, "image_id": "img", "alias": HOSTILE,
+    disk_id, image_id = str(uuid.uuid4()), 'i<m>&"g\''
+    ovf = build_ovirt_ovf(vm_id=HOSTILE, name=HOSTILE, description=HOSTILE,
+                          disks=[{"disk_id": disk_id, "image_id": image_id, "alias": HOSTILE,
                                   "interface": HOSTILE, "member_size": 0,
                                   "virtual_size": MiB}])
     parsed = parse_ovf(ovf.encode())
-    assert parsed.name == HOSTILE
-    assert [(d.disk_id, d.alias, d.interface) for d in parsed.disks] == \
-        [(disk_id, HOSTILE, HOSTILE)]
+    assert (parsed.vm_id, parsed.name) == (HOSTILE, HOSTILE)
+    assert [(d.disk_id, d.href, d.alias, d.interface) for d in parsed.disks] == \
+        [(disk_id, image_id, HOSTILE, HOSTILE)]
 
 
 # --- tar member types -----------------------------------------------------------
