@@ -91,13 +91,17 @@ def test_ovf_naming_another_vms_disk_is_refused(box, guard, victim):
             assert (st, reason, detail) == (
                 409, "Operation Failed",
                 f"[Cannot add VM. Disks {disk_id} (vm owner) are attached to a VM or "
-                "template; an OVF names only disks uploaded for it.]")
+                "template already; a new one gets only disks of its own.]")
     st, _, detail = fault(_post_json(box, "templates", {
         "name": "thief-t", "initialization": {"configuration": {
             "type": "ovf", "data": _ovf(f'<Disk ovf:fileRef="{disk_id}/{image_id}"/>')}}}),
         box)
     assert st == 409 and detail.startswith(f"[Cannot add Template. Disks {disk_id} (vm owner)")
-    assert not {"thief-ovf", "thief-ova"} & set(_vm_names(box))
+    st, _, detail = fault(_post_json(box, "vms", {
+        "name": "thief-att", "cluster": {"name": "Default"},
+        "disk_attachments": {"disk_attachment": [{"disk": {"id": disk_id}}]}}), box)
+    assert st == 409 and detail.startswith(f"[Cannot add VM. Disks {disk_id} (vm owner)")
+    assert not {"thief-ovf", "thief-ova", "thief-att"} & set(_vm_names(box))
 
 
 def test_disk_outside_the_disk_section_is_refused(box, guard, victim):

@@ -141,10 +141,9 @@ def _disk_section_disks(root: ET.Element) -> set[int]:
 
 
 def check_unowned(store, disk_ids: list[str], action: str) -> None:
-    """409 when a disk an OVF names is attached to a VM or template already.
-
-    A VM or template made from an OVF gets the disks uploaded for it, never
-    another one's: removing it would delete that disk with it.
+    """409 when a disk a new VM or template would get (named by its OVF or
+    its attachments) is attached to a VM or template already: removing the
+    new one would delete that disk with it.
     """
     owners = {}
     for kind in ("vm", "template"):
@@ -154,7 +153,7 @@ def check_unowned(store, disk_ids: list[str], action: str) -> None:
     busy = [f"{d} ({owners[d]})" for d in disk_ids if d in owners]
     if busy:
         raise conflict(action, f"Disks {', '.join(busy)} are attached to a VM or "
-                               "template; an OVF names only disks uploaded for it.")
+                               "template already; a new one gets only disks of its own.")
 
 
 def _a(value) -> str:

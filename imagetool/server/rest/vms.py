@@ -144,16 +144,17 @@ def add_vm(req: Request) -> Reply:
           "memory": memory or (1 << 30),
           "os_type": os_type or "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
-    _put_new_vm(engine, vm, disk_ids if ovf else [])
+    _put_new_vm(engine, vm)
     record_job(engine, f"Creating VM {name}", ["Adding VM"])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
 
 
-def _put_new_vm(engine, vm: dict, ovf_disk_ids: list[str]) -> None:
-    """Store a new VM; the disks its OVF names must be no VM's or template's
-    (checked in the same transaction, so two VMs cannot both take a disk)."""
+def _put_new_vm(engine, vm: dict) -> None:
+    """Store a new VM; the disks it attaches, named by its OVF or its
+    ``disk_attachments``, must be no VM's or template's (checked in the same
+    transaction, so two VMs cannot both take a disk)."""
     with engine.store.transaction():
-        check_unowned(engine.store, ovf_disk_ids, "add VM")
+        check_unowned(engine.store, [a["disk_id"] for a in vm["attachments"]], "add VM")
         engine.store.put("vm", vm)
 
 
