@@ -13,6 +13,11 @@ DSP0243 "Open Virtualization Format Specification" 1.x and 2.x).
 Elements and attributes are matched by local name, so the namespace
 prefixes and the OVF version do not matter. Disks are resolved as
 DSP0243 says: ``Disk/@fileRef`` -> ``References/File/@id`` -> ``@href``.
+
+An OVA comes from anyone, so the reader is strict: no DTD in any encoding
+(imagetool.xmlsafe), UTF-8 text only, units and sizes bounded by the one
+unit parser (imagetool.units), and no disk named anywhere but in the
+DiskSection, since the engine attaches every disk an OVF names.
 """
 
 from __future__ import annotations
