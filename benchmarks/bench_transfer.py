@@ -6,6 +6,11 @@ so that peak RSS is the client's own::
     python benchmarks/bench_transfer.py --tool imagetool|reference|null \
         --op upload|download --file PATH --url URL --workers N [--buffer-size B]
 
+``imagetool`` copies without verification, as the reference client does
+(it has none), so the two compare like with like; ``imagetool-verify`` is
+the same copy with imagetool's default block-checksum verification on, a
+row of its own that only imagetool can fill.
+
 ``null`` (downloads only) GETs every range on N connections, in requests of
 ``--buffer-size`` like imagetool's, into one reused buffer per worker and
 throws the bytes away: no file is written. What it reaches is the most the
@@ -26,14 +31,15 @@ def run(tool: str, op: str, path: str, url: str, workers: int, buffer_size: int)
         if op != "download":
             raise SystemExit("the null client measures downloads only")
         _null(url, workers, buffer_size)
-    elif tool == "imagetool":
+    elif tool in ("imagetool", "imagetool-verify"):
         from imagetool.transfer.urls import download_url, upload_url
 
+        verify = tool == "imagetool-verify"
         if op == "upload":
-            upload_url(path, url, workers=workers, request_size=buffer_size)
+            upload_url(path, url, workers=workers, request_size=buffer_size, verify=verify)
         else:
             download_url(url, path, format="raw", workers=workers,
-                         request_size=buffer_size, force=True)
+                         request_size=buffer_size, force=True, verify=verify)
     else:
         from ovirt_imageio import client
 
@@ -72,7 +78,7 @@ def _null(url: str, workers: int, buffer_size: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--tool", choices=["imagetool", "reference", "null"], required=True)
+    p.add_argument("--tool", choices=["imagetool", "imagetool-verify", "reference", "null"], required=True)
     p.add_argument("--op", choices=["upload", "download"], required=True)
     p.add_argument("--file", required=True)
     p.add_argument("--url", required=True)

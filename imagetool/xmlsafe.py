@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
+from xml.sax.saxutils import escape
 
 
 class XmlRefused(ValueError):
@@ -52,6 +53,16 @@ def check_no_dtd(data: bytes | str) -> None:
         # use ("multi-byte encodings are not supported": UTF-7), or bytes
         # that do not decode in it.
         raise XmlRefused(f"cannot decode it: {e}") from None
+
+
+def text(value: object) -> str:
+    """``value`` as element text or a double-quoted attribute value, escaped.
+
+    Every value an OVF writer puts in goes through this: names, ids and OS
+    types come from clients and files, and a written OVF is read back by
+    ``POST /vms`` and by other engines.
+    """
+    return escape(str(value), {'"': "&quot;"})
 
 
 def parse(data: bytes | str) -> ET.Element:

@@ -17,9 +17,26 @@ import shutil
 
 import pytest
 
-from helpers import (ENGINE_PASSWORD, sdk_examples_dir, start_faulty_engine,
-                     stop_faulty_engine, transfers_of)
+from helpers import (ENGINE_PASSWORD, missing_qemu_tools, sdk_examples_dir,
+                     start_faulty_engine, stop_faulty_engine, transfers_of)
 from imageio_daemon import ImageioDaemon, make_tls_files, scratch_dir
+
+# --- peers every run needs -------------------------------------------------------
+
+
+def pytest_configure(config):
+    """Stop at once, in one line, when qemu-utils is missing: nearly every
+    image test runs qemu-img, and without it the run would end in hundreds
+    of FileNotFoundErrors that do not say what to install. ``pytest
+    --collect-only`` and ``--help`` need no peer and are let through."""
+    if config.option.collectonly or config.option.help:
+        return
+    missing = missing_qemu_tools()
+    if missing:
+        raise pytest.UsageError(
+            f"{', '.join(missing)} not found: install Debian's qemu-utils "
+            "(apt-get install -y qemu-utils), as the README's test command does")
+
 
 # --- the SDK's example scripts ---------------------------------------------------
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import ssl
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,23 @@ TERMINAL = ("finished_success", "finished_failure", "cancelled")
 
 
 # --- commands and qemu -------------------------------------------------------
+
+def find_tool(name: str) -> str | None:
+    """A peer's executable: next to ``sys.executable`` first (the venv's
+    bin/, which an unactivated venv leaves off PATH), then on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(name)
+
+
+# Debian's qemu-utils: the judge of most image tests.
+QEMU_TOOLS = ("qemu-img", "qemu-io", "qemu-nbd")
+
+
+def missing_qemu_tools() -> list[str]:
+    return [t for t in QEMU_TOOLS if find_tool(t) is None]
+
 
 def run(*cmd: Any, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command; fail the test with its output when ``check`` and it fails."""

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import find_tool
+
 SCRATCH_ROOT = "/var/tmp"
 
 
@@ -174,7 +176,7 @@ class ImageioDaemon:
 
     def start(self, timeout: float = 20.0) -> "ImageioDaemon":
         """Start the daemon and wait until it listens on both sockets."""
-        exe = shutil.which("ovirt-imageio")
+        exe = find_tool("ovirt-imageio")
         if exe is None:
             pytest.skip("ovirt-imageio daemon not installed")
         # The daemon does not report an ephemeral port when logging only
@@ -287,7 +289,7 @@ class QemuNbd:
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "QemuNbd":
-        if shutil.which("qemu-nbd") is None:
+        if find_tool("qemu-nbd") is None:
             pytest.skip("qemu-nbd not installed")
         self._proc = subprocess.Popen(
             ["qemu-nbd", f"--socket={self.socket_path}", f"--format={self.fmt}",

@@ -33,6 +33,8 @@ from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.transfer import resume as resume_mod
 from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
 from imagetool.backends import SharedBackend
@@ -151,9 +153,21 @@ def _write(conn: Any, vm: Any, disks: list, attachments: dict, fd: int, part: st
 
     out = write_ova(fd, vm_id=vm.id, name=vm.name or vm.id, description=vm.description or "",
                     memory=vm.memory or (1 << 30), disks=entries, write_disk=write_disk,
-                    manifest=manifest)
+                    manifest=manifest, settings=_settings(conn, vm))
     moved = sum(r.pop("bytes") for r in out["disks"])
     return {"disks": out["disks"], "members": out["members"], "bytes": moved}
+
+
+def _settings(conn: Any, vm: Any) -> OvfVm | None:
+    """The VM's CPU topology, OS, memory policy, NICs... as its own OVF
+    (``all_content``) gives them, for the OVA's OVF; None when the engine
+    gives no OVF (the OVA then says memory and disks only)."""
+    full = conn.vms.get(vm.id, all_content=True)
+    if not full.ovf:
+        return None
+    settings = parse_vm_settings(full.ovf, "ovf")
+    settings.memory = vm.memory or settings.memory
+    return settings
 
 
 def _export_disk(conn: Any, disk: Any, part: str, fd: int, data_off: int, *,

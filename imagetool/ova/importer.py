@@ -30,6 +30,8 @@ from imagetool.errors import ChecksumMismatch, Conflict, ImagetoolError, NotFoun
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
 from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
@@ -93,6 +95,8 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     start = time.monotonic()
     ova = open_ova(path)
     verify_manifest(ova)
+    # The VM settings are checked before anything is created, as the disks are.
+    settings = parse_vm_settings(ova.ovf.text, "ova")
     as_template = ova.ovf.template if template is None else template
     kind = "template" if as_template else "vm"
     name = name or ova.ovf.name
@@ -114,7 +118,8 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                                use_proxy=use_proxy, progress=progress)
             moved += res.pop("bytes")
             report.append(res)
-        ovf_text = _configuration(conn, ova, report, name, as_template, clone)
+        ovf_text = _configuration(conn, ova, report, name, as_template, settings,
+                                  clone)
         _check_own_disks(ovf_text, [r["disk_id"] for r in report], ova.path)
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
         _check_attached(conn, kind, entity_id, created, ova.path)
@@ -204,9 +209,10 @@ def _cloned_text(ova: Ova, report: list[dict], conn: Any) -> str:
 
 
 def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
-                   template: bool, clone: bool = False) -> str:
+                   template: bool, settings: OvfVm, clone: bool = False) -> str:
     """The OVF sent to the engine: the OVA's own if oVirt's (with new ids
-    when cloning), else rewritten."""
+    when cloning), else rewritten with the VM settings read from it
+    (memory, CPUs, NICs...)."""
     if ova.ovf.dialect == "ovirt":
         return _cloned_text(ova, report, conn) if clone else ova.ovf.text
     disks = []
@@ -217,7 +223,7 @@ def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
                       "alias": disk.name, "boot": i == 0, "sparse": True})
     return build_ovirt_ovf(vm_id=_new_uuid(), name=name, cpus=ova.ovf.cpus or 1,
                            memory=ova.ovf.memory or (1 << 30), disks=disks,
-                           template=template)
+                           template=template, settings=settings)
 
 
 def _new_uuid() -> str:

@@ -27,10 +27,9 @@ from typing import Callable
 from imagetool.errors import ImagetoolError
 from imagetool.formats import tar
 from imagetool.ova.ovf import build_ovirt_ovf
+from imagetool.ova.ovfvm import ENGINE_INTERFACES, OvfVm
 
 _PLACEHOLDER = 10 ** 19          # 20 digits: no real size is longer
-ENGINE_INTERFACES = {"virtio": "VirtIO", "virtio_scsi": "VirtIO_SCSI", "ide": "IDE",
-                     "sata": "SATA", "spapr_vscsi": "SPAPR_VSCSI"}
 
 # write_disk(disk, data_offset) -> {"length": bytes of qcow2 written, "sha256": optional,
 # anything else is passed back in the report}
@@ -62,21 +61,27 @@ def sha256_range(path: str, offset: int, length: int) -> str:
 
 
 def disk_entry(*, disk_id: str, image_id: str, virtual_size: int, alias: str | None,
-               interface: str | None, boot: bool, sparse: bool) -> dict:
+               interface: str | None, boot: bool, sparse: bool,
+               boot_order: int | None = None, active: bool = True) -> dict:
     """One disk as ``write_ova`` takes it; ``interface`` in the API's spelling."""
-    return {"disk_id": disk_id, "image_id": image_id, "virtual_size": virtual_size or 0,
-            "alias": alias or disk_id,
-            "interface": ENGINE_INTERFACES.get(interface or "virtio_scsi", "VirtIO_SCSI"),
-            "boot": bool(boot), "sparse": sparse is not False}
+    out = {"disk_id": disk_id, "image_id": image_id, "virtual_size": virtual_size or 0,
+           "alias": alias or disk_id,
+           "interface": ENGINE_INTERFACES.get(interface or "virtio_scsi", "VirtIO_SCSI"),
+           "boot": bool(boot), "sparse": sparse is not False, "active": active is not False}
+    if boot_order is not None:
+        out["boot_order"] = boot_order
+    return out
 
 
 def write_ova(fd: int, *, vm_id: str, name: str, description: str, memory: int,
-              disks: list[dict], write_disk: WriteDisk, manifest: bool = False) -> dict:
+              disks: list[dict], write_disk: WriteDisk, manifest: bool = False,
+              settings: OvfVm | None = None) -> dict:
     """Lay out the OVA in ``fd`` (an empty file open for reading and writing).
 
     ``disks``: ``disk_entry`` dicts, in member order. ``write_disk`` fills
     each disk's member data; its result (less ``length``) is the disk's
     entry of the report. ``manifest`` needs each result's ``sha256``.
+    ``settings``: the VM's hardware and texts for the OVF (imagetool.ova.ovfvm).
     Returns ``{"disks": [...], "members": [{"name", "size", "sha256"}],
     "size"}``; the file is cut to its final length, not synced.
     """
@@ -88,7 +93,8 @@ def write_ova(fd: int, *, vm_id: str, name: str, description: str, memory: int,
                           else _PLACEHOLDER)
                      for d in disks]
         return build_ovirt_ovf(vm_id=vm_id, name=name or vm_id, description=description or "",
-                               memory=memory or (1 << 30), disks=described).encode()
+                               memory=memory or (1 << 30), disks=described,
+                               settings=settings).encode()
 
     reserved = tar.round_up(len(ovf_text({})))
     pos = tar.BLOCK + reserved            # first disk header

@@ -25,11 +25,12 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
 from imagetool import xmlsafe
 from imagetool.errors import FormatError
 from imagetool.formats.tar import TarError, check_name
+from imagetool.ova import ovfvm
 from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -90,15 +91,19 @@ def _a(**attrs: object) -> str:
     return " ".join(f"ovf:{k}={quoteattr(str(v))}" for k, v in attrs.items())
 
 
-def _t(value: object) -> str:
-    """Element text, escaped: every value written goes through this or ``_a``."""
-    return escape(str(value))
+# Element text, escaped: every value written goes through this or ``_a``.
+_t = xmlsafe.text
 
 
 def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
                     cpus: int = 1, memory: int = GiB, disks: list[dict],
-                    template: bool = False) -> str:
+                    template: bool = False, settings: ovfvm.OvfVm | None = None) -> str:
     """The oVirt-dialect OVF of an OVA (see the module docstring).
+
+    ``settings``: the VM's memory policy, CPU topology, OS, BIOS, NICs and
+    texts (imagetool.ova.ovfvm); without them, ``cpus`` sockets and
+    ``memory`` bytes. Each disk's ``boot_order`` and ``active`` go in its
+    drive item when given.
 
     ``disks``: dicts with ``disk_id``, ``image_id`` (the member name),
     ``member_size``, ``virtual_size``, ``alias``, ``interface`` (engine enum
@@ -130,12 +135,17 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
             "<rasd:ApplicationList></rasd:ApplicationList>"
             "<Type>disk</Type><Device>disk</Device>"
-            f"<BootOrder>{1 if d.get('boot') else 0}</BootOrder>"
-            "<IsPlugged>true</IsPlugged><IsReadOnly>false</IsReadOnly>"
+            f"<BootOrder>{int(d.get('boot_order', 1 if d.get('boot') else 0))}</BootOrder>"
+            f"<IsPlugged>{str(d.get('active', True) is not False).lower()}</IsPlugged>"
+            "<IsReadOnly>false</IsReadOnly>"
             f"<Alias>{alias}</Alias>"
             "</Item>")
-    cpus = int(cpus)
-    mem_mb = max(1, int(memory) >> 20)
+    if settings is None:
+        settings = ovfvm.OvfVm(memory=int(memory), sockets=int(cpus), cores=1, threads=1,
+                               memory_guaranteed=int(memory), memory_max=int(memory) * 4)
+    settings.memory = settings.memory or int(memory)
+    cpus = (settings.sockets or 1) * (settings.cores or 1) * (settings.threads or 1)
+    mem_mb = max(1, settings.memory >> 20)
     return (
         "<?xml version='1.0' encoding='UTF-8'?>\n"
         f'<Envelope xmlns="{OVF_NS}" xmlns:ovf="{OVF_NS}" xmlns:rasd="{RASD_NS}" '
@@ -146,33 +156,14 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
         f"<DiskSection><Info>List of Virtual Disks</Info>{''.join(dsec)}</DiskSection>"
         f"<VirtualSystem {_a(id=vm_id)}>"
         f"<Name>{_t(name)}</Name><Description>{_t(description)}</Description>"
-        f"<Comment></Comment><TemplateId>{BLANK}</TemplateId>"
+        f"{ovfvm.vm_elements(settings)}<TemplateId>{BLANK}</TemplateId>"
         f"<TemplateName>Blank</TemplateName><IsTemplate>{str(template).lower()}</IsTemplate>"
-        f"<Origin>0</Origin><MinAllocatedMem>{mem_mb}</MinAllocatedMem>"
-        f"<MaxMemorySizeMb>{mem_mb * 4}</MaxMemorySizeMb>"
-        '<OperatingSystemSection ovf:id="1" ovirt:id="0" ovf:required="false">'
-        "<Info>Guest Operating System</Info><Description>other</Description>"
-        "</OperatingSystemSection>"
+        "<Origin>0</Origin>"
+        f"{ovfvm.os_section(settings, '1', ova=True)}"
         f"<VirtualHardwareSection><Info>{cpus} CPU, {mem_mb} Memory</Info>"
         f"<System><vssd:VirtualSystemType>ENGINE 4.4.0.0</vssd:VirtualSystemType></System>"
-        "<Item>"
-        f"<rasd:Caption>{cpus} virtual cpu</rasd:Caption>"
-        "<rasd:Description>Number of virtual CPU</rasd:Description>"
-        f"<rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>{RT_CPU}</rasd:ResourceType>"
-        f"<rasd:num_of_sockets>{cpus}</rasd:num_of_sockets>"
-        "<rasd:cpu_per_socket>1</rasd:cpu_per_socket>"
-        "<rasd:threads_per_cpu>1</rasd:threads_per_cpu>"
-        f"<rasd:max_num_of_vcpus>{max(16, cpus)}</rasd:max_num_of_vcpus>"
-        f"<rasd:VirtualQuantity>{cpus}</rasd:VirtualQuantity>"
-        "</Item>"
-        "<Item>"
-        f"<rasd:Caption>{mem_mb} MB of memory</rasd:Caption>"
-        "<rasd:Description>Memory Size</rasd:Description>"
-        f"<rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>{RT_MEMORY}</rasd:ResourceType>"
-        "<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
-        f"<rasd:VirtualQuantity>{mem_mb}</rasd:VirtualQuantity>"
-        "</Item>"
-        f"{''.join(items)}"
+        f"{ovfvm.cpu_memory_items(settings)}"
+        f"{''.join(items)}{ovfvm.nic_items(settings)}"
         "</VirtualHardwareSection>"
         "</VirtualSystem></Envelope>\n")
 

@@ -24,7 +24,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
+from imagetool.server import jobs
 from imagetool.server.rest import codec, root
+from imagetool.server.rest.jobs import correlation_id
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.storage import Storage, make_private_dirs, new_id
@@ -333,8 +335,10 @@ class EngineServer:
         fmt = "json" if "json" in headers.get("accept", "") else "xml"
         req = Request(method=method, path=path[m.end():].rstrip("/"), prefix=m.group(0),
                       query=query, headers=headers, body=body, fmt=fmt, engine=self)
+        token = None
         try:
             req.user = user or self._authenticate(headers, peer)
+            token = jobs.CORRELATION_ID.set(correlation_id(req))
             handler, params = self.router.route(method, req.path)
             reply = handler(req, **params)
         except ApiError as e:
@@ -344,6 +348,9 @@ class EngineServer:
             return self._fault(ApiError(500, "Operation Failed",
                                         "Internal error; the engine's log has the details"),
                                fmt)
+        finally:
+            if token is not None:
+                jobs.CORRELATION_ID.reset(token)
         return self._reply(reply, fmt)
 
     def _reply(self, reply: Reply, fmt: str) -> tuple[int, dict[str, str], bytes]:

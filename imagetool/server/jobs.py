@@ -8,11 +8,19 @@ REST API guide's JobStatus values.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Iterable
 
 from imagetool.server.storage import new_id
 from imagetool.server.store import Store
+
+# The correlation id of the request being answered (its ``correlation_id``
+# query parameter or ``Correlation-Id`` header): every job the request
+# records carries it, so a client finds them with
+# ``GET /jobs?search=correlation_id=X`` as it does on the engine.
+CORRELATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None)
 
 
 def record_job(store: Store, description: str, steps: Iterable[str],
@@ -22,6 +30,7 @@ def record_job(store: Store, description: str, steps: Iterable[str],
     start = start or now
     end = now if status != "started" else None
     job = {"id": new_id(), "description": description, "status": status,
+           "correlation_id": CORRELATION_ID.get(),
            "start_time": start, "end_time": end, "auto_cleared": True, "external": False,
            "steps": [{"id": new_id(), "description": s, "type": "executing", "number": i,
                       "status": status, "start_time": start, "end_time": end}

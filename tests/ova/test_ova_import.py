@@ -225,3 +225,25 @@ def test_import_flushes_as_it_copies(conn, scratch, monkeypatch):
     assert len(flushes) >= 5
     assert d["checksum"] == checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
     conn.vms.remove(r["vm_id"])
+
+
+@pytest.mark.slow
+def test_dmtf_ova_keeps_memory_cpus_and_nic(conn, engine, scratch):
+    """A DMTF OVF asking for 512 MiB, 2 CPUs and an E1000 NIC on "VM Network"
+    becomes that VM (it was 1 GiB, 1 CPU, no NIC); the network is created."""
+    import xml.etree.ElementTree as ET
+    from imagetool import import_ova
+    ovf = VMWARE_OVF.replace("2048MB of memory", "512MB of memory").replace(
+        "<rasd:VirtualQuantity>2048<", "<rasd:VirtualQuantity>512<")
+    made = make_vmware_ova(scratch, None, ovf=ovf)
+    r = import_ova(conn, made["ova"], SD, name="web-512")
+    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}")
+    vm = ET.fromstring(body)
+    assert vm.findtext("memory") == str(512 * MiB)
+    assert vm.findtext("cpu/topology/sockets") == "2"
+    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}/nics")
+    [nic] = ET.fromstring(body).findall("nic")
+    assert (nic.findtext("name"), nic.findtext("interface")) == ("Network adapter 1", "e1000")
+    _, _, body = api_request(engine, "GET", nic.find("vnic_profile").get("href"))
+    assert ET.fromstring(body).findtext("name") == "VM Network"
+    conn.vms.remove(r["vm_id"])

@@ -131,13 +131,17 @@ def test_ovf_with_a_dtd_is_refused(box, guard, codec):
 
 
 def test_engine_ovf_escapes_os_type_and_names(box, guard, victim):
-    """os.type and names become OVF text: markup in them stays text, and the
-    OVF read back by POST /vms takes no disk it smuggled in."""
+    """os.type is an OS name or refused at the door; texts become OVF text:
+    markup in them stays text, and the OVF read back by POST /vms takes no
+    disk it smuggled in."""
     _, disk_id, image_id = victim
     smuggle = (f'</Description></Section><Section xsi:type="ovf:DiskSection_Type">'
                f'<Disk ovf:fileRef="{disk_id}/{image_id}"/></Section><Section><Description>')
+    st, _, detail = fault(_post_json(box, "vms", {"name": "os-smuggle", "os": {"type": smuggle},
+                                                  "cluster": {"name": "Default"}}), box)
+    assert st == 400 and detail.startswith("Invalid value ") and "for os.type" in detail
     name = 'a"b<c>&d'
-    vm = _ok(_post_json(box, "vms", {"name": name, "os": {"type": smuggle},
+    vm = _ok(_post_json(box, "vms", {"name": name, "description": smuggle, "comment": smuggle,
                                      "cluster": {"name": "Default"}}))["xml"]
     st, _, body = box.request("GET", f"vms/{vm.get('id')}?all_content=true")
     assert st == 200
@@ -145,6 +149,7 @@ def test_engine_ovf_escapes_os_type_and_names(box, guard, victim):
     root = ET.fromstring(ovf)                     # well-formed
     names = [e.text for e in root.iter() if e.tag.endswith("Description")]
     assert smuggle in names
+    assert [e.text for e in root.iter() if e.tag == "Comment"] == [smuggle]
     assert not [e for e in root.iter() if e.tag.endswith("Disk")]
     assert [e.text for e in root.iter() if e.tag == "Name"] == [name]
     new = _ok(_vm_from_ovf(box, f"copy-{uuid.uuid4().hex[:6]}", ovf))["xml"]
@@ -154,18 +159,32 @@ def test_engine_ovf_escapes_os_type_and_names(box, guard, victim):
 
 
 def test_export_ovf_escapes_every_value():
+    from imagetool.ova.ovfvm import OvfNic
     from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
+    from imagetool.server.rest.vmsettings import settings_of
     hostile = 'x"y\'z<w>&v</Description></Content>'
     ids = [str(uuid.uuid4()) for _ in range(5)]
     vm = {"id": ids[0], "name": hostile, "description": hostile, "os_type": hostile,
+          "comment": hostile, "custom_properties": [["p", hostile]],
           "active_snapshot_id": ids[1], "memory": 1 << 30}
     disk = {"id": ids[2], "name": hostile, "description": hostile, "provisioned_size": 1 << 20,
             "sd_id": ids[3]}
+    settings = settings_of(None, vm)
+    settings.nics.append(OvfNic(name=hostile, network=hostile, profile=hostile,
+                                mac="00:1a:4a:16:01:51"))
     ovf = build_export_ovf(vm, [{"disk": disk, "attachment": {"interface": hostile},
                                  "volumes": [{"id": ids[4], "format": "raw"}],
-                                 "snapshots": []}], cluster_name=hostile)
+                                 "snapshots": []}], settings, cluster_name=hostile)
     got = parse_export_ovf(ovf)
-    assert (got["name"], got["os_type"]) == (hostile, hostile)
+    os_names = [e.findtext("Description") for e in ET.fromstring(ovf).iter()
+                if e.get(f"{{{XSI}}}type") == "ovf:OperatingSystemSection_Type"]
+    assert os_names == [hostile]
+    # An OS name the engine does not know is read back as "other".
+    assert (got["name"], got["os_type"]) == (hostile, "other")
+    s = got["settings"]
+    assert (s.description, s.comment, s.custom_properties) == (hostile, hostile,
+                                                               [("p", hostile)])
+    assert [(n.name, n.network, n.profile) for n in s.nics] == [(hostile,) * 3]
     assert list(got["disks"]) == [ids[2]]
     assert got["disks"][ids[2]]["alias"] == hostile
     assert got["disks"][ids[2]]["description"] == hostile
@@ -173,12 +192,15 @@ def test_export_ovf_escapes_every_value():
 
 def _export_ovf(**vm) -> str:
     from imagetool.server.rest.ovf import build_export_ovf
+    from imagetool.server.rest.vmsettings import settings_of
     ids = [str(uuid.uuid4()) for _ in range(4)]
-    base = {"id": ids[0], "name": "v", "active_snapshot_id": ids[1], "memory": 1 << 30}
+    base = dict({"id": ids[0], "name": "v", "active_snapshot_id": ids[1], "memory": 1 << 30},
+                **vm)
     disk = {"id": ids[2], "name": "d", "provisioned_size": 1 << 20, "sd_id": ids[3]}
-    return build_export_ovf(dict(base, **vm), [{
+    return build_export_ovf(base, [{
         "disk": disk, "attachment": {}, "volumes": [{"id": str(uuid.uuid4()),
-                                                     "format": "raw"}]}])
+                                                     "format": "raw"}]}],
+        settings_of(None, base))
 
 
 @pytest.mark.parametrize("old, new, message", [

@@ -4,15 +4,16 @@ through an ovirt-img.conf section."""
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 from urllib.parse import urlsplit
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, make_pattern_image, qemu_img
+from helpers import ENGINE_PASSWORD, find_tool, make_pattern_image, qemu_img
 
-pytestmark = [pytest.mark.skipif(shutil.which("ovirt-img") is None, reason="ovirt-img missing"),
+OVIRT_IMG = find_tool("ovirt-img")
+pytestmark = [pytest.mark.skipif(OVIRT_IMG is None, reason="ovirt-img missing"),
               pytest.mark.slow]
 
 
@@ -30,9 +31,9 @@ def ovirt_img(engine, tmp_path):
         f"cafile = {engine.cafile}\n")
 
     def run(*args: str) -> str:
-        res = subprocess.run(["ovirt-img", *args], capture_output=True, text=True, timeout=120,
+        res = subprocess.run([OVIRT_IMG, *args], capture_output=True, text=True, timeout=120,
                              env={"XDG_CONFIG_HOME": str(conf_dir), "PATH": "/usr/bin:/bin:"
-                                  + shutil.which("ovirt-img").rsplit("/", 1)[0]})
+                                  + os.path.dirname(OVIRT_IMG)})
         assert res.returncode == 0, res.stderr
         return res.stdout
     return run

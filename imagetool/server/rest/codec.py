@@ -26,7 +26,8 @@ from imagetool.server.rest.validate import check_id
 # keeps the recursive readers below from exhausting the stack.
 MAX_DEPTH = 32
 
-_IRREGULAR = {"properties": "property", "statuses": "status", "addresses": "address"}
+_IRREGULAR = {"properties": "property", "statuses": "status", "addresses": "address",
+              "custom_properties": "custom_property"}
 _ATTRS = ("id", "href", "rel")
 
 

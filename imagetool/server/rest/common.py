@@ -132,6 +132,20 @@ def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: 
             return Reply(tag=tag, body=to_repr(req, owner, m))
     raise not_found(f"{label} '{id}'")
 
+def remove_member(req: Request, kind: str, owner_id: str, owner_label: str, field: str,
+                  id: str, label: str) -> None:
+    """DELETE on one member of a collection stored inside its owner (a VM's
+    NICs): 404 naming it when the owner has none with that id."""
+    store = req.engine.store
+    with store.transaction():
+        owner = get_or_404(req, kind, owner_id, owner_label)
+        left = [m for m in owner.get(field, []) if m["id"] != id]
+        if len(left) == len(owner.get(field, [])):
+            raise not_found(f"{label} '{id}'")
+        owner[field] = left
+        store.put(kind, owner)
+
+
 def record_job(engine: Any, description: str, steps: Iterable[str],
                status: str = "finished", start: float | None = None) -> dict:
     """Store a finished job with one step per name (jobs service)."""

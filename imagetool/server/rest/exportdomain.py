@@ -23,7 +23,7 @@ import time
 
 from imagetool.fsutil import write_atomic
 from imagetool.server.rest import disks as disks_mod
-from imagetool.server.rest import domain_files
+from imagetool.server.rest import domain_files, vmsettings
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, record_job, ref, sub_links)
@@ -313,7 +313,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
                         snaps.append({"id": s["id"], "description": s["description"],
                                       "date": s.get("date")})
             entries.append({"disk": d, "attachment": att, "volumes": out, "snapshots": snaps})
-        ovf = build_export_ovf(vm, entries)
+        ovf = build_export_ovf(vm, entries, vmsettings.settings_of(store, vm))
         with store.transaction():
             if old is not None:
                 _remove_exported(req, sd, old)
@@ -425,13 +425,17 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
                               "sparse": d["sparse"], "content_type": "data", "backup": "none",
                               "sd_id": dst_sd["id"], "status": "ok", "image_id": out[-1]["id"],
                               "created": now})
-            atts.append({"disk_id": new_disk, "active": True, "bootable": d["bootable"],
-                         "interface": d["interface"] if d["interface"] in INTERFACES
-                         else "virtio_scsi"})
-        vm = {"id": new_vm_id, "name": name, "description": p["description"], "created": now,
-              "memory": p["memory"], "os_type": p["os_type"], "attachments": atts,
+            atts.append(dict(vmsettings.attachment_for(p["settings"], disk_id, len(atts)),
+                             disk_id=new_disk))
+        vm = {"id": new_vm_id, "name": name, "description": "", "created": now,
+              "memory": vmsettings.DEFAULT_MEMORY, "os_type": "other", "attachments": atts,
               "active_snapshot_id": new_id(), "ovf": None}
         with store.transaction():
+            if clone:   # a copy's NICs get new MACs, as the engine's clone does
+                for n in p["settings"].nics:
+                    n.mac = None
+            notes = [f"Not kept from the OVF: {n}"
+                     for n in vmsettings.apply(engine, vm, p["settings"])]
             if store.get("vm", new_vm_id) or any(v["name"] == name for v in store.list("vm")):
                 raise conflict("import VM", f"VM {name} appeared meanwhile.")
             _install(req, dst_sd["id"], staged, installed)
@@ -447,5 +451,5 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
         _undo_copies(st, dst_sd["id"], staged, installed, e, "import")
         raise
     record_job(engine, f"Importing VM {name} from Export Domain {src_sd['name']}",
-               [f"Copying disk {d['alias']}" for d in p["disks"].values()])
+               [f"Copying disk {d['alias']}" for d in p["disks"].values()] + notes)
     return Reply(tag="action", body={"status": "complete", "vm": vm_repr(req, vm)})

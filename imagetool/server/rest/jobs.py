@@ -5,6 +5,17 @@ from __future__ import annotations
 from imagetool.server.rest.common import (get_member, get_or_404, get_stored, iso_date,
                                           list_members, list_stored, sub_links)
 from imagetool.server.rest.router import Reply, Request
+from imagetool.server.rest.validate import check_text
+
+# The engine refuses a correlation id longer than this.
+MAX_CORRELATION_ID = 50
+
+
+def correlation_id(req: Request) -> str | None:
+    """The request's correlation id (``correlation_id`` query parameter, or
+    the ``Correlation-Id`` header), printable and at most 50 characters."""
+    value = req.query.get("correlation_id") or req.headers.get("correlation-id") or None
+    return check_text(value, "correlation_id", MAX_CORRELATION_ID)
 
 
 def job_repr(req: Request, job: dict) -> dict:
@@ -18,6 +29,7 @@ def job_repr(req: Request, job: dict) -> dict:
         "end_time": iso_date(job.get("end_time")),
         "last_updated": iso_date(job.get("end_time") or job.get("start_time")),
         "owner": {"href": req.href("users", req.engine.user_id), "id": req.engine.user_id},
+        "correlation_id": job.get("correlation_id"),
     }
 
 

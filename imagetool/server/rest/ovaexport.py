@@ -29,6 +29,7 @@ from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.rest import disks as disks_mod
+from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_obj, get_str
 from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
@@ -152,8 +153,10 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
             entries = [disk_entry(disk_id=d["id"], image_id=chains[d["id"]][-1]["id"],
                                   virtual_size=d["provisioned_size"],
                                   alias=d.get("name"), interface=a.get("interface"),
-                                  boot=a.get("bootable", False), sparse=d.get("sparse", True))
-                       for a, d in disks]
+                                  boot=a.get("bootable", False), sparse=d.get("sparse", True),
+                                  boot_order=vmsettings.boot_order(a, i),
+                                  active=a.get("active", True))
+                       for i, (a, d) in enumerate(disks)]
             by_id = {d["id"]: d for _, d in disks}
 
             def write_disk(entry: dict, data_off: int) -> dict:
@@ -167,7 +170,8 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
 
             write_ova(fd, vm_id=vm["id"], name=vm["name"],
                       description=vm.get("description") or "",
-                      memory=vm.get("memory", 1 << 30), disks=entries, write_disk=write_disk)
+                      memory=vm.get("memory", 1 << 30), disks=entries, write_disk=write_disk,
+                      settings=vmsettings.settings_of(store, vm))
             os.fsync(fd)
             # link() fails when the name exists: a file that appeared meanwhile stays.
             os.link(part, filename, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)

@@ -9,7 +9,11 @@ import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 from imagetool import xmlsafe
+from imagetool.ova import ovfvm
+from imagetool.ova.ovfvm import OvfVm
+from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
+from imagetool.server.rest import vmsettings
 from imagetool.server.rest.router import Request, bad_request, conflict
 from imagetool.server.rest.validate import check_id, shown
 
@@ -41,12 +45,13 @@ def build_ovf(req: Request, vm: dict) -> str:
             f'ovf:boot="{str(att.get("bootable", False)).lower()}" '
             f'ovf:disk-alias="{_a(disk["name"])}" '
             f'ovf:disk_storage_type="IMAGE" ovf:cinder_volume_type=""/>')
-        items.append(_drive_item(disk, disk["image_id"], i + 1 if att.get("bootable") else 0,
-                                 req.engine.datacenter_id))
-    return _envelope(vm, refs, disks_xml, items, vm.get("os_type") or "other")
+        items.append(_drive_item(disk, disk["image_id"], vmsettings.boot_order(att, i),
+                                 req.engine.datacenter_id, att.get("active", True)))
+    return _envelope(vm, refs, disks_xml, items, vmsettings.settings_of(store, vm))
 
 
-def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str) -> str:
+def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str,
+                plugged: bool = True) -> str:
     """The VirtualHardwareSection item of a disk whose active volume is ``vol_id``."""
     return (f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
             f"<rasd:InstanceId>{escape(vol_id)}</rasd:InstanceId>"
@@ -56,42 +61,41 @@ def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str) -> str:
             f"<rasd:ApplicationList/><rasd:StorageId>{escape(disk['sd_id'])}</rasd:StorageId>"
             f"<rasd:StoragePoolId>{escape(pool_id)}</rasd:StoragePoolId>"
             f"<rasd:CreationDate/><rasd:LastModified/><rasd:last_modified_date/>"
-            f"<BootOrder>{boot_order}</BootOrder></Item>")
+            f"<BootOrder>{int(boot_order)}</BootOrder>"
+            f"<IsPlugged>{str(bool(plugged)).lower()}</IsPlugged></Item>")
 
 
-def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str], os_type: str,
-              cluster: str = "Default", snapshots: str = "") -> str:
+def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str],
+              settings: OvfVm, cluster: str = "Default", snapshots: str = "") -> str:
     """The OVF document around its files, disks and drive items (XML the
-    callers built, every value in it escaped); ``os_type`` and ``cluster``
-    are plain text, escaped here like every value of ``vm``: a VM's OS type
-    comes from a client and this OVF is read back by ``POST /vms``."""
+    callers built, every value in it escaped), with the VM's ``settings``
+    (imagetool.ova.ovfvm, which escapes what it writes); ``cluster`` is
+    plain text, escaped here like every value of ``vm``: this OVF is read
+    back by ``POST /vms``."""
     memory_mb = int(vm.get("memory", 1 << 30)) >> 20
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<ovf:Envelope xmlns:ovf="{OVF_NS}" '
         'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" '
         'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        f'xmlns:ovirt="{ovfvm.OVIRT_NS}" ovf:version="4.5.0.0">'
         f"<References>{''.join(refs)}</References>"
         f'<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
         f'{"".join(disks_xml)}</Section>'
         f'<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type">'
         f"<Name>{escape(vm['name'])}</Name>"
         f"<Description>{escape(vm.get('description') or '')}</Description>"
+        f"{ovfvm.vm_elements(settings)}"
         f"<TemplateId>{BLANK}</TemplateId><TemplateName>Blank</TemplateName>"
         f"<VmType>1</VmType><ClusterName>{escape(cluster)}</ClusterName>"
-        f'<Section ovf:id="{_a(vm["id"])}" ovf:required="false" '
-        f'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info>'
-        f"<Description>{escape(os_type)}</Description></Section>"
+        f"{ovfvm.os_section(settings, vm['id'], ova=False)}"
         f'<Section xsi:type="ovf:VirtualHardwareSection_Type">'
-        f"<Info>1 CPU, {memory_mb} Memory</Info>"
-        f"<Item><rasd:Caption>1 virtual cpu</rasd:Caption><rasd:ResourceType>3</rasd:ResourceType>"
-        f"<rasd:num_of_sockets>{int(vm.get('cpus', 1))}</rasd:num_of_sockets>"
-        f"<rasd:cpu_per_socket>1</rasd:cpu_per_socket><rasd:threads_per_cpu>1</rasd:threads_per_cpu></Item>"
-        f"<Item><rasd:Caption>{memory_mb} MB of memory</rasd:Caption>"
-        f"<rasd:ResourceType>4</rasd:ResourceType><rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
-        f"<rasd:VirtualQuantity>{memory_mb}</rasd:VirtualQuantity></Item>"
-        f"{''.join(items)}</Section>{snapshots}</Content></ovf:Envelope>")
+        f"<Info>{(settings.sockets or 1) * (settings.cores or 1) * (settings.threads or 1)} "
+        f"CPU, {memory_mb} Memory</Info>"
+        f"{ovfvm.cpu_memory_items(settings)}"
+        f"{''.join(items)}{ovfvm.nic_items(settings)}</Section>{snapshots}</Content>"
+        "</ovf:Envelope>")
 
 
 def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
@@ -156,11 +160,12 @@ def check_unowned(store, disk_ids: list[str], action: str) -> None:
                                "template already; a new one gets only disks of its own.")
 
 
-def _a(value) -> str:
-    return escape(str(value), {'"': "&quot;"})
+# Attribute values (and text), escaped as every value an OVF writer puts in.
+_a = xmlsafe.text
 
 
-def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default") -> str:
+def build_export_ovf(vm: dict, disks: list[dict], settings: OvfVm,
+                     cluster_name: str = "Default") -> str:
     """The OVF the engine writes to an export domain (``OvfOvirtWriter`` shape).
 
     ``disks``: per disk ``{"disk", "attachment", "volumes", "snapshots"}``
@@ -203,7 +208,8 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
                 f'ovf:disk-description="{_a(disk.get("description") or "")}" '
                 f'ovf:wipe-after-delete="false"/>')
         top = entry["volumes"][-1]
-        items.append(_drive_item(disk, top["id"], i + 1 if att.get("bootable") else 0, BLANK))
+        items.append(_drive_item(disk, top["id"], vmsettings.boot_order(att, i), BLANK,
+                                 att.get("active", True)))
     snaps_xml = [
         f'<Snapshot ovf:id="{_a(vm["active_snapshot_id"])}"><Type>ACTIVE</Type>'
         f"<Description>Active VM</Description><CreationDate/></Snapshot>"]
@@ -212,7 +218,7 @@ def build_export_ovf(vm: dict, disks: list[dict], cluster_name: str = "Default")
                          f"<Description>{escape(s['description'])}</Description>"
                          f"<CreationDate>{escape(str(s.get('date') or ''))}</CreationDate>"
                          "</Snapshot>")
-    return _envelope(vm, refs, disk_xml, items, vm.get("os_type") or "other", cluster_name,
+    return _envelope(vm, refs, disk_xml, items, settings, cluster_name,
                      f'<Section xsi:type="ovf:SnapshotsSection_Type">{"".join(snaps_xml)}</Section>')
 
 
@@ -241,7 +247,7 @@ def parse_export_ovf(text: str) -> dict:
     """What an export domain's OVF says about a VM, checked.
 
     Returns ``{"id", "name", "description", "memory", "os_type", "disks",
-    "snapshots"}``: ``disks`` maps a disk id to ``{"alias", "description",
+    "snapshots", "settings"}`` (``settings``: imagetool.ova.ovfvm.OvfVm): ``disks`` maps a disk id to ``{"alias", "description",
     "interface", "bootable", "format" (of the base), "sparse", "capacity",
     "volumes"}`` with ``volumes`` the chain base first (``id``,
     ``parent_id``, ``format``, ``snapshot_id``); ``snapshots`` are the
@@ -257,12 +263,12 @@ def parse_export_ovf(text: str) -> dict:
     vols: dict[str, dict] = {}
     for el in root.iter():
         tag = _local(el.tag)
-        attrs = {_local(k): v for k, v in el.attrib.items()}
+        # ovirt:id (the OS id) must not hide ovf:id (the VM id).
+        attrs = {_local(k): v for k, v in el.attrib.items()
+                 if not k.startswith(f"{{{ovfvm.OVIRT_NS}}}")}
         xsi_type = attrs.get("type", "")
         if tag == "Name" and out["name"] is None:
             out["name"] = (el.text or "").strip() or None
-        elif tag == "Description" and out["description"] == "" and el.text:
-            out["description"] = el.text.strip()
         elif tag == "Section" and xsi_type.endswith("OperatingSystemSection_Type"):
             out["id"] = check_id(attrs.get("id", ""), "OVF VM")
             desc = next((c.text for c in el if _local(c.tag) == "Description"), None)
@@ -301,6 +307,13 @@ def parse_export_ovf(text: str) -> dict:
                     "date": kids.get("CreationDate") or None})
     if out["id"] is None:
         raise ValueError("the OVF names no VM id (OperatingSystemSection ovf:id)")
+    try:
+        out["settings"] = parse_vm_settings(text, "ovf")
+    except ovfvm.OvfSettingsError as e:
+        raise ValueError(str(e)) from None
+    out["description"] = out["settings"].description or ""
+    out["memory"] = out["settings"].memory or out["memory"]
+    out["os_type"] = out["settings"].os_type or out["os_type"]
     by_disk: dict[str, list[dict]] = {}
     for v in vols.values():
         by_disk.setdefault(v["disk_id"], []).append(v)

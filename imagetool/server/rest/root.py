@@ -13,7 +13,8 @@ from imagetool.server.rest.common import iso_date, ref
 from imagetool.server.rest.router import Reply, Request
 
 _COLLECTIONS = ("clusters", "datacenters", "disks", "events", "hosts", "imagetransfers",
-                "jobs", "networks", "storagedomains", "templates", "users", "vms")
+                "jobs", "networks", "storagedomains", "templates", "users", "vms",
+                "vnicprofiles")
 PRODUCT_VERSION = (4, 5, 4, 0)
 
 

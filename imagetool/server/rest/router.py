@@ -73,7 +73,8 @@ Handler = Callable[..., Reply]
 _PARAM_LABELS = {"disk_id": "disk", "vm_id": "VM", "snap_id": "snapshot",
                  "vol_id": "disk snapshot", "sd_id": "storage domain",
                  "tid": "image transfer", "host_id": "host", "dc_id": "data center",
-                 "cluster_id": "cluster", "job_id": "job", "step_id": "step"}
+                 "cluster_id": "cluster", "job_id": "job", "step_id": "step",
+                 "nic_id": "NIC", "network_id": "network", "profile_id": "vNIC profile"}
 
 
 class Router:
@@ -107,16 +108,16 @@ class Router:
 _UNIMPLEMENTED = {
     "affinitylabels", "bookmarks", "clusterlevels", "cpuprofiles", "diskprofiles", "domains", "events", "externalhostproviders",
     "groups", "icons", "instancetypes", "katelloerrata", "macpools",
-    "networkfilters", "networks", "openstackimageproviders",
+    "networkfilters", "openstackimageproviders",
     "openstacknetworkproviders", "openstackvolumeproviders", "operatingsystems",
     "permissions", "roles", "schedulingpolicies", "schedulingpolicyunits",
-    "storageconnections", "tags", "templates", "users", "vmpools", "vnicprofiles",
+    "storageconnections", "tags", "templates", "users", "vmpools",
     "images",
 }
 _PARENTS = {"vms", "hosts", "storagedomains", "disks", "datacenters", "clusters",
             "imagetransfers"}
 _SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hooks",
-         "fenceagents", "nics", "nics", "graphicsconsoles", "hostdevices", "numanodes",
+         "fenceagents", "nics", "graphicsconsoles", "hostdevices", "numanodes",
             "permissions", "reporteddevices", "sessions", "statistics", "tags",
             "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 

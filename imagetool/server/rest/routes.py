@@ -12,7 +12,8 @@ family; this table is the one place that says which URL reaches which.
 from __future__ import annotations
 
 from imagetool.server.rest import (backups, datacenters, disks, exportdomain, hosts,
-                                   imagetransfers, jobs, root, storagedomains, templates, vms)
+                                   imagetransfers, jobs, networks, nics, root, storagedomains,
+                                   templates, vms)
 from imagetool.server.rest.router import Handler
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
@@ -62,6 +63,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/vms", vms.list_vms),
     ("POST", "/vms", vms.add_vm),
     ("GET", "/vms/{vm_id}", vms.get_vm),
+    ("PUT", "/vms/{vm_id}", vms.update_vm),
     ("DELETE", "/vms/{vm_id}", vms.remove_vm),
     ("GET", "/vms/{vm_id}/diskattachments", vms.list_attachments),
     ("POST", "/vms/{vm_id}/diskattachments", vms.add_attachment),
@@ -78,6 +80,18 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/vms/{vm_id}/previewsnapshot", vms.preview_snapshot),
     ("POST", "/vms/{vm_id}/commitsnapshot", vms.commit_snapshot),
     ("POST", "/vms/{vm_id}/undosnapshot", vms.undo_snapshot),
+    # A VM's NICs (nics.py)
+    ("GET", "/vms/{vm_id}/nics", nics.list_nics),
+    ("POST", "/vms/{vm_id}/nics", nics.add_nic),
+    ("GET", "/vms/{vm_id}/nics/{nic_id}", nics.get_nic),
+    ("PUT", "/vms/{vm_id}/nics/{nic_id}", nics.update_nic),
+    ("DELETE", "/vms/{vm_id}/nics/{nic_id}", nics.remove_nic),
+    # Networks and vNIC profiles (networks.py)
+    ("GET", "/networks", networks.list_networks),
+    ("GET", "/networks/{network_id}", networks.get_network),
+    ("GET", "/networks/{network_id}/vnicprofiles", networks.list_network_profiles),
+    ("GET", "/vnicprofiles", networks.list_profiles),
+    ("GET", "/vnicprofiles/{profile_id}", networks.get_profile),
     # Data centers, their storage domains and clusters (datacenters.py)
     ("GET", "/datacenters/{dc_id}/storagedomains", datacenters.list_dc_sds),
     ("POST", "/datacenters/{dc_id}/storagedomains", datacenters.attach_sd),

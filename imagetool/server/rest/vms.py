@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 
 from imagetool.server.rest import disks as disks_mod
+from imagetool.server.rest import vmsettings
 from imagetool.server.rest.ovf import BLANK, build_ovf, check_unowned, ovf_disk_ids
-from imagetool.server.rest.codec import get_bool, get_id, get_int, get_list, get_obj, get_str
+from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
                                           list_members, record_job, ref, search_filter,
                                           sub_links)
@@ -38,11 +39,9 @@ def vm_repr(req: Request, vm: dict, all_content: bool = False) -> dict:
                                             "undosnapshot"]),
         "link": sub_links(base, ["diskattachments", "snapshots", "nics", "permissions"]),
         "creation_time": iso_date(vm.get("created")),
-        "memory": vm.get("memory", 1 << 30), "status": "down", "type": "server",
+        "status": "down", "type": "server",
         "stateless": False, "delete_protected": False,
-        "os": {"type": vm.get("os_type", "other")},
-        "cpu": {"architecture": "x86_64",
-                "topology": {"cores": 1, "sockets": vm.get("cpus", 1), "threads": 1}},
+        **vmsettings.vm_fields(req, vm),
         "cluster": {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id},
         "template": {"href": req.href("templates", BLANK), "id": BLANK},
         "original_template": {"href": req.href("templates", BLANK), "id": BLANK},
@@ -107,11 +106,8 @@ def add_vm(req: Request) -> Reply:
     engine = req.engine
     data = req.data()
     name = check_text(get_str(data, "name"), "name")
-    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
-    os_type = check_text(get_str(data, "os", "type"), "os.type")
-    memory = get_int(data, "memory")
-    if memory is not None and memory <= 0:
-        raise bad_request("VM memory must be positive")
+    given = vmsettings.from_body(data)
+    description = given.description
     vm_id = get_id(data, "id", what="VM")
     check_cluster(req, get_obj(data, "cluster"))
     ovf = get_str(data, "initialization", "configuration", "data")
@@ -123,16 +119,20 @@ def add_vm(req: Request) -> Reply:
     if snap_refs:
         return _clone_from_snapshot(req, name, description, snap_refs, vm_id)
     attachments = [_attachment_from(req, a, "add") for a in get_list(data, "disk_attachments")]
+    settings = None
     if ovf:
+        # The OVF's structure first (no DTD, no disk outside the DiskSection),
+        # then the settings it gives.
         ovf_name, disk_ids = ovf_disk_ids(ovf, ovf_kind)
+        settings = vmsettings.read_ovf(ovf, ovf_kind)
         name = name or check_text(ovf_name, "OVF Name")
         missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
         if missing_ids:
             raise bad_request(f"Cannot add VM from OVF: disks {', '.join(missing_ids)} do not "
                               "exist; upload them first with the ids the OVF names")
         known = {a["disk_id"] for a in attachments}
-        attachments += [{"disk_id": d, "interface": "virtio_scsi", "bootable": i == 0,
-                         "active": True} for i, d in enumerate(disk_ids) if d not in known]
+        attachments += [vmsettings.attachment_for(settings, d, i)
+                        for i, d in enumerate(disk_ids) if d not in known]
     if not name:
         raise missing("VM", "add", "name, cluster.id|name")
     if any(v["name"] == name for v in engine.store.list("vm")):
@@ -140,13 +140,24 @@ def add_vm(req: Request) -> Reply:
     if vm_id and engine.store.get("vm", vm_id):
         raise conflict("add VM", f"A VM with id {vm_id} already exists.")
     vm = {"id": vm_id or new_id(), "name": name,
-          "description": description or "", "created": time.time(),
-          "memory": memory or (1 << 30),
-          "os_type": os_type or "other",
+          "description": "", "created": time.time(),
+          "memory": vmsettings.DEFAULT_MEMORY, "os_type": "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
-    _put_new_vm(engine, vm)
-    record_job(engine, f"Creating VM {name}", ["Adding VM"])
+    with engine.store.transaction():
+        # One transaction: a refusal also undoes the networks the NICs created.
+        notes = _apply_settings(engine, vm, settings, given)
+        _put_new_vm(engine, vm)
+    record_job(engine, f"Creating VM {name}", ["Adding VM", *notes])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
+
+
+def _apply_settings(engine, vm: dict, ovf, given) -> list[str]:
+    """The OVF's settings (if any) with the request body's over them, checked;
+    returns the job steps naming what the OVF said that is not kept."""
+    settings = vmsettings.merge(ovf, given) if ovf is not None else given
+    notes = vmsettings.apply(engine, vm, settings)
+    vmsettings.check_memory(vm)
+    return [f"Not kept from the OVF: {n}" for n in notes]
 
 
 def _put_new_vm(engine, vm: dict) -> None:
@@ -156,6 +167,31 @@ def _put_new_vm(engine, vm: dict) -> None:
     with engine.store.transaction():
         check_unowned(engine.store, [a["disk_id"] for a in vm["attachments"]], "add VM")
         engine.store.put("vm", vm)
+
+
+def update_vm(req: Request, vm_id: str) -> Reply:
+    """PUT /vms/{id}: name, description, comment, memory and its policy, CPU
+    topology, OS type, BIOS type, custom properties."""
+    engine = req.engine
+    data = req.data()
+    name = check_text(get_str(data, "name"), "name")
+    given = vmsettings.from_body(data)
+    with engine.store.transaction():
+        vm = _find_vm(req, vm_id)
+        if name is not None and name != vm["name"]:
+            if any(v["name"] == name for v in engine.store.list("vm")):
+                raise conflict("update VM", f"The VM name {name} is already in use.")
+            vm["name"] = name
+        if given.sockets or given.cores or given.threads:
+            cpu = dict(vm.get("cpu") or {"sockets": vm.get("cpus", 1), "cores": 1,
+                                         "threads": 1})
+            given.sockets = given.sockets or cpu["sockets"]
+            given.cores = given.cores or cpu["cores"]
+            given.threads = given.threads or cpu["threads"]
+        vmsettings.apply(engine, vm, given)
+        vmsettings.check_memory(vm)
+        engine.store.put("vm", vm)
+    return Reply(tag="vm", body=vm_repr(req, vm))
 
 
 def check_cluster(req: Request, cluster: dict | None) -> None:
@@ -241,8 +277,7 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
         raise
     vm = {"id": vm_id or new_id(), "name": name,
           "description": description or source.get("description", ""),
-          "created": time.time(), "memory": source.get("memory", 1 << 30),
-          "os_type": source.get("os_type", "other"),
+          "created": time.time(), **vmsettings.copied(source),
           "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
           "active_snapshot_id": new_id(), "ovf": None}
     with store.transaction():
