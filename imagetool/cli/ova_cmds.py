@@ -53,16 +53,21 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
 @click.option("--cluster", default="Default", show_default=True)
 @click.option("--name", help="Name of the new VM or template (default: the OVF's).")
 @click.option("--template", is_flag=True, help="Import as a template.")
+@click.option("--clone", is_flag=True,
+              help="New ids for the VM and its disks (an OVA exported from the same "
+                   "engine); give --name when the VM's name is in use.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
 def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
-               template: bool, workers: int, as_json: bool, engine: EngineOptions) -> None:
+               template: bool, clone: bool, workers: int, as_json: bool,
+               engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
     from imagetool.ova import import_ova
     with open_connection(engine) as conn:
         r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
-                       template=True if template else None, workers=workers)
+                       template=True if template else None, workers=workers,
+                       clone=clone)
     if as_json:
         emit_json(r)
         return

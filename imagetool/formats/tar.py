@@ -83,6 +83,14 @@ def members(path: str | os.PathLike) -> list[Member]:
     the end of the file, a missing end-of-archive marker (a truncated file),
     a name that is absolute or contains ``..``, duplicates, and any member
     that is not a regular file (links, devices, pax or long-name records).
+
+    Regular files are types ``0`` and NUL, and ``7`` (contiguous): POSIX
+    ("pax", ustar Interchange Format) says an implementation without
+    contiguous-file support treats type 7 as a regular file, and its data
+    is stored as type 0's is. A GNU sparse member (type ``S``) is refused by
+    name: its header holds a map of data runs and the member's bytes are
+    only those runs, so reading it as a regular file (as Python's
+    ``TarInfo.isreg()`` would let us) gives the wrong guest data.
     """
     path = os.fspath(path)
     with reading(path) as fd:
@@ -103,6 +111,10 @@ def members(path: str | os.PathLike) -> list[Member]:
                 raise TarError(f"not a tar, or a damaged header at offset {pos}: "
                                f"{e}", path) from None
             name = info.name
+            if info.type == tarfile.GNUTYPE_SPARSE:
+                raise TarError(f"member {name!r} at offset {pos} is a GNU sparse file "
+                               "(type 'S'), whose data is not stored as written; "
+                               "re-create the OVA without --sparse", path)
             if not info.isreg():
                 raise TarError(f"member {name!r} at offset {pos} is not a regular "
                                f"file (type {info.type!r}); OVAs hold files only", path)

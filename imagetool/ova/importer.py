@@ -18,13 +18,15 @@ so far are removed, and transfers are cancelled so no disk stays locked.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Callable
 
 from imagetool.backends import FlushingBackend
 from imagetool.engine import codec
 from imagetool.engine.entities import Vm
-from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
+from imagetool import xmlsafe
+from imagetool.errors import ChecksumMismatch, Conflict, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
@@ -51,11 +53,16 @@ def _disk_name(d: OvaDisk) -> str:
 
 def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
              disk_ids: list[str]) -> None:
-    """Remove what an import created; each step on its own, errors ignored."""
+    """Remove what an import created; each step on its own, errors ignored.
+
+    A VM goes with ``detach_only``: only the disks this import created are
+    removed, by id, whatever the VM ended up attached to.
+    """
     from imagetool.engine.wait import wait_for_disk_unlocked
     if entity_id:
         try:
-            conn.request("DELETE", f"{kind}s/{entity_id}")
+            conn.request("DELETE", f"{kind}s/{entity_id}",
+                         params={"detach_only": "true"} if kind == "vm" else None)
         except Exception:
             pass
     for disk_id in disk_ids:
@@ -72,11 +79,16 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                cluster: str = "Default", name: str | None = None,
                template: bool | None = None, workers: int = 4,
                buffer_size: int = DEFAULT_REQUEST_SIZE, inactivity_timeout: int = 60,
-               use_proxy: bool = False, progress: Progress | None = None) -> dict:
+               use_proxy: bool = False, progress: Progress | None = None,
+               clone: bool = False) -> dict:
     """Import the OVA at ``path``; see the module docstring.
 
     ``template`` True adds a template, None follows the OVA (a
-    ``template.ovf`` member). ``name`` overrides the OVF's name. Returns
+    ``template.ovf`` member). ``name`` overrides the OVF's name. An oVirt
+    OVA keeps its disk ids unless ``clone``: then the disks get new ids and
+    the OVF sent to the engine names them and a new VM id (as ``vms import
+    --clone`` does), so an OVA exported from the same engine can come back
+    beside the VM it was made from (give a ``name`` then). Returns
     ``{"vm_id"|"template_id", "name", "disks": [{"disk_id", "member",
     "checksum", "algorithm"}], "bytes", "seconds"}``.
     """
@@ -90,22 +102,27 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     name = name or ova.ovf.name
     if not name:
         raise ImagetoolError(f"{ova.path}: the OVF names no VM; give a name")
+    keep_ids = ova.ovf.dialect == "ovirt" and not clone
+    if keep_ids:
+        _check_ids_free(conn, ova)
     created: list[str] = []
     entity_id = None
     try:
         report = []
         moved = 0
         for d in ova.disks:
-            disk_id = d.ovf.disk_id if ova.ovf.dialect == "ovirt" and \
-                is_uuid(d.ovf.disk_id) else None
+            disk_id = d.ovf.disk_id if keep_ids and is_uuid(d.ovf.disk_id) else None
             res = _import_disk(conn, ova, d, storage_domain, disk_id, created,
                                workers=workers, buffer_size=buffer_size,
                                inactivity_timeout=inactivity_timeout,
                                use_proxy=use_proxy, progress=progress)
             moved += res.pop("bytes")
             report.append(res)
-        ovf_text = _configuration(conn, ova, report, name, as_template, settings)
+        ovf_text = _configuration(conn, ova, report, name, as_template, settings,
+                                  clone)
+        _check_own_disks(ovf_text, [r["disk_id"] for r in report], ova.path)
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
+        _check_attached(conn, kind, entity_id, created, ova.path)
     except BaseException:
         _cleanup(conn, kind, entity_id, created)
         raise
@@ -114,12 +131,90 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     return out
 
 
-def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
-                   template: bool, settings: OvfVm) -> str:
-    """The OVF sent to the engine: the OVA's own if oVirt's, else rewritten
-    with the VM settings read from it (memory, CPUs, NICs...)."""
-    if ova.ovf.dialect == "ovirt":
+def _already_there(path: str, disk_id: str) -> ImagetoolError:
+    return ImagetoolError(f"{path}: disk {disk_id} of the OVA already exists on the "
+                          "engine (was the OVA exported from it?); import it with "
+                          "--clone (clone=True) to give the VM and its disks new ids")
+
+
+def _check_ids_free(conn: Any, ova: Ova) -> None:
+    """Refuse before uploading anything when a disk id of the OVA is taken."""
+    for d in ova.disks:
+        if not is_uuid(d.ovf.disk_id):
+            continue
+        try:
+            conn.disks.get(d.ovf.disk_id)
+        except NotFound:
+            continue
+        raise _already_there(ova.path, d.ovf.disk_id)
+
+
+def _check_own_disks(ovf_text: str, created: list[str], path: str) -> None:
+    """ImagetoolError unless the OVF sent names exactly the disks created.
+
+    The engine attaches every disk the configuration names, by id; a name
+    of any other disk (another VM's) must never reach it. ``parse_ovf``
+    already refuses disks outside the DiskSection; this checks the text
+    actually sent, after any rewriting, the way the engine reads it.
+    """
+    root = xmlsafe.parse(ovf_text)
+    named = set()
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag == "Disk":
+            attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
+            named.add((attrs.get("diskId") or "").lower())
+        elif tag == "HostResource":
+            m = re.match(r"^(?:ovf:)?/disk/(.+)$", (el.text or "").strip())
+            if m:
+                named.add(m.group(1).lower())
+    foreign = named - {c.lower() for c in created}
+    if foreign:
+        raise ImagetoolError(f"{path}: the OVF names disks this import did not create "
+                             f"({', '.join(sorted(foreign))}); refused")
+
+
+def _check_attached(conn: Any, kind: str, entity_id: str, created: list[str],
+                    path: str) -> None:
+    """ImagetoolError when the new VM or template holds a disk the import
+    did not create (an engine that read more into the OVF than we sent);
+    the clean-up then detaches it rather than deleting it."""
+    from imagetool.engine.entities import DiskAttachment
+    atts = codec.entities_from_tree(
+        DiskAttachment, conn.get_tree(f"{kind}s/{entity_id}/diskattachments"))
+    foreign = {a.disk_id for a in atts} - set(created)
+    if foreign:
+        raise ImagetoolError(f"{path}: the engine attached disks this import did not "
+                             f"create ({', '.join(sorted(foreign))}); the {kind} is "
+                             "removed again, those disks are left as they were")
+
+
+def _cloned_text(ova: Ova, report: list[dict], conn: Any) -> str:
+    """The OVA's oVirt OVF with its VM id and disk and image ids replaced by
+    new ones (the disks' as the engine created them). Ids are UUIDs, so a
+    case-insensitive replacement of each one is exact."""
+    mapping: dict[str, str] = {}
+    if ova.ovf.vm_id and is_uuid(ova.ovf.vm_id):
+        mapping[ova.ovf.vm_id.lower()] = _new_uuid()
+    for d, r in zip(ova.disks, report):
+        disk = conn.disks.get(r["disk_id"])
+        for old, new in ((d.ovf.disk_id, disk.id), (d.ovf.file_id, disk.image_id),
+                         (d.ovf.href, disk.image_id)):
+            if old and new and is_uuid(old):
+                mapping[old.lower()] = new
+    if not mapping:
         return ova.ovf.text
+    pattern = re.compile("|".join(re.escape(k) for k in mapping), re.IGNORECASE)
+    return pattern.sub(lambda m: mapping[m.group(0).lower()], ova.ovf.text)
+
+
+def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
+                   template: bool, settings: OvfVm, clone: bool = False) -> str:
+    """The OVF sent to the engine: the OVA's own if oVirt's (with new ids
+    when cloning), else rewritten with the VM settings read from it
+    (memory, CPUs, NICs...)."""
+    if ova.ovf.dialect == "ovirt":
+        return _cloned_text(ova, report, conn) if clone else ova.ovf.text
     disks = []
     for i, (d, r) in enumerate(zip(ova.disks, report)):
         disk = conn.disks.get(r["disk_id"])
@@ -159,9 +254,14 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
         initial = None
         if fmt == "cow" and sparse:
             initial = int(measure(src, out_format="qcow2")["required"])
-        disk = conn.disks.add(name=_disk_name(d), provisioned_size=d.virtual_size,
-                              storage_domain=storage_domain, format=fmt, sparse=sparse,
-                              initial_size=initial, disk_id=disk_id)
+        try:
+            disk = conn.disks.add(name=_disk_name(d), provisioned_size=d.virtual_size,
+                                  storage_domain=storage_domain, format=fmt,
+                                  sparse=sparse, initial_size=initial, disk_id=disk_id)
+        except Conflict:
+            if disk_id is None:
+                raise
+            raise _already_there(ova.path, disk_id) from None
         created.append(disk.id)
         wait_for_disk(conn, disk.id, "ok")
         session = TransferSession(conn, disk_id=disk.id, direction="upload", format="raw",

@@ -13,6 +13,11 @@ DSP0243 "Open Virtualization Format Specification" 1.x and 2.x).
 Elements and attributes are matched by local name, so the namespace
 prefixes and the OVF version do not matter. Disks are resolved as
 DSP0243 says: ``Disk/@fileRef`` -> ``References/File/@id`` -> ``@href``.
+
+An OVA comes from anyone, so the reader is strict: no DTD in any encoding
+(imagetool.xmlsafe), UTF-8 text only, units and sizes bounded by the one
+unit parser (imagetool.units), and no disk named anywhere but in the
+DiskSection, since the engine attaches every disk an OVF names.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
+from imagetool import xmlsafe
 from imagetool.errors import FormatError
 from imagetool.formats.tar import TarError, check_name
 from imagetool.ova import ovfvm
+from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
@@ -84,6 +91,10 @@ def _a(**attrs: object) -> str:
     return " ".join(f"ovf:{k}={quoteattr(str(v))}" for k, v in attrs.items())
 
 
+# Element text, escaped: every value written goes through this or ``_a``.
+_t = xmlsafe.text
+
+
 def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
                     cpus: int = 1, memory: int = GiB, disks: list[dict],
                     template: bool = False, settings: ovfvm.OvfVm | None = None) -> str:
@@ -96,7 +107,8 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
 
     ``disks``: dicts with ``disk_id``, ``image_id`` (the member name),
     ``member_size``, ``virtual_size``, ``alias``, ``interface`` (engine enum
-    name, e.g. VirtIO_SCSI), ``boot``, ``sparse``.
+    name, e.g. VirtIO_SCSI), ``boot``, ``sparse``. Every value is escaped,
+    ids included: they come from an engine or an OVA, not from this code.
     """
     refs, dsec, items = [], [], []
     for d in disks:
@@ -113,25 +125,25 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
                  "disk-alias": d.get("alias") or img, "description": "",
                  "disk_storage_type": "IMAGE", "cinder_volume_type": ""}
         dsec.append(f"<Disk {_a(**attrs)}/>")
-        alias = escape(d.get("alias") or img)
+        alias = _t(d.get("alias") or img)
         items.append(
             "<Item>"
             f"<rasd:Caption>{alias}</rasd:Caption>"
-            f"<rasd:InstanceID>{img}</rasd:InstanceID>"
+            f"<rasd:InstanceID>{_t(img)}</rasd:InstanceID>"
             f"<rasd:ResourceType>{RT_DISK}</rasd:ResourceType>"
-            f"<rasd:HostResource>ovf:/disk/{d['disk_id']}</rasd:HostResource>"
+            f"<rasd:HostResource>ovf:/disk/{_t(d['disk_id'])}</rasd:HostResource>"
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
             "<rasd:ApplicationList></rasd:ApplicationList>"
             "<Type>disk</Type><Device>disk</Device>"
-            f"<BootOrder>{d.get('boot_order', 1 if d.get('boot') else 0)}</BootOrder>"
+            f"<BootOrder>{int(d.get('boot_order', 1 if d.get('boot') else 0))}</BootOrder>"
             f"<IsPlugged>{str(d.get('active', True) is not False).lower()}</IsPlugged>"
             "<IsReadOnly>false</IsReadOnly>"
             f"<Alias>{alias}</Alias>"
             "</Item>")
     if settings is None:
-        settings = ovfvm.OvfVm(memory=memory, sockets=cpus, cores=1, threads=1,
-                               memory_guaranteed=memory, memory_max=memory * 4)
-    settings.memory = settings.memory or memory
+        settings = ovfvm.OvfVm(memory=int(memory), sockets=int(cpus), cores=1, threads=1,
+                               memory_guaranteed=int(memory), memory_max=int(memory) * 4)
+    settings.memory = settings.memory or int(memory)
     cpus = (settings.sockets or 1) * (settings.cores or 1) * (settings.threads or 1)
     mem_mb = max(1, settings.memory >> 20)
     return (
@@ -142,8 +154,8 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
         f"<References>{''.join(refs)}</References>"
         "<NetworkSection><Info>List of networks</Info></NetworkSection>"
         f"<DiskSection><Info>List of Virtual Disks</Info>{''.join(dsec)}</DiskSection>"
-        f'<VirtualSystem ovf:id="{vm_id}">'
-        f"<Name>{escape(name)}</Name><Description>{escape(description)}</Description>"
+        f"<VirtualSystem {_a(id=vm_id)}>"
+        f"<Name>{_t(name)}</Name><Description>{_t(description)}</Description>"
         f"{ovfvm.vm_elements(settings)}<TemplateId>{BLANK}</TemplateId>"
         f"<TemplateName>Blank</TemplateName><IsTemplate>{str(template).lower()}</IsTemplate>"
         "<Origin>0</Origin>"
@@ -187,32 +199,12 @@ def _text(el: ET.Element | None, name: str) -> str | None:
     return c.text.strip() or None
 
 
-_UNIT_TERM = re.compile(r"^(?:byte|(\d+)(?:\^(\d+))?)$")
-_LEGACY_UNITS = {"bytes": 1, "kilobytes": 1 << 10, "megabytes": 1 << 20,
-                 "gigabytes": 1 << 30, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
-
-
-def parse_units(units: str | None, what: str) -> int:
-    """Bytes per unit of a DSP0004 programmatic unit (``byte * 2^30``)."""
-    if units is None or not units.strip():
-        return 1
-    u = units.strip()
-    if u.lower() in _LEGACY_UNITS:
-        return _LEGACY_UNITS[u.lower()]
-    factor = 1
-    terms = [t.strip() for t in u.split("*")]
-    if "byte" not in terms:
-        raise OvfError(f"{what}: unit {units!r} is not based on bytes")
-    for t in terms:
-        m = _UNIT_TERM.match(t)
-        if not m:
-            raise OvfError(f"{what}: cannot read the unit {units!r}")
-        if m.group(1):
-            base, exp = int(m.group(1)), int(m.group(2) or 1)
-            if exp > 80:
-                raise OvfError(f"{what}: unit {units!r} out of range")
-            factor *= base ** exp
-    return factor
+def _bytes(quantity: int, units: str | None, limit: int, what: str) -> int:
+    """``quantity`` of ``units`` in bytes, bounded (imagetool.units.scaled)."""
+    try:
+        return scaled(quantity, units, limit)
+    except ValueError as e:
+        raise OvfError(f"{what}: {e}") from None
 
 
 def _int(value: str | None, what: str) -> int | None:
@@ -223,20 +215,38 @@ def _int(value: str | None, what: str) -> int | None:
     return int(value)
 
 
+def _no_hidden_disks(root: ET.Element, sections: list[ET.Element]) -> None:
+    """OvfError for a ``Disk`` element anywhere but in a DiskSection.
+
+    An engine reading the OVF may take such an element as a disk of the VM
+    and attach the existing disk of that id, another VM's: the OVA would
+    then import a VM that owns a disk it never brought (and removing the VM
+    would delete it). Only the DiskSection's disks are the OVA's own.
+    """
+    listed = {id(d) for sec in sections for d in _children(sec, "Disk")}
+    for el in root.iter():
+        if _local(el.tag) == "Disk" and id(el) not in listed:
+            raise OvfError(f"a Disk element outside the DiskSection (disk id "
+                           f"{_attr(el, 'diskId') or _attr(el, 'fileRef')!r}); refused")
+
+
 def parse_ovf(data: bytes) -> Ovf:
     """Read an OVA's descriptor (either dialect); OvfError when unusable."""
     if len(data) > MAX_OVF_BYTES:
         raise OvfError(f"the OVF is larger than {MAX_OVF_BYTES >> 20} MiB")
     try:
+        # Before anything reads the text: a DTD is refused in any encoding.
+        root = xmlsafe.parse(data)
+    except xmlsafe.XmlRefused as e:
+        raise OvfError(f"the OVF is refused: {e}") from None
+    try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise OvfError("the OVF is not UTF-8 text") from None
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise OvfError("the OVF declares a DTD or entities; refused")
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise OvfError(f"cannot parse the OVF: {e}") from None
+        text = "\0"
+    if "\0" in text:
+        # UTF-16 without a byte order mark decodes as UTF-8 with NULs (which
+        # XML never holds); the text is what an engine is given for the VM.
+        raise OvfError("the OVF is not UTF-8 text; convert it to UTF-8")
     if _local(root.tag) != "Envelope":
         raise OvfError(f"the OVF's root element is {_local(root.tag)!r}, not Envelope")
     dialect = "ovirt" if "xmlns:ovirt" in text else "dmtf"
@@ -295,7 +305,8 @@ def parse_ovf(data: bytes) -> Ovf:
             cap = _int(_attr(d, "capacity"), f"capacity of disk {did}")
             if cap is None:
                 raise OvfError(f"disk {did} lacks ovf:capacity")
-            cap *= parse_units(_attr(d, "capacityAllocationUnits"), f"disk {did}")
+            cap = _bytes(cap, _attr(d, "capacityAllocationUnits"), MAX_DISK_BYTES,
+                         f"capacity of disk {did}")
             href, fsize = files[ref]
             disks_by_id[did] = OvfDisk(
                 disk_id=did, file_id=ref, href=href, capacity=cap, file_size=fsize,
@@ -307,6 +318,7 @@ def parse_ovf(data: bytes) -> Ovf:
                 boot=(_attr(d, "boot") or "").lower() == "true",
                 alias=_attr(d, "disk-alias"))
             order.append(did)
+    _no_hidden_disks(root, sections)
     hrefs = [disks_by_id[d].href for d in order]
     if len(set(hrefs)) != len(hrefs):
         raise OvfError("two disks name the same file")
@@ -327,7 +339,7 @@ def parse_ovf(data: bytes) -> Ovf:
             q = _int(_text(item, "VirtualQuantity"), "memory VirtualQuantity")
             units = _text(item, "AllocationUnits") or "byte * 2^20"
             if q is not None:
-                memory = q * parse_units(units, "memory")
+                memory = _bytes(q, units, MAX_MEMORY_BYTES, "memory")
         elif rtype == RT_NIC:
             nics.append({"name": _text(item, "ElementName") or _text(item, "Name")
                          or _text(item, "Caption"),
@@ -339,7 +351,10 @@ def parse_ovf(data: bytes) -> Ovf:
     for item in (_children(hw, "Item") if hw is not None else []):
         res = _text(item, "HostResource") or ""
         m = re.match(r"^(?:ovf:)?/disk/(.+)$", res)
-        if m and m.group(1) in disks_by_id and m.group(1) not in ordered:
+        if m and m.group(1) not in disks_by_id:
+            raise OvfError(f"a hardware item attaches disk {m.group(1)!r}, which the "
+                           "DiskSection does not list; refused")
+        if m and m.group(1) not in ordered:
             ordered.append(m.group(1))
     ordered += [d for d in order if d not in ordered]
     return Ovf(text=text, dialect=dialect, vm_id=_attr(vs, "id"), name=name,

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
-
 from imagetool.errors import FormatError
+from imagetool.xmlsafe import text as _e
+from imagetool.units import MAX_MEMORY_BYTES
 
 OVIRT_NS = "http://www.ovirt.org/ovf"
 
@@ -60,7 +60,7 @@ _DMTF_NICS = {"e1000": "e1000", "virtio": "virtio", "pv": "virtio", "rtl8139": "
 
 # Bounds for values read from a file anyone may have written: above what an
 # oVirt VM can have, low enough that no later arithmetic or listing suffers.
-MAX_MEMORY = 16 << 40
+MAX_MEMORY = MAX_MEMORY_BYTES
 MAX_CPUS = 4096
 MAX_NICS = 64
 MAX_BOOT_ORDER = 1000
@@ -170,17 +170,13 @@ def parse_custom_properties(text: str, what: str = "OVF CustomProperties"
 
 # --- writing ------------------------------------------------------------------
 
-def _e(value: object) -> str:
-    return escape(str(value))
-
-
 def vm_elements(s: OvfVm) -> str:
     """The VirtualSystem's setting elements (after Name and Description)."""
     parts = [f"<Comment>{_e(s.comment or '')}</Comment>"]
     if s.memory_guaranteed:
-        parts.append(f"<MinAllocatedMem>{s.memory_guaranteed >> 20}</MinAllocatedMem>")
+        parts.append(f"<MinAllocatedMem>{int(s.memory_guaranteed) >> 20}</MinAllocatedMem>")
     if s.memory_max:
-        parts.append(f"<MaxMemorySizeMb>{s.memory_max >> 20}</MaxMemorySizeMb>")
+        parts.append(f"<MaxMemorySizeMb>{int(s.memory_max) >> 20}</MaxMemorySizeMb>")
     if s.bios_type in BIOS_TYPES:
         parts.append(f"<BiosType>{BIOS_TYPES.index(s.bios_type)}</BiosType>")
     if s.custom_properties:
@@ -194,7 +190,7 @@ def os_section(s: OvfVm, section_id: str, ova: bool) -> str:
     as Description; ``ova`` chooses the element spelling of an OVA's OVF."""
     name = s.os_type or "other"
     os_id = OS_BY_NAME.get(name.lower(), 0)
-    attrs = f"ovf:id={quoteattr(section_id)} ovirt:id=\"{os_id}\" ovf:required=\"false\""
+    attrs = f"ovf:id=\"{_e(section_id)}\" ovirt:id=\"{os_id}\" ovf:required=\"false\""
     head = (f"<OperatingSystemSection {attrs}>" if ova else
             f'<Section {attrs} xsi:type="ovf:OperatingSystemSection_Type">')
     tail = "</OperatingSystemSection>" if ova else "</Section>"
@@ -203,9 +199,9 @@ def os_section(s: OvfVm, section_id: str, ova: bool) -> str:
 
 def cpu_memory_items(s: OvfVm) -> str:
     """The CPU and memory items of the VirtualHardwareSection."""
-    sockets, cores, threads = s.sockets or 1, s.cores or 1, s.threads or 1
+    sockets, cores, threads = int(s.sockets or 1), int(s.cores or 1), int(s.threads or 1)
     cpus = sockets * cores * threads
-    mem_mb = max(1, (s.memory or 1 << 30) >> 20)
+    mem_mb = max(1, int(s.memory or 1 << 30) >> 20)
     return (
         "<Item>"
         f"<rasd:Caption>{cpus} virtual cpu</rasd:Caption>"

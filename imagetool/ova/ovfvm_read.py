@@ -1,8 +1,10 @@
 """Reading the VM settings of an OVF (imagetool.ova.ovfvm describes them).
 
-Kept apart from ovfvm, which the OVF writer of imagetool.ova.ovf imports,
-because reading needs that module's unit parser (DSP0004 programmatic
-units of the memory item): one module each way, no import cycle.
+Kept apart from ovfvm, which the OVF writer of imagetool.ova.ovf imports:
+one module each way, no import cycle. An OVF comes from anyone, so it is
+parsed without a DTD in any encoding (imagetool.xmlsafe) and the memory
+item's DSP0004 programmatic unit goes through the one bounded unit parser
+(imagetool.units), as the OVA reader's capacities do.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from imagetool.ova.ovf import parse_units
+from imagetool import xmlsafe
 from imagetool.ova.ovfvm import (_RT_CONTROLLERS, _RT_CPU, _RT_DISK, _RT_MEMORY, _RT_NIC,
                                  _STRUCTURE, BIOS_TYPES, ENGINE_INTERFACES, MAX_BOOT_ORDER,
                                  MAX_CPUS, MAX_MEMORY, MAX_NICS, MAX_TEXT,
                                  NIC_TYPES, OS_BY_NAME, OS_IDS, OS_NAME, OVIRT_NS,
                                  _DMTF_NICS, OvfDiskSettings, OvfNic, OvfSettingsError, OvfVm,
                                  _text, check_mac, parse_custom_properties)
+from imagetool.units import scaled
 
 
 # --- reading ----------------------------------------------------------------
@@ -97,9 +100,9 @@ def parse_vm_settings(text: str | bytes, kind: str = "ova") -> OvfVm:
     """The VM settings of an OVF (see the module docstring); OvfSettingsError
     when a value is malformed, FormatError when the XML cannot be read."""
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise OvfSettingsError(f"cannot parse the OVF: {e}") from None
+        root = xmlsafe.parse(text)
+    except xmlsafe.XmlRefused as e:
+        raise OvfSettingsError(f"the OVF is refused: {e}") from None
     out = OvfVm()
     vs = _system(root)
     if vs is None:
@@ -202,7 +205,10 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
         q = _num(k.get("VirtualQuantity"), "memory VirtualQuantity", 1, MAX_MEMORY)
         if q is not None:
             units = k.get("AllocationUnits") or "byte * 2^20"
-            memory = q * parse_units(units, "memory")
+            try:
+                memory = scaled(q, units, MAX_MEMORY)
+            except ValueError as e:
+                raise OvfSettingsError(f"OVF memory: {e}") from None
             if not 1 << 20 <= memory <= MAX_MEMORY:
                 raise OvfSettingsError(f"OVF memory {memory} bytes is out of range "
                                        f"(1 MiB to {MAX_MEMORY >> 40} TiB)")

@@ -95,3 +95,34 @@ def test_dmtf_nic_models_and_unknown_devices_are_noted():
 def test_hostile_values_are_refused(settings, message):
     with pytest.raises(OvfSettingsError, match=message.replace("(", r"\(")):
         parse_vm_settings(ova_ovf(settings))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>",
+     "<rasd:AllocationUnits>byte" + " * 2^80" * 5000 + "</rasd:AllocationUnits>",
+     "OVF memory: unit 'byte * 2^80 * 2^80 * 2^8'... is longer than 64 characters"),
+    ("<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>",
+     "<rasd:AllocationUnits>byte * 2^60</rasd:AllocationUnits>",
+     "OVF memory: 512 x 'byte * 2^60' is more than 16.00 TiB"),
+], ids=["long-unit", "huge-unit"])
+def test_memory_units_go_through_the_bounded_parser(old, new, message):
+    """The memory item's unit is read by imagetool.units, bounded before any
+    arithmetic (a long ``* 2^80`` chain once cost quadratic big-int work)."""
+    ovf = ova_ovf()
+    assert old in ovf
+    with pytest.raises(OvfSettingsError) as e:
+        parse_vm_settings(ovf.replace(old, new, 1))
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16-le", "utf-16-be"])
+def test_settings_reader_refuses_dtds_in_any_encoding(codec):
+    """The entity would have named the VM; a UTF-16 OVF without a byte order
+    mark never shows the bytes ``<!DOCTYPE``."""
+    ovf = (f'<?xml version="1.0" encoding="{codec[:6].upper()}"?>'
+           '<!DOCTYPE Envelope [<!ENTITY n "entity-name">]>'
+           '<Envelope><VirtualSystem><Name>&n;</Name></VirtualSystem></Envelope>')
+    with pytest.raises(OvfSettingsError) as e:
+        parse_vm_settings(ovf.encode(codec))
+    assert str(e.value) == ("the OVF is refused: it declares a DTD or entities, "
+                            "which are refused")

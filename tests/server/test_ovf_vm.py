@@ -306,7 +306,7 @@ def test_nics_service_and_vm_update(connection):
 @pytest.mark.parametrize("change, message", [
     (("<rasd:VirtualQuantity>2048</rasd:VirtualQuantity>",
       "<rasd:VirtualQuantity>99999999999</rasd:VirtualQuantity>"),
-     "OVF memory 104857599998951424 bytes is out of range (1 MiB to 16 TiB)"),
+     "OVF memory: 99999999999 x 'MegaBytes' is more than 16.00 TiB"),
     (("<rasd:cpu_per_socket>2</rasd:cpu_per_socket>",
       "<rasd:cpu_per_socket>0</rasd:cpu_per_socket>"),
      "OVF cpu_per_socket 0 is out of range (1 to 4096)"),

@@ -180,12 +180,24 @@ def test_vm_from_ovf_requires_disks(connection, vm_with_disk):
     vm, vm_service, disk, _ = vm_with_disk
     ovf = vm_service.get(all_content=True).initialization.configuration.data
     vms = connection.system_service().vms_service()
-    copy = vms.add(types.Vm(name="from-ovf", cluster=types.Cluster(name="Default"),
-                            initialization=types.Initialization(configuration=types.Configuration(
-                                type=types.ConfigurationType.OVF, data=ovf))))
+
+    def from_ovf():
+        return vms.add(types.Vm(name="from-ovf", cluster=types.Cluster(name="Default"),
+                                initialization=types.Initialization(
+                                    configuration=types.Configuration(
+                                        type=types.ConfigurationType.OVF, data=ovf))))
+    # The disk is the VM's own: a second VM from its OVF may not take it.
+    with pytest.raises(sdk.Error) as e:
+        from_ovf()
+    assert e.value.code == 409 and "attached to a VM or template already" in str(e.value)
+    atts = vm_service.disk_attachments_service()
+    atts.attachment_service(disk.id).remove()
+    copy = from_ovf()
     svc = vms.vm_service(copy.id)
     assert [a.disk.id for a in svc.disk_attachments_service().list()] == [disk.id]
     svc.remove(detach_only=True)
+    atts.add(types.DiskAttachment(disk=types.Disk(id=disk.id), bootable=True, active=True,
+                                  interface=types.DiskInterface.VIRTIO_SCSI))
     with pytest.raises(sdk.Error) as e:
         vms.add(types.Vm(name="broken", cluster=types.Cluster(name="Default"),
                          initialization=types.Initialization(configuration=types.Configuration(

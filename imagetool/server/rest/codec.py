@@ -17,6 +17,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from imagetool import xmlsafe
 from imagetool.server.rest.errors import ApiError
 from imagetool.server.rest.validate import check_id
 
@@ -218,9 +219,13 @@ def _json_depth(doc: Any) -> int:
 
 def _xml_read(body: bytes) -> ET.Element:
     """Parse an XML body, refusing DTDs (entity expansion) and deep nesting."""
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+    try:
+        xmlsafe.check_no_dtd(body)      # in any encoding, UTF-16 included
+    except xmlsafe.DtdRefused:
         raise _bad("Cannot parse XML request body: document type declarations "
-                   "are not accepted")
+                   "are not accepted") from None
+    except xmlsafe.XmlRefused:
+        pass                            # the parser below says what is wrong
     parser = ET.XMLPullParser(events=("start", "end"))
     depth = 0
     root = None

@@ -4,15 +4,18 @@ DiskSection whose ``fileRef`` is ``<disk-id>/<image-id>``)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
+from imagetool import xmlsafe
 from imagetool.ova import ovfvm
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
+from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
 from imagetool.server.rest import vmsettings
-from imagetool.server.rest.router import Request, bad_request
-from imagetool.server.rest.validate import check_id
+from imagetool.server.rest.router import Request, bad_request, conflict
+from imagetool.server.rest.validate import check_id, shown
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
@@ -28,16 +31,19 @@ def build_ovf(req: Request, vm: dict) -> str:
         disk = store.get("disk", att["disk_id"])
         if disk is None:
             continue
-        href = f"{disk['id']}/{disk['image_id']}"
-        refs.append(f'<File ovf:href="{href}" ovf:id="{disk["image_id"]}" '
-                    f'ovf:size="{disk["provisioned_size"]}" ovf:description="{escape(disk["name"])}"/>')
+        href = _a(f"{disk['id']}/{disk['image_id']}")
+        refs.append(f'<File ovf:href="{href}" ovf:id="{_a(disk["image_id"])}" '
+                    f'ovf:size="{_a(disk["provisioned_size"])}" '
+                    f'ovf:description="{_a(disk["name"])}"/>')
         fmt = _QCOW_URL if disk["format"] == "cow" else _RAW_URL
         disks_xml.append(
-            f'<Disk ovf:diskId="{disk["image_id"]}" ovf:size="{-(-disk["provisioned_size"] // (1 << 30))}" '
-            f'ovf:capacity="{disk["provisioned_size"]}" ovf:fileRef="{href}" '
+            f'<Disk ovf:diskId="{_a(disk["image_id"])}" '
+            f'ovf:size="{-(-disk["provisioned_size"] // (1 << 30))}" '
+            f'ovf:capacity="{_a(disk["provisioned_size"])}" ovf:fileRef="{href}" '
             f'ovf:format="{fmt}" ovf:volume-format="{"COW" if disk["format"] == "cow" else "RAW"}" '
-            f'ovf:disk-interface="{att.get("interface", "virtio_scsi").upper()}" '
-            f'ovf:boot="{str(att.get("bootable", False)).lower()}" ovf:disk-alias="{escape(disk["name"])}" '
+            f'ovf:disk-interface="{_a(att.get("interface", "virtio_scsi").upper())}" '
+            f'ovf:boot="{str(att.get("bootable", False)).lower()}" '
+            f'ovf:disk-alias="{_a(disk["name"])}" '
             f'ovf:disk_storage_type="IMAGE" ovf:cinder_volume_type=""/>')
         items.append(_drive_item(disk, disk["image_id"], vmsettings.boot_order(att, i),
                                  req.engine.datacenter_id, att.get("active", True)))
@@ -48,24 +54,25 @@ def _drive_item(disk: dict, vol_id: str, boot_order: int, pool_id: str,
                 plugged: bool = True) -> str:
     """The VirtualHardwareSection item of a disk whose active volume is ``vol_id``."""
     return (f"<Item><rasd:Caption>{escape(disk['name'])}</rasd:Caption>"
-            f"<rasd:InstanceId>{vol_id}</rasd:InstanceId>"
+            f"<rasd:InstanceId>{escape(vol_id)}</rasd:InstanceId>"
             f"<rasd:ResourceType>17</rasd:ResourceType>"
-            f"<rasd:HostResource>{disk['id']}/{vol_id}</rasd:HostResource>"
+            f"<rasd:HostResource>{escape(disk['id'])}/{escape(vol_id)}</rasd:HostResource>"
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
-            f"<rasd:ApplicationList/><rasd:StorageId>{disk['sd_id']}</rasd:StorageId>"
-            f"<rasd:StoragePoolId>{pool_id}</rasd:StoragePoolId>"
+            f"<rasd:ApplicationList/><rasd:StorageId>{escape(disk['sd_id'])}</rasd:StorageId>"
+            f"<rasd:StoragePoolId>{escape(pool_id)}</rasd:StoragePoolId>"
             f"<rasd:CreationDate/><rasd:LastModified/><rasd:last_modified_date/>"
-            f"<BootOrder>{boot_order}</BootOrder>"
+            f"<BootOrder>{int(boot_order)}</BootOrder>"
             f"<IsPlugged>{str(bool(plugged)).lower()}</IsPlugged></Item>")
 
 
 def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str],
               settings: OvfVm, cluster: str = "Default", snapshots: str = "") -> str:
-    """The OVF document around its files, disks and drive items, with the
-    VM's ``settings`` (imagetool.ova.ovfvm); ``cluster`` and the
-    ``snapshots`` section go in as given (each caller escapes them as its
-    OVF always has)."""
-    memory_mb = vm.get("memory", 1 << 30) >> 20
+    """The OVF document around its files, disks and drive items (XML the
+    callers built, every value in it escaped), with the VM's ``settings``
+    (imagetool.ova.ovfvm, which escapes what it writes); ``cluster`` is
+    plain text, escaped here like every value of ``vm``: this OVF is read
+    back by ``POST /vms``."""
+    memory_mb = int(vm.get("memory", 1 << 30)) >> 20
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<ovf:Envelope xmlns:ovf="{OVF_NS}" '
@@ -81,7 +88,7 @@ def _envelope(vm: dict, refs: list[str], disks_xml: list[str], items: list[str],
         f"<Description>{escape(vm.get('description') or '')}</Description>"
         f"{ovfvm.vm_elements(settings)}"
         f"<TemplateId>{BLANK}</TemplateId><TemplateName>Blank</TemplateName>"
-        f"<VmType>1</VmType><ClusterName>{cluster}</ClusterName>"
+        f"<VmType>1</VmType><ClusterName>{escape(cluster)}</ClusterName>"
         f"{ovfvm.os_section(settings, vm['id'], ova=False)}"
         f'<Section xsi:type="ovf:VirtualHardwareSection_Type">'
         f"<Info>{(settings.sockets or 1) * (settings.cores or 1) * (settings.threads or 1)} "
@@ -99,17 +106,22 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
     fileRef is the image id and the disk id is ``Disk/@ovf:diskId``.
     """
     try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise bad_request(f"Cannot parse the OVF: {e}") from None
+        root = xmlsafe.parse(data)
+    except xmlsafe.XmlRefused as e:
+        raise bad_request(f"Cannot read the OVF: {e}") from None
     name = None
     ids = []
+    listed = _disk_section_disks(root)
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
         if tag == "Name" and name is None:
             name = (el.text or "").strip() or None
         if tag == "Disk":
             attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
+            if id(el) not in listed:
+                raise bad_request("Cannot add from the OVF: a Disk element outside the "
+                                  "DiskSection (disk "
+                                  f"{shown(attrs.get('diskId') or attrs.get('fileRef') or '', 100)})")
             if kind == "ova":
                 ref_ = attrs.get("diskId") or ""
             else:
@@ -119,8 +131,37 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
     return name, list(dict.fromkeys(check_id(i, "OVF disk") for i in ids if i))
 
 
-def _a(value) -> str:
-    return escape(str(value), {'"': "&quot;"})
+def _disk_section_disks(root: ET.Element) -> set[int]:
+    """``id()`` of the Disk elements of the OVF's DiskSection (``DiskSection``
+    or ``Section xsi:type="ovf:DiskSection_Type"``), the only ones that
+    describe the VM's disks (DMTF DSP0243)."""
+    out = set()
+    for sec in root.iter():
+        tag = _local(sec.tag)
+        xsi_type = next((v for k, v in sec.attrib.items() if _local(k) == "type"), "")
+        if tag == "DiskSection" or (tag == "Section" and xsi_type.endswith("DiskSection_Type")):
+            out.update(id(c) for c in sec if _local(c.tag) == "Disk")
+    return out
+
+
+def check_unowned(store, disk_ids: list[str], action: str) -> None:
+    """409 when a disk a new VM or template would get (named by its OVF or
+    its attachments) is attached to a VM or template already: removing the
+    new one would delete that disk with it.
+    """
+    owners = {}
+    for kind in ("vm", "template"):
+        for owner in store.list(kind):
+            for a in owner.get("attachments", []):
+                owners.setdefault(a["disk_id"], f"{kind} {owner['name']}")
+    busy = [f"{d} ({owners[d]})" for d in disk_ids if d in owners]
+    if busy:
+        raise conflict(action, f"Disks {', '.join(busy)} are attached to a VM or "
+                               "template already; a new one gets only disks of its own.")
+
+
+# Attribute values (and text), escaped as every value an OVF writer puts in.
+_a = xmlsafe.text
 
 
 def build_export_ovf(vm: dict, disks: list[dict], settings: OvfVm,
@@ -145,17 +186,17 @@ def build_export_ovf(vm: dict, disks: list[dict], settings: OvfVm,
         for vol in entry["volumes"]:
             href = f"{disk['id']}/{vol['id']}"
             gib = -(-disk["provisioned_size"] // (1 << 30))
-            refs.append(f'<File ovf:href="{href}" ovf:id="{vol["id"]}" '
-                        f'ovf:size="{disk["provisioned_size"]}" '
+            refs.append(f'<File ovf:href="{_a(href)}" ovf:id="{_a(vol["id"])}" '
+                        f'ovf:size="{_a(disk["provisioned_size"])}" '
                         f'ovf:description="{_a(disk["name"])}" ovf:disk_storage_type="IMAGE" '
                         f'ovf:cinder_volume_type=""/>')
             parent = f"{disk['id']}/{vol['parent_id']}" if vol.get("parent_id") else ""
             cow = vol["format"] == "cow"
             disk_xml.append(
-                f'<Disk ovf:diskId="{vol["id"]}" ovf:size="{gib}" ovf:actual_size="{gib}" '
-                f'ovf:capacity="{disk["provisioned_size"]}" '
-                f'ovf:vm_snapshot_id="{vol.get("snapshot_id") or vm["active_snapshot_id"]}" '
-                f'ovf:parentRef="{parent}" ovf:fileRef="{href}" '
+                f'<Disk ovf:diskId="{_a(vol["id"])}" ovf:size="{gib}" ovf:actual_size="{gib}" '
+                f'ovf:capacity="{_a(disk["provisioned_size"])}" '
+                f'ovf:vm_snapshot_id="{_a(vol.get("snapshot_id") or vm["active_snapshot_id"])}" '
+                f'ovf:parentRef="{_a(parent)}" ovf:fileRef="{_a(href)}" '
                 f'ovf:format="{_QCOW_URL if cow else _RAW_URL}" '
                 f'ovf:volume-format="{"COW" if cow else "RAW"}" '
                 f'ovf:volume-type="{"Sparse" if disk.get("sparse", True) else "Preallocated"}" '
@@ -170,18 +211,36 @@ def build_export_ovf(vm: dict, disks: list[dict], settings: OvfVm,
         items.append(_drive_item(disk, top["id"], vmsettings.boot_order(att, i), BLANK,
                                  att.get("active", True)))
     snaps_xml = [
-        f'<Snapshot ovf:id="{vm["active_snapshot_id"]}"><Type>ACTIVE</Type>'
+        f'<Snapshot ovf:id="{_a(vm["active_snapshot_id"])}"><Type>ACTIVE</Type>'
         f"<Description>Active VM</Description><CreationDate/></Snapshot>"]
     for s in snapshots.values():
-        snaps_xml.append(f'<Snapshot ovf:id="{s["id"]}"><Type>REGULAR</Type>'
+        snaps_xml.append(f'<Snapshot ovf:id="{_a(s["id"])}"><Type>REGULAR</Type>'
                          f"<Description>{escape(s['description'])}</Description>"
-                         f"<CreationDate>{s.get('date') or ''}</CreationDate></Snapshot>")
-    return _envelope(vm, refs, disk_xml, items, settings, escape(cluster_name),
+                         f"<CreationDate>{escape(str(s.get('date') or ''))}</CreationDate>"
+                         "</Snapshot>")
+    return _envelope(vm, refs, disk_xml, items, settings, cluster_name,
                      f'<Section xsi:type="ovf:SnapshotsSection_Type">{"".join(snaps_xml)}</Section>')
 
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+def _number(value: str | None) -> bool:
+    """A non-negative integer of at most 20 digits (sizes in an OVF)."""
+    return bool(value) and re.fullmatch(r"\d{1,20}", value) is not None
+
+
+def _capacity(attrs: dict) -> int:
+    """Bytes of an export OVF's Disk: ``ovf:capacity`` (bytes unless its
+    units say otherwise), else ``ovf:size`` (GiB); at most 8 TiB."""
+    if attrs.get("capacity"):
+        value, units = attrs["capacity"], attrs.get("capacityAllocationUnits")
+    else:
+        value, units = attrs.get("size") or "1", "byte * 2^30"
+    if not _number(value):
+        raise ValueError(f"disk capacity {value[:24]!r} is not a number")
+    return scaled(int(value), units, MAX_DISK_BYTES)
 
 
 def parse_export_ovf(text: str) -> dict:
@@ -196,9 +255,9 @@ def parse_export_ovf(text: str) -> dict:
     ValueError (the OVF comes from a directory other tools write too).
     """
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ValueError(f"cannot parse the OVF: {e}") from None
+        root = xmlsafe.parse(text)
+    except xmlsafe.XmlRefused as e:
+        raise ValueError(f"the OVF is refused: {e}") from None
     out: dict = {"id": None, "name": None, "description": "", "memory": 1 << 30,
                  "os_type": "other", "disks": {}, "snapshots": []}
     vols: dict[str, dict] = {}
@@ -216,8 +275,10 @@ def parse_export_ovf(text: str) -> dict:
             out["os_type"] = (desc or "other").strip() or "other"
         elif tag == "Item":
             kids = {_local(c.tag): (c.text or "").strip() for c in el}
-            if kids.get("ResourceType") == "4" and kids.get("VirtualQuantity", "").isdigit():
-                out["memory"] = int(kids["VirtualQuantity"]) << 20
+            if kids.get("ResourceType") == "4" and _number(kids.get("VirtualQuantity")):
+                out["memory"] = scaled(int(kids["VirtualQuantity"]),
+                                       kids.get("AllocationUnits") or "byte * 2^20",
+                                       MAX_MEMORY_BYTES)
         elif tag == "Disk":
             file_ref = attrs.get("fileRef", "")
             if file_ref.count("/") != 1:
@@ -235,8 +296,7 @@ def parse_export_ovf(text: str) -> dict:
                 "interface": (attrs.get("disk-interface") or "VirtIO_SCSI").lower(),
                 "bootable": attrs.get("boot") == "true",
                 "sparse": attrs.get("volume-type", "Sparse") != "Preallocated",
-                "capacity": int(attrs["capacity"]) if attrs.get("capacity", "").isdigit()
-                else int(attrs.get("size", "1") or 1) << 30,
+                "capacity": _capacity(attrs),
             }
         elif tag == "Snapshot":
             kids = {_local(c.tag): (c.text or "").strip() for c in el}

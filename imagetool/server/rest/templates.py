@@ -17,7 +17,7 @@ from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, iso_date, list_members,
                                           record_job, ref, search_filter, sub_links)
-from imagetool.server.rest.ovf import BLANK, ovf_disk_ids
+from imagetool.server.rest.ovf import BLANK, check_unowned, ovf_disk_ids
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
 from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
@@ -138,13 +138,7 @@ def add_template(req: Request) -> Reply:
                 raise bad_request(f"Cannot add Template from OVF: disks "
                                   f"{', '.join(missing_ids)} do not exist; upload them "
                                   "first with the ids the OVF names")
-            used = {a["disk_id"] for owner in (*engine.store.list("vm"),
-                                               *engine.store.list("template"))
-                    for a in owner.get("attachments", [])}
-            busy = [d for d in disk_ids if d in used]
-            if busy:
-                raise conflict("add Template", f"Disks {', '.join(busy)} are attached "
-                                               "to a VM or template.")
+            check_unowned(engine.store, disk_ids, "add Template")
             atts = [{"disk_id": d, "interface": "virtio_scsi", "bootable": i == 0}
                     for i, d in enumerate(disk_ids)]
             source = {}

@@ -13,7 +13,7 @@ import time
 
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
-from imagetool.server.rest.ovf import BLANK, build_ovf, ovf_disk_ids
+from imagetool.server.rest.ovf import BLANK, build_ovf, check_unowned, ovf_disk_ids
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
                                           list_members, record_job, ref, search_filter,
@@ -121,8 +121,10 @@ def add_vm(req: Request) -> Reply:
     attachments = [_attachment_from(req, a, "add") for a in get_list(data, "disk_attachments")]
     settings = None
     if ovf:
-        settings = vmsettings.read_ovf(ovf, ovf_kind)
+        # The OVF's structure first (no DTD, no disk outside the DiskSection),
+        # then the settings it gives.
         ovf_name, disk_ids = ovf_disk_ids(ovf, ovf_kind)
+        settings = vmsettings.read_ovf(ovf, ovf_kind)
         name = name or check_text(ovf_name, "OVF Name")
         missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
         if missing_ids:
@@ -141,8 +143,10 @@ def add_vm(req: Request) -> Reply:
           "description": "", "created": time.time(),
           "memory": vmsettings.DEFAULT_MEMORY, "os_type": "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
-    notes = _apply_settings(engine, vm, settings, given)
-    engine.store.put("vm", vm)
+    with engine.store.transaction():
+        # One transaction: a refusal also undoes the networks the NICs created.
+        notes = _apply_settings(engine, vm, settings, given)
+        _put_new_vm(engine, vm)
     record_job(engine, f"Creating VM {name}", ["Adding VM", *notes])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
 
@@ -154,6 +158,15 @@ def _apply_settings(engine, vm: dict, ovf, given) -> list[str]:
     notes = vmsettings.apply(engine, vm, settings)
     vmsettings.check_memory(vm)
     return [f"Not kept from the OVF: {n}" for n in notes]
+
+
+def _put_new_vm(engine, vm: dict) -> None:
+    """Store a new VM; the disks it attaches, named by its OVF or its
+    ``disk_attachments``, must be no VM's or template's (checked in the same
+    transaction, so two VMs cannot both take a disk)."""
+    with engine.store.transaction():
+        check_unowned(engine.store, [a["disk_id"] for a in vm["attachments"]], "add VM")
+        engine.store.put("vm", vm)
 
 
 def update_vm(req: Request, vm_id: str) -> Reply:
