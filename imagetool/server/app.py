@@ -27,6 +27,7 @@ from imagetool.server.dirty import DirtyTracker
 from imagetool.server.rest import codec, root
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
+from imagetool.server.rest.validate import escaped
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
@@ -359,7 +360,7 @@ class EngineServer:
     def _fault(self, e: ApiError, fmt: str) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": f"application/{fmt};charset=UTF-8", **e.headers}
         # A detail may quote client input: escape what XML cannot carry.
-        detail = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in e.detail)
+        detail = escaped(e.detail)
         body = codec.render("fault", {"reason": e.reason, "detail": detail}, fmt)
         return e.status, headers, body
 

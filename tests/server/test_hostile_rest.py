@@ -639,3 +639,91 @@ def test_a_slow_client_is_cut_off(tmp_path):
         assert box.request("GET", "disks")[0] == 200
     finally:
         box.stop()
+
+
+# --- 10. texts the engine echoes back ----------------------------------------------
+
+def new_vm(box, name: str, fmt: str = "raw", backup: str = "none") -> tuple[str, str]:
+    """(vm id, disk id) of a new VM with one new 1 MiB disk."""
+    status, _, body = box.request("POST", "disks", disk_json(name=f"{name}-d", format=fmt,
+                                                             backup=backup),
+                                  "application/json")
+    assert status == 201, body
+    disk_id = ET.fromstring(body).get("id")
+    status, _, body = box.request("POST", "vms", json.dumps(
+        {"name": name, "disk_attachments": {"disk_attachment": [{"disk": {"id": disk_id}}]}}),
+        "application/json")
+    assert status == 201, body
+    return ET.fromstring(body).get("id"), disk_id
+
+
+def sdk_jobs(box) -> list[str]:
+    """Job descriptions as the real SDK lists them (it parses the XML)."""
+    sdk = pytest.importorskip("ovirtsdk4")
+    con = sdk.Connection(url=box.eng.url, username="admin@internal", password=PASSWORD,
+                         ca_file=box.eng.cafile)
+    try:
+        return [j.description for j in con.system_service().jobs_service().list()]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("field,value,detail", [
+    ("filename", "\x01\x1b", "Value of 'filename' contains the character '\\x01': only "
+                             "printable text is allowed"),
+    ("filename", "a\u0085b.ova", "Value of 'filename' contains the character '\\x85': only "
+                                 "printable text is allowed"),
+    ("directory", "EXP/\x7f", "Value of 'directory' contains the character '\\x7f': only "
+                              "printable text is allowed"),
+])
+def test_export_to_path_refuses_control_characters(tmp_path, field, value, detail):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    box = Box(tmp_path, export_dirs=[str(exp)])
+    try:
+        vm_id, disk_id = new_vm(box, "echo")
+        before, jobs = box.outside(), sdk_jobs(box)
+        doc = {"host": {"name": "local"}, "directory": str(exp), "filename": "ok.ova"}
+        doc[field] = value.replace("EXP", str(exp))
+        st, reason, got = fault(box.request("POST", f"vms/{vm_id}/export", json.dumps(doc),
+                                            "application/json"), box)
+        assert (st, reason, got) == (400, "Invalid value", detail)
+        assert box.outside() == before and os.listdir(exp) == []
+        assert sdk_jobs(box) == jobs       # the SDK still reads the jobs listing
+        status, _, body = box.request("GET", f"disks/{disk_id}")
+        assert ET.fromstring(body).findtext("status") == "ok"
+    finally:
+        box.stop()
+
+
+def test_attachment_interface_is_checked_before_anything_is_made(box, guard):
+    dirs = disk_dirs(box)
+    body = json.dumps({"name": "iface", "disk_attachments": {"disk_attachment": [
+        {"interface": "virtio\x1b", "disk": {"name": "inline", "format": "raw",
+                                             "provisioned_size": 1 << 20}}]}})
+    st, _, detail = fault(box.request("POST", "vms", body, "application/json"), box)
+    assert (st, detail) == (400, "Invalid value 'virtio\\x1b' for interface: expected one "
+                                 "of ide, sata, spapr_vscsi, virtio, virtio_scsi")
+    assert disk_dirs(box) == dirs
+    status, _, body = box.request("GET", "vms")
+    assert "iface" not in [v.findtext("name") for v in ET.fromstring(body).findall("vm")]
+
+
+def test_stored_control_characters_never_break_a_listing(tmp_path):
+    # An inventory written before the door checked a text (or a name read
+    # from an OVF file) still lists: XML-illegal characters are escaped,
+    # and a job records its description escaped.
+    box = Box(tmp_path)
+    try:
+        from imagetool.server.jobs import record_job
+        job = record_job(box.eng.server.store, "Exporting To /x/\x01\x1b", ["s\x00"])
+        assert job["description"] == "Exporting To /x/\\x01\\x1b"
+        job = dict(job, id="00000000-0000-0000-0000-0000000000aa",
+                   description="old \x01\x1b\ud800")
+        box.eng.server.store.put("job", job)
+        assert "old \\x01\\x1b\\ud800" in sdk_jobs(box)
+        status, _, body = box.request("GET", f"jobs/{job['id']}/steps")
+        assert status == 200
+        assert [s.findtext("description") for s in ET.fromstring(body)] == ["s\\x00"]
+    finally:
+        box.stop()

@@ -83,8 +83,18 @@ def _find_vm(req: Request, vm_id: str) -> dict:
     return get_or_404(req, "vm", vm_id, "VM")
 
 
+def _interface(data: dict) -> str | None:
+    """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
+    interface = get_str(data, "interface")
+    if interface is not None and interface not in INTERFACES:
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(INTERFACES)}")
+    return interface
+
+
 def _attachment_from(req: Request, data: dict, action: str) -> dict:
     """An attachment dict from a <disk_attachment>; creates an inline new disk."""
+    interface = _interface(data) or "virtio_scsi"     # checked before a disk is made
     disk_ref = get_obj(data, "disk")
     if disk_ref is None:
         raise missing("DiskAttachment", action, "disk.id")
@@ -97,7 +107,7 @@ def _attachment_from(req: Request, data: dict, action: str) -> dict:
                       req.engine, req.user, (None, disk_ref))
         disk_id = disks_mod.add_disk(sub).body["id"]
     disk = get_or_404(req, "disk", disk_id, "disk")
-    return {"disk_id": disk["id"], "interface": get_str(data, "interface") or "virtio_scsi",
+    return {"disk_id": disk["id"], "interface": interface,
             "bootable": bool(get_bool(data, "bootable")),
             "active": get_bool(data, "active") is not False}
 
@@ -325,10 +335,7 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     disk itself (``disk.provisioned_size`` extends it, ``disk.name`` renames it)."""
     engine = req.engine
     data = req.data()
-    interface = get_str(data, "interface")
-    if interface is not None and interface not in INTERFACES:
-        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(INTERFACES)}")
+    interface = _interface(data)
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
         att = next((a for a in vm["attachments"] if a["disk_id"] == disk_id), None)
