@@ -22,6 +22,7 @@ from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from imagetool.server import backups
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
 from imagetool.server.rest import codec, root
@@ -110,7 +111,8 @@ class EngineServer:
                  finished_ttl: float = 300.0, login_delay: float = 1.0,
                  max_connections: int = MAX_CONNECTIONS,
                  request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1,
-                 export_dirs: list[str] | tuple[str, ...] = ()) -> None:
+                 export_dirs: list[str] | tuple[str, ...] = (),
+                 backup_timeout: float = backups.BACKUP_TIMEOUT) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         self.data_dir = os.path.abspath(data_dir)
@@ -155,6 +157,9 @@ class EngineServer:
         # Writes since each checkpoint, for incremental backups.
         self.dirty = DirtyTracker(self.data_dir)
         self.transfers.dirty = self.dirty
+        # A VM backup with no activity this long is ended (server/backups.py).
+        self.backup_timeout = backup_timeout
+        self.transfers.ticks.append(lambda: backups.expire(self))
         self.pki = None
         self.ssl_context: ssl.SSLContext | None = None
         if tls:
@@ -231,6 +236,8 @@ class EngineServer:
         # the first one's live transfers.
         self._dir_lock = _try_lock(os.path.join(self.data_dir, "engine.lock"))
         self.transfers.start(recover=self._dir_lock is not None)
+        if self._dir_lock is not None:
+            backups.recover(self)
         httpd = _HttpServer((self.host, self._port), _Handler)
         httpd.setup_limits(self.max_connections, self.request_timeout)
         if self.ssl_context is not None:

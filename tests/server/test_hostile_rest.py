@@ -727,3 +727,101 @@ def test_stored_control_characters_never_break_a_listing(tmp_path):
         assert [s.findtext("description") for s in ET.fromstring(body)] == ["s\\x00"]
     finally:
         box.stop()
+
+
+# --- 11. backups nobody finalizes ----------------------------------------------------
+
+def post(box, path: str, doc: dict) -> tuple[int, ET.Element | bytes]:
+    status, _, body = box.request("POST", path, json.dumps(doc), "application/json")
+    return status, (ET.fromstring(body) if body.startswith(b"<") else body)
+
+
+def start_backup(box, vm_id: str, disk_id: str) -> str:
+    status, body = post(box, f"vms/{vm_id}/backups", {"disks": {"disk": [{"id": disk_id}]}})
+    assert status == 201, ET.tostring(body)
+    return body.get("id")
+
+
+def backup_phase(box, vm_id: str, bid: str) -> str:
+    status, _, body = box.request("GET", f"vms/{vm_id}/backups/{bid}")
+    assert status == 200, body
+    return ET.fromstring(body).findtext("phase")
+
+
+def wait_backup(box, vm_id: str, bid: str, phases: set[str], timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (phase := backup_phase(box, vm_id, bid)) not in phases:
+        assert time.monotonic() < deadline, f"backup {bid} stays {phase}"
+        time.sleep(0.1)
+    return phase
+
+
+def test_an_idle_backup_ends_and_the_next_one_starts(tmp_path):
+    box = Box(tmp_path, backup_timeout=1.0)
+    try:
+        vm_id, disk_id = new_vm(box, "idle", fmt="cow", backup="incremental")
+        _, _, body = box.request("GET", f"disks/{disk_id}/disksnapshots")
+        layers = len(ET.fromstring(body))
+        bid = start_backup(box, vm_id, disk_id)
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+        # The frozen layer is merged back, the checkpoint dropped.
+        _, _, body = box.request("GET", f"disks/{disk_id}/disksnapshots")
+        assert len(ET.fromstring(body)) == layers
+        _, _, body = box.request("GET", f"vms/{vm_id}/checkpoints")
+        assert len(ET.fromstring(body)) == 0
+        bid2 = start_backup(box, vm_id, disk_id)
+        assert post(box, f"vms/{vm_id}/backups/{bid2}/finalize", {})[0] == 200
+        assert backup_phase(box, vm_id, bid2) == "succeeded"
+    finally:
+        box.stop()
+
+
+def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
+    box = Box(tmp_path, backup_timeout=0.5)
+    try:
+        vm_id, disk_id = new_vm(box, "busy", fmt="cow", backup="incremental")
+        bid = start_backup(box, vm_id, disk_id)
+        status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw",
+                                                 "inactivity_timeout": 60})
+        assert status == 201
+        time.sleep(1.5)
+        assert backup_phase(box, vm_id, bid) == "ready"
+        assert post(box, f"imagetransfers/{t.get('id')}/finalize", {})[0] == 200
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+    finally:
+        box.stop()
+
+
+@pytest.mark.parametrize("with_transfer", [False, True], ids=["ready", "transferring"])
+def test_a_backup_left_by_a_dead_engine_is_ended_at_start(tmp_path, with_transfer):
+    # The engine dies mid-backup (stopped without finalizing: the inventory
+    # is as a kill -9 leaves it) and starts again on the same data dir: the
+    # backup ends (failed) and a new checkpoint backup of the VM starts.
+    box = Box(tmp_path)
+    vm_id, disk_id = new_vm(box, "crash", fmt="cow", backup="incremental")
+    bid = start_backup(box, vm_id, disk_id)
+    status, _ = post(box, f"vms/{vm_id}/backups/{bid}/finalize", {})
+    assert status == 200
+    bid = start_backup(box, vm_id, disk_id)        # a checkpoint backup, left running
+    if with_transfer:
+        status, _ = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw"})
+        assert status == 201
+    box.stop()
+    box.eng = LocalEngine(box.data, password=PASSWORD, finished_ttl=60.0)
+    box.eng.start()
+    try:
+        parts = urlsplit(box.eng.url)
+        box.host, box.port = parts.hostname, parts.port
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+        _, _, body = box.request("GET", f"vms/{vm_id}/checkpoints")
+        [cp] = [c.get("id") for c in ET.fromstring(body)]
+        status, body = post(box, f"vms/{vm_id}/backups", {"from_checkpoint_id": cp,
+                                                          "disks": {"disk": [{"id": disk_id}]}})
+        assert status == 201, body
+        assert post(box, f"vms/{vm_id}/backups/{body.get('id')}/finalize", {})[0] == 200
+        status, _, body = box.request("GET", f"disks/{disk_id}")
+        assert ET.fromstring(body).findtext("status") == "ok"
+    finally:
+        box.stop()
