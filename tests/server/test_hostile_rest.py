@@ -825,3 +825,37 @@ def test_a_backup_left_by_a_dead_engine_is_ended_at_start(tmp_path, with_transfe
         assert ET.fromstring(body).findtext("status") == "ok"
     finally:
         box.stop()
+
+
+# --- 12. what a backup or a transfer holds ------------------------------------------
+
+def test_a_vm_or_disk_under_a_backup_is_not_removed(box, guard):
+    vm_id, disk_id = new_vm(box, "held")
+    bid = start_backup(box, vm_id, disk_id)
+    assert wait_backup(box, vm_id, bid, {"ready"}) == "ready"
+    dirs = disk_dirs(box)
+    held = f"is being backed up (backup {bid}, phase ready): finalize the backup first."
+    for method, path, detail in [
+            ("DELETE", f"vms/{vm_id}", f"Cannot remove VM. VM held {held}"),
+            ("DELETE", f"vms/{vm_id}?detach_only=true", f"Cannot remove VM. VM held {held}"),
+            ("DELETE", f"vms/{vm_id}/diskattachments/{disk_id}",
+             f"Cannot detach Virtual Disk. Disk held-d {held}"),
+            ("DELETE", f"disks/{disk_id}", f"Cannot remove Virtual Disk. Disk held-d {held}")]:
+        st, _, got = fault(box.request(method, path), box)
+        assert (st, got) == (409, f"[{detail}]"), path
+    assert disk_dirs(box) == dirs
+    status, _, body = box.request("GET", f"vms/{vm_id}/diskattachments")
+    assert [a.get("id") for a in ET.fromstring(body)] == [disk_id]
+    assert post(box, f"vms/{vm_id}/backups/{bid}/finalize", {})[0] == 200
+    # A transfer holds the disk as well (it is locked).
+    status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "direction": "download"})
+    assert status == 201
+    st, _, got = fault(box.request("DELETE", f"vms/{vm_id}"), box)
+    assert (st, got) == (409, "[Cannot remove VM. Disk held-d is locked. Please try again "
+                              "later.]")
+    assert post(box, f"imagetransfers/{t.get('id')}/cancel", {})[0] == 200
+    deadline = time.monotonic() + 20
+    while box.request("DELETE", f"vms/{vm_id}")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert disk_dirs(box) == dirs - {d for d in dirs if d.endswith(disk_id)}

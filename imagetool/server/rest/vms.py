@@ -289,9 +289,11 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
         disks = disks_mod.attached_disks(engine, vm)
+        disks_mod.check_not_backed_up(engine, "remove VM", vm=vm)
         for d in disks:
             if d["status"] == "locked":
                 disks_mod.check_usable(d, "remove VM")
+            disks_mod.check_not_backed_up(engine, "remove VM", disk=d)
         for snap in engine.store.list("snapshot", lambda s: s["vm_id"] == vm_id):
             engine.store.delete("snapshot", snap["id"])
         engine.store.delete("vm", vm_id)
@@ -363,6 +365,8 @@ def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
         left = [a for a in vm["attachments"] if a["disk_id"] != disk_id]
         if len(left) == len(vm["attachments"]):
             raise not_found(f"disk attachment '{disk_id}'")
+        disks_mod.check_not_backed_up(engine, "detach Virtual Disk",
+                                      disk=engine.store.get("disk", disk_id))
         vm["attachments"] = left
         engine.store.put("vm", vm)
     return Reply(status=200)
