@@ -859,3 +859,45 @@ def test_a_vm_or_disk_under_a_backup_is_not_removed(box, guard):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert disk_dirs(box) == dirs - {d for d in dirs if d.endswith(disk_id)}
+
+
+@pytest.mark.slow
+def test_clone_from_a_snapshot_being_removed_is_409_or_404_never_500(tmp_path):
+    # Both at once, six times: one wins, the other is refused cleanly, and
+    # a clone that was made reads as the snapshot did.
+    box = Box(tmp_path)
+    try:
+        outcomes = set()
+        for i in range(6):
+            vm_id, disk_id = new_vm(box, f"race{i}", fmt="cow")
+            status, snap = post(box, f"vms/{vm_id}/snapshots", {"description": f"s{i}"})
+            assert status == 201
+            snap_id = snap.get("id")
+            replies = {}
+
+            def clone():
+                replies["clone"] = box.request("POST", "vms", json.dumps(
+                    {"name": f"clone{i}", "cluster": {"name": "Default"},
+                     "snapshots": {"snapshot": [{"id": snap_id}]}}), "application/json")
+
+            def remove():
+                replies["remove"] = box.request("DELETE", f"vms/{vm_id}/snapshots/{snap_id}")
+
+            threads = [threading.Thread(target=clone), threading.Thread(target=remove)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            c, r = replies["clone"][0], replies["remove"][0]
+            for reply in replies.values():
+                if reply[0] >= 400:
+                    fault(reply, box)
+            assert c in (201, 404, 409) and r in (200, 409), (c, r, replies)
+            assert (c, r) != (409, 409)
+            outcomes.add((c, r))
+            status, _, body = box.request("GET", f"disks/{disk_id}")
+            assert ET.fromstring(body).findtext("status") == "ok"
+        assert outcomes
+    finally:
+        box.stop()
+

@@ -203,19 +203,40 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
         raise missing("VM", "add", "snapshots.snapshot.id")
     if not name:
         raise missing("VM", "add", "name, cluster.id|name")
-    snap = store.get("snapshot", snap_id)
-    if snap is None:
-        raise not_found(f"snapshot '{snap_id}'")
-    source = _find_vm(req, snap["vm_id"])
-    if any(v["name"] == name for v in store.list("vm")):
-        raise conflict("add VM", f"The VM name {name} is already in use.")
-    if vm_id and store.get("vm", vm_id):
-        raise conflict("add VM", f"A VM with id {vm_id} already exists.")
+    # The source disks are locked from the plan to the end of the copy: a
+    # snapshot removed (its layers merged) or any other change of their
+    # chains meanwhile would pull volumes from under the copy. Whatever
+    # comes first wins: the other one gets a 404 (the snapshot is gone) or
+    # a 409 (the disks are locked).
     with store.transaction():
+        snap = store.get("snapshot", snap_id)
+        if snap is None:
+            raise not_found(f"snapshot '{snap_id}'")
+        source = _find_vm(req, snap["vm_id"])
+        if any(v["name"] == name for v in store.list("vm")):
+            raise conflict("add VM", f"The VM name {name} is already in use.")
+        if vm_id and store.get("vm", vm_id):
+            raise conflict("add VM", f"A VM with id {vm_id} already exists.")
         disks = {d: get_or_404(req, "disk", d, "disk") for d in snap["volumes"]}
         for d in disks.values():
             disks_mod.check_usable(d, "clone VM from Snapshot")
         plan = [(d, chain_to(store, d, snap["volumes"][d["id"]])) for d in disks.values()]
+        for d in disks.values():
+            store.update("disk", d["id"], status="locked")
+    try:
+        return _copy_snapshot_disks(req, name, description, vm_id, snap, source, plan)
+    finally:
+        with store.transaction():
+            for d in disks.values():
+                if (store.get("disk", d["id"]) or {}).get("status") == "locked":
+                    store.update("disk", d["id"], status="ok")
+
+
+def _copy_snapshot_disks(req: Request, name: str, description: str | None,
+                         vm_id: str | None, snap: dict, source: dict, plan: list) -> Reply:
+    """The copy of a clone from a snapshot, its source disks locked."""
+    engine = req.engine
+    store, st = engine.store, engine.storage
     made: list[tuple[dict, dict, dict]] = []
     pending = None
     try:
@@ -247,10 +268,19 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
           "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
           "active_snapshot_id": new_id(), "ovf": None}
     with store.transaction():
-        for disk, vol, _ in made:
-            store.put("volume", vol)
-            store.put("disk", disk)
-        store.put("vm", vm)
+        taken = (f"The VM name {name} is already in use." if any(
+            v["name"] == name for v in store.list("vm")) else
+            f"A VM with id {vm_id} already exists." if vm_id and store.get("vm", vm_id)
+            else None)
+        if taken is None:   # else another request took the name or id meanwhile
+            for disk, vol, _ in made:
+                store.put("volume", vol)
+                store.put("disk", disk)
+            store.put("vm", vm)
+    if taken is not None:
+        for disk, _, _ in made:
+            st.remove_disk(disk["sd_id"], disk["id"])
+        raise conflict("add VM", taken)
     record_job(engine, f"Creating VM {name} from Snapshot {snap['description']}",
                [f"Copying disk {disk['name']}" for disk, _, _ in made])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
