@@ -196,8 +196,12 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
             transfers = store.list("transfer", lambda t: t.get("backup_id") == b["id"])
             if any(t["phase"] not in FINISHED for t in transfers):
                 continue
-            last = max([b.get("modified") or b["created"]]
+            # Finished transfers are forgotten after a while: their last
+            # activity is kept on the backup.
+            last = max([b.get("modified") or b["created"], b.get("active_at") or 0]
                        + [t.get("finished_at") or t["created"] for t in transfers])
+            if last > (b.get("active_at") or 0) and transfers:
+                b = store.update("backup", b["id"], active_at=last)
             idle = (now or time.time()) - last
             if not b.get("abandoned") and idle <= timeout:
                 continue

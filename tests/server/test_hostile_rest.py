@@ -793,6 +793,34 @@ def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
         box.stop()
 
 
+def test_a_forgotten_transfer_still_counts_as_activity(tmp_path):
+    # Finished transfers are dropped after finished_ttl; the backup's idle
+    # clock still starts at the end of its last transfer.
+    from imagetool.server import backups as bk
+    box = Box(tmp_path, backup_timeout=100.0)
+    try:
+        server = box.eng.server
+        vm_id, disk_id = new_vm(box, "ttl", fmt="cow", backup="incremental")
+        bid = start_backup(box, vm_id, disk_id)
+        status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw"})
+        assert status == 201
+        assert post(box, f"imagetransfers/{t.get('id')}/finalize", {})[0] == 200
+        deadline = time.monotonic() + 20
+        while server.store.get("transfer", t.get("id"))["phase"] != "finished_success":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        since = server.store.get("backup", bid)["modified"]
+        server.store.update("transfer", t.get("id"), finished_at=since + 80)
+        assert bk.expire(server, vm_id, now=since + 90) == []
+        server.store.delete("transfer", t.get("id"))        # as finished_ttl does
+        assert bk.expire(server, vm_id, now=since + 150) == []
+        assert bk.expire(server, vm_id, now=since + 181) == [bid]
+        assert backup_phase(box, vm_id, bid) == "failed"
+    finally:
+        box.stop()
+
+
 @pytest.mark.parametrize("with_transfer", [False, True], ids=["ready", "transferring"])
 def test_a_backup_left_by_a_dead_engine_is_ended_at_start(tmp_path, with_transfer):
     # The engine dies mid-backup (stopped without finalizing: the inventory
