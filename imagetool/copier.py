@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 from imagetool.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
 from imagetool.formats.base import Backend, Extent, merge_extents
+from imagetool.threads import Worker, wait_all
 
 MiB = 1 << 20
 DEFAULT_REQUEST_SIZE = 8 * MiB
@@ -345,9 +346,7 @@ def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
                 if item[1] is not None:
                     free.put(item[1])
 
-    helper = threading.Thread(target=writer, name=threading.current_thread().name + "-w",
-                              daemon=True)
-    helper.start()
+    helper = Worker(writer, name=threading.current_thread().name + "-w").start()
     try:
         while True:
             req = work.get()
@@ -367,7 +366,7 @@ def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
         run.fail(e)
     finally:
         writes.put(None)
-        helper.join()
+        wait_all([helper])
 
 
 def _flush(run: _Run, dst: Backend) -> None:
@@ -437,7 +436,7 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     zeros = memoryview(bytes(request_size)).toreadonly()
     # A short queue is enough to keep workers busy and keeps the plan lazy.
     work: queue.Queue = queue.Queue(maxsize=workers * 4)
-    threads: list[threading.Thread] = []
+    threads: list[Worker] = []
     clones: list[tuple[Backend, Backend]] = []
     zero_op: str | None = None      # what becomes of data reading as zeros
     gran = (zero_granularity or request_size
@@ -472,10 +471,9 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
             clones.append((s, d))
             pairs.append((s, d))
         for i, (s, d) in enumerate(pairs):
-            t = threading.Thread(target=run_worker, args=(s, d),
-                                 name=f"copy-worker-{i}", daemon=True)
+            t = Worker(run_worker, s, d, name=f"copy-worker-{i}")
+            threads.append(t)       # listed before it can run (see _finish)
             t.start()
-            threads.append(t)
         requests = plan(itertools.chain([first] if first else [], extents),
                         request_size=request_size, dst_is_zero=dst_is_zero,
                         dst_zero=dst_zero, over_backing=over_backing)
@@ -518,8 +516,14 @@ def copy_local(src: Backend, dst: Backend, **kwargs: Any) -> CopyStats:
     return stats
 
 
-def _finish(run: _Run, work: "queue.Queue", threads, clones) -> None:
-    """Stop the workers (one sentinel each), wait, close the clones."""
+def _finish(run: _Run, work: "queue.Queue", threads: list[Worker], clones) -> None:
+    """Stop the workers (one sentinel each), wait, close the clones.
+
+    A Ctrl-C landing here is remembered (``run.fail``) and the shutdown
+    goes on: the clones are closed only once every worker is over, which
+    is waited for on the workers' events (``imagetool.threads``), so an
+    interrupted wait cannot make a running worker look ended.
+    """
     if run.stop.is_set():
         # Drop queued work so the sentinels fit and workers exit soon.
         while True:
@@ -527,21 +531,18 @@ def _finish(run: _Run, work: "queue.Queue", threads, clones) -> None:
                 work.get_nowait()
             except queue.Empty:
                 break
-    for _ in threads:
-        while True:
-            try:
-                work.put(None, timeout=0.1)
+    sent = 0
+    while sent < len(threads):
+        try:
+            work.put(None, timeout=0.1)
+            sent += 1
+        except queue.Full:
+            # Workers leave without a sentinel once the copy stopped.
+            if all(t.done() for t in threads):
                 break
-            except queue.Full:
-                if not any(t.is_alive() for t in threads):
-                    break
-    for t in threads:
-        # KeyboardInterrupt while joining: remember it, keep shutting down.
-        while t.is_alive():
-            try:
-                t.join(0.5)
-            except BaseException as e:
-                run.fail(e)
+        except BaseException as e:  # noqa: B036 - Ctrl-C: remember it, keep shutting down
+            run.fail(e)
+    wait_all(threads, on_interrupt=run.fail)
     for s, d in clones:
         for b in (s, d):
             try:

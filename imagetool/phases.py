@@ -19,7 +19,14 @@ from __future__ import annotations
 from enum import Enum
 
 
-class Phase(str, Enum):
+class _Named(str, Enum):
+    """An enum member that compares, hashes and prints as its name."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Phase(_Named):
     """An ImageTransfer phase; compares and hashes equal to its name."""
 
     UNKNOWN = "unknown"
@@ -37,9 +44,6 @@ class Phase(str, Enum):
     FINISHED_SUCCESS = "finished_success"
     FINISHED_FAILURE = "finished_failure"
     FINISHED_CLEANUP = "finished_cleanup"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 P = Phase
@@ -95,11 +99,51 @@ def can_transition(old: str, new: str) -> bool:
     Staying in a phase is always allowed (fields other than the phase
     change); an unknown phase allows nothing.
     """
-    if old == new:
-        return True
-    return new in TRANSITIONS.get(old, frozenset())  # type: ignore[call-overload]
+    return _allowed(TRANSITIONS, old, new)
+
+
+def _allowed(table: dict, old: str, new: str) -> bool:
+    return old == new or new in table.get(old, frozenset())
 
 
 def ordered(phases: frozenset[Phase] | set[str]) -> list[Phase]:
     """``phases`` in the enum's order, for stable messages."""
     return [p for p in Phase if p in phases]
+
+
+class BackupPhase(_Named):
+    """A VM backup's phase (``BackupPhase`` of the oVirt REST API guide);
+    compares and hashes equal to its name."""
+
+    INITIALIZING = "initializing"
+    STARTING = "starting"
+    READY = "ready"
+    FINALIZING = "finalizing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+B = BackupPhase
+
+# The backup holds its VM and disks: frozen layers, a pending checkpoint.
+BACKUP_RUNNING = frozenset({B.INITIALIZING, B.STARTING, B.READY, B.FINALIZING})
+BACKUP_ENDED = frozenset({B.SUCCEEDED, B.FAILED})
+
+# Every move the local engine makes. A backup ends through finalizing,
+# whoever ends it: the client's finalize, the inactivity timeout, or the
+# start after a crash (which may find it in any running phase, finalizing
+# included, and merges again).
+BACKUP_TRANSITIONS: dict[BackupPhase, frozenset[BackupPhase]] = {
+    B.INITIALIZING: frozenset({B.READY, B.FINALIZING}),
+    B.STARTING: frozenset({B.READY, B.FINALIZING}),
+    B.READY: frozenset({B.FINALIZING}),
+    B.FINALIZING: frozenset({B.SUCCEEDED, B.FAILED}),
+    B.SUCCEEDED: frozenset(),
+    B.FAILED: frozenset(),
+}
+
+
+def can_move_backup(old: str, new: str) -> bool:
+    """Whether the local engine may move a backup from ``old`` to ``new``
+    (staying is allowed; an unknown phase allows nothing)."""
+    return _allowed(BACKUP_TRANSITIONS, old, new)

@@ -216,6 +216,23 @@ def test_transition_table():
     assert targets <= set(phases.TRANSITIONS)
 
 
+def test_backup_transition_table():
+    B = phases.BackupPhase
+    assert phases.can_move_backup("initializing", "ready")
+    assert phases.can_move_backup("ready", "finalizing")
+    assert phases.can_move_backup("ready", "ready")                  # fields only
+    assert not phases.can_move_backup("ready", "succeeded")          # only by finalizing
+    assert not phases.can_move_backup("failed", "ready")
+    assert not phases.can_move_backup("no-such-phase", "ready")
+    # Ended backups never move; every running one can be ended (timeout, restart).
+    for p in phases.BACKUP_ENDED:
+        assert phases.BACKUP_TRANSITIONS[p] == frozenset()
+    for p in phases.BACKUP_RUNNING - {B.FINALIZING}:
+        assert B.FINALIZING in phases.BACKUP_TRANSITIONS[p]
+    assert phases.BACKUP_TRANSITIONS[B.FINALIZING] == phases.BACKUP_ENDED
+    assert set(B) == phases.BACKUP_RUNNING | phases.BACKUP_ENDED == set(phases.BACKUP_TRANSITIONS)
+
+
 # --- imagetool.imageio.protocol ------------------------------------------------
 
 @pytest.mark.parametrize("text, value", [("0", 0), ("4194304", 4194304)])

@@ -22,6 +22,7 @@ from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from imagetool.server import backups
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
 from imagetool.server import jobs
@@ -29,6 +30,7 @@ from imagetool.server.rest import codec, root
 from imagetool.server.rest.jobs import correlation_id
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
+from imagetool.server.rest.validate import escaped
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
@@ -122,7 +124,8 @@ class EngineServer:
                  max_connections: int = MAX_CONNECTIONS,
                  request_timeout: float = REQUEST_TIMEOUT, hosts: int = 1,
                  export_dirs: list[str] | tuple[str, ...] = (),
-                 storage_dirs: list[str] | tuple[str, ...] = ()) -> None:
+                 storage_dirs: list[str] | tuple[str, ...] = (),
+                 backup_timeout: float = backups.BACKUP_TIMEOUT) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         self.data_dir = os.path.abspath(data_dir)
@@ -166,6 +169,9 @@ class EngineServer:
         # Writes since each checkpoint, for incremental backups.
         self.dirty = DirtyTracker(self.data_dir)
         self.transfers.dirty = self.dirty
+        # A VM backup with no activity this long is ended (server/backups.py).
+        self.backup_timeout = backup_timeout
+        self.transfers.ticks.append(lambda: backups.expire(self))
         self.pki = None
         self.ssl_context: ssl.SSLContext | None = None
         if tls:
@@ -242,6 +248,8 @@ class EngineServer:
         # the first one's live transfers.
         self._dir_lock = _try_lock(os.path.join(self.data_dir, "engine.lock"))
         self.transfers.start(recover=self._dir_lock is not None)
+        if self._dir_lock is not None:
+            backups.recover(self)
         httpd = _HttpServer((self.host, self._port), _Handler)
         httpd.setup_limits(self.max_connections, self.request_timeout)
         if self.ssl_context is not None:
@@ -376,7 +384,7 @@ class EngineServer:
     def _fault(self, e: ApiError, fmt: str) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": f"application/{fmt};charset=UTF-8", **e.headers}
         # A detail may quote client input: escape what XML cannot carry.
-        detail = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in e.detail)
+        detail = escaped(e.detail)
         body = codec.render("fault", {"reason": e.reason, "detail": detail}, fmt)
         return e.status, headers, body
 

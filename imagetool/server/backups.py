@@ -10,17 +10,32 @@ Finalizing merges that layer back. A new checkpoint starts tracking writes
 (``server/dirty.py``) at the same moment; an incremental disk's dirty
 ranges are those of ``from_checkpoint_id`` frozen then. Only disks with
 ``backup=incremental`` take part in checkpoints, as on the engine.
+
+Phases move as ``imagetool.phases.BACKUP_TRANSITIONS`` allows (``_set``
+refuses anything else). A backup nobody finalizes must not hold its VM
+for ever: one with no activity (no transfer of it running, none ended,
+no phase change) for the engine's ``backup_timeout`` ends like a
+premature finalize (layers merged back, checkpoint dropped, ``failed``),
+as an idle image transfer is cancelled; so does one a previous run of
+the engine left running (``recover``). Both are done by the transfer
+monitor's tick (``expire``), and by a new backup of the same VM before
+it checks that none runs.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
-from imagetool.phases import FINISHED
+from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.storage import new_id
 
-RUNNING = ("initializing", "starting", "ready", "finalizing")
+log = logging.getLogger(__name__)
+
+RUNNING = BACKUP_RUNNING
+# Seconds a backup may see no activity before it is ended (serve's default).
+BACKUP_TIMEOUT = 600.0
 
 
 class BackupError(Exception):
@@ -48,6 +63,7 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
             raise BackupError(400, f"Cannot backup VM: disk {d} is not attached to the VM")
     if len(set(disk_ids)) != len(disk_ids):
         raise BackupError(400, "Cannot backup VM: a disk is given twice")
+    expire(engine, vm["id"])
     if any(b["vm_id"] == vm["id"] and b["phase"] in RUNNING for b in store.list("backup")):
         raise BackupError(409, "Cannot backup VM. A backup of the VM is already running.")
     if backup_id and store.get("backup", backup_id):
@@ -91,8 +107,12 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
     return doc
 
 
-def _set(engine, bid: str, phase: str) -> dict | None:
-    return engine.store.update("backup", bid, phase=phase, modified=time.time())
+def _set(engine, bid: str, phase: str, **fields) -> dict | None:
+    new = BackupPhase(phase)
+    old = engine.store.get("backup", bid)["phase"]
+    if not can_move_backup(old, new):
+        raise RuntimeError(f"backup {bid}: no move from phase {old} to {new}")
+    return engine.store.update("backup", bid, phase=new.value, modified=time.time(), **fields)
 
 
 def _freeze(engine, disk: dict, now: float) -> str:
@@ -109,16 +129,29 @@ def finalize(engine, vm_id: str, bid: str) -> dict:
     """Merge the frozen layers back and end the backup (``succeeded``)."""
     store = engine.store
     b = store.get("backup", bid)
-    if b["phase"] in ("succeeded", "failed", "finalizing"):
+    if b["phase"] not in RUNNING or b["phase"] == BackupPhase.FINALIZING:
         return b
-    busy = [t for t in store.list("transfer", lambda t: t.get("backup_id") == bid)
-            if t["phase"] not in FINISHED]
-    if busy:
+    if _busy(engine, bid):
         raise BackupError(409, "Cannot stop VM backup. The VM backup has active image "
                                "transfers; finalize them first.")
-    premature = b["phase"] != "ready"
-    _set(engine, bid, "finalizing")
-    ok = not premature
+    return _end(engine, b, ok=b["phase"] == BackupPhase.READY)
+
+
+def _busy(engine, bid: str) -> list[dict]:
+    """The backup's transfers that have not finished."""
+    return [t for t in engine.store.list("transfer", lambda t: t.get("backup_id") == bid)
+            if t["phase"] not in FINISHED]
+
+
+def _end(engine, b: dict, ok: bool) -> dict:
+    """Merge the frozen layers back; ``succeeded`` when ``ok`` and every merge
+    worked, else ``failed`` with the new checkpoint dropped. Call under the
+    store's transaction. A backup found in finalizing (the engine stopped
+    mid-merge) is merged again: layers already merged are gone."""
+    store, bid = engine.store, b["id"]
+    if b["phase"] != BackupPhase.FINALIZING:
+        b = _set(engine, bid, "finalizing", finalize_ok=ok)
+    ok = bool(b.get("finalize_ok", ok))
     for disk_id, vol_id in b["frozen"].items():
         d = store.get("disk", disk_id)
         if d is None or store.get("volume", vol_id) is None:
@@ -135,6 +168,49 @@ def finalize(engine, vm_id: str, bid: str) -> dict:
         else:
             remove_checkpoint(engine, cp)
     return _set(engine, bid, "succeeded" if ok else "failed")
+
+
+def recover(engine) -> None:
+    """Mark the backups a previous run of the engine left running: their
+    client is gone with their transfers, so ``expire`` ends them (failed)
+    once those transfers are settled."""
+    with engine.store.transaction():
+        for b in engine.store.list("backup", lambda b: b["phase"] in RUNNING):
+            engine.store.update("backup", b["id"], abandoned=True)
+
+
+def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[str]:
+    """End the running backups (of ``vm_id``, or all) that a previous run
+    left or that saw no activity for ``engine.backup_timeout`` seconds;
+    a backup with a transfer still running waits for it (the transfer has
+    its own inactivity timeout). The ids of the backups ended."""
+    store = engine.store
+    timeout = getattr(engine, "backup_timeout", BACKUP_TIMEOUT)
+    ended = []
+    for b in store.list("backup", lambda b: b["phase"] in RUNNING
+                        and (vm_id is None or b["vm_id"] == vm_id)):
+        with store.transaction():
+            b = store.get("backup", b["id"])
+            if b is None or b["phase"] not in RUNNING:
+                continue
+            transfers = store.list("transfer", lambda t: t.get("backup_id") == b["id"])
+            if any(t["phase"] not in FINISHED for t in transfers):
+                continue
+            # Finished transfers are forgotten after a while: their last
+            # activity is kept on the backup.
+            last = max([b.get("modified") or b["created"], b.get("active_at") or 0]
+                       + [t.get("finished_at") or t["created"] for t in transfers])
+            if last > (b.get("active_at") or 0) and transfers:
+                b = store.update("backup", b["id"], active_at=last)
+            idle = (now or time.time()) - last
+            if not b.get("abandoned") and idle <= timeout:
+                continue
+            why = ("left running by a previous run of the engine" if b.get("abandoned")
+                   else f"no activity for {idle:.0f} s")
+            log.warning("backup %s of VM %s: %s; ending it", b["id"], b["vm_id"], why)
+            _end(engine, b, ok=False)
+            ended.append(b["id"])
+    return ended
 
 
 def remove_checkpoint(engine, cp: dict) -> None:

@@ -21,6 +21,7 @@ from imagetool.imageio import protocol
 from imagetool.server import dataplane_images as images
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
 from imagetool.server.tickets import Ticket, TicketRegistry
+from imagetool.threads import Worker, wait_all
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ class DataPlaneServer:
         self.buffer_size = buffer_size
         self._requested_port = port
         self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
+        self._accept_thread: Worker | None = None
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections: dict[socket.socket, Worker] = {}
         self._stopping = threading.Event()
         self.port = 0
 
@@ -93,9 +94,8 @@ class DataPlaneServer:
         self._listener = sock
         self.port = sock.getsockname()[1]
         self._stopping.clear()
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"dataplane-accept-{self.port}", daemon=True)
-        self._accept_thread.start()
+        self._accept_thread = Worker(self._accept_loop,
+                                     name=f"dataplane-accept-{self.port}").start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -103,7 +103,11 @@ class DataPlaneServer:
 
         Shutting the sockets down wakes every thread at once (accept() and
         recv() return); ``timeout`` only bounds a thread stuck elsewhere.
+        The waits are on the threads' events (``imagetool.threads``): a
+        Ctrl-C landing in them is raised once the stop is done, never
+        leaving a connection thread running unseen.
         """
+        interrupted: list[BaseException] = []
         self._stopping.set()
         if self._listener is not None:
             with suppress(OSError):
@@ -111,16 +115,17 @@ class DataPlaneServer:
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
         if self._accept_thread is not None:
-            self._accept_thread.join(timeout)
+            wait_all([self._accept_thread], timeout, on_interrupt=interrupted.append)
             self._accept_thread = None
         with self._lock:
             conns = list(self._connections.items())
         for sock, _ in conns:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        for _, thread in conns:
-            thread.join(timeout)
+        wait_all([w for _, w in conns], timeout, on_interrupt=interrupted.append)
         self._listener = None
+        if interrupted:
+            raise interrupted[0]
 
     def __enter__(self) -> "DataPlaneServer":
         return self.start()
@@ -169,8 +174,7 @@ class DataPlaneServer:
                 if refuse:
                     self._overflow += 1
                 elif not full:
-                    thread = threading.Thread(target=self._serve, args=(sock,),
-                                              name="dataplane-conn", daemon=True)
+                    thread = Worker(self._serve, sock, name="dataplane-conn")
                     self._connections[sock] = thread
             if refuse:
                 threading.Thread(target=self._refuse, args=(sock,),
@@ -218,8 +222,9 @@ class DataPlaneServer:
                 # The TLS socket took over the descriptor (``raw`` is detached
                 # and can no longer be shut down): stop() must find this one.
                 with self._lock:
-                    self._connections[sock] = self._connections.pop(
-                        raw, threading.current_thread())
+                    worker = self._connections.pop(raw, None)
+                    if worker is not None:
+                        self._connections[sock] = worker
                 if self._stopping.is_set():
                     return
                 try:

@@ -4,6 +4,10 @@ A long action (an image transfer, an OVA export) stores its job as
 ``started`` and ends it here when it is over; short actions store theirs
 already finished. The statuses are the oVirt
 REST API guide's JobStatus values.
+
+A description is built from names the REST door checked, but also from
+names read from files (an OVF on an export domain): whatever is not
+printable is escaped, so no job makes the jobs listing unreadable.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextvars
 import time
 from typing import Iterable
 
+from imagetool.server.rest.validate import escaped
 from imagetool.server.storage import new_id
 from imagetool.server.store import Store
 
@@ -29,12 +34,12 @@ def record_job(store: Store, description: str, steps: Iterable[str],
     now = time.time()
     start = start or now
     end = now if status != "started" else None
-    job = {"id": new_id(), "description": description, "status": status,
+    job = {"id": new_id(), "description": escaped(description), "status": status,
            "correlation_id": CORRELATION_ID.get(),
            "start_time": start, "end_time": end, "auto_cleared": True, "external": False,
            "steps": [{"id": new_id(), "description": s, "type": "executing", "number": i,
                       "status": status, "start_time": start, "end_time": end}
-                     for i, s in enumerate(steps)]}
+                     for i, s in enumerate(map(escaped, steps))]}
     store.put("job", job)
     return job
 

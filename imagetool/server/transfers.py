@@ -69,6 +69,8 @@ class TransferManager:
         self._monitor: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         self.dirty: Any = None        # server.dirty.DirtyTracker, set by the app
+        # More periodic work for the monitor (the app adds backups' expiry).
+        self.ticks: list[Callable[[], Any]] = []
 
     # --- lifecycle --------------------------------------------------------
 
@@ -486,10 +488,11 @@ class TransferManager:
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            try:
-                self._tick()
-            except Exception:  # the monitor must survive anything
-                log.exception("transfer monitor tick failed")
+            for tick in [self._tick, *self.ticks]:
+                try:
+                    tick()
+                except Exception:  # the monitor must survive anything
+                    log.exception("monitor tick %s failed", getattr(tick, "__name__", tick))
 
     def _tick(self) -> None:
         now = time.time()

@@ -6,11 +6,14 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 
 import pytest
 
+from fake_backends import MemBackend
 from helpers import MiB
 from imageio_daemon import scratch_dir
 from imagetool.formats.raw import RawBackend
@@ -372,3 +375,69 @@ def test_inactivity_drop_and_connection_count(env):
     assert _closed_by_server(c, timeout=30)
     assert _eventually(lambda: t.connections == 0, timeout=30)
     c.close()
+
+
+# --- stopping ----------------------------------------------------------------------
+
+class _GatedMem(MemBackend):
+    """A backend in memory whose reads wait for ``gate``; counts reads in
+    progress (not a RawBackend, which the data plane serves by sendfile)."""
+
+    gate = None
+    in_flight = 0
+
+    def read_into(self, offset, buf):
+        type(self).in_flight += 1
+        try:
+            self.gate.wait(30)
+            return super().read_into(offset, buf)
+        finally:
+            type(self).in_flight -= 1
+
+
+def test_ctrl_c_during_stop_waits_for_connections_then_raises(env):
+    # On Python 3.11 a Ctrl-C landing in Thread.join marks the running
+    # connection thread as ended: stop() returned (raising) with a request
+    # still reading the ticket's volume.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+
+    class Gated(_GatedMem):
+        gate = threading.Event()
+
+    ticket = Ticket(uuid=f"t-{os.urandom(6).hex()}", size=SIZE, ops=("read",),
+                    open_backend=lambda: Gated(env.data))
+    env.server.registry.add(ticket)
+    client = threading.Thread(target=lambda: suppress_errors(
+        env.request, "GET", f"/images/{ticket.uuid}"))
+    client.start()
+    assert _eventually(lambda: Gated.in_flight == 1)
+
+    def interrupt():
+        try:
+            time.sleep(0.3)         # stop() waits for the connection thread
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(1.0)
+        finally:
+            Gated.gate.set()
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    at_raise = None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            env.server.stop(timeout=20)
+        at_raise = Gated.in_flight
+    finally:
+        Gated.gate.set()
+        helper.join()
+        client.join()
+    assert at_raise == 0
+    assert env.server.connection_count == 0
+
+
+def suppress_errors(fn, *args):
+    try:
+        fn(*args)
+    except (OSError, http.client.HTTPException):
+        pass

@@ -642,3 +642,293 @@ def test_a_slow_client_is_cut_off(tmp_path):
         assert box.request("GET", "disks")[0] == 200
     finally:
         box.stop()
+
+
+# --- 10. texts the engine echoes back ----------------------------------------------
+
+def new_vm(box, name: str, fmt: str = "raw", backup: str = "none") -> tuple[str, str]:
+    """(vm id, disk id) of a new VM with one new 1 MiB disk."""
+    status, _, body = box.request("POST", "disks", disk_json(name=f"{name}-d", format=fmt,
+                                                             backup=backup),
+                                  "application/json")
+    assert status == 201, body
+    disk_id = ET.fromstring(body).get("id")
+    status, _, body = box.request("POST", "vms", json.dumps(
+        {"name": name, "disk_attachments": {"disk_attachment": [{"disk": {"id": disk_id}}]}}),
+        "application/json")
+    assert status == 201, body
+    return ET.fromstring(body).get("id"), disk_id
+
+
+def sdk_jobs(box) -> list[str]:
+    """Job descriptions as the real SDK lists them (it parses the XML)."""
+    sdk = pytest.importorskip("ovirtsdk4")
+    con = sdk.Connection(url=box.eng.url, username="admin@internal", password=PASSWORD,
+                         ca_file=box.eng.cafile)
+    try:
+        return [j.description for j in con.system_service().jobs_service().list()]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("field,value,detail", [
+    ("filename", "\x01\x1b", "Value of 'filename' contains the character '\\x01': only "
+                             "printable text is allowed"),
+    ("filename", "a\u0085b.ova", "Value of 'filename' contains the character '\\x85': only "
+                                 "printable text is allowed"),
+    ("directory", "EXP/\x7f", "Value of 'directory' contains the character '\\x7f': only "
+                              "printable text is allowed"),
+])
+def test_export_to_path_refuses_control_characters(tmp_path, field, value, detail):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    box = Box(tmp_path, export_dirs=[str(exp)])
+    try:
+        vm_id, disk_id = new_vm(box, "echo")
+        before, jobs = box.outside(), sdk_jobs(box)
+        doc = {"host": {"name": "local"}, "directory": str(exp), "filename": "ok.ova"}
+        doc[field] = value.replace("EXP", str(exp))
+        st, reason, got = fault(box.request("POST", f"vms/{vm_id}/export", json.dumps(doc),
+                                            "application/json"), box)
+        assert (st, reason, got) == (400, "Invalid value", detail)
+        assert box.outside() == before and os.listdir(exp) == []
+        assert sdk_jobs(box) == jobs       # the SDK still reads the jobs listing
+        status, _, body = box.request("GET", f"disks/{disk_id}")
+        assert ET.fromstring(body).findtext("status") == "ok"
+    finally:
+        box.stop()
+
+
+def test_attachment_interface_is_checked_before_anything_is_made(box, guard):
+    dirs = disk_dirs(box)
+    body = json.dumps({"name": "iface", "disk_attachments": {"disk_attachment": [
+        {"interface": "virtio\x1b", "disk": {"name": "inline", "format": "raw",
+                                             "provisioned_size": 1 << 20}}]}})
+    st, _, detail = fault(box.request("POST", "vms", body, "application/json"), box)
+    assert (st, detail) == (400, "Invalid value 'virtio\\x1b' for interface: expected one "
+                                 "of ide, sata, spapr_vscsi, virtio, virtio_scsi")
+    assert disk_dirs(box) == dirs
+    status, _, body = box.request("GET", "vms")
+    assert "iface" not in [v.findtext("name") for v in ET.fromstring(body).findall("vm")]
+
+
+def test_stored_control_characters_never_break_a_listing(tmp_path):
+    # An inventory written before the door checked a text (or a name read
+    # from an OVF file) still lists: XML-illegal characters are escaped,
+    # and a job records its description escaped.
+    box = Box(tmp_path)
+    try:
+        from imagetool.server.jobs import record_job
+        job = record_job(box.eng.server.store, "Exporting To /x/\x01\x1b", ["s\x00"])
+        assert job["description"] == "Exporting To /x/\\x01\\x1b"
+        job = dict(job, id="00000000-0000-0000-0000-0000000000aa",
+                   description="old \x01\x1b\ud800")
+        box.eng.server.store.put("job", job)
+        assert "old \\x01\\x1b\\ud800" in sdk_jobs(box)
+        status, _, body = box.request("GET", f"jobs/{job['id']}/steps")
+        assert status == 200
+        assert [s.findtext("description") for s in ET.fromstring(body)] == ["s\\x00"]
+    finally:
+        box.stop()
+
+
+# --- 11. backups nobody finalizes ----------------------------------------------------
+
+def post(box, path: str, doc: dict) -> tuple[int, ET.Element | bytes]:
+    status, _, body = box.request("POST", path, json.dumps(doc), "application/json")
+    return status, (ET.fromstring(body) if body.startswith(b"<") else body)
+
+
+def start_backup(box, vm_id: str, disk_id: str) -> str:
+    status, body = post(box, f"vms/{vm_id}/backups", {"disks": {"disk": [{"id": disk_id}]}})
+    assert status == 201, ET.tostring(body)
+    return body.get("id")
+
+
+def backup_phase(box, vm_id: str, bid: str) -> str:
+    status, _, body = box.request("GET", f"vms/{vm_id}/backups/{bid}")
+    assert status == 200, body
+    return ET.fromstring(body).findtext("phase")
+
+
+def wait_backup(box, vm_id: str, bid: str, phases: set[str], timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (phase := backup_phase(box, vm_id, bid)) not in phases:
+        assert time.monotonic() < deadline, f"backup {bid} stays {phase}"
+        time.sleep(0.1)
+    return phase
+
+
+def test_an_idle_backup_ends_and_the_next_one_starts(tmp_path):
+    box = Box(tmp_path, backup_timeout=1.0)
+    try:
+        vm_id, disk_id = new_vm(box, "idle", fmt="cow", backup="incremental")
+        _, _, body = box.request("GET", f"disks/{disk_id}/disksnapshots")
+        layers = len(ET.fromstring(body))
+        bid = start_backup(box, vm_id, disk_id)
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+        # The frozen layer is merged back, the checkpoint dropped.
+        _, _, body = box.request("GET", f"disks/{disk_id}/disksnapshots")
+        assert len(ET.fromstring(body)) == layers
+        _, _, body = box.request("GET", f"vms/{vm_id}/checkpoints")
+        assert len(ET.fromstring(body)) == 0
+        bid2 = start_backup(box, vm_id, disk_id)
+        assert post(box, f"vms/{vm_id}/backups/{bid2}/finalize", {})[0] == 200
+        assert backup_phase(box, vm_id, bid2) == "succeeded"
+    finally:
+        box.stop()
+
+
+def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
+    box = Box(tmp_path, backup_timeout=0.5)
+    try:
+        vm_id, disk_id = new_vm(box, "busy", fmt="cow", backup="incremental")
+        bid = start_backup(box, vm_id, disk_id)
+        status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw",
+                                                 "inactivity_timeout": 60})
+        assert status == 201
+        time.sleep(1.5)
+        assert backup_phase(box, vm_id, bid) == "ready"
+        assert post(box, f"imagetransfers/{t.get('id')}/finalize", {})[0] == 200
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+    finally:
+        box.stop()
+
+
+def test_a_forgotten_transfer_still_counts_as_activity(tmp_path):
+    # Finished transfers are dropped after finished_ttl; the backup's idle
+    # clock still starts at the end of its last transfer.
+    from imagetool.server import backups as bk
+    box = Box(tmp_path, backup_timeout=100.0)
+    try:
+        server = box.eng.server
+        vm_id, disk_id = new_vm(box, "ttl", fmt="cow", backup="incremental")
+        bid = start_backup(box, vm_id, disk_id)
+        status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw"})
+        assert status == 201
+        assert post(box, f"imagetransfers/{t.get('id')}/finalize", {})[0] == 200
+        deadline = time.monotonic() + 20
+        while server.store.get("transfer", t.get("id"))["phase"] != "finished_success":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        since = server.store.get("backup", bid)["modified"]
+        server.store.update("transfer", t.get("id"), finished_at=since + 80)
+        assert bk.expire(server, vm_id, now=since + 90) == []
+        server.store.delete("transfer", t.get("id"))        # as finished_ttl does
+        assert bk.expire(server, vm_id, now=since + 150) == []
+        assert bk.expire(server, vm_id, now=since + 181) == [bid]
+        assert backup_phase(box, vm_id, bid) == "failed"
+    finally:
+        box.stop()
+
+
+@pytest.mark.parametrize("with_transfer", [False, True], ids=["ready", "transferring"])
+def test_a_backup_left_by_a_dead_engine_is_ended_at_start(tmp_path, with_transfer):
+    # The engine dies mid-backup (stopped without finalizing: the inventory
+    # is as a kill -9 leaves it) and starts again on the same data dir: the
+    # backup ends (failed) and a new checkpoint backup of the VM starts.
+    box = Box(tmp_path)
+    vm_id, disk_id = new_vm(box, "crash", fmt="cow", backup="incremental")
+    bid = start_backup(box, vm_id, disk_id)
+    status, _ = post(box, f"vms/{vm_id}/backups/{bid}/finalize", {})
+    assert status == 200
+    bid = start_backup(box, vm_id, disk_id)        # a checkpoint backup, left running
+    if with_transfer:
+        status, _ = post(box, "imagetransfers", {"disk": {"id": disk_id}, "backup": {"id": bid},
+                                                 "direction": "download", "format": "raw"})
+        assert status == 201
+    box.stop()
+    box.eng = LocalEngine(box.data, password=PASSWORD, finished_ttl=60.0)
+    box.eng.start()
+    try:
+        parts = urlsplit(box.eng.url)
+        box.host, box.port = parts.hostname, parts.port
+        assert wait_backup(box, vm_id, bid, {"failed", "succeeded"}) == "failed"
+        _, _, body = box.request("GET", f"vms/{vm_id}/checkpoints")
+        [cp] = [c.get("id") for c in ET.fromstring(body)]
+        status, body = post(box, f"vms/{vm_id}/backups", {"from_checkpoint_id": cp,
+                                                          "disks": {"disk": [{"id": disk_id}]}})
+        assert status == 201, body
+        assert post(box, f"vms/{vm_id}/backups/{body.get('id')}/finalize", {})[0] == 200
+        status, _, body = box.request("GET", f"disks/{disk_id}")
+        assert ET.fromstring(body).findtext("status") == "ok"
+    finally:
+        box.stop()
+
+
+# --- 12. what a backup or a transfer holds ------------------------------------------
+
+def test_a_vm_or_disk_under_a_backup_is_not_removed(box, guard):
+    vm_id, disk_id = new_vm(box, "held")
+    bid = start_backup(box, vm_id, disk_id)
+    assert wait_backup(box, vm_id, bid, {"ready"}) == "ready"
+    dirs = disk_dirs(box)
+    held = f"is being backed up (backup {bid}, phase ready): finalize the backup first."
+    for method, path, detail in [
+            ("DELETE", f"vms/{vm_id}", f"Cannot remove VM. VM held {held}"),
+            ("DELETE", f"vms/{vm_id}?detach_only=true", f"Cannot remove VM. VM held {held}"),
+            ("DELETE", f"vms/{vm_id}/diskattachments/{disk_id}",
+             f"Cannot detach Virtual Disk. Disk held-d {held}"),
+            ("DELETE", f"disks/{disk_id}", f"Cannot remove Virtual Disk. Disk held-d {held}")]:
+        st, _, got = fault(box.request(method, path), box)
+        assert (st, got) == (409, f"[{detail}]"), path
+    assert disk_dirs(box) == dirs
+    status, _, body = box.request("GET", f"vms/{vm_id}/diskattachments")
+    assert [a.get("id") for a in ET.fromstring(body)] == [disk_id]
+    assert post(box, f"vms/{vm_id}/backups/{bid}/finalize", {})[0] == 200
+    # A transfer holds the disk as well (it is locked).
+    status, t = post(box, "imagetransfers", {"disk": {"id": disk_id}, "direction": "download"})
+    assert status == 201
+    st, _, got = fault(box.request("DELETE", f"vms/{vm_id}"), box)
+    assert (st, got) == (409, "[Cannot remove VM. Disk held-d is locked. Please try again "
+                              "later.]")
+    assert post(box, f"imagetransfers/{t.get('id')}/cancel", {})[0] == 200
+    deadline = time.monotonic() + 20
+    while box.request("DELETE", f"vms/{vm_id}")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert disk_dirs(box) == dirs - {d for d in dirs if d.endswith(disk_id)}
+
+
+@pytest.mark.slow
+def test_clone_from_a_snapshot_being_removed_is_409_or_404_never_500(tmp_path):
+    # Both at once, six times: one wins, the other is refused cleanly, and
+    # a clone that was made reads as the snapshot did.
+    box = Box(tmp_path)
+    try:
+        outcomes = set()
+        for i in range(6):
+            vm_id, disk_id = new_vm(box, f"race{i}", fmt="cow")
+            status, snap = post(box, f"vms/{vm_id}/snapshots", {"description": f"s{i}"})
+            assert status == 201
+            snap_id = snap.get("id")
+            replies = {}
+
+            def clone():
+                replies["clone"] = box.request("POST", "vms", json.dumps(
+                    {"name": f"clone{i}", "cluster": {"name": "Default"},
+                     "snapshots": {"snapshot": [{"id": snap_id}]}}), "application/json")
+
+            def remove():
+                replies["remove"] = box.request("DELETE", f"vms/{vm_id}/snapshots/{snap_id}")
+
+            threads = [threading.Thread(target=clone), threading.Thread(target=remove)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            c, r = replies["clone"][0], replies["remove"][0]
+            for reply in replies.values():
+                if reply[0] >= 400:
+                    fault(reply, box)
+            assert c in (201, 404, 409) and r in (200, 409), (c, r, replies)
+            assert (c, r) != (409, 409)
+            outcomes.add((c, r))
+            status, _, body = box.request("GET", f"disks/{disk_id}")
+            assert ET.fromstring(body).findtext("status") == "ok"
+        assert outcomes
+    finally:
+        box.stop()
+

@@ -281,6 +281,24 @@ def test_route_table_rows_are_unique_and_every_transfer_action_is_routed():
         handler, params = router.route("POST", f"/imagetransfers/{tid}/{name}")
         assert handler.__name__ == f"{name}_transfer" and params == {"tid": tid}
 
+
+def test_router_name_tables_have_no_duplicates():
+    # The tables of unimplemented services and actions are set literals: a
+    # name written twice collapses silently, hiding a typo for another name.
+    # Read from the source, as the running set cannot show it.
+    import ast
+
+    from imagetool.server.rest import router as router_mod
+    tree = ast.parse(open(router_mod.__file__).read())
+    tables = {node.targets[0].id: node.value for node in tree.body
+              if isinstance(node, ast.Assign) and isinstance(node.value, ast.Set)}
+    assert {"_UNIMPLEMENTED", "_PARENTS", "_SUBS", "_ACTIONS"} <= set(tables)
+    for name, literal in tables.items():
+        names = [ast.literal_eval(e) for e in literal.elts]
+        assert len(names) == len(set(names)), \
+            f"{name}: {sorted(n for n in names if names.count(n) > 1)}"
+
+
 def test_locked_disk_refuses_conflicting_operations(engine):
     disk_id = new_disk(engine, "locked")
     t = add_transfer(engine, disk_id)

@@ -310,3 +310,82 @@ def test_storage_dir_allows_domains_there_only(tmp_path, password_file):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _serve_and_connect(data, password_file):
+    """(serve process, SDK connection); the process is killed if the connection fails."""
+    proc, out = start_serve(data, password_file)
+    try:
+        return proc, connect(out["engine URL"], out["CA file"])
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _backup_phase(vm_service, backup_id: str, phases: set[str], timeout: float = 30.0):
+    """The backup once its phase is one of ``phases``."""
+    svc = vm_service.backups_service().backup_service(backup_id)
+    deadline = time.monotonic() + timeout
+    while (b := svc.get()).phase.value not in phases:
+        assert time.monotonic() < deadline, f"backup {backup_id} stays {b.phase}"
+        time.sleep(0.1)
+    return b
+
+
+def _full_backup(vm_service, disk_id: str, from_cp: str | None = None):
+    """A backup of the disk, ready (through the SDK)."""
+    b = vm_service.backups_service().add(types.Backup(
+        disks=[types.Disk(id=disk_id)], from_checkpoint_id=from_cp))
+    return _backup_phase(vm_service, b.id, {"ready"})
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_backup_then_the_next_backup_works(tmp_path, password_file):
+    """SIGKILL while a checkpoint backup is transferring; after the restart
+    the backup ends (failed, its checkpoint dropped) and the VM's next
+    checkpoint backup starts and finalizes (it was refused for good:
+    "A backup of the VM is already running")."""
+    data = tmp_path / "data"
+    proc, con = _serve_and_connect(data, password_file)
+    try:
+        system = con.system_service()
+        disk = system.disks_service().add(types.Disk(
+            name="kb", format=types.DiskFormat.COW, provisioned_size=4 * MiB,
+            backup=types.DiskBackup.INCREMENTAL,
+            storage_domains=[types.StorageDomain(name="data")]))
+        vm = system.vms_service().add(types.Vm(name="kb-vm",
+                                               cluster=types.Cluster(name="Default")))
+        vm_service = system.vms_service().vm_service(vm.id)
+        vm_service.disk_attachments_service().add(types.DiskAttachment(
+            disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI,
+            bootable=True, active=True))
+        first = _full_backup(vm_service, disk.id)
+        vm_service.backups_service().backup_service(first.id).finalize()
+        cp = _backup_phase(vm_service, first.id, {"succeeded"}).to_checkpoint_id
+        second = _full_backup(vm_service, disk.id, cp)
+        t = system.image_transfers_service().add(types.ImageTransfer(
+            disk=types.Disk(id=disk.id), backup=types.Backup(id=second.id),
+            direction=types.ImageTransferDirection.DOWNLOAD, format=types.DiskFormat.RAW))
+        wait_phase(con, t.id, ["transferring"])
+        con.close(logout=False)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc, con = _serve_and_connect(data, password_file)
+    try:
+        system = con.system_service()
+        vm_service = system.vms_service().vm_service(vm.id)
+        assert _backup_phase(vm_service, second.id, {"failed", "succeeded"}).phase.value \
+            == "failed"
+        assert [c.id for c in vm_service.checkpoints_service().list()] == [cp]
+        third = _full_backup(vm_service, disk.id, cp)
+        vm_service.backups_service().backup_service(third.id).finalize()
+        assert _backup_phase(vm_service, third.id, {"failed", "succeeded"}).phase.value \
+            == "succeeded"
+        assert system.disks_service().disk_service(disk.id).get().status == types.DiskStatus.OK
+        con.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -129,6 +131,81 @@ def test_exception_from_progress_stops_copy(tmp_path, src_path, overlap):
              progress=progress, overlap=overlap)
     # Stopped early: far fewer writes than requests in the plan.
     assert dst.stats["write"] < 8
+
+
+class GatedSource:
+    """A source whose reads block until its ``gate`` opens; the source and
+    its clones count reads in progress together and note a close while
+    any is. Each clone has a gate of its own."""
+
+    def __init__(self, size: int, shared: dict | None = None):
+        self.size = size
+        self.gate = threading.Event()
+        self.s = shared or {"lock": threading.Lock(), "in_flight": 0,
+                            "closed_mid_read": False, "clones": []}
+
+    def extents(self, context: str = "zero"):
+        return iter([Extent(0, self.size)])
+
+    def read_into(self, offset: int, buf) -> int:
+        with self.s["lock"]:
+            self.s["in_flight"] += 1
+        self.gate.wait(30)
+        with self.s["lock"]:
+            self.s["in_flight"] -= 1
+        buf[:] = bytes(len(buf))
+        return len(buf)
+
+    def clone(self) -> "GatedSource":
+        c = GatedSource(self.size, self.s)
+        self.s["clones"].append(c)
+        return c
+
+    def close(self) -> None:
+        with self.s["lock"]:
+            self.s["closed_mid_read"] |= self.s["in_flight"] > 0
+
+    def open_all(self) -> None:
+        for g in [self] + self.s["clones"]:
+            g.gate.set()
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+def test_ctrl_c_while_waiting_for_workers_waits_for_them(tmp_path, overlap):
+    # A Ctrl-C landing while copy() waits for its workers: on Python 3.11
+    # an interrupted Thread.join marked the running worker 0 as ended, and
+    # the copy closed the clones and returned under worker 0's read.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    src = GatedSource(4 * MiB)
+    at_return = {}
+
+    def interrupt():
+        try:
+            deadline = time.monotonic() + 10
+            while src.s["in_flight"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)             # the main thread waits for worker 0
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.3)
+            for c in src.s["clones"]:   # the other workers end first
+                c.gate.set()
+            time.sleep(1.0)
+        finally:
+            src.open_all()
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            copy(src, FileBackend(tmp_path / "dst.raw", "w", size=4 * MiB), workers=2,
+                 request_size=MiB, overlap=overlap)
+        at_return["in_flight"] = src.s["in_flight"]
+    finally:
+        src.open_all()
+        helper.join()
+    assert at_return["in_flight"] == 0
+    assert not src.s["closed_mid_read"]
 
 
 def test_cancel_event(tmp_path, src_path):

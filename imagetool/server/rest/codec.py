@@ -46,15 +46,26 @@ def _scalar(value: Any) -> str:
 
 # --- XML ------------------------------------------------------------------
 
+# Characters XML 1.0 cannot carry (its Char production): values are checked
+# at the door, but an inventory written before a check existed, or a name
+# read from a file, must not make a whole listing unreadable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(value: Any) -> str:
+    text = _scalar(value)
+    return _NOT_XML.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def _xml_fill(el: ET.Element, obj: dict) -> None:
     for key, value in obj.items():
         if value is None:
             continue
         if key in _ATTRS and not isinstance(value, (dict, list)):
-            el.set(key, _scalar(value))
+            el.set(key, _xml_text(value))
         elif key == "link":
             for link in value:
-                ET.SubElement(el, "link", {k: _scalar(v) for k, v in link.items()})
+                ET.SubElement(el, "link", {k: _xml_text(v) for k, v in link.items()})
         elif isinstance(value, list):
             wrapper = ET.SubElement(el, key)
             child_tag = singular(key)
@@ -69,7 +80,7 @@ def _xml_element(parent: ET.Element, tag: str, value: Any) -> None:
     if isinstance(value, dict):
         _xml_fill(child, value)
     else:
-        child.text = _scalar(value)
+        child.text = _xml_text(value)
 
 
 def to_xml(tag: str, obj: dict | list) -> bytes:

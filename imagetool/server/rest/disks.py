@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+from imagetool.phases import BACKUP_RUNNING
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, get_owned, get_stored, list_stored,
@@ -102,6 +103,21 @@ def check_usable(disk: dict, action: str) -> None:
         raise conflict(action, f"Disk {disk['name']} is locked. Please try again later.")
     if disk["status"] == "illegal":
         raise conflict(action, f"Disk {disk['name']} is in illegal state.")
+
+
+def check_not_backed_up(engine, action: str, vm: dict | None = None,
+                        disk: dict | None = None) -> None:
+    """409 while a VM backup holds ``vm`` or ``disk``: its frozen layers are
+    under the disk, and its client may still be reading them (oVirt engine:
+    a VM or disk in a running backup is locked)."""
+    for b in engine.store.list("backup", lambda b: b["phase"] in BACKUP_RUNNING):
+        if vm is not None and b["vm_id"] == vm["id"]:
+            raise conflict(action, f"VM {vm['name']} is being backed up (backup {b['id']}, "
+                                   f"phase {b['phase']}): finalize the backup first.")
+        if disk is not None and disk["id"] in b["disks"]:
+            raise conflict(action, f"Disk {disk['name']} is being backed up (backup "
+                                   f"{b['id']}, phase {b['phase']}): finalize the backup "
+                                   "first.")
 
 
 def check_active(sd: dict, action: str) -> None:
@@ -250,6 +266,7 @@ def remove_disk(req: Request, disk_id: str) -> Reply:
         disk = get_or_404(req, "disk", disk_id, "disk")
         if disk["status"] == "locked":
             check_usable(disk, "remove Virtual Disk")
+        check_not_backed_up(engine, "remove Virtual Disk", disk=disk)
         vms = [vm for vm in engine.store.list("vm")
                if any(a["disk_id"] == disk_id for a in vm.get("attachments", []))]
         if vms:

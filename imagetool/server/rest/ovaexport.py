@@ -35,6 +35,7 @@ from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict, missing,
                                           not_found)
+from imagetool.server.rest.validate import MAX_PATH, check_text
 from imagetool.server.storage import new_id
 
 ACTION = "export VM"
@@ -64,7 +65,8 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
     if not (get_str(host, "id") or get_str(host, "name")):
         raise missing("Action", "exportToPathOnHost", "host.id|name")
     find_host(req, get_str(host, "id"), get_str(host, "name"))
-    directory = get_str(data, "directory")
+    directory = check_text(get_str(data, "directory"), "directory", MAX_PATH)
+    filename = check_text(get_str(data, "filename"), "filename")
     if directory is None:
         raise missing("Action", "exportToPathOnHost", "directory")
     if len(directory) > 1 and directory.endswith("/"):
@@ -74,7 +76,7 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
         vm = store.get("vm", vm_id)
         if vm is None:
             raise not_found(f"VM '{vm_id}'")
-        filename = get_str(data, "filename") or f"{vm['name']}.ova"
+        filename = filename or f"{vm['name']}.ova"
         check_filename(filename)
         if vm.get("preview"):
             raise conflict(ACTION, f"VM {vm['name']} is previewing a snapshot: commit or "

@@ -118,8 +118,8 @@ _PARENTS = {"vms", "hosts", "storagedomains", "disks", "datacenters", "clusters"
             "imagetransfers"}
 _SUBS = {"cdroms", "files", "templates", "storageconnections", "networks", "hooks",
          "fenceagents", "nics", "graphicsconsoles", "hostdevices", "numanodes",
-            "permissions", "reporteddevices", "sessions", "statistics", "tags",
-            "watchdogs", "applications", "affinitylabels", "katelloerrata"}
+         "permissions", "reporteddevices", "sessions", "statistics", "tags",
+         "watchdogs", "applications", "affinitylabels", "katelloerrata"}
 
 
 # Actions of the oVirt REST API on implemented entities that the local engine does not do.

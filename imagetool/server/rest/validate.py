@@ -23,6 +23,8 @@ from imagetool.server.rest.errors import ApiError, bad_request, conflict
 # descriptions get more room.
 MAX_NAME = 255
 MAX_DESCRIPTION = 4000
+# A host path (a directory of an export to path): Linux's PATH_MAX.
+MAX_PATH = 4096
 
 # The largest provisioned size of a disk: 8 TiB. Both kinds of volume can
 # serve it: a raw volume is a sparse file (ext4 with 4 KiB blocks caps a
@@ -36,6 +38,15 @@ def shown(value: str, limit: int = 64) -> str:
     """``value`` quoted for a fault detail: ASCII only, control characters escaped."""
     text = ascii(value[:limit])
     return text + ("..." if len(value) > limit else "")
+
+
+def escaped(text: str) -> str:
+    """``text`` with every character that is not printable written as its
+    Python escape (``\\x01``): for texts the engine builds out of values it
+    did not check itself (a fault's detail, a job's description)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def check_id(value: str, what: str) -> str:

@@ -82,8 +82,18 @@ def _find_vm(req: Request, vm_id: str) -> dict:
     return get_or_404(req, "vm", vm_id, "VM")
 
 
+def _interface(data: dict) -> str | None:
+    """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
+    interface = get_str(data, "interface")
+    if interface is not None and interface not in INTERFACES:
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(INTERFACES)}")
+    return interface
+
+
 def _attachment_from(req: Request, data: dict, action: str) -> dict:
     """An attachment dict from a <disk_attachment>; creates an inline new disk."""
+    interface = _interface(data) or "virtio_scsi"     # checked before a disk is made
     disk_ref = get_obj(data, "disk")
     if disk_ref is None:
         raise missing("DiskAttachment", action, "disk.id")
@@ -96,7 +106,7 @@ def _attachment_from(req: Request, data: dict, action: str) -> dict:
                       req.engine, req.user, (None, disk_ref))
         disk_id = disks_mod.add_disk(sub).body["id"]
     disk = get_or_404(req, "disk", disk_id, "disk")
-    return {"disk_id": disk["id"], "interface": get_str(data, "interface") or "virtio_scsi",
+    return {"disk_id": disk["id"], "interface": interface,
             "bootable": bool(get_bool(data, "bootable")),
             "active": get_bool(data, "active") is not False}
 
@@ -238,19 +248,40 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
         raise missing("VM", "add", "snapshots.snapshot.id")
     if not name:
         raise missing("VM", "add", "name, cluster.id|name")
-    snap = store.get("snapshot", snap_id)
-    if snap is None:
-        raise not_found(f"snapshot '{snap_id}'")
-    source = _find_vm(req, snap["vm_id"])
-    if any(v["name"] == name for v in store.list("vm")):
-        raise conflict("add VM", f"The VM name {name} is already in use.")
-    if vm_id and store.get("vm", vm_id):
-        raise conflict("add VM", f"A VM with id {vm_id} already exists.")
+    # The source disks are locked from the plan to the end of the copy: a
+    # snapshot removed (its layers merged) or any other change of their
+    # chains meanwhile would pull volumes from under the copy. Whatever
+    # comes first wins: the other one gets a 404 (the snapshot is gone) or
+    # a 409 (the disks are locked).
     with store.transaction():
+        snap = store.get("snapshot", snap_id)
+        if snap is None:
+            raise not_found(f"snapshot '{snap_id}'")
+        source = _find_vm(req, snap["vm_id"])
+        if any(v["name"] == name for v in store.list("vm")):
+            raise conflict("add VM", f"The VM name {name} is already in use.")
+        if vm_id and store.get("vm", vm_id):
+            raise conflict("add VM", f"A VM with id {vm_id} already exists.")
         disks = {d: get_or_404(req, "disk", d, "disk") for d in snap["volumes"]}
         for d in disks.values():
             disks_mod.check_usable(d, "clone VM from Snapshot")
         plan = [(d, chain_to(store, d, snap["volumes"][d["id"]])) for d in disks.values()]
+        for d in disks.values():
+            store.update("disk", d["id"], status="locked")
+    try:
+        return _copy_snapshot_disks(req, name, description, vm_id, snap, source, plan)
+    finally:
+        with store.transaction():
+            for d in disks.values():
+                if (store.get("disk", d["id"]) or {}).get("status") == "locked":
+                    store.update("disk", d["id"], status="ok")
+
+
+def _copy_snapshot_disks(req: Request, name: str, description: str | None,
+                         vm_id: str | None, snap: dict, source: dict, plan: list) -> Reply:
+    """The copy of a clone from a snapshot, its source disks locked."""
+    engine = req.engine
+    store, st = engine.store, engine.storage
     made: list[tuple[dict, dict, dict]] = []
     pending = None
     try:
@@ -281,10 +312,19 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
           "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
           "active_snapshot_id": new_id(), "ovf": None}
     with store.transaction():
-        for disk, vol, _ in made:
-            store.put("volume", vol)
-            store.put("disk", disk)
-        store.put("vm", vm)
+        taken = (f"The VM name {name} is already in use." if any(
+            v["name"] == name for v in store.list("vm")) else
+            f"A VM with id {vm_id} already exists." if vm_id and store.get("vm", vm_id)
+            else None)
+        if taken is None:   # else another request took the name or id meanwhile
+            for disk, vol, _ in made:
+                store.put("volume", vol)
+                store.put("disk", disk)
+            store.put("vm", vm)
+    if taken is not None:
+        for disk, _, _ in made:
+            st.remove_disk(disk["sd_id"], disk["id"])
+        raise conflict("add VM", taken)
     record_job(engine, f"Creating VM {name} from Snapshot {snap['description']}",
                [f"Copying disk {disk['name']}" for disk, _, _ in made])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
@@ -323,9 +363,11 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
         disks = disks_mod.attached_disks(engine, vm)
+        disks_mod.check_not_backed_up(engine, "remove VM", vm=vm)
         for d in disks:
             if d["status"] == "locked":
                 disks_mod.check_usable(d, "remove VM")
+            disks_mod.check_not_backed_up(engine, "remove VM", disk=d)
         for snap in engine.store.list("snapshot", lambda s: s["vm_id"] == vm_id):
             engine.store.delete("snapshot", snap["id"])
         engine.store.delete("vm", vm_id)
@@ -369,10 +411,7 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     disk itself (``disk.provisioned_size`` extends it, ``disk.name`` renames it)."""
     engine = req.engine
     data = req.data()
-    interface = get_str(data, "interface")
-    if interface is not None and interface not in INTERFACES:
-        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(INTERFACES)}")
+    interface = _interface(data)
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
         att = next((a for a in vm["attachments"] if a["disk_id"] == disk_id), None)
@@ -400,6 +439,8 @@ def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
         left = [a for a in vm["attachments"] if a["disk_id"] != disk_id]
         if len(left) == len(vm["attachments"]):
             raise not_found(f"disk attachment '{disk_id}'")
+        disks_mod.check_not_backed_up(engine, "detach Virtual Disk",
+                                      disk=engine.store.get("disk", disk_id))
         vm["attachments"] = left
         engine.store.put("vm", vm)
     return Reply(status=200)

@@ -1,0 +1,70 @@
+"""Threads whose end is waited for on an event, never through ``Thread.join``.
+
+On Python 3.11 a KeyboardInterrupt landing inside ``Thread.join`` marks the
+thread as stopped although it still runs: the interrupted
+``_wait_for_tstate_lock`` releases the lock the running thread holds (the
+handling CPython added for bpo-45274 takes a held lock for its own), after
+which ``is_alive()`` is False and no later ``join`` waits for it. Code that stops its workers on Ctrl-C
+would then close files and connections under a running worker. A worker
+started here sets an event as its last act; waiting on the event can be
+interrupted any number of times and waited on again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+
+class Worker:
+    """A daemon thread running ``target(*args)`` whose end sets ``ended``."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any, name: str | None = None):
+        self.ended = threading.Event()
+
+        def body() -> None:
+            try:
+                target(*args)
+            finally:
+                self.ended.set()
+
+        self.thread = threading.Thread(target=body, name=name, daemon=True)
+
+    def start(self) -> "Worker":
+        self.thread.start()
+        return self
+
+    def done(self) -> bool:
+        """Over, or never started (a thread with no ident has not run)."""
+        return self.ended.is_set() or self.thread.ident is None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever); whether it is over."""
+        return self.done() or self.ended.wait(timeout)
+
+
+def wait_all(workers: list[Worker], timeout: float | None = None,
+             on_interrupt: Callable[[BaseException], None] | None = None) -> bool:
+    """Wait for every worker, up to ``timeout`` seconds in all (None: for ever).
+
+    An exception raised into the waiting thread (a Ctrl-C) is handed to
+    ``on_interrupt`` and the wait goes on; without ``on_interrupt`` it is
+    raised once every worker is over. Whether all are over.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending: BaseException | None = None
+    for w in workers:
+        while True:
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if w.wait(0.5 if left is None else min(0.5, left)) or left == 0.0:
+                    break
+            except BaseException as e:  # noqa: B036 - kept, raised after the wait
+                if on_interrupt is not None:
+                    on_interrupt(e)
+                elif pending is None:
+                    pending = e
+    if pending is not None:
+        raise pending
+    return all(w.done() for w in workers)
