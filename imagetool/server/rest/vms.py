@@ -242,7 +242,7 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
     from a snapshot (oVirt REST API guide, Vms add: "clone a virtual machine
     from a snapshot")."""
     engine = req.engine
-    store, st = engine.store, engine.storage
+    store = engine.store
     snap_id = get_id(snap_refs[0], "id", what="snapshot")
     if snap_id is None:
         raise missing("VM", "add", "snapshots.snapshot.id")
