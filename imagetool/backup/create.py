@@ -87,7 +87,7 @@ def _base(conn: Any, vm_id: str, last: Point | None, method: str,
         return None, "a full backup was asked"
     if last.manifest.get("method") != method:
         return None, f"the last point was made with the {last.manifest.get('method')} method"
-    engine = last.manifest.get("engine", {})
+    engine = last.manifest.get("engine") or {}
     if method == "snapshot":
         sid = engine.get("snapshot_id")
         if not sid or not ops.snapshot_exists(conn, vm_id, sid):
@@ -152,29 +152,23 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         state = {"vm_id": vm_id, "point": name, "method": method, "started": now}
         staging = repo.begin(vm_id, name, state)
         try:
-            with open(os.path.join(staging, OVF_FILE), "w") as f:
+            fd = os.open(os.path.join(staging, OVF_FILE),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(ops.vm_ovf(conn, vm_id))
             run = _snapshot_point if method == "snapshot" else _checkpoint_point
             engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
                                       progress=progress)
-            moved = sum(e["bytes"] for e in entries)
-            manifest = {
-                "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": v.name, "point": name,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "timestamp": now, "method": method,
-                "mode": "incremental" if base is not None else "full",
-                "parent": base.name if base is not None else None,
-                "engine": engine_ids, "bytes": moved, "disks": entries,
-                "ovf": {"file": OVF_FILE,
-                        "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
-            }
+            manifest = point_manifest(vm_id, v.name, name, now, method, base, engine_ids,
+                                      entries, staging)
+            moved = manifest["bytes"]
             point = repo.commit(staging, manifest)
         except BaseException:
             repo.discard(staging)
             raise
         if method == "snapshot" and last is not None:
-            old = last.manifest.get("engine", {}).get("snapshot_id")
+            old = (last.manifest.get("engine") or {}).get("snapshot_id")
             if old and old != engine_ids.get("snapshot_id"):
                 try:
                     ops.remove_snapshot(conn, vm_id, old)
@@ -188,6 +182,21 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         "reason": reason, "notes": notes,
         "disks": [{"disk_id": e["disk_id"], "path": point.file(e["file"]),
                    "checksum": e["checksum"]["value"]} for e in entries],
+    }
+
+
+def point_manifest(vm_id: str, vm_name: str | None, name: str, now: float, method: str,
+                   base: Point | None, engine_ids: dict, entries: list[dict],
+                   staging: str) -> dict:
+    """The manifest of a point staged in ``staging`` (its OVF written there)."""
+    return {
+        "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": vm_name, "point": name,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "timestamp": now, "method": method,
+        "mode": "incremental" if base is not None else "full",
+        "parent": base.name if base is not None else None,
+        "engine": engine_ids, "bytes": sum(e["bytes"] for e in entries), "disks": entries,
+        "ovf": {"file": OVF_FILE, "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
     }
 
 
@@ -254,7 +263,7 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
 
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                       staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
-    from_cp = base.manifest["engine"].get("checkpoint_id") if base is not None else None
+    from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
     backup = ops.start_backup(conn, vm_id, [d.id for d in disks], from_cp,
                               f"imagetool backup {name}")
     state["backup_id"] = backup.id
