@@ -75,6 +75,9 @@ def create(vms: tuple[str, ...], directory: str, full: bool, method: str, jobs: 
             why = f" ({r['reason']})" if r["mode"] == "full" and r.get("reason") else ""
             click.echo(f"VM {r['vm_name']}: {r['mode']} point {r['point']} by {r['method']}"
                        f"{why}: {format_size(r['bytes'])} moved in {r['seconds']:.1f} s")
+            for d in r["disks"]:
+                why = f" ({d['reason']})" if d.get("reason") and r["mode"] != "full" else ""
+                click.echo(f"  disk {d['name']}: {d['mode']}{why}")
     for v, e in errors:
         click.echo(f"imagetool: error: VM {v}: {e}", err=True)
     if errors:
