@@ -12,24 +12,12 @@ import stat
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, MiB
+from helpers import MiB
 from backup_helpers import engine_checksum, guest_io, make_vm, rand
 
 from imagetool import backup
 from imagetool.backup import engine_ops as ops
 from imagetool.errors import EngineError
-from imagetool.server.local import LocalEngine
-
-
-@pytest.fixture
-def env(engine, monkeypatch, tmp_path):
-    monkeypatch.setenv("IMAGETOOL_ENGINE_URL", engine.url)
-    monkeypatch.setenv("IMAGETOOL_USERNAME", LocalEngine.username)
-    monkeypatch.setenv("IMAGETOOL_PASSWORD", ENGINE_PASSWORD)
-    monkeypatch.setenv("IMAGETOOL_CAFILE", engine.cafile)
-    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path / "home"))
-    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def volumes(engine, disk_id):
