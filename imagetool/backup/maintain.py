@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Callable
 
 from imagetool import checksum as block_checksum
-from imagetool.backup.repo import (LOCK, MANIFEST, Point, Repository, RepositoryError,
+from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, RepositoryError,
                                    read_file, sha256_file, write_json)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
@@ -401,9 +401,10 @@ def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
     disks build on merged into its own files (rewritten to hold them all,
     backed by the first kept point below, or by nothing: then it is full),
     and only then are the dropped points deleted, so every kept point
-    still restores. Chains are checked as restore checks them
-    (``Repository.disk_files``) before anything changes; symlinked VM
-    directories are never followed. Returns per VM the points removed, the
+    still restores. The chains to rewrite are checked as restore checks
+    them (``Repository.disk_files``) before anything changes; symlinked VM
+    and point directories are never followed. A merge a crash interrupted
+    is finished (or undone) by the next prune (``finish_merges``). Returns per VM the points removed, the
     points rewritten and the points kept.
     """
     if keep < 1:
@@ -412,15 +413,23 @@ def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
     out = []
     for vm_id in _vm_ids(repo, vm):
         with repo.locked(vm_id):
+            vdir = repo.vm_dir(vm_id)
+            for name in os.listdir(vdir):
+                path = os.path.join(vdir, name)
+                if not name.startswith(".") and not os.path.islink(path) \
+                        and os.path.isdir(path):
+                    finish_merges(path)
             pts = repo.points(vm_id)
             if not pts:
                 continue
             dropped = {p.name for p in pts[:max(0, len(pts) - keep)]}
-            merged = []
-            for k in pts[len(dropped):]:
-                if k.parent in dropped:
-                    _merge_into(repo, k, dropped, pts)
-                    merged.append(k.name)
+            todo = [k for k in pts[len(dropped):] if k.parent in dropped]
+            for k in todo:      # every chain to rewrite is checked before any change
+                for d in k.manifest["disks"]:
+                    repo.disk_files(k, d["disk_id"], pts)
+            for k in todo:
+                _merge_into(repo, k, dropped, pts)
+            merged = [k.name for k in todo]
             for d in pts[:len(dropped)]:
                 shutil.rmtree(d.path)
                 if progress:
@@ -468,13 +477,37 @@ def _merge_into(repo: Repository, k: Point, dropped: set[str], pts: list[Point])
         if parent is None:
             manifest["mode"] = "full"
         manifest["merged"] = sorted(set(manifest.get("merged", []) + gone))
-        for tmp, final in staged:
+        for tmp, _ in staged:
             with opened(tmp) as fd:
                 os.fsync(fd)
-            os.replace(tmp, final)
+        # From here on the merge is rolled forward (finish_merges), never lost.
+        write_json(k.file(PENDING), manifest)
         staged = []
-        write_json(k.file(MANIFEST), manifest)
+        finish_merges(k.path)
     finally:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def finish_merges(point_dir: str) -> None:
+    """Complete or undo a merge a crash interrupted in this point.
+
+    A merge writes each new file as ``<file>.merging``, then the new
+    manifest as ``manifest.merging``, then renames the files and last the
+    manifest. With the new manifest written, every file is complete: the
+    renames are finished. Without it, the ``.merging`` files are dropped
+    and the point is as it was.
+    """
+    names = os.listdir(point_dir)
+    pending = PENDING in names
+    for name in names:
+        if name.endswith(".merging") and name != PENDING:
+            path = os.path.join(point_dir, name)
+            if pending:
+                os.replace(path, path[:-len(".merging")])
+            else:
+                os.unlink(path)
+    if pending:
+        os.replace(os.path.join(point_dir, PENDING), os.path.join(point_dir, MANIFEST))
+        fsync_dir(point_dir)

@@ -51,6 +51,7 @@ from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened, write_atomic
 
 MANIFEST = "manifest.json"
+PENDING = "manifest.merging"     # a prune's new manifest, until its files are in place
 OVF_FILE = "vm.ovf"
 STATE = "state.json"
 PARTIAL = ".partial-"

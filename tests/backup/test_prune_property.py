@@ -109,3 +109,40 @@ def test_a_failed_merge_leaves_no_merging_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert backup.verify(repo)["points"] == 2
     assert point_bytes(repo, VM, last, DISKS[0]) == b
+
+
+@pytest.mark.parametrize("crash", ["before the new manifest", "after the new manifest"])
+def test_the_next_prune_finishes_a_merge_a_kill_interrupted(tmp_path, monkeypatch, crash):
+    repo = str(tmp_path / "repo")
+    a = os.urandom(SIZE)
+    b = a[:GRAIN] + bytes(GRAIN) + a[2 * GRAIN:]
+    c = b[:3 * GRAIN] + os.urandom(GRAIN) + b[4 * GRAIN:]
+    add_point(repo, VM, {DISKS[0]: (a, None)})
+    mid = add_point(repo, VM, {DISKS[0]: (b, a)})
+    last = add_point(repo, VM, {DISKS[0]: (c, b)})
+    mid_dir = os.path.join(repo, VM, mid)
+    if crash == "before the new manifest":
+        # Killed while writing the merged file: half of it is there.
+        with open(os.path.join(mid_dir, f"{DISKS[0]}.qcow2.merging"), "wb") as f:
+            f.write(b"QFI\xfb" + bytes(1000))
+    else:
+        # Killed between the new manifest and the renames.
+        from imagetool.backup import maintain
+
+        class Kill(BaseException):
+            pass
+
+        def killed(point_dir):
+            if os.path.exists(os.path.join(point_dir, "manifest.merging")):
+                raise Kill
+        monkeypatch.setattr(maintain, "finish_merges", killed)
+        with pytest.raises(Kill):
+            backup.prune(repo, 2)
+        monkeypatch.undo()
+        assert "manifest.merging" in os.listdir(mid_dir)
+    [r] = backup.prune(repo, 2)
+    assert r["kept"] == [mid, last]
+    assert not [f for f in os.listdir(mid_dir) if f.endswith(".merging")]
+    assert backup.verify(repo)["points"] == 2
+    assert point_bytes(repo, VM, mid, DISKS[0]) == b
+    assert point_bytes(repo, VM, last, DISKS[0]) == c
