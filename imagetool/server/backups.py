@@ -114,32 +114,37 @@ def _freeze(engine, disk: dict, now: float) -> str:
 def _thaw(engine, disk: dict, frozen_id: str) -> None:
     """Merge the backup's layer back into the volume it froze.
 
-    A raw frozen volume gets the writes made during the backup written
-    into it in place and becomes the active volume again, so the disk is
-    raw and as large as before (until then the chain reads the same).
-    Otherwise (a qcow2 volume, or a snapshot taken meanwhile) the layer is
-    merged as a snapshot's is.
+    When nothing was written during the backup, or the frozen volume is
+    raw, the frozen volume becomes the active volume again (a raw one
+    gets the writes made meanwhile written into it in place first), so
+    the disk keeps its format and its size. Otherwise (writes over a
+    qcow2 volume, or a snapshot taken meanwhile) the layer is merged as a
+    snapshot's is.
     """
     store, st = engine.store, engine.storage
     lower = store.get("volume", frozen_id)
     upper = store.get("volume", disk["image_id"])
-    if lower.get("format") != "raw" or upper is None or upper.get("parent_id") != frozen_id:
+    if upper is None or upper.get("parent_id") != frozen_id:
         disks_mod.merge_down(engine, disk, frozen_id)
         return
     upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
-    reader = st.open_volume(upper)
-    try:
-        # A preallocated disk's zeroed ranges stay allocated.
-        writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
-                            sparse=bool(disk.get("sparse", True)))
+    written = allocated_ranges(upper_path, "qcow2")
+    if written and lower.get("format") != "raw":
+        disks_mod.merge_down(engine, disk, frozen_id)
+        return
+    if written:
+        reader = st.open_volume(upper)
         try:
-            copy_local(reader, writer, check_size=False,
-                       extents=[Extent(a, b - a) for a, b in
-                                allocated_ranges(upper_path, "qcow2")])
+            # A preallocated disk's zeroed ranges stay allocated.
+            writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
+                                sparse=bool(disk.get("sparse", True)))
+            try:
+                copy_local(reader, writer, check_size=False,
+                           extents=[Extent(a, b - a) for a, b in written])
+            finally:
+                writer.close()
         finally:
-            writer.close()
-    finally:
-        reader.close()
+            reader.close()
     store.update("volume", frozen_id, backup_frozen=False)
     store.update("disk", disk["id"], image_id=frozen_id)
     store.delete("volume", upper["id"])

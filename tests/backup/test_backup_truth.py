@@ -24,11 +24,12 @@ def volumes(engine, disk_id):
     return engine.server.store.list("volume", lambda v: v["disk_id"] == disk_id)
 
 
-def test_a_checkpoint_backup_leaves_a_raw_disk_raw(conn, engine, tmp_path):
+def test_a_checkpoint_backup_leaves_disks_as_they_were(conn, engine, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, raw, writes=[(0, rand(3 * MiB, 1))])
     guest_io(conn, cow, writes=[(0, rand(MiB, 2))])
     before = conn.disks.get(raw)
+    cow_size = conn.disks.get(cow).actual_size
     sums = {d: engine_checksum(conn, d, "sha256") for d in (cow, raw)}
     repo = str(tmp_path / "repo")
     for _ in range(3):
@@ -38,6 +39,7 @@ def test_a_checkpoint_backup_leaves_a_raw_disk_raw(conn, engine, tmp_path):
     assert after.actual_size == before.actual_size
     assert [v["format"] for v in volumes(engine, raw)] == ["raw"]
     assert len(volumes(engine, cow)) == 1
+    assert conn.disks.get(cow).actual_size == cow_size     # no writes, no growth
     assert {d: engine_checksum(conn, d, "sha256") for d in (cow, raw)} == sums
     conn.vms.remove(vm.id)
 
