@@ -431,6 +431,7 @@ class Repository:
             fd = open_nofollow(path)
             try:
                 h = qcow2.parse_header(fd, path)
+                qcow2.check_readable(h)     # no external data file, no encryption
             except ImagetoolError as e:
                 raise RepositoryError(str(e)) from None
             finally:

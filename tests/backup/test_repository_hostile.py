@@ -132,6 +132,20 @@ def test_a_backing_file_of_another_point_is_refused(chain, cli):
     verify_fails(cli, repo, (top, "is not the parent point's file"))
 
 
+def test_an_external_data_file_is_refused(chain, cli):
+    """A qcow2 whose guest data lives in another file (the qcow2 data_file)."""
+    repo, pts, secret = chain
+    full = qcow2_path(repo, pts[0])
+    os.unlink(full)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={secret},data_file_raw=on", full, str(SIZE)],
+                   check=True, capture_output=True)
+    record_sha(repo, pts[0])
+    verify_fails(cli, repo, (full, "external data file"))
+    with pytest.raises(RepositoryError, match="external data file"):
+        backup.restore_vm(NoEngine(), repo, VM, storage_domain="data")
+
+
 # --- symlinks --------------------------------------------------------------------
 
 def test_a_qcow2_symlinked_out_of_the_repository(chain, cli, tmp_path):
