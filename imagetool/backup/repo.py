@@ -7,6 +7,8 @@ Layout::
     DIR/<vm-id>/<point>/<disk-id>.qcow2   guest data (incremental: backing file
                                           ``../<parent point>/<disk-id>.qcow2``)
     DIR/<vm-id>/<point>/<disk-id>.digests block digests of the guest data
+    DIR/<vm-id>/<point>/*.merging         a prune's merge in progress (the
+                                          next prune finishes or drops it)
     DIR/<vm-id>/.partial-<point>/         a point being made (invisible)
     DIR/<vm-id>/.lock                     held while a point is made or pruned
 
@@ -560,10 +562,3 @@ class Repository:
                                           "is running") from None
                 raise
             yield
-
-
-def allocated_bytes(path: str) -> int:
-    try:
-        return os.stat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0
