@@ -128,7 +128,7 @@ def _is_repository(repo: Repository) -> bool:
                 any(os.path.lexists(os.path.join(vdir, n, MANIFEST))
                     for n in os.listdir(vdir)):
             return True
-    return bool(repo.problems)
+    return False
 
 
 def verify(repository: str | os.PathLike, vm: str | None = None, point: str | None = None,

@@ -272,6 +272,8 @@ def test_verify_refuses_a_directory_that_is_not_a_repository(cli, tmp_path, cont
     if content == "files":
         (d / "notes.txt").write_text("hello")
         (d / "photos").mkdir()
+        (d / "photos" / "2024").mkdir()
+        os.symlink(tmp_path, d / "elsewhere")
     code, out, err = cli("backup", "verify", str(d))
     assert code == 1 and out == ""
     assert err == f"imagetool: error: {d}: not a backup repository (no VM directory with " \
