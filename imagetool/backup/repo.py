@@ -172,7 +172,7 @@ def plain_name(value: Any) -> bool:
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+            type(None): "null", int: "an integer", float: "a fractional number"}.get(type(value),
                                                                       type(value).__name__)
 
 
