@@ -56,6 +56,13 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
         if state.get("backup_id"):
             phase = ops.finalize_backup(conn, vm_id, state["backup_id"])
             what.append(f"its engine backup {state['backup_id']} was finalized ({phase})")
+        cp = state.get("checkpoint_id")
+        if cp:
+            # An engine may refuse to remove a checkpoint that is not the
+            # oldest: then it stays, unused, and the run goes on.
+            done = _undo(lambda: ops.remove_checkpoint(conn, vm_id, cp))
+            what.append(f"its checkpoint {cp} was " + ("removed" if done else
+                                                        "left (the engine refused)"))
         if state.get("snapshot_id"):
             ops.remove_snapshot(conn, vm_id, state["snapshot_id"])
             what.append(f"its snapshot {state['snapshot_id']} was removed")
@@ -87,7 +94,7 @@ def _base(conn: Any, vm_id: str, last: Point | None, method: str,
         return None, "a full backup was asked"
     if last.manifest.get("method") != method:
         return None, f"the last point was made with the {last.manifest.get('method')} method"
-    engine = last.manifest.get("engine", {})
+    engine = last.manifest.get("engine") or {}
     if method == "snapshot":
         sid = engine.get("snapshot_id")
         if not sid or not ops.snapshot_exists(conn, vm_id, sid):
@@ -129,8 +136,10 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     ``progress(nbytes)`` is called as guest bytes are processed; ``log``
     with one line per notable event. Returns a dict: ``vm_id``,
     ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
-    ``seconds``, ``disks`` (``disk_id``, ``path``, ``checksum``),
-    ``reason``, ``notes``.
+    ``seconds``, ``disks`` (``disk_id``, ``name``, ``path``, ``mode``,
+    ``reason``: why a disk is full, ``checksum``), ``reason``, ``notes``.
+    A disk can be full inside an incremental point (``backup: none``, new,
+    resized): its ``reason`` says why.
     """
     start = time.monotonic()
     repo = Repository(repository, create=True)
@@ -152,29 +161,23 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         state = {"vm_id": vm_id, "point": name, "method": method, "started": now}
         staging = repo.begin(vm_id, name, state)
         try:
-            with open(os.path.join(staging, OVF_FILE), "w") as f:
+            fd = os.open(os.path.join(staging, OVF_FILE),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(ops.vm_ovf(conn, vm_id))
             run = _snapshot_point if method == "snapshot" else _checkpoint_point
             engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
-                                      progress=progress)
-            moved = sum(e["bytes"] for e in entries)
-            manifest = {
-                "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": v.name, "point": name,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "timestamp": now, "method": method,
-                "mode": "incremental" if base is not None else "full",
-                "parent": base.name if base is not None else None,
-                "engine": engine_ids, "bytes": moved, "disks": entries,
-                "ovf": {"file": OVF_FILE,
-                        "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
-            }
+                                      progress=progress, point_reason=reason)
+            manifest = point_manifest(vm_id, v.name, name, now, method, base, engine_ids,
+                                      entries, staging)
+            moved = manifest["bytes"]
             point = repo.commit(staging, manifest)
         except BaseException:
-            repo.discard(staging)
+            _abandon(conn, repo, vm_id, staging, state)
             raise
         if method == "snapshot" and last is not None:
-            old = last.manifest.get("engine", {}).get("snapshot_id")
+            old = (last.manifest.get("engine") or {}).get("snapshot_id")
             if old and old != engine_ids.get("snapshot_id"):
                 try:
                     ops.remove_snapshot(conn, vm_id, old)
@@ -186,9 +189,35 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         "path": point.path, "mode": manifest["mode"], "method": method,
         "bytes": moved, "seconds": round(time.monotonic() - start, 3),
         "reason": reason, "notes": notes,
-        "disks": [{"disk_id": e["disk_id"], "path": point.file(e["file"]),
+        "disks": [{"disk_id": e["disk_id"], "name": e["name"], "path": point.file(e["file"]),
+                   "mode": e["mode"], "reason": e["reason"],
                    "checksum": e["checksum"]["value"]} for e in entries],
     }
+
+
+def point_manifest(vm_id: str, vm_name: str | None, name: str, now: float, method: str,
+                   base: Point | None, engine_ids: dict, entries: list[dict],
+                   staging: str) -> dict:
+    """The manifest of a point staged in ``staging`` (its OVF written there)."""
+    return {
+        "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": vm_name, "point": name,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "timestamp": now, "method": method,
+        "mode": "incremental" if base is not None else "full",
+        "parent": base.name if base is not None else None,
+        "engine": engine_ids, "bytes": sum(e["bytes"] for e in entries), "disks": entries,
+        "ovf": {"file": OVF_FILE, "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
+    }
+
+
+def _abandon(conn: Any, repo: Repository, vm_id: str, staging: str, state: dict) -> None:
+    """After a failed run: drop the checkpoint it made (no point needs it)
+    once its backup is over, and its files; the state file stays while the
+    engine has not confirmed the end of the run's backup or snapshot, so
+    the next run can clean up."""
+    if state.get("checkpoint_id") and not state.get("backup_id"):
+        _undo(lambda: ops.remove_checkpoint(conn, vm_id, state["checkpoint_id"]))
+    repo.discard(staging, keep_state=bool(state.get("backup_id") or state.get("snapshot_id")))
 
 
 def _disk_entry(d: ops.VmDisk, staging: str, fetched: Any, mode: str,
@@ -210,14 +239,19 @@ def _disk_entry(d: ops.VmDisk, staging: str, fetched: Any, mode: str,
 
 
 def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
-               incremental_ok: Callable[[ops.VmDisk], bool], source: Callable, workers: int,
-               inactivity_timeout: int, progress: Progress | None) -> list[dict]:
+               why_full: Callable[[ops.VmDisk], str | None], source: Callable, workers: int,
+               inactivity_timeout: int, progress: Progress | None,
+               point_reason: str | None) -> list[dict]:
+    """Download every disk; each entry says its mode and, when full, why."""
     entries = []
     for d in disks:
-        prev_entry, prev_digests = _previous_digests(base, d.id) if incremental_ok(d) \
-            else (None, None)
-        if prev_entry is not None and prev_entry["virtual_size"] != d.provisioned_size:
-            prev_entry = prev_digests = None     # the disk grew: a full copy
+        reason = point_reason if base is None else why_full(d)
+        prev_entry, prev_digests = (None, None) if reason else _previous_digests(base, d.id)
+        if reason is None and prev_entry is None:
+            reason = "the disk is not in the previous point"
+        elif reason is None and prev_entry["virtual_size"] != d.provisioned_size:
+            prev_entry = prev_digests = None
+            reason = "the disk's size changed since the previous point"
         backing = f"../{base.name}/{prev_entry['file']}" if prev_entry is not None else None
         fetched = fetch_disk(
             conn, disk_id=d.id, out=os.path.join(staging, f"{d.id}.qcow2"),
@@ -225,8 +259,9 @@ def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
             inactivity_timeout=inactivity_timeout, progress=progress,
             algorithm=prev_entry["checksum"]["algorithm"] if prev_entry else None,
             **source(d, prev_entry is not None))
-        entries.append(_disk_entry(d, staging, fetched,
-                                   "incremental" if backing else "full", backing))
+        entry = _disk_entry(d, staging, fetched, "incremental" if backing else "full", backing)
+        entry["reason"] = reason
+        entries.append(entry)
     return entries
 
 
@@ -245,19 +280,21 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
             return {"snapshot_id": layers[d.id], "shallow": incremental}
 
         entries = _fetch_all(conn, disks, base, staging, source=source,
-                             incremental_ok=lambda d: True, **kw)
+                             why_full=lambda d: None, **kw)
     except BaseException:
-        _undo(lambda: ops.remove_snapshot(conn, vm_id, sid))
+        if _undo(lambda: ops.remove_snapshot(conn, vm_id, sid)):
+            _forget(staging, state, "snapshot_id")
         raise
     return {"snapshot_id": sid}, entries
 
 
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                       staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
-    from_cp = base.manifest["engine"].get("checkpoint_id") if base is not None else None
+    from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
     backup = ops.start_backup(conn, vm_id, [d.id for d in disks], from_cp,
                               f"imagetool backup {name}")
     state["backup_id"] = backup.id
+    state["checkpoint_id"] = backup.to_checkpoint_id
     try:
         write_json(os.path.join(staging, STATE), state)
         backup = ops.wait_backup(conn, vm_id, backup.id, ("ready",))
@@ -266,21 +303,48 @@ def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point
         def source(d: ops.VmDisk, incremental: bool) -> dict:
             return {"backup_id": backup.id, "dirty": incremental}
 
-        entries = _fetch_all(conn, disks, base, staging, source=source,
-                             incremental_ok=lambda d: modes.get(d.id) == "incremental", **kw)
+        def why_full(d: ops.VmDisk) -> str | None:
+            if modes.get(d.id) == "incremental":
+                return None
+            if d.backup != "incremental":
+                return (f"the disk is not enabled for incremental backup (backup: "
+                        f"{d.backup or 'none'})")
+            return "the engine backs it up in full (it is not in the base checkpoint)"
+
+        entries = _fetch_all(conn, disks, base, staging, source=source, why_full=why_full,
+                             **kw)
         phase = ops.finalize_backup(conn, vm_id, backup.id)
         if phase not in ("succeeded", "gone"):
             raise EngineError(f"backup {backup.id} of VM {vm_id} ended {phase}")
+        _forget(staging, state, "backup_id")
     except BaseException:
-        _undo(lambda: ops.finalize_backup(conn, vm_id, backup.id))
+        if _finalized(conn, vm_id, backup.id):
+            _forget(staging, state, "backup_id")
         raise
     return {"backup_id": backup.id, "checkpoint_id": backup.to_checkpoint_id,
             "from_checkpoint_id": from_cp}, entries
 
 
-def _undo(fn: Callable[[], Any]) -> None:
-    """Run a cleanup step after a failure; its own failure must not hide the first."""
+def _forget(staging: str, state: dict, key: str) -> None:
+    """The engine confirmed the end of what ``state[key]`` names: the next
+    run has nothing to clean up for it."""
+    state.pop(key, None)
+    write_json(os.path.join(staging, STATE), state)
+
+
+def _finalized(conn: Any, vm_id: str, backup_id: str) -> bool:
+    """Finalize a failed run's backup; whether the engine confirmed its end."""
+    try:
+        return ops.finalize_backup(conn, vm_id, backup_id) in ("succeeded", "failed", "gone")
+    except Exception:
+        return False
+
+
+def _undo(fn: Callable[[], Any]) -> bool:
+    """Run a cleanup step after a failure; its own failure must not hide the
+    first. Whether it succeeded."""
     try:
         fn()
+        return True
     except Exception:
-        pass
+        return False

@@ -118,8 +118,10 @@ def save(path: str, digests: list[bytes]) -> None:
 
 
 def load(path: str, count: int, digest_size: int) -> list[bytes]:
-    with open(path, "rb") as f:
-        data = f.read()
+    """A point's digests; the file must be a regular file, not a symlink."""
+    from imagetool.backup.repo import read_file
+
+    data = read_file(path)
     if len(data) != count * digest_size:
         raise ValueError(f"{path}: {len(data)} bytes, expected {count * digest_size}")
     return [data[i * digest_size:(i + 1) * digest_size] for i in range(count)]

@@ -238,6 +238,14 @@ def checkpoint_ids(conn: Any, vm_id: str) -> list[str]:
             if isinstance(c, dict) and c.get("id")]
 
 
+def remove_checkpoint(conn: Any, vm_id: str, checkpoint_id: str) -> None:
+    """Remove a checkpoint (``DELETE /vms/{id}/checkpoints/{id}``); gone already is fine."""
+    try:
+        conn.request("DELETE", f"vms/{vm_id}/checkpoints/{checkpoint_id}")
+    except NotFound:
+        pass
+
+
 def checkpoint_state(conn: Any, vm_id: str, checkpoint_id: str) -> str | None:
     """The checkpoint's state (``created``/``invalid``), None when it does not exist."""
     try:

@@ -6,6 +6,8 @@ no qemu-img, no temporary flattened copies.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import time
@@ -13,9 +15,10 @@ import uuid
 from typing import Any, Callable
 
 from imagetool import checksum as block_checksum
-from imagetool.backup.repo import (OVF_FILE, Point, Repository,
-                                   allocated_bytes, sha256_file, write_json)
+from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, RepositoryError,
+                                   read_file, sha256_file, write_json)
 from imagetool.errors import ChecksumMismatch, ImagetoolError
+from imagetool.fsutil import fsync_dir, opened
 from imagetool.formats import allocated_ranges, open_image
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -39,6 +42,8 @@ def _vm_ids(repo: Repository, vm: str | None) -> list[str]:
 
 def _layer_data(path: str) -> int:
     """Guest bytes this qcow2 file holds itself (data clusters, not zeros)."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return 0
     try:
         b = open_image(path, "r", format="qcow2", shallow=True)
     except (OSError, ImagetoolError):
@@ -49,6 +54,13 @@ def _layer_data(path: str) -> int:
         b.close()
 
 
+def _allocated(path: str) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
 # --- list --------------------------------------------------------------------------
 
 def list_points(repository: str | os.PathLike, vm: str | None = None,
@@ -57,16 +69,20 @@ def list_points(repository: str | os.PathLike, vm: str | None = None,
 
     Per point: ``point``, ``time``, ``mode``, ``method``, ``parent``,
     ``size`` (bytes on disk), ``data`` (guest bytes its files hold
-    themselves) and the disks.
+    themselves) and the disks. A VM directory without points (what a
+    failed first backup leaves) is not listed.
     """
     repo = Repository(repository)
     out = []
     for vm_id in _vm_ids(repo, vm):
         pts = repo.points(vm_id)
+        if not pts:
+            continue
         items = []
         for p in pts:
-            size = sum(allocated_bytes(p.file(f)) for f in os.listdir(p.path))
+            size = sum(_allocated(p.file(f)) for f in os.listdir(p.path))
             disks = [{"disk_id": d["disk_id"], "name": d.get("name"), "mode": d.get("mode"),
+                      "reason": d.get("reason"),
                       "virtual_size": d["virtual_size"], "path": p.file(d["file"]),
                       "data": _layer_data(p.file(d["file"])),
                       "checksum": d["checksum"]["value"]} for d in p.manifest["disks"]]
@@ -74,11 +90,10 @@ def list_points(repository: str | os.PathLike, vm: str | None = None,
                           "mode": p.manifest.get("mode"), "method": p.manifest.get("method"),
                           "parent": p.parent, "size": size,
                           "data": sum(d["data"] for d in disks), "disks": disks,
-                          "engine": p.manifest.get("engine", {})})
+                          "engine": p.manifest.get("engine") or {}})
             if progress:
                 progress(1)
-        out.append({"vm_id": vm_id,
-                    "vm_name": pts[-1].manifest.get("vm_name") if pts else None,
+        out.append({"vm_id": vm_id, "vm_name": pts[-1].manifest.get("vm_name"),
                     "points": items})
     return out
 
@@ -86,60 +101,131 @@ def list_points(repository: str | os.PathLike, vm: str | None = None,
 # --- verify ------------------------------------------------------------------------
 
 def _check_sha(path: str, expected: str) -> None:
-    if not os.path.isfile(path):
-        raise VerifyError(path, "missing")
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        raise VerifyError(path, "missing") from None
+    except RepositoryError as e:
+        raise VerifyError(path, str(e).removeprefix(f"{path}: ")) from None
     if actual != expected:
         raise VerifyError(path, f"SHA-256 {actual} differs from the manifest's {expected}")
 
 
+def _split(repo: Repository, message: str) -> tuple[str, str]:
+    """(path, what) of an error message ``path: what`` about a repository file."""
+    if message.startswith(repo.root):
+        i = message.find(": ", len(repo.root))
+        if i > 0:
+            return message[:i], message[i + 2:]
+    return repo.root, message
+
+
+def _is_repository(repo: Repository) -> bool:
+    """Whether a VM directory holds a point or the lock every run takes."""
+    for vm_id in repo.vm_ids():
+        vdir = os.path.join(repo.root, vm_id)
+        if os.path.lexists(os.path.join(vdir, LOCK)) or \
+                any(os.path.lexists(os.path.join(vdir, n, MANIFEST))
+                    for n in os.listdir(vdir)):
+            return True
+    return False
+
+
 def verify(repository: str | os.PathLike, vm: str | None = None, point: str | None = None,
-           progress: Progress | None = None) -> dict:
+           progress: Progress | None = None, strict: bool = True) -> dict:
     """Check every file against its manifest, then each point's guest data.
 
     Files are checked by SHA-256; then each point's disks are read through
-    their chains and their block checksum compared with the manifest's.
-    Raises VerifyError naming the first bad file; returns counts.
+    their chains (checked by ``Repository.disk_files``) and their block
+    checksum compared with the manifest's. Every bad file is reported, not
+    only the first: the result has ``points``, ``files``, ``ok`` and
+    ``errors`` (``path``, ``error``). ``strict``: raise VerifyError naming
+    the first bad file instead of returning a failed report. A directory
+    that is not a repository is a RepositoryError.
     """
     repo = Repository(repository)
     if point and not vm:
         raise ImagetoolError("a point is named within a VM: give the VM too")
+    errors: list[dict] = []
+
+    def bad(path: str, what: str) -> None:
+        if {"path": path, "error": what} not in errors:
+            errors.append({"path": path, "error": what})
+
     files = points = 0
-    for vm_id in _vm_ids(repo, vm):
-        pts = repo.chain(repo.point(vm_id, point)) if point else repo.points(vm_id)
+    vm_ids = _vm_ids(repo, vm)
+    if not vm and not _is_repository(repo):
+        raise RepositoryError(f"{repo.root}: not a backup repository (no VM directory "
+                              "with restore points)")
+    for vm_id in vm_ids:
+        every = repo.scan_points(vm_id)
+        pts = every
+        if point:
+            pts = [p for p in every if p.name == point]
+            if not pts:
+                raise RepositoryError(f"{repo.root}: VM {vm_id} has no point {point!r}")
+            try:
+                pts = repo.chain(pts[0], every)     # with the points it builds on
+            except RepositoryError as e:
+                bad(*_split(repo, str(e)))
+        bad_files: set[str] = set()
         for p in pts:
             m = p.manifest
-            ovf = m.get("ovf")
-            if ovf:
-                _check_sha(p.file(ovf["file"]), ovf["sha256"])
+            checks = [(m["ovf"]["file"], m["ovf"]["sha256"])]
+            for d in m["disks"]:
+                checks += [(d["file"], d["sha256"]), (d["digests"], d["digests_sha256"])]
+            for name, sha in checks:
                 files += 1
+                try:
+                    _check_sha(p.file(name), sha)
+                except VerifyError as e:
+                    bad(e.path, str(e).removeprefix(f"{e.path}: "))
+                    bad_files.add(p.file(name))
             for d in m["disks"]:
-                _check_sha(p.file(d["file"]), d["sha256"])
-                _check_sha(p.file(d["digests"]), d["digests_sha256"])
-                files += 2
-            for d in m["disks"]:
-                path = p.file(d["file"])
+                top = p.file(d["file"])
+                try:
+                    chain_files = repo.disk_files(p, d["disk_id"], every)
+                except RepositoryError as e:
+                    bad(*_split(repo, str(e)))
+                    continue
+                broken = [f for f in chain_files if f in bad_files]
+                if broken:
+                    if broken[0] != top:
+                        bad(top, f"cannot be read: its chain holds the bad file {broken[0]}")
+                    continue
                 c = d["checksum"]
                 try:
-                    b = open_image(path, "r", format="qcow2")
-                except (OSError, ImagetoolError) as e:
-                    raise VerifyError(path, f"cannot be read through its chain: {e}") from None
-                try:
-                    value = block_checksum.checksum(
-                        b, algorithm=c["algorithm"], block_size=c["block_size"],
-                        progress=progress)["checksum"]
-                except (OSError, ImagetoolError) as e:
-                    raise VerifyError(path, f"cannot be read through its chain: {e}") from None
-                finally:
-                    b.close()
+                    with repo.open_disk(p, d["disk_id"], every) as b:
+                        value = block_checksum.checksum(
+                            b, algorithm=c["algorithm"], block_size=c["block_size"],
+                            progress=progress)["checksum"]
+                except (OSError, ValueError, ImagetoolError) as e:
+                    bad(top, f"cannot be read through its chain: {e}")
+                    continue
                 if value != c["value"]:
-                    raise VerifyError(path, f"guest data checksum {value} differs from the "
-                                            f"manifest's {c['value']}")
+                    bad(top, f"guest data checksum {value} differs from the manifest's "
+                             f"{c['value']}")
             points += 1
-    return {"points": points, "files": files}
+    for path, what in repo.problems:
+        bad(path, what)
+    if errors and strict:
+        raise VerifyError(errors[0]["path"], errors[0]["error"])
+    return {"points": points, "files": files, "ok": not errors, "errors": errors}
 
 
 # --- restore -----------------------------------------------------------------------
+
+def restored_disk_name(vm_name: str, old_vm_name: str | None, disk_name: str | None,
+                       index: int) -> str:
+    """A restored disk's name, after its new VM: ``web1-os`` of VM ``web1``
+    restored as ``web1-copy`` is ``web1-copy-os``; a name without the old
+    VM's prefix gets the new VM's in front; no name, ``<vm>-disk<n>``."""
+    if not disk_name:
+        return f"{vm_name}-disk{index}"
+    if old_vm_name and disk_name.startswith(old_vm_name):
+        return vm_name + disk_name[len(old_vm_name):]
+    return f"{vm_name}-{disk_name}"
+
 
 def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                storage_domain: str, point: str | None = None, name: str | None = None,
@@ -148,9 +234,12 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     """Create a new VM from a point: one new disk per backed-up disk.
 
     Each disk's guest data is uploaded straight from its chain (read as one
-    image), the engine's checksum of the new disk is compared with the
-    manifest's, and the VM is created from the point's OVF with the new
-    disk ids. On failure the disks created so far are removed.
+    image, through the chain ``Repository.disk_files`` checks: a backing
+    file other than the parent point's is refused before anything is
+    created), the engine's checksum of the new disk is compared with the
+    manifest's, and the VM is created from the point's OVF (its SHA-256
+    checked) with the new disk ids. The new disks are named after the new
+    VM. On failure the disks created so far are removed.
     """
     from imagetool.engine.wait import wait_for_disk
     from imagetool.transfer.session import TransferSession
@@ -158,17 +247,24 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
 
     start = time.monotonic()
     repo = Repository(repository)
-    p = repo.point(repo.find_vm(vm), point)
-    with open(p.file(OVF_FILE)) as f:
-        ovf = f.read()
+    vm_id = repo.find_vm(vm)
+    every = repo.points(vm_id)
+    p = repo.point(vm_id, point)
+    ovf_path = p.file(p.manifest["ovf"]["file"])
+    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
+    ovf = read_file(ovf_path).decode("utf-8", "replace")
+    for entry in p.manifest["disks"]:      # every chain checked before anything is made
+        repo.disk_files(p, entry["disk_id"], every)
+    old_name = p.manifest.get("vm_name")
+    vm_name = name or f"{old_name or p.vm_id}-restored-{p.name}"
     created: list[str] = []
     disks_out = []
     moved = 0
     try:
-        for entry in p.manifest["disks"]:
-            with open_image(p.file(entry["file"]), "r", format="qcow2") as src:
+        for i, entry in enumerate(p.manifest["disks"]):
+            with repo.open_disk(p, entry["disk_id"], every) as src:
                 disk = conn.disks.add(
-                    name=entry.get("name") or entry["disk_id"],
+                    name=restored_disk_name(vm_name, old_name, entry.get("name"), i),
                     provisioned_size=entry["virtual_size"], storage_domain=storage_domain,
                     format=entry.get("format") or "cow", sparse=entry.get("sparse", True),
                     backup=entry.get("backup") if entry.get("format") == "cow" else None)
@@ -193,14 +289,15 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                                                f"restored disk {entry['disk_id']}")
                 moved += stats.bytes_copied
             disks_out.append({"disk_id": disk.id, "source_disk_id": entry["disk_id"],
-                              "name": entry.get("name"), "checksum": remote})
+                              "name": disk.name, "source_name": entry.get("name"),
+                              "checksum": remote})
         new_ovf = ovf
         for d in disks_out:
             new_ovf = new_ovf.replace(d["source_disk_id"], d["disk_id"])
         new_ovf = new_ovf.replace(p.vm_id, str(uuid.uuid4()))
-        vm_name = name or f"{p.manifest.get('vm_name') or p.vm_id}-restored-{p.name}"
         new_vm = conn.vms.add(name=vm_name, cluster=cluster or "Default", ovf=new_ovf)
         _attach_missing(conn, new_vm.id, p, disks_out)
+        _rename_disks(conn, disks_out)
     except BaseException:
         for disk_id in created:
             try:
@@ -210,6 +307,16 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
         raise
     return {"vm_id": new_vm.id, "vm_name": vm_name, "point": p.name, "bytes": moved,
             "seconds": round(time.monotonic() - start, 3), "disks": disks_out}
+
+
+def _rename_disks(conn: Any, disks_out: list[dict]) -> None:
+    """Put the new names back where the OVF gave the disks their old aliases."""
+    from imagetool.engine import codec
+
+    for d in disks_out:
+        if conn.disks.get(d["disk_id"]).name != d["name"]:
+            conn.request("PUT", f"disks/{d['disk_id']}",
+                         body=codec.to_xml("disk", {"name": d["name"]}))
 
 
 def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[dict]) -> None:
@@ -258,80 +365,149 @@ def _clip(extents: list[Extent], ranges: list[tuple[int, int]],
     return tiled
 
 
-def merge_layer_into(lower: str, upper: str, out: str, backing: str | None,
-                     workers: int = 2) -> None:
-    """Write ``out``: ``upper``'s guest data over ``backing`` (``lower``'s backing).
+def merge_layer_into(lowers: list[str], upper: str, reader: Any, out: str,
+                     backing: str | None, workers: int = 2) -> None:
+    """Write ``out``: ``upper``'s guest data over ``backing``.
 
-    A qcow2 commit of ``lower`` into ``upper``: every range allocated in
-    either layer is written from ``upper``'s chain (ranges reading as zeros
-    become zero clusters over a backing file, nothing without one); the
-    rest stays unallocated and reads through ``backing``.
+    A qcow2 commit of the layers ``lowers`` (the files below ``upper`` that
+    go away) into ``upper``: every range allocated in any of them is
+    written from ``reader`` (``upper``'s chain, opened by the caller;
+    ranges reading as zeros become zero clusters over a backing file,
+    nothing without one); the rest stays unallocated and reads through
+    ``backing``. ``out`` is removed again if anything fails.
     """
-    ranges = union_ranges(allocated_ranges(lower, "qcow2") + allocated_ranges(upper, "qcow2"))
-    with open_image(upper, "r", format="qcow2") as reader:
+    ranges = union_ranges([r for f in lowers + [upper] for r in allocated_ranges(f, "qcow2")])
+    try:
         writer = Qcow2Writer.create(out, reader.size, backing_file=backing,
                                     backing_format="qcow2" if backing else None)
+        os.chmod(out, 0o600)
         with SharedBackend(writer) as dst:
-            # Only the ranges either layer allocates; outside them nothing.
+            # Only the ranges a merged layer allocates; outside them nothing.
             extents = _clip(list(reader.extents()), ranges, zero_is_hole=backing is None)
             copy(reader, dst, workers=workers, dst_is_zero=True,
                  over_backing=backing is not None, extents=extents)
             dst.flush()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
+        raise
 
 
 def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
           progress: Progress | None = None) -> list[dict]:
     """Keep the newest ``keep`` points of each VM.
 
-    A dropped point that a later point builds on is first merged into that
-    point (its files are rewritten to hold both layers, backed by what the
-    dropped point was backed by), so every kept point still restores.
-    Returns per VM the points removed and the points rewritten.
+    Each kept point whose parent is dropped gets the dropped layers its
+    disks build on merged into its own files (rewritten to hold them all,
+    backed by the first kept point below, or by nothing: then it is full),
+    and only then are the dropped points deleted, so every kept point
+    still restores. The chains to rewrite are checked as restore checks
+    them (``Repository.disk_files``) before anything changes; symlinked VM
+    and point directories are never followed. A merge a crash interrupted
+    is finished (or undone) by the next prune (``finish_merges``). Returns per VM the points removed, the
+    points rewritten and the points kept.
     """
     if keep < 1:
         raise ImagetoolError("--keep must be at least 1")
     repo = Repository(repository)
     out = []
     for vm_id in _vm_ids(repo, vm):
-        removed, merged = [], []
         with repo.locked(vm_id):
+            vdir = repo.vm_dir(vm_id)
+            for name in os.listdir(vdir):
+                path = os.path.join(vdir, name)
+                if not name.startswith(".") and not os.path.islink(path) \
+                        and os.path.isdir(path):
+                    finish_merges(path)
             pts = repo.points(vm_id)
-            for d in pts[:max(0, len(pts) - keep)]:
-                for s in [p for p in repo.points(vm_id) if p.parent == d.name]:
-                    _merge_point(d, s)
-                    merged.append(s.name)
+            if not pts:
+                continue
+            dropped = {p.name for p in pts[:max(0, len(pts) - keep)]}
+            todo = [k for k in pts[len(dropped):] if k.parent in dropped]
+            for k in todo:      # every chain to rewrite is checked before any change
+                for d in k.manifest["disks"]:
+                    repo.disk_files(k, d["disk_id"], pts)
+            for k in todo:
+                _merge_into(repo, k, dropped, pts)
+            merged = [k.name for k in todo]
+            for d in pts[:len(dropped)]:
                 shutil.rmtree(d.path)
-                removed.append(d.name)
                 if progress:
                     progress(1)
-        out.append({"vm_id": vm_id, "removed": removed, "merged": sorted(set(merged)),
-                    "kept": [p.name for p in repo.points(vm_id)]})
+            fsync_dir(repo.vm_dir(vm_id))
+            kept = repo.points(vm_id)
+        out.append({"vm_id": vm_id, "vm_name": kept[-1].manifest.get("vm_name"),
+                    "removed": [p.name for p in pts[:len(dropped)]], "merged": merged,
+                    "kept": [p.name for p in kept]})
     return out
 
 
-def _merge_point(lower: Point, upper: Point) -> None:
-    manifest = dict(upper.manifest)
-    disks = [dict(d) for d in manifest["disks"]]
-    own = {f"../{lower.name}/{d['file']}": d for d in lower.manifest["disks"]}
-    replaced = []
-    for d in disks:
-        low = own.get(d.get("backing") or "")
-        if low is None:
-            continue
-        tmp = upper.file(d["file"] + ".merging")
-        merge_layer_into(lower.file(low["file"]), upper.file(d["file"]), tmp,
-                         low.get("backing"))
-        d["backing"] = low.get("backing")
-        d["sha256"] = sha256_file(tmp)
-        if d["backing"] is None:
-            d["mode"] = "full"
-        replaced.append((tmp, upper.file(d["file"])))
-    manifest["disks"] = disks
-    manifest["parent"] = lower.parent
-    if lower.parent is None:
-        manifest["mode"] = "full"
-    manifest["merged"] = sorted(set(manifest.get("merged", []) + [lower.name]))
-    for tmp, final in replaced:
-        os.replace(tmp, final)
-    write_json(upper.file("manifest.json"), manifest)
+def _merge_into(repo: Repository, k: Point, dropped: set[str], pts: list[Point]) -> None:
+    """Rewrite kept point ``k`` so that it needs no point of ``dropped``."""
+    by_name = {p.name: p for p in pts}
+    manifest = json.loads(json.dumps(k.manifest))
+    parent = k.parent
+    gone = []
+    while parent in dropped:
+        gone.append(parent)
+        parent = by_name[parent].parent
+    staged: list[tuple[str, str]] = []
+    try:
+        for d in manifest["disks"]:
+            files = repo.disk_files(k, d["disk_id"], pts)
+            lowers, backing = [], None
+            for f in files[1:]:
+                owner = os.path.basename(os.path.dirname(f))
+                if owner not in dropped:
+                    backing = f"../{owner}/{os.path.basename(f)}"
+                    break
+                lowers.append(f)
+            if not lowers:
+                continue
+            tmp = k.file(d["file"] + ".merging")
+            staged.append((tmp, k.file(d["file"])))
+            with repo.open_disk(k, d["disk_id"], pts) as reader:
+                merge_layer_into(lowers, files[0], reader, tmp, backing)
+            d["backing"] = backing
+            d["sha256"] = sha256_file(tmp)
+            if backing is None:
+                d["mode"] = "full"
+                d["reason"] = "merged with the points it built on by prune"
+        manifest["parent"] = parent
+        if parent is None:
+            manifest["mode"] = "full"
+        manifest["merged"] = sorted(set(manifest.get("merged", []) + gone))
+        for tmp, _ in staged:
+            with opened(tmp) as fd:
+                os.fsync(fd)
+        # From here on the merge is rolled forward (finish_merges), never lost.
+        write_json(k.file(PENDING), manifest)
+        staged = []
+        finish_merges(k.path)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
+
+def finish_merges(point_dir: str) -> None:
+    """Complete or undo a merge a crash interrupted in this point.
+
+    A merge writes each new file as ``<file>.merging``, then the new
+    manifest as ``manifest.merging``, then renames the files and last the
+    manifest. With the new manifest written, every file is complete: the
+    renames are finished. Without it, the ``.merging`` files are dropped
+    and the point is as it was.
+    """
+    names = os.listdir(point_dir)
+    pending = PENDING in names
+    for name in names:
+        if name.endswith(".merging") and name != PENDING:
+            path = os.path.join(point_dir, name)
+            if pending:
+                os.replace(path, path[:-len(".merging")])
+            else:
+                os.unlink(path)
+    if pending:
+        os.replace(os.path.join(point_dir, PENDING), os.path.join(point_dir, MANIFEST))
+        fsync_dir(point_dir)

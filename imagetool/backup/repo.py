@@ -7,8 +7,21 @@ Layout::
     DIR/<vm-id>/<point>/<disk-id>.qcow2   guest data (incremental: backing file
                                           ``../<parent point>/<disk-id>.qcow2``)
     DIR/<vm-id>/<point>/<disk-id>.digests block digests of the guest data
+    DIR/<vm-id>/<point>/*.merging         a prune's merge in progress (the
+                                          next prune finishes or drops it)
     DIR/<vm-id>/.partial-<point>/         a point being made (invisible)
     DIR/<vm-id>/.lock                     held while a point is made or pruned
+
+Everything is owner-only (directories 0700, files 0600) whatever the umask:
+the files are the VMs' disks.
+
+A repository is read as untrusted input: a manifest is checked against its
+schema (``check_manifest``) before any field is used; VM and point
+directories and their files must be real directories and regular files
+(never symlinks, files opened with ``O_NOFOLLOW``); a manifest names files
+by plain names inside its point; and a point's qcow2 file may have as
+backing file only the parent point's file of the same disk that the
+manifest names (``Repository.open_disk``), whatever its header says.
 
 A point is written in its ``.partial-`` directory, fsynced, and renamed to
 its final name only when complete, so a listing never shows a point that is
@@ -22,12 +35,15 @@ incremental point's checksum is computed from the blocks that changed only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,11 +53,15 @@ from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened, write_atomic
 
 MANIFEST = "manifest.json"
+PENDING = "manifest.merging"     # a prune's new manifest, until its files are in place
 OVF_FILE = "vm.ovf"
 STATE = "state.json"
 PARTIAL = ".partial-"
 LOCK = ".lock"
 FORMAT_VERSION = 1
+METHODS = ("checkpoint", "snapshot")
+MODES = ("full", "incremental")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class RepositoryError(ImagetoolError):
@@ -82,12 +102,33 @@ class Point:
         return None
 
 
+def open_nofollow(path: str) -> int:
+    """A read-only descriptor on a regular file that is not a symlink.
+
+    RepositoryError naming the file otherwise (FileNotFoundError when it is
+    missing, so callers can tell).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RepositoryError(f"{path}: is a symlink (refused in a backup "
+                                  "repository)") from None
+        raise RepositoryError(f"{path}: cannot be opened: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RepositoryError(f"{path}: not a regular file")
+    return fd
+
+
 def sha256_file(path: str, bufsize: int = 4 << 20) -> str:
-    """SHA-256 of a file's bytes (hex)."""
+    """SHA-256 of a file's bytes (hex); the file must not be a symlink."""
     h = hashlib.sha256()
     buf = bytearray(bufsize)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with os.fdopen(open_nofollow(path), "rb", buffering=0) as f:
         while True:
             n = f.readinto(view)
             if not n:
@@ -96,59 +137,229 @@ def sha256_file(path: str, bufsize: int = 4 << 20) -> str:
     return h.hexdigest()
 
 
+def read_file(path: str) -> bytes:
+    """A regular file's bytes, never through a symlink."""
+    with os.fdopen(open_nofollow(path), "rb") as f:
+        return f.read()
+
+
 def write_json(path: str, doc: Any) -> None:
-    """Write JSON durably and atomically (temporary file, fsync, rename)."""
-    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", mode=0o666,
+    """Write JSON durably and atomically (temporary file, fsync, rename), 0600."""
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", mode=0o600,
                  tmp=f"{path}.tmp-{os.getpid()}")
 
 
 def read_json(path: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
+        data = read_file(path)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as e:
-        raise RepositoryError(f"{path}: unreadable: {e}") from None
+    except OSError as e:
+        raise RepositoryError(f"{path}: unreadable: {e.strerror}") from None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise RepositoryError(f"{path}: not valid JSON: {e}") from None
+
+
+# --- the manifest's schema ------------------------------------------------------
+
+def plain_name(value: Any) -> bool:
+    """A file or directory name of the repository: no path, no dot file."""
+    return (isinstance(value, str) and 0 < len(value) <= 255 and "/" not in value
+            and "\\" not in value and "\0" not in value and not value.startswith("."))
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null", int: "an integer", float: "a fractional number"}.get(type(value),
+                                                                      type(value).__name__)
+
+
+class _Checker:
+    def __init__(self, path: str):
+        self.path = path
+
+    def bad(self, what: str) -> RepositoryError:
+        return RepositoryError(f"{self.path}: {what}")
+
+    def get(self, obj: dict, key: str, where: str, kinds: tuple, *, optional: bool = False,
+            what: str | None = None) -> Any:
+        name = f"{where}{key}"
+        if key not in obj:
+            if optional:
+                return None
+            raise self.bad(f"{name} is missing")
+        value = obj[key]
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise self.bad(f"{name} is {_kind(value)}, expected {what or _kind(kinds[0]())}")
+        return value
+
+    def name(self, obj: dict, key: str, where: str, *, optional: bool = False) -> str | None:
+        value = self.get(obj, key, where, (str,), optional=optional)
+        if value is not None and not plain_name(value):
+            raise self.bad(f"{where}{key} {value!a} is not a plain file name of the point "
+                           "(a path, absolute or with '..', is refused)")
+        return value
+
+    def sha(self, obj: dict, key: str, where: str) -> None:
+        if not _HEX64.fullmatch(self.get(obj, key, where, (str,))):
+            raise self.bad(f"{where}{key} is not a SHA-256 in hex")
+
+    def choice(self, obj: dict, key: str, where: str, allowed: tuple) -> None:
+        if self.get(obj, key, where, (str,)) not in allowed:
+            raise self.bad(f"{where}{key} {obj[key]!a} is not one of {', '.join(allowed)}")
+
+    def size(self, obj: dict, key: str, where: str, minimum: int = 0) -> None:
+        if self.get(obj, key, where, (int,)) < minimum:
+            raise self.bad(f"{where}{key} is below {minimum}")
+
+
+def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
+    """Validate a point's manifest (read from ``path``); return it.
+
+    The one door every manifest passes before its fields are used: the
+    types, the names of its files (plain names inside the point), that it
+    belongs to its directory, and the backing names it may have. A
+    RepositoryError names the file and what is wrong.
+    """
+    c = _Checker(path)
+    if not isinstance(doc, dict):
+        raise c.bad(f"the manifest is {_kind(doc)}, expected an object")
+    if c.get(doc, "format", "", (int,)) != FORMAT_VERSION:
+        raise c.bad(f"format {doc['format']} is not {FORMAT_VERSION} (written by another "
+                    "version of imagetool?)")
+    if c.get(doc, "vm_id", "", (str,)) != vm_id:
+        raise c.bad(f"vm_id {doc['vm_id']!a} is not its directory's {vm_id!a}")
+    if c.get(doc, "point", "", (str,)) != point:
+        raise c.bad(f"point {doc['point']!a} is not its directory's {point!a}")
+    c.get(doc, "vm_name", "", (str,), optional=True)
+    c.get(doc, "time", "", (str,), optional=True)
+    c.get(doc, "timestamp", "", (int, float), what="a number")
+    c.choice(doc, "method", "", METHODS)
+    c.choice(doc, "mode", "", MODES)
+    parent = c.name(doc, "parent", "", optional=True)
+    if parent == point:
+        raise c.bad("the point is its own parent")
+    c.get(doc, "engine", "", (dict,), optional=True)
+    ovf = c.get(doc, "ovf", "", (dict,))
+    c.name(ovf, "file", "ovf.")
+    c.sha(ovf, "sha256", "ovf.")
+    disks = c.get(doc, "disks", "", (list,))
+    if not disks:
+        raise c.bad("disks is empty")
+    seen: set[str] = set()
+    for i, d in enumerate(disks):
+        w = f"disks[{i}]."
+        if not isinstance(d, dict):
+            raise c.bad(f"disks[{i}] is {_kind(d)}, expected an object")
+        disk_id = c.name(d, "disk_id", w)
+        if disk_id in seen:
+            raise c.bad(f"disk {disk_id} is listed twice")
+        seen.add(disk_id)
+        for key in ("name", "format", "interface", "backup"):
+            c.get(d, key, w, (str,), optional=True)
+        for key in ("sparse", "bootable"):
+            c.get(d, key, w, (bool,), optional=True)
+        c.choice(d, "mode", w, MODES)
+        c.size(d, "virtual_size", w)
+        c.name(d, "file", w)
+        c.name(d, "digests", w)
+        c.sha(d, "sha256", w)
+        c.sha(d, "digests_sha256", w)
+        backing = c.get(d, "backing", w, (str,), optional=True)
+        if backing is not None and parent is None:
+            raise c.bad(f"{w}backing is {backing!a} but the point has no parent")
+        cs = c.get(d, "checksum", w, (dict,))
+        c.get(cs, "algorithm", w + "checksum.", (str,))
+        c.size(cs, "block_size", w + "checksum.", 1)
+        c.get(cs, "value", w + "checksum.", (str,))
+    return doc
 
 
 class Repository:
-    """A backup directory (created on first use by ``backup create``)."""
+    """A backup directory (created on first use by ``backup create``).
+
+    ``problems`` collects what a scan skipped (symlinked VM or point
+    directories, unreadable or malformed manifests) as ``(path, what)``:
+    ``verify`` reports them; ``list`` and ``prune`` never follow them.
+    """
 
     def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
-        self.root = os.path.abspath(os.fspath(root))
+        # The root may be reached through a symlink the operator made; below
+        # it nothing may be one.
+        self.root = os.path.realpath(os.fspath(root))
         if create:
-            os.makedirs(self.root, exist_ok=True)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
         elif not os.path.isdir(self.root):
             raise RepositoryError(f"{self.root}: no such backup directory")
+        self.problems: list[tuple[str, str]] = []
+
+    def _problem(self, path: str, what: str) -> None:
+        self.problems.append((path, what))
+
+    def _subdirs(self, directory: str) -> list[str]:
+        """Names of the real (not symlinked) directories in ``directory``, no dot names."""
+        out = []
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+        for e in sorted(entries, key=lambda e: e.name):
+            if e.name.startswith("."):
+                continue
+            if e.is_symlink():
+                self._problem(e.path, "is a symlink (refused in a backup repository)")
+            elif e.is_dir(follow_symlinks=False):
+                out.append(e.name)
+        return out
 
     # --- VMs and points ---------------------------------------------------
 
     def vm_dir(self, vm_id: str) -> str:
-        if not vm_id or "/" in vm_id or vm_id.startswith("."):
+        if not plain_name(vm_id):
             raise RepositoryError(f"invalid VM id {vm_id!a}")
-        return os.path.join(self.root, vm_id)
+        path = os.path.join(self.root, vm_id)
+        if os.path.islink(path):
+            raise RepositoryError(f"{path}: is a symlink (refused in a backup repository)")
+        return path
 
     def vm_ids(self) -> list[str]:
-        out = []
-        for name in sorted(os.listdir(self.root)):
-            if not name.startswith(".") and os.path.isdir(os.path.join(self.root, name)):
-                out.append(name)
-        return out
+        """The VM directories (symlinked ones are problems, never followed)."""
+        return self._subdirs(self.root)
 
     def points(self, vm_id: str) -> list[Point]:
-        """The VM's complete points, oldest first."""
+        """The VM's complete points with valid manifests, oldest first.
+
+        A point whose manifest is malformed raises RepositoryError; see
+        ``scan_points`` to collect them instead.
+        """
+        seen = len(self.problems)
+        pts = self.scan_points(vm_id)
+        if len(self.problems) > seen:
+            path, what = self.problems[seen]
+            raise RepositoryError(f"{path}: {what}")
+        return pts
+
+    def scan_points(self, vm_id: str) -> list[Point]:
+        """The VM's valid points; what is wrong is added to ``problems``."""
         vdir = self.vm_dir(vm_id)
-        if not os.path.isdir(vdir):
-            return []
         out = []
-        for name in os.listdir(vdir):
-            if name.startswith("."):
-                continue
+        for name in self._subdirs(vdir):
             mpath = os.path.join(vdir, name, MANIFEST)
-            if not os.path.isfile(mpath):
+            try:
+                doc = read_json(mpath)
+            except FileNotFoundError:
+                continue        # not a point (a leftover directory)
+            except RepositoryError as e:
+                self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
                 continue
-            out.append(Point(vdir, name, read_json(mpath)))
+            try:
+                out.append(Point(vdir, name, check_manifest(doc, mpath, vm_id, name)))
+            except RepositoryError as e:
+                self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
         out.sort(key=lambda p: (p.timestamp, p.name))
         return out
 
@@ -157,7 +368,8 @@ class Repository:
         ids = self.vm_ids()
         if vm in ids:
             return vm
-        named = [v for v in ids if any(p.manifest.get("vm_name") == vm for p in self.points(v))]
+        named = [v for v in ids
+                 if any(p.manifest.get("vm_name") == vm for p in self.scan_points(v))]
         if not named:
             raise RepositoryError(f"{self.root}: no backups of VM {vm!r}")
         if len(named) > 1:
@@ -177,19 +389,100 @@ class Repository:
                 return p
         raise RepositoryError(f"{self.root}: VM {vm_id} has no point {name!r}")
 
-    def chain(self, point: Point) -> list[Point]:
+    def chain(self, point: Point, points: list[Point] | None = None) -> list[Point]:
         """The point and every point it depends on, oldest first."""
-        by_name = {p.name: p for p in self.points(point.vm_id)}
+        by_name = {p.name: p for p in (points if points is not None
+                                        else self.points(point.vm_id))}
         out = [point]
         while out[-1].parent:
             parent = by_name.get(out[-1].parent)
             if parent is None:
-                raise RepositoryError(f"point {out[-1].name} of VM {point.vm_id}: parent "
-                                      f"point {out[-1].parent} is missing")
+                raise RepositoryError(f"{out[-1].file(MANIFEST)}: parent point "
+                                      f"{out[-1].parent} is missing")
             if parent in out:
-                raise RepositoryError(f"point {point.name}: loop in the chain")
+                raise RepositoryError(f"{point.file(MANIFEST)}: loop in the chain of "
+                                      f"parents at {parent.name}")
             out.append(parent)
         return list(reversed(out))
+
+    def disk_files(self, point: Point, disk_id: str,
+                   points: list[Point] | None = None) -> list[str]:
+        """The qcow2 files of a disk's chain at ``point``, top first, checked.
+
+        Each file must be a regular file of its point (not a symlink), its
+        header's backing file exactly the manifest's ``backing``, and that
+        either none or ``../<parent point>/<the parent's file of the same
+        disk>``. Anything else is a RepositoryError naming the file: a
+        repository someone else can write must not make a restore read a
+        host file.
+        """
+        from imagetool.formats import qcow2
+
+        chain = self.chain(point, points)
+        by_name = {p.name: p for p in chain}
+        out = []
+        p = point
+        while True:
+            entry = p.disk(disk_id)
+            if entry is None and not out:
+                raise RepositoryError(f"{p.file(MANIFEST)}: no disk {disk_id}")
+            if entry is None:
+                raise RepositoryError(f"{out[-1]}: its backing point {p.name} has no "
+                                      f"disk {disk_id}")
+            path = p.file(entry["file"])
+            fd = open_nofollow(path)
+            try:
+                h = qcow2.parse_header(fd, path)
+                qcow2.check_readable(h)     # no external data file, no encryption
+            except ImagetoolError as e:
+                raise RepositoryError(str(e)) from None
+            finally:
+                os.close(fd)
+            backing = entry.get("backing")
+            if h.backing_file != backing:
+                raise RepositoryError(
+                    f"{path}: backing file {h.backing_file!a} is not the one its manifest "
+                    f"names ({backing!a})")
+            if h.virtual_size != entry["virtual_size"]:
+                raise RepositoryError(f"{path}: virtual size {h.virtual_size} is not the "
+                                      f"manifest's {entry['virtual_size']}")
+            out.append(path)
+            if backing is None:
+                return out
+            parent = by_name.get(p.parent or "")
+            low = parent.disk(disk_id) if parent is not None else None
+            want = f"../{parent.name}/{low['file']}" if low is not None else None
+            if backing != want:
+                raise RepositoryError(
+                    f"{path}: backing file {backing!a} is not the parent point's file of "
+                    f"disk {disk_id}" + (f" ({want})" if want else ""))
+            p = parent
+
+    def open_disk(self, point: Point, disk_id: str,
+                  points: list[Point] | None = None) -> Any:
+        """A read-only backend over a disk's guest data at ``point``.
+
+        The chain is the one ``disk_files`` checked, opened bottom up with
+        each layer given its parent explicitly: the backing name in a
+        header is never followed.
+        """
+        from imagetool.formats.qcow2_reader import Qcow2Backend
+
+        files = self.disk_files(point, disk_id, points)
+        backend = None
+        try:
+            for path in reversed(files):
+                before = os.lstat(path)
+                backend = Qcow2Backend(path, backing=backend)
+                after = os.fstat(backend._fd)
+                if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino) or \
+                        not stat.S_ISREG(before.st_mode):
+                    raise RepositoryError(f"{path}: changed while being opened")
+        except BaseException:
+            if backend is not None:
+                backend.close()
+            raise
+        return backend
 
     # --- making a point -----------------------------------------------------
 
@@ -197,8 +490,8 @@ class Repository:
         base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         vdir = self.vm_dir(vm_id)
         name, n = base, 1
-        while os.path.exists(os.path.join(vdir, name)) or \
-                os.path.exists(os.path.join(vdir, PARTIAL + name)):
+        while os.path.lexists(os.path.join(vdir, name)) or \
+                os.path.lexists(os.path.join(vdir, PARTIAL + name)):
             n += 1
             name = f"{base}-{n}"
         return name
@@ -208,23 +501,26 @@ class Repository:
         vdir = self.vm_dir(vm_id)
         if not os.path.isdir(vdir):
             return []
-        return sorted(os.path.join(vdir, n) for n in os.listdir(vdir) if n.startswith(PARTIAL))
+        return sorted(os.path.join(vdir, n) for n in os.listdir(vdir) if n.startswith(PARTIAL)
+                      and not os.path.islink(os.path.join(vdir, n)))
 
     def begin(self, vm_id: str, name: str, state: dict) -> str:
         """Create the staging directory of a new point; returns it."""
         vdir = self.vm_dir(vm_id)
-        os.makedirs(vdir, exist_ok=True)
+        os.makedirs(vdir, mode=0o700, exist_ok=True)
         staging = os.path.join(vdir, PARTIAL + name)
-        os.mkdir(staging)
+        os.mkdir(staging, 0o700)
         write_json(os.path.join(staging, STATE), state)
         return staging
 
     def commit(self, staging: str, manifest: dict) -> Point:
-        """Make a staged point visible: manifest, fsync, rename."""
+        """Make a staged point visible: owner-only files, fsync, manifest, rename."""
         for name in os.listdir(staging):
             if name.endswith((".qcow2", ".digests", ".ovf")):
-                with opened(os.path.join(staging, name)) as fd:
+                with opened(os.path.join(staging, name), os.O_RDONLY | os.O_NOFOLLOW) as fd:
+                    os.fchmod(fd, 0o600)
                     os.fsync(fd)
+        os.chmod(staging, 0o700)
         write_json(os.path.join(staging, MANIFEST), manifest)
         os.unlink(os.path.join(staging, STATE))
         vdir = os.path.dirname(staging)
@@ -234,15 +530,30 @@ class Repository:
         return Point(vdir, manifest["point"], manifest)
 
     @staticmethod
-    def discard(staging: str) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
+    def discard(staging: str, keep_state: bool = False) -> None:
+        """Remove a staging directory; ``keep_state``: all but its state file,
+        which names what the engine still holds for the next run to clean up."""
+        if not keep_state:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        for name in os.listdir(staging):
+            if name != STATE:
+                path = os.path.join(staging, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
     @contextmanager
     def locked(self, vm_id: str) -> Iterator[None]:
         """Hold the VM's lock (one writer per VM chain); RepositoryError if busy."""
         vdir = self.vm_dir(vm_id)
-        os.makedirs(vdir, exist_ok=True)
-        with opened(os.path.join(vdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644) as fd:
+        os.makedirs(vdir, mode=0o700, exist_ok=True)
+        if os.path.islink(vdir) or not os.path.isdir(vdir):
+            raise RepositoryError(f"{vdir}: is a symlink (refused in a backup repository)")
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        with opened(os.path.join(vdir, LOCK), flags, 0o600) as fd:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -251,10 +562,3 @@ class Repository:
                                           "is running") from None
                 raise
             yield
-
-
-def allocated_bytes(path: str) -> int:
-    try:
-        return os.stat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0

@@ -75,6 +75,9 @@ def create(vms: tuple[str, ...], directory: str, full: bool, method: str, jobs: 
             why = f" ({r['reason']})" if r["mode"] == "full" and r.get("reason") else ""
             click.echo(f"VM {r['vm_name']}: {r['mode']} point {r['point']} by {r['method']}"
                        f"{why}: {format_size(r['bytes'])} moved in {r['seconds']:.1f} s")
+            for d in r["disks"]:
+                why = f" ({d['reason']})" if d.get("reason") and r["mode"] != "full" else ""
+                click.echo(f"  disk {d['name']}: {d['mode']}{why}")
     for v, e in errors:
         click.echo(f"imagetool: error: VM {v}: {e}", err=True)
     if errors:
@@ -111,15 +114,34 @@ def list_cmd(directory: str, vm: str | None, as_json: bool) -> None:
 def verify_cmd(directory: str, vm: str | None, point: str | None, as_json: bool) -> None:
     """Check every file's SHA-256 and every point's guest-data checksum.
 
-    Exit 1 names the first bad file.
+    \b
+    Every bad file is named, one line each, and the exit code is 1; so is
+    a directory that is not a backup repository. With --json the report
+    (ok, points, files, errors) is printed whatever the outcome.
     """
-    from imagetool.backup import verify
+    import os
 
-    out = verify(directory, vm=vm, point=point)
+    from imagetool.backup import verify
+    from imagetool.errors import ImagetoolError
+
+    try:
+        out = verify(directory, vm=vm, point=point, strict=False)
+    except ImagetoolError as e:
+        if as_json:
+            emit_json({"ok": False, "points": 0, "files": 0,
+                       "errors": [{"path": os.path.abspath(directory), "error": str(e)}]})
+        raise
     if as_json:
-        emit_json(dict(out, ok=True))
-    else:
+        emit_json(out)
+    elif out["ok"]:
         click.echo(f"verified {out['points']} points, {out['files']} files: ok")
+    for e in out["errors"]:
+        click.echo(f"imagetool: error: {e['path']}: {e['error']}", err=True)
+    if not out["ok"]:
+        if not as_json:
+            click.echo(f"verified {out['points']} points, {out['files']} files: "
+                       f"{len(out['errors'])} errors")
+        sys.exit(1)
 
 
 @backup.command("restore")
@@ -165,5 +187,5 @@ def prune_cmd(directory: str, keep: int, vm: str | None, as_json: bool) -> None:
         emit_json(out)
     else:
         for v in out:
-            click.echo(f"VM {v['vm_id']}: removed {len(v['removed'])} points, "
+            click.echo(f"VM {v['vm_name']} ({v['vm_id']}): removed {len(v['removed'])} points, "
                        f"merged into {', '.join(v['merged']) or 'none'}, kept {len(v['kept'])}")

@@ -27,6 +27,10 @@ from __future__ import annotations
 import logging
 import time
 
+from imagetool.copier import copy_local
+from imagetool.formats import allocated_ranges
+from imagetool.formats.base import Extent
+from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.storage import new_id
@@ -121,8 +125,55 @@ def _freeze(engine, disk: dict, now: float) -> str:
     old = disk["image_id"]
     new = engine.storage.add_layer(disk, old, now, backup_layer=False)["id"]
     store.update("volume", old, backup_frozen=True)
-    store.update("disk", disk["id"], image_id=new, format="cow")
+    # The disk keeps its format: the layer is the engine's own, as the
+    # scratch disk of a real engine's backup is (a raw disk stays raw).
+    store.update("disk", disk["id"], image_id=new)
     return old
+
+
+def _thaw(engine, disk: dict, frozen_id: str) -> None:
+    """Merge the backup's layer back into the volume it froze.
+
+    When nothing was written during the backup, or the frozen volume is
+    raw, the frozen volume becomes the active volume again (a raw one
+    gets the writes made meanwhile written into it in place first), so
+    the disk keeps its format and its size. Otherwise (writes over a
+    qcow2 volume, or a snapshot taken meanwhile) the layer is merged as a
+    snapshot's is.
+    """
+    store, st = engine.store, engine.storage
+    lower = store.get("volume", frozen_id)
+    if disk["image_id"] == frozen_id:           # thawed already (an end run again)
+        store.update("volume", frozen_id, backup_frozen=False)
+        return
+    upper = store.get("volume", disk["image_id"])
+    if upper is None or upper.get("parent_id") != frozen_id:
+        disks_mod.merge_down(engine, disk, frozen_id)
+        return
+    upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
+    written = allocated_ranges(upper_path, "qcow2")
+    if written and lower.get("format") != "raw":
+        disks_mod.merge_down(engine, disk, frozen_id)
+        return
+    if written:
+        reader = st.open_volume(upper)
+        try:
+            # A preallocated disk's zeroed ranges stay allocated.
+            writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
+                                sparse=bool(disk.get("sparse", True)))
+            try:
+                copy_local(reader, writer, check_size=False,
+                           extents=[Extent(a, b - a) for a, b in written])
+            finally:
+                writer.close()
+        finally:
+            reader.close()
+    store.update("volume", frozen_id, backup_frozen=False)
+    store.update("disk", disk["id"], image_id=frozen_id)
+    store.delete("volume", upper["id"])
+    # The file goes once the inventory no longer names it (a crash before
+    # the commit leaves the chain as it was, reading the same data).
+    store.after_commit(lambda: st.remove_volume(disk["sd_id"], disk["id"], upper["id"]))
 
 
 def finalize(engine, vm_id: str, bid: str) -> dict:
@@ -157,7 +208,7 @@ def _end(engine, b: dict, ok: bool) -> dict:
         if d is None or store.get("volume", vol_id) is None:
             continue
         try:
-            disks_mod.merge_down(engine, d, vol_id)
+            _thaw(engine, d, vol_id)
         except Exception:
             ok = False
     cp = store.get("checkpoint", b["to_checkpoint_id"])

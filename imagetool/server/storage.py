@@ -488,23 +488,28 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     """
     tmp = upper + ".merging"
     create_private(tmp)
-    if reader is None:
-        reader = open_image(upper, "r", format="qcow2")
     try:
-        if parent_id is None:
-            ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
-        else:
-            ranges = allocated_ranges(lower) + allocated_ranges(upper)
-        writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
-        parent = None   # the writer owns it now
+        if reader is None:
+            reader = open_image(upper, "r", format="qcow2")
         try:
-            # Only those ranges: the rest stays unallocated (the parent's).
-            _copy_ranges(reader, writer, ranges, dst_is_zero=True)
+            if parent_id is None:
+                ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
+            else:
+                ranges = allocated_ranges(lower) + allocated_ranges(upper)
+            writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
+            parent = None   # the writer owns it now
+            try:
+                # Only those ranges: the rest stays unallocated (the parent's).
+                _copy_ranges(reader, writer, ranges, dst_is_zero=True)
+            finally:
+                writer.close()
         finally:
-            writer.close()
-    finally:
-        _close_layers(reader, parent)
-    os.replace(tmp, upper)
+            _close_layers(reader, parent)
+        os.replace(tmp, upper)
+    except BaseException:
+        # A failed merge leaves the chain as it was, and no half file.
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _copy_ranges(reader: Any, writer: Any, ranges: list[tuple[int, int]],

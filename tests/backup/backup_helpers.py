@@ -59,3 +59,80 @@ def files_under(root):
     for d, _, fs in os.walk(root):
         out += [os.path.join(d, f) for f in fs]
     return sorted(out)
+
+
+# --- a repository built without an engine ------------------------------------------
+
+def add_point(repo_dir, vm_id, disks, *, full=False, now=None):
+    """Make one point of VM ``vm_id`` in ``repo_dir`` from guest images in
+    memory, as ``backup create`` does but without an engine (fast, for
+    repository tests). ``disks``: {disk id: (bytes now, bytes at the previous
+    point or None)}; a disk whose previous bytes are None, or every disk
+    when ``full``, is full, the others hold only the 64 KiB grains that
+    changed. Returns the point's name."""
+    import tempfile
+
+    from imagetool.backup import digests as dg
+    from imagetool.backup.create import _disk_entry, point_manifest
+    from imagetool.backup.engine_ops import VmDisk
+    from imagetool.backup.fetch import Fetched, write_layer
+    from imagetool.backup.repo import OVF_FILE, Repository
+    from imagetool.formats import open_image
+    from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
+    from imagetool.server.dirty import GRAIN, DirtyView
+
+    repo = Repository(repo_dir, create=True)
+    pts = repo.points(vm_id)
+    base = pts[-1] if pts and not full else None
+    now = now if now is not None else (pts[-1].timestamp + 1 if pts else 1.0e9)
+    name = repo.new_point_name(vm_id, now)
+    staging = repo.begin(vm_id, name, {})
+    with open(os.path.join(staging, OVF_FILE), "w") as f:
+        f.write(f"<ovf vm='{vm_id}'/>")
+    entries = []
+    for disk_id, (data, before) in disks.items():
+        incremental = base is not None and before is not None
+        with tempfile.NamedTemporaryFile(dir=repo_dir, prefix=".guest-") as raw:
+            raw.write(data)
+            raw.flush()
+            src = open_image(raw.name, "r", format="raw")
+            backing = None
+            if incremental:
+                grains = [[i, i + GRAIN] for i in range(0, len(data), GRAIN)
+                          if data[i:i + GRAIN] != before[i:i + GRAIN]]
+                src = DirtyView(src, grains)
+                backing = f"../{base.name}/{disk_id}.qcow2"
+            out = os.path.join(staging, f"{disk_id}.qcow2")
+            try:
+                stats, _ = write_layer(src, out, dirty=incremental, backing=backing,
+                                       workers=1)
+            finally:
+                src.close()
+        with open_image(out, "r", format="qcow2") as chain:
+            digests = dg.compute(chain)
+        n = dg.block_count(len(data), DEFAULT_BLOCK_SIZE)
+        digests = [digests[i] for i in range(n)]
+        fetched = Fetched(bytes_copied=stats.bytes_copied, checksum=dg.combine(digests),
+                          checksum_source="chain", digests=digests, algorithm="blake2b")
+        disk = VmDisk(id=disk_id, name=f"{vm_id}-{disk_id}", format="cow",
+                      provisioned_size=len(data), sparse=True, interface="virtio_scsi",
+                      bootable=False, backup="incremental")
+        entry = _disk_entry(disk, staging, fetched, "incremental" if backing else "full",
+                            backing)
+        entry["reason"] = None
+        entries.append(entry)
+    manifest = point_manifest(vm_id, "vm", name, now, "snapshot", base, {}, entries, staging)
+    repo.commit(staging, manifest)
+    return name
+
+
+def point_bytes(repo_dir, vm_id, point, disk_id):
+    """A point's guest data of a disk, read through its checked chain."""
+    from imagetool.backup.repo import Repository
+
+    repo = Repository(repo_dir)
+    p = repo.point(vm_id, point)
+    with repo.open_disk(p, disk_id) as b:
+        buf = bytearray(b.size)
+        b.read_into(0, memoryview(buf))
+    return bytes(buf)

@@ -11,27 +11,15 @@ import subprocess
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, MiB, qemu_img
+from helpers import MiB, qemu_img
 from backup_helpers import engine_checksum, files_under, guest_io, make_vm, rand
 
 from imagetool import backup
 from imagetool.checksum import checksum_file
-from imagetool.server.local import LocalEngine
 
 pytestmark = pytest.mark.slow
 
 METHODS = ["snapshot", "checkpoint"]
-
-
-@pytest.fixture
-def env(engine, monkeypatch, tmp_path):
-    monkeypatch.setenv("IMAGETOOL_ENGINE_URL", engine.url)
-    monkeypatch.setenv("IMAGETOOL_USERNAME", LocalEngine.username)
-    monkeypatch.setenv("IMAGETOOL_PASSWORD", ENGINE_PASSWORD)
-    monkeypatch.setenv("IMAGETOOL_CAFILE", engine.cafile)
-    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path / "home"))
-    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def create(cli, vm, repo, method, *extra):

@@ -13,7 +13,7 @@ from helpers import MiB, qemu_check, qemu_img, qemu_io, run
 from imagetool.errors import UnsupportedFeature
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.server.storage import commit_layer
+from imagetool.server.storage import commit_layer, merge_layer
 
 
 def _sha(path) -> str:
@@ -35,6 +35,31 @@ def _chain(tmp_path):
     qemu_io(top, "write -P 7 30M 2M", "write -z 2M 128k", "write -P 8 100000 5000",
             "write -z 40M 64k", "write -P 6 7340000 100")
     return base, mid, top
+
+
+class Failing:
+    """A reader whose reads fail after ``budget`` of them (an I/O error)."""
+
+    def __init__(self, inner, budget):
+        self._b = inner
+        self.budget = budget
+
+    size = property(lambda self: self._b.size)
+
+    def extents(self, context="zero"):
+        return self._b.extents(context)
+
+    def read_into(self, offset, buf):
+        self.budget -= 1
+        if self.budget < 0:
+            raise OSError(5, "read error")
+        return self._b.read_into(offset, buf)
+
+    def clone(self):
+        return self
+
+    def close(self):
+        self._b.close()
 
 
 def test_commit_gives_the_chain_and_copies_only_the_upper_layer(tmp_path):
@@ -64,33 +89,24 @@ def test_failed_commit_leaves_both_files_as_they_were(tmp_path):
     base, mid, top = _chain(tmp_path)
     before = {p: _sha(p) for p in (mid, top)}
 
-    class Failing:
-        def __init__(self, inner, budget):
-            self._b = inner
-            self.budget = budget
-
-        size = property(lambda self: self._b.size)
-
-        def extents(self, context="zero"):
-            return self._b.extents(context)
-
-        def read_into(self, offset, buf):
-            self.budget -= 1
-            if self.budget < 0:
-                raise OSError(5, "read error")
-            return self._b.read_into(offset, buf)
-
-        def clone(self):
-            return self
-
-        def close(self):
-            self._b.close()
-
     reader = Failing(open_image(top, "r", format="qcow2"), budget=2)
     with pytest.raises(OSError):
         commit_layer(mid, top, reader, open_image(base, "r", format="qcow2"))
     assert {p: _sha(p) for p in (mid, top)} == before
     assert qemu_check(mid)["check-errors"] == 0
+
+
+def test_failed_merge_leaves_no_merging_file(tmp_path):
+    """``merge_layer`` (the other direction) writes ``top.merging`` first: a
+    failure removes it and leaves the chain as it was."""
+    base, mid, top = _chain(tmp_path)
+    before = {p: _sha(p) for p in (mid, top)}
+    reader = Failing(open_image(top, "r", format="qcow2"), budget=2)
+    with pytest.raises(OSError):
+        merge_layer(mid, top, "base", "qcow2", 64 * MiB, reader=reader,
+                    parent=open_image(base, "r", format="qcow2"))
+    assert sorted(os.listdir(tmp_path)) == ["base", "mid", "top"]
+    assert {p: _sha(p) for p in (mid, top)} == before
 
 
 def test_abort_before_flush_restores_the_file(tmp_path):

@@ -1,0 +1,174 @@
+"""What a backup does to the engine and what it reports, on the local engine:
+a checkpoint backup never changes the disk it reads; each disk's mode is
+reported with the reason a disk is full; a failed run keeps the state the
+next run needs and leaves no checkpoint behind; restored disks carry the new
+VM's name; every file of the repository is owner-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from helpers import MiB
+from backup_helpers import engine_checksum, guest_io, make_vm, rand
+
+from imagetool import backup
+from imagetool.backup import engine_ops as ops
+from imagetool.errors import EngineError
+
+
+def volumes(engine, disk_id):
+    return engine.server.store.list("volume", lambda v: v["disk_id"] == disk_id)
+
+
+def test_a_checkpoint_backup_leaves_disks_as_they_were(conn, engine, tmp_path):
+    vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
+    guest_io(conn, raw, writes=[(0, rand(3 * MiB, 1))])
+    guest_io(conn, cow, writes=[(0, rand(MiB, 2))])
+    before = conn.disks.get(raw)
+    cow_size = conn.disks.get(cow).actual_size
+    sums = {d: engine_checksum(conn, d, "sha256") for d in (cow, raw)}
+    repo = str(tmp_path / "repo")
+    for _ in range(3):
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    after = conn.disks.get(raw)
+    assert (after.format, after.image_id) == ("raw", before.image_id)
+    assert after.actual_size == before.actual_size
+    assert [v["format"] for v in volumes(engine, raw)] == ["raw"]
+    assert len(volumes(engine, cow)) == 1
+    assert conn.disks.get(cow).actual_size == cow_size     # no writes, no growth
+    assert {d: engine_checksum(conn, d, "sha256") for d in (cow, raw)} == sums
+    conn.vms.remove(vm.id)
+
+
+def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
+    vm, (raw,) = make_vm(conn, [("raw", 4 * MiB)])
+    guest_io(conn, raw, writes=[(0, rand(2 * MiB, 3))])
+    b = ops.start_backup(conn, vm.id, [raw], None, "t")
+    ops.wait_backup(conn, vm.id, b.id, ("ready",))
+    assert conn.disks.get(raw).format == "raw"
+    guest_io(conn, raw, writes=[(MiB, rand(MiB, 4))], discards=[(3 * MiB, MiB)])
+    during = engine_checksum(conn, raw, "sha256")
+    assert ops.finalize_backup(conn, vm.id, b.id) == "succeeded"
+    assert engine_checksum(conn, raw, "sha256") == during
+    assert [v["format"] for v in volumes(engine, raw)] == ["raw"]
+    conn.vms.remove(vm.id)
+
+
+def test_each_disk_says_its_mode_and_why(conn, cli, env, tmp_path):
+    vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
+    guest_io(conn, cow, writes=[(0, rand(MiB, 5))])
+    repo = str(tmp_path / "repo")
+    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint", "--json")
+    assert code == 0, err
+    [r] = json.loads(out)
+    assert [(d["disk_id"], d["mode"], d["reason"]) for d in r["disks"]] == \
+        [(cow, "full", "no chain yet"), (raw, "full", "no chain yet")]
+    guest_io(conn, cow, writes=[(MiB, rand(MiB, 6))])
+    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint", "--json")
+    assert code == 0, err
+    [r] = json.loads(out)
+    why = "the disk is not enabled for incremental backup (backup: none)"
+    assert r["mode"] == "incremental"
+    assert [(d["disk_id"], d["mode"], d["reason"]) for d in r["disks"]] == \
+        [(cow, "incremental", None), (raw, "full", why)]
+    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint")
+    assert code == 0, err
+    names = {d: conn.disks.get(d).name for d in (cow, raw)}
+    assert f"  disk {names[cow]}: incremental\n" in out
+    assert f"  disk {names[raw]}: full ({why})\n" in out
+    [v] = backup.list_points(repo)
+    assert v["points"][-1]["disks"][1]["reason"] == why
+    conn.vms.remove(vm.id)
+
+
+def one_point(conn, tmp_path, seed):
+    """A VM with one checkpoint point; (vm, repo, the engine's checkpoints)."""
+    vm, (d0,) = make_vm(conn)
+    guest_io(conn, d0, writes=[(0, rand(MiB, seed))])
+    repo = str(tmp_path / "repo")
+    backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    return vm, repo, ops.checkpoint_ids(conn, vm.id)
+
+
+def interrupt(n):
+    raise KeyboardInterrupt
+
+
+def test_a_failed_finalize_keeps_the_state_for_the_next_run(conn, tmp_path, monkeypatch):
+    vm, repo, checkpoints = one_point(conn, tmp_path, 7)
+
+    def unreachable(*a, **kw):
+        raise EngineError("cannot connect to engine")
+
+    monkeypatch.setattr(ops, "finalize_backup", unreachable)
+    with pytest.raises(KeyboardInterrupt):
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint", progress=interrupt)
+    monkeypatch.undo()
+    [partial] = backup.Repository(repo).partials(vm.id)
+    assert os.listdir(partial) == ["state.json"]
+    with open(os.path.join(partial, "state.json")) as f:
+        state = json.load(f)
+    bid = state["backup_id"]
+    assert ops.get_backup(conn, vm.id, bid).phase == "ready"
+
+    notes = []
+    r = backup.backup_vm(conn, vm.id, repo, method="checkpoint", log=notes.append)
+    assert r["mode"] == "incremental"
+    assert any(f"its engine backup {bid} was finalized" in n for n in notes), notes
+    assert any(f"its checkpoint {state['checkpoint_id']} was removed" in n for n in notes)
+    assert ops.get_backup(conn, vm.id, bid).phase in ("succeeded", "failed")
+    assert backup.Repository(repo).partials(vm.id) == []
+    # The checkpoints: the two points', none of the failed run.
+    assert ops.checkpoint_ids(conn, vm.id) == checkpoints + [
+        backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]]
+    conn.vms.remove(vm.id)
+
+
+def test_a_failed_run_leaves_no_checkpoint(conn, tmp_path):
+    vm, repo, checkpoints = one_point(conn, tmp_path, 8)
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            backup.backup_vm(conn, vm.id, repo, method="checkpoint", progress=interrupt)
+    assert ops.checkpoint_ids(conn, vm.id) == checkpoints
+    assert backup.Repository(repo).partials(vm.id) == []
+    conn.vms.remove(vm.id)
+
+
+def test_restored_disks_are_named_after_the_new_vm(conn, tmp_path):
+    vm, disks = make_vm(conn, [("cow", 4 * MiB), ("raw", 4 * MiB)])
+    guest_io(conn, disks[0], writes=[(0, rand(MiB, 9))])
+    repo = str(tmp_path / "repo")
+    backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    got = backup.restore_vm(conn, repo, vm.id, storage_domain="data", name=f"{vm.name}-copy")
+    names = sorted(conn.disks.get(d["disk_id"]).name for d in got["disks"])
+    assert names == [f"{vm.name}-copy-d0", f"{vm.name}-copy-d1"]
+    assert sorted(d["name"] for d in got["disks"]) == names
+    # The originals keep theirs: each name is one disk.
+    assert sorted(conn.disks.get(d).name for d in disks) == [f"{vm.name}-d0", f"{vm.name}-d1"]
+    conn.vms.remove(got["vm_id"])
+    conn.vms.remove(vm.id)
+
+
+def test_a_real_backup_is_owner_only_whatever_the_umask(conn, tmp_path):
+    vm, (d0,) = make_vm(conn)
+    guest_io(conn, d0, writes=[(0, rand(MiB, 10))])
+    repo = str(tmp_path / "repo")
+    old = os.umask(0)
+    try:
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+        guest_io(conn, d0, writes=[(MiB, rand(MiB, 11))])
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    finally:
+        os.umask(old)
+    modes = {}
+    for d, dirs, files in os.walk(repo):
+        modes[d] = stat.S_IMODE(os.stat(d).st_mode)
+        for f in files:
+            modes[os.path.join(d, f)] = stat.S_IMODE(os.stat(os.path.join(d, f)).st_mode)
+    assert len(modes) == 1 + 1 + 2 * 5 + 1      # repo, VM dir, 2 points of 4 files, .lock
+    assert {p: m for p, m in modes.items() if m not in (0o600, 0o700)} == {}
+    conn.vms.remove(vm.id)
