@@ -184,10 +184,14 @@ class Qcow2Backend(ReadOnlyBackend):
         """A new backend with its own descriptors on the same image.
 
         The parsed header, L1 table and caches are immutable or locked, so
-        clones share them instead of parsing the file again.
+        clones share them instead of parsing the file again. The descriptor
+        is a duplicate of this one (every read is positional, so sharing the
+        file offset does not matter), never the path opened again: a file
+        swapped in under that name after the checks made on opening (a
+        symlink planted in a backup repository) is not read.
         """
         other = copy.copy(self)
-        other._fd = open_readonly(self.path)
+        other._fd = os.dup(self._fd)
         other._closed = False
         other.backing = None
         if self.backing is not None:

@@ -302,3 +302,21 @@ def test_fifo_backing_refused_without_blocking(tmp_path):
              str(top), "1M")
     with pytest.raises(FormatError, match="not a regular file"):
         open_image(top)
+
+
+def test_a_clone_reads_the_file_opened_not_one_swapped_in_under_its_name(tmp_path):
+    """Checks made on opening (a backup repository's O_NOFOLLOW and inode
+    checks) must hold for the copier's clones too: a clone never opens the
+    path again, so a symlink planted under the name afterwards is not read."""
+    path = _convert(tmp_path, "orig")
+    expected = qemu_raw_bytes(path, tmp_path)
+    other = _convert(tmp_path, "other", seed=2)
+    with Qcow2Backend(str(path)) as b:
+        moved = tmp_path / "moved.qcow2"
+        path.rename(moved)
+        path.symlink_to(other)
+        c = b.clone()
+        try:
+            assert c.read(0, c.size) == expected
+        finally:
+            c.close()
