@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from imagetool import formats
-from imagetool.copier import CopyStats, copy_local
+from imagetool.copier import CopyOptions, CopyStats, copy_local
 from imagetool.errors import DestinationExists, FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -143,8 +143,7 @@ def convert_backend(src: Backend, dst_path: str, out_format: str, *,
         dst = RawBackend(dst_path, "w", size=size)
         align = 4096
     with dst:
-        return copy_local(src, dst, workers=workers,
-                          request_size=max(align, request_size // align * align),
-                          dst_is_zero=True, detect_zeroes=True, align=align,
-                          zero_granularity=max(align, ZERO_GRANULARITY),
-                          progress=progress, cancel_event=cancel_event)
+        options = CopyOptions(workers, max(align, request_size // align * align),
+                              dst_is_zero=True, detect_zeroes=True, align=align,
+                              zero_granularity=max(align, ZERO_GRANULARITY))
+        return copy_local(src, dst, options, progress=progress, cancel_event=cancel_event)

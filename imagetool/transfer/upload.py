@@ -26,7 +26,7 @@ from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.copier import CopyCancelled, copy
+from imagetool.copier import CopyCancelled, CopyOptions, copy
 from imagetool.transfer.options import UploadOptions, keywords_of, resolve
 from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
@@ -216,11 +216,11 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, source_path: str,
                 local_hash = verifying.start_upload_hash(
                     source_path, plan.volume_bytes, algorithm=algorithm, opener=src.clone)
             try:
-                stats = copy(SharedBackend(src), cdst, workers=workers,
-                             request_size=opts.buffer_size,
-                             dst_is_zero=opts.sparse and not plan.volume_bytes,
-                             # a volume's file grows as its bytes arrive
-                             check_size=plan.transfer_format == "raw",
+                stats = copy(SharedBackend(src), cdst, CopyOptions(
+                                 workers, opts.buffer_size,
+                                 dst_is_zero=opts.sparse and not plan.volume_bytes,
+                                 # a volume's file grows as its bytes arrive
+                                 check_size=plan.transfer_format == "raw"),
                              progress=session.progress(progress),
                              cancel_event=session.cancel_event,
                              skip_ranges=state.journal.done if state else None)

@@ -20,7 +20,7 @@ from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyStats, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.backends import SharedBackend
 from imagetool.transfer.output import atomic_output
 
@@ -79,8 +79,7 @@ def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                    cancel_event=None) -> CopyStats:
     """Copy a local backend into an HTTP backend with capped workers."""
     workers = _cap(workers, getattr(dst, "max_writers", None))
-    return copy(SharedBackend(src), dst, workers=workers,
-                request_size=request_size, dst_is_zero=dst_is_zero,
+    return copy(SharedBackend(src), dst, CopyOptions(workers, request_size, dst_is_zero),
                 progress=progress, cancel_event=cancel_event)
 
 
@@ -112,11 +111,10 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
         # With few connections, writing the local file while the next
         # request is read is faster (benchmarks/transfer_results.md); with
         # more, workers overlap each other anyway.
-        stats = copy(src, shared, workers=workers, request_size=request_size,
-                     dst_is_zero=True, progress=progress,
-                     cancel_event=cancel_event, detect_zeroes=True,
-                     overlap=workers <= 2,
-                     over_backing=format == "qcow2" and backing_file is not None)
+        options = CopyOptions(workers, request_size, dst_is_zero=True, detect_zeroes=True,
+                              overlap=workers <= 2,
+                              over_backing=format == "qcow2" and backing_file is not None)
+        stats = copy(src, shared, options, progress=progress, cancel_event=cancel_event)
         shared.flush()
     finally:
         shared.close()
