@@ -83,13 +83,6 @@ class _Request:
     length: int
 
 
-def _supports_zero(dst: Backend) -> bool:
-    # HTTP backends advertise features; a server without "zero" gets zeros as
-    # data. Local backends without the attribute implement zero() themselves.
-    features = getattr(dst, "features", None)
-    return features is None or "zero" in features
-
-
 def plan(extents: Iterator[Extent], *, request_size: int, dst_is_zero: bool,
          dst_zero: bool = True, over_backing: bool = False) -> Iterator[_Request]:
     """Turn extents into requests of bounded size.
@@ -448,8 +441,7 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
     o = options
     workers, request_size, align = o.workers, o.request_size, o.align
     size = src.size
-    dst_size = getattr(dst, "size", None) if o.check_size else None
-    if o.check_size and dst_size is not None and dst_size < size:
+    if o.check_size and (dst_size := dst.size) < size:
         raise TransferError(
             f"destination is smaller than the source ({dst_size} < {size} bytes)")
     run = _Run(progress, on_done, cancel_event)
@@ -478,7 +470,7 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
         if align:
             extents = align_extents(extents, align, size)
         first = next(extents, None)
-        dst_zero = _supports_zero(dst)
+        dst_zero = "zero" in dst.features      # else zeros are sent as data
         if o.over_backing:
             zero_op = "zero" if dst_zero else "zerodata"
         # Worker 0 uses the caller's backends, the others clones: a server

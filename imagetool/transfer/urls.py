@@ -78,7 +78,7 @@ def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                    dst_is_zero: bool = False, progress: Progress | None = None,
                    cancel_event=None) -> CopyStats:
     """Copy a local backend into an HTTP backend with capped workers."""
-    workers = _cap(workers, getattr(dst, "max_writers", None))
+    workers = _cap(workers, dst.max_writers)
     return copy(SharedBackend(src), dst, CopyOptions(workers, request_size, dst_is_zero),
                 progress=progress, cancel_event=cancel_event)
 
@@ -99,7 +99,7 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     """
     if format not in ("raw", "qcow2"):
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
-    workers = _cap(workers, getattr(src, "max_readers", None))
+    workers = _cap(workers, src.max_readers)
     size = src.size
     if format == "raw":
         shared = SharedBackend(RawBackend(tmp, "w", size=size, direct=True))
