@@ -42,7 +42,6 @@ DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
 # not written, so allocated zeros in the source become holes / unallocated
 # clusters, as qemu-img convert does.
 ZERO_GRANULARITY = 64 * 1024
-OUT_FORMATS = ("raw", "qcow2")
 
 
 def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -58,7 +57,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     Returns ``{"virtual_size": ..., "data_bytes": bytes copied}``.
     """
     src_path, dst_path = os.fspath(src_path), os.fspath(dst_path)
-    if out_format not in OUT_FORMATS:
+    if out_format not in formats.WRITABLE:
         raise ValueError(f"unsupported output format {out_format!r} (use raw or qcow2)")
     if compress and out_format != "qcow2":
         raise ValueError("compression needs the qcow2 output format")

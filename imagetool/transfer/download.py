@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError
+from imagetool.formats import WRITABLE
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 from imagetool.transfer import resume as resume_mod, verify as verifying
@@ -50,7 +51,7 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike,
     snapshot_id = _snapshot_id(snapshot, opts.snapshot_id)
     if snapshot_id != opts.snapshot_id:
         opts = dataclasses.replace(opts, snapshot_id=snapshot_id)
-    if opts.format not in ("raw", "qcow2"):
+    if opts.format not in WRITABLE:
         raise ImagetoolError(f"unsupported download format {opts.format!r} (raw or qcow2)")
     if opts.backing_file and opts.format != "qcow2":
         raise ImagetoolError("a backing file needs the qcow2 format")

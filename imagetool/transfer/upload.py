@@ -19,7 +19,7 @@ from typing import Any, Callable
 from imagetool.engine.hosts import transfer_host
 from imagetool.engine.wait import wait_for_disk
 from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
-from imagetool.formats import ImageInfo, inspect, open_image
+from imagetool.formats import FORMATS, ImageInfo, inspect, open_image
 from imagetool.formats.base import Backend
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
@@ -64,7 +64,7 @@ def check_source(path: str | os.PathLike, allow_outside_backing: bool = False) -
     """Inspect ``path`` and refuse what cannot be uploaded; the one inspection."""
     path = os.fspath(path)
     info = inspect(path)
-    if info.format not in ("raw", "qcow2", "vmdk"):
+    if info.format not in FORMATS:
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
     if info.encrypted:
         raise UnsupportedFeature("encrypted qcow2 images cannot be uploaded; "

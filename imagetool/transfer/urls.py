@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
-from imagetool.formats import open_image
+from imagetool.formats import WRITABLE, open_image
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
@@ -97,7 +97,7 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     file's data as the layer hid its parent's. The caller owns renaming
     (see ``atomic_output``).
     """
-    if format not in ("raw", "qcow2"):
+    if format not in WRITABLE:
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
     workers = _cap(workers, src.max_readers)
     size = src.size
