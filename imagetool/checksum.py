@@ -125,7 +125,8 @@ class BlockHasher:
                     raise FormatError(f"short read at offset {start + rstart}: "
                                       f"{got} of {rlen} bytes")
                 got += n
-            all_zero = all_zero and _is_zero(view)
+            # bytes.startswith() is a memcmp, stopping at the first data byte.
+            all_zero = all_zero and self._zeros.obj.startswith(view)
         if all_zero:
             # Allocated zeros (preallocated images): skip hashing them.
             return self.zero_digest(length)
@@ -234,22 +235,6 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
                 progress(length)
     return {"algorithm": algorithm.lower(), "block_size": block_size,
             "checksum": outer.hexdigest()}
-
-
-_ZERO_CHUNK = bytes(1024 * 1024)
-
-
-def _is_zero(view: memoryview) -> bool:
-    """True if ``view`` is all zeros; a data block fails on its first or last byte."""
-    if view[0] or view[-1]:
-        return False
-    # Compare in chunks as bytes (memcmp); memoryview comparison is per element.
-    step = len(_ZERO_CHUNK)
-    for i in range(0, len(view), step):
-        chunk = bytes(view[i:i + step])
-        if chunk != _ZERO_CHUNK[:len(chunk)]:
-            return False
-    return True
 
 
 def checksum_file(path: str | os.PathLike, format: str | None = None,
