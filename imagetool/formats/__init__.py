@@ -69,18 +69,15 @@ FORMATS: dict[str, Format] = {
 WRITABLE = tuple(name for name, f in FORMATS.items() if f.writable)
 
 
-def _format(name: str, path: str) -> Format:
-    f = FORMATS.get(name)
-    if f is None:
-        raise UnsupportedFormat(f"unknown image format {name!r}", path)
-    return f
-
-
-def _window(path: str, offset: int, length: int | None) -> tuple[int, Format]:
-    """The length of the image at ``offset`` and its format (detected)."""
+def _window(path: str, offset: int, length: int | None,
+            format: str | None = None) -> tuple[int, Format]:
+    """The length of the image at ``offset`` and its format (None: detected)."""
     if length is None:
         length = os.path.getsize(path) - offset
-    return length, _format(window.detect_window(path, offset, length), path)
+    format = format or window.detect_window(path, offset, length)
+    if format not in FORMATS:
+        raise UnsupportedFormat(f"unknown image format {format!r}", path)
+    return length, FORMATS[format]
 
 
 def inspect(path: str | os.PathLike, *, offset: int = 0,
@@ -117,11 +114,7 @@ def open_image(path: str | os.PathLike, mode: str = "r",
         if mode != "r" or shallow:
             raise UnsupportedFeature(
                 "an image inside a byte range of a file is read-only", path)
-        if format is None:
-            length, f = _window(path, offset, length)
-        else:
-            f = _format(format, path)
-            length = os.path.getsize(path) - offset if length is None else length
+        length, f = _window(path, offset, length, format)
         return f.open_window(path, offset, length)
     if format is None:
         # "w" creates or truncates, so what the old file held is irrelevant.
