@@ -111,35 +111,27 @@ class BlockHasher:
         """Digest of the block ``[start, start+length)`` of ``reader``.
 
         ``ranges``: the block-relative ``(offset, length)`` runs holding
-        data (default: all of it), read into ``buf``; the rest is zeros.
+        data (default: all of it), read into ``buf``; the rest is zeroed.
         FormatError if the reader ends early.
         """
-        ranges = [(0, length)] if ranges is None else ranges
-        all_zero = True
-        for rstart, rlen in ranges:
-            view = buf[rstart:rstart + rlen]
+        pos = 0
+        for rstart, rlen in [(0, length)] if ranges is None else ranges:
+            buf[pos:rstart] = self._zeros[:rstart - pos]
             got = 0
             while got < rlen:
-                n = reader.read_into(start + rstart + got, view[got:])
+                n = reader.read_into(start + rstart + got, buf[rstart + got:rstart + rlen])
                 if not n:
                     raise FormatError(f"short read at offset {start + rstart}: "
                                       f"{got} of {rlen} bytes")
                 got += n
-            # bytes.startswith() is a memcmp, stopping at the first data byte.
-            all_zero = all_zero and self._zeros.obj.startswith(view)
-        if all_zero:
-            # Allocated zeros (preallocated images): skip hashing them.
-            return self.zero_digest(length)
-        h = self.new()
-        pos = 0
-        for rstart, rlen in ranges:
-            if rstart > pos:
-                h.update(self._zeros[:rstart - pos])
-            h.update(buf[rstart:rstart + rlen])
             pos = rstart + rlen
-        if length > pos:
-            h.update(self._zeros[:length - pos])
-        return h.digest()
+        buf[pos:length] = self._zeros[:length - pos]
+        view = buf[:length]
+        # Allocated zeros (preallocated images) are not hashed; bytes.startswith()
+        # is a memcmp, stopping at the first data byte.
+        if self._zeros.obj.startswith(view):
+            return self.zero_digest(length)
+        return self.new(view).digest()
 
 
 @contextmanager
