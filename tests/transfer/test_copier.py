@@ -9,7 +9,9 @@ import pytest
 
 from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
-from imagetool.formats.base import Extent
+from imagetool.backends import FlushingBackend, SharedBackend, Window
+from imagetool.formats import open_image
+from imagetool.formats.base import LOCAL_FEATURES, Backend, Extent
 from imagetool.copier import CopyCancelled, CopyError, CopyOptions, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
@@ -75,14 +77,24 @@ def test_copy_zeroes_destination_when_not_empty(tmp_path, src_path, overlap):
     assert dst.stats["zero"] > 0
 
 
-def test_copy_sends_zeros_as_data_without_zero_feature(tmp_path, src_path):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_copy_sends_zeros_as_data_without_zero_feature(tmp_path, src_path, wrapped):
     dst_path = tmp_path / "dst.raw"
     dst_path.write_bytes(b"\xff" * SIZE)
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w", features=["flush"])
-    copy(src, dst, CopyOptions(workers=2, request_size=1 * MiB))
+    # A wrapper has its backend's features.
+    copy(src, FlushingBackend(dst) if wrapped else dst, CopyOptions(workers=2, request_size=MiB))
     assert dst_path.read_bytes() == src_path.read_bytes()
     assert dst.stats["zero"] == 0
+
+
+def test_backends_declare_what_the_copier_reads(src_path):
+    with open_image(src_path) as b:
+        for x in (b, SharedBackend(b, owner=False), Window(b, SIZE)):
+            assert (x.size, x.features, x.max_readers, x.max_writers) == (
+                SIZE, LOCAL_FEATURES, None, None)
+        assert isinstance(b, Backend)
 
 
 def test_plan_aligns_and_bounds():
