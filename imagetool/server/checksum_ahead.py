@@ -200,7 +200,26 @@ class ChecksumAhead:
     def _run(self) -> None:
         try:
             with block_buffer(self.block_size) as buf:
-                self._hash_flushed(buf)
+                while True:
+                    with self._cond:
+                        i = self._next()
+                        if i is None:
+                            return
+                        self._current[i] = False
+                    digest = None
+                    start = i * self.block_size
+                    length = min(self.block_size, self.size - start)
+                    try:
+                        if length > 0:
+                            digest = self._hasher.digest(self._reader, start, length, buf)
+                    except Exception as e:     # the final request reads it instead
+                        log.debug("checksum-ahead of block %d failed: %s", i, e)
+                    with self._cond:
+                        # Always leave _current: paused() waits for it to empty.
+                        spoiled = self._current.pop(i)
+                        if digest is not None and not spoiled:
+                            self._digests[i] = digest
+                        self._cond.notify_all()
         finally:
             with self._cond:
                 self._running -= 1
@@ -208,25 +227,3 @@ class ChecksumAhead:
             if last:
                 with suppress(OSError):
                     self._reader.close()
-
-    def _hash_flushed(self, buf: memoryview) -> None:
-        while True:
-            with self._cond:
-                i = self._next()
-                if i is None:
-                    return
-                self._current[i] = False
-            digest = None
-            start = i * self.block_size
-            length = min(self.block_size, self.size - start)
-            try:
-                if length > 0:
-                    digest = self._hasher.digest(self._reader, start, length, buf)
-            except Exception as e:     # the final request reads it instead
-                log.debug("checksum-ahead of block %d failed: %s", i, e)
-            with self._cond:
-                # Always leave _current: paused() waits for it to empty.
-                spoiled = self._current.pop(i)
-                if digest is not None and not spoiled:
-                    self._digests[i] = digest
-                self._cond.notify_all()
