@@ -127,8 +127,7 @@ def test_data_plane_refuses_writes_past_the_disk(faulty_engine, tmp_path):
         try:
             with pytest.raises(ImagetoolError, match=r"416|beyond|past|exceed") as info:
                 with TransferSession(conn, disk_id=disk.id, direction="upload") as s:
-                    copy(src, s.open_backend(),
-                         CopyOptions(check_size=False, request_size=MiB))
+                    copy(src, s.open_backend(), CopyOptions(request_size=MiB, check_size=False))
         finally:
             src.close()
     assert "2097152" in str(info.value)     # the disk's size is named

@@ -303,9 +303,8 @@ def test_copier_over_backing_zeroes_zero_extents_and_zero_data(tmp_path, overlap
     src = open_image(layer, "r", format="qcow2", shallow=True)
     dst = Qcow2Writer.create(out, SIZE, backing_file="base.qcow2", backing_format="qcow2")
     try:
-        stats = copy(src, dst,
-                     CopyOptions(workers=2, request_size=64 * KiB, dst_is_zero=True,
-                                 detect_zeroes=True, overlap=overlap, over_backing=True))
+        stats = copy(src, dst, CopyOptions(2, 64 * KiB, dst_is_zero=True, detect_zeroes=True,
+                                           overlap=overlap, over_backing=True))
     finally:
         dst.close()
         src.close()

@@ -40,9 +40,7 @@ def test_copy_bytes_equal(tmp_path, src_path, workers, overlap):
             done.append((start, length))
 
     seen = []
-    stats = copy(src, dst,
-                 CopyOptions(workers=workers, request_size=1 * MiB, dst_is_zero=True,
-                             overlap=overlap),
+    stats = copy(src, dst, CopyOptions(workers, MiB, dst_is_zero=True, overlap=overlap),
                  progress=seen.append, on_done=on_done)
     src.close()
     dst.close()
@@ -83,8 +81,7 @@ def test_copy_sends_zeros_as_data_without_zero_feature(tmp_path, src_path, wrapp
     dst_path.write_bytes(b"\xff" * SIZE)
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w", features=["flush"])
-    # A wrapper has its backend's features.
-    copy(src, FlushingBackend(dst) if wrapped else dst, CopyOptions(workers=2, request_size=MiB))
+    copy(src, FlushingBackend(dst) if wrapped else dst, CopyOptions(2, MiB))  # inner's features
     assert dst_path.read_bytes() == src_path.read_bytes()
     assert dst.stats["zero"] == 0
 
@@ -117,8 +114,7 @@ def test_first_error_is_raised_with_context(tmp_path, src_path, side, where, ove
     dst = FileBackend(dst_path, "w", size=SIZE,
                       fail_at=fail if where == "dst" else None)
     with pytest.raises(CopyError) as info:
-        copy(src, dst,
-             CopyOptions(workers=4, request_size=1 * MiB, dst_is_zero=True, overlap=overlap))
+        copy(src, dst, CopyOptions(4, MiB, dst_is_zero=True, overlap=overlap))
     err = info.value
     assert err.side == side
     assert err.offset == 7 * MiB and err.length == MiB
@@ -137,8 +133,7 @@ def test_exception_from_progress_stops_copy(tmp_path, src_path, overlap):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        copy(FileBackend(src_path), dst,
-             CopyOptions(workers=2, request_size=MiB, overlap=overlap), progress=progress)
+        copy(FileBackend(src_path), dst, CopyOptions(2, MiB, overlap=overlap), progress=progress)
     # Stopped early: far fewer writes than requests in the plan.
     assert dst.stats["write"] < 8
 
@@ -186,8 +181,7 @@ def test_into_qcow2_writer(tmp_path, src_path, workers):
     out = tmp_path / "out.qcow2"
     src = RawBackend(src_path, "r")
     dst = SharedBackend(Qcow2Writer.create(out, SIZE))
-    copy(SharedBackend(src), dst,
-         CopyOptions(workers=workers, request_size=MiB, dst_is_zero=True, overlap=workers == 1))
+    copy(SharedBackend(src), dst, CopyOptions(workers, MiB, dst_is_zero=True, overlap=workers == 1))
     dst.flush()
     dst.close()
     src.close()

@@ -30,9 +30,8 @@ def test_zero_runs_inside_data_stay_holes(tmp_path):
     dst_path = tmp_path / "dst.raw"
     src = RawBackend(src_path, "r")
     dst = RawBackend(dst_path, "w", size=4 * MiB)
-    stats = copy_local(src, dst,
-                       CopyOptions(workers=2, request_size=4 * MiB, dst_is_zero=True,
-                                   detect_zeroes=True, zero_granularity=64 * KiB))
+    stats = copy_local(src, dst, CopyOptions(2, 4 * MiB, dst_is_zero=True, detect_zeroes=True,
+                                             zero_granularity=64 * KiB))
     src.close()
     dst.close()
     assert dst_path.read_bytes() == bytes(data)
@@ -48,9 +47,8 @@ def test_zero_runs_over_a_backing_file_are_zeroed(tmp_path, overlap):
     dst_path = tmp_path / "dst.raw"
     dst_path.write_bytes(b"\xff" * (2 * MiB))    # the "backing" data to hide
     dst = FileBackend(dst_path, "r+")
-    copy(src, dst,
-         CopyOptions(workers=1, request_size=2 * MiB, over_backing=True, detect_zeroes=True,
-                     zero_granularity=64 * KiB, overlap=overlap))
+    copy(src, dst, CopyOptions(1, 2 * MiB, over_backing=True, detect_zeroes=True,
+                               zero_granularity=64 * KiB, overlap=overlap))
     dst.close()
     assert dst_path.read_bytes() == bytes(data)
     assert dst.stats["zero"] == 1 and dst.stats["write"] == 2
