@@ -84,14 +84,10 @@ def validate_block_size(block_size: int) -> None:
 
 
 class BlockHasher:
-    """imageio's block hashing: the one engine of the client checksum, the
-    block digests of backup points (``imagetool.backup.digests``) and the
-    local engine's checksum ahead (``imagetool.server.checksum_ahead``).
-
-    A block's digest hashes its guest bytes; ranges known to be zero are
-    fed from a preallocated zero buffer instead of being read, and a block
-    that is (or reads as) all zeros gets a digest computed once.
-    """
+    """imageio's block hashing, the one engine of the client checksum, backup
+    digests (``imagetool.backup.digests``) and the local engine's checksum
+    ahead (``imagetool.server.checksum_ahead``). Ranges known to be zero
+    are not read; an all-zero block's digest is computed once."""
 
     def __init__(self, algorithm: str = DEFAULT_ALGORITHM,
                  block_size: int = DEFAULT_BLOCK_SIZE):
@@ -153,13 +149,10 @@ def block_buffer(size: int) -> Iterator[memoryview]:
 def block_digests(backend: Backend, hasher: BlockHasher, workers: int, *,
                   known: Mapping[int, bytes] | None = None,
                   wanted: Container[int] | None = None) -> Iterator[tuple[int, int, bytes]]:
-    """``(index, length, digest)`` of ``backend``'s blocks, in block order.
-
-    Blocks are read and hashed by ``workers`` threads (hashlib drops the GIL
-    on large buffers), at most 2 blocks per worker in flight, each thread
-    with one block buffer. Blocks in ``known`` (by index) are not read,
-    nor are zero ranges; ``wanted``: only these block indices.
-    """
+    """``(index, length, digest)`` of ``backend``'s blocks, in block order,
+    read and hashed by ``workers`` threads (hashlib drops the GIL on large
+    buffers), one block buffer each, at most 2 blocks per worker in flight.
+    Blocks in ``known`` (by index) are not read; ``wanted``: only these."""
     bs = hasher.block_size
     local = threading.local()
     buffers = ExitStack()
@@ -212,13 +205,12 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
     called with the number of guest bytes done after each block. ``known``:
     digests of blocks already hashed, by block index (not read again).
     """
-    hash_factory(algorithm)
     validate_block_size(block_size)
+    hasher = BlockHasher(algorithm, block_size)
     if workers is None:
         workers = max(2, min(4, os.cpu_count() or 1))
     if workers < 1:
         raise ValueError(f"invalid workers {workers}")
-    hasher = BlockHasher(algorithm, block_size)
     outer = hasher.new()
     with closing(block_digests(backend, hasher, workers, known=known)) as blocks:
         for _, length, digest in blocks:

@@ -375,11 +375,10 @@ def _flush(run: _Run, dst: Backend) -> None:
 class CopyOptions:
     """How to copy, as one value (as httpx's ``Timeout`` and ``Limits``).
 
-    ``workers`` threads: worker 0 uses the caller's backends, the others
-    ``clone()``s, so it is also the number of connections an HTTP backend
-    opens. ``request_size`` bytes per request (a multiple of 4096 and of
-    ``align``). ``dst_is_zero``: the destination reads as zeros already (a
-    new disk or file), so zero ranges are skipped. ``detect_zeroes`` (with
+    ``workers`` threads (and connections of an HTTP backend), requests of
+    ``request_size`` bytes (a multiple of 4096 and of ``align``).
+    ``dst_is_zero``: the destination reads as zeros already (a new disk or
+    file), so zero ranges are skipped. ``detect_zeroes`` (with
     ``dst_is_zero``): data that reads as all zeros is not written, so a
     source that cannot report holes still gives a sparse destination;
     ``zero_granularity``: runs of zeros this long, aligned to it within a
@@ -392,9 +391,8 @@ class CopyOptions:
     ``align``: data extents are widened to whole blocks of this size, so
     each block of the destination is written whole by one request (qcow2
     clusters, needed for compression). ``check_size`` refuses a
-    destination smaller than the source. ``overlap`` gives each worker a
-    second buffer and a helper thread so that it reads the next request
-    while the previous one is written (memory: 2 x workers x request_size).
+    destination smaller than the source. ``overlap``: each worker reads the
+    next request while a helper thread writes the previous one (two buffers).
     """
 
     workers: int = 4

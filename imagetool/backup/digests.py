@@ -35,9 +35,8 @@ def compute(backend: Backend, indices: Iterable[int] | None = None, *,
             workers: int = 4) -> dict[int, bytes]:
     """Digests of ``backend``'s blocks (all, or ``indices``), read in parallel
     by the client checksum's engine: zero ranges are not read."""
-    wanted = None if indices is None else set(indices)
     blocks = block_digests(backend, BlockHasher(algorithm, block_size), workers,
-                           wanted=wanted)
+                           wanted=None if indices is None else set(indices))
     with closing(blocks):
         return {i: digest for i, _, digest in blocks}
 

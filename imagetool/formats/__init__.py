@@ -30,9 +30,8 @@ __all__ = ["FORMATS", "WRITABLE", "Backend", "Extent", "ImageInfo", "RawBackend"
 
 
 class Format(NamedTuple):
-    """One image format: how to open and describe a file of it, or an image
-    stored at a byte range of a file. Every list of supported formats is
-    this registry's (``FORMATS``); ``probe`` (formats.detect) names them."""
+    """How to open and describe an image of one format, in a file or at a byte
+    range of one: every list of supported formats is this registry's."""
 
     open: Callable[[str, str, bool], Backend]         # (path, mode, shallow)
     inspect: Callable[[str, str], ImageInfo]          # (path, content type)

@@ -399,8 +399,7 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
             options = CopyOptions(request_size=max(step, 4 << 20) // step * step,
                                   dst_is_zero=True, detect_zeroes=True,
                                   zero_granularity=step, over_backing=parent_id is not None)
-            copy_local(reader, writer, options,
-                       extents=[e for e in reader.extents() if not e.hole])
+            copy_local(reader, writer, options, extents=[e for e in reader.extents() if not e.hole])
             writer.flush()
         finally:
             writer.close()

@@ -54,7 +54,6 @@ def test_matches_definition(algorithm, block_size):
     got = checksum(b, algorithm=algorithm, block_size=block_size)
     assert got == {"algorithm": algorithm, "block_size": block_size,
                    "checksum": _definition(data, algorithm, block_size)}
-    # A backup point's block digests come from the same engine.
     blocks = digests.compute(b, algorithm=algorithm, block_size=block_size)
     assert digests.combine([blocks[i] for i in sorted(blocks)], algorithm) == got["checksum"]
 
