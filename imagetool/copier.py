@@ -10,8 +10,9 @@ extents (data ranges are copied in requests of at most ``request_size``
 bytes; zero ranges become ``dst.zero()`` or nothing when the destination is
 known to be empty), then runs them on N worker threads. Worker 0 uses the
 caller's backends and the others ``clone()``s (so an HTTP backend opens
-exactly N connections); each worker reuses one buffer (two with ``overlap``), so memory stays at about
-``workers x request_size`` whatever the image size.
+exactly N connections); each worker reuses one buffer (two with
+``overlap``), so memory stays at about ``workers x request_size`` whatever
+the image size.
 """
 
 from __future__ import annotations

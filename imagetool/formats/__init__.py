@@ -6,6 +6,7 @@ Public API::
     inspect(path, *, offset=0, length=None) -> ImageInfo
     open_image(path, mode="r", format=None, shallow=False, *, offset=0,
                length=None) -> Backend
+    FORMATS[name] -> Format; WRITABLE    # the registry; what convert writes
 
 ``offset``/``length`` read an image stored inside another file (a disk
 member of an OVA's tar): qcow2 without a backing file, single-file VMDK,
