@@ -66,19 +66,12 @@ def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
         raise
 
 
-def _cap(workers: int, limit) -> int:
-    """Workers capped by the server's advice (max_readers/max_writers)."""
-    if isinstance(limit, int) and limit > 0:
-        return max(1, min(workers, limit))
-    return max(1, workers)
-
-
 def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                    request_size: int = DEFAULT_REQUEST_SIZE,
                    dst_is_zero: bool = False, progress: Progress | None = None,
                    cancel_event=None) -> CopyStats:
     """Copy a local backend into an HTTP backend with capped workers."""
-    workers = _cap(workers, dst.max_writers)
+    workers = max(1, min(workers, dst.max_writers or workers))   # the server's advice
     return copy(SharedBackend(src), dst, CopyOptions(workers, request_size, dst_is_zero),
                 progress=progress, cancel_event=cancel_event)
 
@@ -99,7 +92,7 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     """
     if format not in WRITABLE:
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
-    workers = _cap(workers, src.max_readers)
+    workers = max(1, min(workers, src.max_readers or workers))
     size = src.size
     if format == "raw":
         shared = SharedBackend(RawBackend(tmp, "w", size=size, direct=True))
