@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from imagetool.errors import ConnectionFailed, ImageioError, ImagetoolError
-from imagetool.formats.base import Backend, Closing, Extent
+from imagetool.formats.base import Backend, BackendBase, Extent
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,20 @@ FLUSH_SECONDS = 2.0
 
 # --- sharing ---------------------------------------------------------------
 
-class Wrapper(Closing):
+class Wrapper(BackendBase):
     """Passes everything to ``inner``; each wrapper overrides what it adds.
 
-    Other attributes (``size``, ``read_into``, ``features``, ``direct``,
-    ...) are the wrapped backend's.
+    The protocol's attributes are the wrapped backend's; so are others
+    (``read_into``, ``direct``, ...).
     """
 
     def __init__(self, inner: Any):
         self.inner = inner
+
+    size = property(lambda self: self.inner.size)
+    features = property(lambda self: self.inner.features)
+    max_readers = property(lambda self: self.inner.max_readers)
+    max_writers = property(lambda self: self.inner.max_writers)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":         # not set yet: no endless recursion
@@ -387,7 +392,7 @@ class PerThread(Wrapper):
                 pass
 
 
-class Window:
+class Window(BackendBase):
     """``backend`` seen with length ``size``: cut, or padded with a zero hole."""
 
     def __init__(self, backend: Any, size: int):

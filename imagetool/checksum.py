@@ -7,12 +7,10 @@ depends only on the guest bytes, so a raw file and a qcow2 image holding the
 same data give the same checksum, equal to ``ovirt_imageio.client.checksum``
 and to an imageio server's ``GET /images/<ticket>/checksum``.
 
-Speed: zero and unallocated extents are never read (an all-zero block uses a
-digest computed once, and so does a block whose data reads as zeros; zero
-runs inside a block are fed from a preallocated zero buffer), and blocks are read and hashed by several threads (hashlib
-drops the GIL on large buffers) while the digests are combined in block
-order. Memory: one block buffer per worker, page aligned (anonymous mmap)
-so that a backend may read into it with O_DIRECT.
+Speed: zero and unallocated extents are never read, and blocks are read
+and hashed by several threads while the digests are combined in block
+order (``BlockHasher`` and ``block_digests``, the one block-hashing engine).
+Memory: one block buffer per worker.
 
 Size: the checksum covers the backend's ``size``. For a raw file that is its
 exact length; the reference client goes through qemu, which rounds a raw
@@ -32,7 +30,8 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Mapping
+from contextlib import ExitStack, closing, contextmanager
+from typing import Callable, Container, Iterator, Mapping
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
@@ -84,6 +83,117 @@ def validate_block_size(block_size: int) -> None:
             f"between {MIN_BLOCK_SIZE} (1 MiB) and {MAX_BLOCK_SIZE} (16 MiB)")
 
 
+class BlockHasher:
+    """imageio's block hashing, the one engine of the client checksum, backup
+    digests (``imagetool.backup.digests``) and the local engine's checksum
+    ahead (``imagetool.server.checksum_ahead``). Ranges known to be zero
+    are not read; an all-zero block's digest is computed once."""
+
+    def __init__(self, algorithm: str = DEFAULT_ALGORITHM,
+                 block_size: int = DEFAULT_BLOCK_SIZE):
+        self.new = hash_factory(algorithm)
+        self.block_size = block_size
+        self._zeros = memoryview(bytes(block_size))
+        self._zero_digests = {block_size: self.new(self._zeros).digest()}
+
+    def zero_digest(self, length: int) -> bytes:
+        d = self._zero_digests.get(length)
+        if d is None:
+            d = self._zero_digests[length] = self.new(self._zeros[:length]).digest()
+        return d
+
+    def digest(self, reader: Backend, start: int, length: int, buf: memoryview,
+               ranges: list[tuple[int, int]] | None = None) -> bytes:
+        """Digest of the block ``[start, start+length)`` of ``reader``.
+
+        ``ranges``: the block-relative ``(offset, length)`` runs holding
+        data (default: all of it), read into ``buf``; the rest is zeroed.
+        FormatError if the reader ends early.
+        """
+        pos = 0
+        for rstart, rlen in [(0, length)] if ranges is None else ranges:
+            buf[pos:rstart] = self._zeros[:rstart - pos]
+            got = 0
+            while got < rlen:
+                n = reader.read_into(start + rstart + got, buf[rstart + got:rstart + rlen])
+                if not n:
+                    raise FormatError(f"short read at offset {start + rstart}: "
+                                      f"{got} of {rlen} bytes")
+                got += n
+            pos = rstart + rlen
+        buf[pos:length] = self._zeros[:length - pos]
+        view = buf[:length]
+        # Allocated zeros (preallocated images) are not hashed; bytes.startswith()
+        # is a memcmp, stopping at the first data byte.
+        if self._zeros.obj.startswith(view):
+            return self.zero_digest(length)
+        return self.new(view).digest()
+
+
+@contextmanager
+def block_buffer(size: int) -> Iterator[memoryview]:
+    """A page-aligned buffer (anonymous mmap), so a backend may read into it
+    with O_DIRECT; unmapped on the way out."""
+    m = mmap.mmap(-1, size)
+    view = memoryview(m)
+    try:
+        yield view
+    finally:
+        view.release()
+        try:
+            m.close()
+        except BufferError:
+            pass        # a view still alive somewhere; the GC unmaps it
+
+
+def block_digests(backend: Backend, hasher: BlockHasher, workers: int, *,
+                  known: Mapping[int, bytes] | None = None,
+                  wanted: Container[int] | None = None) -> Iterator[tuple[int, int, bytes]]:
+    """``(index, length, digest)`` of ``backend``'s blocks, in block order,
+    read and hashed by ``workers`` threads (hashlib drops the GIL on large
+    buffers), one block buffer each, at most 2 blocks per worker in flight.
+    Blocks in ``known`` (by index) are not read; ``wanted``: only these."""
+    bs = hasher.block_size
+    local = threading.local()
+    buffers = ExitStack()
+    lock = threading.Lock()
+
+    def hash_block(start: int, length: int, ranges: list[tuple[int, int]]) -> bytes:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            with lock:
+                buf = local.buf = buffers.enter_context(block_buffer(bs))
+        return hasher.digest(backend, start, length, buf, ranges)
+
+    def result(entry: tuple) -> tuple[int, int, bytes]:
+        i, length, item = entry
+        return i, length, item if isinstance(item, bytes) else item.result()
+
+    pending: deque = deque()
+    # The pool is shut down (waiting for its threads) before the buffers go.
+    with buffers, ThreadPoolExecutor(max_workers=workers,
+                                     thread_name_prefix="checksum") as pool:
+        try:
+            for start, length, ranges in _blocks(backend, backend.size, bs):
+                i = start // bs
+                if wanted is not None and i not in wanted:
+                    continue
+                item = known.get(i) if known else None
+                if item is None:
+                    item = (pool.submit(hash_block, start, length, ranges) if ranges
+                            else hasher.zero_digest(length))
+                pending.append((i, length, item))
+                while len(pending) > 2 * workers or (pending and isinstance(pending[0][2], bytes)):
+                    yield result(pending.popleft())
+            while pending:
+                yield result(pending.popleft())
+        except BaseException:
+            for *_, item in pending:
+                if not isinstance(item, bytes):
+                    item.cancel()
+            raise
+
+
 def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
              block_size: int = DEFAULT_BLOCK_SIZE, workers: int | None = None,
              progress: Callable[[int], None] | None = None,
@@ -95,111 +205,20 @@ def checksum(backend: Backend, algorithm: str = DEFAULT_ALGORITHM,
     called with the number of guest bytes done after each block. ``known``:
     digests of blocks already hashed, by block index (not read again).
     """
-    new = hash_factory(algorithm)
     validate_block_size(block_size)
+    hasher = BlockHasher(algorithm, block_size)
     if workers is None:
         workers = max(2, min(4, os.cpu_count() or 1))
     if workers < 1:
         raise ValueError(f"invalid workers {workers}")
-    size = backend.size
-    zeros = memoryview(bytes(block_size))
-    zero_digests: dict[int, bytes] = {}
-
-    def zero_digest(length: int) -> bytes:
-        d = zero_digests.get(length)
-        if d is None:
-            d = zero_digests[length] = new(zeros[:length]).digest()
-        return d
-
-    zero_digest(block_size)
-    local = threading.local()
-    buffers: list[tuple[mmap.mmap, memoryview]] = []
-    buffers_lock = threading.Lock()
-
-    def hash_block(start: int, length: int, ranges: list[tuple[int, int]]) -> bytes:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            m = mmap.mmap(-1, block_size)
-            buf = local.buf = memoryview(m)
-            with buffers_lock:
-                buffers.append((m, buf))
-        all_zero = True
-        for rstart, rlen in ranges:
-            view = buf[rstart:rstart + rlen]
-            n = backend.read_into(start + rstart, view)
-            if n != rlen:
-                raise FormatError(
-                    f"short read at offset {start + rstart}: {n} of {rlen} bytes")
-            all_zero = all_zero and _is_zero(view)
-        if all_zero:
-            # Allocated zeros (preallocated images): skip hashing them.
-            return zero_digest(length)
-        h = new()
-        pos = 0
-        for rstart, rlen in ranges:
-            if rstart > pos:
-                h.update(zeros[:rstart - pos])
-            h.update(buf[rstart:rstart + rlen])
-            pos = rstart + rlen
-        if length > pos:
-            h.update(zeros[:length - pos])
-        return h.digest()
-
-    outer = new()
-    pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=workers,
-                            thread_name_prefix="checksum") as pool:
-        try:
-            for start, length, ranges in _blocks(backend, size, block_size):
-                digest = known.get(start // block_size) if known else None
-                if digest is not None:
-                    pending.append((length, digest))
-                elif not ranges:
-                    pending.append((length, zero_digest(length)))
-                else:
-                    pending.append((length, pool.submit(hash_block, start, length, ranges)))
-                # Bounded memory: at most 2 blocks per worker in flight.
-                while len(pending) > 2 * workers or (pending and isinstance(pending[0][1], bytes)):
-                    length_done, item = pending.popleft()
-                    outer.update(item if isinstance(item, bytes) else item.result())
-                    if progress:
-                        progress(length_done)
-            while pending:
-                length_done, item = pending.popleft()
-                outer.update(item if isinstance(item, bytes) else item.result())
-                if progress:
-                    progress(length_done)
-        except BaseException:
-            for _, item in pending:
-                if not isinstance(item, bytes):
-                    item.cancel()
-            raise
-        finally:
-            pool.shutdown(wait=True)
-            for m, view in buffers:
-                view.release()
-                try:
-                    m.close()
-                except BufferError:
-                    pass        # a view still alive somewhere; the GC unmaps it
+    outer = hasher.new()
+    with closing(block_digests(backend, hasher, workers, known=known)) as blocks:
+        for _, length, digest in blocks:
+            outer.update(digest)
+            if progress:
+                progress(length)
     return {"algorithm": algorithm.lower(), "block_size": block_size,
             "checksum": outer.hexdigest()}
-
-
-_ZERO_CHUNK = bytes(1024 * 1024)
-
-
-def _is_zero(view: memoryview) -> bool:
-    """True if ``view`` is all zeros; a data block fails on its first or last byte."""
-    if view[0] or view[-1]:
-        return False
-    # Compare in chunks as bytes (memcmp); memoryview comparison is per element.
-    step = len(_ZERO_CHUNK)
-    for i in range(0, len(view), step):
-        chunk = bytes(view[i:i + step])
-        if chunk != _ZERO_CHUNK[:len(chunk)]:
-            return False
-    return True
 
 
 def checksum_file(path: str | os.PathLike, format: str | None = None,

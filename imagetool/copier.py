@@ -5,13 +5,14 @@ and the local engine's disk copy (flatten), snapshot merge, rebuilt upload
 writers and pre-transfer copies all call it (as ovirt-imageio's client
 runs upload, download and backup over one copy loop).
 
-``copy(src, dst)`` plans requests from the source's extents (data ranges are
-copied in requests of at most ``request_size`` bytes; zero ranges become
-``dst.zero()`` or nothing when the destination is known to be empty), then
-runs them on N worker threads. Worker 0 uses the caller's backends and the
-others ``clone()``s (so an HTTP backend opens exactly N connections); each
-worker reuses one buffer (two with ``overlap``), so memory stays at about
-``workers x request_size`` whatever the image size.
+``copy(src, dst, CopyOptions(...))`` plans requests from the source's
+extents (data ranges are copied in requests of at most ``request_size``
+bytes; zero ranges become ``dst.zero()`` or nothing when the destination is
+known to be empty), then runs them on N worker threads. Worker 0 uses the
+caller's backends and the others ``clone()``s (so an HTTP backend opens
+exactly N connections); each worker reuses one buffer (two with
+``overlap``), so memory stays at about ``workers x request_size`` whatever
+the image size.
 """
 
 from __future__ import annotations
@@ -82,13 +83,6 @@ class _Request:
     op: str          # "copy" | "zero" | "zerodata" | "skip"
     start: int
     length: int
-
-
-def _supports_zero(dst: Backend) -> bool:
-    # HTTP backends advertise features; a server without "zero" gets zeros as
-    # data. Local backends without the attribute implement zero() themselves.
-    features = getattr(dst, "features", None)
-    return features is None or "zero" in features
 
 
 def plan(extents: Iterator[Extent], *, request_size: int, dst_is_zero: bool,
@@ -377,56 +371,75 @@ def _flush(run: _Run, dst: Backend) -> None:
                            TransferError(f"flush failed: {e}")))
 
 
-def copy(src: Backend, dst: Backend, *, workers: int = 4,
-         request_size: int = DEFAULT_REQUEST_SIZE, dst_is_zero: bool = False,
+@dataclass(frozen=True)
+class CopyOptions:
+    """How to copy, as one value (as httpx's ``Timeout`` and ``Limits``).
+
+    ``workers`` threads (and connections of an HTTP backend), requests of
+    ``request_size`` bytes (a multiple of 4096 and of ``align``).
+    ``dst_is_zero``: the destination reads as zeros already (a new disk or
+    file), so zero ranges are skipped. ``detect_zeroes`` (with
+    ``dst_is_zero``): data that reads as all zeros is not written, so a
+    source that cannot report holes still gives a sparse destination;
+    ``zero_granularity``: runs of zeros this long, aligned to it within a
+    request, are left unwritten too (as qemu-img convert does).
+    ``over_backing``: the destination is a new layer over a backing file
+    (a shallow download): the source's holes, unallocated in its layer,
+    are skipped, while its zero extents, and with ``detect_zeroes`` data
+    that reads as zeros, are zeroed so the backing's data stays hidden
+    there (as ovirt-imageio's client download does with a backing file).
+    ``align``: data extents are widened to whole blocks of this size, so
+    each block of the destination is written whole by one request (qcow2
+    clusters, needed for compression). ``check_size`` refuses a
+    destination smaller than the source. ``overlap``: each worker reads the
+    next request while a helper thread writes the previous one (two buffers).
+    """
+
+    workers: int = 4
+    request_size: int = DEFAULT_REQUEST_SIZE
+    dst_is_zero: bool = False
+    detect_zeroes: bool = False
+    zero_granularity: int | None = None
+    over_backing: bool = False
+    align: int | None = None
+    check_size: bool = True
+    overlap: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        r = self.request_size
+        if r < 4096 or r % 4096 or r % (self.align or 1):
+            raise ValueError("request_size must be a multiple of 4096 and of align")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
          progress: Callable[[int], None] | None = None,
          on_done: Callable[[int, int], None] | None = None,
          cancel_event: threading.Event | None = None,
-         detect_zeroes: bool = False, check_size: bool = True,
-         overlap: bool = False, skip_ranges: list | None = None,
-         over_backing: bool = False, extents: Iterable[Extent] | None = None,
-         align: int | None = None, zero_granularity: int | None = None) -> CopyStats:
-    """Copy all guest bytes of ``src`` to ``dst`` with ``workers`` threads.
+         skip_ranges: list | None = None,
+         extents: Iterable[Extent] | None = None) -> CopyStats:
+    """Copy all guest bytes of ``src`` to ``dst`` as ``options`` say.
 
-    ``dst_is_zero``: the destination reads as zeros already (a new disk or
-    file), so zero ranges are skipped. ``progress(nbytes)`` is called as
-    ranges finish, zero ranges included, so the total reaches ``src.size``.
-    ``on_done(start, length)`` is called for every finished request (for a
-    resume journal). Worker 0 uses ``src``/``dst`` themselves, the others
-    ``clone()``s, so ``workers`` is also the number of connections an HTTP
-    backend opens. ``detect_zeroes`` (with ``dst_is_zero``): data that
-    reads as all zeros is not written, so a source that cannot report holes
-    still gives a sparse destination. ``check_size`` refuses a destination
-    smaller than the source. ``overlap`` gives each worker a second buffer
-    and a helper thread so that it reads the next request while the
-    previous one is written (memory: 2 x workers x request_size).
-    ``skip_ranges`` ([start, end) intervals) are not copied (resume).
-    ``over_backing``: the destination is a new layer over a backing file
-    (a shallow download): the source's holes, unallocated in its layer, are
-    skipped, while its zero extents, and with ``detect_zeroes`` data that
-    reads as zeros, are zeroed so the backing's data stays hidden there
-    (as ovirt-imageio's client download does with a backing file).
-    ``extents``: what to copy instead of ``src.extents()`` (data extents
-    are read, the others treated as zeros). ``align``: data extents are
-    widened to whole blocks of this size, so each block of the destination
-    is written whole by one request (qcow2 clusters, needed for
-    compression; ``request_size`` must be a multiple of it).
-    ``zero_granularity`` (with ``detect_zeroes``): runs of zeros this long,
-    aligned to it within a request, are left unwritten too, not only
-    requests that read as zeros entirely (as qemu-img convert does).
-    Both callbacks are called with a lock held,
-    from worker threads.
+    ``progress(nbytes)`` is called as ranges finish, zero ranges included,
+    so the total reaches ``src.size``. ``on_done(start, length)`` is
+    called for every finished request (for a resume journal). Both
+    callbacks are called with a lock held, from worker threads.
+    ``cancel_event`` stops the copy (CopyCancelled). ``skip_ranges``
+    ([start, end) intervals) are not copied (resume). ``extents``: what to
+    copy instead of ``src.extents()`` (data extents are read, the others
+    treated as zeros).
     The first error stops the copy and is raised: a :class:`CopyError` for
     I/O failures, or the exception itself (e.g. KeyboardInterrupt raised by
     a callback). The caller's ``src`` and ``dst`` are not closed.
     """
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    if request_size < 4096 or request_size % 4096 or request_size % (align or 1):
-        raise ValueError("request_size must be a multiple of 4096 and of align")
+    o = options
+    workers, request_size, align = o.workers, o.request_size, o.align
     size = src.size
-    dst_size = getattr(dst, "size", None) if check_size else None
-    if check_size and dst_size is not None and dst_size < size:
+    if o.check_size and (dst_size := dst.size) < size:
         raise TransferError(
             f"destination is smaller than the source ({dst_size} < {size} bytes)")
     run = _Run(progress, on_done, cancel_event)
@@ -439,11 +452,11 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     threads: list[Worker] = []
     clones: list[tuple[Backend, Backend]] = []
     zero_op: str | None = None      # what becomes of data reading as zeros
-    gran = (zero_granularity or request_size
-            if detect_zeroes and (dst_is_zero or over_backing) else None)
+    gran = (o.zero_granularity or request_size
+            if o.detect_zeroes and (o.dst_is_zero or o.over_backing) else None)
 
     def run_worker(s: Backend, d: Backend) -> None:
-        body = _worker_overlap if overlap else _worker
+        body = _worker_overlap if o.overlap else _worker
         body(run, s, d, work, request_size, zeros, gran, zero_op)
         if not run.stop.is_set():
             _flush(run, d)
@@ -455,8 +468,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
         if align:
             extents = align_extents(extents, align, size)
         first = next(extents, None)
-        dst_zero = _supports_zero(dst)
-        if over_backing:
+        dst_zero = "zero" in dst.features      # else zeros are sent as data
+        if o.over_backing:
             zero_op = "zero" if dst_zero else "zerodata"
         # Worker 0 uses the caller's backends, the others clones: a server
         # allowing N connections (qemu-nbd --shared=N) serves N workers.
@@ -475,8 +488,8 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
             threads.append(t)       # listed before it can run (see _finish)
             t.start()
         requests = plan(itertools.chain([first] if first else [], extents),
-                        request_size=request_size, dst_is_zero=dst_is_zero,
-                        dst_zero=dst_zero, over_backing=over_backing)
+                        request_size=request_size, dst_is_zero=o.dst_is_zero,
+                        dst_zero=dst_zero, over_backing=o.over_backing)
         if skip_ranges:
             # A resume: ranges a journal knows are done are not sent again.
             requests = skip_done(requests, skip_ranges)
@@ -502,14 +515,15 @@ def copy(src: Backend, dst: Backend, *, workers: int = 4,
     return run.stats
 
 
-def copy_local(src: Backend, dst: Backend, **kwargs: Any) -> CopyStats:
+def copy_local(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(),
+               **hooks: Any) -> CopyStats:
     """``copy`` between local, thread-safe backends (files, qcow2 readers
     and writers): every worker uses them as they are, ``dst`` is flushed
     once at the end, and errors of either side are raised as they are (a
     local copy has no remote side to name). The caller closes both."""
     try:
         stats = copy(SharedBackend(src, owner=False), SharedBackend(dst, owner=False),
-                     **kwargs)
+                     options, **hooks)
     except CopyError as e:
         raise (e.__cause__ or e) from None
     dst.flush()

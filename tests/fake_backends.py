@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import threading
 
-from imagetool.formats.base import Extent
+from imagetool.formats.base import BackendBase, Extent
 
 
-class FileBackend:
+class FileBackend(BackendBase):
     """A minimal raw-file backend used as a copy peer in tests.
 
     Extents come from SEEK_DATA/SEEK_HOLE; it counts calls so that tests can
@@ -94,7 +94,7 @@ class FileBackend:
             self.fd = -1
 
 
-class MemBackend:
+class MemBackend(BackendBase):
     """A Backend over bytes with explicit extents, recording every read.
 
     Has no ``clone``: the checksum must work on a shared backend.

@@ -8,11 +8,10 @@ from the blocks that changed alone: the others are the previous point's.
 
 from __future__ import annotations
 
-import mmap
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Iterable
 
-from imagetool.checksum import DEFAULT_ALGORITHM, hash_factory
+from imagetool.checksum import DEFAULT_ALGORITHM, BlockHasher, block_digests, hash_factory
 from imagetool.formats.base import Backend
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 
@@ -34,74 +33,12 @@ def blocks_touching(ranges: Iterable[tuple[int, int]], block_size: int) -> set[i
 def compute(backend: Backend, indices: Iterable[int] | None = None, *,
             algorithm: str = DEFAULT_ALGORITHM, block_size: int = DEFAULT_BLOCK_SIZE,
             workers: int = 4) -> dict[int, bytes]:
-    """Digests of ``backend``'s blocks (all, or ``indices``), read in parallel.
-
-    Blocks that the backend reports as zero are not read.
-    """
-    new = hash_factory(algorithm)
-    size = backend.size
-    count = block_count(size, block_size)
-    wanted = sorted(set(range(count) if indices is None else indices))
-    zero_blocks = _zero_blocks(backend, block_size, size)
-    zeros: dict[int, bytes] = {}
-
-    def zero_digest(length: int) -> bytes:
-        if length not in zeros:
-            zeros[length] = new(bytes(length)).digest()
-        return zeros[length]
-
-    out: dict[int, bytes] = {}
-    todo = []
-    for i in wanted:
-        length = min(block_size, size - i * block_size)
-        if i in zero_blocks:
-            out[i] = zero_digest(length)
-        else:
-            todo.append(i)
-
-    def work(chunk: list[int]) -> list[tuple[int, bytes]]:
-        m = mmap.mmap(-1, block_size)
-        view = memoryview(m)
-        res = []
-        try:
-            for i in chunk:
-                start = i * block_size
-                length = min(block_size, size - start)
-                got = 0
-                while got < length:
-                    n = backend.read_into(start + got, view[got:length])
-                    if n <= 0:
-                        raise OSError(f"short read at offset {start + got}")
-                    got += n
-                res.append((i, new(view[:length]).digest()))
-        finally:
-            view.release()
-            m.close()
-        return res
-
-    if todo:
-        n = max(1, min(workers, len(todo)))
-        chunks = [todo[k::n] for k in range(n)]
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="digests") as pool:
-            for res in pool.map(work, chunks):
-                out.update(res)
-    return out
-
-
-def _zero_blocks(backend: Backend, block_size: int, size: int) -> set[int]:
-    """Blocks wholly inside zero (or unallocated) extents."""
-    out: set[int] = set()
-    for ext in backend.extents():
-        if not (ext.zero or ext.hole):
-            continue
-        first = -(-ext.start // block_size)
-        end = min(ext.start + ext.length, size)
-        for i in range(first, block_count(size, block_size)):
-            bend = min((i + 1) * block_size, size)
-            if bend > end:
-                break
-            out.add(i)
-    return out
+    """Digests of ``backend``'s blocks (all, or ``indices``), read in parallel
+    by the client checksum's engine: zero ranges are not read."""
+    blocks = block_digests(backend, BlockHasher(algorithm, block_size), workers,
+                           wanted=None if indices is None else set(indices))
+    with closing(blocks):
+        return {i: digest for i, _, digest in blocks}
 
 
 def combine(digests: list[bytes], algorithm: str = DEFAULT_ALGORITHM) -> str:

@@ -22,7 +22,7 @@ from imagetool.fsutil import fsync_dir, opened
 from imagetool.formats import allocated_ranges, open_image
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.copier import copy
+from imagetool.copier import CopyOptions, copy
 from imagetool.backends import SharedBackend
 
 Progress = Callable[[int], None]
@@ -278,8 +278,8 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                     dst = session.open_backend()
                     n = max(1, min(workers, dst.max_writers or workers))
                     announce_upload_checksum(dst, c["algorithm"], c["block_size"])
-                    stats = copy(SharedBackend(src), dst, workers=n,
-                                 dst_is_zero=entry.get("sparse", True),
+                    options = CopyOptions(n, dst_is_zero=entry.get("sparse", True))
+                    stats = copy(SharedBackend(src), dst, options,
                                  progress=session.progress(progress),
                                  cancel_event=session.cancel_event)
                     remote = remote_checksum(dst, algorithm=c["algorithm"],
@@ -384,8 +384,9 @@ def merge_layer_into(lowers: list[str], upper: str, reader: Any, out: str,
         with SharedBackend(writer) as dst:
             # Only the ranges a merged layer allocates; outside them nothing.
             extents = _clip(list(reader.extents()), ranges, zero_is_hole=backing is None)
-            copy(reader, dst, workers=workers, dst_is_zero=True,
-                 over_backing=backing is not None, extents=extents)
+            copy(reader, dst, CopyOptions(workers, dst_is_zero=True,
+                                          over_backing=backing is not None),
+                 extents=extents)
             dst.flush()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

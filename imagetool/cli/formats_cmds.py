@@ -10,6 +10,7 @@ from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZ
 from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import progress_bar
+from imagetool.formats import WRITABLE
 from imagetool.units import format_size
 
 _FILE = click.Path(dir_okay=False, path_type=str)
@@ -158,7 +159,7 @@ def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
 @click.command()
 @click.argument("file", type=_FILE)
 @click.option("-O", "--output-format", "out_format", default="qcow2", show_default=True,
-              type=click.Choice(["raw", "qcow2"]), help="Format to measure for.")
+              type=click.Choice(WRITABLE), help="Format to measure for.")
 @click.option("--cluster-size", type=SIZE, default="64K", show_default=True,
               callback=_cluster_size, help="qcow2 cluster size.")
 @click.option("--json", "as_json", is_flag=True,
@@ -188,7 +189,7 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
 @click.argument("src", type=_FILE)
 @click.argument("dst", type=click.Path(path_type=str))
 @click.option("-O", "--output-format", "out_format", required=True,
-              type=click.Choice(["raw", "qcow2"]), help="Format of DST.")
+              type=click.Choice(WRITABLE), help="Format of DST.")
 @click.option("-c", "--compress", is_flag=True, help="Compress clusters (zlib; qcow2 only).")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--cluster-size", type=SIZE, default="64K", show_default=True,

@@ -6,6 +6,7 @@ Public API::
     inspect(path, *, offset=0, length=None) -> ImageInfo
     open_image(path, mode="r", format=None, shallow=False, *, offset=0,
                length=None) -> Backend
+    FORMATS[name] -> Format; WRITABLE    # the registry; what convert writes
 
 ``offset``/``length`` read an image stored inside another file (a disk
 member of an OVA's tar): qcow2 without a backing file, single-file VMDK,
@@ -17,15 +18,66 @@ All errors are ``imagetool.errors.FormatError`` subclasses.
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
-from imagetool.errors import UnsupportedFeature
-from imagetool.formats import qcow2, qcow2_reader
+from imagetool.errors import UnsupportedFeature, UnsupportedFormat
+from imagetool.formats import qcow2, qcow2_reader, window
 from imagetool.formats.base import Backend, Extent, merge_extents
 from imagetool.formats.detect import ImageInfo, detect, disk_usage, probe
 from imagetool.formats.raw import RawBackend
 
-__all__ = ["Backend", "Extent", "ImageInfo", "RawBackend", "detect",
+__all__ = ["FORMATS", "WRITABLE", "Backend", "Extent", "ImageInfo", "RawBackend", "detect",
            "allocated_ranges", "inspect", "merge_extents", "open_image", "probe"]
+
+
+class Format(NamedTuple):
+    """How to open and describe an image of one format, in a file or at a byte
+    range of one: every list of supported formats is this registry's."""
+
+    open: Callable[[str, str, bool], Backend]         # (path, mode, shallow)
+    inspect: Callable[[str, str], ImageInfo]          # (path, content type)
+    open_window: Callable[[str, int, int], Backend]   # (path, offset, length)
+    inspect_window: Callable[[str, int, int], ImageInfo]
+    read_only: bool = True                            # open_image takes mode "r" only
+    writable: bool = False                            # convert and downloads write it
+
+
+def _vmdk():
+    from imagetool.formats import vmdk      # 750 lines, imported when used
+    return vmdk
+
+
+def _raw_info(path: str, content: str) -> ImageInfo:
+    with RawBackend(path, "r") as b:  # size also right for block devices
+        size = b.size
+    return ImageInfo(format="raw", virtual_size=size, actual_size=disk_usage(path),
+                     content_type=content, filename=path)
+
+
+FORMATS: dict[str, Format] = {
+    "raw": Format(lambda p, mode, shallow: RawBackend(p, mode), _raw_info,
+                  window.RawWindow, window.raw_info, read_only=False, writable=True),
+    "qcow2": Format(lambda p, mode, shallow: qcow2_reader.Qcow2Backend(p, shallow=shallow),
+                    lambda p, content: qcow2.inspect(p),
+                    lambda p, o, n: qcow2_reader.Qcow2Backend(p, offset=o, length=n),
+                    window.qcow2_info, writable=True),
+    "vmdk": Format(lambda p, mode, shallow: _vmdk().open_vmdk(p),
+                   lambda p, content: _vmdk().inspect_vmdk(p),
+                   lambda p, o, n: _vmdk().open_vmdk(p, o, n),
+                   lambda p, o, n: _vmdk().inspect_vmdk(p, o, n)),
+}
+WRITABLE = tuple(name for name, f in FORMATS.items() if f.writable)
+
+
+def _window(path: str, offset: int, length: int | None,
+            format: str | None = None) -> tuple[int, Format]:
+    """The length of the image at ``offset`` and its format (None: detected)."""
+    if length is None:
+        length = os.path.getsize(path) - offset
+    format = format or window.detect_window(path, offset, length)
+    if format not in FORMATS:
+        raise UnsupportedFormat(f"unknown image format {format!r}", path)
+    return length, FORMATS[format]
 
 
 def inspect(path: str | os.PathLike, *, offset: int = 0,
@@ -38,20 +90,10 @@ def inspect(path: str | os.PathLike, *, offset: int = 0,
     """
     path = os.fspath(path)
     if offset or length is not None:
-        from imagetool.formats import window
-        if length is None:
-            length = os.path.getsize(path) - offset
-        return window.inspect_window(path, offset, length)
+        length, f = _window(path, offset, length)
+        return f.inspect_window(path, offset, length)
     fmt, content = probe(path)
-    if fmt == "qcow2":
-        return qcow2.inspect(path)
-    if fmt == "vmdk":
-        from imagetool.formats import vmdk
-        return vmdk.inspect_vmdk(path)
-    with RawBackend(path, "r") as b:  # size also right for block devices
-        size = b.size
-    return ImageInfo(format="raw", virtual_size=size, actual_size=disk_usage(path),
-                     content_type=content, filename=path)
+    return FORMATS[fmt].inspect(path, content)
 
 
 def open_image(path: str | os.PathLike, mode: str = "r",
@@ -72,24 +114,18 @@ def open_image(path: str | os.PathLike, mode: str = "r",
         if mode != "r" or shallow:
             raise UnsupportedFeature(
                 "an image inside a byte range of a file is read-only", path)
-        from imagetool.formats import window
-        if length is None:
-            length = os.path.getsize(path) - offset
-        return window.open_window(path, offset, length, format)
+        length, f = _window(path, offset, length, format)
+        return f.open_window(path, offset, length)
     if format is None:
         # "w" creates or truncates, so what the old file held is irrelevant.
         format = "raw" if mode == "w" else detect(path)
-    if format == "raw":
-        return RawBackend(path, mode)
-    if format in ("qcow2", "vmdk") and mode != "r":
+    f = FORMATS.get(format)
+    if f is None:
+        raise ValueError(f"unknown image format {format!r}")
+    if f.read_only and mode != "r":
         raise UnsupportedFeature(
             f"{format} can only be opened read-only here (mode {mode!r})", path)
-    if format == "qcow2":
-        return qcow2_reader.Qcow2Backend(path, shallow=shallow)
-    if format == "vmdk":
-        from imagetool.formats import vmdk
-        return vmdk.open_vmdk(path)
-    raise ValueError(f"unknown image format {format!r}")
+    return f.open(path, mode, shallow)
 
 
 def allocated_ranges(path: str | os.PathLike,

@@ -47,6 +47,13 @@ class Backend(Protocol):
     backend with ``clone()`` (or shares thread-safe local ones).
     """
 
+    #: imageio's names of the operations offered ("extents", "zero",
+    #: "flush", "checksum"): a destination without "zero" gets zeros as data.
+    features: frozenset[str]
+    #: Connections the server advises (None: no limit), for worker counts.
+    max_readers: int | None
+    max_writers: int | None
+
     @property
     def size(self) -> int:
         """Bytes addressable through this backend (virtual size for guest data)."""
@@ -94,6 +101,18 @@ class Closing:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# A local backend does every operation itself.
+LOCAL_FEATURES = frozenset({"extents", "zero", "flush"})
+
+
+class BackendBase(Closing):
+    """The Backend protocol's defaults, for backends of local images."""
+
+    features: frozenset[str] = LOCAL_FEATURES
+    max_readers: int | None = None
+    max_writers: int | None = None
 
 
 def union_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

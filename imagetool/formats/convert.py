@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from imagetool import formats
-from imagetool.copier import CopyStats, copy_local
+from imagetool.copier import CopyOptions, CopyStats, copy_local
 from imagetool.errors import DestinationExists, FormatError
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -42,7 +42,6 @@ DEFAULT_REQUEST_SIZE = 8 * 1024 * 1024
 # not written, so allocated zeros in the source become holes / unallocated
 # clusters, as qemu-img convert does.
 ZERO_GRANULARITY = 64 * 1024
-OUT_FORMATS = ("raw", "qcow2")
 
 
 def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -58,7 +57,7 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     Returns ``{"virtual_size": ..., "data_bytes": bytes copied}``.
     """
     src_path, dst_path = os.fspath(src_path), os.fspath(dst_path)
-    if out_format not in OUT_FORMATS:
+    if out_format not in formats.WRITABLE:
         raise ValueError(f"unsupported output format {out_format!r} (use raw or qcow2)")
     if compress and out_format != "qcow2":
         raise ValueError("compression needs the qcow2 output format")
@@ -143,8 +142,7 @@ def convert_backend(src: Backend, dst_path: str, out_format: str, *,
         dst = RawBackend(dst_path, "w", size=size)
         align = 4096
     with dst:
-        return copy_local(src, dst, workers=workers,
-                          request_size=max(align, request_size // align * align),
-                          dst_is_zero=True, detect_zeroes=True, align=align,
-                          zero_granularity=max(align, ZERO_GRANULARITY),
-                          progress=progress, cancel_event=cancel_event)
+        options = CopyOptions(workers, max(align, request_size // align * align),
+                              dst_is_zero=True, detect_zeroes=True, align=align,
+                              zero_granularity=max(align, ZERO_GRANULARITY))
+        return copy_local(src, dst, options, progress=progress, cancel_event=cancel_event)

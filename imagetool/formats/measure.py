@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from imagetool.formats import open_image
+from imagetool.formats import WRITABLE, open_image
 from imagetool.formats.base import Backend
 
 _L2E = 8          # bytes per L2 entry (no extended L2)
@@ -38,7 +38,7 @@ def measure(source: Backend | str | os.PathLike, out_format: str = "qcow2",
     with ``open_image`` (the whole backing chain counts). Returns
     ``{"required": int, "fully-allocated": int}``.
     """
-    if out_format not in ("qcow2", "raw"):
+    if out_format not in WRITABLE:
         raise ValueError(f"unsupported output format {out_format!r} (use raw or qcow2)")
     if cluster_size < 512 or cluster_size > 2 * 1024 * 1024 or cluster_size & (cluster_size - 1):
         raise ValueError(f"invalid cluster size {cluster_size}")

@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.formats.base import Closing, Extent, merge_extents
+from imagetool.formats.base import BackendBase, Extent, merge_extents
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
 from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
@@ -64,7 +64,7 @@ MIN_CLUSTER_SIZE = 512
 MAX_CLUSTER_SIZE = 2 * 1024 * 1024
 
 
-class Qcow2Writer(Closing):
+class Qcow2Writer(BackendBase):
     """A qcow2 image being written; see the module docstring.
 
     Create one with :meth:`create`. ``write``, ``zero``, ``read_into`` and
@@ -794,7 +794,7 @@ class Qcow2Writer(Closing):
             raise ValueError(f"{self.path}: writer is closed")
 
 
-class _WriterView:
+class _WriterView(BackendBase):
     """What :meth:`Qcow2Writer.clone` returns: delegates all but ``close``."""
 
     def __init__(self, writer: Qcow2Writer):

@@ -37,7 +37,7 @@ import threading
 from typing import Iterator
 
 from imagetool.errors import FormatError
-from imagetool.formats.base import Closing, Extent
+from imagetool.formats.base import BackendBase, Extent
 
 _HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 _HAVE_PREADV = hasattr(os, "preadv")
@@ -186,7 +186,7 @@ _MODES = {
 }
 
 
-class RawBackend(Closing):
+class RawBackend(BackendBase):
     """Random access to a raw file.
 
     ``mode``: ``"r"`` read only, ``"r+"`` read/write an existing file, ``"w"``

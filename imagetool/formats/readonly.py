@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from imagetool.errors import UnsupportedFeature
-from imagetool.formats.base import Closing, Extent, merge_extents
+from imagetool.formats.base import BackendBase, Extent, merge_extents
 
 # Segment kinds.
 DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3
@@ -98,7 +98,7 @@ class LockedLRU:
                 self._items.popitem(last=False)
 
 
-class ReadOnlyBackend(Closing):
+class ReadOnlyBackend(BackendBase):
     """The Backend protocol's methods that read-only images answer alike.
 
     Subclasses set ``_size``, ``_format`` (named in refusals, or

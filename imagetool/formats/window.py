@@ -4,8 +4,9 @@ An OVA is a tar whose disk members are qcow2 (as the oVirt engine writes
 them) or streamOptimized VMDK (VMware, VirtualBox) images, and sometimes
 raw ones; ovirt-imageio's client reads them in place (its ``member=``
 argument) instead of extracting them. This module does the same for
-imagetool: ``open_window`` opens the member's guest data as a read-only
-Backend without copying it anywhere.
+imagetool: ``open_image(path, offset=..., length=...)`` opens the member's
+guest data as a read-only Backend without copying it anywhere; the format
+registry (``imagetool.formats.FORMATS``) holds what each format does here.
 """
 
 from __future__ import annotations
@@ -87,36 +88,14 @@ class RawWindow(ReadOnlyBackend):
         return f"RawWindow({self.path!r}, offset={self.offset}, length={self.length})"
 
 
-def open_window(path: str | os.PathLike, offset: int, length: int,
-                format: str | None = None):
-    """The guest data of the image at ``[offset, offset+length)`` of ``path``.
-
-    ``format`` None detects it. qcow2 images there cannot have a backing
-    file; VMDK ones must be single-file (streamOptimized or monolithic).
-    """
-    path = os.fspath(path)
-    fmt = format or detect_window(path, offset, length)
-    if fmt == "qcow2":
-        from imagetool.formats.qcow2_reader import Qcow2Backend
-        return Qcow2Backend(path, offset=offset, length=length)
-    if fmt == "vmdk":
-        from imagetool.formats import vmdk
-        return vmdk.open_vmdk(path, offset, length)
-    if fmt == "raw":
-        return RawWindow(path, offset, length)
-    raise UnsupportedFormat(f"unknown image format {fmt!r}", path)
-
-
-def inspect_window(path: str | os.PathLike, offset: int, length: int) -> ImageInfo:
-    """ImageInfo of the image at a byte range (actual size = the range's length)."""
-    path = os.fspath(path)
-    fmt = detect_window(path, offset, length)
-    if fmt == "vmdk":
-        from imagetool.formats import vmdk
-        return vmdk.inspect_vmdk(path, offset, length)
-    if fmt == "qcow2":
-        from imagetool.formats import qcow2
-        with reading(path) as fd:
-            return qcow2.header_info(qcow2.parse_header(fd, path, offset, length), length)
+def raw_info(path: str, offset: int, length: int) -> ImageInfo:
+    """ImageInfo of raw guest data at a byte range (actual size = its length)."""
     return ImageInfo(format="raw", virtual_size=length, actual_size=length,
                      filename=path)
+
+
+def qcow2_info(path: str, offset: int, length: int) -> ImageInfo:
+    """ImageInfo of a qcow2 image at a byte range."""
+    from imagetool.formats import qcow2
+    with reading(path) as fd:
+        return qcow2.header_info(qcow2.parse_header(fd, path, offset, length), length)

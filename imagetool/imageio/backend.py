@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from imagetool.formats.base import Extent
+from imagetool.formats.base import BackendBase, Extent
 from imagetool.imageio.client import ImageioClient
 
 
-class HttpBackend:
+class HttpBackend(BackendBase):
     """Adapts an ``ImageioClient`` to ``imagetool.formats.base.Backend``.
 
     ``features``, ``max_readers`` and ``max_writers`` come from the server's

@@ -36,7 +36,7 @@ from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.transfer import resume as resume_mod
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, copy
 from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.verify import LocalHash, pick_algorithm, remote_checksum
@@ -190,8 +190,7 @@ def _export_disk(conn: Any, disk: Any, part: str, fd: int, data_off: int, *,
         writer = Qcow2Writer.create(part, src.size, offset=data_off)
         dst = SharedBackend(writer)
         try:
-            stats = copy(src, dst, workers=workers,
-                         request_size=buffer_size, dst_is_zero=True,
+            stats = copy(src, dst, CopyOptions(workers, buffer_size, dst_is_zero=True),
                          progress=session.progress(progress),
                          cancel_event=session.cancel_event)
         except CopyCancelled:

@@ -34,7 +34,7 @@ from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.transfer import resume as resume_mod
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, copy
 from imagetool.transfer.journal import flush_bytes_for
 from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
@@ -279,8 +279,7 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
                 # blocks for the checksum beside the copy (checksum ahead).
                 out = FlushingBackend(resume_mod.retrying(dst, session, shared),
                                       flush_bytes=flush_bytes_for(src.size, buffer_size))
-                stats = copy(shared, out,
-                             workers=n, request_size=buffer_size, dst_is_zero=sparse,
+                stats = copy(shared, out, CopyOptions(n, buffer_size, dst_is_zero=sparse),
                              progress=session.progress(progress),
                              cancel_event=session.cancel_event)
                 remote, _ = remote_checksum(dst, algorithm=algorithm)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from imagetool.errors import FormatError
-from imagetool.formats import inspect
+from imagetool.formats import FORMATS, inspect
 from imagetool.formats.tar import Member, members as tar_members
 from imagetool.ova.ovf import Ovf, OvfDisk, OvfError, parse_ovf
 
@@ -138,7 +138,7 @@ def open_ova(path: str | os.PathLike) -> Ova:
             if msg.startswith(path + ": "):
                 msg = msg[len(path) + 2:]
             raise OvaError(f"member {d.href!r}: {msg}", path) from None
-        if info.format not in ("qcow2", "vmdk", "raw"):
+        if info.format not in FORMATS:
             raise OvaError(f"member {d.href!r} is {info.format}; refused", path)
         if getattr(info, "backing_file", None) or getattr(info, "encrypted", None) \
                 or getattr(info, "data_file", None):

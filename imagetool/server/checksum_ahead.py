@@ -29,14 +29,13 @@ announcement) simply have no digest and are read by the final request.
 from __future__ import annotations
 
 import logging
-import mmap
 import threading
 import time
 from collections import deque
 from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterator
 
-from imagetool.checksum import hash_factory
+from imagetool.checksum import BlockHasher, block_buffer
 from imagetool.imageio.protocol import CHECKSUM_AHEAD
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class ChecksumAhead:
         self.algorithm = algorithm
         self.block_size = block_size
         self.size = size
-        self._new = hash_factory(algorithm)
+        self._hasher = BlockHasher(algorithm, block_size)
         self._reader = reader
         self._alive = alive
         self._mtime = mtime
@@ -199,49 +198,32 @@ class ChecksumAhead:
             self._cond.wait(_POLL_SECONDS)
 
     def _run(self) -> None:
-        buf_map = mmap.mmap(-1, self.block_size)   # page aligned, for O_DIRECT
-        buf = memoryview(buf_map)
         try:
-            while True:
-                with self._cond:
-                    i = self._next()
-                    if i is None:
-                        return
-                    self._current[i] = False
-                digest = None
-                try:
-                    digest = self._hash(i, buf)
-                except Exception as e:     # the final request reads it instead
-                    log.debug("checksum-ahead of block %d failed: %s", i, e)
-                with self._cond:
-                    # Always leave _current: paused() waits for it to empty.
-                    spoiled = self._current.pop(i)
-                    if digest is not None and not spoiled:
-                        self._digests[i] = digest
-                    self._cond.notify_all()
+            with block_buffer(self.block_size) as buf:
+                while True:
+                    with self._cond:
+                        i = self._next()
+                        if i is None:
+                            return
+                        self._current[i] = False
+                    digest = None
+                    start = i * self.block_size
+                    length = min(self.block_size, self.size - start)
+                    try:
+                        if length > 0:
+                            digest = self._hasher.digest(self._reader, start, length, buf)
+                    except Exception as e:     # the final request reads it instead
+                        log.debug("checksum-ahead of block %d failed: %s", i, e)
+                    with self._cond:
+                        # Always leave _current: paused() waits for it to empty.
+                        spoiled = self._current.pop(i)
+                        if digest is not None and not spoiled:
+                            self._digests[i] = digest
+                        self._cond.notify_all()
         finally:
-            buf.release()
-            try:
-                buf_map.close()
-            except BufferError:
-                pass        # a view still alive somewhere; the GC unmaps it
             with self._cond:
                 self._running -= 1
                 last = self._running == 0
             if last:
                 with suppress(OSError):
                     self._reader.close()
-
-    def _hash(self, i: int, buf: memoryview) -> bytes | None:
-        start = i * self.block_size
-        length = min(self.block_size, self.size - start)
-        if length <= 0:
-            return None
-        view = buf[:length]
-        got = 0
-        while got < length:
-            n = self._reader.read_into(start + got, view[got:])
-            if n <= 0:
-                return None     # the file is shorter than announced
-            got += n
-        return self._new(view).digest()

@@ -92,8 +92,8 @@ def options(ctx: Context, ticket: Ticket) -> int:
     features = ALL_FEATURES if ticket.writable else READ_FEATURES
     # A backend may limit concurrency (e.g. a writer appending in order).
     body = {"features": features,
-            "max_readers": getattr(backend, "max_readers", DEFAULT_MAX_READERS),
-            "max_writers": getattr(backend, "max_writers", DEFAULT_MAX_WRITERS)}
+            "max_readers": backend.max_readers or DEFAULT_MAX_READERS,
+            "max_writers": backend.max_writers or DEFAULT_MAX_WRITERS}
     if ticket.writable and _direct(backend):
         body[EXTENSIONS_KEY] = [CHECKSUM_AHEAD]
     ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)

@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Iterator
 
-from imagetool.formats.base import Extent, add_range
+from imagetool.formats.base import BackendBase, Extent, add_range
 from imagetool.fsutil import write_atomic
 from imagetool.ids import is_uuid
 
@@ -95,7 +95,7 @@ class DirtyTracker:
             return None if r is None else [list(x) for x in r]
 
 
-class DirtyView:
+class DirtyView(BackendBase):
     """A read-only backend whose ``dirty`` extents are given ranges.
 
     Outside them the extents are holes (the data plane reports them

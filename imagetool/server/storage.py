@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from imagetool.copier import copy_local
+from imagetool.copier import CopyOptions, copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import allocated_ranges, open_image, qcow2
 from imagetool.formats.base import Extent, union_ranges
@@ -429,10 +429,10 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
             # extents and zero runs of a cluster inside data become zero
             # clusters over a parent, nothing without one.
             step = writer.cluster_size
-            copy_local(reader, writer, dst_is_zero=True, detect_zeroes=True,
-                       over_backing=parent_id is not None,
-                       extents=[e for e in reader.extents() if not e.hole],
-                       zero_granularity=step, request_size=max(step, 4 << 20) // step * step)
+            options = CopyOptions(request_size=max(step, 4 << 20) // step * step,
+                                  dst_is_zero=True, detect_zeroes=True,
+                                  zero_granularity=step, over_backing=parent_id is not None)
+            copy_local(reader, writer, options, extents=[e for e in reader.extents() if not e.hole])
             writer.flush()
         finally:
             writer.close()
@@ -516,7 +516,7 @@ def _copy_ranges(reader: Any, writer: Any, ranges: list[tuple[int, int]],
                  dst_is_zero: bool = False) -> None:
     """Copy only the guest data of ``ranges`` (``(start, end)`` pairs that may
     overlap) from a layer's reader into the layer being written."""
-    copy_local(reader, writer, dst_is_zero=dst_is_zero, check_size=False,
+    copy_local(reader, writer, CopyOptions(dst_is_zero=dst_is_zero, check_size=False),
                extents=[Extent(a, b - a) for a, b in union_ranges(ranges)])
 
 

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from imagetool.formats import inspect, open_image
-from imagetool.copier import copy_local
+from imagetool.copier import CopyOptions, copy_local
 from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
@@ -594,4 +594,5 @@ def _copy_layer(src: str, writer: Any) -> None:
     """Copy the clusters allocated in qcow2 layer ``src`` into ``writer``."""
     with open_image(src, "r", format="qcow2", shallow=True) as reader:
         # Holes stay unallocated, zero clusters stay zero clusters.
-        copy_local(reader, writer, dst_is_zero=True, over_backing=True, check_size=False)
+        copy_local(reader, writer, CopyOptions(dst_is_zero=True, over_backing=True,
+                                               check_size=False))

@@ -1,7 +1,7 @@
 """Transfer workflows: the parallel copier, the ImageTransfer session,
 upload/download of disks, and transfers straight to an imageio URL.
 
-    copier.copy(src, dst, workers=4, ...)          # any Backend to any Backend
+    copier.copy(src, dst, CopyOptions(workers=4)) # any Backend to any Backend
     session.TransferSession(conn, disk_id=..., direction="upload")
     upload.upload_disk(conn, path, storage_domain, UploadOptions(...)) -> Disk
     download.download_disk(conn, disk, path, DownloadOptions(...)) -> TransferResult

@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError
+from imagetool.formats import WRITABLE
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.copier import CopyCancelled, copy
+from imagetool.copier import CopyCancelled, CopyOptions, copy
 from imagetool.backends import JournalingBackend
 from imagetool.transfer.journal import Journal, flush_bytes_for
 from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
@@ -50,7 +51,7 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike,
     snapshot_id = _snapshot_id(snapshot, opts.snapshot_id)
     if snapshot_id != opts.snapshot_id:
         opts = dataclasses.replace(opts, snapshot_id=snapshot_id)
-    if opts.format not in ("raw", "qcow2"):
+    if opts.format not in WRITABLE:
         raise ImagetoolError(f"unsupported download format {opts.format!r} (raw or qcow2)")
     if opts.backing_file and opts.format != "qcow2":
         raise ImagetoolError("a backing file needs the qcow2 format")
@@ -135,10 +136,10 @@ def _download_into(conn: Any, disk: Any, journal: Journal, part: str,
                                 flush_bytes=flush_bytes_for(size, opts.buffer_size))
         workers = max(1, min(opts.workers, src.max_readers or opts.workers))
         try:
-            stats = copy(src, dst, workers=workers, request_size=opts.buffer_size,
-                         dst_is_zero=True, progress=session.progress(progress),
-                         cancel_event=session.cancel_event, detect_zeroes=True,
-                         skip_ranges=journal.done, overlap=workers <= 2)
+            options = CopyOptions(workers, opts.buffer_size, dst_is_zero=True,
+                                  detect_zeroes=True, overlap=workers <= 2)
+            stats = copy(src, dst, options, progress=session.progress(progress),
+                         cancel_event=session.cancel_event, skip_ranges=journal.done)
             dst.flush()
         except CopyCancelled:
             raise session.stopped(f"download of {disk.name or disk.id}") from None

@@ -19,14 +19,14 @@ from typing import Any, Callable
 from imagetool.engine.hosts import transfer_host
 from imagetool.engine.wait import wait_for_disk
 from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
-from imagetool.formats import ImageInfo, inspect, open_image
+from imagetool.formats import FORMATS, ImageInfo, inspect, open_image
 from imagetool.formats.base import Backend
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
 from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.copier import CopyCancelled, copy
+from imagetool.copier import CopyCancelled, CopyOptions, copy
 from imagetool.transfer.options import UploadOptions, keywords_of, resolve
 from imagetool.backends import SharedBackend
 from imagetool.transfer.session import TransferSession
@@ -64,7 +64,7 @@ def check_source(path: str | os.PathLike, allow_outside_backing: bool = False) -
     """Inspect ``path`` and refuse what cannot be uploaded; the one inspection."""
     path = os.fspath(path)
     info = inspect(path)
-    if info.format not in ("raw", "qcow2", "vmdk"):
+    if info.format not in FORMATS:
         raise UnsupportedFeature(f"cannot upload {info.format} images", path)
     if info.encrypted:
         raise UnsupportedFeature("encrypted qcow2 images cannot be uploaded; "
@@ -216,11 +216,11 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, source_path: str,
                 local_hash = verifying.start_upload_hash(
                     source_path, plan.volume_bytes, algorithm=algorithm, opener=src.clone)
             try:
-                stats = copy(SharedBackend(src), cdst, workers=workers,
-                             request_size=opts.buffer_size,
-                             dst_is_zero=opts.sparse and not plan.volume_bytes,
-                             # a volume's file grows as its bytes arrive
-                             check_size=plan.transfer_format == "raw",
+                stats = copy(SharedBackend(src), cdst, CopyOptions(
+                                 workers, opts.buffer_size,
+                                 dst_is_zero=opts.sparse and not plan.volume_bytes,
+                                 # a volume's file grows as its bytes arrive
+                                 check_size=plan.transfer_format == "raw"),
                              progress=session.progress(progress),
                              cancel_event=session.cancel_event,
                              skip_ranges=state.journal.done if state else None)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
-from imagetool.formats import open_image
+from imagetool.formats import WRITABLE, open_image
 from imagetool.formats.base import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyStats, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.backends import SharedBackend
 from imagetool.transfer.output import atomic_output
 
@@ -66,21 +66,13 @@ def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
         raise
 
 
-def _cap(workers: int, limit) -> int:
-    """Workers capped by the server's advice (max_readers/max_writers)."""
-    if isinstance(limit, int) and limit > 0:
-        return max(1, min(workers, limit))
-    return max(1, workers)
-
-
 def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                    request_size: int = DEFAULT_REQUEST_SIZE,
                    dst_is_zero: bool = False, progress: Progress | None = None,
                    cancel_event=None) -> CopyStats:
     """Copy a local backend into an HTTP backend with capped workers."""
-    workers = _cap(workers, getattr(dst, "max_writers", None))
-    return copy(SharedBackend(src), dst, workers=workers,
-                request_size=request_size, dst_is_zero=dst_is_zero,
+    workers = max(1, min(workers, dst.max_writers or workers))   # the server's advice
+    return copy(SharedBackend(src), dst, CopyOptions(workers, request_size, dst_is_zero),
                 progress=progress, cancel_event=cancel_event)
 
 
@@ -98,9 +90,9 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     file's data as the layer hid its parent's. The caller owns renaming
     (see ``atomic_output``).
     """
-    if format not in ("raw", "qcow2"):
+    if format not in WRITABLE:
         raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
-    workers = _cap(workers, getattr(src, "max_readers", None))
+    workers = max(1, min(workers, src.max_readers or workers))
     size = src.size
     if format == "raw":
         shared = SharedBackend(RawBackend(tmp, "w", size=size, direct=True))
@@ -112,11 +104,10 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
         # With few connections, writing the local file while the next
         # request is read is faster (benchmarks/transfer_results.md); with
         # more, workers overlap each other anyway.
-        stats = copy(src, shared, workers=workers, request_size=request_size,
-                     dst_is_zero=True, progress=progress,
-                     cancel_event=cancel_event, detect_zeroes=True,
-                     overlap=workers <= 2,
-                     over_backing=format == "qcow2" and backing_file is not None)
+        options = CopyOptions(workers, request_size, dst_is_zero=True, detect_zeroes=True,
+                              overlap=workers <= 2,
+                              over_backing=format == "qcow2" and backing_file is not None)
+        stats = copy(src, shared, options, progress=progress, cancel_event=cancel_event)
         shared.flush()
     finally:
         shared.close()

@@ -419,7 +419,7 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     from imagetool.errors import ImagetoolError
     from imagetool.formats import open_image
     from imagetool.formats.raw import RawBackend
-    from imagetool.copier import copy
+    from imagetool.copier import CopyOptions, copy
     from imagetool.transfer.session import TransferSession
     small = str(tmp_path / "small.raw")
     make_raw(small, 2 * MiB, [(0, MiB)], seed=13)
@@ -432,18 +432,18 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     big_raw = str(tmp_path / "big.raw")
     make_raw(big_raw, 4 * MiB, [(0, 4 * MiB)], seed=14)
     if fmt == "raw":
-        src, tf, match, kw = open_image(big_raw, "r"), "raw", "smaller than the source", {}
+        src, tf, match, opts = open_image(big_raw, "r"), "raw", "smaller than the source", CopyOptions()
     else:
         big = str(tmp_path / "big.qcow2")
         qemu_img("convert", "-f", "raw", "-O", "qcow2", big_raw, big)
-        src, tf, kw = RawBackend(big, "r"), "cow", {"check_size": False}
+        src, tf, opts = RawBackend(big, "r"), "cow", CopyOptions(check_size=False)
         match = "past the image size|finalizing the upload failed"
     try:
         with env.connect() as conn:
             with pytest.raises(ImagetoolError, match=match):
                 with TransferSession(conn, disk_id=disk, direction="upload",
                                      format=tf) as s:
-                    copy(src, s.open_backend(), **kw)
+                    copy(src, s.open_backend(), opts)
     finally:
         src.close()
     deadline = time.monotonic() + 20

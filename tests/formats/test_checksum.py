@@ -10,6 +10,7 @@ from ovirt_imageio.client import checksum as reference_checksum
 
 from fake_backends import MemBackend
 from helpers import KiB, MiB, extents_of, qemu_io, random_image, run, write_raw
+from imagetool.backup import digests
 from imagetool.checksum import ALGORITHMS, checksum, checksum_file
 from imagetool.formats.base import Extent
 
@@ -53,6 +54,8 @@ def test_matches_definition(algorithm, block_size):
     got = checksum(b, algorithm=algorithm, block_size=block_size)
     assert got == {"algorithm": algorithm, "block_size": block_size,
                    "checksum": _definition(data, algorithm, block_size)}
+    blocks = digests.compute(b, algorithm=algorithm, block_size=block_size)
+    assert digests.combine([blocks[i] for i in sorted(blocks)], algorithm) == got["checksum"]
 
 
 def test_zero_extents_are_never_read():

@@ -287,7 +287,7 @@ def test_copier_over_backing_zeroes_zero_extents_and_zero_data(tmp_path, overlap
     checked by qemu-img on a layer made by qemu-io."""
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
-    from imagetool.copier import copy
+    from imagetool.copier import CopyOptions, copy
 
     base = str(tmp_path / "base.qcow2")
     layer = str(tmp_path / "layer.qcow2")
@@ -303,8 +303,8 @@ def test_copier_over_backing_zeroes_zero_extents_and_zero_data(tmp_path, overlap
     src = open_image(layer, "r", format="qcow2", shallow=True)
     dst = Qcow2Writer.create(out, SIZE, backing_file="base.qcow2", backing_format="qcow2")
     try:
-        stats = copy(src, dst, workers=2, request_size=64 * KiB, dst_is_zero=True,
-                     detect_zeroes=True, overlap=overlap, over_backing=True)
+        stats = copy(src, dst, CopyOptions(2, 64 * KiB, dst_is_zero=True, detect_zeroes=True,
+                                           overlap=overlap, over_backing=True))
     finally:
         dst.close()
         src.close()

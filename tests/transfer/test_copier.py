@@ -11,8 +11,10 @@ import pytest
 
 from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
-from imagetool.formats.base import Extent
-from imagetool.copier import CopyCancelled, CopyError, copy, plan
+from imagetool.backends import FlushingBackend, SharedBackend, Window
+from imagetool.formats import open_image
+from imagetool.formats.base import LOCAL_FEATURES, Backend, Extent
+from imagetool.copier import CopyCancelled, CopyError, CopyOptions, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]
@@ -40,9 +42,8 @@ def test_copy_bytes_equal(tmp_path, src_path, workers, overlap):
             done.append((start, length))
 
     seen = []
-    stats = copy(src, dst, workers=workers, request_size=1 * MiB,
-                 dst_is_zero=True, progress=seen.append, on_done=on_done,
-                 overlap=overlap)
+    stats = copy(src, dst, CopyOptions(workers, MiB, dst_is_zero=True, overlap=overlap),
+                 progress=seen.append, on_done=on_done)
     src.close()
     dst.close()
     assert dst_path.read_bytes() == src_path.read_bytes()
@@ -70,21 +71,29 @@ def test_copy_zeroes_destination_when_not_empty(tmp_path, src_path, overlap):
     dst_path.write_bytes(b"\xff" * SIZE)
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w")
-    stats = copy(src, dst, workers=3, request_size=2 * MiB, dst_is_zero=False,
-                 overlap=overlap)
+    stats = copy(src, dst, CopyOptions(workers=3, request_size=2 * MiB, overlap=overlap))
     assert dst_path.read_bytes() == src_path.read_bytes()
     assert stats.bytes_zeroed > 0 and stats.bytes_skipped == 0
     assert dst.stats["zero"] > 0
 
 
-def test_copy_sends_zeros_as_data_without_zero_feature(tmp_path, src_path):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_copy_sends_zeros_as_data_without_zero_feature(tmp_path, src_path, wrapped):
     dst_path = tmp_path / "dst.raw"
     dst_path.write_bytes(b"\xff" * SIZE)
     src = FileBackend(src_path)
     dst = FileBackend(dst_path, "w", features=["flush"])
-    copy(src, dst, workers=2, request_size=1 * MiB)
+    copy(src, FlushingBackend(dst) if wrapped else dst, CopyOptions(2, MiB))  # inner's features
     assert dst_path.read_bytes() == src_path.read_bytes()
     assert dst.stats["zero"] == 0
+
+
+def test_backends_declare_what_the_copier_reads(src_path):
+    with open_image(src_path) as b:
+        for x in (b, SharedBackend(b, owner=False), Window(b, SIZE)):
+            assert (x.size, x.features, x.max_readers, x.max_writers) == (
+                SIZE, LOCAL_FEATURES, None, None)
+        assert isinstance(b, Backend)
 
 
 def test_plan_aligns_and_bounds():
@@ -107,8 +116,7 @@ def test_first_error_is_raised_with_context(tmp_path, src_path, side, where, ove
     dst = FileBackend(dst_path, "w", size=SIZE,
                       fail_at=fail if where == "dst" else None)
     with pytest.raises(CopyError) as info:
-        copy(src, dst, workers=4, request_size=1 * MiB, dst_is_zero=True,
-             overlap=overlap)
+        copy(src, dst, CopyOptions(4, MiB, dst_is_zero=True, overlap=overlap))
     err = info.value
     assert err.side == side
     assert err.offset == 7 * MiB and err.length == MiB
@@ -127,8 +135,7 @@ def test_exception_from_progress_stops_copy(tmp_path, src_path, overlap):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        copy(FileBackend(src_path), dst, workers=2, request_size=MiB,
-             progress=progress, overlap=overlap)
+        copy(FileBackend(src_path), dst, CopyOptions(2, MiB, overlap=overlap), progress=progress)
     # Stopped early: far fewer writes than requests in the plan.
     assert dst.stats["write"] < 8
 
@@ -234,7 +241,7 @@ def test_raw_backend_to_raw_backend(tmp_path, src_path, workers):
     out = tmp_path / "out.raw"
     src = RawBackend(src_path, "r")
     dst = RawBackend(out, "w", size=SIZE)
-    copy(src, dst, workers=workers, request_size=MiB, dst_is_zero=True)
+    copy(src, dst, CopyOptions(workers=workers, request_size=MiB, dst_is_zero=True))
     src.close()
     dst.close()
     assert out.read_bytes() == src_path.read_bytes()
@@ -251,8 +258,7 @@ def test_into_qcow2_writer(tmp_path, src_path, workers):
     out = tmp_path / "out.qcow2"
     src = RawBackend(src_path, "r")
     dst = SharedBackend(Qcow2Writer.create(out, SIZE))
-    copy(SharedBackend(src), dst, workers=workers, request_size=MiB,
-         dst_is_zero=True, overlap=workers == 1)
+    copy(SharedBackend(src), dst, CopyOptions(workers, MiB, dst_is_zero=True, overlap=workers == 1))
     dst.flush()
     dst.close()
     src.close()

@@ -8,7 +8,7 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imagetool.copier import align_extents, copy, copy_local
+from imagetool.copier import CopyOptions, align_extents, copy, copy_local
 from imagetool.formats.base import Extent
 from imagetool.formats.raw import RawBackend
 from fake_backends import FileBackend, MemBackend
@@ -30,8 +30,8 @@ def test_zero_runs_inside_data_stay_holes(tmp_path):
     dst_path = tmp_path / "dst.raw"
     src = RawBackend(src_path, "r")
     dst = RawBackend(dst_path, "w", size=4 * MiB)
-    stats = copy_local(src, dst, workers=2, request_size=4 * MiB, dst_is_zero=True,
-                       detect_zeroes=True, zero_granularity=64 * KiB)
+    stats = copy_local(src, dst, CopyOptions(2, 4 * MiB, dst_is_zero=True, detect_zeroes=True,
+                                             zero_granularity=64 * KiB))
     src.close()
     dst.close()
     assert dst_path.read_bytes() == bytes(data)
@@ -47,8 +47,8 @@ def test_zero_runs_over_a_backing_file_are_zeroed(tmp_path, overlap):
     dst_path = tmp_path / "dst.raw"
     dst_path.write_bytes(b"\xff" * (2 * MiB))    # the "backing" data to hide
     dst = FileBackend(dst_path, "r+")
-    copy(src, dst, workers=1, request_size=2 * MiB, over_backing=True,
-         detect_zeroes=True, zero_granularity=64 * KiB, overlap=overlap)
+    copy(src, dst, CopyOptions(1, 2 * MiB, over_backing=True, detect_zeroes=True,
+                               zero_granularity=64 * KiB, overlap=overlap))
     dst.close()
     assert dst_path.read_bytes() == bytes(data)
     assert dst.stats["zero"] == 1 and dst.stats["write"] == 2
@@ -58,7 +58,7 @@ def test_explicit_extents_copy_only_those_ranges(tmp_path):
     data = os.urandom(MiB)
     dst_path = tmp_path / "dst.raw"
     dst = RawBackend(dst_path, "w", size=MiB)
-    copy_local(MemBackend(data), dst, dst_is_zero=True,
+    copy_local(MemBackend(data), dst, CopyOptions(dst_is_zero=True),
                extents=[Extent(64 * KiB, 64 * KiB), Extent(512 * KiB, 4 * KiB)])
     dst.close()
     out = dst_path.read_bytes()
@@ -70,8 +70,8 @@ def test_explicit_extents_copy_only_those_ranges(tmp_path):
 
 def test_request_size_must_be_a_multiple_of_align():
     with pytest.raises(ValueError, match="multiple of 4096 and of align"):
-        copy(MemBackend(bytes(MiB)), MemBackend(bytes(MiB)), request_size=3 * 4096,
-             align=8192)
+        copy(MemBackend(bytes(MiB)), MemBackend(bytes(MiB)),
+             CopyOptions(request_size=3 * 4096, align=8192))
 
 
 def test_copy_local_raises_the_sides_own_error(tmp_path):

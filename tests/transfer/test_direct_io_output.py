@@ -15,7 +15,7 @@ import pytest
 
 from helpers import MiB, images_equal, make_raw
 from imagetool.formats.raw import RawBackend
-from imagetool.copier import copy
+from imagetool.copier import CopyOptions, copy
 from imagetool.backends import SharedBackend
 
 
@@ -32,8 +32,8 @@ def _download_like(src_path: str, out: str, workers: int, overlap: bool,
     dst = RawBackend(out, "w", size=src.size, direct=True)
     shared = SharedBackend(dst)
     try:
-        copy(SharedBackend(src), shared, workers=workers, request_size=request_size,
-             dst_is_zero=True, detect_zeroes=True, overlap=overlap)
+        copy(SharedBackend(src), shared, CopyOptions(workers, request_size, dst_is_zero=True,
+                                                     detect_zeroes=True, overlap=overlap))
         shared.flush()
     finally:
         shared.close()

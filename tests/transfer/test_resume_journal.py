@@ -11,7 +11,7 @@ import pytest
 from helpers import MiB
 from imagetool.formats.raw import RawBackend
 from imagetool.backends import JournalingBackend, SharedBackend
-from imagetool.copier import _Request, copy, missing, skip_done
+from imagetool.copier import CopyOptions, _Request, copy, missing, skip_done
 from imagetool.transfer.journal import Journal, merge, source_changes, source_identity
 
 
@@ -129,7 +129,7 @@ def test_copy_skips_done_ranges(tmp_path):
     src = SharedBackend(RawBackend(src_path, "r"))
     dst = SharedBackend(RawBackend(dst_path, "r+"))
     try:
-        stats = copy(src, dst, workers=2, request_size=MiB,
+        stats = copy(src, dst, CopyOptions(workers=2, request_size=MiB),
                      skip_ranges=[[MiB, 3 * MiB]])
     finally:
         src.close()

@@ -14,7 +14,7 @@ from imagetool.errors import ImageioError
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import copy
+from imagetool.copier import CopyOptions, copy
 from imagetool.backends import SharedBackend
 from imagetool.backends import RetryingBackend, RetryPolicy, is_transient
 
@@ -41,7 +41,7 @@ def _upload(proxy, ticket, src, policy=FAST, workers=2):
     source = SharedBackend(RawBackend(src, "r"))
     dst = RetryingBackend(HttpBackend(client), policy, source=source.clone())
     try:
-        return copy(source, dst, workers=workers, request_size=MiB), dst
+        return copy(source, dst, CopyOptions(workers=workers, request_size=MiB)), dst
     finally:
         dst.close()
         source.close()
