@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 
-from imagetool.copier import copy_local
+from imagetool.copier import CopyOptions, copy_local
 from imagetool.formats import allocated_ranges
 from imagetool.formats.base import Extent
 from imagetool.formats.raw import RawBackend
@@ -162,7 +162,7 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
             writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
                                 sparse=bool(disk.get("sparse", True)))
             try:
-                copy_local(reader, writer, check_size=False,
+                copy_local(reader, writer, CopyOptions(check_size=False),
                            extents=[Extent(a, b - a) for a, b in written])
             finally:
                 writer.close()
