@@ -113,6 +113,7 @@ def add_vm(req: Request) -> Reply:
     if memory is not None and memory <= 0:
         raise bad_request("VM memory must be positive")
     vm_id = get_id(data, "id", what="VM")
+    cpus = cpus_from(data)
     check_cluster(req, get_obj(data, "cluster"))
     ovf = get_str(data, "initialization", "configuration", "data")
     # "ova": the OVF of an OVA, whose disks are named by Disk/@ovf:diskId.
@@ -141,12 +142,26 @@ def add_vm(req: Request) -> Reply:
         raise conflict("add VM", f"A VM with id {vm_id} already exists.")
     vm = {"id": vm_id or new_id(), "name": name,
           "description": description or "", "created": time.time(),
-          "memory": memory or (1 << 30),
+          "memory": memory or (1 << 30), "cpus": cpus,
           "os_type": os_type or "other",
           "attachments": attachments, "active_snapshot_id": new_id(), "ovf": ovf}
     engine.store.put("vm", vm)
     record_job(engine, f"Creating VM {name}", ["Adding VM"])
     return Reply(status=201, tag="vm", body=vm_repr(req, vm))
+
+
+def cpus_from(data: dict) -> int:
+    """The virtual CPUs of ``<cpu><topology sockets cores threads>``: their
+    product (the oVirt REST API guide's CpuTopology), 1 when not given."""
+    count = 1
+    for key in ("sockets", "cores", "threads"):
+        n = get_int(data, "cpu", "topology", key)
+        if n is not None and not 1 <= n <= 256:
+            raise bad_request(f"Invalid value {n} for cpu.topology.{key}: expected 1 to 256")
+        count *= n or 1
+    if count > 512:
+        raise bad_request(f"{count} virtual CPUs: at most 512")
+    return count
 
 
 def check_cluster(req: Request, cluster: dict | None) -> None:
