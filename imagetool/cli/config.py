@@ -10,8 +10,8 @@ variable > the ``-c/--config SECTION`` of ``~/.config/imagetool.conf``
 looked up in ovirt-img's ``~/.config/ovirt-img.conf``, whose keys
 ``engine_url``, ``username``, ``password``, ``cafile``, ``secure`` are
 understood). With no engine URL from anywhere, the embedded local engine is
-used: a running ``imagetool serve`` on the default data dir, else one
-started in-process for the duration of the command.
+used: a running ``imagetool serve`` (``paths.locate_engine`` says which),
+else one started in-process for the duration of the command.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import click
 
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
-from imagetool.paths import default_data_dir, find_running_engine
+from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -202,8 +202,7 @@ def _tested(url: str, **kwargs: Any) -> Iterator[Connection]:
 def _local_engine_connection(env: Mapping[str, str] | None,
                              **conn_kwargs: Any) -> Iterator[Connection]:
     """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
-    data_dir = default_data_dir()
-    info = find_running_engine(data_dir)
+    data_dir, info = locate_engine()
     if info:
         password = info.get("password")
         if password is None and info.get("password_file"):

@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from imagetool.fsutil import write_atomic
-from imagetool.paths import LOCK_FILE, default_data_dir, find_running_engine
+from imagetool.paths import (LOCK_FILE, default_data_dir, find_running_engine,
+                             register_serve, unregister_serve)
 from imagetool.server.app import EngineServer
 
 __all__ = ["LOCK_FILE", "USERNAME", "LocalEngine", "default_data_dir",
@@ -27,11 +28,13 @@ def write_lock_file(engine: EngineServer) -> str:
             "username": USERNAME, "password_file": engine.password_file,
             "imageio_url": engine.dataplane_url(), "insecure": False}
     write_atomic(path, json.dumps(info, indent=2), sync=False)
+    register_serve(engine.data_dir)
     return path
 
 
 def remove_lock_file(engine: EngineServer) -> None:
     """Remove the lock file if it is ours."""
+    unregister_serve(engine.data_dir)
     path = os.path.join(engine.data_dir, LOCK_FILE)
     try:
         with open(path) as f:
