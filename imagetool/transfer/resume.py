@@ -227,15 +227,19 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
     disk = disks[0]
     held = [t for t in _transfers_of(conn, disk.id)
             if not (t.phase or "").startswith("finished")]
-    steps = []
     if held:
-        steps.append(f"cancel its transfer (imagetool transfers cancel {held[0].id})")
-    steps.append(f"remove it (imagetool disks remove --yes {disk.id})")
+        # Cancelling an upload's transfer removes the disk it was filling:
+        # a "disks remove" after it would fail on a disk already gone.
+        steps = (f"cancel its transfer (imagetool transfers cancel {held[0].id}), which "
+                 f"also removes it (if it is still listed after that: imagetool disks "
+                 f"remove --yes {disk.id})")
+    else:
+        steps = f"remove it (imagetool disks remove --yes {disk.id})"
     raise JournalError(
         f"{path}: --resume found no interrupted upload of this file to continue, "
         f"but storage domain {sd_name} already has a disk named {name!r} "
         f"({disk.id}, status {disk.status}); nothing proves it holds this file: "
-        f"if it is a leftover, {' and '.join(steps)} and upload again, or "
+        f"if it is a leftover, {steps}, and upload again; or "
         f"upload with another --name")
 
 
