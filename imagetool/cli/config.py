@@ -28,6 +28,8 @@ import click
 
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
+from imagetool.engine.connection import normalize_url
+from imagetool.errors import UsageError
 from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
@@ -80,6 +82,24 @@ def _parse_bool(value: str, what: str) -> bool:
     raise click.UsageError(f"{what}: expected true or false, not {value!r}")
 
 
+def _config_error(path: str, e: configparser.Error) -> str:
+    """One line for a config file configparser cannot read (its own message
+    spans lines): the file, the first bad line, what is expected."""
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        where = f"line {e.lineno}: {e.line.strip()!r} comes before any [section]"
+    elif isinstance(e, configparser.ParsingError) and e.errors:
+        lineno, line = e.errors[0]          # the line as repr() already
+        where = f"line {lineno}: " + line.replace("\\n", "")
+    elif isinstance(e, configparser.DuplicateOptionError):
+        where = f"line {e.lineno}: {e.option!r} appears twice in [{e.section}]"
+    elif isinstance(e, configparser.DuplicateSectionError):
+        where = f"line {e.lineno}: [{e.section}] appears twice"
+    else:
+        where = (e.message or type(e).__name__).splitlines()[0]
+    return (f"cannot read config file {path}, {where}: expected [section] headers and "
+            f"key = value lines; fix or remove the file")
+
+
 def read_config_section(section: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The keys of ``[section]`` from the first config file that has it."""
     paths = config_paths(env)
@@ -88,7 +108,7 @@ def read_config_section(section: str, env: Mapping[str, str] | None = None) -> d
         try:
             parser.read(path)
         except configparser.Error as e:
-            raise click.UsageError(f"{path}: {e}") from None
+            raise UsageError(_config_error(path, e)) from None
         if parser.has_section(section):
             values = dict(parser.items(section))
             values["__file__"] = path
@@ -124,6 +144,7 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     url = pick(opts.engine_url, "ENGINE_URL", "engine_url")
     if not url:
         return None
+    normalize_url(url)      # a malformed URL: a usage error before anything else
     username = pick(opts.username, "USERNAME", "username")
     cafile = pick(opts.cafile, "CAFILE", "cafile")
 
