@@ -3,6 +3,7 @@ name, and starting the CLI imports only the command that runs."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -82,3 +83,15 @@ def test_every_help_has_examples_of_options_it_has(path, command):
         # Parse only: option names and arity, not files or engines.
         command.make_parser(click.Context(command)).parse_args(
             [a for a in args if a != "..."])
+
+
+def test_shell_completion_as_the_readme_documents():
+    env = {**os.environ, "_IMAGETOOL_COMPLETE": "bash_source"}
+    script = subprocess.run([sys.executable, "-m", "imagetool"], env=env,
+                            capture_output=True, text=True)
+    assert script.returncode == 0 and "_imagetool_completion()" in script.stdout
+    env.update(_IMAGETOOL_COMPLETE="bash_complete", COMP_WORDS="imagetool vms cr",
+               COMP_CWORD="2")
+    done = subprocess.run([sys.executable, "-m", "imagetool"], env=env,
+                          capture_output=True, text=True)
+    assert done.stdout.split() == ["plain,create"]
