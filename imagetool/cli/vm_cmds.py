@@ -17,6 +17,7 @@ from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.inventory_cmds import _print_list, _print_one
 from imagetool.errors import DestinationExists
+from imagetool.units import count
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 TIMEOUT = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
@@ -99,7 +100,7 @@ def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: 
     if as_json:
         emit_json({**_vm_dict(v), "disks": attached})
     else:
-        click.echo(f"created VM {v.name} ({v.id}) with {_count(len(attached), 'disk')}")
+        click.echo(f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
 
 
 @vms.command("remove")
@@ -126,12 +127,7 @@ def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
                    "disks_kept": keep_disks})
     else:
         what = "kept" if keep_disks else "removed"
-        click.echo(f"removed VM {v.name} ({v.id}); {_count(len(disk_ids), 'disk')} {what}")
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 disk``, ``2 disks``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+        click.echo(f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
 
 
 @vms.command("list")

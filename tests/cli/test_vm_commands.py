@@ -352,7 +352,7 @@ def test_download_and_upload_with_host(cli, tmp_path):
     code, out, err = run_("upload", str(dest), "--sd", "data", "--name", "via-host",
                           "--host", "local", "--json")
     assert code == 0, err
-    assert json.loads(out)["name"] == "via-host"
+    assert json.loads(out)[0]["name"] == "via-host"
 
 
 def test_upload_chain_from_download(cli, tmp_path):
