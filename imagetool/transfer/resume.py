@@ -431,12 +431,15 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
     """Keep or drop a failed download's partial file and journal.
 
     A checksum mismatch always drops both (the data is complete but wrong,
-    and resuming cannot fix it), as does a failure without ``resume``.
+    and resuming cannot fix it), as does a failure without ``resume`` or
+    before the partial file existed.
     With ``resume`` both are kept, and an ImagetoolError is raised again
     (same exit code) saying that --resume continues the download; other
     errors are left for the caller to re-raise.
     """
-    if isinstance(exc, ChecksumMismatch) or not resume:
+    if isinstance(exc, ChecksumMismatch) or not resume or not os.path.exists(part):
+        # No partial file (the failure came before the first byte): nothing
+        # to continue, and nothing to claim is kept.
         _drop_download(journal, part)
         return
     journal.save()
