@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import functools
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ import click
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
 from imagetool.engine.connection import normalize_url
-from imagetool.errors import UsageError
+from imagetool.errors import Conflict, ImagetoolError, UsageError
+from imagetool.phases import ACTIVE
 from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
@@ -205,11 +207,40 @@ def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None
             password = _prompt_password(resolved.username)
         with _tested(resolved.url, username=resolved.username, password=password,
                      cafile=resolved.cafile, insecure=resolved.insecure,
-                     **conn_kwargs) as conn:
+                     **conn_kwargs) as conn, _naming_lock_holders(conn):
             yield conn
         return
-    with _local_engine_connection(env, **conn_kwargs) as conn:
+    with _local_engine_connection(env, **conn_kwargs) as conn, _naming_lock_holders(conn):
         yield conn
+
+
+@contextmanager
+def _naming_lock_holders(conn: Connection) -> Iterator[None]:
+    """A "disk is locked" conflict names the transfer holding the disk and
+    the command that ends it: the engine says only "try again later"."""
+    try:
+        yield
+    except Conflict as e:
+        text = str(e)
+        if "locked" not in text.lower():
+            raise
+        holders = []
+        try:
+            for t in conn.transfers.list():
+                if t.phase not in ACTIVE or not t.disk_id:
+                    continue
+                names = {t.disk_id, conn.disks.get(t.disk_id).name}
+                if any(n and re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", text)
+                       for n in names):
+                    holders.append(t)
+        except ImagetoolError:
+            raise e from None       # the lookup is a help; the conflict is the error
+        if holders:
+            e.args = (text + "; " + "; ".join(
+                f"image transfer {t.id} ({t.direction}, {t.phase}) holds disk "
+                f"{t.disk_id}: end it with 'imagetool transfers cancel {t.id}'"
+                for t in holders),)
+        raise
 
 
 @contextmanager

@@ -146,3 +146,16 @@ def test_rest_disk_update_backup_and_vm_cpus_validated(engine):
         "name": "rest-cpus", "cluster": {"name": "Default"},
         "cpu": {"topology": {"sockets": 2, "cores": 2}}})
     assert status == 201 and int(vm["cpu"]["topology"]["sockets"]) == 4
+
+
+def test_a_locked_disk_error_names_its_transfer(cli, conn, eargs):
+    d = conn.disks.add(name="held.disk", provisioned_size=MiB, storage_domain="data",
+                       format="qcow2")
+    from imagetool.engine.wait import wait_for_disk
+    wait_for_disk(conn, d.id, "ok", 30)
+    t = conn.transfers.add(disk_id=d.id, direction="upload")
+    code, _, err = cli("disks", "update", "held.disk", "--name", "other", *eargs)
+    assert code == 1 and err.count("\n") == 1
+    assert f"image transfer {t.id} (upload, " in err
+    assert f"end it with 'imagetool transfers cancel {t.id}'" in err
+    assert cli("transfers", "cancel", t.id, *eargs)[0] == 0
