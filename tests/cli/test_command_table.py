@@ -95,3 +95,15 @@ def test_shell_completion_as_the_readme_documents():
     done = subprocess.run([sys.executable, "-m", "imagetool"], env=env,
                           capture_output=True, text=True)
     assert done.stdout.split() == ["plain,create"]
+
+
+def test_ctrl_c_while_the_cli_loads_is_exit_130_without_traceback():
+    code = ("import runpy, sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'imagetool.cli.main':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "runpy.run_module('imagetool', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (130, "imagetool: interrupted\n")
