@@ -14,29 +14,19 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import ROOT, cli_env, run_cli, serve_process
+
 HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
 
 pytestmark = pytest.mark.slow
 
 
 def test_next_run_cancels_the_dead_runs_transfer(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-    env.update(IMAGETOOL_HOME=str(tmp_path / "engine"), XDG_RUNTIME_DIR=str(tmp_path / "run"),
-               XDG_CONFIG_HOME=str(tmp_path / "xdg"), RESUME_TEST_STATS=str(tmp_path / "st"),
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-
-    def imagetool(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imagetool", *argv], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-
-    serve = subprocess.Popen([sys.executable, "-m", "imagetool", "serve"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert serve.stdout.readline().startswith("engine URL")
+    env = cli_env(tmp_path, RESUME_TEST_STATS=str(tmp_path / "st"))
+    with serve_process(env):
         (tmp_path / "src.raw").write_bytes(os.urandom(24 << 20))
-        assert imagetool("vms", "create", "kb", "--disk", "src.raw", "--sd", "data"
-                         ).returncode == 0
+        assert run_cli(env, "vms", "create", "kb", "--disk", "src.raw", "--sd", "data",
+                       cwd=tmp_path).returncode == 0
         slow = subprocess.Popen([sys.executable, HARNESS, "backup", "create", "kb", "repo"],
                                 env={**env, "RESUME_TEST_DELAY": "0.5"}, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,13 +38,10 @@ def test_next_run_cancels_the_dead_runs_transfer(tmp_path):
         slow.send_signal(signal.SIGKILL)
         slow.wait()
         start = time.monotonic()
-        done = imagetool("backup", "create", "kb", "repo")
+        done = run_cli(env, "backup", "create", "kb", "repo", cwd=tmp_path)
         took = time.monotonic() - start
         assert done.returncode == 0, done.stderr
         assert "cancelling 1 image transfer(s) the interrupted backup" in done.stderr
         assert took < 30, took            # was about 60 s
-        left = json.loads(imagetool("transfers", "list", "--json").stdout)
+        left = json.loads(run_cli(env, "transfers", "list", "--json").stdout)
         assert not [t for t in left if t["phase"] in ("transferring", "initializing")]
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)

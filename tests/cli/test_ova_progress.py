@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import ROOT, cli_env, run_cli
+
 SAMPLE_OVA = os.path.join(ROOT, "samples", "appliance.ova")
 
 pytestmark = pytest.mark.slow
@@ -35,16 +36,12 @@ def _run_on_pty(argv, env, cwd) -> tuple[int, str]:
 
 
 def test_ova_import_and_export_draw_bars_on_a_terminal(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-    env.update(IMAGETOOL_HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path / "run"),
-               XDG_CONFIG_HOME=str(tmp_path / "xdg"),
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    env = cli_env(tmp_path)
     code, drawn = _run_on_pty(["ova", "import", SAMPLE_OVA, "--sd", "data"], env, tmp_path)
     assert code == 0, drawn
     assert "ova import" in drawn and "100%" in drawn and "8.00M/8.00M" in drawn
     code, drawn = _run_on_pty(["ova", "export", "appliance", "a.ova"], env, tmp_path)
     assert code == 0, drawn
     assert "ova export" in drawn and "100%" in drawn and "8.00M/8.00M" in drawn
-    piped = subprocess.run([sys.executable, "-m", "imagetool", "ova", "export", "appliance",
-                            "b.ova"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    piped = run_cli(env, "ova", "export", "appliance", "b.ova", cwd=tmp_path)
     assert piped.returncode == 0 and piped.stderr == ""

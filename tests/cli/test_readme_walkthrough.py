@@ -13,11 +13,11 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import ROOT, cli_env, run_cli
+
 HEADING = "## From a fresh clone to a restored VM"
 
 pytestmark = pytest.mark.slow
@@ -46,13 +46,10 @@ def test_walkthrough_block_is_what_the_test_runs():
 
 def test_readme_walkthrough_runs_as_written(tmp_path):
     os.symlink(os.path.join(ROOT, "samples"), tmp_path / "samples")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-    env.update(IMAGETOOL_HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "xdg"),
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    env = cli_env(tmp_path)
 
     def imagetool(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imagetool", *argv], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=300)
+        return run_cli(env, *argv, cwd=tmp_path)
 
     for line in walkthrough_lines()[1:]:
         done = imagetool(*shlex.split(line)[1:])

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
+from contextlib import ExitStack
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import ROOT, cli_env, run_cli, serve_process
+
 SAMPLE = os.path.join(ROOT, "samples", "data-holes.qcow2")
 
 pytestmark = pytest.mark.slow
@@ -24,40 +23,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def env(tmp_path):
-    e = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-    e.update(HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path / "run"),
-             XDG_CONFIG_HOME=str(tmp_path / "xdg"),
-             PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""))
+    """No IMAGETOOL_HOME: commands must find the serve on their own."""
+    e = cli_env(tmp_path, HOME=str(tmp_path / "home"))
+    del e["IMAGETOOL_HOME"]
     return e
 
 
 @pytest.fixture
 def serves(env):
-    procs = []
-
-    def start(data_dir) -> list[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "imagetool", "serve", "--data-dir",
-                                 str(data_dir)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        procs.append(proc)
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while not any(line.startswith("other imagetool commands") for line in lines):
-            line = proc.stdout.readline()
-            assert line, "serve exited"
-            assert time.monotonic() < deadline
-            lines.append(line.rstrip("\n"))
-        return lines
-
-    yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+    with ExitStack() as stack:
+        yield lambda data_dir: stack.enter_context(
+            serve_process(env, "--data-dir", data_dir)).lines
 
 
 def imagetool(env, *argv, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imagetool", *argv], env={**env, **extra},
-                          capture_output=True, text=True, timeout=120)
+    return run_cli({**env, **extra}, *argv, timeout=120)
 
 
 def test_commands_use_a_serve_of_another_data_dir(env, serves, tmp_path):

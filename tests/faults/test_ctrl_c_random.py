@@ -19,31 +19,20 @@ import time
 
 import pytest
 
+from helpers import ROOT, cli_env, run_cli, serve_process
 from imagetool.phases import ENDED
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
 
 pytestmark = pytest.mark.slow
 
 
 def test_random_ctrl_c_of_uploads_and_downloads(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
-    env.update(IMAGETOOL_HOME=str(tmp_path / "engine"), XDG_RUNTIME_DIR=str(tmp_path / "run"),
-               XDG_CONFIG_HOME=str(tmp_path / "xdg"), RESUME_TEST_DELAY="0.01",
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-
-    def imagetool(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "imagetool", *argv], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
-
-    serve = subprocess.Popen([sys.executable, "-m", "imagetool", "serve"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert serve.stdout.readline().startswith("engine URL")
+    env = cli_env(tmp_path, RESUME_TEST_DELAY="0.01")
+    with serve_process(env):
         src = tmp_path / "src.raw"
         src.write_bytes(random.Random(0).randbytes(24 << 20))
-        assert imagetool("upload", str(src), "--sd", "data", "--name", "base").returncode == 0
+        assert run_cli(env, "upload", src, "--sd", "data", "--name", "base").returncode == 0
         rng = random.Random(20)
         for i in range(10):
             kind = rng.choice(["upload", "download"])
@@ -58,12 +47,9 @@ def test_random_ctrl_c_of_uploads_and_downloads(tmp_path):
             what = f"run {i}: {kind} -> {proc.returncode} {err!r}"
             assert proc.returncode in (0, 130, -signal.SIGINT), what
             assert "Traceback" not in err, what
-            phases = [t["phase"] for t in json.loads(imagetool("transfers", "list",
-                                                               "--json").stdout)]
+            phases = [t["phase"] for t in json.loads(run_cli(env, "transfers", "list",
+                                                             "--json").stdout)]
             assert not [p for p in phases if p not in ENDED], (what, phases)
-            disks = json.loads(imagetool("disks", "list", "--json").stdout)
+            disks = json.loads(run_cli(env, "disks", "list", "--json").stdout)
             assert not [d["name"] for d in disks if d["status"] == "locked"], what
             assert not [n for n in os.listdir(tmp_path) if ".imagetool-" in n], what
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
