@@ -207,15 +207,15 @@ def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None
             password = _prompt_password(resolved.username)
         with _tested(resolved.url, username=resolved.username, password=password,
                      cafile=resolved.cafile, insecure=resolved.insecure,
-                     **conn_kwargs) as conn, _naming_lock_holders(conn):
+                     **conn_kwargs) as conn, naming_lock_holders(conn):
             yield conn
         return
-    with _local_engine_connection(env, **conn_kwargs) as conn, _naming_lock_holders(conn):
+    with _local_engine_connection(env, **conn_kwargs) as conn, naming_lock_holders(conn):
         yield conn
 
 
 @contextmanager
-def _naming_lock_holders(conn: Connection) -> Iterator[None]:
+def naming_lock_holders(conn: Connection) -> Iterator[None]:
     """A "disk is locked" conflict names the transfer holding the disk and
     the command that ends it: the engine says only "try again later"."""
     try:

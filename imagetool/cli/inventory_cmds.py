@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 
 from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.config import (EngineOptions, engine_options, naming_lock_holders,
+                                  open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
 from imagetool.units import format_size
@@ -119,7 +120,8 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
         for ref, d, error in targets:
             if d is not None:
                 try:
-                    conn.disks.remove(d.id or ref)
+                    with naming_lock_holders(conn):
+                        conn.disks.remove(d.id or ref)
                 except ImagetoolError as e:
                     error = str(e)
             results.append({"disk": ref, "id": d.id if d else None,

@@ -158,4 +158,6 @@ def test_a_locked_disk_error_names_its_transfer(cli, conn, eargs):
     assert code == 1 and err.count("\n") == 1
     assert f"image transfer {t.id} (upload, " in err
     assert f"end it with 'imagetool transfers cancel {t.id}'" in err
+    code, _, err = cli("disks", "remove", "--yes", d.id, *eargs)
+    assert code == 1 and f"imagetool transfers cancel {t.id}" in err
     assert cli("transfers", "cancel", t.id, *eargs)[0] == 0
