@@ -21,6 +21,7 @@ run for that VM cleans that up and starts over, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from imagetool.backup import engine_ops as ops
 from imagetool.backup.fetch import fetch_disk
 from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
                                    read_json, sha256_file, write_json)
-from imagetool.errors import EngineError, ImagetoolError
+from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 
 Progress = Callable[[int], None]
@@ -53,6 +54,16 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
         except (FileNotFoundError, ImagetoolError):
             state = {}
         what = []
+        layers = set()
+        if state.get("snapshot_id"):
+            with contextlib.suppress(NotFound):
+                layers = set(ops.snapshot_layers(conn, vm_id, state["snapshot_id"]).values())
+        stale = ops.cancel_leftover_transfers(conn, backup_id=state.get("backup_id"),
+                                              layers=layers)
+        if stale:
+            _say(notes, f"cancelling {len(stale)} image transfer(s) the interrupted "
+                        f"backup of VM {vm_id} left open ({', '.join(stale)}), then "
+                        f"waiting for the engine to end them", log)
         if state.get("backup_id"):
             phase = ops.finalize_backup(conn, vm_id, state["backup_id"])
             what.append(f"its engine backup {state['backup_id']} was finalized ({phase})")

@@ -46,7 +46,10 @@ class _CommandTable(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute = COMMANDS[name]
-        return getattr(importlib.import_module(f"imagetool.cli.{module}"), attribute)
+        from imagetool.cli.examples import attach
+
+        return attach(name, getattr(importlib.import_module(f"imagetool.cli.{module}"),
+                                    attribute))
 
 
 @click.group(cls=_CommandTable, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from imagetool.cli.common import emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.progress import progress_bar
 from imagetool.units import format_size
+
+
+def _vm_size(conn: Any, vm: str) -> int:
+    """The bar's total for an export: the virtual sizes of the VM's disks.
+    Only on a terminal: a piped run asks the engine nothing more."""
+    if not sys.stderr.isatty():
+        return 0
+    v = conn.vms.find(vm)
+    return sum(conn.disks.get(a.disk_id).provisioned_size or 0
+               for a in conn.vms.disk_attachments(v.id))
 
 
 @click.group()
@@ -34,8 +48,9 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
     """Export VM (name or id) to PATH as an OVA."""
     from imagetool.ova import export_ova
     with open_connection(engine) as conn:
-        r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
-                       force=force, workers=workers)
+        with progress_bar(_vm_size(conn, vm), "ova export") as update:
+            r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
+                           force=force, workers=workers, progress=update)
     if as_json:
         emit_json(r)
         return
@@ -63,11 +78,13 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                template: bool, clone: bool, workers: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
-    from imagetool.ova import import_ova
+    from imagetool.ova import import_ova, ova_info
+    total = sum(d["virtual_size"] or 0 for d in ova_info(path)["disks"])
     with open_connection(engine) as conn:
-        r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
-                       template=True if template else None, workers=workers,
-                       clone=clone)
+        with progress_bar(total, "ova import") as update:
+            r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
+                           template=True if template else None, workers=workers,
+                           clone=clone, progress=update)
     if as_json:
         emit_json(r)
         return

@@ -154,6 +154,16 @@ class DisksService(_Service):
         """Delete a disk (Conflict while it is locked)."""
         self._remove(f"disks/{disk_id}")
 
+    def update(self, disk_id: str, changes: dict[str, Any]) -> Disk:
+        """``PUT /disks/ID`` with ``changes`` (name, provisioned_size, backup...):
+        floating disks on engines with the Disk ``update`` of oVirt 4.4+;
+        an attached disk is changed through its attachment
+        (:meth:`VmsService.update_attachment_disk`)."""
+        resp = self._conn.request("PUT", f"disks/{disk_id}",
+                                  body=codec.to_xml(Disk.TAG, changes))
+        tree = codec.decode(resp.content, resp.headers.get("content-type"))
+        return codec.entity_from_tree(Disk, tree)
+
     def _disk_action(self, disk_id: str, name: str,
                      body: dict[str, Any] | None = None) -> Disk | None:
         tree = self._action(f"disks/{disk_id}", name, body)
@@ -340,21 +350,24 @@ class VmsService(_Service):
 
     def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
             memory: int | None = None, description: str | None = None,
-            ovf: str | None = None) -> Vm:
-        """Create a VM (from a template, or from an OVF document)."""
+            ovf: str | None = None, cpus: int | None = None) -> Vm:
+        """Create a VM (from a template, or from an OVF document); ``cpus``
+        virtual CPUs as sockets of one core (the API model's CpuTopology)."""
         body: dict[str, Any] = {
             "name": name,
             "description": description,
             "memory": memory,
             "cluster": ref(cluster), "template": ref(template),
         }
+        if cpus is not None:
+            body["cpu"] = {"topology": {"sockets": cpus, "cores": 1, "threads": 1}}
         if ovf is not None:
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
         return self._add(Vm, "vms", body)
 
-    def remove(self, vm_id: str) -> None:
-        """Delete a VM."""
-        self._remove(f"vms/{vm_id}")
+    def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
+        """Delete a VM and its disks (``detach_only``: keep the disks)."""
+        self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
 
     def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
         """The VM's disk attachments."""
@@ -366,6 +379,13 @@ class VmsService(_Service):
         body = {"disk": {"id": disk_id}, "interface": interface,
                 "bootable": bootable, "active": active}
         return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
+
+    def update_attachment_disk(self, vm_id: str, disk_id: str,
+                               changes: dict[str, Any]) -> None:
+        """Change an attached disk (name, provisioned_size, backup...) with
+        the DiskAttachment ``update`` (``PUT`` with ``<disk>`` inside)."""
+        self._conn.request("PUT", f"vms/{vm_id}/diskattachments/{disk_id}",
+                           body=codec.to_xml(DiskAttachment.TAG, {"disk": changes}))
 
     def detach_disk(self, vm_id: str, disk_id: str) -> None:
         """Detach a disk from a VM (the disk stays)."""

@@ -64,7 +64,7 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
         if predicate(value):
             return value
         if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {what} "
+            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for {what} "
                                  f"(last: {value})")
 
 
@@ -95,7 +95,7 @@ def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
                                 f"while waiting for it to be {status}")
         if not poller.sleep():
             raise TimeoutExpired(
-                f"timed out after {timeout:g}s waiting for disk {disk.name or disk_id} "
+                f"timed out after {timeout:g} s waiting for disk {disk.name or disk_id} "
                 f"to be {status} (last status: {last})")
 
 
@@ -114,7 +114,7 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
         if disk.status != "locked":
             return disk
         if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for disk "
+            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for disk "
                                  f"{disk.name or disk_id} to be unlocked")
 
 
@@ -182,7 +182,7 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
                     f"host could not start serving it")
         if not poller.sleep():
             raise TimeoutExpired(
-                f"timed out after {timeout:g}s waiting for transfer {transfer_id} "
+                f"timed out after {timeout:g} s waiting for transfer {transfer_id} "
                 f"to reach {'/'.join(sorted(wanted))} (last phase: {last})")
 
 
@@ -196,7 +196,7 @@ def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
             return snap
         if not poller.sleep():
             raise TimeoutExpired(
-                f"timed out after {timeout:g}s waiting for snapshot "
+                f"timed out after {timeout:g} s waiting for snapshot "
                 f"{snap.description or snapshot_id} to be {status} "
                 f"(last status: {snap.snapshot_status})")
 
