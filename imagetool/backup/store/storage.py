@@ -1,0 +1,126 @@
+"""The small interface a chunk repository keeps its objects behind.
+
+A repository is a flat namespace of objects named by ``/``-separated
+paths (``config``, ``chunks/1a2b/1a2b...``, ``points/VM/NAME``). Two
+implementations: a local directory (``imagetool.backup.store.local``) and
+S3-compatible object storage (``imagetool.backup.store.s3``). Everything a
+repository needs is here: an atomic whole-object ``put`` (a reader sees
+the old object or the new one, never half; one PUT has that property on
+S3, a rename on a POSIX file system), ``get``, ``stat``, ``list`` by
+prefix with sizes and modification times (for the garbage collector's
+grace period), ``touch`` and ``delete``.
+
+Names are validated here, at the door, before any storage sees them: each
+component is 1-128 characters of ``[A-Za-z0-9._-]`` not starting with a
+dot, so ``..``, absolute paths, empty components and temporary names
+(which start with a dot) cannot be named by anything a repository file
+says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+from imagetool.errors import ImagetoolError
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
+MAX_NAME = 1024
+
+
+class StoreError(ImagetoolError):
+    """The repository's storage is missing, unreachable, refused an
+    operation, or holds something malformed."""
+
+
+class ObjectMissing(StoreError):
+    """A named object does not exist."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing reports it."""
+
+    name: str
+    size: int
+    mtime: float
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid object name, else StoreError naming it."""
+    if not isinstance(name, str) or len(name) > MAX_NAME or not all(
+            _COMPONENT.match(c) for c in name.split("/")):
+        raise StoreError(f"invalid object name {name!r}")
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty, or valid components ending with ``/``."""
+    if prefix == "":
+        return prefix
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise StoreError(f"invalid prefix {prefix!r}")
+    check_name(prefix[:-1])
+    return prefix
+
+
+class Storage:
+    """Objects by name. Implementations are safe to share between threads."""
+
+    url: str = ""
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` atomically and durably, replacing any."""
+        raise NotImplementedError
+
+    def get(self, name: str) -> bytes:
+        """The object's bytes; ObjectMissing if there is none."""
+        raise NotImplementedError
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        """Size and modification time, or None if there is no such object."""
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        return self.stat(name) is not None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose name starts with ``prefix`` (a directory-like
+        prefix ending with ``/``, or empty for all), in no particular order."""
+        raise NotImplementedError
+
+    def touch(self, name: str) -> bool:
+        """Set the object's modification time to now; False if it is gone.
+
+        The garbage collector spares recently modified chunks, so a backup
+        that reuses an old chunk touches it first (as Proxmox Backup
+        Server's chunk store does with atime)."""
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        """Remove the object; a missing one is not an error."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_storage(url: str, *, endpoint: str | None = None, profile: str | None = None,
+                 create: bool = False, workers: int = 8) -> Storage:
+    """The storage ``url`` names: ``s3://bucket/prefix`` or a directory path.
+
+    ``endpoint`` and ``profile`` apply to S3 only (an endpoint URL for
+    Ceph RGW, MinIO or another S3-compatible server; a profile of
+    ``~/.aws/credentials``). ``create`` makes a missing directory (owner-only).
+    ``workers`` sizes the S3 connection pool.
+    """
+    if url.startswith("s3://"):
+        from imagetool.backup.store.s3 import S3Storage
+        return S3Storage(url, endpoint=endpoint, profile=profile, pool=workers + 4)
+    if "://" in url:
+        raise StoreError(f"{url}: unsupported repository URL (use a directory or s3://bucket/prefix)")
+    if endpoint or profile:
+        raise StoreError(f"{url}: --endpoint and --profile apply to s3:// repositories only")
+    from imagetool.backup.store.local import LocalStorage
+    return LocalStorage(url, create=create)
