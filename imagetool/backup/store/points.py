@@ -9,7 +9,7 @@ written last, after every chunk it names: a point exists only once its
 index does, so a crash leaves unreferenced chunks (collected by gc), never
 a point missing data.
 
-Point names sort by time (``20261207T070417Z-1a2b3c``). An index read
+Point names sort by time (``20261207T070417.123456Z-1a2b3c``). An index read
 back is validated whole before use (``parse_index``): names, sizes, and
 that each disk has exactly the chunks its size needs, each a well-formed
 id, so a hostile index can name nothing outside the chunk store.
@@ -86,14 +86,18 @@ def index_name(vm_id: str, name: str) -> str:
 
 
 def new_point_name(now: float | None = None) -> str:
+    """``20261207T070417.123456Z-1a2b3c``: UTC to the microsecond, so two
+    points of one VM sort by time, and a random tail against collisions."""
     now = time.time() if now is None else now
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
+    micros = int(now * 1_000_000) % 1_000_000
+    return (time.strftime("%Y%m%dT%H%M%S", time.gmtime(int(now))) + f".{micros:06d}Z-"
+            + secrets.token_hex(3))
 
 
 def parse_time(name: str) -> datetime.datetime | None:
     """The local time a point name carries (``new_point_name``), or None."""
     try:
-        utc = datetime.datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ")
+        utc = datetime.datetime.strptime(name[:15], "%Y%m%dT%H%M%S")
     except ValueError:
         return None
     return utc.replace(tzinfo=datetime.timezone.utc).astimezone()

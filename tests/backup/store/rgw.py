@@ -5,8 +5,9 @@ pools of size 1, RGW's beast front end on loopback: the layout of Ceph's
 own ``vstart.sh`` cut to the minimum (Ceph documentation, "Manual
 Deployment"). The monitor speaks only the v1 protocol on a free port (a
 v2-only monitor refuses RGW's unauthenticated hello), and the OSD is
-registered with its uuid before ``--mkfs`` so it boots without asking the
-monitor to create it. Daemons run in the foreground as children and are
+registered with its uuid before ``--mkfs``, and does not set its device
+class on start (that request failed now and then with "wrong fsid" and
+left RGW crashing). Daemons run in the foreground as children and are
 stopped by their pids.
 """
 
@@ -61,6 +62,15 @@ def _run(*cmd: str, timeout: float = 60) -> None:
 
 
 def start(workdir: str, timeout: float = 90.0) -> Rgw:
+    """Start the cluster under ``workdir`` (once more in a fresh directory if
+    the first try fails: a port picked free may be taken meanwhile)."""
+    try:
+        return _start(workdir, timeout)
+    except (RuntimeError, subprocess.SubprocessError):
+        return _start(os.path.join(workdir, "again"), timeout)
+
+
+def _start(workdir: str, timeout: float) -> Rgw:
     """Start the cluster under ``workdir``; return its endpoint once RGW answers."""
     d = workdir
     for sub in ("mon", "osd0", "run", "rgw"):
@@ -81,6 +91,7 @@ osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
 osd objectstore = memstore
+osd class update on start = false
 memstore device bytes = 1073741824
 osd data = {d}/osd0
 mon data = {d}/mon
@@ -111,8 +122,11 @@ rgw data = {d}/rgw
                 urllib.request.urlopen(rgw.endpoint, timeout=2).read()
                 break
             except OSError:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in rgw.procs):
-                    raise RuntimeError(f"RGW did not start; see the logs in {d}")
+                dead = [f"{p.args[0]} exited {p.returncode}" for p in rgw.procs
+                        if p.poll() is not None]
+                if time.monotonic() > deadline or dead:
+                    raise RuntimeError(f"RGW did not start ({', '.join(dead) or 'timeout'}); "
+                                       f"see the logs in {d}")
                 time.sleep(0.3)
         _run("radosgw-admin", *c, "user", "create", "--uid=test", "--display-name=test",
              f"--access-key={ACCESS_KEY}", f"--secret={SECRET_KEY}")
