@@ -22,7 +22,8 @@ from imagetool.backup.store.keys import BadKey, new_key_file, read_key_file
 from imagetool.backup.store.points import Index, latest, list_points, load_index
 from imagetool.backup.store.reader import PointBackend, export_point, open_disk
 from imagetool.backup.store.retention import prune
-from imagetool.backup.store.storage import ObjectMissing, Storage, StoreError, open_storage
+from imagetool.backup.store.opener import open_storage
+from imagetool.backup.store.storage import ObjectMissing, Storage, StoreError
 from imagetool.backup.store.verify import verify
 from imagetool.backup.store.write import DiskSource, write_point
 
