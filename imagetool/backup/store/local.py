@@ -24,8 +24,8 @@ import stat
 import time
 from typing import Iterator
 
-from imagetool.backup.store.storage import (ObjectInfo, ObjectMissing, Storage, StoreError,
-                                            check_name, check_prefix)
+from imagetool.backup.store.storage import (_COMPONENT, ObjectInfo, ObjectMissing, Storage,
+                                            StoreError, check_name, check_prefix)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -182,8 +182,10 @@ class LocalStorage(Storage):
         descriptor per level is open at a time."""
         try:
             with os.scandir(dfd) as it:
+                # Temporary files (a leading dot) and names no object can
+                # have are not objects.
                 entries = [(e.name, e.stat(follow_symlinks=False)) for e in it
-                           if not e.name.startswith(".")]
+                           if _COMPONENT.match(e.name)]
             for name, st in entries:
                 if stat.S_ISREG(st.st_mode):
                     yield ObjectInfo(prefix + name, st.st_size, st.st_mtime)

@@ -65,6 +65,11 @@ def test_directory_leaves_no_temporary_files(tmp_path):
     for i in range(3):
         s.put("points/vm/p", b"%d" % i)
     assert os.listdir(tmp_path / "repo/points/vm") == ["p"]
+    # Files no object can be named (a crash's temporary file, a stray name)
+    # are not listed.
+    for stray in (".p.1a2b.tmp", "a b", "x" * 200):
+        (tmp_path / "repo/points/vm" / stray).write_bytes(b"")
+    assert [i.name for i in s.list("points/")] == ["points/vm/p"]
 
 
 def test_directory_does_not_follow_symbolic_links(tmp_path):
