@@ -84,9 +84,10 @@ def export_point(store: ChunkStore, index: Index, outdir: str, out_format: str =
     to ``OUTDIR/vm.ovf``) as standard images qemu-img reads, owner-only;
     returns the image paths. Existing files are refused unless ``force``."""
     from imagetool.errors import DestinationExists
-    from imagetool.formats.convert import OUT_FORMATS, convert_to_file
+    from imagetool.formats import WRITABLE
+    from imagetool.formats.convert import convert_to_file
     from imagetool.fsutil import write_atomic
-    if out_format not in OUT_FORMATS:
+    if out_format not in WRITABLE:
         raise ValueError(f"unsupported output format {out_format!r} (use raw or qcow2)")
     os.makedirs(outdir, mode=0o700, exist_ok=True)
     paths = [os.path.join(outdir, f"{d.disk_id}.{out_format}") for d in index.disks]

@@ -35,7 +35,11 @@ class Target:
         return open_storage(self.url, endpoint=self.endpoint, create=True, **kw)
 
 
-@pytest.fixture(params=["dir", pytest.param("s3", marks=pytest.mark.slow)])
+# Every S3 test goes to one xdist worker (``--dist loadgroup`` in
+# pyproject.toml): one Ceph cluster for the run, not one per worker on a
+# two-core machine.
+@pytest.fixture(params=["dir", pytest.param("s3", marks=[pytest.mark.slow,
+                                                       pytest.mark.xdist_group("rgw")])])
 def target(request, tmp_path, monkeypatch):
     if request.param == "dir":
         return Target(str(tmp_path / "repo"))
