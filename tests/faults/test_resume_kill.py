@@ -263,7 +263,7 @@ def test_download_kill9_then_resume(served, client_home):
 
     code, out, err, stats2 = _run(served, client_home, [*args, "--json"], tag="second")
     assert code == 0, err
-    assert json.loads(out)["verified"] is True        # checksum vs the server's
+    assert json.loads(out)[0]["verified"] is True        # checksum vs the server's
     got2 = _count(stats2, "get")
     assert got2 <= 32 * MiB - got1 + 6 * MiB, (got1, got2)
     assert _same(src, dest)
@@ -350,7 +350,7 @@ def test_plain_download_kill9_then_resume(served, client_home):
     code, out, err, stats2 = _run(served, client_home, [*args, "--resume", "--json"],
                                   tag="second")
     assert code == 0, err
-    assert json.loads(out)["verified"] is True
+    assert json.loads(out)[0]["verified"] is True
     assert _count(stats2, "get") <= 24 * MiB - got1 + 6 * MiB, (got1, _count(stats2, "get"))
     assert _same(src, dest)
     assert not os.path.exists(part) and not os.path.exists(journal)
