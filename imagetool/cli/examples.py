@@ -11,6 +11,8 @@ that every command has some.
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 #: "group command" (or "command", or "group") -> example lines.
@@ -93,7 +95,9 @@ def _add(cmd: click.Command, key: str) -> None:
     lines = EXAMPLES.get(key)
     if lines and "Examples:" not in (cmd.help or ""):
         body = "\n".join(f"  {line}" for line in lines)
-        cmd.help = f"{(cmd.help or '').rstrip()}\n\n\b\nExamples:\n{body}"
+        # Dedented first: click dedents the help as a whole, and the
+        # examples' lines would otherwise keep the docstring's indentation.
+        cmd.help = f"{inspect.cleandoc(cmd.help or '').rstrip()}\n\n\b\nExamples:\n{body}"
 
 
 def attach(name: str, cmd: click.Command) -> click.Command:
