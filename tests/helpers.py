@@ -395,6 +395,25 @@ def cli_process(env: dict[str, str], *argv: str, **kw: Any) -> subprocess.Popen:
                             text=True, **kw)
 
 
+def run_on_pty(argv, env, cwd) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal; (exit code, what it drew)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", *argv], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:         # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return proc.wait(60), drawn.decode(errors="replace")
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -33,6 +33,7 @@ from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repos
                                    read_json, sha256_file, write_json)
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
+from imagetool.units import count
 
 Progress = Callable[[int], None]
 METHODS = ("auto", "checkpoint", "snapshot")
@@ -61,7 +62,7 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
         stale = ops.cancel_leftover_transfers(conn, backup_id=state.get("backup_id"),
                                               layers=layers)
         if stale:
-            _say(notes, f"cancelling {len(stale)} image transfer(s) the interrupted "
+            _say(notes, f"cancelling {count(len(stale), 'image transfer')} the interrupted "
                         f"backup of VM {vm_id} left open ({', '.join(stale)}), then "
                         f"waiting for the engine to end them", log)
         if state.get("backup_id"):
@@ -148,7 +149,8 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     with one line per notable event. Returns a dict: ``vm_id``,
     ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
     ``seconds``, ``disks`` (``disk_id``, ``name``, ``path``, ``mode``,
-    ``reason``: why a disk is full, ``checksum``), ``reason``, ``notes``.
+    ``reason``: why a disk is full, ``checksum``, ``algorithm``,
+    ``block_size``), ``reason``, ``notes``.
     A disk can be full inside an incremental point (``backup: none``, new,
     resized): its ``reason`` says why.
     """
@@ -202,7 +204,8 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         "reason": reason, "notes": notes,
         "disks": [{"disk_id": e["disk_id"], "name": e["name"], "path": point.file(e["file"]),
                    "mode": e["mode"], "reason": e["reason"],
-                   "checksum": e["checksum"]["value"]} for e in entries],
+                   "checksum": e["checksum"]["value"], "algorithm": e["checksum"]["algorithm"],
+                   "block_size": e["checksum"]["block_size"]} for e in entries],
     }
 
 

@@ -11,6 +11,8 @@ that every command has some.
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 #: "group command" (or "command", or "group") -> example lines.
@@ -23,10 +25,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "imagetool download web-disk backup/web-disk --chain --snapshot nightly"),
     "serve": ("imagetool serve --data-dir ./engine",
               "imagetool serve --host 192.0.2.10 --password-file /root/engine-password"),
-    "backup": ("imagetool backup create web1 ./backups",),
-    "backup create": ("imagetool backup create web1 ./backups",
-                      "imagetool backup create web1 db1 /srv/backups --jobs 2 --json",
-                      "imagetool backup create web1 ./backups --full --method snapshot"),
+    "backup": ("imagetool backup create ./backups web1",),
+    "backup create": ("imagetool backup create ./backups web1",
+                      "imagetool backup create /srv/backups web1 db1 --jobs 2 --json",
+                      "imagetool backup create ./backups web1 --full --method snapshot"),
     "backup list": ("imagetool backup list ./backups",
                     "imagetool backup list ./backups --vm web1 --json"),
     "backup prune": ("imagetool backup prune ./backups --keep 7",
@@ -93,7 +95,9 @@ def _add(cmd: click.Command, key: str) -> None:
     lines = EXAMPLES.get(key)
     if lines and "Examples:" not in (cmd.help or ""):
         body = "\n".join(f"  {line}" for line in lines)
-        cmd.help = f"{(cmd.help or '').rstrip()}\n\n\b\nExamples:\n{body}"
+        # Dedented first: click dedents the help as a whole, and the
+        # examples' lines would otherwise keep the docstring's indentation.
+        cmd.help = f"{inspect.cleandoc(cmd.help or '').rstrip()}\n\n\b\nExamples:\n{body}"
 
 
 def attach(name: str, cmd: click.Command) -> click.Command:

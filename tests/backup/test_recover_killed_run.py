@@ -27,7 +27,7 @@ def test_next_run_cancels_the_dead_runs_transfer(tmp_path):
         (tmp_path / "src.raw").write_bytes(os.urandom(24 << 20))
         assert run_cli(env, "vms", "create", "kb", "--disk", "src.raw", "--sd", "data",
                        cwd=tmp_path).returncode == 0
-        slow = subprocess.Popen([sys.executable, HARNESS, "backup", "create", "kb", "repo"],
+        slow = subprocess.Popen([sys.executable, HARNESS, "backup", "create", "repo", "kb"],
                                 env={**env, "RESUME_TEST_DELAY": "0.5"}, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -38,10 +38,10 @@ def test_next_run_cancels_the_dead_runs_transfer(tmp_path):
         slow.send_signal(signal.SIGKILL)
         slow.wait()
         start = time.monotonic()
-        done = run_cli(env, "backup", "create", "kb", "repo", cwd=tmp_path)
+        done = run_cli(env, "backup", "create", "repo", "kb", cwd=tmp_path)
         took = time.monotonic() - start
         assert done.returncode == 0, done.stderr
-        assert "cancelling 1 image transfer(s) the interrupted backup" in done.stderr
+        assert "cancelling 1 image transfer the interrupted backup" in done.stderr
         assert took < 30, took            # was about 60 s
         left = json.loads(run_cli(env, "transfers", "list", "--json").stdout)
         assert not [t for t in left if t["phase"] in ("transferring", "initializing")]

@@ -67,10 +67,14 @@ def _every_command():
                          ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_every_help_has_examples_of_options_it_has(path, command):
     """The README promises examples in every --help; each example must
-    name this command and only options it takes."""
+    name this command and only options it takes, below a description
+    indented as click indents it."""
     ctx = click.Context(command, info_name=" ".join(path))
     text = command.get_help(ctx)
     assert "Examples:" in text
+    # The description as written, not indented as in the source file.
+    description = text.split("\n\n", 1)[1].split("Examples:", 1)[0]
+    assert [line for line in description.splitlines() if line.startswith(" " * 6)] == []
     examples = [line.strip() for line in text.split("Examples:", 1)[1].splitlines()
                 if line.strip().startswith("imagetool ")]
     assert examples

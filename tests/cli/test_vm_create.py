@@ -124,7 +124,7 @@ def test_incremental_after_update_is_incremental(cli, conn, eargs, tmp_path):
     repo = tmp_path / "b"
     modes = []
     for _ in range(2):
-        code, out, err = cli("backup", "create", "inc1", str(repo), "--json", *eargs)
+        code, out, err = cli("backup", "create", str(repo), "inc1", "--json", *eargs)
         assert code == 0, err
         modes.append([p["mode"] for p in json.loads(out)])
     assert modes == [["full"], ["incremental"]]
