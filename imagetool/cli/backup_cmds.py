@@ -64,6 +64,12 @@ def _create_args(conn: Any, args: tuple[str, ...]) -> tuple[str, list[str]]:
     old = (not _looks_like_dir(first) and
            (_looks_like_dir(last) or (_is_vm(conn, first) and not _is_vm(conn, last))))
     if not old:
+        if not os.path.exists(first) and _is_vm(conn, first):
+            # Both ends VM names (the directory forgotten): never make a
+            # repository named after a VM and back up the rest into it.
+            raise click.UsageError(f"{first!r} is a VM of the engine, not a backup "
+                                   "directory: give the directory first: "
+                                   "imagetool backup create DIR VM...")
         return first, list(args[1:])
     directory, vms = last, list(args[:-1])
     click.echo("imagetool: warning: the directory last (backup create VM... DIR) is "

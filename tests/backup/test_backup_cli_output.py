@@ -99,6 +99,16 @@ def test_the_directory_comes_first_and_the_old_order_warns(conn, cli, env, tmp_p
     assert json.loads(out)[0]["path"].startswith(str(tmp_path / "bare") + "/")
     assert not (tmp_path / vm.name).exists()
 
+    # Two VM names and no directory: refused, no repository named after a VM.
+    other, _ = make_vm(conn, [("cow", MiB)])
+    code, out, err = cli("backup", "create", vm.name, other.name)
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == (f"Error: {vm.name!r} is a VM of the engine, not a "
+                                    "backup directory: give the directory first: "
+                                    "imagetool backup create DIR VM...")
+    assert not (tmp_path / vm.name).exists() and not (tmp_path / other.name).exists()
+    conn.vms.remove(other.id)
+
     code, out, err = cli("backup", "create", "./new")
     assert code == 2 and out == ""
     assert err.splitlines()[-1] == ("Error: give the backup directory, then the VMs: "
