@@ -174,8 +174,21 @@ class ImageioDaemon:
         Path(conf_dir, "conf.d", "daemon.conf").write_text(text)
         return conf_dir
 
-    def start(self, timeout: float = 20.0) -> "ImageioDaemon":
-        """Start the daemon and wait until it listens on both sockets."""
+    def start(self, timeout: float = 20.0, tries: int = 3) -> "ImageioDaemon":
+        """Start the daemon and wait until it listens on both sockets.
+
+        The port is picked free before the daemon binds it, so another
+        process (a parallel test worker) may take it meanwhile: the daemon
+        then exits with EADDRINUSE and is started again on another port."""
+        for left in range(tries - 1, -1, -1):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if left == 0 or "Address already in use" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "ImageioDaemon":
         exe = find_tool("ovirt-imageio")
         if exe is None:
             pytest.skip("ovirt-imageio daemon not installed")
@@ -191,6 +204,7 @@ class ImageioDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"ovirt-imageio exited: {self.log()}")
             if os.path.exists(self.control_socket) and _listening(self.port):
                 return self
