@@ -113,6 +113,8 @@ class Connection:
         self.transfers = services.ImageTransfersService(self)
         self.vms = services.VmsService(self)
         self.snapshots = services.SnapshotsService(self)
+        self.backups = services.BackupsService(self)
+        self.checkpoints = services.CheckpointsService(self)
         self.hosts = services.HostsService(self)
         self.clusters = services.ClustersService(self)
         self.jobs = services.JobsService(self)

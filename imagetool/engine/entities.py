@@ -81,6 +81,8 @@ class Disk(Entity):
     image_id: str | None = _s("image_id")
     backup: str | None = _s("backup")             # none, incremental
     storage_type: str | None = _s("storage_type")
+    # A disk of a running VM backup: how it is backed up (full, incremental).
+    backup_mode: str | None = _s("backup_mode")
 
 
 @dataclass
@@ -194,6 +196,36 @@ class DiskSnapshot(Entity):
     provisioned_size: int | None = _i("provisioned_size")
     image_id: str | None = _s("image_id")
     storage_domain_ids: tuple[str, ...] = _refs("storage_domains", "storage_domain")
+
+
+@dataclass
+class VmBackup(Entity):
+    """A VM backup (``/vms/ID/backups/BID``, engine API model 4.4+); its
+    phases are ``phases.BackupPhase``."""
+
+    TAG = "backup"
+
+    phase: str | None = _s("phase")
+    description: str | None = _s("description")
+    from_checkpoint_id: str | None = _s("from_checkpoint_id")
+    to_checkpoint_id: str | None = _s("to_checkpoint_id")
+    creation_date: str | None = _s("creation_date")
+    vm_id: str | None = _ref("vm")
+    host_id: str | None = _ref("host")
+
+
+@dataclass
+class Checkpoint(Entity):
+    """A VM checkpoint (``/vms/ID/checkpoints/CID``): where the next
+    incremental backup starts."""
+
+    TAG = "checkpoint"
+
+    state: str | None = _s("state")               # created, invalid
+    parent_id: str | None = _s("parent_id")
+    description: str | None = _s("description")
+    creation_date: str | None = _s("creation_date")
+    vm_id: str | None = _ref("vm")
 
 
 @dataclass

@@ -3,21 +3,20 @@ oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
 ``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,
-``conn.snapshots``, ``conn.hosts``, ``conn.clusters``, ``conn.jobs``) and
-returns typed
-entities. Faults raise the exceptions of ``imagetool.errors``.
+``conn.snapshots``, ``conn.backups``, ``conn.checkpoints``, ``conn.hosts``,
+``conn.clusters``, ``conn.jobs``) and returns typed entities. Faults raise the exceptions of ``imagetool.errors``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Protocol, TypeVar
+from typing import Any, Generic, Iterable, Protocol, TypeVar
 
 from imagetool.engine import codec
-from imagetool.engine.entities import (Cluster, Disk, DiskAttachment,
-                                       DiskSnapshot, Entity, Host,
-                                       ImageTransfer, Job, Snapshot,
-                                       StorageDomain, Vm)
+from imagetool.engine.entities import (Checkpoint, Cluster, Disk,
+                                       DiskAttachment, DiskSnapshot, Entity,
+                                       Host, ImageTransfer, Job, Snapshot,
+                                       StorageDomain, Vm, VmBackup)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
 
@@ -394,16 +393,29 @@ class VmsService(_Service):
         self._action(f"vms/{vm_id}", "undosnapshot")
 
 
-class SnapshotsService(_Service):
-    """``/vms/ID/snapshots``."""
+class _VmCollection(_Service, Generic[E]):
+    """A collection under a VM, ``/vms/ID/<SEGMENT>``, of ``ENTITY``."""
 
-    def list(self, vm_id: str) -> list[Snapshot]:
-        """The VM's snapshots (including the ``active`` one)."""
-        return self._list(Snapshot, f"vms/{vm_id}/snapshots")
+    ENTITY: type[E]
+    SEGMENT: str
 
-    def get(self, vm_id: str, snapshot_id: str) -> Snapshot:
-        """One snapshot."""
-        return self._get(Snapshot, f"vms/{vm_id}/snapshots/{snapshot_id}")
+    def _path(self, vm_id: str, item_id: str | None = None) -> str:
+        base = f"vms/{vm_id}/{self.SEGMENT}"
+        return f"{base}/{item_id}" if item_id else base
+
+    def list(self, vm_id: str) -> list[E]:
+        """The VM's items, oldest first."""
+        return self._list(self.ENTITY, self._path(vm_id))
+
+    def get(self, vm_id: str, item_id: str) -> E:
+        """One item (NotFound when the VM has none by that id)."""
+        return self._get(self.ENTITY, self._path(vm_id, item_id))
+
+
+class SnapshotsService(_VmCollection[Snapshot]):
+    """``/vms/ID/snapshots`` (the ``active`` one included)."""
+
+    ENTITY, SEGMENT = Snapshot, "snapshots"
 
     def add(self, vm_id: str, *, description: str,
             disk_ids: Iterable[str] | None = None,
@@ -414,19 +426,52 @@ class SnapshotsService(_Service):
         if disk_ids is not None:
             body["disk_attachments"] = {"disk_attachment": [
                 {"disk": {"id": d}} for d in disk_ids]}
-        return self._add(Snapshot, f"vms/{vm_id}/snapshots", body)
+        return self._add(Snapshot, self._path(vm_id), body)
 
     def remove(self, vm_id: str, snapshot_id: str) -> None:
         """Delete (merge) a snapshot."""
-        self._remove(f"vms/{vm_id}/snapshots/{snapshot_id}")
+        self._remove(self._path(vm_id, snapshot_id))
 
     def restore(self, vm_id: str, snapshot_id: str) -> None:
         """Restore the VM to a snapshot."""
-        self._action(f"vms/{vm_id}/snapshots/{snapshot_id}", "restore")
+        self._action(self._path(vm_id, snapshot_id), "restore")
 
     def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:
         """The disks as they were in a snapshot."""
-        return self._list(Disk, f"vms/{vm_id}/snapshots/{snapshot_id}/disks")
+        return self._list(Disk, f"{self._path(vm_id, snapshot_id)}/disks")
+
+
+class BackupsService(_VmCollection[VmBackup]):
+    """``/vms/ID/backups``: VM backups (engine API model 4.4+, VmBackups and
+    VmBackup services)."""
+
+    ENTITY, SEGMENT = VmBackup, "backups"
+
+    def add(self, vm_id: str, *, disk_ids: Iterable[str],
+            from_checkpoint_id: str | None = None,
+            description: str | None = None) -> VmBackup:
+        """Start a backup of some disks; incremental from ``from_checkpoint_id``."""
+        body = {"description": description, "from_checkpoint_id": from_checkpoint_id,
+                "disks": {"disk": [{"id": d} for d in disk_ids]}}
+        return self._add(VmBackup, self._path(vm_id), body)
+
+    def disks(self, vm_id: str, backup_id: str) -> list[Disk]:
+        """The backup's disks; while it runs each says its ``backup_mode``."""
+        return self._list(Disk, f"{self._path(vm_id, backup_id)}/disks")
+
+    def finalize(self, vm_id: str, backup_id: str) -> None:
+        """End the backup (Conflict while its transfers are still ending)."""
+        self._action(self._path(vm_id, backup_id), "finalize")
+
+
+class CheckpointsService(_VmCollection[Checkpoint]):
+    """``/vms/ID/checkpoints`` (engine API model 4.4+)."""
+
+    ENTITY, SEGMENT = Checkpoint, "checkpoints"
+
+    def remove(self, vm_id: str, checkpoint_id: str) -> None:
+        """Delete a checkpoint (engines refuse all but the oldest)."""
+        self._remove(self._path(vm_id, checkpoint_id))
 
 
 class HostsService(_Service):

@@ -354,6 +354,42 @@ def test_vm_and_snapshot_requests():
     assert ET.fromstring(by_call[("POST", "vms/v1/snapshots/s1/restore")][1]).tag == "action"
 
 
+def test_backup_and_checkpoint_requests():
+    canned = Canned({
+        ("POST", "vms/v1/backups"): (b'<backup id="b1"><phase>initializing</phase>'
+                                     b'<to_checkpoint_id>c1</to_checkpoint_id></backup>'),
+        ("GET", "vms/v1/backups/b1"): b'<backup id="b1"><phase>ready</phase></backup>',
+        ("GET", "vms/v1/backups"): b'<backups><backup id="b1"/></backups>',
+        ("GET", "vms/v1/backups/b1/disks"): (b'<disks><disk id="d1"><backup_mode>full'
+                                             b'</backup_mode></disk></disks>'),
+        ("POST", "vms/v1/backups/b1/finalize"): b"<action><status>complete</status></action>",
+        ("GET", "vms/v1/checkpoints"): (b'<checkpoints><checkpoint id="c0"/>'
+                                        b'<checkpoint id="c1"/></checkpoints>'),
+        ("GET", "vms/v1/checkpoints/c1"): b'<checkpoint id="c1"><state>created</state></checkpoint>',
+        ("DELETE", "vms/v1/checkpoints/c0"): b"",
+    })
+    from imagetool.engine import wait_for_backup
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        b = conn.backups.add("v1", disk_ids=["d1", "d2"], from_checkpoint_id="c0",
+                             description="nightly")
+        assert (b.id, b.phase, b.to_checkpoint_id) == ("b1", "initializing", "c1")
+        assert wait_for_backup(conn, "v1", "b1", "ready", timeout=5).phase == "ready"
+        assert [x.id for x in conn.backups.list("v1")] == ["b1"]
+        assert [(d.id, d.backup_mode) for d in conn.backups.disks("v1", "b1")] == [("d1", "full")]
+        conn.backups.finalize("v1", "b1")
+        assert [c.id for c in conn.checkpoints.list("v1")] == ["c0", "c1"]
+        assert conn.checkpoints.get("v1", "c1").state == "created"
+        conn.checkpoints.remove("v1", "c0")
+    by_call = {(m, p.removeprefix("/ovirt-engine/api/")): b for m, p, q, b in canned.seen}
+    body = ET.fromstring(by_call[("POST", "vms/v1/backups")])
+    assert body.tag == "backup" and body.findtext("from_checkpoint_id") == "c0"
+    assert body.findtext("description") == "nightly"
+    assert [d.get("id") for d in body.findall("disks/disk")] == ["d1", "d2"]
+    assert ET.fromstring(by_call[("POST", "vms/v1/backups/b1/finalize")]).tag == "action"
+    assert ("DELETE", "vms/v1/checkpoints/c0") in by_call
+
+
 def test_disk_snapshots_fallback_to_storage_domain():
     canned = Canned({
         ("GET", "disks/d1"): (b'<disk id="d1"><storage_domains><storage_domain id="sd1"/>'
