@@ -29,6 +29,7 @@ import time
 from contextlib import ExitStack, suppress
 from typing import Any, Callable
 
+from imagetool.engine.lifecycle import temporary_snapshot
 from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -61,21 +62,6 @@ def _find_snapshot(conn: Any, vm_id: str, snapshot: str) -> Any:
                    status=404)
 
 
-def _remove_snapshot(conn: Any, vm_id: str, snap_id: str, timeout: float = 300.0) -> None:
-    """Remove (merge) a snapshot and wait until the engine has dropped it."""
-    from imagetool.engine.wait import Poller
-    conn.snapshots.remove(vm_id, snap_id)
-    poller = Poller(timeout)
-    while True:
-        try:
-            conn.snapshots.get(vm_id, snap_id)
-        except NotFound:
-            return
-        if not poller.sleep():
-            raise ImagetoolError(f"the temporary snapshot {snap_id} was not removed "
-                                 f"within {timeout:g}s; remove it by hand")
-
-
 def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
                snapshot: str | None = None, manifest: bool = False,
                force: bool = False, workers: int = 4,
@@ -101,10 +87,7 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
         if snapshot:
             snap = _find_snapshot(conn, v.id, snapshot)
         else:
-            from imagetool.engine.wait import wait_for_snapshot
-            snap = conn.snapshots.add(v.id, description=SNAPSHOT_DESCRIPTION)
-            stack.callback(_remove_snapshot, conn, v.id, snap.id)
-            wait_for_snapshot(conn, v.id, snap.id, "ok")
+            snap = stack.enter_context(temporary_snapshot(conn, v.id, SNAPSHOT_DESCRIPTION))
         disks = conn.snapshots.disks(v.id, snap.id)
         if not disks:
             raise ImagetoolError(f"VM {v.name}: snapshot {snap.description!r} has no disks")
