@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 from imagetool.engine import lifecycle as life
 from imagetool.engine.entities import Disk, DiskSnapshot, Snapshot, Vm
-from imagetool.engine.wait import wait_for_disks, wait_truthy
+from imagetool.engine.wait import wait_for_disks, wait_for_snapshot_gone, wait_truthy
 from imagetool.errors import Conflict, EngineError, ImagetoolError, NotFound
 from imagetool.ids import is_uuid
 
@@ -169,8 +169,8 @@ def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
     vm, snap, disk_ids = _act_on_past_snapshot(conn, vm, snapshot, "remove",
                                                conn.snapshots.remove)
     if wait:
-        life.wait_snapshot_removed(conn, vm.id, snap.id or "", disk_ids, timeout,
-                                   f"snapshot {snap.id} of VM {_vm_label(vm)} to be removed")
+        wait_for_snapshot_gone(conn, vm.id, snap.id or "", disk_ids, timeout,
+                               f"snapshot {snap.id} of VM {_vm_label(vm)} to be removed")
 
 
 def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,

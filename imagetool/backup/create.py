@@ -30,6 +30,7 @@ from imagetool.backup import engine_ops as ops
 from imagetool.backup.fetch import fetch_disk
 from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
                                    read_json, sha256_file, write_json)
+from imagetool.engine.lifecycle import take_snapshot
 from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
@@ -145,7 +146,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     """
     start = time.monotonic()
     repo = Repository(repository, create=True)
-    v = ops.find_vm(conn, vm)
+    v = conn.vms.find(vm)
     vm_id = v.id
     with repo.locked(vm_id):
         notes = recover_interrupted(conn, repo, vm_id, log)
@@ -166,7 +167,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
             fd = os.open(os.path.join(staging, OVF_FILE),
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(ops.vm_ovf(conn, vm_id))
+                f.write(conn.vms.get(vm_id, all_content=True).ovf or "")
             run = _snapshot_point if method == "snapshot" else _checkpoint_point
             engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
@@ -269,7 +270,8 @@ def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
 
 def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                     staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
-    sid = ops.create_snapshot(conn, vm_id, f"imagetool backup {name}", [d.id for d in disks])
+    sid = take_snapshot(conn, vm_id, f"imagetool backup {name}",
+                        disk_ids=[d.id for d in disks]).id
     state["snapshot_id"] = sid
     try:
         write_json(os.path.join(staging, STATE), state)

@@ -13,14 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from imagetool.engine.lifecycle import remove_snapshot, take_snapshot
+from imagetool.engine.lifecycle import remove_snapshot  # noqa: F401 (backup/create.py)
 from imagetool.engine.wait import retry_conflict, wait_for_backup
 from imagetool.errors import EngineError, NotFound
 from imagetool.phases import BACKUP_ENDED, BackupPhase
-
-__all__ = ["VmDisk", "find_vm", "vm_ovf", "vm_disks", "create_snapshot", "remove_snapshot",
-           "snapshot_exists", "snapshot_layers", "supports_backups", "finalize_backup",
-           "remove_checkpoint", "checkpoint_state"]
 
 
 @dataclass
@@ -35,14 +31,6 @@ class VmDisk:
     interface: str
     bootable: bool
     backup: str | None
-
-
-def find_vm(conn: Any, vm: str) -> Any:
-    return conn.vms.find(vm)
-
-
-def vm_ovf(conn: Any, vm_id: str) -> str:
-    return conn.vms.get(vm_id, all_content=True).ovf or ""
 
 
 def vm_disks(conn: Any, vm_id: str) -> list[VmDisk]:
@@ -62,12 +50,6 @@ def vm_disks(conn: Any, vm_id: str) -> list[VmDisk]:
 
 
 # --- snapshots ----------------------------------------------------------------------
-
-def create_snapshot(conn: Any, vm_id: str, description: str, disk_ids: list[str],
-                    timeout: float = 600.0) -> str:
-    """Take a snapshot of the disks (no memory), ready to read; its id."""
-    return take_snapshot(conn, vm_id, description, disk_ids=disk_ids, timeout=timeout).id
-
 
 def snapshot_exists(conn: Any, vm_id: str, snapshot_id: str) -> bool:
     try:
@@ -90,13 +72,11 @@ def supports_backups(conn: Any, vm_id: str) -> bool:
         return False
     try:
         conn.checkpoints.list(vm_id)
-        return True
-    except NotFound:
-        return False
     except EngineError as e:
-        if getattr(e, "status", None) in (404, 405, 501):
+        if isinstance(e, NotFound) or getattr(e, "status", None) in (405, 501):
             return False
         raise
+    return True
 
 
 def finalize_backup(conn: Any, vm_id: str, backup_id: str, timeout: float = 600.0) -> str:
@@ -108,8 +88,7 @@ def finalize_backup(conn: Any, vm_id: str, backup_id: str, timeout: float = 600.
     try:
         if conn.backups.get(vm_id, backup_id).phase not in BACKUP_ENDED | {
                 BackupPhase.FINALIZING}:
-            retry_conflict(lambda: conn.backups.finalize(vm_id, backup_id),
-                           f"backup {backup_id} to be finalized", timeout)
+            retry_conflict(lambda: conn.backups.finalize(vm_id, backup_id), timeout)
         return str(wait_for_backup(conn, vm_id, backup_id, BACKUP_ENDED, timeout).phase)
     except NotFound:
         return "gone"

@@ -8,19 +8,18 @@
 """
 
 from imagetool.engine.connection import Connection, normalize_url
-from imagetool.engine.entities import (ApiInfo, Checkpoint, Disk,
-                                       DiskAttachment, DiskSnapshot, Entity,
-                                       Host, ImageTransfer, Job, Snapshot,
-                                       StorageDomain, Vm, VmBackup)
+from imagetool.engine.entities import (ApiInfo, Disk, DiskAttachment,
+                                       DiskSnapshot, Entity, Host,
+                                       ImageTransfer, Job, Snapshot,
+                                       StorageDomain, Vm)
 from imagetool.engine.services import is_uuid
-from imagetool.engine.wait import (wait_for_backup, wait_for_disk,
-                                   wait_for_disk_unlocked, wait_for_snapshot,
-                                   wait_for_transfer_phase)
+from imagetool.engine.wait import (wait_for_disk, wait_for_disk_unlocked,
+                                   wait_for_snapshot, wait_for_transfer_phase)
 
 __all__ = [
     "Connection", "normalize_url", "is_uuid",
-    "ApiInfo", "Checkpoint", "Disk", "DiskAttachment", "DiskSnapshot", "Entity",
-    "Host", "ImageTransfer", "Job", "Snapshot", "StorageDomain", "Vm", "VmBackup",
-    "wait_for_backup", "wait_for_disk", "wait_for_disk_unlocked", "wait_for_snapshot",
+    "ApiInfo", "Disk", "DiskAttachment", "DiskSnapshot", "Entity", "Host",
+    "ImageTransfer", "Job", "Snapshot", "StorageDomain", "Vm",
+    "wait_for_disk", "wait_for_disk_unlocked", "wait_for_snapshot",
     "wait_for_transfer_phase",
 ]

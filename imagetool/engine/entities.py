@@ -209,9 +209,7 @@ class VmBackup(Entity):
     description: str | None = _s("description")
     from_checkpoint_id: str | None = _s("from_checkpoint_id")
     to_checkpoint_id: str | None = _s("to_checkpoint_id")
-    creation_date: str | None = _s("creation_date")
     vm_id: str | None = _ref("vm")
-    host_id: str | None = _ref("host")
 
 
 @dataclass
@@ -223,8 +221,6 @@ class Checkpoint(Entity):
 
     state: str | None = _s("state")               # created, invalid
     parent_id: str | None = _s("parent_id")
-    description: str | None = _s("description")
-    creation_date: str | None = _s("creation_date")
     vm_id: str | None = _ref("vm")
 
 

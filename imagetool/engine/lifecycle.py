@@ -1,14 +1,10 @@
-"""The life of a VM snapshot a workflow takes for itself.
+"""The life of a VM snapshot a workflow takes for itself, written once for
+``snapshots.py``, the backup's snapshot method and OVA export.
 
-Written once for every workflow that takes one: ``snapshots.py``, the
-snapshot method of ``backup/`` and OVA export. Following the oVirt REST API
-guide (Snapshots, Snapshot): a snapshot is usable once its status is ``ok``
-and its disks are unlocked, and it is gone once the engine no longer lists
-it and the disks it merged are unlocked again. A call that took a snapshot
-and then failed (Ctrl-C included) removes it, so nothing is left behind.
-
-    with temporary_snapshot(conn, vm.id, "export") as snap:
-        ... read conn.snapshots.disks(vm.id, snap.id) ...
+As the oVirt REST API guide has it (Snapshots, Snapshot): a snapshot is
+usable once it is ``ok`` and its disks are unlocked, and gone once the
+engine no longer lists it and the disks it merged into are unlocked. A call
+that took a snapshot and then failed (Ctrl-C included) removes it again.
 """
 
 from __future__ import annotations
@@ -46,11 +42,8 @@ def take_snapshot(conn: "Connection", vm_id: str, description: str, *,
                   disk_ids: list[str] | None = None, persist_memory: bool = False,
                   wait: bool = True, timeout: float = DEFAULT_TIMEOUT,
                   what: str | None = None) -> Snapshot:
-    """Take a snapshot of the VM (of ``disk_ids`` only, when given).
-
-    With ``wait`` returns once it is ``ok`` and its disks are unlocked; if
-    that fails, the snapshot is removed again before the error goes on.
-    """
+    """Take a snapshot of the VM (of ``disk_ids`` only, when given); with
+    ``wait``, return it ready, or remove it again if the wait fails."""
     snap = conn.snapshots.add(vm_id, description=description, disk_ids=disk_ids,
                               persist_memorystate=persist_memory)
     if not wait:
@@ -65,54 +58,37 @@ def take_snapshot(conn: "Connection", vm_id: str, description: str, *,
         raise
 
 
-def wait_snapshot_removed(conn: "Connection", vm_id: str, snapshot_id: str,
-                          disk_ids: Iterable[str], timeout: float = DEFAULT_TIMEOUT,
-                          what: str | None = None) -> None:
-    """Until the engine dropped the snapshot and unlocked ``disk_ids``."""
-    wait_for_snapshot_gone(conn, vm_id, snapshot_id, timeout, what)
-    wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
-
-
 def remove_snapshot(conn: "Connection", vm_id: str, snapshot_id: str, *,
                     disk_ids: Iterable[str] | None = None,
                     timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Remove (merge) a snapshot and wait until it is gone; gone already is fine.
-
-    The engine answers 409 while the snapshot's disks are locked (a
-    transfer of it still ending): the removal is asked again until the
-    deadline.
-    """
+    """Remove (merge) a snapshot and wait until it is gone; gone already is
+    fine. Asked again while the engine answers 409 (its disks locked by a
+    transfer still ending)."""
     if disk_ids is None:
         disk_ids = attached_disk_ids(conn, vm_id)
     try:
-        retry_conflict(lambda: conn.snapshots.remove(vm_id, snapshot_id),
-                       f"snapshot {snapshot_id} to be removable", timeout)
+        retry_conflict(lambda: conn.snapshots.remove(vm_id, snapshot_id), timeout)
     except NotFound:
         return
-    wait_snapshot_removed(conn, vm_id, snapshot_id, disk_ids, timeout)
+    wait_for_snapshot_gone(conn, vm_id, snapshot_id, disk_ids, timeout)
 
 
 def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
                      disk_ids: Iterable[str] | None = None,
-                     timeout: float = DEFAULT_TIMEOUT) -> bool:
+                     timeout: float = DEFAULT_TIMEOUT) -> None:
     """Best effort, after a failure: remove a snapshot this run took (the
-    error that got us here is the one to report). Whether it is gone."""
+    error that got us here is the one to report)."""
     try:
-        wait_for_disks(conn, disk_ids or [], "snapshot cleanup", timeout)
         remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids, timeout=timeout)
-        return True
     except Exception:
-        return False
+        pass
 
 
 @contextmanager
 def temporary_snapshot(conn: "Connection", vm_id: str, description: str, *,
                        timeout: float = DEFAULT_TIMEOUT) -> Iterator[Snapshot]:
-    """A snapshot of the whole VM for the ``with`` block, removed after it.
-
-    When the block fails the removal is best effort and the block's error
-    is the one raised; after a success a failed removal is an error.
-    """
+    """A snapshot of the whole VM for the ``with`` block, removed after it
+    (best effort when the block failed: its error is the one raised)."""
     snap = take_snapshot(conn, vm_id, description, timeout=timeout)
     try:
         yield snap

@@ -51,14 +51,14 @@ class Poller:
 
 
 def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
-               timeout: float, what: str,
+               timeout: float, what: str | Callable[[T], str],
                show: Callable[[T], object] = lambda value: value) -> T:
     """Call ``fetch()`` until ``predicate`` holds for its value; return that value.
 
     The generic loop behind every wait of the transfer workflows: the
     Poller's backoff under a monotonic deadline, then TimeoutExpired
-    naming ``what`` and the last value seen (``show(value)``: the part of it
-    worth reading). Errors of ``fetch`` propagate
+    naming ``what`` (or ``what(value)``) and the last value seen
+    (``show(value)``: the part of it worth reading). Errors of ``fetch`` propagate
     (have it return None for "gone" when that is an answer).
     """
     poller = Poller(timeout)
@@ -67,7 +67,8 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
         if predicate(value):
             return value
         if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {what} "
+            said = what(value) if callable(what) else what
+            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {said} "
                                  f"(last: {show(value)})")
 
 
@@ -86,20 +87,16 @@ def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
     A disk turning ``illegal`` (when waiting for another status) raises
     TransferError; NotFound propagates.
     """
-    poller = Poller(timeout)
-    last = None
-    while True:
+    def fetch() -> Disk:
         disk = conn.disks.get(disk_id)
-        last = disk.status
-        if disk.status == status:
-            return disk
-        if disk.status == "illegal":
+        if disk.status == "illegal" and status != "illegal":
             raise TransferError(f"disk {disk.name or disk_id} became illegal "
                                 f"while waiting for it to be {status}")
-        if not poller.sleep():
-            raise TimeoutExpired(
-                f"timed out after {timeout:g}s waiting for disk {disk.name or disk_id} "
-                f"to be {status} (last status: {last})")
+        return disk
+
+    return wait_until(fetch, lambda d: d.status == status, timeout,
+                      lambda d: f"disk {d.name or disk_id} to be {status}",
+                      show=lambda d: d.status)
 
 
 def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
@@ -108,17 +105,15 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
 
     Useful after a cancel, when the engine either unlocks or deletes the disk.
     """
-    poller = Poller(timeout)
-    while True:
+    def fetch() -> Disk | None:
         try:
-            disk = conn.disks.get(disk_id)
+            return conn.disks.get(disk_id)
         except NotFound:
             return None
-        if disk.status != "locked":
-            return disk
-        if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for disk "
-                                 f"{disk.name or disk_id} to be unlocked")
+
+    return wait_until(fetch, lambda d: d is None or d.status != "locked", timeout,
+                      lambda d: f"disk {d and d.name or disk_id} to be unlocked",
+                      show=lambda d: d and d.status)
 
 
 def _disk_outcome(conn: "Connection", disk_id: str | None, transfer_id: str,
@@ -209,8 +204,10 @@ def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
 
 
 def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
-                           timeout: float = 300.0, what: str | None = None) -> None:
-    """Poll until the engine no longer has the snapshot (removed, merged)."""
+                           disk_ids: Iterable[str] = (), timeout: float = 300.0,
+                           what: str | None = None) -> None:
+    """Poll until the engine no longer has the snapshot (removed, merged),
+    then until ``disk_ids``, the disks it merged into, are unlocked."""
     def gone() -> bool:
         try:
             conn.snapshots.get(vm_id, snapshot_id)
@@ -220,6 +217,7 @@ def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
 
     wait_truthy(gone, what or f"snapshot {snapshot_id} of VM {vm_id} to be removed",
                 timeout)
+    wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
 
 
 def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
@@ -253,7 +251,7 @@ def wait_truthy(check: Callable[[], object], what: str, timeout: float = 300.0) 
     return wait_until(check, bool, timeout, what)
 
 
-def retry_conflict(call: Callable[[], T], what: str, timeout: float = 300.0) -> T:
+def retry_conflict(call: Callable[[], T], timeout: float = 300.0) -> T:
     """``call()``, again while the engine answers 409 (disks still locked by
     a transfer that is ending); the last Conflict at the deadline."""
     poller = Poller(timeout)

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from imagetool.engine import codec
-from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
-                                       DiskSnapshot, Host, ImageTransfer, Job,
-                                       Snapshot, StorageDomain, Vm, VmBackup)
+from imagetool.engine.entities import (Disk, DiskAttachment, DiskSnapshot, Host,
+                                       ImageTransfer, Job, Snapshot,
+                                       StorageDomain, Vm)
 from imagetool.errors import EngineError
 
 DISK_XML = b"""<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
@@ -230,31 +230,6 @@ def test_snapshot_and_disk_snapshot():
     assert (ds.id, ds.disk_id, ds.parent_id, ds.snapshot_id) == ("ds1", "d1", "ds0", "s2")
     assert ds.format == "cow" and ds.actual_size == 4096 and ds.provisioned_size == 1 << 30
     assert ds.storage_domain_ids == ("sd1",)
-
-
-def test_vm_backup_and_checkpoint_xml_same_as_json():
-    """The engine API model's VmBackup and Checkpoint, read by one spec."""
-    backup_xml = b"""<backup href="/vms/v/backups/b1" id="b1"><phase>ready</phase>
-      <description>nightly</description><from_checkpoint_id>c0</from_checkpoint_id>
-      <to_checkpoint_id>c1</to_checkpoint_id><creation_date>2026-01-01T00:00:00Z</creation_date>
-      <vm id="v"/><host id="h"/></backup>"""
-    backup_json = {"href": "/vms/v/backups/b1", "id": "b1", "phase": "ready",
-                   "description": "nightly", "from_checkpoint_id": "c0",
-                   "to_checkpoint_id": "c1", "creation_date": "2026-01-01T00:00:00Z",
-                   "vm": {"id": "v"}, "host": {"id": "h"}}
-    b = codec.parse_entity(VmBackup, backup_xml, "application/xml")
-    assert (b.id, b.phase, b.from_checkpoint_id, b.to_checkpoint_id, b.vm_id, b.host_id) == (
-        "b1", "ready", "c0", "c1", "v", "h")
-    assert codec.parse_entity(VmBackup, json.dumps(backup_json).encode(),
-                              "application/json") == b
-    cps = codec.parse_entities(Checkpoint, b"""<checkpoints>
-      <checkpoint id="c0"><state>created</state><vm id="v"/></checkpoint>
-      <checkpoint id="c1"><parent_id>c0</parent_id><state>invalid</state></checkpoint>
-    </checkpoints>""")
-    assert [(c.id, c.parent_id, c.state) for c in cps] == [
-        ("c0", None, "created"), ("c1", "c0", "invalid")]
-    disk = codec.parse_entity(Disk, b'<disk id="d"><backup_mode>incremental</backup_mode></disk>')
-    assert disk.backup_mode == "incremental"
 
 
 def test_disk_attachment():

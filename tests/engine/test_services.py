@@ -235,7 +235,7 @@ def test_wait_disk_illegal_deadline_and_unlocked():
     with connect(engine) as conn:
         with pytest.raises(TransferError, match="became illegal"):
             wait_for_disk(conn, bad, timeout=5)
-        with pytest.raises(TimeoutExpired, match="disk stuck to be ok .last status: locked"):
+        with pytest.raises(TimeoutExpired, match=r"disk stuck to be ok \(last: locked\)"):
             wait_for_disk(conn, stuck, timeout=0.3)
         with pytest.raises(TimeoutExpired, match="unlocked"):
             wait_for_disk_unlocked(conn, stuck, timeout=0.3)
@@ -368,7 +368,7 @@ def test_backup_and_checkpoint_requests():
         ("GET", "vms/v1/checkpoints/c1"): b'<checkpoint id="c1"><state>created</state></checkpoint>',
         ("DELETE", "vms/v1/checkpoints/c0"): b"",
     })
-    from imagetool.engine import wait_for_backup
+    from imagetool.engine.wait import wait_for_backup
     with Connection("https://e", username="u", password="p",
                     transport=canned.transport()) as conn:
         b = conn.backups.add("v1", disk_ids=["d1", "d2"], from_checkpoint_id="c0",
