@@ -36,28 +36,13 @@ ACTIVE = "active"
 
 # --- lookups -------------------------------------------------------------------
 
-def _entity(value: Any, cls: type, find: Callable[[str], Any]) -> Any:
-    """``value`` when it is a ``cls`` already, else ``find`` it by id or name."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"{cls.__name__.lower()} must be a {cls.__name__}, an id or a "
-                        f"name, not {type(value).__name__}")
-    return find(value)
-
-
-def _vm(conn: Any, vm: Any) -> Vm:
-    """A Vm from a Vm, an id or a name."""
-    return _entity(vm, Vm, lambda ref: conn.vms.find(ref))
-
-
 def _vm_label(vm: Vm) -> str:
     return vm.name or vm.id or "?"
 
 
 def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
     """The VM's snapshots, the ``active`` one included."""
-    return conn.snapshots.list(_vm(conn, vm).id)
+    return conn.snapshots.list(conn.vms.find(vm).id)
 
 
 def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
@@ -66,7 +51,7 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
     NotFound names the VM and what was asked; a description that several
     snapshots share is an error asking for the id.
     """
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     if isinstance(snapshot, Snapshot):
         snapshot = snapshot.id
     if not isinstance(snapshot, str) or not snapshot:
@@ -88,7 +73,7 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
 
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
     """The disks as the snapshot holds them (``image_id``: its layer)."""
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     snap = find_snapshot(conn, vm, snapshot)
     return conn.snapshots.disks(vm.id, snap.id)
 
@@ -115,13 +100,13 @@ def create_snapshot(conn: Any, vm: Any, description: str | None = None, *,
     unlocked; if that fails the snapshot is removed again, so a failed
     call leaves none behind.
     """
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     attached = life.attached_disk_ids(conn, vm.id)
     disk_ids: list[str] | None = None
     if disks is not None:
         disk_ids = []
         for ref in disks:
-            d = ref if isinstance(ref, Disk) else conn.disks.find(ref)
+            d = conn.disks.find(ref)
             if d.id not in attached:
                 raise ImagetoolError(f"disk {d.name or d.id} is not attached to VM "
                                      f"{_vm_label(vm)}")
@@ -138,7 +123,7 @@ def create_snapshot(conn: Any, vm: Any, description: str | None = None, *,
 
 def _past_snapshot(conn: Any, vm: Any, snapshot: Any, verb: str) -> tuple[Vm, Snapshot]:
     """The VM and one of its snapshots, which must not be the active one."""
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     snap = find_snapshot(conn, vm, snapshot)
     if snap.snapshot_type == ACTIVE:
         raise ImagetoolError(f"cannot {verb} the active snapshot of VM {_vm_label(vm)} "
@@ -209,7 +194,7 @@ def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
 
 def _end_preview(conn: Any, vm: Any, snapshot: Any, commit: bool, wait: bool,
                  timeout: float) -> None:
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     current = _in_preview(conn, vm)
     verb = "commit" if commit else "undo"
     if current is None:
@@ -244,17 +229,13 @@ def undo_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True
 
 # --- layers of a disk ----------------------------------------------------------
 
-def _disk(conn: Any, disk: Any) -> Disk:
-    return _entity(disk, Disk, lambda ref: conn.disks.find(ref))
-
-
 def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
     """The disk's layers (disk snapshots) from the base to the active one.
 
     The order comes from each layer's ``parent`` (engines 4.4.3+ report
     it, as the oVirt engine SDK's ``list_disk_snapshots.py`` uses).
     """
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     layers = conn.disks.snapshots(d.id)
     if not layers:
         raise EngineError(f"the engine lists no layers for disk {d.name or d.id}")
@@ -355,7 +336,7 @@ def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
     """
     from imagetool.transfer.download import download_disk
 
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     directory = os.fspath(directory)
     layers = _layers_up_to(conn, d, disk_layers(conn, d), snapshot)
     created_dir = False

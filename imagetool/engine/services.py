@@ -83,8 +83,14 @@ class _Service:
                               reason=reason, detail=detail)
         return tree
 
-    def _find(self, cls: type[E], what: str, path: str, name_or_id: str) -> E:
-        """An entity by id (tried first when it looks like one), else by name."""
+    def _find(self, cls: type[E], what: str, path: str, name_or_id: str | E) -> E:
+        """An entity by id (tried first when it looks like one), else by name;
+        one already found (a ``cls``) as it is, so callers take either."""
+        if isinstance(name_or_id, cls):
+            return name_or_id
+        if not isinstance(name_or_id, str):
+            raise TypeError(f"a {what} is a {cls.__name__}, an id or a name, "
+                            f"not {type(name_or_id).__name__}")
         if is_uuid(name_or_id):
             try:
                 return self._get(cls, f"{path}/{name_or_id}")
@@ -145,7 +151,7 @@ class DisksService(_Service):
         """All disks, or those matching an engine search expression."""
         return self._list(Disk, "disks", search=search, max=max)
 
-    def find(self, name_or_id: str) -> Disk:
+    def find(self, name_or_id: str | Disk) -> Disk:
         """A disk by id, else by exact name; error when the name is ambiguous."""
         return self._find(Disk, "disk", "disks", name_or_id)
 
@@ -333,7 +339,7 @@ class VmsService(_Service):
         """One VM; ``all_content`` includes its OVF (``Vm.ovf``)."""
         return self._get(Vm, f"vms/{vm_id}", all_content=True if all_content else None)
 
-    def find(self, name_or_id: str) -> Vm:
+    def find(self, name_or_id: str | Vm) -> Vm:
         """A VM by id or exact name."""
         return self._find(Vm, "vm", "vms", name_or_id)
 

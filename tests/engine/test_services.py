@@ -10,6 +10,7 @@ import pytest
 from fake_engine import PASSWORD, SD_ID, USERNAME, FakeEngine, Response
 from imagetool.engine import (Connection, wait_for_disk, wait_for_disk_unlocked,
                               wait_for_transfer_phase)
+from imagetool.engine.entities import Vm
 from imagetool.engine.wait import Poller
 from imagetool.errors import EngineError, NotFound, TimeoutExpired, TransferError
 
@@ -388,6 +389,19 @@ def test_backup_and_checkpoint_requests():
     assert [d.get("id") for d in body.findall("disks/disk")] == ["d1", "d2"]
     assert ET.fromstring(by_call[("POST", "vms/v1/backups/b1/finalize")]).tag == "action"
     assert ("DELETE", "vms/v1/checkpoints/c0") in by_call
+
+
+def test_find_takes_an_entity_already_found():
+    """Workflows accept a Vm or Disk, an id or a name: find passes an entity
+    through without asking the engine, and refuses anything else."""
+    canned = Canned({})
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        vm = Vm(id="v1", name="web")
+        assert conn.vms.find(vm) is vm
+        with pytest.raises(TypeError, match="a disk is a Disk, an id or a name, not int"):
+            conn.disks.find(3)
+    assert canned.seen == []
 
 
 def test_disk_snapshots_fallback_to_storage_domain():
