@@ -112,6 +112,7 @@ class Connection:
         self.storage_domains = services.StorageDomainsService(self)
         self.transfers = services.ImageTransfersService(self)
         self.vms = services.VmsService(self)
+        self.templates = services.TemplatesService(self)
         self.snapshots = services.SnapshotsService(self)
         self.backups = services.BackupsService(self)
         self.checkpoints = services.CheckpointsService(self)

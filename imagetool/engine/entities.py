@@ -166,6 +166,17 @@ class Vm(Entity):
 
 
 @dataclass
+class Template(Entity):
+    """A template (``/templates/ID``)."""
+
+    TAG = "template"
+
+    name: str | None = _s("name")
+    description: str | None = _s("description")
+    memory: int | None = _i("memory")
+
+
+@dataclass
 class Snapshot(Entity):
     """A VM snapshot (``/vms/ID/snapshots/SID``)."""
 

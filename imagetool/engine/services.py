@@ -3,8 +3,9 @@ oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
 ``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,
-``conn.snapshots``, ``conn.backups``, ``conn.checkpoints``, ``conn.hosts``,
-``conn.clusters``, ``conn.jobs``) and returns typed entities. Faults raise the exceptions of ``imagetool.errors``.
+``conn.templates``, ``conn.snapshots``, ``conn.backups``,
+``conn.checkpoints``, ``conn.hosts``, ``conn.clusters``, ``conn.jobs``) and
+returns typed entities. Faults raise the exceptions of ``imagetool.errors``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Cluster, Disk,
                                        DiskAttachment, DiskSnapshot, Entity,
                                        Host, ImageTransfer, Job, Snapshot,
-                                       StorageDomain, Vm, VmBackup)
+                                       StorageDomain, Template, Vm, VmBackup)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
 
@@ -357,9 +358,9 @@ class VmsService(_Service):
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
         return self._add(Vm, "vms", body)
 
-    def remove(self, vm_id: str) -> None:
-        """Delete a VM."""
-        self._remove(f"vms/{vm_id}")
+    def remove(self, vm_id: str, detach_only: bool = False) -> None:
+        """Delete a VM (and its disks, unless ``detach_only``)."""
+        self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
 
     def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
         """The VM's disk attachments."""
@@ -397,6 +398,26 @@ class VmsService(_Service):
     def undo_snapshot(self, vm_id: str) -> None:
         """Go back to the state before the preview."""
         self._action(f"vms/{vm_id}", "undosnapshot")
+
+
+class TemplatesService(_Service):
+    """``/templates``."""
+
+    def list(self) -> list[Template]:
+        """All templates (``Blank`` included)."""
+        return self._list(Template, "templates")
+
+    def find(self, name_or_id: str | Template) -> Template:
+        """A template by id or exact name."""
+        return self._find(Template, "template", "templates", name_or_id)
+
+    def remove(self, template_id: str) -> None:
+        """Delete a template and its disks."""
+        self._remove(f"templates/{template_id}")
+
+    def disk_attachments(self, template_id: str) -> list[DiskAttachment]:
+        """The template's disk attachments."""
+        return self._list(DiskAttachment, f"templates/{template_id}/diskattachments")
 
 
 class _VmCollection(_Service, Generic[E]):
