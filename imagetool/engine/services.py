@@ -160,6 +160,10 @@ class DisksService(_Service):
         """Delete a disk (Conflict while it is locked)."""
         self._remove(f"disks/{disk_id}")
 
+    def rename(self, disk_id: str, name: str) -> None:
+        """Give a disk a new name (``PUT /disks/ID``)."""
+        self._conn.request("PUT", f"disks/{disk_id}", body=codec.to_xml("disk", {"name": name}))
+
     def _disk_action(self, disk_id: str, name: str,
                      body: dict[str, Any] | None = None) -> Disk | None:
         tree = self._action(f"disks/{disk_id}", name, body)
