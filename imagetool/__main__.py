@@ -1,3 +1,9 @@
-from imagetool.cli.main import main
+import sys
+
+try:
+    from imagetool.cli.main import main
+except KeyboardInterrupt:       # Ctrl-C while Python loads the CLI: no traceback
+    sys.stderr.write("imagetool: interrupted\n")
+    sys.exit(130)
 
 main()

@@ -13,6 +13,13 @@ class ImagetoolError(Exception):
     exit_code = 1
 
 
+class UsageError(ImagetoolError):
+    """What was asked cannot be meant: a malformed engine URL, an unknown
+    mode. Exit code 2, as for the command line's own usage errors."""
+
+    exit_code = 2
+
+
 # --- local image files -----------------------------------------------------
 
 class FormatError(ImagetoolError):

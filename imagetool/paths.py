@@ -10,13 +10,23 @@ The lock, not the pid, says whether that server lives: the kernel drops it
 as the process dies, whereas ``kill(pid, 0)`` still succeeds on a process
 killed with SIGKILL until its parent has reaped it, which made a restart
 right after a crash refuse with "an engine already serves".
+
+``serve`` also registers its data directory under the user's runtime
+directory (:func:`serves_dir`), so that commands find it whatever
+directory it serves (``imagetool serve --data-dir ./engine``): with
+``$IMAGETOOL_HOME`` set, only the serve of that directory is used; else
+the serve of the default directory, else the one registered serve
+(several: the command asks to choose with ``$IMAGETOOL_HOME``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+
+from imagetool.errors import UsageError
 
 LOCK_FILE = "serve.json"
 
@@ -51,3 +61,80 @@ def find_running_engine(data_dir: str | None = None) -> dict | None:
     if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
         return None
     return info
+
+
+def serves_dir() -> str:
+    """Where running serves register: ``$XDG_RUNTIME_DIR/imagetool/serves``,
+    else ``~/.cache/imagetool/serves``."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imagetool", "serves")
+
+
+def _entry(data_dir: str) -> str:
+    key = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:32]
+    return os.path.join(serves_dir(), key + ".json")
+
+
+def register_serve(data_dir: str) -> None:
+    """Record that this process serves ``data_dir`` (owner-only files)."""
+    os.makedirs(serves_dir(), mode=0o700, exist_ok=True)
+    path = _entry(data_dir)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"data_dir": os.path.abspath(data_dir), "pid": os.getpid()}, f)
+    os.replace(tmp, path)
+
+
+def unregister_serve(data_dir: str) -> None:
+    """Drop this process's entry for ``data_dir``."""
+    try:
+        with open(_entry(data_dir)) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+        os.unlink(_entry(data_dir))
+    except (OSError, ValueError):
+        pass
+
+
+def registered_serves() -> list[tuple[str, dict]]:
+    """(data dir, lock file content) of every live registered serve."""
+    try:
+        names = sorted(os.listdir(serves_dir()))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(serves_dir(), name)) as f:
+                data_dir = json.load(f)["data_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        info = find_running_engine(data_dir) if isinstance(data_dir, str) else None
+        if info is not None:
+            found.append((data_dir, info))
+    return found
+
+
+def locate_engine() -> tuple[str, dict | None]:
+    """The data directory commands use, and its running serve's lock (or None).
+
+    ``$IMAGETOOL_HOME`` set: that directory, served or not. Else the default
+    directory when a serve runs there, else the one registered serve;
+    several are a usage error naming them, none the default directory.
+    """
+    data_dir = default_data_dir()
+    info = find_running_engine(data_dir)
+    if info is not None or os.environ.get("IMAGETOOL_HOME"):
+        return data_dir, info
+    running = registered_serves()
+    if len(running) == 1:
+        return running[0]
+    if len(running) > 1:
+        dirs = ", ".join(d for d, _ in running)
+        raise UsageError(f"{len(running)} imagetool serve processes are running "
+                         f"({dirs}): choose one with IMAGETOOL_HOME=DIR or --engine-url")
+    return data_dir, None

@@ -1,4 +1,6 @@
-"""Byte sizes as people write them (``4M``, ``1.5G``) and as ints."""
+"""Byte sizes as people write them (``4M``, ``1.5G``) and as ints, and
+the other conventions of text output: counts with their noun in the right
+number (``1 disk``, ``2 disks``), durations with a space (``0.5 s``)."""
 
 from __future__ import annotations
 
@@ -95,3 +97,13 @@ def scaled(quantity: int, units: str | None, limit: int) -> int:
     if value > limit:
         raise ValueError(f"{quantity} x {units!r} is more than {format_size(limit)}")
     return value
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 disk``, ``0 disks``, ``2 disks`` (``plural`` when not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.5 s``: one decimal, a space before the unit, as every line prints."""
+    return f"{seconds:.1f} s"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Rebuild the small sample images in this directory (each under 2 MiB).
+# Rebuild the small sample images and the sample OVA in this directory
+# (each under 2 MiB).
 # Needs: python3, qemu-img, qemu-io (qemu-utils), xorriso or genisoimage.
 # The content is deterministic (seeded), the qcow2 layout is qemu's.
 #
@@ -62,4 +63,68 @@ else
     genisoimage -quiet -V IMAGETOOL -o tiny.iso "$tmp/iso"
 fi
 
-ls -ls data-holes.raw data-holes.qcow2 compressed.qcow2 tiny.iso
+# A VMware-style OVA (DMTF OVF, a streamOptimized VMDK, a SHA-256
+# manifest): a 1-CPU, 512 MiB VM "appliance" with one 8 MiB disk, for
+# `imagetool ova info|import samples/appliance.ova`.
+python3 - "$tmp/app.raw" <<'PY'
+import random, sys
+r = random.Random(4)
+with open(sys.argv[1], "wb") as f:
+    f.truncate(8 << 20)
+    f.write(r.randbytes(128 << 10))
+    f.seek(2 << 20)
+    f.write(b"imagetool sample appliance disk\n" * 4000)
+PY
+qemu-img convert -q -f raw -O vmdk -o subformat=streamOptimized "$tmp/app.raw" \
+    "$tmp/appliance-disk1.vmdk"
+python3 - "$tmp/appliance-disk1.vmdk" <<'PY'
+import hashlib, io, os, sys, tarfile
+vmdk = open(sys.argv[1], "rb").read()
+ovf = f"""<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+ xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:href="appliance-disk1.vmdk" ovf:id="file1" ovf:size="{len(vmdk)}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1"
+     ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="appliance">
+    <Info>A virtual machine</Info>
+    <Name>appliance</Name>
+    <OperatingSystemSection ovf:id="101"><Info>OS</Info></OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemIdentifier>appliance</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-10</vssd:VirtualSystemType></System>
+      <Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:ElementName>1 virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>512MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>512</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogicsas</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+""".encode()
+members = [("appliance.ovf", ovf)]
+members.append(("appliance.mf", "".join(
+    f"SHA256({n})= {hashlib.sha256(b).hexdigest()}\n"
+    for n, b in (("appliance.ovf", ovf), ("appliance-disk1.vmdk", vmdk))).encode()))
+members.append(("appliance-disk1.vmdk", vmdk))
+with tarfile.open("appliance.ova", "w", format=tarfile.USTAR_FORMAT) as t:
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, 0
+        t.addfile(info, io.BytesIO(data))
+PY
+
+ls -ls data-holes.raw data-holes.qcow2 compressed.qcow2 tiny.iso appliance.ova

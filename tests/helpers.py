@@ -16,11 +16,13 @@ import http.client
 import json
 import os
 import random
+import signal
 import ssl
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -391,6 +393,70 @@ def cli_process(env: dict[str, str], *argv: str, **kw: Any) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "imagetool", *map(str, argv)],
                             env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kw)
+
+
+def run_on_pty(argv, env, cwd) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal; (exit code, what it drew)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", *argv], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:         # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return proc.wait(60), drawn.decode(errors="replace")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_env(tmp_path: Any, **extra: str) -> dict[str, str]:
+    """The environment of a CLI child process on its own: no IMAGETOOL_*
+    settings from the machine, the data dir ``tmp_path/engine``, its own
+    runtime and config dirs (where serves register and configs live), this
+    checkout first on PYTHONPATH; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETOOL_")}
+    env.update(IMAGETOOL_HOME=os.path.join(tmp_path, "engine"),
+               XDG_RUNTIME_DIR=os.path.join(tmp_path, "run"),
+               XDG_CONFIG_HOME=os.path.join(tmp_path, "xdg"),
+               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+    return env
+
+
+def run_cli(env: dict[str, str], *argv: Any, cwd: Any = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m imagetool argv`` to the end; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "imagetool", *map(str, argv)], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def serve_process(env: dict[str, str], *args: Any, until: str = "other imagetool commands"):
+    """``imagetool serve args`` in the background, yielded (with ``.lines``,
+    what it printed) once it printed a line starting with ``until``;
+    stopped with SIGTERM at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", "serve", *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        proc.lines = []
+        deadline = time.monotonic() + 30
+        while not proc.lines or not proc.lines[-1].startswith(until):
+            line = proc.stdout.readline()
+            assert line, "serve exited"
+            assert time.monotonic() < deadline, "serve did not start"
+            proc.lines.append(line.rstrip("\n"))
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 # --- the local engine behind a fault proxy -------------------------------------

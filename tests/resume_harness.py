@@ -10,13 +10,19 @@ last count there). Counts are taken when a request starts.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import threading
-import time
 
-from imagetool.imageio import client as _client
+try:
+    import json
+    import os
+    import threading
+    import time
+
+    from imagetool.cli.main import main
+    from imagetool.imageio import client as _client
+except KeyboardInterrupt:       # Ctrl-C while loading, as python -m imagetool
+    sys.stderr.write("imagetool: interrupted\n")
+    sys.exit(130)
 
 _DELAY = float(os.environ.get("RESUME_TEST_DELAY", "0") or 0)
 _STATS = os.environ.get("RESUME_TEST_STATS")
@@ -54,5 +60,4 @@ _client.ImageioClient.write = write
 _client.ImageioClient.read_into = read_into
 
 if __name__ == "__main__":
-    from imagetool.cli.main import main
     main(sys.argv[1:])

@@ -13,7 +13,7 @@ def test_a_run_without_qemu_utils_stops_with_one_line_saying_what_to_install(tmp
     # PATH holds only the interpreter's directory: no qemu-img anywhere.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", os.path.join(HERE, "test_peers.py")],
+                          os.path.join(HERE, "test_peers.py")],
                          cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 4, res.stdout + res.stderr      # pytest's usage error

@@ -21,6 +21,7 @@ run for that VM cleans that up and starts over, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -32,9 +33,10 @@ from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repos
                                    read_json, sha256_file, write_json)
 from imagetool.engine.lifecycle import take_snapshot
 from imagetool.engine.wait import wait_for_backup
-from imagetool.errors import EngineError, ImagetoolError
+from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.phases import BACKUP_ENDED, BackupPhase
+from imagetool.units import count
 
 Progress = Callable[[int], None]
 METHODS = ("auto", "checkpoint", "snapshot")
@@ -56,6 +58,16 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
         except (FileNotFoundError, ImagetoolError):
             state = {}
         what = []
+        layers = set()
+        if state.get("snapshot_id"):
+            with contextlib.suppress(NotFound):
+                layers = set(ops.snapshot_layers(conn, vm_id, state["snapshot_id"]).values())
+        stale = ops.cancel_leftover_transfers(conn, backup_id=state.get("backup_id"),
+                                              layers=layers)
+        if stale:
+            _say(notes, f"cancelling {count(len(stale), 'image transfer')} the interrupted "
+                        f"backup of VM {vm_id} left open ({', '.join(stale)}), then "
+                        f"waiting for the engine to end them", log)
         if state.get("backup_id"):
             phase = ops.finalize_backup(conn, vm_id, state["backup_id"])
             what.append(f"its engine backup {state['backup_id']} was finalized ({phase})")
@@ -140,7 +152,8 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     with one line per notable event. Returns a dict: ``vm_id``,
     ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
     ``seconds``, ``disks`` (``disk_id``, ``name``, ``path``, ``mode``,
-    ``reason``: why a disk is full, ``checksum``), ``reason``, ``notes``.
+    ``reason``: why a disk is full, ``checksum``, ``algorithm``,
+    ``block_size``), ``reason``, ``notes``.
     A disk can be full inside an incremental point (``backup: none``, new,
     resized): its ``reason`` says why.
     """
@@ -194,7 +207,8 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         "reason": reason, "notes": notes,
         "disks": [{"disk_id": e["disk_id"], "name": e["name"], "path": point.file(e["file"]),
                    "mode": e["mode"], "reason": e["reason"],
-                   "checksum": e["checksum"]["value"]} for e in entries],
+                   "checksum": e["checksum"]["value"], "algorithm": e["checksum"]["algorithm"],
+                   "block_size": e["checksum"]["block_size"]} for e in entries],
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from imagetool.engine.lifecycle import remove_snapshot  # noqa: F401 (backup/create.py)
 from imagetool.engine.wait import retry_conflict, wait_for_backup
 from imagetool.errors import EngineError, NotFound
-from imagetool.phases import BACKUP_ENDED, BackupPhase
+from imagetool.phases import ACTIVE, BACKUP_ENDED, BackupPhase
 
 
 @dataclass
@@ -62,6 +62,25 @@ def snapshot_exists(conn: Any, vm_id: str, snapshot_id: str) -> bool:
 def snapshot_layers(conn: Any, vm_id: str, snapshot_id: str) -> dict[str, str]:
     """{disk id: the snapshot's volume (disk snapshot) id}."""
     return {d.id: d.image_id for d in conn.snapshots.disks(vm_id, snapshot_id)}
+
+
+def cancel_leftover_transfers(conn: Any, *, backup_id: str | None = None,
+                              layers: set[str] = frozenset()) -> list[str]:
+    """Cancel the transfers a killed run left open: those of its engine
+    backup, or of its snapshot's layers. Nobody is left to finish them, and
+    the engine would only end them at their inactivity timeout (about 60 s),
+    holding the disks locked and the backup unfinalizable until then.
+    Returns the ids cancelled."""
+    cancelled = []
+    for t in conn.transfers.list():
+        ours = (backup_id and t.backup_id == backup_id) or (t.snapshot_id in layers)
+        if ours and t.phase in ACTIVE:
+            try:
+                conn.transfers.cancel(t.id)
+            except NotFound:
+                continue
+            cancelled.append(t.id)
+    return cancelled
 
 
 # --- VM backups and checkpoints (4.4+) ------------------------------------------------

@@ -290,7 +290,8 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                 moved += stats.bytes_copied
             disks_out.append({"disk_id": disk.id, "source_disk_id": entry["disk_id"],
                               "name": disk.name, "source_name": entry.get("name"),
-                              "checksum": remote})
+                              "checksum": remote, "algorithm": c["algorithm"],
+                              "block_size": c["block_size"]})
         new_ovf = ovf
         for d in disks_out:
             new_ovf = new_ovf.replace(d["source_disk_id"], d["disk_id"])

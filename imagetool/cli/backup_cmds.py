@@ -8,13 +8,17 @@ points per VM (merging what the kept ones need).
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+from typing import Any
 
 import click
 
-from imagetool.cli.common import emit_json
+from imagetool.cli.common import checksum_json, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.units import format_size
+from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.units import count, format_seconds, format_size
 
 
 @click.group()
@@ -30,9 +34,61 @@ def backup() -> None:
     """
 
 
+def _looks_like_dir(arg: str) -> bool:
+    """A path rather than a VM name (oVirt VM names have no ``/``)."""
+    return os.sep in arg or arg in (".", "..") or os.path.isdir(arg)
+
+
+def _is_vm(conn: Any, name: str) -> bool:
+    from imagetool.errors import NotFound
+    try:
+        conn.vms.find(name)
+    except NotFound:
+        return False
+    return True
+
+
+def _create_args(conn: Any, args: tuple[str, ...]) -> tuple[str, list[str]]:
+    """(directory, VMs) of ``backup create DIR VM...``.
+
+    The directory comes first, as in every backup command (and restic's or
+    borg's). The old order ``VM... DIR`` still works, with a warning: it is
+    recognised when only the last argument is a path (or an existing
+    directory), or, when neither end is, when only the first one names a
+    VM of the engine.
+    """
+    if len(args) < 2:
+        raise click.UsageError("give the backup directory, then the VMs: "
+                               "imagetool backup create DIR VM...")
+    first, last = args[0], args[-1]
+    old = (not _looks_like_dir(first) and
+           (_looks_like_dir(last) or (_is_vm(conn, first) and not _is_vm(conn, last))))
+    if not old:
+        if not os.path.exists(first) and _is_vm(conn, first):
+            # Both ends VM names (the directory forgotten): never make a
+            # repository named after a VM and back up the rest into it.
+            raise click.UsageError(f"{first!r} is a VM of the engine, not a backup "
+                                   "directory: give the directory first: "
+                                   "imagetool backup create DIR VM...")
+        return first, list(args[1:])
+    directory, vms = last, list(args[:-1])
+    click.echo("imagetool: warning: the directory last (backup create VM... DIR) is "
+               "deprecated; put it first: imagetool backup create "
+               + shlex.join([directory, *vms]), err=True)
+    return directory, vms
+
+
+def _vm_total(conn: Any, vm: str) -> int:
+    """A VM's bar total; 0 (no percentage) for a VM the run will report missing."""
+    from imagetool.errors import ImagetoolError
+    try:
+        return vm_disks_size(conn, vm)
+    except ImagetoolError:
+        return 0
+
+
 @backup.command("create")
-@click.argument("vms", nargs=-1, required=True)
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("args", nargs=-1, required=True, metavar="DIR VM...")
 @click.option("--full", is_flag=True, help="A full point even when a chain exists.")
 @click.option("--method", type=click.Choice(["auto", "checkpoint", "snapshot"]),
               default="auto", show_default=True,
@@ -47,26 +103,30 @@ def backup() -> None:
                    "killed run (and unlocks its disk).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
-def create(vms: tuple[str, ...], directory: str, full: bool, method: str, jobs: int,
+def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
            workers: int, inactivity_timeout: int, as_json: bool,
            engine: EngineOptions) -> None:
-    """Make one new restore point of each VM (name or id) in DIRECTORY."""
+    """Make one new restore point of each VM (name or id) in DIR.
+
+    The directory comes first, as in the other backup commands; the old
+    order (VM... DIR) still works, with a warning.
+    """
     from imagetool.backup import backup_vm
     from imagetool.cli.progress import Bars, run_jobs
 
-    def log(text: str) -> None:
-        click.echo(f"imagetool: {text}", err=True)
-
     with open_connection(engine) as conn:
-        bars = Bars([(v, 0) for v in vms], enabled=False)
-        tasks = [(lambda v=v: backup_vm(conn, v, directory, full=full, method=method,
-                                        workers=workers, inactivity_timeout=inactivity_timeout,
-                                        log=log))
-                 for v in vms]
-        results = run_jobs(jobs, tasks, bars)
+        directory, vms = _create_args(conn, args)
+        with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
+            tasks = [(lambda i=i, v=v: backup_vm(
+                conn, v, directory, full=full, method=method, workers=workers,
+                inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
+                log=lambda text: bars.write(f"imagetool: {text}")))
+                for i, v in enumerate(vms)]
+            results = run_jobs(jobs, tasks, bars)
     errors = [(v, r) for v, r in zip(vms, results) if isinstance(r, BaseException)]
     if as_json:
-        emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException) else r
+        emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException)
+                   else dict(r, disks=[checksum_json(d) for d in r["disks"]])
                    for v, r in zip(vms, results)])
     else:
         for r in results:
@@ -74,7 +134,8 @@ def create(vms: tuple[str, ...], directory: str, full: bool, method: str, jobs: 
                 continue
             why = f" ({r['reason']})" if r["mode"] == "full" and r.get("reason") else ""
             click.echo(f"VM {r['vm_name']}: {r['mode']} point {r['point']} by {r['method']}"
-                       f"{why}: {format_size(r['bytes'])} moved in {r['seconds']:.1f} s")
+                       f"{why}: {format_size(r['bytes'])} moved in "
+                       f"{format_seconds(r['seconds'])}")
             for d in r["disks"]:
                 why = f" ({d['reason']})" if d.get("reason") and r["mode"] != "full" else ""
                 click.echo(f"  disk {d['name']}: {d['mode']}{why}")
@@ -84,6 +145,47 @@ def create(vms: tuple[str, ...], directory: str, full: bool, method: str, jobs: 
         if any(isinstance(e, KeyboardInterrupt) for _, e in errors):
             raise KeyboardInterrupt
         sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
+
+
+def _vm_label(v: dict) -> str:
+    """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
+    return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
+
+
+def _verified(out: dict) -> str:
+    return f"{count(out['points'], 'point')}, {count(out['files'], 'file')}"
+
+
+def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) -> int:
+    """Guest bytes of the points a command reads (every point of the VMs, or
+    ``point`` and, with ``chain``, the points it builds on): a bar's total.
+    0 (no percentage) off a terminal or when the repository is not sound,
+    which the command itself then reports."""
+    if not sys.stderr.isatty():
+        return 0
+    from imagetool.backup import Repository
+    from imagetool.errors import ImagetoolError
+    try:
+        repo = Repository(directory)
+        total = 0
+        for vm_id in [repo.find_vm(vm)] if vm else repo.vm_ids():
+            every = repo.scan_points(vm_id)
+            pts = every
+            if point or not chain:
+                p = repo.point(vm_id, point)
+                pts = repo.chain(p, every) if chain else [p]
+            total += sum(d.get("virtual_size") or 0 for p in pts for d in p.manifest["disks"])
+        return total
+    except (ImagetoolError, OSError, LookupError, TypeError, ValueError):
+        return 0
+
+
+def _verify_total(directory: str, vm: str | None, point: str | None) -> int:
+    return _repo_total(directory, vm, point, chain=True)
+
+
+def _restore_total(directory: str, vm: str, point: str | None) -> int:
+    return _repo_total(directory, vm, point, chain=False)
 
 
 @backup.command("list")
@@ -99,7 +201,7 @@ def list_cmd(directory: str, vm: str | None, as_json: bool) -> None:
         emit_json(out)
         return
     for v in out:
-        click.echo(f"VM {v['vm_name']} ({v['vm_id']}): {len(v['points'])} points")
+        click.echo(f"VM {_vm_label(v)}: {count(len(v['points']), 'point')}")
         for p in v["points"]:
             click.echo(f"  {p['point']}  {p['mode']:<11} {p['method']:<10} "
                        f"size {format_size(p['size']):>9}  data {format_size(p['data']):>9}"
@@ -125,7 +227,8 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, as_json: bool)
     from imagetool.errors import ImagetoolError
 
     try:
-        out = verify(directory, vm=vm, point=point, strict=False)
+        with progress_bar(_verify_total(directory, vm, point), "verify") as update:
+            out = verify(directory, vm=vm, point=point, strict=False, progress=update)
     except ImagetoolError as e:
         if as_json:
             emit_json({"ok": False, "points": 0, "files": 0,
@@ -134,13 +237,12 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, as_json: bool)
     if as_json:
         emit_json(out)
     elif out["ok"]:
-        click.echo(f"verified {out['points']} points, {out['files']} files: ok")
+        click.echo(f"verified {_verified(out)}: ok")
     for e in out["errors"]:
         click.echo(f"imagetool: error: {e['path']}: {e['error']}", err=True)
     if not out["ok"]:
         if not as_json:
-            click.echo(f"verified {out['points']} points, {out['files']} files: "
-                       f"{len(out['errors'])} errors")
+            click.echo(f"verified {_verified(out)}: {count(len(out['errors']), 'error')}")
         sys.exit(1)
 
 
@@ -163,14 +265,15 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
     from imagetool.backup import restore_vm
 
     with open_connection(engine) as conn:
-        out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
-                         name=name, cluster=cluster, workers=workers)
+        with progress_bar(_restore_total(directory, vm, point), "restore") as update:
+            out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
+                             name=name, cluster=cluster, workers=workers, progress=update)
     if as_json:
-        emit_json(out)
+        emit_json(dict(out, disks=[checksum_json(d) for d in out["disks"]]))
     else:
         click.echo(f"restored point {out['point']} as VM {out['vm_name']} ({out['vm_id']}): "
-                   f"{len(out['disks'])} disks, {format_size(out['bytes'])} in "
-                   f"{out['seconds']:.1f} s, checksums match the manifest")
+                   f"{count(len(out['disks']), 'disk')}, {format_size(out['bytes'])} in "
+                   f"{format_seconds(out['seconds'])}, checksums match the manifest")
 
 
 @backup.command("prune")
@@ -187,5 +290,6 @@ def prune_cmd(directory: str, keep: int, vm: str | None, as_json: bool) -> None:
         emit_json(out)
     else:
         for v in out:
-            click.echo(f"VM {v['vm_name']} ({v['vm_id']}): removed {len(v['removed'])} points, "
-                       f"merged into {', '.join(v['merged']) or 'none'}, kept {len(v['kept'])}")
+            click.echo(f"VM {_vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
+                       f"merged into {', '.join(v['merged']) or 'none'}, "
+                       f"kept {count(len(v['kept']), 'point')}")

@@ -27,6 +27,25 @@ class SizeParam(click.ParamType):
 SIZE = SizeParam()
 
 
+def checksum_json(entry: dict, block_size: int | None = None) -> dict:
+    """``entry`` with its guest-data checksum in the one shape every
+    ``--json`` gives (upload's): ``checksum: {algorithm, block_size, value,
+    scope}``. Library results carry a bare ``checksum`` value beside its
+    ``algorithm`` (and ``block_size`` where it is not imageio's default);
+    both move into the object. Entries without a checksum are unchanged."""
+    from imagetool.checksum import DEFAULT_BLOCK_SIZE
+
+    value = entry.get("checksum")
+    if not isinstance(value, str):
+        return entry
+    out = {k: v for k, v in entry.items() if k not in ("algorithm", "block_size")}
+    out["checksum"] = {"algorithm": entry["algorithm"],
+                       "block_size": entry.get("block_size") or block_size
+                       or DEFAULT_BLOCK_SIZE,
+                       "value": value, "scope": "guest-data"}
+    return out
+
+
 def emit_json(obj: Any) -> None:
     """Print one JSON document on stdout (for ``--json``)."""
     click.echo(json.dumps(obj, indent=2, sort_keys=True))

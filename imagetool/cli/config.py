@@ -10,8 +10,8 @@ variable > the ``-c/--config SECTION`` of ``~/.config/imagetool.conf``
 looked up in ovirt-img's ``~/.config/ovirt-img.conf``, whose keys
 ``engine_url``, ``username``, ``password``, ``cafile``, ``secure`` are
 understood). With no engine URL from anywhere, the embedded local engine is
-used: a running ``imagetool serve`` on the default data dir, else one
-started in-process for the duration of the command.
+used: a running ``imagetool serve`` (``paths.locate_engine`` says which),
+else one started in-process for the duration of the command.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import functools
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ import click
 
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
-from imagetool.paths import default_data_dir, find_running_engine
+from imagetool.engine.connection import normalize_url
+from imagetool.errors import Conflict, ImagetoolError, UsageError
+from imagetool.phases import ACTIVE
+from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -80,6 +84,24 @@ def _parse_bool(value: str, what: str) -> bool:
     raise click.UsageError(f"{what}: expected true or false, not {value!r}")
 
 
+def _config_error(path: str, e: configparser.Error) -> str:
+    """One line for a config file configparser cannot read (its own message
+    spans lines): the file, the first bad line, what is expected."""
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        where = f"line {e.lineno}: {e.line.strip()!r} comes before any [section]"
+    elif isinstance(e, configparser.ParsingError) and e.errors:
+        lineno, line = e.errors[0]          # the line as repr() already
+        where = f"line {lineno}: " + line.replace("\\n", "")
+    elif isinstance(e, configparser.DuplicateOptionError):
+        where = f"line {e.lineno}: {e.option!r} appears twice in [{e.section}]"
+    elif isinstance(e, configparser.DuplicateSectionError):
+        where = f"line {e.lineno}: [{e.section}] appears twice"
+    else:
+        where = (e.message or type(e).__name__).splitlines()[0]
+    return (f"cannot read config file {path}, {where}: expected [section] headers and "
+            f"key = value lines; fix or remove the file")
+
+
 def read_config_section(section: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The keys of ``[section]`` from the first config file that has it."""
     paths = config_paths(env)
@@ -88,7 +110,7 @@ def read_config_section(section: str, env: Mapping[str, str] | None = None) -> d
         try:
             parser.read(path)
         except configparser.Error as e:
-            raise click.UsageError(f"{path}: {e}") from None
+            raise UsageError(_config_error(path, e)) from None
         if parser.has_section(section):
             values = dict(parser.items(section))
             values["__file__"] = path
@@ -124,6 +146,7 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     url = pick(opts.engine_url, "ENGINE_URL", "engine_url")
     if not url:
         return None
+    normalize_url(url)      # a malformed URL: a usage error before anything else
     username = pick(opts.username, "USERNAME", "username")
     cafile = pick(opts.cafile, "CAFILE", "cafile")
 
@@ -184,11 +207,40 @@ def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None
             password = _prompt_password(resolved.username)
         with _tested(resolved.url, username=resolved.username, password=password,
                      cafile=resolved.cafile, insecure=resolved.insecure,
-                     **conn_kwargs) as conn:
+                     **conn_kwargs) as conn, naming_lock_holders(conn):
             yield conn
         return
-    with _local_engine_connection(env, **conn_kwargs) as conn:
+    with _local_engine_connection(env, **conn_kwargs) as conn, naming_lock_holders(conn):
         yield conn
+
+
+@contextmanager
+def naming_lock_holders(conn: Connection) -> Iterator[None]:
+    """A "disk is locked" conflict names the transfer holding the disk and
+    the command that ends it: the engine says only "try again later"."""
+    try:
+        yield
+    except Conflict as e:
+        text = str(e)
+        if "locked" not in text.lower():
+            raise
+        holders = []
+        try:
+            for t in conn.transfers.list():
+                if t.phase not in ACTIVE or not t.disk_id:
+                    continue
+                names = {t.disk_id, conn.disks.get(t.disk_id).name}
+                if any(n and re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", text)
+                       for n in names):
+                    holders.append(t)
+        except ImagetoolError:
+            raise e from None       # the lookup is a help; the conflict is the error
+        if holders:
+            e.args = (text + "; " + "; ".join(
+                f"image transfer {t.id} ({t.direction}, {t.phase}) holds disk "
+                f"{t.disk_id}: end it with 'imagetool transfers cancel {t.id}'"
+                for t in holders),)
+        raise
 
 
 @contextmanager
@@ -202,8 +254,7 @@ def _tested(url: str, **kwargs: Any) -> Iterator[Connection]:
 def _local_engine_connection(env: Mapping[str, str] | None,
                              **conn_kwargs: Any) -> Iterator[Connection]:
     """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
-    data_dir = default_data_dir()
-    info = find_running_engine(data_dir)
+    data_dir, info = locate_engine()
     if info:
         password = info.get("password")
         if password is None and info.get("password_file"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 
 import click
 
@@ -196,8 +197,11 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
               callback=_cluster_size, help="qcow2 cluster size.")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Copy threads.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was written: source, destination, format, "
+                   "virtual_size, data_bytes, seconds.")
 def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
-            cluster_size: int, workers: int) -> None:
+            cluster_size: int, workers: int, as_json: bool) -> None:
     """Convert SRC (raw, qcow2 with its backing chain, or vmdk) to DST.
 
     Only data is copied: holes and zero ranges stay sparse. DST is written
@@ -210,6 +214,7 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
       imagetool convert -c disk.raw small.qcow2 -O qcow2
       imagetool convert --force snapshot.qcow2 flat.raw -O raw
       imagetool convert disk.vmdk disk.qcow2 -O qcow2
+      imagetool convert disk.raw disk.qcow2 -O qcow2 --json
     """
     from imagetool.formats import open_image
     from imagetool.formats.convert import convert as do_convert
@@ -221,6 +226,12 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
     probe = open_image(src, "r")
     total = probe.size
     probe.close()
+    start = time.monotonic()
     with progress_bar(total, "convert") as update:
-        do_convert(src, dst, out_format, compress=compress, force=force,
-                   progress=update, workers=workers, cluster_size=cluster_size)
+        result = do_convert(src, dst, out_format, compress=compress, force=force,
+                            progress=update, workers=workers, cluster_size=cluster_size)
+    if as_json:
+        emit_json({"source": src, "destination": dst, "format": out_format,
+                   "compressed": compress, "virtual_size": result["virtual_size"],
+                   "data_bytes": result["data_bytes"],
+                   "seconds": round(time.monotonic() - start, 3)})

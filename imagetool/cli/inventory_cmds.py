@@ -7,8 +7,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from imagetool.cli.common import emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.config import (EngineOptions, engine_options, naming_lock_holders,
+                                  open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
 from imagetool.units import format_size
@@ -61,7 +62,7 @@ def _print_one(as_json: bool, d: dict[str, Any]) -> None:
 
 @click.group()
 def disks() -> None:
-    """List, show and remove disks."""
+    """List, show, update, copy, move and remove disks."""
 
 
 @disks.command("list")
@@ -119,7 +120,8 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
         for ref, d, error in targets:
             if d is not None:
                 try:
-                    conn.disks.remove(d.id or ref)
+                    with naming_lock_holders(conn):
+                        conn.disks.remove(d.id or ref)
                 except ImagetoolError as e:
                     error = str(e)
             results.append({"disk": ref, "id": d.id if d else None,
@@ -208,6 +210,38 @@ def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
     with open_connection(engine) as conn:
         d = move_disk(conn, disk, storage_domain, timeout=timeout)
     _disk_op("moved", as_json, d)
+
+
+@disks.command("update")
+@click.argument("disk")
+@click.option("--name", metavar="N", help="New name.")
+@click.option("--size", type=SIZE, metavar="SIZE", help="New virtual size (grow only), e.g. 20G.")
+@click.option("--backup", type=click.Choice(["incremental", "none"]),
+              help="incremental: backups after the next one copy only what changed "
+                   "(qcow2 disks); none: every backup of the disk is full.")
+@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
+def disks_update(disk: str, name: str | None, size: int | None, backup: str | None,
+                 timeout: int, as_json: bool, engine: EngineOptions) -> None:
+    """Rename a disk, grow it, or turn incremental backup on or off.
+
+    \b
+    Examples:
+      imagetool disks update web1-disk1 --backup incremental
+      imagetool disks update web1-disk2 --size 200G --name web1-data
+    """
+    from imagetool.disks import update_disk
+
+    if name is None and size is None and backup is None:
+        raise click.UsageError("nothing to change: give --name, --size or --backup")
+    with open_connection(engine) as conn:
+        d = update_disk(conn, disk, name=name, size=size, backup=backup, timeout=timeout)
+    _disk_op("updated", as_json, d)
+    if not as_json:
+        click.echo(f"  name {d.name or d.alias}, virtual size {_size(d.provisioned_size)}, "
+                   f"backup {d.backup or 'none'}")
 
 
 @disks.command("sparsify")

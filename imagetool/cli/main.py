@@ -30,6 +30,7 @@ COMMANDS = {
     "transfers": ("inventory_cmds", "transfers"),
     "vms": ("vm_cmds", "vms"), "snapshots": ("vm_cmds", "snapshots"),
     "url": ("url_cmds", "url"), "backup": ("backup_cmds", "backup"),
+    "repo": ("repo_cmds", "repo"),
     "ova": ("ova_cmds", "ova"), "templates": ("template_cmds", "templates"),
 }
 
@@ -46,7 +47,10 @@ class _CommandTable(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute = COMMANDS[name]
-        return getattr(importlib.import_module(f"imagetool.cli.{module}"), attribute)
+        from imagetool.cli.examples import attach
+
+        return attach(name, getattr(importlib.import_module(f"imagetool.cli.{module}"),
+                                    attribute))
 
 
 @click.group(cls=_CommandTable, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import emit_json
+from imagetool.cli.common import checksum_json, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
-from imagetool.units import format_size
+from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.units import count, format_seconds, format_size
+
+
+def _json(r: dict) -> None:
+    """``r`` on stdout, each disk's checksum in the shared object shape and
+    seconds to the millisecond, as the other commands give them."""
+    out = dict(r, disks=[checksum_json(d) for d in r["disks"]])
+    if "seconds" in out:
+        out["seconds"] = round(out["seconds"], 3)
+    emit_json(out)
 
 
 @click.group()
@@ -34,16 +44,17 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
     """Export VM (name or id) to PATH as an OVA."""
     from imagetool.ova import export_ova
     with open_connection(engine) as conn:
-        r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
-                       force=force, workers=workers)
+        with progress_bar(vm_disks_size(conn, vm), "ova export") as update:
+            r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
+                           force=force, workers=workers, progress=update)
     if as_json:
-        emit_json(r)
+        _json(r)
         return
     for d in r["disks"]:
         click.echo(f"{d['member']}  disk {d['disk_id']}  {format_size(d['virtual_size'] or 0)}"
                    f"  {d['algorithm']}:{d['checksum']}")
-    click.echo(f"exported {r['path']}: {len(r['disks'])} disks, "
-               f"{format_size(r['bytes'])} in {r['seconds']:.1f}s")
+    click.echo(f"exported {r['path']}: {count(len(r['disks']), 'disk')}, "
+               f"{format_size(r['bytes'])} in {format_seconds(r['seconds'])}")
 
 
 @ova.command("import")
@@ -63,17 +74,20 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                template: bool, clone: bool, workers: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
-    from imagetool.ova import import_ova
+    from imagetool.ova import import_ova, ova_info
+    total = sum(d["virtual_size"] or 0 for d in ova_info(path)["disks"])
     with open_connection(engine) as conn:
-        r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
-                       template=True if template else None, workers=workers,
-                       clone=clone)
+        with progress_bar(total, "ova import") as update:
+            r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
+                           template=True if template else None, workers=workers,
+                           clone=clone, progress=update)
     if as_json:
-        emit_json(r)
+        _json(r)
         return
     kind = "template" if "template_id" in r else "vm"
-    click.echo(f"imported {kind} {r['name']} ({r[kind + '_id']}): {len(r['disks'])} disks, "
-               f"{format_size(r['bytes'])} in {r['seconds']:.1f}s")
+    click.echo(f"imported {kind} {r['name']} ({r[kind + '_id']}): "
+               f"{count(len(r['disks']), 'disk')}, {format_size(r['bytes'])} in "
+               f"{format_seconds(r['seconds'])}")
 
 
 @ova.command("info")
@@ -88,7 +102,7 @@ def ova_info_cmd(path: str, verify: bool, algorithm: str | None, as_json: bool) 
     from imagetool.ova import ova_info
     r = ova_info(path, verify=verify, algorithm=algorithm)
     if as_json:
-        emit_json(r)
+        _json(r)
         return
     mem = format_size(r["memory"]) if r["memory"] else "-"
     click.echo(f"{r['kind']}: {r['name']}  cpus: {r['cpus'] or '-'}  memory: {mem}"
@@ -100,5 +114,5 @@ def ova_info_cmd(path: str, verify: bool, algorithm: str | None, as_json: bool) 
             line += f"  {d['algorithm']}:{d['checksum']}"
         click.echo(line)
     if verify:
-        click.echo(f"manifest: {len(r['manifest_digests'])} members verified"
+        click.echo(f"manifest: {count(len(r['manifest_digests']), 'member')} verified"
                    if r["manifest"] else "manifest: none")

@@ -29,6 +29,16 @@ def bar_size(stream: Any = None) -> dict:
     return opts
 
 
+def vm_disks_size(conn: Any, vm: str) -> int:
+    """A bar's total for reading a VM: the virtual sizes of its disks.
+    Only on a terminal: a piped run asks the engine nothing more."""
+    if not sys.stderr.isatty():
+        return 0
+    v = conn.vms.find(vm)
+    return sum(conn.disks.get(a.disk_id).provisioned_size or 0
+               for a in conn.vms.disk_attachments(v.id))
+
+
 @contextmanager
 def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator[Any]:
     """A tqdm byte bar on a terminal; a no-op callable when piped.
@@ -80,6 +90,14 @@ class Bars(Closing):
                     if self.total is not None:
                         self.total.update(n)
         return update
+
+    def write(self, text: str) -> None:
+        """One line on stderr, above the bars rather than through them."""
+        if self.enabled:
+            with self.lock:
+                tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         for b in self.bars + ([self.total] if self.total is not None else []):

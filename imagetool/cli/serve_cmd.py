@@ -101,6 +101,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
         else:
             click.echo("password: from $IMAGETOOL_ADMIN_PASSWORD")
         click.echo(f"data dir: {data_dir}")
+        click.echo(f"other imagetool commands on this machine use this engine "
+                   f"(with several serves running: export IMAGETOOL_HOME={data_dir})")
         for d in server.export_dirs:
             click.echo(f"export dir: {d}")
         for d in server.storage_dirs:

@@ -19,7 +19,7 @@ from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
-from imagetool.units import format_size
+from imagetool.units import format_seconds, format_size
 
 
 def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -40,7 +40,11 @@ def _snapshot_ref(ctx: click.Context, param: click.Parameter,
 
 def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
            verb: str) -> None:
-    """Print results (text or JSON); exit with the worst error's code."""
+    """Print results (text or JSON); exit with the worst error's code.
+
+    ``--json`` is always a list, one object per file in argument order
+    (a failed one ``{"path", "error"}``), so a script reads one shape
+    whether it passed one file or several."""
     errors = [(label, r) for label, r in zip(labels, results) if isinstance(r, BaseException)]
     if as_json:
         objs = []
@@ -49,18 +53,21 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
                 objs.append({"path": label, "error": str(r)})
             else:
                 objs.append(r.to_dict())
-        emit_json(objs[0] if len(objs) == 1 else objs)
+        emit_json(objs)         # one shape: a list, one object per file, even for one
     else:
         for r in results:
             if not isinstance(r, BaseException):
                 rate = r.bytes / r.seconds if r.seconds else 0
                 where = f"disk {r.name} ({r.disk_id})"
                 click.echo(f"{verb} {r.path} {'->' if verb == 'uploaded' else '<-'} "
-                           f"{where}: {format_size(r.bytes)} in {r.seconds:.1f} s "
+                           f"{where}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
                            f"({format_size(int(rate))}/s)")
                 if getattr(r, "verification", None) is not None and r.verification.verified:
                     v = r.verification
-                    click.echo(f"  verified: {v.algorithm} block checksum {v.value}")
+                    # Name the command that gives the same value: `imagetool
+                    # checksum` defaults to another algorithm (blake2b).
+                    click.echo(f"  verified: {v.algorithm} block checksum {v.value} "
+                               f"(imagetool checksum --algorithm {v.algorithm})")
     if errors:
         for label, e in errors:
             # Errors about a file (FormatError) already start with its path.

@@ -11,7 +11,7 @@ import click
 from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.copier import DEFAULT_REQUEST_SIZE
-from imagetool.units import format_size
+from imagetool.units import format_seconds, format_size
 
 
 def _tls_options(func):
@@ -43,7 +43,7 @@ def _print_result(r, as_json: bool, verb: str) -> None:
         emit_json(r.to_dict())
     else:
         rate = r.bytes / r.seconds if r.seconds else 0
-        click.echo(f"{verb} {r.path}: {format_size(r.bytes)} in {r.seconds:.1f} s "
+        click.echo(f"{verb} {r.path}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
                    f"({format_size(int(rate))}/s)")
 
 

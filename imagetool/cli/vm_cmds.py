@@ -13,10 +13,11 @@ from typing import Any
 
 import click
 
-from imagetool.cli.common import emit_json
+from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.inventory_cmds import _print_list, _print_one
 from imagetool.errors import DestinationExists
+from imagetool.units import count
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 TIMEOUT = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
@@ -43,7 +44,90 @@ def _snap_dict(s: Any, disks: list[Any] | None = None) -> dict[str, Any]:
 
 @click.group()
 def vms() -> None:
-    """VMs: list, show, OVF, export to and import from an export domain."""
+    """VMs: create, remove, list, show, OVF, export to and import from an export domain."""
+
+
+class DiskSpec(click.ParamType):
+    """``--disk``: a size (``10G``: a new empty disk) or an image file to upload."""
+
+    name = "size|file"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or os.path.exists(value):
+            return value
+        return SIZE.convert(value, param, ctx) if value[:1].isdigit() else self.fail(
+            f"{value!r} is neither a size (e.g. 10G) nor an existing image file", param, ctx)
+
+
+@vms.command("create")
+@click.argument("name")
+@click.option("--sd", "storage_domain", required=True, metavar="SD",
+              help="Data storage domain (name or id) for the disks.")
+@click.option("--disk", "disks", multiple=True, type=DiskSpec(), metavar="SIZE|FILE",
+              help="A new empty disk of SIZE (e.g. 10G), or an image FILE (raw, qcow2, "
+                   "vmdk) uploaded as the disk; repeat for several, the first boots.")
+@click.option("--cluster", metavar="C", help="Cluster (name or id) [default: Default].")
+@click.option("--memory", type=SIZE, metavar="SIZE", help="Memory, e.g. 2G [engine default].")
+@click.option("--cpus", type=click.IntRange(1, 512), metavar="N", help="Virtual CPUs.")
+@click.option("--backup", type=click.Choice(["incremental", "none"]), default="incremental",
+              show_default=True,
+              help="incremental: qcow2 disks whose backups after the first copy only "
+                   "what changed; none: each file's own format, every backup full.")
+@click.option("--jobs", "workers", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Connections per upload.")
+@TIMEOUT
+@JSON
+@engine_options
+def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: str | None,
+               memory: int | None, cpus: int | None, backup: str, workers: int,
+               timeout: int, as_json: bool, engine: EngineOptions) -> None:
+    """Create a VM with new or uploaded disks; on failure nothing is left.
+
+    Disks are named NAME-disk1, NAME-disk2... in --disk order.
+
+    \b
+    Examples:
+      imagetool vms create web1 --disk samples/data-holes.qcow2 --sd data
+      imagetool vms create db1 --disk 20G --disk 100G --memory 4G --cpus 2 --sd data
+    """
+    from imagetool.vms import create_vm
+
+    with open_connection(engine) as conn:
+        v = create_vm(conn, name, storage_domain, disks=disks, cluster=cluster,
+                      memory=memory, cpus=cpus, backup=backup, workers=workers,
+                      timeout=timeout)
+        attached = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
+    if as_json:
+        emit_json({**_vm_dict(v), "disks": attached})
+    else:
+        click.echo(f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
+
+
+@vms.command("remove")
+@click.argument("vm")
+@click.option("--keep-disks", is_flag=True, help="Detach the disks and keep them.")
+@TIMEOUT
+@JSON
+@engine_options
+def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
+               engine: EngineOptions) -> None:
+    """Remove a VM (by name or id) and its disks, or keep them with --keep-disks.
+
+    \b
+    Examples:
+      imagetool vms remove web1
+      imagetool vms remove web1 --keep-disks
+    """
+    from imagetool.vms import remove_vm
+
+    with open_connection(engine) as conn:
+        v, disk_ids = remove_vm(conn, vm, keep_disks=keep_disks, timeout=timeout)
+    if as_json:
+        emit_json({"id": v.id, "name": v.name, "removed": True, "disks": disk_ids,
+                   "disks_kept": keep_disks})
+    else:
+        what = "kept" if keep_disks else "removed"
+        click.echo(f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
 
 
 @vms.command("list")

@@ -212,6 +212,7 @@ def parse_api_info(tree: Tree) -> ApiInfo:
         return info
     info.product_name = to_str(pi.get("name"))
     info.vendor = to_str(pi.get("vendor"))
+    info.instance_id = to_str(pi.get("instance_id"))
     version = pi.get("version")
     if isinstance(version, dict):
         info.full_version = to_str(version.get("full_version"))

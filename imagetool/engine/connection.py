@@ -20,7 +20,7 @@ import httpx
 from imagetool.engine import codec, services, vm_services
 from imagetool.engine.entities import ApiInfo
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
-                              EngineError, NotFound)
+                              EngineError, NotFound, UsageError)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def normalize_url(url: str) -> tuple[str, str]:
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConnectionFailed(
+        raise UsageError(
             f"invalid engine URL {url!r}: expected https://HOST[/ovirt-engine/api]")
     path = parts.path.rstrip("/")
     if "/ovirt-engine" in path:

@@ -273,6 +273,9 @@ class ApiInfo:
     full_version: str | None = None
     major: int = 4
     minor: int = 0
+    # ProductInfo ``instance_id``: the engine installation's UUID (oVirt
+    # 4.4+; the local engine's is kept in its data directory).
+    instance_id: str | None = None
 
     @property
     def version(self) -> tuple[int, int]:

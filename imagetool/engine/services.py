@@ -160,9 +160,19 @@ class DisksService(_Service):
         """Delete a disk (Conflict while it is locked)."""
         self._remove(f"disks/{disk_id}")
 
-    def rename(self, disk_id: str, name: str) -> None:
-        """Give a disk a new name (``PUT /disks/ID``)."""
-        self._conn.request("PUT", f"disks/{disk_id}", body=codec.to_xml("disk", {"name": name}))
+    def update(self, disk_id: str, changes: dict[str, Any]) -> Disk:
+        """``PUT /disks/ID`` with ``changes`` (name, provisioned_size, backup...):
+        floating disks on engines with the Disk ``update`` of oVirt 4.4+;
+        an attached disk is changed through its attachment
+        (:meth:`VmsService.update_attachment_disk`)."""
+        resp = self._conn.request("PUT", f"disks/{disk_id}",
+                                  body=codec.to_xml(Disk.TAG, changes))
+        tree = codec.decode(resp.content, resp.headers.get("content-type"))
+        return codec.entity_from_tree(Disk, tree)
+
+    def rename(self, disk_id: str, name: str) -> Disk:
+        """Give a disk a new name (:meth:`update` with ``name``)."""
+        return self.update(disk_id, {"name": name})
 
     def _disk_action(self, disk_id: str, name: str,
                      body: dict[str, Any] | None = None) -> Disk | None:

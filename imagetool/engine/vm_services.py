@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Iterable
 
+from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
 from imagetool.engine.services import E, _Service
@@ -32,20 +33,23 @@ class VmsService(_Service):
 
     def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
             memory: int | None = None, description: str | None = None,
-            ovf: str | None = None) -> Vm:
-        """Create a VM (from a template, or from an OVF document)."""
+            ovf: str | None = None, cpus: int | None = None) -> Vm:
+        """Create a VM (from a template, or from an OVF document); ``cpus``
+        virtual CPUs as sockets of one core (the API model's CpuTopology)."""
         body: dict[str, Any] = {
             "name": name,
             "description": description,
             "memory": memory,
             "cluster": ref(cluster), "template": ref(template),
         }
+        if cpus is not None:
+            body["cpu"] = {"topology": {"sockets": cpus, "cores": 1, "threads": 1}}
         if ovf is not None:
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
         return self._add(Vm, "vms", body)
 
-    def remove(self, vm_id: str, detach_only: bool = False) -> None:
-        """Delete a VM (and its disks, unless ``detach_only``)."""
+    def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
+        """Delete a VM and its disks (``detach_only``: keep the disks)."""
         self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
 
     def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
@@ -58,6 +62,13 @@ class VmsService(_Service):
         body = {"disk": {"id": disk_id}, "interface": interface,
                 "bootable": bootable, "active": active}
         return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
+
+    def update_attachment_disk(self, vm_id: str, disk_id: str,
+                               changes: dict[str, Any]) -> None:
+        """Change an attached disk (name, provisioned_size, backup...) with
+        the DiskAttachment ``update`` (``PUT`` with ``<disk>`` inside)."""
+        self._conn.request("PUT", f"vms/{vm_id}/diskattachments/{disk_id}",
+                           body=codec.to_xml(DiskAttachment.TAG, {"disk": changes}))
 
     def detach_disk(self, vm_id: str, disk_id: str) -> None:
         """Detach a disk from a VM (the disk stays)."""

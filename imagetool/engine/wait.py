@@ -68,7 +68,7 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
             return value
         if not poller.sleep():
             said = what(value) if callable(what) else what
-            raise TimeoutExpired(f"timed out after {timeout:g}s waiting for {said} "
+            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for {said} "
                                  f"(last: {show(value)})")
 
 
@@ -180,7 +180,7 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
                     f"host could not start serving it")
         if not poller.sleep():
             raise TimeoutExpired(
-                f"timed out after {timeout:g}s waiting for transfer {transfer_id} "
+                f"timed out after {timeout:g} s waiting for transfer {transfer_id} "
                 f"to reach {'/'.join(sorted(wanted))} (last phase: {last})")
 
 
@@ -245,7 +245,7 @@ def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
 def wait_truthy(check: Callable[[], object], what: str, timeout: float = 300.0) -> object:
     """Poll ``check()`` until it returns something true; return that.
 
-    ``what`` completes "timed out after Ns waiting for ...". ``check`` may
+    ``what`` completes "timed out after N s waiting for ...". ``check`` may
     raise to stop waiting (a failure it recognises).
     """
     return wait_until(check, bool, timeout, what)

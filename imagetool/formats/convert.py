@@ -74,26 +74,37 @@ def convert(src_path: str | os.PathLike, dst_path: str | os.PathLike,
     # try/finally, not with: a Backend need not be a context manager.
     src = formats.open_image(src_path, "r", format=src_format)
     try:
-        dst_dir = os.path.dirname(os.path.abspath(dst_path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst_path)}.",
-                                   suffix=".tmp", dir=dst_dir)
-        os.close(fd)
-        try:
-            os.chmod(tmp, 0o644)
-            stats = convert_backend(src, tmp, out_format, compress=compress,
-                                    cluster_size=cluster_size, workers=workers,
-                                    request_size=request_size, progress=progress)
-            os.replace(tmp, dst_path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            refused = _write_refused(e, dst_path, src.size)
-            if refused is not None:
-                raise refused from None
-            raise
-        fsync_dir(dst_dir)
+        stats = convert_to_file(src, dst_path, out_format, compress=compress,
+                                cluster_size=cluster_size, workers=workers,
+                                request_size=request_size, progress=progress)
         return {"virtual_size": src.size, "data_bytes": stats.bytes_copied}
     finally:
         src.close()
+
+
+def convert_to_file(src: Backend, dst_path: str, out_format: str, *, mode: int = 0o644,
+                    **kwargs) -> CopyStats:
+    """``convert_backend`` to a new file: written under a temporary name in
+    ``dst_path``'s directory, renamed over ``dst_path`` once complete (the
+    caller checked whether it may be replaced), removed on any failure;
+    a full disk or quota is one line naming ``dst_path``. ``mode``: the new
+    file's permissions."""
+    dst_dir = os.path.dirname(os.path.abspath(dst_path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst_path)}.",
+                               suffix=".tmp", dir=dst_dir)
+    os.close(fd)
+    try:
+        os.chmod(tmp, mode)
+        stats = convert_backend(src, tmp, out_format, **kwargs)
+        os.replace(tmp, dst_path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        refused = _write_refused(e, dst_path, src.size)
+        if refused is not None:
+            raise refused from None
+        raise
+    fsync_dir(dst_dir)
+    return stats
 
 
 _WRITE_REFUSED = {

@@ -245,6 +245,10 @@ def _read_nic(k: dict[str, str], index: int, out: OvfVm) -> OvfNic:
     profile = _text(k.get("VnicProfileName") or None, f"NIC {name} vNIC profile", 50)
     linked = _bool(k.get("Linked"))
     plugged = _bool(k.get("IsPlugged"))
+    if _num(k.get("BootOrder"), f"NIC {name} BootOrder", 0, MAX_BOOT_ORDER):
+        # The engine keeps a boot order per device; the local engine boots
+        # from disks only, so a network boot is named, never dropped silently.
+        out.notes.append(f"NIC {name}: boot order {k['BootOrder'].strip()} (network boot)")
     return OvfNic(name=name, interface=interface,
                   mac=check_mac(mac, f"NIC {name} MAC address") if mac else None,
                   network=network, profile=profile,

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from imagetool.paths import LOCK_FILE, default_data_dir, find_running_engine
+from imagetool.paths import (LOCK_FILE, default_data_dir, find_running_engine,
+                             register_serve, unregister_serve)
 from imagetool.server.app import EngineServer
 
 __all__ = ["LOCK_FILE", "USERNAME", "LocalEngine", "default_data_dir",
@@ -43,11 +44,13 @@ def write_lock_file(engine: EngineServer) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     engine.serve_lock = fd
+    register_serve(engine.data_dir)
     return path
 
 
 def remove_lock_file(engine: EngineServer) -> None:
     """Remove the lock file if it is ours, and drop its lock."""
+    unregister_serve(engine.data_dir)
     path = os.path.join(engine.data_dir, LOCK_FILE)
     try:
         with open(path) as f:

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Any, Callable
 
 from imagetool.engine.wait import transfer_phase, wait_for_disk_unlocked, wait_until
@@ -46,9 +47,10 @@ def journals_dir() -> str:
     return os.path.join(default_data_dir(), "journals")
 
 
-def upload_journal_path(engine_url: str, source: str, target: str) -> str:
-    """The journal of uploading ``source`` to ``target`` (storage domain/name or disk id)."""
-    key = "\0".join((engine_url, os.path.abspath(source), target))
+def upload_journal_path(engine: str, source: str, target: str) -> str:
+    """The journal of uploading ``source`` to ``target`` (storage domain/name
+    or disk id) on ``engine`` (its :func:`engine_identity`)."""
+    key = "\0".join((engine, os.path.abspath(source), target))
     return os.path.join(journals_dir(), hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
@@ -60,6 +62,24 @@ def download_paths(dest: str) -> tuple[str, str]:
 
 def _engine_url(conn: Any) -> str:
     return str(getattr(conn, "url", "") or getattr(conn, "base_url", ""))
+
+
+def engine_identity(conn: Any) -> str:
+    """What names one engine across runs, for keying upload journals.
+
+    Not its URL: the embedded engine gets a new port on every run, so a
+    journal keyed by URL was never found again. The API root's
+    ``product_info/instance_id`` (oVirt 4.4+, and the local engine's, kept
+    in its data directory) when there is one, else the URL without its port.
+    """
+    try:
+        instance = conn.api_info().instance_id
+    except Exception:       # a stand-in connection, or an engine without the root
+        instance = None
+    if instance:
+        return f"instance:{instance}"
+    parts = urlsplit(_engine_url(conn))
+    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
 
 
 @dataclass
@@ -78,7 +98,7 @@ class UploadResume:
         Without ``resume`` an existing journal is an error (never reused
         nor deleted silently); with it, a changed source is refused.
         """
-        jpath = upload_journal_path(_engine_url(conn), path, target)
+        jpath = upload_journal_path(engine_identity(conn), path, target)
 
         def new_journal(**extra: Any) -> Journal:
             return Journal.create(jpath, engine_url=_engine_url(conn), target=target,
@@ -207,15 +227,19 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
     disk = disks[0]
     held = [t for t in _transfers_of(conn, disk.id)
             if not (t.phase or "").startswith("finished")]
-    steps = []
     if held:
-        steps.append(f"cancel its transfer (imagetool transfers cancel {held[0].id})")
-    steps.append(f"remove it (imagetool disks remove --yes {disk.id})")
+        # Cancelling an upload's transfer removes the disk it was filling:
+        # a "disks remove" after it would fail on a disk already gone.
+        steps = (f"cancel its transfer (imagetool transfers cancel {held[0].id}), which "
+                 f"also removes it (if it is still listed after that: imagetool disks "
+                 f"remove --yes {disk.id})")
+    else:
+        steps = f"remove it (imagetool disks remove --yes {disk.id})"
     raise JournalError(
         f"{path}: --resume found no interrupted upload of this file to continue, "
         f"but storage domain {sd_name} already has a disk named {name!r} "
         f"({disk.id}, status {disk.status}); nothing proves it holds this file: "
-        f"if it is a leftover, {' and '.join(steps)} and upload again, or "
+        f"if it is a leftover, {steps}, and upload again; or "
         f"upload with another --name")
 
 
@@ -407,12 +431,15 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
     """Keep or drop a failed download's partial file and journal.
 
     A checksum mismatch always drops both (the data is complete but wrong,
-    and resuming cannot fix it), as does a failure without ``resume``.
+    and resuming cannot fix it), as does a failure without ``resume`` or
+    before the partial file existed.
     With ``resume`` both are kept, and an ImagetoolError is raised again
     (same exit code) saying that --resume continues the download; other
     errors are left for the caller to re-raise.
     """
-    if isinstance(exc, ChecksumMismatch) or not resume:
+    if isinstance(exc, ChecksumMismatch) or not resume or not os.path.exists(part):
+        # No partial file (the failure came before the first byte): nothing
+        # to continue, and nothing to claim is kept.
         _drop_download(journal, part)
         return
     journal.save()

@@ -24,7 +24,7 @@ METHODS = ["snapshot", "checkpoint"]
 
 
 def create(cli, vm, repo, method, *extra):
-    code, out, err = cli("backup", "create", vm, repo, "--method", method, "--json", *extra)
+    code, out, err = cli("backup", "create", repo, vm, "--method", method, "--json", *extra)
     assert code == 0, err
     [r] = json.loads(out)
     return r
@@ -63,7 +63,7 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, env, tmp_path, meth
     assert r["mode"] == "incremental"
 
     for r, sums in made:
-        assert {d["disk_id"]: d["checksum"] for d in r["disks"]} == sums
+        assert {d["disk_id"]: d["checksum"]["value"] for d in r["disks"]} == sums
     # The incrementals of the cow disk moved its new data only.
     inc = made[1][0]
     cow = [d for d in backup.Repository(repo).point(vm.id, inc["point"]).manifest["disks"]
@@ -78,14 +78,14 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, env, tmp_path, meth
     last = made[-1][0]["disks"][0]
     flat = str(tmp_path / "flat.raw")
     qemu_img("convert", "-O", "raw", last["path"], flat)
-    assert checksum_file(flat, algorithm=alg)["checksum"] == last["checksum"]
+    assert checksum_file(flat, algorithm=alg)["checksum"] == last["checksum"]["value"]
 
     for r, sums in made:
         code, out, err = cli("backup", "restore", repo, vm.name, "--point", r["point"],
                              "--sd", "data", "--json")
         assert code == 0, err
         got = json.loads(out)
-        assert sorted(d["checksum"] for d in got["disks"]) == sorted(sums.values())
+        assert sorted(d["checksum"]["value"] for d in got["disks"]) == sorted(sums.values())
         atts = {a.disk_id for a in conn.vms.disk_attachments(got["vm_id"])}
         assert atts == {d["disk_id"] for d in got["disks"]}
         for d in got["disks"]:
@@ -148,7 +148,7 @@ def test_full_when_the_base_snapshot_is_gone(conn, cli, env, tmp_path):
     r1 = create(cli, vm.id, repo, "snapshot")
     base = backup.Repository(repo).point(vm.id).manifest["engine"]["snapshot_id"]
     conn.snapshots.remove(vm.id, base)
-    code, out, err = cli("backup", "create", vm.id, repo, "--method", "snapshot")
+    code, out, err = cli("backup", "create", repo, vm.id, "--method", "snapshot")
     assert code == 0, err
     assert f"full backup: the engine no longer has the base snapshot {base}" in err
     assert "full point" in out
@@ -195,7 +195,7 @@ def test_full_when_the_base_checkpoint_is_gone(conn, cli, env, tmp_path):
     create(cli, vm.id, repo, "checkpoint")
     cp = backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]
     conn.checkpoints.remove(vm.id, cp)
-    code, out, err = cli("backup", "create", vm.id, repo)     # auto: checkpoint here
+    code, out, err = cli("backup", "create", repo, vm.id)     # auto: checkpoint here
     assert code == 0, err
     assert f"full backup: the engine no longer has the base checkpoint {cp}" in err
     assert "full point" in out and "by checkpoint" in out

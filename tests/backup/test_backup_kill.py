@@ -28,7 +28,7 @@ def test_kill_9_during_create(faulty_engine, tmp_path, method):
     # Slow reads of image data: the copy lasts long enough to aim the kill.
     fe.proxy.add_rule(Rule(method="GET", path_re=r"^/images/[^/?]+$", every=True,
                            action=Delay(0.3)))
-    proc = cli_process(fe.env, "backup", "create", vm.id, repo, "--method", method,
+    proc = cli_process(fe.env, "backup", "create", repo, vm.id, "--method", method,
                        "--workers", "1", "--inactivity-timeout", "1")
     deadline = time.monotonic() + 60
     while fe.proxy.stats.body_bytes_down < MiB:
@@ -41,7 +41,7 @@ def test_kill_9_during_create(faulty_engine, tmp_path, method):
     # The engine ends the abandoned transfer: the disk is unlocked.
     wait_settled(fe, timeout=30)
     fe.proxy.clear_rules()
-    proc = cli_process(fe.env, "backup", "create", vm.id, repo, "--method", method)
+    proc = cli_process(fe.env, "backup", "create", repo, vm.id, "--method", method)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert f"an interrupted backup of VM {vm.id}" in err and "starting over" in err

@@ -62,20 +62,20 @@ def test_each_disk_says_its_mode_and_why(conn, cli, env, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, cow, writes=[(0, rand(MiB, 5))])
     repo = str(tmp_path / "repo")
-    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint", "--json")
+    code, out, err = cli("backup", "create", repo, vm.id, "--method", "checkpoint", "--json")
     assert code == 0, err
     [r] = json.loads(out)
     assert [(d["disk_id"], d["mode"], d["reason"]) for d in r["disks"]] == \
         [(cow, "full", "no chain yet"), (raw, "full", "no chain yet")]
     guest_io(conn, cow, writes=[(MiB, rand(MiB, 6))])
-    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint", "--json")
+    code, out, err = cli("backup", "create", repo, vm.id, "--method", "checkpoint", "--json")
     assert code == 0, err
     [r] = json.loads(out)
     why = "the disk is not enabled for incremental backup (backup: none)"
     assert r["mode"] == "incremental"
     assert [(d["disk_id"], d["mode"], d["reason"]) for d in r["disks"]] == \
         [(cow, "incremental", None), (raw, "full", why)]
-    code, out, err = cli("backup", "create", vm.id, repo, "--method", "checkpoint")
+    code, out, err = cli("backup", "create", repo, vm.id, "--method", "checkpoint")
     assert code == 0, err
     names = {d: conn.disks.get(d).name for d in (cow, raw)}
     assert f"  disk {names[cow]}: incremental\n" in out

@@ -134,6 +134,20 @@ def test_convert_and_overwrite_refusal(capsys, images, tmp_path):
     qemu_compare(images["raw"], dst)
 
 
+def test_convert_json_says_what_was_written(capsys, images, tmp_path):
+    dst = tmp_path / "out.raw"
+    code, out, err = imagetool(capsys, "convert", "--json", images["top"], dst, "-O", "raw")
+    assert code == 0 and err == ""
+    got = json.loads(out)
+    assert {k: got[k] for k in ("source", "destination", "format", "compressed",
+                                "virtual_size")} == {
+        "source": str(images["top"]), "destination": str(dst), "format": "raw",
+        "compressed": False,
+        "virtual_size": qemu_img_json("info", images["top"])["virtual-size"]}
+    assert 0 < got["data_bytes"] <= got["virtual_size"] and got["seconds"] >= 0
+    qemu_compare(images["top"], dst)
+
+
 @pytest.mark.parametrize("command", ["info", "checksum", "measure"])
 def test_missing_file_one_line_exit_1(capsys, tmp_path, command):
     missing = tmp_path / "missing.img"

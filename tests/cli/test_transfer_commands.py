@@ -170,7 +170,9 @@ def test_against_imagetool_serve_over_tls(home, capsys):
         code, out, err = run(capsys, "upload", src, "--sd", "data", "--name", "served",
                              "--disk-format", "qcow2", "--json", *opts)
         assert code == 0, err
-        assert json.loads(out)["format"] == "cow"
+        got = json.loads(out)
+        # One shape for one file or several: a list (README, "Output for scripts").
+        assert isinstance(got, list) and len(got) == 1 and got[0]["format"] == "cow"
         dst = os.path.join(home, "s-back.raw")
         code, out, err = run(capsys, "download", "served", dst, *opts)
         assert code == 0, err

@@ -129,9 +129,10 @@ def disks_json(cli) -> list[dict]:
 
 
 def upload_json(cli, path: str, *opts: Any) -> dict:
+    """The one object of `upload --json` (always a list) for one file."""
     code, out, err = cli("upload", path, "--sd", "data", "--json", *opts)
     assert code == 0, err
-    return json.loads(out)
+    return json.loads(out)[0]
 
 
 # --- 1. an image larger than the existing --disk-id disk -----------------------

@@ -196,11 +196,15 @@ def test_snapshot_of_a_locked_disk_leaves_nothing(cli):
     run_, connect = cli
     with connect() as conn:
         disk = conn.disks.find("web-disk")
-        with TransferSession(conn, disk_id=disk.id, direction="download"):
+        with TransferSession(conn, disk_id=disk.id, direction="download") as session:
             code, out, err = run_("snapshots", "create", "web", "--description", "x")
+            tid = session.transfer_id
         assert (code, out) == (1, "")
+        # The error names the transfer holding the disk and how to end it.
         assert err == ("imagetool: error: cannot take a snapshot of VM web: its disk "
-                       "web-disk is locked\n")
+                       f"web-disk is locked; image transfer {tid} (download, transferring) "
+                       f"holds disk {disk.id}: end it with 'imagetool transfers cancel "
+                       f"{tid}'\n")
         assert conn.disks.get(disk.id).status == "ok"
     assert _snaps(connect) == [("Active VM", "active"), ("s1", "regular")]
 
@@ -352,7 +356,7 @@ def test_download_and_upload_with_host(cli, tmp_path):
     code, out, err = run_("upload", str(dest), "--sd", "data", "--name", "via-host",
                           "--host", "local", "--json")
     assert code == 0, err
-    assert json.loads(out)["name"] == "via-host"
+    assert json.loads(out)[0]["name"] == "via-host"
 
 
 def test_upload_chain_from_download(cli, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from fake_engine import PASSWORD, USERNAME, FakeEngine, Response
 from imagetool.engine import Connection, normalize_url
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
-                              EngineError, NotFound)
+                              EngineError, NotFound, UsageError)
 
 
 def connect(engine: FakeEngine, **kw) -> Connection:
@@ -35,9 +35,11 @@ def test_normalize_url(given, api, base):
     assert normalize_url(given) == (api, base)
 
 
-def test_normalize_url_rejects_garbage():
-    with pytest.raises(ConnectionFailed, match="invalid engine URL"):
+def test_normalize_url_rejects_garbage_as_usage():
+    # A malformed URL is a usage error (exit 2), not a connection failure (3).
+    with pytest.raises(UsageError, match="invalid engine URL") as e:
         normalize_url("engine.example")
+    assert e.value.exit_code == 2
 
 
 def test_token_login_headers_and_logout():

@@ -97,7 +97,7 @@ def _new_disk(conn, name: str, size: int, fmt: str):
 def test_guest_data_larger_than_disk(faulty_engine, tmp_path):
     from imagetool.errors import TransferError
     from imagetool.formats import open_image
-    from imagetool.copier import CopyOptions, copy
+    from imagetool.copier import copy
     from imagetool.transfer.session import TransferSession
     image = make_random_raw(str(tmp_path / "big.raw"), 4 * MiB)
     with faulty_engine.connect() as conn:

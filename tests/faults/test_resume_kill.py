@@ -263,7 +263,7 @@ def test_download_kill9_then_resume(served, client_home):
 
     code, out, err, stats2 = _run(served, client_home, [*args, "--json"], tag="second")
     assert code == 0, err
-    assert json.loads(out)["verified"] is True        # checksum vs the server's
+    assert json.loads(out)[0]["verified"] is True        # checksum vs the server's
     got2 = _count(stats2, "get")
     assert got2 <= 32 * MiB - got1 + 6 * MiB, (got1, got2)
     assert _same(src, dest)
@@ -350,7 +350,7 @@ def test_plain_download_kill9_then_resume(served, client_home):
     code, out, err, stats2 = _run(served, client_home, [*args, "--resume", "--json"],
                                   tag="second")
     assert code == 0, err
-    assert json.loads(out)["verified"] is True
+    assert json.loads(out)[0]["verified"] is True
     assert _count(stats2, "get") <= 24 * MiB - got1 + 6 * MiB, (got1, _count(stats2, "get"))
     assert _same(src, dest)
     assert not os.path.exists(part) and not os.path.exists(journal)
@@ -397,3 +397,36 @@ def test_upload_killed_under_cancel_policy_then_follow_the_messages(served, clie
     assert result["disk_id"] != old_disk
     assert not os.listdir(jdir)
     _check_disk(served, client_home, "cancelled.raw", src)
+
+
+def test_upload_kill9_then_resume_on_embedded_engine(client_home, monkeypatch):
+    """No engine configured: each run starts the embedded engine on new
+    ports, so journals keyed by the engine URL were never found again
+    (issue: "upload --resume after a kill fails on the embedded engine")."""
+    src = os.path.join(client_home, "embedded.raw")
+    _image(src, 16 * MiB)
+    args = [*UPLOAD, src, "--resume"]
+
+    def start(tag, delay):
+        stats = os.path.join(client_home, f"{tag}.stats")
+        err = open(os.path.join(client_home, f"{tag}.err"), "w+")
+        proc = subprocess.Popen([sys.executable, HARNESS, *args],
+                                env=_env(client_home, stats, delay),
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        return proc, stats, err
+
+    proc, stats, _ = start("first", 0.02)
+    sent1 = _kill_at(proc, stats, "put", 8 * MiB)
+    proc, stats2, err = start("second", 0.0)
+    out, _ = proc.communicate(timeout=120)
+    err.seek(0)
+    assert proc.returncode == 0, err.read()
+    assert _count(stats2, "put") <= 16 * MiB - sent1 + 8 * MiB
+    assert _count(stats2, "put") < 16 * MiB
+    home = os.path.join(client_home, "client-home")
+    assert not os.listdir(os.path.join(home, "journals"))
+    from imagetool.cli.config import EngineOptions, open_connection
+    monkeypatch.setenv("IMAGETOOL_HOME", home)
+    with open_connection(EngineOptions()) as conn:
+        names = [d.name for d in conn.disks.list()]
+    assert names == ["embedded.raw"]      # one disk: the resumed one, not a second

@@ -134,7 +134,7 @@ def test_cli_export_json_and_info(cli, conn, engine, scratch, monkeypatch):
     code, out, err = cli("ova", "export", "cli-vm", ova)
     assert code == 1 and "file exists" in err
     code, out, err = cli("ova", "info", ova, "--verify", "--json",
-                         "--algorithm", r["disks"][0]["algorithm"])
+                         "--algorithm", r["disks"][0]["checksum"]["algorithm"])
     assert code == 0, err
     info = json.loads(out)
     assert info["name"] == "cli-vm" and info["dialect"] == "ovirt"

@@ -353,9 +353,9 @@ def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, env, scratch):
     assert new["disk_id"] not in (disk.id, disk.image_id)
     assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [new["disk_id"]]
     assert [a.disk_id for a in conn.vms.disk_attachments(vm.id)] == [disk.id]
-    want = exported["disks"][0]
-    assert new["checksum"] == disk_checksum(conn, disk.id, algorithm=want["algorithm"])[
-        "checksum"] == disk_checksum(conn, new["disk_id"], algorithm=want["algorithm"])[
-        "checksum"]
+    alg = exported["disks"][0]["algorithm"]
+    assert new["checksum"]["algorithm"] == alg
+    assert new["checksum"]["value"] == disk_checksum(conn, disk.id, algorithm=alg)[
+        "checksum"] == disk_checksum(conn, new["disk_id"], algorithm=alg)["checksum"]
     conn.vms.remove(r["vm_id"])
     conn.vms.remove(vm.id)

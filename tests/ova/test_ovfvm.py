@@ -126,3 +126,13 @@ def test_settings_reader_refuses_dtds_in_any_encoding(codec):
         parse_vm_settings(ovf.encode(codec))
     assert str(e.value) == ("the OVF is refused: it declares a DTD or entities, "
                             "which are refused")
+
+
+def test_a_nic_boot_order_is_named_not_dropped():
+    from test_ova_import import VMWARE_OVF
+    text = VMWARE_OVF.replace("{size}", "1").replace("{mib}", "6").replace(
+        "<rasd:ResourceSubType>E1000</rasd:ResourceSubType>",
+        "<rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:BootOrder>1</rasd:BootOrder>")
+    assert "<rasd:BootOrder>1<" in text
+    got = parse_vm_settings(text)
+    assert got.notes == ["NIC Network adapter 1: boot order 1 (network boot)"]

@@ -413,11 +413,14 @@ def test_ctrl_c_during_stop_waits_for_connections_then_raises(env):
     client.start()
     assert _eventually(lambda: Gated.in_flight == 1)
 
+    stopping = threading.Event()    # a SIGINT outside stop() would end the whole run
+
     def interrupt():
         try:
             time.sleep(0.3)         # stop() waits for the connection thread
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(1.0)
+            if stopping.is_set():
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                time.sleep(1.0)
         finally:
             Gated.gate.set()
 
@@ -426,9 +429,14 @@ def test_ctrl_c_during_stop_waits_for_connections_then_raises(env):
     at_raise = None
     try:
         with pytest.raises(KeyboardInterrupt):
-            env.server.stop(timeout=20)
+            stopping.set()
+            try:
+                env.server.stop(timeout=20)
+            finally:
+                stopping.clear()
         at_raise = Gated.in_flight
     finally:
+        stopping.clear()
         Gated.gate.set()
         helper.join()
         client.join()

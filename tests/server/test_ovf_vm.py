@@ -232,6 +232,10 @@ def test_ova_export_and_reimport_keep_every_field(connection, engine, conn):
                                       directory=engine.ova_dir, filename="c3.ova")
     path = os.path.join(engine.ova_dir, "c3.ova")
     wait_for(lambda: os.path.exists(path), bool, timeout=60, interval=0.1)
+    # The file gets its name before the export job unlocks the disks.
+    disks = connection.system_service().disks_service()
+    wait_for(lambda: all(disks.disk_service(d).get().status == types.DiskStatus.OK
+                         for d in (d1, d2)), bool, timeout=60, interval=0.1)
     _remove_vm(connection, vm.id)
     out = import_ova(conn, path, "data")
     assert described(connection, out["vm_id"]) == want

@@ -186,6 +186,7 @@ def test_ctrl_c_while_waiting_for_workers_waits_for_them(tmp_path, overlap):
         pytest.skip("signals reach the main thread only")
     src = GatedSource(4 * MiB)
     at_return = {}
+    copying = threading.Event()     # a SIGINT outside copy() would end the whole run
 
     def interrupt():
         try:
@@ -193,6 +194,8 @@ def test_ctrl_c_while_waiting_for_workers_waits_for_them(tmp_path, overlap):
             while src.s["in_flight"] < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             time.sleep(0.3)             # the main thread waits for worker 0
+            if src.s["in_flight"] < 2 or not copying.is_set():
+                return                  # the copy never got there: the test fails below
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(0.3)
             for c in src.s["clones"]:   # the other workers end first
@@ -205,10 +208,15 @@ def test_ctrl_c_while_waiting_for_workers_waits_for_them(tmp_path, overlap):
     helper.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            copy(src, FileBackend(tmp_path / "dst.raw", "w", size=4 * MiB), workers=2,
-                 request_size=MiB, overlap=overlap)
+            copying.set()
+            try:
+                copy(src, FileBackend(tmp_path / "dst.raw", "w", size=4 * MiB),
+                     CopyOptions(workers=2, request_size=MiB, overlap=overlap))
+            finally:
+                copying.clear()
         at_return["in_flight"] = src.s["in_flight"]
     finally:
+        copying.clear()
         src.open_all()
         helper.join()
     assert at_return["in_flight"] == 0

@@ -125,7 +125,7 @@ def test_wait_until_returns_the_value_that_satisfied_it():
 def test_wait_until_names_what_it_waited_for():
     with pytest.raises(TimeoutExpired) as e:
         wait_until(lambda: "locked", lambda v: v == "ok", 0.3, "disk d to be ok")
-    assert str(e.value) == "timed out after 0.3s waiting for disk d to be ok (last: locked)"
+    assert str(e.value) == "timed out after 0.3 s waiting for disk d to be ok (last: locked)"
 
 
 def test_signatures_list_every_option_keyword():

@@ -147,7 +147,7 @@ def test_cli_shallow_resume(conn, chain, tmp_path, engine, monkeypatch, capsys):
         except SystemExit as e:
             code = e.code
         assert code in (0, None), capsys.readouterr().err
-        assert json.loads(capsys.readouterr().out)["verified"] is True
+        assert json.loads(capsys.readouterr().out)[0]["verified"] is True
         paths[bool(extra)] = dest
     assert _same(paths[False], paths[True])
     assert _data_ranges(paths[True], "raw") == _data_ranges(layer, "qcow2")

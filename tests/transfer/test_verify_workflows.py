@@ -72,7 +72,7 @@ def test_upload_then_download_verified(faulty_engine, cli, image, tmp_path, fmt)
     name = f"verified-{fmt}"
     code, out, err = cli("upload", src, "--sd", "data", "--name", name, "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)[0]
     assert res["verified"] is True
     alg = res["checksum"]["algorithm"]
     assert alg in ("sha256", "blake2b")   # the faster one here
@@ -88,7 +88,7 @@ def test_upload_then_download_verified(faulty_engine, cli, image, tmp_path, fmt)
     out_path = str(tmp_path / f"dl.{fmt}")
     code, out, err = cli("download", res["disk_id"], out_path, "--format", fmt, "--json")
     assert code == 0, err
-    got = json.loads(out)
+    got = json.loads(out)[0]
     assert got["verified"] is True and got["checksum"]["value"] == ref
     assert _reference(out_path, alg) == ref
     assert len(_checksum_requests(faulty_engine)) == 1
@@ -98,15 +98,20 @@ def test_upload_then_download_verified(faulty_engine, cli, image, tmp_path, fmt)
 def test_text_output_says_verified(faulty_engine, cli, image):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "text-v")
     assert code == 0, err
-    m = re.search(r"verified: (\w+) block checksum (\w+)", out)
+    m = re.search(r"verified: (\w+) block checksum (\w+) "
+                  r"\(imagetool checksum --algorithm (\w+)\)", out)
     assert m and m.group(2) == _reference(image["raw"], m.group(1))
+    # The command the line names gives the same value for the file.
+    assert m.group(3) == m.group(1)
+    code, out, _ = cli("checksum", "--json", "--algorithm", m.group(3), image["raw"])
+    assert code == 0 and json.loads(out)["checksum"] == m.group(2)
 
 
 def test_cow_transfer_of_qcow2_compares_volume_bytes(faulty_engine, cli, image):
     code, out, err = cli("upload", image["qcow2"], "--sd", "data", "--name", "cow-v",
                          "--transfer-format", "cow", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)[0]
     assert res["verified"] is True and res["checksum"]["scope"] == "volume-bytes"
     assert res["verify_method"] == "server-checksum"
 
@@ -120,7 +125,7 @@ def test_cow_transfer_falls_back_to_read_back(faulty_engine, cli, image):
     code, out, err = cli("upload", image["qcow2"], "--sd", "data", "--name", "cow-rb",
                          "--transfer-format", "cow", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)[0]
     assert res["verified"] is True and res["verify_method"] == "read-back"
     # The qcow2 file's own bytes, hashed as a plain file by the reference.
     alg = res["checksum"]["algorithm"]
@@ -138,7 +143,7 @@ def test_server_without_checksum_feature_is_read_back(faulty_engine, cli, image)
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "no-feature",
                          "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)[0]
     assert res["verified"] is True and res["verify_method"] == "read-back"
     assert res["checksum"]["value"] == _reference(image["raw"],
                                                   res["checksum"]["algorithm"])
@@ -199,7 +204,7 @@ def test_wrong_server_checksum_fails_download(faulty_engine, cli, image, tmp_pat
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "dl-bad",
                          "--json")
     assert code == 0, err
-    disk_id = json.loads(out)["disk_id"]
+    disk_id = json.loads(out)[0]["disk_id"]
     faulty_engine.proxy.add_rule(Rule(method="GET", path_re=CHECKSUM_PATH,
                                action=Respond(200, WRONG_REPLY)))
     dest = tmp_path / "out"
@@ -221,12 +226,12 @@ def test_no_verify_asks_nothing(faulty_engine, cli, image, tmp_path):
     code, out, err = cli("upload", image["raw"], "--sd", "data", "--name", "nv",
                          "--no-verify", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)[0]
     assert res["verified"] is False and res["checksum"] is None
     code, out, err = cli("download", res["disk_id"], str(tmp_path / "nv.raw"),
                          "--no-verify", "--json")
     assert code == 0, err
-    assert json.loads(out)["verified"] is False
+    assert json.loads(out)[0]["verified"] is False
     assert _checksum_requests(faulty_engine) == []
     assert _reference(str(tmp_path / "nv.raw")) == _reference(image["raw"])
 
@@ -238,7 +243,7 @@ def test_checksum_disk_matches_file_and_reference(faulty_engine, cli, image):
     code, out, err = cli("upload", image["qcow2"], "--sd", "data", "--name", "sum-me",
                          "--no-verify", "--json")
     assert code == 0, err
-    disk_id = json.loads(out)["disk_id"]
+    disk_id = json.loads(out)[0]["disk_id"]
     code, out, err = cli("checksum", "--json", image["qcow2"])
     assert code == 0, err
     local = json.loads(out)

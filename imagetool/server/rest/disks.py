@@ -164,6 +164,18 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
     return disk
 
 
+def check_backup(backup: str, fmt: str, action: str) -> str:
+    """A disk's ``backup`` mode: none or incremental, the latter for cow only."""
+    if backup not in ("none", "incremental"):
+        raise bad_request(f"Invalid value '{backup}' for disk backup: expected none or "
+                          "incremental")
+    if backup == "incremental" and fmt == "raw":
+        # Only qcow2 volumes carry dirty bitmaps (oVirt engine: a RAW disk
+        # with incremental backup is refused).
+        raise conflict(action, "Incremental backup is not supported for RAW disks.")
+    return backup
+
+
 def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     """POST /disks: validate, create the volume, answer 201 with the disk."""
     data = req.data()
@@ -177,15 +189,7 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     if fmt not in FORMATS:
         raise bad_request(f"Invalid value '{fmt}' for disk format: expected cow or raw")
     check_size(size)
-    backup = get_str(data, "backup") or "none"
-    if backup not in ("none", "incremental"):
-        raise bad_request(f"Invalid value '{backup}' for disk backup: expected none or "
-                          "incremental")
-    if backup == "incremental" and fmt == "raw":
-        # Only qcow2 volumes carry dirty bitmaps (oVirt engine: a RAW disk
-        # with incremental backup is refused).
-        raise conflict("add Virtual Disk",
-                       "Incremental backup is not supported for RAW disks.")
+    backup = check_backup(get_str(data, "backup") or "none", fmt, "add Virtual Disk")
     sd_ref = first_sd_ref(data)
     sd = find_storage_domain(req, sd_ref, "add Disk") if sd_ref else default_sd
     if sd is None:
@@ -226,7 +230,8 @@ def get_disk(req: Request, disk_id: str) -> Reply:
 
 
 def update_disk(req: Request, disk_id: str) -> Reply:
-    """PUT /disks/{id}: name, alias, description, provisioned_size (grow raw only)."""
+    """PUT /disks/{id}: name, alias, description, provisioned_size (grow raw
+    only), backup (none|incremental, cow disks only)."""
     engine = req.engine
     data = req.data()
     with engine.store.transaction():
@@ -248,6 +253,11 @@ def update_disk(req: Request, disk_id: str) -> Reply:
             except ValueError as e:
                 raise conflict("extend Virtual Disk", f"{e}.") from None
             disk["provisioned_size"] = size
+        backup = get_str(data, "backup")
+        if backup is not None:
+            # Takes effect at the VM's next checkpoint: the first backup
+            # after it is full for this disk, later ones incremental.
+            disk["backup"] = check_backup(backup, disk["format"], "update Virtual Disk")
         engine.store.put("disk", disk)
     return Reply(tag="disk", body=disk_repr(req, disk))
 

@@ -1,0 +1,216 @@
+"""Writing a point from any Backend: full, or incremental from a parent.
+
+A full point reads each chunk's data ranges (the source's zero extents are
+never read) and stores the chunks no repository point has yet. An
+incremental reads only the dirty ranges, as a qcow2 incremental does:
+chunks no dirty range touches are taken from the parent's index as they
+are; a partly dirty chunk is rebuilt from the parent's chunk plus the new
+bytes (as Proxmox Backup Server does with QEMU's dirty bitmap).
+
+Chunks are read, hashed, compressed, sealed and uploaded by ``workers``
+threads, each on its own ``clone()`` of the source (so an HTTP source
+opens one connection per worker) and with one reused buffer; at most two
+chunks per worker are in flight, so memory stays near ``workers x 3 x
+chunk size`` whatever the disk size. The index is written after the last
+chunk; a lease (``imagetool.backup.store.gc``) tells a concurrent gc that
+this backup is running and which parent it builds on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from imagetool.backup.store import gc
+from imagetool.backup.store.chunkstore import ChunkStore
+from imagetool.backup.store.points import (DiskIndex, Index, chunk_count, new_point_name,
+                                           save_index, valid_name)
+from imagetool.backup.store.storage import StoreError
+from imagetool.checksum import _blocks
+from imagetool.errors import FormatError
+from imagetool.formats.base import Backend, union_ranges
+from imagetool.formats.readonly import fill_zero
+
+
+@dataclass
+class DiskSource:
+    """A disk to back up: its id, its guest bytes, and for an incremental
+    the ranges changed since the parent (``(start, end)``); None reads all."""
+
+    disk_id: str
+    backend: Backend
+    dirty: list[tuple[int, int]] | None = None
+    meta: dict | None = None
+
+
+@dataclass
+class _Job:
+    disk: int
+    chunk: int
+    start: int
+    length: int
+    ranges: list[tuple[int, int]]       # chunk-relative (offset, length) to read
+    base: str | None = None             # parent chunk under the ranges
+
+
+def _full_jobs(d: int, backend: Backend, cs: int):
+    for start, length, ranges in _blocks(backend, backend.size, cs):
+        yield _Job(d, start // cs, start, length, ranges) if ranges else (d, start // cs, None)
+
+
+def _dirty_jobs(d: int, src: DiskSource, parent: DiskIndex, cs: int):
+    """Jobs for the chunks dirty ranges touch; ``(disk, chunk, id)`` for the others."""
+    size = src.backend.size
+    dirty = [(max(0, a), min(b, size)) for a, b in src.dirty or () if b > a]
+    if parent.virtual_size < size:
+        dirty.append((parent.virtual_size, size))
+    dirty = [r for r in union_ranges(dirty) if r[1] > r[0]]
+    j = 0
+    for i in range(chunk_count(size, cs)):
+        start, length = i * cs, min(cs, size - i * cs)
+        end = start + length
+        ranges = []
+        while j < len(dirty) and dirty[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(dirty) and dirty[k][0] < end:
+            a, b = max(dirty[k][0], start), min(dirty[k][1], end)
+            ranges.append((a - start, b - a))
+            k += 1
+        base = parent.chunks[i] if i < len(parent.chunks) else None
+        same_length = i < len(parent.chunks) and min(cs, parent.virtual_size - start) == length
+        if not ranges and same_length:
+            yield (d, i, base)
+        else:
+            # A resized last chunk is rebuilt too: its length changed.
+            yield _Job(d, i, start, length, ranges, base)
+
+
+class _Workers:
+    """Per-thread source clones and buffers, released together."""
+
+    def __init__(self, store: ChunkStore, sources: list[DiskSource]) -> None:
+        self.store = store
+        self.sources = sources
+        self.local = threading.local()
+        self.clones: list[Backend] = []
+        self.lock = threading.Lock()
+        self.stats = {"data": 0, "written": 0, "reused": 0}
+
+    def _backend(self, d: int) -> Backend:
+        cache = getattr(self.local, "backends", None)
+        if cache is None:
+            cache = self.local.backends = {}
+        b = cache.get(d)
+        if b is None:
+            b = self.sources[d].backend.clone()
+            with self.lock:
+                self.clones.append(b)
+            cache[d] = b
+        return b
+
+    def run(self, job: _Job) -> str | None:
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = bytearray(self.store.chunk_size)
+        view = memoryview(buf)[:job.length]
+        if job.base is not None:
+            base = self.store.get_chunk(job.base)
+            n = min(len(base), job.length)
+            view[:n] = base[:n]
+            fill_zero(view[n:])
+        else:
+            fill_zero(view)
+        src = self._backend(job.disk)
+        for off, length in job.ranges:
+            got = src.read_into(job.start + off, view[off:off + length])
+            if got != length:
+                raise FormatError(f"short read at offset {job.start + off}: "
+                                  f"{got} of {length} bytes")
+        cid, written = self.store.put_chunk(view)
+        with self.lock:
+            self.stats["data"] += job.length if cid else 0
+            self.stats["written"] += written
+            self.stats["reused"] += job.length if cid and not written else 0
+        return cid
+
+    def close(self) -> None:
+        for b in self.clones:
+            try:
+                b.close()
+            except Exception:
+                pass
+
+
+def write_point(store: ChunkStore, vm_id: str, sources: list[DiskSource], *,
+                parent: Index | None = None, ovf: str | None = None,
+                manifest: dict | None = None, name: str | None = None,
+                workers: int = 4, progress: Callable[[int], None] | None = None) -> Index:
+    """Back up ``sources`` as a new point of ``vm_id`` and return its index.
+
+    With ``parent``, a source whose ``dirty`` is given and whose disk the
+    parent has is written as an incremental; any other source is read in
+    full. ``progress(nbytes)`` is called with guest bytes done.
+    """
+    if not valid_name(vm_id):
+        raise StoreError(f"invalid VM id {vm_id!r}")
+    for s in sources:
+        if not valid_name(s.disk_id):
+            raise StoreError(f"invalid disk id {s.disk_id!r}")
+    if len({s.disk_id for s in sources}) != len(sources):
+        raise StoreError("a disk is given twice")
+    if parent is not None and parent.vm_id != vm_id:
+        raise StoreError(f"parent point {parent.name} belongs to VM {parent.vm_id}")
+    if workers < 1:
+        raise ValueError(f"invalid workers {workers}")
+    name = name or new_point_name()
+    cs = store.chunk_size
+    lease = gc.take_lease(store, vm_id, name, parent.name if parent else None)
+    w = _Workers(store, sources)
+    chunks = [[None] * chunk_count(s.backend.size, cs) for s in sources]
+    pending: deque = deque()
+
+    def settle(item) -> None:
+        d, i, length, result = item
+        chunks[d][i] = result if not hasattr(result, "result") else result.result()
+        if progress:
+            progress(length)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
+            try:
+                for d, src in enumerate(sources):
+                    pdisk = parent.disk(src.disk_id) if parent else None
+                    jobs = (_dirty_jobs(d, src, pdisk, cs)
+                            if pdisk is not None and src.dirty is not None
+                            else _full_jobs(d, src.backend, cs))
+                    for job in jobs:
+                        if isinstance(job, tuple):
+                            length = min(cs, src.backend.size - job[1] * cs)
+                            pending.append((job[0], job[1], length, job[2]))
+                        else:
+                            pending.append((d, job.chunk, job.length, pool.submit(w.run, job)))
+                        while len(pending) > 2 * workers or (
+                                pending and not hasattr(pending[0][3], "result")):
+                            settle(pending.popleft())
+                    gc.renew_lease(store, lease)
+                while pending:
+                    settle(pending.popleft())
+            except BaseException:
+                for item in pending:
+                    if hasattr(item[3], "cancel"):
+                        item[3].cancel()
+                raise
+        stats = dict(w.stats, logical=sum(s.backend.size for s in sources))
+        index = Index(vm_id, name, [DiskIndex(s.disk_id, s.backend.size, chunks[d], s.meta or {})
+                                    for d, s in enumerate(sources)],
+                      parent.name if parent else None, time.time(), ovf, manifest or {}, stats)
+        save_index(store, index)
+        return index
+    finally:
+        w.close()
+        gc.drop_lease(store, lease)

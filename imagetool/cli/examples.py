@@ -1,0 +1,128 @@
+"""The ``Examples:`` of every command's ``--help``, in one table.
+
+The README promises examples in every ``--help``. Commands whose
+docstring has none get theirs from :data:`EXAMPLES` when the command
+table loads them (``main._CommandTable``), so the examples of all the
+families sit side by side here, where they are easy to keep consistent
+(same VM, disk and directory names as the README), and the command
+modules stay as they are. ``tests/cli/test_command_table.py`` checks
+that every command has some.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import click
+
+#: "group command" (or "command", or "group") -> example lines.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "upload": ("imagetool upload samples/data-holes.qcow2 --sd data",
+               "imagetool upload a.qcow2 b.raw cd.iso --sd data --jobs 2 --json",
+               "imagetool upload big.raw --sd data --resume"),
+    "download": ("imagetool download web1-disk1 ./web1.qcow2 --format qcow2",
+                 "imagetool download big.raw ./big-copy.raw --resume",
+                 "imagetool download web-disk backup/web-disk --chain --snapshot nightly"),
+    "serve": ("imagetool serve --data-dir ./engine",
+              "imagetool serve --host 192.0.2.10 --password-file /root/engine-password"),
+    "backup": ("imagetool backup create ./backups web1",),
+    "backup create": ("imagetool backup create ./backups web1",
+                      "imagetool backup create /srv/backups web1 db1 --jobs 2 --json",
+                      "imagetool backup create ./backups web1 --full --method snapshot"),
+    "backup list": ("imagetool backup list ./backups",
+                    "imagetool backup list ./backups --vm web1 --json"),
+    "backup prune": ("imagetool backup prune ./backups --keep 7",
+                     "imagetool backup prune ./backups --keep 2 --vm web1"),
+    "backup restore": ("imagetool backup restore ./backups web1 --sd data --name web1-restored",
+                       "imagetool backup restore ./backups web1 --point 20261207T071016Z "
+                       "--sd data --name web1-old"),
+    "repo": ("imagetool repo init ./chunks",
+             "imagetool repo init s3://backups/web --endpoint http://127.0.0.1:7480"),
+    "repo init": ("imagetool repo init ./chunks",
+                  "imagetool repo init ./chunks --encrypt --key-file ~/.imagetool-key",
+                  "imagetool repo init s3://backups/web --endpoint http://127.0.0.1:7480 "
+                  "--profile backup"),
+    "repo add": ("imagetool repo add ./chunks web1 "
+                 "0b1c63fe-3a24-4b36-9d6f-0e6f2ad3a5c1=web1-disk1.qcow2 --ovf web1.ovf",),
+    "repo list": ("imagetool repo list ./chunks",
+                  "imagetool repo list ./chunks web1 --json"),
+    "repo export": ("imagetool repo export ./chunks web1 ./restored",
+                    "imagetool repo export ./chunks web1 ./restored --format raw --point P"),
+    "repo prune": ("imagetool repo prune ./chunks --keep-last 3 --keep-daily 7 --dry-run",
+                   "imagetool repo prune ./chunks web1 --keep-weekly 4 --keep-monthly 12"),
+    "repo gc": ("imagetool repo gc ./chunks --dry-run",
+                "imagetool repo gc ./chunks --json"),
+    "repo verify": ("imagetool repo verify ./chunks",
+                    "imagetool repo verify ./chunks web1 --sample 10 --json"),
+    "backup verify": ("imagetool backup verify ./backups",
+                      "imagetool backup verify ./backups --vm web1 --json"),
+    "disks": ("imagetool disks list",),
+    "disks list": ("imagetool disks list", "imagetool disks list --search 'name=web*' --json"),
+    "disks show": ("imagetool disks show web1-disk1", "imagetool disks show web1-disk1 --json"),
+    "disks remove": ("imagetool disks remove old-disk --yes",
+                     "imagetool disks remove 5d3f0a5e-1c1e-4b8e-9f1d-3c2a8e7b6a10 old2 -y --json"),
+    "disks layers": ("imagetool disks layers web1-disk1", "imagetool disks layers web1-disk1 --json"),
+    "disks copy": ("imagetool disks copy web1-disk1 --sd data --name web1-disk1-copy",),
+    "disks move": ("imagetool disks move web1-disk1 --sd data2",),
+    "disks sparsify": ("imagetool disks sparsify web1-disk1",),
+    "sds": ("imagetool sds list",),
+    "sds list": ("imagetool sds list", "imagetool sds list --json"),
+    "transfers": ("imagetool transfers list",),
+    "transfers list": ("imagetool transfers list", "imagetool transfers list --json"),
+    "transfers show": ("imagetool transfers show 0b8e2f4c-7d1a-4e39-9c55-2f6b3a1d8e70",),
+    "transfers cancel": ("imagetool transfers cancel 0b8e2f4c-7d1a-4e39-9c55-2f6b3a1d8e70",),
+    "vms": ("imagetool vms list",),
+    "vms list": ("imagetool vms list", "imagetool vms list --search 'name=web*' --json"),
+    "vms show": ("imagetool vms show web1", "imagetool vms show web1 --json"),
+    "vms ovf": ("imagetool vms ovf web1", "imagetool vms ovf web1 -o backup/web1.ovf"),
+    "vms export": ("imagetool vms export web1 --export-domain export --discard-snapshots",),
+    "vms import": ("imagetool vms import web1 --export-domain export --sd data",
+                   "imagetool vms import web1 --export-domain export --sd data --clone "
+                   "--name web2"),
+    "snapshots": ("imagetool snapshots list web1",),
+    "snapshots list": ("imagetool snapshots list web1", "imagetool snapshots list web1 --json"),
+    "snapshots create": ("imagetool snapshots create web1 --description nightly",
+                         "imagetool snapshots create web1 --disk web1-disk1 --json"),
+    "snapshots remove": ("imagetool snapshots remove web1 nightly",),
+    "snapshots restore": ("imagetool snapshots restore web1 nightly",),
+    "snapshots preview": ("imagetool snapshots preview web1 nightly",),
+    "snapshots commit": ("imagetool snapshots commit web1",),
+    "snapshots undo": ("imagetool snapshots undo web1",),
+    "ova": ("imagetool ova info samples/appliance.ova",),
+    "ova info": ("imagetool ova info samples/appliance.ova",
+                 "imagetool ova info vmware-appliance.ova --verify --json"),
+    "ova export": ("imagetool ova export web1 web1.ova",
+                   "imagetool ova export web1 web1.ova --snapshot nightly --manifest"),
+    "ova import": ("imagetool ova import samples/appliance.ova --sd data --name appliance",
+                   "imagetool ova import appliance.ova --sd data --template"),
+    "templates": ("imagetool templates list",),
+    "templates list": ("imagetool templates list", "imagetool templates list --json"),
+    "templates show": ("imagetool templates show appliance",),
+    "templates remove": ("imagetool templates remove appliance",),
+    "url": ("imagetool url info https://host:54322/images/TICKET --cafile ca.pem",),
+    "url info": ("imagetool url info https://host:54322/images/TICKET --cafile ca.pem",),
+    "url checksum": ("imagetool url checksum https://host:54322/images/TICKET --cafile ca.pem",),
+    "url download": ("imagetool url download https://host:54322/images/TICKET out.raw "
+                     "--cafile ca.pem",),
+    "url upload": ("imagetool url upload disk.qcow2 https://host:54322/images/TICKET "
+                   "--cafile ca.pem",),
+}
+
+
+def _add(cmd: click.Command, key: str) -> None:
+    lines = EXAMPLES.get(key)
+    if lines and "Examples:" not in (cmd.help or ""):
+        body = "\n".join(f"  {line}" for line in lines)
+        # Dedented first: click dedents the help as a whole, and the
+        # examples' lines would otherwise keep the docstring's indentation.
+        cmd.help = f"{inspect.cleandoc(cmd.help or '').rstrip()}\n\n\b\nExamples:\n{body}"
+
+
+def attach(name: str, cmd: click.Command) -> click.Command:
+    """Give ``cmd`` (the command ``name`` of the table) and its subcommands
+    their examples, once."""
+    _add(cmd, name)
+    if isinstance(cmd, click.Group):
+        for sub_name, sub in cmd.commands.items():
+            _add(sub, f"{name} {sub_name}")
+    return cmd

@@ -1,0 +1,37 @@
+"""``backup create``, ``backup verify`` and ``backup restore`` draw a
+progress bar on a terminal (stderr a pty), full and incremental points
+alike reaching their VM's size, and nothing when piped."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import ROOT, cli_env, run_cli, run_on_pty
+
+pytestmark = pytest.mark.slow
+
+
+def test_backup_commands_draw_bars_on_a_terminal(tmp_path):
+    os.symlink(os.path.join(ROOT, "samples"), tmp_path / "samples")
+    env = cli_env(tmp_path)
+    made = run_cli(env, "vms", "create", "web1", "--disk", "samples/data-holes.qcow2",
+                   "--disk", "4M", "--sd", "data", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    for mode in ("full", "incremental"):
+        code, drawn = run_on_pty(["backup", "create", "./backups", "web1"], env, tmp_path)
+        assert code == 0, drawn
+        assert "web1: 100%" in drawn and "20.0M/20.0M" in drawn, (mode, drawn)
+    code, drawn = run_on_pty(["backup", "verify", "./backups"], env, tmp_path)
+    assert code == 0, drawn
+    assert "verify: 100%" in drawn and "40.0M/40.0M" in drawn     # two points
+    code, drawn = run_on_pty(["backup", "restore", "./backups", "web1", "--sd", "data",
+                              "--name", "web1-r"], env, tmp_path)
+    assert code == 0, drawn
+    assert "restore: 100%" in drawn and "20.0M/20.0M" in drawn
+
+    for argv in (["backup", "create", "./backups", "web1"], ["backup", "verify", "./backups"],
+                 ["backup", "restore", "./backups", "web1", "--sd", "data"]):
+        piped = run_cli(env, *argv, cwd=tmp_path)
+        assert (piped.returncode, piped.stderr) == (0, ""), argv
