@@ -17,12 +17,6 @@ from imagetool.errors import Conflict, ImagetoolError, UsageError
 DEFAULT_TIMEOUT = 3600.0
 
 
-def _disk(conn: Any, disk: Any) -> Disk:
-    if isinstance(disk, Disk):
-        return disk
-    return conn.disks.find(disk)
-
-
 def _usable(d: Disk, verb: str) -> None:
     if d.status in ("locked", "illegal"):
         raise Conflict(f"cannot {verb} disk {d.name or d.id}: it is {d.status}", status=409)
@@ -34,7 +28,7 @@ def copy_disk(conn: Any, disk: Any, storage_domain: str, *, name: str | None = N
 
     ``name``: the copy's name (the engine's default otherwise).
     """
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     _usable(d, "copy")
     before = {x.id for x in conn.disks.list()}
     new = conn.disks.copy(d.id, storage_domain, name=name)
@@ -54,7 +48,7 @@ def copy_disk(conn: Any, disk: Any, storage_domain: str, *, name: str | None = N
 def move_disk(conn: Any, disk: Any, storage_domain: str, *,
               timeout: float = DEFAULT_TIMEOUT) -> Disk:
     """Move a disk onto another storage domain; returns it, ``ok`` there."""
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     _usable(d, "move")
     sd = conn.storage_domains.find(storage_domain)
     if sd.id in d.storage_domain_ids:
@@ -71,7 +65,7 @@ def move_disk(conn: Any, disk: Any, storage_domain: str, *,
 
 def sparsify_disk(conn: Any, disk: Any, *, timeout: float = DEFAULT_TIMEOUT) -> Disk:
     """Free the space the guest does not use; returns the disk, ``ok``."""
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     _usable(d, "sparsify")
     conn.disks.sparsify(d.id)
     return wait_for_disk(conn, d.id, "ok", timeout)
@@ -94,7 +88,7 @@ def update_disk(conn: Any, disk: Any, *, name: str | None = None, size: int | No
     """
     if backup is not None and backup not in BACKUP_MODES:
         raise UsageError(f"backup mode {backup!r}: expected incremental or none")
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     _usable(d, "update")
     changes: dict[str, Any] = {}
     if name is not None and name != (d.name or d.alias):

@@ -24,32 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from imagetool.engine import lifecycle as life
 from imagetool.engine.entities import Disk, DiskSnapshot, Snapshot, Vm
-from imagetool.engine.wait import wait_truthy
-from imagetool.errors import (Conflict, EngineError, ImagetoolError, NotFound,
-                              TransferError)
+from imagetool.engine.wait import wait_for_disks, wait_for_snapshot_gone, wait_truthy
+from imagetool.errors import Conflict, EngineError, ImagetoolError, NotFound
 from imagetool.ids import is_uuid
 
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = life.DEFAULT_TIMEOUT
 ACTIVE = "active"
 
 
 # --- lookups -------------------------------------------------------------------
-
-def _entity(value: Any, cls: type, find: Callable[[str], Any]) -> Any:
-    """``value`` when it is a ``cls`` already, else ``find`` it by id or name."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"{cls.__name__.lower()} must be a {cls.__name__}, an id or a "
-                        f"name, not {type(value).__name__}")
-    return find(value)
-
-
-def _vm(conn: Any, vm: Any) -> Vm:
-    """A Vm from a Vm, an id or a name."""
-    return _entity(vm, Vm, lambda ref: conn.vms.find(ref))
-
 
 def _vm_label(vm: Vm) -> str:
     return vm.name or vm.id or "?"
@@ -57,7 +42,7 @@ def _vm_label(vm: Vm) -> str:
 
 def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
     """The VM's snapshots, the ``active`` one included."""
-    return conn.snapshots.list(_vm(conn, vm).id)
+    return conn.snapshots.list(conn.vms.find(vm).id)
 
 
 def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
@@ -66,7 +51,7 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
     NotFound names the VM and what was asked; a description that several
     snapshots share is an error asking for the id.
     """
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     if isinstance(snapshot, Snapshot):
         snapshot = snapshot.id
     if not isinstance(snapshot, str) or not snapshot:
@@ -88,13 +73,9 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
 
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
     """The disks as the snapshot holds them (``image_id``: its layer)."""
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     snap = find_snapshot(conn, vm, snapshot)
     return conn.snapshots.disks(vm.id, snap.id)
-
-
-def _vm_disk_ids(conn: Any, vm: Vm) -> list[str]:
-    return [a.disk_id for a in conn.vms.disk_attachments(vm.id) if a.disk_id]
 
 
 def _check_disks_usable(conn: Any, vm: Vm, disk_ids: Iterable[str], action: str) -> None:
@@ -104,26 +85,6 @@ def _check_disks_usable(conn: Any, vm: Vm, disk_ids: Iterable[str], action: str)
         if d.status in ("locked", "illegal"):
             raise Conflict(f"cannot {action} of VM {_vm_label(vm)}: its disk "
                            f"{d.name or d.alias or d.id} is {d.status}", status=409)
-
-
-def _wait_disks(conn: Any, disk_ids: Iterable[str], what: str, timeout: float) -> None:
-    """Until every disk is ``ok`` (``illegal`` fails; a removed disk counts as done)."""
-    pending = list(disk_ids)
-
-    def check() -> bool:
-        for disk_id in list(pending):
-            try:
-                d = conn.disks.get(disk_id)
-            except NotFound:
-                pending.remove(disk_id)
-                continue
-            if d.status == "illegal":
-                raise TransferError(f"{what}: disk {d.name or disk_id} became illegal")
-            if d.status == "ok":
-                pending.remove(disk_id)
-        return not pending
-
-    wait_truthy(check, f"{what} (disks still locked)", timeout)
 
 
 # --- snapshots -----------------------------------------------------------------
@@ -139,13 +100,13 @@ def create_snapshot(conn: Any, vm: Any, description: str | None = None, *,
     unlocked; if that fails the snapshot is removed again, so a failed
     call leaves none behind.
     """
-    vm = _vm(conn, vm)
-    attached = _vm_disk_ids(conn, vm)
+    vm = conn.vms.find(vm)
+    attached = life.attached_disk_ids(conn, vm.id)
     disk_ids: list[str] | None = None
     if disks is not None:
         disk_ids = []
         for ref in disks:
-            d = ref if isinstance(ref, Disk) else conn.disks.find(ref)
+            d = conn.disks.find(ref)
             if d.id not in attached:
                 raise ImagetoolError(f"disk {d.name or d.id} is not attached to VM "
                                      f"{_vm_label(vm)}")
@@ -153,57 +114,16 @@ def create_snapshot(conn: Any, vm: Any, description: str | None = None, *,
     if description is None:
         description = "imagetool " + _dt.datetime.now(_dt.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
-    targets = disk_ids if disk_ids is not None else attached
-    _check_disks_usable(conn, vm, targets, "take a snapshot")
-    snap = conn.snapshots.add(vm.id, description=description, disk_ids=disk_ids,
-                              persist_memorystate=persist_memory)
-    if not wait:
-        return snap
-    try:
-        return _wait_snapshot_ok(conn, vm, snap.id, targets, timeout,
-                                 f"snapshot {description!r} of VM {_vm_label(vm)}")
-    except BaseException:
-        _discard(conn, vm, snap.id, targets, timeout)
-        raise
-
-
-def _wait_snapshot_ok(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str],
-                      timeout: float, what: str) -> Snapshot:
-    def check() -> Snapshot | None:
-        s = conn.snapshots.get(vm.id, snap_id)
-        return s if s.snapshot_status == "ok" else None
-
-    snap = wait_truthy(check, f"{what} to be ok", timeout)
-    _wait_disks(conn, disk_ids, what, timeout)
-    return snap  # type: ignore[return-value]
-
-
-def _discard(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: float) -> None:
-    """Best effort: remove a snapshot this call created (the error that got
-    us here is the one to report)."""
-    try:
-        _wait_disks(conn, disk_ids, "snapshot cleanup", timeout)
-        conn.snapshots.remove(vm.id, snap_id)
-        _wait_gone(conn, vm, snap_id, disk_ids, timeout)
-    except Exception:
-        pass
-
-
-def _wait_gone(conn: Any, vm: Vm, snap_id: str, disk_ids: list[str], timeout: float) -> None:
-    def check() -> bool:
-        try:
-            conn.snapshots.get(vm.id, snap_id)
-        except NotFound:
-            return True
-        return False
-
-    wait_truthy(check, f"snapshot {snap_id} of VM {_vm_label(vm)} to be removed", timeout)
-    _wait_disks(conn, disk_ids, f"removing snapshot {snap_id}", timeout)
+    _check_disks_usable(conn, vm, disk_ids if disk_ids is not None else attached,
+                        "take a snapshot")
+    return life.take_snapshot(conn, vm.id, description, disk_ids=disk_ids,
+                              persist_memory=persist_memory, wait=wait, timeout=timeout,
+                              what=f"snapshot {description!r} of VM {_vm_label(vm)}")
 
 
 def _past_snapshot(conn: Any, vm: Any, snapshot: Any, verb: str) -> tuple[Vm, Snapshot]:
     """The VM and one of its snapshots, which must not be the active one."""
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     snap = find_snapshot(conn, vm, snapshot)
     if snap.snapshot_type == ACTIVE:
         raise ImagetoolError(f"cannot {verb} the active snapshot of VM {_vm_label(vm)} "
@@ -213,7 +133,7 @@ def _past_snapshot(conn: Any, vm: Any, snapshot: Any, verb: str) -> tuple[Vm, Sn
 
 def _usable_disk_ids(conn: Any, vm: Vm, action: str) -> list[str]:
     """The VM's disk ids, refused when one of them is locked or illegal."""
-    disk_ids = _vm_disk_ids(conn, vm)
+    disk_ids = life.attached_disk_ids(conn, vm.id)
     _check_disks_usable(conn, vm, disk_ids, action)
     return disk_ids
 
@@ -234,7 +154,8 @@ def remove_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
     vm, snap, disk_ids = _act_on_past_snapshot(conn, vm, snapshot, "remove",
                                                conn.snapshots.remove)
     if wait:
-        _wait_gone(conn, vm, snap.id, disk_ids, timeout)
+        wait_for_snapshot_gone(conn, vm.id, snap.id or "", disk_ids, timeout,
+                               f"snapshot {snap.id} of VM {_vm_label(vm)} to be removed")
 
 
 def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
@@ -243,8 +164,9 @@ def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
     vm, snap, disk_ids = _act_on_past_snapshot(conn, vm, snapshot, "restore",
                                                conn.snapshots.restore)
     if wait:
-        _wait_snapshot_ok(conn, vm, snap.id, disk_ids, timeout,
-                          f"restoring snapshot {snap.description!r} of VM {_vm_label(vm)}")
+        life.wait_snapshot_ready(conn, vm.id, snap.id or "", disk_ids, timeout=timeout,
+                                 what=f"restoring snapshot {snap.description!r} of VM "
+                                      f"{_vm_label(vm)}")
 
 
 def _in_preview(conn: Any, vm: Vm) -> Snapshot | None:
@@ -266,19 +188,13 @@ def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
     conn.vms.preview_snapshot(vm.id, snap.id)
     if not wait:
         return snap
-
-    def check() -> Snapshot | None:
-        s = conn.snapshots.get(vm.id, snap.id)
-        return s if s.snapshot_status == "in_preview" else None
-
-    out = wait_truthy(check, f"snapshot {snap.description!r} to be in preview", timeout)
-    _wait_disks(conn, disk_ids, f"previewing snapshot {snap.description!r}", timeout)
-    return out  # type: ignore[return-value]
+    return life.wait_snapshot_ready(conn, vm.id, snap.id or "", disk_ids,
+                                    f"snapshot {snap.description!r}", "in_preview", timeout)
 
 
 def _end_preview(conn: Any, vm: Any, snapshot: Any, commit: bool, wait: bool,
                  timeout: float) -> None:
-    vm = _vm(conn, vm)
+    vm = conn.vms.find(vm)
     current = _in_preview(conn, vm)
     verb = "commit" if commit else "undo"
     if current is None:
@@ -290,12 +206,12 @@ def _end_preview(conn: Any, vm: Any, snapshot: Any, commit: bool, wait: bool,
             raise Conflict(f"VM {_vm_label(vm)} previews snapshot "
                            f"{current.description!r}, not {asked.description!r}",
                            status=409)
-    disk_ids = _vm_disk_ids(conn, vm)
+    disk_ids = life.attached_disk_ids(conn, vm.id)
     (conn.vms.commit_snapshot if commit else conn.vms.undo_snapshot)(vm.id)
     if wait:
         wait_truthy(lambda: _in_preview(conn, vm) is None,
                    f"the preview of VM {_vm_label(vm)} to end", timeout)
-        _wait_disks(conn, disk_ids, f"{verb} of the preview", timeout)
+        wait_for_disks(conn, disk_ids, f"{verb} of the preview", timeout)
 
 
 def commit_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True,
@@ -313,17 +229,13 @@ def undo_snapshot(conn: Any, vm: Any, snapshot: Any = None, *, wait: bool = True
 
 # --- layers of a disk ----------------------------------------------------------
 
-def _disk(conn: Any, disk: Any) -> Disk:
-    return _entity(disk, Disk, lambda ref: conn.disks.find(ref))
-
-
 def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
     """The disk's layers (disk snapshots) from the base to the active one.
 
     The order comes from each layer's ``parent`` (engines 4.4.3+ report
     it, as the oVirt engine SDK's ``list_disk_snapshots.py`` uses).
     """
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     layers = conn.disks.snapshots(d.id)
     if not layers:
         raise EngineError(f"the engine lists no layers for disk {d.name or d.id}")
@@ -348,7 +260,7 @@ def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
 
 def _vm_of_disk(conn: Any, disk_id: str) -> Vm | None:
     for vm in conn.vms.list():
-        if disk_id in _vm_disk_ids(conn, vm):
+        if disk_id in life.attached_disk_ids(conn, vm.id):
             return vm
     return None
 
@@ -424,7 +336,7 @@ def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
     """
     from imagetool.transfer.download import download_disk
 
-    d = _disk(conn, disk)
+    d = conn.disks.find(disk)
     directory = os.fspath(directory)
     layers = _layers_up_to(conn, d, disk_layers(conn, d), snapshot)
     created_dir = False

@@ -34,8 +34,6 @@ def list_vms(conn: Any, search: str | None = None) -> list[Vm]:
 
 def get_vm(conn: Any, vm: Any) -> Vm:
     """One VM by id or exact name (NotFound names it)."""
-    if isinstance(vm, Vm):
-        return vm
     return conn.vms.find(vm)
 
 

@@ -31,8 +31,11 @@ from imagetool.backup import engine_ops as ops
 from imagetool.backup.fetch import fetch_disk
 from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
                                    read_json, sha256_file, write_json)
+from imagetool.engine.lifecycle import take_snapshot
+from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
+from imagetool.phases import BACKUP_ENDED, BackupPhase
 from imagetool.units import count
 
 Progress = Callable[[int], None]
@@ -156,7 +159,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     """
     start = time.monotonic()
     repo = Repository(repository, create=True)
-    v = ops.find_vm(conn, vm)
+    v = conn.vms.find(vm)
     vm_id = v.id
     with repo.locked(vm_id):
         notes = recover_interrupted(conn, repo, vm_id, log)
@@ -177,7 +180,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
             fd = os.open(os.path.join(staging, OVF_FILE),
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(ops.vm_ovf(conn, vm_id))
+                f.write(conn.vms.get(vm_id, all_content=True).ovf or "")
             run = _snapshot_point if method == "snapshot" else _checkpoint_point
             engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
@@ -281,7 +284,8 @@ def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
 
 def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                     staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
-    sid = ops.create_snapshot(conn, vm_id, f"imagetool backup {name}", [d.id for d in disks])
+    sid = take_snapshot(conn, vm_id, f"imagetool backup {name}",
+                        disk_ids=[d.id for d in disks]).id
     state["snapshot_id"] = sid
     try:
         write_json(os.path.join(staging, STATE), state)
@@ -305,14 +309,14 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                       staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
     from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
-    backup = ops.start_backup(conn, vm_id, [d.id for d in disks], from_cp,
-                              f"imagetool backup {name}")
+    backup = conn.backups.add(vm_id, disk_ids=[d.id for d in disks],
+                              from_checkpoint_id=from_cp, description=f"imagetool backup {name}")
     state["backup_id"] = backup.id
     state["checkpoint_id"] = backup.to_checkpoint_id
     try:
         write_json(os.path.join(staging, STATE), state)
-        backup = ops.wait_backup(conn, vm_id, backup.id, ("ready",))
-        modes = ops.backup_disks(conn, vm_id, backup.id)
+        backup = wait_for_backup(conn, vm_id, backup.id, BackupPhase.READY)
+        modes = {d.id: d.backup_mode for d in conn.backups.disks(vm_id, backup.id)}
 
         def source(d: ops.VmDisk, incremental: bool) -> dict:
             return {"backup_id": backup.id, "dirty": incremental}
@@ -328,7 +332,7 @@ def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point
         entries = _fetch_all(conn, disks, base, staging, source=source, why_full=why_full,
                              **kw)
         phase = ops.finalize_backup(conn, vm_id, backup.id)
-        if phase not in ("succeeded", "gone"):
+        if phase not in (BackupPhase.SUCCEEDED, "gone"):
             raise EngineError(f"backup {backup.id} of VM {vm_id} ended {phase}")
         _forget(staging, state, "backup_id")
     except BaseException:
@@ -349,7 +353,7 @@ def _forget(staging: str, state: dict, key: str) -> None:
 def _finalized(conn: Any, vm_id: str, backup_id: str) -> bool:
     """Finalize a failed run's backup; whether the engine confirmed its end."""
     try:
-        return ops.finalize_backup(conn, vm_id, backup_id) in ("succeeded", "failed", "gone")
+        return ops.finalize_backup(conn, vm_id, backup_id) in BACKUP_ENDED | {"gone"}
     except Exception:
         return False
 

@@ -312,12 +312,9 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
 
 def _rename_disks(conn: Any, disks_out: list[dict]) -> None:
     """Put the new names back where the OVF gave the disks their old aliases."""
-    from imagetool.engine import codec
-
     for d in disks_out:
         if conn.disks.get(d["disk_id"]).name != d["name"]:
-            conn.request("PUT", f"disks/{d['disk_id']}",
-                         body=codec.to_xml("disk", {"name": d["name"]}))
+            conn.disks.rename(d["disk_id"], d["name"])
 
 
 def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[dict]) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from imagetool.engine import codec, services
+from imagetool.engine import codec, services, vm_services
 from imagetool.engine.entities import ApiInfo
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
                               EngineError, NotFound, UsageError)
@@ -111,8 +111,11 @@ class Connection:
         self.disks = services.DisksService(self)
         self.storage_domains = services.StorageDomainsService(self)
         self.transfers = services.ImageTransfersService(self)
-        self.vms = services.VmsService(self)
-        self.snapshots = services.SnapshotsService(self)
+        self.vms = vm_services.VmsService(self)
+        self.templates = vm_services.TemplatesService(self)
+        self.snapshots = vm_services.SnapshotsService(self)
+        self.backups = vm_services.BackupsService(self)
+        self.checkpoints = vm_services.CheckpointsService(self)
         self.hosts = services.HostsService(self)
         self.clusters = services.ClustersService(self)
         self.jobs = services.JobsService(self)

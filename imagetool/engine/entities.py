@@ -81,6 +81,8 @@ class Disk(Entity):
     image_id: str | None = _s("image_id")
     backup: str | None = _s("backup")             # none, incremental
     storage_type: str | None = _s("storage_type")
+    # A disk of a running VM backup: how it is backed up (full, incremental).
+    backup_mode: str | None = _s("backup_mode")
 
 
 @dataclass
@@ -164,6 +166,17 @@ class Vm(Entity):
 
 
 @dataclass
+class Template(Entity):
+    """A template (``/templates/ID``)."""
+
+    TAG = "template"
+
+    name: str | None = _s("name")
+    description: str | None = _s("description")
+    memory: int | None = _i("memory")
+
+
+@dataclass
 class Snapshot(Entity):
     """A VM snapshot (``/vms/ID/snapshots/SID``)."""
 
@@ -194,6 +207,32 @@ class DiskSnapshot(Entity):
     provisioned_size: int | None = _i("provisioned_size")
     image_id: str | None = _s("image_id")
     storage_domain_ids: tuple[str, ...] = _refs("storage_domains", "storage_domain")
+
+
+@dataclass
+class VmBackup(Entity):
+    """A VM backup (``/vms/ID/backups/BID``, engine API model 4.4+); its
+    phases are ``phases.BackupPhase``."""
+
+    TAG = "backup"
+
+    phase: str | None = _s("phase")
+    description: str | None = _s("description")
+    from_checkpoint_id: str | None = _s("from_checkpoint_id")
+    to_checkpoint_id: str | None = _s("to_checkpoint_id")
+    vm_id: str | None = _ref("vm")
+
+
+@dataclass
+class Checkpoint(Entity):
+    """A VM checkpoint (``/vms/ID/checkpoints/CID``): where the next
+    incremental backup starts."""
+
+    TAG = "checkpoint"
+
+    state: str | None = _s("state")               # created, invalid
+    parent_id: str | None = _s("parent_id")
+    vm_id: str | None = _ref("vm")
 
 
 @dataclass

@@ -2,22 +2,22 @@
 oVirt REST API guide's).
 
 Each service is reached through a Connection attribute (``conn.disks``,
-``conn.storage_domains``, ``conn.transfers``, ``conn.vms``,
-``conn.snapshots``, ``conn.hosts``, ``conn.clusters``, ``conn.jobs``) and
-returns typed
+``conn.storage_domains``, ``conn.transfers``, ``conn.hosts``,
+``conn.clusters``, ``conn.jobs``; those of VMs and templates, ``conn.vms``,
+``conn.templates``, ``conn.snapshots``, ``conn.backups``,
+``conn.checkpoints``, are in ``vm_services.py``) and returns typed
 entities. Faults raise the exceptions of ``imagetool.errors``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from imagetool.engine import codec
-from imagetool.engine.entities import (Cluster, Disk, DiskAttachment,
-                                       DiskSnapshot, Entity, Host,
-                                       ImageTransfer, Job, Snapshot,
-                                       StorageDomain, Vm)
+from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
+                                       Host, ImageTransfer, Job, StorageDomain,
+                                       Vm)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
 
@@ -84,8 +84,14 @@ class _Service:
                               reason=reason, detail=detail)
         return tree
 
-    def _find(self, cls: type[E], what: str, path: str, name_or_id: str) -> E:
-        """An entity by id (tried first when it looks like one), else by name."""
+    def _find(self, cls: type[E], what: str, path: str, name_or_id: str | E) -> E:
+        """An entity by id (tried first when it looks like one), else by name;
+        one already found (a ``cls``) as it is, so callers take either."""
+        if isinstance(name_or_id, cls):
+            return name_or_id
+        if not isinstance(name_or_id, str):
+            raise TypeError(f"a {what} is a {cls.__name__}, an id or a name, "
+                            f"not {type(name_or_id).__name__}")
         if is_uuid(name_or_id):
             try:
                 return self._get(cls, f"{path}/{name_or_id}")
@@ -146,7 +152,7 @@ class DisksService(_Service):
         """All disks, or those matching an engine search expression."""
         return self._list(Disk, "disks", search=search, max=max)
 
-    def find(self, name_or_id: str) -> Disk:
+    def find(self, name_or_id: str | Disk) -> Disk:
         """A disk by id, else by exact name; error when the name is ambiguous."""
         return self._find(Disk, "disk", "disks", name_or_id)
 
@@ -163,6 +169,10 @@ class DisksService(_Service):
                                   body=codec.to_xml(Disk.TAG, changes))
         tree = codec.decode(resp.content, resp.headers.get("content-type"))
         return codec.entity_from_tree(Disk, tree)
+
+    def rename(self, disk_id: str, name: str) -> Disk:
+        """Give a disk a new name (:meth:`update` with ``name``)."""
+        return self.update(disk_id, {"name": name})
 
     def _disk_action(self, disk_id: str, name: str,
                      body: dict[str, Any] | None = None) -> Disk | None:
@@ -331,122 +341,6 @@ class ImageTransfersService(_Service):
     def cancel(self, transfer_id: str) -> None:
         """Abort; an uploaded disk is removed by the engine."""
         self._action(f"imagetransfers/{transfer_id}", "cancel")
-
-
-class VmsService(_Service):
-    """``/vms`` and the disks attached to a VM."""
-
-    def list(self, search: str | None = None, max: int | None = None) -> list[Vm]:
-        """All VMs, or those matching a search."""
-        return self._list(Vm, "vms", search=search, max=max)
-
-    def get(self, vm_id: str, all_content: bool = False) -> Vm:
-        """One VM; ``all_content`` includes its OVF (``Vm.ovf``)."""
-        return self._get(Vm, f"vms/{vm_id}", all_content=True if all_content else None)
-
-    def find(self, name_or_id: str) -> Vm:
-        """A VM by id or exact name."""
-        return self._find(Vm, "vm", "vms", name_or_id)
-
-    def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
-            memory: int | None = None, description: str | None = None,
-            ovf: str | None = None, cpus: int | None = None) -> Vm:
-        """Create a VM (from a template, or from an OVF document); ``cpus``
-        virtual CPUs as sockets of one core (the API model's CpuTopology)."""
-        body: dict[str, Any] = {
-            "name": name,
-            "description": description,
-            "memory": memory,
-            "cluster": ref(cluster), "template": ref(template),
-        }
-        if cpus is not None:
-            body["cpu"] = {"topology": {"sockets": cpus, "cores": 1, "threads": 1}}
-        if ovf is not None:
-            body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
-        return self._add(Vm, "vms", body)
-
-    def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
-        """Delete a VM and its disks (``detach_only``: keep the disks)."""
-        self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
-
-    def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
-        """The VM's disk attachments."""
-        return self._list(DiskAttachment, f"vms/{vm_id}/diskattachments")
-
-    def attach_disk(self, vm_id: str, disk_id: str, *, interface: str = "virtio_scsi",
-                    bootable: bool = False, active: bool = True) -> DiskAttachment:
-        """Attach an existing disk to a VM."""
-        body = {"disk": {"id": disk_id}, "interface": interface,
-                "bootable": bootable, "active": active}
-        return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
-
-    def update_attachment_disk(self, vm_id: str, disk_id: str,
-                               changes: dict[str, Any]) -> None:
-        """Change an attached disk (name, provisioned_size, backup...) with
-        the DiskAttachment ``update`` (``PUT`` with ``<disk>`` inside)."""
-        self._conn.request("PUT", f"vms/{vm_id}/diskattachments/{disk_id}",
-                           body=codec.to_xml(DiskAttachment.TAG, {"disk": changes}))
-
-    def detach_disk(self, vm_id: str, disk_id: str) -> None:
-        """Detach a disk from a VM (the disk stays)."""
-        self._remove(f"vms/{vm_id}/diskattachments/{disk_id}", detach_only=True)
-
-    def export(self, vm_id: str, storage_domain: str, *, exclusive: bool = False,
-               discard_snapshots: bool = False) -> None:
-        """Export a VM to an export storage domain (name or id)."""
-        sd = ({"id": storage_domain} if is_uuid(storage_domain)
-              else {"name": storage_domain})
-        self._action(f"vms/{vm_id}", "export", {
-            "storage_domain": sd, "exclusive": exclusive,
-            "discard_snapshots": discard_snapshots})
-
-    def preview_snapshot(self, vm_id: str, snapshot_id: str) -> None:
-        """Show a snapshot's state as the VM's, until commit or undo."""
-        self._action(f"vms/{vm_id}", "previewsnapshot",
-                     {"snapshot": {"id": snapshot_id}, "restore_memory": False})
-
-    def commit_snapshot(self, vm_id: str) -> None:
-        """Keep the previewed snapshot's state for good."""
-        self._action(f"vms/{vm_id}", "commitsnapshot")
-
-    def undo_snapshot(self, vm_id: str) -> None:
-        """Go back to the state before the preview."""
-        self._action(f"vms/{vm_id}", "undosnapshot")
-
-
-class SnapshotsService(_Service):
-    """``/vms/ID/snapshots``."""
-
-    def list(self, vm_id: str) -> list[Snapshot]:
-        """The VM's snapshots (including the ``active`` one)."""
-        return self._list(Snapshot, f"vms/{vm_id}/snapshots")
-
-    def get(self, vm_id: str, snapshot_id: str) -> Snapshot:
-        """One snapshot."""
-        return self._get(Snapshot, f"vms/{vm_id}/snapshots/{snapshot_id}")
-
-    def add(self, vm_id: str, *, description: str,
-            disk_ids: Iterable[str] | None = None,
-            persist_memorystate: bool = False) -> Snapshot:
-        """Take a snapshot (of some disks only when ``disk_ids`` is given)."""
-        body: dict[str, Any] = {"description": description,
-                                "persist_memorystate": persist_memorystate}
-        if disk_ids is not None:
-            body["disk_attachments"] = {"disk_attachment": [
-                {"disk": {"id": d}} for d in disk_ids]}
-        return self._add(Snapshot, f"vms/{vm_id}/snapshots", body)
-
-    def remove(self, vm_id: str, snapshot_id: str) -> None:
-        """Delete (merge) a snapshot."""
-        self._remove(f"vms/{vm_id}/snapshots/{snapshot_id}")
-
-    def restore(self, vm_id: str, snapshot_id: str) -> None:
-        """Restore the VM to a snapshot."""
-        self._action(f"vms/{vm_id}/snapshots/{snapshot_id}", "restore")
-
-    def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:
-        """The disks as they were in a snapshot."""
-        return self._list(Disk, f"vms/{vm_id}/snapshots/{snapshot_id}/disks")
 
 
 class HostsService(_Service):

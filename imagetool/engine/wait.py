@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
-from imagetool.engine.entities import Disk, ImageTransfer, Snapshot
-from imagetool.errors import NotFound, TimeoutExpired, TransferError
-from imagetool.phases import FAILURE, TERMINAL
+from imagetool.engine.entities import Disk, ImageTransfer, Snapshot, VmBackup
+from imagetool.errors import (Conflict, EngineError, NotFound, TimeoutExpired,
+                              TransferError)
+from imagetool.phases import FAILURE, TERMINAL, BackupPhase
 
 if TYPE_CHECKING:
     from imagetool.engine.connection import Connection
@@ -50,12 +51,14 @@ class Poller:
 
 
 def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
-               timeout: float, what: str) -> T:
+               timeout: float, what: str | Callable[[T], str],
+               show: Callable[[T], object] = lambda value: value) -> T:
     """Call ``fetch()`` until ``predicate`` holds for its value; return that value.
 
     The generic loop behind every wait of the transfer workflows: the
     Poller's backoff under a monotonic deadline, then TimeoutExpired
-    naming ``what`` and the last value seen. Errors of ``fetch`` propagate
+    naming ``what`` (or ``what(value)``) and the last value seen
+    (``show(value)``: the part of it worth reading). Errors of ``fetch`` propagate
     (have it return None for "gone" when that is an answer).
     """
     poller = Poller(timeout)
@@ -64,8 +67,9 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
         if predicate(value):
             return value
         if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for {what} "
-                                 f"(last: {value})")
+            said = what(value) if callable(what) else what
+            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for {said} "
+                                 f"(last: {show(value)})")
 
 
 def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
@@ -83,20 +87,16 @@ def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
     A disk turning ``illegal`` (when waiting for another status) raises
     TransferError; NotFound propagates.
     """
-    poller = Poller(timeout)
-    last = None
-    while True:
+    def fetch() -> Disk:
         disk = conn.disks.get(disk_id)
-        last = disk.status
-        if disk.status == status:
-            return disk
-        if disk.status == "illegal":
+        if disk.status == "illegal" and status != "illegal":
             raise TransferError(f"disk {disk.name or disk_id} became illegal "
                                 f"while waiting for it to be {status}")
-        if not poller.sleep():
-            raise TimeoutExpired(
-                f"timed out after {timeout:g} s waiting for disk {disk.name or disk_id} "
-                f"to be {status} (last status: {last})")
+        return disk
+
+    return wait_until(fetch, lambda d: d.status == status, timeout,
+                      lambda d: f"disk {d.name or disk_id} to be {status}",
+                      show=lambda d: d.status)
 
 
 def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
@@ -105,17 +105,15 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
 
     Useful after a cancel, when the engine either unlocks or deletes the disk.
     """
-    poller = Poller(timeout)
-    while True:
+    def fetch() -> Disk | None:
         try:
-            disk = conn.disks.get(disk_id)
+            return conn.disks.get(disk_id)
         except NotFound:
             return None
-        if disk.status != "locked":
-            return disk
-        if not poller.sleep():
-            raise TimeoutExpired(f"timed out after {timeout:g} s waiting for disk "
-                                 f"{disk.name or disk_id} to be unlocked")
+
+    return wait_until(fetch, lambda d: d is None or d.status != "locked", timeout,
+                      lambda d: f"disk {d and d.name or disk_id} to be unlocked",
+                      show=lambda d: d and d.status)
 
 
 def _disk_outcome(conn: "Connection", disk_id: str | None, transfer_id: str,
@@ -187,24 +185,99 @@ def wait_for_transfer_phase(conn: "Connection", transfer_id: str,
 
 
 def wait_for_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
-                      status: str = "ok", timeout: float = 300.0) -> Snapshot:
-    """Poll a VM snapshot until its snapshot_status is ``status``."""
-    poller = Poller(timeout)
-    while True:
-        snap = conn.snapshots.get(vm_id, snapshot_id)
-        if snap.snapshot_status == status:
-            return snap
-        if not poller.sleep():
-            raise TimeoutExpired(
-                f"timed out after {timeout:g} s waiting for snapshot "
-                f"{snap.description or snapshot_id} to be {status} "
-                f"(last status: {snap.snapshot_status})")
+                      status: str = "ok", timeout: float = 300.0,
+                      what: str | None = None) -> Snapshot:
+    """Poll a VM snapshot until its snapshot_status is ``status``.
+
+    A snapshot that vanishes meanwhile raises EngineError.
+    """
+    def fetch() -> Snapshot:
+        try:
+            return conn.snapshots.get(vm_id, snapshot_id)
+        except NotFound:
+            raise EngineError(f"snapshot {snapshot_id} of VM {vm_id} disappeared "
+                              f"while waiting for it to be {status}") from None
+
+    return wait_until(fetch, lambda s: s.snapshot_status == status, timeout,
+                      what or f"snapshot {snapshot_id} to be {status}",
+                      show=lambda s: s.snapshot_status)
+
+
+def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
+                           disk_ids: Iterable[str] = (), timeout: float = 300.0,
+                           what: str | None = None) -> None:
+    """Poll until the engine no longer has the snapshot (removed, merged),
+    then until ``disk_ids``, the disks it merged into, are unlocked."""
+    def gone() -> bool:
+        try:
+            conn.snapshots.get(vm_id, snapshot_id)
+        except NotFound:
+            return True
+        return False
+
+    wait_truthy(gone, what or f"snapshot {snapshot_id} of VM {vm_id} to be removed",
+                timeout)
+    wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
+
+
+def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
+                   timeout: float = 300.0) -> None:
+    """Until every disk is ``ok``: ``illegal`` raises TransferError, a
+    removed disk counts as done."""
+    pending = list(disk_ids)
+
+    def check() -> bool:
+        for disk_id in list(pending):
+            try:
+                d = conn.disks.get(disk_id)
+            except NotFound:
+                pending.remove(disk_id)
+                continue
+            if d.status == "illegal":
+                raise TransferError(f"{what}: disk {d.name or disk_id} became illegal")
+            if d.status == "ok":
+                pending.remove(disk_id)
+        return not pending
+
+    wait_truthy(check, f"{what} (disks still locked)", timeout)
 
 
 def wait_truthy(check: Callable[[], object], what: str, timeout: float = 300.0) -> object:
     """Poll ``check()`` until it returns something true; return that.
 
-    ``what`` completes "timed out after Ns waiting for ...". ``check`` may
+    ``what`` completes "timed out after N s waiting for ...". ``check`` may
     raise to stop waiting (a failure it recognises).
     """
     return wait_until(check, bool, timeout, what)
+
+
+def retry_conflict(call: Callable[[], T], timeout: float = 300.0) -> T:
+    """``call()``, again while the engine answers 409 (disks still locked by
+    a transfer that is ending); the last Conflict at the deadline."""
+    poller = Poller(timeout)
+    while True:
+        try:
+            return call()
+        except Conflict:
+            if not poller.sleep():
+                raise
+
+
+def wait_for_backup(conn: "Connection", vm_id: str, backup_id: str,
+                    phases: Iterable[str] | str, timeout: float = 600.0) -> VmBackup:
+    """Poll a VM backup until its phase is one of ``phases``; returns it.
+
+    A backup that fails while ``failed`` is not asked for raises
+    EngineError; NotFound propagates (the engine forgot it).
+    """
+    wanted = frozenset([phases] if isinstance(phases, str) else phases)
+
+    def fetch() -> VmBackup:
+        b = conn.backups.get(vm_id, backup_id)
+        if b.phase == BackupPhase.FAILED and b.phase not in wanted:
+            raise EngineError(f"backup {backup_id} of VM {vm_id} failed")
+        return b
+
+    return wait_until(fetch, lambda b: b.phase in wanted, timeout,
+                      f"backup {backup_id} of VM {vm_id} to be {'/'.join(sorted(wanted))}",
+                      show=lambda b: b.phase)

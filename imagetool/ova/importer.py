@@ -61,8 +61,10 @@ def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
     from imagetool.engine.wait import wait_for_disk_unlocked
     if entity_id:
         try:
-            conn.request("DELETE", f"{kind}s/{entity_id}",
-                         params={"detach_only": "true"} if kind == "vm" else None)
+            if kind == "vm":
+                conn.vms.remove(entity_id, detach_only=True)
+            else:
+                conn.templates.remove(entity_id)
         except Exception:
             pass
     for disk_id in disk_ids:
@@ -179,9 +181,7 @@ def _check_attached(conn: Any, kind: str, entity_id: str, created: list[str],
     """ImagetoolError when the new VM or template holds a disk the import
     did not create (an engine that read more into the OVF than we sent);
     the clean-up then detaches it rather than deleting it."""
-    from imagetool.engine.entities import DiskAttachment
-    atts = codec.entities_from_tree(
-        DiskAttachment, conn.get_tree(f"{kind}s/{entity_id}/diskattachments"))
+    atts = (conn.vms if kind == "vm" else conn.templates).disk_attachments(entity_id)
     foreign = {a.disk_id for a in atts} - set(created)
     if foreign:
         raise ImagetoolError(f"{path}: the engine attached disks this import did not "

@@ -8,7 +8,7 @@ import uuid
 
 from helpers import MiB
 
-from imagetool.engine.wait import wait_for_disk
+from imagetool.engine.wait import wait_for_backup, wait_for_disk
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.disk_checksum import disk_checksum
 
@@ -25,6 +25,18 @@ def make_vm(conn, disks=(("cow", 16 * MiB),), name=None):
         conn.vms.attach_disk(vm.id, d.id, bootable=i == 0)
         ids.append(d.id)
     return vm, ids
+
+
+def ready_backup(conn, vm_id, disk_ids, from_checkpoint_id=None, timeout=600.0):
+    """A VM backup of ``disk_ids`` started and waited for until ``ready``."""
+    b = conn.backups.add(vm_id, disk_ids=disk_ids, from_checkpoint_id=from_checkpoint_id,
+                         description="t")
+    return wait_for_backup(conn, vm_id, b.id, "ready", timeout)
+
+
+def checkpoint_ids(conn, vm_id):
+    """The ids of the VM's checkpoints, oldest first."""
+    return [c.id for c in conn.checkpoints.list(vm_id)]
 
 
 def guest_io(conn, disk_id, writes=(), zeros=(), discards=()):

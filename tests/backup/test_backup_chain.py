@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from helpers import MiB, qemu_img
-from backup_helpers import engine_checksum, files_under, guest_io, make_vm, rand
+from backup_helpers import (engine_checksum, files_under, guest_io, make_vm, rand,
+                            ready_backup)
 
 from imagetool import backup
 from imagetool.checksum import checksum_file
@@ -181,10 +182,8 @@ def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path, m
             [backup.Repository(repo).point(vm.id).name, ".lock"])
     assert [s.id for s in conn.snapshots.list(vm.id)] == snaps_before
     assert conn.disks.get(d0).status == "ok"
-    tree = conn.get_tree(f"vms/{vm.id}/backups")
-    items = tree.get("backup", []) if isinstance(tree, dict) else []
-    items = [items] if isinstance(items, dict) else items
-    assert all(b["phase"] in ("succeeded", "failed") for b in items)
+    items = conn.backups.list(vm.id)
+    assert all(b.phase in ("succeeded", "failed") for b in items)
     assert len(items) == (2 if method == "checkpoint" else 0)
     conn.vms.remove(vm.id)
 
@@ -195,7 +194,7 @@ def test_full_when_the_base_checkpoint_is_gone(conn, cli, env, tmp_path):
     guest_io(conn, d0, writes=[(0, rand(MiB, 15))])
     create(cli, vm.id, repo, "checkpoint")
     cp = backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]
-    conn.request("DELETE", f"vms/{vm.id}/checkpoints/{cp}")
+    conn.checkpoints.remove(vm.id, cp)
     code, out, err = cli("backup", "create", repo, vm.id)     # auto: checkpoint here
     assert code == 0, err
     assert f"full backup: the engine no longer has the base checkpoint {cp}" in err
@@ -211,8 +210,7 @@ def test_backup_reads_the_disk_as_it_was_at_the_start(conn, tmp_path):
     vm, (d0,) = make_vm(conn)
     guest_io(conn, d0, writes=[(0, rand(2 * MiB, 16))])
     before = engine_checksum(conn, d0, "sha256")
-    b = ops.start_backup(conn, vm.id, [d0], None, "t")
-    ops.wait_backup(conn, vm.id, b.id, ("ready",))
+    b = ready_backup(conn, vm.id, [d0])
     guest_io(conn, d0, writes=[(0, rand(MiB, 17))], discards=[(MiB, MiB)])
     got = fetch_disk(conn, disk_id=d0, out=str(tmp_path / "d.qcow2"), backup_id=b.id,
                      algorithm="sha256")

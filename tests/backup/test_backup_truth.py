@@ -13,7 +13,8 @@ import stat
 import pytest
 
 from helpers import MiB
-from backup_helpers import engine_checksum, guest_io, make_vm, rand
+from backup_helpers import (checkpoint_ids, engine_checksum, guest_io, make_vm, rand,
+                            ready_backup)
 
 from imagetool import backup
 from imagetool.backup import engine_ops as ops
@@ -47,8 +48,7 @@ def test_a_checkpoint_backup_leaves_disks_as_they_were(conn, engine, tmp_path):
 def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
     vm, (raw,) = make_vm(conn, [("raw", 4 * MiB)])
     guest_io(conn, raw, writes=[(0, rand(2 * MiB, 3))])
-    b = ops.start_backup(conn, vm.id, [raw], None, "t")
-    ops.wait_backup(conn, vm.id, b.id, ("ready",))
+    b = ready_backup(conn, vm.id, [raw])
     assert conn.disks.get(raw).format == "raw"
     guest_io(conn, raw, writes=[(MiB, rand(MiB, 4))], discards=[(3 * MiB, MiB)])
     during = engine_checksum(conn, raw, "sha256")
@@ -91,7 +91,7 @@ def one_point(conn, tmp_path, seed):
     guest_io(conn, d0, writes=[(0, rand(MiB, seed))])
     repo = str(tmp_path / "repo")
     backup.backup_vm(conn, vm.id, repo, method="checkpoint")
-    return vm, repo, ops.checkpoint_ids(conn, vm.id)
+    return vm, repo, checkpoint_ids(conn, vm.id)
 
 
 def interrupt(n):
@@ -113,17 +113,17 @@ def test_a_failed_finalize_keeps_the_state_for_the_next_run(conn, tmp_path, monk
     with open(os.path.join(partial, "state.json")) as f:
         state = json.load(f)
     bid = state["backup_id"]
-    assert ops.get_backup(conn, vm.id, bid).phase == "ready"
+    assert conn.backups.get(vm.id, bid).phase == "ready"
 
     notes = []
     r = backup.backup_vm(conn, vm.id, repo, method="checkpoint", log=notes.append)
     assert r["mode"] == "incremental"
     assert any(f"its engine backup {bid} was finalized" in n for n in notes), notes
     assert any(f"its checkpoint {state['checkpoint_id']} was removed" in n for n in notes)
-    assert ops.get_backup(conn, vm.id, bid).phase in ("succeeded", "failed")
+    assert conn.backups.get(vm.id, bid).phase in ("succeeded", "failed")
     assert backup.Repository(repo).partials(vm.id) == []
     # The checkpoints: the two points', none of the failed run.
-    assert ops.checkpoint_ids(conn, vm.id) == checkpoints + [
+    assert checkpoint_ids(conn, vm.id) == checkpoints + [
         backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]]
     conn.vms.remove(vm.id)
 
@@ -133,8 +133,26 @@ def test_a_failed_run_leaves_no_checkpoint(conn, tmp_path):
     for _ in range(3):
         with pytest.raises(KeyboardInterrupt):
             backup.backup_vm(conn, vm.id, repo, method="checkpoint", progress=interrupt)
-    assert ops.checkpoint_ids(conn, vm.id) == checkpoints
+    assert checkpoint_ids(conn, vm.id) == checkpoints
     assert backup.Repository(repo).partials(vm.id) == []
+    conn.vms.remove(vm.id)
+
+
+def test_ctrl_c_while_the_snapshot_is_taken_leaves_no_snapshot(conn, tmp_path, monkeypatch):
+    """The snapshot method's snapshot is removed when the wait for it is
+    interrupted, before the run could record it for the next run."""
+    vm, (d0,) = make_vm(conn)
+    real_get = conn.snapshots.get
+
+    def interrupted(vm_id, snap_id):
+        monkeypatch.setattr(conn.snapshots, "get", real_get)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn.snapshots, "get", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        backup.backup_vm(conn, vm.id, str(tmp_path / "repo"), method="snapshot")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    assert conn.disks.get(d0).status == "ok"
     conn.vms.remove(vm.id)
 
 

@@ -24,9 +24,8 @@ import time
 import pytest
 
 from helpers import ENGINE_PASSWORD, MiB, qemu_img, wait_phase
-from backup_helpers import engine_checksum, guest_io, make_vm, rand
+from backup_helpers import checkpoint_ids, engine_checksum, guest_io, make_vm, rand
 
-from imagetool.backup import engine_ops as ops
 from imagetool.checksum import checksum_file
 
 sdk = pytest.importorskip("ovirtsdk4")
@@ -132,7 +131,7 @@ def test_backup_vm_example_full_then_incremental(conn, backup_vm, tmp_path):
         assert len(chain_of(path)) == 1
         assert guest_sum(path, tmp_path) == sums[raw]
 
-    assert ops.checkpoint_ids(conn, vm.id) == [cp1, cp2]
+    assert checkpoint_ids(conn, vm.id) == [cp1, cp2]
 
 
 def _sdk_backup(connection, vm_id, disk_ids, from_cp=None):

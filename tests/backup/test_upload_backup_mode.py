@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import MiB, api_json, qemu_img
+from backup_helpers import ready_backup
 
 from imagetool.backup import engine_ops as ops
 from imagetool.transfer.upload import upload_disk
@@ -22,9 +23,8 @@ def _upload(conn, tmp_path, fmt):
 
 
 def _backup_modes(conn, vm_id, disk_ids, from_cp):
-    b = ops.start_backup(conn, vm_id, disk_ids, from_cp, "t")
-    ops.wait_backup(conn, vm_id, b.id, ("ready",), timeout=60)
-    modes = ops.backup_disks(conn, vm_id, b.id)
+    b = ready_backup(conn, vm_id, disk_ids, from_cp, timeout=60)
+    modes = {d.id: d.backup_mode for d in conn.backups.disks(vm_id, b.id)}
     assert ops.finalize_backup(conn, vm_id, b.id, timeout=60) == "succeeded"
     return b, modes
 

@@ -10,6 +10,7 @@ import pytest
 from fake_engine import PASSWORD, SD_ID, USERNAME, FakeEngine, Response
 from imagetool.engine import (Connection, wait_for_disk, wait_for_disk_unlocked,
                               wait_for_transfer_phase)
+from imagetool.engine.entities import Vm
 from imagetool.engine.wait import Poller
 from imagetool.errors import EngineError, NotFound, TimeoutExpired, TransferError
 
@@ -235,7 +236,7 @@ def test_wait_disk_illegal_deadline_and_unlocked():
     with connect(engine) as conn:
         with pytest.raises(TransferError, match="became illegal"):
             wait_for_disk(conn, bad, timeout=5)
-        with pytest.raises(TimeoutExpired, match="disk stuck to be ok .last status: locked"):
+        with pytest.raises(TimeoutExpired, match=r"disk stuck to be ok \(last: locked\)"):
             wait_for_disk(conn, stuck, timeout=0.3)
         with pytest.raises(TimeoutExpired, match="unlocked"):
             wait_for_disk_unlocked(conn, stuck, timeout=0.3)
@@ -352,6 +353,55 @@ def test_vm_and_snapshot_requests():
     assert snap_body.findtext("persist_memorystate") == "false"
     assert snap_body.find("disk_attachments/disk_attachment/disk").get("id") == "d1"
     assert ET.fromstring(by_call[("POST", "vms/v1/snapshots/s1/restore")][1]).tag == "action"
+
+
+def test_backup_and_checkpoint_requests():
+    canned = Canned({
+        ("POST", "vms/v1/backups"): (b'<backup id="b1"><phase>initializing</phase>'
+                                     b'<to_checkpoint_id>c1</to_checkpoint_id></backup>'),
+        ("GET", "vms/v1/backups/b1"): b'<backup id="b1"><phase>ready</phase></backup>',
+        ("GET", "vms/v1/backups"): b'<backups><backup id="b1"/></backups>',
+        ("GET", "vms/v1/backups/b1/disks"): (b'<disks><disk id="d1"><backup_mode>full'
+                                             b'</backup_mode></disk></disks>'),
+        ("POST", "vms/v1/backups/b1/finalize"): b"<action><status>complete</status></action>",
+        ("GET", "vms/v1/checkpoints"): (b'<checkpoints><checkpoint id="c0"/>'
+                                        b'<checkpoint id="c1"/></checkpoints>'),
+        ("GET", "vms/v1/checkpoints/c1"): b'<checkpoint id="c1"><state>created</state></checkpoint>',
+        ("DELETE", "vms/v1/checkpoints/c0"): b"",
+    })
+    from imagetool.engine.wait import wait_for_backup
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        b = conn.backups.add("v1", disk_ids=["d1", "d2"], from_checkpoint_id="c0",
+                             description="nightly")
+        assert (b.id, b.phase, b.to_checkpoint_id) == ("b1", "initializing", "c1")
+        assert wait_for_backup(conn, "v1", "b1", "ready", timeout=5).phase == "ready"
+        assert [x.id for x in conn.backups.list("v1")] == ["b1"]
+        assert [(d.id, d.backup_mode) for d in conn.backups.disks("v1", "b1")] == [("d1", "full")]
+        conn.backups.finalize("v1", "b1")
+        assert [c.id for c in conn.checkpoints.list("v1")] == ["c0", "c1"]
+        assert conn.checkpoints.get("v1", "c1").state == "created"
+        conn.checkpoints.remove("v1", "c0")
+    by_call = {(m, p.removeprefix("/ovirt-engine/api/")): b for m, p, q, b in canned.seen}
+    body = ET.fromstring(by_call[("POST", "vms/v1/backups")])
+    assert body.tag == "backup" and body.findtext("from_checkpoint_id") == "c0"
+    assert body.findtext("description") == "nightly"
+    assert [d.get("id") for d in body.findall("disks/disk")] == ["d1", "d2"]
+    assert ET.fromstring(by_call[("POST", "vms/v1/backups/b1/finalize")]).tag == "action"
+    assert ("DELETE", "vms/v1/checkpoints/c0") in by_call
+
+
+def test_find_takes_an_entity_already_found():
+    """Workflows accept a Vm or Disk, an id or a name: find passes an entity
+    through without asking the engine, and refuses anything else."""
+    canned = Canned({})
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        vm = Vm(id="v1", name="web")
+        assert conn.vms.find(vm) is vm
+        with pytest.raises(TypeError, match="a disk is a Disk, an id or a name, not int"):
+            conn.disks.find(3)
+    assert canned.seen == []
 
 
 def test_disk_snapshots_fallback_to_storage_domain():

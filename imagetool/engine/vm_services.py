@@ -1,0 +1,198 @@
+"""Services of the engine API for VMs and templates and what hangs under a
+VM: snapshots, VM backups and checkpoints (oVirt REST API guide; VM
+backups and checkpoints: the engine API model of oVirt 4.4 and later).
+Reached as ``conn.vms``, ``conn.templates``, ``conn.snapshots``,
+``conn.backups`` and ``conn.checkpoints``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Iterable
+
+from imagetool.engine import codec
+from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
+                                       Snapshot, Template, Vm, VmBackup)
+from imagetool.engine.services import E, _Service
+from imagetool.ids import is_uuid, ref
+
+
+class VmsService(_Service):
+    """``/vms`` and the disks attached to a VM."""
+
+    def list(self, search: str | None = None, max: int | None = None) -> list[Vm]:
+        """All VMs, or those matching a search."""
+        return self._list(Vm, "vms", search=search, max=max)
+
+    def get(self, vm_id: str, all_content: bool = False) -> Vm:
+        """One VM; ``all_content`` includes its OVF (``Vm.ovf``)."""
+        return self._get(Vm, f"vms/{vm_id}", all_content=True if all_content else None)
+
+    def find(self, name_or_id: str | Vm) -> Vm:
+        """A VM by id or exact name."""
+        return self._find(Vm, "vm", "vms", name_or_id)
+
+    def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
+            memory: int | None = None, description: str | None = None,
+            ovf: str | None = None, cpus: int | None = None) -> Vm:
+        """Create a VM (from a template, or from an OVF document); ``cpus``
+        virtual CPUs as sockets of one core (the API model's CpuTopology)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "description": description,
+            "memory": memory,
+            "cluster": ref(cluster), "template": ref(template),
+        }
+        if cpus is not None:
+            body["cpu"] = {"topology": {"sockets": cpus, "cores": 1, "threads": 1}}
+        if ovf is not None:
+            body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
+        return self._add(Vm, "vms", body)
+
+    def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
+        """Delete a VM and its disks (``detach_only``: keep the disks)."""
+        self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
+
+    def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
+        """The VM's disk attachments."""
+        return self._list(DiskAttachment, f"vms/{vm_id}/diskattachments")
+
+    def attach_disk(self, vm_id: str, disk_id: str, *, interface: str = "virtio_scsi",
+                    bootable: bool = False, active: bool = True) -> DiskAttachment:
+        """Attach an existing disk to a VM."""
+        body = {"disk": {"id": disk_id}, "interface": interface,
+                "bootable": bootable, "active": active}
+        return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
+
+    def update_attachment_disk(self, vm_id: str, disk_id: str,
+                               changes: dict[str, Any]) -> None:
+        """Change an attached disk (name, provisioned_size, backup...) with
+        the DiskAttachment ``update`` (``PUT`` with ``<disk>`` inside)."""
+        self._conn.request("PUT", f"vms/{vm_id}/diskattachments/{disk_id}",
+                           body=codec.to_xml(DiskAttachment.TAG, {"disk": changes}))
+
+    def detach_disk(self, vm_id: str, disk_id: str) -> None:
+        """Detach a disk from a VM (the disk stays)."""
+        self._remove(f"vms/{vm_id}/diskattachments/{disk_id}", detach_only=True)
+
+    def export(self, vm_id: str, storage_domain: str, *, exclusive: bool = False,
+               discard_snapshots: bool = False) -> None:
+        """Export a VM to an export storage domain (name or id)."""
+        sd = ({"id": storage_domain} if is_uuid(storage_domain)
+              else {"name": storage_domain})
+        self._action(f"vms/{vm_id}", "export", {
+            "storage_domain": sd, "exclusive": exclusive,
+            "discard_snapshots": discard_snapshots})
+
+    def preview_snapshot(self, vm_id: str, snapshot_id: str) -> None:
+        """Show a snapshot's state as the VM's, until commit or undo."""
+        self._action(f"vms/{vm_id}", "previewsnapshot",
+                     {"snapshot": {"id": snapshot_id}, "restore_memory": False})
+
+    def commit_snapshot(self, vm_id: str) -> None:
+        """Keep the previewed snapshot's state for good."""
+        self._action(f"vms/{vm_id}", "commitsnapshot")
+
+    def undo_snapshot(self, vm_id: str) -> None:
+        """Go back to the state before the preview."""
+        self._action(f"vms/{vm_id}", "undosnapshot")
+
+
+class TemplatesService(_Service):
+    """``/templates``."""
+
+    def list(self) -> list[Template]:
+        """All templates (``Blank`` included)."""
+        return self._list(Template, "templates")
+
+    def find(self, name_or_id: str | Template) -> Template:
+        """A template by id or exact name."""
+        return self._find(Template, "template", "templates", name_or_id)
+
+    def remove(self, template_id: str) -> None:
+        """Delete a template and its disks."""
+        self._remove(f"templates/{template_id}")
+
+    def disk_attachments(self, template_id: str) -> list[DiskAttachment]:
+        """The template's disk attachments."""
+        return self._list(DiskAttachment, f"templates/{template_id}/diskattachments")
+
+
+class _VmCollection(_Service, Generic[E]):
+    """A collection under a VM, ``/vms/ID/<SEGMENT>``, of ``ENTITY``."""
+
+    ENTITY: type[E]
+    SEGMENT: str
+
+    def _path(self, vm_id: str, item_id: str | None = None) -> str:
+        base = f"vms/{vm_id}/{self.SEGMENT}"
+        return f"{base}/{item_id}" if item_id else base
+
+    def list(self, vm_id: str) -> list[E]:
+        """The VM's items, oldest first."""
+        return self._list(self.ENTITY, self._path(vm_id))
+
+    def get(self, vm_id: str, item_id: str) -> E:
+        """One item (NotFound when the VM has none by that id)."""
+        return self._get(self.ENTITY, self._path(vm_id, item_id))
+
+
+class SnapshotsService(_VmCollection[Snapshot]):
+    """``/vms/ID/snapshots`` (the ``active`` one included)."""
+
+    ENTITY, SEGMENT = Snapshot, "snapshots"
+
+    def add(self, vm_id: str, *, description: str,
+            disk_ids: Iterable[str] | None = None,
+            persist_memorystate: bool = False) -> Snapshot:
+        """Take a snapshot (of some disks only when ``disk_ids`` is given)."""
+        body: dict[str, Any] = {"description": description,
+                                "persist_memorystate": persist_memorystate}
+        if disk_ids is not None:
+            body["disk_attachments"] = {"disk_attachment": [
+                {"disk": {"id": d}} for d in disk_ids]}
+        return self._add(Snapshot, self._path(vm_id), body)
+
+    def remove(self, vm_id: str, snapshot_id: str) -> None:
+        """Delete (merge) a snapshot."""
+        self._remove(self._path(vm_id, snapshot_id))
+
+    def restore(self, vm_id: str, snapshot_id: str) -> None:
+        """Restore the VM to a snapshot."""
+        self._action(self._path(vm_id, snapshot_id), "restore")
+
+    def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:
+        """The disks as they were in a snapshot."""
+        return self._list(Disk, f"{self._path(vm_id, snapshot_id)}/disks")
+
+
+class BackupsService(_VmCollection[VmBackup]):
+    """``/vms/ID/backups``: VM backups (engine API model 4.4+, VmBackups and
+    VmBackup services)."""
+
+    ENTITY, SEGMENT = VmBackup, "backups"
+
+    def add(self, vm_id: str, *, disk_ids: Iterable[str],
+            from_checkpoint_id: str | None = None,
+            description: str | None = None) -> VmBackup:
+        """Start a backup of some disks; incremental from ``from_checkpoint_id``."""
+        body = {"description": description, "from_checkpoint_id": from_checkpoint_id,
+                "disks": {"disk": [{"id": d} for d in disk_ids]}}
+        return self._add(VmBackup, self._path(vm_id), body)
+
+    def disks(self, vm_id: str, backup_id: str) -> list[Disk]:
+        """The backup's disks; while it runs each says its ``backup_mode``."""
+        return self._list(Disk, f"{self._path(vm_id, backup_id)}/disks")
+
+    def finalize(self, vm_id: str, backup_id: str) -> None:
+        """End the backup (Conflict while its transfers are still ending)."""
+        self._action(self._path(vm_id, backup_id), "finalize")
+
+
+class CheckpointsService(_VmCollection[Checkpoint]):
+    """``/vms/ID/checkpoints`` (engine API model 4.4+)."""
+
+    ENTITY, SEGMENT = Checkpoint, "checkpoints"
+
+    def remove(self, vm_id: str, checkpoint_id: str) -> None:
+        """Delete a checkpoint (engines refuse all but the oldest)."""
+        self._remove(self._path(vm_id, checkpoint_id))
