@@ -1,6 +1,7 @@
 """One ImageTransfer on an engine, from creation to finished_success.
 
-::
+Workflows do not build one: ``imagetool.transfer.disk`` does (its
+``open_session``) for its ``send`` and ``receive``::
 
     with TransferSession(conn, disk_id=disk.id, direction="upload") as s:
         backend = s.open_backend()      # HttpBackend on transfer_url/proxy_url
