@@ -105,8 +105,8 @@ def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
             if o.verify:
                 algorithm = o.algorithm or verifying.pick_algorithm(dst)
                 verifying.announce_upload_checksum(dst, algorithm, o.block_size)
-                if o.expected is None:
-                    local = verifying.start_upload_hash(source.clone, algorithm)
+                if o.expected is None and verifying.PARALLEL_UPLOAD_HASH:
+                    local = verifying.LocalHash(source.clone, algorithm=algorithm)
             try:
                 stats = copy(shared, out, CopyOptions(
                                  workers, o.buffer_size, dst_is_zero=o.dst_is_zero,

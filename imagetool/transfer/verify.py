@@ -230,12 +230,6 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
     return opener
 
 
-def start_upload_hash(opener: Callable[[], Backend], algorithm: str) -> LocalHash | None:
-    """Hash what ``opener`` opens (a fresh backend on what an upload sends)
-    now when :data:`PARALLEL_UPLOAD_HASH`; None leaves it for :func:`verify_upload`."""
-    return LocalHash(opener, algorithm=algorithm) if PARALLEL_UPLOAD_HASH else None
-
-
 def announce_upload_checksum(dst: Any, algorithm: str,
                              block_size: int = DEFAULT_BLOCK_SIZE) -> bool:
     """Tell the server which checksum :func:`verify_upload` will ask for.
