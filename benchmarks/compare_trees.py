@@ -24,11 +24,16 @@ after/before ratio, and every sample.
 
     python benchmarks/compare_trees.py [--before 1cafaed] [--after HEAD]
         [--size 1G] [--repeat 5] [--workers 4] [--dir /var/tmp] [--json FILE]
+        [--ops upload,download,convert,checksum,backup]
+
+``--ops backup`` adds ``backup create`` (snapshot method, a full point of
+a VM holding the downloaded disk) and ``backup restore`` of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +74,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"))
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--ops", default="upload,download,convert,checksum",
+                    help="which of upload, download, convert, checksum, backup "
+                         "(create of a full point and its restore) to run")
     args = ap.parse_args()
 
     from imagetool.engine import Connection
@@ -139,7 +147,25 @@ def main() -> None:
             out = timed("checksum", side, ["checksum", "--json", image])
             outputs[("checksum", side)] = json.loads(out)["checksum"]
 
-        ops = [upload, download, convert("raw"), convert("qcow2"), checksum]
+        def backup(side: str) -> None:
+            repo = os.path.join(work, f"repo-{side}")
+            shutil.rmtree(repo, ignore_errors=True)
+            timed("backup create", side, ["backup", "create", "--method", "snapshot",
+                                          "--workers", str(args.workers), "bench", repo])
+            out = timed("backup restore", side, ["backup", "restore", repo, "bench", "--sd",
+                                                 "data", "--name", f"restored-{side}",
+                                                 "--workers", str(args.workers), "--json"])
+            restored = json.loads(out)
+            conn.vms.remove(restored["vm_id"])
+            for d in restored["disks"]:
+                with contextlib.suppress(Exception):
+                    conn.disks.remove(d["disk_id"])
+
+        every = {"upload": [upload], "download": [download], "checksum": [checksum],
+                 "convert": [convert("raw"), convert("qcow2")], "backup": [backup]}
+        ops = [op for name in args.ops.split(",") for op in every[name]]
+        if "backup" in args.ops:
+            conn.vms.attach_disk(conn.vms.add(name="bench").id, fixed, bootable=True)
         for n in range(args.repeat):
             order = ("before", "after") if n % 2 == 0 else ("after", "before")
             for op in ops:
@@ -149,10 +175,10 @@ def main() -> None:
         print(file=sys.stderr)
 
         # Same results from both revisions (untimed).
-        for op in ("download", "convert to raw", "convert to qcow2"):
+        for op in {"download", "convert to raw", "convert to qcow2"} & set(rows):
             a, b = outputs[(op, "before")], outputs[(op, "after")]
             subprocess.run(["qemu-img", "compare", "-q", a, b], check=True)
-        assert outputs[("checksum", "before")] == outputs[("checksum", "after")]
+        assert outputs.get(("checksum", "before")) == outputs.get(("checksum", "after"))
         conn.close()
 
         print(f"\n{args.after} vs {args.before}: image {format_size(args.size)} "

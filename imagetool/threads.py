@@ -68,3 +68,25 @@ def wait_all(workers: list[Worker], timeout: float | None = None,
     if pending is not None:
         raise pending
     return all(w.done() for w in workers)
+
+
+class Background(Worker):
+    """``fn()`` run in a daemon thread beside the caller's own work;
+    ``result()`` waits and returns its value, or raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any], name: str | None = None):
+        self._out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = fn()
+            except BaseException as e:  # noqa: B036 - raised by result()
+                self._out["error"] = e
+        super().__init__(run, name=name)
+        self.start()
+
+    def result(self) -> Any:
+        self.wait()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]

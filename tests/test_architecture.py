@@ -189,6 +189,16 @@ def test_phase_groups_are_written_only_in_phases():
     assert offenders == []
 
 
+def test_one_module_builds_transfer_sessions():
+    """Every disk workflow goes through imagetool.transfer.disk: it alone
+    calls TransferSession(...)."""
+    builders = sorted(
+        name for name, path in MODULES.items()
+        if any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "TransferSession"
+               for n in ast.walk(ast.parse(open(path).read(), path))))
+    assert builders == ["imagetool.transfer.disk"]
+
+
 # --- imagetool.phases --------------------------------------------------------
 
 def test_phases_compare_as_their_names():

@@ -13,7 +13,6 @@ download does.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,53 +20,25 @@ from imagetool.backup import digests as dg
 from imagetool.backup.repo import sha256_file
 from imagetool.errors import ChecksumMismatch
 from imagetool.formats import open_image
-from imagetool.backends import Wrapper
+from imagetool.threads import Background
 from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
-from imagetool.transfer.session import TransferSession
-from imagetool.transfer.urls import write_file, write_session_file
+from imagetool.transfer.disk import DiskOptions, ListedExtents, receive
+from imagetool.transfer.urls import new_file, write_file
 from imagetool.transfer.verify import pick_algorithm, remote_checksum, verify_download
 
 
-class _View(Wrapper):
-    """A data-plane backend whose extents are a list given once.
-
-    For a dirty context the data plane reports unchanged ranges as not
-    dirty; they are given here as holes (nothing to copy), and dirty ranges
-    keep their ``zero`` flag.
-    """
-
-    def __init__(self, backend: Any, extents: list[Extent]):
-        super().__init__(backend)
-        self._extents = extents
-
-    def extents(self, context: str = "zero"):
-        return iter(self._extents)
-
-    def clone(self) -> "_View":
-        return _View(self.inner.clone(), self._extents)
-
-
 def write_layer(src: Any, out: str, *, dirty: bool, backing: str | None,
-                write: Callable[[Any], Any] | None = None,
                 workers: int = 4) -> tuple[Any, list[Extent]]:
-    """Write a point's qcow2 file from a data-plane backend; (stats, extents).
-
-    ``dirty``: only what the data plane reports dirty since the checkpoint
-    (an incremental, over ``backing``); otherwise everything, holes kept.
-    ``write(view)`` writes the file (a session's write, which keeps the
-    transfer alive); by default :func:`write_file` does. This is the part
-    of a backup that meets the data plane: the engine's, or an imageio
-    daemon's over an NBD export with a dirty bitmap.
+    """Write a point's qcow2 file from a data-plane backend outside a
+    transfer (an imageio daemon's NBD export with a dirty bitmap); (stats,
+    extents). ``dirty``: only what the data plane reports dirty since the
+    checkpoint (an incremental, over ``backing``), as :func:`fetch_disk`
+    does through ``imagetool.transfer.disk.receive``.
     """
     exts = list(src.extents("dirty" if dirty else "zero"))
-    view = _View(src, exts)
-    if write is None:
-        stats = write_file(view, out, format="qcow2", workers=workers,
-                           backing_file=backing,
-                           backing_format="qcow2" if backing else None)
-    else:
-        stats = write(view)
+    stats = write_file(ListedExtents(src, exts), out, format="qcow2", workers=workers,
+                       backing_file=backing, backing_format="qcow2" if backing else None)
     return stats, exts
 
 
@@ -100,72 +71,46 @@ def fetch_disk(conn: Any, *, disk_id: str, out: str, backing: str | None = None,
     incremental = backing is not None
     if incremental and previous_digests is None:
         raise ValueError("an incremental needs the previous point's digests")
-    transfer_id = None
-    if backup_id is not None:
-        t = conn.transfers.add(disk_id=disk_id, direction="download", format="raw",
-                               inactivity_timeout=inactivity_timeout, backup_id=backup_id)
-        transfer_id = t.id
-    session = TransferSession(conn, disk_id=disk_id, snapshot_id=snapshot_id,
-                              direction="download", format="raw",
-                              shallow=True if shallow else None,
-                              inactivity_timeout=inactivity_timeout)
-    session.reuse_transfer_id = transfer_id
-    with session:
-        src = session.open_backend()
-        algorithm = algorithm or pick_algorithm(src)
-        stats, exts = write_layer(
-            src, out, dirty=dirty, backing=backing,
-            write=lambda view: write_session_file(
-                session, view, out, f"download of disk {disk_id}", format="qcow2",
-                workers=workers, progress=progress, backing_file=backing))
+
+    def check(src: Any) -> Fetched:
+        algo = algorithm or pick_algorithm(src)
         # The file is complete: its SHA-256 (the manifest's) is taken while
         # the block digests and the engine's checksum are, not after them.
-        file_hash: dict = {}
-
-        def hash_file() -> None:
-            try:
-                file_hash["value"] = sha256_file(out)
-            except BaseException as e:  # reported below
-                file_hash["error"] = e
-        hasher = threading.Thread(target=hash_file, name="file-sha256", daemon=True)
-        hasher.start()
-        remote: dict = {}
-        checker = None
+        file_hash = Background(lambda: sha256_file(out), name="file-sha256")
+        remote = None
         if not incremental and engine_checksum:
-            def ask() -> None:
-                try:
-                    remote["value"] = remote_checksum(src, algorithm=algorithm,
-                                                      block_size=block_size)[0]["checksum"]
-                except BaseException as e:  # reported below
-                    remote["error"] = e
-            checker = threading.Thread(target=ask, name="engine-checksum", daemon=True)
-            checker.start()
+            remote = Background(lambda: remote_checksum(
+                src, algorithm=algo, block_size=block_size)[0]["checksum"],
+                name="engine-checksum")
         elif incremental and shallow:
             # A snapshot layer: the engine hashes that layer alone (cheap), as
             # the file's own clusters do.
             verify_download(src, out, format="qcow2", shallow=True, what=out,
-                            algorithm=algorithm, block_size=block_size)
+                            algorithm=algo, block_size=block_size)
         with open_image(out, "r", format="qcow2") as local:
             if incremental:
+                exts = src.extents("dirty" if dirty else "zero")
                 changed = dg.blocks_touching(
                     [(e.start, e.length) for e in exts if not e.hole], block_size)
             else:
                 changed = None
-            fresh = dg.compute(local, changed, algorithm=algorithm, block_size=block_size,
+            fresh = dg.compute(local, changed, algorithm=algo, block_size=block_size,
                                workers=max(2, min(4, workers)))
             count = dg.block_count(local.size, block_size)
-        hasher.join()
-        if "error" in file_hash:
-            raise file_hash["error"]
+        sha256 = file_hash.result()
         all_digests = dg.merged(previous_digests, fresh, count)
-        value = dg.combine(all_digests, algorithm)
+        value = dg.combine(all_digests, algo)
         source = "chain"
-        if checker is not None:
-            checker.join()
-            if "error" in remote:
-                raise remote["error"]
-            if remote["value"] != value:
-                raise ChecksumMismatch(value, remote["value"], f"disk {disk_id}")
+        if remote is not None:
+            if remote.result() != value:
+                raise ChecksumMismatch(value, remote.result(), f"disk {disk_id}")
             source = "engine"
-    return Fetched(bytes_copied=stats.bytes_copied, checksum=value, checksum_source=source,
-                   digests=all_digests, algorithm=algorithm, sha256=file_hash["value"])
+        return Fetched(bytes_copied=0, checksum=value, checksum_source=source,
+                       digests=all_digests, algorithm=algo, sha256=sha256)
+
+    got = receive(conn, disk_id, new_file(out, "qcow2", backing), DiskOptions(
+        snapshot_id=snapshot_id, shallow=shallow, backup_id=backup_id, dirty=dirty,
+        workers=workers, inactivity_timeout=inactivity_timeout, flush=False,
+        over_backing=incremental, verify=False), progress=progress, after=check)
+    got.after.bytes_copied = got.stats.bytes_copied
+    return got.after

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from imagetool import checksum as block_checksum
 from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, RepositoryError,
                                    read_file, sha256_file, write_json)
-from imagetool.errors import ChecksumMismatch, ImagetoolError
+from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
 from imagetool.formats import allocated_ranges, open_image
 from imagetool.formats.base import Extent, union_ranges
@@ -241,9 +241,7 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     checked) with the new disk ids. The new disks are named after the new
     VM. On failure the disks created so far are removed.
     """
-    from imagetool.engine.wait import wait_for_disk
-    from imagetool.transfer.session import TransferSession
-    from imagetool.transfer.verify import announce_upload_checksum, remote_checksum
+    from imagetool.transfer.disk import DiskOptions, add_disk, send
 
     start = time.monotonic()
     repo = Repository(repository)
@@ -263,35 +261,24 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     try:
         for i, entry in enumerate(p.manifest["disks"]):
             with repo.open_disk(p, entry["disk_id"], every) as src:
-                disk = conn.disks.add(
+                disk = add_disk(
+                    conn, created,
                     name=restored_disk_name(vm_name, old_name, entry.get("name"), i),
                     provisioned_size=entry["virtual_size"], storage_domain=storage_domain,
                     format=entry.get("format") or "cow", sparse=entry.get("sparse", True),
                     backup=entry.get("backup") if entry.get("format") == "cow" else None)
-                created.append(disk.id)
-                wait_for_disk(conn, disk.id, "ok")
                 c = entry["checksum"]
-                session = TransferSession(conn, disk_id=disk.id, direction="upload",
-                                          format="raw", timeout_policy="cancel",
-                                          inactivity_timeout=inactivity_timeout)
-                with session:
-                    dst = session.open_backend()
-                    n = max(1, min(workers, dst.max_writers or workers))
-                    announce_upload_checksum(dst, c["algorithm"], c["block_size"])
-                    options = CopyOptions(n, dst_is_zero=entry.get("sparse", True))
-                    stats = copy(SharedBackend(src), dst, options,
-                                 progress=session.progress(progress),
-                                 cancel_event=session.cancel_event)
-                    remote = remote_checksum(dst, algorithm=c["algorithm"],
-                                             block_size=c["block_size"])[0]["checksum"]
-                    if remote != c["value"]:
-                        raise ChecksumMismatch(c["value"], remote,
-                                               f"restored disk {entry['disk_id']}")
-                moved += stats.bytes_copied
+                sent = send(conn, src, disk, DiskOptions(
+                    workers=workers, timeout_policy="cancel",
+                    inactivity_timeout=inactivity_timeout,
+                    dst_is_zero=entry.get("sparse", True), algorithm=c["algorithm"],
+                    block_size=c["block_size"], expected=c["value"],
+                    what=f"restored disk {entry['disk_id']}"), progress=progress)
+                moved += sent.stats.bytes_copied
             disks_out.append({"disk_id": disk.id, "source_disk_id": entry["disk_id"],
                               "name": disk.name, "source_name": entry.get("name"),
-                              "checksum": remote, "algorithm": c["algorithm"],
-                              "block_size": c["block_size"]})
+                              "checksum": sent.verification.value,
+                              "algorithm": c["algorithm"], "block_size": c["block_size"]})
         new_ovf = ovf
         for d in disks_out:
             new_ovf = new_ovf.replace(d["source_disk_id"], d["disk_id"])

@@ -22,24 +22,18 @@ import re
 import time
 from typing import Any, Callable
 
-from imagetool.backends import FlushingBackend
 from imagetool.engine import codec
 from imagetool.engine.entities import Vm
 from imagetool import xmlsafe
-from imagetool.errors import ChecksumMismatch, Conflict, ImagetoolError, NotFound
+from imagetool.errors import Conflict, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid, ref
 from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
-from imagetool.transfer import resume as resume_mod
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, copy
-from imagetool.transfer.journal import flush_bytes_for
-from imagetool.backends import SharedBackend
-from imagetool.transfer.session import TransferSession
-from imagetool.transfer.verify import (LocalHash, announce_upload_checksum,
-                                       pick_algorithm, remote_checksum)
+from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.transfer.disk import DiskOptions, add_disk, send
 
 Progress = Callable[[int], None]
 
@@ -246,7 +240,6 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
                  disk_id: str | None, created: list[str], *, workers: int,
                  buffer_size: int, inactivity_timeout: int, use_proxy: bool,
                  progress: Progress | None) -> dict:
-    from imagetool.engine.wait import wait_for_disk
     fmt = "raw" if d.format == "raw" else "cow"
     sparse = (d.ovf.volume_type or "Sparse") != "Preallocated"
     src = open_disk(ova, d)
@@ -255,45 +248,19 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
         if fmt == "cow" and sparse:
             initial = int(measure(src, out_format="qcow2")["required"])
         try:
-            disk = conn.disks.add(name=_disk_name(d), provisioned_size=d.virtual_size,
-                                  storage_domain=storage_domain, format=fmt,
-                                  sparse=sparse, initial_size=initial, disk_id=disk_id)
+            disk = add_disk(conn, created, name=_disk_name(d), provisioned_size=d.virtual_size,
+                            storage_domain=storage_domain, format=fmt,
+                            sparse=sparse, initial_size=initial, disk_id=disk_id)
         except Conflict:
             if disk_id is None:
                 raise
             raise _already_there(ova.path, disk_id) from None
-        created.append(disk.id)
-        wait_for_disk(conn, disk.id, "ok")
-        session = TransferSession(conn, disk_id=disk.id, direction="upload", format="raw",
-                                  inactivity_timeout=inactivity_timeout,
-                                  timeout_policy="cancel", use_proxy=use_proxy)
-        with session:
-            dst = session.open_backend()
-            n = max(1, min(workers, getattr(dst, "max_writers", None) or workers))
-            algorithm = pick_algorithm(dst)
-            announce_upload_checksum(dst, algorithm)
-            local = LocalHash(lambda: open_disk(ova, d), algorithm=algorithm)
-            try:
-                shared = SharedBackend(src, owner=False)
-                # Flushing as an upload does lets the server hash the
-                # blocks for the checksum beside the copy (checksum ahead).
-                out = FlushingBackend(resume_mod.retrying(dst, session, shared),
-                                      flush_bytes=flush_bytes_for(src.size, buffer_size))
-                stats = copy(shared, out, CopyOptions(n, buffer_size, dst_is_zero=sparse),
-                             progress=session.progress(progress),
-                             cancel_event=session.cancel_event)
-                remote, _ = remote_checksum(dst, algorithm=algorithm)
-                mine = local.result()
-            except CopyCancelled:
-                local.cancel()
-                raise session.stopped(f"upload of {d.member.name}") from None
-            except BaseException:
-                local.cancel()
-                raise
-            if mine["checksum"] != remote["checksum"]:
-                raise ChecksumMismatch(mine["checksum"], remote["checksum"],
-                                       f"member {d.member.name}")
+        sent = send(conn, src, disk, DiskOptions(
+            workers=workers, buffer_size=buffer_size, timeout_policy="cancel",
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+            dst_is_zero=sparse, what=f"member {d.member.name}"), progress=progress)
     finally:
         src.close()
-    return {"disk_id": disk.id, "member": d.member.name, "checksum": mine["checksum"],
-            "algorithm": algorithm, "bytes": stats.bytes_total}
+    v = sent.verification
+    return {"disk_id": disk.id, "member": d.member.name, "checksum": v.value,
+            "algorithm": v.algorithm, "bytes": sent.stats.bytes_total}

@@ -7,7 +7,7 @@ from typing import Any
 from imagetool.checksum import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, hash_factory,
                                 validate_block_size)
 from imagetool.errors import ImagetoolError
-from imagetool.transfer.session import TransferSession
+from imagetool.transfer.disk import DiskOptions, open_session
 from imagetool.transfer.verify import remote_checksum
 
 
@@ -27,10 +27,8 @@ def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM
     if getattr(conn, "legacy", False):
         raise ImagetoolError("this engine (4.1) only moves volume bytes: "
                              "it cannot give a disk's guest-data checksum")
-    session = TransferSession(conn, disk_id=disk_id, direction="download",
-                              format="raw", inactivity_timeout=inactivity_timeout,
-                              use_proxy=use_proxy)
-    with session:
+    with open_session(conn, disk_id, "download", DiskOptions(
+            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy)) as session:
         backend = session.open_backend()
         result, method = remote_checksum(backend, algorithm=algorithm,
                                          block_size=block_size)

@@ -17,18 +17,14 @@ from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import ImagetoolError
-from imagetool.formats import WRITABLE
+from imagetool.formats import WRITABLE, open_image
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir
-from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.copier import CopyCancelled, CopyOptions, copy
-from imagetool.backends import JournalingBackend
-from imagetool.transfer.journal import Journal, flush_bytes_for
+from imagetool.transfer import resume as resume_mod
+from imagetool.transfer.disk import DiskOptions, receive
 from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
-from imagetool.backends import SharedBackend
 from imagetool.transfer.output import atomic_output, check_destination
-from imagetool.transfer.session import TransferSession
-from imagetool.transfer.urls import TransferResult, write_session_file
+from imagetool.transfer.urls import TransferResult, new_file
 
 __all__ = ["DownloadOptions", "download_disk", "download_disk_result"]
 
@@ -62,35 +58,29 @@ def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike,
     # Raw guest data always journals, so a killed download can be resumed.
     if resume_mod.resumable_download(path, opts.resume, opts.format, legacy,
                                      opts.backing_file):
-        stats, verification = _download_journaled(conn, disk, os.fspath(path), opts,
-                                                  progress)
+        got = _download_journaled(conn, disk, os.fspath(path), opts, progress)
     else:
-        stats, verification = _download_whole(conn, disk, path, opts, progress, legacy)
-    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
+        got = _download_whole(conn, disk, path, opts, progress, legacy)
+    return TransferResult(bytes=got.stats.bytes_total, seconds=time.monotonic() - start,
                           format=opts.format, disk_id=disk.id, name=disk.name,
-                          path=os.fspath(path), stats=stats, disk=disk,
-                          checksum=verification.value, verification=verification)
+                          path=os.fspath(path), stats=got.stats, disk=disk,
+                          checksum=got.verification.value, verification=got.verification)
 
 
-def _session(conn: Any, disk: Any, opts: DownloadOptions, format: str,
-             **extra: Any) -> TransferSession:
-    """The download transfer of ``disk`` (or of the asked snapshot), through
+def _options(conn: Any, disk: Any, opts: DownloadOptions, what: str, **more: Any) -> DiskOptions:
+    """The disk transfer of ``disk`` (or of the asked snapshot), through
     the asked host or the one ``imagetool.engine.hosts`` picks (``host_index``
     spreads a bulk run over the Up hosts)."""
     host_id = transfer_host(conn, disk.storage_domain_ids, opts.host, opts.host_index)
-    return TransferSession(conn, disk_id=disk.id, snapshot_id=opts.snapshot_id,
-                           direction="download", format=format,
-                           shallow=opts.shallow or None,
-                           inactivity_timeout=opts.inactivity_timeout,
-                           use_proxy=opts.use_proxy, host_id=host_id, **extra)
-
-
-def _not_verified() -> Any:
-    return verifying.skipped("not asked (--no-verify)")
+    return DiskOptions(snapshot_id=opts.snapshot_id, shallow=opts.shallow,
+                       inactivity_timeout=opts.inactivity_timeout,
+                       use_proxy=opts.use_proxy, host_id=host_id, workers=opts.workers,
+                       buffer_size=opts.buffer_size, verify=opts.verify, what=what,
+                       **more)
 
 
 def _download_journaled(conn: Any, disk: Any, path: str, opts: DownloadOptions,
-                        progress: Progress | None) -> tuple[Any, Any]:
+                        progress: Progress | None) -> Any:
     """A raw download that can continue after a kill: journal + stable partial file.
 
     What it leaves behind (the partial file and journal, on a kill, a
@@ -98,83 +88,48 @@ def _download_journaled(conn: Any, disk: Any, path: str, opts: DownloadOptions,
     :func:`download_disk` and decided by ``resume.download_failed``.
     ``shallow`` (with a snapshot) downloads that layer only; the journal
     records it and a resume with another setting is refused. Returns
-    (CopyStats, Verification).
+    the Received.
     """
     journal = resume_mod.open_download(conn, disk, path, resume=opts.resume,
                                        snapshot_id=opts.snapshot_id, shallow=opts.shallow,
                                        buffer_size=opts.buffer_size)
     _, part = resume_mod.download_paths(path)
     try:
-        stats, verification = _download_into(conn, disk, journal, part, opts, progress,
-                                             what=path)
+        # O_DIRECT writes and write-back advice, as a plain download has.
+        got = receive(conn, disk, lambda size: RawBackend(
+                          part, "r+" if os.path.exists(part) else "w", size=size,
+                          direct=True),
+                      _options(conn, disk, opts, path, journal=journal),
+                      progress=progress, local=lambda: open_image(part, "r", format="raw"))
     except BaseException as e:
         resume_mod.download_failed(journal, part, e, resume=opts.resume)
         raise
     os.replace(part, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     journal.remove()
-    return stats, verification
-
-
-def _download_into(conn: Any, disk: Any, journal: Journal, part: str,
-                   opts: DownloadOptions, progress: Progress | None,
-                   what: str) -> tuple[Any, Any]:
-    """Copy what ``journal`` lacks into ``part``, recording fsynced ranges."""
-
-    session = _session(conn, disk, opts, "raw",
-                       **resume_mod.download_session_options(conn, journal, disk.id))
-    verification = _not_verified()
-    with session:
-        journal.update(transfer_id=session.transfer_id)
-        src = resume_mod.retrying(session.open_backend(), session)
-        size = src.size
-        # O_DIRECT writes and write-back advice, as a plain download has.
-        local = RawBackend(part, "r+" if os.path.exists(part) else "w", size=size,
-                           direct=True)
-        shared = SharedBackend(local)
-        dst = JournalingBackend(shared, journal, sync=local.flush,
-                                flush_bytes=flush_bytes_for(size, opts.buffer_size))
-        workers = max(1, min(opts.workers, src.max_readers or opts.workers))
-        try:
-            options = CopyOptions(workers, opts.buffer_size, dst_is_zero=True,
-                                  detect_zeroes=True, overlap=workers <= 2)
-            stats = copy(src, dst, options, progress=session.progress(progress),
-                         cancel_event=session.cancel_event, skip_ranges=journal.done)
-            dst.flush()
-        except CopyCancelled:
-            raise session.stopped(f"download of {disk.name or disk.id}") from None
-        finally:
-            shared.close()
-        if opts.verify:
-            verification = verifying.verify_download(src, part, what=what)
-    return stats, verification
+    return got
 
 
 def _download_whole(conn: Any, disk: Any, path: str | os.PathLike, opts: DownloadOptions,
-                    progress: Progress | None, legacy: bool) -> tuple[Any, Any]:
+                    progress: Progress | None, legacy: bool) -> Any:
     """qcow2 output, a backing file or a 4.1 engine: a temporary file that
     appears under ``path`` only when complete (removed on any failure)."""
     # 4.1 engines only move volume bytes: a cow volume arrives as qcow2.
     volume_is_qcow2 = legacy and disk.format == "cow"
-    verification = _not_verified()
     with atomic_output(path, opts.force) as tmp:
-        # Leaving the session finalizes (or cancels) before the file is
+        # Leaving the transfer finalizes (or cancels) before the file is
         # renamed, so a failed transfer never leaves a file behind.
-        with _session(conn, disk, opts, "cow" if legacy else "raw") as session:
-            # Transient data-plane errors are retried per request (reads are idempotent).
-            src = resume_mod.retrying(session.open_backend(), session)
-            out, fmt = (tmp + ".volume", "raw") if volume_is_qcow2 else (tmp, opts.format)
-            backing = None if volume_is_qcow2 else opts.backing_file
-            stats = write_session_file(session, src, out, f"download of {disk.name or disk.id}",
-                                       format=fmt, workers=opts.workers,
-                                       request_size=opts.buffer_size, progress=progress,
-                                       backing_file=backing)
-            if opts.verify:      # before finalize; a mismatch cancels and drops tmp
-                verification = verifying.verify_download(
-                    src, out, format=fmt, shallow=bool(backing), what=os.fspath(path))
+        out, fmt = (tmp + ".volume", "raw") if volume_is_qcow2 else (tmp, opts.format)
+        backing = None if volume_is_qcow2 else opts.backing_file
+        got = receive(conn, disk, new_file(out, fmt, backing),
+                      _options(conn, disk, opts, os.fspath(path),
+                               format="cow" if legacy else "raw", flush=False,
+                               over_backing=backing is not None),
+                      progress=progress,
+                      local=lambda: open_image(out, "r", format=fmt, shallow=bool(backing)))
         if volume_is_qcow2:
             _from_volume(tmp + ".volume", tmp, opts.format, opts.workers)
-    return stats, verification
+    return got
 
 
 def _from_volume(volume: str, out: str, format: str, workers: int) -> None:

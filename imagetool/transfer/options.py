@@ -15,6 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from imagetool.checksum import DEFAULT_BLOCK_SIZE
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 
 T = TypeVar("T")
@@ -83,6 +84,54 @@ class DownloadOptions:
     resume: bool = False
     host: str | None = None
     host_index: int = 0
+
+
+@dataclass(frozen=True)
+class DiskOptions:
+    """How one disk moves (one frozen value for :func:`send` and :func:`receive`).
+
+    The session: ``format`` raw (guest data) or cow (volume bytes),
+    ``inactivity_timeout``, ``timeout_policy``, ``use_proxy``, ``host_id``,
+    ``snapshot_id`` and ``shallow`` (receive a disk snapshot, or that layer
+    only), ``backup_id`` (receive through a VM backup). The copy:
+    ``workers`` (capped by the server's), ``buffer_size``, ``dst_is_zero``
+    (send: the new disk reads as zeros), ``detect_zeroes`` and
+    ``over_backing`` (receive into a qcow2 over a backing file),
+    ``dirty`` (receive only what a VM backup reports changed). Around it:
+    ``retries`` per request, ``flush`` every so many bytes as the copy goes
+    (a server hashing ahead then hashes beside the copy), ``journal`` (send:
+    an ``UploadResume``, receive: a download ``Journal``) recording durable
+    ranges so a killed run continues. ``verify`` compares the server's
+    block checksum before finalizing, with ``algorithm`` (None: picked) and
+    ``block_size``; ``expected`` (send) is the checksum the disk must get,
+    compared instead of hashing the source; ``volume_bytes`` (send) says
+    the source is a qcow2 file's own bytes. ``what`` names the disk in
+    errors.
+    """
+
+    format: str = "raw"
+    workers: int = 4
+    buffer_size: int = DEFAULT_REQUEST_SIZE
+    inactivity_timeout: int = 60
+    timeout_policy: str | None = None
+    use_proxy: bool = False
+    host_id: str | None = None
+    snapshot_id: str | None = None
+    shallow: bool = False
+    backup_id: str | None = None
+    dst_is_zero: bool = True
+    detect_zeroes: bool = True
+    over_backing: bool = False
+    dirty: bool = False
+    retries: bool = True
+    flush: bool = True
+    journal: Any = None
+    verify: bool = True
+    algorithm: str | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    expected: str | None = None
+    volume_bytes: bool = False
+    what: str = ""
 
 
 def resolve(cls: type[T], options: T | None, keywords: dict[str, Any]) -> T:

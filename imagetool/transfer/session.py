@@ -1,6 +1,7 @@
 """One ImageTransfer on an engine, from creation to finished_success.
 
-::
+Workflows do not build one: ``imagetool.transfer.disk`` does (its
+``open_session``) for its ``send`` and ``receive``::
 
     with TransferSession(conn, disk_id=disk.id, direction="upload") as s:
         backend = s.open_backend()      # HttpBackend on transfer_url/proxy_url
@@ -30,6 +31,7 @@ from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
+from imagetool.transfer.options import DiskOptions, resolve
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,15 @@ log = logging.getLogger(__name__)
 class TransferSession:
     """Context manager around one image transfer (see module docstring).
 
-    ``direction`` upload|download; ``format`` raw (guest data) or cow
-    (volume bytes; ignored by 4.1 engines); ``timeout_policy`` legacy|pause|
-    cancel or None for the engine's default; ``use_proxy`` sends data through
-    the engine's proxy_url even when the host is reachable; ``extend`` asks
-    the engine to extend the session periodically (None: only 4.1 engines).
+    ``direction`` upload|download; ``options`` (a ``DiskOptions``, or its
+    fields as keywords) say which disk or snapshot, ``format`` raw (guest
+    data) or cow (volume bytes; ignored by 4.1 engines), ``timeout_policy``
+    legacy|pause|cancel or None for the engine's default, ``use_proxy``
+    (data through the engine's proxy_url even when the host is reachable),
+    ``host_id`` (None: the engine picks), ``backup_id`` (a download through
+    that VM backup, whose data plane also answers dirty extents).
+    ``extend`` asks the engine to extend the session periodically (None:
+    only 4.1 engines).
 
     Resume: ``reuse_transfer_id`` attaches to that existing transfer
     instead of creating one; ``keep_on_error`` pauses the transfer on
@@ -51,32 +57,22 @@ class TransferSession:
     the inactivity timeout).
     """
 
-    def __init__(self, conn: Any, *, disk_id: str | None = None,
-                 snapshot_id: str | None = None, direction: str,
-                 format: str = "raw", inactivity_timeout: int = 60,
-                 timeout_policy: str | None = None, shallow: bool | None = None,
-                 use_proxy: bool = False, extend: bool | None = None,
-                 start_timeout: float = 300.0, finalize_timeout: float = 600.0,
-                 cleanup_timeout: float = 300.0, host_id: str | None = None,
-                 reuse_transfer_id: str | None = None, keep_on_error: bool = False):
+    start_timeout = 300.0
+    finalize_timeout = 600.0
+    cleanup_timeout = 300.0
+
+    def __init__(self, conn: Any, *, disk_id: str | None = None, direction: str,
+                 options: DiskOptions | None = None, reuse_transfer_id: str | None = None,
+                 keep_on_error: bool = False, extend: bool | None = None,
+                 **keywords: Any):
+        o = self.options = resolve(DiskOptions, options, keywords)
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
-        if not (disk_id or snapshot_id):
+        if not (disk_id or o.snapshot_id):
             raise ValueError("give disk_id or snapshot_id")
         self.conn = conn
         self.disk_id = disk_id
-        self.snapshot_id = snapshot_id
         self.direction = direction
-        self.format = format
-        self.inactivity_timeout = inactivity_timeout
-        self.timeout_policy = timeout_policy
-        self.shallow = shallow
-        self.use_proxy = use_proxy
-        self.extend = extend
-        self.start_timeout = start_timeout
-        self.finalize_timeout = finalize_timeout
-        self.cleanup_timeout = cleanup_timeout
-        self.host_id = host_id      # the host to serve it (None: the engine picks)
         self.transfer: Any = None
         self.transfer_id: str | None = None
         self.url: str | None = None
@@ -90,6 +86,7 @@ class TransferSession:
         self._backends: list[Any] = []
         self.reuse_transfer_id = reuse_transfer_id
         self.keep_on_error = keep_on_error
+        self.extend = extend
 
     # --- lifecycle --------------------------------------------------------
 
@@ -118,12 +115,12 @@ class TransferSession:
         if self.reuse_transfer_id:
             t = self.conn.transfers.get(self.reuse_transfer_id)
         else:
+            o = self.options
             t = self.conn.transfers.add(
-                disk_id=self.disk_id, snapshot_id=self.snapshot_id,
-                direction=self.direction, format=self.format,
-                inactivity_timeout=self.inactivity_timeout,
-                timeout_policy=self.timeout_policy, shallow=self.shallow,
-                host_id=self.host_id)
+                disk_id=self.disk_id, snapshot_id=o.snapshot_id, direction=self.direction,
+                format=o.format, inactivity_timeout=o.inactivity_timeout,
+                timeout_policy=o.timeout_policy, shallow=o.shallow or None,
+                host_id=o.host_id, backup_id=o.backup_id)
         self.transfer_id = t.id
         try:
             self.transfer = wait_for_transfer_phase(
@@ -138,7 +135,7 @@ class TransferSession:
         self._thread.start()
 
     def _pick_urls(self, t: Any) -> tuple[str, str | None]:
-        if self.use_proxy:
+        if self.options.use_proxy:
             if not t.proxy_url:
                 raise TransferError("the engine gave no proxy_url for this transfer")
             return t.proxy_url, None
@@ -282,7 +279,7 @@ class TransferSession:
     # --- keep-alive -------------------------------------------------------
 
     def _keepalive(self) -> None:
-        timeout = max(self.inactivity_timeout or 60, 2)
+        timeout = max(self.options.inactivity_timeout or 60, 2)
         interval = max(0.5, min(timeout / 4, 15.0))
         extend = self.extend if self.extend is not None else bool(
             getattr(self.conn, "legacy", False))

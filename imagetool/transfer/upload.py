@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.engine.hosts import transfer_host
-from imagetool.engine.wait import wait_for_disk
 from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
 from imagetool.formats import FORMATS, ImageInfo, inspect, open_image
 from imagetool.formats.base import Backend
@@ -25,11 +24,9 @@ from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.raw import RawBackend
-from imagetool.transfer import resume as resume_mod, verify as verifying
-from imagetool.copier import CopyCancelled, CopyOptions, copy
+from imagetool.transfer import resume as resume_mod
+from imagetool.transfer.disk import DiskOptions, add_disk, send
 from imagetool.transfer.options import UploadOptions, keywords_of, resolve
-from imagetool.backends import SharedBackend
-from imagetool.transfer.session import TransferSession
 from imagetool.transfer.urls import TransferResult
 
 __all__ = ["UploadOptions", "UploadPlan", "check_source", "plan_upload",
@@ -175,74 +172,31 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str,
         if plan.volume_bytes:
             src = stack.enter_context(RawBackend(source_path, "r"))
         name = opts.name or os.path.basename(plan.path)
-        stats, verification, disk = _transfer(conn, plan, src, source_path,
-                                              storage_domain, name, opts, progress)
-    return TransferResult(bytes=stats.bytes_total, seconds=time.monotonic() - start,
-                          format=plan.disk_format, checksum=verification.value,
-                          verification=verification, disk_id=disk.id, name=name,
-                          path=plan.path, stats=stats, disk=disk)
+        sent, disk = _transfer(conn, plan, src, storage_domain, name, opts, progress)
+    return TransferResult(bytes=sent.stats.bytes_total, seconds=time.monotonic() - start,
+                          format=plan.disk_format, checksum=sent.verification.value,
+                          verification=sent.verification, disk_id=disk.id, name=name,
+                          path=plan.path, stats=sent.stats, disk=disk)
 
 
-def _transfer(conn: Any, plan: UploadPlan, src: Backend, source_path: str,
-              storage_domain: str, name: str, opts: UploadOptions,
-              progress: Progress | None) -> tuple[Any, Any, Any]:
-    """Create (or find again) the disk and move ``src`` into it.
-
-    Returns (CopyStats, Verification, the finalized Disk).
-    """
+def _transfer(conn: Any, plan: UploadPlan, src: Backend, storage_domain: str,
+              name: str, opts: UploadOptions, progress: Progress | None) -> tuple[Any, Any]:
+    """Create (or find again) the disk and send ``src`` into it: (Sent, Disk)."""
     # Before the disk exists: an unusable host creates nothing.
     host_id = transfer_host(conn, host=opts.host, index=opts.host_index,
                             storage_domain=storage_domain)
     state = resume_mod.open_upload(conn, plan, storage_domain, name, opts.disk_id,
                                    resume=opts.resume, request_size=opts.buffer_size)
     disk = _target_disk(conn, plan, state, storage_domain, name, opts)
-    session = TransferSession(
-        conn, disk_id=disk.id, direction="upload", format=plan.transfer_format,
+    sent = send(conn, src, disk, DiskOptions(
+        format=plan.transfer_format, workers=opts.workers, buffer_size=opts.buffer_size,
         inactivity_timeout=opts.inactivity_timeout, use_proxy=opts.use_proxy,
         host_id=host_id,
         timeout_policy=resume_mod.upload_timeout_policy(opts.timeout_policy, opts.resume),
-        **(state.session_options(conn, disk.id) if state else {}))
-    verification = verifying.skipped("not asked (--no-verify)")
-    local_hash = None
-    try:
-        with session:
-            dst = session.open_backend()
-            workers = max(1, min(opts.workers, dst.max_writers or opts.workers))
-            cdst = (state.start(session, dst, SharedBackend(src)) if state else
-                    resume_mod.retrying(dst, session, SharedBackend(src)))
-            if opts.verify:
-                algorithm = verifying.pick_algorithm(dst)
-                verifying.announce_upload_checksum(dst, algorithm)
-                local_hash = verifying.start_upload_hash(
-                    source_path, plan.volume_bytes, algorithm=algorithm, opener=src.clone)
-            try:
-                stats = copy(SharedBackend(src), cdst, CopyOptions(
-                                 workers, opts.buffer_size,
-                                 dst_is_zero=opts.sparse and not plan.volume_bytes,
-                                 # a volume's file grows as its bytes arrive
-                                 check_size=plan.transfer_format == "raw"),
-                             progress=session.progress(progress),
-                             cancel_event=session.cancel_event,
-                             skip_ranges=state.journal.done if state else None)
-            except CopyCancelled:
-                raise session.stopped(f"upload of {plan.path}") from None
-            if opts.verify:
-                verification = verifying.verify_upload(
-                    dst, source_path, volume_bytes=plan.volume_bytes,
-                    local=local_hash, what=plan.path, algorithm=algorithm,
-                    opener=src.clone)
-    except BaseException as e:
-        if local_hash is not None:
-            local_hash.cancel()
-        if session.transfer_id is None and not (state and state.resume):
-            # No transfer was created: the engine will not clean up.
-            _remove_quietly(conn, disk.id)
-        if state:
-            state.failed(e)     # with resume: re-raised with how to continue
-        raise
-    if state:
-        state.journal.remove()
-    return stats, verification, conn.disks.get(disk.id)
+        dst_is_zero=opts.sparse and not plan.volume_bytes, journal=state,
+        verify=opts.verify, volume_bytes=plan.volume_bytes, what=plan.path),
+        progress=progress)
+    return sent, conn.disks.get(disk.id)
 
 
 def _target_disk(conn: Any, plan: UploadPlan, state: Any, storage_domain: str,
@@ -250,8 +204,8 @@ def _target_disk(conn: Any, plan: UploadPlan, state: Any, storage_domain: str,
     """The disk to upload into: the interrupted upload's, or a new one (ok)."""
     if state and state.disk_id:
         return state.existing_disk(conn)
-    disk = conn.disks.add(
-        name=name, provisioned_size=plan.virtual_size, storage_domain=storage_domain,
+    return add_disk(
+        conn, name=name, provisioned_size=plan.virtual_size, storage_domain=storage_domain,
         format=plan.disk_format, sparse=opts.sparse, initial_size=plan.initial_size,
         content_type=plan.content_type, disk_id=opts.disk_id,
         description=opts.description,
@@ -259,19 +213,6 @@ def _target_disk(conn: Any, plan: UploadPlan, state: Any, storage_domain: str,
         # checkpoints (VM backup API, 4.4+), so it can be backed up
         # incrementally; raw disks cannot (the engine refuses them).
         backup="incremental" if plan.disk_format == "cow" else None)
-    try:
-        wait_for_disk(conn, disk.id, "ok")
-    except BaseException:
-        _remove_quietly(conn, disk.id)
-        raise
-    return disk
-
-
-def _remove_quietly(conn: Any, disk_id: str) -> None:
-    try:
-        conn.disks.remove(disk_id)
-    except Exception:
-        pass
 
 
 @keywords_of(UploadOptions)

@@ -20,7 +20,7 @@ from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyCancelled, CopyOptions, CopyStats, copy
+from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyOptions, CopyStats, copy
 from imagetool.backends import SharedBackend
 from imagetool.transfer.output import atomic_output
 
@@ -76,6 +76,22 @@ def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
                 progress=progress, cancel_event=cancel_event)
 
 
+def new_file(path: str, format: str, backing_file: str | None = None,
+             backing_format: str | None = None) -> Callable[[int], Backend]:
+    """An opener of the new file ``path`` of a given size: raw (sparse,
+    O_DIRECT) or qcow2 (over ``backing_file``, a qcow2 unless told)."""
+    if format not in WRITABLE:
+        raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
+
+    def create(size: int) -> Backend:
+        if format == "raw":
+            return RawBackend(path, "w", size=size, direct=True)
+        return Qcow2Writer.create(path, size, backing_file=backing_file,
+                                  backing_format=backing_format or (
+                                      "qcow2" if backing_file else None))
+    return create
+
+
 def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
                request_size: int = DEFAULT_REQUEST_SIZE,
                progress: Progress | None = None, cancel_event=None,
@@ -90,16 +106,8 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     file's data as the layer hid its parent's. The caller owns renaming
     (see ``atomic_output``).
     """
-    if format not in WRITABLE:
-        raise ImagetoolError(f"unsupported download format {format!r} (raw or qcow2)")
     workers = max(1, min(workers, src.max_readers or workers))
-    size = src.size
-    if format == "raw":
-        shared = SharedBackend(RawBackend(tmp, "w", size=size, direct=True))
-    else:
-        dst = Qcow2Writer.create(tmp, size, backing_file=backing_file,
-                                 backing_format=backing_format)
-        shared = SharedBackend(dst)
+    shared = SharedBackend(new_file(tmp, format, backing_file, backing_format)(src.size))
     try:
         # With few connections, writing the local file while the next
         # request is read is faster (benchmarks/transfer_results.md); with
@@ -112,26 +120,6 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     finally:
         shared.close()
     return stats
-
-
-def write_session_file(session: Any, src: Backend, out: str, what: str, *, format: str,
-                       workers: int, request_size: int = DEFAULT_REQUEST_SIZE,
-                       progress: Progress | None = None,
-                       backing_file: str | None = None) -> CopyStats:
-    """:func:`write_file` for the backend of a download ``session``.
-
-    The copy reports to the session's progress (which also keeps it from
-    going idle) and stops on its cancel event; a stop is raised as the
-    session's ``<what> stopped: <reason>`` TransferError. A ``backing_file``
-    is a qcow2 file: the parent of the shallow layer ``src`` reads.
-    """
-    try:
-        return write_file(src, out, format=format, workers=workers,
-                          request_size=request_size, progress=session.progress(progress),
-                          cancel_event=session.cancel_event, backing_file=backing_file,
-                          backing_format="qcow2" if backing_file else None)
-    except CopyCancelled:
-        raise session.stopped(what) from None
 
 
 def _can_verify(backend: Backend, verify: bool):

@@ -43,7 +43,6 @@ removed.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -231,22 +230,6 @@ def open_source(path: str, volume_bytes: bool) -> Callable[[], Backend]:
     return opener
 
 
-def start_upload_hash(source_path: str, volume_bytes: bool = False, *,
-                      algorithm: str | None = None,
-                      opener: Callable[[], Backend] | None = None) -> LocalHash | None:
-    """Start hashing an upload's source now when :data:`PARALLEL_UPLOAD_HASH`.
-
-    ``algorithm`` None: the fastest here. ``opener`` returns a fresh
-    backend on what the upload sends (e.g. the open source's ``clone``;
-    default: open ``source_path`` again). Returns None when hashing is
-    left for :func:`verify_upload`.
-    """
-    if not PARALLEL_UPLOAD_HASH:
-        return None
-    return LocalHash(opener or open_source(source_path, volume_bytes),
-                     algorithm=algorithm or fastest_algorithm())
-
-
 def announce_upload_checksum(dst: Any, algorithm: str,
                              block_size: int = DEFAULT_BLOCK_SIZE) -> bool:
     """Tell the server which checksum :func:`verify_upload` will ask for.
@@ -269,7 +252,7 @@ def announce_upload_checksum(dst: Any, algorithm: str,
     return True
 
 
-def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
+def verify_upload(dst: Any, source_path: str | None = None, *, volume_bytes: bool = False,
                   local: LocalHash | None = None, what: str = "",
                   algorithm: str | None = None,
                   block_size: int = DEFAULT_BLOCK_SIZE,
@@ -280,16 +263,17 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
     session's HttpBackend; ``local`` a LocalHash started on the same source
     (one is run here when None); ``volume_bytes`` for cow transfers of a
     qcow2 file (see the module docstring). ``algorithm`` None: picked.
-    ``opener`` as for :func:`start_upload_hash`.
+    ``opener`` returns a fresh backend on what the upload sent (without
+    it, ``source_path`` is opened).
     """
     start = time.monotonic()
     algorithm = algorithm or pick_algorithm(dst)
+    opener = opener or open_source(source_path, volume_bytes)
     if local is not None and local.algorithm != algorithm:
         local.cancel()
         local = None
     if local is None:
-        local = LocalHash(opener or open_source(source_path, volume_bytes),
-                          algorithm=algorithm, block_size=block_size)
+        local = LocalHash(opener, algorithm=algorithm, block_size=block_size)
     kw = dict(algorithm=algorithm, block_size=block_size)
     if not volume_bytes:
         remote, method = remote_checksum(dst, **kw)
@@ -299,11 +283,12 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
                             seconds=time.monotonic() - start)
 
     mine = local.result()       # the file's bytes
-    file_size = _file_size(source_path)
+    with opener() as source:
+        file_size = source.size
     volume_size = _fresh_size(dst)
     if volume_size >= file_size:
         remote, method = remote_checksum(dst, **kw)
-        padded = _padded_checksum(source_path, volume_size, kw)
+        padded = _padded_checksum(opener, volume_size, kw)
         if padded == remote["checksum"]:
             return Verification(True, algorithm, block_size, padded, method,
                                 scope="volume-bytes", seconds=time.monotonic() - start)
@@ -314,22 +299,19 @@ def verify_upload(dst: Any, source_path: str, *, volume_bytes: bool = False,
                         scope="volume-bytes", seconds=time.monotonic() - start)
 
 
-def _file_size(path: str) -> int:
-    return os.path.getsize(path)
-
-
 def _fresh_size(dst: Any) -> int:
     """The ticket's current size (a cow volume grows as its bytes arrive)."""
     with _fresh_client(dst, dst.client.read_timeout) as client:
         return client.size()
 
 
-def _padded_checksum(path: str, size: int, kw: dict) -> str:
-    with RawBackend(path, "r") as b:
+def _padded_checksum(opener: Callable[[], Backend], size: int, kw: dict) -> str:
+    with opener() as b:
         return checksum(Window(b, size), **kw)["checksum"]
 
 
-def verify_download(src: Any, local_path: str, *, format: str = "raw",
+def verify_download(src: Any, local_path: str | Callable[[], Backend], *,
+                    format: str = "raw",
                     shallow: bool = False, what: str = "",
                     algorithm: str | None = None,
                     block_size: int = DEFAULT_BLOCK_SIZE) -> Verification:
@@ -339,11 +321,13 @@ def verify_download(src: Any, local_path: str, *, format: str = "raw",
     is the file's (raw, or qcow2 read as guest data; ``shallow`` reads only
     that layer, for files given a backing file). The server hashes while we
     hash the file. ``algorithm`` None: picked (module docstring). Raises ChecksumMismatch when they differ.
+    ``local_path`` may instead be an opener of what was written.
     """
     start = time.monotonic()
     algorithm = algorithm or pick_algorithm(src)
-    local = LocalHash(lambda: open_image(local_path, "r", format=format, shallow=shallow),
-                      algorithm=algorithm, block_size=block_size)
+    opener = local_path if callable(local_path) else (
+        lambda: open_image(local_path, "r", format=format, shallow=shallow))
+    local = LocalHash(opener, algorithm=algorithm, block_size=block_size)
     remote, method = remote_checksum(src, algorithm=algorithm, block_size=block_size)
     mine = local.result()
     _check_equal(mine, remote, what, algorithm, block_size)

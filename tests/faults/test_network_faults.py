@@ -241,3 +241,29 @@ def test_ticket_expires_after_inactivity(faulty_engine, cli, image, caplog):
                 and r.name.startswith("imagetool")], caplog.text
     assert new_phases(fe) == ["finished_failure"]
     assert disks_named(fe, name) == []
+
+
+@pytest.mark.slow
+def test_restore_retries_a_put_cut_once(faulty_engine, tmp_path, image):
+    """A backup restore sends through the one disk transfer, so a PUT cut
+    once is retried as an upload's is (restore used to fail on it)."""
+    from imagetool.backup import backup_vm, restore_vm
+    from imagetool.transfer.download import download_disk
+    from imagetool.transfer.upload import upload_disk
+
+    fe = faulty_engine
+    with fe.connect() as conn:
+        vm = conn.vms.add(name="restore-retried")
+        disk = upload_disk(conn, image, "data", name="restore-retried-d0", disk_format="qcow2")
+        conn.vms.attach_disk(vm.id, disk.id, bootable=True)
+        repo = str(tmp_path / "repo")
+        backup_vm(conn, vm.id, repo, method="snapshot")
+        fe.proxy.add_rule(Rule(method="PUT", path_re=DATA_PATH, nth=1,
+                               action=CutRequestBody(after=12345)))
+        got = restore_vm(conn, repo, vm.id, storage_domain="data", name="restored-retried")
+        assert len(fe.proxy.stats.faults) == 1
+    fe.proxy.clear_rules()
+    out = str(tmp_path / "restored.raw")
+    with fe.connect() as conn:
+        download_disk(conn, got["disks"][0]["disk_id"], out)
+    assert same_image(image, out)

@@ -137,3 +137,23 @@ def test_signatures_list_every_option_keyword():
         for f in dataclasses.fields(cls):
             assert params[f.name].default == f.default, (fn.__name__, f.name)
             assert params[f.name].kind is pyinspect.Parameter.KEYWORD_ONLY
+
+
+def test_disk_options_are_one_frozen_value_a_session_reads():
+    """A session takes a DiskOptions or its fields as keywords (the keywords
+    win); an unknown keyword is a TypeError, as the listed keywords were."""
+    from imagetool.transfer.disk import DiskOptions, Sent
+    from imagetool.copier import CopyStats
+    from imagetool.transfer.verify import skipped
+
+    o = DiskOptions(format="cow", use_proxy=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.format = "raw"
+    s = TransferSession(None, disk_id="d", direction="download", options=o, format="raw")
+    assert (s.options.format, s.options.use_proxy) == ("raw", True)
+    with pytest.raises(TypeError):
+        TransferSession(None, disk_id="d", direction="download", formatt="raw")
+    sent = Sent("d", "t", CopyStats(bytes_total=5), skipped("not asked (--no-verify)"))
+    assert sent.to_json() == {"disk_id": "d", "transfer_id": "t", "bytes": 5,
+                              "checksum": None, "verified": False,
+                              "verify_skipped": "not asked (--no-verify)"}
