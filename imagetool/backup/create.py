@@ -192,7 +192,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         except BaseException:
             _abandon(conn, repo, vm_id, staging, state)
             raise
-        if method == "snapshot" and last is not None:
+        if last is not None:     # a base snapshot the new point no longer needs
             old = (last.manifest.get("engine") or {}).get("snapshot_id")
             if old and old != engine_ids.get("snapshot_id"):
                 try:

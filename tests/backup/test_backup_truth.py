@@ -190,3 +190,17 @@ def test_a_real_backup_is_owner_only_whatever_the_umask(conn, tmp_path):
     assert len(modes) == 1 + 1 + 2 * 5 + 1      # repo, VM dir, 2 points of 4 files, .lock
     assert {p: m for p, m in modes.items() if m not in (0o600, 0o700)} == {}
     conn.vms.remove(vm.id)
+
+
+def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
+    """A snapshot chain keeps one snapshot on the engine as the next
+    incremental's base; a point made with checkpoints no longer needs it."""
+    vm, (d0,) = make_vm(conn)
+    repo = str(tmp_path / "repo")
+    first = backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active", "regular"]
+    second = backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    assert (first["method"], second["method"], second["mode"]) == ("snapshot", "checkpoint",
+                                                                    "full")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    conn.vms.remove(vm.id)
