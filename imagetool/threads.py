@@ -90,3 +90,22 @@ class Background(Worker):
         if "error" in self._out:
             raise self._out["error"]
         return self._out["value"]
+
+
+def shielded(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run to its end whatever Ctrl-Cs come meanwhile; its value.
+
+    For cleanup after a failure (a first Ctrl-C included): a second Ctrl-C
+    landing in the middle of it would otherwise leave half of it undone,
+    e.g. a disk made but not removed. ``fn`` runs in a worker thread,
+    which signals never interrupt; the caller waits for it, and a
+    KeyboardInterrupt received while it waits is raised once ``fn`` is
+    over (what ``fn`` raised goes first).
+    """
+    job = Background(fn, name="cleanup")
+    interrupts: list[BaseException] = []
+    wait_all([job], on_interrupt=interrupts.append)
+    value = job.result()
+    if interrupts:
+        raise interrupts[0]
+    return value

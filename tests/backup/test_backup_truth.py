@@ -17,7 +17,7 @@ from backup_helpers import (checkpoint_ids, engine_checksum, guest_io, make_vm, 
                             ready_backup)
 
 from imagetool import backup
-from imagetool.backup import engine_ops as ops
+from imagetool.backup import engine_ops as ops, maintain
 from imagetool.errors import EngineError
 
 
@@ -203,4 +203,23 @@ def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
     assert (first["method"], second["method"], second["mode"]) == ("snapshot", "checkpoint",
                                                                     "full")
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    conn.vms.remove(vm.id)
+
+
+@pytest.mark.parametrize("step", ["send", "_rename_disks"])
+def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypatch, step):
+    """Ctrl-C while a disk is sent, or after the new VM is made (while its
+    disks are renamed): the VM and every new disk go."""
+    vm, _ = make_vm(conn)
+    repo = str(tmp_path / "repo")
+    backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    vms = {v.id for v in conn.vms.list()}
+    disks = {d.id for d in conn.disks.list()}
+    if step == "_rename_disks":
+        monkeypatch.setattr(maintain, "_rename_disks", lambda *a: interrupt(0))
+    with pytest.raises(KeyboardInterrupt):
+        backup.restore_vm(conn, repo, vm.id, storage_domain="data", name=f"{vm.name}-r",
+                          progress=interrupt if step == "send" else None)
+    assert {v.id for v in conn.vms.list()} == vms
+    assert {d.id for d in conn.disks.list()} == disks
     conn.vms.remove(vm.id)
