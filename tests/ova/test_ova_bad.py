@@ -145,3 +145,30 @@ def test_export_failure_leaves_no_file_and_no_snapshot(conn, scratch, monkeypatc
     assert os.listdir(scratch).count("fail.ova") == 0
     assert not os.path.exists(ova + ".imagetool-part")
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+
+
+@pytest.mark.parametrize("where", ["send", "answer"])
+def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, where):
+    """Ctrl-C while a disk is sent, or while the VM is added (the engine
+    made it, its answer never came): no VM, no disk; the same OVA imports
+    again afterwards."""
+    from imagetool import import_ova
+    from imagetool.ova import importer
+    made = make_vmware_ova(scratch)
+    before = _inventory(conn)
+    real_add = importer._add_entity
+
+    def interrupted(*a, **kw):
+        real_add(*a, **kw)
+        raise KeyboardInterrupt
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importer, "_add_entity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_ova(conn, made["ova"], SD, name="ctrl-c",
+                   progress=interrupt if where == "send" else None)
+    assert _inventory(conn) == before
+    monkeypatch.undo()
+    r = import_ova(conn, made["ova"], SD, name="ctrl-c")
+    conn.vms.remove(r["vm_id"])
