@@ -206,10 +206,11 @@ def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
     conn.vms.remove(vm.id)
 
 
-@pytest.mark.parametrize("step", ["send", "_rename_disks"])
+@pytest.mark.parametrize("step", ["send", "add", "_rename_disks"])
 def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypatch, step):
-    """Ctrl-C while a disk is sent, or after the new VM is made (while its
-    disks are renamed): the VM and every new disk go."""
+    """Ctrl-C while a disk is sent, while the VM is added (the engine made
+    it, its answer never came), or after (while its disks are renamed):
+    the VM and every new disk go."""
     vm, _ = make_vm(conn)
     repo = str(tmp_path / "repo")
     backup.backup_vm(conn, vm.id, repo, method="snapshot")
@@ -217,6 +218,13 @@ def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypat
     disks = {d.id for d in conn.disks.list()}
     if step == "_rename_disks":
         monkeypatch.setattr(maintain, "_rename_disks", lambda *a: interrupt(0))
+    if step == "add":
+        real_add = conn.vms.add
+
+        def add(**kw):
+            real_add(**kw)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(conn.vms, "add", add)
     with pytest.raises(KeyboardInterrupt):
         backup.restore_vm(conn, repo, vm.id, storage_domain="data", name=f"{vm.name}-r",
                           progress=interrupt if step == "send" else None)
