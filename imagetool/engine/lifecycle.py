@@ -16,6 +16,7 @@ from imagetool.engine.entities import Snapshot
 from imagetool.engine.wait import (retry_conflict, wait_for_disks, wait_for_snapshot,
                                    wait_for_snapshot_gone)
 from imagetool.errors import NotFound
+from imagetool.threads import shielded
 
 if TYPE_CHECKING:
     from imagetool.engine.connection import Connection
@@ -77,9 +78,11 @@ def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
                      disk_ids: Iterable[str] | None = None,
                      timeout: float = DEFAULT_TIMEOUT) -> None:
     """Best effort, after a failure: remove a snapshot this run took (the
-    error that got us here is the one to report)."""
+    error that got us here is the one to report); a second Ctrl-C does not
+    stop it halfway."""
     try:
-        remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids, timeout=timeout)
+        shielded(lambda: remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids,
+                                         timeout=timeout))
     except Exception:
         pass
 
@@ -88,11 +91,13 @@ def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
 def temporary_snapshot(conn: "Connection", vm_id: str, description: str, *,
                        timeout: float = DEFAULT_TIMEOUT) -> Iterator[Snapshot]:
     """A snapshot of the whole VM for the ``with`` block, removed after it
-    (best effort when the block failed: its error is the one raised)."""
+    (best effort when the block failed: its error is the one raised).
+    The removal runs to its end even when a Ctrl-C comes meanwhile (raised
+    after it), so no snapshot of the block is ever left."""
     snap = take_snapshot(conn, vm_id, description, timeout=timeout)
     try:
         yield snap
     except BaseException:
         discard_snapshot(conn, vm_id, snap.id or "", timeout=timeout)
         raise
-    remove_snapshot(conn, vm_id, snap.id or "", timeout=timeout)
+    shielded(lambda: remove_snapshot(conn, vm_id, snap.id or "", timeout=timeout))

@@ -172,3 +172,24 @@ def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, wher
     monkeypatch.undo()
     r = import_ova(conn, made["ova"], SD, name="ctrl-c")
     conn.vms.remove(r["vm_id"])
+
+
+def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch):
+    """A Ctrl-C during the removal of the export's snapshot (after every
+    byte is written): the removal ends, and no OVA is left under its name."""
+    from imagetool import export_ova
+    from imagetool.engine import lifecycle
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "ctrl-c-vm")
+    real_remove = lifecycle.remove_snapshot
+
+    def interrupted(*a, **kw):
+        real_remove(*a, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lifecycle, "remove_snapshot", interrupted)
+    ova = os.path.join(scratch, "ctrl-c.ova")
+    with pytest.raises(KeyboardInterrupt):
+        export_ova(conn, vm.id, ova)
+    assert not os.path.exists(ova)
+    assert not os.path.exists(ova + ".imagetool-part")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
