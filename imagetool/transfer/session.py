@@ -31,6 +31,7 @@ from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
+from imagetool.threads import shielded
 from imagetool.transfer.options import DiskOptions, resolve
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,13 @@ class TransferSession:
         """Cancel the transfer and wait until its disk is not locked.
 
         Never raises for cleanup trouble (the original error matters more);
-        problems are logged.
+        problems are logged. A Ctrl-C meanwhile (a second one, often) does
+        not stop it halfway, which would leave the disk locked until the
+        engine's inactivity timeout: it is raised once the cancel is over.
         """
+        shielded(self._cancel)
+
+    def _cancel(self) -> None:
         self._stop_keepalive()
         self._close_backends()
         if self.transfer_id is None or self.finished:

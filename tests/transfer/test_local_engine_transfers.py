@@ -153,3 +153,27 @@ def test_failed_download_leaves_no_file(own_conn, module_dir, images):
         download_disk(own_conn, disk, os.path.join(d, "x.raw"), progress=progress)
     assert os.listdir(d) == []
     assert own_conn.disks.get(disk.id).status == "ok"
+
+
+def test_a_second_ctrl_c_during_the_cancel_still_unlocks(own_conn, images, monkeypatch):
+    """Ctrl-C during an upload, then a real SIGINT while its transfer is
+    being cancelled: the cancel still ends the transfer and waits for the
+    disk, and the interrupt comes after."""
+    import signal
+    before = {d.id for d in own_conn.disks.list()}
+    real_cancel = own_conn.transfers.cancel
+
+    def cancel(transfer_id):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_cancel(transfer_id)
+    monkeypatch.setattr(own_conn.transfers, "cancel", cancel)
+
+    def progress(k):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB,
+                    progress=progress)
+    assert _locked(own_conn) == []
+    assert {d.id for d in own_conn.disks.list()} == before
+    from imagetool.phases import ENDED
+    assert not [t.phase for t in own_conn.transfers.list() if t.phase not in ENDED]
