@@ -44,13 +44,19 @@ def take_snapshot(conn: "Connection", vm_id: str, description: str, *,
                   wait: bool = True, timeout: float = DEFAULT_TIMEOUT,
                   what: str | None = None) -> Snapshot:
     """Take a snapshot of the VM (of ``disk_ids`` only, when given); with
-    ``wait``, return it ready, or remove it again if the wait fails."""
-    snap = conn.snapshots.add(vm_id, description=description, disk_ids=disk_ids,
-                              persist_memorystate=persist_memory)
+    ``wait``, return it ready, or remove it again if the wait fails (a
+    Ctrl-C while it is being added included)."""
+    snap = shielded(lambda: conn.snapshots.add(vm_id, description=description,
+                                               disk_ids=disk_ids,
+                                               persist_memorystate=persist_memory),
+                    undo=lambda s: discard_snapshot(conn, vm_id, s.id or "", disk_ids,
+                                                    timeout))
     if not wait:
         return snap
-    targets = disk_ids if disk_ids is not None else attached_disk_ids(conn, vm_id)
+    targets = disk_ids
     try:
+        if targets is None:
+            targets = attached_disk_ids(conn, vm_id)
         return wait_snapshot_ready(conn, vm_id, snap.id or "", targets,
                                    what or f"snapshot {description!r} of VM {vm_id}",
                                    timeout=timeout)

@@ -193,3 +193,25 @@ def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch
     assert not os.path.exists(ova)
     assert not os.path.exists(ova + ".imagetool-part")
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+
+
+def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, monkeypatch):
+    """A Ctrl-C (a real SIGINT) while the export's snapshot request is in
+    flight: the engine made it, the export never got its id; it is
+    removed all the same."""
+    import signal
+    from imagetool import export_ova
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "add-vm")
+    real_add = conn.snapshots.add
+
+    def add(*a, **kw):
+        made = real_add(*a, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+    monkeypatch.setattr(conn.snapshots, "add", add)
+    ova = os.path.join(scratch, "add.ova")
+    with pytest.raises(KeyboardInterrupt):
+        export_ova(conn, vm.id, ova)
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")
