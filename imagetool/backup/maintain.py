@@ -305,6 +305,7 @@ def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
     (the failure that stopped the restore is the one to report).
     ``adding``: the VM's name when its add was sent but no answer came
     (a Ctrl-C): the engine may have made it all the same."""
+    from imagetool.transfer.disk import remove_disk_when_unlocked
     from imagetool.vms import made_by_request
     if not vm_ids and adding:
         with contextlib.suppress(Exception):
@@ -313,8 +314,7 @@ def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
         with contextlib.suppress(Exception):
             conn.vms.remove(vm_id, detach_only=True)
     for disk_id in disk_ids:
-        with contextlib.suppress(Exception):
-            conn.disks.remove(disk_id)
+        remove_disk_when_unlocked(conn, disk_id)
 
 
 def _rename_disks(conn: Any, disks_out: list[dict]) -> None:

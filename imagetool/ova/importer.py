@@ -35,7 +35,7 @@ from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.threads import shielded
-from imagetool.transfer.disk import DiskOptions, add_disk, send
+from imagetool.transfer.disk import DiskOptions, add_disk, remove_disk_when_unlocked, send
 
 Progress = Callable[[int], None]
 
@@ -56,7 +56,6 @@ def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
     add of the VM or template was sent but its answer never came (a
     Ctrl-C): the engine may have made it all the same.
     """
-    from imagetool.engine.wait import wait_for_disk_unlocked
     from imagetool.vms import made_by_request
     if not entity_id and name:
         with suppress(Exception):
@@ -71,13 +70,7 @@ def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
         except Exception:
             pass
     for disk_id in disk_ids:
-        try:
-            wait_for_disk_unlocked(conn, disk_id, timeout=120)
-            conn.disks.remove(disk_id)
-        except NotFound:
-            pass
-        except Exception:
-            pass
+        remove_disk_when_unlocked(conn, disk_id)
 
 
 def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,

@@ -117,11 +117,14 @@ class TransferSession:
             t = self.conn.transfers.get(self.reuse_transfer_id)
         else:
             o = self.options
-            t = self.conn.transfers.add(
+            # A Ctrl-C while the request is in flight: the transfer the
+            # engine made is cancelled all the same (else it would hold the
+            # disk locked until its inactivity timeout).
+            t = shielded(lambda: self.conn.transfers.add(
                 disk_id=self.disk_id, snapshot_id=o.snapshot_id, direction=self.direction,
                 format=o.format, inactivity_timeout=o.inactivity_timeout,
                 timeout_policy=o.timeout_policy, shallow=o.shallow or None,
-                host_id=o.host_id, backup_id=o.backup_id)
+                host_id=o.host_id, backup_id=o.backup_id), undo=self._cancel_made)
         self.transfer_id = t.id
         try:
             self.transfer = wait_for_transfer_phase(
@@ -134,6 +137,10 @@ class TransferSession:
         self._thread = threading.Thread(target=self._keepalive,
                                         name=f"keepalive-{t.id}", daemon=True)
         self._thread.start()
+
+    def _cancel_made(self, t: Any) -> None:
+        self.transfer_id = t.id
+        self._cancel()
 
     def _pick_urls(self, t: Any) -> tuple[str, str | None]:
         if self.options.use_proxy:

@@ -97,9 +97,11 @@ def test_iso(own_conn, module_dir):
         assert a.read() == b.read()
 
 
-def _interrupted_upload_left_nothing(own_conn, images, calls: int = 2) -> None:
+def _interrupted_upload_left_nothing(own_conn, images, home, calls: int = 2) -> None:
     """An upload Ctrl-C'd at its ``calls``-th progress call: KeyboardInterrupt,
-    no disk locked, the half-uploaded disk removed, no transfer open."""
+    no disk locked, the half-uploaded disk removed, no transfer open, no
+    journal left (journals kept in ``home``, which the caller made
+    $IMAGETOOL_HOME)."""
     from imagetool.phases import ENDED
     before = {d.id for d in own_conn.disks.list()}
     n = []
@@ -115,10 +117,18 @@ def _interrupted_upload_left_nothing(own_conn, images, calls: int = 2) -> None:
     assert _locked(own_conn) == []
     assert {d.id for d in own_conn.disks.list()} == before
     assert not [t.phase for t in own_conn.transfers.list() if t.phase not in ENDED]
+    assert not os.listdir(home / "journals")
 
 
-def test_interrupt_cancels_and_unlocks(own_conn, images):
-    _interrupted_upload_left_nothing(own_conn, images)
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """$IMAGETOOL_HOME of this test alone: its journals are its own."""
+    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_interrupt_cancels_and_unlocks(own_conn, images, home):
+    _interrupted_upload_left_nothing(own_conn, images, home)
 
 
 def test_dropped_connection_cancels(own_conn, images, monkeypatch, fast_backoff):
@@ -160,7 +170,8 @@ def test_failed_download_leaves_no_file(own_conn, module_dir, images):
     assert own_conn.disks.get(disk.id).status == "ok"
 
 
-def test_a_second_ctrl_c_during_the_cancel_still_unlocks(own_conn, images, monkeypatch):
+def test_a_second_ctrl_c_during_the_cancel_still_unlocks(own_conn, images, monkeypatch,
+                                                         home):
     """Ctrl-C during an upload, then a real SIGINT while its transfer is
     being cancelled: the cancel still ends the transfer and waits for the
     disk, and the interrupt comes after."""
@@ -171,4 +182,22 @@ def test_a_second_ctrl_c_during_the_cancel_still_unlocks(own_conn, images, monke
         os.kill(os.getpid(), signal.SIGINT)
         real_cancel(transfer_id)
     monkeypatch.setattr(own_conn.transfers, "cancel", cancel)
-    _interrupted_upload_left_nothing(own_conn, images, calls=1)
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=1)
+
+
+@pytest.mark.parametrize("service", ["disks", "transfers"])
+def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monkeypatch,
+                                                          home, service):
+    """A real SIGINT while the upload's disk or transfer is being added: the
+    engine made it, the upload never got its id; it goes all the same (the
+    transfer cancelled, its disk unlocked and removed)."""
+    import signal
+    svc = getattr(own_conn, service)
+    real_add = svc.add
+
+    def add(*a, **kw):
+        made = real_add(*a, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+    monkeypatch.setattr(svc, "add", add)
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
