@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, qemu_img
+from helpers import ENGINE_PASSWORD, qemu_img, sigint_after
 from ova_fixtures import SD
 from test_ova_import import VMWARE_OVF, add_member, make_vmware_ova
 
@@ -199,17 +199,10 @@ def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, mo
     """A Ctrl-C (a real SIGINT) while the export's snapshot request is in
     flight: the engine made it, the export never got its id; it is
     removed all the same."""
-    import signal
     from imagetool import export_ova
     from ova_fixtures import make_sources, make_vm
     vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "add-vm")
-    real_add = conn.snapshots.add
-
-    def add(*a, **kw):
-        made = real_add(*a, **kw)
-        os.kill(os.getpid(), signal.SIGINT)
-        return made
-    monkeypatch.setattr(conn.snapshots, "add", add)
+    sigint_after(monkeypatch, conn.snapshots)
     ova = os.path.join(scratch, "add.ova")
     with pytest.raises(KeyboardInterrupt):
         export_ova(conn, vm.id, ova)

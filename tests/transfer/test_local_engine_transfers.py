@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from fault_proxy import DroppingProxy
-from helpers import MiB, images_equal, make_raw, qemu_img
+from helpers import MiB, images_equal, make_raw, qemu_img, sigint_after
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
@@ -191,13 +191,5 @@ def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monke
     """A real SIGINT while the upload's disk or transfer is being added: the
     engine made it, the upload never got its id; it goes all the same (the
     transfer cancelled, its disk unlocked and removed)."""
-    import signal
-    svc = getattr(own_conn, service)
-    real_add = svc.add
-
-    def add(*a, **kw):
-        made = real_add(*a, **kw)
-        os.kill(os.getpid(), signal.SIGINT)
-        return made
-    monkeypatch.setattr(svc, "add", add)
+    sigint_after(monkeypatch, getattr(own_conn, service))
     _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
