@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from helpers import MiB
+from helpers import MiB, sigint_after
 from backup_helpers import (checkpoint_ids, engine_checksum, guest_io, make_vm, rand,
                             ready_backup)
 
@@ -230,4 +230,18 @@ def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypat
                           progress=interrupt if step == "send" else None)
     assert {v.id for v in conn.vms.list()} == vms
     assert {d.id for d in conn.disks.list()} == disks
+    conn.vms.remove(vm.id)
+
+
+def test_ctrl_c_while_the_backup_is_added_leaves_no_backup(conn, tmp_path, monkeypatch):
+    """A real SIGINT while the engine backup request is in flight: the
+    backup it made is finalized, its checkpoint dropped, no partial point."""
+    from imagetool.phases import BACKUP_ENDED
+    vm, repo, checkpoints = one_point(conn, tmp_path, 9)
+    sigint_after(monkeypatch, conn.backups)
+    with pytest.raises(KeyboardInterrupt):
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    assert [b.phase for b in conn.backups.list(vm.id) if b.phase not in BACKUP_ENDED] == []
+    assert checkpoint_ids(conn, vm.id) == checkpoints
+    assert backup.Repository(repo).partials(vm.id) == []
     conn.vms.remove(vm.id)
