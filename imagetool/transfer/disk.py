@@ -97,11 +97,12 @@ def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
     """
     o = options
     state = o.journal
-    session = open_session(conn, disk.id, "upload", o,
-                           **(state.session_options(conn, disk.id) if state else {}))
+    session = None
     local = None
     verification = verifying.skipped("not asked (--no-verify)")
     try:
+        session = open_session(conn, disk.id, "upload", o,
+                               **(state.session_options(conn, disk.id) if state else {}))
         with session:
             dst = session.open_backend()
             workers = max(1, min(o.workers, dst.max_writers or o.workers))
@@ -133,9 +134,8 @@ def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
     except BaseException as e:
         if local is not None:
             local.cancel()
-        if session.transfer_id is None and not (state and state.resume):
-            with suppress(Exception):
-                conn.disks.remove(disk.id)
+        if (session is None or session.transfer_id is None) and not (state and state.resume):
+            shielded(lambda: remove_disk_when_unlocked(conn, disk.id))
         if state:
             state.failed(e)     # with resume: re-raised with how to continue
         raise

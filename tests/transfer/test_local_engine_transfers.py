@@ -193,3 +193,15 @@ def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monke
     transfer cancelled, its disk unlocked and removed)."""
     sigint_after(monkeypatch, getattr(own_conn, service))
     _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
+
+
+def test_ctrl_c_before_the_transfer_is_opened_leaves_no_disk(own_conn, images, monkeypatch,
+                                                             home):
+    """A Ctrl-C after the disk is made, before its transfer session exists:
+    the disk goes."""
+    from imagetool.transfer import disk as disk_mod
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(disk_mod, "open_session", interrupted)
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
