@@ -90,3 +90,31 @@ class Background(Worker):
         if "error" in self._out:
             raise self._out["error"]
         return self._out["value"]
+
+
+def shielded(fn: Callable[[], Any], undo: Callable[[Any], Any] | None = None) -> Any:
+    """``fn()`` run to its end whatever Ctrl-Cs come meanwhile; its value.
+
+    For cleanup after a failure (a first Ctrl-C included): a second Ctrl-C
+    landing in the middle of it would otherwise leave half of it undone,
+    e.g. a disk made but not removed. And for a request that makes
+    something (``undo`` given): a Ctrl-C while it is in flight would leave
+    what the engine made with no id to remove it by; here the request
+    ends, ``undo(value)`` removes what it made, then the Ctrl-C goes on.
+    ``fn`` runs in a worker thread, which signals never interrupt; the
+    caller waits for it, and a KeyboardInterrupt received while it waits
+    is raised once ``fn`` (and ``undo``) is over; what ``fn`` raised goes
+    first, and what ``undo`` raised is dropped (the interrupt matters).
+    """
+    job = Background(fn, name="cleanup")
+    interrupts: list[BaseException] = []
+    wait_all([job], on_interrupt=interrupts.append)
+    value = job.result()
+    if interrupts:
+        if undo is not None:
+            try:
+                shielded(lambda: undo(value))
+            except Exception:
+                pass
+        raise interrupts[0]
+    return value

@@ -170,6 +170,19 @@ def _remove_created(conn: Any, vm_id: str | None, disk_ids: list[str]) -> None:
                 conn.disks.remove(disk_id)
 
 
+def made_by_request(service: Any, name: str, disk_ids: Sequence[str]) -> str | None:
+    """The id of the VM (or template: ``service`` is ``conn.vms`` or
+    ``conn.templates``) that an add interrupted before its answer made:
+    named ``name`` with one of ``disk_ids`` (disks the same run made)
+    attached, so that a VM of that name made by anyone else is never
+    taken for it; None when there is none."""
+    for entity in service.list():
+        if entity.name == name and any(a.disk_id in disk_ids
+                                       for a in service.disk_attachments(entity.id)):
+            return entity.id
+    return None
+
+
 def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any] = (),
               cluster: str | None = None, memory: int | None = None,
               cpus: int | None = None, backup: str = "incremental", workers: int = 4,

@@ -287,6 +287,19 @@ def no_partial_files(directory: str, final: str) -> list[str]:
 
 # --- waiting -----------------------------------------------------------------
 
+def sigint_after(monkeypatch, service: Any, name: str = "add") -> None:
+    """Make ``service.name`` do its request, then send this process a real
+    SIGINT: a Ctrl-C landing while the request is in flight (the engine
+    did it, its answer is not back yet)."""
+    real = getattr(service, name)
+
+    def call(*a: Any, **kw: Any) -> Any:
+        made = real(*a, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+    monkeypatch.setattr(service, name, call)
+
+
 def wait_for(fn, predicate, timeout: float = 20.0, interval: float = 0.05):
     """Call ``fn`` until ``predicate(result)``; return the result or fail."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ try:
     import threading
     import time
 
-    from imagetool.cli.main import main
+    from imagetool.cli.main import entry
     from imagetool.imageio import client as _client
 except KeyboardInterrupt:       # Ctrl-C while loading, as python -m imagetool
     sys.stderr.write("imagetool: interrupted\n")
@@ -60,4 +60,4 @@ _client.ImageioClient.write = write
 _client.ImageioClient.read_into = read_into
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    entry(sys.argv[1:])

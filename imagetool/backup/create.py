@@ -36,6 +36,7 @@ from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.phases import BACKUP_ENDED, BackupPhase
+from imagetool.threads import shielded
 from imagetool.units import count
 
 Progress = Callable[[int], None]
@@ -309,8 +310,12 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                       staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
     from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
-    backup = conn.backups.add(vm_id, disk_ids=[d.id for d in disks],
-                              from_checkpoint_id=from_cp, description=f"imagetool backup {name}")
+    # A Ctrl-C while the request is in flight: the backup the engine made
+    # (unknown to the state file) is finalized and its checkpoint removed.
+    backup = shielded(lambda: conn.backups.add(vm_id, disk_ids=[d.id for d in disks],
+                                               from_checkpoint_id=from_cp,
+                                               description=f"imagetool backup {name}"),
+                      undo=lambda b: _drop_unrecorded(conn, vm_id, b))
     state["backup_id"] = backup.id
     state["checkpoint_id"] = backup.to_checkpoint_id
     try:
@@ -341,6 +346,12 @@ def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point
         raise
     return {"backup_id": backup.id, "checkpoint_id": backup.to_checkpoint_id,
             "from_checkpoint_id": from_cp}, entries
+
+
+def _drop_unrecorded(conn: Any, vm_id: str, backup: Any) -> None:
+    """End a backup the run made but never recorded, and drop its checkpoint."""
+    if _finalized(conn, vm_id, backup.id) and backup.to_checkpoint_id:
+        _undo(lambda: ops.remove_checkpoint(conn, vm_id, backup.to_checkpoint_id))
 
 
 def _forget(staging: str, state: dict, key: str) -> None:

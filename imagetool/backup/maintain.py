@@ -19,6 +19,7 @@ from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, R
                                    read_file, sha256_file, write_json)
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
+from imagetool.threads import shielded
 from imagetool.formats import allocated_ranges, open_image
 from imagetool.formats.base import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -256,6 +257,8 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     old_name = p.manifest.get("vm_name")
     vm_name = name or f"{old_name or p.vm_id}-restored-{p.name}"
     created: list[str] = []
+    made: list[str] = []        # the new VM, once the engine has it
+    adding = None               # its name, once its add is sent
     disks_out = []
     moved = 0
     try:
@@ -283,18 +286,35 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
         for d in disks_out:
             new_ovf = new_ovf.replace(d["source_disk_id"], d["disk_id"])
         new_ovf = new_ovf.replace(p.vm_id, str(uuid.uuid4()))
+        adding = vm_name
         new_vm = conn.vms.add(name=vm_name, cluster=cluster or "Default", ovf=new_ovf)
+        made.append(new_vm.id)
         _attach_missing(conn, new_vm.id, p, disks_out)
         _rename_disks(conn, disks_out)
     except BaseException:
-        for disk_id in created:
-            try:
-                conn.disks.remove(disk_id)
-            except Exception:
-                pass
+        shielded(lambda: _remove_restored(conn, made, created, adding))
         raise
     return {"vm_id": new_vm.id, "vm_name": vm_name, "point": p.name, "bytes": moved,
             "seconds": round(time.monotonic() - start, 3), "disks": disks_out}
+
+
+def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
+                     adding: str | None) -> None:
+    """Remove what a failed restore made: its VM (its disks detached, as
+    they go by id) and its disks; each step on its own, errors ignored
+    (the failure that stopped the restore is the one to report).
+    ``adding``: the VM's name when its add was sent but no answer came
+    (a Ctrl-C): the engine may have made it all the same."""
+    from imagetool.transfer.disk import remove_disk_when_unlocked
+    from imagetool.vms import made_by_request
+    if not vm_ids and adding:
+        with contextlib.suppress(Exception):
+            vm_ids = [i for i in [made_by_request(conn.vms, adding, disk_ids)] if i]
+    for vm_id in vm_ids:
+        with contextlib.suppress(Exception):
+            conn.vms.remove(vm_id, detach_only=True)
+    for disk_id in disk_ids:
+        remove_disk_when_unlocked(conn, disk_id)
 
 
 def _rename_disks(conn: Any, disks_out: list[dict]) -> None:

@@ -12,6 +12,7 @@ without loading them all (benchmarks/README.md, "CLI start-up").
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -87,5 +88,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The console script and ``python -m imagetool``: :func:`main`, after
+    which Ctrl-C is ignored. The command is over and its exit code says
+    how; Python dying by SIGINT while it shuts down would tell the shell
+    that a command that succeeded (or failed) was interrupted instead."""
+    try:
+        main(argv)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -123,7 +123,8 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[
     ``Thread.start`` or a pool's bookkeeping must not leave a running worker
     unlisted.
     """
-    outcomes: list[Any] = [None] * len(tasks)
+    not_run = object()
+    outcomes: list[Any] = [not_run] * len(tasks)
     lock = threading.Lock()
     queue = iter(range(len(tasks)))
 
@@ -151,15 +152,23 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[
         for _, ended in workers:
             while not ended.wait(0.2):
                 pass
-    except BaseException:
+    except BaseException as e:
         bars.stop.set()
-        raise
+        interrupt: BaseException | None = e
+    else:
+        interrupt = None
     finally:
         # A thread with no ident yet has not run: it sees the stop and
         # takes no task.
         for t, ended in workers:
             if t.ident is not None:
                 ended.wait()
+    if interrupt is not None and not all(
+            o is not not_run and not isinstance(o, BaseException) for o in outcomes):
+        raise interrupt
+    # (A Ctrl-C that came once every task had done its work anyway, e.g.
+    # while the last transfer was finalized, changes nothing: the command
+    # reports what it did and exits 0, rather than 130 with all done.)
     for outcome in outcomes:
         if isinstance(outcome, KeyboardInterrupt):
             raise outcome

@@ -16,6 +16,7 @@ from imagetool.engine.entities import Snapshot
 from imagetool.engine.wait import (retry_conflict, wait_for_disks, wait_for_snapshot,
                                    wait_for_snapshot_gone)
 from imagetool.errors import NotFound
+from imagetool.threads import shielded
 
 if TYPE_CHECKING:
     from imagetool.engine.connection import Connection
@@ -43,13 +44,19 @@ def take_snapshot(conn: "Connection", vm_id: str, description: str, *,
                   wait: bool = True, timeout: float = DEFAULT_TIMEOUT,
                   what: str | None = None) -> Snapshot:
     """Take a snapshot of the VM (of ``disk_ids`` only, when given); with
-    ``wait``, return it ready, or remove it again if the wait fails."""
-    snap = conn.snapshots.add(vm_id, description=description, disk_ids=disk_ids,
-                              persist_memorystate=persist_memory)
+    ``wait``, return it ready, or remove it again if the wait fails (a
+    Ctrl-C while it is being added included)."""
+    snap = shielded(lambda: conn.snapshots.add(vm_id, description=description,
+                                               disk_ids=disk_ids,
+                                               persist_memorystate=persist_memory),
+                    undo=lambda s: discard_snapshot(conn, vm_id, s.id or "", disk_ids,
+                                                    timeout))
     if not wait:
         return snap
-    targets = disk_ids if disk_ids is not None else attached_disk_ids(conn, vm_id)
+    targets = disk_ids
     try:
+        if targets is None:
+            targets = attached_disk_ids(conn, vm_id)
         return wait_snapshot_ready(conn, vm_id, snap.id or "", targets,
                                    what or f"snapshot {description!r} of VM {vm_id}",
                                    timeout=timeout)
@@ -77,9 +84,11 @@ def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
                      disk_ids: Iterable[str] | None = None,
                      timeout: float = DEFAULT_TIMEOUT) -> None:
     """Best effort, after a failure: remove a snapshot this run took (the
-    error that got us here is the one to report)."""
+    error that got us here is the one to report); a second Ctrl-C does not
+    stop it halfway."""
     try:
-        remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids, timeout=timeout)
+        shielded(lambda: remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids,
+                                         timeout=timeout))
     except Exception:
         pass
 
@@ -88,11 +97,13 @@ def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
 def temporary_snapshot(conn: "Connection", vm_id: str, description: str, *,
                        timeout: float = DEFAULT_TIMEOUT) -> Iterator[Snapshot]:
     """A snapshot of the whole VM for the ``with`` block, removed after it
-    (best effort when the block failed: its error is the one raised)."""
+    (best effort when the block failed: its error is the one raised).
+    The removal runs to its end even when a Ctrl-C comes meanwhile (raised
+    after it), so no snapshot of the block is ever left."""
     snap = take_snapshot(conn, vm_id, description, timeout=timeout)
     try:
         yield snap
     except BaseException:
         discard_snapshot(conn, vm_id, snap.id or "", timeout=timeout)
         raise
-    remove_snapshot(conn, vm_id, snap.id or "", timeout=timeout)
+    shielded(lambda: remove_snapshot(conn, vm_id, snap.id or "", timeout=timeout))

@@ -73,26 +73,35 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
         raise ImagetoolError(f"{path}: file exists (use --force to overwrite)")
     v = conn.vms.find(vm)
     part = path + ".imagetool-part"
-    with ExitStack() as stack:
-        if snapshot:
-            snap = _find_snapshot(conn, v.id, snapshot)
-        else:
-            snap = stack.enter_context(temporary_snapshot(conn, v.id, SNAPSHOT_DESCRIPTION))
-        disks = conn.snapshots.disks(v.id, snap.id)
-        if not disks:
-            raise ImagetoolError(f"VM {v.name}: snapshot {snap.description!r} has no disks")
-        attachments = {a.disk_id: a for a in conn.vms.disk_attachments(v.id)} \
-            if hasattr(conn.vms, "disk_attachments") else {}
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o644)
-        stack.callback(_unlink_quietly, part)
-        stack.callback(os.close, fd)
-        result = _write(conn, v, disks, attachments, fd, part, manifest=manifest,
-                        workers=workers, buffer_size=buffer_size,
-                        inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
-                        progress=progress)
-        os.fsync(fd)
+    made_part = False
+    try:
+        with ExitStack() as stack:
+            if snapshot:
+                snap = _find_snapshot(conn, v.id, snapshot)
+            else:
+                snap = stack.enter_context(temporary_snapshot(conn, v.id,
+                                                              SNAPSHOT_DESCRIPTION))
+            disks = conn.snapshots.disks(v.id, snap.id)
+            if not disks:
+                raise ImagetoolError(f"VM {v.name}: snapshot {snap.description!r} has no disks")
+            attachments = {a.disk_id: a for a in conn.vms.disk_attachments(v.id)} \
+                if hasattr(conn.vms, "disk_attachments") else {}
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+            made_part = True
+            stack.callback(os.close, fd)
+            result = _write(conn, v, disks, attachments, fd, part, manifest=manifest,
+                            workers=workers, buffer_size=buffer_size,
+                            inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
+                            progress=progress)
+            os.fsync(fd)
+        # Under its name only once the temporary snapshot is gone: a Ctrl-C
+        # during its removal leaves no OVA of a command that failed.
         os.replace(part, path)
+    except BaseException:
+        if made_part:
+            _unlink_quietly(part)
+        raise
     result.update(path=path, vm_id=v.id, seconds=time.monotonic() - start)
     return result
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import suppress
 from typing import Any, Callable
 
 from imagetool.engine import codec
@@ -33,7 +34,8 @@ from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.copier import DEFAULT_REQUEST_SIZE
-from imagetool.transfer.disk import DiskOptions, add_disk, send
+from imagetool.threads import shielded
+from imagetool.transfer.disk import DiskOptions, add_disk, remove_disk_when_unlocked, send
 
 Progress = Callable[[int], None]
 
@@ -46,13 +48,19 @@ def _disk_name(d: OvaDisk) -> str:
 
 
 def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
-             disk_ids: list[str]) -> None:
+             disk_ids: list[str], name: str | None = None) -> None:
     """Remove what an import created; each step on its own, errors ignored.
 
     A VM goes with ``detach_only``: only the disks this import created are
-    removed, by id, whatever the VM ended up attached to.
+    removed, by id, whatever the VM ended up attached to. ``name``: the
+    add of the VM or template was sent but its answer never came (a
+    Ctrl-C): the engine may have made it all the same.
     """
-    from imagetool.engine.wait import wait_for_disk_unlocked
+    from imagetool.vms import made_by_request
+    if not entity_id and name:
+        with suppress(Exception):
+            entity_id = made_by_request(conn.vms if kind == "vm" else conn.templates,
+                                        name, disk_ids)
     if entity_id:
         try:
             if kind == "vm":
@@ -62,13 +70,7 @@ def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
         except Exception:
             pass
     for disk_id in disk_ids:
-        try:
-            wait_for_disk_unlocked(conn, disk_id, timeout=120)
-            conn.disks.remove(disk_id)
-        except NotFound:
-            pass
-        except Exception:
-            pass
+        remove_disk_when_unlocked(conn, disk_id)
 
 
 def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
@@ -103,6 +105,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
         _check_ids_free(conn, ova)
     created: list[str] = []
     entity_id = None
+    adding = None
     try:
         report = []
         moved = 0
@@ -117,10 +120,11 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
         ovf_text = _configuration(conn, ova, report, name, as_template, settings,
                                   clone)
         _check_own_disks(ovf_text, [r["disk_id"] for r in report], ova.path)
+        adding = name
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
         _check_attached(conn, kind, entity_id, created, ova.path)
     except BaseException:
-        _cleanup(conn, kind, entity_id, created)
+        shielded(lambda: _cleanup(conn, kind, entity_id, created, adding))
         raise
     out: dict[str, Any] = {f"{kind}_id": entity_id, "name": name, "disks": report,
                            "bytes": moved, "seconds": time.monotonic() - start}

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imagetool.backends import FlushingBackend, JournalingBackend, SharedBackend, Wrapper
-from imagetool.engine.wait import wait_for_disk
+from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked
 from imagetool.copier import CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.errors import ChecksumMismatch
 from imagetool.formats.base import Backend, Extent
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.journal import flush_bytes_for
 from imagetool.transfer.options import DiskOptions
+from imagetool.threads import shielded
 from imagetool.transfer.session import TransferSession
 
 __all__ = ["DiskOptions", "Received", "Sent", "add_disk", "open_session", "receive", "send"]
@@ -63,17 +64,27 @@ def add_disk(conn: Any, created: list[str] | None = None, **fields: Any) -> Any:
     :func:`send` goes to. Its id is added to ``created`` at once (the
     caller removes those on failure); without ``created`` it is removed
     here when it never gets ok."""
-    disk = conn.disks.add(**fields)
+    # A Ctrl-C while the request is in flight: the disk the engine made goes.
+    disk = shielded(lambda: conn.disks.add(**fields),
+                    undo=lambda d: remove_disk_when_unlocked(conn, d.id))
     if created is not None:
         created.append(disk.id)
     try:
         wait_for_disk(conn, disk.id, "ok")
     except BaseException:
         if created is None:
-            with suppress(Exception):
-                conn.disks.remove(disk.id)
+            shielded(lambda: remove_disk_when_unlocked(conn, disk.id))
         raise
     return disk
+
+
+def remove_disk_when_unlocked(conn: Any, disk_id: str, timeout: float = 120) -> None:
+    """Remove a disk a failed run made, once the engine has it unlocked (a
+    disk still being created cannot be removed); best effort, errors
+    ignored: the failure that got here is the one to report."""
+    with suppress(Exception):
+        if wait_for_disk_unlocked(conn, disk_id, timeout=timeout) is not None:
+            conn.disks.remove(disk_id)
 
 
 def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
@@ -86,11 +97,12 @@ def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
     """
     o = options
     state = o.journal
-    session = open_session(conn, disk.id, "upload", o,
-                           **(state.session_options(conn, disk.id) if state else {}))
+    session = None
     local = None
     verification = verifying.skipped("not asked (--no-verify)")
     try:
+        session = open_session(conn, disk.id, "upload", o,
+                               **(state.session_options(conn, disk.id) if state else {}))
         with session:
             dst = session.open_backend()
             workers = max(1, min(o.workers, dst.max_writers or o.workers))
@@ -122,9 +134,8 @@ def send(conn: Any, source: Backend, disk: Any, options: DiskOptions, *,
     except BaseException as e:
         if local is not None:
             local.cancel()
-        if session.transfer_id is None and not (state and state.resume):
-            with suppress(Exception):
-                conn.disks.remove(disk.id)
+        if (session is None or session.transfer_id is None) and not (state and state.resume):
+            shielded(lambda: remove_disk_when_unlocked(conn, disk.id))
         if state:
             state.failed(e)     # with resume: re-raised with how to continue
         raise

@@ -31,6 +31,7 @@ from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
+from imagetool.threads import shielded
 from imagetool.transfer.options import DiskOptions, resolve
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,14 @@ class TransferSession:
             t = self.conn.transfers.get(self.reuse_transfer_id)
         else:
             o = self.options
-            t = self.conn.transfers.add(
+            # A Ctrl-C while the request is in flight: the transfer the
+            # engine made is cancelled all the same (else it would hold the
+            # disk locked until its inactivity timeout).
+            t = shielded(lambda: self.conn.transfers.add(
                 disk_id=self.disk_id, snapshot_id=o.snapshot_id, direction=self.direction,
                 format=o.format, inactivity_timeout=o.inactivity_timeout,
                 timeout_policy=o.timeout_policy, shallow=o.shallow or None,
-                host_id=o.host_id, backup_id=o.backup_id)
+                host_id=o.host_id, backup_id=o.backup_id), undo=self._cancel_made)
         self.transfer_id = t.id
         try:
             self.transfer = wait_for_transfer_phase(
@@ -133,6 +137,10 @@ class TransferSession:
         self._thread = threading.Thread(target=self._keepalive,
                                         name=f"keepalive-{t.id}", daemon=True)
         self._thread.start()
+
+    def _cancel_made(self, t: Any) -> None:
+        self.transfer_id = t.id
+        self._cancel()
 
     def _pick_urls(self, t: Any) -> tuple[str, str | None]:
         if self.options.use_proxy:
@@ -221,8 +229,13 @@ class TransferSession:
         """Cancel the transfer and wait until its disk is not locked.
 
         Never raises for cleanup trouble (the original error matters more);
-        problems are logged.
+        problems are logged. A Ctrl-C meanwhile (a second one, often) does
+        not stop it halfway, which would leave the disk locked until the
+        engine's inactivity timeout: it is raised once the cancel is over.
         """
+        shielded(self._cancel)
+
+    def _cancel(self) -> None:
         self._stop_keepalive()
         self._close_backends()
         if self.transfer_id is None or self.finished:

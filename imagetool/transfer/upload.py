@@ -187,7 +187,14 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, storage_domain: str,
                             storage_domain=storage_domain)
     state = resume_mod.open_upload(conn, plan, storage_domain, name, opts.disk_id,
                                    resume=opts.resume, request_size=opts.buffer_size)
-    disk = _target_disk(conn, plan, state, storage_domain, name, opts)
+    try:
+        disk = _target_disk(conn, plan, state, storage_domain, name, opts)
+    except BaseException:
+        # No disk, nothing to resume into: a plain upload's journal goes
+        # (send drops it on the later failures).
+        if state is not None and not state.resume:
+            state.journal.remove()
+        raise
     sent = send(conn, src, disk, DiskOptions(
         format=plan.transfer_format, workers=opts.workers, buffer_size=opts.buffer_size,
         inactivity_timeout=opts.inactivity_timeout, use_proxy=opts.use_proxy,

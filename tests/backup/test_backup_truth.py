@@ -12,12 +12,12 @@ import stat
 
 import pytest
 
-from helpers import MiB
+from helpers import MiB, sigint_after
 from backup_helpers import (checkpoint_ids, engine_checksum, guest_io, make_vm, rand,
                             ready_backup)
 
 from imagetool import backup
-from imagetool.backup import engine_ops as ops
+from imagetool.backup import engine_ops as ops, maintain
 from imagetool.errors import EngineError
 
 
@@ -203,4 +203,45 @@ def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
     assert (first["method"], second["method"], second["mode"]) == ("snapshot", "checkpoint",
                                                                     "full")
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    conn.vms.remove(vm.id)
+
+
+@pytest.mark.parametrize("step", ["send", "add", "_rename_disks"])
+def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypatch, step):
+    """Ctrl-C while a disk is sent, while the VM is added (the engine made
+    it, its answer never came), or after (while its disks are renamed):
+    the VM and every new disk go."""
+    vm, _ = make_vm(conn)
+    repo = str(tmp_path / "repo")
+    backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    vms = {v.id for v in conn.vms.list()}
+    disks = {d.id for d in conn.disks.list()}
+    if step == "_rename_disks":
+        monkeypatch.setattr(maintain, "_rename_disks", lambda *a: interrupt(0))
+    if step == "add":
+        real_add = conn.vms.add
+
+        def add(**kw):
+            real_add(**kw)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(conn.vms, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        backup.restore_vm(conn, repo, vm.id, storage_domain="data", name=f"{vm.name}-r",
+                          progress=interrupt if step == "send" else None)
+    assert {v.id for v in conn.vms.list()} == vms
+    assert {d.id for d in conn.disks.list()} == disks
+    conn.vms.remove(vm.id)
+
+
+def test_ctrl_c_while_the_backup_is_added_leaves_no_backup(conn, tmp_path, monkeypatch):
+    """A real SIGINT while the engine backup request is in flight: the
+    backup it made is finalized, its checkpoint dropped, no partial point."""
+    from imagetool.phases import BACKUP_ENDED
+    vm, repo, checkpoints = one_point(conn, tmp_path, 9)
+    sigint_after(monkeypatch, conn.backups)
+    with pytest.raises(KeyboardInterrupt):
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    assert [b.phase for b in conn.backups.list(vm.id) if b.phase not in BACKUP_ENDED] == []
+    assert checkpoint_ids(conn, vm.id) == checkpoints
+    assert backup.Repository(repo).partials(vm.id) == []
     conn.vms.remove(vm.id)

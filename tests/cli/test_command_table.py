@@ -111,3 +111,16 @@ def test_ctrl_c_while_the_cli_loads_is_exit_130_without_traceback():
             "runpy.run_module('imagetool', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (130, "imagetool: interrupted\n")
+
+
+def test_ctrl_c_after_the_command_ended_keeps_its_exit_code():
+    """A Ctrl-C once the command is over (while Python shuts down) does
+    not turn its exit code into death by SIGINT."""
+    code = ("import os, signal, sys\n"
+            "from imagetool.cli.main import entry\n"
+            "try:\n"
+            "    entry(['--version'])\n"
+            "finally:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr

@@ -273,3 +273,23 @@ def test_other_signal_error_stops_every_running_job(monkeypatch):
         sender.join(30)
         signal.signal(signal.SIGTERM, old)
     assert sorted(stopped) == [0, 1]
+
+
+def test_ctrl_c_after_every_job_did_its_work_is_no_failure():
+    """A Ctrl-C landing while the only job ends (its work done, e.g. the
+    upload finalized): its result is returned, not a KeyboardInterrupt
+    for a command that left a complete disk behind; with a job that never
+    ran, the interrupt stands."""
+    import signal
+    import time
+
+    from imagetool.cli.transfer_cmds import Bars, run_jobs
+
+    def late_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)     # the main thread is interrupted meanwhile
+        return "done"
+    assert run_jobs(1, [late_ctrl_c], Bars([("a", 1)], enabled=False)) == ["done"]
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(1, [late_ctrl_c, lambda: "never"], Bars([("a", 1), ("b", 1)],
+                                                           enabled=False))

@@ -1,15 +1,24 @@
-"""Ctrl-C (SIGINT) at random moments of uploads and downloads against a
-running ``imagetool serve``; after each command exits: no traceback, exit
-130 (or death by SIGINT while Python starts, which a shell also reports
-as 130), no transfer left open, no disk locked, and none of the files
-``download --help`` says Ctrl-C removes (.imagetool-part, .imagetool-journal).
+"""Ctrl-C (SIGINT) at random moments of upload, download, backup create,
+backup restore, OVA export and OVA import against a running ``imagetool
+serve`` (issue 20, item 3). After each command exits:
 
-Backup, restore and OVA commands are not covered yet (issue 20, item 3).
+- exit 0 or 130 (or death by SIGINT while Python starts, which a shell
+  also reports as 130), and no traceback;
+- no transfer left open, no disk locked;
+- none of the files the help says Ctrl-C removes (``.imagetool-part``,
+  ``.imagetool-journal``), no half ``.ova`` under its final name, no
+  ``.partial-`` point directory (``backup create --help`` promises none);
+- an interrupted restore or import leaves no VM, template or disk, an
+  interrupted upload no disk, and backup create and OVA export no
+  snapshot and no unfinished backup on the engine.
+
+Each moment is drawn over the whole length of the command, measured by
+one full run of each kind first (which also makes the point, the OVA and
+the disk the later runs read).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -20,36 +29,140 @@ import time
 import pytest
 
 from helpers import ROOT, cli_env, run_cli, serve_process
-from imagetool.phases import ENDED
+from imagetool.phases import BACKUP_ENDED, ENDED
 
 HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
+RUNS = 50
 
 pytestmark = pytest.mark.slow
 
 
-def test_random_ctrl_c_of_uploads_and_downloads(tmp_path):
-    env = cli_env(tmp_path, RESUME_TEST_DELAY="0.01")
-    with serve_process(env):
-        src = tmp_path / "src.raw"
-        src.write_bytes(random.Random(0).randbytes(24 << 20))
-        assert run_cli(env, "upload", src, "--sd", "data", "--name", "base").returncode == 0
-        rng = random.Random(20)
-        for i in range(10):
-            kind = rng.choice(["upload", "download"])
-            argv = (["upload", str(src), "--sd", "data", "--name", f"u{i}"] if kind == "upload"
-                    else ["download", "base", f"d{i}.raw"])
-            proc = subprocess.Popen([sys.executable, HARNESS, *argv, "--buffer-size", "1M"],
-                                    env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True)
-            time.sleep(rng.uniform(0.6, 2.5))     # past the harness's imports
+def _state(conn, vm_id):
+    """What an interrupted command may leave on the engine."""
+    return {
+        "open": [(t.id, t.phase) for t in conn.transfers.list() if t.phase not in ENDED],
+        "locked": [d.name for d in conn.disks.list() if d.status == "locked"],
+        "disks": {d.id: d.name for d in conn.disks.list()},
+        "vms": {v.id: v.name for v in conn.vms.list()},
+        "templates": {t.id for t in conn.templates.list()},
+        "snapshots": {s.id for s in conn.snapshots.list(vm_id)
+                      if s.snapshot_type != "active"},
+        "backups": [b.id for b in conn.backups.list(vm_id) if b.phase not in BACKUP_ENDED],
+    }
+
+
+def _drop_new(conn, before, after):
+    """Remove what a finished command made, so later runs start alike (an
+    OVA import keeps the OVA's disk ids: a second copy would be refused)."""
+    for vm_id in set(after["vms"]) - set(before["vms"]):
+        conn.vms.remove(vm_id)
+    for disk_id in set(after["disks"]) - set(before["disks"]):
+        if disk_id in {d.id for d in conn.disks.list()}:
+            conn.disks.remove(disk_id)
+
+
+def _problems(kind, code, err, before, after, cwd, i, repo, vm_id):
+    """What run ``i`` of ``kind`` did wrong, as the module docstring says."""
+    out = []
+    if code not in (0, 130, -signal.SIGINT):
+        out.append(f"exit {code}")
+    if "Traceback" in err:
+        out.append("a traceback")
+    if after["open"]:
+        out.append(f"transfers left open: {after['open']}")
+    if after["locked"]:
+        out.append(f"disks locked: {after['locked']}")
+    left = [n for n in os.listdir(cwd) if ".imagetool-" in n]
+    if left:
+        out.append(f"files left: {left}")
+    if code != 0 and os.path.exists(os.path.join(cwd, f"e{i}.ova")):
+        out.append("the .ova under its final name")
+    if code != 0 and kind in ("upload", "backup restore", "ova import"):
+        for key in ("disks", "vms", "templates"):
+            if after[key] != before[key]:
+                out.append(f"{key} before {before[key]}, after {after[key]}")
+    if after["snapshots"] != before["snapshots"]:
+        out.append(f"snapshots before {before['snapshots']}, after {after['snapshots']}")
+    if after["backups"]:
+        out.append(f"backups not ended: {after['backups']}")
+    partial = [n for n in os.listdir(os.path.join(repo, vm_id)) if n.startswith(".partial-")]
+    if partial:
+        out.append(f"point directories left: {partial}")
+    return out
+
+
+def _argv(kind, i, repo):
+    return {
+        "upload": ["upload", "src.raw", "--sd", "data", "--name", f"u{i}",
+                   "--buffer-size", "1M"],
+        "download": ["download", "vm-disk1", f"d{i}.raw", "--buffer-size", "1M"],
+        "backup create": ["backup", "create", repo, "vm"],
+        "backup restore": ["backup", "restore", repo, "vm", "--sd", "data",
+                           "--name", f"r{i}"],
+        "ova export": ["ova", "export", "vm", f"e{i}.ova"],
+        "ova import": ["ova", "import", "base.ova", "--sd", "data", "--name", f"i{i}"],
+    }[kind]
+
+
+def _run(env, cwd, argv, after=None):
+    """The harness running ``argv``; SIGINT ``after`` seconds (None: none)."""
+    proc = subprocess.Popen([sys.executable, HARNESS, *argv], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if after is not None:
+        try:
+            proc.wait(after)
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=120)
-            what = f"run {i}: {kind} -> {proc.returncode} {err!r}"
-            assert proc.returncode in (0, 130, -signal.SIGINT), what
-            assert "Traceback" not in err, what
-            phases = [t["phase"] for t in json.loads(run_cli(env, "transfers", "list",
-                                                             "--json").stdout)]
-            assert not [p for p in phases if p not in ENDED], (what, phases)
-            disks = json.loads(run_cli(env, "disks", "list", "--json").stdout)
-            assert not [d["name"] for d in disks if d["status"] == "locked"], what
-            assert not [n for n in os.listdir(tmp_path) if ".imagetool-" in n], what
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_random_ctrl_c_of_transfers_backups_and_ovas(tmp_path, monkeypatch):
+    from imagetool.cli.config import EngineOptions, open_connection
+    env = cli_env(tmp_path, RESUME_TEST_DELAY="0.01")
+    for k in ("IMAGETOOL_HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(k, env[k])
+    repo = str(tmp_path / "backups")
+    with serve_process(env), open_connection(EngineOptions()) as conn:
+        (tmp_path / "src.raw").write_bytes(random.Random(0).randbytes(8 << 20))
+        for argv in (["vms", "create", "vm", "--disk", "src.raw", "--sd", "data"],
+                     ["vms", "create", "ovavm", "--disk", "src.raw", "--sd", "data"],
+                     ["ova", "export", "ovavm", "base.ova"],
+                     ["vms", "remove", "ovavm"]):
+            r = run_cli(env, *argv, cwd=tmp_path)
+            assert r.returncode == 0, (argv, r.stderr)
+        vm_id = conn.vms.find("vm").id
+        length = {}
+        kinds = ["backup create", "upload", "download", "backup restore", "ova export",
+                 "ova import"]
+        for kind in kinds:          # one full run each: how long a run takes
+            before = _state(conn, vm_id)
+            t0 = time.monotonic()
+            code, err = _run(env, tmp_path, _argv(kind, "full", repo))
+            length[kind] = time.monotonic() - t0
+            assert code == 0, (kind, err)
+            after = _state(conn, vm_id)
+            if kind != "backup create":
+                _drop_new(conn, before, after)
+        rng = random.Random(int(os.environ.get("CTRL_C_SEED", "20")))
+        problems: list[str] = []
+        seen: dict[str, list[int]] = {}
+        for i in range(RUNS):
+            kind = rng.choice(kinds)
+            moment = rng.uniform(0.3, length[kind])
+            before = _state(conn, vm_id)
+            code, err = _run(env, tmp_path, _argv(kind, i, repo), after=moment)
+            after = _state(conn, vm_id)
+            seen.setdefault(kind, []).append(code)
+            what = f"run {i}: {kind} SIGINT at {moment:.2f}s -> {code} {err!r}"
+            problems += [f"{what}: {p}" for p in _problems(kind, code, err, before, after,
+                                                           tmp_path, i, repo, vm_id)]
+            if kind != "backup create" and not problems:
+                _drop_new(conn, before, after)
+            if problems:
+                break           # what follows would only see this run's leftovers
+            for name in (f"d{i}.raw", f"e{i}.ova"):
+                if os.path.exists(tmp_path / name):
+                    os.unlink(tmp_path / name)
+    print("exit codes:", seen)          # shown with -s: how many runs were cut short
+    assert not problems, "\n".join(problems)

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, qemu_img
+from helpers import ENGINE_PASSWORD, qemu_img, sigint_after
 from ova_fixtures import SD
 from test_ova_import import VMWARE_OVF, add_member, make_vmware_ova
 
@@ -145,3 +145,66 @@ def test_export_failure_leaves_no_file_and_no_snapshot(conn, scratch, monkeypatc
     assert os.listdir(scratch).count("fail.ova") == 0
     assert not os.path.exists(ova + ".imagetool-part")
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+
+
+@pytest.mark.parametrize("where", ["send", "answer"])
+def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, where):
+    """Ctrl-C while a disk is sent, or while the VM is added (the engine
+    made it, its answer never came): no VM, no disk; the same OVA imports
+    again afterwards."""
+    from imagetool import import_ova
+    from imagetool.ova import importer
+    made = make_vmware_ova(scratch)
+    before = _inventory(conn)
+    real_add = importer._add_entity
+
+    def interrupted(*a, **kw):
+        real_add(*a, **kw)
+        raise KeyboardInterrupt
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importer, "_add_entity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_ova(conn, made["ova"], SD, name="ctrl-c",
+                   progress=interrupt if where == "send" else None)
+    assert _inventory(conn) == before
+    monkeypatch.undo()
+    r = import_ova(conn, made["ova"], SD, name="ctrl-c")
+    conn.vms.remove(r["vm_id"])
+
+
+def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch):
+    """A Ctrl-C during the removal of the export's snapshot (after every
+    byte is written): the removal ends, and no OVA is left under its name."""
+    from imagetool import export_ova
+    from imagetool.engine import lifecycle
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "ctrl-c-vm")
+    real_remove = lifecycle.remove_snapshot
+
+    def interrupted(*a, **kw):
+        real_remove(*a, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lifecycle, "remove_snapshot", interrupted)
+    ova = os.path.join(scratch, "ctrl-c.ova")
+    with pytest.raises(KeyboardInterrupt):
+        export_ova(conn, vm.id, ova)
+    assert not os.path.exists(ova)
+    assert not os.path.exists(ova + ".imagetool-part")
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+
+
+def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, monkeypatch):
+    """A Ctrl-C (a real SIGINT) while the export's snapshot request is in
+    flight: the engine made it, the export never got its id; it is
+    removed all the same."""
+    from imagetool import export_ova
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "add-vm")
+    sigint_after(monkeypatch, conn.snapshots)
+    ova = os.path.join(scratch, "add.ova")
+    with pytest.raises(KeyboardInterrupt):
+        export_ova(conn, vm.id, ova)
+    assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
+    assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")

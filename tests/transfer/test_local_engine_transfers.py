@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from fault_proxy import DroppingProxy
-from helpers import MiB, images_equal, make_raw, qemu_img
+from helpers import MiB, images_equal, make_raw, qemu_img, sigint_after
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
@@ -97,23 +97,38 @@ def test_iso(own_conn, module_dir):
         assert a.read() == b.read()
 
 
-def test_interrupt_cancels_and_unlocks(own_conn, images):
+def _interrupted_upload_left_nothing(own_conn, images, home, calls: int = 2) -> None:
+    """An upload Ctrl-C'd at its ``calls``-th progress call: KeyboardInterrupt,
+    no disk locked, the half-uploaded disk removed, no transfer open, no
+    journal left (journals kept in ``home``, which the caller made
+    $IMAGETOOL_HOME)."""
+    from imagetool.phases import ENDED
     before = {d.id for d in own_conn.disks.list()}
     n = []
 
     def progress(k):
         n.append(k)
-        if len(n) == 2:
+        if len(n) == calls:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB,
                     progress=progress)
     assert _locked(own_conn) == []
-    # The engine removed the half-uploaded disk.
     assert {d.id for d in own_conn.disks.list()} == before
-    assert not [t for t in own_conn.transfers.list()
-                if t.phase in ("transferring", "initializing")]
+    assert not [t.phase for t in own_conn.transfers.list() if t.phase not in ENDED]
+    assert not os.listdir(home / "journals")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """$IMAGETOOL_HOME of this test alone: its journals are its own."""
+    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_interrupt_cancels_and_unlocks(own_conn, images, home):
+    _interrupted_upload_left_nothing(own_conn, images, home)
 
 
 def test_dropped_connection_cancels(own_conn, images, monkeypatch, fast_backoff):
@@ -153,3 +168,40 @@ def test_failed_download_leaves_no_file(own_conn, module_dir, images):
         download_disk(own_conn, disk, os.path.join(d, "x.raw"), progress=progress)
     assert os.listdir(d) == []
     assert own_conn.disks.get(disk.id).status == "ok"
+
+
+def test_a_second_ctrl_c_during_the_cancel_still_unlocks(own_conn, images, monkeypatch,
+                                                         home):
+    """Ctrl-C during an upload, then a real SIGINT while its transfer is
+    being cancelled: the cancel still ends the transfer and waits for the
+    disk, and the interrupt comes after."""
+    import signal
+    real_cancel = own_conn.transfers.cancel
+
+    def cancel(transfer_id):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_cancel(transfer_id)
+    monkeypatch.setattr(own_conn.transfers, "cancel", cancel)
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=1)
+
+
+@pytest.mark.parametrize("service", ["disks", "transfers"])
+def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monkeypatch,
+                                                          home, service):
+    """A real SIGINT while the upload's disk or transfer is being added: the
+    engine made it, the upload never got its id; it goes all the same (the
+    transfer cancelled, its disk unlocked and removed)."""
+    sigint_after(monkeypatch, getattr(own_conn, service))
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
+
+
+def test_ctrl_c_before_the_transfer_is_opened_leaves_no_disk(own_conn, images, monkeypatch,
+                                                             home):
+    """A Ctrl-C after the disk is made, before its transfer session exists:
+    the disk goes."""
+    from imagetool.transfer import disk as disk_mod
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(disk_mod, "open_session", interrupted)
+    _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
