@@ -113,13 +113,18 @@ def _run(env, cwd, argv, after=None):
             proc.wait(after)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)       # faulthandler prints every thread's stack
+        _, err = proc.communicate(timeout=30)
+        err = "hung after the SIGINT:\n" + err
     return proc.returncode, err
 
 
 def test_random_ctrl_c_of_transfers_backups_and_ovas(tmp_path, monkeypatch):
     from imagetool.cli.config import EngineOptions, open_connection
-    env = cli_env(tmp_path, RESUME_TEST_DELAY="0.01")
+    env = cli_env(tmp_path, RESUME_TEST_DELAY="0.01", PYTHONFAULTHANDLER="1")
     for k in ("IMAGETOOL_HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(k, env[k])
     repo = str(tmp_path / "backups")
