@@ -104,10 +104,13 @@ class Connection:
         kwargs: dict[str, Any] = {}
         if transport is not None:
             kwargs["transport"] = transport
-        self._client = httpx.Client(
-            verify=_ssl_context(cafile, insecure),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            headers=base_headers, follow_redirects=False, **kwargs)
+        def new_client() -> httpx.Client:
+            return httpx.Client(
+                verify=_ssl_context(cafile, insecure),
+                timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                headers=base_headers, follow_redirects=False, **kwargs)
+        self._new_client = new_client
+        self._client = new_client()
         self.disks = services.DisksService(self)
         self.storage_domains = services.StorageDomainsService(self)
         self.transfers = services.ImageTransfersService(self)
@@ -201,8 +204,18 @@ class Connection:
     # --- requests ----------------------------------------------------------
 
     def _send_raw(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        client = self._client
         try:
-            return self._client.request(method, url, **kwargs)
+            return client.request(method, url, **kwargs)
+        except KeyboardInterrupt:
+            # A Ctrl-C can land inside the connection pool, between taking
+            # one of its locks and the block that gives it back; the cleanup
+            # that follows (cancel the transfer, remove the snapshot) would
+            # then wait on that lock for ever. It gets a new pool; the old one
+            # is dropped unclosed, since closing it may wait on the same lock.
+            if self._client is client:
+                self._client = self._new_client()
+            raise
         except httpx.ConnectError as e:
             raise self._connect_failure(e) from None
         except httpx.TimeoutException as e:

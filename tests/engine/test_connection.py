@@ -214,3 +214,26 @@ def test_unusable_cafile(tmp_path):
     junk.write_text("not a certificate")
     with pytest.raises(ConnectionFailed, match="cannot use CA file"):
         Connection("https://e", username="u", password="p", cafile=str(junk))
+
+
+def test_a_ctrl_c_inside_a_request_gives_the_next_requests_a_new_pool():
+    """A Ctrl-C may land inside httpx's pool while it holds a lock; the
+    cleanup requests after it must not wait on that pool."""
+    engine = FakeEngine()
+    engine.add_disk("d1")
+    real = engine.handle
+    calls = []
+
+    def interrupted_once(method, url, headers, body):
+        calls.append(url)
+        if len(calls) == 2:         # the first API request after the login
+            raise KeyboardInterrupt
+        return real(method, url, headers, body)
+
+    engine.handle = interrupted_once
+    with connect(engine) as conn:
+        first = conn._client
+        with pytest.raises(KeyboardInterrupt):
+            conn.disks.list()
+        assert conn._client is not first
+        assert [d.name for d in conn.disks.list()] == ["d1"]
