@@ -188,6 +188,15 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, storage_domain: str,
     state = resume_mod.open_upload(conn, plan, storage_domain, name, opts.disk_id,
                                    resume=opts.resume, request_size=opts.buffer_size)
     try:
+        # Built before the disk exists: between the disk's creation and
+        # send's own clean-up there is no work for a Ctrl-C to land in.
+        options = DiskOptions(
+            format=plan.transfer_format, workers=opts.workers, buffer_size=opts.buffer_size,
+            inactivity_timeout=opts.inactivity_timeout, use_proxy=opts.use_proxy,
+            host_id=host_id,
+            timeout_policy=resume_mod.upload_timeout_policy(opts.timeout_policy, opts.resume),
+            dst_is_zero=opts.sparse and not plan.volume_bytes, journal=state,
+            verify=opts.verify, volume_bytes=plan.volume_bytes, what=plan.path)
         disk = _target_disk(conn, plan, state, storage_domain, name, opts)
     except BaseException:
         # No disk, nothing to resume into: a plain upload's journal goes
@@ -195,14 +204,7 @@ def _transfer(conn: Any, plan: UploadPlan, src: Backend, storage_domain: str,
         if state is not None and not state.resume:
             state.journal.remove()
         raise
-    sent = send(conn, src, disk, DiskOptions(
-        format=plan.transfer_format, workers=opts.workers, buffer_size=opts.buffer_size,
-        inactivity_timeout=opts.inactivity_timeout, use_proxy=opts.use_proxy,
-        host_id=host_id,
-        timeout_policy=resume_mod.upload_timeout_policy(opts.timeout_policy, opts.resume),
-        dst_is_zero=opts.sparse and not plan.volume_bytes, journal=state,
-        verify=opts.verify, volume_bytes=plan.volume_bytes, what=plan.path),
-        progress=progress)
+    sent = send(conn, src, disk, options, progress=progress)
     return sent, conn.disks.get(disk.id)
 
 
