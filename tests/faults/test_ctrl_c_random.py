@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,13 @@ def _drop_new(conn, before, after):
             conn.disks.remove(disk_id)
 
 
+_IGNORED_IN_IMPORT = re.compile(
+    r"Exception ignored in: <function _get_module_lock\.<locals>\.cb at 0x[0-9a-f]+>\n"
+    r"Traceback \(most recent call last\):\n"
+    r"  File \"<frozen importlib\._bootstrap>\", line \d+, in cb\n"
+    r"KeyboardInterrupt: ?\n")
+
+
 def _problems(kind, code, err, before, after, cwd, i, repo, vm_id):
     """What run ``i`` of ``kind`` did wrong, as the module docstring says."""
     out = []
@@ -72,7 +80,9 @@ def _problems(kind, code, err, before, after, cwd, i, repo, vm_id):
         "Fatal Python error: init_import_site") and err.rstrip().endswith("KeyboardInterrupt")
     if code not in (0, 130, -signal.SIGINT) and not in_python_startup:
         out.append(f"exit {code}")
-    if "Traceback" in err and not in_python_startup:
+    # Likewise Python's own report of a KeyboardInterrupt it swallowed in an
+    # import lock's callback ("Exception ignored in ... importlib._bootstrap").
+    if "Traceback" in _IGNORED_IN_IMPORT.sub("", err) and not in_python_startup:
         out.append("a traceback")
     if after["open"]:
         out.append(f"transfers left open: {after['open']}")
