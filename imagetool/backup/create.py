@@ -31,7 +31,7 @@ from imagetool.backup import engine_ops as ops
 from imagetool.backup.fetch import fetch_disk
 from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
                                    read_json, sha256_file, write_json)
-from imagetool.engine.lifecycle import take_snapshot
+from imagetool.engine.lifecycle import remove_snapshot, take_snapshot
 from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
@@ -80,7 +80,7 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
             what.append(f"its checkpoint {cp} was " + ("removed" if done else
                                                         "left (the engine refused)"))
         if state.get("snapshot_id"):
-            ops.remove_snapshot(conn, vm_id, state["snapshot_id"])
+            remove_snapshot(conn, vm_id, state["snapshot_id"])
             what.append(f"its snapshot {state['snapshot_id']} was removed")
         repo.discard(staging)
         point = os.path.basename(staging)[len(".partial-"):]
@@ -197,7 +197,7 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
             old = (last.manifest.get("engine") or {}).get("snapshot_id")
             if old and old != engine_ids.get("snapshot_id"):
                 try:
-                    ops.remove_snapshot(conn, vm_id, old)
+                    remove_snapshot(conn, vm_id, old)
                 except ImagetoolError as e:
                     _say(notes, f"VM {v.name}: the previous base snapshot {old} could not "
                                 f"be removed: {e}", log)
@@ -301,7 +301,7 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
         entries = _fetch_all(conn, disks, base, staging, source=source,
                              why_full=lambda d: None, **kw)
     except BaseException:
-        if _undo(lambda: ops.remove_snapshot(conn, vm_id, sid)):
+        if _undo(lambda: remove_snapshot(conn, vm_id, sid)):
             _forget(staging, state, "snapshot_id")
         raise
     return {"snapshot_id": sid}, entries

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from imagetool.engine.lifecycle import remove_snapshot  # noqa: F401 (backup/create.py)
 from imagetool.engine.wait import retry_conflict, wait_for_backup
 from imagetool.errors import EngineError, NotFound
 from imagetool.phases import ACTIVE, BACKUP_ENDED, BackupPhase
