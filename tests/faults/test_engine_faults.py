@@ -150,6 +150,12 @@ def _open_fds_to(fragment: str) -> list[str]:
     return out
 
 
+def _request_running(fe, transfer_id: str) -> bool:
+    """A data-plane request is using the transfer's backend now."""
+    return any(tk.transfer_id == transfer_id and tk._busy and tk._backend is not None
+               for tk in fe.engine.server.registry.all())
+
+
 def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplog):
     """The transfer is cancelled while a PUT body is half sent. The data
     plane must not close the volume under the running request (its late
@@ -173,8 +179,10 @@ def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplo
                           f"Content-Length: {length}\r\n"
                           f"Content-Range: bytes 0-{length - 1}/*\r\n\r\n").encode())
             sock.sendall(b"x" * (length // 2))
+            # The handler holds the volume: any fd to it is not enough (a
+            # REST thread may read the file for a moment).
             deadline = time.monotonic() + 10
-            while not _open_fds_to(disk.id):          # the handler opened the volume
+            while not (_request_running(fe, t.id) and _open_fds_to(disk.id)):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             conn.transfers.cancel(t.id)
