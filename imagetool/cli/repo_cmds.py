@@ -12,45 +12,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from imagetool.cli.common import emit_json
+from imagetool.cli.store_options import PASSPHRASE_ENV, open_repository, repo_options, repo_secret
 from imagetool.units import format_size
-
-PASSPHRASE_ENV = "IMAGETOOL_PASSPHRASE"
-
-
-def repo_options(fn: Callable) -> Callable:
-    """The options every repository command takes."""
-    for opt in reversed([
-        click.option("--endpoint", metavar="URL",
-                     help="S3 endpoint URL (Ceph RGW, MinIO...); AWS when not given."),
-        click.option("--profile", metavar="NAME",
-                     help="S3 credentials profile of ~/.aws/credentials."),
-        click.option("--key-file", type=click.Path(dir_okay=False),
-                     help="Key of an encrypted repository (or set "
-                          f"{PASSPHRASE_ENV} for a passphrase)."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def _secret(key_file: str | None) -> tuple[bytes | None, bool]:
-    from imagetool.backup.store import read_key_file
-    if key_file:
-        return read_key_file(key_file), False
-    phrase = os.environ.get(PASSPHRASE_ENV)
-    return (phrase.encode(), True) if phrase else (None, False)
-
-
-def _open(repo: str, endpoint: str | None, profile: str | None, key_file: str | None,
-          workers: int = 8) -> Any:
-    from imagetool.backup.store import ChunkStore, open_storage
-    storage = open_storage(repo, endpoint=endpoint, profile=profile, workers=workers)
-    return ChunkStore.open(storage, _secret(key_file)[0])
-
 
 @click.group()
 def repo() -> None:
@@ -79,7 +47,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
         new_key_file(key_file)
         click.echo(f"imagetool: new key in {key_file}: keep a copy apart from the "
                    "repository, nothing can be restored without it", err=True)
-    secret, phrase = _secret(key_file)
+    secret, phrase = repo_secret(key_file)
     if encrypt and secret is None:
         raise click.UsageError(f"--encrypt needs --key-file or {PASSPHRASE_ENV}")
     if not encrypt and key_file:
@@ -110,7 +78,7 @@ def add(repository: str, vm: str, disks: tuple[str, ...], ovf: str | None, worke
         if not sep or not disk_id or not path:
             raise click.UsageError(f"{d!r}: give DISK_ID=IMAGE")
         pairs.append((disk_id, path))
-    store = _open(repository, endpoint, profile, key_file, workers)
+    store = open_repository(repository, endpoint, profile, key_file, workers)
     backends = []
     try:
         for disk_id, path in pairs:
@@ -137,7 +105,7 @@ def list_cmd(repository: str, vm: str | None, as_json: bool, endpoint: str | Non
              profile: str | None, key_file: str | None) -> None:
     """Points per VM: logical size, data, new bytes stored and the ratio."""
     from imagetool.backup.store import list_points, load_index
-    store = _open(repository, endpoint, profile, key_file)
+    store = open_repository(repository, endpoint, profile, key_file)
     rows = []
     for vm_id, name in list_points(store, vm):
         ix = load_index(store, vm_id, name)
@@ -180,7 +148,7 @@ def export(repository: str, vm: str, outdir: str, point: str | None, out_format:
            key_file: str | None) -> None:
     """Write a point's disks to OUTDIR as images qemu-img reads (and vm.ovf)."""
     from imagetool.backup.store import export_point
-    store = _open(repository, endpoint, profile, key_file, workers)
+    store = open_repository(repository, endpoint, profile, key_file, workers)
     ix = _point(store, vm, point)
     for path in export_point(store, ix, outdir, out_format, workers=workers, force=force):
         click.echo(path)
@@ -204,7 +172,7 @@ def prune_cmd(repository: str, vm: str | None, keep_last: int, keep_hourly: int,
               key_file: str | None) -> None:
     """Remove points no keep rule keeps (indexes only; run gc to free chunks)."""
     from imagetool.backup.store import prune
-    store = _open(repository, endpoint, profile, key_file)
+    store = open_repository(repository, endpoint, profile, key_file)
     out = prune(store, vm, dry_run=dry_run, last=keep_last, hourly=keep_hourly,
                 daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly,
                 yearly=keep_yearly)
@@ -227,7 +195,7 @@ def gc_cmd(repository: str, grace: float, dry_run: bool, as_json: bool,
            endpoint: str | None, profile: str | None, key_file: str | None) -> None:
     """Delete chunks no point references (mark and sweep)."""
     from imagetool.backup.store import collect
-    res = collect(_open(repository, endpoint, profile, key_file), grace=grace,
+    res = collect(open_repository(repository, endpoint, profile, key_file), grace=grace,
                   dry_run=dry_run)
     if as_json:
         emit_json(res.to_dict())
@@ -255,7 +223,7 @@ def verify_cmd(repository: str, vm: str | None, point: str | None, sample: float
                profile: str | None, key_file: str | None) -> None:
     """Check indexes, chunk presence and chunk content; exit 1 on damage."""
     from imagetool.backup.store import verify
-    rep = verify(_open(repository, endpoint, profile, key_file, workers), vm, point,
+    rep = verify(open_repository(repository, endpoint, profile, key_file, workers), vm, point,
                  sample=sample, workers=workers, checksums=checksums)
     if as_json:
         emit_json(rep.to_dict())
