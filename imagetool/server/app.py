@@ -22,7 +22,7 @@ from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from imagetool.server import backups
+from imagetool.server.domain import backups
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
 from imagetool.server import jobs
@@ -30,7 +30,7 @@ from imagetool.server.rest import codec, root
 from imagetool.server.rest.jobs import correlation_id
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
-from imagetool.server.rest.validate import escaped
+from imagetool.server.faults import escaped
 from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
@@ -169,7 +169,7 @@ class EngineServer:
         # Writes since each checkpoint, for incremental backups.
         self.dirty = DirtyTracker(self.data_dir)
         self.transfers.dirty = self.dirty
-        # A VM backup with no activity this long is ended (server/backups.py).
+        # A VM backup with no activity this long is ended (server/domain/backups.py).
         self.backup_timeout = backup_timeout
         self.transfers.ticks.append(lambda: backups.expire(self))
         self.pki = None

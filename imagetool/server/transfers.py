@@ -139,7 +139,7 @@ class TransferManager:
                "snapshot": snapshot, "error": None}
         if backup is not None:
             # A VM backup's transfer: the frozen volume, with the dirty
-            # ranges of an incremental disk (server/backups.py).
+            # ranges of an incremental disk (server/domain/backups.py).
             doc["backup_id"] = backup["id"]
             doc["dirty_ranges"] = backup["dirty"].get(disk["id"])
         verb = "Uploading" if direction == "upload" else "Downloading"

@@ -799,7 +799,7 @@ def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
 def test_a_forgotten_transfer_still_counts_as_activity(tmp_path):
     # Finished transfers are dropped after finished_ttl; the backup's idle
     # clock still starts at the end of its last transfer.
-    from imagetool.server import backups as bk
+    from imagetool.server.domain import backups as bk
     box = Box(tmp_path, backup_timeout=100.0)
     try:
         server = box.eng.server

@@ -1,10 +1,10 @@
 """VM backups and checkpoints (engine API model 4.4+: VmBackups, VmBackup,
 VmBackupDisks, VmCheckpoints, VmCheckpoint); the rules are in
-``server/backups.py``."""
+``server/domain/backups.py``."""
 
 from __future__ import annotations
 
-from imagetool.server import backups as bk
+from imagetool.server.domain import backups as bk
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.common import action_links, get_or_404, iso_date, ref, sub_links

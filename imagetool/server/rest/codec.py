@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from imagetool import xmlsafe
-from imagetool.server.rest.errors import ApiError
+from imagetool.server.faults import ApiError
 from imagetool.server.rest.validate import check_id
 
 # Deepest element nesting a request body may have. oVirt request bodies are

@@ -29,7 +29,7 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.fsutil import write_atomic
-from imagetool.server.rest import disks as disks_mod
+from imagetool.server.domain import disks as disk_ops
 from imagetool.server.rest import domain_files, vmsettings
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
@@ -363,7 +363,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
                                         "or undo the preview first.")
         disks = [get_or_404(req, "disk", a["disk_id"], "disk") for a in vm["attachments"]]
         for d in disks:
-            disks_mod.check_usable(d, "export VM")
+            disk_ops.check_usable(d, "export VM")
         present = _exported(req, sd)
         old = next((p for p in present if p["id"] == vm_id), None)
         if old is not None and not exclusive:
@@ -392,7 +392,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
     try:
         entries = []
         for d in disks:
-            vols = disks_mod.chain(store, d)
+            vols = disk_ops.chain(store, d)
             att = next(a for a in vm["attachments"] if a["disk_id"] == d["id"])
             stage = new_id()
             staged.append((stage, d["id"]))
@@ -460,7 +460,7 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
     dst_sd = find_storage_domain(req, dst_ref, "import VM")
     if dst_sd["type"] != "data":
         raise conflict("import VM", f"Storage Domain {dst_sd['name']} is not a data domain.")
-    disks_mod.check_active(dst_sd, "import VM")
+    disk_ops.check_active(dst_sd, "import VM")
     check_cluster(req, get_obj(data, "cluster"))
     clone = bool(get_bool(data, "clone"))
     collapse = req.flag("collapse_snapshots") or bool(get_bool(data, "collapse_snapshots"))

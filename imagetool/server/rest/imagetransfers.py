@@ -8,7 +8,7 @@ from imagetool.phases import ENDED, SERVING
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
                                           ref)
-from imagetool.server.rest.disks import check_usable
+from imagetool.server.domain.disks import check_usable
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request, conflict,
                                           missing)
@@ -126,7 +126,7 @@ def _least_busy_host(engine) -> dict:
 def _backup_target(req: Request, data: dict, backup_id: str, direction: str,
                    fmt: str) -> tuple[dict, dict, dict]:
     """(backup, disk, frozen volume) of a VM backup's download transfer."""
-    from imagetool.server import backups as bk
+    from imagetool.server.domain import backups as bk
     if direction != "download":
         raise bad_request("A backup transfer must be a download")
     if fmt != "raw":

@@ -28,7 +28,7 @@ from imagetool.formats.convert import convert_backend
 from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
 from imagetool.server.jobs import end_job, record_job
-from imagetool.server.rest import disks as disks_mod
+from imagetool.server.domain import disks as disk_ops
 from imagetool.server.rest import validate, vmsettings
 from imagetool.server.rest.codec import get_obj, get_str
 from imagetool.server.rest.common import ref
@@ -85,7 +85,7 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
         for a in vm["attachments"]:
             d = store.get("disk", a["disk_id"])
             if d is not None:
-                disks_mod.check_usable(d, ACTION)
+                disk_ops.check_usable(d, ACTION)
                 disks.append((a, d))
         if not disks:
             raise conflict(ACTION, f"VM {vm['name']} has no disks to export.")
@@ -136,7 +136,7 @@ def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> N
             fd_path = f"/proc/self/fd/{fd}"
             if not os.path.exists(fd_path):
                 fd_path = os.path.join(real, part)
-            chains = {d["id"]: disks_mod.chain(store, d) for _, d in disks}
+            chains = {d["id"]: disk_ops.chain(store, d) for _, d in disks}
             entries = [disk_entry(disk_id=d["id"], image_id=chains[d["id"]][-1]["id"],
                                   virtual_size=d["provisioned_size"],
                                   alias=d.get("name"), interface=a.get("interface"),

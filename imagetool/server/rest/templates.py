@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from imagetool.server.rest import disks as disks_mod
+from imagetool.server.domain import disks as disk_ops
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, iso_date, list_members,
                                           record_job, ref, search_filter, sub_links)
@@ -88,12 +88,12 @@ def _from_vm(req: Request, vm_ref: dict, template_id: str,
     for a in vm.get("attachments", []):
         d = engine.store.get("disk", a["disk_id"])
         if d is not None:
-            disks_mod.check_usable(d, "add Template")
+            disk_ops.check_usable(d, "add Template")
             disks.append((a, d))
     atts = []
     for a, d in disks:
         new_disk, new_vol = new_id(), new_id()
-        engine.storage.flatten(disks_mod.chain(engine.store, d), d["format"],
+        engine.storage.flatten(disk_ops.chain(engine.store, d), d["format"],
                                d["provisioned_size"], d["sd_id"], new_disk, new_vol,
                                preallocate=not d.get("sparse", True))
         now = time.time()
@@ -160,9 +160,9 @@ def remove_template(req: Request, template_id: str) -> Reply:
         raise conflict("remove Template", "The Blank template cannot be removed.")
     with engine.store.transaction():
         t = _find(req, template_id)
-        disks = disks_mod.attached_disks(engine, t)
+        disks = disk_ops.attached_disks(engine, t)
         for d in disks:
-            disks_mod.check_usable(d, "remove Template")
+            disk_ops.check_usable(d, "remove Template")
         engine.store.delete("template", template_id)
         for d in disks:
             engine.storage.delete_disk(d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from imagetool.server.domain import disks as disk_ops
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.ovf import BLANK, build_ovf, check_unowned, ovf_disk_ids
@@ -216,10 +217,10 @@ def check_cluster(req: Request, cluster: dict | None) -> None:
 
 def chain_to(store, disk: dict, vol_id: str) -> list[dict]:
     """The disk's volumes from the base up to ``vol_id`` (a snapshot's layer)."""
-    vols = disks_mod.chain(store, disk)
+    vols = disk_ops.chain(store, disk)
     saved = (req_preview_saved(store, disk))
     if not any(v["id"] == vol_id for v in vols) and saved:
-        vols = disks_mod.chain(store, dict(disk, image_id=saved))
+        vols = disk_ops.chain(store, dict(disk, image_id=saved))
     for i, v in enumerate(vols):
         if v["id"] == vol_id:
             return vols[:i + 1]
@@ -264,7 +265,7 @@ def _clone_from_snapshot(req: Request, name: str | None, description: str | None
             raise conflict("add VM", f"A VM with id {vm_id} already exists.")
         disks = {d: get_or_404(req, "disk", d, "disk") for d in snap["volumes"]}
         for d in disks.values():
-            disks_mod.check_usable(d, "clone VM from Snapshot")
+            disk_ops.check_usable(d, "clone VM from Snapshot")
         plan = [(d, chain_to(store, d, snap["volumes"][d["id"]])) for d in disks.values()]
         for d in disks.values():
             store.update("disk", d["id"], status="locked")
@@ -362,12 +363,12 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
     engine = req.engine
     with engine.store.transaction():
         vm = _find_vm(req, vm_id)
-        disks = disks_mod.attached_disks(engine, vm)
-        disks_mod.check_not_backed_up(engine, "remove VM", vm=vm)
+        disks = disk_ops.attached_disks(engine, vm)
+        disk_ops.check_not_backed_up(engine, "remove VM", vm=vm)
         for d in disks:
             if d["status"] == "locked":
-                disks_mod.check_usable(d, "remove VM")
-            disks_mod.check_not_backed_up(engine, "remove VM", disk=d)
+                disk_ops.check_usable(d, "remove VM")
+            disk_ops.check_not_backed_up(engine, "remove VM", disk=d)
         for snap in engine.store.list("snapshot", lambda s: s["vm_id"] == vm_id):
             engine.store.delete("snapshot", snap["id"])
         engine.store.delete("vm", vm_id)
@@ -439,7 +440,7 @@ def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
         left = [a for a in vm["attachments"] if a["disk_id"] != disk_id]
         if len(left) == len(vm["attachments"]):
             raise not_found(f"disk attachment '{disk_id}'")
-        disks_mod.check_not_backed_up(engine, "detach Virtual Disk",
+        disk_ops.check_not_backed_up(engine, "detach Virtual Disk",
                                       disk=engine.store.get("disk", disk_id))
         vm["attachments"] = left
         engine.store.put("vm", vm)
@@ -516,7 +517,7 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
                     if not wanted or a["disk_id"] in wanted]
         disks = [get_or_404(req, "disk", d, "disk") for d in disk_ids]
         for d in disks:
-            disks_mod.check_usable(d, "create Snapshot")
+            disk_ops.check_usable(d, "create Snapshot")
         snap = {"id": new_id(), "vm_id": vm_id, "description": description, "type": "regular",
                 "status": "ok", "date": time.time(), "volumes": {}}
         for d in disks:
@@ -540,10 +541,10 @@ def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
         disks = [store.get("disk", d) for d in snap["volumes"]]
         for d in disks:
             if d is not None:
-                disks_mod.check_usable(d, "remove Snapshot")
+                disk_ops.check_usable(d, "remove Snapshot")
         for d in disks:
             if d is not None:
-                disks_mod.merge_down(engine, d, snap["volumes"][d["id"]])
+                disk_ops.merge_down(engine, d, snap["volumes"][d["id"]])
         store.delete("snapshot", snap_id)
     record_job(engine, f"Removing Snapshot {snap['description']} of VM {vm['name']}",
                ["Merging layers"])
@@ -562,8 +563,8 @@ def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
             d = store.get("disk", disk_id)
             if d is None:
                 continue
-            disks_mod.check_usable(d, "restore Snapshot")
-            for v in reversed(disks_mod.chain(store, d)):
+            disk_ops.check_usable(d, "restore Snapshot")
+            for v in reversed(disk_ops.chain(store, d)):
                 if v["id"] == base_vol:
                     break
                 if v.get("snapshot_id"):
@@ -601,7 +602,7 @@ def preview_snapshot(req: Request, vm_id: str) -> Reply:
         disks = [store.get("disk", d) for d in snap["volumes"]]
         disks = [d for d in disks if d is not None]
         for d in disks:
-            disks_mod.check_usable(d, "preview Snapshot")
+            disk_ops.check_usable(d, "preview Snapshot")
         preview = {"snapshot_id": snap_id, "id": new_id(), "date": time.time(), "saved": {}}
         created = []
         try:
@@ -636,7 +637,7 @@ def _end_preview(req: Request, vm_id: str, action: str, commit: bool) -> Reply:
         disks = {d: store.get("disk", d) for d in preview["saved"]}
         for d in disks.values():
             if d is not None:
-                disks_mod.check_usable(d, f"{action} Snapshot")
+                disk_ops.check_usable(d, f"{action} Snapshot")
         dropped_snaps: set[str] = set()
         files = []
         for disk_id, saved in preview["saved"].items():

@@ -32,7 +32,7 @@ from imagetool.formats import allocated_ranges
 from imagetool.formats.base import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
-from imagetool.server.rest import disks as disks_mod
+from imagetool.server.domain import disks as disk_ops
 from imagetool.server.storage import new_id
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
             raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} is invalid")
     disks = [store.get("disk", d) for d in disk_ids]
     for d in disks:
-        disks_mod.check_usable(d, "backup VM")
+        disk_ops.check_usable(d, "backup VM")
     now = time.time()
     cp_id = new_id()
     bid = backup_id or new_id()
@@ -148,12 +148,12 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
         return
     upper = store.get("volume", disk["image_id"])
     if upper is None or upper.get("parent_id") != frozen_id:
-        disks_mod.merge_down(engine, disk, frozen_id)
+        disk_ops.merge_down(engine, disk, frozen_id)
         return
     upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
     written = allocated_ranges(upper_path, "qcow2")
     if written and lower.get("format") != "raw":
-        disks_mod.merge_down(engine, disk, frozen_id)
+        disk_ops.merge_down(engine, disk, frozen_id)
         return
     if written:
         reader = st.open_volume(upper)
