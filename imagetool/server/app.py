@@ -35,7 +35,7 @@ from imagetool.server.storage import Storage, make_private_dirs, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
 from imagetool.server.tls import ensure_pki, server_context
-from imagetool.server.transfers import TransferManager
+from imagetool.server.domain.transfers import TransferManager
 
 log = logging.getLogger(__name__)
 

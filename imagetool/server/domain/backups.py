@@ -37,6 +37,8 @@ from imagetool.server.storage import new_id
 
 log = logging.getLogger(__name__)
 
+B = BackupPhase
+
 RUNNING = BACKUP_RUNNING
 # Seconds a backup may see no activity before it is ended (serve's default).
 BACKUP_TIMEOUT = 600.0
@@ -102,17 +104,17 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
           "created": now, "state": "created", "disks": members, "description": description,
           "pending": bid}
     store.put("checkpoint", cp)
-    doc = {"id": bid, "vm_id": vm["id"], "phase": "initializing", "disks": disk_ids,
+    doc = {"id": bid, "vm_id": vm["id"], "phase": B.INITIALIZING.value, "disks": disk_ids,
            "from_checkpoint_id": from_cp, "to_checkpoint_id": cp_id, "modes": modes,
            "frozen": frozen, "dirty": dirty, "description": description,
            "created": now, "modified": now}
     store.put("backup", doc)
-    store.after_commit(lambda: _set(engine, bid, "ready"))
+    store.after_commit(lambda: _set(engine, bid, B.READY))
     return doc
 
 
-def _set(engine, bid: str, phase: str, **fields) -> dict | None:
-    new = BackupPhase(phase)
+def _set(engine, bid: str, new: BackupPhase, **fields) -> dict | None:
+    """Move the backup to phase ``new``, as ``BACKUP_TRANSITIONS`` allows."""
     old = engine.store.get("backup", bid)["phase"]
     if not can_move_backup(old, new):
         raise RuntimeError(f"backup {bid}: no move from phase {old} to {new}")
@@ -180,12 +182,12 @@ def finalize(engine, vm_id: str, bid: str) -> dict:
     """Merge the frozen layers back and end the backup (``succeeded``)."""
     store = engine.store
     b = store.get("backup", bid)
-    if b["phase"] not in RUNNING or b["phase"] == BackupPhase.FINALIZING:
+    if b["phase"] not in RUNNING or b["phase"] == B.FINALIZING:
         return b
     if _busy(engine, bid):
         raise BackupError(409, "Cannot stop VM backup. The VM backup has active image "
                                "transfers; finalize them first.")
-    return _end(engine, b, ok=b["phase"] == BackupPhase.READY)
+    return _end(engine, b, ok=b["phase"] == B.READY)
 
 
 def _busy(engine, bid: str) -> list[dict]:
@@ -200,8 +202,8 @@ def _end(engine, b: dict, ok: bool) -> dict:
     store's transaction. A backup found in finalizing (the engine stopped
     mid-merge) is merged again: layers already merged are gone."""
     store, bid = engine.store, b["id"]
-    if b["phase"] != BackupPhase.FINALIZING:
-        b = _set(engine, bid, "finalizing", finalize_ok=ok)
+    if b["phase"] != B.FINALIZING:
+        b = _set(engine, bid, B.FINALIZING, finalize_ok=ok)
     ok = bool(b.get("finalize_ok", ok))
     for disk_id, vol_id in b["frozen"].items():
         d = store.get("disk", disk_id)
@@ -218,7 +220,7 @@ def _end(engine, b: dict, ok: bool) -> dict:
             store.put("checkpoint", cp)
         else:
             remove_checkpoint(engine, cp)
-    return _set(engine, bid, "succeeded" if ok else "failed")
+    return _set(engine, bid, B.SUCCEEDED if ok else B.FAILED)
 
 
 def recover(engine) -> None:
@@ -279,7 +281,7 @@ def backup_volume(engine, backup_id: str, disk_id: str) -> tuple[dict, dict]:
     b = engine.store.get("backup", backup_id)
     if b is None:
         raise BackupError(404, f"backup '{backup_id}' not found")
-    if b["phase"] != "ready":
+    if b["phase"] != B.READY:
         raise BackupError(409, f"Cannot transfer image. The VM backup is in phase "
                                f"{b['phase']}, expected ready.")
     if disk_id not in b["frozen"]:

@@ -1,6 +1,6 @@
 """Image transfers (oVirt REST API guide: ImageTransfers, ImageTransfer): add,
 list, get and the actions extend, pause, resume, finalize, cancel. The state machine lives in
-``server/transfers.py``; this module validates input and renders."""
+``server/domain/transfers.py``; this module validates input and renders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from imagetool.server.domain.disks import check_usable
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request, conflict,
                                           missing)
-from imagetool.server.transfers import POLICIES, TransferConflict
+from imagetool.server.domain.transfers import POLICIES, TransferConflict
 
 ACTIONS = ("cancel", "extend", "finalize", "pause", "resume")
 DEFAULT_INACTIVITY = 60
