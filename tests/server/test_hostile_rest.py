@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from imagetool.server.local import LocalEngine
-from imagetool.server.rest.validate import MAX_PROVISIONED_SIZE
+from imagetool.server.validate import MAX_PROVISIONED_SIZE
 
 PASSWORD = "hostile-secret-pw"
 BASIC = "Basic " + base64.b64encode(f"admin@internal:{PASSWORD}".encode()).decode()

@@ -9,7 +9,7 @@ from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.common import action_links, get_or_404, iso_date, ref, sub_links
 from imagetool.server.rest.router import ApiError, Reply, Request, conflict, not_found
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
+from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
 
 def _fail(e: bk.BackupError) -> ApiError:

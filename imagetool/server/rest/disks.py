@@ -10,7 +10,7 @@ from imagetool.server.rest.common import (action_links, find_storage_domain, fir
                                           get_owned, get_stored, list_stored,
                                           ref, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
+from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
 
 SEARCH_FIELDS = {"alias": "name"}

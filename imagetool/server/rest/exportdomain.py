@@ -30,15 +30,16 @@ from typing import Iterator
 from imagetool.errors import FormatError
 from imagetool.fsutil import write_atomic
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.rest import domain_files, vmsettings
+from imagetool.server.domain import vmsettings
+from imagetool.server.rest import domain_files
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, record_job, ref, sub_links)
 from imagetool.server.rest.ovaexport import export_to_path
-from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
+from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
 from imagetool.server.rest.router import (Reply, Request, conflict, missing,
                                           not_found)
-from imagetool.server.rest.validate import MAX_PROVISIONED_SIZE, check_text
+from imagetool.server.validate import MAX_PROVISIONED_SIZE, check_text
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
 from imagetool.server.storage import (copy_guest_data, create_private, make_private_dirs, new_id,
                                       os_reason)

@@ -29,13 +29,14 @@ from imagetool.fsutil import opened
 from imagetool.ova.layout import cut_member, disk_entry, write_ova
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.rest import validate, vmsettings
+from imagetool.server import validate
+from imagetool.server.domain import vmsettings
 from imagetool.server.rest.codec import get_obj, get_str
 from imagetool.server.rest.common import ref
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict, missing,
                                           not_found)
-from imagetool.server.rest.validate import MAX_PATH, check_text
+from imagetool.server.validate import MAX_PATH, check_text
 from imagetool.server.storage import new_id
 
 ACTION = "export VM"

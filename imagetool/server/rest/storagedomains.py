@@ -25,7 +25,7 @@ from imagetool.server.rest.common import (action_links, get_or_404, get_owned, g
                                           sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
-from imagetool.server.rest.validate import (MAX_DESCRIPTION, allowed_directory, check_text,
+from imagetool.server.validate import (MAX_DESCRIPTION, allowed_directory, check_text,
                                             shown)
 from imagetool.server.storage import new_id, os_reason
 

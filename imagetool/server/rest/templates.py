@@ -17,10 +17,10 @@ from imagetool.server.domain import disks as disk_ops
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_member, iso_date, list_members,
                                           record_job, ref, search_filter, sub_links)
-from imagetool.server.rest.ovf import BLANK, check_unowned, ovf_disk_ids
+from imagetool.server.domain.ovf import BLANK, check_unowned, ovf_disk_ids
 from imagetool.server.rest.router import (Reply, Request, bad_request, conflict,
                                           missing, not_found)
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
+from imagetool.server.validate import MAX_DESCRIPTION, check_text
 from imagetool.server.storage import new_id, volume_row
 
 _BLANK = {"id": BLANK, "name": "Blank", "description": "Blank template", "created": 0,
@@ -138,7 +138,7 @@ def add_template(req: Request) -> Reply:
                 raise bad_request(f"Cannot add Template from OVF: disks "
                                   f"{', '.join(missing_ids)} do not exist; upload them "
                                   "first with the ids the OVF names")
-            check_unowned(engine.store, disk_ids, "add Template")
+            check_unowned(engine, disk_ids, "add Template")
             atts = [{"disk_id": d, "interface": "virtio_scsi", "bootable": i == 0}
                     for i, d in enumerate(disk_ids)]
             source = {}

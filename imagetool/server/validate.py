@@ -1,4 +1,6 @@
-"""Checks at the door for what clients send the REST API: ids, text, sizes.
+"""The inventory's limits on ids, text and sizes, checked at the door for
+what clients send the REST API and by the domain for what files bring
+(an OVF's names).
 
 Every entity id is a UUID in oVirt (the oVirt REST API guide gives every
 ``id`` as one; the engine generates them with ``uuid4``), and the local
