@@ -33,6 +33,8 @@ from imagetool.formats.base import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
+from imagetool.server.domain.inventory import get
+from imagetool.server.faults import conflict, not_found
 from imagetool.server.storage import new_id
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,16 @@ def checkpoints(engine, vm_id: str) -> list[dict]:
     return sorted(cps, key=lambda c: c["created"])
 
 
-def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
+def start(engine, vm_id: str, disk_ids: list[str], from_cp: str | None,
           description: str, backup_id: str | None = None) -> dict:
-    """Create a backup (phase initializing; ready once committed)."""
+    """Create a backup of VM ``vm_id`` (phase initializing; ready once committed)."""
+    with engine.store.transaction():
+        return _start(engine, get(engine, "vm", vm_id, "VM"), disk_ids, from_cp, description,
+                      backup_id)
+
+
+def _start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
+           description: str, backup_id: str | None) -> dict:
     store = engine.store
     attached = {a["disk_id"] for a in vm.get("attachments", [])}
     if not disk_ids:
@@ -178,10 +187,28 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
     store.after_commit(lambda: st.remove_volume(disk["sd_id"], disk["id"], upper["id"]))
 
 
+def of_vm(engine, vm_id: str) -> list[dict]:
+    """The backups of VM ``vm_id`` (404 when there is no such VM)."""
+    get(engine, "vm", vm_id, "VM")
+    return engine.store.list("backup", lambda b: b["vm_id"] == vm_id)
+
+
+def get_backup(engine, vm_id: str, bid: str) -> dict:
+    """Backup ``bid`` of VM ``vm_id``, or a 404."""
+    b = get(engine, "backup", bid, "backup")
+    if b["vm_id"] != vm_id:
+        raise not_found(f"backup '{bid}'")
+    return b
+
+
 def finalize(engine, vm_id: str, bid: str) -> dict:
     """Merge the frozen layers back and end the backup (``succeeded``)."""
-    store = engine.store
-    b = store.get("backup", bid)
+    with engine.store.transaction():
+        return _finalize(engine, get_backup(engine, vm_id, bid))
+
+
+def _finalize(engine, b: dict) -> dict:
+    bid = b["id"]
     if b["phase"] not in RUNNING or b["phase"] == B.FINALIZING:
         return b
     if _busy(engine, bid):
@@ -264,6 +291,30 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
             _end(engine, b, ok=False)
             ended.append(b["id"])
     return ended
+
+
+def visible_checkpoints(engine, vm_id: str) -> list[dict]:
+    """The VM's checkpoints a client sees (not one of a running backup)."""
+    get(engine, "vm", vm_id, "VM")
+    return [c for c in checkpoints(engine, vm_id) if not c.get("pending")]
+
+
+def get_checkpoint(engine, vm_id: str, cid: str) -> dict:
+    """Checkpoint ``cid`` of VM ``vm_id`` as a client sees it, or a 404."""
+    cp = get(engine, "checkpoint", cid, "checkpoint")
+    if cp["vm_id"] != vm_id or cp.get("pending"):
+        raise not_found(f"checkpoint '{cid}'")
+    return cp
+
+
+def drop_checkpoint(engine, vm_id: str, cid: str) -> None:
+    """Remove a checkpoint, unless a backup of the VM runs."""
+    with engine.store.transaction():
+        cp = get_checkpoint(engine, vm_id, cid)
+        if any(b["vm_id"] == vm_id and b["phase"] in RUNNING
+               for b in engine.store.list("backup")):
+            raise conflict("remove checkpoint", "A backup of the VM is running.")
+        remove_checkpoint(engine, cp)
 
 
 def remove_checkpoint(engine, cp: dict) -> None:

@@ -19,10 +19,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from imagetool.phases import (ACTIVE, FAILING, FINISHED, Event, Phase, accepting, next_phase,
-                              ordered)
+from imagetool.phases import (ACTIVE, ENDED, FAILING, FINISHED, Event, Phase, accepting,
+                              next_phase, ordered)
+from imagetool.server.domain.disks import check_usable
+from imagetool.server.domain.inventory import get
 from imagetool.server.domain.transfer_tickets import TransferTickets
 from imagetool.server.domain.transfer_volumes import TransferVolumes
+from imagetool.server.faults import conflict, missing
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
@@ -36,6 +39,48 @@ POLICIES = ("legacy", "pause", "cancel")
 
 class TransferConflict(Exception):
     """An action not allowed in the transfer's current phase (409)."""
+
+
+def target(engine, disk_id: str | None, snap_id: str | None,
+           image_id: str | None) -> tuple[dict, dict, bool]:
+    """(disk, volume, is_snapshot) named by a disk, a disk snapshot or an image id."""
+    if disk_id:
+        disk = get(engine, "disk", disk_id, "disk")
+        return disk, engine.store.get("volume", disk["image_id"]), False
+    for vol_id, is_snap in ((snap_id, True), (image_id, False)):
+        if vol_id:
+            vol = get(engine, "volume", vol_id, "disk snapshot" if is_snap else "image")
+            disk = engine.store.get("disk", vol["disk_id"])
+            return disk, vol, is_snap or vol["id"] != disk["image_id"]
+    raise missing("ImageTransfer", "add", "disk.id|snapshot.id|image.id")
+
+
+def start(engine, pick: Callable[[], tuple[dict, dict, bool, dict | None]], *,
+          direction: str, host: dict | None, **options: Any) -> dict:
+    """A new transfer of the disk and volume ``pick`` names (under the
+    store's lock), on ``host`` or the least busy one."""
+    with engine.store.transaction():
+        disk, vol, is_snap, backup = pick()
+        check_usable(disk, "transfer image")
+        if direction == "upload" and vol["id"] != disk["image_id"]:
+            raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
+        if host is None:
+            host = _least_busy_host(engine)
+        return engine.transfers.create(disk, vol, direction=direction, host_id=host["id"],
+                                       snapshot=is_snap, backup=backup, **options)
+
+
+def _least_busy_host(engine) -> dict:
+    """The host with the fewest unfinished transfers (the first on a tie).
+
+    A real engine picks any host that is up in the disk's data center; the
+    least busy one spreads transfers over hosts when the client names none.
+    """
+    busy = {h["id"]: 0 for h in engine.hosts}
+    for t in engine.store.list("transfer", lambda t: t["phase"] not in ENDED):
+        if t.get("host_id") in busy:
+            busy[t["host_id"]] += 1
+    return min(engine.hosts, key=lambda h: busy[h["id"]])
 
 
 class TransferManager:
