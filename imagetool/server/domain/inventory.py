@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from imagetool.server import jobs
-from imagetool.server.faults import ApiError, not_found
+from imagetool.server.faults import ApiError, bad_request, not_found
 
 
 def get(engine: Any, kind: str, id: str, label: str) -> dict:
@@ -33,6 +33,14 @@ def find(engine: Any, kind: str, id: str) -> dict | None:
 def entities(engine: Any, kind: str, where: Callable[[dict], bool] | None = None) -> list[dict]:
     """Every stored entity of ``kind`` (that ``where`` accepts)."""
     return engine.store.list(kind, where)
+
+
+def check_disks_exist(engine: Any, disk_ids: list[str], what: str) -> None:
+    """400 naming the disks an OVF names that the engine does not have."""
+    missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
+    if missing_ids:
+        raise bad_request(f"Cannot add {what} from OVF: disks {', '.join(missing_ids)} do "
+                          "not exist; upload them first with the ids the OVF names")
 
 
 def find_storage_domain(engine: Any, sd_id: str | None, name: str | None,

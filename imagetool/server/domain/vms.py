@@ -19,14 +19,6 @@ from imagetool.server.faults import bad_request, conflict, not_found
 from imagetool.server.storage import new_id
 
 
-def check_disks_exist(engine, disk_ids: list[str]) -> None:
-    """400 naming the disks an OVF names that the engine does not have."""
-    missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
-    if missing_ids:
-        raise bad_request(f"Cannot add VM from OVF: disks {', '.join(missing_ids)} do not "
-                          "exist; upload them first with the ids the OVF names")
-
-
 def check_name_free(engine, name: str, action: str) -> None:
     if any(v["name"] == name for v in engine.store.list("vm")):
         raise conflict(action, f"The VM name {name} is already in use.")

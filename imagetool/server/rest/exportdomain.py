@@ -4,13 +4,13 @@ StorageDomainVmDiskAttachments).
 
 An export domain holds VMs as files, laid out as vdsm lays out one
 (``master/vms/<vm-id>/<vm-id>.ovf``, ``images/<disk-id>/<volume-id>`` with a
-vdsm ``.meta`` beside each volume; see ``domain_files.py``), not as
+vdsm ``.meta`` beside each volume; see ``storage_files.py``), not as
 inventory rows: what is on it is what its directory says, so a VM exported
 here can be read by other tools and a domain written by them can be read
 here. Every id read back from its files is checked to be a UUID, and a
 chain is read through the parents the OVF records, never through the
 backing file names in the volumes' headers. Nothing on the domain is
-trusted (``domain_files.open_checked``): a link anywhere below it is
+trusted (``storage_files.open_checked``): a link anywhere below it is
 refused, volumes are read through descriptors opened without following
 links, and each volume's header and the sizes its metadata claim are
 checked before anything is created.
@@ -31,7 +31,7 @@ from imagetool.errors import FormatError
 from imagetool.fsutil import write_atomic
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import vmsettings
-from imagetool.server.rest import domain_files
+from imagetool.server import storage_files
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
                                           get_or_404, record_job, ref, sub_links)
@@ -57,15 +57,15 @@ def _check_export_domain(req: Request, sd: dict, action: str) -> None:
         raise conflict(action, f"Export domain {sd['name']} is in maintenance: activate it "
                                "first.")
     try:
-        domain_files.check_layout(req.engine.storage, sd["id"])
-    except domain_files.Untrusted as e:
+        storage_files.check_layout(req.engine.storage, sd["id"])
+    except storage_files.Untrusted as e:
         raise _untrusted(sd, e, action) from None
     except OSError as e:
         raise conflict(action, f"Export domain {sd['name']} cannot be read: "
                                f"{os_reason(e)}.") from None
 
 
-def _untrusted(sd: dict, e: domain_files.Untrusted, action: str):
+def _untrusted(sd: dict, e: storage_files.Untrusted, action: str):
     """The 409 for a link or hard link found on an export domain."""
     return conflict(action, f"Export domain {sd['name']}: {e}. The engine follows no links "
                             "and reads no hard-linked volumes on an export domain: replace "
@@ -75,7 +75,7 @@ def _untrusted(sd: dict, e: domain_files.Untrusted, action: str):
 def _read(req: Request, sd: dict, vm_id: str) -> dict:
     """The parsed OVF of a VM on the domain; 404 when there is none, 409 when broken."""
     try:
-        text = domain_files.read_ovf(req.engine.storage, sd["id"], vm_id)
+        text = storage_files.read_ovf(req.engine.storage, sd["id"], vm_id)
     except ValueError as e:
         raise conflict("read VM", f"The OVF of VM {vm_id} is unusable: {e}.") from None
     if text is None:
@@ -94,7 +94,7 @@ def _read(req: Request, sd: dict, vm_id: str) -> dict:
 def _exported(req: Request, sd: dict) -> list[dict]:
     """Every readable VM on the domain (a broken OVF is left out)."""
     out = []
-    for vm_id in domain_files.exported_vm_ids(req.engine.storage, sd["id"]):
+    for vm_id in storage_files.exported_vm_ids(req.engine.storage, sd["id"]):
         try:
             out.append(_read(req, sd, vm_id))
         except Exception:
@@ -109,7 +109,7 @@ def _vol_path(req: Request, sd_id: str, disk_id: str, vol_id: str) -> str:
 def _claimed_size(req: Request, sd: dict, disk_id: str, d: dict) -> int:
     """The disk's size as its top volume's ``.meta`` (else the OVF) says;
     Untrusted when the ``.meta`` is a link."""
-    meta = domain_files.read_volume_meta(req.engine.storage, sd["id"], disk_id,
+    meta = storage_files.read_volume_meta(req.engine.storage, sd["id"], disk_id,
                                          d["volumes"][-1]["id"])
     cap = meta.get("CAP", "")
     return int(cap) if cap.isascii() and cap.isdigit() else d["capacity"]
@@ -127,7 +127,7 @@ def _disk_body(req: Request, sd: dict, disk_id: str, d: dict) -> dict:
     top = d["volumes"][-1]
     try:
         size = _claimed_size(req, sd, disk_id, d)
-    except domain_files.Untrusted:
+    except storage_files.Untrusted:
         size = d["capacity"]     # listed as the OVF says; an import refuses it
     actual = sum(_allocated(_vol_path(req, sd["id"], disk_id, v["id"])) for v in d["volumes"])
     return {"href": req.href("storagedomains", sd["id"], "disks", disk_id), "id": disk_id,
@@ -204,7 +204,7 @@ def _remove_exported(req: Request, sd: dict, p: dict) -> None:
     st = req.engine.storage
     for disk_id in p["disks"]:
         shutil.rmtree(st.disk_dir(sd["id"], disk_id), ignore_errors=True)
-    shutil.rmtree(os.path.dirname(domain_files.ovf_path(st, sd["id"], p["id"])),
+    shutil.rmtree(os.path.dirname(storage_files.ovf_path(st, sd["id"], p["id"])),
                   ignore_errors=True)
 
 
@@ -249,7 +249,7 @@ def _staged_copy(req: Request, sd_id: str, stage: str, vols: list[dict], dst_id:
 def _checked_sources(req: Request, sd: dict, disk_id: str,
                      vols: list[dict]) -> Iterator[dict[str, str]]:
     """Volume id -> a path reading that volume of an export domain through a
-    descriptor ``domain_files.open_checked`` opened (``/proc/self/fd/N``:
+    descriptor ``storage_files.open_checked`` opened (``/proc/self/fd/N``:
     opening it again opens that very file, whatever is renamed meanwhile);
     409 for a missing or linked volume or ``.meta``. The descriptors close
     when the block ends."""
@@ -258,12 +258,12 @@ def _checked_sources(req: Request, sd: dict, disk_id: str,
         paths = {}
         for v in vols:
             try:
-                fd = domain_files.open_checked(st, sd["id"], ["images", disk_id, v["id"]])
-                domain_files.read_volume_meta(st, sd["id"], disk_id, v["id"])
+                fd = storage_files.open_checked(st, sd["id"], ["images", disk_id, v["id"]])
+                storage_files.read_volume_meta(st, sd["id"], disk_id, v["id"])
             except (FileNotFoundError, NotADirectoryError):
                 raise conflict("import VM", f"Volume {v['id']} of disk {disk_id} is "
                                             "missing on the export domain.") from None
-            except domain_files.Untrusted as e:
+            except storage_files.Untrusted as e:
                 raise _untrusted(sd, e, "import VM") from None
             stack.callback(os.close, fd)
             paths[v["id"]] = f"/proc/self/fd/{fd}"
@@ -278,7 +278,7 @@ def _check_source(req: Request, sd: dict, disk_id: str, d: dict) -> int:
     409 naming the disk and the volume otherwise."""
     try:
         size = _claimed_size(req, sd, disk_id, d)
-    except domain_files.Untrusted as e:
+    except storage_files.Untrusted as e:
         raise _untrusted(sd, e, "import VM") from None
     if not 0 < size <= MAX_PROVISIONED_SIZE:
         raise conflict("import VM", f"Disk {disk_id} on export domain {sd['name']} claims a "
@@ -327,7 +327,7 @@ def _undo_copies(st, sd_id: str, staged: list, installed: list[str], e: BaseExce
         shutil.rmtree(st.disk_dir(sd_id, stage), ignore_errors=True)
     for disk_id in installed:
         shutil.rmtree(st.disk_dir(sd_id, disk_id), ignore_errors=True)
-    if isinstance(e, domain_files.Untrusted):
+    if isinstance(e, storage_files.Untrusted):
         raise conflict(f"{verb} VM", f"Cannot {verb}: {e}: the engine follows no links on "
                                      "an export domain.") from None
     if isinstance(e, (OSError, ValueError, FormatError)):
@@ -377,7 +377,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
         # Never write over files this export does not replace: an unreadable
         # VM directory, or disk directories of something else.
         if old is None and os.path.lexists(
-                os.path.dirname(domain_files.ovf_path(st, sd["id"], vm_id))):
+                os.path.dirname(storage_files.ovf_path(st, sd["id"], vm_id))):
             raise conflict("export VM", f"Export domain {sd['name']} already has a directory "
                                         f"for VM {vm_id} that it cannot read: remove it "
                                         "first.")
@@ -407,7 +407,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
             for i, v in enumerate(out):
                 write_atomic(
                     st.volume_path(sd["id"], stage, v["id"]) + ".meta",
-                    domain_files.volume_meta(
+                    storage_files.volume_meta(
                         sd_id=sd["id"], disk_id=d["id"], fmt=v["format"],
                         size=d["provisioned_size"], parent=v.get("parent_id"),
                         sparse=d.get("sparse", True), leaf=i == len(out) - 1,
@@ -423,11 +423,11 @@ def export_vm(req: Request, vm_id: str) -> Reply:
         ovf = build_export_ovf(vm, entries, vmsettings.settings_of(store, vm))
         with store.transaction():
             # Again: a link put in place during the copy must not be written through.
-            domain_files.check_layout(st, sd["id"])
+            storage_files.check_layout(st, sd["id"])
             if old is not None:
                 _remove_exported(req, sd, old)
             _install(req, sd["id"], staged, installed)
-            path = domain_files.ovf_path(st, sd["id"], vm_id)
+            path = storage_files.ovf_path(st, sd["id"], vm_id)
             make_private_dirs(os.path.dirname(path))
             write_atomic(path, ovf)
     except BaseException as e:

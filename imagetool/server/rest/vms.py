@@ -136,7 +136,7 @@ def add_vm(req: Request) -> Reply:
         ovf_name, disk_ids = ovf_disk_ids(ovf, ovf_kind)
         settings = vmsettings.read_ovf(ovf, ovf_kind)
         name = name or check_text(ovf_name, "OVF Name")
-        vms.check_disks_exist(req.engine, disk_ids)
+        inventory.check_disks_exist(req.engine, disk_ids, "VM")
         known = {a["disk_id"] for a in attachments}
         attachments += [vm_settings.attachment_for(settings, d, i)
                         for i, d in enumerate(disk_ids) if d not in known]
