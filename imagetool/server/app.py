@@ -31,7 +31,8 @@ from imagetool.server.rest.jobs import correlation_id
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
 from imagetool.server.faults import escaped
-from imagetool.server.storage import Storage, make_private_dirs, new_id
+from imagetool.server.files import make_private_dirs
+from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
 from imagetool.server.tls import ensure_pki, server_context

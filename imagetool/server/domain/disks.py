@@ -11,8 +11,9 @@ from typing import Any
 from imagetool.phases import BACKUP_RUNNING
 from imagetool.server.domain.inventory import get, get_owned, record_job
 from imagetool.server.faults import bad_request, conflict
-from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
-                                      os_reason, sparsify_layer, volume_row)
+from imagetool.server.files import make_private_dirs, os_reason
+from imagetool.server.layers import commit_layer, merge_layer, sparsify_layer
+from imagetool.server.storage import new_id, volume_row
 
 
 def chain(store, disk: dict, all_volumes: list[dict] | None = None) -> list[dict]:

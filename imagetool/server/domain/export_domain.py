@@ -34,8 +34,9 @@ from imagetool.server.domain import vmsettings
 from imagetool.server.domain.inventory import get, record_job
 from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
 from imagetool.server.faults import conflict, not_found
-from imagetool.server.storage import (copy_guest_data, create_private, make_private_dirs, new_id,
-                                      os_reason)
+from imagetool.server.files import create_private, make_private_dirs, os_reason
+from imagetool.server.layers import copy_guest_data
+from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_PROVISIONED_SIZE
 
 

@@ -20,7 +20,8 @@ import time
 from imagetool.server import storage_files
 from imagetool.server.domain.inventory import find_storage_domain, get, record_job
 from imagetool.server.faults import bad_request, conflict, not_found
-from imagetool.server.storage import new_id, os_reason
+from imagetool.server.files import os_reason
+from imagetool.server.storage import new_id
 from imagetool.server.validate import allowed_directory, shown
 
 

@@ -19,7 +19,8 @@ from imagetool.formats import inspect, open_image
 from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
-from imagetool.server.storage import Storage, create_private
+from imagetool.server.files import create_private
+from imagetool.server.storage import Storage
 from imagetool.server.store import Store
 
 log = logging.getLogger(__name__)
