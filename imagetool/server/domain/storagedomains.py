@@ -46,6 +46,11 @@ def volumes_of(engine, sd_id: str) -> list[dict]:
     return engine.store.list("volume", lambda v: v["sd_id"] == sd_id)
 
 
+def path(engine, sd: dict) -> str:
+    """The directory the domain was added in, or where the engine keeps it."""
+    return sd.get("path") or engine.storage.images_dir(sd["id"])
+
+
 def space(engine, sd: dict) -> tuple[int, int, int]:
     """(available, used, committed) bytes: committed is the disks' provisioned sizes."""
     available, used = engine.storage.space(sd["id"])

@@ -37,7 +37,7 @@ def sd_repr(req: Request, sd: dict) -> dict:
         "status": sds.status(sd), "supports_discard": False,
         "storage": {"type": sd.get("storage_type", "localfs"),
                     "address": sd.get("address"),
-                    "path": sd.get("path") or req.engine.storage.images_dir(sd["id"])},
+                    "path": sds.path(req.engine, sd)},
         "storage_format": "v5", "type": sd["type"],
         "warning_low_space_indicator": 10, "critical_space_action_blocker": 5,
         "wipe_after_delete": False,
