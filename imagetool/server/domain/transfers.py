@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 from imagetool.phases import (ACTIVE, ENDED, FAILING, FINISHED, Event, Phase, accepting,
                               next_phase, ordered)
+from imagetool.server.domain import backups
 from imagetool.server.domain.disks import check_usable
 from imagetool.server.domain.inventory import get
 from imagetool.server.domain.transfer_tickets import TransferTickets
 from imagetool.server.domain.transfer_volumes import TransferVolumes
-from imagetool.server.faults import conflict, missing
+from imagetool.server.faults import ApiError, conflict, missing
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
@@ -55,12 +56,24 @@ def target(engine, disk_id: str | None, snap_id: str | None,
     raise missing("ImageTransfer", "add", "disk.id|snapshot.id|image.id")
 
 
-def start(engine, pick: Callable[[], tuple[dict, dict, bool, dict | None]], *,
-          direction: str, host: dict | None, **options: Any) -> dict:
-    """A new transfer of the disk and volume ``pick`` names (under the
-    store's lock), on ``host`` or the least busy one."""
+def start(engine, ids: tuple[str | None, ...], *, direction: str, host: dict | None,
+          **options: Any) -> dict:
+    """A new transfer, on ``host`` or the least busy one, of what ``ids``
+    (disk, disk snapshot, image, VM backup) names: a VM backup's frozen
+    volume of the disk, else as ``target`` finds it."""
+    disk_id, snap_id, image_id, backup_id = ids
     with engine.store.transaction():
-        disk, vol, is_snap, backup = pick()
+        backup = None
+        if backup_id:
+            disk = get(engine, "disk", disk_id, "disk")
+            try:
+                backup, vol = backups.backup_volume(engine, backup_id, disk_id)
+            except backups.BackupError as e:
+                raise ApiError(e.status, "Operation Failed" if e.status == 409 else
+                               "Bad Request", f"[{e}]") from None
+            is_snap = False
+        else:
+            disk, vol, is_snap = target(engine, disk_id, snap_id, image_id)
         check_usable(disk, "transfer image")
         if direction == "upload" and vol["id"] != disk["image_id"]:
             raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")

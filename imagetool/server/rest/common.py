@@ -127,9 +127,6 @@ def remove_member(req: Request, kind: str, owner_id: str, owner_label: str, fiel
     inventory.remove_member(req.engine, kind, owner_id, owner_label, field, id, label)
 
 
-record_job = inventory.record_job
-
-
 def ref(req: Request, collection: str, id: str | None) -> dict | None:
     """``<x href id/>`` reference to another entity."""
     if id is None:

@@ -5,7 +5,6 @@ list, get and the actions extend, pause, resume, finalize, cancel. The state mac
 from __future__ import annotations
 
 from imagetool.phases import SERVING
-from imagetool.server.domain import backups as bk
 from imagetool.server.domain import transfers
 from imagetool.server.domain.transfers import POLICIES, TransferConflict
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
@@ -73,25 +72,15 @@ def add_transfer(req: Request) -> Reply:
     if get_obj(data, "backup") and backup_id is None:
         raise bad_request("A backup needs its id")
     disk_id = get_id(data, "disk", "id", what="disk")
+    snap_id = image_id = None
     if backup_id:
         _check_backup_transfer(direction, fmt, disk_id)
-
-        def pick() -> tuple:
-            disk = get_or_404(req, "disk", disk_id, "disk")
-            try:
-                backup, vol = bk.backup_volume(req.engine, backup_id, disk_id)
-            except bk.BackupError as e:
-                raise ApiError(e.status, "Operation Failed" if e.status == 409 else
-                               "Bad Request", f"[{e}]") from None
-            return disk, vol, False, backup
     else:
         snap_id = get_id(data, "snapshot", "id", what="disk snapshot")
         image_id = get_id(data, "image", "id", what="image")
-
-        def pick() -> tuple:
-            return (*transfers.target(req.engine, disk_id, snap_id, image_id), None)
-    t = transfers.start(req.engine, pick, direction=direction, host=host, fmt=fmt,
-                        inactivity_timeout=inactivity, timeout_policy=policy, shallow=shallow)
+    t = transfers.start(req.engine, (disk_id, snap_id, image_id, backup_id),
+                        direction=direction, host=host, fmt=fmt, inactivity_timeout=inactivity,
+                        timeout_policy=policy, shallow=shallow)
     return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
 
 
