@@ -3,14 +3,14 @@ BIOS, comment, custom properties, NICs, per-disk boot flags.
 
 One place applies them to the stored VM, whether they come from an OVF
 (POST /vms with a configuration, OVA import, export-domain import) or a
-request body (POST /vms, PUT /vms/{id}); one place shows them (the VM's
-representation) and one hands them to the OVF writers, so what goes into
+request body (POST /vms, PUT /vms/{id}); one place shows them
+(``rest/vmsettings.py``) and one hands them to the OVF writers, so what goes into
 an OVF comes back out of it (imagetool.ova.ovfvm reads and writes it).
 
 Stored VM fields: ``memory``, ``memory_guaranteed``, ``memory_max``
 (bytes), ``cpu`` (``sockets``, ``cores``, ``threads``), ``os_type``,
 ``bios_type``, ``comment``, ``custom_properties`` (``[name, value]``
-pairs), ``nics`` (see nics.py); each attachment may carry ``boot_order``.
+pairs), ``nics`` (see ``vms.py``); each attachment may carry ``boot_order``.
 """
 
 from __future__ import annotations
