@@ -369,8 +369,9 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
 
 def _register() -> None:
     """The commands of other modules that live in this group."""
-    from imagetool.cli import backup_repo_cmds
-    for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd):
+    from imagetool.cli import backup_repo_cmds, backup_serve_cmd
+    for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd,
+                backup_serve_cmd.serve):
         backup.add_command(cmd)
 
 

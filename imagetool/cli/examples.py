@@ -47,6 +47,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "backup export": ("imagetool backup export /srv/backups web1 ./web1-restored",
                       "imagetool backup export /srv/backups web1 ./web1-old --format raw "
                       "--point 20261207T071016Z"),
+    "backup serve": ("imagetool backup serve /srv/backups web1 --nbd /tmp/web1.sock",
+                     "qemu-img convert nbd+unix:///?socket=/tmp/web1.sock web1-disk1.qcow2 "
+                     "-O qcow2"),
     "backup verify": ("imagetool backup verify ./backups",
                       "imagetool backup verify /srv/backups --vm web1 --sample 10 --json"),
     "disks": ("imagetool disks list",),
