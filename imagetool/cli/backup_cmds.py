@@ -371,7 +371,7 @@ def _register() -> None:
     """The commands of other modules that live in this group."""
     from imagetool.cli import backup_repo_cmds, backup_serve_cmd
     for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd,
-                backup_serve_cmd.serve):
+                backup_repo_cmds.migrate_cmd, backup_serve_cmd.serve):
         backup.add_command(cmd)
 
 

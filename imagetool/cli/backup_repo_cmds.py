@@ -343,3 +343,50 @@ def open_point(repository: str, vm: str, point: str | None, endpoint: str | None
         raise
     return out
 
+
+# --- migrate ---------------------------------------------------------------------------
+
+@click.command("migrate")
+@click.argument("old", type=click.Path(file_okay=False, exists=True))
+@click.argument("new")
+@WORKERS
+@JSON
+@repo_options
+def migrate_cmd(old: str, new: str, workers: int, as_json: bool, endpoint: str | None,
+                profile: str | None, key_file: str | None) -> None:
+    """Move every point of the qcow2-chain repository OLD into the chunk repository NEW.
+
+    \b
+    NEW is made by backup init first (encrypted, on S3, as wanted). Every
+    VM's points are written oldest first with their names, times, OVF and
+    manifest facts; an incremental point reads only what its own qcow2
+    layer holds. OLD is left as it was. Points NEW already has are skipped,
+    so an interrupted migration is finished by running it again. NEW is
+    verified afterwards (every chunk, every disk's guest checksum); exit 1
+    if that finds damage.
+    """
+    from imagetool.backup.store import verify
+    from imagetool.backup.store.migrate import migrate, point_total
+    if is_chunk_repository(old):
+        raise click.UsageError(f"{old}: already a chunk repository")
+    if not is_chunk_repository(new):
+        raise click.UsageError(f"{new}: not a chunk repository; make it first with "
+                               "imagetool backup init")
+    store = open_repository(new, endpoint, profile, key_file, workers)
+    total = point_total(old) if sys.stderr.isatty() else 0
+    with progress_bar(total, "migrate") as update:
+        res = migrate(old, store, workers=workers, progress=update)
+    rep = verify(store, workers=workers, checksums=True)
+    if as_json:
+        emit_json(dict(res.to_dict(), verify=rep.to_dict()))
+    else:
+        click.echo(f"migrated {count(len(res.written), 'point')} "
+                   f"({format_size(res.bytes_read)} of data, {format_size(res.bytes_stored)} "
+                   f"stored), skipped {count(len(res.skipped), 'point')} already in {store.url}")
+        click.echo(f"verified {count(rep.points, 'point')}, {count(rep.checked, 'chunk')}: "
+                   + ("ok" if rep.ok else f"{count(len(rep.damaged), 'damaged point')}"))
+    for d in rep.damaged:
+        for p in d.problems:
+            click.echo(f"imagetool: error: point {d.vm_id} {d.name}: {p}", err=True)
+    if not rep.ok:
+        sys.exit(1)

@@ -50,6 +50,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "backup serve": ("imagetool backup serve /srv/backups web1 --nbd /tmp/web1.sock",
                      "qemu-img convert nbd+unix:///?socket=/tmp/web1.sock web1-disk1.qcow2 "
                      "-O qcow2"),
+    "backup migrate": ("imagetool backup migrate ./backups /srv/backups-v2",
+                       "imagetool backup migrate ./backups s3://backups/site1 "
+                       "--endpoint http://127.0.0.1:7480 --key-file ~/.imagetool-key --json"),
     "backup verify": ("imagetool backup verify ./backups",
                       "imagetool backup verify /srv/backups --vm web1 --sample 10 --json"),
     "disks": ("imagetool disks list",),
