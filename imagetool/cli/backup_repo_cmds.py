@@ -156,7 +156,8 @@ def chunk_verify(repository: str, vm: str | None, point: str | None, sample: flo
     try:
         store = open_repository(repository, endpoint, profile, key_file, workers)
         vm_id = find_vm(store, vm) if vm else None
-        with progress_bar(_chunk_bytes(store, vm_id) * sample / 100, "verify") as update:
+        total = _chunk_bytes(store, vm_id, point) * sample / 100
+        with progress_bar(round(total), "verify") as update:
             rep = verify(store, vm_id, point, sample=sample, workers=workers, checksums=True,
                          progress=update)
     except ImagetoolError as e:
@@ -181,11 +182,26 @@ def chunk_verify(repository: str, vm: str | None, point: str | None, sample: flo
         sys.exit(1)
 
 
-def _chunk_bytes(store: Any, vm_id: str | None) -> int:
-    """A verify bar's total: the bytes of the chunks stored (on a terminal)."""
+def _chunk_bytes(store: Any, vm_id: str | None, point: str | None) -> int:
+    """A verify bar's total (on a terminal): the guest bytes of the chunks
+    the points name, each counted once. 0 (no percentage) when an index
+    cannot be read: verify then reports it."""
+    from imagetool.backup.store import list_points, load_index
+    from imagetool.errors import ImagetoolError
     if not sys.stderr.isatty():
         return 0
-    return 0 if vm_id else sum(i.size for i in store.storage.list("chunks/"))
+    sizes: dict[str, int] = {}
+    cs = store.chunk_size
+    try:
+        for v, n in list_points(store, vm_id):
+            if point is None or n == point:
+                for d in load_index(store, v, n).disks:
+                    for i, c in enumerate(d.chunks):
+                        if c is not None:
+                            sizes[c] = min(cs, d.virtual_size - i * cs)
+    except ImagetoolError:
+        return 0
+    return sum(sizes.values())
 
 
 # --- prune -----------------------------------------------------------------------------
