@@ -8,6 +8,8 @@ demand, nothing written anywhere.
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from imagetool.cli.store_options import repo_options
@@ -29,7 +31,8 @@ def serve(repository: str, vm: str, point: str | None, socket_path: str,
     empty name, nbd+unix:///?socket=SOCKET) is the point's first disk.
     Each export's name, size and URL are printed once the socket listens.
     Reads fetch the chunks they need (checked against their ids); zero
-    chunks are holes. Ctrl-C stops the server and removes the socket.
+    chunks are holes. Ctrl-C (or SIGTERM) stops the server and removes the
+    socket. A qcow2-chain repository is served the same way.
     """
     from imagetool.cli.backup_repo_cmds import open_point
     from imagetool.nbdserver import Export, NbdServer
@@ -48,7 +51,12 @@ def serve(repository: str, vm: str, point: str | None, socket_path: str,
                 click.echo(f"  {e.name}  {format_size(e.size)}  "
                            f"nbd+unix:///{e.name}?socket={socket_path}{default}")
             click.get_text_stream("stdout").flush()
+            # SIGTERM (systemctl stop, kill) stops as Ctrl-C does: socket removed.
+            old = signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
-                click.echo("imagetool: stopped", err=True)
+                pass
+            finally:
+                signal.signal(signal.SIGTERM, old)
+            click.echo("imagetool: stopped", err=True)

@@ -89,6 +89,32 @@ def test_qemu_img_convert_from_the_socket_writes_the_disk(served, tmp_path):
     run("qemu-img", "compare", "-F", "raw", out, disks["data"])
 
 
+def test_a_qcow2_chain_repository_is_served_too_and_sigterm_stops(tmp_path):
+    from backup_helpers import add_point as add_old_point
+    from backup_helpers import point_bytes, rand
+    old = str(tmp_path / "old")
+    a = rand(3 * MiB, 4)
+    add_old_point(old, "vm1", {"d": (a, None)})
+    p2 = add_old_point(old, "vm1", {"d": (a[:MiB] + bytes(MiB) + a[2 * MiB:], a)})
+    want = tmp_path / "want.raw"
+    want.write_bytes(point_bytes(old, "vm1", p2, "d"))
+    sock = str(tmp_path / "s.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", "backup", "serve", old, "vm1",
+                             "--nbd", sock], env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == f"serving VM vm1 point {p2} on {sock} (read-only; " \
+                                          "Ctrl-C stops)\n"
+        run("qemu-img", "compare", "-f", "raw", "-F", "raw", nbd_url(sock, "d"), want)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not os.path.exists(sock)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_refuses_a_socket_path_that_is_a_file(cli, tmp_path):
     repo = str(tmp_path / "r")
     raw = str(tmp_path / "d.raw")
