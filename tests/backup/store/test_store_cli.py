@@ -220,3 +220,23 @@ def test_failed_export_leaves_no_image(cli, tmp_path, fmt):
     code, _, err = cli("backup", "export", repo, "vm1", tmp_path / "out", "--format", fmt)
     assert code == 1 and "missing" in err
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_unknown_vm_and_point_are_one_line_errors(cli, tmp_path):
+    repo = str(tmp_path / "r")
+    raw = str(tmp_path / "d.raw")
+    make_raw(raw, MiB, [(0, MiB)], seed=8)
+    cli("backup", "init", repo)
+    add_point(type("T", (), {"url": repo, "endpoint": None})(), "vm1", {"d": raw})
+    code, _, err = cli("backup", "export", repo, "nosuch", tmp_path / "o")
+    assert (code, err) == (1, f"imagetool: error: {repo}: no points of VM 'nosuch' "
+                              "(backup list shows the VMs)\n")
+    code, _, err = cli("backup", "export", repo, "vm1", tmp_path / "o", "--point", "../x")
+    assert (code, err) == (1, "imagetool: error: invalid point name '../x'\n")
+    code, _, err = cli("backup", "serve", repo, "vm1", "--point", "20200101T000000Z",
+                       "--nbd", tmp_path / "s")
+    assert (code, err) == (1, f"imagetool: error: {repo}: VM vm1 has no point "
+                              "'20200101T000000Z'\n")
+    assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "o")
+    code, _, err = cli("backup", "verify", repo, "--point", "x")
+    assert code == 1 and "give the VM too" in err
