@@ -12,20 +12,32 @@ from the parent's index. The old repository is only read, each VM under
 its lock, so no backup or prune of it changes the chain meanwhile. A point
 whose name the new repository already has is skipped, so a migration that
 was interrupted (or a second run) carries on where it stopped.
+
+Each point is read back once written (``check_point``): every chunk
+against its id, every disk's guest checksum against the one the old
+manifest recorded, each chunk read once per migration however many points
+share it. A point that fails (its old files are damaged) is not kept:
+its index is removed again and the failure reported; the old repository
+still has it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Callable
+
+from imagetool import checksum as block_checksum
 
 from imagetool.backup.maintain import checked_ovf
 from imagetool.backup.repo import LOCK, Repository
 from imagetool.backup.store.chunkstore import ChunkStore
-from imagetool.backup.store.points import Index, list_points, load_index
+from imagetool.backup.store.points import Index, index_name, list_points, load_index
+from imagetool.backup.store.reader import PointBackend
 from imagetool.backup.store.write import DiskSource, write_point
+from imagetool.errors import ImagetoolError
 from imagetool.formats import open_image
 
 #: Manifest fields that describe the old repository's files.
@@ -38,12 +50,19 @@ class Migrated:
 
     written: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, list[str]]] = field(default_factory=list)
     bytes_read: int = 0
     bytes_stored: int = 0
 
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
     def to_dict(self) -> dict:
-        return {"written": [{"vm_id": v, "point": p} for v, p in self.written],
+        return {"ok": self.ok,
+                "written": [{"vm_id": v, "point": p} for v, p in self.written],
                 "skipped": [{"vm_id": v, "point": p} for v, p in self.skipped],
+                "failed": [{"vm_id": v, "point": p, "problems": x} for v, p, x in self.failed],
                 "bytes_read": self.bytes_read, "bytes_stored": self.bytes_stored}
 
 
@@ -83,6 +102,7 @@ def migrate(old: str, store: ChunkStore, *, workers: int = 4,
     what was written and skipped. Nothing in ``old`` is changed."""
     repo = Repository(old)
     out = Migrated()
+    digests: dict[str, dict[str, bytes]] = {}      # algorithm -> chunk id -> digest
     for vm_id in repo.vm_ids():
         with _lock(repo, vm_id):
             pts = repo.points(vm_id)
@@ -98,13 +118,59 @@ def migrate(old: str, store: ChunkStore, *, workers: int = 4,
                     continue
                 ix = _migrate_point(repo, store, p, pts, done.get(p.parent or ""), workers,
                                     progress)
-                done[p.name] = ix
-                out.written.append((vm_id, p.name))
                 out.bytes_read += ix.stats.get("data", 0)
                 out.bytes_stored += ix.stats.get("written", 0)
+                problems = check_point(store, ix, digests, workers)
+                if problems:
+                    # Not kept: a point that looks whole but is not would be
+                    # trusted. Its chunks are garbage for gc; the next point
+                    # of the chain is read in full.
+                    store.storage.delete(index_name(vm_id, p.name))
+                    out.failed.append((vm_id, p.name, problems))
+                    continue
+                done[p.name] = ix
+                out.written.append((vm_id, p.name))
                 if log:
                     log(f"VM {vm_id} point {p.name}: migrated")
     return out
+
+
+def check_point(store: ChunkStore, ix: Index, digests: dict[str, dict[str, bytes]],
+                workers: int) -> list[str]:
+    """Read a point just written back: each chunk against its id
+    (``PointBackend``), each disk's guest checksum against the one its old
+    manifest recorded. ``digests`` holds the block digests of chunks read
+    before (by algorithm, then chunk id), so a chain's chunks are read once
+    whatever the number of points sharing them; it is filled here."""
+    problems = []
+    for d in ix.disks:
+        c = d.meta.get("checksum")
+        if not isinstance(c, dict) or not isinstance(c.get("value"), str):
+            continue
+        alg, bs = str(c.get("algorithm", "blake2b")).lower(), c.get("block_size")
+        try:
+            block_checksum.validate_block_size(bs)
+            hasher = block_checksum.BlockHasher(alg, bs)
+        except (TypeError, ValueError) as e:
+            problems.append(f"disk {d.disk_id}: its recorded checksum cannot be computed: {e}")
+            continue
+        seen = digests.setdefault(alg, {}) if bs == store.chunk_size else {}
+        known = {i: seen[cid] for i, cid in enumerate(d.chunks) if cid in seen}
+        outer = hasher.new()
+        try:
+            with closing(block_checksum.block_digests(PointBackend(store, d), hasher, workers,
+                                                      known=known)) as blocks:
+                for i, _, digest in blocks:
+                    outer.update(digest)
+                    if bs == store.chunk_size and d.chunks[i] is not None:
+                        seen[d.chunks[i]] = digest
+        except ImagetoolError as e:
+            problems.append(f"disk {d.disk_id}: cannot be read back: {e}")
+            continue
+        if outer.hexdigest() != c["value"]:
+            problems.append(f"disk {d.disk_id}: guest checksum {outer.hexdigest()} differs "
+                            f"from the old manifest's {c['value']}")
+    return problems
 
 
 def _migrate_point(repo: Repository, store: ChunkStore, p, pts: list, parent: Index | None,

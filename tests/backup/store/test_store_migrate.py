@@ -12,7 +12,7 @@ from helpers import MiB
 from test_store_cli import repo_args
 
 from imagetool.backup.repo import Repository
-from imagetool.backup.store import ChunkStore, PointBackend, list_points, load_index
+from imagetool.backup.store import ChunkStore, PointBackend, list_points, load_index, open_storage
 
 
 def snapshot(root):
@@ -48,7 +48,7 @@ def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
     lines = out.splitlines()
     assert lines[0].startswith("migrated 4 points (") and lines[0].endswith(
         "skipped 0 points already in " + target.url.rstrip("/"))
-    assert lines[1].startswith("verified 4 points, ") and lines[1].endswith(": ok")
+    assert lines[1] == "verified 4 points as written (chunks and guest checksums): ok"
     assert snapshot(old) == before
 
     repo = Repository(old)
@@ -87,7 +87,7 @@ def test_migrate_again_skips_what_is_there_and_finishes_an_interrupted_run(cli, 
     assert code == 0, err
     doc = json.loads(out)
     assert doc["written"] == [{"vm_id": "vm1", "point": last}]
-    assert len(doc["skipped"]) == 3 and doc["verify"]["ok"] is True
+    assert len(doc["skipped"]) == 3 and doc["ok"] is True and doc["failed"] == []
     code, out, _ = cli("backup", "migrate", old, new, "--json")
     assert json.loads(out)["written"] == []
 
@@ -98,3 +98,30 @@ def test_migrate_needs_a_chunk_repository_made_first(cli, tmp_path):
     code, _, err = cli("backup", "migrate", old, tmp_path / "new")
     assert code == 2 and "make it first with imagetool backup init" in err
     assert not os.path.exists(tmp_path / "new")
+
+
+def test_a_damaged_old_point_is_named_and_not_kept(cli, tmp_path):
+    """A data cluster of vm1's first point changed on disk: that point and
+    the incrementals reading it through their chains fail their guest
+    checksums and are not kept; vm2 moves; OLD is not touched."""
+    from helpers import qemu_map
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    old_repository(old)
+    first = Repository(old).points("vm1")[0]
+    path = first.file("a.qcow2")
+    offset = next(m["offset"] for m in qemu_map(path) if m["data"] and "offset" in m)
+    with open(path, "r+b") as f:
+        f.seek(offset + 4 * MiB + 123)     # inside disk a's second chunk: kept by all points
+        f.write(b"\xee")
+    before = snapshot(old)
+    cli("backup", "init", new)
+    code, out, err = cli("backup", "migrate", old, new, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    names = [p.name for p in Repository(old).points("vm1")]
+    assert [(f["vm_id"], f["point"]) for f in doc["failed"]] == [("vm1", n) for n in names]
+    assert doc["written"] == [{"vm_id": "vm2", "point": Repository(old).points("vm2")[0].name}]
+    assert f"imagetool: error: point vm1 {first.name} not migrated: disk a: guest checksum" in err
+    store = ChunkStore.open(open_storage(new))
+    assert [v for v, _ in list_points(store)] == ["vm2"]
+    assert snapshot(old) == before
