@@ -115,6 +115,28 @@ def test_a_qcow2_chain_repository_is_served_too_and_sigterm_stops(tmp_path):
             proc.wait()
 
 
+def test_serve_from_a_directory_or_s3(target, tmp_path):
+    """The same command on both storages (S3: a real Ceph RGW, slow)."""
+    ChunkStore.init(target.open(), chunk_size=MiB)
+    raw = str(tmp_path / "d.raw")
+    make_raw(raw, 5 * MiB, [(0, MiB), (3 * MiB, 2 * MiB)], seed=21)
+    add_point(target, "vm1", {"d": raw})
+    sock = str(tmp_path / "s.sock")
+    extra = ["--endpoint", target.endpoint] if target.endpoint else []
+    proc = subprocess.Popen([sys.executable, "-m", "imagetool", "backup", "serve", target.url,
+                             "vm1", "--nbd", sock, *extra], env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("serving VM vm1 point "), proc.stderr.read()
+        run("qemu-img", "compare", "-f", "raw", "-F", "raw", nbd_url(sock), raw)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0 and not os.path.exists(sock)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_refuses_a_socket_path_that_is_a_file(cli, tmp_path):
     repo = str(tmp_path / "r")
     raw = str(tmp_path / "d.raw")
