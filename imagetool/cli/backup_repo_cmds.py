@@ -89,15 +89,22 @@ def point_row(store: Any, ix: Any) -> dict:
     non-zero chunks; ``new``: those of the chunks it was first to store
     (before compression); ``stored``: the bytes they took in the repository.
     ``dedup`` is data/new (how many times what the point holds is larger
-    than what it added), ``compression`` new/stored."""
+    than what it added), ``compression`` new/stored. The fields of a
+    qcow2-chain repository's list are there too: ``size`` (what the point
+    added to the repository: ``stored``), ``time``, ``mode``, ``method``."""
+    import time
     cs = store.chunk_size
     data = sum(min(cs, d.virtual_size - i * cs) for d in ix.disks
                for i, c in enumerate(d.chunks) if c is not None)
     s = ix.stats
     new = max(0, int(s.get("data", 0)) - int(s.get("reused", 0)))
     stored = int(s.get("written", 0))
+    when = ix.manifest.get("time") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                    time.gmtime(ix.timestamp))
     return {"vm_id": ix.vm_id, "vm_name": ix.manifest.get("vm_name"), "point": ix.name,
-            "parent": ix.parent, "time": ix.timestamp, "mode": ix.manifest.get("mode"),
+            "parent": ix.parent, "time": when, "timestamp": ix.timestamp,
+            "mode": ix.manifest.get("mode"), "method": ix.manifest.get("method"),
+            "size": stored,
             "disks": [{"disk_id": d.disk_id, "virtual_size": d.virtual_size,
                        "name": d.meta.get("name")} for d in ix.disks],
             "logical": sum(d.virtual_size for d in ix.disks), "data": data, "new": new,
@@ -116,32 +123,31 @@ def chunk_list(repository: str, vm: str | None, as_json: bool, endpoint: str | N
     store = open_repository(repository, endpoint, profile, key_file)
     vm_id = find_vm(store, vm) if vm else None
     rows = [point_row(store, load_index(store, v, n)) for v, n in list_points(store, vm_id)]
+    vms: list[dict] = []
+    for r in rows:          # by VM, oldest first, as a qcow2-chain repository's list
+        if not vms or vms[-1]["vm_id"] != r["vm_id"]:
+            vms.append({"vm_id": r["vm_id"], "points": []})
+        vms[-1]["vm_name"] = r["vm_name"]       # the newest point's
+        vms[-1]["points"].append({k: v for k, v in r.items() if k not in ("vm_id", "vm_name")})
+    if as_json:
+        emit_json(vms)
+        return
+    for v in vms:
+        label = f"{v['vm_name']} ({v['vm_id']})" if v["vm_name"] else v["vm_id"]
+        click.echo(f"VM {label}: {count(len(v['points']), 'point')}")
+        for r in v["points"]:
+            click.echo(f"  {r['point']}  logical {format_size(r['logical']):>9}  "
+                       f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
+                       f"stored {format_size(r['stored']):>9}  dedup {_times(r['dedup']):>6}  "
+                       f"compression {_times(r['compression']):>6}")
     chunks = stored = 0
     for info in store.storage.list("chunks/"):
         chunks += 1
         stored += info.size
     data = sum(r["data"] for r in rows)
-    total = {"points": len(rows), "chunks": chunks, "stored": stored,
-             "logical": sum(r["logical"] for r in rows), "data": data,
-             "ratio": _ratio(data, stored)}
-    if as_json:
-        emit_json({"repository": store.url, "encrypted": store.encrypted,
-                   "chunk_size": store.chunk_size, "points": rows, "total": total})
-        return
-    last = None
-    for r in rows:
-        if r["vm_id"] != last:
-            last = r["vm_id"]
-            n = sum(1 for x in rows if x["vm_id"] == last)
-            label = f"{r['vm_name']} ({last})" if r["vm_name"] else last
-            click.echo(f"VM {label}: {count(n, 'point')}")
-        click.echo(f"  {r['point']}  logical {format_size(r['logical']):>9}  "
-                   f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
-                   f"stored {format_size(r['stored']):>9}  dedup {_times(r['dedup']):>6}  "
-                   f"compression {_times(r['compression']):>6}")
-    click.echo(f"{store.url}: {count(len(rows), 'point')}, {format_size(total['data'])} of "
+    click.echo(f"{store.url}: {count(len(rows), 'point')}, {format_size(data)} of "
                f"data in {count(chunks, 'chunk')} taking {format_size(stored)} "
-               f"({_times(total['ratio'])} smaller)")
+               f"({_times(_ratio(data, stored))} smaller)")
 
 
 # --- verify ----------------------------------------------------------------------------

@@ -52,16 +52,18 @@ def test_backup_commands_on_a_chunk_repository(cli, target, tmp_path):
     code, out, err = cli("backup", "list", *repo_args(target), "--json")
     assert code == 0, err
     doc = json.loads(out)
-    rows = doc["points"]
+    assert [(v["vm_id"], v["vm_name"]) for v in doc] == [("vm1", "web")]
+    rows = doc[0]["points"]
     assert [r["point"] for r in rows] == [first.name, second.name]
+    assert rows[0]["size"] == rows[0]["stored"] and rows[0]["mode"] == "full"
     assert rows[0]["logical"] == 9 * MiB and rows[0]["data"] == 6 * MiB
     assert rows[0]["new"] == 6 * MiB and 0 < rows[0]["stored"] < 6 * MiB
     assert rows[0]["dedup"] == 1.0 and rows[0]["compression"] > 1
     assert rows[1]["new"] == 0 and rows[1]["stored"] == 0 and rows[1]["dedup"] is None
-    assert doc["total"]["chunks"] == 6 and doc["total"]["data"] == 12 * MiB
     code, out, _ = cli("backup", "list", *repo_args(target), "--vm", "web")
     lines = out.splitlines()
     assert lines[0] == "VM web (vm1): 2 points"
+    assert lines[3].startswith(f"{target.url}: 2 points, 12.00 MiB of data in 6 chunks taking ")
     assert lines[1].startswith(f"  {first.name}  logical  9.00 MiB  data  6.00 MiB  new  6.00 MiB")
     assert lines[2].endswith("stored       0 B  dedup      -  compression      -")
 
