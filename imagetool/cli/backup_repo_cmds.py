@@ -167,11 +167,14 @@ def chunk_verify(repository: str, vm: str | None, point: str | None, sample: flo
             rep = verify(store, vm_id, point, sample=sample, workers=workers, checksums=True,
                          progress=update)
     except ImagetoolError as e:
-        if as_json:
-            emit_json({"ok": False, "repository": repository, "error": str(e)})
+        if as_json:     # the shape of a qcow2-chain repository's report
+            emit_json({"ok": False, "points": 0, "repository": repository,
+                       "errors": [{"path": repository, "error": str(e)}]})
         raise
     if as_json:
-        emit_json(dict(rep.to_dict(), repository=store.url, sample=sample))
+        emit_json(dict(rep.to_dict(), repository=store.url, sample=sample,
+                       errors=[{"path": f"{d.vm_id}/{d.name}", "error": p}
+                               for d in rep.damaged for p in d.problems]))
     else:
         what = "chunks read" if sample >= 100 else f"chunks read ({sample:g}% sample)"
         click.echo(f"verified {count(rep.points, 'point')}, {rep.checked} of {rep.chunks} "
@@ -236,8 +239,14 @@ def chunk_prune(repository: str, vm: str | None, keep: dict[str, int], dry_run: 
     store = open_repository(repository, endpoint, profile, key_file)
     vm_id = find_vm(store, vm) if vm else None
     out = prune(store, vm_id, dry_run=dry_run, **keep)
-    if as_json:
-        emit_json({"dry_run": dry_run, "points": [d.to_dict() for d in out]})
+    if as_json:     # per VM, as a qcow2-chain repository's prune
+        by_vm: dict[str, dict] = {}
+        for d in out:
+            v = by_vm.setdefault(d.vm_id, {"vm_id": d.vm_id, "dry_run": dry_run, "kept": [],
+                                           "removed": [], "merged": [], "decisions": []})
+            v["kept" if d.keep else "removed"].append(d.name)
+            v["decisions"].append({"point": d.name, "keep": d.keep, "reason": d.reason})
+        emit_json(list(by_vm.values()))
         return
     for d in out:
         verb = "keep  " if d.keep else ("would remove" if dry_run else "remove")

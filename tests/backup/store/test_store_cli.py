@@ -85,6 +85,13 @@ def test_backup_commands_on_a_chunk_repository(cli, target, tmp_path):
     code, out, err = cli("backup", "verify", *repo_args(target))
     assert (code, out) == (0, "verified 2 points, 6 of 6 chunks read (6.00 MiB): ok\n"), err
 
+    code, out, _ = cli("backup", "prune", *repo_args(target), "--keep-last", "1", "--dry-run",
+                       "--json")
+    assert json.loads(out) == [{"vm_id": "vm1", "dry_run": True, "kept": [second.name],
+                                "removed": [first.name], "merged": [], "decisions": [
+                                    {"point": first.name, "keep": False,
+                                     "reason": "no rule keeps it"},
+                                    {"point": second.name, "keep": True, "reason": "last 1"}]}]
     code, out, _ = cli("backup", "prune", *repo_args(target), "--keep-last", "1", "--dry-run")
     assert out.splitlines() == [f"would remove vm1 {first.name}: no rule keeps it",
                                 f"keep   vm1 {second.name}: last 1"]
@@ -114,9 +121,10 @@ def test_verify_checks_guest_checksums_from_chunk_digests(cli, tmp_path):
     code, out, err = cli("backup", "verify", repo, "--json")
     assert code == 1
     doc = json.loads(out)
-    assert doc["damaged"] == [{"vm_id": "vm1", "point": bad.name, "problems": [
-        f"disk d: guest checksum {good.disks[0].meta['checksum']['value']} differs from "
-        f"the recorded {'00' * 32}"]}]
+    problem = (f"disk d: guest checksum {good.disks[0].meta['checksum']['value']} differs "
+               f"from the recorded {'00' * 32}")
+    assert doc["damaged"] == [{"vm_id": "vm1", "point": bad.name, "problems": [problem]}]
+    assert doc["errors"] == [{"path": f"vm1/{bad.name}", "error": problem}]
     assert f"point vm1 {bad.name}: disk d: guest checksum" in err
 
 
@@ -157,8 +165,8 @@ def test_encrypted_repository_key_errors_and_json_verify(cli, tmp_path):
     assert (code, err) == (1, f"imagetool: error: {repo}: wrong key for this repository\n")
     code, out, _ = cli("backup", "verify", repo, "--key-file", other, "--json")
     assert code == 1
-    assert json.loads(out) == {"ok": False, "repository": repo,
-                               "error": f"{repo}: wrong key for this repository"}
+    assert json.loads(out) == {"ok": False, "points": 0, "repository": repo, "errors": [
+        {"path": repo, "error": f"{repo}: wrong key for this repository"}]}
     raw = str(tmp_path / "d.raw")
     make_raw(raw, 1 * MiB, [(0, 1 * MiB)], seed=2)
     add_point(type("T", (), {"url": repo, "endpoint": None})(), "vm1", {"d": raw}, key=key)
