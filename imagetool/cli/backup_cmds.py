@@ -34,6 +34,12 @@ def backup() -> None:
     file, by relative name: qemu-img reads the chain) and manifest.json.
     Incrementals use the engine's VM backup API with checkpoints (oVirt 4.4+)
     or snapshots on older engines (--method).
+
+    \b
+    A repository made by backup init (a directory or s3://bucket/prefix)
+    holds deduplicated, compressed, optionally encrypted chunks instead;
+    every command takes either. serve reads a point over NBD, export
+    writes it as images, migrate moves a qcow2-chain repository into one.
     """
 
 
