@@ -24,6 +24,7 @@ still has it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from imagetool import checksum as block_checksum
 from imagetool.backup.maintain import checked_ovf
 from imagetool.backup.repo import LOCK, Repository
 from imagetool.backup.store.chunkstore import ChunkStore
-from imagetool.backup.store.points import Index, index_name, list_points, load_index
+from imagetool.backup.store.points import (Index, index_name, list_points, load_index,
+                                           save_index)
 from imagetool.backup.store.reader import PointBackend
 from imagetool.backup.store.write import DiskSource, write_point
 from imagetool.errors import ImagetoolError
@@ -185,10 +187,15 @@ def _migrate_point(repo: Repository, store: ChunkStore, p, pts: list, parent: In
                 dirty = _layer_ranges(p.file(d["file"]))
             meta = {k: v for k, v in d.items() if k not in FILE_FIELDS}
             sources.append(DiskSource(d["disk_id"], backend, dirty, meta))
-        return write_point(store, p.vm_id, sources, parent=parent, ovf=ovf,
-                           manifest=_manifest(p.manifest, os.path.abspath(repo.root)),
-                           name=p.name, workers=workers, progress=progress,
-                           timestamp=p.timestamp)
+        ix = write_point(store, p.vm_id, sources, parent=parent, ovf=ovf,
+                         manifest=_manifest(p.manifest, os.path.abspath(repo.root)),
+                         name=p.name, workers=workers, progress=progress)
     finally:
         for s in sources:
             s.backend.close()
+    # The point keeps its time: its index is written again with it (an
+    # atomic replace; a crash between leaves the point, with the time it
+    # was moved, and its name still carries the old one).
+    ix = dataclasses.replace(ix, timestamp=p.timestamp)
+    save_index(store, ix)
+    return ix

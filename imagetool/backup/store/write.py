@@ -149,15 +149,12 @@ class _Workers:
 def write_point(store: ChunkStore, vm_id: str, sources: list[DiskSource], *,
                 parent: Index | None = None, ovf: str | None = None,
                 manifest: dict | None = None, name: str | None = None,
-                workers: int = 4, progress: Callable[[int], None] | None = None,
-                timestamp: float | None = None) -> Index:
+                workers: int = 4, progress: Callable[[int], None] | None = None) -> Index:
     """Back up ``sources`` as a new point of ``vm_id`` and return its index.
 
     With ``parent``, a source whose ``dirty`` is given and whose disk the
     parent has is written as an incremental; any other source is read in
     full. ``progress(nbytes)`` is called with guest bytes done.
-    ``timestamp``: the point's time (default: now), for points moved from
-    elsewhere (``migrate``).
     """
     if not valid_name(vm_id):
         raise StoreError(f"invalid VM id {vm_id!r}")
@@ -211,9 +208,7 @@ def write_point(store: ChunkStore, vm_id: str, sources: list[DiskSource], *,
         stats = dict(w.stats, logical=sum(s.backend.size for s in sources))
         index = Index(vm_id, name, [DiskIndex(s.disk_id, s.backend.size, chunks[d], s.meta or {})
                                     for d, s in enumerate(sources)],
-                      parent.name if parent else None,
-                      time.time() if timestamp is None else timestamp, ovf, manifest or {},
-                      stats)
+                      parent.name if parent else None, time.time(), ovf, manifest or {}, stats)
         save_index(store, index)
         return index
     finally:
