@@ -112,6 +112,13 @@ def _check_sha(path: str, expected: str) -> None:
         raise VerifyError(path, f"SHA-256 {actual} differs from the manifest's {expected}")
 
 
+def checked_ovf(p: Point) -> str:
+    """A point's OVF text, its SHA-256 checked against the manifest."""
+    ovf_path = p.file(p.manifest["ovf"]["file"])
+    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
+    return read_file(ovf_path).decode("utf-8", "replace")
+
+
 def _split(repo: Repository, message: str) -> tuple[str, str]:
     """(path, what) of an error message ``path: what`` about a repository file."""
     if message.startswith(repo.root):
@@ -249,9 +256,7 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     vm_id = repo.find_vm(vm)
     every = repo.points(vm_id)
     p = repo.point(vm_id, point)
-    ovf_path = p.file(p.manifest["ovf"]["file"])
-    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
-    ovf = read_file(ovf_path).decode("utf-8", "replace")
+    ovf = checked_ovf(p)
     for entry in p.manifest["disks"]:      # every chain checked before anything is made
         repo.disk_files(p, entry["disk_id"], every)
     old_name = p.manifest.get("vm_name")
