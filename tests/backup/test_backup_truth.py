@@ -58,7 +58,7 @@ def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
     conn.vms.remove(vm.id)
 
 
-def test_each_disk_says_its_mode_and_why(conn, cli, env, tmp_path):
+def test_each_disk_says_its_mode_and_why(conn, cli, engine_env, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, cow, writes=[(0, rand(MiB, 5))])
     repo = str(tmp_path / "repo")

@@ -113,18 +113,9 @@ def test_export_of_named_snapshot_keeps_it(conn, scratch):
             r["disks"][0]["checksum"]
 
 
-def test_cli_export_json_and_info(cli, conn, engine, scratch, monkeypatch):
-    from imagetool.server.local import LocalEngine
-    from helpers import ENGINE_PASSWORD
+def test_cli_export_json_and_info(cli, conn, engine_env, scratch):
     sources = make_sources(scratch, size=4 * MiB)
     make_vm(conn, {"qcow2": sources["qcow2"]}, "cli-vm")
-    pw = os.path.join(scratch, "pw")
-    with open(pw, "w") as f:
-        f.write(ENGINE_PASSWORD)
-    monkeypatch.setenv("IMAGETOOL_ENGINE_URL", engine.url)
-    monkeypatch.setenv("IMAGETOOL_USERNAME", LocalEngine.username)
-    monkeypatch.setenv("IMAGETOOL_PASSWORD_FILE", pw)
-    monkeypatch.setenv("IMAGETOOL_CAFILE", engine.cafile)
     ova = os.path.join(scratch, "cli.ova")
     code, out, err = cli("ova", "export", "cli-vm", ova, "--json")
     assert code == 0, err
