@@ -23,12 +23,10 @@ import time
 from contextlib import suppress
 from typing import Any, Callable
 
-from imagetool.engine import codec
-from imagetool.engine.entities import Vm
 from imagetool import xmlsafe
 from imagetool.errors import Conflict, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
-from imagetool.ids import is_uuid, ref
+from imagetool.ids import is_uuid
 from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
@@ -230,11 +228,8 @@ def _new_uuid() -> str:
 
 
 def _add_entity(conn: Any, kind: str, name: str, cluster: str, ovf_text: str) -> str:
-    body = {"name": name,
-            "cluster": ref(cluster),
-            "initialization": {"configuration": {"type": "ova", "data": ovf_text}}}
-    tree = conn.post_tree(f"{kind}s", codec.to_xml(kind, body))
-    entity = codec.entity_from_tree(Vm, tree)
+    service = conn.templates if kind == "template" else conn.vms
+    entity = service.add_from_ova(name=name, cluster=cluster, ovf=ovf_text)
     if not entity.id:
         raise ImagetoolError(f"the engine did not return the new {kind}'s id")
     return entity.id

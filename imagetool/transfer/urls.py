@@ -134,7 +134,7 @@ def _can_verify(backend: Backend, verify: bool):
 
     if not verify:
         return verifying.skipped("not asked (--no-verify)")
-    if "checksum" not in getattr(backend, "features", ()):
+    if "checksum" not in backend.features:
         return verifying.skipped("the server does not offer checksum")
     return None
 
