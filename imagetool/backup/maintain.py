@@ -21,7 +21,7 @@ from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
 from imagetool.threads import shielded
 from imagetool.formats import allocated_ranges, open_image
-from imagetool.formats.base import Extent, union_ranges
+from imagetool.backend import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.copier import CopyOptions, copy
 from imagetool.backends import SharedBackend

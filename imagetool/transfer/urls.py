@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
 from imagetool.formats import WRITABLE, open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend

@@ -52,7 +52,7 @@ from imagetool.backends import Cancellable, PerThread, Window
 from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
