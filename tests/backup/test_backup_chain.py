@@ -107,8 +107,8 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, engine_env, tmp_pat
     assert code == 0, err
     for r, sums in made[1:]:
         got = backup.restore_vm(conn, repo, vm.id, point=r["point"], storage_domain="data")
-        assert sorted(d["checksum"] for d in got["disks"]) == sorted(sums.values())
-        conn.vms.remove(got["vm_id"])
+        assert sorted(d.checksum.value for d in got.disks) == sorted(sums.values())
+        conn.vms.remove(got.vm_id)
     conn.vms.remove(vm.id)
 
 

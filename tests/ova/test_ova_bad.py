@@ -142,7 +142,7 @@ def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, wher
     assert inventory(conn) == before
     monkeypatch.undo()
     r = import_ova(conn, made["ova"], SD, name="ctrl-c")
-    conn.vms.remove(r["vm_id"])
+    conn.vms.remove(r.id)
 
 
 def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch):

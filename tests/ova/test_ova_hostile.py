@@ -351,7 +351,7 @@ def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, engine_env, scr
     assert new["disk_id"] not in (disk.id, disk.image_id)
     assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [new["disk_id"]]
     assert [a.disk_id for a in conn.vms.disk_attachments(vm.id)] == [disk.id]
-    alg = exported["disks"][0]["algorithm"]
+    alg = exported.disks[0].checksum.algorithm
     assert new["checksum"]["algorithm"] == alg
     assert new["checksum"]["value"] == disk_checksum(conn, disk.id, algorithm=alg)[
         "checksum"] == disk_checksum(conn, new["disk_id"], algorithm=alg)["checksum"]

@@ -19,16 +19,16 @@ def test_vmware_ova_imports(conn, scratch, manifest):
     made = make_vmware_ova(scratch, manifest)
     name = f"web-{manifest}"
     r = import_ova(conn, made["ova"], SD, name=name)
-    assert r["name"] == name and r["vm_id"]
-    [d] = r["disks"]
-    assert d["member"] == "web-disk1.vmdk"
-    expected = checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
-    assert d["checksum"] == expected
-    assert disk_checksum(conn, d["disk_id"], algorithm=d["algorithm"])["checksum"] == expected
-    disk = conn.disks.get(d["disk_id"])
+    assert r.name == name and r.kind == "vm" and r.id
+    [d] = r.disks
+    assert d.member == "web-disk1.vmdk"
+    expected = checksum_file(made["raw"], algorithm=d.checksum.algorithm)["checksum"]
+    assert d.checksum.value == expected
+    assert disk_checksum(conn, d.disk_id, algorithm=d.checksum.algorithm)["checksum"] == expected
+    disk = conn.disks.get(d.disk_id)
     assert (disk.provisioned_size, disk.format, disk.status) == (6 * MiB, "cow", "ok")
-    assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [d["disk_id"]]
-    conn.vms.remove(r["vm_id"])
+    assert [a.disk_id for a in conn.vms.disk_attachments(r.id)] == [d.disk_id]
+    conn.vms.remove(r.id)
 
 
 def test_info_of_vmware_ova(cli, scratch):
@@ -51,10 +51,11 @@ def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkey
     from imagetool import import_ova
     made = make_vmware_ova(scratch)
     r = import_ova(conn, made["ova"], SD, name="web-tpl", template=True)
-    tid = r["template_id"]
-    [d] = r["disks"]
+    assert r.kind == "template"
+    tid = r.id
+    [d] = r.disks
     code, _, body = api_request(engine, "GET", f"/ovirt-engine/api/templates/{tid}/diskattachments")
-    assert code == 200 and d["disk_id"].encode() in body
+    assert code == 200 and d.disk_id.encode() in body
     from helpers import ENGINE_PASSWORD
     from imagetool.server.local import LocalEngine
     pw = os.path.join(scratch, "pw")
@@ -68,12 +69,12 @@ def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkey
     names = [t["name"] for t in json.loads(out)]
     assert "Blank" in names and "web-tpl" in names
     code, out, err = cli("templates", "show", "web-tpl", "--json")
-    assert code == 0 and json.loads(out)["disks"] == [d["disk_id"]]
+    assert code == 0 and json.loads(out)["disks"] == [d.disk_id]
     code, out, err = cli("templates", "remove", "web-tpl")
     assert code == 0, err
     code, out, err = cli("templates", "show", "web-tpl")
     assert code == 1 and "no template" in err
-    assert [x.id for x in conn.disks.list() if x.id == d["disk_id"]] == []
+    assert [x.id for x in conn.disks.list() if x.id == d.disk_id] == []
 
 
 def test_template_from_vm_copies_disks(conn, engine, scratch):
@@ -141,11 +142,12 @@ def test_import_flushes_as_it_copies(conn, scratch, monkeypatch):
     monkeypatch.setattr(HttpBackend, "flush", counting_flush)
     r = import_ova(conn, made["ova"], SD, name="web-flushed", workers=1,
                    buffer_size=256 * 1024)
-    [d] = r["disks"]
+    [d] = r.disks
     # 1 MiB + 64 KiB of data in 256 KiB requests: a flush after each.
     assert len(flushes) >= 5
-    assert d["checksum"] == checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
-    conn.vms.remove(r["vm_id"])
+    assert d.checksum.value == checksum_file(made["raw"],
+                                             algorithm=d.checksum.algorithm)["checksum"]
+    conn.vms.remove(r.id)
 
 
 @pytest.mark.slow
@@ -158,13 +160,13 @@ def test_dmtf_ova_keeps_memory_cpus_and_nic(conn, engine, scratch):
         "<rasd:VirtualQuantity>2048<", "<rasd:VirtualQuantity>512<")
     made = make_vmware_ova(scratch, None, ovf=ovf)
     r = import_ova(conn, made["ova"], SD, name="web-512")
-    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}")
+    _, _, body = api_request(engine, "GET", f"vms/{r.id}")
     vm = ET.fromstring(body)
     assert vm.findtext("memory") == str(512 * MiB)
     assert vm.findtext("cpu/topology/sockets") == "2"
-    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}/nics")
+    _, _, body = api_request(engine, "GET", f"vms/{r.id}/nics")
     [nic] = ET.fromstring(body).findall("nic")
     assert (nic.findtext("name"), nic.findtext("interface")) == ("Network adapter 1", "e1000")
     _, _, body = api_request(engine, "GET", nic.find("vnic_profile").get("href"))
     assert ET.fromstring(body).findtext("name") == "VM Network"
-    conn.vms.remove(r["vm_id"])
+    conn.vms.remove(r.id)
