@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imagetool.cli.common import checksum_json, emit_json
+from imagetool.cli.common import checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.units import count, format_seconds, format_size
@@ -271,12 +271,10 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
         with progress_bar(_restore_total(directory, vm, point), "restore") as update:
             out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
                              name=name, cluster=cluster, workers=workers, progress=update)
-    if as_json:
-        emit_json(out.to_json())
-    else:
-        click.echo(f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
-                   f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "
-                   f"{format_seconds(out.seconds)}, checksums match the manifest")
+    emit(as_json, out.to_json(),
+         f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
+         f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "
+         f"{format_seconds(out.seconds)}, checksums match the manifest")
 
 
 @backup.command("prune")
