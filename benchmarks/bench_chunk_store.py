@@ -3,7 +3,7 @@ dedup of cloned disks by chunk size, and point/verify speed against the
 hashing limit, in one run.
 
 (a) Dedup: a template image (``--size`` virtual, about half data: random
-    runs and runs of one byte, as ``tests/helpers.random_image`` makes) and
+    runs and runs of one byte, as ``tests/support/helpers.random_image`` makes) and
     ``--clones`` copies, each with ``--unique`` of the template's data
     rewritten with new random bytes, in ``--piece`` pieces at random
     places. Every clone is backed up as its own VM into one repository per
@@ -44,8 +44,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "backup", "store"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 from helpers import random_image, write_raw  # noqa: E402
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from imagetool.cli.common import checksum_json, emit_json
+from imagetool.cli.common import checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options)
 from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.cli.store_options import is_chunk_repository, repo_options
 from imagetool.units import count, format_seconds, format_size
+
+if TYPE_CHECKING:
+    from imagetool.backup.results import VerifyResult
 
 
 @click.group()
@@ -171,8 +174,8 @@ def _vm_label(v: dict) -> str:
     return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
 
 
-def _verified(out: dict) -> str:
-    return f"{count(out['points'], 'point')}, {count(out['files'], 'file')}"
+def _verified(out: VerifyResult) -> str:
+    return f"{count(out.points, 'point')}, {count(out.files, 'file')}"
 
 
 def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) -> int:
@@ -281,14 +284,14 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
                        "errors": [{"path": os.path.abspath(directory), "error": str(e)}]})
         raise
     if as_json:
-        emit_json(out)
-    elif out["ok"]:
+        emit_json(out.to_json())
+    elif out.ok:
         click.echo(f"verified {_verified(out)}: ok")
-    for e in out["errors"]:
-        click.echo(f"imagetool: error: {e['path']}: {e['error']}", err=True)
-    if not out["ok"]:
+    for e in out.errors:
+        click.echo(f"imagetool: error: {e.path}: {e.error}", err=True)
+    if not out.ok:
         if not as_json:
-            click.echo(f"verified {_verified(out)}: {count(len(out['errors']), 'error')}")
+            click.echo(f"verified {_verified(out)}: {count(len(out.errors), 'error')}")
         sys.exit(1)
 
 
@@ -314,12 +317,10 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
         with progress_bar(_restore_total(directory, vm, point), "restore") as update:
             out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
                              name=name, cluster=cluster, workers=workers, progress=update)
-    if as_json:
-        emit_json(dict(out, disks=[checksum_json(d) for d in out["disks"]]))
-    else:
-        click.echo(f"restored point {out['point']} as VM {out['vm_name']} ({out['vm_id']}): "
-                   f"{count(len(out['disks']), 'disk')}, {format_size(out['bytes'])} in "
-                   f"{format_seconds(out['seconds'])}, checksums match the manifest")
+    emit(as_json, out.to_json(),
+         f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
+         f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "
+         f"{format_seconds(out.seconds)}, checksums match the manifest")
 
 
 @backup.command("prune")
