@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
 
 import httpx  # noqa: E402
 from imageio_daemon import ImageioDaemon, scratch_dir  # noqa: E402

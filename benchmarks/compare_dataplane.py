@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
 
 from imageio_daemon import (  # noqa: E402
     ImageioDaemon, QemuNbd, make_tls_files, scratch_dir, server_ssl_context)

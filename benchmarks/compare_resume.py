@@ -7,7 +7,7 @@
 
 Starts ``imagetool serve`` (a local engine) in a scratch directory, writes an
 image of random data, runs ``imagetool upload --resume`` in a subprocess
-(through tests/resume_harness.py, which counts the PUT body bytes the client
+(through tests/support/resume_harness.py, which counts the PUT body bytes the client
 sends, with no delay), kills it with SIGKILL once ``--kill-at`` of the image
 was sent, runs the same command again and reports::
 
@@ -30,7 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
+HARNESS = os.path.join(ROOT, "tests", "support", "resume_harness.py")
 MiB = 1 << 20
 
 

@@ -1,19 +1,12 @@
 """imagetool: move virtual-machine disk images in and out of oVirt engines.
 
-The package is layered (imports only point down):
-
-- ``imagetool.cli``       click commands (thin)
-- ``imagetool.transfer``  upload/download workflows, the parallel copier
-- ``imagetool.engine``    REST client of an oVirt engine
-- ``imagetool.imageio``   data-plane client of one transfer URL
-- ``imagetool.formats``   local image files: detect, read, write, measure
-- ``imagetool.checksum``  imageio's block checksum over any backend
-- ``imagetool.server``    the local engine (``imagetool serve``)
-
-Facts both the client and the local engine use have one home below them:
-``imagetool.phases`` (ImageTransfer phases and moves), ``imagetool.paths``
-(the data directory), ``imagetool.imageio.protocol`` (the data-plane
-protocol), ``imagetool.formats.qcow2`` (the qcow2 layout).
+The package is built in floors, imports only pointing down (ARCHITECTURE.md
+draws them; tests/test_architecture.py checks them): the ground (units,
+errors, ids, paths, phases...), the I/O core (``backend``, ``backends``,
+``copier``), ``formats`` and ``imageio``, ``checksum``, the engine client
+(``engine``), the disk transfer (``transfer``), the workflows (``vms``,
+``snapshots``, ``disks``, ``backup``, ``ova``) and ``cli``. The local engine
+(``server``) stands on the floors up to ``checksum``.
 """
 
 __version__ = "0.1.0"

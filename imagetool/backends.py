@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from imagetool.errors import ConnectionFailed, ImageioError, ImagetoolError
-from imagetool.formats.base import Backend, BackendBase, Extent
+from imagetool.backend import Backend, BackendBase, Extent
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,31 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
 from typing import Callable, Container, Iterator, Mapping
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 DEFAULT_ALGORITHM = "blake2b"
+
+
+@dataclass(frozen=True)
+class GuestChecksum:
+    """The block checksum of a disk's guest data, as a workflow reports it
+    (the value imageio's ``GET .../checksum`` gives for the same
+    algorithm and block size)."""
+
+    value: str
+    algorithm: str = DEFAULT_ALGORITHM
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def to_json(self) -> dict:
+        """The one checksum object of every ``--json`` (upload's)."""
+        return {"algorithm": self.algorithm, "block_size": self.block_size,
+                "value": self.value, "scope": "guest-data"}
 # blake2 digests are truncated to 32 bytes, as imageio does.
 _DIGEST_SIZE = {"blake2b": 32, "blake2s": 32}
 

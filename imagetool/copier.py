@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from imagetool.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
-from imagetool.formats.base import Backend, Extent, merge_extents
+from imagetool.backend import Backend, Extent, merge_extents
 from imagetool.threads import Worker, wait_all
 
 MiB = 1 << 20

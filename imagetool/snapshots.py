@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 from imagetool.engine import lifecycle as life
 from imagetool.engine.entities import Disk, DiskSnapshot, Snapshot, Vm
+from imagetool.engine.services import pick
 from imagetool.engine.wait import wait_for_disks, wait_for_snapshot_gone, wait_truthy
 from imagetool.errors import Conflict, EngineError, ImagetoolError, NotFound
 from imagetool.ids import is_uuid
@@ -45,6 +46,10 @@ def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
     return conn.snapshots.list(conn.vms.find(vm).id)
 
 
+def _ids(entities: list) -> str:
+    return ", ".join(e.id or "?" for e in entities)
+
+
 def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
     """A snapshot of the VM by id, or by its exact description.
 
@@ -56,19 +61,11 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
         snapshot = snapshot.id
     if not isinstance(snapshot, str) or not snapshot:
         raise TypeError("snapshot must be a Snapshot, an id or a description")
-    snaps = conn.snapshots.list(vm.id)
-    if is_uuid(snapshot):
-        for s in snaps:
-            if s.id == snapshot.lower():
-                return s
-    exact = [s for s in snaps if s.description == snapshot]
-    if not exact:
-        raise NotFound(f"VM {_vm_label(vm)} has no snapshot with id or description "
-                       f"{snapshot!r}", status=404)
-    if len(exact) > 1:
-        raise EngineError(f"{len(exact)} snapshots of VM {_vm_label(vm)} are described "
-                          f"{snapshot!r} ({', '.join(s.id or '?' for s in exact)}): use the id")
-    return exact[0]
+    return pick(conn.snapshots.list(vm.id), snapshot, lambda s: s.description,
+                missing=f"VM {_vm_label(vm)} has no snapshot with id or description "
+                        f"{snapshot!r}",
+                several=lambda them: f"{len(them)} snapshots of VM {_vm_label(vm)} are "
+                                     f"described {snapshot!r} ({_ids(them)}): use the id")
 
 
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:

@@ -1,9 +1,13 @@
 """Pytest fixtures shared by the tests, each defined once.
 
-Plain helper functions and constants are in ``helpers.py``; the larger test
-doubles in their own modules (``fake_engine``, ``fake_transfer_engine``,
-``fake_backends``, ``fault_proxy``, ``imageio_daemon``). A test module
-uses a fixture by naming it as an argument, without importing it.
+Plain helper functions and constants are in ``support/helpers.py``; the
+larger test doubles in their own modules of ``support/`` (``fake_engine``,
+``fake_transfer_engine``, ``fake_backends``, ``fault_proxy``,
+``imageio_daemon``...). ``support/`` is on the import path (pyproject's
+``pythonpath``), so a test imports them by their plain names: ``from
+helpers import MiB``. A test module uses a fixture by naming it as an
+argument, without importing it; a fixture used by one folder alone lives in
+that folder's conftest.py.
 
 Tests that are slow to run (kills, timeouts, most end-to-end transfers)
 are marked ``slow``: ``pytest -m "not slow"`` is the quick loop, and every
@@ -17,8 +21,8 @@ import shutil
 
 import pytest
 
-from helpers import (ENGINE_PASSWORD, missing_qemu_tools, sdk_examples_dir,
-                     start_faulty_engine, stop_faulty_engine, transfers_of)
+from helpers import (ENGINE_PASSWORD, engine_cli_env, missing_qemu_tools, sdk_examples_dir,
+                     start_faulty_engine, stop_faulty_engine, transfers_of, use_cli_env)
 from imageio_daemon import ImageioDaemon, make_tls_files, scratch_dir
 
 # --- peers every run needs -------------------------------------------------------
@@ -163,10 +167,7 @@ def faulty_engine(faulty_engine_module, monkeypatch):
     fe.proxy.set_down(False)
     fe.proxy.reset_stats()
     fe.known = {t.id for t in transfers_of(fe)}
-    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(name, raising=False)
-    for k, v in fe.env.items():
-        monkeypatch.setenv(k, v)
+    use_cli_env(monkeypatch, fe.env)
     yield fe
     fe.proxy.clear_rules()
 
@@ -198,16 +199,38 @@ def cli(capsys):
     return run
 
 
+def _without_engine(monkeypatch, base) -> None:
+    """No engine settings from the machine running the tests: the client
+    home is ``base/home``, the config dir ``base/xdg`` (empty), so the CLI
+    uses its in-process local engine."""
+    use_cli_env(monkeypatch, {"IMAGETOOL_HOME": os.path.join(base, "home")})
+    xdg = os.path.join(base, "xdg")
+    os.makedirs(xdg, exist_ok=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", xdg)
+
+
 @pytest.fixture
 def home(scratch, monkeypatch):
-    """A client home under ``scratch``, with no engine configured by the
-    environment: the CLI uses its in-process local engine."""
-    monkeypatch.setenv("IMAGETOOL_HOME", os.path.join(scratch, "home"))
-    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
-                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(scratch, "config"))
+    """No engine configured, the client home under ``scratch`` (a disk
+    file system, for O_DIRECT); returns ``scratch``."""
+    _without_engine(monkeypatch, scratch)
     return scratch
+
+
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch):
+    """No engine configured, the client home under ``tmp_path`` (returned):
+    ``tmp_path/home``, config dir ``tmp_path/xdg``."""
+    _without_engine(monkeypatch, str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def engine_env(engine, tmp_path, monkeypatch):
+    """The CLI's environment pointed at the module's local ``engine``
+    (returned), with the client home ``tmp_path/home``."""
+    use_cli_env(monkeypatch, engine_cli_env(engine, ENGINE_PASSWORD, tmp_path / "home"))
+    return engine
 
 
 # --- a module's own local engine -----------------------------------------------

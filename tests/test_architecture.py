@@ -9,6 +9,7 @@ to (``imagetool.phases``, ``imagetool.imageio.protocol``,
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import subprocess
@@ -38,9 +39,16 @@ def _modules() -> dict[str, str]:
 MODULES = _modules()
 
 
+@functools.lru_cache(maxsize=None)
+def _tree(path: str) -> ast.Module:
+    """The parsed source (parsed once for all the checks; never changed)."""
+    with open(path) as f:
+        return ast.parse(f.read(), path)
+
+
 def _imports(path: str) -> list[tuple[int, str, list[str]]]:
     """(line, module, names) of every import outside ``if TYPE_CHECKING:``."""
-    tree = ast.parse(open(path).read(), path)
+    tree = _tree(path)
     skip = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
@@ -119,6 +127,105 @@ def test_no_import_cycles():
     assert _cycles(_graph()) == []
 
 
+# The floors of the client, bottom first (ARCHITECTURE.md draws them). A
+# module imports its own floor or lower ones, never a higher one. A module
+# belongs to the floor of the longest prefix naming it. Inside the I/O
+# floor: the core (the Backend protocol, the wrappers, the one copier),
+# then what implements or drives a backend (formats, the imageio client,
+# the OVA's documents and members), then the block checksum over both.
+FLOORS: list[tuple[str, list[str]]] = [
+    ("ground", ["units", "errors", "ids", "paths", "fsutil", "threads", "xmlsafe", "phases"]),
+    ("I/O core", ["backend", "backends", "copier", "nbdserver"]),
+    ("I/O formats", ["formats", "imageio", "ova.ovf", "ova.ovfvm", "ova.ovfvm_read",
+                     "ova.layout", "ova.reader"]),
+    ("I/O checksum", ["checksum"]),
+    ("engine client", ["engine"]),
+    ("disk transfer", ["transfer"]),
+    ("workflows", ["backup", "ova", "vms", "snapshots", "disks"]),
+    ("cli", ["cli", "__main__"]),
+]
+# The local engine is a tower of its own beside the client's floors: it
+# stands on the floors up to SERVER_STANDS_ON and nothing of the client
+# above them stands on it (only ``imagetool serve`` starts it).
+SERVER_STANDS_ON = "I/O checksum"
+
+
+def _floor(module: str) -> int | None:
+    """The floor index of ``imagetool.X...`` (None: the server's tower)."""
+    rest = module.split(".", 1)[1] if "." in module else ""
+    if rest == "server" or rest.startswith("server."):
+        return None
+    best, found = -1, -1
+    for i, (_, prefixes) in enumerate(FLOORS):
+        for p in prefixes:
+            if (rest == p or rest.startswith(p + ".")) and len(p) > best:
+                best, found = len(p), i
+    if found < 0:
+        raise AssertionError(f"{module}: on no floor; add it to FLOORS")
+    return found
+
+
+def _upward_imports() -> list[str]:
+    names = [n for n, _ in FLOORS]
+    ceiling = names.index(SERVER_STANDS_ON)
+    found = []
+    for mod, deps in sorted(_graph().items()):
+        if mod == "imagetool":
+            continue
+        here = _floor(mod)
+        for dep in sorted(deps):
+            if dep == "imagetool":
+                continue
+            there = _floor(dep)
+            if here is None:        # the server's tower
+                if there is not None and there > ceiling:
+                    found.append(f"{mod} (server) -> {dep} ({names[there]})")
+            elif there is None:
+                if mod != "imagetool.cli.serve_cmd":
+                    found.append(f"{mod} ({names[here]}) -> {dep} (server)")
+            elif there > here:
+                found.append(f"{mod} ({names[here]}) -> {dep} ({names[there]})")
+    return found
+
+
+def test_every_module_is_on_a_floor():
+    for mod in MODULES:
+        if mod != "imagetool":
+            _floor(mod)
+
+
+def test_imports_go_down_the_floors():
+    """Not only no cycles: no import from a lower floor into a higher one
+    (``FLOORS``), and the server's tower on the lower floors only."""
+    assert _upward_imports() == []
+
+
+def test_the_floor_check_sees_an_upward_import(monkeypatch):
+    """The check can fail: a copier importing the transfer floor is named."""
+    graph = _graph()
+    graph["imagetool.copier"] = graph["imagetool.copier"] | {"imagetool.transfer.disk"}
+    graph["imagetool.server.store"] = graph["imagetool.server.store"] | {"imagetool.ova.importer"}
+    monkeypatch.setitem(globals(), "_graph", lambda: graph)
+    assert _upward_imports() == [
+        "imagetool.copier (I/O core) -> imagetool.transfer.disk (disk transfer)",
+        "imagetool.server.store (server) -> imagetool.ova.importer (workflows)"]
+
+
+def test_backend_attributes_are_read_as_declared():
+    """The Backend protocol declares ``features``, ``size`` and
+    ``max_writers``: no module reads them with ``getattr(x, name, default)``
+    as if a backend might lack them."""
+    declared = {"features", "size", "max_writers"}
+    offenders = []
+    for path in MODULES.values():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" \
+                    and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
+                    and node.args[1].value in declared:
+                offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
 def test_only_the_serve_command_imports_the_server():
     allowed = os.path.join(ROOT, "cli", "serve_cmd.py")
     server_dir = os.path.join(ROOT, "server") + os.sep
@@ -144,7 +251,7 @@ def test_no_import_error_guards():
     """Optional third-party modules aside, imagetool's own modules are always there."""
     offenders = []
     for path in MODULES.values():
-        for node in ast.walk(ast.parse(open(path).read(), path)):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.ExceptHandler) and node.type is not None \
                     and "ImportError" in ast.dump(node.type):
                 offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
@@ -153,7 +260,7 @@ def test_no_import_error_guards():
 
 def _code_constants(path: str):
     """String/int constants of the code, docstrings left out."""
-    tree = ast.parse(open(path).read(), path)
+    tree = _tree(path)
     docs = {id(n.value) for n in ast.walk(tree)
             if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     for node in ast.walk(tree):
@@ -181,7 +288,7 @@ def test_phase_groups_are_written_only_in_phases():
     for path in MODULES.values():
         if path.endswith(os.path.join("imagetool", "phases.py")):
             continue
-        for node in ast.walk(ast.parse(open(path).read(), path)):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, (ast.Tuple, ast.Set, ast.List)) and len(node.elts) >= 2 \
                     and all(isinstance(e, ast.Constant) and e.value in names
                             for e in node.elts):
@@ -195,7 +302,7 @@ def test_one_module_builds_transfer_sessions():
     builders = sorted(
         name for name, path in MODULES.items()
         if any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "TransferSession"
-               for n in ast.walk(ast.parse(open(path).read(), path))))
+               for n in ast.walk(_tree(path))))
     assert builders == ["imagetool.transfer.disk"]
 
 

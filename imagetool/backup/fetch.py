@@ -21,25 +21,10 @@ from imagetool.backup.repo import sha256_file
 from imagetool.errors import ChecksumMismatch
 from imagetool.formats import open_image
 from imagetool.threads import Background
-from imagetool.formats.base import Extent
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
-from imagetool.transfer.disk import DiskOptions, ListedExtents, receive
-from imagetool.transfer.urls import new_file, write_file
+from imagetool.transfer.disk import DiskOptions, receive
+from imagetool.transfer.urls import new_file
 from imagetool.transfer.verify import pick_algorithm, remote_checksum, verify_download
-
-
-def write_layer(src: Any, out: str, *, dirty: bool, backing: str | None,
-                workers: int = 4) -> tuple[Any, list[Extent]]:
-    """Write a point's qcow2 file from a data-plane backend outside a
-    transfer (an imageio daemon's NBD export with a dirty bitmap); (stats,
-    extents). ``dirty``: only what the data plane reports dirty since the
-    checkpoint (an incremental, over ``backing``), as :func:`fetch_disk`
-    does through ``imagetool.transfer.disk.receive``.
-    """
-    exts = list(src.extents("dirty" if dirty else "zero"))
-    stats = write_file(ListedExtents(src, exts), out, format="qcow2", workers=workers,
-                       backing_file=backing, backing_format="qcow2" if backing else None)
-    return stats, exts
 
 
 @dataclass

@@ -15,13 +15,15 @@ import uuid
 from typing import Any, Callable
 
 from imagetool import checksum as block_checksum
+from imagetool.checksum import GuestChecksum
+from imagetool.backup.results import Restored, RestoredDisk, VerifyResult
 from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, RepositoryError,
                                    read_file, sha256_file, write_json)
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
 from imagetool.threads import shielded
 from imagetool.formats import allocated_ranges, open_image
-from imagetool.formats.base import Extent, union_ranges
+from imagetool.backend import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.copier import CopyOptions, copy
 from imagetool.backends import SharedBackend
@@ -112,6 +114,13 @@ def _check_sha(path: str, expected: str) -> None:
         raise VerifyError(path, f"SHA-256 {actual} differs from the manifest's {expected}")
 
 
+def checked_ovf(p: Point) -> str:
+    """A point's OVF text, its SHA-256 checked against the manifest."""
+    ovf_path = p.file(p.manifest["ovf"]["file"])
+    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
+    return read_file(ovf_path).decode("utf-8", "replace")
+
+
 def _split(repo: Repository, message: str) -> tuple[str, str]:
     """(path, what) of an error message ``path: what`` about a repository file."""
     if message.startswith(repo.root):
@@ -133,27 +142,21 @@ def _is_repository(repo: Repository) -> bool:
 
 
 def verify(repository: str | os.PathLike, vm: str | None = None, point: str | None = None,
-           progress: Progress | None = None, strict: bool = True) -> dict:
+           progress: Progress | None = None, strict: bool = True) -> VerifyResult:
     """Check every file against its manifest, then each point's guest data.
 
     Files are checked by SHA-256; then each point's disks are read through
     their chains (checked by ``Repository.disk_files``) and their block
     checksum compared with the manifest's. Every bad file is reported, not
-    only the first: the result has ``points``, ``files``, ``ok`` and
-    ``errors`` (``path``, ``error``). ``strict``: raise VerifyError naming
+    only the first (``VerifyResult.errors``). ``strict``: raise VerifyError naming
     the first bad file instead of returning a failed report. A directory
     that is not a repository is a RepositoryError.
     """
     repo = Repository(repository)
     if point and not vm:
         raise ImagetoolError("a point is named within a VM: give the VM too")
-    errors: list[dict] = []
-
-    def bad(path: str, what: str) -> None:
-        if {"path": path, "error": what} not in errors:
-            errors.append({"path": path, "error": what})
-
-    files = points = 0
+    report = VerifyResult()
+    bad = report.add
     vm_ids = _vm_ids(repo, vm)
     if not vm and not _is_repository(repo):
         raise RepositoryError(f"{repo.root}: not a backup repository (no VM directory "
@@ -176,7 +179,7 @@ def verify(repository: str | os.PathLike, vm: str | None = None, point: str | No
             for d in m["disks"]:
                 checks += [(d["file"], d["sha256"]), (d["digests"], d["digests_sha256"])]
             for name, sha in checks:
-                files += 1
+                report.files += 1
                 try:
                     _check_sha(p.file(name), sha)
                 except VerifyError as e:
@@ -206,12 +209,12 @@ def verify(repository: str | os.PathLike, vm: str | None = None, point: str | No
                 if value != c["value"]:
                     bad(top, f"guest data checksum {value} differs from the manifest's "
                              f"{c['value']}")
-            points += 1
+            report.points += 1
     for path, what in repo.problems:
         bad(path, what)
-    if errors and strict:
-        raise VerifyError(errors[0]["path"], errors[0]["error"])
-    return {"points": points, "files": files, "ok": not errors, "errors": errors}
+    if report.errors and strict:
+        raise VerifyError(report.errors[0].path, report.errors[0].error)
+    return report
 
 
 # --- restore -----------------------------------------------------------------------
@@ -231,7 +234,7 @@ def restored_disk_name(vm_name: str, old_vm_name: str | None, disk_name: str | N
 def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                storage_domain: str, point: str | None = None, name: str | None = None,
                cluster: str | None = None, workers: int = 4, inactivity_timeout: int = 60,
-               progress: Progress | None = None) -> dict:
+               progress: Progress | None = None) -> Restored:
     """Create a new VM from a point: one new disk per backed-up disk.
 
     Each disk's guest data is uploaded straight from its chain (read as one
@@ -249,9 +252,7 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     vm_id = repo.find_vm(vm)
     every = repo.points(vm_id)
     p = repo.point(vm_id, point)
-    ovf_path = p.file(p.manifest["ovf"]["file"])
-    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
-    ovf = read_file(ovf_path).decode("utf-8", "replace")
+    ovf = checked_ovf(p)
     for entry in p.manifest["disks"]:      # every chain checked before anything is made
         repo.disk_files(p, entry["disk_id"], every)
     old_name = p.manifest.get("vm_name")
@@ -259,7 +260,7 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     created: list[str] = []
     made: list[str] = []        # the new VM, once the engine has it
     adding = None               # its name, once its add is sent
-    disks_out = []
+    disks_out: list[RestoredDisk] = []
     moved = 0
     try:
         for i, entry in enumerate(p.manifest["disks"]):
@@ -278,13 +279,13 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                     block_size=c["block_size"], expected=c["value"],
                     what=f"restored disk {entry['disk_id']}"), progress=progress)
                 moved += sent.stats.bytes_copied
-            disks_out.append({"disk_id": disk.id, "source_disk_id": entry["disk_id"],
-                              "name": disk.name, "source_name": entry.get("name"),
-                              "checksum": sent.verification.value,
-                              "algorithm": c["algorithm"], "block_size": c["block_size"]})
+            disks_out.append(RestoredDisk(
+                disk_id=disk.id, source_disk_id=entry["disk_id"], name=disk.name,
+                source_name=entry.get("name"), checksum=GuestChecksum(
+                    sent.verification.value, c["algorithm"], c["block_size"])))
         new_ovf = ovf
         for d in disks_out:
-            new_ovf = new_ovf.replace(d["source_disk_id"], d["disk_id"])
+            new_ovf = new_ovf.replace(d.source_disk_id, d.disk_id)
         new_ovf = new_ovf.replace(p.vm_id, str(uuid.uuid4()))
         adding = vm_name
         new_vm = conn.vms.add(name=vm_name, cluster=cluster or "Default", ovf=new_ovf)
@@ -294,8 +295,8 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     except BaseException:
         shielded(lambda: _remove_restored(conn, made, created, adding))
         raise
-    return {"vm_id": new_vm.id, "vm_name": vm_name, "point": p.name, "bytes": moved,
-            "seconds": round(time.monotonic() - start, 3), "disks": disks_out}
+    return Restored(vm_id=new_vm.id, vm_name=vm_name, point=p.name, bytes=moved,
+                    seconds=time.monotonic() - start, disks=disks_out)
 
 
 def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
@@ -317,21 +318,21 @@ def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
         remove_disk_when_unlocked(conn, disk_id)
 
 
-def _rename_disks(conn: Any, disks_out: list[dict]) -> None:
+def _rename_disks(conn: Any, disks_out: list[RestoredDisk]) -> None:
     """Put the new names back where the OVF gave the disks their old aliases."""
     for d in disks_out:
-        if conn.disks.get(d["disk_id"]).name != d["name"]:
-            conn.disks.rename(d["disk_id"], d["name"])
+        if conn.disks.get(d.disk_id).name != d.name:
+            conn.disks.rename(d.disk_id, d.name)
 
 
-def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[dict]) -> None:
+def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[RestoredDisk]) -> None:
     """Attach disks the engine did not take from the OVF (an OVF it did not parse fully)."""
     attached = {a.disk_id for a in conn.vms.disk_attachments(vm_id)}
     for d in disks_out:
-        if d["disk_id"] in attached:
+        if d.disk_id in attached:
             continue
-        entry = p.disk(d["source_disk_id"]) or {}
-        conn.vms.attach_disk(vm_id, d["disk_id"], interface=entry.get("interface")
+        entry = p.disk(d.source_disk_id) or {}
+        conn.vms.attach_disk(vm_id, d.disk_id, interface=entry.get("interface")
                              or "virtio_scsi", bootable=bool(entry.get("bootable")))
 
 

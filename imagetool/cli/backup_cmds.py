@@ -11,14 +11,20 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from imagetool.cli.common import checksum_json, emit_json
+from imagetool.cli.common import checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
+                                            keep_options)
 from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.cli.store_options import is_chunk_repository, repo_options
 from imagetool.units import count, format_seconds, format_size
+
+if TYPE_CHECKING:
+    from imagetool.backup.results import VerifyResult
 
 
 @click.group()
@@ -31,6 +37,12 @@ def backup() -> None:
     file, by relative name: qemu-img reads the chain) and manifest.json.
     Incrementals use the engine's VM backup API with checkpoints (oVirt 4.4+)
     or snapshots on older engines (--method).
+
+    \b
+    A repository made by backup init (a directory or s3://bucket/prefix)
+    holds deduplicated, compressed, optionally encrypted chunks instead;
+    every command takes either. serve reads a point over NBD, export
+    writes it as images, migrate moves a qcow2-chain repository into one.
     """
 
 
@@ -147,13 +159,23 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
         sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
 
 
+def _chunk_options_only(directory: str, **given: Any) -> None:
+    """Usage error if an option only chunk repositories take is given for a
+    qcow2-chain repository."""
+    used = [name for name, value in given.items() if value]
+    if used:
+        opts = ", ".join("--" + n.replace("_", "-") for n in used)
+        raise click.UsageError(f"{directory}: {opts}: for chunk repositories only (made by "
+                               "backup init); this one holds qcow2 chains")
+
+
 def _vm_label(v: dict) -> str:
     """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
     return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
 
 
-def _verified(out: dict) -> str:
-    return f"{count(out['points'], 'point')}, {count(out['files'], 'file')}"
+def _verified(out: VerifyResult) -> str:
+    return f"{count(out.points, 'point')}, {count(out.files, 'file')}"
 
 
 def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) -> int:
@@ -189,13 +211,23 @@ def _restore_total(directory: str, vm: str, point: str | None) -> int:
 
 
 @backup.command("list")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False), metavar="REPOSITORY")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_cmd(directory: str, vm: str | None, as_json: bool) -> None:
-    """The VMs of DIRECTORY, their points, size on disk and data held."""
+@repo_options
+def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None,
+             profile: str | None, key_file: str | None) -> None:
+    """The VMs of REPOSITORY, their points, size on disk and data held.
+
+    A chunk repository shows per point its logical size, its data, the new
+    bytes it stored (before and after compression) and its dedup and
+    compression ratios, then the repository's totals.
+    """
     from imagetool.backup import list_points
 
+    if is_chunk_repository(directory):
+        return chunk_list(directory, vm, as_json, endpoint, profile, key_file)
+    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file)
     out = list_points(directory, vm)
     if as_json:
         emit_json(out)
@@ -209,22 +241,39 @@ def list_cmd(directory: str, vm: str | None, as_json: bool) -> None:
 
 
 @backup.command("verify")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False), metavar="REPOSITORY")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
 @click.option("--point", metavar="P", help="Only this point (and the points it builds on).")
+@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), default=100.0,
+              show_default=True, help="Chunk repositories: percentage of the chunks read.")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Chunk repositories: chunks read and hashed at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify_cmd(directory: str, vm: str | None, point: str | None, as_json: bool) -> None:
+@repo_options
+def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
+               workers: int, as_json: bool, endpoint: str | None, profile: str | None,
+               key_file: str | None) -> None:
     """Check every file's SHA-256 and every point's guest-data checksum.
 
     \b
     Every bad file is named, one line each, and the exit code is 1; so is
     a directory that is not a backup repository. With --json the report
     (ok, points, files, errors) is printed whatever the outcome.
+    A chunk repository: every chunk's content matches its id (and decrypts
+    and authenticates), every index's chunks exist, every disk's guest
+    checksum equals the one recorded at backup time; damaged points are
+    named with what they lost. --sample reads a part of the chunks only.
     """
     import os
 
     from imagetool.backup import verify
     from imagetool.errors import ImagetoolError
+
+    if is_chunk_repository(directory):
+        return chunk_verify(directory, vm, point, sample, workers, as_json, endpoint,
+                            profile, key_file)
+    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
+                        sample=sample < 100)
 
     try:
         with progress_bar(_verify_total(directory, vm, point), "verify") as update:
@@ -235,14 +284,14 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, as_json: bool)
                        "errors": [{"path": os.path.abspath(directory), "error": str(e)}]})
         raise
     if as_json:
-        emit_json(out)
-    elif out["ok"]:
+        emit_json(out.to_json())
+    elif out.ok:
         click.echo(f"verified {_verified(out)}: ok")
-    for e in out["errors"]:
-        click.echo(f"imagetool: error: {e['path']}: {e['error']}", err=True)
-    if not out["ok"]:
+    for e in out.errors:
+        click.echo(f"imagetool: error: {e.path}: {e.error}", err=True)
+    if not out.ok:
         if not as_json:
-            click.echo(f"verified {_verified(out)}: {count(len(out['errors']), 'error')}")
+            click.echo(f"verified {_verified(out)}: {count(len(out.errors), 'error')}")
         sys.exit(1)
 
 
@@ -268,23 +317,53 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
         with progress_bar(_restore_total(directory, vm, point), "restore") as update:
             out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
                              name=name, cluster=cluster, workers=workers, progress=update)
-    if as_json:
-        emit_json(dict(out, disks=[checksum_json(d) for d in out["disks"]]))
-    else:
-        click.echo(f"restored point {out['point']} as VM {out['vm_name']} ({out['vm_id']}): "
-                   f"{count(len(out['disks']), 'disk')}, {format_size(out['bytes'])} in "
-                   f"{format_seconds(out['seconds'])}, checksums match the manifest")
+    emit(as_json, out.to_json(),
+         f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
+         f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "
+         f"{format_seconds(out.seconds)}, checksums match the manifest")
 
 
 @backup.command("prune")
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--keep", type=click.IntRange(1), required=True, help="Points kept per VM.")
+@click.argument("directory", type=click.Path(file_okay=False), metavar="REPOSITORY")
+@click.option("--keep", type=click.IntRange(1), help="Points kept per VM (the newest).")
+@keep_options
+@click.option("--dry-run", is_flag=True, help="Chunk repositories: say what would go; "
+                                              "delete nothing.")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def prune_cmd(directory: str, keep: int, vm: str | None, as_json: bool) -> None:
-    """Keep the newest N points per VM; older ones a kept point needs are merged into it."""
+@repo_options
+def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int,
+              keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
+              dry_run: bool, vm: str | None, as_json: bool, endpoint: str | None,
+              profile: str | None, key_file: str | None) -> None:
+    """Keep the newest N points per VM; older ones a kept point needs are merged into it.
+
+    \b
+    A chunk repository keeps points by calendar, with the rules of Proxmox
+    Backup Server and restic: --keep-last N keeps the N newest, then each
+    --keep-hourly/daily/weekly/monthly/yearly N keeps the newest point of
+    each of its N last periods that holds none kept yet; every decision is
+    printed with its reason. Removing a point deletes its index only; run
+    backup gc to free the chunks. --keep N means --keep-last N there.
+    """
     from imagetool.backup import prune
 
+    rules = dict(zip(KEEP_RULES, (keep_last, keep_hourly, keep_daily, keep_weekly,
+                                  keep_monthly, keep_yearly)))
+    if is_chunk_repository(directory):
+        if keep:
+            rules["last"] = max(rules["last"], keep)
+        if not any(rules.values()):
+            raise click.UsageError("give at least one of --keep-last, --keep-hourly, "
+                                   "--keep-daily, --keep-weekly, --keep-monthly, --keep-yearly")
+        return chunk_prune(directory, vm, rules, dry_run, as_json, endpoint, profile,
+                           key_file)
+    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
+                        dry_run=dry_run, **{f"keep_{k}": v for k, v in rules.items()
+                                            if k != "last"})
+    keep = keep or keep_last
+    if not keep:
+        raise click.UsageError("give --keep N (points kept per VM)")
     out = prune(directory, keep, vm=vm)
     if as_json:
         emit_json(out)
@@ -293,3 +372,14 @@ def prune_cmd(directory: str, keep: int, vm: str | None, as_json: bool) -> None:
             click.echo(f"VM {_vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
                        f"merged into {', '.join(v['merged']) or 'none'}, "
                        f"kept {count(len(v['kept']), 'point')}")
+
+
+def _register() -> None:
+    """The commands of other modules that live in this group."""
+    from imagetool.cli import backup_repo_cmds, backup_serve_cmd
+    for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd,
+                backup_repo_cmds.migrate_cmd, backup_serve_cmd.serve):
+        backup.add_command(cmd)
+
+
+_register()

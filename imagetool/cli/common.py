@@ -46,6 +46,14 @@ def checksum_json(entry: dict, block_size: int | None = None) -> dict:
     return out
 
 
+def emit(as_json: bool, doc: Any, line: str) -> None:
+    """A command's result: ``doc`` as JSON with ``--json``, else ``line``."""
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(line)
+
+
 def emit_json(obj: Any) -> None:
     """Print one JSON document on stdout (for ``--json``)."""
     click.echo(json.dumps(obj, indent=2, sort_keys=True))

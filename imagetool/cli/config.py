@@ -302,3 +302,15 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorate in reversed(decorators):
         wrapper = decorate(wrapper)
     return wrapper
+
+
+def engine_view(group: click.Group, name: str, argument: str,
+                metavar: str | None = None) -> Callable[..., Any]:
+    """Click decorator of a command on one thing of the engine: ``GROUP
+    NAME ARGUMENT [--json]`` and the engine options; the function takes
+    (ARGUMENT, as_json, engine)."""
+    def decorate(func: Callable[..., Any]) -> Any:
+        func = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(
+            engine_options(func))
+        return group.command(name)(click.argument(argument, metavar=metavar)(func))
+    return decorate

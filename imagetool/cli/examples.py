@@ -30,32 +30,31 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                       "imagetool backup create /srv/backups web1 db1 --jobs 2 --json",
                       "imagetool backup create ./backups web1 --full --method snapshot"),
     "backup list": ("imagetool backup list ./backups",
-                    "imagetool backup list ./backups --vm web1 --json"),
+                    "imagetool backup list /srv/backups --vm web1 --json"),
     "backup prune": ("imagetool backup prune ./backups --keep 7",
-                     "imagetool backup prune ./backups --keep 2 --vm web1"),
+                     "imagetool backup prune /srv/backups --keep-last 3 --keep-daily 7 "
+                     "--keep-weekly 4 --dry-run"),
     "backup restore": ("imagetool backup restore ./backups web1 --sd data --name web1-restored",
                        "imagetool backup restore ./backups web1 --point 20261207T071016Z "
                        "--sd data --name web1-old"),
-    "repo": ("imagetool repo init ./chunks",
-             "imagetool repo init s3://backups/web --endpoint http://127.0.0.1:7480"),
-    "repo init": ("imagetool repo init ./chunks",
-                  "imagetool repo init ./chunks --encrypt --key-file ~/.imagetool-key",
-                  "imagetool repo init s3://backups/web --endpoint http://127.0.0.1:7480 "
-                  "--profile backup"),
-    "repo add": ("imagetool repo add ./chunks web1 "
-                 "0b1c63fe-3a24-4b36-9d6f-0e6f2ad3a5c1=web1-disk1.qcow2 --ovf web1.ovf",),
-    "repo list": ("imagetool repo list ./chunks",
-                  "imagetool repo list ./chunks web1 --json"),
-    "repo export": ("imagetool repo export ./chunks web1 ./restored",
-                    "imagetool repo export ./chunks web1 ./restored --format raw --point P"),
-    "repo prune": ("imagetool repo prune ./chunks --keep-last 3 --keep-daily 7 --dry-run",
-                   "imagetool repo prune ./chunks web1 --keep-weekly 4 --keep-monthly 12"),
-    "repo gc": ("imagetool repo gc ./chunks --dry-run",
-                "imagetool repo gc ./chunks --json"),
-    "repo verify": ("imagetool repo verify ./chunks",
-                    "imagetool repo verify ./chunks web1 --sample 10 --json"),
+    "backup init": ("imagetool backup init /srv/backups",
+                    "imagetool backup init /srv/backups --encrypt --key-file ~/.imagetool-key",
+                    "imagetool backup init s3://backups/site1 --endpoint http://127.0.0.1:7480 "
+                    "--profile backup"),
+    "backup gc": ("imagetool backup gc /srv/backups --dry-run",
+                  "imagetool backup gc s3://backups/site1 --endpoint http://127.0.0.1:7480 "
+                  "--json"),
+    "backup export": ("imagetool backup export /srv/backups web1 ./web1-restored",
+                      "imagetool backup export /srv/backups web1 ./web1-old --format raw "
+                      "--point 20261207T071016Z"),
+    "backup serve": ("imagetool backup serve /srv/backups web1 --nbd /tmp/web1.sock",
+                     "qemu-img convert nbd+unix:///?socket=/tmp/web1.sock web1-disk1.qcow2 "
+                     "-O qcow2"),
+    "backup migrate": ("imagetool backup migrate ./backups /srv/backups-v2",
+                       "imagetool backup migrate ./backups s3://backups/site1 "
+                       "--endpoint http://127.0.0.1:7480 --key-file ~/.imagetool-key --json"),
     "backup verify": ("imagetool backup verify ./backups",
-                      "imagetool backup verify ./backups --vm web1 --json"),
+                      "imagetool backup verify /srv/backups --vm web1 --sample 10 --json"),
     "disks": ("imagetool disks list",),
     "disks list": ("imagetool disks list", "imagetool disks list --search 'name=web*' --json"),
     "disks show": ("imagetool disks show web1-disk1", "imagetool disks show web1-disk1 --json"),

@@ -8,7 +8,7 @@ import click
 
 from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE,
                                 checksum, validate_block_size)
-from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import progress_bar
 from imagetool.formats import WRITABLE
@@ -135,10 +135,7 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
         with progress_bar(backend.size, "checksum") as update:
             result = checksum(backend, algorithm=algorithm, block_size=block_size,
                               workers=workers, progress=update)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"{result['checksum']}  {file}")
+    emit(as_json, result, f"{result['checksum']}  {file}")
 
 
 def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 
 from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import (EngineOptions, engine_options, naming_lock_holders,
+from imagetool.cli.config import (EngineOptions, engine_options, engine_view, naming_lock_holders,
                                   open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
@@ -50,6 +50,20 @@ def _print_list(as_json: bool, items: Sequence[Any], json_row: Callable[[Any], A
         click.echo(_table(headers, [table_row(x) for x in items]))
 
 
+def _list_command(group: click.Group, doc: str, fetch: Callable[[Any], Sequence[Any]],
+                  json_row: Callable[[Any], Any], headers: Sequence[str],
+                  table_row: Callable[[Any], Sequence[Any]]) -> None:
+    """Add ``GROUP list [--json]``, printing what ``fetch(conn)`` returns
+    as ``_print_list`` does; ``doc`` is its help."""
+    @group.command("list", help=doc)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @engine_options
+    def list_command(as_json: bool, engine: EngineOptions) -> None:
+        with open_connection(engine) as conn:
+            found = fetch(conn)
+        _print_list(as_json, found, json_row, headers, table_row)
+
+
 def _print_one(as_json: bool, d: dict[str, Any]) -> None:
     """A show command's output: JSON, or ``key: value`` lines."""
     if as_json:
@@ -84,10 +98,7 @@ def disks_list(search: str | None, max_: int | None, as_json: bool,
                            _size(d.provisioned_size), _size(d.actual_size)))
 
 
-@disks.command("show")
-@click.argument("disk")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@engine_view(disks, "show", "disk")
 def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one disk (by id or name)."""
     with open_connection(engine) as conn:
@@ -141,10 +152,7 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
         raise ImagetoolError(f"{failed} of {len(results)} disks not removed")
 
 
-@disks.command("layers")
-@click.argument("disk")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@engine_view(disks, "layers", "disk")
 def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """The disk's layers (disk snapshots), base first."""
     from imagetool.snapshots import disk_layers
@@ -272,17 +280,10 @@ def _sd_dict(sd: StorageDomain) -> dict[str, Any]:
             "available": sd.available, "used": sd.used, "committed": sd.committed}
 
 
-@sds.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def sds_list(as_json: bool, engine: EngineOptions) -> None:
-    """List storage domains."""
-    with open_connection(engine) as conn:
-        found = conn.storage_domains.list()
-    _print_list(as_json, found, _sd_dict,
-                ("ID", "NAME", "TYPE", "STATUS", "AVAILABLE", "USED"),
-                lambda sd: (sd.id, sd.name, sd.type, sd.status or sd.external_status,
-                            _size(sd.available), _size(sd.used)))
+_list_command(sds, "List storage domains.", lambda conn: conn.storage_domains.list(),
+              _sd_dict, ("ID", "NAME", "TYPE", "STATUS", "AVAILABLE", "USED"),
+              lambda sd: (sd.id, sd.name, sd.type, sd.status or sd.external_status,
+                          _size(sd.available), _size(sd.used)))
 
 
 # --- transfers -------------------------------------------------------------
@@ -299,23 +300,13 @@ def _transfer_dict(t: ImageTransfer) -> dict[str, Any]:
     return d
 
 
-@transfers.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def transfers_list(as_json: bool, engine: EngineOptions) -> None:
-    """List image transfers."""
-    with open_connection(engine) as conn:
-        found = conn.transfers.list()
-    _print_list(as_json, found, _transfer_dict,
-                ("ID", "DIRECTION", "PHASE", "FORMAT", "DISK", "TRANSFERRED"),
-                lambda t: (t.id, t.direction, t.phase, t.format, t.disk_id,
-                           _size(t.transferred)))
+_list_command(transfers, "List image transfers.", lambda conn: conn.transfers.list(),
+              _transfer_dict, ("ID", "DIRECTION", "PHASE", "FORMAT", "DISK", "TRANSFERRED"),
+              lambda t: (t.id, t.direction, t.phase, t.format, t.disk_id,
+                         _size(t.transferred)))
 
 
-@transfers.command("show")
-@click.argument("transfer_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@engine_view(transfers, "show", "transfer_id", metavar="ID")
 def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one image transfer."""
     with open_connection(engine) as conn:
@@ -323,10 +314,7 @@ def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> No
     _print_one(as_json, _transfer_dict(t))
 
 
-@transfers.command("cancel")
-@click.argument("transfer_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@engine_view(transfers, "cancel", "transfer_id", metavar="ID")
 def transfers_cancel(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
     """Cancel an image transfer (an uploaded disk is removed by the engine)."""
     with open_connection(engine) as conn:

@@ -31,7 +31,6 @@ COMMANDS = {
     "transfers": ("inventory_cmds", "transfers"),
     "vms": ("vm_cmds", "vms"), "snapshots": ("vm_cmds", "snapshots"),
     "url": ("url_cmds", "url"), "backup": ("backup_cmds", "backup"),
-    "repo": ("repo_cmds", "repo"),
     "ova": ("ova_cmds", "ova"), "templates": ("template_cmds", "templates"),
 }
 

@@ -11,12 +11,9 @@ from imagetool.units import count, format_seconds, format_size
 
 
 def _json(r: dict) -> None:
-    """``r`` on stdout, each disk's checksum in the shared object shape and
-    seconds to the millisecond, as the other commands give them."""
-    out = dict(r, disks=[checksum_json(d) for d in r["disks"]])
-    if "seconds" in out:
-        out["seconds"] = round(out["seconds"], 3)
-    emit_json(out)
+    """``ova info``'s ``r`` on stdout, each disk's checksum in the shared
+    object shape, as the other commands give them."""
+    emit_json(dict(r, disks=[checksum_json(d) for d in r["disks"]]))
 
 
 @click.group()
@@ -48,13 +45,13 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
             r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
                            force=force, workers=workers, progress=update)
     if as_json:
-        _json(r)
+        emit_json(r.to_json())
         return
-    for d in r["disks"]:
-        click.echo(f"{d['member']}  disk {d['disk_id']}  {format_size(d['virtual_size'] or 0)}"
-                   f"  {d['algorithm']}:{d['checksum']}")
-    click.echo(f"exported {r['path']}: {count(len(r['disks']), 'disk')}, "
-               f"{format_size(r['bytes'])} in {format_seconds(r['seconds'])}")
+    for d in r.disks:
+        click.echo(f"{d.member}  disk {d.disk_id}  {format_size(d.virtual_size or 0)}"
+                   f"  {d.checksum.algorithm}:{d.checksum.value}")
+    click.echo(f"exported {r.path}: {count(len(r.disks), 'disk')}, "
+               f"{format_size(r.bytes)} in {format_seconds(r.seconds)}")
 
 
 @ova.command("import")
@@ -82,12 +79,11 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                            template=True if template else None, workers=workers,
                            clone=clone, progress=update)
     if as_json:
-        _json(r)
+        emit_json(r.to_json())
         return
-    kind = "template" if "template_id" in r else "vm"
-    click.echo(f"imported {kind} {r['name']} ({r[kind + '_id']}): "
-               f"{count(len(r['disks']), 'disk')}, {format_size(r['bytes'])} in "
-               f"{format_seconds(r['seconds'])}")
+    click.echo(f"imported {r.kind} {r.name} ({r.id}): "
+               f"{count(len(r.disks), 'disk')}, {format_size(r.bytes)} in "
+               f"{format_seconds(r.seconds)}")
 
 
 @ova.command("info")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from imagetool.formats.base import Closing
+from imagetool.backend import Closing
 
 
 def bar_size(stream: Any = None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from imagetool.cli.common import emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
 
 
 @click.group()
@@ -27,10 +27,7 @@ def templates_list(as_json: bool, engine: EngineOptions) -> None:
         click.echo(f"{t['id']}  {t['name']}")
 
 
-@templates.command("show")
-@click.argument("template")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@engine_view(templates, "show", "template")
 def templates_show(template: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one template (by id or name) and its disks."""
     with open_connection(engine) as conn:

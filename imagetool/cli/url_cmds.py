@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_seconds, format_size
@@ -127,10 +127,7 @@ def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
 
     r = url_checksum(url_, algorithm=algorithm, block_size=block_size,
                      cafile=cafile, insecure=insecure)
-    if as_json:
-        emit_json(r)
-    else:
-        click.echo(f"{r['checksum']}  {r['algorithm']} block_size={r['block_size']}")
+    emit(as_json, r, f"{r['checksum']}  {r['algorithm']} block_size={r['block_size']}")
 
 
 @url.command("info")

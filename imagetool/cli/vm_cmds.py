@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.common import SIZE, emit, emit_json
+from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
 from imagetool.cli.inventory_cmds import _print_list, _print_one
 from imagetool.errors import DestinationExists
 from imagetool.units import count
@@ -144,10 +144,7 @@ def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
                 lambda v: (v.id, v.name, v.status, v.description))
 
 
-@vms.command("show")
-@click.argument("vm")
-@JSON
-@engine_options
+@engine_view(vms, "show", "vm")
 def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one VM (by name or id) with its disks and snapshots."""
     from imagetool.vms import get_vm
@@ -212,11 +209,9 @@ def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: 
         v = get_vm(conn, vm)
         export_vm(conn, v, export_domain, discard_snapshots=discard_snapshots,
                   exclusive=exclusive, timeout=timeout)
-    if as_json:
-        emit_json({"id": v.id, "name": v.name, "export_domain": export_domain,
-                   "discard_snapshots": discard_snapshots})
-    else:
-        click.echo(f"exported VM {v.name} ({v.id}) to {export_domain}")
+    emit(as_json, {"id": v.id, "name": v.name, "export_domain": export_domain,
+                   "discard_snapshots": discard_snapshots},
+         f"exported VM {v.name} ({v.id}) to {export_domain}")
 
 
 @vms.command("import")
@@ -241,10 +236,7 @@ def vms_import(name: str, export_domain: str, storage_domain: str, cluster: str 
     with open_connection(engine) as conn:
         v = import_vm(conn, name, export_domain, storage_domain, cluster=cluster,
                       clone=clone, new_name=new_name, timeout=timeout)
-    if as_json:
-        emit_json(_vm_dict(v))
-    else:
-        click.echo(f"imported VM {v.name} ({v.id})")
+    emit(as_json, _vm_dict(v), f"imported VM {v.name} ({v.id})")
 
 
 # --- snapshots -----------------------------------------------------------------
@@ -254,10 +246,7 @@ def snapshots() -> None:
     """VM snapshots: list, create, remove, restore, preview/commit/undo."""
 
 
-@snapshots.command("list")
-@click.argument("vm")
-@JSON
-@engine_options
+@engine_view(snapshots, "list", "vm")
 def snapshots_list(vm: str, as_json: bool, engine: EngineOptions) -> None:
     """List a VM's snapshots (the active one included)."""
     from imagetool.snapshots import list_snapshots

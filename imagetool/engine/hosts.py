@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from imagetool.engine.entities import Host
+from imagetool.engine.services import pick
 from imagetool.errors import EngineError, NotFound
-from imagetool.ids import is_uuid
 
 VDSM_ID_PATH = "/etc/vdsm/vdsm.id"
 
@@ -60,17 +60,9 @@ def up_hosts(conn: Any, sd_id: str | None) -> list[Host]:
 
 def find_host(conn: Any, name_or_id: str) -> Host:
     """A host by id or exact name (NotFound names it)."""
-    hosts = conn.hosts.list()
-    if is_uuid(name_or_id):
-        for h in hosts:
-            if h.id == name_or_id.lower():
-                return h
-    exact = [h for h in hosts if h.name == name_or_id]
-    if not exact:
-        raise NotFound(f"no host with id or name {name_or_id!r}", status=404)
-    if len(exact) > 1:
-        raise EngineError(f"{len(exact)} hosts are named {name_or_id!r}: use the id")
-    return exact[0]
+    return pick(conn.hosts.list(), name_or_id, lambda h: h.name,
+                missing=f"no host with id or name {name_or_id!r}",
+                several=lambda them: f"{len(them)} hosts are named {name_or_id!r}: use the id")
 
 
 def choose_host(conn: Any, sd_id: str | None, host: str | None = None, *,

@@ -12,7 +12,7 @@ entities. Faults raise the exceptions of ``imagetool.errors``.
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 from imagetool.engine import codec
 from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
@@ -22,6 +22,25 @@ from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
 
 E = TypeVar("E", bound=Entity)
+
+
+def pick(items: Iterable[E], wanted: str, name_of: Callable[[E], str | None], *,
+         missing: str, several: Callable[[list[E]], str]) -> E:
+    """The item whose id is ``wanted`` (tried first when it looks like a
+    UUID), else the one whose ``name_of`` is exactly ``wanted``. None:
+    NotFound(``missing``); several: EngineError(``several(them)``), which
+    should ask for the id."""
+    items = list(items)
+    if is_uuid(wanted):
+        for item in items:
+            if item.id == wanted.lower():
+                return item
+    exact = [item for item in items if name_of(item) == wanted]
+    if not exact:
+        raise NotFound(missing, status=404)
+    if len(exact) > 1:
+        raise EngineError(several(exact))
+    return exact[0]
 
 # Disk format names people use -> the engine's enum.
 _DISK_FORMATS = {"raw": "raw", "cow": "cow", "qcow2": "cow", "qcow": "cow"}

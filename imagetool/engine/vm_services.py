@@ -16,6 +16,14 @@ from imagetool.engine.services import E, _Service
 from imagetool.ids import is_uuid, ref
 
 
+def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
+    """The body of a VM or template made from an OVA's OVF: the API model's
+    Initialization ``configuration`` of type ``ova``, which the engine reads
+    for everything but the name and the cluster."""
+    return {"name": name, "cluster": ref(cluster),
+            "initialization": {"configuration": {"type": "ova", "data": ovf}}}
+
+
 class VmsService(_Service):
     """``/vms`` and the disks attached to a VM."""
 
@@ -47,6 +55,11 @@ class VmsService(_Service):
         if ovf is not None:
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
         return self._add(Vm, "vms", body)
+
+    def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Vm:
+        """Create the VM an OVA's OVF describes (its disks already uploaded
+        under the ids the OVF names)."""
+        return self._add(Vm, "vms", _from_ova(name, cluster, ovf))
 
     def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
         """Delete a VM and its disks (``detach_only``: keep the disks)."""
@@ -107,6 +120,10 @@ class TemplatesService(_Service):
     def find(self, name_or_id: str | Template) -> Template:
         """A template by id or exact name."""
         return self._find(Template, "template", "templates", name_or_id)
+
+    def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Template:
+        """Create the template an OVA's OVF describes, as ``VmsService.add_from_ova``."""
+        return self._add(Template, "templates", _from_ova(name, cluster, ovf))
 
     def remove(self, template_id: str) -> None:
         """Delete a template and its disks."""

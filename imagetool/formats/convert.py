@@ -32,7 +32,7 @@ from typing import Callable
 from imagetool import formats
 from imagetool.copier import CopyOptions, CopyStats, copy_local
 from imagetool.errors import DestinationExists, FormatError
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir

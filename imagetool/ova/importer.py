@@ -23,19 +23,20 @@ import time
 from contextlib import suppress
 from typing import Any, Callable
 
-from imagetool.engine import codec
-from imagetool.engine.entities import Vm
 from imagetool import xmlsafe
+from imagetool.checksum import GuestChecksum
 from imagetool.errors import Conflict, ImagetoolError, NotFound
 from imagetool.formats.measure import measure
-from imagetool.ids import is_uuid, ref
+from imagetool.ids import is_uuid
 from imagetool.ova.ovf import build_ovirt_ovf
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
+from imagetool.ova.results import ImportedDisk, OvaImported
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.threads import shielded
-from imagetool.transfer.disk import DiskOptions, add_disk, remove_disk_when_unlocked, send
+from imagetool.transfer.disk import (DiskOptions, Sent, add_disk, remove_disk_when_unlocked,
+                                    send)
 
 Progress = Callable[[int], None]
 
@@ -78,7 +79,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                template: bool | None = None, workers: int = 4,
                buffer_size: int = DEFAULT_REQUEST_SIZE, inactivity_timeout: int = 60,
                use_proxy: bool = False, progress: Progress | None = None,
-               clone: bool = False) -> dict:
+               clone: bool = False) -> OvaImported:
     """Import the OVA at ``path``; see the module docstring.
 
     ``template`` True adds a template, None follows the OVA (a
@@ -86,9 +87,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     OVA keeps its disk ids unless ``clone``: then the disks get new ids and
     the OVF sent to the engine names them and a new VM id (as ``vms import
     --clone`` does), so an OVA exported from the same engine can come back
-    beside the VM it was made from (give a ``name`` then). Returns
-    ``{"vm_id"|"template_id", "name", "disks": [{"disk_id", "member",
-    "checksum", "algorithm"}], "bytes", "seconds"}``.
+    beside the VM it was made from (give a ``name`` then).
     """
     start = time.monotonic()
     ova = open_ova(path)
@@ -107,28 +106,31 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     entity_id = None
     adding = None
     try:
-        report = []
-        moved = 0
+        result = OvaImported(kind=kind, name=name)
+        report = result.disks
         for d in ova.disks:
             disk_id = d.ovf.disk_id if keep_ids and is_uuid(d.ovf.disk_id) else None
-            res = _import_disk(conn, ova, d, storage_domain, disk_id, created,
-                               workers=workers, buffer_size=buffer_size,
-                               inactivity_timeout=inactivity_timeout,
-                               use_proxy=use_proxy, progress=progress)
-            moved += res.pop("bytes")
-            report.append(res)
+            disk, sent = _import_disk(conn, ova, d, storage_domain, disk_id, created,
+                                      workers=workers, buffer_size=buffer_size,
+                                      inactivity_timeout=inactivity_timeout,
+                                      use_proxy=use_proxy, progress=progress)
+            v = sent.verification
+            report.append(ImportedDisk(disk_id=disk.id, member=d.member.name,
+                                       checksum=GuestChecksum(v.value, v.algorithm,
+                                                              v.block_size)))
+            result.bytes += sent.stats.bytes_total
         ovf_text = _configuration(conn, ova, report, name, as_template, settings,
                                   clone)
-        _check_own_disks(ovf_text, [r["disk_id"] for r in report], ova.path)
+        _check_own_disks(ovf_text, [r.disk_id for r in report], ova.path)
         adding = name
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
         _check_attached(conn, kind, entity_id, created, ova.path)
     except BaseException:
         shielded(lambda: _cleanup(conn, kind, entity_id, created, adding))
         raise
-    out: dict[str, Any] = {f"{kind}_id": entity_id, "name": name, "disks": report,
-                           "bytes": moved, "seconds": time.monotonic() - start}
-    return out
+    result.id = entity_id
+    result.seconds = time.monotonic() - start
+    return result
 
 
 def _already_there(path: str, disk_id: str) -> ImagetoolError:
@@ -187,7 +189,7 @@ def _check_attached(conn: Any, kind: str, entity_id: str, created: list[str],
                              "removed again, those disks are left as they were")
 
 
-def _cloned_text(ova: Ova, report: list[dict], conn: Any) -> str:
+def _cloned_text(ova: Ova, report: list[ImportedDisk], conn: Any) -> str:
     """The OVA's oVirt OVF with its VM id and disk and image ids replaced by
     new ones (the disks' as the engine created them). Ids are UUIDs, so a
     case-insensitive replacement of each one is exact."""
@@ -195,7 +197,7 @@ def _cloned_text(ova: Ova, report: list[dict], conn: Any) -> str:
     if ova.ovf.vm_id and is_uuid(ova.ovf.vm_id):
         mapping[ova.ovf.vm_id.lower()] = _new_uuid()
     for d, r in zip(ova.disks, report):
-        disk = conn.disks.get(r["disk_id"])
+        disk = conn.disks.get(r.disk_id)
         for old, new in ((d.ovf.disk_id, disk.id), (d.ovf.file_id, disk.image_id),
                          (d.ovf.href, disk.image_id)):
             if old and new and is_uuid(old):
@@ -206,7 +208,7 @@ def _cloned_text(ova: Ova, report: list[dict], conn: Any) -> str:
     return pattern.sub(lambda m: mapping[m.group(0).lower()], ova.ovf.text)
 
 
-def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
+def _configuration(conn: Any, ova: Ova, report: list[ImportedDisk], name: str,
                    template: bool, settings: OvfVm, clone: bool = False) -> str:
     """The OVF sent to the engine: the OVA's own if oVirt's (with new ids
     when cloning), else rewritten with the VM settings read from it
@@ -215,7 +217,7 @@ def _configuration(conn: Any, ova: Ova, report: list[dict], name: str,
         return _cloned_text(ova, report, conn) if clone else ova.ovf.text
     disks = []
     for i, (d, r) in enumerate(zip(ova.disks, report)):
-        disk = conn.disks.get(r["disk_id"])
+        disk = conn.disks.get(r.disk_id)
         disks.append({"disk_id": disk.id, "image_id": disk.image_id or disk.id,
                       "member_size": d.member.size, "virtual_size": d.virtual_size,
                       "alias": disk.name, "boot": i == 0, "sparse": True})
@@ -230,11 +232,8 @@ def _new_uuid() -> str:
 
 
 def _add_entity(conn: Any, kind: str, name: str, cluster: str, ovf_text: str) -> str:
-    body = {"name": name,
-            "cluster": ref(cluster),
-            "initialization": {"configuration": {"type": "ova", "data": ovf_text}}}
-    tree = conn.post_tree(f"{kind}s", codec.to_xml(kind, body))
-    entity = codec.entity_from_tree(Vm, tree)
+    service = conn.templates if kind == "template" else conn.vms
+    entity = service.add_from_ova(name=name, cluster=cluster, ovf=ovf_text)
     if not entity.id:
         raise ImagetoolError(f"the engine did not return the new {kind}'s id")
     return entity.id
@@ -243,7 +242,8 @@ def _add_entity(conn: Any, kind: str, name: str, cluster: str, ovf_text: str) ->
 def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
                  disk_id: str | None, created: list[str], *, workers: int,
                  buffer_size: int, inactivity_timeout: int, use_proxy: bool,
-                 progress: Progress | None) -> dict:
+                 progress: Progress | None) -> tuple[Any, Sent]:
+    """Add one disk for member ``d`` and send its guest data: (the disk, what was sent)."""
     fmt = "raw" if d.format == "raw" else "cow"
     sparse = (d.ovf.volume_type or "Sparse") != "Preallocated"
     src = open_disk(ova, d)
@@ -265,6 +265,4 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
             dst_is_zero=sparse, what=f"member {d.member.name}"), progress=progress)
     finally:
         src.close()
-    v = sent.verification
-    return {"disk_id": disk.id, "member": d.member.name, "checksum": v.value,
-            "algorithm": v.algorithm, "bytes": sent.stats.bytes_total}
+    return disk, sent

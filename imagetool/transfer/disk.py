@@ -19,7 +19,7 @@ from imagetool.backends import FlushingBackend, JournalingBackend, SharedBackend
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked
 from imagetool.copier import CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.errors import ChecksumMismatch
-from imagetool.formats.base import Backend, Extent
+from imagetool.backend import Backend, Extent
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.journal import flush_bytes_for
 from imagetool.transfer.options import DiskOptions

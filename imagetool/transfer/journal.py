@@ -24,8 +24,8 @@ from typing import Any, Iterable
 
 from imagetool.backends import FLUSH_BYTES
 from imagetool.errors import ImagetoolError
-# merge: adds a done range (formats.base.add_range).
-from imagetool.formats.base import add_range as merge
+# merge: adds a done range (backend.add_range).
+from imagetool.backend import add_range as merge
 from imagetool.fsutil import write_atomic
 
 VERSION = 1

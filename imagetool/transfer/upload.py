@@ -19,7 +19,7 @@ from typing import Any, Callable
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
 from imagetool.formats import FORMATS, ImageInfo, inspect, open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend
@@ -100,7 +100,8 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
         if disk_format not in (None, "raw"):
             raise ImagetoolError(f"{path}: an ISO image is uploaded as a raw disk")
         disk_format = "raw"
-    default = "qcow2" if info.format == "vmdk" else info.format
+    # A format the engine cannot store as it is (vmdk) becomes qcow2.
+    default = info.format if FORMATS[info.format].writable else "qcow2"
     fmt = _DISK_FORMATS.get((disk_format or default).lower())
     if fmt is None:
         raise ImagetoolError(f"unknown disk format {disk_format!r} (raw or qcow2)")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
 from imagetool.formats import WRITABLE, open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
@@ -134,7 +134,7 @@ def _can_verify(backend: Backend, verify: bool):
 
     if not verify:
         return verifying.skipped("not asked (--no-verify)")
-    if "checksum" not in getattr(backend, "features", ()):
+    if "checksum" not in backend.features:
         return verifying.skipped("the server does not offer checksum")
     return None
 

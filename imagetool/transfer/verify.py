@@ -52,7 +52,7 @@ from imagetool.backends import Cancellable, PerThread, Window
 from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
@@ -102,7 +102,7 @@ def skipped(reason: str) -> Verification:
 
 # --- the two sides ---------------------------------------------------------
 
-def _fresh_client(backend: Any, read_timeout: float) -> Any:
+def _fresh_client(backend: HttpBackend, read_timeout: float) -> Any:
     """A new client of ``backend``'s URL: own connection, nothing cached."""
     c = backend.client
     return ImageioClient(c.url, cafile=c.cafile, insecure=c.insecure,
@@ -110,7 +110,7 @@ def _fresh_client(backend: Any, read_timeout: float) -> Any:
                          connect_timeout=c.connect_timeout, read_timeout=read_timeout)
 
 
-def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
+def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
                     block_size: int = DEFAULT_BLOCK_SIZE, size: int | None = None,
                     workers: int | None = None) -> tuple[dict, str]:
     """The block checksum of an imageio ticket: ``(result, method)``.
@@ -120,7 +120,7 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
     asks for a prefix of the image, its data is read back and hashed here.
     ``method`` is ``server-checksum`` or ``read-back``.
     """
-    if size is None and "checksum" in getattr(backend, "features", ()):
+    if size is None and "checksum" in backend.features:
         timeout = backend.client.read_timeout + backend.size / _MIN_SERVER_RATE
         with _fresh_client(backend, timeout) as client:
             return client.checksum(algorithm=algorithm, block_size=block_size), \
@@ -143,10 +143,10 @@ def remote_checksum(backend: Any, *, algorithm: str = DEFAULT_ALGORITHM,
 # verification").
 PARALLEL_UPLOAD_HASH = True
 
-def pick_algorithm(backend: Any) -> str:
+def pick_algorithm(backend: HttpBackend) -> str:
     """The algorithm to verify ``backend``'s ticket with (see module docstring)."""
     want = fastest_algorithm()
-    if want == DEFAULT_ALGORITHM or "checksum" not in getattr(backend, "features", ()):
+    if want == DEFAULT_ALGORITHM or "checksum" not in backend.features:
         return want     # read back: both sides are hashed here
     client = _fresh_client(backend, backend.client.read_timeout)
     try:
@@ -240,7 +240,7 @@ def announce_upload_checksum(dst: Any, algorithm: str,
     everything back). True when the server accepted.
     """
     client = getattr(dst, "client", None)
-    if client is None or "checksum" not in getattr(dst, "features", ()):
+    if client is None or "checksum" not in dst.features:
         return False
     try:
         if CHECKSUM_AHEAD not in getattr(client.options(), "extensions", ()):

@@ -35,7 +35,7 @@ def snapshot_states(conn, disk_ids, algorithm):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_points_restore_to_the_disks_as_they_were(conn, cli, env, tmp_path, method):
+def test_points_restore_to_the_disks_as_they_were(conn, cli, engine_env, tmp_path, method):
     vm, (d0, d1) = make_vm(conn, [("cow", 24 * MiB), ("raw", 8 * MiB)])
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(6 * MiB, 1)), (16 * MiB, rand(4 * MiB, 2))])
@@ -107,13 +107,13 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, env, tmp_path, meth
     assert code == 0, err
     for r, sums in made[1:]:
         got = backup.restore_vm(conn, repo, vm.id, point=r["point"], storage_domain="data")
-        assert sorted(d["checksum"] for d in got["disks"]) == sorted(sums.values())
-        conn.vms.remove(got["vm_id"])
+        assert sorted(d.checksum.value for d in got.disks) == sorted(sums.values())
+        conn.vms.remove(got.vm_id)
     conn.vms.remove(vm.id)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_verify_names_a_flipped_byte_in_any_file(conn, cli, env, tmp_path, method):
+def test_verify_names_a_flipped_byte_in_any_file(conn, cli, engine_env, tmp_path, method):
     vm, (d0,) = make_vm(conn)
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(2 * MiB, 7))])
@@ -141,7 +141,7 @@ def test_verify_names_a_flipped_byte_in_any_file(conn, cli, env, tmp_path, metho
     conn.vms.remove(vm.id)
 
 
-def test_full_when_the_base_snapshot_is_gone(conn, cli, env, tmp_path):
+def test_full_when_the_base_snapshot_is_gone(conn, cli, engine_env, tmp_path):
     vm, (d0,) = make_vm(conn)
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(MiB, 9))])
@@ -188,7 +188,7 @@ def test_interrupted_backup_leaves_no_point_and_nothing_locked(conn, tmp_path, m
     conn.vms.remove(vm.id)
 
 
-def test_full_when_the_base_checkpoint_is_gone(conn, cli, env, tmp_path):
+def test_full_when_the_base_checkpoint_is_gone(conn, cli, engine_env, tmp_path):
     vm, (d0,) = make_vm(conn)
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(MiB, 15))])
@@ -220,7 +220,7 @@ def test_backup_reads_the_disk_as_it_was_at_the_start(conn, tmp_path):
     conn.vms.remove(vm.id)
 
 
-def test_list_shows_points_size_and_data(conn, cli, env, tmp_path):
+def test_list_shows_points_size_and_data(conn, cli, engine_env, tmp_path):
     vm, (d0,) = make_vm(conn)
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(3 * MiB, 12))])

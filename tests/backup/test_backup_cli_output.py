@@ -16,7 +16,7 @@ POINT = r"\d{8}T\d{6}Z(?:-\d+)?"
 SECONDS = r"\d+\.\d s"
 
 
-def test_text_lines_count_in_the_right_number(conn, cli, env, tmp_path):
+def test_text_lines_count_in_the_right_number(conn, cli, engine_env, tmp_path):
     vm, (d0,) = make_vm(conn, [("cow", 4 * MiB)])
     guest_io(conn, d0, writes=[(0, rand(MiB, 1))])
     repo = str(tmp_path / "repo")
@@ -54,7 +54,7 @@ def test_text_lines_count_in_the_right_number(conn, cli, env, tmp_path):
     conn.vms.remove(vm.id)
 
 
-def test_json_checksums_are_upload_s_object(conn, cli, env, tmp_path):
+def test_json_checksums_are_upload_s_object(conn, cli, engine_env, tmp_path):
     vm, (d0, d1) = make_vm(conn, [("cow", 4 * MiB), ("raw", 4 * MiB)])
     guest_io(conn, d0, writes=[(0, rand(MiB, 2))])
     repo = str(tmp_path / "repo")
@@ -79,7 +79,7 @@ def test_json_checksums_are_upload_s_object(conn, cli, env, tmp_path):
     conn.vms.remove(vm.id)
 
 
-def test_the_directory_comes_first_and_the_old_order_warns(conn, cli, env, tmp_path,
+def test_the_directory_comes_first_and_the_old_order_warns(conn, cli, engine_env, tmp_path,
                                                            monkeypatch):
     vm, (d0,) = make_vm(conn, [("cow", 4 * MiB)])
     monkeypatch.chdir(tmp_path)

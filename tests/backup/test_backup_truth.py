@@ -58,7 +58,7 @@ def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
     conn.vms.remove(vm.id)
 
 
-def test_each_disk_says_its_mode_and_why(conn, cli, env, tmp_path):
+def test_each_disk_says_its_mode_and_why(conn, cli, engine_env, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, cow, writes=[(0, rand(MiB, 5))])
     repo = str(tmp_path / "repo")
@@ -162,12 +162,12 @@ def test_restored_disks_are_named_after_the_new_vm(conn, tmp_path):
     repo = str(tmp_path / "repo")
     backup.backup_vm(conn, vm.id, repo, method="snapshot")
     got = backup.restore_vm(conn, repo, vm.id, storage_domain="data", name=f"{vm.name}-copy")
-    names = sorted(conn.disks.get(d["disk_id"]).name for d in got["disks"])
+    names = sorted(conn.disks.get(d.disk_id).name for d in got.disks)
     assert names == [f"{vm.name}-copy-d0", f"{vm.name}-copy-d1"]
-    assert sorted(d["name"] for d in got["disks"]) == names
+    assert sorted(d.name for d in got.disks) == names
     # The originals keep theirs: each name is one disk.
     assert sorted(conn.disks.get(d).name for d in disks) == [f"{vm.name}-d0", f"{vm.name}-d1"]
-    conn.vms.remove(got["vm_id"])
+    conn.vms.remove(got.vm_id)
     conn.vms.remove(vm.id)
 
 

@@ -4,7 +4,8 @@ The daemon serves a qemu-nbd export with a persistent dirty bitmap
 (``qemu-nbd --bitmap``, meta context ``qemu:dirty-bitmap:NAME``) through a
 ticket with ``dirty: true``, as oVirt hosts do during an incremental VM
 backup (ovirt-imageio documentation, "Incremental backup"). The backup's
-own data-plane step (``backup.fetch.write_layer``) writes the layer over
+own data-plane copy (``backup_helpers.write_layer``: the dirty extents
+into ``transfer.urls.write_file``, as ``backup.fetch`` does) writes the layer over
 the full point; the reference client (``ovirt_imageio.client.download``
 with ``incremental=True``) makes its own. Both chains must read as the
 image does now, and ours must hold only what the bitmap marked.
@@ -18,9 +19,9 @@ import shutil
 
 import pytest
 
+from backup_helpers import write_layer
 from helpers import MiB, make_raw, qemu_img, qemu_io
 from imageio_daemon import QemuNbd
-from imagetool.backup.fetch import write_layer
 from imagetool.checksum import checksum
 from imagetool.formats import open_image
 from imagetool.transfer.urls import open_url

@@ -65,7 +65,7 @@ def test_every_kept_point_restores_after_prune(tmp_path_factory, steps, keeps, s
             del made[gone]
         assert sorted(os.listdir(os.path.join(repo, VM))) == sorted(list(made) + [".lock"])
         report = backup.verify(repo)
-        assert report["ok"] and report["points"] == len(made), report["errors"]
+        assert report.ok and report.points == len(made), report.errors
         for point, disks in made.items():
             for disk_id, data in disks.items():
                 assert point_bytes(repo, VM, point, disk_id) == data, (point, disk_id)
@@ -107,7 +107,7 @@ def test_a_failed_merge_leaves_no_merging_file(tmp_path, monkeypatch):
     point_dir = os.path.join(repo, VM, last)
     assert not [f for f in os.listdir(point_dir) if f.endswith(".merging")]
     monkeypatch.undo()
-    assert backup.verify(repo)["points"] == 2
+    assert backup.verify(repo).points == 2
     assert point_bytes(repo, VM, last, DISKS[0]) == b
 
 
@@ -143,6 +143,6 @@ def test_the_next_prune_finishes_a_merge_a_kill_interrupted(tmp_path, monkeypatc
     [r] = backup.prune(repo, 2)
     assert r["kept"] == [mid, last]
     assert not [f for f in os.listdir(mid_dir) if f.endswith(".merging")]
-    assert backup.verify(repo)["points"] == 2
+    assert backup.verify(repo).points == 2
     assert point_bytes(repo, VM, mid, DISKS[0]) == b
     assert point_bytes(repo, VM, last, DISKS[0]) == c

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from helpers import ROOT, cli_env, run_cli, serve_process
+from helpers import HARNESS, cli_env, run_cli, serve_process
 
-HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
 
 pytestmark = pytest.mark.slow
 

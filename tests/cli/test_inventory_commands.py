@@ -14,20 +14,7 @@ from imagetool.cli.main import main
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path):
-    """No engine settings from the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith("IMAGETOOL_"):
-            monkeypatch.delenv(name)
-    xdg = tmp_path / "xdg"
-    xdg.mkdir()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
-    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture
-def fake(env, monkeypatch):
+def fake(clean_env, monkeypatch):
     """A fake engine over HTTP, configured through the environment."""
     engine = FakeEngine()
     with FakeEngineServer(engine) as server:
@@ -171,7 +158,7 @@ def test_wrong_password_exit_3(fake, capsys, monkeypatch):
     assert "login failed" in err and "wrong-pw-123" not in err
 
 
-def test_connection_refused_exit_3(env, capsys):
+def test_connection_refused_exit_3(clean_env, capsys):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +167,7 @@ def test_connection_refused_exit_3(env, capsys):
                        "--username", USERNAME)
     # No password and not a terminal: a usage error before connecting.
     assert code == 2 and "no engine password" in err
-    pw = env / "pw"
+    pw = clean_env / "pw"
     pw.write_text(PASSWORD)
     code, _, err = run(capsys, "sds", "list", "--engine-url", f"http://127.0.0.1:{port}",
                        "--username", USERNAME, "--password-file", str(pw))
@@ -188,11 +175,11 @@ def test_connection_refused_exit_3(env, capsys):
 
 
 @pytest.mark.slow
-def test_config_section_and_missing_section(env, capsys):
+def test_config_section_and_missing_section(clean_env, capsys):
     engine = FakeEngine()
     engine.add_disk("from-config")
     with FakeEngineServer(engine) as server:
-        (env / "xdg" / "imagetool.conf").write_text(
+        (clean_env / "xdg" / "imagetool.conf").write_text(
             f"[fake]\nengine_url = {server.url}\nusername = {USERNAME}\npassword = {PASSWORD}\n")
         code, out, _ = run(capsys, "disks", "list", "--json", "-c", "fake")
         assert code == 0 and [d["name"] for d in json.loads(out)] == ["from-config"]
@@ -220,9 +207,9 @@ local = pytest.importorskip("imagetool.server.local")
 
 
 @pytest.mark.slow
-def test_remote_local_engine_tls_cafile_and_hint(env, capsys, monkeypatch):
-    with local.LocalEngine(str(env / "remote")) as eng:
-        pw = env / "pw"
+def test_remote_local_engine_tls_cafile_and_hint(clean_env, capsys, monkeypatch):
+    with local.LocalEngine(str(clean_env / "remote")) as eng:
+        pw = clean_env / "pw"
         pw.write_text(eng.password + "\n")
         base = ["sds", "list", "--json", "--engine-url", eng.url, "--username", eng.username,
                 "--password-file", str(pw)]
@@ -240,19 +227,19 @@ def test_remote_local_engine_tls_cafile_and_hint(env, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_no_engine_configured_uses_in_process_local_engine(env, capsys):
+def test_no_engine_configured_uses_in_process_local_engine(clean_env, capsys):
     code, out, err = run(capsys, "sds", "list", "--json")
     assert code == 0, err
     assert "data" in [sd["name"] for sd in json.loads(out)]
     code, out, err = run(capsys, "disks", "list", "--json")
     assert code == 0 and json.loads(out) == []
-    assert (env / "home").is_dir()  # the default data dir came from IMAGETOOL_HOME
-    assert not (env / "home" / "serve.json").exists()
+    assert (clean_env / "home").is_dir()  # the default data dir came from IMAGETOOL_HOME
+    assert not (clean_env / "home" / "serve.json").exists()
 
 
-def test_running_serve_is_used(env, capsys, monkeypatch):
+def test_running_serve_is_used(clean_env, capsys, monkeypatch):
     from imagetool.engine import Connection, wait_for_disk
-    with local.LocalEngine(str(env / "home")) as eng:
+    with local.LocalEngine(str(clean_env / "home")) as eng:
         local.write_lock_file(eng.server)
         try:
             with Connection(eng.url, username=eng.username, password=eng.password,

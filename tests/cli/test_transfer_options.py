@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from fault_proxy import FaultProxy, ProxyTls
-from helpers import MiB, images_equal, make_raw, qemu_img
+from helpers import MiB, engine_cli_env, images_equal, make_raw, qemu_img, use_cli_env
 from imagetool.engine import Connection
 from imagetool.server.local import LocalEngine
 from imagetool.server.rest import imagetransfers
@@ -106,13 +106,7 @@ def env_module(tmp_path_factory) -> Iterator[Env]:
 def env(env_module: Env, monkeypatch, tmp_path) -> Env:
     e = env_module
     e.reset()
-    for name in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(name, raising=False)
-    for k, v in {"IMAGETOOL_ENGINE_URL": e.engine.url,
-                 "IMAGETOOL_USERNAME": LocalEngine.username,
-                 "IMAGETOOL_PASSWORD": PASSWORD, "IMAGETOOL_CAFILE": e.engine.cafile,
-                 "IMAGETOOL_HOME": str(tmp_path / "client-home")}.items():
-        monkeypatch.setenv(k, v)
+    use_cli_env(monkeypatch, engine_cli_env(e.engine, PASSWORD, tmp_path / "client-home"))
     return e
 
 

@@ -26,19 +26,6 @@ pytestmark = pytest.mark.slow
 SIZE = 1 * MiB
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path):
-    """No engine settings from the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith("IMAGETOOL_"):
-            monkeypatch.delenv(name)
-    xdg = tmp_path / "xdg"
-    xdg.mkdir()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
-    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 def run(capsys, *args: str) -> tuple[int, str, str]:
     try:
         main(list(args))
@@ -72,12 +59,12 @@ def _seed(eng, tmp_path) -> None:
 
 
 @pytest.fixture(params=["in-process", "tls"])
-def cli(request, env, capsys):
+def cli(request, clean_env, capsys):
     """(run, engine connection factory) for one way of reaching the engine."""
-    home = env / "home"
+    home = clean_env / "home"
     if request.param == "in-process":
         with LocalEngine(str(home)) as eng:
-            _seed(eng, env)
+            _seed(eng, clean_env)
         args: list[str] = []
 
         def connect():
@@ -85,9 +72,9 @@ def cli(request, env, capsys):
             return open_connection(EngineOptions())
         yield (lambda *a: run(capsys, *a, *args)), connect
         return
-    with LocalEngine(str(env / "remote")) as eng:
-        _seed(eng, env)
-        pw = env / "pw"
+    with LocalEngine(str(clean_env / "remote")) as eng:
+        _seed(eng, clean_env)
+        pw = clean_env / "pw"
         pw.write_text(eng.password + "\n")
         args = ["--engine-url", eng.url, "--username", eng.username,
                 "--password-file", str(pw), "--cafile", eng.cafile]
@@ -396,9 +383,9 @@ def test_export_and_import(cli, tmp_path):
     assert json.loads(out)["name"] == "web2"
 
 
-def test_subprocess_exit_code_and_json(env, tmp_path):
-    with LocalEngine(str(env / "home")) as eng:
-        _seed(eng, env)
+def test_subprocess_exit_code_and_json(clean_env, tmp_path):
+    with LocalEngine(str(clean_env / "home")) as eng:
+        _seed(eng, clean_env)
     cmd = [sys.executable, "-m", "imagetool", "snapshots", "list", "web", "--json"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     assert res.returncode == 0, res.stderr

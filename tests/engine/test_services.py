@@ -355,6 +355,23 @@ def test_vm_and_snapshot_requests():
     assert ET.fromstring(by_call[("POST", "vms/v1/snapshots/s1/restore")][1]).tag == "action"
 
 
+@pytest.mark.parametrize("kind", ["vm", "template"])
+def test_add_from_ova_posts_an_ova_configuration(kind):
+    canned = Canned({("POST", f"{kind}s"): f'<{kind} id="n1"><name>web</name></{kind}>'.encode()})
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        service = conn.templates if kind == "template" else conn.vms
+        made = service.add_from_ova(name="web", cluster="Default", ovf="<Envelope/>")
+    assert made.id == "n1" and made.name == "web"
+    by_call = {(m, p.removeprefix("/ovirt-engine/api/")): b for m, p, _, b in canned.seen}
+    sent = ET.fromstring(by_call[("POST", f"{kind}s")])
+    assert sent.tag == kind
+    assert sent.findtext("name") == "web" and sent.findtext("cluster/name") == "Default"
+    assert sent.findtext("initialization/configuration/type") == "ova"
+    assert sent.findtext("initialization/configuration/data") == "<Envelope/>"
+    assert sent.find("template") is None
+
+
 def test_backup_and_checkpoint_requests():
     canned = Canned({
         ("POST", "vms/v1/backups"): (b'<backup id="b1"><phase>initializing</phase>'

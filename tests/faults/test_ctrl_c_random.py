@@ -30,10 +30,9 @@ import time
 
 import pytest
 
-from helpers import ROOT, cli_env, run_cli, serve_process
+from helpers import HARNESS, cli_env, run_cli, serve_process
 from imagetool.phases import BACKUP_ENDED, ENDED
 
-HARNESS = os.path.join(ROOT, "tests", "resume_harness.py")
 RUNS = 50
 
 # Opt-in until issue 20's last known hang is fixed: an ova import whose

@@ -1,4 +1,4 @@
-"""tests/fault_proxy.py against real upstream servers: a small threaded HTTP
+"""tests/support/fault_proxy.py against real upstream servers: a small threaded HTTP
 server in this module (GET with Range, PUT with Content-Range into a
 bytearray) and the REAL ovirt-imageio daemon."""
 

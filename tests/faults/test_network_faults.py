@@ -265,5 +265,5 @@ def test_restore_retries_a_put_cut_once(faulty_engine, tmp_path, image):
     fe.proxy.clear_rules()
     out = str(tmp_path / "restored.raw")
     with fe.connect() as conn:
-        download_disk(conn, got["disks"][0]["disk_id"], out)
+        download_disk(conn, got.disks[0].disk_id, out)
     assert same_image(image, out)

@@ -1,7 +1,7 @@
 """kill -9 of the client, engine restart, changed source: then --resume.
 
 A real ``imagetool serve`` process (fixed ports so it can be restarted) and
-the CLI run as subprocesses through tests/resume_harness.py, which slows
+the CLI run as subprocesses through tests/support/resume_harness.py, which slows
 each data-plane request a little and counts the bytes sent, so a kill lands
 mid-way and the bytes re-sent by the resume can be measured.
 """
@@ -19,13 +19,11 @@ import time
 
 import pytest
 
-from helpers import MiB
+from helpers import HARNESS, ROOT, MiB
 
 pytestmark = pytest.mark.slow
 
 SIZE = 48 * MiB
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HARNESS = os.path.join(TESTS, "resume_harness.py")
 PASSWORD = "resume-secret"
 
 
@@ -107,7 +105,7 @@ def _env(home: str, stats: str, delay: float) -> dict:
     env.update(IMAGETOOL_HOME=os.path.join(home, "client-home"),
                XDG_CONFIG_HOME=os.path.join(home, "config"),
                RESUME_TEST_STATS=stats, RESUME_TEST_DELAY=str(delay),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS)] + sys.path))
+               PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
     return env
 
 

@@ -156,7 +156,7 @@ def test_invalid_arguments(tmp_path, sources):
 
 def test_plan_aligns_to_clusters():
     from fake_backends import MemBackend
-    from imagetool.formats.base import Extent
+    from imagetool.backend import Extent
 
     data = bytes(1 * MiB)
     b = MemBackend(data, [Extent(0, 5000, zero=True), Extent(5000, 100),

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from imagetool.formats import Extent, RawBackend, open_image
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 
 
 def _extents(b):

@@ -24,7 +24,7 @@ from helpers import KiB, MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
 from imagetool.checksum import checksum, checksum_file
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image
-from imagetool.formats.base import Extent
+from imagetool.backend import Extent
 from imagetool.formats.convert import convert
 from imagetool.formats.vmdk import open_vmdk
 
@@ -568,20 +568,8 @@ def test_upload_to_local_engine(images, tmp_path, engine_conn, sub, kw, disk_for
     assert out.read_bytes() == images["data"]
 
 
-def test_cli_upload(images, tmp_path, monkeypatch, capsys):
-    from imagetool.cli.main import main
-
-    monkeypatch.setenv("IMAGETOOL_HOME", str(tmp_path / "home"))
-    for name in ("IMAGETOOL_ENGINE_URL", "IMAGETOOL_CONFIG", "IMAGETOOL_USERNAME",
-                 "IMAGETOOL_PASSWORD", "IMAGETOOL_PASSWORD_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    code = 0
-    try:
-        main(["upload", str(images["streamOptimized"]), "--sd", "data", "--json"])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
+def test_cli_upload(images, clean_env, cli):
+    code, out, err = cli("upload", images["streamOptimized"], "--sd", "data", "--json")
     assert code == 0, err
     obj = json.loads(out)
     obj = obj[0] if isinstance(obj, list) else obj

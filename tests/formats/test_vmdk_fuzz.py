@@ -276,9 +276,8 @@ def test_fuzz_mutated_vmdk(tmp_path):
     assert (tmp_path / "desc-s001.vmdk").exists()
     count = int(os.environ.get("IMAGETOOL_FUZZ_CASES", "1500"))
     env = dict(os.environ)
-    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    root = os.path.dirname(tests)
-    env["PYTHONPATH"] = os.pathsep.join([root, tests, env.get("PYTHONPATH", "")])
+    from helpers import ROOT, SUPPORT
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, SUPPORT, env.get("PYTHONPATH", "")])
     p = subprocess.run(
         [sys.executable, os.path.abspath(__file__), str(tmp_path), "4321", str(count)],
         capture_output=True, text=True, timeout=300, env=env)

@@ -7,37 +7,8 @@ import tarfile
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, qemu_img, sigint_after
-from ova_fixtures import SD
-from test_ova_import import VMWARE_OVF, add_member, make_vmware_ova
-
-
-@pytest.fixture
-def env(engine, scratch, monkeypatch):
-    from imagetool.server.local import LocalEngine
-    pw = os.path.join(scratch, "pw")
-    with open(pw, "w") as f:
-        f.write(ENGINE_PASSWORD)
-    for k, v in (("ENGINE_URL", engine.url), ("USERNAME", LocalEngine.username),
-                 ("PASSWORD_FILE", pw), ("CAFILE", engine.cafile)):
-        monkeypatch.setenv(f"IMAGETOOL_{k}", v)
-
-
-def _inventory(conn) -> tuple[set, set]:
-    return {d.id for d in conn.disks.list()}, {v.id for v in conn.vms.list()}
-
-
-def _rewrite(src: str, dst: str, members: dict[str, bytes | None], order=None) -> str:
-    """Copy an OVA, replacing (bytes) or dropping (None) members, adding new ones."""
-    with tarfile.open(src) as t:
-        old = [(m.name, t.extractfile(m).read()) for m in t.getmembers()]
-    names = [n for n, _ in old] + [n for n in members if n not in dict(old)]
-    with tarfile.open(dst, "w", format=tarfile.GNU_FORMAT) as t:
-        for n in order or names:
-            data = members.get(n, dict(old).get(n))
-            if data is not None:
-                add_member(t, n, data)
-    return dst
+from helpers import qemu_img, sigint_after
+from ova_fixtures import SD, VMWARE_OVF, add_member, inventory, make_vmware_ova, rewrite_ova
 
 
 def _vmdk_bytes(ova: str) -> bytes:
@@ -60,7 +31,7 @@ def _case(name: str, scratch: str) -> str:
         make_vmware_ova(scratch, mf_override="SHA256(web-disk1.vmdk)= " + "0" * 64 + "\n")
         os.replace(good, out)
     elif name == "missing-member":
-        _rewrite(good, out, {"web.mf": None, "web.ovf": ovf.replace(
+        rewrite_ova(good, out, {"web.mf": None, "web.ovf": ovf.replace(
             "{size}", str(len(data))).replace("web-disk1.vmdk", "gone.vmdk").encode()})
     elif name in ("dotdot", "absolute"):
         evil = "../web-disk1.vmdk" if name == "dotdot" else "/tmp/web-disk1.vmdk"
@@ -70,11 +41,11 @@ def _case(name: str, scratch: str) -> str:
             add_member(t, evil, data)
     elif name in ("larger", "smaller"):
         declared = len(data) - 512 if name == "larger" else len(data) + 512
-        _rewrite(good, out, {"web.mf": None, "web.ovf": ovf.replace(
+        rewrite_ova(good, out, {"web.mf": None, "web.ovf": ovf.replace(
             "{size}", str(declared)).encode()})
     elif name == "vhdx":
         blob = b"vhdxfile" + bytes(1 << 20)
-        _rewrite(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
+        rewrite_ova(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
             "{size}", str(len(blob))).encode()})
     elif name == "backing-file":
         base = os.path.join(scratch, "base.qcow2")
@@ -82,7 +53,7 @@ def _case(name: str, scratch: str) -> str:
         qemu_img("create", "-f", "qcow2", base, "6M")
         qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
         blob = open(top, "rb").read()
-        _rewrite(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
+        rewrite_ova(good, out, {"web.mf": None, "web-disk1.vmdk": blob, "web.ovf": ovf.replace(
             "{size}", str(len(blob))).encode()})
     else:
         raise AssertionError(name)
@@ -103,27 +74,27 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, message", CASES, ids=[c[0] for c in CASES])
-def test_bad_ova_is_refused(cli, conn, env, scratch, name, message):
+def test_bad_ova_is_refused(cli, conn, engine_env, scratch, name, message):
     path = _case(name, scratch)
-    before = _inventory(conn)
+    before = inventory(conn)
     code, out, err = cli("ova", "import", path, "--sd", SD, "--name", f"bad-{name}")
     assert code == 1, (out, err)
     assert err.startswith("imagetool: error: ") and message in err, err
     assert "Traceback" not in err
-    assert _inventory(conn) == before
+    assert inventory(conn) == before
     code, out, err = cli("ova", "info", path, "--verify")
     assert code == 1 and message in err, err
 
 
 @pytest.mark.slow
-def test_failure_after_uploads_removes_the_disks(cli, conn, env, scratch):
+def test_failure_after_uploads_removes_the_disks(cli, conn, engine_env, scratch):
     """The VM cannot be added (its name is taken): the uploaded disks go again."""
     made = make_vmware_ova(scratch)
     taken = conn.vms.add(name="taken")
-    before = _inventory(conn)
+    before = inventory(conn)
     code, out, err = cli("ova", "import", made["ova"], "--sd", SD, "--name", "taken")
     assert code == 1 and "already in use" in err, err
-    assert _inventory(conn) == before
+    assert inventory(conn) == before
     assert [d.status for d in conn.disks.list()].count("locked") == 0
     conn.vms.remove(taken.id)
 
@@ -155,7 +126,7 @@ def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, wher
     from imagetool import import_ova
     from imagetool.ova import importer
     made = make_vmware_ova(scratch)
-    before = _inventory(conn)
+    before = inventory(conn)
     real_add = importer._add_entity
 
     def interrupted(*a, **kw):
@@ -168,10 +139,10 @@ def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, wher
     with pytest.raises(KeyboardInterrupt):
         import_ova(conn, made["ova"], SD, name="ctrl-c",
                    progress=interrupt if where == "send" else None)
-    assert _inventory(conn) == before
+    assert inventory(conn) == before
     monkeypatch.undo()
     r = import_ova(conn, made["ova"], SD, name="ctrl-c")
-    conn.vms.remove(r["vm_id"])
+    conn.vms.remove(r.id)
 
 
 def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch):

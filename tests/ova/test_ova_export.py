@@ -46,11 +46,11 @@ def test_round_trip(conn, engine, target, scratch):
 
     r = export_ova(conn, "rt-vm", ova)
 
-    assert r["path"] == ova and r["vm_id"] == vm.id and r["bytes"] > 0
+    assert r.path == ova and r.vm_id == vm.id and r.bytes > 0
     assert not os.path.exists(ova + ".imagetool-part")
     # The temporary snapshot is gone again.
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
-    by_disk = {d["disk_id"]: d for d in r["disks"]}
+    by_disk = {d.disk_id: d for d in r.disks}
     assert set(by_disk) == {d.id for d in disks.values()}
     with tarfile.open(ova) as t:
         names = t.getnames()
@@ -67,26 +67,26 @@ def test_round_trip(conn, engine, target, scratch):
                  for d in root.findall("ovf:DiskSection/ovf:Disk", ns)}
     for kind, d in disks.items():
         e = by_disk[d.id]
-        member = e["member"]
+        member = e.member
         assert ovf_disks[d.id] == member and files[member] == info[member].size
         img = _extract(ova, member, os.path.join(scratch, f"{kind}.member"))
         qemu_check(img)
         qemu_compare(sources[kind], img)
-        assert e["checksum"] == _checksum(sources[kind], e["algorithm"])
-        assert len(e["sha256"]) == 64
-    assert [m["name"] for m in r["members"]] == names
+        assert e.checksum.value == _checksum(sources[kind], e.checksum.algorithm)
+        assert len(e.sha256) == 64
+    assert [m["name"] for m in r.members] == names
 
     with connect(target) as conn2:
         out = import_ova(conn2, ova, SD)
-        assert out["name"] == "rt-vm" and out["vm_id"]
-        got = {d["disk_id"]: d for d in out["disks"]}
+        assert out.name == "rt-vm" and out.kind == "vm" and out.id
+        got = {d.disk_id: d for d in out.disks}
         assert set(got) == set(by_disk)
         for disk_id, e in by_disk.items():
-            assert got[disk_id]["checksum"] == e["checksum"]
-            remote = disk_checksum(conn2, disk_id, algorithm=e["algorithm"])
-            assert remote["checksum"] == e["checksum"]
-        imported = conn2.vms.get(out["vm_id"], all_content=True)
-        assert {a.disk_id for a in conn2.vms.disk_attachments(out["vm_id"])} == set(by_disk)
+            assert got[disk_id].checksum == e.checksum
+            remote = disk_checksum(conn2, disk_id, algorithm=e.checksum.algorithm)
+            assert remote["checksum"] == e.checksum.value
+        imported = conn2.vms.get(out.id, all_content=True)
+        assert {a.disk_id for a in conn2.vms.disk_attachments(out.id)} == set(by_disk)
         for disk_id in by_disk:
             assert disk_id in imported.ovf
 
@@ -106,25 +106,16 @@ def test_export_of_named_snapshot_keeps_it(conn, scratch):
         mf = t.extractfile(names[-1]).read().decode()
     assert names[-1] == "snap-vm.mf"
     assert mf.splitlines() == [f"SHA256({m['name']})= {m['sha256']}"
-                               for m in r["members"][:-1]]
-    m = tarfile.open(ova).getmember(r["disks"][0]["member"])
+                               for m in r.members[:-1]]
+    m = tarfile.open(ova).getmember(r.disks[0].member)
     with open_image(ova, offset=m.offset_data, length=m.size) as b:
-        assert checksum(b, algorithm=r["disks"][0]["algorithm"])["checksum"] == \
-            r["disks"][0]["checksum"]
+        assert checksum(b, algorithm=r.disks[0].checksum.algorithm)["checksum"] == \
+            r.disks[0].checksum.value
 
 
-def test_cli_export_json_and_info(cli, conn, engine, scratch, monkeypatch):
-    from imagetool.server.local import LocalEngine
-    from helpers import ENGINE_PASSWORD
+def test_cli_export_json_and_info(cli, conn, engine_env, scratch):
     sources = make_sources(scratch, size=4 * MiB)
     make_vm(conn, {"qcow2": sources["qcow2"]}, "cli-vm")
-    pw = os.path.join(scratch, "pw")
-    with open(pw, "w") as f:
-        f.write(ENGINE_PASSWORD)
-    monkeypatch.setenv("IMAGETOOL_ENGINE_URL", engine.url)
-    monkeypatch.setenv("IMAGETOOL_USERNAME", LocalEngine.username)
-    monkeypatch.setenv("IMAGETOOL_PASSWORD_FILE", pw)
-    monkeypatch.setenv("IMAGETOOL_CAFILE", engine.cafile)
     ova = os.path.join(scratch, "cli.ova")
     code, out, err = cli("ova", "export", "cli-vm", ova, "--json")
     assert code == 0, err

@@ -15,9 +15,7 @@ import uuid
 import pytest
 
 from helpers import MiB, qemu_img, qemu_io
-from ova_fixtures import SD
-from test_ova_bad import _inventory, _rewrite, env  # noqa: F401 (fixture)
-from test_ova_import import VMWARE_OVF, add_member, make_vmware_ova
+from ova_fixtures import SD, VMWARE_OVF, add_member, inventory, make_vmware_ova, rewrite_ova
 
 ENTITY_DTD = '<!DOCTYPE Envelope [<!ENTITY boom "ENTITY-EXPANDED">]>'
 
@@ -30,7 +28,7 @@ def _vmware_with(scratch: str, ovf: str, name: str, codec: str = "utf-8",
         size = t.getmember("web-disk1.vmdk").size
     out = os.path.join(scratch, f"{name}.ova")
     data = ovf.replace("{size}", str(size)).replace("{mib}", "6")
-    return _rewrite(good, out, {"web.ovf": bom + data.encode(codec)})
+    return rewrite_ova(good, out, {"web.ovf": bom + data.encode(codec)})
 
 
 @pytest.fixture
@@ -55,7 +53,7 @@ def _state(conn, vm, disk) -> tuple:
 
 def _refused(cli, conn, scratch, path: str, message: str, import_too: bool = True):
     """``ova info`` and ``ova import`` of ``path`` fail with ``message``."""
-    before = (_inventory(conn), sorted(os.listdir(scratch)))
+    before = (inventory(conn), sorted(os.listdir(scratch)))
     runs = [("ova", "info", path)]
     if import_too:
         runs.append(("ova", "import", path, "--sd", SD, "--name", "hostile"))
@@ -65,7 +63,7 @@ def _refused(cli, conn, scratch, path: str, message: str, import_too: bool = Tru
         assert err.startswith("imagetool: error: ") and message in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert "ENTITY-EXPANDED" not in out + err
-    assert (_inventory(conn), sorted(os.listdir(scratch))) == before
+    assert (inventory(conn), sorted(os.listdir(scratch))) == before
 
 
 # --- units --------------------------------------------------------------------
@@ -96,7 +94,7 @@ UNIT_CASES = [
 
 
 @pytest.mark.parametrize("case, kw, message", UNIT_CASES, ids=[c[0] for c in UNIT_CASES])
-def test_bad_units_are_refused_quickly(cli, conn, env, scratch, case, kw, message):
+def test_bad_units_are_refused_quickly(cli, conn, engine_env, scratch, case, kw, message):
     path = _vmware_with(scratch, _units_ovf(**kw), case)
     start = time.monotonic()
     _refused(cli, conn, scratch, path, message)
@@ -132,7 +130,7 @@ ENCODINGS = [
 
 @pytest.mark.parametrize("codec, bom", ENCODINGS,
                          ids=[f"{c}{'-bom' if b else ''}" for c, b in ENCODINGS])
-def test_dtd_refused_in_utf16(cli, conn, env, scratch, codec, bom):
+def test_dtd_refused_in_utf16(cli, conn, engine_env, scratch, codec, bom):
     """The entity would name the VM; the DTD is refused whatever the encoding."""
     text = VMWARE_OVF.replace('encoding="UTF-8"', 'encoding="UTF-16"').replace(
         "<Envelope ", ENTITY_DTD + "<Envelope ", 1).replace("<Name>web</Name>",
@@ -144,7 +142,7 @@ def test_dtd_refused_in_utf16(cli, conn, env, scratch, codec, bom):
 
 @pytest.mark.parametrize("codec, bom", ENCODINGS,
                          ids=[f"{c}{'-bom' if b else ''}" for c, b in ENCODINGS])
-def test_utf16_without_dtd_is_refused_as_not_utf8(cli, conn, env, scratch, codec, bom):
+def test_utf16_without_dtd_is_refused_as_not_utf8(cli, conn, engine_env, scratch, codec, bom):
     text = VMWARE_OVF.replace('encoding="UTF-8"', 'encoding="UTF-16"')
     path = _vmware_with(scratch, text, "u16", codec, bom)
     _refused(cli, conn, scratch, path, "web.ovf: the OVF is not UTF-8 text; convert it to UTF-8",
@@ -154,15 +152,15 @@ def test_utf16_without_dtd_is_refused_as_not_utf8(cli, conn, env, scratch, codec
 @pytest.mark.parametrize("codec, bom", [("utf-32-le", codecs.BOM_UTF32_LE),
                                         ("utf-32-be", codecs.BOM_UTF32_BE),
                                         ("utf-32-le", b"")])
-def test_utf32_and_utf7_refused(cli, conn, env, scratch, codec, bom):
+def test_utf32_and_utf7_refused(cli, conn, engine_env, scratch, codec, bom):
     text = ENTITY_DTD + "<Envelope><Name>&boom;</Name></Envelope>"
     good = make_vmware_ova(scratch, manifest=None)["ova"]
-    path = _rewrite(good, os.path.join(scratch, "u32.ova"),
+    path = rewrite_ova(good, os.path.join(scratch, "u32.ova"),
                     {"web.ovf": _encoded(text, codec, bom)})
     _refused(cli, conn, scratch, path, "web.ovf: the OVF is refused: cannot parse it")
     utf7 = ('<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE Envelope +AFs-+ADw-!ENTITY '
             'boom "ENTITY-EXPANDED"+AD4-+AF0-+AD4-<Envelope><Name>&boom;</Name></Envelope>')
-    path = _rewrite(good, os.path.join(scratch, "u7.ova"), {"web.ovf": utf7.encode()})
+    path = rewrite_ova(good, os.path.join(scratch, "u7.ova"), {"web.ovf": utf7.encode()})
     _refused(cli, conn, scratch, path, "web.ovf: the OVF is refused: cannot decode it")
 
 
@@ -202,7 +200,7 @@ def _ovirt_ova(scratch: str, name: str, extra: str = "", where: str = "</Virtual
     return path, disk_id
 
 
-def test_hidden_disk_outside_disk_section_is_refused(cli, conn, env, scratch, victim):
+def test_hidden_disk_outside_disk_section_is_refused(cli, conn, engine_env, scratch, victim):
     vm, disk = victim
     before = _state(conn, vm, disk)
     hidden = (f'<Disk ovf:diskId="{disk.id}" ovf:fileRef="{disk.image_id}" '
@@ -213,7 +211,7 @@ def test_hidden_disk_outside_disk_section_is_refused(cli, conn, env, scratch, vi
     assert _state(conn, vm, disk) == before
 
 
-def test_hardware_item_naming_another_disk_is_refused(cli, conn, env, scratch, victim):
+def test_hardware_item_naming_another_disk_is_refused(cli, conn, engine_env, scratch, victim):
     vm, disk = victim
     before = _state(conn, vm, disk)
     item = (f"<Item><rasd:ResourceType>17</rasd:ResourceType>"
@@ -303,7 +301,7 @@ def _retype(path: str, member: str, typeflag: bytes) -> None:
         f.write(head)
 
 
-def test_gnu_sparse_member_is_refused_by_name(cli, conn, env, scratch):
+def test_gnu_sparse_member_is_refused_by_name(cli, conn, engine_env, scratch):
     path = make_vmware_ova(scratch, manifest=None)["ova"]
     _retype(path, "web-disk1.vmdk", b"S")
     _refused(cli, conn, scratch, path, "is a GNU sparse file (type 'S'), whose data is "
@@ -326,7 +324,7 @@ def test_contiguous_member_reads_as_a_regular_file(cli, scratch):
 
 # --- an OVA exported from the same engine ----------------------------------------
 
-def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, env, scratch):
+def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, engine_env, scratch):
     from imagetool import export_ova
     from imagetool.transfer.disk_checksum import disk_checksum
     from ova_fixtures import make_sources, make_vm
@@ -335,13 +333,13 @@ def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, env, scratch):
     [disk] = disks.values()
     ova = os.path.join(scratch, "same.ova")
     exported = export_ova(conn, vm.id, ova)
-    before = (_inventory(conn), sorted(os.listdir(scratch)))
+    before = (inventory(conn), sorted(os.listdir(scratch)))
     code, out, err = cli("ova", "import", ova, "--sd", SD, "--name", "again")
     assert code == 1, (out, err)
     assert err == (f"imagetool: error: {ova}: disk {disk.id} of the OVA already exists on "
                    "the engine (was the OVA exported from it?); import it with --clone "
                    "(clone=True) to give the VM and its disks new ids\n")
-    assert (_inventory(conn), sorted(os.listdir(scratch))) == before
+    assert (inventory(conn), sorted(os.listdir(scratch))) == before
 
     code, out, err = cli("ova", "import", ova, "--sd", SD, "--name", "again", "--clone",
                          "--json")
@@ -353,7 +351,7 @@ def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, env, scratch):
     assert new["disk_id"] not in (disk.id, disk.image_id)
     assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [new["disk_id"]]
     assert [a.disk_id for a in conn.vms.disk_attachments(vm.id)] == [disk.id]
-    alg = exported["disks"][0]["algorithm"]
+    alg = exported.disks[0].checksum.algorithm
     assert new["checksum"]["algorithm"] == alg
     assert new["checksum"]["value"] == disk_checksum(conn, disk.id, algorithm=alg)[
         "checksum"] == disk_checksum(conn, new["disk_id"], algorithm=alg)["checksum"]

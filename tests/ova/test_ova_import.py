@@ -2,92 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import tarfile
 
 import pytest
 
 from helpers import MiB, api_request, qemu_img, qemu_io
-from ova_fixtures import SD
-
-VMWARE_OVF = """<?xml version="1.0" encoding="UTF-8"?>
-<Envelope vmw:buildId="build-1" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
- xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
- xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
- xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
- xmlns:vmw="http://www.vmware.com/schema/ovf"
- xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <References>
-    <File ovf:href="web-disk1.vmdk" ovf:id="file1" ovf:size="{size}"/>
-  </References>
-  <DiskSection>
-    <Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{mib}" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1"
-     ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
-     ovf:populatedSize="{size}"/>
-  </DiskSection>
-  <NetworkSection><Info>The list of logical networks</Info>
-    <Network ovf:name="VM Network"><Description>The VM Network network</Description></Network>
-  </NetworkSection>
-  <VirtualSystem ovf:id="web">
-    <Info>A virtual machine</Info>
-    <Name>web</Name>
-    <OperatingSystemSection ovf:id="101" vmw:osType="otherLinux64Guest"><Info>OS</Info></OperatingSystemSection>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware requirements</Info>
-      <System><vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
-        <vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemIdentifier>web</vssd:VirtualSystemIdentifier>
-        <vssd:VirtualSystemType>vmx-10</vssd:VirtualSystemType></System>
-      <Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:ElementName>2 virtual CPU(s)</rasd:ElementName>
-        <rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
-      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>2048MB of memory</rasd:ElementName>
-        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>2048</rasd:VirtualQuantity></Item>
-      <Item><rasd:Address>0</rasd:Address><rasd:ElementName>SCSI controller 0</rasd:ElementName>
-        <rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogicsas</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
-      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>Hard disk 1</rasd:ElementName>
-        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID>
-        <rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
-      <Item><rasd:AddressOnParent>7</rasd:AddressOnParent><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
-        <rasd:Connection>VM Network</rasd:Connection><rasd:ElementName>Network adapter 1</rasd:ElementName>
-        <rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-"""
-
-
-def add_member(t: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    t.addfile(info, io.BytesIO(data))
-
-
-def make_vmware_ova(d: str, manifest: str | None = "sha256", ovf: str | None = None,
-                    mf_override: str | None = None) -> dict:
-    """A VMware-style OVA: DMTF OVF, a streamOptimized VMDK, a manifest."""
-    qcow = os.path.join(d, "src.qcow2")
-    qemu_img("create", "-f", "qcow2", qcow, "6M")
-    qemu_io(qcow, "write -P 0x33 512k 1M", "write -P 0x44 4M 64k")
-    vmdk = os.path.join(d, "web-disk1.vmdk")
-    qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", qcow, vmdk)
-    raw = os.path.join(d, "expected.raw")
-    qemu_img("convert", "-O", "raw", vmdk, raw)
-    data = open(vmdk, "rb").read()
-    text = (ovf or VMWARE_OVF).replace("{size}", str(len(data))).replace("{mib}", "6")
-    ova = os.path.join(d, "web.ova")
-    with tarfile.open(ova, "w", format=tarfile.USTAR_FORMAT) as t:
-        add_member(t, "web.ovf", text.encode())
-        if manifest:
-            algo = {"sha256": hashlib.sha256, "sha1": hashlib.sha1}[manifest]
-            lines = [f"{manifest.upper()}({n})= {algo(b).hexdigest()}"
-                     for n, b in (("web.ovf", text.encode()), ("web-disk1.vmdk", data))]
-            add_member(t, "web.mf", (mf_override or "\n".join(lines) + "\n").encode())
-        add_member(t, "web-disk1.vmdk", data)
-    return {"ova": ova, "raw": raw}
-
+from ova_fixtures import SD, VMWARE_OVF, make_vmware_ova
 
 @pytest.mark.slow
 @pytest.mark.parametrize("manifest", ["sha256", "sha1", None])
@@ -98,16 +19,16 @@ def test_vmware_ova_imports(conn, scratch, manifest):
     made = make_vmware_ova(scratch, manifest)
     name = f"web-{manifest}"
     r = import_ova(conn, made["ova"], SD, name=name)
-    assert r["name"] == name and r["vm_id"]
-    [d] = r["disks"]
-    assert d["member"] == "web-disk1.vmdk"
-    expected = checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
-    assert d["checksum"] == expected
-    assert disk_checksum(conn, d["disk_id"], algorithm=d["algorithm"])["checksum"] == expected
-    disk = conn.disks.get(d["disk_id"])
+    assert r.name == name and r.kind == "vm" and r.id
+    [d] = r.disks
+    assert d.member == "web-disk1.vmdk"
+    expected = checksum_file(made["raw"], algorithm=d.checksum.algorithm)["checksum"]
+    assert d.checksum.value == expected
+    assert disk_checksum(conn, d.disk_id, algorithm=d.checksum.algorithm)["checksum"] == expected
+    disk = conn.disks.get(d.disk_id)
     assert (disk.provisioned_size, disk.format, disk.status) == (6 * MiB, "cow", "ok")
-    assert [a.disk_id for a in conn.vms.disk_attachments(r["vm_id"])] == [d["disk_id"]]
-    conn.vms.remove(r["vm_id"])
+    assert [a.disk_id for a in conn.vms.disk_attachments(r.id)] == [d.disk_id]
+    conn.vms.remove(r.id)
 
 
 def test_info_of_vmware_ova(cli, scratch):
@@ -130,10 +51,11 @@ def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkey
     from imagetool import import_ova
     made = make_vmware_ova(scratch)
     r = import_ova(conn, made["ova"], SD, name="web-tpl", template=True)
-    tid = r["template_id"]
-    [d] = r["disks"]
+    assert r.kind == "template"
+    tid = r.id
+    [d] = r.disks
     code, _, body = api_request(engine, "GET", f"/ovirt-engine/api/templates/{tid}/diskattachments")
-    assert code == 200 and d["disk_id"].encode() in body
+    assert code == 200 and d.disk_id.encode() in body
     from helpers import ENGINE_PASSWORD
     from imagetool.server.local import LocalEngine
     pw = os.path.join(scratch, "pw")
@@ -147,12 +69,12 @@ def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkey
     names = [t["name"] for t in json.loads(out)]
     assert "Blank" in names and "web-tpl" in names
     code, out, err = cli("templates", "show", "web-tpl", "--json")
-    assert code == 0 and json.loads(out)["disks"] == [d["disk_id"]]
+    assert code == 0 and json.loads(out)["disks"] == [d.disk_id]
     code, out, err = cli("templates", "remove", "web-tpl")
     assert code == 0, err
     code, out, err = cli("templates", "show", "web-tpl")
     assert code == 1 and "no template" in err
-    assert [x.id for x in conn.disks.list() if x.id == d["disk_id"]] == []
+    assert [x.id for x in conn.disks.list() if x.id == d.disk_id] == []
 
 
 def test_template_from_vm_copies_disks(conn, engine, scratch):
@@ -220,11 +142,12 @@ def test_import_flushes_as_it_copies(conn, scratch, monkeypatch):
     monkeypatch.setattr(HttpBackend, "flush", counting_flush)
     r = import_ova(conn, made["ova"], SD, name="web-flushed", workers=1,
                    buffer_size=256 * 1024)
-    [d] = r["disks"]
+    [d] = r.disks
     # 1 MiB + 64 KiB of data in 256 KiB requests: a flush after each.
     assert len(flushes) >= 5
-    assert d["checksum"] == checksum_file(made["raw"], algorithm=d["algorithm"])["checksum"]
-    conn.vms.remove(r["vm_id"])
+    assert d.checksum.value == checksum_file(made["raw"],
+                                             algorithm=d.checksum.algorithm)["checksum"]
+    conn.vms.remove(r.id)
 
 
 @pytest.mark.slow
@@ -237,13 +160,13 @@ def test_dmtf_ova_keeps_memory_cpus_and_nic(conn, engine, scratch):
         "<rasd:VirtualQuantity>2048<", "<rasd:VirtualQuantity>512<")
     made = make_vmware_ova(scratch, None, ovf=ovf)
     r = import_ova(conn, made["ova"], SD, name="web-512")
-    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}")
+    _, _, body = api_request(engine, "GET", f"vms/{r.id}")
     vm = ET.fromstring(body)
     assert vm.findtext("memory") == str(512 * MiB)
     assert vm.findtext("cpu/topology/sockets") == "2"
-    _, _, body = api_request(engine, "GET", f"vms/{r['vm_id']}/nics")
+    _, _, body = api_request(engine, "GET", f"vms/{r.id}/nics")
     [nic] = ET.fromstring(body).findall("nic")
     assert (nic.findtext("name"), nic.findtext("interface")) == ("Network adapter 1", "e1000")
     _, _, body = api_request(engine, "GET", nic.find("vnic_profile").get("href"))
     assert ET.fromstring(body).findtext("name") == "VM Network"
-    conn.vms.remove(r["vm_id"])
+    conn.vms.remove(r.id)

@@ -59,6 +59,6 @@ def test_sdk_example_imports_our_ova(conn, target, scratch, sdk_examples):
         [new_vm] = [v for v in conn2.vms.list() if v.name == "sdk-vm"]
         attached = {a.disk_id for a in conn2.vms.disk_attachments(new_vm.id)}
         assert attached == {d.id for d in disks.values()}
-        for d in exported["disks"]:
-            remote = disk_checksum(conn2, d["disk_id"], algorithm=d["algorithm"])
-            assert remote["checksum"] == d["checksum"]
+        for d in exported.disks:
+            remote = disk_checksum(conn2, d.disk_id, algorithm=d.checksum.algorithm)
+            assert remote["checksum"] == d.checksum.value

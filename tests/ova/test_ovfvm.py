@@ -72,7 +72,7 @@ def test_unknown_os_id_with_osinfo_name_is_kept_else_noted():
 
 
 def test_dmtf_nic_models_and_unknown_devices_are_noted():
-    from test_ova_import import VMWARE_OVF
+    from ova_fixtures import VMWARE_OVF
     text = VMWARE_OVF.replace("{size}", "1").replace("{mib}", "6").replace(
         "<rasd:ResourceSubType>E1000<", "<rasd:ResourceSubType>VmxNet3<")
     got = parse_vm_settings(text)
@@ -129,7 +129,7 @@ def test_settings_reader_refuses_dtds_in_any_encoding(codec):
 
 
 def test_a_nic_boot_order_is_named_not_dropped():
-    from test_ova_import import VMWARE_OVF
+    from ova_fixtures import VMWARE_OVF
     text = VMWARE_OVF.replace("{size}", "1").replace("{mib}", "6").replace(
         "<rasd:ResourceSubType>E1000</rasd:ResourceSubType>",
         "<rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:BootOrder>1</rasd:BootOrder>")

@@ -13,7 +13,7 @@ from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
 from imagetool.backends import FlushingBackend, SharedBackend, Window
 from imagetool.formats import open_image
-from imagetool.formats.base import LOCAL_FEATURES, Backend, Extent
+from imagetool.backend import LOCAL_FEATURES, Backend, Extent
 from imagetool.copier import CopyCancelled, CopyError, CopyOptions, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),

@@ -16,20 +16,7 @@ import imagetool.formats as formats
 from imagetool.transfer.download import DownloadOptions, download_disk
 from imagetool.transfer.session import TransferSession
 from imagetool.transfer.upload import UploadOptions, upload_disk, upload_disk_result
-from helpers import MiB, images_equal, make_raw, qemu_img
-
-SIZE = 8 * MiB
-DATA = [(0, MiB), (3 * MiB + 4096, 512 * 1024), (6 * MiB, MiB)]
-
-
-@pytest.fixture(scope="module")
-def images(module_dir):
-    raw = os.path.join(module_dir, "src.raw")
-    make_raw(raw, SIZE, DATA, seed=5)
-    qcow2 = os.path.join(module_dir, "src.qcow2")
-    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
-    return {"raw": raw, "qcow2": qcow2}
-
+from helpers import MiB, images_equal
 
 def _count_calls(monkeypatch, path: str) -> dict[str, int]:
     """Count calls on ``path`` of the formats entry points that inspect or

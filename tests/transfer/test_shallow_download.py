@@ -16,8 +16,7 @@ import subprocess
 
 import pytest
 
-from helpers import ENGINE_PASSWORD, MiB, make_pattern_image, qemu_img, qemu_io, wait_for
-from imagetool.server.local import LocalEngine
+from helpers import MiB, make_pattern_image, qemu_img, qemu_io, wait_for
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.journal import JournalError
 
@@ -126,28 +125,15 @@ def test_shallow_download_same_with_and_without_resume(conn, chain, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_shallow_resume(conn, chain, tmp_path, engine, monkeypatch, capsys):
-    from imagetool.cli.main import main
-
+def test_cli_shallow_resume(conn, chain, tmp_path, engine_env, cli):
     disk_id, middle, layer, _ = chain
-    for k, v in {"IMAGETOOL_ENGINE_URL": engine.url,
-                 "IMAGETOOL_USERNAME": LocalEngine.username,
-                 "IMAGETOOL_PASSWORD": ENGINE_PASSWORD, "IMAGETOOL_CAFILE": engine.cafile,
-                 "IMAGETOOL_HOME": str(tmp_path / "home")}.items():
-        monkeypatch.setenv(k, v)
-    for k in ("IMAGETOOL_CONFIG", "IMAGETOOL_PASSWORD_FILE", "IMAGETOOL_INSECURE"):
-        monkeypatch.delenv(k, raising=False)
     paths = {}
     for extra in ([], ["--resume"]):
         dest = str(tmp_path / f"cli{len(extra)}.raw")
-        code = 0
-        try:
-            main(["download", disk_id, dest, "--snapshot", middle, "--shallow",
-                  "--json", *extra])
-        except SystemExit as e:
-            code = e.code
-        assert code in (0, None), capsys.readouterr().err
-        assert json.loads(capsys.readouterr().out)[0]["verified"] is True
+        code, out, err = cli("download", disk_id, dest, "--snapshot", middle, "--shallow",
+                             "--json", *extra)
+        assert code == 0, err
+        assert json.loads(out)[0]["verified"] is True
         paths[bool(extra)] = dest
     assert _same(paths[False], paths[True])
     assert _data_ranges(paths[True], "raw") == _data_ranges(layer, "qcow2")

@@ -1,6 +1,6 @@
 """Verification against the REAL ovirt-imageio daemon (file and NBD tickets).
 
-The engine is the small stand-in of tests/fake_transfer_engine.py; the
+The engine is the small stand-in of tests/support/fake_transfer_engine.py; the
 server's checksum comes from the reference daemon itself, and expected
 values from the reference client.
 """

@@ -1,6 +1,6 @@
 """upload_disk / download_disk / TransferSession end to end.
 
-The engine is a small in-process stand-in (tests/fake_transfer_engine.py);
+The engine is a small in-process stand-in (tests/support/fake_transfer_engine.py);
 the data plane is the REAL ovirt-imageio daemon with file and NBD tickets.
 """
 

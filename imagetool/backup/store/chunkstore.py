@@ -173,7 +173,9 @@ class ChunkStore:
         """The plaintext of the blob stored under ``name``, at most ``limit`` bytes."""
         if not blob or blob[0] & ~F_ZSTD:
             raise ChunkDamaged(f"{self.url}: {name}: unknown blob header")
-        head, payload = blob[:1], blob[1:]
+        # A view, not a slice: a chunk's payload is not copied on its way to
+        # the decryption or decompression that reads it.
+        head, payload = bytes(blob[:1]), memoryview(blob)[1:]
         if self.keys is not None:
             try:
                 payload = self.keys.open(payload, head + name.encode())
@@ -186,7 +188,7 @@ class ChunkStore:
                 raise ChunkDamaged(f"{self.url}: {name}: does not decompress: {e}") from None
         if len(payload) > limit:
             raise ChunkDamaged(f"{self.url}: {name}: larger than {limit} bytes")
-        return payload
+        return bytes(payload) if isinstance(payload, memoryview) else payload
 
     # --- chunks -------------------------------------------------------------
 

@@ -147,7 +147,10 @@ class LocalStorage(Storage):
                 if n == 0:
                     break
                 pos += n
-            return bytes(out[:pos])
+            view.release()
+            if pos < len(out):
+                del out[pos:]       # shrunk meanwhile: what was there
+            return out              # bytes-like, and no copy of a chunk
         except OSError as e:
             raise StoreError(f"{self._path([name])}: cannot read: {e.strerror}") from None
         finally:

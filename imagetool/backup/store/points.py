@@ -180,6 +180,38 @@ def list_points(store: ChunkStore, vm_id: str | None = None) -> list[tuple[str, 
     return sorted(out, key=lambda p: (p[0], p[1]))
 
 
+def find_vm(store: ChunkStore, vm: str) -> str:
+    """The id of the VM ``vm`` names: a VM id with points, or the name its
+    newest point's manifest records (``vm_name``); StoreError otherwise."""
+    ids = sorted({v for v, _ in list_points(store)})
+    if vm in ids:
+        return vm
+    named = [v for v in ids if (ix := latest(store, v)) is not None
+             and ix.manifest.get("vm_name") == vm]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise StoreError(f"{store.url}: {len(named)} VMs are named {vm!r}; give the VM id "
+                         f"({', '.join(named)})")
+    raise StoreError(f"{store.url}: no points of VM {vm!r} (backup list shows the VMs)")
+
+
+def find_point(store: ChunkStore, vm: str, point: str | None = None) -> Index:
+    """A point of VM ``vm`` (id or name): ``point``, or the newest."""
+    vm_id = find_vm(store, vm)
+    if point is None:
+        ix = latest(store, vm_id)
+        if ix is None:
+            raise StoreError(f"{store.url}: no points of VM {vm!r}")
+        return ix
+    if not valid_name(point):
+        raise StoreError(f"invalid point name {point!r}")
+    try:
+        return load_index(store, vm_id, point)
+    except ObjectMissing:
+        raise StoreError(f"{store.url}: VM {vm_id} has no point {point!r}") from None
+
+
 def latest(store: ChunkStore, vm_id: str) -> Index | None:
     """The VM's newest point, or None."""
     names = list_points(store, vm_id)

@@ -13,12 +13,12 @@ each chunk about once.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 from imagetool.backup.store.chunkstore import ChunkStore
 from imagetool.backup.store.points import DiskIndex, Index
 from imagetool.backup.store.storage import StoreError
-from imagetool.formats.base import Extent
+from imagetool.backend import Extent
 from imagetool.formats.readonly import LockedLRU, ReadOnlyBackend, fill_zero
 
 
@@ -78,11 +78,14 @@ def open_disk(store: ChunkStore, index: Index, disk_id: str) -> PointBackend:
     return PointBackend(store, disk, f"{index.vm_id}/{index.name} disk {disk_id}")
 
 
-def export_point(store: ChunkStore, index: Index, outdir: str, out_format: str = "qcow2",
-                 *, workers: int = 4, force: bool = False) -> list[str]:
-    """Write each disk of the point to ``OUTDIR/DISK_ID.FORMAT`` (and the OVF
-    to ``OUTDIR/vm.ovf``) as standard images qemu-img reads, owner-only;
-    returns the image paths. Existing files are refused unless ``force``."""
+def export_disks(disks: list, ovf: str | None, outdir: str, out_format: str = "qcow2", *,
+                 workers: int = 4, force: bool = False,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+    """Write each ``(disk_id, backend)`` to ``OUTDIR/DISK_ID.FORMAT`` (and
+    ``ovf`` to ``OUTDIR/vm.ovf``) as standard images qemu-img reads,
+    owner-only, each under a temporary name until complete; returns the
+    image paths. Existing files are refused unless ``force``, before
+    anything is written. The backends are not closed."""
     from imagetool.errors import DestinationExists
     from imagetool.formats import WRITABLE
     from imagetool.formats.convert import convert_to_file
@@ -90,12 +93,23 @@ def export_point(store: ChunkStore, index: Index, outdir: str, out_format: str =
     if out_format not in WRITABLE:
         raise ValueError(f"unsupported output format {out_format!r} (use raw or qcow2)")
     os.makedirs(outdir, mode=0o700, exist_ok=True)
-    paths = [os.path.join(outdir, f"{d.disk_id}.{out_format}") for d in index.disks]
-    for path in paths:
+    paths = [os.path.join(outdir, f"{disk_id}.{out_format}") for disk_id, _ in disks]
+    targets = paths + ([os.path.join(outdir, "vm.ovf")] if ovf is not None else [])
+    for path in targets:
         if os.path.lexists(path) and not force:
             raise DestinationExists(path)
-    for d, path in zip(index.disks, paths):
-        convert_to_file(PointBackend(store, d), path, out_format, workers=workers, mode=0o600)
-    if index.ovf is not None:
-        write_atomic(os.path.join(outdir, "vm.ovf"), index.ovf)
+    for (_, backend), path in zip(disks, paths):
+        convert_to_file(backend, path, out_format, workers=workers, mode=0o600,
+                        progress=progress)
+    if ovf is not None:
+        write_atomic(targets[-1], ovf, mode=0o600)
     return paths
+
+
+def export_point(store: ChunkStore, index: Index, outdir: str, out_format: str = "qcow2",
+                 *, workers: int = 4, force: bool = False,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+    """Write each disk of the point to ``OUTDIR/DISK_ID.FORMAT`` (and the OVF
+    to ``OUTDIR/vm.ovf``): ``export_disks``."""
+    return export_disks([(d.disk_id, PointBackend(store, d)) for d in index.disks], index.ovf,
+                        outdir, out_format, workers=workers, force=force, progress=progress)

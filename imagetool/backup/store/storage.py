@@ -75,7 +75,8 @@ class Storage:
         raise NotImplementedError
 
     def get(self, name: str) -> bytes:
-        """The object's bytes; ObjectMissing if there is none."""
+        """The object's bytes (bytes-like: the local one returns a bytearray it
+        made, saving a copy); ObjectMissing if there is none."""
         raise NotImplementedError
 
     def stat(self, name: str) -> ObjectInfo | None:

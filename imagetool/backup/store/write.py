@@ -32,7 +32,7 @@ from imagetool.backup.store.points import (DiskIndex, Index, chunk_count, new_po
 from imagetool.backup.store.storage import StoreError
 from imagetool.checksum import _blocks
 from imagetool.errors import FormatError
-from imagetool.formats.base import Backend, union_ranges
+from imagetool.backend import Backend, union_ranges
 from imagetool.formats.readonly import fill_zero
 
 

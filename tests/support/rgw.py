@@ -136,7 +136,7 @@ rgw data = {d}/rgw
     return rgw
 
 
-if __name__ == "__main__":      # python tests/backup/store/rgw.py DIR: try it by hand
+if __name__ == "__main__":      # python tests/support/rgw.py DIR: try it by hand
     import sys
     t = time.monotonic()
     r = start(sys.argv[1])

@@ -1,6 +1,6 @@
 """Run the imagetool CLI with a slowed, counting data-plane client (for resume tests).
 
-``python tests/resume_harness.py ARGS...`` behaves like ``python -m imagetool
+``python tests/support/resume_harness.py ARGS...`` behaves like ``python -m imagetool
 ARGS...`` except that every PUT/GET of a transfer first sleeps
 ``RESUME_TEST_DELAY`` seconds (so a test can kill the process mid-way) and
 the bytes sent (PUT bodies) and received (GET ranges) are written to the

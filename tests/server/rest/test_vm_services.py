@@ -17,6 +17,7 @@ import pytest
 
 from imagetool.server.local import LocalEngine
 from helpers import qemu_compare as same
+from helpers import sdk_vm_with_disk
 from helpers import sdk_download as download
 from helpers import sdk_finalize as finalize
 from helpers import sdk_start_transfer as start_transfer
@@ -71,25 +72,8 @@ def fault(reply):
 @pytest.fixture
 def vm_disk(connection, engine, tmp_path):
     """A VM with one uploaded qcow2 disk; yields (vm_service, disk, source image)."""
-    system = connection.system_service()
-    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
-    disk = system.disks_service().add(types.Disk(
-        name=f"d-{tmp_path.name}"[:60], format=types.DiskFormat.COW, provisioned_size=4 * MiB,
-        storage_domains=[types.StorageDomain(name="data")]))
-    t = start_transfer(connection, "upload", disk.id)
-    client.upload(src, t.transfer_url, engine.cafile)
-    finalize(connection, t)
-    vm = system.vms_service().add(types.Vm(name=f"vm-{tmp_path.name}"[:60],
-                                           cluster=types.Cluster(name="Default")))
-    vm_service = system.vms_service().vm_service(vm.id)
-    vm_service.disk_attachments_service().add(types.DiskAttachment(
-        disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI,
-        bootable=True, active=True))
-    yield vm_service, disk, src
-    try:
-        vm_service.remove()
-    except sdk.Error:
-        pass
+    with sdk_vm_with_disk(connection, engine, tmp_path, "") as (_, vm_service, disk, src):
+        yield vm_service, disk, src
 
 
 # --- snapshot preview / commit / undo --------------------------------------------

@@ -13,6 +13,22 @@ from imagetool.transfer.session import TransferSession
 from imagetool.transfer.disk_checksum import disk_checksum
 
 
+def write_layer(src, out: str, *, dirty: bool, backing: str | None, workers: int = 4):
+    """Write a point's qcow2 file from a data-plane backend outside a
+    transfer (an imageio daemon's NBD export with a dirty bitmap, or a
+    DirtyView); (stats, extents). ``dirty``: only what the source reports
+    dirty (an incremental over ``backing``). The same copy as
+    ``backup.fetch.fetch_disk`` makes through ``transfer.disk.receive``: the
+    listed extents into ``transfer.urls.write_file``."""
+    from imagetool.transfer.disk import ListedExtents
+    from imagetool.transfer.urls import write_file
+
+    exts = list(src.extents("dirty" if dirty else "zero"))
+    stats = write_file(ListedExtents(src, exts), out, format="qcow2", workers=workers,
+                       backing_file=backing, backing_format="qcow2" if backing else None)
+    return stats, exts
+
+
 def make_vm(conn, disks=(("cow", 16 * MiB),), name=None):
     """A VM with empty disks attached; returns (vm, [disk ids])."""
     name = name or f"vm-{uuid.uuid4().hex[:8]}"
@@ -87,7 +103,7 @@ def add_point(repo_dir, vm_id, disks, *, full=False, now=None):
     from imagetool.backup import digests as dg
     from imagetool.backup.create import _disk_entry, point_manifest
     from imagetool.backup.engine_ops import VmDisk
-    from imagetool.backup.fetch import Fetched, write_layer
+    from imagetool.backup.fetch import Fetched
     from imagetool.backup.repo import OVF_FILE, Repository
     from imagetool.formats import open_image
     from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE

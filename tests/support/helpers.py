@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagetool.formats.base import Extent, merge_extents
+from imagetool.backend import Extent, merge_extents
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -427,7 +427,11 @@ def run_on_pty(argv, env, cwd) -> tuple[int, str]:
     return proc.wait(60), drawn.decode(errors="replace")
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# this file is tests/support/helpers.py: the checkout is two floors up
+SUPPORT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(SUPPORT))
+# run as ``python HARNESS ARGS...``: the CLI with a slowed, counting client
+HARNESS = os.path.join(SUPPORT, "resume_harness.py")
 
 
 def cli_env(tmp_path: Any, **extra: str) -> dict[str, str]:
@@ -496,6 +500,27 @@ class FaultyEngine:
                           password=FAULT_PASSWORD, cafile=self.engine.cafile)
 
 
+def engine_cli_env(engine: Any, password: str, home: Any) -> dict[str, str]:
+    """The IMAGETOOL_* settings that point the CLI at the LocalEngine
+    ``engine`` (its TLS verified with the engine's CA), with the client
+    home ``home``."""
+    from imagetool.server.local import LocalEngine
+
+    return {"IMAGETOOL_ENGINE_URL": engine.url, "IMAGETOOL_USERNAME": LocalEngine.username,
+            "IMAGETOOL_PASSWORD": password, "IMAGETOOL_CAFILE": engine.cafile,
+            "IMAGETOOL_HOME": str(home)}
+
+
+def use_cli_env(monkeypatch: Any, settings: dict[str, str]) -> None:
+    """Make ``settings`` the only IMAGETOOL_* variables of the test's
+    environment: none from the machine running the tests leaks in."""
+    for name in list(os.environ):
+        if name.startswith("IMAGETOOL_"):
+            monkeypatch.delenv(name)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+
+
 def start_faulty_engine(data_dir: str, **options: Any) -> FaultyEngine:
     """Start a LocalEngine and a TLS FaultProxy in front of its data plane."""
     from fault_proxy import FaultProxy, ProxyTls
@@ -508,9 +533,7 @@ def start_faulty_engine(data_dir: str, **options: Any) -> FaultyEngine:
                        ProxyTls(cert_file=pki.cert_file, key_file=pki.key_file,
                                 upstream_tls=True, upstream_cafile=pki.ca_file)).start()
     eng.server.advertised_dataplane_url = proxy.url_for()
-    env = {"IMAGETOOL_ENGINE_URL": eng.url, "IMAGETOOL_USERNAME": LocalEngine.username,
-           "IMAGETOOL_PASSWORD": FAULT_PASSWORD, "IMAGETOOL_CAFILE": eng.cafile,
-           "IMAGETOOL_HOME": os.path.join(data_dir, "client-home")}
+    env = engine_cli_env(eng, FAULT_PASSWORD, os.path.join(data_dir, "client-home"))
     return FaultyEngine(eng, proxy, env)
 
 
@@ -582,6 +605,39 @@ def sdk_download(connection, engine, dst, disk_id=None, snapshot_id=None):
     client.download(t.transfer_url, dst, engine.cafile, fmt="qcow2")
     sdk_finalize(connection, t)
     return dst
+
+
+@contextmanager
+def sdk_vm_with_disk(connection, engine, tmp_path, prefix: str):
+    """A VM made with ovirtsdk4, its one disk a 4 MiB qcow2 uploaded by the
+    reference client (``make_pattern_image``); yields (vm, vm_service, disk,
+    source image) and removes the VM and its disk afterwards. ``prefix``
+    starts the VM's and the disk's names."""
+    import ovirtsdk4 as sdk
+    from ovirt_imageio import client
+    from ovirtsdk4 import types
+
+    system = connection.system_service()
+    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
+    disk = system.disks_service().add(types.Disk(
+        name=f"{prefix}d-{tmp_path.name}"[:50], format=types.DiskFormat.COW,
+        provisioned_size=4 * MiB, storage_domains=[types.StorageDomain(name="data")]))
+    t = sdk_start_transfer(connection, "upload", disk.id)
+    client.upload(src, t.transfer_url, engine.cafile)
+    sdk_finalize(connection, t)
+    vm = system.vms_service().add(types.Vm(name=f"{prefix}vm-{tmp_path.name}"[:50],
+                                           cluster=types.Cluster(name="Default")))
+    vm_service = system.vms_service().vm_service(vm.id)
+    vm_service.disk_attachments_service().add(types.DiskAttachment(
+        disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI,
+        bootable=True, active=True))
+    try:
+        yield vm, vm_service, disk, src
+    finally:
+        try:
+            vm_service.remove()
+        except sdk.Error:
+            pass
 
 
 # --- the ovirt-engine-sdk-python examples ----------------------------------------

@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from helpers import qemu_compare as same
+from helpers import sdk_vm_with_disk
 from helpers import sdk_download as download
 from helpers import sdk_finalize as finalize
 from helpers import sdk_start_transfer as start_transfer
@@ -101,31 +102,15 @@ def export_sd(connection, tmp_path):
 @pytest.fixture
 def vm_disk(connection, engine, tmp_path):
     """A VM with one uploaded qcow2 disk and a snapshot with a write after it."""
-    system = connection.system_service()
-    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
-    disk = system.disks_service().add(types.Disk(
-        name=f"xd-{tmp_path.name}"[:60], format=types.DiskFormat.COW, provisioned_size=4 * MiB,
-        storage_domains=[types.StorageDomain(name="data")]))
-    t = start_transfer(connection, "upload", disk.id)
-    client.upload(src, t.transfer_url, engine.cafile)
-    finalize(connection, t)
-    vm = system.vms_service().add(types.Vm(name=f"xvm-{tmp_path.name}"[:60],
-                                           cluster=types.Cluster(name="Default")))
-    vm_service = system.vms_service().vm_service(vm.id)
-    vm_service.disk_attachments_service().add(types.DiskAttachment(
-        disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI,
-        bootable=True, active=True))
-    snap = vm_service.snapshots_service().add(types.Snapshot(description="before-write",
-                                                              persist_memorystate=False))
-    d = system.disks_service().disk_service(disk.id).get()
-    top = os.path.join(engine.data_dir, d.storage_domains[0].id, "images", disk.id, d.image_id)
-    qemu_io(top, "write -P 0x7a 512k 256k", fmt="qcow2")
-    now = download(connection, engine, str(tmp_path / "now.qcow2"), disk.id)
-    yield vm_service, vm, disk, src, now, snap
-    try:
-        vm_service.remove()
-    except sdk.Error:
-        pass
+    with sdk_vm_with_disk(connection, engine, tmp_path, "x") as (vm, vm_service, disk, src):
+        snap = vm_service.snapshots_service().add(types.Snapshot(
+            description="before-write", persist_memorystate=False))
+        d = connection.system_service().disks_service().disk_service(disk.id).get()
+        top = os.path.join(engine.data_dir, d.storage_domains[0].id, "images", disk.id,
+                           d.image_id)
+        qemu_io(top, "write -P 0x7a 512k 256k", fmt="qcow2")
+        now = download(connection, engine, str(tmp_path / "now.qcow2"), disk.id)
+        yield vm_service, vm, disk, src, now, snap
 
 
 def read_meta(path):

@@ -22,10 +22,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from helpers import qemu_compare as same
+from helpers import sdk_vm_with_disk
 from helpers import sdk_download as download
-from helpers import sdk_finalize as finalize
-from helpers import sdk_start_transfer as start_transfer
-from helpers import MiB, make_pattern_image, qemu_img
+from helpers import MiB, qemu_img
 from helpers import ENGINE_PASSWORD as PASSWORD
 from helpers import qemu_io
 
@@ -94,25 +93,8 @@ def runner(sdk_examples, engine, tmp_path):
 @pytest.fixture
 def vm(connection, engine, tmp_path):
     """A VM with one uploaded disk: (vm, vm_service, disk, source image)."""
-    system = connection.system_service()
-    src = make_pattern_image(str(tmp_path / "a.qcow2"), "qcow2")
-    disk = system.disks_service().add(types.Disk(
-        name=f"exd-{tmp_path.name}"[:50], format=types.DiskFormat.COW,
-        provisioned_size=4 * MiB, storage_domains=[types.StorageDomain(name="data")]))
-    t = start_transfer(connection, "upload", disk.id)
-    client.upload(src, t.transfer_url, engine.cafile)
-    finalize(connection, t)
-    vm = system.vms_service().add(types.Vm(name=f"exvm-{tmp_path.name}"[:50],
-                                           cluster=types.Cluster(name="Default")))
-    vm_service = system.vms_service().vm_service(vm.id)
-    vm_service.disk_attachments_service().add(types.DiskAttachment(
-        disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI,
-        bootable=True, active=True))
-    yield vm, vm_service, disk, src
-    try:
-        vm_service.remove()
-    except sdk.Error:
-        pass
+    with sdk_vm_with_disk(connection, engine, tmp_path, "ex") as made:
+        yield made
 
 
 def active_volume(engine, connection, disk_id):

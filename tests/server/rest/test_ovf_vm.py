@@ -238,7 +238,7 @@ def test_ova_export_and_reimport_keep_every_field(connection, engine, conn):
                          for d in (d1, d2)), bool, timeout=60, interval=0.1)
     _remove_vm(connection, vm.id)
     out = import_ova(conn, path, "data")
-    assert described(connection, out["vm_id"]) == want
+    assert described(connection, out.id) == want
 
 
 def test_export_domain_round_trip_keeps_every_field(connection, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from imagetool.formats.base import BackendBase, Extent
+from imagetool.backend import BackendBase, Extent
 
 
 class FileBackend(BackendBase):
