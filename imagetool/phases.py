@@ -70,27 +70,66 @@ FAILING = FAILURE - {P.FINISHED_FAILURE}
 # The copy cannot go on.
 STOPPED = FAILURE | PAUSED | {P.FINISHED_SUCCESS}
 
-_CANCEL = frozenset({P.CANCELLED_USER, P.CANCELLED_SYSTEM})
+class Event(_Named):
+    """What moves a local engine's transfer from one phase to the next."""
 
-# Every move the local engine makes. Restarting the engine settles whatever
-# it finds unfinished (``recover``): uploads pause, the rest is cancelled by
-# the system, so every live phase may move to paused_system or
-# cancelled_system.
-TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    P.INITIALIZING: frozenset({P.TRANSFERRING, P.PAUSED_SYSTEM}) | _CANCEL,
-    P.TRANSFERRING: frozenset({P.FINALIZING_SUCCESS}) | PAUSED | _CANCEL,
-    P.RESUMING: frozenset({P.TRANSFERRING, P.INITIALIZING, P.PAUSED_SYSTEM}) | _CANCEL,
-    P.PAUSED_USER: frozenset({P.RESUMING, P.FINALIZING_SUCCESS, P.PAUSED_SYSTEM}) | _CANCEL,
-    P.PAUSED_SYSTEM: frozenset({P.RESUMING, P.FINALIZING_SUCCESS}) | _CANCEL,
-    P.CANCELLED_USER: frozenset({P.FINALIZING_CLEANUP, P.CANCELLED_SYSTEM}),
-    P.CANCELLED_SYSTEM: frozenset({P.FINALIZING_CLEANUP}),
-    P.FINALIZING_SUCCESS: frozenset({P.FINISHED_SUCCESS, P.FINALIZING_FAILURE}),
-    P.FINALIZING_FAILURE: frozenset({P.FINISHED_FAILURE, P.CANCELLED_SYSTEM}),
-    P.FINALIZING_CLEANUP: frozenset({P.FINISHED_CLEANUP, P.CANCELLED_SYSTEM}),
-    P.FINISHED_CLEANUP: frozenset({P.FINISHED_FAILURE, P.CANCELLED_SYSTEM}),
-    P.FINISHED_SUCCESS: frozenset(),
-    P.FINISHED_FAILURE: frozenset(),
+    READY = "ready"                    # the ticket is served (again)
+    REOPEN = "reopen"                  # resuming without a ticket: prepare anew
+    USER_PAUSE = "user_pause"
+    SYSTEM_PAUSE = "system_pause"      # idle, a failed preparation, a restart
+    RESUME = "resume"
+    FINALIZE = "finalize"
+    USER_CANCEL = "user_cancel"
+    SYSTEM_CANCEL = "system_cancel"    # idle, a failed preparation, a restart
+    VERIFIED = "verified"
+    NOT_VERIFIED = "not_verified"
+    CLEANUP = "cleanup"                # the ticket closes, the disk is put back
+    CLEANED = "cleaned"
+    END = "end"
+
+
+E = Event
+
+_CANCEL = {E.USER_CANCEL: P.CANCELLED_USER, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM}
+_LIVE = {E.SYSTEM_PAUSE: P.PAUSED_SYSTEM, **_CANCEL}
+
+# Every move the local engine makes, by the event that makes it (the
+# ``_state.py`` table of the h11 HTTP library is the model): phase ->
+# {event: next phase}. Restarting the engine settles whatever it finds
+# unfinished (``recover``): uploads pause, the rest is cancelled by the
+# system, so every live phase has both system events. A phase with no
+# entry for an event refuses it.
+EVENTS: dict[Phase, dict[Event, Phase]] = {
+    P.INITIALIZING: {E.READY: P.TRANSFERRING, **_LIVE},
+    P.TRANSFERRING: {E.FINALIZE: P.FINALIZING_SUCCESS, E.USER_PAUSE: P.PAUSED_USER, **_LIVE},
+    P.RESUMING: {E.READY: P.TRANSFERRING, E.REOPEN: P.INITIALIZING, **_LIVE},
+    P.PAUSED_USER: {E.RESUME: P.RESUMING, E.FINALIZE: P.FINALIZING_SUCCESS, **_LIVE},
+    P.PAUSED_SYSTEM: {E.RESUME: P.RESUMING, E.FINALIZE: P.FINALIZING_SUCCESS, **_LIVE},
+    P.CANCELLED_USER: {E.CLEANUP: P.FINALIZING_CLEANUP, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM},
+    P.CANCELLED_SYSTEM: {E.CLEANUP: P.FINALIZING_CLEANUP, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM},
+    P.FINALIZING_SUCCESS: {E.VERIFIED: P.FINISHED_SUCCESS,
+                           E.NOT_VERIFIED: P.FINALIZING_FAILURE},
+    P.FINALIZING_FAILURE: {E.END: P.FINISHED_FAILURE, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM},
+    P.FINALIZING_CLEANUP: {E.CLEANED: P.FINISHED_CLEANUP, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM},
+    P.FINISHED_CLEANUP: {E.END: P.FINISHED_FAILURE, E.SYSTEM_CANCEL: P.CANCELLED_SYSTEM},
+    P.FINISHED_SUCCESS: {},
+    P.FINISHED_FAILURE: {},
 }
+
+# The moves of ``EVENTS``, whatever makes them (staying put is not a move).
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    old: frozenset(moves.values()) - {old} for old, moves in EVENTS.items()}
+
+
+def next_phase(old: str, event: Event) -> Phase | None:
+    """The phase ``event`` moves a transfer in ``old`` to; None when ``old``
+    refuses it."""
+    return EVENTS.get(old, {}).get(event)
+
+
+def accepting(event: Event) -> frozenset[Phase]:
+    """The phases in which ``event`` may happen (an action's allowed phases)."""
+    return frozenset(p for p, moves in EVENTS.items() if event in moves)
 
 
 def can_transition(old: str, new: str) -> bool:

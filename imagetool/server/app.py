@@ -12,30 +12,29 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import socket
 import ssl
 import threading
-import time
-from contextlib import suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from imagetool.server import backups
+from imagetool.server.domain import backups
 from imagetool.server.dataplane import DataPlaneServer
 from imagetool.server.dirty import DirtyTracker
 from imagetool.server import jobs
 from imagetool.server.rest import codec, root
+from imagetool.server.rest.http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Handler, HttpServer
 from imagetool.server.rest.jobs import correlation_id
 from imagetool.server.rest.routes import ROUTES
 from imagetool.server.rest.router import API_PREFIX_RE, ApiError, Reply, Request, Router
-from imagetool.server.rest.validate import escaped
-from imagetool.server.storage import Storage, make_private_dirs, new_id
+from imagetool.server.faults import escaped
+from imagetool.server.files import make_private_dirs
+from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
 from imagetool.server.tickets import TicketRegistry
 from imagetool.server.tls import ensure_pki, server_context
-from imagetool.server.transfers import TransferManager
+from imagetool.server.domain.transfers import TransferManager
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +47,8 @@ MAX_BODY = 1 << 20
 # The SSO and services endpoints take no authentication; their bodies are
 # a short form (user name, password, scope).
 MAX_SSO_BODY = 16 << 10
-# Connections the REST plane serves at once; one more is closed at once.
-MAX_CONNECTIONS = 64
 # Hosts one engine may pretend to have (``serve --hosts``).
 MAX_HOSTS = 64
-# Seconds a client has to send a whole request (headers and body), counted
-# from the connection's start or its previous reply: an idle or slow client
-# (one byte now and then) cannot hold a handler thread for ever.
-REQUEST_TIMEOUT = 60.0
-_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def load_or_create_password(data_dir: str, password: str | None = None,
@@ -169,7 +161,7 @@ class EngineServer:
         # Writes since each checkpoint, for incremental backups.
         self.dirty = DirtyTracker(self.data_dir)
         self.transfers.dirty = self.dirty
-        # A VM backup with no activity this long is ended (server/backups.py).
+        # A VM backup with no activity this long is ended (server/domain/backups.py).
         self.backup_timeout = backup_timeout
         self.transfers.ticks.append(lambda: backups.expire(self))
         self.pki = None
@@ -250,7 +242,7 @@ class EngineServer:
         self.transfers.start(recover=self._dir_lock is not None)
         if self._dir_lock is not None:
             backups.recover(self)
-        httpd = _HttpServer((self.host, self._port), _Handler)
+        httpd = HttpServer((self.host, self._port), Handler)
         httpd.setup_limits(self.max_connections, self.request_timeout)
         if self.ssl_context is not None:
             httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True,
@@ -421,181 +413,3 @@ class EngineServer:
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "Request Entity Too Large",
                     f"The request body is larger than {limit} bytes")
-
-
-class _HttpServer(ThreadingHTTPServer):
-    """Threads per connection, at most ``max_connections`` at once, each
-    given ``request_timeout`` seconds to send each whole request."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    engine: EngineServer
-    max_connections = MAX_CONNECTIONS
-    request_timeout = REQUEST_TIMEOUT
-
-    def setup_limits(self, max_connections: int, request_timeout: float) -> None:
-        self.max_connections = max_connections
-        self.request_timeout = request_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._deadlines: dict["_Handler", float] = {}
-        self._deadline_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch, name="engine-http-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("refusing a connection from %s: %d connections already",
-                        client_address[0], self.max_connections)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.disarm_all(request)
-            self._slots.release()
-
-    def arm(self, handler: "_Handler") -> None:
-        """Start the clock for the handler's next request."""
-        with self._deadline_lock:
-            self._deadlines[handler] = time.monotonic() + self.request_timeout
-
-    def disarm(self, handler: "_Handler") -> None:
-        with self._deadline_lock:
-            self._deadlines.pop(handler, None)
-
-    def disarm_all(self, request) -> None:
-        with self._deadline_lock:
-            for h in [h for h in self._deadlines if h.request is request]:
-                del self._deadlines[h]
-
-    def _watch(self) -> None:
-        interval = min(1.0, max(0.05, self.request_timeout / 4))
-        while not self._stopping.wait(interval):
-            now = time.monotonic()
-            with self._deadline_lock:
-                late = [h for h, d in self._deadlines.items() if d <= now]
-                for h in late:
-                    del self._deadlines[h]
-            for h in late:
-                h.expire()
-
-    def server_close(self) -> None:
-        stopping = getattr(self, "_stopping", None)
-        if stopping is not None:
-            stopping.set()
-        super().server_close()
-
-    def handle_error(self, request, client_address) -> None:
-        # Failed TLS handshakes and dropped clients are routine.
-        log.debug("connection from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, the second waits
-    # for the client's delayed ACK (~40 ms per request on loopback).
-    disable_nagle_algorithm = True
-    server_version = "imagetool-engine"
-    sys_version = ""
-    timeout = REQUEST_TIMEOUT
-
-    def setup(self) -> None:
-        # The socket timeout bounds each read; the server's watchdog bounds
-        # the whole request (a client sending a byte now and then).
-        self.timeout = self.server.request_timeout
-        self.server.arm(self)
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            try:
-                self.connection.do_handshake()
-            except (ssl.SSLError, OSError):
-                self.close_connection = True
-                raise
-
-    def expire(self) -> None:
-        """Cut a connection that took too long to send its request."""
-        log.debug("closing a slow connection from %s", self.client_address[0])
-        with suppress(OSError):
-            # The plain socket's shutdown: wakes the reading thread with EOF
-            # without touching the TLS state another thread is using.
-            socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
-
-    def _content_length(self) -> int | None:
-        """The Content-Length (0 when absent); None when malformed or repeated."""
-        values = self.headers.get_all("Content-Length") or []
-        if not values:
-            return 0
-        if len(set(v.strip() for v in values)) != 1:
-            return None
-        text = values[0].strip()
-        return int(text) if _CONTENT_LENGTH_RE.fullmatch(text) else None
-
-    def _serve(self) -> None:
-        engine = self.server.engine
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        fmt = "json" if "json" in headers.get("accept", "") else "xml"
-        if "transfer-encoding" in headers:
-            self._refuse(411, "Length Required",
-                         "Chunked or other transfer-encoded bodies are not supported: "
-                         "send a Content-Length", fmt)
-            return
-        length = self._content_length()
-        if length is None:
-            self._refuse(400, "Request syntactically incorrect.",
-                         "Invalid Content-Length: expected one decimal number of bytes", fmt)
-            return
-        peer = self.client_address[0] if self.client_address else ""
-        early, user = engine.admit(self.command, self.path, headers, length, peer)
-        if early is not None:
-            status, out_headers, payload = early
-            if length:
-                # The body stays unread: answer and drop the connection.
-                self.close_connection = True
-                out_headers = {**out_headers, "Connection": "close"}
-            self._send(status, out_headers, payload)
-            return
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:
-            self.close_connection = True
-            return
-        self.server.disarm(self)
-        status, out_headers, payload = engine.handle(
-            self.command, self.path, headers, body, peer=peer, user=user)
-        self._send(status, out_headers, payload)
-
-    def _refuse(self, status: int, reason: str, detail: str, fmt: str) -> None:
-        self.close_connection = True
-        status, headers, payload = self.server.engine._fault(ApiError(status, reason, detail),
-                                                             fmt)
-        self._send(status, {**headers, "Connection": "close"}, payload)
-
-    def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = _serve
-
-    def log_message(self, format: str, *args) -> None:
-        # Request lines may carry query strings; keep them out of user output.
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def handle_one_request(self) -> None:
-        self.server.arm(self)
-        try:
-            super().handle_one_request()
-        except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
-            self.close_connection = True

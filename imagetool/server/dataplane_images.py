@@ -40,7 +40,7 @@ from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTE
 
 from imagetool.server.checksum_ahead import ChecksumAhead
 from imagetool.server.dataplane_http import HttpConnection, HttpError, PeerClosed, Request
-from imagetool.server.storage import NO_ROOM, naming, os_reason
+from imagetool.server.files import NO_ROOM, naming, os_reason
 from imagetool.server.tickets import Ticket, TicketRegistry
 
 ALL_FEATURES = list(FEATURES)

@@ -16,7 +16,7 @@ import contextvars
 import time
 from typing import Iterable
 
-from imagetool.server.rest.validate import escaped
+from imagetool.server.faults import escaped
 from imagetool.server.storage import new_id
 from imagetool.server.store import Store
 

@@ -1,6 +1,6 @@
 """Tickets: what the control plane tells the data plane it may serve.
 
-The control plane (``server/transfers.py``) adds a ticket when an
+The control plane (``server/domain/transfers.py``) adds a ticket when an
 ImageTransfer reaches ``transferring`` and removes it on finalize/cancel; the
 data plane (``server/dataplane.py``) looks tickets up by the id in
 ``/images/<ticket-id>``. Activity on a ticket (any completed request or an

@@ -13,7 +13,7 @@ from helpers import MiB, qemu_check, qemu_img, qemu_io, run
 from imagetool.errors import UnsupportedFeature
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.server.storage import commit_layer, merge_layer
+from imagetool.server.layers import commit_layer, merge_layer
 
 
 def _sha(path) -> str:

@@ -1,31 +1,21 @@
 """VM backups and checkpoints (engine API model 4.4+: VmBackups, VmBackup,
 VmBackupDisks, VmCheckpoints, VmCheckpoint); the rules are in
-``server/backups.py``."""
+``server/domain/backups.py``."""
 
 from __future__ import annotations
 
-from imagetool.server import backups as bk
+from imagetool.server.domain import backups as bk
+from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, get_or_404, iso_date, ref, sub_links
-from imagetool.server.rest.router import ApiError, Reply, Request, conflict, not_found
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_text
+from imagetool.server.rest.common import action_links, iso_date, ref, sub_links
+from imagetool.server.rest.router import ApiError, Reply, Request
+from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
 
 def _fail(e: bk.BackupError) -> ApiError:
     reason = {400: "Bad Request", 404: "Not Found", 409: "Operation Failed"}[e.status]
     return ApiError(e.status, reason, f"[{e}]")
-
-
-def _vm(req: Request, vm_id: str) -> dict:
-    return get_or_404(req, "vm", vm_id, "VM")
-
-
-def _backup(req: Request, vm_id: str, bid: str) -> dict:
-    b = get_or_404(req, "backup", bid, "backup")
-    if b["vm_id"] != vm_id:
-        raise not_found(f"backup '{bid}'")
-    return b
 
 
 def backup_repr(req: Request, b: dict) -> dict:
@@ -47,7 +37,7 @@ def backup_repr(req: Request, b: dict) -> dict:
 def _backup_disks(req: Request, b: dict) -> list[dict]:
     out = []
     for disk_id in b["disks"]:
-        d = req.engine.store.get("disk", disk_id)
+        d = inventory.find(req.engine, "disk", disk_id)
         if d is None:
             continue
         body = disks_mod.disk_repr(req, d)
@@ -66,7 +56,6 @@ def checkpoint_repr(req: Request, cp: dict) -> dict:
 
 
 def add_backup(req: Request, vm_id: str) -> Reply:
-    engine = req.engine
     data = req.data()
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
     from_cp = get_id(data, "from_checkpoint_id", what="checkpoint")
@@ -77,71 +66,51 @@ def add_backup(req: Request, vm_id: str) -> Reply:
         if did is None:
             raise ApiError(400, "Bad Request", "[Cannot backup VM: a disk without id]")
         disk_ids.append(did)
-    with engine.store.transaction():
-        vm = _vm(req, vm_id)
-        try:
-            b = bk.start(engine, vm, disk_ids, from_cp, description or "", bid)
-        except bk.BackupError as e:
-            raise _fail(e) from None
+    try:
+        b = bk.start(req.engine, vm_id, disk_ids, from_cp, description or "", bid)
+    except bk.BackupError as e:
+        raise _fail(e) from None
     return Reply(status=201, tag="backup", body=backup_repr(req, b))
 
 
 def list_backups(req: Request, vm_id: str) -> Reply:
-    _vm(req, vm_id)
-    docs = req.engine.store.list("backup", lambda b: b["vm_id"] == vm_id)
-    return Reply(tag="backups", body=[backup_repr(req, b) for b in docs])
+    return Reply(tag="backups", body=[backup_repr(req, b) for b in bk.of_vm(req.engine, vm_id)])
 
 
 def get_backup(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="backup", body=backup_repr(req, _backup(req, vm_id, bid)))
+    return Reply(tag="backup", body=backup_repr(req, bk.get_backup(req.engine, vm_id, bid)))
 
 
 def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="disks", body=_backup_disks(req, _backup(req, vm_id, bid)))
+    return Reply(tag="disks", body=_backup_disks(req, bk.get_backup(req.engine, vm_id, bid)))
 
 
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
-    engine = req.engine
     req.data()
-    with engine.store.transaction():
-        _backup(req, vm_id, bid)
-        try:
-            b = bk.finalize(engine, vm_id, bid)
-        except bk.BackupError as e:
-            raise _fail(e) from None
+    try:
+        b = bk.finalize(req.engine, vm_id, bid)
+    except bk.BackupError as e:
+        raise _fail(e) from None
     return Reply(tag="action", body={"status": "complete", "backup": backup_repr(req, b)})
 
 
-def _checkpoint(req: Request, vm_id: str, cid: str) -> dict:
-    cp = get_or_404(req, "checkpoint", cid, "checkpoint")
-    if cp["vm_id"] != vm_id or cp.get("pending"):
-        raise not_found(f"checkpoint '{cid}'")
-    return cp
-
-
 def list_checkpoints(req: Request, vm_id: str) -> Reply:
-    _vm(req, vm_id)
-    cps = [c for c in bk.checkpoints(req.engine, vm_id) if not c.get("pending")]
-    return Reply(tag="checkpoints", body=[checkpoint_repr(req, c) for c in cps])
+    return Reply(tag="checkpoints", body=[checkpoint_repr(req, c)
+                                          for c in bk.visible_checkpoints(req.engine, vm_id)])
 
 
 def get_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    return Reply(tag="checkpoint", body=checkpoint_repr(req, _checkpoint(req, vm_id, cid)))
+    return Reply(tag="checkpoint",
+                 body=checkpoint_repr(req, bk.get_checkpoint(req.engine, vm_id, cid)))
 
 
 def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:
-    cp = _checkpoint(req, vm_id, cid)
+    cp = bk.get_checkpoint(req.engine, vm_id, cid)
     out = [disks_mod.disk_repr(req, d) for d in
-           (req.engine.store.get("disk", i) for i in cp.get("disks", [])) if d is not None]
+           (inventory.find(req.engine, "disk", i) for i in cp.get("disks", [])) if d is not None]
     return Reply(tag="disks", body=out)
 
 
 def remove_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    engine = req.engine
-    with engine.store.transaction():
-        cp = _checkpoint(req, vm_id, cid)
-        if any(b["vm_id"] == vm_id and b["phase"] in bk.RUNNING
-               for b in engine.store.list("backup")):
-            raise conflict("remove checkpoint", "A backup of the VM is running.")
-        bk.remove_checkpoint(engine, cp)
+    bk.drop_checkpoint(req.engine, vm_id, cid)
     return Reply(status=200)

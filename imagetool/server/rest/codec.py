@@ -18,8 +18,8 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from imagetool import xmlsafe
-from imagetool.server.rest.errors import ApiError
-from imagetool.server.rest.validate import check_id
+from imagetool.server.faults import ApiError
+from imagetool.server.validate import check_id
 
 # Deepest element nesting a request body may have. oVirt request bodies are
 # a few levels deep (an OVF travels as text, not as elements); a bound

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
-from imagetool.server import jobs
+from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
 from imagetool.server.rest.router import ApiError, Reply, Request, not_found
 
@@ -65,15 +65,9 @@ def search_filter(req: Request, docs: list[dict], fields: dict[str, str] | None 
 
 def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
     """The storage domain named by ``<storage_domain id|name>``; 404 when unknown."""
-    store = req.engine.store
-    if not ref:
-        raise ApiError(400, "Incomplete parameters", f"storage domain id or name required for {action}")
-    sd_id = get_id(ref, "id", what="storage domain")
-    name = get_str(ref, "name")
-    for sd in store.list("storage_domain"):
-        if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):
-            return sd
-    raise not_found(f"storage domain '{sd_id or name}'")
+    ref = ref or {}
+    return inventory.find_storage_domain(req.engine, get_id(ref, "id", what="storage domain"),
+                                         get_str(ref, "name"), action)
 
 
 def first_sd_ref(data: dict) -> dict | None:
@@ -87,26 +81,20 @@ def first_sd_ref(data: dict) -> dict | None:
 
 def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
     """A stored entity or a 404 fault naming it."""
-    doc = req.engine.store.get(kind, id)
-    if doc is None:
-        raise not_found(f"{label} '{id}'")
-    return doc
+    return inventory.get(req.engine, kind, id, label)
 
 
 def get_owned(req: Request, kind: str, id: str, label: str, key: str, owner: str) -> dict:
     """``get_or_404`` for an entity under another in the path: a 404 as well
     when its ``key`` names a different owner."""
-    doc = get_or_404(req, kind, id, label)
-    if doc[key] != owner:
-        raise not_found(f"{label} '{id}'")
-    return doc
+    return inventory.get_owned(req.engine, kind, id, label, key, owner)
 
 
 def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
                 fields: dict[str, str] | None = None) -> Reply:
     """GET on a stored collection: ``search`` and ``max`` applied, each entity
     as ``to_repr`` gives it."""
-    docs = search_filter(req, req.engine.store.list(kind), fields)
+    docs = search_filter(req, inventory.entities(req.engine, kind), fields)
     return Reply(tag=tag, body=[to_repr(req, d) for d in docs])
 
 
@@ -136,20 +124,7 @@ def remove_member(req: Request, kind: str, owner_id: str, owner_label: str, fiel
                   id: str, label: str) -> None:
     """DELETE on one member of a collection stored inside its owner (a VM's
     NICs): 404 naming it when the owner has none with that id."""
-    store = req.engine.store
-    with store.transaction():
-        owner = get_or_404(req, kind, owner_id, owner_label)
-        left = [m for m in owner.get(field, []) if m["id"] != id]
-        if len(left) == len(owner.get(field, [])):
-            raise not_found(f"{label} '{id}'")
-        owner[field] = left
-        store.put(kind, owner)
-
-
-def record_job(engine: Any, description: str, steps: Iterable[str],
-               status: str = "finished", start: float | None = None) -> dict:
-    """Store a finished job with one step per name (jobs service)."""
-    return jobs.record_job(engine.store, description, steps, status, start)
+    inventory.remove_member(req.engine, kind, owner_id, owner_label, field, id, label)
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:

@@ -1,21 +1,17 @@
 """Disks (oVirt REST API guide: Disks, Disk, DiskSnapshots): add, list, get,
 update, remove, copy, move, and their disk snapshots (the volumes of the
-disk's chain)."""
+disk's chain); the operations are ``server/domain/disks.py``'s."""
 
 from __future__ import annotations
 
-import os
-import time
-
-from imagetool.phases import BACKUP_RUNNING
+from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_or_404, get_owned, get_stored, list_stored,
-                                          record_job, ref, sub_links)
-from imagetool.server.rest.router import Reply, Request, bad_request, conflict, missing
-from imagetool.server.rest.validate import MAX_DESCRIPTION, check_size, check_text
-from imagetool.server.storage import (commit_layer, make_private_dirs, merge_layer, new_id,
-                                      os_reason, sparsify_layer, volume_row)
+                                          get_owned, get_stored, list_stored,
+                                          ref, sub_links)
+from imagetool.server.rest.router import Reply, Request, bad_request, missing
+from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
+from imagetool.server.storage import new_id
 
 SEARCH_FIELDS = {"alias": "name"}
 FORMATS = ("cow", "raw")
@@ -24,31 +20,13 @@ CONTENT_TYPES = ("data", "iso", "ovf_store", "memory_dump_volume", "memory_metad
                  "hosted_engine_configuration", "backup_scratch")
 
 
-def chain(store, disk: dict, all_volumes: list[dict] | None = None) -> list[dict]:
-    """The disk's volumes from base to active (top).
-
-    ``all_volumes``: every volume, when the caller already has them (lists).
-    """
-    if all_volumes is None:
-        all_volumes = store.list("volume", lambda v: v["disk_id"] == disk["id"])
-    vols = {v["id"]: v for v in all_volumes if v["disk_id"] == disk["id"]}
-    out = []
-    cur = vols.get(disk["image_id"])
-    while cur is not None:
-        out.append(cur)
-        cur = vols.get(cur.get("parent_id"))
-    return list(reversed(out))
-
-
 def disk_actual_size(req: Request, disk: dict) -> int:
     """Bytes allocated by every volume of the disk."""
-    st = req.engine.storage
     # One volume listing per request, not one per disk of a long list.
     cache = req.__dict__.setdefault("_volumes", None)
     if cache is None:
-        cache = req.__dict__["_volumes"] = req.engine.store.list("volume")
-    return sum(st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
-               for v in chain(req.engine.store, disk, cache))
+        cache = req.__dict__["_volumes"] = inventory.entities(req.engine, "volume")
+    return disks.actual_size(req.engine, disk, cache)
 
 
 def disk_repr(req: Request, d: dict) -> dict:
@@ -76,15 +54,13 @@ def disk_repr(req: Request, d: dict) -> dict:
 
 def snapshot_repr(req: Request, v: dict, collection_href: str) -> dict:
     """A volume as a DiskSnapshot (id = volume id, parent = the volume below)."""
-    store = req.engine.store
-    disk = store.get("disk", v["disk_id"]) or {}
-    st = req.engine.storage
-    path = st.volume_path(v["sd_id"], v["disk_id"], v["id"])
+    disk = inventory.find(req.engine, "disk", v["disk_id"]) or {}
+    size = disks.volume_size(req.engine, v)
     return {
         "href": f"{collection_href}/{v['id']}", "id": v["id"],
         "name": disk.get("name"), "alias": disk.get("name"),
         "description": disk.get("description") or None,
-        "actual_size": st.allocated_size(path), "total_size": st.allocated_size(path),
+        "actual_size": size, "total_size": size,
         "content_type": disk.get("content_type", "data"), "format": v["format"],
         "image_id": v["id"], "provisioned_size": disk.get("provisioned_size"),
         "sparse": disk.get("sparse", True), "status": disk.get("status", "ok"),
@@ -95,85 +71,6 @@ def snapshot_repr(req: Request, v: dict, collection_href: str) -> dict:
         "snapshot": {"id": v["snapshot_id"]} if v.get("snapshot_id") else None,
         "storage_domains": [ref(req, "storagedomains", v["sd_id"])],
     }
-
-
-def check_usable(disk: dict, action: str) -> None:
-    """409 when the disk is locked (a transfer or operation runs) or illegal."""
-    if disk["status"] == "locked":
-        raise conflict(action, f"Disk {disk['name']} is locked. Please try again later.")
-    if disk["status"] == "illegal":
-        raise conflict(action, f"Disk {disk['name']} is in illegal state.")
-
-
-def check_not_backed_up(engine, action: str, vm: dict | None = None,
-                        disk: dict | None = None) -> None:
-    """409 while a VM backup holds ``vm`` or ``disk``: its frozen layers are
-    under the disk, and its client may still be reading them (oVirt engine:
-    a VM or disk in a running backup is locked)."""
-    for b in engine.store.list("backup", lambda b: b["phase"] in BACKUP_RUNNING):
-        if vm is not None and b["vm_id"] == vm["id"]:
-            raise conflict(action, f"VM {vm['name']} is being backed up (backup {b['id']}, "
-                                   f"phase {b['phase']}): finalize the backup first.")
-        if disk is not None and disk["id"] in b["disks"]:
-            raise conflict(action, f"Disk {disk['name']} is being backed up (backup "
-                                   f"{b['id']}, phase {b['phase']}): finalize the backup "
-                                   "first.")
-
-
-def check_active(sd: dict, action: str) -> None:
-    """409 unless the domain is attached to the data center and active."""
-    if not sd.get("attached", True) or sd.get("status", "active") != "active":
-        state = "not attached to a data center" if not sd.get("attached", True) \
-            else "in maintenance"
-        raise conflict(action, f"Storage Domain {sd['name']} is {state}: attach and "
-                               "activate it first.")
-
-
-def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
-                initial_size: int | None = None, sparse: bool = True,
-                content_type: str = "data", backup: str = "none",
-                description: str = "", disk_id: str | None = None) -> dict:
-    """Create a disk with one empty volume and store it (status ok).
-
-    A volume that cannot be created (no space, a size the file system
-    refuses) is a 409 and leaves neither a directory nor an inventory row.
-    """
-    disk_id = disk_id or new_id()
-    vol_id = new_id()
-    start = time.time()
-    try:
-        engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size,
-                                     preallocate=not sparse)
-    except BaseException as e:
-        engine.storage.remove_disk(sd["id"], disk_id)
-        if isinstance(e, (OSError, ValueError, MemoryError)):
-            raise conflict("add Virtual Disk",
-                           f"Cannot create the volume: {os_reason(e)}."
-                           ) from None
-        raise
-    disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
-            "provisioned_size": provisioned_size, "initial_size": initial_size,
-            "sparse": sparse, "content_type": content_type, "backup": backup,
-            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start,
-            # Holds no data yet: an upload into it that fails removes it.
-            "empty": True}
-    with engine.store.transaction():
-        engine.store.put("volume", volume_row(vol_id, disk_id, sd["id"], fmt, start))
-        engine.store.put("disk", disk)
-    record_job(engine, f"Adding Disk {name}", ["Creating volume"], start=start)
-    return disk
-
-
-def check_backup(backup: str, fmt: str, action: str) -> str:
-    """A disk's ``backup`` mode: none or incremental, the latter for cow only."""
-    if backup not in ("none", "incremental"):
-        raise bad_request(f"Invalid value '{backup}' for disk backup: expected none or "
-                          "incremental")
-    if backup == "incremental" and fmt == "raw":
-        # Only qcow2 volumes carry dirty bitmaps (oVirt engine: a RAW disk
-        # with incremental backup is refused).
-        raise conflict(action, "Incremental backup is not supported for RAW disks.")
-    return backup
 
 
 def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
@@ -189,35 +86,24 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     if fmt not in FORMATS:
         raise bad_request(f"Invalid value '{fmt}' for disk format: expected cow or raw")
     check_size(size)
-    backup = check_backup(get_str(data, "backup") or "none", fmt, "add Virtual Disk")
+    backup = disks.check_backup(get_str(data, "backup") or "none", fmt, "add Virtual Disk")
     sd_ref = first_sd_ref(data)
     sd = find_storage_domain(req, sd_ref, "add Disk") if sd_ref else default_sd
     if sd is None:
         raise missing("Disk", "add", "storageDomains.storageDomain.id|name")
-    if sd["type"] != "data":
-        raise conflict("add Virtual Disk",
-                       f"Storage Domain {sd['name']} is an {sd['type']} domain: disks can only be "
-                       "added to data domains.")
-    check_active(sd, "add Virtual Disk")
+    disks.check_target(sd)
     content_type = get_str(data, "content_type") or "data"
     if content_type not in CONTENT_TYPES:
         raise bad_request(f"Invalid value '{content_type}' for disk content_type")
     sparse = get_bool(data, "sparse")
     sparse = True if sparse is None else sparse
-    available, _ = req.engine.storage.space(sd["id"])
     initial = get_int(data, "initial_size")
     if initial is not None:
         check_size(initial, "initial_size")
-    needed = initial if sparse else size
-    if needed and needed > available:
-        raise conflict("add Virtual Disk",
-                       f"Low disk space on Storage Domain {sd['name']}.")
-    if disk_id and req.engine.store.get("disk", disk_id):
-        raise conflict("add Virtual Disk", f"A disk with id {disk_id} already exists.")
-    disk = create_disk(req.engine, name=name or f"disk-{new_id()[:8]}", fmt=fmt,
-                       provisioned_size=size, sd=sd, initial_size=initial, sparse=sparse,
-                       content_type=content_type, backup=backup,
-                       description=description or "", disk_id=disk_id)
+    disk = disks.add(req.engine, sd, size=size, sparse=sparse, initial=initial,
+                     disk_id=disk_id, name=name or f"disk-{new_id()[:8]}", fmt=fmt,
+                     content_type=content_type, backup=backup,
+                     description=description or "")
     return Reply(status=201, tag="disk", body=disk_repr(req, disk))
 
 
@@ -232,229 +118,68 @@ def get_disk(req: Request, disk_id: str) -> Reply:
 def update_disk(req: Request, disk_id: str) -> Reply:
     """PUT /disks/{id}: name, alias, description, provisioned_size (grow raw
     only), backup (none|incremental, cow disks only)."""
-    engine = req.engine
     data = req.data()
-    with engine.store.transaction():
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        check_usable(disk, "update Virtual Disk")
-        name = check_text(get_str(data, "name") or get_str(data, "alias"), "name")
-        if name:
-            disk["name"] = name
-        if "description" in data:
-            disk["description"] = check_text(get_str(data, "description"), "description",
-                                             MAX_DESCRIPTION) or ""
-        size = get_int(data, "provisioned_size")
-        if size is not None and size != disk["provisioned_size"]:
-            check_size(size)
-            if size < disk["provisioned_size"]:
-                raise conflict("update Virtual Disk", "Disk size cannot be reduced.")
-            try:
-                engine.storage.resize_volume(disk, size, chain(engine.store, disk))
-            except ValueError as e:
-                raise conflict("extend Virtual Disk", f"{e}.") from None
-            disk["provisioned_size"] = size
-        backup = get_str(data, "backup")
-        if backup is not None:
-            # Takes effect at the VM's next checkpoint: the first backup
-            # after it is full for this disk, later ones incremental.
-            disk["backup"] = check_backup(backup, disk["format"], "update Virtual Disk")
-        engine.store.put("disk", disk)
+    size = get_int(data, "provisioned_size")
+    if size is not None:
+        check_size(size)
+    description = None
+    if "description" in data:
+        description = check_text(get_str(data, "description"), "description",
+                                 MAX_DESCRIPTION) or ""
+    disk = disks.update(req.engine, disk_id,
+                        name=check_text(get_str(data, "name") or get_str(data, "alias"), "name"),
+                        description=description, size=size, backup=get_str(data, "backup"))
     return Reply(tag="disk", body=disk_repr(req, disk))
-
-
-def attached_disks(engine, owner: dict) -> list[dict]:
-    """The stored disks a VM or template has attachments to, in attachment
-    order; an attachment whose disk is gone is passed over."""
-    disks = [engine.store.get("disk", a["disk_id"]) for a in owner.get("attachments", [])]
-    return [d for d in disks if d is not None]
 
 
 def remove_disk(req: Request, disk_id: str) -> Reply:
     """DELETE /disks/{id}: refused while locked or attached to a VM."""
-    engine = req.engine
-    with engine.store.transaction():
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        if disk["status"] == "locked":
-            check_usable(disk, "remove Virtual Disk")
-        check_not_backed_up(engine, "remove Virtual Disk", disk=disk)
-        vms = [vm for vm in engine.store.list("vm")
-               if any(a["disk_id"] == disk_id for a in vm.get("attachments", []))]
-        if vms:
-            raise conflict("remove Virtual Disk",
-                           f"Disk {disk['name']} is attached to VM {vms[0]['name']}.")
-        engine.storage.delete_disk(disk)
-    record_job(engine, f"Removing Disk {disk['name']}", ["Removing volumes"])
+    disks.remove(req.engine, disk_id)
     return Reply(status=200)
 
 
 def _action_target(req: Request, action: str) -> dict:
-    data = req.data()
-    sd_ref = first_sd_ref(data)
+    sd_ref = first_sd_ref(req.data())
     if sd_ref is None:
         raise missing("Action", action, "storageDomain.id|name")
-    sd = find_storage_domain(req, sd_ref, action)
-    if sd["type"] != "data":
-        raise conflict(f"{action} Virtual Disk",
-                       f"Storage Domain {sd['name']} is not a data domain.")
-    return sd
+    return find_storage_domain(req, sd_ref, action)
 
 
-def copy_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/copy: a new disk (flattened) on the target domain."""
-    engine = req.engine
-    sd = _action_target(req, "copy")
-    disk = get_or_404(req, "disk", disk_id, "disk")
-    check_usable(disk, "copy Virtual Disk")
-    new_name = check_text(get_str(req.data(), "disk", "name")
-                          or get_str(req.data(), "disk", "alias"), "disk.name") \
-        or f"{disk['name']}_copy"
-    vols = chain(engine.store, disk)
-    new_disk_id, new_vol = new_id(), new_id()
-    engine.storage.flatten(vols, disk["format"], disk["provisioned_size"], sd["id"],
-                           new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
-    now = time.time()
-    copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
-                status="ok", created=now)
-    with engine.store.transaction():
-        engine.store.put("volume", volume_row(new_vol, new_disk_id, sd["id"], disk["format"], now))
-        engine.store.put("disk", copy)
-    job = record_job(engine, f"Copying Disk {disk['name']} to {sd['name']}", ["Copying volumes"])
-    return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, copy),
-                                     "job": ref(req, "jobs", job["id"])})
-
-
-def move_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/move: rename the disk directory into the target domain."""
-    engine = req.engine
-    sd = _action_target(req, "move")
-    with engine.store.transaction():
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        check_usable(disk, "move Virtual Disk")
-        if disk["sd_id"] != sd["id"]:
-            src = engine.storage.disk_dir(disk["sd_id"], disk_id)
-            dst = engine.storage.disk_dir(sd["id"], disk_id)
-            make_private_dirs(os.path.dirname(dst))
-            os.rename(src, dst)
-            for v in engine.store.list("volume", lambda v: v["disk_id"] == disk_id):
-                engine.store.update("volume", v["id"], sd_id=sd["id"])
-            disk["sd_id"] = sd["id"]
-            engine.store.put("disk", disk)
-    job = record_job(engine, f"Moving Disk {disk['name']} to {sd['name']}", ["Moving volumes"])
+def _moved(req: Request, disk: dict, job: dict) -> Reply:
     return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, disk),
                                      "job": ref(req, "jobs", job["id"])})
 
 
+def copy_disk(req: Request, disk_id: str) -> Reply:
+    """POST /disks/{id}/copy: a new disk (flattened) on the target domain."""
+    sd = _action_target(req, "copy")
+    new_name = check_text(get_str(req.data(), "disk", "name")
+                          or get_str(req.data(), "disk", "alias"), "disk.name")
+    return _moved(req, *disks.copy(req.engine, disk_id, sd, new_name))
+
+
+def move_disk(req: Request, disk_id: str) -> Reply:
+    """POST /disks/{id}/move: rename the disk directory into the target domain."""
+    return _moved(req, *disks.move(req.engine, disk_id, _action_target(req, "move")))
+
+
 def sparsify_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/sparsify: free the blocks of the active layer that hold zeros.
-
-    What the guest reads does not change; only allocation does (raw: holes
-    punched, qcow2: zero clusters dropped or flagged). The disk is locked
-    while it runs, as the engine locks it.
-    """
-    engine = req.engine
-    store, st = engine.store, engine.storage
+    """POST /disks/{id}/sparsify: free the blocks of the active layer that hold zeros."""
     req.data()
-    with store.transaction():
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        check_usable(disk, "sparsify Virtual Disk")
-        if not disk.get("sparse", True):
-            raise conflict("sparsify Virtual Disk",
-                           f"Disk {disk['name']} is preallocated: only sparse disks can be "
-                           "sparsified.")
-        store.update("disk", disk_id, status="locked")
-    freed = 0
-    try:
-        top = store.get("volume", disk["image_id"])
-        parent = store.get("volume", top["parent_id"]) if top.get("parent_id") else None
-        path = st.volume_path(top["sd_id"], top["disk_id"], top["id"])
-        reader = st.open_volume(top, shallow=True)
-        parent_reader = st.open_volume(parent) if parent is not None else None
-        freed = sparsify_layer(path, top["format"], disk["provisioned_size"], reader,
-                               parent_id=parent["id"] if parent else None,
-                               parent_fmt=("qcow2" if parent and parent["format"] == "cow"
-                                           else "raw"),
-                               parent=parent_reader)
-    except (OSError, ValueError) as e:
-        raise conflict("sparsify Virtual Disk",
-                       f"Cannot sparsify: {os_reason(e)}.") from None
-    finally:
-        store.update("disk", disk_id, status="ok")
-    record_job(engine, f"Sparsifying Disk {disk['name']}",
-               [f"Sparsifying volume ({freed} bytes freed)"])
+    disks.sparsify(req.engine, disk_id)
     return Reply(tag="action", body={"status": "complete"})
-
-
-def merge_down(engine, disk: dict, lower_id: str) -> None:
-    """Merge volume ``lower_id`` into the volume above it and drop it.
-
-    The upper volume keeps its id (it may be the disk's active layer) and
-    inherits the lower one's parent. Call under the store's transaction.
-    """
-    store, st = engine.store, engine.storage
-    lower = store.get("volume", lower_id)
-    upper = next(v for v in store.list("volume", lambda v: v["disk_id"] == disk["id"])
-                 if v.get("parent_id") == lower_id)
-    parent_id = lower.get("parent_id")
-    parent_fmt = None
-    if parent_id:
-        parent_fmt = "qcow2" if store.get("volume", parent_id)["format"] == "cow" else "raw"
-
-    def open_layers():
-        # Guest data through the recorded chain, never the headers' backing names.
-        reader = st.open_volume(upper)
-        try:
-            parent = st.open_volume(store.get("volume", parent_id)) if parent_id else None
-        except BaseException:
-            reader.close()
-            raise
-        return reader, parent
-
-    reader, parent = open_layers()
-    lower_path = st.volume_path(disk["sd_id"], disk["id"], lower_id)
-    upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
-    # Copy only what the upper layer holds into the lower one (usually far
-    # smaller); a lower volume that is raw, or a qcow2 that cannot be changed
-    # in place, is merged the other way, copying its data into a new file.
-    if lower.get("format") != "cow" or not commit_layer(lower_path, upper_path,
-                                                         reader, parent):
-        if lower.get("format") == "cow":     # commit_layer closed both
-            reader, parent = open_layers()
-        merge_layer(lower_path, upper_path, parent_id, parent_fmt,
-                    disk["provisioned_size"], reader=reader, parent=parent)
-    meta = st.read_meta(disk["sd_id"], disk["id"], upper["id"])
-    st.write_meta(disk["sd_id"], disk["id"], upper["id"], dict(meta, parent=parent_id))
-    store.update("volume", upper["id"], parent_id=parent_id)
-    store.delete("volume", lower_id)
-    st.remove_volume(disk["sd_id"], disk["id"], lower_id)
 
 
 def remove_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
     """DELETE /disks/{id}/disksnapshots/{sid}: merge that layer away."""
-    engine = req.engine
-    store = engine.store
-    with store.transaction():
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        vol = get_owned(req, "volume", vol_id, "disk snapshot", "disk_id", disk_id)
-        check_usable(disk, "remove Disk Snapshot")
-        if vol_id == disk["image_id"]:
-            raise conflict("remove Disk Snapshot", "The active layer of a disk cannot be removed.")
-        merge_down(engine, disk, vol_id)
-        snap = store.get("snapshot", vol.get("snapshot_id") or "")
-        if snap is not None:
-            snap["volumes"].pop(disk_id, None)
-            if snap["volumes"]:
-                store.put("snapshot", snap)
-            else:
-                store.delete("snapshot", snap["id"])
-    record_job(engine, f"Removing Disk Snapshot of disk {disk['name']}", ["Merging layers"])
+    disks.remove_snapshot(req.engine, disk_id, vol_id)
     return Reply(status=200)
 
 
 def list_disk_snapshots(req: Request, disk_id: str) -> Reply:
-    disk = get_or_404(req, "disk", disk_id, "disk")
+    _, chain = disks.volumes(req.engine, disk_id)
     base = req.href("disks", disk_id, "disksnapshots")
-    return Reply(tag="disk_snapshots",
-                 body=[snapshot_repr(req, v, base) for v in chain(req.engine.store, disk)])
+    return Reply(tag="disk_snapshots", body=[snapshot_repr(req, v, base) for v in chain])
 
 
 def get_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:

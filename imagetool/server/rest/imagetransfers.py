@@ -1,18 +1,17 @@
 """Image transfers (oVirt REST API guide: ImageTransfers, ImageTransfer): add,
 list, get and the actions extend, pause, resume, finalize, cancel. The state machine lives in
-``server/transfers.py``; this module validates input and renders."""
+``server/domain/transfers.py``; this module validates input and renders."""
 
 from __future__ import annotations
 
-from imagetool.phases import ENDED, SERVING
+from imagetool.phases import SERVING
+from imagetool.server.domain import transfers
+from imagetool.server.domain.transfers import POLICIES, TransferConflict
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
                                           ref)
-from imagetool.server.rest.disks import check_usable
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import (ApiError, Reply, Request, bad_request, conflict,
-                                          missing)
-from imagetool.server.transfers import POLICIES, TransferConflict
+from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, conflict
 
 ACTIONS = ("cancel", "extend", "finalize", "pause", "resume")
 DEFAULT_INACTIVITY = 60
@@ -48,26 +47,8 @@ def _host_ref(req: Request, host_id: str) -> dict:
     return body
 
 
-def _target(req: Request, data: dict) -> tuple[dict, dict, bool]:
-    """(disk, volume, is_snapshot) named by <disk>, <snapshot> or <image>."""
-    store = req.engine.store
-    disk_id = get_id(data, "disk", "id", what="disk")
-    snap_id = get_id(data, "snapshot", "id", what="disk snapshot")
-    image_id = get_id(data, "image", "id", what="image")
-    if disk_id:
-        disk = get_or_404(req, "disk", disk_id, "disk")
-        return disk, store.get("volume", disk["image_id"]), False
-    for vol_id, is_snap in ((snap_id, True), (image_id, False)):
-        if vol_id:
-            vol = get_or_404(req, "volume", vol_id, "disk snapshot" if is_snap else "image")
-            disk = store.get("disk", vol["disk_id"])
-            return disk, vol, is_snap or vol["id"] != disk["image_id"]
-    raise missing("ImageTransfer", "add", "disk.id|snapshot.id|image.id")
-
-
 def add_transfer(req: Request) -> Reply:
     """POST /imagetransfers: lock the disk and start the transfer."""
-    engine = req.engine
     data = req.data()
     direction = get_str(data, "direction") or "upload"
     if direction not in ("upload", "download"):
@@ -90,57 +71,27 @@ def add_transfer(req: Request) -> Reply:
     backup_id = get_id(data, "backup", "id", what="backup")
     if get_obj(data, "backup") and backup_id is None:
         raise bad_request("A backup needs its id")
-    backup = None
-    with engine.store.transaction():
-        if backup_id:
-            backup, disk, vol = _backup_target(req, data, backup_id, direction, fmt)
-            is_snap = False
-        else:
-            disk, vol, is_snap = _target(req, data)
-        check_usable(disk, "transfer image")
-        if direction == "upload" and vol["id"] != disk["image_id"]:
-            raise conflict("transfer image", "Only the active layer of a disk can be uploaded.")
-        if host is None:
-            host = _least_busy_host(engine)
-        t = engine.transfers.create(disk, vol, direction=direction, fmt=fmt,
-                                    inactivity_timeout=inactivity, timeout_policy=policy,
-                                    shallow=shallow,
-                                    host_id=host["id"], snapshot=is_snap,
-                                    backup=backup)
+    disk_id = get_id(data, "disk", "id", what="disk")
+    snap_id = image_id = None
+    if backup_id:
+        _check_backup_transfer(direction, fmt, disk_id)
+    else:
+        snap_id = get_id(data, "snapshot", "id", what="disk snapshot")
+        image_id = get_id(data, "image", "id", what="image")
+    t = transfers.start(req.engine, (disk_id, snap_id, image_id, backup_id),
+                        direction=direction, host=host, fmt=fmt, inactivity_timeout=inactivity,
+                        timeout_policy=policy, shallow=shallow)
     return Reply(status=201, tag="image_transfer", body=transfer_repr(req, t))
 
 
-def _least_busy_host(engine) -> dict:
-    """The host with the fewest unfinished transfers (the first on a tie).
-
-    A real engine picks any host that is up in the disk's data center; the
-    least busy one spreads transfers over hosts when the client names none.
-    """
-    busy = {h["id"]: 0 for h in engine.hosts}
-    for t in engine.store.list("transfer", lambda t: t["phase"] not in ENDED):
-        if t.get("host_id") in busy:
-            busy[t["host_id"]] += 1
-    return min(engine.hosts, key=lambda h: busy[h["id"]])
-
-
-def _backup_target(req: Request, data: dict, backup_id: str, direction: str,
-                   fmt: str) -> tuple[dict, dict, dict]:
-    """(backup, disk, frozen volume) of a VM backup's download transfer."""
-    from imagetool.server import backups as bk
+def _check_backup_transfer(direction: str, fmt: str, disk_id: str | None) -> None:
+    """400 or 409 unless a VM backup's transfer is a raw download of a disk."""
     if direction != "download":
         raise bad_request("A backup transfer must be a download")
     if fmt != "raw":
         raise conflict("transfer image", "The format must be raw for a backup transfer.")
-    disk_id = get_id(data, "disk", "id", what="disk")
     if disk_id is None:
         raise bad_request("A backup transfer needs disk.id")
-    disk = get_or_404(req, "disk", disk_id, "disk")
-    try:
-        backup, vol = bk.backup_volume(req.engine, backup_id, disk_id)
-    except bk.BackupError as e:
-        raise ApiError(e.status, "Operation Failed" if e.status == 409 else "Bad Request",
-                       f"[{e}]") from None
-    return backup, disk, vol
 
 
 def list_transfers(req: Request) -> Reply:

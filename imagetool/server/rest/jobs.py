@@ -5,7 +5,7 @@ from __future__ import annotations
 from imagetool.server.rest.common import (get_member, get_or_404, get_stored, iso_date,
                                           list_members, list_stored, sub_links)
 from imagetool.server.rest.router import Reply, Request
-from imagetool.server.rest.validate import check_text
+from imagetool.server.validate import check_text
 
 # The engine refuses a correlation id longer than this.
 MAX_CORRELATION_ID = 50

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from imagetool.ova.ovfvm import NIC_TYPES, check_mac
 from imagetool.errors import FormatError
-from imagetool.server.rest import networks
+from imagetool.server.domain import vms
 from imagetool.server.rest.codec import get_bool, get_id, get_str
 from imagetool.server.rest.common import (get_member, get_or_404, list_members, ref,
                                           remove_member)
-from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
-from imagetool.server.rest.validate import check_text
-from imagetool.server.storage import new_id
+from imagetool.server.rest.router import Reply, Request, bad_request, missing
+from imagetool.server.validate import check_text
 
 MAX_NIC_NAME = 50
 
@@ -31,37 +30,27 @@ def _vm(req: Request, vm_id: str) -> dict:
     return get_or_404(req, "vm", vm_id, "VM")
 
 
-def _fields(req: Request, data: dict, vm: dict, nic: dict) -> dict:
-    """``nic`` updated with what ``data`` gives, every value checked."""
-    name = check_text(get_str(data, "name"), "name", MAX_NIC_NAME)
-    if name is not None:
-        if any(n["name"] == name and n["id"] != nic.get("id") for n in vm.get("nics", [])):
-            raise bad_request(f"VM {vm['name']} already has a NIC named {name}")
-        nic["name"] = name
+def _fields(data: dict) -> dict:
+    """The NIC fields ``data`` gives, each value checked (None: not given;
+    ``vnic_profile_id`` only when ``vnic_profile`` is given, maybe as None)."""
+    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME)}
     interface = get_str(data, "interface")
-    if interface is not None:
-        if interface not in NIC_TYPES.values():
-            raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                              f"{', '.join(NIC_TYPES.values())}")
-        nic["interface"] = interface
+    if interface is not None and interface not in NIC_TYPES.values():
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(NIC_TYPES.values())}")
+    fields["interface"] = interface
     mac = get_str(data, "mac", "address")
     if mac is not None:
         try:
             mac = check_mac(mac)
         except FormatError as e:
             raise bad_request(str(e)) from None
-        networks.check_mac_free(req.engine, mac, vm, nic.get("id"))
-        nic["mac"] = mac
+    fields["mac"] = mac
     if "vnic_profile" in data:
-        profile_id = get_id(data, "vnic_profile", "id", what="vNIC profile")
-        if profile_id is not None:
-            networks.find_profile(req, profile_id)
-        nic["vnic_profile_id"] = profile_id
+        fields["vnic_profile_id"] = get_id(data, "vnic_profile", "id", what="vNIC profile")
     for key in ("linked", "plugged"):
-        value = get_bool(data, key)
-        if value is not None:
-            nic[key] = value
-    return nic
+        fields[key] = get_bool(data, key)
+    return fields
 
 
 def list_nics(req: Request, vm_id: str) -> Reply:
@@ -73,31 +62,15 @@ def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
 
 
 def add_nic(req: Request, vm_id: str) -> Reply:
-    engine = req.engine
     data = req.data()
     if get_str(data, "name") is None:
         raise missing("NIC", "add", "name")
-    with engine.store.transaction():
-        vm = _vm(req, vm_id)
-        nic = _fields(req, data, vm, {"id": new_id(), "interface": "virtio",
-                                      "vnic_profile_id": None, "linked": True,
-                                      "plugged": True})
-        nic.setdefault("mac", networks.new_mac(engine))
-        vm.setdefault("nics", []).append(nic)
-        engine.store.put("vm", vm)
+    vm, nic = vms.add_nic(req.engine, vm_id, _fields(data))
     return Reply(status=201, tag="nic", body=nic_repr(req, vm, nic))
 
 
 def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    engine = req.engine
-    data = req.data()
-    with engine.store.transaction():
-        vm = _vm(req, vm_id)
-        nic = next((n for n in vm.get("nics", []) if n["id"] == nic_id), None)
-        if nic is None:
-            raise not_found(f"NIC '{nic_id}'")
-        _fields(req, data, vm, nic)
-        engine.store.put("vm", vm)
+    vm, nic = vms.update_nic(req.engine, vm_id, nic_id, _fields(req.data()))
     return Reply(tag="nic", body=nic_repr(req, vm, nic))
 
 

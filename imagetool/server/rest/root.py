@@ -9,6 +9,7 @@ import secrets
 import threading
 import time
 
+from imagetool.server.domain import inventory
 from imagetool.server.rest.common import iso_date, ref
 from imagetool.server.rest.router import Reply, Request
 
@@ -21,6 +22,7 @@ PRODUCT_VERSION = (4, 5, 4, 0)
 def api_root(req: Request) -> Reply:
     """GET /ovirt-engine/api: links and product info (4.5-like)."""
     engine = req.engine
+    sds = inventory.entities(engine, "storage_domain")
     major, minor, build, revision = PRODUCT_VERSION
     links = [{"href": req.href(c), "rel": c} for c in _COLLECTIONS]
     links += [{"href": req.href(c) + "?search={query}", "rel": f"{c}/search"}
@@ -41,9 +43,8 @@ def api_root(req: Request) -> Reply:
         },
         "summary": {
             "hosts": {"active": 1, "total": 1},
-            "storage_domains": {"active": len(engine.store.list("storage_domain")),
-                                "total": len(engine.store.list("storage_domain"))},
-            "vms": {"active": 0, "total": len(engine.store.list("vm"))},
+            "storage_domains": {"active": len(sds), "total": len(sds)},
+            "vms": {"active": 0, "total": len(inventory.entities(engine, "vm"))},
             "users": {"active": 1, "total": 1},
         },
         "time": iso_date(time.time()),

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imagetool.server.rest.codec import parse
-from imagetool.server.rest.errors import ApiError, bad_request, conflict, missing, not_found
-from imagetool.server.rest.validate import check_id
+from imagetool.server.faults import ApiError, bad_request, conflict, missing, not_found
+from imagetool.server.validate import check_id
 
 # The errors are raised by handlers that import them from here too.
 __all__ = ["API_PREFIX_RE", "ApiError", "Handler", "Reply", "Request", "Router",

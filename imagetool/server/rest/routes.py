@@ -12,8 +12,8 @@ family; this table is the one place that says which URL reaches which.
 from __future__ import annotations
 
 from imagetool.server.rest import (backups, datacenters, disks, exportdomain, hosts,
-                                   imagetransfers, jobs, networks, nics, root, storagedomains,
-                                   templates, vms)
+                                   imagetransfers, jobs, networks, nics, root, snapshots,
+                                   storagedomains, templates, vms)
 from imagetool.server.rest.router import Handler
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
@@ -59,7 +59,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/imagetransfers/{tid}/finalize", imagetransfers.finalize_transfer),
     ("POST", "/imagetransfers/{tid}/pause", imagetransfers.pause_transfer),
     ("POST", "/imagetransfers/{tid}/resume", imagetransfers.resume_transfer),
-    # VMs, their disk attachments and snapshots (vms.py)
+    # VMs, their disk attachments (vms.py) and snapshots (snapshots.py)
     ("GET", "/vms", vms.list_vms),
     ("POST", "/vms", vms.add_vm),
     ("GET", "/vms/{vm_id}", vms.get_vm),
@@ -69,17 +69,17 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/vms/{vm_id}/diskattachments", vms.add_attachment),
     ("GET", "/vms/{vm_id}/diskattachments/{disk_id}", vms.get_attachment),
     ("DELETE", "/vms/{vm_id}/diskattachments/{disk_id}", vms.remove_attachment),
-    ("GET", "/vms/{vm_id}/snapshots", vms.list_snapshots),
-    ("POST", "/vms/{vm_id}/snapshots", vms.add_snapshot),
-    ("GET", "/vms/{vm_id}/snapshots/{snap_id}", vms.get_snapshot),
-    ("DELETE", "/vms/{vm_id}/snapshots/{snap_id}", vms.remove_snapshot),
-    ("POST", "/vms/{vm_id}/snapshots/{snap_id}/restore", vms.restore_snapshot),
-    ("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks", vms.list_snapshot_disks),
-    ("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks/{disk_id}", vms.get_snapshot_disk),
+    ("GET", "/vms/{vm_id}/snapshots", snapshots.list_snapshots),
+    ("POST", "/vms/{vm_id}/snapshots", snapshots.add_snapshot),
+    ("GET", "/vms/{vm_id}/snapshots/{snap_id}", snapshots.get_snapshot),
+    ("DELETE", "/vms/{vm_id}/snapshots/{snap_id}", snapshots.remove_snapshot),
+    ("POST", "/vms/{vm_id}/snapshots/{snap_id}/restore", snapshots.restore_snapshot),
+    ("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks", snapshots.list_snapshot_disks),
+    ("GET", "/vms/{vm_id}/snapshots/{snap_id}/disks/{disk_id}", snapshots.get_snapshot_disk),
     ("PUT", "/vms/{vm_id}/diskattachments/{disk_id}", vms.update_attachment),
-    ("POST", "/vms/{vm_id}/previewsnapshot", vms.preview_snapshot),
-    ("POST", "/vms/{vm_id}/commitsnapshot", vms.commit_snapshot),
-    ("POST", "/vms/{vm_id}/undosnapshot", vms.undo_snapshot),
+    ("POST", "/vms/{vm_id}/previewsnapshot", snapshots.preview_snapshot),
+    ("POST", "/vms/{vm_id}/commitsnapshot", snapshots.commit_snapshot),
+    ("POST", "/vms/{vm_id}/undosnapshot", snapshots.undo_snapshot),
     # A VM's NICs (nics.py)
     ("GET", "/vms/{vm_id}/nics", nics.list_nics),
     ("POST", "/vms/{vm_id}/nics", nics.add_nic),

@@ -160,8 +160,8 @@ def test_engine_ovf_escapes_os_type_and_names(box, guard, victim):
 
 def test_export_ovf_escapes_every_value():
     from imagetool.ova.ovfvm import OvfNic
-    from imagetool.server.rest.ovf import build_export_ovf, parse_export_ovf
-    from imagetool.server.rest.vmsettings import settings_of
+    from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
+    from imagetool.server.domain.vmsettings import settings_of
     hostile = 'x"y\'z<w>&v</Description></Content>'
     ids = [str(uuid.uuid4()) for _ in range(5)]
     vm = {"id": ids[0], "name": hostile, "description": hostile, "os_type": hostile,
@@ -191,8 +191,8 @@ def test_export_ovf_escapes_every_value():
 
 
 def _export_ovf(**vm) -> str:
-    from imagetool.server.rest.ovf import build_export_ovf
-    from imagetool.server.rest.vmsettings import settings_of
+    from imagetool.server.domain.ovf import build_export_ovf
+    from imagetool.server.domain.vmsettings import settings_of
     ids = [str(uuid.uuid4()) for _ in range(4)]
     base = dict({"id": ids[0], "name": "v", "active_snapshot_id": ids[1], "memory": 1 << 30},
                 **vm)
@@ -217,7 +217,7 @@ def _export_ovf(**vm) -> str:
 ])
 def test_export_ovf_units_and_dtds_are_bounded(old, new, message):
     """The export domain's OVF goes through the same unit parser and DTD guard."""
-    from imagetool.server.rest.ovf import parse_export_ovf
+    from imagetool.server.domain.ovf import parse_export_ovf
     ovf = _export_ovf()
     assert parse_export_ovf(ovf)["memory"] == 1 << 30
     assert old in ovf

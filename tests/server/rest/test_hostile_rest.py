@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from imagetool.server.local import LocalEngine
-from imagetool.server.rest.validate import MAX_PROVISIONED_SIZE
+from imagetool.server.validate import MAX_PROVISIONED_SIZE
 
 PASSWORD = "hostile-secret-pw"
 BASIC = "Basic " + base64.b64encode(f"admin@internal:{PASSWORD}".encode()).decode()
@@ -799,7 +799,7 @@ def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
 def test_a_forgotten_transfer_still_counts_as_activity(tmp_path):
     # Finished transfers are dropped after finished_ttl; the backup's idle
     # clock still starts at the end of its last transfer.
-    from imagetool.server import backups as bk
+    from imagetool.server.domain import backups as bk
     box = Box(tmp_path, backup_timeout=100.0)
     try:
         server = box.eng.server

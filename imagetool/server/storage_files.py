@@ -30,7 +30,7 @@ import time
 
 from imagetool.fsutil import write_atomic
 from imagetool.ids import is_uuid
-from imagetool.server.storage import make_private_dirs
+from imagetool.server.files import make_private_dirs
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 _CLASS = {"data": "Data", "export": "Backup", "iso": "Iso"}

@@ -1,4 +1,6 @@
-"""Checks at the door for what clients send the REST API: ids, text, sizes.
+"""The inventory's limits on ids, text and sizes, checked at the door for
+what clients send the REST API and by the domain for what files bring
+(an OVF's names).
 
 Every entity id is a UUID in oVirt (the oVirt REST API guide gives every
 ``id`` as one; the engine generates them with ``uuid4``), and the local
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 
 from imagetool.ids import is_uuid
-from imagetool.server.rest.errors import ApiError, bad_request, conflict
+from imagetool.server.faults import ApiError, bad_request, conflict
 
 
 # Lengths in characters. oVirt limits disk aliases and VM names to 255;
@@ -38,15 +40,6 @@ def shown(value: str, limit: int = 64) -> str:
     """``value`` quoted for a fault detail: ASCII only, control characters escaped."""
     text = ascii(value[:limit])
     return text + ("..." if len(value) > limit else "")
-
-
-def escaped(text: str) -> str:
-    """``text`` with every character that is not printable written as its
-    Python escape (``\\x01``): for texts the engine builds out of values it
-    did not check itself (a fault's detail, a job's description)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def check_id(value: str, what: str) -> str:

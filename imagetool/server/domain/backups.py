@@ -32,10 +32,14 @@ from imagetool.formats import allocated_ranges
 from imagetool.formats.base import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
-from imagetool.server.rest import disks as disks_mod
+from imagetool.server.domain import disks as disk_ops
+from imagetool.server.domain.inventory import get
+from imagetool.server.faults import conflict, not_found
 from imagetool.server.storage import new_id
 
 log = logging.getLogger(__name__)
+
+B = BackupPhase
 
 RUNNING = BACKUP_RUNNING
 # Seconds a backup may see no activity before it is ended (serve's default).
@@ -55,9 +59,16 @@ def checkpoints(engine, vm_id: str) -> list[dict]:
     return sorted(cps, key=lambda c: c["created"])
 
 
-def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
+def start(engine, vm_id: str, disk_ids: list[str], from_cp: str | None,
           description: str, backup_id: str | None = None) -> dict:
-    """Create a backup (phase initializing; ready once committed)."""
+    """Create a backup of VM ``vm_id`` (phase initializing; ready once committed)."""
+    with engine.store.transaction():
+        return _start(engine, get(engine, "vm", vm_id, "VM"), disk_ids, from_cp, description,
+                      backup_id)
+
+
+def _start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
+           description: str, backup_id: str | None) -> dict:
     store = engine.store
     attached = {a["disk_id"] for a in vm.get("attachments", [])}
     if not disk_ids:
@@ -81,7 +92,7 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
             raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} is invalid")
     disks = [store.get("disk", d) for d in disk_ids]
     for d in disks:
-        disks_mod.check_usable(d, "backup VM")
+        disk_ops.check_usable(d, "backup VM")
     now = time.time()
     cp_id = new_id()
     bid = backup_id or new_id()
@@ -102,17 +113,17 @@ def start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
           "created": now, "state": "created", "disks": members, "description": description,
           "pending": bid}
     store.put("checkpoint", cp)
-    doc = {"id": bid, "vm_id": vm["id"], "phase": "initializing", "disks": disk_ids,
+    doc = {"id": bid, "vm_id": vm["id"], "phase": B.INITIALIZING.value, "disks": disk_ids,
            "from_checkpoint_id": from_cp, "to_checkpoint_id": cp_id, "modes": modes,
            "frozen": frozen, "dirty": dirty, "description": description,
            "created": now, "modified": now}
     store.put("backup", doc)
-    store.after_commit(lambda: _set(engine, bid, "ready"))
+    store.after_commit(lambda: _set(engine, bid, B.READY))
     return doc
 
 
-def _set(engine, bid: str, phase: str, **fields) -> dict | None:
-    new = BackupPhase(phase)
+def _set(engine, bid: str, new: BackupPhase, **fields) -> dict | None:
+    """Move the backup to phase ``new``, as ``BACKUP_TRANSITIONS`` allows."""
     old = engine.store.get("backup", bid)["phase"]
     if not can_move_backup(old, new):
         raise RuntimeError(f"backup {bid}: no move from phase {old} to {new}")
@@ -148,12 +159,12 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
         return
     upper = store.get("volume", disk["image_id"])
     if upper is None or upper.get("parent_id") != frozen_id:
-        disks_mod.merge_down(engine, disk, frozen_id)
+        disk_ops.merge_down(engine, disk, frozen_id)
         return
     upper_path = st.volume_path(disk["sd_id"], disk["id"], upper["id"])
     written = allocated_ranges(upper_path, "qcow2")
     if written and lower.get("format") != "raw":
-        disks_mod.merge_down(engine, disk, frozen_id)
+        disk_ops.merge_down(engine, disk, frozen_id)
         return
     if written:
         reader = st.open_volume(upper)
@@ -176,16 +187,34 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
     store.after_commit(lambda: st.remove_volume(disk["sd_id"], disk["id"], upper["id"]))
 
 
+def of_vm(engine, vm_id: str) -> list[dict]:
+    """The backups of VM ``vm_id`` (404 when there is no such VM)."""
+    get(engine, "vm", vm_id, "VM")
+    return engine.store.list("backup", lambda b: b["vm_id"] == vm_id)
+
+
+def get_backup(engine, vm_id: str, bid: str) -> dict:
+    """Backup ``bid`` of VM ``vm_id``, or a 404."""
+    b = get(engine, "backup", bid, "backup")
+    if b["vm_id"] != vm_id:
+        raise not_found(f"backup '{bid}'")
+    return b
+
+
 def finalize(engine, vm_id: str, bid: str) -> dict:
     """Merge the frozen layers back and end the backup (``succeeded``)."""
-    store = engine.store
-    b = store.get("backup", bid)
-    if b["phase"] not in RUNNING or b["phase"] == BackupPhase.FINALIZING:
+    with engine.store.transaction():
+        return _finalize(engine, get_backup(engine, vm_id, bid))
+
+
+def _finalize(engine, b: dict) -> dict:
+    bid = b["id"]
+    if b["phase"] not in RUNNING or b["phase"] == B.FINALIZING:
         return b
     if _busy(engine, bid):
         raise BackupError(409, "Cannot stop VM backup. The VM backup has active image "
                                "transfers; finalize them first.")
-    return _end(engine, b, ok=b["phase"] == BackupPhase.READY)
+    return _end(engine, b, ok=b["phase"] == B.READY)
 
 
 def _busy(engine, bid: str) -> list[dict]:
@@ -200,8 +229,8 @@ def _end(engine, b: dict, ok: bool) -> dict:
     store's transaction. A backup found in finalizing (the engine stopped
     mid-merge) is merged again: layers already merged are gone."""
     store, bid = engine.store, b["id"]
-    if b["phase"] != BackupPhase.FINALIZING:
-        b = _set(engine, bid, "finalizing", finalize_ok=ok)
+    if b["phase"] != B.FINALIZING:
+        b = _set(engine, bid, B.FINALIZING, finalize_ok=ok)
     ok = bool(b.get("finalize_ok", ok))
     for disk_id, vol_id in b["frozen"].items():
         d = store.get("disk", disk_id)
@@ -218,7 +247,7 @@ def _end(engine, b: dict, ok: bool) -> dict:
             store.put("checkpoint", cp)
         else:
             remove_checkpoint(engine, cp)
-    return _set(engine, bid, "succeeded" if ok else "failed")
+    return _set(engine, bid, B.SUCCEEDED if ok else B.FAILED)
 
 
 def recover(engine) -> None:
@@ -264,6 +293,30 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
     return ended
 
 
+def visible_checkpoints(engine, vm_id: str) -> list[dict]:
+    """The VM's checkpoints a client sees (not one of a running backup)."""
+    get(engine, "vm", vm_id, "VM")
+    return [c for c in checkpoints(engine, vm_id) if not c.get("pending")]
+
+
+def get_checkpoint(engine, vm_id: str, cid: str) -> dict:
+    """Checkpoint ``cid`` of VM ``vm_id`` as a client sees it, or a 404."""
+    cp = get(engine, "checkpoint", cid, "checkpoint")
+    if cp["vm_id"] != vm_id or cp.get("pending"):
+        raise not_found(f"checkpoint '{cid}'")
+    return cp
+
+
+def drop_checkpoint(engine, vm_id: str, cid: str) -> None:
+    """Remove a checkpoint, unless a backup of the VM runs."""
+    with engine.store.transaction():
+        cp = get_checkpoint(engine, vm_id, cid)
+        if any(b["vm_id"] == vm_id and b["phase"] in RUNNING
+               for b in engine.store.list("backup")):
+            raise conflict("remove checkpoint", "A backup of the VM is running.")
+        remove_checkpoint(engine, cp)
+
+
 def remove_checkpoint(engine, cp: dict) -> None:
     """Forget a checkpoint; its child is re-linked to its parent."""
     store = engine.store
@@ -279,7 +332,7 @@ def backup_volume(engine, backup_id: str, disk_id: str) -> tuple[dict, dict]:
     b = engine.store.get("backup", backup_id)
     if b is None:
         raise BackupError(404, f"backup '{backup_id}' not found")
-    if b["phase"] != "ready":
+    if b["phase"] != B.READY:
         raise BackupError(409, f"Cannot transfer image. The VM backup is in phase "
                                f"{b['phase']}, expected ready.")
     if disk_id not in b["frozen"]:

@@ -13,9 +13,9 @@ from imagetool.ova import ovfvm
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
-from imagetool.server.rest import vmsettings
-from imagetool.server.rest.router import Request, bad_request, conflict
-from imagetool.server.rest.validate import check_id, shown
+from imagetool.server.domain import vmsettings
+from imagetool.server.faults import bad_request, conflict
+from imagetool.server.validate import check_id, shown
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
@@ -23,9 +23,9 @@ _QCOW_URL = "http://www.gnome.org/~markmc/qcow-image-format.html"
 _RAW_URL = "http://www.vmware.com/specifications/vmdk.html#sparse"
 
 
-def build_ovf(req: Request, vm: dict) -> str:
+def build_ovf(engine, vm: dict) -> str:
     """A small OVF describing the VM and its disks (what an OVA needs)."""
-    store = req.engine.store
+    store = engine.store
     refs, disks_xml, items = [], [], []
     for i, att in enumerate(vm.get("attachments", [])):
         disk = store.get("disk", att["disk_id"])
@@ -46,7 +46,7 @@ def build_ovf(req: Request, vm: dict) -> str:
             f'ovf:disk-alias="{_a(disk["name"])}" '
             f'ovf:disk_storage_type="IMAGE" ovf:cinder_volume_type=""/>')
         items.append(_drive_item(disk, disk["image_id"], vmsettings.boot_order(att, i),
-                                 req.engine.datacenter_id, att.get("active", True)))
+                                 engine.datacenter_id, att.get("active", True)))
     return _envelope(vm, refs, disks_xml, items, vmsettings.settings_of(store, vm))
 
 
@@ -144,14 +144,14 @@ def _disk_section_disks(root: ET.Element) -> set[int]:
     return out
 
 
-def check_unowned(store, disk_ids: list[str], action: str) -> None:
+def check_unowned(engine, disk_ids: list[str], action: str) -> None:
     """409 when a disk a new VM or template would get (named by its OVF or
     its attachments) is attached to a VM or template already: removing the
     new one would delete that disk with it.
     """
     owners = {}
     for kind in ("vm", "template"):
-        for owner in store.list(kind):
+        for owner in engine.store.list(kind):
             for a in owner.get("attachments", []):
                 owners.setdefault(a["disk_id"], f"{kind} {owner['name']}")
     busy = [f"{d} ({owners[d]})" for d in disk_ids if d in owners]

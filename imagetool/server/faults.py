@@ -1,6 +1,8 @@
-"""REST API faults: an ``ApiError`` is answered as a ``<fault>`` with its status.
+"""The local engine's faults: an ``ApiError`` is answered as a ``<fault>`` with
+its status.
 
-The helpers word the common cases as the oVirt engine does.
+The domain operations raise them and the REST plane answers them; the
+helpers word the common cases as the oVirt engine does.
 """
 
 from __future__ import annotations
@@ -37,3 +39,12 @@ def missing(entity: str, method: str, fields: str) -> ApiError:
     """400 for required fields, in the engine's wording."""
     return ApiError(400, "Incomplete parameters",
                     f"{entity} [{fields}] required for {method}")
+
+
+def escaped(text: str) -> str:
+    """``text`` with every character that is not printable written as its
+    Python escape (``\\x01``): for texts the engine builds out of values it
+    did not check itself (a fault's detail, a job's description)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

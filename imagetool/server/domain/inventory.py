@@ -1,0 +1,75 @@
+"""Entities by id, and the job a finished operation records."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from imagetool.server import jobs
+from imagetool.server.faults import ApiError, bad_request, not_found
+
+
+def get(engine: Any, kind: str, id: str, label: str) -> dict:
+    """A stored entity, or a 404 fault naming it."""
+    doc = engine.store.get(kind, id)
+    if doc is None:
+        raise not_found(f"{label} '{id}'")
+    return doc
+
+
+def get_owned(engine: Any, kind: str, id: str, label: str, key: str, owner: str) -> dict:
+    """``get`` for an entity under another in the path: a 404 as well when
+    its ``key`` names a different owner."""
+    doc = get(engine, kind, id, label)
+    if doc[key] != owner:
+        raise not_found(f"{label} '{id}'")
+    return doc
+
+
+def find(engine: Any, kind: str, id: str) -> dict | None:
+    """A stored entity, or None (a reference whose entity is gone)."""
+    return engine.store.get(kind, id)
+
+
+def entities(engine: Any, kind: str, where: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Every stored entity of ``kind`` (that ``where`` accepts)."""
+    return engine.store.list(kind, where)
+
+
+def check_disks_exist(engine: Any, disk_ids: list[str], what: str) -> None:
+    """400 naming the disks an OVF names that the engine does not have."""
+    missing_ids = [d for d in disk_ids if engine.store.get("disk", d) is None]
+    if missing_ids:
+        raise bad_request(f"Cannot add {what} from OVF: disks {', '.join(missing_ids)} do "
+                          "not exist; upload them first with the ids the OVF names")
+
+
+def find_storage_domain(engine: Any, sd_id: str | None, name: str | None,
+                        action: str) -> dict:
+    """The storage domain with that id (or, without one, that name); 404 when unknown."""
+    if sd_id is None and name is None:
+        raise ApiError(400, "Incomplete parameters",
+                       f"storage domain id or name required for {action}")
+    for sd in engine.store.list("storage_domain"):
+        if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):
+            return sd
+    raise not_found(f"storage domain '{sd_id or name}'")
+
+
+def remove_member(engine: Any, kind: str, owner_id: str, owner_label: str, field: str,
+                  id: str, label: str) -> None:
+    """Drop one member of a collection stored inside its owner (a VM's NICs):
+    404 naming it when the owner has none with that id."""
+    store = engine.store
+    with store.transaction():
+        owner = get(engine, kind, owner_id, owner_label)
+        left = [m for m in owner.get(field, []) if m["id"] != id]
+        if len(left) == len(owner.get(field, [])):
+            raise not_found(f"{label} '{id}'")
+        owner[field] = left
+        store.put(kind, owner)
+
+
+def record_job(engine: Any, description: str, steps: Iterable[str],
+               status: str = "finished", start: float | None = None) -> dict:
+    """Store a finished job with one step per name (jobs service)."""
+    return jobs.record_job(engine.store, description, steps, status, start)

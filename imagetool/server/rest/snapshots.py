@@ -1,0 +1,107 @@
+"""A VM's snapshots (oVirt REST API guide: Snapshots, Snapshot and its
+sub-services; Vm: previewsnapshot, commitsnapshot, undosnapshot); the
+operations are ``server/domain/snapshots.py``'s."""
+
+from __future__ import annotations
+
+from imagetool.server.domain import inventory, snapshots
+from imagetool.server.rest import disks as disks_mod
+from imagetool.server.rest.codec import get_id, get_list, get_str
+from imagetool.server.rest.common import get_or_404, ref
+from imagetool.server.rest.router import Reply, Request, missing, not_found
+from imagetool.server.rest.vms import snapshot_repr
+from imagetool.server.validate import MAX_DESCRIPTION, check_text
+
+
+def _done() -> Reply:
+    return Reply(tag="action", body={"status": "complete"})
+
+
+def list_snapshots(req: Request, vm_id: str) -> Reply:
+    vm = get_or_404(req, "vm", vm_id, "VM")
+    return Reply(tag="snapshots", body=[snapshot_repr(req, vm, s)
+                                        for s in snapshots.of_vm(req.engine, vm)])
+
+
+def get_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
+    return Reply(tag="snapshot", body=snapshot_repr(req, *snapshots.find(req.engine, vm_id,
+                                                                         snap_id)))
+
+
+def add_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/snapshots: freeze each disk's active layer, add a new one."""
+    data = req.data()
+    description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
+    if description is None:
+        raise missing("Snapshot", "add", "description")
+    wanted = [get_id(a, "disk", "id", what="disk") or get_id(a, "id", what="disk")
+              for a in get_list(data, "disk_attachments")]
+    vm, snap = snapshots.add(req.engine, vm_id, description, wanted)
+    return Reply(status=201, tag="snapshot", body=snapshot_repr(req, vm, snap))
+
+
+def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
+    """DELETE a snapshot: merge each of its layers into the layer above."""
+    snapshots.remove(req.engine, vm_id, snap_id)
+    return Reply(status=200)
+
+
+def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
+    """POST .../restore: drop every layer above the snapshot's, add a fresh top."""
+    snapshots.restore(req.engine, vm_id, snap_id)
+    return _done()
+
+
+def preview_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/previewsnapshot: run the VM on a new layer over the snapshot."""
+    snap_id = get_id(req.data(), "snapshot", "id", what="snapshot")
+    if snap_id is None:
+        raise missing("Action", "previewsnapshot", "snapshot.id")
+    snapshots.preview(req.engine, vm_id, snap_id)
+    return _done()
+
+
+def commit_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/commitsnapshot: keep the previewed state for good."""
+    req.data()
+    snapshots.end_preview(req.engine, vm_id, "commit", commit=True)
+    return _done()
+
+
+def undo_snapshot(req: Request, vm_id: str) -> Reply:
+    """POST /vms/{id}/undosnapshot: drop the preview, back to the set-aside layers."""
+    req.data()
+    snapshots.end_preview(req.engine, vm_id, "undo", commit=False)
+    return _done()
+
+
+def _disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
+               vol_id: str | None) -> dict | None:
+    d = inventory.find(req.engine, "disk", disk_id)
+    if d is None:
+        return None
+    body = disks_mod.disk_repr(req, d)
+    if vol_id:
+        body["image_id"] = vol_id
+        body["href"] = req.href("vms", vm["id"], "snapshots", snap["id"], "disks", disk_id)
+        body["snapshot"] = ref(req, f"vms/{vm['id']}/snapshots", snap["id"])
+    return body
+
+
+def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
+    """GET /vms/{id}/snapshots/{sid}/disks/{disk}: one disk as the snapshot has it."""
+    vm, snap = snapshots.find(req.engine, vm_id, snap_id)
+    for d, vol_id in snapshots.disk_items(vm, snap):
+        if d == disk_id:
+            body = _disk_repr(req, vm, snap, d, vol_id)
+            if body is not None:
+                return Reply(tag="disk", body=body)
+    raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+
+
+def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
+    """The disks of a snapshot, each as it was (image_id = the snapshot's layer)."""
+    vm, snap = snapshots.find(req.engine, vm_id, snap_id)
+    bodies = [_disk_repr(req, vm, snap, disk_id, vol_id)
+              for disk_id, vol_id in snapshots.disk_items(vm, snap)]
+    return Reply(tag="disks", body=[b for b in bodies if b is not None])
