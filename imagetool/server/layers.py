@@ -15,7 +15,7 @@ from typing import Any
 from imagetool.copier import CopyOptions, copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import allocated_ranges, open_image
-from imagetool.formats.base import Extent, union_ranges
+from imagetool.backend import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import PUNCH_HOLE, RawBackend, fallocate

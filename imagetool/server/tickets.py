@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from imagetool.formats.base import Backend
+from imagetool.backend import Backend
 
 
 @dataclass
