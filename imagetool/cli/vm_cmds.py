@@ -291,7 +291,7 @@ def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
         emit_json(_snap_dict(s, in_snap))
     else:
         click.echo(f"created snapshot {s.description!r} ({s.id}) of "
-                   f"{len(in_snap)} disk(s)")
+                   f"{count(len(in_snap), 'disk')}")
 
 
 def _simple(verb: str, func_name: str, needs_snapshot: bool):
