@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from typing import Any, Callable, Sequence
 
 from imagetool.engine.entities import Disk, StorageDomain, Vm
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked, wait_truthy
 from imagetool.errors import EngineError, ImagetoolError, NotFound
+from imagetool.threads import interrupts_held
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -140,21 +142,27 @@ def _check_disk_specs(disks: Sequence[Any]) -> None:
 def _new_disk(conn: Any, spec: Any, name: str, storage_domain: str, backup: str,
               workers: int, progress: Callable[[int], None] | None,
               created: list[str], timeout: float) -> Disk:
-    """One disk of a new VM: empty (``spec`` a size) or uploaded (a path)."""
+    """One disk of a new VM: empty (``spec`` a size) or uploaded (a path).
+
+    Its id is chosen here and put in ``created`` before the engine is
+    asked: a Ctrl-C while the disk is added, or after the upload ended but
+    before its answer came back, leaves a disk that the clean-up finds by
+    that id (one that never got made is skipped there)."""
+    disk_id = str(uuid.uuid4())
+    created.append(disk_id)
     incremental = backup == "incremental"
     if isinstance(spec, int):
         # qcow2 so that incremental backup can track it (raw disks cannot).
         d = conn.disks.add(name=name, provisioned_size=spec, storage_domain=storage_domain,
                            format="qcow2" if incremental else "raw", sparse=True,
-                           backup="incremental" if incremental else None)
-        created.append(d.id)
+                           backup="incremental" if incremental else None, disk_id=disk_id)
         return wait_for_disk(conn, d.id, "ok", timeout)
     from imagetool.disks import update_disk
     from imagetool.transfer.upload import upload_disk
 
     d = upload_disk(conn, spec, storage_domain, name=name, workers=workers,
-                    disk_format="qcow2" if incremental else None, progress=progress)
-    created.append(d.id)
+                    disk_format="qcow2" if incremental else None, progress=progress,
+                    disk_id=disk_id)
     # Uploads turn incremental backup on for qcow2 disks: say what was asked.
     return update_disk(conn, d, backup=backup, timeout=timeout)
 
@@ -203,8 +211,11 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
     vm_id: str | None = None
     created: list[str] = []
     try:
-        vm = conn.vms.add(name=name, cluster=cluster or "Default", memory=memory, cpus=cpus)
-        vm_id = vm.id
+        # A Ctrl-C while the VM is added comes once its id is kept.
+        with interrupts_held():
+            vm = conn.vms.add(name=name, cluster=cluster or "Default", memory=memory,
+                              cpus=cpus)
+            vm_id = vm.id
         for i, spec in enumerate(disks, 1):
             d = _new_disk(conn, spec, f"{name}-disk{i}", storage_domain, backup, workers,
                           progress, created, timeout)
