@@ -99,13 +99,24 @@ class Background(Worker):
 
 
 class _Held:
-    """The SIGINT handler of :func:`interrupts_held`: it notes the signal."""
+    """The SIGINT handler of :func:`interrupts_held`: it notes the signal.
+    ``previous`` is the handler it stands in for (put back at the end);
+    ``ignore``: what it notes is dropped (see :func:`interrupts_ignored`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
         self.signals = 0
+        self.ignore = False
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.signals += 1
+
+
+def _in_main_thread() -> bool:
+    """Whether signals reach this thread (the main one only) and their
+    handler was set from Python (else it cannot be put back)."""
+    return threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGINT) is not None
 
 
 @contextmanager
@@ -127,18 +138,17 @@ def interrupts_held() -> Iterator[None]:
     thread receives signals: elsewhere this does nothing. Nested blocks
     pass a held signal to the outer one, which acts on it.
     """
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is None:     # not set from Python
+    if not _in_main_thread():
         yield
         return
-    held = _Held()
-    previous = signal.signal(signal.SIGINT, held)
+    held = _Held(signal.getsignal(signal.SIGINT))
+    signal.signal(signal.SIGINT, held)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if held.signals:
-            _deliver(previous)
+        signal.signal(signal.SIGINT, held.previous)
+        if held.signals and not held.ignore:
+            _deliver(held.previous)
 
 
 def _deliver(handler: Any) -> None:
@@ -147,6 +157,30 @@ def _deliver(handler: Any) -> None:
         handler(signal.SIGINT, None)
     elif handler == signal.SIG_DFL:
         raise KeyboardInterrupt
+
+
+def interrupts_ignored() -> None:
+    """From now on, Ctrl-C is ignored, and one held by
+    :func:`interrupts_held` blocks is dropped: the command's work is done
+    and stands, and what is left is to say so.
+
+    For the CLI, whose commands pass it as the ``committed`` callback of
+    a workflow (called at the moment the result exists: a VM restored or
+    imported, an OVA under its name); the CLI's ``main`` puts the handler
+    back when the command is over. Without it, a Ctrl-C landing between
+    that moment and the report (closing the connection, printing) made
+    the command exit 130 with everything it made left in place.
+    """
+    if not _in_main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    while isinstance(handler, _Held):      # the blocks around us, inner to outer
+        handler.ignore = True
+        if not isinstance(handler.previous, _Held):
+            handler.previous = signal.SIG_IGN
+            return
+        handler = handler.previous
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def shielded(fn: Callable[[], Any]) -> Any:

@@ -263,11 +263,13 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
                 engine: EngineOptions) -> None:
     """Create a new VM from a point of VM (name or id) in DIRECTORY."""
     from imagetool.backup import restore_vm
+    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         with progress_bar(_restore_total(directory, vm, point), "restore") as update:
             out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
-                             name=name, cluster=cluster, workers=workers, progress=update)
+                             name=name, cluster=cluster, workers=workers, progress=update,
+                             committed=interrupts_ignored)
     if as_json:
         emit_json(dict(out, disks=[checksum_json(d) for d in out["disks"]]))
     else:

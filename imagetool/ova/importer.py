@@ -78,7 +78,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                template: bool | None = None, workers: int = 4,
                buffer_size: int = DEFAULT_REQUEST_SIZE, inactivity_timeout: int = 60,
                use_proxy: bool = False, progress: Progress | None = None,
-               clone: bool = False) -> dict:
+               clone: bool = False, committed: Callable[[], None] | None = None) -> dict:
     """Import the OVA at ``path``; see the module docstring.
 
     ``template`` True adds a template, None follows the OVA (a
@@ -88,7 +88,9 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     --clone`` does), so an OVA exported from the same engine can come back
     beside the VM it was made from (give a ``name`` then). Returns
     ``{"vm_id"|"template_id", "name", "disks": [{"disk_id", "member",
-    "checksum", "algorithm"}], "bytes", "seconds"}``.
+    "checksum", "algorithm"}], "bytes", "seconds"}``. ``committed()`` is
+    called once the VM or template is complete, before this returns: a
+    Ctrl-C before it removes everything, after it nothing.
     """
     start = time.monotonic()
     ova = open_ova(path)
@@ -123,11 +125,13 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
         adding = name
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
         _check_attached(conn, kind, entity_id, created, ova.path)
+        out: dict[str, Any] = {f"{kind}_id": entity_id, "name": name, "disks": report,
+                               "bytes": moved, "seconds": time.monotonic() - start}
+        if committed is not None:
+            committed()
     except BaseException:
         shielded(lambda: _cleanup(conn, kind, entity_id, created, adding))
         raise
-    out: dict[str, Any] = {f"{kind}_id": entity_id, "name": name, "disks": report,
-                           "bytes": moved, "seconds": time.monotonic() - start}
     return out
 
 
