@@ -113,6 +113,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     """
     from imagetool.backup import backup_vm
     from imagetool.cli.progress import Bars, run_jobs
+    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
@@ -122,7 +123,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
                 inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
                 log=lambda text: bars.write(f"imagetool: {text}")))
                 for i, v in enumerate(vms)]
-            results = run_jobs(jobs, tasks, bars)
+            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
     errors = [(v, r) for v, r in zip(vms, results) if isinstance(r, BaseException)]
     if as_json:
         emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException)
