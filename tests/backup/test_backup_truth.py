@@ -260,13 +260,13 @@ def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, env, tmp_pa
     repo = str(tmp_path / "repo")
     backup.backup_vm(conn, vm.id, repo, method="snapshot")
     before = ({v.id for v in conn.vms.list()}, {d.id for d in conn.disks.list()})
-    if when == "renaming":
-        sigint_after(monkeypatch, maintain, "_rename_disks")
-    else:
-        sigint_after(monkeypatch, Connection, "close")
-    code, out, err = cli("backup", "restore", repo, vm.name, "--sd", "data",
-                         "--name", f"{vm.name}-r")
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        if when == "renaming":
+            sigint_after(m, maintain, "_rename_disks")
+        else:
+            sigint_after(m, Connection, "close")
+        code, out, err = cli("backup", "restore", repo, vm.name, "--sd", "data",
+                             "--name", f"{vm.name}-r")
     if when == "renaming":
         assert (code, out, err.strip()) == (130, "", "imagetool: interrupted")
         assert ({v.id for v in conn.vms.list()}, {d.id for d in conn.disks.list()}) == before

@@ -240,11 +240,12 @@ def test_ova_commands_stand_once_their_result_exists(conn, cli, env, scratch, mo
     from ova_fixtures import make_sources, make_vm
     vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "stand-vm")
     ova = os.path.join(scratch, "stand.ova")
-    sigint_after(monkeypatch, Connection, "close")
-    code, out, err = cli("ova", "export", vm.id, ova)
-    assert (code, err) == (0, "") and f"\nexported {ova}: 1 disk, " in out
-    assert os.path.isfile(ova)
-    code, out, err = cli("ova", "import", ova, "--sd", SD, "--name", "stand-copy", "--clone")
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        sigint_after(m, Connection, "close")
+        code, out, err = cli("ova", "export", vm.id, ova)
+        assert (code, err) == (0, "") and f"\nexported {ova}: 1 disk, " in out
+        assert os.path.isfile(ova)
+        code, out, err = cli("ova", "import", ova, "--sd", SD, "--name", "stand-copy",
+                             "--clone")
     assert (code, err) == (0, "") and out.startswith("imported vm stand-copy ")
     conn.vms.remove(conn.vms.find("stand-copy").id)

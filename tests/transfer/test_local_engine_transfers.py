@@ -203,16 +203,16 @@ def test_ctrl_c_as_each_thread_of_an_upload_starts_leaves_nothing(own_conn, imag
     each: the upload stops and leaves nothing (the disk and transfer adds
     ran in a worker that went on without the interrupted caller, so the
     transfer stayed open and the disk locked: issue 20's hang)."""
-    counted = sigint_at_thread_start(monkeypatch)
-    disk = upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB)
+    with monkeypatch.context() as m:
+        counted = sigint_at_thread_start(m)
+        disk = upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB)
     own_conn.disks.remove(disk.id)
-    print("threads:", counted)
     assert counted, "the upload started no thread: nothing was tried"
     for k in range(1, len(counted) + 1):
-        monkeypatch.undo()
-        monkeypatch.setenv("IMAGETOOL_HOME", str(home))
-        sigint_at_thread_start(monkeypatch, k)
-        _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
+        with monkeypatch.context() as m:
+            sigint_at_thread_start(m, k)
+            _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
+
 
 def test_ctrl_c_before_the_transfer_is_opened_leaves_no_disk(own_conn, images, monkeypatch,
                                                              home):
