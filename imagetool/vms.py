@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from imagetool.engine.entities import Disk, StorageDomain, Vm
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked, wait_truthy
 from imagetool.errors import EngineError, ImagetoolError, NotFound
-from imagetool.threads import interrupts_held
+from imagetool.threads import interrupts_held, shielded
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -195,7 +195,8 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
               cluster: str | None = None, memory: int | None = None,
               cpus: int | None = None, backup: str = "incremental", workers: int = 4,
               progress: Callable[[int], None] | None = None,
-              timeout: float = DEFAULT_TIMEOUT) -> Vm:
+              timeout: float = DEFAULT_TIMEOUT,
+              committed: Callable[[], None] | None = None) -> Vm:
     """Create a VM with disks on ``storage_domain``; returns the VM.
 
     Each of ``disks`` is a size in bytes (a new empty disk) or a path (an
@@ -205,7 +206,9 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
     backup on, so that ``imagetool backup`` copies only what changed after
     the first point; ``none`` keeps each file's format. ``memory`` is in
     bytes, ``cpus`` the number of virtual CPUs. On any failure (Ctrl-C
-    included) the VM and every disk made so far are removed again.
+    included) the VM and every disk made so far are removed again;
+    ``committed()`` is called once the VM is complete, before this returns
+    (a Ctrl-C after it removes nothing).
     """
     _check_disk_specs(disks)
     vm_id: str | None = None
@@ -220,10 +223,13 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
             d = _new_disk(conn, spec, f"{name}-disk{i}", storage_domain, backup, workers,
                           progress, created, timeout)
             conn.vms.attach_disk(vm.id, d.id, bootable=i == 1)
-        return conn.vms.get(vm.id)
+        made = conn.vms.get(vm.id)
+        if committed is not None:
+            committed()
     except BaseException:
-        _remove_created(conn, vm_id, created)
+        shielded(lambda: _remove_created(conn, vm_id, created))
         raise
+    return made
 
 
 def remove_vm(conn: Any, vm: Any, *, keep_disks: bool = False,
