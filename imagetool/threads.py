@@ -8,13 +8,19 @@ which ``is_alive()`` is False and no later ``join`` waits for it. Code that stop
 would then close files and connections under a running worker. A worker
 started here sets an event as its last act; waiting on the event can be
 interrupted any number of times and waited on again.
+
+And blocks that a Ctrl-C must not cut in two (:func:`interrupts_held`):
+a request that makes something with the line that keeps its id, or a
+clean-up.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 
 class Worker:
@@ -92,29 +98,99 @@ class Background(Worker):
         return self._out["value"]
 
 
-def shielded(fn: Callable[[], Any], undo: Callable[[Any], Any] | None = None) -> Any:
+class _Held:
+    """The SIGINT handler of :func:`interrupts_held`: it notes the signal.
+    ``previous`` is the handler it stands in for (put back at the end);
+    ``ignore``: what it notes is dropped (see :func:`interrupts_ignored`)."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.signals = 0
+        self.ignore = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+
+
+def _in_main_thread() -> bool:
+    """Whether signals reach this thread (the main one only) and their
+    handler was set from Python (else it cannot be put back)."""
+    return threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGINT) is not None
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """A block that Ctrl-C never cuts in two: a SIGINT received in it is
+    acted on once the block is over (KeyboardInterrupt, raised where the
+    ``with`` ends, even over an exception of the block).
+
+    For a request that makes something together with the line that
+    records its id (so that the caller's clean-up finds it), and for a
+    clean-up that must not stop halfway. A KeyboardInterrupt can land at
+    any bytecode of the main thread, outside any ``try`` meant to catch
+    it: in ``Thread.start`` while a worker making the request starts, or
+    between a request's answer and the line that keeps its id (the
+    transfer then stays open and its disk locked until the engine's
+    inactivity timeout). Here the SIGINT handler itself is swapped for
+    one that only notes the signal, so no bytecode of the block can be
+    interrupted; blocking calls go on after it (PEP 475). Only the main
+    thread receives signals: elsewhere this does nothing. Nested blocks
+    pass a held signal to the outer one, which acts on it.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    held = _Held(signal.getsignal(signal.SIGINT))
+    signal.signal(signal.SIGINT, held)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, held.previous)
+        if held.signals and not held.ignore:
+            _deliver(held.previous)
+
+
+def _deliver(handler: Any) -> None:
+    """Act on a held SIGINT as ``handler`` (the one before the block) would."""
+    if callable(handler):
+        handler(signal.SIGINT, None)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+def interrupts_ignored() -> None:
+    """From now on, Ctrl-C is ignored, and one held by
+    :func:`interrupts_held` blocks is dropped: the command's work is done
+    and stands, and what is left is to say so.
+
+    For the CLI, whose commands pass it as the ``committed`` callback of
+    a workflow (called at the moment the result exists: a VM restored or
+    imported, an OVA under its name); the CLI's ``main`` puts the handler
+    back when the command is over. Without it, a Ctrl-C landing between
+    that moment and the report (closing the connection, printing) made
+    the command exit 130 with everything it made left in place.
+    """
+    if not _in_main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    while isinstance(handler, _Held):      # the blocks around us, inner to outer
+        handler.ignore = True
+        if not isinstance(handler.previous, _Held):
+            handler.previous = signal.SIG_IGN
+            return
+        handler = handler.previous
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def shielded(fn: Callable[[], Any]) -> Any:
     """``fn()`` run to its end whatever Ctrl-Cs come meanwhile; its value.
 
-    For cleanup after a failure (a first Ctrl-C included): a second Ctrl-C
-    landing in the middle of it would otherwise leave half of it undone,
-    e.g. a disk made but not removed. And for a request that makes
-    something (``undo`` given): a Ctrl-C while it is in flight would leave
-    what the engine made with no id to remove it by; here the request
-    ends, ``undo(value)`` removes what it made, then the Ctrl-C goes on.
-    ``fn`` runs in a worker thread, which signals never interrupt; the
-    caller waits for it, and a KeyboardInterrupt received while it waits
-    is raised once ``fn`` (and ``undo``) is over; what ``fn`` raised goes
-    first, and what ``undo`` raised is dropped (the interrupt matters).
+    For clean-up after a failure (a first Ctrl-C included): a second
+    Ctrl-C landing in the middle of it would otherwise leave half of it
+    undone, e.g. a disk made but not removed. A KeyboardInterrupt
+    received meanwhile is raised once ``fn`` is over (see
+    :func:`interrupts_held`).
     """
-    job = Background(fn, name="cleanup")
-    interrupts: list[BaseException] = []
-    wait_all([job], on_interrupt=interrupts.append)
-    value = job.result()
-    if interrupts:
-        if undo is not None:
-            try:
-                shielded(lambda: undo(value))
-            except Exception:
-                pass
-        raise interrupts[0]
-    return value
+    with interrupts_held():
+        return fn()

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from typing import Any, Callable, Sequence
 
 from imagetool.engine.entities import Disk, StorageDomain, Vm
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked, wait_truthy
 from imagetool.errors import EngineError, ImagetoolError, NotFound
+from imagetool.threads import interrupts_held, shielded
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -140,21 +142,27 @@ def _check_disk_specs(disks: Sequence[Any]) -> None:
 def _new_disk(conn: Any, spec: Any, name: str, storage_domain: str, backup: str,
               workers: int, progress: Callable[[int], None] | None,
               created: list[str], timeout: float) -> Disk:
-    """One disk of a new VM: empty (``spec`` a size) or uploaded (a path)."""
+    """One disk of a new VM: empty (``spec`` a size) or uploaded (a path).
+
+    Its id is chosen here and put in ``created`` before the engine is
+    asked: a Ctrl-C while the disk is added, or after the upload ended but
+    before its answer came back, leaves a disk that the clean-up finds by
+    that id (one that never got made is skipped there)."""
+    disk_id = str(uuid.uuid4())
+    created.append(disk_id)
     incremental = backup == "incremental"
     if isinstance(spec, int):
         # qcow2 so that incremental backup can track it (raw disks cannot).
         d = conn.disks.add(name=name, provisioned_size=spec, storage_domain=storage_domain,
                            format="qcow2" if incremental else "raw", sparse=True,
-                           backup="incremental" if incremental else None)
-        created.append(d.id)
+                           backup="incremental" if incremental else None, disk_id=disk_id)
         return wait_for_disk(conn, d.id, "ok", timeout)
     from imagetool.disks import update_disk
     from imagetool.transfer.upload import upload_disk
 
     d = upload_disk(conn, spec, storage_domain, name=name, workers=workers,
-                    disk_format="qcow2" if incremental else None, progress=progress)
-    created.append(d.id)
+                    disk_format="qcow2" if incremental else None, progress=progress,
+                    disk_id=disk_id)
     # Uploads turn incremental backup on for qcow2 disks: say what was asked.
     return update_disk(conn, d, backup=backup, timeout=timeout)
 
@@ -187,7 +195,8 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
               cluster: str | None = None, memory: int | None = None,
               cpus: int | None = None, backup: str = "incremental", workers: int = 4,
               progress: Callable[[int], None] | None = None,
-              timeout: float = DEFAULT_TIMEOUT) -> Vm:
+              timeout: float = DEFAULT_TIMEOUT,
+              committed: Callable[[], None] | None = None) -> Vm:
     """Create a VM with disks on ``storage_domain``; returns the VM.
 
     Each of ``disks`` is a size in bytes (a new empty disk) or a path (an
@@ -197,22 +206,30 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
     backup on, so that ``imagetool backup`` copies only what changed after
     the first point; ``none`` keeps each file's format. ``memory`` is in
     bytes, ``cpus`` the number of virtual CPUs. On any failure (Ctrl-C
-    included) the VM and every disk made so far are removed again.
+    included) the VM and every disk made so far are removed again;
+    ``committed()`` is called once the VM is complete, before this returns
+    (a Ctrl-C after it removes nothing).
     """
     _check_disk_specs(disks)
     vm_id: str | None = None
     created: list[str] = []
     try:
-        vm = conn.vms.add(name=name, cluster=cluster or "Default", memory=memory, cpus=cpus)
-        vm_id = vm.id
+        # A Ctrl-C while the VM is added comes once its id is kept.
+        with interrupts_held():
+            vm = conn.vms.add(name=name, cluster=cluster or "Default", memory=memory,
+                              cpus=cpus)
+            vm_id = vm.id
         for i, spec in enumerate(disks, 1):
             d = _new_disk(conn, spec, f"{name}-disk{i}", storage_domain, backup, workers,
                           progress, created, timeout)
             conn.vms.attach_disk(vm.id, d.id, bootable=i == 1)
-        return conn.vms.get(vm.id)
+        made = conn.vms.get(vm.id)
+        if committed is not None:
+            committed()
     except BaseException:
-        _remove_created(conn, vm_id, created)
+        shielded(lambda: _remove_created(conn, vm_id, created))
         raise
+    return made
 
 
 def remove_vm(conn: Any, vm: Any, *, keep_disks: bool = False,

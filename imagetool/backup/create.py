@@ -36,7 +36,7 @@ from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.phases import BACKUP_ENDED, BackupPhase
-from imagetool.threads import shielded
+from imagetool.threads import interrupts_held, shielded
 from imagetool.units import count
 
 Progress = Callable[[int], None]
@@ -310,12 +310,20 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
                       staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
     from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
-    # A Ctrl-C while the request is in flight: the backup the engine made
-    # (unknown to the state file) is finalized and its checkpoint removed.
-    backup = shielded(lambda: conn.backups.add(vm_id, disk_ids=[d.id for d in disks],
-                                               from_checkpoint_id=from_cp,
-                                               description=f"imagetool backup {name}"),
-                      undo=lambda b: _drop_unrecorded(conn, vm_id, b))
+    made: list[Any] = []
+    try:
+        # A Ctrl-C while the request is in flight comes once its answer is
+        # kept: the backup the engine made (unknown to the state file) is
+        # finalized and its checkpoint removed.
+        with interrupts_held():
+            made.append(conn.backups.add(vm_id, disk_ids=[d.id for d in disks],
+                                         from_checkpoint_id=from_cp,
+                                         description=f"imagetool backup {name}"))
+    except BaseException:
+        if made:
+            shielded(lambda: _drop_unrecorded(conn, vm_id, made[0]))
+        raise
+    backup = made[0]
     state["backup_id"] = backup.id
     state["checkpoint_id"] = backup.to_checkpoint_id
     try:

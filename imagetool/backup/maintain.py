@@ -234,7 +234,8 @@ def restored_disk_name(vm_name: str, old_vm_name: str | None, disk_name: str | N
 def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                storage_domain: str, point: str | None = None, name: str | None = None,
                cluster: str | None = None, workers: int = 4, inactivity_timeout: int = 60,
-               progress: Progress | None = None) -> Restored:
+               progress: Progress | None = None,
+               committed: Callable[[], None] | None = None) -> Restored:
     """Create a new VM from a point: one new disk per backed-up disk.
 
     Each disk's guest data is uploaded straight from its chain (read as one
@@ -243,7 +244,10 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     created), the engine's checksum of the new disk is compared with the
     manifest's, and the VM is created from the point's OVF (its SHA-256
     checked) with the new disk ids. The new disks are named after the new
-    VM. On failure the disks created so far are removed.
+    VM. On failure the disks created so far are removed. ``committed()``
+    is called once the VM is complete, before this returns: a Ctrl-C
+    before it removes everything, after it nothing (the CLI then ignores
+    Ctrl-C until it has reported the VM).
     """
     from imagetool.transfer.disk import DiskOptions, add_disk, send
 
@@ -292,11 +296,14 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
         made.append(new_vm.id)
         _attach_missing(conn, new_vm.id, p, disks_out)
         _rename_disks(conn, disks_out)
+        out = Restored(vm_id=new_vm.id, vm_name=vm_name, point=p.name, bytes=moved,
+                       seconds=time.monotonic() - start, disks=disks_out)
+        if committed is not None:
+            committed()
     except BaseException:
         shielded(lambda: _remove_restored(conn, made, created, adding))
         raise
-    return Restored(vm_id=new_vm.id, vm_name=vm_name, point=p.name, bytes=moved,
-                    seconds=time.monotonic() - start, disks=disks_out)
+    return out
 
 
 def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],

@@ -125,6 +125,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     """
     from imagetool.backup import backup_vm
     from imagetool.cli.progress import Bars, run_jobs
+    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
@@ -134,7 +135,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
                 inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
                 log=lambda text: bars.write(f"imagetool: {text}")))
                 for i, v in enumerate(vms)]
-            results = run_jobs(jobs, tasks, bars)
+            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
     errors = [(v, r) for v, r in zip(vms, results) if isinstance(r, BaseException)]
     if as_json:
         emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException)
@@ -312,11 +313,13 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
                 engine: EngineOptions) -> None:
     """Create a new VM from a point of VM (name or id) in DIRECTORY."""
     from imagetool.backup import restore_vm
+    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         with progress_bar(_restore_total(directory, vm, point), "restore") as update:
             out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
-                             name=name, cluster=cluster, workers=workers, progress=update)
+                             name=name, cluster=cluster, workers=workers, progress=update,
+                             committed=interrupts_ignored)
     emit(as_json, out.to_json(),
          f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
          f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "

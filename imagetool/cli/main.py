@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import threading
 
 import click
 
@@ -68,6 +69,18 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    # A command whose work is done ignores Ctrl-C from then on
+    # (threads.interrupts_ignored); the caller's handler comes back after it.
+    handler = signal.getsignal(signal.SIGINT) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        _main(argv)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="imagetool", standalone_mode=False)
     except click.exceptions.Abort:
@@ -94,6 +107,9 @@ def entry(argv: list[str] | None = None) -> None:
     that a command that succeeded (or failed) was interrupted instead."""
     try:
         main(argv)
+    except KeyboardInterrupt:       # at main's first line, before its own handling
+        click.echo("imagetool: interrupted", err=True)
+        sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -40,10 +40,12 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
                workers: int, as_json: bool, engine: EngineOptions) -> None:
     """Export VM (name or id) to PATH as an OVA."""
     from imagetool.ova import export_ova
+    from imagetool.threads import interrupts_ignored
     with open_connection(engine) as conn:
         with progress_bar(vm_disks_size(conn, vm), "ova export") as update:
             r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
-                           force=force, workers=workers, progress=update)
+                           force=force, workers=workers, progress=update,
+                           committed=interrupts_ignored)
     if as_json:
         emit_json(r.to_json())
         return
@@ -72,12 +74,13 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
     from imagetool.ova import import_ova, ova_info
+    from imagetool.threads import interrupts_ignored
     total = sum(d["virtual_size"] or 0 for d in ova_info(path)["disks"])
     with open_connection(engine) as conn:
         with progress_bar(total, "ova import") as update:
             r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
                            template=True if template else None, workers=workers,
-                           clone=clone, progress=update)
+                           clone=clone, progress=update, committed=interrupts_ignored)
     if as_json:
         emit_json(r.to_json())
         return

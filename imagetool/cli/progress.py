@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from imagetool.backend import Closing
+from imagetool.threads import interrupts_held
 
 
 def bar_size(stream: Any = None) -> dict:
@@ -108,7 +109,8 @@ def _short(name: str, width: int = 24) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[Any]:
+def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,
+             committed: Callable[[], None] | None = None) -> list[Any]:
     """Run ``tasks`` ``jobs`` at a time; results (or exceptions) in order.
 
     On Ctrl-C (or any error while waiting) every running task is told to
@@ -121,7 +123,12 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[
     releases the lock the thread holds), after which no join waits for it.
     Workers are our own threads, listed before they start: a Ctrl-C inside
     ``Thread.start`` or a pool's bookkeeping must not leave a running worker
-    unlisted.
+    unlisted. A second Ctrl-C while the stopped tasks end is held until
+    they have (each must cancel its transfer before the process exits).
+
+    ``committed()`` is called once every task did its work (commands pass
+    ``threads.interrupts_ignored``: the results stand, and a Ctrl-C until
+    the command has reported them is ignored).
     """
     not_run = object()
     outcomes: list[Any] = [not_run] * len(tasks)
@@ -158,13 +165,17 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars) -> list[
     else:
         interrupt = None
     finally:
-        # A thread with no ident yet has not run: it sees the stop and
-        # takes no task.
-        for t, ended in workers:
-            if t.ident is not None:
-                ended.wait()
-    if interrupt is not None and not all(
-            o is not not_run and not isinstance(o, BaseException) for o in outcomes):
+        with interrupts_held():
+            # A thread with no ident yet has not run: it sees the stop and
+            # takes no task.
+            for t, ended in workers:
+                if t.ident is not None:
+                    ended.wait()
+            done = all(o is not not_run and not isinstance(o, BaseException)
+                       for o in outcomes)
+            if done and committed is not None:
+                committed()
+    if interrupt is not None and not done:
         raise interrupt
     # (A Ctrl-C that came once every task had done its work anyway, e.g.
     # while the last transfer was finalized, changes nothing: the command

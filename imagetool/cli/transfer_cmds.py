@@ -19,6 +19,7 @@ from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
+from imagetool.threads import interrupts_ignored
 from imagetool.units import format_seconds, format_size
 
 
@@ -161,7 +162,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
                     conn, f, storage_domain, options, progress=bars.callback(i),
                     host_index=i))
                 for i, f in enumerate(files)]
-            results = run_jobs(jobs, tasks, bars)
+            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
     report(results, list(files), as_json, "uploaded")
 
 
@@ -263,5 +264,5 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
                 (lambda i=i, d=d, p=p: download_disk_result(
                     conn, d, p, options, progress=bars.callback(i), host_index=i))
                 for i, (d, p) in enumerate(zip(found, paths))]
-            results = run_jobs(jobs, tasks, bars)
+            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
     report(results, paths, as_json, "downloaded")

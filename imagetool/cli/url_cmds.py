@@ -10,6 +10,7 @@ import click
 
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.progress import Bars, run_jobs
+from imagetool.threads import interrupts_ignored
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_seconds, format_size
 
@@ -32,7 +33,7 @@ def _verify_option(func):
 def _run_one(size: int, label: str, fn):
     """Run one transfer with a progress bar; Ctrl-C stops it cleanly."""
     with Bars([(label, size)]) as bars:
-        result = run_jobs(1, [lambda: fn(bars.callback(0))], bars)[0]
+        result = run_jobs(1, [lambda: fn(bars.callback(0))], bars, interrupts_ignored)[0]
     if isinstance(result, BaseException):
         raise result
     return result

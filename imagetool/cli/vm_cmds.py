@@ -90,12 +90,13 @@ def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: 
       imagetool vms create web1 --disk samples/data-holes.qcow2 --sd data
       imagetool vms create db1 --disk 20G --disk 100G --memory 4G --cpus 2 --sd data
     """
+    from imagetool.threads import interrupts_ignored
     from imagetool.vms import create_vm
 
     with open_connection(engine) as conn:
         v = create_vm(conn, name, storage_domain, disks=disks, cluster=cluster,
                       memory=memory, cpus=cpus, backup=backup, workers=workers,
-                      timeout=timeout)
+                      timeout=timeout, committed=interrupts_ignored)
         attached = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
     if as_json:
         emit_json({**_vm_dict(v), "disks": attached})
@@ -280,7 +281,7 @@ def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
         emit_json(_snap_dict(s, in_snap))
     else:
         click.echo(f"created snapshot {s.description!r} ({s.id}) of "
-                   f"{len(in_snap)} disk(s)")
+                   f"{count(len(in_snap), 'disk')}")
 
 
 def _simple(verb: str, func_name: str, needs_snapshot: bool):

@@ -16,7 +16,7 @@ from imagetool.engine.entities import Snapshot
 from imagetool.engine.wait import (retry_conflict, wait_for_disks, wait_for_snapshot,
                                    wait_for_snapshot_gone)
 from imagetool.errors import NotFound
-from imagetool.threads import shielded
+from imagetool.threads import interrupts_held, shielded
 
 if TYPE_CHECKING:
     from imagetool.engine.connection import Connection
@@ -46,22 +46,24 @@ def take_snapshot(conn: "Connection", vm_id: str, description: str, *,
     """Take a snapshot of the VM (of ``disk_ids`` only, when given); with
     ``wait``, return it ready, or remove it again if the wait fails (a
     Ctrl-C while it is being added included)."""
-    snap = shielded(lambda: conn.snapshots.add(vm_id, description=description,
-                                               disk_ids=disk_ids,
-                                               persist_memorystate=persist_memory),
-                    undo=lambda s: discard_snapshot(conn, vm_id, s.id or "", disk_ids,
-                                                    timeout))
-    if not wait:
-        return snap
+    snap = None
     targets = disk_ids
     try:
+        # A Ctrl-C while the request is in flight comes once its answer is
+        # kept: the snapshot the engine made is removed below.
+        with interrupts_held():
+            snap = conn.snapshots.add(vm_id, description=description, disk_ids=disk_ids,
+                                      persist_memorystate=persist_memory)
+        if not wait:
+            return snap
         if targets is None:
             targets = attached_disk_ids(conn, vm_id)
         return wait_snapshot_ready(conn, vm_id, snap.id or "", targets,
                                    what or f"snapshot {description!r} of VM {vm_id}",
                                    timeout=timeout)
     except BaseException:
-        discard_snapshot(conn, vm_id, snap.id or "", targets, timeout)
+        if snap is not None:
+            discard_snapshot(conn, vm_id, snap.id or "", targets, timeout)
         raise
 
 

@@ -37,7 +37,7 @@ from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.results import ExportedDisk, OvaExported
-from imagetool.threads import Background
+from imagetool.threads import Background, interrupts_held
 from imagetool.copier import DEFAULT_REQUEST_SIZE
 from imagetool.transfer.disk import DiskOptions, Received, receive
 
@@ -59,12 +59,15 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
                force: bool = False, workers: int = 4,
                buffer_size: int = DEFAULT_REQUEST_SIZE,
                inactivity_timeout: int = 60, use_proxy: bool = False,
-               progress: Progress | None = None) -> OvaExported:
+               progress: Progress | None = None,
+               committed: Callable[[], None] | None = None) -> OvaExported:
     """Write ``vm`` (a name, an id or a Vm) to ``path`` as an OVA; see the module docstring.
 
     ``snapshot``: id or description of an existing snapshot to export;
     None takes a temporary one. ``manifest`` adds a SHA-256 ``.mf`` member.
-    Refuses an existing ``path`` unless ``force``.
+    Refuses an existing ``path`` unless ``force``. ``committed()`` is
+    called once the OVA is under its name, before this returns: a Ctrl-C
+    before it leaves no OVA, after it the OVA stays.
     """
     start = time.monotonic()
     path = os.fspath(path)
@@ -72,7 +75,7 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
         raise ImagetoolError(f"{path}: file exists (use --force to overwrite)")
     v = conn.vms.find(vm)
     part = path + ".imagetool-part"
-    made_part = False
+    made_part = named = False
     try:
         with ExitStack() as stack:
             if snapshot:
@@ -95,14 +98,20 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
                             progress=progress)
             os.fsync(fd)
         # Under its name only once the temporary snapshot is gone: a Ctrl-C
-        # during its removal leaves no OVA of a command that failed.
-        os.replace(part, path)
+        # during its removal leaves no OVA of a command that failed. The
+        # rename and what knows of it go together: a Ctrl-C after it (and
+        # before committed()) removes the OVA again.
+        result.path, result.vm_id = path, v.id
+        result.seconds = time.monotonic() - start
+        with interrupts_held():
+            os.replace(part, path)
+            named = True
+        if committed is not None:
+            committed()
     except BaseException:
         if made_part:
-            _unlink_quietly(part)
+            _unlink_quietly(path if named else part)
         raise
-    result.path, result.vm_id = path, v.id
-    result.seconds = time.monotonic() - start
     return result
 
 

@@ -79,7 +79,8 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
                template: bool | None = None, workers: int = 4,
                buffer_size: int = DEFAULT_REQUEST_SIZE, inactivity_timeout: int = 60,
                use_proxy: bool = False, progress: Progress | None = None,
-               clone: bool = False) -> OvaImported:
+               clone: bool = False,
+               committed: Callable[[], None] | None = None) -> OvaImported:
     """Import the OVA at ``path``; see the module docstring.
 
     ``template`` True adds a template, None follows the OVA (a
@@ -87,7 +88,9 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
     OVA keeps its disk ids unless ``clone``: then the disks get new ids and
     the OVF sent to the engine names them and a new VM id (as ``vms import
     --clone`` does), so an OVA exported from the same engine can come back
-    beside the VM it was made from (give a ``name`` then).
+    beside the VM it was made from (give a ``name`` then). ``committed()``
+    is called once the VM or template is complete, before this returns: a
+    Ctrl-C before it removes everything, after it nothing.
     """
     start = time.monotonic()
     ova = open_ova(path)
@@ -125,11 +128,13 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
         adding = name
         entity_id = _add_entity(conn, kind, name, cluster, ovf_text)
         _check_attached(conn, kind, entity_id, created, ova.path)
+        result.id = entity_id
+        result.seconds = time.monotonic() - start
+        if committed is not None:
+            committed()
     except BaseException:
         shielded(lambda: _cleanup(conn, kind, entity_id, created, adding))
         raise
-    result.id = entity_id
-    result.seconds = time.monotonic() - start
     return result
 
 

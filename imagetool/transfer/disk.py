@@ -23,7 +23,7 @@ from imagetool.backend import Backend, Extent
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.journal import flush_bytes_for
 from imagetool.transfer.options import DiskOptions
-from imagetool.threads import shielded
+from imagetool.threads import interrupts_held, shielded
 from imagetool.transfer.session import TransferSession
 
 __all__ = ["DiskOptions", "Received", "Sent", "add_disk", "open_session", "receive", "send"]
@@ -64,16 +64,16 @@ def add_disk(conn: Any, created: list[str] | None = None, **fields: Any) -> Any:
     :func:`send` goes to. Its id is added to ``created`` at once (the
     caller removes those on failure); without ``created`` it is removed
     here when it never gets ok."""
-    # A Ctrl-C while the request is in flight: the disk the engine made goes.
-    disk = shielded(lambda: conn.disks.add(**fields),
-                    undo=lambda d: remove_disk_when_unlocked(conn, d.id))
-    if created is not None:
-        created.append(disk.id)
+    made: list[str] = created if created is not None else []
     try:
+        # A Ctrl-C while the request is in flight comes once its id is kept.
+        with interrupts_held():
+            disk = conn.disks.add(**fields)
+            made.append(disk.id)
         wait_for_disk(conn, disk.id, "ok")
     except BaseException:
-        if created is None:
-            shielded(lambda: remove_disk_when_unlocked(conn, disk.id))
+        if created is None and made:
+            shielded(lambda: remove_disk_when_unlocked(conn, made[0]))
         raise
     return disk
 

@@ -31,7 +31,7 @@ from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
-from imagetool.threads import shielded
+from imagetool.threads import interrupts_held, shielded
 from imagetool.transfer.options import DiskOptions, resolve
 
 log = logging.getLogger(__name__)
@@ -113,34 +113,36 @@ class TransferSession:
 
     def start(self) -> None:
         """Create the transfer and wait until the data plane serves it."""
-        if self.reuse_transfer_id:
-            t = self.conn.transfers.get(self.reuse_transfer_id)
-        else:
-            o = self.options
-            # A Ctrl-C while the request is in flight: the transfer the
-            # engine made is cancelled all the same (else it would hold the
-            # disk locked until its inactivity timeout).
-            t = shielded(lambda: self.conn.transfers.add(
-                disk_id=self.disk_id, snapshot_id=o.snapshot_id, direction=self.direction,
-                format=o.format, inactivity_timeout=o.inactivity_timeout,
-                timeout_policy=o.timeout_policy, shallow=o.shallow or None,
-                host_id=o.host_id, backup_id=o.backup_id), undo=self._cancel_made)
-        self.transfer_id = t.id
         try:
+            if self.reuse_transfer_id:
+                t = self.conn.transfers.get(self.reuse_transfer_id)
+                self.transfer_id = t.id
+            else:
+                o = self.options
+                # A Ctrl-C while the request is in flight comes once its id
+                # is kept: the transfer the engine made is cancelled below
+                # (else it would hold the disk locked until its inactivity
+                # timeout).
+                with interrupts_held():
+                    t = self.conn.transfers.add(
+                        disk_id=self.disk_id, snapshot_id=o.snapshot_id,
+                        direction=self.direction, format=o.format,
+                        inactivity_timeout=o.inactivity_timeout,
+                        timeout_policy=o.timeout_policy, shallow=o.shallow or None,
+                        host_id=o.host_id, backup_id=o.backup_id)
+                    self.transfer_id = t.id
             self.transfer = wait_for_transfer_phase(
                 self.conn, t.id, "transferring", timeout=self.start_timeout,
                 disk_id=self.disk_id)
             self.url, self.proxy_url = self._pick_urls(self.transfer)
+            # Inside the try: a Ctrl-C in Thread.start (which waits for the
+            # thread to run) would otherwise leave the transfer open.
+            self._thread = threading.Thread(target=self._keepalive,
+                                            name=f"keepalive-{t.id}", daemon=True)
+            self._thread.start()
         except BaseException:
             self.cancel()
             raise
-        self._thread = threading.Thread(target=self._keepalive,
-                                        name=f"keepalive-{t.id}", daemon=True)
-        self._thread.start()
-
-    def _cancel_made(self, t: Any) -> None:
-        self.transfer_id = t.id
-        self._cancel()
 
     def _pick_urls(self, t: Any) -> tuple[str, str | None]:
         if self.options.use_proxy:

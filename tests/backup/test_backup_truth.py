@@ -245,3 +245,34 @@ def test_ctrl_c_while_the_backup_is_added_leaves_no_backup(conn, tmp_path, monke
     assert checkpoint_ids(conn, vm.id) == checkpoints
     assert backup.Repository(repo).partials(vm.id) == []
     conn.vms.remove(vm.id)
+
+
+@pytest.mark.parametrize("when", ["renaming", "closing"])
+def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, engine_env, tmp_path,
+                                                          monkeypatch, when):
+    """Issue 20, item 2: a real SIGINT while the restored disks are renamed
+    (the VM not complete) exits 130 and leaves no VM nor disk; one once the
+    VM is complete, as the command closes its connection before reporting,
+    is ignored: exit 0, the VM reported and kept (before, 130 and a VM the
+    command never reported)."""
+    from imagetool.engine import Connection
+    vm, _ = make_vm(conn)
+    repo = str(tmp_path / "repo")
+    backup.backup_vm(conn, vm.id, repo, method="snapshot")
+    before = ({v.id for v in conn.vms.list()}, {d.id for d in conn.disks.list()})
+    with monkeypatch.context() as m:
+        if when == "renaming":
+            sigint_after(m, maintain, "_rename_disks")
+        else:
+            sigint_after(m, Connection, "close")
+        code, out, err = cli("backup", "restore", repo, vm.name, "--sd", "data",
+                             "--name", f"{vm.name}-r")
+    if when == "renaming":
+        assert (code, out, err.strip()) == (130, "", "imagetool: interrupted")
+        assert ({v.id for v in conn.vms.list()}, {d.id for d in conn.disks.list()}) == before
+    else:
+        assert (code, err) == (0, "")
+        restored = conn.vms.find(f"{vm.name}-r")
+        assert out.startswith(f"restored point ") and f"({restored.id})" in out
+        conn.vms.remove(restored.id)
+    conn.vms.remove(vm.id)

@@ -293,3 +293,22 @@ def test_ctrl_c_after_every_job_did_its_work_is_no_failure():
     with pytest.raises(KeyboardInterrupt):
         run_jobs(1, [late_ctrl_c, lambda: "never"], Bars([("a", 1), ("b", 1)],
                                                            enabled=False))
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_once_the_upload_is_done_is_ignored(home, capsys, monkeypatch):
+    """A real SIGINT once every upload is done, as the command closes its
+    connection before reporting (issue 20, item 2): exit 0, the disk
+    reported and kept (before, 130 and a disk the command never reported)."""
+    from helpers import sigint_after
+    from imagetool.engine import Connection
+    raw = os.path.join(home, "done.raw")
+    make_raw(raw, 2 * MiB, [(0, MiB)], seed=40)
+    with monkeypatch.context() as m:
+        sigint_after(m, Connection, "close")
+        code, out, err = run(capsys, "upload", raw, "--sd", "data", "--json")
+    assert (code, err) == (0, ""), err
+    disk_id = json.loads(out)[0]["disk_id"]
+    code, out, err = run(capsys, "disks", "list", "--json")
+    assert code == 0, err
+    assert disk_id in [d["id"] for d in json.loads(out)], out

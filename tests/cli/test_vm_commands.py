@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -154,6 +155,11 @@ def test_snapshots_create_of_one_disk(cli):
     snap = json.loads(out)
     assert snap["description"].startswith("imagetool ")
     assert [d["name"] for d in snap["disks"]] == ["web-disk"]
+    # The text line counts its disks as every other output does (issue 20, 9).
+    code, out, err = run_("snapshots", "create", "web", "--description", "one")
+    assert code == 0, err
+    assert re.fullmatch(r"created snapshot 'one' \(\S+\) of 1 disk\n", out), out
+    run_("snapshots", "remove", "web", "one")
     code, out, err = run_("snapshots", "create", "web", "--disk", "no-disk")
     assert (code, out) == (1, "")
     assert err == "imagetool: error: no disk with id or name 'no-disk'\n"

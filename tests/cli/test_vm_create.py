@@ -162,3 +162,18 @@ def test_a_locked_disk_error_names_its_transfer(cli, conn, eargs):
     code, _, err = cli("disks", "remove", "--yes", d.id, *eargs)
     assert code == 1 and f"imagetool transfers cancel {t.id}" in err
     assert cli("transfers", "cancel", t.id, *eargs)[0] == 0
+
+
+def test_a_ctrl_c_once_the_vm_is_complete_is_ignored(cli, conn, eargs, monkeypatch):
+    """A real SIGINT once the VM is complete, as the command closes its
+    connection before reporting (issue 20, item 2): exit 0, the VM reported
+    and kept (before, 130 and a VM the command never reported)."""
+    from helpers import sigint_after
+    from imagetool.engine import Connection
+    with monkeypatch.context() as m:
+        sigint_after(m, Connection, "close")
+        code, out, err = cli("vms", "create", "cc1", "--disk", "1M", "--sd", "data", *eargs)
+    assert (code, err) == (0, "")
+    vm = conn.vms.find("cc1")
+    assert out == f"created VM cc1 ({vm.id}) with 1 disk\n"
+    conn.vms.remove(vm.id)

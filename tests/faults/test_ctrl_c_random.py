@@ -35,14 +35,7 @@ from imagetool.phases import BACKUP_ENDED, ENDED
 
 RUNS = 50
 
-# Opt-in until issue 20's last known hang is fixed: an ova import whose
-# Ctrl-C lands while its disk is being created can wait past the 60 s bound
-# in its clean-up for the disk to unlock (seen about once in 12 full runs).
-# A run that fails on it would stop CI for every other change.
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.environ.get("IMAGETOOL_CTRL_C_RANDOM"),
-                                 reason="set IMAGETOOL_CTRL_C_RANDOM=1 to run the 50 "
-                                        "random Ctrl-Cs (one known intermittent hang)")]
+pytestmark = pytest.mark.slow
 
 
 def _state(conn, vm_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tarfile
 
 import pytest
@@ -179,3 +180,43 @@ def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, mo
         export_ova(conn, vm.id, ova)
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
     assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")
+
+
+def test_ctrl_c_as_the_ova_gets_its_name_leaves_no_ova(conn, scratch, monkeypatch):
+    """A real SIGINT as the OVA is renamed to its name (issue 20): the
+    library call raises KeyboardInterrupt and no OVA is left under the name."""
+    from imagetool import export_ova
+    from imagetool.ova import export as export_mod
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "name-vm")
+    ova = os.path.join(scratch, "named.ova")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if dst == ova:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(export_mod.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_ova(conn, vm.id, ova)
+    assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")
+
+
+def test_ova_commands_stand_once_their_result_exists(conn, cli, engine_env, scratch, monkeypatch):
+    """Issue 20, item 2: a real SIGINT once the OVA is under its name, or
+    the VM imported, as the command closes its connection before
+    reporting, is ignored: exit 0, the result reported and kept (before,
+    130 with an OVA or a VM the command never reported)."""
+    from imagetool.engine import Connection
+    from ova_fixtures import make_sources, make_vm
+    vm, _ = make_vm(conn, {"raw": make_sources(scratch, size=2 << 20)["raw"]}, "stand-vm")
+    ova = os.path.join(scratch, "stand.ova")
+    with monkeypatch.context() as m:
+        sigint_after(m, Connection, "close")
+        code, out, err = cli("ova", "export", vm.id, ova)
+        assert (code, err) == (0, "") and f"\nexported {ova}: 1 disk, " in out
+        assert os.path.isfile(ova)
+        code, out, err = cli("ova", "import", ova, "--sd", SD, "--name", "stand-copy",
+                             "--clone")
+    assert (code, err) == (0, "") and out.startswith("imported vm stand-copy ")
+    conn.vms.remove(conn.vms.find("stand-copy").id)

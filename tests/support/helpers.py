@@ -300,6 +300,25 @@ def sigint_after(monkeypatch, service: Any, name: str = "add") -> None:
     monkeypatch.setattr(service, name, call)
 
 
+
+def sigint_at_thread_start(monkeypatch, k: int | None = None) -> list[str]:
+    """Count the threads the main thread starts (their names, in the list
+    returned, which grows); as the ``k``-th one is started, send this
+    process a real SIGINT: a Ctrl-C landing while a worker starts (its
+    ``Thread.start`` waits for it to run), the thread running on."""
+    import threading
+    real = threading.Thread.start
+    started: list[str] = []
+
+    def start(self: Any) -> None:
+        real(self)
+        if threading.current_thread() is threading.main_thread():
+            started.append(self.name)
+            if len(started) == k:
+                os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return started
+
 def wait_for(fn, predicate, timeout: float = 20.0, interval: float = 0.05):
     """Call ``fn`` until ``predicate(result)``; return the result or fail."""
     deadline = time.monotonic() + timeout

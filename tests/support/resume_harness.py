@@ -60,4 +60,8 @@ _client.ImageioClient.write = write
 _client.ImageioClient.read_into = read_into
 
 if __name__ == "__main__":
-    entry(sys.argv[1:])
+    try:
+        entry(sys.argv[1:])
+    except KeyboardInterrupt:   # at entry's first instruction, as python -m imagetool
+        sys.stderr.write("imagetool: interrupted\n")
+        sys.exit(130)

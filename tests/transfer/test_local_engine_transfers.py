@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from fault_proxy import DroppingProxy
-from helpers import MiB, images_equal, make_raw, qemu_img, sigint_after
+from helpers import (MiB, images_equal, make_raw, qemu_img, sigint_after,
+                     sigint_at_thread_start)
 from imagetool.errors import ImagetoolError
 from imagetool.transfer.download import download_disk
 from imagetool.transfer.session import TransferSession
@@ -176,6 +177,24 @@ def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monke
     transfer cancelled, its disk unlocked and removed)."""
     sigint_after(monkeypatch, getattr(own_conn, service))
     _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
+
+
+
+def test_ctrl_c_as_each_thread_of_an_upload_starts_leaves_nothing(own_conn, images,
+                                                                  monkeypatch, home):
+    """A real SIGINT as each thread the upload starts is started, one run
+    each: the upload stops and leaves nothing (the disk and transfer adds
+    ran in a worker that went on without the interrupted caller, so the
+    transfer stayed open and the disk locked: issue 20's hang)."""
+    with monkeypatch.context() as m:
+        counted = sigint_at_thread_start(m)
+        disk = upload_disk(own_conn, images["raw"], "data", workers=2, buffer_size=MiB)
+    own_conn.disks.remove(disk.id)
+    assert counted, "the upload started no thread: nothing was tried"
+    for k in range(1, len(counted) + 1):
+        with monkeypatch.context() as m:
+            sigint_at_thread_start(m, k)
+            _interrupted_upload_left_nothing(own_conn, images, home, calls=0)
 
 
 def test_ctrl_c_before_the_transfer_is_opened_leaves_no_disk(own_conn, images, monkeypatch,

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 import imagetool
-from helpers import MiB, api_request
+from helpers import MiB, api_request, sigint_after
 from helpers import ENGINE_PASSWORD as PASSWORD
 from imagetool import disks as disk_ops, snapshots, vms
 from imagetool.engine import Connection
@@ -116,6 +116,22 @@ def test_unknown_vm_is_named(mconn):
 
 
 # --- snapshots ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["vms.add", "disks.add", "upload_disk"])
+def test_ctrl_c_while_create_vm_makes_something_leaves_nothing(mconn, tmp_path,
+                                                              monkeypatch, where):
+    """A real SIGINT once the engine made the VM, an empty disk, or an
+    uploaded one, before its answer is back (issue 20): create_vm raises
+    KeyboardInterrupt and the engine holds no new VM nor disk."""
+    import imagetool.transfer.upload as upload_mod
+    owner, name = where.split(".") if "." in where else ("", where)
+    sigint_after(monkeypatch, getattr(mconn, owner) if owner else upload_mod, name)
+    before = ({v.id for v in mconn.vms.list()}, {d.id for d in mconn.disks.list()})
+    spec = SIZE if where == "disks.add" else _file(tmp_path, 0x22)
+    with pytest.raises(KeyboardInterrupt):
+        vms.create_vm(mconn, f"cc-{uuid.uuid4().hex[:6]}", "data", disks=[spec])
+    assert ({v.id for v in mconn.vms.list()}, {d.id for d in mconn.disks.list()}) == before
 
 def test_create_snapshot_waits_and_freezes_the_data(mconn, vm, tmp_path):
     v, disk = vm
