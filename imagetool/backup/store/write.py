@@ -162,46 +162,44 @@ class PointWriter:
     its image transfer is open); ``commit`` writes the index, and only then
     does the point exist; ``close`` drops the lease whatever happened, so a
     failed or killed writer leaves only chunks no index names (gc's).
-    ``hasher`` (a ``checksum.BlockHasher`` whose block size is the chunk
-    size): the digest of each chunk rebuilt is kept in ``digests[disk_id]``
-    (by chunk index), as imageio's block checksum needs, without reading
-    the data twice.
     """
 
     def __init__(self, store: ChunkStore, vm_id: str, *, parent: Index | None = None,
-                 name: str | None = None, workers: int = 4, hasher=None) -> None:
+                 name: str | None = None, workers: int = 4) -> None:
         if not valid_name(vm_id):
             raise StoreError(f"invalid VM id {vm_id!r}")
         if parent is not None and parent.vm_id != vm_id:
             raise StoreError(f"parent point {parent.name} belongs to VM {parent.vm_id}")
         if workers < 1:
             raise ValueError(f"invalid workers {workers}")
-        if hasher is not None and hasher.block_size != store.chunk_size:
-            raise ValueError("the hasher's block size must be the chunk size")
         self.store = store
         self.vm_id = vm_id
         self.parent = parent
         self.name = name or new_point_name()
         self.workers = workers
-        self.hasher = hasher
         self.disks: list[DiskIndex] = []
         self.digests: dict[str, dict[int, bytes]] = {}
         self.stats = {"data": 0, "written": 0, "reused": 0, "read": 0, "logical": 0}
         self.lease = gc.take_lease(store, vm_id, self.name, parent.name if parent else None)
 
     def add(self, src: DiskSource, *, progress: Callable[[int], None] | None = None,
-            cancel: threading.Event | None = None) -> DiskIndex:
+            cancel: threading.Event | None = None, hasher=None) -> DiskIndex:
         """Store one disk's chunks (incremental when the parent has the disk
         and ``src.dirty`` is given); its DiskIndex. ``cancel`` set: stop
-        with ``copier.CopyCancelled``."""
+        with ``copier.CopyCancelled``. ``hasher`` (a ``checksum.BlockHasher``
+        whose block size is the chunk size): the digest of each chunk
+        stored is kept in ``digests[disk_id]`` (by chunk index), as
+        imageio's block checksum needs, without reading the data twice."""
         from imagetool.copier import CopyCancelled
         if not valid_name(src.disk_id):
             raise StoreError(f"invalid disk id {src.disk_id!r}")
         if any(d.disk_id == src.disk_id for d in self.disks):
             raise StoreError("a disk is given twice")
         store, cs, workers = self.store, self.store.chunk_size, self.workers
+        if hasher is not None and hasher.block_size != cs:
+            raise ValueError("the hasher's block size must be the chunk size")
         size = src.backend.size
-        w = _Workers(store, [src], self.hasher)
+        w = _Workers(store, [src], hasher)
         chunks: list = [None] * chunk_count(size, cs)
         pending: deque = deque()
 
