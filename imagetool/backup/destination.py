@@ -251,11 +251,17 @@ class ChunkDestination:
         """The runs of the VM that are over (see the module docstring);
         RepositoryError if one of another host is still alive."""
         from imagetool.backup.store import gc
+        from imagetool.backup.store.points import index_name
         out = []
         host = socket.gethostname()
         now = gc.storage_now(self.store)
         for info, state in self._runs(vm_id):
             point = info.name.rsplit("/", 1)[1]
+            if self.store.storage.exists(index_name(vm_id, point)):
+                # Killed between its index and removing its record: the
+                # point is whole and its engine state is its base.
+                self.store.storage.delete(info.name)
+                continue
             run = state.get("run") or {}
             if run.get("host") == host:
                 live = run.get("pid") != os.getpid() and _alive_here(run.get("pid"))
