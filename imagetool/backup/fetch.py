@@ -167,13 +167,15 @@ def fetch_chunks(conn: Any, writer: Any, *, disk_id: str, snapshot_id: str | Non
 
     def consume(view: Any, n: int, progress: Any, cancel: Any) -> CopyStats:
         algo = algorithm or pick_algorithm(view)
-        changed = None
+        changed = zeros = None
         if incremental:
-            changed = [(e.start, e.end) for e in view.extents("dirty" if dirty else "zero")
-                       if not e.hole]
+            exts = [e for e in view.extents("dirty" if dirty else "zero") if not e.hole]
+            changed = [(e.start, e.end) for e in exts]
+            zeros = [(e.start, e.end) for e in exts if e.zero]
         start, before = time.monotonic(), writer.stats["read"]
         done.update(algo=algo, changed=changed, disk=writer.add(
-            DiskSource(disk_id, view, changed, meta={}), progress=progress, cancel=cancel,
+            DiskSource(disk_id, view, changed, meta={}, zeros=zeros), progress=progress,
+            cancel=cancel,
             hasher=BlockHasher(algo, block_size) if hashed else None))
         read = writer.stats["read"] - before
         return CopyStats(bytes_total=view.size, bytes_copied=read, workers=n,

@@ -92,8 +92,10 @@ def test_points_restore_byte_for_byte(conn, cli, env, tmp_path, chunk_repo, meth
     # Chunks no write touched are the parent's; the half-written one is new.
     assert [i for i in range(12) if f0[i] != i0[i]] == [0, 5, 8]
     assert i0[8] is None
-    if method == "checkpoint":      # the dirty extents only: 1.5 MiB moved
-        assert inc1.disk(d0).meta["bytes"] == 1536 * 1024 + MiB
+    # The dirty ranges only: 1.5 MiB of data and 1 MiB of zero bytes
+    # written as data; a discard (a zero extent) is zeroed, not read.
+    assert inc1.disk(d0).meta["bytes"] == 1536 * 1024 + MiB
+    assert inc2.disk(d0).meta["bytes"] == MiB
     assert verify(store, checksums=True).ok
 
     for r, images in made:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from imagetool.backup.store import gc
@@ -45,6 +45,7 @@ class DiskSource:
     backend: Backend
     dirty: list[tuple[int, int]] | None = None
     meta: dict | None = None
+    zeros: list[tuple[int, int]] | None = None   # dirty ranges known to read as zeros
 
 
 @dataclass
@@ -55,6 +56,7 @@ class _Job:
     length: int
     ranges: list[tuple[int, int]]       # chunk-relative (offset, length) to read
     base: str | None = None             # parent chunk under the ranges
+    zeros: list[tuple[int, int]] = field(default_factory=list)   # to zero, not read
 
 
 def _full_jobs(d: int, backend: Backend, cs: int):
@@ -69,25 +71,56 @@ def _dirty_jobs(d: int, src: DiskSource, parent: DiskIndex, cs: int):
     if parent.virtual_size < size:
         dirty.append((parent.virtual_size, size))
     dirty = [r for r in union_ranges(dirty) if r[1] > r[0]]
-    j = 0
+    # Dirty ranges the source says are zeros are zeroed, not read.
+    data = _minus(dirty, [r for r in union_ranges(src.zeros or ()) if r[1] > r[0]])
+    reads, zeros = _Clipper(data), _Clipper(_minus(dirty, data))
     for i in range(chunk_count(size, cs)):
         start, length = i * cs, min(cs, size - i * cs)
-        end = start + length
-        ranges = []
-        while j < len(dirty) and dirty[j][1] <= start:
-            j += 1
-        k = j
-        while k < len(dirty) and dirty[k][0] < end:
-            a, b = max(dirty[k][0], start), min(dirty[k][1], end)
-            ranges.append((a - start, b - a))
-            k += 1
+        ranges, zeroed = reads.clip(start, start + length), zeros.clip(start, start + length)
         base = parent.chunks[i] if i < len(parent.chunks) else None
         same_length = i < len(parent.chunks) and min(cs, parent.virtual_size - start) == length
-        if not ranges and same_length:
+        if not ranges and not zeroed and same_length:
             yield (d, i, base)
         else:
             # A resized last chunk is rebuilt too: its length changed.
-            yield _Job(d, i, start, length, ranges, base)
+            yield _Job(d, i, start, length, ranges, base, zeroed)
+
+
+def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint ``(start, end)`` ranges outside ``cut`` (same kind)."""
+    out, j = [], 0
+    for a, b in ranges:
+        while j < len(cut) and cut[j][1] <= a:
+            j += 1
+        pos, k = a, j
+        while k < len(cut) and cut[k][0] < b:
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0]))
+            pos = max(pos, cut[k][1])
+            k += 1
+        if pos < b:
+            out.append((pos, b))
+    return out
+
+
+class _Clipper:
+    """Sorted, disjoint ``(start, end)`` ranges cut chunk by chunk, in order."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = ranges
+        self.j = 0
+
+    def clip(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts inside ``[start, end)`` as ``(offset from start, length)``."""
+        r = self.ranges
+        while self.j < len(r) and r[self.j][1] <= start:
+            self.j += 1
+        out, k = [], self.j
+        while k < len(r) and r[k][0] < end:
+            a, b = max(r[k][0], start), min(r[k][1], end)
+            out.append((a - start, b - a))
+            k += 1
+        return out
 
 
 class _Workers:
@@ -130,6 +163,8 @@ class _Workers:
             fill_zero(view[n:])
         else:
             fill_zero(view)
+        for off, length in job.zeros:
+            fill_zero(view[off:off + length])
         src = self._backend(job.disk)
         for off, length in job.ranges:
             got = src.read_into(job.start + off, view[off:off + length])
