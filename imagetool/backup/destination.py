@@ -351,7 +351,7 @@ class ChunkStaged:
             **source, **kw)
         entry = entry_fields(d, fetched, "incremental" if prev_entry is not None else "full")
         entry["digests"] = base64.b64encode(b"".join(fetched.digests)).decode()
-        fetched.disk.meta.update(entry)
+        fetched.disk.meta = entry     # the index's, with what the flow adds (reason)
         return entry
 
     def commit(self, manifest: dict) -> Committed:

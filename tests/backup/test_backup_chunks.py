@@ -81,6 +81,7 @@ def test_points_restore_byte_for_byte(conn, cli, env, tmp_path, chunk_repo, meth
     assert r["mode"] == "incremental"
     cow = next(d for d in r["disks"] if d["disk_id"] == d0)
     assert cow["mode"] == "incremental"
+
     guest_io(conn, d0, discards=[(MiB, MiB)], writes=[(11 * MiB, rand(MiB, 6))])
     guest_io(conn, d1, zeros=[(MiB, MiB)])
     point()
@@ -88,6 +89,9 @@ def test_points_restore_byte_for_byte(conn, cli, env, tmp_path, chunk_repo, meth
     store = open_store(repo)
     [full, inc1, inc2] = [load_index(store, vm.id, r["point"]) for r, _ in made]
     assert inc1.parent == full.name and inc2.parent == inc1.name
+    if method == "checkpoint":      # the point says why its raw disk is full
+        m = inc1.disk(d1).meta
+        assert m["mode"] == "full" and "not enabled for incremental" in m["reason"]
     f0, i0 = full.disk(d0).chunks, inc1.disk(d0).chunks
     # Chunks no write touched are the parent's; the half-written one is new.
     assert [i for i in range(12) if f0[i] != i0[i]] == [0, 5, 8]
