@@ -208,3 +208,30 @@ def test_kill_9_during_create_leaves_a_consistent_repository(
                          else [])
         assert conn.disks.get(d0).status == "ok"
         conn.vms.remove(vm.id)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_failed_create_leaves_nothing(faulty_engine, fast_backoff, chunk_repo, method):
+    from fault_proxy import Respond, Rule
+
+    from imagetool.backup import backup_vm
+    from imagetool.errors import ImagetoolError
+
+    fe = faulty_engine
+    repo, _ = chunk_repo()
+    store = open_store(repo)
+    with fe.connect() as conn:
+        vm, (d0,) = make_vm(conn, [("cow", 8 * MiB)])
+        guest_io(conn, d0, writes=[(0, rand(8 * MiB, 1))])
+        fe.proxy.add_rule(Rule(method="GET", path_re=r"^/images/[^/?]+$", skip=2,
+                               every=True, action=Respond(500)))
+        with pytest.raises(ImagetoolError):
+            backup_vm(conn, vm.id, store, method=method)
+        fe.proxy.clear_rules()
+        assert list_points(store) == []
+        assert [i.name for i in store.storage.list("runs/")] == []
+        assert [i.name for i in store.storage.list("leases/")] == []
+        assert [s.id for s in conn.snapshots.list(vm.id) if s.snapshot_type != "active"] == []
+        assert [c.id for c in conn.checkpoints.list(vm.id)] == []
+        assert conn.disks.get(d0).status == "ok"
+        conn.vms.remove(vm.id)
