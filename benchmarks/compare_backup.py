@@ -70,6 +70,12 @@ from compare_verify import start_engine  # noqa: E402
 from imagetool.units import format_size, parse_size  # noqa: E402
 
 MiB = 1 << 20
+# Runs argv, then prints its peak memory (KiB) last on stderr; exits as it did.
+RSS_PROBE = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "sys.stderr.write(f'maxrss={usage.ru_maxrss}')\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
 PIECE = 256 << 10
 
 
@@ -104,21 +110,25 @@ class Bench:
 
     def run(self, *argv: str) -> tuple[float, dict | list | None, int]:
         """Run ``imagetool ARGV``; (wall seconds, its JSON output if any, its
-        peak resident memory in bytes, from wait4's rusage)."""
-        cmd = [sys.executable, "-m", "imagetool", *argv]
+        peak resident memory in bytes).
+
+        The peak is wait4's ``ru_maxrss`` of the command as started by a
+        small Python (``RSS_PROBE``): Linux keeps a process's peak across
+        exec, so a child forked straight from this process (grown by the
+        images it made) would report this process's size."""
+        cmd = [sys.executable, "-S", "-c", RSS_PROBE, sys.executable, "-m", "imagetool", *argv]
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             start = time.monotonic()
-            p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=self.env)
-            _, status, usage = os.wait4(p.pid, 0)
+            p = subprocess.run(cmd, stdout=out, stderr=err, text=True, env=self.env)
             seconds = time.monotonic() - start
-            p.returncode = os.waitstatus_to_exitcode(status)
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
+        stderr, _, rss = stderr.rpartition("maxrss=")
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {stderr[-2000:]}")
         doc = json.loads(stdout) if "--json" in argv and stdout.strip() else None
-        return seconds, doc, usage.ru_maxrss * 1024
+        return seconds, doc, int(rss) * 1024
 
     def make_vm(self, method: str, src: str) -> tuple[str, str]:
         _, out = self.cli("upload", src, "--sd", "data", "--disk-format", "qcow2",
