@@ -76,3 +76,15 @@ def test_the_record_of_a_point_that_was_made_is_only_dropped(store, tmp_path):
     record(store, "p1", socket.gethostname(), dead_pid())
     assert ChunkDestination(store).interrupted("vm1") == []
     assert not list(store.storage.list("runs/"))
+
+
+def test_a_second_backup_of_a_vm_at_once_is_refused(conn, cli, env, store):
+    from backup_helpers import make_vm
+
+    vm, _ = make_vm(conn, [("cow", MiB)])
+    with ChunkDestination(store).locked(vm.id):
+        code, out, err = cli("backup", "create", store.url, vm.id)
+    assert (code, err) == (1, f"imagetool: error: VM {vm.id}: {store.url}: another backup "
+                              f"of VM {vm.id} is running\n")
+    assert not list(store.storage.list("points/"))
+    conn.vms.remove(vm.id)
