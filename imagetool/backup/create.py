@@ -138,7 +138,9 @@ def backup_vm(conn: Any, vm: str, repository: Any, *, full: bool = False,
     ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
     ``seconds``, ``disks`` (``disk_id``, ``name``, ``path``, ``mode``,
     ``reason``: why a disk is full, ``checksum``, ``algorithm``,
-    ``block_size``), ``reason``, ``notes``.
+    ``block_size``), ``reason``, ``notes``; in a chunk repository also
+    ``stored`` (``data``: guest bytes of the chunks the point names,
+    ``written``: bytes it added to the repository, after dedup and zstd).
     A disk can be full inside an incremental point (``backup: none``, new,
     resized): its ``reason`` says why.
     """
@@ -186,6 +188,7 @@ def backup_vm(conn: Any, vm: str, repository: Any, *, full: bool = False,
         "path": point.path, "mode": manifest["mode"], "method": method,
         "bytes": moved, "seconds": round(time.monotonic() - start, 3),
         "reason": reason, "notes": notes,
+        **({"stored": point.stored} if point.stored is not None else {}),
         "disks": [{"disk_id": e["disk_id"], "name": e["name"],
                    "path": point.disk_paths[e["disk_id"]],
                    "mode": e["mode"], "reason": e["reason"],

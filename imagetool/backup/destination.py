@@ -61,6 +61,7 @@ class Committed:
     name: str
     path: str
     disk_paths: dict
+    stored: dict | None = None     # a chunk point's: guest data, new bytes stored
 
 
 def entry_fields(d: Any, fetched: Any, mode: str) -> dict:
@@ -359,7 +360,8 @@ class ChunkStaged:
         ix = self.writer.commit(ovf=self.ovf, manifest=m)
         self.store.storage.delete(self.run_name)
         where = f"{self.store.url}/{ix.object_name}"
-        return Committed(ix.name, where, {d.disk_id: where for d in ix.disks})
+        return Committed(ix.name, where, {d.disk_id: where for d in ix.disks},
+                         {"data": ix.stats["data"], "written": ix.stats["written"]})
 
     def discard(self, keep_state: bool) -> None:
         if self.writer is not None:

@@ -163,6 +163,12 @@ def test_two_processes_back_up_two_vms_at_once(conn, engine, env, tmp_path, chun
     store = open_store(repo)
     rep = verify(store, checksums=True)
     assert rep.ok and rep.points == 2
+    # Each says what it stored: 12 MiB of data, and what it added (the
+    # shared chunks may be written by both when they race for them).
+    stored = [json.loads(out)[0]["stored"] for out, _ in outs]
+    assert [s["data"] for s in stored] == [12 * MiB] * 2
+    on_disk = sum(i.size for i in store.storage.list("chunks/"))
+    assert on_disk <= sum(s["written"] for s in stored) <= on_disk + 8 * MiB + 4096
     # The shared 8 MiB is stored once: 8 + 4 + 4 chunks.
     assert rep.chunks == 16
     for (vm, d), (out, _) in zip(vms, outs):
