@@ -11,6 +11,9 @@ Layout (object names in a ``Storage``):
   All-zero chunks are never stored; an index names them ``null``.
 - ``points/VM/NAME``: a point's index (``imagetool.backup.store.points``).
 - ``leases/TOKEN``: a running backup's lease (``imagetool.backup.store.gc``).
+- ``runs/VM/POINT``: a running ``backup create``'s engine state (its
+  snapshot, VM backup, checkpoint), so the next run of the VM cleans up
+  after a killed one (``imagetool.backup.destination``).
 
 Every chunk and index is a blob: one flag byte (``1``: zstd, level 1 as
 Proxmox Backup Server uses, kept only when smaller) then the payload; in
