@@ -19,13 +19,33 @@ load hits both alike:
     upload`` of the same guest data (the chain flattened to one qcow2 with
     ``qemu-img convert``, untimed) to a qcow2 disk.
 
+Each of (a)-(c) runs for both repository formats (``--formats``): the
+qcow2 chains (``chain``) and the chunk repository (``chunks``, backup
+repository v2, made with the chunk store's ``init``; its incremental's
+bytes on disk are what the repository grew by, and the image uploaded
+against its restore is the point exported by the library). The peak
+memory (maximum resident set) of every ``backup create`` is recorded.
+
+(d) Dedup (``--dedup-vms``, default 10; 0 skips it): a template disk of
+``--dedup-virtual`` (2 GiB) holding ``--dedup-data`` (1 GiB) of random
+data, copied by the engine to one disk per VM; each VM then writes
+``--dedup-write`` (3%) of the template's data as unique data, in pieces of
+``--dedup-piece`` (1 MiB) at random aligned places, as a guest's files
+do; all VMs are backed up by one ``backup create`` into one chunk
+repository per ``--dedup-chunk`` size (MiB): the repository's size
+against the template's data (target <= 1.4x; a qcow2-chain repository
+holds every VM's data: about VMs x 1). Scale it down with the flags on a
+slow machine.
+
 Every command runs in its own process, timed from outside (process start
 included for all alike). Downloads and uploads verify checksums by default,
 as backups and restores do. Prints a Markdown table (medians, ratios, every
 sample) and optionally JSON.
 
     python benchmarks/compare_backup.py [--size 1G] [--repeat 3] [--change 0.01]
-        [--methods snapshot,checkpoint] [--workers 4] [--dir /var/tmp] [--json FILE]
+        [--methods snapshot,checkpoint] [--formats chain,chunks] [--workers 4]
+        [--dedup-vms 10] [--dedup-virtual 2G] [--dedup-data 1G] [--dedup-write 0.03]
+        [--dedup-piece 1M] [--dedup-chunk 1,4] [--dir /var/tmp] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,16 +70,21 @@ from compare_verify import start_engine  # noqa: E402
 from imagetool.units import format_size, parse_size  # noqa: E402
 
 MiB = 1 << 20
+# Runs argv, then prints its peak memory (KiB) last on stderr; exits as it did.
+RSS_PROBE = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "sys.stderr.write(f'maxrss={usage.ru_maxrss}')\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
 PIECE = 256 << 10
 
 
-def make_data(path: str, size: int) -> None:
-    """Random-looking data everywhere (no zero block, no two blocks equal)."""
-    chunk = random.Random(1).randbytes(8 * MiB)
+def make_data(path: str, size: int, seed: int = 1) -> None:
+    """Random data everywhere: no zero block, no two blocks (nor chunks) equal."""
+    rnd = random.Random(seed)
     with open(path, "wb") as f:
-        for i in range(0, size, len(chunk)):
-            n = min(len(chunk), size - i)
-            f.write((i // len(chunk)).to_bytes(8, "little") + chunk[8:n])
+        for i in range(0, size, 8 * MiB):
+            f.write(rnd.randbytes(min(8 * MiB, size - i)))
 
 
 class Bench:
@@ -80,14 +105,30 @@ class Bench:
 
     def cli(self, *argv: str) -> tuple[float, dict | list | None]:
         """Run ``imagetool ARGV``; (wall seconds, its JSON output if any)."""
-        cmd = [sys.executable, "-m", "imagetool", *argv]
-        start = time.monotonic()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
-        seconds = time.monotonic() - start
-        if p.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed: {p.stderr[-2000:]}")
-        out = json.loads(p.stdout) if "--json" in argv and p.stdout.strip() else None
+        seconds, out, self.last_rss = self.run(*argv)
         return seconds, out
+
+    def run(self, *argv: str) -> tuple[float, dict | list | None, int]:
+        """Run ``imagetool ARGV``; (wall seconds, its JSON output if any, its
+        peak resident memory in bytes).
+
+        The peak is wait4's ``ru_maxrss`` of the command as started by a
+        small Python (``RSS_PROBE``): Linux keeps a process's peak across
+        exec, so a child forked straight from this process (grown by the
+        images it made) would report this process's size."""
+        cmd = [sys.executable, "-S", "-c", RSS_PROBE, sys.executable, "-m", "imagetool", *argv]
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            start = time.monotonic()
+            p = subprocess.run(cmd, stdout=out, stderr=err, text=True, env=self.env)
+            seconds = time.monotonic() - start
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        stderr, _, rss = stderr.rpartition("maxrss=")
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: {stderr[-2000:]}")
+        doc = json.loads(stdout) if "--json" in argv and stdout.strip() else None
+        return seconds, doc, int(rss) * 1024
 
     def make_vm(self, method: str, src: str) -> tuple[str, str]:
         _, out = self.cli("upload", src, "--sd", "data", "--disk-format", "qcow2",
@@ -113,14 +154,16 @@ class Bench:
         return pieces * PIECE
 
     def sample(self, method: str, vm_id: str, disk_id: str, size: int, fraction: float,
-               n: int) -> dict:
+               n: int, fmt: str = "chain") -> dict:
         repo = os.path.join(self.work, f"repo-{method}-{n}")
         down = os.path.join(self.work, "download.qcow2")
         flat = os.path.join(self.work, "flat.qcow2")
-        create = ("backup", "create", vm_id, repo, "--method", method,
+        if fmt == "chunks":
+            init_chunks(repo)
+        create = ("backup", "create", repo, vm_id, "--method", method,
                   "--workers", self.workers, "--json")
         swap = n % 2 == 1
-        r: dict = {"method": method, "sample": n}
+        r: dict = {"method": method, "format": fmt, "sample": n}
 
         # (a) full point vs download
         for step in (("full", "download") if swap else ("download", "full")):
@@ -130,21 +173,32 @@ class Bench:
                 os.unlink(down)
             else:
                 r["full_s"], out = self.cli(*create)
+                r["full_rss"] = self.last_rss
                 assert out[0]["mode"] == "full", out
                 r["full_bytes"] = out[0]["bytes"]
 
         # (b) incremental after changing a fraction of the disk
-        r["changed"] = self.change(disk_id, size, fraction, seed=1000 + n)
+        # New data each sample and format: never bytes the disk already holds.
+        r["changed"] = self.change(disk_id, size, fraction,
+                                   seed=1000 + 2 * n + (fmt == "chunks"))
+        before = tree_size(repo)
         r["inc_s"], out = self.cli(*create)
+        r["inc_rss"] = self.last_rss
         inc = out[0]
         assert inc["mode"] == "incremental", inc
         r["inc_moved"] = inc["bytes"]
-        r["inc_on_disk"] = sum(os.path.getsize(os.path.join(inc["path"], f))
-                               for f in os.listdir(inc["path"]))
+        if fmt == "chunks":
+            r["inc_on_disk"] = tree_size(repo) - before
+        else:
+            r["inc_on_disk"] = sum(os.path.getsize(os.path.join(inc["path"], f))
+                                   for f in os.listdir(inc["path"]))
 
         # (c) restore of that point vs upload of the same guest data
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", inc["disks"][0]["path"], flat],
-                       check=True)
+        if fmt == "chunks":
+            export_chunks(repo, vm_id, inc["point"], flat)
+        else:
+            subprocess.run(["qemu-img", "convert", "-O", "qcow2", inc["disks"][0]["path"],
+                            flat], check=True)
         for step in (("upload", "restore") if swap else ("restore", "upload")):
             if step == "upload":
                 r["upload_s"], out = self.cli("upload", flat, "--sd", "data", "--disk-format",
@@ -167,22 +221,116 @@ class Bench:
         self.forget(method, vm_id, repo)
         return r
 
-    def forget(self, method: str, vm_id: str, repo: str) -> None:
+    def forget(self, method: str, vm_id: str, repo: str, remove: bool = True) -> None:
         """Drop the engine-side base of the chain, then the repository."""
         from imagetool.backup import engine_ops as ops
+        from imagetool.engine.lifecycle import remove_snapshot
         if method == "snapshot":
-            for d in os.listdir(os.path.join(repo, vm_id)):
-                try:
-                    with open(os.path.join(repo, vm_id, d, "manifest.json")) as f:
-                        sid = json.load(f)["engine"].get("snapshot_id")
-                except (OSError, ValueError):
-                    continue
+            for sid in snapshot_ids(repo, vm_id):
                 if sid and ops.snapshot_exists(self.conn, vm_id, sid):
-                    ops.remove_snapshot(self.conn, vm_id, sid)
+                    remove_snapshot(self.conn, vm_id, sid)
         else:
-            for cp in ops.checkpoint_ids(self.conn, vm_id):
-                self.conn.request("DELETE", f"vms/{vm_id}/checkpoints/{cp}")
-        shutil.rmtree(repo)
+            for cp in reversed([c.id for c in self.conn.checkpoints.list(vm_id)]):
+                ops.remove_checkpoint(self.conn, vm_id, cp)
+        if remove:
+            shutil.rmtree(repo)
+
+
+    def dedup(self, a: argparse.Namespace) -> list[dict]:
+        """(d): VMs cloned from one template, all backed up into one chunk
+        repository per chunk size; the repository's size against the
+        template's data, and the create's time and peak memory."""
+        src = os.path.join(self.work, "template.raw")
+        with open(src, "wb") as f:
+            f.truncate(a.dedup_virtual)
+        # The data in 8 MiB runs, one every 16 MiB while they fit, then packed.
+        if a.dedup_data > a.dedup_virtual:
+            raise SystemExit("--dedup-data is larger than --dedup-virtual")
+        rnd = random.Random(7)
+        with open(src, "r+b") as f:
+            placed, i = 0, 0
+            while placed < a.dedup_data:
+                n = min(8 * MiB, a.dedup_data - placed)
+                f.seek(i * 16 * MiB if a.dedup_data * 2 <= a.dedup_virtual else i * 8 * MiB)
+                f.write(rnd.randbytes(n))
+                placed += n
+                i += 1
+        _, out = self.cli("upload", src, "--sd", "data", "--disk-format", "qcow2",
+                          "--name", "bench-template", "--workers", self.workers, "--json")
+        os.unlink(src)
+        template = (out[0] if isinstance(out, list) else out)["disk_id"]
+        from imagetool.engine.wait import wait_for_disk
+        from imagetool.transfer.session import TransferSession
+        vms = []
+        rnd = random.Random(11)
+        pieces = max(1, round(a.dedup_data * a.dedup_write / a.dedup_piece))
+        for k in range(a.dedup_vms):
+            disk = self.conn.disks.copy(template, "data", name=f"bench-clone-{k}")
+            disk_id = disk.id if disk is not None else self.conn.disks.find(
+                f"bench-clone-{k}").id
+            wait_for_disk(self.conn, disk_id, "ok")
+            vm = self.conn.vms.add(name=f"bench-clone-{k}")
+            self.conn.vms.attach_disk(vm.id, disk_id, bootable=True)
+            s = TransferSession(self.conn, disk_id=disk_id, direction="upload", format="raw",
+                                timeout_policy="cancel")
+            with s:
+                b = s.open_backend()
+                for off in rnd.sample(range(a.dedup_virtual // a.dedup_piece), pieces):
+                    b.write(off * a.dedup_piece, rnd.randbytes(a.dedup_piece))
+                b.flush()
+            vms.append(vm.id)
+        rows = []
+        for cs in a.dedup_chunk:
+            repo = os.path.join(self.work, f"dedup-{cs}")
+            init_chunks(repo, cs * MiB)
+            seconds, _, rss = self.run("backup", "create", repo, *vms, "--method", "snapshot",
+                                       "--workers", self.workers, "--json")
+            rows.append({"chunk_mib": cs, "vms": len(vms), "seconds": seconds, "rss": rss,
+                         "repo_bytes": tree_size(repo), "template_data": a.dedup_data,
+                         "unique_writes": pieces * a.dedup_piece * len(vms)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for vm_id in vms:
+                self.forget("snapshot", vm_id, repo, remove=False)
+            shutil.rmtree(repo)
+        return rows
+
+
+def init_chunks(repo: str, chunk_size: int = 4 * MiB) -> None:
+    from imagetool.backup.store import ChunkStore, open_storage
+    ChunkStore.init(open_storage(repo, create=True), chunk_size=chunk_size)
+
+
+def export_chunks(repo: str, vm_id: str, point: str, out: str) -> None:
+    """A chunk repository's point exported as one qcow2 image at ``out`` (untimed)."""
+    from imagetool.backup.store import ChunkStore, export_point, load_index, open_storage
+    store = ChunkStore.open(open_storage(repo))
+    ix = load_index(store, vm_id, point)
+    outdir = out + ".d"
+    [path] = export_point(store, ix, outdir, "qcow2")
+    os.rename(path, out)
+    shutil.rmtree(outdir)
+
+
+def snapshot_ids(repo: str, vm_id: str) -> list[str]:
+    """The engine snapshots a repository's points of the VM name."""
+    from imagetool.backup.store import ChunkStore, list_points, load_index, open_storage
+    if os.path.exists(os.path.join(repo, "config")):
+        store = ChunkStore.open(open_storage(repo))
+        return [(load_index(store, v, n).manifest.get("engine") or {}).get("snapshot_id")
+                for v, n in list_points(store, vm_id)]
+    out = []
+    for d in os.listdir(os.path.join(repo, vm_id)):
+        try:
+            with open(os.path.join(repo, vm_id, d, "manifest.json")) as f:
+                out.append(json.load(f)["engine"].get("snapshot_id"))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def tree_size(root: str) -> int:
+    """Bytes of the files under ``root`` (their lengths)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
 
 
 def main() -> None:
@@ -194,12 +342,23 @@ def main() -> None:
     ap.add_argument("--change", type=float, default=0.01,
                     help="fraction of the disk rewritten before the incremental")
     ap.add_argument("--methods", default="snapshot,checkpoint")
+    ap.add_argument("--formats", default="chain,chunks",
+                    help="repository formats: chain (qcow2 chains), chunks (v2)")
+    ap.add_argument("--dedup-vms", type=int, default=10, help="0: no dedup benchmark")
+    ap.add_argument("--dedup-virtual", type=parse_size, default=parse_size("2G"))
+    ap.add_argument("--dedup-data", type=parse_size, default=parse_size("1G"))
+    ap.add_argument("--dedup-write", type=float, default=0.03)
+    ap.add_argument("--dedup-piece", type=parse_size, default=parse_size("1M"))
+    ap.add_argument("--dedup-chunk", default="1,4", help="chunk sizes (MiB) to compare")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"),
                     help="directory for the engine, images and repositories")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
     methods = a.methods.split(",")
+    formats = a.formats.split(",")
+    a.dedup_chunk = [int(x) for x in a.dedup_chunk.split(",")]
+    dedup: list[dict] = []
     work = tempfile.mkdtemp(prefix="imagetool-bench-backup-", dir=a.dir)
     proc = None
     rows: list[dict] = []
@@ -212,9 +371,12 @@ def main() -> None:
         os.unlink(src)
         for n in range(a.repeat):
             for m in (methods if n % 2 == 0 else methods[::-1]):
-                r = bench.sample(m, *vms[m], a.size, a.change, n)
-                rows.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
+                for fmt in (formats if n % 2 == 0 else formats[::-1]):
+                    r = bench.sample(m, *vms[m], a.size, a.change, n, fmt)
+                    rows.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+        if a.dedup_vms:
+            dedup = bench.dedup(a)
         bench.conn.close()
     finally:
         if proc is not None:
@@ -229,10 +391,27 @@ def main() -> None:
           f"{a.workers} workers, median of {a.repeat}, {os.cpu_count()} CPUs, "
           f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(table(rows, a.size))
+    if dedup:
+        print(f"\n(d) dedup: {dedup[0]['vms']} VMs cloned from a template of "
+              f"{format_size(a.dedup_virtual)} with {format_size(a.dedup_data)} of data, "
+              f"each writing {a.dedup_write:.0%} of it in {format_size(a.dedup_piece)} "
+              "pieces, all in one repository\n")
+        print(dedup_table(dedup))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"size": a.size, "change": a.change, "repeat": a.repeat,
-                       "load": load, "runs": rows}, f, indent=2)
+                       "load": load, "runs": rows, "dedup": dedup}, f, indent=2)
+
+
+def dedup_table(rows: list[dict]) -> str:
+    out = ["| chunk size | repository | / template data | target | unique writes | "
+           "create time | peak RSS |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['chunk_mib']} MiB | {format_size(r['repo_bytes'])} | "
+                   f"{r['repo_bytes'] / r['template_data']:.2f}x | <= 1.4x | "
+                   f"{format_size(r['unique_writes'])} | {r['seconds']:.1f} s | "
+                   f"{format_size(r['rss'])} |")
+    return "\n".join(out)
 
 
 def table(rows: list[dict], size: int) -> str:
@@ -240,8 +419,9 @@ def table(rows: list[dict], size: int) -> str:
     out = ["| method | comparison | backup side | plain side | ratio | target | samples |",
            "|---|---|---|---|---|---|---|"]
     mib_s = lambda s: f"{size / MiB / s:.0f} MiB/s"  # noqa: E731
-    for method in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == method]
+    for method, fmt in dict.fromkeys((r["method"], r.get("format", "chain")) for r in rows):
+        rs = [r for r in rows if r["method"] == method and r.get("format", "chain") == fmt]
+        method = f"{method}, {fmt}"
         med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
         full = [r["download_s"] / r["full_s"] for r in rs]
         out.append(
@@ -268,6 +448,10 @@ def table(rows: list[dict], size: int) -> str:
             f"({mib_s(med('restore_s'))}) | {med('upload_s'):.2f} s "
             f"({mib_s(med('upload_s'))}) | {statistics.median(rest):.2f}x speed | >= 0.9x | "
             f"{', '.join(f'{x:.2f}' for x in rest)} |")
+        rss = [max(r["full_rss"], r["inc_rss"]) for r in rs]
+        out.append(
+            f"| {method} | (e) peak memory of backup create | {format_size(max(rss))} | | | "
+            f"< 300 MiB | {', '.join(format_size(x) for x in rss)} |")
     return "\n".join(out)
 
 

@@ -17,24 +17,24 @@ Whatever fails (Ctrl-C included) the backup is finalized or the new snapshot
 removed, and the point's staging directory deleted. A run killed outright
 leaves its staging directory with what it created on the engine; the next
 run for that VM cleans that up and starts over, saying so.
+
+The same flow writes both repository formats: a directory of qcow2 chains
+or a chunk repository (directory or S3); ``imagetool.backup.destination``
+holds what differs (where the point, its state and its disks go).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any, Callable
 
-from imagetool.backup import digests as dg
 from imagetool.backup import engine_ops as ops
-from imagetool.backup.fetch import fetch_disk
-from imagetool.backup.repo import (OVF_FILE, STATE, FORMAT_VERSION, Point, Repository,
-                                   read_json, sha256_file, write_json)
+from imagetool.backup.destination import destination_for
+from imagetool.backup.repo import FORMAT_VERSION
 from imagetool.engine.lifecycle import remove_snapshot, take_snapshot
 from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
-from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 from imagetool.phases import BACKUP_ENDED, BackupPhase
 from imagetool.threads import interrupts_held, shielded
 from imagetool.units import count
@@ -49,15 +49,14 @@ def _say(notes: list[str], text: str, log: Callable[[str], None] | None) -> None
         log(text)
 
 
-def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
+def recover_interrupted(conn: Any, repo: Any, vm_id: str,
                         log: Callable[[str], None] | None = None) -> list[str]:
-    """Clean up after runs that were killed: engine side first, then the files."""
+    """Clean up after runs that were killed: engine side first, then the
+    files. ``repo``: a Repository, a ChunkStore or a destination."""
     notes: list[str] = []
-    for staging in repo.partials(vm_id):
-        try:
-            state = read_json(os.path.join(staging, STATE))
-        except (FileNotFoundError, ImagetoolError):
-            state = {}
+    dest = repo if hasattr(repo, "interrupted") else destination_for(repo)
+    for run in dest.interrupted(vm_id):
+        state = run.state
         what = []
         layers = set()
         if state.get("snapshot_id"):
@@ -82,9 +81,8 @@ def recover_interrupted(conn: Any, repo: Repository, vm_id: str,
         if state.get("snapshot_id"):
             remove_snapshot(conn, vm_id, state["snapshot_id"])
             what.append(f"its snapshot {state['snapshot_id']} was removed")
-        repo.discard(staging)
-        point = os.path.basename(staging)[len(".partial-"):]
-        _say(notes, f"an interrupted backup of VM {vm_id} (point {point}) was found"
+        run.discard()
+        _say(notes, f"an interrupted backup of VM {vm_id} (point {run.point}) was found"
                     + (f": {', '.join(what)}" if what else "")
                     + "; starting over", log)
     return notes
@@ -101,8 +99,8 @@ def _pick_method(conn: Any, vm_id: str, method: str) -> str:
     return method
 
 
-def _base(conn: Any, vm_id: str, last: Point | None, method: str,
-          full: bool) -> tuple[Point | None, str | None]:
+def _base(conn: Any, vm_id: str, last: Any, method: str,
+          full: bool) -> tuple[Any, str | None]:
     """(the point an incremental builds on or None, why the point is full)."""
     if last is None:
         return None, "no chain yet"
@@ -124,27 +122,13 @@ def _base(conn: Any, vm_id: str, last: Point | None, method: str,
     return last, None
 
 
-def _previous_digests(base: Point | None, disk_id: str) -> tuple[dict | None, list | None]:
-    if base is None:
-        return None, None
-    entry = base.disk(disk_id)
-    if entry is None:
-        return None, None
-    c = entry["checksum"]
-    try:
-        digests = dg.load(base.file(entry["digests"]),
-                          dg.block_count(entry["virtual_size"], c["block_size"]),
-                          dg.digest_size(c["algorithm"]))
-    except (OSError, ValueError):
-        return None, None
-    return entry, digests
-
-
-def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool = False,
+def backup_vm(conn: Any, vm: str, repository: Any, *, full: bool = False,
               method: str = "auto", workers: int = 4, inactivity_timeout: int = 60,
               progress: Progress | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-    """Make one restore point of ``vm`` (name or id) in ``repository``.
+    """Make one restore point of ``vm`` (name or id) in ``repository``: a
+    directory of qcow2 chains (made if missing) or an open chunk
+    repository (``imagetool.backup.store.ChunkStore``).
 
     Full when the VM has no chain yet, when ``full`` is given, when the
     method changed or when the engine no longer has the base checkpoint or
@@ -154,44 +138,42 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
     ``vm_name``, ``point``, ``mode``, ``method``, ``bytes`` (data moved),
     ``seconds``, ``disks`` (``disk_id``, ``name``, ``path``, ``mode``,
     ``reason``: why a disk is full, ``checksum``, ``algorithm``,
-    ``block_size``), ``reason``, ``notes``.
+    ``block_size``), ``reason``, ``notes``; in a chunk repository also
+    ``stored`` (``data``: guest bytes of the chunks the point names,
+    ``written``: bytes it added to the repository, after dedup and zstd).
     A disk can be full inside an incremental point (``backup: none``, new,
     resized): its ``reason`` says why.
     """
     start = time.monotonic()
-    repo = Repository(repository, create=True)
+    dest = destination_for(repository, create=True)
     v = conn.vms.find(vm)
     vm_id = v.id
-    with repo.locked(vm_id):
-        notes = recover_interrupted(conn, repo, vm_id, log)
+    with dest.locked(vm_id):
+        notes = recover_interrupted(conn, dest, vm_id, log)
         method = _pick_method(conn, vm_id, method)
         disks = ops.vm_disks(conn, vm_id)
         if not disks:
             raise ImagetoolError(f"VM {v.name} has no disks to back up")
-        points = repo.points(vm_id)
-        last = points[-1] if points else None
+        last = dest.last_point(vm_id)
         base, reason = _base(conn, vm_id, last, method, full)
         if reason and last is not None:
             _say(notes, f"VM {v.name}: full backup: {reason}", log)
         now = time.time()
-        name = repo.new_point_name(vm_id, now)
+        name = dest.new_point_name(vm_id, now)
         state = {"vm_id": vm_id, "point": name, "method": method, "started": now}
-        staging = repo.begin(vm_id, name, state)
+        staged = dest.begin(vm_id, name, state, base, workers)
         try:
-            fd = os.open(os.path.join(staging, OVF_FILE),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(conn.vms.get(vm_id, all_content=True).ovf or "")
+            staged.write_ovf(conn.vms.get(vm_id, all_content=True).ovf or "")
             run = _snapshot_point if method == "snapshot" else _checkpoint_point
-            engine_ids, entries = run(conn, vm_id, name, disks, base, staging, state,
+            engine_ids, entries = run(conn, vm_id, name, disks, base, staged, state,
                                       workers=workers, inactivity_timeout=inactivity_timeout,
                                       progress=progress, point_reason=reason)
             manifest = point_manifest(vm_id, v.name, name, now, method, base, engine_ids,
-                                      entries, staging)
+                                      entries, staged.ovf_info())
             moved = manifest["bytes"]
-            point = repo.commit(staging, manifest)
+            point = staged.commit(manifest)
         except BaseException:
-            _abandon(conn, repo, vm_id, staging, state)
+            _abandon(conn, vm_id, staged, state)
             raise
         if last is not None:     # a base snapshot the new point no longer needs
             old = (last.manifest.get("engine") or {}).get("snapshot_id")
@@ -206,7 +188,9 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
         "path": point.path, "mode": manifest["mode"], "method": method,
         "bytes": moved, "seconds": round(time.monotonic() - start, 3),
         "reason": reason, "notes": notes,
-        "disks": [{"disk_id": e["disk_id"], "name": e["name"], "path": point.file(e["file"]),
+        **({"stored": point.stored} if point.stored is not None else {}),
+        "disks": [{"disk_id": e["disk_id"], "name": e["name"],
+                   "path": point.disk_paths[e["disk_id"]],
                    "mode": e["mode"], "reason": e["reason"],
                    "checksum": e["checksum"]["value"], "algorithm": e["checksum"]["algorithm"],
                    "block_size": e["checksum"]["block_size"]} for e in entries],
@@ -214,9 +198,9 @@ def backup_vm(conn: Any, vm: str, repository: str | os.PathLike, *, full: bool =
 
 
 def point_manifest(vm_id: str, vm_name: str | None, name: str, now: float, method: str,
-                   base: Point | None, engine_ids: dict, entries: list[dict],
-                   staging: str) -> dict:
-    """The manifest of a point staged in ``staging`` (its OVF written there)."""
+                   base: Any, engine_ids: dict, entries: list[dict], ovf: dict) -> dict:
+    """The manifest of a point; ``ovf``: what it records of the OVF (its
+    SHA-256, and its file in a qcow2-chain point)."""
     return {
         "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": vm_name, "point": name,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
@@ -224,39 +208,21 @@ def point_manifest(vm_id: str, vm_name: str | None, name: str, now: float, metho
         "mode": "incremental" if base is not None else "full",
         "parent": base.name if base is not None else None,
         "engine": engine_ids, "bytes": sum(e["bytes"] for e in entries), "disks": entries,
-        "ovf": {"file": OVF_FILE, "sha256": sha256_file(os.path.join(staging, OVF_FILE))},
+        "ovf": ovf,
     }
 
 
-def _abandon(conn: Any, repo: Repository, vm_id: str, staging: str, state: dict) -> None:
+def _abandon(conn: Any, vm_id: str, staged: Any, state: dict) -> None:
     """After a failed run: drop the checkpoint it made (no point needs it)
     once its backup is over, and its files; the state file stays while the
     engine has not confirmed the end of the run's backup or snapshot, so
     the next run can clean up."""
     if state.get("checkpoint_id") and not state.get("backup_id"):
         _undo(lambda: ops.remove_checkpoint(conn, vm_id, state["checkpoint_id"]))
-    repo.discard(staging, keep_state=bool(state.get("backup_id") or state.get("snapshot_id")))
+    staged.discard(keep_state=bool(state.get("backup_id") or state.get("snapshot_id")))
 
 
-def _disk_entry(d: ops.VmDisk, staging: str, fetched: Any, mode: str,
-                backing: str | None) -> dict:
-    fname = f"{d.id}.qcow2"
-    dname = f"{d.id}.digests"
-    dg.save(os.path.join(staging, dname), fetched.digests)
-    return {
-        "disk_id": d.id, "name": d.name, "format": d.format, "sparse": d.sparse,
-        "interface": d.interface, "bootable": d.bootable, "backup": d.backup,
-        "virtual_size": d.provisioned_size, "mode": mode,
-        "file": fname, "backing": backing,
-        "sha256": fetched.sha256 or sha256_file(os.path.join(staging, fname)),
-        "digests": dname, "digests_sha256": sha256_file(os.path.join(staging, dname)),
-        "checksum": {"algorithm": fetched.algorithm, "block_size": DEFAULT_BLOCK_SIZE,
-                     "value": fetched.checksum, "source": fetched.checksum_source},
-        "bytes": fetched.bytes_copied,
-    }
-
-
-def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
+def _fetch_all(conn: Any, disks: list, base: Any, staged: Any, *,
                why_full: Callable[[ops.VmDisk], str | None], source: Callable, workers: int,
                inactivity_timeout: int, progress: Progress | None,
                point_reason: str | None) -> list[dict]:
@@ -264,32 +230,27 @@ def _fetch_all(conn: Any, disks: list, base: Point | None, staging: str, *,
     entries = []
     for d in disks:
         reason = point_reason if base is None else why_full(d)
-        prev_entry, prev_digests = (None, None) if reason else _previous_digests(base, d.id)
+        prev_entry, prev_digests = (None, None) if reason else staged.previous(base, d.id)
         if reason is None and prev_entry is None:
             reason = "the disk is not in the previous point"
         elif reason is None and prev_entry["virtual_size"] != d.provisioned_size:
             prev_entry = prev_digests = None
             reason = "the disk's size changed since the previous point"
-        backing = f"../{base.name}/{prev_entry['file']}" if prev_entry is not None else None
-        fetched = fetch_disk(
-            conn, disk_id=d.id, out=os.path.join(staging, f"{d.id}.qcow2"),
-            backing=backing, previous_digests=prev_digests, workers=workers,
-            inactivity_timeout=inactivity_timeout, progress=progress,
-            algorithm=prev_entry["checksum"]["algorithm"] if prev_entry else None,
-            **source(d, prev_entry is not None))
-        entry = _disk_entry(d, staging, fetched, "incremental" if backing else "full", backing)
+        entry = staged.fetch(conn, d, base, prev_entry, prev_digests,
+                             source(d, prev_entry is not None), workers=workers,
+                             inactivity_timeout=inactivity_timeout, progress=progress)
         entry["reason"] = reason
         entries.append(entry)
     return entries
 
 
-def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
-                    staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
+def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Any,
+                    staged: Any, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
     sid = take_snapshot(conn, vm_id, f"imagetool backup {name}",
                         disk_ids=[d.id for d in disks]).id
     state["snapshot_id"] = sid
     try:
-        write_json(os.path.join(staging, STATE), state)
+        staged.save_state(state)
         layers = ops.snapshot_layers(conn, vm_id, sid)
         missing = [d.id for d in disks if not layers.get(d.id)]
         if missing:
@@ -298,17 +259,17 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Point |
         def source(d: ops.VmDisk, incremental: bool) -> dict:
             return {"snapshot_id": layers[d.id], "shallow": incremental}
 
-        entries = _fetch_all(conn, disks, base, staging, source=source,
+        entries = _fetch_all(conn, disks, base, staged, source=source,
                              why_full=lambda d: None, **kw)
     except BaseException:
         if _undo(lambda: remove_snapshot(conn, vm_id, sid)):
-            _forget(staging, state, "snapshot_id")
+            _forget(staged, state, "snapshot_id")
         raise
     return {"snapshot_id": sid}, entries
 
 
-def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point | None,
-                      staging: str, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
+def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Any,
+                      staged: Any, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
     from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
     made: list[Any] = []
     try:
@@ -327,7 +288,7 @@ def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point
     state["backup_id"] = backup.id
     state["checkpoint_id"] = backup.to_checkpoint_id
     try:
-        write_json(os.path.join(staging, STATE), state)
+        staged.save_state(state)
         backup = wait_for_backup(conn, vm_id, backup.id, BackupPhase.READY)
         modes = {d.id: d.backup_mode for d in conn.backups.disks(vm_id, backup.id)}
 
@@ -342,15 +303,15 @@ def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Point
                         f"{d.backup or 'none'})")
             return "the engine backs it up in full (it is not in the base checkpoint)"
 
-        entries = _fetch_all(conn, disks, base, staging, source=source, why_full=why_full,
+        entries = _fetch_all(conn, disks, base, staged, source=source, why_full=why_full,
                              **kw)
         phase = ops.finalize_backup(conn, vm_id, backup.id)
         if phase not in (BackupPhase.SUCCEEDED, "gone"):
             raise EngineError(f"backup {backup.id} of VM {vm_id} ended {phase}")
-        _forget(staging, state, "backup_id")
+        _forget(staged, state, "backup_id")
     except BaseException:
         if _finalized(conn, vm_id, backup.id):
-            _forget(staging, state, "backup_id")
+            _forget(staged, state, "backup_id")
         raise
     return {"backup_id": backup.id, "checkpoint_id": backup.to_checkpoint_id,
             "from_checkpoint_id": from_cp}, entries
@@ -362,11 +323,11 @@ def _drop_unrecorded(conn: Any, vm_id: str, backup: Any) -> None:
         _undo(lambda: ops.remove_checkpoint(conn, vm_id, backup.to_checkpoint_id))
 
 
-def _forget(staging: str, state: dict, key: str) -> None:
+def _forget(staged: Any, state: dict, key: str) -> None:
     """The engine confirmed the end of what ``state[key]`` names: the next
     run has nothing to clean up for it."""
     state.pop(key, None)
-    write_json(os.path.join(staging, STATE), state)
+    staged.save_state(state)
 
 
 def _finalized(conn: Any, vm_id: str, backup_id: str) -> bool:

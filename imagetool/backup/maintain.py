@@ -249,8 +249,6 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     before it removes everything, after it nothing (the CLI then ignores
     Ctrl-C until it has reported the VM).
     """
-    from imagetool.transfer.disk import DiskOptions, add_disk, send
-
     start = time.monotonic()
     repo = Repository(repository)
     vm_id = repo.find_vm(vm)
@@ -259,16 +257,37 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     ovf = checked_ovf(p)
     for entry in p.manifest["disks"]:      # every chain checked before anything is made
         repo.disk_files(p, entry["disk_id"], every)
-    old_name = p.manifest.get("vm_name")
-    vm_name = name or f"{old_name or p.vm_id}-restored-{p.name}"
+    return restore_point(conn, vm_id, p.name, p.manifest, ovf,
+                         lambda disk_id: repo.open_disk(p, disk_id, every),
+                         storage_domain=storage_domain, name=name, cluster=cluster,
+                         workers=workers, inactivity_timeout=inactivity_timeout,
+                         progress=progress, start=start, committed=committed)
+
+
+def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
+                  open_disk: Callable[[str], Any], *, storage_domain: str,
+                  name: str | None = None, cluster: str | None = None, workers: int = 4,
+                  inactivity_timeout: int = 60, progress: Progress | None = None,
+                  start: float | None = None,
+                  committed: Callable[[], None] | None = None) -> Restored:
+    """Create a new VM from a checked point of either repository format:
+    its ``manifest`` (with ``disks``), its ``ovf`` text, and
+    ``open_disk(disk_id)``, a context manager giving a disk's guest data as
+    a Backend (a qcow2 chain, or a chunk repository's ``PointBackend``
+    whose clones fetch chunks in parallel). See :func:`restore_vm`."""
+    from imagetool.transfer.disk import DiskOptions, add_disk, send
+
+    start = time.monotonic() if start is None else start
+    old_name = manifest.get("vm_name")
+    vm_name = name or f"{old_name or vm_id}-restored-{point}"
     created: list[str] = []
     made: list[str] = []        # the new VM, once the engine has it
     adding = None               # its name, once its add is sent
     disks_out: list[RestoredDisk] = []
     moved = 0
     try:
-        for i, entry in enumerate(p.manifest["disks"]):
-            with repo.open_disk(p, entry["disk_id"], every) as src:
+        for i, entry in enumerate(manifest["disks"]):
+            with open_disk(entry["disk_id"]) as src:
                 disk = add_disk(
                     conn, created,
                     name=restored_disk_name(vm_name, old_name, entry.get("name"), i),
@@ -290,13 +309,13 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
         new_ovf = ovf
         for d in disks_out:
             new_ovf = new_ovf.replace(d.source_disk_id, d.disk_id)
-        new_ovf = new_ovf.replace(p.vm_id, str(uuid.uuid4()))
+        new_ovf = new_ovf.replace(vm_id, str(uuid.uuid4()))
         adding = vm_name
         new_vm = conn.vms.add(name=vm_name, cluster=cluster or "Default", ovf=new_ovf)
         made.append(new_vm.id)
-        _attach_missing(conn, new_vm.id, p, disks_out)
+        _attach_missing(conn, new_vm.id, manifest, disks_out)
         _rename_disks(conn, disks_out)
-        out = Restored(vm_id=new_vm.id, vm_name=vm_name, point=p.name, bytes=moved,
+        out = Restored(vm_id=new_vm.id, vm_name=vm_name, point=point, bytes=moved,
                        seconds=time.monotonic() - start, disks=disks_out)
         if committed is not None:
             committed()
@@ -304,6 +323,49 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
         shielded(lambda: _remove_restored(conn, made, created, adding))
         raise
     return out
+
+
+def find_chunk_vm(store: Any, vm: str) -> str:
+    """A VM id of a chunk repository from an id or a name (its newest point's)."""
+    from imagetool.backup.repo import find_vm_id
+    from imagetool.backup.store import latest, list_points
+
+    def has_name(vm_id: str, name: str) -> bool:
+        ix = latest(store, vm_id)
+        return ix is not None and ix.manifest.get("vm_name") == name
+
+    return find_vm_id(store.url, vm, sorted({v for v, _ in list_points(store)}), has_name)
+
+
+def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
+                     point: str | None = None, **kw: Any) -> Restored:
+    """:func:`restore_vm` from a chunk repository (``imagetool.backup.store``,
+    a directory or S3): the point's index and what ``backup create``
+    recorded in it are checked first, then each disk is streamed from its
+    chunks (fetched, checked against their ids, decrypted, by the
+    transfer's workers in parallel) to a new disk, its engine checksum
+    compared with the point's."""
+    import contextlib
+    import hashlib
+
+    from imagetool.backup.repo import check_chunk_manifest
+    from imagetool.backup.store import ObjectMissing, latest, load_index, open_disk
+    start = time.monotonic()
+    vm_id = find_chunk_vm(store, vm)
+    try:
+        ix = load_index(store, vm_id, point) if point else latest(store, vm_id)
+    except ObjectMissing:
+        ix = None
+    if ix is None:
+        raise RepositoryError(f"{store.url}: VM {vm_id} has no point {point!r}")
+    where = f"{store.url}/{ix.object_name}"
+    manifest = check_chunk_manifest(ix, where)
+    ovf = ix.ovf or ""
+    if hashlib.sha256(ovf.encode()).hexdigest() != manifest["ovf"]["sha256"]:
+        raise VerifyError(where, "the OVF's SHA-256 differs from the manifest's")
+    return restore_point(conn, vm_id, ix.name, manifest, ovf,
+                         lambda disk_id: contextlib.closing(open_disk(store, ix, disk_id)),
+                         storage_domain=storage_domain, start=start, **kw)
 
 
 def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
@@ -332,13 +394,14 @@ def _rename_disks(conn: Any, disks_out: list[RestoredDisk]) -> None:
             conn.disks.rename(d.disk_id, d.name)
 
 
-def _attach_missing(conn: Any, vm_id: str, p: Point, disks_out: list[RestoredDisk]) -> None:
+def _attach_missing(conn: Any, vm_id: str, manifest: dict,
+                    disks_out: list[RestoredDisk]) -> None:
     """Attach disks the engine did not take from the OVF (an OVF it did not parse fully)."""
     attached = {a.disk_id for a in conn.vms.disk_attachments(vm_id)}
     for d in disks_out:
         if d.disk_id in attached:
             continue
-        entry = p.disk(d.source_disk_id) or {}
+        entry = next((e for e in manifest["disks"] if e["disk_id"] == d.source_disk_id), {})
         conn.vms.attach_disk(vm_id, d.disk_id, interface=entry.get("interface")
                              or "virtio_scsi", bootable=bool(entry.get("bootable")))
 

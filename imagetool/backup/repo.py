@@ -47,7 +47,7 @@ import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened, write_atomic
@@ -217,15 +217,8 @@ class _Checker:
             raise self.bad(f"{where}{key} is below {minimum}")
 
 
-def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
-    """Validate a point's manifest (read from ``path``); return it.
-
-    The one door every manifest passes before its fields are used: the
-    types, the names of its files (plain names inside the point), that it
-    belongs to its directory, and the backing names it may have. A
-    RepositoryError names the file and what is wrong.
-    """
-    c = _Checker(path)
+def _check_facts(c: "_Checker", doc: Any, vm_id: str, point: str) -> None:
+    """The fields a point's manifest has in both repository formats."""
     if not isinstance(doc, dict):
         raise c.bad(f"the manifest is {_kind(doc)}, expected an object")
     if c.get(doc, "format", "", (int,)) != FORMAT_VERSION:
@@ -240,31 +233,52 @@ def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
     c.get(doc, "timestamp", "", (int, float), what="a number")
     c.choice(doc, "method", "", METHODS)
     c.choice(doc, "mode", "", MODES)
+    c.get(doc, "engine", "", (dict,), optional=True)
+    c.sha(c.get(doc, "ovf", "", (dict,)), "sha256", "ovf.")
+
+
+def _check_disk(c: "_Checker", d: Any, w: str) -> str:
+    """A disk's entry: the fields both formats have; its id."""
+    if not isinstance(d, dict):
+        raise c.bad(f"{w[:-1]} is {_kind(d)}, expected an object")
+    disk_id = c.name(d, "disk_id", w)
+    for key in ("name", "format", "interface", "backup"):
+        c.get(d, key, w, (str,), optional=True)
+    for key in ("sparse", "bootable"):
+        c.get(d, key, w, (bool,), optional=True)
+    c.choice(d, "mode", w, MODES)
+    c.size(d, "virtual_size", w)
+    cs = c.get(d, "checksum", w, (dict,))
+    c.get(cs, "algorithm", w + "checksum.", (str,))
+    c.size(cs, "block_size", w + "checksum.", 1)
+    c.get(cs, "value", w + "checksum.", (str,))
+    return disk_id
+
+
+def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
+    """Validate a point's manifest (read from ``path``); return it.
+
+    The one door every manifest passes before its fields are used: the
+    types, the names of its files (plain names inside the point), that it
+    belongs to its directory, and the backing names it may have. A
+    RepositoryError names the file and what is wrong.
+    """
+    c = _Checker(path)
+    _check_facts(c, doc, vm_id, point)
     parent = c.name(doc, "parent", "", optional=True)
     if parent == point:
         raise c.bad("the point is its own parent")
-    c.get(doc, "engine", "", (dict,), optional=True)
-    ovf = c.get(doc, "ovf", "", (dict,))
-    c.name(ovf, "file", "ovf.")
-    c.sha(ovf, "sha256", "ovf.")
+    c.name(doc["ovf"], "file", "ovf.")
     disks = c.get(doc, "disks", "", (list,))
     if not disks:
         raise c.bad("disks is empty")
     seen: set[str] = set()
     for i, d in enumerate(disks):
         w = f"disks[{i}]."
-        if not isinstance(d, dict):
-            raise c.bad(f"disks[{i}] is {_kind(d)}, expected an object")
-        disk_id = c.name(d, "disk_id", w)
+        disk_id = _check_disk(c, d, w)
         if disk_id in seen:
             raise c.bad(f"disk {disk_id} is listed twice")
         seen.add(disk_id)
-        for key in ("name", "format", "interface", "backup"):
-            c.get(d, key, w, (str,), optional=True)
-        for key in ("sparse", "bootable"):
-            c.get(d, key, w, (bool,), optional=True)
-        c.choice(d, "mode", w, MODES)
-        c.size(d, "virtual_size", w)
         c.name(d, "file", w)
         c.name(d, "digests", w)
         c.sha(d, "sha256", w)
@@ -272,10 +286,23 @@ def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
         backing = c.get(d, "backing", w, (str,), optional=True)
         if backing is not None and parent is None:
             raise c.bad(f"{w}backing is {backing!a} but the point has no parent")
-        cs = c.get(d, "checksum", w, (dict,))
-        c.get(cs, "algorithm", w + "checksum.", (str,))
-        c.size(cs, "block_size", w + "checksum.", 1)
-        c.get(cs, "value", w + "checksum.", (str,))
+    return doc
+
+
+def check_chunk_manifest(index: Any, where: str) -> dict:
+    """Validate what ``backup create`` recorded in a chunk repository's point
+    (``imagetool.backup.store.points.Index``): its manifest and each disk's
+    entry (the index's ``meta``), as ``check_manifest`` does for a
+    qcow2-chain point; the manifest with its ``disks``."""
+    c = _Checker(where)
+    doc = dict(index.manifest, disks=[d.meta for d in index.disks])
+    _check_facts(c, doc, index.vm_id, index.name)
+    if not index.disks:
+        raise c.bad("the point has no disks")
+    for i, d in enumerate(index.disks):
+        w = f"disks[{i}]."
+        if _check_disk(c, d.meta, w) != d.disk_id or d.meta["virtual_size"] != d.virtual_size:
+            raise c.bad(f"{w}disk_id or virtual_size differs from the index's")
     return doc
 
 
@@ -365,17 +392,8 @@ class Repository:
 
     def find_vm(self, vm: str) -> str:
         """A VM id of the repository from an id or a name (the newest point's)."""
-        ids = self.vm_ids()
-        if vm in ids:
-            return vm
-        named = [v for v in ids
-                 if any(p.manifest.get("vm_name") == vm for p in self.scan_points(v))]
-        if not named:
-            raise RepositoryError(f"{self.root}: no backups of VM {vm!r}")
-        if len(named) > 1:
-            raise RepositoryError(f"{self.root}: several VMs are named {vm!r} "
-                                  f"({', '.join(named)}): use the id")
-        return named[0]
+        return find_vm_id(self.root, vm, self.vm_ids(), lambda v, name: any(
+            p.manifest.get("vm_name") == name for p in self.scan_points(v)))
 
     def point(self, vm_id: str, name: str | None = None) -> Point:
         """One point (the newest without ``name``)."""
@@ -552,13 +570,35 @@ class Repository:
         os.makedirs(vdir, mode=0o700, exist_ok=True)
         if os.path.islink(vdir) or not os.path.isdir(vdir):
             raise RepositoryError(f"{vdir}: is a symlink (refused in a backup repository)")
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-        with opened(os.path.join(vdir, LOCK), flags, 0o600) as fd:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise RepositoryError(f"{vdir}: another backup or prune of this VM "
-                                          "is running") from None
-                raise
+        with exclusive(os.path.join(vdir, LOCK),
+                       f"{vdir}: another backup or prune of this VM is running"):
             yield
+
+
+@contextmanager
+def exclusive(path: str, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made owner-only, never
+    followed); RepositoryError(``busy``) if another process holds it."""
+    with opened(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600) as fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise RepositoryError(busy) from None
+            raise
+        yield
+
+
+def find_vm_id(where: str, vm: str, ids: list[str], has_name: Callable[[str, str], bool]
+               ) -> str:
+    """The VM id among ``ids`` that ``vm`` is, or the one VM ``has_name(id,
+    vm)``; RepositoryError naming ``where`` when none or several are."""
+    if vm in ids:
+        return vm
+    named = [v for v in ids if has_name(v, vm)]
+    if not named:
+        raise RepositoryError(f"{where}: no backups of VM {vm!r}")
+    if len(named) > 1:
+        raise RepositoryError(f"{where}: several VMs are named {vm!r} "
+                              f"({', '.join(named)}): use the id")
+    return named[0]

@@ -20,7 +20,7 @@ from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options)
 from imagetool.cli.progress import progress_bar, vm_disks_size
-from imagetool.cli.store_options import is_chunk_repository, repo_options
+from imagetool.cli.store_options import is_chunk_repository, open_repository, repo_options
 from imagetool.units import count, format_seconds, format_size
 
 if TYPE_CHECKING:
@@ -90,6 +90,18 @@ def _create_args(conn: Any, args: tuple[str, ...]) -> tuple[str, list[str]]:
     return directory, vms
 
 
+def _repository(location: str, endpoint: str | None, profile: str | None,
+                key_file: str | None, workers: int = 8) -> Any:
+    """The open chunk repository ``location`` names, or the qcow2-chain
+    directory itself (the S3 and key options apply to the former only)."""
+    if is_chunk_repository(location):
+        return open_repository(location, endpoint, profile, key_file, workers)
+    if endpoint or profile or key_file:
+        raise click.UsageError(f"{location}: not a chunk repository: --endpoint, --profile "
+                               "and --key-file apply to chunk repositories only")
+    return location
+
+
 def _vm_total(conn: Any, vm: str) -> int:
     """A VM's bar total; 0 (no percentage) for a VM the run will report missing."""
     from imagetool.errors import ImagetoolError
@@ -114,12 +126,15 @@ def _vm_total(conn: Any, vm: str) -> int:
               help="Seconds without activity before the engine ends a transfer of a "
                    "killed run (and unlocks its disk).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@repo_options
 @engine_options
 def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
-           workers: int, inactivity_timeout: int, as_json: bool,
-           engine: EngineOptions) -> None:
+           workers: int, inactivity_timeout: int, as_json: bool, endpoint: str | None,
+           profile: str | None, key_file: str | None, engine: EngineOptions) -> None:
     """Make one new restore point of each VM (name or id) in DIR.
 
+    DIR is a directory of qcow2 chains (made if missing) or a chunk
+    repository (a directory or s3://bucket/prefix made by backup init).
     The directory comes first, as in the other backup commands; the old
     order (VM... DIR) still works, with a warning.
     """
@@ -129,9 +144,10 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
+        repository = _repository(directory, endpoint, profile, key_file, workers * jobs)
         with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
             tasks = [(lambda i=i, v=v: backup_vm(
-                conn, v, directory, full=full, method=method, workers=workers,
+                conn, v, repository, full=full, method=method, workers=workers,
                 inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
                 log=lambda text: bars.write(f"imagetool: {text}")))
                 for i, v in enumerate(vms)]
@@ -207,8 +223,20 @@ def _verify_total(directory: str, vm: str | None, point: str | None) -> int:
     return _repo_total(directory, vm, point, chain=True)
 
 
-def _restore_total(directory: str, vm: str, point: str | None) -> int:
-    return _repo_total(directory, vm, point, chain=False)
+def _restore_total(repository: Any, vm: str, point: str | None) -> int:
+    if isinstance(repository, str):
+        return _repo_total(repository, vm, point, chain=False)
+    if not sys.stderr.isatty():
+        return 0
+    from imagetool.backup.maintain import find_chunk_vm
+    from imagetool.backup.store import latest, load_index
+    from imagetool.errors import ImagetoolError
+    try:
+        vm_id = find_chunk_vm(repository, vm)
+        ix = load_index(repository, vm_id, point) if point else latest(repository, vm_id)
+        return sum(d.virtual_size for d in ix.disks)
+    except (ImagetoolError, AttributeError):
+        return 0
 
 
 @backup.command("list")
@@ -307,19 +335,26 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Parallel connections per disk.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@repo_options
 @engine_options
 def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
                 name: str | None, cluster: str | None, workers: int, as_json: bool,
+                endpoint: str | None, profile: str | None, key_file: str | None,
                 engine: EngineOptions) -> None:
-    """Create a new VM from a point of VM (name or id) in DIRECTORY."""
+    """Create a new VM from a point of VM (name or id) in DIRECTORY (a
+    directory of qcow2 chains, or a chunk repository: a directory or
+    s3://bucket/prefix)."""
     from imagetool.backup import restore_vm
+    from imagetool.backup.maintain import restore_chunk_vm
     from imagetool.threads import interrupts_ignored
 
+    repository = _repository(directory, endpoint, profile, key_file, workers)
+    restore = restore_vm if isinstance(repository, str) else restore_chunk_vm
     with open_connection(engine) as conn:
-        with progress_bar(_restore_total(directory, vm, point), "restore") as update:
-            out = restore_vm(conn, directory, vm, storage_domain=storage_domain, point=point,
-                             name=name, cluster=cluster, workers=workers, progress=update,
-                             committed=interrupts_ignored)
+        with progress_bar(_restore_total(repository, vm, point), "restore") as update:
+            out = restore(conn, repository, vm, storage_domain=storage_domain, point=point,
+                          name=name, cluster=cluster, workers=workers, progress=update,
+                          committed=interrupts_ignored)
     emit(as_json, out.to_json(),
          f"restored point {out.point} as VM {out.vm_name} ({out.vm_id}): "
          f"{count(len(out.disks), 'disk')}, {format_size(out.bytes)} in "

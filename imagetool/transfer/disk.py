@@ -26,7 +26,8 @@ from imagetool.transfer.options import DiskOptions
 from imagetool.threads import interrupts_held, shielded
 from imagetool.transfer.session import TransferSession
 
-__all__ = ["DiskOptions", "Received", "Sent", "add_disk", "open_session", "receive", "send"]
+__all__ = ["DiskOptions", "Received", "Sent", "add_disk", "open_session", "receive",
+           "receive_with", "send"]
 
 Progress = Callable[[int], None]
 
@@ -193,6 +194,45 @@ def receive(conn: Any, disk: Any, dest: Callable[[int], Backend], options: DiskO
     """
     o = options
     journal = o.journal
+
+    def write(view: Backend, workers: int, progress: Progress,
+              cancel_event: Any) -> CopyStats:
+        target = dest(view.size)
+        shared = out = SharedBackend(target)
+        if journal or o.flush:
+            kind = JournalingBackend if journal else FlushingBackend
+            out = kind(shared, *([journal] if journal else []), sync=target.flush,
+                       flush_bytes=flush_bytes_for(view.size, o.buffer_size))
+        try:
+            # With few connections, writing the local file while the next
+            # request is read is faster (benchmarks/transfer_results.md);
+            # with more, workers overlap each other anyway.
+            stats = copy(view, out, CopyOptions(
+                             workers, o.buffer_size, dst_is_zero=True,
+                             detect_zeroes=o.detect_zeroes, overlap=workers <= 2,
+                             over_backing=o.over_backing),
+                         progress=progress, cancel_event=cancel_event,
+                         skip_ranges=journal.done if journal else None)
+            out.flush()
+        finally:
+            shared.close()
+        return stats
+
+    return receive_with(conn, disk, write, o, progress=progress, local=local, after=after)
+
+
+def receive_with(conn: Any, disk: Any, consume: Callable[..., CopyStats],
+                 options: DiskOptions, *, progress: Progress | None = None,
+                 local: Callable[[], Backend] | None = None,
+                 after: Callable[[Any], Any] | None = None) -> Received:
+    """:func:`receive` with the writing left to ``consume(src, workers,
+    progress, cancel_event)``, which reads the data-plane backend ``src``
+    (its extents listed once when ``dirty``) with up to ``workers``
+    connections and returns a CopyStats: a backup into a chunk
+    repository stores chunks rather than writing an image. ``cancel_event``
+    set (the transfer was stopped): stop with ``copier.CopyCancelled``."""
+    o = options
+    journal = o.journal
     disk_id = getattr(disk, "id", disk)
     session = open_session(conn, disk_id, "download", o, **(
         resume_mod.download_session_options(conn, journal, disk_id) if journal else {}))
@@ -205,29 +245,11 @@ def receive(conn: Any, disk: Any, dest: Callable[[int], Backend], options: DiskO
             src = resume_mod.retrying(src, session)
         view = ListedExtents(src, list(src.extents("dirty"))) if o.dirty else src
         workers = max(1, min(o.workers, src.max_readers or o.workers))
-        target = dest(src.size)
-        shared = out = SharedBackend(target)
-        if journal or o.flush:
-            kind = JournalingBackend if journal else FlushingBackend
-            out = kind(shared, *([journal] if journal else []), sync=target.flush,
-                       flush_bytes=flush_bytes_for(src.size, o.buffer_size))
         try:
-            # With few connections, writing the local file while the next
-            # request is read is faster (benchmarks/transfer_results.md);
-            # with more, workers overlap each other anyway.
-            stats = copy(view, out, CopyOptions(
-                             workers, o.buffer_size, dst_is_zero=True,
-                             detect_zeroes=o.detect_zeroes, overlap=workers <= 2,
-                             over_backing=o.over_backing),
-                         progress=session.progress(progress),
-                         cancel_event=session.cancel_event,
-                         skip_ranges=journal.done if journal else None)
-            out.flush()
+            stats = consume(view, workers, session.progress(progress), session.cancel_event)
         except CopyCancelled:
             name = getattr(disk, "name", None) or f"disk {disk_id}"
             raise session.stopped(f"download of {name}") from None
-        finally:
-            shared.close()
         extra = after(view) if after is not None else None
         if o.verify and local is not None:
             verification = verifying.verify_download(src, local, what=o.what)

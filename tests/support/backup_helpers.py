@@ -101,7 +101,8 @@ def add_point(repo_dir, vm_id, disks, *, full=False, now=None):
     import tempfile
 
     from imagetool.backup import digests as dg
-    from imagetool.backup.create import _disk_entry, point_manifest
+    from imagetool.backup.create import point_manifest
+    from imagetool.backup.destination import ChainStaged, disk_entry
     from imagetool.backup.engine_ops import VmDisk
     from imagetool.backup.fetch import Fetched
     from imagetool.backup.repo import OVF_FILE, Repository
@@ -145,11 +146,12 @@ def add_point(repo_dir, vm_id, disks, *, full=False, now=None):
         disk = VmDisk(id=disk_id, name=f"{vm_id}-{disk_id}", format="cow",
                       provisioned_size=len(data), sparse=True, interface="virtio_scsi",
                       bootable=False, backup="incremental")
-        entry = _disk_entry(disk, staging, fetched, "incremental" if backing else "full",
+        entry = disk_entry(disk, staging, fetched, "incremental" if backing else "full",
                             backing)
         entry["reason"] = None
         entries.append(entry)
-    manifest = point_manifest(vm_id, "vm", name, now, "snapshot", base, {}, entries, staging)
+    manifest = point_manifest(vm_id, "vm", name, now, "snapshot", base, {}, entries,
+                              ChainStaged(repo, staging).ovf_info())
     repo.commit(staging, manifest)
     return name
 
@@ -164,3 +166,40 @@ def point_bytes(repo_dir, vm_id, point, disk_id):
         buf = bytearray(b.size)
         b.read_into(0, memoryview(buf))
     return bytes(buf)
+
+
+def kill_create_when(fe, repo, vm_id, method, ready, timeout=60.0):
+    """Start ``backup create REPO VM`` against the faulty engine ``fe`` with
+    image reads slowed (so the copy lasts long enough to aim a kill) and
+    one connection, and ``kill -9`` it once ``ready()`` is true."""
+    import signal
+    import time
+
+    from fault_proxy import Delay, Rule
+    from helpers import cli_process
+
+    fe.proxy.add_rule(Rule(method="GET", path_re=r"^/images/[^/?]+$", every=True,
+                           action=Delay(0.3)))
+    proc = cli_process(fe.env, "backup", "create", repo, vm_id, "--method", method,
+                       "--workers", "1", "--inactivity-timeout", "1")
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the backup never got there"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def create_after_kill(fe, repo, vm_id, method):
+    """The run after :func:`kill_create_when`'s: once the engine ended the
+    killed run's transfer, ``backup create`` at full speed succeeds and
+    says it cleaned up the interrupted backup and started over."""
+    from helpers import cli_process, wait_settled
+
+    wait_settled(fe, timeout=30)
+    fe.proxy.clear_rules()
+    proc = cli_process(fe.env, "backup", "create", repo, vm_id, "--method", method)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"an interrupted backup of VM {vm_id}" in err and "starting over" in err

@@ -11,6 +11,9 @@ Layout (object names in a ``Storage``):
   All-zero chunks are never stored; an index names them ``null``.
 - ``points/VM/NAME``: a point's index (``imagetool.backup.store.points``).
 - ``leases/TOKEN``: a running backup's lease (``imagetool.backup.store.gc``).
+- ``runs/VM/POINT``: a running ``backup create``'s engine state (its
+  snapshot, VM backup, checkpoint), so the next run of the VM cleans up
+  after a killed one (``imagetool.backup.destination``).
 
 Every chunk and index is a blob: one flag byte (``1``: zstd, level 1 as
 Proxmox Backup Server uses, kept only when smaller) then the payload; in
@@ -161,9 +164,16 @@ class ChunkStore:
         return pair
 
     def encode(self, name: str, data) -> bytes:
-        """``data`` as the blob stored under ``name``."""
-        packed = self._zstd()[0].compress(data)
-        flags, payload = (F_ZSTD, packed) if len(packed) < len(data) else (0, bytes(data))
+        """``data`` as the blob stored under ``name``.
+
+        Data whose samples do not compress (already compressed or
+        encrypted guest data) is stored as it is without compressing it
+        whole, as borg's ``auto`` compression decides: zstd spends as much
+        time failing on such a chunk as hashing it twice."""
+        packed = None if _incompressible(self._zstd()[0], data) else \
+            self._zstd()[0].compress(data)
+        flags, payload = ((F_ZSTD, packed) if packed is not None and len(packed) < len(data)
+                          else (0, bytes(data)))
         head = bytes([flags])
         if self.keys is not None:
             payload = self.keys.seal(payload, head + name.encode())
@@ -219,7 +229,11 @@ class ChunkStore:
             if info is None or (info.mtime < time.time() - TOUCH_AGE
                                 and not self.storage.touch(name)):
                 blob = self.encode(name, data)
-                self.storage.put(name, blob)
+                # Durable at the point's commit (storage.sync), once for
+                # all its chunks, as Proxmox Backup Server's default
+                # "filesystem" sync level does: an fsync per chunk costs
+                # the full backup about as much as hashing its data.
+                self.storage.put(name, blob, durable=False)
                 written = len(blob)
             with self._lock:
                 self._present.add(cid)
@@ -254,6 +268,22 @@ class ChunkStore:
             return json.loads(data)
         except ValueError:
             raise StoreError(f"{self.url}: {name}: not JSON") from None
+
+
+SAMPLE = 16 << 10
+
+
+def _incompressible(zstd: zstandard.ZstdCompressor, data) -> bool:
+    """Whether samples of ``data`` (its start, middle and end) gain less than
+    2% from compression; small data is always compressed."""
+    n = len(data)
+    if n < 16 * SAMPLE:
+        return False
+    view = memoryview(data)
+    for start in (0, n // 2 - SAMPLE // 2, n - SAMPLE):
+        if len(zstd.compress(view[start:start + SAMPLE])) < SAMPLE * 0.98:
+            return False
+    return True
 
 
 def _same(a: str, b: str) -> bool:

@@ -3,7 +3,9 @@
 Every object is written to a temporary name (a leading dot, which no
 object name can have) in its final directory, fsynced, renamed over the
 final name, and the directory fsynced: a crash leaves the old object or the
-new one, plus at worst a temporary file that listings skip. Files are
+new one, plus at worst a temporary file that listings skip. Chunks skip
+both fsyncs (``durable=False``) and are synced together, with syncfs(2),
+before the index naming them is written. Files are
 ``0600`` and directories ``0700`` whatever the umask (set with fchmod, not
 through the creation mode, which the umask trims), because a backup holds
 every byte of a VM's disks.
@@ -17,6 +19,7 @@ through links.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
@@ -28,6 +31,15 @@ from imagetool.backup.store.storage import (_COMPONENT, ObjectInfo, ObjectMissin
                                             StoreError, check_name, check_prefix)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _syncfs(fd: int) -> int:
+    """syncfs(2) where libc has it, else sync(2) (every file system)."""
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if fn is None:
+        os.sync()
+        return 0
+    return fn(fd)
 
 
 class LocalStorage(Storage):
@@ -87,7 +99,7 @@ class LocalStorage(Storage):
 
     # --- the interface ----------------------------------------------------
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, durable: bool = True) -> None:
         dirs, base = self._split(name)
         try:
             dfd = self._open_dir(dirs, create=True)
@@ -102,11 +114,13 @@ class LocalStorage(Storage):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
+            if durable:
+                os.fsync(dfd)
         except OSError as e:
             try:
                 os.unlink(tmp, dir_fd=dfd)
@@ -115,6 +129,20 @@ class LocalStorage(Storage):
             raise StoreError(f"{self._path(dirs + [base])}: cannot write: {e.strerror}") from None
         finally:
             os.close(dfd)
+
+    def sync(self) -> None:
+        """syncfs(2) of the repository's file system: every object put with
+        ``durable=False`` (data and directory entries) reaches the disk."""
+        try:
+            fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as e:
+            raise StoreError(f"{self.root}: cannot open: {e.strerror}") from None
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise StoreError(f"{self.root}: cannot sync: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
     def _open_file(self, name: str) -> int:
         dirs, base = self._split(name)

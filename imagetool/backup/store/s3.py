@@ -82,7 +82,7 @@ class S3Storage(Storage):
         except (self._errors.BotoCoreError, self._errors.ClientError) as e:
             raise self._fail(what, e) from None
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, durable: bool = True) -> None:
         self._call(name, self._s3.put_object, Key=self._key(name), Body=bytes(data))
 
     def get(self, name: str) -> bytes:

@@ -70,9 +70,13 @@ class Storage:
 
     url: str = ""
 
-    def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name`` atomically and durably, replacing any."""
+    def put(self, name: str, data: bytes, durable: bool = True) -> None:
+        """Store ``data`` under ``name`` atomically and durably, replacing any.
+        ``durable=False``: durable only after the next ``sync()``."""
         raise NotImplementedError
+
+    def sync(self) -> None:
+        """Make every object put with ``durable=False`` durable."""
 
     def get(self, name: str) -> bytes:
         """The object's bytes (bytes-like: the local one returns a bytearray it

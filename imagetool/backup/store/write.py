@@ -22,11 +22,11 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from imagetool.backup.store import gc
-from imagetool.backup.store.chunkstore import ChunkStore
+from imagetool.backup.store.chunkstore import ChunkStore, is_zero
 from imagetool.backup.store.points import (DiskIndex, Index, chunk_count, new_point_name,
                                            save_index, valid_name)
 from imagetool.backup.store.storage import StoreError
@@ -45,6 +45,7 @@ class DiskSource:
     backend: Backend
     dirty: list[tuple[int, int]] | None = None
     meta: dict | None = None
+    zeros: list[tuple[int, int]] | None = None   # dirty ranges known to read as zeros
 
 
 @dataclass
@@ -55,6 +56,7 @@ class _Job:
     length: int
     ranges: list[tuple[int, int]]       # chunk-relative (offset, length) to read
     base: str | None = None             # parent chunk under the ranges
+    zeros: list[tuple[int, int]] = field(default_factory=list)   # to zero, not read
 
 
 def _full_jobs(d: int, backend: Backend, cs: int):
@@ -69,37 +71,73 @@ def _dirty_jobs(d: int, src: DiskSource, parent: DiskIndex, cs: int):
     if parent.virtual_size < size:
         dirty.append((parent.virtual_size, size))
     dirty = [r for r in union_ranges(dirty) if r[1] > r[0]]
-    j = 0
+    # Dirty ranges the source says are zeros are zeroed, not read.
+    data = _minus(dirty, [r for r in union_ranges(src.zeros or ()) if r[1] > r[0]])
+    reads, zeros = _Clipper(data), _Clipper(_minus(dirty, data))
     for i in range(chunk_count(size, cs)):
         start, length = i * cs, min(cs, size - i * cs)
-        end = start + length
-        ranges = []
-        while j < len(dirty) and dirty[j][1] <= start:
-            j += 1
-        k = j
-        while k < len(dirty) and dirty[k][0] < end:
-            a, b = max(dirty[k][0], start), min(dirty[k][1], end)
-            ranges.append((a - start, b - a))
-            k += 1
+        ranges, zeroed = reads.clip(start, start + length), zeros.clip(start, start + length)
         base = parent.chunks[i] if i < len(parent.chunks) else None
         same_length = i < len(parent.chunks) and min(cs, parent.virtual_size - start) == length
-        if not ranges and same_length:
+        if not ranges and not zeroed and same_length:
             yield (d, i, base)
         else:
             # A resized last chunk is rebuilt too: its length changed.
-            yield _Job(d, i, start, length, ranges, base)
+            yield _Job(d, i, start, length, ranges, base, zeroed)
+
+
+def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint ``(start, end)`` ranges outside ``cut`` (same kind)."""
+    out, j = [], 0
+    for a, b in ranges:
+        while j < len(cut) and cut[j][1] <= a:
+            j += 1
+        pos, k = a, j
+        while k < len(cut) and cut[k][0] < b:
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0]))
+            pos = max(pos, cut[k][1])
+            k += 1
+        if pos < b:
+            out.append((pos, b))
+    return out
+
+
+class _Clipper:
+    """Sorted, disjoint ``(start, end)`` ranges cut chunk by chunk, in order."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = ranges
+        self.j = 0
+
+    def clip(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts inside ``[start, end)`` as ``(offset from start, length)``."""
+        r = self.ranges
+        while self.j < len(r) and r[self.j][1] <= start:
+            self.j += 1
+        out, k = [], self.j
+        while k < len(r) and r[k][0] < end:
+            a, b = max(r[k][0], start), min(r[k][1], end)
+            out.append((a - start, b - a))
+            k += 1
+        return out
 
 
 class _Workers:
     """Per-thread source clones and buffers, released together."""
 
-    def __init__(self, store: ChunkStore, sources: list[DiskSource]) -> None:
+    def __init__(self, store: ChunkStore, sources: list[DiskSource], hasher=None) -> None:
         self.store = store
         self.sources = sources
+        self.hasher = hasher
+        # The block digest is the chunk id (plain SHA-256): not hashed twice.
+        self.same_hash = (hasher is not None and store.keys is None
+                          and hasher.new().name == "sha256")
         self.local = threading.local()
         self.clones: list[Backend] = []
         self.lock = threading.Lock()
-        self.stats = {"data": 0, "written": 0, "reused": 0}
+        self.stats = {"data": 0, "written": 0, "reused": 0, "read": 0}
+        self.digests: dict[int, bytes] = {}
 
     def _backend(self, d: int) -> Backend:
         cache = getattr(self.local, "backends", None)
@@ -125,14 +163,25 @@ class _Workers:
             fill_zero(view[n:])
         else:
             fill_zero(view)
+        for off, length in job.zeros:
+            fill_zero(view[off:off + length])
         src = self._backend(job.disk)
         for off, length in job.ranges:
             got = src.read_into(job.start + off, view[off:off + length])
             if got != length:
                 raise FormatError(f"short read at offset {job.start + off}: "
                                   f"{got} of {length} bytes")
+        digest = None
+        if self.hasher is not None and not self.same_hash:
+            digest = (self.hasher.zero_digest(job.length) if is_zero(view)
+                      else self.hasher.new(view).digest())
         cid, written = self.store.put_chunk(view)
+        if self.same_hash:
+            digest = bytes.fromhex(cid) if cid else self.hasher.zero_digest(job.length)
         with self.lock:
+            if digest is not None:
+                self.digests[job.chunk] = digest
+            self.stats["read"] += sum(length for _, length in job.ranges)
             self.stats["data"] += job.length if cid else 0
             self.stats["written"] += written
             self.stats["reused"] += job.length if cid and not written else 0
@@ -146,6 +195,110 @@ class _Workers:
                 pass
 
 
+class PointWriter:
+    """A point being written one disk at a time, its index last.
+
+    ``add`` stores a disk's chunks (the engine flow adds each disk while
+    its image transfer is open); ``commit`` writes the index, and only then
+    does the point exist; ``close`` drops the lease whatever happened, so a
+    failed or killed writer leaves only chunks no index names (gc's).
+    """
+
+    def __init__(self, store: ChunkStore, vm_id: str, *, parent: Index | None = None,
+                 name: str | None = None, workers: int = 4) -> None:
+        if not valid_name(vm_id):
+            raise StoreError(f"invalid VM id {vm_id!r}")
+        if parent is not None and parent.vm_id != vm_id:
+            raise StoreError(f"parent point {parent.name} belongs to VM {parent.vm_id}")
+        if workers < 1:
+            raise ValueError(f"invalid workers {workers}")
+        self.store = store
+        self.vm_id = vm_id
+        self.parent = parent
+        self.name = name or new_point_name()
+        self.workers = workers
+        self.disks: list[DiskIndex] = []
+        self.digests: dict[str, dict[int, bytes]] = {}
+        self.stats = {"data": 0, "written": 0, "reused": 0, "read": 0, "logical": 0}
+        self.lease = gc.take_lease(store, vm_id, self.name, parent.name if parent else None)
+
+    def add(self, src: DiskSource, *, progress: Callable[[int], None] | None = None,
+            cancel: threading.Event | None = None, hasher=None) -> DiskIndex:
+        """Store one disk's chunks (incremental when the parent has the disk
+        and ``src.dirty`` is given); its DiskIndex. ``cancel`` set: stop
+        with ``copier.CopyCancelled``. ``hasher`` (a ``checksum.BlockHasher``
+        whose block size is the chunk size): the digest of each chunk
+        stored is kept in ``digests[disk_id]`` (by chunk index), as
+        imageio's block checksum needs, without reading the data twice."""
+        from imagetool.copier import CopyCancelled
+        if not valid_name(src.disk_id):
+            raise StoreError(f"invalid disk id {src.disk_id!r}")
+        if any(d.disk_id == src.disk_id for d in self.disks):
+            raise StoreError("a disk is given twice")
+        store, cs, workers = self.store, self.store.chunk_size, self.workers
+        if hasher is not None and hasher.block_size != cs:
+            raise ValueError("the hasher's block size must be the chunk size")
+        size = src.backend.size
+        w = _Workers(store, [src], hasher)
+        chunks: list = [None] * chunk_count(size, cs)
+        pending: deque = deque()
+
+        def settle(item) -> None:
+            _, i, length, result = item
+            chunks[i] = result if not hasattr(result, "result") else result.result()
+            if progress:
+                progress(length)
+
+        pdisk = self.parent.disk(src.disk_id) if self.parent else None
+        jobs = (_dirty_jobs(0, src, pdisk, cs) if pdisk is not None and src.dirty is not None
+                else _full_jobs(0, src.backend, cs))
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
+                try:
+                    for job in jobs:
+                        if cancel is not None and cancel.is_set():
+                            raise CopyCancelled()
+                        if isinstance(job, tuple):
+                            length = min(cs, size - job[1] * cs)
+                            pending.append((0, job[1], length, job[2]))
+                        else:
+                            pending.append((0, job.chunk, job.length, pool.submit(w.run, job)))
+                        while len(pending) > 2 * workers or (
+                                pending and not hasattr(pending[0][3], "result")):
+                            settle(pending.popleft())
+                        gc.renew_lease(store, self.lease)
+                    while pending:
+                        settle(pending.popleft())
+                except BaseException:
+                    for item in pending:
+                        if hasattr(item[3], "cancel"):
+                            item[3].cancel()
+                    raise
+        finally:
+            w.close()
+        for k, v in w.stats.items():
+            self.stats[k] += v
+        self.stats["logical"] += size
+        self.digests[src.disk_id] = w.digests
+        disk = DiskIndex(src.disk_id, size, chunks, src.meta or {})
+        self.disks.append(disk)
+        return disk
+
+    def commit(self, *, ovf: str | None = None, manifest: dict | None = None) -> Index:
+        """Make the chunks durable, write the index (the point exists from
+        now on) and drop the lease."""
+        self.store.storage.sync()
+        index = Index(self.vm_id, self.name, self.disks,
+                      self.parent.name if self.parent else None, time.time(), ovf,
+                      manifest or {}, dict(self.stats))
+        save_index(self.store, index)
+        self.close()
+        return index
+
+    def close(self) -> None:
+        gc.drop_lease(self.store, self.lease)
+
+
 def write_point(store: ChunkStore, vm_id: str, sources: list[DiskSource], *,
                 parent: Index | None = None, ovf: str | None = None,
                 manifest: dict | None = None, name: str | None = None,
@@ -156,61 +309,15 @@ def write_point(store: ChunkStore, vm_id: str, sources: list[DiskSource], *,
     parent has is written as an incremental; any other source is read in
     full. ``progress(nbytes)`` is called with guest bytes done.
     """
-    if not valid_name(vm_id):
-        raise StoreError(f"invalid VM id {vm_id!r}")
     for s in sources:
         if not valid_name(s.disk_id):
             raise StoreError(f"invalid disk id {s.disk_id!r}")
     if len({s.disk_id for s in sources}) != len(sources):
         raise StoreError("a disk is given twice")
-    if parent is not None and parent.vm_id != vm_id:
-        raise StoreError(f"parent point {parent.name} belongs to VM {parent.vm_id}")
-    if workers < 1:
-        raise ValueError(f"invalid workers {workers}")
-    name = name or new_point_name()
-    cs = store.chunk_size
-    lease = gc.take_lease(store, vm_id, name, parent.name if parent else None)
-    w = _Workers(store, sources)
-    chunks = [[None] * chunk_count(s.backend.size, cs) for s in sources]
-    pending: deque = deque()
-
-    def settle(item) -> None:
-        d, i, length, result = item
-        chunks[d][i] = result if not hasattr(result, "result") else result.result()
-        if progress:
-            progress(length)
-
+    writer = PointWriter(store, vm_id, parent=parent, name=name, workers=workers)
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
-            try:
-                for d, src in enumerate(sources):
-                    pdisk = parent.disk(src.disk_id) if parent else None
-                    jobs = (_dirty_jobs(d, src, pdisk, cs)
-                            if pdisk is not None and src.dirty is not None
-                            else _full_jobs(d, src.backend, cs))
-                    for job in jobs:
-                        if isinstance(job, tuple):
-                            length = min(cs, src.backend.size - job[1] * cs)
-                            pending.append((job[0], job[1], length, job[2]))
-                        else:
-                            pending.append((d, job.chunk, job.length, pool.submit(w.run, job)))
-                        while len(pending) > 2 * workers or (
-                                pending and not hasattr(pending[0][3], "result")):
-                            settle(pending.popleft())
-                    gc.renew_lease(store, lease)
-                while pending:
-                    settle(pending.popleft())
-            except BaseException:
-                for item in pending:
-                    if hasattr(item[3], "cancel"):
-                        item[3].cancel()
-                raise
-        stats = dict(w.stats, logical=sum(s.backend.size for s in sources))
-        index = Index(vm_id, name, [DiskIndex(s.disk_id, s.backend.size, chunks[d], s.meta or {})
-                                    for d, s in enumerate(sources)],
-                      parent.name if parent else None, time.time(), ovf, manifest or {}, stats)
-        save_index(store, index)
-        return index
+        for src in sources:
+            writer.add(src, progress=progress)
+        return writer.commit(ovf=ovf, manifest=manifest)
     finally:
-        w.close()
-        gc.drop_lease(store, lease)
+        writer.close()

@@ -113,6 +113,26 @@ def test_incremental_from_dirty_ranges(store, image, tmp_path):
     assert read_all(open_disk(store, parent, "d1")) == open(raw, "rb").read()
 
 
+def test_incremental_zeroes_dirty_zeros_without_reading_them(store, image, tmp_path):
+    raw, _ = image
+    parent = backup(store, raw)
+    new = str(tmp_path / "new.raw")
+    shutil.copy(raw, new)
+    with open(new, "r+b") as f:            # zeros over data, then data, in one chunk
+        f.seek(0)
+        f.write(bytes(100 * KiB) + b"D" * 100)
+    dirty, zeros = [(0, 100 * KiB + 100)], [(0, 100 * KiB)]
+    b = formats.open_image(new, "r")
+    try:
+        # Reading the zeroed range would fail: only the data is read.
+        ix = write_point(store, "vm1", [DiskSource("d1", _Failing(b, 0, ok=(100 * KiB,)),
+                                                   dirty, zeros=zeros)], parent=parent)
+    finally:
+        b.close()
+    assert read_all(open_disk(store, ix, "d1")) == open(new, "rb").read()
+    assert ix.stats["read"] == 100
+
+
 def test_incremental_of_a_grown_disk(store, tmp_path):
     old, new = str(tmp_path / "old.raw"), str(tmp_path / "new.raw")
     make_raw(old, 2 * CS + 100, [(0, 2 * CS + 100)], seed=1)
@@ -242,14 +262,14 @@ def test_index_naming_a_path_reads_nothing_outside(store, tmp_path):
 class _Failing:
     """A source that fails after some reads, as a dropped connection would."""
 
-    def __init__(self, backend, after):
-        self.b, self.after, self.size = backend, after, backend.size
+    def __init__(self, backend, after, ok=()):
+        self.b, self.after, self.size, self.ok = backend, after, backend.size, ok
 
     def extents(self, context="zero"):
         return self.b.extents(context)
 
     def read_into(self, offset, buf):
-        if offset >= self.after:
+        if offset >= self.after and offset not in self.ok:
             raise OSError("connection reset")
         return self.b.read_into(offset, buf)
 
