@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 def test_a_run_without_qemu_utils_stops_with_one_line_saying_what_to_install(tmp_path):
     # PATH holds only the interpreter's directory: no qemu-img anywhere.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from helpers import MiB
 from backup_helpers import engine_checksum, guest_io, make_vm, rand
 
@@ -16,6 +18,7 @@ POINT = r"\d{8}T\d{6}Z(?:-\d+)?"
 SECONDS = r"\d+\.\d s"
 
 
+@pytest.mark.slow
 def test_text_lines_count_in_the_right_number(conn, cli, engine_env, tmp_path):
     vm, (d0,) = make_vm(conn, [("cow", 4 * MiB)])
     guest_io(conn, d0, writes=[(0, rand(MiB, 1))])
@@ -54,6 +57,7 @@ def test_text_lines_count_in_the_right_number(conn, cli, engine_env, tmp_path):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_json_checksums_are_upload_s_object(conn, cli, engine_env, tmp_path):
     vm, (d0, d1) = make_vm(conn, [("cow", 4 * MiB), ("raw", 4 * MiB)])
     guest_io(conn, d0, writes=[(0, rand(MiB, 2))])
@@ -79,6 +83,7 @@ def test_json_checksums_are_upload_s_object(conn, cli, engine_env, tmp_path):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_the_directory_comes_first_and_the_old_order_warns(conn, cli, engine_env, tmp_path,
                                                            monkeypatch):
     vm, (d0,) = make_vm(conn, [("cow", 4 * MiB)])

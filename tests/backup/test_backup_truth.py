@@ -25,6 +25,7 @@ def volumes(engine, disk_id):
     return engine.server.store.list("volume", lambda v: v["disk_id"] == disk_id)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_backup_leaves_disks_as_they_were(conn, engine, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, raw, writes=[(0, rand(3 * MiB, 1))])
@@ -45,6 +46,7 @@ def test_a_checkpoint_backup_leaves_disks_as_they_were(conn, engine, tmp_path):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
     vm, (raw,) = make_vm(conn, [("raw", 4 * MiB)])
     guest_io(conn, raw, writes=[(0, rand(2 * MiB, 3))])
@@ -58,6 +60,7 @@ def test_writes_during_a_backup_reach_the_raw_disk(conn, engine):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_each_disk_says_its_mode_and_why(conn, cli, engine_env, tmp_path):
     vm, (cow, raw) = make_vm(conn, [("cow", 8 * MiB), ("raw", 8 * MiB)])
     guest_io(conn, cow, writes=[(0, rand(MiB, 5))])
@@ -98,6 +101,7 @@ def interrupt(n):
     raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_failed_finalize_keeps_the_state_for_the_next_run(conn, tmp_path, monkeypatch):
     vm, repo, checkpoints = one_point(conn, tmp_path, 7)
 
@@ -128,6 +132,7 @@ def test_a_failed_finalize_keeps_the_state_for_the_next_run(conn, tmp_path, monk
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_checkpoint(conn, tmp_path):
     vm, repo, checkpoints = one_point(conn, tmp_path, 8)
     for _ in range(3):
@@ -156,6 +161,7 @@ def test_ctrl_c_while_the_snapshot_is_taken_leaves_no_snapshot(conn, tmp_path, m
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_restored_disks_are_named_after_the_new_vm(conn, tmp_path):
     vm, disks = make_vm(conn, [("cow", 4 * MiB), ("raw", 4 * MiB)])
     guest_io(conn, disks[0], writes=[(0, rand(MiB, 9))])
@@ -171,6 +177,7 @@ def test_restored_disks_are_named_after_the_new_vm(conn, tmp_path):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_a_real_backup_is_owner_only_whatever_the_umask(conn, tmp_path):
     vm, (d0,) = make_vm(conn)
     guest_io(conn, d0, writes=[(0, rand(MiB, 10))])
@@ -192,6 +199,7 @@ def test_a_real_backup_is_owner_only_whatever_the_umask(conn, tmp_path):
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
     """A snapshot chain keeps one snapshot on the engine as the next
     incremental's base; a point made with checkpoints no longer needs it."""
@@ -207,6 +215,7 @@ def test_switching_to_checkpoints_removes_the_snapshot_base(conn, tmp_path):
 
 
 @pytest.mark.parametrize("step", ["send", "add", "_rename_disks"])
+@pytest.mark.slow
 def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypatch, step):
     """Ctrl-C while a disk is sent, while the VM is added (the engine made
     it, its answer never came), or after (while its disks are renamed):
@@ -233,6 +242,7 @@ def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypat
     conn.vms.remove(vm.id)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_backup_is_added_leaves_no_backup(conn, tmp_path, monkeypatch):
     """A real SIGINT while the engine backup request is in flight: the
     backup it made is finalized, its checkpoint dropped, no partial point."""
@@ -248,6 +258,7 @@ def test_ctrl_c_while_the_backup_is_added_leaves_no_backup(conn, tmp_path, monke
 
 
 @pytest.mark.parametrize("when", ["renaming", "closing"])
+@pytest.mark.slow
 def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, engine_env, tmp_path,
                                                           monkeypatch, when):
     """Issue 20, item 2: a real SIGINT while the restored disks are renamed
@@ -273,6 +284,6 @@ def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, engine_env,
     else:
         assert (code, err) == (0, "")
         restored = conn.vms.find(f"{vm.name}-r")
-        assert out.startswith(f"restored point ") and f"({restored.id})" in out
+        assert out.startswith("restored point ") and f"({restored.id})" in out
         conn.vms.remove(restored.id)
     conn.vms.remove(vm.id)

@@ -41,6 +41,7 @@ def _apply(image: bytearray, grain: int, kind: str, rng: random.Random) -> None:
                 (False, False, [(1, 15, "data")])], keeps=[3, 1], seed=1)
 @given(steps=steps, keeps=st.lists(st.integers(1, 7), min_size=1, max_size=2),
        seed=st.integers(0, 2 ** 16))
+@pytest.mark.slow
 def test_every_kept_point_restores_after_prune(tmp_path_factory, steps, keeps, seed):
     rng = random.Random(seed)
     repo = str(tmp_path_factory.mktemp("repo"))

@@ -38,6 +38,7 @@ def _modules_after(argv: list[str]) -> set[str]:
     return set(result.stderr.split())
 
 
+@pytest.mark.slow
 def test_a_command_loads_its_own_module_only():
     loaded = _modules_after(["upload", "--help"])
     assert "imagetool.cli.transfer_cmds" in loaded
@@ -89,6 +90,7 @@ def test_every_help_has_examples_of_options_it_has(path, command):
             [a for a in args if a != "..."])
 
 
+@pytest.mark.slow
 def test_shell_completion_as_the_readme_documents():
     env = {**os.environ, "_IMAGETOOL_COMPLETE": "bash_source"}
     script = subprocess.run([sys.executable, "-m", "imagetool"], env=env,

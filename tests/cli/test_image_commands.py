@@ -173,6 +173,7 @@ def test_help_has_examples(capsys, command):
     assert "Examples:" in out and f"imagetool {command}" in out
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(images):
     p = subprocess.run([sys.executable, "-m", "imagetool", "checksum", "--json",
                         str(images["raw"])], capture_output=True, text=True)

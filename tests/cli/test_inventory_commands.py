@@ -237,6 +237,7 @@ def test_no_engine_configured_uses_in_process_local_engine(clean_env, capsys):
     assert not (clean_env / "home" / "serve.json").exists()
 
 
+@pytest.mark.slow
 def test_running_serve_is_used(clean_env, capsys, monkeypatch):
     from imagetool.engine import Connection, wait_for_disk
     with local.LocalEngine(str(clean_env / "home")) as eng:

@@ -275,6 +275,7 @@ def test_other_signal_error_stops_every_running_job(monkeypatch):
     assert sorted(stopped) == [0, 1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_every_job_did_its_work_is_no_failure():
     """A Ctrl-C landing while the only job ends (its work done, e.g. the
     upload finalized): its result is returned, not a KeyboardInterrupt

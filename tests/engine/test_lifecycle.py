@@ -4,11 +4,14 @@ after a failed wait by tests/vms and tests/backup."""
 
 from __future__ import annotations
 
+import pytest
+
 from imagetool.engine import lifecycle as life
 from imagetool.engine.wait import wait_for_disk
 from imagetool.errors import Conflict
 
 
+@pytest.mark.slow
 def test_removal_is_asked_again_while_the_engine_answers_409(conn, monkeypatch):
     v = conn.vms.add(name="life-409")
     d = wait_for_disk(conn, conn.disks.add(name="life-409-d0", provisioned_size=1 << 20,

@@ -156,6 +156,7 @@ def _request_running(fe, transfer_id: str) -> bool:
                for tk in fe.engine.server.registry.all())
 
 
+@pytest.mark.slow
 def test_cancel_during_a_put_does_not_pull_the_backend_away(faulty_engine, caplog):
     """The transfer is cancelled while a PUT body is half sent. The data
     plane must not close the volume under the running request (its late

@@ -51,6 +51,7 @@ def uploaded_disk(fe, cli, tmp_path, image, name):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.slow
 def test_put_body_cut_every_time(faulty_engine, cli, image, seed, fast_backoff):
     rnd = random.Random(seed)
     after = rnd.randrange(1, MiB)        # a random point inside each PUT body

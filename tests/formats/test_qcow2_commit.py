@@ -62,6 +62,7 @@ class Failing:
         self._b.close()
 
 
+@pytest.mark.slow
 def test_commit_gives_the_chain_and_copies_only_the_upper_layer(tmp_path):
     base, mid, top = _chain(tmp_path)
     expect = str(tmp_path / "expect.raw")
@@ -119,6 +120,7 @@ def test_abort_before_flush_restores_the_file(tmp_path):
     assert _sha(mid) == before
 
 
+@pytest.mark.slow
 def test_writes_after_open_existing_do_not_touch_old_clusters(tmp_path):
     """Old data stays readable through the old header until the flush."""
     base, mid, _ = _chain(tmp_path)

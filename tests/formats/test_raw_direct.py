@@ -166,10 +166,12 @@ def _o_direct_users() -> list[str]:
     return sorted(found)
 
 
+@pytest.mark.slow
 def test_only_the_raw_backend_opens_files_with_o_direct():
     assert _o_direct_users() == ["formats/raw.py"]
 
 
+@pytest.mark.slow
 def test_wrappers_live_in_one_module():
     defined = {}
     for dirpath, _, files in os.walk(ROOT):

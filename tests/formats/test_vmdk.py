@@ -208,6 +208,7 @@ def test_stream_with_footer(images, tmp_path):
 
 
 @pytest.mark.parametrize("sub", ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"])
+@pytest.mark.slow
 def test_two_gb_split_over_2gib(tmp_path, sub):
     size = 2 * 1024 * MiB + 3 * MiB + 512
     ranges = [(0, 64 * KiB), (2 * 1024 * MiB - 5000, 10000), (size - 4096, 4096)]
@@ -543,6 +544,7 @@ def engine_conn(tmp_path_factory):
     ("monolithicFlat", {"disk_format": "raw"}, "raw"),
     ("twoGbMaxExtentSparse", {"transfer_format": "cow"}, "cow"),
 ])
+@pytest.mark.slow
 def test_upload_to_local_engine(images, tmp_path, engine_conn, sub, kw, disk_format):
     """Guest data goes up (raw transfer, or converted to qcow2 for a cow
     transfer) and the disk's checksum equals the source's."""

@@ -100,6 +100,7 @@ def test_failure_after_uploads_removes_the_disks(cli, conn, engine_env, scratch)
     conn.vms.remove(taken.id)
 
 
+@pytest.mark.slow
 def test_export_failure_leaves_no_file_and_no_snapshot(conn, scratch, monkeypatch):
     """A disk that cannot be exported: no OVA, no partial file, the snapshot removed."""
     from imagetool import export_ova
@@ -120,6 +121,7 @@ def test_export_failure_leaves_no_file_and_no_snapshot(conn, scratch, monkeypatc
 
 
 @pytest.mark.parametrize("where", ["send", "answer"])
+@pytest.mark.slow
 def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, where):
     """Ctrl-C while a disk is sent, or while the VM is added (the engine
     made it, its answer never came): no VM, no disk; the same OVA imports
@@ -146,6 +148,7 @@ def test_ctrl_c_during_an_import_leaves_nothing(conn, scratch, monkeypatch, wher
     conn.vms.remove(r.id)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch):
     """A Ctrl-C during the removal of the export's snapshot (after every
     byte is written): the removal ends, and no OVA is left under its name."""
@@ -167,6 +170,7 @@ def test_ctrl_c_while_the_snapshot_goes_leaves_no_ova(conn, scratch, monkeypatch
     assert [s.snapshot_type for s in conn.snapshots.list(vm.id)] == ["active"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, monkeypatch):
     """A Ctrl-C (a real SIGINT) while the export's snapshot request is in
     flight: the engine made it, the export never got its id; it is
@@ -182,6 +186,7 @@ def test_ctrl_c_while_the_snapshot_is_added_leaves_no_snapshot(conn, scratch, mo
     assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")
 
 
+@pytest.mark.slow
 def test_ctrl_c_as_the_ova_gets_its_name_leaves_no_ova(conn, scratch, monkeypatch):
     """A real SIGINT as the OVA is renamed to its name (issue 20): the
     library call raises KeyboardInterrupt and no OVA is left under the name."""
@@ -202,6 +207,7 @@ def test_ctrl_c_as_the_ova_gets_its_name_leaves_no_ova(conn, scratch, monkeypatc
     assert not os.path.exists(ova) and not os.path.exists(ova + ".imagetool-part")
 
 
+@pytest.mark.slow
 def test_ova_commands_stand_once_their_result_exists(conn, cli, engine_env, scratch, monkeypatch):
     """Issue 20, item 2: a real SIGINT once the OVA is under its name, or
     the VM imported, as the command closes its connection before

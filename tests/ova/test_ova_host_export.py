@@ -76,6 +76,7 @@ def _disk_states(engine):
         return {d.id: conn.disks.get(d.id).status for d in engine.test_disks.values()}
 
 
+@pytest.mark.slow
 def test_refused_without_export_dir(engine, conn, scratch):
     sources = make_sources(scratch, size=1 * MiB)
     vm, _ = make_vm(conn, {"raw": sources["raw"]}, "noexportdir")
@@ -257,6 +258,7 @@ def test_serve_help_documents_export_dir():
     assert "export_to_path_on_host" in p.stdout
 
 
+@pytest.mark.slow
 def test_server_writes_ova_without_the_client_transfer_code():
     code = ("import sys, imagetool.server.rest.ovaexport, imagetool.server.app; "
             "print(sorted(m for m in sys.modules if m.startswith("

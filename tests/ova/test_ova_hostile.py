@@ -238,6 +238,7 @@ def test_import_sends_only_its_own_disks():
         _check_own_disks(ovf, [mine.upper()], "x.ova")
 
 
+@pytest.mark.slow
 def test_failed_import_removes_only_its_own_disks(conn, engine, scratch, victim,
                                                  monkeypatch):
     """If the engine attached a disk the import did not create anyway, the
@@ -324,6 +325,7 @@ def test_contiguous_member_reads_as_a_regular_file(cli, scratch):
 
 # --- an OVA exported from the same engine ----------------------------------------
 
+@pytest.mark.slow
 def test_reimport_needs_clone_and_clone_gives_new_ids(cli, conn, engine_env, scratch):
     from imagetool import export_ova
     from imagetool.transfer.disk_checksum import disk_checksum

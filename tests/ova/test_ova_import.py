@@ -77,6 +77,7 @@ def test_import_as_template_and_templates_cli(cli, conn, engine, scratch, monkey
     assert [x.id for x in conn.disks.list() if x.id == d.disk_id] == []
 
 
+@pytest.mark.slow
 def test_template_from_vm_copies_disks(conn, engine, scratch):
     from imagetool import upload_disk
     from imagetool.checksum import checksum_file
@@ -125,6 +126,7 @@ def test_vm_from_ova_configuration_names_disks_by_disk_id(conn, engine, scratch)
     assert code == 400 and b"Unknown configuration type" in text
 
 
+@pytest.mark.slow
 def test_import_flushes_as_it_copies(conn, scratch, monkeypatch):
     # As an upload does: the server can then hash flushed blocks for the
     # final checksum beside the copy, and a retry re-sends little.

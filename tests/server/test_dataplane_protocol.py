@@ -364,6 +364,7 @@ def test_unknown_paths_and_methods(env):
 
 # --- connections -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inactivity_drop_and_connection_count(env):
     t = env.add(inactivity_timeout=0.3)
     c = env.conn()
@@ -395,6 +396,7 @@ class _GatedMem(MemBackend):
             type(self).in_flight -= 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_stop_waits_for_connections_then_raises(env):
     # On Python 3.11 a Ctrl-C landing in Thread.join marks the running
     # connection thread as ended: stop() returned (raising) with a request

@@ -66,6 +66,7 @@ def _compare(a: str, b: str, fmt_b: str = "raw") -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_reference_upload_download_round_trip(server, scratch):
     src = _sparse_source(scratch)
     dst = _empty(scratch, "dst.raw")

@@ -128,6 +128,7 @@ def test_range_with_non_ascii_digits_is_416(engine, download_path):
 
 # --- accept() failures pass (issue item 4) -----------------------------------
 
+@pytest.mark.slow
 def test_accept_goes_on_after_running_out_of_descriptors(engine, download_path,
                                                          dataplane, monkeypatch):
     """EMFILE/ENFILE/ENOBUFS from accept() wait and retry; the data plane lives."""
@@ -156,6 +157,7 @@ def test_accept_goes_on_after_running_out_of_descriptors(engine, download_path,
     assert (status, reason, len(body)) == (206, "Partial Content", 10)
 
 
+@pytest.mark.slow
 def test_accept_with_too_few_descriptors_in_a_subprocess(tmp_path):
     """A real EMFILE (RLIMIT_NOFILE lowered): later connections are served."""
     import subprocess
@@ -222,6 +224,7 @@ def test_connections_over_the_limit_get_503(engine, dataplane, monkeypatch):
     assert _exchange(engine, b"GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
 
 
+@pytest.mark.slow
 def test_request_head_dripped_slowly_gets_408(engine, dataplane, monkeypatch):
     """A head arriving byte by byte, each in time, still has one deadline."""
     monkeypatch.setattr(dataplane, "head_timeout", 0.5)
@@ -250,6 +253,7 @@ def test_request_head_dripped_slowly_gets_408(engine, dataplane, monkeypatch):
     assert body == b"Request header not received in time\n"
 
 
+@pytest.mark.slow
 def test_idle_connection_before_any_request_is_closed(engine, dataplane, monkeypatch):
     monkeypatch.setattr(dataplane, "idle_timeout", 0.3)
     with _tls(engine, timeout=20) as s:
@@ -261,6 +265,7 @@ def test_idle_connection_before_any_request_is_closed(engine, dataplane, monkeyp
     assert _exchange(engine, b"GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
 
 
+@pytest.mark.slow
 def test_tls_hello_dripped_slowly_is_closed(engine, monkeypatch):
     """The handshake has one deadline, not one per received byte (ssl's
     do_handshake keeps one deadline for the whole handshake: a guard)."""

@@ -163,6 +163,7 @@ def _targets(engine, tmp_path):
 
 # --- item: no file outside the recorded chain is ever read ------------------------
 
+@pytest.mark.slow
 def test_failed_finalize_of_hostile_layer_restores_the_layer(engine, connection, tmp_path):
     """A layered disk (the upload is not the disk's only volume) receives a
     qcow2 over a secret file: finalize fails, the disk is ok again and its
@@ -181,6 +182,7 @@ def test_failed_finalize_of_hostile_layer_restores_the_layer(engine, connection,
         assert sha(got) == before, name
 
 
+@pytest.mark.slow
 def test_download_ignores_the_header_backing_name(engine, connection, tmp_path):
     """Even a volume already in place whose header names another file reads
     through the parent the inventory records (here: the base layer)."""
@@ -222,6 +224,7 @@ def test_external_data_file_is_refused(engine, tmp_path):
 # --- item: a cancelled or failed upload never destroys earlier content ------------
 
 @pytest.mark.parametrize("fmt", ["raw", "cow"])
+@pytest.mark.slow
 def test_cancel_upload_into_disk_with_data_keeps_it(engine, tmp_path, fmt):
     disk_id = new_disk(engine, f"kept-{fmt}", fmt=fmt)
     first = base_data()
@@ -233,6 +236,7 @@ def test_cancel_upload_into_disk_with_data_keeps_it(engine, tmp_path, fmt):
     assert sha(download_raw(engine, disk_id)) == before == sha(first)
 
 
+@pytest.mark.slow
 def test_failed_finalize_into_disk_with_data_keeps_it(engine, tmp_path):
     """A raw disk that receives a qcow2 fails verification: the old bytes stay."""
     disk_id = new_disk(engine, "kept-verify", fmt="raw")
@@ -252,6 +256,7 @@ def test_cancel_upload_into_new_disk_removes_it(engine, tmp_path):
     assert disk_status(engine, disk_id) == 404
 
 
+@pytest.mark.slow
 def test_second_upload_success_replaces_and_drops_the_copy(engine, tmp_path):
     disk_id = new_disk(engine, "replaced", fmt="raw")
     assert upload_raw(engine, disk_id, base_data(), tmp_path) == "finished_success"

@@ -174,6 +174,7 @@ def _download_chain(conn, disk_id, base, middle, tmp_path, **kw):
     return bfile, mfile, full
 
 
+@pytest.mark.slow
 def test_chain_of_shallow_layers_reads_like_the_full_download(conn, chain, tmp_path):
     disk_id, base, middle = chain
     bfile, mfile, full = _download_chain(conn, disk_id, base, middle, tmp_path)
@@ -229,6 +230,7 @@ def test_layer_without_backing_file_keeps_zeros_unallocated(conn, chain, tmp_pat
 
 
 @pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.slow
 def test_raw_shallow_download_through_the_journal(conn, chain, tmp_path, resume):
     """A raw shallow download (the journaled path, with or without resume)
     has no backing file: the layer's zeros stay holes and read as zeros."""

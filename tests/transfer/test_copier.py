@@ -178,6 +178,7 @@ class GatedSource:
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+@pytest.mark.slow
 def test_ctrl_c_while_waiting_for_workers_waits_for_them(tmp_path, overlap):
     # A Ctrl-C landing while copy() waits for its workers: on Python 3.11
     # an interrupted Thread.join marked the running worker 0 as ended, and

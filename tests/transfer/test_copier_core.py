@@ -86,6 +86,7 @@ def test_copy_local_raises_the_sides_own_error(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 40_000)), min_size=1, max_size=12),
        st.sampled_from([512, 4096, 65536]))
+@pytest.mark.slow
 def test_align_extents_covers_data_on_whole_blocks(parts, align):
     extents, pos = [], 0
     for zero, length in parts:

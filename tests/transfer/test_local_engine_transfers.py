@@ -115,6 +115,7 @@ def test_interrupt_cancels_and_unlocks(own_conn, images, home):
     _interrupted_upload_left_nothing(own_conn, images, home)
 
 
+@pytest.mark.slow
 def test_dropped_connection_cancels(own_conn, images, monkeypatch, fast_backoff):
     proxies = []
     pick = TransferSession._pick_urls
@@ -180,6 +181,7 @@ def test_ctrl_c_while_an_add_is_in_flight_leaves_nothing(own_conn, images, monke
 
 
 
+@pytest.mark.slow
 def test_ctrl_c_as_each_thread_of_an_upload_starts_leaves_nothing(own_conn, images,
                                                                   monkeypatch, home):
     """A real SIGINT as each thread the upload starts is started, one run

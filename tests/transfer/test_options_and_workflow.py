@@ -46,6 +46,7 @@ def _count_calls(monkeypatch, path: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("kind", ["qcow2", "raw"])
+@pytest.mark.slow
 def test_upload_inspects_and_opens_the_source_once(own_conn, images, monkeypatch, kind):
     counts = _count_calls(monkeypatch, images[kind])
     disk = upload_disk(own_conn, images[kind], "data", name=f"once-{kind}")
@@ -59,6 +60,7 @@ def test_upload_inspects_and_opens_the_source_once(own_conn, images, monkeypatch
     assert images_equal(images["raw"], out, "raw", "raw")
 
 
+@pytest.mark.slow
 def test_options_objects_and_keywords_are_one_thing(own_conn, images, module_dir):
     opts = UploadOptions(name="opts-a", workers=2, buffer_size=MiB)
     a = upload_disk_result(own_conn, images["qcow2"], "data", opts)
@@ -84,6 +86,7 @@ def test_unknown_option_keyword_is_a_type_error(own_conn, images):
     assert not [d for d in own_conn.disks.list() if d.status == "locked"]
 
 
+@pytest.mark.slow
 def test_keep_on_error_in_the_constructor_pauses_instead_of_cancelling(own_conn, images):
     disk = upload_disk(own_conn, images["raw"], "data", name="keep-on-error")
     # A disk of the engine's, as --resume finds it after an interrupted upload.
@@ -109,6 +112,7 @@ def test_wait_until_returns_the_value_that_satisfied_it():
     assert wait_until(lambda: next(values), lambda v: v >= 3, 30, "three") == 3
 
 
+@pytest.mark.slow
 def test_wait_until_names_what_it_waited_for():
     with pytest.raises(TimeoutExpired) as e:
         wait_until(lambda: "locked", lambda v: v == "ok", 0.3, "disk d to be ok")

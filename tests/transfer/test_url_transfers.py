@@ -46,6 +46,7 @@ def test_upload_raw_to_file_ticket(imageio_daemon, scratch, src_raw, workers):
     assert images_equal(src_raw, target, "raw", "raw")
 
 
+@pytest.mark.slow
 def test_upload_qcow2_to_nbd_ticket(imageio_daemon, scratch, src_raw):
     _need_qcow2_reader()
     src_qcow2 = os.path.join(scratch, "src.qcow2")

@@ -237,6 +237,7 @@ def test_500_from_daemon_mid_upload_cancels(transfer_engine, raw_file, fast_back
     assert _no_locked_disks(transfer_engine) and transfer_engine.disks == {}
 
 
+@pytest.mark.slow
 def test_old_engine_forgets_transfer_after_finalize(transfer_engine, raw_file):
     transfer_engine.drop_finished = True
     disk = upload_disk(transfer_engine.conn, raw_file, "data")

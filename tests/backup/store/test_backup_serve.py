@@ -89,6 +89,7 @@ def test_qemu_img_convert_from_the_socket_writes_the_disk(served, tmp_path):
     run("qemu-img", "compare", "-F", "raw", out, disks["data"])
 
 
+@pytest.mark.slow
 def test_a_qcow2_chain_repository_is_served_too_and_sigterm_stops(tmp_path):
     from backup_helpers import add_point as add_old_point
     from backup_helpers import point_bytes, rand
@@ -115,6 +116,7 @@ def test_a_qcow2_chain_repository_is_served_too_and_sigterm_stops(tmp_path):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_serve_from_a_directory_or_s3(target, tmp_path):
     """The same command on both storages (S3: a real Ceph RGW, slow)."""
     ChunkStore.init(target.open(), chunk_size=MiB)
@@ -338,6 +340,7 @@ def test_structured_reads_send_holes_and_block_status(server):
     assert struct.unpack(">I", recvn(s, n)[:4])[0] == nbd.EINVAL
 
 
+@pytest.mark.slow
 def test_too_many_connections_are_refused_not_queued(server, monkeypatch):
     path, _ = server
     held = [hello(path) for _ in range(nbd.MAX_CONNECTIONS)]

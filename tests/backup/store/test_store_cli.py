@@ -39,6 +39,7 @@ def add_point(target, vm, disks, *, key=None, name=None, parent=None, vm_name="w
             s.backend.close()
 
 
+@pytest.mark.slow
 def test_backup_commands_on_a_chunk_repository(cli, target, tmp_path):
     raw = str(tmp_path / "d.raw")
     make_raw(raw, 9 * MiB, [(0, 5 * MiB + 7 * KiB)], seed=5)

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 
+import pytest
+
 from backup_helpers import add_point, files_under, point_bytes, rand
 from helpers import MiB
 from test_store_cli import repo_args
@@ -38,6 +40,7 @@ def old_repository(root):
     add_point(root, "vm2", {"c": (rand(3 * MiB + 4096, 9), None)})
 
 
+@pytest.mark.slow
 def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
     old = str(tmp_path / "old")
     old_repository(old)
@@ -76,6 +79,7 @@ def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
     assert second.stats["data"] == 8 * MiB
 
 
+@pytest.mark.slow
 def test_migrate_again_skips_what_is_there_and_finishes_an_interrupted_run(cli, tmp_path):
     old, new = str(tmp_path / "old"), str(tmp_path / "new")
     old_repository(old)
@@ -92,6 +96,7 @@ def test_migrate_again_skips_what_is_there_and_finishes_an_interrupted_run(cli, 
     assert json.loads(out)["written"] == []
 
 
+@pytest.mark.slow
 def test_migrate_needs_a_chunk_repository_made_first(cli, tmp_path):
     old = str(tmp_path / "old")
     old_repository(old)
@@ -100,6 +105,7 @@ def test_migrate_needs_a_chunk_repository_made_first(cli, tmp_path):
     assert not os.path.exists(tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_a_damaged_old_point_is_named_and_not_kept(cli, tmp_path):
     """A data cluster of vm1's first point changed on disk: that point and
     the incrementals reading it through their chains fail their guest

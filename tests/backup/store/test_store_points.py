@@ -168,6 +168,7 @@ def test_encrypted_repository(target, image, tmp_path):
         ChunkStore.open(target.open())
 
 
+@pytest.mark.slow
 def test_passphrase_repository(target):
     store = ChunkStore.init(target.open(), chunk_size=CS, secret=b"correct horse",
                             passphrase=True)

@@ -218,6 +218,7 @@ def test_storage_paths_refuse_ids_that_are_not_uuids(box):
     assert st.disk_dir(sd, UNKNOWN) == os.path.join(box.data, sd, "images", UNKNOWN)
 
 
+@pytest.mark.slow
 def test_cli_disk_id_refuses_a_non_uuid(tmp_path):
     src = tmp_path / "f.raw"
     src.write_bytes(b"\0" * 512)
@@ -538,6 +539,7 @@ def test_everything_is_owner_only(tmp_path, umask):
 
 # --- 9. failed logins are throttled -----------------------------------------------
 
+@pytest.mark.slow
 def test_basic_auth_failures_are_throttled_then_the_password_works(tmp_path):
     box = Box(tmp_path, login_delay=0.5)
     try:
@@ -562,6 +564,7 @@ def test_basic_auth_failures_are_throttled_then_the_password_works(tmp_path):
         box.stop()
 
 
+@pytest.mark.slow
 def test_sso_failures_are_throttled_then_the_password_works(tmp_path):
     box = Box(tmp_path, login_delay=0.5)
     try:
@@ -592,6 +595,7 @@ def test_sso_failures_are_throttled_then_the_password_works(tmp_path):
 
 # --- 3. connection cap and slow clients ---------------------------------------------
 
+@pytest.mark.slow
 def test_connections_beyond_the_cap_are_refused(tmp_path):
     box = Box(tmp_path, max_connections=3)
     held = []
@@ -759,6 +763,7 @@ def wait_backup(box, vm_id: str, bid: str, phases: set[str], timeout: float = 20
     return phase
 
 
+@pytest.mark.slow
 def test_an_idle_backup_ends_and_the_next_one_starts(tmp_path):
     box = Box(tmp_path, backup_timeout=1.0)
     try:
@@ -779,6 +784,7 @@ def test_an_idle_backup_ends_and_the_next_one_starts(tmp_path):
         box.stop()
 
 
+@pytest.mark.slow
 def test_a_running_transfer_keeps_its_backup_alive(tmp_path):
     box = Box(tmp_path, backup_timeout=0.5)
     try:
@@ -825,6 +831,7 @@ def test_a_forgotten_transfer_still_counts_as_activity(tmp_path):
 
 
 @pytest.mark.parametrize("with_transfer", [False, True], ids=["ready", "transferring"])
+@pytest.mark.slow
 def test_a_backup_left_by_a_dead_engine_is_ended_at_start(tmp_path, with_transfer):
     # The engine dies mid-backup (stopped without finalizing: the inventory
     # is as a kill -9 leaves it) and starts again on the same data dir: the
