@@ -135,7 +135,7 @@ def test_no_import_cycles():
 # the OVA's documents and members), then the block checksum over both.
 FLOORS: list[tuple[str, list[str]]] = [
     ("ground", ["units", "errors", "ids", "paths", "fsutil", "threads", "xmlsafe", "phases"]),
-    ("I/O core", ["backend", "backends", "copier", "nbdserver"]),
+    ("I/O core", ["backend", "backends", "copier", "nbd"]),
     ("I/O formats", ["formats", "imageio", "ova.ovf", "ova.ovfvm", "ova.ovfvm_read",
                      "ova.layout", "ova.reader"]),
     ("I/O checksum", ["checksum"]),

@@ -2,7 +2,7 @@
 
 File-level restore without restoring: qemu-nbd, nbdfuse, guestfish or
 ``qemu-img convert`` read the point's disks through the NBD server of
-``imagetool.nbdserver``, which reads the chunks (or the qcow2 chain) on
+``imagetool.nbd``, which reads the chunks (or the qcow2 chain) on
 demand, nothing written anywhere.
 """
 
@@ -35,7 +35,7 @@ def serve(repository: str, vm: str, point: str | None, socket_path: str,
     socket. A qcow2-chain repository is served the same way.
     """
     from imagetool.cli.backup_repo_cmds import open_point
-    from imagetool.nbdserver import Export, NbdServer
+    from imagetool.nbd import Export, NbdServer
     from imagetool.units import format_size
 
     with open_point(repository, vm, point, endpoint, profile, key_file) as pt:

@@ -1,6 +1,6 @@
 """``imagetool backup serve --nbd``: a point's disks over NBD, checked with
 real NBD clients (qemu-img, qemu-io) and with hostile ones speaking the
-protocol by hand (imagetool.nbdserver)."""
+protocol by hand (imagetool.nbd)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import pytest
 from helpers import MiB, cli_env, find_tool, make_raw, run
 from test_store_cli import add_point
 
-from imagetool import nbdserver as nbd
+from imagetool.nbd import Export, NbdServer
+from imagetool.nbd import protocol as nbd
 from imagetool.backup.store import ChunkStore, open_storage
 from imagetool.formats import open_image
 
@@ -160,7 +161,7 @@ def server(tmp_path):
     make_raw(raw, 2 * MiB, [(0, MiB)], seed=3)
     backend = open_image(raw, "r", format="raw")
     path = str(tmp_path / "s.sock")
-    srv = nbd.NbdServer(path, [nbd.Export("d", backend, "a disk")])
+    srv = NbdServer(path, [Export("d", backend, "a disk")])
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield path, raw
@@ -267,7 +268,7 @@ def test_oversized_read_within_the_export_is_eoverflow(tmp_path):
     raw = str(tmp_path / "big.raw")
     make_raw(raw, 40 * MiB, [(0, MiB)], seed=1)
     with open_image(raw, "r", format="raw") as b, \
-            nbd.NbdServer(str(tmp_path / "s"), [nbd.Export("d", b)]) as srv:
+            NbdServer(str(tmp_path / "s"), [Export("d", b)]) as srv:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         s = hello(srv.path)
         go(s)

@@ -1,267 +1,33 @@
-"""A read-only NBD server on a unix socket, in pure Python.
-
-It serves Backends (a backup point's disks: ``backup serve``) to any NBD
-client: ``qemu-img``, ``qemu-nbd --connect``, ``nbdfuse``, ``guestfish
---format=raw -a nbd://...``. The protocol is the one the NBD project
-documents (``doc/proto.md``, "The NBD protocol"):
-
-- handshake: fixed newstyle only, with ``NBD_FLAG_NO_ZEROES``; options
-  ``NBD_OPT_EXPORT_NAME``, ``NBD_OPT_GO``, ``NBD_OPT_INFO`` (export size,
-  flags, block sizes), ``NBD_OPT_LIST``, ``NBD_OPT_ABORT``,
-  ``NBD_OPT_STRUCTURED_REPLY`` and ``NBD_OPT_{LIST,SET}_META_CONTEXT``
-  (``base:allocation`` only); any other option is answered
-  ``NBD_REP_ERR_UNSUP`` (``NBD_OPT_STARTTLS`` included: the socket is
-  local and owner-only);
-- transmission: ``NBD_CMD_READ`` (simple replies, or structured ones
-  where zero extents are sent as holes), ``NBD_CMD_BLOCK_STATUS``
-  (``base:allocation``: a backend's zero extents are ``HOLE|ZERO``) and
-  ``NBD_CMD_DISC``. Exports are read-only (``NBD_FLAG_READ_ONLY``):
-  writes, trims and zeroing get ``EPERM``; flush and cache, not offered,
-  ``EINVAL``.
-
-Everything a client sends is checked at the door: option and name lengths
-are bounded (an option longer than ``MAX_OPTION`` ends the connection,
-since skipping it would mean reading what the client chooses), a read
-longer than ``MAX_REQUEST`` or reaching past the end of the export gets
-``EINVAL``/``EOVERFLOW`` and the connection goes on; a bad request magic
-means the stream is out of step, so that connection is closed. No client
-can stop the server or others' connections, and memory stays bounded:
-at most ``MAX_CONNECTIONS`` connections, each reading one request at a
-time in pieces of at most ``PIECE`` bytes.
-"""
+"""One client's connection: the handshake, then transmission (reads and
+block status of one export), every field checked at the door."""
 
 from __future__ import annotations
 
-import os
 import socket
-import stat
 import struct
-import threading
-from bisect import bisect_right
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from imagetool.errors import ImagetoolError
+from imagetool.nbd.protocol import (
+    ALLOCATION, CLIENT_FLAGS, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_REQ_ONE, CMD_READ, CMD_TRIM,
+    CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, EOVERFLOW, EPERM, FLAG_FIXED_NEWSTYLE,
+    FLAG_NO_ZEROES, HANDSHAKE_TIMEOUT, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION,
+    INFO_EXPORT, INFO_NAME, MAX_DESCRIPTORS, MAX_NAME, MAX_OPTION, MAX_QUERIES, MAX_REQUEST,
+    META_CONTEXT_ID, NBDMAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST,
+    OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, PIECE,
+    REPLY_FLAG_DONE, REPLY_MAGIC, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR,
+    REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REP_ACK, REP_ERR_INVALID,
+    REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER,
+    REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC,
+    TRANSMISSION_FLAGS, _Closed)
 
-NBDMAGIC = 0x4E42444D41474943
-IHAVEOPT = 0x49484156454F5054
-REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-STRUCTURED_REPLY_MAGIC = 0x668E33EF
-
-FLAG_FIXED_NEWSTYLE = 1 << 0
-FLAG_NO_ZEROES = 1 << 1
-CLIENT_FLAGS = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES
-
-OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
-OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 8, 9, 10
-
-REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
-REP_ERR_UNSUP = (1 << 31) + 1
-REP_ERR_INVALID = (1 << 31) + 3
-REP_ERR_UNKNOWN = (1 << 31) + 6
-REP_ERR_TOO_BIG = (1 << 31) + 9
-
-INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
-
-TFLAG_HAS_FLAGS = 1 << 0
-TFLAG_READ_ONLY = 1 << 1
-TFLAG_CAN_MULTI_CONN = 1 << 8
-TRANSMISSION_FLAGS = TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_CAN_MULTI_CONN
-
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE = 0, 1, 2, 3, 4, 5
-CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 6, 7
-CMD_FLAG_REQ_ONE = 1 << 3
-
-REPLY_FLAG_DONE = 1
-REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE = 0, 1, 2
-REPLY_TYPE_BLOCK_STATUS = 5
-REPLY_TYPE_ERROR = (1 << 15) + 1
-
-STATE_HOLE, STATE_ZERO = 1, 2
-ALLOCATION = "base:allocation"
-META_CONTEXT_ID = 1
-
-EPERM, EIO, EINVAL, EOVERFLOW = 1, 5, 22, 75
-
-MAX_OPTION = 64 << 10          # an option's data: a name and a few queries
-MAX_NAME = 4096                # NBD's limit on export names
-MAX_QUERIES = 64
-MAX_REQUEST = 32 << 20         # the request size every client may send
-PIECE = 4 << 20                # read and sent at a time
-MAX_DESCRIPTORS = 4096         # per block status reply
-MAX_CONNECTIONS = 16
-HANDSHAKE_TIMEOUT = 60.0
+if TYPE_CHECKING:
+    from imagetool.nbd.server import Export, NbdServer
 
 
-class NbdError(ImagetoolError):
-    """The NBD server cannot start (socket path taken, no exports)."""
+class Session:
+    """The protocol with one connected client."""
 
-
-class _Closed(Exception):
-    """The client went away, or must be disconnected."""
-
-
-@dataclass
-class Export:
-    """One export: its name, a description and the backend it reads."""
-
-    name: str
-    backend: Any
-    description: str = ""
-    _zero: list = field(default_factory=list, repr=False)      # sorted (start, end, zero)
-    _starts: list = field(default_factory=list, repr=False)
-
-    @property
-    def size(self) -> int:
-        return self.backend.size
-
-    def prepare(self) -> None:
-        """Read the extents once: block status answers from them."""
-        runs: list[tuple[int, int, bool]] = []
-        for e in self.backend.extents():
-            zero = bool(e.zero or e.hole)
-            if runs and runs[-1][2] == zero and runs[-1][1] == e.start:
-                runs[-1] = (runs[-1][0], e.end, zero)
-            else:
-                runs.append((e.start, e.end, zero))
-        self._zero = runs
-        self._starts = [r[0] for r in runs]
-
-    def runs(self, offset: int, length: int, limit: int) -> list[tuple[int, bool]]:
-        """``(length, zero)`` runs covering ``[offset, offset+length)``, at most
-        ``limit`` of them (then they cover less), each at least one byte."""
-        out: list[tuple[int, bool]] = []
-        end = offset + length
-        i = max(0, bisect_right(self._starts, offset) - 1)
-        pos = offset
-        while pos < end and i < len(self._zero) and len(out) < limit:
-            start, stop, zero = self._zero[i]
-            if stop > pos:
-                n = min(stop, end) - pos
-                out.append((n, zero))
-                pos += n
-            i += 1
-        if pos < end and len(out) < limit:
-            out.append((end - pos, False))      # not covered: data, to be safe
-        return out
-
-
-class NbdServer:
-    """Serves ``exports`` read-only on the unix socket ``path``.
-
-    ``exports[0]`` is also the default export (the empty name that
-    ``nbd+unix:///?socket=PATH`` asks for). ``serve_forever`` returns after
-    ``shutdown()`` (or raises KeyboardInterrupt on Ctrl-C); either way
-    ``close()`` closes every connection and removes the socket file.
-    """
-
-    def __init__(self, path: str, exports: list[Export],
-                 log: Callable[[str], None] | None = None) -> None:
-        if not exports:
-            raise NbdError("nothing to serve")
-        self.path = path
-        self.exports = exports
-        self.by_name = {e.name: e for e in exports}
-        self.log = log or (lambda text: None)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        for e in exports:
-            e.prepare()
-        if os.path.lexists(path):
-            try:
-                is_socket = stat.S_ISSOCK(os.lstat(path).st_mode)
-            except OSError:
-                is_socket = False
-            if not is_socket or _in_use(path):
-                raise NbdError(f"{path}: exists; give a new socket path")
-            os.unlink(path)     # a socket a killed server left
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)   # 0600: only the owner may connect (the VM's data)
-        try:
-            self.sock.bind(path)
-        except OSError as e:
-            self.sock.close()
-            raise NbdError(f"{path}: cannot listen: {e.strerror}") from None
-        finally:
-            os.umask(old)
-        self.sock.listen(MAX_CONNECTIONS)
-        self.sock.settimeout(0.2)
-
-    def serve_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    break
-                raise
-            if not self._slots.acquire(blocking=False):
-                self.log(f"refused a connection: {MAX_CONNECTIONS} already open")
-                conn.close()
-                continue
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._serve_client, args=(conn,), daemon=True,
-                             name="nbd-client").start()
-
-    def shutdown(self) -> None:
-        self._stop.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> "NbdServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # --- one client -------------------------------------------------------------
-
-    def _serve_client(self, conn: socket.socket) -> None:
-        try:
-            _Client(self, conn).run()
-        except _Closed:
-            pass
-        except OSError:
-            pass        # the client went away mid-reply
-        except Exception as e:      # a bug must not take the server down
-            self.log(f"connection closed: {type(e).__name__}: {e}")
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-            self._slots.release()
-
-
-def _in_use(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-class _Client:
     def __init__(self, server: NbdServer, conn: socket.socket) -> None:
         self.server = server
         self.conn = conn
@@ -531,16 +297,3 @@ class _Client:
             for n, zero in runs)
         self.send(struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
                               REPLY_TYPE_BLOCK_STATUS, handle, len(body)), body)
-
-
-def serve(path: str, exports: list[Export], *, log: Callable[[str], None] | None = None,
-          ready: Callable[[NbdServer], None] | None = None) -> None:
-    """Serve until Ctrl-C (KeyboardInterrupt, re-raised) or ``shutdown()``;
-    the socket file is removed on the way out."""
-    with NbdServer(path, exports, log) as server:
-        if ready:
-            ready(server)
-        server.serve_forever()
-
-
-__all__ = ["Export", "NbdError", "NbdServer", "serve"]
