@@ -36,7 +36,7 @@ from typing import Callable, Container, Iterator, Mapping
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 DEFAULT_ALGORITHM = "blake2b"

@@ -176,7 +176,7 @@ def faulty_engine(faulty_engine_module, monkeypatch):
 def fast_backoff(monkeypatch):
     """Retries wait 20 ms instead of their real backoff, so a fault that
     never stops exhausts them quickly."""
-    from imagetool import backends as retry
+    from imagetool.iocore import backends as retry
     monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.02)
 
 

@@ -12,7 +12,7 @@ from contextlib import closing
 from typing import Iterable
 
 from imagetool.checksum import DEFAULT_ALGORITHM, BlockHasher, block_digests, hash_factory
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.imageio.protocol import DEFAULT_BLOCK_SIZE
 
 

@@ -138,7 +138,7 @@ def fetch_chunks(conn: Any, writer: Any, *, disk_id: str, snapshot_id: str | Non
     from imagetool.backup.store.reader import PointBackend
     from imagetool.backup.store.write import DiskSource
     from imagetool.checksum import BlockHasher, validate_block_size
-    from imagetool.copier import CopyStats
+    from imagetool.iocore.copier import CopyStats
 
     incremental = previous_digests is not None
     store = writer.store

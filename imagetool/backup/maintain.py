@@ -23,10 +23,10 @@ from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened
 from imagetool.threads import shielded
 from imagetool.formats import allocated_ranges, open_image
-from imagetool.backend import Extent, union_ranges
+from imagetool.iocore.backend import Extent, union_ranges
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.copier import CopyOptions, copy
-from imagetool.backends import SharedBackend
+from imagetool.iocore.copier import CopyOptions, copy
+from imagetool.iocore.backends import SharedBackend
 
 Progress = Callable[[int], None]
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from imagetool.backend import Closing
+from imagetool.iocore.backend import Closing
 from imagetool.threads import interrupts_held
 
 

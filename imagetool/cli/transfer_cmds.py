@@ -17,7 +17,7 @@ from imagetool.cli.common import SIZE, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
-from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
 from imagetool.threads import interrupts_ignored
 from imagetool.units import format_seconds, format_size

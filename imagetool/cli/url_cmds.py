@@ -11,7 +11,7 @@ import click
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.threads import interrupts_ignored
-from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_seconds, format_size
 
 

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 
 from imagetool.errors import UnsupportedFeature, UnsupportedFormat
 from imagetool.formats import qcow2, qcow2_reader, window
-from imagetool.backend import Backend, Extent, merge_extents
+from imagetool.iocore.backend import Backend, Extent, merge_extents
 from imagetool.formats.detect import ImageInfo, detect, disk_usage, probe
 from imagetool.formats.raw import RawBackend
 

@@ -3,7 +3,7 @@
 ``convert_backend`` is the one conversion: ``convert`` (the command), an
 upload's raw-to-qcow2 step, a download's qcow2-volume-to-raw step and the
 local engine's flatten all write their new file through it, and it copies
-with the one copier (``imagetool.copier``).
+with the one copier (``imagetool.iocore.copier``).
 
 The destination is written under a temporary name in its own directory,
 fsynced, then renamed over ``dst`` (so ``dst`` never holds half an image);
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Callable
 
 from imagetool import formats
-from imagetool.copier import CopyOptions, CopyStats, copy_local
+from imagetool.iocore.copier import CopyOptions, CopyStats, copy_local
 from imagetool.errors import DestinationExists, FormatError
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.fsutil import fsync_dir

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from imagetool.formats import WRITABLE, open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 
 _L2E = 8          # bytes per L2 entry (no extended L2)
 _L1E = 8

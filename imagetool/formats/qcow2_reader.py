@@ -28,7 +28,7 @@ from typing import Iterator
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats import qcow2
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.detect import detect
 from imagetool.formats.raw import RawBackend, open_readonly, read_full
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,

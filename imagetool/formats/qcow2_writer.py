@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.backend import BackendBase, Extent, merge_extents
+from imagetool.iocore.backend import BackendBase, Extent, merge_extents
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
 from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED

@@ -37,7 +37,7 @@ import threading
 from typing import Iterator
 
 from imagetool.errors import FormatError
-from imagetool.backend import BackendBase, Extent
+from imagetool.iocore.backend import BackendBase, Extent
 
 _HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 _HAVE_PREADV = hasattr(os, "preadv")

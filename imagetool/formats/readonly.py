@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from imagetool.errors import UnsupportedFeature
-from imagetool.backend import BackendBase, Extent, merge_extents
+from imagetool.iocore.backend import BackendBase, Extent, merge_extents
 
 # Segment kinds.
 DATA, ZERO, UNALLOC, COMPRESSED = 0, 1, 2, 3

@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.detect import ImageInfo, disk_usage, is_vmdk_descriptor
 from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,

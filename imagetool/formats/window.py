@@ -15,7 +15,7 @@ import os
 from typing import Iterator
 
 from imagetool.errors import FormatError, UnsupportedFormat
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
 from imagetool.formats.raw import open_readonly, read_full, reading
 from imagetool.formats.readonly import ReadOnlyBackend

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from imagetool.backend import BackendBase, Extent
+from imagetool.iocore.backend import BackendBase, Extent
 from imagetool.imageio.client import ImageioClient
 
 
 class HttpBackend(BackendBase):
-    """Adapts an ``ImageioClient`` to ``imagetool.backend.Backend``.
+    """Adapts an ``ImageioClient`` to ``imagetool.iocore.backend.Backend``.
 
     ``features``, ``max_readers`` and ``max_writers`` come from the server's
     OPTIONS so the copier can pick worker counts and whether to send zeros.

@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from imagetool.errors import ConnectionFailed, ImageioError, ProtocolError
-from imagetool.backend import Closing, Extent
+from imagetool.iocore.backend import Closing, Extent
 from imagetool.imageio.protocol import (CHECKSUM_AHEAD, DEFAULT_BLOCK_SIZE, EXTENSIONS_KEY,
                                         format_content_range, format_range,
                                         parse_content_range, parse_uint,

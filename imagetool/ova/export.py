@@ -38,7 +38,7 @@ from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.results import ExportedDisk, OvaExported
 from imagetool.threads import Background, interrupts_held
-from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.transfer.disk import DiskOptions, Received, receive
 
 Progress = Callable[[int], None]

@@ -33,7 +33,7 @@ from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
 from imagetool.ova.results import ImportedDisk, OvaImported
-from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.threads import shielded
 from imagetool.transfer.disk import (DiskOptions, Sent, add_disk, remove_disk_when_unlocked,
                                     send)

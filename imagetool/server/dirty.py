@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Iterator
 
-from imagetool.backend import BackendBase, Extent, add_range
+from imagetool.iocore.backend import BackendBase, Extent, add_range
 from imagetool.fsutil import write_atomic
 from imagetool.ids import is_uuid
 

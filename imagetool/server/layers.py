@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from imagetool.copier import CopyOptions, copy_local
+from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import allocated_ranges, open_image
-from imagetool.backend import Extent, union_ranges
+from imagetool.iocore.backend import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import PUNCH_HOLE, RawBackend, fallocate

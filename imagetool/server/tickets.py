@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 
 
 @dataclass

@@ -15,11 +15,11 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.backends import FlushingBackend, JournalingBackend, SharedBackend, Wrapper
+from imagetool.iocore.backends import FlushingBackend, JournalingBackend, SharedBackend, Wrapper
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked
-from imagetool.copier import CopyCancelled, CopyOptions, CopyStats, copy
+from imagetool.iocore.copier import CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.errors import ChecksumMismatch
-from imagetool.backend import Backend, Extent
+from imagetool.iocore.backend import Backend, Extent
 from imagetool.transfer import resume as resume_mod, verify as verifying
 from imagetool.transfer.journal import flush_bytes_for
 from imagetool.transfer.options import DiskOptions

@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Any, Iterable
 
-from imagetool.backends import FLUSH_BYTES
+from imagetool.iocore.backends import FLUSH_BYTES
 from imagetool.errors import ImagetoolError
 # merge: adds a done range (backend.add_range).
-from imagetool.backend import add_range as merge
+from imagetool.iocore.backend import add_range as merge
 from imagetool.fsutil import write_atomic
 
 VERSION = 1

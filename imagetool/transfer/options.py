@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from imagetool.checksum import DEFAULT_BLOCK_SIZE
-from imagetool.copier import DEFAULT_REQUEST_SIZE
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

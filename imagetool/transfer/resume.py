@@ -31,7 +31,7 @@ from imagetool.errors import (ChecksumMismatch, ImagetoolError, NotFound, Timeou
                               TransferError)
 from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
-from imagetool.backends import JournalingBackend, RetryingBackend, RetryPolicy
+from imagetool.iocore.backends import JournalingBackend, RetryingBackend, RetryPolicy
 from imagetool.transfer.journal import (Journal, JournalError, flush_bytes_for,
                                         source_changes, source_identity)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from imagetool.engine.hosts import transfer_host
 from imagetool.errors import CorruptImage, ImagetoolError, UnsupportedFeature
 from imagetool.formats import FORMATS, ImageInfo, inspect, open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.formats.chain import backing_chain
 from imagetool.formats.measure import measure
 from imagetool.formats.convert import convert_backend

@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 from imagetool.errors import ImagetoolError
 from imagetool.formats import WRITABLE, open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import DEFAULT_REQUEST_SIZE, CopyOptions, CopyStats, copy
-from imagetool.backends import SharedBackend
+from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE, CopyOptions, CopyStats, copy
+from imagetool.iocore.backends import SharedBackend
 from imagetool.transfer.output import atomic_output
 
 Progress = Callable[[int], None]

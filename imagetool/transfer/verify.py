@@ -48,11 +48,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.backends import Cancellable, PerThread, Window
+from imagetool.iocore.backends import Cancellable, PerThread, Window
 from imagetool.checksum import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats import open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.server.dirty import GRAIN, DirtyTracker, DirtyView, add_range
 
 

@@ -414,7 +414,7 @@ def test_transfer_of_larger_image_into_existing_disk(env, cli, tmp_path, fmt):
     from imagetool.errors import ImagetoolError
     from imagetool.formats import open_image
     from imagetool.formats.raw import RawBackend
-    from imagetool.copier import CopyOptions, copy
+    from imagetool.iocore.copier import CopyOptions, copy
     from imagetool.transfer.session import TransferSession
     small = str(tmp_path / "small.raw")
     make_raw(small, 2 * MiB, [(0, MiB)], seed=13)

@@ -97,7 +97,7 @@ def _new_disk(conn, name: str, size: int, fmt: str):
 def test_guest_data_larger_than_disk(faulty_engine, tmp_path):
     from imagetool.errors import TransferError
     from imagetool.formats import open_image
-    from imagetool.copier import copy
+    from imagetool.iocore.copier import copy
     from imagetool.transfer.session import TransferSession
     image = make_random_raw(str(tmp_path / "big.raw"), 4 * MiB)
     with faulty_engine.connect() as conn:
@@ -118,7 +118,7 @@ def test_guest_data_larger_than_disk(faulty_engine, tmp_path):
 def test_data_plane_refuses_writes_past_the_disk(faulty_engine, tmp_path):
     from imagetool.errors import ImagetoolError
     from imagetool.formats import open_image
-    from imagetool.copier import CopyOptions, copy
+    from imagetool.iocore.copier import CopyOptions, copy
     from imagetool.transfer.session import TransferSession
     image = make_random_raw(str(tmp_path / "big.raw"), 4 * MiB)
     with faulty_engine.connect() as conn:
@@ -140,7 +140,7 @@ def test_qcow2_virtual_size_larger_than_disk(faulty_engine, tmp_path):
     the engine's finalize check refuses it and the disk is not left locked."""
     from imagetool.errors import TransferError
     from imagetool.formats.raw import RawBackend
-    from imagetool.copier import CopyOptions, copy
+    from imagetool.iocore.copier import CopyOptions, copy
     from imagetool.transfer.session import TransferSession
     image = str(tmp_path / "big.qcow2")
     qemu_img("create", "-f", "qcow2", image, "4M")

@@ -5,7 +5,7 @@ message and a non-zero exit code once the retries give up, leaving the
 engine clean (transfer finished_failure, no disk locked, an upload's new
 disk removed) and no file under a download's final name. A transient fault
 that happens once (cut body, 500/503, slow reply) is retried
-(imagetool.backends.RetryingBackend): the command succeeds with identical data. A
+(imagetool.iocore.backends.RetryingBackend): the command succeeds with identical data. A
 403 (ticket gone) is permanent and never retried.
 """
 

@@ -12,7 +12,7 @@ from fake_backends import MemBackend
 from helpers import KiB, MiB, extents_of, qemu_io, random_image, run, write_raw
 from imagetool.backup import digests
 from imagetool.checksum import ALGORITHMS, checksum, checksum_file
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 
 # From shared/reference/checksum.md (checked there against the reference client).
 VECTORS = [

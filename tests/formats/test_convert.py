@@ -156,13 +156,13 @@ def test_invalid_arguments(tmp_path, sources):
 
 def test_plan_aligns_to_clusters():
     from fake_backends import MemBackend
-    from imagetool.backend import Extent
+    from imagetool.iocore.backend import Extent
 
     data = bytes(1 * MiB)
     b = MemBackend(data, [Extent(0, 5000, zero=True), Extent(5000, 100),
                           Extent(5100, 200 * KiB - 5100, zero=True),
                           Extent(200 * KiB, 824 * KiB)])
-    from imagetool.copier import align_extents
+    from imagetool.iocore.copier import align_extents
     plan = list(align_extents(b.extents(), 64 * KiB, b.size))
     assert plan == [Extent(0, 64 * KiB), Extent(64 * KiB, 128 * KiB, zero=True),
                     Extent(192 * KiB, 832 * KiB)]

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from imagetool.formats import Extent, RawBackend, open_image
-from imagetool.backend import Backend
+from imagetool.iocore.backend import Backend
 
 
 def _extents(b):

@@ -184,6 +184,6 @@ def test_wrappers_live_in_one_module():
                             "FlushingBackend", "PerThread", "Window", "Cancellable",
                             "DirectReads"):
                         defined.setdefault(n.name, []).append(os.path.relpath(path, ROOT))
-    assert defined == {name: ["backends.py"] for name in (
+    assert defined == {name: [os.path.join("iocore", "backends.py")] for name in (
         "SharedBackend", "RetryingBackend", "JournalingBackend", "FlushingBackend",
         "PerThread", "Window", "Cancellable")}

@@ -24,7 +24,7 @@ from helpers import KiB, MiB, make_raw, qemu_img, qemu_info, qemu_raw_bytes
 from imagetool.checksum import checksum, checksum_file
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature, UnsupportedFormat
 from imagetool.formats import detect, inspect, open_image
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.convert import convert
 from imagetool.formats.vmdk import open_vmdk
 

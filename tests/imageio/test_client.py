@@ -12,7 +12,7 @@ import pytest
 from helpers import MiB
 from imageio_daemon import QemuNbd
 from imagetool.errors import ConnectionFailed, ImageioError
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.imageio import HttpBackend, ImageioClient
 
 SIZE = 8 * MiB

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from imagetool.checksum import ALGORITHMS
 from imagetool.checksum import checksum as block_checksum
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 
 TICKET = "bad-ticket"
 ALL_FEATURES = ("checksum", "extents", "flush", "zero")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from imagetool.backend import BackendBase, Extent
+from imagetool.iocore.backend import BackendBase, Extent
 
 
 class FileBackend(BackendBase):

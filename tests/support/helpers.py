@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagetool.backend import Extent, merge_extents
+from imagetool.iocore.backend import Extent, merge_extents
 
 KiB = 1 << 10
 MiB = 1 << 20

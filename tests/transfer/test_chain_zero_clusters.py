@@ -289,7 +289,7 @@ def test_copier_over_backing_zeroes_zero_extents_and_zero_data(tmp_path, overlap
     checked by qemu-img on a layer made by qemu-io."""
     from imagetool.formats import open_image
     from imagetool.formats.qcow2_writer import Qcow2Writer
-    from imagetool.copier import CopyOptions, copy
+    from imagetool.iocore.copier import CopyOptions, copy
 
     base = str(tmp_path / "base.qcow2")
     layer = str(tmp_path / "layer.qcow2")

@@ -11,10 +11,10 @@ import pytest
 
 from fake_backends import FileBackend
 from helpers import MiB, images_equal, make_raw, qemu_img
-from imagetool.backends import FlushingBackend, SharedBackend, Window
+from imagetool.iocore.backends import FlushingBackend, SharedBackend, Window
 from imagetool.formats import open_image
-from imagetool.backend import LOCAL_FEATURES, Backend, Extent
-from imagetool.copier import CopyCancelled, CopyError, CopyOptions, copy, plan
+from imagetool.iocore.backend import LOCAL_FEATURES, Backend, Extent
+from imagetool.iocore.copier import CopyCancelled, CopyError, CopyOptions, copy, plan
 
 DATA = [(0, 3 * MiB + 123), (5 * MiB, 4096), (7 * MiB - 512, 2 * MiB + 512),
         (13 * MiB, 1 * MiB)]
@@ -262,7 +262,7 @@ def test_raw_backend_to_raw_backend(tmp_path, src_path, workers):
 def test_into_qcow2_writer(tmp_path, src_path, workers):
     from imagetool.formats.qcow2_writer import Qcow2Writer
     from imagetool.formats.raw import RawBackend
-    from imagetool.backends import SharedBackend
+    from imagetool.iocore.backends import SharedBackend
 
     out = tmp_path / "out.qcow2"
     src = RawBackend(src_path, "r")

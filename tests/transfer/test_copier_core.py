@@ -8,8 +8,8 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imagetool.copier import CopyOptions, align_extents, copy, copy_local
-from imagetool.backend import Extent
+from imagetool.iocore.copier import CopyOptions, align_extents, copy, copy_local
+from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
 from fake_backends import FileBackend, MemBackend
 from helpers import MiB

@@ -15,8 +15,8 @@ import pytest
 
 from helpers import MiB, images_equal, make_raw
 from imagetool.formats.raw import RawBackend
-from imagetool.copier import CopyOptions, copy
-from imagetool.backends import SharedBackend
+from imagetool.iocore.copier import CopyOptions, copy
+from imagetool.iocore.backends import SharedBackend
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ def test_disk_options_are_one_frozen_value_a_session_reads():
     """A session takes a DiskOptions or its fields as keywords (the keywords
     win); an unknown keyword is a TypeError, as the listed keywords were."""
     from imagetool.transfer.disk import DiskOptions, Sent
-    from imagetool.copier import CopyStats
+    from imagetool.iocore.copier import CopyStats
     from imagetool.transfer.verify import skipped
 
     o = DiskOptions(format="cow", use_proxy=True)

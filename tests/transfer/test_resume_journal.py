@@ -10,8 +10,8 @@ import pytest
 
 from helpers import MiB
 from imagetool.formats.raw import RawBackend
-from imagetool.backends import JournalingBackend, SharedBackend
-from imagetool.copier import CopyOptions, _Request, copy, missing, skip_done
+from imagetool.iocore.backends import JournalingBackend, SharedBackend
+from imagetool.iocore.copier import CopyOptions, _Request, copy, missing, skip_done
 from imagetool.transfer.journal import Journal, merge, source_changes, source_identity
 
 

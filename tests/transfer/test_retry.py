@@ -14,9 +14,9 @@ from imagetool.errors import ImageioError
 from imagetool.formats.raw import RawBackend
 from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
-from imagetool.copier import CopyOptions, copy
-from imagetool.backends import SharedBackend
-from imagetool.backends import RetryingBackend, RetryPolicy, is_transient
+from imagetool.iocore.copier import CopyOptions, copy
+from imagetool.iocore.backends import SharedBackend
+from imagetool.iocore.backends import RetryingBackend, RetryPolicy, is_transient
 
 FAST = RetryPolicy(tries=8, total=30, base_delay=0.05, max_delay=0.5)
 

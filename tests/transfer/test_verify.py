@@ -16,7 +16,7 @@ from helpers import MiB
 from imagetool.checksum import checksum
 from imagetool.errors import ChecksumMismatch, ImagetoolError
 from imagetool.formats.raw import RawBackend
-from imagetool import backends
+from imagetool.iocore import backends
 from imagetool.transfer import verify
 
 blkhash = pytest.importorskip("ovirt_imageio._internal.blkhash")

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from imagetool.backup.store.chunkstore import ChunkStore
 from imagetool.backup.store.points import DiskIndex, Index
 from imagetool.backup.store.storage import StoreError
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.readonly import LockedLRU, ReadOnlyBackend, fill_zero
 
 

@@ -32,7 +32,7 @@ from imagetool.backup.store.points import (DiskIndex, Index, chunk_count, new_po
 from imagetool.backup.store.storage import StoreError
 from imagetool.checksum import _blocks
 from imagetool.errors import FormatError
-from imagetool.backend import Backend, union_ranges
+from imagetool.iocore.backend import Backend, union_ranges
 from imagetool.formats.readonly import fill_zero
 
 
@@ -230,7 +230,7 @@ class PointWriter:
         whose block size is the chunk size): the digest of each chunk
         stored is kept in ``digests[disk_id]`` (by chunk index), as
         imageio's block checksum needs, without reading the data twice."""
-        from imagetool.copier import CopyCancelled
+        from imagetool.iocore.copier import CopyCancelled
         if not valid_name(src.disk_id):
             raise StoreError(f"invalid disk id {src.disk_id!r}")
         if any(d.disk_id == src.disk_id for d in self.disks):

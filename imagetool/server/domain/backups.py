@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import time
 
-from imagetool.copier import CopyOptions, copy_local
+from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.formats import allocated_ranges
-from imagetool.backend import Extent
+from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, Callable
 
-from imagetool.copier import CopyOptions, copy_local
+from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.formats import inspect, open_image
 from imagetool.formats.detect import QCOW2_MAGIC
 from imagetool.formats.qcow2_writer import Qcow2Writer

@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from imagetool.backends import SharedBackend
+from imagetool.iocore.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
-from imagetool.backend import Backend, Extent, merge_extents
+from imagetool.iocore.backend import Backend, Extent, merge_extents
 from imagetool.threads import Worker, wait_all
 
 MiB = 1 << 20

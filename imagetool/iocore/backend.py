@@ -1,6 +1,6 @@
 """The small interface every place that holds image bytes offers.
 
-Every copy is one copy loop between two backends (``imagetool.copier``);
+Every copy is one copy loop between two backends (``imagetool.iocore.copier``);
 the local engine's data plane serves tickets over the same backends. Offsets and sizes
 are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 """

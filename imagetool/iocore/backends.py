@@ -1,7 +1,7 @@
 """The backend wrappers, in one place: each adds one concern to a Backend.
 
 A transfer stacks them around the backends of ``imagetool.formats`` and
-``imagetool.imageio``; the copier (``imagetool.copier``) sees only the
+``imagetool.imageio``; the copier (``imagetool.iocore.copier``) sees only the
 top of each stack::
 
     upload (remote side)                 download (local side)
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from imagetool.errors import ConnectionFailed, ImageioError, ImagetoolError
-from imagetool.backend import Backend, BackendBase, Extent
+from imagetool.iocore.backend import Backend, BackendBase, Extent
 
 log = logging.getLogger(__name__)
 
