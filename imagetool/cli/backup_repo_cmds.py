@@ -34,7 +34,7 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.argument("repository")
 @click.option("--encrypt", is_flag=True,
               help=f"Encrypt with --key-file (made if missing) or {PASSPHRASE_ENV}.")
-@click.option("--chunk-size", type=click.Choice(["1", "2", "4", "8"]), default="4",
+@click.option("--chunk-size", type=click.Choice(["1", "2", "4", "8"]), default="1",
               show_default=True, help="Chunk size in MiB.")
 @repo_options
 def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
@@ -42,7 +42,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
     """Make a chunk repository at REPOSITORY (a directory or s3://bucket/prefix).
 
     \b
-    Disks are cut into fixed chunks (4 MiB by default) stored once per
+    Disks are cut into fixed chunks (1 MiB by default) stored once per
     repository by their SHA-256, zstd-compressed, and with --encrypt sealed
     with AES-256-GCM under a key file or a passphrase (IMAGETOOL_PASSPHRASE).
     A point is an index of chunk ids; prune removes indexes only and gc

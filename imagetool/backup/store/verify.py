@@ -13,7 +13,7 @@ Three checks, cheapest first:
 With ``checksums``, each disk whose metadata carries imageio's block
 checksum (``meta["checksum"]``, as the engine reported at backup time) has
 its checksum recomputed and compared. When the checksum's block size is
-the chunk size (4 MiB both by default), each chunk's block digest is taken
+the chunk size (as `backup create` records it), each chunk's block digest is taken
 while the chunk is checked, so the disks are not read a second time: the
 checksum is the hash of the digests in order, zero chunks' digests known
 without reading (ovirt-imageio docs, "Checksum"). Other block sizes read

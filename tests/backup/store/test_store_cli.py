@@ -251,3 +251,14 @@ def test_unknown_vm_and_point_are_one_line_errors(cli, tmp_path):
     assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "o")
     code, _, err = cli("backup", "verify", repo, "--point", "x")
     assert code == 1 and "give the VM too" in err
+
+
+def test_init_cuts_1_mib_chunks_unless_told(cli, tmp_path):
+    """1 MiB is the default (the dedup benchmark's pick); --chunk-size
+    changes it, and the config records it."""
+    for args, size in (((), MiB), (("--chunk-size", "4"), 4 * MiB)):
+        path = str(tmp_path / f"r{size}")
+        assert cli("backup", "init", path, *args)[0] == 0
+        with open(os.path.join(path, "config")) as f:
+            assert json.load(f)["chunk_size"] == size
+        assert ChunkStore.open(open_storage(path)).chunk_size == size

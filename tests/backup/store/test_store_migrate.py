@@ -45,7 +45,7 @@ def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
     old = str(tmp_path / "old")
     old_repository(old)
     before = snapshot(old)
-    assert cli("backup", "init", *repo_args(target))[0] == 0
+    assert cli("backup", "init", *repo_args(target), "--chunk-size", "4")[0] == 0
     code, out, err = cli("backup", "migrate", old, *repo_args(target))
     assert code == 0, err
     lines = out.splitlines()

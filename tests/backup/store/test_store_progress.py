@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_long_repository_commands_draw_bars_on_a_terminal(tmp_path):
     env = cli_env(tmp_path)
-    assert run_cli(env, "backup", "init", "r", cwd=tmp_path).returncode == 0
+    assert run_cli(env, "backup", "init", "r", "--chunk-size", "4", cwd=tmp_path).returncode == 0
     raw = str(tmp_path / "d.raw")
     make_raw(raw, 12 * MiB, [(0, 5 * MiB)], seed=4)
     add_point(type("T", (), {"url": str(tmp_path / "r"), "endpoint": None})(), "vm1",
