@@ -23,7 +23,9 @@ Each of (a)-(c) runs for both repository formats (``--formats``): the
 qcow2 chains (``chain``) and the chunk repository (``chunks``, backup
 repository v2, made with the chunk store's ``init``; its incremental's
 bytes on disk are what the repository grew by, and the image uploaded
-against its restore is the point exported by the library). The peak
+against its restore is the point exported by the library). ``--chunk-size
+1,4`` runs the chunk repository once per chunk size (MiB) in the same
+samples, to weigh a size's dedup against its speed. The peak
 memory (maximum resident set) of every ``backup create`` is recorded.
 
 (d) Dedup (``--dedup-vms``, default 10; 0 skips it): a template disk of
@@ -43,7 +45,8 @@ as backups and restores do. Prints a Markdown table (medians, ratios, every
 sample) and optionally JSON.
 
     python benchmarks/compare_backup.py [--size 1G] [--repeat 3] [--change 0.01]
-        [--methods snapshot,checkpoint] [--formats chain,chunks] [--workers 4]
+        [--methods snapshot,checkpoint] [--formats chain,chunks] [--chunk-size 4]
+        [--workers 4]
         [--dedup-vms 10] [--dedup-virtual 2G] [--dedup-data 1G] [--dedup-write 0.03]
         [--dedup-piece 1M] [--dedup-chunk 1,4] [--dir /var/tmp] [--json FILE]
 """
@@ -158,8 +161,9 @@ class Bench:
         repo = os.path.join(self.work, f"repo-{method}-{n}")
         down = os.path.join(self.work, "download.qcow2")
         flat = os.path.join(self.work, "flat.qcow2")
-        if fmt == "chunks":
-            init_chunks(repo)
+        chunk_mib = 0 if fmt == "chain" else int(fmt[len("chunks-"):-1])   # chunks-<MiB>M
+        if chunk_mib:
+            init_chunks(repo, chunk_mib * MiB)
         create = ("backup", "create", repo, vm_id, "--method", method,
                   "--workers", self.workers, "--json")
         swap = n % 2 == 1
@@ -179,22 +183,21 @@ class Bench:
 
         # (b) incremental after changing a fraction of the disk
         # New data each sample and format: never bytes the disk already holds.
-        r["changed"] = self.change(disk_id, size, fraction,
-                                   seed=1000 + 2 * n + (fmt == "chunks"))
+        r["changed"] = self.change(disk_id, size, fraction, seed=1000 + 16 * n + chunk_mib)
         before = tree_size(repo)
         r["inc_s"], out = self.cli(*create)
         r["inc_rss"] = self.last_rss
         inc = out[0]
         assert inc["mode"] == "incremental", inc
         r["inc_moved"] = inc["bytes"]
-        if fmt == "chunks":
+        if chunk_mib:
             r["inc_on_disk"] = tree_size(repo) - before
         else:
             r["inc_on_disk"] = sum(os.path.getsize(os.path.join(inc["path"], f))
                                    for f in os.listdir(inc["path"]))
 
         # (c) restore of that point vs upload of the same guest data
-        if fmt == "chunks":
+        if chunk_mib:
             export_chunks(repo, vm_id, inc["point"], flat)
         else:
             subprocess.run(["qemu-img", "convert", "-O", "qcow2", inc["disks"][0]["path"],
@@ -344,6 +347,9 @@ def main() -> None:
     ap.add_argument("--methods", default="snapshot,checkpoint")
     ap.add_argument("--formats", default="chain,chunks",
                     help="repository formats: chain (qcow2 chains), chunks (v2)")
+    ap.add_argument("--chunk-size", default="4",
+                    help="chunk sizes (MiB) of the chunk repository, e.g. 1,4: one "
+                         "format per size in every sample")
     ap.add_argument("--dedup-vms", type=int, default=10, help="0: no dedup benchmark")
     ap.add_argument("--dedup-virtual", type=parse_size, default=parse_size("2G"))
     ap.add_argument("--dedup-data", type=parse_size, default=parse_size("1G"))
@@ -356,7 +362,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
     methods = a.methods.split(",")
-    formats = a.formats.split(",")
+    formats = [f for fmt in a.formats.split(",") for f in (
+        [f"chunks-{int(cs)}M" for cs in a.chunk_size.split(",")] if fmt == "chunks" else [fmt])]
     a.dedup_chunk = [int(x) for x in a.dedup_chunk.split(",")]
     dedup: list[dict] = []
     work = tempfile.mkdtemp(prefix="imagetool-bench-backup-", dir=a.dir)

@@ -24,10 +24,12 @@ after/before ratio, and every sample.
 
     python benchmarks/compare_trees.py [--before 1cafaed] [--after HEAD]
         [--size 1G] [--repeat 5] [--workers 4] [--dir /var/tmp] [--json FILE]
-        [--ops upload,download,convert,checksum,backup]
+        [--ops upload,download,convert,checksum,backup,ova]
 
 ``--ops backup`` adds ``backup create`` (snapshot method, a full point of
-a VM holding the downloaded disk) and ``backup restore`` of it.
+a VM holding the downloaded disk) and ``backup restore`` of it; ``--ops
+ova`` adds ``ova export`` of that VM and ``ova import --clone`` of the OVA
+(the imported VM and its disks removed afterwards, untimed).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--ops", default="upload,download,convert,checksum",
                     help="which of upload, download, convert, checksum, backup "
-                         "(create of a full point and its restore) to run")
+                         "(create of a full point and its restore), ova (export "
+                         "and import) to run")
     args = ap.parse_args()
 
     from imagetool.engine import Connection
@@ -155,16 +158,31 @@ def main() -> None:
             out = timed("backup restore", side, ["backup", "restore", repo, "bench", "--sd",
                                                  "data", "--name", f"restored-{side}",
                                                  "--workers", str(args.workers), "--json"])
-            restored = json.loads(out)
-            conn.vms.remove(restored["vm_id"])
-            for d in restored["disks"]:
+            remove_vm(json.loads(out))
+
+        def remove_vm(result: dict) -> None:
+            """Remove a restored or imported VM and its disks (untimed)."""
+            conn.vms.remove(result["vm_id"])
+            for d in result["disks"]:
                 with contextlib.suppress(Exception):
                     conn.disks.remove(d["disk_id"])
 
+        def ova(side: str) -> None:
+            path = os.path.join(work, f"bench-{side}.ova")
+            if os.path.exists(path):
+                os.unlink(path)
+            timed("ova export", side, ["ova", "export", "--workers", str(args.workers),
+                                       "bench", path])
+            out = timed("ova import", side, ["ova", "import", "--workers", str(args.workers),
+                                             "--json", "--sd", "data", "--clone",
+                                             "--name", f"ova-{side}", path])
+            remove_vm(json.loads(out))
+
         every = {"upload": [upload], "download": [download], "checksum": [checksum],
-                 "convert": [convert("raw"), convert("qcow2")], "backup": [backup]}
+                 "convert": [convert("raw"), convert("qcow2")], "backup": [backup],
+                 "ova": [ova]}
         ops = [op for name in args.ops.split(",") for op in every[name]]
-        if "backup" in args.ops:
+        if "backup" in args.ops or "ova" in args.ops:
             conn.vms.attach_disk(conn.vms.add(name="bench").id, fixed, bootable=True)
         for n in range(args.repeat):
             order = ("before", "after") if n % 2 == 0 else ("after", "before")
