@@ -34,15 +34,15 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.argument("repository")
 @click.option("--encrypt", is_flag=True,
               help=f"Encrypt with --key-file (made if missing) or {PASSPHRASE_ENV}.")
-@click.option("--chunk-size", type=click.Choice(["1", "2", "4", "8"]), default="1",
-              show_default=True, help="Chunk size in MiB.")
+@click.option("--chunk-size", type=click.Choice(["1", "2", "4", "8"]),
+              help="Chunk size in MiB (default: 1 on a directory, 4 on S3).")
 @repo_options
 def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
          profile: str | None, key_file: str | None) -> None:
     """Make a chunk repository at REPOSITORY (a directory or s3://bucket/prefix).
 
     \b
-    Disks are cut into fixed chunks (1 MiB by default) stored once per
+    Disks are cut into fixed chunks (1 MiB, 4 MiB on S3) stored once per
     repository by their SHA-256, zstd-compressed, and with --encrypt sealed
     with AES-256-GCM under a key file or a passphrase (IMAGETOOL_PASSPHRASE).
     A point is an index of chunk ids; prune removes indexes only and gc
@@ -64,7 +64,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
     secret, phrase = repo_secret(key_file)
     try:
         storage = open_storage(repository, endpoint=endpoint, profile=profile, create=True)
-        ChunkStore.init(storage, chunk_size=int(chunk_size) << 20,
+        ChunkStore.init(storage, chunk_size=int(chunk_size) << 20 if chunk_size else None,
                         secret=secret if encrypt else None, passphrase=phrase)
     except BaseException:
         if made_key:

@@ -38,11 +38,6 @@ from imagetool.backup.store.storage import ObjectMissing, Storage, StoreError
 FORMAT = "imagetool-chunks"
 VERSION = 1
 CONFIG = "config"
-# 1 MiB, not Proxmox Backup Server's 4 MiB: on ten clones of one template
-# with 3% unique writes the repository holds 1.29x the template's data
-# against 1.71x, an incremental stores a quarter of the bytes, and a full
-# point is no slower (benchmarks/README.md, "Chunk size").
-DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 64 << 10
 MAX_CHUNK_SIZE = 16 << 20
 MAX_INDEX = 256 << 20
@@ -104,10 +99,13 @@ class ChunkStore:
     # --- making and opening -----------------------------------------------
 
     @classmethod
-    def init(cls, storage: Storage, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    def init(cls, storage: Storage, *, chunk_size: int | None = None,
              secret: bytes | None = None, passphrase: bool = False) -> "ChunkStore":
         """Write a new repository's config; ``secret`` encrypts it (a key
-        file's bytes, or a passphrase when ``passphrase``)."""
+        file's bytes, or a passphrase when ``passphrase``). ``chunk_size``
+        None: the storage's ``default_chunk_size``."""
+        if chunk_size is None:
+            chunk_size = storage.default_chunk_size
         _check_chunk_size(chunk_size, storage.url)
         if storage.exists(CONFIG):
             raise StoreError(f"{storage.url}: already a repository (config exists)")

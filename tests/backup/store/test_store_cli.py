@@ -253,12 +253,14 @@ def test_unknown_vm_and_point_are_one_line_errors(cli, tmp_path):
     assert code == 1 and "give the VM too" in err
 
 
-def test_init_cuts_1_mib_chunks_unless_told(cli, tmp_path):
-    """1 MiB is the default (the dedup benchmark's pick); --chunk-size
-    changes it, and the config records it."""
-    for args, size in (((), MiB), (("--chunk-size", "4"), 4 * MiB)):
-        path = str(tmp_path / f"r{size}")
-        assert cli("backup", "init", path, *args)[0] == 0
-        with open(os.path.join(path, "config")) as f:
-            assert json.load(f)["chunk_size"] == size
-        assert ChunkStore.open(open_storage(path)).chunk_size == size
+
+def test_init_picks_the_chunk_size_of_its_storage(cli, target):
+    """Unless told, 1 MiB chunks on a directory (the dedup benchmark's
+    pick) and 4 MiB on S3 (a request per chunk); --chunk-size overrides."""
+    expected = 4 * MiB if target.url.startswith("s3://") else MiB
+    assert cli("backup", "init", *repo_args(target))[0] == 0
+    assert ChunkStore.open(target.open()).chunk_size == expected
+    other = target.url + "2"
+    endpoint = ["--endpoint", target.endpoint] if target.endpoint else []
+    assert cli("backup", "init", other, *endpoint, "--chunk-size", "2")[0] == 0
+    assert ChunkStore.open(open_storage(other, endpoint=target.endpoint)).chunk_size == 2 * MiB
