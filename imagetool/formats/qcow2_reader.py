@@ -166,6 +166,14 @@ class Qcow2Backend(ReadOnlyBackend):
                                1 << (self._cb + self._l2_bits),
                                None if self.backing is None else self._backing_extents)
 
+    def own_extents(self) -> Iterator[Extent]:
+        """This layer's own extents, as if it had no backing: what its
+        clusters hold is data or zero, what they leave to the backing is a
+        hole. From the descriptor already open and checked, never the path
+        again (an incremental point's changed ranges)."""
+        return segment_extents(self._map, 0, self._size,
+                               1 << (self._cb + self._l2_bits), None)
+
     def _read_guest(self, offset: int, view: memoryview) -> None:
         for gstart, length, kind, host in self._map(offset, offset + len(view)):
             part = view[gstart - offset:gstart - offset + length]

@@ -28,7 +28,7 @@ import dataclasses
 import os
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from imagetool import checksum as block_checksum
 
@@ -40,7 +40,6 @@ from imagetool.backup.store.points import (Index, index_name, list_points, load_
 from imagetool.backup.store.reader import PointBackend
 from imagetool.backup.store.write import DiskSource, write_point
 from imagetool.errors import ImagetoolError
-from imagetool.formats import open_image
 
 #: Manifest fields that describe the old repository's files.
 FILE_FIELDS = ("file", "backing", "sha256", "digests", "digests_sha256")
@@ -84,10 +83,10 @@ def _lock(repo: Repository, vm_id: str):
     return contextlib.nullcontext()
 
 
-def _layer_ranges(path: str) -> list[tuple[int, int]]:
-    """The guest ranges a qcow2 layer holds itself (data or zero clusters)."""
-    with open_image(path, "r", format="qcow2", shallow=True) as layer:
-        return [(e.start, e.end) for e in layer.extents() if not e.hole]
+def _layer_ranges(layer: Any) -> list[tuple[int, int]]:
+    """The guest ranges a point's qcow2 layer (the top of the chain
+    ``Repository.open_disk`` checked and opened) holds itself."""
+    return [(e.start, e.end) for e in layer.own_extents() if not e.hole]
 
 
 def _manifest(m: dict, old_root: str) -> dict:
@@ -184,7 +183,7 @@ def _migrate_point(repo: Repository, store: ChunkStore, p, pts: list, parent: In
             backend = repo.open_disk(p, d["disk_id"], pts)
             dirty = None
             if parent is not None and d.get("backing") and parent.disk(d["disk_id"]):
-                dirty = _layer_ranges(p.file(d["file"]))
+                dirty = _layer_ranges(backend)
             meta = {k: v for k, v in d.items() if k not in FILE_FIELDS}
             sources.append(DiskSource(d["disk_id"], backend, dirty, meta))
         ix = write_point(store, p.vm_id, sources, parent=parent, ovf=ovf,
