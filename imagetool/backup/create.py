@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 from imagetool.backup import engine_ops as ops
 from imagetool.backup.destination import destination_for
-from imagetool.backup.repo import FORMAT_VERSION
+from imagetool.backup.repo import FORMAT_VERSION, RepositoryError
 from imagetool.engine.lifecycle import remove_snapshot, take_snapshot
 from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
+from imagetool.ids import is_uuid
 from imagetool.phases import BACKUP_ENDED, BackupPhase
 from imagetool.threads import interrupts_held, shielded
 from imagetool.units import count
@@ -56,7 +57,7 @@ def recover_interrupted(conn: Any, repo: Any, vm_id: str,
     notes: list[str] = []
     dest = repo if hasattr(repo, "interrupted") else destination_for(repo)
     for run in dest.interrupted(vm_id):
-        state = run.state
+        state = _engine_ids(run.state, vm_id, run.point)
         what = []
         layers = set()
         if state.get("snapshot_id"):
@@ -86,6 +87,23 @@ def recover_interrupted(conn: Any, repo: Any, vm_id: str,
                     + (f": {', '.join(what)}" if what else "")
                     + "; starting over", log)
     return notes
+
+
+ENGINE_IDS = ("snapshot_id", "backup_id", "checkpoint_id")
+
+
+def _engine_ids(state: dict, vm_id: str, point: str) -> dict:
+    """A killed run's state, read from the repository (which is not
+    trusted): the engine ids it names become parts of request paths, so
+    each must be a UUID, or nothing is sent."""
+    for key in ENGINE_IDS:
+        value = state.get(key)
+        if value is not None and not (isinstance(value, str) and is_uuid(value)):
+            raise RepositoryError(
+                f"the interrupted backup of VM {vm_id} (point {point}) records {key} "
+                f"{str(value)[:80]!r}, not an engine id; check the engine for what that "
+                "run left, then remove the run's state from the repository")
+    return state
 
 
 def _pick_method(conn: Any, vm_id: str, method: str) -> str:

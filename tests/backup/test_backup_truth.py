@@ -287,3 +287,23 @@ def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, engine_env,
         assert out.startswith("restored point ") and f"({restored.id})" in out
         conn.vms.remove(restored.id)
     conn.vms.remove(vm.id)
+
+
+def test_a_run_state_naming_no_engine_id_sends_nothing(conn, tmp_path):
+    """A killed run's state.json is read from the repository, which is not
+    trusted: an id that is a path (here, up to another VM's disk) is one
+    error line, and no request is made with it."""
+    from imagetool.backup.repo import RepositoryError
+    vm, repo, _ = one_point(conn, tmp_path, 11)
+    other, (victim,) = make_vm(conn)
+    partial = os.path.join(repo, vm.id, ".partial-20260101T000000Z")
+    os.mkdir(partial, 0o700)
+    with open(os.path.join(partial, "state.json"), "w") as f:
+        json.dump({"snapshot_id": f"../../../disks/{victim}"}, f)
+    with pytest.raises(RepositoryError) as e:
+        backup.backup_vm(conn, vm.id, repo, method="checkpoint")
+    assert "records snapshot_id '../../../disks/" in str(e.value)
+    assert "not an engine id" in str(e.value)
+    assert conn.disks.get(victim).id == victim
+    conn.vms.remove(vm.id)
+    conn.vms.remove(other.id)
