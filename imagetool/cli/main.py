@@ -95,6 +95,13 @@ def _main(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         click.echo("imagetool: interrupted", err=True)
         sys.exit(130)
+    except RuntimeError as e:
+        # Ctrl-C while a command's module is imported: Python wraps the
+        # KeyboardInterrupt raised in a class's __set_name__ in this.
+        if not isinstance(e.__cause__, KeyboardInterrupt):
+            raise
+        click.echo("imagetool: interrupted", err=True)
+        sys.exit(130)
     except OSError as e:
         click.echo(f"imagetool: error: {e}", err=True)
         sys.exit(1)
