@@ -227,9 +227,11 @@ def test_a_failed_create_leaves_nothing(faulty_engine, fast_backoff, chunk_repo,
     repo, _ = chunk_repo()
     store = open_store(repo)
     with fe.connect() as conn:
-        vm, (d0,) = make_vm(conn, [("cow", 8 * MiB)])
-        guest_io(conn, d0, writes=[(0, rand(8 * MiB, 1))])
-        fe.proxy.add_rule(Rule(method="GET", path_re=r"^/images/[^/?]+$", skip=2,
+        # Three reads of 8 MiB (runs of chunks are read together): the
+        # second fails, after chunks were stored.
+        vm, (d0,) = make_vm(conn, [("cow", 24 * MiB)])
+        guest_io(conn, d0, writes=[(0, rand(24 * MiB, 1))])
+        fe.proxy.add_rule(Rule(method="GET", path_re=r"^/images/[^/?]+$", skip=1,
                                every=True, action=Respond(500)))
         with pytest.raises(ImagetoolError):
             backup_vm(conn, vm.id, store, method=method)

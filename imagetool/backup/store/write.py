@@ -9,9 +9,11 @@ bytes (as Proxmox Backup Server does with QEMU's dirty bitmap).
 
 Chunks are read, hashed, compressed, sealed and uploaded by ``workers``
 threads, each on its own ``clone()`` of the source (so an HTTP source
-opens one connection per worker) and with one reused buffer; at most two
-chunks per worker are in flight, so memory stays near ``workers x 3 x
-chunk size`` whatever the disk size. The index is written after the last
+opens one connection per worker) and with one reused buffer. A worker
+takes a run of consecutive chunks (up to ``BATCH_BYTES``) and reads their
+adjacent data ranges in one request, so small chunks cost no more
+requests than a download's; memory stays near ``workers x (BATCH_BYTES +
+chunk size)`` whatever the disk size. The index is written after the last
 chunk; a lease (``imagetool.backup.store.gc``) tells a concurrent gc that
 this backup is running and which parent it builds on.
 """
@@ -34,6 +36,11 @@ from imagetool.checksum import _blocks
 from imagetool.errors import FormatError
 from imagetool.iocore.backend import Backend, union_ranges
 from imagetool.formats.readonly import fill_zero
+
+# Consecutive chunks are read together, in requests of up to this many
+# bytes: the copier's default request size, so a full point makes as few
+# HTTP requests as a download however small its chunks.
+BATCH_BYTES = 8 << 20
 
 
 @dataclass
@@ -84,6 +91,26 @@ def _dirty_jobs(d: int, src: DiskSource, parent: DiskIndex, cs: int):
         else:
             # A resized last chunk is rebuilt too: its length changed.
             yield _Job(d, i, start, length, ranges, base, zeroed)
+
+
+def _batches(jobs, limit: int):
+    """Runs of up to ``limit`` consecutive chunk jobs (lists), and the
+    ``(disk, chunk, id)`` tuples between them as they come."""
+    run: list[_Job] = []
+    for job in jobs:
+        if isinstance(job, tuple) or (run and job.chunk != run[-1].chunk + 1):
+            if run:
+                yield run
+                run = []
+            if isinstance(job, tuple):
+                yield job
+                continue
+        run.append(job)
+        if len(run) == limit:
+            yield run
+            run = []
+    if run:
+        yield run
 
 
 def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -151,26 +178,43 @@ class _Workers:
             cache[d] = b
         return b
 
-    def run(self, job: _Job) -> str | None:
+    def run(self, batch: list[_Job]) -> list[str | None]:
+        """Store a batch of consecutive chunks, read with one request per
+        run of adjacent data ranges (as the copier's ``request_size``
+        requests), not one per chunk; their ids in order."""
+        first = batch[0].start
+        total = batch[-1].start + batch[-1].length - first
         buf = getattr(self.local, "buf", None)
-        if buf is None:
-            buf = self.local.buf = bytearray(self.store.chunk_size)
-        view = memoryview(buf)[:job.length]
-        if job.base is not None:
-            base = self.store.get_chunk(job.base)
-            n = min(len(base), job.length)
-            view[:n] = base[:n]
-            fill_zero(view[n:])
-        else:
-            fill_zero(view)
-        for off, length in job.zeros:
-            fill_zero(view[off:off + length])
-        src = self._backend(job.disk)
-        for off, length in job.ranges:
-            got = src.read_into(job.start + off, view[off:off + length])
+        if buf is None or len(buf) < total:
+            buf = self.local.buf = bytearray(max(total, self.store.chunk_size))
+        whole = memoryview(buf)[:total]
+        reads: list[list[int]] = []
+        for job in batch:
+            view = whole[job.start - first:job.start - first + job.length]
+            full = len(job.ranges) == 1 and job.ranges[0] == (0, job.length)
+            if job.base is not None:
+                base = self.store.get_chunk(job.base)
+                n = min(len(base), job.length)
+                view[:n] = base[:n]
+                fill_zero(view[n:])
+            elif not full:
+                fill_zero(view)
+            for off, length in job.zeros:
+                fill_zero(view[off:off + length])
+            for off, length in job.ranges:
+                if reads and reads[-1][0] + reads[-1][1] == job.start + off:
+                    reads[-1][1] += length
+                else:
+                    reads.append([job.start + off, length])
+        src = self._backend(batch[0].disk)
+        for offset, length in reads:
+            got = src.read_into(offset, whole[offset - first:offset - first + length])
             if got != length:
-                raise FormatError(f"short read at offset {job.start + off}: "
-                                  f"{got} of {length} bytes")
+                raise FormatError(f"short read at offset {offset}: {got} of {length} bytes")
+        return [self._put(job, whole[job.start - first:job.start - first + job.length])
+                for job in batch]
+
+    def _put(self, job: _Job, view: memoryview) -> str | None:
         digest = None
         if self.hasher is not None and not self.same_hash:
             digest = (self.hasher.zero_digest(job.length) if is_zero(view)
@@ -244,8 +288,12 @@ class PointWriter:
         pending: deque = deque()
 
         def settle(item) -> None:
-            _, i, length, result = item
-            chunks[i] = result if not hasattr(result, "result") else result.result()
+            indexes, length, result = item
+            if hasattr(result, "result"):
+                for i, cid in zip(indexes, result.result()):
+                    chunks[i] = cid
+            else:
+                chunks[indexes[0]] = result
             if progress:
                 progress(length)
 
@@ -255,24 +303,25 @@ class PointWriter:
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
                 try:
-                    for job in jobs:
+                    for job in _batches(jobs, max(1, BATCH_BYTES // cs)):
                         if cancel is not None and cancel.is_set():
                             raise CopyCancelled()
                         if isinstance(job, tuple):
                             length = min(cs, size - job[1] * cs)
-                            pending.append((0, job[1], length, job[2]))
+                            pending.append(([job[1]], length, job[2]))
                         else:
-                            pending.append((0, job.chunk, job.length, pool.submit(w.run, job)))
+                            pending.append(([j.chunk for j in job], sum(j.length for j in job),
+                                            pool.submit(w.run, job)))
                         while len(pending) > 2 * workers or (
-                                pending and not hasattr(pending[0][3], "result")):
+                                pending and not hasattr(pending[0][2], "result")):
                             settle(pending.popleft())
                         gc.renew_lease(store, self.lease)
                     while pending:
                         settle(pending.popleft())
                 except BaseException:
                     for item in pending:
-                        if hasattr(item[3], "cancel"):
-                            item[3].cancel()
+                        if hasattr(item[2], "cancel"):
+                            item[2].cancel()
                     raise
         finally:
             w.close()

@@ -293,6 +293,38 @@ def test_a_failed_backup_leaves_no_point_and_no_lease(store, image):
     assert verify(store).ok
 
 
+class _Counting(_Failing):
+    """A source that records every read as ``(offset, length)``."""
+
+    def __init__(self, backend):
+        super().__init__(backend, after=backend.size)
+        self.reads = []
+
+    def read_into(self, offset, buf):
+        self.reads.append((offset, len(buf)))
+        return super().read_into(offset, buf)
+
+
+def test_adjacent_chunks_are_read_in_one_request(store, tmp_path):
+    from imagetool.backup.store import write
+    raw = str(tmp_path / "runs.raw")
+    run = write.BATCH_BYTES // CS            # chunks per request
+    # Data over 2.5 requests' worth of chunks, a hole of two chunks, then
+    # one chunk's data starting mid-chunk (at a file-system block).
+    data_end = (2 * run + run // 2) * CS
+    make_raw(raw, data_end + 4 * CS, [(0, data_end), (data_end + 2 * CS + 8 * KiB, CS - 8 * KiB)])
+    b = formats.open_image(raw, "r")
+    try:
+        src = _Counting(b)
+        ix = write_point(store, "vm1", [DiskSource("d1", src)], workers=2)
+    finally:
+        b.close()
+    assert sorted(src.reads) == [(0, run * CS), (run * CS, run * CS),
+                                 (2 * run * CS, run // 2 * CS),
+                                 (data_end + 2 * CS + 8 * KiB, CS - 8 * KiB)]
+    assert read_all(open_disk(store, ix, "d1")) == open(raw, "rb").read()
+
+
 def test_concurrent_backups_of_two_vms(store, image, tmp_path):
     import threading
     raw, qcow = image
