@@ -174,8 +174,9 @@ class ChunkStore:
         time failing on such a chunk as hashing it twice."""
         packed = None if _incompressible(self._zstd()[0], data) else \
             self._zstd()[0].compress(data)
+        # Stored as it is: joined to its flag byte below, copied once.
         flags, payload = ((F_ZSTD, packed) if packed is not None and len(packed) < len(data)
-                          else (0, bytes(data)))
+                          else (0, data))
         head = bytes([flags])
         if self.keys is not None:
             payload = self.keys.seal(payload, head + name.encode())
