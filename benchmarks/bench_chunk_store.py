@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+sys.path.insert(0, ROOT)
 
 from helpers import random_image, write_raw  # noqa: E402
 
