@@ -79,17 +79,6 @@ def first_sd_ref(data: dict) -> dict | None:
     return sd if isinstance(sd, dict) else None
 
 
-def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
-    """A stored entity or a 404 fault naming it."""
-    return inventory.get(req.engine, kind, id, label)
-
-
-def get_owned(req: Request, kind: str, id: str, label: str, key: str, owner: str) -> dict:
-    """``get_or_404`` for an entity under another in the path: a 404 as well
-    when its ``key`` names a different owner."""
-    return inventory.get_owned(req.engine, kind, id, label, key, owner)
-
-
 def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
                 fields: dict[str, str] | None = None) -> Reply:
     """GET on a stored collection: ``search`` and ``max`` applied, each entity
@@ -101,7 +90,7 @@ def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, d
 def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
                to_repr: Callable[[Request, dict], dict]) -> Reply:
     """GET on one stored entity, or a 404 fault naming it."""
-    return Reply(tag=tag, body=to_repr(req, get_or_404(req, kind, id, label)))
+    return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
 
 
 def list_members(req: Request, owner: dict, field: str, tag: str,
@@ -119,12 +108,6 @@ def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: 
         if m[key] == id:
             return Reply(tag=tag, body=to_repr(req, owner, m))
     raise not_found(f"{label} '{id}'")
-
-def remove_member(req: Request, kind: str, owner_id: str, owner_label: str, field: str,
-                  id: str, label: str) -> None:
-    """DELETE on one member of a collection stored inside its owner (a VM's
-    NICs): 404 naming it when the owner has none with that id."""
-    inventory.remove_member(req.engine, kind, owner_id, owner_label, field, id, label)
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:

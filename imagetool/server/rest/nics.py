@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from imagetool.ova.ovfvm import NIC_TYPES, check_mac
 from imagetool.errors import FormatError
-from imagetool.server.domain import vms
+from imagetool.server.domain import inventory, vms
 from imagetool.server.rest.codec import get_bool, get_id, get_str
-from imagetool.server.rest.common import (get_member, get_or_404, list_members, ref,
-                                          remove_member)
+from imagetool.server.rest.common import get_member, list_members, ref
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import check_text
 
@@ -24,10 +23,6 @@ def nic_repr(req: Request, vm: dict, nic: dict) -> dict:
             "plugged": nic.get("plugged", True),
             "vnic_profile": ref(req, "vnicprofiles", nic.get("vnic_profile_id")),
             "vm": ref(req, "vms", vm["id"])}
-
-
-def _vm(req: Request, vm_id: str) -> dict:
-    return get_or_404(req, "vm", vm_id, "VM")
 
 
 def _fields(data: dict) -> dict:
@@ -54,11 +49,12 @@ def _fields(data: dict) -> dict:
 
 
 def list_nics(req: Request, vm_id: str) -> Reply:
-    return list_members(req, _vm(req, vm_id), "nics", "nics", nic_repr)
+    return list_members(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "nics", nic_repr)
 
 
 def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    return get_member(req, _vm(req, vm_id), "nics", "id", nic_id, "NIC", "nic", nic_repr)
+    return get_member(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "id", nic_id,
+                      "NIC", "nic", nic_repr)
 
 
 def add_nic(req: Request, vm_id: str) -> Reply:
@@ -75,5 +71,5 @@ def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
 
 
 def remove_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    remove_member(req, "vm", vm_id, "VM", "nics", nic_id, "NIC")
+    inventory.remove_member(req.engine, "vm", vm_id, "VM", "nics", nic_id, "NIC")
     return Reply(status=200)

@@ -10,7 +10,7 @@ from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
+from imagetool.server.rest.common import (action_links, get_member, iso_date,
                                           list_members, ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
@@ -70,10 +70,6 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
 
 # --- VMs -------------------------------------------------------------------------
 
-def _find_vm(req: Request, vm_id: str) -> dict:
-    return get_or_404(req, "vm", vm_id, "VM")
-
-
 def _interface(data: dict) -> str | None:
     """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
     interface = get_str(data, "interface")
@@ -101,7 +97,7 @@ def _attachment_from(req: Request, data: dict, action: str) -> dict:
             raise missing("DiskAttachment", action, "disk.id")
         # A new disk described inline (add disk + attach in one call).
         disk_id = disks_mod.add_disk(_sub_request(req, req.method, disk_ref)).body["id"]
-    disk = get_or_404(req, "disk", disk_id, "disk")
+    disk = inventory.get(req.engine, "disk", disk_id, "disk")
     return {"disk_id": disk["id"], "interface": interface,
             "bootable": bool(get_bool(data, "bootable")),
             "active": get_bool(data, "active") is not False}
@@ -190,7 +186,7 @@ def list_vms(req: Request) -> Reply:
 
 
 def get_vm(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="vm", body=_with_follow(req, _find_vm(req, vm_id)))
+    return Reply(tag="vm", body=_with_follow(req, inventory.get(req.engine, "vm", vm_id, "VM")))
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
@@ -202,13 +198,14 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
 # --- disk attachments -----------------------------------------------------------
 
 def list_attachments(req: Request, vm_id: str) -> Reply:
-    return list_members(req, _find_vm(req, vm_id), "attachments", "disk_attachments",
-                        attachment_repr)
+    vm = inventory.get(req.engine, "vm", vm_id, "VM")
+    return list_members(req, vm, "attachments", "disk_attachments", attachment_repr)
 
 
 def get_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    return get_member(req, _find_vm(req, vm_id), "attachments", "disk_id", disk_id,
-                      "disk attachment", "disk_attachment", attachment_repr)
+    vm = inventory.get(req.engine, "vm", vm_id, "VM")
+    return get_member(req, vm, "attachments", "disk_id", disk_id, "disk attachment",
+                      "disk_attachment", attachment_repr)
 
 
 def add_attachment(req: Request, vm_id: str) -> Reply:
