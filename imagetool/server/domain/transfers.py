@@ -26,7 +26,7 @@ from imagetool.server.domain.disks import check_usable
 from imagetool.server.domain.inventory import get
 from imagetool.server.domain.transfer_tickets import TransferTickets
 from imagetool.server.domain.transfer_volumes import TransferVolumes
-from imagetool.server.faults import ApiError, conflict, missing
+from imagetool.server.faults import conflict, missing
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
@@ -66,11 +66,7 @@ def start(engine, ids: tuple[str | None, ...], *, direction: str, host: dict | N
         backup = None
         if backup_id:
             disk = get(engine, "disk", disk_id, "disk")
-            try:
-                backup, vol = backups.backup_volume(engine, backup_id, disk_id)
-            except backups.BackupError as e:
-                raise ApiError(e.status, "Operation Failed" if e.status == 409 else
-                               "Bad Request", f"[{e}]") from None
+            backup, vol = backups.backup_volume(engine, backup_id, disk_id)
             is_snap = False
         else:
             disk, vol, is_snap = target(engine, disk_id, snap_id, image_id)
