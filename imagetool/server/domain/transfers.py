@@ -38,10 +38,6 @@ E, P = Event, Phase
 POLICIES = ("legacy", "pause", "cancel")
 
 
-class TransferConflict(Exception):
-    """An action not allowed in the transfer's current phase (409)."""
-
-
 def target(engine, disk_id: str | None, snap_id: str | None,
            image_id: str | None) -> tuple[dict, dict, bool]:
     """(disk, volume, is_snapshot) named by a disk, a disk snapshot or an image id."""
@@ -236,9 +232,9 @@ class TransferManager:
 
     def _require(self, t: dict, action: str, phases: frozenset[Phase]) -> None:
         if t["phase"] not in phases:
-            raise TransferConflict(
-                f"[Cannot {action} image transfer. The image transfer is in phase "
-                f"{t['phase']}, expected {' or '.join(ordered(phases))}.]")
+            raise conflict(f"{action} image transfer",
+                           f"The image transfer is in phase {t['phase']}, expected "
+                           f"{' or '.join(ordered(phases))}.")
 
     def extend(self, tid: str) -> dict:
         """Refresh the ticket; no phase change."""
@@ -253,8 +249,8 @@ class TransferManager:
         with self._lock(tid):
             t = self.store.get("transfer", tid)
             if t["direction"] == "download":
-                raise TransferConflict("[Cannot pause image transfer. Pausing a download is "
-                                       "not supported.]")
+                raise conflict("pause image transfer",
+                               "Pausing a download is not supported.")
             self._require(t, "pause", accepting(E.USER_PAUSE))
             self.tickets.pause(t)
             return self._fire(tid, E.USER_PAUSE)
