@@ -58,8 +58,7 @@ def update(engine, vm_id: str, name: str | None, given: OvfVm) -> dict:
             check_name_free(engine, name, "update VM")
             vm["name"] = name
         if given.sockets or given.cores or given.threads:
-            cpu = dict(vm.get("cpu") or {"sockets": vm.get("cpus", 1), "cores": 1,
-                                         "threads": 1})
+            cpu = vmsettings.cpu_of(vm)
             given.sockets = given.sockets or cpu["sockets"]
             given.cores = given.cores or cpu["cores"]
             given.threads = given.threads or cpu["threads"]

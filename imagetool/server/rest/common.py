@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import ApiError, Reply, Request, not_found
+from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, not_found
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -68,6 +68,16 @@ def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
     ref = ref or {}
     return inventory.find_storage_domain(req.engine, get_id(ref, "id", what="storage domain"),
                                          get_str(ref, "name"), action)
+
+
+def configuration(data: dict) -> tuple[str | None, str]:
+    """The OVF of ``initialization.configuration`` and its type: ``ovf``, or
+    ``ova`` (an OVA's, whose disks are named by ``Disk/@ovf:diskId``)."""
+    ovf = get_str(data, "initialization", "configuration", "data")
+    kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
+    if ovf and kind not in ("ovf", "ova"):
+        raise bad_request(f"Unknown configuration type {kind!r} (ovf or ova)")
+    return ovf, kind
 
 
 def first_sd_ref(data: dict) -> dict | None:

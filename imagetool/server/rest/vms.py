@@ -10,7 +10,7 @@ from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_member, iso_date,
+from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
                                           list_members, ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
@@ -110,11 +110,7 @@ def add_vm(req: Request) -> Reply:
     given = vmsettings.from_body(data)
     vm_id = get_id(data, "id", what="VM")
     check_cluster(req, get_obj(data, "cluster"))
-    ovf = get_str(data, "initialization", "configuration", "data")
-    # "ova": the OVF of an OVA, whose disks are named by Disk/@ovf:diskId.
-    ovf_kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
-    if ovf and ovf_kind not in ("ovf", "ova"):
-        raise bad_request(f"Unknown configuration type {ovf_kind!r} (ovf or ova)")
+    ovf, ovf_kind = configuration(data)
     snap_refs = get_list(data, "snapshots")
     if snap_refs:
         snap_id = get_id(snap_refs[0], "id", what="snapshot")
