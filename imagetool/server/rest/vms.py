@@ -1,9 +1,11 @@
-"""VMs (oVirt REST API guide: Vms, Vm) and their disk attachments; the
-operations are ``server/domain/vms.py``'s, snapshots are ``snapshots.py``'s
-here and there."""
+"""VMs (oVirt REST API guide: Vms, Vm), their disk attachments and their
+network interfaces (VmNics, VmNic); the operations are
+``server/domain/vms.py``'s, snapshots are ``snapshots.py``'s here and there."""
 
 from __future__ import annotations
 
+from imagetool.errors import FormatError
+from imagetool.ova.ovfvm import NIC_TYPES, check_mac
 from imagetool.server.domain import inventory, snapshots, vms
 from imagetool.server.domain.ovf import BLANK, build_ovf, ovf_disk_ids
 from imagetool.server.domain import vmsettings as vm_settings
@@ -16,6 +18,7 @@ from imagetool.server.rest.router import Reply, Request, bad_request, missing, n
 from imagetool.server.validate import check_text
 
 INTERFACES = ("ide", "sata", "spapr_vscsi", "virtio", "virtio_scsi")
+MAX_NIC_NAME = 50
 
 
 # --- representations ----------------------------------------------------------
@@ -224,4 +227,67 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
 
 def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     vms.detach(req.engine, vm_id, disk_id)
+    return Reply(status=200)
+
+
+# --- NICs ---------------------------------------------------------------------------
+# Stored inside the VM record (``vm["nics"]``), each ``{"id", "name", "interface",
+# "mac", "vnic_profile_id", "linked", "plugged"}``; the VM's OVF carries them.
+
+def nic_repr(req: Request, vm: dict, nic: dict) -> dict:
+    return {"href": req.href("vms", vm["id"], "nics", nic["id"]), "id": nic["id"],
+            "name": nic["name"], "interface": nic["interface"],
+            "mac": {"address": nic["mac"]}, "linked": nic.get("linked", True),
+            "plugged": nic.get("plugged", True),
+            "vnic_profile": ref(req, "vnicprofiles", nic.get("vnic_profile_id")),
+            "vm": ref(req, "vms", vm["id"])}
+
+
+def _nic_fields(data: dict) -> dict:
+    """The NIC fields ``data`` gives, each value checked (None: not given;
+    ``vnic_profile_id`` only when ``vnic_profile`` is given, maybe as None)."""
+    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME)}
+    interface = get_str(data, "interface")
+    if interface is not None and interface not in NIC_TYPES.values():
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(NIC_TYPES.values())}")
+    fields["interface"] = interface
+    mac = get_str(data, "mac", "address")
+    if mac is not None:
+        try:
+            mac = check_mac(mac)
+        except FormatError as e:
+            raise bad_request(str(e)) from None
+    fields["mac"] = mac
+    if "vnic_profile" in data:
+        fields["vnic_profile_id"] = get_id(data, "vnic_profile", "id", what="vNIC profile")
+    for key in ("linked", "plugged"):
+        fields[key] = get_bool(data, key)
+    return fields
+
+
+def list_nics(req: Request, vm_id: str) -> Reply:
+    return list_members(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "nics", nic_repr)
+
+
+def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    return get_member(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "id", nic_id,
+                      "NIC", "nic", nic_repr)
+
+
+def add_nic(req: Request, vm_id: str) -> Reply:
+    data = req.data()
+    if get_str(data, "name") is None:
+        raise missing("NIC", "add", "name")
+    vm, nic = vms.add_nic(req.engine, vm_id, _nic_fields(data))
+    return Reply(status=201, tag="nic", body=nic_repr(req, vm, nic))
+
+
+def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    vm, nic = vms.update_nic(req.engine, vm_id, nic_id, _nic_fields(req.data()))
+    return Reply(tag="nic", body=nic_repr(req, vm, nic))
+
+
+def remove_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    inventory.remove_member(req.engine, "vm", vm_id, "VM", "nics", nic_id, "NIC")
     return Reply(status=200)
