@@ -116,11 +116,6 @@ EVENTS: dict[Phase, dict[Event, Phase]] = {
     P.FINISHED_FAILURE: {},
 }
 
-# The moves of ``EVENTS``, whatever makes them (staying put is not a move).
-TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    old: frozenset(moves.values()) - {old} for old, moves in EVENTS.items()}
-
-
 def next_phase(old: str, event: Event) -> Phase | None:
     """The phase ``event`` moves a transfer in ``old`` to; None when ``old``
     refuses it."""
@@ -130,19 +125,6 @@ def next_phase(old: str, event: Event) -> Phase | None:
 def accepting(event: Event) -> frozenset[Phase]:
     """The phases in which ``event`` may happen (an action's allowed phases)."""
     return frozenset(p for p, moves in EVENTS.items() if event in moves)
-
-
-def can_transition(old: str, new: str) -> bool:
-    """Whether the local engine may move a transfer from ``old`` to ``new``.
-
-    Staying in a phase is always allowed (fields other than the phase
-    change); an unknown phase allows nothing.
-    """
-    return _allowed(TRANSITIONS, old, new)
-
-
-def _allowed(table: dict, old: str, new: str) -> bool:
-    return old == new or new in table.get(old, frozenset())
 
 
 def ordered(phases: frozenset[Phase] | set[str]) -> list[Phase]:
@@ -185,4 +167,4 @@ BACKUP_TRANSITIONS: dict[BackupPhase, frozenset[BackupPhase]] = {
 def can_move_backup(old: str, new: str) -> bool:
     """Whether the local engine may move a backup from ``old`` to ``new``
     (staying is allowed; an unknown phase allows nothing)."""
-    return _allowed(BACKUP_TRANSITIONS, old, new)
+    return old == new or new in BACKUP_TRANSITIONS.get(old, frozenset())

@@ -22,7 +22,7 @@ import uuid
 from typing import Any, Callable, Sequence
 
 from imagetool.engine.entities import Disk, StorageDomain, Vm
-from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked, wait_truthy
+from imagetool.engine.wait import wait_for_disk, wait_truthy
 from imagetool.errors import EngineError, ImagetoolError, NotFound
 from imagetool.threads import interrupts_held, shielded
 
@@ -167,15 +167,28 @@ def _new_disk(conn: Any, spec: Any, name: str, storage_domain: str, backup: str,
     return update_disk(conn, d, backup=backup, timeout=timeout)
 
 
-def _remove_created(conn: Any, vm_id: str | None, disk_ids: list[str]) -> None:
-    """Undo a failed ``create_vm``: the VM (disks detached), then each disk."""
-    if vm_id:
+def remove_made(conn: Any, kind: str, entity_id: str | None, disk_ids: Sequence[str],
+                adding: str | None = None) -> None:
+    """Remove what a failed run made: its VM or template (``kind``), a VM with
+    its disks detached (only the disks the run made go, by id, whatever the
+    VM ended up attached to), then each disk; each step on its own, errors
+    ignored (the failure that stopped the run is the one to report).
+    ``adding``: the name of one whose add was sent but never answered (a
+    Ctrl-C): the engine may have made it all the same."""
+    from imagetool.transfer.disk import remove_disk_when_unlocked
+
+    if not entity_id and adding:
         with contextlib.suppress(Exception):
-            conn.vms.remove(vm_id, detach_only=True)
+            entity_id = made_by_request(conn.vms if kind == "vm" else conn.templates,
+                                        adding, disk_ids)
+    if entity_id:
+        with contextlib.suppress(Exception):
+            if kind == "vm":
+                conn.vms.remove(entity_id, detach_only=True)
+            else:
+                conn.templates.remove(entity_id)
     for disk_id in disk_ids:
-        with contextlib.suppress(Exception):
-            if wait_for_disk_unlocked(conn, disk_id, timeout=120) is not None:
-                conn.disks.remove(disk_id)
+        remove_disk_when_unlocked(conn, disk_id)
 
 
 def made_by_request(service: Any, name: str, disk_ids: Sequence[str]) -> str | None:
@@ -227,7 +240,7 @@ def create_vm(conn: Any, name: str, storage_domain: str, *, disks: Sequence[Any]
         if committed is not None:
             committed()
     except BaseException:
-        shielded(lambda: _remove_created(conn, vm_id, created))
+        shielded(lambda: remove_made(conn, "vm", vm_id, created))
         raise
     return made
 

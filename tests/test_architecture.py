@@ -316,21 +316,20 @@ def test_phases_compare_as_their_names():
 
 
 def test_transition_table():
-    P = phases.Phase
-    assert phases.can_transition("transferring", "finalizing_success")
-    assert phases.can_transition("paused_system", "paused_system")   # fields only
-    assert not phases.can_transition("finished_success", "transferring")
-    assert not phases.can_transition("finished_failure", "cancelled_system")
-    assert not phases.can_transition("initializing", "finished_success")
-    assert not phases.can_transition("no-such-phase", "transferring")
+    P, E = phases.Phase, phases.Event
+    assert phases.next_phase("transferring", E.FINALIZE) == P.FINALIZING_SUCCESS
+    assert phases.next_phase("finished_success", E.READY) is None
+    assert phases.next_phase("finished_failure", E.SYSTEM_CANCEL) is None
+    assert phases.next_phase("initializing", E.VERIFIED) is None
+    assert phases.next_phase("no-such-phase", E.READY) is None
     # Finished transfers never move; every live phase can be cancelled by the system.
     for p in phases.FINISHED:
-        assert phases.TRANSITIONS[p] == frozenset()
+        assert phases.EVENTS[p] == {}
     for p in phases.ACTIVE:
-        assert P.CANCELLED_SYSTEM in phases.TRANSITIONS[p]
+        assert phases.next_phase(p, E.SYSTEM_CANCEL) == P.CANCELLED_SYSTEM
     # Every phase the table moves to is one it knows how to leave (or final).
-    targets = set().union(*phases.TRANSITIONS.values())
-    assert targets <= set(phases.TRANSITIONS)
+    targets = {new for moves in phases.EVENTS.values() for new in moves.values()}
+    assert targets <= set(phases.EVENTS)
 
 
 def test_backup_transition_table():

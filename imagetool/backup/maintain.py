@@ -276,12 +276,13 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
     a Backend (a qcow2 chain, or a chunk repository's ``PointBackend``
     whose clones fetch chunks in parallel). See :func:`restore_vm`."""
     from imagetool.transfer.disk import DiskOptions, add_disk, send
+    from imagetool.vms import remove_made
 
     start = time.monotonic() if start is None else start
     old_name = manifest.get("vm_name")
     vm_name = name or f"{old_name or vm_id}-restored-{point}"
     created: list[str] = []
-    made: list[str] = []        # the new VM, once the engine has it
+    made = None                 # the new VM's id, once the engine has it
     adding = None               # its name, once its add is sent
     disks_out: list[RestoredDisk] = []
     moved = 0
@@ -312,7 +313,7 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
         new_ovf = new_ovf.replace(vm_id, str(uuid.uuid4()))
         adding = vm_name
         new_vm = conn.vms.add(name=vm_name, cluster=cluster or "Default", ovf=new_ovf)
-        made.append(new_vm.id)
+        made = new_vm.id
         _attach_missing(conn, new_vm.id, manifest, disks_out)
         _rename_disks(conn, disks_out)
         out = Restored(vm_id=new_vm.id, vm_name=vm_name, point=point, bytes=moved,
@@ -320,7 +321,7 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
         if committed is not None:
             committed()
     except BaseException:
-        shielded(lambda: _remove_restored(conn, made, created, adding))
+        shielded(lambda: remove_made(conn, "vm", made, created, adding))
         raise
     return out
 
@@ -366,25 +367,6 @@ def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
     return restore_point(conn, vm_id, ix.name, manifest, ovf,
                          lambda disk_id: contextlib.closing(open_disk(store, ix, disk_id)),
                          storage_domain=storage_domain, start=start, **kw)
-
-
-def _remove_restored(conn: Any, vm_ids: list[str], disk_ids: list[str],
-                     adding: str | None) -> None:
-    """Remove what a failed restore made: its VM (its disks detached, as
-    they go by id) and its disks; each step on its own, errors ignored
-    (the failure that stopped the restore is the one to report).
-    ``adding``: the VM's name when its add was sent but no answer came
-    (a Ctrl-C): the engine may have made it all the same."""
-    from imagetool.transfer.disk import remove_disk_when_unlocked
-    from imagetool.vms import made_by_request
-    if not vm_ids and adding:
-        with contextlib.suppress(Exception):
-            vm_ids = [i for i in [made_by_request(conn.vms, adding, disk_ids)] if i]
-    for vm_id in vm_ids:
-        with contextlib.suppress(Exception):
-            conn.vms.remove(vm_id, detach_only=True)
-    for disk_id in disk_ids:
-        remove_disk_when_unlocked(conn, disk_id)
 
 
 def _rename_disks(conn: Any, disks_out: list[RestoredDisk]) -> None:

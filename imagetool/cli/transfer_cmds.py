@@ -221,7 +221,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
     --format qcow2 (and 4.1 engines) write a temporary file removed on
     any failure; those downloads cannot be resumed.
     """
-    from imagetool.transfer.download import DownloadOptions, download_disk_result
+    from imagetool.transfer.download import DownloadOptions, download_disk
 
     if chain:
         from imagetool.cli.chain_cmd import download_chain_command
@@ -261,7 +261,7 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
             verify=verify, resume=resume, host=host)
         with Bars([(d.name or d.id, d.provisioned_size or 0) for d in found]) as bars:
             tasks = [
-                (lambda i=i, d=d, p=p: download_disk_result(
+                (lambda i=i, d=d, p=p: download_disk(
                     conn, d, p, options, progress=bars.callback(i), host_index=i))
                 for i, (d, p) in enumerate(zip(found, paths))]
             results = run_jobs(jobs, tasks, bars, interrupts_ignored)

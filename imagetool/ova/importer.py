@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from contextlib import suppress
 from typing import Any, Callable
 
 from imagetool import xmlsafe
@@ -35,8 +34,8 @@ from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manif
 from imagetool.ova.results import ImportedDisk, OvaImported
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.threads import shielded
-from imagetool.transfer.disk import (DiskOptions, Sent, add_disk, remove_disk_when_unlocked,
-                                    send)
+from imagetool.transfer.disk import DiskOptions, Sent, add_disk, send
+from imagetool.vms import remove_made
 
 Progress = Callable[[int], None]
 
@@ -46,32 +45,6 @@ def _disk_name(d: OvaDisk) -> str:
         return d.ovf.alias
     base = os.path.basename(d.member.name)
     return base.rsplit(".", 1)[0] if "." in base else base
-
-
-def _cleanup(conn: Any, kind: str | None, entity_id: str | None,
-             disk_ids: list[str], name: str | None = None) -> None:
-    """Remove what an import created; each step on its own, errors ignored.
-
-    A VM goes with ``detach_only``: only the disks this import created are
-    removed, by id, whatever the VM ended up attached to. ``name``: the
-    add of the VM or template was sent but its answer never came (a
-    Ctrl-C): the engine may have made it all the same.
-    """
-    from imagetool.vms import made_by_request
-    if not entity_id and name:
-        with suppress(Exception):
-            entity_id = made_by_request(conn.vms if kind == "vm" else conn.templates,
-                                        name, disk_ids)
-    if entity_id:
-        try:
-            if kind == "vm":
-                conn.vms.remove(entity_id, detach_only=True)
-            else:
-                conn.templates.remove(entity_id)
-        except Exception:
-            pass
-    for disk_id in disk_ids:
-        remove_disk_when_unlocked(conn, disk_id)
 
 
 def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
@@ -133,7 +106,7 @@ def import_ova(conn: Any, path: str | os.PathLike, storage_domain: str, *,
         if committed is not None:
             committed()
     except BaseException:
-        shielded(lambda: _cleanup(conn, kind, entity_id, created, adding))
+        shielded(lambda: remove_made(conn, kind, entity_id, created, adding))
         raise
     return result
 

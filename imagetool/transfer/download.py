@@ -26,7 +26,7 @@ from imagetool.transfer.options import DownloadOptions, keywords_of, resolve
 from imagetool.transfer.output import atomic_output, check_destination
 from imagetool.transfer.urls import TransferResult, new_file
 
-__all__ = ["DownloadOptions", "download_disk", "download_disk_result"]
+__all__ = ["DownloadOptions", "download_disk"]
 
 Progress = Callable[[int], None]
 
@@ -38,11 +38,40 @@ def _resolve_disk(conn: Any, disk: Any) -> Any:
 
 
 @keywords_of(DownloadOptions)
-def download_disk_result(conn: Any, disk: Any, path: str | os.PathLike,
-                         options: DownloadOptions | None = None, *,
-                         progress: Progress | None = None, snapshot: Any = None,
-                         **keywords: Any) -> TransferResult:
-    """Like :func:`download_disk` (``snapshot`` or its alias ``snapshot_id``)."""
+def download_disk(conn: Any, disk: Any, path: str | os.PathLike,
+                  options: DownloadOptions | None = None, *,
+                  progress: Progress | None = None, snapshot: Any = None,
+                  **keywords: Any) -> TransferResult:
+    """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
+
+    ``options`` (a :class:`DownloadOptions`) or its fields as keywords:
+    ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot`` (a
+    disk snapshot id, or an object with ``.id``; ``snapshot_id`` is an
+    alias kept for older callers) downloads that disk snapshot; with
+    ``shallow`` only that layer (its unallocated areas stay unallocated;
+    give ``backing_file`` to point the qcow2 at the previous layer; the
+    ranges the layer zeroes then become zero clusters, which hide the
+    backing file's data as the layer hid its parent's).
+    Refuses an existing ``path`` unless ``force``; the file appears under
+    ``path`` only when complete. On any failure the transfer is cancelled
+    and the error raised. Returns a TransferResult (bytes, seconds,
+    disk_id, name, format). ``verify`` (default) compares the file's block
+    checksum with the server's before finalizing; a mismatch raises
+    an error and leaves no file.
+
+    A raw download (not on a 4.1 engine) writes ``path.imagetool-part``
+    and keeps a journal ``path.imagetool-journal`` beside it, so one that
+    was killed can be continued with ``resume=True``; without ``resume`` an
+    existing journal raises JournalError (nothing is reused or deleted),
+    and a failure removes both files. With ``resume`` a failure keeps them
+    for the next ``resume`` (except a checksum mismatch). qcow2 output and
+    ``backing_file`` use a temporary file removed on failure and refuse
+    ``resume``.
+
+    ``host`` (name or id) serves the transfer; by default this machine
+    when it is an Up oVirt host of the disk's data center, else an Up
+    host there (imagetool.engine.hosts).
+    """
     opts = resolve(DownloadOptions, options, keywords)
     snapshot_id = _snapshot_id(snapshot, opts.snapshot_id)
     if snapshot_id != opts.snapshot_id:
@@ -159,42 +188,3 @@ def _snapshot_id(snapshot: Any, snapshot_id: str | None) -> str | None:
     if snapshot is not None and snapshot_id is not None and snapshot != snapshot_id:
         raise TypeError("give snapshot or snapshot_id (an alias), not two different ones")
     return snapshot if snapshot is not None else snapshot_id
-
-
-@keywords_of(DownloadOptions)
-def download_disk(conn: Any, disk: Any, path: str | os.PathLike,
-                  options: DownloadOptions | None = None, *,
-                  progress: Progress | None = None, snapshot: Any = None,
-                  **keywords: Any) -> TransferResult:
-    """Download ``disk`` (a Disk, or a disk id or name) to ``path``.
-
-    ``options`` (a :class:`DownloadOptions`) or its fields as keywords:
-    ``format`` raw (sparse: holes stay holes) or qcow2. ``snapshot`` (a
-    disk snapshot id, or an object with ``.id``; ``snapshot_id`` is an
-    alias kept for older callers) downloads that disk snapshot; with
-    ``shallow`` only that layer (its unallocated areas stay unallocated;
-    give ``backing_file`` to point the qcow2 at the previous layer; the
-    ranges the layer zeroes then become zero clusters, which hide the
-    backing file's data as the layer hid its parent's).
-    Refuses an existing ``path`` unless ``force``; the file appears under
-    ``path`` only when complete. On any failure the transfer is cancelled
-    and the error raised. Returns a TransferResult (bytes, seconds,
-    disk_id, name, format). ``verify`` (default) compares the file's block
-    checksum with the server's before finalizing; a mismatch raises
-    an error and leaves no file.
-
-    A raw download (not on a 4.1 engine) writes ``path.imagetool-part``
-    and keeps a journal ``path.imagetool-journal`` beside it, so one that
-    was killed can be continued with ``resume=True``; without ``resume`` an
-    existing journal raises JournalError (nothing is reused or deleted),
-    and a failure removes both files. With ``resume`` a failure keeps them
-    for the next ``resume`` (except a checksum mismatch). qcow2 output and
-    ``backing_file`` use a temporary file removed on failure and refuse
-    ``resume``.
-
-    ``host`` (name or id) serves the transfer; by default this machine
-    when it is an Up oVirt host of the disk's data center, else an Up
-    host there (imagetool.engine.hosts).
-    """
-    return download_disk_result(conn, disk, path, options, progress=progress,
-                                snapshot=snapshot, **keywords)

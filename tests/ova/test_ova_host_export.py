@@ -260,7 +260,7 @@ def test_serve_help_documents_export_dir():
 
 @pytest.mark.slow
 def test_server_writes_ova_without_the_client_transfer_code():
-    code = ("import sys, imagetool.server.rest.ovaexport, imagetool.server.app; "
+    code = ("import sys, imagetool.server.rest.exportdomain, imagetool.server.app; "
             "print(sorted(m for m in sys.modules if m.startswith("
             "('imagetool.transfer', 'imagetool.cli', 'imagetool.engine'))))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

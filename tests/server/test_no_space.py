@@ -11,7 +11,6 @@ import http.client
 import os
 import ssl
 import subprocess
-import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 import pytest
@@ -62,10 +61,6 @@ def small(tmp_path_factory):
 def files_below(path):
     return sorted(os.path.relpath(os.path.join(r, n), path)
                   for r, ds, fs in os.walk(path) for n in ds + fs)
-
-
-def detail_of(body: bytes) -> str:
-    return ET.fromstring(body).findtext("detail")
 
 
 def test_upload_past_the_space_names_the_volume(small, tmp_path):

@@ -510,10 +510,6 @@ class FaultProxy:
                 if self._listener is None and not self._stopping.is_set():
                     self._listener = self._bind(self.port)
 
-    def cut_connections(self) -> None:
-        """Cut every open connection now (a network blip); new ones still work."""
-        self._cut_all()
-
     def _cut_all(self) -> None:
         with self._lock:
             socks = [s for pair in self._conns.values() for s in pair]

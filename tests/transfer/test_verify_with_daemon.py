@@ -12,7 +12,7 @@ import os
 import pytest
 
 from helpers import MiB, make_raw, qemu_img
-from imagetool.transfer.download import download_disk_result
+from imagetool.transfer.download import download_disk
 from imagetool.transfer.upload import upload_disk_result
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def test_guest_data_upload_and_download_verified(transfer_engine, files, scratch
     assert v.value == ovirt_client.checksum(files[fmt], algorithm=v.algorithm)["checksum"]
 
     out = os.path.join(scratch, f"back.{fmt}")
-    got = download_disk_result(transfer_engine.conn, res.disk_id, out, format=fmt)
+    got = download_disk(transfer_engine.conn, res.disk_id, out, format=fmt)
     assert got.verification.verified and got.checksum == ovirt_client.checksum(
         out, algorithm=got.verification.algorithm)["checksum"]
 

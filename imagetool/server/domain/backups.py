@@ -34,7 +34,7 @@ from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain.inventory import get
-from imagetool.server.faults import conflict, not_found
+from imagetool.server.faults import ApiError, conflict, not_found
 from imagetool.server.storage import new_id
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,10 @@ RUNNING = BACKUP_RUNNING
 BACKUP_TIMEOUT = 600.0
 
 
-class BackupError(Exception):
-    """A request the backup rules refuse: ``status`` 400, 404 or 409."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
+def _refused(status: int, message: str, reason: str | None = None) -> ApiError:
+    """A request the backup rules refuse (400 or 409), its detail in brackets."""
+    return ApiError(status, reason or {400: "Bad Request", 409: "Operation Failed"}[status],
+                    f"[{message}]")
 
 
 def checkpoints(engine, vm_id: str) -> list[dict]:
@@ -72,24 +70,24 @@ def _start(engine, vm: dict, disk_ids: list[str], from_cp: str | None,
     store = engine.store
     attached = {a["disk_id"] for a in vm.get("attachments", [])}
     if not disk_ids:
-        raise BackupError(400, "Cannot backup VM: no disks were given")
+        raise _refused(400, "Cannot backup VM: no disks were given")
     for d in disk_ids:
         if d not in attached:
-            raise BackupError(400, f"Cannot backup VM: disk {d} is not attached to the VM")
+            raise _refused(400, f"Cannot backup VM: disk {d} is not attached to the VM")
     if len(set(disk_ids)) != len(disk_ids):
-        raise BackupError(400, "Cannot backup VM: a disk is given twice")
+        raise _refused(400, "Cannot backup VM: a disk is given twice")
     expire(engine, vm["id"])
     if any(b["vm_id"] == vm["id"] and b["phase"] in RUNNING for b in store.list("backup")):
-        raise BackupError(409, "Cannot backup VM. A backup of the VM is already running.")
+        raise _refused(409, "Cannot backup VM. A backup of the VM is already running.")
     if backup_id and store.get("backup", backup_id):
-        raise BackupError(409, f"Cannot backup VM: a backup with id {backup_id} exists")
+        raise _refused(409, f"Cannot backup VM: a backup with id {backup_id} exists")
     parent = None
     if from_cp:
         parent = store.get("checkpoint", from_cp)
         if parent is None or parent["vm_id"] != vm["id"]:
-            raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} does not exist")
+            raise _refused(400, f"Cannot backup VM: checkpoint {from_cp} does not exist")
         if parent.get("state") != "created":
-            raise BackupError(400, f"Cannot backup VM: checkpoint {from_cp} is invalid")
+            raise _refused(400, f"Cannot backup VM: checkpoint {from_cp} is invalid")
     disks = [store.get("disk", d) for d in disk_ids]
     for d in disks:
         disk_ops.check_usable(d, "backup VM")
@@ -212,7 +210,7 @@ def _finalize(engine, b: dict) -> dict:
     if b["phase"] not in RUNNING or b["phase"] == B.FINALIZING:
         return b
     if _busy(engine, bid):
-        raise BackupError(409, "Cannot stop VM backup. The VM backup has active image "
+        raise _refused(409, "Cannot stop VM backup. The VM backup has active image "
                                "transfers; finalize them first.")
     return _end(engine, b, ok=b["phase"] == B.READY)
 
@@ -331,11 +329,11 @@ def backup_volume(engine, backup_id: str, disk_id: str) -> tuple[dict, dict]:
     """(backup, frozen volume) for a backup transfer of ``disk_id``."""
     b = engine.store.get("backup", backup_id)
     if b is None:
-        raise BackupError(404, f"backup '{backup_id}' not found")
+        raise _refused(404, f"backup '{backup_id}' not found", "Bad Request")
     if b["phase"] != B.READY:
-        raise BackupError(409, f"Cannot transfer image. The VM backup is in phase "
+        raise _refused(409, f"Cannot transfer image. The VM backup is in phase "
                                f"{b['phase']}, expected ready.")
     if disk_id not in b["frozen"]:
-        raise BackupError(400, f"Cannot transfer image: disk {disk_id} is not part of "
+        raise _refused(400, f"Cannot transfer image: disk {disk_id} is not part of "
                                f"backup {backup_id}")
     return b, engine.store.get("volume", b["frozen"][disk_id])

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from imagetool.phases import BACKUP_RUNNING
-from imagetool.server.domain.inventory import get, get_owned, record_job
+from imagetool.server.domain.inventory import get, get_owned
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict
 from imagetool.server.files import make_private_dirs, os_reason
 from imagetool.server.layers import commit_layer, merge_layer, sparsify_layer
@@ -120,7 +121,7 @@ def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
     with engine.store.transaction():
         engine.store.put("volume", volume_row(vol_id, disk_id, sd["id"], fmt, start))
         engine.store.put("disk", disk)
-    record_job(engine, f"Adding Disk {name}", ["Creating volume"], start=start)
+    record_job(engine.store, f"Adding Disk {name}", ["Creating volume"], start=start)
     return disk
 
 
@@ -197,7 +198,7 @@ def remove(engine, disk_id: str) -> None:
             raise conflict("remove Virtual Disk",
                            f"Disk {disk['name']} is attached to VM {vms[0]['name']}.")
         engine.storage.delete_disk(disk)
-    record_job(engine, f"Removing Disk {disk['name']}", ["Removing volumes"])
+    record_job(engine.store, f"Removing Disk {disk['name']}", ["Removing volumes"])
 
 
 def _data_domain(sd: dict, action: str) -> dict:
@@ -223,7 +224,8 @@ def copy(engine, disk_id: str, sd: dict, new_name: str | None) -> tuple[dict, di
     with engine.store.transaction():
         engine.store.put("volume", volume_row(new_vol, new_disk_id, sd["id"], disk["format"], now))
         engine.store.put("disk", copy)
-    job = record_job(engine, f"Copying Disk {disk['name']} to {sd['name']}", ["Copying volumes"])
+    job = record_job(engine.store, f"Copying Disk {disk['name']} to {sd['name']}",
+                     ["Copying volumes"])
     return copy, job
 
 
@@ -242,7 +244,8 @@ def move(engine, disk_id: str, sd: dict) -> tuple[dict, dict]:
                 engine.store.update("volume", v["id"], sd_id=sd["id"])
             disk["sd_id"] = sd["id"]
             engine.store.put("disk", disk)
-    job = record_job(engine, f"Moving Disk {disk['name']} to {sd['name']}", ["Moving volumes"])
+    job = record_job(engine.store, f"Moving Disk {disk['name']} to {sd['name']}",
+                     ["Moving volumes"])
     return disk, job
 
 
@@ -279,7 +282,7 @@ def sparsify(engine, disk_id: str) -> None:
                        f"Cannot sparsify: {os_reason(e)}.") from None
     finally:
         store.update("disk", disk_id, status="ok")
-    record_job(engine, f"Sparsifying Disk {disk['name']}",
+    record_job(engine.store, f"Sparsifying Disk {disk['name']}",
                [f"Sparsifying volume ({freed} bytes freed)"])
 
 
@@ -344,7 +347,7 @@ def remove_snapshot(engine, disk_id: str, vol_id: str) -> None:
                 store.put("snapshot", snap)
             else:
                 store.delete("snapshot", snap["id"])
-    record_job(engine, f"Removing Disk Snapshot of disk {disk['name']}", ["Merging layers"])
+    record_job(engine.store, f"Removing Disk Snapshot of disk {disk['name']}", ["Merging layers"])
 
 
 def volumes(engine, disk_id: str) -> tuple[dict, list[dict]]:

@@ -31,8 +31,9 @@ from imagetool.fsutil import write_atomic
 from imagetool.server import storage_files
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import vmsettings
-from imagetool.server.domain.inventory import get, record_job
+from imagetool.server.domain.inventory import get
 from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
 from imagetool.server.files import create_private, make_private_dirs, os_reason
 from imagetool.server.layers import copy_guest_data
@@ -97,10 +98,6 @@ def exported(engine, sd: dict) -> list[dict]:
     return out
 
 
-def _vol_path(engine, sd_id: str, disk_id: str, vol_id: str) -> str:
-    return engine.storage.volume_path(sd_id, disk_id, vol_id)
-
-
 def _claimed_size(engine, sd: dict, disk_id: str, d: dict) -> int:
     """The disk's size as its top volume's ``.meta`` (else the OVF) says;
     Untrusted when the ``.meta`` is a link."""
@@ -124,7 +121,7 @@ def disk_sizes(engine, sd: dict, disk_id: str, d: dict) -> tuple[int, int]:
         size = _claimed_size(engine, sd, disk_id, d)
     except storage_files.Untrusted:
         size = d["capacity"]     # listed as the OVF says; an import refuses it
-    actual = sum(_allocated(_vol_path(engine, sd["id"], disk_id, v["id"]))
+    actual = sum(_allocated(engine.storage.volume_path(sd["id"], disk_id, v["id"]))
                  for v in d["volumes"])
     return size, actual
 
@@ -156,7 +153,7 @@ def remove_vm(engine, sd_id: str, vm_id: str) -> None:
     sd, p = sd_vm(engine, sd_id, vm_id, "remove VM")
     with engine.store.transaction():
         _remove_exported(engine, sd, p)
-    record_job(engine, f"Removing VM {p['name']} from Export Domain {sd['name']}",
+    record_job(engine.store, f"Removing VM {p['name']} from Export Domain {sd['name']}",
                ["Removing files"])
 
 
@@ -364,7 +361,7 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
     finally:
         for d in disks:
             store.update("disk", d["id"], status="ok")
-    record_job(engine, f"Exporting VM {vm['name']} To Export Domain {sd['name']}",
+    record_job(engine.store, f"Exporting VM {vm['name']} To Export Domain {sd['name']}",
                [f"Copying disk {d['name']}" for d in disks])
 
 
@@ -480,6 +477,6 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
     except BaseException as e:
         _undo_copies(st, dst_sd["id"], staged, installed, e, "import")
         raise
-    record_job(engine, f"Importing VM {name} from Export Domain {src_sd['name']}",
+    record_job(engine.store, f"Importing VM {name} from Export Domain {src_sd['name']}",
                [f"Copying disk {d['alias']}" for d in p["disks"].values()] + notes)
     return vm

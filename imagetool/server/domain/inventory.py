@@ -1,10 +1,9 @@
-"""Entities by id, and the job a finished operation records."""
+"""Entities by id."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from imagetool.server import jobs
 from imagetool.server.faults import ApiError, bad_request, not_found
 
 
@@ -67,9 +66,3 @@ def remove_member(engine: Any, kind: str, owner_id: str, owner_label: str, field
             raise not_found(f"{label} '{id}'")
         owner[field] = left
         store.put(kind, owner)
-
-
-def record_job(engine: Any, description: str, steps: Iterable[str],
-               status: str = "finished", start: float | None = None) -> dict:
-    """Store a finished job with one step per name (jobs service)."""
-    return jobs.record_job(engine.store, description, steps, status, start)

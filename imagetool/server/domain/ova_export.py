@@ -37,13 +37,6 @@ from imagetool.server.storage import new_id
 ACTION = "export VM"
 
 
-def allowed_directory(export_dirs: list[str], directory: str) -> str:
-    """The real path of ``directory`` when it lies in an allowed export dir; else ApiError."""
-    return validate.allowed_directory(export_dirs, directory, action=ACTION,
-                                      option="--export-dir",
-                                      without="This engine writes no files on its host")
-
-
 def check_filename(filename: str) -> None:
     """A plain file name: no directory part, no parent reference, no NUL."""
     if "/" in filename or ".." in filename or "\0" in filename or filename.strip() in ("", "."):
@@ -57,7 +50,9 @@ def start(engine, vm_id: str, directory: str, filename: str | None) -> dict:
     """Lock the VM's disks and write its OVA into ``directory`` (as
     ``filename``, default ``<vm name>.ova``) in the background; the job."""
     store = engine.store
-    real = allowed_directory(getattr(engine, "export_dirs", []), directory)
+    real = validate.allowed_directory(getattr(engine, "export_dirs", []), directory,
+                                      action=ACTION, option="--export-dir",
+                                      without="This engine writes no files on its host")
     with store.transaction():
         vm = store.get("vm", vm_id)
         if vm is None:

@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape
 from imagetool import xmlsafe
 from imagetool.ova import ovfvm
 from imagetool.ova.ovfvm import OvfVm
-from imagetool.ova.ovfvm_read import parse_vm_settings
+from imagetool.ova.ovfvm_read import disk_ref, parse_vm_settings
 from imagetool.units import MAX_DISK_BYTES, MAX_MEMORY_BYTES, scaled
 from imagetool.server.domain import vmsettings
 from imagetool.server.faults import bad_request, conflict
@@ -113,20 +113,16 @@ def ovf_disk_ids(data: str, kind: str = "ovf") -> tuple[str | None, list[str]]:
     ids = []
     listed = _disk_section_disks(root)
     for el in root.iter():
-        tag = el.tag.rsplit("}", 1)[-1]
+        tag = _local(el.tag)
         if tag == "Name" and name is None:
             name = (el.text or "").strip() or None
         if tag == "Disk":
-            attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
+            attrs = {_local(k): v for k, v in el.attrib.items()}
             if id(el) not in listed:
                 raise bad_request("Cannot add from the OVF: a Disk element outside the "
                                   "DiskSection (disk "
                                   f"{shown(attrs.get('diskId') or attrs.get('fileRef') or '', 100)})")
-            if kind == "ova":
-                ref_ = attrs.get("diskId") or ""
-            else:
-                ref_ = attrs.get("fileRef") or attrs.get("diskId") or ""
-            ids.append(ref_.split("/")[0])
+            ids.append(disk_ref(attrs, kind))
     # An export domain's OVF names each disk once per volume of its chain.
     return name, list(dict.fromkeys(check_id(i, "OVF disk") for i in ids if i))
 

@@ -11,7 +11,8 @@ import time
 
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import vmsettings
-from imagetool.server.domain.inventory import get, record_job
+from imagetool.server.domain.inventory import get
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
 from imagetool.server.storage import new_id, volume_row
 
@@ -96,7 +97,7 @@ def add(engine, vm_id: str, description: str, wanted: list[str | None]) -> tuple
             engine.store.update("disk", d["id"], image_id=new, format="cow")
             snap["volumes"][d["id"]] = old
         engine.store.put("snapshot", snap)
-    record_job(engine, f"Creating VM Snapshot {description} for VM {vm['name']}",
+    record_job(engine.store, f"Creating VM Snapshot {description} for VM {vm['name']}",
                [f"Creating snapshot of disk {d['name']}" for d in disks])
     return vm, snap
 
@@ -109,7 +110,7 @@ def remove(engine, vm_id: str, snap_id: str) -> None:
         for d in _usable(engine, snap["volumes"], "remove Snapshot"):
             disk_ops.merge_down(engine, d, snap["volumes"][d["id"]])
         store.delete("snapshot", snap_id)
-    record_job(engine, f"Removing Snapshot {snap['description']} of VM {vm['name']}",
+    record_job(engine.store, f"Removing Snapshot {snap['description']} of VM {vm['name']}",
                ["Merging layers"])
 
 
@@ -134,7 +135,7 @@ def restore(engine, vm_id: str, snap_id: str) -> None:
             store.update("disk", disk_id, image_id=st.add_layer(d, base_vol)["id"])
         for sid in dropped_snaps - {snap_id}:
             store.delete("snapshot", sid)
-    record_job(engine, f"Restoring VM Snapshot {snap['description']} of VM {vm['name']}",
+    record_job(engine.store, f"Restoring VM Snapshot {snap['description']} of VM {vm['name']}",
                ["Restoring layers"])
 
 
@@ -163,7 +164,7 @@ def preview(engine, vm_id: str, snap_id: str) -> None:
             raise
         vm["preview"] = preview
         store.put("vm", vm)
-    record_job(engine, f"Previewing Snapshot {snap['description']} of VM {vm['name']}",
+    record_job(engine.store, f"Previewing Snapshot {snap['description']} of VM {vm['name']}",
                ["Creating preview layers"])
 
 
@@ -210,7 +211,7 @@ def end_preview(engine, vm_id: str, action: str, commit: bool) -> None:
     for d, vol_id in files:
         st.remove_volume(d["sd_id"], d["id"], vol_id)
     verb = "Committing" if commit else "Undoing"
-    record_job(engine, f"{verb} Snapshot {snap['description']} of VM {vm['name']}",
+    record_job(engine.store, f"{verb} Snapshot {snap['description']} of VM {vm['name']}",
                ["Dropping layers"])
 
 
@@ -324,6 +325,6 @@ def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
         for disk, _, _ in made:
             st.remove_disk(disk["sd_id"], disk["id"])
         raise conflict("add VM", taken)
-    record_job(engine, f"Creating VM {name} from Snapshot {snap['description']}",
+    record_job(engine.store, f"Creating VM {name} from Snapshot {snap['description']}",
                [f"Copying disk {disk['name']}" for disk, _, _ in made])
     return vm

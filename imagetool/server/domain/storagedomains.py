@@ -18,7 +18,8 @@ import shutil
 import time
 
 from imagetool.server import storage_files
-from imagetool.server.domain.inventory import find_storage_domain, get, record_job
+from imagetool.server.domain.inventory import find_storage_domain, get
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict, not_found
 from imagetool.server.files import os_reason
 from imagetool.server.storage import new_id
@@ -98,7 +99,7 @@ def add(engine, *, name: str, sd_type: str, storage_type: str, description: str,
             engine.storage.forget_domain(sd["id"])
             raise conflict("add Storage Domain",
                            f"Cannot create the domain directory: {os_reason(e)}.") from None
-    record_job(engine, f"Adding Storage Domain {name}", ["Creating domain"])
+    record_job(engine.store, f"Adding Storage Domain {name}", ["Creating domain"])
     return sd
 
 
@@ -118,7 +119,7 @@ def remove(engine, sd_id: str, destroy: bool) -> None:
     engine.storage.forget_domain(sd_id)
     if destroy:
         shutil.rmtree(root, ignore_errors=True)
-    record_job(engine, f"Removing Storage Domain {sd['name']}", ["Removing domain"])
+    record_job(engine.store, f"Removing Storage Domain {sd['name']}", ["Removing domain"])
 
 
 def check_no_disks(engine, sd: dict, action: str) -> None:
@@ -165,7 +166,7 @@ def attach(engine, dc_id: str, sd_id: str | None, name: str | None) -> dict:
         sd.update(attached=True, status="active")
         engine.store.put("storage_domain", sd)
         storage_files.update_pool(engine.storage, sd, dc_id)
-    record_job(engine, f"Attaching Storage Domain {sd['name']} to Data Center Default",
+    record_job(engine.store, f"Attaching Storage Domain {sd['name']} to Data Center Default",
                ["Attaching domain"])
     return sd
 
@@ -207,5 +208,5 @@ def detach(engine, dc_id: str, sd_id: str) -> None:
         sd.update(attached=False, status="unattached")
         engine.store.put("storage_domain", sd)
         storage_files.update_pool(engine.storage, sd, None)
-    record_job(engine, f"Detaching Storage Domain {sd['name']} from Data Center Default",
+    record_job(engine.store, f"Detaching Storage Domain {sd['name']} from Data Center Default",
                ["Detaching domain"])

@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import check_disks_exist, record_job
+from imagetool.server.domain.inventory import check_disks_exist
 from imagetool.server.domain.ovf import BLANK, check_unowned
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
 from imagetool.server.storage import new_id, volume_row
 
@@ -91,7 +92,7 @@ def add(engine, *, template_id: str, name: str, description: str, memory: int | 
              "cpus": source.get("cpus", 1), "os_type": source.get("os_type", "other"),
              "attachments": atts, "ovf": ovf}
         engine.store.put("template", t)
-    record_job(engine, f"Creating Template {name}", ["Adding template"])
+    record_job(engine.store, f"Creating Template {name}", ["Adding template"])
     return t
 
 
@@ -107,4 +108,4 @@ def remove(engine, template_id: str) -> None:
         engine.store.delete("template", template_id)
         for d in disks:
             engine.storage.delete_disk(d)
-    record_job(engine, f"Removing Template {t['name']}", ["Removing template"])
+    record_job(engine.store, f"Removing Template {t['name']}", ["Removing template"])

@@ -26,7 +26,7 @@ from imagetool.server.domain.disks import check_usable
 from imagetool.server.domain.inventory import get
 from imagetool.server.domain.transfer_tickets import TransferTickets
 from imagetool.server.domain.transfer_volumes import TransferVolumes
-from imagetool.server.faults import ApiError, conflict, missing
+from imagetool.server.faults import conflict, missing
 from imagetool.server.jobs import end_job, record_job
 from imagetool.server.storage import Storage, new_id
 from imagetool.server.store import Store
@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 
 E, P = Event, Phase
 POLICIES = ("legacy", "pause", "cancel")
-
-
-class TransferConflict(Exception):
-    """An action not allowed in the transfer's current phase (409)."""
 
 
 def target(engine, disk_id: str | None, snap_id: str | None,
@@ -66,11 +62,7 @@ def start(engine, ids: tuple[str | None, ...], *, direction: str, host: dict | N
         backup = None
         if backup_id:
             disk = get(engine, "disk", disk_id, "disk")
-            try:
-                backup, vol = backups.backup_volume(engine, backup_id, disk_id)
-            except backups.BackupError as e:
-                raise ApiError(e.status, "Operation Failed" if e.status == 409 else
-                               "Bad Request", f"[{e}]") from None
+            backup, vol = backups.backup_volume(engine, backup_id, disk_id)
             is_snap = False
         else:
             disk, vol, is_snap = target(engine, disk_id, snap_id, image_id)
@@ -240,9 +232,9 @@ class TransferManager:
 
     def _require(self, t: dict, action: str, phases: frozenset[Phase]) -> None:
         if t["phase"] not in phases:
-            raise TransferConflict(
-                f"[Cannot {action} image transfer. The image transfer is in phase "
-                f"{t['phase']}, expected {' or '.join(ordered(phases))}.]")
+            raise conflict(f"{action} image transfer",
+                           f"The image transfer is in phase {t['phase']}, expected "
+                           f"{' or '.join(ordered(phases))}.")
 
     def extend(self, tid: str) -> dict:
         """Refresh the ticket; no phase change."""
@@ -257,8 +249,8 @@ class TransferManager:
         with self._lock(tid):
             t = self.store.get("transfer", tid)
             if t["direction"] == "download":
-                raise TransferConflict("[Cannot pause image transfer. Pausing a download is "
-                                       "not supported.]")
+                raise conflict("pause image transfer",
+                               "Pausing a download is not supported.")
             self._require(t, "pause", accepting(E.USER_PAUSE))
             self.tickets.pause(t)
             return self._fire(tid, E.USER_PAUSE)

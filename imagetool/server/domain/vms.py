@@ -13,8 +13,9 @@ from typing import Any, Callable
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import networks, vmsettings
-from imagetool.server.domain.inventory import get, record_job
+from imagetool.server.domain.inventory import get
 from imagetool.server.domain.ovf import check_unowned
+from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict, not_found
 from imagetool.server.storage import new_id
 
@@ -45,7 +46,7 @@ def add(engine, *, vm_id: str | None, name: str, attachments: list[dict],
         # the same transaction, so two VMs cannot both take a disk).
         check_unowned(engine, [a["disk_id"] for a in vm["attachments"]], "add VM")
         engine.store.put("vm", vm)
-    record_job(engine, f"Creating VM {name}", ["Adding VM", *notes])
+    record_job(engine.store, f"Creating VM {name}", ["Adding VM", *notes])
     return vm
 
 
@@ -57,8 +58,7 @@ def update(engine, vm_id: str, name: str | None, given: OvfVm) -> dict:
             check_name_free(engine, name, "update VM")
             vm["name"] = name
         if given.sockets or given.cores or given.threads:
-            cpu = dict(vm.get("cpu") or {"sockets": vm.get("cpus", 1), "cores": 1,
-                                         "threads": 1})
+            cpu = vmsettings.cpu_of(vm)
             given.sockets = given.sockets or cpu["sockets"]
             given.cores = given.cores or cpu["cores"]
             given.threads = given.threads or cpu["threads"]
@@ -84,7 +84,7 @@ def remove(engine, vm_id: str, detach_only: bool) -> None:
         if not detach_only:
             for d in disks:
                 engine.storage.delete_disk(d)
-    record_job(engine, f"Removing VM {vm['name']}", ["Removing VM"])
+    record_job(engine.store, f"Removing VM {vm['name']}", ["Removing VM"])
 
 
 # --- disk attachments -----------------------------------------------------------

@@ -13,11 +13,6 @@ from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
 
-def _fail(e: bk.BackupError) -> ApiError:
-    reason = {400: "Bad Request", 404: "Not Found", 409: "Operation Failed"}[e.status]
-    return ApiError(e.status, reason, f"[{e}]")
-
-
 def backup_repr(req: Request, b: dict) -> dict:
     base = req.href("vms", b["vm_id"], "backups", b["id"])
     return {
@@ -66,10 +61,7 @@ def add_backup(req: Request, vm_id: str) -> Reply:
         if did is None:
             raise ApiError(400, "Bad Request", "[Cannot backup VM: a disk without id]")
         disk_ids.append(did)
-    try:
-        b = bk.start(req.engine, vm_id, disk_ids, from_cp, description or "", bid)
-    except bk.BackupError as e:
-        raise _fail(e) from None
+    b = bk.start(req.engine, vm_id, disk_ids, from_cp, description or "", bid)
     return Reply(status=201, tag="backup", body=backup_repr(req, b))
 
 
@@ -87,10 +79,7 @@ def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
 
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
-    try:
-        b = bk.finalize(req.engine, vm_id, bid)
-    except bk.BackupError as e:
-        raise _fail(e) from None
+    b = bk.finalize(req.engine, vm_id, bid)
     return Reply(tag="action", body={"status": "complete", "backup": backup_repr(req, b)})
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import ApiError, Reply, Request, not_found
+from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, not_found
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -70,6 +70,16 @@ def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
                                          get_str(ref, "name"), action)
 
 
+def configuration(data: dict) -> tuple[str | None, str]:
+    """The OVF of ``initialization.configuration`` and its type: ``ovf``, or
+    ``ova`` (an OVA's, whose disks are named by ``Disk/@ovf:diskId``)."""
+    ovf = get_str(data, "initialization", "configuration", "data")
+    kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
+    if ovf and kind not in ("ovf", "ova"):
+        raise bad_request(f"Unknown configuration type {kind!r} (ovf or ova)")
+    return ovf, kind
+
+
 def first_sd_ref(data: dict) -> dict | None:
     """The first ``storage_domains/storage_domain`` (or ``storage_domain``) of a body."""
     refs = get_list(data, "storage_domains")
@@ -77,17 +87,6 @@ def first_sd_ref(data: dict) -> dict | None:
         return refs[0]
     sd = data.get("storage_domain")
     return sd if isinstance(sd, dict) else None
-
-
-def get_or_404(req: Request, kind: str, id: str, label: str) -> dict:
-    """A stored entity or a 404 fault naming it."""
-    return inventory.get(req.engine, kind, id, label)
-
-
-def get_owned(req: Request, kind: str, id: str, label: str, key: str, owner: str) -> dict:
-    """``get_or_404`` for an entity under another in the path: a 404 as well
-    when its ``key`` names a different owner."""
-    return inventory.get_owned(req.engine, kind, id, label, key, owner)
 
 
 def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
@@ -101,7 +100,7 @@ def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, d
 def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
                to_repr: Callable[[Request, dict], dict]) -> Reply:
     """GET on one stored entity, or a 404 fault naming it."""
-    return Reply(tag=tag, body=to_repr(req, get_or_404(req, kind, id, label)))
+    return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
 
 
 def list_members(req: Request, owner: dict, field: str, tag: str,
@@ -119,12 +118,6 @@ def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: 
         if m[key] == id:
             return Reply(tag=tag, body=to_repr(req, owner, m))
     raise not_found(f"{label} '{id}'")
-
-def remove_member(req: Request, kind: str, owner_id: str, owner_label: str, field: str,
-                  id: str, label: str) -> None:
-    """DELETE on one member of a collection stored inside its owner (a VM's
-    NICs): 404 naming it when the owner has none with that id."""
-    inventory.remove_member(req.engine, kind, owner_id, owner_label, field, id, label)
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:

@@ -55,7 +55,7 @@ def list_dcs(req: Request) -> Reply:
 
 
 def get_dc(req: Request, dc_id: str) -> Reply:
-    _dc(req, dc_id)
+    sds.check_dc(req.engine, dc_id)
     return Reply(tag="data_center", body=dc_repr(req))
 
 
@@ -68,10 +68,6 @@ def get_cluster(req: Request, cluster_id: str) -> Reply:
     if cluster_id != req.engine.cluster_id:
         raise not_found(f"cluster '{cluster_id}'")
     return Reply(tag="cluster", body=cluster_repr(req))
-
-
-def _dc(req: Request, dc_id: str) -> None:
-    sds.check_dc(req.engine, dc_id)
 
 
 def _attached_repr(req: Request, sd: dict) -> dict:
@@ -94,7 +90,7 @@ def get_dc_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
 
 def attach_sd(req: Request, dc_id: str) -> Reply:
     """POST /datacenters/{id}/storagedomains: attach (and activate) a domain."""
-    _dc(req, dc_id)
+    sds.check_dc(req.engine, dc_id)
     data = req.data()
     sd_id = get_id(data, "id", what="storage domain")
     name = get_str(data, "name")
@@ -125,10 +121,10 @@ def detach_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
 
 
 def list_dc_clusters(req: Request, dc_id: str) -> Reply:
-    _dc(req, dc_id)
+    sds.check_dc(req.engine, dc_id)
     return list_clusters(req)
 
 
 def get_dc_cluster(req: Request, dc_id: str, cluster_id: str) -> Reply:
-    _dc(req, dc_id)
+    sds.check_dc(req.engine, dc_id)
     return get_cluster(req, cluster_id)

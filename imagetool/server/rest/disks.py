@@ -7,8 +7,7 @@ from __future__ import annotations
 from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_owned, get_stored, list_stored,
-                                          ref, sub_links)
+                                          get_stored, list_stored, ref, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
@@ -183,6 +182,6 @@ def list_disk_snapshots(req: Request, disk_id: str) -> Reply:
 
 
 def get_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
-    vol = get_owned(req, "volume", vol_id, "disk snapshot", "disk_id", disk_id)
+    vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "disk_id", disk_id)
     return Reply(tag="disk_snapshot",
                  body=snapshot_repr(req, vol, req.href("disks", disk_id, "disksnapshots")))

@@ -1,18 +1,20 @@
 """Export storage domains (oVirt REST API guide: Vm ``export``,
 StorageDomainVms, StorageDomainVm ``import``/remove,
 StorageDomainVmDiskAttachments); what an export domain holds and how a VM
-goes onto it and comes back is ``server/domain/export_domain.py``'s."""
+goes onto it and comes back is ``server/domain/export_domain.py``'s. The
+same ``export`` action with ``host``/``directory``/``filename`` writes an
+OVA on the host instead (``server/domain/ova_export.py``)."""
 
 from __future__ import annotations
 
-from imagetool.server.domain import export_domain
+from imagetool.server.domain import export_domain, ova_export
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref, ref,
                                           sub_links)
-from imagetool.server.rest.ovaexport import export_to_path
+from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
-from imagetool.server.validate import check_text
+from imagetool.server.validate import MAX_PATH, check_text
 
 
 def _disk_body(req: Request, sd: dict, disk_id: str, d: dict) -> dict:
@@ -82,7 +84,7 @@ def remove_sd_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
 
 def export_vm(req: Request, vm_id: str) -> Reply:
     """POST /vms/{id}/export: the VM's disks and OVF onto an export domain
-    (with ``host``/``directory`` instead: an OVA on the host, ovaexport.py);
+    (with ``host``/``directory`` instead: an OVA on the host, export_to_path);
     ``discard_snapshots`` collapses each chain, ``exclusive`` replaces the
     same VM on the domain."""
     data = req.data()
@@ -96,6 +98,23 @@ def export_vm(req: Request, vm_id: str) -> Reply:
     export_domain.export_vm(req.engine, vm_id, sd, exclusive=bool(get_bool(data, "exclusive")),
                             discard=bool(get_bool(data, "discard_snapshots")))
     return Reply(tag="action", body={"status": "complete"})
+
+
+def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
+    """POST /vms/{id}/export with ``host``, ``directory`` (and ``filename``)."""
+    host = get_obj(data, "host") or {}
+    if not (get_str(host, "id") or get_str(host, "name")):
+        raise missing("Action", "exportToPathOnHost", "host.id|name")
+    find_host(req, get_str(host, "id"), get_str(host, "name"))
+    directory = check_text(get_str(data, "directory"), "directory", MAX_PATH)
+    filename = check_text(get_str(data, "filename"), "filename")
+    if directory is None:
+        raise missing("Action", "exportToPathOnHost", "directory")
+    if len(directory) > 1 and directory.endswith("/"):
+        directory = directory.rstrip("/") or "/"
+    job = ova_export.start(req.engine, vm_id, directory, filename)
+    return Reply(tag="action", body={"status": "complete",
+                                     "job": ref(req, "jobs", job["id"])})
 
 
 def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:

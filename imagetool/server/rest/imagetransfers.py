@@ -5,13 +5,12 @@ list, get and the actions extend, pause, resume, finalize, cancel. The state mac
 from __future__ import annotations
 
 from imagetool.phases import SERVING
-from imagetool.server.domain import transfers
-from imagetool.server.domain.transfers import POLICIES, TransferConflict
+from imagetool.server.domain import inventory, transfers
+from imagetool.server.domain.transfers import POLICIES
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_or_404, get_stored, list_stored,
-                                          ref)
+from imagetool.server.rest.common import action_links, get_stored, list_stored, ref
 from imagetool.server.rest.hosts import find_host
-from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, conflict
+from imagetool.server.rest.router import Reply, Request, bad_request, conflict
 
 ACTIONS = ("cancel", "extend", "finalize", "pause", "resume")
 DEFAULT_INACTIVITY = 60
@@ -104,12 +103,9 @@ def get_transfer(req: Request, tid: str) -> Reply:
 
 def _action(name: str):
     def handler(req: Request, tid: str) -> Reply:
-        get_or_404(req, "transfer", tid, "image transfer")
+        inventory.get(req.engine, "transfer", tid, "image transfer")
         req.data()  # a malformed body is a 400 even when nothing in it is used
-        try:
-            t = getattr(req.engine.transfers, name)(tid)
-        except TransferConflict as e:
-            raise ApiError(409, "Operation Failed", str(e)) from None
+        t = getattr(req.engine.transfers, name)(tid)
         return Reply(tag="action", body={"status": "complete",
                                          "image_transfer": transfer_repr(req, t)})
     handler.__name__ = f"{name}_transfer"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from imagetool.server.rest.common import (get_member, get_or_404, get_stored, iso_date,
-                                          list_members, list_stored, sub_links)
+from imagetool.server.domain import inventory
+from imagetool.server.rest.common import (get_member, get_stored, iso_date, list_members,
+                                          list_stored, sub_links)
 from imagetool.server.rest.router import Reply, Request
 from imagetool.server.validate import check_text
 
@@ -53,9 +54,10 @@ def get_job(req: Request, job_id: str) -> Reply:
 
 
 def list_steps(req: Request, job_id: str) -> Reply:
-    return list_members(req, get_or_404(req, "job", job_id, "job"), "steps", "steps", step_repr)
+    return list_members(req, inventory.get(req.engine, "job", job_id, "job"), "steps", "steps",
+                        step_repr)
 
 
 def get_step(req: Request, job_id: str, step_id: str) -> Reply:
-    return get_member(req, get_or_404(req, "job", job_id, "job"), "steps", "id", step_id,
+    return get_member(req, inventory.get(req.engine, "job", job_id, "job"), "steps", "id", step_id,
                       "step", "step", step_repr)

@@ -3,13 +3,9 @@ VnicProfiles, VnicProfile); the rules are ``server/domain/networks.py``'s."""
 
 from __future__ import annotations
 
-from imagetool.server.domain import networks
-from imagetool.server.rest.common import get_or_404, get_stored, list_stored, ref
+from imagetool.server.domain import inventory, networks
+from imagetool.server.rest.common import get_stored, list_stored, ref
 from imagetool.server.rest.router import Reply, Request
-
-
-def find_profile(req: Request, profile_id: str) -> dict:
-    return get_or_404(req, "vnic_profile", profile_id, "vNIC profile")
 
 
 # --- representations and services ----------------------------------------------
@@ -41,7 +37,7 @@ def get_network(req: Request, network_id: str) -> Reply:
 
 
 def list_network_profiles(req: Request, network_id: str) -> Reply:
-    get_or_404(req, "network", network_id, "network")
+    inventory.get(req.engine, "network", network_id, "network")
     return Reply(tag="vnic_profiles",
                  body=[profile_repr(req, p) for p in networks.profiles(req.engine, network_id)])
 

@@ -12,7 +12,7 @@ family; this table is the one place that says which URL reaches which.
 from __future__ import annotations
 
 from imagetool.server.rest import (backups, datacenters, disks, exportdomain, hosts,
-                                   imagetransfers, jobs, networks, nics, root, snapshots,
+                                   imagetransfers, jobs, networks, root, snapshots,
                                    storagedomains, templates, vms)
 from imagetool.server.rest.router import Handler
 
@@ -80,12 +80,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/vms/{vm_id}/previewsnapshot", snapshots.preview_snapshot),
     ("POST", "/vms/{vm_id}/commitsnapshot", snapshots.commit_snapshot),
     ("POST", "/vms/{vm_id}/undosnapshot", snapshots.undo_snapshot),
-    # A VM's NICs (nics.py)
-    ("GET", "/vms/{vm_id}/nics", nics.list_nics),
-    ("POST", "/vms/{vm_id}/nics", nics.add_nic),
-    ("GET", "/vms/{vm_id}/nics/{nic_id}", nics.get_nic),
-    ("PUT", "/vms/{vm_id}/nics/{nic_id}", nics.update_nic),
-    ("DELETE", "/vms/{vm_id}/nics/{nic_id}", nics.remove_nic),
+    # A VM's NICs (vms.py)
+    ("GET", "/vms/{vm_id}/nics", vms.list_nics),
+    ("POST", "/vms/{vm_id}/nics", vms.add_nic),
+    ("GET", "/vms/{vm_id}/nics/{nic_id}", vms.get_nic),
+    ("PUT", "/vms/{vm_id}/nics/{nic_id}", vms.update_nic),
+    ("DELETE", "/vms/{vm_id}/nics/{nic_id}", vms.remove_nic),
     # Networks and vNIC profiles (networks.py)
     ("GET", "/networks", networks.list_networks),
     ("GET", "/networks/{network_id}", networks.get_network),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from imagetool.server.domain import inventory, snapshots
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import get_or_404, ref
+from imagetool.server.rest.common import ref
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import snapshot_repr
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -18,7 +18,7 @@ def _done() -> Reply:
 
 
 def list_snapshots(req: Request, vm_id: str) -> Reply:
-    vm = get_or_404(req, "vm", vm_id, "VM")
+    vm = inventory.get(req.engine, "vm", vm_id, "VM")
     return Reply(tag="snapshots", body=[snapshot_repr(req, vm, s)
                                         for s in snapshots.of_vm(req.engine, vm)])
 

@@ -7,11 +7,12 @@ The rules (where a domain may live, when it may go) are
 
 from __future__ import annotations
 
+from imagetool.server.domain import inventory
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import (action_links, get_or_404, get_owned, get_stored,
-                                          list_stored, ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, get_stored, list_stored, ref,
+                                          search_filter, sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_text, shown
@@ -93,23 +94,23 @@ def get_sd(req: Request, sd_id: str) -> Reply:
 
 
 def list_sd_disks(req: Request, sd_id: str) -> Reply:
-    get_or_404(req, "storage_domain", sd_id, "storage domain")
+    inventory.get(req.engine, "storage_domain", sd_id, "storage domain")
     docs = search_filter(req, sds.disks_of(req.engine, sd_id), disks_mod.SEARCH_FIELDS)
     return Reply(tag="disks", body=[disks_mod.disk_repr(req, d) for d in docs])
 
 
 def get_sd_disk(req: Request, sd_id: str, disk_id: str) -> Reply:
-    disk = get_owned(req, "disk", disk_id, "disk", "sd_id", sd_id)
+    disk = inventory.get_owned(req.engine, "disk", disk_id, "disk", "sd_id", sd_id)
     return Reply(tag="disk", body=disks_mod.disk_repr(req, disk))
 
 
 def add_sd_disk(req: Request, sd_id: str) -> Reply:
-    sd = get_or_404(req, "storage_domain", sd_id, "storage domain")
+    sd = inventory.get(req.engine, "storage_domain", sd_id, "storage domain")
     return disks_mod.add_disk(req, default_sd=sd)
 
 
 def list_sd_snapshots(req: Request, sd_id: str) -> Reply:
-    get_or_404(req, "storage_domain", sd_id, "storage domain")
+    inventory.get(req.engine, "storage_domain", sd_id, "storage domain")
     vols = search_filter(req, sds.volumes_of(req.engine, sd_id))
     return Reply(tag="disk_snapshots",
                  body=[disks_mod.snapshot_repr(req, v, req.href("storagedomains", sd_id, "disksnapshots"))
@@ -117,12 +118,12 @@ def list_sd_snapshots(req: Request, sd_id: str) -> Reply:
 
 
 def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
-    vol = get_owned(req, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
+    vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
     return Reply(tag="disk_snapshot",
                  body=disks_mod.snapshot_repr(req, vol, req.href("storagedomains", sd_id, "disksnapshots")))
 
 
 def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
     """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
-    vol = get_owned(req, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
+    vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
     return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)

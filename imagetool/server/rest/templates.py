@@ -7,8 +7,8 @@ from __future__ import annotations
 from imagetool.server.domain import templates
 from imagetool.server.domain.ovf import ovf_disk_ids
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_member, iso_date, list_members,
-                                          ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
+                                          list_members, ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -60,14 +60,11 @@ def add_template(req: Request) -> Reply:
     memory = get_int(data, "memory")
     if memory is not None and memory <= 0:
         raise bad_request("Template memory must be positive")
-    ovf = get_str(data, "initialization", "configuration", "data")
-    kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
     vm_ref = get_obj(data, "vm")
     template_id = get_id(data, "id", what="template") or new_id()
+    ovf, kind = configuration(data)
     disk_ids: list[str] = []
     if ovf:
-        if kind not in ("ovf", "ova"):
-            raise bad_request(f"Unknown configuration type {kind!r} (ovf or ova)")
         ovf_name, disk_ids = ovf_disk_ids(ovf, kind)
         name = name or check_text(ovf_name, "OVF Name")
     if not name or not (ovf or vm_ref):

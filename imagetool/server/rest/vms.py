@@ -1,21 +1,24 @@
-"""VMs (oVirt REST API guide: Vms, Vm) and their disk attachments; the
-operations are ``server/domain/vms.py``'s, snapshots are ``snapshots.py``'s
-here and there."""
+"""VMs (oVirt REST API guide: Vms, Vm), their disk attachments and their
+network interfaces (VmNics, VmNic); the operations are
+``server/domain/vms.py``'s, snapshots are ``snapshots.py``'s here and there."""
 
 from __future__ import annotations
 
+from imagetool.errors import FormatError
+from imagetool.ova.ovfvm import NIC_TYPES, check_mac
 from imagetool.server.domain import inventory, snapshots, vms
 from imagetool.server.domain.ovf import BLANK, build_ovf, ovf_disk_ids
 from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, get_member, get_or_404, iso_date,
+from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
                                           list_members, ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
 
 INTERFACES = ("ide", "sata", "spapr_vscsi", "virtio", "virtio_scsi")
+MAX_NIC_NAME = 50
 
 
 # --- representations ----------------------------------------------------------
@@ -70,10 +73,6 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
 
 # --- VMs -------------------------------------------------------------------------
 
-def _find_vm(req: Request, vm_id: str) -> dict:
-    return get_or_404(req, "vm", vm_id, "VM")
-
-
 def _interface(data: dict) -> str | None:
     """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
     interface = get_str(data, "interface")
@@ -101,7 +100,7 @@ def _attachment_from(req: Request, data: dict, action: str) -> dict:
             raise missing("DiskAttachment", action, "disk.id")
         # A new disk described inline (add disk + attach in one call).
         disk_id = disks_mod.add_disk(_sub_request(req, req.method, disk_ref)).body["id"]
-    disk = get_or_404(req, "disk", disk_id, "disk")
+    disk = inventory.get(req.engine, "disk", disk_id, "disk")
     return {"disk_id": disk["id"], "interface": interface,
             "bootable": bool(get_bool(data, "bootable")),
             "active": get_bool(data, "active") is not False}
@@ -114,11 +113,7 @@ def add_vm(req: Request) -> Reply:
     given = vmsettings.from_body(data)
     vm_id = get_id(data, "id", what="VM")
     check_cluster(req, get_obj(data, "cluster"))
-    ovf = get_str(data, "initialization", "configuration", "data")
-    # "ova": the OVF of an OVA, whose disks are named by Disk/@ovf:diskId.
-    ovf_kind = (get_str(data, "initialization", "configuration", "type") or "ovf").lower()
-    if ovf and ovf_kind not in ("ovf", "ova"):
-        raise bad_request(f"Unknown configuration type {ovf_kind!r} (ovf or ova)")
+    ovf, ovf_kind = configuration(data)
     snap_refs = get_list(data, "snapshots")
     if snap_refs:
         snap_id = get_id(snap_refs[0], "id", what="snapshot")
@@ -190,7 +185,7 @@ def list_vms(req: Request) -> Reply:
 
 
 def get_vm(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="vm", body=_with_follow(req, _find_vm(req, vm_id)))
+    return Reply(tag="vm", body=_with_follow(req, inventory.get(req.engine, "vm", vm_id, "VM")))
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
@@ -202,13 +197,14 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
 # --- disk attachments -----------------------------------------------------------
 
 def list_attachments(req: Request, vm_id: str) -> Reply:
-    return list_members(req, _find_vm(req, vm_id), "attachments", "disk_attachments",
-                        attachment_repr)
+    vm = inventory.get(req.engine, "vm", vm_id, "VM")
+    return list_members(req, vm, "attachments", "disk_attachments", attachment_repr)
 
 
 def get_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    return get_member(req, _find_vm(req, vm_id), "attachments", "disk_id", disk_id,
-                      "disk attachment", "disk_attachment", attachment_repr)
+    vm = inventory.get(req.engine, "vm", vm_id, "VM")
+    return get_member(req, vm, "attachments", "disk_id", disk_id, "disk attachment",
+                      "disk_attachment", attachment_repr)
 
 
 def add_attachment(req: Request, vm_id: str) -> Reply:
@@ -231,4 +227,67 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
 
 def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     vms.detach(req.engine, vm_id, disk_id)
+    return Reply(status=200)
+
+
+# --- NICs ---------------------------------------------------------------------------
+# Stored inside the VM record (``vm["nics"]``), each ``{"id", "name", "interface",
+# "mac", "vnic_profile_id", "linked", "plugged"}``; the VM's OVF carries them.
+
+def nic_repr(req: Request, vm: dict, nic: dict) -> dict:
+    return {"href": req.href("vms", vm["id"], "nics", nic["id"]), "id": nic["id"],
+            "name": nic["name"], "interface": nic["interface"],
+            "mac": {"address": nic["mac"]}, "linked": nic.get("linked", True),
+            "plugged": nic.get("plugged", True),
+            "vnic_profile": ref(req, "vnicprofiles", nic.get("vnic_profile_id")),
+            "vm": ref(req, "vms", vm["id"])}
+
+
+def _nic_fields(data: dict) -> dict:
+    """The NIC fields ``data`` gives, each value checked (None: not given;
+    ``vnic_profile_id`` only when ``vnic_profile`` is given, maybe as None)."""
+    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME)}
+    interface = get_str(data, "interface")
+    if interface is not None and interface not in NIC_TYPES.values():
+        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
+                          f"{', '.join(NIC_TYPES.values())}")
+    fields["interface"] = interface
+    mac = get_str(data, "mac", "address")
+    if mac is not None:
+        try:
+            mac = check_mac(mac)
+        except FormatError as e:
+            raise bad_request(str(e)) from None
+    fields["mac"] = mac
+    if "vnic_profile" in data:
+        fields["vnic_profile_id"] = get_id(data, "vnic_profile", "id", what="vNIC profile")
+    for key in ("linked", "plugged"):
+        fields[key] = get_bool(data, key)
+    return fields
+
+
+def list_nics(req: Request, vm_id: str) -> Reply:
+    return list_members(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "nics", nic_repr)
+
+
+def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    return get_member(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "id", nic_id,
+                      "NIC", "nic", nic_repr)
+
+
+def add_nic(req: Request, vm_id: str) -> Reply:
+    data = req.data()
+    if get_str(data, "name") is None:
+        raise missing("NIC", "add", "name")
+    vm, nic = vms.add_nic(req.engine, vm_id, _nic_fields(data))
+    return Reply(status=201, tag="nic", body=nic_repr(req, vm, nic))
+
+
+def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    vm, nic = vms.update_nic(req.engine, vm_id, nic_id, _nic_fields(req.data()))
+    return Reply(tag="nic", body=nic_repr(req, vm, nic))
+
+
+def remove_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
+    inventory.remove_member(req.engine, "vm", vm_id, "VM", "nics", nic_id, "NIC")
     return Reply(status=200)
