@@ -2,8 +2,8 @@
 repository.
 
 Every VM's points are written oldest first, under their own names and
-times, each with its OVF (SHA-256 checked against its manifest), the
-manifest's facts (its file names and file checksums dropped: they describe
+times, each with its OVF (SHA-256 checked against its manifest, and kept:
+a restore checks the OVF against it), the manifest's facts (its file names and file checksums dropped: they describe
 files the new repository does not have) and per disk the recorded guest
 checksum, which ``verify`` compares afterwards. An incremental point is
 written as an incremental of its parent: only the clusters its own qcow2
@@ -96,7 +96,8 @@ def _meta(d: DiskEntry) -> dict:
 
 
 def _manifest(m: Manifest, old_root: str) -> dict:
-    out = {k: v for k, v in m.to_json().items() if k not in ("ovf", "disks")}
+    out = {k: v for k, v in m.to_json().items() if k != "disks"}
+    out["ovf"] = {"sha256": m.ovf.sha256}       # restore checks the OVF against it
     out["disks"] = [_meta(d) for d in m.disks]
     out["migrated_from"] = {"repository": old_root, "point": m.point}
     return out
