@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from imagetool.backup import engine_ops as ops
 from imagetool.backup.destination import destination_for
-from imagetool.backup.repo import FORMAT_VERSION, RepositoryError
+from imagetool.backup.manifest import DiskEntry, Manifest, OvfRef, RepositoryError
 from imagetool.engine.lifecycle import remove_snapshot, take_snapshot
 from imagetool.engine.wait import wait_for_backup
 from imagetool.errors import EngineError, ImagetoolError, NotFound
@@ -124,9 +124,9 @@ def _base(conn: Any, vm_id: str, last: Any, method: str,
         return None, "no chain yet"
     if full:
         return None, "a full backup was asked"
-    if last.manifest.get("method") != method:
-        return None, f"the last point was made with the {last.manifest.get('method')} method"
-    engine = last.manifest.get("engine") or {}
+    if last.method != method:
+        return None, f"the last point was made with the {last.method} method"
+    engine = last.engine
     if method == "snapshot":
         sid = engine.get("snapshot_id")
         if not sid or not ops.snapshot_exists(conn, vm_id, sid):
@@ -188,13 +188,12 @@ def backup_vm(conn: Any, vm: str, repository: Any, *, full: bool = False,
                                       progress=progress, point_reason=reason)
             manifest = point_manifest(vm_id, v.name, name, now, method, base, engine_ids,
                                       entries, staged.ovf_info())
-            moved = manifest["bytes"]
             point = staged.commit(manifest)
         except BaseException:
             _abandon(conn, vm_id, staged, state)
             raise
         if last is not None:     # a base snapshot the new point no longer needs
-            old = (last.manifest.get("engine") or {}).get("snapshot_id")
+            old = last.engine.get("snapshot_id")
             if old and old != engine_ids.get("snapshot_id"):
                 try:
                     remove_snapshot(conn, vm_id, old)
@@ -203,31 +202,28 @@ def backup_vm(conn: Any, vm: str, repository: Any, *, full: bool = False,
                                 f"be removed: {e}", log)
     return {
         "vm_id": vm_id, "vm_name": v.name, "point": point.name,
-        "path": point.path, "mode": manifest["mode"], "method": method,
-        "bytes": moved, "seconds": round(time.monotonic() - start, 3),
+        "path": point.path, "mode": manifest.mode, "method": method,
+        "bytes": manifest.bytes, "seconds": round(time.monotonic() - start, 3),
         "reason": reason, "notes": notes,
         **({"stored": point.stored} if point.stored is not None else {}),
-        "disks": [{"disk_id": e["disk_id"], "name": e["name"],
-                   "path": point.disk_paths[e["disk_id"]],
-                   "mode": e["mode"], "reason": e["reason"],
-                   "checksum": e["checksum"]["value"], "algorithm": e["checksum"]["algorithm"],
-                   "block_size": e["checksum"]["block_size"]} for e in entries],
+        "disks": [{"disk_id": e.disk_id, "name": e.name, "path": point.disk_paths[e.disk_id],
+                   "mode": e.mode, "reason": e.reason, "checksum": e.checksum.value,
+                   "algorithm": e.checksum.algorithm, "block_size": e.checksum.block_size}
+                  for e in entries],
     }
 
 
 def point_manifest(vm_id: str, vm_name: str | None, name: str, now: float, method: str,
-                   base: Any, engine_ids: dict, entries: list[dict], ovf: dict) -> dict:
+                   base: Any, engine_ids: dict, entries: list[DiskEntry],
+                   ovf: OvfRef) -> Manifest:
     """The manifest of a point; ``ovf``: what it records of the OVF (its
     SHA-256, and its file in a qcow2-chain point)."""
-    return {
-        "format": FORMAT_VERSION, "vm_id": vm_id, "vm_name": vm_name, "point": name,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-        "timestamp": now, "method": method,
-        "mode": "incremental" if base is not None else "full",
-        "parent": base.name if base is not None else None,
-        "engine": engine_ids, "bytes": sum(e["bytes"] for e in entries), "disks": entries,
-        "ovf": ovf,
-    }
+    return Manifest(
+        vm_id=vm_id, vm_name=vm_name, point=name,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), timestamp=now,
+        method=method, mode="incremental" if base is not None else "full",
+        parent=base.name if base is not None else None, engine=engine_ids,
+        bytes=sum(e.bytes for e in entries), disks=tuple(entries), ovf=ovf)
 
 
 def _abandon(conn: Any, vm_id: str, staged: Any, state: dict) -> None:
@@ -243,7 +239,7 @@ def _abandon(conn: Any, vm_id: str, staged: Any, state: dict) -> None:
 def _fetch_all(conn: Any, disks: list, base: Any, staged: Any, *,
                why_full: Callable[[ops.VmDisk], str | None], source: Callable, workers: int,
                inactivity_timeout: int, progress: Progress | None,
-               point_reason: str | None) -> list[dict]:
+               point_reason: str | None) -> list[DiskEntry]:
     """Download every disk; each entry says its mode and, when full, why."""
     entries = []
     for d in disks:
@@ -251,19 +247,18 @@ def _fetch_all(conn: Any, disks: list, base: Any, staged: Any, *,
         prev_entry, prev_digests = (None, None) if reason else staged.previous(base, d.id)
         if reason is None and prev_entry is None:
             reason = "the disk is not in the previous point"
-        elif reason is None and prev_entry["virtual_size"] != d.provisioned_size:
+        elif reason is None and prev_entry.virtual_size != d.provisioned_size:
             prev_entry = prev_digests = None
             reason = "the disk's size changed since the previous point"
-        entry = staged.fetch(conn, d, base, prev_entry, prev_digests,
-                             source(d, prev_entry is not None), workers=workers,
-                             inactivity_timeout=inactivity_timeout, progress=progress)
-        entry["reason"] = reason
-        entries.append(entry)
+        entries.append(staged.fetch(conn, d, base, prev_entry, prev_digests,
+                                    source(d, prev_entry is not None), reason=reason,
+                                    workers=workers, inactivity_timeout=inactivity_timeout,
+                                    progress=progress))
     return entries
 
 
 def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Any,
-                    staged: Any, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
+                    staged: Any, state: dict, **kw: Any) -> tuple[dict, list[DiskEntry]]:
     sid = take_snapshot(conn, vm_id, f"imagetool backup {name}",
                         disk_ids=[d.id for d in disks]).id
     state["snapshot_id"] = sid
@@ -287,8 +282,8 @@ def _snapshot_point(conn: Any, vm_id: str, name: str, disks: list, base: Any,
 
 
 def _checkpoint_point(conn: Any, vm_id: str, name: str, disks: list, base: Any,
-                      staged: Any, state: dict, **kw: Any) -> tuple[dict, list[dict]]:
-    from_cp = (base.manifest.get("engine") or {}).get("checkpoint_id") if base else None
+                      staged: Any, state: dict, **kw: Any) -> tuple[dict, list[DiskEntry]]:
+    from_cp = base.engine.get("checkpoint_id") if base else None
     made: list[Any] = []
     try:
         # A Ctrl-C while the request is in flight comes once its answer is

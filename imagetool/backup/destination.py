@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from imagetool.backup import digests as dg
+from imagetool.backup.manifest import (ChainFiles, Checksum, DiskEntry, Manifest, OvfRef,
+                                       disk_entry_or_none)
 from imagetool.backup.repo import (OVF_FILE, STATE, Repository, RepositoryError, exclusive,
                                    read_json, sha256_file, write_json)
 from imagetool.errors import ImagetoolError
@@ -64,17 +66,18 @@ class Committed:
     stored: dict | None = None     # a chunk point's: guest data, new bytes stored
 
 
-def entry_fields(d: Any, fetched: Any, mode: str) -> dict:
+def entry_fields(d: Any, fetched: Any, mode: str, reason: str | None, **more: Any
+                 ) -> DiskEntry:
     """What a point records of one disk in both formats (``d`` an
-    ``engine_ops.VmDisk``, ``fetched`` a ``fetch.Fetched``)."""
-    return {
-        "disk_id": d.id, "name": d.name, "format": d.format, "sparse": d.sparse,
-        "interface": d.interface, "bootable": d.bootable, "backup": d.backup,
-        "virtual_size": d.provisioned_size, "mode": mode,
-        "checksum": {"algorithm": fetched.algorithm, "block_size": fetched.block_size,
-                     "value": fetched.checksum, "source": fetched.checksum_source},
-        "bytes": fetched.bytes_copied,
-    }
+    ``engine_ops.VmDisk``, ``fetched`` a ``fetch.Fetched``); ``more``: what
+    the format adds."""
+    return DiskEntry(
+        disk_id=d.id, name=d.name, format=d.format, sparse=d.sparse,
+        interface=d.interface, bootable=d.bootable, backup=d.backup,
+        virtual_size=d.provisioned_size, mode=mode, reason=reason,
+        checksum=Checksum(fetched.algorithm, fetched.block_size, fetched.checksum,
+                          fetched.checksum_source),
+        bytes=fetched.bytes_copied, **more)
 
 
 # --- qcow2 chains ------------------------------------------------------------------
@@ -127,73 +130,76 @@ class ChainStaged:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
 
-    def ovf_info(self) -> dict:
-        return {"file": OVF_FILE, "sha256": sha256_file(os.path.join(self.staging, OVF_FILE))}
+    def ovf_info(self) -> OvfRef:
+        return OvfRef(sha256_file(os.path.join(self.staging, OVF_FILE)), OVF_FILE)
 
-    def previous(self, base: Any, disk_id: str) -> tuple[dict | None, list | None]:
+    def previous(self, base: Any, disk_id: str) -> tuple[DiskEntry | None, list | None]:
         """The base point's entry of the disk and its block digests, or (None, None)."""
         entry = base.disk(disk_id)
         if entry is None:
             return None, None
-        c = entry["checksum"]
+        c = entry.checksum
         try:
-            digests = dg.load(base.file(entry["digests"]),
-                              dg.block_count(entry["virtual_size"], c["block_size"]),
-                              dg.digest_size(c["algorithm"]))
+            digests = dg.load(base.file(entry.digests),
+                              dg.block_count(entry.virtual_size, c.block_size),
+                              dg.digest_size(c.algorithm))
         except (OSError, ValueError):
             return None, None
         return entry, digests
 
-    def fetch(self, conn: Any, d: Any, base: Any, prev_entry: dict | None,
-              prev_digests: list | None, source: dict, **kw: Any) -> dict:
+    def fetch(self, conn: Any, d: Any, base: Any, prev_entry: DiskEntry | None,
+              prev_digests: list | None, source: dict, reason: str | None,
+              **kw: Any) -> DiskEntry:
         from imagetool.backup.fetch import fetch_disk
-        backing = f"../{base.name}/{prev_entry['file']}" if prev_entry is not None else None
+        backing = (f"../{base.name}/{prev_entry.files.file}" if prev_entry is not None
+                   else None)
         fetched = fetch_disk(
             conn, disk_id=d.id, out=os.path.join(self.staging, f"{d.id}.qcow2"),
             backing=backing, previous_digests=prev_digests,
-            algorithm=prev_entry["checksum"]["algorithm"] if prev_entry else None,
+            algorithm=prev_entry.checksum.algorithm if prev_entry else None,
             **source, **kw)
         return disk_entry(d, self.staging, fetched, "incremental" if backing else "full",
-                          backing)
+                          backing, reason)
 
-    def commit(self, manifest: dict) -> Committed:
+    def commit(self, manifest: Manifest) -> Committed:
         p = self.repo.commit(self.staging, manifest)
-        return Committed(p.name, p.path, {e["disk_id"]: p.file(e["file"])
-                                          for e in manifest["disks"]})
+        return Committed(p.name, p.path, {e.disk_id: p.file(e.files.file)
+                                          for e in manifest.disks})
 
     def discard(self, keep_state: bool) -> None:
         self.repo.discard(self.staging, keep_state=keep_state)
 
 
-def disk_entry(d: Any, staging: str, fetched: Any, mode: str, backing: str | None) -> dict:
+def disk_entry(d: Any, staging: str, fetched: Any, mode: str, backing: str | None,
+               reason: str | None = None) -> DiskEntry:
     """A qcow2-chain point's entry of one disk; its digests file written."""
     fname = f"{d.id}.qcow2"
     dname = f"{d.id}.digests"
     dg.save(os.path.join(staging, dname), fetched.digests)
-    entry = entry_fields(d, fetched, mode)
-    entry.update({
-        "file": fname, "backing": backing,
-        "sha256": fetched.sha256 or sha256_file(os.path.join(staging, fname)),
-        "digests": dname, "digests_sha256": sha256_file(os.path.join(staging, dname)),
-    })
-    return entry
+    return entry_fields(d, fetched, mode, reason, digests=dname, files=ChainFiles(
+        fname, backing, fetched.sha256 or sha256_file(os.path.join(staging, fname)),
+        sha256_file(os.path.join(staging, dname))))
 
 
 # --- chunk repositories ------------------------------------------------------------
 
 class ChunkPoint:
     """A chunk repository's point seen as the flow sees a qcow2-chain one:
-    ``name``, ``manifest`` (with its ``disks`` entries), ``disk(id)``."""
+    ``name``, ``method``, ``engine``, ``disk(id)``. Only what an incremental
+    needs is read, leniently: a point ``migrate`` wrote has no OVF record
+    and its disks no digests (their next point is full)."""
 
     def __init__(self, index: Any) -> None:
         self.index = index
         self.name = index.name
-        self.manifest = dict(index.manifest, disks=[d.meta for d in index.disks])
         self.timestamp = index.timestamp
+        self.method = index.manifest.get("method")
+        engine = index.manifest.get("engine")
+        self.engine = engine if isinstance(engine, dict) else {}
 
-    def disk(self, disk_id: str) -> dict | None:
+    def disk(self, disk_id: str) -> DiskEntry | None:
         d = self.index.disk(disk_id)
-        return d.meta if d is not None and d.meta else None
+        return disk_entry_or_none(d.meta) if d is not None else None
 
 
 def _lock_dir() -> str:
@@ -325,39 +331,41 @@ class ChunkStaged:
     def write_ovf(self, text: str) -> None:
         self.ovf = text
 
-    def ovf_info(self) -> dict:
-        return {"sha256": hashlib.sha256((self.ovf or "").encode()).hexdigest()}
+    def ovf_info(self) -> OvfRef:
+        return OvfRef(hashlib.sha256((self.ovf or "").encode()).hexdigest())
 
-    def previous(self, base: ChunkPoint, disk_id: str) -> tuple[dict | None, list | None]:
+    def previous(self, base: ChunkPoint, disk_id: str
+                 ) -> tuple[DiskEntry | None, list | None]:
         entry = base.disk(disk_id)
         if entry is None:
             return None, None
         try:
-            c = entry["checksum"]
-            raw = base64.b64decode(entry["digests"], validate=True)
-            size = dg.digest_size(c["algorithm"])
-            count = dg.block_count(entry["virtual_size"], c["block_size"])
-        except (KeyError, TypeError, ValueError):
+            raw = base64.b64decode(entry.digests, validate=True)
+            size = dg.digest_size(entry.checksum.algorithm)
+            count = dg.block_count(entry.virtual_size, entry.checksum.block_size)
+        except (TypeError, ValueError):
             return None, None
         if len(raw) != size * count:
             return None, None
         return entry, [raw[i * size:(i + 1) * size] for i in range(count)]
 
-    def fetch(self, conn: Any, d: Any, base: ChunkPoint | None, prev_entry: dict | None,
-              prev_digests: list | None, source: dict, **kw: Any) -> dict:
+    def fetch(self, conn: Any, d: Any, base: ChunkPoint | None,
+              prev_entry: DiskEntry | None, prev_digests: list | None, source: dict,
+              reason: str | None, **kw: Any) -> DiskEntry:
         from imagetool.backup.fetch import fetch_chunks
         fetched = fetch_chunks(
             conn, self.writer, disk_id=d.id, previous_digests=prev_digests,
-            algorithm=prev_entry["checksum"]["algorithm"] if prev_entry else None,
+            algorithm=prev_entry.checksum.algorithm if prev_entry else None,
             **source, **kw)
-        entry = entry_fields(d, fetched, "incremental" if prev_entry is not None else "full")
-        entry["digests"] = base64.b64encode(b"".join(fetched.digests)).decode()
-        fetched.disk.meta = entry     # the index's, with what the flow adds (reason)
-        return entry
+        return entry_fields(d, fetched, "incremental" if prev_entry is not None else "full",
+                            reason, digests=base64.b64encode(b"".join(fetched.digests)).decode())
 
-    def commit(self, manifest: dict) -> Committed:
-        m = {k: v for k, v in manifest.items() if k != "disks"}
-        ix = self.writer.commit(ovf=self.ovf, manifest=m)
+    def commit(self, manifest: Manifest) -> Committed:
+        facts, metas = manifest.index_parts()
+        by_id = {m["disk_id"]: m for m in metas}
+        for disk in self.writer.disks:
+            disk.meta = by_id[disk.disk_id]
+        ix = self.writer.commit(ovf=self.ovf, manifest=facts)
         self.store.storage.delete(self.run_name)
         where = f"{self.store.url}/{ix.object_name}"
         return Committed(ix.name, where, {d.disk_id: where for d in ix.disks},

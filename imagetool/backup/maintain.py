@@ -7,15 +7,16 @@ no qemu-img, no temporary flattened copies.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Callable
 
 from imagetool import checksum as block_checksum
 from imagetool.checksum import GuestChecksum
+from imagetool.backup.manifest import Manifest
 from imagetool.backup.results import Restored, RestoredDisk, VerifyResult
 from imagetool.backup.repo import (LOCK, MANIFEST, PENDING, Point, Repository, RepositoryError,
                                    read_file, sha256_file, write_json)
@@ -84,19 +85,18 @@ def list_points(repository: str | os.PathLike, vm: str | None = None,
         items = []
         for p in pts:
             size = sum(_allocated(p.file(f)) for f in os.listdir(p.path))
-            disks = [{"disk_id": d["disk_id"], "name": d.get("name"), "mode": d.get("mode"),
-                      "reason": d.get("reason"),
-                      "virtual_size": d["virtual_size"], "path": p.file(d["file"]),
-                      "data": _layer_data(p.file(d["file"])),
-                      "checksum": d["checksum"]["value"]} for d in p.manifest["disks"]]
-            items.append({"point": p.name, "time": p.manifest.get("time"),
-                          "mode": p.manifest.get("mode"), "method": p.manifest.get("method"),
+            disks = [{"disk_id": d.disk_id, "name": d.name, "mode": d.mode,
+                      "reason": d.reason, "virtual_size": d.virtual_size,
+                      "path": p.file(d.files.file), "data": _layer_data(p.file(d.files.file)),
+                      "checksum": d.checksum.value} for d in p.manifest.disks]
+            m = p.manifest
+            items.append({"point": p.name, "time": m.time, "mode": m.mode, "method": m.method,
                           "parent": p.parent, "size": size,
                           "data": sum(d["data"] for d in disks), "disks": disks,
-                          "engine": p.manifest.get("engine") or {}})
+                          "engine": m.engine})
             if progress:
                 progress(1)
-        out.append({"vm_id": vm_id, "vm_name": pts[-1].manifest.get("vm_name"),
+        out.append({"vm_id": vm_id, "vm_name": pts[-1].manifest.vm_name,
                     "points": items})
     return out
 
@@ -116,8 +116,8 @@ def _check_sha(path: str, expected: str) -> None:
 
 def checked_ovf(p: Point) -> str:
     """A point's OVF text, its SHA-256 checked against the manifest."""
-    ovf_path = p.file(p.manifest["ovf"]["file"])
-    _check_sha(ovf_path, p.manifest["ovf"]["sha256"])
+    ovf_path = p.file(p.manifest.ovf.file)
+    _check_sha(ovf_path, p.manifest.ovf.sha256)
     return read_file(ovf_path).decode("utf-8", "replace")
 
 
@@ -175,9 +175,9 @@ def verify(repository: str | os.PathLike, vm: str | None = None, point: str | No
         bad_files: set[str] = set()
         for p in pts:
             m = p.manifest
-            checks = [(m["ovf"]["file"], m["ovf"]["sha256"])]
-            for d in m["disks"]:
-                checks += [(d["file"], d["sha256"]), (d["digests"], d["digests_sha256"])]
+            checks = [(m.ovf.file, m.ovf.sha256)]
+            for d in m.disks:
+                checks += [(d.files.file, d.files.sha256), (d.digests, d.files.digests_sha256)]
             for name, sha in checks:
                 report.files += 1
                 try:
@@ -185,10 +185,10 @@ def verify(repository: str | os.PathLike, vm: str | None = None, point: str | No
                 except VerifyError as e:
                     bad(e.path, str(e).removeprefix(f"{e.path}: "))
                     bad_files.add(p.file(name))
-            for d in m["disks"]:
-                top = p.file(d["file"])
+            for d in m.disks:
+                top = p.file(d.files.file)
                 try:
-                    chain_files = repo.disk_files(p, d["disk_id"], every)
+                    chain_files = repo.disk_files(p, d.disk_id, every)
                 except RepositoryError as e:
                     bad(*_split(repo, str(e)))
                     continue
@@ -197,18 +197,18 @@ def verify(repository: str | os.PathLike, vm: str | None = None, point: str | No
                     if broken[0] != top:
                         bad(top, f"cannot be read: its chain holds the bad file {broken[0]}")
                     continue
-                c = d["checksum"]
+                c = d.checksum
                 try:
-                    with repo.open_disk(p, d["disk_id"], every) as b:
+                    with repo.open_disk(p, d.disk_id, every) as b:
                         value = block_checksum.checksum(
-                            b, algorithm=c["algorithm"], block_size=c["block_size"],
+                            b, algorithm=c.algorithm, block_size=c.block_size,
                             progress=progress)["checksum"]
                 except (OSError, ValueError, ImagetoolError) as e:
                     bad(top, f"cannot be read through its chain: {e}")
                     continue
-                if value != c["value"]:
+                if value != c.value:
                     bad(top, f"guest data checksum {value} differs from the manifest's "
-                             f"{c['value']}")
+                             f"{c.value}")
             report.points += 1
     for path, what in repo.problems:
         bad(path, what)
@@ -255,8 +255,8 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
     every = repo.points(vm_id)
     p = repo.point(vm_id, point)
     ovf = checked_ovf(p)
-    for entry in p.manifest["disks"]:      # every chain checked before anything is made
-        repo.disk_files(p, entry["disk_id"], every)
+    for entry in p.manifest.disks:      # every chain checked before anything is made
+        repo.disk_files(p, entry.disk_id, every)
     return restore_point(conn, vm_id, p.name, p.manifest, ovf,
                          lambda disk_id: repo.open_disk(p, disk_id, every),
                          storage_domain=storage_domain, name=name, cluster=cluster,
@@ -264,14 +264,14 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
                          progress=progress, start=start, committed=committed)
 
 
-def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
+def restore_point(conn: Any, vm_id: str, point: str, manifest: Manifest, ovf: str,
                   open_disk: Callable[[str], Any], *, storage_domain: str,
                   name: str | None = None, cluster: str | None = None, workers: int = 4,
                   inactivity_timeout: int = 60, progress: Progress | None = None,
                   start: float | None = None,
                   committed: Callable[[], None] | None = None) -> Restored:
     """Create a new VM from a checked point of either repository format:
-    its ``manifest`` (with ``disks``), its ``ovf`` text, and
+    its ``manifest``, its ``ovf`` text, and
     ``open_disk(disk_id)``, a context manager giving a disk's guest data as
     a Backend (a qcow2 chain, or a chunk repository's ``PointBackend``
     whose clones fetch chunks in parallel). See :func:`restore_vm`."""
@@ -279,7 +279,7 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
     from imagetool.vms import remove_made
 
     start = time.monotonic() if start is None else start
-    old_name = manifest.get("vm_name")
+    old_name = manifest.vm_name
     vm_name = name or f"{old_name or vm_id}-restored-{point}"
     created: list[str] = []
     made = None                 # the new VM's id, once the engine has it
@@ -287,26 +287,25 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: dict, ovf: str,
     disks_out: list[RestoredDisk] = []
     moved = 0
     try:
-        for i, entry in enumerate(manifest["disks"]):
-            with open_disk(entry["disk_id"]) as src:
+        for i, entry in enumerate(manifest.disks):
+            sparse = True if entry.sparse is None else entry.sparse
+            with open_disk(entry.disk_id) as src:
                 disk = add_disk(
-                    conn, created,
-                    name=restored_disk_name(vm_name, old_name, entry.get("name"), i),
-                    provisioned_size=entry["virtual_size"], storage_domain=storage_domain,
-                    format=entry.get("format") or "cow", sparse=entry.get("sparse", True),
-                    backup=entry.get("backup") if entry.get("format") == "cow" else None)
-                c = entry["checksum"]
+                    conn, created, name=restored_disk_name(vm_name, old_name, entry.name, i),
+                    provisioned_size=entry.virtual_size, storage_domain=storage_domain,
+                    format=entry.format or "cow", sparse=sparse,
+                    backup=entry.backup if entry.format == "cow" else None)
+                c = entry.checksum
                 sent = send(conn, src, disk, DiskOptions(
                     workers=workers, timeout_policy="cancel",
-                    inactivity_timeout=inactivity_timeout,
-                    dst_is_zero=entry.get("sparse", True), algorithm=c["algorithm"],
-                    block_size=c["block_size"], expected=c["value"],
-                    what=f"restored disk {entry['disk_id']}"), progress=progress)
+                    inactivity_timeout=inactivity_timeout, dst_is_zero=sparse,
+                    algorithm=c.algorithm, block_size=c.block_size, expected=c.value,
+                    what=f"restored disk {entry.disk_id}"), progress=progress)
                 moved += sent.stats.bytes_copied
             disks_out.append(RestoredDisk(
-                disk_id=disk.id, source_disk_id=entry["disk_id"], name=disk.name,
-                source_name=entry.get("name"), checksum=GuestChecksum(
-                    sent.verification.value, c["algorithm"], c["block_size"])))
+                disk_id=disk.id, source_disk_id=entry.disk_id, name=disk.name,
+                source_name=entry.name, checksum=GuestChecksum(
+                    sent.verification.value, c.algorithm, c.block_size)))
         new_ovf = ovf
         for d in disks_out:
             new_ovf = new_ovf.replace(d.source_disk_id, d.disk_id)
@@ -349,7 +348,6 @@ def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
     import contextlib
     import hashlib
 
-    from imagetool.backup.repo import check_chunk_manifest
     from imagetool.backup.store import ObjectMissing, latest, load_index, open_disk
     start = time.monotonic()
     vm_id = find_chunk_vm(store, vm)
@@ -360,9 +358,9 @@ def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
     if ix is None:
         raise RepositoryError(f"{store.url}: VM {vm_id} has no point {point!r}")
     where = f"{store.url}/{ix.object_name}"
-    manifest = check_chunk_manifest(ix, where)
+    manifest = Manifest.from_index(ix, where)
     ovf = ix.ovf or ""
-    if hashlib.sha256(ovf.encode()).hexdigest() != manifest["ovf"]["sha256"]:
+    if hashlib.sha256(ovf.encode()).hexdigest() != manifest.ovf.sha256:
         raise VerifyError(where, "the OVF's SHA-256 differs from the manifest's")
     return restore_point(conn, vm_id, ix.name, manifest, ovf,
                          lambda disk_id: contextlib.closing(open_disk(store, ix, disk_id)),
@@ -376,16 +374,16 @@ def _rename_disks(conn: Any, disks_out: list[RestoredDisk]) -> None:
             conn.disks.rename(d.disk_id, d.name)
 
 
-def _attach_missing(conn: Any, vm_id: str, manifest: dict,
+def _attach_missing(conn: Any, vm_id: str, manifest: Manifest,
                     disks_out: list[RestoredDisk]) -> None:
     """Attach disks the engine did not take from the OVF (an OVF it did not parse fully)."""
     attached = {a.disk_id for a in conn.vms.disk_attachments(vm_id)}
     for d in disks_out:
         if d.disk_id in attached:
             continue
-        entry = next((e for e in manifest["disks"] if e["disk_id"] == d.source_disk_id), {})
-        conn.vms.attach_disk(vm_id, d.disk_id, interface=entry.get("interface")
-                             or "virtio_scsi", bootable=bool(entry.get("bootable")))
+        entry = manifest.disk(d.source_disk_id)
+        conn.vms.attach_disk(vm_id, d.disk_id, interface=entry and entry.interface
+                             or "virtio_scsi", bootable=bool(entry and entry.bootable))
 
 
 # --- prune -------------------------------------------------------------------------
@@ -484,8 +482,8 @@ def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
             dropped = {p.name for p in pts[:max(0, len(pts) - keep)]}
             todo = [k for k in pts[len(dropped):] if k.parent in dropped]
             for k in todo:      # every chain to rewrite is checked before any change
-                for d in k.manifest["disks"]:
-                    repo.disk_files(k, d["disk_id"], pts)
+                for d in k.manifest.disks:
+                    repo.disk_files(k, d.disk_id, pts)
             for k in todo:
                 _merge_into(repo, k, dropped, pts)
             merged = [k.name for k in todo]
@@ -495,7 +493,7 @@ def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
                     progress(1)
             fsync_dir(repo.vm_dir(vm_id))
             kept = repo.points(vm_id)
-        out.append({"vm_id": vm_id, "vm_name": kept[-1].manifest.get("vm_name"),
+        out.append({"vm_id": vm_id, "vm_name": kept[-1].manifest.vm_name,
                     "removed": [p.name for p in pts[:len(dropped)]], "merged": merged,
                     "kept": [p.name for p in kept]})
     return out
@@ -504,16 +502,17 @@ def prune(repository: str | os.PathLike, keep: int, vm: str | None = None,
 def _merge_into(repo: Repository, k: Point, dropped: set[str], pts: list[Point]) -> None:
     """Rewrite kept point ``k`` so that it needs no point of ``dropped``."""
     by_name = {p.name: p for p in pts}
-    manifest = json.loads(json.dumps(k.manifest))
     parent = k.parent
     gone = []
     while parent in dropped:
         gone.append(parent)
         parent = by_name[parent].parent
     staged: list[tuple[str, str]] = []
+    disks = []
     try:
-        for d in manifest["disks"]:
-            files = repo.disk_files(k, d["disk_id"], pts)
+        for d in k.manifest.disks:
+            disks.append(d)
+            files = repo.disk_files(k, d.disk_id, pts)
             lowers, backing = [], None
             for f in files[1:]:
                 owner = os.path.basename(os.path.dirname(f))
@@ -523,24 +522,22 @@ def _merge_into(repo: Repository, k: Point, dropped: set[str], pts: list[Point])
                 lowers.append(f)
             if not lowers:
                 continue
-            tmp = k.file(d["file"] + ".merging")
-            staged.append((tmp, k.file(d["file"])))
-            with repo.open_disk(k, d["disk_id"], pts) as reader:
+            tmp = k.file(d.files.file + ".merging")
+            staged.append((tmp, k.file(d.files.file)))
+            with repo.open_disk(k, d.disk_id, pts) as reader:
                 merge_layer_into(lowers, files[0], reader, tmp, backing)
-            d["backing"] = backing
-            d["sha256"] = sha256_file(tmp)
-            if backing is None:
-                d["mode"] = "full"
-                d["reason"] = "merged with the points it built on by prune"
-        manifest["parent"] = parent
-        if parent is None:
-            manifest["mode"] = "full"
-        manifest["merged"] = sorted(set(manifest.get("merged", []) + gone))
+            disks[-1] = replace(d, files=replace(d.files, backing=backing,
+                                                 sha256=sha256_file(tmp)),
+                                **({"mode": "full", "reason": "merged with the points it "
+                                    "built on by prune"} if backing is None else {}))
+        manifest = replace(k.manifest, parent=parent, disks=tuple(disks),
+                           mode="full" if parent is None else k.manifest.mode,
+                           merged=sorted(set((k.manifest.merged or []) + gone)))
         for tmp, _ in staged:
             with opened(tmp) as fd:
                 os.fsync(fd)
         # From here on the merge is rolled forward (finish_merges), never lost.
-        write_json(k.file(PENDING), manifest)
+        write_json(k.file(PENDING), manifest.to_json())
         staged = []
         finish_merges(k.path)
     finally:

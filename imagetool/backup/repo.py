@@ -16,7 +16,7 @@ Everything is owner-only (directories 0700, files 0600) whatever the umask:
 the files are the VMs' disks.
 
 A repository is read as untrusted input: a manifest is checked against its
-schema (``check_manifest``) before any field is used; VM and point
+schema (``manifest.Manifest.from_json``) before any field is used; VM and point
 directories and their files must be real directories and regular files
 (never symlinks, files opened with ``O_NOFOLLOW``); a manifest names files
 by plain names inside its point; and a point's qcow2 file may have as
@@ -41,7 +41,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import time
@@ -49,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from imagetool.backup.manifest import DiskEntry, Manifest, RepositoryError, plain_name
 from imagetool.errors import ImagetoolError
 from imagetool.fsutil import fsync_dir, opened, write_atomic
 
@@ -58,14 +58,6 @@ OVF_FILE = "vm.ovf"
 STATE = "state.json"
 PARTIAL = ".partial-"
 LOCK = ".lock"
-FORMAT_VERSION = 1
-METHODS = ("checkpoint", "snapshot")
-MODES = ("full", "incremental")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-class RepositoryError(ImagetoolError):
-    """The repository is missing, malformed, or busy."""
 
 
 @dataclass
@@ -74,7 +66,7 @@ class Point:
 
     vm_dir: str
     name: str
-    manifest: dict = field(repr=False)
+    manifest: Manifest = field(repr=False)
 
     @property
     def path(self) -> str:
@@ -82,24 +74,29 @@ class Point:
 
     @property
     def vm_id(self) -> str:
-        return self.manifest["vm_id"]
+        return self.manifest.vm_id
 
     @property
     def parent(self) -> str | None:
-        return self.manifest.get("parent")
+        return self.manifest.parent
 
     @property
     def timestamp(self) -> float:
-        return float(self.manifest.get("timestamp", 0))
+        return float(self.manifest.timestamp)
+
+    @property
+    def method(self) -> str:
+        return self.manifest.method
+
+    @property
+    def engine(self) -> dict:
+        return self.manifest.engine
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def disk(self, disk_id: str) -> dict | None:
-        for d in self.manifest["disks"]:
-            if d["disk_id"] == disk_id:
-                return d
-        return None
+    def disk(self, disk_id: str) -> DiskEntry | None:
+        return self.manifest.disk(disk_id)
 
 
 def open_nofollow(path: str) -> int:
@@ -160,150 +157,6 @@ def read_json(path: str) -> Any:
         return json.loads(data)
     except ValueError as e:
         raise RepositoryError(f"{path}: not valid JSON: {e}") from None
-
-
-# --- the manifest's schema ------------------------------------------------------
-
-def plain_name(value: Any) -> bool:
-    """A file or directory name of the repository: no path, no dot file."""
-    return (isinstance(value, str) and 0 < len(value) <= 255 and "/" not in value
-            and "\\" not in value and "\0" not in value and not value.startswith("."))
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null", int: "an integer", float: "a fractional number"}.get(type(value),
-                                                                      type(value).__name__)
-
-
-class _Checker:
-    def __init__(self, path: str):
-        self.path = path
-
-    def bad(self, what: str) -> RepositoryError:
-        return RepositoryError(f"{self.path}: {what}")
-
-    def get(self, obj: dict, key: str, where: str, kinds: tuple, *, optional: bool = False,
-            what: str | None = None) -> Any:
-        name = f"{where}{key}"
-        if key not in obj:
-            if optional:
-                return None
-            raise self.bad(f"{name} is missing")
-        value = obj[key]
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise self.bad(f"{name} is {_kind(value)}, expected {what or _kind(kinds[0]())}")
-        return value
-
-    def name(self, obj: dict, key: str, where: str, *, optional: bool = False) -> str | None:
-        value = self.get(obj, key, where, (str,), optional=optional)
-        if value is not None and not plain_name(value):
-            raise self.bad(f"{where}{key} {value!a} is not a plain file name of the point "
-                           "(a path, absolute or with '..', is refused)")
-        return value
-
-    def sha(self, obj: dict, key: str, where: str) -> None:
-        if not _HEX64.fullmatch(self.get(obj, key, where, (str,))):
-            raise self.bad(f"{where}{key} is not a SHA-256 in hex")
-
-    def choice(self, obj: dict, key: str, where: str, allowed: tuple) -> None:
-        if self.get(obj, key, where, (str,)) not in allowed:
-            raise self.bad(f"{where}{key} {obj[key]!a} is not one of {', '.join(allowed)}")
-
-    def size(self, obj: dict, key: str, where: str, minimum: int = 0) -> None:
-        if self.get(obj, key, where, (int,)) < minimum:
-            raise self.bad(f"{where}{key} is below {minimum}")
-
-
-def _check_facts(c: "_Checker", doc: Any, vm_id: str, point: str) -> None:
-    """The fields a point's manifest has in both repository formats."""
-    if not isinstance(doc, dict):
-        raise c.bad(f"the manifest is {_kind(doc)}, expected an object")
-    if c.get(doc, "format", "", (int,)) != FORMAT_VERSION:
-        raise c.bad(f"format {doc['format']} is not {FORMAT_VERSION} (written by another "
-                    "version of imagetool?)")
-    if c.get(doc, "vm_id", "", (str,)) != vm_id:
-        raise c.bad(f"vm_id {doc['vm_id']!a} is not its directory's {vm_id!a}")
-    if c.get(doc, "point", "", (str,)) != point:
-        raise c.bad(f"point {doc['point']!a} is not its directory's {point!a}")
-    c.get(doc, "vm_name", "", (str,), optional=True)
-    c.get(doc, "time", "", (str,), optional=True)
-    c.get(doc, "timestamp", "", (int, float), what="a number")
-    c.choice(doc, "method", "", METHODS)
-    c.choice(doc, "mode", "", MODES)
-    c.get(doc, "engine", "", (dict,), optional=True)
-    c.sha(c.get(doc, "ovf", "", (dict,)), "sha256", "ovf.")
-
-
-def _check_disk(c: "_Checker", d: Any, w: str) -> str:
-    """A disk's entry: the fields both formats have; its id."""
-    if not isinstance(d, dict):
-        raise c.bad(f"{w[:-1]} is {_kind(d)}, expected an object")
-    disk_id = c.name(d, "disk_id", w)
-    for key in ("name", "format", "interface", "backup"):
-        c.get(d, key, w, (str,), optional=True)
-    for key in ("sparse", "bootable"):
-        c.get(d, key, w, (bool,), optional=True)
-    c.choice(d, "mode", w, MODES)
-    c.size(d, "virtual_size", w)
-    cs = c.get(d, "checksum", w, (dict,))
-    c.get(cs, "algorithm", w + "checksum.", (str,))
-    c.size(cs, "block_size", w + "checksum.", 1)
-    c.get(cs, "value", w + "checksum.", (str,))
-    return disk_id
-
-
-def check_manifest(doc: Any, path: str, vm_id: str, point: str) -> dict:
-    """Validate a point's manifest (read from ``path``); return it.
-
-    The one door every manifest passes before its fields are used: the
-    types, the names of its files (plain names inside the point), that it
-    belongs to its directory, and the backing names it may have. A
-    RepositoryError names the file and what is wrong.
-    """
-    c = _Checker(path)
-    _check_facts(c, doc, vm_id, point)
-    parent = c.name(doc, "parent", "", optional=True)
-    if parent == point:
-        raise c.bad("the point is its own parent")
-    c.name(doc["ovf"], "file", "ovf.")
-    disks = c.get(doc, "disks", "", (list,))
-    if not disks:
-        raise c.bad("disks is empty")
-    seen: set[str] = set()
-    for i, d in enumerate(disks):
-        w = f"disks[{i}]."
-        disk_id = _check_disk(c, d, w)
-        if disk_id in seen:
-            raise c.bad(f"disk {disk_id} is listed twice")
-        seen.add(disk_id)
-        c.name(d, "file", w)
-        c.name(d, "digests", w)
-        c.sha(d, "sha256", w)
-        c.sha(d, "digests_sha256", w)
-        backing = c.get(d, "backing", w, (str,), optional=True)
-        if backing is not None and parent is None:
-            raise c.bad(f"{w}backing is {backing!a} but the point has no parent")
-    return doc
-
-
-def check_chunk_manifest(index: Any, where: str) -> dict:
-    """Validate what ``backup create`` recorded in a chunk repository's point
-    (``imagetool.backup.store.points.Index``): its manifest and each disk's
-    entry (the index's ``meta``), as ``check_manifest`` does for a
-    qcow2-chain point; the manifest with its ``disks``."""
-    c = _Checker(where)
-    doc = dict(index.manifest, disks=[d.meta for d in index.disks])
-    _check_facts(c, doc, index.vm_id, index.name)
-    if not index.disks:
-        raise c.bad("the point has no disks")
-    for i, d in enumerate(index.disks):
-        w = f"disks[{i}]."
-        if _check_disk(c, d.meta, w) != d.disk_id or d.meta["virtual_size"] != d.virtual_size:
-            raise c.bad(f"{w}disk_id or virtual_size differs from the index's")
-    return doc
 
 
 class Repository:
@@ -384,7 +237,7 @@ class Repository:
                 self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
                 continue
             try:
-                out.append(Point(vdir, name, check_manifest(doc, mpath, vm_id, name)))
+                out.append(Point(vdir, name, Manifest.from_json(doc, mpath, vm_id, name)))
             except RepositoryError as e:
                 self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
         out.sort(key=lambda p: (p.timestamp, p.name))
@@ -393,7 +246,7 @@ class Repository:
     def find_vm(self, vm: str) -> str:
         """A VM id of the repository from an id or a name (the newest point's)."""
         return find_vm_id(self.root, vm, self.vm_ids(), lambda v, name: any(
-            p.manifest.get("vm_name") == name for p in self.scan_points(v)))
+            p.manifest.vm_name == name for p in self.scan_points(v)))
 
     def point(self, vm_id: str, name: str | None = None) -> Point:
         """One point (the newest without ``name``)."""
@@ -447,7 +300,7 @@ class Repository:
             if entry is None:
                 raise RepositoryError(f"{out[-1]}: its backing point {p.name} has no "
                                       f"disk {disk_id}")
-            path = p.file(entry["file"])
+            path = p.file(entry.files.file)
             fd = open_nofollow(path)
             try:
                 h = qcow2.parse_header(fd, path)
@@ -456,20 +309,20 @@ class Repository:
                 raise RepositoryError(str(e)) from None
             finally:
                 os.close(fd)
-            backing = entry.get("backing")
+            backing = entry.files.backing
             if h.backing_file != backing:
                 raise RepositoryError(
                     f"{path}: backing file {h.backing_file!a} is not the one its manifest "
                     f"names ({backing!a})")
-            if h.virtual_size != entry["virtual_size"]:
+            if h.virtual_size != entry.virtual_size:
                 raise RepositoryError(f"{path}: virtual size {h.virtual_size} is not the "
-                                      f"manifest's {entry['virtual_size']}")
+                                      f"manifest's {entry.virtual_size}")
             out.append(path)
             if backing is None:
                 return out
             parent = by_name.get(p.parent or "")
             low = parent.disk(disk_id) if parent is not None else None
-            want = f"../{parent.name}/{low['file']}" if low is not None else None
+            want = f"../{parent.name}/{low.files.file}" if low is not None else None
             if backing != want:
                 raise RepositoryError(
                     f"{path}: backing file {backing!a} is not the parent point's file of "
@@ -531,7 +384,7 @@ class Repository:
         write_json(os.path.join(staging, STATE), state)
         return staging
 
-    def commit(self, staging: str, manifest: dict) -> Point:
+    def commit(self, staging: str, manifest: Manifest) -> Point:
         """Make a staged point visible: owner-only files, fsync, manifest, rename."""
         for name in os.listdir(staging):
             if name.endswith((".qcow2", ".digests", ".ovf")):
@@ -539,13 +392,12 @@ class Repository:
                     os.fchmod(fd, 0o600)
                     os.fsync(fd)
         os.chmod(staging, 0o700)
-        write_json(os.path.join(staging, MANIFEST), manifest)
+        write_json(os.path.join(staging, MANIFEST), manifest.to_json())
         os.unlink(os.path.join(staging, STATE))
         vdir = os.path.dirname(staging)
-        final = os.path.join(vdir, manifest["point"])
-        os.rename(staging, final)
+        os.rename(staging, os.path.join(vdir, manifest.point))
         fsync_dir(vdir)
-        return Point(vdir, manifest["point"], manifest)
+        return Point(vdir, manifest.point, manifest)
 
     @staticmethod
     def discard(staging: str, keep_state: bool = False) -> None:

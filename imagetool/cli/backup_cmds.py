@@ -213,7 +213,7 @@ def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) 
             if point or not chain:
                 p = repo.point(vm_id, point)
                 pts = repo.chain(p, every) if chain else [p]
-            total += sum(d.get("virtual_size") or 0 for p in pts for d in p.manifest["disks"])
+            total += sum(d.virtual_size for p in pts for d in p.manifest.disks)
         return total
     except (ImagetoolError, OSError, LookupError, TypeError, ValueError):
         return 0

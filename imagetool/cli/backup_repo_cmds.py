@@ -367,8 +367,8 @@ def open_point(repository: str, vm: str, point: str | None, endpoint: str | None
     p = repo.point(vm_id, point)
     out = OpenPoint(vm_id, p.name, checked_ovf(p), [])
     try:
-        for d in p.manifest["disks"]:
-            out.disks.append((d["disk_id"], repo.open_disk(p, d["disk_id"], every)))
+        for d in p.manifest.disks:
+            out.disks.append((d.disk_id, repo.open_disk(p, d.disk_id, every)))
     except BaseException:
         out.__exit__(None, None, None)
         raise

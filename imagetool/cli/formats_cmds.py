@@ -39,8 +39,9 @@ def info(file: str, as_json: bool) -> None:
     from imagetool.formats import inspect
 
     meta = inspect(file)
+    fields = meta.to_dict()     # a format's own fields: only those it has
     if as_json:
-        emit_json(meta.to_dict())
+        emit_json(fields)
         return
     lines = [
         f"image: {file}",
@@ -49,9 +50,9 @@ def info(file: str, as_json: bool) -> None:
         f"virtual size: {_human_size(meta.virtual_size)}",
         f"disk size: {format_size(meta.actual_size)}",
     ]
-    if meta.format == "vmdk":
+    if "subformat" in fields:
         lines.append(f"subformat: {meta.subformat}")
-    if meta.format == "qcow2":
+    if "cluster_size" in fields:
         lines += [
             f"cluster size: {meta.cluster_size}",
             f"compat: {meta.compat}",

@@ -2,11 +2,12 @@
 
 Public API::
 
-    detect(path) -> "raw" | "qcow2" | "vmdk"
+    detect(path) -> "raw" | "qcow2" | "vmdk" (a registered format)
     inspect(path, *, offset=0, length=None) -> ImageInfo
     open_image(path, mode="r", format=None, shallow=False, *, offset=0,
                length=None) -> Backend
-    FORMATS[name] -> Format; WRITABLE    # the registry; what convert writes
+    FORMATS[name] -> Format; WRITABLE    # the registry (formats.registry); what
+                                         # convert writes
 
 ``offset``/``length`` read an image stored inside another file (a disk
 member of an OVA's tar): qcow2 without a backing file, single-file VMDK,
@@ -18,28 +19,17 @@ All errors are ``imagetool.errors.FormatError`` subclasses.
 from __future__ import annotations
 
 import os
-from typing import Callable, NamedTuple
 
 from imagetool.errors import UnsupportedFeature, UnsupportedFormat
 from imagetool.formats import qcow2, qcow2_reader, window
-from imagetool.iocore.backend import Backend, Extent, merge_extents
-from imagetool.formats.detect import ImageInfo, detect, disk_usage, probe
+from imagetool.formats.detect import (ImageInfo, detect, disk_usage, probe, qcow2_magic,
+                                      vmdk_magic)
 from imagetool.formats.raw import RawBackend
+from imagetool.formats.registry import FORMATS, Format, register
+from imagetool.iocore.backend import Backend, Extent, merge_extents
 
 __all__ = ["FORMATS", "WRITABLE", "Backend", "Extent", "ImageInfo", "RawBackend", "detect",
            "allocated_ranges", "inspect", "merge_extents", "open_image", "probe"]
-
-
-class Format(NamedTuple):
-    """How to open and describe an image of one format, in a file or at a byte
-    range of one: every list of supported formats is this registry's."""
-
-    open: Callable[[str, str, bool], Backend]         # (path, mode, shallow)
-    inspect: Callable[[str, str], ImageInfo]          # (path, content type)
-    open_window: Callable[[str, int, int], Backend]   # (path, offset, length)
-    inspect_window: Callable[[str, int, int], ImageInfo]
-    read_only: bool = True                            # open_image takes mode "r" only
-    writable: bool = False                            # convert and downloads write it
 
 
 def _vmdk():
@@ -54,18 +44,18 @@ def _raw_info(path: str, content: str) -> ImageInfo:
                      content_type=content, filename=path)
 
 
-FORMATS: dict[str, Format] = {
-    "raw": Format(lambda p, mode, shallow: RawBackend(p, mode), _raw_info,
-                  window.RawWindow, window.raw_info, read_only=False, writable=True),
-    "qcow2": Format(lambda p, mode, shallow: qcow2_reader.Qcow2Backend(p, shallow=shallow),
-                    lambda p, content: qcow2.inspect(p),
-                    lambda p, o, n: qcow2_reader.Qcow2Backend(p, offset=o, length=n),
-                    window.qcow2_info, writable=True),
-    "vmdk": Format(lambda p, mode, shallow: _vmdk().open_vmdk(p),
-                   lambda p, content: _vmdk().inspect_vmdk(p),
-                   lambda p, o, n: _vmdk().open_vmdk(p, o, n),
-                   lambda p, o, n: _vmdk().inspect_vmdk(p, o, n)),
-}
+register("raw", Format(lambda p, mode, shallow: RawBackend(p, mode), _raw_info,
+                       window.RawWindow, window.raw_info, read_only=False, writable=True,
+                       disk_format="raw"))
+register("qcow2", Format(lambda p, mode, shallow: qcow2_reader.Qcow2Backend(p, shallow=shallow),
+                         lambda p, content: qcow2.inspect(p),
+                         lambda p, o, n: qcow2_reader.Qcow2Backend(p, offset=o, length=n),
+                         window.qcow2_info, magic=qcow2_magic, writable=True,
+                         disk_format="cow"))
+register("vmdk", Format(lambda p, mode, shallow: _vmdk().open_vmdk(p),
+                        lambda p, content: _vmdk().inspect_vmdk(p),
+                        lambda p, o, n: _vmdk().open_vmdk(p, o, n),
+                        lambda p, o, n: _vmdk().inspect_vmdk(p, o, n), magic=vmdk_magic))
 WRITABLE = tuple(name for name, f in FORMATS.items() if f.writable)
 
 

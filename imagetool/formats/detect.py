@@ -1,8 +1,11 @@
 """What a local image file is: format detection and the ImageInfo record.
 
 Detection looks only at magic numbers (and, for a VMDK descriptor file,
-its text). Formats we recognise but do not handle are refused with UnsupportedFormat naming the format and the
-qemu-img command that converts them to something we do handle.
+its text): each format of the registry (``imagetool.formats.registry``)
+says whether the first bytes are its own, in the order they were
+registered. Formats we recognise but do not handle are refused with
+UnsupportedFormat naming the format and the qemu-img command that converts
+them to something we do handle.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from imagetool.errors import FormatError, UnsupportedFormat
+from imagetool.formats import registry
 from imagetool.formats.raw import fd_size, pread, reading
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -68,7 +72,8 @@ class ImageInfo:
 
 
 def probe(path: str | os.PathLike) -> tuple[str, str]:
-    """Return ``(format, content_type)``: ("raw"|"qcow2"|"vmdk", "data"|"iso").
+    """Return ``(format, content_type)``: a registered format
+    (``imagetool.formats.registry``: raw, qcow2, vmdk) and "data" or "iso".
 
     Raises UnsupportedFormat for vhd, vhdx, vdi, qed, VMware 3 (COWD) and
     LUKS, and
@@ -83,18 +88,23 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
             iso = pread(fd, len(ISO_MAGIC), ISO_OFFSET)
         except OSError as e:  # a directory, an I/O error
             raise FormatError(f"cannot read: {e.strerror}", path) from e
+    name = sniff(head, tail, path)
+    if name is not None:
+        return name, "data"
+    return registry.fallback(), "iso" if iso == ISO_MAGIC else "data"
 
-    if head[:4] == QCOW2_MAGIC:
-        if len(head) >= 8:
-            version = struct.unpack(">I", head[4:8])[0]
-            if version not in (2, 3):
-                raise UnsupportedFormat(
-                    f"qcow2 version {version} is not supported (only 2 and 3)",
-                    path)
-        return "qcow2", "data"
-    if head[:4] == b"KDMV" or is_vmdk_descriptor(head):
-        return "vmdk", "data"
+
+def sniff(head: bytes, tail: bytes, path: str, *, in_file: bool = False) -> str | None:
+    """The registered format the first and last 512 bytes of an image say,
+    None for what no magic claims (raw); UnsupportedFormat for the formats
+    recognised but not read. ``in_file``: the image is a byte range of
+    ``path`` (an OVA member), so no conversion of ``path`` is suggested."""
+    name = registry.recognise(head, path)
+    if name is not None:
+        return name
     foreign = _foreign_format(head, tail)
+    if foreign and in_file:
+        raise UnsupportedFormat(f"{foreign} images are not supported", path)
     if foreign == "luks":
         raise UnsupportedFormat(
             "LUKS encrypted image: encrypted images are not supported", path)
@@ -102,8 +112,24 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
         raise UnsupportedFormat(
             f"{foreign} images are not supported; convert it first: "
             f"qemu-img convert -O qcow2 {path} out.qcow2", path)
-    content = "iso" if iso == ISO_MAGIC else "data"
-    return "raw", content
+    return None
+
+
+def qcow2_magic(head: bytes, path: str) -> bool:
+    """qcow2's magic; UnsupportedFormat for a version other than 2 and 3."""
+    if head[:4] != QCOW2_MAGIC:
+        return False
+    if len(head) >= 8:
+        version = struct.unpack(">I", head[4:8])[0]
+        if version not in (2, 3):
+            raise UnsupportedFormat(
+                f"qcow2 version {version} is not supported (only 2 and 3)", path)
+    return True
+
+
+def vmdk_magic(head: bytes, path: str) -> bool:
+    """A hosted sparse extent (KDMV) or a text descriptor."""
+    return head[:4] == b"KDMV" or is_vmdk_descriptor(head)
 
 
 def disk_usage(path: str) -> int:
@@ -124,7 +150,7 @@ def is_vmdk_descriptor(head: bytes) -> bool:
 
 
 def detect(path: str | os.PathLike) -> str:
-    """Return "raw", "qcow2" or "vmdk"; refuse other known formats (UnsupportedFormat)."""
+    """A registered format's name; refuse other known formats (UnsupportedFormat)."""
     return probe(path)[0]
 
 

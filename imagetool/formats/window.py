@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from imagetool.errors import FormatError, UnsupportedFormat
+from imagetool.errors import FormatError
 from imagetool.iocore.backend import Extent
-from imagetool.formats.detect import QCOW2_MAGIC, ImageInfo, _foreign_format
+from imagetool.formats import registry
+from imagetool.formats.detect import ImageInfo, sniff
 from imagetool.formats.raw import open_readonly, read_full, reading
 from imagetool.formats.readonly import ReadOnlyBackend
-
-_VMDK_MAGIC = b"KDMV"
 
 
 def _check_window(path: str, offset: int, length: int) -> None:
@@ -33,26 +32,19 @@ def _check_window(path: str, offset: int, length: int) -> None:
 
 
 def detect_window(path: str | os.PathLike, offset: int, length: int) -> str:
-    """"qcow2", "vmdk" or "raw" from the first bytes of the range.
+    """The registered format the first bytes of the range say (raw when no
+    magic claims them), as ``detect`` for a whole file.
 
-    A VMDK text descriptor (``# Disk DescriptorFile``) is "vmdk" too: the
-    VMDK reader then says why it cannot be read from inside a file. Formats
-    recognised but not handled (vhd, vhdx, vdi, qed, LUKS) raise
-    UnsupportedFormat.
+    A VMDK text descriptor is "vmdk" too: the VMDK reader then says why it
+    cannot be read from inside a file. Formats recognised but not handled
+    (vhd, vhdx, vdi, qed, LUKS) raise UnsupportedFormat.
     """
     path = os.fspath(path)
     _check_window(path, offset, length)
     with reading(path) as fd:
         head = os.pread(fd, min(length, 512), offset)
         tail = os.pread(fd, 512, offset + length - 512) if length >= 512 else b""
-    if head.startswith(QCOW2_MAGIC):
-        return "qcow2"
-    if head.startswith(_VMDK_MAGIC) or head.lstrip().startswith(b"# Disk DescriptorFile"):
-        return "vmdk"
-    foreign = _foreign_format(head, tail)
-    if foreign:
-        raise UnsupportedFormat(f"{foreign} images are not supported", path)
-    return "raw"
+    return sniff(head, tail, path, in_file=True) or registry.fallback()
 
 
 class RawWindow(ReadOnlyBackend):

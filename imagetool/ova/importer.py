@@ -25,6 +25,7 @@ from typing import Any, Callable
 from imagetool import xmlsafe
 from imagetool.checksum import GuestChecksum
 from imagetool.errors import Conflict, ImagetoolError, NotFound
+from imagetool.formats import FORMATS
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid
 from imagetool.ova.ovf import build_ovirt_ovf
@@ -222,7 +223,7 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
                  buffer_size: int, inactivity_timeout: int, use_proxy: bool,
                  progress: Progress | None) -> tuple[Any, Sent]:
     """Add one disk for member ``d`` and send its guest data: (the disk, what was sent)."""
-    fmt = "raw" if d.format == "raw" else "cow"
+    fmt = FORMATS[d.format].disk_format or "cow"     # vmdk goes up as qcow2
     sparse = (d.ovf.volume_type or "Sparse") != "Preallocated"
     src = open_disk(ova, d)
     try:

@@ -34,7 +34,13 @@ __all__ = ["UploadOptions", "UploadPlan", "check_source", "plan_upload",
 
 Progress = Callable[[int], None]
 
-_DISK_FORMATS = {"raw": "raw", "qcow2": "cow", "cow": "cow"}
+
+
+def _disk_format(name: str) -> str | None:
+    """The engine's disk format (raw, cow) a disk format named by a file
+    format (raw, qcow2) or by the engine's own name means; None: unknown."""
+    names = {n: f.disk_format for n, f in FORMATS.items() if f.disk_format}
+    return names.get(name) or (name if name in names.values() else None)
 
 
 @dataclass
@@ -101,8 +107,8 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
             raise ImagetoolError(f"{path}: an ISO image is uploaded as a raw disk")
         disk_format = "raw"
     # A format the engine cannot store as it is (vmdk) becomes qcow2.
-    default = info.format if FORMATS[info.format].writable else "qcow2"
-    fmt = _DISK_FORMATS.get((disk_format or default).lower())
+    default = info.format if FORMATS[info.format].disk_format else "qcow2"
+    fmt = _disk_format((disk_format or default).lower())
     if fmt is None:
         raise ImagetoolError(f"unknown disk format {disk_format!r} (raw or qcow2)")
     tformat = transfer_format or ("cow" if legacy else "raw")
@@ -117,7 +123,7 @@ def plan_upload(path: str | os.PathLike, *, disk_format: str | None = None,
         initial = _measure(path, info, guest)
         if tformat == "cow":
             # A chain is flattened first: the volume gets one image's bytes.
-            convert = info.format != "qcow2" or bool(info.backing_file)
+            convert = FORMATS[info.format].disk_format != "cow" or bool(info.backing_file)
             if not convert:
                 # The volume receives the file's own bytes, all of them.
                 initial = max(initial or 0, os.path.getsize(path))

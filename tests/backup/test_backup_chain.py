@@ -43,7 +43,7 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, engine_env, tmp_pat
 
     made = []       # (result, {disk: engine checksum when the point was made})
     r = create(cli, vm.name, repo, method)
-    alg = backup.Repository(repo).point(vm.id).manifest["disks"][0]["checksum"]["algorithm"]
+    alg = backup.Repository(repo).point(vm.id).manifest.disks[0].checksum.algorithm
     made.append((r, snapshot_states(conn, (d0, d1), alg)))
     assert (r["mode"], r["method"], r["vm_id"], r["vm_name"]) == \
         ("full", method, vm.id, vm.name)
@@ -66,9 +66,8 @@ def test_points_restore_to_the_disks_as_they_were(conn, cli, engine_env, tmp_pat
         assert {d["disk_id"]: d["checksum"]["value"] for d in r["disks"]} == sums
     # The incrementals of the cow disk moved its new data only.
     inc = made[1][0]
-    cow = [d for d in backup.Repository(repo).point(vm.id, inc["point"]).manifest["disks"]
-           if d["disk_id"] == d0][0]
-    assert cow["bytes"] == MiB and cow["backing"] == f"../{made[0][0]['point']}/{d0}.qcow2"
+    cow = backup.Repository(repo).point(vm.id, inc["point"]).disk(d0)
+    assert cow.bytes == MiB and cow.files.backing == f"../{made[0][0]['point']}/{d0}.qcow2"
 
     code, out, err = cli("backup", "verify", repo, "--json")
     assert code == 0, err
@@ -146,7 +145,7 @@ def test_full_when_the_base_snapshot_is_gone(conn, cli, engine_env, tmp_path):
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(MiB, 9))])
     r1 = create(cli, vm.id, repo, "snapshot")
-    base = backup.Repository(repo).point(vm.id).manifest["engine"]["snapshot_id"]
+    base = backup.Repository(repo).point(vm.id).manifest.engine["snapshot_id"]
     conn.snapshots.remove(vm.id, base)
     code, out, err = cli("backup", "create", repo, vm.id, "--method", "snapshot")
     assert code == 0, err
@@ -155,7 +154,7 @@ def test_full_when_the_base_snapshot_is_gone(conn, cli, engine_env, tmp_path):
     r3 = create(cli, vm.id, repo, "snapshot", "--full")
     assert r3["mode"] == "full" and r3["reason"] == "a full backup was asked"
     # Only the newest point's snapshot stays on the engine.
-    kept = backup.Repository(repo).point(vm.id).manifest["engine"]["snapshot_id"]
+    kept = backup.Repository(repo).point(vm.id).manifest.engine["snapshot_id"]
     assert [s.id for s in conn.snapshots.list(vm.id) if s.snapshot_type != "active"] == [kept]
     assert r1["point"] != r3["point"]
     conn.vms.remove(vm.id)
@@ -193,7 +192,7 @@ def test_full_when_the_base_checkpoint_is_gone(conn, cli, engine_env, tmp_path):
     repo = str(tmp_path / "repo")
     guest_io(conn, d0, writes=[(0, rand(MiB, 15))])
     create(cli, vm.id, repo, "checkpoint")
-    cp = backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]
+    cp = backup.Repository(repo).point(vm.id).manifest.engine["checkpoint_id"]
     conn.checkpoints.remove(vm.id, cp)
     code, out, err = cli("backup", "create", repo, vm.id)     # auto: checkpoint here
     assert code == 0, err

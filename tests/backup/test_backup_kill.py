@@ -26,9 +26,9 @@ def test_kill_9_during_create(faulty_engine, tmp_path, method):
     # The engine ends the abandoned transfer: the disk is unlocked.
     create_after_kill(fe, repo, vm.id, method)
     [p] = backup.Repository(repo).points(vm.id)
-    assert p.manifest["mode"] == "full"
+    assert p.manifest.mode == "full"
     with fe.connect() as conn:
         snaps = [s.id for s in conn.snapshots.list(vm.id) if s.snapshot_type != "active"]
-        assert snaps == ([p.manifest["engine"]["snapshot_id"]] if method == "snapshot" else [])
+        assert snaps == ([p.manifest.engine["snapshot_id"]] if method == "snapshot" else [])
         assert conn.disks.get(d0).status == "ok"
         conn.vms.remove(vm.id)

@@ -128,7 +128,7 @@ def test_a_failed_finalize_keeps_the_state_for_the_next_run(conn, tmp_path, monk
     assert backup.Repository(repo).partials(vm.id) == []
     # The checkpoints: the two points', none of the failed run.
     assert checkpoint_ids(conn, vm.id) == checkpoints + [
-        backup.Repository(repo).point(vm.id).manifest["engine"]["checkpoint_id"]]
+        backup.Repository(repo).point(vm.id).manifest.engine["checkpoint_id"]]
     conn.vms.remove(vm.id)
 
 

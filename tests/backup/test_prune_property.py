@@ -88,7 +88,7 @@ def test_keep_one_of_a_full_and_two_incrementals(tmp_path, cli):
     assert (code, err) == (0, ""), err
     assert point_bytes(repo, VM, last, DISKS[0]) == c
     p = backup.Repository(repo).point(VM)
-    assert (p.name, p.parent, p.manifest["mode"]) == (last, None, "full")
+    assert (p.name, p.parent, p.manifest.mode) == (last, None, "full")
 
 
 def test_a_failed_merge_leaves_no_merging_file(tmp_path, monkeypatch):

@@ -124,3 +124,53 @@ def test_directory_is_a_clean_error(tmp_path):
     for call in (detect, inspect, open_image):
         with pytest.raises(FormatError):
             call(tmp_path)
+
+
+# --- the registry ---------------------------------------------------------------------
+
+FAKE_MAGIC = b"FAKEDISK"
+
+
+def _fake_format():
+    """A format of 8 magic bytes then raw guest data, made of registry parts."""
+    from imagetool.formats import window
+    from imagetool.formats.detect import ImageInfo
+    from imagetool.formats.registry import Format
+
+    head = len(FAKE_MAGIC)
+
+    def info(path, offset, length):
+        return ImageInfo(format="fake", virtual_size=length - head, actual_size=length,
+                         filename=path)
+
+    return Format(
+        open=lambda p, mode, shallow: window.RawWindow(p, head, os.path.getsize(p) - head),
+        inspect=lambda p, content: info(p, 0, os.path.getsize(p)),
+        open_window=lambda p, o, n: window.RawWindow(p, o + head, n - head),
+        inspect_window=info, magic=lambda data, path: data.startswith(FAKE_MAGIC))
+
+
+def test_a_registered_format_is_probed_and_opened_through_the_registry(tmp_path):
+    guest = os.urandom(64 * 1024)
+    p = tmp_path / "disk.fake"
+    p.write_bytes(FAKE_MAGIC + guest)
+    outer = tmp_path / "outer.bin"       # the same image inside another file (an OVA)
+    outer.write_bytes(bytes(512) + FAKE_MAGIC + guest + bytes(512))
+    assert probe(p) == ("raw", "data")
+    from imagetool.formats.registry import register, unregister
+    register("fake", _fake_format())
+    try:
+        assert probe(p) == ("fake", "data") and detect(p) == "fake"
+        info = inspect(p)
+        assert (info.format, info.virtual_size) == ("fake", len(guest))
+        with open_image(p) as b:
+            assert b.read(0, b.size) == guest
+        n = len(FAKE_MAGIC) + len(guest)
+        assert inspect(outer, offset=512, length=n).format == "fake"
+        with open_image(outer, offset=512, length=n) as b:
+            assert b.read(0, b.size) == guest
+    finally:
+        unregister("fake")
+    assert detect(p) == "raw"
+    with open_image(outer, offset=512, length=n) as b:
+        assert b.read(0, 8) == FAKE_MAGIC

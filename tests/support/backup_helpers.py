@@ -146,10 +146,8 @@ def add_point(repo_dir, vm_id, disks, *, full=False, now=None):
         disk = VmDisk(id=disk_id, name=f"{vm_id}-{disk_id}", format="cow",
                       provisioned_size=len(data), sparse=True, interface="virtio_scsi",
                       bootable=False, backup="incremental")
-        entry = disk_entry(disk, staging, fetched, "incremental" if backing else "full",
-                            backing)
-        entry["reason"] = None
-        entries.append(entry)
+        entries.append(disk_entry(disk, staging, fetched,
+                                  "incremental" if backing else "full", backing))
     manifest = point_manifest(vm_id, "vm", name, now, "snapshot", base, {}, entries,
                               ChainStaged(repo, staging).ovf_info())
     repo.commit(staging, manifest)

@@ -2,8 +2,8 @@
 repository.
 
 Every VM's points are written oldest first, under their own names and
-times, each with its OVF (SHA-256 checked against its manifest), the
-manifest's facts (its file names and file checksums dropped: they describe
+times, each with its OVF (SHA-256 checked against its manifest, and kept:
+a restore checks the OVF against it), the manifest's facts (its file names and file checksums dropped: they describe
 files the new repository does not have) and per disk the recorded guest
 checksum, which ``verify`` compares afterwards. An incremental point is
 written as an incremental of its parent: only the clusters its own qcow2
@@ -33,6 +33,7 @@ from typing import Any, Callable
 from imagetool import checksum as block_checksum
 
 from imagetool.backup.maintain import checked_ovf
+from imagetool.backup.manifest import DiskEntry, Manifest
 from imagetool.backup.repo import LOCK, Repository
 from imagetool.backup.store.chunkstore import ChunkStore
 from imagetool.backup.store.points import (Index, index_name, list_points, load_index,
@@ -70,8 +71,8 @@ class Migrated:
 def point_total(old: str) -> int:
     """Guest bytes a migration of ``old`` reads at most (a progress total)."""
     repo = Repository(old)
-    return sum(d["virtual_size"] for v in repo.vm_ids() for p in repo.points(v)
-               for d in p.manifest["disks"])
+    return sum(d.virtual_size for v in repo.vm_ids() for p in repo.points(v)
+               for d in p.manifest.disks)
 
 
 def _lock(repo: Repository, vm_id: str):
@@ -89,10 +90,16 @@ def _layer_ranges(layer: Any) -> list[tuple[int, int]]:
     return [(e.start, e.end) for e in layer.own_extents() if not e.hole]
 
 
-def _manifest(m: dict, old_root: str) -> dict:
-    out = {k: v for k, v in m.items() if k not in ("ovf", "disks")}
-    out["disks"] = [{k: v for k, v in d.items() if k not in FILE_FIELDS} for d in m["disks"]]
-    out["migrated_from"] = {"repository": old_root, "point": m["point"]}
+def _meta(d: DiskEntry) -> dict:
+    """A disk's entry in the new repository: its facts, not its old files."""
+    return {k: v for k, v in d.to_json().items() if k not in FILE_FIELDS}
+
+
+def _manifest(m: Manifest, old_root: str) -> dict:
+    out = {k: v for k, v in m.to_json().items() if k != "disks"}
+    out["ovf"] = {"sha256": m.ovf.sha256}       # restore checks the OVF against it
+    out["disks"] = [_meta(d) for d in m.disks]
+    out["migrated_from"] = {"repository": old_root, "point": m.point}
     return out
 
 
@@ -110,7 +117,7 @@ def migrate(old: str, store: ChunkStore, *, workers: int = 4,
             have = {n for _, n in list_points(store, vm_id)}
             done: dict[str, Index] = {}
             for p in pts:
-                size = sum(d["virtual_size"] for d in p.manifest["disks"])
+                size = sum(d.virtual_size for d in p.manifest.disks)
                 if p.name in have:
                     done[p.name] = load_index(store, vm_id, p.name)
                     out.skipped.append((vm_id, p.name))
@@ -179,13 +186,12 @@ def _migrate_point(repo: Repository, store: ChunkStore, p, pts: list, parent: In
     ovf = checked_ovf(p)
     sources: list[DiskSource] = []
     try:
-        for d in p.manifest["disks"]:
-            backend = repo.open_disk(p, d["disk_id"], pts)
+        for d in p.manifest.disks:
+            backend = repo.open_disk(p, d.disk_id, pts)
             dirty = None
-            if parent is not None and d.get("backing") and parent.disk(d["disk_id"]):
+            if parent is not None and d.files.backing and parent.disk(d.disk_id):
                 dirty = _layer_ranges(backend)
-            meta = {k: v for k, v in d.items() if k not in FILE_FIELDS}
-            sources.append(DiskSource(d["disk_id"], backend, dirty, meta))
+            sources.append(DiskSource(d.disk_id, backend, dirty, _meta(d)))
         ix = write_point(store, p.vm_id, sources, parent=parent, ovf=ovf,
                          manifest=_manifest(p.manifest, os.path.abspath(repo.root)),
                          name=p.name, workers=workers, progress=progress)

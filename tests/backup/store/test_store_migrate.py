@@ -13,6 +13,7 @@ from backup_helpers import add_point, files_under, point_bytes, rand
 from helpers import MiB
 from test_store_cli import repo_args
 
+from imagetool.backup.manifest import Manifest
 from imagetool.backup.repo import Repository
 from imagetool.backup.store import ChunkStore, PointBackend, list_points, load_index, open_storage
 
@@ -63,12 +64,14 @@ def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
             ix = load_index(store, vm_id, p.name)
             assert (ix.parent, ix.timestamp) == (p.parent, p.timestamp)
             assert ix.ovf == f"<ovf vm='{vm_id}'/>"
-            assert ix.manifest["vm_name"] == "vm" and ix.manifest["mode"] == p.manifest["mode"]
+            # What restore checks first: the facts, the OVF's SHA-256 among them.
+            assert Manifest.from_index(ix, "x").ovf.sha256 == p.manifest.ovf.sha256
+            assert ix.manifest["vm_name"] == "vm" and ix.manifest["mode"] == p.manifest.mode
             assert ix.manifest["migrated_from"] == {"repository": os.path.abspath(old),
                                                     "point": p.name}
-            assert [d.disk_id for d in ix.disks] == [d["disk_id"] for d in p.manifest["disks"]]
+            assert [d.disk_id for d in ix.disks] == [d.disk_id for d in p.manifest.disks]
             for d in ix.disks:
-                assert d.meta["checksum"] == p.disk(d.disk_id)["checksum"]
+                assert d.meta["checksum"] == p.disk(d.disk_id).checksum.to_json()
                 assert "file" not in d.meta and "sha256" not in d.meta
                 got = PointBackend(store, d).read(0, d.virtual_size)
                 assert got == point_bytes(old, vm_id, p.name, d.disk_id)
