@@ -16,6 +16,7 @@ back the document the repository stores.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -193,6 +194,12 @@ class Manifest:
         chain point's, and each entry against the index's disk."""
         c = _Checker(where)
         doc = dict(index.manifest, disks=[d.meta for d in index.disks])
+        if "ovf" not in doc and isinstance(doc.get("migrated_from"), dict) \
+                and isinstance(index.ovf, str):
+            # `backup migrate` before 013a777 dropped the OVF's record. The
+            # OVF sits in the same index, so a hash beside it proves nothing
+            # more than its own: without it such points would not restore.
+            doc["ovf"] = {"sha256": hashlib.sha256(index.ovf.encode()).hexdigest()}
         _check_facts(c, doc, index.vm_id, index.name)
         if not index.disks:
             raise c.bad("the point has no disks")

@@ -13,7 +13,7 @@ from backup_helpers import add_point, files_under, point_bytes, rand
 from helpers import MiB
 from test_store_cli import repo_args
 
-from imagetool.backup.manifest import Manifest
+from imagetool.backup.manifest import Manifest, RepositoryError
 from imagetool.backup.repo import Repository
 from imagetool.backup.store import ChunkStore, PointBackend, list_points, load_index, open_storage
 
@@ -80,6 +80,27 @@ def test_migrate_moves_every_point_byte_for_byte(cli, target, tmp_path):
     # index), disk b whole (new at that point): 8 MiB, not a's 6 + b's 4.
     second = load_index(store, "vm1", repo.points("vm1")[1].name)
     assert second.stats["data"] == 8 * MiB
+
+
+def test_a_point_migrated_without_its_ovf_record_still_restores(cli, tmp_path):
+    """``backup migrate`` of the previous release wrote no ``ovf`` record;
+    restore checks the facts first and refused every such point."""
+    from imagetool.backup.store.points import save_index
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    add_point(old, "vm1", {"a": (rand(MiB, 1), None)})
+    assert cli("backup", "init", new)[0] == 0
+    assert cli("backup", "migrate", old, new)[0] == 0
+    store = ChunkStore.open(open_storage(new))
+    [(vm_id, name)] = list_points(store)
+    ix = load_index(store, vm_id, name)
+    del ix.manifest["ovf"]
+    save_index(store, ix)
+    ix = load_index(store, vm_id, name)
+    assert Manifest.from_index(ix, "x").ovf.sha256 == hashlib.sha256(ix.ovf.encode()).hexdigest()
+    # Only a migrated point is taken so: another without the record is refused.
+    del ix.manifest["migrated_from"]
+    with pytest.raises(RepositoryError, match="ovf"):
+        Manifest.from_index(ix, "x")
 
 
 @pytest.mark.slow
