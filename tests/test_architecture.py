@@ -22,6 +22,10 @@ from imagetool.formats import qcow2
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.imageio import protocol
 
+# One xdist worker runs them all (``--dist loadgroup``), so the sources are
+# parsed once (``_tree`` caches) rather than once per worker.
+pytestmark = pytest.mark.xdist_group("architecture")
+
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "imagetool")
 
 
