@@ -1,6 +1,6 @@
 """The format registry: every image format imagetool reads, and what each can do.
 
-Every list of supported formats is this registry's: ``detect.probe`` asks
+Every list of supported formats is this registry's: probing asks
 the entries in order which one the first bytes of a file are (``magic``),
 ``open_image`` and ``inspect`` call the entry's ``open`` and ``inspect``,
 ``convert`` and downloads write the ``writable`` ones, and an upload
@@ -11,21 +11,23 @@ is one more ``register`` call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
-if TYPE_CHECKING:
-    from imagetool.formats.detect import ImageInfo
-    from imagetool.iocore.backend import Backend
+from imagetool.iocore.backend import Backend
+
+# What ``inspect`` returns: an ``ImageInfo`` of the module that probes, which
+# imports this one (so it is not imported back here).
+ImageInfo = Any
 
 
 class Format(NamedTuple):
     """How to recognise, open and describe an image of one format, in a file
     or at a byte range of one."""
 
-    open: Callable[[str, str, bool], "Backend"]         # (path, mode, shallow)
-    inspect: Callable[[str, str], "ImageInfo"]          # (path, content type)
-    open_window: Callable[[str, int, int], "Backend"]   # (path, offset, length)
-    inspect_window: Callable[[str, int, int], "ImageInfo"]
+    open: Callable[[str, str, bool], Backend]           # (path, mode, shallow)
+    inspect: Callable[[str, str], ImageInfo]            # (path, content type)
+    open_window: Callable[[str, int, int], Backend]     # (path, offset, length)
+    inspect_window: Callable[[str, int, int], ImageInfo]
     # (the first 512 bytes, path): whether they are this format's; may raise
     # UnsupportedFormat (a version not read). None: what no magic claims.
     magic: Callable[[bytes, str], bool] | None = None

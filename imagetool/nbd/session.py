@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imagetool.errors import ImagetoolError
 from imagetool.nbd.protocol import (
@@ -21,19 +21,18 @@ from imagetool.nbd.protocol import (
     REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC,
     TRANSMISSION_FLAGS, _Closed)
 
-if TYPE_CHECKING:
-    from imagetool.nbd.server import Export, NbdServer
-
 
 class Session:
     """The protocol with one connected client."""
 
-    def __init__(self, server: NbdServer, conn: socket.socket) -> None:
+    def __init__(self, server: Any, conn: socket.socket) -> None:
+        # ``server``: the NbdServer that accepted ``conn`` (its exports and
+        # limits); not imported, as the server module imports this one.
         self.server = server
         self.conn = conn
         self.structured = False
         self.allocation = False     # base:allocation negotiated
-        self.export: Export | None = None
+        self.export: Any = None                     # the Export chosen
         self.backend: Any = None
 
     # --- raw I/O ---------------------------------------------------------------
@@ -112,7 +111,7 @@ class Session:
         else:
             self.error(opt, REP_ERR_UNSUP, f"option {opt} is not supported")
 
-    def find(self, name: bytes) -> Export | None:
+    def find(self, name: bytes) -> Any:
         try:
             text = name.decode()
         except UnicodeDecodeError:
