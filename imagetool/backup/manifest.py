@@ -196,7 +196,7 @@ class Manifest:
         doc = dict(index.manifest, disks=[d.meta for d in index.disks])
         if "ovf" not in doc and isinstance(doc.get("migrated_from"), dict) \
                 and isinstance(index.ovf, str):
-            # `backup migrate` before 013a777 dropped the OVF's record. The
+            # The first release of `backup migrate` dropped the OVF's record. The
             # OVF sits in the same index, so a hash beside it proves nothing
             # more than its own: without it such points would not restore.
             doc["ovf"] = {"sha256": hashlib.sha256(index.ovf.encode()).hexdigest()}
