@@ -4,7 +4,8 @@ serve`` (issue 20, item 3). After each command exits:
 
 - exit 0 or 130 (or death by SIGINT while Python starts, which a shell
   also reports as 130, or the interpreter's own fatal error when the
-  signal lands in its site import), and no traceback;
+  signal lands in its site import), and no traceback but the site
+  module's report of an editable install's ``.pth`` line it interrupted;
 - no transfer left open, no disk locked;
 - none of the files the help says Ctrl-C removes (``.imagetool-part``,
   ``.imagetool-journal``), no half ``.ova`` under its final name, no
@@ -67,6 +68,12 @@ _IGNORED_IN_IMPORT = re.compile(
     r"Traceback \(most recent call last\):\n"
     r"  File \"<frozen importlib\._bootstrap>\", line \d+, in cb\n"
     r"KeyboardInterrupt: ?\n")
+# The site module's report of a ``.pth`` line it could not finish (an
+# editable install's import hook, interrupted while Python starts): site
+# prints it, skips the file and starts the program anyway.
+_IGNORED_IN_SITE = re.compile(
+    r"Error processing line \d+ of [^\n]+\.pth:\n\n.*?KeyboardInterrupt.*?"
+    r"\nRemainder of file ignored\n", re.S)
 
 
 def _problems(kind, code, err, before, after, cwd, i, repo, vm_id):
@@ -81,7 +88,8 @@ def _problems(kind, code, err, before, after, cwd, i, repo, vm_id):
         out.append(f"exit {code}")
     # Likewise Python's own report of a KeyboardInterrupt it swallowed in an
     # import lock's callback ("Exception ignored in ... importlib._bootstrap").
-    if "Traceback" in _IGNORED_IN_IMPORT.sub("", err) and not in_python_startup:
+    if "Traceback" in _IGNORED_IN_IMPORT.sub("", _IGNORED_IN_SITE.sub("", err)) \
+            and not in_python_startup:
         out.append("a traceback")
     if after["open"]:
         out.append(f"transfers left open: {after['open']}")
