@@ -18,12 +18,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 
 from helpers import (ENGINE_PASSWORD, engine_cli_env, missing_qemu_tools, sdk_examples_dir,
                      start_faulty_engine, stop_faulty_engine, transfers_of, use_cli_env)
 from imageio_daemon import ImageioDaemon, make_tls_files, scratch_dir
+
+# --- the assertion rewrite cache --------------------------------------------------
+
+# pytest rewrites every test module's asserts and caches the result only
+# where Python may write bytecode. With PYTHONDONTWRITEBYTECODE set, every
+# xdist worker rewrote every module on every run: 83 s of quick loop where
+# 58 s do with the cache, on 2 cores. The cache then goes under
+# .pytest_cache (pytest's own folder), so no __pycache__ appears beside the
+# sources, as the setting asks; programs the tests start keep the setting.
+if sys.dont_write_bytecode:
+    sys.dont_write_bytecode = False
+    sys.pycache_prefix = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), ".pytest_cache", "pycache")
+
 
 # --- peers every run needs -------------------------------------------------------
 
