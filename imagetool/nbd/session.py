@@ -130,15 +130,26 @@ class Session:
             return None
         return data[pos + 4:pos + 4 + n], pos + 4 + n
 
-    def info_or_go(self, opt: int, data: bytes) -> None:
+    def _name_and_count(self, data: bytes, fmt: str) -> tuple[bytes, int, int] | None:
+        """The export name that starts an option's data, the count (``fmt``,
+        16 or 32 bits) of the items after it, and their position; None
+        when it does not fit (NBD protocol: NBD_OPT_INFO and NBD_OPT_GO
+        count 16-bit requests, the meta context options 32-bit queries)."""
         got = self._name(data)
-        if got is None or len(data) < got[1] + 2:
+        width = struct.calcsize(fmt)
+        if got is None or len(data) < got[1] + width:
+            return None
+        (count,) = struct.unpack_from(fmt, data, got[1])
+        return got[0], count, got[1] + width
+
+    def info_or_go(self, opt: int, data: bytes) -> None:
+        got = self._name_and_count(data, ">H")
+        if got is None:
             return self.error(opt, REP_ERR_INVALID, "malformed request")
-        name, pos = got
-        (nreq,) = struct.unpack_from(">H", data, pos)
-        if len(data) != pos + 2 + 2 * nreq:
+        name, nreq, pos = got
+        if len(data) != pos + 2 * nreq:
             return self.error(opt, REP_ERR_INVALID, "malformed information requests")
-        requests = set(struct.unpack_from(f">{nreq}H", data, pos + 2))
+        requests = set(struct.unpack_from(f">{nreq}H", data, pos))
         export = self.find(name)
         if export is None:
             return self.error(opt, REP_ERR_UNKNOWN, "no such export (NBD_OPT_LIST lists them)")
@@ -155,12 +166,10 @@ class Session:
             self.export = export
 
     def meta_context(self, opt: int, data: bytes) -> None:
-        got = self._name(data)
-        if got is None or len(data) < got[1] + 4:
+        got = self._name_and_count(data, ">I")
+        if got is None:
             return self.error(opt, REP_ERR_INVALID, "malformed request")
-        name, pos = got
-        (nq,) = struct.unpack_from(">I", data, pos)
-        pos += 4
+        name, nq, pos = got
         if nq > MAX_QUERIES:
             return self.error(opt, REP_ERR_TOO_BIG, f"more than {MAX_QUERIES} queries")
         queries = []
