@@ -92,6 +92,7 @@ osd pool default min size = 1
 mon allow pool size one = true
 osd objectstore = memstore
 osd class update on start = false
+osd crush update on start = false
 memstore device bytes = 1073741824
 osd data = {d}/osd0
 mon data = {d}/mon
@@ -114,6 +115,12 @@ rgw data = {d}/rgw
         daemon("ceph-mon", *c, "-i", "a", "-f")
         _run("ceph", *c, "--connect-timeout", "30", "osd", "create", osd_uuid)
         _run("ceph-osd", *c, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
+        # Placed in the CRUSH map here, not by the OSD as it starts: that
+        # request of the OSD's can leave before its monitor client has the
+        # cluster's fsid, and the monitor then refuses it ("wrong fsid") and
+        # the OSD exits, now and then.
+        _run("ceph", *c, "osd", "crush", "add", "osd.0", "1.0", "host=localhost",
+             "root=default")
         daemon("ceph-osd", *c, "-i", "0", "-f")
         daemon("radosgw", *c, "-n", "client.rgw", "-f")
         deadline = time.monotonic() + timeout
