@@ -10,6 +10,7 @@ the typed exceptions of ``imagetool.errors``.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 from typing import Any
@@ -61,6 +62,22 @@ def _ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as e:
         raise ConnectionFailed(f"cannot use CA file {cafile}: {e}") from None
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_path(path: str) -> None:
+    """Refuse an API path with a segment that is not a plain name or id.
+
+    Paths are built from ids, some of them read from files nobody vouches
+    for (a backup repository's manifests, a killed run's state): an id
+    like ``../../disks/X`` would otherwise send the request to another
+    resource. One check here covers every service."""
+    for seg in path.strip("/").split("/") if path.strip("/") else ():
+        if seg in (".", "..") or not _SEGMENT.fullmatch(seg):
+            raise EngineError(f"refusing an API path with the segment {seg[:80]!r}: "
+                              "an id read from a file is not a plain id")
 
 
 class Connection:
@@ -257,6 +274,7 @@ class Connection:
         if path.startswith("http"):
             url = path
         else:
+            _check_path(path)
             url = self.url + ("/" + path.lstrip("/") if path.strip("/") else "")
         hdrs = {"Accept": accept} if accept else {}
         if body is not None:

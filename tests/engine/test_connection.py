@@ -237,3 +237,15 @@ def test_a_ctrl_c_inside_a_request_gives_the_next_requests_a_new_pool():
             conn.disks.list()
         assert conn._client is not first
         assert [d.name for d in conn.disks.list()] == ["d1"]
+
+
+@pytest.mark.parametrize("snapshot_id", ["../../../disks/aaaa", ".", "a b", "x%2f..", "id?x=1"])
+def test_an_id_that_is_not_plain_never_leaves(snapshot_id):
+    # Ids read from a backup repository end up in request paths: one that
+    # would address another resource is refused before anything is sent.
+    engine = FakeEngine()
+    with connect(engine) as conn:
+        before = len(api_requests(engine))
+        with pytest.raises(EngineError, match="refusing an API path with the segment"):
+            conn.snapshots.get("3b1d2c8e-0000-4000-8000-000000000001", snapshot_id)
+        assert len(api_requests(engine)) == before
