@@ -302,6 +302,10 @@ def _check_facts(c: _Checker, doc: Any, vm_id: str, point: str) -> None:
     c.choice(doc, "method", "", METHODS)
     c.choice(doc, "mode", "", MODES)
     c.get(doc, "engine", "", (dict,), optional=True)
+    c.get(doc, "migrated_from", "", (dict,), optional=True)
+    for i, name in enumerate(c.get(doc, "merged", "", (list,), optional=True) or ()):
+        if not plain_name(name):
+            raise c.bad(f"merged[{i}] {name!a} is not a point's name")
     c.sha(c.get(doc, "ovf", "", (dict,)), "sha256", "ovf.")
 
 

@@ -216,6 +216,7 @@ MALFORMED = {
     "text timestamp": (lambda d: dict(d, timestamp="yesterday"),
                        "timestamp is a string, expected a number"),
     "a list": (lambda d: [d], "the manifest is a list, expected an object"),
+    "merged a string": (lambda d: dict(d, merged="x"), "merged is a string, expected a list"),
     "not JSON": (None, "not valid JSON"),
 }
 
