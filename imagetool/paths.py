@@ -25,8 +25,9 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 
-from imagetool.errors import UsageError
+from imagetool.errors import ImagetoolError, UsageError
 
 LOCK_FILE = "serve.json"
 
@@ -66,9 +67,26 @@ def find_running_engine(data_dir: str | None = None) -> dict | None:
 def serves_dir() -> str:
     """Where running serves register: ``$XDG_RUNTIME_DIR/imagetool/serves``,
     else ``~/.cache/imagetool/serves``."""
+    return _runtime("serves")
+
+
+def locks_dir() -> str:
+    """The user's lock files (``$XDG_RUNTIME_DIR/imagetool/locks``, else
+    under ``~/.cache``), made 0700 if missing. Not under /tmp, where
+    another user could make the directory first and own the locks."""
+    path = _runtime("locks")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ImagetoolError(f"{path}: not a private directory of this user (mode 0700); "
+                             "remove it and run again")
+    return path
+
+
+def _runtime(name: str) -> str:
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imagetool", "serves")
+    return os.path.join(base, "imagetool", name)
 
 
 def _entry(data_dir: str) -> str:

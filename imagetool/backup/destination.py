@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -43,6 +42,7 @@ from imagetool.backup.manifest import (ChainFiles, Checksum, DiskEntry, Manifest
 from imagetool.backup.repo import (OVF_FILE, STATE, Repository, RepositoryError, exclusive,
                                    read_json, sha256_file, write_json)
 from imagetool.errors import ImagetoolError
+from imagetool.paths import locks_dir
 
 RUNS = "runs/"
 
@@ -202,12 +202,6 @@ class ChunkPoint:
         return disk_entry_or_none(d.meta) if d is not None else None
 
 
-def _lock_dir() -> str:
-    path = os.path.join(tempfile.gettempdir(), f"imagetool-{os.getuid()}", "locks")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
 def _alive_here(pid: Any) -> bool:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
@@ -237,7 +231,7 @@ class ChunkDestination:
         if not valid_name(vm_id):
             raise StoreError(f"invalid VM id {vm_id!r}")
         key = hashlib.sha256(f"{self.store.url}\0{vm_id}".encode()).hexdigest()[:32]
-        with exclusive(os.path.join(_lock_dir(), key),
+        with exclusive(os.path.join(locks_dir(), key),
                        f"{self.store.url}: another backup of VM {vm_id} is running"):
             yield
 
@@ -269,7 +263,8 @@ class ChunkDestination:
                 # point is whole and its engine state is its base.
                 self.store.storage.delete(info.name)
                 continue
-            run = state.get("run") or {}
+            run = state.get("run")
+            run = run if isinstance(run, dict) else {}
             if run.get("host") == host:
                 live = run.get("pid") != os.getpid() and _alive_here(run.get("pid"))
             else:
@@ -337,7 +332,9 @@ class ChunkStaged:
     def previous(self, base: ChunkPoint, disk_id: str
                  ) -> tuple[DiskEntry | None, list | None]:
         entry = base.disk(disk_id)
-        if entry is None:
+        # Digests of other blocks than this repository's chunks would be
+        # merged block by block with the new ones: a full point instead.
+        if entry is None or entry.checksum.block_size != self.store.chunk_size:
             return None, None
         try:
             raw = base64.b64decode(entry.digests, validate=True)
@@ -365,8 +362,12 @@ class ChunkStaged:
         by_id = {m["disk_id"]: m for m in metas}
         for disk in self.writer.disks:
             disk.meta = by_id[disk.disk_id]
+        from imagetool.backup.store.storage import StoreError
         ix = self.writer.commit(ovf=self.ovf, manifest=facts)
-        self.store.storage.delete(self.run_name)
+        try:
+            self.store.storage.delete(self.run_name)
+        except StoreError:
+            pass    # the point exists: the next run removes the record (interrupted)
         where = f"{self.store.url}/{ix.object_name}"
         return Committed(ix.name, where, {d.disk_id: where for d in ix.disks},
                          {"data": ix.stats["data"], "written": ix.stats["written"]})

@@ -18,6 +18,7 @@ from imagetool.backup.destination import ChunkDestination
 from imagetool.backup.repo import RepositoryError
 from imagetool.backup.store import ChunkStore, DiskSource, open_storage, write_point
 from imagetool.backup.store.gc import LEASE_TTL
+from imagetool.errors import ImagetoolError
 
 
 @pytest.fixture
@@ -88,3 +89,27 @@ def test_a_second_backup_of_a_vm_at_once_is_refused(conn, cli, engine_env, store
                               f"of VM {vm.id} is running\n")
     assert not list(store.storage.list("points/"))
     conn.vms.remove(vm.id)
+
+
+@pytest.mark.parametrize("run", ["a string", ["a", "list"], 7])
+def test_a_record_whose_run_is_not_an_object_is_an_old_run(store, run):
+    # The repository is not trusted: a malformed record is a run of no
+    # known host, over once older than a lease, never a traceback.
+    store.put_doc("runs/vm1/p1", {"snapshot_id": "s1", "run": run})
+    path = os.path.join(store.url, "runs/vm1/p1")
+    os.utime(path, (time.time() - LEASE_TTL - 60,) * 2)
+    assert [r.point for r in ChunkDestination(store).interrupted("vm1")] == ["p1"]
+
+
+def test_the_lock_files_live_in_a_private_directory_of_the_user(store, tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with ChunkDestination(store).locked("vm1"):
+        locks = runtime / "imagetool" / "locks"
+        assert locks.is_dir() and os.stat(locks).st_mode & 0o777 == 0o700
+        assert len(os.listdir(locks)) == 1
+    os.chmod(locks, 0o777)
+    with pytest.raises(ImagetoolError, match="not a private directory of this user"):
+        with ChunkDestination(store).locked("vm1"):
+            pass
