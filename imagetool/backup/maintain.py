@@ -345,7 +345,6 @@ def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
     chunks (fetched, checked against their ids, decrypted, by the
     transfer's workers in parallel) to a new disk, its engine checksum
     compared with the point's."""
-    import contextlib
     import hashlib
 
     from imagetool.backup.store import ObjectMissing, latest, load_index, open_disk

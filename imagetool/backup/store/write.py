@@ -192,12 +192,14 @@ class _Workers:
         for job in batch:
             view = whole[job.start - first:job.start - first + job.length]
             full = len(job.ranges) == 1 and job.ranges[0] == (0, job.length)
-            if job.base is not None:
+            if full:
+                pass                # read whole below: the parent's chunk is not needed
+            elif job.base is not None:
                 base = self.store.get_chunk(job.base)
                 n = min(len(base), job.length)
                 view[:n] = base[:n]
                 fill_zero(view[n:])
-            elif not full:
+            else:
                 fill_zero(view)
             for off, length in job.zeros:
                 fill_zero(view[off:off + length])
