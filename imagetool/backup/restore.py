@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from imagetool.backup.maintain import Progress, VerifyError, checked_ovf
 from imagetool.backup.manifest import Manifest
-from imagetool.backup.repo import Repository, RepositoryError, find_vm_id
+from imagetool.backup.repo import Repository
 from imagetool.backup.results import Restored, RestoredDisk
 from imagetool.checksum import GuestChecksum
 from imagetool.threads import shielded
@@ -128,17 +128,6 @@ def restore_point(conn: Any, vm_id: str, point: str, manifest: Manifest, ovf: st
     return out
 
 
-def find_chunk_vm(store: Any, vm: str) -> str:
-    """A VM id of a chunk repository from an id or a name (its newest point's)."""
-    from imagetool.backup.store import latest, list_points
-
-    def has_name(vm_id: str, name: str) -> bool:
-        ix = latest(store, vm_id)
-        return ix is not None and ix.manifest.get("vm_name") == name
-
-    return find_vm_id(store.url, vm, sorted({v for v, _ in list_points(store)}), has_name)
-
-
 def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
                      point: str | None = None, **kw: Any) -> Restored:
     """:func:`restore_vm` from a chunk repository (``imagetool.backup.store``,
@@ -147,21 +136,16 @@ def restore_chunk_vm(conn: Any, store: Any, vm: str, *, storage_domain: str,
     chunks (fetched, checked against their ids, decrypted, by the
     transfer's workers in parallel) to a new disk, its engine checksum
     compared with the point's."""
-    from imagetool.backup.store import ObjectMissing, latest, load_index, open_disk
+    from imagetool.backup.store import open_disk
+    from imagetool.backup.store.points import find_point
     start = time.monotonic()
-    vm_id = find_chunk_vm(store, vm)
-    try:
-        ix = load_index(store, vm_id, point) if point else latest(store, vm_id)
-    except ObjectMissing:
-        ix = None
-    if ix is None:
-        raise RepositoryError(f"{store.url}: VM {vm_id} has no point {point!r}")
+    ix = find_point(store, vm, point)
     where = f"{store.url}/{ix.object_name}"
     manifest = Manifest.from_index(ix, where)
     ovf = ix.ovf or ""
     if hashlib.sha256(ovf.encode()).hexdigest() != manifest.ovf.sha256:
         raise VerifyError(where, "the OVF's SHA-256 differs from the manifest's")
-    return restore_point(conn, vm_id, ix.name, manifest, ovf,
+    return restore_point(conn, ix.vm_id, ix.name, manifest, ovf,
                          lambda disk_id: contextlib.closing(open_disk(store, ix, disk_id)),
                          storage_domain=storage_domain, start=start, **kw)
 

@@ -228,12 +228,10 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
         return _repo_total(repository, vm, point, chain=False)
     if not sys.stderr.isatty():
         return 0
-    from imagetool.backup.restore import find_chunk_vm
-    from imagetool.backup.store import latest, load_index
+    from imagetool.backup.store.points import find_point
     from imagetool.errors import ImagetoolError
     try:
-        vm_id = find_chunk_vm(repository, vm)
-        ix = load_index(repository, vm_id, point) if point else latest(repository, vm_id)
+        ix = find_point(repository, vm, point)
         return sum(d.virtual_size for d in ix.disks)
     except (ImagetoolError, AttributeError):
         return 0
