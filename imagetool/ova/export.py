@@ -110,14 +110,10 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
             committed()
     except BaseException:
         if made_part:
-            _unlink_quietly(path if named else part)
+            with suppress(FileNotFoundError):
+                os.unlink(path if named else part)
         raise
     return result
-
-
-def _unlink_quietly(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _write(conn: Any, vm: Any, disks: list, attachments: dict, fd: int, part: str, *,
