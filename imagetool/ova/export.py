@@ -33,7 +33,7 @@ from imagetool.engine.lifecycle import temporary_snapshot
 from imagetool.errors import ImagetoolError, NotFound
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
+from imagetool.ova.layout import cut_member, digest_range, disk_entry, write_ova
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.results import ExportedDisk, OvaExported
@@ -177,7 +177,7 @@ def _export_disk(conn: Any, disk: Any, part: str, fd: int, data_off: int, *,
     def cut(src: Any) -> None:
         member["length"] = length = cut_member(fd, data_off)
         # The member's SHA-256 (the manifest's) is taken while the checksums are.
-        member["sha256"] = Background(lambda: sha256_range(part, data_off, length),
+        member["sha256"] = Background(lambda: digest_range(part, data_off, length),
                                       name="ova-sha256")
 
     try:
