@@ -170,26 +170,27 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
 
 # --- reading ----------------------------------------------------------------------
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
+    """An element's or attribute's name without its namespace."""
     return tag.rsplit("}", 1)[-1]
 
 
 def _attr(el: ET.Element, name: str) -> str | None:
     for k, v in el.attrib.items():
-        if _local(k) == name:
+        if local_name(k) == name:
             return v
     return None
 
 
 def _child(el: ET.Element, name: str) -> ET.Element | None:
     for c in el:
-        if _local(c.tag) == name:
+        if local_name(c.tag) == name:
             return c
     return None
 
 
 def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if _local(c.tag) == name]
+    return [c for c in el if local_name(c.tag) == name]
 
 
 def _text(el: ET.Element | None, name: str) -> str | None:
@@ -225,7 +226,7 @@ def _no_hidden_disks(root: ET.Element, sections: list[ET.Element]) -> None:
     """
     listed = {id(d) for sec in sections for d in _children(sec, "Disk")}
     for el in root.iter():
-        if _local(el.tag) == "Disk" and id(el) not in listed:
+        if local_name(el.tag) == "Disk" and id(el) not in listed:
             raise OvfError(f"a Disk element outside the DiskSection (disk id "
                            f"{_attr(el, 'diskId') or _attr(el, 'fileRef')!r}); refused")
 
@@ -247,8 +248,8 @@ def parse_ovf(data: bytes) -> Ovf:
         # UTF-16 without a byte order mark decodes as UTF-8 with NULs (which
         # XML never holds); the text is what an engine is given for the VM.
         raise OvfError("the OVF is not UTF-8 text; convert it to UTF-8")
-    if _local(root.tag) != "Envelope":
-        raise OvfError(f"the OVF's root element is {_local(root.tag)!r}, not Envelope")
+    if local_name(root.tag) != "Envelope":
+        raise OvfError(f"the OVF's root element is {local_name(root.tag)!r}, not Envelope")
     dialect = "ovirt" if "xmlns:ovirt" in text else "dmtf"
 
     files: dict[str, tuple[str, int | None]] = {}
