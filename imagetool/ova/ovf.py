@@ -61,8 +61,6 @@ class OvfDisk:
     capacity: int                      # bytes
     file_size: int | None = None       # File/@ovf:size
     populated_size: int | None = None
-    format_uri: str = ""
-    volume_format: str | None = None   # oVirt: COW | RAW
     volume_type: str | None = None     # oVirt: Sparse | Preallocated
     interface: str | None = None
     boot: bool = False
@@ -312,8 +310,6 @@ def parse_ovf(data: bytes) -> Ovf:
             disks_by_id[did] = OvfDisk(
                 disk_id=did, file_id=ref, href=href, capacity=cap, file_size=fsize,
                 populated_size=_int(_attr(d, "populatedSize"), f"populatedSize of {did}"),
-                format_uri=_attr(d, "format") or "",
-                volume_format=_attr(d, "volume-format"),
                 volume_type=_attr(d, "volume-type"),
                 interface=_attr(d, "disk-interface"),
                 boot=(_attr(d, "boot") or "").lower() == "true",
