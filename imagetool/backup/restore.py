@@ -68,20 +68,19 @@ def restore_vm(conn: Any, repository: str | os.PathLike, vm: str, *,
 
 
 def restore_point(conn: Any, vm_id: str, point: str, manifest: Manifest, ovf: str,
-                  open_disk: Callable[[str], Any], *, storage_domain: str,
+                  open_disk: Callable[[str], Any], *, storage_domain: str, start: float,
                   name: str | None = None, cluster: str | None = None, workers: int = 4,
                   inactivity_timeout: int = 60, progress: Progress | None = None,
-                  start: float | None = None,
                   committed: Callable[[], None] | None = None) -> Restored:
     """Create a new VM from a checked point of either repository format:
-    its ``manifest``, its ``ovf`` text, and
-    ``open_disk(disk_id)``, a context manager giving a disk's guest data as
-    a Backend (a qcow2 chain, or a chunk repository's ``PointBackend``
-    whose clones fetch chunks in parallel). See :func:`restore_vm`."""
+    its ``manifest``, its ``ovf`` text, and ``open_disk(disk_id)``, a
+    context manager giving a disk's guest data as a Backend (a qcow2 chain,
+    or a chunk repository's ``PointBackend`` whose clones fetch chunks in
+    parallel). ``start``: when the caller began (the lookup and checks
+    count in the time reported). See :func:`restore_vm`."""
     from imagetool.transfer.disk import DiskOptions, add_disk, send
     from imagetool.vms import remove_made
 
-    start = time.monotonic() if start is None else start
     old_name = manifest.vm_name
     vm_name = name or f"{old_name or vm_id}-restored-{point}"
     created: list[str] = []
