@@ -37,14 +37,10 @@ OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-OVIRT_NS = "http://www.ovirt.org/ovf"
 QCOW_URI = "http://www.gnome.org/~markmc/qcow-image-format.html"
 BLANK = "00000000-0000-0000-0000-000000000000"
 GiB = 1 << 30
 MAX_OVF_BYTES = 16 << 20
-
-# CIM ResourceType values (DSP0243; CIM_ResourceAllocationSettingData).
-RT_CPU, RT_MEMORY, RT_NIC, RT_DISK = 3, 4, 10, 17
 
 
 class OvfError(FormatError):
@@ -128,7 +124,7 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
             "<Item>"
             f"<rasd:Caption>{alias}</rasd:Caption>"
             f"<rasd:InstanceID>{_t(img)}</rasd:InstanceID>"
-            f"<rasd:ResourceType>{RT_DISK}</rasd:ResourceType>"
+            f"<rasd:ResourceType>{ovfvm.RT_DISK}</rasd:ResourceType>"
             f"<rasd:HostResource>ovf:/disk/{_t(d['disk_id'])}</rasd:HostResource>"
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
             "<rasd:ApplicationList></rasd:ApplicationList>"
@@ -147,7 +143,7 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
     return (
         "<?xml version='1.0' encoding='UTF-8'?>\n"
         f'<Envelope xmlns="{OVF_NS}" xmlns:ovf="{OVF_NS}" xmlns:rasd="{RASD_NS}" '
-        f'xmlns:vssd="{VSSD_NS}" xmlns:xsi="{XSI_NS}" xmlns:ovirt="{OVIRT_NS}" '
+        f'xmlns:vssd="{VSSD_NS}" xmlns:xsi="{XSI_NS}" xmlns:ovirt="{ovfvm.OVIRT_NS}" '
         'ovf:version="4.4.0.0">'
         f"<References>{''.join(refs)}</References>"
         "<NetworkSection><Info>List of networks</Info></NetworkSection>"
@@ -324,7 +320,7 @@ def parse_ovf(data: bytes) -> Ovf:
     nics = []
     for item in (_children(hw, "Item") if hw is not None else []):
         rtype = _int(_text(item, "ResourceType"), "ResourceType")
-        if rtype == RT_CPU:
+        if rtype == ovfvm.RT_CPU:
             q = _int(_text(item, "VirtualQuantity"), "CPU VirtualQuantity")
             if q is None:
                 sockets = _int(_text(item, "num_of_sockets"), "num_of_sockets") or 1
@@ -332,12 +328,12 @@ def parse_ovf(data: bytes) -> Ovf:
                 threads = _int(_text(item, "threads_per_cpu"), "threads_per_cpu") or 1
                 q = sockets * cores * threads
             cpus = q
-        elif rtype == RT_MEMORY:
+        elif rtype == ovfvm.RT_MEMORY:
             q = _int(_text(item, "VirtualQuantity"), "memory VirtualQuantity")
             units = _text(item, "AllocationUnits") or "byte * 2^20"
             if q is not None:
                 memory = _bytes(q, units, MAX_MEMORY_BYTES, "memory")
-        elif rtype == RT_NIC:
+        elif rtype == ovfvm.RT_NIC:
             nics.append({"name": _text(item, "ElementName") or _text(item, "Name")
                          or _text(item, "Caption"),
                          "network": _text(item, "Connection"),

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 from imagetool import xmlsafe
 from imagetool.ova.ovf import local_name
-from imagetool.ova.ovfvm import (_RT_CONTROLLERS, _RT_CPU, _RT_DISK, _RT_MEMORY, _RT_NIC,
+from imagetool.ova.ovfvm import (_RT_CONTROLLERS, RT_CPU, RT_DISK, RT_MEMORY, RT_NIC,
                                  _STRUCTURE, BIOS_TYPES, ENGINE_INTERFACES, MAX_BOOT_ORDER,
                                  MAX_CPUS, MAX_MEMORY, MAX_NICS, MAX_TEXT,
                                  NIC_TYPES, OS_BY_NAME, OS_IDS, OS_NAME, OVIRT_NS,
@@ -189,7 +189,7 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
     k = _kids(item)
     rtype = _num(k.get("ResourceType"), "ResourceType", 0, 1 << 16)
     caption = (k.get("Caption") or k.get("ElementName") or str(rtype))[:60]
-    if rtype == _RT_CPU:
+    if rtype == RT_CPU:
         sockets = _num(k.get("num_of_sockets"), "num_of_sockets", 1, MAX_CPUS)
         cores = _num(k.get("cpu_per_socket"), "cpu_per_socket", 1, MAX_CPUS)
         threads = _num(k.get("threads_per_cpu"), "threads_per_cpu", 1, MAX_CPUS)
@@ -199,7 +199,7 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
         if out.sockets * out.cores * out.threads > MAX_CPUS:
             raise OvfSettingsError(f"OVF CPU topology {out.sockets}x{out.cores}x"
                                    f"{out.threads} is more than {MAX_CPUS} CPUs")
-    elif rtype == _RT_MEMORY:
+    elif rtype == RT_MEMORY:
         q = _num(k.get("VirtualQuantity"), "memory VirtualQuantity", 1, MAX_MEMORY)
         if q is not None:
             units = k.get("AllocationUnits") or "byte * 2^20"
@@ -211,11 +211,11 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
                 raise OvfSettingsError(f"OVF memory {memory} bytes is out of range "
                                        f"(1 MiB to {MAX_MEMORY >> 40} TiB)")
             out.memory = memory
-    elif rtype == _RT_NIC:
+    elif rtype == RT_NIC:
         if len(out.nics) >= MAX_NICS:
             raise OvfSettingsError(f"the OVF has more than {MAX_NICS} NICs")
         out.nics.append(_read_nic(k, len(out.nics), out))
-    elif rtype == _RT_DISK:
+    elif rtype == RT_DISK:
         disk_id = _disk_of(k.get("HostResource") or "", out)
         if disk_id is not None:
             s = out.disks[disk_id]
