@@ -15,8 +15,9 @@ methods (engine VM backups with checkpoints, or snapshots) in
 """
 
 from imagetool.backup.create import backup_vm
-from imagetool.backup.maintain import VerifyError, list_points, prune, restore_vm, verify
+from imagetool.backup.maintain import VerifyError, list_points, prune, verify
 from imagetool.backup.repo import Repository, RepositoryError
+from imagetool.backup.restore import restore_vm
 
 __all__ = ["backup_vm", "restore_vm", "verify", "prune", "list_points", "Repository",
            "RepositoryError", "VerifyError"]

@@ -46,7 +46,7 @@ import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from imagetool.backup.manifest import DiskEntry, Manifest, RepositoryError, plain_name
 from imagetool.errors import ImagetoolError
@@ -244,9 +244,18 @@ class Repository:
         return out
 
     def find_vm(self, vm: str) -> str:
-        """A VM id of the repository from an id or a name (the newest point's)."""
-        return find_vm_id(self.root, vm, self.vm_ids(), lambda v, name: any(
-            p.manifest.vm_name == name for p in self.scan_points(v)))
+        """A VM id of the repository from an id or a name (any of its points');
+        RepositoryError when none or several VMs are."""
+        ids = self.vm_ids()
+        if vm in ids:
+            return vm
+        named = [v for v in ids if any(p.manifest.vm_name == vm for p in self.scan_points(v))]
+        if not named:
+            raise RepositoryError(f"{self.root}: no backups of VM {vm!r}")
+        if len(named) > 1:
+            raise RepositoryError(f"{self.root}: several VMs are named {vm!r} "
+                                  f"({', '.join(named)}): use the id")
+        return named[0]
 
     def point(self, vm_id: str, name: str | None = None) -> Point:
         """One point (the newest without ``name``)."""
@@ -439,18 +448,3 @@ def exclusive(path: str, busy: str) -> Iterator[None]:
                 raise RepositoryError(busy) from None
             raise
         yield
-
-
-def find_vm_id(where: str, vm: str, ids: list[str], has_name: Callable[[str, str], bool]
-               ) -> str:
-    """The VM id among ``ids`` that ``vm`` is, or the one VM ``has_name(id,
-    vm)``; RepositoryError naming ``where`` when none or several are."""
-    if vm in ids:
-        return vm
-    named = [v for v in ids if has_name(v, vm)]
-    if not named:
-        raise RepositoryError(f"{where}: no backups of VM {vm!r}")
-    if len(named) > 1:
-        raise RepositoryError(f"{where}: several VMs are named {vm!r} "
-                              f"({', '.join(named)}): use the id")
-    return named[0]

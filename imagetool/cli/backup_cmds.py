@@ -228,12 +228,10 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
         return _repo_total(repository, vm, point, chain=False)
     if not sys.stderr.isatty():
         return 0
-    from imagetool.backup.maintain import find_chunk_vm
-    from imagetool.backup.store import latest, load_index
+    from imagetool.backup.store.points import find_point
     from imagetool.errors import ImagetoolError
     try:
-        vm_id = find_chunk_vm(repository, vm)
-        ix = load_index(repository, vm_id, point) if point else latest(repository, vm_id)
+        ix = find_point(repository, vm, point)
         return sum(d.virtual_size for d in ix.disks)
     except (ImagetoolError, AttributeError):
         return 0
@@ -345,7 +343,7 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
     directory of qcow2 chains, or a chunk repository: a directory or
     s3://bucket/prefix)."""
     from imagetool.backup import restore_vm
-    from imagetool.backup.maintain import restore_chunk_vm
+    from imagetool.backup.restore import restore_chunk_vm
     from imagetool.threads import interrupts_ignored
 
     repository = _repository(directory, endpoint, profile, key_file, workers)

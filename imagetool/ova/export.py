@@ -33,7 +33,7 @@ from imagetool.engine.lifecycle import temporary_snapshot
 from imagetool.errors import ImagetoolError, NotFound
 from imagetool.formats import open_image
 from imagetool.formats.qcow2_writer import Qcow2Writer
-from imagetool.ova.layout import cut_member, disk_entry, sha256_range, write_ova
+from imagetool.ova.layout import cut_member, digest_range, disk_entry, write_ova
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.results import ExportedDisk, OvaExported
@@ -110,14 +110,10 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
             committed()
     except BaseException:
         if made_part:
-            _unlink_quietly(path if named else part)
+            with suppress(FileNotFoundError):
+                os.unlink(path if named else part)
         raise
     return result
-
-
-def _unlink_quietly(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _write(conn: Any, vm: Any, disks: list, attachments: dict, fd: int, part: str, *,
@@ -181,7 +177,7 @@ def _export_disk(conn: Any, disk: Any, part: str, fd: int, data_off: int, *,
     def cut(src: Any) -> None:
         member["length"] = length = cut_member(fd, data_off)
         # The member's SHA-256 (the manifest's) is taken while the checksums are.
-        member["sha256"] = Background(lambda: sha256_range(part, data_off, length),
+        member["sha256"] = Background(lambda: digest_range(part, data_off, length),
                                       name="ova-sha256")
 
     try:

@@ -28,7 +28,7 @@ from imagetool.errors import Conflict, ImagetoolError, NotFound
 from imagetool.formats import FORMATS
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid
-from imagetool.ova.ovf import build_ovirt_ovf
+from imagetool.ova.ovf import build_ovirt_ovf, local_name
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.ova.reader import Ova, OvaDisk, open_disk, open_ova, verify_manifest
@@ -141,9 +141,9 @@ def _check_own_disks(ovf_text: str, created: list[str], path: str) -> None:
     root = xmlsafe.parse(ovf_text)
     named = set()
     for el in root.iter():
-        tag = el.tag.rsplit("}", 1)[-1]
+        tag = local_name(el.tag)
         if tag == "Disk":
-            attrs = {k.rsplit("}", 1)[-1]: v for k, v in el.attrib.items()}
+            attrs = {local_name(k): v for k, v in el.attrib.items()}
             named.add((attrs.get("diskId") or "").lower())
         elif tag == "HostResource":
             m = re.match(r"^(?:ovf:)?/disk/(.+)$", (el.text or "").strip())

@@ -45,16 +45,18 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def sha256_range(path: str, offset: int, length: int) -> str:
-    """SHA-256 of ``length`` bytes of ``path`` from ``offset``."""
-    h = hashlib.sha256()
+def digest_range(path: str, offset: int, length: int, algo: str = "sha256",
+                 truncated: Exception | None = None) -> str:
+    """The ``algo`` digest (hex) of ``length`` bytes of ``path`` from
+    ``offset``; ``truncated`` is raised if the file ends before them."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         f.seek(offset)
         left = length
         while left:
             chunk = f.read(min(left, 4 << 20))
             if not chunk:
-                raise ImagetoolError(f"{path}: short read while hashing")
+                raise truncated or ImagetoolError(f"{path}: short read while hashing")
             h.update(chunk)
             left -= len(chunk)
     return h.hexdigest()

@@ -37,14 +37,10 @@ OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-OVIRT_NS = "http://www.ovirt.org/ovf"
 QCOW_URI = "http://www.gnome.org/~markmc/qcow-image-format.html"
 BLANK = "00000000-0000-0000-0000-000000000000"
 GiB = 1 << 30
 MAX_OVF_BYTES = 16 << 20
-
-# CIM ResourceType values (DSP0243; CIM_ResourceAllocationSettingData).
-RT_CPU, RT_MEMORY, RT_NIC, RT_DISK = 3, 4, 10, 17
 
 
 class OvfError(FormatError):
@@ -61,8 +57,6 @@ class OvfDisk:
     capacity: int                      # bytes
     file_size: int | None = None       # File/@ovf:size
     populated_size: int | None = None
-    format_uri: str = ""
-    volume_format: str | None = None   # oVirt: COW | RAW
     volume_type: str | None = None     # oVirt: Sparse | Preallocated
     interface: str | None = None
     boot: bool = False
@@ -130,7 +124,7 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
             "<Item>"
             f"<rasd:Caption>{alias}</rasd:Caption>"
             f"<rasd:InstanceID>{_t(img)}</rasd:InstanceID>"
-            f"<rasd:ResourceType>{RT_DISK}</rasd:ResourceType>"
+            f"<rasd:ResourceType>{ovfvm.RT_DISK}</rasd:ResourceType>"
             f"<rasd:HostResource>ovf:/disk/{_t(d['disk_id'])}</rasd:HostResource>"
             f"<rasd:Parent>{BLANK}</rasd:Parent><rasd:Template>{BLANK}</rasd:Template>"
             "<rasd:ApplicationList></rasd:ApplicationList>"
@@ -149,7 +143,7 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
     return (
         "<?xml version='1.0' encoding='UTF-8'?>\n"
         f'<Envelope xmlns="{OVF_NS}" xmlns:ovf="{OVF_NS}" xmlns:rasd="{RASD_NS}" '
-        f'xmlns:vssd="{VSSD_NS}" xmlns:xsi="{XSI_NS}" xmlns:ovirt="{OVIRT_NS}" '
+        f'xmlns:vssd="{VSSD_NS}" xmlns:xsi="{XSI_NS}" xmlns:ovirt="{ovfvm.OVIRT_NS}" '
         'ovf:version="4.4.0.0">'
         f"<References>{''.join(refs)}</References>"
         "<NetworkSection><Info>List of networks</Info></NetworkSection>"
@@ -170,26 +164,27 @@ def build_ovirt_ovf(*, vm_id: str, name: str, description: str = "",
 
 # --- reading ----------------------------------------------------------------------
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
+    """An element's or attribute's name without its namespace."""
     return tag.rsplit("}", 1)[-1]
 
 
 def _attr(el: ET.Element, name: str) -> str | None:
     for k, v in el.attrib.items():
-        if _local(k) == name:
+        if local_name(k) == name:
             return v
     return None
 
 
 def _child(el: ET.Element, name: str) -> ET.Element | None:
     for c in el:
-        if _local(c.tag) == name:
+        if local_name(c.tag) == name:
             return c
     return None
 
 
 def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if _local(c.tag) == name]
+    return [c for c in el if local_name(c.tag) == name]
 
 
 def _text(el: ET.Element | None, name: str) -> str | None:
@@ -225,7 +220,7 @@ def _no_hidden_disks(root: ET.Element, sections: list[ET.Element]) -> None:
     """
     listed = {id(d) for sec in sections for d in _children(sec, "Disk")}
     for el in root.iter():
-        if _local(el.tag) == "Disk" and id(el) not in listed:
+        if local_name(el.tag) == "Disk" and id(el) not in listed:
             raise OvfError(f"a Disk element outside the DiskSection (disk id "
                            f"{_attr(el, 'diskId') or _attr(el, 'fileRef')!r}); refused")
 
@@ -247,8 +242,8 @@ def parse_ovf(data: bytes) -> Ovf:
         # UTF-16 without a byte order mark decodes as UTF-8 with NULs (which
         # XML never holds); the text is what an engine is given for the VM.
         raise OvfError("the OVF is not UTF-8 text; convert it to UTF-8")
-    if _local(root.tag) != "Envelope":
-        raise OvfError(f"the OVF's root element is {_local(root.tag)!r}, not Envelope")
+    if local_name(root.tag) != "Envelope":
+        raise OvfError(f"the OVF's root element is {local_name(root.tag)!r}, not Envelope")
     dialect = "ovirt" if "xmlns:ovirt" in text else "dmtf"
 
     files: dict[str, tuple[str, int | None]] = {}
@@ -311,8 +306,6 @@ def parse_ovf(data: bytes) -> Ovf:
             disks_by_id[did] = OvfDisk(
                 disk_id=did, file_id=ref, href=href, capacity=cap, file_size=fsize,
                 populated_size=_int(_attr(d, "populatedSize"), f"populatedSize of {did}"),
-                format_uri=_attr(d, "format") or "",
-                volume_format=_attr(d, "volume-format"),
                 volume_type=_attr(d, "volume-type"),
                 interface=_attr(d, "disk-interface"),
                 boot=(_attr(d, "boot") or "").lower() == "true",
@@ -327,7 +320,7 @@ def parse_ovf(data: bytes) -> Ovf:
     nics = []
     for item in (_children(hw, "Item") if hw is not None else []):
         rtype = _int(_text(item, "ResourceType"), "ResourceType")
-        if rtype == RT_CPU:
+        if rtype == ovfvm.RT_CPU:
             q = _int(_text(item, "VirtualQuantity"), "CPU VirtualQuantity")
             if q is None:
                 sockets = _int(_text(item, "num_of_sockets"), "num_of_sockets") or 1
@@ -335,12 +328,12 @@ def parse_ovf(data: bytes) -> Ovf:
                 threads = _int(_text(item, "threads_per_cpu"), "threads_per_cpu") or 1
                 q = sockets * cores * threads
             cpus = q
-        elif rtype == RT_MEMORY:
+        elif rtype == ovfvm.RT_MEMORY:
             q = _int(_text(item, "VirtualQuantity"), "memory VirtualQuantity")
             units = _text(item, "AllocationUnits") or "byte * 2^20"
             if q is not None:
                 memory = _bytes(q, units, MAX_MEMORY_BYTES, "memory")
-        elif rtype == RT_NIC:
+        elif rtype == ovfvm.RT_NIC:
             nics.append({"name": _text(item, "ElementName") or _text(item, "Name")
                          or _text(item, "Caption"),
                          "network": _text(item, "Connection"),

@@ -77,9 +77,10 @@ _STRUCTURE = {"Info", "Name", "Description", "Comment", "TemplateId", "TemplateN
               "MinAllocatedMem", "MaxMemorySizeMb", "BiosType", "CustomProperties",
               "Generation", "AnnotationSection", "ProductSection", "EulaSection",
               "IsInitilized", "IsInitialized", "ApplicationList", "LastModified"}
-# Hardware items kept (CPU, memory, NIC, disk) and left alone as structure
-# (DMTF disk controllers: the disk's interface says what the engine keeps).
-_RT_CPU, _RT_MEMORY, _RT_NIC, _RT_DISK = 3, 4, 10, 17
+# Hardware items (CIM ResourceType values, DSP0243) kept (CPU, memory, NIC,
+# disk) and left alone as structure (DMTF disk controllers: the disk's
+# interface says what the engine keeps).
+RT_CPU, RT_MEMORY, RT_NIC, RT_DISK = 3, 4, 10, 17
 _RT_CONTROLLERS = {5, 6}   # IDE and SCSI controllers
 
 
@@ -206,7 +207,7 @@ def cpu_memory_items(s: OvfVm) -> str:
         "<Item>"
         f"<rasd:Caption>{cpus} virtual cpu</rasd:Caption>"
         "<rasd:Description>Number of virtual CPU</rasd:Description>"
-        f"<rasd:InstanceId>1</rasd:InstanceId><rasd:ResourceType>{_RT_CPU}</rasd:ResourceType>"
+        f"<rasd:InstanceId>1</rasd:InstanceId><rasd:ResourceType>{RT_CPU}</rasd:ResourceType>"
         f"<rasd:num_of_sockets>{sockets}</rasd:num_of_sockets>"
         f"<rasd:cpu_per_socket>{cores}</rasd:cpu_per_socket>"
         f"<rasd:threads_per_cpu>{threads}</rasd:threads_per_cpu>"
@@ -216,7 +217,7 @@ def cpu_memory_items(s: OvfVm) -> str:
         "<Item>"
         f"<rasd:Caption>{mem_mb} MB of memory</rasd:Caption>"
         "<rasd:Description>Memory Size</rasd:Description>"
-        f"<rasd:InstanceId>2</rasd:InstanceId><rasd:ResourceType>{_RT_MEMORY}</rasd:ResourceType>"
+        f"<rasd:InstanceId>2</rasd:InstanceId><rasd:ResourceType>{RT_MEMORY}</rasd:ResourceType>"
         "<rasd:AllocationUnits>MegaBytes</rasd:AllocationUnits>"
         f"<rasd:VirtualQuantity>{mem_mb}</rasd:VirtualQuantity>"
         "</Item>")
@@ -230,7 +231,7 @@ def nic_items(s: OvfVm) -> str:
             "<Item>"
             f"<rasd:Caption>Ethernet adapter on {_e(n.network or '[No Network]')}</rasd:Caption>"
             f"<rasd:InstanceId>{100 + i}</rasd:InstanceId>"
-            f"<rasd:ResourceType>{_RT_NIC}</rasd:ResourceType>"
+            f"<rasd:ResourceType>{RT_NIC}</rasd:ResourceType>"
             f"<rasd:ResourceSubType>{NIC_NUMBERS.get(n.interface, 3)}</rasd:ResourceSubType>"
             + (f"<rasd:Connection>{_e(n.network)}</rasd:Connection>" if n.network else "")
             + (f"<VnicProfileName>{_e(n.profile)}</VnicProfileName>" if n.profile else "")

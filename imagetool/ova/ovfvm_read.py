@@ -13,7 +13,8 @@ import re
 import xml.etree.ElementTree as ET
 
 from imagetool import xmlsafe
-from imagetool.ova.ovfvm import (_RT_CONTROLLERS, _RT_CPU, _RT_DISK, _RT_MEMORY, _RT_NIC,
+from imagetool.ova.ovf import local_name
+from imagetool.ova.ovfvm import (_RT_CONTROLLERS, RT_CPU, RT_DISK, RT_MEMORY, RT_NIC,
                                  _STRUCTURE, BIOS_TYPES, ENGINE_INTERFACES, MAX_BOOT_ORDER,
                                  MAX_CPUS, MAX_MEMORY, MAX_NICS, MAX_TEXT,
                                  NIC_TYPES, OS_BY_NAME, OS_IDS, OS_NAME, OVIRT_NS,
@@ -24,15 +25,11 @@ from imagetool.units import scaled
 
 # --- reading ----------------------------------------------------------------
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
 def _attr(el: ET.Element, name: str, ns: str | None = None) -> str | None:
     if ns is not None:
         return el.attrib.get(f"{{{ns}}}{name}")
     for k, v in el.attrib.items():
-        if _local(k) == name and not k.startswith(f"{{{OVIRT_NS}}}"):
+        if local_name(k) == name and not k.startswith(f"{{{OVIRT_NS}}}"):
             return v
     return None
 
@@ -41,7 +38,7 @@ def _kids(el: ET.Element) -> dict[str, str]:
     """Text of each child by local name (the first of a name wins)."""
     out: dict[str, str] = {}
     for c in el:
-        out.setdefault(_local(c.tag), (c.text or "").strip())
+        out.setdefault(local_name(c.tag), (c.text or "").strip())
     return out
 
 
@@ -69,15 +66,16 @@ def _bool(value: str | None) -> bool | None:
 
 def _system(root: ET.Element) -> ET.Element | None:
     for el in root.iter():
-        if _local(el.tag) in ("VirtualSystem", "Content"):
+        if local_name(el.tag) in ("VirtualSystem", "Content"):
             return el
     return None
 
 
 def _sections(vs: ET.Element, kind: str) -> list[ET.Element]:
     """``<XSection>`` or ``<Section xsi:type="ovf:XSection_Type">`` children."""
-    return [c for c in vs if _local(c.tag) == kind
-            or (_local(c.tag) == "Section" and (_attr(c, "type") or "").endswith(f"{kind}_Type"))]
+    return [c for c in vs if local_name(c.tag) == kind
+            or (local_name(c.tag) == "Section"
+                and (_attr(c, "type") or "").endswith(f"{kind}_Type"))]
 
 
 def _version(root: ET.Element) -> float:
@@ -119,14 +117,14 @@ def parse_vm_settings(text: str | bytes, kind: str = "ova") -> OvfVm:
         out.bios_type = BIOS_TYPES[min(bios + shift, len(BIOS_TYPES) - 1)]
     if kids.get("CustomProperties"):
         out.custom_properties = parse_custom_properties(kids["CustomProperties"])
-    unkept = sorted({_local(c.tag) for c in vs} - _STRUCTURE - {""})
+    unkept = sorted({local_name(c.tag) for c in vs} - _STRUCTURE - {""})
     if unkept:
         out.notes.append("settings not kept: " + ", ".join(unkept[:20]))
     _read_os(vs, out)
     _read_disks(root, kind, out)
     hws = _sections(vs, "VirtualHardwareSection")
     for item in (list(hws[0]) if hws else []):
-        if _local(item.tag) == "Item":
+        if local_name(item.tag) == "Item":
             _read_item(item, out)
     if out.memory_max is not None and out.memory is not None and out.memory_max < out.memory:
         out.notes.append(f"MaxMemorySizeMb {out.memory_max >> 20} is below the memory "
@@ -161,9 +159,9 @@ def _read_os(vs: ET.Element, out: OvfVm) -> None:
 
 def _read_disks(root: ET.Element, kind: str, out: OvfVm) -> None:
     for el in root.iter():
-        if _local(el.tag) != "Disk":
+        if local_name(el.tag) != "Disk":
             continue
-        attrs = {_local(k): v for k, v in el.attrib.items()}
+        attrs = {local_name(k): v for k, v in el.attrib.items()}
         disk_id = disk_ref(attrs, kind)
         if not disk_id:
             continue
@@ -191,7 +189,7 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
     k = _kids(item)
     rtype = _num(k.get("ResourceType"), "ResourceType", 0, 1 << 16)
     caption = (k.get("Caption") or k.get("ElementName") or str(rtype))[:60]
-    if rtype == _RT_CPU:
+    if rtype == RT_CPU:
         sockets = _num(k.get("num_of_sockets"), "num_of_sockets", 1, MAX_CPUS)
         cores = _num(k.get("cpu_per_socket"), "cpu_per_socket", 1, MAX_CPUS)
         threads = _num(k.get("threads_per_cpu"), "threads_per_cpu", 1, MAX_CPUS)
@@ -201,7 +199,7 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
         if out.sockets * out.cores * out.threads > MAX_CPUS:
             raise OvfSettingsError(f"OVF CPU topology {out.sockets}x{out.cores}x"
                                    f"{out.threads} is more than {MAX_CPUS} CPUs")
-    elif rtype == _RT_MEMORY:
+    elif rtype == RT_MEMORY:
         q = _num(k.get("VirtualQuantity"), "memory VirtualQuantity", 1, MAX_MEMORY)
         if q is not None:
             units = k.get("AllocationUnits") or "byte * 2^20"
@@ -213,11 +211,11 @@ def _read_item(item: ET.Element, out: OvfVm) -> None:
                 raise OvfSettingsError(f"OVF memory {memory} bytes is out of range "
                                        f"(1 MiB to {MAX_MEMORY >> 40} TiB)")
             out.memory = memory
-    elif rtype == _RT_NIC:
+    elif rtype == RT_NIC:
         if len(out.nics) >= MAX_NICS:
             raise OvfSettingsError(f"the OVF has more than {MAX_NICS} NICs")
         out.nics.append(_read_nic(k, len(out.nics), out))
-    elif rtype == _RT_DISK:
+    elif rtype == RT_DISK:
         disk_id = _disk_of(k.get("HostResource") or "", out)
         if disk_id is not None:
             s = out.disks[disk_id]

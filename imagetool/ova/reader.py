@@ -12,7 +12,6 @@ virt-v2v and VMware's ovftool accept, DSP0243 section "Package").
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from imagetool.errors import FormatError
 from imagetool.formats import FORMATS, inspect
 from imagetool.formats.tar import Member, members as tar_members
+from imagetool.ova.layout import digest_range
 from imagetool.ova.ovf import Ovf, OvfDisk, OvfError, parse_ovf
 
 _MF_LINE = re.compile(r"^(SHA1|SHA256|SHA512)\((.+)\)\s?=\s*([0-9a-fA-F]+)\r?$")
@@ -79,20 +79,6 @@ def _parse_manifest(path: str, m: Member) -> dict[str, tuple[str, str]]:
         algo, name, digest = match.groups()
         out[name] = (algo.lower(), digest.lower())
     return out
-
-
-def _digest(path: str, m: Member, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        f.seek(m.offset)
-        left = m.size
-        while left:
-            chunk = f.read(min(left, 4 << 20))
-            if not chunk:
-                raise OvaError(f"member {m.name!r} is truncated", path)
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
 
 
 def open_ova(path: str | os.PathLike) -> Ova:
@@ -158,7 +144,9 @@ def verify_manifest(ova: Ova) -> list[dict]:
     out = []
     by_name = {m.name: m for m in ova.members}
     for name, (algo, want) in ova.manifest.items():
-        got = _digest(ova.path, by_name[name], algo)
+        m = by_name[name]
+        got = digest_range(ova.path, m.offset, m.size, algo,
+                           OvaError(f"member {name!r} is truncated", ova.path))
         if got != want:
             raise OvaError(f"member {name!r}: its {algo.upper()} digest {got} differs "
                            f"from the manifest's {want}", ova.path)

@@ -31,12 +31,6 @@ __all__ = ["DownloadOptions", "download_disk"]
 Progress = Callable[[int], None]
 
 
-def _resolve_disk(conn: Any, disk: Any) -> Any:
-    if isinstance(disk, str):
-        return conn.disks.find(disk)
-    return disk
-
-
 @keywords_of(DownloadOptions)
 def download_disk(conn: Any, disk: Any, path: str | os.PathLike,
                   options: DownloadOptions | None = None, *,
@@ -82,7 +76,7 @@ def download_disk(conn: Any, disk: Any, path: str | os.PathLike,
         raise ImagetoolError("a backing file needs the qcow2 format")
     start = time.monotonic()
     check_destination(path, opts.force)          # before the engine locks anything
-    disk = _resolve_disk(conn, disk)
+    disk = conn.disks.find(disk) if isinstance(disk, str) else disk
     legacy = bool(getattr(conn, "legacy", False))
     # Raw guest data always journals, so a killed download can be resumed.
     if resume_mod.resumable_download(path, opts.resume, opts.format, legacy,

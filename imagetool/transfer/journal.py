@@ -4,8 +4,8 @@ A small JSON file that says what an interrupted transfer had safely moved:
 transfer and disk ids, engine URL, the source's identity (path, size,
 mtime, a hash of its first and last blocks), the plan (request size,
 format) and the completed ranges merged into intervals. It is rewritten
-atomically (temporary file, fsync, rename), at most every
-``SAVE_INTERVAL`` seconds while ranges arrive, and once at the end.
+atomically (temporary file, fsync, rename) each time ranges are recorded,
+which is once per flush: already batched.
 
 Only durable ranges are recorded: for uploads those the server flushed,
 for downloads those fsynced to the local file (see ``JournalingBackend``).
@@ -29,7 +29,6 @@ from imagetool.iocore.backend import add_range as merge
 from imagetool.fsutil import write_atomic
 
 VERSION = 1
-SAVE_INTERVAL = 0.0   # add_done comes once per flush: already batched
 _ID_BLOCK = 1024 * 1024
 
 
@@ -81,8 +80,6 @@ class Journal:
         self.data = data
         self.data.setdefault("done", [])
         self._lock = threading.Lock()
-        self._last_save = 0.0
-        self._dirty = False
 
     @classmethod
     def create(cls, path: str, **fields: Any) -> "Journal":
@@ -117,13 +114,11 @@ class Journal:
             self._save_locked()
 
     def add_done(self, ranges: Iterable[tuple[int, int]]) -> None:
-        """Record (start, length) ranges as durable; saves at most every 0.5 s."""
+        """Record (start, length) ranges as durable, and save."""
         with self._lock:
             for start, length in ranges:
                 merge(self.done, start, start + length)
-            self._dirty = True
-            if time.monotonic() - self._last_save >= SAVE_INTERVAL:
-                self._save_locked()
+            self._save_locked()
 
     def save(self) -> None:
         """Write the journal now (atomically)."""
@@ -134,8 +129,6 @@ class Journal:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         write_atomic(self.path, json.dumps(self.data), tmp=f"{self.path}.tmp-{os.getpid()}")
-        self._last_save = time.monotonic()
-        self._dirty = False
 
     def remove(self) -> None:
         """Delete the journal (the transfer completed), and temporary

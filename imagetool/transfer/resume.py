@@ -24,16 +24,16 @@ import logging
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-from typing import Any, Callable
+from typing import Any
 
-from imagetool.engine.wait import transfer_phase, wait_for_disk_unlocked, wait_until
-from imagetool.errors import (ChecksumMismatch, ImagetoolError, NotFound, TimeoutExpired,
-                              TransferError)
+from imagetool.engine.wait import wait_for_disk_unlocked
+from imagetool.errors import ChecksumMismatch, ImagetoolError, NotFound, TransferError
 from imagetool.paths import default_data_dir
 from imagetool.phases import ACTIVE, FAILING, PAUSED
 from imagetool.iocore.backends import JournalingBackend, RetryingBackend, RetryPolicy
 from imagetool.transfer.journal import (Journal, JournalError, flush_bytes_for,
                                         source_changes, source_identity)
+from imagetool.transfer.session import wait_quietly
 
 log = logging.getLogger(__name__)
 
@@ -261,24 +261,12 @@ def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None
         return None
     transfer_id = journal.data.get("transfer_id")
     if transfer_id:
-        _wait_quietly(conn, transfer_id, lambda phase: phase not in FAILING, timeout)
+        wait_quietly(conn, transfer_id, lambda phase: phase not in FAILING, timeout)
     try:
         conn.disks.get(disk_id)
     except NotFound:
         return disk_id
     return None
-
-
-def _wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
-                  timeout: float) -> None:
-    """Wait until ``transfer_id``'s phase is ``done`` or the transfer is gone;
-    at the deadline go on (the caller's next step has its own checks)."""
-    try:
-        wait_until(lambda: transfer_phase(conn, transfer_id),
-                   lambda phase: phase is None or done(phase), timeout,
-                   f"transfer {transfer_id}")
-    except TimeoutExpired as e:
-        log.debug("%s", e)
 
 
 def _transfer_alive(conn: Any, transfer_id: str | None) -> bool:
@@ -371,7 +359,7 @@ def attach_transfer(conn: Any, transfer_id: str | None, disk_id: str) -> str | N
         return transfer_id
     if t is not None and not t.phase.startswith("finished"):
         # Finalizing or cancelling: wait for the end, then start anew.
-        _wait_quietly(conn, transfer_id, lambda phase: phase.startswith("finished"), 120)
+        wait_quietly(conn, transfer_id, lambda phase: phase.startswith("finished"), 120)
     wait_for_disk_unlocked(conn, disk_id, timeout=300)
     return None
 

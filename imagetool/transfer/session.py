@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 
 
+def wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
+                 timeout: float) -> None:
+    """Wait until ``transfer_id``'s phase is ``done`` or the transfer is gone;
+    at the deadline go on (the caller's next step has its own checks)."""
+    try:
+        wait_until(lambda: transfer_phase(conn, transfer_id),
+                   lambda phase: phase is None or done(phase), timeout,
+                   f"transfer {transfer_id}")
+    except TimeoutExpired as e:
+        log.debug("%s", e)
+
+
 class TransferSession:
     """Context manager around one image transfer (see module docstring).
 
@@ -264,7 +276,8 @@ class TransferSession:
         except Exception as e:
             log.warning("cancelling transfer %s failed: %s", self.transfer_id, e)
         try:
-            self._wait_ended()
+            wait_quietly(self.conn, self.transfer_id, lambda phase: phase in ENDED,
+                         self.cleanup_timeout)
             if self.disk_id:
                 wait_for_disk_unlocked(self.conn, self.disk_id,
                                        timeout=self.cleanup_timeout)
@@ -281,15 +294,6 @@ class TransferSession:
         except ImagetoolError:
             return False
         return t.phase in ENDED
-
-    def _wait_ended(self) -> None:
-        """Wait until the transfer ended or is gone (at most cleanup_timeout)."""
-        try:
-            wait_until(lambda: transfer_phase(self.conn, self.transfer_id),
-                       lambda phase: phase is None or phase in ENDED,
-                       self.cleanup_timeout, f"transfer {self.transfer_id} to end")
-        except TimeoutExpired as e:
-            log.debug("%s", e)   # the disk is waited for next, as before
 
     # --- keep-alive -------------------------------------------------------
 

@@ -285,10 +285,13 @@ def verify_upload(dst: Any, source_path: str | None = None, *, volume_bytes: boo
     mine = local.result()       # the file's bytes
     with opener() as source:
         file_size = source.size
-    volume_size = _fresh_size(dst)
+    # The ticket's current size: a cow volume grows as its bytes arrive.
+    with _fresh_client(dst, dst.client.read_timeout) as client:
+        volume_size = client.size()
     if volume_size >= file_size:
         remote, method = remote_checksum(dst, **kw)
-        padded = _padded_checksum(opener, volume_size, kw)
+        with opener() as b:
+            padded = checksum(Window(b, volume_size), **kw)["checksum"]
         if padded == remote["checksum"]:
             return Verification(True, algorithm, block_size, padded, method,
                                 scope="volume-bytes", seconds=time.monotonic() - start)
@@ -297,17 +300,6 @@ def verify_upload(dst: Any, source_path: str | None = None, *, volume_bytes: boo
     _check_equal(mine, remote, what, algorithm, block_size)
     return Verification(True, algorithm, block_size, mine["checksum"], "read-back",
                         scope="volume-bytes", seconds=time.monotonic() - start)
-
-
-def _fresh_size(dst: Any) -> int:
-    """The ticket's current size (a cow volume grows as its bytes arrive)."""
-    with _fresh_client(dst, dst.client.read_timeout) as client:
-        return client.size()
-
-
-def _padded_checksum(opener: Callable[[], Backend], size: int, kw: dict) -> str:
-    with opener() as b:
-        return checksum(Window(b, size), **kw)["checksum"]
 
 
 def verify_download(src: Any, local_path: str | Callable[[], Backend], *,

@@ -8,7 +8,7 @@ import pytest
 from helpers import MiB, make_raw
 
 from imagetool import formats
-from imagetool.backup.maintain import restore_chunk_vm
+from imagetool.backup.restore import restore_chunk_vm
 from imagetool.errors import ImagetoolError
 from imagetool.backup.store import ChunkStore, DiskSource, open_storage, write_point
 

@@ -17,7 +17,7 @@ from backup_helpers import (checkpoint_ids, engine_checksum, guest_io, make_vm, 
                             ready_backup)
 
 from imagetool import backup
-from imagetool.backup import engine_ops as ops, maintain
+from imagetool.backup import engine_ops as ops, restore
 from imagetool.errors import EngineError
 
 
@@ -226,7 +226,7 @@ def test_ctrl_c_during_a_restore_leaves_no_vm_nor_disk(conn, tmp_path, monkeypat
     vms = {v.id for v in conn.vms.list()}
     disks = {d.id for d in conn.disks.list()}
     if step == "_rename_disks":
-        monkeypatch.setattr(maintain, "_rename_disks", lambda *a: interrupt(0))
+        monkeypatch.setattr(restore, "_rename_disks", lambda *a: interrupt(0))
     if step == "add":
         real_add = conn.vms.add
 
@@ -273,7 +273,7 @@ def test_a_restore_command_stands_once_its_vm_is_complete(conn, cli, engine_env,
     before = ({v.id for v in conn.vms.list()}, {d.id for d in conn.disks.list()})
     with monkeypatch.context() as m:
         if when == "renaming":
-            sigint_after(m, maintain, "_rename_disks")
+            sigint_after(m, restore, "_rename_disks")
         else:
             sigint_after(m, Connection, "close")
         code, out, err = cli("backup", "restore", repo, vm.name, "--sd", "data",

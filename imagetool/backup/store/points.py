@@ -22,6 +22,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from imagetool.backup.digests import block_count
 from imagetool.backup.store.chunkstore import ChunkStore, is_chunk_id
 from imagetool.backup.store.storage import ObjectMissing, StoreError, _COMPONENT
 
@@ -103,10 +104,6 @@ def parse_time(name: str) -> datetime.datetime | None:
     return utc.replace(tzinfo=datetime.timezone.utc).astimezone()
 
 
-def chunk_count(size: int, chunk_size: int) -> int:
-    return -(-size // chunk_size)
-
-
 def parse_index(doc, vm_id: str, name: str, chunk_size: int, where: str) -> Index:
     """An Index from a stored document, or StoreError saying what is wrong."""
     def bad(what: str) -> StoreError:
@@ -141,7 +138,7 @@ def parse_index(doc, vm_id: str, name: str, chunk_size: int, where: str) -> Inde
                 or not 0 <= size <= MAX_VIRTUAL_SIZE:
             raise bad(f"disk {d['disk_id']}: virtual size {size!r}")
         chunks = d.get("chunks")
-        if not isinstance(chunks, list) or len(chunks) != chunk_count(size, chunk_size):
+        if not isinstance(chunks, list) or len(chunks) != block_count(size, chunk_size):
             raise bad(f"disk {d['disk_id']}: chunk list does not cover its size")
         for c in chunks:
             if c is not None and not is_chunk_id(c):

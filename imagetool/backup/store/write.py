@@ -27,10 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from imagetool.backup.digests import block_count
 from imagetool.backup.store import gc
 from imagetool.backup.store.chunkstore import ChunkStore, is_zero
-from imagetool.backup.store.points import (DiskIndex, Index, chunk_count, new_point_name,
-                                           save_index, valid_name)
+from imagetool.backup.store.points import (DiskIndex, Index, new_point_name, save_index,
+                                           valid_name)
 from imagetool.backup.store.storage import StoreError
 from imagetool.checksum import _blocks
 from imagetool.errors import FormatError
@@ -81,7 +82,7 @@ def _dirty_jobs(d: int, src: DiskSource, parent: DiskIndex, cs: int):
     # Dirty ranges the source says are zeros are zeroed, not read.
     data = _minus(dirty, [r for r in union_ranges(src.zeros or ()) if r[1] > r[0]])
     reads, zeros = _Clipper(data), _Clipper(_minus(dirty, data))
-    for i in range(chunk_count(size, cs)):
+    for i in range(block_count(size, cs)):
         start, length = i * cs, min(cs, size - i * cs)
         ranges, zeroed = reads.clip(start, start + length), zeros.clip(start, start + length)
         base = parent.chunks[i] if i < len(parent.chunks) else None
@@ -286,7 +287,7 @@ class PointWriter:
             raise ValueError("the hasher's block size must be the chunk size")
         size = src.backend.size
         w = _Workers(store, [src], hasher)
-        chunks: list = [None] * chunk_count(size, cs)
+        chunks: list = [None] * block_count(size, cs)
         pending: deque = deque()
 
         def settle(item) -> None:
