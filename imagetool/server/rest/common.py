@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, not_found
+from imagetool.server.rest.router import (ApiError, Handler, Reply, Request, bad_request,
+                                          not_found)
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -89,35 +90,46 @@ def first_sd_ref(data: dict) -> dict | None:
     return sd if isinstance(sd, dict) else None
 
 
-def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
-                fields: dict[str, str] | None = None) -> Reply:
-    """GET on a stored collection: ``search`` and ``max`` applied, each entity
-    as ``to_repr`` gives it."""
-    docs = search_filter(req, inventory.entities(req.engine, kind), fields)
-    return Reply(tag=tag, body=[to_repr(req, d) for d in docs])
+def stored(kind: str, label: str, tag: str, to_repr: Callable[[Request, dict], dict],
+           fields: dict[str, str] | None = None,
+           prepare: Callable[[Any], None] | None = None) -> tuple[Handler, Handler]:
+    """The GET handlers of a stored collection (``search`` and ``max``
+    applied, tag ``<tag>s``) and of one of its entities (a 404 fault naming
+    an unknown id), each entity as ``to_repr`` gives it; ``prepare(engine)``
+    runs first (entities made at the first need)."""
+    def list_all(req: Request) -> Reply:
+        if prepare is not None:
+            prepare(req.engine)
+        docs = search_filter(req, inventory.entities(req.engine, kind), fields)
+        return Reply(tag=tag + "s", body=[to_repr(req, d) for d in docs])
+
+    def get_one(req: Request, **ids: str) -> Reply:
+        if prepare is not None:
+            prepare(req.engine)
+        (id,) = ids.values()
+        return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
+    return list_all, get_one
 
 
-def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
-               to_repr: Callable[[Request, dict], dict]) -> Reply:
-    """GET on one stored entity, or a 404 fault naming it."""
-    return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
+def members(owner: Callable[[Request, str], dict], field: str, key: str, label: str, tag: str,
+            to_repr: Callable[[Request, dict, dict], dict]) -> tuple[Handler, Handler]:
+    """The GET handlers of a collection stored inside its owner entity (a
+    VM's or a template's disk attachments, a job's steps), in stored order,
+    and of one member: the one whose ``key`` is the id, or a 404 fault
+    naming it."""
+    def list_all(req: Request, **ids: str) -> Reply:
+        (owner_id,) = ids.values()
+        doc = owner(req, owner_id)
+        return Reply(tag=tag + "s", body=[to_repr(req, doc, m) for m in doc.get(field, [])])
 
-
-def list_members(req: Request, owner: dict, field: str, tag: str,
-                 to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
-    """GET on a collection stored inside its owner entity (a VM's or a
-    template's disk attachments, a job's steps), in stored order."""
-    return Reply(tag=tag, body=[to_repr(req, owner, m) for m in owner.get(field, [])])
-
-
-def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: str, tag: str,
-               to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
-    """GET on one member of such a collection: the one whose ``key`` is
-    ``id``, or a 404 fault naming it."""
-    for m in owner.get(field, []):
-        if m[key] == id:
-            return Reply(tag=tag, body=to_repr(req, owner, m))
-    raise not_found(f"{label} '{id}'")
+    def get_one(req: Request, **ids: str) -> Reply:
+        owner_id, id = ids.values()
+        doc = owner(req, owner_id)
+        for m in doc.get(field, []):
+            if m[key] == id:
+                return Reply(tag=tag, body=to_repr(req, doc, m))
+        raise not_found(f"{label} '{id}'")
+    return list_all, get_one
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:

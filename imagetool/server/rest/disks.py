@@ -7,7 +7,7 @@ from __future__ import annotations
 from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
 from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_stored, list_stored, ref, sub_links)
+                                          ref, stored, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
@@ -106,12 +106,7 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     return Reply(status=201, tag="disk", body=disk_repr(req, disk))
 
 
-def list_disks(req: Request) -> Reply:
-    return list_stored(req, "disk", "disks", disk_repr, SEARCH_FIELDS)
-
-
-def get_disk(req: Request, disk_id: str) -> Reply:
-    return get_stored(req, "disk", disk_id, "disk", "disk", disk_repr)
+list_disks, get_disk = stored("disk", "disk", "disk", disk_repr, SEARCH_FIELDS)
 
 
 def update_disk(req: Request, disk_id: str) -> Reply:

@@ -8,7 +8,7 @@ from imagetool.phases import SERVING
 from imagetool.server.domain import inventory, transfers
 from imagetool.server.domain.transfers import POLICIES
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import action_links, get_stored, list_stored, ref
+from imagetool.server.rest.common import action_links, ref, stored
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict
 
@@ -93,12 +93,8 @@ def _check_backup_transfer(direction: str, fmt: str, disk_id: str | None) -> Non
         raise bad_request("A backup transfer needs disk.id")
 
 
-def list_transfers(req: Request) -> Reply:
-    return list_stored(req, "transfer", "image_transfers", transfer_repr)
-
-
-def get_transfer(req: Request, tid: str) -> Reply:
-    return get_stored(req, "transfer", tid, "image transfer", "image_transfer", transfer_repr)
+list_transfers, get_transfer = stored("transfer", "image transfer", "image_transfer",
+                                      transfer_repr)
 
 
 def _action(name: str):

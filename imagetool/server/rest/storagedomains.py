@@ -11,8 +11,7 @@ from imagetool.server.domain import inventory
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import (action_links, get_stored, list_stored, ref,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import action_links, ref, search_filter, stored, sub_links
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_text, shown
@@ -84,13 +83,7 @@ def remove_sd(req: Request, sd_id: str) -> Reply:
     return Reply(status=200)
 
 
-def list_sds(req: Request) -> Reply:
-    return list_stored(req, "storage_domain", "storage_domains", sd_repr)
-
-
-def get_sd(req: Request, sd_id: str) -> Reply:
-    return get_stored(req, "storage_domain", sd_id, "storage domain", "storage_domain",
-                      sd_repr)
+list_sds, get_sd = stored("storage_domain", "storage domain", "storage_domain", sd_repr)
 
 
 def list_sd_disks(req: Request, sd_id: str) -> Reply:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from imagetool.server.domain import templates
 from imagetool.server.domain.ovf import ovf_disk_ids
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
-                                          list_members, ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, iso_date, members, ref,
+                                          search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -83,11 +83,6 @@ def remove_template(req: Request, template_id: str) -> Reply:
     return Reply(status=200)
 
 
-def list_attachments(req: Request, template_id: str) -> Reply:
-    return list_members(req, templates.find(req.engine, template_id), "attachments",
-                        "disk_attachments", attachment_repr)
-
-
-def get_attachment(req: Request, template_id: str, disk_id: str) -> Reply:
-    return get_member(req, templates.find(req.engine, template_id), "attachments", "disk_id",
-                      disk_id, "disk attachment", "disk_attachment", attachment_repr)
+list_attachments, get_attachment = members(lambda req, id: templates.find(req.engine, id),
+                                           "attachments", "disk_id", "disk attachment",
+                                           "disk_attachment", attachment_repr)

@@ -12,8 +12,8 @@ from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
-                                          list_members, ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, iso_date, members, ref,
+                                          stored, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
 
@@ -179,13 +179,7 @@ def _with_follow(req: Request, vm: dict) -> dict:
     return body
 
 
-def list_vms(req: Request) -> Reply:
-    docs = search_filter(req, inventory.entities(req.engine, "vm"))
-    return Reply(tag="vms", body=[_with_follow(req, v) for v in docs])
-
-
-def get_vm(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="vm", body=_with_follow(req, inventory.get(req.engine, "vm", vm_id, "VM")))
+list_vms, get_vm = stored("vm", "VM", "vm", _with_follow)
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
@@ -196,15 +190,12 @@ def remove_vm(req: Request, vm_id: str) -> Reply:
 
 # --- disk attachments -----------------------------------------------------------
 
-def list_attachments(req: Request, vm_id: str) -> Reply:
-    vm = inventory.get(req.engine, "vm", vm_id, "VM")
-    return list_members(req, vm, "attachments", "disk_attachments", attachment_repr)
+def _vm(req: Request, vm_id: str) -> dict:
+    return inventory.get(req.engine, "vm", vm_id, "VM")
 
 
-def get_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    vm = inventory.get(req.engine, "vm", vm_id, "VM")
-    return get_member(req, vm, "attachments", "disk_id", disk_id, "disk attachment",
-                      "disk_attachment", attachment_repr)
+list_attachments, get_attachment = members(_vm, "attachments", "disk_id", "disk attachment",
+                                           "disk_attachment", attachment_repr)
 
 
 def add_attachment(req: Request, vm_id: str) -> Reply:
@@ -266,13 +257,7 @@ def _nic_fields(data: dict) -> dict:
     return fields
 
 
-def list_nics(req: Request, vm_id: str) -> Reply:
-    return list_members(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "nics", nic_repr)
-
-
-def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    return get_member(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "id", nic_id,
-                      "NIC", "nic", nic_repr)
+list_nics, get_nic = members(_vm, "nics", "id", "NIC", "nic", nic_repr)
 
 
 def add_nic(req: Request, vm_id: str) -> Reply:
