@@ -8,7 +8,7 @@ from imagetool.server.domain import backups as bk
 from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, iso_date, ref, sub_links
+from imagetool.server.rest.common import action_links, deleting, iso_date, ref, sub_links
 from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
@@ -100,6 +100,4 @@ def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:
     return Reply(tag="disks", body=out)
 
 
-def remove_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    bk.drop_checkpoint(req.engine, vm_id, cid)
-    return Reply(status=200)
+remove_checkpoint = deleting(bk.drop_checkpoint)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import action_links, ref, search_filter, sub_links
+from imagetool.server.rest.common import action_links, deleting, ref, search_filter, sub_links
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.storagedomains import sd_repr
 
@@ -114,10 +114,7 @@ def deactivate_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
     return _set_status(req, dc_id, sd_id, "maintenance")
 
 
-def detach_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    """DELETE /datacenters/{id}/storagedomains/{sd}: detach a domain in maintenance."""
-    sds.detach(req.engine, dc_id, sd_id)
-    return Reply(status=200)
+detach_sd = deleting(sds.detach)
 
 
 def list_dc_clusters(req: Request, dc_id: str) -> Reply:

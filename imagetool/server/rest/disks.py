@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
-from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          ref, stored, sub_links)
+from imagetool.server.rest.common import (action_links, deleting, find_storage_domain,
+                                          first_sd_ref, ref, stored, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
@@ -126,10 +126,7 @@ def update_disk(req: Request, disk_id: str) -> Reply:
     return Reply(tag="disk", body=disk_repr(req, disk))
 
 
-def remove_disk(req: Request, disk_id: str) -> Reply:
-    """DELETE /disks/{id}: refused while locked or attached to a VM."""
-    disks.remove(req.engine, disk_id)
-    return Reply(status=200)
+remove_disk = deleting(disks.remove)
 
 
 def _action_target(req: Request, action: str) -> dict:
@@ -164,10 +161,7 @@ def sparsify_disk(req: Request, disk_id: str) -> Reply:
     return Reply(tag="action", body={"status": "complete"})
 
 
-def remove_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
-    """DELETE /disks/{id}/disksnapshots/{sid}: merge that layer away."""
-    disks.remove_snapshot(req.engine, disk_id, vol_id)
-    return Reply(status=200)
+remove_disk_snapshot = deleting(disks.remove_snapshot)
 
 
 def list_disk_snapshots(req: Request, disk_id: str) -> Reply:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from imagetool.server.domain import export_domain, ova_export
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
-from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref, ref,
-                                          sub_links)
+from imagetool.server.rest.common import (action_links, deleting, find_storage_domain,
+                                          first_sd_ref, ref, sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
@@ -76,10 +76,7 @@ def get_sd_vm_attachment(req: Request, sd_id: str, vm_id: str, disk_id: str) -> 
                                                        p["disks"][disk_id]))
 
 
-def remove_sd_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
-    """DELETE /storagedomains/{sd}/vms/{vm}: the VM's OVF and disks leave the domain."""
-    export_domain.remove_vm(req.engine, sd_id, vm_id)
-    return Reply(status=200)
+remove_sd_vm = deleting(export_domain.remove_vm)
 
 
 def export_vm(req: Request, vm_id: str) -> Reply:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from imagetool.server.domain import inventory, snapshots
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import ref
+from imagetool.server.rest.common import deleting, ref
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import snapshot_repr
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -40,10 +40,7 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
     return Reply(status=201, tag="snapshot", body=snapshot_repr(req, vm, snap))
 
 
-def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """DELETE a snapshot: merge each of its layers into the layer above."""
-    snapshots.remove(req.engine, vm_id, snap_id)
-    return Reply(status=200)
+remove_snapshot = deleting(snapshots.remove)
 
 
 def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:

@@ -119,4 +119,4 @@ def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
 def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
     """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
     vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
-    return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)
+    return disks_mod.remove_disk_snapshot(req, disk_id=vol["disk_id"], vol_id=vol_id)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from imagetool.server.domain import templates
 from imagetool.server.domain.ovf import ovf_disk_ids
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, iso_date, members, ref,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, deleting, iso_date, members,
+                                          ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -77,10 +77,7 @@ def add_template(req: Request) -> Reply:
     return Reply(status=201, tag="template", body=template_repr(req, t))
 
 
-def remove_template(req: Request, template_id: str) -> Reply:
-    """DELETE /templates/{id}: the template and its disks."""
-    templates.remove(req.engine, template_id)
-    return Reply(status=200)
+remove_template = deleting(templates.remove)
 
 
 list_attachments, get_attachment = members(lambda req, id: templates.find(req.engine, id),

@@ -12,8 +12,8 @@ from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, iso_date, members, ref,
-                                          stored, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, deleting, iso_date, members,
+                                          ref, stored, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
 
@@ -216,9 +216,7 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     return Reply(tag="disk_attachment", body=attachment_repr(req, vm, att))
 
 
-def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    vms.detach(req.engine, vm_id, disk_id)
-    return Reply(status=200)
+remove_attachment = deleting(vms.detach)
 
 
 # --- NICs ---------------------------------------------------------------------------
@@ -273,6 +271,5 @@ def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
     return Reply(tag="nic", body=nic_repr(req, vm, nic))
 
 
-def remove_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    inventory.remove_member(req.engine, "vm", vm_id, "VM", "nics", nic_id, "NIC")
-    return Reply(status=200)
+remove_nic = deleting(lambda engine, vm_id, nic_id: inventory.remove_member(
+    engine, "vm", vm_id, "VM", "nics", nic_id, "NIC"))
