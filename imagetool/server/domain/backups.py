@@ -33,7 +33,7 @@ from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import get
+from imagetool.server.domain.inventory import get, get_owned
 from imagetool.server.faults import ApiError, conflict, not_found
 from imagetool.server.storage import new_id
 
@@ -193,10 +193,7 @@ def of_vm(engine, vm_id: str) -> list[dict]:
 
 def get_backup(engine, vm_id: str, bid: str) -> dict:
     """Backup ``bid`` of VM ``vm_id``, or a 404."""
-    b = get(engine, "backup", bid, "backup")
-    if b["vm_id"] != vm_id:
-        raise not_found(f"backup '{bid}'")
-    return b
+    return get_owned(engine, "backup", bid, "backup", "vm_id", vm_id)
 
 
 def finalize(engine, vm_id: str, bid: str) -> dict:

@@ -24,6 +24,15 @@ def get_owned(engine: Any, kind: str, id: str, label: str, key: str, owner: str)
     return doc
 
 
+def member(owner: dict, field: str, key: str, id: str, label: str) -> dict:
+    """The member of a collection stored inside its owner (a VM's NICs)
+    whose ``key`` is ``id``, or a 404 fault naming it."""
+    for m in owner.get(field, []):
+        if m[key] == id:
+            return m
+    raise not_found(f"{label} '{id}'")
+
+
 def find(engine: Any, kind: str, id: str) -> dict | None:
     """A stored entity, or None (a reference whose entity is gone)."""
     return engine.store.get(kind, id)

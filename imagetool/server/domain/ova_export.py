@@ -31,7 +31,8 @@ from imagetool.server.jobs import end_job, record_job
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server import validate
 from imagetool.server.domain import vmsettings
-from imagetool.server.faults import bad_request, conflict, not_found
+from imagetool.server.domain.inventory import get
+from imagetool.server.faults import bad_request, conflict
 from imagetool.server.storage import new_id
 
 ACTION = "export VM"
@@ -54,9 +55,7 @@ def start(engine, vm_id: str, directory: str, filename: str | None) -> dict:
                                       action=ACTION, option="--export-dir",
                                       without="This engine writes no files on its host")
     with store.transaction():
-        vm = store.get("vm", vm_id)
-        if vm is None:
-            raise not_found(f"VM '{vm_id}'")
+        vm = get(engine, "vm", vm_id, "VM")
         filename = filename or f"{vm['name']}.ova"
         check_filename(filename)
         if vm.get("preview"):

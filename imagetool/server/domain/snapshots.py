@@ -259,9 +259,7 @@ def clone(engine, snap_id: str, name: str, description: str | None,
     # comes first wins: the other one gets a 404 (the snapshot is gone) or
     # a 409 (the disks are locked).
     with store.transaction():
-        snap = store.get("snapshot", snap_id)
-        if snap is None:
-            raise not_found(f"snapshot '{snap_id}'")
+        snap = get(engine, "snapshot", snap_id, "snapshot")
         source = get(engine, "vm", snap["vm_id"], "VM")
         taken = _name_taken(store, name, vm_id)
         if taken is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import check_disks_exist
+from imagetool.server.domain.inventory import check_disks_exist, get
 from imagetool.server.domain.ovf import BLANK, check_unowned
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
@@ -28,10 +28,7 @@ def find(engine, template_id: str) -> dict:
     """A template by id (``Blank`` included), or a 404."""
     if template_id == BLANK:
         return BLANK_TEMPLATE
-    t = engine.store.get("template", template_id)
-    if t is None:
-        raise not_found(f"template '{template_id}'")
-    return t
+    return get(engine, "template", template_id, "template")
 
 
 def every(engine) -> list[dict]:

@@ -8,8 +8,7 @@ from typing import Any, Callable, Iterable
 
 from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import (ApiError, Handler, Reply, Request, bad_request,
-                                          not_found)
+from imagetool.server.rest.router import ApiError, Handler, Reply, Request, bad_request
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -125,10 +124,7 @@ def members(owner: Callable[[Request, str], dict], field: str, key: str, label: 
     def get_one(req: Request, **ids: str) -> Reply:
         owner_id, id = ids.values()
         doc = owner(req, owner_id)
-        for m in doc.get(field, []):
-            if m[key] == id:
-                return Reply(tag=tag, body=to_repr(req, doc, m))
-        raise not_found(f"{label} '{id}'")
+        return Reply(tag=tag, body=to_repr(req, doc, inventory.member(doc, field, key, id, label)))
     return list_all, get_one
 
 
