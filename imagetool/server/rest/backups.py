@@ -8,7 +8,7 @@ from imagetool.server.domain import backups as bk
 from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, deleting, iso_date, ref, sub_links
+from imagetool.server.rest.common import action_links, deleting, done, iso_date, ref, sub_links
 from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
@@ -80,7 +80,7 @@ def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
     b = bk.finalize(req.engine, vm_id, bid)
-    return Reply(tag="action", body={"status": "complete", "backup": backup_repr(req, b)})
+    return done(backup=backup_repr(req, b))
 
 
 def list_checkpoints(req: Request, vm_id: str) -> Reply:

@@ -136,6 +136,22 @@ def deleting(remove: Callable[..., None]) -> Handler:
     return handler
 
 
+def done(**fields: Any) -> Reply:
+    """An action's answer: ``<action><status>complete</status>`` and ``fields``."""
+    return Reply(tag="action", body={"status": "complete", **fields})
+
+
+def acting(act: Callable[..., None], *args: Any, **kwargs: Any) -> Handler:
+    """An action handler: ``act(engine, *the path's ids, *args, **kwargs)``,
+    answered ``done``; a malformed body is a 400 even when nothing in it is
+    used."""
+    def handler(req: Request, **ids: str) -> Reply:
+        req.data()
+        act(req.engine, *ids.values(), *args, **kwargs)
+        return done()
+    return handler
+
+
 def ref(req: Request, collection: str, id: str | None) -> dict | None:
     """``<x href id/>`` reference to another entity."""
     if id is None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import action_links, deleting, ref, search_filter, sub_links
+from imagetool.server.rest.common import (acting, action_links, deleting, ref, search_filter,
+                                          sub_links)
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.storagedomains import sd_repr
 
@@ -100,18 +101,8 @@ def attach_sd(req: Request, dc_id: str) -> Reply:
     return Reply(status=201, tag="storage_domain", body=_attached_repr(req, sd))
 
 
-def _set_status(req: Request, dc_id: str, sd_id: str, status: str) -> Reply:
-    req.data()
-    sds.set_status(req.engine, dc_id, sd_id, status)
-    return Reply(tag="action", body={"status": "complete"})
-
-
-def activate_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return _set_status(req, dc_id, sd_id, "active")
-
-
-def deactivate_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return _set_status(req, dc_id, sd_id, "maintenance")
+activate_sd = acting(sds.set_status, "active")
+deactivate_sd = acting(sds.set_status, "maintenance")
 
 
 detach_sd = deleting(sds.detach)

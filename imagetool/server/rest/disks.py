@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
-from imagetool.server.rest.common import (action_links, deleting, find_storage_domain,
-                                          first_sd_ref, ref, stored, sub_links)
+from imagetool.server.rest.common import (acting, action_links, deleting, done,
+                                          find_storage_domain, first_sd_ref, ref, stored,
+                                          sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
@@ -137,8 +138,7 @@ def _action_target(req: Request, action: str) -> dict:
 
 
 def _moved(req: Request, disk: dict, job: dict) -> Reply:
-    return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, disk),
-                                     "job": ref(req, "jobs", job["id"])})
+    return done(disk=disk_repr(req, disk), job=ref(req, "jobs", job["id"]))
 
 
 def copy_disk(req: Request, disk_id: str) -> Reply:
@@ -154,11 +154,7 @@ def move_disk(req: Request, disk_id: str) -> Reply:
     return _moved(req, *disks.move(req.engine, disk_id, _action_target(req, "move")))
 
 
-def sparsify_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/sparsify: free the blocks of the active layer that hold zeros."""
-    req.data()
-    disks.sparsify(req.engine, disk_id)
-    return Reply(tag="action", body={"status": "complete"})
+sparsify_disk = acting(disks.sparsify)
 
 
 remove_disk_snapshot = deleting(disks.remove_snapshot)

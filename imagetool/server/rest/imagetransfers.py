@@ -8,7 +8,7 @@ from imagetool.phases import SERVING
 from imagetool.server.domain import inventory, transfers
 from imagetool.server.domain.transfers import POLICIES
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import action_links, ref, stored
+from imagetool.server.rest.common import action_links, done, ref, stored
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict
 
@@ -102,8 +102,7 @@ def _action(name: str):
         inventory.get(req.engine, "transfer", tid, "image transfer")
         req.data()  # a malformed body is a 400 even when nothing in it is used
         t = getattr(req.engine.transfers, name)(tid)
-        return Reply(tag="action", body={"status": "complete",
-                                         "image_transfer": transfer_repr(req, t)})
+        return done(image_transfer=transfer_repr(req, t))
     handler.__name__ = f"{name}_transfer"
     return handler
 

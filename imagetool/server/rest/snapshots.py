@@ -7,14 +7,10 @@ from __future__ import annotations
 from imagetool.server.domain import inventory, snapshots
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import deleting, ref
+from imagetool.server.rest.common import acting, deleting, done, ref
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import snapshot_repr
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
-
-
-def _done() -> Reply:
-    return Reply(tag="action", body={"status": "complete"})
 
 
 def list_snapshots(req: Request, vm_id: str) -> Reply:
@@ -46,7 +42,7 @@ remove_snapshot = deleting(snapshots.remove)
 def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
     """POST .../restore: drop every layer above the snapshot's, add a fresh top."""
     snapshots.restore(req.engine, vm_id, snap_id)
-    return _done()
+    return done()
 
 
 def preview_snapshot(req: Request, vm_id: str) -> Reply:
@@ -55,21 +51,13 @@ def preview_snapshot(req: Request, vm_id: str) -> Reply:
     if snap_id is None:
         raise missing("Action", "previewsnapshot", "snapshot.id")
     snapshots.preview(req.engine, vm_id, snap_id)
-    return _done()
+    return done()
 
 
-def commit_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/commitsnapshot: keep the previewed state for good."""
-    req.data()
-    snapshots.end_preview(req.engine, vm_id, "commit", commit=True)
-    return _done()
-
-
-def undo_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/undosnapshot: drop the preview, back to the set-aside layers."""
-    req.data()
-    snapshots.end_preview(req.engine, vm_id, "undo", commit=False)
-    return _done()
+# POST /vms/{id}/commitsnapshot keeps the previewed state for good;
+# undosnapshot drops the preview, back to the set-aside layers.
+commit_snapshot = acting(snapshots.end_preview, "commit", commit=True)
+undo_snapshot = acting(snapshots.end_preview, "undo", commit=False)
 
 
 def _disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
