@@ -137,8 +137,7 @@ def check_target(sd: dict) -> None:
 def add(engine, sd: dict, *, size: int, sparse: bool, initial: int | None,
         disk_id: str | None, **fields: Any) -> dict:
     """A new disk on data domain ``sd``, once the domain can hold it and its
-    id is free (the REST plane checked the values themselves)."""
-    check_target(sd)
+    id is free (the REST plane checked the values and ``check_target``)."""
     available, _ = engine.storage.space(sd["id"])
     needed = initial if sparse else size
     if needed and needed > available:

@@ -375,7 +375,7 @@ def check_import_target(dst_sd: dict) -> None:
 def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, collapse: bool,
               name: str) -> dict:
     """VM ``p`` (read by ``sd_vm``) of export domain ``src_sd`` into data
-    domain ``dst_sd``; the new VM.
+    domain ``dst_sd`` (``check_import_target`` passed); the new VM.
 
     ``clone``: new VM and disk ids, refused without ``collapse`` when the
     VM has snapshots, as the engine refuses it; ``collapse``: each chain
@@ -383,7 +383,6 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
     """
     store, st = engine.store, engine.storage
     vm_id = p["id"]
-    check_import_target(dst_sd)
     if clone and p["snapshots"] and not collapse:
         raise conflict("import VM", f"VM {p['name']} has snapshots: importing it as a clone "
                                     "needs collapse_snapshots=true.")
