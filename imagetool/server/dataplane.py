@@ -331,9 +331,7 @@ class _Session:
             if unread:
                 self._discard_body()
             return not close
-        except PeerClosed:
-            return False
-        except (socket.timeout, ConnectionError, ssl.SSLError):
+        except (PeerClosed, socket.timeout, ConnectionError, ssl.SSLError):
             return False
         except Exception as e:
             log.exception("%s %s failed", req.method, _redacted_path(req.path))

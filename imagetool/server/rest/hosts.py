@@ -34,11 +34,6 @@ def host_repr(req: Request, host: dict) -> dict:
     }
 
 
-def _host_doc(req: Request, host: dict) -> dict:
-    return {"id": host["id"], "name": host["name"], "status": "up",
-            "address": req.engine.public_host}
-
-
 def find_host(req: Request, host_id: str | None, name: str | None) -> dict:
     """The host with this id (or else this name); 404 when there is none."""
     for h in req.engine.hosts:
@@ -48,9 +43,10 @@ def find_host(req: Request, host_id: str | None, name: str | None) -> dict:
 
 
 def list_hosts(req: Request) -> Reply:
-    by_id = {h["id"]: h for h in req.engine.hosts}
-    docs = search_filter(req, [_host_doc(req, h) for h in req.engine.hosts])
-    return Reply(tag="hosts", body=[host_repr(req, by_id[d["id"]]) for d in docs])
+    # Searchable as listed: every host is up, at the engine's address.
+    docs = search_filter(req, [dict(h, status="up", address=req.engine.public_host)
+                               for h in req.engine.hosts])
+    return Reply(tag="hosts", body=[host_repr(req, d) for d in docs])
 
 
 def get_host(req: Request, host_id: str) -> Reply:

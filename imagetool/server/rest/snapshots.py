@@ -73,20 +73,21 @@ def _disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
     return body
 
 
-def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
-    """GET /vms/{id}/snapshots/{sid}/disks/{disk}: one disk as the snapshot has it."""
+def _snapshot_disks(req: Request, vm_id: str, snap_id: str, only: str | None = None) -> list:
+    """The disks of a snapshot (or its disk ``only``), each as it was
+    (image_id = the snapshot's layer)."""
     vm, snap = snapshots.find(req.engine, vm_id, snap_id)
-    for d, vol_id in snapshots.disk_items(vm, snap):
-        if d == disk_id:
-            body = _disk_repr(req, vm, snap, d, vol_id)
-            if body is not None:
-                return Reply(tag="disk", body=body)
-    raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+    bodies = [_disk_repr(req, vm, snap, disk_id, vol_id)
+              for disk_id, vol_id in snapshots.disk_items(vm, snap) if only in (None, disk_id)]
+    return [b for b in bodies if b is not None]
+
+
+def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
+    bodies = _snapshot_disks(req, vm_id, snap_id, disk_id)
+    if not bodies:
+        raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+    return Reply(tag="disk", body=bodies[0])
 
 
 def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """The disks of a snapshot, each as it was (image_id = the snapshot's layer)."""
-    vm, snap = snapshots.find(req.engine, vm_id, snap_id)
-    bodies = [_disk_repr(req, vm, snap, disk_id, vol_id)
-              for disk_id, vol_id in snapshots.disk_items(vm, snap)]
-    return Reply(tag="disks", body=[b for b in bodies if b is not None])
+    return Reply(tag="disks", body=_snapshot_disks(req, vm_id, snap_id))
