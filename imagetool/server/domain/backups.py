@@ -165,18 +165,12 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
         disk_ops.merge_down(engine, disk, frozen_id)
         return
     if written:
-        reader = st.open_volume(upper)
-        try:
-            # A preallocated disk's zeroed ranges stay allocated.
-            writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
-                                sparse=bool(disk.get("sparse", True)))
-            try:
-                copy_local(reader, writer, CopyOptions(check_size=False),
-                           extents=[Extent(a, b - a) for a, b in written])
-            finally:
-                writer.close()
-        finally:
-            reader.close()
+        # A preallocated disk's zeroed ranges stay allocated.
+        with st.open_volume(upper) as reader, RawBackend(
+                st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
+                sparse=bool(disk.get("sparse", True))) as writer:
+            copy_local(reader, writer, CopyOptions(check_size=False),
+                       extents=[Extent(a, b - a) for a, b in written])
     store.update("volume", frozen_id, backup_frozen=False)
     store.update("disk", disk["id"], image_id=frozen_id)
     store.delete("volume", upper["id"])
