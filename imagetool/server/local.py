@@ -86,7 +86,6 @@ class LocalEngine:
         self.cafile: str | None = self.server.cafile
 
     def start(self) -> "LocalEngine":
-        """Serve in background threads."""
         self.server.start()
         self.url = self.server.url
         return self

@@ -120,7 +120,6 @@ class Store:
             self._local.after.append(fn)
 
     def get(self, kind: str, id: str) -> dict | None:
-        """The document, or None."""
         with self._borrow() as conn:
             row = conn.execute("SELECT data FROM entities WHERE kind=? AND id=?",
                                (kind, id)).fetchone()
@@ -163,13 +162,11 @@ class Store:
             conn.execute("DELETE FROM entities WHERE kind=? AND id=?", (kind, id))
 
     def setting(self, key: str, default: str | None = None) -> str | None:
-        """A persistent engine setting."""
         with self._borrow() as conn:
             row = conn.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        """Store a persistent engine setting."""
         with self.transaction(), self._borrow() as conn:
             conn.execute("INSERT OR REPLACE INTO settings VALUES (?,?)", (key, value))
 

@@ -38,7 +38,6 @@ def is_attached(sd: dict) -> bool:
 
 
 def disks_of(engine, sd_id: str) -> list[dict]:
-    """The disks on the domain."""
     return engine.store.list("disk", lambda d: d["sd_id"] == sd_id)
 
 
@@ -142,7 +141,6 @@ def names(engine) -> list[str]:
 
 
 def attached(engine, dc_id: str) -> list[dict]:
-    """The domains attached to the data center."""
     check_dc(engine, dc_id)
     return [sd for sd in engine.store.list("storage_domain") if is_attached(sd)]
 

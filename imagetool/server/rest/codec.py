@@ -171,7 +171,6 @@ def _json_parse(value: Any, key: str | None = None) -> Any:
 # --- entry points -----------------------------------------------------------
 
 def render(tag: str, obj: dict | list, fmt: str) -> bytes:
-    """Render in ``fmt`` (``xml`` or ``json``)."""
     return to_json(tag, obj) if fmt == "json" else to_xml(tag, obj)
 
 
@@ -309,7 +308,6 @@ def get_bool(obj: Any, *path: str) -> bool | None:
 
 
 def get_obj(obj: Any, *path: str) -> dict | None:
-    """A nested entity dict, or None."""
     obj = _walk(obj, path)
     return obj if isinstance(obj, dict) else None
 

@@ -90,7 +90,6 @@ def get_dc_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
 
 
 def attach_sd(req: Request, dc_id: str) -> Reply:
-    """POST /datacenters/{id}/storagedomains: attach (and activate) a domain."""
     sds.check_dc(req.engine, dc_id)
     data = req.data()
     sd_id = get_id(data, "id", what="storage domain")

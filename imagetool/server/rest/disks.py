@@ -21,7 +21,6 @@ CONTENT_TYPES = ("data", "iso", "ovf_store", "memory_dump_volume", "memory_metad
 
 
 def disk_actual_size(req: Request, disk: dict) -> int:
-    """Bytes allocated by every volume of the disk."""
     # One volume listing per request, not one per disk of a long list.
     cache = req.__dict__.setdefault("_volumes", None)
     if cache is None:
@@ -30,7 +29,6 @@ def disk_actual_size(req: Request, disk: dict) -> int:
 
 
 def disk_repr(req: Request, d: dict) -> dict:
-    """A disk in the API model's shape."""
     base = req.href("disks", d["id"])
     actual = disk_actual_size(req, d)
     return {
@@ -74,7 +72,6 @@ def snapshot_repr(req: Request, v: dict, collection_href: str) -> dict:
 
 
 def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
-    """POST /disks: validate, create the volume, answer 201 with the disk."""
     data = req.data()
     name = check_text(get_str(data, "name") or get_str(data, "alias"), "name")
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
@@ -142,7 +139,6 @@ def _moved(req: Request, disk: dict, job: dict) -> Reply:
 
 
 def copy_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/copy: a new disk (flattened) on the target domain."""
     sd = _action_target(req, "copy")
     new_name = check_text(get_str(req.data(), "disk", "name")
                           or get_str(req.data(), "disk", "alias"), "disk.name")
@@ -150,7 +146,6 @@ def copy_disk(req: Request, disk_id: str) -> Reply:
 
 
 def move_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/move: rename the disk directory into the target domain."""
     return _moved(req, *disks.move(req.engine, disk_id, _action_target(req, "move")))
 
 

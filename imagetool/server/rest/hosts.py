@@ -13,7 +13,6 @@ from imagetool.server.rest.router import Reply, Request, not_found
 
 
 def host_repr(req: Request, host: dict) -> dict:
-    """A host in the API model's shape."""
     engine = req.engine
     base = req.href("hosts", host["id"])
     first = host["id"] == engine.host_id

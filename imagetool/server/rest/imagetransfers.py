@@ -47,7 +47,6 @@ def _host_ref(req: Request, host_id: str) -> dict:
 
 
 def add_transfer(req: Request) -> Reply:
-    """POST /imagetransfers: lock the disk and start the transfer."""
     data = req.data()
     direction = get_str(data, "direction") or "upload"
     if direction not in ("upload", "download"):

@@ -19,7 +19,6 @@ def correlation_id(req: Request) -> str | None:
 
 
 def job_repr(req: Request, job: dict) -> dict:
-    """A job in the API model's shape."""
     base = req.href("jobs", job["id"])
     return {
         "href": base, "id": job["id"], "description": job["description"],
@@ -34,7 +33,6 @@ def job_repr(req: Request, job: dict) -> dict:
 
 
 def step_repr(req: Request, job: dict, step: dict) -> dict:
-    """A step of a job."""
     return {
         "href": req.href("jobs", job["id"], "steps", step["id"]), "id": step["id"],
         "description": step["description"], "external": False, "number": step["number"],

@@ -37,7 +37,6 @@ class Request:
     _parsed: tuple[str | None, dict] | None = field(default=None, repr=False)
 
     def href(self, *parts: str) -> str:
-        """An absolute href below the API root."""
         return "/".join([self.prefix, *parts])
 
     def data(self) -> dict:

@@ -25,7 +25,6 @@ def get_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
 
 
 def add_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/snapshots: freeze each disk's active layer, add a new one."""
     data = req.data()
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
     if description is None:
@@ -40,13 +39,11 @@ remove_snapshot = deleting(snapshots.remove)
 
 
 def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """POST .../restore: drop every layer above the snapshot's, add a fresh top."""
     snapshots.restore(req.engine, vm_id, snap_id)
     return done()
 
 
 def preview_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/previewsnapshot: run the VM on a new layer over the snapshot."""
     snap_id = get_id(req.data(), "snapshot", "id", what="snapshot")
     if snap_id is None:
         raise missing("Action", "previewsnapshot", "snapshot.id")

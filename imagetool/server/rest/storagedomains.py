@@ -77,8 +77,7 @@ def add_sd(req: Request) -> Reply:
 
 
 def remove_sd(req: Request, sd_id: str) -> Reply:
-    """DELETE /storagedomains/{id}: only a detached domain holding no disks;
-    ``format=true`` (or ``destroy=true``) deletes its directory too."""
+    # format=true, or destroy=true, deletes the domain's directory too.
     sds.remove(req.engine, sd_id, req.flag("format") or req.flag("destroy"))
     return Reply(status=200)
 
@@ -117,6 +116,5 @@ def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
 
 
 def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
-    """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
     vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
     return disks_mod.remove_disk_snapshot(req, disk_id=vol["disk_id"], vol_id=vol_id)

@@ -53,7 +53,6 @@ def get_template(req: Request, template_id: str) -> Reply:
 
 
 def add_template(req: Request) -> Reply:
-    """POST /templates: from ``<vm>`` or from an OVF configuration."""
     data = req.data()
     name = check_text(get_str(data, "name"), "name")
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)

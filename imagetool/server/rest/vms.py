@@ -183,7 +183,6 @@ list_vms, get_vm = stored("vm", "VM", "vm", _with_follow)
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
-    """DELETE /vms/{id}: removes its disks too unless ``detach_only=true``."""
     vms.remove(req.engine, vm_id, req.flag("detach_only"))
     return Reply(status=200)
 
