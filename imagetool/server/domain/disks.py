@@ -35,13 +35,10 @@ def chain(store, disk: dict, all_volumes: list[dict] | None = None) -> list[dict
 
 def actual_size(engine: Any, disk: dict, all_volumes: list[dict] | None = None) -> int:
     """Bytes allocated by every volume of the disk."""
-    st = engine.storage
-    return sum(st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
-               for v in chain(engine.store, disk, all_volumes))
+    return sum(volume_size(engine, v) for v in chain(engine.store, disk, all_volumes))
 
 
 def volume_size(engine: Any, v: dict) -> int:
-    """Bytes allocated by one volume."""
     st = engine.storage
     return st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
 
