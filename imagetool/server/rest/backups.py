@@ -22,7 +22,7 @@ def backup_repr(req: Request, b: dict) -> dict:
         "description": b.get("description") or None,
         "creation_date": iso_date(b.get("created")),
         "modification_date": iso_date(b.get("modified")),
-        "actions": action_links(req, base, ["finalize"]),
+        "actions": action_links(base, ["finalize"]),
         "link": sub_links(base, ["disks"]),
         "vm": ref(req, "vms", b["vm_id"]),
         "host": {"href": req.href("hosts", req.engine.host_id), "id": req.engine.host_id},

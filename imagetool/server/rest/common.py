@@ -159,9 +159,9 @@ def ref(req: Request, collection: str, id: str | None) -> dict | None:
     return {"href": req.href(collection, id), "id": id}
 
 
-def action_links(req: Request, base: str, names: Iterable[str]) -> dict:
+def action_links(base: str, names: Iterable[str]) -> dict:
     """The ``<actions>`` element of an entity."""
-    return {"link": [{"href": f"{base}/{n}", "rel": n} for n in names]}
+    return {"link": sub_links(base, names)}
 
 
 def sub_links(base: str, names: Iterable[str]) -> list[dict]:

@@ -75,7 +75,7 @@ def _attached_repr(req: Request, sd: dict) -> dict:
     body = sd_repr(req, sd)
     base = req.href("datacenters", req.engine.datacenter_id, "storagedomains", sd["id"])
     body["href"] = base
-    body["actions"] = action_links(req, base, ["activate", "deactivate"])
+    body["actions"] = action_links(base, ["activate", "deactivate"])
     return body
 
 

@@ -34,7 +34,7 @@ def disk_repr(req: Request, d: dict) -> dict:
     return {
         "href": base, "id": d["id"], "name": d["name"],
         "description": d.get("description") or None,
-        "actions": action_links(req, base, ["copy", "move"]),
+        "actions": action_links(base, ["copy", "move"]),
         "link": sub_links(base, ["disksnapshots", "permissions", "statistics"]),
         "actual_size": actual, "alias": d["name"], "backup": d.get("backup", "none"),
         "content_type": d.get("content_type", "data"), "format": d["format"],

@@ -32,7 +32,7 @@ def _sd_vm_repr(req: Request, sd: dict, p: dict) -> dict:
     base = req.href("storagedomains", sd["id"], "vms", p["id"])
     return {"href": base, "id": p["id"], "name": p["name"] or p["id"],
             "description": p["description"] or None,
-            "actions": action_links(req, base, ["import"]),
+            "actions": action_links(base, ["import"]),
             "link": sub_links(base, ["diskattachments", "disks"]),
             "memory": p["memory"], "os": {"type": p["os_type"]}, "status": "down",
             "type": "server", "storage_domain": ref(req, "storagedomains", sd["id"])}

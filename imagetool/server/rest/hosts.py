@@ -19,7 +19,7 @@ def host_repr(req: Request, host: dict) -> dict:
     return {
         "href": base, "id": host["id"], "name": host["name"],
         "comment": None, "description": "imagetool local host",
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["nics", "statistics", "storage", "tags"]),
         "address": engine.public_host, "status": "up", "type": "rhel",
         "external_status": "ok", "port": engine.dataplane_port,

@@ -23,7 +23,7 @@ def transfer_repr(req: Request, t: dict) -> dict:
     url = f"{req.engine.dataplane_url()}/images/{t['ticket_id']}" if urls else None
     return {
         "href": base, "id": t["id"],
-        "actions": action_links(req, base, ACTIONS),
+        "actions": action_links(base, ACTIONS),
         "active": t.get("active", False), "direction": t["direction"], "format": t["format"],
         "inactivity_timeout": t["inactivity_timeout"], "phase": t["phase"],
         "proxy_url": url, "transfer_url": url, "shallow": t.get("shallow", False),

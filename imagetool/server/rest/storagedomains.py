@@ -28,7 +28,7 @@ def sd_repr(req: Request, sd: dict) -> dict:
     return {
         "href": base, "id": sd["id"], "name": sd["name"],
         "description": sd.get("description"),
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["disks", "disksnapshots", "files", "permissions",
                                   "storageconnections", "templates", "vms"]),
         "available": available, "used": used, "committed": committed,

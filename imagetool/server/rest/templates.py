@@ -20,7 +20,7 @@ def template_repr(req: Request, t: dict) -> dict:
     return {
         "href": base, "id": t["id"], "name": t["name"],
         "description": t.get("description") or None,
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["diskattachments", "nics", "permissions", "watchdogs"]),
         "creation_time": iso_date(t.get("created")), "status": "ok", "type": "server",
         "memory": t.get("memory", 1 << 30), "stateless": False, "delete_protected": False,

@@ -30,13 +30,13 @@ def vm_repr(req: Request, vm: dict, all_content: bool = False) -> dict:
     body = {
         "href": base, "id": vm["id"], "name": vm["name"],
         "description": vm.get("description") or None,
-        "actions": action_links(req, base, ["export", "previewsnapshot", "commitsnapshot",
-                                            "undosnapshot"]),
+        "actions": action_links(base, ["export", "previewsnapshot", "commitsnapshot",
+                                       "undosnapshot"]),
         "link": sub_links(base, ["diskattachments", "snapshots", "nics", "permissions"]),
         "creation_time": iso_date(vm.get("created")),
         "status": "down", "type": "server",
         "stateless": False, "delete_protected": False,
-        **vmsettings.vm_fields(req, vm),
+        **vmsettings.vm_fields(vm),
         "cluster": {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id},
         "template": {"href": req.href("templates", BLANK), "id": BLANK},
         "original_template": {"href": req.href("templates", BLANK), "id": BLANK},
@@ -63,7 +63,7 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
     base = req.href("vms", vm["id"], "snapshots", snap["id"])
     return {
         "href": base, "id": snap["id"], "description": snap["description"],
-        "actions": action_links(req, base, ["restore"]),
+        "actions": action_links(base, ["restore"]),
         "link": sub_links(base, ["disks", "cdroms", "nics"]),
         "date": iso_date(snap.get("date")), "persist_memorystate": False,
         "snapshot_status": snap.get("status", "ok"), "snapshot_type": snap.get("type", "regular"),
