@@ -323,10 +323,8 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
             stage = new_id()
             staged.append((stage, d["id"]))
             top = vols[-1]
-            if discard:
-                out = [dict(top, parent_id=None, format=vols[0]["format"], snapshot_id=None)]
-            else:
-                out = vols
+            out = ([dict(top, parent_id=None, format=vols[0]["format"], snapshot_id=None)]
+                   if discard else vols)
             _staged_copy(engine, sd["id"], stage, vols, top["id"], out[0]["format"],
                          d["provisioned_size"], collapse=discard)
             for i, v in enumerate(out):
@@ -417,20 +415,18 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
             src = [dict(v, sd_id=src_sd["id"], disk_id=disk_id) for v in d["volumes"]]
             stage = new_id()
             staged.append((stage, new_disk))
-            if one or len(src) == 1:
-                top_id = new_id() if clone else src[-1]["id"]
-                fmt = src[0]["format"]
-                with _checked_sources(engine, src_sd, disk_id, src) as paths:
-                    _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
-                                 collapse=True, paths=paths)
+            collapsed = one or len(src) == 1
+            top_id = new_id() if clone else src[-1]["id"]
+            fmt = src[0]["format"]
+            with _checked_sources(engine, src_sd, disk_id, src) as paths:
+                _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
+                             collapse=collapsed, paths=paths)
+            if collapsed:
                 st.write_meta(dst_sd["id"], stage, top_id, {"format": fmt, "size": size,
                                                              "parent": None,
                                                              "ctime": int(now)})
                 out = [{"id": top_id, "format": fmt, "parent_id": None, "snapshot_id": None}]
             else:
-                with _checked_sources(engine, src_sd, disk_id, src) as paths:
-                    _staged_copy(engine, dst_sd["id"], stage, src, "", "", size,
-                                 collapse=False, paths=paths)
                 out = []
                 for i, v in enumerate(src):
                     st.write_meta(dst_sd["id"], stage, v["id"], {
