@@ -120,19 +120,18 @@ def restore(engine, vm_id: str, snap_id: str) -> None:
     with store.transaction():
         vm, snap = _past(engine, vm_id, snap_id, "restore", "restored")
         dropped_snaps: set[str] = set()
-        for disk_id, base_vol in snap["volumes"].items():
-            d = store.get("disk", disk_id)
-            if d is None:
-                continue
-            disk_ops.check_usable(d, "restore Snapshot")
+        # Every disk is checked before a layer of any goes: the files go at
+        # once, a refusal must not leave a disk's rows without them.
+        for d in _usable(engine, snap["volumes"], "restore Snapshot"):
+            base_vol = snap["volumes"][d["id"]]
             for v in reversed(disk_ops.chain(store, d)):
                 if v["id"] == base_vol:
                     break
                 if v.get("snapshot_id"):
                     dropped_snaps.add(v["snapshot_id"])
                 store.delete("volume", v["id"])
-                st.remove_volume(d["sd_id"], disk_id, v["id"])
-            store.update("disk", disk_id, image_id=st.add_layer(d, base_vol)["id"])
+                st.remove_volume(d["sd_id"], d["id"], v["id"])
+            store.update("disk", d["id"], image_id=st.add_layer(d, base_vol)["id"])
         for sid in dropped_snaps - {snap_id}:
             store.delete("snapshot", sid)
     record_job(engine.store, f"Restoring VM Snapshot {snap['description']} of VM {vm['name']}",
