@@ -179,16 +179,10 @@ def end_preview(engine, vm_id: str, action: str, commit: bool) -> None:
                                                  "snapshot.")
         snap = store.get("snapshot", preview["snapshot_id"]) or {"volumes": {},
                                                                  "description": "?"}
-        disks = {d: store.get("disk", d) for d in preview["saved"]}
-        for d in disks.values():
-            if d is not None:
-                disk_ops.check_usable(d, f"{action} Snapshot")
         dropped_snaps: set[str] = set()
         files = []
-        for disk_id, saved in preview["saved"].items():
-            d = disks[disk_id]
-            if d is None:
-                continue
+        for d in _usable(engine, preview["saved"], f"{action} Snapshot"):
+            disk_id, saved = d["id"], preview["saved"][d["id"]]
             if commit:
                 # Drop the layers above the snapshot's in the set-aside chain.
                 base = snap["volumes"].get(disk_id)
