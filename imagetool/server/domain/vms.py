@@ -59,9 +59,8 @@ def update(engine, vm_id: str, name: str | None, given: OvfVm) -> dict:
             vm["name"] = name
         if given.sockets or given.cores or given.threads:
             cpu = vmsettings.cpu_of(vm)
-            given.sockets = given.sockets or cpu["sockets"]
-            given.cores = given.cores or cpu["cores"]
-            given.threads = given.threads or cpu["threads"]
+            for key in ("sockets", "cores", "threads"):
+                setattr(given, key, getattr(given, key) or cpu[key])
         vmsettings.apply(engine, vm, given)
         vmsettings.check_memory(vm)
         engine.store.put("vm", vm)

@@ -73,12 +73,13 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
 
 # --- VMs -------------------------------------------------------------------------
 
-def _interface(data: dict) -> str | None:
-    """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
+def _interface(data: dict, choices=INTERFACES) -> str | None:
+    """The ``interface`` of a disk attachment (or NIC) if given: one of
+    ``choices``, else 400."""
     interface = get_str(data, "interface")
-    if interface is not None and interface not in INTERFACES:
+    if interface is not None and interface not in choices:
         raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(INTERFACES)}")
+                          f"{', '.join(choices)}")
     return interface
 
 
@@ -234,12 +235,8 @@ def nic_repr(req: Request, vm: dict, nic: dict) -> dict:
 def _nic_fields(data: dict) -> dict:
     """The NIC fields ``data`` gives, each value checked (None: not given;
     ``vnic_profile_id`` only when ``vnic_profile`` is given, maybe as None)."""
-    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME)}
-    interface = get_str(data, "interface")
-    if interface is not None and interface not in NIC_TYPES.values():
-        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(NIC_TYPES.values())}")
-    fields["interface"] = interface
+    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME),
+              "interface": _interface(data, tuple(NIC_TYPES.values()))}
     mac = get_str(data, "mac", "address")
     if mac is not None:
         try:
