@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from imagetool.server.faults import ApiError, bad_request, not_found
+from imagetool.server.faults import bad_request, not_found
 
 
 def get(engine: Any, kind: str, id: str, label: str) -> dict:
@@ -51,16 +51,13 @@ def check_disks_exist(engine: Any, disk_ids: list[str], what: str) -> None:
                           "not exist; upload them first with the ids the OVF names")
 
 
-def find_storage_domain(engine: Any, sd_id: str | None, name: str | None,
-                        action: str) -> dict:
-    """The storage domain with that id (or, without one, that name); 404 when unknown."""
-    if sd_id is None and name is None:
-        raise ApiError(400, "Incomplete parameters",
-                       f"storage domain id or name required for {action}")
-    for sd in engine.store.list("storage_domain"):
-        if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):
-            return sd
-    raise not_found(f"storage domain '{sd_id or name}'")
+def named(docs: list[dict], id: str | None, name: str | None, label: str) -> dict:
+    """The one of ``docs`` with that id (or, without one, that name); a 404
+    fault naming it when none has."""
+    for doc in docs:
+        if doc["id"] == id or (id is None and doc["name"] == name):
+            return doc
+    raise not_found(f"{label} '{id or name}'")
 
 
 def remove_member(engine: Any, kind: str, owner_id: str, owner_label: str, field: str,

@@ -18,7 +18,7 @@ import shutil
 import time
 
 from imagetool.server import storage_files
-from imagetool.server.domain.inventory import find_storage_domain, get
+from imagetool.server.domain.inventory import get, named
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict, not_found
 from imagetool.server.files import os_reason
@@ -155,9 +155,10 @@ def get_attached(engine, dc_id: str, sd_id: str) -> dict:
 
 
 def attach(engine, dc_id: str, sd_id: str | None, name: str | None) -> dict:
-    """Attach (and activate) the domain with that id (or name)."""
+    """Attach (and activate) the domain with that id (or name: the REST
+    door required one of them)."""
     with engine.store.transaction():
-        sd = find_storage_domain(engine, sd_id, name, "attach Storage Domain")
+        sd = named(engine.store.list("storage_domain"), sd_id, name, "storage domain")
         if is_attached(sd):
             raise conflict("attach Storage Domain",
                            f"Storage Domain {sd['name']} is already attached to a data center.")

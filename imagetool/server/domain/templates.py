@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import check_disks_exist, get
+from imagetool.server.domain.inventory import check_disks_exist, get, named
 from imagetool.server.domain.ovf import BLANK, check_unowned
 from imagetool.server.jobs import record_job
-from imagetool.server.faults import conflict, not_found
+from imagetool.server.faults import conflict
 from imagetool.server.storage import new_id, volume_row
 
 BLANK_TEMPLATE = {"id": BLANK, "name": "Blank", "description": "Blank template", "created": 0,
@@ -39,10 +39,7 @@ def every(engine) -> list[dict]:
 def _from_vm(engine, vm_id: str | None, vm_name: str | None,
              name: str) -> tuple[list[dict], dict]:
     """New disks, flattened copies of the VM's, attached as the VM has them."""
-    vm = engine.store.get("vm", vm_id) if vm_id else next(
-        (v for v in engine.store.list("vm") if v["name"] == vm_name), None)
-    if vm is None:
-        raise not_found(f"VM '{vm_id or vm_name}'")
+    vm = named(engine.store.list("vm"), vm_id, vm_name, "VM")
     disks = []
     for a in vm.get("attachments", []):
         d = engine.store.get("disk", a["disk_id"])

@@ -65,9 +65,12 @@ def search_filter(req: Request, docs: list[dict], fields: dict[str, str] | None 
 
 def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
     """The storage domain named by ``<storage_domain id|name>``; 404 when unknown."""
-    ref = ref or {}
-    return inventory.find_storage_domain(req.engine, get_id(ref, "id", what="storage domain"),
-                                         get_str(ref, "name"), action)
+    sd_id, name = get_id(ref or {}, "id", what="storage domain"), get_str(ref or {}, "name")
+    if sd_id is None and name is None:
+        raise ApiError(400, "Incomplete parameters",
+                       f"storage domain id or name required for {action}")
+    return inventory.named(inventory.entities(req.engine, "storage_domain"), sd_id, name,
+                           "storage domain")
 
 
 def configuration(data: dict) -> tuple[str | None, str]:

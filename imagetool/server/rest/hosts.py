@@ -8,8 +8,9 @@ as it would over the hosts of a real data center.
 
 from __future__ import annotations
 
+from imagetool.server.domain import inventory
 from imagetool.server.rest.common import action_links, search_filter, sub_links
-from imagetool.server.rest.router import Reply, Request, not_found
+from imagetool.server.rest.router import Reply, Request
 
 
 def host_repr(req: Request, host: dict) -> dict:
@@ -35,10 +36,7 @@ def host_repr(req: Request, host: dict) -> dict:
 
 def find_host(req: Request, host_id: str | None, name: str | None) -> dict:
     """The host with this id (or else this name); 404 when there is none."""
-    for h in req.engine.hosts:
-        if h["id"] == host_id or (host_id is None and h["name"] == name):
-            return h
-    raise not_found(f"host '{host_id or name}'")
+    return inventory.named(req.engine.hosts, host_id, name, "host")
 
 
 def list_hosts(req: Request) -> Reply:
