@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterator
 
 from imagetool.fsutil import opened
@@ -50,11 +50,8 @@ class Store:
         # files the database file's mode. Fixes the mode of an older file too.
         for p in (path, path + "-wal", path + "-shm"):
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if p == path else 0)
-            try:
-                with opened(p, flags, 0o600) as fd:
-                    os.fchmod(fd, 0o600)
-            except FileNotFoundError:
-                continue
+            with suppress(FileNotFoundError), opened(p, flags, 0o600) as fd:
+                os.fchmod(fd, 0o600)
         with self._borrow() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)

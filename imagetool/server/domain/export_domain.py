@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Iterator
 
 from imagetool.errors import FormatError
@@ -91,10 +91,8 @@ def exported(engine, sd: dict) -> list[dict]:
     """Every readable VM on the domain (a broken OVF is left out)."""
     out = []
     for vm_id in storage_files.exported_vm_ids(engine.storage, sd["id"]):
-        try:
+        with suppress(Exception):
             out.append(read(engine, sd, vm_id))
-        except Exception:
-            continue
     return out
 
 
