@@ -47,10 +47,8 @@ class Request:
 
     def flag(self, name: str) -> bool:
         """A boolean query parameter (or header, for all_content/async)."""
-        value = self.query.get(name)
-        if value is None:
-            value = self.headers.get(name.replace("_", "-"))
-        return str(value).lower() == "true" if value is not None else False
+        value = self.query.get(name, self.headers.get(name.replace("_", "-")))
+        return str(value).lower() == "true"
 
 
 @dataclass
