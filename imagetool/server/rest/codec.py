@@ -117,14 +117,6 @@ def _xml_parse(el: ET.Element) -> Any:
 
 # --- JSON -----------------------------------------------------------------
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return value
-    return _scalar(value)
-
-
 def _json_obj(obj: dict) -> dict:
     out: dict[str, Any] = {}
     for key, value in obj.items():
