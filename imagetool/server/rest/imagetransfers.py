@@ -92,8 +92,9 @@ def _check_backup_transfer(direction: str, fmt: str, disk_id: str | None) -> Non
         raise bad_request("A backup transfer needs disk.id")
 
 
+# transfer_repr looked up at each call, as the actions do (a test wraps it).
 list_transfers, get_transfer = stored("transfer", "image transfer", "image_transfer",
-                                      transfer_repr)
+                                      lambda req, t: transfer_repr(req, t))
 
 
 def _action(name: str):
