@@ -92,14 +92,12 @@ def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -
         import logging
         logging.getLogger(__name__).exception("OVA export of VM %s failed", vm["id"])
     finally:
-        try:
-            with store.transaction():
-                for _, d in disks:
-                    if store.get("disk", d["id"]) is not None:
-                        store.update("disk", d["id"], status="ok")
-                end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
-        except Exception:   # the store closed under us: the disks are settled on restart
-            pass
+        # The store may have closed under us: the disks are settled on restart.
+        with contextlib.suppress(Exception), store.transaction():
+            for _, d in disks:
+                if store.get("disk", d["id"]) is not None:
+                    store.update("disk", d["id"], status="ok")
+            end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
 
 
 def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> None:
