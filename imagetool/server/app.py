@@ -192,7 +192,6 @@ class EngineServer:
 
     @property
     def port(self) -> int:
-        """The bound engine port."""
         return self._httpd.server_address[1] if self._httpd else self._port
 
     @property

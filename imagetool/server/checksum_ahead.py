@@ -80,7 +80,6 @@ class ChecksumAhead:
                                           daemon=True) for _ in range(threads)]
 
     def start(self) -> "ChecksumAhead":
-        """Start the hashing thread."""
         for t in self._threads:
             t.start()
         return self

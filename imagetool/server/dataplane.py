@@ -302,7 +302,7 @@ class _Session:
         destroy our error reply in the client's buffers before it reads it.
         """
         sock = self.conn.sock
-        try:
+        with suppress(OSError, ValueError):
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(DISCARD_TIMEOUT)
             left = DISCARD_LIMIT
@@ -312,8 +312,6 @@ class _Session:
                 if n == 0:
                     break
                 left -= n
-        except (OSError, ValueError):
-            pass
 
     def _handle(self, req: Request) -> bool:
         """Serve one request; False when the connection must close."""
@@ -331,9 +329,7 @@ class _Session:
             if unread:
                 self._discard_body()
             return not close
-        except PeerClosed:
-            return False
-        except (socket.timeout, ConnectionError, ssl.SSLError):
+        except (PeerClosed, socket.timeout, ConnectionError, ssl.SSLError):
             return False
         except Exception as e:
             log.exception("%s %s failed", req.method, _redacted_path(req.path))

@@ -212,14 +212,16 @@ class HttpConnection:
     def send_continue(self) -> None:
         self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def send_head(self, status: int, headers: dict[str, str], close: bool) -> None:
-        """Send the status line and headers (Content-Length is the caller's)."""
+    def send_head(self, status: int, headers: dict[str, str], close: bool,
+                  body: bytes = b"") -> None:
+        """Send the status line and headers (Content-Length is the caller's),
+        and ``body`` in the same write."""
         phrase = HTTPStatus(status).phrase
         lines = [f"HTTP/1.1 {status} {phrase}", "Server: imagetool"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if close:
             lines.append("Connection: close")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     def send_reply(self, status: int, body: bytes = b"",
                    headers: dict[str, str] | None = None,
@@ -229,12 +231,7 @@ class HttpConnection:
         if content_type:
             h["Content-Type"] = content_type
         h["Content-Length"] = str(len(body))
-        phrase = HTTPStatus(status).phrase
-        lines = [f"HTTP/1.1 {status} {phrase}", "Server: imagetool"]
-        lines += [f"{k}: {v}" for k, v in h.items()]
-        if close:
-            lines.append("Connection: close")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.send_head(status, h, close, body)
 
     def send_json(self, obj: object, headers: dict[str, str] | None = None,
                   close: bool = False) -> None:

@@ -336,6 +336,7 @@ def patch(ctx: Context, ticket: Ticket) -> int:
         raise HttpError(HTTPStatus.BAD_REQUEST, "Missing required value for 'op'")
     op = msg["op"]
     backend = ticket.backend()
+    size = 0
     if op == "zero":
         offset = _int_field(msg, "offset")
         size = _int_field(msg, "size")
@@ -347,18 +348,15 @@ def patch(ctx: Context, ticket: Ticket) -> int:
                 backend.zero(offset, size)      # holes, or in place: the backend's sparse
         if flush:
             _flush(ticket, backend)
-        ctx.conn.send_reply(200, close=ctx.close)
-        return size
-    if op == "flush":
+    elif op == "flush":
         _flush(ticket, backend)
-        ctx.conn.send_reply(200, close=ctx.close)
-        return 0
-    if op == CHECKSUM_AHEAD:
+    elif op == CHECKSUM_AHEAD:
         _announce(ticket, backend, msg)
-        ctx.conn.send_reply(200, close=ctx.close)
-        return 0
-    raise HttpError(HTTPStatus.BAD_REQUEST,
-                    f"Unsupported value {op!r} for 'op', expecting one of ['flush', 'zero']")
+    else:
+        raise HttpError(HTTPStatus.BAD_REQUEST,
+                        f"Unsupported value {op!r} for 'op', expecting one of ['flush', 'zero']")
+    ctx.conn.send_reply(200, close=ctx.close)
+    return size
 
 
 # --- extents and checksum --------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Iterator
 
 from imagetool.errors import FormatError
@@ -57,10 +57,8 @@ def make_private_dirs(path: str) -> None:
             break
         path = parent
     for p in reversed(missing):
-        try:
+        with suppress(FileExistsError):
             os.mkdir(p, DIR_MODE)
-        except FileExistsError:
-            pass
         os.chmod(p, DIR_MODE)
 
 

@@ -47,9 +47,8 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
     tmp = path + ".sparsifying"
     create_private(tmp)
     try:
-        writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
-        parent = None   # the writer owns it now
-        try:
+        with _layer_writer(tmp, size, parent_id, parent_fmt, parent) as writer:
+            parent = None   # the writer owns it now
             # The layer's own extents only (holes stay unallocated); zero
             # extents and zero runs of a cluster inside data become zero
             # clusters over a parent, nothing without one.
@@ -59,8 +58,6 @@ def sparsify_layer(path: str, fmt: str, size: int, reader: Any,
                                   zero_granularity=step, over_backing=parent_id is not None)
             copy_local(reader, writer, options, extents=[e for e in reader.extents() if not e.hole])
             writer.flush()
-        finally:
-            writer.close()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -121,13 +118,10 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
                 ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
             else:
                 ranges = allocated_ranges(lower) + allocated_ranges(upper)
-            writer = _layer_writer(tmp, size, parent_id, parent_fmt, parent)
-            parent = None   # the writer owns it now
-            try:
+            with _layer_writer(tmp, size, parent_id, parent_fmt, parent) as writer:
+                parent = None   # the writer owns it now
                 # Only those ranges: the rest stays unallocated (the parent's).
                 _copy_ranges(reader, writer, ranges, dst_is_zero=True)
-            finally:
-                writer.close()
         finally:
             _close_layers(reader, parent)
         os.replace(tmp, upper)

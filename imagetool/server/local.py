@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,9 @@ def remove_lock_file(engine: EngineServer) -> None:
     """Remove the lock file if it is ours, and drop its lock."""
     unregister_serve(engine.data_dir)
     path = os.path.join(engine.data_dir, LOCK_FILE)
-    try:
-        with open(path) as f:
-            if json.load(f).get("pid") == os.getpid():
-                os.unlink(path)
-    except (FileNotFoundError, ValueError):
-        pass
+    with suppress(FileNotFoundError, ValueError), open(path) as f:
+        if json.load(f).get("pid") == os.getpid():
+            os.unlink(path)
     fd = getattr(engine, "serve_lock", None)
     if fd is not None:
         engine.serve_lock = None
@@ -86,7 +84,6 @@ class LocalEngine:
         self.cafile: str | None = self.server.cafile
 
     def start(self) -> "LocalEngine":
-        """Serve in background threads."""
         self.server.start()
         self.url = self.server.url
         return self

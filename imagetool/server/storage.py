@@ -121,7 +121,6 @@ class Storage:
         return path
 
     def images_dir(self, sd_id: str) -> str:
-        """The ``images`` directory of a domain."""
         return self._inside(sd_id)
 
     def space(self, sd_id: str) -> tuple[int, int]:
@@ -136,11 +135,9 @@ class Storage:
     # --- volumes --------------------------------------------------------
 
     def disk_dir(self, sd_id: str, disk_id: str) -> str:
-        """The directory holding every volume of a disk."""
         return self._inside(sd_id, disk_id)
 
     def volume_path(self, sd_id: str, disk_id: str, vol_id: str) -> str:
-        """The file of one volume."""
         return self._inside(sd_id, disk_id, vol_id)
 
     def create_volume(self, sd_id: str, disk_id: str, vol_id: str, fmt: str,

@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterator
 
 from imagetool.fsutil import opened
@@ -50,11 +50,8 @@ class Store:
         # files the database file's mode. Fixes the mode of an older file too.
         for p in (path, path + "-wal", path + "-shm"):
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if p == path else 0)
-            try:
-                with opened(p, flags, 0o600) as fd:
-                    os.fchmod(fd, 0o600)
-            except FileNotFoundError:
-                continue
+            with suppress(FileNotFoundError), opened(p, flags, 0o600) as fd:
+                os.fchmod(fd, 0o600)
         with self._borrow() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
@@ -120,7 +117,6 @@ class Store:
             self._local.after.append(fn)
 
     def get(self, kind: str, id: str) -> dict | None:
-        """The document, or None."""
         with self._borrow() as conn:
             row = conn.execute("SELECT data FROM entities WHERE kind=? AND id=?",
                                (kind, id)).fetchone()
@@ -163,13 +159,11 @@ class Store:
             conn.execute("DELETE FROM entities WHERE kind=? AND id=?", (kind, id))
 
     def setting(self, key: str, default: str | None = None) -> str | None:
-        """A persistent engine setting."""
         with self._borrow() as conn:
             row = conn.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        """Store a persistent engine setting."""
         with self.transaction(), self._borrow() as conn:
             conn.execute("INSERT OR REPLACE INTO settings VALUES (?,?)", (key, value))
 

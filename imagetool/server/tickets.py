@@ -29,7 +29,6 @@ class Ticket:
     sparse: bool = True
     dirty: bool = False                       # supports extents?context=dirty
     transfer_id: str | None = None
-    filename: str | None = None
     # Called with (offset, length) before a write or zero changes the image
     # (write tracking for incremental backups, server/dirty.py).
     on_write: Callable[[int, int], None] | None = None
@@ -126,19 +125,6 @@ class Ticket:
         writer writes its metadata when closed)."""
         return self._closed.wait(timeout)
 
-    def info(self) -> dict:
-        """The daemon's ``GET /tickets/<id>`` view of this ticket."""
-        return {
-            "uuid": self.uuid, "size": self.size, "ops": list(self.ops),
-            "timeout": self.timeout, "inactivity_timeout": self.inactivity_timeout,
-            "sparse": self.sparse, "dirty": self.dirty,
-            "transfer_id": self.transfer_id, "filename": self.filename,
-            "active": self.active(), "canceled": self.canceled,
-            "connections": self.connections, "transferred": self.transferred,
-            "expires": int(time.time() + (self.expires - time.monotonic())),
-            "idle_time": int(self.idle_time()),
-        }
-
 
 class TicketRegistry:
     """Thread-safe map of ticket id -> Ticket."""
@@ -159,12 +145,6 @@ class TicketRegistry:
         the caller decides, so it can say 'expired' rather than 'no such')."""
         with self._lock:
             return self._tickets.get(uuid)
-
-    def cancel(self, uuid: str) -> None:
-        with self._lock:
-            ticket = self._tickets.get(uuid)
-        if ticket is not None:
-            ticket.canceled = True
 
     def remove(self, uuid: str) -> None:
         """Remove and close the backend; idempotent."""

@@ -33,7 +33,7 @@ from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
 from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import get
+from imagetool.server.domain.inventory import get, get_owned
 from imagetool.server.faults import ApiError, conflict, not_found
 from imagetool.server.storage import new_id
 
@@ -165,18 +165,12 @@ def _thaw(engine, disk: dict, frozen_id: str) -> None:
         disk_ops.merge_down(engine, disk, frozen_id)
         return
     if written:
-        reader = st.open_volume(upper)
-        try:
-            # A preallocated disk's zeroed ranges stay allocated.
-            writer = RawBackend(st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
-                                sparse=bool(disk.get("sparse", True)))
-            try:
-                copy_local(reader, writer, CopyOptions(check_size=False),
-                           extents=[Extent(a, b - a) for a, b in written])
-            finally:
-                writer.close()
-        finally:
-            reader.close()
+        # A preallocated disk's zeroed ranges stay allocated.
+        with st.open_volume(upper) as reader, RawBackend(
+                st.volume_path(disk["sd_id"], disk["id"], frozen_id), "r+",
+                sparse=bool(disk.get("sparse", True))) as writer:
+            copy_local(reader, writer, CopyOptions(check_size=False),
+                       extents=[Extent(a, b - a) for a, b in written])
     store.update("volume", frozen_id, backup_frozen=False)
     store.update("disk", disk["id"], image_id=frozen_id)
     store.delete("volume", upper["id"])
@@ -193,10 +187,7 @@ def of_vm(engine, vm_id: str) -> list[dict]:
 
 def get_backup(engine, vm_id: str, bid: str) -> dict:
     """Backup ``bid`` of VM ``vm_id``, or a 404."""
-    b = get(engine, "backup", bid, "backup")
-    if b["vm_id"] != vm_id:
-        raise not_found(f"backup '{bid}'")
-    return b
+    return get_owned(engine, "backup", bid, "backup", "vm_id", vm_id)
 
 
 def finalize(engine, vm_id: str, bid: str) -> dict:

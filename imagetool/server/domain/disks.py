@@ -35,13 +35,10 @@ def chain(store, disk: dict, all_volumes: list[dict] | None = None) -> list[dict
 
 def actual_size(engine: Any, disk: dict, all_volumes: list[dict] | None = None) -> int:
     """Bytes allocated by every volume of the disk."""
-    st = engine.storage
-    return sum(st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
-               for v in chain(engine.store, disk, all_volumes))
+    return sum(volume_size(engine, v) for v in chain(engine.store, disk, all_volumes))
 
 
 def volume_size(engine: Any, v: dict) -> int:
-    """Bytes allocated by one volume."""
     st = engine.storage
     return st.allocated_size(st.volume_path(v["sd_id"], v["disk_id"], v["id"]))
 
@@ -137,8 +134,7 @@ def check_target(sd: dict) -> None:
 def add(engine, sd: dict, *, size: int, sparse: bool, initial: int | None,
         disk_id: str | None, **fields: Any) -> dict:
     """A new disk on data domain ``sd``, once the domain can hold it and its
-    id is free (the REST plane checked the values themselves)."""
-    check_target(sd)
+    id is free (the REST plane checked the values and ``check_target``)."""
     available, _ = engine.storage.space(sd["id"])
     needed = initial if sparse else size
     if needed and needed > available:

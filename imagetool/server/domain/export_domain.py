@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Iterator
 
 from imagetool.errors import FormatError
@@ -91,10 +91,8 @@ def exported(engine, sd: dict) -> list[dict]:
     """Every readable VM on the domain (a broken OVF is left out)."""
     out = []
     for vm_id in storage_files.exported_vm_ids(engine.storage, sd["id"]):
-        try:
+        with suppress(Exception):
             out.append(read(engine, sd, vm_id))
-        except Exception:
-            continue
     return out
 
 
@@ -323,10 +321,8 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
             stage = new_id()
             staged.append((stage, d["id"]))
             top = vols[-1]
-            if discard:
-                out = [dict(top, parent_id=None, format=vols[0]["format"], snapshot_id=None)]
-            else:
-                out = vols
+            out = ([dict(top, parent_id=None, format=vols[0]["format"], snapshot_id=None)]
+                   if discard else vols)
             _staged_copy(engine, sd["id"], stage, vols, top["id"], out[0]["format"],
                          d["provisioned_size"], collapse=discard)
             for i, v in enumerate(out):
@@ -375,7 +371,7 @@ def check_import_target(dst_sd: dict) -> None:
 def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, collapse: bool,
               name: str) -> dict:
     """VM ``p`` (read by ``sd_vm``) of export domain ``src_sd`` into data
-    domain ``dst_sd``; the new VM.
+    domain ``dst_sd`` (``check_import_target`` passed); the new VM.
 
     ``clone``: new VM and disk ids, refused without ``collapse`` when the
     VM has snapshots, as the engine refuses it; ``collapse``: each chain
@@ -383,7 +379,6 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
     """
     store, st = engine.store, engine.storage
     vm_id = p["id"]
-    check_import_target(dst_sd)
     if clone and p["snapshots"] and not collapse:
         raise conflict("import VM", f"VM {p['name']} has snapshots: importing it as a clone "
                                     "needs collapse_snapshots=true.")
@@ -418,20 +413,18 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
             src = [dict(v, sd_id=src_sd["id"], disk_id=disk_id) for v in d["volumes"]]
             stage = new_id()
             staged.append((stage, new_disk))
-            if one or len(src) == 1:
-                top_id = new_id() if clone else src[-1]["id"]
-                fmt = src[0]["format"]
-                with _checked_sources(engine, src_sd, disk_id, src) as paths:
-                    _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
-                                 collapse=True, paths=paths)
+            collapsed = one or len(src) == 1
+            top_id = new_id() if clone else src[-1]["id"]
+            fmt = src[0]["format"]
+            with _checked_sources(engine, src_sd, disk_id, src) as paths:
+                _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
+                             collapse=collapsed, paths=paths)
+            if collapsed:
                 st.write_meta(dst_sd["id"], stage, top_id, {"format": fmt, "size": size,
                                                              "parent": None,
                                                              "ctime": int(now)})
                 out = [{"id": top_id, "format": fmt, "parent_id": None, "snapshot_id": None}]
             else:
-                with _checked_sources(engine, src_sd, disk_id, src) as paths:
-                    _staged_copy(engine, dst_sd["id"], stage, src, "", "", size,
-                                 collapse=False, paths=paths)
                 out = []
                 for i, v in enumerate(src):
                     st.write_meta(dst_sd["id"], stage, v["id"], {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from imagetool.server.faults import ApiError, bad_request, not_found
+from imagetool.server.faults import bad_request, not_found
 
 
 def get(engine: Any, kind: str, id: str, label: str) -> dict:
@@ -22,6 +22,15 @@ def get_owned(engine: Any, kind: str, id: str, label: str, key: str, owner: str)
     if doc[key] != owner:
         raise not_found(f"{label} '{id}'")
     return doc
+
+
+def member(owner: dict, field: str, key: str, id: str, label: str) -> dict:
+    """The member of a collection stored inside its owner (a VM's NICs)
+    whose ``key`` is ``id``, or a 404 fault naming it."""
+    for m in owner.get(field, []):
+        if m[key] == id:
+            return m
+    raise not_found(f"{label} '{id}'")
 
 
 def find(engine: Any, kind: str, id: str) -> dict | None:
@@ -42,16 +51,13 @@ def check_disks_exist(engine: Any, disk_ids: list[str], what: str) -> None:
                           "not exist; upload them first with the ids the OVF names")
 
 
-def find_storage_domain(engine: Any, sd_id: str | None, name: str | None,
-                        action: str) -> dict:
-    """The storage domain with that id (or, without one, that name); 404 when unknown."""
-    if sd_id is None and name is None:
-        raise ApiError(400, "Incomplete parameters",
-                       f"storage domain id or name required for {action}")
-    for sd in engine.store.list("storage_domain"):
-        if sd["id"] == sd_id or (sd_id is None and sd["name"] == name):
-            return sd
-    raise not_found(f"storage domain '{sd_id or name}'")
+def named(docs: list[dict], id: str | None, name: str | None, label: str) -> dict:
+    """The one of ``docs`` with that id (or, without one, that name); a 404
+    fault naming it when none has."""
+    for doc in docs:
+        if doc["id"] == id or (id is None and doc["name"] == name):
+            return doc
+    raise not_found(f"{label} '{id or name}'")
 
 
 def remove_member(engine: Any, kind: str, owner_id: str, owner_label: str, field: str,

@@ -84,5 +84,4 @@ def check_mac_free(engine, mac: str, vm: dict, nic_id: str | None = None) -> Non
 
 
 def profiles(engine, network_id: str) -> list[dict]:
-    """The vNIC profiles of a network."""
     return [p for p in engine.store.list("vnic_profile") if p["network_id"] == network_id]

@@ -31,7 +31,8 @@ from imagetool.server.jobs import end_job, record_job
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server import validate
 from imagetool.server.domain import vmsettings
-from imagetool.server.faults import bad_request, conflict, not_found
+from imagetool.server.domain.inventory import get
+from imagetool.server.faults import bad_request, conflict
 from imagetool.server.storage import new_id
 
 ACTION = "export VM"
@@ -54,9 +55,7 @@ def start(engine, vm_id: str, directory: str, filename: str | None) -> dict:
                                       action=ACTION, option="--export-dir",
                                       without="This engine writes no files on its host")
     with store.transaction():
-        vm = store.get("vm", vm_id)
-        if vm is None:
-            raise not_found(f"VM '{vm_id}'")
+        vm = get(engine, "vm", vm_id, "VM")
         filename = filename or f"{vm['name']}.ova"
         check_filename(filename)
         if vm.get("preview"):
@@ -93,14 +92,12 @@ def _run(engine, vm: dict, disks: list, real: str, filename: str, job_id: str) -
         import logging
         logging.getLogger(__name__).exception("OVA export of VM %s failed", vm["id"])
     finally:
-        try:
-            with store.transaction():
-                for _, d in disks:
-                    if store.get("disk", d["id"]) is not None:
-                        store.update("disk", d["id"], status="ok")
-                end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
-        except Exception:   # the store closed under us: the disks are settled on restart
-            pass
+        # The store may have closed under us: the disks are settled on restart.
+        with contextlib.suppress(Exception), store.transaction():
+            for _, d in disks:
+                if store.get("disk", d["id"]) is not None:
+                    store.update("disk", d["id"], status="ok")
+            end_job(store, job_id, status if not engine.stopping.is_set() else "aborted")
 
 
 def write_ova_file(engine, vm: dict, disks: list, real: str, filename: str) -> None:

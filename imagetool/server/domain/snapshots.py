@@ -120,19 +120,18 @@ def restore(engine, vm_id: str, snap_id: str) -> None:
     with store.transaction():
         vm, snap = _past(engine, vm_id, snap_id, "restore", "restored")
         dropped_snaps: set[str] = set()
-        for disk_id, base_vol in snap["volumes"].items():
-            d = store.get("disk", disk_id)
-            if d is None:
-                continue
-            disk_ops.check_usable(d, "restore Snapshot")
+        # Every disk is checked before a layer of any goes: the files go at
+        # once, a refusal must not leave a disk's rows without them.
+        for d in _usable(engine, snap["volumes"], "restore Snapshot"):
+            base_vol = snap["volumes"][d["id"]]
             for v in reversed(disk_ops.chain(store, d)):
                 if v["id"] == base_vol:
                     break
                 if v.get("snapshot_id"):
                     dropped_snaps.add(v["snapshot_id"])
                 store.delete("volume", v["id"])
-                st.remove_volume(d["sd_id"], disk_id, v["id"])
-            store.update("disk", disk_id, image_id=st.add_layer(d, base_vol)["id"])
+                st.remove_volume(d["sd_id"], d["id"], v["id"])
+            store.update("disk", d["id"], image_id=st.add_layer(d, base_vol)["id"])
         for sid in dropped_snaps - {snap_id}:
             store.delete("snapshot", sid)
     record_job(engine.store, f"Restoring VM Snapshot {snap['description']} of VM {vm['name']}",
@@ -180,16 +179,10 @@ def end_preview(engine, vm_id: str, action: str, commit: bool) -> None:
                                                  "snapshot.")
         snap = store.get("snapshot", preview["snapshot_id"]) or {"volumes": {},
                                                                  "description": "?"}
-        disks = {d: store.get("disk", d) for d in preview["saved"]}
-        for d in disks.values():
-            if d is not None:
-                disk_ops.check_usable(d, f"{action} Snapshot")
         dropped_snaps: set[str] = set()
         files = []
-        for disk_id, saved in preview["saved"].items():
-            d = disks[disk_id]
-            if d is None:
-                continue
+        for d in _usable(engine, preview["saved"], f"{action} Snapshot"):
+            disk_id, saved = d["id"], preview["saved"][d["id"]]
             if commit:
                 # Drop the layers above the snapshot's in the set-aside chain.
                 base = snap["volumes"].get(disk_id)
@@ -259,9 +252,7 @@ def clone(engine, snap_id: str, name: str, description: str | None,
     # comes first wins: the other one gets a 404 (the snapshot is gone) or
     # a 409 (the disks are locked).
     with store.transaction():
-        snap = store.get("snapshot", snap_id)
-        if snap is None:
-            raise not_found(f"snapshot '{snap_id}'")
+        snap = get(engine, "snapshot", snap_id, "snapshot")
         source = get(engine, "vm", snap["vm_id"], "VM")
         taken = _name_taken(store, name, vm_id)
         if taken is not None:

@@ -18,7 +18,7 @@ import shutil
 import time
 
 from imagetool.server import storage_files
-from imagetool.server.domain.inventory import find_storage_domain, get
+from imagetool.server.domain.inventory import get, named
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict, not_found
 from imagetool.server.files import os_reason
@@ -38,7 +38,6 @@ def is_attached(sd: dict) -> bool:
 
 
 def disks_of(engine, sd_id: str) -> list[dict]:
-    """The disks on the domain."""
     return engine.store.list("disk", lambda d: d["sd_id"] == sd_id)
 
 
@@ -142,7 +141,6 @@ def names(engine) -> list[str]:
 
 
 def attached(engine, dc_id: str) -> list[dict]:
-    """The domains attached to the data center."""
     check_dc(engine, dc_id)
     return [sd for sd in engine.store.list("storage_domain") if is_attached(sd)]
 
@@ -157,9 +155,10 @@ def get_attached(engine, dc_id: str, sd_id: str) -> dict:
 
 
 def attach(engine, dc_id: str, sd_id: str | None, name: str | None) -> dict:
-    """Attach (and activate) the domain with that id (or name)."""
+    """Attach (and activate) the domain with that id (or name: the REST
+    door required one of them)."""
     with engine.store.transaction():
-        sd = find_storage_domain(engine, sd_id, name, "attach Storage Domain")
+        sd = named(engine.store.list("storage_domain"), sd_id, name, "storage domain")
         if is_attached(sd):
             raise conflict("attach Storage Domain",
                            f"Storage Domain {sd['name']} is already attached to a data center.")

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 
 from imagetool.server.domain import disks as disk_ops
-from imagetool.server.domain.inventory import check_disks_exist
+from imagetool.server.domain.inventory import check_disks_exist, get, named
 from imagetool.server.domain.ovf import BLANK, check_unowned
 from imagetool.server.jobs import record_job
-from imagetool.server.faults import conflict, not_found
+from imagetool.server.faults import conflict
 from imagetool.server.storage import new_id, volume_row
 
 BLANK_TEMPLATE = {"id": BLANK, "name": "Blank", "description": "Blank template", "created": 0,
@@ -28,10 +28,7 @@ def find(engine, template_id: str) -> dict:
     """A template by id (``Blank`` included), or a 404."""
     if template_id == BLANK:
         return BLANK_TEMPLATE
-    t = engine.store.get("template", template_id)
-    if t is None:
-        raise not_found(f"template '{template_id}'")
-    return t
+    return get(engine, "template", template_id, "template")
 
 
 def every(engine) -> list[dict]:
@@ -42,10 +39,7 @@ def every(engine) -> list[dict]:
 def _from_vm(engine, vm_id: str | None, vm_name: str | None,
              name: str) -> tuple[list[dict], dict]:
     """New disks, flattened copies of the VM's, attached as the VM has them."""
-    vm = engine.store.get("vm", vm_id) if vm_id else next(
-        (v for v in engine.store.list("vm") if v["name"] == vm_name), None)
-    if vm is None:
-        raise not_found(f"VM '{vm_id or vm_name}'")
+    vm = named(engine.store.list("vm"), vm_id, vm_name, "VM")
     disks = []
     for a in vm.get("attachments", []):
         d = engine.store.get("disk", a["disk_id"])

@@ -110,21 +110,17 @@ class TransferVolumes:
         create_private(path)
         writer = Qcow2Writer.create(path, disk["provisioned_size"], backing_file=parent,
                                     backing_format=backing_fmt)
-        if parent:
-            try:
+        try:
+            if parent:
                 writer.use_backing(self.storage.open_volume(self.store.get("volume", parent)))
-            except BaseException:
-                writer.close()
-                if previous is not None:
-                    os.replace(previous, path)
-                raise
-        if previous is not None:
-            try:
+            if previous is not None:
                 _copy_layer(previous, writer)
-            except BaseException:
-                writer.close()
+        except BaseException:
+            writer.close()
+            if previous is not None:
                 os.replace(previous, path)
-                raise
+            raise
+        if previous is not None:
             os.unlink(previous)
         return writer
 

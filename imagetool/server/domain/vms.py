@@ -13,7 +13,7 @@ from typing import Any, Callable
 from imagetool.ova.ovfvm import OvfVm
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import networks, vmsettings
-from imagetool.server.domain.inventory import get
+from imagetool.server.domain.inventory import get, member
 from imagetool.server.domain.ovf import check_unowned
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import bad_request, conflict, not_found
@@ -59,9 +59,8 @@ def update(engine, vm_id: str, name: str | None, given: OvfVm) -> dict:
             vm["name"] = name
         if given.sockets or given.cores or given.threads:
             cpu = vmsettings.cpu_of(vm)
-            given.sockets = given.sockets or cpu["sockets"]
-            given.cores = given.cores or cpu["cores"]
-            given.threads = given.threads or cpu["threads"]
+            for key in ("sockets", "cores", "threads"):
+                setattr(given, key, getattr(given, key) or cpu[key])
         vmsettings.apply(engine, vm, given)
         vmsettings.check_memory(vm)
         engine.store.put("vm", vm)
@@ -114,9 +113,7 @@ def update_attachment(engine, vm_id: str, disk_id: str, flags: dict[str, Any],
     transaction: (the VM, the attachment)."""
     with engine.store.transaction():
         vm = get(engine, "vm", vm_id, "VM")
-        att = next((a for a in vm["attachments"] if a["disk_id"] == disk_id), None)
-        if att is None:
-            raise not_found(f"disk attachment '{disk_id}'")
+        att = member(vm, "attachments", "disk_id", disk_id, "disk attachment")
         if change_disk is not None:
             change_disk()
         att.update({k: v for k, v in flags.items() if v is not None})
@@ -171,9 +168,6 @@ def add_nic(engine, vm_id: str, fields: dict[str, Any]) -> tuple[dict, dict]:
 def update_nic(engine, vm_id: str, nic_id: str, fields: dict[str, Any]) -> tuple[dict, dict]:
     with engine.store.transaction():
         vm = get(engine, "vm", vm_id, "VM")
-        nic = next((n for n in vm.get("nics", []) if n["id"] == nic_id), None)
-        if nic is None:
-            raise not_found(f"NIC '{nic_id}'")
-        _set_nic(engine, vm, nic, fields)
+        nic = _set_nic(engine, vm, member(vm, "nics", "id", nic_id, "NIC"), fields)
         engine.store.put("vm", vm)
     return vm, nic

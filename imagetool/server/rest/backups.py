@@ -8,7 +8,7 @@ from imagetool.server.domain import backups as bk
 from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, iso_date, ref, sub_links
+from imagetool.server.rest.common import action_links, deleting, done, iso_date, ref, sub_links
 from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
@@ -22,7 +22,7 @@ def backup_repr(req: Request, b: dict) -> dict:
         "description": b.get("description") or None,
         "creation_date": iso_date(b.get("created")),
         "modification_date": iso_date(b.get("modified")),
-        "actions": action_links(req, base, ["finalize"]),
+        "actions": action_links(base, ["finalize"]),
         "link": sub_links(base, ["disks"]),
         "vm": ref(req, "vms", b["vm_id"]),
         "host": {"href": req.href("hosts", req.engine.host_id), "id": req.engine.host_id},
@@ -80,7 +80,7 @@ def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
     b = bk.finalize(req.engine, vm_id, bid)
-    return Reply(tag="action", body={"status": "complete", "backup": backup_repr(req, b)})
+    return done(backup=backup_repr(req, b))
 
 
 def list_checkpoints(req: Request, vm_id: str) -> Reply:
@@ -100,6 +100,4 @@ def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:
     return Reply(tag="disks", body=out)
 
 
-def remove_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    bk.drop_checkpoint(req.engine, vm_id, cid)
-    return Reply(status=200)
+remove_checkpoint = deleting(bk.drop_checkpoint)

@@ -117,14 +117,6 @@ def _xml_parse(el: ET.Element) -> Any:
 
 # --- JSON -----------------------------------------------------------------
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return value
-    return _scalar(value)
-
-
 def _json_obj(obj: dict) -> dict:
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -171,7 +163,6 @@ def _json_parse(value: Any, key: str | None = None) -> Any:
 # --- entry points -----------------------------------------------------------
 
 def render(tag: str, obj: dict | list, fmt: str) -> bytes:
-    """Render in ``fmt`` (``xml`` or ``json``)."""
     return to_json(tag, obj) if fmt == "json" else to_xml(tag, obj)
 
 
@@ -309,7 +300,6 @@ def get_bool(obj: Any, *path: str) -> bool | None:
 
 
 def get_obj(obj: Any, *path: str) -> dict | None:
-    """A nested entity dict, or None."""
     obj = _walk(obj, path)
     return obj if isinstance(obj, dict) else None
 

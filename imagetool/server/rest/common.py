@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from imagetool.server.domain import inventory
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.router import ApiError, Reply, Request, bad_request, not_found
+from imagetool.server.rest.router import ApiError, Handler, Reply, Request, bad_request
 
 
 def iso_date(ts: float | None) -> str | None:
@@ -65,9 +65,12 @@ def search_filter(req: Request, docs: list[dict], fields: dict[str, str] | None 
 
 def find_storage_domain(req: Request, ref: dict | None, action: str) -> dict:
     """The storage domain named by ``<storage_domain id|name>``; 404 when unknown."""
-    ref = ref or {}
-    return inventory.find_storage_domain(req.engine, get_id(ref, "id", what="storage domain"),
-                                         get_str(ref, "name"), action)
+    sd_id, name = get_id(ref or {}, "id", what="storage domain"), get_str(ref or {}, "name")
+    if sd_id is None and name is None:
+        raise ApiError(400, "Incomplete parameters",
+                       f"storage domain id or name required for {action}")
+    return inventory.named(inventory.entities(req.engine, "storage_domain"), sd_id, name,
+                           "storage domain")
 
 
 def configuration(data: dict) -> tuple[str | None, str]:
@@ -89,35 +92,67 @@ def first_sd_ref(data: dict) -> dict | None:
     return sd if isinstance(sd, dict) else None
 
 
-def list_stored(req: Request, kind: str, tag: str, to_repr: Callable[[Request, dict], dict],
-                fields: dict[str, str] | None = None) -> Reply:
-    """GET on a stored collection: ``search`` and ``max`` applied, each entity
-    as ``to_repr`` gives it."""
-    docs = search_filter(req, inventory.entities(req.engine, kind), fields)
-    return Reply(tag=tag, body=[to_repr(req, d) for d in docs])
+def stored(kind: str, label: str, tag: str, to_repr: Callable[[Request, dict], dict],
+           fields: dict[str, str] | None = None,
+           prepare: Callable[[Any], None] | None = None) -> tuple[Handler, Handler]:
+    """The GET handlers of a stored collection (``search`` and ``max``
+    applied, tag ``<tag>s``) and of one of its entities (a 404 fault naming
+    an unknown id), each entity as ``to_repr`` gives it; ``prepare(engine)``
+    runs first (entities made at the first need)."""
+    def list_all(req: Request) -> Reply:
+        if prepare is not None:
+            prepare(req.engine)
+        docs = search_filter(req, inventory.entities(req.engine, kind), fields)
+        return Reply(tag=tag + "s", body=[to_repr(req, d) for d in docs])
+
+    def get_one(req: Request, **ids: str) -> Reply:
+        if prepare is not None:
+            prepare(req.engine)
+        (id,) = ids.values()
+        return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
+    return list_all, get_one
 
 
-def get_stored(req: Request, kind: str, id: str, label: str, tag: str,
-               to_repr: Callable[[Request, dict], dict]) -> Reply:
-    """GET on one stored entity, or a 404 fault naming it."""
-    return Reply(tag=tag, body=to_repr(req, inventory.get(req.engine, kind, id, label)))
+def members(owner: Callable[[Request, str], dict], field: str, key: str, label: str, tag: str,
+            to_repr: Callable[[Request, dict, dict], dict]) -> tuple[Handler, Handler]:
+    """The GET handlers of a collection stored inside its owner entity (a
+    VM's or a template's disk attachments, a job's steps), in stored order,
+    and of one member: the one whose ``key`` is the id, or a 404 fault
+    naming it."""
+    def list_all(req: Request, **ids: str) -> Reply:
+        (owner_id,) = ids.values()
+        doc = owner(req, owner_id)
+        return Reply(tag=tag + "s", body=[to_repr(req, doc, m) for m in doc.get(field, [])])
+
+    def get_one(req: Request, **ids: str) -> Reply:
+        owner_id, id = ids.values()
+        doc = owner(req, owner_id)
+        return Reply(tag=tag, body=to_repr(req, doc, inventory.member(doc, field, key, id, label)))
+    return list_all, get_one
 
 
-def list_members(req: Request, owner: dict, field: str, tag: str,
-                 to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
-    """GET on a collection stored inside its owner entity (a VM's or a
-    template's disk attachments, a job's steps), in stored order."""
-    return Reply(tag=tag, body=[to_repr(req, owner, m) for m in owner.get(field, [])])
+def deleting(remove: Callable[..., None]) -> Handler:
+    """A DELETE handler: ``remove(engine, *the path's ids)``, answered 200."""
+    def handler(req: Request, **ids: str) -> Reply:
+        remove(req.engine, *ids.values())
+        return Reply(status=200)
+    return handler
 
 
-def get_member(req: Request, owner: dict, field: str, key: str, id: str, label: str, tag: str,
-               to_repr: Callable[[Request, dict, dict], dict]) -> Reply:
-    """GET on one member of such a collection: the one whose ``key`` is
-    ``id``, or a 404 fault naming it."""
-    for m in owner.get(field, []):
-        if m[key] == id:
-            return Reply(tag=tag, body=to_repr(req, owner, m))
-    raise not_found(f"{label} '{id}'")
+def done(**fields: Any) -> Reply:
+    """An action's answer: ``<action><status>complete</status>`` and ``fields``."""
+    return Reply(tag="action", body={"status": "complete", **fields})
+
+
+def acting(act: Callable[..., None], *args: Any, **kwargs: Any) -> Handler:
+    """An action handler: ``act(engine, *the path's ids, *args, **kwargs)``,
+    answered ``done``; a malformed body is a 400 even when nothing in it is
+    used."""
+    def handler(req: Request, **ids: str) -> Reply:
+        req.data()
+        act(req.engine, *ids.values(), *args, **kwargs)
+        return done()
+    return handler
 
 
 def ref(req: Request, collection: str, id: str | None) -> dict | None:
@@ -127,9 +162,9 @@ def ref(req: Request, collection: str, id: str | None) -> dict | None:
     return {"href": req.href(collection, id), "id": id}
 
 
-def action_links(req: Request, base: str, names: Iterable[str]) -> dict:
+def action_links(base: str, names: Iterable[str]) -> dict:
     """The ``<actions>`` element of an entity."""
-    return {"link": [{"href": f"{base}/{n}", "rel": n} for n in names]}
+    return {"link": sub_links(base, names)}
 
 
 def sub_links(base: str, names: Iterable[str]) -> list[dict]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import action_links, ref, search_filter, sub_links
+from imagetool.server.rest.common import (acting, action_links, deleting, ref, search_filter,
+                                          sub_links)
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.storagedomains import sd_repr
 
@@ -74,7 +75,7 @@ def _attached_repr(req: Request, sd: dict) -> dict:
     body = sd_repr(req, sd)
     base = req.href("datacenters", req.engine.datacenter_id, "storagedomains", sd["id"])
     body["href"] = base
-    body["actions"] = action_links(req, base, ["activate", "deactivate"])
+    body["actions"] = action_links(base, ["activate", "deactivate"])
     return body
 
 
@@ -89,7 +90,6 @@ def get_dc_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
 
 
 def attach_sd(req: Request, dc_id: str) -> Reply:
-    """POST /datacenters/{id}/storagedomains: attach (and activate) a domain."""
     sds.check_dc(req.engine, dc_id)
     data = req.data()
     sd_id = get_id(data, "id", what="storage domain")
@@ -100,24 +100,11 @@ def attach_sd(req: Request, dc_id: str) -> Reply:
     return Reply(status=201, tag="storage_domain", body=_attached_repr(req, sd))
 
 
-def _set_status(req: Request, dc_id: str, sd_id: str, status: str) -> Reply:
-    req.data()
-    sds.set_status(req.engine, dc_id, sd_id, status)
-    return Reply(tag="action", body={"status": "complete"})
+activate_sd = acting(sds.set_status, "active")
+deactivate_sd = acting(sds.set_status, "maintenance")
 
 
-def activate_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return _set_status(req, dc_id, sd_id, "active")
-
-
-def deactivate_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return _set_status(req, dc_id, sd_id, "maintenance")
-
-
-def detach_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    """DELETE /datacenters/{id}/storagedomains/{sd}: detach a domain in maintenance."""
-    sds.detach(req.engine, dc_id, sd_id)
-    return Reply(status=200)
+detach_sd = deleting(sds.detach)
 
 
 def list_dc_clusters(req: Request, dc_id: str) -> Reply:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from imagetool.server.domain import disks, inventory
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_str
-from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref,
-                                          get_stored, list_stored, ref, sub_links)
+from imagetool.server.rest.common import (acting, action_links, deleting, done,
+                                          find_storage_domain, first_sd_ref, ref, stored,
+                                          sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_size, check_text
 from imagetool.server.storage import new_id
@@ -20,7 +21,6 @@ CONTENT_TYPES = ("data", "iso", "ovf_store", "memory_dump_volume", "memory_metad
 
 
 def disk_actual_size(req: Request, disk: dict) -> int:
-    """Bytes allocated by every volume of the disk."""
     # One volume listing per request, not one per disk of a long list.
     cache = req.__dict__.setdefault("_volumes", None)
     if cache is None:
@@ -29,13 +29,12 @@ def disk_actual_size(req: Request, disk: dict) -> int:
 
 
 def disk_repr(req: Request, d: dict) -> dict:
-    """A disk in the API model's shape."""
     base = req.href("disks", d["id"])
     actual = disk_actual_size(req, d)
     return {
         "href": base, "id": d["id"], "name": d["name"],
         "description": d.get("description") or None,
-        "actions": action_links(req, base, ["copy", "move"]),
+        "actions": action_links(base, ["copy", "move"]),
         "link": sub_links(base, ["disksnapshots", "permissions", "statistics"]),
         "actual_size": actual, "alias": d["name"], "backup": d.get("backup", "none"),
         "content_type": d.get("content_type", "data"), "format": d["format"],
@@ -73,7 +72,6 @@ def snapshot_repr(req: Request, v: dict, collection_href: str) -> dict:
 
 
 def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
-    """POST /disks: validate, create the volume, answer 201 with the disk."""
     data = req.data()
     name = check_text(get_str(data, "name") or get_str(data, "alias"), "name")
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
@@ -106,12 +104,7 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     return Reply(status=201, tag="disk", body=disk_repr(req, disk))
 
 
-def list_disks(req: Request) -> Reply:
-    return list_stored(req, "disk", "disks", disk_repr, SEARCH_FIELDS)
-
-
-def get_disk(req: Request, disk_id: str) -> Reply:
-    return get_stored(req, "disk", disk_id, "disk", "disk", disk_repr)
+list_disks, get_disk = stored("disk", "disk", "disk", disk_repr, SEARCH_FIELDS)
 
 
 def update_disk(req: Request, disk_id: str) -> Reply:
@@ -131,10 +124,7 @@ def update_disk(req: Request, disk_id: str) -> Reply:
     return Reply(tag="disk", body=disk_repr(req, disk))
 
 
-def remove_disk(req: Request, disk_id: str) -> Reply:
-    """DELETE /disks/{id}: refused while locked or attached to a VM."""
-    disks.remove(req.engine, disk_id)
-    return Reply(status=200)
+remove_disk = deleting(disks.remove)
 
 
 def _action_target(req: Request, action: str) -> dict:
@@ -145,12 +135,10 @@ def _action_target(req: Request, action: str) -> dict:
 
 
 def _moved(req: Request, disk: dict, job: dict) -> Reply:
-    return Reply(tag="action", body={"status": "complete", "disk": disk_repr(req, disk),
-                                     "job": ref(req, "jobs", job["id"])})
+    return done(disk=disk_repr(req, disk), job=ref(req, "jobs", job["id"]))
 
 
 def copy_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/copy: a new disk (flattened) on the target domain."""
     sd = _action_target(req, "copy")
     new_name = check_text(get_str(req.data(), "disk", "name")
                           or get_str(req.data(), "disk", "alias"), "disk.name")
@@ -158,21 +146,13 @@ def copy_disk(req: Request, disk_id: str) -> Reply:
 
 
 def move_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/move: rename the disk directory into the target domain."""
     return _moved(req, *disks.move(req.engine, disk_id, _action_target(req, "move")))
 
 
-def sparsify_disk(req: Request, disk_id: str) -> Reply:
-    """POST /disks/{id}/sparsify: free the blocks of the active layer that hold zeros."""
-    req.data()
-    disks.sparsify(req.engine, disk_id)
-    return Reply(tag="action", body={"status": "complete"})
+sparsify_disk = acting(disks.sparsify)
 
 
-def remove_disk_snapshot(req: Request, disk_id: str, vol_id: str) -> Reply:
-    """DELETE /disks/{id}/disksnapshots/{sid}: merge that layer away."""
-    disks.remove_snapshot(req.engine, disk_id, vol_id)
-    return Reply(status=200)
+remove_disk_snapshot = deleting(disks.remove_snapshot)
 
 
 def list_disk_snapshots(req: Request, disk_id: str) -> Reply:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from imagetool.server.domain import export_domain, ova_export
 from imagetool.server.rest.codec import get_bool, get_obj, get_str
-from imagetool.server.rest.common import (action_links, find_storage_domain, first_sd_ref, ref,
-                                          sub_links)
+from imagetool.server.rest.common import (action_links, deleting, done, find_storage_domain,
+                                          first_sd_ref, ref, sub_links)
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import INTERFACES, check_cluster, vm_repr
@@ -32,7 +32,7 @@ def _sd_vm_repr(req: Request, sd: dict, p: dict) -> dict:
     base = req.href("storagedomains", sd["id"], "vms", p["id"])
     return {"href": base, "id": p["id"], "name": p["name"] or p["id"],
             "description": p["description"] or None,
-            "actions": action_links(req, base, ["import"]),
+            "actions": action_links(base, ["import"]),
             "link": sub_links(base, ["diskattachments", "disks"]),
             "memory": p["memory"], "os": {"type": p["os_type"]}, "status": "down",
             "type": "server", "storage_domain": ref(req, "storagedomains", sd["id"])}
@@ -76,10 +76,7 @@ def get_sd_vm_attachment(req: Request, sd_id: str, vm_id: str, disk_id: str) -> 
                                                        p["disks"][disk_id]))
 
 
-def remove_sd_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
-    """DELETE /storagedomains/{sd}/vms/{vm}: the VM's OVF and disks leave the domain."""
-    export_domain.remove_vm(req.engine, sd_id, vm_id)
-    return Reply(status=200)
+remove_sd_vm = deleting(export_domain.remove_vm)
 
 
 def export_vm(req: Request, vm_id: str) -> Reply:
@@ -97,7 +94,7 @@ def export_vm(req: Request, vm_id: str) -> Reply:
     sd = find_storage_domain(req, sd_ref, "export VM")
     export_domain.export_vm(req.engine, vm_id, sd, exclusive=bool(get_bool(data, "exclusive")),
                             discard=bool(get_bool(data, "discard_snapshots")))
-    return Reply(tag="action", body={"status": "complete"})
+    return done()
 
 
 def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
@@ -113,8 +110,7 @@ def export_to_path(req: Request, vm_id: str, data: dict) -> Reply:
     if len(directory) > 1 and directory.endswith("/"):
         directory = directory.rstrip("/") or "/"
     job = ova_export.start(req.engine, vm_id, directory, filename)
-    return Reply(tag="action", body={"status": "complete",
-                                     "job": ref(req, "jobs", job["id"])})
+    return done(job=ref(req, "jobs", job["id"]))
 
 
 def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
@@ -134,4 +130,4 @@ def import_vm(req: Request, sd_id: str, vm_id: str) -> Reply:
     name = check_text(get_str(data, "vm", "name"), "vm.name") or p["name"] or vm_id
     vm = export_domain.import_vm(req.engine, src_sd, p, dst_sd, clone=clone, collapse=collapse,
                                  name=name)
-    return Reply(tag="action", body={"status": "complete", "vm": vm_repr(req, vm)})
+    return done(vm=vm_repr(req, vm))

@@ -8,19 +8,19 @@ as it would over the hosts of a real data center.
 
 from __future__ import annotations
 
+from imagetool.server.domain import inventory
 from imagetool.server.rest.common import action_links, search_filter, sub_links
-from imagetool.server.rest.router import Reply, Request, not_found
+from imagetool.server.rest.router import Reply, Request
 
 
 def host_repr(req: Request, host: dict) -> dict:
-    """A host in the API model's shape."""
     engine = req.engine
     base = req.href("hosts", host["id"])
     first = host["id"] == engine.host_id
     return {
         "href": base, "id": host["id"], "name": host["name"],
         "comment": None, "description": "imagetool local host",
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["nics", "statistics", "storage", "tags"]),
         "address": engine.public_host, "status": "up", "type": "rhel",
         "external_status": "ok", "port": engine.dataplane_port,
@@ -34,23 +34,16 @@ def host_repr(req: Request, host: dict) -> dict:
     }
 
 
-def _host_doc(req: Request, host: dict) -> dict:
-    return {"id": host["id"], "name": host["name"], "status": "up",
-            "address": req.engine.public_host}
-
-
 def find_host(req: Request, host_id: str | None, name: str | None) -> dict:
     """The host with this id (or else this name); 404 when there is none."""
-    for h in req.engine.hosts:
-        if h["id"] == host_id or (host_id is None and h["name"] == name):
-            return h
-    raise not_found(f"host '{host_id or name}'")
+    return inventory.named(req.engine.hosts, host_id, name, "host")
 
 
 def list_hosts(req: Request) -> Reply:
-    by_id = {h["id"]: h for h in req.engine.hosts}
-    docs = search_filter(req, [_host_doc(req, h) for h in req.engine.hosts])
-    return Reply(tag="hosts", body=[host_repr(req, by_id[d["id"]]) for d in docs])
+    # Searchable as listed: every host is up, at the engine's address.
+    docs = search_filter(req, [dict(h, status="up", address=req.engine.public_host)
+                               for h in req.engine.hosts])
+    return Reply(tag="hosts", body=[host_repr(req, d) for d in docs])
 
 
 def get_host(req: Request, host_id: str) -> Reply:

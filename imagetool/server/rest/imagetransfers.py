@@ -8,7 +8,7 @@ from imagetool.phases import SERVING
 from imagetool.server.domain import inventory, transfers
 from imagetool.server.domain.transfers import POLICIES
 from imagetool.server.rest.codec import get_bool, get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import action_links, get_stored, list_stored, ref
+from imagetool.server.rest.common import action_links, done, ref, stored
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, conflict
 
@@ -23,7 +23,7 @@ def transfer_repr(req: Request, t: dict) -> dict:
     url = f"{req.engine.dataplane_url()}/images/{t['ticket_id']}" if urls else None
     return {
         "href": base, "id": t["id"],
-        "actions": action_links(req, base, ACTIONS),
+        "actions": action_links(base, ACTIONS),
         "active": t.get("active", False), "direction": t["direction"], "format": t["format"],
         "inactivity_timeout": t["inactivity_timeout"], "phase": t["phase"],
         "proxy_url": url, "transfer_url": url, "shallow": t.get("shallow", False),
@@ -47,7 +47,6 @@ def _host_ref(req: Request, host_id: str) -> dict:
 
 
 def add_transfer(req: Request) -> Reply:
-    """POST /imagetransfers: lock the disk and start the transfer."""
     data = req.data()
     direction = get_str(data, "direction") or "upload"
     if direction not in ("upload", "download"):
@@ -93,12 +92,9 @@ def _check_backup_transfer(direction: str, fmt: str, disk_id: str | None) -> Non
         raise bad_request("A backup transfer needs disk.id")
 
 
-def list_transfers(req: Request) -> Reply:
-    return list_stored(req, "transfer", "image_transfers", transfer_repr)
-
-
-def get_transfer(req: Request, tid: str) -> Reply:
-    return get_stored(req, "transfer", tid, "image transfer", "image_transfer", transfer_repr)
+# transfer_repr looked up at each call, as the actions do (a test wraps it).
+list_transfers, get_transfer = stored("transfer", "image transfer", "image_transfer",
+                                      lambda req, t: transfer_repr(req, t))
 
 
 def _action(name: str):
@@ -106,8 +102,7 @@ def _action(name: str):
         inventory.get(req.engine, "transfer", tid, "image transfer")
         req.data()  # a malformed body is a 400 even when nothing in it is used
         t = getattr(req.engine.transfers, name)(tid)
-        return Reply(tag="action", body={"status": "complete",
-                                         "image_transfer": transfer_repr(req, t)})
+        return done(image_transfer=transfer_repr(req, t))
     handler.__name__ = f"{name}_transfer"
     return handler
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from imagetool.server.domain import inventory
-from imagetool.server.rest.common import (get_member, get_stored, iso_date, list_members,
-                                          list_stored, sub_links)
-from imagetool.server.rest.router import Reply, Request
+from imagetool.server.rest.common import iso_date, members, stored, sub_links
+from imagetool.server.rest.router import Request
 from imagetool.server.validate import check_text
 
 # The engine refuses a correlation id longer than this.
@@ -20,7 +19,6 @@ def correlation_id(req: Request) -> str | None:
 
 
 def job_repr(req: Request, job: dict) -> dict:
-    """A job in the API model's shape."""
     base = req.href("jobs", job["id"])
     return {
         "href": base, "id": job["id"], "description": job["description"],
@@ -35,7 +33,6 @@ def job_repr(req: Request, job: dict) -> dict:
 
 
 def step_repr(req: Request, job: dict, step: dict) -> dict:
-    """A step of a job."""
     return {
         "href": req.href("jobs", job["id"], "steps", step["id"]), "id": step["id"],
         "description": step["description"], "external": False, "number": step["number"],
@@ -45,19 +42,6 @@ def step_repr(req: Request, job: dict, step: dict) -> dict:
     }
 
 
-def list_jobs(req: Request) -> Reply:
-    return list_stored(req, "job", "jobs", job_repr)
-
-
-def get_job(req: Request, job_id: str) -> Reply:
-    return get_stored(req, "job", job_id, "job", "job", job_repr)
-
-
-def list_steps(req: Request, job_id: str) -> Reply:
-    return list_members(req, inventory.get(req.engine, "job", job_id, "job"), "steps", "steps",
-                        step_repr)
-
-
-def get_step(req: Request, job_id: str, step_id: str) -> Reply:
-    return get_member(req, inventory.get(req.engine, "job", job_id, "job"), "steps", "id", step_id,
-                      "step", "step", step_repr)
+list_jobs, get_job = stored("job", "job", "job", job_repr)
+list_steps, get_step = members(lambda req, id: inventory.get(req.engine, "job", id, "job"),
+                               "steps", "id", "step", "step", step_repr)

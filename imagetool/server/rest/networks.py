@@ -4,7 +4,7 @@ VnicProfiles, VnicProfile); the rules are ``server/domain/networks.py``'s."""
 from __future__ import annotations
 
 from imagetool.server.domain import inventory, networks
-from imagetool.server.rest.common import get_stored, list_stored, ref
+from imagetool.server.rest.common import ref, stored
 from imagetool.server.rest.router import Reply, Request
 
 
@@ -26,14 +26,8 @@ def profile_repr(req: Request, prof: dict) -> dict:
             "network": ref(req, "networks", prof["network_id"])}
 
 
-def list_networks(req: Request) -> Reply:
-    networks.ensure_default(req.engine)
-    return list_stored(req, "network", "networks", network_repr)
-
-
-def get_network(req: Request, network_id: str) -> Reply:
-    networks.ensure_default(req.engine)
-    return get_stored(req, "network", network_id, "network", "network", network_repr)
+list_networks, get_network = stored("network", "network", "network", network_repr,
+                                    prepare=networks.ensure_default)
 
 
 def list_network_profiles(req: Request, network_id: str) -> Reply:
@@ -42,12 +36,5 @@ def list_network_profiles(req: Request, network_id: str) -> Reply:
                  body=[profile_repr(req, p) for p in networks.profiles(req.engine, network_id)])
 
 
-def list_profiles(req: Request) -> Reply:
-    networks.ensure_default(req.engine)
-    return list_stored(req, "vnic_profile", "vnic_profiles", profile_repr)
-
-
-def get_profile(req: Request, profile_id: str) -> Reply:
-    networks.ensure_default(req.engine)
-    return get_stored(req, "vnic_profile", profile_id, "vNIC profile", "vnic_profile",
-                      profile_repr)
+list_profiles, get_profile = stored("vnic_profile", "vNIC profile", "vnic_profile",
+                                    profile_repr, prepare=networks.ensure_default)

@@ -186,7 +186,6 @@ class Auth:
                      "exp": str(int(exp * 1000)), "expires_in": str(int(self.token_lifetime))}
 
     def info(self, token: str) -> tuple[int, dict]:
-        """The token-info endpoint."""
         with self._lock:
             exp = self._tokens.get(token)
         if exp is None or exp < time.time():

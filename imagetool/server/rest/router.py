@@ -37,7 +37,6 @@ class Request:
     _parsed: tuple[str | None, dict] | None = field(default=None, repr=False)
 
     def href(self, *parts: str) -> str:
-        """An absolute href below the API root."""
         return "/".join([self.prefix, *parts])
 
     def data(self) -> dict:
@@ -48,10 +47,8 @@ class Request:
 
     def flag(self, name: str) -> bool:
         """A boolean query parameter (or header, for all_content/async)."""
-        value = self.query.get(name)
-        if value is None:
-            value = self.headers.get(name.replace("_", "-"))
-        return str(value).lower() == "true" if value is not None else False
+        value = self.query.get(name, self.headers.get(name.replace("_", "-")))
+        return str(value).lower() == "true"
 
 
 @dataclass

@@ -7,14 +7,10 @@ from __future__ import annotations
 from imagetool.server.domain import inventory, snapshots
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import ref
+from imagetool.server.rest.common import acting, deleting, done, ref
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.vms import snapshot_repr
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
-
-
-def _done() -> Reply:
-    return Reply(tag="action", body={"status": "complete"})
 
 
 def list_snapshots(req: Request, vm_id: str) -> Reply:
@@ -29,7 +25,6 @@ def get_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
 
 
 def add_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/snapshots: freeze each disk's active layer, add a new one."""
     data = req.data()
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
     if description is None:
@@ -40,39 +35,26 @@ def add_snapshot(req: Request, vm_id: str) -> Reply:
     return Reply(status=201, tag="snapshot", body=snapshot_repr(req, vm, snap))
 
 
-def remove_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """DELETE a snapshot: merge each of its layers into the layer above."""
-    snapshots.remove(req.engine, vm_id, snap_id)
-    return Reply(status=200)
+remove_snapshot = deleting(snapshots.remove)
 
 
 def restore_snapshot(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """POST .../restore: drop every layer above the snapshot's, add a fresh top."""
     snapshots.restore(req.engine, vm_id, snap_id)
-    return _done()
+    return done()
 
 
 def preview_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/previewsnapshot: run the VM on a new layer over the snapshot."""
     snap_id = get_id(req.data(), "snapshot", "id", what="snapshot")
     if snap_id is None:
         raise missing("Action", "previewsnapshot", "snapshot.id")
     snapshots.preview(req.engine, vm_id, snap_id)
-    return _done()
+    return done()
 
 
-def commit_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/commitsnapshot: keep the previewed state for good."""
-    req.data()
-    snapshots.end_preview(req.engine, vm_id, "commit", commit=True)
-    return _done()
-
-
-def undo_snapshot(req: Request, vm_id: str) -> Reply:
-    """POST /vms/{id}/undosnapshot: drop the preview, back to the set-aside layers."""
-    req.data()
-    snapshots.end_preview(req.engine, vm_id, "undo", commit=False)
-    return _done()
+# POST /vms/{id}/commitsnapshot keeps the previewed state for good;
+# undosnapshot drops the preview, back to the set-aside layers.
+commit_snapshot = acting(snapshots.end_preview, "commit", commit=True)
+undo_snapshot = acting(snapshots.end_preview, "undo", commit=False)
 
 
 def _disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
@@ -88,20 +70,21 @@ def _disk_repr(req: Request, vm: dict, snap: dict, disk_id: str,
     return body
 
 
-def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
-    """GET /vms/{id}/snapshots/{sid}/disks/{disk}: one disk as the snapshot has it."""
+def _snapshot_disks(req: Request, vm_id: str, snap_id: str, only: str | None = None) -> list:
+    """The disks of a snapshot (or its disk ``only``), each as it was
+    (image_id = the snapshot's layer)."""
     vm, snap = snapshots.find(req.engine, vm_id, snap_id)
-    for d, vol_id in snapshots.disk_items(vm, snap):
-        if d == disk_id:
-            body = _disk_repr(req, vm, snap, d, vol_id)
-            if body is not None:
-                return Reply(tag="disk", body=body)
-    raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+    bodies = [_disk_repr(req, vm, snap, disk_id, vol_id)
+              for disk_id, vol_id in snapshots.disk_items(vm, snap) if only in (None, disk_id)]
+    return [b for b in bodies if b is not None]
+
+
+def get_snapshot_disk(req: Request, vm_id: str, snap_id: str, disk_id: str) -> Reply:
+    bodies = _snapshot_disks(req, vm_id, snap_id, disk_id)
+    if not bodies:
+        raise not_found(f"disk '{disk_id}' of snapshot '{snap_id}'")
+    return Reply(tag="disk", body=bodies[0])
 
 
 def list_snapshot_disks(req: Request, vm_id: str, snap_id: str) -> Reply:
-    """The disks of a snapshot, each as it was (image_id = the snapshot's layer)."""
-    vm, snap = snapshots.find(req.engine, vm_id, snap_id)
-    bodies = [_disk_repr(req, vm, snap, disk_id, vol_id)
-              for disk_id, vol_id in snapshots.disk_items(vm, snap)]
-    return Reply(tag="disks", body=[b for b in bodies if b is not None])
+    return Reply(tag="disks", body=_snapshot_disks(req, vm_id, snap_id))

@@ -11,8 +11,7 @@ from imagetool.server.domain import inventory
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_str
-from imagetool.server.rest.common import (action_links, get_stored, list_stored, ref,
-                                          search_filter, sub_links)
+from imagetool.server.rest.common import action_links, ref, search_filter, stored, sub_links
 from imagetool.server.rest.hosts import find_host
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.validate import MAX_DESCRIPTION, check_text, shown
@@ -29,7 +28,7 @@ def sd_repr(req: Request, sd: dict) -> dict:
     return {
         "href": base, "id": sd["id"], "name": sd["name"],
         "description": sd.get("description"),
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["disks", "disksnapshots", "files", "permissions",
                                   "storageconnections", "templates", "vms"]),
         "available": available, "used": used, "committed": committed,
@@ -78,19 +77,12 @@ def add_sd(req: Request) -> Reply:
 
 
 def remove_sd(req: Request, sd_id: str) -> Reply:
-    """DELETE /storagedomains/{id}: only a detached domain holding no disks;
-    ``format=true`` (or ``destroy=true``) deletes its directory too."""
+    # format=true, or destroy=true, deletes the domain's directory too.
     sds.remove(req.engine, sd_id, req.flag("format") or req.flag("destroy"))
     return Reply(status=200)
 
 
-def list_sds(req: Request) -> Reply:
-    return list_stored(req, "storage_domain", "storage_domains", sd_repr)
-
-
-def get_sd(req: Request, sd_id: str) -> Reply:
-    return get_stored(req, "storage_domain", sd_id, "storage domain", "storage_domain",
-                      sd_repr)
+list_sds, get_sd = stored("storage_domain", "storage domain", "storage_domain", sd_repr)
 
 
 def list_sd_disks(req: Request, sd_id: str) -> Reply:
@@ -124,6 +116,5 @@ def get_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
 
 
 def remove_sd_snapshot(req: Request, sd_id: str, vol_id: str) -> Reply:
-    """DELETE /storagedomains/{sd}/disksnapshots/{id}: as on the disk's own path."""
     vol = inventory.get_owned(req.engine, "volume", vol_id, "disk snapshot", "sd_id", sd_id)
-    return disks_mod.remove_disk_snapshot(req, vol["disk_id"], vol_id)
+    return disks_mod.remove_disk_snapshot(req, disk_id=vol["disk_id"], vol_id=vol_id)

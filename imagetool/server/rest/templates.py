@@ -7,8 +7,8 @@ from __future__ import annotations
 from imagetool.server.domain import templates
 from imagetool.server.domain.ovf import ovf_disk_ids
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
-                                          list_members, ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, deleting, iso_date, members,
+                                          ref, search_filter, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -20,7 +20,7 @@ def template_repr(req: Request, t: dict) -> dict:
     return {
         "href": base, "id": t["id"], "name": t["name"],
         "description": t.get("description") or None,
-        "actions": action_links(req, base, []),
+        "actions": action_links(base, []),
         "link": sub_links(base, ["diskattachments", "nics", "permissions", "watchdogs"]),
         "creation_time": iso_date(t.get("created")), "status": "ok", "type": "server",
         "memory": t.get("memory", 1 << 30), "stateless": False, "delete_protected": False,
@@ -53,7 +53,6 @@ def get_template(req: Request, template_id: str) -> Reply:
 
 
 def add_template(req: Request) -> Reply:
-    """POST /templates: from ``<vm>`` or from an OVF configuration."""
     data = req.data()
     name = check_text(get_str(data, "name"), "name")
     description = check_text(get_str(data, "description"), "description", MAX_DESCRIPTION)
@@ -77,17 +76,9 @@ def add_template(req: Request) -> Reply:
     return Reply(status=201, tag="template", body=template_repr(req, t))
 
 
-def remove_template(req: Request, template_id: str) -> Reply:
-    """DELETE /templates/{id}: the template and its disks."""
-    templates.remove(req.engine, template_id)
-    return Reply(status=200)
+remove_template = deleting(templates.remove)
 
 
-def list_attachments(req: Request, template_id: str) -> Reply:
-    return list_members(req, templates.find(req.engine, template_id), "attachments",
-                        "disk_attachments", attachment_repr)
-
-
-def get_attachment(req: Request, template_id: str, disk_id: str) -> Reply:
-    return get_member(req, templates.find(req.engine, template_id), "attachments", "disk_id",
-                      disk_id, "disk attachment", "disk_attachment", attachment_repr)
+list_attachments, get_attachment = members(lambda req, id: templates.find(req.engine, id),
+                                           "attachments", "disk_id", "disk attachment",
+                                           "disk_attachment", attachment_repr)

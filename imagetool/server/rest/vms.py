@@ -12,8 +12,8 @@ from imagetool.server.domain import vmsettings as vm_settings
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest import vmsettings
 from imagetool.server.rest.codec import get_bool, get_id, get_list, get_obj, get_str
-from imagetool.server.rest.common import (action_links, configuration, get_member, iso_date,
-                                          list_members, ref, search_filter, sub_links)
+from imagetool.server.rest.common import (action_links, configuration, deleting, iso_date, members,
+                                          ref, stored, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing, not_found
 from imagetool.server.validate import check_text
 
@@ -30,13 +30,13 @@ def vm_repr(req: Request, vm: dict, all_content: bool = False) -> dict:
     body = {
         "href": base, "id": vm["id"], "name": vm["name"],
         "description": vm.get("description") or None,
-        "actions": action_links(req, base, ["export", "previewsnapshot", "commitsnapshot",
-                                            "undosnapshot"]),
+        "actions": action_links(base, ["export", "previewsnapshot", "commitsnapshot",
+                                       "undosnapshot"]),
         "link": sub_links(base, ["diskattachments", "snapshots", "nics", "permissions"]),
         "creation_time": iso_date(vm.get("created")),
         "status": "down", "type": "server",
         "stateless": False, "delete_protected": False,
-        **vmsettings.vm_fields(req, vm),
+        **vmsettings.vm_fields(vm),
         "cluster": {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id},
         "template": {"href": req.href("templates", BLANK), "id": BLANK},
         "original_template": {"href": req.href("templates", BLANK), "id": BLANK},
@@ -63,7 +63,7 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
     base = req.href("vms", vm["id"], "snapshots", snap["id"])
     return {
         "href": base, "id": snap["id"], "description": snap["description"],
-        "actions": action_links(req, base, ["restore"]),
+        "actions": action_links(base, ["restore"]),
         "link": sub_links(base, ["disks", "cdroms", "nics"]),
         "date": iso_date(snap.get("date")), "persist_memorystate": False,
         "snapshot_status": snap.get("status", "ok"), "snapshot_type": snap.get("type", "regular"),
@@ -73,12 +73,13 @@ def snapshot_repr(req: Request, vm: dict, snap: dict) -> dict:
 
 # --- VMs -------------------------------------------------------------------------
 
-def _interface(data: dict) -> str | None:
-    """The attachment's ``interface`` if given: one of INTERFACES, else 400."""
+def _interface(data: dict, choices=INTERFACES) -> str | None:
+    """The ``interface`` of a disk attachment (or NIC) if given: one of
+    ``choices``, else 400."""
     interface = get_str(data, "interface")
-    if interface is not None and interface not in INTERFACES:
+    if interface is not None and interface not in choices:
         raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(INTERFACES)}")
+                          f"{', '.join(choices)}")
     return interface
 
 
@@ -179,32 +180,22 @@ def _with_follow(req: Request, vm: dict) -> dict:
     return body
 
 
-def list_vms(req: Request) -> Reply:
-    docs = search_filter(req, inventory.entities(req.engine, "vm"))
-    return Reply(tag="vms", body=[_with_follow(req, v) for v in docs])
-
-
-def get_vm(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="vm", body=_with_follow(req, inventory.get(req.engine, "vm", vm_id, "VM")))
+list_vms, get_vm = stored("vm", "VM", "vm", _with_follow)
 
 
 def remove_vm(req: Request, vm_id: str) -> Reply:
-    """DELETE /vms/{id}: removes its disks too unless ``detach_only=true``."""
     vms.remove(req.engine, vm_id, req.flag("detach_only"))
     return Reply(status=200)
 
 
 # --- disk attachments -----------------------------------------------------------
 
-def list_attachments(req: Request, vm_id: str) -> Reply:
-    vm = inventory.get(req.engine, "vm", vm_id, "VM")
-    return list_members(req, vm, "attachments", "disk_attachments", attachment_repr)
+def _vm(req: Request, vm_id: str) -> dict:
+    return inventory.get(req.engine, "vm", vm_id, "VM")
 
 
-def get_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    vm = inventory.get(req.engine, "vm", vm_id, "VM")
-    return get_member(req, vm, "attachments", "disk_id", disk_id, "disk attachment",
-                      "disk_attachment", attachment_repr)
+list_attachments, get_attachment = members(_vm, "attachments", "disk_id", "disk attachment",
+                                           "disk_attachment", attachment_repr)
 
 
 def add_attachment(req: Request, vm_id: str) -> Reply:
@@ -225,9 +216,7 @@ def update_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
     return Reply(tag="disk_attachment", body=attachment_repr(req, vm, att))
 
 
-def remove_attachment(req: Request, vm_id: str, disk_id: str) -> Reply:
-    vms.detach(req.engine, vm_id, disk_id)
-    return Reply(status=200)
+remove_attachment = deleting(vms.detach)
 
 
 # --- NICs ---------------------------------------------------------------------------
@@ -246,12 +235,8 @@ def nic_repr(req: Request, vm: dict, nic: dict) -> dict:
 def _nic_fields(data: dict) -> dict:
     """The NIC fields ``data`` gives, each value checked (None: not given;
     ``vnic_profile_id`` only when ``vnic_profile`` is given, maybe as None)."""
-    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME)}
-    interface = get_str(data, "interface")
-    if interface is not None and interface not in NIC_TYPES.values():
-        raise bad_request(f"Invalid value {interface!a} for interface: expected one of "
-                          f"{', '.join(NIC_TYPES.values())}")
-    fields["interface"] = interface
+    fields = {"name": check_text(get_str(data, "name"), "name", MAX_NIC_NAME),
+              "interface": _interface(data, tuple(NIC_TYPES.values()))}
     mac = get_str(data, "mac", "address")
     if mac is not None:
         try:
@@ -266,13 +251,7 @@ def _nic_fields(data: dict) -> dict:
     return fields
 
 
-def list_nics(req: Request, vm_id: str) -> Reply:
-    return list_members(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "nics", nic_repr)
-
-
-def get_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    return get_member(req, inventory.get(req.engine, "vm", vm_id, "VM"), "nics", "id", nic_id,
-                      "NIC", "nic", nic_repr)
+list_nics, get_nic = members(_vm, "nics", "id", "NIC", "nic", nic_repr)
 
 
 def add_nic(req: Request, vm_id: str) -> Reply:
@@ -288,6 +267,5 @@ def update_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
     return Reply(tag="nic", body=nic_repr(req, vm, nic))
 
 
-def remove_nic(req: Request, vm_id: str, nic_id: str) -> Reply:
-    inventory.remove_member(req.engine, "vm", vm_id, "VM", "nics", nic_id, "NIC")
-    return Reply(status=200)
+remove_nic = deleting(lambda engine, vm_id, nic_id: inventory.remove_member(
+    engine, "vm", vm_id, "VM", "nics", nic_id, "NIC"))

@@ -10,7 +10,7 @@ from imagetool.ova.ovfvm import (BIOS_TYPES, MAX_CPUS, MAX_MEMORY, OS_BY_NAME, O
 from imagetool.ova.ovfvm_read import parse_vm_settings
 from imagetool.server.domain.vmsettings import cpu_of, memory_policy
 from imagetool.server.rest.codec import get_int, get_list, get_obj, get_str
-from imagetool.server.rest.router import Request, bad_request
+from imagetool.server.rest.router import bad_request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
 
@@ -70,7 +70,7 @@ def _memory(data: dict, *path: str) -> int | None:
     return value
 
 
-def vm_fields(req: Request, vm: dict) -> dict:
+def vm_fields(vm: dict) -> dict:
     """The hardware part of a VM's representation."""
     cpu = cpu_of(vm)
     memory, guaranteed, most = memory_policy(vm)

@@ -716,6 +716,28 @@ def test_attachment_interface_is_checked_before_anything_is_made(box, guard):
     assert "iface" not in [v.findtext("name") for v in ET.fromstring(body).findall("vm")]
 
 
+def test_nic_interface_is_checked_with_its_own_choices(box):
+    body = json.dumps({"name": "nic-iface"})
+    st, _, reply = box.request("POST", "vms", body, "application/json")
+    assert st == 201
+    vm_id = ET.fromstring(reply).get("id")
+    nic = json.dumps({"name": "n1", "interface": "virtio_scsi"})
+    st, _, detail = fault(box.request("POST", f"vms/{vm_id}/nics", nic, "application/json"), box)
+    assert (st, detail) == (400, "Invalid value 'virtio_scsi' for interface: expected one of "
+                                 "rtl8139_virtio, rtl8139, e1000, virtio, spapr_vlan, "
+                                 "pci_passthrough")
+    assert box.request("DELETE", f"vms/{vm_id}")[0] == 200
+
+
+def test_storage_domain_reference_needs_an_id_or_a_name(box):
+    body = json.dumps({"storage_domain": {"description": "no id, no name"}})
+    disk = "00000000-0000-0000-0000-0000000000d1"
+    st, reason, detail = fault(box.request("POST", f"disks/{disk}/copy", body,
+                                           "application/json"), box)
+    assert (st, reason, detail) == (400, "Incomplete parameters",
+                                    "storage domain id or name required for copy")
+
+
 def test_stored_control_characters_never_break_a_listing(tmp_path):
     # An inventory written before the door checked a text (or a name read
     # from an OVF file) still lists: XML-illegal characters are escaped,

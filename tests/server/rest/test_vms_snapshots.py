@@ -167,6 +167,30 @@ def test_snapshot_remove_middle_and_restore(connection, engine, tmp_path, vm_wit
     compare(download(connection, engine, str(tmp_path / "d3.qcow2"), disk_id=disk.id), at_s3)
 
 
+def test_restore_refused_for_a_locked_disk_keeps_the_other_disks(connection, engine,
+                                                                 tmp_path, vm_with_disk):
+    # Every disk is checked before any layer is dropped: a locked second
+    # disk must not leave the first one's chain without its files.
+    vm, vm_service, disk, _ = vm_with_disk
+    other = connection.system_service().disks_service().add(types.Disk(
+        name="second", format=types.DiskFormat.COW, provisioned_size=4 * MiB,
+        storage_domains=[types.StorageDomain(name="data")]))
+    vm_service.disk_attachments_service().add(types.DiskAttachment(
+        disk=types.Disk(id=other.id), interface=types.DiskInterface.VIRTIO_SCSI, active=True))
+    snaps = vm_service.snapshots_service()
+    s1 = snaps.add(types.Snapshot(description="s1"))
+    qemu_io(active_volume(engine, connection, disk.id), "write -P 0x44 0 64k")
+    before = download(connection, engine, str(tmp_path / "before.qcow2"), disk_id=disk.id)
+    t = transfer(connection, "download", other.id)
+    with pytest.raises(sdk.Error) as e:
+        snaps.snapshot_service(s1.id).restore()
+    assert e.value.code == 409 and "is locked" in str(e.value)
+    finalize(connection, t)
+    qemu_img("check", active_volume(engine, connection, disk.id))
+    compare(download(connection, engine, str(tmp_path / "after.qcow2"), disk_id=disk.id),
+            before)
+
+
 def test_locked_disk_refuses_snapshot(connection, engine, vm_with_disk):
     vm, vm_service, disk, _ = vm_with_disk
     t = transfer(connection, "download", disk.id)
