@@ -20,6 +20,7 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -304,20 +305,32 @@ class Storage:
         copy must not come out sparse). ``source``: for one volume, the file
         to copy instead of its own path (see ``open_chain``'s ``paths``).
         """
+        new_dir = not os.path.isdir(self.disk_dir(sd_id, disk_id))
         make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
         create_private(dst)
-        top = vols[-1]
-        src = source or self.volume_path(top["sd_id"], top["disk_id"], top["id"])
-        if len(vols) == 1:
-            sparse_copy(src, dst)
-        else:
-            copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
-        if preallocate and fmt == "raw" and size:
-            with naming(dst):
-                allocate(dst, 0, size)
-        self.write_meta(sd_id, disk_id, vol_id,
-                        {"format": fmt, "size": size, "parent": None, "ctime": int(time.time())})
+        try:
+            top = vols[-1]
+            src = source or self.volume_path(top["sd_id"], top["disk_id"], top["id"])
+            if len(vols) == 1:
+                sparse_copy(src, dst)
+            else:
+                copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
+            if preallocate and fmt == "raw" and size:
+                with naming(dst):
+                    allocate(dst, 0, size)
+            self.write_meta(sd_id, disk_id, vol_id, {"format": fmt, "size": size,
+                                                     "parent": None, "ctime": int(time.time())})
+        except BaseException:
+            # A copy that failed half way (a full domain, a bad source) must
+            # not stay behind as a volume nobody lists.
+            if new_dir:
+                self.remove_disk(sd_id, disk_id)
+            else:
+                for path in (dst, dst + ".meta"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            raise
         return dst
 
     def resize_volume(self, disk: dict, size: int, vols: list[dict]) -> None:

@@ -123,3 +123,56 @@ def test_export_names_the_file_and_leaves_nothing(small, tmp_path):
     assert "Errno" not in msg
     assert files_below(os.path.join(mnt, export_sd)) == before
     assert system.disks_service().disk_service(disk.id).get().status == types.DiskStatus.OK
+
+
+def _filled_disk(system, eng, sd_id, name, data: bytes, tmp_path):
+    """A raw disk on domain ``sd_id`` holding ``data``."""
+    src = tmp_path / f"{name}.raw"
+    src.write_bytes(data)
+    disk = system.disks_service().add(types.Disk(
+        name=name, format=types.DiskFormat.RAW, provisioned_size=len(data), sparse=True,
+        storage_domains=[types.StorageDomain(id=sd_id)]))
+    wait_for(lambda: system.disks_service().disk_service(disk.id).get().status,
+             lambda s: s == types.DiskStatus.OK)
+    t = system.image_transfers_service().add(types.ImageTransfer(
+        disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.UPLOAD))
+    t = wait_for(system.image_transfers_service().image_transfer_service(t.id).get,
+                 lambda t: t.phase == types.ImageTransferPhase.TRANSFERRING)
+    put_file(t.transfer_url, eng.cafile, str(src))
+    system.image_transfers_service().image_transfer_service(t.id).finalize()
+    wait_for(lambda: system.disks_service().disk_service(disk.id).get().status,
+             lambda s: s == types.DiskStatus.OK)
+    return disk
+
+
+def test_copies_that_run_out_of_space_leave_nothing(small, tmp_path):
+    """A disk copy, and a template whose second disk copy fails, remove the
+    copies they made: no volume stays behind that no disk lists."""
+    eng, con, mnt, data_sd, _ = small
+    system = con.system_service()
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize
+    big = (free * 11 // 20) // (64 * 1024) * (64 * 1024)    # fits once, not twice
+    small_disk = _filled_disk(system, eng, data_sd, "first", os.urandom(64 * 1024), tmp_path)
+    big_disk = _filled_disk(system, eng, data_sd, "second", os.urandom(big), tmp_path)
+    images = os.path.join(mnt, data_sd, "images")
+    before = files_below(images)
+
+    with pytest.raises(sdk.Error) as e:
+        system.disks_service().disk_service(big_disk.id).copy(
+            storage_domain=types.StorageDomain(id=data_sd))
+    assert 400 <= e.value.code < 500 or e.value.code == 507, e.value
+    assert files_below(images) == before
+
+    vm = system.vms_service().add(types.Vm(name="two-disks", cluster=types.Cluster(name="Default")))
+    atts = system.vms_service().vm_service(vm.id).disk_attachments_service()
+    for d in (small_disk, big_disk):
+        atts.add(types.DiskAttachment(disk=types.Disk(id=d.id),
+                                      interface=types.DiskInterface.VIRTIO_SCSI, active=True))
+    with pytest.raises(sdk.Error) as e:
+        system.templates_service().add(types.Template(name="too-big", vm=types.Vm(id=vm.id)))
+    assert 400 <= e.value.code < 500 or e.value.code == 507, e.value
+    assert files_below(images) == before
+    assert [t.name for t in system.templates_service().list()] == ["Blank"]
+    assert sorted(d.name for d in system.disks_service().list()
+                  if d.storage_domains[0].id == data_sd) == ["first", "second"]

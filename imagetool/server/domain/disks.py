@@ -204,6 +204,17 @@ def _data_domain(sd: dict, action: str) -> dict:
     return sd
 
 
+def flatten(engine, action: str, vols: list[dict], fmt: str, size: int, sd_id: str,
+            disk_id: str, vol_id: str, preallocate: bool) -> None:
+    """``Storage.flatten``, where a copy the domain cannot hold (no space, a
+    size the file system refuses) is a 409 naming the file, as in ``add``;
+    the storage has removed what it wrote."""
+    try:
+        engine.storage.flatten(vols, fmt, size, sd_id, disk_id, vol_id, preallocate=preallocate)
+    except (OSError, ValueError, MemoryError) as e:
+        raise conflict(action, f"Cannot copy the volume: {os_reason(e)}.") from None
+
+
 def copy(engine, disk_id: str, sd: dict, new_name: str | None) -> tuple[dict, dict]:
     """A new disk (flattened) on data domain ``sd``: (the copy, its job)."""
     _data_domain(sd, "copy")
@@ -212,8 +223,8 @@ def copy(engine, disk_id: str, sd: dict, new_name: str | None) -> tuple[dict, di
     new_name = new_name or f"{disk['name']}_copy"
     vols = chain(engine.store, disk)
     new_disk_id, new_vol = new_id(), new_id()
-    engine.storage.flatten(vols, disk["format"], disk["provisioned_size"], sd["id"],
-                           new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
+    flatten(engine, "copy Virtual Disk", vols, disk["format"], disk["provisioned_size"], sd["id"],
+            new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
     now = time.time()
     copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
                 status="ok", created=now)

@@ -284,8 +284,8 @@ def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
             new_disk, new_vol = new_id(), new_id()
             pending = (sd["id"], new_disk)
             fmt = vols[0]["format"]
-            st.flatten(vols, fmt, d["provisioned_size"], sd["id"], new_disk, new_vol,
-                       preallocate=not d.get("sparse", True))
+            disk_ops.flatten(engine, "add VM", vols, fmt, d["provisioned_size"], sd["id"],
+                             new_disk, new_vol, preallocate=not d.get("sparse", True))
             now = time.time()
             made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
                               format=fmt, status="ok", created=now, empty=False),

@@ -46,21 +46,31 @@ def _from_vm(engine, vm_id: str | None, vm_name: str | None,
         if d is not None:
             disk_ops.check_usable(d, "add Template")
             disks.append((a, d))
-    atts = []
-    for a, d in disks:
-        new_disk, new_vol = new_id(), new_id()
-        engine.storage.flatten(disk_ops.chain(engine.store, d), d["format"],
-                               d["provisioned_size"], d["sd_id"], new_disk, new_vol,
-                               preallocate=not d.get("sparse", True))
-        now = time.time()
-        with engine.store.transaction():
-            engine.store.put("volume", volume_row(new_vol, new_disk, d["sd_id"], d["format"], now))
-            engine.store.put("disk", dict(d, id=new_disk, image_id=new_vol, status="ok",
-                                          name=f"{d['name']}_{name}", created=now,
-                                          empty=False))
-        atts.append({"disk_id": new_disk, "interface": a.get("interface", "virtio_scsi"),
-                     "bootable": a.get("bootable", False)})
+    atts: list[dict] = []
+    try:
+        for a, d in disks:
+            atts.append(_copy_disk(engine, a, d, name))
+    except BaseException:
+        # The caller's transaction forgets the rows; the files go here.
+        for att, (_, d) in zip(atts, disks):
+            engine.storage.remove_disk(d["sd_id"], att["disk_id"])
+        raise
     return atts, vm
+
+
+def _copy_disk(engine, a: dict, d: dict, name: str) -> dict:
+    """The template's flattened copy of disk ``d``: its attachment."""
+    new_disk, new_vol = new_id(), new_id()
+    disk_ops.flatten(engine, "add Template", disk_ops.chain(engine.store, d), d["format"],
+                     d["provisioned_size"], d["sd_id"], new_disk, new_vol,
+                     preallocate=not d.get("sparse", True))
+    now = time.time()
+    with engine.store.transaction():
+        engine.store.put("volume", volume_row(new_vol, new_disk, d["sd_id"], d["format"], now))
+        engine.store.put("disk", dict(d, id=new_disk, image_id=new_vol, status="ok",
+                                      name=f"{d['name']}_{name}", created=now, empty=False))
+    return {"disk_id": new_disk, "interface": a.get("interface", "virtio_scsi"),
+            "bootable": a.get("bootable", False)}
 
 
 def add(engine, *, template_id: str, name: str, description: str, memory: int | None,
