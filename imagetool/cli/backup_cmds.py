@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imagetool.cli.common import checksum_json, emit, emit_json
+from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options)
@@ -125,7 +125,7 @@ def _vm_total(conn: Any, vm: str) -> int:
 @click.option("--inactivity-timeout", type=click.IntRange(1), default=60, show_default=True,
               help="Seconds without activity before the engine ends a transfer of a "
                    "killed run (and unlocks its disk).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 @engine_options
 def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
@@ -240,7 +240,7 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
 @backup.command("list")
 @click.argument("directory", type=click.Path(file_okay=False), metavar="REPOSITORY")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None,
              profile: str | None, key_file: str | None) -> None:
@@ -275,7 +275,7 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None
               show_default=True, help="Chunk repositories: percentage of the chunks read.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Chunk repositories: chunks read and hashed at a time.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
                workers: int, as_json: bool, endpoint: str | None, profile: str | None,
@@ -332,7 +332,7 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
 @click.option("--cluster", metavar="C", help="Cluster of the new VM (default: Default).")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Parallel connections per disk.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 @engine_options
 def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
@@ -366,7 +366,7 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
 @click.option("--dry-run", is_flag=True, help="Chunk repositories: say what would go; "
                                               "delete nothing.")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int,
               keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,

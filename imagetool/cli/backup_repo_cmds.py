@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from imagetool.cli.common import emit_json
+from imagetool.cli.common import JSON, emit_json
 from imagetool.cli.progress import progress_bar
 from imagetool.cli.store_options import (PASSPHRASE_ENV, is_chunk_repository, open_repository,
                                          repo_options, repo_secret)
@@ -27,7 +27,6 @@ from imagetool.units import count, format_size
 
 WORKERS = click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
                        help="Chunks read, hashed or written at a time.")
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @click.command("init")

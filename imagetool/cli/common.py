@@ -25,6 +25,7 @@ class SizeParam(click.ParamType):
 
 
 SIZE = SizeParam()
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 def checksum_json(entry: dict, block_size: int | None = None) -> dict:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import click
 
+from imagetool.cli.common import JSON
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
 from imagetool.engine.connection import normalize_url
@@ -304,13 +305,17 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def json_engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` and the engine options, which most engine commands take."""
+    return JSON(engine_options(func))
+
+
 def engine_view(group: click.Group, name: str, argument: str,
                 metavar: str | None = None) -> Callable[..., Any]:
     """Click decorator of a command on one thing of the engine: ``GROUP
     NAME ARGUMENT [--json]`` and the engine options; the function takes
     (ARGUMENT, as_json, engine)."""
     def decorate(func: Callable[..., Any]) -> Any:
-        func = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(
-            engine_options(func))
-        return group.command(name)(click.argument(argument, metavar=metavar)(func))
+        func = click.argument(argument, metavar=metavar)(json_engine_options(func))
+        return group.command(name)(func)
     return decorate

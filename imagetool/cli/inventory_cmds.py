@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 
 from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import (EngineOptions, engine_options, engine_view, naming_lock_holders,
-                                  open_connection)
+from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
+                                  naming_lock_holders, open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
 from imagetool.units import format_size
@@ -56,8 +56,7 @@ def _list_command(group: click.Group, doc: str, fetch: Callable[[Any], Sequence[
     """Add ``GROUP list [--json]``, printing what ``fetch(conn)`` returns
     as ``_print_list`` does; ``doc`` is its help."""
     @group.command("list", help=doc)
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    @engine_options
+    @json_engine_options
     def list_command(as_json: bool, engine: EngineOptions) -> None:
         with open_connection(engine) as conn:
             found = fetch(conn)
@@ -82,8 +81,7 @@ def disks() -> None:
 @disks.command("list")
 @click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
 @click.option("--max", "max_", type=int, metavar="N", help="Return at most N disks.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_list(search: str | None, max_: int | None, as_json: bool,
                engine: EngineOptions) -> None:
     """List disks."""
@@ -109,8 +107,7 @@ def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
 @disks.command("remove")
 @click.argument("disk_refs", metavar="DISK...", nargs=-1, required=True)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
                  engine: EngineOptions) -> None:
     """Remove disks (by id or name). Fails for disks that are locked."""
@@ -190,8 +187,7 @@ def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = N
 @click.option("--name", metavar="NAME", help="Name of the copy.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_copy(disk: str, storage_domain: str, name: str | None, timeout: int,
                as_json: bool, engine: EngineOptions) -> None:
     """Copy a disk to a storage domain; waits until the copy is ok."""
@@ -208,8 +204,7 @@ def disks_copy(disk: str, storage_domain: str, name: str | None, timeout: int,
               help="Target storage domain (name or id).")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the move.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Move a disk to another storage domain; waits until it is ok there."""
@@ -229,8 +224,7 @@ def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
                    "(qcow2 disks); none: every backup of the disk is full.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the engine.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_update(disk: str, name: str | None, size: int | None, backup: str | None,
                  timeout: int, as_json: bool, engine: EngineOptions) -> None:
     """Rename a disk, grow it, or turn incremental backup on or off.
@@ -256,8 +250,7 @@ def disks_update(disk: str, name: str | None, size: int | None, backup: str | No
 @click.argument("disk")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_sparsify(disk: str, timeout: int, as_json: bool, engine: EngineOptions) -> None:
     """Free the space the guest does not use (disks without snapshots)."""
     from imagetool.disks import sparsify_disk

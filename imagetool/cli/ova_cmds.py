@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import checksum_json, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.common import JSON, checksum_json, emit_json
+from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.units import count, format_seconds, format_size
 
@@ -34,8 +34,7 @@ def ova() -> None:
               help="Add a SHA-256 .mf member (the oVirt engine's importer refuses it).")
 @click.option("--force", is_flag=True, help="Overwrite PATH.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: bool,
                workers: int, as_json: bool, engine: EngineOptions) -> None:
     """Export VM (name or id) to PATH as an OVA."""
@@ -67,8 +66,7 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
               help="New ids for the VM and its disks (an OVA exported from the same "
                    "engine); give --name when the VM's name is in use.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                template: bool, clone: bool, workers: int, as_json: bool,
                engine: EngineOptions) -> None:
@@ -95,7 +93,7 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
               help="Check the manifest and compute every disk's checksum.")
 @click.option("--algorithm", metavar="NAME",
               help="Checksum algorithm with --verify (default: blake2b, as imageio).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 def ova_info_cmd(path: str, verify: bool, algorithm: str | None, as_json: bool) -> None:
     """Describe the OVA at PATH (no engine needed)."""
     from imagetool.ova import ova_info

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from imagetool.cli.common import emit_json
-from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
+from imagetool.cli.config import (EngineOptions, engine_options, engine_view,
+                                  json_engine_options, open_connection)
 
 
 @click.group()
@@ -14,8 +15,7 @@ def templates() -> None:
 
 
 @templates.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def templates_list(as_json: bool, engine: EngineOptions) -> None:
     """List templates."""
     with open_connection(engine) as conn:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import click
 
 from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
@@ -126,8 +126,7 @@ HOST_OPTION = click.option(
 @click.option("--allow-outside-backing", is_flag=True,
               help="Upload a qcow2 chain whose backing files lie outside the "
                    "image's directory (absolute or '..' names).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
            disk_format: str | None, sparse: bool, disk_id: str | None,
            transfer_format: str | None, workers: int, buffer_size: int,
@@ -202,8 +201,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
                    "directory DEST, each backed by the previous one (with --snapshot S: "
                    "up to S, a VM snapshot id or description or a layer id).")
 @HOST_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
              verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import SIZE, emit, emit_json
+from imagetool.cli.common import JSON, SIZE, emit, emit_json
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.threads import interrupts_ignored
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
@@ -63,7 +63,7 @@ def url() -> None:
 @click.option("--dst-is-zero", is_flag=True,
               help="The target already reads as zeros: skip zero ranges.")
 @_verify_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size: int,
                dst_is_zero: bool, verify: bool, as_json: bool, cafile: str | None,
@@ -94,7 +94,7 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @_verify_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
                  force: bool, verify: bool, as_json: bool, cafile: str | None,
@@ -119,7 +119,7 @@ def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
 @click.argument("url_", metavar="URL")
 @click.option("--algorithm", default="blake2b", show_default=True)
 @click.option("--block-size", type=SIZE, default=4 << 20, show_default="4M")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
                      cafile: str | None, insecure: bool) -> None:
@@ -133,7 +133,7 @@ def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
 
 @url.command("info")
 @click.argument("url_", metavar="URL")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_info_cmd(url_: str, as_json: bool, cafile: str | None, insecure: bool) -> None:
     """Show size, features and allocation of URL."""

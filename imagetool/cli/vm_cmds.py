@@ -14,12 +14,12 @@ from typing import Any
 import click
 
 from imagetool.cli.common import SIZE, emit, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
+from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
+                                  open_connection)
 from imagetool.cli.inventory_cmds import _print_list, _print_one
 from imagetool.errors import DestinationExists
 from imagetool.units import count
 
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 TIMEOUT = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
                        help="Seconds to wait for the engine to finish.")
 
@@ -76,8 +76,7 @@ class DiskSpec(click.ParamType):
 @click.option("--jobs", "workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Connections per upload.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: str | None,
                memory: int | None, cpus: int | None, backup: str, workers: int,
                timeout: int, as_json: bool, engine: EngineOptions) -> None:
@@ -108,8 +107,7 @@ def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: 
 @click.argument("vm")
 @click.option("--keep-disks", is_flag=True, help="Detach the disks and keep them.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Remove a VM (by name or id) and its disks, or keep them with --keep-disks.
@@ -133,8 +131,7 @@ def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
 
 @vms.command("list")
 @click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
-@JSON
-@engine_options
+@json_engine_options
 def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
     """List VMs."""
     from imagetool.vms import list_vms
@@ -163,8 +160,7 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the OVF to FILE (default: standard output).")
 @click.option("--force", is_flag=True, help="Overwrite FILE.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_ovf(vm: str, output: str | None, force: bool, as_json: bool,
             engine: EngineOptions) -> None:
     """Print (or save) the VM's OVF, as the engine gives it."""
@@ -199,8 +195,7 @@ def vms_ovf(vm: str, output: str | None, force: bool, as_json: bool,
               help="Overwrite a copy of this VM already on the export domain.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the export.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: bool,
                timeout: int, as_json: bool, engine: EngineOptions) -> None:
     """Export a VM (OVF and disks) to an export storage domain."""
@@ -226,8 +221,7 @@ def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: 
 @click.option("--name", "new_name", metavar="N", help="Name of the imported VM.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the import.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_import(name: str, export_domain: str, storage_domain: str, cluster: str | None,
                clone: bool, new_name: str | None, timeout: int, as_json: bool,
                engine: EngineOptions) -> None:
@@ -265,8 +259,7 @@ def snapshots_list(vm: str, as_json: bool, engine: EngineOptions) -> None:
               help="Only this disk (name or id); repeat for several. Default: all.")
 @click.option("--memory", is_flag=True, help="Save the memory of a running VM too.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
                      memory: bool, timeout: int, as_json: bool,
                      engine: EngineOptions) -> None:
@@ -290,8 +283,7 @@ def _simple(verb: str, func_name: str, needs_snapshot: bool):
     @click.argument("vm")
     @click.argument("snapshot", required=needs_snapshot)
     @TIMEOUT
-    @JSON
-    @engine_options
+    @json_engine_options
     def command(vm: str, snapshot: str | None, timeout: int, as_json: bool,
                 engine: EngineOptions) -> None:
         from imagetool import snapshots as lib
