@@ -148,11 +148,8 @@ def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
         found = conn.disks.find(disk)
         result = disk_checksum(conn, found.id, algorithm=algorithm.lower(),
                                block_size=block_size)
-    if as_json:
-        emit_json({k: result[k] for k in ("algorithm", "block_size", "checksum",
-                                          "disk_id")})
-    else:
-        click.echo(f"{result['checksum']}  disk {found.name or ''} ({found.id})")
+    emit(as_json, {k: result[k] for k in ("algorithm", "block_size", "checksum", "disk_id")},
+         f"{result['checksum']}  disk {found.name or ''} ({found.id})")
 
 
 @click.command()
@@ -177,11 +174,8 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
     from imagetool.formats.measure import measure as do_measure
 
     result = do_measure(file, out_format, cluster_size)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"required size: {result['required']}")
-        click.echo(f"fully allocated size: {result['fully-allocated']}")
+    emit(as_json, result, f"required size: {result['required']}\n"
+                          f"fully allocated size: {result['fully-allocated']}")
 
 
 @click.command()

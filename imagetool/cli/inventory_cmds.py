@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
                                   naming_lock_holders, open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
@@ -174,10 +174,8 @@ def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
 
 
 def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = None) -> None:
-    if as_json:
-        emit_json({**d.to_dict(), **(extra or {})})
-    else:
-        click.echo(f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
+    emit(as_json, {**d.to_dict(), **(extra or {})},
+         f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
 
 
 @disks.command("copy")
@@ -317,7 +315,5 @@ def transfers_cancel(transfer_id: str, as_json: bool, engine: EngineOptions) -> 
             phase = t.phase
         except ImagetoolError:
             phase = None  # engines may drop a cancelled transfer at once
-    if as_json:
-        emit_json({"id": transfer_id, "cancelled": True, "phase": phase})
-    else:
-        click.echo(f"cancelled transfer {transfer_id}" + (f" (phase {phase})" if phase else ""))
+    emit(as_json, {"id": transfer_id, "cancelled": True, "phase": phase},
+         f"cancelled transfer {transfer_id}" + (f" (phase {phase})" if phase else ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import JSON, checksum_json, emit_json
+from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.units import count, format_seconds, format_size
@@ -79,12 +79,9 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
             r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
                            template=True if template else None, workers=workers,
                            clone=clone, progress=update, committed=interrupts_ignored)
-    if as_json:
-        emit_json(r.to_json())
-        return
-    click.echo(f"imported {r.kind} {r.name} ({r.id}): "
-               f"{count(len(r.disks), 'disk')}, {format_size(r.bytes)} in "
-               f"{format_seconds(r.seconds)}")
+    emit(as_json, r.to_json(), f"imported {r.kind} {r.name} ({r.id}): "
+         f"{count(len(r.disks), 'disk')}, {format_size(r.bytes)} in "
+         f"{format_seconds(r.seconds)}")
 
 
 @ova.command("info")

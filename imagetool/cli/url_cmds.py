@@ -40,12 +40,9 @@ def _run_one(size: int, label: str, fn):
 
 
 def _print_result(r, as_json: bool, verb: str) -> None:
-    if as_json:
-        emit_json(r.to_dict())
-    else:
-        rate = r.bytes / r.seconds if r.seconds else 0
-        click.echo(f"{verb} {r.path}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
-                   f"({format_size(int(rate))}/s)")
+    rate = r.bytes / r.seconds if r.seconds else 0
+    emit(as_json, r.to_dict(), f"{verb} {r.path}: {format_size(r.bytes)} in "
+         f"{format_seconds(r.seconds)} ({format_size(int(rate))}/s)")
 
 
 @click.group()

@@ -97,10 +97,8 @@ def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: 
                       memory=memory, cpus=cpus, backup=backup, workers=workers,
                       timeout=timeout, committed=interrupts_ignored)
         attached = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
-    if as_json:
-        emit_json({**_vm_dict(v), "disks": attached})
-    else:
-        click.echo(f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
+    emit(as_json, {**_vm_dict(v), "disks": attached},
+         f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
 
 
 @vms.command("remove")
@@ -121,12 +119,10 @@ def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
 
     with open_connection(engine) as conn:
         v, disk_ids = remove_vm(conn, vm, keep_disks=keep_disks, timeout=timeout)
-    if as_json:
-        emit_json({"id": v.id, "name": v.name, "removed": True, "disks": disk_ids,
-                   "disks_kept": keep_disks})
-    else:
-        what = "kept" if keep_disks else "removed"
-        click.echo(f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
+    what = "kept" if keep_disks else "removed"
+    emit(as_json, {"id": v.id, "name": v.name, "removed": True, "disks": disk_ids,
+                   "disks_kept": keep_disks},
+         f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
 
 
 @vms.command("list")
@@ -270,11 +266,8 @@ def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
         s = create_snapshot(conn, vm, description, disks=list(disks) or None,
                             persist_memory=memory, timeout=timeout)
         in_snap = snapshot_disks(conn, vm, s)
-    if as_json:
-        emit_json(_snap_dict(s, in_snap))
-    else:
-        click.echo(f"created snapshot {s.description!r} ({s.id}) of "
-                   f"{count(len(in_snap), 'disk')}")
+    emit(as_json, _snap_dict(s, in_snap),
+         f"created snapshot {s.description!r} ({s.id}) of {count(len(in_snap), 'disk')}")
 
 
 def _simple(verb: str, func_name: str, needs_snapshot: bool):
@@ -296,11 +289,9 @@ def _simple(verb: str, func_name: str, needs_snapshot: bool):
                 s = lib.find_snapshot(conn, v, snapshot)
                 label, snapshot = s.description, s.id
             getattr(lib, func_name)(conn, v, snapshot, timeout=timeout)
-        if as_json:
-            emit_json({"vm": v.id, "snapshot": snapshot, "action": verb, "done": True})
-        else:
-            what = f" {label!r} ({snapshot})" if snapshot else ""
-            click.echo(f"{verb} snapshot{what} of VM {v.name}")
+        what = f" {label!r} ({snapshot})" if snapshot else ""
+        emit(as_json, {"vm": v.id, "snapshot": snapshot, "action": verb, "done": True},
+             f"{verb} snapshot{what} of VM {v.name}")
 
     return command
 
