@@ -20,7 +20,7 @@ from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options)
 from imagetool.cli.progress import progress_bar, vm_disks_size
-from imagetool.cli.store_options import is_chunk_repository, open_repository, repo_options
+from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.units import count, format_seconds, format_size
 
 if TYPE_CHECKING:
@@ -90,13 +90,12 @@ def _create_args(conn: Any, args: tuple[str, ...]) -> tuple[str, list[str]]:
     return directory, vms
 
 
-def _repository(location: str, endpoint: str | None, profile: str | None,
-                key_file: str | None, workers: int = 8) -> Any:
+def _repository(location: str, repo: RepoOptions, workers: int = 8) -> Any:
     """The open chunk repository ``location`` names, or the qcow2-chain
     directory itself (the S3 and key options apply to the former only)."""
     if is_chunk_repository(location):
-        return open_repository(location, endpoint, profile, key_file, workers)
-    if endpoint or profile or key_file:
+        return repo.open(location, workers)
+    if any(vars(repo).values()):
         raise click.UsageError(f"{location}: not a chunk repository: --endpoint, --profile "
                                "and --key-file apply to chunk repositories only")
     return location
@@ -129,8 +128,8 @@ def _vm_total(conn: Any, vm: str) -> int:
 @repo_options
 @engine_options
 def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
-           workers: int, inactivity_timeout: int, as_json: bool, endpoint: str | None,
-           profile: str | None, key_file: str | None, engine: EngineOptions) -> None:
+           workers: int, inactivity_timeout: int, as_json: bool, repo: RepoOptions,
+           engine: EngineOptions) -> None:
     """Make one new restore point of each VM (name or id) in DIR.
 
     DIR is a directory of qcow2 chains (made if missing) or a chunk
@@ -144,7 +143,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
-        repository = _repository(directory, endpoint, profile, key_file, workers * jobs)
+        repository = _repository(directory, repo, workers * jobs)
         with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
             tasks = [(lambda i=i, v=v: backup_vm(
                 conn, v, repository, full=full, method=method, workers=workers,
@@ -242,8 +241,7 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
 @JSON
 @repo_options
-def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None,
-             profile: str | None, key_file: str | None) -> None:
+def list_cmd(directory: str, vm: str | None, as_json: bool, repo: RepoOptions) -> None:
     """The VMs of REPOSITORY, their points, size on disk and data held.
 
     A chunk repository shows per point its logical size, its data, the new
@@ -253,8 +251,8 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None
     from imagetool.backup import list_points
 
     if is_chunk_repository(directory):
-        return chunk_list(directory, vm, as_json, endpoint, profile, key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file)
+        return chunk_list(directory, vm, as_json, repo)
+    _chunk_options_only(directory, **vars(repo))
     out = list_points(directory, vm)
     if as_json:
         emit_json(out)
@@ -278,8 +276,7 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None
 @JSON
 @repo_options
 def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
-               workers: int, as_json: bool, endpoint: str | None, profile: str | None,
-               key_file: str | None) -> None:
+               workers: int, as_json: bool, repo: RepoOptions) -> None:
     """Check every file's SHA-256 and every point's guest-data checksum.
 
     \b
@@ -297,10 +294,8 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
     from imagetool.errors import ImagetoolError
 
     if is_chunk_repository(directory):
-        return chunk_verify(directory, vm, point, sample, workers, as_json, endpoint,
-                            profile, key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
-                        sample=sample < 100)
+        return chunk_verify(directory, vm, point, sample, workers, as_json, repo)
+    _chunk_options_only(directory, **vars(repo), sample=sample < 100)
 
     try:
         with progress_bar(_verify_total(directory, vm, point), "verify") as update:
@@ -337,8 +332,7 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
 @engine_options
 def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
                 name: str | None, cluster: str | None, workers: int, as_json: bool,
-                endpoint: str | None, profile: str | None, key_file: str | None,
-                engine: EngineOptions) -> None:
+                repo: RepoOptions, engine: EngineOptions) -> None:
     """Create a new VM from a point of VM (name or id) in DIRECTORY (a
     directory of qcow2 chains, or a chunk repository: a directory or
     s3://bucket/prefix)."""
@@ -346,7 +340,7 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
     from imagetool.backup.restore import restore_chunk_vm
     from imagetool.threads import interrupts_ignored
 
-    repository = _repository(directory, endpoint, profile, key_file, workers)
+    repository = _repository(directory, repo, workers)
     restore = restore_vm if isinstance(repository, str) else restore_chunk_vm
     with open_connection(engine) as conn:
         with progress_bar(_restore_total(repository, vm, point), "restore") as update:
@@ -370,8 +364,7 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
 @repo_options
 def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int,
               keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
-              dry_run: bool, vm: str | None, as_json: bool, endpoint: str | None,
-              profile: str | None, key_file: str | None) -> None:
+              dry_run: bool, vm: str | None, as_json: bool, repo: RepoOptions) -> None:
     """Keep the newest N points per VM; older ones a kept point needs are merged into it.
 
     \b
@@ -392,11 +385,9 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
         if not any(rules.values()):
             raise click.UsageError("give at least one of --keep-last, --keep-hourly, "
                                    "--keep-daily, --keep-weekly, --keep-monthly, --keep-yearly")
-        return chunk_prune(directory, vm, rules, dry_run, as_json, endpoint, profile,
-                           key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
-                        dry_run=dry_run, **{f"keep_{k}": v for k, v in rules.items()
-                                            if k != "last"})
+        return chunk_prune(directory, vm, rules, dry_run, as_json, repo)
+    _chunk_options_only(directory, **vars(repo), dry_run=dry_run,
+                        **{f"keep_{k}": v for k, v in rules.items() if k != "last"})
     keep = keep or keep_last
     if not keep:
         raise click.UsageError("give --keep N (points kept per VM)")
