@@ -18,7 +18,7 @@ import click
 from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
-                                            keep_options)
+                                            keep_options, vm_label)
 from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.units import count, format_seconds, format_size
@@ -185,11 +185,6 @@ def _chunk_options_only(directory: str, **given: Any) -> None:
                                "backup init); this one holds qcow2 chains")
 
 
-def _vm_label(v: dict) -> str:
-    """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
-    return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
-
-
 def _verified(out: VerifyResult) -> str:
     return f"{count(out.points, 'point')}, {count(out.files, 'file')}"
 
@@ -216,10 +211,6 @@ def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) 
         return total
     except (ImagetoolError, OSError, LookupError, TypeError, ValueError):
         return 0
-
-
-def _verify_total(directory: str, vm: str | None, point: str | None) -> int:
-    return _repo_total(directory, vm, point, chain=True)
 
 
 def _restore_total(repository: Any, vm: str, point: str | None) -> int:
@@ -258,7 +249,7 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, repo: RepoOptions) -
         emit_json(out)
         return
     for v in out:
-        click.echo(f"VM {_vm_label(v)}: {count(len(v['points']), 'point')}")
+        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
         for p in v["points"]:
             click.echo(f"  {p['point']}  {p['mode']:<11} {p['method']:<10} "
                        f"size {format_size(p['size']):>9}  data {format_size(p['data']):>9}"
@@ -298,7 +289,7 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
     _chunk_options_only(directory, **vars(repo), sample=sample < 100)
 
     try:
-        with progress_bar(_verify_total(directory, vm, point), "verify") as update:
+        with progress_bar(_repo_total(directory, vm, point, chain=True), "verify") as update:
             out = verify(directory, vm=vm, point=point, strict=False, progress=update)
     except ImagetoolError as e:
         if as_json:
@@ -396,7 +387,7 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
         emit_json(out)
     else:
         for v in out:
-            click.echo(f"VM {_vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
+            click.echo(f"VM {vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
                        f"merged into {', '.join(v['merged']) or 'none'}, "
                        f"kept {count(len(v['kept']), 'point')}")
 

@@ -111,6 +111,11 @@ def point_row(store: Any, ix: Any) -> dict:
             "stored": stored, "dedup": _ratio(data, new), "compression": _ratio(new, stored)}
 
 
+def vm_label(v: dict) -> str:
+    """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
+    return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
+
+
 def _times(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
@@ -132,8 +137,7 @@ def chunk_list(repository: str, vm: str | None, as_json: bool, repo: RepoOptions
         emit_json(vms)
         return
     for v in vms:
-        label = f"{v['vm_name']} ({v['vm_id']})" if v["vm_name"] else v["vm_id"]
-        click.echo(f"VM {label}: {count(len(v['points']), 'point')}")
+        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
         for r in v["points"]:
             click.echo(f"  {r['point']}  logical {format_size(r['logical']):>9}  "
                        f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
