@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, Mapping
 
 import click
@@ -58,14 +58,9 @@ class ResolvedEngine:
 
     url: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)       # never shown
     cafile: str | None
     insecure: bool
-
-    def __repr__(self) -> str:
-        # Never show the password.
-        return (f"ResolvedEngine(url={self.url!r}, username={self.username!r}, "
-                f"cafile={self.cafile!r}, insecure={self.insecure})")
 
 
 def config_paths(env: Mapping[str, str] | None = None) -> list[str]:
@@ -270,15 +265,12 @@ def _local_engine_connection(env: Mapping[str, str] | None,
         yield conn
 
 
-_OPTION_NAMES = ("engine_url", "username", "password_file", "cafile", "insecure", "config")
-
-
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Click decorator: add the engine options, pass ``engine: EngineOptions``."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in _OPTION_NAMES}
+        values = {f.name: kwargs.pop(f.name) for f in fields(EngineOptions)}
         kwargs["engine"] = EngineOptions(**values)
         return func(*args, **kwargs)
 
