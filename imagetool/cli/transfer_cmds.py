@@ -47,14 +47,9 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
     (a failed one ``{"path", "error"}``), so a script reads one shape
     whether it passed one file or several."""
     errors = [(label, r) for label, r in zip(labels, results) if isinstance(r, BaseException)]
-    if as_json:
-        objs = []
-        for label, r in zip(labels, results):
-            if isinstance(r, BaseException):
-                objs.append({"path": label, "error": str(r)})
-            else:
-                objs.append(r.to_dict())
-        emit_json(objs)         # one shape: a list, one object per file, even for one
+    if as_json:             # one shape: a list, one object per file, even for one
+        emit_json([{"path": label, "error": str(r)} if isinstance(r, BaseException)
+                   else r.to_dict() for label, r in zip(labels, results)])
     else:
         for r in results:
             if not isinstance(r, BaseException):
