@@ -10,12 +10,6 @@ from imagetool.cli.progress import progress_bar, vm_disks_size
 from imagetool.units import count, format_seconds, format_size
 
 
-def _json(r: dict) -> None:
-    """``ova info``'s ``r`` on stdout, each disk's checksum in the shared
-    object shape, as the other commands give them."""
-    emit_json(dict(r, disks=[checksum_json(d) for d in r["disks"]]))
-
-
 @click.group()
 def ova() -> None:
     """Export a VM to an OVA file, import one, or describe one.
@@ -95,8 +89,8 @@ def ova_info_cmd(path: str, verify: bool, algorithm: str | None, as_json: bool) 
     """Describe the OVA at PATH (no engine needed)."""
     from imagetool.ova import ova_info
     r = ova_info(path, verify=verify, algorithm=algorithm)
-    if as_json:
-        _json(r)
+    if as_json:     # each disk's checksum in the object shape of every --json
+        emit_json(dict(r, disks=[checksum_json(d) for d in r["disks"]]))
         return
     mem = format_size(r["memory"]) if r["memory"] else "-"
     click.echo(f"{r['kind']}: {r['name']}  cpus: {r['cpus'] or '-'}  memory: {mem}"
