@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -296,9 +296,6 @@ class ChainLayer:
     path: str
     backing: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "backing": self.backing}
-
 
 @dataclass
 class ChainResult:
@@ -316,8 +313,7 @@ class ChainResult:
         return [Path(layer.path) for layer in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"disk_id": self.disk_id, "layers": [x.to_dict() for x in self.layers],
-                "top": self.top}
+        return {**asdict(self), "top": self.top}
 
 
 def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
