@@ -173,44 +173,40 @@ def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
                            r["date"]))
 
 
-def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = None) -> None:
-    emit(as_json, {**d.to_dict(), **(extra or {})},
-         f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
+def _disk_op(verb: str, as_json: bool, d: Disk) -> None:
+    emit(as_json, d.to_dict(), f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
 
 
-@disks.command("copy")
-@click.argument("disk")
-@click.option("--sd", "storage_domain", required=True, metavar="NAME",
-              help="Target storage domain (name or id).")
-@click.option("--name", metavar="NAME", help="Name of the copy.")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait for the copy.")
-@json_engine_options
-def disks_copy(disk: str, storage_domain: str, name: str | None, timeout: int,
-               as_json: bool, engine: EngineOptions) -> None:
-    """Copy a disk to a storage domain; waits until the copy is ok."""
-    from imagetool.disks import copy_disk
+def _disk_action(name: str, verb: str, action: str, doc: str, waited: str,
+                 *options: Callable) -> None:
+    """Add ``disks NAME DISK``: ``imagetool.disks``'s ``action`` on the disk,
+    ``options`` passed as its keyword arguments, waiting up to ``--timeout``."""
+    def command(disk: str, timeout: int, as_json: bool, engine: EngineOptions,
+                **kwargs: Any) -> None:
+        from imagetool import disks as lib
 
-    with open_connection(engine) as conn:
-        new = copy_disk(conn, disk, storage_domain, name=name, timeout=timeout)
-    _disk_op("copied to", as_json, new)
+        with open_connection(engine) as conn:
+            d = getattr(lib, action)(conn, disk, timeout=timeout, **kwargs)
+        _disk_op(verb, as_json, d)
+
+    for decorate in reversed([
+            disks.command(name, help=doc), click.argument("disk"), *options,
+            click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+                         help=f"Seconds to wait{waited}."),
+            json_engine_options]):
+        command = decorate(command)
 
 
-@disks.command("move")
-@click.argument("disk")
-@click.option("--sd", "storage_domain", required=True, metavar="NAME",
-              help="Target storage domain (name or id).")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait for the move.")
-@json_engine_options
-def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
-               engine: EngineOptions) -> None:
-    """Move a disk to another storage domain; waits until it is ok there."""
-    from imagetool.disks import move_disk
-
-    with open_connection(engine) as conn:
-        d = move_disk(conn, disk, storage_domain, timeout=timeout)
-    _disk_op("moved", as_json, d)
+_TO_SD = click.option("--sd", "storage_domain", required=True, metavar="NAME",
+                      help="Target storage domain (name or id).")
+_disk_action("copy", "copied to", "copy_disk",
+             "Copy a disk to a storage domain; waits until the copy is ok.", " for the copy",
+             _TO_SD, click.option("--name", metavar="NAME", help="Name of the copy."))
+_disk_action("move", "moved", "move_disk",
+             "Move a disk to another storage domain; waits until it is ok there.",
+             " for the move", _TO_SD)
+_disk_action("sparsify", "sparsified", "sparsify_disk",
+             "Free the space the guest does not use (disks without snapshots).", "")
 
 
 @disks.command("update")
@@ -242,20 +238,6 @@ def disks_update(disk: str, name: str | None, size: int | None, backup: str | No
     if not as_json:
         click.echo(f"  name {d.name or d.alias}, virtual size {_size(d.provisioned_size)}, "
                    f"backup {d.backup or 'none'}")
-
-
-@disks.command("sparsify")
-@click.argument("disk")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait.")
-@json_engine_options
-def disks_sparsify(disk: str, timeout: int, as_json: bool, engine: EngineOptions) -> None:
-    """Free the space the guest does not use (disks without snapshots)."""
-    from imagetool.disks import sparsify_disk
-
-    with open_connection(engine) as conn:
-        d = sparsify_disk(conn, disk, timeout=timeout)
-    _disk_op("sparsified", as_json, d)
 
 
 # --- storage domains -------------------------------------------------------
