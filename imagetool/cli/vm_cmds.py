@@ -270,8 +270,9 @@ def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
          f"created snapshot {s.description!r} ({s.id}) of {count(len(in_snap), 'disk')}")
 
 
-def _simple(verb: str, func_name: str, needs_snapshot: bool):
-    """A snapshots subcommand VM SNAPSHOT (or VM [SNAPSHOT])."""
+def _simple(name: str, verb: str, needs_snapshot: bool):
+    """``snapshots NAME VM SNAPSHOT`` (or VM [SNAPSHOT]): the library's
+    ``NAME_snapshot``."""
 
     @click.argument("vm")
     @click.argument("snapshot", required=needs_snapshot)
@@ -288,7 +289,7 @@ def _simple(verb: str, func_name: str, needs_snapshot: bool):
             if snapshot is not None:
                 s = lib.find_snapshot(conn, v, snapshot)
                 label, snapshot = s.description, s.id
-            getattr(lib, func_name)(conn, v, snapshot, timeout=timeout)
+            getattr(lib, f"{name}_snapshot")(conn, v, snapshot, timeout=timeout)
         what = f" {label!r} ({snapshot})" if snapshot else ""
         emit(as_json, {"vm": v.id, "snapshot": snapshot, "action": verb, "done": True},
              f"{verb} snapshot{what} of VM {v.name}")
@@ -296,13 +297,10 @@ def _simple(verb: str, func_name: str, needs_snapshot: bool):
     return command
 
 
-snapshots.command("remove", help="Remove (merge) a snapshot; waits until it is gone.")(
-    _simple("removed", "remove_snapshot", True))
-snapshots.command("restore", help="Restore the VM to a snapshot for good.")(
-    _simple("restored", "restore_snapshot", True))
-snapshots.command("preview", help="Preview a snapshot (until commit or undo).")(
-    _simple("previewing", "preview_snapshot", True))
-snapshots.command("commit", help="Keep the previewed snapshot's state.")(
-    _simple("committed", "commit_snapshot", False))
-snapshots.command("undo", help="Drop the preview, back to the state before it.")(
-    _simple("undid", "undo_snapshot", False))
+for _name, _verb, _needs, _help in [
+        ("remove", "removed", True, "Remove (merge) a snapshot; waits until it is gone."),
+        ("restore", "restored", True, "Restore the VM to a snapshot for good."),
+        ("preview", "previewing", True, "Preview a snapshot (until commit or undo)."),
+        ("commit", "committed", False, "Keep the previewed snapshot's state."),
+        ("undo", "undid", False, "Drop the preview, back to the state before it.")]:
+    snapshots.command(_name, help=_help)(_simple(_name, _verb, _needs))
