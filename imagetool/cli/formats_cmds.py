@@ -215,9 +215,8 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
         raise click.UsageError("--compress needs -O qcow2")
 
     # The bar needs the size up front; opening also validates SRC early.
-    probe = open_image(src, "r")
-    total = probe.size
-    probe.close()
+    with open_image(src, "r") as probe:
+        total = probe.size
     start = time.monotonic()
     with progress_bar(total, "convert") as update:
         result = do_convert(src, dst, out_format, compress=compress, force=force,

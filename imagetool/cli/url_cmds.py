@@ -23,11 +23,9 @@ def _tls_options(func):
     return func
 
 
-def _verify_option(func):
-    return click.option(
-        "--verify/--no-verify", default=True, show_default=True,
-        help="Compare the block checksum of the local data with the server's "
-             "when the server offers checksum.")(func)
+_VERIFY = click.option("--verify/--no-verify", default=True, show_default=True,
+                       help="Compare the block checksum of the local data with the "
+                            "server's when the server offers checksum.")
 
 
 def _run_one(size: int, label: str, fn):
@@ -59,7 +57,7 @@ def url() -> None:
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
 @click.option("--dst-is-zero", is_flag=True,
               help="The target already reads as zeros: skip zero ranges.")
-@_verify_option
+@_VERIFY
 @JSON
 @_tls_options
 def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size: int,
@@ -90,7 +88,7 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-@_verify_option
+@_VERIFY
 @JSON
 @_tls_options
 def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
