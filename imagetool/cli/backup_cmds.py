@@ -279,8 +279,6 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
     checksum equals the one recorded at backup time; damaged points are
     named with what they lost. --sample reads a part of the chunks only.
     """
-    import os
-
     from imagetool.backup import verify
     from imagetool.errors import ImagetoolError
 

@@ -275,7 +275,9 @@ def gc_cmd(repository: str, grace: float, dry_run: bool, as_json: bool,
     Proxmox Backup Server) are kept, so a backup running meanwhile is safe.
     """
     from imagetool.backup.store import collect
-    _need_chunks(repository, "gc")
+    if not is_chunk_repository(repository):
+        raise click.UsageError(f"{repository}: not a chunk repository (backup gc works on "
+                               "repositories made by backup init)")
     res = collect(repo.open(repository), grace=grace, dry_run=dry_run)
     if as_json:
         emit_json(res.to_dict())
@@ -286,12 +288,6 @@ def gc_cmd(repository: str, grace: float, dry_run: bool, as_json: bool,
                f"{res.referenced} referenced; {'would delete' if dry_run else 'deleted'} "
                f"{res.deleted} ({format_size(res.deleted_bytes)}), "
                f"{res.kept_recent} kept as recent")
-
-
-def _need_chunks(repository: str, command: str) -> None:
-    if not is_chunk_repository(repository):
-        raise click.UsageError(f"{repository}: not a chunk repository (backup {command} "
-                               "works on repositories made by backup init)")
 
 
 # --- export ----------------------------------------------------------------------------
