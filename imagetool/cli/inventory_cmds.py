@@ -50,17 +50,22 @@ def _print_list(as_json: bool, items: Sequence[Any], json_row: Callable[[Any], A
         click.echo(_table(headers, [table_row(x) for x in items]))
 
 
-def _list_command(group: click.Group, doc: str, fetch: Callable[[Any], Sequence[Any]],
+def _list_command(group: click.Group, doc: str, fetch: Callable[..., Sequence[Any]],
                   json_row: Callable[[Any], Any], headers: Sequence[str],
-                  table_row: Callable[[Any], Sequence[Any]]) -> None:
-    """Add ``GROUP list [--json]``, printing what ``fetch(conn)`` returns
-    as ``_print_list`` does; ``doc`` is its help."""
-    @group.command("list", help=doc)
-    @json_engine_options
-    def list_command(as_json: bool, engine: EngineOptions) -> None:
+                  table_row: Callable[[Any], Sequence[Any]], *options: Callable) -> None:
+    """Add ``GROUP list [OPTIONS] [--json]``, printing what ``fetch(conn,
+    **options)`` returns as ``_print_list`` does; ``doc`` is its help."""
+    def list_command(as_json: bool, engine: EngineOptions, **kwargs: Any) -> None:
         with open_connection(engine) as conn:
-            found = fetch(conn)
+            found = fetch(conn, **kwargs)
         _print_list(as_json, found, json_row, headers, table_row)
+
+    for decorate in reversed([group.command("list", help=doc), *options, json_engine_options]):
+        list_command = decorate(list_command)
+
+
+SEARCH = click.option("--search", metavar="QUERY",
+                      help="Engine search expression (e.g. name=web*).")
 
 
 def _print_one(as_json: bool, d: dict[str, Any]) -> None:
@@ -78,22 +83,16 @@ def disks() -> None:
     """List, show, update, copy, move and remove disks."""
 
 
-@disks.command("list")
-@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
-@click.option("--max", "max_", type=int, metavar="N", help="Return at most N disks.")
-@json_engine_options
-def disks_list(search: str | None, max_: int | None, as_json: bool,
-               engine: EngineOptions) -> None:
-    """List disks."""
-    with open_connection(engine) as conn:
-        found = conn.disks.list(search=search, max=max_)
-    # Old engines may fill only the alias; show it as the name then.
-    _print_list(as_json, found,
-                lambda d: {k: (d.name or d.alias) if k == "name" else getattr(d, k)
-                           for k in DISK_LIST_KEYS},
-                ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
-                lambda d: (d.id, d.name or d.alias, d.status, d.format,
-                           _size(d.provisioned_size), _size(d.actual_size)))
+# Old engines may fill only the alias; show it as the name then.
+_list_command(disks, "List disks.",
+              lambda conn, search, max_: conn.disks.list(search=search, max=max_),
+              lambda d: {k: (d.name or d.alias) if k == "name" else getattr(d, k)
+                         for k in DISK_LIST_KEYS},
+              ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
+              lambda d: (d.id, d.name or d.alias, d.status, d.format,
+                         _size(d.provisioned_size), _size(d.actual_size)),
+              SEARCH, click.option("--max", "max_", type=int, metavar="N",
+                                   help="Return at most N disks."))
 
 
 @engine_view(disks, "show", "disk")

@@ -16,7 +16,7 @@ import click
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
                                   open_connection)
-from imagetool.cli.inventory_cmds import _print_list, _print_one
+from imagetool.cli.inventory_cmds import SEARCH, _list_command, _print_list, _print_one
 from imagetool.errors import DestinationExists
 from imagetool.units import count
 
@@ -125,17 +125,9 @@ def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
          f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
 
 
-@vms.command("list")
-@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
-@json_engine_options
-def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
-    """List VMs."""
-    from imagetool.vms import list_vms
-
-    with open_connection(engine) as conn:
-        found = list_vms(conn, search=search)
-    _print_list(as_json, found, _vm_dict, ("ID", "NAME", "STATUS", "DESCRIPTION"),
-                lambda v: (v.id, v.name, v.status, v.description))
+_list_command(vms, "List VMs.", lambda conn, search: conn.vms.list(search=search), _vm_dict,
+              ("ID", "NAME", "STATUS", "DESCRIPTION"),
+              lambda v: (v.id, v.name, v.status, v.description), SEARCH)
 
 
 @engine_view(vms, "show", "vm")
