@@ -167,10 +167,8 @@ def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
 
 
 def _in_preview(conn: Any, vm: Vm) -> Snapshot | None:
-    for s in conn.snapshots.list(vm.id):
-        if s.snapshot_status == "in_preview":
-            return s
-    return None
+    return next((s for s in conn.snapshots.list(vm.id) if s.snapshot_status == "in_preview"),
+                None)
 
 
 def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
@@ -256,10 +254,8 @@ def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
 
 
 def _vm_of_disk(conn: Any, disk_id: str) -> Vm | None:
-    for vm in conn.vms.list():
-        if disk_id in life.attached_disk_ids(conn, vm.id):
-            return vm
-    return None
+    return next((vm for vm in conn.vms.list()
+                 if disk_id in life.attached_disk_ids(conn, vm.id)), None)
 
 
 def _layers_up_to(conn: Any, disk: Disk, layers: list[DiskSnapshot],
