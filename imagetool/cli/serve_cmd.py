@@ -82,12 +82,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
                           token_lifetime=token_lifetime, finished_ttl=finished_ttl,
                           hosts=n_hosts, export_dirs=export_dirs, storage_dirs=storage_dirs)
     stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
         lock = write_lock_file(server)
