@@ -34,9 +34,7 @@ def _snapshot_ref(ctx: click.Context, param: click.Parameter,
                   value: str | None) -> str | None:
     """A disk snapshot id; with --chain a VM snapshot's description too
     (checked once all options are known)."""
-    if value is None or is_uuid(value):
-        return value.lower() if value else value
-    return value
+    return value.lower() if value and is_uuid(value) else value
 
 
 def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
