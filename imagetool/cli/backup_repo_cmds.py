@@ -23,6 +23,7 @@ from imagetool.cli.common import JSON, emit_json
 from imagetool.cli.progress import progress_bar
 from imagetool.cli.store_options import (PASSPHRASE_ENV, RepoOptions, is_chunk_repository,
                                          repo_options, repo_secret)
+from imagetool.iocore.backend import Closing
 from imagetool.units import count, format_size
 
 WORKERS = click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
@@ -324,17 +325,14 @@ def export_cmd(repository: str, vm: str, outdir: str, point: str | None, out_for
             click.echo(path)
 
 
-class OpenPoint:
+class OpenPoint(Closing):
     """A point of either repository format, its disks open as Backends:
     ``vm_id``, ``name``, ``ovf`` and ``disks`` (``(disk_id, backend)``)."""
 
     def __init__(self, vm_id: str, name: str, ovf: str | None, disks: list) -> None:
         self.vm_id, self.name, self.ovf, self.disks = vm_id, name, ovf, disks
 
-    def __enter__(self) -> "OpenPoint":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         for _, b in self.disks:
             b.close()
 
@@ -365,7 +363,7 @@ def open_point(repository: str, vm: str, point: str | None, repo: RepoOptions,
         for d in p.manifest.disks:
             out.disks.append((d.disk_id, repo.open_disk(p, d.disk_id, every)))
     except BaseException:
-        out.__exit__(None, None, None)
+        out.close()
         raise
     return out
 
