@@ -188,25 +188,22 @@ def _prompt_password(username: str | None) -> str:
 
 
 @contextmanager
-def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None,
-                    **conn_kwargs: Any) -> Iterator[Connection]:
+def open_connection(opts: EngineOptions) -> Iterator[Connection]:
     """A checked Connection to the configured engine, or to the local engine.
 
     The connection is tested (API root + login) before it is yielded, so
-    bad credentials or TLS problems fail here with exit code 3. Extra
-    keyword arguments go to ``Connection`` (e.g. ``timeout``).
+    bad credentials or TLS problems fail here with exit code 3.
     """
-    resolved = resolve(opts, env)
-    if resolved is not None:
+    resolved = resolve(opts)
+    if resolved is None:
+        tested = _local_engine_connection()
+    else:
         password = resolved.password
         if password is None:
             password = _prompt_password(resolved.username)
-        with _tested(resolved.url, username=resolved.username, password=password,
-                     cafile=resolved.cafile, insecure=resolved.insecure,
-                     **conn_kwargs) as conn, naming_lock_holders(conn):
-            yield conn
-        return
-    with _local_engine_connection(env, **conn_kwargs) as conn, naming_lock_holders(conn):
+        tested = _tested(resolved.url, username=resolved.username, password=password,
+                         cafile=resolved.cafile, insecure=resolved.insecure)
+    with tested as conn, naming_lock_holders(conn):
         yield conn
 
 
@@ -247,8 +244,7 @@ def _tested(url: str, **kwargs: Any) -> Iterator[Connection]:
 
 
 @contextmanager
-def _local_engine_connection(env: Mapping[str, str] | None,
-                             **conn_kwargs: Any) -> Iterator[Connection]:
+def _local_engine_connection() -> Iterator[Connection]:
     """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
     data_dir, info = locate_engine()
     if info:
@@ -256,12 +252,12 @@ def _local_engine_connection(env: Mapping[str, str] | None,
         if password is None and info.get("password_file"):
             password = _read_password_file(info["password_file"])
         with _tested(info["url"], username=info.get("username", "admin@internal"),
-                     password=password, cafile=info.get("cafile"), **conn_kwargs) as conn:
+                     password=password, cafile=info.get("cafile")) as conn:
             yield conn
         return
     with in_process_engine(data_dir) as engine, \
             _tested(engine.url, username=engine.username, password=engine.password,
-                    cafile=engine.cafile, **conn_kwargs) as conn:
+                    cafile=engine.cafile) as conn:
         yield conn
 
 
