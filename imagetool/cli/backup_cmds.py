@@ -1,9 +1,5 @@
-"""``imagetool backup``: VM backups into a directory of restore points.
-
-``create`` makes one point per VM (full, then incremental), ``list`` shows
-the chains, ``verify`` checks every file and every point's guest data,
-``restore`` creates a new VM from a point, ``prune`` keeps the newest N
-points per VM (merging what the kept ones need).
+"""``imagetool backup create|list|verify|restore|prune``: VM backups into a
+repository of restore points (qcow2 chains, or chunks: ``backup_repo_cmds``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""``imagetool backup`` on chunk repositories (backup repository v2).
+"""``imagetool backup init|gc|export|migrate``: chunk repositories (backup
+repository v2, ``imagetool.backup.store``).
 
-``init`` makes a repository of deduplicated, compressed, optionally
-encrypted chunks on a directory or S3 (``imagetool.backup.store``); ``gc``
-frees the chunks no point names; ``export`` writes a point's disks as
-images qemu-img reads; ``migrate`` moves a qcow2-chain repository into a
-chunk one. ``list``, ``verify`` and ``prune`` of ``backup_cmds`` call the
-``chunk_*`` functions here when their repository is a chunk one
+``list``, ``verify`` and ``prune`` of ``backup_cmds`` call the ``chunk_*``
+functions here when their repository is a chunk one
 (``store_options.is_chunk_repository``), so one command works on both
-formats. Every command takes ``--endpoint``/``--profile`` for S3 and
-``--key-file`` (or ``IMAGETOOL_PASSPHRASE``) for an encrypted repository.
+formats.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """``imagetool vms`` and ``imagetool snapshots``: VMs, their OVF and snapshots.
 
-Thin over ``imagetool.vms`` and ``imagetool.snapshots``; every command
-takes the engine options and ``--json``. Commands that change something
-wait for the engine to finish (with a deadline) and, when they fail,
-leave nothing they created behind.
+Thin over ``imagetool.vms`` and ``imagetool.snapshots``. Commands that
+change something wait for the engine to finish (with a deadline) and,
+when they fail, leave nothing they created behind.
 """
 
 from __future__ import annotations
