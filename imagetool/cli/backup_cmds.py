@@ -15,8 +15,10 @@ from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options, vm_label)
-from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.cli.progress import Bars, progress_bar, run_jobs, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
+from imagetool.errors import ImagetoolError, NotFound
+from imagetool.threads import interrupts_ignored
 from imagetool.units import count, format_seconds, format_size
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ def _looks_like_dir(arg: str) -> bool:
 
 
 def _is_vm(conn: Any, name: str) -> bool:
-    from imagetool.errors import NotFound
     try:
         conn.vms.find(name)
     except NotFound:
@@ -99,7 +100,6 @@ def _repository(location: str, repo: RepoOptions, workers: int = 8) -> Any:
 
 def _vm_total(conn: Any, vm: str) -> int:
     """A VM's bar total; 0 (no percentage) for a VM the run will report missing."""
-    from imagetool.errors import ImagetoolError
     try:
         return vm_disks_size(conn, vm)
     except ImagetoolError:
@@ -134,8 +134,6 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     order (VM... DIR) still works, with a warning.
     """
     from imagetool.backup import backup_vm
-    from imagetool.cli.progress import Bars, run_jobs
-    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
@@ -193,7 +191,6 @@ def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) 
     if not sys.stderr.isatty():
         return 0
     from imagetool.backup import Repository
-    from imagetool.errors import ImagetoolError
     try:
         repo = Repository(directory)
         total = 0
@@ -215,7 +212,6 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
     if not sys.stderr.isatty():
         return 0
     from imagetool.backup.store.points import find_point
-    from imagetool.errors import ImagetoolError
     try:
         ix = find_point(repository, vm, point)
         return sum(d.virtual_size for d in ix.disks)
@@ -276,7 +272,6 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
     named with what they lost. --sample reads a part of the chunks only.
     """
     from imagetool.backup import verify
-    from imagetool.errors import ImagetoolError
 
     if is_chunk_repository(directory):
         return chunk_verify(directory, vm, point, sample, workers, as_json, repo)
@@ -323,7 +318,6 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
     s3://bucket/prefix)."""
     from imagetool.backup import restore_vm
     from imagetool.backup.restore import restore_chunk_vm
-    from imagetool.threads import interrupts_ignored
 
     repository = _repository(directory, repo, workers)
     restore = restore_vm if isinstance(repository, str) else restore_chunk_vm

@@ -19,6 +19,7 @@ from imagetool.cli.common import JSON, emit_json
 from imagetool.cli.progress import progress_bar
 from imagetool.cli.store_options import (PASSPHRASE_ENV, RepoOptions, is_chunk_repository,
                                          repo_options, repo_secret)
+from imagetool.errors import ImagetoolError
 from imagetool.iocore.backend import Closing
 from imagetool.units import count, format_size
 
@@ -157,7 +158,6 @@ def chunk_verify(repository: str, vm: str | None, point: str | None, sample: flo
     """``backup verify`` of a chunk repository: exit 1 naming damaged points."""
     from imagetool.backup.store import verify
     from imagetool.backup.store.points import find_vm
-    from imagetool.errors import ImagetoolError
     try:
         store = repo.open(repository, workers)
         vm_id = find_vm(store, vm) if vm else None
@@ -195,7 +195,6 @@ def _chunk_bytes(store: Any, vm_id: str | None, point: str | None) -> int:
     the points name, each counted once. 0 (no percentage) when an index
     cannot be read: verify then reports it."""
     from imagetool.backup.store import list_points, load_index
-    from imagetool.errors import ImagetoolError
     if not sys.stderr.isatty():
         return 0
     sizes: dict[str, int] = {}

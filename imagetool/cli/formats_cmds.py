@@ -11,7 +11,7 @@ from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZ
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import progress_bar
-from imagetool.formats import WRITABLE
+from imagetool.formats import WRITABLE, inspect, open_image
 from imagetool.units import format_size
 
 _FILE = click.Path(dir_okay=False, path_type=str)
@@ -36,8 +36,6 @@ def info(file: str, as_json: bool) -> None:
       imagetool info disk.qcow2
       imagetool info --json disk.raw | jq .virtual_size
     """
-    from imagetool.formats import inspect
-
     meta = inspect(file)
     fields = meta.to_dict()     # a format's own fields: only those it has
     if as_json:
@@ -130,8 +128,6 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
         return
     if file is None:
         raise click.UsageError("missing argument FILE")
-    from imagetool.formats import open_image
-
     with open_image(file, "r") as backend:
         with progress_bar(backend.size, "checksum") as update:
             result = checksum(backend, algorithm=algorithm, block_size=block_size,
@@ -208,7 +204,6 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
       imagetool convert disk.vmdk disk.qcow2 -O qcow2
       imagetool convert disk.raw disk.qcow2 -O qcow2 --json
     """
-    from imagetool.formats import open_image
     from imagetool.formats.convert import convert as do_convert
 
     if compress and out_format != "qcow2":

@@ -7,6 +7,7 @@ import click
 from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.threads import interrupts_ignored
 from imagetool.units import count, format_seconds, format_size
 
 
@@ -33,7 +34,6 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
                workers: int, as_json: bool, engine: EngineOptions) -> None:
     """Export VM (name or id) to PATH as an OVA."""
     from imagetool.ova import export_ova
-    from imagetool.threads import interrupts_ignored
     with open_connection(engine) as conn:
         with progress_bar(vm_disks_size(conn, vm), "ova export") as update:
             r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
@@ -66,7 +66,6 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
     from imagetool.ova import import_ova, ova_info
-    from imagetool.threads import interrupts_ignored
     total = sum(d["virtual_size"] or 0 for d in ova_info(path)["disks"])
     with open_connection(engine) as conn:
         with progress_bar(total, "ova import") as update:
