@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from imagetool.units import parse_size
+from imagetool.units import format_seconds, format_size, parse_size
 
 
 class SizeParam(click.ParamType):
@@ -43,6 +43,13 @@ def checksum_json(entry: dict) -> dict:
     out["checksum"] = GuestChecksum(value, entry["algorithm"],
                                     entry.get("block_size") or DEFAULT_BLOCK_SIZE).to_json()
     return out
+
+
+def moved(r: Any) -> str:
+    """``1.00 GiB in 2.0 s (512.00 MiB/s)``: what a transfer result moved."""
+    rate = r.bytes / r.seconds if r.seconds else 0
+    return (f"{format_size(r.bytes)} in {format_seconds(r.seconds)} "
+            f"({format_size(int(rate))}/s)")
 
 
 def emit(as_json: bool, doc: Any, line: str) -> None:

@@ -13,14 +13,13 @@ from typing import Any, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
+from imagetool.cli.common import SIZE, emit_json, moved
 from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
 from imagetool.threads import interrupts_ignored
-from imagetool.units import format_seconds, format_size
 
 
 def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -51,11 +50,8 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
     else:
         for r in results:
             if not isinstance(r, BaseException):
-                rate = r.bytes / r.seconds if r.seconds else 0
-                where = f"disk {r.name} ({r.disk_id})"
-                click.echo(f"{verb} {r.path} {'->' if verb == 'uploaded' else '<-'} "
-                           f"{where}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
-                           f"({format_size(int(rate))}/s)")
+                arrow = "->" if verb == "uploaded" else "<-"
+                click.echo(f"{verb} {r.path} {arrow} disk {r.name} ({r.disk_id}): {moved(r)}")
                 if getattr(r, "verification", None) is not None and r.verification.verified:
                     v = r.verification
                     # Name the command that gives the same value: `imagetool

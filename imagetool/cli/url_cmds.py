@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import JSON, SIZE, emit, emit_json
+from imagetool.cli.common import JSON, SIZE, emit, emit_json, moved
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.threads import interrupts_ignored
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
-from imagetool.units import format_seconds, format_size
+from imagetool.units import format_size
 
 
 def _tls_options(func):
@@ -35,12 +35,6 @@ def _run_one(size: int, label: str, fn):
     if isinstance(result, BaseException):
         raise result
     return result
-
-
-def _print_result(r, as_json: bool, verb: str) -> None:
-    rate = r.bytes / r.seconds if r.seconds else 0
-    emit(as_json, r.to_dict(), f"{verb} {r.path}: {format_size(r.bytes)} in "
-         f"{format_seconds(r.seconds)} ({format_size(int(rate))}/s)")
 
 
 @click.group()
@@ -77,7 +71,7 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
         file, url_, cafile=cafile, insecure=insecure, workers=workers,
         request_size=buffer_size, progress=cb, format=fmt, dst_is_zero=dst_is_zero,
         verify=verify))
-    _print_result(r, as_json, "uploaded")
+    emit(as_json, r.to_dict(), f"uploaded {r.path}: {moved(r)}")
 
 
 @url.command("download")
@@ -107,7 +101,7 @@ def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
     r = _run_one(size, file, lambda cb: download_url(
         url_, file, format=fmt, cafile=cafile, insecure=insecure, workers=workers,
         request_size=buffer_size, progress=cb, force=force, verify=verify))
-    _print_result(r, as_json, "downloaded")
+    emit(as_json, r.to_dict(), f"downloaded {r.path}: {moved(r)}")
 
 
 @url.command("checksum")
