@@ -71,8 +71,7 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
     """The disks as the snapshot holds them (``image_id``: its layer)."""
     vm = conn.vms.find(vm)
-    snap = find_snapshot(conn, vm, snapshot)
-    return conn.snapshots.disks(vm.id, snap.id)
+    return conn.snapshots.disks(vm.id, find_snapshot(conn, vm, snapshot).id)
 
 
 def _check_disks_usable(conn: Any, vm: Vm, disk_ids: Iterable[str], action: str) -> None:

@@ -292,8 +292,7 @@ def transfers_cancel(transfer_id: str, as_json: bool, engine: EngineOptions) -> 
     with open_connection(engine) as conn:
         conn.transfers.cancel(transfer_id)
         try:
-            t = conn.transfers.get(transfer_id)
-            phase = t.phase
+            phase = conn.transfers.get(transfer_id).phase
         except ImagetoolError:
             phase = None  # engines may drop a cancelled transfer at once
     emit(as_json, {"id": transfer_id, "cancelled": True, "phase": phase},

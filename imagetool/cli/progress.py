@@ -35,9 +35,8 @@ def vm_disks_size(conn: Any, vm: str) -> int:
     Only on a terminal: a piped run asks the engine nothing more."""
     if not sys.stderr.isatty():
         return 0
-    v = conn.vms.find(vm)
     return sum(conn.disks.get(a.disk_id).provisioned_size or 0
-               for a in conn.vms.disk_attachments(v.id))
+               for a in conn.vms.disk_attachments(conn.vms.find(vm).id))
 
 
 @contextmanager

@@ -63,8 +63,7 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
             # Errors about a file (FormatError) already start with its path.
             text = str(e) if str(e).startswith(f"{label}: ") else f"{label}: {e}"
             click.echo(f"imagetool: error: {text}", err=True)
-        code = max(getattr(e, "exit_code", 1) for _, e in errors)
-        sys.exit(code)
+        sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
 
 
 HOST_OPTION = click.option(

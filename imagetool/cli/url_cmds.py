@@ -66,8 +66,7 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
     from imagetool.formats import inspect
     from imagetool.transfer.urls import upload_url
 
-    size = inspect(file).virtual_size
-    r = _run_one(size, file, lambda cb: upload_url(
+    r = _run_one(inspect(file).virtual_size, file, lambda cb: upload_url(
         file, url_, cafile=cafile, insecure=insecure, workers=workers,
         request_size=buffer_size, progress=cb, format=fmt, dst_is_zero=dst_is_zero,
         verify=verify))
