@@ -124,8 +124,7 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
     if file and disk:
         raise click.UsageError("give FILE or --disk, not both")
     if disk:
-        _disk_checksum(disk, algorithm, block_size, as_json, engine)
-        return
+        return _disk_checksum(disk, algorithm, block_size, as_json, engine)
     if file is None:
         raise click.UsageError("missing argument FILE")
     with open_image(file, "r") as backend:

@@ -136,9 +136,8 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
 
     with open_connection(engine) as conn:
         v = get_vm(conn, vm)
-        d = _vm_dict(v)
-        d["disks"] = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
-        d["snapshots"] = [s.id for s in conn.snapshots.list(v.id)]
+        d = {**_vm_dict(v), "disks": [a.disk_id for a in conn.vms.disk_attachments(v.id)],
+             "snapshots": [s.id for s in conn.snapshots.list(v.id)]}
     _print_one(as_json, d)
 
 
