@@ -31,7 +31,7 @@ def _size(n: int | None) -> str:
 
 
 def _show(d: dict[str, Any]) -> str:
-    """``key: value`` lines for one entity."""
+    """``key: value`` lines for one entity (a show command's text)."""
     width = max(len(k) for k in d)
     lines = []
     for k, v in d.items():
@@ -68,14 +68,6 @@ SEARCH = click.option("--search", metavar="QUERY",
                       help="Engine search expression (e.g. name=web*).")
 
 
-def _print_one(as_json: bool, d: dict[str, Any]) -> None:
-    """A show command's output: JSON, or ``key: value`` lines."""
-    if as_json:
-        emit_json(d)
-    else:
-        click.echo(_show(d))
-
-
 # --- disks -----------------------------------------------------------------
 
 @click.group()
@@ -99,8 +91,8 @@ _list_command(disks, "List disks.",
 def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one disk (by id or name)."""
     with open_connection(engine) as conn:
-        d = conn.disks.find(disk)
-    _print_one(as_json, d.to_dict())
+        d = conn.disks.find(disk).to_dict()
+    emit(as_json, d, _show(d))
 
 
 @disks.command("remove")
@@ -282,8 +274,8 @@ _list_command(transfers, "List image transfers.", lambda conn: conn.transfers.li
 def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one image transfer."""
     with open_connection(engine) as conn:
-        t = conn.transfers.get(transfer_id)
-    _print_one(as_json, _transfer_dict(t))
+        t = _transfer_dict(conn.transfers.get(transfer_id))
+    emit(as_json, t, _show(t))
 
 
 @engine_view(transfers, "cancel", "transfer_id", metavar="ID")

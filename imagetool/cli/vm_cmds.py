@@ -15,7 +15,7 @@ import click
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
                                   open_connection)
-from imagetool.cli.inventory_cmds import SEARCH, _list_command, _print_list, _print_one
+from imagetool.cli.inventory_cmds import SEARCH, _list_command, _print_list, _show
 from imagetool.errors import DestinationExists
 from imagetool.units import count
 
@@ -138,7 +138,7 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
         v = get_vm(conn, vm)
         d = {**_vm_dict(v), "disks": [a.disk_id for a in conn.vms.disk_attachments(v.id)],
              "snapshots": [s.id for s in conn.snapshots.list(v.id)]}
-    _print_one(as_json, d)
+    emit(as_json, d, _show(d))
 
 
 @vms.command("ovf")
