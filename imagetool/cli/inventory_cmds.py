@@ -44,10 +44,8 @@ def _show(d: dict[str, Any]) -> str:
 def _print_list(as_json: bool, items: Sequence[Any], json_row: Callable[[Any], Any],
                 headers: Sequence[str], table_row: Callable[[Any], Sequence[Any]]) -> None:
     """A list command's output: JSON rows, or a table with ``headers``."""
-    if as_json:
-        emit_json([json_row(x) for x in items])
-    else:
-        click.echo(_table(headers, [table_row(x) for x in items]))
+    emit(as_json, [json_row(x) for x in items],
+         _table(headers, [table_row(x) for x in items]))
 
 
 def _list_command(group: click.Group, doc: str, fetch: Callable[..., Sequence[Any]],
@@ -60,7 +58,8 @@ def _list_command(group: click.Group, doc: str, fetch: Callable[..., Sequence[An
             found = fetch(conn, **kwargs)
         _print_list(as_json, found, json_row, headers, table_row)
 
-    for decorate in reversed([group.command("list", help=doc), *options, json_engine_options]):
+    for decorate in reversed([group.command("list", help=doc), *options,
+                              json_engine_options]):
         list_command = decorate(list_command)
 
 
