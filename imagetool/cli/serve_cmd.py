@@ -12,22 +12,19 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
 from imagetool.paths import default_data_dir, find_running_engine
 
 
-@contextmanager
-def in_process_engine(data_dir: str) -> Iterator[Any]:
-    """A ``LocalEngine`` serving ``data_dir`` from this process until the block ends."""
+def in_process_engine(data_dir: str) -> Any:
+    """A ``LocalEngine`` for ``data_dir``: a context manager serving it from
+    this process until the block ends."""
     from imagetool.server.local import LocalEngine
 
-    with LocalEngine(data_dir) as engine:
-        yield engine
-
+    return LocalEngine(data_dir)
 
 
 @click.command("serve")
