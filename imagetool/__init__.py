@@ -9,6 +9,8 @@ errors, ids, paths, phases...), the I/O core (``backend``, ``backends``,
 (``server``) stands on the floors up to ``checksum``.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 # The main workflows, importable from the top level without loading the
@@ -46,12 +48,8 @@ __all__ = ["__version__", "backup", *_LAZY]
 
 def __getattr__(name: str):
     if name == "backup":        # the package imagetool.backup
-        import importlib
-
         return importlib.import_module("imagetool.backup")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'imagetool' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)

@@ -28,6 +28,7 @@ import os
 import stat
 
 from imagetool.errors import ImagetoolError, UsageError
+from imagetool.fsutil import write_atomic
 
 LOCK_FILE = "serve.json"
 
@@ -98,11 +99,8 @@ def register_serve(data_dir: str) -> None:
     """Record that this process serves ``data_dir`` (owner-only files)."""
     os.makedirs(serves_dir(), mode=0o700, exist_ok=True)
     path = _entry(data_dir)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"data_dir": os.path.abspath(data_dir), "pid": os.getpid()}, f)
-    os.replace(tmp, path)
+    entry = {"data_dir": os.path.abspath(data_dir), "pid": os.getpid()}
+    write_atomic(path, json.dumps(entry), sync=False, tmp=f"{path}.tmp-{os.getpid()}")
 
 
 def unregister_serve(data_dir: str) -> None:

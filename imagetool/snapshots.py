@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -71,8 +71,7 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
     """The disks as the snapshot holds them (``image_id``: its layer)."""
     vm = conn.vms.find(vm)
-    snap = find_snapshot(conn, vm, snapshot)
-    return conn.snapshots.disks(vm.id, snap.id)
+    return conn.snapshots.disks(vm.id, find_snapshot(conn, vm, snapshot).id)
 
 
 def _check_disks_usable(conn: Any, vm: Vm, disk_ids: Iterable[str], action: str) -> None:
@@ -167,10 +166,8 @@ def restore_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
 
 
 def _in_preview(conn: Any, vm: Vm) -> Snapshot | None:
-    for s in conn.snapshots.list(vm.id):
-        if s.snapshot_status == "in_preview":
-            return s
-    return None
+    return next((s for s in conn.snapshots.list(vm.id) if s.snapshot_status == "in_preview"),
+                None)
 
 
 def preview_snapshot(conn: Any, vm: Any, snapshot: Any, *, wait: bool = True,
@@ -256,10 +253,8 @@ def disk_layers(conn: Any, disk: Any) -> list[DiskSnapshot]:
 
 
 def _vm_of_disk(conn: Any, disk_id: str) -> Vm | None:
-    for vm in conn.vms.list():
-        if disk_id in life.attached_disk_ids(conn, vm.id):
-            return vm
-    return None
+    return next((vm for vm in conn.vms.list()
+                 if disk_id in life.attached_disk_ids(conn, vm.id)), None)
 
 
 def _layers_up_to(conn: Any, disk: Disk, layers: list[DiskSnapshot],
@@ -296,9 +291,6 @@ class ChainLayer:
     path: str
     backing: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "backing": self.backing}
-
 
 @dataclass
 class ChainResult:
@@ -316,8 +308,7 @@ class ChainResult:
         return [Path(layer.path) for layer in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"disk_id": self.disk_id, "layers": [x.to_dict() for x in self.layers],
-                "top": self.top}
+        return {**asdict(self), "top": self.top}
 
 
 def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,

@@ -104,8 +104,7 @@ def import_vm(conn: Any, name: str, export_domain: str, storage_domain: str, *,
     its disks are unlocked.
     """
     sd = _export_domain(conn, export_domain)
-    candidates = conn.storage_domains.vms(sd.id)
-    matches = [v for v in candidates if name in (v.id, v.name)]
+    matches = [v for v in conn.storage_domains.vms(sd.id) if name in (v.id, v.name)]
     if not matches:
         raise NotFound(f"export domain {sd.name} holds no VM with id or name {name!r}",
                        status=404)

@@ -1,9 +1,5 @@
-"""``imagetool backup``: VM backups into a directory of restore points.
-
-``create`` makes one point per VM (full, then incremental), ``list`` shows
-the chains, ``verify`` checks every file and every point's guest data,
-``restore`` creates a new VM from a point, ``prune`` keeps the newest N
-points per VM (merging what the kept ones need).
+"""``imagetool backup create|list|verify|restore|prune``: VM backups into a
+repository of restore points (qcow2 chains, or chunks: ``backup_repo_cmds``).
 """
 
 from __future__ import annotations
@@ -15,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imagetool.cli.common import checksum_json, emit, emit_json
+from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
-                                            keep_options)
-from imagetool.cli.progress import progress_bar, vm_disks_size
-from imagetool.cli.store_options import is_chunk_repository, open_repository, repo_options
+                                            keep_options, vm_label)
+from imagetool.cli.progress import Bars, progress_bar, run_jobs, vm_disks_size
+from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
+from imagetool.errors import ImagetoolError, NotFound
+from imagetool.threads import interrupts_ignored
 from imagetool.units import count, format_seconds, format_size
 
 if TYPE_CHECKING:
@@ -52,7 +50,6 @@ def _looks_like_dir(arg: str) -> bool:
 
 
 def _is_vm(conn: Any, name: str) -> bool:
-    from imagetool.errors import NotFound
     try:
         conn.vms.find(name)
     except NotFound:
@@ -90,13 +87,12 @@ def _create_args(conn: Any, args: tuple[str, ...]) -> tuple[str, list[str]]:
     return directory, vms
 
 
-def _repository(location: str, endpoint: str | None, profile: str | None,
-                key_file: str | None, workers: int = 8) -> Any:
+def _repository(location: str, repo: RepoOptions, workers: int = 8) -> Any:
     """The open chunk repository ``location`` names, or the qcow2-chain
     directory itself (the S3 and key options apply to the former only)."""
     if is_chunk_repository(location):
-        return open_repository(location, endpoint, profile, key_file, workers)
-    if endpoint or profile or key_file:
+        return repo.open(location, workers)
+    if any(vars(repo).values()):
         raise click.UsageError(f"{location}: not a chunk repository: --endpoint, --profile "
                                "and --key-file apply to chunk repositories only")
     return location
@@ -104,7 +100,6 @@ def _repository(location: str, endpoint: str | None, profile: str | None,
 
 def _vm_total(conn: Any, vm: str) -> int:
     """A VM's bar total; 0 (no percentage) for a VM the run will report missing."""
-    from imagetool.errors import ImagetoolError
     try:
         return vm_disks_size(conn, vm)
     except ImagetoolError:
@@ -125,12 +120,12 @@ def _vm_total(conn: Any, vm: str) -> int:
 @click.option("--inactivity-timeout", type=click.IntRange(1), default=60, show_default=True,
               help="Seconds without activity before the engine ends a transfer of a "
                    "killed run (and unlocks its disk).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 @engine_options
 def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
-           workers: int, inactivity_timeout: int, as_json: bool, endpoint: str | None,
-           profile: str | None, key_file: str | None, engine: EngineOptions) -> None:
+           workers: int, inactivity_timeout: int, as_json: bool, repo: RepoOptions,
+           engine: EngineOptions) -> None:
     """Make one new restore point of each VM (name or id) in DIR.
 
     DIR is a directory of qcow2 chains (made if missing) or a chunk
@@ -139,12 +134,10 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     order (VM... DIR) still works, with a warning.
     """
     from imagetool.backup import backup_vm
-    from imagetool.cli.progress import Bars, run_jobs
-    from imagetool.threads import interrupts_ignored
 
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
-        repository = _repository(directory, endpoint, profile, key_file, workers * jobs)
+        repository = _repository(directory, repo, workers * jobs)
         with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
             tasks = [(lambda i=i, v=v: backup_vm(
                 conn, v, repository, full=full, method=method, workers=workers,
@@ -186,11 +179,6 @@ def _chunk_options_only(directory: str, **given: Any) -> None:
                                "backup init); this one holds qcow2 chains")
 
 
-def _vm_label(v: dict) -> str:
-    """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
-    return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
-
-
 def _verified(out: VerifyResult) -> str:
     return f"{count(out.points, 'point')}, {count(out.files, 'file')}"
 
@@ -203,7 +191,6 @@ def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) 
     if not sys.stderr.isatty():
         return 0
     from imagetool.backup import Repository
-    from imagetool.errors import ImagetoolError
     try:
         repo = Repository(directory)
         total = 0
@@ -219,17 +206,12 @@ def _repo_total(directory: str, vm: str | None, point: str | None, chain: bool) 
         return 0
 
 
-def _verify_total(directory: str, vm: str | None, point: str | None) -> int:
-    return _repo_total(directory, vm, point, chain=True)
-
-
 def _restore_total(repository: Any, vm: str, point: str | None) -> int:
     if isinstance(repository, str):
         return _repo_total(repository, vm, point, chain=False)
     if not sys.stderr.isatty():
         return 0
     from imagetool.backup.store.points import find_point
-    from imagetool.errors import ImagetoolError
     try:
         ix = find_point(repository, vm, point)
         return sum(d.virtual_size for d in ix.disks)
@@ -240,10 +222,9 @@ def _restore_total(repository: Any, vm: str, point: str | None) -> int:
 @backup.command("list")
 @click.argument("directory", type=click.Path(file_okay=False), metavar="REPOSITORY")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
-def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None,
-             profile: str | None, key_file: str | None) -> None:
+def list_cmd(directory: str, vm: str | None, as_json: bool, repo: RepoOptions) -> None:
     """The VMs of REPOSITORY, their points, size on disk and data held.
 
     A chunk repository shows per point its logical size, its data, the new
@@ -253,14 +234,14 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None
     from imagetool.backup import list_points
 
     if is_chunk_repository(directory):
-        return chunk_list(directory, vm, as_json, endpoint, profile, key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file)
+        return chunk_list(directory, vm, as_json, repo)
+    _chunk_options_only(directory, **vars(repo))
     out = list_points(directory, vm)
     if as_json:
         emit_json(out)
         return
     for v in out:
-        click.echo(f"VM {_vm_label(v)}: {count(len(v['points']), 'point')}")
+        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
         for p in v["points"]:
             click.echo(f"  {p['point']}  {p['mode']:<11} {p['method']:<10} "
                        f"size {format_size(p['size']):>9}  data {format_size(p['data']):>9}"
@@ -275,11 +256,10 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, endpoint: str | None
               show_default=True, help="Chunk repositories: percentage of the chunks read.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Chunk repositories: chunks read and hashed at a time.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
-               workers: int, as_json: bool, endpoint: str | None, profile: str | None,
-               key_file: str | None) -> None:
+               workers: int, as_json: bool, repo: RepoOptions) -> None:
     """Check every file's SHA-256 and every point's guest-data checksum.
 
     \b
@@ -291,19 +271,14 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
     checksum equals the one recorded at backup time; damaged points are
     named with what they lost. --sample reads a part of the chunks only.
     """
-    import os
-
     from imagetool.backup import verify
-    from imagetool.errors import ImagetoolError
 
     if is_chunk_repository(directory):
-        return chunk_verify(directory, vm, point, sample, workers, as_json, endpoint,
-                            profile, key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
-                        sample=sample < 100)
+        return chunk_verify(directory, vm, point, sample, workers, as_json, repo)
+    _chunk_options_only(directory, **vars(repo), sample=sample < 100)
 
     try:
-        with progress_bar(_verify_total(directory, vm, point), "verify") as update:
+        with progress_bar(_repo_total(directory, vm, point, chain=True), "verify") as update:
             out = verify(directory, vm=vm, point=point, strict=False, progress=update)
     except ImagetoolError as e:
         if as_json:
@@ -332,21 +307,19 @@ def verify_cmd(directory: str, vm: str | None, point: str | None, sample: float,
 @click.option("--cluster", metavar="C", help="Cluster of the new VM (default: Default).")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Parallel connections per disk.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 @engine_options
 def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
                 name: str | None, cluster: str | None, workers: int, as_json: bool,
-                endpoint: str | None, profile: str | None, key_file: str | None,
-                engine: EngineOptions) -> None:
+                repo: RepoOptions, engine: EngineOptions) -> None:
     """Create a new VM from a point of VM (name or id) in DIRECTORY (a
     directory of qcow2 chains, or a chunk repository: a directory or
     s3://bucket/prefix)."""
     from imagetool.backup import restore_vm
     from imagetool.backup.restore import restore_chunk_vm
-    from imagetool.threads import interrupts_ignored
 
-    repository = _repository(directory, endpoint, profile, key_file, workers)
+    repository = _repository(directory, repo, workers)
     restore = restore_vm if isinstance(repository, str) else restore_chunk_vm
     with open_connection(engine) as conn:
         with progress_bar(_restore_total(repository, vm, point), "restore") as update:
@@ -366,12 +339,11 @@ def restore_cmd(directory: str, vm: str, point: str | None, storage_domain: str,
 @click.option("--dry-run", is_flag=True, help="Chunk repositories: say what would go; "
                                               "delete nothing.")
 @click.option("--vm", metavar="VM", help="Only this VM (name or id).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @repo_options
 def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int,
               keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
-              dry_run: bool, vm: str | None, as_json: bool, endpoint: str | None,
-              profile: str | None, key_file: str | None) -> None:
+              dry_run: bool, vm: str | None, as_json: bool, repo: RepoOptions) -> None:
     """Keep the newest N points per VM; older ones a kept point needs are merged into it.
 
     \b
@@ -392,11 +364,9 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
         if not any(rules.values()):
             raise click.UsageError("give at least one of --keep-last, --keep-hourly, "
                                    "--keep-daily, --keep-weekly, --keep-monthly, --keep-yearly")
-        return chunk_prune(directory, vm, rules, dry_run, as_json, endpoint, profile,
-                           key_file)
-    _chunk_options_only(directory, endpoint=endpoint, profile=profile, key_file=key_file,
-                        dry_run=dry_run, **{f"keep_{k}": v for k, v in rules.items()
-                                            if k != "last"})
+        return chunk_prune(directory, vm, rules, dry_run, as_json, repo)
+    _chunk_options_only(directory, **vars(repo), dry_run=dry_run,
+                        **{f"keep_{k}": v for k, v in rules.items() if k != "last"})
     keep = keep or keep_last
     if not keep:
         raise click.UsageError("give --keep N (points kept per VM)")
@@ -405,7 +375,7 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
         emit_json(out)
     else:
         for v in out:
-            click.echo(f"VM {_vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
+            click.echo(f"VM {vm_label(v)}: removed {count(len(v['removed']), 'point')}, "
                        f"merged into {', '.join(v['merged']) or 'none'}, "
                        f"kept {count(len(v['kept']), 'point')}")
 

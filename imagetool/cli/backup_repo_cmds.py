@@ -1,14 +1,10 @@
-"""``imagetool backup`` on chunk repositories (backup repository v2).
+"""``imagetool backup init|gc|export|migrate``: chunk repositories (backup
+repository v2, ``imagetool.backup.store``).
 
-``init`` makes a repository of deduplicated, compressed, optionally
-encrypted chunks on a directory or S3 (``imagetool.backup.store``); ``gc``
-frees the chunks no point names; ``export`` writes a point's disks as
-images qemu-img reads; ``migrate`` moves a qcow2-chain repository into a
-chunk one. ``list``, ``verify`` and ``prune`` of ``backup_cmds`` call the
-``chunk_*`` functions here when their repository is a chunk one
+``list``, ``verify`` and ``prune`` of ``backup_cmds`` call the ``chunk_*``
+functions here when their repository is a chunk one
 (``store_options.is_chunk_repository``), so one command works on both
-formats. Every command takes ``--endpoint``/``--profile`` for S3 and
-``--key-file`` (or ``IMAGETOOL_PASSPHRASE``) for an encrypted repository.
+formats.
 """
 
 from __future__ import annotations
@@ -19,15 +15,16 @@ from typing import Any
 
 import click
 
-from imagetool.cli.common import emit_json
+from imagetool.cli.common import JSON, emit_json
 from imagetool.cli.progress import progress_bar
-from imagetool.cli.store_options import (PASSPHRASE_ENV, is_chunk_repository, open_repository,
+from imagetool.cli.store_options import (PASSPHRASE_ENV, RepoOptions, is_chunk_repository,
                                          repo_options, repo_secret)
+from imagetool.errors import ImagetoolError
+from imagetool.iocore.backend import Closing
 from imagetool.units import count, format_size
 
 WORKERS = click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
                        help="Chunks read, hashed or written at a time.")
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @click.command("init")
@@ -37,8 +34,7 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--chunk-size", type=click.Choice(["1", "2", "4", "8"]),
               help="Chunk size in MiB (default: 1 on a directory, 4 on S3).")
 @repo_options
-def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
-         profile: str | None, key_file: str | None) -> None:
+def init(repository: str, encrypt: bool, chunk_size: str, repo: RepoOptions) -> None:
     """Make a chunk repository at REPOSITORY (a directory or s3://bucket/prefix).
 
     \b
@@ -49,6 +45,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
     frees the chunks no index names.
     """
     from imagetool.backup.store import ChunkStore, new_key_file, open_storage
+    key_file = repo.key_file
     if not encrypt and key_file:
         raise click.UsageError("--key-file without --encrypt")
     if encrypt and not key_file and not os.environ.get(PASSPHRASE_ENV):
@@ -63,7 +60,8 @@ def init(repository: str, encrypt: bool, chunk_size: str, endpoint: str | None,
         new_key_file(key_file)
     secret, phrase = repo_secret(key_file)
     try:
-        storage = open_storage(repository, endpoint=endpoint, profile=profile, create=True)
+        storage = open_storage(repository, endpoint=repo.endpoint, profile=repo.profile,
+                               create=True)
         ChunkStore.init(storage, chunk_size=int(chunk_size) << 20 if chunk_size else None,
                         secret=secret if encrypt else None, passphrase=phrase)
     except BaseException:
@@ -111,16 +109,20 @@ def point_row(store: Any, ix: Any) -> dict:
             "stored": stored, "dedup": _ratio(data, new), "compression": _ratio(new, stored)}
 
 
+def vm_label(v: dict) -> str:
+    """``web1 (<id>)``: the name the VM had at its newest point, and its id."""
+    return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
+
+
 def _times(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
 
-def chunk_list(repository: str, vm: str | None, as_json: bool, endpoint: str | None,
-               profile: str | None, key_file: str | None) -> None:
+def chunk_list(repository: str, vm: str | None, as_json: bool, repo: RepoOptions) -> None:
     """``backup list`` of a chunk repository."""
     from imagetool.backup.store import list_points, load_index
     from imagetool.backup.store.points import find_vm
-    store = open_repository(repository, endpoint, profile, key_file)
+    store = repo.open(repository)
     vm_id = find_vm(store, vm) if vm else None
     rows = [point_row(store, load_index(store, v, n)) for v, n in list_points(store, vm_id)]
     vms: list[dict] = []
@@ -133,8 +135,7 @@ def chunk_list(repository: str, vm: str | None, as_json: bool, endpoint: str | N
         emit_json(vms)
         return
     for v in vms:
-        label = f"{v['vm_name']} ({v['vm_id']})" if v["vm_name"] else v["vm_id"]
-        click.echo(f"VM {label}: {count(len(v['points']), 'point')}")
+        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
         for r in v["points"]:
             click.echo(f"  {r['point']}  logical {format_size(r['logical']):>9}  "
                        f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
@@ -153,14 +154,12 @@ def chunk_list(repository: str, vm: str | None, as_json: bool, endpoint: str | N
 # --- verify ----------------------------------------------------------------------------
 
 def chunk_verify(repository: str, vm: str | None, point: str | None, sample: float,
-                 workers: int, as_json: bool, endpoint: str | None, profile: str | None,
-                 key_file: str | None) -> None:
+                 workers: int, as_json: bool, repo: RepoOptions) -> None:
     """``backup verify`` of a chunk repository: exit 1 naming damaged points."""
     from imagetool.backup.store import verify
     from imagetool.backup.store.points import find_vm
-    from imagetool.errors import ImagetoolError
     try:
-        store = open_repository(repository, endpoint, profile, key_file, workers)
+        store = repo.open(repository, workers)
         vm_id = find_vm(store, vm) if vm else None
         total = _chunk_bytes(store, vm_id, point) * sample / 100
         with progress_bar(round(total), "verify") as update:
@@ -196,7 +195,6 @@ def _chunk_bytes(store: Any, vm_id: str | None, point: str | None) -> int:
     the points name, each counted once. 0 (no percentage) when an index
     cannot be read: verify then reports it."""
     from imagetool.backup.store import list_points, load_index
-    from imagetool.errors import ImagetoolError
     if not sys.stderr.isatty():
         return 0
     sizes: dict[str, int] = {}
@@ -231,12 +229,11 @@ def keep_options(fn):
 
 
 def chunk_prune(repository: str, vm: str | None, keep: dict[str, int], dry_run: bool,
-                as_json: bool, endpoint: str | None, profile: str | None,
-                key_file: str | None) -> None:
+                as_json: bool, repo: RepoOptions) -> None:
     """``backup prune`` of a chunk repository: calendar rules, indexes only."""
     from imagetool.backup.store import prune
     from imagetool.backup.store.points import find_vm
-    store = open_repository(repository, endpoint, profile, key_file)
+    store = repo.open(repository)
     vm_id = find_vm(store, vm) if vm else None
     out = prune(store, vm_id, dry_run=dry_run, **keep)
     if as_json:     # per VM, as a qcow2-chain repository's prune
@@ -267,16 +264,17 @@ def chunk_prune(repository: str, vm: str | None, keep: dict[str, int], dry_run: 
 @JSON
 @repo_options
 def gc_cmd(repository: str, grace: float, dry_run: bool, as_json: bool,
-           endpoint: str | None, profile: str | None, key_file: str | None) -> None:
+           repo: RepoOptions) -> None:
     """Delete the chunks of a chunk repository that no point names.
 
     Mark and sweep: chunks modified within the grace period (24 h 5 min, as
     Proxmox Backup Server) are kept, so a backup running meanwhile is safe.
     """
     from imagetool.backup.store import collect
-    _need_chunks(repository, "gc")
-    res = collect(open_repository(repository, endpoint, profile, key_file), grace=grace,
-                  dry_run=dry_run)
+    if not is_chunk_repository(repository):
+        raise click.UsageError(f"{repository}: not a chunk repository (backup gc works on "
+                               "repositories made by backup init)")
+    res = collect(repo.open(repository), grace=grace, dry_run=dry_run)
     if as_json:
         emit_json(res.to_dict())
         return
@@ -286,12 +284,6 @@ def gc_cmd(repository: str, grace: float, dry_run: bool, as_json: bool,
                f"{res.referenced} referenced; {'would delete' if dry_run else 'deleted'} "
                f"{res.deleted} ({format_size(res.deleted_bytes)}), "
                f"{res.kept_recent} kept as recent")
-
-
-def _need_chunks(repository: str, command: str) -> None:
-    if not is_chunk_repository(repository):
-        raise click.UsageError(f"{repository}: not a chunk repository (backup {command} "
-                               "works on repositories made by backup init)")
 
 
 # --- export ----------------------------------------------------------------------------
@@ -308,14 +300,13 @@ def _need_chunks(repository: str, command: str) -> None:
 @JSON
 @repo_options
 def export_cmd(repository: str, vm: str, outdir: str, point: str | None, out_format: str,
-               force: bool, workers: int, as_json: bool, endpoint: str | None,
-               profile: str | None, key_file: str | None) -> None:
+               force: bool, workers: int, as_json: bool, repo: RepoOptions) -> None:
     """Write a point's disks to OUTDIR as images qemu-img reads, and vm.ovf.
 
     One file per disk, OUTDIR/DISK_ID.qcow2 (or .raw), sparse, owner-only;
     works on chunk and qcow2-chain repositories alike.
     """
-    with open_point(repository, vm, point, endpoint, profile, key_file, workers) as pt:
+    with open_point(repository, vm, point, repo, workers) as pt:
         total = sum(b.size for _, b in pt.disks)
         from imagetool.backup.store.reader import export_disks
         with progress_bar(total, "export") as update:
@@ -329,34 +320,31 @@ def export_cmd(repository: str, vm: str, outdir: str, point: str | None, out_for
             click.echo(path)
 
 
-class OpenPoint:
+class OpenPoint(Closing):
     """A point of either repository format, its disks open as Backends:
     ``vm_id``, ``name``, ``ovf`` and ``disks`` (``(disk_id, backend)``)."""
 
     def __init__(self, vm_id: str, name: str, ovf: str | None, disks: list) -> None:
         self.vm_id, self.name, self.ovf, self.disks = vm_id, name, ovf, disks
 
-    def __enter__(self) -> "OpenPoint":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         for _, b in self.disks:
             b.close()
 
 
-def open_point(repository: str, vm: str, point: str | None, endpoint: str | None,
-               profile: str | None, key_file: str | None, workers: int = 4) -> OpenPoint:
+def open_point(repository: str, vm: str, point: str | None, repo: RepoOptions,
+               workers: int = 4) -> OpenPoint:
     """The point ``point`` (default: the newest) of VM ``vm`` (name or id) in
     a chunk or qcow2-chain repository."""
     if is_chunk_repository(repository):
         from imagetool.backup.store import PointBackend
         from imagetool.backup.store.points import find_point
-        store = open_repository(repository, endpoint, profile, key_file, workers)
+        store = repo.open(repository, workers)
         ix = find_point(store, vm, point)
         return OpenPoint(ix.vm_id, ix.name, ix.ovf, [
             (d.disk_id, PointBackend(store, d, f"{ix.vm_id}/{ix.name} disk {d.disk_id}"))
             for d in ix.disks])
-    if endpoint or profile or key_file:
+    if any(vars(repo).values()):
         raise click.UsageError(f"{repository}: --endpoint, --profile and --key-file apply "
                                "to chunk repositories only")
     from imagetool.backup import Repository
@@ -370,7 +358,7 @@ def open_point(repository: str, vm: str, point: str | None, endpoint: str | None
         for d in p.manifest.disks:
             out.disks.append((d.disk_id, repo.open_disk(p, d.disk_id, every)))
     except BaseException:
-        out.__exit__(None, None, None)
+        out.close()
         raise
     return out
 
@@ -383,8 +371,7 @@ def open_point(repository: str, vm: str, point: str | None, endpoint: str | None
 @WORKERS
 @JSON
 @repo_options
-def migrate_cmd(old: str, new: str, workers: int, as_json: bool, endpoint: str | None,
-                profile: str | None, key_file: str | None) -> None:
+def migrate_cmd(old: str, new: str, workers: int, as_json: bool, repo: RepoOptions) -> None:
     """Move every point of the qcow2-chain repository OLD into the chunk repository NEW.
 
     \b
@@ -403,7 +390,7 @@ def migrate_cmd(old: str, new: str, workers: int, as_json: bool, endpoint: str |
     if not is_chunk_repository(new):
         raise click.UsageError(f"{new}: not a chunk repository; make it first with "
                                "imagetool backup init")
-    store = open_repository(new, endpoint, profile, key_file, workers)
+    store = repo.open(new, workers)
     total = point_total(old) if sys.stderr.isatty() else 0
     with progress_bar(total, "migrate") as update:
         res = migrate(old, store, workers=workers, progress=update)

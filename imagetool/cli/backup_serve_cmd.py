@@ -12,7 +12,7 @@ import signal
 
 import click
 
-from imagetool.cli.store_options import repo_options
+from imagetool.cli.store_options import RepoOptions, repo_options
 
 
 @click.command("serve")
@@ -23,7 +23,7 @@ from imagetool.cli.store_options import repo_options
               metavar="SOCKET", help="Unix socket to listen on (made owner-only).")
 @repo_options
 def serve(repository: str, vm: str, point: str | None, socket_path: str,
-          endpoint: str | None, profile: str | None, key_file: str | None) -> None:
+          repo: RepoOptions) -> None:
     """Serve a point's disks read-only over NBD on a unix socket, until Ctrl-C.
 
     \b
@@ -38,7 +38,7 @@ def serve(repository: str, vm: str, point: str | None, socket_path: str,
     from imagetool.nbd import Export, NbdServer
     from imagetool.units import format_size
 
-    with open_point(repository, vm, point, endpoint, profile, key_file) as pt:
+    with open_point(repository, vm, point, repo) as pt:
         exports = [Export(disk_id, b, f"VM {pt.vm_id} point {pt.name} disk {disk_id}")
                    for disk_id, b in pt.disks]
         server = NbdServer(socket_path, exports,

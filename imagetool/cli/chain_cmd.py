@@ -2,8 +2,7 @@
 
 Kept apart from the plain download so that command stays one screen: this
 is ``imagetool.snapshots.download_chain_result`` with a progress bar per
-layer and the ``--json`` document ``disk_id``, ``layers`` (``id``,
-``path``, ``backing``) and ``top``.
+layer (``--json``: its ``ChainResult.to_dict``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from imagetool.units import parse_size
+from imagetool.units import format_seconds, format_size, parse_size
 
 
 class SizeParam(click.ParamType):
@@ -25,25 +25,31 @@ class SizeParam(click.ParamType):
 
 
 SIZE = SizeParam()
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def checksum_json(entry: dict, block_size: int | None = None) -> dict:
+def checksum_json(entry: dict) -> dict:
     """``entry`` with its guest-data checksum in the one shape every
-    ``--json`` gives (upload's): ``checksum: {algorithm, block_size, value,
-    scope}``. Library results carry a bare ``checksum`` value beside its
-    ``algorithm`` (and ``block_size`` where it is not imageio's default);
-    both move into the object. Entries without a checksum are unchanged."""
-    from imagetool.checksum import DEFAULT_BLOCK_SIZE
+    ``--json`` gives (``GuestChecksum.to_json``, upload's). Library results
+    carry a bare ``checksum`` value beside its ``algorithm`` (and
+    ``block_size`` where it is not imageio's default); both move into the
+    object. Entries without a checksum are unchanged."""
+    from imagetool.checksum import DEFAULT_BLOCK_SIZE, GuestChecksum
 
     value = entry.get("checksum")
     if not isinstance(value, str):
         return entry
     out = {k: v for k, v in entry.items() if k not in ("algorithm", "block_size")}
-    out["checksum"] = {"algorithm": entry["algorithm"],
-                       "block_size": entry.get("block_size") or block_size
-                       or DEFAULT_BLOCK_SIZE,
-                       "value": value, "scope": "guest-data"}
+    out["checksum"] = GuestChecksum(value, entry["algorithm"],
+                                    entry.get("block_size") or DEFAULT_BLOCK_SIZE).to_json()
     return out
+
+
+def moved(r: Any) -> str:
+    """``1.00 GiB in 2.0 s (512.00 MiB/s)``: what a transfer result moved."""
+    rate = r.bytes / r.seconds if r.seconds else 0
+    return (f"{format_size(r.bytes)} in {format_seconds(r.seconds)} "
+            f"({format_size(int(rate))}/s)")
 
 
 def emit(as_json: bool, doc: Any, line: str) -> None:

@@ -22,11 +22,12 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, Mapping
 
 import click
 
+from imagetool.cli.common import JSON
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
 from imagetool.engine.connection import normalize_url
@@ -57,14 +58,9 @@ class ResolvedEngine:
 
     url: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)       # never shown
     cafile: str | None
     insecure: bool
-
-    def __repr__(self) -> str:
-        # Never show the password.
-        return (f"ResolvedEngine(url={self.url!r}, username={self.username!r}, "
-                f"cafile={self.cafile!r}, insecure={self.insecure})")
 
 
 def config_paths(env: Mapping[str, str] | None = None) -> list[str]:
@@ -192,25 +188,22 @@ def _prompt_password(username: str | None) -> str:
 
 
 @contextmanager
-def open_connection(opts: EngineOptions, *, env: Mapping[str, str] | None = None,
-                    **conn_kwargs: Any) -> Iterator[Connection]:
+def open_connection(opts: EngineOptions) -> Iterator[Connection]:
     """A checked Connection to the configured engine, or to the local engine.
 
     The connection is tested (API root + login) before it is yielded, so
-    bad credentials or TLS problems fail here with exit code 3. Extra
-    keyword arguments go to ``Connection`` (e.g. ``timeout``).
+    bad credentials or TLS problems fail here with exit code 3.
     """
-    resolved = resolve(opts, env)
-    if resolved is not None:
+    resolved = resolve(opts)
+    if resolved is None:
+        tested = _local_engine_connection()
+    else:
         password = resolved.password
         if password is None:
             password = _prompt_password(resolved.username)
-        with _tested(resolved.url, username=resolved.username, password=password,
-                     cafile=resolved.cafile, insecure=resolved.insecure,
-                     **conn_kwargs) as conn, naming_lock_holders(conn):
-            yield conn
-        return
-    with _local_engine_connection(env, **conn_kwargs) as conn, naming_lock_holders(conn):
+        tested = _tested(resolved.url, username=resolved.username, password=password,
+                         cafile=resolved.cafile, insecure=resolved.insecure)
+    with tested as conn, naming_lock_holders(conn):
         yield conn
 
 
@@ -251,8 +244,7 @@ def _tested(url: str, **kwargs: Any) -> Iterator[Connection]:
 
 
 @contextmanager
-def _local_engine_connection(env: Mapping[str, str] | None,
-                             **conn_kwargs: Any) -> Iterator[Connection]:
+def _local_engine_connection() -> Iterator[Connection]:
     """Use ``imagetool serve`` if it runs on the data dir, else start one here."""
     data_dir, info = locate_engine()
     if info:
@@ -260,16 +252,13 @@ def _local_engine_connection(env: Mapping[str, str] | None,
         if password is None and info.get("password_file"):
             password = _read_password_file(info["password_file"])
         with _tested(info["url"], username=info.get("username", "admin@internal"),
-                     password=password, cafile=info.get("cafile"), **conn_kwargs) as conn:
+                     password=password, cafile=info.get("cafile")) as conn:
             yield conn
         return
     with in_process_engine(data_dir) as engine, \
             _tested(engine.url, username=engine.username, password=engine.password,
-                    cafile=engine.cafile, **conn_kwargs) as conn:
+                    cafile=engine.cafile) as conn:
         yield conn
-
-
-_OPTION_NAMES = ("engine_url", "username", "password_file", "cafile", "insecure", "config")
 
 
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -277,7 +266,7 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in _OPTION_NAMES}
+        values = {f.name: kwargs.pop(f.name) for f in fields(EngineOptions)}
         kwargs["engine"] = EngineOptions(**values)
         return func(*args, **kwargs)
 
@@ -304,13 +293,17 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def json_engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` and the engine options, which most engine commands take."""
+    return JSON(engine_options(func))
+
+
 def engine_view(group: click.Group, name: str, argument: str,
                 metavar: str | None = None) -> Callable[..., Any]:
     """Click decorator of a command on one thing of the engine: ``GROUP
     NAME ARGUMENT [--json]`` and the engine options; the function takes
     (ARGUMENT, as_json, engine)."""
     def decorate(func: Callable[..., Any]) -> Any:
-        func = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(
-            engine_options(func))
-        return group.command(name)(click.argument(argument, metavar=metavar)(func))
+        func = click.argument(argument, metavar=metavar)(json_engine_options(func))
+        return group.command(name)(func)
     return decorate

@@ -11,7 +11,7 @@ from imagetool.checksum import (ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZ
 from imagetool.cli.common import SIZE, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.progress import progress_bar
-from imagetool.formats import WRITABLE
+from imagetool.formats import WRITABLE, inspect, open_image
 from imagetool.units import format_size
 
 _FILE = click.Path(dir_okay=False, path_type=str)
@@ -36,8 +36,6 @@ def info(file: str, as_json: bool) -> None:
       imagetool info disk.qcow2
       imagetool info --json disk.raw | jq .virtual_size
     """
-    from imagetool.formats import inspect
-
     meta = inspect(file)
     fields = meta.to_dict()     # a format's own fields: only those it has
     if as_json:
@@ -126,12 +124,9 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
     if file and disk:
         raise click.UsageError("give FILE or --disk, not both")
     if disk:
-        _disk_checksum(disk, algorithm, block_size, as_json, engine)
-        return
+        return _disk_checksum(disk, algorithm, block_size, as_json, engine)
     if file is None:
         raise click.UsageError("missing argument FILE")
-    from imagetool.formats import open_image
-
     with open_image(file, "r") as backend:
         with progress_bar(backend.size, "checksum") as update:
             result = checksum(backend, algorithm=algorithm, block_size=block_size,
@@ -148,11 +143,8 @@ def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
         found = conn.disks.find(disk)
         result = disk_checksum(conn, found.id, algorithm=algorithm.lower(),
                                block_size=block_size)
-    if as_json:
-        emit_json({k: result[k] for k in ("algorithm", "block_size", "checksum",
-                                          "disk_id")})
-    else:
-        click.echo(f"{result['checksum']}  disk {found.name or ''} ({found.id})")
+    emit(as_json, {k: result[k] for k in ("algorithm", "block_size", "checksum", "disk_id")},
+         f"{result['checksum']}  disk {found.name or ''} ({found.id})")
 
 
 @click.command()
@@ -177,11 +169,8 @@ def measure(file: str, out_format: str, cluster_size: int, as_json: bool) -> Non
     from imagetool.formats.measure import measure as do_measure
 
     result = do_measure(file, out_format, cluster_size)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"required size: {result['required']}")
-        click.echo(f"fully allocated size: {result['fully-allocated']}")
+    emit(as_json, result, f"required size: {result['required']}\n"
+                          f"fully allocated size: {result['fully-allocated']}")
 
 
 @click.command()
@@ -214,16 +203,14 @@ def convert(src: str, dst: str, out_format: str, compress: bool, force: bool,
       imagetool convert disk.vmdk disk.qcow2 -O qcow2
       imagetool convert disk.raw disk.qcow2 -O qcow2 --json
     """
-    from imagetool.formats import open_image
     from imagetool.formats.convert import convert as do_convert
 
     if compress and out_format != "qcow2":
         raise click.UsageError("--compress needs -O qcow2")
 
     # The bar needs the size up front; opening also validates SRC early.
-    probe = open_image(src, "r")
-    total = probe.size
-    probe.close()
+    with open_image(src, "r") as probe:
+        total = probe.size
     start = time.monotonic()
     with progress_bar(total, "convert") as update:
         result = do_convert(src, dst, out_format, compress=compress, force=force,

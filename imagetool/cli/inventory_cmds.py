@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import (EngineOptions, engine_options, engine_view, naming_lock_holders,
-                                  open_connection)
+from imagetool.cli.common import SIZE, emit, emit_json
+from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
+                                  naming_lock_holders, open_connection)
 from imagetool.engine import Disk, ImageTransfer, StorageDomain
 from imagetool.errors import ImagetoolError
 from imagetool.units import format_size
@@ -31,7 +31,7 @@ def _size(n: int | None) -> str:
 
 
 def _show(d: dict[str, Any]) -> str:
-    """``key: value`` lines for one entity."""
+    """``key: value`` lines for one entity (a show command's text)."""
     width = max(len(k) for k in d)
     lines = []
     for k, v in d.items():
@@ -44,32 +44,27 @@ def _show(d: dict[str, Any]) -> str:
 def _print_list(as_json: bool, items: Sequence[Any], json_row: Callable[[Any], Any],
                 headers: Sequence[str], table_row: Callable[[Any], Sequence[Any]]) -> None:
     """A list command's output: JSON rows, or a table with ``headers``."""
-    if as_json:
-        emit_json([json_row(x) for x in items])
-    else:
-        click.echo(_table(headers, [table_row(x) for x in items]))
+    emit(as_json, [json_row(x) for x in items],
+         _table(headers, [table_row(x) for x in items]))
 
 
-def _list_command(group: click.Group, doc: str, fetch: Callable[[Any], Sequence[Any]],
+def _list_command(group: click.Group, doc: str, fetch: Callable[..., Sequence[Any]],
                   json_row: Callable[[Any], Any], headers: Sequence[str],
-                  table_row: Callable[[Any], Sequence[Any]]) -> None:
-    """Add ``GROUP list [--json]``, printing what ``fetch(conn)`` returns
-    as ``_print_list`` does; ``doc`` is its help."""
-    @group.command("list", help=doc)
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    @engine_options
-    def list_command(as_json: bool, engine: EngineOptions) -> None:
+                  table_row: Callable[[Any], Sequence[Any]], *options: Callable) -> None:
+    """Add ``GROUP list [OPTIONS] [--json]``, printing what ``fetch(conn,
+    **options)`` returns as ``_print_list`` does; ``doc`` is its help."""
+    def list_command(as_json: bool, engine: EngineOptions, **kwargs: Any) -> None:
         with open_connection(engine) as conn:
-            found = fetch(conn)
+            found = fetch(conn, **kwargs)
         _print_list(as_json, found, json_row, headers, table_row)
 
+    for decorate in reversed([group.command("list", help=doc), *options,
+                              json_engine_options]):
+        list_command = decorate(list_command)
 
-def _print_one(as_json: bool, d: dict[str, Any]) -> None:
-    """A show command's output: JSON, or ``key: value`` lines."""
-    if as_json:
-        emit_json(d)
-    else:
-        click.echo(_show(d))
+
+SEARCH = click.option("--search", metavar="QUERY",
+                      help="Engine search expression (e.g. name=web*).")
 
 
 # --- disks -----------------------------------------------------------------
@@ -79,38 +74,30 @@ def disks() -> None:
     """List, show, update, copy, move and remove disks."""
 
 
-@disks.command("list")
-@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
-@click.option("--max", "max_", type=int, metavar="N", help="Return at most N disks.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def disks_list(search: str | None, max_: int | None, as_json: bool,
-               engine: EngineOptions) -> None:
-    """List disks."""
-    with open_connection(engine) as conn:
-        found = conn.disks.list(search=search, max=max_)
-    # Old engines may fill only the alias; show it as the name then.
-    _print_list(as_json, found,
-                lambda d: {k: (d.name or d.alias) if k == "name" else getattr(d, k)
-                           for k in DISK_LIST_KEYS},
-                ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
-                lambda d: (d.id, d.name or d.alias, d.status, d.format,
-                           _size(d.provisioned_size), _size(d.actual_size)))
+# Old engines may fill only the alias; show it as the name then.
+_list_command(disks, "List disks.",
+              lambda conn, search, max_: conn.disks.list(search=search, max=max_),
+              lambda d: {k: (d.name or d.alias) if k == "name" else getattr(d, k)
+                         for k in DISK_LIST_KEYS},
+              ("ID", "NAME", "STATUS", "FORMAT", "VIRTUAL", "ACTUAL"),
+              lambda d: (d.id, d.name or d.alias, d.status, d.format,
+                         _size(d.provisioned_size), _size(d.actual_size)),
+              SEARCH, click.option("--max", "max_", type=int, metavar="N",
+                                   help="Return at most N disks."))
 
 
 @engine_view(disks, "show", "disk")
 def disks_show(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one disk (by id or name)."""
     with open_connection(engine) as conn:
-        d = conn.disks.find(disk)
-    _print_one(as_json, d.to_dict())
+        d = conn.disks.find(disk).to_dict()
+    emit(as_json, d, _show(d))
 
 
 @disks.command("remove")
 @click.argument("disk_refs", metavar="DISK...", nargs=-1, required=True)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
                  engine: EngineOptions) -> None:
     """Remove disks (by id or name). Fails for disks that are locked."""
@@ -176,48 +163,40 @@ def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
                            r["date"]))
 
 
-def _disk_op(verb: str, as_json: bool, d: Disk, extra: dict[str, Any] | None = None) -> None:
-    if as_json:
-        emit_json({**d.to_dict(), **(extra or {})})
-    else:
-        click.echo(f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
+def _disk_op(verb: str, as_json: bool, d: Disk) -> None:
+    emit(as_json, d.to_dict(), f"{verb} disk {d.name or d.alias} ({d.id}): {d.status}")
 
 
-@disks.command("copy")
-@click.argument("disk")
-@click.option("--sd", "storage_domain", required=True, metavar="NAME",
-              help="Target storage domain (name or id).")
-@click.option("--name", metavar="NAME", help="Name of the copy.")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait for the copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def disks_copy(disk: str, storage_domain: str, name: str | None, timeout: int,
-               as_json: bool, engine: EngineOptions) -> None:
-    """Copy a disk to a storage domain; waits until the copy is ok."""
-    from imagetool.disks import copy_disk
+def _disk_action(name: str, verb: str, action: str, doc: str, waited: str,
+                 *options: Callable) -> None:
+    """Add ``disks NAME DISK``: ``imagetool.disks``'s ``action`` on the disk,
+    ``options`` passed as its keyword arguments, waiting up to ``--timeout``."""
+    def command(disk: str, timeout: int, as_json: bool, engine: EngineOptions,
+                **kwargs: Any) -> None:
+        from imagetool import disks as lib
 
-    with open_connection(engine) as conn:
-        new = copy_disk(conn, disk, storage_domain, name=name, timeout=timeout)
-    _disk_op("copied to", as_json, new)
+        with open_connection(engine) as conn:
+            d = getattr(lib, action)(conn, disk, timeout=timeout, **kwargs)
+        _disk_op(verb, as_json, d)
+
+    for decorate in reversed([
+            disks.command(name, help=doc), click.argument("disk"), *options,
+            click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
+                         help=f"Seconds to wait{waited}."),
+            json_engine_options]):
+        command = decorate(command)
 
 
-@disks.command("move")
-@click.argument("disk")
-@click.option("--sd", "storage_domain", required=True, metavar="NAME",
-              help="Target storage domain (name or id).")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait for the move.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
-               engine: EngineOptions) -> None:
-    """Move a disk to another storage domain; waits until it is ok there."""
-    from imagetool.disks import move_disk
-
-    with open_connection(engine) as conn:
-        d = move_disk(conn, disk, storage_domain, timeout=timeout)
-    _disk_op("moved", as_json, d)
+_TO_SD = click.option("--sd", "storage_domain", required=True, metavar="NAME",
+                      help="Target storage domain (name or id).")
+_disk_action("copy", "copied to", "copy_disk",
+             "Copy a disk to a storage domain; waits until the copy is ok.", " for the copy",
+             _TO_SD, click.option("--name", metavar="NAME", help="Name of the copy."))
+_disk_action("move", "moved", "move_disk",
+             "Move a disk to another storage domain; waits until it is ok there.",
+             " for the move", _TO_SD)
+_disk_action("sparsify", "sparsified", "sparsify_disk",
+             "Free the space the guest does not use (disks without snapshots).", "")
 
 
 @disks.command("update")
@@ -229,8 +208,7 @@ def disks_move(disk: str, storage_domain: str, timeout: int, as_json: bool,
                    "(qcow2 disks); none: every backup of the disk is full.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the engine.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def disks_update(disk: str, name: str | None, size: int | None, backup: str | None,
                  timeout: int, as_json: bool, engine: EngineOptions) -> None:
     """Rename a disk, grow it, or turn incremental backup on or off.
@@ -250,21 +228,6 @@ def disks_update(disk: str, name: str | None, size: int | None, backup: str | No
     if not as_json:
         click.echo(f"  name {d.name or d.alias}, virtual size {_size(d.provisioned_size)}, "
                    f"backup {d.backup or 'none'}")
-
-
-@disks.command("sparsify")
-@click.argument("disk")
-@click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
-def disks_sparsify(disk: str, timeout: int, as_json: bool, engine: EngineOptions) -> None:
-    """Free the space the guest does not use (disks without snapshots)."""
-    from imagetool.disks import sparsify_disk
-
-    with open_connection(engine) as conn:
-        d = sparsify_disk(conn, disk, timeout=timeout)
-    _disk_op("sparsified", as_json, d)
 
 
 # --- storage domains -------------------------------------------------------
@@ -310,8 +273,8 @@ _list_command(transfers, "List image transfers.", lambda conn: conn.transfers.li
 def transfers_show(transfer_id: str, as_json: bool, engine: EngineOptions) -> None:
     """Show one image transfer."""
     with open_connection(engine) as conn:
-        t = conn.transfers.get(transfer_id)
-    _print_one(as_json, _transfer_dict(t))
+        t = _transfer_dict(conn.transfers.get(transfer_id))
+    emit(as_json, t, _show(t))
 
 
 @engine_view(transfers, "cancel", "transfer_id", metavar="ID")
@@ -320,11 +283,8 @@ def transfers_cancel(transfer_id: str, as_json: bool, engine: EngineOptions) -> 
     with open_connection(engine) as conn:
         conn.transfers.cancel(transfer_id)
         try:
-            t = conn.transfers.get(transfer_id)
-            phase = t.phase
+            phase = conn.transfers.get(transfer_id).phase
         except ImagetoolError:
             phase = None  # engines may drop a cancelled transfer at once
-    if as_json:
-        emit_json({"id": transfer_id, "cancelled": True, "phase": phase})
-    else:
-        click.echo(f"cancelled transfer {transfer_id}" + (f" (phase {phase})" if phase else ""))
+    emit(as_json, {"id": transfer_id, "cancelled": True, "phase": phase},
+         f"cancelled transfer {transfer_id}" + (f" (phase {phase})" if phase else ""))

@@ -83,18 +83,15 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="imagetool", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("imagetool: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except ImagetoolError as e:
+    except (ImagetoolError, OSError) as e:
         click.echo(f"imagetool: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("imagetool: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(getattr(e, "exit_code", 1))
     except RuntimeError as e:
         # Ctrl-C while a command's module is imported: Python wraps the
         # KeyboardInterrupt raised in a class's __set_name__ in this.
@@ -102,9 +99,6 @@ def _main(argv: list[str] | None) -> None:
             raise
         click.echo("imagetool: interrupted", err=True)
         sys.exit(130)
-    except OSError as e:
-        click.echo(f"imagetool: error: {e}", err=True)
-        sys.exit(1)
 
 
 def entry(argv: list[str] | None = None) -> None:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import checksum_json, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.common import JSON, checksum_json, emit, emit_json
+from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import progress_bar, vm_disks_size
+from imagetool.threads import interrupts_ignored
 from imagetool.units import count, format_seconds, format_size
-
-
-def _json(r: dict) -> None:
-    """``ova info``'s ``r`` on stdout, each disk's checksum in the shared
-    object shape, as the other commands give them."""
-    emit_json(dict(r, disks=[checksum_json(d) for d in r["disks"]]))
 
 
 @click.group()
@@ -34,13 +29,11 @@ def ova() -> None:
               help="Add a SHA-256 .mf member (the oVirt engine's importer refuses it).")
 @click.option("--force", is_flag=True, help="Overwrite PATH.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: bool,
                workers: int, as_json: bool, engine: EngineOptions) -> None:
     """Export VM (name or id) to PATH as an OVA."""
     from imagetool.ova import export_ova
-    from imagetool.threads import interrupts_ignored
     with open_connection(engine) as conn:
         with progress_bar(vm_disks_size(conn, vm), "ova export") as update:
             r = export_ova(conn, vm, path, snapshot=snapshot, manifest=manifest,
@@ -67,26 +60,21 @@ def ova_export(vm: str, path: str, snapshot: str | None, manifest: bool, force: 
               help="New ids for the VM and its disks (an OVA exported from the same "
                    "engine); give --name when the VM's name is in use.")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
                template: bool, clone: bool, workers: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Import the OVA at PATH as a VM (or a template)."""
     from imagetool.ova import import_ova, ova_info
-    from imagetool.threads import interrupts_ignored
     total = sum(d["virtual_size"] or 0 for d in ova_info(path)["disks"])
     with open_connection(engine) as conn:
         with progress_bar(total, "ova import") as update:
             r = import_ova(conn, path, storage_domain, cluster=cluster, name=name,
                            template=True if template else None, workers=workers,
                            clone=clone, progress=update, committed=interrupts_ignored)
-    if as_json:
-        emit_json(r.to_json())
-        return
-    click.echo(f"imported {r.kind} {r.name} ({r.id}): "
-               f"{count(len(r.disks), 'disk')}, {format_size(r.bytes)} in "
-               f"{format_seconds(r.seconds)}")
+    emit(as_json, r.to_json(), f"imported {r.kind} {r.name} ({r.id}): "
+         f"{count(len(r.disks), 'disk')}, {format_size(r.bytes)} in "
+         f"{format_seconds(r.seconds)}")
 
 
 @ova.command("info")
@@ -95,13 +83,13 @@ def ova_import(path: str, storage_domain: str, cluster: str, name: str | None,
               help="Check the manifest and compute every disk's checksum.")
 @click.option("--algorithm", metavar="NAME",
               help="Checksum algorithm with --verify (default: blake2b, as imageio).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 def ova_info_cmd(path: str, verify: bool, algorithm: str | None, as_json: bool) -> None:
     """Describe the OVA at PATH (no engine needed)."""
     from imagetool.ova import ova_info
     r = ova_info(path, verify=verify, algorithm=algorithm)
-    if as_json:
-        _json(r)
+    if as_json:     # each disk's checksum in the object shape of every --json
+        emit_json(dict(r, disks=[checksum_json(d) for d in r["disks"]]))
         return
     mem = format_size(r["memory"]) if r["memory"] else "-"
     click.echo(f"{r['kind']}: {r['name']}  cpus: {r['cpus'] or '-'}  memory: {mem}"

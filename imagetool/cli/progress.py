@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from imagetool.iocore.backend import Closing
-from imagetool.threads import interrupts_held
+from imagetool.threads import Worker, interrupts_held
 
 
 def bar_size(stream: Any = None) -> dict:
@@ -35,9 +35,8 @@ def vm_disks_size(conn: Any, vm: str) -> int:
     Only on a terminal: a piped run asks the engine nothing more."""
     if not sys.stderr.isatty():
         return 0
-    v = conn.vms.find(vm)
     return sum(conn.disks.get(a.disk_id).provisioned_size or 0
-               for a in conn.vms.disk_attachments(v.id))
+               for a in conn.vms.disk_attachments(conn.vms.find(vm).id))
 
 
 @contextmanager
@@ -117,11 +116,8 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,
     stop (through ``bars.stop``) and waited for, so each cancels its
     transfer; then the exception is raised.
 
-    The wait is on an event each worker sets when it ends, never on
-    ``Thread.join``: a Ctrl-C landing inside ``join`` makes Python 3.11
-    mark the still running thread as stopped (its ``_wait_for_tstate_lock``
-    releases the lock the thread holds), after which no join waits for it.
-    Workers are our own threads, listed before they start: a Ctrl-C inside
+    Workers are ``threads.Worker`` (waited for on an event, never through
+    ``Thread.join``), listed before they start: a Ctrl-C inside
     ``Thread.start`` or a pool's bookkeeping must not leave a running worker
     unlisted. A second Ctrl-C while the stopped tasks end is held until
     they have (each must cancel its transfer before the process exits).
@@ -135,29 +131,25 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,
     lock = threading.Lock()
     queue = iter(range(len(tasks)))
 
-    def worker(ended: threading.Event) -> None:
-        try:
-            while not bars.stop.is_set():
-                with lock:
-                    i = next(queue, None)
-                if i is None:
-                    return
-                try:
-                    outcomes[i] = tasks[i]()
-                except BaseException as e:      # handed to the caller below
-                    outcomes[i] = e
-        finally:
-            ended.set()
+    def worker() -> None:
+        while not bars.stop.is_set():
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                outcomes[i] = tasks[i]()
+            except BaseException as e:      # handed to the caller below
+                outcomes[i] = e
 
-    workers: list[tuple[threading.Thread, threading.Event]] = []
+    workers: list[Worker] = []
     try:
         for _ in range(max(1, min(jobs, len(tasks)))):
-            ended = threading.Event()
-            t = threading.Thread(target=worker, args=(ended,), daemon=True)
-            workers.append((t, ended))          # listed before it can run
-            t.start()
-        for _, ended in workers:
-            while not ended.wait(0.2):
+            w = Worker(worker)
+            workers.append(w)               # listed before it can run
+            w.start()
+        for w in workers:
+            while not w.wait(0.2):
                 pass
     except BaseException as e:
         bars.stop.set()
@@ -166,11 +158,10 @@ def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,
         interrupt = None
     finally:
         with interrupts_held():
-            # A thread with no ident yet has not run: it sees the stop and
+            # A worker that has not run (Worker.done) sees the stop and
             # takes no task.
-            for t, ended in workers:
-                if t.ident is not None:
-                    ended.wait()
+            for w in workers:
+                w.wait()
             done = all(o is not not_run and not isinstance(o, BaseException)
                        for o in outcomes)
             if done and committed is not None:

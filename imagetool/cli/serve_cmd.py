@@ -12,22 +12,19 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
 from imagetool.paths import default_data_dir, find_running_engine
 
 
-@contextmanager
-def in_process_engine(data_dir: str) -> Iterator[Any]:
-    """A ``LocalEngine`` serving ``data_dir`` from this process until the block ends."""
+def in_process_engine(data_dir: str) -> Any:
+    """A ``LocalEngine`` for ``data_dir``: a context manager serving it from
+    this process until the block ends."""
     from imagetool.server.local import LocalEngine
 
-    with LocalEngine(data_dir) as engine:
-        yield engine
-
+    return LocalEngine(data_dir)
 
 
 @click.command("serve")
@@ -82,12 +79,8 @@ def serve(data_dir: str | None, host: str, port: int, imageio_port: int,
                           token_lifetime=token_lifetime, finished_ttl=finished_ttl,
                           hosts=n_hosts, export_dirs=export_dirs, storage_dirs=storage_dirs)
     stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
         lock = write_lock_file(server)

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
@@ -13,8 +15,32 @@ import click
 PASSPHRASE_ENV = "IMAGETOOL_PASSPHRASE"
 
 
+@dataclass(frozen=True)
+class RepoOptions:
+    """``--endpoint``, ``--profile`` and ``--key-file`` (None: not given)."""
+
+    endpoint: str | None = None
+    profile: str | None = None
+    key_file: str | None = None
+
+    def open(self, location: str, workers: int = 8) -> Any:
+        """The chunk repository at ``location``, open."""
+        from imagetool.backup.store import ChunkStore, open_storage
+        storage = open_storage(location, endpoint=self.endpoint, profile=self.profile,
+                               workers=workers)
+        return ChunkStore.open(storage, repo_secret(self.key_file)[0])
+
+
 def repo_options(fn: Callable) -> Callable:
-    """The options every repository command takes."""
+    """Click decorator: the options every repository command takes, passed
+    as ``repo: RepoOptions``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["repo"] = RepoOptions(*(kwargs.pop(name)
+                                       for name in ("endpoint", "profile", "key_file")))
+        return fn(*args, **kwargs)
+
     for opt in reversed([
         click.option("--endpoint", metavar="URL",
                      help="S3 endpoint URL (Ceph RGW, MinIO...); AWS when not given."),
@@ -24,8 +50,8 @@ def repo_options(fn: Callable) -> Callable:
                      help="Key of an encrypted repository (or set "
                           f"{PASSPHRASE_ENV} for a passphrase)."),
     ]):
-        fn = opt(fn)
-    return fn
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 def repo_secret(key_file: str | None) -> tuple[bytes | None, bool]:
@@ -34,14 +60,6 @@ def repo_secret(key_file: str | None) -> tuple[bytes | None, bool]:
         return read_key_file(key_file), False
     phrase = os.environ.get(PASSPHRASE_ENV)
     return (phrase.encode(), True) if phrase else (None, False)
-
-
-def open_repository(repo: str, endpoint: str | None, profile: str | None, key_file: str | None,
-          workers: int = 8) -> Any:
-    from imagetool.backup.store import ChunkStore, open_storage
-    storage = open_storage(repo, endpoint=endpoint, profile=profile, workers=workers)
-    return ChunkStore.open(storage, repo_secret(key_file)[0])
-
 
 
 def is_chunk_repository(location: str) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import emit_json
-from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
+from imagetool.cli.common import emit, emit_json
+from imagetool.cli.config import (EngineOptions, engine_options, engine_view,
+                                  json_engine_options, open_connection)
 
 
 @click.group()
@@ -14,8 +15,7 @@ def templates() -> None:
 
 
 @templates.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def templates_list(as_json: bool, engine: EngineOptions) -> None:
     """List templates."""
     with open_connection(engine) as conn:
@@ -33,11 +33,8 @@ def templates_show(template: str, as_json: bool, engine: EngineOptions) -> None:
     with open_connection(engine) as conn:
         t = conn.templates.find(template).to_dict()
         t["disks"] = [a.disk_id for a in conn.templates.disk_attachments(t["id"])]
-    if as_json:
-        emit_json(t)
-        return
-    for k, v in t.items():
-        click.echo(f"{k:12} {', '.join(v) if isinstance(v, list) else v}")
+    emit(as_json, t, "\n".join(f"{k:12} {', '.join(v) if isinstance(v, list) else v}"
+                               for k, v in t.items()))
 
 
 @templates.command("remove")

@@ -13,14 +13,13 @@ from typing import Any, Sequence
 
 import click
 
-from imagetool.cli.common import SIZE, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, open_connection
+from imagetool.cli.common import SIZE, emit_json, moved
+from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.errors import DestinationExists
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
 from imagetool.threads import interrupts_ignored
-from imagetool.units import format_seconds, format_size
 
 
 def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -34,9 +33,7 @@ def _snapshot_ref(ctx: click.Context, param: click.Parameter,
                   value: str | None) -> str | None:
     """A disk snapshot id; with --chain a VM snapshot's description too
     (checked once all options are known)."""
-    if value is None or is_uuid(value):
-        return value.lower() if value else value
-    return value
+    return value.lower() if value and is_uuid(value) else value
 
 
 def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
@@ -47,22 +44,14 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
     (a failed one ``{"path", "error"}``), so a script reads one shape
     whether it passed one file or several."""
     errors = [(label, r) for label, r in zip(labels, results) if isinstance(r, BaseException)]
-    if as_json:
-        objs = []
-        for label, r in zip(labels, results):
-            if isinstance(r, BaseException):
-                objs.append({"path": label, "error": str(r)})
-            else:
-                objs.append(r.to_dict())
-        emit_json(objs)         # one shape: a list, one object per file, even for one
+    if as_json:             # one shape: a list, one object per file, even for one
+        emit_json([{"path": label, "error": str(r)} if isinstance(r, BaseException)
+                   else r.to_dict() for label, r in zip(labels, results)])
     else:
         for r in results:
             if not isinstance(r, BaseException):
-                rate = r.bytes / r.seconds if r.seconds else 0
-                where = f"disk {r.name} ({r.disk_id})"
-                click.echo(f"{verb} {r.path} {'->' if verb == 'uploaded' else '<-'} "
-                           f"{where}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
-                           f"({format_size(int(rate))}/s)")
+                arrow = "->" if verb == "uploaded" else "<-"
+                click.echo(f"{verb} {r.path} {arrow} disk {r.name} ({r.disk_id}): {moved(r)}")
                 if getattr(r, "verification", None) is not None and r.verification.verified:
                     v = r.verification
                     # Name the command that gives the same value: `imagetool
@@ -74,8 +63,7 @@ def report(results: Sequence[Any], labels: Sequence[str], as_json: bool,
             # Errors about a file (FormatError) already start with its path.
             text = str(e) if str(e).startswith(f"{label}: ") else f"{label}: {e}"
             click.echo(f"imagetool: error: {text}", err=True)
-        code = max(getattr(e, "exit_code", 1) for _, e in errors)
-        sys.exit(code)
+        sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
 
 
 HOST_OPTION = click.option(
@@ -126,8 +114,7 @@ HOST_OPTION = click.option(
 @click.option("--allow-outside-backing", is_flag=True,
               help="Upload a qcow2 chain whose backing files lie outside the "
                    "image's directory (absolute or '..' names).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
            disk_format: str | None, sparse: bool, disk_id: str | None,
            transfer_format: str | None, workers: int, buffer_size: int,
@@ -202,8 +189,7 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
                    "directory DEST, each backed by the previous one (with --snapshot S: "
                    "up to S, a VM snapshot id or description or a layer id).")
 @HOST_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@engine_options
+@json_engine_options
 def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | None,
              shallow: bool, workers: int, buffer_size: int, use_proxy: bool,
              verify: bool, jobs: int, force: bool, as_json: bool, engine: EngineOptions,

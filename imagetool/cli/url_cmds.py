@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import click
 
-from imagetool.cli.common import SIZE, emit, emit_json
+from imagetool.cli.common import JSON, SIZE, emit, emit_json, moved
 from imagetool.cli.progress import Bars, run_jobs
 from imagetool.threads import interrupts_ignored
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
-from imagetool.units import format_seconds, format_size
+from imagetool.units import format_size
 
 
 def _tls_options(func):
@@ -23,11 +23,9 @@ def _tls_options(func):
     return func
 
 
-def _verify_option(func):
-    return click.option(
-        "--verify/--no-verify", default=True, show_default=True,
-        help="Compare the block checksum of the local data with the server's "
-             "when the server offers checksum.")(func)
+_VERIFY = click.option("--verify/--no-verify", default=True, show_default=True,
+                       help="Compare the block checksum of the local data with the "
+                            "server's when the server offers checksum.")
 
 
 def _run_one(size: int, label: str, fn):
@@ -37,15 +35,6 @@ def _run_one(size: int, label: str, fn):
     if isinstance(result, BaseException):
         raise result
     return result
-
-
-def _print_result(r, as_json: bool, verb: str) -> None:
-    if as_json:
-        emit_json(r.to_dict())
-    else:
-        rate = r.bytes / r.seconds if r.seconds else 0
-        click.echo(f"{verb} {r.path}: {format_size(r.bytes)} in {format_seconds(r.seconds)} "
-                   f"({format_size(int(rate))}/s)")
 
 
 @click.group()
@@ -62,8 +51,8 @@ def url() -> None:
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
 @click.option("--dst-is-zero", is_flag=True,
               help="The target already reads as zeros: skip zero ranges.")
-@_verify_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_VERIFY
+@JSON
 @_tls_options
 def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size: int,
                dst_is_zero: bool, verify: bool, as_json: bool, cafile: str | None,
@@ -77,12 +66,11 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
     from imagetool.formats import inspect
     from imagetool.transfer.urls import upload_url
 
-    size = inspect(file).virtual_size
-    r = _run_one(size, file, lambda cb: upload_url(
+    r = _run_one(inspect(file).virtual_size, file, lambda cb: upload_url(
         file, url_, cafile=cafile, insecure=insecure, workers=workers,
         request_size=buffer_size, progress=cb, format=fmt, dst_is_zero=dst_is_zero,
         verify=verify))
-    _print_result(r, as_json, "uploaded")
+    emit(as_json, r.to_dict(), f"uploaded {r.path}: {moved(r)}")
 
 
 @url.command("download")
@@ -93,8 +81,8 @@ def url_upload(file: str, url_: str, fmt: str | None, workers: int, buffer_size:
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
 @click.option("--buffer-size", type=SIZE, default=DEFAULT_REQUEST_SIZE, show_default="8M")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-@_verify_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_VERIFY
+@JSON
 @_tls_options
 def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
                  force: bool, verify: bool, as_json: bool, cafile: str | None,
@@ -112,14 +100,14 @@ def url_download(url_: str, file: str, fmt: str, workers: int, buffer_size: int,
     r = _run_one(size, file, lambda cb: download_url(
         url_, file, format=fmt, cafile=cafile, insecure=insecure, workers=workers,
         request_size=buffer_size, progress=cb, force=force, verify=verify))
-    _print_result(r, as_json, "downloaded")
+    emit(as_json, r.to_dict(), f"downloaded {r.path}: {moved(r)}")
 
 
 @url.command("checksum")
 @click.argument("url_", metavar="URL")
 @click.option("--algorithm", default="blake2b", show_default=True)
 @click.option("--block-size", type=SIZE, default=4 << 20, show_default="4M")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
                      cafile: str | None, insecure: bool) -> None:
@@ -133,7 +121,7 @@ def url_checksum_cmd(url_: str, algorithm: str, block_size: int, as_json: bool,
 
 @url.command("info")
 @click.argument("url_", metavar="URL")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @_tls_options
 def url_info_cmd(url_: str, as_json: bool, cafile: str | None, insecure: bool) -> None:
     """Show size, features and allocation of URL."""

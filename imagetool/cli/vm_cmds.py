@@ -1,9 +1,8 @@
 """``imagetool vms`` and ``imagetool snapshots``: VMs, their OVF and snapshots.
 
-Thin over ``imagetool.vms`` and ``imagetool.snapshots``; every command
-takes the engine options and ``--json``. Commands that change something
-wait for the engine to finish (with a deadline) and, when they fail,
-leave nothing they created behind.
+Thin over ``imagetool.vms`` and ``imagetool.snapshots``. Commands that
+change something wait for the engine to finish (with a deadline) and,
+when they fail, leave nothing they created behind.
 """
 
 from __future__ import annotations
@@ -14,12 +13,12 @@ from typing import Any
 import click
 
 from imagetool.cli.common import SIZE, emit, emit_json
-from imagetool.cli.config import EngineOptions, engine_options, engine_view, open_connection
-from imagetool.cli.inventory_cmds import _print_list, _print_one
+from imagetool.cli.config import (EngineOptions, engine_view, json_engine_options,
+                                  open_connection)
+from imagetool.cli.inventory_cmds import SEARCH, _list_command, _print_list, _show
 from imagetool.errors import DestinationExists
 from imagetool.units import count
 
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 TIMEOUT = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
                        help="Seconds to wait for the engine to finish.")
 
@@ -76,8 +75,7 @@ class DiskSpec(click.ParamType):
 @click.option("--jobs", "workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Connections per upload.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: str | None,
                memory: int | None, cpus: int | None, backup: str, workers: int,
                timeout: int, as_json: bool, engine: EngineOptions) -> None:
@@ -98,18 +96,15 @@ def vms_create(name: str, storage_domain: str, disks: tuple[Any, ...], cluster: 
                       memory=memory, cpus=cpus, backup=backup, workers=workers,
                       timeout=timeout, committed=interrupts_ignored)
         attached = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
-    if as_json:
-        emit_json({**_vm_dict(v), "disks": attached})
-    else:
-        click.echo(f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
+    emit(as_json, {**_vm_dict(v), "disks": attached},
+         f"created VM {v.name} ({v.id}) with {count(len(attached), 'disk')}")
 
 
 @vms.command("remove")
 @click.argument("vm")
 @click.option("--keep-disks", is_flag=True, help="Detach the disks and keep them.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
                engine: EngineOptions) -> None:
     """Remove a VM (by name or id) and its disks, or keep them with --keep-disks.
@@ -123,26 +118,15 @@ def vms_remove(vm: str, keep_disks: bool, timeout: int, as_json: bool,
 
     with open_connection(engine) as conn:
         v, disk_ids = remove_vm(conn, vm, keep_disks=keep_disks, timeout=timeout)
-    if as_json:
-        emit_json({"id": v.id, "name": v.name, "removed": True, "disks": disk_ids,
-                   "disks_kept": keep_disks})
-    else:
-        what = "kept" if keep_disks else "removed"
-        click.echo(f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
+    what = "kept" if keep_disks else "removed"
+    emit(as_json, {"id": v.id, "name": v.name, "removed": True, "disks": disk_ids,
+                   "disks_kept": keep_disks},
+         f"removed VM {v.name} ({v.id}); {count(len(disk_ids), 'disk')} {what}")
 
 
-@vms.command("list")
-@click.option("--search", metavar="QUERY", help="Engine search expression (e.g. name=web*).")
-@JSON
-@engine_options
-def vms_list(search: str | None, as_json: bool, engine: EngineOptions) -> None:
-    """List VMs."""
-    from imagetool.vms import list_vms
-
-    with open_connection(engine) as conn:
-        found = list_vms(conn, search=search)
-    _print_list(as_json, found, _vm_dict, ("ID", "NAME", "STATUS", "DESCRIPTION"),
-                lambda v: (v.id, v.name, v.status, v.description))
+_list_command(vms, "List VMs.", lambda conn, search: conn.vms.list(search=search), _vm_dict,
+              ("ID", "NAME", "STATUS", "DESCRIPTION"),
+              lambda v: (v.id, v.name, v.status, v.description), SEARCH)
 
 
 @engine_view(vms, "show", "vm")
@@ -152,10 +136,9 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
 
     with open_connection(engine) as conn:
         v = get_vm(conn, vm)
-        d = _vm_dict(v)
-        d["disks"] = [a.disk_id for a in conn.vms.disk_attachments(v.id)]
-        d["snapshots"] = [s.id for s in conn.snapshots.list(v.id)]
-    _print_one(as_json, d)
+        d = {**_vm_dict(v), "disks": [a.disk_id for a in conn.vms.disk_attachments(v.id)],
+             "snapshots": [s.id for s in conn.snapshots.list(v.id)]}
+    emit(as_json, d, _show(d))
 
 
 @vms.command("ovf")
@@ -163,8 +146,7 @@ def vms_show(vm: str, as_json: bool, engine: EngineOptions) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the OVF to FILE (default: standard output).")
 @click.option("--force", is_flag=True, help="Overwrite FILE.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_ovf(vm: str, output: str | None, force: bool, as_json: bool,
             engine: EngineOptions) -> None:
     """Print (or save) the VM's OVF, as the engine gives it."""
@@ -199,8 +181,7 @@ def vms_ovf(vm: str, output: str | None, force: bool, as_json: bool,
               help="Overwrite a copy of this VM already on the export domain.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the export.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: bool,
                timeout: int, as_json: bool, engine: EngineOptions) -> None:
     """Export a VM (OVF and disks) to an export storage domain."""
@@ -226,8 +207,7 @@ def vms_export(vm: str, export_domain: str, discard_snapshots: bool, exclusive: 
 @click.option("--name", "new_name", metavar="N", help="Name of the imported VM.")
 @click.option("--timeout", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds to wait for the import.")
-@JSON
-@engine_options
+@json_engine_options
 def vms_import(name: str, export_domain: str, storage_domain: str, cluster: str | None,
                clone: bool, new_name: str | None, timeout: int, as_json: bool,
                engine: EngineOptions) -> None:
@@ -265,8 +245,7 @@ def snapshots_list(vm: str, as_json: bool, engine: EngineOptions) -> None:
               help="Only this disk (name or id); repeat for several. Default: all.")
 @click.option("--memory", is_flag=True, help="Save the memory of a running VM too.")
 @TIMEOUT
-@JSON
-@engine_options
+@json_engine_options
 def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
                      memory: bool, timeout: int, as_json: bool,
                      engine: EngineOptions) -> None:
@@ -277,21 +256,18 @@ def snapshots_create(vm: str, description: str | None, disks: tuple[str, ...],
         s = create_snapshot(conn, vm, description, disks=list(disks) or None,
                             persist_memory=memory, timeout=timeout)
         in_snap = snapshot_disks(conn, vm, s)
-    if as_json:
-        emit_json(_snap_dict(s, in_snap))
-    else:
-        click.echo(f"created snapshot {s.description!r} ({s.id}) of "
-                   f"{count(len(in_snap), 'disk')}")
+    emit(as_json, _snap_dict(s, in_snap),
+         f"created snapshot {s.description!r} ({s.id}) of {count(len(in_snap), 'disk')}")
 
 
-def _simple(verb: str, func_name: str, needs_snapshot: bool):
-    """A snapshots subcommand VM SNAPSHOT (or VM [SNAPSHOT])."""
+def _simple(name: str, verb: str, needs_snapshot: bool):
+    """``snapshots NAME VM SNAPSHOT`` (or VM [SNAPSHOT]): the library's
+    ``NAME_snapshot``."""
 
     @click.argument("vm")
     @click.argument("snapshot", required=needs_snapshot)
     @TIMEOUT
-    @JSON
-    @engine_options
+    @json_engine_options
     def command(vm: str, snapshot: str | None, timeout: int, as_json: bool,
                 engine: EngineOptions) -> None:
         from imagetool import snapshots as lib
@@ -303,23 +279,18 @@ def _simple(verb: str, func_name: str, needs_snapshot: bool):
             if snapshot is not None:
                 s = lib.find_snapshot(conn, v, snapshot)
                 label, snapshot = s.description, s.id
-            getattr(lib, func_name)(conn, v, snapshot, timeout=timeout)
-        if as_json:
-            emit_json({"vm": v.id, "snapshot": snapshot, "action": verb, "done": True})
-        else:
-            what = f" {label!r} ({snapshot})" if snapshot else ""
-            click.echo(f"{verb} snapshot{what} of VM {v.name}")
+            getattr(lib, f"{name}_snapshot")(conn, v, snapshot, timeout=timeout)
+        what = f" {label!r} ({snapshot})" if snapshot else ""
+        emit(as_json, {"vm": v.id, "snapshot": snapshot, "action": verb, "done": True},
+             f"{verb} snapshot{what} of VM {v.name}")
 
     return command
 
 
-snapshots.command("remove", help="Remove (merge) a snapshot; waits until it is gone.")(
-    _simple("removed", "remove_snapshot", True))
-snapshots.command("restore", help="Restore the VM to a snapshot for good.")(
-    _simple("restored", "restore_snapshot", True))
-snapshots.command("preview", help="Preview a snapshot (until commit or undo).")(
-    _simple("previewing", "preview_snapshot", True))
-snapshots.command("commit", help="Keep the previewed snapshot's state.")(
-    _simple("committed", "commit_snapshot", False))
-snapshots.command("undo", help="Drop the preview, back to the state before it.")(
-    _simple("undid", "undo_snapshot", False))
+for _name, _verb, _needs, _help in [
+        ("remove", "removed", True, "Remove (merge) a snapshot; waits until it is gone."),
+        ("restore", "restored", True, "Restore the VM to a snapshot for good."),
+        ("preview", "previewing", True, "Preview a snapshot (until commit or undo)."),
+        ("commit", "committed", False, "Keep the previewed snapshot's state."),
+        ("undo", "undid", False, "Drop the preview, back to the state before it.")]:
+    snapshots.command(_name, help=_help)(_simple(_name, _verb, _needs))
