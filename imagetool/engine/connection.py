@@ -22,6 +22,7 @@ from imagetool.engine import codec, services, vm_services
 from imagetool.engine.entities import ApiInfo
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
                               EngineError, NotFound, UsageError)
+from imagetool.iocore.backend import Closing
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _check_path(path: str) -> None:
                               "an id read from a file is not a plain id")
 
 
-class Connection:
+class Connection(Closing):
     """A connection to one engine; services hang off it as attributes.
 
     ``conn.disks``, ``conn.storage_domains``, ``conn.transfers``,
@@ -139,14 +140,6 @@ class Connection:
         self.hosts = services.HostsService(self)
         self.clusters = services.ClustersService(self)
         self.jobs = services.JobsService(self)
-
-    # --- context manager ---------------------------------------------------
-
-    def __enter__(self) -> "Connection":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.url}>"

@@ -11,6 +11,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imagetool.iocore.backend import Closing
 from imagetool.nbd.protocol import MAX_CONNECTIONS, NbdError, _Closed
 from imagetool.nbd.session import Session
 
@@ -60,7 +61,7 @@ class Export:
         return out
 
 
-class NbdServer:
+class NbdServer(Closing):
     """Serves ``exports`` read-only on the unix socket ``path``.
 
     ``exports[0]`` is also the default export (the empty name that
@@ -139,12 +140,6 @@ class NbdServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-    def __enter__(self) -> "NbdServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- one client -------------------------------------------------------------
 
