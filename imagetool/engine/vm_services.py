@@ -12,7 +12,7 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _Service
+from imagetool.engine.services import E, _Collection, _Service
 from imagetool.ids import is_uuid, ref
 
 
@@ -24,20 +24,14 @@ def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
             "initialization": {"configuration": {"type": "ova", "data": ovf}}}
 
 
-class VmsService(_Service):
+class VmsService(_Collection[Vm]):
     """``/vms`` and the disks attached to a VM."""
 
-    def list(self, search: str | None = None, max: int | None = None) -> list[Vm]:
-        """All VMs, or those matching a search."""
-        return self._list(Vm, "vms", search=search, max=max)
+    ENTITY, PATH, WHAT = Vm, "vms", "vm"
 
     def get(self, vm_id: str, all_content: bool = False) -> Vm:
         """One VM; ``all_content`` includes its OVF (``Vm.ovf``)."""
         return self._get(Vm, f"vms/{vm_id}", all_content=True if all_content else None)
-
-    def find(self, name_or_id: str | Vm) -> Vm:
-        """A VM by id or exact name."""
-        return self._find(Vm, "vm", "vms", name_or_id)
 
     def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
             memory: int | None = None, description: str | None = None,
@@ -110,16 +104,10 @@ class VmsService(_Service):
         self._action(f"vms/{vm_id}", "undosnapshot")
 
 
-class TemplatesService(_Service):
-    """``/templates``."""
+class TemplatesService(_Collection[Template]):
+    """``/templates`` (``Blank`` included)."""
 
-    def list(self) -> list[Template]:
-        """All templates (``Blank`` included)."""
-        return self._list(Template, "templates")
-
-    def find(self, name_or_id: str | Template) -> Template:
-        """A template by id or exact name."""
-        return self._find(Template, "template", "templates", name_or_id)
+    ENTITY, PATH, WHAT = Template, "templates", "template"
 
     def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Template:
         """Create the template an OVA's OVF describes, as ``VmsService.add_from_ova``."""
