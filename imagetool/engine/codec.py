@@ -144,6 +144,8 @@ def _get_path(tree: Tree, path: str) -> Any:
 
 
 _CONVERT = {"str": to_str, "int": to_int, "bool": to_bool}
+# A field without a spec: the child element of its name, by its annotation.
+_KINDS = {"str | None": "str", "int | None": "int", "bool | None": "bool"}
 
 
 def _read_field(tree: dict, spec: tuple) -> Any:
@@ -170,12 +172,9 @@ def entity_from_tree(cls: type[E], tree: Tree) -> E:
     """Build one entity of type ``cls`` from its tree (XML or JSON)."""
     if not isinstance(tree, dict):
         raise EngineError(f"engine sent no {cls.TAG} where one was expected")  # type: ignore[attr-defined]
-    values = {}
-    for f in fields(cls):
-        spec = f.metadata.get("spec")
-        if spec:
-            values[f.name] = _read_field(tree, spec)
-    return cls(**values)
+    return cls(**{f.name: _read_field(tree, f.metadata.get("spec")
+                                      or (_KINDS[f.type], f.name))
+                  for f in fields(cls)})
 
 
 def entities_from_tree(cls: type[E], tree: Tree) -> list[E]:
