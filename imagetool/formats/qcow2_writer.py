@@ -45,6 +45,7 @@ from typing import Iterator
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
 from imagetool.iocore.backend import BackendBase, Extent, merge_extents
+from imagetool.iocore.backends import Wrapper
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
 from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
@@ -794,33 +795,8 @@ class Qcow2Writer(BackendBase):
             raise ValueError(f"{self.path}: writer is closed")
 
 
-class _WriterView(BackendBase):
-    """What :meth:`Qcow2Writer.clone` returns: delegates all but ``close``."""
-
-    def __init__(self, writer: Qcow2Writer):
-        self._w = writer
-
-    @property
-    def size(self) -> int:
-        return self._w.size
-
-    def write(self, offset: int, data) -> None:
-        self._w.write(offset, data)
-
-    def zero(self, offset: int, length: int) -> None:
-        self._w.zero(offset, length)
-
-    def read_into(self, offset: int, buf) -> int:
-        return self._w.read_into(offset, buf)
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._w.extents(context)
-
-    def flush(self) -> None:
-        self._w.flush()
-
-    def clone(self) -> "_WriterView":
-        return _WriterView(self._w)
+class _WriterView(Wrapper):
+    """What :meth:`Qcow2Writer.clone` returns: the writer, but ``close`` does nothing."""
 
     def close(self) -> None:
         pass
