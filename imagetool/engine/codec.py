@@ -51,31 +51,21 @@ def element_to_tree(elem: ET.Element) -> Tree:
     return node
 
 
-def parse_xml(data: bytes | str) -> tuple[str, Tree]:
-    """Parse an XML document; returns (root tag, tree)."""
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise EngineError(f"engine sent invalid XML: {e}") from None
-    return _local(root.tag), element_to_tree(root)
-
-
-def parse_json(data: bytes | str) -> Tree:
-    """Parse a JSON document."""
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise EngineError(f"engine sent invalid JSON: {e}") from None
-
-
 def decode(body: bytes, content_type: str | None) -> Tree:
     """Parse a response body by its content type (XML unless it says JSON)."""
     if not body.strip():
         return {}
     ctype = (content_type or "").lower()
     if "json" in ctype or (not ctype and body.lstrip()[:1] in (b"{", b"[")):
-        return parse_json(body)
-    return parse_xml(body)[1]
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise EngineError(f"engine sent invalid JSON: {e}") from None
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as e:
+        raise EngineError(f"engine sent invalid XML: {e}") from None
+    return element_to_tree(root)
 
 
 def as_list(value: Tree) -> list[Any]:
