@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.iocore.backend import BackendBase, Extent, merge_extents
+from imagetool.iocore.backend import BackendBase, Extent, merge_extents, undo_on_error
 from imagetool.iocore.backends import Wrapper
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
@@ -154,15 +154,11 @@ class Qcow2Writer(BackendBase):
             raise FormatError(f"cannot create: {e.strerror}", path) from e
         w = cls(fd, path, virtual_size, cluster_size, backing_file,
                 backing_format, compress, compress_level, shallow, base=offset)
-        try:
-            # No fsync: a file nobody has seen yet needs no durability; the
-            # first flush() makes everything durable.
-            with w._lock:
-                w._write_metadata(sync=False)
-                w._dirty = False
-        except BaseException:
-            os.close(fd)
-            raise
+        # No fsync: a file nobody has seen yet needs no durability; the
+        # first flush() makes everything durable.
+        with undo_on_error(lambda: os.close(fd)), w._lock:
+            w._write_metadata(sync=False)
+            w._dirty = False
         return w
 
     @classmethod
@@ -187,7 +183,7 @@ class Qcow2Writer(BackendBase):
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise FormatError(f"cannot open: {e.strerror}", path) from e
-        try:
+        with undo_on_error(lambda: os.close(fd)):
             h = parse_header(fd, path)
             if (h.version != 3 or h.refcount_order != _REFCOUNT_ORDER or h.nb_snapshots
                     or h.incompatible_features or h.autoclear_features or h.crypt_method
@@ -198,9 +194,6 @@ class Qcow2Writer(BackendBase):
             w = cls(fd, path, h.size, h.cluster_size, h.backing_file, h.backing_format,
                     False, 6)
             w._load(h)
-        except BaseException:
-            os.close(fd)
-            raise
         return w
 
     def _load(self, h) -> None:

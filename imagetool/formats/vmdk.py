@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
-from imagetool.iocore.backend import Extent
+from imagetool.iocore.backend import Extent, undo_on_error
 from imagetool.formats.detect import ImageInfo, disk_usage, is_vmdk_descriptor
 from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
@@ -582,11 +582,8 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
         flen = fd_size(fd)
     if line.type == "SPARSE":
         win = _FileRange(target, target, 0, flen)
-        try:
+        with undo_on_error(win.close):
             ext = _SparseExtent(win)
-        except BaseException:
-            win.close()
-            raise
         if ext.size < size:
             ext.close()
             raise CorruptImage(
@@ -703,13 +700,10 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
                           f"the file ({fsize} bytes)", label)
     if head[:4] == MAGIC:
         win = _FileRange(path, label, offset, length)
-        try:
+        with undo_on_error(win.close):
             ext = _SparseExtent(win)
             desc = ext.descriptor
             _check_parent(desc, label)
-        except BaseException:
-            win.close()
-            raise
         subformat = desc.get("createType") or (
             "streamOptimized" if ext.compressed else "monolithicSparse")
         return VmdkBackend(path, label, subformat, [ext],

@@ -8,8 +8,9 @@ are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol, TypeVar, runtime_checkable
+from typing import Callable, Iterator, Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,17 @@ class Closing:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def undo_on_error(undo: Callable[[], object]) -> Iterator[None]:
+    """Call ``undo`` when the block raises (a Ctrl-C included), then let the
+    exception go on: what was opened before the block is not leaked."""
+    try:
+        yield
+    except BaseException:
+        undo()
+        raise
 
 
 # A local backend does every operation itself.

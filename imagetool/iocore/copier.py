@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from imagetool.iocore.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
-from imagetool.iocore.backend import Backend, Extent, merge_extents
+from imagetool.iocore.backend import Backend, Extent, merge_extents, undo_on_error
 from imagetool.threads import Worker, wait_all
 
 MiB = 1 << 20
@@ -470,11 +470,8 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
         pairs = [(src, dst)]
         for _ in range(workers - 1):
             s = src.clone()
-            try:
+            with undo_on_error(s.close):
                 d = dst.clone()
-            except BaseException:
-                s.close()
-                raise
             clones.append((s, d))
             pairs.append((s, d))
         for i, (s, d) in enumerate(pairs):
