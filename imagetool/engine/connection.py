@@ -322,12 +322,10 @@ class Connection(Closing):
 
     def get_tree(self, path: str, params: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None) -> codec.Tree:
-        """GET and decode to the plain tree."""
         resp = self.request("GET", path, params=params, headers=headers)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 
     def post_tree(self, path: str, body: bytes, params: dict[str, Any] | None = None) -> codec.Tree:
-        """POST an XML body and decode the answer."""
         resp = self.request("POST", path, body=body, params=params)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 

@@ -60,12 +60,10 @@ class VmsService(_Collection[Vm]):
         self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
 
     def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
-        """The VM's disk attachments."""
         return self._list(DiskAttachment, f"vms/{vm_id}/diskattachments")
 
     def attach_disk(self, vm_id: str, disk_id: str, *, interface: str = "virtio_scsi",
                     bootable: bool = False, active: bool = True) -> DiskAttachment:
-        """Attach an existing disk to a VM."""
         body = {"disk": {"id": disk_id}, "interface": interface,
                 "bootable": bootable, "active": active}
         return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
@@ -118,7 +116,6 @@ class TemplatesService(_Collection[Template]):
         self._remove(f"templates/{template_id}")
 
     def disk_attachments(self, template_id: str) -> list[DiskAttachment]:
-        """The template's disk attachments."""
         return self._list(DiskAttachment, f"templates/{template_id}/diskattachments")
 
 
@@ -162,7 +159,6 @@ class SnapshotsService(_VmCollection[Snapshot]):
         self._remove(self._path(vm_id, snapshot_id))
 
     def restore(self, vm_id: str, snapshot_id: str) -> None:
-        """Restore the VM to a snapshot."""
         self._action(self._path(vm_id, snapshot_id), "restore")
 
     def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:

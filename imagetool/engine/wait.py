@@ -37,7 +37,6 @@ class Poller:
         self._sleep = sleep
 
     def expired(self) -> bool:
-        """True once the deadline has passed."""
         return self._clock() >= self.deadline
 
     def sleep(self) -> bool:

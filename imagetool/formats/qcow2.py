@@ -390,7 +390,6 @@ def check_readable(h: Header) -> None:
 
 
 def read_header(path: str | os.PathLike) -> Header:
-    """Open ``path`` and return its parsed Header."""
     path = os.fspath(path)
     with reading(path) as fd:
         return parse_header(fd, path)

@@ -289,7 +289,6 @@ class Qcow2Writer(BackendBase):
 
     @property
     def size(self) -> int:
-        """Virtual (guest) size in bytes."""
         return self._size
 
     def write(self, offset: int, data: memoryview | bytes) -> None:

@@ -114,7 +114,6 @@ class ReadOnlyBackend(BackendBase):
 
     @property
     def size(self) -> int:
-        """Virtual size in bytes."""
         return self._size
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:

@@ -326,7 +326,6 @@ class FlushingBackend(Wrapper):
         self._written(offset, length)
 
     def flush(self) -> None:
-        """Make everything durable."""
         self._sync()
 
     def clone(self) -> "FlushingBackend":
