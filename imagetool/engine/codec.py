@@ -174,16 +174,6 @@ def entities_from_tree(cls: type[E], tree: Tree) -> list[E]:
     return [entity_from_tree(cls, item) for item in as_list(tree.get(cls.TAG))]  # type: ignore[attr-defined]
 
 
-def parse_entity(cls: type[E], body: bytes, content_type: str | None = None) -> E:
-    """Parse one entity from a response body."""
-    return entity_from_tree(cls, decode(body, content_type))
-
-
-def parse_entities(cls: type[E], body: bytes, content_type: str | None = None) -> list[E]:
-    """Parse a collection from a response body."""
-    return entities_from_tree(cls, decode(body, content_type))
-
-
 def parse_fault(tree: Tree) -> tuple[str | None, str | None]:
     """(reason, detail) of a ``<fault>`` or of an ``<action>`` holding one."""
     if not isinstance(tree, dict):
