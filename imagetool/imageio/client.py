@@ -10,6 +10,7 @@ Ticket ids are credentials: they never appear in error messages.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import socket
@@ -118,15 +119,12 @@ class ImageioClient(Closing):
     # --- connection -----------------------------------------------------
 
     def clone(self) -> "ImageioClient":
-        """A new client (own connection) for the same URL, for another thread."""
-        other = ImageioClient(
-            self.url, cafile=self.cafile, insecure=self.insecure,
-            proxy_url=self.proxy_url, signed_ticket=self.signed_ticket,
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
-        other._target = self._target
-        other._ssl_context = self._ssl_context
-        other._options = self._options
-        other._size = self._size
+        """A new client (own connection) for the same URL, for another thread;
+        what this one learnt (the target that connected, the TLS context,
+        OPTIONS, the size) is shared."""
+        other = copy.copy(self)
+        other._conn = None
+        other._fresh = False
         return other
 
     def close(self) -> None:
