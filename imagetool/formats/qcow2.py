@@ -141,11 +141,8 @@ class Header:
     def unknown_incompatible(self) -> list[str]:
         """Names (or bit numbers) of incompatible features we do not know."""
         bits = self.incompatible_features & ~INCOMPAT_KNOWN
-        out = []
-        for bit in range(64):
-            if bits & (1 << bit):
-                out.append(self.feature_names.get((0, bit), f"bit {bit}"))
-        return out
+        return [self.feature_names.get((0, bit), f"bit {bit}")
+                for bit in range(64) if bits & (1 << bit)]
 
 
 def _corrupt(path: str, msg: str) -> CorruptImage:

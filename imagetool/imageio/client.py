@@ -586,10 +586,8 @@ def _parse_extents(data: object, context: str, size: int | None) -> list[Extent]
         pos = start + length
         if size is not None and pos > size:
             raise ProtocolError(f"extent {i} ending at {pos}, past the image size {size}")
-        if context == "dirty":
-            out.append(Extent(start, length, e.get("zero", False), not e.get("dirty", True)))
-        else:
-            out.append(Extent(start, length, e.get("zero", False), e.get("hole", False)))
+        hole = not e.get("dirty", True) if context == "dirty" else e.get("hole", False)
+        out.append(Extent(start, length, e.get("zero", False), hole))
     if size is not None and pos != size:
         raise ProtocolError(f"extents ending at {pos}, short of the image size {size}")
     return out
