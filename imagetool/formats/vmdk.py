@@ -553,15 +553,16 @@ def _open_descriptor_file(path: str) -> tuple[dict, list]:
     if total > MAX_VIRTUAL_SIZE:
         raise CorruptImage(f"corrupt vmdk descriptor: extents add up to "
                            f"{total} bytes", path)
-    extents: list = []
-    try:
-        for line, target in zip(lines, targets):
-            extents.append(_open_extent(line, target, path))
-    except BaseException:
-        for e in extents:
-            e.close()
-        raise
-    return fields, extents
+    return fields, _open_all(zip(lines, targets), lambda lt: _open_extent(*lt, path))
+
+
+def _open_all(items, open_one) -> list:
+    """``open_one(item)`` of every item; on a failure those opened are closed."""
+    opened: list = []
+    with undo_on_error(lambda: [o.close() for o in opened]):
+        for item in items:
+            opened.append(open_one(item))
+    return opened
 
 
 def _open_extent(line: _ExtentLine, target: str | None, desc: str):
@@ -640,15 +641,7 @@ class VmdkBackend(ReadOnlyBackend):
     def clone(self) -> "VmdkBackend":
         """A backend with its own descriptors sharing the parsed metadata."""
         other = copy.copy(self)
-        parts = []
-        try:
-            for p in self._parts:
-                parts.append(p.reopen())
-        except BaseException:
-            for p in parts:
-                p.close()
-            raise
-        other._parts = parts
+        other._parts = _open_all(self._parts, lambda p: p.reopen())
         other._closed = False
         return other
 
