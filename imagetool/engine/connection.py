@@ -301,22 +301,16 @@ class Connection(Closing):
         except EngineError:
             pass  # an HTML error page from a proxy: keep the status only
         what = f"{method} {path.split('?')[0]}"
-        text = detail or reason or resp.reason_phrase or "error"
-        text = text.strip()
+        text = (detail or reason or resp.reason_phrase or "error").strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
-        if status in (401, 403):
-            msg = (f"engine refused the credentials ({status}): {text}" if status == 401
-                   else f"not permitted: {what}: {text}")
-            return AuthError(msg, status=status, reason=reason, detail=detail)
-        if status == 404:
-            return NotFound(f"not found: {what}: {text}", status=status,
-                            reason=reason, detail=detail)
-        if status == 409:
-            return Conflict(f"conflict: {what}: {text}", status=status,
-                            reason=reason, detail=detail)
-        return EngineError(f"{what} failed ({status}): {text}", status=status,
-                           reason=reason, detail=detail)
+        cls, msg = {
+            401: (AuthError, f"engine refused the credentials ({status}): {text}"),
+            403: (AuthError, f"not permitted: {what}: {text}"),
+            404: (NotFound, f"not found: {what}: {text}"),
+            409: (Conflict, f"conflict: {what}: {text}"),
+        }.get(status, (EngineError, f"{what} failed ({status}): {text}"))
+        return cls(msg, status=status, reason=reason, detail=detail)
 
     # --- conveniences used by the services ---------------------------------
 
