@@ -80,6 +80,19 @@ def compressed_span(entry: int, cluster_bits: int) -> tuple[int, int]:
     return start, (start & ~511) + nsect * 512
 
 
+def refcount_clusters(clusters: int, cluster_size: int) -> tuple[int, int]:
+    """(refcount blocks, refcount table clusters) with 16-bit refcounts that
+    count ``clusters`` host clusters and themselves."""
+    per_block = cluster_size * 8 // 16
+    blocks = table = 0
+    while True:
+        nb = -(-(clusters + blocks + table) // per_block)
+        nt = -(-nb * 8 // cluster_size)
+        if (nb, nt) == (blocks, table):
+            return blocks, table
+        blocks, table = nb, nt
+
+
 @dataclass
 class Header:
     """The parsed qcow2 header plus what its extensions say."""

@@ -53,7 +53,7 @@ from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
 from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
 from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
 from imagetool.formats.qcow2 import (compressed_size_shift, compressed_span, pack_extensions,
-                                     pack_header)
+                                     pack_header, refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -708,14 +708,7 @@ class Qcow2Writer(BackendBase):
         l2_count = len(self._l2)
         base = self._end
         per_block = cs * 8 // 16
-        blocks = table = 0
-        while True:
-            total = base + l1_clusters + l2_count + blocks + table
-            nb = -(-total // per_block)
-            nt = -(-nb * 8 // cs)
-            if (nb, nt) == (blocks, table):
-                break
-            blocks, table = nb, nt
+        blocks, table = refcount_clusters(base + l1_clusters + l2_count, cs)
         count = l1_clusters + l2_count + blocks + table
         self._grow_to(base + count)
         for hc in range(base, base + count):
