@@ -139,12 +139,6 @@ class ReadOnlyBackend(BackendBase):
     def _read_guest(self, offset: int, view: memoryview) -> None:
         raise NotImplementedError
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Convenience: up to ``length`` guest bytes at ``offset``."""
-        buf = bytearray(max(0, min(length, self._size - offset)))
-        n = self.read_into(offset, memoryview(buf))
-        return bytes(buf[:n])
-
     def write(self, offset: int, data) -> None:
         """Refused: this backend is read-only (UnsupportedFeature)."""
         raise UnsupportedFeature(self._refusal.format(self._format), self._label)

@@ -126,6 +126,12 @@ class BackendBase(Closing):
     max_readers: int | None = None
     max_writers: int | None = None
 
+    def read(self, offset: int, length: int) -> bytes:
+        """Convenience: up to ``length`` guest bytes at ``offset``."""
+        buf = bytearray(max(0, min(length, self.size - offset)))
+        n = self.read_into(offset, memoryview(buf))
+        return bytes(buf[:n])
+
 
 def union_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``(start, end)`` ranges, sorted, with overlapping or touching ones joined."""
