@@ -141,7 +141,7 @@ class Qcow2Writer(BackendBase):
             raise ValueError("backing_format given without backing_file")
         header_need = _HEADER_LEN + 8 + len((backing_file or "").encode())
         if backing_format:
-            header_need += 8 + _pad8(len(backing_format.encode()))
+            header_need += 8 + ((len(backing_format.encode()) + 7) & ~7)
         if header_need > cluster_size or len((backing_file or "").encode()) > 1023:
             raise ValueError("backing file name too long for the header cluster")
         if offset < 0:
@@ -808,10 +808,6 @@ def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
             out.append(Extent(start, end - start, b.zero, b.hole))
             j += 1
     return out
-
-
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 def _coalesce(ranges: list[list[int]]) -> list[list[int]]:
