@@ -137,8 +137,6 @@ class RetryPolicy:
         return cap / 2 + random.uniform(0, cap / 2)
 
 
-
-
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying on a new connection."""
     if isinstance(exc, ImageioError):
