@@ -143,10 +143,7 @@ def _read_field(tree: dict, spec: tuple) -> Any:
     if kind in _CONVERT:
         return _CONVERT[kind](tree.get(spec[1]))
     if kind == "ref":
-        ref = tree.get(spec[1])
-        if isinstance(ref, list):
-            ref = ref[0] if ref else None
-        return to_str(ref.get("id")) if isinstance(ref, dict) else None
+        return to_str(_get_path(tree, spec[1] + "/id"))
     if kind == "refs":
         outer = tree.get(spec[1])
         if not isinstance(outer, dict):
