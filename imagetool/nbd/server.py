@@ -11,7 +11,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from imagetool.iocore.backend import Closing
+from imagetool.iocore.backend import Closing, Extent, merge_extents
 from imagetool.nbd.protocol import MAX_CONNECTIONS, NbdError, _Closed
 from imagetool.nbd.session import Session
 
@@ -32,15 +32,10 @@ class Export:
 
     def prepare(self) -> None:
         """Read the extents once: block status answers from them."""
-        runs: list[tuple[int, int, bool]] = []
-        for e in self.backend.extents():
-            zero = bool(e.zero or e.hole)
-            if runs and runs[-1][2] == zero and runs[-1][1] == e.start:
-                runs[-1] = (runs[-1][0], e.end, zero)
-            else:
-                runs.append((e.start, e.end, zero))
-        self._zero = runs
-        self._starts = [r[0] for r in runs]
+        runs = merge_extents(Extent(e.start, e.length, zero=bool(e.zero or e.hole))
+                             for e in self.backend.extents())
+        self._zero = [(e.start, e.end, e.zero) for e in runs]
+        self._starts = [r[0] for r in self._zero]
 
     def runs(self, offset: int, length: int, limit: int) -> list[tuple[int, bool]]:
         """``(length, zero)`` runs covering ``[offset, offset+length)``, at most
