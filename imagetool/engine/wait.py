@@ -71,12 +71,18 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
                                  f"(last: {show(value)})")
 
 
-def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
-    """A transfer's phase now, or None when the engine no longer has it."""
+def _found(get: Callable[[], T]) -> T | None:
+    """``get()``, or None when the engine answers 404."""
     try:
-        return conn.transfers.get(transfer_id).phase or ""
+        return get()
     except NotFound:
         return None
+
+
+def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
+    """A transfer's phase now, or None when the engine no longer has it."""
+    transfer = _found(lambda: conn.transfers.get(transfer_id))
+    return None if transfer is None else transfer.phase or ""
 
 
 def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
@@ -104,13 +110,8 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
 
     Useful after a cancel, when the engine either unlocks or deletes the disk.
     """
-    def fetch() -> Disk | None:
-        try:
-            return conn.disks.get(disk_id)
-        except NotFound:
-            return None
-
-    return wait_until(fetch, lambda d: d is None or d.status != "locked", timeout,
+    return wait_until(lambda: _found(lambda: conn.disks.get(disk_id)),
+                      lambda d: d is None or d.status != "locked", timeout,
                       lambda d: f"disk {d and d.name or disk_id} to be unlocked",
                       show=lambda d: d and d.status)
 
@@ -207,15 +208,8 @@ def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
                            what: str | None = None) -> None:
     """Poll until the engine no longer has the snapshot (removed, merged),
     then until ``disk_ids``, the disks it merged into, are unlocked."""
-    def gone() -> bool:
-        try:
-            conn.snapshots.get(vm_id, snapshot_id)
-        except NotFound:
-            return True
-        return False
-
-    wait_truthy(gone, what or f"snapshot {snapshot_id} of VM {vm_id} to be removed",
-                timeout)
+    wait_truthy(lambda: _found(lambda: conn.snapshots.get(vm_id, snapshot_id)) is None,
+                what or f"snapshot {snapshot_id} of VM {vm_id} to be removed", timeout)
     wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
 
 
@@ -227,9 +221,8 @@ def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
 
     def check() -> bool:
         for disk_id in list(pending):
-            try:
-                d = conn.disks.get(disk_id)
-            except NotFound:
+            d = _found(lambda: conn.disks.get(disk_id))
+            if d is None:
                 pending.remove(disk_id)
                 continue
             if d.status == "illegal":
