@@ -38,12 +38,8 @@ class Entity:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for ``--json`` output)."""
-        d = asdict(self)
-        d.pop("href", None)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items() if k != "href"}
 
 
 @dataclass
