@@ -44,7 +44,8 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.iocore.backend import BackendBase, Extent, merge_extents, undo_on_error
+from imagetool.iocore.backend import (BackendBase, Extent, merge_extents, undo_on_error,
+                                      union_ranges)
 from imagetool.iocore.backends import Wrapper
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
@@ -811,13 +812,8 @@ def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
 
 
 def _coalesce(ranges: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start, n in sorted(ranges):
-        if out and out[-1][0] + out[-1][1] == start:
-            out[-1][1] += n
-        else:
-            out.append([start, n])
-    return out
+    """Free ``[start, count]`` runs of host clusters, sorted, touching ones joined."""
+    return [[a, b - a] for a, b in union_ranges([(s, s + n) for s, n in ranges])]
 
 
 def _pwrite_all(fd: int, iov: list, offset: int) -> None:
