@@ -13,7 +13,7 @@ from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
 from imagetool.engine.services import E, _Collection, _Service
-from imagetool.ids import is_uuid, ref
+from imagetool.ids import ref
 
 
 def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
@@ -82,10 +82,8 @@ class VmsService(_Collection[Vm]):
     def export(self, vm_id: str, storage_domain: str, *, exclusive: bool = False,
                discard_snapshots: bool = False) -> None:
         """Export a VM to an export storage domain (name or id)."""
-        sd = ({"id": storage_domain} if is_uuid(storage_domain)
-              else {"name": storage_domain})
         self._action(f"vms/{vm_id}", "export", {
-            "storage_domain": sd, "exclusive": exclusive,
+            "storage_domain": ref(storage_domain), "exclusive": exclusive,
             "discard_snapshots": discard_snapshots})
 
     def preview_snapshot(self, vm_id: str, snapshot_id: str) -> None:
