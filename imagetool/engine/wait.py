@@ -26,13 +26,10 @@ T = TypeVar("T")
 class Poller:
     """Sleep schedule 0.1 s, x1.5 ... 2 s, never past the deadline."""
 
-    def __init__(self, timeout: float, min_delay: float = MIN_DELAY,
-                 max_delay: float = MAX_DELAY,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.deadline = clock() + timeout
-        self.delay = min_delay
-        self.max_delay = max_delay
+        self.delay = MIN_DELAY
         self._clock = clock
         self._sleep = sleep
 
@@ -45,7 +42,7 @@ class Poller:
         if remaining <= 0:
             return False
         self._sleep(min(self.delay, remaining))
-        self.delay = min(self.delay * 1.5, self.max_delay)
+        self.delay = min(self.delay * 1.5, MAX_DELAY)
         return True
 
 
