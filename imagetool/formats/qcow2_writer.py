@@ -311,7 +311,8 @@ class Qcow2Writer(BackendBase):
                 chunk = view[start:start + cs]
                 if len(chunk) < cs:
                     chunk = bytes(chunk) + bytes(cs - len(chunk))
-                blob = self._deflate(chunk)
+                z = zlib.compressobj(self._level, zlib.DEFLATED, -12)  # raw, 4 KiB window
+                blob = z.compress(chunk) + z.flush()
                 if len(blob) < cs:
                     blobs[ci] = blob
         with self._lock:
@@ -552,10 +553,6 @@ class Qcow2Writer(BackendBase):
             pos += len(blob)
         _pwrite_all(self._fd, [b for _, b in cblobs], self._base + start)
         self._ctail = pos
-
-    def _deflate(self, chunk) -> bytes:
-        c = zlib.compressobj(self._level, zlib.DEFLATED, -12)
-        return c.compress(chunk) + c.flush()
 
     def _read_cluster(self, ci: int, entry: int) -> bytes:
         """One cluster's guest bytes (entry is plain or compressed)."""
