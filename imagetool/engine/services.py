@@ -272,6 +272,24 @@ class StorageDomainsService(_Collection[StorageDomain]):
         self._action(f"storagedomains/{sd_id}/vms/{vm_id}", "import", body, params)
 
 
+class HostsService(_Collection[Host]):
+    """``/hosts``."""
+
+    ENTITY, PATH, WHAT = Host, "hosts", "host"
+
+
+class ClustersService(_Collection[Cluster]):
+    """``/clusters``."""
+
+    ENTITY, PATH, WHAT = Cluster, "clusters", "cluster"
+
+
+class JobsService(_Collection[Job]):
+    """``/jobs``: recent jobs."""
+
+    ENTITY, PATH, WHAT = Job, "jobs", "job"
+
+
 class ImageTransfersService(_Collection[ImageTransfer]):
     """``/imagetransfers``: create and drive image transfers. ``get`` raises
     NotFound once an old engine dropped the transfer."""
@@ -338,21 +356,3 @@ class ImageTransfersService(_Collection[ImageTransfer]):
     def cancel(self, transfer_id: str) -> None:
         """Abort; an uploaded disk is removed by the engine."""
         self._action(f"imagetransfers/{transfer_id}", "cancel")
-
-
-class HostsService(_Collection[Host]):
-    """``/hosts``."""
-
-    ENTITY, PATH, WHAT = Host, "hosts", "host"
-
-
-class ClustersService(_Collection[Cluster]):
-    """``/clusters``."""
-
-    ENTITY, PATH, WHAT = Cluster, "clusters", "cluster"
-
-
-class JobsService(_Collection[Job]):
-    """``/jobs``: recent jobs."""
-
-    ENTITY, PATH, WHAT = Job, "jobs", "job"
