@@ -141,10 +141,8 @@ class NbdServer(Closing):
     def _serve_client(self, conn: socket.socket) -> None:
         try:
             Session(self, conn).run()
-        except _Closed:
-            pass
-        except OSError:
-            pass        # the client went away mid-reply
+        except (_Closed, OSError):
+            pass        # the client went away (mid-reply too), or must go
         except Exception as e:      # a bug must not take the server down
             self.log(f"connection closed: {type(e).__name__}: {e}")
         finally:
