@@ -333,11 +333,8 @@ class Qcow2Backend(ReadOnlyBackend):
         if self.backing is None:
             fill_zero(part)
             return
-        got = 0
-        if gstart < self.backing.size:
-            got = self.backing.read_into(gstart, part)
-        if got < len(part):
-            fill_zero(part[got:])
+        got = self.backing.read_into(gstart, part) if gstart < self.backing.size else 0
+        fill_zero(part[got:])       # past the backing's end: zeros
 
     def _decompress(self, desc: int) -> bytes:
         data = self._comp_cache.get(desc)
