@@ -51,31 +51,21 @@ def element_to_tree(elem: ET.Element) -> Tree:
     return node
 
 
-def parse_xml(data: bytes | str) -> tuple[str, Tree]:
-    """Parse an XML document; returns (root tag, tree)."""
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise EngineError(f"engine sent invalid XML: {e}") from None
-    return _local(root.tag), element_to_tree(root)
-
-
-def parse_json(data: bytes | str) -> Tree:
-    """Parse a JSON document."""
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise EngineError(f"engine sent invalid JSON: {e}") from None
-
-
 def decode(body: bytes, content_type: str | None) -> Tree:
     """Parse a response body by its content type (XML unless it says JSON)."""
     if not body.strip():
         return {}
     ctype = (content_type or "").lower()
     if "json" in ctype or (not ctype and body.lstrip()[:1] in (b"{", b"[")):
-        return parse_json(body)
-    return parse_xml(body)[1]
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise EngineError(f"engine sent invalid JSON: {e}") from None
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as e:
+        raise EngineError(f"engine sent invalid XML: {e}") from None
+    return element_to_tree(root)
 
 
 def as_list(value: Tree) -> list[Any]:
@@ -144,6 +134,8 @@ def _get_path(tree: Tree, path: str) -> Any:
 
 
 _CONVERT = {"str": to_str, "int": to_int, "bool": to_bool}
+# A field without a spec: the child element of its name, by its annotation.
+_KINDS = {"str | None": "str", "int | None": "int", "bool | None": "bool"}
 
 
 def _read_field(tree: dict, spec: tuple) -> Any:
@@ -151,10 +143,7 @@ def _read_field(tree: dict, spec: tuple) -> Any:
     if kind in _CONVERT:
         return _CONVERT[kind](tree.get(spec[1]))
     if kind == "ref":
-        ref = tree.get(spec[1])
-        if isinstance(ref, list):
-            ref = ref[0] if ref else None
-        return to_str(ref.get("id")) if isinstance(ref, dict) else None
+        return to_str(_get_path(tree, spec[1] + "/id"))
     if kind == "refs":
         outer = tree.get(spec[1])
         if not isinstance(outer, dict):
@@ -170,12 +159,9 @@ def entity_from_tree(cls: type[E], tree: Tree) -> E:
     """Build one entity of type ``cls`` from its tree (XML or JSON)."""
     if not isinstance(tree, dict):
         raise EngineError(f"engine sent no {cls.TAG} where one was expected")  # type: ignore[attr-defined]
-    values = {}
-    for f in fields(cls):
-        spec = f.metadata.get("spec")
-        if spec:
-            values[f.name] = _read_field(tree, spec)
-    return cls(**values)
+    return cls(**{f.name: _read_field(tree, f.metadata.get("spec")
+                                      or (_KINDS[f.type], f.name))
+                  for f in fields(cls)})
 
 
 def entities_from_tree(cls: type[E], tree: Tree) -> list[E]:
@@ -183,16 +169,6 @@ def entities_from_tree(cls: type[E], tree: Tree) -> list[E]:
     if not isinstance(tree, dict):
         return []
     return [entity_from_tree(cls, item) for item in as_list(tree.get(cls.TAG))]  # type: ignore[attr-defined]
-
-
-def parse_entity(cls: type[E], body: bytes, content_type: str | None = None) -> E:
-    """Parse one entity from a response body."""
-    return entity_from_tree(cls, decode(body, content_type))
-
-
-def parse_entities(cls: type[E], body: bytes, content_type: str | None = None) -> list[E]:
-    """Parse a collection from a response body."""
-    return entities_from_tree(cls, decode(body, content_type))
 
 
 def parse_fault(tree: Tree) -> tuple[str | None, str | None]:

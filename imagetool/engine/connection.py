@@ -22,6 +22,7 @@ from imagetool.engine import codec, services, vm_services
 from imagetool.engine.entities import ApiInfo
 from imagetool.errors import (AuthError, Conflict, ConnectionFailed,
                               EngineError, NotFound, UsageError)
+from imagetool.iocore.backend import Closing
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _check_path(path: str) -> None:
                               "an id read from a file is not a plain id")
 
 
-class Connection:
+class Connection(Closing):
     """A connection to one engine; services hang off it as attributes.
 
     ``conn.disks``, ``conn.storage_domains``, ``conn.transfers``,
@@ -139,14 +140,6 @@ class Connection:
         self.hosts = services.HostsService(self)
         self.clusters = services.ClustersService(self)
         self.jobs = services.JobsService(self)
-
-    # --- context manager ---------------------------------------------------
-
-    def __enter__(self) -> "Connection":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.url}>"
@@ -308,33 +301,25 @@ class Connection:
         except EngineError:
             pass  # an HTML error page from a proxy: keep the status only
         what = f"{method} {path.split('?')[0]}"
-        text = detail or reason or resp.reason_phrase or "error"
-        text = text.strip()
+        text = (detail or reason or resp.reason_phrase or "error").strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
-        if status in (401, 403):
-            msg = (f"engine refused the credentials ({status}): {text}" if status == 401
-                   else f"not permitted: {what}: {text}")
-            return AuthError(msg, status=status, reason=reason, detail=detail)
-        if status == 404:
-            return NotFound(f"not found: {what}: {text}", status=status,
-                            reason=reason, detail=detail)
-        if status == 409:
-            return Conflict(f"conflict: {what}: {text}", status=status,
-                            reason=reason, detail=detail)
-        return EngineError(f"{what} failed ({status}): {text}", status=status,
-                           reason=reason, detail=detail)
+        cls, msg = {
+            401: (AuthError, f"engine refused the credentials ({status}): {text}"),
+            403: (AuthError, f"not permitted: {what}: {text}"),
+            404: (NotFound, f"not found: {what}: {text}"),
+            409: (Conflict, f"conflict: {what}: {text}"),
+        }.get(status, (EngineError, f"{what} failed ({status}): {text}"))
+        return cls(msg, status=status, reason=reason, detail=detail)
 
     # --- conveniences used by the services ---------------------------------
 
     def get_tree(self, path: str, params: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None) -> codec.Tree:
-        """GET and decode to the plain tree."""
         resp = self.request("GET", path, params=params, headers=headers)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 
     def post_tree(self, path: str, body: bytes, params: dict[str, Any] | None = None) -> codec.Tree:
-        """POST an XML body and decode the answer."""
         resp = self.request("POST", path, body=body, params=params)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 

@@ -1,12 +1,10 @@
 """Typed entities of the oVirt engine API, as the client sees them.
 
-Each dataclass lists only the fields imagetool uses. Every field carries a
-small *spec* in its metadata telling the codec where the value lives in the
-wire document and what type it has, so one generic reader (``codec.py``)
-handles XML and JSON for all entities, and unknown elements are ignored.
-
-Spec kinds:
-- ``("str", name)``, ``("int", name)``, ``("bool", name)``: a child element;
+Each dataclass lists only the fields imagetool uses, so one generic reader
+(``codec.py``) handles XML and JSON for all entities, and unknown elements
+are ignored. A field typed ``str | None``, ``int | None`` or ``bool | None``
+is the child element of its own name; any other carries a small *spec* in
+its metadata telling the codec where the value lives and what type it has:
 - ``("ref", name)``: the ``id`` of a child element (``<disk id="..."/>``);
 - ``("refs", outer, inner)``: the ids of a nested collection
   (``<storage_domains><storage_domain id=.../>...``);
@@ -23,18 +21,6 @@ def _spec(*spec: Any, default: Any = None) -> Any:
     return field(default=default, metadata={"spec": spec})
 
 
-def _s(name: str) -> Any:
-    return _spec("str", name)
-
-
-def _i(name: str) -> Any:
-    return _spec("int", name)
-
-
-def _b(name: str) -> Any:
-    return _spec("bool", name)
-
-
 def _ref(name: str) -> Any:
     return _spec("ref", name)
 
@@ -47,17 +33,13 @@ def _refs(outer: str, inner: str) -> Any:
 class Entity:
     """Base of all entities: ``id`` and ``href`` are XML attributes."""
 
-    id: str | None = _s("id")
-    href: str | None = _s("href")
+    id: str | None = None
+    href: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for ``--json`` output)."""
-        d = asdict(self)
-        d.pop("href", None)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items() if k != "href"}
 
 
 @dataclass
@@ -66,23 +48,23 @@ class Disk(Entity):
 
     TAG = "disk"
 
-    name: str | None = _s("name")
-    alias: str | None = _s("alias")
-    description: str | None = _s("description")
-    status: str | None = _s("status")             # ok, locked, illegal
-    format: str | None = _s("format")             # raw, cow
-    provisioned_size: int | None = _i("provisioned_size")   # virtual size
-    actual_size: int | None = _i("actual_size")
-    total_size: int | None = _i("total_size")
-    initial_size: int | None = _i("initial_size")
-    sparse: bool | None = _b("sparse")
-    content_type: str | None = _s("content_type")  # data, iso, ovf_store...
+    name: str | None = None
+    alias: str | None = None
+    description: str | None = None
+    status: str | None = None             # ok, locked, illegal
+    format: str | None = None             # raw, cow
+    provisioned_size: int | None = None   # virtual size
+    actual_size: int | None = None
+    total_size: int | None = None
+    initial_size: int | None = None
+    sparse: bool | None = None
+    content_type: str | None = None  # data, iso, ovf_store...
     storage_domain_ids: tuple[str, ...] = _refs("storage_domains", "storage_domain")
-    image_id: str | None = _s("image_id")
-    backup: str | None = _s("backup")             # none, incremental
-    storage_type: str | None = _s("storage_type")
+    image_id: str | None = None
+    backup: str | None = None             # none, incremental
+    storage_type: str | None = None
     # A disk of a running VM backup: how it is backed up (full, incremental).
-    backup_mode: str | None = _s("backup_mode")
+    backup_mode: str | None = None
 
 
 @dataclass
@@ -91,17 +73,17 @@ class ImageTransfer(Entity):
 
     TAG = "image_transfer"
 
-    phase: str | None = _s("phase")
-    direction: str | None = _s("direction")       # upload, download
-    format: str | None = _s("format")             # raw, cow (4.2+)
-    transfer_url: str | None = _s("transfer_url")  # the host (4.2+)
-    proxy_url: str | None = _s("proxy_url")
-    signed_ticket: str | None = _s("signed_ticket")  # 4.1 proxies
-    inactivity_timeout: int | None = _i("inactivity_timeout")
-    timeout_policy: str | None = _s("timeout_policy")
-    transferred: int | None = _i("transferred")
-    active: bool | None = _b("active")
-    shallow: bool | None = _b("shallow")
+    phase: str | None = None
+    direction: str | None = None       # upload, download
+    format: str | None = None             # raw, cow (4.2+)
+    transfer_url: str | None = None  # the host (4.2+)
+    proxy_url: str | None = None
+    signed_ticket: str | None = None  # 4.1 proxies
+    inactivity_timeout: int | None = None
+    timeout_policy: str | None = None
+    transferred: int | None = None
+    active: bool | None = None
+    shallow: bool | None = None
     disk_id: str | None = _ref("disk")
     image_id: str | None = _ref("image")
     snapshot_id: str | None = _ref("snapshot")
@@ -115,15 +97,15 @@ class StorageDomain(Entity):
 
     TAG = "storage_domain"
 
-    name: str | None = _s("name")
-    type: str | None = _s("type")                 # data, iso, export
-    status: str | None = _s("status")
-    external_status: str | None = _s("external_status")
+    name: str | None = None
+    type: str | None = None                 # data, iso, export
+    status: str | None = None
+    external_status: str | None = None
     storage_type: str | None = _spec("path", "storage/type", "str")  # nfs, fcp...
-    available: int | None = _i("available")
-    used: int | None = _i("used")
-    committed: int | None = _i("committed")
-    master: bool | None = _b("master")
+    available: int | None = None
+    used: int | None = None
+    committed: int | None = None
+    master: bool | None = None
     data_center_ids: tuple[str, ...] = _refs("data_centers", "data_center")
 
 
@@ -133,7 +115,7 @@ class Cluster(Entity):
 
     TAG = "cluster"
 
-    name: str | None = _s("name")
+    name: str | None = None
     data_center_id: str | None = _ref("data_center")
 
 
@@ -143,9 +125,9 @@ class Host(Entity):
 
     TAG = "host"
 
-    name: str | None = _s("name")
-    address: str | None = _s("address")
-    status: str | None = _s("status")
+    name: str | None = None
+    address: str | None = None
+    status: str | None = None
     cluster_id: str | None = _ref("cluster")
 
 
@@ -155,10 +137,10 @@ class Vm(Entity):
 
     TAG = "vm"
 
-    name: str | None = _s("name")
-    description: str | None = _s("description")
-    status: str | None = _s("status")
-    memory: int | None = _i("memory")
+    name: str | None = None
+    description: str | None = None
+    status: str | None = None
+    memory: int | None = None
     cluster_id: str | None = _ref("cluster")
     template_id: str | None = _ref("template")
     # With ``all_content=true``: the OVF document (already unescaped).
@@ -171,9 +153,9 @@ class Template(Entity):
 
     TAG = "template"
 
-    name: str | None = _s("name")
-    description: str | None = _s("description")
-    memory: int | None = _i("memory")
+    name: str | None = None
+    description: str | None = None
+    memory: int | None = None
 
 
 @dataclass
@@ -182,11 +164,11 @@ class Snapshot(Entity):
 
     TAG = "snapshot"
 
-    description: str | None = _s("description")
-    snapshot_status: str | None = _s("snapshot_status")  # ok, locked, in_preview
-    snapshot_type: str | None = _s("snapshot_type")      # regular, active
-    date: str | None = _s("date")
-    persist_memorystate: bool | None = _b("persist_memorystate")
+    description: str | None = None
+    snapshot_status: str | None = None  # ok, locked, in_preview
+    snapshot_type: str | None = None      # regular, active
+    date: str | None = None
+    persist_memorystate: bool | None = None
     vm_id: str | None = _ref("vm")
 
 
@@ -199,13 +181,13 @@ class DiskSnapshot(Entity):
     disk_id: str | None = _ref("disk")
     parent_id: str | None = _ref("parent")
     snapshot_id: str | None = _ref("snapshot")   # the VM snapshot it belongs to
-    name: str | None = _s("name")
-    description: str | None = _s("description")
-    status: str | None = _s("status")
-    format: str | None = _s("format")
-    actual_size: int | None = _i("actual_size")
-    provisioned_size: int | None = _i("provisioned_size")
-    image_id: str | None = _s("image_id")
+    name: str | None = None
+    description: str | None = None
+    status: str | None = None
+    format: str | None = None
+    actual_size: int | None = None
+    provisioned_size: int | None = None
+    image_id: str | None = None
     storage_domain_ids: tuple[str, ...] = _refs("storage_domains", "storage_domain")
 
 
@@ -216,10 +198,10 @@ class VmBackup(Entity):
 
     TAG = "backup"
 
-    phase: str | None = _s("phase")
-    description: str | None = _s("description")
-    from_checkpoint_id: str | None = _s("from_checkpoint_id")
-    to_checkpoint_id: str | None = _s("to_checkpoint_id")
+    phase: str | None = None
+    description: str | None = None
+    from_checkpoint_id: str | None = None
+    to_checkpoint_id: str | None = None
     vm_id: str | None = _ref("vm")
 
 
@@ -230,8 +212,8 @@ class Checkpoint(Entity):
 
     TAG = "checkpoint"
 
-    state: str | None = _s("state")               # created, invalid
-    parent_id: str | None = _s("parent_id")
+    state: str | None = None               # created, invalid
+    parent_id: str | None = None
     vm_id: str | None = _ref("vm")
 
 
@@ -241,12 +223,12 @@ class Job(Entity):
 
     TAG = "job"
 
-    description: str | None = _s("description")
-    status: str | None = _s("status")             # started, finished, failed, aborted
-    start_time: str | None = _s("start_time")
-    end_time: str | None = _s("end_time")
-    auto_cleared: bool | None = _b("auto_cleared")
-    external: bool | None = _b("external")
+    description: str | None = None
+    status: str | None = None             # started, finished, failed, aborted
+    start_time: str | None = None
+    end_time: str | None = None
+    auto_cleared: bool | None = None
+    external: bool | None = None
 
 
 @dataclass
@@ -257,11 +239,11 @@ class DiskAttachment(Entity):
 
     disk_id: str | None = _ref("disk")
     vm_id: str | None = _ref("vm")
-    interface: str | None = _s("interface")       # virtio, virtio_scsi, ide, sata
-    bootable: bool | None = _b("bootable")
-    active: bool | None = _b("active")
-    read_only: bool | None = _b("read_only")
-    logical_name: str | None = _s("logical_name")
+    interface: str | None = None       # virtio, virtio_scsi, ide, sata
+    bootable: bool | None = None
+    active: bool | None = None
+    read_only: bool | None = None
+    logical_name: str | None = None
 
 
 @dataclass

@@ -25,7 +25,6 @@ DEFAULT_TIMEOUT = 600.0
 
 
 def attached_disk_ids(conn: "Connection", vm_id: str) -> list[str]:
-    """The ids of the disks attached to the VM."""
     return [a.disk_id for a in conn.vms.disk_attachments(vm_id) if a.disk_id]
 
 

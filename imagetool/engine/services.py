@@ -12,7 +12,7 @@ entities. Faults raise the exceptions of ``imagetool.errors``.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar
 
 from imagetool.engine import codec
 from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
@@ -20,6 +20,9 @@ from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
                                        Vm)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
+
+if TYPE_CHECKING:
+    from imagetool.engine.connection import Connection
 
 E = TypeVar("E", bound=Entity)
 
@@ -53,30 +56,10 @@ def _search_quote(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
-class Api(Protocol):
-    """What the services need of their connection (``connection.Connection``
-    is one); typed here so this module does not import the connection."""
-
-    @property
-    def legacy(self) -> bool: ...
-    @property
-    def disks(self) -> "DisksService": ...
-    @property
-    def storage_domains(self) -> "StorageDomainsService": ...
-    def request(self, method: str, path: str, *, body: bytes | None = None,
-                params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None,
-                accept: str | None = None) -> Any: ...
-    def get_tree(self, path: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> codec.Tree: ...
-    def post_tree(self, path: str, body: bytes,
-                  params: dict[str, Any] | None = None) -> codec.Tree: ...
-
-
 class _Service:
     """Shared plumbing: GET/list/add/remove/action on one collection."""
 
-    def __init__(self, conn: Api) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def _get(self, cls: type[E], path: str, **params: Any) -> E:
@@ -130,8 +113,30 @@ class _Service:
         return exact[0]
 
 
-class DisksService(_Service):
+class _Collection(_Service, Generic[E]):
+    """A collection at the API root, ``/<PATH>``, of ``ENTITY`` (a ``WHAT``)."""
+
+    ENTITY: type[E]
+    PATH: str
+    WHAT: str
+
+    def get(self, item_id: str) -> E:
+        """One item by id (NotFound when missing)."""
+        return self._get(self.ENTITY, f"{self.PATH}/{item_id}")
+
+    def list(self, search: str | None = None, max: int | None = None) -> list[E]:
+        """All items, or those matching an engine search expression."""
+        return self._list(self.ENTITY, self.PATH, search=search, max=max)
+
+    def find(self, name_or_id: str | E) -> E:
+        """An item by id, else by exact name; error when the name is ambiguous."""
+        return self._find(self.ENTITY, self.WHAT, self.PATH, name_or_id)
+
+
+class DisksService(_Collection[Disk]):
     """``/disks``: floating disks and their layers."""
+
+    ENTITY, PATH, WHAT = Disk, "disks", "disk"
 
     def add(self, *, name: str, provisioned_size: int, storage_domain: str,
             format: str = "raw", sparse: bool = True,
@@ -162,18 +167,6 @@ class DisksService(_Service):
             "storage_domains": {"storage_domain": [{"id": sd.id}]},
         }
         return self._add(Disk, "disks", body)
-
-    def get(self, disk_id: str) -> Disk:
-        """One disk by id (NotFound when missing)."""
-        return self._get(Disk, f"disks/{disk_id}")
-
-    def list(self, search: str | None = None, max: int | None = None) -> list[Disk]:
-        """All disks, or those matching an engine search expression."""
-        return self._list(Disk, "disks", search=search, max=max)
-
-    def find(self, name_or_id: str | Disk) -> Disk:
-        """A disk by id, else by exact name; error when the name is ambiguous."""
-        return self._find(Disk, "disk", "disks", name_or_id)
 
     def remove(self, disk_id: str) -> None:
         """Delete a disk (Conflict while it is locked)."""
@@ -244,20 +237,10 @@ class DisksService(_Service):
         return layers
 
 
-class StorageDomainsService(_Service):
+class StorageDomainsService(_Collection[StorageDomain]):
     """``/storagedomains``."""
 
-    def list(self, search: str | None = None) -> list[StorageDomain]:
-        """All storage domains."""
-        return self._list(StorageDomain, "storagedomains", search=search)
-
-    def get(self, sd_id: str) -> StorageDomain:
-        """One storage domain by id."""
-        return self._get(StorageDomain, f"storagedomains/{sd_id}")
-
-    def find(self, name_or_id: str) -> StorageDomain:
-        """A storage domain by id or exact name."""
-        return self._find(StorageDomain, "storage domain", "storagedomains", name_or_id)
+    ENTITY, PATH, WHAT = StorageDomain, "storagedomains", "storage domain"
 
     def disks(self, sd_id: str) -> list[Disk]:
         """Disks on one storage domain."""
@@ -289,8 +272,29 @@ class StorageDomainsService(_Service):
         self._action(f"storagedomains/{sd_id}/vms/{vm_id}", "import", body, params)
 
 
-class ImageTransfersService(_Service):
-    """``/imagetransfers``: create and drive image transfers."""
+class HostsService(_Collection[Host]):
+    """``/hosts``."""
+
+    ENTITY, PATH, WHAT = Host, "hosts", "host"
+
+
+class ClustersService(_Collection[Cluster]):
+    """``/clusters``."""
+
+    ENTITY, PATH, WHAT = Cluster, "clusters", "cluster"
+
+
+class JobsService(_Collection[Job]):
+    """``/jobs``: recent jobs."""
+
+    ENTITY, PATH, WHAT = Job, "jobs", "job"
+
+
+class ImageTransfersService(_Collection[ImageTransfer]):
+    """``/imagetransfers``: create and drive image transfers. ``get`` raises
+    NotFound once an old engine dropped the transfer."""
+
+    ENTITY, PATH, WHAT = ImageTransfer, "imagetransfers", "transfer"
 
     def add(self, *, disk_id: str | None = None, snapshot_id: str | None = None,
             image_id: str | None = None, direction: str = "upload",
@@ -333,14 +337,6 @@ class ImageTransfersService(_Service):
             })
         return self._add(ImageTransfer, "imagetransfers", body)
 
-    def get(self, transfer_id: str) -> ImageTransfer:
-        """One transfer by id (NotFound once an old engine dropped it)."""
-        return self._get(ImageTransfer, f"imagetransfers/{transfer_id}")
-
-    def list(self) -> list[ImageTransfer]:
-        """The transfers the engine still knows."""
-        return self._list(ImageTransfer, "imagetransfers")
-
     def extend(self, transfer_id: str) -> None:
         """Refresh the session (keep-alive); changes no phase."""
         self._action(f"imagetransfers/{transfer_id}", "extend")
@@ -360,35 +356,3 @@ class ImageTransfersService(_Service):
     def cancel(self, transfer_id: str) -> None:
         """Abort; an uploaded disk is removed by the engine."""
         self._action(f"imagetransfers/{transfer_id}", "cancel")
-
-
-class HostsService(_Service):
-    """``/hosts``."""
-
-    def list(self, search: str | None = None) -> list[Host]:
-        """All hosts."""
-        return self._list(Host, "hosts", search=search)
-
-    def get(self, host_id: str) -> Host:
-        """One host."""
-        return self._get(Host, f"hosts/{host_id}")
-
-
-class ClustersService(_Service):
-    """``/clusters``."""
-
-    def list(self) -> list[Cluster]:
-        """All clusters."""
-        return self._list(Cluster, "clusters")
-
-
-class JobsService(_Service):
-    """``/jobs``."""
-
-    def list(self, search: str | None = None) -> list[Job]:
-        """Recent jobs."""
-        return self._list(Job, "jobs", search=search)
-
-    def get(self, job_id: str) -> Job:
-        """One job."""
-        return self._get(Job, f"jobs/{job_id}")

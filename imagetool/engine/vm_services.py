@@ -12,8 +12,8 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _Service
-from imagetool.ids import is_uuid, ref
+from imagetool.engine.services import E, _Collection, _Service
+from imagetool.ids import ref
 
 
 def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
@@ -24,20 +24,14 @@ def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
             "initialization": {"configuration": {"type": "ova", "data": ovf}}}
 
 
-class VmsService(_Service):
+class VmsService(_Collection[Vm]):
     """``/vms`` and the disks attached to a VM."""
 
-    def list(self, search: str | None = None, max: int | None = None) -> list[Vm]:
-        """All VMs, or those matching a search."""
-        return self._list(Vm, "vms", search=search, max=max)
+    ENTITY, PATH, WHAT = Vm, "vms", "vm"
 
     def get(self, vm_id: str, all_content: bool = False) -> Vm:
         """One VM; ``all_content`` includes its OVF (``Vm.ovf``)."""
         return self._get(Vm, f"vms/{vm_id}", all_content=True if all_content else None)
-
-    def find(self, name_or_id: str | Vm) -> Vm:
-        """A VM by id or exact name."""
-        return self._find(Vm, "vm", "vms", name_or_id)
 
     def add(self, *, name: str, cluster: str = "Default", template: str = "Blank",
             memory: int | None = None, description: str | None = None,
@@ -66,12 +60,10 @@ class VmsService(_Service):
         self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
 
     def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
-        """The VM's disk attachments."""
         return self._list(DiskAttachment, f"vms/{vm_id}/diskattachments")
 
     def attach_disk(self, vm_id: str, disk_id: str, *, interface: str = "virtio_scsi",
                     bootable: bool = False, active: bool = True) -> DiskAttachment:
-        """Attach an existing disk to a VM."""
         body = {"disk": {"id": disk_id}, "interface": interface,
                 "bootable": bootable, "active": active}
         return self._add(DiskAttachment, f"vms/{vm_id}/diskattachments", body)
@@ -90,10 +82,8 @@ class VmsService(_Service):
     def export(self, vm_id: str, storage_domain: str, *, exclusive: bool = False,
                discard_snapshots: bool = False) -> None:
         """Export a VM to an export storage domain (name or id)."""
-        sd = ({"id": storage_domain} if is_uuid(storage_domain)
-              else {"name": storage_domain})
         self._action(f"vms/{vm_id}", "export", {
-            "storage_domain": sd, "exclusive": exclusive,
+            "storage_domain": ref(storage_domain), "exclusive": exclusive,
             "discard_snapshots": discard_snapshots})
 
     def preview_snapshot(self, vm_id: str, snapshot_id: str) -> None:
@@ -110,16 +100,10 @@ class VmsService(_Service):
         self._action(f"vms/{vm_id}", "undosnapshot")
 
 
-class TemplatesService(_Service):
-    """``/templates``."""
+class TemplatesService(_Collection[Template]):
+    """``/templates`` (``Blank`` included)."""
 
-    def list(self) -> list[Template]:
-        """All templates (``Blank`` included)."""
-        return self._list(Template, "templates")
-
-    def find(self, name_or_id: str | Template) -> Template:
-        """A template by id or exact name."""
-        return self._find(Template, "template", "templates", name_or_id)
+    ENTITY, PATH, WHAT = Template, "templates", "template"
 
     def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Template:
         """Create the template an OVA's OVF describes, as ``VmsService.add_from_ova``."""
@@ -130,7 +114,6 @@ class TemplatesService(_Service):
         self._remove(f"templates/{template_id}")
 
     def disk_attachments(self, template_id: str) -> list[DiskAttachment]:
-        """The template's disk attachments."""
         return self._list(DiskAttachment, f"templates/{template_id}/diskattachments")
 
 
@@ -174,7 +157,6 @@ class SnapshotsService(_VmCollection[Snapshot]):
         self._remove(self._path(vm_id, snapshot_id))
 
     def restore(self, vm_id: str, snapshot_id: str) -> None:
-        """Restore the VM to a snapshot."""
         self._action(self._path(vm_id, snapshot_id), "restore")
 
     def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:

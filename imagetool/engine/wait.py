@@ -26,18 +26,14 @@ T = TypeVar("T")
 class Poller:
     """Sleep schedule 0.1 s, x1.5 ... 2 s, never past the deadline."""
 
-    def __init__(self, timeout: float, min_delay: float = MIN_DELAY,
-                 max_delay: float = MAX_DELAY,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.deadline = clock() + timeout
-        self.delay = min_delay
-        self.max_delay = max_delay
+        self.delay = MIN_DELAY
         self._clock = clock
         self._sleep = sleep
 
     def expired(self) -> bool:
-        """True once the deadline has passed."""
         return self._clock() >= self.deadline
 
     def sleep(self) -> bool:
@@ -46,7 +42,7 @@ class Poller:
         if remaining <= 0:
             return False
         self._sleep(min(self.delay, remaining))
-        self.delay = min(self.delay * 1.5, self.max_delay)
+        self.delay = min(self.delay * 1.5, MAX_DELAY)
         return True
 
 
@@ -72,12 +68,18 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
                                  f"(last: {show(value)})")
 
 
-def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
-    """A transfer's phase now, or None when the engine no longer has it."""
+def _found(get: Callable[[], T]) -> T | None:
+    """``get()``, or None when the engine answers 404."""
     try:
-        return conn.transfers.get(transfer_id).phase or ""
+        return get()
     except NotFound:
         return None
+
+
+def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
+    """A transfer's phase now, or None when the engine no longer has it."""
+    transfer = _found(lambda: conn.transfers.get(transfer_id))
+    return None if transfer is None else transfer.phase or ""
 
 
 def wait_for_disk(conn: "Connection", disk_id: str, status: str = "ok",
@@ -105,13 +107,8 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
 
     Useful after a cancel, when the engine either unlocks or deletes the disk.
     """
-    def fetch() -> Disk | None:
-        try:
-            return conn.disks.get(disk_id)
-        except NotFound:
-            return None
-
-    return wait_until(fetch, lambda d: d is None or d.status != "locked", timeout,
+    return wait_until(lambda: _found(lambda: conn.disks.get(disk_id)),
+                      lambda d: d is None or d.status != "locked", timeout,
                       lambda d: f"disk {d and d.name or disk_id} to be unlocked",
                       show=lambda d: d and d.status)
 
@@ -208,15 +205,8 @@ def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
                            what: str | None = None) -> None:
     """Poll until the engine no longer has the snapshot (removed, merged),
     then until ``disk_ids``, the disks it merged into, are unlocked."""
-    def gone() -> bool:
-        try:
-            conn.snapshots.get(vm_id, snapshot_id)
-        except NotFound:
-            return True
-        return False
-
-    wait_truthy(gone, what or f"snapshot {snapshot_id} of VM {vm_id} to be removed",
-                timeout)
+    wait_truthy(lambda: _found(lambda: conn.snapshots.get(vm_id, snapshot_id)) is None,
+                what or f"snapshot {snapshot_id} of VM {vm_id} to be removed", timeout)
     wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
 
 
@@ -228,9 +218,8 @@ def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
 
     def check() -> bool:
         for disk_id in list(pending):
-            try:
-                d = conn.disks.get(disk_id)
-            except NotFound:
+            d = _found(lambda: conn.disks.get(disk_id))
+            if d is None:
                 pending.remove(disk_id)
                 continue
             if d.status == "illegal":

@@ -76,8 +76,7 @@ def probe(path: str | os.PathLike) -> tuple[str, str]:
     (``imagetool.formats.registry``: raw, qcow2, vmdk) and "data" or "iso".
 
     Raises UnsupportedFormat for vhd, vhdx, vdi, qed, VMware 3 (COWD) and
-    LUKS, and
-    FormatError if the file cannot be opened.
+    LUKS, and FormatError if the file cannot be opened.
     """
     path = os.fspath(path)
     with reading(path) as fd:

@@ -22,12 +22,11 @@ from __future__ import annotations
 import os
 
 from imagetool.formats import WRITABLE, open_image
+from imagetool.formats.qcow2 import refcount_clusters
 from imagetool.iocore.backend import Backend
 
 _L2E = 8          # bytes per L2 entry (no extended L2)
 _L1E = 8
-_REFTABLE_E = 8
-_REFCOUNT_BITS = 16
 
 
 def measure(source: Backend | str | os.PathLike, out_format: str = "qcow2",
@@ -64,21 +63,9 @@ def qcow2_fully_allocated_size(virtual_size: int, cluster_size: int) -> int:
     meta += l2_entries * _L2E
     l1_entries = _round_up(l2_entries * _L2E // cluster_size, cluster_size // _L1E)
     meta += l1_entries * _L1E
-    meta += _refcount_metadata((meta + virtual) // cluster_size, cluster_size)
+    refcount = refcount_clusters((meta + virtual) // cluster_size, cluster_size)
+    meta += sum(refcount) * cluster_size
     return meta + virtual
-
-
-def _refcount_metadata(clusters: int, cluster_size: int) -> int:
-    """Bytes of refcount blocks and table needed to count ``clusters`` and themselves."""
-    per_block = cluster_size * 8 // _REFCOUNT_BITS
-    per_table_cluster = cluster_size // _REFTABLE_E
-    blocks = table = 0
-    while True:
-        new_blocks = -(-(clusters + blocks + table) // per_block)
-        new_table = -(-new_blocks // per_table_cluster)
-        if (new_blocks, new_table) == (blocks, table):
-            return (blocks + table) * cluster_size
-        blocks, table = new_blocks, new_table
 
 
 def _data_clusters(backend: Backend, cluster_size: int) -> int:

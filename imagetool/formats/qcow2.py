@@ -80,6 +80,19 @@ def compressed_span(entry: int, cluster_bits: int) -> tuple[int, int]:
     return start, (start & ~511) + nsect * 512
 
 
+def refcount_clusters(clusters: int, cluster_size: int) -> tuple[int, int]:
+    """(refcount blocks, refcount table clusters) with 16-bit refcounts that
+    count ``clusters`` host clusters and themselves."""
+    per_block = cluster_size * 8 // 16
+    blocks = table = 0
+    while True:
+        nb = -(-(clusters + blocks + table) // per_block)
+        nt = -(-nb * 8 // cluster_size)
+        if (nb, nt) == (blocks, table):
+            return blocks, table
+        blocks, table = nb, nt
+
+
 @dataclass
 class Header:
     """The parsed qcow2 header plus what its extensions say."""
@@ -141,11 +154,8 @@ class Header:
     def unknown_incompatible(self) -> list[str]:
         """Names (or bit numbers) of incompatible features we do not know."""
         bits = self.incompatible_features & ~INCOMPAT_KNOWN
-        out = []
-        for bit in range(64):
-            if bits & (1 << bit):
-                out.append(self.feature_names.get((0, bit), f"bit {bit}"))
-        return out
+        return [self.feature_names.get((0, bit), f"bit {bit}")
+                for bit in range(64) if bits & (1 << bit)]
 
 
 def _corrupt(path: str, msg: str) -> CorruptImage:
@@ -390,7 +400,6 @@ def check_readable(h: Header) -> None:
 
 
 def read_header(path: str | os.PathLike) -> Header:
-    """Open ``path`` and return its parsed Header."""
     path = os.fspath(path)
     with reading(path) as fd:
         return parse_header(fd, path)

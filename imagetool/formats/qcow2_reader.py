@@ -28,7 +28,7 @@ from typing import Iterator
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
 from imagetool.formats import qcow2
-from imagetool.iocore.backend import Extent
+from imagetool.iocore.backend import Extent, undo_on_error
 from imagetool.formats.detect import detect
 from imagetool.formats.raw import RawBackend, open_readonly, read_full
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
@@ -86,11 +86,8 @@ class Qcow2Backend(ReadOnlyBackend):
         self._fd = open_readonly(self.path)
         self._closed = False
         self.backing: Qcow2Backend | RawBackend | None = backing
-        try:
+        with undo_on_error(self.close):
             self._setup()
-        except BaseException:
-            self.close()
-            raise
 
     def _setup(self) -> None:
         h = self.header = qcow2.parse_header(self._fd, self.path, self._base,
@@ -203,11 +200,8 @@ class Qcow2Backend(ReadOnlyBackend):
         other._closed = False
         other.backing = None
         if self.backing is not None:
-            try:
+            with undo_on_error(lambda: os.close(other._fd)):
                 other.backing = self.backing.clone()
-            except BaseException:
-                os.close(other._fd)
-                raise
         return other
 
     def close(self) -> None:
@@ -339,11 +333,8 @@ class Qcow2Backend(ReadOnlyBackend):
         if self.backing is None:
             fill_zero(part)
             return
-        got = 0
-        if gstart < self.backing.size:
-            got = self.backing.read_into(gstart, part)
-        if got < len(part):
-            fill_zero(part[got:])
+        got = self.backing.read_into(gstart, part) if gstart < self.backing.size else 0
+        fill_zero(part[got:])       # past the backing's end: zeros
 
     def _decompress(self, desc: int) -> bytes:
         data = self._comp_cache.get(desc)

@@ -44,7 +44,9 @@ from typing import Iterator
 
 from imagetool.errors import FormatError
 from imagetool.formats import open_image
-from imagetool.iocore.backend import BackendBase, Extent, merge_extents
+from imagetool.iocore.backend import (BackendBase, Extent, merge_extents, undo_on_error,
+                                      union_ranges)
+from imagetool.iocore.backends import Wrapper
 from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
 from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
 from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
@@ -52,7 +54,7 @@ from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
 from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
 from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
 from imagetool.formats.qcow2 import (compressed_size_shift, compressed_span, pack_extensions,
-                                     pack_header)
+                                     pack_header, refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -140,7 +142,7 @@ class Qcow2Writer(BackendBase):
             raise ValueError("backing_format given without backing_file")
         header_need = _HEADER_LEN + 8 + len((backing_file or "").encode())
         if backing_format:
-            header_need += 8 + _pad8(len(backing_format.encode()))
+            header_need += 8 + ((len(backing_format.encode()) + 7) & ~7)
         if header_need > cluster_size or len((backing_file or "").encode()) > 1023:
             raise ValueError("backing file name too long for the header cluster")
         if offset < 0:
@@ -153,15 +155,11 @@ class Qcow2Writer(BackendBase):
             raise FormatError(f"cannot create: {e.strerror}", path) from e
         w = cls(fd, path, virtual_size, cluster_size, backing_file,
                 backing_format, compress, compress_level, shallow, base=offset)
-        try:
-            # No fsync: a file nobody has seen yet needs no durability; the
-            # first flush() makes everything durable.
-            with w._lock:
-                w._write_metadata(sync=False)
-                w._dirty = False
-        except BaseException:
-            os.close(fd)
-            raise
+        # No fsync: a file nobody has seen yet needs no durability; the
+        # first flush() makes everything durable.
+        with undo_on_error(lambda: os.close(fd)), w._lock:
+            w._write_metadata(sync=False)
+            w._dirty = False
         return w
 
     @classmethod
@@ -186,7 +184,7 @@ class Qcow2Writer(BackendBase):
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise FormatError(f"cannot open: {e.strerror}", path) from e
-        try:
+        with undo_on_error(lambda: os.close(fd)):
             h = parse_header(fd, path)
             if (h.version != 3 or h.refcount_order != _REFCOUNT_ORDER or h.nb_snapshots
                     or h.incompatible_features or h.autoclear_features or h.crypt_method
@@ -197,9 +195,6 @@ class Qcow2Writer(BackendBase):
             w = cls(fd, path, h.size, h.cluster_size, h.backing_file, h.backing_format,
                     False, 6)
             w._load(h)
-        except BaseException:
-            os.close(fd)
-            raise
         return w
 
     def _load(self, h) -> None:
@@ -295,7 +290,6 @@ class Qcow2Writer(BackendBase):
 
     @property
     def size(self) -> int:
-        """Virtual (guest) size in bytes."""
         return self._size
 
     def write(self, offset: int, data: memoryview | bytes) -> None:
@@ -317,7 +311,8 @@ class Qcow2Writer(BackendBase):
                 chunk = view[start:start + cs]
                 if len(chunk) < cs:
                     chunk = bytes(chunk) + bytes(cs - len(chunk))
-                blob = self._deflate(chunk)
+                z = zlib.compressobj(self._level, zlib.DEFLATED, -12)  # raw, 4 KiB window
+                blob = z.compress(chunk) + z.flush()
                 if len(blob) < cs:
                     blobs[ci] = blob
         with self._lock:
@@ -559,10 +554,6 @@ class Qcow2Writer(BackendBase):
         _pwrite_all(self._fd, [b for _, b in cblobs], self._base + start)
         self._ctail = pos
 
-    def _deflate(self, chunk) -> bytes:
-        c = zlib.compressobj(self._level, zlib.DEFLATED, -12)
-        return c.compress(chunk) + c.flush()
-
     def _read_cluster(self, ci: int, entry: int) -> bytes:
         """One cluster's guest bytes (entry is plain or compressed)."""
         cs = self.cluster_size
@@ -715,14 +706,7 @@ class Qcow2Writer(BackendBase):
         l2_count = len(self._l2)
         base = self._end
         per_block = cs * 8 // 16
-        blocks = table = 0
-        while True:
-            total = base + l1_clusters + l2_count + blocks + table
-            nb = -(-total // per_block)
-            nt = -(-nb * 8 // cs)
-            if (nb, nt) == (blocks, table):
-                break
-            blocks, table = nb, nt
+        blocks, table = refcount_clusters(base + l1_clusters + l2_count, cs)
         count = l1_clusters + l2_count + blocks + table
         self._grow_to(base + count)
         for hc in range(base, base + count):
@@ -794,33 +778,8 @@ class Qcow2Writer(BackendBase):
             raise ValueError(f"{self.path}: writer is closed")
 
 
-class _WriterView(BackendBase):
-    """What :meth:`Qcow2Writer.clone` returns: delegates all but ``close``."""
-
-    def __init__(self, writer: Qcow2Writer):
-        self._w = writer
-
-    @property
-    def size(self) -> int:
-        return self._w.size
-
-    def write(self, offset: int, data) -> None:
-        self._w.write(offset, data)
-
-    def zero(self, offset: int, length: int) -> None:
-        self._w.zero(offset, length)
-
-    def read_into(self, offset: int, buf) -> int:
-        return self._w.read_into(offset, buf)
-
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        return self._w.extents(context)
-
-    def flush(self) -> None:
-        self._w.flush()
-
-    def clone(self) -> "_WriterView":
-        return _WriterView(self._w)
+class _WriterView(Wrapper):
+    """What :meth:`Qcow2Writer.clone` returns: the writer, but ``close`` does nothing."""
 
     def close(self) -> None:
         pass
@@ -849,18 +808,9 @@ def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
     return out
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
-
-
 def _coalesce(ranges: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start, n in sorted(ranges):
-        if out and out[-1][0] + out[-1][1] == start:
-            out[-1][1] += n
-        else:
-            out.append([start, n])
-    return out
+    """Free ``[start, count]`` runs of host clusters, sorted, touching ones joined."""
+    return [[a, b - a] for a, b in union_ranges([(s, s + n) for s, n in ranges])]
 
 
 def _pwrite_all(fd: int, iov: list, offset: int) -> None:

@@ -262,13 +262,6 @@ class RawBackend(BackendBase):
         done = self._read_direct(offset, view) if self._direct_ok else 0
         return done + read_full(self._fd, view[done:], offset + done)
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Convenience: up to ``length`` bytes at ``offset`` as bytes."""
-        buf = bytearray(length)
-        n = self.read_into(offset, memoryview(buf))
-        del buf[n:]
-        return bytes(buf)
-
     def write(self, offset: int, data: memoryview | bytes) -> None:
         """Write all of ``data`` at ``offset``, extending the file if needed."""
         self._check_writable()

@@ -114,7 +114,6 @@ class ReadOnlyBackend(BackendBase):
 
     @property
     def size(self) -> int:
-        """Virtual size in bytes."""
         return self._size
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:
@@ -139,12 +138,6 @@ class ReadOnlyBackend(BackendBase):
 
     def _read_guest(self, offset: int, view: memoryview) -> None:
         raise NotImplementedError
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Convenience: up to ``length`` guest bytes at ``offset``."""
-        buf = bytearray(max(0, min(length, self._size - offset)))
-        n = self.read_into(offset, memoryview(buf))
-        return bytes(buf[:n])
 
     def write(self, offset: int, data) -> None:
         """Refused: this backend is read-only (UnsupportedFeature)."""

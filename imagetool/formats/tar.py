@@ -38,7 +38,6 @@ class Member:
     name: str
     offset: int
     size: int
-    header_offset: int
 
 
 def round_up(n: int) -> int:
@@ -131,7 +130,7 @@ def members(path: str | os.PathLike) -> list[Member]:
                 raise TarError(f"truncated tar: member {name!r} needs "
                                f"{info.size} bytes from offset {data}, the file "
                                f"has {size}", path)
-            out.append(Member(name, data, info.size, pos))
+            out.append(Member(name, data, info.size))
             if len(out) > MAX_MEMBERS:
                 raise TarError(f"more than {MAX_MEMBERS} members", path)
             pos = data + round_up(info.size)

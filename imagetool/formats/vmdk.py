@@ -44,7 +44,7 @@ from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
                               UnsupportedFormat)
-from imagetool.iocore.backend import Extent
+from imagetool.iocore.backend import Extent, undo_on_error
 from imagetool.formats.detect import ImageInfo, disk_usage, is_vmdk_descriptor
 from imagetool.formats.raw import fd_size, open_readonly, read_full, reading, seek_extents
 from imagetool.formats.readonly import (COMPRESSED, DATA, UNALLOC, ZERO,
@@ -553,15 +553,16 @@ def _open_descriptor_file(path: str) -> tuple[dict, list]:
     if total > MAX_VIRTUAL_SIZE:
         raise CorruptImage(f"corrupt vmdk descriptor: extents add up to "
                            f"{total} bytes", path)
-    extents: list = []
-    try:
-        for line, target in zip(lines, targets):
-            extents.append(_open_extent(line, target, path))
-    except BaseException:
-        for e in extents:
-            e.close()
-        raise
-    return fields, extents
+    return fields, _open_all(zip(lines, targets), lambda lt: _open_extent(*lt, path))
+
+
+def _open_all(items, open_one) -> list:
+    """``open_one(item)`` of every item; on a failure those opened are closed."""
+    opened: list = []
+    with undo_on_error(lambda: [o.close() for o in opened]):
+        for item in items:
+            opened.append(open_one(item))
+    return opened
 
 
 def _open_extent(line: _ExtentLine, target: str | None, desc: str):
@@ -582,11 +583,8 @@ def _open_extent(line: _ExtentLine, target: str | None, desc: str):
         flen = fd_size(fd)
     if line.type == "SPARSE":
         win = _FileRange(target, target, 0, flen)
-        try:
+        with undo_on_error(win.close):
             ext = _SparseExtent(win)
-        except BaseException:
-            win.close()
-            raise
         if ext.size < size:
             ext.close()
             raise CorruptImage(
@@ -643,15 +641,7 @@ class VmdkBackend(ReadOnlyBackend):
     def clone(self) -> "VmdkBackend":
         """A backend with its own descriptors sharing the parsed metadata."""
         other = copy.copy(self)
-        parts = []
-        try:
-            for p in self._parts:
-                parts.append(p.reopen())
-        except BaseException:
-            for p in parts:
-                p.close()
-            raise
-        other._parts = parts
+        other._parts = _open_all(self._parts, lambda p: p.reopen())
         other._closed = False
         return other
 
@@ -703,13 +693,10 @@ def open_vmdk(path: str | os.PathLike, offset: int = 0,
                           f"the file ({fsize} bytes)", label)
     if head[:4] == MAGIC:
         win = _FileRange(path, label, offset, length)
-        try:
+        with undo_on_error(win.close):
             ext = _SparseExtent(win)
             desc = ext.descriptor
             _check_parent(desc, label)
-        except BaseException:
-            win.close()
-            raise
         subformat = desc.get("createType") or (
             "streamOptimized" if ext.compressed else "monolithicSparse")
         return VmdkBackend(path, label, subformat, [ext],

@@ -57,7 +57,6 @@ class RawWindow(ReadOnlyBackend):
         _check_window(self.path, offset, length)
         self.offset = offset
         self.length = self._size = length
-        self.window = (offset, length)
         self._fd = open_readonly(self.path)
 
     def _unmerged_extents(self) -> Iterator[Extent]:

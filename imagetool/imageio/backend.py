@@ -60,9 +60,3 @@ class HttpBackend(BackendBase):
 
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self) -> "HttpBackend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -10,6 +10,7 @@ Ticket ids are credentials: they never appear in error messages.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import socket
@@ -47,12 +48,6 @@ class ImageioOptions:
 # close_notify is an SSLEOFError, which would otherwise read as a protocol
 # error ("EOF occurred in violation of protocol").
 _CLOSED_BY_PEER = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
-
-
-def _content_range_size(header: str) -> int | None:
-    """The image size a Content-Range reports, None when absent or invalid."""
-    rng = _content_range(header)
-    return None if rng is None else rng[2]
 
 
 def _content_range(header: str | None) -> tuple[int | None, int | None, int | None] | None:
@@ -124,15 +119,12 @@ class ImageioClient(Closing):
     # --- connection -----------------------------------------------------
 
     def clone(self) -> "ImageioClient":
-        """A new client (own connection) for the same URL, for another thread."""
-        other = ImageioClient(
-            self.url, cafile=self.cafile, insecure=self.insecure,
-            proxy_url=self.proxy_url, signed_ticket=self.signed_ticket,
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
-        other._target = self._target
-        other._ssl_context = self._ssl_context
-        other._options = self._options
-        other._size = self._size
+        """A new client (own connection) for the same URL, for another thread;
+        what this one learnt (the target that connected, the TLS context,
+        OPTIONS, the size) is shared."""
+        other = copy.copy(self)
+        other._conn = None
+        other._fresh = False
         return other
 
     def close(self) -> None:
@@ -305,6 +297,12 @@ class ImageioClient(Closing):
             raise self._fail(method, what, resp)
         resp.read()
 
+    def _patch(self, body: bytes, what: str) -> None:
+        """A JSON ``PATCH`` answered with an empty 200 or 204."""
+        resp = self._request("PATCH", headers={"Content-Type": "application/json"},
+                             body=body, what=what)
+        self._expect_empty("PATCH", what, resp)
+
     # --- API ------------------------------------------------------------------
 
     def options(self) -> ImageioOptions:
@@ -353,9 +351,9 @@ class ImageioClient(Closing):
                     self._size = length
                 elif resp.status == 416:
                     # An empty image cannot satisfy any range.
-                    total = _content_range_size(resp.getheader("Content-Range", ""))
+                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
-                    if total != 0:
+                    if rng is None or rng[2] != 0:
                         raise self._fail("GET", "range 0-0", resp)
                     self._size = 0
                 else:
@@ -440,11 +438,7 @@ class ImageioClient(Closing):
         if "zero" in self.options().features:
             body = json.dumps({"op": "zero", "offset": offset, "size": length,
                                "flush": flush}).encode()
-            what = f"zero {offset}-{offset + length - 1}"
-            resp = self._request("PATCH", headers={"Content-Type": "application/json"},
-                                 body=body, what=what)
-            self._expect_empty("PATCH", what, resp)
-            return
+            return self._patch(body, f"zero {offset}-{offset + length - 1}")
         zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
         end = offset + length
         while offset < end:
@@ -456,9 +450,7 @@ class ImageioClient(Closing):
         """Ask the server to make written data durable (no-op without the feature)."""
         if "flush" not in self.options().features:
             return
-        resp = self._request("PATCH", headers={"Content-Type": "application/json"},
-                             body=b'{"op": "flush"}', what="flush")
-        self._expect_empty("PATCH", "flush", resp)
+        self._patch(b'{"op": "flush"}', "flush")
 
     def extents(self, context: str = "zero") -> list[Extent]:
         """The server's allocation map for ``context="zero"``.
@@ -496,9 +488,7 @@ class ImageioClient(Closing):
         """
         body = json.dumps({"op": CHECKSUM_AHEAD, "algorithm": algorithm,
                            "block_size": block_size}).encode()
-        resp = self._request("PATCH", headers={"Content-Type": "application/json"},
-                             body=body, what=CHECKSUM_AHEAD)
-        self._expect_empty("PATCH", CHECKSUM_AHEAD, resp)
+        self._patch(body, CHECKSUM_AHEAD)
 
     def checksum_algorithms(self) -> list[str]:
         """Algorithm names the server's checksum accepts."""
@@ -596,10 +586,8 @@ def _parse_extents(data: object, context: str, size: int | None) -> list[Extent]
         pos = start + length
         if size is not None and pos > size:
             raise ProtocolError(f"extent {i} ending at {pos}, past the image size {size}")
-        if context == "dirty":
-            out.append(Extent(start, length, e.get("zero", False), not e.get("dirty", True)))
-        else:
-            out.append(Extent(start, length, e.get("zero", False), e.get("hole", False)))
+        hole = not e.get("dirty", True) if context == "dirty" else e.get("hole", False)
+        out.append(Extent(start, length, e.get("zero", False), hole))
     if size is not None and pos != size:
         raise ProtocolError(f"extents ending at {pos}, short of the image size {size}")
     return out

@@ -8,8 +8,9 @@ are guest (virtual) bytes unless a backend says it moves a volume's own bytes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol, TypeVar, runtime_checkable
+from typing import Callable, Iterator, Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,17 @@ class Closing:
         self.close()
 
 
+@contextlib.contextmanager
+def undo_on_error(undo: Callable[[], object]) -> Iterator[None]:
+    """Call ``undo`` when the block raises (a Ctrl-C included), then let the
+    exception go on: what was opened before the block is not leaked."""
+    try:
+        yield
+    except BaseException:
+        undo()
+        raise
+
+
 # A local backend does every operation itself.
 LOCAL_FEATURES = frozenset({"extents", "zero", "flush"})
 
@@ -113,6 +125,12 @@ class BackendBase(Closing):
     features: frozenset[str] = LOCAL_FEATURES
     max_readers: int | None = None
     max_writers: int | None = None
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Convenience: up to ``length`` guest bytes at ``offset``."""
+        buf = bytearray(max(0, min(length, self.size - offset)))
+        n = self.read_into(offset, memoryview(buf))
+        return bytes(buf[:n])
 
 
 def union_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

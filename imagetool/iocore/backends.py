@@ -137,8 +137,6 @@ class RetryPolicy:
         return cap / 2 + random.uniform(0, cap / 2)
 
 
-
-
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying on a new connection."""
     if isinstance(exc, ImageioError):
@@ -283,15 +281,18 @@ class FlushingBackend(Wrapper):
     blocks ahead of a checksum (``imagetool.server.checksum_ahead``) can
     only hash what a flush made durable: flushing as the copy goes lets it
     hash beside the copy instead of after it, and a RetryingBackend below
-    keeps fewer unflushed ranges to re-send.
+    keeps fewer unflushed ranges to re-send. ``journal``: see
+    JournalingBackend.
     """
 
     def __init__(self, inner: Any, *, sync: Callable[[], None] | None = None,
-                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
+                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS,
+                 journal: Any = None):
         super().__init__(inner)
         self._shared_sync = sync
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
+        self.journal = journal
         self._pending: list[tuple[int, int]] = []
         self._pending_bytes = 0
         self._last_sync = time.monotonic()
@@ -309,13 +310,10 @@ class FlushingBackend(Wrapper):
         else:
             self.inner.flush()
         self._last_sync = time.monotonic()
-        if self._pending:
-            self._synced(self._pending)
+        if self._pending and self.journal is not None:
+            self.journal.add_done(self._pending)
         self._pending = []
         self._pending_bytes = 0
-
-    def _synced(self, ranges: list[tuple[int, int]]) -> None:
-        """Called with the (offset, length) ranges a sync made durable."""
 
     def write(self, offset: int, data: Any) -> None:
         self.inner.write(offset, data)
@@ -326,13 +324,12 @@ class FlushingBackend(Wrapper):
         self._written(offset, length)
 
     def flush(self) -> None:
-        """Make everything durable."""
         self._sync()
 
     def clone(self) -> "FlushingBackend":
         return FlushingBackend(self.inner.clone(), sync=self._shared_sync,
                                flush_bytes=self.flush_bytes,
-                               flush_seconds=self.flush_seconds)
+                               flush_seconds=self.flush_seconds, journal=self.journal)
 
 
 class JournalingBackend(FlushingBackend):
@@ -342,20 +339,8 @@ class JournalingBackend(FlushingBackend):
     the journal. Downloads pass the local file's fsync as ``sync``.
     """
 
-    def __init__(self, inner: Any, journal: Any, *,
-                 sync: Callable[[], None] | None = None,
-                 flush_bytes: int = FLUSH_BYTES, flush_seconds: float = FLUSH_SECONDS):
-        super().__init__(inner, sync=sync, flush_bytes=flush_bytes,
-                         flush_seconds=flush_seconds)
-        self.journal = journal
-
-    def _synced(self, ranges: list[tuple[int, int]]) -> None:
-        self.journal.add_done(ranges)
-
-    def clone(self) -> "JournalingBackend":
-        return JournalingBackend(self.inner.clone(), self.journal,
-                                 sync=self._shared_sync, flush_bytes=self.flush_bytes,
-                                 flush_seconds=self.flush_seconds)
+    def __init__(self, inner: Any, journal: Any, **options: Any):
+        super().__init__(inner, journal=journal, **options)
 
 
 # --- verification's adapters ------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from imagetool.iocore.backends import SharedBackend
 from imagetool.errors import ImagetoolError, TransferError
-from imagetool.iocore.backend import Backend, Extent, merge_extents
+from imagetool.iocore.backend import Backend, Extent, merge_extents, undo_on_error
 from imagetool.threads import Worker, wait_all
 
 MiB = 1 << 20
@@ -318,27 +318,21 @@ def _worker_overlap(run: _Run, src: Backend, dst: Backend, work: "queue.Queue",
     writes: queue.Queue = queue.Queue(maxsize=1)
 
     def writer() -> None:
-        try:
-            while True:
-                item = writes.get()
-                if item is None:
-                    return
-                parts, raw = item
-                try:
-                    if not run.stop.is_set():
-                        _apply_parts(run, dst, parts, zeros)
-                finally:
-                    if raw is not None:
-                        free.put(raw)
-        except BaseException as e:  # noqa: B036
-            run.fail(e)
-            # Keep returning buffers so the reader never blocks forever.
-            while True:
-                item = writes.get()
-                if item is None:
-                    return
-                if item[1] is not None:
-                    free.put(item[1])
+        # Once the copy stopped (this helper failing included), items are
+        # only drained: their buffers go back, so the reader never blocks.
+        while True:
+            item = writes.get()
+            if item is None:
+                return
+            parts, raw = item
+            try:
+                if not run.stop.is_set():
+                    _apply_parts(run, dst, parts, zeros)
+            except BaseException as e:  # noqa: B036
+                run.fail(e)
+            finally:
+                if raw is not None:
+                    free.put(raw)
 
     helper = Worker(writer, name=threading.current_thread().name + "-w").start()
     try:
@@ -476,11 +470,8 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
         pairs = [(src, dst)]
         for _ in range(workers - 1):
             s = src.clone()
-            try:
+            with undo_on_error(s.close):
                 d = dst.clone()
-            except BaseException:
-                s.close()
-                raise
             clones.append((s, d))
             pairs.append((s, d))
         for i, (s, d) in enumerate(pairs):

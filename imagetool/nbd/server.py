@@ -11,6 +11,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imagetool.iocore.backend import Closing, Extent, merge_extents
 from imagetool.nbd.protocol import MAX_CONNECTIONS, NbdError, _Closed
 from imagetool.nbd.session import Session
 
@@ -31,15 +32,10 @@ class Export:
 
     def prepare(self) -> None:
         """Read the extents once: block status answers from them."""
-        runs: list[tuple[int, int, bool]] = []
-        for e in self.backend.extents():
-            zero = bool(e.zero or e.hole)
-            if runs and runs[-1][2] == zero and runs[-1][1] == e.start:
-                runs[-1] = (runs[-1][0], e.end, zero)
-            else:
-                runs.append((e.start, e.end, zero))
-        self._zero = runs
-        self._starts = [r[0] for r in runs]
+        runs = merge_extents(Extent(e.start, e.length, zero=bool(e.zero or e.hole))
+                             for e in self.backend.extents())
+        self._zero = [(e.start, e.end, e.zero) for e in runs]
+        self._starts = [r[0] for r in self._zero]
 
     def runs(self, offset: int, length: int, limit: int) -> list[tuple[int, bool]]:
         """``(length, zero)`` runs covering ``[offset, offset+length)``, at most
@@ -60,7 +56,7 @@ class Export:
         return out
 
 
-class NbdServer:
+class NbdServer(Closing):
     """Serves ``exports`` read-only on the unix socket ``path``.
 
     ``exports[0]`` is also the default export (the empty name that
@@ -140,21 +136,13 @@ class NbdServer:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "NbdServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # --- one client -------------------------------------------------------------
 
     def _serve_client(self, conn: socket.socket) -> None:
         try:
             Session(self, conn).run()
-        except _Closed:
-            pass
-        except OSError:
-            pass        # the client went away mid-reply
+        except (_Closed, OSError):
+            pass        # the client went away (mid-reply too), or must go
         except Exception as e:      # a bug must not take the server down
             self.log(f"connection closed: {type(e).__name__}: {e}")
         finally:

@@ -107,7 +107,7 @@ SD_XML = b"""<storage_domains>
 
 
 def test_disk_xml_all_fields():
-    d = codec.parse_entity(Disk, DISK_XML, "application/xml")
+    d = codec.entity_from_tree(Disk, codec.decode(DISK_XML, "application/xml"))
     assert d.id == "123"
     assert d.href == "/ovirt-engine/api/disks/123"
     assert d.name == "disk1" and d.alias == "disk1" and d.description == "a disk"
@@ -133,19 +133,21 @@ def test_disk_json_same_as_xml():
                                                {"href": "/b", "id": "sd2"}]},
         "unknown_thing": {"nested": ["x"]},
     }
-    from_json = codec.parse_entity(Disk, json.dumps(doc).encode(), "application/json")
-    from_xml = codec.parse_entity(Disk, DISK_XML, "application/xml")
+    from_json = codec.entity_from_tree(
+        Disk, codec.decode(json.dumps(doc).encode(), "application/json"))
+    from_xml = codec.entity_from_tree(Disk, codec.decode(DISK_XML, "application/xml"))
     assert from_json == from_xml
 
 
 def test_json_native_types_accepted():
     doc = {"id": "1", "provisioned_size": 42, "sparse": False, "actual_size": 1.0}
-    d = codec.parse_entity(Disk, json.dumps(doc).encode(), "application/json")
+    d = codec.entity_from_tree(
+        Disk, codec.decode(json.dumps(doc).encode(), "application/json"))
     assert d.provisioned_size == 42 and d.sparse is False and d.actual_size == 1
 
 
 def test_transfer_xml():
-    t = codec.parse_entity(ImageTransfer, TRANSFER_XML)
+    t = codec.entity_from_tree(ImageTransfer, codec.decode(TRANSFER_XML, None))
     assert (t.id, t.phase, t.direction, t.format) == ("t1", "transferring", "upload", "cow")
     assert t.transfer_url == "https://host:54322/images/abc"
     assert t.proxy_url == "https://engine:54323/images/abc"
@@ -156,7 +158,7 @@ def test_transfer_xml():
 
 
 def test_transfer_41_shape():
-    t = codec.parse_entity(ImageTransfer, TRANSFER_41_XML)
+    t = codec.entity_from_tree(ImageTransfer, codec.decode(TRANSFER_41_XML, None))
     assert t.signed_ticket == "eyJzYWx0Ijo="
     assert t.transfer_url is None and t.format is None
     assert t.image_id == "i2" and t.disk_id is None
@@ -164,7 +166,7 @@ def test_transfer_41_shape():
 
 
 def test_storage_domain_collection():
-    sds = codec.parse_entities(StorageDomain, SD_XML)
+    sds = codec.entities_from_tree(StorageDomain, codec.decode(SD_XML, None))
     assert [s.name for s in sds] == ["data", "iso"]
     data, iso = sds
     assert data.available == 53687091200 and data.used == 10737418240
@@ -176,67 +178,67 @@ def test_storage_domain_collection():
 
 def test_collection_of_one_and_empty():
     one = b'<disks><disk id="a"><name>only</name></disk></disks>'
-    assert [d.name for d in codec.parse_entities(Disk, one)] == ["only"]
-    assert codec.parse_entities(Disk, b"<disks/>") == []
-    assert codec.parse_entities(Disk, b"{}", "application/json") == []
-    assert codec.parse_entities(Disk, b'{"disk": []}', "application/json") == []
+    assert [d.name for d in codec.entities_from_tree(Disk, codec.decode(one, None))] == ["only"]
+    assert codec.entities_from_tree(Disk, codec.decode(b"<disks/>", None)) == []
+    assert codec.entities_from_tree(Disk, codec.decode(b"{}", "application/json")) == []
+    assert codec.entities_from_tree(Disk, codec.decode(b'{"disk": []}', "application/json")) == []
 
 
 def test_single_storage_domain_ref_in_xml():
     doc = b'<disk id="a"><storage_domains><storage_domain id="only"/></storage_domains></disk>'
-    assert codec.parse_entity(Disk, doc).storage_domain_ids == ("only",)
+    assert codec.entity_from_tree(Disk, codec.decode(doc, None)).storage_domain_ids == ("only",)
 
 
 def test_host_vm_job():
-    host = codec.parse_entity(Host, b"""<host href="/h/1" id="1"><name>host1</name>
-        <address>10.0.0.5</address><status>up</status><cluster id="c1"/></host>""")
+    host = codec.entity_from_tree(Host, codec.decode(b"""<host href="/h/1" id="1"><name>host1</name>
+        <address>10.0.0.5</address><status>up</status><cluster id="c1"/></host>""", None))
     assert (host.name, host.address, host.status, host.cluster_id) == ("host1", "10.0.0.5", "up", "c1")
-    vm = codec.parse_entity(Vm, b"""<vm href="/vms/1" id="1"><name>vm1</name>
+    vm = codec.entity_from_tree(Vm, codec.decode(b"""<vm href="/vms/1" id="1"><name>vm1</name>
         <memory>1073741824</memory><status>down</status><cluster id="c1"/>
         <template id="00000000-0000-0000-0000-000000000000"/>
         <initialization><configuration><type>ovf</type>
         <data>&lt;?xml version='1.0'?&gt;&lt;ovf:Envelope/&gt;</data></configuration></initialization>
-        </vm>""")
+        </vm>""", None))
     assert vm.name == "vm1" and vm.memory == 1 << 30 and vm.status == "down"
     assert vm.template_id == "00000000-0000-0000-0000-000000000000"
     assert vm.ovf == "<?xml version='1.0'?><ovf:Envelope/>"
-    jobs = codec.parse_entities(Job, b"""<jobs><job href="/jobs/1" id="1">
+    jobs = codec.entities_from_tree(Job, codec.decode(b"""<jobs><job href="/jobs/1" id="1">
         <description>Adding Disk</description><auto_cleared>true</auto_cleared>
         <external>false</external><start_time>2017-01-01T10:00:00.000+02:00</start_time>
         <end_time>2017-01-01T10:00:05.000+02:00</end_time><status>finished</status>
-        <owner id="u1"/></job></jobs>""")
+        <owner id="u1"/></job></jobs>""", None))
     assert jobs[0].status == "finished" and jobs[0].description == "Adding Disk"
     assert jobs[0].end_time == "2017-01-01T10:00:05.000+02:00"
     assert jobs[0].auto_cleared is True and jobs[0].external is False
 
 
 def test_snapshot_and_disk_snapshot():
-    snaps = codec.parse_entities(Snapshot, b"""<snapshots>
+    snaps = codec.entities_from_tree(Snapshot, codec.decode(b"""<snapshots>
       <snapshot href="/vms/v/snapshots/s1" id="s1"><description>Active VM</description>
         <date>2017-01-01T10:00:00.000+02:00</date><persist_memorystate>false</persist_memorystate>
         <snapshot_status>ok</snapshot_status><snapshot_type>active</snapshot_type><vm id="v"/></snapshot>
       <snapshot href="/vms/v/snapshots/s2" id="s2"><description>My snapshot</description>
         <snapshot_status>locked</snapshot_status><snapshot_type>regular</snapshot_type><vm id="v"/></snapshot>
-    </snapshots>""")
+    </snapshots>""", None))
     assert [(s.id, s.snapshot_type, s.snapshot_status) for s in snaps] == [
         ("s1", "active", "ok"), ("s2", "regular", "locked")]
     assert snaps[0].date == "2017-01-01T10:00:00.000+02:00" and snaps[0].vm_id == "v"
     assert snaps[0].persist_memorystate is False
-    ds = codec.parse_entity(DiskSnapshot, b"""<disk_snapshot href="/x" id="ds1">
+    ds = codec.entity_from_tree(DiskSnapshot, codec.decode(b"""<disk_snapshot href="/x" id="ds1">
       <name>disk1</name><actual_size>4096</actual_size><format>cow</format>
       <provisioned_size>1073741824</provisioned_size><status>ok</status>
       <disk id="d1"/><parent id="ds0"/><snapshot id="s2"/>
-      <storage_domains><storage_domain id="sd1"/></storage_domains></disk_snapshot>""")
+      <storage_domains><storage_domain id="sd1"/></storage_domains></disk_snapshot>""", None))
     assert (ds.id, ds.disk_id, ds.parent_id, ds.snapshot_id) == ("ds1", "d1", "ds0", "s2")
     assert ds.format == "cow" and ds.actual_size == 4096 and ds.provisioned_size == 1 << 30
     assert ds.storage_domain_ids == ("sd1",)
 
 
 def test_disk_attachment():
-    da = codec.parse_entity(DiskAttachment, b"""<disk_attachment href="/vms/v/diskattachments/d" id="d">
+    da = codec.entity_from_tree(DiskAttachment, codec.decode(b"""<disk_attachment href="/vms/v/diskattachments/d" id="d">
       <active>true</active><bootable>false</bootable><interface>virtio_scsi</interface>
       <logical_name>/dev/sda</logical_name><read_only>false</read_only>
-      <disk id="d"/><vm id="v"/></disk_attachment>""")
+      <disk id="d"/><vm id="v"/></disk_attachment>""", None))
     assert (da.disk_id, da.vm_id, da.interface) == ("d", "v", "virtio_scsi")
     assert da.active is True and da.bootable is False and da.read_only is False
     assert da.logical_name == "/dev/sda"

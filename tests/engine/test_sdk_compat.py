@@ -44,7 +44,7 @@ def test_disk_written_by_sdk():
         content_type=t.DiskContentType.ISO, backup=t.DiskBackup.INCREMENTAL,
         image_id="img1", storage_type=t.DiskStorageType.IMAGE,
         storage_domains=[t.StorageDomain(id="sd1"), t.StorageDomain(id="sd2")]))
-    d = codec.parse_entity(Disk, doc)
+    d = codec.entity_from_tree(Disk, codec.decode(doc, None))
     assert (d.id, d.name, d.alias, d.description) == ("d1", "disk", "disk-alias", "desc")
     assert (d.format, d.status, d.content_type, d.backup) == ("cow", "locked", "iso", "incremental")
     assert (d.provisioned_size, d.actual_size, d.total_size, d.initial_size) == (
@@ -63,7 +63,7 @@ def test_image_transfer_written_by_sdk():
         timeout_policy=t.ImageTransferTimeoutPolicy.CANCEL, transferred=4096,
         active=True, shallow=True, disk=t.Disk(id="d1"), image=t.Image(id="i1"),
         snapshot=t.DiskSnapshot(id="s1"), host=t.Host(id="h1"), backup=t.Backup(id="b1")))
-    x = codec.parse_entity(ImageTransfer, doc)
+    x = codec.entity_from_tree(ImageTransfer, codec.decode(doc, None))
     assert (x.id, x.phase, x.direction, x.format) == ("t1", "finalizing_success", "download", "raw")
     # (ovirtsdk4 4.6 no longer models the 4.1 signed_ticket; see test_engine_codec.)
     assert (x.transfer_url, x.proxy_url, x.signed_ticket) == (
@@ -76,55 +76,55 @@ def test_image_transfer_written_by_sdk():
 
 def test_other_entities_written_by_sdk():
     t = sdk_types
-    sd = codec.parse_entity(StorageDomain, sdk_xml(writers.StorageDomainWriter, t.StorageDomain(
+    sd = codec.entity_from_tree(StorageDomain, codec.decode(sdk_xml(writers.StorageDomainWriter, t.StorageDomain(
         id="sd1", name="data", type=t.StorageDomainType.DATA,
         status=t.StorageDomainStatus.MAINTENANCE, external_status=t.ExternalStatus.OK,
         available=5, used=6, committed=7, master=True,
-        storage=t.HostStorage(type=t.StorageType.NFS, address="a", path="/p"))))
+        storage=t.HostStorage(type=t.StorageType.NFS, address="a", path="/p"))), None))
     assert (sd.name, sd.type, sd.status, sd.external_status, sd.storage_type) == (
         "data", "data", "maintenance", "ok", "nfs")
     assert (sd.available, sd.used, sd.committed, sd.master) == (5, 6, 7, True)
 
-    host = codec.parse_entity(Host, sdk_xml(writers.HostWriter, t.Host(
+    host = codec.entity_from_tree(Host, codec.decode(sdk_xml(writers.HostWriter, t.Host(
         id="h1", name="host", address="10.1.1.1", status=t.HostStatus.UP,
-        cluster=t.Cluster(id="c1"))))
+        cluster=t.Cluster(id="c1"))), None))
     assert (host.name, host.address, host.status, host.cluster_id) == ("host", "10.1.1.1", "up", "c1")
 
-    vm = codec.parse_entity(Vm, sdk_xml(writers.VmWriter, t.Vm(
+    vm = codec.entity_from_tree(Vm, codec.decode(sdk_xml(writers.VmWriter, t.Vm(
         id="v1", name="vm", description="d", status=t.VmStatus.DOWN, memory=1 << 30,
         cluster=t.Cluster(id="c1"), template=t.Template(id="tp"),
         initialization=t.Initialization(configuration=t.Configuration(
-            type=t.ConfigurationType.OVF, data="<ovf:Envelope a='&amp;'/>")))))
+            type=t.ConfigurationType.OVF, data="<ovf:Envelope a='&amp;'/>")))), None))
     assert (vm.name, vm.status, vm.memory, vm.cluster_id, vm.template_id) == (
         "vm", "down", 1 << 30, "c1", "tp")
     assert vm.ovf == "<ovf:Envelope a='&amp;'/>"
 
-    snap = codec.parse_entity(Snapshot, sdk_xml(writers.SnapshotWriter, t.Snapshot(
+    snap = codec.entity_from_tree(Snapshot, codec.decode(sdk_xml(writers.SnapshotWriter, t.Snapshot(
         id="s1", description="before", snapshot_status=t.SnapshotStatus.IN_PREVIEW,
-        snapshot_type=t.SnapshotType.REGULAR, persist_memorystate=True, vm=t.Vm(id="v1"))))
+        snapshot_type=t.SnapshotType.REGULAR, persist_memorystate=True, vm=t.Vm(id="v1"))), None))
     assert (snap.description, snap.snapshot_status, snap.snapshot_type, snap.vm_id) == (
         "before", "in_preview", "regular", "v1")
     assert snap.persist_memorystate is True
 
-    ds = codec.parse_entity(DiskSnapshot, sdk_xml(writers.DiskSnapshotWriter, t.DiskSnapshot(
+    ds = codec.entity_from_tree(DiskSnapshot, codec.decode(sdk_xml(writers.DiskSnapshotWriter, t.DiskSnapshot(
         id="l2", disk=t.Disk(id="d1"), parent=t.DiskSnapshot(id="l1"),
         snapshot=t.Snapshot(id="s1"), status=t.DiskStatus.OK, format=t.DiskFormat.COW,
         actual_size=10, provisioned_size=20, image_id="img",
-        storage_domains=[t.StorageDomain(id="sd1")])))
+        storage_domains=[t.StorageDomain(id="sd1")])), None))
     assert (ds.disk_id, ds.parent_id, ds.snapshot_id, ds.status, ds.format) == (
         "d1", "l1", "s1", "ok", "cow")
     assert (ds.actual_size, ds.provisioned_size, ds.image_id, ds.storage_domain_ids) == (
         10, 20, "img", ("sd1",))
 
-    job = codec.parse_entity(Job, sdk_xml(writers.JobWriter, t.Job(
+    job = codec.entity_from_tree(Job, codec.decode(sdk_xml(writers.JobWriter, t.Job(
         id="j1", description="Uploading", status=t.JobStatus.FAILED, auto_cleared=False,
-        external=True)))
+        external=True)), None))
     assert (job.description, job.status, job.auto_cleared, job.external) == (
         "Uploading", "failed", False, True)
 
-    da = codec.parse_entity(DiskAttachment, sdk_xml(writers.DiskAttachmentWriter, t.DiskAttachment(
+    da = codec.entity_from_tree(DiskAttachment, codec.decode(sdk_xml(writers.DiskAttachmentWriter, t.DiskAttachment(
         id="d1", disk=t.Disk(id="d1"), vm=t.Vm(id="v1"), interface=t.DiskInterface.SATA,
-        bootable=True, active=False, read_only=True, logical_name="/dev/sdb")))
+        bootable=True, active=False, read_only=True, logical_name="/dev/sdb")), None))
     assert (da.disk_id, da.vm_id, da.interface, da.logical_name) == ("d1", "v1", "sata", "/dev/sdb")
     assert (da.bootable, da.active, da.read_only) == (True, False, True)
 
@@ -135,7 +135,7 @@ def test_collection_written_by_sdk():
     writers.DiskWriter.write_many([t.Disk(id="a", name="x"), t.Disk(id="b", name="y")], w)
     doc = w.string().encode()
     w.close()
-    assert [(d.id, d.name) for d in codec.parse_entities(Disk, doc)] == [("a", "x"), ("b", "y")]
+    assert [(d.id, d.name) for d in codec.entities_from_tree(Disk, codec.decode(doc, None))] == [("a", "x"), ("b", "y")]
 
 
 def _posted(engine: FakeEngine, suffix: str) -> bytes:
