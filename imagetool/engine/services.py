@@ -12,7 +12,7 @@ entities. Faults raise the exceptions of ``imagetool.errors``.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
 
 from imagetool.engine import codec
 from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
@@ -20,9 +20,6 @@ from imagetool.engine.entities import (Cluster, Disk, DiskSnapshot, Entity,
                                        Vm)
 from imagetool.errors import EngineError, NotFound
 from imagetool.ids import is_uuid, ref
-
-if TYPE_CHECKING:
-    from imagetool.engine.connection import Connection
 
 E = TypeVar("E", bound=Entity)
 
@@ -56,10 +53,30 @@ def _search_quote(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
+class Api(Protocol):
+    """What the services need of their connection (``connection.Connection``
+    is one); typed here so this module does not import the connection."""
+
+    @property
+    def legacy(self) -> bool: ...
+    @property
+    def disks(self) -> "DisksService": ...
+    @property
+    def storage_domains(self) -> "StorageDomainsService": ...
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                params: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None,
+                accept: str | None = None) -> Any: ...
+    def get_tree(self, path: str, params: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> codec.Tree: ...
+    def post_tree(self, path: str, body: bytes,
+                  params: dict[str, Any] | None = None) -> codec.Tree: ...
+
+
 class _Service:
     """Shared plumbing: GET/list/add/remove/action on one collection."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Api) -> None:
         self._conn = conn
 
     def _get(self, cls: type[E], path: str, **params: Any) -> E:
