@@ -14,7 +14,7 @@ import click
 from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
-                                            keep_options, vm_label)
+                                            keep_options, print_points, vm_label)
 from imagetool.cli.progress import Bars, progress_bar, run_jobs, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.errors import ImagetoolError, NotFound
@@ -236,16 +236,10 @@ def list_cmd(directory: str, vm: str | None, as_json: bool, repo: RepoOptions) -
     if is_chunk_repository(directory):
         return chunk_list(directory, vm, as_json, repo)
     _chunk_options_only(directory, **vars(repo))
-    out = list_points(directory, vm)
-    if as_json:
-        emit_json(out)
-        return
-    for v in out:
-        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
-        for p in v["points"]:
-            click.echo(f"  {p['point']}  {p['mode']:<11} {p['method']:<10} "
-                       f"size {format_size(p['size']):>9}  data {format_size(p['data']):>9}"
-                       + (f"  <- {p['parent']}" if p["parent"] else ""))
+    print_points(list_points(directory, vm), as_json, lambda p: (
+        f"{p['point']}  {p['mode']:<11} {p['method']:<10} "
+        f"size {format_size(p['size']):>9}  data {format_size(p['data']):>9}"
+        + (f"  <- {p['parent']}" if p["parent"] else "")))
 
 
 @backup.command("verify")

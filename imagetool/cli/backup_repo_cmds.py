@@ -114,6 +114,18 @@ def vm_label(v: dict) -> str:
     return f"{v['vm_name']} ({v['vm_id']})" if v.get("vm_name") else v["vm_id"]
 
 
+def print_points(vms: list[dict], as_json: bool, line: Any) -> None:
+    """What ``backup list`` prints of either kind of repository: the list
+    as it is with ``--json``, else a line a VM and ``line(point)`` a point."""
+    if as_json:
+        emit_json(vms)
+        return
+    for v in vms:
+        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
+        for p in v["points"]:
+            click.echo("  " + line(p))
+
+
 def _times(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
@@ -131,16 +143,13 @@ def chunk_list(repository: str, vm: str | None, as_json: bool, repo: RepoOptions
             vms.append({"vm_id": r["vm_id"], "points": []})
         vms[-1]["vm_name"] = r["vm_name"]       # the newest point's
         vms[-1]["points"].append({k: v for k, v in r.items() if k not in ("vm_id", "vm_name")})
+    print_points(vms, as_json, lambda r: (
+        f"{r['point']}  logical {format_size(r['logical']):>9}  "
+        f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
+        f"stored {format_size(r['stored']):>9}  dedup {_times(r['dedup']):>6}  "
+        f"compression {_times(r['compression']):>6}"))
     if as_json:
-        emit_json(vms)
         return
-    for v in vms:
-        click.echo(f"VM {vm_label(v)}: {count(len(v['points']), 'point')}")
-        for r in v["points"]:
-            click.echo(f"  {r['point']}  logical {format_size(r['logical']):>9}  "
-                       f"data {format_size(r['data']):>9}  new {format_size(r['new']):>9}  "
-                       f"stored {format_size(r['stored']):>9}  dedup {_times(r['dedup']):>6}  "
-                       f"compression {_times(r['compression']):>6}")
     chunks = stored = 0
     for info in store.storage.list("chunks/"):
         chunks += 1
