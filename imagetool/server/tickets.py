@@ -26,7 +26,6 @@ class Ticket:
     open_backend: Callable[[], Backend]       # opened lazily, once, shared
     timeout: float = 300.0                    # seconds until expiry, reset by activity
     inactivity_timeout: float = 60.0          # idle connection drop
-    sparse: bool = True
     dirty: bool = False                       # supports extents?context=dirty
     transfer_id: str | None = None
     # Called with (offset, length) before a write or zero changes the image

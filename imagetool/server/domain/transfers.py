@@ -213,7 +213,7 @@ class TransferManager:
             # empty disk's placeholder qcow2 included); bytes past the end of
             # the uploaded image are never referenced by it.
             opener, size, ops = self.volumes.open(t)
-            ticket = self.tickets.new(t, opener, size, ops, self.volumes.sparse(t))
+            ticket = self.tickets.new(t, opener, size, ops)
             if t["direction"] == "upload" and self.dirty is not None:
                 self.volumes.track_writes(t, ticket, self.dirty)
             self.tickets.add(ticket)
