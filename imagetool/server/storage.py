@@ -20,7 +20,6 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -327,9 +326,7 @@ class Storage:
             if new_dir:
                 self.remove_disk(sd_id, disk_id)
             else:
-                for path in (dst, dst + ".meta"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                self.remove_volume(sd_id, disk_id, vol_id)
             raise
         return dst
 
