@@ -420,16 +420,10 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
                 _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
                              collapse=collapsed, paths=paths)
             if collapsed:
-                st.write_meta(dst_sd["id"], stage, top_id, {"format": fmt, "size": size,
-                                                             "parent": None,
-                                                             "ctime": int(now)})
                 out = [{"id": top_id, "format": fmt, "parent_id": None, "snapshot_id": None}]
             else:
                 out = []
                 for i, v in enumerate(src):
-                    st.write_meta(dst_sd["id"], stage, v["id"], {
-                        "format": v["format"], "size": size, "parent": v["parent_id"],
-                        "ctime": int(now)})
                     snap_id = v.get("snapshot_id") if i < len(src) - 1 else None
                     if snap_id in snap_map:
                         snap_map[snap_id]["volumes"][new_disk] = v["id"]
@@ -438,6 +432,9 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
                     out.append({"id": v["id"], "format": v["format"],
                                 "parent_id": v["parent_id"], "snapshot_id": snap_id})
             for v in out:
+                st.write_meta(dst_sd["id"], stage, v["id"], {
+                    "format": v["format"], "size": size, "parent": v["parent_id"],
+                    "ctime": int(now)})
                 rows_vol.append(dict(v, disk_id=new_disk, sd_id=dst_sd["id"], created=now))
             rows_disk.append({"id": new_disk, "name": d["alias"], "description": d["description"],
                               "format": out[-1]["format"],
