@@ -31,7 +31,8 @@ from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.formats import allocated_ranges
 from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
-from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
+from imagetool.phases import BACKUP_RUNNING as RUNNING
+from imagetool.phases import FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain.inventory import get, get_owned
 from imagetool.server.faults import ApiError, conflict, not_found
@@ -40,8 +41,6 @@ from imagetool.server.storage import new_id
 log = logging.getLogger(__name__)
 
 B = BackupPhase
-
-RUNNING = BACKUP_RUNNING
 # Seconds a backup may see no activity before it is ended (serve's default).
 BACKUP_TIMEOUT = 600.0
 

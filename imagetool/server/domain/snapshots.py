@@ -290,9 +290,8 @@ def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
             made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
                               format=fmt, status="ok", created=now, empty=False),
                          volume_row(new_vol, new_disk, sd["id"], fmt, now),
-                         next(a for a in source["attachments"] if a["disk_id"] == d["id"])
-                         if any(a["disk_id"] == d["id"] for a in source["attachments"])
-                         else {"interface": "virtio_scsi", "bootable": False, "active": True}))
+                         next((a for a in source["attachments"] if a["disk_id"] == d["id"]),
+                              {"interface": "virtio_scsi", "bootable": False, "active": True})))
             pending = None
     except BaseException:
         for disk, _, _ in made:

@@ -198,11 +198,11 @@ class TransferManager:
         with self._lock(tid):
             self._initialize_locked(tid)
 
-    def _in_phase(self, tid: str, phase: Phase) -> dict | None:
-        """The transfer while it is still in ``phase`` (background work checks
-        this first: a user action or a restart may have moved it on)."""
+    def _in_phase(self, tid: str, *phases: Phase) -> dict | None:
+        """The transfer while it is still in one of ``phases`` (background work
+        checks this first: a user action or a restart may have moved it on)."""
         t = self.store.get("transfer", tid)
-        return t if t is not None and t["phase"] == phase else None
+        return t if t is not None and t["phase"] in phases else None
 
     def _initialize_locked(self, tid: str) -> None:
         t = self._in_phase(tid, P.INITIALIZING)
@@ -314,10 +314,8 @@ class TransferManager:
 
     def _cleanup(self, tid: str) -> None:
         with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            if t is None or t["phase"] not in (P.CANCELLED_USER, P.CANCELLED_SYSTEM):
-                return
-            self._finish_failure(tid)
+            if self._in_phase(tid, P.CANCELLED_USER, P.CANCELLED_SYSTEM) is not None:
+                self._finish_failure(tid)
 
     def _finish_failure(self, tid: str) -> None:
         t = self._fire(tid, E.CLEANUP)
