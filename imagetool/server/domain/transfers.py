@@ -191,8 +191,9 @@ class TransferManager:
         self.store.after_commit(lambda: self._spawn(self._initialize, tid))
         return doc
 
-    def _end_job(self, t: dict, status: str) -> None:
-        end_job(self.store, t.get("job_id") or "", status)
+    def _end(self, t: dict, event: Event, job_status: str) -> None:
+        self._fire(t["id"], event, finished_at=time.time())
+        end_job(self.store, t.get("job_id") or "", job_status)
 
     def _initialize(self, tid: str) -> None:
         with self._lock(tid):
@@ -305,12 +306,10 @@ class TransferManager:
                 log.warning("transfer %s: verification failed: %s", tid, e)
                 self._fire(tid, E.NOT_VERIFIED, error=str(e))
                 self.volumes.fail(t)
-                self._fire(tid, E.END, finished_at=time.time())
-                self._end_job(t, "failed")
+                self._end(t, E.END, "failed")
                 return
             self.volumes.succeed(t)
-            self._fire(tid, E.VERIFIED, finished_at=time.time())
-            self._end_job(t, "finished")
+            self._end(t, E.VERIFIED, "finished")
 
     def _cleanup(self, tid: str) -> None:
         with self._lock(tid):
@@ -322,8 +321,7 @@ class TransferManager:
         self._note(tid, transferred=self.tickets.close(t), active=False)
         self.volumes.fail(t)
         self._fire(tid, E.CLEANED)
-        self._fire(tid, E.END, finished_at=time.time())
-        self._end_job(t, "aborted")
+        self._end(t, E.END, "aborted")
 
     # --- monitor ------------------------------------------------------------
 
