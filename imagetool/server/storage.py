@@ -314,7 +314,7 @@ class Storage:
             if len(vols) == 1:
                 sparse_copy(src, dst)
             else:
-                copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
+                copy_guest_data(self.open_volume(top), dst, fmt, size)
             if preallocate and fmt == "raw" and size:
                 with naming(dst):
                     allocate(dst, 0, size)

@@ -174,9 +174,7 @@ def _staged_copy(engine, sd_id: str, stage: str, vols: list[dict], dst_id: str,
     if collapse:
         dst = st.volume_path(sd_id, stage, dst_id)
         create_private(dst)
-        top = vols[-1]
-        copy_guest_data(st.volume_path(top["sd_id"], top["disk_id"], top["id"]), dst, fmt,
-                        size, reader=st.open_chain(vols, paths))
+        copy_guest_data(st.open_chain(vols, paths), dst, fmt, size)
         return
     for v in vols:
         st.flatten([v], v["format"], size, sd_id, stage, v["id"], source=paths.get(v["id"]))
