@@ -278,7 +278,6 @@ class Storage:
             Path(p).unlink(missing_ok=True)
 
     def remove_disk(self, sd_id: str, disk_id: str) -> None:
-        """Delete a disk's directory with all its volumes."""
         shutil.rmtree(self.disk_dir(sd_id, disk_id), ignore_errors=True)
 
     def delete_disk(self, disk: dict) -> None:
@@ -290,7 +289,6 @@ class Storage:
         self.remove_disk(disk["sd_id"], disk["id"])
 
     def allocated_size(self, path: str) -> int:
-        """Bytes actually allocated on the file system for a file."""
         try:
             return os.stat(path).st_blocks * 512
         except FileNotFoundError:

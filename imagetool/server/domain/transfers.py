@@ -89,8 +89,6 @@ def _least_busy_host(engine) -> dict:
 
 
 class TransferManager:
-    """Creates transfers and drives their phases."""
-
     def __init__(self, store: Store, storage: Storage, registry: TicketRegistry,
                  dataplane_url: Callable[[], str], *, finished_ttl: float = 300.0,
                  poll_interval: float = 0.2) -> None:
@@ -151,7 +149,6 @@ class TransferManager:
         return self.store.update("transfer", tid, phase=new.value, **fields)
 
     def _note(self, tid: str, **fields: Any) -> dict:
-        """Store fields other than the phase."""
         return self.store.update("transfer", tid, **fields)
 
     # --- create -----------------------------------------------------------

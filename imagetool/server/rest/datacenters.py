@@ -17,7 +17,6 @@ from imagetool.server.rest.storagedomains import sd_repr
 
 
 def dc_repr(req: Request) -> dict:
-    """The data center holding every storage domain."""
     engine = req.engine
     base = req.href("datacenters", engine.datacenter_id)
     return {"href": base, "id": engine.datacenter_id, "name": "Default",
@@ -28,7 +27,6 @@ def dc_repr(req: Request) -> dict:
 
 
 def cluster_repr(req: Request) -> dict:
-    """The cluster of the local host."""
     engine = req.engine
     return {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id,
             "name": "Default", "description": "The local engine's cluster",
