@@ -8,7 +8,8 @@ from imagetool.server.domain import backups as bk
 from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, deleting, done, iso_date, ref, sub_links
+from imagetool.server.rest.common import (action_links, deleting, done, iso_date, ref, showing,
+                                          sub_links)
 from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
@@ -65,32 +66,17 @@ def add_backup(req: Request, vm_id: str) -> Reply:
     return Reply(status=201, tag="backup", body=backup_repr(req, b))
 
 
-def list_backups(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="backups", body=[backup_repr(req, b) for b in bk.of_vm(req.engine, vm_id)])
-
-
-def get_backup(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="backup", body=backup_repr(req, bk.get_backup(req.engine, vm_id, bid)))
-
-
-def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="disks", body=_backup_disks(req, bk.get_backup(req.engine, vm_id, bid)))
+list_backups = showing("backups", bk.of_vm, backup_repr)
+get_backup = showing("backup", bk.get_backup, backup_repr)
+backup_disks = showing("disks", bk.get_backup, _backup_disks)
+list_checkpoints = showing("checkpoints", bk.visible_checkpoints, checkpoint_repr)
+get_checkpoint = showing("checkpoint", bk.get_checkpoint, checkpoint_repr)
 
 
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
     b = bk.finalize(req.engine, vm_id, bid)
     return done(backup=backup_repr(req, b))
-
-
-def list_checkpoints(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="checkpoints", body=[checkpoint_repr(req, c)
-                                          for c in bk.visible_checkpoints(req.engine, vm_id)])
-
-
-def get_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    return Reply(tag="checkpoint",
-                 body=checkpoint_repr(req, bk.get_checkpoint(req.engine, vm_id, cid)))
 
 
 def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (acting, action_links, deleting, ref, search_filter,
-                                          sub_links)
+                                          showing, sub_links)
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.storagedomains import sd_repr
 
@@ -82,11 +82,6 @@ def list_dc_sds(req: Request, dc_id: str) -> Reply:
     return Reply(tag="storage_domains", body=[_attached_repr(req, sd) for sd in docs])
 
 
-def get_dc_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return Reply(tag="storage_domain",
-                 body=_attached_repr(req, sds.get_attached(req.engine, dc_id, sd_id)))
-
-
 def attach_sd(req: Request, dc_id: str) -> Reply:
     sds.check_dc(req.engine, dc_id)
     data = req.data()
@@ -98,6 +93,7 @@ def attach_sd(req: Request, dc_id: str) -> Reply:
     return Reply(status=201, tag="storage_domain", body=_attached_repr(req, sd))
 
 
+get_dc_sd = showing("storage_domain", sds.get_attached, _attached_repr)
 activate_sd = acting(sds.set_status, "active")
 deactivate_sd = acting(sds.set_status, "maintenance")
 
