@@ -33,6 +33,7 @@ from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import vmsettings
 from imagetool.server.domain.inventory import get
 from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
+from imagetool.server.domain.snapshots import not_in_preview
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
 from imagetool.server.files import create_private, make_private_dirs, os_reason
@@ -280,9 +281,7 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
     check_export_domain(engine, sd, "export VM")
     with store.transaction():
         vm = get(engine, "vm", vm_id, "VM")
-        if vm.get("preview"):
-            raise conflict("export VM", f"VM {vm['name']} is previewing a snapshot: commit "
-                                        "or undo the preview first.")
+        not_in_preview(vm, "export VM")
         disks = [get(engine, "disk", a["disk_id"], "disk") for a in vm["attachments"]]
         for d in disks:
             disk_ops.check_usable(d, "export VM")
