@@ -30,16 +30,17 @@ def backup_repr(req: Request, b: dict) -> dict:
     }
 
 
+def _disks(req: Request, disk_ids: list[str]) -> list[dict]:
+    """The disks of ``disk_ids`` still stored, as the disks service shows them."""
+    found = (inventory.find(req.engine, "disk", i) for i in disk_ids)
+    return [disks_mod.disk_repr(req, d) for d in found if d is not None]
+
+
 def _backup_disks(req: Request, b: dict) -> list[dict]:
-    out = []
-    for disk_id in b["disks"]:
-        d = inventory.find(req.engine, "disk", disk_id)
-        if d is None:
-            continue
-        body = disks_mod.disk_repr(req, d)
-        if b["phase"] in bk.RUNNING:
-            body["backup_mode"] = b["modes"].get(disk_id)
-        out.append(body)
+    out = _disks(req, b["disks"])
+    if b["phase"] in bk.RUNNING:
+        for body in out:
+            body["backup_mode"] = b["modes"].get(body["id"])
     return out
 
 
@@ -71,19 +72,14 @@ get_backup = showing("backup", bk.get_backup, backup_repr)
 backup_disks = showing("disks", bk.get_backup, _backup_disks)
 list_checkpoints = showing("checkpoints", bk.visible_checkpoints, checkpoint_repr)
 get_checkpoint = showing("checkpoint", bk.get_checkpoint, checkpoint_repr)
+checkpoint_disks = showing("disks", bk.get_checkpoint,
+                           lambda req, cp: _disks(req, cp.get("disks", [])))
 
 
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
     b = bk.finalize(req.engine, vm_id, bid)
     return done(backup=backup_repr(req, b))
-
-
-def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:
-    cp = bk.get_checkpoint(req.engine, vm_id, cid)
-    out = [disks_mod.disk_repr(req, d) for d in
-           (inventory.find(req.engine, "disk", i) for i in cp.get("disks", [])) if d is not None]
-    return Reply(tag="disks", body=out)
 
 
 remove_checkpoint = deleting(bk.drop_checkpoint)

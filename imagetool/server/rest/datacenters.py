@@ -37,9 +37,8 @@ def cluster_repr(req: Request) -> dict:
 
 def _dc_doc(req: Request) -> dict:
     # Searchable fields, including the storage domains' names (storage.name=x).
-    names = sds.names(req.engine)
     return {"id": req.engine.datacenter_id, "name": "Default", "status": "up",
-            "storage.name": names}
+            "storage.name": sds.names(req.engine)}
 
 
 def list_dcs(req: Request) -> Reply:
