@@ -330,13 +330,10 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
                         size=d["provisioned_size"], parent=v.get("parent_id"),
                         sparse=d.get("sparse", True), leaf=i == len(out) - 1,
                         description=d["name"]))
-            snaps = []
-            if not discard:
-                for v in vols:
-                    s = store.get("snapshot", v.get("snapshot_id") or "")
-                    if s is not None:
-                        snaps.append({"id": s["id"], "description": s["description"],
-                                      "date": s.get("date")})
+            kept = [] if discard else [store.get("snapshot", v.get("snapshot_id") or "")
+                                       for v in vols]
+            snaps = [{"id": s["id"], "description": s["description"], "date": s.get("date")}
+                     for s in kept if s is not None]
             entries.append({"disk": d, "attachment": att, "volumes": out, "snapshots": snaps})
         ovf = build_export_ovf(vm, entries, vmsettings.settings_of(store, vm))
         with store.transaction():
@@ -396,13 +393,12 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
     one = collapse or clone
     staged: list[tuple[str, str]] = []
     installed: list[str] = []
-    rows_vol, rows_disk, atts, snap_map = [], [], [], {}
+    rows_vol, rows_disk, atts = [], [], []
     now = time.time()
-    if not one:
-        for s in p["snapshots"]:
-            snap_map[s["id"]] = {"id": s["id"], "vm_id": new_vm_id,
-                                 "description": s["description"], "type": "regular",
-                                 "status": "ok", "date": now, "volumes": {}}
+    snap_map = {} if one else {
+        s["id"]: {"id": s["id"], "vm_id": new_vm_id, "description": s["description"],
+                  "type": "regular", "status": "ok", "date": now, "volumes": {}}
+        for s in p["snapshots"]}
     try:
         for disk_id, d in p["disks"].items():
             size = sizes[disk_id]
