@@ -253,7 +253,6 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
     a backup with a transfer still running waits for it (the transfer has
     its own inactivity timeout). The ids of the backups ended."""
     store = engine.store
-    timeout = getattr(engine, "backup_timeout", BACKUP_TIMEOUT)
     ended = []
     for b in store.list("backup", lambda b: b["phase"] in RUNNING
                         and (vm_id is None or b["vm_id"] == vm_id)):
@@ -271,7 +270,7 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
             if last > (b.get("active_at") or 0) and transfers:
                 b = store.update("backup", b["id"], active_at=last)
             idle = (now or time.time()) - last
-            if not b.get("abandoned") and idle <= timeout:
+            if not b.get("abandoned") and idle <= engine.backup_timeout:
                 continue
             why = ("left running by a previous run of the engine" if b.get("abandoned")
                    else f"no activity for {idle:.0f} s")
