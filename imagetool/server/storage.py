@@ -128,9 +128,7 @@ class Storage:
         path = self.images_dir(sd_id)
         make_private_dirs(path)
         st = os.statvfs(path)
-        available = st.f_bavail * st.f_frsize
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        return available, used
+        return st.f_bavail * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize
 
     # --- volumes --------------------------------------------------------
 
