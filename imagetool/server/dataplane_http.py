@@ -200,8 +200,10 @@ class HttpConnection:
             got += n
         return bytes(buf)
 
-    def send_continue(self) -> None:
-        self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def send_continue(self, req: Request) -> None:
+        """The interim 100 a client sending ``Expect: 100-continue`` waits for."""
+        if req.headers.get("expect", "").lower() == "100-continue":
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def send_head(self, status: int, headers: dict[str, str], close: bool,
                   body: bytes = b"") -> None:

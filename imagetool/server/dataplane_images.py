@@ -202,8 +202,7 @@ def put(ctx: Context, ticket: Ticket) -> int:
         raise _past_end(offset, length, ticket.size, close=True)
     flush = _flush_param(req)
     backend = ticket.backend()
-    if req.headers.get("expect", "").lower() == "100-continue":
-        ctx.conn.send_continue()
+    ctx.conn.send_continue(req)
     conn = ctx.conn
     buf = conn.buffer
     write = backend.write
@@ -314,8 +313,7 @@ def _bool_field(msg: dict, name: str, default: bool) -> bool:
 
 def patch(ctx: Context, ticket: Ticket) -> int:
     length = ctx.req.content_length()
-    if ctx.req.headers.get("expect", "").lower() == "100-continue":
-        ctx.conn.send_continue()
+    ctx.conn.send_continue(ctx.req)
     body = ctx.conn.read_small_body(length, _MAX_PATCH_BODY)
     ctx.body_done = True
     try:
