@@ -98,14 +98,6 @@ def _operator_dirs(dirs: list[str] | tuple[str, ...], what: str) -> list[str]:
     return out
 
 
-def build_router() -> Router:
-    """All services of the local engine: the rows of ``rest/routes.py``, in order."""
-    router = Router()
-    for method, pattern, handler in ROUTES:
-        router.add(method, pattern, handler)
-    return router
-
-
 class EngineServer:
     """The whole local engine; ``start()`` serves in background threads."""
 
@@ -155,7 +147,7 @@ class EngineServer:
         self.user_id = self._stable_id("user_id")
         self.instance_id = self._stable_id("instance_id")
         self.registry = TicketRegistry()
-        self.router = build_router()
+        self.router = Router(ROUTES)
         self.transfers = TransferManager(self.store, self.storage, self.registry,
                                          self.dataplane_url, finished_ttl=finished_ttl)
         # Writes since each checkpoint, for incremental backups.

@@ -343,8 +343,7 @@ class _Session:
         path = req.path
         if path in ("/info", "/info/"):
             if req.method != "GET":
-                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
-                                f"Method {req.method} not allowed", {"Allow": "GET"})
+                raise _not_allowed(req, "GET")
             self.conn.send_json({"version": __version__}, close=ctx.close)
             return
         if not path.startswith("/images/"):
@@ -355,8 +354,7 @@ class _Session:
             raise HttpError(HTTPStatus.BAD_REQUEST, "Ticket id is required")
         if ticket_id == "*" and not rest:
             if req.method != "OPTIONS":
-                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
-                                f"Method {req.method} not allowed", {"Allow": "OPTIONS"})
+                raise _not_allowed(req, "OPTIONS")
             images.options_all(ctx)
             return
         handlers = _ROUTES.get(rest)
@@ -364,9 +362,7 @@ class _Session:
             raise HttpError(HTTPStatus.NOT_FOUND, f"No handler for {_redacted_path(path)!r}")
         entry = handlers.get(req.method)
         if entry is None:
-            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
-                            f"Method {req.method} not allowed",
-                            {"Allow": ",".join(handlers)})
+            raise _not_allowed(req, ",".join(handlers))
         op, handler = entry
         ticket = images.authorize(self.server.registry, ticket_id, op)
         self._attach(ticket)
@@ -387,6 +383,11 @@ _ROUTES = {
     "checksum": {"GET": ("read", images.checksum)},
     "checksum/algorithms": {"GET": ("read", images.checksum_algorithms)},
 }
+
+
+def _not_allowed(req: Request, allow: str) -> HttpError:
+    return HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"Method {req.method} not allowed",
+                     {"Allow": allow})
 
 
 def _redacted_path(path: str) -> str:

@@ -62,19 +62,17 @@ class Request:
             return conn == "keep-alive"
         return conn != "close"
 
-    def content_length(self, required: bool = True) -> int | None:
-        """The body length; 400 when missing (if required) or invalid; 411/400
-        for chunked bodies, which this server does not take."""
+    def content_length(self) -> int:
+        """The body length; 400 when missing or invalid; 411 for chunked
+        bodies, which this server does not take."""
         if "transfer-encoding" in self.headers:
             raise HttpError(HTTPStatus.LENGTH_REQUIRED,
                             "Chunked transfer encoding is not supported; "
                             "send the body with Content-Length", close=True)
         value = self.headers.get("content-length")
         if value is None:
-            if required:
-                raise HttpError(HTTPStatus.BAD_REQUEST,
-                                "Content-Length header is required", close=True)
-            return None
+            raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length header is required",
+                            close=True)
         try:
             return parse_uint(value.strip(" \t"))
         except ValueError:
@@ -187,15 +185,6 @@ class HttpConnection:
             return n
         return self.sock.recv_into(view)
 
-    def read_exact_into(self, view: memoryview) -> None:
-        """Fill ``view`` completely from the body; PeerClosed on early EOF."""
-        got = 0
-        while got < len(view):
-            n = self.recv_into(view[got:])
-            if n == 0:
-                raise PeerClosed()
-            got += n
-
     def read_small_body(self, length: int, limit: int) -> bytes:
         """Read a small body (JSON) whole; 413 when larger than ``limit``."""
         if length > limit:
@@ -203,14 +192,18 @@ class HttpConnection:
                             f"Request body too large ({length} > {limit} bytes)",
                             close=True)
         buf = bytearray(length)
-        try:
-            self.read_exact_into(memoryview(buf))
-        except PeerClosed:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "Short request body", close=True)
+        got = 0
+        while got < length:
+            n = self.recv_into(memoryview(buf)[got:])
+            if n == 0:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "Short request body", close=True)
+            got += n
         return bytes(buf)
 
-    def send_continue(self) -> None:
-        self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def send_continue(self, req: Request) -> None:
+        """The interim 100 a client sending ``Expect: 100-continue`` waits for."""
+        if req.headers.get("expect", "").lower() == "100-continue":
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def send_head(self, status: int, headers: dict[str, str], close: bool,
                   body: bytes = b"") -> None:

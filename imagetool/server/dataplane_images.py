@@ -77,10 +77,6 @@ def authorize(registry: TicketRegistry, ticket_id: str, op: str) -> Ticket:
     return ticket
 
 
-def _allow(ticket: Ticket) -> str:
-    return "OPTIONS,GET,PUT,PATCH" if ticket.writable else "OPTIONS,GET"
-
-
 def _readable_size(ticket: Ticket) -> int:
     return min(ticket.size, ticket.backend().size)
 
@@ -96,7 +92,8 @@ def options(ctx: Context, ticket: Ticket) -> int:
             "max_writers": backend.max_writers or DEFAULT_MAX_WRITERS}
     if ticket.writable and _direct(backend):
         body[EXTENSIONS_KEY] = [CHECKSUM_AHEAD]
-    ctx.conn.send_json(body, {"Allow": _allow(ticket)}, close=ctx.close)
+    allow = "OPTIONS,GET,PUT,PATCH" if ticket.writable else "OPTIONS,GET"
+    ctx.conn.send_json(body, {"Allow": allow}, close=ctx.close)
     return 0
 
 
@@ -107,15 +104,6 @@ def options_all(ctx: Context) -> None:
 
 # --- GET -------------------------------------------------------------------------
 
-def _parse_range(header: str, size: int) -> tuple[int, int]:
-    """``bytes=A-B`` / ``bytes=A-`` -> (offset, length); 416 otherwise."""
-    try:
-        return protocol.parse_range(header, size)
-    except ValueError as e:
-        raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, str(e),
-                        {"Content-Range": format_content_range(None, size=size)}) from None
-
-
 def get(ctx: Context, ticket: Ticket) -> int:
     backend = ticket.backend()
     size = _readable_size(ticket)
@@ -124,7 +112,11 @@ def get(ctx: Context, ticket: Ticket) -> int:
         offset, length, status = 0, size, 200
         headers = {}
     else:
-        offset, length = _parse_range(rng, size)
+        try:    # bytes=A-B or bytes=A-
+            offset, length = protocol.parse_range(rng, size)
+        except ValueError as e:
+            raise HttpError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, str(e),
+                            {"Content-Range": format_content_range(None, size=size)}) from None
         status = 206
         headers = {"Content-Range": format_content_range(offset, length, size)}
     headers["Content-Type"] = "application/octet-stream"
@@ -210,8 +202,7 @@ def put(ctx: Context, ticket: Ticket) -> int:
         raise _past_end(offset, length, ticket.size, close=True)
     flush = _flush_param(req)
     backend = ticket.backend()
-    if req.headers.get("expect", "").lower() == "100-continue":
-        ctx.conn.send_continue()
+    ctx.conn.send_continue(req)
     conn = ctx.conn
     buf = conn.buffer
     write = backend.write
@@ -322,8 +313,7 @@ def _bool_field(msg: dict, name: str, default: bool) -> bool:
 
 def patch(ctx: Context, ticket: Ticket) -> int:
     length = ctx.req.content_length()
-    if ctx.req.headers.get("expect", "").lower() == "100-continue":
-        ctx.conn.send_continue()
+    ctx.conn.send_continue(ctx.req)
     body = ctx.conn.read_small_body(length, _MAX_PATCH_BODY)
     ctx.body_done = True
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    """An error answered to the client as a fault."""
-
     def __init__(self, status: int, reason: str, detail: str = "",
                  headers: dict[str, str] | None = None) -> None:
         self.status = status
@@ -31,7 +29,6 @@ def conflict(action: str, why: str) -> ApiError:
 
 
 def bad_request(detail: str) -> ApiError:
-    """400 for invalid or incomplete input."""
     return ApiError(400, "Operation Failed", detail)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.errors import FormatError, UnsupportedFeature
-from imagetool.formats import allocated_ranges, open_image
+from imagetool.formats import allocated_ranges
 from imagetool.iocore.backend import Extent, union_ranges
 from imagetool.formats.convert import convert_backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
@@ -94,7 +94,7 @@ def _punch(fd: int, offset: int, length: int) -> None:
 
 
 def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str | None,
-                size: int, reader: Any = None, parent: Any = None) -> None:
+                size: int, reader: Any, parent: Any = None) -> None:
     """Merge qcow2 layer ``lower`` into the layer above it (``upper``), in place.
 
     The result replaces ``upper``: a qcow2 backed by ``parent_id`` (the layer
@@ -104,15 +104,12 @@ def merge_layer(lower: str, upper: str, parent_id: str | None, parent_fmt: str |
     the chain as it was.
 
     ``reader``: ``upper``'s guest data through the recorded chain and
-    ``parent``: the parent's (``Storage.open_volume``); both are owned and
-    closed here. Without them the headers' backing file names are followed,
-    which only files the engine wrote itself may be trusted with.
+    ``parent``: the parent's (``Storage.open_volume``), never the headers'
+    backing file names; both are owned and closed here.
     """
     tmp = upper + ".merging"
     create_private(tmp)
     try:
-        if reader is None:
-            reader = open_image(upper, "r", format="qcow2")
         try:
             if parent_id is None:
                 ranges = [(e.start, e.end) for e in reader.extents() if not e.zero]
@@ -197,13 +194,9 @@ def commit_layer(lower: str, upper: str, reader: Any, parent: Any = None) -> boo
     return True
 
 
-def copy_guest_data(src: str, dst: str, fmt: str, size: int, reader: Any = None) -> None:
-    """Copy guest data of ``src`` (any chain) into a new raw or qcow2 ``dst``.
-
-    ``reader``: ``src`` already opened (owned), e.g. through the recorded chain.
-    """
-    if reader is None:
-        reader = open_image(src, "r")
+def copy_guest_data(reader: Any, dst: str, fmt: str, size: int) -> None:
+    """Copy the guest data ``reader`` gives (a chain opened through the
+    recorded parents; owned, closed here) into a new raw or qcow2 ``dst``."""
     with reader, naming(dst):
         convert_backend(reader, dst, "qcow2" if fmt != "raw" else "raw", size=size)
 

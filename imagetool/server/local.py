@@ -89,7 +89,6 @@ class LocalEngine:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the inventory."""
         self.server.stop()
 
     def __enter__(self) -> "LocalEngine":

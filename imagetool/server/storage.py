@@ -20,7 +20,6 @@ an external data file are refused by the reader.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -129,9 +128,7 @@ class Storage:
         path = self.images_dir(sd_id)
         make_private_dirs(path)
         st = os.statvfs(path)
-        available = st.f_bavail * st.f_frsize
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        return available, used
+        return st.f_bavail * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize
 
     # --- volumes --------------------------------------------------------
 
@@ -279,7 +276,6 @@ class Storage:
             Path(p).unlink(missing_ok=True)
 
     def remove_disk(self, sd_id: str, disk_id: str) -> None:
-        """Delete a disk's directory with all its volumes."""
         shutil.rmtree(self.disk_dir(sd_id, disk_id), ignore_errors=True)
 
     def delete_disk(self, disk: dict) -> None:
@@ -291,7 +287,6 @@ class Storage:
         self.remove_disk(disk["sd_id"], disk["id"])
 
     def allocated_size(self, path: str) -> int:
-        """Bytes actually allocated on the file system for a file."""
         try:
             return os.stat(path).st_blocks * 512
         except FileNotFoundError:
@@ -315,7 +310,7 @@ class Storage:
             if len(vols) == 1:
                 sparse_copy(src, dst)
             else:
-                copy_guest_data(src, dst, fmt, size, reader=self.open_volume(top))
+                copy_guest_data(self.open_volume(top), dst, fmt, size)
             if preallocate and fmt == "raw" and size:
                 with naming(dst):
                     allocate(dst, 0, size)
@@ -327,9 +322,7 @@ class Storage:
             if new_dir:
                 self.remove_disk(sd_id, disk_id)
             else:
-                for path in (dst, dst + ".meta"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                self.remove_volume(sd_id, disk_id, vol_id)
             raise
         return dst
 

@@ -193,15 +193,11 @@ def read_volume_meta(storage, sd_id: str, disk_id: str, vol_id: str) -> dict[str
     return out
 
 
-def vms_dir(storage, sd_id: str) -> str:
-    return os.path.join(storage.domain_dir(sd_id), "master", "vms")
-
-
 def ovf_path(storage, sd_id: str, vm_id: str) -> str:
     """``master/vms/<vm-id>/<vm-id>.ovf`` of an export domain."""
     if not is_uuid(vm_id):
         raise ValueError(f"invalid VM id {vm_id!a}")
-    return os.path.join(vms_dir(storage, sd_id), vm_id, f"{vm_id}.ovf")
+    return os.path.join(storage.domain_dir(sd_id), "master", "vms", vm_id, f"{vm_id}.ovf")
 
 
 def exported_vm_ids(storage, sd_id: str) -> list[str]:

@@ -131,7 +131,6 @@ class Store:
         return [d for d in docs if where(d)] if where else docs
 
     def put(self, kind: str, doc: dict) -> dict:
-        """Insert or replace ``doc`` (which must have an ``id``)."""
         with self.transaction(), self._borrow() as conn:
             row = conn.execute("SELECT seq FROM entities WHERE kind=? AND id=?",
                                (kind, doc["id"])).fetchone()

@@ -26,7 +26,6 @@ class Ticket:
     open_backend: Callable[[], Backend]       # opened lazily, once, shared
     timeout: float = 300.0                    # seconds until expiry, reset by activity
     inactivity_timeout: float = 60.0          # idle connection drop
-    sparse: bool = True
     dirty: bool = False                       # supports extents?context=dirty
     transfer_id: str | None = None
     # Called with (offset, length) before a write or zero changes the image
@@ -91,15 +90,9 @@ class Ticket:
         """A request is done with the backend; closes it if a close waited."""
         with self.lock:
             self._busy -= 1
-            backend = None
             closing = self._busy == 0 and self._close_pending
-            if closing:
-                backend, self._backend = self._backend, None
-                self._close_pending = False
-        if backend is not None:
-            backend.close()
         if closing:
-            self._closed.set()
+            self.close_backend()
 
     def close_backend(self) -> None:
         """Close the backend now, or when the last running request ends.
@@ -109,8 +102,8 @@ class Ticket:
         reused for another file.
         """
         with self.lock:
-            if self._busy:
-                self._close_pending = True
+            self._close_pending = self._busy > 0
+            if self._close_pending:
                 return
             backend, self._backend = self._backend, None
         if backend is not None:

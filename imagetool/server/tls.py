@@ -25,8 +25,6 @@ VALID_DAYS = 3650
 
 @dataclass(frozen=True)
 class Pki:
-    """Paths of the generated files."""
-
     ca_file: str
     cert_file: str
     key_file: str

@@ -1,6 +1,6 @@
 """A preallocated disk keeps its allocation through an upload (local engine).
 
-The ticket of a preallocated (sparse=false) disk is not sparse, and the data
+The ticket of a preallocated (sparse=false) disk opens it not sparse; the data
 plane's zero on such a ticket zeroes in place instead of punching holes; a
 sparse disk keeps getting holes. A preallocated disk's copy and resize stay
 allocated too.
@@ -120,8 +120,7 @@ def _full_file(directory: str) -> str:
 
 def _patch_zero(server, path: str, sparse: bool, offset: int, size: int) -> int:
     ticket = Ticket(uuid=f"t-{os.urandom(6).hex()}", size=SIZE, ops=("read", "write"),
-                    open_backend=lambda: RawBackend(path, "r+", sparse=sparse),
-                    sparse=sparse)
+                    open_backend=lambda: RawBackend(path, "r+", sparse=sparse))
     server.registry.add(ticket)
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:

@@ -31,7 +31,8 @@ from imagetool.iocore.copier import CopyOptions, copy_local
 from imagetool.formats import allocated_ranges
 from imagetool.iocore.backend import Extent
 from imagetool.formats.raw import RawBackend
-from imagetool.phases import BACKUP_RUNNING, FINISHED, BackupPhase, can_move_backup
+from imagetool.phases import BACKUP_RUNNING as RUNNING
+from imagetool.phases import FINISHED, BackupPhase, can_move_backup
 from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain.inventory import get, get_owned
 from imagetool.server.faults import ApiError, conflict, not_found
@@ -40,8 +41,6 @@ from imagetool.server.storage import new_id
 log = logging.getLogger(__name__)
 
 B = BackupPhase
-
-RUNNING = BACKUP_RUNNING
 # Seconds a backup may see no activity before it is ended (serve's default).
 BACKUP_TIMEOUT = 600.0
 
@@ -254,7 +253,6 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
     a backup with a transfer still running waits for it (the transfer has
     its own inactivity timeout). The ids of the backups ended."""
     store = engine.store
-    timeout = getattr(engine, "backup_timeout", BACKUP_TIMEOUT)
     ended = []
     for b in store.list("backup", lambda b: b["phase"] in RUNNING
                         and (vm_id is None or b["vm_id"] == vm_id)):
@@ -272,7 +270,7 @@ def expire(engine, vm_id: str | None = None, now: float | None = None) -> list[s
             if last > (b.get("active_at") or 0) and transfers:
                 b = store.update("backup", b["id"], active_at=last)
             idle = (now or time.time()) - last
-            if not b.get("abandoned") and idle <= timeout:
+            if not b.get("abandoned") and idle <= engine.backup_timeout:
                 continue
             why = ("left running by a previous run of the engine" if b.get("abandoned")
                    else f"no activity for {idle:.0f} s")

@@ -87,41 +87,6 @@ def check_backup(backup: str, fmt: str, action: str) -> str:
     return backup
 
 
-def create_disk(engine, *, name: str, fmt: str, provisioned_size: int, sd: dict,
-                initial_size: int | None = None, sparse: bool = True,
-                content_type: str = "data", backup: str = "none",
-                description: str = "", disk_id: str | None = None) -> dict:
-    """Create a disk with one empty volume and store it (status ok).
-
-    A volume that cannot be created (no space, a size the file system
-    refuses) is a 409 and leaves neither a directory nor an inventory row.
-    """
-    disk_id = disk_id or new_id()
-    vol_id = new_id()
-    start = time.time()
-    try:
-        engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, provisioned_size,
-                                     preallocate=not sparse)
-    except BaseException as e:
-        engine.storage.remove_disk(sd["id"], disk_id)
-        if isinstance(e, (OSError, ValueError, MemoryError)):
-            raise conflict("add Virtual Disk",
-                           f"Cannot create the volume: {os_reason(e)}."
-                           ) from None
-        raise
-    disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
-            "provisioned_size": provisioned_size, "initial_size": initial_size,
-            "sparse": sparse, "content_type": content_type, "backup": backup,
-            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start,
-            # Holds no data yet: an upload into it that fails removes it.
-            "empty": True}
-    with engine.store.transaction():
-        engine.store.put("volume", volume_row(vol_id, disk_id, sd["id"], fmt, start))
-        engine.store.put("disk", disk)
-    record_job(engine.store, f"Adding Disk {name}", ["Creating volume"], start=start)
-    return disk
-
-
 def check_target(sd: dict) -> None:
     """409 unless new disks may go to ``sd``: an active data domain."""
     if sd["type"] != "data":
@@ -132,9 +97,15 @@ def check_target(sd: dict) -> None:
 
 
 def add(engine, sd: dict, *, size: int, sparse: bool, initial: int | None,
-        disk_id: str | None, **fields: Any) -> dict:
-    """A new disk on data domain ``sd``, once the domain can hold it and its
-    id is free (the REST plane checked the values and ``check_target``)."""
+        disk_id: str | None, name: str, fmt: str, content_type: str, backup: str,
+        description: str) -> dict:
+    """A new disk with one empty volume on data domain ``sd`` (status ok),
+    once the domain can hold it and its id is free (the REST plane checked
+    the values and ``check_target``).
+
+    A volume that cannot be created (no space, a size the file system
+    refuses) is a 409 and leaves neither a directory nor an inventory row.
+    """
     available, _ = engine.storage.space(sd["id"])
     needed = initial if sparse else size
     if needed and needed > available:
@@ -142,8 +113,29 @@ def add(engine, sd: dict, *, size: int, sparse: bool, initial: int | None,
                        f"Low disk space on Storage Domain {sd['name']}.")
     if disk_id and engine.store.get("disk", disk_id):
         raise conflict("add Virtual Disk", f"A disk with id {disk_id} already exists.")
-    return create_disk(engine, provisioned_size=size, sd=sd, initial_size=initial,
-                       sparse=sparse, disk_id=disk_id, **fields)
+    disk_id = disk_id or new_id()
+    vol_id = new_id()
+    start = time.time()
+    try:
+        engine.storage.create_volume(sd["id"], disk_id, vol_id, fmt, size,
+                                     preallocate=not sparse)
+    except BaseException as e:
+        engine.storage.remove_disk(sd["id"], disk_id)
+        if isinstance(e, (OSError, ValueError, MemoryError)):
+            raise conflict("add Virtual Disk",
+                           f"Cannot create the volume: {os_reason(e)}.") from None
+        raise
+    disk = {"id": disk_id, "name": name, "description": description, "format": fmt,
+            "provisioned_size": size, "initial_size": initial,
+            "sparse": sparse, "content_type": content_type, "backup": backup,
+            "sd_id": sd["id"], "status": "ok", "image_id": vol_id, "created": start,
+            # Holds no data yet: an upload into it that fails removes it.
+            "empty": True}
+    with engine.store.transaction():
+        engine.store.put("volume", volume_row(vol_id, disk_id, sd["id"], fmt, start))
+        engine.store.put("disk", disk)
+    record_job(engine.store, f"Adding Disk {name}", ["Creating volume"], start=start)
+    return disk
 
 
 def update(engine, disk_id: str, *, name: str | None = None,

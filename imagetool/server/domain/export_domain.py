@@ -33,6 +33,7 @@ from imagetool.server.domain import disks as disk_ops
 from imagetool.server.domain import vmsettings
 from imagetool.server.domain.inventory import get
 from imagetool.server.domain.ovf import build_export_ovf, parse_export_ovf
+from imagetool.server.domain.snapshots import not_in_preview
 from imagetool.server.jobs import record_job
 from imagetool.server.faults import conflict, not_found
 from imagetool.server.files import create_private, make_private_dirs, os_reason
@@ -174,9 +175,7 @@ def _staged_copy(engine, sd_id: str, stage: str, vols: list[dict], dst_id: str,
     if collapse:
         dst = st.volume_path(sd_id, stage, dst_id)
         create_private(dst)
-        top = vols[-1]
-        copy_guest_data(st.volume_path(top["sd_id"], top["disk_id"], top["id"]), dst, fmt,
-                        size, reader=st.open_chain(vols, paths))
+        copy_guest_data(st.open_chain(vols, paths), dst, fmt, size)
         return
     for v in vols:
         st.flatten([v], v["format"], size, sd_id, stage, v["id"], source=paths.get(v["id"]))
@@ -282,9 +281,7 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
     check_export_domain(engine, sd, "export VM")
     with store.transaction():
         vm = get(engine, "vm", vm_id, "VM")
-        if vm.get("preview"):
-            raise conflict("export VM", f"VM {vm['name']} is previewing a snapshot: commit "
-                                        "or undo the preview first.")
+        not_in_preview(vm, "export VM")
         disks = [get(engine, "disk", a["disk_id"], "disk") for a in vm["attachments"]]
         for d in disks:
             disk_ops.check_usable(d, "export VM")
@@ -333,13 +330,10 @@ def export_vm(engine, vm_id: str, sd: dict, *, exclusive: bool, discard: bool) -
                         size=d["provisioned_size"], parent=v.get("parent_id"),
                         sparse=d.get("sparse", True), leaf=i == len(out) - 1,
                         description=d["name"]))
-            snaps = []
-            if not discard:
-                for v in vols:
-                    s = store.get("snapshot", v.get("snapshot_id") or "")
-                    if s is not None:
-                        snaps.append({"id": s["id"], "description": s["description"],
-                                      "date": s.get("date")})
+            kept = [] if discard else [store.get("snapshot", v.get("snapshot_id") or "")
+                                       for v in vols]
+            snaps = [{"id": s["id"], "description": s["description"], "date": s.get("date")}
+                     for s in kept if s is not None]
             entries.append({"disk": d, "attachment": att, "volumes": out, "snapshots": snaps})
         ovf = build_export_ovf(vm, entries, vmsettings.settings_of(store, vm))
         with store.transaction():
@@ -399,13 +393,12 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
     one = collapse or clone
     staged: list[tuple[str, str]] = []
     installed: list[str] = []
-    rows_vol, rows_disk, atts, snap_map = [], [], [], {}
+    rows_vol, rows_disk, atts = [], [], []
     now = time.time()
-    if not one:
-        for s in p["snapshots"]:
-            snap_map[s["id"]] = {"id": s["id"], "vm_id": new_vm_id,
-                                 "description": s["description"], "type": "regular",
-                                 "status": "ok", "date": now, "volumes": {}}
+    snap_map = {} if one else {
+        s["id"]: {"id": s["id"], "vm_id": new_vm_id, "description": s["description"],
+                  "type": "regular", "status": "ok", "date": now, "volumes": {}}
+        for s in p["snapshots"]}
     try:
         for disk_id, d in p["disks"].items():
             size = sizes[disk_id]
@@ -420,16 +413,10 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
                 _staged_copy(engine, dst_sd["id"], stage, src, top_id, fmt, size,
                              collapse=collapsed, paths=paths)
             if collapsed:
-                st.write_meta(dst_sd["id"], stage, top_id, {"format": fmt, "size": size,
-                                                             "parent": None,
-                                                             "ctime": int(now)})
                 out = [{"id": top_id, "format": fmt, "parent_id": None, "snapshot_id": None}]
             else:
                 out = []
                 for i, v in enumerate(src):
-                    st.write_meta(dst_sd["id"], stage, v["id"], {
-                        "format": v["format"], "size": size, "parent": v["parent_id"],
-                        "ctime": int(now)})
                     snap_id = v.get("snapshot_id") if i < len(src) - 1 else None
                     if snap_id in snap_map:
                         snap_map[snap_id]["volumes"][new_disk] = v["id"]
@@ -438,6 +425,9 @@ def import_vm(engine, src_sd: dict, p: dict, dst_sd: dict, *, clone: bool, colla
                     out.append({"id": v["id"], "format": v["format"],
                                 "parent_id": v["parent_id"], "snapshot_id": snap_id})
             for v in out:
+                st.write_meta(dst_sd["id"], stage, v["id"], {
+                    "format": v["format"], "size": size, "parent": v["parent_id"],
+                    "ctime": int(now)})
                 rows_vol.append(dict(v, disk_id=new_disk, sd_id=dst_sd["id"], created=now))
             rows_disk.append({"id": new_disk, "name": d["alias"], "description": d["description"],
                               "format": out[-1]["format"],

@@ -64,11 +64,10 @@ def remove_member(engine: Any, kind: str, owner_id: str, owner_label: str, field
                   id: str, label: str) -> None:
     """Drop one member of a collection stored inside its owner (a VM's NICs):
     404 naming it when the owner has none with that id."""
-    store = engine.store
-    with store.transaction():
+    with engine.store.transaction():
         owner = get(engine, kind, owner_id, owner_label)
         left = [m for m in owner.get(field, []) if m["id"] != id]
         if len(left) == len(owner.get(field, [])):
             raise not_found(f"{label} '{id}'")
         owner[field] = left
-        store.put(kind, owner)
+        engine.store.put(kind, owner)

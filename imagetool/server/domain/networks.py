@@ -64,9 +64,7 @@ def new_mac(engine) -> str:
 
 def _used_macs(engine, but: dict | None = None) -> dict[str, str]:
     out = {}
-    for vm in engine.store.list("vm"):
-        if but is not None and vm["id"] == but["id"]:
-            continue
+    for vm in engine.store.list("vm", lambda v: but is None or v["id"] != but["id"]):
         for n in vm.get("nics", []):
             out[n["mac"]] = vm["name"]
     return out

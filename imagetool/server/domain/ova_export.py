@@ -32,6 +32,7 @@ from imagetool.server.domain import disks as disk_ops
 from imagetool.server import validate
 from imagetool.server.domain import vmsettings
 from imagetool.server.domain.inventory import get
+from imagetool.server.domain.snapshots import not_in_preview
 from imagetool.server.faults import bad_request, conflict
 from imagetool.server.storage import new_id
 
@@ -58,9 +59,7 @@ def start(engine, vm_id: str, directory: str, filename: str | None) -> dict:
         vm = get(engine, "vm", vm_id, "VM")
         filename = filename or f"{vm['name']}.ova"
         check_filename(filename)
-        if vm.get("preview"):
-            raise conflict(ACTION, f"VM {vm['name']} is previewing a snapshot: commit or "
-                                   "undo the preview first.")
+        not_in_preview(vm, ACTION)
         disks = []
         for a in vm["attachments"]:
             d = store.get("disk", a["disk_id"])

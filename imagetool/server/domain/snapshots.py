@@ -53,7 +53,7 @@ def disk_items(vm: dict, snap: dict) -> list[tuple[str, str | None]]:
     return list(snap["volumes"].items())
 
 
-def _not_in_preview(vm: dict, action: str) -> None:
+def not_in_preview(vm: dict, action: str) -> None:
     if vm.get("preview"):
         raise conflict(action, f"VM {vm['name']} is previewing a snapshot: commit or undo "
                                "the preview first.")
@@ -64,7 +64,7 @@ def _past(engine, vm_id: str, snap_id: str, verb: str, done: str) -> tuple[dict,
     vm, snap = find(engine, vm_id, snap_id)
     if snap["type"] in ("active", "preview"):
         raise conflict(f"{verb} Snapshot", f"The active VM snapshot cannot be {done}.")
-    _not_in_preview(vm, f"{verb} Snapshot")
+    not_in_preview(vm, f"{verb} Snapshot")
     return vm, snap
 
 
@@ -82,7 +82,7 @@ def add(engine, vm_id: str, description: str, wanted: list[str | None]) -> tuple
     and add a new one: (the VM, the snapshot)."""
     with engine.store.transaction():
         vm = get(engine, "vm", vm_id, "VM")
-        _not_in_preview(vm, "create Snapshot")
+        not_in_preview(vm, "create Snapshot")
         disk_ids = [a["disk_id"] for a in vm["attachments"]
                     if not wanted or a["disk_id"] in wanted]
         disks = [get(engine, "disk", d, "disk") for d in disk_ids]
@@ -290,9 +290,8 @@ def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
             made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
                               format=fmt, status="ok", created=now, empty=False),
                          volume_row(new_vol, new_disk, sd["id"], fmt, now),
-                         next(a for a in source["attachments"] if a["disk_id"] == d["id"])
-                         if any(a["disk_id"] == d["id"] for a in source["attachments"])
-                         else {"interface": "virtio_scsi", "bootable": False, "active": True}))
+                         next((a for a in source["attachments"] if a["disk_id"] == d["id"]),
+                              {"interface": "virtio_scsi", "bootable": False, "active": True})))
             pending = None
     except BaseException:
         for disk, _, _ in made:

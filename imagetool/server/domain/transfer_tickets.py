@@ -30,13 +30,11 @@ class TransferTickets:
     def get(self, t: dict) -> Ticket | None:
         return self.registry.get(t["ticket_id"])
 
-    def new(self, t: dict, opener: Any, size: int, ops: tuple[str, ...],
-            sparse: bool) -> Ticket:
+    def new(self, t: dict, opener: Any, size: int, ops: tuple[str, ...]) -> Ticket:
         """The ticket of a transfer being prepared (not served until ``add``)."""
         return Ticket(uuid=t["ticket_id"], size=size, ops=ops, open_backend=opener,
                       timeout=_timeout(t), inactivity_timeout=float(t["inactivity_timeout"]),
-                      sparse=sparse, transfer_id=t["id"],
-                      dirty=t.get("dirty_ranges") is not None)
+                      transfer_id=t["id"], dirty=t.get("dirty_ranges") is not None)
 
     def add(self, ticket: Ticket) -> None:
         """Open the ticket's backend and serve it."""

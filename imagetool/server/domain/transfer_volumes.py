@@ -45,11 +45,6 @@ class TransferVolumes:
     def path(self, t: dict) -> str:
         return self.storage.volume_path(t["sd_id"], t["disk_id"], t["volume_id"])
 
-    def sparse(self, t: dict) -> bool:
-        """The ticket's ``sparse``: False for a preallocated disk, so zeroing keeps its space."""
-        disk = self.store.get("disk", t["disk_id"]) or {}
-        return bool(disk.get("sparse", True))
-
     def open(self, t: dict) -> tuple[Opener, int, tuple[str, ...]]:
         """(opener, ticket size, ops) for a transfer's ticket."""
         path = self.path(t)
@@ -64,7 +59,7 @@ class TransferVolumes:
             self.storage.preserve_volume(t["sd_id"], t["disk_id"], t["volume_id"])
         if t["format"] == "cow" or vol_fmt == "raw":
             # A preallocated disk's zeroed ranges stay allocated (sparse=False).
-            kw = dict(direct=DIRECT_IO, sparse=self.sparse(t))
+            kw = dict(direct=DIRECT_IO, sparse=bool(disk.get("sparse", True)))
             if vol_fmt == "raw":
                 size = disk["provisioned_size"]
                 backend = RawBackend(path, "r+", size=size, **kw)

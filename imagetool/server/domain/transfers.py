@@ -89,8 +89,6 @@ def _least_busy_host(engine) -> dict:
 
 
 class TransferManager:
-    """Creates transfers and drives their phases."""
-
     def __init__(self, store: Store, storage: Storage, registry: TicketRegistry,
                  dataplane_url: Callable[[], str], *, finished_ttl: float = 300.0,
                  poll_interval: float = 0.2) -> None:
@@ -151,7 +149,6 @@ class TransferManager:
         return self.store.update("transfer", tid, phase=new.value, **fields)
 
     def _note(self, tid: str, **fields: Any) -> dict:
-        """Store fields other than the phase."""
         return self.store.update("transfer", tid, **fields)
 
     # --- create -----------------------------------------------------------
@@ -191,18 +188,19 @@ class TransferManager:
         self.store.after_commit(lambda: self._spawn(self._initialize, tid))
         return doc
 
-    def _end_job(self, t: dict, status: str) -> None:
-        end_job(self.store, t.get("job_id") or "", status)
+    def _end(self, t: dict, event: Event, job_status: str) -> None:
+        self._fire(t["id"], event, finished_at=time.time())
+        end_job(self.store, t.get("job_id") or "", job_status)
 
     def _initialize(self, tid: str) -> None:
         with self._lock(tid):
             self._initialize_locked(tid)
 
-    def _in_phase(self, tid: str, phase: Phase) -> dict | None:
-        """The transfer while it is still in ``phase`` (background work checks
-        this first: a user action or a restart may have moved it on)."""
+    def _in_phase(self, tid: str, *phases: Phase) -> dict | None:
+        """The transfer while it is still in one of ``phases`` (background work
+        checks this first: a user action or a restart may have moved it on)."""
         t = self.store.get("transfer", tid)
-        return t if t is not None and t["phase"] == phase else None
+        return t if t is not None and t["phase"] in phases else None
 
     def _initialize_locked(self, tid: str) -> None:
         t = self._in_phase(tid, P.INITIALIZING)
@@ -213,7 +211,7 @@ class TransferManager:
             # empty disk's placeholder qcow2 included); bytes past the end of
             # the uploaded image are never referenced by it.
             opener, size, ops = self.volumes.open(t)
-            ticket = self.tickets.new(t, opener, size, ops, self.volumes.sparse(t))
+            ticket = self.tickets.new(t, opener, size, ops)
             if t["direction"] == "upload" and self.dirty is not None:
                 self.volumes.track_writes(t, ticket, self.dirty)
             self.tickets.add(ticket)
@@ -305,27 +303,22 @@ class TransferManager:
                 log.warning("transfer %s: verification failed: %s", tid, e)
                 self._fire(tid, E.NOT_VERIFIED, error=str(e))
                 self.volumes.fail(t)
-                self._fire(tid, E.END, finished_at=time.time())
-                self._end_job(t, "failed")
+                self._end(t, E.END, "failed")
                 return
             self.volumes.succeed(t)
-            self._fire(tid, E.VERIFIED, finished_at=time.time())
-            self._end_job(t, "finished")
+            self._end(t, E.VERIFIED, "finished")
 
     def _cleanup(self, tid: str) -> None:
         with self._lock(tid):
-            t = self.store.get("transfer", tid)
-            if t is None or t["phase"] not in (P.CANCELLED_USER, P.CANCELLED_SYSTEM):
-                return
-            self._finish_failure(tid)
+            if self._in_phase(tid, P.CANCELLED_USER, P.CANCELLED_SYSTEM) is not None:
+                self._finish_failure(tid)
 
     def _finish_failure(self, tid: str) -> None:
         t = self._fire(tid, E.CLEANUP)
         self._note(tid, transferred=self.tickets.close(t), active=False)
         self.volumes.fail(t)
         self._fire(tid, E.CLEANED)
-        self._fire(tid, E.END, finished_at=time.time())
-        self._end_job(t, "aborted")
+        self._end(t, E.END, "aborted")
 
     # --- monitor ------------------------------------------------------------
 

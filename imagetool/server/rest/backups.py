@@ -8,7 +8,8 @@ from imagetool.server.domain import backups as bk
 from imagetool.server.domain import inventory
 from imagetool.server.rest import disks as disks_mod
 from imagetool.server.rest.codec import get_id, get_list, get_str
-from imagetool.server.rest.common import action_links, deleting, done, iso_date, ref, sub_links
+from imagetool.server.rest.common import (action_links, deleting, done, iso_date, ref, showing,
+                                          sub_links)
 from imagetool.server.rest.router import ApiError, Reply, Request
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
 
@@ -29,16 +30,17 @@ def backup_repr(req: Request, b: dict) -> dict:
     }
 
 
+def _disks(req: Request, disk_ids: list[str]) -> list[dict]:
+    """The disks of ``disk_ids`` still stored, as the disks service shows them."""
+    found = (inventory.find(req.engine, "disk", i) for i in disk_ids)
+    return [disks_mod.disk_repr(req, d) for d in found if d is not None]
+
+
 def _backup_disks(req: Request, b: dict) -> list[dict]:
-    out = []
-    for disk_id in b["disks"]:
-        d = inventory.find(req.engine, "disk", disk_id)
-        if d is None:
-            continue
-        body = disks_mod.disk_repr(req, d)
-        if b["phase"] in bk.RUNNING:
-            body["backup_mode"] = b["modes"].get(disk_id)
-        out.append(body)
+    out = _disks(req, b["disks"])
+    if b["phase"] in bk.RUNNING:
+        for body in out:
+            body["backup_mode"] = b["modes"].get(body["id"])
     return out
 
 
@@ -65,39 +67,19 @@ def add_backup(req: Request, vm_id: str) -> Reply:
     return Reply(status=201, tag="backup", body=backup_repr(req, b))
 
 
-def list_backups(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="backups", body=[backup_repr(req, b) for b in bk.of_vm(req.engine, vm_id)])
-
-
-def get_backup(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="backup", body=backup_repr(req, bk.get_backup(req.engine, vm_id, bid)))
-
-
-def backup_disks(req: Request, vm_id: str, bid: str) -> Reply:
-    return Reply(tag="disks", body=_backup_disks(req, bk.get_backup(req.engine, vm_id, bid)))
+list_backups = showing("backups", bk.of_vm, backup_repr)
+get_backup = showing("backup", bk.get_backup, backup_repr)
+backup_disks = showing("disks", bk.get_backup, _backup_disks)
+list_checkpoints = showing("checkpoints", bk.visible_checkpoints, checkpoint_repr)
+get_checkpoint = showing("checkpoint", bk.get_checkpoint, checkpoint_repr)
+checkpoint_disks = showing("disks", bk.get_checkpoint,
+                           lambda req, cp: _disks(req, cp.get("disks", [])))
 
 
 def finalize_backup(req: Request, vm_id: str, bid: str) -> Reply:
     req.data()
     b = bk.finalize(req.engine, vm_id, bid)
     return done(backup=backup_repr(req, b))
-
-
-def list_checkpoints(req: Request, vm_id: str) -> Reply:
-    return Reply(tag="checkpoints", body=[checkpoint_repr(req, c)
-                                          for c in bk.visible_checkpoints(req.engine, vm_id)])
-
-
-def get_checkpoint(req: Request, vm_id: str, cid: str) -> Reply:
-    return Reply(tag="checkpoint",
-                 body=checkpoint_repr(req, bk.get_checkpoint(req.engine, vm_id, cid)))
-
-
-def checkpoint_disks(req: Request, vm_id: str, cid: str) -> Reply:
-    cp = bk.get_checkpoint(req.engine, vm_id, cid)
-    out = [disks_mod.disk_repr(req, d) for d in
-           (inventory.find(req.engine, "disk", i) for i in cp.get("disks", [])) if d is not None]
-    return Reply(tag="disks", body=out)
 
 
 remove_checkpoint = deleting(bk.drop_checkpoint)

@@ -131,6 +131,18 @@ def members(owner: Callable[[Request, str], dict], field: str, key: str, label: 
     return list_all, get_one
 
 
+def showing(tag: str, fetch: Callable[..., Any],
+            to_repr: Callable[[Request, Any], Any]) -> Handler:
+    """A GET handler: what ``fetch(engine, *the path's ids)`` gives, as
+    ``to_repr`` shows it (each member when it gives a list)."""
+    def handler(req: Request, **ids: str) -> Reply:
+        got = fetch(req.engine, *ids.values())
+        if isinstance(got, list):
+            return Reply(tag=tag, body=[to_repr(req, x) for x in got])
+        return Reply(tag=tag, body=to_repr(req, got))
+    return handler
+
+
 def deleting(remove: Callable[..., None]) -> Handler:
     """A DELETE handler: ``remove(engine, *the path's ids)``, answered 200."""
     def handler(req: Request, **ids: str) -> Reply:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from imagetool.server.domain import storagedomains as sds
 from imagetool.server.rest.codec import get_id, get_str
 from imagetool.server.rest.common import (acting, action_links, deleting, ref, search_filter,
-                                          sub_links)
+                                          showing, sub_links)
 from imagetool.server.rest.router import Reply, Request, missing, not_found
 from imagetool.server.rest.storagedomains import sd_repr
 
 
 def dc_repr(req: Request) -> dict:
-    """The data center holding every storage domain."""
     engine = req.engine
     base = req.href("datacenters", engine.datacenter_id)
     return {"href": base, "id": engine.datacenter_id, "name": "Default",
@@ -28,7 +27,6 @@ def dc_repr(req: Request) -> dict:
 
 
 def cluster_repr(req: Request) -> dict:
-    """The cluster of the local host."""
     engine = req.engine
     return {"href": req.href("clusters", engine.cluster_id), "id": engine.cluster_id,
             "name": "Default", "description": "The local engine's cluster",
@@ -39,9 +37,8 @@ def cluster_repr(req: Request) -> dict:
 
 def _dc_doc(req: Request) -> dict:
     # Searchable fields, including the storage domains' names (storage.name=x).
-    names = sds.names(req.engine)
     return {"id": req.engine.datacenter_id, "name": "Default", "status": "up",
-            "storage.name": names}
+            "storage.name": sds.names(req.engine)}
 
 
 def list_dcs(req: Request) -> Reply:
@@ -84,11 +81,6 @@ def list_dc_sds(req: Request, dc_id: str) -> Reply:
     return Reply(tag="storage_domains", body=[_attached_repr(req, sd) for sd in docs])
 
 
-def get_dc_sd(req: Request, dc_id: str, sd_id: str) -> Reply:
-    return Reply(tag="storage_domain",
-                 body=_attached_repr(req, sds.get_attached(req.engine, dc_id, sd_id)))
-
-
 def attach_sd(req: Request, dc_id: str) -> Reply:
     sds.check_dc(req.engine, dc_id)
     data = req.data()
@@ -100,6 +92,7 @@ def attach_sd(req: Request, dc_id: str) -> Reply:
     return Reply(status=201, tag="storage_domain", body=_attached_repr(req, sd))
 
 
+get_dc_sd = showing("storage_domain", sds.get_attached, _attached_repr)
 activate_sd = acting(sds.set_status, "active")
 deactivate_sd = acting(sds.set_status, "maintenance")
 

@@ -92,8 +92,7 @@ def add_disk(req: Request, default_sd: dict | None = None) -> Reply:
     content_type = get_str(data, "content_type") or "data"
     if content_type not in CONTENT_TYPES:
         raise bad_request(f"Invalid value '{content_type}' for disk content_type")
-    sparse = get_bool(data, "sparse")
-    sparse = True if sparse is None else sparse
+    sparse = get_bool(data, "sparse") is not False
     initial = get_int(data, "initial_size")
     if initial is not None:
         check_size(initial, "initial_size")

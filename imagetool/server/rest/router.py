@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from imagetool.server.rest.codec import parse
 from imagetool.server.faults import ApiError, bad_request, conflict, missing, not_found
@@ -77,8 +77,10 @@ _PARAM_LABELS = {"disk_id": "disk", "vm_id": "VM", "snap_id": "snapshot",
 class Router:
     """Maps (method, path pattern) to handlers; ``{name}`` matches one segment."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: Iterable[tuple[str, str, Handler]] = ()) -> None:
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        for method, pattern, handler in rows:
+            self.add(method, pattern, handler)
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """Register a handler; the pattern is relative to the API root."""

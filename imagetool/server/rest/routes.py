@@ -2,10 +2,10 @@
 
 One row per (method, path template, handler); a ``{name}`` segment of the
 template is a path parameter handed to the handler by keyword. The paths and
-methods are those of the oVirt REST API guide. ``app.build_router`` adds the
-rows to a ``Router`` in this order; the router takes the first row whose
-pattern and method match, so keep a more specific template before a general
-one if two ever overlap. The handlers stay in the module of their service
+methods are those of the oVirt REST API guide. ``Router(ROUTES)`` adds the
+rows in this order; the router takes the first row whose pattern and method
+match, so keep a more specific template before a general one if two ever
+overlap. The handlers stay in the module of their service
 family; this table is the one place that says which URL reaches which.
 """
 

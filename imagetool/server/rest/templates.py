@@ -8,7 +8,7 @@ from imagetool.server.domain import templates
 from imagetool.server.domain.ovf import ovf_disk_ids
 from imagetool.server.rest.codec import get_id, get_int, get_obj, get_str
 from imagetool.server.rest.common import (action_links, configuration, deleting, iso_date, members,
-                                          ref, search_filter, sub_links)
+                                          ref, search_filter, showing, sub_links)
 from imagetool.server.rest.router import Reply, Request, bad_request, missing
 from imagetool.server.storage import new_id
 from imagetool.server.validate import MAX_DESCRIPTION, check_text
@@ -48,10 +48,6 @@ def list_templates(req: Request) -> Reply:
     return Reply(tag="templates", body=[template_repr(req, t) for t in docs])
 
 
-def get_template(req: Request, template_id: str) -> Reply:
-    return Reply(tag="template", body=template_repr(req, templates.find(req.engine, template_id)))
-
-
 def add_template(req: Request) -> Reply:
     data = req.data()
     name = check_text(get_str(data, "name"), "name")
@@ -76,6 +72,7 @@ def add_template(req: Request) -> Reply:
     return Reply(status=201, tag="template", body=template_repr(req, t))
 
 
+get_template = showing("template", templates.find, template_repr)
 remove_template = deleting(templates.remove)
 
 

@@ -83,8 +83,7 @@ def vm_fields(vm: dict) -> dict:
                "boot": {"devices": devices} if devices else None},
         "bios": {"type": vm.get("bios_type") or "cluster_default"},
         "cpu": {"architecture": "x86_64",
-                "topology": {"cores": cpu["cores"], "sockets": cpu["sockets"],
-                             "threads": cpu["threads"]}},
+                "topology": {k: cpu[k] for k in ("cores", "sockets", "threads")}},
         "comment": vm.get("comment") or None,
         "custom_properties": [{"name": n, "value": v}
                               for n, v in vm.get("custom_properties", [])] or None,

@@ -13,9 +13,9 @@ import pytest
 
 from helpers import (ENGINE_PASSWORD, MiB, api_json, api_request, make_pattern_image,
                      put_file, qemu_img, wait_for)
-from imagetool.server.app import build_router
 from imagetool.server.local import LocalEngine
 from imagetool.server.rest import imagetransfers
+from imagetool.server.rest.router import Router
 from imagetool.server.rest.routes import ROUTES
 
 
@@ -275,7 +275,7 @@ def test_route_table_rows_are_unique_and_every_transfer_action_is_routed():
     # entity links to must reach its own handler.
     rows = [(method, path) for method, path, _ in ROUTES]
     assert len(rows) == len(set(rows))
-    router = build_router()
+    router = Router(ROUTES)
     tid = "00000000-0000-0000-0000-00000000abcd"
     for name in imagetransfers.ACTIONS:
         handler, params = router.route("POST", f"/imagetransfers/{tid}/{name}")
