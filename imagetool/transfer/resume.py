@@ -180,8 +180,7 @@ class UploadResume:
         self.journal.update(transfer_id=session.transfer_id)
         request_size = int(self.journal.data.get("plan", {}).get("request_size") or 0)
         return JournalingBackend(
-            RetryingBackend(dst, policy or RetryPolicy.from_env(), source=source,
-                            stop=session.cancel_event), self.journal,
+            retrying(dst, session, source, policy), self.journal,
             flush_bytes=flush_bytes_for(source.size, request_size or 8 << 20))
 
     def failed(self, exc: BaseException | None = None) -> None:
@@ -194,12 +193,17 @@ class UploadResume:
             self.journal.remove()
             return
         self.journal.save()
-        if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
-            err = TransferError(f"{exc}; the partial disk {self.journal.data.get('disk_id')} "
-                                f"is kept: run the same command with --resume to "
-                                f"continue the upload")
-            err.exit_code = exc.exit_code
-            raise err from exc
+        _raise_kept(exc, f"the partial disk {self.journal.data.get('disk_id')} is kept: "
+                         f"run the same command with --resume to continue the upload")
+
+
+def _raise_kept(exc: BaseException | None, kept: str) -> None:
+    """Raise an ImagetoolError ``exc`` again, with its exit code, saying what
+    a failed run kept for --resume (a JournalError already says what to do)."""
+    if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
+        err = TransferError(f"{exc}; {kept}")
+        err.exit_code = exc.exit_code
+        raise err from exc
 
 
 def _refuse_same_named(conn: Any, path: str, target: str) -> None:
@@ -292,12 +296,9 @@ def _start_over_steps(conn: Any, journal: Journal, target: str) -> str:
     created = "/" in target
     steps = []
     if _transfer_alive(conn, transfer_id):
-        if created:
-            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
-                         f"{transfer_id}), which also removes its partial disk {disk_id}")
-        else:
-            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
-                         f"{transfer_id})")
+        steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
+                     f"{transfer_id})"
+                     + (f", which also removes its partial disk {disk_id}" if created else ""))
     if created and disk_id:
         steps.append(f"{'if the disk is still listed, ' if steps else ''}remove the "
                      f"partial disk (imagetool disks remove --yes {disk_id})")
@@ -431,11 +432,8 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
         _drop_download(journal, part)
         return
     journal.save()
-    if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
-        err = TransferError(f"{exc}; the partial download is kept in {part}: run "
-                            f"the same command with --resume to continue it")
-        err.exit_code = exc.exit_code
-        raise err from exc
+    _raise_kept(exc, f"the partial download is kept in {part}: run the same command "
+                     f"with --resume to continue it")
 
 
 def _drop_download(journal: Journal, part: str) -> None:
