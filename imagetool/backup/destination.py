@@ -364,10 +364,9 @@ class ChunkStaged:
             disk.meta = by_id[disk.disk_id]
         from imagetool.backup.store.storage import StoreError
         ix = self.writer.commit(ovf=self.ovf, manifest=facts)
-        try:
+        # The point exists: the next run removes the record (interrupted).
+        with contextlib.suppress(StoreError):
             self.store.storage.delete(self.run_name)
-        except StoreError:
-            pass    # the point exists: the next run removes the record (interrupted)
         where = f"{self.store.url}/{ix.object_name}"
         return Committed(ix.name, where, {d.disk_id: where for d in ix.disks},
                          {"data": ix.stats["data"], "written": ix.stats["written"]})

@@ -19,6 +19,7 @@ stops the copy instead of failing request by request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -339,8 +340,6 @@ class TransferSession:
 
     def _close_backends(self) -> None:
         for b in self._backends:
-            try:
+            with contextlib.suppress(Exception):
                 b.close()
-            except Exception:
-                pass
         self._backends.clear()
