@@ -101,8 +101,8 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     (see ``atomic_output``).
     """
     workers = max(1, min(workers, src.max_readers or workers))
-    shared = SharedBackend(new_file(tmp, format, backing_file, backing_format)(src.size))
-    try:
+    create = new_file(tmp, format, backing_file, backing_format)
+    with SharedBackend(create(src.size)) as shared:
         # With few connections, writing the local file while the next
         # request is read is faster (benchmarks/transfer_results.md); with
         # more, workers overlap each other anyway.
@@ -111,8 +111,6 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
                               over_backing=format == "qcow2" and backing_file is not None)
         stats = copy(src, shared, options, progress=progress, cancel_event=cancel_event)
         shared.flush()
-    finally:
-        shared.close()
     return stats
 
 

@@ -134,15 +134,11 @@ def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
         with _fresh_client(backend, timeout) as client:
             return client.checksum(algorithm=algorithm, block_size=block_size), \
                 "server-checksum"
-    fresh = backend_on(_fresh_client(backend, backend.client.read_timeout))
-    reader = PerThread(fresh)
-    try:
+    with backend_on(_fresh_client(backend, backend.client.read_timeout)) as fresh, \
+            PerThread(fresh) as reader:
         view: Any = reader if size is None else Window(reader, size)
         return checksum(view, algorithm=algorithm, block_size=block_size,
                         workers=workers), "read-back"
-    finally:
-        reader.close()
-        fresh.close()
 
 
 # Hash an upload's source while the copy runs (True) or after it, while the
@@ -157,13 +153,11 @@ def pick_algorithm(backend: HttpBackend) -> str:
     want = fastest_algorithm()
     if want == DEFAULT_ALGORITHM or "checksum" not in backend.features:
         return want     # read back: both sides are hashed here
-    client = _fresh_client(backend, backend.client.read_timeout)
-    try:
-        offered = client.checksum_algorithms()
-    except (ImagetoolError, KeyError, TypeError, ValueError):
-        return DEFAULT_ALGORITHM    # no usable list: imageio's default is offered
-    finally:
-        client.close()
+    with _fresh_client(backend, backend.client.read_timeout) as client:
+        try:
+            offered = client.checksum_algorithms()
+        except (ImagetoolError, KeyError, TypeError, ValueError):
+            return DEFAULT_ALGORITHM    # no usable list: imageio's default is offered
     return want if want in offered else DEFAULT_ALGORITHM
 
 
