@@ -429,18 +429,13 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
     if isinstance(exc, ChecksumMismatch) or not resume or not os.path.exists(part):
         # No partial file (the failure came before the first byte): nothing
         # to continue, and nothing to claim is kept.
-        _drop_download(journal, part)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        journal.remove()
         return
     journal.save()
     _raise_kept(exc, f"the partial download is kept in {part}: run the same command "
                      f"with --resume to continue it")
-
-
-def _drop_download(journal: Journal, part: str) -> None:
-    """Remove a download's partial file and journal (nothing to continue)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(part)
-    journal.remove()
 
 
 def resumable_download(path: Any, resume: bool, format: str, legacy: bool,
