@@ -143,7 +143,6 @@ def _measure(path: str, info: ImageInfo, guest: Backend | None) -> int:
 
 def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
     """A temporary qcow2 holding ``path``'s guest data (for cow transfers)."""
-
     out = os.path.join(tmpdir, os.path.basename(path) + ".qcow2")
     with open_image(path, "r") as src:
         convert_backend(src, out, "qcow2", workers=workers)
