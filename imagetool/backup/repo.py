@@ -62,8 +62,6 @@ LOCK = ".lock"
 
 @dataclass
 class Point:
-    """One restore point as its manifest describes it."""
-
     vm_dir: str
     name: str
     manifest: Manifest = field(repr=False)

@@ -38,7 +38,6 @@ from imagetool.transfer.verify import backend_on
 log = logging.getLogger(__name__)
 
 
-
 def wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
                  timeout: float) -> None:
     """Wait until ``transfer_id``'s phase is ``done`` or the transfer is gone;

@@ -45,8 +45,6 @@ def _syncfs(fd: int) -> int:
 
 
 class LocalStorage(Storage):
-    """A repository in a directory."""
-
     def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = self.root
