@@ -177,7 +177,6 @@ class TransferSession:
 
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
-
         backend = backend_on(self._client(read_timeout))
         self._backends.append(backend)
         self.touch()
