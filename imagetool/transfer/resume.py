@@ -229,8 +229,11 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
     if not disks:
         return
     disk = disks[0]
-    held = [t for t in _transfers_of(conn, disk.id)
-            if not (t.phase or "").startswith("finished")]
+    try:
+        held = [t for t in conn.transfers.list() if t.disk_id == disk.id
+                and not (t.phase or "").startswith("finished")]
+    except ImagetoolError:
+        held = []
     if held:
         # Cancelling an upload's transfer removes the disk it was filling:
         # a "disks remove" after it would fail on a disk already gone.
@@ -245,13 +248,6 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
         f"({disk.id}, status {disk.status}); nothing proves it holds this file: "
         f"if it is a leftover, {steps}, and upload again; or "
         f"upload with another --name")
-
-
-def _transfers_of(conn: Any, disk_id: str) -> list[Any]:
-    try:
-        return [t for t in conn.transfers.list() if t.disk_id == disk_id]
-    except ImagetoolError:
-        return []
 
 
 def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None:
