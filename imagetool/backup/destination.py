@@ -292,8 +292,13 @@ class ChunkDestination:
               workers: int = 4) -> "ChunkStaged":
         staged = ChunkStaged(self.store, vm_id, name)
         staged.save_state(state)
+        from imagetool.backup.store.write import PointWriter
         try:
-            staged.open_writer(base, workers)
+            # ``workers`` threads, as many as the transfer's connections
+            # (each reads through its own).
+            staged.writer = PointWriter(self.store, vm_id, name=name,
+                                        parent=base.index if base is not None else None,
+                                        workers=workers)
         except BaseException:
             staged.discard(keep_state=False)
             raise
@@ -311,14 +316,6 @@ class ChunkStaged:
         self.ovf: str | None = None
         self.writer: Any = None
         self.run = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-
-    def open_writer(self, base: ChunkPoint | None, workers: int) -> None:
-        """The point's writer: ``workers`` threads, as many as the
-        transfer's connections (each reads through its own)."""
-        from imagetool.backup.store.write import PointWriter
-        self.writer = PointWriter(self.store, self.vm_id, name=self.name,
-                                  parent=base.index if base is not None else None,
-                                  workers=workers)
 
     def save_state(self, state: dict) -> None:
         self.store.put_doc(self.run_name, dict(state, run=self.run))
@@ -364,10 +361,9 @@ class ChunkStaged:
             disk.meta = by_id[disk.disk_id]
         from imagetool.backup.store.storage import StoreError
         ix = self.writer.commit(ovf=self.ovf, manifest=facts)
-        try:
+        # The point exists: the next run removes the record (interrupted).
+        with contextlib.suppress(StoreError):
             self.store.storage.delete(self.run_name)
-        except StoreError:
-            pass    # the point exists: the next run removes the record (interrupted)
         where = f"{self.store.url}/{ix.object_name}"
         return Committed(ix.name, where, {d.disk_id: where for d in ix.disks},
                          {"data": ix.stats["data"], "written": ix.stats["written"]})

@@ -10,6 +10,7 @@ follow the engine API model of oVirt 4.4 and later (``/vms/{id}/backups``,
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,10 +115,8 @@ def finalize_backup(conn: Any, vm_id: str, backup_id: str, timeout: float = 600.
 
 def remove_checkpoint(conn: Any, vm_id: str, checkpoint_id: str) -> None:
     """Remove a checkpoint; gone already is fine."""
-    try:
+    with contextlib.suppress(NotFound):
         conn.checkpoints.remove(vm_id, checkpoint_id)
-    except NotFound:
-        pass
 
 
 def checkpoint_state(conn: Any, vm_id: str, checkpoint_id: str) -> str | None:

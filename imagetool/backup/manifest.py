@@ -75,8 +75,6 @@ class ChainFiles:
 
 @dataclass(frozen=True)
 class DiskEntry:
-    """One disk of a point."""
-
     disk_id: str
     virtual_size: int
     mode: str

@@ -62,8 +62,6 @@ LOCK = ".lock"
 
 @dataclass
 class Point:
-    """One restore point as its manifest describes it."""
-
     vm_dir: str
     name: str
     manifest: Manifest = field(repr=False)
@@ -230,16 +228,13 @@ class Repository:
         for name in self._subdirs(vdir):
             mpath = os.path.join(vdir, name, MANIFEST)
             try:
-                doc = read_json(mpath)
+                manifest = Manifest.from_json(read_json(mpath), mpath, vm_id, name)
             except FileNotFoundError:
                 continue        # not a point (a leftover directory)
             except RepositoryError as e:
                 self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
                 continue
-            try:
-                out.append(Point(vdir, name, Manifest.from_json(doc, mpath, vm_id, name)))
-            except RepositoryError as e:
-                self._problem(mpath, str(e).removeprefix(f"{mpath}: "))
+            out.append(Point(vdir, name, manifest))
         out.sort(key=lambda p: (p.timestamp, p.name))
         return out
 

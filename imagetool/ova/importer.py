@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from typing import Any, Callable
 
 from imagetool import xmlsafe
@@ -174,7 +175,7 @@ def _cloned_text(ova: Ova, report: list[ImportedDisk], conn: Any) -> str:
     case-insensitive replacement of each one is exact."""
     mapping: dict[str, str] = {}
     if ova.ovf.vm_id and is_uuid(ova.ovf.vm_id):
-        mapping[ova.ovf.vm_id.lower()] = _new_uuid()
+        mapping[ova.ovf.vm_id.lower()] = str(uuid.uuid4())
     for d, r in zip(ova.disks, report):
         disk = conn.disks.get(r.disk_id)
         for old, new in ((d.ovf.disk_id, disk.id), (d.ovf.file_id, disk.image_id),
@@ -200,14 +201,9 @@ def _configuration(conn: Any, ova: Ova, report: list[ImportedDisk], name: str,
         disks.append({"disk_id": disk.id, "image_id": disk.image_id or disk.id,
                       "member_size": d.member.size, "virtual_size": d.virtual_size,
                       "alias": disk.name, "boot": i == 0, "sparse": True})
-    return build_ovirt_ovf(vm_id=_new_uuid(), name=name, cpus=ova.ovf.cpus or 1,
+    return build_ovirt_ovf(vm_id=str(uuid.uuid4()), name=name, cpus=ova.ovf.cpus or 1,
                            memory=ova.ovf.memory or (1 << 30), disks=disks,
                            template=template, settings=settings)
-
-
-def _new_uuid() -> str:
-    import uuid
-    return str(uuid.uuid4())
 
 
 def _add_entity(conn: Any, kind: str, name: str, cluster: str, ovf_text: str) -> str:
@@ -225,8 +221,7 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
     """Add one disk for member ``d`` and send its guest data: (the disk, what was sent)."""
     fmt = FORMATS[d.format].disk_format or "cow"     # vmdk goes up as qcow2
     sparse = (d.ovf.volume_type or "Sparse") != "Preallocated"
-    src = open_disk(ova, d)
-    try:
+    with open_disk(ova, d) as src:
         initial = None
         if fmt == "cow" and sparse:
             initial = int(measure(src, out_format="qcow2")["required"])
@@ -242,6 +237,4 @@ def _import_disk(conn: Any, ova: Ova, d: OvaDisk, storage_domain: str,
             workers=workers, buffer_size=buffer_size, timeout_policy="cancel",
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             dst_is_zero=sparse, what=f"member {d.member.name}"), progress=progress)
-    finally:
-        src.close()
     return disk, sent

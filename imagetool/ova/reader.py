@@ -38,7 +38,6 @@ class OvaDisk:
     member: Member
     format: str
     virtual_size: int
-    info: object = None
 
 
 @dataclass
@@ -134,7 +133,7 @@ def open_ova(path: str | os.PathLike) -> Ova:
             raise OvaError(f"member {d.href!r} holds {info.virtual_size} bytes of guest "
                            f"data, more than the capacity the OVF declares "
                            f"({d.capacity})", path)
-        disks.append(OvaDisk(d, m, info.format, info.virtual_size, info))
+        disks.append(OvaDisk(d, m, info.format, info.virtual_size))
     return Ova(path, members, ovf_member, ovf, disks, manifest,
                mfs[0] if mfs else None)
 

@@ -21,7 +21,6 @@ def disk_checksum(conn: Any, disk_id: str, *, algorithm: str = DEFAULT_ALGORITHM
     then finalizes. Returns ``{"algorithm", "block_size", "checksum",
     "disk_id", "method"}``.
     """
-
     hash_factory(algorithm)          # ValueError before the engine locks anything
     validate_block_size(block_size)
     if getattr(conn, "legacy", False):

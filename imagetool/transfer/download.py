@@ -161,7 +161,6 @@ def _from_volume(volume: str, out: str, format: str, workers: int) -> None:
         if format == "qcow2":
             os.replace(volume, out)
             return
-        from imagetool.formats import open_image
         from imagetool.formats.convert import convert_backend
 
         with open_image(volume, "r", format="qcow2") as src:

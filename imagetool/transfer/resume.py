@@ -180,8 +180,7 @@ class UploadResume:
         self.journal.update(transfer_id=session.transfer_id)
         request_size = int(self.journal.data.get("plan", {}).get("request_size") or 0)
         return JournalingBackend(
-            RetryingBackend(dst, policy or RetryPolicy.from_env(), source=source,
-                            stop=session.cancel_event), self.journal,
+            retrying(dst, session, source, policy), self.journal,
             flush_bytes=flush_bytes_for(source.size, request_size or 8 << 20))
 
     def failed(self, exc: BaseException | None = None) -> None:
@@ -194,12 +193,17 @@ class UploadResume:
             self.journal.remove()
             return
         self.journal.save()
-        if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
-            err = TransferError(f"{exc}; the partial disk {self.journal.data.get('disk_id')} "
-                                f"is kept: run the same command with --resume to "
-                                f"continue the upload")
-            err.exit_code = exc.exit_code
-            raise err from exc
+        _raise_kept(exc, f"the partial disk {self.journal.data.get('disk_id')} is kept: "
+                         f"run the same command with --resume to continue the upload")
+
+
+def _raise_kept(exc: BaseException | None, kept: str) -> None:
+    """Raise an ImagetoolError ``exc`` again, with its exit code, saying what
+    a failed run kept for --resume (a JournalError already says what to do)."""
+    if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
+        err = TransferError(f"{exc}; {kept}")
+        err.exit_code = exc.exit_code
+        raise err from exc
 
 
 def _refuse_same_named(conn: Any, path: str, target: str) -> None:
@@ -225,8 +229,11 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
     if not disks:
         return
     disk = disks[0]
-    held = [t for t in _transfers_of(conn, disk.id)
-            if not (t.phase or "").startswith("finished")]
+    try:
+        held = [t for t in conn.transfers.list() if t.disk_id == disk.id
+                and not (t.phase or "").startswith("finished")]
+    except ImagetoolError:
+        held = []
     if held:
         # Cancelling an upload's transfer removes the disk it was filling:
         # a "disks remove" after it would fail on a disk already gone.
@@ -241,13 +248,6 @@ def _refuse_same_named(conn: Any, path: str, target: str) -> None:
         f"({disk.id}, status {disk.status}); nothing proves it holds this file: "
         f"if it is a leftover, {steps}, and upload again; or "
         f"upload with another --name")
-
-
-def _transfers_of(conn: Any, disk_id: str) -> list[Any]:
-    try:
-        return [t for t in conn.transfers.list() if t.disk_id == disk_id]
-    except ImagetoolError:
-        return []
 
 
 def _disk_gone(conn: Any, journal: Journal, timeout: float = 60.0) -> str | None:
@@ -292,12 +292,9 @@ def _start_over_steps(conn: Any, journal: Journal, target: str) -> str:
     created = "/" in target
     steps = []
     if _transfer_alive(conn, transfer_id):
-        if created:
-            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
-                         f"{transfer_id}), which also removes its partial disk {disk_id}")
-        else:
-            steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
-                         f"{transfer_id})")
+        steps.append(f"cancel the interrupted transfer (imagetool transfers cancel "
+                     f"{transfer_id})"
+                     + (f", which also removes its partial disk {disk_id}" if created else ""))
     if created and disk_id:
         steps.append(f"{'if the disk is still listed, ' if steps else ''}remove the "
                      f"partial disk (imagetool disks remove --yes {disk_id})")
@@ -428,21 +425,13 @@ def download_failed(journal: Journal, part: str, exc: BaseException, *,
     if isinstance(exc, ChecksumMismatch) or not resume or not os.path.exists(part):
         # No partial file (the failure came before the first byte): nothing
         # to continue, and nothing to claim is kept.
-        _drop_download(journal, part)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        journal.remove()
         return
     journal.save()
-    if isinstance(exc, ImagetoolError) and not isinstance(exc, JournalError):
-        err = TransferError(f"{exc}; the partial download is kept in {part}: run "
-                            f"the same command with --resume to continue it")
-        err.exit_code = exc.exit_code
-        raise err from exc
-
-
-def _drop_download(journal: Journal, part: str) -> None:
-    """Remove a download's partial file and journal (nothing to continue)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(part)
-    journal.remove()
+    _raise_kept(exc, f"the partial download is kept in {part}: run the same command "
+                     f"with --resume to continue it")
 
 
 def resumable_download(path: Any, resume: bool, format: str, legacy: bool,

@@ -19,6 +19,7 @@ stops the copy instead of failing request by request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,14 +29,13 @@ from imagetool.errors import (EngineError, ImagetoolError, NotFound, TimeoutExpi
                               TransferError)
 from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_unlocked,
                                    wait_for_transfer_phase, wait_until)
-from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
 from imagetool.threads import interrupts_held, shielded
 from imagetool.transfer.options import DiskOptions, resolve
+from imagetool.transfer.verify import backend_on
 
 log = logging.getLogger(__name__)
-
 
 
 def wait_quietly(conn: Any, transfer_id: str, done: Callable[[str], bool],
@@ -177,13 +177,7 @@ class TransferSession:
 
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
-
-        client = self._client(read_timeout)
-        try:
-            backend = HttpBackend(client)
-        except BaseException:
-            client.close()
-            raise
+        backend = backend_on(self._client(read_timeout))
         self._backends.append(backend)
         self.touch()
         return backend
@@ -344,8 +338,6 @@ class TransferSession:
 
     def _close_backends(self) -> None:
         for b in self._backends:
-            try:
+            with contextlib.suppress(Exception):
                 b.close()
-            except Exception:
-                pass
         self._backends.clear()

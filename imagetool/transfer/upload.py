@@ -141,21 +141,11 @@ def _measure(path: str, info: ImageInfo, guest: Backend | None) -> int:
     return int(measure(guest, out_format="qcow2")["required"])
 
 
-def _convert_to_qcow2(path: str, tmpdir: str, workers: int) -> str:
-    """A temporary qcow2 holding ``path``'s guest data (for cow transfers)."""
-
-    out = os.path.join(tmpdir, os.path.basename(path) + ".qcow2")
-    with open_image(path, "r") as src:
-        convert_backend(src, out, "qcow2", workers=workers)
-    return out
-
-
 @keywords_of(UploadOptions)
 def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str,
                        options: UploadOptions | None = None, *,
                        progress: Progress | None = None, **keywords: Any) -> TransferResult:
     """Like :func:`upload_disk` but returns what was moved (``.disk`` the Disk)."""
-
     opts = resolve(UploadOptions, options, keywords)
     start = time.monotonic()
     path = os.fspath(path)
@@ -170,7 +160,10 @@ def upload_disk_result(conn: Any, path: str | os.PathLike, storage_domain: str,
         if plan.convert:
             tmpdir = tempfile.mkdtemp(prefix="imagetool-upload-")
             stack.callback(shutil.rmtree, tmpdir, True)
-            source_path = _convert_to_qcow2(plan.path, tmpdir, opts.workers)
+            # A temporary qcow2 of the guest data: a cow volume gets one image's bytes.
+            source_path = os.path.join(tmpdir, os.path.basename(plan.path) + ".qcow2")
+            with open_image(plan.path, "r") as whole:
+                convert_backend(whole, source_path, "qcow2", workers=opts.workers)
             if opts.sparse:
                 plan.initial_size = max(plan.initial_size or 0,
                                         os.path.getsize(source_path))

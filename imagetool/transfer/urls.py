@@ -18,10 +18,10 @@ from imagetool.formats import WRITABLE, open_image
 from imagetool.iocore.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
-from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE, CopyOptions, CopyStats, copy
 from imagetool.iocore.backends import SharedBackend
+from imagetool.transfer import verify as verifying
 from imagetool.transfer.output import atomic_output
 
 Progress = Callable[[int], None]
@@ -55,15 +55,9 @@ def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
              proxy_url: str | None = None, signed_ticket: str | None = None,
              read_timeout: float = 60) -> Backend:
     """An HTTP backend on one imageio URL (OPTIONS done, features known)."""
-
-    client = ImageioClient(url, cafile=cafile, insecure=insecure,
-                           proxy_url=proxy_url, signed_ticket=signed_ticket,
-                           read_timeout=read_timeout)
-    try:
-        return HttpBackend(client)
-    except BaseException:
-        client.close()
-        raise
+    client = ImageioClient(url, cafile=cafile, insecure=insecure, proxy_url=proxy_url,
+                           signed_ticket=signed_ticket, read_timeout=read_timeout)
+    return verifying.backend_on(client)
 
 
 def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,
@@ -107,8 +101,8 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
     (see ``atomic_output``).
     """
     workers = max(1, min(workers, src.max_readers or workers))
-    shared = SharedBackend(new_file(tmp, format, backing_file, backing_format)(src.size))
-    try:
+    create = new_file(tmp, format, backing_file, backing_format)
+    with SharedBackend(create(src.size)) as shared:
         # With few connections, writing the local file while the next
         # request is read is faster (benchmarks/transfer_results.md); with
         # more, workers overlap each other anyway.
@@ -117,8 +111,6 @@ def write_file(src: Backend, tmp: str, *, format: str = "raw", workers: int = 4,
                               over_backing=format == "qcow2" and backing_file is not None)
         stats = copy(src, shared, options, progress=progress, cancel_event=cancel_event)
         shared.flush()
-    finally:
-        shared.close()
     return stats
 
 
@@ -130,8 +122,6 @@ def _can_verify(backend: Backend, verify: bool):
     over the same connection path would mostly check that path against
     itself, and a server without the feature is not an error.
     """
-    from imagetool.transfer import verify as verifying
-
     if not verify:
         return verifying.skipped("not asked (--no-verify)")
     if "checksum" not in backend.features:
@@ -153,8 +143,6 @@ def upload_url(path: str | os.PathLike, url: str, *, cafile: str | None = None,
     data with the server's after the copy, as engine uploads do, and
     raises ChecksumMismatch with both values when they differ.
     """
-    from imagetool.transfer import verify as verifying
-
     start = time.monotonic()
     with open_image(path, "r", format=format) as src:
         with open_url(url, cafile=cafile, insecure=insecure) as dst:
@@ -198,8 +186,6 @@ def download_url(url: str, path: str | os.PathLike, *, format: str = "raw",
     ChecksumMismatch and leaves no file). Workers are capped by the
     server's ``max_readers``.
     """
-    from imagetool.transfer import verify as verifying
-
     start = time.monotonic()
     with open_url(url, cafile=cafile, insecure=insecure) as src:
         verification = _can_verify(src, verify)

@@ -110,6 +110,15 @@ def _fresh_client(backend: HttpBackend, read_timeout: float) -> Any:
                          connect_timeout=c.connect_timeout, read_timeout=read_timeout)
 
 
+def backend_on(client: ImageioClient) -> HttpBackend:
+    """An HttpBackend on ``client``, which is closed if its OPTIONS request fails."""
+    try:
+        return HttpBackend(client)
+    except BaseException:
+        client.close()
+        raise
+
+
 def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
                     block_size: int = DEFAULT_BLOCK_SIZE, size: int | None = None,
                     workers: int | None = None) -> tuple[dict, str]:
@@ -125,15 +134,11 @@ def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
         with _fresh_client(backend, timeout) as client:
             return client.checksum(algorithm=algorithm, block_size=block_size), \
                 "server-checksum"
-    fresh = HttpBackend(_fresh_client(backend, backend.client.read_timeout))
-    reader = PerThread(fresh)
-    try:
+    with backend_on(_fresh_client(backend, backend.client.read_timeout)) as fresh, \
+            PerThread(fresh) as reader:
         view: Any = reader if size is None else Window(reader, size)
         return checksum(view, algorithm=algorithm, block_size=block_size,
                         workers=workers), "read-back"
-    finally:
-        reader.close()
-        fresh.close()
 
 
 # Hash an upload's source while the copy runs (True) or after it, while the
@@ -148,13 +153,11 @@ def pick_algorithm(backend: HttpBackend) -> str:
     want = fastest_algorithm()
     if want == DEFAULT_ALGORITHM or "checksum" not in backend.features:
         return want     # read back: both sides are hashed here
-    client = _fresh_client(backend, backend.client.read_timeout)
-    try:
-        offered = client.checksum_algorithms()
-    except (ImagetoolError, KeyError, TypeError, ValueError):
-        return DEFAULT_ALGORITHM    # no usable list: imageio's default is offered
-    finally:
-        client.close()
+    with _fresh_client(backend, backend.client.read_timeout) as client:
+        try:
+            offered = client.checksum_algorithms()
+        except (ImagetoolError, KeyError, TypeError, ValueError):
+            return DEFAULT_ALGORITHM    # no usable list: imageio's default is offered
     return want if want in offered else DEFAULT_ALGORITHM
 
 

@@ -152,3 +152,34 @@ def test_raw_zero_past_end_never_shrinks(tmp_path):
         with open(path, "rb") as f:
             f.seek(10 * 64 * 1024)
             assert f.read() == b"\x01" * 4096
+
+
+def test_remote_checksum_closes_its_client_when_options_fails(monkeypatch):
+    """Reading back opens a fresh client; an OPTIONS error must not leak it."""
+    opened = []
+
+    class FailingClient:
+        cafile = proxy_url = signed_ticket = None
+        insecure = False
+        connect_timeout = read_timeout = 10.0
+
+        def __init__(self, url, **kw):
+            self.url = url
+            self.closed = False
+            opened.append(self)
+
+        def options(self):
+            raise ImagetoolError("OPTIONS failed")
+
+        def close(self):
+            self.closed = True
+
+    class Backend:      # a session's backend on a server without checksum
+        client = FailingClient("https://imageio/images/t")
+        features = ()
+
+    opened.clear()      # the Backend's own client above is not the fresh one
+    monkeypatch.setattr(verify, "ImageioClient", FailingClient)
+    with pytest.raises(ImagetoolError, match="OPTIONS failed"):
+        verify.remote_checksum(Backend())
+    assert [c.closed for c in opened] == [True]

@@ -92,10 +92,6 @@ class ChunkStore:
     def url(self) -> str:
         return self.storage.url
 
-    @property
-    def encrypted(self) -> bool:
-        return self.keys is not None
-
     # --- making and opening -----------------------------------------------
 
     @classmethod

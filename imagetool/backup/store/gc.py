@@ -24,6 +24,7 @@ modification time, so a client clock that is off does not shift the cutoff.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,10 +64,8 @@ def renew_lease(store: ChunkStore, lease: Lease) -> None:
 
 
 def drop_lease(store: ChunkStore, lease: Lease) -> None:
-    try:
+    with contextlib.suppress(StoreError):  # expires by itself
         store.storage.delete(lease.name)
-    except StoreError:
-        pass        # expires by itself
 
 
 def storage_now(store: ChunkStore) -> float:

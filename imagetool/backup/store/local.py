@@ -20,6 +20,7 @@ through links.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -44,8 +45,6 @@ def _syncfs(fd: int) -> int:
 
 
 class LocalStorage(Storage):
-    """A repository in a directory."""
-
     def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = self.root
@@ -75,10 +74,8 @@ class LocalStorage(Storage):
                 except FileNotFoundError:
                     if not create:
                         raise
-                    try:
+                    with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o700, dir_fd=fd)
-                    except FileExistsError:
-                        pass
                     nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     os.fchmod(nfd, 0o700)
                     if durable:
@@ -130,10 +127,8 @@ class LocalStorage(Storage):
             if durable:
                 os.fsync(dfd)
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
             raise StoreError(f"{self._path(dirs + [base])}: cannot write: {e.strerror}") from None
         finally:
             os.close(dfd)

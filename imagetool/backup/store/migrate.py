@@ -84,12 +84,6 @@ def _lock(repo: Repository, vm_id: str):
     return contextlib.nullcontext()
 
 
-def _layer_ranges(layer: Any) -> list[tuple[int, int]]:
-    """The guest ranges a point's qcow2 layer (the top of the chain
-    ``Repository.open_disk`` checked and opened) holds itself."""
-    return [(e.start, e.end) for e in layer.own_extents() if not e.hole]
-
-
 def _meta(d: DiskEntry) -> dict:
     """A disk's entry in the new repository: its facts, not its old files."""
     return {k: v for k, v in d.to_json().items() if k not in FILE_FIELDS}
@@ -190,7 +184,9 @@ def _migrate_point(repo: Repository, store: ChunkStore, p, pts: list, parent: In
             backend = repo.open_disk(p, d.disk_id, pts)
             dirty = None
             if parent is not None and d.files.backing and parent.disk(d.disk_id):
-                dirty = _layer_ranges(backend)
+                # The guest ranges the point's own qcow2 layer (the top of
+                # the chain open_disk checked and opened) holds itself.
+                dirty = [(e.start, e.end) for e in backend.own_extents() if not e.hole]
             sources.append(DiskSource(d.disk_id, backend, dirty, _meta(d)))
         ix = write_point(store, p.vm_id, sources, parent=parent, ovf=ovf,
                          manifest=_manifest(p.manifest, os.path.abspath(repo.root)),

@@ -33,8 +33,6 @@ MAX_VIRTUAL_SIZE = 1 << 50        # 1 PiB: far beyond any disk oVirt makes
 
 @dataclass
 class DiskIndex:
-    """One disk of a point."""
-
     disk_id: str
     virtual_size: int
     chunks: list          # chunk ids (str) or None for zeros, in order
@@ -47,8 +45,6 @@ class DiskIndex:
 
 @dataclass
 class Index:
-    """A point as its index describes it."""
-
     vm_id: str
     name: str
     disks: list[DiskIndex]

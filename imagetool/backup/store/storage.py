@@ -40,8 +40,6 @@ class ObjectMissing(StoreError):
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object as a listing reports it."""
-
     name: str
     size: int
     mtime: float

@@ -20,6 +20,7 @@ this backup is running and which parent it builds on.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -236,10 +237,8 @@ class _Workers:
 
     def close(self) -> None:
         for b in self.clones:
-            try:
+            with contextlib.suppress(Exception):
                 b.close()
-            except Exception:
-                pass
 
 
 class PointWriter:
