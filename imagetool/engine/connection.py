@@ -314,19 +314,16 @@ class Connection(Closing):
 
     # --- conveniences used by the services ---------------------------------
 
-    def get_tree(self, path: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> codec.Tree:
-        resp = self.request("GET", path, params=params, headers=headers)
-        return codec.decode(resp.content, resp.headers.get("content-type"))
-
-    def post_tree(self, path: str, body: bytes, params: dict[str, Any] | None = None) -> codec.Tree:
-        resp = self.request("POST", path, body=body, params=params)
+    def tree(self, method: str, path: str, body: bytes | None = None,
+             params: dict[str, Any] | None = None) -> codec.Tree:
+        """:meth:`request`, its answer (XML or JSON) decoded into a tree."""
+        resp = self.request(method, path, body=body, params=params)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 
     def api_info(self) -> ApiInfo:
         """The API root's product info (fetched once, cached)."""
         if self._api_info is None:
-            self._api_info = codec.parse_api_info(self.get_tree(""))
+            self._api_info = codec.parse_api_info(self.tree("GET", ""))
         return self._api_info
 
     @property

@@ -67,10 +67,8 @@ class Api(Protocol):
                 params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None,
                 accept: str | None = None) -> Any: ...
-    def get_tree(self, path: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> codec.Tree: ...
-    def post_tree(self, path: str, body: bytes,
-                  params: dict[str, Any] | None = None) -> codec.Tree: ...
+    def tree(self, method: str, path: str, body: bytes | None = None,
+             params: dict[str, Any] | None = None) -> codec.Tree: ...
 
 
 class _Service:
@@ -80,13 +78,13 @@ class _Service:
         self._conn = conn
 
     def _get(self, cls: type[E], path: str, **params: Any) -> E:
-        return codec.entity_from_tree(cls, self._conn.get_tree(path, params=params))
+        return codec.entity_from_tree(cls, self._conn.tree("GET", path, params=params))
 
     def _list(self, cls: type[E], path: str, **params: Any) -> list[E]:
-        return codec.entities_from_tree(cls, self._conn.get_tree(path, params=params))
+        return codec.entities_from_tree(cls, self._conn.tree("GET", path, params=params))
 
     def _add(self, cls: type[E], path: str, body: dict[str, Any], **params: Any) -> E:
-        tree = self._conn.post_tree(path, codec.to_xml(cls.TAG, body), params=params)  # type: ignore[attr-defined]
+        tree = self._conn.tree("POST", path, codec.to_xml(cls.TAG, body), params)  # type: ignore[attr-defined]
         return codec.entity_from_tree(cls, tree)
 
     def _remove(self, path: str, **params: Any) -> None:
@@ -95,8 +93,8 @@ class _Service:
     def _action(self, path: str, name: str, body: dict[str, Any] | None = None,
                 params: dict[str, str] | None = None) -> codec.Tree:
         """POST ``path/name`` with an ``<action>``; raise if it did not complete."""
-        tree = self._conn.post_tree(f"{path}/{name}", codec.to_xml("action", body),
-                                    params=params)
+        tree = self._conn.tree("POST", f"{path}/{name}", codec.to_xml("action", body),
+                               params)
         if isinstance(tree, dict) and codec.to_str(tree.get("status")) == "failed":
             reason, detail = codec.parse_fault(tree)
             raise EngineError(f"{name} failed: {detail or reason or 'no detail'}",
@@ -194,9 +192,7 @@ class DisksService(_Collection[Disk]):
         floating disks on engines with the Disk ``update`` of oVirt 4.4+;
         an attached disk is changed through its attachment
         (:meth:`VmsService.update_attachment_disk`)."""
-        resp = self._conn.request("PUT", f"disks/{disk_id}",
-                                  body=codec.to_xml(Disk.TAG, changes))
-        tree = codec.decode(resp.content, resp.headers.get("content-type"))
+        tree = self._conn.tree("PUT", f"disks/{disk_id}", codec.to_xml(Disk.TAG, changes))
         return codec.entity_from_tree(Disk, tree)
 
     def rename(self, disk_id: str, name: str) -> Disk:
