@@ -71,6 +71,15 @@ class Api(Protocol):
              params: dict[str, Any] | None = None) -> codec.Tree: ...
 
 
+def _act(name: str, doc: str) -> Any:
+    """A service method that POSTs the action ``name`` to the item its ids
+    give (``self._path(*ids)``); its arguments are those of ``_path``."""
+    def method(self: Any, *ids: str) -> None:
+        self._action(self._path(*ids), name)
+    method.__name__, method.__doc__ = name, doc
+    return method
+
+
 class _Service:
     """Shared plumbing: GET/list/add/remove/action on one collection."""
 
@@ -135,9 +144,12 @@ class _Collection(_Service, Generic[E]):
     PATH: str
     WHAT: str
 
+    def _path(self, item_id: str) -> str:
+        return f"{self.PATH}/{item_id}"
+
     def get(self, item_id: str) -> E:
         """One item by id (NotFound when missing)."""
-        return self._get(self.ENTITY, f"{self.PATH}/{item_id}")
+        return self._get(self.ENTITY, self._path(item_id))
 
     def list(self, search: str | None = None, max: int | None = None) -> list[E]:
         """All items, or those matching an engine search expression."""
@@ -225,10 +237,8 @@ class DisksService(_Collection[Disk]):
         sd = self._conn.storage_domains.find(storage_domain)
         self._disk_action(disk_id, "move", {"storage_domain": {"id": sd.id}})
 
-    def sparsify(self, disk_id: str) -> None:
-        """Free the space the guest file systems do not use (disks without
-        snapshots only, as the oVirt REST API guide says)."""
-        self._disk_action(disk_id, "sparsify")
+    sparsify = _act("sparsify", "Free the space the guest file systems do not use "
+                    "(disks without snapshots only, as the oVirt REST API guide says).")
 
     def snapshots(self, disk_id: str) -> list[DiskSnapshot]:
         """The disk's layers (disk snapshots), from the disk or its domains.
@@ -350,22 +360,8 @@ class ImageTransfersService(_Collection[ImageTransfer]):
             })
         return self._add(ImageTransfer, "imagetransfers", body)
 
-    def extend(self, transfer_id: str) -> None:
-        """Refresh the session (keep-alive); changes no phase."""
-        self._action(f"imagetransfers/{transfer_id}", "extend")
-
-    def pause(self, transfer_id: str) -> None:
-        """Pause an upload (paused_user)."""
-        self._action(f"imagetransfers/{transfer_id}", "pause")
-
-    def resume(self, transfer_id: str) -> None:
-        """Resume a paused transfer (resuming -> transferring)."""
-        self._action(f"imagetransfers/{transfer_id}", "resume")
-
-    def finalize(self, transfer_id: str) -> None:
-        """Data is complete: verify and commit (finalizing_success)."""
-        self._action(f"imagetransfers/{transfer_id}", "finalize")
-
-    def cancel(self, transfer_id: str) -> None:
-        """Abort; an uploaded disk is removed by the engine."""
-        self._action(f"imagetransfers/{transfer_id}", "cancel")
+    extend = _act("extend", "Refresh the session (keep-alive); changes no phase.")
+    pause = _act("pause", "Pause an upload (paused_user).")
+    resume = _act("resume", "Resume a paused transfer (resuming -> transferring).")
+    finalize = _act("finalize", "Data is complete: verify and commit (finalizing_success).")
+    cancel = _act("cancel", "Abort; an uploaded disk is removed by the engine.")

@@ -12,7 +12,7 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _Collection, _Service
+from imagetool.engine.services import E, _act, _Collection, _Service
 from imagetool.ids import ref
 
 
@@ -91,13 +91,8 @@ class VmsService(_VmLike[Vm]):
         self._action(f"vms/{vm_id}", "previewsnapshot",
                      {"snapshot": {"id": snapshot_id}, "restore_memory": False})
 
-    def commit_snapshot(self, vm_id: str) -> None:
-        """Keep the previewed snapshot's state for good."""
-        self._action(f"vms/{vm_id}", "commitsnapshot")
-
-    def undo_snapshot(self, vm_id: str) -> None:
-        """Go back to the state before the preview."""
-        self._action(f"vms/{vm_id}", "undosnapshot")
+    commit_snapshot = _act("commitsnapshot", "Keep the previewed snapshot's state for good.")
+    undo_snapshot = _act("undosnapshot", "Go back to the state before the preview.")
 
 
 class TemplatesService(_VmLike[Template]):
@@ -154,8 +149,7 @@ class SnapshotsService(_VmCollection[Snapshot]):
         """Delete (merge) a snapshot."""
         self._remove(self._path(vm_id, snapshot_id))
 
-    def restore(self, vm_id: str, snapshot_id: str) -> None:
-        self._action(self._path(vm_id, snapshot_id), "restore")
+    restore = _act("restore", "Bring the VM back to the snapshot (its layers above go).")
 
 
 class BackupsService(_VmCollection[VmBackup]):
@@ -172,9 +166,8 @@ class BackupsService(_VmCollection[VmBackup]):
                 "disks": {"disk": [{"id": d} for d in disk_ids]}}
         return self._add(VmBackup, self._path(vm_id), body)
 
-    def finalize(self, vm_id: str, backup_id: str) -> None:
-        """End the backup (Conflict while its transfers are still ending)."""
-        self._action(self._path(vm_id, backup_id), "finalize")
+    finalize = _act("finalize", "End the backup (Conflict while its transfers are still "
+                    "ending).")
 
 
 class CheckpointsService(_VmCollection[Checkpoint]):
