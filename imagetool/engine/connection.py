@@ -117,16 +117,13 @@ class Connection(Closing):
         if token is None and (username is None or password is None):
             raise AuthError("engine credentials missing: give a username and "
                             "password (or a token)")
-        base_headers = {"Version": "4", "Accept": XML}
-        base_headers.update(headers or {})
-        kwargs: dict[str, Any] = {}
-        if transport is not None:
-            kwargs["transport"] = transport
+        base_headers = {"Version": "4", "Accept": XML, **(headers or {})}
+
         def new_client() -> httpx.Client:
             return httpx.Client(
                 verify=_ssl_context(cafile, insecure),
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                headers=base_headers, follow_redirects=False, **kwargs)
+                headers=base_headers, follow_redirects=False, transport=transport)
         self._new_client = new_client
         self._client = new_client()
         self.disks = services.DisksService(self)
@@ -278,11 +275,10 @@ class Connection(Closing):
         for attempt in (0, 1):
             auth_hdrs = self._auth_headers()
             used = self._token
-            kwargs: dict[str, Any] = {"headers": {**hdrs, **auth_hdrs},
-                                      "params": params, "content": body}
-            if self._basic:
-                kwargs["auth"] = httpx.BasicAuth(self.username or "", self._password or "")
-            resp = self._send_raw(method, url, **kwargs)
+            basic = httpx.BasicAuth(self.username or "", self._password or "") \
+                if self._basic else None
+            resp = self._send_raw(method, url, headers={**hdrs, **auth_hdrs}, params=params,
+                                  content=body, auth=basic)
             if resp.status_code == 401 and attempt == 0 and not self._basic \
                     and self._refresh_token(used):
                 log.debug("engine answered 401; fetched a new token")
