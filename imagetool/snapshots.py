@@ -46,10 +46,6 @@ def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
     return conn.snapshots.list(conn.vms.find(vm).id)
 
 
-def _ids(entities: list) -> str:
-    return ", ".join(e.id or "?" for e in entities)
-
-
 def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
     """A snapshot of the VM by id, or by its exact description.
 
@@ -65,7 +61,8 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
                 missing=f"VM {_vm_label(vm)} has no snapshot with id or description "
                         f"{snapshot!r}",
                 several=lambda them: f"{len(them)} snapshots of VM {_vm_label(vm)} are "
-                                     f"described {snapshot!r} ({_ids(them)}): use the id")
+                                     f"described {snapshot!r} "
+                                     f"({', '.join(s.id or '?' for s in them)}): use the id")
 
 
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
