@@ -80,6 +80,14 @@ def _act(name: str, doc: str) -> Any:
     return method
 
 
+def _sub(cls: type[Entity], segment: str, doc: str) -> Any:
+    """A service method listing the ``cls`` items at ``self._path(*ids)/segment``."""
+    def method(self: Any, *ids: str) -> list:
+        return self._list(cls, f"{self._path(*ids)}/{segment}")
+    method.__doc__ = doc
+    return method
+
+
 class _Service:
     """Shared plumbing: GET/list/add/remove/action on one collection."""
 
@@ -265,17 +273,9 @@ class StorageDomainsService(_Collection[StorageDomain]):
 
     ENTITY, PATH, WHAT = StorageDomain, "storagedomains", "storage domain"
 
-    def disks(self, sd_id: str) -> list[Disk]:
-        """Disks on one storage domain."""
-        return self._list(Disk, f"storagedomains/{sd_id}/disks")
-
-    def disk_snapshots(self, sd_id: str) -> list[DiskSnapshot]:
-        """Every disk layer on one storage domain."""
-        return self._list(DiskSnapshot, f"storagedomains/{sd_id}/disksnapshots")
-
-    def vms(self, sd_id: str) -> list[Vm]:
-        """The VMs stored on an export domain."""
-        return self._list(Vm, f"storagedomains/{sd_id}/vms")
+    disks = _sub(Disk, "disks", "Disks on one storage domain.")
+    disk_snapshots = _sub(DiskSnapshot, "disksnapshots", "Every disk layer on one domain.")
+    vms = _sub(Vm, "vms", "The VMs stored on an export domain.")
 
     def import_vm(self, sd_id: str, vm_id: str, *, storage_domain: str,
                   cluster: str | None = None, clone: bool = False,

@@ -12,7 +12,7 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _act, _Collection, _Service
+from imagetool.engine.services import E, _act, _Collection, _Service, _sub
 from imagetool.ids import ref
 
 
@@ -28,8 +28,7 @@ class _VmLike(_Collection[E]):
             "name": name, "cluster": ref(cluster),
             "initialization": {"configuration": {"type": "ova", "data": ovf}}})
 
-    def disk_attachments(self, item_id: str) -> list[DiskAttachment]:
-        return self._list(DiskAttachment, f"{self.PATH}/{item_id}/diskattachments")
+    disk_attachments = _sub(DiskAttachment, "diskattachments", "The disks attached.")
 
 
 class VmsService(_VmLike[Vm]):
@@ -123,10 +122,8 @@ class _VmCollection(_Service, Generic[E]):
         """One item (NotFound when the VM has none by that id)."""
         return self._get(self.ENTITY, self._path(vm_id, item_id))
 
-    def disks(self, vm_id: str, item_id: str) -> list[Disk]:
-        """The item's disks: a snapshot's as they were in it; a running
-        backup's, each saying its ``backup_mode``."""
-        return self._list(Disk, f"{self._path(vm_id, item_id)}/disks")
+    disks = _sub(Disk, "disks", "The item's disks (vm id, item id): a snapshot's as they "
+                 "were in it; a running backup's, each saying its ``backup_mode``.")
 
 
 class SnapshotsService(_VmCollection[Snapshot]):
