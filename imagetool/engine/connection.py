@@ -249,15 +249,13 @@ class Connection(Closing):
             f"(check --engine-url and that the engine is running)")
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
-                params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None,
-                accept: str | None = None) -> httpx.Response:
+                params: dict[str, Any] | None = None) -> httpx.Response:
         """Send one API request; ``path`` is relative to the API URL.
 
         Returns the response on 2xx; raises NotFound, Conflict, AuthError or
         EngineError (with the fault's reason and detail) otherwise. The
-        answer is XML unless ``accept`` (or the connection's ``headers``)
-        asks for JSON; both decode to the same entities.
+        answer is XML unless the connection's ``headers`` ask for JSON;
+        both decode to the same entities.
         """
         if self._closed:
             raise EngineError("connection is closed")
@@ -266,10 +264,7 @@ class Connection(Closing):
         else:
             _check_path(path)
             url = self.url + ("/" + path.lstrip("/") if path.strip("/") else "")
-        hdrs = {"Accept": accept} if accept else {}
-        if body is not None:
-            hdrs["Content-Type"] = XML
-        hdrs.update(headers or {})
+        hdrs = {"Content-Type": XML} if body is not None else {}
         params = {k: (str(v).lower() if isinstance(v, bool) else v)
                   for k, v in (params or {}).items() if v is not None}
         for attempt in (0, 1):
