@@ -267,8 +267,6 @@ class DisksService(_Collection[Disk]):
 
 
 class StorageDomainsService(_Collection[StorageDomain]):
-    """``/storagedomains``."""
-
     ENTITY, PATH, WHAT = StorageDomain, "storagedomains", "storage domain"
 
     disks = _sub(Disk, "disks", "Disks on one storage domain.")
@@ -294,14 +292,10 @@ class StorageDomainsService(_Collection[StorageDomain]):
 
 
 class HostsService(_Collection[Host]):
-    """``/hosts``."""
-
     ENTITY, PATH, WHAT = Host, "hosts", "host"
 
 
 class ClustersService(_Collection[Cluster]):
-    """``/clusters``."""
-
     ENTITY, PATH, WHAT = Cluster, "clusters", "cluster"
 
 

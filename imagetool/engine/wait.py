@@ -33,9 +33,6 @@ class Poller:
         self._clock = clock
         self._sleep = sleep
 
-    def expired(self) -> bool:
-        return self._clock() >= self.deadline
-
     def sleep(self) -> bool:
         """Sleep for the next interval; False when the deadline is reached."""
         remaining = self.deadline - self._clock()
