@@ -78,6 +78,14 @@ def _act(name: str, doc: str) -> Any:
     return method
 
 
+def _delete(doc: str) -> Any:
+    """A service method that DELETEs the item its ids give (``self._path(*ids)``)."""
+    def method(self: Any, *ids: str) -> None:
+        self._remove(self._path(*ids))
+    method.__name__, method.__doc__ = "remove", doc
+    return method
+
+
 def _sub(cls: type[Entity], segment: str, doc: str) -> Any:
     """A service method listing the ``cls`` items at ``self._path(*ids)/segment``."""
     def method(self: Any, *ids: str) -> list:
@@ -201,9 +209,7 @@ class DisksService(_Collection[Disk]):
         }
         return self._add(Disk, "disks", body)
 
-    def remove(self, disk_id: str) -> None:
-        """Delete a disk (Conflict while it is locked)."""
-        self._remove(f"disks/{disk_id}")
+    remove = _delete("Delete a disk (Conflict while it is locked).")
 
     def update(self, disk_id: str, changes: dict[str, Any]) -> Disk:
         """``PUT /disks/ID`` with ``changes`` (name, provisioned_size, backup...):

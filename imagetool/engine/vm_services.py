@@ -12,7 +12,7 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _act, _Collection, _Service, _sub
+from imagetool.engine.services import E, _act, _Collection, _delete, _Service, _sub
 from imagetool.ids import ref
 
 
@@ -99,9 +99,7 @@ class TemplatesService(_VmLike[Template]):
 
     ENTITY, PATH, WHAT = Template, "templates", "template"
 
-    def remove(self, template_id: str) -> None:
-        """Delete a template and its disks."""
-        self._remove(f"templates/{template_id}")
+    remove = _delete("Delete a template and its disks.")
 
 
 class _VmCollection(_Service, Generic[E]):
@@ -142,10 +140,7 @@ class SnapshotsService(_VmCollection[Snapshot]):
                 {"disk": {"id": d}} for d in disk_ids]}
         return self._add(Snapshot, self._path(vm_id), body)
 
-    def remove(self, vm_id: str, snapshot_id: str) -> None:
-        """Delete (merge) a snapshot."""
-        self._remove(self._path(vm_id, snapshot_id))
-
+    remove = _delete("Delete (merge) a snapshot.")
     restore = _act("restore", "Bring the VM back to the snapshot (its layers above go).")
 
 
@@ -172,6 +167,4 @@ class CheckpointsService(_VmCollection[Checkpoint]):
 
     ENTITY, SEGMENT = Checkpoint, "checkpoints"
 
-    def remove(self, vm_id: str, checkpoint_id: str) -> None:
-        """Delete a checkpoint (engines refuse all but the oldest)."""
-        self._remove(self._path(vm_id, checkpoint_id))
+    remove = _delete("Delete a checkpoint (engines refuse all but the oldest).")
