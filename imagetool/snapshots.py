@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -354,10 +355,8 @@ def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
         # Nothing half-done: the files of this call go, and the directory
         # when this call made it.
         for x in result.layers:
-            try:
+            with suppress(OSError):
                 os.unlink(x.path)
-            except OSError:
-                pass
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)
         raise
