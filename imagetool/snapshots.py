@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -46,10 +47,6 @@ def list_snapshots(conn: Any, vm: Any) -> list[Snapshot]:
     return conn.snapshots.list(conn.vms.find(vm).id)
 
 
-def _ids(entities: list) -> str:
-    return ", ".join(e.id or "?" for e in entities)
-
-
 def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
     """A snapshot of the VM by id, or by its exact description.
 
@@ -65,7 +62,8 @@ def find_snapshot(conn: Any, vm: Any, snapshot: Any) -> Snapshot:
                 missing=f"VM {_vm_label(vm)} has no snapshot with id or description "
                         f"{snapshot!r}",
                 several=lambda them: f"{len(them)} snapshots of VM {_vm_label(vm)} are "
-                                     f"described {snapshot!r} ({_ids(them)}): use the id")
+                                     f"described {snapshot!r} "
+                                     f"({', '.join(s.id or '?' for s in them)}): use the id")
 
 
 def snapshot_disks(conn: Any, vm: Any, snapshot: Any) -> list[Disk]:
@@ -357,10 +355,8 @@ def download_chain_result(conn: Any, disk: Any, directory: str | os.PathLike, *,
         # Nothing half-done: the files of this call go, and the directory
         # when this call made it.
         for x in result.layers:
-            try:
+            with suppress(OSError):
                 os.unlink(x.path)
-            except OSError:
-                pass
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)
         raise

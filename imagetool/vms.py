@@ -22,8 +22,9 @@ import uuid
 from typing import Any, Callable, Sequence
 
 from imagetool.engine.entities import Disk, StorageDomain, Vm
-from imagetool.engine.wait import wait_for_disk, wait_truthy
-from imagetool.errors import EngineError, ImagetoolError, NotFound
+from imagetool.engine.services import pick
+from imagetool.engine.wait import wait_for_disk, wait_gone, wait_truthy
+from imagetool.errors import EngineError, ImagetoolError
 from imagetool.threads import interrupts_held, shielded
 
 DEFAULT_TIMEOUT = 3600.0
@@ -62,13 +63,9 @@ def _export_domain(conn: Any, name_or_id: str) -> StorageDomain:
     return sd
 
 
-def _wait_vm_down(conn: Any, vm_id: str, what: str, timeout: float) -> Vm:
-    """Until the VM is no longer locked by an operation (``image_locked``)."""
-    def check() -> Vm | None:
-        v = conn.vms.get(vm_id)
-        return v if (v.status or "down").lower() not in ("image_locked", "locked") else None
-
-    return wait_truthy(check, what, timeout)  # type: ignore[return-value]
+def _unlocked(vm: Vm) -> Vm | None:
+    """The VM once no operation locks it any more (``image_locked``)."""
+    return vm if (vm.status or "down").lower() not in ("image_locked", "locked") else None
 
 
 def export_vm(conn: Any, vm: Any, export_domain: str, *, discard_snapshots: bool = False,
@@ -83,7 +80,8 @@ def export_vm(conn: Any, vm: Any, export_domain: str, *, discard_snapshots: bool
     sd = _export_domain(conn, export_domain)
     conn.vms.export(found.id, sd.id, exclusive=exclusive,
                     discard_snapshots=discard_snapshots)
-    _wait_vm_down(conn, found.id, f"the export of VM {found.name} to end", timeout)
+    wait_truthy(lambda: _unlocked(conn.vms.get(found.id)),
+                f"the export of VM {found.name} to end", timeout)
 
     def on_domain() -> Vm | None:
         return next((v for v in conn.storage_domains.vms(sd.id) if v.id == found.id), None)
@@ -104,14 +102,10 @@ def import_vm(conn: Any, name: str, export_domain: str, storage_domain: str, *,
     its disks are unlocked.
     """
     sd = _export_domain(conn, export_domain)
-    matches = [v for v in conn.storage_domains.vms(sd.id) if name in (v.id, v.name)]
-    if not matches:
-        raise NotFound(f"export domain {sd.name} holds no VM with id or name {name!r}",
-                       status=404)
-    if len(matches) > 1:
-        raise EngineError(f"{len(matches)} VMs on export domain {sd.name} are named "
-                          f"{name!r}: use the id")
-    src = matches[0]
+    src = pick(conn.storage_domains.vms(sd.id), name, lambda v: v.name,
+               missing=f"export domain {sd.name} holds no VM with id or name {name!r}",
+               several=lambda them: f"{len(them)} VMs on export domain {sd.name} are "
+                                    f"named {name!r}: use the id")
     target_name = new_name or src.name
     conn.storage_domains.import_vm(sd.id, src.id, storage_domain=storage_domain,
                                    cluster=cluster, clone=clone, name=new_name,
@@ -120,8 +114,7 @@ def import_vm(conn: Any, name: str, export_domain: str, storage_domain: str, *,
     def imported() -> Vm | None:
         for v in conn.vms.list():
             if v.name == target_name and (clone or v.id == src.id):
-                return v if (v.status or "down").lower() not in (
-                    "image_locked", "locked") else None
+                return _unlocked(v)
         return None
 
     return wait_truthy(imported, f"VM {target_name} to be imported", timeout)  # type: ignore[return-value]
@@ -252,13 +245,5 @@ def remove_vm(conn: Any, vm: Any, *, keep_disks: bool = False,
     found = get_vm(conn, vm)
     disk_ids = [a.disk_id for a in conn.vms.disk_attachments(found.id)]
     conn.vms.remove(found.id, detach_only=keep_disks)
-
-    def gone() -> bool:
-        try:
-            conn.vms.get(found.id)
-        except NotFound:
-            return True
-        return False
-
-    wait_truthy(gone, f"VM {found.name} to be removed", timeout)
+    wait_gone(lambda: conn.vms.get(found.id), f"VM {found.name} to be removed", timeout)
     return found, disk_ids

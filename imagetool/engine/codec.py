@@ -140,10 +140,6 @@ _KINDS = {"str | None": "str", "int | None": "int", "bool | None": "bool"}
 
 def _read_field(tree: dict, spec: tuple) -> Any:
     kind = spec[0]
-    if kind in _CONVERT:
-        return _CONVERT[kind](tree.get(spec[1]))
-    if kind == "ref":
-        return to_str(_get_path(tree, spec[1] + "/id"))
     if kind == "refs":
         outer = tree.get(spec[1])
         if not isinstance(outer, dict):
@@ -160,7 +156,7 @@ def entity_from_tree(cls: type[E], tree: Tree) -> E:
     if not isinstance(tree, dict):
         raise EngineError(f"engine sent no {cls.TAG} where one was expected")  # type: ignore[attr-defined]
     return cls(**{f.name: _read_field(tree, f.metadata.get("spec")
-                                      or (_KINDS[f.type], f.name))
+                                      or ("path", f.name, _KINDS[f.type]))
                   for f in fields(cls)})
 
 

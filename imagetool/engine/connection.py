@@ -117,16 +117,13 @@ class Connection(Closing):
         if token is None and (username is None or password is None):
             raise AuthError("engine credentials missing: give a username and "
                             "password (or a token)")
-        base_headers = {"Version": "4", "Accept": XML}
-        base_headers.update(headers or {})
-        kwargs: dict[str, Any] = {}
-        if transport is not None:
-            kwargs["transport"] = transport
+        base_headers = {"Version": "4", "Accept": XML, **(headers or {})}
+
         def new_client() -> httpx.Client:
             return httpx.Client(
                 verify=_ssl_context(cafile, insecure),
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                headers=base_headers, follow_redirects=False, **kwargs)
+                headers=base_headers, follow_redirects=False, transport=transport)
         self._new_client = new_client
         self._client = new_client()
         self.disks = services.DisksService(self)
@@ -252,15 +249,13 @@ class Connection(Closing):
             f"(check --engine-url and that the engine is running)")
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
-                params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None,
-                accept: str | None = None) -> httpx.Response:
+                params: dict[str, Any] | None = None) -> httpx.Response:
         """Send one API request; ``path`` is relative to the API URL.
 
         Returns the response on 2xx; raises NotFound, Conflict, AuthError or
         EngineError (with the fault's reason and detail) otherwise. The
-        answer is XML unless ``accept`` (or the connection's ``headers``)
-        asks for JSON; both decode to the same entities.
+        answer is XML unless the connection's ``headers`` ask for JSON;
+        both decode to the same entities.
         """
         if self._closed:
             raise EngineError("connection is closed")
@@ -269,20 +264,16 @@ class Connection(Closing):
         else:
             _check_path(path)
             url = self.url + ("/" + path.lstrip("/") if path.strip("/") else "")
-        hdrs = {"Accept": accept} if accept else {}
-        if body is not None:
-            hdrs["Content-Type"] = XML
-        hdrs.update(headers or {})
+        hdrs = {"Content-Type": XML} if body is not None else {}
         params = {k: (str(v).lower() if isinstance(v, bool) else v)
                   for k, v in (params or {}).items() if v is not None}
         for attempt in (0, 1):
             auth_hdrs = self._auth_headers()
             used = self._token
-            kwargs: dict[str, Any] = {"headers": {**hdrs, **auth_hdrs},
-                                      "params": params, "content": body}
-            if self._basic:
-                kwargs["auth"] = httpx.BasicAuth(self.username or "", self._password or "")
-            resp = self._send_raw(method, url, **kwargs)
+            basic = httpx.BasicAuth(self.username or "", self._password or "") \
+                if self._basic else None
+            resp = self._send_raw(method, url, headers={**hdrs, **auth_hdrs}, params=params,
+                                  content=body, auth=basic)
             if resp.status_code == 401 and attempt == 0 and not self._basic \
                     and self._refresh_token(used):
                 log.debug("engine answered 401; fetched a new token")
@@ -314,19 +305,16 @@ class Connection(Closing):
 
     # --- conveniences used by the services ---------------------------------
 
-    def get_tree(self, path: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> codec.Tree:
-        resp = self.request("GET", path, params=params, headers=headers)
-        return codec.decode(resp.content, resp.headers.get("content-type"))
-
-    def post_tree(self, path: str, body: bytes, params: dict[str, Any] | None = None) -> codec.Tree:
-        resp = self.request("POST", path, body=body, params=params)
+    def tree(self, method: str, path: str, body: bytes | None = None,
+             params: dict[str, Any] | None = None) -> codec.Tree:
+        """:meth:`request`, its answer (XML or JSON) decoded into a tree."""
+        resp = self.request(method, path, body=body, params=params)
         return codec.decode(resp.content, resp.headers.get("content-type"))
 
     def api_info(self) -> ApiInfo:
         """The API root's product info (fetched once, cached)."""
         if self._api_info is None:
-            self._api_info = codec.parse_api_info(self.get_tree(""))
+            self._api_info = codec.parse_api_info(self.tree("GET", ""))
         return self._api_info
 
     @property

@@ -5,7 +5,7 @@ Each dataclass lists only the fields imagetool uses, so one generic reader
 are ignored. A field typed ``str | None``, ``int | None`` or ``bool | None``
 is the child element of its own name; any other carries a small *spec* in
 its metadata telling the codec where the value lives and what type it has:
-- ``("ref", name)``: the ``id`` of a child element (``<disk id="..."/>``);
+- ``_ref(name)``: the ``id`` of a child element (``<disk id="..."/>``);
 - ``("refs", outer, inner)``: the ids of a nested collection
   (``<storage_domains><storage_domain id=.../>...``);
 - ``("path", "a/b/c", kind)``: a value deeper down (``kind`` str|int|bool).
@@ -22,7 +22,7 @@ def _spec(*spec: Any, default: Any = None) -> Any:
 
 
 def _ref(name: str) -> Any:
-    return _spec("ref", name)
+    return _spec("path", name + "/id", "str")
 
 
 def _refs(outer: str, inner: str) -> Any:

@@ -9,7 +9,7 @@ that took a snapshot and then failed (Ctrl-C included) removes it again.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from imagetool.engine.entities import Snapshot
@@ -87,11 +87,9 @@ def discard_snapshot(conn: "Connection", vm_id: str, snapshot_id: str,
     """Best effort, after a failure: remove a snapshot this run took (the
     error that got us here is the one to report); a second Ctrl-C does not
     stop it halfway."""
-    try:
+    with suppress(Exception):
         shielded(lambda: remove_snapshot(conn, vm_id, snapshot_id, disk_ids=disk_ids,
                                          timeout=timeout))
-    except Exception:
-        pass
 
 
 @contextmanager

@@ -64,13 +64,34 @@ class Api(Protocol):
     @property
     def storage_domains(self) -> "StorageDomainsService": ...
     def request(self, method: str, path: str, *, body: bytes | None = None,
-                params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None,
-                accept: str | None = None) -> Any: ...
-    def get_tree(self, path: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> codec.Tree: ...
-    def post_tree(self, path: str, body: bytes,
-                  params: dict[str, Any] | None = None) -> codec.Tree: ...
+                params: dict[str, Any] | None = None) -> Any: ...
+    def tree(self, method: str, path: str, body: bytes | None = None,
+             params: dict[str, Any] | None = None) -> codec.Tree: ...
+
+
+def _act(name: str, doc: str) -> Any:
+    """A service method that POSTs the action ``name`` to the item its ids
+    give (``self._path(*ids)``); its arguments are those of ``_path``."""
+    def method(self: Any, *ids: str) -> None:
+        self._action(self._path(*ids), name)
+    method.__name__, method.__doc__ = name, doc
+    return method
+
+
+def _delete(doc: str) -> Any:
+    """A service method that DELETEs the item its ids give (``self._path(*ids)``)."""
+    def method(self: Any, *ids: str) -> None:
+        self._remove(self._path(*ids))
+    method.__name__, method.__doc__ = "remove", doc
+    return method
+
+
+def _sub(cls: type[Entity], segment: str, doc: str) -> Any:
+    """A service method listing the ``cls`` items at ``self._path(*ids)/segment``."""
+    def method(self: Any, *ids: str) -> list:
+        return self._list(cls, f"{self._path(*ids)}/{segment}")
+    method.__doc__ = doc
+    return method
 
 
 class _Service:
@@ -80,13 +101,13 @@ class _Service:
         self._conn = conn
 
     def _get(self, cls: type[E], path: str, **params: Any) -> E:
-        return codec.entity_from_tree(cls, self._conn.get_tree(path, params=params))
+        return codec.entity_from_tree(cls, self._conn.tree("GET", path, params=params))
 
     def _list(self, cls: type[E], path: str, **params: Any) -> list[E]:
-        return codec.entities_from_tree(cls, self._conn.get_tree(path, params=params))
+        return codec.entities_from_tree(cls, self._conn.tree("GET", path, params=params))
 
     def _add(self, cls: type[E], path: str, body: dict[str, Any], **params: Any) -> E:
-        tree = self._conn.post_tree(path, codec.to_xml(cls.TAG, body), params=params)  # type: ignore[attr-defined]
+        tree = self._conn.tree("POST", path, codec.to_xml(cls.TAG, body), params)  # type: ignore[attr-defined]
         return codec.entity_from_tree(cls, tree)
 
     def _remove(self, path: str, **params: Any) -> None:
@@ -95,8 +116,8 @@ class _Service:
     def _action(self, path: str, name: str, body: dict[str, Any] | None = None,
                 params: dict[str, str] | None = None) -> codec.Tree:
         """POST ``path/name`` with an ``<action>``; raise if it did not complete."""
-        tree = self._conn.post_tree(f"{path}/{name}", codec.to_xml("action", body),
-                                    params=params)
+        tree = self._conn.tree("POST", f"{path}/{name}", codec.to_xml("action", body),
+                               params)
         if isinstance(tree, dict) and codec.to_str(tree.get("status")) == "failed":
             reason, detail = codec.parse_fault(tree)
             raise EngineError(f"{name} failed: {detail or reason or 'no detail'}",
@@ -137,9 +158,12 @@ class _Collection(_Service, Generic[E]):
     PATH: str
     WHAT: str
 
+    def _path(self, item_id: str) -> str:
+        return f"{self.PATH}/{item_id}"
+
     def get(self, item_id: str) -> E:
         """One item by id (NotFound when missing)."""
-        return self._get(self.ENTITY, f"{self.PATH}/{item_id}")
+        return self._get(self.ENTITY, self._path(item_id))
 
     def list(self, search: str | None = None, max: int | None = None) -> list[E]:
         """All items, or those matching an engine search expression."""
@@ -185,18 +209,14 @@ class DisksService(_Collection[Disk]):
         }
         return self._add(Disk, "disks", body)
 
-    def remove(self, disk_id: str) -> None:
-        """Delete a disk (Conflict while it is locked)."""
-        self._remove(f"disks/{disk_id}")
+    remove = _delete("Delete a disk (Conflict while it is locked).")
 
     def update(self, disk_id: str, changes: dict[str, Any]) -> Disk:
         """``PUT /disks/ID`` with ``changes`` (name, provisioned_size, backup...):
         floating disks on engines with the Disk ``update`` of oVirt 4.4+;
         an attached disk is changed through its attachment
         (:meth:`VmsService.update_attachment_disk`)."""
-        resp = self._conn.request("PUT", f"disks/{disk_id}",
-                                  body=codec.to_xml(Disk.TAG, changes))
-        tree = codec.decode(resp.content, resp.headers.get("content-type"))
+        tree = self._conn.tree("PUT", f"disks/{disk_id}", codec.to_xml(Disk.TAG, changes))
         return codec.entity_from_tree(Disk, tree)
 
     def rename(self, disk_id: str, name: str) -> Disk:
@@ -229,10 +249,8 @@ class DisksService(_Collection[Disk]):
         sd = self._conn.storage_domains.find(storage_domain)
         self._disk_action(disk_id, "move", {"storage_domain": {"id": sd.id}})
 
-    def sparsify(self, disk_id: str) -> None:
-        """Free the space the guest file systems do not use (disks without
-        snapshots only, as the oVirt REST API guide says)."""
-        self._disk_action(disk_id, "sparsify")
+    sparsify = _act("sparsify", "Free the space the guest file systems do not use "
+                    "(disks without snapshots only, as the oVirt REST API guide says).")
 
     def snapshots(self, disk_id: str) -> list[DiskSnapshot]:
         """The disk's layers (disk snapshots), from the disk or its domains.
@@ -255,21 +273,11 @@ class DisksService(_Collection[Disk]):
 
 
 class StorageDomainsService(_Collection[StorageDomain]):
-    """``/storagedomains``."""
-
     ENTITY, PATH, WHAT = StorageDomain, "storagedomains", "storage domain"
 
-    def disks(self, sd_id: str) -> list[Disk]:
-        """Disks on one storage domain."""
-        return self._list(Disk, f"storagedomains/{sd_id}/disks")
-
-    def disk_snapshots(self, sd_id: str) -> list[DiskSnapshot]:
-        """Every disk layer on one storage domain."""
-        return self._list(DiskSnapshot, f"storagedomains/{sd_id}/disksnapshots")
-
-    def vms(self, sd_id: str) -> list[Vm]:
-        """The VMs stored on an export domain."""
-        return self._list(Vm, f"storagedomains/{sd_id}/vms")
+    disks = _sub(Disk, "disks", "Disks on one storage domain.")
+    disk_snapshots = _sub(DiskSnapshot, "disksnapshots", "Every disk layer on one domain.")
+    vms = _sub(Vm, "vms", "The VMs stored on an export domain.")
 
     def import_vm(self, sd_id: str, vm_id: str, *, storage_domain: str,
                   cluster: str | None = None, clone: bool = False,
@@ -290,14 +298,10 @@ class StorageDomainsService(_Collection[StorageDomain]):
 
 
 class HostsService(_Collection[Host]):
-    """``/hosts``."""
-
     ENTITY, PATH, WHAT = Host, "hosts", "host"
 
 
 class ClustersService(_Collection[Cluster]):
-    """``/clusters``."""
-
     ENTITY, PATH, WHAT = Cluster, "clusters", "cluster"
 
 
@@ -354,22 +358,8 @@ class ImageTransfersService(_Collection[ImageTransfer]):
             })
         return self._add(ImageTransfer, "imagetransfers", body)
 
-    def extend(self, transfer_id: str) -> None:
-        """Refresh the session (keep-alive); changes no phase."""
-        self._action(f"imagetransfers/{transfer_id}", "extend")
-
-    def pause(self, transfer_id: str) -> None:
-        """Pause an upload (paused_user)."""
-        self._action(f"imagetransfers/{transfer_id}", "pause")
-
-    def resume(self, transfer_id: str) -> None:
-        """Resume a paused transfer (resuming -> transferring)."""
-        self._action(f"imagetransfers/{transfer_id}", "resume")
-
-    def finalize(self, transfer_id: str) -> None:
-        """Data is complete: verify and commit (finalizing_success)."""
-        self._action(f"imagetransfers/{transfer_id}", "finalize")
-
-    def cancel(self, transfer_id: str) -> None:
-        """Abort; an uploaded disk is removed by the engine."""
-        self._action(f"imagetransfers/{transfer_id}", "cancel")
+    extend = _act("extend", "Refresh the session (keep-alive); changes no phase.")
+    pause = _act("pause", "Pause an upload (paused_user).")
+    resume = _act("resume", "Resume a paused transfer (resuming -> transferring).")
+    finalize = _act("finalize", "Data is complete: verify and commit (finalizing_success).")
+    cancel = _act("cancel", "Abort; an uploaded disk is removed by the engine.")

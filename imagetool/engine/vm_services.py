@@ -12,19 +12,26 @@ from typing import Any, Generic, Iterable
 from imagetool.engine import codec
 from imagetool.engine.entities import (Checkpoint, Disk, DiskAttachment,
                                        Snapshot, Template, Vm, VmBackup)
-from imagetool.engine.services import E, _Collection, _Service
+from imagetool.engine.services import E, _act, _Collection, _delete, _Service, _sub
 from imagetool.ids import ref
 
 
-def _from_ova(name: str, cluster: str, ovf: str) -> dict[str, Any]:
-    """The body of a VM or template made from an OVA's OVF: the API model's
-    Initialization ``configuration`` of type ``ova``, which the engine reads
-    for everything but the name and the cluster."""
-    return {"name": name, "cluster": ref(cluster),
-            "initialization": {"configuration": {"type": "ova", "data": ovf}}}
+class _VmLike(_Collection[E]):
+    """VMs and templates: made from an OVA, with disks attached."""
+
+    def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> E:
+        """Create the VM or template an OVA's OVF describes (its disks already
+        uploaded under the ids the OVF names): the API model's Initialization
+        ``configuration`` of type ``ova``, which the engine reads for
+        everything but the name and the cluster."""
+        return self._add(self.ENTITY, self.PATH, {
+            "name": name, "cluster": ref(cluster),
+            "initialization": {"configuration": {"type": "ova", "data": ovf}}})
+
+    disk_attachments = _sub(DiskAttachment, "diskattachments", "The disks attached.")
 
 
-class VmsService(_Collection[Vm]):
+class VmsService(_VmLike[Vm]):
     """``/vms`` and the disks attached to a VM."""
 
     ENTITY, PATH, WHAT = Vm, "vms", "vm"
@@ -50,17 +57,9 @@ class VmsService(_Collection[Vm]):
             body["initialization"] = {"configuration": {"type": "ovf", "data": ovf}}
         return self._add(Vm, "vms", body)
 
-    def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Vm:
-        """Create the VM an OVA's OVF describes (its disks already uploaded
-        under the ids the OVF names)."""
-        return self._add(Vm, "vms", _from_ova(name, cluster, ovf))
-
     def remove(self, vm_id: str, *, detach_only: bool = False) -> None:
         """Delete a VM and its disks (``detach_only``: keep the disks)."""
         self._remove(f"vms/{vm_id}", detach_only=True if detach_only else None)
-
-    def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
-        return self._list(DiskAttachment, f"vms/{vm_id}/diskattachments")
 
     def attach_disk(self, vm_id: str, disk_id: str, *, interface: str = "virtio_scsi",
                     bootable: bool = False, active: bool = True) -> DiskAttachment:
@@ -91,30 +90,16 @@ class VmsService(_Collection[Vm]):
         self._action(f"vms/{vm_id}", "previewsnapshot",
                      {"snapshot": {"id": snapshot_id}, "restore_memory": False})
 
-    def commit_snapshot(self, vm_id: str) -> None:
-        """Keep the previewed snapshot's state for good."""
-        self._action(f"vms/{vm_id}", "commitsnapshot")
-
-    def undo_snapshot(self, vm_id: str) -> None:
-        """Go back to the state before the preview."""
-        self._action(f"vms/{vm_id}", "undosnapshot")
+    commit_snapshot = _act("commitsnapshot", "Keep the previewed snapshot's state for good.")
+    undo_snapshot = _act("undosnapshot", "Go back to the state before the preview.")
 
 
-class TemplatesService(_Collection[Template]):
+class TemplatesService(_VmLike[Template]):
     """``/templates`` (``Blank`` included)."""
 
     ENTITY, PATH, WHAT = Template, "templates", "template"
 
-    def add_from_ova(self, *, name: str, cluster: str, ovf: str) -> Template:
-        """Create the template an OVA's OVF describes, as ``VmsService.add_from_ova``."""
-        return self._add(Template, "templates", _from_ova(name, cluster, ovf))
-
-    def remove(self, template_id: str) -> None:
-        """Delete a template and its disks."""
-        self._remove(f"templates/{template_id}")
-
-    def disk_attachments(self, template_id: str) -> list[DiskAttachment]:
-        return self._list(DiskAttachment, f"templates/{template_id}/diskattachments")
+    remove = _delete("Delete a template and its disks.")
 
 
 class _VmCollection(_Service, Generic[E]):
@@ -135,6 +120,9 @@ class _VmCollection(_Service, Generic[E]):
         """One item (NotFound when the VM has none by that id)."""
         return self._get(self.ENTITY, self._path(vm_id, item_id))
 
+    disks = _sub(Disk, "disks", "The item's disks (vm id, item id): a snapshot's as they "
+                 "were in it; a running backup's, each saying its ``backup_mode``.")
+
 
 class SnapshotsService(_VmCollection[Snapshot]):
     """``/vms/ID/snapshots`` (the ``active`` one included)."""
@@ -152,16 +140,8 @@ class SnapshotsService(_VmCollection[Snapshot]):
                 {"disk": {"id": d}} for d in disk_ids]}
         return self._add(Snapshot, self._path(vm_id), body)
 
-    def remove(self, vm_id: str, snapshot_id: str) -> None:
-        """Delete (merge) a snapshot."""
-        self._remove(self._path(vm_id, snapshot_id))
-
-    def restore(self, vm_id: str, snapshot_id: str) -> None:
-        self._action(self._path(vm_id, snapshot_id), "restore")
-
-    def disks(self, vm_id: str, snapshot_id: str) -> list[Disk]:
-        """The disks as they were in a snapshot."""
-        return self._list(Disk, f"{self._path(vm_id, snapshot_id)}/disks")
+    remove = _delete("Delete (merge) a snapshot.")
+    restore = _act("restore", "Bring the VM back to the snapshot (its layers above go).")
 
 
 class BackupsService(_VmCollection[VmBackup]):
@@ -178,13 +158,8 @@ class BackupsService(_VmCollection[VmBackup]):
                 "disks": {"disk": [{"id": d} for d in disk_ids]}}
         return self._add(VmBackup, self._path(vm_id), body)
 
-    def disks(self, vm_id: str, backup_id: str) -> list[Disk]:
-        """The backup's disks; while it runs each says its ``backup_mode``."""
-        return self._list(Disk, f"{self._path(vm_id, backup_id)}/disks")
-
-    def finalize(self, vm_id: str, backup_id: str) -> None:
-        """End the backup (Conflict while its transfers are still ending)."""
-        self._action(self._path(vm_id, backup_id), "finalize")
+    finalize = _act("finalize", "End the backup (Conflict while its transfers are still "
+                    "ending).")
 
 
 class CheckpointsService(_VmCollection[Checkpoint]):
@@ -192,6 +167,4 @@ class CheckpointsService(_VmCollection[Checkpoint]):
 
     ENTITY, SEGMENT = Checkpoint, "checkpoints"
 
-    def remove(self, vm_id: str, checkpoint_id: str) -> None:
-        """Delete a checkpoint (engines refuse all but the oldest)."""
-        self._remove(self._path(vm_id, checkpoint_id))
+    remove = _delete("Delete a checkpoint (engines refuse all but the oldest).")

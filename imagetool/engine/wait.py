@@ -33,9 +33,6 @@ class Poller:
         self._clock = clock
         self._sleep = sleep
 
-    def expired(self) -> bool:
-        return self._clock() >= self.deadline
-
     def sleep(self) -> bool:
         """Sleep for the next interval; False when the deadline is reached."""
         remaining = self.deadline - self._clock()
@@ -68,7 +65,7 @@ def wait_until(fetch: Callable[[], T], predicate: Callable[[T], bool],
                                  f"(last: {show(value)})")
 
 
-def _found(get: Callable[[], T]) -> T | None:
+def found_or_none(get: Callable[[], T]) -> T | None:
     """``get()``, or None when the engine answers 404."""
     try:
         return get()
@@ -78,7 +75,7 @@ def _found(get: Callable[[], T]) -> T | None:
 
 def transfer_phase(conn: "Connection", transfer_id: str) -> str | None:
     """A transfer's phase now, or None when the engine no longer has it."""
-    transfer = _found(lambda: conn.transfers.get(transfer_id))
+    transfer = found_or_none(lambda: conn.transfers.get(transfer_id))
     return None if transfer is None else transfer.phase or ""
 
 
@@ -107,7 +104,7 @@ def wait_for_disk_unlocked(conn: "Connection", disk_id: str,
 
     Useful after a cancel, when the engine either unlocks or deletes the disk.
     """
-    return wait_until(lambda: _found(lambda: conn.disks.get(disk_id)),
+    return wait_until(lambda: found_or_none(lambda: conn.disks.get(disk_id)),
                       lambda d: d is None or d.status != "locked", timeout,
                       lambda d: f"disk {d and d.name or disk_id} to be unlocked",
                       show=lambda d: d and d.status)
@@ -205,8 +202,8 @@ def wait_for_snapshot_gone(conn: "Connection", vm_id: str, snapshot_id: str,
                            what: str | None = None) -> None:
     """Poll until the engine no longer has the snapshot (removed, merged),
     then until ``disk_ids``, the disks it merged into, are unlocked."""
-    wait_truthy(lambda: _found(lambda: conn.snapshots.get(vm_id, snapshot_id)) is None,
-                what or f"snapshot {snapshot_id} of VM {vm_id} to be removed", timeout)
+    wait_gone(lambda: conn.snapshots.get(vm_id, snapshot_id),
+              what or f"snapshot {snapshot_id} of VM {vm_id} to be removed", timeout)
     wait_for_disks(conn, disk_ids, f"removing snapshot {snapshot_id}", timeout)
 
 
@@ -218,7 +215,7 @@ def wait_for_disks(conn: "Connection", disk_ids: Iterable[str], what: str,
 
     def check() -> bool:
         for disk_id in list(pending):
-            d = _found(lambda: conn.disks.get(disk_id))
+            d = found_or_none(lambda: conn.disks.get(disk_id))
             if d is None:
                 pending.remove(disk_id)
                 continue
@@ -238,6 +235,11 @@ def wait_truthy(check: Callable[[], object], what: str, timeout: float = 300.0) 
     raise to stop waiting (a failure it recognises).
     """
     return wait_until(check, bool, timeout, what)
+
+
+def wait_gone(get: Callable[[], object], what: str, timeout: float = 300.0) -> None:
+    """Poll until ``get()`` answers 404: the engine no longer has it."""
+    wait_truthy(lambda: found_or_none(get) is None, what, timeout)
 
 
 def retry_conflict(call: Callable[[], T], timeout: float = 300.0) -> T:

@@ -85,8 +85,7 @@ def export_ova(conn: Any, vm: Any, path: str | os.PathLike, *,
             disks = conn.snapshots.disks(v.id, snap.id)
             if not disks:
                 raise ImagetoolError(f"VM {v.name}: snapshot {snap.description!r} has no disks")
-            attachments = {a.disk_id: a for a in conn.vms.disk_attachments(v.id)} \
-                if hasattr(conn.vms, "disk_attachments") else {}
+            attachments = {a.disk_id: a for a in conn.vms.disk_attachments(v.id)}
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          0o644)
             made_part = True

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from imagetool import xmlsafe
 from imagetool.checksum import GuestChecksum
-from imagetool.errors import Conflict, ImagetoolError, NotFound
+from imagetool.engine.wait import found_or_none
+from imagetool.errors import Conflict, ImagetoolError
 from imagetool.formats import FORMATS
 from imagetool.formats.measure import measure
 from imagetool.ids import is_uuid
@@ -122,13 +123,8 @@ def _already_there(path: str, disk_id: str) -> ImagetoolError:
 def _check_ids_free(conn: Any, ova: Ova) -> None:
     """Refuse before uploading anything when a disk id of the OVA is taken."""
     for d in ova.disks:
-        if not is_uuid(d.ovf.disk_id):
-            continue
-        try:
-            conn.disks.get(d.ovf.disk_id)
-        except NotFound:
-            continue
-        raise _already_there(ova.path, d.ovf.disk_id)
+        if is_uuid(d.ovf.disk_id) and found_or_none(lambda: conn.disks.get(d.ovf.disk_id)):
+            raise _already_there(ova.path, d.ovf.disk_id)
 
 
 def _check_own_disks(ovf_text: str, created: list[str], path: str) -> None:

@@ -264,7 +264,6 @@ def parse_ovf(data: bytes) -> Ovf:
         files[fid] = (href, _int(_attr(f, "size"), f"size of file {href!r}"))
 
     vs = _child(root, "VirtualSystem")
-    template = False
     if vs is None:
         # oVirt's own (non-OVA) OVF calls it Content; templates too.
         vs = _child(root, "Content")

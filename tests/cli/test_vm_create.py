@@ -42,7 +42,7 @@ def test_create_uploads_files_and_makes_empty_disks(cli, conn, eargs, tmp_path):
     assert (d1.format, d1.backup, d2.format, d2.backup) == ("cow", "incremental",
                                                             "cow", "incremental")
     assert d2.provisioned_size == 4 * MiB
-    tree = conn.get_tree(f"vms/{made['id']}")
+    tree = conn.tree("GET", f"vms/{made['id']}")
     assert tree["cpu"]["topology"]["sockets"] == "2"
     out_raw = tmp_path / "d1.raw"
     code, _, err = cli("download", "cw1-disk1", str(out_raw), *eargs)
