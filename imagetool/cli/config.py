@@ -17,17 +17,16 @@ else one started in-process for the duration of the command.
 from __future__ import annotations
 
 import configparser
-import functools
 import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import click
 
-from imagetool.cli.common import JSON
+from imagetool.cli.common import JSON, option_group
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
 from imagetool.engine.connection import normalize_url
@@ -261,36 +260,25 @@ def _local_engine_connection() -> Iterator[Connection]:
         yield conn
 
 
-def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Click decorator: add the engine options, pass ``engine: EngineOptions``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {f.name: kwargs.pop(f.name) for f in fields(EngineOptions)}
-        kwargs["engine"] = EngineOptions(**values)
-        return func(*args, **kwargs)
-
-    decorators = [
-        click.option("--engine-url", metavar="URL",
-                     help="Engine URL (https://HOST or .../ovirt-engine/api) "
-                          "[env IMAGETOOL_ENGINE_URL]. Without it: the local engine."),
-        click.option("--username", metavar="USER",
-                     help="Engine user, e.g. admin@internal [env IMAGETOOL_USERNAME]."),
-        click.option("--password-file", metavar="FILE",
-                     help="Read the password from FILE [env IMAGETOOL_PASSWORD_FILE, "
-                          "or IMAGETOOL_PASSWORD]."),
-        click.option("--cafile", metavar="FILE",
-                     help="Engine CA certificate (PEM) [env IMAGETOOL_CAFILE]."),
-        click.option("--insecure", is_flag=True, default=False,
-                     help="Do not verify the engine's TLS certificate "
-                          "[env IMAGETOOL_INSECURE]."),
-        click.option("-c", "--config", metavar="SECTION",
-                     help="Read settings from SECTION of ~/.config/imagetool.conf "
-                          "($IMAGETOOL_CONFIG) or ovirt-img.conf."),
-    ]
-    for decorate in reversed(decorators):
-        wrapper = decorate(wrapper)
-    return wrapper
+#: Click decorator: the engine options, passed as ``engine: EngineOptions``.
+engine_options = option_group(EngineOptions, "engine", [
+    click.option("--engine-url", metavar="URL",
+                 help="Engine URL (https://HOST or .../ovirt-engine/api) "
+                      "[env IMAGETOOL_ENGINE_URL]. Without it: the local engine."),
+    click.option("--username", metavar="USER",
+                 help="Engine user, e.g. admin@internal [env IMAGETOOL_USERNAME]."),
+    click.option("--password-file", metavar="FILE",
+                 help="Read the password from FILE [env IMAGETOOL_PASSWORD_FILE, "
+                      "or IMAGETOOL_PASSWORD]."),
+    click.option("--cafile", metavar="FILE",
+                 help="Engine CA certificate (PEM) [env IMAGETOOL_CAFILE]."),
+    click.option("--insecure", is_flag=True, default=False,
+                 help="Do not verify the engine's TLS certificate "
+                      "[env IMAGETOOL_INSECURE]."),
+    click.option("-c", "--config", metavar="SECTION",
+                 help="Read settings from SECTION of ~/.config/imagetool.conf "
+                      "($IMAGETOOL_CONFIG) or ovirt-img.conf."),
+])
 
 
 def json_engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
