@@ -15,7 +15,7 @@ from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
                                             keep_options, print_points, vm_label)
-from imagetool.cli.progress import Bars, progress_bar, run_jobs, vm_disks_size
+from imagetool.cli.progress import progress_bar, run_with_bars, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.errors import ImagetoolError, NotFound
 from imagetool.threads import interrupts_ignored
@@ -138,13 +138,10 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
         repository = _repository(directory, repo, workers * jobs)
-        with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
-            tasks = [(lambda i=i, v=v: backup_vm(
-                conn, v, repository, full=full, method=method, workers=workers,
-                inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
-                log=lambda text: bars.write(f"imagetool: {text}")))
-                for i, v in enumerate(vms)]
-            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
+        results = run_with_bars(jobs, [(v, _vm_total(conn, v)) for v in vms], lambda i, bars: (
+            backup_vm(conn, vms[i], repository, full=full, method=method, workers=workers,
+                      inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
+                      log=lambda text: bars.write(f"imagetool: {text}"))))
     errors = [(v, r) for v, r in zip(vms, results) if isinstance(r, BaseException)]
     if as_json:
         emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException)

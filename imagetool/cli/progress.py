@@ -3,6 +3,7 @@ at once with one bar each (stopped together on Ctrl-C)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from imagetool.iocore.backend import Closing
-from imagetool.threads import Worker, interrupts_held
+from imagetool.threads import Worker, interrupts_held, interrupts_ignored
 
 
 def bar_size(stream: Any = None) -> dict:
@@ -106,6 +107,16 @@ class Bars(Closing):
 
 def _short(name: str, width: int = 24) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def run_with_bars(jobs: int, items: Sequence[tuple[str, int]],
+                  run: Callable[[int, Bars], Any]) -> list[Any]:
+    """``run(i, bars)`` for each ``(label, size)`` of ``items``, each with its
+    bar, ``jobs`` at a time: :func:`run_jobs`'s outcomes, with every
+    command's ``committed`` (``threads.interrupts_ignored``)."""
+    with Bars(items) as bars:
+        return run_jobs(jobs, [functools.partial(run, i, bars) for i in range(len(items))],
+                        bars, interrupts_ignored)
 
 
 def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,
