@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -90,7 +91,6 @@ def point_row(store: Any, ix: Any) -> dict:
     than what it added), ``compression`` new/stored. The fields of a
     qcow2-chain repository's list are there too: ``size`` (what the point
     added to the repository: ``stored``), ``time``, ``mode``, ``method``."""
-    import time
     cs = store.chunk_size
     data = sum(min(cs, d.virtual_size - i * cs) for d in ix.disks
                for i, c in enumerate(d.chunks) if c is not None)
