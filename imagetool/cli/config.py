@@ -156,18 +156,13 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     else:
         insecure = False
 
-    if opts.password_file:
-        password = _read_password_file(opts.password_file)
-    elif env.get("IMAGETOOL_PASSWORD"):
-        password = env["IMAGETOOL_PASSWORD"]
-    elif env.get("IMAGETOOL_PASSWORD_FILE"):
-        password = _read_password_file(env["IMAGETOOL_PASSWORD_FILE"])
-    elif conf.get("password"):
-        password = conf["password"]
-    elif conf.get("password_file"):
-        password = _read_password_file(conf["password_file"])
-    else:
-        password = None
+    password = None
+    for value, is_file in ((opts.password_file, True), (env.get("IMAGETOOL_PASSWORD"), False),
+                           (env.get("IMAGETOOL_PASSWORD_FILE"), True),
+                           (conf.get("password"), False), (conf.get("password_file"), True)):
+        if value:       # the first one given, a file read only then
+            password = _read_password_file(value) if is_file else value
+            break
 
     if not username:
         raise click.UsageError(
@@ -176,14 +171,6 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     return ResolvedEngine(url=url, username=username, password=password,
                           cafile=os.path.expanduser(cafile) if cafile else None,
                           insecure=insecure)
-
-
-def _prompt_password(username: str | None) -> str:
-    if not sys.stdin.isatty():
-        raise click.UsageError(
-            "no engine password: pass --password-file, IMAGETOOL_PASSWORD(_FILE) "
-            "or a config section with password")
-    return click.prompt(f"Password for {username}", hide_input=True, err=True)
 
 
 @contextmanager
@@ -199,7 +186,12 @@ def open_connection(opts: EngineOptions) -> Iterator[Connection]:
     else:
         password = resolved.password
         if password is None:
-            password = _prompt_password(resolved.username)
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    "no engine password: pass --password-file, IMAGETOOL_PASSWORD(_FILE) "
+                    "or a config section with password")
+            password = click.prompt(f"Password for {resolved.username}", hide_input=True,
+                                    err=True)
         tested = _tested(resolved.url, username=resolved.username, password=password,
                          cafile=resolved.cafile, insecure=resolved.insecure)
     with tested as conn, naming_lock_holders(conn):
