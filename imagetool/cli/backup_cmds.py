@@ -161,8 +161,6 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     for v, e in errors:
         click.echo(f"imagetool: error: VM {v}: {e}", err=True)
     if errors:
-        if any(isinstance(e, KeyboardInterrupt) for _, e in errors):
-            raise KeyboardInterrupt
         sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
 
 

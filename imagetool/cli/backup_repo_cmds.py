@@ -45,7 +45,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, repo: RepoOptions) -> 
     A point is an index of chunk ids; prune removes indexes only and gc
     frees the chunks no index names.
     """
-    from imagetool.backup.store import ChunkStore, new_key_file, open_storage
+    from imagetool.backup.store import ChunkStore, StoreError, new_key_file, open_storage
     key_file = repo.key_file
     if not encrypt and key_file:
         raise click.UsageError("--key-file without --encrypt")
@@ -53,7 +53,6 @@ def init(repository: str, encrypt: bool, chunk_size: str, repo: RepoOptions) -> 
         raise click.UsageError(f"--encrypt needs --key-file or {PASSPHRASE_ENV}")
     if not is_chunk_repository(repository) and os.path.lexists(repository) and (
             not os.path.isdir(repository) or os.listdir(repository)):
-        from imagetool.backup.store import StoreError
         raise StoreError(f"{repository}: exists and is not an empty directory; give a new "
                          "one (backup migrate moves a qcow2-chain repository)")
     made_key = encrypt and key_file is not None and not os.path.exists(key_file)
