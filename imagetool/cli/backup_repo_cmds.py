@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from imagetool.cli.common import JSON, emit_json
+from imagetool.cli.common import JSON, emit, emit_json
 from imagetool.cli.progress import progress_bar
 from imagetool.cli.store_options import (PASSPHRASE_ENV, RepoOptions, is_chunk_repository,
                                          repo_options, repo_secret)
@@ -402,15 +402,12 @@ def migrate_cmd(old: str, new: str, workers: int, as_json: bool, repo: RepoOptio
     total = point_total(old) if sys.stderr.isatty() else 0
     with progress_bar(total, "migrate") as update:
         res = migrate(old, store, workers=workers, progress=update)
-    if as_json:
-        emit_json(res.to_dict())
-    else:
-        click.echo(f"migrated {count(len(res.written), 'point')} "
-                   f"({format_size(res.bytes_read)} of data, {format_size(res.bytes_stored)} "
-                   f"stored), skipped {count(len(res.skipped), 'point')} already in {store.url}")
-        checked = len(res.written) + len(res.failed)
-        click.echo(f"verified {count(checked, 'point')} as written (chunks and guest "
-                   "checksums): " + ("ok" if res.ok else f"{len(res.failed)} failed"))
+    emit(as_json, res.to_dict(),
+         f"migrated {count(len(res.written), 'point')} ({format_size(res.bytes_read)} of data, "
+         f"{format_size(res.bytes_stored)} stored), skipped {count(len(res.skipped), 'point')} "
+         f"already in {store.url}\nverified {count(len(res.written) + len(res.failed), 'point')} "
+         "as written (chunks and guest checksums): "
+         + ("ok" if res.ok else f"{len(res.failed)} failed"))
     for vm_id, name, problems in res.failed:
         for p in problems:
             click.echo(f"imagetool: error: point {vm_id} {name} not migrated: {p}", err=True)
