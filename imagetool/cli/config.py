@@ -35,8 +35,6 @@ from imagetool.phases import ACTIVE
 from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass
@@ -72,9 +70,9 @@ def config_paths(env: Mapping[str, str] | None = None) -> list[str]:
 
 def _parse_bool(value: str, what: str) -> bool:
     v = value.strip().lower()
-    if v in _TRUE:
+    if v in {"1", "true", "yes", "on"}:
         return True
-    if v in _FALSE:
+    if v in {"0", "false", "no", "off", ""}:
         return False
     raise click.UsageError(f"{what}: expected true or false, not {value!r}")
 
