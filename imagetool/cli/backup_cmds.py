@@ -14,7 +14,9 @@ import click
 from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
-                                            keep_options, print_points, vm_label)
+                                            export_cmd, gc_cmd, init, keep_options, migrate_cmd,
+                                            print_points, vm_label)
+from imagetool.cli.backup_serve_cmd import serve
 from imagetool.cli.progress import progress_bar, run_with_bars, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.errors import ImagetoolError, NotFound
@@ -369,12 +371,6 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
                        f"kept {count(len(v['kept']), 'point')}")
 
 
-def _register() -> None:
-    """The commands of other modules that live in this group."""
-    from imagetool.cli import backup_repo_cmds, backup_serve_cmd
-    for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd,
-                backup_repo_cmds.migrate_cmd, backup_serve_cmd.serve):
-        backup.add_command(cmd)
-
-
-_register()
+# The commands of other modules that live in this group.
+for _cmd in (init, gc_cmd, export_cmd, migrate_cmd, serve):
+    backup.add_command(_cmd)
