@@ -143,16 +143,13 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     username = pick(opts.username, "USERNAME", "username")
     cafile = pick(opts.cafile, "CAFILE", "cafile")
 
-    if opts.insecure:
-        insecure = True
-    elif env.get("IMAGETOOL_INSECURE"):
+    insecure = opts.insecure
+    if not insecure and env.get("IMAGETOOL_INSECURE"):
         insecure = _parse_bool(env["IMAGETOOL_INSECURE"], "IMAGETOOL_INSECURE")
-    elif "insecure" in conf:
+    elif not insecure and "insecure" in conf:
         insecure = _parse_bool(conf["insecure"], "insecure")
-    elif "secure" in conf:  # ovirt-img's spelling
+    elif not insecure and "secure" in conf:     # ovirt-img's spelling
         insecure = not _parse_bool(conf["secure"], "secure")
-    else:
-        insecure = False
 
     password = None
     for value, is_file in ((opts.password_file, True), (env.get("IMAGETOOL_PASSWORD"), False),
