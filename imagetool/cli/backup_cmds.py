@@ -150,9 +150,7 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
                    else dict(r, disks=[checksum_json(d) for d in r["disks"]])
                    for v, r in zip(vms, results)])
     else:
-        for r in results:
-            if isinstance(r, BaseException):
-                continue
+        for r in (r for r in results if not isinstance(r, BaseException)):
             why = f" ({r['reason']})" if r["mode"] == "full" and r.get("reason") else ""
             click.echo(f"VM {r['vm_name']}: {r['mode']} point {r['point']} by {r['method']}"
                        f"{why}: {format_size(r['bytes'])} moved in "
