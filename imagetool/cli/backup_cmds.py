@@ -14,8 +14,10 @@ import click
 from imagetool.cli.common import JSON, checksum_json, emit, emit_json
 from imagetool.cli.config import EngineOptions, engine_options, open_connection
 from imagetool.cli.backup_repo_cmds import (KEEP_RULES, chunk_list, chunk_prune, chunk_verify,
-                                            keep_options, print_points, vm_label)
-from imagetool.cli.progress import Bars, progress_bar, run_jobs, vm_disks_size
+                                            export_cmd, gc_cmd, init, keep_options, migrate_cmd,
+                                            print_points, vm_label)
+from imagetool.cli.backup_serve_cmd import serve
+from imagetool.cli.progress import progress_bar, run_with_bars, vm_disks_size
 from imagetool.cli.store_options import RepoOptions, is_chunk_repository, repo_options
 from imagetool.errors import ImagetoolError, NotFound
 from imagetool.threads import interrupts_ignored
@@ -138,22 +140,17 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     with open_connection(engine) as conn:
         directory, vms = _create_args(conn, args)
         repository = _repository(directory, repo, workers * jobs)
-        with Bars([(v, _vm_total(conn, v)) for v in vms]) as bars:
-            tasks = [(lambda i=i, v=v: backup_vm(
-                conn, v, repository, full=full, method=method, workers=workers,
-                inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
-                log=lambda text: bars.write(f"imagetool: {text}")))
-                for i, v in enumerate(vms)]
-            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
+        results = run_with_bars(jobs, [(v, _vm_total(conn, v)) for v in vms], lambda i, bars: (
+            backup_vm(conn, vms[i], repository, full=full, method=method, workers=workers,
+                      inactivity_timeout=inactivity_timeout, progress=bars.callback(i),
+                      log=lambda text: bars.write(f"imagetool: {text}"))))
     errors = [(v, r) for v, r in zip(vms, results) if isinstance(r, BaseException)]
     if as_json:
         emit_json([{"vm": v, "error": str(r)} if isinstance(r, BaseException)
                    else dict(r, disks=[checksum_json(d) for d in r["disks"]])
                    for v, r in zip(vms, results)])
     else:
-        for r in results:
-            if isinstance(r, BaseException):
-                continue
+        for r in (r for r in results if not isinstance(r, BaseException)):
             why = f" ({r['reason']})" if r["mode"] == "full" and r.get("reason") else ""
             click.echo(f"VM {r['vm_name']}: {r['mode']} point {r['point']} by {r['method']}"
                        f"{why}: {format_size(r['bytes'])} moved in "
@@ -164,8 +161,6 @@ def create(args: tuple[str, ...], full: bool, method: str, jobs: int,
     for v, e in errors:
         click.echo(f"imagetool: error: VM {v}: {e}", err=True)
     if errors:
-        if any(isinstance(e, KeyboardInterrupt) for _, e in errors):
-            raise KeyboardInterrupt
         sys.exit(max(getattr(e, "exit_code", 1) for _, e in errors))
 
 
@@ -374,12 +369,6 @@ def prune_cmd(directory: str, keep: int | None, keep_last: int, keep_hourly: int
                        f"kept {count(len(v['kept']), 'point')}")
 
 
-def _register() -> None:
-    """The commands of other modules that live in this group."""
-    from imagetool.cli import backup_repo_cmds, backup_serve_cmd
-    for cmd in (backup_repo_cmds.init, backup_repo_cmds.gc_cmd, backup_repo_cmds.export_cmd,
-                backup_repo_cmds.migrate_cmd, backup_serve_cmd.serve):
-        backup.add_command(cmd)
-
-
-_register()
+# The commands of other modules that live in this group.
+for _cmd in (init, gc_cmd, export_cmd, migrate_cmd, serve):
+    backup.add_command(_cmd)

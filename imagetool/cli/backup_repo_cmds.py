@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import click
 
-from imagetool.cli.common import JSON, emit_json
+from imagetool.cli.common import JSON, emit, emit_json
 from imagetool.cli.progress import progress_bar
 from imagetool.cli.store_options import (PASSPHRASE_ENV, RepoOptions, is_chunk_repository,
                                          repo_options, repo_secret)
@@ -44,7 +45,7 @@ def init(repository: str, encrypt: bool, chunk_size: str, repo: RepoOptions) -> 
     A point is an index of chunk ids; prune removes indexes only and gc
     frees the chunks no index names.
     """
-    from imagetool.backup.store import ChunkStore, new_key_file, open_storage
+    from imagetool.backup.store import ChunkStore, StoreError, new_key_file, open_storage
     key_file = repo.key_file
     if not encrypt and key_file:
         raise click.UsageError("--key-file without --encrypt")
@@ -52,7 +53,6 @@ def init(repository: str, encrypt: bool, chunk_size: str, repo: RepoOptions) -> 
         raise click.UsageError(f"--encrypt needs --key-file or {PASSPHRASE_ENV}")
     if not is_chunk_repository(repository) and os.path.lexists(repository) and (
             not os.path.isdir(repository) or os.listdir(repository)):
-        from imagetool.backup.store import StoreError
         raise StoreError(f"{repository}: exists and is not an empty directory; give a new "
                          "one (backup migrate moves a qcow2-chain repository)")
     made_key = encrypt and key_file is not None and not os.path.exists(key_file)
@@ -90,7 +90,6 @@ def point_row(store: Any, ix: Any) -> dict:
     than what it added), ``compression`` new/stored. The fields of a
     qcow2-chain repository's list are there too: ``size`` (what the point
     added to the repository: ``stored``), ``time``, ``mode``, ``method``."""
-    import time
     cs = store.chunk_size
     data = sum(min(cs, d.virtual_size - i * cs) for d in ix.disks
                for i, c in enumerate(d.chunks) if c is not None)
@@ -403,15 +402,12 @@ def migrate_cmd(old: str, new: str, workers: int, as_json: bool, repo: RepoOptio
     total = point_total(old) if sys.stderr.isatty() else 0
     with progress_bar(total, "migrate") as update:
         res = migrate(old, store, workers=workers, progress=update)
-    if as_json:
-        emit_json(res.to_dict())
-    else:
-        click.echo(f"migrated {count(len(res.written), 'point')} "
-                   f"({format_size(res.bytes_read)} of data, {format_size(res.bytes_stored)} "
-                   f"stored), skipped {count(len(res.skipped), 'point')} already in {store.url}")
-        checked = len(res.written) + len(res.failed)
-        click.echo(f"verified {count(checked, 'point')} as written (chunks and guest "
-                   "checksums): " + ("ok" if res.ok else f"{len(res.failed)} failed"))
+    emit(as_json, res.to_dict(),
+         f"migrated {count(len(res.written), 'point')} ({format_size(res.bytes_read)} of data, "
+         f"{format_size(res.bytes_stored)} stored), skipped {count(len(res.skipped), 'point')} "
+         f"already in {store.url}\nverified {count(len(res.written) + len(res.failed), 'point')} "
+         "as written (chunks and guest checksums): "
+         + ("ok" if res.ok else f"{len(res.failed)} failed"))
     for vm_id, name, problems in res.failed:
         for p in problems:
             click.echo(f"imagetool: error: point {vm_id} {name} not migrated: {p}", err=True)

@@ -12,7 +12,9 @@ import signal
 
 import click
 
+from imagetool.cli.backup_repo_cmds import open_point
 from imagetool.cli.store_options import RepoOptions, repo_options
+from imagetool.units import format_size
 
 
 @click.command("serve")
@@ -34,16 +36,13 @@ def serve(repository: str, vm: str, point: str | None, socket_path: str,
     chunks are holes. Ctrl-C (or SIGTERM) stops the server and removes the
     socket. A qcow2-chain repository is served the same way.
     """
-    from imagetool.cli.backup_repo_cmds import open_point
     from imagetool.nbd import Export, NbdServer
-    from imagetool.units import format_size
 
     with open_point(repository, vm, point, repo) as pt:
         exports = [Export(disk_id, b, f"VM {pt.vm_id} point {pt.name} disk {disk_id}")
                    for disk_id, b in pt.disks]
-        server = NbdServer(socket_path, exports,
-                           log=lambda text: click.echo(f"imagetool: {text}", err=True))
-        with server:
+        with NbdServer(socket_path, exports,
+                       log=lambda text: click.echo(f"imagetool: {text}", err=True)) as server:
             click.echo(f"serving VM {pt.vm_id} point {pt.name} on {socket_path} "
                        "(read-only; Ctrl-C stops)")
             for i, e in enumerate(exports):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from dataclasses import fields
+from typing import Any, Callable
 
 import click
 
@@ -26,6 +28,21 @@ class SizeParam(click.ParamType):
 
 SIZE = SizeParam()
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def option_group(cls: type, name: str, options: list[Callable]) -> Callable:
+    """Click decorator: ``options``, one per field of the dataclass ``cls``,
+    handed to the command as one argument ``name: cls``."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
+            return fn(*args, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+    return decorate
 
 
 def checksum_json(entry: dict) -> dict:

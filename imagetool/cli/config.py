@@ -17,17 +17,16 @@ else one started in-process for the duration of the command.
 from __future__ import annotations
 
 import configparser
-import functools
 import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import click
 
-from imagetool.cli.common import JSON
+from imagetool.cli.common import JSON, option_group
 from imagetool.cli.serve_cmd import in_process_engine
 from imagetool.engine import Connection
 from imagetool.engine.connection import normalize_url
@@ -36,8 +35,6 @@ from imagetool.phases import ACTIVE
 from imagetool.paths import locate_engine
 
 ENV_PREFIX = "IMAGETOOL_"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass
@@ -73,9 +70,9 @@ def config_paths(env: Mapping[str, str] | None = None) -> list[str]:
 
 def _parse_bool(value: str, what: str) -> bool:
     v = value.strip().lower()
-    if v in _TRUE:
+    if v in {"1", "true", "yes", "on"}:
         return True
-    if v in _FALSE:
+    if v in {"0", "false", "no", "off", ""}:
         return False
     raise click.UsageError(f"{what}: expected true or false, not {value!r}")
 
@@ -146,29 +143,21 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     username = pick(opts.username, "USERNAME", "username")
     cafile = pick(opts.cafile, "CAFILE", "cafile")
 
-    if opts.insecure:
-        insecure = True
-    elif env.get("IMAGETOOL_INSECURE"):
+    insecure = opts.insecure
+    if not insecure and env.get("IMAGETOOL_INSECURE"):
         insecure = _parse_bool(env["IMAGETOOL_INSECURE"], "IMAGETOOL_INSECURE")
-    elif "insecure" in conf:
+    elif not insecure and "insecure" in conf:
         insecure = _parse_bool(conf["insecure"], "insecure")
-    elif "secure" in conf:  # ovirt-img's spelling
+    elif not insecure and "secure" in conf:     # ovirt-img's spelling
         insecure = not _parse_bool(conf["secure"], "secure")
-    else:
-        insecure = False
 
-    if opts.password_file:
-        password = _read_password_file(opts.password_file)
-    elif env.get("IMAGETOOL_PASSWORD"):
-        password = env["IMAGETOOL_PASSWORD"]
-    elif env.get("IMAGETOOL_PASSWORD_FILE"):
-        password = _read_password_file(env["IMAGETOOL_PASSWORD_FILE"])
-    elif conf.get("password"):
-        password = conf["password"]
-    elif conf.get("password_file"):
-        password = _read_password_file(conf["password_file"])
-    else:
-        password = None
+    password = None
+    for value, is_file in ((opts.password_file, True), (env.get("IMAGETOOL_PASSWORD"), False),
+                           (env.get("IMAGETOOL_PASSWORD_FILE"), True),
+                           (conf.get("password"), False), (conf.get("password_file"), True)):
+        if value:       # the first one given, a file read only then
+            password = _read_password_file(value) if is_file else value
+            break
 
     if not username:
         raise click.UsageError(
@@ -177,14 +166,6 @@ def resolve(opts: EngineOptions, env: Mapping[str, str] | None = None) -> Resolv
     return ResolvedEngine(url=url, username=username, password=password,
                           cafile=os.path.expanduser(cafile) if cafile else None,
                           insecure=insecure)
-
-
-def _prompt_password(username: str | None) -> str:
-    if not sys.stdin.isatty():
-        raise click.UsageError(
-            "no engine password: pass --password-file, IMAGETOOL_PASSWORD(_FILE) "
-            "or a config section with password")
-    return click.prompt(f"Password for {username}", hide_input=True, err=True)
 
 
 @contextmanager
@@ -200,7 +181,12 @@ def open_connection(opts: EngineOptions) -> Iterator[Connection]:
     else:
         password = resolved.password
         if password is None:
-            password = _prompt_password(resolved.username)
+            if not sys.stdin.isatty():
+                raise click.UsageError(
+                    "no engine password: pass --password-file, IMAGETOOL_PASSWORD(_FILE) "
+                    "or a config section with password")
+            password = click.prompt(f"Password for {resolved.username}", hide_input=True,
+                                    err=True)
         tested = _tested(resolved.url, username=resolved.username, password=password,
                          cafile=resolved.cafile, insecure=resolved.insecure)
     with tested as conn, naming_lock_holders(conn):
@@ -261,36 +247,25 @@ def _local_engine_connection() -> Iterator[Connection]:
         yield conn
 
 
-def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Click decorator: add the engine options, pass ``engine: EngineOptions``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {f.name: kwargs.pop(f.name) for f in fields(EngineOptions)}
-        kwargs["engine"] = EngineOptions(**values)
-        return func(*args, **kwargs)
-
-    decorators = [
-        click.option("--engine-url", metavar="URL",
-                     help="Engine URL (https://HOST or .../ovirt-engine/api) "
-                          "[env IMAGETOOL_ENGINE_URL]. Without it: the local engine."),
-        click.option("--username", metavar="USER",
-                     help="Engine user, e.g. admin@internal [env IMAGETOOL_USERNAME]."),
-        click.option("--password-file", metavar="FILE",
-                     help="Read the password from FILE [env IMAGETOOL_PASSWORD_FILE, "
-                          "or IMAGETOOL_PASSWORD]."),
-        click.option("--cafile", metavar="FILE",
-                     help="Engine CA certificate (PEM) [env IMAGETOOL_CAFILE]."),
-        click.option("--insecure", is_flag=True, default=False,
-                     help="Do not verify the engine's TLS certificate "
-                          "[env IMAGETOOL_INSECURE]."),
-        click.option("-c", "--config", metavar="SECTION",
-                     help="Read settings from SECTION of ~/.config/imagetool.conf "
-                          "($IMAGETOOL_CONFIG) or ovirt-img.conf."),
-    ]
-    for decorate in reversed(decorators):
-        wrapper = decorate(wrapper)
-    return wrapper
+#: Click decorator: the engine options, passed as ``engine: EngineOptions``.
+engine_options = option_group(EngineOptions, "engine", [
+    click.option("--engine-url", metavar="URL",
+                 help="Engine URL (https://HOST or .../ovirt-engine/api) "
+                      "[env IMAGETOOL_ENGINE_URL]. Without it: the local engine."),
+    click.option("--username", metavar="USER",
+                 help="Engine user, e.g. admin@internal [env IMAGETOOL_USERNAME]."),
+    click.option("--password-file", metavar="FILE",
+                 help="Read the password from FILE [env IMAGETOOL_PASSWORD_FILE, "
+                      "or IMAGETOOL_PASSWORD]."),
+    click.option("--cafile", metavar="FILE",
+                 help="Engine CA certificate (PEM) [env IMAGETOOL_CAFILE]."),
+    click.option("--insecure", is_flag=True, default=False,
+                 help="Do not verify the engine's TLS certificate "
+                      "[env IMAGETOOL_INSECURE]."),
+    click.option("-c", "--config", metavar="SECTION",
+                 help="Read settings from SECTION of ~/.config/imagetool.conf "
+                      "($IMAGETOOL_CONFIG) or ovirt-img.conf."),
+])
 
 
 def json_engine_options(func: Callable[..., Any]) -> Callable[..., Any]:

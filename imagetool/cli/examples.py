@@ -15,7 +15,7 @@ import inspect
 
 import click
 
-#: "group command" (or "command", or "group") -> example lines.
+#: "group command" (or "command") -> example lines.
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "upload": ("imagetool upload samples/data-holes.qcow2 --sd data",
                "imagetool upload a.qcow2 b.raw cd.iso --sd data --jobs 2 --json",
@@ -25,7 +25,6 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "imagetool download web-disk backup/web-disk --chain --snapshot nightly"),
     "serve": ("imagetool serve --data-dir ./engine",
               "imagetool serve --host 192.0.2.10 --password-file /root/engine-password"),
-    "backup": ("imagetool backup create ./backups web1",),
     "backup create": ("imagetool backup create ./backups web1",
                       "imagetool backup create /srv/backups web1 db1 --jobs 2 --json",
                       "imagetool backup create ./backups web1 --full --method snapshot"),
@@ -55,7 +54,6 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                        "--endpoint http://127.0.0.1:7480 --key-file ~/.imagetool-key --json"),
     "backup verify": ("imagetool backup verify ./backups",
                       "imagetool backup verify /srv/backups --vm web1 --sample 10 --json"),
-    "disks": ("imagetool disks list",),
     "disks list": ("imagetool disks list", "imagetool disks list --search 'name=web*' --json"),
     "disks show": ("imagetool disks show web1-disk1", "imagetool disks show web1-disk1 --json"),
     "disks remove": ("imagetool disks remove old-disk --yes",
@@ -64,13 +62,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "disks copy": ("imagetool disks copy web1-disk1 --sd data --name web1-disk1-copy",),
     "disks move": ("imagetool disks move web1-disk1 --sd data2",),
     "disks sparsify": ("imagetool disks sparsify web1-disk1",),
-    "sds": ("imagetool sds list",),
     "sds list": ("imagetool sds list", "imagetool sds list --json"),
-    "transfers": ("imagetool transfers list",),
     "transfers list": ("imagetool transfers list", "imagetool transfers list --json"),
     "transfers show": ("imagetool transfers show 0b8e2f4c-7d1a-4e39-9c55-2f6b3a1d8e70",),
     "transfers cancel": ("imagetool transfers cancel 0b8e2f4c-7d1a-4e39-9c55-2f6b3a1d8e70",),
-    "vms": ("imagetool vms list",),
     "vms list": ("imagetool vms list", "imagetool vms list --search 'name=web*' --json"),
     "vms show": ("imagetool vms show web1", "imagetool vms show web1 --json"),
     "vms ovf": ("imagetool vms ovf web1", "imagetool vms ovf web1 -o backup/web1.ovf"),
@@ -78,7 +73,6 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "vms import": ("imagetool vms import web1 --export-domain export --sd data",
                    "imagetool vms import web1 --export-domain export --sd data --clone "
                    "--name web2"),
-    "snapshots": ("imagetool snapshots list web1",),
     "snapshots list": ("imagetool snapshots list web1", "imagetool snapshots list web1 --json"),
     "snapshots create": ("imagetool snapshots create web1 --description nightly",
                          "imagetool snapshots create web1 --disk web1-disk1 --json"),
@@ -87,18 +81,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "snapshots preview": ("imagetool snapshots preview web1 nightly",),
     "snapshots commit": ("imagetool snapshots commit web1",),
     "snapshots undo": ("imagetool snapshots undo web1",),
-    "ova": ("imagetool ova info samples/appliance.ova",),
     "ova info": ("imagetool ova info samples/appliance.ova",
                  "imagetool ova info vmware-appliance.ova --verify --json"),
     "ova export": ("imagetool ova export web1 web1.ova",
                    "imagetool ova export web1 web1.ova --snapshot nightly --manifest"),
     "ova import": ("imagetool ova import samples/appliance.ova --sd data --name appliance",
                    "imagetool ova import appliance.ova --sd data --template"),
-    "templates": ("imagetool templates list",),
     "templates list": ("imagetool templates list", "imagetool templates list --json"),
     "templates show": ("imagetool templates show appliance",),
     "templates remove": ("imagetool templates remove appliance",),
-    "url": ("imagetool url info https://host:54322/images/TICKET --cafile ca.pem",),
     "url info": ("imagetool url info https://host:54322/images/TICKET --cafile ca.pem",),
     "url checksum": ("imagetool url checksum https://host:54322/images/TICKET --cafile ca.pem",),
     "url download": ("imagetool url download https://host:54322/images/TICKET out.raw "
@@ -108,8 +99,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _add(cmd: click.Command, key: str) -> None:
-    lines = EXAMPLES.get(key)
+def _add(cmd: click.Command, lines: tuple[str, ...] | None) -> None:
     if lines and "Examples:" not in (cmd.help or ""):
         body = "\n".join(f"  {line}" for line in lines)
         # Dedented first: click dedents the help as a whole, and the
@@ -120,8 +110,11 @@ def _add(cmd: click.Command, key: str) -> None:
 def attach(name: str, cmd: click.Command) -> click.Command:
     """Give ``cmd`` (the command ``name`` of the table) and its subcommands
     their examples, once."""
-    _add(cmd, name)
-    if isinstance(cmd, click.Group):
-        for sub_name, sub in cmd.commands.items():
-            _add(sub, f"{name} {sub_name}")
+    if not isinstance(cmd, click.Group):
+        _add(cmd, EXAMPLES.get(name))
+        return cmd
+    # A group's example: the first of its first subcommand in the table.
+    _add(cmd, next(v for k, v in EXAMPLES.items() if k.startswith(name + " "))[:1])
+    for sub_name, sub in cmd.commands.items():
+        _add(sub, EXAMPLES.get(f"{name} {sub_name}"))
     return cmd

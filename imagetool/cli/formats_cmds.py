@@ -123,8 +123,16 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
     """
     if file and disk:
         raise click.UsageError("give FILE or --disk, not both")
-    if disk:
-        return _disk_checksum(disk, algorithm, block_size, as_json, engine)
+    if disk:        # the engine's data plane hashes the disk
+        from imagetool.transfer.disk_checksum import disk_checksum
+
+        with open_connection(engine) as conn:
+            found = conn.disks.find(disk)
+            result = disk_checksum(conn, found.id, algorithm=algorithm.lower(),
+                                   block_size=block_size)
+        return emit(as_json,
+                    {k: result[k] for k in ("algorithm", "block_size", "checksum", "disk_id")},
+                    f"{result['checksum']}  disk {found.name or ''} ({found.id})")
     if file is None:
         raise click.UsageError("missing argument FILE")
     with open_image(file, "r") as backend:
@@ -132,19 +140,6 @@ def checksum_cmd(file: str | None, algorithm: str, block_size: int,
             result = checksum(backend, algorithm=algorithm, block_size=block_size,
                               workers=workers, progress=update)
     emit(as_json, result, f"{result['checksum']}  {file}")
-
-
-def _disk_checksum(disk: str, algorithm: str, block_size: int, as_json: bool,
-                   engine: EngineOptions) -> None:
-    """``checksum --disk``: ask the engine's data plane to hash the disk."""
-    from imagetool.transfer.disk_checksum import disk_checksum
-
-    with open_connection(engine) as conn:
-        found = conn.disks.find(disk)
-        result = disk_checksum(conn, found.id, algorithm=algorithm.lower(),
-                               block_size=block_size)
-    emit(as_json, {k: result[k] for k in ("algorithm", "block_size", "checksum", "disk_id")},
-         f"{result['checksum']}  disk {found.name or ''} ({found.id})")
 
 
 @click.command()

@@ -142,14 +142,13 @@ def disks_remove(disk_refs: tuple[str, ...], yes: bool, as_json: bool,
 @engine_view(disks, "layers", "disk")
 def disks_layers(disk: str, as_json: bool, engine: EngineOptions) -> None:
     """The disk's layers (disk snapshots), base first."""
-    from imagetool.snapshots import disk_layers
+    from imagetool.snapshots import _vm_of_disk, disk_layers
 
     with open_connection(engine) as conn:
         d = conn.disks.find(disk)
         layers = disk_layers(conn, d)
         dates: dict[str, Any] = {}
         try:
-            from imagetool.snapshots import _vm_of_disk
             vm = _vm_of_disk(conn, d.id or "")
             if vm is not None:
                 dates = {s.id: s.date for s in conn.snapshots.list(vm.id)}

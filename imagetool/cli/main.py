@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="imagetool", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt, RuntimeError) as e:
+        # Ctrl-C while a command's module is imported: Python wraps the
+        # KeyboardInterrupt raised in a class's __set_name__ in a RuntimeError.
+        if isinstance(e, RuntimeError) and not isinstance(e.__cause__, KeyboardInterrupt):
+            raise
         click.echo("imagetool: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
@@ -92,13 +96,6 @@ def _main(argv: list[str] | None) -> None:
     except (ImagetoolError, OSError) as e:
         click.echo(f"imagetool: error: {e}", err=True)
         sys.exit(getattr(e, "exit_code", 1))
-    except RuntimeError as e:
-        # Ctrl-C while a command's module is imported: Python wraps the
-        # KeyboardInterrupt raised in a class's __set_name__ in this.
-        if not isinstance(e.__cause__, KeyboardInterrupt):
-            raise
-        click.echo("imagetool: interrupted", err=True)
-        sys.exit(130)
 
 
 def entry(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ at once with one bar each (stopped together on Ctrl-C)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -12,19 +13,21 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from imagetool.iocore.backend import Closing
-from imagetool.threads import Worker, interrupts_held
+from imagetool.threads import Worker, interrupts_held, interrupts_ignored
 
 
-def bar_size(stream: Any = None) -> dict:
-    """tqdm size options: follow the terminal, or 80x100 where it reports a
-    zero size (a fresh pty, some serial consoles say 0x0, and tqdm would
-    then draw empty lines or hide every positioned bar)."""
-    stream = sys.stderr if stream is None else stream
+def bar_options() -> dict:
+    """tqdm options of a byte bar on stderr, its size following the terminal,
+    or 80x100 where it reports a zero size (a fresh pty, some serial
+    consoles say 0x0, and tqdm would then draw empty lines or hide every
+    positioned bar)."""
     try:
-        columns, lines = os.get_terminal_size(stream.fileno())
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
         columns = lines = 0
-    opts: dict = {"dynamic_ncols": True} if columns > 0 else {"ncols": 80}
+    opts: dict = dict(unit="B", unit_scale=True, unit_divisor=1024, leave=True,
+                      file=sys.stderr)
+    opts.update({"dynamic_ncols": True} if columns > 0 else {"ncols": 80})
     if lines <= 0:
         opts["nrows"] = 100
     return opts
@@ -40,18 +43,15 @@ def vm_disks_size(conn: Any, vm: str) -> int:
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator[Any]:
+def progress_bar(total: int, desc: str) -> Iterator[Any]:
     """A tqdm byte bar on a terminal; a no-op callable when piped.
 
     Yields ``update(nbytes)``.
     """
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
+    if not sys.stderr.isatty():
         yield lambda n: None
         return
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True,
-              unit_divisor=1024, leave=True, **bar_size()) as bar:
+    with tqdm(total=total, desc=desc, **bar_options()) as bar:
         yield bar.update
 
 
@@ -69,8 +69,7 @@ class Bars(Closing):
         self.bars: list[Any] = []
         self.total = None
         if self.enabled:
-            kw = dict(unit="B", unit_scale=True, unit_divisor=1024,
-                      leave=True, file=sys.stderr, **bar_size(sys.stderr))
+            kw = bar_options()
             pos = 0
             if len(items) > 1:
                 self.total = tqdm(total=sum(s for _, s in items), desc="total",
@@ -106,6 +105,16 @@ class Bars(Closing):
 
 def _short(name: str, width: int = 24) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def run_with_bars(jobs: int, items: Sequence[tuple[str, int]],
+                  run: Callable[[int, Bars], Any]) -> list[Any]:
+    """``run(i, bars)`` for each ``(label, size)`` of ``items``, each with its
+    bar, ``jobs`` at a time: :func:`run_jobs`'s outcomes, with every
+    command's ``committed`` (``threads.interrupts_ignored``)."""
+    with Bars(items) as bars:
+        return run_jobs(jobs, [functools.partial(run, i, bars) for i in range(len(items))],
+                        bars, interrupts_ignored)
 
 
 def run_jobs(jobs: int, tasks: Sequence[Callable[[], Any]], bars: Bars,

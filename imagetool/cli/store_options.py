@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
+
+from imagetool.cli.common import option_group
 
 PASSPHRASE_ENV = "IMAGETOOL_PASSPHRASE"
 
@@ -31,27 +32,17 @@ class RepoOptions:
         return ChunkStore.open(storage, repo_secret(self.key_file)[0])
 
 
-def repo_options(fn: Callable) -> Callable:
-    """Click decorator: the options every repository command takes, passed
-    as ``repo: RepoOptions``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["repo"] = RepoOptions(*(kwargs.pop(name)
-                                       for name in ("endpoint", "profile", "key_file")))
-        return fn(*args, **kwargs)
-
-    for opt in reversed([
-        click.option("--endpoint", metavar="URL",
-                     help="S3 endpoint URL (Ceph RGW, MinIO...); AWS when not given."),
-        click.option("--profile", metavar="NAME",
-                     help="S3 credentials profile of ~/.aws/credentials."),
-        click.option("--key-file", type=click.Path(dir_okay=False),
-                     help="Key of an encrypted repository (or set "
-                          f"{PASSPHRASE_ENV} for a passphrase)."),
-    ]):
-        wrapper = opt(wrapper)
-    return wrapper
+#: Click decorator: the options every repository command takes, passed as
+#: ``repo: RepoOptions``.
+repo_options = option_group(RepoOptions, "repo", [
+    click.option("--endpoint", metavar="URL",
+                 help="S3 endpoint URL (Ceph RGW, MinIO...); AWS when not given."),
+    click.option("--profile", metavar="NAME",
+                 help="S3 credentials profile of ~/.aws/credentials."),
+    click.option("--key-file", type=click.Path(dir_okay=False),
+                 help="Key of an encrypted repository (or set "
+                      f"{PASSPHRASE_ENV} for a passphrase)."),
+])
 
 
 def repo_secret(key_file: str | None) -> tuple[bytes | None, bool]:

@@ -15,11 +15,10 @@ import click
 
 from imagetool.cli.common import SIZE, emit_json, moved
 from imagetool.cli.config import EngineOptions, json_engine_options, open_connection
-from imagetool.cli.progress import Bars, run_jobs
+from imagetool.cli.progress import run_with_bars
 from imagetool.errors import DestinationExists
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.ids import is_uuid
-from imagetool.threads import interrupts_ignored
 
 
 def _uuid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -143,13 +142,9 @@ def upload(files: tuple[str, ...], storage_domain: str, name: str | None,
         use_proxy=use_proxy, verify=verify, resume=resume, host=host,
         allow_outside_backing=allow_outside_backing)
     with open_connection(engine) as conn:
-        with Bars(list(zip(files, sizes))) as bars:
-            tasks = [
-                (lambda i=i, f=f: upload_disk_result(
-                    conn, f, storage_domain, options, progress=bars.callback(i),
-                    host_index=i))
-                for i, f in enumerate(files)]
-            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
+        results = run_with_bars(jobs, list(zip(files, sizes)), lambda i, bars: (
+            upload_disk_result(conn, files[i], storage_domain, options,
+                               progress=bars.callback(i), host_index=i)))
     report(results, list(files), as_json, "uploaded")
 
 
@@ -245,10 +240,8 @@ def download(disks: tuple[str, ...], dest: str, fmt: str, snapshot_id: str | Non
             workers=workers, buffer_size=buffer_size,
             inactivity_timeout=inactivity_timeout, use_proxy=use_proxy,
             verify=verify, resume=resume, host=host)
-        with Bars([(d.name or d.id, d.provisioned_size or 0) for d in found]) as bars:
-            tasks = [
-                (lambda i=i, d=d, p=p: download_disk(
-                    conn, d, p, options, progress=bars.callback(i), host_index=i))
-                for i, (d, p) in enumerate(zip(found, paths))]
-            results = run_jobs(jobs, tasks, bars, interrupts_ignored)
+        results = run_with_bars(
+            jobs, [(d.name or d.id, d.provisioned_size or 0) for d in found],
+            lambda i, bars: download_disk(conn, found[i], paths[i], options,
+                                          progress=bars.callback(i), host_index=i))
     report(results, paths, as_json, "downloaded")

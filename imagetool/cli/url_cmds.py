@@ -9,8 +9,7 @@ from __future__ import annotations
 import click
 
 from imagetool.cli.common import JSON, SIZE, emit, emit_json, moved
-from imagetool.cli.progress import Bars, run_jobs
-from imagetool.threads import interrupts_ignored
+from imagetool.cli.progress import run_with_bars
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE
 from imagetool.units import format_size
 
@@ -30,8 +29,7 @@ _VERIFY = click.option("--verify/--no-verify", default=True, show_default=True,
 
 def _run_one(size: int, label: str, fn):
     """Run one transfer with a progress bar; Ctrl-C stops it cleanly."""
-    with Bars([(label, size)]) as bars:
-        result = run_jobs(1, [lambda: fn(bars.callback(0))], bars, interrupts_ignored)[0]
+    result = run_with_bars(1, [(label, size)], lambda i, bars: fn(bars.callback(i)))[0]
     if isinstance(result, BaseException):
         raise result
     return result

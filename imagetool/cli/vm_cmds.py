@@ -275,12 +275,11 @@ def _simple(name: str, verb: str, needs_snapshot: bool):
 
         with open_connection(engine) as conn:
             v = get_vm(conn, vm)
-            label = None
+            what = ""
             if snapshot is not None:
                 s = lib.find_snapshot(conn, v, snapshot)
-                label, snapshot = s.description, s.id
+                snapshot, what = s.id, f" {s.description!r} ({s.id})"
             getattr(lib, f"{name}_snapshot")(conn, v, snapshot, timeout=timeout)
-        what = f" {label!r} ({snapshot})" if snapshot else ""
         emit(as_json, {"vm": v.id, "snapshot": snapshot, "action": verb, "done": True},
              f"{verb} snapshot{what} of VM {v.name}")
 

@@ -198,7 +198,7 @@ def test_ctrl_c_stops_every_running_job():
     import threading
     import time
 
-    from imagetool.cli.transfer_cmds import Bars, run_jobs
+    from imagetool.cli.progress import Bars, run_jobs
 
     bars = Bars([("a", 1), ("b", 1)], enabled=False)
     stopped = []
@@ -238,7 +238,7 @@ def test_other_signal_error_stops_every_running_job(monkeypatch):
     import threading
     import time
 
-    from imagetool.cli.transfer_cmds import Bars, run_jobs
+    from imagetool.cli.progress import Bars, run_jobs
 
     bars = Bars([("a", 1), ("b", 1)], enabled=False)
     stopped = []
@@ -284,7 +284,7 @@ def test_ctrl_c_after_every_job_did_its_work_is_no_failure():
     import signal
     import time
 
-    from imagetool.cli.transfer_cmds import Bars, run_jobs
+    from imagetool.cli.progress import Bars, run_jobs
 
     def late_ctrl_c():
         os.kill(os.getpid(), signal.SIGINT)
