@@ -224,12 +224,9 @@ class Qcow2Writer(BackendBase):
         if h.l1_size:
             take(h.l1_table_offset, h.l1_size * 8, False)
         take(h.refcount_table_offset, h.refcount_table_clusters * cs, False)
-        rt = array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
-                                 h.refcount_table_offset))
-        l1 = array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset))
-        if _LITTLE:
-            rt.byteswap()
-            l1.byteswap()
+        rt = _swapped(array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
+                                          h.refcount_table_offset)))
+        l1 = _swapped(array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset)))
         for e in rt:
             if e:
                 take(e & ~(cs - 1) & _OFFSET_MASK, cs, False)
@@ -239,11 +236,9 @@ class Qcow2Writer(BackendBase):
             if not off:
                 continue
             take(off, cs, False)
-            t = array("Q", os.pread(self._fd, cs, off))
+            t = _swapped(array("Q", os.pread(self._fd, cs, off)))
             if len(t) != self._l2_entries:
                 raise FormatError("short L2 table", self.path)
-            if _LITTLE:
-                t.byteswap()
             for j, entry in enumerate(t):
                 if entry & _COMPRESSED:
                     coff, stop = compressed_span(entry, self._cbits)
@@ -281,10 +276,7 @@ class Qcow2Writer(BackendBase):
                 if size is not None and self._meta is None:
                     os.ftruncate(self._fd, size)
             finally:
-                os.close(self._fd)
-                if self._backing is not None:
-                    self._backing.close()
-                    self._backing = None
+                self._close_files()
 
     # --- Backend protocol ------------------------------------------------
 
@@ -448,10 +440,13 @@ class Qcow2Writer(BackendBase):
         finally:
             with self._lock:
                 self._closed = True
-                os.close(self._fd)
-                if self._backing is not None:
-                    self._backing.close()
-                    self._backing = None
+                self._close_files()
+
+    def _close_files(self) -> None:
+        os.close(self._fd)
+        if self._backing is not None:
+            self._backing.close()
+            self._backing = None
 
     def __repr__(self) -> str:
         return f"Qcow2Writer({self.path!r}, size={self._size})"
@@ -717,29 +712,21 @@ class Qcow2Writer(BackendBase):
         l1 = array("Q", bytes(8 * self._l1_size))
         for idx in sorted(self._l2):
             l1[idx] = (pos * cs) | _COPIED
-            t = array("Q", self._l2[idx])
-            t.byteswap() if _LITTLE else None
-            _pwrite_all(self._fd, [t], self._base + pos * cs)
+            _pwrite_all(self._fd, [_swapped(array("Q", self._l2[idx]))], self._base + pos * cs)
             pos += 1
         l1_offset = pos * cs if l1_clusters else 0
         if l1_clusters:
-            l1.byteswap() if _LITTLE else None
-            _pwrite_all(self._fd, [l1], self._base + pos * cs)
+            _pwrite_all(self._fd, [_swapped(l1)], self._base + pos * cs)
             pos += l1_clusters
         rt = array("Q", bytes(table * cs))
         refs = array("H", self._refcounts)
         refs.extend(array("H", bytes(2 * (blocks * per_block - len(refs)))))
-        if _LITTLE:
-            refs.byteswap()
-        rblocks_start = pos
         for i in range(blocks):
             rt[i] = (pos + i) * cs
-        _pwrite_all(self._fd, [refs], self._base + rblocks_start * cs)
+        _pwrite_all(self._fd, [_swapped(refs)], self._base + pos * cs)
         pos += blocks
         rt_offset = pos * cs
-        if _LITTLE:
-            rt.byteswap()
-        _pwrite_all(self._fd, [rt], self._base + rt_offset)
+        _pwrite_all(self._fd, [_swapped(rt)], self._base + rt_offset)
         pos += table
         os.ftruncate(self._fd, self._base + pos * cs)
         # The header goes last so it never points at half-written tables.
@@ -786,6 +773,13 @@ class _WriterView(Wrapper):
 
 
 _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
+
+
+def _swapped(table: array) -> array:
+    """``table`` (in place) between host order and qcow2's big-endian."""
+    if _LITTLE:
+        table.byteswap()
+    return table
 
 
 def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
