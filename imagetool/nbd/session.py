@@ -204,18 +204,14 @@ class Session:
         while True:
             magic, flags, cmd, handle, offset, length = struct.unpack(">IHHQQI",
                                                                       self.recv(28))
-            if magic != REQUEST_MAGIC:
-                raise _Closed()     # out of step: nothing after can be trusted
-            if cmd == CMD_DISC:
-                raise _Closed()
+            if magic != REQUEST_MAGIC or cmd == CMD_DISC:
+                raise _Closed()     # out of step (nothing after can be trusted), or done
             if cmd == CMD_WRITE:
                 # The payload follows: read it to stay in step, then refuse.
                 if length > MAX_REQUEST:
                     raise _Closed()
                 self.recv(length)
-                self.fail(handle, EPERM, "the export is read-only")
-                continue
-            if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
+            if cmd in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
                 self.fail(handle, EPERM, "the export is read-only")
                 continue
             if cmd not in (CMD_READ, CMD_BLOCK_STATUS):
