@@ -467,14 +467,12 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
             zero_op = "zero" if dst_zero else "zerodata"
         # Worker 0 uses the caller's backends, the others clones: a server
         # allowing N connections (qemu-nbd --shared=N) serves N workers.
-        pairs = [(src, dst)]
         for _ in range(workers - 1):
             s = src.clone()
             with undo_on_error(s.close):
                 d = dst.clone()
             clones.append((s, d))
-            pairs.append((s, d))
-        for i, (s, d) in enumerate(pairs):
+        for i, (s, d) in enumerate([(src, dst), *clones]):
             t = Worker(run_worker, s, d, name=f"copy-worker-{i}")
             threads.append(t)       # listed before it can run (see _finish)
             t.start()
