@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
@@ -91,6 +93,14 @@ def refcount_clusters(clusters: int, cluster_size: int) -> tuple[int, int]:
         if (nb, nt) == (blocks, table):
             return blocks, table
         blocks, table = nb, nt
+
+
+def big_endian(table: array) -> array:
+    """``table`` converted in place between host order and qcow2's
+    big-endian (either way), and returned."""
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
 
 
 @dataclass

@@ -53,8 +53,8 @@ from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
 from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
 from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
 from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
-from imagetool.formats.qcow2 import (compressed_size_shift, compressed_span, pack_extensions,
-                                     pack_header, refcount_clusters)
+from imagetool.formats.qcow2 import (big_endian, compressed_size_shift, compressed_span,
+                                     pack_extensions, pack_header, refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -224,9 +224,9 @@ class Qcow2Writer(BackendBase):
         if h.l1_size:
             take(h.l1_table_offset, h.l1_size * 8, False)
         take(h.refcount_table_offset, h.refcount_table_clusters * cs, False)
-        rt = _swapped(array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
+        rt = big_endian(array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
                                           h.refcount_table_offset)))
-        l1 = _swapped(array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset)))
+        l1 = big_endian(array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset)))
         for e in rt:
             if e:
                 take(e & ~(cs - 1) & _OFFSET_MASK, cs, False)
@@ -236,7 +236,7 @@ class Qcow2Writer(BackendBase):
             if not off:
                 continue
             take(off, cs, False)
-            t = _swapped(array("Q", os.pread(self._fd, cs, off)))
+            t = big_endian(array("Q", os.pread(self._fd, cs, off)))
             if len(t) != self._l2_entries:
                 raise FormatError("short L2 table", self.path)
             for j, entry in enumerate(t):
@@ -712,21 +712,21 @@ class Qcow2Writer(BackendBase):
         l1 = array("Q", bytes(8 * self._l1_size))
         for idx in sorted(self._l2):
             l1[idx] = (pos * cs) | _COPIED
-            _pwrite_all(self._fd, [_swapped(array("Q", self._l2[idx]))], self._base + pos * cs)
+            _pwrite_all(self._fd, [big_endian(array("Q", self._l2[idx]))], self._base + pos * cs)
             pos += 1
         l1_offset = pos * cs if l1_clusters else 0
         if l1_clusters:
-            _pwrite_all(self._fd, [_swapped(l1)], self._base + pos * cs)
+            _pwrite_all(self._fd, [big_endian(l1)], self._base + pos * cs)
             pos += l1_clusters
         rt = array("Q", bytes(table * cs))
         refs = array("H", self._refcounts)
         refs.extend(array("H", bytes(2 * (blocks * per_block - len(refs)))))
         for i in range(blocks):
             rt[i] = (pos + i) * cs
-        _pwrite_all(self._fd, [_swapped(refs)], self._base + pos * cs)
+        _pwrite_all(self._fd, [big_endian(refs)], self._base + pos * cs)
         pos += blocks
         rt_offset = pos * cs
-        _pwrite_all(self._fd, [_swapped(rt)], self._base + rt_offset)
+        _pwrite_all(self._fd, [big_endian(rt)], self._base + rt_offset)
         pos += table
         os.ftruncate(self._fd, self._base + pos * cs)
         # The header goes last so it never points at half-written tables.
@@ -770,16 +770,6 @@ class _WriterView(Wrapper):
 
     def close(self) -> None:
         pass
-
-
-_LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
-
-
-def _swapped(table: array) -> array:
-    """``table`` (in place) between host order and qcow2's big-endian."""
-    if _LITTLE:
-        table.byteswap()
-    return table
 
 
 def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:
