@@ -243,14 +243,10 @@ class _SparseExtent(_FileExtent):
 
     kind = "SPARSE"
 
-    def __init__(self, win: _FileRange):
-        self.win = win
-        self._parse()
-
     # --- metadata ----------------------------------------------------------
 
-    def _parse(self) -> None:
-        win = self.win
+    def __init__(self, win: _FileRange):
+        self.win = win
         if win.length < SECTOR:
             raise win.corrupt(f"file too short for a vmdk header "
                               f"({win.length} bytes)")

@@ -221,16 +221,6 @@ def _buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _read_full(src: Backend, offset: int, view: memoryview) -> None:
-    got = 0
-    while got < len(view):
-        n = src.read_into(offset + got, view[got:])
-        if not n:
-            raise TransferError(
-                f"short read: got {got} of {len(view)} bytes at offset {offset}")
-        got += n
-
-
 def _apply(dst: Backend, req: _Request, view: memoryview | None,
            zeros: memoryview) -> None:
     """Do one request's destination side."""
@@ -255,8 +245,14 @@ def _read(src: Backend, req: _Request, raw: mmap.mmap, zeros: memoryview,
     there already; "zero": a layer over a backing file hides its data).
     """
     view = memoryview(raw)[:req.length]
+    got = 0
     try:
-        _read_full(src, req.start, view)
+        while got < req.length:
+            n = src.read_into(req.start + got, view[got:])
+            if not n:
+                raise TransferError(f"short read: got {got} of {req.length} bytes "
+                                    f"at offset {req.start}")
+            got += n
     except Exception as e:
         raise CopyError("reading source", req.start, req.length, e) from e
     if gran is None:
