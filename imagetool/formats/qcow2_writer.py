@@ -42,19 +42,17 @@ import zlib
 from array import array
 from typing import Iterator
 
-from imagetool.errors import FormatError
+from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import open_image
 from imagetool.iocore.backend import (BackendBase, Extent, merge_extents, undo_on_error,
                                       union_ranges)
 from imagetool.iocore.backends import Wrapper
-from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
-from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
-from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
-from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
-from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
-from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
-from imagetool.formats.qcow2 import (big_endian, compressed_size_shift, compressed_span,
-                                     pack_extensions, pack_header, refcount_clusters)
+from imagetool.formats.qcow2 import (EXT_BACKING_FORMAT, L2E_OFFSET_MASK as _OFFSET_MASK,
+                                     OFLAG_COMPRESSED as _COMPRESSED, OFLAG_COPIED as _COPIED,
+                                     OFLAG_ZERO as _ZERO_FLAG, V3_HEADER_LEN as _HEADER_LEN,
+                                     big_endian, compressed_size_shift, compressed_span,
+                                     pack_extensions, pack_header, parse_header,
+                                     refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -177,8 +175,6 @@ class Qcow2Writer(BackendBase):
         The header is rewritten as this writer writes it (the backing file
         and its format kept).
         """
-        from imagetool.errors import UnsupportedFeature
-        from imagetool.formats.qcow2 import parse_header
         path = os.fspath(path)
         try:
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
