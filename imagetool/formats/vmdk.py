@@ -226,16 +226,15 @@ class _Header:
 
 
 def _parse_header(win: _FileRange, raw: bytes, what: str) -> _Header:
-    (magic, version, flags, capacity, grain, desc_off, desc_size, num_gtes,
-     rgd, gd, overhead, _unclean, _nl, compress) = _HEADER.unpack_from(raw)
+    magic, *fields, _unclean, _newline_chars, compress = _HEADER.unpack_from(raw)
+    h = _Header(*fields, compress)      # the fields in the header's order
     if magic != MAGIC:
         raise win.corrupt(f"{what}: bad magic {magic!r} (expected KDMV)")
-    if version not in (1, 2, 3):
+    if h.version not in (1, 2, 3):
         raise UnsupportedFeature(
-            f"vmdk sparse extent version {version} is not supported "
+            f"vmdk sparse extent version {h.version} is not supported "
             f"(only 1, 2 and 3)", win.label)
-    return _Header(version, flags, capacity, grain, desc_off, desc_size,
-                   num_gtes, rgd, gd, overhead, compress)
+    return h
 
 
 class _SparseExtent(_FileExtent):
