@@ -185,15 +185,13 @@ class Session:
             return self.error(opt, REP_ERR_INVALID, "negotiate structured replies first")
         if self.find(name) is None:
             return self.error(opt, REP_ERR_UNKNOWN, "no such export")
-        wanted = [ALLOCATION.encode()]
-        if opt == OPT_LIST_META_CONTEXT and nq:
-            wanted = [q for q in queries if q in (b"base:", ALLOCATION.encode())]
-            wanted = [ALLOCATION.encode()] if wanted else []
-        elif opt == OPT_SET_META_CONTEXT:
-            wanted = [ALLOCATION.encode()] if ALLOCATION.encode() in queries else []
-            self.allocation = bool(wanted)
-        for w in wanted:
-            self.reply(opt, REP_META_CONTEXT, struct.pack(">I", META_CONTEXT_ID) + w)
+        alloc = ALLOCATION.encode()
+        if opt == OPT_SET_META_CONTEXT:
+            matched = self.allocation = alloc in queries
+        else:       # a list without queries lists every context
+            matched = not nq or any(q in (b"base:", alloc) for q in queries)
+        if matched:
+            self.reply(opt, REP_META_CONTEXT, struct.pack(">I", META_CONTEXT_ID) + alloc)
         self.reply(opt, REP_ACK)
 
     # --- transmission ----------------------------------------------------------
