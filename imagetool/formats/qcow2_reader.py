@@ -134,9 +134,7 @@ class Qcow2Backend(ReadOnlyBackend):
             raise UnsupportedFeature(
                 f"backing file {name!r} is not a regular file or block device",
                 self.path)
-        fmt = h.backing_format
-        if fmt is None:
-            fmt = detect(bpath)
+        fmt = detect(bpath) if h.backing_format is None else h.backing_format
         if fmt == "raw":
             return RawBackend(bpath, "r")
         if fmt == "qcow2":

@@ -402,9 +402,6 @@ class CopyOptions:
         if r < 4096 or r % 4096 or r % (self.align or 1):
             raise ValueError("request_size must be a multiple of 4096 and of align")
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
          progress: Callable[[int], None] | None = None,
