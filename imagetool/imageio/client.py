@@ -175,19 +175,15 @@ class ImageioClient(Closing):
             self._conn = None
         if self._conn is None:
             targets = [self._target] if self._target else self._targets
-            error: ConnectionFailed | None = None
-            for target in targets:
+            for i, target in enumerate(targets):
                 try:
                     self._conn = self._open(target)
-                except ConnectionFailed as e:
-                    error = e
-                    continue
-                self._target = target
-                self._fresh = True
-                break
-            else:
-                assert error is not None
-                raise error
+                    break
+                except ConnectionFailed:
+                    if i == len(targets) - 1:
+                        raise       # the last one's error (the proxy's, if any)
+            self._target = target
+            self._fresh = True
         return self._conn
 
     # --- request machinery -------------------------------------------------
@@ -331,8 +327,8 @@ class ImageioClient(Closing):
                 self._size = exts[-1].end if exts else 0
             else:
                 resp = self._request("GET", headers={"Range": format_range(0, 1)})
+                rng = _content_range(resp.getheader("Content-Range"))
                 if resp.status == 206:
-                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
                     if rng is None or rng[:2] != (0, 0) or rng[2] is None:
                         self.close()
@@ -349,7 +345,6 @@ class ImageioClient(Closing):
                     self._size = length
                 elif resp.status == 416:
                     # An empty image cannot satisfy any range.
-                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
                     if rng is None or rng[2] != 0:
                         raise self._fail("GET", "range 0-0", resp)
