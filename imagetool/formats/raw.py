@@ -386,18 +386,15 @@ class RawBackend(BackendBase):
         concurrent writers past the end are safe.
         """
         if self._can_zero_range is not False:
-            if self._fallocate(_FALLOC_FL_ZERO_RANGE, offset, length):
-                self._can_zero_range = True
+            self._can_zero_range = self._fallocate(_FALLOC_FL_ZERO_RANGE, offset, length)
+            if self._can_zero_range:
                 return
-            self._can_zero_range = False
         if self._can_allocate is not False:
-            if offset < self.size and not self._punch(offset, min(length, self.size - offset)):
-                self._can_allocate = False
-            elif self._fallocate(0, offset, length):
-                self._can_allocate = True
+            size = self.size
+            punched = offset >= size or self._punch(offset, min(length, size - offset))
+            self._can_allocate = punched and self._fallocate(0, offset, length)
+            if self._can_allocate:
                 return
-            else:
-                self._can_allocate = False
         self._write_zeros(offset, offset + length)
 
     def _write_zeros(self, offset: int, end: int) -> None:
