@@ -65,8 +65,7 @@ class Session:
             magic, opt, length = struct.unpack(">QII", self.recv(16))
             if magic != IHAVEOPT or length > MAX_OPTION:
                 raise _Closed()
-            data = self.recv(length)
-            self.option(opt, data, no_zeroes)
+            self.option(opt, self.recv(length), no_zeroes)
         self.conn.settimeout(None)
         self.backend = self.export.backend.clone()
         try:
@@ -252,18 +251,16 @@ class Session:
             return self.structured_read(handle, offset, length)
         buf = bytearray(min(PIECE, length))
         pos, end = offset, offset + length
-        first = True
         while pos < end:
             view = memoryview(buf)[:min(PIECE, end - pos)]
             err = self._fill(pos, view)
             if err is not None:
                 self.server.log(f"export {self.export.name}: {err}")
-                if first:
+                if pos == offset:
                     return self.fail(handle, EIO, err)
                 raise _Closed()     # part of the data is sent: only closing tells
-            if first:
+            if pos == offset:
                 self.send(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, handle))
-                first = False
             self.send(view)
             pos += len(view)
 
