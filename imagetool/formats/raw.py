@@ -307,7 +307,6 @@ class RawBackend(BackendBase):
             self._write_zeros(offset, end)
 
     def flush(self) -> None:
-        """fsync the file."""
         os.fsync(self._fd)
 
     def clone(self) -> "RawBackend":
