@@ -47,12 +47,11 @@ from imagetool.formats import open_image
 from imagetool.iocore.backend import (BackendBase, Extent, merge_extents, undo_on_error,
                                       union_ranges)
 from imagetool.iocore.backends import Wrapper
-from imagetool.formats.qcow2 import (EXT_BACKING_FORMAT, L2E_OFFSET_MASK as _OFFSET_MASK,
-                                     OFLAG_COMPRESSED as _COMPRESSED, OFLAG_COPIED as _COPIED,
-                                     OFLAG_ZERO as _ZERO_FLAG, V3_HEADER_LEN as _HEADER_LEN,
-                                     big_endian, compressed_size_shift, compressed_span,
-                                     pack_extensions, pack_header, parse_header,
-                                     refcount_clusters)
+from imagetool.formats.qcow2 import (
+    EXT_BACKING_FORMAT, L2E_OFFSET_MASK as _OFFSET_MASK, OFLAG_COMPRESSED as _COMPRESSED,
+    OFLAG_COPIED as _COPIED, OFLAG_ZERO as _ZERO_FLAG, V3_HEADER_LEN as _HEADER_LEN,
+    big_endian, compressed_size_shift, compressed_span, pack_extensions, pack_header,
+    parse_header, refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -196,8 +195,7 @@ class Qcow2Writer(BackendBase):
     def _load(self, h) -> None:
         """Rebuild the in-memory tables of an existing image (``open_existing``)."""
         cs = self.cluster_size
-        file_size = os.fstat(self._fd).st_size
-        self._orig_size = file_size
+        self._orig_size = file_size = os.fstat(self._fd).st_size
         end = -(-file_size // cs)
         if h.l1_size < self._l1_size:
             raise FormatError("L1 table too small for the virtual size", self.path)
@@ -708,7 +706,8 @@ class Qcow2Writer(BackendBase):
         l1 = array("Q", bytes(8 * self._l1_size))
         for idx in sorted(self._l2):
             l1[idx] = (pos * cs) | _COPIED
-            _pwrite_all(self._fd, [big_endian(array("Q", self._l2[idx]))], self._base + pos * cs)
+            t = big_endian(array("Q", self._l2[idx]))
+            _pwrite_all(self._fd, [t], self._base + pos * cs)
             pos += 1
         l1_offset = pos * cs if l1_clusters else 0
         if l1_clusters:

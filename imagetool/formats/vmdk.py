@@ -280,11 +280,12 @@ class _SparseExtent(_FileExtent):
             raise win.corrupt("no grain directory (offset 0)")
         self.gd = array("I")
         if n_gd:
+            gd_off = h.gd_offset * SECTOR
             if h.gd_offset >= win.length:
                 raise win.corrupt(
                     f"grain directory at sector {h.gd_offset} is past the end "
                     f"of the file ({win.length} bytes)")
-            self.gd = _le_u32(win.pread(h.gd_offset * SECTOR, n_gd * 4, "grain directory"))
+            self.gd = _le_u32(win.pread(gd_off, n_gd * 4, "grain directory"))
         self._gt_cache = LockedLRU(max(2, _GT_CACHE_BYTES // (h.num_gtes * 4)))
         self._grain_cache = LockedLRU(max(2, _GRAIN_CACHE_BYTES // self.grain))
         self.descriptor = self._embedded_descriptor()

@@ -295,7 +295,8 @@ class ImageioClient(Closing):
 
     def _patch(self, body: bytes, what: str) -> None:
         """A JSON ``PATCH`` answered with an empty 200 or 204."""
-        resp = self._request("PATCH", headers={"Content-Type": "application/json"}, body=body)
+        resp = self._request("PATCH", headers={"Content-Type": "application/json"},
+                             body=body)
         self._expect_empty("PATCH", what, resp)
 
     # --- API ------------------------------------------------------------------

@@ -202,7 +202,7 @@ class Session:
             magic, flags, cmd, handle, offset, length = struct.unpack(">IHHQQI",
                                                                       self.recv(28))
             if magic != REQUEST_MAGIC or cmd == CMD_DISC:
-                raise _Closed()     # out of step (nothing after can be trusted), or done
+                raise _Closed()     # out of step (nothing after is trusted), or done
             if cmd == CMD_WRITE:
                 # The payload follows: read it to stay in step, then refuse.
                 if length > MAX_REQUEST:
