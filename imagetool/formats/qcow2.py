@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 
 from imagetool.errors import CorruptImage, FormatError, UnsupportedFeature
@@ -91,6 +93,14 @@ def refcount_clusters(clusters: int, cluster_size: int) -> tuple[int, int]:
         if (nb, nt) == (blocks, table):
             return blocks, table
         blocks, table = nb, nt
+
+
+def big_endian(table: array) -> array:
+    """``table`` converted in place between host order and qcow2's
+    big-endian (either way), and returned."""
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
 
 
 @dataclass
@@ -190,8 +200,7 @@ def parse_header(fd: int, path: str, base: int = 0,
     f = _V2.unpack_from(raw)
     if f[0] != QCOW2_MAGIC:
         raise _corrupt(path, "bad magic")
-    h = Header(path, file_size, *f[1:])
-    h.base = base
+    h = Header(path, file_size, *f[1:], base=base)
     if h.version not in (2, 3):
         raise UnsupportedFeature(f"qcow2 version {h.version} is not supported", path)
     if not 9 <= h.cluster_bits <= 21:
@@ -210,10 +219,9 @@ def parse_header(fd: int, path: str, base: int = 0,
                                             "compression type")[0]
     _check_geometry(h)
     _read_extensions(fd, h)
-    if h.unknown_incompatible():
+    if unknown := h.unknown_incompatible():
         raise UnsupportedFeature(
-            "unsupported qcow2 incompatible features: "
-            + ", ".join(h.unknown_incompatible()), path)
+            "unsupported qcow2 incompatible features: " + ", ".join(unknown), path)
     if h.compression_type not in COMPRESSION_NAMES:
         raise UnsupportedFeature(
             f"unknown compression type {h.compression_type}", path)

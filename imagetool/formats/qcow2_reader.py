@@ -18,7 +18,6 @@ import io
 import os
 import re
 import stat
-import sys
 import threading
 import zlib
 from array import array
@@ -50,12 +49,7 @@ _PROTOCOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 def _load_table(fd: int, path: str, offset: int, length: int, what: str) -> array:
-    data = qcow2.read_exact(fd, path, offset, length, what)
-    table = array("Q")
-    table.frombytes(data)
-    if sys.byteorder == "little":
-        table.byteswap()
-    return table
+    return qcow2.big_endian(array("Q", qcow2.read_exact(fd, path, offset, length, what)))
 
 
 class Qcow2Backend(ReadOnlyBackend):
@@ -140,9 +134,7 @@ class Qcow2Backend(ReadOnlyBackend):
             raise UnsupportedFeature(
                 f"backing file {name!r} is not a regular file or block device",
                 self.path)
-        fmt = h.backing_format
-        if fmt is None:
-            fmt = detect(bpath)
+        fmt = detect(bpath) if h.backing_format is None else h.backing_format
         if fmt == "raw":
             return RawBackend(bpath, "r")
         if fmt == "qcow2":

@@ -42,19 +42,16 @@ import zlib
 from array import array
 from typing import Iterator
 
-from imagetool.errors import FormatError
+from imagetool.errors import FormatError, UnsupportedFeature
 from imagetool.formats import open_image
 from imagetool.iocore.backend import (BackendBase, Extent, merge_extents, undo_on_error,
                                       union_ranges)
 from imagetool.iocore.backends import Wrapper
-from imagetool.formats.qcow2 import EXT_BACKING_FORMAT
-from imagetool.formats.qcow2 import L2E_OFFSET_MASK as _OFFSET_MASK
-from imagetool.formats.qcow2 import OFLAG_COMPRESSED as _COMPRESSED
-from imagetool.formats.qcow2 import OFLAG_COPIED as _COPIED
-from imagetool.formats.qcow2 import OFLAG_ZERO as _ZERO_FLAG
-from imagetool.formats.qcow2 import V3_HEADER_LEN as _HEADER_LEN
-from imagetool.formats.qcow2 import (compressed_size_shift, compressed_span, pack_extensions,
-                                     pack_header, refcount_clusters)
+from imagetool.formats.qcow2 import (
+    EXT_BACKING_FORMAT, L2E_OFFSET_MASK as _OFFSET_MASK, OFLAG_COMPRESSED as _COMPRESSED,
+    OFLAG_COPIED as _COPIED, OFLAG_ZERO as _ZERO_FLAG, V3_HEADER_LEN as _HEADER_LEN,
+    big_endian, compressed_size_shift, compressed_span, pack_extensions, pack_header,
+    parse_header, refcount_clusters)
 from imagetool.formats.raw import read_full
 from imagetool.formats.readonly import fill_zero
 
@@ -177,8 +174,6 @@ class Qcow2Writer(BackendBase):
         The header is rewritten as this writer writes it (the backing file
         and its format kept).
         """
-        from imagetool.errors import UnsupportedFeature
-        from imagetool.formats.qcow2 import parse_header
         path = os.fspath(path)
         try:
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
@@ -200,8 +195,7 @@ class Qcow2Writer(BackendBase):
     def _load(self, h) -> None:
         """Rebuild the in-memory tables of an existing image (``open_existing``)."""
         cs = self.cluster_size
-        file_size = os.fstat(self._fd).st_size
-        self._orig_size = file_size
+        self._orig_size = file_size = os.fstat(self._fd).st_size
         end = -(-file_size // cs)
         if h.l1_size < self._l1_size:
             raise FormatError("L1 table too small for the virtual size", self.path)
@@ -224,12 +218,9 @@ class Qcow2Writer(BackendBase):
         if h.l1_size:
             take(h.l1_table_offset, h.l1_size * 8, False)
         take(h.refcount_table_offset, h.refcount_table_clusters * cs, False)
-        rt = array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
-                                 h.refcount_table_offset))
-        l1 = array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset))
-        if _LITTLE:
-            rt.byteswap()
-            l1.byteswap()
+        rt = big_endian(array("Q", os.pread(self._fd, h.refcount_table_clusters * cs,
+                                          h.refcount_table_offset)))
+        l1 = big_endian(array("Q", os.pread(self._fd, l1_bytes, h.l1_table_offset)))
         for e in rt:
             if e:
                 take(e & ~(cs - 1) & _OFFSET_MASK, cs, False)
@@ -239,11 +230,9 @@ class Qcow2Writer(BackendBase):
             if not off:
                 continue
             take(off, cs, False)
-            t = array("Q", os.pread(self._fd, cs, off))
+            t = big_endian(array("Q", os.pread(self._fd, cs, off)))
             if len(t) != self._l2_entries:
                 raise FormatError("short L2 table", self.path)
-            if _LITTLE:
-                t.byteswap()
             for j, entry in enumerate(t):
                 if entry & _COMPRESSED:
                     coff, stop = compressed_span(entry, self._cbits)
@@ -281,10 +270,7 @@ class Qcow2Writer(BackendBase):
                 if size is not None and self._meta is None:
                     os.ftruncate(self._fd, size)
             finally:
-                os.close(self._fd)
-                if self._backing is not None:
-                    self._backing.close()
-                    self._backing = None
+                self._close_files()
 
     # --- Backend protocol ------------------------------------------------
 
@@ -448,10 +434,13 @@ class Qcow2Writer(BackendBase):
         finally:
             with self._lock:
                 self._closed = True
-                os.close(self._fd)
-                if self._backing is not None:
-                    self._backing.close()
-                    self._backing = None
+                self._close_files()
+
+    def _close_files(self) -> None:
+        os.close(self._fd)
+        if self._backing is not None:
+            self._backing.close()
+            self._backing = None
 
     def __repr__(self) -> str:
         return f"Qcow2Writer({self.path!r}, size={self._size})"
@@ -717,29 +706,22 @@ class Qcow2Writer(BackendBase):
         l1 = array("Q", bytes(8 * self._l1_size))
         for idx in sorted(self._l2):
             l1[idx] = (pos * cs) | _COPIED
-            t = array("Q", self._l2[idx])
-            t.byteswap() if _LITTLE else None
+            t = big_endian(array("Q", self._l2[idx]))
             _pwrite_all(self._fd, [t], self._base + pos * cs)
             pos += 1
         l1_offset = pos * cs if l1_clusters else 0
         if l1_clusters:
-            l1.byteswap() if _LITTLE else None
-            _pwrite_all(self._fd, [l1], self._base + pos * cs)
+            _pwrite_all(self._fd, [big_endian(l1)], self._base + pos * cs)
             pos += l1_clusters
         rt = array("Q", bytes(table * cs))
         refs = array("H", self._refcounts)
         refs.extend(array("H", bytes(2 * (blocks * per_block - len(refs)))))
-        if _LITTLE:
-            refs.byteswap()
-        rblocks_start = pos
         for i in range(blocks):
             rt[i] = (pos + i) * cs
-        _pwrite_all(self._fd, [refs], self._base + rblocks_start * cs)
+        _pwrite_all(self._fd, [big_endian(refs)], self._base + pos * cs)
         pos += blocks
         rt_offset = pos * cs
-        if _LITTLE:
-            rt.byteswap()
-        _pwrite_all(self._fd, [rt], self._base + rt_offset)
+        _pwrite_all(self._fd, [big_endian(rt)], self._base + rt_offset)
         pos += table
         os.ftruncate(self._fd, self._base + pos * cs)
         # The header goes last so it never points at half-written tables.
@@ -783,9 +765,6 @@ class _WriterView(Wrapper):
 
     def close(self) -> None:
         pass
-
-
-_LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
 
 
 def _overlay(layer: list[Extent], below: list[Extent]) -> list[Extent]:

@@ -37,7 +37,7 @@ import threading
 from typing import Iterator
 
 from imagetool.errors import FormatError
-from imagetool.iocore.backend import BackendBase, Extent
+from imagetool.iocore.backend import BackendBase, Extent, undo_on_error
 
 _HAVE_PREAD = hasattr(os, "pread") and hasattr(os, "pwrite")
 _HAVE_PREADV = hasattr(os, "preadv")
@@ -219,13 +219,10 @@ class RawBackend(BackendBase):
         # The same for zeroing with allocation (ZERO_RANGE, then fallocate).
         self._can_zero_range: bool | None = None if _fallocate else False
         self._can_allocate: bool | None = None if _fallocate else False
-        try:
-            if size is not None and mode != "r":
+        if size is not None and mode != "r":
+            with undo_on_error(lambda: os.close(self._fd)):
                 if size > fd_size(self._fd) or mode == "w":
                     os.ftruncate(self._fd, size)
-        except OSError:
-            os.close(self._fd)
-            raise
         if direct and hasattr(os, "O_DIRECT"):
             access = os.O_RDONLY if mode == "r" else os.O_RDWR
             try:
@@ -310,7 +307,6 @@ class RawBackend(BackendBase):
             self._write_zeros(offset, end)
 
     def flush(self) -> None:
-        """fsync the file."""
         os.fsync(self._fd)
 
     def clone(self) -> "RawBackend":
@@ -388,19 +384,16 @@ class RawBackend(BackendBase):
         the last resort writes the zeros. None of these shrinks the file, so
         concurrent writers past the end are safe.
         """
-        if self._can_zero_range is not False and _fallocate is not None:
-            if self._fallocate(_FALLOC_FL_ZERO_RANGE, offset, length):
-                self._can_zero_range = True
+        if self._can_zero_range is not False:
+            self._can_zero_range = self._fallocate(_FALLOC_FL_ZERO_RANGE, offset, length)
+            if self._can_zero_range:
                 return
-            self._can_zero_range = False
-        if self._can_allocate is not False and _fallocate is not None:
-            if offset < self.size and not self._punch(offset, min(length, self.size - offset)):
-                self._can_allocate = False
-            elif self._fallocate(0, offset, length):
-                self._can_allocate = True
+        if self._can_allocate is not False:
+            size = self.size
+            punched = offset >= size or self._punch(offset, min(length, size - offset))
+            self._can_allocate = punched and self._fallocate(0, offset, length)
+            if self._can_allocate:
                 return
-            else:
-                self._can_allocate = False
         self._write_zeros(offset, offset + length)
 
     def _write_zeros(self, offset: int, end: int) -> None:

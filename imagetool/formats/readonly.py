@@ -140,11 +140,9 @@ class ReadOnlyBackend(BackendBase):
         raise NotImplementedError
 
     def write(self, offset: int, data) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
         raise UnsupportedFeature(self._refusal.format(self._format), self._label)
 
     def zero(self, offset: int, length: int) -> None:
-        """Refused: this backend is read-only (UnsupportedFeature)."""
         raise UnsupportedFeature(self._refusal.format(self._format), self._label)
 
     def flush(self) -> None:

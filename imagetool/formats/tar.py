@@ -59,7 +59,6 @@ def header(name: str, size: int, mtime: float | None = None) -> bytes:
 
 
 def end_of_archive() -> bytes:
-    """Two zero blocks."""
     return bytes(2 * BLOCK)
 
 

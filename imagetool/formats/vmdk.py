@@ -40,6 +40,7 @@ import sys
 import zlib
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterator
 
 from imagetool.errors import (CorruptImage, FormatError, UnsupportedFeature,
@@ -81,6 +82,14 @@ _EXTENT_RE = re.compile(
     r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)'
     r'(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
 _KV_RE = re.compile(r'^([A-Za-z][A-Za-z0-9_.]*)\s*=\s*"?([^"]*)"?\s*$')
+
+
+def _le_u32(raw: bytes) -> array:
+    """Little-endian 32-bit table entries (grain directory, grain table)."""
+    table = array("I", raw)
+    if sys.byteorder != "little":
+        table.byteswap()
+    return table
 
 
 class _FileRange:
@@ -217,16 +226,15 @@ class _Header:
 
 
 def _parse_header(win: _FileRange, raw: bytes, what: str) -> _Header:
-    (magic, version, flags, capacity, grain, desc_off, desc_size, num_gtes,
-     rgd, gd, overhead, _unclean, _nl, compress) = _HEADER.unpack_from(raw)
+    magic, *fields, _unclean, _newline_chars, compress = _HEADER.unpack_from(raw)
+    h = _Header(*fields, compress)      # the fields in the header's order
     if magic != MAGIC:
         raise win.corrupt(f"{what}: bad magic {magic!r} (expected KDMV)")
-    if version not in (1, 2, 3):
+    if h.version not in (1, 2, 3):
         raise UnsupportedFeature(
-            f"vmdk sparse extent version {version} is not supported "
+            f"vmdk sparse extent version {h.version} is not supported "
             f"(only 1, 2 and 3)", win.label)
-    return _Header(version, flags, capacity, grain, desc_off, desc_size,
-                   num_gtes, rgd, gd, overhead, compress)
+    return h
 
 
 class _SparseExtent(_FileExtent):
@@ -234,14 +242,10 @@ class _SparseExtent(_FileExtent):
 
     kind = "SPARSE"
 
-    def __init__(self, win: _FileRange):
-        self.win = win
-        self._parse()
-
     # --- metadata ----------------------------------------------------------
 
-    def _parse(self) -> None:
-        win = self.win
+    def __init__(self, win: _FileRange):
+        self.win = win
         if win.length < SECTOR:
             raise win.corrupt(f"file too short for a vmdk header "
                               f"({win.length} bytes)")
@@ -281,9 +285,7 @@ class _SparseExtent(_FileExtent):
                 raise win.corrupt(
                     f"grain directory at sector {h.gd_offset} is past the end "
                     f"of the file ({win.length} bytes)")
-            self.gd.frombytes(win.pread(gd_off, n_gd * 4, "grain directory"))
-            if sys.byteorder != "little":
-                self.gd.byteswap()
+            self.gd = _le_u32(win.pread(gd_off, n_gd * 4, "grain directory"))
         self._gt_cache = LockedLRU(max(2, _GT_CACHE_BYTES // (h.num_gtes * 4)))
         self._grain_cache = LockedLRU(max(2, _GRAIN_CACHE_BYTES // self.grain))
         self.descriptor = self._embedded_descriptor()
@@ -332,10 +334,7 @@ class _SparseExtent(_FileExtent):
             raise self.win.corrupt(
                 f"grain table {index} at sector {sector} is past the end of "
                 f"the file ({self.win.length} bytes)")
-        table = array("I")
-        table.frombytes(self.win.pread(sector * SECTOR, n * 4, "grain table"))
-        if sys.byteorder != "little":
-            table.byteswap()
+        table = _le_u32(self.win.pread(sector * SECTOR, n * 4, "grain table"))
         self._gt_cache.put(sector, table)
         return table
 
@@ -546,9 +545,8 @@ def _open_descriptor_file(path: str) -> tuple[dict, list]:
             raise UnsupportedFeature(
                 f"vmdk extent type {line.type} is not supported (FLAT, "
                 f"SPARSE and ZERO are)", path)
-        target = (None if line.type == "ZERO"
-                  else _extent_path(directory, line.name, path))
-        targets.append(target)
+        targets.append(None if line.type == "ZERO"
+                       else _extent_path(directory, line.name, path))
     total = sum(line.sectors for line in lines) * SECTOR
     if total > MAX_VIRTUAL_SIZE:
         raise CorruptImage(f"corrupt vmdk descriptor: extents add up to "
@@ -614,12 +612,8 @@ class VmdkBackend(ReadOnlyBackend):
         self.subformat = subformat
         self.window = window
         self._parts = parts
-        self._starts = []
-        pos = 0
-        for p in parts:
-            self._starts.append(pos)
-            pos += p.size
-        self._size = pos
+        self._starts = [0, *accumulate(p.size for p in parts)]
+        self._size = self._starts.pop()
         self._closed = False
 
     def _unmerged_extents(self) -> Iterator[Extent]:
@@ -655,12 +649,8 @@ class VmdkBackend(ReadOnlyBackend):
 
     def files(self) -> list[str]:
         """The descriptor and extent files this image is made of."""
-        out = [self.path]
-        for p in self._parts:
-            for f in p.files():
-                if f not in out:
-                    out.append(f)
-        return out
+        files = (f for p in self._parts for f in p.files())
+        return list(dict.fromkeys([self.path, *files]))   # in order, once each
 
     def __repr__(self) -> str:
         return f"VmdkBackend({self.label!r}, {self.subformat})"

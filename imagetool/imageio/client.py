@@ -175,19 +175,15 @@ class ImageioClient(Closing):
             self._conn = None
         if self._conn is None:
             targets = [self._target] if self._target else self._targets
-            error: ConnectionFailed | None = None
-            for target in targets:
+            for i, target in enumerate(targets):
                 try:
                     self._conn = self._open(target)
-                except ConnectionFailed as e:
-                    error = e
-                    continue
-                self._target = target
-                self._fresh = True
-                break
-            else:
-                assert error is not None
-                raise error
+                    break
+                except ConnectionFailed:
+                    if i == len(targets) - 1:
+                        raise       # the last one's error (the proxy's, if any)
+            self._target = target
+            self._fresh = True
         return self._conn
 
     # --- request machinery -------------------------------------------------
@@ -250,7 +246,7 @@ class ImageioClient(Closing):
     def _request(self, method: str, suffix: str = "", query: dict | None = None,
                  headers: dict[str, str] | None = None,
                  body: bytes | memoryview | None = None,
-                 what: str = "", root: bool = False) -> http.client.HTTPResponse:
+                 root: bool = False) -> http.client.HTTPResponse:
         """Send one request, reconnecting once if the idle connection was closed."""
         headers = headers or {}
         for attempt in (0, 1):
@@ -282,7 +278,7 @@ class ImageioClient(Closing):
 
     def _json(self, method: str, suffix: str = "", query: dict | None = None,
               what: str = "") -> object:
-        resp = self._request(method, suffix, query, what=what)
+        resp = self._request(method, suffix, query)
         if resp.status != 200:
             raise self._fail(method, what, resp)
         try:
@@ -300,7 +296,7 @@ class ImageioClient(Closing):
     def _patch(self, body: bytes, what: str) -> None:
         """A JSON ``PATCH`` answered with an empty 200 or 204."""
         resp = self._request("PATCH", headers={"Content-Type": "application/json"},
-                             body=body, what=what)
+                             body=body)
         self._expect_empty("PATCH", what, resp)
 
     # --- API ------------------------------------------------------------------
@@ -308,7 +304,7 @@ class ImageioClient(Closing):
     def options(self) -> ImageioOptions:
         """Features and concurrency the server offers for this ticket (cached)."""
         if self._options is None:
-            resp = self._request("OPTIONS", what="options")
+            resp = self._request("OPTIONS")
             if resp.status in (405, 204):
                 # Old daemon (405) or old proxy (204): no optional features.
                 resp.read()
@@ -331,10 +327,9 @@ class ImageioClient(Closing):
                 exts = self.extents()
                 self._size = exts[-1].end if exts else 0
             else:
-                resp = self._request("GET", headers={"Range": format_range(0, 1)},
-                                     what="range 0-0")
+                resp = self._request("GET", headers={"Range": format_range(0, 1)})
+                rng = _content_range(resp.getheader("Content-Range"))
                 if resp.status == 206:
-                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
                     if rng is None or rng[:2] != (0, 0) or rng[2] is None:
                         self.close()
@@ -351,7 +346,6 @@ class ImageioClient(Closing):
                     self._size = length
                 elif resp.status == 416:
                     # An empty image cannot satisfy any range.
-                    rng = _content_range(resp.getheader("Content-Range"))
                     resp.read()
                     if rng is None or rng[2] != 0:
                         raise self._fail("GET", "range 0-0", resp)
@@ -366,8 +360,7 @@ class ImageioClient(Closing):
         if length == 0:
             return 0
         what = f"range {offset}-{offset + length - 1}"
-        resp = self._request("GET", headers={"Range": format_range(offset, length)},
-                             what=what)
+        resp = self._request("GET", headers={"Range": format_range(offset, length)})
         if resp.status != 206:
             if resp.status == 200:
                 self.close()     # it is sending the whole image; drop it
@@ -427,7 +420,7 @@ class ImageioClient(Closing):
         resp = self._request(
             "PUT", query={"flush": "y" if flush else "n"},
             headers={"Content-Range": format_content_range(offset, length)},
-            body=view, what=what)
+            body=view)
         self._expect_empty("PUT", what, resp)
 
     def zero(self, offset: int, length: int, flush: bool = False) -> None:
@@ -502,7 +495,7 @@ class ImageioClient(Closing):
     def info(self) -> dict:
         """``GET /info/``: the server's version."""
         # /info/ lives at the server root, not under /images/<ticket>.
-        resp = self._request("GET", "/info/", what="info", root=True)
+        resp = self._request("GET", "/info/", root=True)
         if resp.status != 200:
             raise self._fail("GET", "info", resp)
         return json.loads(resp.read())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+from contextlib import suppress
 
 # Features a writable ticket offers; a read-only ticket offers READ_FEATURES.
 FEATURES = ("checksum", "extents", "flush", "zero")
@@ -33,10 +34,8 @@ def set_socket_buffers(sock: socket.socket) -> None:
     """Ask for SOCKET_BUFFER-sized send and receive buffers; a system that
     refuses keeps its own (the transfer works, only slower)."""
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
+        with suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        except OSError:
-            pass
 
 # ASCII digits only (RFC 9110 sections 8.6 and 14): Python's ``\\d``,
 # ``str.isdigit`` and ``int`` also take other scripts' digits ('١٢'),

@@ -32,11 +32,6 @@ class Extent:
     def end(self) -> int:
         return self.start + self.length
 
-    def to_dict(self) -> dict:
-        """The imageio JSON shape: start, length, zero, hole."""
-        return {"start": self.start, "length": self.length,
-                "zero": self.zero, "hole": self.hole}
-
 
 @runtime_checkable
 class Backend(Protocol):

@@ -43,6 +43,7 @@ import random
 import socket
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -371,10 +372,8 @@ class PerThread(Wrapper):
         with self._lock:
             clones, self._clones = self._clones, []
         for b in clones:
-            try:
+            with suppress(Exception):
                 b.close()
-            except Exception:
-                pass
 
 
 class Window(BackendBase):

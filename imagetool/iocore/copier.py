@@ -221,16 +221,6 @@ def _buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _read_full(src: Backend, offset: int, view: memoryview) -> None:
-    got = 0
-    while got < len(view):
-        n = src.read_into(offset + got, view[got:])
-        if not n:
-            raise TransferError(
-                f"short read: got {got} of {len(view)} bytes at offset {offset}")
-        got += n
-
-
 def _apply(dst: Backend, req: _Request, view: memoryview | None,
            zeros: memoryview) -> None:
     """Do one request's destination side."""
@@ -255,8 +245,14 @@ def _read(src: Backend, req: _Request, raw: mmap.mmap, zeros: memoryview,
     there already; "zero": a layer over a backing file hides its data).
     """
     view = memoryview(raw)[:req.length]
+    got = 0
     try:
-        _read_full(src, req.start, view)
+        while got < req.length:
+            n = src.read_into(req.start + got, view[got:])
+            if not n:
+                raise TransferError(f"short read: got {got} of {req.length} bytes "
+                                    f"at offset {req.start}")
+            got += n
     except Exception as e:
         raise CopyError("reading source", req.start, req.length, e) from e
     if gran is None:
@@ -406,9 +402,6 @@ class CopyOptions:
         if r < 4096 or r % 4096 or r % (self.align or 1):
             raise ValueError("request_size must be a multiple of 4096 and of align")
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
          progress: Callable[[int], None] | None = None,
@@ -467,14 +460,12 @@ def copy(src: Backend, dst: Backend, options: CopyOptions = CopyOptions(), *,
             zero_op = "zero" if dst_zero else "zerodata"
         # Worker 0 uses the caller's backends, the others clones: a server
         # allowing N connections (qemu-nbd --shared=N) serves N workers.
-        pairs = [(src, dst)]
         for _ in range(workers - 1):
             s = src.clone()
             with undo_on_error(s.close):
                 d = dst.clone()
             clones.append((s, d))
-            pairs.append((s, d))
-        for i, (s, d) in enumerate(pairs):
+        for i, (s, d) in enumerate([(src, dst), *clones]):
             t = Worker(run_worker, s, d, name=f"copy-worker-{i}")
             threads.append(t)       # listed before it can run (see _finish)
             t.start()

@@ -8,6 +8,7 @@ import socket
 import stat
 import threading
 from bisect import bisect_right
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -127,14 +128,10 @@ class NbdServer(Closing):
         with self._lock:
             conns = list(self._conns)
         for c in conns:
-            try:
+            with suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
     # --- one client -------------------------------------------------------------
 

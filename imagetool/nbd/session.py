@@ -65,8 +65,7 @@ class Session:
             magic, opt, length = struct.unpack(">QII", self.recv(16))
             if magic != IHAVEOPT or length > MAX_OPTION:
                 raise _Closed()
-            data = self.recv(length)
-            self.option(opt, data, no_zeroes)
+            self.option(opt, self.recv(length), no_zeroes)
         self.conn.settimeout(None)
         self.backend = self.export.backend.clone()
         try:
@@ -185,15 +184,13 @@ class Session:
             return self.error(opt, REP_ERR_INVALID, "negotiate structured replies first")
         if self.find(name) is None:
             return self.error(opt, REP_ERR_UNKNOWN, "no such export")
-        wanted = [ALLOCATION.encode()]
-        if opt == OPT_LIST_META_CONTEXT and nq:
-            wanted = [q for q in queries if q in (b"base:", ALLOCATION.encode())]
-            wanted = [ALLOCATION.encode()] if wanted else []
-        elif opt == OPT_SET_META_CONTEXT:
-            wanted = [ALLOCATION.encode()] if ALLOCATION.encode() in queries else []
-            self.allocation = bool(wanted)
-        for w in wanted:
-            self.reply(opt, REP_META_CONTEXT, struct.pack(">I", META_CONTEXT_ID) + w)
+        alloc = ALLOCATION.encode()
+        if opt == OPT_SET_META_CONTEXT:
+            matched = self.allocation = alloc in queries
+        else:       # a list without queries lists every context
+            matched = not nq or any(q in (b"base:", alloc) for q in queries)
+        if matched:
+            self.reply(opt, REP_META_CONTEXT, struct.pack(">I", META_CONTEXT_ID) + alloc)
         self.reply(opt, REP_ACK)
 
     # --- transmission ----------------------------------------------------------
@@ -204,18 +201,14 @@ class Session:
         while True:
             magic, flags, cmd, handle, offset, length = struct.unpack(">IHHQQI",
                                                                       self.recv(28))
-            if magic != REQUEST_MAGIC:
-                raise _Closed()     # out of step: nothing after can be trusted
-            if cmd == CMD_DISC:
-                raise _Closed()
+            if magic != REQUEST_MAGIC or cmd == CMD_DISC:
+                raise _Closed()     # out of step (nothing after is trusted), or done
             if cmd == CMD_WRITE:
                 # The payload follows: read it to stay in step, then refuse.
                 if length > MAX_REQUEST:
                     raise _Closed()
                 self.recv(length)
-                self.fail(handle, EPERM, "the export is read-only")
-                continue
-            if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
+            if cmd in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
                 self.fail(handle, EPERM, "the export is read-only")
                 continue
             if cmd not in (CMD_READ, CMD_BLOCK_STATUS):
@@ -258,18 +251,16 @@ class Session:
             return self.structured_read(handle, offset, length)
         buf = bytearray(min(PIECE, length))
         pos, end = offset, offset + length
-        first = True
         while pos < end:
             view = memoryview(buf)[:min(PIECE, end - pos)]
             err = self._fill(pos, view)
             if err is not None:
                 self.server.log(f"export {self.export.name}: {err}")
-                if first:
+                if pos == offset:
                     return self.fail(handle, EIO, err)
                 raise _Closed()     # part of the data is sent: only closing tells
-            if first:
+            if pos == offset:
                 self.send(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, handle))
-                first = False
             self.send(view)
             pos += len(view)
 
