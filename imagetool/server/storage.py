@@ -301,10 +301,10 @@ class Storage:
         to copy instead of its own path (see ``open_chain``'s ``paths``).
         """
         new_dir = not os.path.isdir(self.disk_dir(sd_id, disk_id))
-        make_private_dirs(self.disk_dir(sd_id, disk_id))
         dst = self.volume_path(sd_id, disk_id, vol_id)
-        create_private(dst)
         try:
+            make_private_dirs(self.disk_dir(sd_id, disk_id))
+            create_private(dst)
             top = vols[-1]
             src = source or self.volume_path(top["sd_id"], top["disk_id"], top["id"])
             if len(vols) == 1:

@@ -4,9 +4,10 @@ sparsifying and removing one, and merging a layer of its chain away."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from imagetool.phases import BACKUP_RUNNING
 from imagetool.server.domain.inventory import get, get_owned
@@ -196,15 +197,31 @@ def _data_domain(sd: dict, action: str) -> dict:
     return sd
 
 
-def flatten(engine, action: str, vols: list[dict], fmt: str, size: int, sd_id: str,
+@contextlib.contextmanager
+def removed_on_error(engine) -> Iterator[list[tuple[str, str]]]:
+    """The disks ``flatten`` copies inside the block, (domain id, disk id):
+    their files go when anything in the block fails, the copy of a later
+    disk, a store write or the commit, which leaves no rows to list them."""
+    made: list[tuple[str, str]] = []
+    try:
+        yield made
+    except BaseException:
+        for sd_id, disk_id in made:
+            engine.storage.remove_disk(sd_id, disk_id)
+        raise
+
+
+def flatten(engine, action: str, made: list, vols: list[dict], fmt: str, size: int, sd_id: str,
             disk_id: str, vol_id: str, preallocate: bool) -> None:
-    """``Storage.flatten``, where a copy the domain cannot hold (no space, a
-    size the file system refuses) is a 409 naming the file, as in ``add``;
-    the storage has removed what it wrote."""
+    """``Storage.flatten`` into a new disk, recorded in ``made`` (see
+    ``removed_on_error``). A copy the domain cannot hold (no space, a size
+    the file system refuses) is a 409 naming the file, as in ``add``; the
+    storage has removed what it wrote."""
     try:
         engine.storage.flatten(vols, fmt, size, sd_id, disk_id, vol_id, preallocate=preallocate)
     except (OSError, ValueError, MemoryError) as e:
         raise conflict(action, f"Cannot copy the volume: {os_reason(e)}.") from None
+    made.append((sd_id, disk_id))
 
 
 def copy(engine, disk_id: str, sd: dict, new_name: str | None) -> tuple[dict, dict]:
@@ -215,14 +232,16 @@ def copy(engine, disk_id: str, sd: dict, new_name: str | None) -> tuple[dict, di
     new_name = new_name or f"{disk['name']}_copy"
     vols = chain(engine.store, disk)
     new_disk_id, new_vol = new_id(), new_id()
-    flatten(engine, "copy Virtual Disk", vols, disk["format"], disk["provisioned_size"], sd["id"],
-            new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
-    now = time.time()
-    copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
-                status="ok", created=now)
-    with engine.store.transaction():
-        engine.store.put("volume", volume_row(new_vol, new_disk_id, sd["id"], disk["format"], now))
-        engine.store.put("disk", copy)
+    with removed_on_error(engine) as made:
+        flatten(engine, "copy Virtual Disk", made, vols, disk["format"], disk["provisioned_size"],
+                sd["id"], new_disk_id, new_vol, preallocate=not disk.get("sparse", True))
+        now = time.time()
+        copy = dict(disk, id=new_disk_id, name=new_name, sd_id=sd["id"], image_id=new_vol,
+                    status="ok", created=now)
+        with engine.store.transaction():
+            engine.store.put("volume", volume_row(new_vol, new_disk_id, sd["id"], disk["format"],
+                                                  now))
+            engine.store.put("disk", copy)
     job = record_job(engine.store, f"Copying Disk {disk['name']} to {sd['name']}",
                      ["Copying volumes"])
     return copy, job

@@ -275,16 +275,14 @@ def clone(engine, snap_id: str, name: str, description: str | None,
 def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
                 snap: dict, source: dict, plan: list) -> dict:
     """The copy of a clone from a snapshot, its source disks locked."""
-    store, st = engine.store, engine.storage
+    store = engine.store
     made: list[tuple[dict, dict, dict]] = []
-    pending = None
-    try:
+    with disk_ops.removed_on_error(engine) as copied:
         for d, vols in plan:
             sd = store.get("storage_domain", d["sd_id"])
             new_disk, new_vol = new_id(), new_id()
-            pending = (sd["id"], new_disk)
             fmt = vols[0]["format"]
-            disk_ops.flatten(engine, "add VM", vols, fmt, d["provisioned_size"], sd["id"],
+            disk_ops.flatten(engine, "add VM", copied, vols, fmt, d["provisioned_size"], sd["id"],
                              new_disk, new_vol, preallocate=not d.get("sparse", True))
             now = time.time()
             made.append((dict(d, id=new_disk, name=f"{d['name']}_{name}"[:255], image_id=new_vol,
@@ -292,29 +290,20 @@ def _copy_disks(engine, name: str, description: str | None, vm_id: str | None,
                          volume_row(new_vol, new_disk, sd["id"], fmt, now),
                          next((a for a in source["attachments"] if a["disk_id"] == d["id"]),
                               {"interface": "virtio_scsi", "bootable": False, "active": True})))
-            pending = None
-    except BaseException:
-        for disk, _, _ in made:
-            st.remove_disk(disk["sd_id"], disk["id"])
-        if pending is not None:
-            st.remove_disk(*pending)
-        raise
-    vm = {"id": vm_id or new_id(), "name": name,
-          "description": description or source.get("description", ""),
-          "created": time.time(), **vmsettings.copied(source),
-          "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
-          "active_snapshot_id": new_id(), "ovf": None}
-    with store.transaction():
-        taken = _name_taken(store, name, vm_id)
-        if taken is None:   # else another request took the name or id meanwhile
-            for disk, vol, _ in made:
-                store.put("volume", vol)
-                store.put("disk", disk)
-            store.put("vm", vm)
-    if taken is not None:
-        for disk, _, _ in made:
-            st.remove_disk(disk["sd_id"], disk["id"])
-        raise conflict("add VM", taken)
+        vm = {"id": vm_id or new_id(), "name": name,
+              "description": description or source.get("description", ""),
+              "created": time.time(), **vmsettings.copied(source),
+              "attachments": [dict(att, disk_id=disk["id"]) for disk, _, att in made],
+              "active_snapshot_id": new_id(), "ovf": None}
+        with store.transaction():
+            taken = _name_taken(store, name, vm_id)
+            if taken is None:   # else another request took the name or id meanwhile
+                for disk, vol, _ in made:
+                    store.put("volume", vol)
+                    store.put("disk", disk)
+                store.put("vm", vm)
+        if taken is not None:
+            raise conflict("add VM", taken)
     record_job(engine.store, f"Creating VM {name} from Snapshot {snap['description']}",
                [f"Copying disk {disk['name']}" for disk, _, _ in made])
     return vm

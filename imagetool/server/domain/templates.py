@@ -36,9 +36,10 @@ def every(engine) -> list[dict]:
     return [BLANK_TEMPLATE, *engine.store.list("template")]
 
 
-def _from_vm(engine, vm_id: str | None, vm_name: str | None,
+def _from_vm(engine, made: list, vm_id: str | None, vm_name: str | None,
              name: str) -> tuple[list[dict], dict]:
-    """New disks, flattened copies of the VM's, attached as the VM has them."""
+    """New disks, flattened copies of the VM's (recorded in ``made``),
+    attached as the VM has them."""
     vm = named(engine.store.list("vm"), vm_id, vm_name, "VM")
     disks = []
     for a in vm.get("attachments", []):
@@ -46,22 +47,13 @@ def _from_vm(engine, vm_id: str | None, vm_name: str | None,
         if d is not None:
             disk_ops.check_usable(d, "add Template")
             disks.append((a, d))
-    atts: list[dict] = []
-    try:
-        for a, d in disks:
-            atts.append(_copy_disk(engine, a, d, name))
-    except BaseException:
-        # The caller's transaction forgets the rows; the files go here.
-        for att, (_, d) in zip(atts, disks):
-            engine.storage.remove_disk(d["sd_id"], att["disk_id"])
-        raise
-    return atts, vm
+    return [_copy_disk(engine, made, a, d, name) for a, d in disks], vm
 
 
-def _copy_disk(engine, a: dict, d: dict, name: str) -> dict:
+def _copy_disk(engine, made: list, a: dict, d: dict, name: str) -> dict:
     """The template's flattened copy of disk ``d``: its attachment."""
     new_disk, new_vol = new_id(), new_id()
-    disk_ops.flatten(engine, "add Template", disk_ops.chain(engine.store, d), d["format"],
+    disk_ops.flatten(engine, "add Template", made, disk_ops.chain(engine.store, d), d["format"],
                      d["provisioned_size"], d["sd_id"], new_disk, new_vol,
                      preallocate=not d.get("sparse", True))
     now = time.time()
@@ -78,7 +70,7 @@ def add(engine, *, template_id: str, name: str, description: str, memory: int | 
         vm_name: str | None = None) -> dict:
     """A template from an OVF naming existing disks (``ovf``, ``disk_ids``),
     or from a VM whose disks are copied."""
-    with engine.store.transaction():
+    with disk_ops.removed_on_error(engine) as made, engine.store.transaction():
         if any(t["name"] == name for t in engine.store.list("template")) or name == "Blank":
             raise conflict("add Template", f"The template name {name} is already in use.")
         if engine.store.get("template", template_id):
@@ -90,7 +82,7 @@ def add(engine, *, template_id: str, name: str, description: str, memory: int | 
                     for i, d in enumerate(disk_ids)]
             source = {}
         else:
-            atts, source = _from_vm(engine, vm_id, vm_name, name)
+            atts, source = _from_vm(engine, made, vm_id, vm_name, name)
         t = {"id": template_id, "name": name, "description": description or "",
              "created": time.time(), "memory": memory or source.get("memory", 1 << 30),
              "cpus": source.get("cpus", 1), "os_type": source.get("os_type", "other"),

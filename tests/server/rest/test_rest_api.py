@@ -4,6 +4,7 @@ the ImageTransfer state machine's error paths, over raw HTTPS."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -596,3 +597,30 @@ def test_transfer_reports_active_while_a_client_is_connected(engine):
     wait_for(lambda: get_transfer(engine, t["id"]), lambda x: x["active"] == "false", 5)
     action(engine, t["id"], "finalize")
     wait_transfer(engine, t["id"], ("finished_success",))
+
+
+def test_a_disk_copy_whose_rows_fail_leaves_no_files(engine, monkeypatch):
+    """A copy written whole but never listed (the store refuses its row, as
+    a full disk makes SQLite do) is removed with the failed transaction."""
+    import sqlite3
+
+    from imagetool.server.store import Store
+
+    disk_id = new_disk(engine, "copy-rows", size=MiB)
+    sd_dir = os.path.join(engine.data_dir, api_json(engine, "GET", f"disks/{disk_id}")[1]
+                          ["storage_domains"]["storage_domain"][0]["id"], "images")
+    before = sorted(os.listdir(sd_dir))
+    put = Store.put
+
+    def refuse_disks(store, kind, row):
+        if kind == "disk":
+            raise sqlite3.OperationalError("database or disk is full")
+        return put(store, kind, row)
+
+    monkeypatch.setattr(Store, "put", refuse_disks)
+    status, _, _ = api_request(engine, "POST", f"disks/{disk_id}/copy",
+                               "<action><storage_domain><name>data</name></storage_domain>"
+                               "</action>", {"Content-Type": "application/xml"})
+    monkeypatch.undo()
+    assert status >= 400
+    assert sorted(os.listdir(sd_dir)) == before
