@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from imagetool.iocore.backend import BackendBase, Extent
+from imagetool.iocore.backend import BackendBase, Extent, undo_on_error
 from imagetool.imageio.client import ImageioClient
 
 
@@ -17,8 +17,11 @@ class HttpBackend(BackendBase):
     """
 
     def __init__(self, client: ImageioClient):
+        """Takes ``client`` over: it is closed with this backend, or at once
+        when the OPTIONS request fails (no backend to close it then)."""
         self.client = client
-        opts = client.options()
+        with undo_on_error(client.close):
+            opts = client.options()
         self.features = opts.features
         self.max_readers = opts.max_readers
         self.max_writers = opts.max_writers

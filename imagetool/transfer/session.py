@@ -29,11 +29,11 @@ from imagetool.errors import (EngineError, ImagetoolError, NotFound, TimeoutExpi
                               TransferError)
 from imagetool.engine.wait import (transfer_phase, wait_for_disk, wait_for_disk_unlocked,
                                    wait_for_transfer_phase, wait_until)
+from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.phases import ENDED, STOPPED
 from imagetool.threads import interrupts_held, shielded
 from imagetool.transfer.options import DiskOptions, resolve
-from imagetool.transfer.verify import backend_on
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class TransferSession:
 
     def open_backend(self, read_timeout: float = 60.0) -> Any:
         """An HttpBackend on this transfer's data plane (closed with the session)."""
-        backend = backend_on(self._client(read_timeout))
+        backend = HttpBackend(self._client(read_timeout))
         self._backends.append(backend)
         self.touch()
         return backend

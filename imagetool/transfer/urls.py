@@ -18,6 +18,7 @@ from imagetool.formats import WRITABLE, open_image
 from imagetool.iocore.backend import Backend
 from imagetool.formats.qcow2_writer import Qcow2Writer
 from imagetool.formats.raw import RawBackend
+from imagetool.imageio.backend import HttpBackend
 from imagetool.imageio.client import ImageioClient
 from imagetool.iocore.copier import DEFAULT_REQUEST_SIZE, CopyOptions, CopyStats, copy
 from imagetool.iocore.backends import SharedBackend
@@ -57,7 +58,7 @@ def open_url(url: str, *, cafile: str | None = None, insecure: bool = False,
     """An HTTP backend on one imageio URL (OPTIONS done, features known)."""
     client = ImageioClient(url, cafile=cafile, insecure=insecure, proxy_url=proxy_url,
                            signed_ticket=signed_ticket, read_timeout=read_timeout)
-    return verifying.backend_on(client)
+    return HttpBackend(client)
 
 
 def upload_backend(src: Backend, dst: Backend, *, workers: int = 4,

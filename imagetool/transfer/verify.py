@@ -110,15 +110,6 @@ def _fresh_client(backend: HttpBackend, read_timeout: float) -> Any:
                          connect_timeout=c.connect_timeout, read_timeout=read_timeout)
 
 
-def backend_on(client: ImageioClient) -> HttpBackend:
-    """An HttpBackend on ``client``, which is closed if its OPTIONS request fails."""
-    try:
-        return HttpBackend(client)
-    except BaseException:
-        client.close()
-        raise
-
-
 def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
                     block_size: int = DEFAULT_BLOCK_SIZE, size: int | None = None,
                     workers: int | None = None) -> tuple[dict, str]:
@@ -134,7 +125,7 @@ def remote_checksum(backend: HttpBackend, *, algorithm: str = DEFAULT_ALGORITHM,
         with _fresh_client(backend, timeout) as client:
             return client.checksum(algorithm=algorithm, block_size=block_size), \
                 "server-checksum"
-    with backend_on(_fresh_client(backend, backend.client.read_timeout)) as fresh, \
+    with HttpBackend(_fresh_client(backend, backend.client.read_timeout)) as fresh, \
             PerThread(fresh) as reader:
         view: Any = reader if size is None else Window(reader, size)
         return checksum(view, algorithm=algorithm, block_size=block_size,
