@@ -15,7 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagetool.iocore.backends import FlushingBackend, JournalingBackend, SharedBackend, Wrapper
+from imagetool.iocore.backends import FlushingBackend, SharedBackend, Wrapper
 from imagetool.engine.wait import wait_for_disk, wait_for_disk_unlocked
 from imagetool.iocore.copier import CopyCancelled, CopyOptions, CopyStats, copy
 from imagetool.errors import ChecksumMismatch
@@ -200,9 +200,8 @@ def receive(conn: Any, disk: Any, dest: Callable[[int], Backend], options: DiskO
         target = dest(view.size)
         shared = out = SharedBackend(target)
         if journal or o.flush:
-            kind = JournalingBackend if journal else FlushingBackend
-            out = kind(shared, *([journal] if journal else []), sync=target.flush,
-                       flush_bytes=flush_bytes_for(view.size, o.buffer_size))
+            out = FlushingBackend(shared, sync=target.flush, journal=journal,
+                                  flush_bytes=flush_bytes_for(view.size, o.buffer_size))
         try:
             # With few connections, writing the local file while the next
             # request is read is faster (benchmarks/transfer_results.md);

@@ -28,7 +28,7 @@ import dataclasses
 import os
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from imagetool import checksum as block_checksum
 
