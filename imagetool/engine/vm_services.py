@@ -108,13 +108,17 @@ class _VmCollection(_Service, Generic[E]):
     ENTITY: type[E]
     SEGMENT: str
 
-    def _path(self, vm_id: str, item_id: str | None = None) -> str:
-        base = f"vms/{vm_id}/{self.SEGMENT}"
-        return f"{base}/{item_id}" if item_id else base
+    def _items(self, vm_id: str) -> str:
+        return f"vms/{vm_id}/{self.SEGMENT}"
+
+    def _path(self, vm_id: str, item_id: str) -> str:
+        """One item: both ids, so a method built by ``_act``, ``_delete`` or
+        ``_sub`` that is given one id fails here, not on the collection."""
+        return f"{self._items(vm_id)}/{item_id}"
 
     def list(self, vm_id: str) -> list[E]:
         """The VM's items, oldest first."""
-        return self._list(self.ENTITY, self._path(vm_id))
+        return self._list(self.ENTITY, self._items(vm_id))
 
     def get(self, vm_id: str, item_id: str) -> E:
         """One item (NotFound when the VM has none by that id)."""
@@ -138,7 +142,7 @@ class SnapshotsService(_VmCollection[Snapshot]):
         if disk_ids is not None:
             body["disk_attachments"] = {"disk_attachment": [
                 {"disk": {"id": d}} for d in disk_ids]}
-        return self._add(Snapshot, self._path(vm_id), body)
+        return self._add(Snapshot, self._items(vm_id), body)
 
     remove = _delete("Delete (merge) a snapshot.")
     restore = _act("restore", "Bring the VM back to the snapshot (its layers above go).")
@@ -156,7 +160,7 @@ class BackupsService(_VmCollection[VmBackup]):
         """Start a backup of some disks; incremental from ``from_checkpoint_id``."""
         body = {"description": description, "from_checkpoint_id": from_checkpoint_id,
                 "disks": {"disk": [{"id": d} for d in disk_ids]}}
-        return self._add(VmBackup, self._path(vm_id), body)
+        return self._add(VmBackup, self._items(vm_id), body)
 
     finalize = _act("finalize", "End the backup (Conflict while its transfers are still "
                     "ending).")

@@ -441,3 +441,18 @@ def test_find_matches_alias_only_disks():
                     transport=canned.transport()) as conn:
         assert conn.disks.find("legacy").id == "a"
     assert [q for m, p, q, b in canned.seen if p.endswith("/disks")] == [{"search": "name=legacy"}]
+
+
+def test_an_item_method_given_only_the_vm_id_sends_nothing():
+    """The built action and removal methods of a VM's snapshots, backups and
+    checkpoints need both ids: with one they must not reach the collection
+    (``DELETE vms/X/snapshots``) but fail before any request."""
+    canned = Canned({})
+    with Connection("https://e", username="u", password="p",
+                    transport=canned.transport()) as conn:
+        canned.seen.clear()
+        for call in (conn.snapshots.remove, conn.snapshots.restore, conn.backups.finalize,
+                     conn.checkpoints.remove, conn.snapshots.disks):
+            with pytest.raises(TypeError):
+                call("v1")
+    assert canned.seen == []
